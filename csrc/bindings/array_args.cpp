@@ -1,0 +1,201 @@
+#include "bindings/array_args.h"
+
+#include <pybind11/numpy.h>
+
+#include <sstream>
+#include <string>
+
+namespace edgevla::bindings {
+namespace {
+
+const char* scalar_name(Scalar scalar) {
+    switch (scalar) {
+        case Scalar::int8: return "int8";
+        case Scalar::int32: return "int32";
+        case Scalar::float32: return "float32";
+    }
+    return "?";
+}
+
+py::ssize_t scalar_size(Scalar scalar) { return scalar == Scalar::int8 ? 1 : 4; }
+
+char scalar_kind(Scalar scalar) { return scalar == Scalar::float32 ? 'f' : 'i'; }
+
+constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+
+// A buffer's element type in NumPy's words. The struct-module format is
+// "[byte order]code"; the item size, not the code, fixes the width (the native
+// size of 'l' differs between platforms).
+struct ElementType {
+    char kind = '?';  // 'i' signed, 'u' unsigned, 'f' float, 'b' bool, '?' other
+    bool native_order = true;
+    py::ssize_t itemsize = 0;
+    std::string format;
+
+    std::string describe() const {
+        std::string base;
+        switch (kind) {
+            case 'i': base = "int" + std::to_string(itemsize * 8); break;
+            case 'u': base = "uint" + std::to_string(itemsize * 8); break;
+            case 'f': base = "float" + std::to_string(itemsize * 8); break;
+            case 'b': return "bool";
+            default: return "buffer format '" + format + "'";
+        }
+        return native_order ? base : "byte-swapped " + base;
+    }
+};
+
+ElementType element_type(const py::buffer_info& info) {
+    ElementType type;
+    type.format = info.format;
+    type.itemsize = info.itemsize;
+    std::string code = info.format;
+    char order = '@';
+    if (!code.empty() && std::string("@=<>!").find(code[0]) != std::string::npos) {
+        order = code[0];
+        code.erase(0, 1);
+    }
+    if (code.size() != 1) return type;
+    const bool little = order == '<';
+    const bool big = order == '>' || order == '!';
+    type.native_order = info.itemsize == 1 || (!little && !big) || little == kLittleEndian;
+    const std::string signed_codes = "bhilq", unsigned_codes = "BHILQ", float_codes = "efd";
+    if (signed_codes.find(code[0]) != std::string::npos) type.kind = 'i';
+    else if (unsigned_codes.find(code[0]) != std::string::npos) type.kind = 'u';
+    else if (float_codes.find(code[0]) != std::string::npos) type.kind = 'f';
+    else if (code[0] == '?') type.kind = 'b';
+    return type;
+}
+
+std::string shape_string(const py::buffer_info& info) {
+    std::ostringstream text;
+    text << '(';
+    for (size_t i = 0; i < info.shape.size(); ++i) {
+        text << (i ? ", " : "") << info.shape[i];
+    }
+    text << (info.shape.size() == 1 ? ",)" : ")");
+    return text.str();
+}
+
+std::string strides_string(const py::buffer_info& info) {
+    std::ostringstream text;
+    text << '(';
+    for (size_t i = 0; i < info.strides.size(); ++i) {
+        text << (i ? ", " : "") << info.strides[i];
+    }
+    text << ") bytes";
+    return text.str();
+}
+
+[[noreturn]] void fail_type(const std::string& message) { throw py::type_error(message); }
+[[noreturn]] void fail_value(const std::string& message) { throw py::value_error(message); }
+
+// Requests the buffer and checks the element type; rank and layout are the
+// caller's business.
+py::buffer_info typed_buffer(py::handle obj, const char* name, Scalar scalar, Access access) {
+    if (!PyObject_CheckBuffer(obj.ptr())) {
+        fail_type(std::string(name) + " must be an array of dtype " + scalar_name(scalar) +
+                  " (a NumPy array or another object with the buffer protocol), got " +
+                  Py_TYPE(obj.ptr())->tp_name);
+    }
+    // Not PyBUF_WRITABLE: a read-only `out` gets the clearer message below.
+    py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request(false);
+    const ElementType type = element_type(info);
+    if (type.kind != scalar_kind(scalar) || type.itemsize != scalar_size(scalar) || !type.native_order) {
+        fail_type(std::string(name) + " must have dtype " + scalar_name(scalar) + ", got " + type.describe());
+    }
+    if (access == Access::write && info.readonly) {
+        fail_value(std::string(name) + " must be writable, got a read-only array");
+    }
+    // Kernels load int32/float32 as such; a misaligned pointer is undefined
+    // behaviour in C++ and faults in aligned vector loads.
+    if (reinterpret_cast<uintptr_t>(info.ptr) % static_cast<uintptr_t>(info.itemsize) != 0) {
+        fail_value(std::string(name) + " must be aligned to its " + std::to_string(info.itemsize) +
+                   "-byte elements, got an array starting at an unaligned address (pass a copy)");
+    }
+    return info;
+}
+
+}  // namespace
+
+bool ArrayArg::overlaps(const ArrayArg& other) const {
+    if (size() == 0 || other.size() == 0) return false;
+    const auto begin = [](const ArrayArg& a) { return reinterpret_cast<uintptr_t>(a.buffer.ptr); };
+    const auto end = [&](const ArrayArg& a) {
+        return begin(a) + static_cast<uintptr_t>(((a.rows - 1) * a.ld + a.cols) * a.buffer.itemsize);
+    };
+    return begin(*this) < end(other) && begin(other) < end(*this);
+}
+
+ArrayArg matrix_arg(py::handle obj, const char* name, const char* dims, Scalar scalar, Access access) {
+    ArrayArg arg{typed_buffer(obj, name, scalar, access), name};
+    const py::buffer_info& info = arg.buffer;
+    if (info.ndim != 2) {
+        fail_value(std::string(name) + " must be a 2-D array " + dims + ", got a " + std::to_string(info.ndim) +
+                   "-D array of shape " + shape_string(info));
+    }
+    arg.rows = info.shape[0];
+    arg.cols = info.shape[1];
+    arg.ld = arg.cols;
+    // Strides of an axis of length 0 or 1 are never followed (NumPy leaves
+    // them arbitrary), so only the others are checked.
+    if (arg.rows == 0 || arg.cols == 0) return arg;
+    const py::ssize_t itemsize = info.itemsize;
+    const bool unit_columns = arg.cols == 1 || info.strides[1] == itemsize;
+    const py::ssize_t row_stride = arg.rows == 1 ? arg.cols * itemsize : info.strides[0];
+    const bool rows_ok = row_stride >= arg.cols * itemsize && row_stride % itemsize == 0;
+    if (!unit_columns || !rows_ok) {
+        fail_value(std::string(name) + " must have contiguous rows (C order, or a slice of rows or leading " +
+                   "columns of a C-order array), got shape " + shape_string(info) + " with strides " +
+                   strides_string(info) + "; pass numpy.ascontiguousarray(" + name + ")");
+    }
+    arg.ld = row_stride / itemsize;
+    return arg;
+}
+
+ArrayArg vector_arg(py::handle obj, const char* name, Scalar scalar, bool allow_scalar) {
+    ArrayArg arg{typed_buffer(obj, name, scalar, Access::read), name};
+    const py::buffer_info& info = arg.buffer;
+    if (info.ndim == 0 && allow_scalar) {
+        arg.cols = arg.ld = 1;
+        return arg;
+    }
+    if (info.ndim != 1) {
+        fail_value(std::string(name) + " must be a 1-D array" + (allow_scalar ? " or a 0-D scalar array" : "") +
+                   ", got a " + std::to_string(info.ndim) + "-D array of shape " + shape_string(info));
+    }
+    arg.cols = arg.ld = info.shape[0];
+    if (arg.cols > 1 && info.strides[0] != info.itemsize) {
+        fail_value(std::string(name) + " must be contiguous, got strides " + strides_string(info) +
+                   "; pass numpy.ascontiguousarray(" + name + ")");
+    }
+    return arg;
+}
+
+void check_disjoint(const ArrayArg& out, std::initializer_list<const ArrayArg*> inputs) {
+    for (const ArrayArg* input : inputs) {
+        if (input != nullptr && out.overlaps(*input)) {
+            fail_value(std::string(out.name) + " must not share memory with the input " + input->name);
+        }
+    }
+}
+
+OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
+                     std::initializer_list<const ArrayArg*> inputs) {
+    if (out.is_none()) {
+        const std::vector<py::ssize_t> shape{rows, cols};
+        py::array fresh = scalar == Scalar::int32 ? py::array(py::array_t<int32_t>(shape))
+                                                  : py::array(py::array_t<float>(shape));
+        ArrayArg array = matrix_arg(fresh, "out", "(M, N)", scalar, Access::write);
+        return {std::move(fresh), std::move(array)};
+    }
+    ArrayArg array = matrix_arg(out, "out", "(M, N)", scalar, Access::write);
+    if (array.rows != rows || array.cols != cols) {
+        fail_value("out must have shape (M, N) = (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                   "), got " + shape_string(array.buffer));
+    }
+    check_disjoint(array, inputs);
+    return {py::reinterpret_borrow<py::object>(out), std::move(array)};
+}
+
+}  // namespace edgevla::bindings

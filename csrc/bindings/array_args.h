@@ -1,0 +1,66 @@
+// Turning Python arguments into validated, zero-copy views of their memory.
+//
+// Kernels trust their arguments (gemm_s8s8.h); this is where that trust is
+// earned. Anything with the buffer protocol is accepted (NumPy arrays,
+// memoryviews, array.array, ...) and checked for dtype, rank, shape, strides,
+// alignment and writability before a kernel sees a pointer. Failures raise
+// TypeError (wrong kind of object or dtype) or ValueError (right dtype, wrong
+// shape or layout) with a message that names the argument.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+namespace edgevla::bindings {
+
+namespace py = pybind11;
+
+enum class Scalar { int8, int32, float32 };
+enum class Access { read, write };
+
+// A validated array of rank 0, 1 or 2, seen as rows x cols with contiguous
+// rows: element (r, c) lives at data<T>()[r * ld + c]. Holding the Py_buffer
+// keeps the exporter's memory alive and unresizable while a kernel runs
+// without the GIL.
+struct ArrayArg {
+    py::buffer_info buffer;
+    const char* name = "";
+    int64_t rows = 1;
+    int64_t cols = 0;
+    int64_t ld = 0;  // elements from one row to the next
+
+    int64_t size() const { return rows * cols; }
+
+    template <typename T>
+    T* data() const {
+        return static_cast<T*>(buffer.ptr);
+    }
+
+    // True when the bytes holding this array's elements and other's intersect.
+    bool overlaps(const ArrayArg& other) const;
+};
+
+// A 2-D array with contiguous rows. `dims` names the expected shape in
+// messages, e.g. "(M, K)".
+ArrayArg matrix_arg(py::handle obj, const char* name, const char* dims, Scalar scalar, Access access);
+
+// A 1-D contiguous array; with allow_scalar, a 0-d array counts as length 1.
+ArrayArg vector_arg(py::handle obj, const char* name, Scalar scalar, bool allow_scalar = false);
+
+// ValueError unless `out` is disjoint from every input: a kernel writing into
+// memory it is still reading gives garbage.
+void check_disjoint(const ArrayArg& out, std::initializer_list<const ArrayArg*> inputs);
+
+// The output of a kernel: the caller's `out` array validated as a writable
+// (rows, cols) matrix, or a new C-contiguous NumPy array when `out` is None.
+struct OutputArg {
+    py::object object;  // what the binding returns
+    ArrayArg array;
+};
+
+OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
+                     std::initializer_list<const ArrayArg*> inputs);
+
+}  // namespace edgevla::bindings

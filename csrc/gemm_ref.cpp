@@ -1,0 +1,45 @@
+// Scalar reference int8 GEMM. See gemm_s8s8.h for the contract.
+#include "gemm_ref.h"
+
+namespace {
+
+// Exact: with K <= EDGEVLA_GEMM_S8S8_MAX_K no partial sum leaves int32.
+int32_t dot_s8s8_s32(const int8_t* a, const int8_t* w, int64_t k) {
+    int32_t acc = 0;
+    for (int64_t i = 0; i < k; ++i) acc += int32_t{a[i]} * int32_t{w[i]};
+    return acc;
+}
+
+}  // namespace
+
+// Fails to compile if the reference drifts from the kernel table's signatures.
+[[maybe_unused]] constexpr edgevla_gemm_s8s8_s32_fn kReferenceS32 = &edgevla_gemm_s8s8_s32_ref;
+[[maybe_unused]] constexpr edgevla_gemm_s8s8_f32_fn kReferenceF32 = &edgevla_gemm_s8s8_f32_ref;
+
+extern "C" void edgevla_gemm_s8s8_s32_ref(int64_t m, int64_t n, int64_t k,
+                                          const int8_t* a, int64_t lda,
+                                          const int8_t* w, int64_t ldw,
+                                          int32_t* c, int64_t ldc) {
+    for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+            c[row * ldc + col] = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
+        }
+    }
+}
+
+extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
+                                          const int8_t* a, int64_t lda,
+                                          const int8_t* w, int64_t ldw,
+                                          const edgevla_gemm_epilogue_f32* epilogue,
+                                          float* c, int64_t ldc) {
+    const bool per_token = epilogue->a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN;
+    for (int64_t row = 0; row < m; ++row) {
+        const float a_scale = epilogue->a_scale[per_token ? row : 0];
+        for (int64_t col = 0; col < n; ++col) {
+            const int32_t acc = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
+            float value = static_cast<float>(acc) * (a_scale * epilogue->w_scale[col]);
+            if (epilogue->bias != nullptr) value += epilogue->bias[col];
+            c[row * ldc + col] = value;
+        }
+    }
+}

@@ -1,0 +1,30 @@
+/* Scalar reference kernels of the int8 GEMM contract in gemm_s8s8.h.
+ *
+ * They are the ground truth every fast kernel (SIMD, CUDA) is tested against,
+ * so they are written for obviousness, not speed: one dot product per output
+ * element, in the order the contract states. */
+#ifndef EDGEVLA_GEMM_REF_H
+#define EDGEVLA_GEMM_REF_H
+
+#include "gemm_s8s8.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+void edgevla_gemm_s8s8_s32_ref(int64_t m, int64_t n, int64_t k,
+                               const int8_t* a, int64_t lda,
+                               const int8_t* w, int64_t ldw,
+                               int32_t* c, int64_t ldc);
+
+void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
+                               const int8_t* a, int64_t lda,
+                               const int8_t* w, int64_t ldw,
+                               const edgevla_gemm_epilogue_f32* epilogue,
+                               float* c, int64_t ldc);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEVLA_GEMM_REF_H */

@@ -1,0 +1,95 @@
+"""Type stubs of edgevla._C, the compiled module built from csrc/ (pybind11).
+
+Private: import from :mod:`edgevla.native`, which re-exports these with fuller
+documentation. Array arguments accept any object with the buffer protocol
+(NumPy arrays, memoryviews, ``torch_tensor.numpy()``), read zero-copy. Bad
+arguments raise ``TypeError`` (not a buffer, wrong dtype) or ``ValueError``
+(wrong rank, shape, layout, alignment, read-only or overlapping ``out``)
+before any memory is touched.
+"""
+
+import sys
+from typing import Final, TypedDict
+
+import numpy as np
+from numpy.typing import NDArray
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+
+GEMM_S8S8_MAX_K: Final[int]
+"""Largest K whose int32 accumulator cannot overflow: 131071 (131071 * 128 * 128 < 2**31)."""
+
+class _BuildInfo(TypedDict):
+    version: str
+    build_type: str
+    system_processor: str
+    compiler: str
+    cxx_flags: str
+    sanitizers: list[str]
+    pybind11: str
+    cuda: bool
+    cuda_compiler: str | None
+    cuda_flags: str | None
+    cuda_archs: list[str]
+    cuda_runtime: str | None
+
+class _CudaDevice(TypedDict):
+    index: int
+    name: str
+    compute_capability: tuple[int, int]
+    total_memory_bytes: int
+    multiprocessor_count: int
+
+def cpu_arch() -> str:
+    """The architecture the module was built for: ``"x86_64"`` or ``"aarch64"``."""
+
+def cpu_features() -> dict[str, bool]:
+    """Usable CPU features by their /proc/cpuinfo names.
+
+    Keys, always all present: avx2, fma, avx512f, avx512bw, avx512vl,
+    avx512_vnni, avx_vnni (x86-64: cpuid, and xgetbv for OS-saved register
+    state), asimd, asimddp, i8mm, sve (aarch64: getauxval). Features of the
+    other architecture are False.
+    """
+
+def build_info() -> _BuildInfo:
+    """Compiler, flags, sanitizers, and whether (and for which archs) CUDA was compiled in."""
+
+def cuda_devices() -> list[_CudaDevice]:
+    """The CUDA devices visible to this process.
+
+    ``[]`` when CUDA was not compiled in, or the CUDA runtime reports no device
+    or no (new enough) driver. Other CUDA failures raise ``RuntimeError``.
+    """
+
+def gemm_s8s8_s32_ref(
+    a: Buffer, w: Buffer, *, out: Buffer | None = None
+) -> NDArray[np.int32]:
+    """Reference int8 GEMM: ``a @ w.T`` accumulated exactly in int32.
+
+    a: int8 (M, K); w: int8 (N, K), the nn.Linear weight layout; K <=
+    GEMM_S8S8_MAX_K. Inputs need contiguous rows (any row stride). out: a
+    writable int32 (M, N) array with contiguous rows, disjoint from the inputs;
+    returned when given, else a new array is returned.
+    """
+
+def gemm_s8s8_f32_ref(
+    a: Buffer,
+    w: Buffer,
+    w_scale: Buffer,
+    a_scale: Buffer,
+    bias: Buffer | None = None,
+    *,
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """Reference int8 GEMM with float32 dequantization.
+
+    ``out[m, n] = float32(acc[m, n]) * (a_scale[m or 0] * w_scale[n]) + bias[n]``,
+    evaluated in float32, where ``acc = a @ w.T`` in int32. w_scale: float32
+    (N,). a_scale: float32, 1 value (0-D or (1,)) for per-tensor or (M,) for
+    per-token scales. bias: float32 (N,) or None. out as in gemm_s8s8_s32_ref,
+    float32.
+    """

@@ -1,0 +1,118 @@
+"""The ``edgevla`` command line: a thin layer over the Python API.
+
+Every user error ends as one line on stderr and a non-zero exit (2 for bad
+input, 3 for a failed gate); a traceback is shown only with ``EDGEVLA_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import EdgevlaError
+
+BACKEND_CHOICES = ("torch", "onnxruntime", "native", "tensorrt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise EdgevlaError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgevla", description="Compress, export and prove VLA robot policies for the robot's hardware.")
+    p.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    b = sub.add_parser("build", help="policy -> verified, profiled bundle for a target")
+    b.add_argument("--target", "-t", required=True, help="target name or alias (see `edgevla targets`) or a YAML path")
+    b.add_argument("--policy", "-p", help="zoo name, module:factory, or checkpoint (default: the recipe's, else tiny-vla)")
+    b.add_argument("--recipe", "-r", help="recipe YAML overriding the target's default recipe")
+    b.add_argument("--output", "-o", help="bundle directory (default: bundles/<policy>-<target>)")
+    b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
+    b.add_argument("--allow-pickle", action="store_true", help="accept a pickle checkpoint (runs code from the file)")
+    b.add_argument("--json", action="store_true", help="print the build summary as JSON")
+
+    e = sub.add_parser("eval", help="closed-loop success of a bundle's model")
+    e.add_argument("bundle")
+    e.add_argument("--backend", "-b", default="onnxruntime", choices=BACKEND_CHOICES)
+    e.add_argument("--episodes", "-n", type=int, default=200)
+    e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("profile", help="latency, jitter and deadline misses of a bundle or a policy")
+    pr.add_argument("model", help="bundle directory or policy reference")
+    pr.add_argument("--backend", "-b", default="onnxruntime", choices=BACKEND_CHOICES)
+    pr.add_argument("--target", "-t", help="target whose control rate sets the deadline (default: the bundle's)")
+    pr.add_argument("--runs", type=int, default=200)
+    pr.add_argument("--warmup", type=int, default=20)
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--threads", type=int)
+    pr.add_argument("--allow-pickle", action="store_true")
+    pr.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("inspect", help="what is inside a bundle, and whether every hash matches")
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("targets", help="list the known hardware targets")
+    t.add_argument("--json", action="store_true")
+
+    z = sub.add_parser("zoo", help="the reference policies")
+    zsub = z.add_subparsers(dest="zoo_command", parser_class=_Parser)
+    zl = zsub.add_parser("list", help="zoo policies and where their weights are")
+    zl.add_argument("--json", action="store_true")
+    zt = zsub.add_parser("train", help="train a zoo policy on the tabletop task")
+    zt.add_argument("name", help="tiny-vla or small-vla")
+    zt.add_argument("--steps", type=int, help="optimizer steps (default: the policy's recipe)")
+    zt.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
+    zt.add_argument("--episodes", type=int, default=200, help="closed-loop episodes to evaluate the result")
+    zt.add_argument("--seed", type=int, default=0)
+    zt.add_argument("--json", action="store_true")
+    return p
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except EdgevlaError as e:
+        print(f"edgevla: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgevla: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no tracebacks for users
+        if os.environ.get("EDGEVLA_DEBUG"):
+            raise
+        print(f"edgevla: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
+              "(set EDGEVLA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        from . import versions
+
+        _print_json(versions())
+        return 0
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    from . import commands  # heavy imports (torch, onnx) only when a command runs
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

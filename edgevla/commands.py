@@ -1,0 +1,294 @@
+"""What each ``edgevla`` subcommand does (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgevlaError
+
+out = Console(highlight=False)
+
+
+def _json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- build
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .pipeline import BuildRequest, build
+    from .progress import ConsoleProgress, Progress
+
+    overrides = {}
+    if args.episodes is not None:
+        overrides["evaluate.episodes"] = args.episodes
+    request = BuildRequest(target=args.target, policy=args.policy, recipe=args.recipe, output=args.output,
+                           overrides=overrides, allow_pickle=args.allow_pickle)
+    result = build(request, Progress() if args.json else ConsoleProgress())
+    cmp = result.report["comparison"]
+    summary = {
+        "bundle": str(result.bundle),
+        "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
+        "success_rate": {"original": cmp["success_rate"]["original"], "built": cmp["success_rate"]["built"]},
+        "latency_p50_ms": {"original": cmp["latency_p50_ms"]["original"], "built": cmp["latency_p50_ms"]["built"]},
+        "verify": result.report["extra"]["verify"],
+    }
+    if args.json:
+        _json(summary)
+    else:
+        out.print(f"[bold green]bundle written:[/bold green] {result.bundle}")
+        out.print(f"report: {result.bundle / 'report.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _bundle_runner(bundle, backend: str, threads: int | None = None):
+    from .backends import make_runner
+
+    if backend == "torch":
+        from .bundle import load_weights
+        from .models.checkpoint import FORMAT
+        from .models.vla import VLAConfig, VLAPolicy
+
+        tensors, meta = load_weights(bundle.file("weights.safetensors"))
+        config = bundle.manifest["policy"].get("config")
+        if not config:
+            raise EdgevlaError("backend 'torch' needs a bundle of an edgevla VLA policy (its config is in the "
+                               f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
+                               "use --backend onnxruntime")
+        policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
+        policy.load_state_dict(tensors)
+        del FORMAT, meta
+        return make_runner("torch", policy=policy.eval(), threads=threads)
+    return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .bundle import load_bundle
+    from .pipeline import action_fn, task_for
+    from .progress import ConsoleProgress
+    from .task import evaluate
+
+    if args.episodes < 1:
+        raise EdgevlaError("--episodes must be >= 1")
+    bundle = load_bundle(args.bundle)
+    task = task_for(bundle.spec)
+    if task is None:
+        raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
+                           "closed-loop evaluation needs a task that speaks them")
+    runner = _bundle_runner(bundle, args.backend)
+    progress = ConsoleProgress()
+    try:
+        with progress.task(f"{args.episodes} episodes", args.episodes) as advance:
+            result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed, progress=advance)
+    finally:
+        runner.close()
+    data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "seed": args.seed, **result.to_dict()}
+    if args.json:
+        _json(data)
+    else:
+        out.print(f"success {result.success_rate:.1%} over {result.episodes} episodes ({args.backend}); "
+                  f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .bundle import load_bundle
+    from .metrics.latency import deadline_misses, measure_latency
+    from .metrics.report import host_info
+    from .pipeline import batch_of, heldout_observations
+    from .targets import load_target
+
+    if args.runs < 1 or args.warmup < 0 or args.batch < 1:
+        raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
+    path = Path(args.model)
+    if path.is_dir():
+        bundle = load_bundle(path)
+        spec = bundle.spec
+        runner = _bundle_runner(bundle, args.backend, args.threads)
+        target_name = args.target or bundle.manifest["target"]["name"]
+        what = str(path)
+    else:
+        from .backends import make_runner
+        from .models.zoo import load_policy
+
+        loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
+        spec = loaded.policy.spec
+        if args.backend == "onnxruntime":
+            import tempfile
+
+            from .export import export_onnx
+
+            tmp = tempfile.mkdtemp(prefix="edgevla-profile-")
+            onnx_path = export_onnx(loaded.policy, Path(tmp) / "model.onnx")
+            runner = make_runner("onnxruntime", onnx_path=onnx_path, spec=spec, threads=args.threads)
+        else:
+            runner = make_runner(args.backend, policy=loaded.policy, threads=args.threads)
+        target_name = args.target or "x86-64-cpu"
+        what = loaded.name
+    target = load_target(target_name)
+    obs = batch_of(heldout_observations(spec, max(args.batch, 8)), 0, args.batch)
+    try:
+        stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
+    finally:
+        runner.close()
+    deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
+    data = {"model": what, "backend": args.backend, "batch": args.batch, "target": target.name,
+            "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
+            "deadline": deadline.to_dict()}
+    if args.json:
+        _json(data)
+        return 0
+    table = Table(title=f"{what} · {args.backend} · batch {args.batch} · on this host ({data['host']['cpu']})")
+    for col in ("mean", "std", "p50", "p90", "p99", "max"):
+        table.add_column(f"{col} ms", justify="right")
+    table.add_row(*(f"{getattr(stats, f'{c}_ms'):.3f}" for c in ("mean", "std", "p50", "p90", "p99", "max")))
+    out.print(table)
+    out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
+              f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed")
+    return 0
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .bundle import inspect_bundle
+
+    ins = inspect_bundle(args.bundle)
+    m = ins.manifest or {}
+    data = {
+        "bundle": str(Path(args.bundle)), "ok": ins.ok, "problems": list(ins.problems),
+        "policy": m.get("policy", {}).get("name"), "target": m.get("target", {}).get("name"),
+        "created": m.get("created"), "versions": m.get("versions"), "inputs": m.get("inputs"),
+        "outputs": m.get("outputs"), "chunk_size": m.get("chunk_size"), "control_rate_hz": m.get("control_rate_hz"),
+        "files": [{"path": f.path, "bytes": f.bytes, "sha256_ok": f.sha256_ok} for f in ins.files],
+    }
+    if args.json:
+        _json(data)
+    else:
+        out.print(f"[bold]{data['bundle']}[/bold]: policy {data['policy']} for {data['target']}, "
+                  f"built {data['created']}")
+        for io in ("inputs", "outputs"):
+            for t in data[io] or []:
+                out.print(f"  {io[:-1]:6} {t['name']:12} {t['dtype']:8} {t['shape']}")
+        table = Table()
+        table.add_column("file")
+        table.add_column("bytes", justify="right")
+        table.add_column("sha256")
+        for f in data["files"]:
+            table.add_row(f["path"], f"{f['bytes']:,}", "[green]ok[/green]" if f["sha256_ok"] else "[red]MISMATCH[/red]")
+        out.print(table)
+        for p in data["problems"]:
+            out.print(f"[red]problem:[/red] {p}")
+    if not ins.ok:
+        raise EdgevlaError(f"bundle {args.bundle} failed verification: {'; '.join(ins.problems)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .targets import list_targets
+
+    targets = list_targets()
+    if args.json:
+        _json([t.to_dict() for t in targets])
+        return 0
+    table = Table()
+    for col in ("name", "aliases", "kind", "cc", "precisions", "2:4", "GB/s", "Hz", "budget ms"):
+        table.add_column(col)
+    for t in targets:
+        f = t.facts
+        table.add_row(t.name, ", ".join(t.aliases), t.kind, f.compute_capability or "-", " ".join(f.precisions),
+                      "yes" if f.sparse_tensor_cores else "no", f"{f.memory_bandwidth_gbps:g}",
+                      f"{t.budgets.control_rate_hz:g}", f"{t.budgets.latency_budget_ms:g}")
+    out.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    if args.zoo_command == "list":
+        return _zoo_list(args)
+    if args.zoo_command == "train":
+        return _zoo_train(args)
+    raise EdgevlaError("usage: edgevla zoo {list,train}")
+
+
+def _zoo_list(args: argparse.Namespace) -> int:
+    from .models.vla import CONFIGS, VLAPolicy
+    from .models.zoo import RANDOM_INIT, zoo_checkpoint
+
+    import torch
+
+    rows = []
+    for name, cfg in CONFIGS.items():
+        with torch.device("meta"):
+            n = sum(p.numel() for p in VLAPolicy(cfg).parameters())
+        path = zoo_checkpoint(name)
+        rows.append({"name": name, "parameters": n,
+                     "weights": "random init" if name in RANDOM_INIT else str(path),
+                     "available": name in RANDOM_INIT or path.is_file()})
+    if args.json:
+        _json(rows)
+    else:
+        for r in rows:
+            out.print(f"{r['name']:10} {r['parameters'] / 1e6:7.2f}M  {'ready ' if r['available'] else 'untrained'}  {r['weights']}")
+    return 0
+
+
+def _zoo_train(args: argparse.Namespace) -> int:
+    from .models.checkpoint import save_checkpoint
+    from .models.vla import CONFIGS
+    from .models.zoo import RANDOM_INIT, cache_dir
+    from .progress import ConsoleProgress
+    from .task import evaluate
+    from .train import TRAIN_RECIPES, task_config_for, torch_action_fn, train_policy
+
+    if args.name not in TRAIN_RECIPES:
+        trainable = ", ".join(TRAIN_RECIPES)
+        why = " (it is random init by design)" if args.name in RANDOM_INIT else ""
+        raise EdgevlaError(f"cannot train {args.name!r}{why}; trainable: {trainable}")
+    tc = TRAIN_RECIPES[args.name]
+    if args.steps is not None:
+        if args.steps < 1:
+            raise EdgevlaError("--steps must be >= 1")
+        tc = type(tc)(**{**tc.__dict__, "steps": args.steps})
+    tc = type(tc)(**{**tc.__dict__, "seed": args.seed})
+    dest = Path(args.output) if args.output else cache_dir() / "zoo" / f"{args.name}.safetensors"
+    if dest.exists() and dest.is_dir():
+        raise EdgevlaError(f"output {dest} is a directory; give a file path")
+    progress = ConsoleProgress()
+    with progress.stage("train", f"{args.name}: {tc.steps} steps of batch {tc.batch_size}"):
+        with progress.task("steps", tc.steps) as advance:
+            policy, log = train_policy(CONFIGS[args.name], tc, name=args.name, on_step=lambda s, loss: advance(1))
+    with progress.stage("evaluate", f"{args.episodes} closed-loop episodes"):
+        result = evaluate(torch_action_fn(policy), task_config_for(policy.config), episodes=args.episodes)
+    save_checkpoint(policy, dest, extra={"train_steps": str(log.steps), "train_seconds": f"{log.seconds:.1f}",
+                                         "success_rate": f"{result.success_rate:.4f}"})
+    data = {"policy": args.name, "checkpoint": str(dest), "steps": log.steps, "seconds": round(log.seconds, 1),
+            "samples_per_s": round(log.samples_per_s, 1), "final_loss": log.losses[-1] if log.losses else None,
+            "success_rate": result.success_rate, "episodes": result.episodes}
+    if args.json:
+        _json(data)
+    else:
+        out.print(f"{args.name}: {log.steps} steps in {log.seconds / 60:.1f} min "
+                  f"({log.samples_per_s:.0f} samples/s); closed-loop success {result.success_rate:.1%} "
+                  f"over {result.episodes} episodes; saved {dest}")
+    return 0

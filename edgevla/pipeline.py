@@ -1,0 +1,351 @@
+"""``edgevla build``: policy in, verified and profiled bundle out.
+
+The build runs named stages, each timed and reported::
+
+    load      target profile, recipe (defaults < target < file < flags), policy
+    analyze   spec, parameters, FLOPs per layer; held-out observations
+    compress  pruning and quantization plug in here (recipe prune:/quantize:)
+    export    ONNX of the built model (and of the original, for side-by-side numbers)
+    verify    ONNX Runtime vs PyTorch on held-out observations: max abs error, cosine
+    evaluate  closed-loop success of the exported model vs the original policy: the accuracy gate
+    profile   latency, jitter, deadline misses, throughput, peak memory, roofline estimate
+    bundle    manifest + model.onnx + weights + report, written atomically
+
+A failed gate raises :class:`~edgevla.errors.GateFailed` and writes no bundle.
+Every stage works on any ``nn.Module`` that declares a :class:`PolicySpec`;
+the closed-loop stage needs a task that speaks the policy's observations,
+which for now is the tabletop task (a policy with another spec gets tensor
+checks and action error, and the report says that success was not measured).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .backends import Runner, make_runner
+from .bundle import make_manifest, save_weights, write_bundle
+from .errors import EdgevlaError, GateFailed
+from .metrics.efficiency import roofline_estimate
+from .metrics.flops import FlopReport, flop_report
+from .metrics.latency import deadline_misses, measure_latency, throughput
+from .metrics.memory import measure_peak_memory
+from .metrics.params import count_parameters, file_size
+from .metrics.report import ModelMetrics, build_report, host_info, write_report
+from .models.zoo import LoadedPolicy, load_policy
+from .progress import Progress
+from .recipe import Recipe, load_recipe
+from .spec import PolicySpec, spec_of
+from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
+from .task import TaskConfig, evaluate, fixed_split
+
+DEFAULT_POLICY = "tiny-vla"
+STAGES = ("load", "analyze", "compress", "export", "verify", "evaluate", "profile", "bundle")
+
+
+@dataclass
+class BuildRequest:
+    target: str
+    policy: str | None = None
+    recipe: str | None = None
+    output: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted recipe keys, e.g. {"evaluate.episodes": 50}
+    allow_pickle: bool = False
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    report: dict[str, Any]
+    stage_seconds: dict[str, float]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def task_for(spec: PolicySpec) -> TaskConfig | None:
+    """The tabletop task configured for ``spec``, or None when the spec is not the task's."""
+    obs = {o.name: o for o in spec.observations}
+    if set(obs) != {"image", "instruction", "state"} or spec.action_dim != 2:
+        return None
+    img, text, state = obs["image"].shape, obs["instruction"].shape, obs["state"].shape
+    if len(img) != 4 or img[1] != 3 or img[2] != img[3] or len(text) != 1 or state != (2,):
+        return None
+    return TaskConfig(image_size=img[2], n_cameras=img[0], chunk_size=spec.chunk_size, text_len=text[0])
+
+
+def heldout_observations(spec: PolicySpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Held-out observations: the task's held-out split, else random inputs inside the spec's ranges."""
+    task = task_for(spec)
+    if task is not None:
+        return fixed_split(task, "heldout", n, seed).observations
+    return spec.example(batch=n, seed=10_000 + seed)
+
+
+def batch_of(obs: Mapping[str, np.ndarray], start: int, size: int) -> dict[str, np.ndarray]:
+    """``size`` rows starting at ``start`` (wrapping around), so any batch size can be drawn."""
+    n = len(next(iter(obs.values())))
+    idx = (np.arange(size) + start) % n
+    return {k: np.ascontiguousarray(v[idx]) for k, v in obs.items()}
+
+
+def action_fn(runner: Runner):
+    """A runner as the closed-loop evaluator wants it: obs -> real actions."""
+    return lambda obs: runner.spec.denormalize(runner(obs))
+
+
+def resolve_output(output: str | None, policy_name: str, target: Target) -> Path:
+    """The bundle path, checked before any slow work starts."""
+    out = Path(output) if output else Path("bundles") / f"{policy_name}-{target.name}"
+    out = out.expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise EdgevlaError(f"output {out} exists and is a file; give a directory path")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgevlaError(f"output {out}: {parent} is not a directory")
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgevlaError(f"output {out}: cannot write in {parent}")
+    return out
+
+
+def layer_table(policy: torch.nn.Module) -> list[dict[str, Any]]:
+    """Precision and sparsity of every weight-bearing layer, as the manifest records them."""
+    rows = []
+    for name, mod in policy.named_modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.ndim < 2:
+            continue
+        zeros = float((w == 0).sum()) / w.numel()
+        rows.append({"name": name, "precision": str(w.dtype).replace("torch.float", "fp").replace("fp32", "fp32"),
+                     "sparsity": round(zeros, 6), "pattern": "dense" if zeros == 0 else "unstructured"})
+    return rows
+
+
+def roofline_for(flops: FlopReport, target: Target, precision: str = "fp32") -> Any:
+    """Floor latency on ``target`` from this model's per-layer FLOPs and weight bytes (an estimate)."""
+    try:
+        peak = roofline_peak(target, precision)
+    except EdgevlaError:
+        return None
+    return roofline_estimate([(r.flops, r.weight_bytes) for r in flops.per_layer], peak, bandwidth_bytes_per_s(target))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class Build:
+    """One build; each stage is a method, run in order by :meth:`run`."""
+
+    def __init__(self, request: BuildRequest, progress: Progress | None = None):
+        self.request = request
+        self.progress = progress or Progress()
+        self.work = Path(tempfile.mkdtemp(prefix="edgevla-build-"))
+
+    # load ---------------------------------------------------------------
+    def load(self) -> None:
+        req = self.request
+        self.target = load_target(req.target)
+        self.recipe: Recipe = load_recipe(req.recipe, self.target, dict(req.overrides) or None)
+        ref = req.policy or self.recipe.policy or DEFAULT_POLICY
+        self.loaded: LoadedPolicy = load_policy(ref, allow_pickle=req.allow_pickle)
+        self.original = self.loaded.policy.eval()
+        self.spec = spec_of(self.original)
+        self.output = resolve_output(req.output, self.loaded.name, self.target)
+        self.progress.note(f"policy {self.loaded.name} ({self.loaded.kind}: {self.loaded.source}); "
+                           f"target {self.target.name}; bundle {self.output}")
+
+    # analyze ------------------------------------------------------------
+    def analyze(self) -> None:
+        self.task = task_for(self.spec)
+        self.heldout = heldout_observations(self.spec, self.recipe.verify.samples)
+        one = batch_of(self.heldout, 0, 1)
+        self.example_args = [torch.from_numpy(one[n]) for n in self.spec.input_names]
+        self.flops = {"original": flop_report(self.original, self.example_args)}
+        p = count_parameters(self.original)
+        self.progress.note(f"{p.total:,} parameters, {self.flops['original'].total / 1e6:.1f} MFLOPs per inference")
+        if self.task is None:
+            self.progress.note("no closed-loop task speaks this policy's observations: success will not be measured")
+
+    # compress -----------------------------------------------------------
+    def compress(self) -> None:
+        # The recipe schema admits only methods this version implements (prune and
+        # quantize: none), so the built model is the original's weights, copied so
+        # that later stages never alias the reference they are compared against.
+        self.built = copy.deepcopy(self.original).eval()
+        self.flops["built"] = flop_report(self.built, self.example_args)
+        self.layers = layer_table(self.built)
+
+    # export -------------------------------------------------------------
+    def export(self) -> None:
+        from .export import export_onnx
+
+        opts = self.recipe.export
+        self.onnx = {
+            "built": export_onnx(self.built, self.work / "model.onnx", opset=opts.opset,
+                                 dynamic_batch=opts.dynamic_batch),
+            "original": export_onnx(self.original, self.work / "original.onnx", opset=opts.opset,
+                                    dynamic_batch=opts.dynamic_batch),
+        }
+
+    # verify -------------------------------------------------------------
+    def verify(self) -> None:
+        from .export import verify_onnx
+
+        v = self.recipe.verify
+        self.verification = verify_onnx(self.built, self.onnx["built"], self.heldout, atol=v.atol,
+                                        min_cosine=v.min_cosine)
+        r = self.verification
+        self.progress.note(f"ONNX Runtime vs PyTorch on {r.samples} held-out observations: "
+                           f"max abs error {r.max_abs_error:.2e}, cosine {r.cosine:.8f}")
+        if not r.passed:
+            raise GateFailed(f"verify: ONNX Runtime differs from PyTorch (max abs error {r.max_abs_error:.3e} "
+                             f"> {v.atol:g} or cosine {r.cosine:.6f} < {v.min_cosine})")
+
+    # evaluate -----------------------------------------------------------
+    def evaluate(self) -> None:
+        ev = self.recipe.evaluate
+        self.runners = {"original": {"torch": make_runner("torch", policy=self.original)}}
+        self.runners["built"] = {b: self._runner("built", b) for b in sorted(set(ev.backends) | {"torch"})}
+        ref = self.runners["original"]["torch"]
+        built_backend = ev.backends[0]
+        # Action error in real units, on held-out observations, against the original policy.
+        ref_actions = self.spec.denormalize(ref(self.heldout))
+        self.action_error = {
+            b: float(np.mean(np.abs(self.spec.denormalize(r(self.heldout)) - ref_actions)))
+            for b, r in self.runners["built"].items()
+        }
+        self.results: dict[str, Any] = {}
+        if self.task is None:
+            return
+        jobs = [("original", "torch")] + [("built", b) for b in ev.backends]
+        with self.progress.task(f"{ev.episodes} episodes x {len(jobs)} models", ev.episodes * len(jobs)) as advance:
+            for label, backend in jobs:
+                self.results[(label, backend)] = evaluate(
+                    action_fn(self.runners[label][backend]), self.task, episodes=ev.episodes, seed=ev.seed,
+                    progress=advance)
+        before = self.results[("original", "torch")].success_rate
+        for b in ev.backends:
+            self.progress.note(f"closed-loop success: original (torch) {before:.1%}, "
+                               f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
+        budget = self.recipe.accuracy_loss_budget(self.target)
+        worst = min(self.results[("built", b)].success_rate for b in ev.backends)
+        if before - worst > budget + 1e-12:
+            raise GateFailed(f"accuracy gate: success fell from {before:.1%} to {worst:.1%}, "
+                             f"more than the {budget:.1%} the recipe/target allows")
+        self.success_backend = built_backend
+
+    def _runner(self, label: str, backend: str) -> Runner:
+        policy = self.built if label == "built" else self.original
+        return make_runner(backend, policy=policy, onnx_path=self.onnx[label], spec=self.spec,
+                           threads=self.recipe.profile.threads)
+
+    # profile ------------------------------------------------------------
+    def profile(self) -> None:
+        pc = self.recipe.profile
+        budgets = self.target.budgets
+        obs1 = batch_of(self.heldout, 0, 1)
+        np.savez(self.work / "inputs.npz", **obs1)
+        self.metrics: dict[str, ModelMetrics] = {}
+        total = 2 * len(pc.backends)
+        with self.progress.task(f"latency: {pc.runs} runs x {total}", total) as advance:
+            for label in ("original", "built"):
+                policy = self.original if label == "original" else self.built
+                latency, thr, deadline = {}, {}, {}
+                for backend in pc.backends:
+                    runner = self.runners[label].get(backend) or self._runner(label, backend)
+                    self.runners[label][backend] = runner
+                    latency[backend] = measure_latency(lambda: runner(obs1), warmup=pc.warmup, runs=pc.runs)
+                    deadline[backend] = deadline_misses(latency[backend], budgets.control_rate_hz,
+                                                        budgets.latency_budget_ms)
+                    thr[backend] = throughput(
+                        lambda b, runner=runner: (lambda x=batch_of(self.heldout, 0, b): runner(x)),
+                        pc.batch_sizes, runs=max(5, pc.runs // 10), warmup=2)
+                    advance(1)
+                memory = measure_peak_memory("onnx", self.onnx[label], self.work / "inputs.npz",
+                                             runs=20, warmup=3, threads=pc.threads)
+                success = self.results.get((label, "torch" if label == "original" else self.success_backend_or()))
+                self.metrics[label] = ModelMetrics(
+                    label=label, params=count_parameters(policy), size_bytes=file_size(self.onnx[label]),
+                    flops=self.flops[label], memory=memory, latency=latency,
+                    reference_backend="onnxruntime" if "onnxruntime" in latency else None,
+                    throughput=thr, deadline=deadline,
+                    success_rate=success.success_rate if success else None,
+                    mean_steps=success.mean_steps if success else None,
+                    smoothness=success.smoothness if success else None,
+                    action_error=0.0 if label == "original" else self.action_error[self.success_backend_or()],
+                )
+
+    def success_backend_or(self) -> str:
+        return getattr(self, "success_backend", self.recipe.evaluate.backends[0])
+
+    # bundle -------------------------------------------------------------
+    def bundle(self) -> Path:
+        t = self.target
+        target_info = {
+            "name": t.name, "control_rate_hz": t.budgets.control_rate_hz,
+            "latency_budget_ms": t.budgets.latency_budget_ms, "memory_budget_mb": t.budgets.memory_budget_mb,
+            "max_accuracy_loss": self.recipe.accuracy_loss_budget(t),
+            "memory_bandwidth_gbps": t.facts.memory_bandwidth_gbps, "peak_tflops": dict(t.facts.peak_tflops),
+        }
+        eff = self.recipe.efficiency
+        r = self.verification
+        report = build_report(
+            self.metrics["original"], self.metrics["built"], target=target_info, host=host_info(),
+            efficiency_weights=(eff.alpha, eff.beta, eff.gamma),
+            roofline={k: roofline_for(self.flops[k], t) for k in ("original", "built")},
+            stage_timings=dict(self.progress.stage_seconds),
+            extra={
+                "policy": {"name": self.loaded.name, "reference": self.loaded.reference, "source": self.loaded.source},
+                "verify": {"max_abs_error": r.max_abs_error, "mean_abs_error": r.mean_abs_error,
+                           "cosine": r.cosine, "atol": r.atol, "min_cosine": r.min_cosine,
+                           "samples": r.samples, "passed": r.passed},
+                "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
+                or "not measured: no closed-loop task speaks this policy's observations",
+                "action_error_by_backend": self.action_error,
+                "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
+            },
+        )
+        report_dir = self.work / "report"
+        written = write_report(report, report_dir)
+        save_weights(self.built, self.work / "weights.safetensors")
+        files: dict[str, Path] = {"model.onnx": self.onnx["built"], "weights.safetensors": self.work / "weights.safetensors"}
+        for p in written:
+            files[p.relative_to(report_dir).as_posix()] = p
+        config = getattr(self.built, "config", None)
+        manifest = make_manifest(self.spec, policy_name=self.loaded.name, target=t.to_dict(),
+                                 policy_reference=self.loaded.reference, policy_config=config,
+                                 layers=self.layers, recipe=self.recipe.to_dict())
+        self.report = report
+        return write_bundle(self.output, files, manifest)
+
+    # run ----------------------------------------------------------------
+    def run(self) -> BuildResult:
+        import shutil
+
+        try:
+            for name in STAGES[:-1]:
+                with self.progress.stage(name):
+                    getattr(self, name)()
+            with self.progress.stage("bundle"):
+                path = self.bundle()
+        finally:
+            for group in getattr(self, "runners", {}).values():
+                for runner in group.values():
+                    runner.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+        return BuildResult(path, self.report, dict(self.progress.stage_seconds))
+
+
+def build(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
+    """Run every stage of a build; return the bundle path and its report."""
+    return Build(request, progress).run()

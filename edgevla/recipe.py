@@ -1,0 +1,254 @@
+"""The build recipe: what to do to a policy (prune, quantize, export) and how to prove it.
+
+A recipe is resolved from four layers, each only saying what it changes::
+
+    built-in defaults  <  the target's recipe  <  the user's recipe file  <  CLI overrides
+
+Every layer is checked on its own (so an error names the file it is in), then
+the merged result is checked as a whole (so cross-field rules, like the
+efficiency weights summing to 1, see the final values). The resolved
+:class:`Recipe` is immutable; :meth:`Recipe.to_dict` is what goes into the
+build manifest, and loading that dict back gives the same recipe.
+
+Pruning and quantization have only ``method: none`` in this version. Their
+sections already have the shape the compression stages will fill, so a recipe
+written today keeps working; a method that does not exist yet is refused with
+"not supported yet" rather than ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .errors import EdgevlaError
+from .schema import (Bool, Float, Int, ListOf, Nullable, OneOf, Section, Str, Supported, merge, parse_yaml,
+                     read_yaml, validate)
+
+if TYPE_CHECKING:
+    from .targets import Target
+
+BACKENDS = ("torch", "onnxruntime")
+PRUNE_METHODS = ("none",)
+QUANTIZE_METHODS = ("none",)
+EFFICIENCY_SUM_TOLERANCE = 1e-6
+
+RECIPE_SCHEMA = Section({
+    # A policy reference (a file or a registered name); --policy overrides it.
+    "policy": Nullable(Str()),
+    "prune": Section({
+        "method": Supported(*PRUNE_METHODS, default="none"),
+        "sparsity": Float(0.0, 1.0, max_open=True, default=0.0),  # fraction of weights removed
+        "structure": Nullable(Str()),   # e.g. unstructured, channel, 2:4
+        "criterion": Nullable(Str()),   # e.g. magnitude, taylor
+        "schedule": Nullable(Str()),    # e.g. oneshot, iterative
+    }),
+    "quantize": Section({
+        "method": Supported(*QUANTIZE_METHODS, default="none"),
+    }),
+    "export": Section({
+        "opset": Int(13, 21, default=17),
+        "dynamic_batch": Bool(default=True),
+    }),
+    "verify": Section({
+        "samples": Int(1, default=64),
+        "atol": Float(0.0, default=1e-4),
+        "min_cosine": Float(0.0, 1.0, default=0.9999),
+    }),
+    "evaluate": Section({
+        "episodes": Int(1, default=200),
+        "seed": Int(0, default=10_000),
+        "max_accuracy_loss": Nullable(Float(0.0, 1.0)),  # null: the target's budget
+        "backends": ListOf(OneOf(*BACKENDS), min_len=1, unique=True, default=["onnxruntime"]),
+    }),
+    "profile": Section({
+        "warmup": Int(0, default=20),
+        "runs": Int(1, default=200),
+        "batch_sizes": ListOf(Int(1), min_len=1, unique=True, default=[1, 4, 16]),
+        "backends": ListOf(OneOf(*BACKENDS), min_len=1, unique=True, default=["torch", "onnxruntime"]),
+        "threads": Nullable(Int(1)),  # null: all cores
+    }),
+    # Weights of E(M) = alpha*P/C + beta*P/M + gamma*P/T.
+    "efficiency": Section({
+        "alpha": Float(0.0, 1.0, default=0.4),
+        "beta": Float(0.0, 1.0, default=0.3),
+        "gamma": Float(0.0, 1.0, default=0.3),
+    }),
+})
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str
+    sparsity: float
+    structure: str | None
+    criterion: str | None
+    schedule: str | None
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    method: str
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int
+    dynamic_batch: bool
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    samples: int
+    atol: float
+    min_cosine: float
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    episodes: int
+    seed: int
+    max_accuracy_loss: float | None
+    backends: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    warmup: int
+    runs: int
+    batch_sizes: tuple[int, ...]
+    backends: tuple[str, ...]
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class EfficiencyConfig:
+    alpha: float
+    beta: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fully resolved, validated recipe. Build it with :func:`load_recipe` or :meth:`from_dict`."""
+
+    policy: str | None
+    prune: PruneConfig
+    quantize: QuantizeConfig
+    export: ExportConfig
+    verify: VerifyConfig
+    evaluate: EvaluateConfig
+    profile: ProfileConfig
+    efficiency: EfficiencyConfig
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+        """A complete recipe from a mapping; missing keys take the built-in defaults."""
+        return _build(_check_whole(validate(RECIPE_SCHEMA, data, where), where))
+
+    @classmethod
+    def defaults(cls) -> "Recipe":
+        return cls.from_dict({})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): YAML/JSON-ready, loads back to an equal recipe."""
+        return _plain(asdict(self))
+
+    def apply_overrides(self, overrides: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+        """A new recipe with ``overrides`` on top.
+
+        Keys are dotted paths (``{"profile.runs": 50}``) or nested mappings
+        (``{"profile": {"runs": 50}}``); values are checked like a file's.
+        """
+        layer = validate(RECIPE_SCHEMA, nest_overrides(overrides, where), where, partial=True)
+        return Recipe.from_dict(merge(self.to_dict(), layer), where)
+
+    def accuracy_loss_budget(self, target: "Target") -> float:
+        """The success-rate drop this build may cost: the recipe's own, else the target's budget."""
+        own = self.evaluate.max_accuracy_loss
+        return target.budgets.max_accuracy_loss if own is None else own
+
+
+_SECTIONS = {"prune": PruneConfig, "quantize": QuantizeConfig, "export": ExportConfig, "verify": VerifyConfig,
+             "evaluate": EvaluateConfig, "profile": ProfileConfig, "efficiency": EfficiencyConfig}
+
+
+def _build(data: Mapping[str, Any]) -> Recipe:
+    def section(cls: type, values: Mapping[str, Any]) -> Any:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    return Recipe(policy=data["policy"], **{name: section(cls, data[name]) for name, cls in _SECTIONS.items()})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_whole(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rules that span fields; only meaningful once all layers are merged."""
+    prune = data["prune"]
+    if prune["method"] == "none" and prune["sparsity"] > 0:
+        raise EdgevlaError(f"{where}: prune.sparsity {prune['sparsity']:g} needs a prune method (method is none)")
+    weights = data["efficiency"]
+    total = weights["alpha"] + weights["beta"] + weights["gamma"]
+    if not math.isclose(total, 1.0, rel_tol=0.0, abs_tol=EFFICIENCY_SUM_TOLERANCE):
+        raise EdgevlaError(
+            f"{where}: efficiency: alpha + beta + gamma must sum to 1, got {total:g} "
+            f"({weights['alpha']:g} + {weights['beta']:g} + {weights['gamma']:g})")
+    return data
+
+
+def nest_overrides(overrides: Mapping[str, Any], where: str = "recipe") -> dict[str, Any]:
+    """``{"profile.runs": 5}`` -> ``{"profile": {"runs": 5}}``; nested mappings pass through and merge."""
+    if not isinstance(overrides, Mapping):
+        raise EdgevlaError(f"{where}: overrides must be a mapping, got {type(overrides).__name__}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not all(key.split(".")):
+            raise EdgevlaError(f"{where}: override key {key!r} is not a dotted name like 'profile.runs'")
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        nested = merge(nested, value)
+    return nested
+
+
+def parse_assignments(assignments: Iterable[str], where: str = "--set") -> dict[str, Any]:
+    """CLI ``KEY=VALUE`` strings to an overrides dict; each value is read as YAML (``50``, ``[1, 4]``, ``null``)."""
+    out: dict[str, Any] = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise EdgevlaError(f"{where}: expected KEY=VALUE like profile.runs=50, got {text!r}")
+        out[key.strip()] = parse_yaml(value, f"{where} {key.strip()}")
+    return out
+
+
+def load_recipe(path: str | Path | None, target: "Target | None" = None,
+                overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Resolve a recipe: defaults < ``target.recipe`` < the file at ``path`` < ``overrides``.
+
+    ``path`` may be None (no user file). ``target`` may be None (no target layer;
+    then ``evaluate.max_accuracy_loss`` must be set before an accuracy gate uses it).
+    """
+    merged: dict[str, Any] = {}
+    if target is not None:
+        # Validated when the target was loaded; checked again so a hand-built Target cannot slip through.
+        merged = merge(merged, validate(RECIPE_SCHEMA, target.recipe, f"target {target.name}: recipe",
+                                        partial=True))
+    where = "recipe"
+    if path is not None:
+        where = f"recipe {path}"
+        data = read_yaml(path, where)
+        if data is None:  # an empty file changes nothing
+            data = {}
+        merged = merge(merged, validate(RECIPE_SCHEMA, data, where, partial=True))
+    if overrides:
+        merged = merge(merged, validate(RECIPE_SCHEMA, nest_overrides(overrides), "recipe", partial=True))
+        where = "recipe"
+    return Recipe.from_dict(merged, where)

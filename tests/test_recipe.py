@@ -1,0 +1,269 @@
+"""The build recipe: defaults, the four-layer merge, and one-line errors for every kind of mistake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgevla.errors import EdgevlaError
+from edgevla.recipe import Recipe, load_recipe, nest_overrides, parse_assignments
+from edgevla.targets import load_target
+
+# The defaults the brief fixes; written out so that a changed default is a visible decision.
+DEFAULTS = {
+    "policy": None,
+    "prune": {"method": "none", "sparsity": 0.0, "structure": None, "criterion": None, "schedule": None},
+    "quantize": {"method": "none"},
+    "export": {"opset": 17, "dynamic_batch": True},
+    "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
+    "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "backends": ["onnxruntime"]},
+    "profile": {"warmup": 20, "runs": 200, "batch_sizes": [1, 4, 16], "backends": ["torch", "onnxruntime"],
+                "threads": None},
+    "efficiency": {"alpha": 0.4, "beta": 0.3, "gamma": 0.3},
+}
+
+TARGET_YAML = """\
+name: test-board
+description: a board for merge-order tests
+kind: cpu
+host_arch: x86_64
+facts:
+  compute_capability: null
+  cuda_arch: null
+  precisions: [fp32]
+  memory_gb: 4
+  memory_bandwidth_gbps: 10
+  peak_tflops: {fp32: 0.1}
+  cpu: {arch: x86-64-v4, cores: 2, model: test}
+  preferred_channel_multiple: 16
+budgets: {control_rate_hz: 10, latency_budget_ms: 50, memory_budget_mb: 1024, max_accuracy_loss: 0.05}
+recipe:
+  verify: {samples: 11, atol: 0.001}
+  profile: {warmup: 7, runs: 111, batch_sizes: [2, 3]}
+"""
+
+
+@pytest.fixture
+def board(tmp_path):
+    path = tmp_path / "test-board.yaml"
+    path.write_text(TARGET_YAML, encoding="utf-8")
+    return load_target(path)
+
+
+def write(tmp_path, text: str, name: str = "recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(call, *args, **kwargs) -> str:
+    with pytest.raises(EdgevlaError) as excinfo:
+        call(*args, **kwargs)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+# --- defaults and round trips ----------------------------------------------------------------------
+
+def test_defaults_are_the_documented_ones():
+    assert Recipe.defaults().to_dict() == DEFAULTS
+    assert load_recipe(None) == Recipe.defaults()
+
+
+def test_sections_are_typed():
+    r = Recipe.defaults()
+    assert r.profile.batch_sizes == (1, 4, 16) and isinstance(r.profile.batch_sizes, tuple)
+    assert isinstance(r.verify.atol, float) and isinstance(r.export.opset, int)
+    with pytest.raises(AttributeError):
+        r.profile.runs = 5  # frozen: a resolved recipe does not change behind the manifest's back
+
+
+def test_to_dict_round_trips_through_dict_json_and_a_yaml_file(tmp_path, board):
+    recipe = load_recipe(None, board, {"policy": "policies/act.pt", "evaluate.max_accuracy_loss": 0.01,
+                                      "profile.threads": 2})
+    data = recipe.to_dict()
+    assert json.loads(json.dumps(data)) == data  # plain data: lists, not tuples
+    assert Recipe.from_dict(data) == recipe
+    assert load_recipe(write(tmp_path, yaml.safe_dump(data))) == recipe
+    assert Recipe.from_dict(Recipe.defaults().to_dict()) == Recipe.defaults()
+
+
+def test_an_empty_file_changes_nothing(tmp_path):
+    assert load_recipe(write(tmp_path, "")) == Recipe.defaults()
+    assert load_recipe(write(tmp_path, "# only a comment\n")) == Recipe.defaults()
+
+
+# --- the merge ----------------------------------------------------------------------------------------
+
+def test_merge_order_defaults_target_file_overrides(tmp_path, board):
+    path = write(tmp_path, "verify: {samples: 22}\nprofile: {runs: 222}\nexport: {opset: 19}\n")
+    recipe = load_recipe(path, board, {"profile.runs": 333})
+    assert recipe.profile.runs == 333                  # CLI beats file, target and defaults
+    assert recipe.verify.samples == 22                 # file beats target
+    assert recipe.export.opset == 19                   # file beats defaults
+    assert recipe.profile.warmup == 7                  # target beats defaults
+    assert recipe.verify.atol == pytest.approx(1e-3)   # target key kept beside the file's key in one section
+    assert recipe.profile.batch_sizes == (2, 3)        # target
+    assert recipe.verify.min_cosine == pytest.approx(0.9999)  # default
+    assert recipe.evaluate.episodes == 200             # default
+
+
+def test_a_list_in_a_later_layer_replaces_the_earlier_list(tmp_path, board):
+    recipe = load_recipe(write(tmp_path, "profile: {batch_sizes: [8]}\n"), board)
+    assert recipe.profile.batch_sizes == (8,)
+
+
+def test_a_builtin_targets_recipe_sits_under_the_users_file(tmp_path):
+    arm = load_target("arm64-cpu")
+    assert load_recipe(None, arm).profile.runs == 100
+    assert load_recipe(write(tmp_path, "profile: {runs: 150}\n"), arm).profile.runs == 150
+    assert load_recipe(write(tmp_path, "profile: {runs: 150}\n"), arm).profile.warmup == 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(target=st.none() | st.integers(1, 10**6), file=st.none() | st.integers(1, 10**6),
+       cli=st.none() | st.integers(1, 10**6))
+def test_the_last_layer_that_sets_a_key_wins(tmp_path_factory, target, file, cli):
+    folder = tmp_path_factory.mktemp("layers")
+    text = TARGET_YAML.replace("runs: 111", f"runs: {target}") if target else TARGET_YAML.replace("runs: 111, ", "")
+    board = load_target(write(folder, text, "test-board.yaml"))
+    path = write(folder, f"profile: {{runs: {file}}}\n") if file else None
+    recipe = load_recipe(path, board, {"profile": {"runs": cli}} if cli else None)
+    expected = next(v for v in (cli, file, target, 200) if v is not None)
+    assert recipe.profile.runs == expected
+
+
+def test_apply_overrides_accepts_dotted_and_nested_keys_and_returns_a_new_recipe():
+    base = Recipe.defaults()
+    changed = base.apply_overrides({"profile.runs": 5, "profile": {"warmup": 1}, "policy": "act.pt",
+                                    "evaluate.backends": ["torch", "onnxruntime"]})
+    assert (changed.profile.runs, changed.profile.warmup, changed.policy) == (5, 1, "act.pt")
+    assert changed.evaluate.backends == ("torch", "onnxruntime")
+    assert base == Recipe.defaults()
+    assert nest_overrides({"a.b.c": 1, "a.b": {"d": 2}}) == {"a": {"b": {"c": 1, "d": 2}}}
+
+
+def test_parse_assignments_reads_values_as_yaml():
+    assert parse_assignments(["profile.runs=50", "verify.atol=1e-3", "profile.batch_sizes=[1, 2]",
+                              "profile.threads=null", "policy=act.pt"]) == {
+        "profile.runs": 50, "verify.atol": 1e-3, "profile.batch_sizes": [1, 2], "profile.threads": None,
+        "policy": "act.pt"}
+    assert "expected KEY=VALUE" in error_of(parse_assignments, ["profile.runs"])
+    recipe = Recipe.defaults().apply_overrides(parse_assignments(["profile.runs=50"]))
+    assert recipe.profile.runs == 50
+
+
+def test_accuracy_loss_budget_falls_back_to_the_target(board):
+    assert load_recipe(None, board).accuracy_loss_budget(board) == pytest.approx(0.05)
+    own = load_recipe(None, board, {"evaluate.max_accuracy_loss": 0.01})
+    assert own.accuracy_loss_budget(board) == pytest.approx(0.01)
+
+
+# --- efficiency weights -----------------------------------------------------------------------------
+
+def test_efficiency_weights_must_sum_to_one():
+    message = error_of(Recipe.defaults().apply_overrides, {"efficiency.alpha": 0.5})
+    assert message == "recipe: efficiency: alpha + beta + gamma must sum to 1, got 1.1 (0.5 + 0.3 + 0.3)"
+    ok = Recipe.defaults().apply_overrides({"efficiency": {"alpha": 0.5, "beta": 0.2, "gamma": 0.3}})
+    assert (ok.efficiency.alpha, ok.efficiency.beta, ok.efficiency.gamma) == (0.5, 0.2, 0.3)
+
+
+def test_efficiency_sum_tolerance_is_one_millionth():
+    Recipe.from_dict({"efficiency": {"alpha": 0.4, "beta": 0.3, "gamma": 0.3 + 5e-7}})
+    with pytest.raises(EdgevlaError, match="must sum to 1"):
+        Recipe.from_dict({"efficiency": {"alpha": 0.4, "beta": 0.3, "gamma": 0.3 + 5e-6}})
+
+
+def test_efficiency_weights_cannot_be_negative():
+    message = error_of(Recipe.from_dict, {"efficiency": {"alpha": 1.2, "beta": -0.2, "gamma": 0.0}})
+    assert "efficiency.alpha: expected number in [0, 1], got 1.2" in message
+
+
+# --- methods not implemented yet -----------------------------------------------------------------------
+
+def test_an_unsupported_prune_method_is_refused_clearly(tmp_path):
+    message = error_of(load_recipe, None, None, {"prune.method": "2:4"})
+    assert message == "recipe: prune.method '2:4' is not supported yet (supported: none)"
+    path = write(tmp_path, "prune:\n  method: magnitude\n  sparsity: 0.5\n")
+    assert error_of(load_recipe, path) == (
+        f"recipe {path}: prune.method 'magnitude' is not supported yet (supported: none)")
+
+
+def test_an_unsupported_quantize_method_is_refused_clearly():
+    message = error_of(load_recipe, None, None, {"quantize": {"method": "w8a8"}})
+    assert message == "recipe: quantize.method 'w8a8' is not supported yet (supported: none)"
+
+
+def test_the_prune_section_shape_is_open_for_the_pruning_stage():
+    recipe = Recipe.from_dict({"prune": {"method": "none", "structure": "channel", "criterion": "magnitude",
+                                         "schedule": "oneshot"}})
+    assert (recipe.prune.structure, recipe.prune.criterion, recipe.prune.schedule) == (
+        "channel", "magnitude", "oneshot")
+    assert "prune.sparsity: expected number in [0, 1), got 1" in error_of(
+        Recipe.from_dict, {"prune": {"sparsity": 1}})
+    assert "prune.sparsity 0.5 needs a prune method" in error_of(Recipe.from_dict, {"prune": {"sparsity": 0.5}})
+
+
+# --- one-line errors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"profile.runs": "abc"}, "recipe: profile.runs: expected int >= 1, got 'abc'"),
+    ({"profile.runs": 0}, "recipe: profile.runs: expected int >= 1, got 0"),
+    ({"profile.runs": True}, "recipe: profile.runs: expected int >= 1, got True"),
+    ({"profile.runs": 2.0}, "recipe: profile.runs: expected int >= 1, got 2.0"),
+    ({"profile.threads": "all"}, "recipe: profile.threads: expected int >= 1 or null, got 'all'"),
+    ({"profile.batch_sizes": [1, "4"]}, "recipe: profile.batch_sizes[1]: expected int >= 1, got '4'"),
+    ({"profile.batch_sizes": [1, 1]}, "recipe: profile.batch_sizes[1]: 1 is listed twice"),
+    ({"profile.batch_sizes": []}, "recipe: profile.batch_sizes: expected a non-empty list of int >= 1, got []"),
+    ({"profile.backends": ["tensorrt"]}, "recipe: profile.backends[0]: expected one of torch, onnxruntime, "
+                                         "got 'tensorrt'"),
+    ({"export.opset": 12}, "recipe: export.opset: expected int in [13, 21], got 12"),
+    ({"export.dynamic_batch": "yes please"}, "recipe: export.dynamic_batch: expected true or false, "
+                                              "got 'yes please'"),
+    ({"verify.atol": float("nan")}, "recipe: verify.atol: expected number >= 0, got nan"),
+    ({"verify.min_cosine": 1.5}, "recipe: verify.min_cosine: expected number in [0, 1], got 1.5"),
+    ({"evaluate.max_accuracy_loss": -0.1}, "recipe: evaluate.max_accuracy_loss: expected number in [0, 1] or "
+                                           "null, got -0.1"),
+    ({"policy": ""}, "recipe: policy: expected a non-empty string or null, got ''"),
+    ({"prunning": {}}, "recipe: unknown key 'prunning' (did you mean 'prune'? known: policy, prune, quantize, "
+                       "export, verify, evaluate, profile, efficiency)"),
+    ({"profile.run": 3}, "recipe: profile: unknown key 'run' (did you mean 'runs'? known: warmup, runs, "
+                         "batch_sizes, backends, threads)"),
+    ({"profile": 5}, "recipe: profile: expected a mapping, got 5"),
+    ({"profile..runs": 5}, "recipe: override key 'profile..runs' is not a dotted name like 'profile.runs'"),
+])
+def test_bad_values_give_one_line_naming_the_dotted_path(overrides, expected):
+    assert error_of(load_recipe, None, None, overrides) == expected
+
+
+def test_errors_in_a_file_name_the_file(tmp_path):
+    path = write(tmp_path, "profile:\n  runs: abc\n")
+    assert error_of(load_recipe, path) == f"recipe {path}: profile.runs: expected int >= 1, got 'abc'"
+    path = write(tmp_path, "- just\n- a list\n")
+    assert error_of(load_recipe, path) == f"recipe {path}: expected a mapping, got ['just', 'a list']"
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, "profile:\n  runs: 5\n  batch_sizes: [1, 4\n")
+    message = error_of(load_recipe, path)
+    assert message.startswith(f"recipe {path}: not valid YAML:") and "(line " in message
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = write(tmp_path, "profile: {runs: 5}\nprofile: {warmup: 1}\n")
+    assert "key 'profile' is given twice (line 2" in error_of(load_recipe, path)
+
+
+def test_a_missing_file_is_a_one_line_error(tmp_path):
+    assert "does not exist" in error_of(load_recipe, tmp_path / "nope.yaml")
+
+
+def test_exponent_floats_are_numbers_in_files(tmp_path):
+    """PyYAML alone reads `1e-4` as a string; a recipe file must not."""
+    recipe = load_recipe(write(tmp_path, "verify: {atol: 1e-5, min_cosine: 9.99e-1}\n"))
+    assert recipe.verify.atol == pytest.approx(1e-5) and recipe.verify.min_cosine == pytest.approx(0.999)
