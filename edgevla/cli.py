@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     zt.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
     zt.add_argument("--episodes", type=int, default=200, help="closed-loop episodes to evaluate the result")
     zt.add_argument("--seed", type=int, default=0)
+    zt.add_argument("--blank", choices=("image", "instruction"),
+                    help="ablation: train and evaluate with this input zeroed (needs --output)")
+    zt.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     zt.add_argument("--json", action="store_true")
     return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ from rich.table import Table
 
 from .errors import EdgevlaError
 
-out = Console(highlight=False)
+class _Out:
+    """stdout through rich; wide enough off a terminal that tables are not cut."""
+
+    def print(self, *args, **kwargs) -> None:
+        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(*args, **kwargs)
+
+
+out = _Out()
 
 
 def _json(obj: Any) -> None:
@@ -270,19 +278,29 @@ def _zoo_train(args: argparse.Namespace) -> int:
         if args.steps < 1:
             raise EdgevlaError("--steps must be >= 1")
         tc = type(tc)(**{**tc.__dict__, "steps": args.steps})
-    tc = type(tc)(**{**tc.__dict__, "seed": args.seed})
+    if args.blank and not args.output:
+        raise EdgevlaError("--blank trains an ablation: give --output so it does not replace the zoo checkpoint")
+    if args.threads is not None and args.threads < 1:
+        raise EdgevlaError("--threads must be >= 1")
+    tc = type(tc)(**{**tc.__dict__, "seed": args.seed, "blank": args.blank, "threads": args.threads})
     dest = Path(args.output) if args.output else cache_dir() / "zoo" / f"{args.name}.safetensors"
     if dest.exists() and dest.is_dir():
         raise EdgevlaError(f"output {dest} is a directory; give a file path")
     progress = ConsoleProgress()
     with progress.stage("train", f"{args.name}: {tc.steps} steps of batch {tc.batch_size}"):
         with progress.task("steps", tc.steps) as advance:
-            policy, log = train_policy(CONFIGS[args.name], tc, name=args.name, on_step=lambda s, loss: advance(1))
+            def on_step(step: int, loss: float) -> None:
+                advance(1)
+                if (step + 1) % 250 == 0:
+                    progress.note(f"step {step + 1}/{tc.steps}: loss {loss:.4f}")
+
+            policy, log = train_policy(CONFIGS[args.name], tc, name=args.name, on_step=on_step)
     with progress.stage("evaluate", f"{args.episodes} closed-loop episodes"):
-        result = evaluate(torch_action_fn(policy), task_config_for(policy.config), episodes=args.episodes)
+        result = evaluate(torch_action_fn(policy), task_config_for(policy.config), episodes=args.episodes,
+                          blank=args.blank)
     save_checkpoint(policy, dest, extra={"train_steps": str(log.steps), "train_seconds": f"{log.seconds:.1f}",
                                          "success_rate": f"{result.success_rate:.4f}"})
-    data = {"policy": args.name, "checkpoint": str(dest), "steps": log.steps, "seconds": round(log.seconds, 1),
+    data = {"policy": args.name, "blank": args.blank, "checkpoint": str(dest), "steps": log.steps, "seconds": round(log.seconds, 1),
             "samples_per_s": round(log.samples_per_s, 1), "final_loss": log.losses[-1] if log.losses else None,
             "success_rate": result.success_rate, "episodes": result.episodes}
     if args.json:

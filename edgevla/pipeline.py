@@ -126,9 +126,32 @@ def layer_table(policy: torch.nn.Module) -> list[dict[str, Any]]:
         if not isinstance(w, torch.Tensor) or w.ndim < 2:
             continue
         zeros = float((w == 0).sum()) / w.numel()
-        rows.append({"name": name, "precision": str(w.dtype).replace("torch.float", "fp").replace("fp32", "fp32"),
+        rows.append({"name": name, "precision": str(w.dtype).replace("torch.float", "fp"),
                      "sparsity": round(zeros, 6), "pattern": "dense" if zeros == 0 else "unstructured"})
     return rows
+
+
+def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[str, np.ndarray]) -> None:
+    """Run the policy once on observations shaped as its spec declares; one-line error if it can't."""
+    args = [torch.from_numpy(obs[n]) for n in spec.input_names]
+    try:
+        with torch.inference_mode():
+            out = policy(*args)
+    except Exception as e:  # the user's forward: any failure means spec and model disagree
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgevlaError(f"the policy does not run on observations shaped as its spec declares "
+                           f"({', '.join(f'{n}{tuple(obs[n].shape)}' for n in spec.input_names)}): {first}") from None
+    expected = (len(args[0]), *spec.action.shape)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise EdgevlaError(f"the policy returned {got}, its spec declares actions of shape {expected}")
+
+
+def accuracy_gate(before: float, after: float, max_loss: float) -> None:
+    """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions)."""
+    if before - after > max_loss + 1e-12:
+        raise GateFailed(f"accuracy gate: success fell from {before:.1%} to {after:.1%}, "
+                         f"more than the {max_loss:.1%} the recipe/target allows")
 
 
 def roofline_for(flops: FlopReport, target: Target, precision: str = "fp32") -> Any:
@@ -168,6 +191,7 @@ class Build:
     def analyze(self) -> None:
         self.task = task_for(self.spec)
         self.heldout = heldout_observations(self.spec, self.recipe.verify.samples)
+        check_policy_runs(self.original, self.spec, batch_of(self.heldout, 0, 2))
         one = batch_of(self.heldout, 0, 1)
         self.example_args = [torch.from_numpy(one[n]) for n in self.spec.input_names]
         self.flops = {"original": flop_report(self.original, self.example_args)}
@@ -237,11 +261,8 @@ class Build:
         for b in ev.backends:
             self.progress.note(f"closed-loop success: original (torch) {before:.1%}, "
                                f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
-        budget = self.recipe.accuracy_loss_budget(self.target)
         worst = min(self.results[("built", b)].success_rate for b in ev.backends)
-        if before - worst > budget + 1e-12:
-            raise GateFailed(f"accuracy gate: success fell from {before:.1%} to {worst:.1%}, "
-                             f"more than the {budget:.1%} the recipe/target allows")
+        accuracy_gate(before, worst, self.recipe.accuracy_loss_budget(self.target))
         self.success_backend = built_backend
 
     def _runner(self, label: str, backend: str) -> Runner:

@@ -24,7 +24,7 @@ from .task.dataset import Batch
 @dataclass
 class TrainConfig:
     steps: int = 2500
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 2e-3
     min_lr: float = 2e-5
     warmup: int = 100
@@ -122,6 +122,6 @@ def closed_loop_success(policy: torch.nn.Module, episodes: int = 200, seed: int 
 # How each trainable zoo policy is trained (`edgevla zoo train NAME`). Budgets on
 # 2 CPU cores: tiny-vla <= 15 minutes, small-vla <= 60 minutes.
 TRAIN_RECIPES: dict[str, TrainConfig] = {
-    "tiny-vla": TrainConfig(steps=2500, batch_size=128, lr=2e-3),
-    "small-vla": TrainConfig(steps=3000, batch_size=64, lr=6e-4, warmup=200),
+    "tiny-vla": TrainConfig(steps=2500, batch_size=64, lr=2e-3),
+    "small-vla": TrainConfig(steps=2500, batch_size=64, lr=1e-3, warmup=200),
 }

@@ -43,6 +43,9 @@ def save_checkpoint(policy: VLAPolicy, path: str | os.PathLike, extra: dict[str,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -58,13 +61,22 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise EdgevlaError(f"{path}: not a readable safetensors checkpoint ({e})") from None
 
 
+def looks_like_safetensors(path: Path) -> bool:
+    """safetensors starts with a little-endian u64 header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size
+
+
 def is_pickle(path: Path) -> bool:
-    """True for torch.save files (zip with a data.pkl, or a raw pickle stream)."""
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        return True
+    """True for torch.save files (a zip holding data.pkl, or a raw pickle stream)."""
+    if looks_like_safetensors(path):
+        return False
     with open(path, "rb") as f:
         head = f.read(2)
-    return head[:1] == b"\x80" or zipfile.is_zipfile(path)
+    return head[:1] == b"\x80" or zipfile.is_zipfile(path) or path.suffix.lower() in _PICKLE_SUFFIXES
 
 
 def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> torch.nn.Module:

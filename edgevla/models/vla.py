@@ -277,10 +277,12 @@ def _init_weights(m: nn.Module) -> None:
 
 
 CONFIGS: dict[str, VLAConfig] = {
-    # <= 3M parameters; trained checkpoint ships in the package.
-    "tiny-vla": VLAConfig(d_model=128, n_heads=4, n_vision_layers=2, n_text_layers=1, n_trunk_layers=3),
-    # 20-40M parameters; trained on demand (`edgevla zoo train small-vla`).
-    "small-vla": VLAConfig(d_model=384, n_heads=6, n_vision_layers=4, n_text_layers=1, n_trunk_layers=6),
+    # <= 3M parameters; a trained checkpoint ships in the package.
+    "tiny-vla": VLAConfig(d_model=96, n_heads=4, n_vision_layers=1, n_text_layers=1, n_trunk_layers=3),
+    # 20-40M parameters; trained on demand (`edgevla zoo train small-vla`). 8-pixel
+    # patches keep the token count (and so the training cost on 2 CPU cores) low.
+    "small-vla": VLAConfig(patch_size=8, d_model=384, n_heads=6, n_vision_layers=2, n_text_layers=1,
+                           n_trunk_layers=8),
     # >= 150M parameters, random init: for latency and memory only.
     "base-vla": VLAConfig(d_model=768, n_heads=12, n_vision_layers=8, n_text_layers=2, n_trunk_layers=14),
 }

@@ -1,0 +1,22 @@
+"""Shared fixtures: one quick build of the default policy, used by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgevla.pipeline import BuildRequest, build
+
+# A quick recipe: every stage runs, with fewer episodes and timing runs.
+FAST = {"evaluate.episodes": 60, "verify.samples": 32, "profile.runs": 8, "profile.warmup": 2,
+        "profile.batch_sizes": [1, 2]}
+
+
+@pytest.fixture(scope="session")
+def fast() -> dict:
+    return dict(FAST)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-orin"
+    return build(BuildRequest(target="jetson-orin", output=str(out), overrides=FAST))

@@ -1,0 +1,178 @@
+"""The ``edgevla`` command line: every command, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from edgevla.cli import main
+from edgevla.models.vla import CONFIGS, VLAPolicy
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    """The error is the last line on stderr, alone (stage progress lines may come before it)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("edgevla: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert "Traceback" not in err
+    return errors[0]
+
+
+def test_targets_json(capsys):
+    code, out, _ = run(capsys, "targets", "--json")
+    assert code == 0
+    names = {t["name"] for t in json.loads(out)}
+    assert {"jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano", "jetson-thor", "rtx-4090", "h100",
+            "x86-64-cpu", "arm64-cpu"} <= names
+
+
+def test_targets_table(capsys):
+    code, out, _ = run(capsys, "targets")
+    assert code == 0 and "jetson-agx-orin" in out and "jetson-orin" in out
+
+
+def test_unknown_target(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "--target", "jetson-nope", "-o", str(tmp_path / "b"))
+    assert code == 2
+    line = one_line_error(err)
+    assert "jetson-nope" in line and "jetson-agx-orin" in line
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_policy(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "--policy", "not-a-policy", "-o", str(tmp_path / "b"))
+    assert code == 2
+    assert "unknown policy 'not-a-policy'" in one_line_error(err)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"prunning": {"method": "none"}}, "unknown key 'prunning'"),
+    ({"profile": {"runs": "many"}}, "profile.runs"),
+    ({"verify": {"atol": -1.0}}, "verify.atol"),
+    ({"quantize": {"method": "w8a8"}}, "not supported yet"),
+    ({"efficiency": {"alpha": 0.5, "beta": 0.5, "gamma": 0.5}}, "sum"),
+])
+def test_bad_recipe(capsys, tmp_path, recipe, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "--recipe", str(path), "-o", str(tmp_path / "b"))
+    assert code == 2
+    assert message in one_line_error(err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_recipe_that_is_not_yaml(capsys, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("verify: [unclosed\n")
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "--recipe", str(path))
+    assert code == 2
+    one_line_error(err)
+
+
+def test_output_is_a_file(capsys, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("mine")
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "-o", str(f))
+    assert code == 2 and "is a file" in one_line_error(err)
+    assert f.read_text() == "mine"
+
+
+def test_output_under_a_file_cannot_be_written(capsys, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("mine")
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "-o", str(f / "bundle"))
+    assert code == 2 and "not a directory" in one_line_error(err)
+
+
+def test_pickle_checkpoint_refused_then_allowed(capsys, tmp_path):
+    cfg = CONFIGS["tiny-vla"]
+    path = tmp_path / "policy.pt"
+    torch.save({"config": cfg.to_dict(), "state_dict": VLAPolicy(cfg).state_dict()}, path)
+    code, _, err = run(capsys, "profile", str(path), "--backend", "torch", "--runs", "3", "--warmup", "1")
+    assert code == 2 and "--allow-pickle" in one_line_error(err)
+    code, out, _ = run(capsys, "profile", str(path), "--backend", "torch", "--runs", "3", "--warmup", "1",
+                       "--allow-pickle", "--json")
+    assert code == 0 and json.loads(out)["latency_ms"]["runs"] == 3
+
+
+def test_usage_error_is_one_line(capsys):
+    code, _, err = run(capsys, "build")
+    assert code == 2
+    assert "--target" in one_line_error(err)
+
+
+def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
+    root = str(tiny_bundle.bundle)
+    code, out, _ = run(capsys, "inspect", root, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["ok"] and data["policy"] == "tiny-vla"
+    assert all(f["sha256_ok"] for f in data["files"])
+
+    code, out, _ = run(capsys, "eval", root, "--episodes", "40", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["episodes"] == 40 and data["success_rate"] >= 0.9
+
+    code, out, _ = run(capsys, "eval", root, "--episodes", "40", "--backend", "torch", "--json")
+    assert code == 0 and json.loads(out)["success_rate"] >= 0.9
+
+    code, out, _ = run(capsys, "profile", root, "--runs", "5", "--warmup", "1", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["target"] == "jetson-agx-orin" and data["latency_ms"]["runs"] == 5
+    assert data["deadline"]["period_ms"] == pytest.approx(1000 / 30)
+
+    # A tampered copy fails inspection, names the file, and cannot be evaluated.
+    copy = tmp_path / "tampered"
+    shutil.copytree(root, copy)
+    with open(copy / "model.onnx", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    code, out, err = run(capsys, "inspect", str(copy))
+    assert code == 2 and "model.onnx" in one_line_error(err)
+    code, _, err = run(capsys, "eval", str(copy), "--episodes", "5")
+    assert code == 2 and "model.onnx" in one_line_error(err)
+
+
+def test_native_and_tensorrt_backends_say_why(capsys, tiny_bundle):
+    for backend in ("native", "tensorrt"):
+        code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", backend, "--runs", "2")
+        assert code == 2
+        one_line_error(err)
+
+
+def test_zoo_list_and_train(capsys, tmp_path):
+    code, out, _ = run(capsys, "zoo", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["tiny-vla"]["available"] and rows["base-vla"]["parameters"] >= 150_000_000
+    dest = tmp_path / "t.safetensors"
+    code, out, _ = run(capsys, "zoo", "train", "tiny-vla", "--steps", "3", "--episodes", "10", "-o", str(dest), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["steps"] == 3 and dest.is_file()
+    code, _, err = run(capsys, "zoo", "train", "base-vla")
+    assert code == 2 and "random init" in one_line_error(err)
+    code, _, err = run(capsys, "zoo", "train", "tiny-vla", "--blank", "image")
+    assert code == 2 and "--output" in one_line_error(err)
+
+
+def test_console_script_exit_codes(tmp_path):
+    exe = shutil.which("edgevla")
+    assert exe, "the edgevla console script is not installed"
+    ok = subprocess.run([exe, "targets"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "jetson-thor" in ok.stdout
+    bad = subprocess.run([exe, "build", "--target", "nowhere"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    one_line_error(bad.stderr)
+    mod = subprocess.run([sys.executable, "-m", "edgevla.cli", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert mod.returncode == 0 and "edgevla" in json.loads(mod.stdout)

@@ -1,0 +1,176 @@
+"""``edgevla build`` end to end: the bundle, its proof, and the gates."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevla.backends import make_runner
+from edgevla.bundle import inspect_bundle, load_bundle
+from edgevla.errors import EdgevlaError, GateFailed
+from edgevla.models.zoo import load_policy
+from edgevla.pipeline import BuildRequest, accuracy_gate, build, heldout_observations, task_for
+
+
+
+def test_bundle_layout_and_hashes(tiny_bundle):
+    root = tiny_bundle.bundle
+    names = {p.name for p in root.iterdir()}
+    assert {"manifest.json", "model.onnx", "weights.safetensors", "report.json", "report.md",
+            "latency.png"} <= names
+    ins = inspect_bundle(root)
+    assert ins.ok, ins.problems
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["target"]["name"] == "jetson-agx-orin"
+    assert manifest["policy"]["name"] == "tiny-vla"
+    assert manifest["chunk_size"] == 8 and manifest["control_rate_hz"] == 30
+    assert [i["name"] for i in manifest["inputs"]] == ["image", "instruction", "state"]
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert all(layer["precision"] == "fp32" and layer["pattern"] == "dense" for layer in manifest["layers"])
+    assert manifest["recipe"]["evaluate"]["episodes"] == 60
+    for key in ("edgevla", "torch", "onnx", "onnxruntime"):
+        assert manifest["versions"][key]
+
+
+def test_exported_model_passes_full_check_and_matches_torch(tiny_bundle):
+    root = tiny_bundle.bundle
+    onnx.checker.check_model(str(root / "model.onnx"), full_check=True)
+    bundle = load_bundle(root)
+    policy = load_policy("tiny-vla").policy
+    obs = heldout_observations(bundle.spec, 64, seed=7)  # not the build's own verification set
+    with make_runner("onnxruntime", onnx_path=root / "model.onnx", spec=bundle.spec) as ort, \
+            make_runner("torch", policy=policy) as pt:
+        err = np.abs(ort(obs) - pt(obs)).max()
+    assert err <= 1e-4
+
+
+def test_report_holds_every_metric(tiny_bundle):
+    report = json.loads((tiny_bundle.bundle / "report.json").read_text())
+    assert report == json.loads(json.dumps(tiny_bundle.report))
+    for label in ("original", "built"):
+        m = report["models"][label]
+        assert m["params"]["total"] > 0 and m["params"]["nonzero"] > 0
+        assert m["flops"]["total"] > 0 and len(m["flops"]["per_layer"]) > 10
+        assert m["size_bytes"] > 0
+        assert m["memory"]["peak_mb"] > 0
+        for backend in ("torch", "onnxruntime"):
+            lat = m["latency"][backend]
+            assert lat["runs"] == 8 and 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+            assert set(m["throughput"][backend]) == {"1", "2"}
+            assert m["deadline"][backend]["period_ms"] == pytest.approx(1000 / 30)
+        assert 0.0 <= m["success_rate"] <= 1.0
+    for metric in ("params_total", "gflops", "size_bytes", "peak_memory_mb", "latency_p50_ms", "success_rate",
+                   "efficiency_E"):
+        assert "reduction_pct" in report["comparison"][metric]
+    assert report["efficiency"]["built"]["E"] > 0
+    assert report["roofline"]["built"]["floor_ms"] > 0
+    assert report["roofline"]["label"].startswith("estimate for jetson-agx-orin")
+    assert set(report["stage_timings_s"]) >= {"load", "analyze", "compress", "export", "verify", "evaluate",
+                                              "profile"}
+    assert report["extra"]["verify"]["passed"] and report["extra"]["verify"]["max_abs_error"] <= 1e-4
+    md = (tiny_bundle.bundle / "report.md").read_text()
+    assert "Latency at batch 1" in md and "E(M)" in md and "estimate for jetson-agx-orin" in md
+
+
+def test_closed_loop_success_of_export_matches_pytorch(tiny_bundle):
+    report = tiny_bundle.report
+    before = report["models"]["original"]["success_rate"]
+    after = report["models"]["built"]["success_rate"]
+    assert before >= 0.9
+    assert abs(before - after) <= 0.02
+
+
+def test_bad_verify_tolerance_fails_without_bundle(tmp_path, fast):
+    out = tmp_path / "never"
+    with pytest.raises(GateFailed, match="verify"):
+        build(BuildRequest(target="jetson-orin", output=str(out),
+                           overrides={**fast, "verify.atol": 1e-12, "verify.min_cosine": 1.0}))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temp directory left behind either
+
+
+def test_accuracy_gate():
+    accuracy_gate(0.95, 0.94, 0.02)
+    accuracy_gate(0.95, 0.93, 0.02)
+    with pytest.raises(GateFailed, match="accuracy gate"):
+        accuracy_gate(0.95, 0.90, 0.02)
+
+
+def test_output_path_that_is_a_file_is_refused_before_work(tmp_path, fast):
+    f = tmp_path / "file"
+    f.write_text("not a directory")
+    with pytest.raises(EdgevlaError, match="is a file"):
+        build(BuildRequest(target="jetson-orin", output=str(f), overrides=fast))
+    assert f.read_text() == "not a directory"
+
+
+USER_POLICY = textwrap.dedent("""
+    import torch
+    from edgevla.spec import PolicySpec, TensorSpec
+
+    class ArmPolicy(torch.nn.Module):
+        '''A user's policy with its own observation layout (not the tabletop task's).'''
+        def __init__(self):
+            super().__init__()
+            self.cam = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 64), torch.nn.GELU())
+            self.joints = torch.nn.Linear(7, 64)
+            self.trunk = torch.nn.TransformerEncoder(
+                torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True), num_layers=2)
+            self.head = torch.nn.Linear(64, 4 * 7)
+            self.spec = PolicySpec(
+                observations=(TensorSpec("wrist_rgb", (3, 16, 16)), TensorSpec("joints", (7,), low=-1.0, high=1.0)),
+                action=TensorSpec("joint_deltas", (4, 7)), control_rate_hz=50.0)
+
+        def forward(self, wrist_rgb, joints):
+            x = torch.stack([self.cam(wrist_rgb), self.joints(joints)], dim=1)
+            return self.head(self.trunk(x).mean(dim=1)).view(-1, 4, 7)
+
+    def make():
+        torch.manual_seed(0)
+        return ArmPolicy()
+
+    class Liar(ArmPolicy):
+        '''Declares 9 joints but its layers take 7: the spec does not match the model.'''
+        def __init__(self):
+            super().__init__()
+            self.spec = PolicySpec(
+                observations=(TensorSpec("wrist_rgb", (3, 16, 16)), TensorSpec("joints", (9,))),
+                action=TensorSpec("joint_deltas", (4, 7)))
+
+    def make_liar():
+        return Liar()
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "user_arm_policy.py").write_text(USER_POLICY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the memory probe's fresh process imports it too
+    yield "user_arm_policy"
+
+
+def test_user_policy_builds(user_module, tmp_path, fast):
+    out = tmp_path / "arm"
+    result = build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make", output=str(out),
+                                overrides=fast))
+    bundle = load_bundle(out)
+    assert bundle.spec.input_names == ["wrist_rgb", "joints"]
+    assert task_for(bundle.spec) is None
+    report = result.report
+    assert report["models"]["built"]["success_rate"] is None  # no task speaks this spec: not invented
+    assert "not measured" in report["extra"]["evaluate"]
+    assert report["extra"]["verify"]["passed"]
+    assert report["models"]["built"]["latency"]["onnxruntime"]["runs"] == 8
+
+
+def test_policy_whose_spec_lies_fails_cleanly(user_module, tmp_path, fast):
+    out = tmp_path / "liar"
+    with pytest.raises(EdgevlaError) as e:
+        build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make_liar", output=str(out), overrides=fast))
+    assert "\n" not in str(e.value)
+    assert not out.exists()
