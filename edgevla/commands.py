@@ -265,9 +265,10 @@ def _zoo_train(args: argparse.Namespace) -> int:
     from .models.checkpoint import save_checkpoint
     from .models.vla import CONFIGS
     from .models.zoo import RANDOM_INIT, cache_dir
+    from .metrics.report import host_info
     from .progress import ConsoleProgress
     from .task import evaluate
-    from .train import TRAIN_RECIPES, task_config_for, torch_action_fn, train_policy
+    from .train import TRAIN_RECIPES, resolve_precision, task_config_for, torch_action_fn, train_policy
 
     if args.name not in TRAIN_RECIPES:
         trainable = ", ".join(TRAIN_RECIPES)
@@ -287,7 +288,8 @@ def _zoo_train(args: argparse.Namespace) -> int:
     if dest.exists() and dest.is_dir():
         raise EdgevlaError(f"output {dest} is a directory; give a file path")
     progress = ConsoleProgress()
-    with progress.stage("train", f"{args.name}: {tc.steps} steps of batch {tc.batch_size}"):
+    with progress.stage("train", f"{args.name}: {tc.steps} steps of batch {tc.batch_size} "
+                                 f"({resolve_precision(tc.precision)})"):
         with progress.task("steps", tc.steps) as advance:
             def on_step(step: int, loss: float) -> None:
                 advance(1)
@@ -301,8 +303,11 @@ def _zoo_train(args: argparse.Namespace) -> int:
     save_checkpoint(policy, dest, extra={"train_steps": str(log.steps), "train_seconds": f"{log.seconds:.1f}",
                                          "success_rate": f"{result.success_rate:.4f}"})
     data = {"policy": args.name, "blank": args.blank, "checkpoint": str(dest), "steps": log.steps, "seconds": round(log.seconds, 1),
-            "samples_per_s": round(log.samples_per_s, 1), "final_loss": log.losses[-1] if log.losses else None,
+            "samples_per_s": round(log.samples_per_s, 1), "precision": log.precision, "final_loss": log.losses[-1] if log.losses else None,
             "success_rate": result.success_rate, "episodes": result.episodes}
+    card = dest.with_suffix(".json")  # the model card: how it was trained and how well it does
+    card.write_text(json.dumps({**data, "command": "edgevla zoo train " + " ".join(_train_argv(args)),
+                                "train_config": tc.__dict__, "host": host_info()}, indent=2) + "\n")
     if args.json:
         _json(data)
     else:
@@ -310,3 +315,12 @@ def _zoo_train(args: argparse.Namespace) -> int:
                   f"({log.samples_per_s:.0f} samples/s); closed-loop success {result.success_rate:.1%} "
                   f"over {result.episodes} episodes; saved {dest}")
     return 0
+
+
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    argv = [args.name]
+    for flag in ("steps", "seed", "blank", "threads", "episodes"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag}", str(value)]
+    return argv

@@ -33,6 +33,10 @@ class TrainConfig:
     threads: int | None = None
     time_limit_s: float | None = None  # stop early (the schedule still anneals to the end)
     blank: str | None = None  # "image" / "instruction": ablations
+    # "fp32", "bf16" (autocast; weights and optimizer stay fp32) or "auto": bf16
+    # where the CPU multiplies bf16 natively (AVX512-BF16, AMX, Arm BF16), ~3x
+    # faster per step for small-vla on the 2-core AVX-512 build machine.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -41,6 +45,25 @@ class TrainLog:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     losses: list[float] = field(default_factory=list)
+    precision: str = "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return precision
 
 
 def _lr_at(step: int, total: int, tc: TrainConfig) -> float:
@@ -75,7 +98,8 @@ def train_policy(cfg: VLAConfig, tc: TrainConfig, name: str = "vla",
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
     mean_t, std_t = torch.from_numpy(mean).float(), torch.from_numpy(std).float()
-    log = TrainLog()
+    log = TrainLog(precision=resolve_precision(tc.precision))
+    autocast = log.precision == "bf16"
     start = time.perf_counter()
     policy.train()
     data = stream(task, tc.batch_size, seed=tc.seed, blank=tc.blank)
@@ -83,7 +107,9 @@ def train_policy(cfg: VLAConfig, tc: TrainConfig, name: str = "vla",
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc.steps, tc)
         obs, target = _tensors(next(data), mean_t, std_t)
-        loss = torch.nn.functional.mse_loss(policy(*obs), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            pred = policy(*obs)
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -123,5 +149,5 @@ def closed_loop_success(policy: torch.nn.Module, episodes: int = 200, seed: int 
 # 2 CPU cores: tiny-vla <= 15 minutes, small-vla <= 60 minutes.
 TRAIN_RECIPES: dict[str, TrainConfig] = {
     "tiny-vla": TrainConfig(steps=2500, batch_size=64, lr=2e-3),
-    "small-vla": TrainConfig(steps=2500, batch_size=64, lr=1e-3, warmup=200),
+    "small-vla": TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=200, precision="auto"),
 }
