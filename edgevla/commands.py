@@ -64,10 +64,9 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None):
 
     if backend == "torch":
         from .bundle import load_weights
-        from .models.checkpoint import FORMAT
         from .models.vla import VLAConfig, VLAPolicy
 
-        tensors, meta = load_weights(bundle.file("weights.safetensors"))
+        tensors, _ = load_weights(bundle.file("weights.safetensors"))
         config = bundle.manifest["policy"].get("config")
         if not config:
             raise EdgevlaError("backend 'torch' needs a bundle of an edgevla VLA policy (its config is in the "
@@ -75,7 +74,6 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None):
                                "use --backend onnxruntime")
         policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
         policy.load_state_dict(tensors)
-        del FORMAT, meta
         return make_runner("torch", policy=policy.eval(), threads=threads)
     return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
 
@@ -113,45 +111,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .bundle import load_bundle
+    import tempfile
+
     from .metrics.latency import deadline_misses, measure_latency
     from .metrics.report import host_info
-    from .pipeline import batch_of, heldout_observations
     from .targets import load_target
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
-    path = Path(args.model)
-    if path.is_dir():
-        bundle = load_bundle(path)
-        spec = bundle.spec
-        runner = _bundle_runner(bundle, args.backend, args.threads)
-        target_name = args.target or bundle.manifest["target"]["name"]
-        what = str(path)
-    else:
-        from .backends import make_runner
-        from .models.zoo import load_policy
+    with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch:
+        runner, what, default_target = _profile_runner(args, Path(scratch))
+        target = load_target(args.target or default_target)
+        try:
+            from .pipeline import batch_of, heldout_observations
 
-        loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
-        spec = loaded.policy.spec
-        if args.backend == "onnxruntime":
-            import tempfile
-
-            from .export import export_onnx
-
-            tmp = tempfile.mkdtemp(prefix="edgevla-profile-")
-            onnx_path = export_onnx(loaded.policy, Path(tmp) / "model.onnx")
-            runner = make_runner("onnxruntime", onnx_path=onnx_path, spec=spec, threads=args.threads)
-        else:
-            runner = make_runner(args.backend, policy=loaded.policy, threads=args.threads)
-        target_name = args.target or "x86-64-cpu"
-        what = loaded.name
-    target = load_target(target_name)
-    obs = batch_of(heldout_observations(spec, max(args.batch, 8)), 0, args.batch)
-    try:
-        stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
-    finally:
-        runner.close()
+            obs = batch_of(heldout_observations(runner.spec, max(args.batch, 8)), 0, args.batch)
+            stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
+        finally:
+            runner.close()
     deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
     data = {"model": what, "backend": args.backend, "batch": args.batch, "target": target.name,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
@@ -167,6 +144,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
               f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed")
     return 0
+
+
+def _profile_runner(args: argparse.Namespace, scratch: Path):
+    """(runner, what is profiled, default target) for a bundle directory or a policy reference."""
+    path = Path(args.model)
+    if path.is_dir():
+        from .bundle import load_bundle
+
+        bundle = load_bundle(path)
+        return _bundle_runner(bundle, args.backend, args.threads), str(path), bundle.manifest["target"]["name"]
+    from .backends import make_runner
+    from .models.zoo import load_policy
+
+    loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
+    if args.backend == "onnxruntime":
+        from .export import export_onnx
+
+        onnx_path = export_onnx(loaded.policy, scratch / "model.onnx")
+        runner = make_runner("onnxruntime", onnx_path=onnx_path, spec=loaded.policy.spec, threads=args.threads)
+    else:
+        runner = make_runner(args.backend, policy=loaded.policy, threads=args.threads)
+    return runner, loaded.name, "x86-64-cpu"
 
 
 # --------------------------------------------------------------------------- inspect

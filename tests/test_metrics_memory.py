@@ -12,18 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgevla.errors import EdgevlaError
 from edgevla.metrics.memory import MemoryStats, measure_peak_memory, model_weight_bytes
-from edgevla.metrics.memory_probe import read_status_mib
+from edgevla.metrics.memory_probe import read_status_mib, reset_peak
 
 WEIGHT_MIB = 32  # large enough to stand out of allocator noise, small enough to stay quick
 
 
-def _can_reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def _check_phases(stats: MemoryStats) -> None:
     assert stats.after_load_mb - stats.baseline_mb >= WEIGHT_MIB * 0.9
     assert stats.inference_mb == pytest.approx(stats.peak_mb - stats.after_load_mb)
     assert stats.model_mb == pytest.approx(stats.peak_mb - stats.baseline_mb)
-    assert stats.hwm_reset == _can_reset_peak()
+    assert stats.hwm_reset == reset_peak()
     assert stats.load_peak_mb >= stats.after_load_mb
     assert MemoryStats.from_dict(stats.to_dict()) == stats
 
