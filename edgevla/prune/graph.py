@@ -1,0 +1,780 @@
+"""Which tensor dimensions must shrink together: a dependency graph of channels.
+
+Removing output channel ``c`` of a ``Linear`` is only correct if every tensor
+that meets that channel loses it too: the next layer's input column, a
+residual stream's LayerNorms and the other branches added onto it, a
+positional parameter broadcast over it, the rows of a FiLM layer whose output
+is chunked onto it, every head's slice of q, k, v and of the output
+projection. Rules written per model family miss the user's own layout, so
+the coupling is *derived*: the model is traced with ``torch.fx``, shapes are
+propagated with example inputs, and every dimension of every tensor in the
+graph becomes a slot in a union-find. Ops that carry a dimension through
+(element-wise ops with broadcasting, LayerNorm, matmul's contraction,
+transpose, cat's other axes) unify slots; ops that cut a dimension into pieces
+record a relation:
+
+* **concat** — a slot is a parent made of children at offsets (``cat`` along
+  it, ``chunk``/``split`` of it, a slice of a parameter);
+* **product** — a slot of size ``a*b`` is an outer slot ``a`` times an inner
+  slot ``b`` (``view`` into heads and back, any reshape that splits or merges).
+
+Asking to remove indices of one slot class propagates them through the
+relations to a fixed point; the classes and the parameters and buffers that
+own a dimension in them form a :class:`Group`. Dimensions the analysis does
+not understand (an unknown op, the model's inputs and outputs, a softmax or a
+mean over the dimension) are *blocked*: a group that reaches one is refused,
+so what cannot be proven safe is never pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import EdgevlaError
+from ..spec import spec_of
+
+# Ops that apply element-wise (with broadcasting) to their tensor arguments.
+_ELEMENTWISE = {
+    "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "neg", "pow", "sqrt", "rsqrt",
+    "exp", "log", "abs", "gelu", "relu", "silu", "sigmoid", "tanh", "erf", "dropout", "contiguous", "clone",
+    "float", "to", "type_as", "clamp", "clip", "square", "reciprocal", "leaky_relu", "elu", "softplus",
+    "mish", "hardswish", "detach",
+}
+_ELEMENTWISE_MODULES = (nn.GELU, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU,
+                        nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish)
+_RESHAPES = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "unflatten"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
+# Integer attributes that name a head count or a head width, updated when heads shrink.
+_HEAD_COUNT_NAMES = ("n_heads", "num_heads", "heads", "n_head", "num_attention_heads", "nhead")
+_HEAD_DIM_NAMES = ("head_dim", "head_size", "d_head", "dim_head")
+_WIDTH_NAMES = ("embed_dim", "inner_dim", "all_head_size", "d_inner", "hidden_size")
+
+
+@dataclass
+class _Product:
+    parent: int
+    outer: int
+    inner: int
+    module: str  # the module whose forward does the reshape (its head-count attributes follow)
+
+
+@dataclass
+class Coupling:
+    """One dimension of one parameter or buffer that a group removes indices from."""
+
+    tensor: str  # qualified name, as in model.named_parameters() / named_buffers()
+    dim: int
+    indices: tuple[int, ...]
+
+
+@dataclass
+class Group:
+    """A set of coupled channels, pruned in units (a neuron, a channel, a head).
+
+    ``units`` is how many units the root slot class has; ``unit_width`` how
+    many channels of the narrowest coupled tensor one unit is (1 for a
+    neuron, ``head_dim`` for a head), which is what ``round_to`` rounds.
+    """
+
+    graph: "DependencyGraph"
+    root: int
+    kind: str
+    name: str
+    units: int
+    unit_width: int
+    _unit_cache: dict[int, list[Coupling]] = field(default_factory=dict, repr=False)
+
+    def couplings(self, units) -> list[Coupling]:
+        """Every tensor dimension that loses indices when ``units`` are removed."""
+        units = sorted({int(u) for u in units})
+        if any(u < 0 or u >= self.units for u in units):
+            raise EdgevlaError(f"group {self.name}: unit index out of range 0..{self.units - 1}")
+        return self.graph.couplings({self.root: set(units)})
+
+    def unit_couplings(self, unit: int) -> list[Coupling]:
+        if unit not in self._unit_cache:
+            self._unit_cache[unit] = self.couplings([unit])
+        return self._unit_cache[unit]
+
+    def removed_parameters(self, units) -> int:
+        """Parameters (not buffers) that removing ``units`` takes out of the model."""
+        return self.graph.removed_parameters(self.couplings(units))
+
+    def __repr__(self) -> str:
+        return f"Group({self.kind} {self.name}: {self.units} units x {self.unit_width})"
+
+
+class DependencyGraph:
+    """The channel dependencies of one model, traced once with example inputs.
+
+    The graph describes the model as it is: after pruning, build a new one.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None = None):
+        if any(hasattr(m, "parametrizations") for m in model.modules()):
+            raise EdgevlaError("the model has masks (parametrizations): call remove_masks() before structured pruning")
+        self.model = model
+        if example_inputs is None:
+            spec = spec_of(model)
+            example_inputs = tuple(torch.from_numpy(a) for a in spec.example(batch=2, seed=0).values())
+        try:
+            self.gm = fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
+            raise EdgevlaError(f"cannot trace {type(model).__name__} with torch.fx for dependency analysis: "
+                               f"{type(e).__name__}: {e}") from None
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                ShapeProp(self.gm).propagate(*example_inputs)
+        finally:
+            model.train(was_training)
+        self._parent: list[int] = []
+        self.size: list[int] = []
+        self._blocked: set[int] = set()
+        self.blocked_reason: dict[int, str] = {}
+        self._concats: list[tuple[int, int, int]] = []  # (parent, child, offset)
+        self._products: list[_Product] = []
+        self._members: list[tuple[int, str, int]] = []  # (slot, tensor name, dim)
+        self.linear_in: dict[str, int] = {}
+        self.linear_out: dict[str, int] = {}
+        self._dims: dict[fx.Node, object] = {}
+        self._tensors = dict(model.named_parameters())
+        self._tensors.update(dict(model.named_buffers()))
+        self._relation_index = None
+        self._blocked_roots: set[int] | None = None
+        self._build()
+        self._relations()  # the union-find is final: index relations and blocked classes once
+
+    # ---- union-find -------------------------------------------------------------------------
+    def _new(self, size: int) -> int:
+        self._parent.append(len(self._parent))
+        self.size.append(int(size))
+        return len(self._parent) - 1
+
+    def find(self, s: int) -> int:
+        while self._parent[s] != s:
+            self._parent[s] = self._parent[self._parent[s]]
+            s = self._parent[s]
+        return s
+
+    def _unify(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:  # a shape mismatch means we misread an op: refuse both
+            self._block(ra, "dimension sizes disagree")
+            self._block(rb, "dimension sizes disagree")
+            return
+        self._parent[rb] = ra
+
+    def _block(self, s: int, reason: str) -> None:
+        self._blocked.add(s)
+        self.blocked_reason.setdefault(s, reason)
+
+    def blocked(self, s: int) -> bool:
+        if self._blocked_roots is not None:
+            return self.find(s) in self._blocked_roots
+        r = self.find(s)
+        return any(self.find(b) == r for b in self._blocked)
+
+    def _compose(self, slots: list[int]) -> int:
+        """One slot standing for the row-major product of ``slots`` (nested outer x inner)."""
+        if len(slots) == 1:
+            return slots[0]
+        inner = self._compose(slots[1:])
+        parent = self._new(self.size[slots[0]] * self.size[inner])
+        self._products.append(_Product(parent, slots[0], inner, self._current_module))
+        return parent
+
+    # ---- tracing ----------------------------------------------------------------------------
+    def _fresh(self, shape) -> list[int]:
+        return [self._new(d) for d in shape]
+
+    def _slots(self, node) -> list[int] | None:
+        d = self._dims.get(node) if isinstance(node, fx.Node) else None
+        return d if isinstance(d, list) else None
+
+    def _build(self) -> None:
+        for node in self.gm.graph.nodes:
+            stack = node.meta.get("nn_module_stack") or {}
+            self._current_module = next(reversed(stack.values()))[0] if stack else ""
+            meta = node.meta.get("tensor_meta")
+            if node.op == "output":
+                for leaf in _flatten(node.args):
+                    for s in self._slots(leaf) or []:
+                        self._block(s, "a model output")
+                continue
+            if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):  # TensorMetadata is a tuple too
+                self._dims[node] = ("tuple", [tuple(m.shape) if hasattr(m, "shape") else None for m in meta])
+                self._visit_tuple(node)
+                continue
+            if not hasattr(meta, "shape"):
+                continue
+            out = self._fresh(tuple(meta.shape))
+            self._dims[node] = out
+            if node.op == "placeholder":
+                for s in out:
+                    self._block(s, "a model input")
+            elif node.op == "get_attr":
+                for d, s in enumerate(out):
+                    self._member(s, node.target, d)
+            else:
+                try:
+                    ok = self._visit(node, out)
+                except (IndexError, TypeError, ValueError, KeyError):
+                    ok = False
+                if not ok:
+                    self._block_all(node, out)
+
+    def _member(self, slot: int, tensor: str, dim: int) -> None:
+        if tensor in self._tensors:
+            self._members.append((slot, tensor, dim))
+        else:
+            self._block(slot, f"{tensor} is not a parameter or buffer")
+
+    def _block_all(self, node: fx.Node, out: list[int]) -> None:
+        reason = f"op {_op_name(node, self.gm)} is not understood"
+        for s in out:
+            self._block(s, reason)
+        for a in _flatten((node.args, node.kwargs)):
+            for s in self._slots(a) or []:
+                self._block(s, reason)
+            if isinstance(a, fx.Node) and isinstance(self._dims.get(a), tuple):  # a chunk/split/unbind result
+                for piece in self._dims[a][2]:
+                    for s in piece:
+                        self._block(s, reason)
+
+    def _unify_broadcast(self, out: list[int], out_shape, arg) -> None:
+        slots = self._slots(arg)
+        if slots is None:
+            return
+        shape = _shape(arg)
+        for k in range(1, len(slots) + 1):
+            if k <= len(out) and shape[-k] == out_shape[-k] and shape[-k] != 1:
+                self._unify(slots[-k], out[-k])
+
+    def _visit(self, node: fx.Node, out: list[int]) -> bool:
+        out_shape = _shape(node)
+        name = _op_name(node, self.gm)
+        args = list(node.args)
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            x = self._slots(args[0]) if args else None
+            if isinstance(mod, nn.Linear):
+                self._unify_leading(x, out)
+                self._member(x[-1], f"{node.target}.weight", 1)
+                self._member(out[-1], f"{node.target}.weight", 0)
+                if mod.bias is not None:
+                    self._member(out[-1], f"{node.target}.bias", 0)
+                self.linear_in[node.target] = x[-1]
+                self.linear_out[node.target] = out[-1]
+                return True
+            if isinstance(mod, nn.LayerNorm):
+                self._unify_broadcast(out, out_shape, args[0])
+                nd = len(mod.normalized_shape)
+                for d in range(nd):
+                    for p in ("weight", "bias"):
+                        if getattr(mod, p, None) is not None:
+                            self._member(out[len(out) - nd + d], f"{node.target}.{p}", d)
+                    if nd > 1 or d != nd - 1:
+                        self._block(out[len(out) - nd + d], "a multi-dimensional LayerNorm")
+                return True
+            if isinstance(mod, nn.Embedding):
+                for a, b in zip(x, out[:-1]):
+                    self._unify(a, b)
+                self._member(out[-1], f"{node.target}.weight", 1)
+                return True
+            if isinstance(mod, _ELEMENTWISE_MODULES):
+                self._unify_broadcast(out, out_shape, args[0])
+                return True
+            return False
+        if node.op not in ("call_function", "call_method"):
+            return False
+        if name in _ELEMENTWISE:
+            for a in _flatten((args, node.kwargs)):
+                self._unify_broadcast(out, out_shape, a)
+            return True
+        if name == "linear":
+            x, w = self._slots(args[0]), self._slots(args[1])
+            self._unify_leading(x, out)
+            self._unify(x[-1], w[1])
+            self._unify(out[-1], w[0])
+            b = args[2] if len(args) > 2 else node.kwargs.get("bias")
+            if self._slots(b):
+                self._unify(out[-1], self._slots(b)[0])
+            return True
+        if name in _RESHAPES:
+            self._reshape(self._slots(args[0]), _shape(args[0]), out, out_shape)
+            return True
+        if name in ("transpose", "swapaxes"):
+            x = self._slots(args[0])
+            d0, d1 = (_norm(int(d), len(x)) for d in args[1:3])
+            perm = list(range(len(x)))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            for i, p in enumerate(perm):
+                self._unify(out[i], x[p])
+            return True
+        if name == "permute":
+            x = self._slots(args[0])
+            dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+            for i, p in enumerate(dims):
+                self._unify(out[i], x[_norm(int(p), len(x))])
+            return True
+        if name == "t":
+            x = self._slots(args[0])
+            for i, p in enumerate(reversed(range(len(x)))):
+                self._unify(out[i], x[p])
+            return True
+        if name in ("matmul", "bmm"):
+            return self._matmul(self._slots(args[0]), self._slots(args[1]), args, out)
+        if name in ("softmax", "log_softmax"):
+            dim = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None:
+                return False
+            self._unify_broadcast(out, out_shape, args[0])
+            self._block(out[_norm(int(dim), len(out))], "a softmax normalises over it")
+            return True
+        if name in _REDUCTIONS:
+            return self._reduce(node, args, out)
+        if name == "cat" or name == "concat" or name == "concatenate":
+            tensors = args[0]
+            dim = _norm(int(node.kwargs.get("dim", args[1] if len(args) > 1 else 0)), len(out))
+            offset = 0
+            for t in tensors:
+                x = self._slots(t)
+                for i in range(len(out)):
+                    if i == dim:
+                        self._concats.append((out[i], x[i], offset))
+                    else:
+                        self._unify(out[i], x[i])
+                offset += _shape(t)[dim]
+            return True
+        if name == "getitem":
+            return self._getitem(node, args, out)
+        if name in ("expand", "expand_as", "repeat", "repeat_interleave"):
+            x = self._slots(args[0])
+            shape = _shape(args[0])
+            if len(x) != len(out):
+                return False
+            for i in range(len(out)):
+                if shape[i] == out_shape[i] and shape[i] != 1:
+                    self._unify(out[i], x[i])
+            return True
+        if name == "scaled_dot_product_attention":
+            q, k, v = (self._slots(a) for a in args[:3])
+            for i in range(len(out) - 2):
+                self._unify(q[i], k[i])
+                self._unify(q[i], v[i])
+                self._unify(q[i], out[i])
+            self._unify(q[-1], k[-1])
+            self._unify(k[-2], v[-2])
+            self._unify(out[-2], q[-2])
+            self._unify(out[-1], v[-1])
+            return True
+        return False
+
+    def _unify_leading(self, x, out) -> None:
+        """A Linear maps the last dimension; every leading (batch, token) dimension passes through."""
+        for a, b in zip(x[:-1], out[:-1]):
+            self._unify(a, b)
+
+    def _matmul(self, a, b, args, out) -> bool:
+        if a is None or b is None or len(a) < 2 or len(b) < 2:
+            return False
+        self._unify(a[-1], b[-2])
+        self._unify(out[-2], a[-2])
+        self._unify(out[-1], b[-1])
+        for x, arg in ((a, args[0]), (b, args[1])):
+            shape = _shape(arg)
+            for k in range(3, len(x) + 1):
+                if k <= len(out) and shape[-k] != 1:
+                    self._unify(x[-k], out[-k])
+        return True
+
+    def _reduce(self, node, args, out) -> bool:
+        x = self._slots(args[0])
+        dim = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if dim is None or x is None:
+            return False
+        dims = {_norm(int(d), len(x)) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+        keep = bool(node.kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+        j = 0
+        for i, s in enumerate(x):
+            if i in dims:
+                self._block(s, f"{_op_name(node, self.gm)} reduces over it")
+                if keep:
+                    j += 1
+                continue
+            self._unify(s, out[j])
+            j += 1
+        return True
+
+    def _reshape(self, x, in_shape, out, out_shape) -> None:
+        """Split/merge bookkeeping for a reshape: group dims whose products match."""
+        ins = [i for i, s in enumerate(in_shape) if s != 1]
+        outs = [i for i, s in enumerate(out_shape) if s != 1]
+        i = j = 0
+        while i < len(ins) and j < len(outs):
+            gi, gj = [ins[i]], [outs[j]]
+            pi, pj = in_shape[ins[i]], out_shape[outs[j]]
+            i, j = i + 1, j + 1
+            while pi != pj:
+                if pi < pj:
+                    gi.append(ins[i]); pi *= in_shape[ins[i]]; i += 1  # noqa: E702
+                else:
+                    gj.append(outs[j]); pj *= out_shape[outs[j]]; j += 1  # noqa: E702
+            self._unify(self._compose([x[k] for k in gi]), self._compose([out[k] for k in gj]))
+
+    def _getitem(self, node, args, out) -> bool:
+        src = args[0]
+        if isinstance(self._dims.get(src), tuple):  # an element of chunk / split / unbind
+            pieces = self._dims[src][2]
+            self._dims[node] = out
+            for a, b in zip(pieces[args[1]], out):
+                self._unify(a, b)
+            return True
+        x = self._slots(src)
+        if x is None:
+            return False
+        shape = _shape(src)
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if any(isinstance(ix, fx.Node) or ix is None or isinstance(ix, (list, torch.Tensor)) for ix in index):
+            return False
+        if any(ix is Ellipsis for ix in index):
+            k = index.index(Ellipsis)
+            index = index[:k] + (slice(None),) * (len(x) - len(index) + 1) + index[k + 1:]
+        index = index + (slice(None),) * (len(x) - len(index))
+        j = 0
+        for d, ix in enumerate(index):
+            if isinstance(ix, int):
+                self._block(x[d], "indexed with an integer")
+                continue
+            start, stop, step = ix.indices(shape[d])
+            if step != 1:
+                return False
+            if (start, stop) == (0, shape[d]):
+                self._unify(x[d], out[j])
+            else:
+                self._concats.append((x[d], out[j], start))
+            j += 1
+        return True
+
+    def _visit_tuple(self, node: fx.Node) -> None:
+        """chunk / split / unbind: each piece's slots, kept for the getitems that follow."""
+        name = _op_name(node, self.gm)
+        args = list(node.args)
+        x = self._slots(args[0]) if args else None
+        shapes = self._dims[node][1]
+        pieces: list[list[int]] = []
+        if x is None or name not in ("chunk", "split", "unbind", "tensor_split"):
+            for sh in shapes:
+                pieces.append(self._fresh(sh or ()))
+            for s in x or []:
+                self._block(s, f"op {name} is not understood")
+            for p in pieces:
+                for s in p:
+                    self._block(s, f"op {name} is not understood")
+            self._dims[node] = ("tuple", shapes, pieces)
+            return
+        positional = 1 if name == "unbind" else 2  # unbind(dim) / chunk(n, dim) / split(size, dim)
+        dim = node.kwargs.get("dim", args[positional] if len(args) > positional else 0)
+        dim = _norm(int(dim), len(x))
+        offset = 0
+        for sh in shapes:
+            p = self._fresh(sh)
+            if name == "unbind":
+                self._block(x[dim], "unbound")
+                for a, b in zip([s for i, s in enumerate(x) if i != dim], p):
+                    self._unify(a, b)
+            else:
+                for i in range(len(x)):
+                    if i == dim:
+                        self._concats.append((x[i], p[i], offset))
+                    else:
+                        self._unify(x[i], p[i])
+                offset += sh[dim]
+            pieces.append(p)
+        self._dims[node] = ("tuple", shapes, pieces)
+
+    # ---- propagation ------------------------------------------------------------------------
+    def closure(self, seed: dict[int, set[int]]) -> dict[int, set[int]]:
+        """Indices removed from every slot class when ``seed`` indices are removed."""
+        removed: dict[int, set[int]] = defaultdict(set)
+        queue = []
+        for s, idx in seed.items():
+            removed[self.find(s)] |= set(idx)
+            queue.append(self.find(s))
+        concats, products = self._relations()
+
+        def give(cls: int, idx: set[int]) -> None:
+            if idx - removed[cls]:
+                removed[cls] |= idx
+                queue.append(cls)
+
+        while queue:
+            cls = queue.pop()
+            idx = removed[cls]
+            if self.blocked(cls):
+                raise EdgevlaError(f"cannot prune a dimension of size {self.size[cls]}: "
+                                   f"{self._why_blocked(cls)}")
+            for p, c, o in concats.get(cls, ()):
+                if c == cls:
+                    give(p, {i + o for i in idx})
+                if p == cls:
+                    n = self.size[c]
+                    give(c, {i - o for i in idx if o <= i < o + n})
+            for p, a, b in products.get(cls, ()):
+                na, nb = self.size[a], self.size[b]
+                if a == cls:
+                    give(p, {i * nb + j for i in idx for j in range(nb)})
+                if b == cls:
+                    give(p, {i * nb + j for i in range(na) for j in idx})
+                if p == cls:
+                    outer = {i for i in range(na) if all(i * nb + j in idx for j in range(nb))}
+                    inner = {j for j in range(nb) if all(i * nb + j in idx for i in range(na))}
+                    if {i * nb + j for i in outer for j in range(nb)} == idx:
+                        give(a, outer)
+                    elif {i * nb + j for i in range(na) for j in inner} == idx:
+                        give(b, inner)
+                    else:
+                        raise EdgevlaError(f"cannot prune part of a {na} x {nb} reshaped dimension "
+                                           "(for example half a head): prune whole units")
+        return dict(removed)
+
+    def _relations(self):
+        """Concat and product relations indexed by every slot class they touch (built once)."""
+        if self._relation_index is None:
+            concats: dict[int, list] = defaultdict(list)
+            products: dict[int, list] = defaultdict(list)
+            for p, c, o in self._concats:
+                rel = (self.find(p), self.find(c), o)
+                for cls in {rel[0], rel[1]}:
+                    concats[cls].append(rel)
+            for prod in self._products:
+                rel = (self.find(prod.parent), self.find(prod.outer), self.find(prod.inner))
+                for cls in set(rel):
+                    products[cls].append(rel)
+            self._blocked_roots = {self.find(b) for b in self._blocked}
+            self._relation_index = (dict(concats), dict(products))
+        return self._relation_index
+
+    def _why_blocked(self, cls: int) -> str:
+        for b in self._blocked:
+            if self.find(b) == cls:
+                return self.blocked_reason[b]
+        return "it is blocked"
+
+    def couplings(self, seed: dict[int, set[int]]) -> list[Coupling]:
+        removed = self.closure(seed)
+        per: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for slot, tensor, dim in self._members:
+            idx = removed.get(self.find(slot))
+            if idx:
+                per[(tensor, dim)] |= idx
+        return [Coupling(t, d, tuple(sorted(i))) for (t, d), i in sorted(per.items())]
+
+    def removed_parameters(self, couplings: list[Coupling]) -> int:
+        params = dict(self.model.named_parameters())
+        kept: dict[str, list[int]] = {}
+        for c in couplings:
+            if c.tensor in params:
+                kept.setdefault(c.tensor, list(params[c.tensor].shape))[c.dim] -= len(c.indices)
+        return sum(params[t].numel() - math.prod(k) for t, k in kept.items())
+
+    # ---- groups -----------------------------------------------------------------------------
+    def group(self, slot: int, kind: str, name: str, units_slot: int | None = None) -> Group:
+        root = self.find(units_slot if units_slot is not None else slot)
+        g = Group(self, root, kind, name, self.size[root], 1)
+        widths = [len(c.indices) for c in g.unit_couplings(0)]
+        g.unit_width = min(widths) if widths else 1
+        return g
+
+    def channel_group(self, layer: str, dim: str = "out") -> Group:
+        """The group of a Linear layer's output (``dim="out"``) or input channels."""
+        table = self.linear_out if dim == "out" else self.linear_in
+        if layer not in table:
+            raise EdgevlaError(f"no nn.Linear named {layer!r} was called in the traced forward")
+        return self.group(table[layer], "channels", f"{layer}:{dim}")
+
+    def _linear_members(self, cls: int) -> tuple[list[str], list[str], set[str]]:
+        outs = [n for n, s in self.linear_out.items() if self.find(s) == cls]
+        ins = [n for n, s in self.linear_in.items() if self.find(s) == cls]
+        tensors = {t for s, t, _ in self._members if self.find(s) == cls}
+        return outs, ins, tensors
+
+    def _related(self, cls: int) -> bool:
+        return any(cls in (self.find(p), self.find(c)) for p, c, _ in self._concats) or any(
+            cls in (self.find(p.parent), self.find(p.outer), self.find(p.inner)) for p in self._products)
+
+    def hidden_groups(self) -> list[Group]:
+        """MLP hidden layers: one Linear's outputs feeding only other Linears' inputs.
+
+        Nothing else may touch the class (no norm, no parameter added onto it,
+        no reshape into heads, no chunking), so removing a neuron is exact: a
+        zero neuron contributes nothing, and a pruned one nothing either.
+        """
+        groups = []
+        for name, slot in self.linear_out.items():
+            cls = self.find(slot)
+            outs, ins, tensors = self._linear_members(cls)
+            own = {f"{n}.weight" for n in outs + ins} | {f"{n}.bias" for n in outs}
+            if len(outs) == 1 and ins and tensors <= own and not self._related(cls) and not self.blocked(cls):
+                groups.append(self.group(slot, "neurons", name))
+        return groups
+
+    def head_groups(self) -> list[Group]:
+        """Attention heads: the outer slot of a Linear output split by a reshape (heads x head_dim)."""
+        # Slot classes a Linear produces, directly or as a piece of a split of its output
+        # (a fused qkv output is split into (3, heads x head_dim) first, then into heads).
+        produced = {self.find(s): n for n, s in self.linear_out.items()}
+        changed = True
+        while changed:
+            changed = False
+            for p in self._products:
+                parent = self.find(p.parent)
+                for piece in (self.find(p.outer), self.find(p.inner)):
+                    if parent in produced and piece not in produced:
+                        produced[piece] = produced[parent]
+                        changed = True
+        seen, groups = set(), []
+        for p in self._products:
+            parent, outer = self.find(p.parent), self.find(p.outer)
+            if outer in seen or self.size[outer] < 2 or self.blocked(outer):
+                continue
+            if parent not in produced:
+                continue
+            try:
+                g = self.group(outer, "heads", p.module or produced[parent])
+            except EdgevlaError:
+                continue
+            if any(c.tensor.endswith(".weight") and c.dim == 0 for c in g.unit_couplings(0)):
+                seen.add(outer)
+                groups.append(g)
+        return groups
+
+    def width_groups(self) -> list[Group]:
+        """Residual/embedding widths: classes fed by more than one Linear or by a norm, not blocked."""
+        seen, groups = set(), []
+        for name, slot in self.linear_out.items():
+            cls = self.find(slot)
+            if cls in seen or self.blocked(cls):
+                continue
+            outs, ins, tensors = self._linear_members(cls)
+            own = {f"{n}.weight" for n in outs + ins} | {f"{n}.bias" for n in outs}
+            if len(outs) > 1 or tensors - own:
+                try:
+                    g = self.group(slot, "width", name)
+                except EdgevlaError:
+                    continue
+                seen.add(cls)
+                groups.append(g)
+        return groups
+
+    # ---- surgery ----------------------------------------------------------------------------
+    def apply(self, couplings: list[Coupling]) -> None:
+        """Physically remove the coupled indices and fix the modules' shape attributes."""
+        removed = self._removed_classes(couplings)
+        per_tensor: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+        for c in couplings:
+            per_tensor[c.tensor][c.dim] |= set(c.indices)
+        for tensor, dims in per_tensor.items():
+            owner, attr = _split_name(tensor)
+            module = self.model.get_submodule(owner)
+            old = getattr(module, attr)
+            new = old.detach()
+            for dim, idx in dims.items():
+                keep = torch.tensor([i for i in range(new.shape[dim]) if i not in idx], dtype=torch.long)
+                new = new.index_select(dim, keep)
+            if isinstance(old, nn.Parameter):
+                setattr(module, attr, nn.Parameter(new.clone(), requires_grad=old.requires_grad))
+            else:
+                persistent = attr not in getattr(module, "_non_persistent_buffers_set", set())
+                module.register_buffer(attr, new.clone(), persistent=persistent)
+        for module in self.model.modules():
+            _sync_shape_attributes(module)
+        self._update_head_attributes(removed)
+
+    def _removed_classes(self, couplings: list[Coupling]) -> dict[int, int]:
+        """Slot class -> how many indices it loses, recomputed from the tensor couplings."""
+        by_member = {(t, d): self.find(s) for s, t, d in self._members}
+        seed: dict[int, set[int]] = defaultdict(set)
+        for c in couplings:
+            cls = by_member.get((c.tensor, c.dim))
+            if cls is not None:
+                seed[cls] |= set(c.indices)
+        return {k: len(v) for k, v in self.closure(seed).items()} if seed else {}
+
+    def _update_head_attributes(self, removed: dict[int, int]) -> None:
+        for p in self._products:
+            if not p.module:
+                continue
+            module = self.model.get_submodule(p.module)
+            outer, inner, parent = self.find(p.outer), self.find(p.inner), self.find(p.parent)
+            _set_int_attrs(module, _HEAD_COUNT_NAMES, self.size[outer], self.size[outer] - removed.get(outer, 0))
+            _set_int_attrs(module, _HEAD_DIM_NAMES, self.size[inner], self.size[inner] - removed.get(inner, 0))
+            _set_int_attrs(module, _WIDTH_NAMES, self.size[parent], self.size[parent] - removed.get(parent, 0))
+
+
+def _set_int_attrs(module: nn.Module, names, old: int, new: int) -> None:
+    if old == new:
+        return
+    for n in names:
+        if isinstance(module.__dict__.get(n), int) and module.__dict__[n] == old:
+            setattr(module, n, new)
+
+
+def _sync_shape_attributes(module: nn.Module) -> None:
+    """Keep the shape bookkeeping of standard modules true to their tensors."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    owner, _, attr = name.rpartition(".")
+    return owner, attr
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    t = node.target
+    if isinstance(t, str):
+        return t
+    if t is operator.getitem:
+        return "getitem"
+    return getattr(t, "__name__", str(t)).lstrip("_")
+
+
+def _shape(node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def _norm(d: int, n: int) -> int:
+    return d + n if d < 0 else d
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _flatten(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _flatten(y)
+    else:
+        yield x
+
+
+__all__ = ["Coupling", "DependencyGraph", "Group"]

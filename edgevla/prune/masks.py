@@ -1,0 +1,181 @@
+"""Weight masks: unstructured (per-layer or global threshold) and N:M semi-structured.
+
+A mask is a 0/1 tensor shaped like a layer's weight; pruning is ``W' = W * M``.
+:func:`apply_masks` attaches each mask with ``torch.nn.utils.parametrize``,
+so ``layer.weight`` is *computed* as ``original * mask`` on every access:
+the zeros survive fine-tuning (an optimizer step updates the original, the
+mask is re-applied on the next forward) and the masked weights get zero
+gradient. :func:`remove_masks` bakes the zeros into plain parameters, which is
+what export and checkpoints want.
+
+N:M sparsity keeps the N largest of every M consecutive weights along a
+Linear's *input* dimension, per output row — the layout sparse tensor cores
+(2:4 on Ampere and later) execute at twice the dense rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from ..errors import EdgevlaError
+from .importance import MagnitudeImportance
+
+
+class WeightMask(nn.Module):
+    """A parametrization ``weight -> weight * mask``; the mask is a buffer, saved with the model."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.float32).clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+
+def threshold_mask(scores: torch.Tensor, theta: float) -> torch.Tensor:
+    """``Mask(|score| > theta)``: 1 where the score's magnitude exceeds the threshold."""
+    return (scores.abs() > theta).to(torch.float32)
+
+
+def sparsity_threshold(scores: Iterable[torch.Tensor], sparsity: float) -> float:
+    """The threshold below or at which ``sparsity`` of all given scores fall."""
+    _check_fraction(sparsity, "sparsity")
+    flat = torch.cat([s.detach().abs().reshape(-1).float() for s in scores])
+    k = int(round(sparsity * flat.numel()))
+    if k == 0:
+        return float("-inf")
+    return float(flat.kthvalue(k).values)
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest-scoring of every ``m`` consecutive input weights of each output row."""
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise EdgevlaError(f"N:M sparsity needs integers 0 < N < M, got {n}:{m}")
+    if scores.ndim != 2:
+        raise EdgevlaError(f"N:M masks are for 2-D Linear weights, got shape {tuple(scores.shape)}")
+    rows, cols = scores.shape
+    if cols % m:
+        raise EdgevlaError(f"N:M {n}:{m} needs the input dimension to divide by {m}, got {cols}")
+    groups = scores.detach().abs().reshape(rows, cols // m, m)
+    keep = groups.topk(n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.float32).scatter_(-1, keep, 1.0)
+    return mask.reshape(rows, cols)
+
+
+def _check_fraction(x: float, what: str) -> None:
+    if not isinstance(x, (int, float)) or not 0.0 <= float(x) < 1.0:
+        raise EdgevlaError(f"{what} must be a fraction in [0, 1), got {x!r}")
+
+
+def prunable_linears(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Linear]:
+    """The named nn.Linear layers to mask: all of them, or exactly those named."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if layers is None:
+        return linears
+    chosen = {}
+    for name in layers:
+        if name not in linears:
+            raise EdgevlaError(f"no nn.Linear named {name!r} in {type(model).__name__}")
+        chosen[name] = linears[name]
+    return chosen
+
+
+def unstructured_masks(model: nn.Module, sparsity: float, criterion=None, scope: str = "layer",
+                       layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Masks that zero ``sparsity`` of the weights, ranked by ``criterion`` (default ``|w|``).
+
+    ``scope="layer"`` prunes every layer to the same sparsity; ``"global"``
+    ranks all chosen weights together under one threshold, so layers with many
+    unimportant weights lose more (per-layer scores must be comparable: use a
+    criterion whose scale means the same across layers).
+    """
+    if scope not in ("layer", "global"):
+        raise EdgevlaError(f"threshold scope must be 'layer' or 'global', got {scope!r}")
+    criterion = criterion or MagnitudeImportance()
+    scores = {n: criterion(m) for n, m in prunable_linears(model, layers).items()}
+    if scope == "global":
+        theta = sparsity_threshold(scores.values(), sparsity)
+        return {n: threshold_mask(s, theta) for n, s in scores.items()}
+    return {n: threshold_mask(s, sparsity_threshold([s], sparsity)) for n, s in scores.items()}
+
+
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, criterion=None,
+             layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """N:M masks for the named Linear layers, or for every Linear whose input width divides by ``m``."""
+    criterion = criterion or MagnitudeImportance()
+    chosen = prunable_linears(model, layers)
+    if layers is None:
+        chosen = {k: v for k, v in chosen.items() if v.in_features % m == 0}
+    return {name: nm_mask(criterion(layer), n, m) for name, layer in chosen.items()}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Attach each mask to its layer's weight; a layer already masked gets the product of both."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        layer = modules.get(name)
+        if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+            raise EdgevlaError(f"no layer with a weight named {name!r} to mask")
+        if tuple(mask.shape) != tuple(layer.weight.shape):
+            raise EdgevlaError(f"mask for {name} has shape {tuple(mask.shape)}, weight is {tuple(layer.weight.shape)}")
+        if parametrize.is_parametrized(layer, "weight"):
+            for p in layer.parametrizations.weight:
+                if isinstance(p, WeightMask):
+                    p.mask.mul_(mask.to(p.mask.dtype))
+                    break
+            else:
+                parametrize.register_parametrization(layer, "weight", WeightMask(mask))
+        else:
+            with torch.no_grad():  # start from exact zeros, not just masked reads
+                layer.weight.mul_(mask.to(layer.weight.dtype))
+            parametrize.register_parametrization(layer, "weight", WeightMask(mask))
+
+
+def remove_masks(model: nn.Module) -> int:
+    """Bake every mask into a plain weight (exact zeros); returns how many layers were unmasked."""
+    count = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight") and any(
+                isinstance(p, WeightMask) for p in module.parametrizations.weight):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    layer: str
+    zeros: int
+    total: int
+    pattern: str  # "2:4", "4:8" when every group obeys it, else "unstructured" / "dense"
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.total if self.total else 0.0
+
+
+def follows_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """Whether every group of ``m`` consecutive input weights holds at most ``n`` non-zeros."""
+    if weight.ndim != 2 or weight.shape[1] % m:
+        return False
+    nonzero = (weight.detach().reshape(weight.shape[0], -1, m) != 0).sum(dim=-1)
+    return bool((nonzero <= n).all())
+
+
+def sparsity_report(model: nn.Module) -> list[LayerSparsity]:
+    """Zeros and pattern of every Linear weight (masked or baked)."""
+    out = []
+    for name, layer in prunable_linears(model).items():
+        w = layer.weight.detach()
+        zeros = int((w == 0).sum())
+        if zeros == 0:
+            pattern = "dense"
+        else:
+            pattern = next((f"{n}:{m}" for n, m in ((2, 4), (4, 8)) if follows_nm(w, n, m)), "unstructured")
+        out.append(LayerSparsity(name, zeros, w.numel(), pattern))
+    return out

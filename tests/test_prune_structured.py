@@ -1,0 +1,272 @@
+"""Structured pruning: dependency groups, exact removal of zero channels, predicted parameter counts,
+and a user's model (fused qkv, post-norm) that prunes with every structure and still exports."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+from edgevla.errors import EdgevlaError
+from edgevla.export import export_onnx
+from edgevla.prune import DependencyGraph, kept_units, prune_structured, residual_blocks
+from edgevla.spec import PolicySpec, TensorSpec
+
+
+class FusedAttention(nn.Module):
+    """One fused qkv projection, heads split by a 5-D view and unbound — not the zoo's layout."""
+
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class PostNormBlock(nn.Module):
+    def __init__(self, width: int, num_heads: int, hidden: int):
+        super().__init__()
+        self.attn = FusedAttention(width, num_heads)
+        self.norm1 = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+        self.norm2 = nn.LayerNorm(width)
+
+    def forward(self, x):
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.ffn(x))
+
+
+class PointPolicy(nn.Module):
+    """A user's policy: point tokens in, a class token read out, a 4-step chunk of 2-D actions."""
+
+    def __init__(self, width: int = 32, heads: int = 4, hidden: int = 48, depth: int = 3):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("points", (6, 3)),),
+                               action=TensorSpec("actions", (4, 2), "float32", -1.0, 1.0))
+        self.embed = nn.Linear(3, width)
+        self.pos = nn.Parameter(torch.randn(1, 6, width) * 0.1)
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.1)
+        self.blocks = nn.ModuleList(PostNormBlock(width, heads, hidden) for _ in range(depth))
+        self.head = nn.Linear(width, 8)
+
+    def forward(self, points):
+        x = self.embed(points) + self.pos
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x[:, 0]).view(-1, 4, 2)
+
+
+def _inputs(policy, batch=3, seed=5):
+    return tuple(torch.from_numpy(a) for a in policy.spec.example(batch=batch, seed=seed).values())
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from edgevla.models.zoo import load_policy
+    return load_policy("tiny-vla").policy.eval()
+
+
+def _zero(model, couplings):
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        for c in couplings:
+            tensors[c.tensor].index_fill_(c.dim, torch.tensor(c.indices), 0.0)
+
+
+def test_groups_couple_the_right_tensors(tiny):
+    graph = DependencyGraph(tiny)
+    heads = {g.name: g for g in graph.head_groups()}
+    g = heads["trunk.1.attn"]
+    assert (g.units, g.unit_width) == (4, 24)
+    got = {(c.tensor, c.dim, c.indices) for c in g.couplings([2])}
+    rows = tuple(range(48, 72))
+    assert got == {(f"trunk.1.attn.{p}.{t}", 0, rows) for p in "qkv" for t in ("weight", "bias")} | {
+        ("trunk.1.attn.out.weight", 1, rows)}
+    mlp = {g.name: g for g in graph.hidden_groups()}["trunk.0.mlp.fc1"]
+    assert {(c.tensor, c.dim) for c in mlp.couplings([7])} == {
+        ("trunk.0.mlp.fc1.weight", 0), ("trunk.0.mlp.fc1.bias", 0), ("trunk.0.mlp.fc2.weight", 1)}
+    (width,) = graph.width_groups()
+    touched = {(c.tensor, c.dim) for c in width.couplings([0])}
+    norms = {n for n, m in tiny.named_modules() if isinstance(m, nn.LayerNorm)}
+    assert {(f"{n}.weight", 0) for n in norms} <= touched
+    assert {("vision.pos", 2), ("modality", 2), ("text.tok.weight", 1), ("trunk.2.mlp.fc2.bias", 0)} <= touched
+    # A FiLM layer's output is chunked into scale and shift: both halves lose the channel.
+    film = [c.indices for c in width.couplings([5]) if c.tensor == "vision.film.0.weight" and c.dim == 0]
+    assert film == [(5, 101)]
+    with pytest.raises(EdgevlaError, match="cannot prune"):  # it reaches the action output
+        graph.channel_group("action_head").couplings([0])
+
+
+def test_removing_zeroed_neurons_and_heads_leaves_outputs_unchanged(tiny):
+    model = copy.deepcopy(tiny)
+    graph = DependencyGraph(model)
+    mlp = {g.name: g for g in graph.hidden_groups()}["trunk.2.mlp.fc1"]
+    head = {g.name: g for g in graph.head_groups()}["trunk.0.attn"]
+    couplings = mlp.couplings([3, 50, 200, 383]) + head.couplings([1])
+    _zero(model, couplings)
+    x = _inputs(model)
+    with torch.no_grad():
+        before = model(*x)
+    predicted = graph.removed_parameters(couplings)
+    params = _params(model)
+    graph.apply(couplings)
+    with torch.no_grad():
+        after = model(*x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert params - _params(model) == predicted
+    assert model.trunk[0].attn.n_heads == 3 and model.trunk[2].mlp.fc1.out_features == 380
+
+
+def test_user_model_zeroed_heads_prune_exactly():
+    torch.manual_seed(0)
+    model = PointPolicy().eval()
+    graph = DependencyGraph(model)
+    (head,) = [g for g in graph.head_groups() if g.name == "blocks.1.attn"]
+    couplings = head.couplings([0, 2])
+    # A fused qkv loses the head's rows in each of its q, k and v thirds.
+    qkv_rows = [c.indices for c in couplings if c.tensor == "blocks.1.attn.qkv.weight"][0]
+    assert qkv_rows == tuple(r for part in range(3) for h in (0, 2) for r in range(part * 32 + h * 8,
+                                                                                        part * 32 + h * 8 + 8))
+    _zero(model, couplings)
+    x = _inputs(model)
+    with torch.no_grad():
+        before = model(*x)
+    graph.apply(couplings)
+    with torch.no_grad():
+        torch.testing.assert_close(model(*x), before, rtol=0, atol=1e-6)
+    assert model.blocks[1].attn.num_heads == 2 and model.blocks[1].attn.qkv.out_features == 48
+
+
+@pytest.mark.parametrize("structure,amount", [("neurons", 0.5), ("heads", 0.5), ("width", 0.4), ("blocks", 0.34)])
+def test_user_model_prunes_with_each_structure(structure, amount):
+    torch.manual_seed(1)
+    model = PointPolicy().eval()
+    result = prune_structured(model, structure, amount, round_to=8)
+    assert result.groups and result.removed > 0
+    assert result.removed == result.predicted_removed == result.params_before - _params(model)
+    out = model(*_inputs(model))
+    assert out.shape == (3, 4, 2) and torch.isfinite(out).all()
+    if structure == "neurons":
+        assert all(b.ffn[0].out_features == 24 for b in model.blocks)
+    if structure == "heads":
+        assert all(b.attn.num_heads == 2 and b.attn.qkv.out_features == 48 for b in model.blocks)
+    if structure == "width":
+        assert model.embed.out_features == 24 and model.pos.shape == (1, 6, 24)  # 32 - 40% = 19.2 -> 24
+    if structure == "blocks":
+        assert sum(isinstance(b, nn.Identity) for b in model.blocks) == 1
+
+
+def test_user_model_pruned_every_way_exports_to_onnx(tmp_path):
+    torch.manual_seed(2)
+    model = PointPolicy().eval()
+    assert residual_blocks(model) == ["blocks.0", "blocks.1", "blocks.2"]
+    for structure, amount in (("width", 0.25), ("heads", 0.5), ("neurons", 0.5), ("blocks", 0.34)):
+        prune_structured(model, structure, amount, round_to=8)
+    path = export_onnx(model, tmp_path / "user.onnx")
+    x = model.spec.example(batch=2, seed=3)
+    got = ort.InferenceSession(str(path)).run(None, x)[0]
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(a) for a in x.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_vla_half_the_trunk_mlp_neurons_still_runs_and_exports(tiny, tmp_path):
+    model = copy.deepcopy(tiny)
+    result = prune_structured(model, "neurons", 0.5, round_to=16, scope="trunk")
+    assert [g.name for g in result.groups] == ["trunk.0.mlp.fc1", "trunk.1.mlp.fc1", "trunk.2.mlp.fc1"]
+    assert all(blk.mlp.fc1.out_features == 192 and blk.mlp.fc2.in_features == 192 for blk in model.trunk)
+    assert model.text.blocks[0].mlp.fc1.out_features == 384  # outside the scope
+    assert result.params_after == _params(model) < _params(tiny)
+    assert result.removed == result.predicted_removed == 3 * 192 * (96 + 1 + 96)
+    assert model.spec == tiny.spec
+    path = export_onnx(model, tmp_path / "tiny-pruned.onnx")
+    x = model.spec.example(batch=2, seed=4)
+    got = ort.InferenceSession(str(path)).run(None, x)[0]
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(a) for a in x.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_kept_units_round_to_the_multiple():
+    assert kept_units(384, 0.5, 1, 16) == 192
+    assert kept_units(100, 0.55, 1, 8) == 48       # 45 kept -> 48
+    assert kept_units(4, 0.5, 24, 16) == 2         # 2 heads x 24 = 48, a multiple of 16
+    assert kept_units(4, 0.75, 12, 16) == 4        # 1 x 12, 2 x 12, 3 x 12 are not multiples of 16
+    assert kept_units(10, 0.99, 1, 1) == 1         # never empty
+    with pytest.raises(EdgevlaError, match="round_to"):
+        kept_units(8, 0.5, 1, 0)
+
+
+def test_bad_requests_are_one_line_errors():
+    model = PointPolicy()
+    with pytest.raises(EdgevlaError, match="structure must be one of"):
+        prune_structured(model, "filters", 0.5)
+    with pytest.raises(EdgevlaError, match=r"\[0, 1\)"):
+        prune_structured(model, "neurons", 1.0)
+    with pytest.raises(EdgevlaError, match="no nn.Linear named"):
+        DependencyGraph(model).channel_group("missing")
+
+
+class OpaqueResidual(nn.Module):
+    """A residual stream through an op the analysis does not model: its width must not be pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("points", (6, 3)),), action=TensorSpec("actions", (4, 2)))
+        self.embed = nn.Linear(3, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, points):
+        x = torch.flip(self.embed(points), dims=[-1])
+        x = x + self.down(torch.relu(self.up(x)))
+        return self.head(x.mean(dim=1)).view(-1, 4, 2)
+
+
+def test_what_the_analysis_cannot_prove_is_never_pruned():
+    model = OpaqueResidual()
+    graph = DependencyGraph(model)
+    assert graph.width_groups() == []
+    assert [g.name for g in graph.hidden_groups()] == ["up"]
+    with pytest.raises(EdgevlaError, match="no prunable width groups"):
+        prune_structured(model, "width", 0.5)
+    with pytest.raises(EdgevlaError, match="flip is not understood"):
+        graph.channel_group("embed").couplings([0])
+
+
+class DataDependent(PointPolicy):
+    def forward(self, points):
+        if points.sum() > 0:  # control flow on values: torch.fx cannot trace it
+            points = points * 2
+        return super().forward(points)
+
+
+def test_an_untraceable_model_is_a_clear_error():
+    with pytest.raises(EdgevlaError, match="cannot trace DataDependent"):
+        DependencyGraph(DataDependent())
+
+
+def test_masked_models_must_be_baked_before_structured_pruning():
+    from edgevla.prune import apply_masks, nm_masks, remove_masks
+    model = PointPolicy()
+    apply_masks(model, nm_masks(model, 2, 4))
+    with pytest.raises(EdgevlaError, match="remove_masks"):
+        DependencyGraph(model)
+    remove_masks(model)
+    assert DependencyGraph(model).hidden_groups()
