@@ -1,7 +1,21 @@
 // Scalar reference int8 GEMM. See gemm_s8s8.h for the contract.
 #include "gemm_ref.h"
 
+#include "epilogue_math.h"
+
+#include <cfloat>
+#include <cmath>
+
 namespace {
+
+float activate(edgevla_activation activation, float v) {
+    switch (activation) {
+        case EDGEVLA_ACTIVATION_NONE: return v;
+        case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
+        case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
+    }
+    return v;
+}
 
 // Exact: with K <= EDGEVLA_GEMM_S8S8_MAX_K no partial sum leaves int32.
 int32_t dot_s8s8_s32(const int8_t* a, const int8_t* w, int64_t k) {
@@ -39,7 +53,32 @@ extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
             const int32_t acc = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
             float value = static_cast<float>(acc) * (a_scale * epilogue->w_scale[col]);
             if (epilogue->bias != nullptr) value += epilogue->bias[col];
-            c[row * ldc + col] = value;
+            c[row * ldc + col] = activate(epilogue->activation, value);
         }
     }
+}
+
+extern "C" int edgevla_quantize_row_ref(int64_t k, const float* x, int8_t* q, float* scale) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+        const float magnitude = std::fabs(x[i]);
+        if (!(magnitude <= FLT_MAX)) return 0;  // NaN or infinity
+        amax = edgevla_max_f32(magnitude, amax);
+    }
+    const float inv = amax >= EDGEVLA_QUANT_MIN_AMAX ? EDGEVLA_QUANT_QMAX / amax : 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+        float v = std::nearbyint(x[i] * inv);
+        v = edgevla_min_f32(edgevla_max_f32(v, -EDGEVLA_QUANT_QMAX), EDGEVLA_QUANT_QMAX);
+        q[i] = static_cast<int8_t>(v);
+    }
+    *scale = amax / EDGEVLA_QUANT_QMAX;
+    return 1;
+}
+
+extern "C" int64_t edgevla_quantize_per_token_ref(int64_t m, int64_t k, const float* x, int64_t ldx,
+                                                  int8_t* q, int64_t ldq, float* scale) {
+    for (int64_t row = 0; row < m; ++row) {
+        if (!edgevla_quantize_row_ref(k, x + row * ldx, q + row * ldq, &scale[row])) return row;
+    }
+    return -1;
 }

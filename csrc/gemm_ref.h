@@ -23,6 +23,17 @@ void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
                                const edgevla_gemm_epilogue_f32* epilogue,
                                float* c, int64_t ldc);
 
+/* Dynamic symmetric per-token quantization of one row (contract in
+ * epilogue_math.h): writes q[0..k) and *scale and returns 1, or returns 0
+ * without writing anything when the row holds a NaN or an infinity. */
+int edgevla_quantize_row_ref(int64_t k, const float* x, int8_t* q, float* scale);
+
+/* Every row of x float32 (m, k) quantized into q int8 (m, k) and scale[m].
+ * Returns -1, or the first row holding a NaN or an infinity (that row and
+ * later ones are left unwritten). */
+int64_t edgevla_quantize_per_token_ref(int64_t m, int64_t k, const float* x, int64_t ldx,
+                                       int8_t* q, int64_t ldq, float* scale);
+
 #ifdef __cplusplus
 }
 #endif

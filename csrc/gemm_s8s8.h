@@ -35,14 +35,26 @@ typedef enum edgevla_act_scale_mode {
     EDGEVLA_ACT_SCALE_PER_TOKEN = 1   /* a_scale[m] for row m (dynamic per-token quantization) */
 } edgevla_act_scale_mode;
 
-/* Dequantization epilogue of the float output:
- *   C[m][n] = (float)acc[m][n] * (a_scale[m or 0] * w_scale[n]) + bias[n]
- * evaluated in float32 (the bias term is skipped when bias is NULL). */
+/* The activation applied last in the epilogue. */
+typedef enum edgevla_activation {
+    EDGEVLA_ACTIVATION_NONE = 0,
+    EDGEVLA_ACTIVATION_RELU = 1,
+    EDGEVLA_ACTIVATION_GELU_TANH = 2 /* GELU, tanh form (PyTorch approximate="tanh") */
+} edgevla_activation;
+
+/* Dequantization epilogue of the float output, evaluated in float32 in
+ * exactly this order (no fused multiply-add: kernels are compiled with
+ * -ffp-contract=off), so that every kernel gives bit-identical floats:
+ *   v = (float)acc[m][n] * (a_scale[m or 0] * w_scale[n])
+ *   v = v + bias[n]                          (skipped when bias is NULL)
+ *   v = activation(v)                        (epilogue_math.h spells out
+ *                                             ReLU and GELU op by op) */
 typedef struct edgevla_gemm_epilogue_f32 {
     const float* w_scale;               /* [N] per output channel */
     const float* a_scale;               /* [1] or [M], see a_scale_mode */
     edgevla_act_scale_mode a_scale_mode;
     const float* bias;                  /* [N] or NULL */
+    edgevla_activation activation;
 } edgevla_gemm_epilogue_f32;
 
 /* C = A * W^T, int32 out. */

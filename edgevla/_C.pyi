@@ -83,13 +83,49 @@ def gemm_s8s8_f32_ref(
     a_scale: Buffer,
     bias: Buffer | None = None,
     *,
+    act: str = "none",
     out: Buffer | None = None,
 ) -> NDArray[np.float32]:
-    """Reference int8 GEMM with float32 dequantization.
+    """Reference int8 GEMM with float32 dequantization and activation.
 
     ``out[m, n] = float32(acc[m, n]) * (a_scale[m or 0] * w_scale[n]) + bias[n]``,
     evaluated in float32, where ``acc = a @ w.T`` in int32. w_scale: float32
     (N,). a_scale: float32, 1 value (0-D or (1,)) for per-tensor or (M,) for
-    per-token scales. bias: float32 (N,) or None. out as in gemm_s8s8_s32_ref,
-    float32.
+    per-token scales. bias: float32 (N,) or None. act: "none", "relu" or
+    "gelu_tanh", applied last. out as in gemm_s8s8_s32_ref, float32.
     """
+
+def pack_weight_s8(w: Buffer, w_scale: Buffer) -> NDArray[np.uint8]:
+    """Packs int8 (N, K) weights and float32 (N,) scales into the S8_N16K4 format (csrc/packed_formats.h)."""
+
+def gemm_s8s8_f32(
+    a: Buffer,
+    packed: Buffer,
+    a_scale: Buffer,
+    bias: Buffer | None = None,
+    *,
+    act: str = "none",
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """W8A8 GEMM on the active ISA, bit-identical to gemm_s8s8_f32_ref; the packed header is validated."""
+
+def quantize_per_token(x: Buffer) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """float32 (M, K) -> (q int8 (M, K), scale float32 (M,)), symmetric per row; ValueError on NaN/inf."""
+
+def set_isa(name: str) -> None:
+    """Forces one ISA's kernels ("generic", "avx2", "avx512_vnni", "neon_dot") or "auto"; ValueError if unavailable."""
+
+def get_isa() -> str:
+    """The ISA whose kernels run now."""
+
+def compiled_isas() -> list[str]:
+    """ISAs compiled into this build, best first."""
+
+def available_isas() -> list[str]:
+    """ISAs this CPU can run, best first."""
+
+def set_num_threads(threads: int) -> None:
+    """Sets the kernel thread count, 1 to 1024."""
+
+def get_num_threads() -> int:
+    """The kernel thread count (default: the machine's hardware threads)."""

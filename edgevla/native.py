@@ -13,6 +13,12 @@ the GIL.
 
 The ``*_ref`` GEMMs are the scalar references: obvious rather than fast, the
 ground truth that every SIMD and CUDA kernel is tested against.
+
+The fast path: weights are packed once with :func:`pack_weight_s8`, then
+:func:`gemm_s8s8_f32` runs on the best instruction set this CPU has
+(``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
+and forced with :func:`set_isa`, over a fixed pool of :func:`get_num_threads`
+threads. Every ISA gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
 """
 
 from __future__ import annotations
@@ -113,12 +119,12 @@ def gemm_s8s8_s32_ref(a: Any, w: Any, *, out: Any = None) -> np.ndarray:
 
 
 def gemm_s8s8_f32_ref(
-    a: Any, w: Any, w_scale: Any, a_scale: Any, bias: Any = None, *, out: Any = None
+    a: Any, w: Any, w_scale: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
 ) -> np.ndarray:
     """Reference int8 GEMM with the float32 dequantization epilogue.
 
-    Computes ``out[m, n] = float32(acc[m, n]) * (a_scale[m or 0] * w_scale[n]) + bias[n]``
-    in float32, where ``acc = a @ w.T`` in int32: symmetric int8 quantization
+    Computes ``out[m, n] = act(float32(acc[m, n]) * (a_scale[m or 0] * w_scale[n]) + bias[n])``
+    in float32, op by op in that order, where ``acc = a @ w.T`` in int32: symmetric int8 quantization
     with a scale per output channel for the weights and a per-tensor (static)
     or per-token (dynamic) scale for the activations.
 
@@ -129,9 +135,96 @@ def gemm_s8s8_f32_ref(
         a_scale: float32; one value (a 0-D array or shape (1,)) for a
             per-tensor scale, or shape (M,) for one scale per token (row of a).
         bias: float32 (N,), or None.
+        act: ``"none"``, ``"relu"`` or ``"gelu_tanh"`` (GELU in its tanh form,
+            PyTorch's ``approximate="tanh"``, with tanh evaluated by a rational
+            approximation within a few ulp; csrc/epilogue_math.h).
         out: optional float32 (M, N) array to write into, as in
             :func:`gemm_s8s8_s32_ref`.
 
     Returns ``out``, or a new C-contiguous float32 (M, N) array.
     """
-    return _compiled().gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, out=out)
+    return _compiled().gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act, out=out)
+
+
+def pack_weight_s8(w: Any, w_scale: Any) -> np.ndarray:
+    """Packs an int8 weight for :func:`gemm_s8s8_f32`, once, at load time.
+
+    Args:
+        w: int8 (N, K), the ``nn.Linear.weight`` layout; K <= :data:`GEMM_S8S8_MAX_K`.
+        w_scale: float32 (N,), one scale per output channel.
+
+    Returns a new uint8 array in the ``S8_N16K4`` format of
+    ``csrc/packed_formats.h``: a 64-byte header (magic ``b"EVLA"``, format,
+    version, block sizes, N, K, section offsets, total length), the weights in
+    cells of 16 output channels x 4 k, the scales and the ``128 * rowsum(w)``
+    compensation of the VNNI kernel. The same buffer runs on every ISA.
+    """
+    return _compiled().pack_weight_s8(w, w_scale)
+
+
+def gemm_s8s8_f32(
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+) -> np.ndarray:
+    """W8A8 GEMM on the active ISA, bit-identical to :func:`gemm_s8s8_f32_ref`.
+
+    Args:
+        a: int8 (M, K) activations (rows contiguous, any row stride).
+        packed: a weight from :func:`pack_weight_s8`; its header is checked
+            (magic, format, version, shape, length) and K must match ``a``.
+        a_scale, bias, act, out: as in :func:`gemm_s8s8_f32_ref`; ``out`` must
+            share no memory with any input (the packed buffer included).
+
+    Returns ``out``, or a new float32 (M, N) array.
+    """
+    return _compiled().gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+
+
+def quantize_per_token(x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic symmetric int8 quantization, one scale per row (token).
+
+    ``scale = max|x[m]| / 127`` and ``q = clip(round_half_even(x * (127 / max|x[m]|)), -127, 127)``,
+    so ``x ~= q * scale[:, None]``; rows with ``max|x| < 2**-100`` (all-zero
+    rows included) give zeros. Returns ``(q int8 (M, K), scale float32 (M,))``.
+    Raises ValueError when ``x`` holds a NaN or an infinity.
+    """
+    return _compiled().quantize_per_token(x)
+
+
+def set_isa(name: str) -> None:
+    """Forces the kernels of one instruction set, for tests and benchmarks.
+
+    ``name`` is one of :func:`compiled_isas` (``"generic"``, ``"avx2"``,
+    ``"avx512_vnni"`` on x86-64, ``"neon_dot"`` on aarch64), or ``"auto"``
+    for the best this CPU runs (the default). Raises ValueError for a name not
+    compiled in or one this CPU cannot run.
+    """
+    _compiled().set_isa(name)
+
+
+def get_isa() -> str:
+    """The instruction set whose kernels run now."""
+    return _compiled().get_isa()
+
+
+def compiled_isas() -> list[str]:
+    """The instruction sets compiled into this build, best first, ``"generic"`` last."""
+    return _compiled().compiled_isas()
+
+
+def available_isas() -> list[str]:
+    """The compiled instruction sets this CPU can run, best first."""
+    return _compiled().available_isas()
+
+
+def set_num_threads(threads: int) -> None:
+    """Sets the kernels' thread count (1 to 1024); the default is one per core.
+
+    The pool is persistent: threads are started here, not per call. Waits for
+    a running kernel to finish.
+    """
+    _compiled().set_num_threads(threads)
+
+
+def get_num_threads() -> int:
+    """The kernels' thread count."""
+    return _compiled().get_num_threads()

@@ -11,15 +11,18 @@ namespace {
 const char* scalar_name(Scalar scalar) {
     switch (scalar) {
         case Scalar::int8: return "int8";
+        case Scalar::uint8: return "uint8";
         case Scalar::int32: return "int32";
         case Scalar::float32: return "float32";
     }
     return "?";
 }
 
-py::ssize_t scalar_size(Scalar scalar) { return scalar == Scalar::int8 ? 1 : 4; }
+py::ssize_t scalar_size(Scalar scalar) { return scalar == Scalar::int8 || scalar == Scalar::uint8 ? 1 : 4; }
 
-char scalar_kind(Scalar scalar) { return scalar == Scalar::float32 ? 'f' : 'i'; }
+char scalar_kind(Scalar scalar) {
+    return scalar == Scalar::float32 ? 'f' : scalar == Scalar::uint8 ? 'u' : 'i';
+}
 
 constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
@@ -178,6 +181,17 @@ void check_disjoint(const ArrayArg& out, std::initializer_list<const ArrayArg*> 
             fail_value(std::string(out.name) + " must not share memory with the input " + input->name);
         }
     }
+}
+
+edgevla_activation activation_arg(py::handle obj) {
+    if (!py::isinstance<py::str>(obj)) {
+        fail_type(std::string("act must be a string ('none', 'relu' or 'gelu_tanh'), got ") + Py_TYPE(obj.ptr())->tp_name);
+    }
+    const std::string name = obj.cast<std::string>();
+    if (name == "none") return EDGEVLA_ACTIVATION_NONE;
+    if (name == "relu") return EDGEVLA_ACTIVATION_RELU;
+    if (name == "gelu_tanh") return EDGEVLA_ACTIVATION_GELU_TANH;
+    fail_value("act must be 'none', 'relu' or 'gelu_tanh', got '" + name + "'");
 }
 
 OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,

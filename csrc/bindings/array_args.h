@@ -10,6 +10,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include "gemm_s8s8.h"
+
 #include <cstdint>
 #include <initializer_list>
 
@@ -17,7 +19,7 @@ namespace edgevla::bindings {
 
 namespace py = pybind11;
 
-enum class Scalar { int8, int32, float32 };
+enum class Scalar { int8, uint8, int32, float32 };
 enum class Access { read, write };
 
 // A validated array of rank 0, 1 or 2, seen as rows x cols with contiguous
@@ -59,6 +61,10 @@ struct OutputArg {
     py::object object;  // what the binding returns
     ArrayArg array;
 };
+
+// The epilogue activation named by a Python string: "none", "relu" or
+// "gelu_tanh" (ValueError otherwise, TypeError for a non-string).
+edgevla_activation activation_arg(py::handle obj);
 
 OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
                      std::initializer_list<const ArrayArg*> inputs);

@@ -45,7 +45,9 @@ py::object gemm_s8s8_s32_ref(const py::object& a, const py::object& w, const py:
 }
 
 py::object gemm_s8s8_f32_ref(const py::object& a, const py::object& w, const py::object& w_scale,
-                             const py::object& a_scale, const py::object& bias, const py::object& out) {
+                             const py::object& a_scale, const py::object& bias, const py::object& act,
+                             const py::object& out) {
+    const edgevla_activation activation = activation_arg(act);
     const GemmOperands ops = gemm_operands(a, w);
     const std::string n_text = "N = " + std::to_string(ops.n());
 
@@ -79,7 +81,8 @@ py::object gemm_s8s8_f32_ref(const py::object& a, const py::object& w, const py:
     const OutputArg c = output_arg(out, Scalar::float32, ops.m(), ops.n(),
                                    {&ops.a, &ops.w, &w_scale_arg, &a_scale_arg, has_bias ? &bias_arg : nullptr});
     const edgevla_gemm_epilogue_f32 epilogue{w_scale_arg.data<const float>(), a_scale_arg.data<const float>(),
-                                             a_scale_mode, has_bias ? bias_arg.data<const float>() : nullptr};
+                                             a_scale_mode, has_bias ? bias_arg.data<const float>() : nullptr,
+                                             activation};
     {
         py::gil_scoped_release no_gil;
         edgevla_gemm_s8s8_f32_ref(ops.m(), ops.n(), ops.k(), ops.a.data<const int8_t>(), ops.a.ld,
@@ -98,9 +101,10 @@ void register_gemm(py::module_& m) {
           "Reference int8 GEMM, C = a @ w.T in int32. a: int8 (M, K), w: int8 (N, K). Returns out, or a new "
           "int32 (M, N) array.");
     m.def("gemm_s8s8_f32_ref", &gemm_s8s8_f32_ref, py::arg("a"), py::arg("w"), py::arg("w_scale"),
-          py::arg("a_scale"), py::arg("bias") = py::none(), py::kw_only(), py::arg("out") = py::none(),
-          "Reference int8 GEMM with float32 dequantization: C = (a @ w.T) * a_scale * w_scale + bias. "
-          "Returns out, or a new float32 (M, N) array.");
+          py::arg("a_scale"), py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none",
+          py::arg("out") = py::none(),
+          "Reference int8 GEMM with float32 dequantization: C = act((a @ w.T) * (a_scale * w_scale) + bias), "
+          "act 'none', 'relu' or 'gelu_tanh'. Returns out, or a new float32 (M, N) array.");
 }
 
 }  // namespace edgevla::bindings

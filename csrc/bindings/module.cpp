@@ -7,4 +7,5 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "edgevla native kernels (private: use edgevla.native)";
     edgevla::bindings::register_system(m);
     edgevla::bindings::register_gemm(m);
+    edgevla::bindings::register_kernels(m);
 }

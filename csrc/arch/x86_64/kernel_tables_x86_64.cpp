@@ -1,0 +1,20 @@
+// The x86-64 SIMD kernel tables, best first. Compiled with baseline flags: it
+// only takes the addresses of the AVX-512 and AVX2 entry points.
+#include "dispatch.h"
+
+namespace edgevla {
+namespace {
+
+bool has_avx512_vnni(const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni; }
+bool has_avx2(const CpuFeatures& f) { return f.avx2; }
+
+constexpr IsaKernels kTables[] = {
+    {"avx512_vnni", has_avx512_vnni, gemm_packed_s8_f32_avx512_vnni, quantize_row_avx512},
+    {"avx2", has_avx2, gemm_packed_s8_f32_avx2, quantize_row_avx2},
+};
+
+}  // namespace
+
+IsaKernelList arch_isa_kernels() { return {kTables, sizeof kTables / sizeof kTables[0]}; }
+
+}  // namespace edgevla

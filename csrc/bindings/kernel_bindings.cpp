@@ -1,0 +1,183 @@
+// Python bindings of the fast CPU kernels: weight packing, the packed W8A8
+// GEMM, per-token quantization, and the knobs of dispatch and threading.
+// Every argument, the packed header included, is validated before a kernel
+// runs; kernels run without the GIL on the caller's memory.
+#include "bindings/array_args.h"
+#include "bindings/module_parts.h"
+#include "cpu_ops.h"
+#include "dispatch.h"
+#include "thread_pool.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+namespace edgevla::bindings {
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+std::string count_text(int64_t value) { return std::to_string(value); }
+
+// The packed weight, validated down to its header (see packed_formats.h).
+struct PackedArg {
+    ArrayArg bytes;
+    PackedS8View view;
+};
+
+PackedArg packed_arg(py::handle obj) {
+    PackedArg packed{vector_arg(obj, "packed", Scalar::uint8), {}};
+    if (reinterpret_cast<uintptr_t>(packed.bytes.buffer.ptr) % 4 != 0) {
+        throw py::value_error("packed must start at a 4-byte aligned address (pass the array pack_weight_s8 "
+                              "returned, or a copy of it)");
+    }
+    const std::string problem = validate_packed_s8(packed.bytes.data<const uint8_t>(),
+                                                   static_cast<uint64_t>(packed.bytes.size()), &packed.view);
+    if (!problem.empty()) throw py::value_error("packed " + problem);
+    return packed;
+}
+
+py::array pack_weight_s8_py(const py::object& w, const py::object& w_scale) {
+    const ArrayArg w_arg = matrix_arg(w, "w", "(N, K)", Scalar::int8, Access::read);
+    if (w_arg.cols > EDGEVLA_GEMM_S8S8_MAX_K) {
+        throw py::value_error("K = " + count_text(w_arg.cols) + " is too large: the int32 accumulator is exact only "
+                              "up to K = " + count_text(EDGEVLA_GEMM_S8S8_MAX_K));
+    }
+    const ArrayArg scale_arg = vector_arg(w_scale, "w_scale", Scalar::float32);
+    if (scale_arg.size() != w_arg.rows) {
+        throw py::value_error("w_scale must hold one value per output channel (N = " + count_text(w_arg.rows) +
+                              ", the rows of w), got " + count_text(scale_arg.size()));
+    }
+    py::array_t<uint8_t> packed(static_cast<py::ssize_t>(packed_s8_bytes(w_arg.rows, w_arg.cols)));
+    uint8_t* out = packed.mutable_data();
+    {
+        py::gil_scoped_release no_gil;
+        edgevla::pack_weight_s8(w_arg.rows, w_arg.cols, w_arg.data<const int8_t>(), w_arg.ld,
+                       scale_arg.data<const float>(), out);
+    }
+    return std::move(packed);
+}
+
+py::object gemm_s8s8_f32(const py::object& a, const py::object& packed, const py::object& a_scale,
+                         const py::object& bias, const py::object& act, const py::object& out) {
+    const edgevla_activation activation = activation_arg(act);
+    const ArrayArg a_arg = matrix_arg(a, "a", "(M, K)", Scalar::int8, Access::read);
+    const PackedArg w = packed_arg(packed);
+    const int64_t m = a_arg.rows, n = w.view.n;
+    if (a_arg.cols != w.view.k) {
+        throw py::value_error("a is (M, K) and the packed weight is (N, K) = (" + count_text(n) + ", " +
+                              count_text(w.view.k) + "), so their K must match: a has K = " + count_text(a_arg.cols));
+    }
+    const ArrayArg a_scale_arg = vector_arg(a_scale, "a_scale", Scalar::float32, /*allow_scalar=*/true);
+    edgevla_act_scale_mode a_scale_mode;
+    if (a_scale_arg.size() == 1) {
+        a_scale_mode = EDGEVLA_ACT_SCALE_PER_TENSOR;
+    } else if (a_scale_arg.size() == m) {
+        a_scale_mode = EDGEVLA_ACT_SCALE_PER_TOKEN;
+    } else {
+        throw py::value_error("a_scale must hold 1 value (per-tensor) or one per row of a (per-token, M = " +
+                              count_text(m) + "), got " + count_text(a_scale_arg.size()));
+    }
+    ArrayArg bias_arg;
+    const bool has_bias = !bias.is_none();
+    if (has_bias) {
+        bias_arg = vector_arg(bias, "bias", Scalar::float32);
+        if (bias_arg.size() != n) {
+            throw py::value_error("bias must hold one value per output channel (N = " + count_text(n) + "), got " +
+                                  count_text(bias_arg.size()));
+        }
+    }
+    const OutputArg c = output_arg(out, Scalar::float32, m, n,
+                                   {&a_arg, &w.bytes, &a_scale_arg, has_bias ? &bias_arg : nullptr});
+    GemmPackedArgs args;
+    args.w = w.view;
+    args.m = m;
+    args.a = a_arg.data<const int8_t>();
+    args.lda = a_arg.ld;
+    args.epilogue = {w.view.w_scale, a_scale_arg.data<const float>(), a_scale_mode,
+                     has_bias ? bias_arg.data<const float>() : nullptr, activation};
+    args.c = c.array.data<float>();
+    args.ldc = c.array.ld;
+    {
+        py::gil_scoped_release no_gil;
+        gemm_packed_s8_f32(args);
+    }
+    return c.object;
+}
+
+py::tuple quantize_per_token_py(const py::object& x) {
+    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
+    const int64_t m = x_arg.rows, k = x_arg.cols;
+    py::array_t<int8_t> q(std::vector<py::ssize_t>{m, k});
+    py::array_t<float> scale(std::vector<py::ssize_t>{m});
+    int8_t* q_data = q.mutable_data();
+    float* scale_data = scale.mutable_data();
+    int64_t bad_row;
+    {
+        py::gil_scoped_release no_gil;
+        bad_row = quantize_per_token(m, k, x_arg.data<const float>(), x_arg.ld, q_data, k, scale_data);
+    }
+    if (bad_row >= 0) {
+        throw py::value_error("x must be finite, but row " + count_text(bad_row) + " holds a NaN or an infinity");
+    }
+    return py::make_tuple(std::move(q), std::move(scale));
+}
+
+std::vector<std::string> isa_names(const std::vector<const IsaKernels*>& isas) {
+    std::vector<std::string> names;
+    for (const IsaKernels* isa : isas) names.emplace_back(isa->name);
+    return names;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+    std::string text;
+    for (const std::string& name : names) text += (text.empty() ? "'" : ", '") + name + "'";
+    return text;
+}
+
+void set_isa_py(const std::string& name) {
+    switch (select_isa(name)) {
+        case IsaSelection::selected: return;
+        case IsaSelection::unknown:
+            throw py::value_error("unknown ISA '" + name + "': this build has " + joined(isa_names(compiled_isas())) +
+                                  " (or 'auto' for the best this CPU runs)");
+        case IsaSelection::unsupported:
+            throw py::value_error("this CPU cannot run the '" + name + "' kernels; it runs " +
+                                  joined(isa_names(available_isas())));
+    }
+}
+
+void set_num_threads_py(int threads) {
+    if (threads < 1 || threads > kMaxThreads) {
+        throw py::value_error("the thread count must be between 1 and " + count_text(kMaxThreads) + ", got " +
+                              count_text(threads));
+    }
+    py::gil_scoped_release no_gil;  // waits for a running kernel to finish
+    ThreadPool::global().set_num_threads(threads);
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+    m.def("pack_weight_s8", &pack_weight_s8_py, py::arg("w"), py::arg("w_scale"),
+          "Packs an int8 (N, K) weight and its float32 (N,) per-channel scales into the S8_N16K4 format "
+          "(csrc/packed_formats.h). Returns a new uint8 array.");
+    m.def("gemm_s8s8_f32", &gemm_s8s8_f32, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
+          py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          "W8A8 GEMM on the active ISA: act((a @ w.T) * (a_scale * w_scale) + bias) in float32, bit-identical "
+          "to gemm_s8s8_f32_ref. Returns out, or a new float32 (M, N) array.");
+    m.def("quantize_per_token", &quantize_per_token_py, py::arg("x"),
+          "Dynamic symmetric int8 quantization of each row of a float32 (M, K) array: returns (q int8 (M, K), "
+          "scale float32 (M,)) with x ~= q * scale[:, None].");
+    m.def("set_isa", &set_isa_py, py::arg("name"),
+          "Forces the kernels of one ISA ('generic', 'avx2', 'avx512_vnni', 'neon_dot'), or 'auto'.");
+    m.def("get_isa", [] { return std::string(active_isa().name); }, "The ISA whose kernels run now.");
+    m.def("compiled_isas", [] { return isa_names(compiled_isas()); }, "ISAs compiled into this build, best first.");
+    m.def("available_isas", [] { return isa_names(available_isas()); }, "ISAs this CPU can run, best first.");
+    m.def("set_num_threads", &set_num_threads_py, py::arg("threads"), "Sets the kernels' thread count (1 to 1024).");
+    m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); }, "The kernels' thread count.");
+}
+
+}  // namespace edgevla::bindings

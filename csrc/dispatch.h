@@ -1,0 +1,48 @@
+// Run-time choice of the kernels of one instruction set (ISA).
+//
+// Each architecture lists the SIMD kernel tables it compiled, best first
+// (arch/<arch>/kernel_tables_<arch>.cpp); the portable "generic" table is
+// always there. The active table is the best one the CPU supports, unless a
+// test or a benchmark forces another with select_isa().
+#pragma once
+
+#include "cpu_features.h"
+#include "cpu_kernels.h"
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace edgevla {
+
+struct IsaKernels {
+    const char* name;  // "generic", "avx2", "avx512_vnni", "neon_dot"
+    bool (*supported)(const CpuFeatures&);
+    GemmPackedS8F32Kernel gemm_packed_s8_f32;
+    QuantizeRowKernel quantize_row;
+};
+
+struct IsaKernelList {
+    const IsaKernels* tables;
+    size_t count;
+};
+
+// The SIMD tables compiled for this architecture, best first (per-arch file).
+IsaKernelList arch_isa_kernels();
+
+// The kernels in use now.
+const IsaKernels& active_isa();
+
+// Every ISA compiled into this binary, and those this CPU can run, best first
+// ("generic" last in both).
+std::vector<const IsaKernels*> compiled_isas();
+std::vector<const IsaKernels*> available_isas();
+
+enum class IsaSelection { selected, unknown, unsupported };
+
+// Makes `name` the active ISA ("auto": the best available). Returns unknown
+// for a name not compiled in, unsupported when this CPU lacks it; the active
+// ISA is unchanged then.
+IsaSelection select_isa(const std::string& name);
+
+}  // namespace edgevla

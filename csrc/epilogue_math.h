@@ -1,0 +1,86 @@
+/* The float arithmetic of the GEMM epilogue and of per-token quantization,
+ * written once as scalar C, operation by operation. Every SIMD kernel mirrors
+ * these sequences with the same operations in the same order, and the kernels
+ * are compiled with -ffp-contract=off, so a SIMD kernel and the scalar
+ * reference produce bit-identical floats: the tests compare them exactly.
+ *
+ * Everything here is `static inline`, so each translation unit (including
+ * those compiled with -mavx512f or +dotprod) has its own private copy and the
+ * linker can never hand an AVX-512 instance to the baseline code.
+ *
+ * Plain C, so that the CUDA kernels can include it later. */
+#ifndef EDGEVLA_EPILOGUE_MATH_H
+#define EDGEVLA_EPILOGUE_MATH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* max/min with the x86 MAXPS/MINPS semantics: the second operand is returned
+ * when the comparison is false, including for NaN and for -0 vs +0. NEON's
+ * FMAX differs on NaN, so the NEON kernels use compare + select instead. */
+static inline float edgevla_max_f32(float a, float b) { return a > b ? a : b; }
+static inline float edgevla_min_f32(float a, float b) { return a < b ? a : b; }
+
+/* tanh as a rational function x * P(x^2) / Q(x^2) on [-c, c] (c where the
+ * float result reaches +-1), the approximation of Eigen's
+ * generic_fast_tanh_float: within a few ulp of tanh, built from +, *, / only,
+ * so every ISA can evaluate it identically. */
+#define EDGEVLA_TANH_CLAMP 7.90531110763549805f
+#define EDGEVLA_TANH_A1 4.89352455891786e-03f
+#define EDGEVLA_TANH_A3 6.37261928875436e-04f
+#define EDGEVLA_TANH_A5 1.48572235717979e-05f
+#define EDGEVLA_TANH_A7 5.12229709037114e-08f
+#define EDGEVLA_TANH_A9 -8.60467152213735e-11f
+#define EDGEVLA_TANH_A11 2.00018790482477e-13f
+#define EDGEVLA_TANH_A13 -2.76076847742355e-16f
+#define EDGEVLA_TANH_B0 4.89352518554385e-03f
+#define EDGEVLA_TANH_B2 2.26843463243900e-03f
+#define EDGEVLA_TANH_B4 1.18534705686654e-04f
+#define EDGEVLA_TANH_B6 1.19825839466702e-06f
+
+static inline float edgevla_tanh_f32(float x) {
+    x = edgevla_min_f32(edgevla_max_f32(x, -EDGEVLA_TANH_CLAMP), EDGEVLA_TANH_CLAMP);
+    const float x2 = x * x;
+    float p = x2 * EDGEVLA_TANH_A13 + EDGEVLA_TANH_A11;
+    p = x2 * p + EDGEVLA_TANH_A9;
+    p = x2 * p + EDGEVLA_TANH_A7;
+    p = x2 * p + EDGEVLA_TANH_A5;
+    p = x2 * p + EDGEVLA_TANH_A3;
+    p = x2 * p + EDGEVLA_TANH_A1;
+    p = x * p;
+    float q = x2 * EDGEVLA_TANH_B6 + EDGEVLA_TANH_B4;
+    q = x2 * q + EDGEVLA_TANH_B2;
+    q = x2 * q + EDGEVLA_TANH_B0;
+    return p / q;
+}
+
+/* GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+#define EDGEVLA_GELU_SQRT_2_OVER_PI 0.7978845608028654f
+#define EDGEVLA_GELU_CUBIC 0.044715f
+
+static inline float edgevla_gelu_tanh_f32(float x) {
+    const float cube = (x * x) * x;
+    const float inner = EDGEVLA_GELU_SQRT_2_OVER_PI * (x + EDGEVLA_GELU_CUBIC * cube);
+    const float t = edgevla_tanh_f32(inner);
+    return (0.5f * x) * (1.0f + t);
+}
+
+static inline float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
+
+/* Dynamic symmetric per-token quantization of one row x[0..K):
+ *   amax  = max |x[k]|                  (the row must be finite)
+ *   scale = amax / 127
+ *   inv   = amax >= EDGEVLA_QUANT_MIN_AMAX ? 127 / amax : 0
+ *   q[k]  = clamp(round_half_even(x[k] * inv), -127, 127)
+ * so x ~= q * scale. -128 is never produced (symmetric range). Rows whose
+ * amax is below EDGEVLA_QUANT_MIN_AMAX (2^-100, including all-zero rows)
+ * quantize to zeros, which keeps 127 / amax finite. */
+#define EDGEVLA_QUANT_MIN_AMAX 7.8886090522101181e-31f /* 2^-100 */
+#define EDGEVLA_QUANT_QMAX 127.0f
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEVLA_EPILOGUE_MATH_H */

@@ -1,0 +1,61 @@
+// A small persistent thread pool with a fixed thread count.
+//
+// Kernels split their work into `parts` (at most the thread count); the
+// calling thread runs part 0 and parked workers run the others. Workers are
+// created when the pool starts or is resized, never during a run, and a run
+// allocates nothing: the task is a function pointer and a context pointer.
+// Runs are serialised (a second caller waits), so kernels called from several
+// Python threads at once share the pool safely.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace edgevla {
+
+class ThreadPool {
+public:
+    using Task = void (*)(void* context, int part, int parts);
+
+    // The process-wide pool, started on first use with one thread per core.
+    static ThreadPool& global();
+
+    explicit ThreadPool(int threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int num_threads();
+    // Stops the workers and starts threads - 1 new ones (threads >= 1).
+    void set_num_threads(int threads);
+
+    // Runs task(context, p, parts) for p in [0, parts), parts in [1, num_threads()],
+    // and returns when all are done.
+    void run(int parts, Task task, void* context);
+
+private:
+    void start_workers(int threads);
+    void stop_workers();
+    void worker_loop(int part, uint64_t seen);
+
+    std::mutex run_mutex_;  // held for a whole run or resize
+    std::mutex mutex_;      // guards the fields below
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    std::vector<std::thread> workers_;
+    int threads_ = 1;
+    uint64_t generation_ = 0;
+    bool stopping_ = false;
+    Task task_ = nullptr;
+    void* context_ = nullptr;
+    int parts_ = 0;
+    int pending_ = 0;
+};
+
+// The machine's hardware threads (at least 1).
+int hardware_threads();
+
+}  // namespace edgevla

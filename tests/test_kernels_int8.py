@@ -1,0 +1,521 @@
+"""The packed W8A8 GEMM and per-token quantization, every ISA against the references.
+
+Exactness: the float epilogue is specified op by op (csrc/epilogue_math.h) and
+every kernel is compiled without fp contraction, so each ISA's float32 output
+must be *bit-identical* to the scalar reference ``gemm_s8s8_f32_ref`` (compared
+as uint32 bit patterns), for every activation. The int32 accumulators are
+checked exact separately: with unit scales and no bias the output is
+float32(acc), compared with float32 of an int64 NumPy product. GELU itself is
+compared with float64 GELU within 1e-5 relative (the tanh is a rational
+approximation). Outputs are poisoned before each call and followed by guard
+values checked afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgevla import native
+
+POISON_BITS = np.uint32(0x7FC0DEAD)  # a quiet NaN with a recognisable payload
+GUARD = 29
+ISAS = native.available_isas()
+ACTS = ["none", "relu", "gelu_tanh"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_dispatch():
+    threads = native.get_num_threads()
+    yield
+    native.set_isa("auto")
+    native.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------- helpers ---
+
+def random_int8(rng, shape, mode="uniform"):
+    """int8 data: uniform over [-128, 127], or the saturating extremes only."""
+    if mode == "extremes":
+        return rng.choice(np.array([-128, -127, 127], np.int8), size=shape)
+    if mode == "min":
+        return np.full(shape, -128, np.int8)
+    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def guarded(m, n):
+    buffer = np.empty(m * n + GUARD, np.float32)
+    buffer.view(np.uint32)[:] = POISON_BITS
+    return buffer[: m * n].reshape(m, n), buffer
+
+
+def assert_guard_intact(buffer, m, n):
+    assert (buffer[m * n :].view(np.uint32) == POISON_BITS).all(), "the kernel wrote past the end of out"
+
+
+def assert_bits_equal(got, expected):
+    mismatched = got.view(np.uint32) != expected.view(np.uint32)
+    assert not mismatched.any(), (
+        f"{mismatched.sum()} elements differ, first at {np.argwhere(mismatched)[0]}: "
+        f"{got[tuple(np.argwhere(mismatched)[0])]!r} vs {expected[tuple(np.argwhere(mismatched)[0])]!r}"
+    )
+
+
+def run_packed(isa, a, w, w_scale, a_scale, bias, act):
+    """gemm_s8s8_f32 forced to `isa`, into a poisoned, guarded out; returns out."""
+    native.set_isa(isa)
+    assert native.get_isa() == isa
+    packed = native.pack_weight_s8(w, w_scale)
+    out, buffer = guarded(a.shape[0], w.shape[0])
+    assert native.gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out) is out
+    assert_guard_intact(buffer, a.shape[0], w.shape[0])
+    return out
+
+
+def check_against_reference(isa, a, w, rng, per_token, with_bias, act):
+    m, n = a.shape[0], w.shape[0]
+    w_scale = rng.uniform(1e-4, 1e-2, size=n).astype(np.float32)
+    a_scale = rng.uniform(1e-3, 1e-1, size=m if per_token else 1).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, size=n).astype(np.float32) if with_bias else None
+    expected = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act)
+    assert_bits_equal(run_packed(isa, a, w, w_scale, a_scale, bias, act), expected)
+
+
+# ------------------------------------------------------------ dispatch -------
+
+def test_isas_are_listed_best_first_with_generic_last():
+    compiled = native.compiled_isas()
+    assert compiled[-1] == "generic" and ISAS[-1] == "generic"
+    assert set(ISAS) <= set(compiled)
+    expected = {"x86_64": ["avx512_vnni", "avx2", "generic"], "aarch64": ["neon_dot", "generic"]}
+    assert compiled == expected.get(native.cpu_arch(), ["generic"])
+    native.set_isa("auto")
+    assert native.get_isa() == ISAS[0]
+    features = native.cpu_features()
+    assert ("avx512_vnni" in ISAS) == (features["avx512_vnni"] and features["avx512bw"] and features["avx512vl"])
+    assert ("avx2" in ISAS) == features["avx2"]
+
+
+def test_unknown_or_unavailable_isa_raises_and_keeps_the_active_one():
+    native.set_isa("generic")
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        native.set_isa("sse9")
+    other_arch = "neon_dot" if native.cpu_arch() == "x86_64" else "avx2"
+    with pytest.raises(ValueError, match=f"unknown ISA '{other_arch}'"):
+        native.set_isa(other_arch)
+    for isa in set(native.compiled_isas()) - set(ISAS):  # compiled, but this CPU lacks it
+        with pytest.raises(ValueError, match="this CPU cannot run"):
+            native.set_isa(isa)
+    assert native.get_isa() == "generic"
+
+
+# ------------------------------------------------------ GEMM vs reference ----
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.sampled_from([1, 1, 2, 3, 4, 5, 7, 9]),
+    n=st.one_of(st.sampled_from([1, 15, 16, 17, 31, 33, 48]), st.integers(1, 70)),
+    k=st.one_of(st.sampled_from([1, 3, 4, 5, 63, 64, 65, 257, 513]), st.integers(1, 300)),
+    mode=st.sampled_from(["uniform", "uniform", "extremes", "min"]),
+    per_token=st.booleans(),
+    with_bias=st.booleans(),
+    act=st.sampled_from(ACTS),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_isa_is_bit_identical_to_the_reference(isa, m, n, k, mode, per_token, with_bias, act, seed):
+    rng = np.random.default_rng(seed)
+    a, w = random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode)
+    check_against_reference(isa, a, w, rng, per_token, with_bias, act)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m, n, k", [(1, 17, 257), (64, 33, 513), (13, 100, 96), (6, 16, 1)])
+@pytest.mark.parametrize("act", ACTS)
+def test_named_shapes_on_every_isa(isa, m, n, k, act):
+    rng = np.random.default_rng(m * 1000 + n + k)
+    check_against_reference(isa, random_int8(rng, (m, k)), random_int8(rng, (n, k)), rng, True, True, act)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int32_accumulators_are_exact_up_to_the_largest_k(isa):
+    """Unit scales, no bias: out == float32(acc). K = MAX_K with -128 and 127 wraps int32 inside VNNI."""
+    k = native.GEMM_S8S8_MAX_K
+    a = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8), np.full(k, -128, np.int8)])
+    w = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8), np.full(k, -127, np.int8),
+                  np.random.default_rng(1).integers(-128, 128, k, dtype=np.int8)])
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    assert acc.max() == 128 * 128 * k and acc.max() <= 2**31 - 1
+    ones = np.ones(4, np.float32)
+    out = run_packed(isa, a, w, ones, np.float32(1.0), None, "none")
+    np.testing.assert_array_equal(out, acc.astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int32_accumulators_are_exact_on_random_data(isa):
+    rng = np.random.default_rng(2)
+    a, w = random_int8(rng, (11, 1031)), random_int8(rng, (45, 1031))
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    out = run_packed(isa, a, w, np.ones(45, np.float32), np.ones(11, np.float32), None, "none")
+    np.testing.assert_array_equal(out, acc.astype(np.float32))
+
+
+def test_relu_and_gelu_match_their_definitions():
+    rng = np.random.default_rng(3)
+    a, w = random_int8(rng, (8, 96)), random_int8(rng, (40, 96))
+    w_scale, a_scale = np.full(40, 2.0**-10, np.float32), np.float32(2.0**-4)  # pre-activations in about [-12, 12]
+    bias = rng.normal(0, 1, 40).astype(np.float32)
+    linear = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), a_scale, bias)
+    relu = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), a_scale, bias, act="relu")
+    np.testing.assert_array_equal(relu, np.maximum(linear, 0))
+    gelu = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), a_scale, bias, act="gelu_tanh")
+    x = linear.astype(np.float64)
+    exact = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(gelu, exact, rtol=1e-5, atol=1e-6)
+    assert (linear < -1).any() and (linear > 1).any(), "the data should span both GELU regimes"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_thread_count(threads):
+    rng = np.random.default_rng(4)
+    a, w = random_int8(rng, (37, 520)), random_int8(rng, (70, 520))  # large enough to be split
+    w_scale, a_scale = rng.uniform(1e-3, 1e-2, 70).astype(np.float32), rng.uniform(1e-2, 1e-1, 37).astype(np.float32)
+    expected = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, act="gelu_tanh")
+    native.set_num_threads(threads)
+    assert native.get_num_threads() == threads
+    packed = native.pack_weight_s8(w, w_scale)
+    for rows in (a, a[:2]):  # split over N blocks, and over rows
+        out, buffer = guarded(rows.shape[0], 70)
+        native.gemm_s8s8_f32(rows, packed, a_scale[: rows.shape[0]], act="gelu_tanh", out=out)
+        assert_bits_equal(out, expected[: rows.shape[0]])
+        assert_guard_intact(buffer, rows.shape[0], 70)
+
+
+def test_concurrent_callers_share_the_pool_safely():
+    rng = np.random.default_rng(5)
+    a, w = random_int8(rng, (32, 600)), random_int8(rng, (64, 600))
+    w_scale = np.full(64, 0.01, np.float32)
+    packed = native.pack_weight_s8(w, w_scale)
+    expected = native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.1))
+    failures = []
+
+    def worker():
+        for _ in range(20):
+            if not np.array_equal(native.gemm_s8s8_f32(a, packed, np.float32(0.1)), expected):
+                failures.append("mismatch")
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_default_thread_count_is_the_core_count():
+    code = "from edgevla import native; print(native.get_num_threads())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(result.stdout) == os.cpu_count()
+
+
+def test_bad_thread_counts_raise():
+    for bad in (0, -1, 1025):
+        with pytest.raises(ValueError, match="thread count must be between 1 and 1024"):
+            native.set_num_threads(bad)
+
+
+def test_row_strided_input_and_output_are_used_in_place():
+    rng = np.random.default_rng(6)
+    a_wide, w = random_int8(rng, (5, 90)), random_int8(rng, (19, 77))
+    a = a_wide[:, :77]
+    w_scale = np.full(19, 0.5, np.float32)
+    wide = np.empty((5, 24), np.float32)
+    wide.view(np.uint32)[:] = POISON_BITS
+    out = wide[:, :19]
+    native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(0.25), out=out)
+    assert_bits_equal(out, native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.25)))
+    assert (wide[:, 19:].view(np.uint32) == POISON_BITS).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m, n, k", [(0, 5, 8), (3, 0, 8), (3, 5, 0), (0, 0, 0)])
+def test_empty_shapes(isa, m, n, k):
+    """K = 0 leaves only the bias; empty M or N give empty outputs."""
+    native.set_isa(isa)
+    a, w = np.ones((m, k), np.int8), np.ones((n, k), np.int8)
+    w_scale, bias = np.ones(n, np.float32), np.linspace(-1, 1, n, dtype=np.float32)
+    got = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(1), bias, act="relu")
+    assert got.shape == (m, n)
+    np.testing.assert_array_equal(got, np.broadcast_to(np.maximum(bias, 0), (m, n)))
+    q, scale = native.quantize_per_token(np.ones((m, k), np.float32))
+    assert q.shape == (m, k) and scale.shape == (m,)
+
+
+# ------------------------------------------------------------ packing --------
+
+def test_packed_layout_matches_the_documented_format():
+    rng = np.random.default_rng(7)
+    n, k = 17, 10
+    w, w_scale = random_int8(rng, (n, k)), rng.uniform(0.1, 1, n).astype(np.float32)
+    packed = native.pack_weight_s8(w, w_scale)
+    assert packed.dtype == np.uint8 and packed.ndim == 1
+    header = packed[:64]
+    assert header[:4].tobytes() == b"EVLA"
+    fmt, version, block_n, block_k = header[4:12].view("<u2")
+    assert (fmt, version, block_n, block_k) == (1, 1, 16, 4)
+    assert header[12:16].view("<u4")[0] == 64
+    got_n, got_k, scale_offset, comp_offset, total = header[16:56].view("<i8")
+    n_pad, k_pad = 32, 12
+    assert (got_n, got_k) == (n, k)
+    assert scale_offset == 64 + n_pad * k_pad and comp_offset == scale_offset + 4 * n_pad
+    assert total == comp_offset + 4 * n_pad == packed.size
+    assert header[56:64].view("<u8")[0] == header_checksum(header)
+    cells = packed[64:scale_offset].view(np.int8).reshape(n_pad // 16, k_pad // 4, 16, 4)
+    unpacked = cells.transpose(0, 2, 1, 3).reshape(n_pad, k_pad)
+    np.testing.assert_array_equal(unpacked[:n, :k], w)
+    assert not unpacked[n:].any() and not unpacked[:, k:].any()
+    np.testing.assert_array_equal(packed[scale_offset:comp_offset].view("<f4")[:n], w_scale)
+    np.testing.assert_array_equal(packed[comp_offset:].view("<i4")[:n], 128 * w.astype(np.int64).sum(axis=1))
+
+
+def _packed_ok():
+    rng = np.random.default_rng(8)
+    return random_int8(rng, (3, 20)), native.pack_weight_s8(random_int8(rng, (5, 20)), np.ones(5, np.float32))
+
+
+def header_checksum(header: np.ndarray) -> int:
+    """FNV-1a 64 of the first 56 header bytes, as packed_formats.h defines it."""
+    value = 0xCBF29CE484222325
+    for byte in header[:56].tobytes():
+        value = ((value ^ byte) * 0x100000001B3) % 2**64
+    return value
+
+
+def _with_header_field(packed, start, dtype, value, reseal=True):
+    """packed with one header field changed, its checksum recomputed unless reseal=False."""
+    changed = packed.copy()
+    changed[start : start + np.dtype(dtype).itemsize].view(dtype)[0] = value
+    if reseal:
+        changed[56:64].view("<u8")[0] = header_checksum(changed)
+    return changed
+
+
+def _misaligned(packed):
+    raw = np.empty(packed.size + 1, np.uint8)
+    view = raw[1:]
+    view[:] = packed
+    return view
+
+
+BAD_PACKED = {
+    "truncated": (ValueError, "truncated or padded", lambda p: p[:-1].copy()),
+    "padded": (ValueError, "truncated or padded", lambda p: np.concatenate([p, np.zeros(64, np.uint8)])),
+    "shorter than a header": (ValueError, "shorter than the 64-byte header", lambda p: p[:40].copy()),
+    "empty": (ValueError, "shorter than the 64-byte header", lambda p: p[:0].copy()),
+    "wrong magic": (ValueError, "magic bytes 'EVLA'", lambda p: _with_header_field(p, 0, "<u4", 0x12345678)),
+    "wrong format": (ValueError, "has packed format 7", lambda p: _with_header_field(p, 4, "<u2", 7)),
+    "wrong version": (ValueError, "has format version 2, this build reads version 1",
+                      lambda p: _with_header_field(p, 6, "<u2", 2)),
+    "wrong block": (ValueError, "corrupt header", lambda p: _with_header_field(p, 8, "<u2", 8)),
+    "wrong n": (ValueError, "offsets that do not match", lambda p: _with_header_field(p, 16, "<i8", 40)),
+    "n within the block": (ValueError, "checksum does not match",
+                           lambda p: _with_header_field(p, 16, "<i8", 6, reseal=False)),
+    "negative k": (ValueError, "impossible shape", lambda p: _with_header_field(p, 24, "<i8", -20)),
+    "huge n": (ValueError, "impossible shape", lambda p: _with_header_field(p, 16, "<i8", 2**62)),
+    "lying total": (ValueError, "offsets that do not match", lambda p: _with_header_field(p, 48, "<u8", 10**6)),
+    "int8 dtype": (TypeError, "packed must have dtype uint8, got int8", lambda p: p.view(np.int8)),
+    "2-D": (ValueError, "packed must be a 1-D array", lambda p: p.reshape(-1, 4)),
+    "strided": (ValueError, "packed must be contiguous", lambda p: np.repeat(p, 2)[::2]),
+    "misaligned": (ValueError, "4-byte aligned", _misaligned),
+    "bytes object": (TypeError, "got uint8", lambda p: p.tobytes()),  # read-only is fine; bytes are 'B' -> uint8
+    "a list": (TypeError, "got list", lambda p: p.tolist()),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PACKED))
+def test_bad_packed_buffers_raise(case):
+    error, message, make = BAD_PACKED[case]
+    a, packed = _packed_ok()
+    if case == "bytes object":  # a valid packed weight as bytes is accepted, zero-copy
+        np.testing.assert_array_equal(native.gemm_s8s8_f32(a, make(packed), np.float32(1)),
+                                      native.gemm_s8s8_f32(a, packed, np.float32(1)))
+        return
+    with pytest.raises(error) as info:
+        native.gemm_s8s8_f32(a, make(packed), np.float32(1))
+    assert message in str(info.value)
+
+
+def test_every_corrupted_header_byte_is_caught():
+    a, packed = _packed_ok()
+    for index in range(64):
+        corrupt = packed.copy()
+        corrupt[index] ^= 0x5A
+        with pytest.raises(ValueError, match="^packed "):
+            native.gemm_s8s8_f32(a, corrupt, np.float32(1))
+
+
+BAD_GEMM_ARGS = {
+    "K mismatch": (ValueError, "so their K must match: a has K = 19", lambda a, p: dict(a=a[:, :19])),
+    "a uint8": (TypeError, "a must have dtype int8, got uint8", lambda a, p: dict(a=a.view(np.uint8))),
+    "a_scale length": (ValueError, "a_scale must hold 1 value (per-tensor) or one per row of a (per-token, M = 3), got 2",
+                       lambda a, p: dict(a_scale=np.ones(2, np.float32))),
+    "bias length": (ValueError, "bias must hold one value per output channel (N = 5), got 4",
+                    lambda a, p: dict(bias=np.ones(4, np.float32))),
+    "bias float64": (TypeError, "bias must have dtype float32, got float64", lambda a, p: dict(bias=np.ones(5))),
+    "unknown act": (ValueError, "act must be 'none', 'relu' or 'gelu_tanh', got 'gelu'", lambda a, p: dict(act="gelu")),
+    "act not a string": (TypeError, "act must be a string", lambda a, p: dict(act=1)),
+    "out shape": (ValueError, "out must have shape (M, N) = (3, 5)", lambda a, p: dict(out=np.zeros((5, 3), np.float32))),
+    "out over packed": (ValueError, "out must not share memory with the input packed",
+                        lambda a, p: dict(packed=p, out=p[64 : 64 + 60].view(np.float32).reshape(3, 5))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GEMM_ARGS))
+def test_bad_gemm_arguments_raise(case):
+    error, message, change = BAD_GEMM_ARGS[case]
+    a, packed = _packed_ok()
+    args = dict(a=a, packed=packed, a_scale=np.float32(1), bias=None, act="none", out=None)
+    args.update(change(a, packed))
+    before = args["packed"].copy()
+    with pytest.raises(error) as info:
+        native.gemm_s8s8_f32(args.pop("a"), args.pop("packed"), args.pop("a_scale"), args.pop("bias"), **args)
+    assert message in str(info.value)
+    if case == "out over packed":
+        np.testing.assert_array_equal(packed, before)
+
+
+def test_bad_pack_arguments_raise():
+    w = np.ones((4, 8), np.int8)
+    with pytest.raises(ValueError, match="w_scale must hold one value per output channel .N = 4, the rows of w., got 3"):
+        native.pack_weight_s8(w, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="w must have dtype int8, got float32"):
+        native.pack_weight_s8(w.astype(np.float32), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="K = 131072 is too large"):
+        native.pack_weight_s8(np.ones((1, 131072), np.int8), np.ones(1, np.float32))
+
+
+# -------------------------------------------------------- quantization -------
+
+def reference_quantize(x):
+    """The contract of epilogue_math.h in float32 NumPy."""
+    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
+    inv = np.where(amax >= np.float32(2.0**-100), np.float32(127) / np.maximum(amax, np.float32(2.0**-100)), np.float32(0))
+    q = np.clip(np.rint(x * inv.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
+    return q, (amax / np.float32(127)).astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 6), k=st.one_of(st.sampled_from([1, 7, 8, 15, 16, 17, 257]), st.integers(1, 200)),
+       log_scale=st.floats(-30, 30), seed=st.integers(0, 2**32 - 1))
+def test_quantize_matches_the_reference_exactly(isa, m, k, log_scale, seed):
+    native.set_isa(isa)
+    rng = np.random.default_rng(seed)
+    wide = (rng.normal(size=(m, k + 3)) * 2.0**log_scale).astype(np.float32)
+    x = wide[:, :k]  # rows with a stride: read in place
+    q, scale = native.quantize_per_token(x)
+    q_ref, scale_ref = reference_quantize(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(scale.view(np.uint32), scale_ref.view(np.uint32))
+    assert q.min() >= -127
+    assert (np.abs(x - q * scale[:, None]) <= 0.5 * scale[:, None] * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_quantize_zero_and_tiny_rows(isa):
+    native.set_isa(isa)
+    x = np.zeros((3, 33), np.float32)
+    x[1, 5] = 1e-35
+    x[2, :] = np.linspace(-3, 3, 33, dtype=np.float32)
+    q, scale = native.quantize_per_token(x)
+    assert not q[:2].any() and scale[0] == 0
+    assert q[2, 0] == -127 and q[2, -1] == 127 and scale[2] == np.float32(3) / np.float32(127)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_rejects_non_finite_rows(isa, bad):
+    native.set_isa(isa)
+    x = np.ones((4, 40), np.float32)
+    x[2, 37] = bad
+    with pytest.raises(ValueError, match="x must be finite, but row 2 holds a NaN or an infinity"):
+        native.quantize_per_token(x)
+
+
+def test_quantize_then_gemm_approximates_the_float_linear():
+    rng = np.random.default_rng(9)
+    x, weight = rng.normal(size=(6, 130)).astype(np.float32), rng.normal(size=(24, 130)).astype(np.float32)
+    w_scale = (np.abs(weight).max(axis=1) / 127).astype(np.float32)
+    w_q = np.clip(np.rint(weight / w_scale[:, None]), -127, 127).astype(np.int8)
+    q, a_scale = native.quantize_per_token(x)
+    got = native.gemm_s8s8_f32(q, native.pack_weight_s8(w_q, w_scale), a_scale)
+    expected = x @ weight.T
+    assert np.abs(got - expected).max() < 0.03 * np.abs(expected).max()
+
+
+def test_quantize_bad_arguments_raise():
+    with pytest.raises(TypeError, match="x must have dtype float32, got float64"):
+        native.quantize_per_token(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="x must be a 2-D array"):
+        native.quantize_per_token(np.ones(3, np.float32))
+
+
+# ------------------------------------- other CPUs: older x86-64, aarch64 -----
+
+_OLD_CPU_SCRIPT = """
+import site, sys
+for path in sys.argv[1:]:
+    site.addsitedir(path)
+import numpy as np
+from edgevla import native
+print(",".join(native.available_isas()))
+rng = np.random.default_rng(0)
+a, w = rng.integers(-128, 128, (5, 301), dtype=np.int8), rng.integers(-128, 128, (40, 301), dtype=np.int8)
+w_scale, bias = rng.uniform(1e-3, 1e-2, 40).astype(np.float32), rng.normal(size=40).astype(np.float32)
+expected = native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.1), bias, act="gelu_tanh")
+got = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(0.1), bias, act="gelu_tanh")
+assert got.tobytes() == expected.tobytes()
+x = rng.normal(size=(3, 50)).astype(np.float32)
+q, scale = native.quantize_per_token(x)
+assert (np.abs(x - q * scale[:, None]) <= 0.5001 * scale[:, None]).all()
+try:
+    native.set_isa("avx512_vnni")
+except ValueError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize("cpu, isas", [("Haswell", "avx2,generic"), ("SandyBridge", "generic")])
+def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas):
+    """Under qemu-x86_64 -cpu Haswell (AVX2, no AVX-512) or SandyBridge (AVX, no AVX2): the best ISA it has is picked."""
+    if native.cpu_arch() != "x86_64" or not shutil.which("qemu-x86_64"):
+        pytest.skip("needs an x86-64 build and qemu-x86_64 (Debian: qemu-user)")
+    import site
+
+    python = os.path.realpath(sys.executable)  # qemu runs the binary; the venv's paths are passed in
+    result = subprocess.run(["qemu-x86_64", "-cpu", cpu, python, "-c", _OLD_CPU_SCRIPT, *site.getsitepackages()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == isas
+    assert lines[1] == f"this CPU cannot run the 'avx512_vnni' kernels; it runs {', '.join(map(repr, isas.split(',')))}"
+
+
+def test_neon_kernel_under_qemu():
+    """Cross-compiles the kernels for aarch64 and runs csrc/tests/kernel_driver.cpp under qemu (-cpu max)."""
+    if not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")):
+        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
+    result = subprocess.run(["bash", str(REPO / "tests/native/run_aarch64.sh")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "neon_dot: all cases bit-identical" in result.stdout
