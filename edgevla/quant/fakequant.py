@@ -1,0 +1,273 @@
+"""Fake-quant Linear layers and the ``quantize_(model, config)`` API.
+
+A fake-quant layer computes in float what the deployed integer kernel
+computes: its weight is the dequantized int8 / int4 weight, and under W8A8
+its input is rounded to the static int8 grid first. That makes the accuracy
+of the quantized model measurable in PyTorch, and gives the exact reference
+the Q/DQ ONNX model (:mod:`edgevla.export.qdq`) must reproduce.
+
+Configs follow torchao's ``<Activation><Weight>Config`` naming:
+
+* :class:`Int8StaticActivationInt8WeightConfig` — W8A8: int8 per-channel
+  weights, a static per-tensor int8 scale on each Linear's input.
+* :class:`Int8WeightOnlyConfig` — W8A16: int8 per-channel weights, float activations.
+* :class:`Int4WeightOnlyConfig` — W4A16: int4 weights in groups of 32/64/128.
+* :class:`Float8StaticActivationFloat8WeightConfig` — FP8 E4M3 weights
+  (per channel) and activations (static per tensor), for targets with fp8.
+
+Every config takes ``skip``: Linear names (exact, or a prefix ending in
+``.``) that stay in floating point (fp16 on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import EdgevlaError
+from .primitives import (
+    FP8_E4M3_MAX,
+    GROUP_SIZES,
+    Int4GroupedWeight,
+    Int8Weight,
+    activation_scale,
+    fake_quantize,
+    fake_quantize_fp8,
+    fp8_scale,
+)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    skip: tuple[str, ...] = ()
+
+    def skips(self, name: str) -> bool:
+        return any(name == s or (s.endswith(".") and name.startswith(s)) for s in self.skip)
+
+
+@dataclass(frozen=True)
+class Int8StaticActivationInt8WeightConfig(QuantConfig):
+    """W8A8; ``activation_amax`` maps each quantized Linear to its calibrated input clip value."""
+
+    activation_amax: Mapping[str, float] = field(default_factory=dict)
+    format_name = "w8a8"
+
+
+@dataclass(frozen=True)
+class Int8WeightOnlyConfig(QuantConfig):
+    format_name = "w8a16"
+
+
+@dataclass(frozen=True)
+class Int4WeightOnlyConfig(QuantConfig):
+    group_size: int = 128
+    format_name = "w4a16"
+
+    def __post_init__(self) -> None:
+        if self.group_size not in GROUP_SIZES:
+            raise EdgevlaError(f"int4 group size must be one of {GROUP_SIZES}, got {self.group_size}")
+
+
+@dataclass(frozen=True)
+class Float8StaticActivationFloat8WeightConfig(QuantConfig):
+    activation_amax: Mapping[str, float] = field(default_factory=dict)
+    format_name = "fp8"
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class FakeQuantLinear(nn.Linear):
+    """Base: an ``nn.Linear`` that keeps its float weight and computes with a quantized one.
+
+    The float ``weight`` stays a parameter so the module still exports (in
+    :func:`float_mode`) as the plain float graph whose initializers
+    :mod:`edgevla.export.qdq` replaces by the quantized ones.
+    """
+
+    format_name = "float"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            self.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                self.bias.copy_(linear.bias)
+        self.float_mode = False
+
+    def quantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_mode:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(self.quantize_input(x), self.quantized_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, format={self.format_name}"
+
+
+class Int8WeightLinear(FakeQuantLinear):
+    """W8A16: int8 per-output-channel weights."""
+
+    format_name = "w8a16"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        q = Int8Weight.from_hp(linear.weight)
+        self.register_buffer("weight_qdata", q.qdata)
+        self.register_buffer("weight_scale", q.scale)
+
+    @property
+    def int8_weight(self) -> Int8Weight:
+        return Int8Weight(self.weight_qdata, self.weight_scale)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.int8_weight.dequantize()
+
+
+class Int8ActivationInt8WeightLinear(Int8WeightLinear):
+    """W8A8: int8 weights and a static per-tensor int8 scale on the input."""
+
+    format_name = "w8a8"
+
+    def __init__(self, linear: nn.Linear, input_amax: float):
+        super().__init__(linear)
+        self.register_buffer("input_scale", torch.tensor(activation_scale(float(input_amax)), dtype=torch.float32))
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, self.input_scale)
+
+
+class Int4WeightLinear(FakeQuantLinear):
+    """W4A16: packed int4 weights with one scale per group of input channels."""
+
+    format_name = "w4a16"
+
+    def __init__(self, linear: nn.Linear, group_size: int):
+        super().__init__(linear)
+        q = Int4GroupedWeight.from_hp(linear.weight, group_size)
+        self.group_size = group_size
+        self.register_buffer("weight_qdata", q.qdata)  # uint8, two codes per byte
+        self.register_buffer("weight_scale", q.scale)
+
+    @property
+    def int4_weight(self) -> Int4GroupedWeight:
+        return Int4GroupedWeight(self.weight_qdata, self.weight_scale, self.group_size,
+                                 (self.out_features, self.in_features))
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.int4_weight.dequantize()
+
+
+class Float8Linear(FakeQuantLinear):
+    """FP8 E4M3: per-output-channel weight scales, static per-tensor input scale."""
+
+    format_name = "fp8"
+
+    def __init__(self, linear: nn.Linear, input_amax: float):
+        super().__init__(linear)
+        w = linear.weight.detach().float()
+        self.register_buffer("weight_scale", fp8_scale(w.abs().amax(dim=1)))
+        self.register_buffer("input_scale", fp8_scale(torch.tensor(float(input_amax))))
+
+    def quantized_weight(self) -> torch.Tensor:
+        return fake_quantize_fp8(self.weight.detach().float(), self.weight_scale[:, None])
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_fp8(x, self.input_scale)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
+    """Swap, in place, every ``nn.Linear`` of ``model`` for its fake-quant version.
+
+    Returns ``{linear name: format}`` for every Linear, ``"float"`` for the
+    skipped ones. Activation configs need a clip value for every Linear they
+    quantize (from :func:`edgevla.quant.calibrate.calibrate`).
+    """
+    if not isinstance(model, nn.Module):
+        raise EdgevlaError(f"quantize_ takes a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise EdgevlaError(f"quantize_ needs a quantization config, got {type(config).__name__}")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    already = [n for n, m in linears.items() if isinstance(m, FakeQuantLinear)]
+    if already:
+        raise EdgevlaError(f"{type(model).__name__} is already quantized ({already[0]}); quantize the float model")
+    unknown = [s for s in config.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in linears)]
+    if unknown:
+        raise EdgevlaError(f"skip list names no nn.Linear: {', '.join(unknown)}")
+    chosen = [n for n in linears if not config.skips(n)]
+    amax = getattr(config, "activation_amax", None)
+    if amax is not None:
+        missing = [n for n in chosen if n not in amax]
+        if missing:
+            raise EdgevlaError(f"no calibrated activation range for {', '.join(missing[:5])}"
+                               f"{' and more' if len(missing) > 5 else ''}; calibrate the model first")
+    formats = {n: "float" for n in linears}
+    for name in chosen:
+        new = _fake_quant_for(linears[name], config, name)
+        _set_submodule(model, name, new)
+        formats[name] = new.format_name
+    return formats
+
+
+def _fake_quant_for(linear: nn.Linear, config: QuantConfig, name: str) -> FakeQuantLinear:
+    if isinstance(config, Int8StaticActivationInt8WeightConfig):
+        return Int8ActivationInt8WeightLinear(linear, config.activation_amax[name])
+    if isinstance(config, Int8WeightOnlyConfig):
+        return Int8WeightLinear(linear)
+    if isinstance(config, Int4WeightOnlyConfig):
+        if linear.in_features % config.group_size:
+            raise EdgevlaError(f"{name}: int4 group size {config.group_size} does not divide its "
+                               f"{linear.in_features} input channels; skip the layer or pick another group size")
+        return Int4WeightLinear(linear, config.group_size)
+    if isinstance(config, Float8StaticActivationFloat8WeightConfig):
+        return Float8Linear(linear, config.activation_amax[name])
+    raise EdgevlaError(f"unsupported quantization config {type(config).__name__}")
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, FakeQuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+
+
+@contextlib.contextmanager
+def float_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every fake-quant layer computes in float with its original weight."""
+    layers = list(quantized_layers(model).values())
+    previous = [m.float_mode for m in layers]
+    try:
+        for m in layers:
+            m.float_mode = True
+        yield model
+    finally:
+        for m, p in zip(layers, previous, strict=True):
+            m.float_mode = p
+
+
+__all__ = [
+    "FP8_E4M3_MAX", "FakeQuantLinear", "Float8Linear", "Float8StaticActivationFloat8WeightConfig",
+    "Int4WeightLinear", "Int4WeightOnlyConfig", "Int8ActivationInt8WeightLinear",
+    "Int8StaticActivationInt8WeightConfig", "Int8WeightLinear", "Int8WeightOnlyConfig", "QuantConfig",
+    "float_mode", "quantize_", "quantized_layers",
+]
