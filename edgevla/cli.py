@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", "-r", help="recipe YAML overriding the target's default recipe")
     b.add_argument("--output", "-o", help="bundle directory (default: bundles/<policy>-<target>)")
     b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
+    b.add_argument("--prune", metavar="METHOD",
+                   help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A (trunk parameters "
+                        "removed); overrides the recipe's and the target's prune method")
     b.add_argument("--allow-pickle", action="store_true", help="accept a pickle checkpoint (runs code from the file)")
     b.add_argument("--json", action="store_true", help="print the build summary as JSON")
 

@@ -33,8 +33,11 @@ def _json(obj: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import BuildRequest, build
     from .progress import ConsoleProgress, Progress
+    from .recipe import prune_shorthand
 
     overrides = {}
+    if args.prune is not None:  # checked before any slow work
+        overrides.update(prune_shorthand(args.prune))
     if args.episodes is not None:
         overrides["evaluate.episodes"] = args.episodes
     request = BuildRequest(target=args.target, policy=args.policy, recipe=args.recipe, output=args.output,
@@ -72,8 +75,16 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None):
             raise EdgevlaError("backend 'torch' needs a bundle of an edgevla VLA policy (its config is in the "
                                f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
                                "use --backend onnxruntime")
+        prune = (bundle.manifest.get("recipe") or {}).get("prune") or {}
+        if prune.get("method") == "structured":
+            raise EdgevlaError("backend 'torch' rebuilds a VLA from its config, and structured pruning changed its "
+                               "layer shapes (the manifest's layers list them): use --backend onnxruntime")
         policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
-        policy.load_state_dict(tensors)
+        try:
+            policy.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise EdgevlaError(f"the bundle's weights do not fit its policy config "
+                               f"({str(e).strip().splitlines()[-1].strip()}): use --backend onnxruntime") from None
         return make_runner("torch", policy=policy.eval(), threads=threads)
     return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
 

@@ -4,8 +4,9 @@ The build runs named stages, each timed and reported::
 
     load      target profile, recipe (defaults < target < file < flags), policy
     analyze   spec, parameters, FLOPs per layer; held-out observations
-    compress  pruning and quantization plug in here (recipe prune:/quantize:)
-    export    ONNX of the built model (and of the original, for side-by-side numbers)
+    compress  pruning (recipe prune:) of a copy, recovery by distillation, masks baked to zeros
+    export    ONNX of the built model (and of the original, for side-by-side numbers); per-layer
+              precision, sparsity and pattern measured on the exported initializers
     verify    ONNX Runtime vs PyTorch on held-out observations: max abs error, cosine
     evaluate  closed-loop success of the exported model vs the original policy: the accuracy gate
     profile   latency, jitter, deadline misses, throughput, peak memory, roofline estimate
@@ -16,11 +17,25 @@ Every stage works on any ``nn.Module`` that declares a :class:`PolicySpec`;
 the closed-loop stage needs a task that speaks the policy's observations,
 which for now is the tabletop task (a policy with another spec gets tensor
 checks and action error, and the report says that success was not measured).
+
+Pruning touches the layers under ``prune.scope`` (a module path, ``trunk`` by
+default; null for every layer): N:M and unstructured masks go on its
+``nn.Linear`` weights (N:M on those whose input width divides by M),
+structured pruning removes neurons, heads or blocks found under it by the
+dependency analysis, with kept channels rounded to the target's
+``preferred_channel_multiple``. Recovery distils the original policy into
+the pruned one on the task's demonstrations until closed-loop success is
+within budget (episodes seeded apart from the gate's); without a task there
+is no recovery and the report says so. Structured pruning changes layer
+shapes, so a VLA's config no longer describes the weights: the manifest
+records each layer's shape, and ``edgevla eval --backend torch`` refuses such
+a bundle (ONNX Runtime runs it).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +55,7 @@ from .metrics.params import count_parameters, file_size
 from .metrics.report import ModelMetrics, build_report, host_info, write_report
 from .models.zoo import LoadedPolicy, load_policy
 from .progress import Progress
-from .recipe import Recipe, load_recipe
+from .recipe import PruneConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import TaskConfig, evaluate, fixed_split
@@ -118,17 +133,48 @@ def resolve_output(output: str | None, policy_name: str, target: Target) -> Path
     return out
 
 
-def layer_table(policy: torch.nn.Module) -> list[dict[str, Any]]:
-    """Precision and sparsity of every weight-bearing layer, as the manifest records them."""
+def layer_table(policy: torch.nn.Module, onnx_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Precision, shape, sparsity and pattern of every weight-bearing layer, as the manifest records them.
+
+    With ``onnx_path`` each weight is read back from the exported graph's
+    initializer (transposed back where the exporter folded it into a MatMul),
+    so the figures describe what ships; a weight the graph folded away is
+    measured on the PyTorch side.
+    """
+    exported: dict[str, np.ndarray] = {}
+    if onnx_path is not None:
+        import onnx
+        from onnx import numpy_helper
+
+        from .export import match_initializers
+
+        model = onnx.load(str(onnx_path))
+        arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        for name, ref in match_initializers(model, policy).items():
+            exported[name] = arrays[ref.name].T if ref.transposed else arrays[ref.name]
     rows = []
     for name, mod in policy.named_modules():
         w = getattr(mod, "weight", None)
         if not isinstance(w, torch.Tensor) or w.ndim < 2:
             continue
-        zeros = float((w == 0).sum()) / w.numel()
+        key = f"{name}.weight"
+        w = torch.from_numpy(np.array(exported[key])) if key in exported else w.detach()
         rows.append({"name": name, "precision": str(w.dtype).replace("torch.float", "fp"),
-                     "sparsity": round(zeros, 6), "pattern": "dense" if zeros == 0 else "unstructured"})
+                     "shape": list(w.shape), **weight_sparsity(w)})
     return rows
+
+
+def weight_sparsity(weight: torch.Tensor) -> dict[str, Any]:
+    """Fraction of exact zeros and the pattern they follow: dense, 2:4, 4:8 (every group of the
+    input dimension obeys it) or unstructured."""
+    from .prune import follows_nm
+
+    zeros = int((weight == 0).sum())
+    if zeros == 0:
+        pattern = "dense"
+    else:
+        pattern = next((f"{n}:{m}" for n, m in ((2, 4), (4, 8)) if follows_nm(weight, n, m)), "unstructured")
+    return {"sparsity": round(zeros / weight.numel(), 6), "pattern": pattern}
 
 
 def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[str, np.ndarray]) -> None:
@@ -161,6 +207,181 @@ def roofline_for(flops: FlopReport, target: Target, precision: str = "fp32") -> 
     except EdgevlaError:
         return None
     return roofline_estimate([(r.flops, r.weight_bytes) for r in flops.per_layer], peak, bandwidth_bytes_per_s(target))
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def prune_scope_linears(policy: torch.nn.Module, scope: str | None, divisible_by: int = 1) -> list[str]:
+    """Names of the nn.Linear layers under ``scope`` (every one when None) whose input width divides."""
+    names = [n for n, m in policy.named_modules() if isinstance(m, torch.nn.Linear)
+             and (scope is None or n.startswith(scope + ".")) and m.in_features % divisible_by == 0]
+    if not names:
+        where = f"under prune.scope {scope!r}" if scope else "in it"
+        extra = f" with an input width divisible by {divisible_by}" if divisible_by > 1 else ""
+        raise EdgevlaError(f"{type(policy).__name__} has no nn.Linear layer{extra} {where}; set prune.scope to "
+                           "one of its module paths, or null for the whole policy")
+    return names
+
+
+def scope_parameters(policy: torch.nn.Module, scope: str | None) -> int:
+    return sum(p.numel() for n, p in policy.named_parameters() if scope is None or n.startswith(scope + "."))
+
+
+def normalized_batch(spec: PolicySpec, observations: Mapping[str, np.ndarray], actions: np.ndarray):
+    """(observation tensors in input order, expert actions normalized as the policy predicts them)."""
+    mean = np.asarray(spec.action_mean, np.float32)
+    std = np.asarray(spec.action_std, np.float32)
+    obs = [torch.from_numpy(np.ascontiguousarray(observations[n])) for n in spec.input_names]
+    return obs, torch.from_numpy(((actions - mean) / std).astype(np.float32))
+
+
+def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+                        criterion: str, n: int = 4, size: int = 32) -> list:
+    """Batches that Taylor, Wanda and block scoring see: the task's calibration split with expert actions,
+    else in-range random observations with the policy's own actions (enough for activation statistics,
+    not for gradients: Taylor needs the task)."""
+    if task is None:
+        if criterion == "taylor":
+            raise EdgevlaError("prune.criterion taylor needs expert actions from a task, and no task speaks this "
+                               "policy's observations: use magnitude or wanda")
+        batches = []
+        for i in range(n):
+            obs = spec.example(batch=size, seed=30_000 + i)
+            args = [torch.from_numpy(obs[k]) for k in spec.input_names]
+            with torch.no_grad():
+                batches.append((args, policy(*args).float()))
+        return batches
+    from .task.dataset import make_batch, split_rng
+
+    rng = split_rng("calibration", 0)
+    return [normalized_batch(spec, b.observations, b.actions) for b in (make_batch(task, size, rng) for _ in range(n))]
+
+
+def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: float, scope: str | None,
+                             round_to: int, example_inputs) -> float:
+    """The fraction of each group's units to remove so that ``amount`` of the scope's parameters go.
+
+    The dependency analysis predicts the parameters a plan removes (every
+    coupled tensor included, channels rounded to ``round_to``); the smallest
+    unit fraction reaching the goal is found by bisection on those predictions.
+    """
+    from .prune import DependencyGraph, MagnitudeImportance, plan, residual_blocks
+
+    total = scope_parameters(policy, scope)
+    goal = amount * total
+    if structure == "blocks":
+        blocks = [b for b in residual_blocks(policy, example_inputs) if scope is None or b.startswith(scope + ".")]
+        if not blocks:
+            raise EdgevlaError(f"{type(policy).__name__} has no residual blocks under prune.scope {scope!r}")
+        size = max(sum(p.numel() for p in policy.get_submodule(b).parameters()) for b in blocks)
+        count = max(1, math.ceil(goal / size - 1e-9))
+        if count >= len(blocks):
+            raise EdgevlaError(f"structured pruning of blocks can remove at most {len(blocks) - 1} of the "
+                               f"{len(blocks)} blocks under {scope!r}; {amount:.0%} of its parameters needs {count}")
+        return count / len(blocks)
+    graph = DependencyGraph(policy, example_inputs)
+    criterion = MagnitudeImportance()
+
+    def removed(fraction: float) -> int:
+        return plan(graph, structure, fraction, criterion, round_to, scope)[2]
+
+    most = removed(0.999)
+    if most < goal:
+        raise EdgevlaError(f"structured pruning of {structure} under {scope!r} can remove at most "
+                           f"{most / total:.0%} of its parameters, asked for {amount:.0%}: choose another "
+                           "prune.structure or a smaller amount")
+    low, high = 0.0, 0.999
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (low, mid) if removed(mid) >= goal else (mid, high)
+    return high
+
+
+def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+                 cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress) -> dict[str, Any]:
+    """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
+
+    Raises :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when
+    distillation cannot bring success back within budget.
+    """
+    import time
+
+    from .prune import distill, gradual_prune, recover, remove_masks, RecoveryConfig
+    from .prune.structured import _example_inputs
+
+    scope = cfg.scope
+    params_before, scope_before = scope_parameters(policy, None), scope_parameters(policy, scope)
+    calibration = (calibration_batches(teacher, spec, task, cfg.criterion)
+                   if cfg.criterion != "magnitude" or cfg.method == "structured" else None)
+    rc = cfg.recovery
+    config = RecoveryConfig(max_steps=rc.max_steps, eval_every=rc.eval_every, eval_episodes=rc.episodes,
+                            eval_seed=rc.seed, batch_size=rc.batch_size, lr=rc.lr, precision=rc.precision,
+                            max_loss=max_loss if rc.max_loss is None else rc.max_loss)
+    config.check()
+    batches = None
+    if task is not None:
+        from .task import stream
+
+        batches = (normalized_batch(spec, b.observations, b.actions)
+                   for b in stream(task, rc.batch_size, seed=rc.seed))
+    steps = 1 if cfg.schedule == "oneshot" else cfg.steps
+
+    def finetune(model: torch.nn.Module, step: int) -> None:
+        # Between the steps of a gradual schedule; after the last one, recovery takes over.
+        if batches is not None and step < steps:
+            distill(model, teacher, rc.eval_every, config, batches)
+
+    start = time.perf_counter()
+    info: dict[str, Any] = {"method": cfg.method, "criterion": cfg.criterion, "schedule": cfg.schedule,
+                            "steps": steps, "scope": scope}
+    if cfg.method == "structured":
+        inputs = _example_inputs(policy, None)
+        fraction = structured_unit_fraction(policy, cfg.structure, cfg.amount, scope, round_to, inputs)
+        result = gradual_prune(policy, cfg.structure, fraction, steps, schedule=cfg.schedule,
+                               criterion=cfg.criterion, calibration=calibration, structure_scope=scope,
+                               round_to=round_to, example_inputs=inputs, finetune=finetune)
+        info.update(structure=cfg.structure, amount=cfg.amount, round_to=round_to, unit_fraction=round(fraction, 4))
+        what = f"{cfg.structure} ({fraction:.0%} of each group's units, kept channels multiples of {round_to})"
+    else:
+        m = int(cfg.pattern.split(":")[1]) if cfg.method == "nm" else 1
+        layers = prune_scope_linears(policy, scope, m)
+        method = cfg.pattern if cfg.method == "nm" else "unstructured"
+        result = gradual_prune(policy, method, cfg.sparsity if cfg.method == "unstructured" else None, steps,
+                               schedule=cfg.schedule, criterion=cfg.criterion, calibration=calibration,
+                               layers=layers, finetune=finetune)
+        info.update(layers=layers, pattern=cfg.pattern if cfg.method == "nm" else None,
+                    sparsity=result.final)
+        what = f"{method} on {len(layers)} Linear layers"
+    info["prune_seconds"] = round(time.perf_counter() - start, 3)
+    info["schedule_steps"] = result.table()
+    info["params_before"], info["params_after"] = params_before, scope_parameters(policy, None)
+    info["scope_params_before"], info["scope_params_after"] = scope_before, scope_parameters(policy, scope)
+    info["scope_zero_weights"] = sum(int((m.weight == 0).sum()) for n, m in policy.named_modules()
+                                     if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim >= 2
+                                     and (scope is None or n.startswith(scope + ".")))
+    removed = scope_before - info["scope_params_after"]
+    progress.note(f"pruned {what} {f'under {scope!r}' if scope else 'in the whole policy'}: {removed:,} of "
+                  f"{scope_before:,} parameters removed ({removed / scope_before:.1%}), "
+                  f"{info['scope_zero_weights']:,} weights zero, in {info['prune_seconds']:.1f} s")
+    if task is None:
+        info["recovery"] = "not run: no closed-loop task speaks this policy's observations"
+        progress.note(f"recovery {info['recovery']}")
+    else:
+        from .train import torch_action_fn
+
+        heldout = fixed_split(task, "heldout", config.heldout_samples, config.seed)
+        report = recover(policy, teacher, config, batches=batches,
+                         heldout=normalized_batch(spec, heldout.observations, heldout.actions),
+                         success_fn=lambda p: evaluate(torch_action_fn(p), task, episodes=rc.episodes,
+                                                       seed=rc.seed).success_rate)
+        info["recovery"] = report.to_dict()
+        progress.note(f"recovery by distillation: success {report.before.success:.1%} after pruning, "
+                      f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
+                      f"allowed loss {report.max_loss:.1%}); {report.samples_per_s:.0f} samples/s, "
+                      f"{report.seconds_per_epoch:.1f} s per {report.epoch_samples:,}-sample epoch")
+    remove_masks(policy)  # exact zeros in plain weights: what export and the bundle's weights hold
+    return info
 
 
 # --------------------------------------------------------------------------- stages
@@ -202,12 +423,16 @@ class Build:
 
     # compress -----------------------------------------------------------
     def compress(self) -> None:
-        # The recipe schema admits only methods this version implements (prune and
-        # quantize: none), so the built model is the original's weights, copied so
-        # that later stages never alias the reference they are compared against.
+        # A copy, so that later stages never alias the reference they are compared against.
         self.built = copy.deepcopy(self.original).eval()
+        self.pruning: dict[str, Any] | None = None
+        if self.recipe.prune.method != "none":
+            self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
+                                        round_to=self.target.facts.preferred_channel_multiple,
+                                        max_loss=self.recipe.accuracy_loss_budget(self.target),
+                                        progress=self.progress)
+        check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
-        self.layers = layer_table(self.built)
 
     # export -------------------------------------------------------------
     def export(self) -> None:
@@ -220,6 +445,7 @@ class Build:
             "original": export_onnx(self.original, self.work / "original.onnx", opset=opts.opset,
                                     dynamic_batch=opts.dynamic_batch),
         }
+        self.layers = layer_table(self.built, self.onnx["built"])
 
     # verify -------------------------------------------------------------
     def verify(self) -> None:
@@ -334,6 +560,7 @@ class Build:
                 or "not measured: no closed-loop task speaks this policy's observations",
                 "action_error_by_backend": self.action_error,
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
+                "prune": self.pruning or "none",
             },
         )
         report_dir = self.work / "report"

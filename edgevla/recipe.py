@@ -10,10 +10,16 @@ efficiency weights summing to 1, see the final values). The resolved
 :class:`Recipe` is immutable; :meth:`Recipe.to_dict` is what goes into the
 build manifest, and loading that dict back gives the same recipe.
 
-Pruning and quantization have only ``method: none`` in this version. Their
-sections already have the shape the compression stages will fill, so a recipe
-written today keeps working; a method that does not exist yet is refused with
-"not supported yet" rather than ignored.
+Pruning (``prune:``) has four methods: ``none``; ``unstructured`` (``sparsity``
+of the weights zeroed); ``nm`` (the ``pattern`` 2:4 or 4:8); ``structured``
+(``structure`` neurons, heads or blocks removed until ``amount`` of the
+``scope``'s parameters are gone). Each ranks by ``criterion`` along
+``schedule`` (``oneshot`` or ``cubic`` over ``steps``), then ``recovery``
+distils the original into the pruned policy until the accuracy budget is met.
+``prune_shorthand`` turns ``edgevla build --prune 2:4`` and the like into
+recipe overrides. Quantization has only ``method: none`` in this version; a
+method that does not exist yet is refused with "not supported yet" rather
+than ignored.
 """
 
 from __future__ import annotations
@@ -24,26 +30,55 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .errors import EdgevlaError
-from .schema import (Bool, Float, Int, ListOf, Nullable, OneOf, Section, Str, Supported, merge, parse_yaml,
-                     read_yaml, validate)
+from .schema import (Bool, Float, Int, Invalid, ListOf, Nullable, OneOf, Section, Str, Supported, merge,
+                     parse_yaml, read_yaml, validate)
 
 if TYPE_CHECKING:
     from .targets import Target
 
 BACKENDS = ("torch", "onnxruntime")
-PRUNE_METHODS = ("none",)
+PRUNE_METHODS = ("none", "unstructured", "nm", "structured")
+PRUNE_PATTERNS = ("2:4", "4:8")
+PRUNE_STRUCTURES = ("neurons", "heads", "blocks")
+PRUNE_CRITERIA = ("magnitude", "taylor", "wanda")
+PRUNE_SCHEDULES = ("oneshot", "cubic")
+PRUNE_SHORTHAND = "none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1))"
 QUANTIZE_METHODS = ("none",)
 EFFICIENCY_SUM_TOLERANCE = 1e-6
+
+class NMPattern(OneOf):
+    """An N:M pattern; YAML 1.1 reads an unquoted ``2:4`` as the base-60 integer 124, so say so."""
+
+    def check(self, value: Any, path: str, partial: bool = False) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise Invalid(f"{path}: got the number {value}: YAML reads an unquoted N:M as base 60; "
+                          f"quote it, like \"2:4\"")
+        return super().check(value, path, partial)
+
 
 RECIPE_SCHEMA = Section({
     # A policy reference (a file or a registered name); --policy overrides it.
     "policy": Nullable(Str()),
     "prune": Section({
         "method": Supported(*PRUNE_METHODS, default="none"),
-        "sparsity": Float(0.0, 1.0, max_open=True, default=0.0),  # fraction of weights removed
-        "structure": Nullable(Str()),   # e.g. unstructured, channel, 2:4
-        "criterion": Nullable(Str()),   # e.g. magnitude, taylor
-        "schedule": Nullable(Str()),    # e.g. oneshot, iterative
+        "sparsity": Float(0.0, 1.0, max_open=True, default=0.0),  # unstructured: fraction of weights zeroed
+        "pattern": NMPattern(*PRUNE_PATTERNS, default="2:4"),          # nm: N of every M input weights kept
+        "structure": OneOf(*PRUNE_STRUCTURES, default="neurons"),  # structured: the unit removed
+        "amount": Float(0.0, 1.0, max_open=True, default=0.0),    # structured: fraction of scope params removed
+        "scope": Nullable(Str(), default="trunk"),  # module path whose layers are pruned; null: every layer
+        "criterion": OneOf(*PRUNE_CRITERIA, default="magnitude"),
+        "schedule": OneOf(*PRUNE_SCHEDULES, default="oneshot"),
+        "steps": Int(1, default=1),                                 # pruning steps of the cubic schedule
+        "recovery": Section({                                       # distillation from the original policy
+            "max_steps": Int(0, default=300),
+            "eval_every": Int(1, default=50),
+            "episodes": Int(1, default=100),
+            "seed": Int(0, default=20_000),  # apart from evaluate.seed: the gate is judged on other episodes
+            "max_loss": Nullable(Float(0.0, 1.0)),  # null: the build's accuracy budget
+            "batch_size": Int(1, default=32),
+            "lr": Float(0.0, min_open=True, default=3e-4),
+            "precision": OneOf("fp32", "bf16", "auto", default="fp32"),
+        }),
     }),
     "quantize": Section({
         "method": Supported(*QUANTIZE_METHODS, default="none"),
@@ -80,12 +115,29 @@ RECIPE_SCHEMA = Section({
 
 
 @dataclass(frozen=True)
+class PruneRecoveryConfig:
+    max_steps: int
+    eval_every: int
+    episodes: int
+    seed: int
+    max_loss: float | None
+    batch_size: int
+    lr: float
+    precision: str
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     method: str
     sparsity: float
-    structure: str | None
-    criterion: str | None
-    schedule: str | None
+    pattern: str
+    structure: str
+    amount: float
+    scope: str | None
+    criterion: str
+    schedule: str
+    steps: int
+    recovery: PruneRecoveryConfig
 
 
 @dataclass(frozen=True)
@@ -175,9 +227,13 @@ _SECTIONS = {"prune": PruneConfig, "quantize": QuantizeConfig, "export": ExportC
              "evaluate": EvaluateConfig, "profile": ProfileConfig, "efficiency": EfficiencyConfig}
 
 
+_NESTED = {(PruneConfig, "recovery"): PruneRecoveryConfig}
+
+
 def _build(data: Mapping[str, Any]) -> Recipe:
     def section(cls: type, values: Mapping[str, Any]) -> Any:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**{k: _NESTED[(cls, k)](**v) if (cls, k) in _NESTED else tuple(v) if isinstance(v, list) else v
+                      for k, v in values.items()})
 
     return Recipe(policy=data["policy"], **{name: section(cls, data[name]) for name, cls in _SECTIONS.items()})
 
@@ -193,8 +249,14 @@ def _plain(value: Any) -> Any:
 def _check_whole(data: dict[str, Any], where: str) -> dict[str, Any]:
     """Rules that span fields; only meaningful once all layers are merged."""
     prune = data["prune"]
-    if prune["method"] == "none" and prune["sparsity"] > 0:
+    method = prune["method"]
+    if method == "none" and prune["sparsity"] > 0:
         raise EdgevlaError(f"{where}: prune.sparsity {prune['sparsity']:g} needs a prune method (method is none)")
+    for key, owner in (("sparsity", "unstructured"), ("amount", "structured")):
+        if prune[key] > 0 and method not in (owner, "none"):
+            raise EdgevlaError(f"{where}: prune.{key} {prune[key]:g} is for method {owner}, method is {method}")
+        if method == owner and prune[key] == 0:
+            raise EdgevlaError(f"{where}: prune.method {owner} needs prune.{key} > 0")
     weights = data["efficiency"]
     total = weights["alpha"] + weights["beta"] + weights["gamma"]
     if not math.isclose(total, 1.0, rel_tol=0.0, abs_tol=EFFICIENCY_SUM_TOLERANCE):
@@ -202,6 +264,30 @@ def _check_whole(data: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: efficiency: alpha + beta + gamma must sum to 1, got {total:g} "
             f"({weights['alpha']:g} + {weights['beta']:g} + {weights['gamma']:g})")
     return data
+
+
+def prune_shorthand(text: str, where: str = "--prune") -> dict[str, Any]:
+    """``--prune`` shorthand to recipe overrides that replace the whole method choice.
+
+    ``none``, ``2:4``, ``4:8``, ``unstructured:0.8`` (weights zeroed),
+    ``structured:0.5`` (fraction of the scope's parameters removed). Every
+    method key is set, so a recipe file's ``sparsity`` cannot outlive its method.
+    """
+    word, sep, value = str(text).strip().partition(":")
+    overrides: dict[str, Any] = {"prune.method": "none", "prune.sparsity": 0.0, "prune.amount": 0.0}
+    if not sep and word == "none":
+        return overrides
+    if f"{word}:{value}" in PRUNE_PATTERNS:
+        return {**overrides, "prune.method": "nm", "prune.pattern": f"{word}:{value}"}
+    if sep and word in ("unstructured", "structured"):
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if 0.0 < fraction < 1.0:
+            return {**overrides, "prune.method": word, ("prune.sparsity" if word == "unstructured" else
+                                                        "prune.amount"): fraction}
+    raise EdgevlaError(f"{where}: expected {PRUNE_SHORTHAND}, got {text!r}")
 
 
 def nest_overrides(overrides: Mapping[str, Any], where: str = "recipe") -> dict[str, Any]:

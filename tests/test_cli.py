@@ -73,6 +73,16 @@ def test_bad_recipe(capsys, tmp_path, recipe, message):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("value", ["3:4", "unstructured:1.5", "structured", "dense", "structured:0"])
+def test_bad_prune_shorthand_is_one_line_before_any_work(capsys, tmp_path, value):
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "--prune", value, "-o", str(tmp_path / "b"))
+    assert code == 2
+    line = one_line_error(err)
+    assert line == (f"edgevla: error: --prune: expected none, 2:4, 4:8, unstructured:S or structured:A "
+                    f"(S, A fractions in (0, 1)), got {value!r}")
+    assert not (tmp_path / "b").exists() and "load" not in err  # refused before the first stage
+
+
 def test_recipe_that_is_not_yaml(capsys, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("verify: [unclosed\n")

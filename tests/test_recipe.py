@@ -10,13 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgevla.errors import EdgevlaError
-from edgevla.recipe import Recipe, load_recipe, nest_overrides, parse_assignments
+from edgevla.recipe import Recipe, load_recipe, nest_overrides, parse_assignments, prune_shorthand
 from edgevla.targets import load_target
 
 # The defaults the brief fixes; written out so that a changed default is a visible decision.
 DEFAULTS = {
     "policy": None,
-    "prune": {"method": "none", "sparsity": 0.0, "structure": None, "criterion": None, "schedule": None},
+    "prune": {"method": "none", "sparsity": 0.0, "pattern": "2:4", "structure": "neurons", "amount": 0.0,
+              "scope": "trunk", "criterion": "magnitude", "schedule": "oneshot", "steps": 1,
+              "recovery": {"max_steps": 300, "eval_every": 50, "episodes": 100, "seed": 20_000, "max_loss": None,
+                           "batch_size": 32, "lr": 3e-4, "precision": "fp32"}},
     "quantize": {"method": "none"},
     "export": {"opset": 17, "dynamic_batch": True},
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
@@ -186,12 +189,12 @@ def test_efficiency_weights_cannot_be_negative():
 
 # --- methods not implemented yet -----------------------------------------------------------------------
 
-def test_an_unsupported_prune_method_is_refused_clearly(tmp_path):
+def test_an_unknown_prune_method_is_refused_clearly(tmp_path):
     message = error_of(load_recipe, None, None, {"prune.method": "2:4"})
-    assert message == "recipe: prune.method '2:4' is not supported yet (supported: none)"
+    assert message == "recipe: prune.method '2:4' is not supported yet (supported: none, unstructured, nm, structured)"
     path = write(tmp_path, "prune:\n  method: magnitude\n  sparsity: 0.5\n")
     assert error_of(load_recipe, path) == (
-        f"recipe {path}: prune.method 'magnitude' is not supported yet (supported: none)")
+        f"recipe {path}: prune.method 'magnitude' is not supported yet (supported: none, unstructured, nm, structured)")
 
 
 def test_an_unsupported_quantize_method_is_refused_clearly():
@@ -199,14 +202,53 @@ def test_an_unsupported_quantize_method_is_refused_clearly():
     assert message == "recipe: quantize.method 'w8a8' is not supported yet (supported: none)"
 
 
-def test_the_prune_section_shape_is_open_for_the_pruning_stage():
-    recipe = Recipe.from_dict({"prune": {"method": "none", "structure": "channel", "criterion": "magnitude",
-                                         "schedule": "oneshot"}})
-    assert (recipe.prune.structure, recipe.prune.criterion, recipe.prune.schedule) == (
-        "channel", "magnitude", "oneshot")
+def test_the_prune_section_reads_every_method(tmp_path):
+    recipe = load_recipe(write(tmp_path, "prune:\n  method: structured\n  structure: heads\n  amount: 0.3\n"
+                                         "  criterion: wanda\n  schedule: cubic\n  steps: 3\n"
+                                         "  recovery: {max_steps: 40, max_loss: 0.01}\n"))
+    p = recipe.prune
+    assert (p.method, p.structure, p.amount, p.criterion, p.schedule, p.steps) == (
+        "structured", "heads", 0.3, "wanda", "cubic", 3)
+    assert (p.recovery.max_steps, p.recovery.max_loss, p.recovery.eval_every) == (40, 0.01, 50)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    nm = Recipe.from_dict({"prune": {"method": "nm", "pattern": "4:8"}}).prune
+    assert (nm.method, nm.pattern, nm.sparsity) == ("nm", "4:8", 0.0)
     assert "prune.sparsity: expected number in [0, 1), got 1" in error_of(
         Recipe.from_dict, {"prune": {"sparsity": 1}})
     assert "prune.sparsity 0.5 needs a prune method" in error_of(Recipe.from_dict, {"prune": {"sparsity": 0.5}})
+    assert error_of(Recipe.from_dict, {"prune": {"method": "unstructured"}}) == (
+        "recipe: prune.method unstructured needs prune.sparsity > 0")
+    assert error_of(Recipe.from_dict, {"prune": {"method": "nm", "amount": 0.5}}) == (
+        "recipe: prune.amount 0.5 is for method structured, method is nm")
+    assert "prune.pattern: expected one of 2:4, 4:8, got '1:4'" in error_of(
+        Recipe.from_dict, {"prune": {"method": "nm", "pattern": "1:4"}})
+    assert error_of(load_recipe, write(tmp_path, "prune: {method: nm, pattern: 2:4}\n")).endswith(
+        "prune.pattern: got the number 124: YAML reads an unquoted N:M as base 60; quote it, like \"2:4\"")
+    assert "prune.structure: expected one of neurons, heads, blocks, got 'channel'" in error_of(
+        Recipe.from_dict, {"prune": {"structure": "channel"}})
+    assert "prune.recovery: unknown key 'max_step'" in error_of(
+        Recipe.from_dict, {"prune": {"recovery": {"max_step": 5}}})
+
+
+@pytest.mark.parametrize("text, method, key, value", [
+    ("none", "none", None, None), ("2:4", "nm", "pattern", "2:4"), ("4:8", "nm", "pattern", "4:8"),
+    ("unstructured:0.8", "unstructured", "sparsity", 0.8), ("structured:0.5", "structured", "amount", 0.5),
+])
+def test_prune_shorthand_overrides_the_file_and_the_target(tmp_path, text, method, key, value):
+    path = write(tmp_path, "prune: {method: unstructured, sparsity: 0.6, pattern: '4:8'}\n")
+    prune = load_recipe(path, None, prune_shorthand(text)).prune
+    assert prune.method == method
+    if key is not None:
+        assert getattr(prune, key) == value
+    if method != "unstructured":
+        assert prune.sparsity == 0.0  # the file's sparsity does not outlive its method
+
+
+@pytest.mark.parametrize("text", ["3:4", "2:8x", "unstructured", "unstructured:1", "unstructured:0",
+                                  "structured:-0.5", "structured:half", "magnitude:0.5", ""])
+def test_bad_prune_shorthand_is_one_line(text):
+    assert error_of(prune_shorthand, text) == (
+        f"--prune: expected none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1)), got {text!r}")
 
 
 # --- one-line errors -----------------------------------------------------------------------------------

@@ -286,7 +286,8 @@ def set_path(data: dict, dotted: str, value) -> dict:
     ("facts.preferred_channel_multiple", 12, "facts.preferred_channel_multiple: expected one of 8, 16, got 12"),
     ("facts.dla_count", True, "facts.dla_count: expected int >= 0, got True"),
     ("kind", "npu", "kind: expected one of gpu, cpu, got 'npu'"),
-    ("recipe.prune", {"method": "2:4"}, "recipe.prune.method '2:4' is not supported yet (supported: none)"),
+    ("recipe.prune", {"method": "2:4"},
+     "recipe.prune.method '2:4' is not supported yet (supported: none, unstructured, nm, structured)"),
     ("recipe.profile", {"runs": "abc"}, "recipe.profile.runs: expected int >= 1, got 'abc'"),
 ])
 def test_a_bad_user_file_gives_one_line_naming_the_key(tmp_path, orin_data, dotted, value, expected):
