@@ -178,11 +178,12 @@ def test_zoo_list_and_train(capsys, tmp_path):
 def test_console_script_exit_codes(tmp_path):
     exe = shutil.which("edgevla")
     assert exe, "the edgevla console script is not installed"
-    ok = subprocess.run([exe, "targets"], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([exe, "targets"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert ok.returncode == 0 and "jetson-thor" in ok.stdout
-    bad = subprocess.run([exe, "build", "--target", "nowhere"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([exe, "build", "--target", "nowhere"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     assert bad.returncode == 2
     one_line_error(bad.stderr)
     mod = subprocess.run([sys.executable, "-m", "edgevla.cli", "--version"], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=tmp_path)  # not the repo root: its source tree would shadow the install
     assert mod.returncode == 0 and "edgevla" in json.loads(mod.stdout)

@@ -222,9 +222,10 @@ def test_concurrent_callers_share_the_pool_safely():
     assert not failures
 
 
-def test_default_thread_count_is_the_core_count():
+def test_default_thread_count_is_the_core_count(tmp_path):
     code = "from edgevla import native; print(native.get_num_threads())"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # cwd: a source checkout in the working directory would shadow the installed package
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert int(result.stdout) == os.cpu_count()
 
 
@@ -496,7 +497,7 @@ except ValueError as error:
 
 
 @pytest.mark.parametrize("cpu, isas", [("Haswell", "avx2,generic"), ("SandyBridge", "generic")])
-def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas):
+def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas, tmp_path):
     """Under qemu-x86_64 -cpu Haswell (AVX2, no AVX-512) or SandyBridge (AVX, no AVX2): the best ISA it has is picked."""
     if native.cpu_arch() != "x86_64" or not shutil.which("qemu-x86_64"):
         pytest.skip("needs an x86-64 build and qemu-x86_64 (Debian: qemu-user)")
@@ -504,7 +505,7 @@ def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas):
 
     python = os.path.realpath(sys.executable)  # qemu runs the binary; the venv's paths are passed in
     result = subprocess.run(["qemu-x86_64", "-cpu", cpu, python, "-c", _OLD_CPU_SCRIPT, *site.getsitepackages()],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0] == isas

@@ -113,13 +113,14 @@ def test_weight_bytes_of_something_else_is_a_user_error(tmp_path):
         model_weight_bytes(3)
 
 
-def test_probe_imports_no_heavy_library_before_its_baseline():
+def test_probe_imports_no_heavy_library_before_its_baseline(tmp_path):
     import subprocess
     import sys
 
     code = ("import sys, edgevla.metrics.memory_probe; "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout
     assert out.strip() == "[]", "importing the probe pulls in a runtime, inflating every memory baseline"
 
 

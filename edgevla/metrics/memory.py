@@ -75,15 +75,19 @@ def measure_peak_memory(kind: str, model: str | os.PathLike[str],
             npz = Path(inputs)
             if not npz.is_file():
                 raise EdgevlaError(f"inputs file {str(npz)!r} does not exist")
-        cmd = [sys.executable, "-m", "edgevla.metrics.memory_probe", "--kind", str(kind), "--model", str(model),
-               "--inputs", str(npz), "--runs", str(runs), "--warmup", str(warmup)]
+        # The child runs in the scratch directory: `python -m` puts its working
+        # directory first on sys.path, and a source checkout there would shadow
+        # the installed package. Paths are made absolute for that reason.
+        model_arg = str(Path(model).resolve()) if kind == "onnx" or Path(model).exists() else str(model)
+        cmd = [sys.executable, "-m", "edgevla.metrics.memory_probe", "--kind", str(kind), "--model", model_arg,
+               "--inputs", str(npz.resolve()), "--runs", str(runs), "--warmup", str(warmup)]
         if threads:
             cmd += ["--threads", str(threads)]
         env = dict(os.environ)
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, cwd=tmp)
         except subprocess.TimeoutExpired:
             raise EdgevlaError(f"memory probe of {model} did not finish within {timeout_s:g} s") from None
     lines = proc.stdout.strip().splitlines()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -95,6 +96,10 @@ def _load_zoo(name: str, seed: int) -> LoadedPolicy:
 
 def _load_factory(ref: str) -> LoadedPolicy:
     module_name, _, attr = ref.partition(":")
+    # Like uvicorn and flask, find the user's module in the working directory too;
+    # appended, so an installed package of the same name still wins.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
