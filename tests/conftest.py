@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from edgevla.pipeline import BuildRequest, build
 
@@ -20,3 +21,13 @@ def fast() -> dict:
 def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny-orin"
     return build(BuildRequest(target="jetson-orin", output=str(out), overrides=FAST))
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Small models on a shared 2-core machine: two spinning OpenMP threads run them
+    ~50x slower than one when another process wants a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

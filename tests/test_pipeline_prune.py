@@ -23,13 +23,7 @@ from edgevla.recipe import prune_shorthand
 RECOVERY = {"prune.recovery.episodes": 30, "prune.recovery.max_steps": 60, "prune.recovery.eval_every": 20}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two spinning OpenMP threads on the shared 2-core CI machine run these small models far slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _build(tmp_path_factory, fast, shorthand: str, **extra):

@@ -16,14 +16,7 @@ from edgevla.prune import (RecoveryConfig, RecoveryFailed, action_errors, apply_
 from edgevla.prune.schedule import current_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI machine has 2 cores shared with other jobs: two spinning OpenMP threads there run
-    these small models ~50x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

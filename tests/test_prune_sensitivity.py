@@ -14,13 +14,7 @@ from edgevla.prune import (SensitivityCurve, SensitivityResult, allocate_sparsit
                            layer_sensitivity, plot_sensitivity)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two spinning OpenMP threads on the shared 2-core CI machine run these small models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
