@@ -12,6 +12,8 @@
 #ifndef EDGEVLA_EPILOGUE_MATH_H
 #define EDGEVLA_EPILOGUE_MATH_H
 
+#include "gemm_s8s8.h" /* edgevla_activation */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -67,6 +69,16 @@ static inline float edgevla_gelu_tanh_f32(float x) {
 }
 
 static inline float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
+
+/* The epilogue's activation on one value: what every kernel's vector version mirrors. */
+static inline float edgevla_activate_f32(edgevla_activation activation, float v) {
+    switch (activation) {
+        case EDGEVLA_ACTIVATION_NONE: return v;
+        case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
+        case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
+    }
+    return v;
+}
 
 /* Dynamic symmetric per-token quantization of one row x[0..K):
  *   amax  = max |x[k]|                  (the row must be finite)

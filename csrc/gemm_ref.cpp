@@ -8,15 +8,6 @@
 
 namespace {
 
-float activate(edgevla_activation activation, float v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
-        case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
-    }
-    return v;
-}
-
 // Exact: with K <= EDGEVLA_GEMM_S8S8_MAX_K no partial sum leaves int32.
 int32_t dot_s8s8_s32(const int8_t* a, const int8_t* w, int64_t k) {
     int32_t acc = 0;
@@ -53,7 +44,7 @@ extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
             const int32_t acc = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
             float value = static_cast<float>(acc) * (a_scale * epilogue->w_scale[col]);
             if (epilogue->bias != nullptr) value += epilogue->bias[col];
-            c[row * ldc + col] = activate(epilogue->activation, value);
+            c[row * ldc + col] = edgevla_activate_f32(epilogue->activation, value);
         }
     }
 }

@@ -12,15 +12,6 @@ namespace {
 constexpr int64_t kBlockN = EDGEVLA_PACKED_S8_BLOCK_N;
 constexpr int64_t kBlockK = EDGEVLA_PACKED_S8_BLOCK_K;
 
-float activate(edgevla_activation activation, float v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
-        case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
-    }
-    return v;
-}
-
 }  // namespace
 
 void gemm_packed_s8_f32_generic(const GemmPackedArgs& args, int64_t row_begin, int64_t row_end,
@@ -47,7 +38,7 @@ void gemm_packed_s8_f32_generic(const GemmPackedArgs& args, int64_t row_begin, i
                 const int64_t col = col0 + lane;
                 float v = static_cast<float>(acc[lane]) * (a_scale * epilogue.w_scale[col]);
                 if (epilogue.bias != nullptr) v = v + epilogue.bias[col];
-                args.c[row * args.ldc + col] = activate(epilogue.activation, v);
+                args.c[row * args.ldc + col] = edgevla_activate_f32(epilogue.activation, v);
             }
         }
     }
