@@ -1,5 +1,6 @@
-// The CPU kernels behind the packed W8A8 GEMM and per-token quantization:
-// the argument structs every ISA shares, one declaration per ISA, and packing.
+// The CPU kernels behind the packed GEMMs (dense W8A8, unstructured sparse,
+// 2:4, int4 weight-only) and per-token quantization: the argument structs
+// every ISA shares, one declaration per ISA, packing and validation.
 //
 // Each ISA lives in its own file under arch/ (generic: arch/generic/, compiled
 // for every target; x86-64: arch/x86_64/*_avx2.cpp and *_avx512_vnni.cpp,
@@ -47,7 +48,7 @@ using GemmPackedS8F32Kernel = void (*)(const GemmPackedArgs& args, int64_t row_b
 // holds a NaN or an infinity.
 using QuantizeRowKernel = bool (*)(int64_t k, const float* x, int8_t* q, float* scale);
 
-// ---- per-ISA kernels (each defined in its own file under arch/) ----
+// ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_generic(int64_t k, const float* x, int8_t* q, float* scale);
 
@@ -58,6 +59,92 @@ void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs&, int64_t, int64_t, int
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale);
 
 void gemm_packed_s8_f32_neon_dot(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
+
+// ---- the packed formats of packed_formats.h, seen through validated views ----
+
+// SPARSE_F32_N16W32 / SPARSE_S8_N16W32.
+struct PackedSparseView {
+    int64_t n = 0, k = 0, n_slices = 0, n_windows = 0;
+    uint64_t slots = 0, nonzeros = 0;
+    const uint32_t* slice_slots = nullptr;  // [n_slices + 1]
+    const uint8_t* window_slots = nullptr;  // [n_slices][n_windows]
+    const uint8_t* slot_data = nullptr;     // [slots] x {uint8 position[16]; value[16]}
+    const float* w_scale = nullptr;         // [16 n_slices], int8 only
+};
+
+// 2TO4_F32_N16K16 / 2TO4_S8_N16K16.
+struct Packed2to4View {
+    int64_t n = 0, k = 0, n_blocks = 0, k_blocks = 0;
+    const uint8_t* cells = nullptr;         // [n_blocks][k_blocks] cells
+    const float* w_scale = nullptr;         // [16 n_blocks], int8 only
+    const int32_t* compensation = nullptr;  // [16 n_blocks], int8 only
+};
+
+// W4_N16K8.
+struct PackedW4View {
+    int64_t n = 0, k = 0, group = 0, n_blocks = 0, k_cells = 0, k_groups = 0;
+    const uint32_t* codes = nullptr;  // [n_blocks][k_cells][16]
+    const float* scales = nullptr;    // [n_blocks][k_groups][16]
+};
+
+// The epilogue of the float-activation kernels, in float32 and in this order:
+// v = acc + bias[n] (skipped when bias is NULL), then the activation.
+struct EpilogueF32 {
+    const float* bias = nullptr;
+    edgevla_activation activation = EDGEVLA_ACTIVATION_NONE;
+};
+
+// C = epilogue(X * W^T) for float32 X (m, k) and a packed W.
+template <typename View>
+struct GemmF32Args {
+    View w;
+    int64_t m = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0;
+    EpilogueF32 epilogue{};
+    float* c = nullptr;
+    int64_t ldc = 0;
+};
+
+// C = epilogue(A * W^T) for int8 A (m, k) and a packed int8 W: the W8A8
+// contract of gemm_s8s8.h, bit-identical to edgevla_gemm_s8s8_f32_ref on the
+// dense weight (the int32 accumulators are exact, the epilogue is the same).
+template <typename View>
+struct GemmS8Args {
+    View w;
+    int64_t m = 0;
+    const int8_t* a = nullptr;
+    int64_t lda = 0;
+    edgevla_gemm_epilogue_f32 epilogue{};  // w_scale points into the packed buffer
+    float* c = nullptr;
+    int64_t ldc = 0;
+};
+
+using GemmSparseF32Args = GemmF32Args<PackedSparseView>;
+using GemmSparseS8Args = GemmS8Args<PackedSparseView>;
+using Gemm2to4F32Args = GemmF32Args<Packed2to4View>;
+using Gemm2to4S8Args = GemmS8Args<Packed2to4View>;
+using GemmW4F32Args = GemmF32Args<PackedW4View>;
+
+// Every packed kernel computes rows [row_begin, row_end) x output blocks
+// [block_begin, block_end) of C (a block is 16 channels: a slice of the
+// sparse formats), like GemmPackedS8F32Kernel.
+template <typename Args>
+using TileKernel = void (*)(const Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
+                            int64_t block_end);
+
+#define EDGEVLA_DECLARE_FORMAT_KERNELS(isa)                                                              \
+    void gemm_sparse_f32_##isa(const GemmSparseF32Args&, int64_t, int64_t, int64_t, int64_t);          \
+    void gemm_sparse_s8_##isa(const GemmSparseS8Args&, int64_t, int64_t, int64_t, int64_t);            \
+    void gemm_2to4_f32_##isa(const Gemm2to4F32Args&, int64_t, int64_t, int64_t, int64_t);              \
+    void gemm_2to4_s8_##isa(const Gemm2to4S8Args&, int64_t, int64_t, int64_t, int64_t);                \
+    void gemm_w4_f32_##isa(const GemmW4F32Args&, int64_t, int64_t, int64_t, int64_t);
+
+EDGEVLA_DECLARE_FORMAT_KERNELS(generic)
+EDGEVLA_DECLARE_FORMAT_KERNELS(avx2)
+EDGEVLA_DECLARE_FORMAT_KERNELS(avx512_vnni)
+EDGEVLA_DECLARE_FORMAT_KERNELS(neon_dot)
+#undef EDGEVLA_DECLARE_FORMAT_KERNELS
 
 // ---- packing (pack_s8.cpp) ----
 
@@ -73,5 +160,64 @@ void pack_weight_s8(int64_t n, int64_t k, const int8_t* w, int64_t ldw, const fl
 // success fills *view and returns ""; otherwise returns why not, in one
 // sentence. Never reads past `length` bytes.
 std::string validate_packed_s8(const uint8_t* data, uint64_t length, PackedS8View* view);
+
+// ---- sparse packing (pack_sparse.cpp) ----
+
+// The slot and non-zero counts of a weight: first pass of packing.
+struct SparseCounts {
+    uint64_t slots = 0, nonzeros = 0;
+};
+SparseCounts count_sparse_f32(int64_t n, int64_t k, const float* w, int64_t ldw);
+SparseCounts count_sparse_s8(int64_t n, int64_t k, const int8_t* w, int64_t ldw);
+uint64_t packed_sparse_bytes(int64_t n, int64_t k, SparseCounts counts, int value_bytes);
+
+// Second pass: writes every one of packed_sparse_bytes(...) bytes of `out`.
+void pack_sparse_f32(int64_t n, int64_t k, const float* w, int64_t ldw, SparseCounts counts, uint8_t* out);
+void pack_sparse_s8(int64_t n, int64_t k, const int8_t* w, int64_t ldw, const float* w_scale, SparseCounts counts,
+                    uint8_t* out);
+
+// `format` is EDGEVLA_PACKED_FORMAT_SPARSE_F32_N16W32 or _S8_N16W32.
+std::string validate_packed_sparse(const uint8_t* data, uint64_t length, edgevla_packed_format format,
+                                   PackedSparseView* view);
+
+// ---- 2:4 packing (pack_2to4.cpp) ----
+
+// A group of 4 k holding more than 2 non-zeros, which 2:4 cannot represent.
+struct Violation2to4 {
+    bool found = false;
+    int64_t row = 0, group = 0, nonzeros = 0;
+};
+Violation2to4 find_2to4_violation_f32(int64_t n, int64_t k, const float* w, int64_t ldw);
+Violation2to4 find_2to4_violation_s8(int64_t n, int64_t k, const int8_t* w, int64_t ldw);
+uint64_t packed_2to4_bytes(int64_t n, int64_t k, int value_bytes);
+
+// W must have no violation. Every byte of `out` is written.
+void pack_2to4_f32(int64_t n, int64_t k, const float* w, int64_t ldw, uint8_t* out);
+void pack_2to4_s8(int64_t n, int64_t k, const int8_t* w, int64_t ldw, const float* w_scale, uint8_t* out);
+
+// `format` is EDGEVLA_PACKED_FORMAT_2TO4_F32_N16K16 or _S8_N16K16.
+std::string validate_packed_2to4(const uint8_t* data, uint64_t length, edgevla_packed_format format,
+                                 Packed2to4View* view);
+
+// ---- int4 packing (pack_w4.cpp) ----
+
+uint64_t packed_w4_bytes(int64_t n, int64_t k, int64_t group);
+
+// qdata: uint8 (n, ceil(k / 2)) codes in the layout of edgevla.quant.primitives.pack_int4
+// (row stride ldq bytes); scale: float32 (n, ceil(k / group)) (row stride lds).
+// group is 32, 64 or 128. Every byte of `out` is written.
+void pack_w4(int64_t n, int64_t k, int64_t group, const uint8_t* qdata, int64_t ldq, const float* scale,
+             int64_t lds, uint8_t* out);
+
+std::string validate_packed_w4(const uint8_t* data, uint64_t length, PackedW4View* view);
+
+// ---- any format ----
+
+// The validated header of a packed buffer of any known format (its checksum,
+// magic, version and length checked): returns "" and fills *header, or why not.
+std::string read_packed_header(const uint8_t* data, uint64_t length, edgevla_packed_header* header);
+
+// "s8_n16k4", "sparse_f32_n16w32", ...; "" for an unknown format.
+const char* packed_format_name(uint16_t format);
 
 }  // namespace edgevla

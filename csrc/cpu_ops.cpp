@@ -11,27 +11,49 @@ namespace {
 // Below this many multiply-adds a GEMM runs on the calling thread: waking the
 // workers costs more than it saves.
 constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
+// Multiply-adds of one sparse slot (16 lanes) and of one 2:4 cell (16
+// channels x 8 kept values).
+constexpr int64_t kSparseMacsPerSlot = EDGEVLA_PACKED_SPARSE_SLICE;
+constexpr int64_t k2to4MacsPerCell = EDGEVLA_PACKED_2TO4_BLOCK_N * 8;
 // Below this many elements quantization runs on the calling thread.
 constexpr int64_t kMinParallelElements = int64_t{1} << 15;
 
 int64_t split_point(int64_t units, int part, int parts) { return units * part / parts; }
 
+// One packed GEMM split into tiles of rows x output blocks.
+template <typename Args>
 struct GemmJob {
-    const GemmPackedArgs* args;
-    GemmPackedS8F32Kernel kernel;
+    const Args* args;
+    TileKernel<Args> kernel;
+    int64_t m, n_blocks;
     bool split_rows;
 };
 
+template <typename Args>
 void run_gemm_part(void* context, int part, int parts) {
-    const GemmJob& job = *static_cast<const GemmJob*>(context);
-    const GemmPackedArgs& args = *job.args;
+    const GemmJob<Args>& job = *static_cast<const GemmJob<Args>*>(context);
     if (job.split_rows) {
-        job.kernel(args, split_point(args.m, part, parts), split_point(args.m, part + 1, parts), 0,
-                   args.w.n_blocks);
+        job.kernel(*job.args, split_point(job.m, part, parts), split_point(job.m, part + 1, parts), 0, job.n_blocks);
     } else {
-        job.kernel(args, 0, args.m, split_point(args.w.n_blocks, part, parts),
-                   split_point(args.w.n_blocks, part + 1, parts));
+        job.kernel(*job.args, 0, job.m, split_point(job.n_blocks, part, parts),
+                   split_point(job.n_blocks, part + 1, parts));
     }
+}
+
+// Runs kernel over m rows x n_blocks blocks of 16 output channels, `macs`
+// being the multiply-adds it does (which decides whether threads pay off).
+template <typename Args>
+void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n_blocks, int64_t macs) {
+    if (m == 0 || n_blocks == 0) return;
+    ThreadPool& pool = ThreadPool::global();
+    const int threads = pool.num_threads();
+    // Split the dimension with more units; output blocks first, since each
+    // thread then streams only its own slice of the weights.
+    const bool split_rows = n_blocks < threads && m > n_blocks;
+    const int64_t units = split_rows ? m : n_blocks;
+    const int parts = macs < kMinParallelMacs ? 1 : static_cast<int>(units < threads ? units : threads);
+    GemmJob<Args> job{&args, kernel, m, n_blocks, split_rows};
+    pool.run(parts, run_gemm_part<Args>, &job);
 }
 
 struct QuantizeJob {
@@ -58,17 +80,34 @@ void run_quantize_part(void* context, int part, int parts) {
 }  // namespace
 
 void gemm_packed_s8_f32(const GemmPackedArgs& args) {
-    if (args.m == 0 || args.w.n == 0) return;
-    ThreadPool& pool = ThreadPool::global();
-    const int threads = pool.num_threads();
-    const int64_t macs = args.m * args.w.n_blocks * EDGEVLA_PACKED_S8_BLOCK_N * args.w.k;
-    // Split the dimension with more units; output blocks first, since each
-    // thread then streams only its own slice of the weights.
-    const bool split_rows = args.w.n_blocks < threads && args.m > args.w.n_blocks;
-    const int64_t units = split_rows ? args.m : args.w.n_blocks;
-    const int parts = macs < kMinParallelMacs ? 1 : static_cast<int>(units < threads ? units : threads);
-    GemmJob job{&args, active_isa().gemm_packed_s8_f32, split_rows};
-    pool.run(parts, run_gemm_part, &job);
+    if (args.w.n == 0) return;
+    run_gemm(active_isa().gemm_packed_s8_f32, args, args.m, args.w.n_blocks,
+             args.m * args.w.n_blocks * EDGEVLA_PACKED_S8_BLOCK_N * args.w.k);
+}
+
+void gemm_sparse_f32(const GemmSparseF32Args& args) {
+    run_gemm(active_isa().gemm_sparse_f32, args, args.m, args.w.n_slices,
+             args.m * static_cast<int64_t>(args.w.slots) * kSparseMacsPerSlot);
+}
+
+void gemm_sparse_s8(const GemmSparseS8Args& args) {
+    run_gemm(active_isa().gemm_sparse_s8, args, args.m, args.w.n_slices,
+             args.m * static_cast<int64_t>(args.w.slots) * kSparseMacsPerSlot);
+}
+
+void gemm_2to4_f32(const Gemm2to4F32Args& args) {
+    run_gemm(active_isa().gemm_2to4_f32, args, args.m, args.w.n_blocks,
+             args.m * args.w.n_blocks * args.w.k_blocks * k2to4MacsPerCell);
+}
+
+void gemm_2to4_s8(const Gemm2to4S8Args& args) {
+    run_gemm(active_isa().gemm_2to4_s8, args, args.m, args.w.n_blocks,
+             args.m * args.w.n_blocks * args.w.k_blocks * k2to4MacsPerCell);
+}
+
+void gemm_w4_f32(const GemmW4F32Args& args) {
+    run_gemm(active_isa().gemm_w4_f32, args, args.m, args.w.n_blocks,
+             args.m * args.w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * args.w.k);
 }
 
 int64_t quantize_per_token(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, int64_t ldq,

@@ -7,7 +7,11 @@ namespace {
 
 bool always(const CpuFeatures&) { return true; }
 
-constexpr IsaKernels kGeneric{"generic", always, gemm_packed_s8_f32_generic, quantize_row_generic};
+constexpr IsaKernels kGeneric{"generic",           always,
+                               gemm_packed_s8_f32_generic, quantize_row_generic,
+                               gemm_sparse_f32_generic,    gemm_sparse_s8_generic,
+                               gemm_2to4_f32_generic,      gemm_2to4_s8_generic,
+                               gemm_w4_f32_generic};
 
 const IsaKernels* best_available() {
     const IsaKernelList arch = arch_isa_kernels();

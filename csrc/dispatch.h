@@ -20,6 +20,11 @@ struct IsaKernels {
     bool (*supported)(const CpuFeatures&);
     GemmPackedS8F32Kernel gemm_packed_s8_f32;
     QuantizeRowKernel quantize_row;
+    TileKernel<GemmSparseF32Args> gemm_sparse_f32;
+    TileKernel<GemmSparseS8Args> gemm_sparse_s8;
+    TileKernel<Gemm2to4F32Args> gemm_2to4_f32;
+    TileKernel<Gemm2to4S8Args> gemm_2to4_s8;
+    TileKernel<GemmW4F32Args> gemm_w4_f32;
 };
 
 struct IsaKernelList {

@@ -49,6 +49,44 @@ extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
     }
 }
 
+extern "C" void edgevla_gemm_f32_ref(int64_t m, int64_t n, int64_t k,
+                                     const float* x, int64_t ldx,
+                                     const float* w, int64_t ldw,
+                                     const float* bias, edgevla_activation activation,
+                                     float* c, int64_t ldc) {
+    for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; ++i) acc += static_cast<double>(x[row * ldx + i]) * w[col * ldw + i];
+            float value = static_cast<float>(acc);
+            if (bias != nullptr) value += bias[col];
+            c[row * ldc + col] = edgevla_activate_f32(activation, value);
+        }
+    }
+}
+
+extern "C" void edgevla_gemm_w4_f32_ref(int64_t m, int64_t n, int64_t k, int64_t group,
+                                        const float* x, int64_t ldx,
+                                        const uint8_t* qdata, int64_t ldq,
+                                        const float* scale, int64_t lds,
+                                        const float* bias, edgevla_activation activation,
+                                        float* c, int64_t ldc) {
+    for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; ++i) {
+                const int nibble = (qdata[col * ldq + i / 2] >> (4 * (i % 2))) & 0xF;
+                const int code = nibble < 8 ? nibble : nibble - 16;
+                const double weight = static_cast<double>(code) * scale[col * lds + i / group];
+                acc += weight * x[row * ldx + i];
+            }
+            float value = static_cast<float>(acc);
+            if (bias != nullptr) value += bias[col];
+            c[row * ldc + col] = edgevla_activate_f32(activation, value);
+        }
+    }
+}
+
 extern "C" int edgevla_quantize_row_ref(int64_t k, const float* x, int8_t* q, float* scale) {
     float amax = 0.0f;
     for (int64_t i = 0; i < k; ++i) {

@@ -23,6 +23,31 @@ void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
                                const edgevla_gemm_epilogue_f32* epilogue,
                                float* c, int64_t ldc);
 
+/* Reference float32 GEMM with the epilogue of the float-activation kernels
+ * (dense, unstructured sparse and 2:4 float32 weights, where zeros in W are
+ * the sparsity):
+ *   out[m][n] = act((float)(sum_k (double)x[m][k] * (double)w[n][k]) + bias[n])
+ * The sum is taken in double, so it is the exact product rounded once; the
+ * float32 kernels sum in float32 in their own order and are compared with it
+ * within a tolerance (the tests state it). bias may be NULL. */
+void edgevla_gemm_f32_ref(int64_t m, int64_t n, int64_t k,
+                          const float* x, int64_t ldx,
+                          const float* w, int64_t ldw,
+                          const float* bias, edgevla_activation activation,
+                          float* c, int64_t ldc);
+
+/* Reference int4 weight-only GEMM on the codes of
+ * edgevla.quant.primitives.pack_int4: q[n][k] is nibble k % 2 (low first) of
+ * byte qdata[n * ldq + k / 2], a 4-bit two's complement code in [-8, 7] (zero
+ * point 0), and w[n][k] = q[n][k] * scale[n * lds + k / group]:
+ *   out[m][n] = act((float)(sum_k (double)w[n][k] * (double)x[m][k]) + bias[n]) */
+void edgevla_gemm_w4_f32_ref(int64_t m, int64_t n, int64_t k, int64_t group,
+                             const float* x, int64_t ldx,
+                             const uint8_t* qdata, int64_t ldq,
+                             const float* scale, int64_t lds,
+                             const float* bias, edgevla_activation activation,
+                             float* c, int64_t ldc);
+
 /* Dynamic symmetric per-token quantization of one row (contract in
  * epilogue_math.h): writes q[0..k) and *scale and returns 1, or returns 0
  * without writing anything when the row holds a NaN or an infinity. */

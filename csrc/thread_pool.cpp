@@ -1,6 +1,27 @@
 #include "thread_pool.h"
 
+#include <pthread.h>
+
+#include <atomic>
+#include <new>
+
 namespace edgevla {
+namespace {
+
+// The pool the fork handlers act on: the global pool while it lives.
+std::atomic<ThreadPool*> fork_pool{nullptr};
+
+void prepare_fork() {
+    if (ThreadPool* pool = fork_pool.load()) pool->before_fork();
+}
+void parent_after_fork() {
+    if (ThreadPool* pool = fork_pool.load()) pool->after_fork_in_parent();
+}
+void child_after_fork() {
+    if (ThreadPool* pool = fork_pool.load()) pool->after_fork_in_child();
+}
+
+}  // namespace
 
 int hardware_threads() {
     const unsigned count = std::thread::hardware_concurrency();
@@ -9,14 +30,57 @@ int hardware_threads() {
 
 ThreadPool& ThreadPool::global() {
     static ThreadPool pool(hardware_threads());
+    static const bool fork_safe = [] {
+        fork_pool.store(&pool);
+        return pthread_atfork(prepare_fork, parent_after_fork, child_after_fork) == 0;
+    }();
+    (void)fork_safe;  // without handlers (ENOMEM) the pool still works, only not across fork
     return pool;
 }
 
 ThreadPool::ThreadPool(int threads) { start_workers(threads); }
 
 ThreadPool::~ThreadPool() {
+    ThreadPool* self = this;
+    fork_pool.compare_exchange_strong(self, nullptr);
     std::lock_guard<std::mutex> run_lock(run_mutex_);
-    stop_workers();
+    stop_workers();  // after a fork with no run since, there are none to stop
+}
+
+void ThreadPool::before_fork() {
+    // The order of run(): a kernel running now finishes first, and no worker
+    // is inside the pool's state when the address space is copied.
+    run_mutex_.lock();
+    mutex_.lock();
+}
+
+void ThreadPool::after_fork_in_parent() {
+    mutex_.unlock();
+    run_mutex_.unlock();
+}
+
+void ThreadPool::after_fork_in_child() {
+    // Only this thread exists here. The parent's std::thread objects name
+    // threads that are not in this process: destroying or joining them would
+    // abort or hang, so they are moved aside and never touched again (a few
+    // bytes, once per fork). The locks and condition variables are made anew:
+    // this thread holds the locks (before_fork), and the condition variables
+    // may count waiters that no longer exist.
+    static_cast<void>(new std::vector<std::thread>(std::move(workers_)));
+    workers_.clear();
+    new (&run_mutex_) std::mutex();
+    new (&mutex_) std::mutex();
+    new (&wake_) std::condition_variable();
+    new (&done_) std::condition_variable();
+    pending_ = 0;
+    stopping_ = false;
+    forked_ = true;  // threads_ is kept; the next run starts that many workers
+}
+
+void ThreadPool::restart_workers_if_forked() {
+    if (!forked_) return;
+    forked_ = false;
+    start_workers(threads_);
 }
 
 int ThreadPool::num_threads() {
@@ -26,6 +90,7 @@ int ThreadPool::num_threads() {
 
 void ThreadPool::set_num_threads(int threads) {
     std::lock_guard<std::mutex> run_lock(run_mutex_);
+    forked_ = false;  // the parent's workers are gone already; start the new count below
     stop_workers();
     start_workers(threads);
 }
@@ -58,6 +123,7 @@ void ThreadPool::stop_workers() {
 
 void ThreadPool::run(int parts, Task task, void* context) {
     std::lock_guard<std::mutex> run_lock(run_mutex_);
+    restart_workers_if_forked();
     if (parts > threads_) parts = threads_;
     if (parts <= 1) {
         task(context, 0, 1);

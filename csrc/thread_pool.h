@@ -2,10 +2,19 @@
 //
 // Kernels split their work into `parts` (at most the thread count); the
 // calling thread runs part 0 and parked workers run the others. Workers are
-// created when the pool starts or is resized, never during a run, and a run
-// allocates nothing: the task is a function pointer and a context pointer.
+// created when the pool starts or is resized (and, in a forked child, before
+// its first run), never during a run, and a run allocates nothing: the task
+// is a function pointer and a context pointer.
 // Runs are serialised (a second caller waits), so kernels called from several
 // Python threads at once share the pool safely.
+//
+// Fork safety: fork() copies only the calling thread, so a child forked after
+// the pool started (multiprocessing, DataLoader workers, gunicorn) would wait
+// forever for workers that do not exist. The global pool registers
+// pthread_atfork handlers: before a fork it waits for a running kernel and
+// holds its locks, so the child inherits them in a known state; in the child
+// it forgets the parent's workers and starts its own at its first run, with
+// the same thread count.
 #pragma once
 
 #include <condition_variable>
@@ -36,9 +45,15 @@ public:
     // and returns when all are done.
     void run(int parts, Task task, void* context);
 
+    // The pthread_atfork handlers of global() (public only for them).
+    void before_fork();
+    void after_fork_in_parent();
+    void after_fork_in_child();
+
 private:
     void start_workers(int threads);
     void stop_workers();
+    void restart_workers_if_forked();
     void worker_loop(int part, uint64_t seen);
 
     std::mutex run_mutex_;  // held for a whole run or resize
@@ -53,6 +68,7 @@ private:
     void* context_ = nullptr;
     int parts_ = 0;
     int pending_ = 0;
+    bool forked_ = false;  // a child after fork: workers_ are the parent's, start new ones
 };
 
 // The machine's hardware threads (at least 1).

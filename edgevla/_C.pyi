@@ -22,6 +22,9 @@ else:
 GEMM_S8S8_MAX_K: Final[int]
 """Largest K whose int32 accumulator cannot overflow: 131071 (131071 * 128 * 128 < 2**31)."""
 
+PACKED_F32_MAX_K: Final[int]
+"""Largest K of the float32 and int4 packed formats: 2**24."""
+
 class _BuildInfo(TypedDict):
     version: str
     build_type: str
@@ -35,6 +38,20 @@ class _BuildInfo(TypedDict):
     cuda_flags: str | None
     cuda_archs: list[str]
     cuda_runtime: str | None
+
+class _PackedInfo(TypedDict, total=False):
+    format: str
+    version: int
+    n: int
+    k: int
+    nbytes: int
+    block_n: int
+    block_k: int
+    weight_dtype: str
+    activation_dtype: str
+    slots: int
+    nonzeros: int
+    group_size: int
 
 class _CudaDevice(TypedDict):
     index: int
@@ -129,3 +146,75 @@ def set_num_threads(threads: int) -> None:
 
 def get_num_threads() -> int:
     """The kernel thread count (default: the machine's hardware threads)."""
+
+def pack_sparse_f32(w: Buffer) -> NDArray[np.uint8]:
+    """Packs the non-zeros of a float32 (N, K) weight into SPARSE_F32_N16W32 (csrc/packed_formats.h)."""
+
+def pack_sparse_s8(w: Buffer, w_scale: Buffer) -> NDArray[np.uint8]:
+    """Packs the non-zeros of an int8 (N, K) weight and float32 (N,) scales into SPARSE_S8_N16W32."""
+
+def pack_2to4_f32(w: Buffer) -> NDArray[np.uint8]:
+    """Packs a 2:4 sparse float32 (N, K) weight into 2TO4_F32_N16K16; ValueError if it is not 2:4."""
+
+def pack_2to4_s8(w: Buffer, w_scale: Buffer) -> NDArray[np.uint8]:
+    """Packs a 2:4 sparse int8 (N, K) weight and float32 (N,) scales into 2TO4_S8_N16K16."""
+
+def pack_w4(qdata: Buffer, scale: Buffer, group_size: int, *, k: int | None = None) -> NDArray[np.uint8]:
+    """Packs int4 codes (uint8 (N, ceil(K/2)), primitives layout) and scales (N, ceil(K/group)) into W4_N16K8."""
+
+def gemm_sparse_f32(
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """act(x @ w.T + bias) for float32 x (M, K) and a pack_sparse_f32 weight."""
+
+def gemm_sparse_s8s8_f32(
+    a: Buffer,
+    packed: Buffer,
+    a_scale: Buffer,
+    bias: Buffer | None = None,
+    *,
+    act: str = "none",
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
+
+def gemm_2to4_f32(
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """act(x @ w.T + bias) for float32 x (M, K) and a pack_2to4_f32 weight."""
+
+def gemm_2to4_s8s8_f32(
+    a: Buffer,
+    packed: Buffer,
+    a_scale: Buffer,
+    bias: Buffer | None = None,
+    *,
+    act: str = "none",
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
+
+def gemm_w4_f32(
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """act(x @ dequantize(w).T + bias) for float32 x (M, K) and a pack_w4 weight."""
+
+def gemm_f32_ref(
+    x: Buffer, w: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """Reference float32 GEMM act(x @ w.T + bias), each dot product summed in double."""
+
+def gemm_w4_f32_ref(
+    x: Buffer,
+    qdata: Buffer,
+    scale: Buffer,
+    group_size: int,
+    bias: Buffer | None = None,
+    *,
+    act: str = "none",
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """Reference int4 weight-only GEMM on primitives-layout codes, summed in double."""
+
+def packed_info(packed: Buffer) -> _PackedInfo:
+    """The validated header of any packed weight; ValueError when it is not one."""

@@ -19,6 +19,32 @@ The fast path: weights are packed once with :func:`pack_weight_s8`, then
 (``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
 and forced with :func:`set_isa`, over a fixed pool of :func:`get_num_threads`
 threads. Every ISA gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
+
+Compressed weights follow the same pattern: a ``pack_*`` function, called
+once when a model is loaded, returns an opaque uint8 array (a 64-byte header
+with magic ``b"EVLA"``, format, version and checksum, then the format's
+sections; ``csrc/packed_formats.h`` documents every byte), and the matching
+``gemm_*`` takes it:
+
+=========================  ==================================  ===========================
+weight                     pack                                GEMM (activations)
+=========================  ==================================  ===========================
+int8 dense                 :func:`pack_weight_s8`              :func:`gemm_s8s8_f32` (int8)
+int8 unstructured sparse   :func:`pack_sparse_s8`              :func:`gemm_sparse_s8s8_f32` (int8)
+int8 2:4                   :func:`pack_2to4_s8`                :func:`gemm_2to4_s8s8_f32` (int8)
+float32 unstructured       :func:`pack_sparse_f32`             :func:`gemm_sparse_f32` (float32)
+float32 2:4                :func:`pack_2to4_f32`               :func:`gemm_2to4_f32` (float32)
+int4 group-wise            :func:`pack_w4`                     :func:`gemm_w4_f32` (float32)
+=========================  ==================================  ===========================
+
+:func:`linear` runs any of them on float32 activations (quantizing them per
+token for the int8 formats), and :func:`packed_info` reads a packed header.
+The int8 GEMMs are bit-identical to :func:`gemm_s8s8_f32_ref` on the dense
+weight; the float GEMMs agree with :func:`gemm_f32_ref` /
+:func:`gemm_w4_f32_ref` (sums in double) within float32 summation error.
+Every packed argument is validated (header, checksum, shape, length) before a
+kernel reads it, and no content of a packed buffer can make a kernel read or
+write outside the arrays it was given.
 """
 
 from __future__ import annotations
@@ -40,6 +66,10 @@ else:
 #: Largest K for which an int32 accumulator of int8 products cannot overflow:
 #: the largest product is (-128) * (-128) = 16384, and 131071 * 16384 < 2**31.
 GEMM_S8S8_MAX_K = (2**31 - 1) // (128 * 128)
+
+#: Largest K of the float32 and int4 packed formats (2**24): far beyond any
+#: linear layer, and small enough that no size in a layout can overflow.
+PACKED_F32_MAX_K = 2**24
 
 
 def available() -> bool:
@@ -220,7 +250,9 @@ def set_num_threads(threads: int) -> None:
     """Sets the kernels' thread count (1 to 1024); the default is one per core.
 
     The pool is persistent: threads are started here, not per call. Waits for
-    a running kernel to finish.
+    a running kernel to finish. It is fork-safe: a child process forked after
+    the pool started (``multiprocessing``, DataLoader workers) starts its own
+    workers, as many, at its first kernel call.
     """
     _compiled().set_num_threads(threads)
 
@@ -228,3 +260,206 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The kernels' thread count."""
     return _compiled().get_num_threads()
+
+
+# ------------------------------------------------------- compressed weights --
+
+
+def pack_sparse_f32(w: Any) -> np.ndarray:
+    """Packs the non-zeros of a float32 weight for :func:`gemm_sparse_f32` (unstructured sparsity).
+
+    Args:
+        w: float32 (N, K), the ``nn.Linear.weight`` layout, with pruned
+            weights set to zero (apply the pruning mask first). ``-0.0`` is a
+            zero; NaN is not. K <= :data:`PACKED_F32_MAX_K`.
+
+    Returns a new uint8 array in the ``SPARSE_F32_N16W32`` format (sliced
+    ELLPACK: 16 output channels x windows of 32 inputs, one uint8 position
+    and one value per stored weight). Memory is about ``5 * nonzeros * 1.3``
+    bytes at 50 % sparsity, ``* 2`` at 90 % (padding to the longest of 16
+    channels per window); see :func:`packed_info`.
+    """
+    return _compiled().pack_sparse_f32(w)
+
+
+def pack_sparse_s8(w: Any, w_scale: Any) -> np.ndarray:
+    """Packs the non-zeros of an int8 weight and its per-channel scales for :func:`gemm_sparse_s8s8_f32`.
+
+    Args:
+        w: int8 (N, K) with pruned weights zero; K <= :data:`GEMM_S8S8_MAX_K`.
+        w_scale: float32 (N,), one scale per output channel.
+
+    Returns a new uint8 array in the ``SPARSE_S8_N16W32`` format (2 bytes per
+    stored weight plus padding).
+    """
+    return _compiled().pack_sparse_s8(w, w_scale)
+
+
+def pack_2to4_f32(w: Any) -> np.ndarray:
+    """Packs a 2:4 sparse float32 weight for :func:`gemm_2to4_f32`.
+
+    Args:
+        w: float32 (N, K) in which every group of 4 consecutive weights of a
+            row (columns ``4g .. 4g+3``) holds at most 2 non-zeros; K need not
+            be a multiple of 4.
+
+    Returns a new uint8 array in the ``2TO4_F32_N16K16`` format: the kept
+    values plus one 2-bit position per value (2.125 bytes per weight). Raises
+    ValueError naming the first row and group with more than 2 non-zeros.
+    """
+    return _compiled().pack_2to4_f32(w)
+
+
+def pack_2to4_s8(w: Any, w_scale: Any) -> np.ndarray:
+    """Packs a 2:4 sparse int8 weight and its per-channel scales for :func:`gemm_2to4_s8s8_f32`.
+
+    Args:
+        w: int8 (N, K), at most 2 non-zeros in every group of 4 consecutive
+            weights of a row; K <= :data:`GEMM_S8S8_MAX_K`.
+        w_scale: float32 (N,).
+
+    Returns a new uint8 array in the ``2TO4_S8_N16K16`` format (0.625 bytes
+    per weight). Raises ValueError when ``w`` is not 2:4 sparse.
+    """
+    return _compiled().pack_2to4_s8(w, w_scale)
+
+
+def pack_w4(qdata: Any, scale: Any, group_size: int, *, k: int | None = None) -> np.ndarray:
+    """Packs a group-wise int4 weight for :func:`gemm_w4_f32`.
+
+    The input is exactly what :class:`edgevla.quant.primitives.Int4GroupedWeight`
+    holds (``w.qdata.numpy()``, ``w.scale.numpy()``, ``w.group_size``):
+
+    Args:
+        qdata: uint8 (N, ceil(K / 2)), two codes per byte: element ``2i`` of a
+            row in the low nibble (bits 0-3) of byte ``i``, element ``2i + 1``
+            in the high nibble, each a 4-bit two's complement code in [-8, 7]
+            (ONNX's int4 order). Symmetric: the zero point is 0, so the weight
+            is ``code * scale``. For odd K the last high nibble is ignored.
+        scale: float32 (N, ceil(K / group_size)), the scale of each group of
+            ``group_size`` consecutive inputs of a row (the last group may be
+            partial).
+        group_size: 32, 64 or 128.
+        k: K, when it is odd; default ``2 * qdata.shape[1]``.
+
+    Returns a new uint8 array in the ``W4_N16K8`` format (0.5 bytes per
+    weight plus 4 bytes per group and channel).
+    """
+    return _compiled().pack_w4(qdata, scale, group_size, k=k)
+
+
+def gemm_sparse_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
+    """``act(x @ w.T + bias)`` for a weight from :func:`pack_sparse_f32`, on the active ISA.
+
+    Args:
+        x: float32 (M, K) activations (rows contiguous, any row stride).
+        packed: from :func:`pack_sparse_f32`; validated, K must match ``x``.
+        bias: float32 (N,) or None.
+        act: ``"none"``, ``"relu"`` or ``"gelu_tanh"``.
+        out: optional float32 (M, N) to write into, disjoint from the inputs.
+
+    Sums run in float32 in the kernel's order: the result is within float32
+    summation error of :func:`gemm_f32_ref` on the dense weight. Returns
+    ``out``, or a new float32 (M, N) array.
+    """
+    return _compiled().gemm_sparse_f32(x, packed, bias, act=act, out=out)
+
+
+def gemm_sparse_s8s8_f32(
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+) -> np.ndarray:
+    """W8A8 GEMM on a weight from :func:`pack_sparse_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
+
+    Arguments as :func:`gemm_s8s8_f32`: ``a`` int8 (M, K), ``a_scale`` one
+    value or (M,), ``bias``, ``act``, ``out``. The int32 accumulation over the
+    non-zeros is exact, so the output equals the dense reference bit for bit.
+    """
+    return _compiled().gemm_sparse_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+
+
+def gemm_2to4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
+    """``act(x @ w.T + bias)`` for a weight from :func:`pack_2to4_f32`; arguments as :func:`gemm_sparse_f32`."""
+    return _compiled().gemm_2to4_f32(x, packed, bias, act=act, out=out)
+
+
+def gemm_2to4_s8s8_f32(
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+) -> np.ndarray:
+    """W8A8 GEMM on a weight from :func:`pack_2to4_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
+
+    Arguments as :func:`gemm_s8s8_f32`.
+    """
+    return _compiled().gemm_2to4_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+
+
+def gemm_w4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
+    """``act(x @ dequantize(w).T + bias)`` for an int4 weight from :func:`pack_w4`, float32 activations.
+
+    Per group, the dot product of the codes with ``x`` is summed in float32
+    and scaled once; the result is within float32 summation error of
+    :func:`gemm_w4_f32_ref`. Other arguments as :func:`gemm_sparse_f32`.
+    """
+    return _compiled().gemm_w4_f32(x, packed, bias, act=act, out=out)
+
+
+def gemm_f32_ref(x: Any, w: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
+    """Reference float32 GEMM ``act(x @ w.T + bias)``: each dot product summed in double, rounded once.
+
+    The ground truth of the float32 sparse and 2:4 kernels (zeros of ``w``
+    being the sparsity). ``x`` float32 (M, K), ``w`` float32 (N, K).
+    """
+    return _compiled().gemm_f32_ref(x, w, bias, act=act, out=out)
+
+
+def gemm_w4_f32_ref(
+    x: Any, qdata: Any, scale: Any, group_size: int, bias: Any = None, *, act: str = "none", out: Any = None
+) -> np.ndarray:
+    """Reference int4 GEMM on the codes of :func:`pack_w4` (same ``qdata``, ``scale``, ``group_size``).
+
+    ``out = act(sum_k code[n, k] * scale[n, k // group_size] * x[m, k] + bias)``
+    with the sum in double. K is ``x.shape[1]``.
+    """
+    return _compiled().gemm_w4_f32_ref(x, qdata, scale, group_size, bias, act=act, out=out)
+
+
+def packed_info(packed: Any) -> dict[str, Any]:
+    """What a packed weight is, after validating it like a GEMM would.
+
+    Keys: ``format`` (``"s8_n16k4"``, ``"sparse_f32_n16w32"``,
+    ``"sparse_s8_n16w32"``, ``"2to4_f32_n16k16"``, ``"2to4_s8_n16k16"``,
+    ``"w4_n16k8"``), ``version``, ``n``, ``k``, ``nbytes``, ``block_n``,
+    ``block_k``, ``weight_dtype`` (``"float32"``, ``"int8"``, ``"int4"``),
+    ``activation_dtype`` (``"int8"`` for the W8A8 formats, else
+    ``"float32"``); sparse formats add ``slots`` and ``nonzeros``, int4 adds
+    ``group_size``. Raises ValueError for anything that is not a valid packed
+    weight.
+    """
+    return _compiled().packed_info(packed)
+
+
+_F32_GEMMS = {
+    "sparse_f32_n16w32": "gemm_sparse_f32",
+    "2to4_f32_n16k16": "gemm_2to4_f32",
+    "w4_n16k8": "gemm_w4_f32",
+}
+_S8_GEMMS = {
+    "s8_n16k4": "gemm_s8s8_f32",
+    "sparse_s8_n16w32": "gemm_sparse_s8s8_f32",
+    "2to4_s8_n16k16": "gemm_2to4_s8s8_f32",
+}
+
+
+def linear(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
+    """``act(x @ w.T + bias)`` for float32 activations and a packed weight of any format.
+
+    The one call a runtime needs per linear layer: the float-activation
+    formats run directly; for the int8 formats ``x`` is first quantized per
+    token with :func:`quantize_per_token` (dynamic W8A8). ``x`` float32 (M, K);
+    other arguments as :func:`gemm_sparse_f32`.
+    """
+    compiled = _compiled()
+    fmt = compiled.packed_info(packed)["format"]
+    if fmt in _F32_GEMMS:
+        return getattr(compiled, _F32_GEMMS[fmt])(x, packed, bias, act=act, out=out)
+    q, scale = compiled.quantize_per_token(x)
+    return getattr(compiled, _S8_GEMMS[fmt])(q, packed, scale, bias, act=act, out=out)

@@ -512,11 +512,13 @@ def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas, tmp_path):
     assert lines[1] == f"this CPU cannot run the 'avx512_vnni' kernels; it runs {', '.join(map(repr, isas.split(',')))}"
 
 
-def test_neon_kernel_under_qemu():
-    """Cross-compiles the kernels for aarch64 and runs csrc/tests/kernel_driver.cpp under qemu (-cpu max)."""
+def test_neon_kernels_under_qemu():
+    """Cross-compiles the kernels for aarch64 and runs csrc/tests/kernel_driver.cpp under qemu (-cpu max):
+    the NEON paths of the dense, sparse, 2:4 and int4 GEMMs against their references."""
     if not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")):
         pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
     result = subprocess.run(["bash", str(REPO / "tests/native/run_aarch64.sh")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "neon_dot: all cases bit-identical" in result.stdout
+    assert "neon_dot: sparse, 2:4 and int4 kernels match their references" in result.stdout

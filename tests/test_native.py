@@ -25,8 +25,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pathlib import Path
+
 from edgevla import _C, native
 from edgevla.errors import EdgevlaError
+
+REPO = Path(__file__).resolve().parents[1]
 
 INT32_POISON = np.int32(0x7F7F7F7F)
 FLOAT_POISON_BITS = np.uint32(0x7FC0DEAD)  # a quiet NaN with a recognisable payload
@@ -500,3 +504,81 @@ def test_native_layer_without_the_compiled_module_raises_edgevla_error(monkeypat
     assert not native.available()
     with pytest.raises(EdgevlaError, match="edgevla._C is not available .ImportError: simulated"):
         native.cpu_features()
+
+
+# ------------------------------------------------------------ fork safety ---
+
+def _wait_for(pid: int, timeout: float) -> int | None:
+    """The child's exit code, or None (after killing it) when it is still running at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_children_forked_after_the_pool_started_run_kernels():
+    """fork() copies only the calling thread: without the pool's pthread_atfork handlers a child
+    would wait forever for workers it does not have. Forks happen while another thread keeps the
+    pool busy, so some land in the middle of a run."""
+    rng = np.random.default_rng(0)
+    a, w = rng.integers(-128, 128, (64, 512), dtype=np.int8), rng.integers(-128, 128, (256, 512), dtype=np.int8)
+    packed = native.pack_weight_s8(w, np.ones(256, np.float32))
+    native.set_num_threads(3)  # workers exist whatever the core count
+    expected = native.gemm_s8s8_f32(a, packed, np.float32(1))  # big enough to be split over the threads
+    stop = threading.Event()
+
+    def keep_busy():
+        while not stop.is_set():
+            native.gemm_s8s8_f32(a, packed, np.float32(1))
+
+    busy = threading.Thread(target=keep_busy)
+    busy.start()
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # the child: two runs (the second reuses the restarted workers), then exit
+                ok = all(np.array_equal(native.gemm_s8s8_f32(a, packed, np.float32(1)), expected) for _ in range(2))
+                os._exit(0 if ok and native.get_num_threads() == 3 else 1)
+            assert _wait_for(pid, timeout=60) == 0, "the forked child hung or computed a wrong result"
+    finally:
+        stop.set()
+        busy.join()
+        native.set_num_threads(os.cpu_count() or 1)
+    np.testing.assert_array_equal(native.gemm_s8s8_f32(a, packed, np.float32(1)), expected)  # the parent too
+
+
+# ----------------------------------------------------- build consistency ----
+
+def test_the_native_test_scripts_compile_what_cmake_compiles():
+    """tests/native/kernel_sources.sh (used by run_aarch64.sh and run_sanitizers.sh) lists the
+    kernel sources of CMakeLists.txt, and gives each ISA file the same flags."""
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    script = (REPO / "tests/native/kernel_sources.sh").read_text()
+
+    def sources(text: str, start: str) -> list[str]:
+        """The .cpp paths (relative to csrc/) in the parenthesised list that follows `start`."""
+        block = text[text.index(start) + len(start):]
+        block = block[: block.index(")")]
+        return [token.removeprefix("csrc/") for token in block.split() if token.endswith(".cpp")]
+
+    library = sources(cmake, "add_library(edgevla_native STATIC")
+    expected = {path.replace("${edgevla_arch}", arch) for path in library for arch in ("x86_64", "aarch64")}
+    listed = set(sources(script, "KERNEL_SOURCES=(")) | set(sources(script, "KERNEL_SOURCES_x86_64=(")) | set(
+        sources(script, "KERNEL_SOURCES_aarch64=("))
+    for cmake_name, script_name, flags in [("avx2", "AVX2", "-mavx2"),
+                                           ("avx512", "AVX512", "-mavx512f -mavx512bw -mavx512vl -mavx512vnni"),
+                                           ("neon_dot", "NEON_DOT", "-march=armv8.2-a+dotprod")]:
+        isa_files = sources(cmake, f"set(edgevla_{cmake_name}_sources")
+        assert sources(script, f"{script_name}_SOURCES=(") == isa_files, cmake_name
+        assert f"{script_name}_FLAGS=({flags})" in script
+        assert f'set_source_files_properties(${{edgevla_{cmake_name}_sources}}' in cmake
+        expected |= set(isa_files)
+        listed |= set(isa_files)
+    assert listed == expected
+    assert all((REPO / "csrc" / path).is_file() for path in listed)

@@ -212,4 +212,29 @@ OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
     return {py::reinterpret_borrow<py::object>(out), std::move(array)};
 }
 
+ActScaleArg act_scale_arg(py::handle obj, int64_t m) {
+    ActScaleArg arg{vector_arg(obj, "a_scale", Scalar::float32, /*allow_scalar=*/true)};
+    if (arg.array.size() == 1) {
+        arg.mode = EDGEVLA_ACT_SCALE_PER_TENSOR;
+    } else if (arg.array.size() == m) {
+        arg.mode = EDGEVLA_ACT_SCALE_PER_TOKEN;
+    } else {
+        fail_value("a_scale must hold 1 value (per-tensor) or one per row of a (per-token, M = " + std::to_string(m) +
+                   "), got " + std::to_string(arg.array.size()));
+    }
+    return arg;
+}
+
+BiasArg bias_arg(py::handle obj, int64_t n) {
+    BiasArg arg;
+    if (obj.is_none()) return arg;
+    arg.array = vector_arg(obj, "bias", Scalar::float32);
+    arg.present = true;
+    if (arg.array.size() != n) {
+        fail_value("bias must hold one value per output channel (N = " + std::to_string(n) + "), got " +
+                   std::to_string(arg.array.size()));
+    }
+    return arg;
+}
+
 }  // namespace edgevla::bindings

@@ -69,4 +69,21 @@ edgevla_activation activation_arg(py::handle obj);
 OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
                      std::initializer_list<const ArrayArg*> inputs);
 
+// The activation scale of a W8A8 GEMM: one float32 value (a 0-D array or
+// shape (1,)) for a per-tensor scale, or (M,) for one per token.
+struct ActScaleArg {
+    ArrayArg array;
+    edgevla_act_scale_mode mode = EDGEVLA_ACT_SCALE_PER_TENSOR;
+};
+ActScaleArg act_scale_arg(py::handle obj, int64_t m);
+
+// An optional float32 (N,) bias: None gives present = false.
+struct BiasArg {
+    ArrayArg array;
+    bool present = false;
+    const float* data() const { return present ? array.data<const float>() : nullptr; }
+    const ArrayArg* input() const { return present ? &array : nullptr; }
+};
+BiasArg bias_arg(py::handle obj, int64_t n);
+
 }  // namespace edgevla::bindings

@@ -1,9 +1,13 @@
 // A self-contained test driver of the CPU kernels, without Python: for every
-// ISA this machine runs, the packed W8A8 GEMM must be bit-identical to the
-// scalar reference (edgevla_gemm_s8s8_f32_ref) and per-token quantization
-// identical to edgevla_quantize_row_ref, on odd shapes, saturating values,
-// per-tensor and per-token scales, with and without bias, every activation,
-// into poisoned outputs followed by guard values.
+// ISA this machine runs, the packed W8A8 GEMMs (dense, unstructured sparse,
+// 2:4) must be bit-identical to the scalar reference
+// (edgevla_gemm_s8s8_f32_ref on the dense weight), per-token quantization
+// identical to edgevla_quantize_row_ref, and the float GEMMs (sparse and 2:4
+// float32, int4 weight-only) within float32 summation error of
+// edgevla_gemm_f32_ref / edgevla_gemm_w4_f32_ref (bound below), on odd
+// shapes, empty to full sparsity, saturating values, per-tensor and
+// per-token scales, with and without bias, every activation, into poisoned
+// outputs followed by guard values.
 //
 // Its job is the ISAs the Python tests cannot reach on an x86-64 build host:
 // tests/native/run_aarch64.sh cross-compiles it for aarch64 and runs it under
@@ -15,6 +19,7 @@
 #include "gemm_ref.h"
 #include "thread_pool.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -119,6 +124,232 @@ int check_quantize(const IsaKernels& isa, int64_t m, int64_t k, float magnitude,
     return 0;
 }
 
+// ---- the formats beyond dense int8 ----
+
+const char* act_name(edgevla_activation act) {
+    return act == EDGEVLA_ACTIVATION_NONE ? "none" : act == EDGEVLA_ACTIVATION_RELU ? "relu" : "gelu_tanh";
+}
+
+// Zeroes weights: sparsity 0..1 (unstructured), or 2:4 when two_four.
+template <typename T>
+void sparsify(std::vector<T>& w, int64_t n, int64_t k, double sparsity, bool two_four, std::mt19937& rng) {
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    for (int64_t row = 0; row < n; ++row) {
+        for (int64_t col = 0; col < k; ++col) {
+            if (!two_four && unit(rng) < sparsity) w[static_cast<size_t>(row * k + col)] = T(0);
+        }
+        if (!two_four) continue;
+        for (int64_t g = 0; 4 * g < k; ++g) {  // keep a random pair of every group of four
+            const int first = static_cast<int>(rng() % 4), second = (first + 1 + static_cast<int>(rng() % 3)) % 4;
+            for (int p = 0; p < 4 && 4 * g + p < k; ++p) {
+                if (p != first && p != second) w[static_cast<size_t>(row * k + 4 * g + p)] = T(0);
+            }
+        }
+    }
+}
+
+// Float kernels vs the double-summed references: |got - ref| <= 1.2 (K + 8)
+// 2^-24 (sum_k |w x| + |bias|) for the pre-activation (any float32 summation
+// order), times 1.2 for GELU's slope, plus 16 ulp of the result for the
+// activation's own rounding.
+bool within_tolerance(const std::vector<float>& got, const std::vector<float>& ref, const std::vector<double>& magnitude,
+                      int64_t k, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) {
+        const double bound = 1.2 * 1.2 * static_cast<double>(k + 8) * std::ldexp(1.0, -24) * magnitude[i] +
+                             16.0 * std::ldexp(1.0, -24) * std::fabs(ref[i]) + 1e-30;
+        if (!(std::fabs(static_cast<double>(got[i]) - ref[i]) <= bound)) return false;
+    }
+    return true;
+}
+
+struct FloatCase {
+    int64_t m, n, k;
+    double sparsity;
+};
+
+// sum_k |w[n][k] x[m][k]| + |bias[n]| per output.
+std::vector<double> magnitudes(int64_t m, int64_t n, int64_t k, const std::vector<float>& x,
+                               const std::vector<double>& w_abs, const float* bias) {
+    std::vector<double> out(static_cast<size_t>(m * n));
+    for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+            double sum = bias ? std::fabs(bias[col]) : 0.0;
+            for (int64_t i = 0; i < k; ++i) sum += std::fabs(x[static_cast<size_t>(row * k + i)]) * w_abs[static_cast<size_t>(col * k + i)];
+            out[static_cast<size_t>(row * n + col)] = sum;
+        }
+    }
+    return out;
+}
+
+int report(const IsaKernels& isa, const char* kernel, const FloatCase& c, const char* problem, const char* act) {
+    std::printf("FAIL %s %s m=%lld n=%lld k=%lld sparsity=%.2f act=%s: %s\n", isa.name, kernel, (long long)c.m,
+                (long long)c.n, (long long)c.k, c.sparsity, act, problem);
+    return 1;
+}
+
+// Unstructured sparse or 2:4 float32 (two_four), against edgevla_gemm_f32_ref.
+int check_sparse_f32(const IsaKernels& isa, const FloatCase& c, bool two_four, bool with_bias, edgevla_activation act,
+                     std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(c.m * c.k)), w(static_cast<size_t>(c.n * c.k)), bias(static_cast<size_t>(c.n));
+    for (float& v : x) v = normal(rng);
+    for (float& v : w) v = normal(rng);
+    for (float& v : bias) v = normal(rng);
+    sparsify(w, c.n, c.k, c.sparsity, two_four, rng);
+    const float* b = with_bias ? bias.data() : nullptr;
+    std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
+    edgevla_gemm_f32_ref(c.m, c.n, c.k, x.data(), c.k, w.data(), c.k, b, act, expected.data(), c.n);
+
+    std::vector<uint8_t> packed;
+    std::string problem;
+    if (two_four) {
+        if (find_2to4_violation_f32(c.n, c.k, w.data(), c.k).found) return report(isa, "2to4 f32", c, "not 2:4", "");
+        packed.resize(static_cast<size_t>(packed_2to4_bytes(c.n, c.k, 4)));
+        pack_2to4_f32(c.n, c.k, w.data(), c.k, packed.data());
+        Gemm2to4F32Args args;
+        problem = validate_packed_2to4(packed.data(), packed.size(), EDGEVLA_PACKED_FORMAT_2TO4_F32_N16K16, &args.w);
+        args.m = c.m; args.x = x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
+        if (problem.empty()) gemm_2to4_f32(args);
+    } else {
+        const SparseCounts counts = count_sparse_f32(c.n, c.k, w.data(), c.k);
+        packed.resize(static_cast<size_t>(packed_sparse_bytes(c.n, c.k, counts, 4)));
+        pack_sparse_f32(c.n, c.k, w.data(), c.k, counts, packed.data());
+        GemmSparseF32Args args;
+        problem = validate_packed_sparse(packed.data(), packed.size(), EDGEVLA_PACKED_FORMAT_SPARSE_F32_N16W32, &args.w);
+        args.m = c.m; args.x = x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
+        if (problem.empty()) gemm_sparse_f32(args);
+    }
+    const char* kernel = two_four ? "2to4 f32" : "sparse f32";
+    if (!problem.empty()) return report(isa, kernel, c, ("packed " + problem).c_str(), act_name(act));
+    if (!guard_intact(got, c.m * c.n)) return report(isa, kernel, c, "wrote past the end", act_name(act));
+    std::vector<double> w_abs(w.size());
+    for (size_t i = 0; i < w.size(); ++i) w_abs[i] = std::fabs(w[i]);
+    if (!within_tolerance(got, expected, magnitudes(c.m, c.n, c.k, x, w_abs, b), c.k, c.m * c.n)) {
+        return report(isa, kernel, c, "outside the tolerance of the reference", act_name(act));
+    }
+    return 0;
+}
+
+// Unstructured sparse or 2:4 int8: bit-identical to edgevla_gemm_s8s8_f32_ref.
+int check_sparse_s8(const IsaKernels& isa, const Case& shape, double sparsity, bool two_four, bool per_token,
+                    bool with_bias, edgevla_activation act, std::mt19937& rng) {
+    const FloatCase c{shape.m, shape.n, shape.k, sparsity};
+    std::vector<int8_t> a(static_cast<size_t>(c.m * c.k)), w(static_cast<size_t>(c.n * c.k));
+    for (int8_t& v : a) v = draw(rng, shape.mode);
+    for (int8_t& v : w) v = draw(rng, shape.mode);
+    sparsify(w, c.n, c.k, sparsity, two_four, rng);
+    std::uniform_real_distribution<float> w_dist(1e-4f, 1e-2f), a_dist(1e-3f, 1e-1f), b_dist(-1.0f, 1.0f);
+    std::vector<float> w_scale(static_cast<size_t>(c.n)), a_scale(static_cast<size_t>(per_token ? c.m : 1));
+    std::vector<float> bias(static_cast<size_t>(c.n));
+    for (float& v : w_scale) v = w_dist(rng);
+    for (float& v : a_scale) v = a_dist(rng);
+    for (float& v : bias) v = b_dist(rng);
+    const edgevla_gemm_epilogue_f32 epilogue{
+        w_scale.data(), a_scale.data(), per_token ? EDGEVLA_ACT_SCALE_PER_TOKEN : EDGEVLA_ACT_SCALE_PER_TENSOR,
+        with_bias ? bias.data() : nullptr, act};
+    std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
+    edgevla_gemm_s8s8_f32_ref(c.m, c.n, c.k, a.data(), c.k, w.data(), c.k, &epilogue, expected.data(), c.n);
+
+    std::vector<uint8_t> packed;
+    std::string problem;
+    if (two_four) {
+        packed.resize(static_cast<size_t>(packed_2to4_bytes(c.n, c.k, 1)));
+        pack_2to4_s8(c.n, c.k, w.data(), c.k, w_scale.data(), packed.data());
+        Gemm2to4S8Args args;
+        problem = validate_packed_2to4(packed.data(), packed.size(), EDGEVLA_PACKED_FORMAT_2TO4_S8_N16K16, &args.w);
+        args.m = c.m; args.a = a.data(); args.lda = c.k; args.epilogue = epilogue;
+        args.epilogue.w_scale = args.w.w_scale; args.c = got.data(); args.ldc = c.n;
+        if (problem.empty()) gemm_2to4_s8(args);
+    } else {
+        const SparseCounts counts = count_sparse_s8(c.n, c.k, w.data(), c.k);
+        packed.resize(static_cast<size_t>(packed_sparse_bytes(c.n, c.k, counts, 1)));
+        pack_sparse_s8(c.n, c.k, w.data(), c.k, w_scale.data(), counts, packed.data());
+        GemmSparseS8Args args;
+        problem = validate_packed_sparse(packed.data(), packed.size(), EDGEVLA_PACKED_FORMAT_SPARSE_S8_N16W32, &args.w);
+        args.m = c.m; args.a = a.data(); args.lda = c.k; args.epilogue = epilogue;
+        args.epilogue.w_scale = args.w.w_scale; args.c = got.data(); args.ldc = c.n;
+        if (problem.empty()) gemm_sparse_s8(args);
+    }
+    const char* kernel = two_four ? "2to4 s8" : "sparse s8";
+    if (!problem.empty()) return report(isa, kernel, c, ("packed " + problem).c_str(), act_name(act));
+    if (!guard_intact(got, c.m * c.n)) return report(isa, kernel, c, "wrote past the end", act_name(act));
+    if (std::memcmp(got.data(), expected.data(), static_cast<size_t>(c.m * c.n) * 4) != 0) {
+        return report(isa, kernel, c, "differs from the reference", act_name(act));
+    }
+    return 0;
+}
+
+// int4 weight-only, against edgevla_gemm_w4_f32_ref on the primitives layout.
+int check_w4(const IsaKernels& isa, const FloatCase& c, int64_t group, bool with_bias, edgevla_activation act,
+             std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> scale_dist(1e-3f, 1e-1f);
+    const int64_t row_bytes = (c.k + 1) / 2, groups = (c.k + group - 1) / group;
+    std::vector<float> x(static_cast<size_t>(c.m * c.k)), bias(static_cast<size_t>(c.n));
+    std::vector<uint8_t> qdata(static_cast<size_t>(c.n * row_bytes));
+    std::vector<float> scale(static_cast<size_t>(c.n * groups));
+    for (float& v : x) v = normal(rng);
+    for (float& v : bias) v = normal(rng);
+    for (uint8_t& v : qdata) v = static_cast<uint8_t>(rng());  // every nibble, -8 and 7 included
+    for (float& v : scale) v = scale_dist(rng);
+    const float* b = with_bias ? bias.data() : nullptr;
+    std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
+    edgevla_gemm_w4_f32_ref(c.m, c.n, c.k, group, x.data(), c.k, qdata.data(), row_bytes, scale.data(), groups, b,
+                            act, expected.data(), c.n);
+    std::vector<uint8_t> packed(static_cast<size_t>(packed_w4_bytes(c.n, c.k, group)));
+    pack_w4(c.n, c.k, group, qdata.data(), row_bytes, scale.data(), groups, packed.data());
+    GemmW4F32Args args;
+    const std::string problem = validate_packed_w4(packed.data(), packed.size(), &args.w);
+    if (!problem.empty()) return report(isa, "w4", c, ("packed " + problem).c_str(), act_name(act));
+    args.m = c.m; args.x = x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
+    gemm_w4_f32(args);
+    if (!guard_intact(got, c.m * c.n)) return report(isa, "w4", c, "wrote past the end", act_name(act));
+    std::vector<double> w_abs(static_cast<size_t>(c.n * c.k));
+    for (int64_t row = 0; row < c.n; ++row) {
+        for (int64_t i = 0; i < c.k; ++i) {
+            const int nibble = (qdata[static_cast<size_t>(row * row_bytes + i / 2)] >> (4 * (i % 2))) & 0xF;
+            w_abs[static_cast<size_t>(row * c.k + i)] =
+                std::fabs((nibble < 8 ? nibble : nibble - 16) * static_cast<double>(scale[static_cast<size_t>(row * groups + i / group)]));
+        }
+    }
+    if (!within_tolerance(got, expected, magnitudes(c.m, c.n, c.k, x, w_abs, b), c.k, c.m * c.n)) {
+        return report(isa, "w4", c, "outside the tolerance of the reference", act_name(act));
+    }
+    return 0;
+}
+
+int check_formats(const IsaKernels& isa, std::mt19937& rng) {
+    const edgevla_activation acts[] = {EDGEVLA_ACTIVATION_NONE, EDGEVLA_ACTIVATION_RELU,
+                                       EDGEVLA_ACTIVATION_GELU_TANH};
+    const FloatCase float_cases[] = {{1, 17, 257, 0.9}, {1, 1, 1, 0.0}, {3, 16, 32, 0.5}, {4, 33, 95, 0.0},
+                                     {5, 48, 65, 1.0}, {7, 17, 3, 0.5}, {2, 70, 300, 0.9}, {9, 31, 64, 0.7}};
+    int failures = 0;
+    int variant = 0;
+    for (const FloatCase& c : float_cases) {
+        for (edgevla_activation act : acts) {
+            const bool with_bias = (variant++ & 1) != 0;
+            failures += check_sparse_f32(isa, c, false, with_bias, act, rng);
+            failures += check_sparse_f32(isa, c, true, !with_bias, act, rng);
+            for (int64_t group : {32, 64, 128}) failures += check_w4(isa, c, group, with_bias, act, rng);
+        }
+    }
+    const Case int8_cases[] = {{1, 17, 257, 0}, {1, 1, 1, 0}, {3, 16, 4, 1}, {4, 33, 100, 0},
+                               {5, 48, 65, 2}, {7, 17, 3, 1}, {2, 31, 1000, 1}, {6, 40, 96, 0}};
+    for (const Case& c : int8_cases) {
+        for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
+            const edgevla_activation act = acts[variant % 3];
+            const bool per_token = (variant & 1) != 0, with_bias = (variant & 2) != 0;
+            ++variant;
+            failures += check_sparse_s8(isa, c, sparsity, false, per_token, with_bias, act, rng);
+        }
+        for (edgevla_activation act : acts) {
+            failures += check_sparse_s8(isa, c, 0.0, true, (variant & 1) != 0, (variant & 2) != 0, act, rng);
+            ++variant;
+        }
+    }
+    return failures;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,7 +388,13 @@ int main(int argc, char** argv) {
             for (int64_t k : {1, 7, 16, 17, 100, 257}) {
                 for (float magnitude : {1e-3f, 1.0f, 1e6f}) isa_failures += check_quantize(*isa, 5, k, magnitude, rng);
             }
+            const int format_failures = check_formats(*isa, rng);
             if (isa_failures == 0) std::printf("%s: all cases bit-identical (%d threads)\n", isa->name, threads);
+            if (format_failures == 0) {
+                std::printf("%s: sparse, 2:4 and int4 kernels match their references (%d threads)\n", isa->name,
+                            threads);
+            }
+            isa_failures += format_failures;
             failures += isa_failures;
         }
     }

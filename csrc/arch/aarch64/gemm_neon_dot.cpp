@@ -5,10 +5,8 @@
 // called only after dispatch.cpp has seen asimddp at run time. Everything but
 // the entry point has internal linkage and no standard-library template is
 // used, so no dot-product code can leak into baseline functions.
-//
-// NEON's FMAX returns NaN where x86 MAXPS returns its second operand, so
-// max/min are compare + select here, matching epilogue_math.h bit for bit.
 #include "cpu_kernels.h"
+#include "arch/aarch64/simd_neon.h"
 #include "epilogue_math.h"
 
 #include <arm_neon.h>
@@ -21,9 +19,6 @@ namespace {
 constexpr int64_t kBlockN = EDGEVLA_PACKED_S8_BLOCK_N;
 constexpr int64_t kCellBytes = EDGEVLA_PACKED_S8_BLOCK_N * EDGEVLA_PACKED_S8_BLOCK_K;
 
-inline float32x4_t max_ps(float32x4_t a, float32x4_t b) { return vbslq_f32(vcgtq_f32(a, b), a, b); }
-inline float32x4_t min_ps(float32x4_t a, float32x4_t b) { return vbslq_f32(vcltq_f32(a, b), a, b); }
-
 // Four activations of one group in every 32-bit lane; a partial last group is zero-filled.
 inline int8x16_t load_group(const int8_t* a, int64_t k, int64_t group) {
     int32_t bytes = 0;
@@ -34,37 +29,6 @@ inline int8x16_t load_group(const int8_t* a, int64_t k, int64_t group) {
         std::memcpy(&bytes, a + first, static_cast<size_t>(k - first));
     }
     return vreinterpretq_s8_s32(vdupq_n_s32(bytes));
-}
-
-inline float32x4_t tanh_ps(float32x4_t x) {
-    x = min_ps(max_ps(x, vdupq_n_f32(-EDGEVLA_TANH_CLAMP)), vdupq_n_f32(EDGEVLA_TANH_CLAMP));
-    const float32x4_t x2 = vmulq_f32(x, x);
-    float32x4_t p = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(EDGEVLA_TANH_A13)), vdupq_n_f32(EDGEVLA_TANH_A11));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A9));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A7));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A5));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A3));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A1));
-    p = vmulq_f32(x, p);
-    float32x4_t q = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(EDGEVLA_TANH_B6)), vdupq_n_f32(EDGEVLA_TANH_B4));
-    q = vaddq_f32(vmulq_f32(x2, q), vdupq_n_f32(EDGEVLA_TANH_B2));
-    q = vaddq_f32(vmulq_f32(x2, q), vdupq_n_f32(EDGEVLA_TANH_B0));
-    return vdivq_f32(p, q);
-}
-
-inline float32x4_t activate(edgevla_activation activation, float32x4_t v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return max_ps(v, vdupq_n_f32(0.0f));
-        case EDGEVLA_ACTIVATION_GELU_TANH: {
-            const float32x4_t cube = vmulq_f32(vmulq_f32(v, v), v);
-            const float32x4_t inner = vmulq_f32(vdupq_n_f32(EDGEVLA_GELU_SQRT_2_OVER_PI),
-                                                vaddq_f32(v, vmulq_f32(vdupq_n_f32(EDGEVLA_GELU_CUBIC), cube)));
-            const float32x4_t t = tanh_ps(inner);
-            return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), v), vaddq_f32(vdupq_n_f32(1.0f), t));
-        }
-    }
-    return v;
 }
 
 // Rows [row, row + MR) x one block of 16 channels: 4 * MR accumulators.

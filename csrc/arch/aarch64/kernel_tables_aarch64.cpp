@@ -1,5 +1,5 @@
 // The aarch64 SIMD kernel tables, best first. Compiled with baseline
-// (ARMv8.0) flags: it only takes the address of the dot-product entry point.
+// (ARMv8.0) flags: it only takes the addresses of the dot-product entry points.
 // Quantization has no NEON path yet and uses the portable one.
 #include "dispatch.h"
 
@@ -9,7 +9,9 @@ namespace {
 bool has_dot_product(const CpuFeatures& f) { return f.asimd && f.asimddp; }
 
 constexpr IsaKernels kTables[] = {
-    {"neon_dot", has_dot_product, gemm_packed_s8_f32_neon_dot, quantize_row_generic},
+    {"neon_dot", has_dot_product, gemm_packed_s8_f32_neon_dot, quantize_row_generic,
+     gemm_sparse_f32_neon_dot, gemm_sparse_s8_neon_dot, gemm_2to4_f32_neon_dot, gemm_2to4_s8_neon_dot,
+     gemm_w4_f32_neon_dot},
 };
 
 }  // namespace

@@ -14,6 +14,7 @@
 // the sign trick.) Each accumulator holds two partial sums per channel, which
 // are added once at the end of K.
 #include "cpu_kernels.h"
+#include "arch/x86_64/simd_avx2.h"
 #include "epilogue_math.h"
 
 #include <immintrin.h>
@@ -38,44 +39,6 @@ inline __m256i load_group_s16(const int8_t* a, int64_t k, int64_t group) {
         std::memcpy(&bytes, a + first, static_cast<size_t>(k - first));
     }
     return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(bytes)));
-}
-
-inline __m256 tanh_ps(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-EDGEVLA_TANH_CLAMP)), _mm256_set1_ps(EDGEVLA_TANH_CLAMP));
-    const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_A13)), _mm256_set1_ps(EDGEVLA_TANH_A11));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A9));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A7));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A5));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A3));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A1));
-    p = _mm256_mul_ps(x, p);
-    __m256 q = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_B6)), _mm256_set1_ps(EDGEVLA_TANH_B4));
-    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B2));
-    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B0));
-    return _mm256_div_ps(p, q);
-}
-
-inline __m256 activate(edgevla_activation activation, __m256 v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
-        case EDGEVLA_ACTIVATION_GELU_TANH: {
-            const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-            const __m256 inner = _mm256_mul_ps(
-                _mm256_set1_ps(EDGEVLA_GELU_SQRT_2_OVER_PI),
-                _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(EDGEVLA_GELU_CUBIC), cube)));
-            const __m256 t = tanh_ps(inner);
-            return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), t));
-        }
-    }
-    return v;
-}
-
-// Pair partial sums of channels 0-3 and 4-7 -> the 8 channel sums in order.
-inline __m256i finish_pairs(__m256i low4, __m256i high4) {
-    // hadd works per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; swap the middle quadwords.
-    return _mm256_permute4x64_epi64(_mm256_hadd_epi32(low4, high4), 0xD8);
 }
 
 // Rows [row, row + MR) x one block of 16 channels.

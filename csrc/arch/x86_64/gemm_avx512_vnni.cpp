@@ -9,18 +9,18 @@
 // vpdpbusd multiplies unsigned by signed bytes: the kernel feeds a + 128
 // (a XOR 0x80) and subtracts the packed compensation 128 * rowsum(W)
 // (packed_formats.h). Accumulation wraps in int32, and the wrap cancels.
+//
+// The register tile is 8 rows x 2 blocks (16 accumulators): per group of 4 k,
+// 2 weight loads, 8 activation broadcasts (each a single vpxord with an
+// embedded broadcast, which also adds the 128) and 16 vpdpbusd. Measured on
+// the reference shapes, larger tiles (10 x 2, 6 x 4, 8 x 3) ran slower (their
+// row pointers spill), and staging the shifted activations in a stack buffer
+// cost more than the xor it saves.
 #include "cpu_kernels.h"
 #include "epilogue_math.h"
+#include "kernel_common.h"
 
-// GCC 12's avx512fintrin.h initialises _mm512_undefined_ps() from itself and
-// warns about it wherever an intrinsic using it is inlined (GCC bug 105593,
-// fixed in GCC 13); the warning is about the header, not this code.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-#include <immintrin.h>
+#include "arch/x86_64/simd_avx512.h"
 
 #include <cfloat>
 #include <cstring>
@@ -30,6 +30,9 @@ namespace {
 
 constexpr int64_t kBlockN = EDGEVLA_PACKED_S8_BLOCK_N;
 constexpr int64_t kCellBytes = EDGEVLA_PACKED_S8_BLOCK_N * EDGEVLA_PACKED_S8_BLOCK_K;
+// The register tile: kTileRows x kTileBlocks accumulators.
+constexpr int kTileRows = 8;
+constexpr int kTileBlocks = 2;
 
 // Four activations of group `group` as one int32, shifted to unsigned; a
 // partial last group is zero-filled (its weights are zero too) and never read
@@ -41,39 +44,16 @@ inline int32_t load_group_u8(const int8_t* a, int64_t k, int64_t group) {
     return static_cast<int32_t>(bytes ^ 0x80808080u);
 }
 
-inline __m512 tanh_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-EDGEVLA_TANH_CLAMP)), _mm512_set1_ps(EDGEVLA_TANH_CLAMP));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_add_ps(_mm512_mul_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_A13)), _mm512_set1_ps(EDGEVLA_TANH_A11));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A9));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A7));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A5));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A3));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A1));
-    p = _mm512_mul_ps(x, p);
-    __m512 q = _mm512_add_ps(_mm512_mul_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_B6)), _mm512_set1_ps(EDGEVLA_TANH_B4));
-    q = _mm512_add_ps(_mm512_mul_ps(x2, q), _mm512_set1_ps(EDGEVLA_TANH_B2));
-    q = _mm512_add_ps(_mm512_mul_ps(x2, q), _mm512_set1_ps(EDGEVLA_TANH_B0));
-    return _mm512_div_ps(p, q);
-}
-
-inline __m512 activate(edgevla_activation activation, __m512 v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return _mm512_max_ps(v, _mm512_setzero_ps());
-        case EDGEVLA_ACTIVATION_GELU_TANH: {
-            const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-            const __m512 inner = _mm512_mul_ps(
-                _mm512_set1_ps(EDGEVLA_GELU_SQRT_2_OVER_PI),
-                _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(EDGEVLA_GELU_CUBIC), cube)));
-            const __m512 t = tanh_ps(inner);
-            return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
-        }
-    }
-    return v;
+// The four activations at `a`, + 128, in every 32-bit lane: a broadcast load
+// and an xor, no trip through a general-purpose register.
+inline __m512i broadcast_group_u8(const int8_t* a) {
+    int32_t bytes;
+    std::memcpy(&bytes, a, 4);  // a fixed size: one load, not a call
+    return _mm512_xor_si512(_mm512_set1_epi32(bytes), _mm512_set1_epi32(static_cast<int32_t>(0x80808080u)));
 }
 
 // Rows [row, row + MR) x blocks [block, block + NB): MR * NB zmm accumulators.
+// Per group of 4 k: NB weight loads, MR broadcasts, MR * NB vpdpbusd.
 template <int MR, int NB>
 void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
     const PackedS8View& w = args.w;
@@ -87,18 +67,19 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
     for (int r = 0; r < MR; ++r)
         for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
 
-    for (int64_t group = 0; group < w.k_groups; ++group) {
+    for (int64_t group = 0; group < full_groups; ++group) {
         __m512i weights[NB];
         for (int j = 0; j < NB; ++j) weights[j] = _mm512_loadu_si512(cells[j] + group * kCellBytes);
         for (int r = 0; r < MR; ++r) {
-            int32_t a4;
-            if (group < full_groups) {
-                std::memcpy(&a4, a[r] + group * 4, 4);
-                a4 ^= static_cast<int32_t>(0x80808080u);
-            } else {
-                a4 = load_group_u8(a[r], w.k, group);
-            }
-            const __m512i a_u8 = _mm512_set1_epi32(a4);
+            const __m512i a_u8 = broadcast_group_u8(a[r] + group * 4);
+            for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], a_u8, weights[j]);
+        }
+    }
+    if (full_groups < w.k_groups) {  // the last, partial group
+        __m512i weights[NB];
+        for (int j = 0; j < NB; ++j) weights[j] = _mm512_loadu_si512(cells[j] + full_groups * kCellBytes);
+        for (int r = 0; r < MR; ++r) {
+            const __m512i a_u8 = _mm512_set1_epi32(load_group_u8(a[r], w.k, full_groups));
             for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], a_u8, weights[j]);
         }
     }
@@ -122,25 +103,83 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
     }
 }
 
+// 1 to 3 rows x one block: what is left of M after the 8- and 4-row tiles,
+// and all of a GEMV. One block at a time keeps the weights one sequential
+// stream (the blocks lie one after the other), which the hardware prefetcher
+// follows; two blocks at once, two streams, measured much slower at M = 1
+// with the weights in DRAM. Four accumulators per row, over alternate groups,
+// keep vpdpbusd's latency hidden; integer sums do not depend on the order.
+template <int MR>
+void thin_tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
+    constexpr int kChains = 4;
+    const PackedS8View& w = args.w;
+    const int64_t full_groups = w.k / 4;
+    const int8_t* cells = w.weights + block * w.k_groups * kCellBytes;
+    const int8_t* a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = args.a + (row + r) * args.lda;
+    __m512i acc[MR][kChains];
+    for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < kChains; ++h) acc[r][h] = _mm512_setzero_si512();
+
+    int64_t group = 0;
+    for (; group + kChains <= full_groups; group += kChains) {
+        for (int h = 0; h < kChains; ++h) {
+            const __m512i weights = _mm512_loadu_si512(cells + (group + h) * kCellBytes);
+            for (int r = 0; r < MR; ++r) {
+                acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], broadcast_group_u8(a[r] + (group + h) * 4), weights);
+            }
+        }
+    }
+    for (; group < w.k_groups; ++group) {  // the last full groups and a partial one
+        const __m512i weights = _mm512_loadu_si512(cells + group * kCellBytes);
+        for (int r = 0; r < MR; ++r) {
+            const __m512i a_u8 = group < full_groups ? broadcast_group_u8(a[r] + group * 4)
+                                                     : _mm512_set1_epi32(load_group_u8(a[r], w.k, group));
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a_u8, weights);
+        }
+    }
+    const int64_t col0 = block * kBlockN, cols = block_columns(w.n, block);
+    const __m512i compensation = _mm512_loadu_si512(w.compensation + col0);
+    for (int r = 0; r < MR; ++r) {
+        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[r][0], acc[r][1]), _mm512_add_epi32(acc[r][2], acc[r][3]));
+        store_s8_epilogue(args.epilogue, row + r, col0, cols, _mm512_sub_epi32(sum, compensation),
+                          args.c + (row + r) * args.ldc);
+    }
+}
+
+// Rows [row_begin, row_end) x blocks [block, block + NB), in tiles of
+// kTileRows rows, then the remainder.
+// Rows [row_begin, row_end) (a multiple of 4) x blocks [block, block + NB),
+// in tiles of kTileRows rows, then one of 4.
 template <int NB>
 void rows_of_tiles(const GemmPackedArgs& args, int64_t row_begin, int64_t row_end, int64_t block) {
     int64_t row = row_begin;
-    for (; row + 4 <= row_end; row += 4) tile<4, NB>(args, row, block);
-    switch (row_end - row) {
-        case 3: tile<3, NB>(args, row, block); break;
-        case 2: tile<2, NB>(args, row, block); break;
-        case 1: tile<1, NB>(args, row, block); break;
-        default: break;
-    }
+    for (; row + kTileRows <= row_end; row += kTileRows) tile<kTileRows, NB>(args, row, block);
+    if (row < row_end) tile<4, NB>(args, row, block);
 }
 
 }  // namespace
 
 void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs& args, int64_t row_begin, int64_t row_end,
                                     int64_t block_begin, int64_t block_end) {
-    int64_t block = block_begin;
-    for (; block + 2 <= block_end; block += 2) rows_of_tiles<2>(args, row_begin, row_end, block);
-    if (block < block_end) rows_of_tiles<1>(args, row_begin, row_end, block);
+    for_row_chunks(row_begin, row_end, args.w.k, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+        const int64_t tiled_end = chunk_begin + (chunk_end - chunk_begin) / 4 * 4;
+        if (tiled_end > chunk_begin) {
+            int64_t block = block_begin;
+            for (; block + kTileBlocks <= block_end; block += kTileBlocks) {
+                rows_of_tiles<kTileBlocks>(args, chunk_begin, tiled_end, block);
+            }
+            if (block < block_end) rows_of_tiles<1>(args, chunk_begin, tiled_end, block);
+        }
+        for (int64_t block = block_begin; block < block_end; ++block) {
+            switch (chunk_end - tiled_end) {
+                case 3: thin_tile<3>(args, tiled_end, block); break;
+                case 2: thin_tile<2>(args, tiled_end, block); break;
+                case 1: thin_tile<1>(args, tiled_end, block); break;
+                default: break;
+            }
+        }
+    });
 }
 
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale) {

@@ -1,0 +1,98 @@
+// AVX2 pieces shared by the kernels compiled with -mavx2
+// (arch/x86_64/*_avx2.cpp): the epilogue's tanh, GELU and ReLU on 8 floats,
+// op by op as epilogue_math.h specifies them (bit-identical to the scalar
+// versions). No FMA: the AVX2 table needs nothing but AVX2.
+//
+// Anonymous namespace: every file that includes this gets a private copy, so
+// no AVX2 instruction can reach a function the linker shares with baseline
+// code. Include only from files compiled with -mavx2.
+#pragma once
+
+#include "cpu_kernels.h"
+#include "epilogue_math.h"
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace edgevla {
+namespace {
+
+inline __m256 tanh_ps(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-EDGEVLA_TANH_CLAMP)), _mm256_set1_ps(EDGEVLA_TANH_CLAMP));
+    const __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_A13)), _mm256_set1_ps(EDGEVLA_TANH_A11));
+    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A9));
+    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A7));
+    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A5));
+    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A3));
+    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A1));
+    p = _mm256_mul_ps(x, p);
+    __m256 q = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_B6)), _mm256_set1_ps(EDGEVLA_TANH_B4));
+    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B2));
+    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B0));
+    return _mm256_div_ps(p, q);
+}
+
+inline __m256 activate(edgevla_activation activation, __m256 v) {
+    switch (activation) {
+        case EDGEVLA_ACTIVATION_NONE: return v;
+        case EDGEVLA_ACTIVATION_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
+        case EDGEVLA_ACTIVATION_GELU_TANH: {
+            const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+            const __m256 inner = _mm256_mul_ps(
+                _mm256_set1_ps(EDGEVLA_GELU_SQRT_2_OVER_PI),
+                _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(EDGEVLA_GELU_CUBIC), cube)));
+            const __m256 t = tanh_ps(inner);
+            return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), t));
+        }
+    }
+    return v;
+}
+
+// Pair partial sums of channels 0-3 and 4-7 -> the 8 channel sums in order.
+inline __m256i finish_pairs(__m256i low4, __m256i high4) {
+    // hadd works per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; swap the middle quadwords.
+    return _mm256_permute4x64_epi64(_mm256_hadd_epi32(low4, high4), 0xD8);
+}
+
+// The float epilogue of cpu_kernels.h on 16 accumulators (channels 0-7 in
+// low, 8-15 in high) of block `col0`: act(acc + bias), stored to the first
+// `cols` lanes of c.
+inline void store16_f32_epilogue(const EpilogueF32& epilogue, int64_t col0, int64_t cols, __m256 low, __m256 high,
+                                 float* c) {
+    float bias[16] = {};
+    if (epilogue.bias != nullptr) std::memcpy(bias, epilogue.bias + col0, static_cast<size_t>(cols) * sizeof(float));
+    float values[16];
+    const __m256 halves[2] = {low, high};
+    for (int half = 0; half < 2; ++half) {
+        __m256 v = halves[half];
+        if (epilogue.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
+        _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
+    }
+    std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
+}
+
+// The W8A8 epilogue of gemm_s8s8.h on 16 exact accumulators of row `row`,
+// block `col0` (w_scale has 16 valid values from col0), op by op as the
+// reference, stored to the first `cols` lanes of c.
+inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64_t row, int64_t col0, int64_t cols,
+                                __m256i low, __m256i high, float* c) {
+    float bias[16] = {};
+    if (epilogue.bias != nullptr) std::memcpy(bias, epilogue.bias + col0, static_cast<size_t>(cols) * sizeof(float));
+    const __m256 a_scale =
+        _mm256_set1_ps(epilogue.a_scale[epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN ? row : 0]);
+    float values[16];
+    const __m256i halves[2] = {low, high};
+    for (int half = 0; half < 2; ++half) {
+        const __m256 scale = _mm256_mul_ps(a_scale, _mm256_loadu_ps(epilogue.w_scale + col0 + 8 * half));
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(halves[half]), scale);
+        if (epilogue.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
+        _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
+    }
+    std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
+}
+
+}  // namespace
+}  // namespace edgevla

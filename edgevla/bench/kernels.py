@@ -1,0 +1,502 @@
+"""``edgevla bench kernels``: the native CPU kernels on the reference policies' linear shapes, beside the peers.
+
+For every linear shape of the reference policies (``edgevla.models.vla.CONFIGS``:
+attention ``d x d``, MLP ``d x 4d`` and ``4d x d``) and M = 1, 16, 64, 256 rows
+(tokens), it times in one run, on the same data:
+
+==============  ====================================================  =================================
+op              what runs (input -> output)                           backends
+==============  ====================================================  =================================
+linear-f32      float32 x -> float32, dense float32 weight            torch-fp32 (``F.linear``)
+linear-int8     float32 x -> quantize per token -> int8 GEMM ->       torch-dynamic-int8 (fbgemm), edgevla
+                float32 (dynamic W8A8)
+gemm-int8       int8 activations -> int8 GEMM (int32 out for ORT,     onnxruntime-int8 (one MatMulInteger
+                dequantized float32 for edgevla)                      node), edgevla
+sparse-f32      float32, unstructured sparse float32 weight           edgevla (50 % and 90 % sparsity)
+sparse-int8     int8 activations, unstructured sparse int8 weight     edgevla (50 % and 90 %)
+2to4-int8       int8 activations, 2:4 sparse int8 weight              edgevla
+2to4-f32        float32, 2:4 sparse float32 weight                    edgevla
+int4-g32/g128   float32, int4 weight, groups of 32 / 128              edgevla
+==============  ====================================================  =================================
+
+Each row has ``op``, ``M``, ``K``, ``N``, ``sparsity``, ``backend``, ``us``
+(median microseconds of repeated calls), ``gops`` (dense-equivalent
+``2 M N K`` operations per second, so sparse kernels show their speed-up),
+``gbps`` (bytes of the weight as the backend stores it, plus input and
+output, per second), ``shape`` (policy and layer) and ``cache``. ``hot`` rows
+call the same weight again and again (it stays in cache, as in a loop over one
+small layer); ``cold`` rows (M = 1 on the base-vla shapes) rotate over copies
+of the weight totalling more than the last-level cache, so each call streams
+its weight from memory, as a real model larger than the cache does: those are
+the rows to hold against the measured copy bandwidth (``numpy.copyto`` of a
+256 MB buffer, counting bytes read plus written, STREAM's convention).
+
+The issue's goals are computed from the rows as ratios within this one run and
+reported as met or not, never asserted: on a shared machine only ratios are
+meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgevlaError
+
+CONFIG_NAMES = ("tiny-vla", "small-vla", "base-vla")
+DEFAULT_MS = (1, 16, 64, 256)
+COLD_BYTES = 96 * 2**20  # rotate weights over more than this (above common L3 sizes)
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = _names(args.configs, CONFIG_NAMES, "--configs") if args.configs else None
+    ms = _ints(args.ms, "--ms") if args.ms else None
+    threads = args.threads if args.threads is not None else (os.cpu_count() or 1)
+    if threads < 1:
+        raise EdgevlaError("--threads must be >= 1")
+    if args.min_time is not None and args.min_time <= 0:
+        raise EdgevlaError("--min-time must be > 0")
+    result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time)
+    print_table(result)
+    if args.json:
+        path = Path(args.json)
+        try:
+            path.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise EdgevlaError(f"cannot write {path}: {e.strerror or e}") from None
+        print(f"wrote {path}")
+    return 0
+
+
+def _names(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in chosen if name not in allowed]
+    if unknown or not chosen:
+        raise EdgevlaError(f"{flag}: expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return chosen
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise EdgevlaError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+# ------------------------------------------------------------------ shapes ---
+
+@dataclass(frozen=True)
+class Shape:
+    policy: str
+    layer: str
+    k: int
+    n: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy} {self.layer}"
+
+
+def reference_shapes(configs: Sequence[str] = CONFIG_NAMES) -> list[Shape]:
+    """The distinct linear shapes of the reference policies' transformer blocks."""
+    from ..models.vla import CONFIGS
+
+    shapes = []
+    for name in configs:
+        d = CONFIGS[name].d_model
+        hidden = int(d * CONFIGS[name].mlp_ratio)
+        shapes += [Shape(name, "attn", d, d), Shape(name, "fc1", d, hidden), Shape(name, "fc2", hidden, d)]
+    return shapes
+
+
+# ------------------------------------------------------------------ timing ---
+
+def time_us(call: Callable[[], Any], min_time: float, min_runs: int = 5) -> float:
+    """Median microseconds of one call, over at least `min_runs` calls and `min_time` seconds."""
+    call()
+    call()
+    samples: list[int] = []
+    start = time.perf_counter()
+    while len(samples) < min_runs or (time.perf_counter() - start < min_time and len(samples) < 100_000):
+        t0 = time.perf_counter_ns()
+        call()
+        samples.append(time.perf_counter_ns() - t0)
+    return statistics.median(samples) / 1e3
+
+
+def copy_bandwidth_gbps(megabytes: int = 256, repeats: int = 5) -> float:
+    """Best numpy copy of a `megabytes` buffer, in GB/s of bytes read plus written."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.empty_like(source)
+    best = min(_timed(lambda: np.copyto(target, source)) for _ in range(repeats))
+    return 2 * source.nbytes / best / 1e9
+
+
+def _timed(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+# -------------------------------------------------------------- backends ---
+
+class _Rows:
+    """Collects rows; each backend adds its timing with the bytes it moves."""
+
+    def __init__(self, min_time: float):
+        self.min_time = min_time
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, op: str, shape: Shape, m: int, backend: str, call: Callable[[], Any], *, weight_bytes: int,
+            io_bytes: int, sparsity: float = 0.0, cache: str = "hot") -> None:
+        us = time_us(call, self.min_time)
+        self.rows.append({
+            "op": op, "M": m, "K": shape.k, "N": shape.n, "sparsity": sparsity, "backend": backend,
+            "us": round(us, 3), "gops": round(2 * m * shape.n * shape.k / us / 1e3, 3),
+            "gbps": round((weight_bytes + io_bytes) / us / 1e3, 3), "shape": shape.name, "cache": cache,
+            "weight_bytes": weight_bytes,
+        })
+
+
+def _rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call per invocation, cycling through `calls` (each on its own copy of a weight)."""
+    state = {"next": 0}
+
+    def call():
+        calls[state["next"]]()
+        state["next"] = (state["next"] + 1) % len(calls)
+
+    return call
+
+
+def _copies(weight_bytes: int) -> int:
+    return max(2, -(-COLD_BYTES // max(weight_bytes, 1)))
+
+
+def _unstructured(rng: np.random.Generator, w: np.ndarray, sparsity: float) -> np.ndarray:
+    w = w.copy()
+    w[rng.random(w.shape) < sparsity] = 0
+    return w
+
+
+def _two_to_four(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """Keep the 2 largest of every 4 consecutive weights of a row (magnitude 2:4 pruning)."""
+    n, k = w.shape
+    padded = np.zeros((n, -(-k // 4) * 4), w.dtype)
+    padded[:, :k] = w
+    groups = padded.reshape(n, -1, 4)
+    drop = np.argsort(np.abs(groups), axis=2)[:, :, :2]
+    np.put_along_axis(groups, drop, 0, axis=2)
+    return padded[:, :k].copy()
+
+
+def _torch_dynamic_int8(linear):
+    """PyTorch's dynamic int8 Linear (fbgemm): the peer the issue names, deprecated in favour of
+    torchao but still PyTorch's own int8 CPU path; its deprecation warnings are not the user's business."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.ao.quantization")
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*quantized tensor creation")
+        return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+
+
+def _ort_matmul_integer(k: int, n: int, w_int8: np.ndarray, threads: int):
+    """An ONNX Runtime session of one MatMulInteger node: uint8 (M, K) x int8 (K, N) -> int32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w", "a_zero"], ["y"])],
+        "matmul_integer",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, ["M", n])],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(w_int8.T), "w"),
+                     numpy_helper.from_array(np.array(128, np.uint8), "a_zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], threads: int, cold: bool,
+                 rng: np.random.Generator) -> None:
+    import torch
+
+    from .. import native
+
+    k, n = shape.k, shape.n
+    w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
+    bias = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    w_scale = (np.abs(w).max(axis=1) / 127).astype(np.float32)
+    w_int8 = np.clip(np.rint(w / w_scale[:, None]), -127, 127).astype(np.int8)
+
+    linear = torch.nn.Linear(k, n)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w))
+        linear.bias.copy_(torch.from_numpy(bias))
+    dynamic = _torch_dynamic_int8(linear)
+    session = _ort_matmul_integer(k, n, w_int8, threads)
+    w_t = torch.from_numpy(w)
+    bias_t = torch.from_numpy(bias)
+
+    packed = {"dense-int8": native.pack_weight_s8(w_int8, w_scale)}
+    for sparsity in (0.5, 0.9):
+        packed[f"sparse-f32@{sparsity}"] = native.pack_sparse_f32(_unstructured(rng, w, sparsity))
+        packed[f"sparse-int8@{sparsity}"] = native.pack_sparse_s8(_unstructured(rng, w_int8, sparsity), w_scale)
+    w24 = _two_to_four(rng, w)
+    packed["2to4-f32"] = native.pack_2to4_f32(w24)
+    packed["2to4-int8"] = native.pack_2to4_s8(np.clip(np.rint(w24 / w_scale[:, None]), -127, 127).astype(np.int8),
+                                              w_scale)
+    for group in (32, 128):
+        codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)  # every nibble, as quantized weights are
+        scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
+        packed[f"int4-g{group}"] = native.pack_w4(codes, scales, group, k=k)
+
+    for m in ms:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        x_t = torch.from_numpy(x)
+        q, a_scale = native.quantize_per_token(x)
+        a_u8 = (q.astype(np.int16) + 128).astype(np.uint8)
+        out = np.empty((m, n), np.float32)
+        f32_io, int8_io = 4 * m * (k + n), m * (k + 4 * n)
+
+        with torch.inference_mode():
+            rows.add("linear-f32", shape, m, "torch-fp32", lambda: torch.nn.functional.linear(x_t, w_t, bias_t),
+                     weight_bytes=4 * n * k, io_bytes=f32_io)
+            rows.add("linear-int8", shape, m, "torch-dynamic-int8", lambda: dynamic(x_t), weight_bytes=n * k,
+                     io_bytes=f32_io)
+
+        def linear_int8():
+            q_, s_ = native.quantize_per_token(x)
+            native.gemm_s8s8_f32(q_, packed["dense-int8"], s_, bias, out=out)
+
+        rows.add("linear-int8", shape, m, "edgevla", linear_int8, weight_bytes=packed["dense-int8"].size,
+                 io_bytes=f32_io)
+        rows.add("gemm-int8", shape, m, "onnxruntime-int8", lambda: session.run(None, {"a": a_u8}),
+                 weight_bytes=n * k, io_bytes=int8_io)
+        rows.add("gemm-int8", shape, m, "edgevla",
+                 lambda: native.gemm_s8s8_f32(q, packed["dense-int8"], a_scale, bias, out=out),
+                 weight_bytes=packed["dense-int8"].size, io_bytes=int8_io)
+        for sparsity in (0.5, 0.9):
+            p = packed[f"sparse-f32@{sparsity}"]
+            rows.add("sparse-f32", shape, m, "edgevla", lambda p=p: native.gemm_sparse_f32(x, p, bias, out=out),
+                     weight_bytes=p.size, io_bytes=f32_io, sparsity=sparsity)
+            p = packed[f"sparse-int8@{sparsity}"]
+            rows.add("sparse-int8", shape, m, "edgevla",
+                     lambda p=p: native.gemm_sparse_s8s8_f32(q, p, a_scale, bias, out=out),
+                     weight_bytes=p.size, io_bytes=int8_io, sparsity=sparsity)
+        rows.add("2to4-int8", shape, m, "edgevla",
+                 lambda: native.gemm_2to4_s8s8_f32(q, packed["2to4-int8"], a_scale, bias, out=out),
+                 weight_bytes=packed["2to4-int8"].size, io_bytes=int8_io, sparsity=0.5)
+        rows.add("2to4-f32", shape, m, "edgevla", lambda: native.gemm_2to4_f32(x, packed["2to4-f32"], bias, out=out),
+                 weight_bytes=packed["2to4-f32"].size, io_bytes=f32_io, sparsity=0.5)
+        for group in (32, 128):
+            p = packed[f"int4-g{group}"]
+            rows.add(f"int4-g{group}", shape, m, "edgevla", lambda p=p: native.gemm_w4_f32(x, p, bias, out=out),
+                     weight_bytes=p.size, io_bytes=f32_io)
+
+        if cold and m == 1:
+            _bench_cold(rows, shape, x, q, a_scale, bias, out, w, packed)
+
+
+def _bench_cold(rows: _Rows, shape: Shape, x, q, a_scale, bias, out, w, packed) -> None:
+    """M = 1 with the weight streamed from memory: each call uses the next of many copies."""
+    import torch
+
+    from .. import native
+
+    x_t, bias_t = torch.from_numpy(x), torch.from_numpy(bias)
+    torch_copies = [torch.from_numpy(w.copy()) for _ in range(_copies(w.nbytes))]
+    with torch.inference_mode():
+        rows.add("linear-f32", shape, 1, "torch-fp32",
+                 _rotating([lambda w_t=w_t: torch.nn.functional.linear(x_t, w_t, bias_t) for w_t in torch_copies]),
+                 weight_bytes=w.nbytes, io_bytes=4 * (shape.k + shape.n), cache="cold")
+    del torch_copies
+    cases = [("gemm-int8", "dense-int8", 0.0, True), ("sparse-f32", "sparse-f32@0.9", 0.9, False),
+             ("2to4-int8", "2to4-int8", 0.5, True), ("int4-g32", "int4-g32", 0.0, False),
+             ("int4-g128", "int4-g128", 0.0, False)]
+    gemms = {"gemm-int8": native.gemm_s8s8_f32, "2to4-int8": native.gemm_2to4_s8s8_f32,
+             "sparse-f32": native.gemm_sparse_f32, "int4-g32": native.gemm_w4_f32, "int4-g128": native.gemm_w4_f32}
+    for op, key, sparsity, int8 in cases:
+        copies = [packed[key].copy() for _ in range(_copies(packed[key].size))]
+        gemm = gemms[op]
+        if int8:
+            calls = [lambda p=p: gemm(q, p, a_scale, bias, out=out) for p in copies]
+        else:
+            calls = [lambda p=p: gemm(x, p, bias, out=out) for p in copies]
+        rows.add(op, shape, 1, "edgevla", _rotating(calls), weight_bytes=packed[key].size,
+                 io_bytes=(1 if int8 else 4) * shape.k + 4 * shape.n, sparsity=sparsity, cache="cold")
+
+
+# ------------------------------------------------------------------- goals ---
+
+def _find(rows, **match) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def _ratio_goal(rows, goal: str, threshold: float, pairs) -> dict[str, Any]:
+    """`pairs`: (label, numerator row, denominator row); the ratio is numerator us / denominator us."""
+    values = []
+    for label, slow, fast in pairs:
+        if slow is not None and fast is not None:
+            values.append({"where": label, "ratio": round(slow["us"] / fast["us"], 3)})
+    return _verdict(goal, threshold, values)
+
+
+def _verdict(goal: str, threshold: float, values: list[dict[str, Any]]) -> dict[str, Any]:
+    ratios = [v["ratio"] for v in values]
+    met_count = sum(r >= threshold for r in ratios)
+    return {
+        "goal": goal, "threshold": threshold, "values": values,
+        "geomean": round(float(np.exp(np.mean(np.log(ratios)))), 3) if ratios else None,
+        "min": min(ratios) if ratios else None, "met_count": met_count, "count": len(ratios),
+        "met": (met_count == len(ratios)) if ratios else None,
+    }
+
+
+def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
+    """The issue's kernel goals, as ratios of rows of this run."""
+    shapes = sorted({(r["shape"], r["K"], r["N"]) for r in rows}, key=lambda s: (s[1] * s[2], s[0]))
+    ms = sorted({r["M"] for r in rows})
+
+    def at(op, backend, shape, m, cache="hot", **extra):
+        return _find(rows, op=op, backend=backend, shape=shape[0], M=m, cache=cache, **extra)
+
+    big_ms = [m for m in ms if m >= 16]
+    result = [
+        _ratio_goal(rows, "int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)",
+                    1.2, [(f"{s[0]} M={m}", at("linear-int8", "torch-dynamic-int8", s, m),
+                           at("linear-int8", "edgevla", s, m)) for s in shapes for m in big_ms]),
+        _ratio_goal(rows, "int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)", 1.2,
+                    [(f"{s[0]} M={m}", at("gemm-int8", "onnxruntime-int8", s, m), at("gemm-int8", "edgevla", s, m))
+                     for s in shapes for m in big_ms]),
+        _ratio_goal(rows, "int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)", 4.0,
+                    [(f"{s[0]} M={m}", at("linear-f32", "torch-fp32", s, m), at("linear-int8", "edgevla", s, m))
+                     for s in shapes for m in big_ms]),
+    ]
+    for cache in ("hot", "cold"):
+        for group in (32, 128):
+            result.append(_ratio_goal(
+                rows, f"int4 g{group} GEMV >= 5x fp32 GEMV at M = 1 ({cache} weights)", 5.0,
+                [(s[0], at("linear-f32", "torch-fp32", s, 1, cache), at(f"int4-g{group}", "edgevla", s, 1, cache))
+                 for s in shapes]))
+    for group in (32, 128):
+        values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)}
+                  for r in rows if r["op"] == f"int4-g{group}" and r["M"] == 1 and r["cache"] == "cold"]
+        result.append(_verdict(f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights)", 0.7,
+                               values))
+    for cache in ("hot", "cold"):
+        result.append(_ratio_goal(
+            rows, f"90 % unstructured sparse GEMV >= 4x dense fp32 GEMV ({cache} weights)", 4.0,
+            [(s[0], at("linear-f32", "torch-fp32", s, 1, cache), at("sparse-f32", "edgevla", s, 1, cache, sparsity=0.9))
+             for s in shapes]))
+        result.append(_ratio_goal(
+            rows, f"2:4 int8 GEMV >= 1.4x dense int8 GEMV ({cache} weights)", 1.4,
+            [(s[0], at("gemm-int8", "edgevla", s, 1, cache), at("2to4-int8", "edgevla", s, 1, cache))
+             for s in shapes]))
+    return [g for g in result if g["count"]]
+
+
+# ------------------------------------------------------------------- entry ---
+
+def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, ms: Sequence[int] | None = None,
+                  threads: int | None = None, min_time: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run the benchmark; a JSON-ready dict: host, copy bandwidth, rows and goals.
+
+    ``quick``: tiny-vla and base-vla shapes at M = 1 and 16 with short timing
+    (a smoke run); otherwise every config at M = 1, 16, 64, 256.
+    """
+    import onnxruntime
+    import torch
+
+    from .. import native
+
+    if quick:
+        configs = configs or ("tiny-vla", "base-vla")
+        ms = ms or (1, 16)
+        min_time = min_time or 0.02
+    configs = tuple(configs or CONFIG_NAMES)
+    ms = tuple(ms or DEFAULT_MS)
+    min_time = min_time or 0.15
+    threads = threads or os.cpu_count() or 1
+
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "fbgemm"
+    torch_threads = torch.get_num_threads()
+    native_threads = native.get_num_threads()
+    torch.set_num_threads(threads)
+    native.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    rows = _Rows(min_time)
+    try:
+        copy_gbps = copy_bandwidth_gbps(64 if quick else 256)
+        for shape in reference_shapes(configs):
+            _bench_shape(rows, shape, ms, threads, cold=shape.policy == "base-vla", rng=rng)
+    finally:
+        torch.set_num_threads(torch_threads)
+        native.set_num_threads(native_threads)
+    return {
+        "benchmark": "kernels",
+        "host": {"machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+                 "load_average": [round(v, 2) for v in os.getloadavg()],
+                 "isa": native.get_isa(), "threads": threads, "torch": torch.__version__,
+                 "torch_quantized_engine": torch.backends.quantized.engine,
+                 "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+        "copy_gbps": round(copy_gbps, 2),
+        "min_time_s": min_time,
+        "rows": rows.rows,
+        "goals": goals(rows.rows, copy_gbps),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    host = result["host"]
+    table = Table(title=f"bench kernels · {host['cpu']} · {host['isa']} · {host['threads']} thread(s) · "
+                        f"copy bandwidth {result['copy_gbps']:.1f} GB/s (read + write) · "
+                        f"load average {host['load_average'][0]:.1f} on {host['cores']} cores")
+    for column in ("shape", "op", "M", "K", "N", "sparsity", "backend", "cache", "us", "GOP/s", "GB/s"):
+        table.add_column(column, justify="left" if column in ("shape", "op", "backend", "cache") else "right")
+    for r in result["rows"]:
+        table.add_row(r["shape"], r["op"], str(r["M"]), str(r["K"]), str(r["N"]),
+                      f"{r['sparsity']:.0%}" if r["sparsity"] else "-", r["backend"], r["cache"], f"{r['us']:,.1f}",
+                      f"{r['gops']:,.1f}", f"{r['gbps']:,.1f}")
+    console = Console(highlight=False, width=200)
+    console.print(table)
+    for g in result["goals"]:
+        verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        console.print(f"goal: {g['goal']}: geomean {g['geomean']}, min {g['min']} "
+                      f"(met on {g['met_count']}/{g['count']}) — {verdict}")

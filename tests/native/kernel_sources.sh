@@ -1,0 +1,50 @@
+# The sources of the CPU kernel library, as CMakeLists.txt builds them into
+# edgevla_native (less build_info and the CUDA stubs), with the extra flags of
+# each instruction-set file. Sourced by run_aarch64.sh and run_sanitizers.sh,
+# which compile the kernels and csrc/tests/kernel_driver.cpp without CMake or
+# Python; tests/test_native.py checks that this list and CMakeLists.txt agree.
+
+# Baseline flags, every architecture.
+KERNEL_SOURCES=(
+  cpu_features.cpp
+  gemm_ref.cpp
+  packed_header.cpp
+  pack_s8.cpp
+  pack_sparse.cpp
+  pack_2to4.cpp
+  pack_w4.cpp
+  dispatch.cpp
+  thread_pool.cpp
+  cpu_ops.cpp
+  arch/generic/gemm_packed_generic.cpp
+  arch/generic/sparse_generic.cpp
+  arch/generic/gemm_2to4_generic.cpp
+  arch/generic/gemm_w4_generic.cpp
+)
+
+# Baseline flags, one architecture.
+KERNEL_SOURCES_x86_64=(arch/x86_64/cpu_features_x86_64.cpp arch/x86_64/kernel_tables_x86_64.cpp)
+KERNEL_SOURCES_aarch64=(arch/aarch64/cpu_features_aarch64.cpp arch/aarch64/kernel_tables_aarch64.cpp)
+
+# Instruction-set files and their flags.
+AVX2_SOURCES=(
+  arch/x86_64/gemm_avx2.cpp
+  arch/x86_64/sparse_avx2.cpp
+  arch/x86_64/gemm_2to4_avx2.cpp
+  arch/x86_64/gemm_w4_avx2.cpp
+)
+AVX2_FLAGS=(-mavx2)
+AVX512_SOURCES=(
+  arch/x86_64/gemm_avx512_vnni.cpp
+  arch/x86_64/sparse_avx512_vnni.cpp
+  arch/x86_64/gemm_2to4_avx512_vnni.cpp
+  arch/x86_64/gemm_w4_avx512_vnni.cpp
+)
+AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
+NEON_DOT_SOURCES=(
+  arch/aarch64/gemm_neon_dot.cpp
+  arch/aarch64/sparse_neon_dot.cpp
+  arch/aarch64/gemm_2to4_neon_dot.cpp
+  arch/aarch64/gemm_w4_neon_dot.cpp
+)
+NEON_DOT_FLAGS=(-march=armv8.2-a+dotprod)

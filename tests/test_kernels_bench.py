@@ -1,0 +1,87 @@
+"""``edgevla bench kernels``: the rows it writes and the goals it derives from them.
+
+Speed is never asserted (a shared 2-core machine): the tests run a tiny
+benchmark for its structure, and check the goal arithmetic on hand-made rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgevla.bench import kernels
+from edgevla.cli import main
+
+FIELDS = {"op", "M", "K", "N", "sparsity", "backend", "us", "gops", "gbps", "shape", "cache", "weight_bytes"}
+
+
+def test_reference_shapes_are_the_policies_linear_layers():
+    from edgevla.models.vla import CONFIGS
+
+    shapes = kernels.reference_shapes(("tiny-vla", "base-vla"))
+    assert [(s.name, s.k, s.n) for s in shapes] == [
+        ("tiny-vla attn", 96, 96), ("tiny-vla fc1", 96, 384), ("tiny-vla fc2", 384, 96),
+        ("base-vla attn", 768, 768), ("base-vla fc1", 768, 3072), ("base-vla fc2", 3072, 768)]
+    assert CONFIGS["base-vla"].mlp_ratio == 4.0
+
+
+def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "kernels.json"
+    assert main(["bench", "kernels", "--quick", "--configs", "tiny-vla", "--ms", "1", "--min-time", "0.001",
+                 "--threads", "1", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert "bench kernels" in capsys.readouterr().out
+    assert result["copy_gbps"] > 0 and result["host"]["threads"] == 1
+    rows = result["rows"]
+    assert all(set(row) == FIELDS for row in rows)
+    backends = {(row["op"], row["backend"]) for row in rows}
+    assert {("linear-f32", "torch-fp32"), ("linear-int8", "torch-dynamic-int8"), ("gemm-int8", "onnxruntime-int8"),
+            ("linear-int8", "edgevla"), ("gemm-int8", "edgevla"), ("sparse-f32", "edgevla"), ("sparse-int8", "edgevla"),
+            ("2to4-int8", "edgevla"), ("2to4-f32", "edgevla"), ("int4-g32", "edgevla"),
+            ("int4-g128", "edgevla")} == backends
+    assert {row["sparsity"] for row in rows if row["op"] == "sparse-f32"} == {0.5, 0.9}
+    assert {(row["shape"], row["M"]) for row in rows} == {(f"tiny-vla {layer}", 1) for layer in ("attn", "fc1", "fc2")}
+    for row in rows:
+        assert row["us"] > 0
+        assert row["gops"] == pytest.approx(2 * row["M"] * row["N"] * row["K"] / row["us"] / 1e3, rel=1e-2, abs=1e-3)
+    goal_names = [g["goal"] for g in result["goals"]]
+    assert any("int4 g32 GEMV >= 5x" in name for name in goal_names)
+    assert any("2:4 int8 GEMV >= 1.4x" in name for name in goal_names)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ms", "0"], "--ms: expected comma-separated positive integers"),
+    (["--configs", "huge-vla"], "--configs: expected a comma-separated subset of tiny-vla,small-vla,base-vla"),
+    (["--threads", "0"], "--threads must be >= 1"),
+])
+def test_bad_arguments_are_one_line_errors(flags, message, capsys):
+    assert main(["bench", "kernels", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _row(op, backend, us, m=1, shape="base-vla fc1", cache="hot", sparsity=0.0, gbps=1.0):
+    return {"op": op, "backend": backend, "us": us, "M": m, "K": 768, "N": 3072, "shape": shape, "cache": cache,
+            "sparsity": sparsity, "gbps": gbps}
+
+
+def test_goals_are_ratios_of_rows_of_the_same_run():
+    rows = [
+        _row("linear-f32", "torch-fp32", 100.0), _row("int4-g32", "edgevla", 25.0),
+        _row("linear-f32", "torch-fp32", 300.0, cache="cold"),
+        _row("int4-g32", "edgevla", 50.0, cache="cold", gbps=30.0),
+        _row("sparse-f32", "edgevla", 20.0, sparsity=0.9), _row("sparse-f32", "edgevla", 60.0, sparsity=0.5),
+        _row("gemm-int8", "edgevla", 30.0), _row("2to4-int8", "edgevla", 20.0, sparsity=0.5),
+        _row("linear-int8", "torch-dynamic-int8", 120.0, m=16), _row("linear-int8", "edgevla", 100.0, m=16),
+    ]
+    goals = {g["goal"]: g for g in kernels.goals(rows, copy_gbps=40.0)}
+    hot = goals["int4 g32 GEMV >= 5x fp32 GEMV at M = 1 (hot weights)"]
+    assert hot["values"] == [{"where": "base-vla fc1", "ratio": 4.0}] and hot["met"] is False
+    assert goals["int4 g32 GEMV >= 5x fp32 GEMV at M = 1 (cold weights)"]["met"] is True
+    bandwidth = goals["int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights)"]
+    assert bandwidth["values"][0]["ratio"] == 0.75 and bandwidth["met"] is True
+    assert goals["90 % unstructured sparse GEMV >= 4x dense fp32 GEMV (hot weights)"]["values"][0]["ratio"] == 5.0
+    assert goals["2:4 int8 GEMV >= 1.4x dense int8 GEMV (hot weights)"]["values"][0]["ratio"] == 1.5
+    torch_goal = goals["int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)"]
+    assert torch_goal["values"] == [{"where": "base-vla fc1 M=16", "ratio": 1.2}] and torch_goal["met"] is True
+    assert not any("ONNX Runtime" in name for name in goals), "goals without rows are left out"
