@@ -116,8 +116,6 @@ def test_unknown_and_unavailable_backends():
     assert BACKENDS == ("torch", "onnxruntime", "native", "tensorrt")
     with pytest.raises(EdgevlaError, match="known backends: torch, onnxruntime, native, tensorrt"):
         make_runner("tflite")
-    with pytest.raises(EdgevlaError, match="native CPU kernels.*this build"):
-        make_runner("native", policy=StatePolicy())
     with pytest.raises(EdgevlaError, match="TensorRT and an NVIDIA GPU.*this build"):
         make_runner("tensorrt", policy=StatePolicy())
 
@@ -128,6 +126,8 @@ def test_make_runner_requires_what_each_backend_needs(policy_and_onnx):
         make_runner("torch", onnx_path=path)
     with pytest.raises(EdgevlaError, match="path of an exported ONNX model"):
         make_runner("onnxruntime", policy=policy)
+    with pytest.raises(EdgevlaError, match="path of an exported ONNX model"):
+        make_runner("native", policy=policy)
     with pytest.raises(EdgevlaError, match="policy spec"):
         make_runner("onnxruntime", onnx_path=path)
     with pytest.raises(EdgevlaError, match="threads"):

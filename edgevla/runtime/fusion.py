@@ -1,0 +1,254 @@
+"""Graph rewrites of the native runtime: GELU subgraphs into one op, linear layers into one kernel call.
+
+Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
+
+1. **GELU**: the exporter spells GELU as five nodes,
+   ``Mul(x, Mul(0.5, Add(Erf(Div(x, sqrt 2)), 1)))`` (or with the 0.5 on
+   ``x``). Each such chain, whose intermediates nothing else reads, becomes
+   one standard ``Gelu`` node.
+2. **Linear layers**: ``MatMul(x, W)`` or ``Gemm(x, W, C)`` with a constant
+   2-D weight becomes one ``edgevla.Linear`` node, absorbing
+
+   * a following ``Add`` of a constant 1-D bias of N values;
+   * a following ``Relu`` or ``Gelu``, run in the kernel's epilogue (ReLU,
+     tanh-GELU) or in place on its output (erf-GELU);
+   * on its input, a ``QuantizeLinear → DequantizeLinear`` pair with one
+     per-tensor scale and an int8 zero point of 0, when the weight is int8:
+     the layer then reads the ``QuantizeLinear``'s int8 output directly and
+     the pair's scale is the kernel's activation scale. Layers sharing one
+     pair (q, k, v) share its ``QuantizeLinear``, so the activation is
+     quantized once.
+
+   A node is absorbed only when the layer's intermediate value has no other
+   reader and is not a graph output, so the rewrite never changes what any
+   other node sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, Node
+from .linear import LinearLayer, weight_from_constant
+
+LINEAR_OP = "edgevla.Linear"
+
+
+def fuse(graph: Graph, precision: str) -> list[LinearLayer]:
+    """Rewrite ``graph`` in place; returns the linear layers, in graph order."""
+    _fuse_gelu(graph)
+    layers = _fuse_linears(graph, precision)
+    graph.prune()
+    return layers
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _View:
+    """Who produces and who reads each value, kept current as nodes are replaced."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.producer = self.graph.producers()
+        self.readers = self.graph.consumers()
+        self.outputs = set(self.graph.outputs)
+
+    def only_reader(self, value: str) -> Node | None:
+        """The single node reading ``value``, if exactly one does and it is not a graph output."""
+        readers = self.readers.get(value, [])
+        if value in self.outputs or len(readers) != 1:
+            return None
+        return readers[0][0]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.graph.constants.get(name)
+
+    def scalar(self, name: str) -> float | None:
+        v = self.const(name)
+        if v is None or v.size != 1 or v.dtype.kind not in "fiu":
+            return None
+        return float(v.reshape(()))
+
+
+def _other(node: Node, value: str) -> str | None:
+    """The other input of a binary node that reads ``value``."""
+    if len(node.inputs) != 2 or value not in node.inputs:
+        return None
+    a, b = node.inputs
+    return b if a == value else a
+
+
+def _close(x: float | None, target: float) -> bool:
+    return x is not None and abs(x - target) <= 1e-6 * abs(target)
+
+
+def _replace(graph: Graph, removed: list[Node], new: Node) -> None:
+    """Put ``new`` where the last of ``removed`` was and drop the rest."""
+    ids = {id(n) for n in removed}
+    last = max(i for i, n in enumerate(graph.nodes) if id(n) in ids)
+    nodes = []
+    for i, n in enumerate(graph.nodes):
+        if i == last:
+            nodes.append(new)
+        elif id(n) not in ids:
+            nodes.append(n)
+    graph.nodes = nodes
+
+
+# --------------------------------------------------------------------------- GELU
+
+
+def _fuse_gelu(graph: Graph) -> None:
+    view = _View(graph)
+    for erf in [n for n in graph.nodes if n.op_type == "Erf"]:
+        match = _match_gelu(view, erf)
+        if match is None:
+            continue
+        x, chain = match
+        gelu = Node(chain[-1].name, "Gelu", (x,), (chain[-1].outputs[0],), {"approximate": "none"})
+        _replace(graph, chain, gelu)
+        view.refresh()
+
+
+def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
+    scaled = erf.inputs[0]
+    div = view.producer.get(scaled)
+    if div is None or view.only_reader(scaled) is not erf:
+        return None
+    if div.op_type == "Div" and _close(view.scalar(div.inputs[1]), float(np.sqrt(2.0))):
+        x = div.inputs[0]
+    elif div.op_type == "Mul":
+        x = next((i for i, c in zip(div.inputs, div.inputs[::-1]) if _close(view.scalar(c), float(np.sqrt(0.5)))),
+                 None)
+        if x is None:
+            return None
+    else:
+        return None
+    add = view.only_reader(erf.outputs[0])
+    if add is None or add.op_type != "Add" or not _close(view.scalar(_other(add, erf.outputs[0]) or ""), 1.0):
+        return None
+    m1 = view.only_reader(add.outputs[0])
+    if m1 is None or m1.op_type != "Mul":
+        return None
+    other = _other(m1, add.outputs[0])
+    m2 = view.only_reader(m1.outputs[0])
+    if m2 is None or m2.op_type != "Mul":
+        return None
+    last = _other(m2, m1.outputs[0])
+    # 0.5 * (1 + erf) then * x, or x * (1 + erf) then * 0.5
+    if _close(view.scalar(other or ""), 0.5) and last == x:
+        return x, [div, erf, add, m1, m2]
+    if other == x and _close(view.scalar(last or ""), 0.5):
+        return x, [div, erf, add, m1, m2]
+    return None
+
+
+# --------------------------------------------------------------------------- linear layers
+
+
+def _fuse_linears(graph: Graph, precision: str) -> list[LinearLayer]:
+    view = _View(graph)
+    layers: list[LinearLayer] = []
+    for node in list(graph.nodes):
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        found = _match_linear(view, node, precision)
+        if found is None:
+            continue
+        layer, x, absorbed = found
+        out = absorbed[-1].outputs[0]
+        _replace(graph, absorbed, Node(layer.name, LINEAR_OP, (x,), (out,), {"layer": layer}))
+        view.refresh()
+        layers.append(layer)
+    return layers
+
+
+def _match_linear(view: _View, node: Node, precision: str) -> tuple[LinearLayer, str, list[Node]] | None:
+    graph = view.graph
+    x, w_name = node.inputs[0], node.inputs[1]
+    w = view.const(w_name)
+    if w is None or w.ndim != 2 or w.dtype != np.float32 or x in graph.constants:
+        return None
+    bias = None
+    if node.op_type == "MatMul":
+        weight = weight_from_constant(w_name, w, graph.quantized.get(w_name), transposed=True)
+    else:
+        a = node.attrs
+        if a.get("transA", 0):
+            return None
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        weight = weight_from_constant(w_name, w, graph.quantized.get(w_name),
+                                      transposed=not a.get("transB", 0), scale_factor=alpha)
+        if len(node.inputs) > 2 and node.inputs[2]:
+            c = view.const(node.inputs[2])
+            if c is None:
+                return None
+            bias = _as_bias(c * np.float32(beta), weight.values.shape[0])
+            if bias is None:
+                return None
+    n = weight.values.shape[0]
+    absorbed = [node]
+    out = node.outputs[0]
+    reader = view.only_reader(out)
+    if reader is not None and reader.op_type == "Add":
+        extra = _as_bias(view.const(_other(reader, out) or ""), n)
+        if extra is not None:
+            bias = extra if bias is None else bias + extra
+            absorbed.append(reader)
+            out = reader.outputs[0]
+            reader = view.only_reader(out)
+    activation = "none"
+    if reader is not None and reader.op_type == "Relu":
+        activation = "relu"
+    elif reader is not None and reader.op_type == "Gelu":
+        activation = "gelu_tanh" if reader.attrs.get("approximate", "none") == "tanh" else "gelu_erf"
+    if activation != "none":
+        absorbed.append(reader)
+    static_scale, layer_input = None, x
+    if weight.codes is not None:
+        quantized_input = _static_int8_input(view, x)
+        if quantized_input is not None:
+            layer_input, static_scale = quantized_input
+    layer = LinearLayer(_layer_name(w_name), weight, bias, activation, static_scale,
+                        int8_input=static_scale is not None, precision=precision)
+    return layer, layer_input, absorbed
+
+
+def _as_bias(c: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A constant that adds the same value to every row: 1-D of N values, or a scalar."""
+    if c is None or c.dtype.kind != "f" or c.ndim > 1 or c.size not in (1, n):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(c.astype(np.float32).reshape(-1), (n,)))
+
+
+def _static_int8_input(view: _View, x: str) -> tuple[str, float] | None:
+    """(int8 value, scale) when ``x = DequantizeLinear(QuantizeLinear(v, s, 0), s, 0)``, one int8 scale."""
+    dq = view.producer.get(x)
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.inputs) < 3:
+        return None
+    q = view.producer.get(dq.inputs[0])
+    if q is None or q.op_type != "QuantizeLinear" or len(q.inputs) < 3:
+        return None
+    scales = [view.const(q.inputs[1]), view.const(dq.inputs[1])]
+    zeros = [view.const(q.inputs[2]), view.const(dq.inputs[2])]
+    if any(s is None or s.size != 1 for s in scales) or any(z is None or z.size != 1 for z in zeros):
+        return None
+    if any(z.dtype != np.int8 or int(z.reshape(())) != 0 for z in zeros):
+        return None
+    if float(scales[0].reshape(())) != float(scales[1].reshape(())) or q.attrs.get("output_dtype", 0):
+        return None
+    scale = float(np.float32(scales[0].reshape(())))
+    return (q.outputs[0], scale) if scale > 0 else None
+
+
+def _layer_name(weight: str) -> str:
+    """``trunk.0.mlp.fc1.weight.T_DequantizeLinear`` -> ``trunk.0.mlp.fc1``."""
+    name = weight
+    for suffix in ("_DequantizeLinear", ".T", ".weight", "_quantized"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name

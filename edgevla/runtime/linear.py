@@ -1,0 +1,449 @@
+"""Linear layers of the native runtime: which kernel runs each weight, and the kernels' wrappers.
+
+Every ``MatMul`` / ``Gemm`` whose weight is a constant becomes a :class:`LinearLayer`
+(see :mod:`.fusion` for the graph patterns). What runs it is decided once, at
+load, in two steps.
+
+**How the layer computes** (:func:`compute_mode`):
+
+=====================================  ==========================  ====================
+weight in the graph                    activation in the graph      computes as
+=====================================  ==========================  ====================
+int4 codes (blocked DequantizeLinear)  float                        ``int4`` weight-only
+int8 codes (per-channel DQ, zp 0)      QuantizeLinear→Dequantize    ``int8-static``: the graph's
+                                       (per-tensor scale, zp 0)     own scale, no requantization
+int8 codes                             float (weight-only W8A16)    ``int8-dynamic`` if precision
+                                                                    is ``int8``, else ``fp32``
+float32                                any                          ``int8-dynamic`` if precision
+                                                                    is ``int8`` and K, N >= 16,
+                                                                    else ``fp32``
+=====================================  ==========================  ====================
+
+``precision`` is the runtime option for float work: ``"int8"`` (the default:
+the native backend exists to run our int8 kernels; float weights are
+quantized per output channel at load and activations per token at run time,
+as ONNX Runtime's dynamic quantization does with one scale per tensor) or ``"fp32"`` (NumPy
+float32 matmul: ONNX Runtime's numbers to ~1e-6). Float layers with fewer
+than :data:`MIN_INT8_WIDTH` inputs or outputs stay float: the int8 kernel
+works in blocks of 16 output channels, quantizing two inputs costs more than
+their product, and such layers are rarely plain linear maps (tiny-vla's
+soft-argmax ``probabilities @ coordinates``, N = 2, is one: quantizing its
+probabilities per token doubled the model's int8 error).
+
+**Which kernel** (:data:`RULES`): the first row whose mode and weight pattern
+match *and* whose kernel this build provides and takes the weight (int4
+group sizes 32/64/128, float K limits) wins; otherwise the next row is
+tried, ending at a dense kernel that always exists:
+
+========================  ====================================  ==============
+mode                      weight                                kernel
+========================  ====================================  ==============
+int4                      group-wise codes                      s4-groupwise
+int4                      (any other blocking)                  f32-dense
+int8-static / -dynamic    2:4                                   s8-2:4
+int8-static / -dynamic    >= 95 % zeros                         s8-sparse
+int8-static / -dynamic    anything                              s8-dense
+fp32                      2:4                                   f32-2:4
+fp32                      >= 50 % zeros                         f32-sparse
+fp32                      anything                              f32-dense
+========================  ====================================  ==============
+ The weight pattern is measured on the weight itself:
+``2:4`` when every aligned group of four inputs of every output channel holds
+at most two nonzeros; its sparsity (fraction of exact zeros) decides between
+the unstructured sparse kernels and the dense ones, at thresholds measured
+per kernel family (:data:`F32_SPARSE_MIN`, :data:`S8_SPARSE_MIN`).
+
+Each decision is recorded as a :class:`LayerChoice` (layer, shape, weight
+format, sparsity, pattern, mode, kernel, epilogue, the rule that picked it);
+``NativeModel.plan()`` lists them and ``edgevla profile --backend native``
+prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import native
+from ..errors import EdgevlaError
+from .graph import QuantizedConstant
+from .ops import gelu_erf, gelu_tanh
+
+PRECISIONS = ("int8", "fp32")
+DEFAULT_PRECISION = "int8"
+#: Float layers with fewer inputs or outputs are not quantized (see the module docstring).
+MIN_INT8_WIDTH = 16
+#: Fraction of exact zeros from which the plan calls a weight "unstructured" (sparse kernels have
+#: their own thresholds, :data:`F32_SPARSE_MIN` and :data:`S8_SPARSE_MIN`).
+SPARSE_MIN_SPARSITY = 0.5
+
+ACTIVATIONS = ("none", "relu", "gelu_tanh", "gelu_erf")
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """What the planner knows about one weight, in the ``(N, K)`` nn.Linear layout."""
+
+    stored: str  # "fp32", "int8" or "int4": the element type the graph stores
+    n: int
+    k: int
+    sparsity: float  # fraction of exact zeros
+    pattern: str  # "2:4", "unstructured" or "dense"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the kernel table: in ``modes``, when the weight is 2:4 (if ``two_four``) and at least
+    ``min_sparsity`` zeros, run ``kernel``."""
+
+    modes: tuple[str, ...]
+    kernel: str
+    why: str
+    two_four: bool = False
+    min_sparsity: float = 0.0
+
+    def matches(self, mode: str, w: WeightInfo) -> bool:
+        return (mode in self.modes and (not self.two_four or w.pattern == "2:4")
+                and w.sparsity >= self.min_sparsity)
+
+
+_INT8 = ("int8-static", "int8-dynamic")
+#: Sparsity from which the unstructured sparse kernels beat the dense ones, measured on this repo's
+#: kernels (1 thread, N=1536, K=384, AVX-512 VNNI). float32: sparse 24 us vs NumPy dense 28 us at
+#: M=1 and 232 vs 347 us at M=32, both at 50 % zeros. int8: the dense VNNI kernel is so fast that
+#: sparse only breaks even at 90 % (7.1 vs 7.4 us at M=1; 87 vs 70 us at M=32) and wins at 95 %
+#: (5.1 vs 7.4 us at M=1, 65 vs 70 us at M=32).
+F32_SPARSE_MIN = 0.5
+S8_SPARSE_MIN = 0.95
+#: The kernel table, first available match wins (see the module docstring). 2:4 int8 measured
+#: 1.3x (M=32) to 1.7x (M=1) faster than dense int8 on the same shape; 2:4 float32 2.2x NumPy dense.
+RULES: tuple[Rule, ...] = (
+    Rule(("int4",), "s4-groupwise", "int4 weight-only, unpacked in the kernel"),
+    Rule(("int4",), "f32-dense", "int4 weights dequantized at load (no int4 kernel takes them)"),
+    Rule(_INT8, "s8-2:4", "2:4 weights: half the multiply-adds", two_four=True),
+    Rule(_INT8, "s8-sparse", f">= {S8_SPARSE_MIN:.0%} zeros: sparse int8 beats dense", min_sparsity=S8_SPARSE_MIN),
+    Rule(_INT8, "s8-dense", "dense W8A8"),
+    Rule(("fp32",), "f32-2:4", "2:4 weights: half the multiply-adds", two_four=True),
+    Rule(("fp32",), "f32-sparse", f">= {F32_SPARSE_MIN:.0%} zeros: sparse float beats dense",
+         min_sparsity=F32_SPARSE_MIN),
+    Rule(("fp32",), "f32-dense", "dense float32 (NumPy matmul)"),
+)
+
+
+@dataclass
+class LayerChoice:
+    """One line of the plan: what runs one linear layer and why."""
+
+    layer: str
+    k: int
+    n: int
+    weight: str
+    sparsity: float
+    pattern: str
+    mode: str
+    kernel: str
+    epilogue: str
+    rule: str
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass
+class LinearWeight:
+    """A constant weight as the planner receives it: float values, and the codes if the graph has them.
+
+    ``values`` is float32 ``(N, K)``; ``codes`` int8 ``(N, K)`` with ``scale``
+    ``(N,)`` when the graph dequantizes symmetric per-channel (or
+    per-tensor) int8 codes; ``int4`` carries the graph's blocked int4 codes.
+    """
+
+    name: str
+    values: np.ndarray
+    codes: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    int4: QuantizedConstant | None = None
+    transposed: bool = False  # whether the graph stores (K, N)
+
+    @property
+    def stored(self) -> str:
+        return "int4" if self.int4 is not None else "int8" if self.codes is not None else "fp32"
+
+    def info(self) -> WeightInfo:
+        w = self.codes if self.codes is not None else self.values
+        nonzero = np.count_nonzero(w)
+        n, k = w.shape
+        sparsity = 1.0 - nonzero / w.size if w.size else 0.0
+        if sparsity > 0 and is_two_four(w):
+            pattern = "2:4"
+        elif sparsity >= SPARSE_MIN_SPARSITY:
+            pattern = "unstructured"
+        else:
+            pattern = "dense"
+        return WeightInfo(self.stored, n, k, float(sparsity), pattern)
+
+
+def is_two_four(w: np.ndarray) -> bool:
+    """Whether K (the last axis) is a multiple of 4 and every aligned group of 4 has at most 2 nonzeros."""
+    n, k = w.shape
+    if k % 4 or not w.size:
+        return False
+    return bool((np.count_nonzero(w.reshape(n, k // 4, 4), axis=2) <= 2).all())
+
+
+def weight_from_constant(name: str, value: np.ndarray, quantized: QuantizedConstant | None, *,
+                         transposed: bool, scale_factor: float = 1.0) -> LinearWeight:
+    """The weight of a MatMul (``transposed``: the graph holds ``(K, N)``) or Gemm, in ``(N, K)``.
+
+    ``scale_factor`` is Gemm's alpha, folded into the weight (or its scales).
+    """
+    values = np.ascontiguousarray((value.T if transposed else value).astype(np.float32))
+    if scale_factor != 1.0:
+        values = values * np.float32(scale_factor)
+    weight = LinearWeight(name, values, transposed=transposed)
+    if quantized is None or not quantized.symmetric():
+        return weight
+    out_axis = 1 if transposed else 0
+    if quantized.bits == 4:
+        if quantized.block_size and quantized.axis == 1 - out_axis and scale_factor == 1.0:
+            weight.int4 = quantized  # blocked along the inputs: the group-wise int4 kernel's form
+        return weight
+    scale = np.asarray(quantized.scale, np.float32)
+    n = values.shape[0]
+    if scale.size == 1:
+        scale = np.full(n, scale.reshape(()), np.float32)
+    elif quantized.block_size or quantized.axis != out_axis or scale.size != n:
+        return weight  # scales along the inputs: not the per-channel form the int8 kernels take
+    codes = quantized.codes.T if transposed else quantized.codes
+    weight.codes = np.ascontiguousarray(codes, dtype=np.int8)
+    weight.scale = np.ascontiguousarray(scale.reshape(n) * np.float32(scale_factor))
+    return weight
+
+
+def quantize_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes and one scale per output channel (row) of a float ``(N, K)`` weight.
+
+    ``scale = max|w[n]| / 127``, codes ``round_half_even(w / scale)``; an all-zero row
+    gets scale 1 and zero codes. Exact zeros stay zeros, so sparsity survives.
+    """
+    amax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    codes = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def compute_mode(weight: LinearWeight, static_scale: float | None, precision: str) -> str:
+    """How a layer computes (the table in the module docstring)."""
+    if weight.int4 is not None:
+        return "int4"
+    if weight.codes is not None:
+        if static_scale is not None:
+            return "int8-static"
+        return "int8-dynamic" if precision == "int8" else "fp32"
+    if precision == "int8" and min(weight.values.shape) >= MIN_INT8_WIDTH:
+        return "int8-dynamic"
+    return "fp32"
+
+
+def choose_kernel(mode: str, info: WeightInfo, weight: LinearWeight | None = None) -> Rule:
+    """The first rule of :data:`RULES` that matches and whose kernel this build has (and takes the weight)."""
+    for rule in RULES:
+        if rule.matches(mode, info) and kernel_available(rule.kernel, weight):
+            return rule
+    raise EdgevlaError(f"no kernel of this build runs a {info.stored} {info.n}x{info.k} layer in mode {mode}")
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+Run = Callable[[np.ndarray, np.ndarray], None]  # (x 2-D, y 2-D out) -> None
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    available: Callable[[], bool]
+    build: Callable[["LinearLayer"], Run]
+    accepts: Callable[[LinearWeight], bool] = lambda weight: True  # shape or format limits of the kernel
+
+
+def _post_activation(y: np.ndarray, act: str) -> None:
+    if act == "relu":
+        np.maximum(y, np.float32(0), out=y)
+    elif act == "gelu_tanh":
+        gelu_tanh(y, out=y)
+    elif act == "gelu_erf":
+        gelu_erf(y, out=y)
+
+
+_EPILOGUE_ACTS = ("none", "relu", "gelu_tanh")  # what every compiled GEMM applies in its epilogue
+
+
+def _kernel_act(act: str) -> tuple[str, str]:
+    """(activation the kernel's epilogue applies, activation left for NumPy afterwards)."""
+    return (act, "none") if act in _EPILOGUE_ACTS else ("none", act)
+
+
+def _build_f32_dense(layer: LinearLayer) -> Run:
+    # (K, N): the layout NumPy's matmul reads fastest. int4 weights arrive dequantized (folded at load).
+    wt = np.ascontiguousarray(layer.weight.values.T)
+    bias, act = layer.bias, layer.activation
+
+    def run(x: np.ndarray, y: np.ndarray) -> None:
+        np.matmul(x, wt, out=y)
+        if bias is not None:
+            y += bias
+        _post_activation(y, act)
+    return run
+
+
+def _float_kernel(pack: Callable[[LinearWeight], np.ndarray], gemm_name: str) -> Callable[[LinearLayer], Run]:
+    """A builder for the float-activation GEMMs: ``gemm(x, packed, bias, act=, out=)``."""
+    def build(layer: LinearLayer) -> Run:
+        packed = pack(layer.weight)
+        gemm, bias = getattr(native, gemm_name), layer.bias
+        in_kernel, after = _kernel_act(layer.activation)
+
+        def run(x: np.ndarray, y: np.ndarray) -> None:
+            gemm(x, packed, bias, act=in_kernel, out=y)
+            _post_activation(y, after)
+        return run
+    return build
+
+
+def _int8_codes(weight: LinearWeight) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's int8 codes and scales, or per-channel codes of the float weight."""
+    if weight.codes is not None:
+        return weight.codes, weight.scale
+    return quantize_per_channel(weight.values)
+
+
+def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]:
+    """A builder for the W8A8 GEMMs: ``gemm(a int8, packed, a_scale, bias, act=, out=)``.
+
+    Static layers read the graph's int8 activation and its per-tensor scale;
+    dynamic ones quantize each call's activation per token first.
+    """
+    def build(layer: LinearLayer) -> Run:
+        packed = getattr(native, pack_name)(*_int8_codes(layer.weight))
+        gemm, quantize, bias = getattr(native, gemm_name), native.quantize_per_token, layer.bias
+        in_kernel, after = _kernel_act(layer.activation)
+        if layer.static_scale is not None:
+            a_scale = np.array([layer.static_scale], np.float32)
+
+            def run_static(x: np.ndarray, y: np.ndarray) -> None:
+                gemm(x, packed, a_scale, bias, act=in_kernel, out=y)
+                _post_activation(y, after)
+            return run_static
+
+        def run_dynamic(x: np.ndarray, y: np.ndarray) -> None:
+            q, s = quantize(x)
+            gemm(q, packed, s, bias, act=in_kernel, out=y)
+            _post_activation(y, after)
+        return run_dynamic
+    return build
+
+
+def _pack_w4(weight: LinearWeight) -> np.ndarray:
+    """The graph's blocked int4 codes and scales, in the (N, K) layout :func:`native.pack_w4` takes."""
+    q = weight.int4
+    codes = q.codes.T if weight.transposed else q.codes  # (N, K)
+    scale = q.scale.T if weight.transposed else q.scale  # (N, groups)
+    n, k = codes.shape
+    nibbles = (codes.astype(np.int16) & 0xF).astype(np.uint8)
+    if k % 2:
+        nibbles = np.pad(nibbles, ((0, 0), (0, 1)))
+    qdata = np.ascontiguousarray(nibbles[:, 0::2] | (nibbles[:, 1::2] << 4))
+    return native.pack_w4(qdata, np.ascontiguousarray(scale, np.float32), q.block_size, k=k)
+
+
+def _w4_accepts(weight: LinearWeight) -> bool:
+    return weight.int4 is not None and weight.int4.block_size in (32, 64, 128)
+
+
+def _f32_accepts(weight: LinearWeight) -> bool:
+    return weight.values.shape[1] <= getattr(native, "PACKED_F32_MAX_K", 0)
+
+
+def _has(*names: str) -> Callable[[], bool]:
+    return lambda: native.available() and all(hasattr(native, n) for n in names)
+
+
+#: Kernel name -> (available?, builder, accepts?). A rule naming a kernel that is not here, not in
+#: this build, or that does not take the weight (int4 group sizes, float K limits) falls through.
+KERNELS: dict[str, KernelEntry] = {
+    "f32-dense": KernelEntry(lambda: True, _build_f32_dense),
+    "s8-dense": KernelEntry(_has("pack_weight_s8", "gemm_s8s8_f32", "quantize_per_token"),
+                            _int8_kernel("pack_weight_s8", "gemm_s8s8_f32")),
+    "s8-2:4": KernelEntry(_has("pack_2to4_s8", "gemm_2to4_s8s8_f32", "quantize_per_token"),
+                          _int8_kernel("pack_2to4_s8", "gemm_2to4_s8s8_f32")),
+    "s8-sparse": KernelEntry(_has("pack_sparse_s8", "gemm_sparse_s8s8_f32", "quantize_per_token"),
+                             _int8_kernel("pack_sparse_s8", "gemm_sparse_s8s8_f32")),
+    "f32-2:4": KernelEntry(_has("pack_2to4_f32", "gemm_2to4_f32"),
+                           _float_kernel(lambda w: native.pack_2to4_f32(w.values), "gemm_2to4_f32"), _f32_accepts),
+    "f32-sparse": KernelEntry(_has("pack_sparse_f32", "gemm_sparse_f32"),
+                              _float_kernel(lambda w: native.pack_sparse_f32(w.values), "gemm_sparse_f32"),
+                              _f32_accepts),
+    "s4-groupwise": KernelEntry(_has("pack_w4", "gemm_w4_f32"), _float_kernel(_pack_w4, "gemm_w4_f32"), _w4_accepts),
+}
+
+
+def kernel_available(name: str, weight: LinearWeight | None = None) -> bool:
+    """Whether this build runs kernel ``name`` (and, given a weight, whether the kernel takes it)."""
+    entry = KERNELS.get(name)
+    return entry is not None and entry.available() and (weight is None or entry.accepts(weight))
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+@dataclass
+class LinearLayer:
+    """``y = act(x @ W^T + bias)`` over the last axis of x, on the kernel the rules chose."""
+
+    name: str
+    weight: LinearWeight
+    bias: np.ndarray | None
+    activation: str
+    static_scale: float | None  # the graph's per-tensor activation scale (int8-static)
+    int8_input: bool  # x arrives as the graph's int8 codes (a shared QuantizeLinear)
+    precision: str
+    choice: LayerChoice = field(init=False)
+    _run: Run = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise EdgevlaError(f"layer {self.name}: unknown activation {self.activation!r}")
+        info = self.weight.info()
+        mode = compute_mode(self.weight, self.static_scale, self.precision)
+        if (mode == "int8-static") != self.int8_input:
+            raise EdgevlaError(f"layer {self.name}: a static int8 layer reads the graph's int8 activation, "
+                               f"and only it does (mode {mode})")
+        rule = choose_kernel(mode, info, self.weight)
+        epilogue = "+".join(p for p in ("bias" if self.bias is not None else "",
+                                        self.activation if self.activation != "none" else "") if p) or "-"
+        self.choice = LayerChoice(self.name, info.k, info.n, info.stored, round(info.sparsity, 4), info.pattern,
+                                  mode, rule.kernel, epilogue, rule.why)
+        self._run = KERNELS[rule.kernel].build(self)
+        self.n, self.k = info.n, info.k
+        # The kernel holds its own (packed or transposed) copy; drop the planner's.
+        self.weight = LinearWeight(self.weight.name, np.empty((0, 0), np.float32))
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if x.shape[-1:] != (self.k,):
+            raise EdgevlaError(f"layer {self.name} takes {self.k} input features, got shape {x.shape}")
+        shape = (*x.shape[:-1], self.n)
+        y = np.empty(shape, np.float32) if out is None else out
+        x2 = x.reshape(-1, self.k)
+        if not x2.flags.c_contiguous:
+            x2 = np.ascontiguousarray(x2)
+        self._run(x2, y.reshape(-1, self.n))
+        return y
+

@@ -1,0 +1,868 @@
+"""NumPy implementations of the ONNX ops the native runtime executes.
+
+Each op is registered under its ONNX name by a *compiler*: a function that
+reads the node's attributes (and any input that is a constant) once, when the
+model is loaded, and returns the callable run per inference. That callable
+takes the node's inputs positionally (``None`` for an omitted optional input)
+and returns one array, or a tuple for ops with several outputs.
+
+Ops registered with ``writes_out=True`` also accept ``out=``: an array of the
+output's shape and dtype, preallocated by the executor, which they fill and
+return. The executor uses it to run without allocating after warm-up. An op
+never writes into its inputs; view ops (Reshape, Slice, Split, ...) return
+views of them instead of copies.
+
+Semantics follow the ONNX operator specification (https://onnx.ai/onnx/operators/)
+for the opsets the exporter emits (17 to 21), checked op by op against ONNX
+Runtime in ``tests/test_runtime_ops.py``. Anything not here is refused at load
+with :class:`~edgevla.errors.EdgevlaError` naming the op (see
+:func:`check_supported`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnx import helper
+
+from ..errors import EdgevlaError
+
+OpFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class OpKernel:
+    """What runs a node: ``fn(*inputs[, out=...])``; ``writes_out`` says whether it takes ``out``."""
+
+    fn: OpFn
+    writes_out: bool
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What an op compiler sees: attributes, constant inputs (None where dynamic or omitted), opset."""
+
+    attrs: dict[str, Any]
+    consts: tuple[np.ndarray | None, ...]
+    opset: int
+    n_outputs: int
+    where: str  # "Softmax node 'x'", for messages
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+
+_Compiler = Callable[[OpContext], OpFn]
+_REGISTRY: dict[str, tuple[_Compiler, bool]] = {}
+
+
+def register(*names: str, writes_out: bool = False) -> Callable[[_Compiler], _Compiler]:
+    def decorate(compiler: _Compiler) -> _Compiler:
+        for name in names:
+            _REGISTRY[name] = (compiler, writes_out)
+        return compiler
+    return decorate
+
+
+def supported_ops() -> list[str]:
+    """The ONNX op types the native runtime implements, sorted."""
+    return sorted(_REGISTRY)
+
+
+def check_supported(op_type: str, where: str, opset: int) -> None:
+    if op_type not in _REGISTRY:
+        raise EdgevlaError(f"the native backend does not support the ONNX op {op_type!r} ({where}); "
+                           "run this model with --backend onnxruntime")
+
+
+def compile_op(op_type: str, attrs: dict[str, Any], consts: Sequence[np.ndarray | None], opset: int,
+               n_outputs: int, where: str) -> OpKernel:
+    check_supported(op_type, where, opset)
+    compiler, writes_out = _REGISTRY[op_type]
+    fn = compiler(OpContext(dict(attrs), tuple(consts), opset, n_outputs, where))
+    return OpKernel(fn, writes_out)
+
+
+def evaluate(op_type: str, attrs: dict[str, Any], args: Sequence[np.ndarray | None], opset: int,
+             n_outputs: int, where: str) -> list[np.ndarray]:
+    """Run one node once (constant folding); returns one array per output."""
+    kernel = compile_op(op_type, attrs, args, opset, n_outputs, where)
+    try:
+        result = kernel.fn(*args)
+    except EdgevlaError:
+        raise
+    except Exception as e:  # NumPy's ValueError/IndexError on a malformed model
+        raise EdgevlaError(f"the native backend cannot evaluate {where}: {e}") from e
+    results = list(result) if isinstance(result, tuple) else [result]
+    return [np.asarray(r) for r in results]
+
+
+def _fail(c: OpContext, why: str) -> EdgevlaError:
+    return EdgevlaError(f"the native backend cannot run {c.where}: {why}")
+
+
+def _ints(a: Any) -> list[int]:
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+def _np_dtype(onnx_type: int, c: OpContext) -> np.dtype:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(onnx_type))
+    except Exception as e:
+        raise _fail(c, f"unsupported element type {onnx_type}") from e
+
+
+# --------------------------------------------------------------------------- elementwise math
+
+
+# erf(z) ~= z * P(z^2) / Q(z^2) for |z| <= 4 (and +-1 beyond, in float32): the odd/even rational
+# approximation of Eigen's generic_fast_erf_float (also XLA's), within 5e-7 of erf.
+_ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
+          -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10)  # z^0 .. z^12 (in z^2)
+_ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03, -2.13374055278905e-04,
+          -1.45660718464996e-05)
+_ERF_CLAMP = 4.0
+# For GELU, with u = x^2 = 2 z^2: 0.5 * erf(x / sqrt 2) = x * P'(u) / Q'(u), P' and Q' the same
+# polynomials with coefficient i divided by 2^i (and P' by 2 sqrt 2 more). NumPy has no fused
+# multiply-add, so every coefficient is a pass over the array: folding saves passes, not flops.
+_GELU_P = tuple(a / 2**i / (2 * math.sqrt(2.0)) for i, a in enumerate(_ERF_P))
+_GELU_Q = tuple(b / 2**i for i, b in enumerate(_ERF_Q))
+_GELU_CLAMP = _ERF_CLAMP * math.sqrt(2.0)
+
+
+def _rational(u: np.ndarray, coefficients: Sequence[float], out: np.ndarray) -> np.ndarray:
+    """Horner's rule for sum(c_i u^i) in float32, in place in ``out``."""
+    np.multiply(u, np.float32(coefficients[-1]), out=out)
+    for c in coefficients[-2:0:-1]:
+        out += np.float32(c)
+        out *= u
+    out += np.float32(coefficients[0])
+    return out
+
+
+class _Scratch:
+    """Float32 work arrays by shape, so element-wise chains do not allocate per call.
+
+    Per thread: NumPy releases the GIL inside ufuncs, so two threads running
+    two models at once must not share work arrays.
+    """
+
+    def __init__(self, count: int):
+        self.count = count
+        self._local = threading.local()
+
+    def get(self, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        cache = getattr(self._local, "arrays", None)
+        if cache is None:
+            cache = self._local.arrays = {}
+        arrays = cache.get(shape)
+        if arrays is None:
+            if len(cache) >= 16:  # bounded: shapes change only with the batch size
+                cache.clear()
+            arrays = cache[shape] = tuple(np.empty(shape, np.float32) for _ in range(self.count))
+        return arrays
+
+
+def erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """erf in float32, within 5e-7 of the exact value (NumPy has none; the runtime needs no SciPy)."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x) if out is None else out
+    z = np.clip(x, -_ERF_CLAMP, _ERF_CLAMP)
+    u = np.multiply(z, z)
+    p = _rational(u, _ERF_P, np.empty_like(u))
+    p *= z
+    q = _rational(u, _ERF_Q, z)  # z is no longer needed
+    return np.divide(p, q, out=out)
+
+
+_GELU_SCRATCH = _Scratch(3)
+_SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
+
+
+def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GELU, exact (erf) form: ``x * 0.5 * (1 + erf(x / sqrt 2))``; ``out`` may be ``x``.
+
+    Computed as ``x * (0.5 + xc * P'(xc^2) / Q'(xc^2))`` with ``xc`` clamped where
+    erf is +-1: the erf approximation above with its constants folded (26
+    NumPy passes instead of 30, and no allocation once a shape was seen).
+    """
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    xc, u, p = _GELU_SCRATCH.get(x.shape)
+    np.clip(x, -_GELU_CLAMP, _GELU_CLAMP, out=xc)
+    np.multiply(xc, xc, out=u)
+    _rational(u, _GELU_P, p)
+    p *= xc
+    p /= _rational(u, _GELU_Q, xc)  # xc is no longer needed
+    p += np.float32(0.5)
+    return np.multiply(x, p, out=out)
+
+
+def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GELU, tanh form (PyTorch ``approximate="tanh"``); ``out`` may be ``x``."""
+    t = np.multiply(x, x)
+    t *= np.float32(0.044715)
+    t += np.float32(1.0)
+    t *= x
+    t *= _SQRT_2_OVER_PI
+    np.tanh(t, out=t)
+    t += np.float32(1.0)
+    t *= np.float32(0.5)
+    return np.multiply(x, t, out=out)
+
+
+def _sigmoid(x, out=None):
+    # 0.5 * tanh(x / 2) + 0.5: no overflow for large |x|, unlike 1 / (1 + exp(-x)).
+    y = np.multiply(x, x.dtype.type(0.5), out=out)
+    np.tanh(y, out=y)
+    y *= y.dtype.type(0.5)
+    y += y.dtype.type(0.5)
+    return y
+
+
+def _plain(fn: Callable[..., np.ndarray]) -> _Compiler:
+    """A compiler for ops without attributes: the same function for every node."""
+    return lambda c: fn
+
+
+for _name, _ufunc in {"Neg": np.negative, "Abs": np.absolute, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log,
+                      "Tanh": np.tanh, "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil,
+                      "Round": np.rint, "Sin": np.sin, "Cos": np.cos, "Not": np.logical_not,
+                      "Sign": np.sign}.items():
+    register(_name, writes_out=True)(_plain(_ufunc))
+register("Erf", writes_out=True)(_plain(erf))
+register("Sigmoid", writes_out=True)(_plain(_sigmoid))
+
+
+@register("Relu", writes_out=True)
+def _relu(c):
+    return lambda x, out=None: np.maximum(x, x.dtype.type(0), out=out)
+
+
+@register("LeakyRelu", writes_out=True)
+def _leaky_relu(c):
+    alpha = np.float32(c.attr("alpha", 0.01))
+    return lambda x, out=None: _copy_into(out, np.where(x >= 0, x, x * alpha))
+
+
+@register("Elu", writes_out=True)
+def _elu(c):
+    alpha = np.float32(c.attr("alpha", 1.0))
+    return lambda x, out=None: _copy_into(out, np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))))
+
+
+@register("HardSigmoid", writes_out=True)
+def _hard_sigmoid(c):
+    alpha, beta = np.float32(c.attr("alpha", 0.2)), np.float32(c.attr("beta", 0.5))
+    return lambda x, out=None: np.clip(x * alpha + beta, 0, 1, out=out)
+
+
+@register("HardSwish", writes_out=True)
+def _hard_swish(c):
+    return lambda x, out=None: np.multiply(x, np.clip(x * np.float32(1 / 6) + np.float32(0.5), 0, 1), out=out)
+
+
+@register("Softplus", writes_out=True)
+def _softplus(c):
+    return lambda x, out=None: np.logaddexp(x.dtype.type(0), x, out=out)
+
+
+@register("Gelu", writes_out=True)
+def _gelu(c):
+    approximate = c.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise _fail(c, f"approximate={approximate!r}")
+    return gelu_tanh if approximate == "tanh" else gelu_erf
+
+
+def _copy_into(out, value):
+    if out is None:
+        return value
+    np.copyto(out, value)
+    return out
+
+
+@register("Clip", writes_out=True)
+def _clip(c):
+    if c.opset < 11:
+        lo_attr, hi_attr = c.attr("min"), c.attr("max")
+
+        def clip_attrs(x, out=None):
+            return _clip_run(x, lo_attr, hi_attr, out)
+        return clip_attrs
+
+    def clip(x, lo=None, hi=None, out=None):
+        return _clip_run(x, lo, hi, out)
+    return clip
+
+
+def _clip_run(x, lo, hi, out):
+    if lo is None and hi is None:
+        return _copy_into(out, x.copy() if out is None else x)
+    return np.clip(x, lo, hi, out=out)
+
+
+@register("Cast", writes_out=True)
+def _cast(c):
+    dtype = _np_dtype(c.attr("to"), c)
+
+    def cast(x, out=None):
+        if out is None:
+            return x.astype(dtype)
+        np.copyto(out, x, casting="unsafe")
+        return out
+    return cast
+
+
+@register("CastLike", writes_out=True)
+def _cast_like(c):
+    def cast_like(x, like, out=None):
+        if out is None:
+            return x.astype(like.dtype)
+        np.copyto(out, x, casting="unsafe")
+        return out
+    return cast_like
+
+
+@register("Identity")
+def _identity(c):
+    return lambda x: x
+
+
+# --------------------------------------------------------------------------- binary, variadic
+
+
+def _int_div(a, b, out=None):
+    # ONNX integer Div truncates toward zero (C semantics); NumPy's // floors.
+    q = np.abs(a) // np.abs(b)
+    return np.multiply(q, np.sign(a) * np.sign(b), out=out)
+
+
+def _div(a, b, out=None):
+    if np.issubdtype(np.result_type(a, b), np.integer):
+        return _int_div(a, b, out)
+    return np.divide(a, b, out=out)
+
+
+for _name, _ufunc in {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+                      "Equal": np.equal, "Less": np.less, "LessOrEqual": np.less_equal, "Greater": np.greater,
+                      "GreaterOrEqual": np.greater_equal, "And": np.logical_and, "Or": np.logical_or,
+                      "Xor": np.logical_xor, "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or}.items():
+    register(_name, writes_out=True)(_plain(_ufunc))
+register("Div", writes_out=True)(_plain(_div))
+
+
+@register("Pow", writes_out=True)
+def _pow(c):
+    def power(x, y, out=None):
+        y = np.asarray(y)
+        if y.ndim == 0 and float(y) == 2.0:
+            return np.multiply(x, x, out=out)
+        return _copy_into(out, np.power(x, y.astype(x.dtype)).astype(x.dtype, copy=False))
+    return power
+
+
+@register("Mod", writes_out=True)
+def _mod(c):
+    return _plain(np.fmod if c.attr("fmod", 0) else np.mod)(c)
+
+
+def _variadic(ufunc) -> _Compiler:
+    def compiler(c):
+        def reduce(*xs, out=None):
+            if len(xs) == 1:
+                return _copy_into(out, xs[0].copy() if out is None else xs[0])
+            acc = ufunc(xs[0], xs[1], out=out)
+            for x in xs[2:]:
+                acc = ufunc(acc, x, out=acc if out is not None else None)
+            return acc
+        return reduce
+    return compiler
+
+
+register("Max", writes_out=True)(_variadic(np.maximum))
+register("Min", writes_out=True)(_variadic(np.minimum))
+register("Sum", writes_out=True)(_variadic(np.add))
+
+
+@register("Mean", writes_out=True)
+def _mean(c):
+    add = _variadic(np.add)(c)
+
+    def mean(*xs, out=None):
+        total = add(*xs, out=out)
+        return np.divide(total, total.dtype.type(len(xs)), out=total)
+    return mean
+
+
+@register("Where", writes_out=True)
+def _where(c):
+    def where(cond, x, y, out=None):
+        return _copy_into(out, np.where(cond, x, y))
+    return where
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+def _reduce_axes(c: OpContext, axes_input: Any) -> tuple[int, ...] | None:
+    """The axes to reduce, from the input (new opsets) or the attribute; None means all (or noop)."""
+    axes = axes_input if axes_input is not None else c.attr("axes")
+    if axes is None:
+        return None
+    axes = _ints(axes)
+    return tuple(axes) if axes else None
+
+
+def _reduction(reduce_fn: Callable[..., np.ndarray]) -> _Compiler:
+    def compiler(c):
+        keepdims = bool(c.attr("keepdims", 1))
+        noop = bool(c.attr("noop_with_empty_axes", 0))
+
+        def reduce(x, axes=None, out=None):
+            ax = _reduce_axes(c, axes)
+            if ax is None and noop:
+                return _copy_into(out, x.copy() if out is None else x)
+            return reduce_fn(x, axis=ax, keepdims=keepdims, out=out)
+        return reduce
+    return compiler
+
+
+def _sum_square(x, axis, keepdims, out):
+    return np.sum(np.square(x), axis=axis, keepdims=keepdims, out=out)
+
+
+def _l2(x, axis, keepdims, out):
+    return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims), out=out)
+
+
+def _l1(x, axis, keepdims, out):
+    return np.sum(np.abs(x), axis=axis, keepdims=keepdims, out=out)
+
+
+def _log_sum_exp(x, axis, keepdims, out):
+    m = np.max(x, axis=axis, keepdims=True)
+    s = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return _copy_into(out, s if keepdims else np.squeeze(s, axis=axis))
+
+
+register("ReduceMean", writes_out=True)(_reduction(np.mean))
+register("ReduceSum", writes_out=True)(_reduction(np.sum))
+register("ReduceMax", writes_out=True)(_reduction(np.max))
+register("ReduceMin", writes_out=True)(_reduction(np.min))
+register("ReduceProd", writes_out=True)(_reduction(np.prod))
+register("ReduceSumSquare", writes_out=True)(_reduction(_sum_square))
+register("ReduceL1", writes_out=True)(_reduction(_l1))
+register("ReduceL2", writes_out=True)(_reduction(_l2))
+register("ReduceLogSumExp", writes_out=True)(_reduction(_log_sum_exp))
+
+
+def _arg_reduction(fn) -> _Compiler:
+    def compiler(c):
+        axis, keepdims = int(c.attr("axis", 0)), bool(c.attr("keepdims", 1))
+        last = bool(c.attr("select_last_index", 0))
+
+        def arg(x):
+            if last:
+                flipped = np.flip(x, axis=axis)
+                idx = x.shape[axis] - 1 - fn(flipped, axis=axis)
+            else:
+                idx = fn(x, axis=axis)
+            idx = idx.astype(np.int64)
+            return np.expand_dims(idx, axis) if keepdims else idx
+        return arg
+    return compiler
+
+
+register("ArgMax")(_arg_reduction(np.argmax))
+register("ArgMin")(_arg_reduction(np.argmin))
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def _softmax_axes(c: OpContext, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Opset >= 13: one axis. Older: the input is flattened to 2-D at ``axis`` (default 1)."""
+    if c.opset >= 13:
+        return x, int(c.attr("axis", -1))
+    axis = int(c.attr("axis", 1)) % max(x.ndim, 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1), 1
+
+
+_ROW_VECTORS: dict[tuple[int, float], np.ndarray] = {}
+#: A softmax row whose sum of exp(x - global max) falls below this is redone with its own max
+#: (its values sit ~69 below the global maximum, near float32's underflow).
+_MIN_ROW_SUM = 1e-30
+
+
+def _row_reduce(x2: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """``weight * x2.sum(axis=1, keepdims=True)`` of a 2-D float32 array, as one BLAS matrix-vector product.
+
+    NumPy's reductions over a short trailing axis run row by row (an (80, 96)
+    mean takes ~5 us); the BLAS product reads the array once (~1 us).
+    """
+    d = x2.shape[1]
+    vector = _ROW_VECTORS.get((d, weight))
+    if vector is None:
+        vector = _ROW_VECTORS.setdefault((d, weight), np.full((d, 1), weight, np.float32))
+    return x2 @ vector
+
+
+def _fast_rows(x: np.ndarray, axis: int) -> bool:
+    """Whether ``axis`` is the last one of a non-empty, C-contiguous float32 array (the BLAS row path)."""
+    return (x.dtype == np.float32 and x.size > 0 and axis % x.ndim == x.ndim - 1
+            and x.flags.c_contiguous)
+
+
+@register("Softmax", writes_out=True)
+def _softmax(c):
+    def softmax(x, out=None):
+        x2, axis = _softmax_axes(c, x)
+        y = np.empty_like(x) if out is None else out
+        y2 = y.reshape(x2.shape)
+        if _fast_rows(x2, axis):
+            # Any per-row constant may be subtracted; the global maximum is one fast reduction instead
+            # of one per row. Rows far below it (or non-finite inputs) take the per-row path below.
+            top = x2.max()
+            if np.isfinite(top):
+                np.subtract(x2, top, out=y2)
+                np.exp(y2, out=y2)
+                rows = y2.reshape(-1, x2.shape[-1])
+                sums = _row_reduce(rows)
+                if sums.min() >= _MIN_ROW_SUM:
+                    rows /= sums
+                    return y
+        np.subtract(x2, np.max(x2, axis=axis, keepdims=True), out=y2)
+        np.exp(y2, out=y2)
+        y2 /= np.sum(y2, axis=axis, keepdims=True)
+        return y
+    return softmax
+
+
+@register("LogSoftmax", writes_out=True)
+def _log_softmax(c):
+    def log_softmax(x, out=None):
+        x2, axis = _softmax_axes(c, x)
+        y = np.empty_like(x) if out is None else out
+        y2 = y.reshape(x2.shape)
+        np.subtract(x2, np.max(x2, axis=axis, keepdims=True), out=y2)
+        y2 -= np.log(np.sum(np.exp(y2), axis=axis, keepdims=True))
+        return y
+    return log_softmax
+
+
+@register("LayerNormalization", writes_out=True)
+def _layer_norm(c):
+    axis = int(c.attr("axis", -1))
+    eps = np.float32(c.attr("epsilon", 1e-5))
+    if int(c.attr("stash_type", 1)) != 1:
+        raise _fail(c, "only stash_type=1 (float32 statistics) is implemented")
+
+    scratch = _Scratch(1)
+
+    def layer_norm(x, scale, bias=None, out=None):
+        first = axis % x.ndim
+        d = math.prod(x.shape[first:])
+        y = np.empty(x.shape, np.float32) if out is None else out
+        x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
+        if x.dtype == np.float32 and d > 0 and x2.flags.c_contiguous:
+            mean = _row_reduce(x2, 1.0 / d)
+            np.subtract(x2, mean, out=y2)
+            (squares,) = scratch.get(y2.shape)
+            var = _row_reduce(np.multiply(y2, y2, out=squares), 1.0 / d)
+        else:
+            mean = np.mean(x2, axis=1, keepdims=True, dtype=np.float32)
+            np.subtract(x2, mean, out=y2)
+            var = np.mean(np.square(y2), axis=1, keepdims=True)
+        inv = np.add(var, eps, out=var)
+        np.sqrt(inv, out=inv)
+        np.reciprocal(inv, out=inv)
+        y2 *= inv
+        y *= scale
+        if bias is not None:
+            y += bias
+        if c.n_outputs > 1:
+            stats = x.shape[:first] + (1,) * (x.ndim - first)
+            return (y, mean.reshape(stats), inv.reshape(stats))[: c.n_outputs]
+        return y
+    return layer_norm
+
+
+# --------------------------------------------------------------------------- linear algebra
+
+
+@register("MatMul", writes_out=True)
+def _matmul(c):
+    return lambda a, b, out=None: np.matmul(a, b, out=out)
+
+
+@register("Gemm", writes_out=True)
+def _gemm(c):
+    ta, tb = bool(c.attr("transA", 0)), bool(c.attr("transB", 0))
+    alpha, beta = c.attr("alpha", 1.0), c.attr("beta", 1.0)
+
+    def gemm(a, b, bias=None, out=None):
+        y = np.matmul(a.T if ta else a, b.T if tb else b, out=out)
+        if alpha != 1.0:
+            y *= y.dtype.type(alpha)
+        if bias is not None and beta != 0.0:
+            y += bias if beta == 1.0 else bias * y.dtype.type(beta)
+        return y
+    return gemm
+
+
+# --------------------------------------------------------------------------- shapes and layout
+
+
+@register("Reshape")
+def _reshape(c):
+    allowzero = bool(c.attr("allowzero", 0))
+
+    def reshape(x, shape):
+        dims = _ints(shape)
+        if not allowzero:
+            dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        return x.reshape(dims)
+
+    const = c.consts[1] if len(c.consts) > 1 else None
+    if const is not None and (allowzero or 0 not in _ints(const)):
+        fixed = tuple(_ints(const))  # parsed once: the shape input is a constant
+        return lambda x, shape: x.reshape(fixed)
+    return reshape
+
+
+@register("Flatten")
+def _flatten(c):
+    axis = int(c.attr("axis", 1))
+
+    def flatten(x):
+        a = axis + x.ndim if axis < 0 else axis
+        return x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
+    return flatten
+
+
+@register("Transpose", writes_out=True)
+def _transpose(c):
+    perm = c.attr("perm")
+
+    def transpose(x, out=None):
+        view = x.transpose(perm) if perm is not None else x.T
+        if out is None:
+            return np.ascontiguousarray(view)
+        np.copyto(out, view)
+        return out
+    return transpose
+
+
+@register("Unsqueeze")
+def _unsqueeze(c):
+    def unsqueeze(x, axes=None):
+        ax = _ints(axes if axes is not None else c.attr("axes"))
+        rank = x.ndim + len(ax)
+        return np.expand_dims(x, tuple(sorted(a % rank for a in ax)))
+
+    const = c.consts[1] if len(c.consts) > 1 and c.consts[1] is not None else c.attr("axes")
+    if const is not None and all(a >= 0 for a in _ints(const)):
+        fixed = tuple(sorted(_ints(const)))  # non-negative axes do not depend on the input's rank
+        return lambda x, axes=None: np.expand_dims(x, fixed)
+    return unsqueeze
+
+
+@register("Squeeze")
+def _squeeze(c):
+    def squeeze(x, axes=None):
+        ax = axes if axes is not None else c.attr("axes")
+        if ax is None or not len(_ints(ax)):
+            return np.squeeze(x)
+        return np.squeeze(x, axis=tuple(a % x.ndim for a in _ints(ax)))
+    return squeeze
+
+
+@register("Concat", writes_out=True)
+def _concat(c):
+    axis = int(c.attr("axis"))
+    return lambda *xs, out=None: np.concatenate(xs, axis=axis, out=out)
+
+
+@register("Split")
+def _split(c):
+    axis = int(c.attr("axis", 0))
+    n = c.n_outputs
+
+    def split(x, sizes=None):
+        sizes = _ints(sizes) if sizes is not None else c.attr("split")
+        dim = x.shape[axis]
+        if sizes is None:
+            parts = int(c.attr("num_outputs", n))
+            chunk = -(-dim // parts)
+            sizes = [min(chunk, dim - i * chunk) for i in range(parts)]
+        if sum(sizes) != dim or len(sizes) != n:
+            raise _fail(c, f"split sizes {sizes} do not fit dimension {dim} into {n} outputs")
+        lead = (slice(None),) * (axis % x.ndim)
+        parts, start = [], 0
+        for size in sizes:  # basic slicing: views, and much cheaper than np.split
+            parts.append(x[(*lead, slice(start, start + size))])
+            start += size
+        return tuple(parts)
+    return split
+
+
+@register("Slice")
+def _slice(c):
+    def slice_(x, starts, ends, axes=None, steps=None):
+        starts, ends = _ints(starts), _ints(ends)
+        axes = _ints(axes) if axes is not None else list(range(len(starts)))
+        steps = _ints(steps) if steps is not None else [1] * len(starts)
+        index = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+            index[a % x.ndim] = slice(s, e, st)
+        return x[tuple(index)]
+    return slice_
+
+
+@register("Gather", writes_out=True)
+def _gather(c):
+    axis = int(c.attr("axis", 0))
+
+    def gather(x, indices, out=None):
+        idx = np.asarray(indices)
+        if idx.size and (idx.max() >= x.shape[axis] or idx.min() < -x.shape[axis]):
+            raise EdgevlaError(f"{c.where}: index out of range for a dimension of size {x.shape[axis]} "
+                               f"(indices span {idx.min()}..{idx.max()})")
+        return np.take(x, idx, axis=axis, out=out)
+    return gather
+
+
+@register("GatherElements")
+def _gather_elements(c):
+    axis = int(c.attr("axis", 0))
+    return lambda x, indices: np.take_along_axis(x, np.where(indices < 0, indices + x.shape[axis], indices), axis)
+
+
+@register("Shape")
+def _shape(c):
+    start, end = c.attr("start", 0), c.attr("end")
+    return lambda x: np.array(x.shape[start:end], dtype=np.int64)
+
+
+@register("Size")
+def _size(c):
+    return lambda x: np.array(x.size, dtype=np.int64)
+
+
+@register("Expand")
+def _expand(c):
+    def expand(x, shape):
+        return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(shape))))
+    return expand
+
+
+@register("Tile")
+def _tile(c):
+    return lambda x, repeats: np.tile(x, _ints(repeats))
+
+
+@register("ConstantOfShape")
+def _constant_of_shape(c):
+    value = c.attr("value")
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    return lambda shape: np.full(_ints(shape), fill[0], dtype=fill.dtype)
+
+
+@register("Range")
+def _range(c):
+    return lambda start, limit, delta: np.arange(start, limit, delta, dtype=np.asarray(start).dtype)
+
+
+@register("Trilu")
+def _trilu(c):
+    upper = bool(c.attr("upper", 1))
+
+    def trilu(x, k=None):
+        kk = int(np.asarray(k).reshape(-1)[0]) if k is not None else 0
+        return np.triu(x, kk) if upper else np.tril(x, kk)
+    return trilu
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def _along(param: np.ndarray, axis: int, ndim: int, block: int, x_shape: tuple[int, ...]) -> np.ndarray:
+    """A scale or zero point shaped to broadcast against x: per tensor, per axis, or blocked."""
+    param = np.asarray(param)
+    if param.ndim == 0 or param.size == 1 and block == 0:
+        return param.reshape(())
+    if block:
+        return np.repeat(param, block, axis=axis)[tuple(slice(0, d) for d in x_shape)]
+    shape = [1] * ndim
+    shape[axis] = param.size
+    return param.reshape(shape)
+
+
+@register("QuantizeLinear", writes_out=True)
+def _quantize_linear(c):
+    block = int(c.attr("block_size", 0))
+    out_type = c.attr("output_dtype", 0)
+    scale_c, zero_c = (list(c.consts[1:3]) + [None, None])[:2]
+    if (scale_c is not None and scale_c.size == 1 and len(c.consts) > 2 and zero_c is not None
+            and zero_c.size == 1 and zero_c.dtype == np.int8 and not zero_c.any() and not out_type):
+        return _quantize_symmetric_int8(np.float32(scale_c.reshape(())))
+
+    def quantize(x, scale, zero_point=None, out=None):
+        dtype = zero_point.dtype if zero_point is not None else (
+            _np_dtype(out_type, c) if out_type else np.dtype(np.uint8))
+        if dtype.kind not in "iu" or dtype.itemsize != 1:
+            raise _fail(c, f"quantizing to {dtype} is not implemented (int8 and uint8 are)")
+        axis = int(c.attr("axis", 1)) % max(x.ndim, 1)
+        q = np.divide(x, _along(scale, axis, x.ndim, block, x.shape), dtype=np.float32)
+        np.rint(q, out=q)
+        if zero_point is not None:
+            q += _along(zero_point, axis, x.ndim, block, x.shape).astype(np.float32)
+        info = np.iinfo(dtype)
+        np.clip(q, info.min, info.max, out=q)
+        if out is None:
+            return q.astype(dtype)
+        np.copyto(out, q, casting="unsafe")
+        return out
+    return quantize
+
+
+def _quantize_symmetric_int8(scale: np.float32) -> OpFn:
+    """QuantizeLinear with one constant scale and a zero point of 0 (W8A8 activations): 4 passes.
+
+    ``clip(rint(x / s))`` equals ``rint(clip(x / s))`` for integer bounds; the
+    float scratch is kept per shape so the hot path does not allocate it.
+    """
+    scratch: dict[tuple[int, ...], np.ndarray] = {}
+
+    def quantize(x, scale_=None, zero_point=None, out=None):
+        t = scratch.get(x.shape)
+        if t is None:
+            t = scratch.setdefault(x.shape, np.empty(x.shape, np.float32))
+        np.divide(x, scale, out=t)
+        np.clip(t, -128.0, 127.0, out=t)
+        np.rint(t, out=t)
+        if out is None:
+            return t.astype(np.int8)
+        np.copyto(out, t, casting="unsafe")
+        return out
+    return quantize
+
+
+@register("DequantizeLinear", writes_out=True)
+def _dequantize_linear(c):
+    block = int(c.attr("block_size", 0))
+
+    def dequantize(x, scale, zero_point=None, out=None):
+        axis = int(c.attr("axis", 1)) % max(x.ndim, 1)
+        s = _along(scale, axis, x.ndim, block, x.shape)
+        y = x.astype(np.float32)
+        if zero_point is not None:
+            y -= _along(zero_point, axis, x.ndim, block, x.shape).astype(np.float32)
+        return np.multiply(y, s, out=out)
+    return dequantize

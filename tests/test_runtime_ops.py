@@ -1,0 +1,253 @@
+"""Every op of the native runtime against ONNX Runtime, one single-node model per case, random inputs.
+
+Each case runs twice on the native runtime: the first call traces (ops
+allocate), the second runs the bound steps over planned buffers (ops write
+into ``out=``). Both must agree with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgevla.errors import EdgevlaError
+from edgevla.runtime import NativeModel, supported_ops
+from edgevla.runtime.ops import erf
+
+RNG = np.random.default_rng(1234)
+
+
+def f32(*shape, low=-2.0, high=2.0):
+    return RNG.uniform(low, high, shape).astype(np.float32)
+
+
+def i64(*values):
+    return np.array(values, np.int64)
+
+
+class Case:
+    """One node: dynamic inputs (graph inputs), constant inputs (initializers), attributes."""
+
+    def __init__(self, op, inputs, *, consts=None, attrs=None, n_out=1, opset=18, order=None, atol=2e-6, id=None):
+        self.op, self.inputs, self.consts = op, inputs, consts or {}
+        self.attrs, self.n_out, self.opset, self.atol = attrs or {}, n_out, opset, atol
+        self.order = order or [*inputs, *self.consts]  # node input order; "" for an omitted input
+        self.id = id or op
+
+    def model(self):
+        outs = [f"y{i}" for i in range(self.n_out)]
+        node = helper.make_node(self.op, self.order, outs, **self.attrs)
+        ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+               for k, v in self.inputs.items()]
+        inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items()]
+        outputs = [helper.make_empty_tensor_value_info(o) for o in outs]
+        graph = helper.make_graph([node], "case", ins, outputs, initializer=inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], ir_version=10)
+
+
+def _infer_outputs(model):
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    types = {v.name: v.type for v in inferred.graph.value_info}
+    for out in model.graph.output:
+        out.type.CopyFrom(types[out.name])
+    return model
+
+
+x34 = f32(3, 4)
+x234 = f32(2, 3, 4)
+pos = f32(2, 3, 4, low=0.1, high=3.0)
+bools = RNG.integers(0, 2, (2, 3)).astype(bool)
+ints = RNG.integers(-50, 50, (3, 4)).astype(np.int64)
+nonzero_ints = np.where(ints == 0, 7, ints)
+
+CASES = [
+    *[Case(op, {"a": x234, "b": f32(3, 4)}, id=f"{op}-broadcast") for op in ("Add", "Sub", "Mul", "Max", "Min")],
+    Case("Div", {"a": x234, "b": f32(1, 4, low=0.5, high=2.0)}),
+    Case("Div", {"a": ints, "b": nonzero_ints[::-1].copy()}, id="Div-int64-truncates"),
+    Case("Pow", {"a": pos, "b": f32(4, low=-1.5, high=1.5)}, atol=1e-5),
+    Case("Pow", {"a": x234}, consts={"two": np.array(2.0, np.float32)}, id="Pow-square"),
+    Case("Mod", {"a": ints, "b": nonzero_ints}, id="Mod-int"),
+    Case("Mod", {"a": x34, "b": f32(3, 4, low=0.5, high=1.5)}, attrs={"fmod": 1}, atol=1e-6, id="Mod-fmod"),
+    *[Case(op, {"a": x34, "b": np.round(x34[::-1].copy())}, id=op)
+      for op in ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual")],
+    *[Case(op, {"a": bools, "b": bools[::-1].copy()}) for op in ("And", "Or", "Xor")],
+    *[Case(op, {"a": ints, "b": ints[::-1].copy()}) for op in ("BitwiseAnd", "BitwiseOr")],
+    Case("Not", {"a": bools}),
+    Case("Where", {"c": bools, "a": f32(2, 3), "b": f32(3)}),
+    Case("Sum", {"a": x34, "b": f32(4), "c": f32(3, 1)}),
+    Case("Mean", {"a": x34, "b": f32(4), "c": f32(3, 1)}),
+    Case("Max", {"a": x34}, id="Max-single"),
+    *[Case(op, {"x": x234}, atol=atol) for op, atol in (
+        ("Neg", 0), ("Abs", 0), ("Exp", 1e-6), ("Tanh", 1e-6), ("Sigmoid", 1e-6), ("Relu", 0),
+        ("Reciprocal", 1e-5), ("Floor", 0), ("Ceil", 0), ("Round", 0), ("Sin", 1e-6), ("Cos", 1e-6),
+        ("Sign", 0), ("Erf", 1e-6), ("Softplus", 1e-6), ("HardSwish", 1e-6), ("Identity", 0))],
+    *[Case(op, {"x": pos}, atol=1e-6) for op in ("Sqrt", "Log")],
+    Case("LeakyRelu", {"x": x234}, attrs={"alpha": 0.1}),
+    Case("Elu", {"x": x234}, attrs={"alpha": 0.7}, atol=1e-6),
+    Case("HardSigmoid", {"x": x234}, attrs={"alpha": 0.3, "beta": 0.4}, atol=1e-6),
+    Case("Gelu", {"x": x234}, opset=20, atol=1e-6, id="Gelu-erf"),
+    Case("Gelu", {"x": x234}, attrs={"approximate": "tanh"}, opset=20, atol=1e-6, id="Gelu-tanh"),
+    Case("Clip", {"x": x234}, consts={"lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}),
+    Case("Clip", {"x": x234}, consts={"hi": np.array(0.7, np.float32)}, order=["x", "", "hi"], id="Clip-max-only"),
+    Case("Clip", {"x": x234}, id="Clip-none"),
+    Case("Cast", {"x": x234 * 10}, attrs={"to": TensorProto.INT64}, id="Cast-float-int64"),
+    Case("Cast", {"x": ints}, attrs={"to": TensorProto.FLOAT}, id="Cast-int64-float"),
+    Case("CastLike", {"x": ints, "like": x34}),
+    *[Case(op, {"x": x234}, consts={"axes": i64(*axes)}, attrs={"keepdims": keep}, atol=atol, id=f"{op}-{axes}-{keep}")
+      for op, atol in (("ReduceMean", 1e-6), ("ReduceSum", 1e-6), ("ReduceMax", 0), ("ReduceMin", 0),
+                       ("ReduceProd", 1e-5), ("ReduceSumSquare", 1e-5), ("ReduceL1", 1e-5), ("ReduceL2", 1e-6),
+                       ("ReduceLogSumExp", 1e-6))
+      for axes, keep in (((1,), 0), ((-1, 0), 1))],
+    Case("ReduceMean", {"x": x234}, id="ReduceMean-all"),
+    Case("ReduceSum", {"x": x234}, attrs={"noop_with_empty_axes": 1}, id="ReduceSum-noop"),
+    Case("ReduceMean", {"x": x234}, attrs={"axes": [1], "keepdims": 0}, opset=17, atol=1e-6, id="ReduceMean-attr-axes"),
+    Case("ArgMax", {"x": x234}, attrs={"axis": 1, "keepdims": 0}),
+    Case("ArgMin", {"x": np.round(x234)}, attrs={"axis": -1, "select_last_index": 1}, id="ArgMin-last"),
+    Case("Softmax", {"x": f32(2, 3, 5) * 4}, atol=1e-6),
+    Case("Softmax", {"x": f32(2, 3, 5) * 4}, attrs={"axis": 1}, atol=1e-6, id="Softmax-axis1"),
+    Case("Softmax", {"x": f32(2, 3, 5) * 4}, attrs={"axis": 1}, opset=11, atol=1e-6, id="Softmax-opset11-flatten"),
+    Case("Softmax", {"x": (f32(3, 5) + np.array([[0], [-200], [50]], np.float32))}, atol=1e-6,
+         id="Softmax-rows-far-below-the-max"),
+    Case("Softmax", {"x": np.where(RNG.random((4, 6)) < 0.3, -np.inf, f32(4, 6)).astype(np.float32)}, atol=1e-6,
+         id="Softmax-masked"),
+    Case("LogSoftmax", {"x": f32(2, 3, 5) * 4}, atol=1e-5),
+    Case("LayerNormalization", {"x": f32(2, 3, 8) * 3 + 1}, consts={"w": f32(8), "b": f32(8)}, atol=1e-5),
+    Case("LayerNormalization", {"x": f32(2, 3, 8)}, consts={"w": f32(3, 8)}, attrs={"axis": -2, "epsilon": 1e-3},
+         atol=1e-5, id="LayerNormalization-2axes-nobias"),
+    Case("LayerNormalization", {"x": f32(4, 8)}, consts={"w": f32(8), "b": f32(8)}, n_out=3, atol=1e-5,
+         id="LayerNormalization-stats"),
+    Case("MatMul", {"a": f32(2, 3, 5), "b": f32(2, 5, 4)}, atol=1e-5),
+    Case("MatMul", {"a": f32(5), "b": f32(3, 5, 4)}, atol=1e-5, id="MatMul-1d"),
+    Case("Gemm", {"a": f32(5, 3), "b": f32(4, 5), "c": f32(4)},
+         attrs={"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0}, atol=1e-5),
+    Case("Gemm", {"a": f32(3, 5), "b": f32(5, 4)}, atol=1e-5, id="Gemm-noC"),
+    Case("Reshape", {"x": x234}, consts={"s": i64(0, -1)}),
+    Case("Reshape", {"x": x234}, consts={"s": i64(-1, 2, 2)}, id="Reshape-constant-shape"),
+    Case("Reshape", {"x": x234, "s": i64(3, 8)}, id="Reshape-dynamic-shape"),
+    Case("Reshape", {"x": x234}, consts={"s": i64(0, 0, 2, -1)}, attrs={"allowzero": 0}, id="Reshape-zero-copies"),
+    Case("Flatten", {"x": x234}, attrs={"axis": 2}),
+    Case("Flatten", {"x": x234}, attrs={"axis": -1}, id="Flatten-neg"),
+    Case("Transpose", {"x": f32(2, 3, 4, 5)}, attrs={"perm": [0, 2, 3, 1]}),
+    Case("Transpose", {"x": x234}, id="Transpose-reverse"),
+    Case("Unsqueeze", {"x": x234}, consts={"axes": i64(0, -1)}),
+    Case("Unsqueeze", {"x": x234}, attrs={"axes": [1]}, opset=11, id="Unsqueeze-attr"),
+    Case("Squeeze", {"x": f32(2, 1, 4, 1)}, consts={"axes": i64(-1)}),
+    Case("Squeeze", {"x": f32(2, 1, 4, 1)}, id="Squeeze-all"),
+    Case("Concat", {"a": x234, "b": f32(2, 1, 4), "c": f32(2, 2, 4)}, attrs={"axis": 1}),
+    Case("Split", {"x": f32(2, 7)}, attrs={"axis": 1, "num_outputs": 3}, n_out=3),
+    Case("Split", {"x": f32(6, 3)}, consts={"s": i64(1, 5)}, n_out=2, id="Split-sizes"),
+    Case("Slice", {"x": f32(5, 6)}, consts={"s": i64(1, -1), "e": i64(4, -100), "ax": i64(0, 1), "st": i64(2, -2)}),
+    Case("Slice", {"x": f32(5, 6)}, consts={"s": i64(2), "e": i64(2**62)}, id="Slice-open-end"),
+    Case("Gather", {"x": f32(5, 4), "i": np.array([[0, -1], [3, 2]], np.int64)}),
+    Case("Gather", {"x": f32(2, 5, 4)}, consts={"i": np.array(-2, np.int64)}, attrs={"axis": 1}, id="Gather-scalar"),
+    Case("GatherElements", {"x": f32(3, 4), "i": np.array([[0, -1, 2], [3, 1, 0], [1, 1, 1]], np.int64)},
+         attrs={"axis": 1}),
+    Case("Shape", {"x": x234}),
+    Case("Shape", {"x": x234}, attrs={"start": 1, "end": -1}, id="Shape-range"),
+    Case("Size", {"x": x234}),
+    Case("Expand", {"x": f32(3, 1)}, consts={"s": i64(2, 1, 4)}),
+    Case("Tile", {"x": f32(2, 3)}, consts={"r": i64(2, 3)}),
+    Case("ConstantOfShape", {"s": i64(2, 3)}, attrs={"value": numpy_helper.from_array(np.array([1.5], np.float32))}),
+    Case("Range", {"a": np.array(1.0, np.float32), "b": np.array(7.5, np.float32), "d": np.array(1.5, np.float32)}),
+    Case("Trilu", {"x": f32(4, 5)}, consts={"k": np.array(1, np.int64)}),
+    Case("Trilu", {"x": f32(4, 5)}, attrs={"upper": 0}, id="Trilu-lower"),
+    Case("QuantizeLinear", {"x": x234 * 3}, consts={"s": np.array(0.02, np.float32), "z": np.array(3, np.int8)}),
+    Case("QuantizeLinear", {"x": np.arange(-301, 301, dtype=np.float32).reshape(7, 86) * np.float32(0.125)},
+         consts={"s": np.array(0.25, np.float32), "z": np.array(0, np.int8)},
+         id="QuantizeLinear-symmetric-ties-and-saturation"),
+    Case("QuantizeLinear", {"x": x234}, consts={"s": f32(3, low=0.01, high=0.02), "z": np.array([0, 5, 250], np.uint8)},
+         attrs={"axis": 1}, id="QuantizeLinear-per-axis-uint8"),
+    Case("DequantizeLinear", {"q": RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8)},
+         consts={"s": f32(4, low=0.01, high=0.1), "z": np.array([0, 1, -2, 3], np.int8)}, attrs={"axis": -1}),
+    Case("DequantizeLinear", {"q": RNG.integers(-8, 8, (4, 6)).astype(np.int8)},
+         consts={"s": f32(2, 6, low=0.01, high=0.1)}, attrs={"axis": 0, "block_size": 2}, opset=21,
+         id="DequantizeLinear-blocked"),
+]
+
+
+def _ort(model, feeds):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_op_matches_onnxruntime(case):
+    model = _infer_outputs(case.model())
+    expected = _ort(model, case.inputs)
+    native = NativeModel(model, precision="fp32")
+    traced = native.run(case.inputs)
+    bound = native.run(case.inputs)
+    for i, ref in enumerate(expected):
+        for got in (traced[f"y{i}"], bound[f"y{i}"]):
+            assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, got.shape, ref.dtype, ref.shape)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=case.atol)
+
+
+def test_every_registered_op_has_a_case():
+    covered = {c.op for c in CASES}
+    assert set(supported_ops()) - covered == set()
+
+
+def test_constant_subgraphs_fold_at_load():
+    """Transpose(DequantizeLinear(int8 codes)) of a weight is computed once, at load."""
+    codes = RNG.integers(-127, 128, (6, 4)).astype(np.int8)
+    scale = f32(4, low=0.01, high=0.05)
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w_dq"], axis=1),
+             helper.make_node("Transpose", ["w_dq"], ["w_t"], perm=[1, 0]),
+             helper.make_node("Add", ["x", "w_t"], ["y0"])]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [4, 6])],
+                              initializer=[numpy_helper.from_array(codes, "w_q"),
+                                           numpy_helper.from_array(scale, "w_s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    native = NativeModel(model, precision="fp32")
+    assert native.op_count() == {"Add": 1}
+    x = f32(4, 6)
+    np.testing.assert_allclose(native.run({"x": x})["y0"], x + (codes * scale).T, rtol=0, atol=1e-6)
+
+
+def test_erf_accuracy():
+    import math
+
+    x = np.linspace(-6, 6, 20001, dtype=np.float32)
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(erf(x) - exact).max() < 5e-7
+
+
+def _single(op, domain="", opset=18, **attrs):
+    node = helper.make_node(op, ["x"], ["y0"], domain=domain, name="the_node", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=imports)
+
+
+@pytest.mark.parametrize("model, words", [
+    (_single("LpNormalization"), ["'LpNormalization'", "the_node", "--backend onnxruntime"]),
+    (_single("FusedGemm", domain="com.microsoft"), ["'FusedGemm'", "com.microsoft"]),
+])
+def test_unsupported_op_is_one_clear_line(model, words):
+    with pytest.raises(EdgevlaError) as info:
+        NativeModel(model)
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_bad_inputs_are_refused():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y0"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, ["batch", 4])])
+    native = NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    np.testing.assert_array_equal(native.run({"x": x34})["y0"], np.maximum(x34, 0))
+    with pytest.raises(EdgevlaError, match="needs input 'x'"):
+        native.run({"z": x34})
+    with pytest.raises(EdgevlaError, match="must be float32, got float64"):
+        native.run({"x": x34.astype(np.float64)})
+    with pytest.raises(EdgevlaError, match=r"shape \('\?', 4\), got \(3, 5\)"):
+        native.run({"x": f32(3, 5)})
