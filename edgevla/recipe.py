@@ -17,9 +17,20 @@ of the weights zeroed); ``nm`` (the ``pattern`` 2:4 or 4:8); ``structured``
 ``schedule`` (``oneshot`` or ``cubic`` over ``steps``), then ``recovery``
 distils the original into the pruned policy until the accuracy budget is met.
 ``prune_shorthand`` turns ``edgevla build --prune 2:4`` and the like into
-recipe overrides. Quantization has only ``method: none`` in this version; a
-method that does not exist yet is refused with "not supported yet" rather
-than ignored.
+recipe overrides.
+
+Quantization (``quantize:``) picks a ``format`` — none, w8a8, w8a16, w4a16,
+fp16 or fp8 (refused on a target that does not list it) — and how to get
+there: ``calibration`` (method, number of batches of the task's calibration
+split, or a ``data`` directory of the user's .npz / .safetensors
+observations), ``smoothquant`` (on, ``alpha``), int4 ``group_size``,
+``tables`` (int8 storage of embeddings and position tables), the
+``float_dtype`` of what stays float (``auto``: fp16 where the target runs it),
+``mixed_precision`` (layers under an SQNR floor, or the fewest needed to keep
+closed-loop success within ``max_loss``, stay float), ``qat`` (fake-quant
+fine-tuning distilled from the float policy) and ``parity`` (how closely the
+ONNX model must match the fake-quant PyTorch one). ``quantize_shorthand``
+turns ``edgevla build --quantize w8a8`` into an override of the format.
 """
 
 from __future__ import annotations
@@ -43,7 +54,10 @@ PRUNE_STRUCTURES = ("neurons", "heads", "blocks")
 PRUNE_CRITERIA = ("magnitude", "taylor", "wanda")
 PRUNE_SCHEDULES = ("oneshot", "cubic")
 PRUNE_SHORTHAND = "none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1))"
-QUANTIZE_METHODS = ("none",)
+QUANTIZE_FORMATS = ("none", "w8a8", "w8a16", "w4a16", "fp16", "fp8")
+QUANTIZE_FLOAT_DTYPES = ("auto", "fp16", "bf16", "fp32")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+MIXED_PRECISION_METRICS = ("sqnr", "success")
 EFFICIENCY_SUM_TOLERANCE = 1e-6
 
 class NMPattern(OneOf):
@@ -81,7 +95,39 @@ RECIPE_SCHEMA = Section({
         }),
     }),
     "quantize": Section({
-        "method": Supported(*QUANTIZE_METHODS, default="none"),
+        "format": OneOf(*QUANTIZE_FORMATS, default="none"),
+        "float_dtype": OneOf(*QUANTIZE_FLOAT_DTYPES, default="auto"),  # storage of what stays float
+        "group_size": OneOf(32, 64, 128, default=128),             # w4a16: input channels per scale
+        "tables": Bool(default=True),                               # embeddings / position tables in int8
+        "calibration": Section({
+            "method": OneOf(*CALIBRATION_METHODS, default="minmax"),
+            "percentile": Float(0.0, 100.0, min_open=True, default=99.99),  # for method percentile
+            "batches": Int(1, default=8),
+            "batch_size": Int(1, default=32),
+            "data": Nullable(Str()),  # directory of .npz / .safetensors observations; null: the task's split
+        }),
+        "smoothquant": Section({
+            "enabled": Bool(default=False),
+            "alpha": Float(0.0, 1.0, default=0.5),
+        }),
+        "mixed_precision": Section({
+            "enabled": Bool(default=False),
+            "metric": OneOf(*MIXED_PRECISION_METRICS, default="sqnr"),
+            "min_sqnr_db": Float(default=30.0),       # metric sqnr: a layer whose solo SQNR is lower stays float
+            "max_loss": Nullable(Float(0.0, 1.0)),    # metric success: null: the build's accuracy budget
+            "episodes": Int(1, default=100),
+            "seed": Int(0, default=30_000),           # apart from evaluate.seed and the prune recovery's
+        }),
+        "qat": Section({
+            "enabled": Bool(default=False),
+            "steps": Int(1, default=200),
+            "lr": Float(0.0, min_open=True, default=3e-5),
+            "batch_size": Int(1, default=32),
+        }),
+        "parity": Section({  # ONNX Runtime (Q/DQ run literally) vs the fake-quant PyTorch model
+            "atol": Float(0.0, default=0.05),
+            "min_cosine": Float(0.0, 1.0, default=0.999),
+        }),
     }),
     "export": Section({
         "opset": Int(13, 21, default=17),
@@ -141,8 +187,55 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class CalibrationConfig:
     method: str
+    percentile: float
+    batches: int
+    batch_size: int
+    data: str | None
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig:
+    enabled: bool
+    alpha: float
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig:
+    enabled: bool
+    metric: str
+    min_sqnr_db: float
+    max_loss: float | None
+    episodes: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    enabled: bool
+    steps: int
+    lr: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    atol: float
+    min_cosine: float
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    format: str
+    float_dtype: str
+    group_size: int
+    tables: bool
+    calibration: CalibrationConfig
+    smoothquant: SmoothQuantConfig
+    mixed_precision: MixedPrecisionConfig
+    qat: QATConfig
+    parity: ParityConfig
 
 
 @dataclass(frozen=True)
@@ -227,7 +320,10 @@ _SECTIONS = {"prune": PruneConfig, "quantize": QuantizeConfig, "export": ExportC
              "evaluate": EvaluateConfig, "profile": ProfileConfig, "efficiency": EfficiencyConfig}
 
 
-_NESTED = {(PruneConfig, "recovery"): PruneRecoveryConfig}
+_NESTED = {(PruneConfig, "recovery"): PruneRecoveryConfig,
+           (QuantizeConfig, "calibration"): CalibrationConfig, (QuantizeConfig, "smoothquant"): SmoothQuantConfig,
+           (QuantizeConfig, "mixed_precision"): MixedPrecisionConfig, (QuantizeConfig, "qat"): QATConfig,
+           (QuantizeConfig, "parity"): ParityConfig}
 
 
 def _build(data: Mapping[str, Any]) -> Recipe:
@@ -288,6 +384,14 @@ def prune_shorthand(text: str, where: str = "--prune") -> dict[str, Any]:
             return {**overrides, "prune.method": word, ("prune.sparsity" if word == "unstructured" else
                                                         "prune.amount"): fraction}
     raise EdgevlaError(f"{where}: expected {PRUNE_SHORTHAND}, got {text!r}")
+
+
+def quantize_shorthand(text: str, where: str = "--quantize") -> dict[str, Any]:
+    """``--quantize`` shorthand (a format name) to the recipe override of ``quantize.format``."""
+    value = str(text).strip().lower()
+    if value not in QUANTIZE_FORMATS:
+        raise EdgevlaError(f"{where}: expected one of {', '.join(QUANTIZE_FORMATS)}, got {text!r}")
+    return {"quantize.format": value}
 
 
 def nest_overrides(overrides: Mapping[str, Any], where: str = "recipe") -> dict[str, Any]:

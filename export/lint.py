@@ -3,11 +3,12 @@
 Rules (each :class:`LintIssue` names one):
 
 * ``zero-point``   — every QuantizeLinear / DequantizeLinear has an explicit
-  zero point that is int8 (int4 allowed on weights) and all zeros: symmetric.
+  zero point that is int8 (int4 allowed on weights; E4M3 for an fp8 pair) and
+  all zeros: symmetric.
 * ``weight-axis``  — a DequantizeLinear on a MatMul / Gemm / Conv weight is
   per channel along that weight's output-channel axis (MatMul B: last axis;
   Gemm B: 0 with ``transB=1`` else 1; Conv W: 0), or blocked along the input axis.
-* ``dq-input``     — an integer tensor reaches MatMul / Gemm / Conv only
+* ``dq-input``     — an integer (or fp8) tensor reaches MatMul / Gemm / Conv only
   through DequantizeLinear, and a quantized activation goes with a quantized weight.
 * ``quantized-bias`` — a Gemm / Conv bias is float, never dequantized.
 * ``scale``        — every Q/DQ scale is positive and finite.
@@ -26,8 +27,10 @@ from ..errors import EdgevlaError
 
 _COMPUTE = ("MatMul", "Gemm", "Conv")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+_SIGNED_WEIGHT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN}
 _INT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
-              onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32}
+              onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+              onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}  # quantized storage types
 
 
 @dataclass(frozen=True)
@@ -74,20 +77,22 @@ def _check_qdq(node, inits) -> list[LintIssue]:
     name = _name(node)
     if len(node.input) < 3 or not node.input[2]:
         # Without a zero point QuantizeLinear outputs uint8: asymmetric for TensorRT.
+        # A weight's DequantizeLinear may leave it out: the default is 0 of the codes' signed type.
         x = inits.get(node.input[0])
-        if not (node.op_type == "DequantizeLinear" and x is not None and x.data_type == onnx.TensorProto.INT8):
+        if not (node.op_type == "DequantizeLinear" and x is not None and x.data_type in _SIGNED_WEIGHT_TYPES):
             issues.append(LintIssue("zero-point", name, "no explicit int8 zero point (the default is uint8)"))
     else:
         zp = inits.get(node.input[2])
         if zp is None:
             issues.append(LintIssue("zero-point", name, "zero point is not a constant"))
         else:
-            allowed = {onnx.TensorProto.INT8}
+            allowed = {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN}
             if node.op_type == "DequantizeLinear" and node.input[0] in inits:
                 allowed.add(onnx.TensorProto.INT4)
             if zp.data_type not in allowed:
                 issues.append(LintIssue("zero-point", name, f"zero point type is "
-                                        f"{onnx.TensorProto.DataType.Name(zp.data_type)}, expected INT8"))
+                                        f"{onnx.TensorProto.DataType.Name(zp.data_type)}, expected INT8 "
+                                        "(INT4 on a weight, FLOAT8E4M3FN for fp8)"))
             elif np.any(numpy_helper.to_array(zp) != 0):
                 issues.append(LintIssue("zero-point", name, "zero point is not 0 (asymmetric quantization)"))
     scale = inits.get(node.input[1])
@@ -123,6 +128,9 @@ def _check_compute(node, inits, producer) -> list[LintIssue]:
             issues.append(LintIssue("dq-input", name, f"input {k} ({tensor}) is an integer tensor "
                                     "not passed through DequantizeLinear"))
     act_src, w_src = producer.get(act), producer.get(weight)
+    if w_src is not None and w_src.op_type == "Cast" and w_src.input[0] in producer:
+        inner = producer[w_src.input[0]]  # DQ with fp16 scales, cast up to the graph's float type
+        w_src = inner if inner.op_type == "DequantizeLinear" else w_src
     act_dq = act_src is not None and act_src.op_type == "DequantizeLinear"
     w_dq = w_src is not None and w_src.op_type == "DequantizeLinear"
     if act_dq and not w_dq:

@@ -14,10 +14,20 @@ in :func:`edgevla.quant.float_mode`), then each quantized ``Linear``'s
   tensor with equal scales share one pair, as for q/k/v);
 * its bias stays float (``Gemm``'s C, or the ``Add`` after ``MatMul``).
 
-The integer codes and scales are exactly the fake-quant layer's, so the
-ONNX model computes what the PyTorch fake-quant model computes up to float
-summation order (and the rare activation that rounds the other way because
-ONNX Runtime and PyTorch divide by the scale with different instructions).
+FP8 layers take the same form with E4M3 (``FLOAT8E4M3FN``) codes and zero
+points (opset 19). The integer codes and scales are exactly the fake-quant
+layer's, so the ONNX model computes what the PyTorch fake-quant model
+computes up to float summation order — and, under W8A8, the rare activation
+that lands within float noise of a rounding tie and rounds the other way.
+
+Tensors left in floating point are stored as the model's float storage type
+(:func:`store_floats_as`: fp16 or bf16 initializers, each followed by a
+``Cast`` to fp32), but only where the value is exactly representable in that
+type — :func:`edgevla.quant.round_float_storage` made the fake-quant model's
+tensors so — so storage costs no accuracy and parity stays exact. The
+compute graph and its inputs and outputs stay fp32. Debug metadata that the
+exporter attaches to every node (Python stack traces, FX node text) is
+stripped: it is a third of a small model's file and nothing reads it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import EdgevlaError
 from ..quant.fakequant import (
     FakeQuantLinear,
+    Float8Linear,
     Int4WeightLinear,
     Int8ActivationInt8WeightLinear,
     Int8WeightLinear,
@@ -41,25 +52,153 @@ from ..quant.fakequant import (
 from .onnx_export import _write_checked, export_onnx, match_initializers
 
 INT4_OPSET = 21  # blocked DequantizeLinear and the int4 type
+FP8_OPSET = 19   # float8 QuantizeLinear / DequantizeLinear
+STORAGE_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+MIN_STORED_ELEMENTS = 16  # smaller float tensors stay fp32: a Cast node costs more than it saves
+_ACTIVATION_LAYERS = (Int8ActivationInt8WeightLinear, Float8Linear)
+ORT_DISABLED_OPTIMIZERS = ("ReluQuantRewrite",)  # wrong for fp8 Q/DQ in ONNX Runtime 1.32: see reference_session
 
 
-def export_qdq(model, path: str | os.PathLike, *, opset: int = 17) -> Path:
+def export_qdq(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
+               dynamic_batch: bool = True) -> Path:
     """Export a fake-quant policy (from :func:`edgevla.quant.quantize_`) to a Q/DQ ONNX file."""
-    layers = quantized_layers(model)
-    if not layers:
+    if not quantized_layers(model):
         raise EdgevlaError(f"{type(model).__name__} has no fake-quant layers: run edgevla.quant.quantize_ first")
+    return export_quantized(model, path, opset=opset, float_dtype=float_dtype, dynamic_batch=dynamic_batch)
+
+
+def export_quantized(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
+                     dynamic_batch: bool = True) -> Path:
+    """Export any model from :func:`edgevla.quant.quantize_policy` — fake-quant layers or none (fp16).
+
+    Quantized layers become Q/DQ (see the module docstring); float tensors
+    exactly representable in ``float_dtype`` are stored in it. The file is
+    checked with ``onnx.checker`` (full check) before it replaces ``path``.
+    """
+    if float_dtype not in ("fp32", *STORAGE_TYPES):
+        raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected fp32, {', '.join(STORAGE_TYPES)}")
+    layers = quantized_layers(model)
     unsupported = sorted({m.format_name for m in layers.values()
-                          if not isinstance(m, (Int8WeightLinear, Int4WeightLinear))})
+                          if not isinstance(m, (Int8WeightLinear, Int4WeightLinear, Float8Linear))})
     if unsupported:
-        raise EdgevlaError(f"Q/DQ ONNX export supports w8a8, w8a16 and w4a16 layers, not {', '.join(unsupported)}")
+        raise EdgevlaError(f"Q/DQ ONNX export supports w8a8, w8a16, w4a16 and fp8 layers, not {', '.join(unsupported)}")
     path = Path(path)
     with float_mode(model):
-        export_onnx(model, path, opset=opset)
+        export_onnx(model, path, opset=opset, dynamic_batch=dynamic_batch)
         proto = onnx.load(str(path))
         refs = match_initializers(proto, model)
-    insert_qdq(proto, layers, refs)
+    if layers:
+        insert_qdq(proto, layers, refs)
+        store_tables_int8(proto, model)
+    if float_dtype != "fp32":
+        store_floats_as(proto, float_dtype)
+    strip_debug_metadata(proto)
     _write_checked(proto, path)
     return path
+
+
+def strip_debug_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop per-node metadata, doc strings (stack traces, FX text) and the intermediate shape
+    annotations (``value_info``, which every runtime infers again): none of it changes what runs."""
+    def strip(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        del graph.value_info[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                for sub in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                    strip(sub)
+
+    strip(proto.graph)
+    return proto
+
+
+def store_floats_as(proto: onnx.ModelProto, dtype: str) -> list[str]:
+    """Store fp32 initializers as ``dtype`` (fp16 / bf16) followed by a ``Cast`` to fp32, in place.
+
+    Only tensors whose every value survives the round trip exactly, with at
+    least :data:`MIN_STORED_ELEMENTS` elements, used by top-level nodes only,
+    and not a Q/DQ scale (TensorRT and ONNX want those fp32 constants). The
+    initializer keeps its name, so tools see which parameter it is; its
+    consumers read ``<name>_fp32``. Returns the names converted.
+    """
+    import torch
+
+    if dtype not in STORAGE_TYPES:
+        raise EdgevlaError(f"unknown float storage type {dtype!r}; expected one of {', '.join(STORAGE_TYPES)}")
+    graph = proto.graph
+    scales = {n.input[k] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+              for k in (1, 2) if len(n.input) > k}
+    in_subgraphs = _subgraph_inputs(graph)
+    outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.bfloat16
+    converted: dict[str, str] = {}
+    casts = []
+    for init in graph.initializer:
+        if (init.data_type != TensorProto.FLOAT or init.name in scales or init.name in in_subgraphs
+                or init.name in outputs):
+            continue
+        value = torch.from_numpy(numpy_helper.to_array(init).copy())
+        if value.numel() < MIN_STORED_ELEMENTS:
+            continue
+        narrow = value.to(torch_dtype)
+        if not torch.equal(narrow.float(), value):
+            continue
+        init.ClearField("float_data")
+        init.data_type = STORAGE_TYPES[dtype]
+        init.raw_data = narrow.contiguous().view(torch.int16).numpy().astype("<i2").tobytes()
+        out = f"{init.name}_fp32"
+        converted[init.name] = out
+        casts.append(helper.make_node("Cast", [init.name], [out], name=f"{init.name}_Cast", to=TensorProto.FLOAT))
+    for node in graph.node:
+        node.input[:] = [converted.get(n, n) for n in node.input]
+    stale = [v for v in graph.value_info if v.name in converted]  # typed fp32 there; now the Cast's output is
+    for v in stale:
+        graph.value_info.remove(v)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return list(converted)
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                names.update(n for inner in sub.node for n in inner.input)
+                names |= _subgraph_inputs(sub)
+    return names
+
+
+def verify_quantized(model, onnx_path: str | os.PathLike, observations, *, atol: float, min_cosine: float,
+                     batch_size: int = 64):
+    """Compare the fake-quant PyTorch ``model`` with the Q/DQ ONNX file executed literally
+    (:func:`reference_session`) on ``observations``; a :class:`~edgevla.export.VerifyResult`."""
+    import torch
+
+    from ..spec import spec_of
+    from .verify import compare
+
+    spec = spec_of(model)
+    samples = spec.validate(observations)
+    if samples == 0:
+        raise EdgevlaError("verification needs at least one observation")
+    arrays = spec.cast(observations)
+    session = reference_session(onnx_path)
+    reference, exported = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, samples, batch_size):
+            batch = {k: np.ascontiguousarray(v[start:start + batch_size]) for k, v in arrays.items()}
+            with torch.inference_mode():
+                reference.append(model(*(torch.from_numpy(batch[n]) for n in spec.input_names)).float().numpy())
+            exported.append(session.run([spec.action.name], batch)[0])
+    finally:
+        model.train(was_training)
+    return compare(np.concatenate(reference), np.concatenate(exported), atol=atol, min_cosine=min_cosine)
 
 
 def reference_session(path: str | os.PathLike):
@@ -69,18 +208,28 @@ def reference_session(path: str | os.PathLike):
     kernels (``MatMulNBits`` quantizes the float activation of a weight-only
     layer on the fly), which is fast but no longer the fake-quant arithmetic;
     ``session.disable_quant_qdq`` turns those fusions off for parity checks.
+
+    ``ReluQuantRewrite`` is off too: ONNX Runtime (1.32) folds a Relu into the
+    QuantizeLinear after it when the zero point sits at the bottom of the
+    quantized range — right for uint8, but it also fires for an fp8 zero
+    point of 0, whose range is symmetric, and then negative values leak
+    through. :data:`ORT_DISABLED_OPTIMIZERS` is that list, for other sessions.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
 
 
 def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLinear], refs) -> None:
     """Rewrite ``proto`` in place: quantized weights + DequantizeLinear, Q/DQ on activations."""
+    # First: converting the opset replaces the graph message.
     if any(isinstance(m, Int4WeightLinear) for m in layers.values()):
-        _require_opset(proto, INT4_OPSET)  # first: it replaces the graph message
+        _require_opset(proto, INT4_OPSET)
+    elif any(isinstance(m, Float8Linear) for m in layers.values()):
+        _require_opset(proto, FP8_OPSET)
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
@@ -112,15 +261,17 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLinear], refs)
         new_nodes.setdefault(id(first), []).extend(weight_nodes)
         for node, k in users:
             node.input[k] = dq_out
-            if isinstance(layer, Int8ActivationInt8WeightLinear):
+            if isinstance(layer, _ACTIVATION_LAYERS):
                 act = node.input[0]
                 scale = float(layer.input_scale)
-                key = (act, scale)
+                fp8 = isinstance(layer, Float8Linear)
+                key = (act, scale, fp8)
                 if key not in shared_act:
                     base = f"{act}_{len(shared_act)}"
                     s_name, z_name = f"{base}_scale", f"{base}_zero_point"
-                    graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s_name),
-                                              numpy_helper.from_array(np.array(0, np.int8), z_name)])
+                    zero = (helper.make_tensor(z_name, TensorProto.FLOAT8E4M3FN, [], [0.0]) if fp8
+                            else numpy_helper.from_array(np.array(0, np.int8), z_name))
+                    graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s_name), zero])
                     q, dq = f"{base}_QuantizeLinear", f"{base}_DequantizeLinear"
                     new_nodes.setdefault(id(node), []).extend([
                         helper.make_node("QuantizeLinear", [act, s_name, z_name], [q], name=q),
@@ -152,8 +303,15 @@ def _output_axis(node: onnx.NodeProto, transposed: bool) -> int:
 
 def _weight_dq(graph, init: onnx.TensorProto, layer: FakeQuantLinear, axis: int, transposed: bool,
                out: str) -> list[onnx.NodeProto]:
-    """Replace ``init`` by quantized codes; return the DequantizeLinear producing ``out``."""
+    """Replace ``init`` by quantized codes; return the DequantizeLinear (and Cast) producing ``out``.
+
+    Weights carry no zero point: ONNX's default is 0 of the codes' own type,
+    which is exactly the symmetric zero point TensorRT requires.
+    """
+    import torch
+
     base = init.name
+    cast_from = None
     if isinstance(layer, Int4WeightLinear):
         codes = layer.int4_weight.codes().numpy()  # (out, in), int8 in [-8, 7]
         scale = layer.weight_scale.numpy()  # (out, in / g)
@@ -162,21 +320,73 @@ def _weight_dq(graph, init: onnx.TensorProto, layer: FakeQuantLinear, axis: int,
         q = helper.make_tensor(f"{base}_quantized", TensorProto.INT4, codes.shape,
                                _pack_rows(codes), raw=True)
         block_axis = 0 if transposed else 1  # blocks run along the input channels
-        zp = helper.make_tensor(f"{base}_zero_point", TensorProto.INT4, scale.shape,
-                                np.zeros(((scale.size + 1) // 2,), np.uint8).tobytes(), raw=True)
         attrs = {"axis": block_axis, "block_size": layer.group_size}
+        if layer.scale_dtype == "fp16":  # fp16 scales: the DQ outputs fp16, cast up for the fp32 graph
+            cast_from = f"{out}_fp16"
+    elif isinstance(layer, Float8Linear):
+        codes = layer.weight_codes()  # (out, in) float8_e4m3fn
+        scale = layer.weight_scale.numpy()
+        if transposed:
+            codes = codes.T
+        codes = codes.contiguous()
+        q = helper.make_tensor(f"{base}_quantized", TensorProto.FLOAT8E4M3FN, list(codes.shape),
+                               codes.view(torch.uint8).numpy().tobytes(), raw=True)
+        attrs = {"axis": axis}
     else:
         codes = layer.weight_qdata.numpy()
         scale = layer.weight_scale.numpy()
         if transposed:
             codes = codes.T
         q = numpy_helper.from_array(np.ascontiguousarray(codes), f"{base}_quantized")
-        zp = numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")
         attrs = {"axis": axis}
-    s = numpy_helper.from_array(np.ascontiguousarray(scale.astype(np.float32)), f"{base}_scale")
+    scale_type = np.float16 if cast_from else np.float32
+    s = numpy_helper.from_array(np.ascontiguousarray(scale.astype(scale_type)), f"{base}_scale")
     _remove_initializer(graph, base)
-    graph.initializer.extend([q, s, zp])
-    return [helper.make_node("DequantizeLinear", [q.name, s.name, zp.name], [out], name=out, **attrs)]
+    graph.initializer.extend([q, s])
+    if cast_from is None:
+        return [helper.make_node("DequantizeLinear", [q.name, s.name], [out], name=out, **attrs)]
+    return [helper.make_node("DequantizeLinear", [q.name, s.name], [cast_from], name=cast_from, **attrs),
+            helper.make_node("Cast", [cast_from], [out], name=f"{out}_Cast", to=TensorProto.FLOAT)]
+
+
+def store_tables_int8(proto: onnx.ModelProto, model) -> list[str]:
+    """Store the model's tables (:func:`edgevla.quant.apply.table_tensors`) as int8 + DequantizeLinear.
+
+    A table is converted when its initializer, found under the table's name,
+    lies exactly on its power-of-two int8 grid (as
+    :func:`edgevla.quant.round_tables` leaves it) and no MatMul / Gemm / Conv
+    reads it (a weight must be dequantized per channel; those stay float).
+    The DequantizeLinear's output takes the initializer's name, so consumers
+    are untouched. Returns the names converted.
+    """
+    import torch
+
+    from ..quant.apply import table_tensors
+    from ..quant.primitives import dequantize, int8_table
+
+    graph = proto.graph
+    names = set(table_tensors(model))
+    compute_inputs = {i for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input}
+    blocked = compute_inputs | _subgraph_inputs(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+    converted, nodes = [], []
+    for init in list(graph.initializer):
+        if init.name not in names or init.name in blocked or init.data_type != TensorProto.FLOAT:
+            continue
+        value = torch.from_numpy(numpy_helper.to_array(init).copy())
+        codes, scale = int8_table(value)
+        if not torch.equal(dequantize(codes, scale), value):
+            continue  # not rounded to its grid (tables=False): stays float
+        q = numpy_helper.from_array(codes.numpy(), f"{init.name}_quantized")
+        s = numpy_helper.from_array(np.array(scale, np.float32), f"{init.name}_scale")
+        name = init.name
+        _remove_initializer(graph, name)
+        graph.initializer.extend([q, s])
+        nodes.append(helper.make_node("DequantizeLinear", [q.name, s.name], [name], name=f"{name}_DequantizeLinear"))
+        converted.append(name)
+    all_nodes = nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(all_nodes)
+    return converted
 
 
 def _pack_rows(codes: np.ndarray) -> bytes:

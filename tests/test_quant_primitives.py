@@ -13,7 +13,9 @@ from edgevla.quant.primitives import (
     dequantize,
     fake_quantize_fp8,
     fp8_scale,
+    int8_table,
     pack_int4,
+    pow2_int8_scale,
     quantize,
     sqnr_db,
     unpack_int4,
@@ -111,3 +113,31 @@ def test_casts_and_bad_input():
         cast_roundtrip(x, "fp4")
     with pytest.raises(EdgevlaError):
         Int8Weight.from_hp(torch.tensor([[float("nan"), 1.0]]))
+
+
+def test_int4_fp16_scales_by_hand():
+    # One group of 32: amax 0.7 -> scale 0.1 (fp32), which fp16 holds as 0.0999755859375.
+    w = torch.zeros(1, 32)
+    w[0, 0], w[0, 1], w[0, 2] = 0.7, -0.35, 0.1
+    q = Int4GroupedWeight.from_hp(w, 32, scale_dtype="fp16")
+    assert q.scale.item() == torch.tensor(0.1).half().item() == 0.0999755859375
+    assert q.codes()[0, :3].tolist() == [7, -4, 1]  # 0.7 / 0.09998 = 7.0017 -> 7; -0.35 / 0.09998 = -3.5009 -> -4
+    deq = q.dequantize()
+    assert deq[0, 0].item() == (7 * torch.tensor(0.0999755859375)).half().float().item()  # rounded as a DQ in fp16
+    assert torch.equal(deq, deq.half().float()) and q.nbytes == 16 + 2
+    with pytest.raises(EdgevlaError, match="scale type"):
+        Int4GroupedWeight.from_hp(w, 32, scale_dtype="fp8")
+    # A zero group keeps a usable scale, never fp16's zero.
+    assert Int4GroupedWeight.from_hp(torch.zeros(2, 32), 32, scale_dtype="fp16").scale.min() > 0
+
+
+def test_tables_sit_on_a_power_of_two_int8_grid():
+    assert pow2_int8_scale(1.0) == 2 ** -6  # 1/127 = 2^-6.99 -> 2^-6: the largest code is 64
+    assert pow2_int8_scale(127.0) == 1.0 and pow2_int8_scale(127.5) == 2.0 and pow2_int8_scale(0.0) == 1.0
+    t = torch.randn(16, 24, generator=torch.Generator().manual_seed(4))
+    codes, scale = int8_table(t)
+    assert math.log2(scale).is_integer() and codes.abs().max() <= 127 and codes.abs().max() >= 64
+    rounded = dequantize(codes, scale)
+    assert (rounded - t).abs().max() <= scale / 2
+    again, scale_again = int8_table(rounded)  # the grid is recovered from the rounded table alone
+    assert scale_again == scale and torch.equal(again, codes)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgevla.errors import EdgevlaError
-from edgevla.recipe import Recipe, load_recipe, nest_overrides, parse_assignments, prune_shorthand
+from edgevla.recipe import (Recipe, load_recipe, nest_overrides, parse_assignments, prune_shorthand,
+                            quantize_shorthand)
 from edgevla.targets import load_target
 
 # The defaults the brief fixes; written out so that a changed default is a visible decision.
@@ -20,7 +21,14 @@ DEFAULTS = {
               "scope": "trunk", "criterion": "magnitude", "schedule": "oneshot", "steps": 1,
               "recovery": {"max_steps": 300, "eval_every": 50, "episodes": 100, "seed": 20_000, "max_loss": None,
                            "batch_size": 32, "lr": 3e-4, "precision": "fp32"}},
-    "quantize": {"method": "none"},
+    "quantize": {"format": "none", "float_dtype": "auto", "group_size": 128, "tables": True,
+                 "calibration": {"method": "minmax", "percentile": 99.99, "batches": 8, "batch_size": 32,
+                                 "data": None},
+                 "smoothquant": {"enabled": False, "alpha": 0.5},
+                 "mixed_precision": {"enabled": False, "metric": "sqnr", "min_sqnr_db": 30.0, "max_loss": None,
+                                     "episodes": 100, "seed": 30_000},
+                 "qat": {"enabled": False, "steps": 200, "lr": 3e-5, "batch_size": 32},
+                 "parity": {"atol": 0.05, "min_cosine": 0.999}},
     "export": {"opset": 17, "dynamic_batch": True},
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
     "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "backends": ["onnxruntime"]},
@@ -197,9 +205,57 @@ def test_an_unknown_prune_method_is_refused_clearly(tmp_path):
         f"recipe {path}: prune.method 'magnitude' is not supported yet (supported: none, unstructured, nm, structured)")
 
 
-def test_an_unsupported_quantize_method_is_refused_clearly():
-    message = error_of(load_recipe, None, None, {"quantize": {"method": "w8a8"}})
-    assert message == "recipe: quantize.method 'w8a8' is not supported yet (supported: none)"
+def test_the_quantize_section_reads_every_option(tmp_path):
+    recipe = load_recipe(write(tmp_path, "quantize:\n  format: w4a16\n  group_size: 64\n  float_dtype: bf16\n"
+                                         "  tables: false\n"
+                                         "  calibration: {method: percentile, percentile: 99.9, batches: 3,"
+                                         " batch_size: 16, data: calib}\n"
+                                         "  smoothquant: {enabled: true, alpha: 0.8}\n"
+                                         "  mixed_precision: {enabled: true, metric: success, max_loss: 0.01}\n"
+                                         "  qat: {enabled: true, steps: 50, lr: 2e-5}\n"
+                                         "  parity: {atol: 0.01}\n"))
+    q = recipe.quantize
+    assert (q.format, q.group_size, q.float_dtype, q.tables) == ("w4a16", 64, "bf16", False)
+    c = q.calibration
+    assert (c.method, c.percentile, c.batches, c.batch_size, c.data) == ("percentile", 99.9, 3, 16, "calib")
+    assert (q.smoothquant.enabled, q.smoothquant.alpha) == (True, 0.8)
+    m = q.mixed_precision
+    assert (m.enabled, m.metric, m.max_loss, m.min_sqnr_db, m.episodes) == (True, "success", 0.01, 30.0, 100)
+    assert (q.qat.enabled, q.qat.steps, q.qat.lr, q.qat.batch_size) == (True, 50, 2e-5, 32)
+    assert (q.parity.atol, q.parity.min_cosine) == (0.01, 0.999)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"quantize.format": "int3"}, "recipe: quantize.format: expected one of none, w8a8, w8a16, w4a16, fp16, fp8, "
+                                  "got 'int3'"),
+    ({"quantize.group_size": 48}, "recipe: quantize.group_size: expected one of 32, 64, 128, got 48"),
+    ({"quantize.smoothquant.alpha": 1.5}, "recipe: quantize.smoothquant.alpha: expected number in [0, 1], got 1.5"),
+    ({"quantize.calibration.method": "kl"}, "recipe: quantize.calibration.method: expected one of minmax, "
+                                            "percentile, entropy, mse, got 'kl'"),
+    ({"quantize.calibration.batches": 0}, "recipe: quantize.calibration.batches: expected int >= 1, got 0"),
+    ({"quantize.calibration.percentile": 0}, "recipe: quantize.calibration.percentile: expected number in "
+                                             "(0, 100], got 0"),
+    ({"quantize.mixed_precision.metric": "loss"}, "recipe: quantize.mixed_precision.metric: expected one of "
+                                                  "sqnr, success, got 'loss'"),
+    ({"quantize.qat.steps": 0}, "recipe: quantize.qat.steps: expected int >= 1, got 0"),
+    ({"quantize.qat.lr": 0}, "recipe: quantize.qat.lr: expected number > 0, got 0"),
+    ({"quantize.float_dtype": "fp8"}, "recipe: quantize.float_dtype: expected one of auto, fp16, bf16, fp32, "
+                                      "got 'fp8'"),
+    ({"quantize.method": "w8a8"}, "recipe: quantize: unknown key 'method' (known: format, float_dtype, group_size, "
+                                  "tables, calibration, smoothquant, mixed_precision, qat, parity)"),
+])
+def test_bad_quantize_values_are_one_line_errors(overrides, expected):
+    assert error_of(load_recipe, None, None, overrides) == expected
+
+
+def test_quantize_shorthand_overrides_the_file_and_the_target(tmp_path, board):
+    assert quantize_shorthand("W8A8") == {"quantize.format": "w8a8"}
+    assert error_of(quantize_shorthand, "int8") == ("--quantize: expected one of none, w8a8, w8a16, w4a16, fp16, "
+                                                    "fp8, got 'int8'")
+    path = write(tmp_path, "quantize: {format: w4a16, group_size: 32}\n")
+    recipe = load_recipe(path, board, quantize_shorthand("fp8"))
+    assert (recipe.quantize.format, recipe.quantize.group_size) == ("fp8", 32)  # only the format is replaced
 
 
 def test_the_prune_section_reads_every_method(tmp_path):

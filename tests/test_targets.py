@@ -172,7 +172,7 @@ def test_a_targets_recipe_keeps_only_what_the_target_changes():
 def test_every_target_recipe_resolves_and_applies():
     for t in list_targets():
         recipe = load_recipe(None, t)
-        assert recipe.prune.method == "none" and recipe.quantize.method == "none"
+        assert recipe.prune.method == "none" and recipe.quantize.format == "none"
     assert load_recipe(None, load_target("arm64")).profile.runs == 100
     assert load_recipe(None, load_target("orin-nano")).efficiency.beta == pytest.approx(0.4)
     assert load_recipe(None, load_target("h100")).profile.batch_sizes == (1, 16, 64)

@@ -1,8 +1,16 @@
-"""Post-training quantization: primitives, calibration, SmoothQuant, fake-quant layers."""
+"""Quantization: primitives, calibration, SmoothQuant, fake-quant layers, mixed precision and QAT.
+
+>>> from edgevla.quant import quantize_policy, layer_sqnr, fallback_by_sqnr
+>>> r = quantize_policy(policy, "w8a8", batches=calibration, method="percentile", float_dtype="fp16")
+>>> weak = fallback_by_sqnr(layer_sqnr(r.model, calibration), min_sqnr_db=30)      # sensitive layers
+>>> r = quantize_policy(policy, "w8a8", batches=calibration, skip=weak)              # they stay float
+>>> quantization_aware_training(r.model, policy, batches, steps=200, heldout=obs)    # optional QAT
+"""
 
 from __future__ import annotations
 
-from .apply import FORMATS, QuantizeResult, check_precision_supported, quantize_policy
+from .apply import (FLOAT_DTYPES, FORMATS, QuantizeResult, check_precision_supported, layer_group_size,
+                    quantize_policy, round_float_storage, round_tables, storage_dtype, table_tensors)
 from .calibrate import (
     METHODS,
     ActivationObserver,
@@ -23,20 +31,28 @@ from .fakequant import (
     Int8StaticActivationInt8WeightConfig,
     Int8WeightLinear,
     Int8WeightOnlyConfig,
+    PerLayerConfig,
     QuantConfig,
     float_mode,
+    qat_mode,
     quantize_,
     quantized_layers,
+    refresh_quantized,
 )
+from .mixed import SuccessSearch, fallback_by_sqnr, fallback_by_success, layer_sqnr, model_sqnr
 from .primitives import Int4GroupedWeight, Int8Weight, pack_int4, sqnr_db, unpack_int4
+from .qat import QATReport, quantization_aware_training
 from .smoothquant import SmoothGroup, find_smooth_groups, smooth_quant
 
 __all__ = [
-    "FORMATS", "METHODS", "ActivationObserver", "FakeQuantLinear", "Float8Linear",
+    "FLOAT_DTYPES", "FORMATS", "METHODS", "ActivationObserver", "FakeQuantLinear", "Float8Linear",
     "Float8StaticActivationFloat8WeightConfig", "Int4GroupedWeight", "Int4WeightLinear", "Int4WeightOnlyConfig",
     "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig", "Int8Weight", "Int8WeightLinear",
-    "Int8WeightOnlyConfig", "QuantConfig", "QuantizeResult", "SmoothGroup", "calibrate", "calibration_observations",
-    "check_precision_supported", "clip_value", "find_smooth_groups", "float_mode", "iter_batches",
-    "load_observation_dir", "observe_linear_inputs", "pack_int4", "quantize_", "quantize_policy",
-    "quantized_layers", "smooth_quant", "sqnr_db", "unpack_int4",
+    "Int8WeightOnlyConfig", "PerLayerConfig", "QATReport", "QuantConfig", "QuantizeResult", "SmoothGroup",
+    "SuccessSearch", "calibrate", "calibration_observations", "check_precision_supported", "clip_value",
+    "fallback_by_sqnr", "fallback_by_success", "find_smooth_groups", "float_mode", "iter_batches",
+    "layer_group_size", "layer_sqnr", "load_observation_dir", "model_sqnr", "observe_linear_inputs", "pack_int4",
+    "qat_mode", "quantization_aware_training", "quantize_", "quantize_policy", "quantized_layers",
+    "refresh_quantized", "round_float_storage", "round_tables", "smooth_quant", "sqnr_db", "storage_dtype",
+    "table_tensors", "unpack_int4",
 ]

@@ -1,50 +1,96 @@
-"""One call from a float policy to a fake-quant one, and the target precision check.
+"""One call from a float policy to a fake-quant one, and the target precision checks.
 
 :func:`quantize_policy` strings the pieces together for a policy (any
 ``nn.Module`` with a spec): calibration data → optional SmoothQuant →
-calibration of every Linear input → :func:`quantize_`. It quantizes a copy;
-the float policy stays usable as the reference.
+calibration of every Linear input → :func:`quantize_` → rounding of what stays
+in floating point to its storage type. It quantizes a copy; the float policy
+stays usable as the reference.
+
+Formats (``FORMATS``):
+
+* ``w8a8``  — int8 per-channel weights, static per-tensor int8 activations.
+* ``w8a16`` — int8 per-channel weights, float activations.
+* ``w4a16`` — int4 weights in groups of ``group_size`` input channels. A layer
+  whose input width that size does not divide takes the largest of 32 / 64 /
+  128 below it that does; a layer no group size divides (a 2-wide state
+  embedding, say) keeps int8 weights. The chosen group of every layer is in
+  :attr:`QuantizeResult.group_sizes`.
+* ``fp8``   — E4M3 weights (per channel) and activations (per tensor), for
+  targets with fp8 tensor cores.
+* ``fp16``  — every weight stored in fp16; no integer layers.
+
+Tables — embeddings, position and query tables: float tensors of two or more
+dimensions that are not a Linear's or a Conv's — are stored int8 with a
+power-of-two per-tensor scale (:func:`round_tables`) unless ``tables=False``.
+Whatever else is not quantized (biases, norms, small tensors, and layers
+skipped by mixed precision) is stored as ``float_dtype`` — fp16, bf16 or fp32.
+Both roundings are applied to the fake-quant model itself, so the PyTorch
+model computes with exactly the values the ONNX file stores and the two can
+be compared bit for bit.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..errors import EdgevlaError
 from ..spec import spec_of
 from .calibrate import METHODS, calibrate, calibration_observations, iter_batches
 from .fakequant import (
+    FakeQuantLinear,
     Float8StaticActivationFloat8WeightConfig,
     Int4WeightOnlyConfig,
     Int8StaticActivationInt8WeightConfig,
     Int8WeightOnlyConfig,
+    PerLayerConfig,
+    QuantConfig,
     quantize_,
 )
+from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table
 from .smoothquant import smooth_quant
 
-FORMATS = ("w8a8", "w8a16", "w4a16", "fp8")
+FORMATS = ("w8a8", "w8a16", "w4a16", "fp16", "fp8")
+FLOAT_DTYPES = ("fp16", "bf16", "fp32")
+MIN_TABLE_ELEMENTS = 256  # smaller tensors are not worth a DequantizeLinear
 # What each format needs the target to run natively (names as in a target's facts.precisions).
-_NEEDS = {"w8a8": "int8", "w8a16": "int8", "w4a16": "int4", "fp8": "fp8", "fp16": "fp16", "bf16": "bf16"}
+_NEEDS = {"w8a8": "int8", "w8a16": "int8", "w4a16": "int4", "fp8": "fp8", "fp16": "fp16", "bf16": "bf16",
+          "fp32": "fp32"}
+_ACTIVATION_FORMATS = ("w8a8", "fp8")
 
 
 def check_precision_supported(target, fmt: str) -> None:
     """Raise :class:`EdgevlaError` when ``target`` cannot run ``fmt`` (fp8 on Orin, for instance).
 
-    Weight-only int4 runs as int4 weights dequantized in fp16 kernels, so it
-    needs fp16 or an int4 entry; the others need their own precision.
+    Weight-only int4 and int8 run as integer weights dequantized in fp16
+    kernels, so they also pass with fp16; the others need their own precision.
     """
     if fmt not in _NEEDS:
         raise EdgevlaError(f"unknown quantization format {fmt!r}; expected one of {', '.join(_NEEDS)}")
     precisions = tuple(target.facts.precisions)
     need = _NEEDS[fmt]
-    ok = need in precisions or (fmt == "w4a16" and "fp16" in precisions) or (fmt == "w8a16" and "fp16" in precisions)
+    ok = need in precisions or (fmt in ("w4a16", "w8a16") and "fp16" in precisions)
     if not ok:
         raise EdgevlaError(f"target {target.name} cannot run {fmt}: it supports {', '.join(precisions)}")
+
+
+def storage_dtype(target, requested: str = "auto") -> str:
+    """The float type for tensors that stay in floating point: ``requested``, or with ``auto`` the
+    narrowest the target runs (fp16, then bf16, else fp32). A type the target does not list is refused."""
+    if requested == "auto":
+        precisions = tuple(target.facts.precisions)
+        return next((p for p in ("fp16", "bf16") if p in precisions), "fp32")
+    if requested not in FLOAT_DTYPES:
+        raise EdgevlaError(f"unknown float storage type {requested!r}; expected auto or one of {', '.join(FLOAT_DTYPES)}")
+    if requested not in target.facts.precisions:
+        raise EdgevlaError(f"float storage {requested}: target {target.name} does not run it (it supports "
+                           f"{', '.join(target.facts.precisions)}); use auto or one of those")
+    return requested
 
 
 @dataclass
@@ -53,40 +99,145 @@ class QuantizeResult:
     formats: dict[str, str]  # linear name -> format ("float" when skipped)
     activation_amax: dict[str, float] = field(default_factory=dict)
     smoothed: list[str] = field(default_factory=list)  # LayerNorms SmoothQuant folded into
+    group_sizes: dict[str, int] = field(default_factory=dict)  # int4 layers -> their group size
+    float_dtype: str = "fp32"
+    rounded: list[str] = field(default_factory=list)  # float tensors rounded to float_dtype
+    tables: list[str] = field(default_factory=list)  # tensors put on their int8 grid
+
+
+def layer_group_size(in_features: int, group_size: int) -> int | None:
+    """The largest int4 group size <= ``group_size`` that divides ``in_features`` (None when none does)."""
+    if group_size not in GROUP_SIZES:
+        raise EdgevlaError(f"int4 group size must be one of {GROUP_SIZES}, got {group_size}")
+    return next((g for g in sorted(GROUP_SIZES, reverse=True) if g <= group_size and in_features % g == 0), None)
 
 
 def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLike | None = None,
-                    samples: int = 256, method: str = "minmax", smoothquant_alpha: float | None = None,
-                    group_size: int = 128, skip: Iterable[str] = (), batch_size: int = 32,
-                    **calibrator_options) -> QuantizeResult:
-    """A fake-quant copy of ``policy`` in ``fmt`` (w8a8, w8a16, w4a16, fp8)."""
+                    batches: Sequence[tuple[torch.Tensor, ...]] | None = None, samples: int = 256,
+                    method: str = "minmax", smoothquant_alpha: float | None = None, group_size: int = 128,
+                    skip: Iterable[str] = (), batch_size: int = 32, float_dtype: str = "fp32",
+                    tables: bool = True, **calibrator_options) -> QuantizeResult:
+    """A fake-quant copy of ``policy`` in ``fmt`` (see :data:`FORMATS`).
+
+    Calibration data is ``batches`` (positional tensor tuples in the spec's
+    input order) when given, else ``samples`` observations from the
+    ``calibration`` directory or the task's calibration split. Linears named in
+    ``skip`` (or under a prefix ending in ``.``) stay float.
+    """
     if fmt not in FORMATS:
         raise EdgevlaError(f"unknown quantization format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if method not in METHODS:
         raise EdgevlaError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    if float_dtype not in FLOAT_DTYPES:
+        raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
     spec = spec_of(policy)
     model = copy.deepcopy(policy).eval()
-    skip = tuple(skip)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if any(isinstance(m, FakeQuantLinear) for m in linears.values()):
+        raise EdgevlaError(f"{type(policy).__name__} is already quantized; quantize the float model")
+    if fmt == "fp16":
+        rounded = round_float_storage(model, "fp16")
+        return QuantizeResult(model, {n: "fp16" for n in linears}, float_dtype="fp16", rounded=rounded)
+
+    probe = QuantConfig(skip=tuple(skip))
+    unknown = [s for s in probe.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in linears)]
+    if unknown:
+        raise EdgevlaError(f"skip list names no nn.Linear: {', '.join(unknown)}")
+    chosen = [n for n in linears if not probe.skips(n)]
+    table_names = round_tables(model) if tables else []  # before calibration: activations see the shipped tables
     smoothed: list[str] = []
     amax: dict[str, float] = {}
-    needs_activations = fmt in ("w8a8", "fp8")
+    needs_activations = fmt in _ACTIVATION_FORMATS
     if needs_activations or smoothquant_alpha is not None:
-        obs = calibration_observations(spec, calibration, samples)
-        batches = list(iter_batches(spec, obs, batch_size))
+        if batches is None:
+            obs = calibration_observations(spec, calibration, samples)
+            batches = list(iter_batches(spec, obs, batch_size))
+        batches = [tuple(b) for b in batches]
+        if not batches:
+            raise EdgevlaError("calibration needs at least one batch")
         if smoothquant_alpha is not None:
             smoothed = [g.norm for g in smooth_quant(model, batches, smoothquant_alpha)["groups"]]
-        if needs_activations:
-            amax = calibrate(model, batches, method, **calibrator_options)
-    if fmt == "w8a8":
-        config = Int8StaticActivationInt8WeightConfig(skip=skip, activation_amax=amax)
-    elif fmt == "fp8":
-        config = Float8StaticActivationFloat8WeightConfig(skip=skip, activation_amax=amax)
-    elif fmt == "w8a16":
-        config = Int8WeightOnlyConfig(skip=skip)
-    else:
-        # Layers whose input width the group size does not divide stay in float.
-        skip += tuple(n for n, m in model.named_modules()
-                      if isinstance(m, nn.Linear) and m.in_features % group_size and n not in skip)
-        config = Int4WeightOnlyConfig(skip=skip, group_size=group_size)
-    formats = quantize_(model, config)
-    return QuantizeResult(model, formats, amax, smoothed)
+        if needs_activations and chosen:
+            amax = calibrate(model, batches, method, layers=chosen, **calibrator_options)
+
+    layers: dict[str, QuantConfig] = {}
+    groups: dict[str, int] = {}
+    # Group scales follow fp16 storage; int8 and fp8 scales stay fp32 (one per channel, and TensorRT wants them so).
+    int4_scales = "fp16" if float_dtype == "fp16" else "fp32"
+    for name in chosen:
+        if fmt == "w8a8":
+            layers[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
+        elif fmt == "fp8":
+            layers[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
+        elif fmt == "w8a16":
+            layers[name] = Int8WeightOnlyConfig()
+        else:
+            g = layer_group_size(linears[name].in_features, group_size)
+            if g is None:  # no group size divides the input width: int8 weights, still weight-only
+                layers[name] = Int8WeightOnlyConfig()
+            else:
+                layers[name] = Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales)
+                groups[name] = g
+    formats = quantize_(model, PerLayerConfig(layers=layers))
+    rounded = round_float_storage(model, float_dtype)
+    return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names)
+
+
+def table_tensors(model: nn.Module, min_elements: int = MIN_TABLE_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Float32 parameters and buffers of >= 2 dimensions and ``min_elements`` that are not a Linear's
+    or a Conv's (embeddings, position tables, learned queries): what :func:`round_tables` rounds.
+
+    The exporter stores them int8 unless the graph reads one as a MatMul / Gemm / Conv weight (it
+    would need per-channel scales); such a table ships in the float storage type, on its int8 grid.
+    """
+    owned_by_layers = {f"{n}.{leaf}" for n, m in model.named_modules()
+                       if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+                       for leaf, _ in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))}
+    found: dict[str, torch.Tensor] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if (name not in owned_by_layers and t.dtype == torch.float32 and t.ndim >= 2
+                and t.numel() >= min_elements):
+            found[name] = t
+    return found
+
+
+@torch.no_grad()
+def round_tables(model: nn.Module, min_elements: int = MIN_TABLE_ELEMENTS) -> list[str]:
+    """Put every table (:func:`table_tensors`) on its power-of-two int8 grid, in place; returns their names."""
+    done: set[int] = set()
+    for name, t in table_tensors(model, min_elements).items():
+        if id(t) not in done:
+            codes, scale = int8_table(t)
+            t.copy_(dequantize(codes, scale))
+            done.add(id(t))
+    return list(table_tensors(model, min_elements))
+
+
+@torch.no_grad()
+def round_float_storage(model: nn.Module, dtype: str) -> list[str]:
+    """Round, in place, every float parameter and buffer that stays in floating point to ``dtype``.
+
+    The float weight a fake-quant layer keeps (the source of its codes) and
+    its quantization buffers are left alone: what ships for those is the
+    integer codes and fp32 scales. Returns the names of the tensors rounded.
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise EdgevlaError(f"unknown float storage type {dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
+    if dtype == "fp32":
+        return []
+    quantized = {n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+    rounded = []
+    seen: set[int] = set()
+    for kind, named in (("param", model.named_parameters(remove_duplicate=False)),
+                        ("buffer", model.named_buffers(remove_duplicate=False))):
+        for name, t in named:
+            owner, _, leaf = name.rpartition(".")
+            if owner in quantized and (kind == "buffer" or leaf == "weight"):
+                continue
+            if not t.is_floating_point() or t.dtype != torch.float32:
+                continue
+            if id(t) not in seen:
+                t.copy_(cast_roundtrip(t, dtype))
+                seen.add(id(t))
+            rounded.append(name)
+    return rounded

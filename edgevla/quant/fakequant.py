@@ -17,6 +17,14 @@ Configs follow torchao's ``<Activation><Weight>Config`` naming:
 
 Every config takes ``skip``: Linear names (exact, or a prefix ending in
 ``.``) that stay in floating point (fp16 on the device).
+:class:`PerLayerConfig` gives each named Linear its own config (mixed
+precision, or int4 group sizes that differ by layer).
+
+Quantization-aware training: in :func:`qat_mode` every fake-quant layer
+quantizes its *current* float weight (scales recomputed from it) and its
+input with a straight-through estimator, so gradients reach the float
+weights; :func:`refresh_quantized` then re-derives the stored codes and scales
+from the trained weights.
 """
 
 from __future__ import annotations
@@ -36,9 +44,16 @@ from .primitives import (
     Int4GroupedWeight,
     Int8Weight,
     activation_scale,
+    INT4_MAX,
+    INT4_MIN,
+    INT8_MAX,
+    SCALE_DTYPES,
     fake_quantize,
     fake_quantize_fp8,
+    fake_quantize_ste,
+    fp16_scale,
     fp8_scale,
+    scale_from_amax,
 )
 
 
@@ -68,18 +83,39 @@ class Int8WeightOnlyConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class Int4WeightOnlyConfig(QuantConfig):
+    """W4A16; ``scale_dtype`` fp16 stores the group scales (and the dequantized weight) in fp16."""
+
     group_size: int = 128
+    scale_dtype: str = "fp32"
     format_name = "w4a16"
 
     def __post_init__(self) -> None:
         if self.group_size not in GROUP_SIZES:
             raise EdgevlaError(f"int4 group size must be one of {GROUP_SIZES}, got {self.group_size}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise EdgevlaError(f"int4 scale type must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
 
 
 @dataclass(frozen=True)
 class Float8StaticActivationFloat8WeightConfig(QuantConfig):
     activation_amax: Mapping[str, float] = field(default_factory=dict)
     format_name = "fp8"
+
+
+@dataclass(frozen=True)
+class PerLayerConfig(QuantConfig):
+    """One config per Linear, by exact name; Linears not named (or skipped) stay float."""
+
+    layers: Mapping[str, QuantConfig] = field(default_factory=dict)
+    format_name = "mixed"
+
+    def __post_init__(self) -> None:
+        nested = [n for n, c in self.layers.items() if not isinstance(c, QuantConfig) or isinstance(c, PerLayerConfig)]
+        if nested:
+            raise EdgevlaError(f"PerLayerConfig needs a plain quantization config per layer ({nested[0]})")
+
+    def for_layer(self, name: str) -> QuantConfig | None:
+        return None if self.skips(name) else self.layers.get(name)
 
 
 # --------------------------------------------------------------------------- modules
@@ -103,6 +139,7 @@ class FakeQuantLinear(nn.Linear):
             if linear.bias is not None:
                 self.bias.copy_(linear.bias)
         self.float_mode = False
+        self.qat = False
 
     def quantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -110,9 +147,24 @@ class FakeQuantLinear(nn.Linear):
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def training_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        """The current float weight fake-quantized with a straight-through gradient (QAT)."""
+        raise NotImplementedError
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as :meth:`quantize_input` sees it, with a straight-through gradient (QAT)."""
+        return x
+
+    @torch.no_grad()
+    def refresh(self) -> None:  # pragma: no cover - abstract
+        """Re-derive the stored codes and weight scales from the float weight (after QAT)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.float_mode:
             return F.linear(x, self.weight, self.bias)
+        if self.qat:
+            return F.linear(self.training_input(x), self.training_weight().to(x.dtype), self.bias)
         return F.linear(self.quantize_input(x), self.quantized_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
@@ -137,6 +189,16 @@ class Int8WeightLinear(FakeQuantLinear):
     def quantized_weight(self) -> torch.Tensor:
         return self.int8_weight.dequantize()
 
+    def training_weight(self) -> torch.Tensor:
+        scale = scale_from_amax(self.weight.detach().abs().amax(dim=1), INT8_MAX)
+        return fake_quantize_ste(self.weight, scale[:, None])
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        q = Int8Weight.from_hp(self.weight)
+        self.weight_qdata.copy_(q.qdata)
+        self.weight_scale.copy_(q.scale)
+
 
 class Int8ActivationInt8WeightLinear(Int8WeightLinear):
     """W8A8: int8 weights and a static per-tensor int8 scale on the input."""
@@ -150,26 +212,44 @@ class Int8ActivationInt8WeightLinear(Int8WeightLinear):
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(x, self.input_scale)
 
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_ste(x, self.input_scale)
+
 
 class Int4WeightLinear(FakeQuantLinear):
     """W4A16: packed int4 weights with one scale per group of input channels."""
 
     format_name = "w4a16"
 
-    def __init__(self, linear: nn.Linear, group_size: int):
+    def __init__(self, linear: nn.Linear, group_size: int, scale_dtype: str = "fp32"):
         super().__init__(linear)
-        q = Int4GroupedWeight.from_hp(linear.weight, group_size)
+        q = Int4GroupedWeight.from_hp(linear.weight, group_size, scale_dtype)
         self.group_size = group_size
+        self.scale_dtype = scale_dtype
         self.register_buffer("weight_qdata", q.qdata)  # uint8, two codes per byte
-        self.register_buffer("weight_scale", q.scale)
+        self.register_buffer("weight_scale", q.scale)  # float32 (fp16 values when scale_dtype is fp16)
 
     @property
     def int4_weight(self) -> Int4GroupedWeight:
         return Int4GroupedWeight(self.weight_qdata, self.weight_scale, self.group_size,
-                                 (self.out_features, self.in_features))
+                                 (self.out_features, self.in_features), self.scale_dtype)
 
     def quantized_weight(self) -> torch.Tensor:
         return self.int4_weight.dequantize()
+
+    def training_weight(self) -> torch.Tensor:
+        out, inp = self.weight.shape
+        groups = self.weight.reshape(out, inp // self.group_size, self.group_size)
+        scale = scale_from_amax(groups.detach().abs().amax(dim=2), INT4_MAX)
+        if self.scale_dtype == "fp16":
+            scale = fp16_scale(scale)
+        return fake_quantize_ste(groups, scale[..., None], INT4_MIN, INT4_MAX).reshape(out, inp)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        q = Int4GroupedWeight.from_hp(self.weight, self.group_size, self.scale_dtype)
+        self.weight_qdata.copy_(q.qdata)
+        self.weight_scale.copy_(q.scale)
 
 
 class Float8Linear(FakeQuantLinear):
@@ -186,8 +266,25 @@ class Float8Linear(FakeQuantLinear):
     def quantized_weight(self) -> torch.Tensor:
         return fake_quantize_fp8(self.weight.detach().float(), self.weight_scale[:, None])
 
+    def weight_codes(self) -> torch.Tensor:
+        """The E4M3 weight as stored on the device: ``fp8(clamp(W / scale, ±448))``."""
+        w = self.weight.detach().float() / self.weight_scale[:, None]
+        return torch.clamp(w, -FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize_fp8(x, self.input_scale)
+
+    def training_weight(self) -> torch.Tensor:
+        scale = fp8_scale(self.weight.detach().float().abs().amax(dim=1))
+        w = self.weight
+        return w + (fake_quantize_fp8(w.detach(), scale[:, None]) - w).detach()
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (fake_quantize_fp8(x.detach(), self.input_scale) - x).detach()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        self.weight_scale.copy_(fp8_scale(self.weight.detach().float().abs().amax(dim=1)))
 
 
 # --------------------------------------------------------------------------- API
@@ -211,16 +308,21 @@ def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
     unknown = [s for s in config.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in linears)]
     if unknown:
         raise EdgevlaError(f"skip list names no nn.Linear: {', '.join(unknown)}")
-    chosen = [n for n in linears if not config.skips(n)]
-    amax = getattr(config, "activation_amax", None)
-    if amax is not None:
-        missing = [n for n in chosen if n not in amax]
-        if missing:
-            raise EdgevlaError(f"no calibrated activation range for {', '.join(missing[:5])}"
-                               f"{' and more' if len(missing) > 5 else ''}; calibrate the model first")
+    if isinstance(config, PerLayerConfig):
+        strangers = [n for n in config.layers if n not in linears]
+        if strangers:
+            raise EdgevlaError(f"per-layer config names no nn.Linear: {', '.join(strangers[:5])}")
+        plan = {n: c for n in linears if (c := config.for_layer(n)) is not None}
+    else:
+        plan = {n: config for n in linears if not config.skips(n)}
+    missing = [n for n, c in plan.items() if getattr(c, "activation_amax", None) is not None
+               and n not in c.activation_amax]
+    if missing:
+        raise EdgevlaError(f"no calibrated activation range for {', '.join(missing[:5])}"
+                           f"{' and more' if len(missing) > 5 else ''}; calibrate the model first")
     formats = {n: "float" for n in linears}
-    for name in chosen:
-        new = _fake_quant_for(linears[name], config, name)
+    for name, layer_config in plan.items():
+        new = _fake_quant_for(linears[name], layer_config, name)
         _set_submodule(model, name, new)
         formats[name] = new.format_name
     return formats
@@ -235,7 +337,7 @@ def _fake_quant_for(linear: nn.Linear, config: QuantConfig, name: str) -> FakeQu
         if linear.in_features % config.group_size:
             raise EdgevlaError(f"{name}: int4 group size {config.group_size} does not divide its "
                                f"{linear.in_features} input channels; skip the layer or pick another group size")
-        return Int4WeightLinear(linear, config.group_size)
+        return Int4WeightLinear(linear, config.group_size, config.scale_dtype)
     if isinstance(config, Float8StaticActivationFloat8WeightConfig):
         return Float8Linear(linear, config.activation_amax[name])
     raise EdgevlaError(f"unsupported quantization config {type(config).__name__}")
@@ -249,6 +351,29 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantized_layers(model: nn.Module) -> dict[str, FakeQuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+
+
+@contextlib.contextmanager
+def qat_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block fake-quant layers train: straight-through fake quantization of the live float
+    weights and inputs. On leaving, the stored codes and scales are re-derived from the trained weights."""
+    layers = list(quantized_layers(model).values())
+    if not layers:
+        raise EdgevlaError(f"{type(model).__name__} has no fake-quant layers to train: run quantize_ first")
+    try:
+        for m in layers:
+            m.qat = True
+        yield model
+    finally:
+        for m in layers:
+            m.qat = False
+        refresh_quantized(model)
+
+
+def refresh_quantized(model: nn.Module) -> None:
+    """Re-derive every fake-quant layer's codes and weight scales from its float weight."""
+    for m in quantized_layers(model).values():
+        m.refresh()
 
 
 @contextlib.contextmanager
@@ -268,6 +393,6 @@ def float_mode(model: nn.Module) -> Iterator[nn.Module]:
 __all__ = [
     "FP8_E4M3_MAX", "FakeQuantLinear", "Float8Linear", "Float8StaticActivationFloat8WeightConfig",
     "Int4WeightLinear", "Int4WeightOnlyConfig", "Int8ActivationInt8WeightLinear",
-    "Int8StaticActivationInt8WeightConfig", "Int8WeightLinear", "Int8WeightOnlyConfig", "QuantConfig",
-    "float_mode", "quantize_", "quantized_layers",
+    "Int8StaticActivationInt8WeightConfig", "Int8WeightLinear", "Int8WeightOnlyConfig", "PerLayerConfig",
+    "QuantConfig", "float_mode", "qat_mode", "quantize_", "quantized_layers", "refresh_quantized",
 ]

@@ -154,35 +154,52 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.where(codes > 7, codes - 16, codes).to(torch.int8)
 
 
+SCALE_DTYPES = ("fp32", "fp16")
+FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 2**-14
+
+
+def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to fp16 (kept as float32), never below fp16's smallest normal, never zero."""
+    return scale.clamp(min=FP16_MIN_NORMAL).to(torch.float16).float()
+
+
 @dataclass(frozen=True)
 class Int4GroupedWeight:
     """A symmetric int4 weight with one scale per (output channel, group of input channels).
 
     ``qdata`` is packed (see :func:`pack_int4`), shape ``(out, in // 2)``;
-    ``scale`` is ``(out, in // group_size)``.
+    ``scale`` is ``(out, in // group_size)``. With ``scale_dtype="fp16"`` the
+    scales are fp16 values and the dequantized weight is rounded to fp16 —
+    what a ``DequantizeLinear`` with fp16 scales outputs — which halves the
+    scales' share of an int4 model (a quarter of the codes at group 32).
     """
 
     qdata: torch.Tensor
     scale: torch.Tensor
     group_size: int
     shape: tuple[int, int]
+    scale_dtype: str = "fp32"
 
     @property
     def zero_point(self) -> torch.Tensor:
         return torch.zeros_like(self.scale, dtype=torch.int8)
 
     @classmethod
-    def from_hp(cls, weight: torch.Tensor, group_size: int = 128) -> "Int4GroupedWeight":
+    def from_hp(cls, weight: torch.Tensor, group_size: int = 128, scale_dtype: str = "fp32") -> "Int4GroupedWeight":
         w = _check_weight(weight)
         out, inp = w.shape
         if group_size not in GROUP_SIZES:
             raise EdgevlaError(f"int4 group size must be one of {GROUP_SIZES}, got {group_size}")
         if inp % group_size:
             raise EdgevlaError(f"int4 group size {group_size} does not divide the {inp} input channels")
+        if scale_dtype not in SCALE_DTYPES:
+            raise EdgevlaError(f"int4 scale type must be one of {SCALE_DTYPES}, got {scale_dtype!r}")
         groups = w.reshape(out, inp // group_size, group_size)
         scale = scale_from_amax(groups.abs().amax(dim=2), INT4_MAX)
+        if scale_dtype == "fp16":
+            scale = fp16_scale(scale)
         q = quantize(groups, scale[..., None], INT4_MIN, INT4_MAX).reshape(out, inp)
-        return cls(pack_int4(q), scale, group_size, (out, inp))
+        return cls(pack_int4(q), scale, group_size, (out, inp), scale_dtype)
 
     def codes(self) -> torch.Tensor:
         """Unpacked int4 codes as int8, shape ``(out, in)``."""
@@ -191,11 +208,38 @@ class Int4GroupedWeight:
     def dequantize(self) -> torch.Tensor:
         out, inp = self.shape
         q = self.codes().reshape(out, inp // self.group_size, self.group_size)
-        return dequantize(q, self.scale[..., None]).reshape(out, inp)
+        w = dequantize(q, self.scale[..., None]).reshape(out, inp)
+        return w.half().float() if self.scale_dtype == "fp16" else w
 
     @property
     def nbytes(self) -> int:
-        return self.qdata.numel() + 4 * self.scale.numel()
+        return self.qdata.numel() + (2 if self.scale_dtype == "fp16" else 4) * self.scale.numel()
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def pow2_int8_scale(amax: float) -> float:
+    """The power-of-two int8 scale for a tensor whose largest magnitude is ``amax``: ``2^ceil(log2(amax/127))``.
+
+    A power of two makes ``code * scale`` exact in any float type, and it can
+    be recovered from the rounded tensor alone: its largest code lies in
+    (63.5, 127], so the same formula on the rounded ``amax`` gives the same scale.
+    """
+    if not (math.isfinite(amax) and amax >= 0):
+        raise EdgevlaError(f"a table's range must be finite, got {amax}")
+    if amax == 0:
+        return 1.0
+    return math.ldexp(1.0, math.ceil(math.log2(amax / INT8_MAX)))
+
+
+def int8_table(t: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(codes, scale)`` of a table (an embedding, a position table) on its power-of-two int8 grid."""
+    t = t.detach().float()
+    if not torch.isfinite(t).all():
+        raise EdgevlaError("cannot quantize a table holding inf or NaN")
+    scale = pow2_int8_scale(float(t.abs().max()) if t.numel() else 0.0)
+    return quantize(t, scale, -INT8_MAX, INT8_MAX), scale
 
 
 # --------------------------------------------------------------------------- floating-point formats
