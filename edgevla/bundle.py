@@ -24,7 +24,8 @@ Manifest schema, version ``MANIFEST_SCHEMA_VERSION = 1`` (JSON object)::
     schema_version    1
     created           UTC time, ISO 8601 ("2025-01-31T12:00:00+00:00")
     versions          {"edgevla", "torch", "onnx", "onnxruntime"}: package versions that built it
-    policy            {"name": str, "reference": str | null, "config": object | null}
+    policy            {"name": str, "reference": str | null, "config": object | null,
+                       "architecture": object | null (structured pruning's shape changes)}
                       reference: where the policy came from (module path, checkpoint, hub id)
     target            {"name": str, ...}: the hardware profile the bundle was proven on
     inputs            [{"name", "shape": ["batch", d1, ...], "dtype", "low", "high"}]
@@ -113,11 +114,15 @@ class LoadedBundle:
 def make_manifest(spec: PolicySpec, *, policy_name: str, target: Mapping[str, Any] | str | Any,
                   policy_reference: str | None = None, policy_config: Any = None,
                   layers: Sequence[Mapping[str, Any]] = (), recipe: Mapping[str, Any] | None = None,
-                  created: _dt.datetime | None = None) -> dict[str, Any]:
+                  created: _dt.datetime | None = None,
+                  policy_architecture: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a bundle for ``spec``, all but its ``files``.
 
     ``policy_config`` and ``target`` may be mappings or objects with ``to_dict()``
-    (``target`` may also be just a name).
+    (``target`` may also be just a name). ``policy_architecture`` is how a
+    structurally pruned policy differs from its config's architecture
+    (:func:`edgevla.prune.architecture.architecture_delta`), so the weights
+    reload into the pruned shapes.
     """
     if not isinstance(spec, PolicySpec):
         raise EdgevlaError(f"make_manifest needs a PolicySpec, got {type(spec).__name__}")
@@ -147,7 +152,8 @@ def make_manifest(spec: PolicySpec, *, policy_name: str, target: Mapping[str, An
         "created": created.astimezone(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "policy": {"name": policy_name, "reference": policy_reference,
-                   "config": dict(policy_config) if policy_config is not None else None},
+                   "config": dict(policy_config) if policy_config is not None else None,
+                   "architecture": dict(policy_architecture) if policy_architecture else None},
         "target": target_entry,
         "inputs": [_tensor_entry(o, with_range=True) for o in spec.observations],
         "outputs": [_tensor_entry(spec.action, with_range=False)],

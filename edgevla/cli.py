@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--prune", metavar="METHOD",
                    help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A (trunk parameters "
                         "removed); overrides the recipe's and the target's prune method")
+    b.add_argument("--quantize", metavar="FORMAT",
+                   help="none, w8a8, w8a16, w4a16, fp16 or fp8 (where the target runs it); overrides the "
+                        "recipe's and the target's quantize.format")
     b.add_argument("--allow-pickle", action="store_true", help="accept a pickle checkpoint (runs code from the file)")
     b.add_argument("--json", action="store_true", help="print the build summary as JSON")
 
@@ -79,6 +82,45 @@ def _parser() -> argparse.ArgumentParser:
                     help="ablation: train and evaluate with this input zeroed (needs --output)")
     zt.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     zt.add_argument("--json", action="store_true")
+
+    bn = sub.add_parser("bench", help="benchmarks that print a table and write JSON (kernels, quant, prune)")
+    bsub = bn.add_subparsers(dest="bench_command", parser_class=_Parser)
+    # Each benchmark is a module edgevla/bench/<name>.py with run(args) -> int;
+    # its arguments are declared here so `edgevla --help` stays import-light.
+    bq = bsub.add_parser("quant", help="every quantization format on one policy: success, size, latency, "
+                                       "SQNR, against ONNX Runtime's quantize_static and PyTorch dynamic int8")
+    bq.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
+    bq.add_argument("--episodes", "-n", type=int, default=200, help="closed-loop episodes per model")
+    bq.add_argument("--formats", help="comma-separated subset of w8a8,w8a16,w4a16,fp16,fp8 (default: all)")
+    bq.add_argument("--calibration", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
+                    help="activation calibrator for w8a8 and fp8 (default: minmax, as quantize_static's)")
+    bq.add_argument("--float-dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                    help="storage of tensors left in floating point (default: fp16)")
+    bq.add_argument("--runs", type=int, default=200, help="timed ONNX Runtime runs per model (batch 1)")
+    bq.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads (default: 1)")
+    bq.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    bq.add_argument("--allow-pickle", action="store_true")
+    # <bench parsers>
+    bk = bsub.add_parser("kernels", help="native CPU kernels (int8, sparse, 2:4, int4) on the reference policies' "
+                                         "linear shapes, beside PyTorch and ONNX Runtime")
+    bk.add_argument("--json", metavar="FILE", help="also write the rows and goals as JSON to FILE")
+    bk.add_argument("--quick", action="store_true", help="tiny-vla and base-vla shapes at M = 1, 16, short timing")
+    bk.add_argument("--configs", help="comma-separated subset of tiny-vla,small-vla,base-vla (default: all)")
+    bk.add_argument("--ms", help="comma-separated row counts M (default: 1,16,64,256)")
+    bk.add_argument("--threads", type=int, help="threads of every backend (default: all cores)")
+    bk.add_argument("--min-time", type=float, help="seconds of timed calls per row (default 0.15, --quick 0.02)")
+    bp = bsub.add_parser("prune", help="each pruning method on one policy: size, FLOPs, success, recovery, latency")
+    bp.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
+    bp.add_argument("--methods", default="2:4,unstructured:0.8,structured:0.5",
+                    help="comma-separated --prune shorthands (default: 2:4,unstructured:0.8,structured:0.5)")
+    bp.add_argument("--target", "-t", default="x86-64-cpu",
+                    help="target whose recipe defaults and channel multiple apply (default: x86-64-cpu)")
+    bp.add_argument("--episodes", type=int, default=200, help="closed-loop episodes per success figure")
+    bp.add_argument("--recovery-steps", type=int, help="distillation budget (default: the recipe's)")
+    bp.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
+    bp.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
+    bp.add_argument("--allow-pickle", action="store_true")
+    bp.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     return p
 
 

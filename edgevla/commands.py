@@ -33,11 +33,13 @@ def _json(obj: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import BuildRequest, build
     from .progress import ConsoleProgress, Progress
-    from .recipe import prune_shorthand
+    from .recipe import prune_shorthand, quantize_shorthand
 
     overrides = {}
     if args.prune is not None:  # checked before any slow work
         overrides.update(prune_shorthand(args.prune))
+    if args.quantize is not None:
+        overrides.update(quantize_shorthand(args.quantize))
     if args.episodes is not None:
         overrides["evaluate.episodes"] = args.episodes
     request = BuildRequest(target=args.target, policy=args.policy, recipe=args.recipe, output=args.output,
@@ -75,13 +77,15 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None):
             raise EdgevlaError("backend 'torch' needs a bundle of an edgevla VLA policy (its config is in the "
                                f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
                                "use --backend onnxruntime")
-        prune = (bundle.manifest.get("recipe") or {}).get("prune") or {}
-        if prune.get("method") == "structured":
-            raise EdgevlaError("backend 'torch' rebuilds a VLA from its config, and structured pruning changed its "
-                               "layer shapes (the manifest's layers list them): use --backend onnxruntime")
         policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
+        architecture = bundle.manifest["policy"].get("architecture")
         try:
-            policy.load_state_dict(tensors)
+            if architecture:  # structured pruning: replay its shape changes, then load
+                from .prune.architecture import rebuild
+
+                policy = rebuild(policy, architecture, tensors)
+            else:
+                policy.load_state_dict(tensors)
         except RuntimeError as e:
             raise EdgevlaError(f"the bundle's weights do not fit its policy config "
                                f"({str(e).strip().splitlines()[-1].strip()}): use --backend onnxruntime") from None
@@ -138,12 +142,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
             obs = batch_of(heldout_observations(runner.spec, max(args.batch, 8)), 0, args.batch)
             stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
+            plan = runner.plan() if args.backend == "native" else None
         finally:
             runner.close()
     deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
     data = {"model": what, "backend": args.backend, "batch": args.batch, "target": target.name,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
             "deadline": deadline.to_dict()}
+    if plan is not None:  # which kernel ran each linear layer, and why
+        data["native_plan"] = [choice.to_dict() for choice in plan]
     if args.json:
         _json(data)
         return 0
@@ -154,7 +161,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out.print(table)
     out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
               f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed")
+    if plan is not None:
+        _print_native_plan(plan)
     return 0
+
+
+def _print_native_plan(plan) -> None:
+    table = Table(title="native backend: kernel per linear layer")
+    for col in ("layer", "K", "N", "weight", "sparsity", "pattern", "mode", "kernel", "epilogue"):
+        table.add_column(col, justify="right" if col in ("K", "N", "sparsity") else "left")
+    for c in plan:
+        table.add_row(c.layer, str(c.k), str(c.n), c.weight, f"{c.sparsity:.2f}", c.pattern, c.mode, c.kernel,
+                      c.epilogue)
+    out.print(table)
 
 
 def _profile_runner(args: argparse.Namespace, scratch: Path):
@@ -169,11 +188,11 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
     from .models.zoo import load_policy
 
     loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
-    if args.backend == "onnxruntime":
+    if args.backend in ("onnxruntime", "native"):
         from .export import export_onnx
 
         onnx_path = export_onnx(loaded.policy, scratch / "model.onnx")
-        runner = make_runner("onnxruntime", onnx_path=onnx_path, spec=loaded.policy.spec, threads=args.threads)
+        runner = make_runner(args.backend, onnx_path=onnx_path, spec=loaded.policy.spec, threads=args.threads)
     else:
         runner = make_runner(args.backend, policy=loaded.policy, threads=args.threads)
     return runner, loaded.name, "x86-64-cpu"
@@ -334,3 +353,12 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
         if value is not None:
             argv += [f"--{flag}", str(value)]
     return argv
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.bench_command is None:
+        raise EdgevlaError("bench: name a benchmark (edgevla bench --help lists them)")
+    module = importlib.import_module(f".bench.{args.bench_command}", __package__)
+    return module.run(args)

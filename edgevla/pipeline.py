@@ -4,10 +4,13 @@ The build runs named stages, each timed and reported::
 
     load      target profile, recipe (defaults < target < file < flags), policy
     analyze   spec, parameters, FLOPs per layer; held-out observations
-    compress  pruning (recipe prune:) of a copy, recovery by distillation, masks baked to zeros
-    export    ONNX of the built model (and of the original, for side-by-side numbers); per-layer
-              precision, sparsity and pattern measured on the exported initializers
-    verify    ONNX Runtime vs PyTorch on held-out observations: max abs error, cosine
+    compress  pruning (recipe prune:) of a copy, recovery by distillation, masks baked to zeros;
+              then quantization (recipe quantize:) of the result into a fake-quant model
+    export    ONNX of the built model (and of the original, for side-by-side numbers), Q/DQ when
+              quantized and then linted against TensorRT's rules; per-layer precision, sparsity
+              and pattern measured on the exported initializers
+    verify    ONNX Runtime vs PyTorch on held-out observations: max abs error, cosine (for a
+              quantized model: the Q/DQ graph run literally vs the fake-quant model)
     evaluate  closed-loop success of the exported model vs the original policy: the accuracy gate
     profile   latency, jitter, deadline misses, throughput, peak memory, roofline estimate
     bundle    manifest + model.onnx + weights + report, written atomically
@@ -30,6 +33,16 @@ is no recovery and the report says so. Structured pruning changes layer
 shapes, so a VLA's config no longer describes the weights: the manifest
 records each layer's shape, and ``edgevla eval --backend torch`` refuses such
 a bundle (ONNX Runtime runs it).
+
+Quantization (:func:`quantize_for_build`) works on the float, possibly pruned
+model: calibration on the task's calibration split (or the user's
+observation files), optional SmoothQuant, every ``nn.Linear`` quantized and
+each one's solo output SQNR measured; mixed precision keeps the layers that
+break the SQNR floor or the success budget in floating point; optional QAT
+distils the float policy into the fake-quant model. Exact zeros stay zero
+throughout, so 2:4 survives. The built model is then the fake-quant PyTorch
+model — the reference the Q/DQ ONNX file is verified against — and the
+manifest's ``layers`` say what each weight ships as (int8, int4, fp8, fp16).
 """
 
 from __future__ import annotations
@@ -55,7 +68,7 @@ from .metrics.params import count_parameters, file_size
 from .metrics.report import ModelMetrics, build_report, host_info, write_report
 from .models.zoo import LoadedPolicy, load_policy
 from .progress import Progress
-from .recipe import PruneConfig, Recipe, load_recipe
+from .recipe import CalibrationConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import TaskConfig, evaluate, fixed_split
@@ -138,30 +151,87 @@ def layer_table(policy: torch.nn.Module, onnx_path: str | Path | None = None) ->
 
     With ``onnx_path`` each weight is read back from the exported graph's
     initializer (transposed back where the exporter folded it into a MatMul),
-    so the figures describe what ships; a weight the graph folded away is
-    measured on the PyTorch side.
+    so the figures describe what ships: an fp16 initializer reports fp16, the
+    int8 / int4 / fp8 codes of a quantized weight (``<param>_quantized``, the
+    Q/DQ exporter's name) report int8 / int4 / fp8, and sparsity counts zero
+    codes. A weight the graph folded away is measured on the PyTorch side.
+    Quantized layers also carry their ``format`` (w8a8, ...) and, for int4,
+    their ``group_size``.
     """
-    exported: dict[str, np.ndarray] = {}
+    exported: dict[str, tuple[np.ndarray, str]] = {}
     if onnx_path is not None:
         import onnx
-        from onnx import numpy_helper
 
         from .export import match_initializers
 
         model = onnx.load(str(onnx_path))
-        arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        for name, ref in match_initializers(model, policy).items():
-            exported[name] = arrays[ref.name].T if ref.transposed else arrays[ref.name]
+        stored = _stored_weights(model)
+        float_refs = None
+        for name, mod in policy.named_modules():
+            w = getattr(mod, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.ndim < 2:
+                continue
+            key = f"{name}.weight"
+            if key in stored:
+                exported[key] = stored[key]
+            elif f"{key}.T" in stored:
+                array, precision = stored[f"{key}.T"]
+                exported[key] = (array.T, precision)
+            else:  # another exporter's naming: find the float parameter by value
+                if float_refs is None:
+                    from onnx import numpy_helper
+
+                    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+                    float_refs = {n: (arrays[r.name].T if r.transposed else arrays[r.name])
+                                  for n, r in match_initializers(model, policy).items()}
+                if key in float_refs:
+                    exported[key] = (float_refs[key], _PRECISION_OF_DTYPE.get(str(float_refs[key].dtype), "fp32"))
     rows = []
     for name, mod in policy.named_modules():
         w = getattr(mod, "weight", None)
         if not isinstance(w, torch.Tensor) or w.ndim < 2:
             continue
         key = f"{name}.weight"
-        w = torch.from_numpy(np.array(exported[key])) if key in exported else w.detach()
-        rows.append({"name": name, "precision": str(w.dtype).replace("torch.float", "fp"),
-                     "shape": list(w.shape), **weight_sparsity(w)})
+        if key in exported:
+            array, precision = exported[key]
+            w = torch.from_numpy(np.array(array, dtype=np.float32))
+        else:
+            w = w.detach()
+            precision = str(w.dtype).replace("torch.float", "fp")
+        row = {"name": name, "precision": precision, "shape": list(w.shape), **weight_sparsity(w)}
+        fmt = getattr(mod, "format_name", None)
+        if fmt is not None and fmt != "float":
+            row["format"] = fmt
+            if getattr(mod, "group_size", None):
+                row["group_size"] = int(mod.group_size)
+        rows.append(row)
     return rows
+
+
+_PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "int8", "int4": "int4",
+                       "float8_e4m3fn": "fp8", "float64": "fp64"}
+_QUANTIZED_SUFFIX = "_quantized"
+
+
+def _stored_weights(model) -> dict[str, tuple[np.ndarray, str]]:
+    """``{initializer base name: (values as stored, precision)}``: float initializers under their own name,
+    quantized codes (int8, int4, fp8) under the name of the float initializer they replaced."""
+    from onnx import TensorProto, numpy_helper
+
+    kinds = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
+             TensorProto.INT8: "int8", TensorProto.INT4: "int4", TensorProto.FLOAT8E4M3FN: "fp8"}
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for init in model.graph.initializer:
+        precision = kinds.get(init.data_type)
+        if precision is None:
+            continue
+        name = init.name
+        if name.endswith(_QUANTIZED_SUFFIX) and precision in ("int8", "int4", "fp8"):
+            name = name[: -len(_QUANTIZED_SUFFIX)]
+        elif precision in ("int8", "int4", "fp8"):
+            continue  # zero points and other integer constants
+        out[name] = (numpy_helper.to_array(init).astype(np.float32), precision)
+    return out
 
 
 def weight_sparsity(weight: torch.Tensor) -> dict[str, Any]:
@@ -384,6 +454,166 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     return info
 
 
+# --------------------------------------------------------------------------- quantization
+
+
+def quantization_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+                         cfg: "CalibrationConfig") -> tuple[list[tuple[torch.Tensor, ...]], str]:
+    """Calibration inputs and where they came from: the user's directory of observation files, else
+    the task's calibration split, else in-range random observations (a policy no task speaks)."""
+    if cfg.data is not None:
+        from .quant import iter_batches, load_observation_dir
+
+        obs = load_observation_dir(spec, cfg.data, cfg.batches * cfg.batch_size)
+        return [tuple(b) for b in iter_batches(spec, obs, cfg.batch_size)], f"directory {cfg.data}"
+    batches = calibration_batches(policy, spec, task, "magnitude", n=cfg.batches, size=cfg.batch_size)
+    where = "the task's calibration split" if task is not None else "random observations inside the spec's ranges"
+    return [tuple(args) for args, _ in batches], where
+
+
+def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None, batch_size: int,
+               seed: int = 50_000):
+    """Endless QAT batches: the task's training observations (with expert actions, which pure
+    distillation does not use), else in-range random observations labelled by the float teacher."""
+    if task is not None:
+        from .task import stream
+
+        for b in stream(task, batch_size, seed=seed):
+            yield normalized_batch(spec, b.observations, b.actions)
+        return
+    i = 0
+    while True:
+        obs = spec.example(batch=batch_size, seed=seed + i)
+        args = [torch.from_numpy(obs[k]) for k in spec.input_names]
+        with torch.no_grad():
+            target = teacher(*args).float()
+        yield args, target  # outside no_grad: the consumer trains between yields
+        i += 1
+
+
+def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+                       cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float,
+                       progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
+
+    Calibrate → (SmoothQuant) → quantize every Linear → measure each layer's
+    solo output SQNR → with mixed precision, quantize again keeping the
+    sensitive layers float → (QAT distilled from ``teacher``) → round what
+    stays float to ``float_dtype``.
+    """
+    import time
+
+    from .quant import (fallback_by_sqnr, fallback_by_success, layer_sqnr, model_sqnr,
+                        quantization_aware_training, quantize_policy, round_float_storage, round_tables)
+
+    start = time.perf_counter()
+    cal = cfg.calibration
+    batches, source = quantization_batches(policy, spec, task, cal)
+    kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
+                                  smoothquant_alpha=cfg.smoothquant.alpha if cfg.smoothquant.enabled else None,
+                                  float_dtype=float_dtype, tables=cfg.tables)
+    if cal.method == "percentile":
+        kwargs["percentile"] = cal.percentile
+    samples = sum(len(b[0]) for b in batches)
+    calibrated = cfg.format in ("w8a8", "fp8") or (cfg.smoothquant.enabled and cfg.format != "fp16")
+    info: dict[str, Any] = {
+        "format": cfg.format, "float_dtype": float_dtype,
+        # Weight-only formats need no activation ranges; the batches still measure sensitivity.
+        "calibration": {"method": cal.method, "source": source, "batches": len(batches), "samples": samples,
+                        "activation_ranges": cfg.format in ("w8a8", "fp8")},
+        "smoothquant": {"enabled": cfg.smoothquant.enabled, "alpha": cfg.smoothquant.alpha},
+        "group_size": cfg.group_size if cfg.format == "w4a16" else None,
+    }
+    result = quantize_policy(policy, cfg.format, **kwargs)
+    probe = batches[:4]
+    fallback: list[str] = []
+    if cfg.format != "fp16":
+        sensitivity = layer_sqnr(result.model, probe[:1])  # one forward per layer per batch: one batch
+        info["layer_sqnr_db"] = {k: round(v, 3) for k, v in sensitivity.items()}
+        mp = cfg.mixed_precision
+        if mp.enabled:
+            if mp.metric == "sqnr":
+                fallback = fallback_by_sqnr(sensitivity, mp.min_sqnr_db)
+                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db}
+            else:
+                if task is None:
+                    raise EdgevlaError("quantize.mixed_precision.metric success needs closed-loop episodes, and no "
+                                       "task speaks this policy's observations: use metric sqnr")
+                from .train import torch_action_fn
+
+                def success(model: torch.nn.Module) -> float:
+                    return evaluate(torch_action_fn(model), task, episodes=mp.episodes, seed=mp.seed).success_rate
+
+                budget = max_loss if mp.max_loss is None else mp.max_loss
+                reference = success(teacher)
+                search = fallback_by_success(result.model, sensitivity, success, reference - budget)
+                fallback = search.fallback
+                info["mixed_precision"] = {"metric": "success", "max_loss": budget, "episodes": mp.episodes,
+                                           "float_success": reference, **search.to_dict()}
+            info["mixed_precision"]["kept_float"] = fallback
+            if fallback:
+                result = quantize_policy(policy, cfg.format, skip=fallback, **kwargs)
+    if cfg.qat.enabled:
+        if cfg.format == "fp16":
+            info["qat"] = "not run: fp16 has no quantized layer to train"
+        else:
+            heldout = heldout_observations(spec, 128, seed=7)
+            args = [torch.from_numpy(heldout[n]) for n in spec.input_names]
+            report = quantization_aware_training(
+                result.model, teacher, qat_stream(teacher, spec, task, cfg.qat.batch_size), steps=cfg.qat.steps,
+                heldout=args, lr=cfg.qat.lr, batch_size=cfg.qat.batch_size)
+            if cfg.tables:  # training moved the float tensors off their storage grids: back onto them
+                round_tables(result.model)
+            round_float_storage(result.model, float_dtype)
+            info["qat"] = report.to_dict()
+            undone = "" if report.kept == "qat" else " (no gain: the PTQ weights are kept)"
+            progress.note(f"QAT: {report.steps} steps in {report.seconds:.1f} s; output SQNR against the float "
+                          f"policy {report.sqnr_before_db:.1f} -> {report.sqnr_trained_db:.1f} dB{undone}")
+    formats = result.formats
+    info["layers"] = {n: {"format": f, **({"group_size": result.group_sizes[n]} if n in result.group_sizes else {})}
+                      for n, f in formats.items()}
+    info["tables_rounded"] = result.tables  # on their int8 grid; the export says which ship as int8
+    info["smoothquant"]["folded_into"] = result.smoothed
+    if cfg.format != "fp16":
+        info["model_sqnr_db"] = round(model_sqnr(result.model, probe), 3)
+    info["seconds"] = round(time.perf_counter() - start, 3)
+    quantized = sum(f != "float" for f in formats.values())
+    sqnr = f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else ""
+    how = f", calibrated ({cal.method}) on {samples} observations from {source}" if calibrated else ""
+    progress.note(f"quantized {quantized} of {len(formats)} Linear layers to {cfg.format} ({len(fallback)} kept "
+                  f"float){how}; float tensors stored {float_dtype}{sqnr}; {info['seconds']:.1f} s")
+    return result.model, info
+
+
+def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]]) -> str:
+    """The report.md section of a quantized build: settings, then every layer's shipped precision."""
+    out = ["", "## Quantization", "",
+           f"Format **{info['format']}**; float tensors stored {info['float_dtype']}"
+           + (f"; activation ranges calibrated ({info['calibration']['method']}) on "
+              f"{info['calibration']['samples']} observations from {info['calibration']['source']}"
+              if info["calibration"]["activation_ranges"] else "")
+           + (f"; SmoothQuant α={info['smoothquant']['alpha']:g}" if info["smoothquant"]["enabled"] else "")
+           + (f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else "") + ".",
+           ""]
+    if isinstance(info.get("mixed_precision"), Mapping):
+        kept = info["mixed_precision"]["kept_float"]
+        out += [f"Mixed precision ({info['mixed_precision']['metric']}): {len(kept)} layer(s) kept float"
+                + (f": {', '.join(kept)}" if kept else "") + ".", ""]
+    if isinstance(info.get("qat"), Mapping):
+        q = info["qat"]
+        out += [f"QAT: {q['steps']} steps; output SQNR {q['sqnr_before_db']:.1f} → {q['sqnr_trained_db']:.1f} dB"
+                + ("" if q["kept"] == "qat" else " (no gain: PTQ weights kept)") + ".", ""]
+    sqnr = info.get("layer_sqnr_db", {})
+    out += ["| layer | format | stored as | group | shape | solo SQNR dB | sparsity | pattern |",
+            "|---|---|---|---|---|---|---|---|"]
+    for row in layers:
+        solo = sqnr.get(row["name"])
+        out.append(f"| {row['name']} | {row.get('format', 'float')} | {row['precision']} | {row.get('group_size', '')} "
+                   f"| {'×'.join(map(str, row['shape']))} | {'' if solo is None else f'{solo:.1f}'} "
+                   f"| {row['sparsity']:.3f} | {row['pattern']} |")
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -400,6 +630,13 @@ class Build:
         req = self.request
         self.target = load_target(req.target)
         self.recipe: Recipe = load_recipe(req.recipe, self.target, dict(req.overrides) or None)
+        q = self.recipe.quantize
+        self.float_dtype = "fp32"
+        if q.format != "none":  # before any slow work: fp8 on Orin, say, stops here
+            from .quant import check_precision_supported, storage_dtype
+
+            check_precision_supported(self.target, q.format)
+            self.float_dtype = "fp16" if q.format == "fp16" else storage_dtype(self.target, q.float_dtype)
         ref = req.policy or self.recipe.policy or DEFAULT_POLICY
         self.loaded: LoadedPolicy = load_policy(ref, allow_pickle=req.allow_pickle)
         self.original = self.loaded.policy.eval()
@@ -431,27 +668,74 @@ class Build:
                                         round_to=self.target.facts.preferred_channel_multiple,
                                         max_loss=self.recipe.accuracy_loss_budget(self.target),
                                         progress=self.progress)
+        self.quantization: dict[str, Any] | None = None
+        self.float_built = self.built  # the (pruned) float model: its architecture is what the manifest records
+        if self.quantized:
+            self.built, self.quantization = quantize_for_build(
+                self.built, self.original, self.spec, self.task, self.recipe.quantize, float_dtype=self.float_dtype,
+                max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress)
         check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
+
+    @property
+    def quantized(self) -> bool:
+        return self.recipe.quantize.format != "none"
 
     # export -------------------------------------------------------------
     def export(self) -> None:
         from .export import export_onnx
 
         opts = self.recipe.export
-        self.onnx = {
-            "built": export_onnx(self.built, self.work / "model.onnx", opset=opts.opset,
-                                 dynamic_batch=opts.dynamic_batch),
-            "original": export_onnx(self.original, self.work / "original.onnx", opset=opts.opset,
-                                    dynamic_batch=opts.dynamic_batch),
-        }
+        self.onnx = {"original": export_onnx(self.original, self.work / "original.onnx", opset=opts.opset,
+                                             dynamic_batch=opts.dynamic_batch)}
+        if self.quantized:
+            self.onnx["built"] = self._export_quantized()
+        else:
+            self.onnx["built"] = export_onnx(self.built, self.work / "model.onnx", opset=opts.opset,
+                                             dynamic_batch=opts.dynamic_batch)
         self.layers = layer_table(self.built, self.onnx["built"])
+
+    def _export_quantized(self) -> Path:
+        """Q/DQ ONNX of the fake-quant model, linted against TensorRT's rules (a violation fails the build).
+
+        The quantized file carries no debug metadata; it is stripped from the
+        original's file too, so that their sizes compare like for like.
+        """
+        import onnx
+
+        from .export.lint import lint_qdq
+        from .export.qdq import export_quantized, strip_debug_metadata
+
+        opts = self.recipe.export
+        path = export_quantized(self.built, self.work / "model.onnx", opset=opts.opset,
+                                float_dtype=self.float_dtype, dynamic_batch=opts.dynamic_batch)
+        issues = lint_qdq(path)
+        self.lint = [str(i) for i in issues]
+        if issues:
+            more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+            raise GateFailed(f"Q/DQ lint: the exported model breaks TensorRT's rules: {issues[0]}{more}")
+        graph = onnx.load(str(path)).graph
+        tables = set(self.quantization["tables_rounded"])
+        self.quantization["tables_int8"] = [n.output[0] for n in graph.node
+                                            if n.op_type == "DequantizeLinear" and n.output[0] in tables]
+        original = onnx.load(str(self.onnx["original"]))
+        onnx.save(strip_debug_metadata(original), str(self.onnx["original"]))
+        sizes = {k: file_size(v) for k, v in (("original", self.onnx["original"]), ("built", path))}
+        self.quantization["onnx_bytes"] = sizes
+        self.quantization["size_ratio"] = round(sizes["built"] / sizes["original"], 4)
+        self.quantization["lint"] = "passed"
+        self.progress.note(f"Q/DQ ONNX {sizes['built']:,} bytes, {sizes['built'] / sizes['original']:.1%} of the "
+                           f"fp32 file ({sizes['original']:,}); TensorRT Q/DQ lint passed")
+        return path
 
     # verify -------------------------------------------------------------
     def verify(self) -> None:
         from .export import verify_onnx
 
         v = self.recipe.verify
+        if self.quantized:
+            self._verify_quantized()
+            return
         self.verification = verify_onnx(self.built, self.onnx["built"], self.heldout, atol=v.atol,
                                         min_cosine=v.min_cosine)
         r = self.verification
@@ -460,6 +744,31 @@ class Build:
         if not r.passed:
             raise GateFailed(f"verify: ONNX Runtime differs from PyTorch (max abs error {r.max_abs_error:.3e} "
                              f"> {v.atol:g} or cosine {r.cosine:.6f} < {v.min_cosine})")
+
+    def _verify_quantized(self) -> None:
+        """The Q/DQ file, executed literally by ONNX Runtime, against the fake-quant PyTorch model.
+
+        Tolerances are ``quantize.parity``: codes and scales are identical, but
+        an activation within float noise of a rounding tie can take the
+        neighbouring code. ONNX Runtime's default session (integer kernels,
+        what ``evaluate`` runs) is compared too and reported, not gated.
+        """
+        from .export import verify_onnx
+        from .export.qdq import verify_quantized
+
+        p = self.recipe.quantize.parity
+        r = verify_quantized(self.built, self.onnx["built"], self.heldout, atol=p.atol, min_cosine=p.min_cosine)
+        self.verification = r
+        fused = verify_onnx(self.built, self.onnx["built"], self.heldout, atol=1e30, min_cosine=-1.0)  # measured only
+        self.quantization["parity"] = {"reference_session": r.to_dict(),
+                                       "default_session": {"max_abs_error": fused.max_abs_error,
+                                                           "cosine": fused.cosine}}
+        self.progress.note(f"ONNX Runtime (Q/DQ run literally) vs fake-quant PyTorch on {r.samples} held-out "
+                           f"observations: max abs error {r.max_abs_error:.2e}, cosine {r.cosine:.8f}; ONNX "
+                           f"Runtime's integer kernels: max abs error {fused.max_abs_error:.2e}")
+        if not r.passed:
+            raise GateFailed(f"verify: the Q/DQ ONNX model differs from the fake-quant PyTorch model (max abs error "
+                             f"{r.max_abs_error:.3e} > {p.atol:g} or cosine {r.cosine:.6f} < {p.min_cosine})")
 
     # evaluate -----------------------------------------------------------
     def evaluate(self) -> None:
@@ -561,20 +870,47 @@ class Build:
                 "action_error_by_backend": self.action_error,
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
                 "prune": self.pruning or "none",
+                "quantize": self.quantization or "none",
             },
         )
         report_dir = self.work / "report"
         written = write_report(report, report_dir)
+        if self.quantization is not None:
+            with open(report_dir / "report.md", "a", encoding="utf-8") as md:
+                md.write(quantization_markdown(self.quantization, self.layers))
         save_weights(self.built, self.work / "weights.safetensors")
         files: dict[str, Path] = {"model.onnx": self.onnx["built"], "weights.safetensors": self.work / "weights.safetensors"}
         for p in written:
             files[p.relative_to(report_dir).as_posix()] = p
+        # GPU targets: the trtexec command and build_engine.sh (an engine too where TensorRT runs here).
+        from .export.tensorrt import bundle_tensorrt, tensorrt_precision
+
+        trt_files, trt_entry = bundle_tensorrt(
+            t, self.spec, self.onnx["built"], self.work / "tensorrt",
+            precision=tensorrt_precision(self.recipe.quantize.format),
+            sparse=any(layer["pattern"] == "2:4" for layer in self.layers),
+            batch_sizes=self.recipe.profile.batch_sizes)
+        files.update(trt_files)
         config = getattr(self.built, "config", None)
         manifest = make_manifest(self.spec, policy_name=self.loaded.name, target=t.to_dict(),
                                  policy_reference=self.loaded.reference, policy_config=config,
-                                 layers=self.layers, recipe=self.recipe.to_dict())
+                                 layers=self.layers, recipe=self.recipe.to_dict(),
+                                 policy_architecture=self.architecture_delta())
+        if trt_entry is not None:
+            manifest["tensorrt"] = trt_entry
         self.report = report
         return write_bundle(self.output, files, manifest)
+
+    def architecture_delta(self) -> dict[str, Any] | None:
+        """How the built VLA's modules differ from its config's (structured pruning), else None."""
+        from .models.vla import VLAPolicy
+        from .prune.architecture import architecture_delta, is_identity
+
+        built = getattr(self, "float_built", self.built)  # quantization swaps module types, not architecture
+        if not isinstance(built, VLAPolicy):
+            return None
+        delta = architecture_delta(built, VLAPolicy(built.config, name=built.name))
+        return None if is_identity(delta) else delta
 
     # run ----------------------------------------------------------------
     def run(self) -> BuildResult:

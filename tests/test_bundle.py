@@ -96,7 +96,7 @@ def test_manifest_describes_the_policy(policy, manifest):
     assert manifest["versions"]["torch"] == torch.__version__
     assert set(manifest["versions"]) == {"edgevla", "torch", "onnx", "onnxruntime"}
     assert manifest["policy"] == {"name": "tiny", "reference": "tests.test_bundle:TiedPolicy",
-                                  "config": {"width": 8, "kind": "tiny"}}
+                                  "config": {"width": 8, "kind": "tiny"}, "architecture": None}
     assert manifest["target"] == {"name": "jetson-orin-nano", "memory_gb": 8}
     assert manifest["inputs"] == [
         {"name": "image", "shape": ["batch", 3, 4, 4], "dtype": "float32", "low": 0.0, "high": 1.0},

@@ -28,14 +28,23 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
 def save_checkpoint(policy: VLAPolicy, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
-    """Write ``policy`` as safetensors atomically (temp file, then rename)."""
+    """Write ``policy`` as safetensors atomically (temp file, then rename).
+
+    A structurally pruned policy also records how it differs from its config's
+    architecture (:func:`edgevla.prune.architecture.architecture_delta`), so
+    :func:`load_checkpoint` rebuilds the pruned shapes.
+    """
+    from ..prune.architecture import architecture_delta, is_identity
+
     path = Path(path)
+    delta = architecture_delta(policy, VLAPolicy(policy.config, name=policy.name))
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": policy.name,
         "config": json.dumps(policy.config.to_dict()),
+        **({} if is_identity(delta) else {"architecture": json.dumps(delta)}),
         **(extra or {}),
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
@@ -99,8 +108,13 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> torc
         raise EdgevlaError(f"{path}: bad policy config in metadata ({e})") from None
     policy = VLAPolicy(cfg, name=meta.get("name", path.stem))
     try:
-        policy.load_state_dict(load_file(str(path)))
-    except (RuntimeError, SafetensorError) as e:
+        tensors = load_file(str(path))
+        if "architecture" in meta:
+            from ..prune.architecture import rebuild
+
+            return rebuild(policy, json.loads(meta["architecture"]), tensors).eval()
+        policy.load_state_dict(tensors)
+    except (RuntimeError, SafetensorError, ValueError) as e:
         raise EdgevlaError(f"{path}: weights do not fit the policy config ({str(e).splitlines()[0]})") from None
     return policy.eval()
 
