@@ -37,6 +37,12 @@ class TrainConfig:
     # where the CPU multiplies bf16 natively (AVX512-BF16, AMX, Arm BF16), ~3x
     # faster per step for small-vla on the 2-core AVX-512 build machine.
     precision: str = "fp32"
+    # Weight of an auxiliary loss that pulls the first keypoint of camera 0 onto
+    # the named object (privileged simulator state, as in "auxiliary target
+    # prediction"; the policy never sees it at run time). Without it a wide
+    # small-vla sits on the behaviour-cloning plateau ("head somewhere")
+    # for thousands of steps; with it the plateau ends after ~350 steps.
+    keypoint_aux: float = 0.0
 
 
 @dataclass
@@ -44,8 +50,9 @@ class TrainLog:
     steps: int = 0
     seconds: float = 0.0
     samples_per_s: float = 0.0
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # the action loss (without the auxiliary term)
     precision: str = "fp32"
+    aux_losses: list[float] = field(default_factory=list)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -102,16 +109,23 @@ def train_policy(cfg: VLAConfig, tc: TrainConfig, name: str = "vla",
     autocast = log.precision == "bf16"
     start = time.perf_counter()
     policy.train()
+    keypoints = _KeypointTap(policy) if tc.keypoint_aux > 0 else None
     data = stream(task, tc.batch_size, seed=tc.seed, blank=tc.blank)
     for step in range(tc.steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc.steps, tc)
-        obs, target = _tensors(next(data), mean_t, std_t)
+        batch = next(data)
+        obs, target = _tensors(batch, mean_t, std_t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             pred = policy(*obs)
         loss = torch.nn.functional.mse_loss(pred.float(), target)
+        total = loss
+        if keypoints is not None:
+            aux = keypoints.loss(torch.from_numpy(batch.target_xy))
+            log.aux_losses.append(aux.item())
+            total = loss + tc.keypoint_aux * aux
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         log.losses.append(loss.item())
@@ -122,8 +136,32 @@ def train_policy(cfg: VLAConfig, tc: TrainConfig, name: str = "vla",
             break
     log.seconds = time.perf_counter() - start
     log.samples_per_s = log.steps * tc.batch_size / max(log.seconds, 1e-9)
+    if keypoints is not None:
+        keypoints.remove()
     policy.eval()
     return policy, log
+
+
+class _KeypointTap:
+    """Captures the spatial-softmax keypoints of a forward pass for the auxiliary loss."""
+
+    def __init__(self, policy: VLAPolicy):
+        self._out: torch.Tensor | None = None
+        self._handle = policy.vision.keypoints.register_forward_hook(self._keep)
+        self._n_cameras = policy.config.n_cameras
+
+    def _keep(self, module, inputs, output) -> None:
+        self._out = output
+
+    def loss(self, target_xy: torch.Tensor) -> torch.Tensor:
+        """MSE between camera 0's first keypoint and the named object's (x, y)."""
+        assert self._out is not None, "no forward pass seen"
+        # The keypoint module runs on (B * cameras) images, camera-major within a sample.
+        first = self._out.float().view(-1, self._n_cameras, self._out.shape[1], 2)[:, 0, 0]
+        return torch.nn.functional.mse_loss(first, target_xy.float())
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def torch_action_fn(policy: torch.nn.Module, blank: str | None = None):
@@ -149,5 +187,10 @@ def closed_loop_success(policy: torch.nn.Module, episodes: int = 200, seed: int 
 # 2 CPU cores: tiny-vla <= 15 minutes, small-vla <= 60 minutes.
 TRAIN_RECIPES: dict[str, TrainConfig] = {
     "tiny-vla": TrainConfig(steps=2500, batch_size=64, lr=2e-3),
-    "small-vla": TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=200, precision="auto"),
+    # The keypoint auxiliary loss is what lets the 21M-parameter model leave the
+    # plateau (without it: 7.5 % success after 2000 steps). With weight 10 and
+    # lr 5e-4 the loss is 0.146 by step 250 and 0.0042 at step 1500: 100 % success
+    # on 200 held-out episodes, 1050 s on 2 shared cores (bf16; 2026-12-04).
+    # Weight 1 with lr 1e-3 could still sit on the plateau at step 500.
+    "small-vla": TrainConfig(steps=1500, batch_size=64, lr=5e-4, warmup=100, precision="auto", keypoint_aux=10.0),
 }

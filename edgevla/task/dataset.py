@@ -26,6 +26,10 @@ SPLIT_SEEDS = {"train": 0, "calibration": 1, "heldout": 2}
 class Batch:
     observations: dict[str, np.ndarray]  # image, instruction, state
     actions: np.ndarray  # (B, H, 2) real (unnormalized) expert actions
+    # (B, 2) where the named object is, in table coordinates (camera 0's pixel
+    # frame). Privileged: a policy never sees it; training may use it as an
+    # auxiliary target.
+    target_xy: np.ndarray | None = None
 
 
 def _states(cfg: TaskConfig, scenes: Scenes, rng: np.random.Generator, near_fraction: float) -> np.ndarray:
@@ -56,7 +60,7 @@ def make_batch(cfg: TaskConfig, batch: int, rng: np.random.Generator, near_fract
         obs["instruction"] = np.zeros_like(obs["instruction"])
     elif blank is not None:
         raise ValueError(f"blank must be 'image' or 'instruction', got {blank!r}")
-    return Batch(obs, expert_chunk(cfg, eff, scenes.target_xy))
+    return Batch(obs, expert_chunk(cfg, eff, scenes.target_xy), scenes.target_xy.astype(np.float32))
 
 
 def split_rng(split: str, seed: int = 0) -> np.random.Generator:
