@@ -239,7 +239,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLinear], refs)
 
 
     new_nodes: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes to insert before it
-    shared_act: dict[tuple[str, float], str] = {}
+    act_qdq: dict[tuple[str, float, bool, int], str] = {}  # (tensor, scale, fp8, consumer) -> DQ output
     done: set[str] = set()
     for name, layer in layers.items():
         ref = refs.get(f"{name}.weight")
@@ -265,9 +265,14 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLinear], refs)
                 act = node.input[0]
                 scale = float(layer.input_scale)
                 fp8 = isinstance(layer, Float8Linear)
-                key = (act, scale, fp8)
-                if key not in shared_act:
-                    base = f"{act}_{len(shared_act)}"
+                # One Q/DQ pair per consumer, as a per-layer input quantizer
+                # exports it: TensorRT merges equal siblings, and ONNX Runtime
+                # fuses DQ->MatMul into its int8 kernels only when the Q feeds
+                # one DQ (a shared pair left half the small-vla linears on
+                # dequantized fp32 weights, re-dequantized every run).
+                key = (act, scale, fp8, id(node))
+                if key not in act_qdq:
+                    base = f"{act}_{len(act_qdq)}"
                     s_name, z_name = f"{base}_scale", f"{base}_zero_point"
                     zero = (helper.make_tensor(z_name, TensorProto.FLOAT8E4M3FN, [], [0.0]) if fp8
                             else numpy_helper.from_array(np.array(0, np.int8), z_name))
@@ -276,8 +281,8 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLinear], refs)
                     new_nodes.setdefault(id(node), []).extend([
                         helper.make_node("QuantizeLinear", [act, s_name, z_name], [q], name=q),
                         helper.make_node("DequantizeLinear", [q, s_name, z_name], [dq], name=dq)])
-                    shared_act[key] = dq
-                node.input[0] = shared_act[key]
+                    act_qdq[key] = dq
+                node.input[0] = act_qdq[key]
 
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
