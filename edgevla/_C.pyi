@@ -9,7 +9,7 @@ before any memory is touched.
 """
 
 import sys
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -218,3 +218,52 @@ def gemm_w4_f32_ref(
 
 def packed_info(packed: Buffer) -> _PackedInfo:
     """The validated header of any packed weight; ValueError when it is not one."""
+
+# ---- CUDA kernels (csrc/bindings/cuda_bindings.cpp); edgevla.cuda_kernels is the public API.
+# Device operands: any object with __cuda_array_interface__ or __dlpack__ on the current device.
+# stream: a cudaStream_t as an int, an object with .cuda_stream, or None (the legacy default stream).
+
+CUDA_META_LAYOUTS_S8: int
+CUDA_META_LAYOUTS_F16: int
+CUDA_GEMM_W4_MAX_M: int
+
+def cuda_kernels_compiled() -> bool:
+    """Whether this build has the CUDA kernels."""
+
+def cuda_gemm_s8s8(
+    a: Any,
+    w: Any,
+    out: Any,
+    *,
+    w_scale: Any = None,
+    a_scale: Any = None,
+    bias: Any = None,
+    act: str = "none",
+    variant: str = "auto",
+    stream: Any = None,
+) -> None:
+    """out (M, N) = a (M, K) int8 . w (N, K)^T int8: int32 out raw, float32 out with the W8A8 epilogue."""
+
+def cuda_gemm_w4(
+    x: Any, packed: Any, out: Any, *, n: int, k: int, group: int, bias: Any = None, act: str = "none",
+    stream: Any = None,
+) -> None:
+    """out (M, N) float32 = x (M, K) float32/float16 . W^T for a W4_N16K8 buffer on the GPU (M <= 64)."""
+
+def cuda_gemm_2to4_s8(
+    x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, w_scale: Any = None, a_scale: Any = None,
+    bias: Any = None, act: str = "none", stream: Any = None,
+) -> None:
+    """2:4 sparse int8 GEMM (mma.sp m16n8k64): int32 out, or float32 with the W8A8 epilogue."""
+
+def cuda_gemm_2to4_f16(
+    x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, bias: Any = None, act: str = "none",
+    stream: Any = None,
+) -> None:
+    """2:4 sparse float16 GEMM (mma.sp m16n8k32), float32 accumulation and out."""
+
+def pack_2to4_s8_mma(w: NDArray[np.int8], meta_layout: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    """(values, meta): a 2:4 int8 (N, K) weight in mma.sp fragment order (csrc/cuda/pack_2to4_mma.h)."""
+
+def pack_2to4_f16_mma(w: NDArray[np.uint16], meta_layout: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    """(values, meta): a 2:4 float16 (N, K) weight, given as its uint16 bits, in mma.sp fragment order."""

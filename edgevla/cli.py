@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--ms", help="comma-separated row counts M (default: 1,16,64,256)")
     bk.add_argument("--threads", type=int, help="threads of every backend (default: all cores)")
     bk.add_argument("--min-time", type=float, help="seconds of timed calls per row (default 0.15, --quick 0.02)")
+    bk.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: the native CPU kernels (default); cuda: the CUDA kernels beside cuBLAS, cuSPARSELt "
+                         "and fp16 matmul (M = 1,16,256,1024 by default; edgevla/bench/kernels_cuda.py)")
     bp = bsub.add_parser("prune", help="each pruning method on one policy: size, FLOPs, success, recovery, latency")
     bp.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
     bp.add_argument("--methods", default="2:4,unstructured:0.8,structured:0.5",

@@ -60,6 +60,10 @@ COLD_BYTES = 96 * 2**20  # rotate weights over more than this (above common L3 s
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from .kernels_cuda import run as run_cuda
+
+        return run_cuda(args)
     configs = _names(args.configs, CONFIG_NAMES, "--configs") if args.configs else None
     ms = _ints(args.ms, "--ms") if args.ms else None
     threads = args.threads if args.threads is not None else (os.cpu_count() or 1)

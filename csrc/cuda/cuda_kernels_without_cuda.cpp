@@ -1,0 +1,26 @@
+// The CUDA kernels' entry points in a build without CUDA (EDGEVLA_CUDA=OFF,
+// or AUTO without nvcc): each one says so. The bindings check
+// kernels_compiled() first, so these are a second line of defence.
+#include "cuda/cuda_kernels.h"
+
+#include <stdexcept>
+
+namespace edgevla::cuda {
+namespace {
+
+[[noreturn]] void no_cuda() {
+    throw std::runtime_error("edgevla was built without CUDA (EDGEVLA_CUDA=OFF or no nvcc): no CUDA kernels");
+}
+
+}  // namespace
+
+bool kernels_compiled() { return false; }
+void check_device_pointer(const void*, const char*) { no_cuda(); }
+int current_device() { no_cuda(); }
+GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }
+void gemm_s8s8(const GemmS8S8Args&, GemmVariant, uintptr_t) { no_cuda(); }
+void gemm_w4(const GemmW4Args&, uintptr_t) { no_cuda(); }
+void gemm_2to4_s8(const Gemm2to4S8Args&, uintptr_t) { no_cuda(); }
+void gemm_2to4_f16(const Gemm2to4F16Args&, uintptr_t) { no_cuda(); }
+
+}  // namespace edgevla::cuda

@@ -1,0 +1,523 @@
+"""``edgevla bench kernels --device cuda``: the CUDA kernels on the reference policies' shapes, beside the peers.
+
+For every linear shape of the reference policies (attention ``d x d``, MLP
+``d x 4d`` and ``4d x d`` of tiny/small/base-vla) plus two large shapes (4096
+x 14336 and back, where a batch-1 layer is memory-bound for real), and M = 1,
+16, 256, 1024 tokens, it times in one run, on the same data:
+
+============  ==============================================  ===============================================
+op            what runs                                       backends
+============  ==============================================  ===============================================
+gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out), edgevla-epilogue (float32
+                                                              out, scales + bias), cublas-int8 (``torch._int_mm``;
+                                                              M <= 16 padded to 32 rows, as it requires M > 16)
+linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.linear``, cuBLAS)
+2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
+                                                              (``torch._cslt_sparse_mm``)
+2to4-f16      float16 x, 2:4 float16 W -> float32 / float16   edgevla (mma.sp), cusparselt-fp16
+int4-g32/128  float16 x, int4 W (groups 32/128) -> float32    edgevla (M <= 16)
+============  ==============================================  ===============================================
+
+Every kernel's output is checked before it is timed: poisoned (NaN, or
+0x7f7f7f7f for int32), run, and compared with a reference — int8 exactly with
+a float64 product of the same integers on the GPU (exact: every partial sum is
+an integer below 2**53), the float32 epilogue with the same float32 operations
+in PyTorch, float16 and int4 within a stated relative error of a float64
+reference (``tolerance`` in each row). A row whose check fails is kept, with
+``verified: false``, and counts against no goal.
+
+Timing: CUDA events around each call, median of 50 calls (20 with
+``--quick``) after warm-up; before every call the 256 MiB L2 flush buffer is
+overwritten and the inputs rotate over several copies, so every call reads its
+weight from HBM (``cache: "cold"``), as a real policy whose layers outrun the
+60 MB L2 does. ``us`` times CUDA-graph replays of the call (``timing:
+"graph"``: the kernels' device time, as a runtime that replays a captured
+policy sees it); ``us_eager`` times the plain Python calls, where the host
+overhead of argument checking shows whenever it outlasts the flush.
+The copy bandwidth (``copy_gbps``) is a device-to-device copy of 1 GiB,
+counting bytes read plus written; the int4 rows' ``gbps`` (weight + io bytes
+per second) are expressed as a fraction of it in the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgevlaError
+from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
+
+DEFAULT_MS = (1, 16, 256, 1024)
+LARGE_SHAPES = (Shape("large", "up", 4096, 14336), Shape("large", "down", 14336, 4096))
+FLUSH_BYTES = 256 * 2**20
+ROTATE_BYTES = 192 * 2**20  # inputs rotate over copies totalling at least this (> 3x L2)
+MAX_COPIES = 8
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = _names(args.configs, CONFIG_NAMES, "--configs") if args.configs else None
+    ms = _ints(args.ms, "--ms") if args.ms else None
+    result = bench_kernels_cuda(quick=args.quick, configs=configs, ms=ms)
+    print_table(result)
+    if args.json:
+        path = Path(args.json)
+        try:
+            path.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise EdgevlaError(f"cannot write {path}: {e.strerror or e}") from None
+        print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------ timing ---
+
+class _Timer:
+    """Median CUDA-event microseconds of calls, each after an L2 flush.
+
+    ``graph``: each call (one per rotated input copy) is captured once in a
+    CUDA graph and the replays are timed, so the figure is the device's time
+    for the kernels alone; Python and binding overhead (argument checks, tens
+    of microseconds per call) is left out. Without it the eager calls are
+    timed, host overhead included wherever it outlasts the flush before it.
+    """
+
+    def __init__(self, runs: int):
+        import torch
+
+        self.runs = runs
+        self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+
+    def __call__(self, call: Callable[[int], Any], before: Callable[[], Any] | None = None, *,
+                 copies: int = 1, graph: bool = False) -> float:
+        import torch
+
+        for i in range(3):
+            call(i)
+        torch.cuda.synchronize()
+        run = call
+        if graph:
+            graphs = []
+            for i in range(copies):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, capture_error_mode="relaxed"):
+                    call(i)
+                graphs.append(g)
+            run = lambda i: graphs[i % copies].replay()  # noqa: E731
+            run(0)
+        torch.cuda.synchronize()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.runs)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.runs)]
+        for i in range(self.runs):
+            self.flush.fill_(i)
+            if before is not None:
+                before()
+            starts[i].record()
+            run(i)
+            ends[i].record()
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
+
+
+def copy_bandwidth_gbps(timer: _Timer) -> float:
+    """Device-to-device copy of 1 GiB, GB/s of bytes read plus written (median)."""
+    import torch
+
+    src = torch.randint(-100, 100, (2**30 // 4,), dtype=torch.int32, device="cuda")
+    dst = torch.empty_like(src)
+    us = timer(lambda _: dst.copy_(src))
+    del src, dst
+    return 2 * 2**30 / us / 1e3
+
+
+def _copies(nbytes: int) -> int:
+    return max(2, min(MAX_COPIES, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+
+# -------------------------------------------------------------- the rows ---
+
+class _Rows:
+    def __init__(self, timer: _Timer):
+        self.timer = timer
+        self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def add(self, op: str, shape: Shape, m: int, backend: str, call: Callable[[int], Any], *, weight_bytes: int,
+            io_bytes: int, check: Callable[[], tuple[bool, float]] | None, tolerance: float | str, copies: int,
+            sparsity: float = 0.0, poison: Callable[[], Any] | None = None) -> None:
+        verified, error = (None, None)
+        if check is not None:
+            verified, error = check()
+        eager = self.timer(call, poison)
+        try:
+            us, timing = self.timer(call, poison, copies=copies, graph=True), "graph"
+        except Exception as e:  # noqa: BLE001 — a call that cannot be captured is timed eagerly
+            self.notes.append(f"{shape.name} M={m} {backend} {op}: no CUDA graph ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); eager timing")
+            import torch
+
+            torch.cuda.synchronize()
+            us, timing = eager, "eager"
+        self.rows.append({
+            "op": op, "M": m, "K": shape.k, "N": shape.n, "sparsity": sparsity, "backend": backend,
+            "us": round(us, 3), "gops": round(2 * m * shape.n * shape.k / us / 1e3, 3),
+            "gbps": round((weight_bytes + io_bytes) / us / 1e3, 3), "shape": shape.name, "cache": "cold",
+            "weight_bytes": weight_bytes, "verified": verified,
+            "max_error": None if error is None else float(error), "tolerance": tolerance,
+            "timing": timing, "us_eager": round(eager, 3),
+        })
+
+
+def _exact(got, ref) -> tuple[bool, float]:
+    import torch
+
+    diff = (got.double() - ref).abs()
+    bad = int(torch.isnan(got.double()).sum()) if got.is_floating_point() else 0
+    err = float(diff.max()) if diff.numel() else 0.0
+    return bad == 0 and err == 0.0, err
+
+
+def _relative(got, ref, tolerance: float) -> tuple[bool, float]:
+    import torch
+
+    got = got.double()
+    if torch.isnan(got).any():
+        return False, float("nan")
+    err = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+    return err <= tolerance, err
+
+
+def _cloned(weight, copies: int) -> list:
+    return [dataclasses.replace(weight, values=weight.values.clone(), meta=weight.meta.clone()) for _ in range(copies)]
+
+
+def _dequantize_w4(codes: np.ndarray, scales: np.ndarray, group: int, k: int) -> np.ndarray:
+    """float64 (N, K) weight of native.pack_w4's inputs: low nibble first, 4-bit two's complement, times the scale."""
+    nibbles = np.stack([codes & 15, codes >> 4], axis=2).reshape(codes.shape[0], -1)[:, :k].astype(np.int64)
+    q = (nibbles ^ 8) - 8
+    return q * np.repeat(scales.astype(np.float64), group, axis=1)[:, :k]
+
+
+def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Generator,
+                 sparse: dict[str, bool]) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from .. import cuda_kernels as ck
+    from .. import native
+
+    k, n = shape.k, shape.n
+    dev = "cuda"
+    w8_np = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    w8_np[w8_np == 0] = 1
+    w_scale = torch.from_numpy(rng.uniform(1e-3, 1e-2, n).astype(np.float32)).to(dev)
+    bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(dev)
+    copies = _copies(n * k)
+    w8 = [torch.from_numpy(w8_np).to(dev) for _ in range(copies)]
+    w16 = [(w.float() * w_scale[:, None]).half() for w in w8]
+    w24_s8_np = ck.random_2to4(rng, n, k, np.int8)
+    w24_f16_np = ck.random_2to4(rng, n, k, np.float16)
+    sp_s8 = _cloned(ck.pack_2to4_s8(w24_s8_np), copies) if sparse["int8"] else None
+    sp_f16 = _cloned(ck.pack_2to4_f16(w24_f16_np), copies) if sparse["float16"] else None
+    w24_s8 = torch.from_numpy(w24_s8_np).to(dev)
+    w24_f16 = torch.from_numpy(w24_f16_np).to(dev)
+    cslt_s8 = cslt_f16 = None
+    try:
+        cslt_s8 = [torch._cslt_compress(w24_s8) for _ in range(copies)]
+        cslt_f16 = [torch._cslt_compress(w24_f16) for _ in range(copies)]
+    except Exception as e:  # noqa: BLE001 — a peer we cannot run is reported, not fatal
+        rows.notes.append(f"{shape.name}: cuSPARSELt compress failed: {type(e).__name__}: {e}")
+    w4 = {}
+    for group in (32, 128):
+        codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
+        scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
+        packed = ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k))
+        weights = [dataclasses.replace(packed, packed=packed.packed.clone()) for _ in range(copies)]
+        w4[group] = (torch.from_numpy(_dequantize_w4(codes, scales, group, k)).to(dev), weights)
+
+    for m in ms:
+        a_np = rng.integers(-127, 128, (m, k), dtype=np.int8)
+        a_np[a_np == 0] = -1
+        a = torch.from_numpy(a_np).to(dev)
+        a_scale = torch.from_numpy(rng.uniform(1e-3, 1e-2, m).astype(np.float32)).to(dev)
+        ref_acc = a.double() @ w8[0].double().T  # exact: integers below 2**53
+        out_s32 = torch.empty((m, n), dtype=torch.int32, device=dev)
+        out_f32 = torch.empty((m, n), dtype=torch.float32, device=dev)
+        int8_io = m * k + 4 * m * n
+
+        def poison_s32():
+            out_s32.fill_(0x7F7F7F7F)
+
+        def poison_f32():
+            out_f32.fill_(float("nan"))
+
+        def check_s32(fn):
+            def check():
+                poison_s32()
+                fn(0)
+                torch.cuda.synchronize()
+                return _exact(out_s32, ref_acc)
+            return check
+
+        rows.add("gemm-int8", shape, m, "edgevla", lambda i: ck.gemm_s8s8(a, w8[i % copies], out=out_s32),
+                 weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
+                 tolerance="exact", copies=copies, poison=poison_s32)
+
+        ref_f32 = (ref_acc.float() * (a_scale[:, None] * w_scale[None, :])) + bias[None, :]
+
+        def check_epilogue():
+            poison_f32()
+            ck.gemm_s8s8(a, w8[0], w_scale=w_scale, a_scale=a_scale, bias=bias, out=out_f32)
+            torch.cuda.synchronize()
+            return _exact(out_f32, ref_f32.double())
+
+        rows.add("gemm-int8", shape, m, "edgevla-epilogue",
+                 lambda i: ck.gemm_s8s8(a, w8[i % copies], w_scale=w_scale, a_scale=a_scale, bias=bias, out=out_f32),
+                 weight_bytes=n * k + 8 * n, io_bytes=m * k + 4 * m * n + 4 * m, check=check_epilogue,
+                 tolerance="exact (float32 ops as PyTorch)", copies=copies, poison=poison_f32)
+
+        m_pad = max(m, 32)
+        a_pad = torch.zeros((m_pad, k), dtype=torch.int8, device=dev)
+        a_pad[:m] = a
+        if k % 8 == 0 and n % 8 == 0:
+            def check_cublas():
+                got = torch._int_mm(a_pad, w8[0].T)[:m]
+                torch.cuda.synchronize()
+                return _exact(got, ref_acc)
+
+            w8_t = [w.T for w in w8]
+            rows.add("gemm-int8", shape, m, "cublas-int8" + (" (M padded to 32)" if m < 32 else ""),
+                     lambda i: torch._int_mm(a_pad, w8_t[i % copies]), weight_bytes=n * k,
+                     io_bytes=m_pad * k + 4 * m_pad * n, check=check_cublas, tolerance="exact", copies=copies)
+
+        x16 = (torch.randn((m, k), device=dev) * 0.5).half()
+        ref16 = x16.double() @ w16[0].double().T
+
+        def check_fp16():
+            got = F.linear(x16, w16[0])
+            torch.cuda.synchronize()
+            return _relative(got, ref16, 2e-3)
+
+        rows.add("linear-fp16", shape, m, "torch-fp16", lambda i: F.linear(x16, w16[i % copies]),
+                 weight_bytes=2 * n * k, io_bytes=2 * m * (k + n), check=check_fp16, tolerance=2e-3, copies=copies)
+
+        ref24 = a.double() @ w24_s8.double().T
+
+        def check_sp_s8():
+            poison_s32()
+            ck.gemm_2to4_s8(a, sp_s8[0], out=out_s32)
+            torch.cuda.synchronize()
+            return _exact(out_s32, ref24)
+
+        if sp_s8 is not None:
+            sp_bytes = sp_s8[0].values.numel() * 4 + sp_s8[0].meta.numel() * 4
+            rows.add("2to4-int8", shape, m, "edgevla", lambda i: ck.gemm_2to4_s8(a, sp_s8[i % copies], out=out_s32),
+                     weight_bytes=sp_bytes, io_bytes=int8_io, check=check_sp_s8, tolerance="exact", sparsity=0.5, copies=copies,
+                     poison=poison_s32)
+        if cslt_s8 is not None:
+            def cslt_s8_call(i):
+                return torch._cslt_sparse_mm(cslt_s8[i % copies], a_pad.T, out_dtype=torch.int32)
+
+            def check_cslt_s8():
+                try:
+                    got = cslt_s8_call(0).T[:m]
+                    torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001
+                    rows.notes.append(f"{shape.name} M={m}: cuSPARSELt int8: {type(e).__name__}: {e}")
+                    return None, None
+                return _exact(got, ref24)
+
+            ok, _ = check_cslt_s8()
+            if ok is not None:
+                rows.add("2to4-int8", shape, m, "cusparselt-int8" + (" (M padded to 32)" if m < 32 else ""),
+                         cslt_s8_call, weight_bytes=n * k // 2 + n * k // 8, io_bytes=m_pad * k + 4 * m_pad * n,
+                         check=check_cslt_s8, tolerance="exact", sparsity=0.5, copies=copies)
+
+        ref24f = x16.double() @ w24_f16.double().T
+
+        def check_sp_f16():
+            poison_f32()
+            ck.gemm_2to4_f16(x16, sp_f16[0], out=out_f32)
+            torch.cuda.synchronize()
+            return _relative(out_f32, ref24f, 1e-5)
+
+        if sp_f16 is not None:
+            rows.add("2to4-f16", shape, m, "edgevla",
+                     lambda i: ck.gemm_2to4_f16(x16, sp_f16[i % copies], out=out_f32),
+                     weight_bytes=sp_f16[0].values.numel() * 4 + sp_f16[0].meta.numel() * 4,
+                     io_bytes=2 * m * k + 4 * m * n, check=check_sp_f16, tolerance=1e-5, sparsity=0.5, copies=copies,
+                     poison=poison_f32)
+        if cslt_f16 is not None:
+            x16_pad = torch.zeros((m_pad, k), dtype=torch.float16, device=dev)
+            x16_pad[:m] = x16
+
+            def cslt_f16_call(i):
+                return torch._cslt_sparse_mm(cslt_f16[i % copies], x16_pad.T)
+
+            def check_cslt_f16():
+                try:
+                    got = cslt_f16_call(0).T[:m]
+                    torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001
+                    rows.notes.append(f"{shape.name} M={m}: cuSPARSELt fp16: {type(e).__name__}: {e}")
+                    return None, None
+                return _relative(got, ref24f, 2e-3)
+
+            ok, _ = check_cslt_f16()
+            if ok is not None:
+                rows.add("2to4-f16", shape, m, "cusparselt-fp16" + (" (M padded to 32)" if m < 32 else ""),
+                         cslt_f16_call, weight_bytes=n * k + n * k // 8, io_bytes=2 * m_pad * (k + n),
+                         check=check_cslt_f16, tolerance=2e-3, sparsity=0.5, copies=copies)
+
+        if m <= 16:
+            for group, (w4_f64, weights) in w4.items():
+                ref4 = x16.double() @ w4_f64.T
+
+                def check_w4(weights=weights, ref4=ref4):
+                    poison_f32()
+                    ck.gemm_w4(x16, weights[0], out=out_f32)
+                    torch.cuda.synchronize()
+                    return _relative(out_f32, ref4, 1e-5)
+
+                rows.add(f"int4-g{group}", shape, m, "edgevla",
+                         lambda i, weights=weights: ck.gemm_w4(x16, weights[i % copies], out=out_f32),
+                         weight_bytes=int(weights[0].packed.numel()), io_bytes=2 * m * k + 4 * m * n,
+                         check=check_w4, tolerance=1e-5, copies=copies, poison=poison_f32)
+
+
+# ------------------------------------------------------------------- goals ---
+
+def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
+    ok = [r for r in rows if r["verified"] is not False]
+    shapes = sorted({(r["shape"], r["K"], r["N"]) for r in ok}, key=lambda s: (s[1] * s[2], s[0]))
+    ms = sorted({r["M"] for r in ok})
+
+    def at(op, backend, shape, m):
+        return _find(ok, op=op, backend=backend, shape=shape[0], M=m)
+
+    def cublas(shape, m):
+        return at("gemm-int8", "cublas-int8" + (" (M padded to 32)" if m < 32 else ""), shape, m)
+
+    def cslt(op, shape, m):
+        name = "cusparselt-int8" if op == "2to4-int8" else "cusparselt-fp16"
+        return at(op, name + (" (M padded to 32)" if m < 32 else ""), shape, m)
+
+    big = [m for m in ms if m >= 256]
+    small = [m for m in ms if m <= 16]
+    result = [
+        _ratio_goal(ok, "int8 GEMM >= 0.9x cuBLAS int8 at M >= 256 (int32 out both)", 0.9,
+                    [(f"{s[0]} M={m}", cublas(s, m), at("gemm-int8", "edgevla", s, m)) for s in shapes for m in big]),
+        _ratio_goal(ok, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32)", 2.0,
+                    [(f"{s[0]} M={m}", cublas(s, m), at("gemm-int8", "edgevla", s, m)) for s in shapes for m in small]),
+        _ratio_goal(ok, "2:4 sparse int8 >= 1.3x our dense int8 at M >= 256", 1.3,
+                    [(f"{s[0]} M={m}", at("gemm-int8", "edgevla", s, m), at("2to4-int8", "edgevla", s, m))
+                     for s in shapes for m in big]),
+        _ratio_goal(ok, "(comparison) 2:4 sparse int8 vs cuSPARSELt int8, all M", 1.0,
+                    [(f"{s[0]} M={m}", cslt("2to4-int8", s, m), at("2to4-int8", "edgevla", s, m))
+                     for s in shapes for m in ms]),
+        _ratio_goal(ok, "(comparison) 2:4 sparse fp16 vs cuSPARSELt fp16, all M", 1.0,
+                    [(f"{s[0]} M={m}", cslt("2to4-f16", s, m), at("2to4-f16", "edgevla", s, m))
+                     for s in shapes for m in ms]),
+        _ratio_goal(ok, "(comparison) int8 GEMM vs fp16 torch.matmul, all M", 1.0,
+                    [(f"{s[0]} M={m}", at("linear-fp16", "torch-fp16", s, m), at("gemm-int8", "edgevla", s, m))
+                     for s in shapes for m in ms]),
+    ]
+    for group in (32, 128):
+        values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)}
+                  for r in ok if r["op"] == f"int4-g{group}" and r["M"] == 1 and r["shape"].startswith("large")]
+        result.append(_verdict(f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)", 0.7,
+                               values))
+    return [g for g in result if g["count"]]
+
+
+# ------------------------------------------------------------------- entry ---
+
+def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = None,
+                       ms: Sequence[int] | None = None, runs: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run the CUDA benchmark; a JSON-ready dict: device, copy bandwidth, rows, goals, notes."""
+    from .. import cuda_kernels as ck
+    from .. import native
+
+    reason = ck.unavailable_reason()
+    if reason:
+        raise EdgevlaError(f"bench kernels --device cuda: {reason}")
+    import torch
+
+    if quick:
+        configs = configs or ("tiny-vla", "base-vla")
+        ms = ms or (1, 16, 256)
+    configs = tuple(configs or CONFIG_NAMES)
+    ms = tuple(ms or DEFAULT_MS)
+    runs = runs or (20 if quick else 50)
+    shapes = reference_shapes(configs) + ([] if quick else list(LARGE_SHAPES))
+    timer = _Timer(runs)
+    rows = _Rows(timer)
+    rng = np.random.default_rng(seed)
+    copy_gbps = copy_bandwidth_gbps(timer)
+    sparse, layouts = {}, {}
+    for dtype, default in (("int8", ck.meta_layout_s8()), ("float16", ck.meta_layout_f16())):
+        try:
+            layouts[dtype] = ck.probe_meta_layout(dtype)
+            sparse[dtype] = layouts[dtype] == default
+            if not sparse[dtype]:
+                rows.notes.append(f"2:4 {dtype} kernel not benchmarked: this GPU reads metadata layout "
+                                  f"{layouts[dtype]}, the default is {default}")
+        except EdgevlaError as e:
+            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {e}")
+            layouts[dtype], sparse[dtype] = None, False
+    for shape in shapes:
+        try:
+            _bench_shape(rows, shape, ms, rng, sparse)
+        except Exception as e:  # noqa: BLE001 — keep the other shapes' figures; the note says what broke
+            rows.notes.append(f"{shape.name}: benchmark stopped: {type(e).__name__}: {e}")
+        torch.cuda.empty_cache()
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "benchmark": "kernels-cuda",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                   "multiprocessors": props.multi_processor_count,
+                   "memory_gib": round(props.total_memory / 2**30, 1),
+                   "l2_mb": round(getattr(props, "L2_cache_size", 0) / 1e6, 1)},
+        "software": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                     "cusparselt": torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available()
+                     else None, "edgevla_cuda_archs": native.build_info()["cuda_archs"],
+                     "meta_layout_s8": layouts["int8"], "meta_layout_f16": layouts["float16"]},
+        "copy_gbps": round(copy_gbps, 1),
+        "runs_per_row": runs,
+        "rows": rows.rows,
+        "goals": goals(rows.rows, copy_gbps),
+        "notes": rows.notes,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    dev = result["device"]
+    table = Table(title=f"bench kernels --device cuda · {dev['name']} · copy bandwidth {result['copy_gbps']:.0f} GB/s "
+                        f"(read + write) · L2 flushed before every call · us: CUDA-graph replay")
+    for column in ("shape", "op", "M", "K", "N", "backend", "us", "eager us", "GOP/s", "GB/s", "check"):
+        table.add_column(column, justify="left" if column in ("shape", "op", "backend", "check") else "right")
+    for r in result["rows"]:
+        check = {True: "ok", False: "FAILED", None: "-"}[r["verified"]]
+        if r["max_error"] not in (None, 0.0):
+            check += f" ({r['max_error']:.1e})"
+        table.add_row(r["shape"], r["op"], str(r["M"]), str(r["K"]), str(r["N"]), r["backend"], f"{r['us']:,.1f}", f"{r['us_eager']:,.1f}",
+                      f"{r['gops']:,.0f}", f"{r['gbps']:,.0f}", check)
+    console = Console(highlight=False, width=200)
+    console.print(table)
+    for g in result["goals"]:
+        verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        console.print(f"goal: {g['goal']}: geomean {g['geomean']}, min {g['min']} "
+                      f"(met on {g['met_count']}/{g['count']}) — {verdict}")
+    for note in result["notes"]:
+        console.print(f"note: {note}")

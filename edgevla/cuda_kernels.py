@@ -1,0 +1,296 @@
+"""edgevla's CUDA kernels, for PyTorch CUDA tensors (or any ``__cuda_array_interface__`` / DLPack array).
+
+The compiled module links no PyTorch (one binary for every torch build); this
+module is the thin PyTorch-facing layer over ``edgevla._C.cuda_*``:
+
+=====================  ==========================================================  ==========================
+function               computes                                                    weight as stored
+=====================  ==========================================================  ==========================
+:func:`gemm_s8s8`      ``A (M,K) int8 . W (N,K)^T int8``: int32 out, or the W8A8   plain ``nn.Linear`` int8
+                       epilogue (scales, bias, activation) in float32              (N, K), no packing
+:func:`gemm_w4`        ``x (M,K) f16/f32 . dequant(W)^T`` (+ bias, activation),    the CPU's ``W4_N16K8``
+                       float32 out, M <= 64                                        buffer, copied unchanged
+:func:`gemm_2to4_s8`   2:4 sparse int8 on the sparse tensor cores (mma.sp)         :func:`pack_2to4_s8`
+:func:`gemm_2to4_f16`  2:4 sparse float16, float32 accumulation and out            :func:`pack_2to4_f16`
+=====================  ==========================================================  ==========================
+
+All run asynchronously on ``stream`` (default: PyTorch's current stream).
+int8 results are exact; the float32 W8A8 epilogue is bit-identical to the CPU
+reference (``native.gemm_s8s8_f32_ref``); the float16 and int4 kernels sum in
+float32 in their own order (errors stated in ``tests/test_cuda_kernels.py``).
+
+Nothing here imports torch at module import: a machine without torch or a
+GPU can import it, and :func:`available` says False.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgevlaError
+
+try:
+    from . import _C
+except ImportError as _error:  # a broken install; native.py reports it the same way
+    _C = None
+    _IMPORT_ERROR = f"{type(_error).__name__}: {_error}"
+else:
+    _IMPORT_ERROR = ""
+
+
+def compiled() -> bool:
+    """Whether the compiled module has the CUDA kernels (built with nvcc, EDGEVLA_CUDA not OFF)."""
+    return _C is not None and bool(_C.cuda_kernels_compiled())
+
+
+def available() -> bool:
+    """Whether the kernels can run here: compiled in, PyTorch sees a CUDA device."""
+    if not compiled():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> str:
+    """Why :func:`available` is False, in one line ('' when it is True); asked once per process."""
+    if _C is None:
+        return f"edgevla._C did not import ({_IMPORT_ERROR})"
+    if not _C.cuda_kernels_compiled():
+        return "edgevla was built without CUDA (EDGEVLA_CUDA=OFF or no nvcc)"
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    return ""
+
+
+def _require() -> Any:
+    reason = unavailable_reason()
+    if reason:
+        raise EdgevlaError(f"the CUDA kernels cannot run: {reason}")
+    return _C
+
+
+def _stream(stream: Any) -> int:
+    if stream is not None:
+        return stream if isinstance(stream, int) else int(stream.cuda_stream)
+    import torch
+
+    return int(torch.cuda.current_stream().cuda_stream)
+
+
+def _empty(m: int, n: int, dtype: Any, like: Any) -> Any:
+    import torch
+
+    return torch.empty((m, n), dtype=dtype, device=like.device)
+
+
+# ------------------------------------------------------------ W8A8 GEMM ---
+
+def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None, act: str = "none",
+              variant: str = "auto", out: Any = None, stream: Any = None) -> Any:
+    """``out = A . W^T`` on the int8 tensor cores.
+
+    Args:
+        a: int8 (M, K) activations, rows contiguous (any row stride).
+        w: int8 (N, K) weights, the ``nn.Linear`` layout.
+        w_scale, a_scale: float32 (N,) and (1,) or (M,): with them the result
+            is float32 ``act(acc * (a_scale * w_scale) + bias)`` (gemm_s8s8.h);
+            without them it is the int32 accumulator.
+        variant: ``"auto"`` (``small_m`` for M <= 16, else ``tiled``),
+            ``"small_m"`` or ``"tiled"`` (tests force each).
+        out: optional (M, N) int32 / float32 CUDA tensor to write into.
+    """
+    import torch
+
+    c = _require()
+    m, n = a.shape[0], w.shape[0]
+    if out is None:
+        out = _empty(m, n, torch.float32 if w_scale is not None else torch.int32, a)
+    c.cuda_gemm_s8s8(a, w, out, w_scale=w_scale, a_scale=a_scale, bias=bias, act=act, variant=variant,
+                     stream=_stream(stream))
+    return out
+
+
+# ---------------------------------------------------- weight-only int4 ----
+
+@dataclass(frozen=True)
+class W4Weight:
+    """A ``W4_N16K8`` packed weight (``native.pack_w4``) on the GPU."""
+
+    packed: Any  # uint8 CUDA tensor, the whole buffer (header included)
+    n: int
+    k: int
+    group_size: int
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, device: Any = "cuda") -> W4Weight:
+        import torch
+
+        from . import native
+
+        info = native.packed_info(packed)
+        if info["format"] != "w4_n16k8":
+            raise EdgevlaError(f"W4Weight needs a w4_n16k8 buffer, got {info['format']}")
+        data = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
+        return cls(data, int(info["n"]), int(info["k"]), int(info["group_size"]))
+
+
+def gemm_w4(x: Any, weight: W4Weight, bias: Any = None, *, act: str = "none", out: Any = None,
+            stream: Any = None) -> Any:
+    """``out = act(x . dequant(W)^T + bias)``, float32, for x float16 or float32 (M, K), M <= 64."""
+    import torch
+
+    c = _require()
+    if out is None:
+        out = _empty(x.shape[0], weight.n, torch.float32, x)
+    c.cuda_gemm_w4(x, weight.packed, out, n=weight.n, k=weight.k, group=weight.group_size, bias=bias, act=act,
+                   stream=_stream(stream))
+    return out
+
+
+# ------------------------------------------------------------ 2:4 sparse ---
+
+@dataclass(frozen=True)
+class Sparse2to4Weight:
+    """A 2:4 sparse weight in mma.sp fragment order (csrc/cuda/pack_2to4_mma.h) on the GPU."""
+
+    values: Any  # int32 CUDA tensor holding the uint32 words (PyTorch's uint32 supports few operations)
+    meta: Any    # int32 CUDA tensor, likewise
+    n: int
+    k: int
+    dtype: str   # "int8" or "float16"
+    meta_layout: int
+
+
+def _to_numpy(w: Any) -> np.ndarray:
+    if hasattr(w, "detach"):
+        w = w.detach().cpu().numpy()
+    return np.ascontiguousarray(w)
+
+
+def _words(words: np.ndarray, device: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(words.view(np.int32)).to(device)
+
+
+def pack_2to4_s8(w: Any, *, meta_layout: int | None = None, device: Any = "cuda") -> Sparse2to4Weight:
+    """Packs a 2:4 sparse int8 (N, K) weight (host, C++) and copies it to the GPU."""
+    wn = _to_numpy(w)
+    layout = meta_layout_s8() if meta_layout is None else meta_layout
+    values, meta = _C.pack_2to4_s8_mma(wn, layout)
+    return Sparse2to4Weight(_words(values, device), _words(meta, device), wn.shape[0], wn.shape[1], "int8", layout)
+
+
+def pack_2to4_f16(w: Any, *, meta_layout: int | None = None, device: Any = "cuda") -> Sparse2to4Weight:
+    """Packs a 2:4 sparse float16 (N, K) weight (host, C++) and copies it to the GPU."""
+    wn = _to_numpy(w).astype(np.float16, copy=False).view(np.uint16)
+    layout = meta_layout_f16() if meta_layout is None else meta_layout
+    values, meta = _C.pack_2to4_f16_mma(wn, layout)
+    return Sparse2to4Weight(_words(values, device), _words(meta, device), wn.shape[0], wn.shape[1], "float16",
+                            layout)
+
+
+def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None,
+                 act: str = "none", out: Any = None, stream: Any = None) -> Any:
+    """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue."""
+    import torch
+
+    c = _require()
+    if out is None:
+        out = _empty(x.shape[0], weight.n, torch.float32 if w_scale is not None else torch.int32, x)
+    c.cuda_gemm_2to4_s8(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, w_scale=w_scale,
+                        a_scale=a_scale, bias=bias, act=act, stream=_stream(stream))
+    return out
+
+
+def gemm_2to4_f16(x: Any, weight: Sparse2to4Weight, bias: Any = None, *, act: str = "none", out: Any = None,
+                  stream: Any = None) -> Any:
+    """``out = act(x . W^T + bias)`` in float32 for float16 x (M, K) and a 2:4 float16 weight."""
+    import torch
+
+    c = _require()
+    if out is None:
+        out = _empty(x.shape[0], weight.n, torch.float32, x)
+    c.cuda_gemm_2to4_f16(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, bias=bias, act=act,
+                         stream=_stream(stream))
+    return out
+
+
+def random_2to4(rng: np.random.Generator, n: int, k: int, dtype: Any) -> np.ndarray:
+    """A random (N, K) weight with exactly 2 non-zeros in every group of 4 k (fewer in a partial last group)."""
+    groups = -(-k // 4)
+    keep = np.argsort(rng.random((n, groups, 4)), axis=2)[:, :, :2]
+    mask = np.zeros((n, groups, 4), bool)
+    np.put_along_axis(mask, keep, True, axis=2)
+    if np.issubdtype(dtype, np.integer):
+        values = rng.integers(-127, 128, (n, groups, 4))
+        values[values == 0] = 1
+    else:
+        values = rng.uniform(0.5, 1.5, (n, groups, 4)) * rng.choice([-1.0, 1.0], (n, groups, 4))
+    w = np.where(mask, values, 0).reshape(n, groups * 4)[:, :k]
+    return np.ascontiguousarray(w.astype(dtype))
+
+
+# The PTX ISA gives the sparse MMA's metadata layout only in figures; the
+# packer implements the candidate readings (pack_2to4_mma.h, MetaLayout) and
+# probe_meta_layout() asks the GPU which one it computes exactly with. On an
+# H200 (sm_90, 2026-12-04, benchmarks/cuda/) that was layout 2 for int8
+# (m16n8k64: each lane holds one row's 8 groups) and layout 0 for float16
+# (m16n8k32: threads 0, 1 of a quad hold rows g | g + 8 of groups 4t..4t+3);
+# those are the defaults, and tests/test_cuda_kernels.py re-checks them on
+# every GPU it runs on. EDGEVLA_CUDA_META_LAYOUT_S8 / _F16 override them.
+META_LAYOUT_S8 = 2
+META_LAYOUT_F16 = 0
+
+
+def meta_layout_s8() -> int:
+    """The metadata layout the int8 sparse tensor cores read (see above)."""
+    return int(os.environ.get("EDGEVLA_CUDA_META_LAYOUT_S8", META_LAYOUT_S8))
+
+
+def meta_layout_f16() -> int:
+    """The metadata layout the float16 sparse tensor cores read (see above)."""
+    return int(os.environ.get("EDGEVLA_CUDA_META_LAYOUT_F16", META_LAYOUT_F16))
+
+
+def probe_meta_layout(dtype: str) -> int:
+    """The first candidate layout with which this GPU computes a 2:4 product exactly (``"int8"``/``"float16"``)."""
+    import torch
+
+    _require()
+    rng = np.random.default_rng(1234)
+    n, k, m = 32, 128, 8
+    if dtype == "int8":
+        w = random_2to4(rng, n, k, np.int8)
+        x = rng.integers(-127, 128, (m, k)).astype(np.int8)
+        ref = x.astype(np.int64) @ w.astype(np.int64).T
+        candidates = _C.CUDA_META_LAYOUTS_S8
+    else:
+        w = random_2to4(rng, n, k, np.float16)
+        x = rng.uniform(-1, 1, (m, k)).astype(np.float16)
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+        candidates = _C.CUDA_META_LAYOUTS_F16
+    xt = torch.from_numpy(x).cuda()
+    for layout in range(candidates):
+        if dtype == "int8":
+            got = gemm_2to4_s8(xt, pack_2to4_s8(w, meta_layout=layout)).cpu().numpy()
+            exact = np.array_equal(got.astype(np.int64), ref)
+        else:
+            got = gemm_2to4_f16(xt, pack_2to4_f16(w, meta_layout=layout)).cpu().numpy()
+            exact = np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+        if exact:
+            return layout
+    raise EdgevlaError(f"no candidate mma.sp metadata layout gives the exact {dtype} product on this GPU")

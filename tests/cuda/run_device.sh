@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The device check of issue #6, in one call on a lent GPU (x86-64, nvcc 13,
+# PyTorch under python3): build for sm_90, the CUDA tests, the benchmark, and
+# compute-sanitizer memcheck + racecheck. Every step has its own time limit, so
+# one failing step leaves time for the others; all output is teed into $OUT:
+#   device.log        everything below, in order
+#   cuda_bench.json   edgevla bench kernels --device cuda --json
+#   sanitizer.log     both compute-sanitizer runs in full
+# Usage (from the repository root):  OUT=/some/dir bash tests/cuda/run_device.sh
+set -u
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
+PY=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2 start rc
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@"
+    rc=$?
+    echo "=== $name: exit $rc after $(( $(date +%s) - start ))s"
+    return $rc
+}
+
+echo "=== $(date -u +%FT%TZ) $(uname -m)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,power.limit --format=csv
+$PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+nvcc --version | tail -1
+compute-sanitizer --version | head -2
+
+# Build: pip (scikit-build-core), sm_90 only; if that fails, plain CMake with the .so copied in place.
+if ! step build 240 $PY -m pip install -q --no-deps --no-build-isolation -e . \
+        -C cmake.define.EDGEVLA_CUDA=ON -C cmake.define.EDGEVLA_CUDA_ARCHS=90; then
+    step build-cmake 240 bash -c "cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DEDGEVLA_CUDA=ON \
+        -DEDGEVLA_CUDA_ARCHS=90 -Dpybind11_DIR=\$($PY -m pybind11 --cmakedir) -DPython_EXECUTABLE=\$(command -v $PY) \
+        && cmake --build build/device && cp build/device/_C*.so edgevla/"
+    export PYTHONPATH=$PWD
+fi
+$PY -c "from edgevla import native, cuda_kernels as ck; print(native.build_info()['cuda_archs'], ck.available(), ck.unavailable_reason())"
+
+# The instructions the kernels compiled to (tensor-core MMAs, ldmatrix, cp.async), from the built module.
+so=$($PY -c "import edgevla._C as c; print(c.__file__)")
+cuobjdump --dump-sass "$so" 2>/dev/null | grep -oE "\b(IMMA|HMMA|LDSM|LDGSTS)[.A-Z0-9]*" | sort | uniq -c
+
+step tests 150 $PY -m pytest -q -p no:cacheprovider --noconftest --maxfail=40 -rf tests/test_cuda_host.py tests/test_cuda_kernels.py
+
+step bench 220 $PY -c "import sys; from edgevla.cli import main; sys.exit(main(['bench', 'kernels', '--device', 'cuda', '--json', '$OUT/cuda_bench.json']))"
+
+for tool in memcheck racecheck; do
+    step "sanitizer-$tool" 90 compute-sanitizer --tool $tool --error-exitcode 1 \
+        $PY tests/cuda/sanitize_kernels.py > "$OUT/sanitizer-$tool.log" 2>&1
+    echo "--- $tool summary:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failure|FAIL|Error" "$OUT/sanitizer-$tool.log" | tail -8
+done
+echo "=== done $(date -u +%FT%TZ)"

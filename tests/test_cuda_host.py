@@ -1,0 +1,136 @@
+"""The CUDA kernels' host side, on any machine (no GPU needed).
+
+- ``_C`` says whether the kernels were compiled in, consistently with build_info;
+- the host 2:4 packing into mma.sp fragment order (csrc/cuda/pack_2to4_mma.h)
+  decodes back to the dense weight, for every candidate metadata layout, by a
+  decoder written here from the header's description alone;
+- arguments are refused before any CUDA call: host arrays, bad dtypes, bad
+  layouts, weights that are not 2:4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgevla import _C, cuda_kernels, native
+from edgevla.errors import EdgevlaError
+
+
+def test_compiled_flag_matches_build_info():
+    assert _C.cuda_kernels_compiled() == native.build_info()["cuda"]
+    assert cuda_kernels.compiled() == native.build_info()["cuda"]
+
+
+def test_unavailable_reason_is_one_line_and_calls_raise():
+    reason = cuda_kernels.unavailable_reason()
+    assert "\n" not in reason
+    assert cuda_kernels.available() == (reason == "")
+    if reason:
+        with pytest.raises(EdgevlaError, match="cannot run"):
+            cuda_kernels.gemm_s8s8(np.zeros((1, 4), np.int8), np.zeros((4, 4), np.int8))
+
+
+# ------------------------------------------------------------ 2:4 packing ---
+
+def _meta_slot(dtype: str, layout: int, g: int, t: int, q: int) -> tuple[int, int]:
+    """(row in tile, logical group in tile) of nibble q of lane (g, t): pack_2to4_mma.h, MetaLayout."""
+    if dtype == "float16":
+        t %= 2
+        return (g + 8 * (q // 4), 4 * t + q % 4) if layout == 0 else (g + 8 * t, q)
+    if layout == 0:
+        return g + 8 * (q // 4), 4 * t + q % 4
+    if layout == 1:
+        reg = q // 2
+        return g + 8 * (reg % 2), (reg // 2) * 8 + 2 * t + q % 2
+    if layout == 2:
+        return g + 8 * (t % 2), 8 * (t // 2) + q
+    return g + 8 * (t // 2), 8 * (t % 2) + q
+
+
+def _decode(values: np.ndarray, meta: np.ndarray, n: int, k: int, dtype: str, layout: int) -> np.ndarray:
+    """The dense (N, K) weight that packed values + metadata describe."""
+    f16 = dtype == "float16"
+    tile_k = 32 if f16 else 64
+    n_tiles, k_tiles = -(-n // 16), -(-k // tile_k)
+    per_word = 2 if f16 else 4
+    raw = values.view(np.uint16 if f16 else np.uint8).reshape(n_tiles, k_tiles, 32, 4, per_word)
+    meta = meta.reshape(n_tiles, k_tiles, 32)
+    dense = np.zeros((n_tiles * 16, k_tiles * tile_k), np.uint16 if f16 else np.uint8)
+    for nt in range(n_tiles):
+        for kt in range(k_tiles):
+            nibble = {}
+            for lane in range(32):
+                for q in range(8):
+                    slot = _meta_slot(dtype, layout, lane // 4, lane % 4, q)
+                    value = (int(meta[nt, kt, lane]) >> (4 * q)) & 15
+                    assert nibble.setdefault(slot, value) == value, "two lanes disagree on one group's metadata"
+                    assert (value & 3) < (value >> 2), f"nibble {value:04b}: positions must increase"
+            for lane in range(32):
+                g, t = divmod(lane, 4)
+                for r in range(4):
+                    row = g + 8 * (r % 2)
+                    for e in range(per_word):
+                        cc = (r // 2) * 8 + 2 * t + e if f16 else (r // 2) * 16 + 4 * t + e
+                        group, which = divmod(cc, 2)
+                        nib = nibble[(row, group)]
+                        position = (nib >> 2) if which else (nib & 3)
+                        physical = group if f16 else 4 * (group % 4) + group // 4
+                        col = kt * tile_k + 4 * physical + position
+                        dense[nt * 16 + row, col] = raw[nt, kt, lane, r, e]
+    return dense[:n, :k]
+
+
+@pytest.mark.parametrize("n,k", [(16, 64), (5, 7), (33, 130), (24, 200)])
+@pytest.mark.parametrize("layout", range(4))
+def test_int8_packing_decodes_to_the_weight(n, k, layout):
+    rng = np.random.default_rng(n * 1000 + k)
+    w = cuda_kernels.random_2to4(rng, n, k, np.int8)
+    w[0, :4] = [0, 0, 0, -128]  # one non-zero: completed with a zero position
+    w[-1, -min(k, 4):] = 0      # all-zero group
+    values, meta = _C.pack_2to4_s8_mma(w, layout)
+    assert values.dtype == np.uint32 and meta.dtype == np.uint32
+    assert values.size == -(-n // 16) * -(-k // 64) * 128 and meta.size == values.size // 4
+    np.testing.assert_array_equal(_decode(values, meta, n, k, "int8", layout).view(np.int8), w)
+
+
+@pytest.mark.parametrize("n,k", [(16, 32), (9, 45), (40, 96)])
+@pytest.mark.parametrize("layout", range(2))
+def test_float16_packing_decodes_to_the_weight(n, k, layout):
+    rng = np.random.default_rng(n * 100 + k)
+    w = cuda_kernels.random_2to4(rng, n, k, np.float16)
+    w[0, 1] = np.float16(-0.0)  # -0 counts as zero
+    values, meta = _C.pack_2to4_f16_mma(w.view(np.uint16), layout)
+    decoded = _decode(values, meta, n, k, "float16", layout)
+    np.testing.assert_array_equal(decoded.view(np.float16) != 0, w != 0)
+    np.testing.assert_array_equal(decoded.view(np.float16)[w != 0], w[w != 0])
+
+
+def test_packing_refuses_a_weight_that_is_not_2to4():
+    w = np.ones((3, 12), np.int8)
+    w[:, ::2] = 0
+    w[2, 4:8] = [1, 1, 1, 0]
+    with pytest.raises(ValueError, match=r"row 2 has 3 non-zeros in k = 4\.\.7"):
+        _C.pack_2to4_s8_mma(w, 0)
+
+
+def test_packing_refuses_bad_arguments():
+    with pytest.raises(TypeError, match="int8"):
+        _C.pack_2to4_s8_mma(np.zeros((4, 8), np.float32), 0)
+    with pytest.raises(ValueError, match="meta_layout"):
+        _C.pack_2to4_s8_mma(np.zeros((4, 8), np.int8), 7)
+    with pytest.raises(ValueError, match="2-D"):
+        _C.pack_2to4_s8_mma(np.zeros(8, np.int8), 0)
+
+
+# ---------------------------------------------------- argument validation ---
+
+@pytest.mark.parametrize("call", [
+    lambda a, w, o: _C.cuda_gemm_s8s8(a, w, o),
+    lambda a, w, o: _C.cuda_gemm_2to4_s8(a, w, w, o, n=4, k=8),
+])
+def test_host_arrays_are_refused_before_any_launch(call):
+    a, w, out = np.zeros((2, 8), np.int8), np.zeros((4, 8), np.int8), np.zeros((2, 4), np.int32)
+    expected = TypeError if _C.cuda_kernels_compiled() else RuntimeError
+    with pytest.raises(expected, match="CUDA array" if _C.cuda_kernels_compiled() else "without CUDA"):
+        call(a, w, out)

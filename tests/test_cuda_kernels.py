@@ -1,0 +1,284 @@
+"""The CUDA kernels on the GPU, each against its reference (skipped without a GPU).
+
+Error budgets:
+- int8 GEMM, dense and 2:4: exact (int32 accumulators compared with int64 numpy);
+- the float32 W8A8 epilogue: bit-identical to native.gemm_s8s8_f32_ref (the
+  kernels spell out csrc/epilogue_math.h's operations with rounded intrinsics);
+- int4 GEMV: relative error (L2 norm) <= 1e-5 against native.gemm_w4_f32_ref
+  (float32 accumulation in another order; K <= 4096 here);
+- 2:4 float16: relative error <= 1e-5 against a float64 product of the same
+  float16 inputs (products are exact in float32, sums are float32).
+Every output is poisoned first and followed by guard elements that must be
+unchanged afterwards; every check synchronizes, so faults surface in the test
+that caused them. Random data, never zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgevla import cuda_kernels as ck
+from edgevla import native
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not ck.available(), reason=ck.unavailable_reason() or "ok")]
+
+GUARD = 64
+POISON_S32 = 0x7F7F7F7F
+SENTINEL = -0x2A2A2A2B
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _guarded(m: int, n: int, dtype):
+    """An (M, N) output with GUARD sentinel elements after it, poisoned."""
+    torch = _torch()
+    buf = torch.empty(m * n + GUARD, dtype=dtype, device="cuda")
+    if dtype == torch.int32:
+        buf[: m * n] = POISON_S32
+        buf[m * n:] = SENTINEL
+    else:
+        buf[: m * n] = float("nan")
+        buf[m * n:] = -1234.5
+    return buf, buf[: m * n].view(m, n)
+
+
+def _guards_intact(buf, m: int, n: int) -> bool:
+    torch = _torch()
+    tail = buf[m * n:].cpu()
+    return bool((tail == (SENTINEL if buf.dtype == torch.int32 else -1234.5)).all())
+
+
+def _int8(rng, shape, lo=-128, hi=127):
+    x = rng.integers(lo, hi + 1, shape, dtype=np.int16).astype(np.int8)
+    x[x == 0] = 3
+    return x
+
+
+# The tiled variant picks 128 x 128 tiles for (1536, 96, 1536), 64 x 64 for (700, 256, 1000) and
+# (768, 130, 776) (odd K: byte-wise loads), 32 x 32 for the others (132 multiprocessors).
+SHAPES = [(1, 257, 33), (1, 64, 8), (3, 1000, 17), (16, 64, 8), (16, 768, 3072), (5, 31, 7),
+          (17, 129, 250), (130, 256, 136), (256, 513, 200), (64, 768, 768), (1, 0, 5),
+          (1536, 96, 1536), (700, 256, 1000), (768, 130, 776)]
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("variant", ["auto", "small_m", "tiled"])
+def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
+    torch = _torch()
+    if variant == "small_m" and m > 16:
+        pytest.skip("small_m takes M <= 16")
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
+    buf, out = _guarded(m, n, torch.int32)
+    ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant, out=out)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T)
+    assert _guards_intact(buf, m, n)
+
+
+@pytest.mark.parametrize("variant", ["small_m", "tiled"])
+def test_gemm_s8s8_saturation_values(variant):
+    torch = _torch()
+    m, k, n = 16, 4096, 24
+    a = np.full((m, k), -128, np.int8)
+    w = np.full((n, k), -128, np.int8)
+    w[1::2] = 127
+    out = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant)
+    np.testing.assert_array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 257, 33), (7, 96, 384), (16, 768, 768), (40, 130, 96), (256, 384, 1536)])
+@pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh"])
+@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("variant", ["small_m", "tiled"])
+def test_gemm_s8s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token, variant):
+    torch = _torch()
+    if variant == "small_m" and m > 16:
+        pytest.skip("small_m takes M <= 16")
+    rng = np.random.default_rng(m + 13 * k + n)
+    a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
+    w_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32)
+    a_scale = rng.uniform(1e-3, 1e-2, m if per_token else 1).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    ref = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act)
+    buf, out = _guarded(m, n, torch.float32)
+    cuda = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+    ck.gemm_s8s8(cuda(a), cuda(w), w_scale=cuda(w_scale), a_scale=cuda(a_scale), bias=cuda(bias), act=act,
+                 variant=variant, out=out)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
+    assert _guards_intact(buf, m, n)
+
+
+def test_gemm_s8s8_row_strided_and_unaligned_operands():
+    torch = _torch()
+    rng = np.random.default_rng(5)
+    m, k, n = 20, 100, 40
+    big_a = torch.from_numpy(_int8(rng, (m, k + 3))).cuda()
+    big_w = torch.from_numpy(_int8(rng, (n + 1, k + 5))).cuda()
+    a, w = big_a[:, 1:k + 1], big_w[1:, 2:k + 2]  # odd offsets and strides: the byte-wise path
+    for variant in ("tiled", "auto"):
+        out = ck.gemm_s8s8(a, w, variant=variant)
+        ref = a.cpu().numpy().astype(np.int64) @ w.cpu().numpy().astype(np.int64).T
+        np.testing.assert_array_equal(out.cpu().numpy(), ref)
+    out = ck.gemm_s8s8(a[:4], w, variant="small_m")
+    np.testing.assert_array_equal(out.cpu().numpy(), a[:4].cpu().numpy().astype(np.int64) @
+                                  w.cpu().numpy().astype(np.int64).T)
+
+
+def test_cuda_array_interface_objects_are_accepted():
+    torch = _torch()
+
+    class Cai:  # only __cuda_array_interface__, no DLPack
+        def __init__(self, t):
+            self.t = t
+            self.__cuda_array_interface__ = t.__cuda_array_interface__
+
+    rng = np.random.default_rng(9)
+    a, w = _int8(rng, (3, 64)), _int8(rng, (8, 64))
+    out = torch.empty((3, 8), dtype=torch.int32, device="cuda")
+    from edgevla import _C
+
+    _C.cuda_gemm_s8s8(Cai(torch.from_numpy(a).cuda()), Cai(torch.from_numpy(w).cuda()), Cai(out),
+                      stream=torch.cuda.current_stream())
+    np.testing.assert_array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+def test_bad_inputs_raise_one_line_errors():
+    torch = _torch()
+    from edgevla import _C
+
+    a = torch.ones((4, 64), dtype=torch.int8, device="cuda")
+    w = torch.ones((8, 64), dtype=torch.int8, device="cuda")
+    out = torch.empty((4, 8), dtype=torch.int32, device="cuda")
+    with pytest.raises(TypeError, match="a: expected a CUDA array"):
+        _C.cuda_gemm_s8s8(a.cpu(), w, out)
+    with pytest.raises(TypeError, match="w: expected int8, got float32"):
+        _C.cuda_gemm_s8s8(a, w.float(), out)
+    with pytest.raises(ValueError, match="w: expected 64 columns"):
+        _C.cuda_gemm_s8s8(a, w[:, :32], out)
+    with pytest.raises(ValueError, match="out: expected 4 rows"):
+        _C.cuda_gemm_s8s8(a, w, out[:3])
+    with pytest.raises(ValueError, match="float32 out needs w_scale"):
+        _C.cuda_gemm_s8s8(a, w, out.float())
+    with pytest.raises(ValueError, match="variant"):
+        _C.cuda_gemm_s8s8(a, w, out, variant="fast")
+    with pytest.raises(ValueError, match="small_m variant takes M <= 16"):
+        _C.cuda_gemm_s8s8(torch.ones((17, 64), dtype=torch.int8, device="cuda"), w,
+                          torch.empty((17, 8), dtype=torch.int32, device="cuda"), variant="small_m")
+    shared = torch.empty(64 * 8, dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match="out overlaps a"):
+        _C.cuda_gemm_s8s8(shared[:256].view(4, 64), w, shared.view(torch.int32)[:32].view(4, 8))
+    with pytest.raises(TypeError, match="stream"):
+        _C.cuda_gemm_s8s8(a, w, out, stream="default")
+
+
+# -------------------------------------------------------------- int4 GEMV ---
+
+@pytest.mark.parametrize("m,k,n", [(1, 257, 33), (1, 768, 3072), (3, 96, 384), (16, 4096, 40), (64, 130, 17),
+                                   (2, 8, 16)])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("x_dtype", ["float32", "float16"])
+def test_gemm_w4_matches_the_reference(m, k, n, group, x_dtype):
+    torch = _torch()
+    rng = np.random.default_rng(m * 31 + k + n + group)
+    codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
+    scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float16 if x_dtype == "float16" else np.float32)
+    weight = ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k))
+    buf, out = _guarded(m, n, torch.float32)
+    ck.gemm_w4(torch.from_numpy(x).cuda(), weight, torch.from_numpy(bias).cuda(), act="relu", out=out)
+    torch.cuda.synchronize()
+    ref = native.gemm_w4_f32_ref(x.astype(np.float32), codes, scales, group, bias, act="relu").astype(np.float64)
+    got = out.cpu().numpy().astype(np.float64)
+    assert not np.isnan(got).any()
+    assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
+    assert _guards_intact(buf, m, n)
+
+
+def test_gemm_w4_refuses_a_short_buffer_and_large_m():
+    torch = _torch()
+    from edgevla import _C
+
+    packed = torch.zeros(100, dtype=torch.uint8, device="cuda")
+    x = torch.ones((1, 64), device="cuda")
+    out = torch.empty((1, 16), device="cuda")
+    with pytest.raises(ValueError, match="packed: expected a contiguous uint8 buffer"):
+        _C.cuda_gemm_w4(x, packed, out, n=16, k=64, group=32)
+    with pytest.raises(ValueError, match="M must be <= 64"):
+        _C.cuda_gemm_w4(torch.ones((65, 64), device="cuda"), packed, torch.empty((65, 16), device="cuda"),
+                        n=16, k=64, group=32)
+
+
+# ------------------------------------------------------------- 2:4 sparse ---
+
+def test_the_default_metadata_layouts_are_the_ones_this_gpu_reads():
+    assert ck.probe_meta_layout("int8") == ck.META_LAYOUT_S8
+    assert ck.probe_meta_layout("float16") == ck.META_LAYOUT_F16
+
+
+# M > 16 with K % 16 == 0 runs the shared-memory tiled kernel, (33, 130, 24) the per-warp one.
+@pytest.mark.parametrize("m,k,n", [(1, 64, 16), (5, 200, 40), (8, 96, 384), (16, 768, 768), (33, 130, 24),
+                                   (256, 512, 128), (100, 192, 200), (1, 3, 5)])
+def test_gemm_2to4_s8_is_exact(m, k, n):
+    torch = _torch()
+    rng = np.random.default_rng(m + k * 3 + n * 7)
+    w = ck.random_2to4(rng, n, k, np.int8)
+    x = _int8(rng, (m, k))
+    buf, out = _guarded(m, n, torch.int32)
+    ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8(w), out=out)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), x.astype(np.int64) @ w.astype(np.int64).T)
+    assert _guards_intact(buf, m, n)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 130, 33), (24, 768, 96)])
+@pytest.mark.parametrize("act", ["none", "gelu_tanh"])
+def test_gemm_2to4_s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act):
+    torch = _torch()
+    rng = np.random.default_rng(m * k + n)
+    w = ck.random_2to4(rng, n, k, np.int8)
+    x = _int8(rng, (m, k))
+    w_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32)
+    a_scale = rng.uniform(1e-3, 1e-2, m).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    cuda = lambda v: torch.from_numpy(v).cuda()  # noqa: E731
+    out = ck.gemm_2to4_s8(cuda(x), ck.pack_2to4_s8(w), w_scale=cuda(w_scale), a_scale=cuda(a_scale),
+                          bias=cuda(bias), act=act)
+    ref = native.gemm_s8s8_f32_ref(x, w, w_scale, a_scale, bias, act=act)
+    np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 16), (5, 45, 40), (16, 768, 3072), (40, 130, 24), (256, 512, 128),
+                                   (100, 200, 72)])
+def test_gemm_2to4_f16_within_stated_error(m, k, n):
+    torch = _torch()
+    rng = np.random.default_rng(m + k + n)
+    w = ck.random_2to4(rng, n, k, np.float16)
+    x = rng.uniform(-1, 1, (m, k)).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float32)
+    buf, out = _guarded(m, n, torch.float32)
+    ck.gemm_2to4_f16(torch.from_numpy(x).cuda(), ck.pack_2to4_f16(w), torch.from_numpy(bias).cuda(), out=out)
+    torch.cuda.synchronize()
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + bias
+    got = out.cpu().numpy().astype(np.float64)
+    assert not np.isnan(got).any()
+    assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
+    assert _guards_intact(buf, m, n)
+
+
+def test_gemm_2to4_refuses_mismatched_packing():
+    torch = _torch()
+    from edgevla import _C
+
+    weight = ck.pack_2to4_s8(ck.random_2to4(np.random.default_rng(0), 16, 64, np.int8))
+    x = torch.ones((2, 64), dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match="values: expected a contiguous"):
+        _C.cuda_gemm_2to4_s8(x, weight.values, weight.meta, torch.empty((2, 32), dtype=torch.int32, device="cuda"),
+                             n=32, k=64)
