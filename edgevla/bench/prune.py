@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -193,4 +194,4 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['torch_p50_ms']:.3f}", f"{r['onnxruntime_p50_ms']:.3f}",
             "" if first else f"{r['onnxruntime_latency_ratio']:.2f}x",
         )
-    Console().print(t)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(t)
