@@ -240,3 +240,26 @@ def test_plan_table_and_op_profile():
     assert [(r.op_type, r.count) for r in rows] == [("edgevla.Linear", 2)] and rows[0].seconds > 0
     with pytest.raises(EdgevlaError, match="runs >= 1"):
         model.profile_ops({"x": X}, runs=0)
+
+
+def test_layers_reading_one_activation_share_its_token_quantization():
+    """q, k and v read x: it is quantized once, and each layer still equals the scalar reference bit for bit."""
+    ws = [RNG.normal(0, 0.2, (32, n)).astype(np.float32) for n in (24, 24, 40)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(3)]
+    nodes.append(helper.make_node("MatMul", ["y0", "w3"], ["z"]))  # reads y0 alone: quantizes for itself
+    inits = {f"w{i}": w for i, w in enumerate(ws)} | {"w3": RNG.normal(0, 0.2, (24, 16)).astype(np.float32)}
+    model = _model(nodes, [("x", ["batch", 32])], ["y0", "y1", "y2", "z"], inits)
+    native_model = NativeModel(model)
+    assert native_model.op_count() == {"edgevla.QuantizePerToken": 1, "edgevla.Linear": 4}
+    assert NativeModel(model, precision="fp32").op_count() == {"edgevla.Linear": 4}
+    x = X[0]
+    q, s = native.quantize_per_token(x)
+    for batch in (x, x[:1], x):  # trace, another signature, then the planned buffers again
+        out = native_model.run({"x": batch})
+        q, s = native.quantize_per_token(batch)
+        for i, w in enumerate(ws):
+            codes, scale = quantize_per_channel(np.ascontiguousarray(w.T))
+            np.testing.assert_array_equal(out[f"y{i}"], native.gemm_s8s8_f32_ref(q, codes, scale, s))
+        q0, s0 = native.quantize_per_token(out["y0"])
+        codes, scale = quantize_per_channel(np.ascontiguousarray(inits["w3"].T))
+        np.testing.assert_array_equal(out["z"], native.gemm_s8s8_f32_ref(q0, codes, scale, s0))

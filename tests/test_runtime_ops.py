@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgevla.errors import EdgevlaError
 from edgevla.runtime import NativeModel, supported_ops
+from edgevla.runtime.activations import gelu_erf, gelu_tanh
 from edgevla.runtime.ops import erf
 
 RNG = np.random.default_rng(1234)
@@ -220,6 +221,39 @@ def test_erf_accuracy():
     assert np.abs(erf(x) - exact).max() < 5e-7
 
 
+def test_gelu_erf_accuracy():
+    """The fitted tanh form of exact GELU, against math.erf in float64, far into both tails."""
+    import math
+
+    x = np.concatenate([np.linspace(-12, 12, 48001), [-1e4, -100.0, -30.0, 30.0, 100.0, 1e4, 0.0]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x64]))
+    for out in (None, np.empty_like(x)):
+        y = gelu_erf(x, out=out)
+        assert y.dtype == np.float32
+        assert (np.abs(y - exact) / np.maximum(1.0, np.abs(x64))).max() < 2e-7
+    inplace = x.copy()
+    gelu_erf(inplace, out=inplace)
+    np.testing.assert_array_equal(inplace, gelu_erf(x))
+    with np.errstate(all="raise"):  # no warning escapes for huge or infinite inputs
+        special = gelu_erf(np.array([np.nan, np.inf, -np.inf, 3e38, -3e38], np.float32))
+    assert np.isnan(special[0]) and special[1] == np.inf and np.isnan(special[2])
+    assert special[3] == np.float32(3e38) and special[4] == 0.0
+
+
+def test_gelu_tanh_matches_its_formula():
+    x = np.linspace(-8, 8, 4001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1.0 + np.tanh(math_sqrt_2_over_pi() * (x64 + 0.044715 * x64**3)))
+    np.testing.assert_allclose(gelu_tanh(x), exact, rtol=0, atol=2e-6)
+
+
+def math_sqrt_2_over_pi() -> float:
+    import math
+
+    return math.sqrt(2.0 / math.pi)
+
+
 def _single(op, domain="", opset=18, **attrs):
     node = helper.make_node(op, ["x"], ["y0"], domain=domain, name="the_node", **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -251,3 +285,21 @@ def test_bad_inputs_are_refused():
         native.run({"x": x34.astype(np.float64)})
     with pytest.raises(EdgevlaError, match=r"shape \('\?', 4\), got \(3, 5\)"):
         native.run({"x": f32(3, 5)})
+
+
+def test_work_arrays_are_shared_per_shape_and_private_per_thread():
+    import threading
+
+    from edgevla.runtime.scratch import work_arrays
+
+    a, b = work_arrays((3, 5), 2)
+    assert a.shape == b.shape == (3, 5) and a.dtype == np.float32 and not np.shares_memory(a, b)
+    (again,) = work_arrays((3, 5), 1)
+    assert again is a and work_arrays((3, 5), 2) == (a, b)
+    c = work_arrays((3, 5), 3)
+    assert c[:2] == (a, b) and not np.shares_memory(c[2], a) and not np.shares_memory(c[2], b)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(work_arrays((3, 5), 1)[0]))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], a)

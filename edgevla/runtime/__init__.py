@@ -3,10 +3,13 @@
 ``edgevla eval/profile --backend native`` run here. The model is loaded once
 (:mod:`.graph`: read, order, fold constants), rewritten (:mod:`.fusion`: GELU
 chains into one op, every constant-weight MatMul/Gemm with its bias,
-activation and activation quantization into one linear layer), and each
-linear layer is given a kernel by a small rule table (:mod:`.linear`):
-W8A8 int8 GEMM, with the sparse, 2:4 and int4 kernels where this build has
-them, or NumPy float32. Everything else runs as NumPy (:mod:`.ops`), over
+activation and activation quantization into one linear layer, each
+attention's transposes, products and softmax into one step,
+:mod:`.attention`), and each linear layer is given a kernel by a small rule
+table (:mod:`.linear`): W8A8 int8 GEMM, with the sparse, 2:4 and int4
+kernels where this build has them, or NumPy float32; the packed weights are
+kept together on huge pages (:mod:`.weights`). Everything else runs as
+NumPy (:mod:`.ops`, the element-wise math in :mod:`.activations`), over
 buffers planned once per input shape (:mod:`.executor`).
 
 The runtime imports neither PyTorch nor ONNX Runtime.

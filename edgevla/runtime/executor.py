@@ -31,8 +31,10 @@ import numpy as np
 
 from ..errors import EdgevlaError
 from . import ops
-from .fusion import LINEAR_OP
+from .attention import ATTENTION_OP
+from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
+from .linear import quantize_tokens
 
 MAX_SIGNATURES = 4
 
@@ -66,6 +68,10 @@ class Program:
             consts = [graph.constants.get(i) if i else None for i in node.inputs]
             if node.op_type == LINEAR_OP:
                 fn, writes_out = node.attrs["layer"], True
+            elif node.op_type == ATTENTION_OP:
+                fn, writes_out = node.attrs["attention"], True
+            elif node.op_type == QUANTIZE_TOKENS_OP:
+                fn, writes_out = quantize_tokens, False
             else:
                 kernel = ops.compile_op(node.op_type, node.attrs, consts, graph.opset, len(node.outputs),
                                         node.describe())

@@ -22,22 +22,34 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    A node is absorbed only when the layer's intermediate value has no other
    reader and is not a graph output, so the rewrite never changes what any
    other node sees.
+3. **Shared activation quantization**: when several dynamic int8 layers
+   read the same activation (q, k and v), one ``edgevla.QuantizePerToken``
+   node quantizes it once and each layer reads its codes and scales; the
+   numbers are the ones each layer would have computed itself.
+4. **Attention**: the transposes, products, scaling and softmax of each
+   attention head group become one ``edgevla.Attention`` node
+   (:mod:`.attention`), under the same only-reader rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .attention import fuse_attention
 from .graph import Graph, Node
 from .linear import LinearLayer, weight_from_constant
+from .weights import WeightArena
 
 LINEAR_OP = "edgevla.Linear"
+QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
 
 
-def fuse(graph: Graph, precision: str) -> list[LinearLayer]:
-    """Rewrite ``graph`` in place; returns the linear layers, in graph order."""
+def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list[LinearLayer]:
+    """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``)."""
     _fuse_gelu(graph)
-    layers = _fuse_linears(graph, precision)
+    layers = _fuse_linears(graph, precision, arena)
+    _share_token_quantization(graph)
+    fuse_attention(graph)
     graph.prune()
     return layers
 
@@ -150,13 +162,13 @@ def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
 # --------------------------------------------------------------------------- linear layers
 
 
-def _fuse_linears(graph: Graph, precision: str) -> list[LinearLayer]:
+def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> list[LinearLayer]:
     view = _View(graph)
     layers: list[LinearLayer] = []
     for node in list(graph.nodes):
         if node.op_type not in ("MatMul", "Gemm"):
             continue
-        found = _match_linear(view, node, precision)
+        found = _match_linear(view, node, precision, arena)
         if found is None:
             continue
         layer, x, absorbed = found
@@ -167,7 +179,24 @@ def _fuse_linears(graph: Graph, precision: str) -> list[LinearLayer]:
     return layers
 
 
-def _match_linear(view: _View, node: Node, precision: str) -> tuple[LinearLayer, str, list[Node]] | None:
+def _share_token_quantization(graph: Graph) -> None:
+    """One ``edgevla.QuantizePerToken`` per activation that several dynamic int8 layers read."""
+    names = {n for node in graph.nodes for n in (*node.inputs, *node.outputs)} | set(graph.constants)
+    for value, readers in graph.consumers().items():
+        layers = [node for node, _ in readers if node.op_type == LINEAR_OP and len(node.inputs) == 1
+                  and node.attrs["layer"].takes_token_codes]
+        codes, scales = f"{value}::int8", f"{value}::token_scale"
+        if len(layers) < 2 or codes in names or scales in names:
+            continue
+        first = min(graph.nodes.index(node) for node in layers)
+        graph.nodes.insert(first, Node(f"{value}::quantize_per_token", QUANTIZE_TOKENS_OP, (value,),
+                                       (codes, scales)))
+        for node in layers:
+            node.inputs = (codes, scales)
+
+
+def _match_linear(view: _View, node: Node, precision: str,
+                  arena: WeightArena | None) -> tuple[LinearLayer, str, list[Node]] | None:
     graph = view.graph
     x, w_name = node.inputs[0], node.inputs[1]
     w = view.const(w_name)
@@ -214,7 +243,7 @@ def _match_linear(view: _View, node: Node, precision: str) -> tuple[LinearLayer,
         if quantized_input is not None:
             layer_input, static_scale = quantized_input
     layer = LinearLayer(_layer_name(w_name), weight, bias, activation, static_scale,
-                        int8_input=static_scale is not None, precision=precision)
+                        int8_input=static_scale is not None, precision=precision, arena=arena)
     return layer, layer_input, absorbed
 
 

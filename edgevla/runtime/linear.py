@@ -70,6 +70,7 @@ from .. import native
 from ..errors import EdgevlaError
 from .graph import QuantizedConstant
 from .ops import gelu_erf, gelu_tanh
+from .weights import WeightArena
 
 PRECISIONS = ("int8", "fp32")
 DEFAULT_PRECISION = "int8"
@@ -293,7 +294,7 @@ def _kernel_act(act: str) -> tuple[str, str]:
 
 def _build_f32_dense(layer: LinearLayer) -> Run:
     # (K, N): the layout NumPy's matmul reads fastest. int4 weights arrive dequantized (folded at load).
-    wt = np.ascontiguousarray(layer.weight.values.T)
+    wt = layer.keep(np.ascontiguousarray(layer.weight.values.T))
     bias, act = layer.bias, layer.activation
 
     def run(x: np.ndarray, y: np.ndarray) -> None:
@@ -307,7 +308,7 @@ def _build_f32_dense(layer: LinearLayer) -> Run:
 def _float_kernel(pack: Callable[[LinearWeight], np.ndarray], gemm_name: str) -> Callable[[LinearLayer], Run]:
     """A builder for the float-activation GEMMs: ``gemm(x, packed, bias, act=, out=)``."""
     def build(layer: LinearLayer) -> Run:
-        packed = pack(layer.weight)
+        packed = layer.keep(pack(layer.weight))
         gemm, bias = getattr(native, gemm_name), layer.bias
         in_kernel, after = _kernel_act(layer.activation)
 
@@ -329,10 +330,11 @@ def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]
     """A builder for the W8A8 GEMMs: ``gemm(a int8, packed, a_scale, bias, act=, out=)``.
 
     Static layers read the graph's int8 activation and its per-tensor scale;
-    dynamic ones quantize each call's activation per token first.
+    dynamic ones quantize each call's activation per token first, or take
+    codes and scales quantized once for several layers (``run.on_codes``).
     """
     def build(layer: LinearLayer) -> Run:
-        packed = getattr(native, pack_name)(*_int8_codes(layer.weight))
+        packed = layer.keep(getattr(native, pack_name)(*_int8_codes(layer.weight)))
         gemm, quantize, bias = getattr(native, gemm_name), native.quantize_per_token, layer.bias
         in_kernel, after = _kernel_act(layer.activation)
         if layer.static_scale is not None:
@@ -343,10 +345,13 @@ def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]
                 _post_activation(y, after)
             return run_static
 
-        def run_dynamic(x: np.ndarray, y: np.ndarray) -> None:
-            q, s = quantize(x)
+        def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
             gemm(q, packed, s, bias, act=in_kernel, out=y)
             _post_activation(y, after)
+
+        def run_dynamic(x: np.ndarray, y: np.ndarray) -> None:
+            run_on_codes(*quantize(x), y)
+        run_dynamic.on_codes = run_on_codes  # for activations quantized once for several layers
         return run_dynamic
     return build
 
@@ -415,6 +420,7 @@ class LinearLayer:
     static_scale: float | None  # the graph's per-tensor activation scale (int8-static)
     int8_input: bool  # x arrives as the graph's int8 codes (a shared QuantizeLinear)
     precision: str
+    arena: WeightArena | None = field(default=None, repr=False)  # where the kernel's weights are kept
     choice: LayerChoice = field(init=False)
     _run: Run = field(init=False, repr=False)
 
@@ -436,7 +442,18 @@ class LinearLayer:
         # The kernel holds its own (packed or transposed) copy; drop the planner's.
         self.weight = LinearWeight(self.weight.name, np.empty((0, 0), np.float32))
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def keep(self, weight: np.ndarray) -> np.ndarray:
+        """The array a kernel keeps for this layer (packed or transposed), moved into the model's arena."""
+        return weight if self.arena is None else self.arena.place(weight)
+
+    @property
+    def takes_token_codes(self) -> bool:
+        """Whether the layer quantizes per token (int8-dynamic), so that it can take codes quantized elsewhere."""
+        return getattr(self._run, "on_codes", None) is not None
+
+    def __call__(self, x: np.ndarray, token_scale: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """``act(x @ W^T + bias)``; with ``token_scale``, ``x`` holds int8 codes from ``quantize_per_token``."""
         if x.shape[-1:] != (self.k,):
             raise EdgevlaError(f"layer {self.name} takes {self.k} input features, got shape {x.shape}")
         shape = (*x.shape[:-1], self.n)
@@ -444,6 +461,15 @@ class LinearLayer:
         x2 = x.reshape(-1, self.k)
         if not x2.flags.c_contiguous:
             x2 = np.ascontiguousarray(x2)
-        self._run(x2, y.reshape(-1, self.n))
+        if token_scale is None:
+            self._run(x2, y.reshape(-1, self.n))
+        else:
+            self._run.on_codes(x2, token_scale, y.reshape(-1, self.n))
         return y
+
+
+def quantize_tokens(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``edgevla.QuantizePerToken``: int8 codes of ``x`` (its shape) and one scale per token (row)."""
+    q, s = native.quantize_per_token(np.ascontiguousarray(x.reshape(-1, x.shape[-1])))
+    return q.reshape(x.shape), s
 

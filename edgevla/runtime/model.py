@@ -15,6 +15,7 @@ from .executor import Program
 from .fusion import LINEAR_OP, fuse
 from .graph import ValueSpec, load_graph
 from .linear import DEFAULT_PRECISION, PRECISIONS, LayerChoice
+from .weights import WeightArena
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class OpTime:
 class NativeModel:
     """An ONNX model (a bundle's ``model.onnx``) on edgevla's kernels.
 
-    Loading reads and folds the graph, fuses linear layers and packs their
-    weights (:mod:`edgevla.runtime.linear` says which kernel runs each and
+    Loading reads and folds the graph, fuses linear layers and attention,
+    and packs the layers' weights into one huge-page arena
+    (:mod:`edgevla.runtime.linear` says which kernel runs each layer and
     why); :meth:`run` then executes it. ``precision`` chooses how float
     weights run: ``"int8"`` (default; dynamic per-token W8A8) or ``"fp32"``.
     Weights the graph already quantized run on their own codes either way.
@@ -44,7 +46,8 @@ class NativeModel:
             raise EdgevlaError(f"unknown native precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.precision = precision
         graph = load_graph(model)
-        self._layers = fuse(graph, precision)
+        self._weights = WeightArena()
+        self._layers = fuse(graph, precision, self._weights)
         self.inputs: list[ValueSpec] = list(graph.inputs)
         self.outputs: list[str] = list(graph.outputs)
         self._program = Program(graph)

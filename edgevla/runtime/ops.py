@@ -22,7 +22,6 @@ with :class:`~edgevla.errors.EdgevlaError` naming the op (see
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,8 @@ import numpy as np
 from onnx import helper
 
 from ..errors import EdgevlaError
+from .activations import clip, erf, gelu_erf, gelu_tanh, sigmoid
+from .scratch import work_arrays
 
 OpFn = Callable[..., Any]
 
@@ -120,111 +121,6 @@ def _np_dtype(onnx_type: int, c: OpContext) -> np.dtype:
 # --------------------------------------------------------------------------- elementwise math
 
 
-# erf(z) ~= z * P(z^2) / Q(z^2) for |z| <= 4 (and +-1 beyond, in float32): the odd/even rational
-# approximation of Eigen's generic_fast_erf_float (also XLA's), within 5e-7 of erf.
-_ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
-          -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10)  # z^0 .. z^12 (in z^2)
-_ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03, -2.13374055278905e-04,
-          -1.45660718464996e-05)
-_ERF_CLAMP = 4.0
-# For GELU, with u = x^2 = 2 z^2: 0.5 * erf(x / sqrt 2) = x * P'(u) / Q'(u), P' and Q' the same
-# polynomials with coefficient i divided by 2^i (and P' by 2 sqrt 2 more). NumPy has no fused
-# multiply-add, so every coefficient is a pass over the array: folding saves passes, not flops.
-_GELU_P = tuple(a / 2**i / (2 * math.sqrt(2.0)) for i, a in enumerate(_ERF_P))
-_GELU_Q = tuple(b / 2**i for i, b in enumerate(_ERF_Q))
-_GELU_CLAMP = _ERF_CLAMP * math.sqrt(2.0)
-
-
-def _rational(u: np.ndarray, coefficients: Sequence[float], out: np.ndarray) -> np.ndarray:
-    """Horner's rule for sum(c_i u^i) in float32, in place in ``out``."""
-    np.multiply(u, np.float32(coefficients[-1]), out=out)
-    for c in coefficients[-2:0:-1]:
-        out += np.float32(c)
-        out *= u
-    out += np.float32(coefficients[0])
-    return out
-
-
-class _Scratch:
-    """Float32 work arrays by shape, so element-wise chains do not allocate per call.
-
-    Per thread: NumPy releases the GIL inside ufuncs, so two threads running
-    two models at once must not share work arrays.
-    """
-
-    def __init__(self, count: int):
-        self.count = count
-        self._local = threading.local()
-
-    def get(self, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-        cache = getattr(self._local, "arrays", None)
-        if cache is None:
-            cache = self._local.arrays = {}
-        arrays = cache.get(shape)
-        if arrays is None:
-            if len(cache) >= 16:  # bounded: shapes change only with the batch size
-                cache.clear()
-            arrays = cache[shape] = tuple(np.empty(shape, np.float32) for _ in range(self.count))
-        return arrays
-
-
-def erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """erf in float32, within 5e-7 of the exact value (NumPy has none; the runtime needs no SciPy)."""
-    x = np.asarray(x, dtype=np.float32)
-    out = np.empty_like(x) if out is None else out
-    z = np.clip(x, -_ERF_CLAMP, _ERF_CLAMP)
-    u = np.multiply(z, z)
-    p = _rational(u, _ERF_P, np.empty_like(u))
-    p *= z
-    q = _rational(u, _ERF_Q, z)  # z is no longer needed
-    return np.divide(p, q, out=out)
-
-
-_GELU_SCRATCH = _Scratch(3)
-_SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
-
-
-def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """GELU, exact (erf) form: ``x * 0.5 * (1 + erf(x / sqrt 2))``; ``out`` may be ``x``.
-
-    Computed as ``x * (0.5 + xc * P'(xc^2) / Q'(xc^2))`` with ``xc`` clamped where
-    erf is +-1: the erf approximation above with its constants folded (26
-    NumPy passes instead of 30, and no allocation once a shape was seen).
-    """
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    xc, u, p = _GELU_SCRATCH.get(x.shape)
-    np.clip(x, -_GELU_CLAMP, _GELU_CLAMP, out=xc)
-    np.multiply(xc, xc, out=u)
-    _rational(u, _GELU_P, p)
-    p *= xc
-    p /= _rational(u, _GELU_Q, xc)  # xc is no longer needed
-    p += np.float32(0.5)
-    return np.multiply(x, p, out=out)
-
-
-def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """GELU, tanh form (PyTorch ``approximate="tanh"``); ``out`` may be ``x``."""
-    t = np.multiply(x, x)
-    t *= np.float32(0.044715)
-    t += np.float32(1.0)
-    t *= x
-    t *= _SQRT_2_OVER_PI
-    np.tanh(t, out=t)
-    t += np.float32(1.0)
-    t *= np.float32(0.5)
-    return np.multiply(x, t, out=out)
-
-
-def _sigmoid(x, out=None):
-    # 0.5 * tanh(x / 2) + 0.5: no overflow for large |x|, unlike 1 / (1 + exp(-x)).
-    y = np.multiply(x, x.dtype.type(0.5), out=out)
-    np.tanh(y, out=y)
-    y *= y.dtype.type(0.5)
-    y += y.dtype.type(0.5)
-    return y
-
-
 def _plain(fn: Callable[..., np.ndarray]) -> _Compiler:
     """A compiler for ops without attributes: the same function for every node."""
     return lambda c: fn
@@ -236,7 +132,7 @@ for _name, _ufunc in {"Neg": np.negative, "Abs": np.absolute, "Sqrt": np.sqrt, "
                       "Sign": np.sign}.items():
     register(_name, writes_out=True)(_plain(_ufunc))
 register("Erf", writes_out=True)(_plain(erf))
-register("Sigmoid", writes_out=True)(_plain(_sigmoid))
+register("Sigmoid", writes_out=True)(_plain(sigmoid))
 
 
 @register("Relu", writes_out=True)
@@ -563,8 +459,6 @@ def _layer_norm(c):
     if int(c.attr("stash_type", 1)) != 1:
         raise _fail(c, "only stash_type=1 (float32 statistics) is implemented")
 
-    scratch = _Scratch(1)
-
     def layer_norm(x, scale, bias=None, out=None):
         first = axis % x.ndim
         d = math.prod(x.shape[first:])
@@ -573,7 +467,7 @@ def _layer_norm(c):
         if x.dtype == np.float32 and d > 0 and x2.flags.c_contiguous:
             mean = _row_reduce(x2, 1.0 / d)
             np.subtract(x2, mean, out=y2)
-            (squares,) = scratch.get(y2.shape)
+            (squares,) = work_arrays(y2.shape, 1)
             var = _row_reduce(np.multiply(y2, y2, out=squares), 1.0 / d)
         else:
             mean = np.mean(x2, axis=1, keepdims=True, dtype=np.float32)
@@ -832,20 +726,19 @@ def _quantize_linear(c):
     return quantize
 
 
+_INT8_MIN, _INT8_MAX = np.float32(-128.0), np.float32(127.0)
+
+
 def _quantize_symmetric_int8(scale: np.float32) -> OpFn:
     """QuantizeLinear with one constant scale and a zero point of 0 (W8A8 activations): 4 passes.
 
     ``clip(rint(x / s))`` equals ``rint(clip(x / s))`` for integer bounds; the
-    float scratch is kept per shape so the hot path does not allocate it.
+    float work array is the runtime's shared one (:mod:`.scratch`), so the hot path does not allocate it.
     """
-    scratch: dict[tuple[int, ...], np.ndarray] = {}
-
     def quantize(x, scale_=None, zero_point=None, out=None):
-        t = scratch.get(x.shape)
-        if t is None:
-            t = scratch.setdefault(x.shape, np.empty(x.shape, np.float32))
+        (t,) = work_arrays(x.shape, 1)
         np.divide(x, scale, out=t)
-        np.clip(t, -128.0, 127.0, out=t)
+        clip(t, _INT8_MIN, _INT8_MAX, out=t)
         np.rint(t, out=t)
         if out is None:
             return t.astype(np.int8)

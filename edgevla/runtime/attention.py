@@ -1,0 +1,143 @@
+"""Multi-head attention as one step: the exporter's head-splitting transposes become strided views.
+
+The exporter writes scaled dot-product attention over ``(B, T, H, D)`` head
+views of the q, k and v projections as::
+
+    Tq = Transpose(q, perm=[0, 2, 1, 3])      # (B, H, T, D)
+    Tk = Transpose(k, perm=[0, 2, 3, 1])      # (B, H, D, S)
+    Tv = Transpose(v, perm=[0, 2, 1, 3])      # (B, H, S, D)
+    P  = Softmax(Mul(MatMul(Tq, Tk), c))      # the Mul (or a Div) by a constant is optional
+    y  = Transpose(MatMul(P, Tv), perm=[0, 2, 1, 3])   # back to (B, T, H, D)
+
+Run node by node, that is four transposing copies and nine steps per
+attention. :func:`fuse_attention` replaces each such chain, whose
+intermediates nothing else reads, by one ``edgevla.Attention`` node reading
+``q, k, v`` and writing ``y``: the batched products read the transposed
+views in place (NumPy hands BLAS the strides) and the second one writes
+straight into ``y``'s ``(B, T, H, D)`` layout. The score scaling and the
+softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
+order; only the summation order inside the products may differ from the
+unfused steps (float32 rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ops
+from .graph import Graph, Node
+from .scratch import work_arrays
+
+ATTENTION_OP = "edgevla.Attention"
+
+_TO_HEADS = (0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D), and back
+_KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
+
+
+class Attention:
+    """``y = softmax(scale(q_h @ k_h^T)) @ v_h`` per head, on ``(B, T, H, D)`` inputs and output."""
+
+    def __init__(self, scale: np.float32 | None, divide: bool, softmax: ops.OpFn):
+        self.scale, self.divide, self.softmax = scale, divide, softmax
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        b, t, h, _ = q.shape
+        scores, probabilities = work_arrays((b, h, t, k.shape[1]), 2)  # softmax takes none
+        np.matmul(q.transpose(_TO_HEADS), k.transpose(_KEYS_TRANSPOSED), out=scores)
+        if self.scale is not None:
+            if self.divide:
+                scores /= self.scale
+            else:
+                scores *= self.scale
+        self.softmax(scores, out=probabilities)
+        y = np.empty((b, t, h, v.shape[3]), np.float32) if out is None else out
+        np.matmul(probabilities, v.transpose(_TO_HEADS), out=y.transpose(_TO_HEADS))
+        return y
+
+
+@dataclass
+class _Match:
+    q: str
+    k: str
+    v: str
+    removed: list[Node]  # the chain; the fused node takes the place of the last of them in the graph
+    scale: np.float32 | None
+    divide: bool
+
+
+def fuse_attention(graph: Graph) -> int:
+    """Rewrite every attention chain of the module docstring in place; returns how many."""
+    fused = 0
+    for softmax in [n for n in graph.nodes if n.op_type == "Softmax"]:
+        match = _match(graph, softmax)
+        if match is None:
+            continue
+        kernel = ops.compile_op("Softmax", softmax.attrs, (None,), graph.opset, 1, softmax.describe())
+        attention = Attention(match.scale, match.divide, kernel.fn)
+        last = match.removed[-1]
+        node = Node(last.name, ATTENTION_OP, (match.q, match.k, match.v), last.outputs, {"attention": attention})
+        ids = {id(n) for n in match.removed}
+        at = max(i for i, n in enumerate(graph.nodes) if id(n) in ids)
+        graph.nodes = [node if i == at else n for i, n in enumerate(graph.nodes) if i == at or id(n) not in ids]
+        fused += 1
+    return fused
+
+
+def _match(graph: Graph, softmax: Node) -> _Match | None:
+    producer, readers = graph.producers(), graph.consumers()
+    outputs = set(graph.outputs)
+
+    def only_reader(value: str) -> Node | None:
+        found = readers.get(value, [])
+        return found[0][0] if len(found) == 1 and value not in outputs else None
+
+    def transpose_of(value: str, perm: tuple[int, ...], reader: Node) -> Node | None:
+        node = producer.get(value)
+        if (node is None or node.op_type != "Transpose" or tuple(node.attrs.get("perm", ())) != perm
+                or only_reader(value) is not reader):
+            return None
+        return node
+
+    axis = int(softmax.attrs.get("axis", -1 if graph.opset >= 13 else 1))
+    if axis not in (-1, 3):
+        return None
+    scores = softmax.inputs[0]
+    node = producer.get(scores)
+    if node is None or only_reader(scores) is not softmax:
+        return None
+    scale, divide, scaling = None, False, []
+    if node.op_type in ("Mul", "Div"):
+        a, b = node.inputs
+        if _scalar(graph, b) is not None:
+            product, scale = a, _scalar(graph, b)
+        elif node.op_type == "Mul" and _scalar(graph, a) is not None:
+            product, scale = b, _scalar(graph, a)
+        else:
+            return None
+        divide, scaling = node.op_type == "Div", [node]
+        node = producer.get(product)
+        if node is None or only_reader(product) is not scaling[0]:
+            return None
+    if node.op_type != "MatMul":
+        return None
+    qk = node
+    tq = transpose_of(qk.inputs[0], _TO_HEADS, qk)
+    tk = transpose_of(qk.inputs[1], _KEYS_TRANSPOSED, qk)
+    pv = only_reader(softmax.outputs[0])
+    if tq is None or tk is None or pv is None or pv.op_type != "MatMul" or pv.inputs[0] != softmax.outputs[0]:
+        return None
+    tv = transpose_of(pv.inputs[1], _TO_HEADS, pv)
+    back = only_reader(pv.outputs[0])
+    if tv is None or back is None or back.op_type != "Transpose" or tuple(back.attrs.get("perm", ())) != _TO_HEADS:
+        return None
+    return _Match(tq.inputs[0], tk.inputs[0], tv.inputs[0], [tq, tk, tv, qk, *scaling, softmax, pv, back],
+                  scale, divide)
+
+
+def _scalar(graph: Graph, name: str) -> np.float32 | None:
+    value = graph.constants.get(name)
+    if value is None or value.size != 1 or value.dtype != np.float32:
+        return None
+    return np.float32(value.reshape(()))

@@ -1,0 +1,85 @@
+"""The native runtime's attention fusion: the exporter's head-splitting chain as one step, against ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgevla.runtime import NativeModel
+from edgevla.runtime.attention import ATTENTION_OP
+
+RNG = np.random.default_rng(11)
+HEADS, DIM = 3, 8
+
+
+def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset=18):
+    """q, k, v (B, T, H*D) -> heads -> softmax(q k^T * c) v -> (B, T, H*D), as torch.onnx writes it."""
+    c = np.float32(DIM ** -0.5) if scale_op == "Mul" else np.float32(DIM ** 0.5)
+    shape4, shape3 = np.array([0, 0, HEADS, DIM], np.int64), np.array([0, 0, HEADS * DIM], np.int64)
+    nodes = [helper.make_node("Reshape", ["q", "shape4"], ["q4"]),
+             helper.make_node("Reshape", ["k", "shape4"], ["k4"]),
+             helper.make_node("Reshape", ["v", "shape4"], ["v4"]),
+             helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["k4"], ["kh"], perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["qh", "kh"], ["scores"])]
+    if scale_op is None:
+        nodes.append(helper.make_node("Softmax", ["scores"], ["p"], axis=-1))
+    else:
+        inputs = ["c", "scores"] if scale_first else ["scores", "c"]
+        nodes += [helper.make_node(scale_op, inputs, ["scaled"]),
+                  helper.make_node("Softmax", ["scaled"], ["p"], axis=-1)]
+    nodes += [helper.make_node("MatMul", ["p", "vh"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", "shape3"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", t, HEADS * DIM])
+              for n, t in (("q", 5), ("k", 7), ("v", 7))]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ["y"] + ([extra_output] if extra_output else [])]
+    inits = [numpy_helper.from_array(a, n) for n, a in (("c", c), ("shape4", shape4), ("shape3", shape3))]
+    graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _feeds(batch=2):
+    return {"q": RNG.normal(0, 2, (batch, 5, HEADS * DIM)).astype(np.float32),
+            "k": RNG.normal(0, 2, (batch, 7, HEADS * DIM)).astype(np.float32),
+            "v": RNG.normal(0, 1, (batch, 7, HEADS * DIM)).astype(np.float32)}
+
+
+def _ort(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("scale_op,scale_first", [("Mul", False), ("Mul", True), ("Div", False), (None, False)])
+def test_attention_chain_fuses_and_matches_onnxruntime(scale_op, scale_first):
+    model = _attention_model(scale_op, scale_first)
+    native_model = NativeModel(model, precision="fp32")
+    assert native_model.op_count() == {"Reshape": 4, ATTENTION_OP: 1}  # transposes, products, scale, softmax: one
+    for batch in (2, 1, 2):  # a trace, a second signature, then the planned buffers of the first again
+        feeds = _feeds(batch)
+        y = native_model.run(feeds)["y"]
+        assert y.shape == (batch, 5, HEADS * DIM) and y.dtype == np.float32
+        np.testing.assert_allclose(y, _ort(model, feeds)[0], rtol=0, atol=2e-6)
+
+
+def test_attention_intermediate_read_elsewhere_is_not_fused():
+    """The probabilities are a graph output: the chain must stay as it is (and still be right)."""
+    model = _attention_model(extra_output="p")
+    native_model = NativeModel(model, precision="fp32")
+    assert ATTENTION_OP not in native_model.op_count()
+    feeds = _feeds()
+    out, ref = native_model.run(feeds), _ort(model, feeds)
+    np.testing.assert_allclose(out["y"], ref[0], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(out["p"], ref[1], rtol=0, atol=2e-6)
+
+
+def test_attention_output_is_not_aliased_between_calls():
+    """Outputs are copied out of the planned buffers: a second call leaves the first result intact."""
+    native_model = NativeModel(_attention_model(), precision="fp32")
+    first_feeds = _feeds()
+    first = native_model.run(first_feeds)["y"]
+    kept = first.copy()
+    native_model.run(_feeds())
+    np.testing.assert_array_equal(first, kept)
