@@ -413,6 +413,12 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                                round_to=round_to, example_inputs=inputs, finetune=finetune)
         info.update(structure=cfg.structure, amount=cfg.amount, round_to=round_to, unit_fraction=round(fraction, 4))
         what = f"{cfg.structure} ({fraction:.0%} of each group's units, kept channels multiples of {round_to})"
+    elif cfg.allocation == "sensitivity":
+        layers = prune_scope_linears(policy, scope, 1)
+        result, sensitivity = sensitivity_prune(policy, teacher, spec, task, cfg, layers, calibration)
+        info.update(layers=layers, pattern=None, sparsity=cfg.sparsity, sensitivity=sensitivity)
+        what = (f"unstructured on {len(layers)} Linear layers, per-layer sparsity from sensitivity "
+                f"({cfg.sparsity:.0%} of their {cfg.allocation_cost})")
     else:
         m = int(cfg.pattern.split(":")[1]) if cfg.method == "nm" else 1
         layers = prune_scope_linears(policy, scope, m)
@@ -452,6 +458,73 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                       f"{report.seconds_per_epoch:.1f} s per {report.epoch_samples:,}-sample epoch")
     remove_masks(policy)  # exact zeros in plain weights: what export and the bundle's weights hold
     return info
+
+
+def write_sensitivity(section: Mapping[str, Any], report_dir: Path) -> Path:
+    """The report's sensitivity plot and report.md table (allocated sparsity and curve per layer)."""
+    from .prune import SensitivityResult, plot_sensitivity
+
+    curves = SensitivityResult.from_dict(section)
+    plot = plot_sensitivity(curves, report_dir / "sensitivity.png")
+    grid = curves.curves[0].sparsities if curves.curves else []
+    out = ["", "## Pruning sensitivity", "",
+           f"Per-layer sparsity allocated from sensitivity curves: {section['target']:.0%} of the layers' "
+           f"{section['cost']} removed where the action error grows least (achieved {section['achieved']:.1%}; "
+           f"{section['weights_zeroed']:.1%} of their weights zeroed). Success over {section['episodes']} "
+           f"episodes with only that layer pruned (unpruned {curves.base_success:.0%}); plot: "
+           f"[sensitivity.png](sensitivity.png).", "",
+           "| layer | params | latency µs | allocated | " + " | ".join(f"success @{s:.0%}" for s in grid)
+           + " | " + " | ".join(f"action MSE @{s:.0%}" for s in grid) + " |",
+           "|---|---:|---:|---:|" + "---:|" * (2 * len(grid))]
+    for c in curves.curves:
+        out.append(f"| {c.unit} | {c.params:,} | {c.latency_us:.1f} | {section['layer_sparsity'][c.unit]:.1%} | "
+                   + " | ".join(f"{v:.0%}" for v in c.success) + " | "
+                   + " | ".join(f"{v:.2e}" for v in c.action_error) + " |")
+    with open(report_dir / "report.md", "a", encoding="utf-8") as md:
+        md.write("\n".join(out) + "\n")
+    return plot
+
+
+def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
+                      task: TaskConfig | None, cfg: PruneConfig, layers: list[str], calibration):
+    """Mask ``policy`` with per-layer sparsities allocated from its sensitivity curves.
+
+    Each layer is pruned alone to 25 / 50 / 75 / 90 % and measured (closed-loop
+    success on ``cfg.sensitivity_episodes`` episodes, action error on held-out
+    observations); the allocation then removes ``cfg.sparsity`` of the layers'
+    ``cfg.allocation_cost`` where the action error grows least. Returns a
+    one-step schedule table (as :func:`gradual_prune` does) and the report's
+    ``sensitivity`` section.
+    """
+    import time
+
+    from .prune import allocate_sparsity, apply_allocation, layer_sensitivity
+    from .prune.schedule import ScheduleResult, ScheduleStep
+    from .train import torch_action_fn
+
+    if task is None:
+        raise EdgevlaError("prune.allocation sensitivity measures closed-loop success: it needs a policy that "
+                           "speaks the tabletop task's observations; use allocation uniform")
+    heldout = fixed_split(task, "heldout", 128, cfg.recovery.seed)
+    observations = normalized_batch(spec, heldout.observations, heldout.actions)
+    start = time.perf_counter()
+    curves = layer_sensitivity(
+        policy, (0.25, 0.5, 0.75, 0.9), units=layers, criterion=cfg.criterion, calibration=calibration,
+        heldout=observations,
+        success_fn=lambda p: evaluate(torch_action_fn(p), task, episodes=cfg.sensitivity_episodes,
+                                      seed=cfg.recovery.seed).success_rate)
+    allocation = allocate_sparsity(curves, cfg.sparsity, cost=cfg.allocation_cost, metric="action_error")
+    apply_allocation(policy, curves, allocation, criterion=cfg.criterion, calibration=calibration)
+    seconds = time.perf_counter() - start
+    zeros = sum(int((policy.get_submodule(n).weight == 0).sum()) for n in layers)
+    weights = sum(policy.get_submodule(n).weight.numel() for n in layers)
+    # The schedule's fractions are of weights; the allocation's target is of the chosen cost.
+    step = ScheduleStep(1, zeros / weights, zeros / weights, scope_parameters(policy, None), seconds, 0.0)
+    result = ScheduleResult("unstructured", zeros / weights, [step])
+    return result, {"cost": allocation.cost, "metric": "action_error", "target": allocation.target,
+                    "achieved": round(allocation.achieved, 6), "weights_zeroed": round(zeros / weights, 6),
+                    "layer_sparsity": {k: round(v, 6) for k, v in allocation.sparsity.items()},
+                    "episodes": cfg.sensitivity_episodes, "seconds": round(seconds, 2), **curves.to_dict()}
 
 
 # --------------------------------------------------------------------------- quantization
@@ -878,6 +951,8 @@ class Build:
         if self.quantization is not None:
             with open(report_dir / "report.md", "a", encoding="utf-8") as md:
                 md.write(quantization_markdown(self.quantization, self.layers))
+        if self.pruning is not None and "sensitivity" in self.pruning:
+            written.append(write_sensitivity(self.pruning["sensitivity"], report_dir))
         save_weights(self.built, self.work / "weights.safetensors")
         files: dict[str, Path] = {"model.onnx": self.onnx["built"], "weights.safetensors": self.work / "weights.safetensors"}
         for p in written:

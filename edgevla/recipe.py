@@ -16,6 +16,9 @@ of the weights zeroed); ``nm`` (the ``pattern`` 2:4 or 4:8); ``structured``
 ``scope``'s parameters are gone). Each ranks by ``criterion`` along
 ``schedule`` (``oneshot`` or ``cubic`` over ``steps``), then ``recovery``
 distils the original into the pruned policy until the accuracy budget is met.
+``allocation: sensitivity`` (unstructured, one-shot) measures per-layer
+sensitivity curves and spreads ``sparsity`` of the scope's parameters, FLOPs
+or latency (``allocation_cost``) over the layers where it hurts least.
 ``prune_shorthand`` turns ``edgevla build --prune 2:4`` and the like into
 recipe overrides.
 
@@ -53,6 +56,8 @@ PRUNE_PATTERNS = ("2:4", "4:8")
 PRUNE_STRUCTURES = ("neurons", "heads", "blocks")
 PRUNE_CRITERIA = ("magnitude", "taylor", "wanda")
 PRUNE_SCHEDULES = ("oneshot", "cubic")
+PRUNE_ALLOCATIONS = ("uniform", "sensitivity")
+PRUNE_ALLOCATION_COSTS = ("params", "flops", "latency")
 PRUNE_SHORTHAND = "none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1))"
 QUANTIZE_FORMATS = ("none", "w8a8", "w8a16", "w4a16", "fp16", "fp8")
 QUANTIZE_FLOAT_DTYPES = ("auto", "fp16", "bf16", "fp32")
@@ -83,6 +88,11 @@ RECIPE_SCHEMA = Section({
         "criterion": OneOf(*PRUNE_CRITERIA, default="magnitude"),
         "schedule": OneOf(*PRUNE_SCHEDULES, default="oneshot"),
         "steps": Int(1, default=1),                                 # pruning steps of the cubic schedule
+        # unstructured: the same sparsity in every layer, or per-layer sparsities from
+        # sensitivity curves meeting `sparsity` of the scope's cost (report: table + plot)
+        "allocation": OneOf(*PRUNE_ALLOCATIONS, default="uniform"),
+        "allocation_cost": OneOf(*PRUNE_ALLOCATION_COSTS, default="params"),
+        "sensitivity_episodes": Int(1, default=20),                 # closed-loop episodes per curve point
         "recovery": Section({                                       # distillation from the original policy
             "max_steps": Int(0, default=300),
             "eval_every": Int(1, default=50),
@@ -183,6 +193,9 @@ class PruneConfig:
     criterion: str
     schedule: str
     steps: int
+    allocation: str
+    allocation_cost: str
+    sensitivity_episodes: int
     recovery: PruneRecoveryConfig
 
 
@@ -353,6 +366,10 @@ def _check_whole(data: dict[str, Any], where: str) -> dict[str, Any]:
             raise EdgevlaError(f"{where}: prune.{key} {prune[key]:g} is for method {owner}, method is {method}")
         if method == owner and prune[key] == 0:
             raise EdgevlaError(f"{where}: prune.method {owner} needs prune.{key} > 0")
+    if prune["allocation"] == "sensitivity" and method != "none" and (method != "unstructured"
+                                                                       or prune["schedule"] != "oneshot"):
+        raise EdgevlaError(f"{where}: prune.allocation sensitivity is for method unstructured with schedule "
+                           f"oneshot, got method {method}, schedule {prune['schedule']}")
     weights = data["efficiency"]
     total = weights["alpha"] + weights["beta"] + weights["gamma"]
     if not math.isclose(total, 1.0, rel_tol=0.0, abs_tol=EFFICIENCY_SUM_TOLERANCE):
@@ -367,22 +384,24 @@ def prune_shorthand(text: str, where: str = "--prune") -> dict[str, Any]:
 
     ``none``, ``2:4``, ``4:8``, ``unstructured:0.8`` (weights zeroed),
     ``structured:0.5`` (fraction of the scope's parameters removed). Every
-    method key is set, so a recipe file's ``sparsity`` cannot outlive its method.
+    method key is set, so a recipe file's ``sparsity`` cannot outlive its method
+    (nor its sensitivity ``allocation``, which only unstructured pruning uses).
     """
     word, sep, value = str(text).strip().partition(":")
     overrides: dict[str, Any] = {"prune.method": "none", "prune.sparsity": 0.0, "prune.amount": 0.0}
     if not sep and word == "none":
         return overrides
     if f"{word}:{value}" in PRUNE_PATTERNS:
-        return {**overrides, "prune.method": "nm", "prune.pattern": f"{word}:{value}"}
+        return {**overrides, "prune.method": "nm", "prune.pattern": f"{word}:{value}", "prune.allocation": "uniform"}
     if sep and word in ("unstructured", "structured"):
         try:
             fraction = float(value)
         except ValueError:
             fraction = math.nan
         if 0.0 < fraction < 1.0:
-            return {**overrides, "prune.method": word, ("prune.sparsity" if word == "unstructured" else
-                                                        "prune.amount"): fraction}
+            if word == "unstructured":  # a recipe's allocation (uniform or sensitivity) still applies
+                return {**overrides, "prune.method": word, "prune.sparsity": fraction}
+            return {**overrides, "prune.method": word, "prune.amount": fraction, "prune.allocation": "uniform"}
     raise EdgevlaError(f"{where}: expected {PRUNE_SHORTHAND}, got {text!r}")
 
 

@@ -100,6 +100,30 @@ def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory
     assert layers["vision.patch_embed"]["pattern"] == "dense"
 
 
+def test_sensitivity_allocation_spreads_latency_over_layers_and_reports_it(tmp_path_factory, fast):
+    # One trunk block (6 linears), half of its measured latency removed where the action error grows least.
+    result = _build(tmp_path_factory, fast, "unstructured:0.5", **{
+        "prune.scope": "trunk.0", "prune.allocation": "sensitivity", "prune.allocation_cost": "latency",
+        "prune.sensitivity_episodes": 10, "evaluate.max_accuracy_loss": 0.2})
+    section = result.report["extra"]["prune"]["sensitivity"]
+    assert section["cost"] == "latency" and section["target"] == 0.5
+    assert section["achieved"] == pytest.approx(0.5, abs=1e-3)
+    curves = {c["unit"]: c for c in section["curves"]}
+    assert sorted(curves) == sorted(f"trunk.0.{n}" for n in ("attn.q", "attn.k", "attn.v", "attn.out",
+                                                              "mlp.fc1", "mlp.fc2"))
+    assert all(c["latency_us"] > 0 and c["sparsities"] == [0.25, 0.5, 0.75, 0.9] for c in curves.values())
+    removed = sum(section["layer_sparsity"][u] * c["latency_us"] for u, c in curves.items())
+    assert removed == pytest.approx(0.5 * sum(c["latency_us"] for c in curves.values()), rel=1e-3)
+    # The shipped weights hold exactly the allocated zeros, layer by layer (recovery keeps masks).
+    _, exported = _exported_weights(result.bundle)
+    for unit, s in section["layer_sparsity"].items():
+        w = exported[f"{unit}.weight"]
+        assert int((w == 0).sum()) == round(s * w.size), unit
+    assert len(set(round(s, 3) for s in section["layer_sparsity"].values())) > 1  # non-uniform
+    assert "## Pruning sensitivity" in (result.bundle / "report.md").read_text()
+    assert "sensitivity.png" in load_bundle(result.bundle).manifest["files"]
+
+
 def test_structured_ships_a_smaller_graph_that_still_verifies(tmp_path_factory, fast, capsys):
     result = _build(tmp_path_factory, fast, "structured:0.5")
     report, prune = result.report, result.report["extra"]["prune"]

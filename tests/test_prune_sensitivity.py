@@ -40,16 +40,18 @@ def test_removing_a_trunk_layer_hurts_more_than_trimming_it(tiny, curves):
     # Each of the readout's 1 + tokens rows: 2 * in * out FLOPs per row, at least one row.
     assert fc1.flops >= 2 * fc1.params and fc1.flops % (2 * fc1.params) == 0
     assert tiny.trunk[0].mlp.fc1.weight.count_nonzero() == fc1.params  # the policy itself is untouched
+    assert fc1.latency_us > 0.0 and q.latency_us > 0.0  # measured on this host: only its sign is a fact
     rows = curves.table()
     assert len(rows) == 6 and rows[0] == {"unit": "trunk.0.mlp.fc1", "params": fc1.params, "flops": fc1.flops,
-                                          "sparsity": 0.1, "success": fc1.success[0],
-                                          "action_error": fc1.action_error[0]}
+                                          "latency_us": fc1.latency_us, "sparsity": 0.1,
+                                          "success": fc1.success[0], "action_error": fc1.action_error[0]}
+    assert SensitivityResult.from_dict(curves.to_dict()) == curves
 
 
 def _result(units: dict[str, tuple[int, list[float]]]) -> SensitivityResult:
     grid = [0.25, 0.5, 0.75, 1.0]
     return SensitivityResult("unstructured", 1.0, [
-        SensitivityCurve(u, [u], params, 3 * params, grid, [1.0 - e for e in errors], errors)
+        SensitivityCurve(u, [u], params, 3 * params, grid, [1.0 - e for e in errors], errors, params / 8)
         for u, (params, errors) in units.items()])
 
 
@@ -71,18 +73,31 @@ def test_allocation_prunes_the_flattest_curve_first_and_meets_the_target_exactly
 def test_allocation_removes_the_target_share_of_parameters_and_flops(target):
     result = _result({"a": (96, [0.01, 0.03, 0.2, 0.9]), "b": (384, [0.0, 0.02, 0.05, 0.7]),
                       "c": (1000, [0.05, 0.1, 0.3, 1.0])})
-    for cost in ("params", "flops"):
+    # Latency here is params / 8 microseconds: proportional to params, as FLOPs are.
+    for cost, unit in (("params", 1), ("flops", 3), ("latency", 1000 / 8)):
         alloc = allocate_sparsity(result, target, cost=cost)
         removed = sum(alloc.sparsity[c.unit] * c.params for c in result.curves)
         assert removed == pytest.approx(target * 1480, abs=1e-6)
-        assert abs(alloc.removed - target * alloc.total) <= 3 * (3 if cost == "flops" else 1)
+        assert alloc.total == round(1480 * unit)
+        assert abs(alloc.removed - target * alloc.total) <= 3 * unit
         assert all(0.0 <= s <= 1.0 for s in alloc.sparsity.values())
     capped = allocate_sparsity(result, 0.5, max_sparsity=0.6)
     assert max(capped.sparsity.values()) <= 0.6 + 1e-12
     with pytest.raises(EdgevlaError, match="cannot be met"):
         allocate_sparsity(result, 0.7, max_sparsity=0.6)
     with pytest.raises(EdgevlaError, match="cost"):
-        allocate_sparsity(result, 0.5, cost="latency")
+        allocate_sparsity(result, 0.5, cost="watts")
+
+
+def test_latency_allocation_cuts_where_time_is_cheapest_to_remove():
+    # Equal damage curves and parameters; "slow" takes 9x the time: a latency target is met by pruning it
+    # first, a parameter target cannot tell the two apart.
+    curves = [SensitivityCurve(u, [u], 100, 300, [0.5, 1.0], [1.0, 1.0], [0.1, 0.2], us)
+              for u, us in (("fast", 10.0), ("slow", 90.0))]
+    result = SensitivityResult("unstructured", 1.0, curves)
+    alloc = allocate_sparsity(result, 0.45, cost="latency")
+    assert alloc.sparsity == pytest.approx({"fast": 0.0, "slow": 0.5})
+    assert (alloc.removed, alloc.total) == (45_000, 100_000)
 
 
 def test_applied_allocation_masks_exact_counts(tiny):

@@ -19,6 +19,7 @@ DEFAULTS = {
     "policy": None,
     "prune": {"method": "none", "sparsity": 0.0, "pattern": "2:4", "structure": "neurons", "amount": 0.0,
               "scope": "trunk", "criterion": "magnitude", "schedule": "oneshot", "steps": 1,
+              "allocation": "uniform", "allocation_cost": "params", "sensitivity_episodes": 20,
               "recovery": {"max_steps": 300, "eval_every": 50, "episodes": 100, "seed": 20_000, "max_loss": None,
                            "batch_size": 32, "lr": 3e-4, "precision": "fp32"}},
     "quantize": {"format": "none", "float_dtype": "auto", "group_size": 128, "tables": True,
@@ -284,6 +285,20 @@ def test_the_prune_section_reads_every_method(tmp_path):
         Recipe.from_dict, {"prune": {"structure": "channel"}})
     assert "prune.recovery: unknown key 'max_step'" in error_of(
         Recipe.from_dict, {"prune": {"recovery": {"max_step": 5}}})
+    assert error_of(Recipe.from_dict, {"prune": {"method": "nm", "allocation": "sensitivity"}}) == (
+        "recipe: prune.allocation sensitivity is for method unstructured with schedule oneshot, "
+        "got method nm, schedule oneshot")
+    assert "prune.allocation_cost: expected one of params, flops, latency, got 'watts'" in error_of(
+        Recipe.from_dict, {"prune": {"allocation_cost": "watts"}})
+
+
+def test_prune_shorthand_keeps_a_sensitivity_allocation_only_for_unstructured(tmp_path):
+    path = write(tmp_path, "prune: {method: unstructured, sparsity: 0.6, allocation: sensitivity}\n")
+    assert load_recipe(path, None, prune_shorthand("unstructured:0.8")).prune.allocation == "sensitivity"
+    for text, method, allocation in (("2:4", "nm", "uniform"), ("structured:0.5", "structured", "uniform"),
+                                     ("none", "none", "sensitivity")):  # method none: allocation unused
+        prune = load_recipe(path, None, prune_shorthand(text)).prune
+        assert (prune.method, prune.allocation) == (method, allocation)
 
 
 @pytest.mark.parametrize("text, method, key, value", [

@@ -5,15 +5,23 @@ and every sparsity of a grid, a copy of the policy is pruned *in that unit
 only* and measured: closed-loop success on fixed seeded episodes and the
 normalized-action MSE against the unpruned policy on held-out observations.
 The curves say where pruning is cheap; :func:`allocate_sparsity` turns them
-into non-uniform per-layer sparsities meeting a global target of parameters
-or FLOPs removed (greedy: the next cut goes where the curve is flattest per
-unit of cost, as in AMC/NetAdapt-style allocation), and
+into non-uniform per-layer sparsities meeting a global target of parameters,
+FLOPs or latency removed (greedy: the next cut goes where the curve is
+flattest per unit of cost, as in AMC/NetAdapt-style allocation), and
 :func:`plot_sensitivity` draws them for the report.
+
+Latency is each unit's measured dense time on this host at batch 1 (median of
+timed calls at the input shape the layer sees in the policy); the allocation
+counts a unit pruned to sparsity s as saving s of it — the model of a sparse
+kernel whose time follows its nonzeros (edgevla's CPU sparse GEMM, and
+structured pruning on any runtime), not of a dense runtime, where zeros save
+nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +36,7 @@ from .recovery import Batch, action_errors, heldout_batch
 from .schedule import exact_unstructured_masks, make_criterion
 
 METRICS = ("action_error", "success")
-COSTS = ("params", "flops")
+COSTS = ("params", "flops", "latency")
 
 
 @dataclass
@@ -40,6 +48,7 @@ class SensitivityCurve:
     sparsities: list[float]
     success: list[float]
     action_error: list[float]
+    latency_us: float = 0.0  # measured dense time of the unit's layers at batch 1, this host
 
     def damage(self, metric: str, base_success: float) -> np.ndarray:
         """Loss in ``metric`` at each sparsity: success points lost, or the action error itself."""
@@ -62,12 +71,18 @@ class SensitivityResult:
 
     def table(self) -> list[dict]:
         """One row per (unit, sparsity): what a report's table prints."""
-        return [{"unit": c.unit, "params": c.params, "flops": c.flops, "sparsity": s, "success": ok,
-                 "action_error": err}
+        return [{"unit": c.unit, "params": c.params, "flops": c.flops, "latency_us": c.latency_us,
+                 "sparsity": s, "success": ok, "action_error": err}
                 for c in self.curves for s, ok, err in zip(c.sparsities, c.success, c.action_error)]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "SensitivityResult":
+        """Back from :meth:`to_dict` (extra keys, like a report section's, are ignored)."""
+        curves = [SensitivityCurve(**c) for c in data["curves"]]
+        return cls(data["structure"], float(data["base_success"]), curves)
 
 
 def _layer_flops(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch.Tensor]) -> dict[str, int]:
@@ -86,6 +101,40 @@ def _layer_flops(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch
         for h in handles:
             h.remove()
     return {n: 2 * modules[n].weight.numel() * rows.get(n, 0) for n in layers}
+
+
+def _layer_latency_us(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch.Tensor],
+                      runs: int = 30) -> dict[str, float]:
+    """Median microseconds of each Linear alone, at batch 1, on the input it receives in the policy."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+        def keep(_m, args, name=name):
+            seen.setdefault(name, args[0].detach().clone())
+        handles.append(modules[name].register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            model(*(x[:1] for x in inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    latency = {}
+    with torch.no_grad():
+        for name in layers:
+            layer, x = modules[name], seen.get(name)
+            if x is None:  # not reached by this forward: it costs nothing at run time
+                latency[name] = 0.0
+                continue
+            for _ in range(3):
+                layer(x)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                layer(x)
+                times.append(time.perf_counter() - start)
+            latency[name] = float(np.median(times) * 1e6)
+    return latency
 
 
 def _units(model: nn.Module, units: Mapping[str, Sequence[str]] | Sequence[str] | None,
@@ -141,6 +190,7 @@ def layer_sensitivity(policy: nn.Module, sparsities: Sequence[float] = (0.25, 0.
     heldout = heldout if heldout is not None else heldout_batch(policy, 128)
     chosen = _units(policy, units, scope)
     flops = _layer_flops(policy, [n for ls in chosen.values() for n in ls], heldout[0])
+    latency = _layer_latency_us(policy, [n for ls in chosen.values() for n in ls], heldout[0])
     crit = make_criterion(criterion, policy, calibration)
     layers = prunable_linears(policy)
     policy.eval()
@@ -155,13 +205,17 @@ def layer_sensitivity(policy: nn.Module, sparsities: Sequence[float] = (0.25, 0.
             success.append(float(success_fn(pruned)))
             error.append(action_errors(pruned, policy, heldout)[0])
         result.curves.append(SensitivityCurve(unit, names, sum(layers[n].weight.numel() for n in names),
-                                              sum(flops[n] for n in names), grid, success, error))
+                                              sum(flops[n] for n in names), grid, success, error,
+                                              round(sum(latency[n] for n in names), 3)))
     return result
 
 
 @dataclass
 class Allocation:
-    """Per-unit sparsity meeting a global target; ``removed / total`` is the achieved fraction."""
+    """Per-unit sparsity meeting a global target; ``removed / total`` is the achieved fraction.
+
+    ``removed`` and ``total`` are in the cost's unit: weights, FLOPs, or nanoseconds of latency.
+    """
 
     cost: str
     target: float
@@ -180,7 +234,7 @@ class Allocation:
 
 def allocate_sparsity(result: SensitivityResult, target: float, cost: str = "params",
                       metric: str = "action_error", max_sparsity: float = 1.0) -> Allocation:
-    """Non-uniform sparsities removing ``target`` of the units' parameters (or FLOPs), damage-greedy.
+    """Non-uniform sparsities removing ``target`` of the units' parameters (FLOPs, latency), damage-greedy.
 
     Each unit climbs its curve's sparsity grid (from 0); the next climb is the
     one adding the least damage per unit of cost removed. The last climb is cut
@@ -193,7 +247,7 @@ def allocate_sparsity(result: SensitivityResult, target: float, cost: str = "par
         raise EdgevlaError(f"allocation metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if not result.curves:
         raise EdgevlaError("no sensitivity curves to allocate from")
-    weights = {c.unit: (c.params if cost == "params" else c.flops) for c in result.curves}
+    weights = {c.unit: _cost(c, cost) for c in result.curves}
     total = sum(weights.values())
     reachable = sum(w * max_sparsity for w in weights.values())
     if not 0.0 <= target <= 1.0 or target * total > reachable + 1e-9:
@@ -235,6 +289,13 @@ def allocate_sparsity(result: SensitivityResult, target: float, cost: str = "par
     by_count = sum(int(round(sparsity[c.unit] * c.params)) * (weights[c.unit] / c.params if c.params else 0)
                    for c in result.curves)
     return Allocation(cost, float(target), {u: float(v) for u, v in sparsity.items()}, int(round(by_count)), total)
+
+
+def _cost(curve: SensitivityCurve, cost: str) -> int:
+    """A unit's weight in the allocation: parameters, FLOPs, or latency in whole nanoseconds."""
+    if cost == "latency":
+        return int(round(curve.latency_us * 1000))
+    return curve.params if cost == "params" else curve.flops
 
 
 def apply_allocation(policy: nn.Module, result: SensitivityResult, allocation: Allocation, criterion="magnitude",
