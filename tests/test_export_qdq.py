@@ -5,38 +5,14 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
 
 from edgevla.errors import EdgevlaError
 from edgevla.export.lint import lint_qdq
-from edgevla.export.qdq import export_qdq, reference_session
+from edgevla.export.qdq import export_qdq
 from edgevla.quant import check_precision_supported, quantize_policy
-from edgevla.spec import PolicySpec, TensorSpec
 from edgevla.targets import load_target
 
-
-class SmallPolicy(nn.Module):
-    """A non-zoo policy: 2-D Linear (Gemm), 3-D Linear (MatMul), a LayerNorm pair."""
-
-    def __init__(self):
-        super().__init__()
-        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 32), low=-1, high=1),),
-                               action=TensorSpec("a", (2, 3)))
-        self.ln = nn.LayerNorm(32)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 6)
-
-    def forward(self, x):
-        h = x + self.fc2(torch.relu(self.fc1(self.ln(x))))
-        return self.head(h.mean(dim=1)).reshape(-1, 2, 3)
-
-
-def _parity(model, path, obs):
-    y = reference_session(path).run(None, obs)[0]
-    with torch.no_grad():
-        ref = model(*(torch.from_numpy(v) for v in obs.values())).numpy()
-    return float(np.abs(y - ref).max())
+from user_policies import SmallPolicy, onnx_parity
 
 
 # Tolerance: the integer codes and scales are identical; what differs is float summation order
@@ -52,12 +28,12 @@ def test_small_policy_ort_matches_fake_quant(tmp_path, fmt):
     r = quantize_policy(policy, fmt, calibration=calib, group_size=32, smoothquant_alpha=0.5)
     path = export_qdq(r.model, tmp_path / f"{fmt}.onnx")
     assert lint_qdq(path) == []
-    assert _parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-3
+    assert onnx_parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-3
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "DequantizeLinear" in ops and (("QuantizeLinear" in ops) == (fmt == "w8a8"))
 
 
-def test_tiny_vla_w8a8_ort_parity(tmp_path):
+def test_tiny_vla_w8a8_ortonnx_parity(tmp_path):
     from edgevla.models.zoo import load_policy
 
     policy = load_policy("tiny-vla").policy
@@ -68,7 +44,7 @@ def test_tiny_vla_w8a8_ort_parity(tmp_path):
     # Through 12+ quantized layers one activation on a rounding tie that ORT and PyTorch round apart
     # (different division instructions) moves later codes too: measured ~9e-3 in normalized
     # actions (action_std ~0.04, so ~4e-4 in real units); without W8A8 ties the codes agree exactly.
-    assert _parity(r.model, path, policy.spec.example(4, seed=5)) < 2e-2
+    assert onnx_parity(r.model, path, policy.spec.example(4, seed=5)) < 2e-2
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     # MatMul holds W^T (in, out): per-channel axis 1; Gemm transB=1 holds W: axis 0.

@@ -11,37 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgevla.export.lint import lint_qdq
-from edgevla.export.qdq import export_qdq, reference_session
+from edgevla.export.qdq import export_qdq
 from edgevla.quant import quantize_policy
-from edgevla.spec import PolicySpec, TensorSpec
+
+from user_policies import SmallPolicy, onnx_parity
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-class SmallPolicy(nn.Module):
-    """A non-zoo policy: 2-D Linear (Gemm), 3-D Linear (MatMul), a LayerNorm, a ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 32), low=-1, high=1),),
-                               action=TensorSpec("a", (2, 3)))
-        self.ln = nn.LayerNorm(32)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 6)
-
-    def forward(self, x):
-        h = x + self.fc2(torch.relu(self.fc1(self.ln(x))))
-        return self.head(h.mean(dim=1)).reshape(-1, 2, 3)
-
-
-def _parity(model, path, obs):
-    y = reference_session(path).run(None, obs)[0]
-    with torch.no_grad():
-        ref = model(*(torch.from_numpy(v) for v in obs.values())).numpy()
-    return float(np.abs(y - ref).max())
-
-
 
 
 class TablePolicy(SmallPolicy):
@@ -69,7 +44,7 @@ def test_formats_with_float_storage_match_fake_quant(tmp_path, fmt, storage):
     r = quantize_policy(policy, fmt, batches=[(torch.from_numpy(obs["x"]),)], group_size=32, float_dtype=storage)
     path = export_qdq(r.model, tmp_path / f"{fmt}.onnx", float_dtype=storage)
     assert lint_qdq(path) == []
-    assert _parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-4
+    assert onnx_parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-4
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     assert r.tables == ["pos"] and inits["pos_quantized"].data_type == TensorProto.INT8  # the table: int8 + DQ
@@ -91,7 +66,7 @@ def test_fp8_relu_model_matches_in_the_reference_session(tmp_path):
     policy = SmallPolicy().eval()
     r = quantize_policy(policy, "fp8", batches=[(torch.from_numpy(policy.spec.example(32, seed=1)["x"]),)])
     path = export_qdq(r.model, tmp_path / "fp8.onnx")
-    assert _parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-4
+    assert onnx_parity(r.model, path, policy.spec.example(4, seed=2)) < 1e-4
 
 
 def test_fp8_quantizes_activations_with_e4m3_zero_points(tmp_path):

@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 from edgevla import native
 from edgevla.backends import NativeRunner, make_runner
@@ -37,8 +36,9 @@ from edgevla.pipeline import action_fn, heldout_observations, task_for
 from edgevla.quant import quantize_policy
 from edgevla.runtime import NativeModel
 from edgevla.runtime.blas import get_blas_threads
-from edgevla.spec import PolicySpec, TensorSpec
 from edgevla.task import evaluate
+
+from user_policies import SmallPolicy
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +90,6 @@ def test_closed_loop_success_equals_onnxruntime(bundle):
         with make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=1) as runner:
             results[backend] = evaluate(action_fn(runner), task, episodes=50, seed=10_000).success_rate
     assert results["native"] > 0.5 and abs(results["native"] - results["onnxruntime"]) <= 0.01, results
-
-
-class SmallPolicy(nn.Module):
-    """A user's policy, not from the zoo: LayerNorm, ReLU MLP with a residual, mean pooling, Gemm head."""
-
-    def __init__(self):
-        super().__init__()
-        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 32), low=-1, high=1),),
-                               action=TensorSpec("a", (2, 3)))
-        self.ln = nn.LayerNorm(32)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 6)
-
-    def forward(self, x):
-        h = x + self.fc2(torch.relu(self.fc1(self.ln(x))))
-        return self.head(h.mean(dim=1)).reshape(-1, 2, 3)
 
 
 @pytest.fixture(scope="module")
