@@ -185,3 +185,18 @@ def test_bad_inputs_are_user_errors(inputs):
 def test_non_module_is_a_user_error():
     with pytest.raises(EdgevlaError, match="torch.nn.Module"):
         flop_report(lambda x: x, (torch.randn(1, 3),))
+
+
+@pytest.mark.parametrize("fmt, weight_bytes", [("w8a8", 1.0), ("w8a16", 1.0), ("w4a16", 0.5), ("fp8", 1.0)])
+def test_quantized_linears_cost_their_shipped_bytes_not_the_float_weight_they_keep(fmt, weight_bytes):
+    from user_policies import SmallPolicy
+
+    from edgevla.quant import quantize_policy
+
+    torch.manual_seed(0)
+    policy = SmallPolicy().eval()
+    q = quantize_policy(policy, fmt, batches=[(torch.rand(16, 6, 32) * 2 - 1,)], group_size=32).model
+    row = {r.name: r for r in flop_report(q, torch.rand(1, 6, 32)).per_layer}["fc1"]  # Linear(32, 64)
+    scales = {"w8a8": 4 * 64 + 4, "w8a16": 4 * 64, "w4a16": 4 * 64, "fp8": 4 * 64 + 4}[fmt]  # fp32 each
+    assert row.params == 32 * 64 + 64  # the layer still has as many weights
+    assert row.weight_bytes == int(32 * 64 * weight_bytes) + scales + 4 * 64  # codes, scales, fp32 bias

@@ -107,12 +107,19 @@ def _batch_one(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def _own_tensors(module: torch.nn.Module) -> tuple[int, int]:
-    """(parameter elements, parameter + buffer bytes) owned directly by ``module``."""
+    """(parameter elements, bytes) owned directly by ``module``.
+
+    Bytes are what the deployed layer stores: a module with ``shipped_bytes()``
+    (a fake-quant Linear, which also keeps its float weight) says so itself;
+    otherwise every parameter and buffer counts.
+    """
     params = list(module.parameters(recurse=False))
-    buffers = list(module.buffers(recurse=False))
     n_params = sum(p.numel() for p in params)
-    n_bytes = sum(t.numel() * t.element_size() for t in params + buffers)
-    return n_params, n_bytes
+    shipped = getattr(module, "shipped_bytes", None)
+    if callable(shipped):
+        return n_params, int(shipped())
+    buffers = list(module.buffers(recurse=False))
+    return n_params, sum(t.numel() * t.element_size() for t in params + buffers)
 
 
 # --- formulas for fused CPU kernels torch's counter has no entry for -----------------------------

@@ -167,6 +167,19 @@ class FakeQuantLinear(nn.Linear):
             return F.linear(self.training_input(x), self.training_weight().to(x.dtype), self.bias)
         return F.linear(self.quantize_input(x), self.quantized_weight().to(x.dtype), self.bias)
 
+    def shipped_bytes(self) -> int:
+        """Bytes the exported layer stores: quantized weight, scales and bias.
+
+        Not the float ``weight``, which the module keeps only for export and QAT;
+        what metrics count for memory traffic (the roofline's weight bytes).
+        """
+        tensors = list(self.buffers(recurse=False)) + ([self.bias] if self.bias is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors) + self._unbuffered_weight_bytes()
+
+    def _unbuffered_weight_bytes(self) -> int:
+        """Bytes of a stored weight that no buffer holds (computed at export, as fp8's codes are)."""
+        return 0
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.format_name}"
 
@@ -270,6 +283,9 @@ class Float8Linear(FakeQuantLinear):
         """The E4M3 weight as stored on the device: ``fp8(clamp(W / scale, ±448))``."""
         w = self.weight.detach().float() / self.weight_scale[:, None]
         return torch.clamp(w, -FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+    def _unbuffered_weight_bytes(self) -> int:
+        return self.weight.numel()  # one E4M3 byte per weight, made by weight_codes() at export
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize_fp8(x, self.input_scale)
