@@ -80,6 +80,9 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None):
         policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
         architecture = bundle.manifest["policy"].get("architecture")
         try:
+            from .quant import restore_quantized
+
+            restore_quantized(policy, tensors)  # a quantized bundle: its layers come back fake-quant
             if architecture:  # structured pruning: replay its shape changes, then load
                 from .prune.architecture import rebuild
 

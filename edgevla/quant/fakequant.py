@@ -359,6 +359,49 @@ def _fake_quant_for(linear: nn.Linear, config: QuantConfig, name: str) -> FakeQu
     raise EdgevlaError(f"unsupported quantization config {type(config).__name__}")
 
 
+def restore_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Swap, in place, the Linears whose saved state is a fake-quant layer's, so ``state_dict`` loads.
+
+    The inverse of :func:`quantize_` for a saved model (a bundle's
+    ``weights.safetensors``): each layer's format is read off the tensors it
+    saved — int8 codes with an input scale (w8a8), int8 codes alone (w8a16),
+    packed uint8 codes (w4a16, the group size from the scales' shape), an
+    input scale without codes (fp8). Scales and codes are placeholders until
+    ``model.load_state_dict(state_dict)``. Returns ``{name: format}`` of the
+    swapped layers.
+    """
+    formats = {}
+    for name, linear in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
+        codes, weight = state_dict.get(f"{name}.weight_qdata"), state_dict.get(f"{name}.weight")
+        has_input_scale = f"{name}.input_scale" in state_dict
+        if codes is None and not has_input_scale:
+            continue
+        if weight is None or f"{name}.weight_scale" not in state_dict:
+            raise EdgevlaError(f"{name}: the saved quantized layer lacks its float weight or weight scale")
+        like = _shaped_like(linear, weight)
+        if codes is None:
+            new: FakeQuantLinear = Float8Linear(like, 1.0)
+        elif codes.dtype == torch.uint8:
+            groups = state_dict[f"{name}.weight_scale"].shape[-1]
+            if groups < 1 or weight.shape[1] % groups:
+                raise EdgevlaError(f"{name}: {groups} int4 scale groups do not divide {weight.shape[1]} inputs")
+            new = Int4WeightLinear(like, weight.shape[1] // groups)
+        elif has_input_scale:
+            new = Int8ActivationInt8WeightLinear(like, 1.0)
+        else:
+            new = Int8WeightLinear(like)
+        _set_submodule(model, name, new)
+        formats[name] = new.format_name
+    return formats
+
+
+def _shaped_like(linear: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    """``linear`` itself, or a stand-in of the saved weight's shape (structured pruning shrank it)."""
+    if tuple(linear.weight.shape) == tuple(weight.shape):
+        return linear
+    return nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
