@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", help="bundle directory (default: bundles/<policy>-<target>)")
     b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
     b.add_argument("--prune", metavar="METHOD",
-                   help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A (trunk parameters "
-                        "removed); overrides the recipe's and the target's prune method")
+                   help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A[:neurons|heads|blocks] "
+                        "(trunk parameters removed); overrides the recipe's and the target's prune method")
     b.add_argument("--quantize", metavar="FORMAT",
                    help="none, w8a8, w8a16, w4a16, fp16 or fp8 (where the target runs it); overrides the "
                         "recipe's and the target's quantize.format")
@@ -114,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                          "and fp16 matmul (M = 1,16,256,1024 by default; edgevla/bench/kernels_cuda.py)")
     bp = bsub.add_parser("prune", help="each pruning method on one policy: size, FLOPs, success, recovery, latency")
     bp.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
-    bp.add_argument("--methods", default="2:4,unstructured:0.8,structured:0.5",
-                    help="comma-separated --prune shorthands (default: 2:4,unstructured:0.8,structured:0.5)")
+    bp.add_argument("--methods", default="2:4,unstructured:0.8,structured:0.5,structured:0.5:blocks",
+                    help="comma-separated --prune shorthands "
+                         "(default: 2:4,unstructured:0.8,structured:0.5,structured:0.5:blocks)")
     bp.add_argument("--target", "-t", default="x86-64-cpu",
                     help="target whose recipe defaults and channel multiple apply (default: x86-64-cpu)")
     bp.add_argument("--episodes", type=int, default=200, help="closed-loop episodes per success figure")

@@ -58,7 +58,8 @@ PRUNE_CRITERIA = ("magnitude", "taylor", "wanda")
 PRUNE_SCHEDULES = ("oneshot", "cubic")
 PRUNE_ALLOCATIONS = ("uniform", "sensitivity")
 PRUNE_ALLOCATION_COSTS = ("params", "flops", "latency")
-PRUNE_SHORTHAND = "none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1))"
+PRUNE_SHORTHAND = ("none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|blocks] "
+                   "(S, A fractions in (0, 1))")
 QUANTIZE_FORMATS = ("none", "w8a8", "w8a16", "w4a16", "fp16", "fp8")
 QUANTIZE_FLOAT_DTYPES = ("auto", "fp16", "bf16", "fp32")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -383,11 +384,17 @@ def prune_shorthand(text: str, where: str = "--prune") -> dict[str, Any]:
     """``--prune`` shorthand to recipe overrides that replace the whole method choice.
 
     ``none``, ``2:4``, ``4:8``, ``unstructured:0.8`` (weights zeroed),
-    ``structured:0.5`` (fraction of the scope's parameters removed). Every
+    ``structured:0.5`` (fraction of the scope's parameters removed; the
+    recipe's structure, neurons by default) or ``structured:0.5:blocks``. Every
     method key is set, so a recipe file's ``sparsity`` cannot outlive its method
     (nor its sensitivity ``allocation``, which only unstructured pruning uses).
     """
     word, sep, value = str(text).strip().partition(":")
+    structure = None
+    if word == "structured" and value.count(":") == 1:
+        value, _, structure = value.partition(":")
+        if structure not in PRUNE_STRUCTURES:
+            raise EdgevlaError(f"{where}: expected {PRUNE_SHORTHAND}, got {text!r}")
     overrides: dict[str, Any] = {"prune.method": "none", "prune.sparsity": 0.0, "prune.amount": 0.0}
     if not sep and word == "none":
         return overrides
@@ -401,7 +408,9 @@ def prune_shorthand(text: str, where: str = "--prune") -> dict[str, Any]:
         if 0.0 < fraction < 1.0:
             if word == "unstructured":  # a recipe's allocation (uniform or sensitivity) still applies
                 return {**overrides, "prune.method": word, "prune.sparsity": fraction}
-            return {**overrides, "prune.method": word, "prune.amount": fraction, "prune.allocation": "uniform"}
+            chosen = {"prune.structure": structure} if structure else {}
+            return {**overrides, "prune.method": word, "prune.amount": fraction, "prune.allocation": "uniform",
+                    **chosen}
     raise EdgevlaError(f"{where}: expected {PRUNE_SHORTHAND}, got {text!r}")
 
 

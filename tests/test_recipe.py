@@ -304,6 +304,7 @@ def test_prune_shorthand_keeps_a_sensitivity_allocation_only_for_unstructured(tm
 @pytest.mark.parametrize("text, method, key, value", [
     ("none", "none", None, None), ("2:4", "nm", "pattern", "2:4"), ("4:8", "nm", "pattern", "4:8"),
     ("unstructured:0.8", "unstructured", "sparsity", 0.8), ("structured:0.5", "structured", "amount", 0.5),
+    ("structured:0.5:blocks", "structured", "structure", "blocks"),
 ])
 def test_prune_shorthand_overrides_the_file_and_the_target(tmp_path, text, method, key, value):
     path = write(tmp_path, "prune: {method: unstructured, sparsity: 0.6, pattern: '4:8'}\n")
@@ -316,10 +317,12 @@ def test_prune_shorthand_overrides_the_file_and_the_target(tmp_path, text, metho
 
 
 @pytest.mark.parametrize("text", ["3:4", "2:8x", "unstructured", "unstructured:1", "unstructured:0",
-                                  "structured:-0.5", "structured:half", "magnitude:0.5", ""])
+                                  "structured:-0.5", "structured:half", "magnitude:0.5", "",
+                                  "structured:0.5:channels", "structured:0.5:blocks:2", "unstructured:0.5:blocks"])
 def test_bad_prune_shorthand_is_one_line(text):
     assert error_of(prune_shorthand, text) == (
-        f"--prune: expected none, 2:4, 4:8, unstructured:S or structured:A (S, A fractions in (0, 1)), got {text!r}")
+        "--prune: expected none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|blocks] "
+        f"(S, A fractions in (0, 1)), got {text!r}")
 
 
 # --- one-line errors -----------------------------------------------------------------------------------
