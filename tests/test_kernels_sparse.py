@@ -482,12 +482,14 @@ _FUZZ = textwrap.dedent("""
 """)
 
 
-def test_garbage_bodies_behind_a_valid_header_never_crash():
+def test_garbage_bodies_behind_a_valid_header_never_crash(tmp_path):
     """Offsets, counts and positions in the body are clamped or masked by every kernel.
 
-    Run in a child process, so a crash fails this test instead of the session.
+    Run in a child process, so a crash fails this test instead of the session; outside
+    the checkout, whose source tree would shadow the installed package.
     """
-    result = subprocess.run([sys.executable, "-c", _FUZZ], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", _FUZZ], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "survived"
 
