@@ -85,55 +85,42 @@ class SensitivityResult:
         return cls(data["structure"], float(data["base_success"]), curves)
 
 
-def _layer_flops(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch.Tensor]) -> dict[str, int]:
+def _linear_inputs(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch.Tensor]) -> dict[str, list]:
+    """The input of every call of each named layer during one batch-1 forward of ``model``."""
+    modules = dict(model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    handles = [modules[name].register_forward_pre_hook(lambda _m, args, name=name: seen[name].append(args[0]))
+               for name in seen]
+    try:
+        with torch.no_grad():
+            model(*(x[:1] for x in inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _layer_flops(model: nn.Module, seen: Mapping[str, list[torch.Tensor]]) -> dict[str, int]:
     """2 x in x out x rows each Linear computes for one sample (rows: the tokens it sees)."""
-    modules = dict(model.named_modules())
-    rows: dict[str, int] = {}
-    handles = []
-    for name in layers:
-        def count(_m, args, _out, name=name):
-            rows[name] = rows.get(name, 0) + int(np.prod(args[0].shape[:-1]))
-        handles.append(modules[name].register_forward_hook(count))
-    try:
-        with torch.no_grad():
-            model(*(x[:1] for x in inputs))
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: 2 * modules[n].weight.numel() * rows.get(n, 0) for n in layers}
+    return {n: 2 * model.get_submodule(n).weight.numel() * sum(int(np.prod(x.shape[:-1])) for x in xs)
+            for n, xs in seen.items()}
 
 
-def _layer_latency_us(model: nn.Module, layers: Iterable[str], inputs: Sequence[torch.Tensor],
-                      runs: int = 30) -> dict[str, float]:
-    """Median microseconds of each Linear alone, at batch 1, on the input it receives in the policy."""
-    modules = dict(model.named_modules())
-    seen: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in layers:
-        def keep(_m, args, name=name):
-            seen.setdefault(name, args[0].detach().clone())
-        handles.append(modules[name].register_forward_pre_hook(keep))
-    try:
-        with torch.no_grad():
-            model(*(x[:1] for x in inputs))
-    finally:
-        for h in handles:
-            h.remove()
+def _layer_latency_us(model: nn.Module, seen: Mapping[str, list[torch.Tensor]], runs: int = 30) -> dict[str, float]:
+    """Median microseconds each Linear spends on its inputs of one batch-1 forward, run alone."""
     latency = {}
     with torch.no_grad():
-        for name in layers:
-            layer, x = modules[name], seen.get(name)
-            if x is None:  # not reached by this forward: it costs nothing at run time
-                latency[name] = 0.0
-                continue
-            for _ in range(3):
+        for name, xs in seen.items():
+            layer = model.get_submodule(name)
+            for x in xs[:1] * 3:  # warm-up
                 layer(x)
             times = []
             for _ in range(runs):
                 start = time.perf_counter()
-                layer(x)
+                for x in xs:
+                    layer(x)
                 times.append(time.perf_counter() - start)
-            latency[name] = float(np.median(times) * 1e6)
+            latency[name] = float(np.median(times) * 1e6) if xs else 0.0  # never called: costs nothing
     return latency
 
 
@@ -189,8 +176,8 @@ def layer_sensitivity(policy: nn.Module, sparsities: Sequence[float] = (0.25, 0.
             return closed_loop_success(p, episodes=episodes, seed=seed)
     heldout = heldout if heldout is not None else heldout_batch(policy, 128)
     chosen = _units(policy, units, scope)
-    flops = _layer_flops(policy, [n for ls in chosen.values() for n in ls], heldout[0])
-    latency = _layer_latency_us(policy, [n for ls in chosen.values() for n in ls], heldout[0])
+    seen = _linear_inputs(policy, [n for ls in chosen.values() for n in ls], heldout[0])
+    flops, latency = _layer_flops(policy, seen), _layer_latency_us(policy, seen)
     crit = make_criterion(criterion, policy, calibration)
     layers = prunable_linears(policy)
     policy.eval()
