@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 from edgevla.backends import TensorRTRunner, make_runner
 from edgevla.bundle import inspect_bundle
@@ -47,6 +46,8 @@ from edgevla.export.tensorrt import main as tensorrt_main
 from edgevla.quant import quantize_policy
 from edgevla.spec import PolicySpec, TensorSpec
 from edgevla.targets import list_targets, load_target
+
+from user_policies import SmallPolicy
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -202,25 +203,10 @@ def test_plan_round_trips_and_refuses_a_tampered_one():
 # --------------------------------------------------------------------------- the ONNX model TensorRT takes
 
 
-class SmallPolicy(nn.Module):
-    """Two MatMul layers (3-D input) and a Gemm head, with a LayerNorm: what TensorRT sees of a transformer."""
-
-    def __init__(self):
-        super().__init__()
-        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 32), low=-1, high=1),), action=TensorSpec("a", (2, 3)))
-        self.ln = nn.LayerNorm(32)
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 6)
-
-    def forward(self, x):
-        h = x + self.fc2(torch.relu(self.fc1(self.ln(x))))
-        return self.head(h.mean(dim=1)).reshape(-1, 2, 3)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, torch_one_thread):
-    """The float and the w8a8 Q/DQ ONNX models of SmallPolicy."""
+    """The float and the w8a8 Q/DQ ONNX models of SmallPolicy: two MatMuls (3-D input), a Gemm head and a
+    LayerNorm, what TensorRT sees of a transformer."""
     folder = tmp_path_factory.mktemp("trt-models")
     torch.manual_seed(0)
     policy = SmallPolicy().eval()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from user_policies import SmallPolicy
 
 from edgevla.errors import EdgevlaError
 from edgevla.quant import quantize_policy, restore_quantized
+
+from user_policies import SmallPolicy
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
