@@ -10,6 +10,7 @@
 #pragma once
 
 #include "gemm_s8s8.h"
+#include "layer_norm_s8.h"
 #include "packed_formats.h"
 
 #include <cstdint>
@@ -47,6 +48,17 @@ using GemmPackedS8F32Kernel = void (*)(const GemmPackedArgs& args, int64_t row_b
 // *scale and returns true, or returns false without writing q when the row
 // holds a NaN or an infinity.
 using QuantizeRowKernel = bool (*)(int64_t k, const float* x, int8_t* q, float* scale);
+
+// LayerNorm + static int8 quantization and the quantization alone
+// (layer_norm_s8.h): all rows of args.
+using LayerNormS8Kernel = int64_t (*)(const LayerNormS8Args& args);
+using QuantizeS8Kernel = void (*)(const QuantizeS8Args& args);
+int64_t layer_norm_s8_generic(const LayerNormS8Args& args);
+int64_t layer_norm_s8_avx2(const LayerNormS8Args& args);
+int64_t layer_norm_s8_avx512(const LayerNormS8Args& args);
+void quantize_s8_generic(const QuantizeS8Args& args);
+void quantize_s8_avx2(const QuantizeS8Args& args);
+void quantize_s8_avx512(const QuantizeS8Args& args);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

@@ -8,17 +8,25 @@
 namespace edgevla {
 namespace {
 
-// Below this many multiply-adds a GEMM runs on the calling thread: waking the
-// workers costs more than it saves.
-constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
+// The least work per GEMM thread (cpu_ops.h), kDefaultMinMacsPerThread unless set.
+std::atomic<int64_t> g_min_macs_per_thread{kDefaultMinMacsPerThread};
 // Multiply-adds of one sparse slot (16 lanes) and of one 2:4 cell (16
 // channels x 8 kept values).
 constexpr int64_t kSparseMacsPerSlot = EDGEVLA_PACKED_SPARSE_SLICE;
 constexpr int64_t k2to4MacsPerCell = EDGEVLA_PACKED_2TO4_BLOCK_N * 8;
-// Below this many elements quantization runs on the calling thread.
-constexpr int64_t kMinParallelElements = int64_t{1} << 15;
+// Each thread of a quantization gets at least this many elements.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
 
 int64_t split_point(int64_t units, int part, int parts) { return units * part / parts; }
+
+// How many threads share `work` split into `units` pieces: at most one per
+// unit and per thread, each with at least `min_per_thread` of the work.
+int split_count(int64_t work, int64_t min_per_thread, int64_t units, int threads) {
+    int64_t parts = work / min_per_thread;
+    parts = parts < units ? parts : units;
+    parts = parts < threads ? parts : threads;
+    return parts < 1 ? 1 : static_cast<int>(parts);
+}
 
 // One packed GEMM split into tiles of rows x output blocks.
 template <typename Args>
@@ -51,7 +59,7 @@ void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n_bl
     // thread then streams only its own slice of the weights.
     const bool split_rows = n_blocks < threads && m > n_blocks;
     const int64_t units = split_rows ? m : n_blocks;
-    const int parts = macs < kMinParallelMacs ? 1 : static_cast<int>(units < threads ? units : threads);
+    const int parts = gemm_part_count(macs, units, threads);
     GemmJob<Args> job{&args, kernel, m, n_blocks, split_rows};
     pool.run(parts, run_gemm_part<Args>, &job);
 }
@@ -78,6 +86,14 @@ void run_quantize_part(void* context, int part, int parts) {
 }
 
 }  // namespace
+
+void set_min_macs_per_thread(int64_t macs) { g_min_macs_per_thread.store(macs < 1 ? 1 : macs); }
+
+int64_t min_macs_per_thread() { return g_min_macs_per_thread.load(); }
+
+int gemm_part_count(int64_t macs, int64_t units, int threads) {
+    return split_count(macs, g_min_macs_per_thread.load(std::memory_order_relaxed), units, threads);
+}
 
 void gemm_packed_s8_f32(const GemmPackedArgs& args) {
     if (args.w.n == 0) return;
@@ -115,7 +131,7 @@ int64_t quantize_per_token(int64_t m, int64_t k, const float* x, int64_t ldx, in
     ThreadPool& pool = ThreadPool::global();
     const int threads = pool.num_threads();
     QuantizeJob job{m, k, ldx, ldq, x, q, scale, active_isa().quantize_row, {-1}};
-    const int parts = m * k < kMinParallelElements ? 1 : static_cast<int>(m < threads ? m : threads);
+    const int parts = split_count(m * k, kMinElementsPerThread, m, threads);
     if (m > 0) pool.run(parts, run_quantize_part, &job);
     return job.first_bad_row.load();
 }

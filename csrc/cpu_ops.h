@@ -9,6 +9,21 @@
 
 namespace edgevla {
 
+// Each thread of a GEMM gets at least this many multiply-adds (2^24, about
+// 80 us on one AVX-512 VNNI core), so a GEMM smaller than twice this runs on
+// the calling thread: small-vla's M = 32 layers (4.7M to 18.9M multiply-adds)
+// measured no faster split over 2 threads (0.9x to 1.0x on the 2-vCPU build
+// machine), and waking a worker costs ~3 us. Settable (>= 1): tests lower it
+// to split small shapes, and a many-core target may want it lower.
+constexpr int64_t kDefaultMinMacsPerThread = int64_t{1} << 24;
+void set_min_macs_per_thread(int64_t macs);
+int64_t min_macs_per_thread();
+
+// How many threads a GEMM of `macs` multiply-adds over `units` tiles gets
+// from a pool of `threads`: at most one per tile and per thread, each with at
+// least min_macs_per_thread() of the work (1 at least).
+int gemm_part_count(int64_t macs, int64_t units, int threads);
+
 // C = epilogue(A * W^T) for a validated packed W.
 void gemm_packed_s8_f32(const GemmPackedArgs& args);
 void gemm_sparse_f32(const GemmSparseF32Args& args);

@@ -25,6 +25,8 @@ struct IsaKernels {
     TileKernel<Gemm2to4F32Args> gemm_2to4_f32;
     TileKernel<Gemm2to4S8Args> gemm_2to4_s8;
     TileKernel<GemmW4F32Args> gemm_w4_f32;
+    LayerNormS8Kernel layer_norm_s8;
+    QuantizeS8Kernel quantize_s8;
 };
 
 struct IsaKernelList {

@@ -68,6 +68,39 @@ static inline float edgevla_gelu_tanh_f32(float x) {
     return (0.5f * x) * (1.0f + t);
 }
 
+/* GELU, exact form x * Phi(x) = x * 0.5 * (1 + erf(x / sqrt 2)), evaluated as
+ *   u = min(x * x, 36)
+ *   h = x * s(u)                 s: degree-6 polynomial in u, Horner, below
+ *   t = tanh(h)                  edgevla_tanh_f32
+ *   v = x * (0.5 + 0.5 * t)
+ * because Phi(x) = (1 + tanh(a(x) / 2)) / 2 with a = logit(Phi), odd and
+ * smooth: a(x) / 2 = x * s(x^2). s is the least-squares fit (weighted towards
+ * minimax) on |x| <= 6 that edgevla/runtime/activations.py uses, halved;
+ * beyond |x| = 6 tanh has reached +-1 in float32. Within 2.2e-7 of the exact
+ * value relative to max(1, |x|) (tests/test_kernels_int8.py measures it
+ * against math.erf). x * x overflowing to inf is held at 36; NaN stays NaN,
+ * -inf gives NaN and +inf gives +inf, as x * Phi(x) does. */
+#define EDGEVLA_GELU_ERF_U_MAX 36.0f
+#define EDGEVLA_GELU_ERF_S0 0.7978853075818515f
+#define EDGEVLA_GELU_ERF_S1 0.03633206480652851f
+#define EDGEVLA_GELU_ERF_S2 -3.1741427596756356e-05f
+#define EDGEVLA_GELU_ERF_S3 -5.560397099001033e-05f
+#define EDGEVLA_GELU_ERF_S4 4.012604622895903e-06f
+#define EDGEVLA_GELU_ERF_S5 -1.3573073726008966e-07f
+#define EDGEVLA_GELU_ERF_S6 1.846670467594924e-09f
+
+static inline float edgevla_gelu_erf_f32(float x) {
+    const float u = edgevla_min_f32(x * x, EDGEVLA_GELU_ERF_U_MAX);
+    float s = u * EDGEVLA_GELU_ERF_S6 + EDGEVLA_GELU_ERF_S5;
+    s = u * s + EDGEVLA_GELU_ERF_S4;
+    s = u * s + EDGEVLA_GELU_ERF_S3;
+    s = u * s + EDGEVLA_GELU_ERF_S2;
+    s = u * s + EDGEVLA_GELU_ERF_S1;
+    s = u * s + EDGEVLA_GELU_ERF_S0;
+    const float t = edgevla_tanh_f32(x * s);
+    return x * (0.5f + 0.5f * t);
+}
+
 static inline float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
 
 /* The epilogue's activation on one value: what every kernel's vector version mirrors. */
@@ -76,6 +109,7 @@ static inline float edgevla_activate_f32(edgevla_activation activation, float v)
         case EDGEVLA_ACTIVATION_NONE: return v;
         case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
         case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
+        case EDGEVLA_ACTIVATION_GELU_ERF: return edgevla_gelu_erf_f32(v);
     }
     return v;
 }

@@ -39,7 +39,9 @@ typedef enum edgevla_act_scale_mode {
 typedef enum edgevla_activation {
     EDGEVLA_ACTIVATION_NONE = 0,
     EDGEVLA_ACTIVATION_RELU = 1,
-    EDGEVLA_ACTIVATION_GELU_TANH = 2 /* GELU, tanh form (PyTorch approximate="tanh") */
+    EDGEVLA_ACTIVATION_GELU_TANH = 2, /* GELU, tanh form (PyTorch approximate="tanh") */
+    EDGEVLA_ACTIVATION_GELU_ERF = 3   /* GELU, exact erf form (ONNX Gelu, PyTorch's default); CPU
+                                         kernels only: the CUDA bindings reject it */
 } edgevla_activation;
 
 /* Dequantization epilogue of the float output, evaluated in float32 in

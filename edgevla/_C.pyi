@@ -108,8 +108,8 @@ def gemm_s8s8_f32_ref(
     ``out[m, n] = float32(acc[m, n]) * (a_scale[m or 0] * w_scale[n]) + bias[n]``,
     evaluated in float32, where ``acc = a @ w.T`` in int32. w_scale: float32
     (N,). a_scale: float32, 1 value (0-D or (1,)) for per-tensor or (M,) for
-    per-token scales. bias: float32 (N,) or None. act: "none", "relu" or
-    "gelu_tanh", applied last. out as in gemm_s8s8_s32_ref, float32.
+    per-token scales. bias: float32 (N,) or None. act: "none", "relu",
+    "gelu_tanh" or "gelu_erf" (CPU only), applied last. out as in gemm_s8s8_s32_ref, float32.
     """
 
 def pack_weight_s8(w: Buffer, w_scale: Buffer) -> NDArray[np.uint8]:
@@ -129,6 +129,22 @@ def gemm_s8s8_f32(
 def quantize_per_token(x: Buffer) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
     """float32 (M, K) -> (q int8 (M, K), scale float32 (M,)), symmetric per row; ValueError on NaN/inf."""
 
+def layer_norm_s8(
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, scale: float, out: Buffer | None = None
+) -> NDArray[np.int8]:
+    """LayerNorm of float32 x (M, K) rows, then int8 codes clamp(rint(y / scale), -128, 127); ValueError on NaN/inf rows."""
+
+def layer_norm_s8_ref(
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, scale: float, out: Buffer | None = None
+) -> NDArray[np.int8]:
+    """The scalar reference of layer_norm_s8: identical codes."""
+
+def quantize_s8(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
+    """float32 (M, K) -> int8 clamp(rint(x / scale), -128, 127), as QuantizeLinear with zero point 0."""
+
+def quantize_s8_ref(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
+    """The scalar reference of quantize_s8: identical codes."""
+
 def set_isa(name: str) -> None:
     """Forces one ISA's kernels ("generic", "avx2", "avx512_vnni", "neon_dot") or "auto"; ValueError if unavailable."""
 
@@ -146,6 +162,14 @@ def set_num_threads(threads: int) -> None:
 
 def get_num_threads() -> int:
     """The kernel thread count (default: the machine's hardware threads)."""
+
+DEFAULT_MIN_MACS_PER_THREAD: int
+
+def set_min_macs_per_thread(macs: int) -> None:
+    """The least work (multiply-adds) each thread of a packed GEMM gets; ValueError below 1."""
+
+def get_min_macs_per_thread() -> int:
+    """The least work (multiply-adds) each thread of a packed GEMM gets."""
 
 def pack_sparse_f32(w: Buffer) -> NDArray[np.uint8]:
     """Packs the non-zeros of a float32 (N, K) weight into SPARSE_F32_N16W32 (csrc/packed_formats.h)."""

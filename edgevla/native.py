@@ -71,6 +71,9 @@ GEMM_S8S8_MAX_K = (2**31 - 1) // (128 * 128)
 #: linear layer, and small enough that no size in a layout can overflow.
 PACKED_F32_MAX_K = 2**24
 
+#: Default least work per GEMM thread, in multiply-adds (see :func:`set_min_macs_per_thread`).
+DEFAULT_MIN_MACS_PER_THREAD = 2**24
+
 
 def available() -> bool:
     """Whether the compiled module imported (it is absent only in a broken install)."""
@@ -165,9 +168,11 @@ def gemm_s8s8_f32_ref(
         a_scale: float32; one value (a 0-D array or shape (1,)) for a
             per-tensor scale, or shape (M,) for one scale per token (row of a).
         bias: float32 (N,), or None.
-        act: ``"none"``, ``"relu"`` or ``"gelu_tanh"`` (GELU in its tanh form,
+        act: ``"none"``, ``"relu"``, ``"gelu_tanh"`` (GELU in its tanh form,
             PyTorch's ``approximate="tanh"``, with tanh evaluated by a rational
-            approximation within a few ulp; csrc/epilogue_math.h).
+            approximation within a few ulp; csrc/epilogue_math.h) or
+            ``"gelu_erf"`` (exact GELU, ONNX ``Gelu``: within 2.2e-7 of
+            ``x * Phi(x)`` relative to ``max(1, |x|)``; CPU kernels only).
         out: optional float32 (M, N) array to write into, as in
             :func:`gemm_s8s8_s32_ref`.
 
@@ -220,6 +225,46 @@ def quantize_per_token(x: Any) -> tuple[np.ndarray, np.ndarray]:
     return _compiled().quantize_per_token(x)
 
 
+def layer_norm_s8(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None) -> np.ndarray:
+    """LayerNorm over each row, then static int8 quantization: ``LayerNormalization -> QuantizeLinear``.
+
+    Args:
+        x: float32 (M, K), K >= 1, rows contiguous (any row stride).
+        gamma: float32 (K,); beta: float32 (K,) or None.
+        epsilon: added to the variance (finite, >= 0).
+        scale: the per-tensor quantization scale (finite, > 0 in float32).
+        out: optional int8 (M, K) to write into, disjoint from the inputs.
+
+    ``q = clamp(round_half_even(((x - mean) * inv) * gamma + beta) / scale), -128, 127)`` with
+    ``inv = 1 / sqrt(var + epsilon)``, statistics summed in 16 float32 lanes
+    (csrc/layer_norm_s8.h spells the order out): the codes are identical to
+    :func:`layer_norm_s8_ref`. Raises ValueError when a row's statistics are
+    not finite (a NaN or an infinity in it). Returns ``out``, or a new int8 (M, K) array.
+    """
+    return _compiled().layer_norm_s8(x, gamma, beta, epsilon=epsilon, scale=scale, out=out)
+
+
+def layer_norm_s8_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None) -> np.ndarray:
+    """The scalar reference of :func:`layer_norm_s8` (same arguments, identical codes)."""
+    return _compiled().layer_norm_s8_ref(x, gamma, beta, epsilon=epsilon, scale=scale, out=out)
+
+
+def quantize_s8(x: Any, *, scale: float, out: Any = None) -> np.ndarray:
+    """Static int8 quantization with one per-tensor scale, as ``QuantizeLinear`` with a zero point of 0.
+
+    ``q = clamp(round_half_even(x / scale), -128, 127)`` for float32 ``x`` (M, K)
+    (rows contiguous, any row stride); NaN gives -128. ``scale`` must be finite
+    and > 0 in float32; ``out`` an optional int8 (M, K), disjoint from ``x``.
+    Identical to :func:`quantize_s8_ref` on every ISA. Returns ``out``, or a new int8 (M, K) array.
+    """
+    return _compiled().quantize_s8(x, scale=scale, out=out)
+
+
+def quantize_s8_ref(x: Any, *, scale: float, out: Any = None) -> np.ndarray:
+    """The scalar reference of :func:`quantize_s8` (same arguments, identical codes)."""
+    return _compiled().quantize_s8_ref(x, scale=scale, out=out)
+
+
 def set_isa(name: str) -> None:
     """Forces the kernels of one instruction set, for tests and benchmarks.
 
@@ -260,6 +305,24 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The kernels' thread count."""
     return _compiled().get_num_threads()
+
+
+def set_min_macs_per_thread(macs: int) -> None:
+    """Sets the least work each thread of a packed GEMM gets, in multiply-adds (>= 1).
+
+    A GEMM of W multiply-adds runs on at most ``W // macs`` threads (at least
+    one, at most :func:`get_num_threads`). The default,
+    ``DEFAULT_MIN_MACS_PER_THREAD`` = 2**24 (~80 us on one AVX-512 VNNI core),
+    keeps small-vla's M = 32 layers on the calling thread, where a split was
+    measured no faster; a many-core target may want less, and tests set 1 to
+    split small shapes. ValueError below 1.
+    """
+    _compiled().set_min_macs_per_thread(macs)
+
+
+def get_min_macs_per_thread() -> int:
+    """The least work each thread of a packed GEMM gets (see :func:`set_min_macs_per_thread`)."""
+    return _compiled().get_min_macs_per_thread()
 
 
 # ------------------------------------------------------- compressed weights --
@@ -355,7 +418,7 @@ def gemm_sparse_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none",
         x: float32 (M, K) activations (rows contiguous, any row stride).
         packed: from :func:`pack_sparse_f32`; validated, K must match ``x``.
         bias: float32 (N,) or None.
-        act: ``"none"``, ``"relu"`` or ``"gelu_tanh"``.
+        act: ``"none"``, ``"relu"``, ``"gelu_tanh"`` or ``"gelu_erf"``.
         out: optional float32 (M, N) to write into, disjoint from the inputs.
 
     Sums run in float32 in the kernel's order: the result is within float32

@@ -7,8 +7,9 @@ as uint32 bit patterns), for every activation. The int32 accumulators are
 checked exact separately: with unit scales and no bias the output is
 float32(acc), compared with float32 of an int64 NumPy product. GELU itself is
 compared with float64 GELU within 1e-5 relative (the tanh is a rational
-approximation). Outputs are poisoned before each call and followed by guard
-values checked afterwards.
+approximation), exact (erf) GELU with math.erf within 3e-7 of max(1, |x|).
+Outputs are poisoned before each call and followed by guard values checked
+afterwards.
 """
 
 from __future__ import annotations
@@ -30,8 +31,20 @@ from edgevla import native
 POISON_BITS = np.uint32(0x7FC0DEAD)  # a quiet NaN with a recognisable payload
 GUARD = 29
 ISAS = native.available_isas()
-ACTS = ["none", "relu", "gelu_tanh"]
+ACTS = ["none", "relu", "gelu_tanh", "gelu_erf"]
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _split_small_gemms():
+    """Every GEMM here is split over the threads, however small, so that the tiling is what is tested."""
+    if not native.available():
+        yield
+        return
+    native.set_min_macs_per_thread(1)
+    yield
+    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
+
 
 
 @pytest.fixture(autouse=True)
@@ -185,6 +198,49 @@ def test_relu_and_gelu_match_their_definitions():
     assert (linear < -1).any() and (linear > 1).any(), "the data should span both GELU regimes"
 
 
+def gelu_erf_grid():
+    """(a, w, w_scale, a_scale, bias) whose pre-activations a * w_scale + bias cover [-12, 12] finely, +-1e4, and
+    (a column with w_scale = inf) +inf, -inf and NaN."""
+    a = np.arange(-127, 128, dtype=np.int8).reshape(-1, 1)  # M = 255, K = 1
+    offsets = np.linspace(-6.0, 6.0, 61).astype(np.float32)
+    w_scale = np.concatenate([np.full(61, 0.05), [1e4 / 127, np.inf]]).astype(np.float32)
+    bias = np.concatenate([offsets, [0.0, 0.0]]).astype(np.float32)
+    return a, np.ones((w_scale.size, 1), np.int8), w_scale, np.float32(1.0), bias
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gelu_erf_matches_exact_gelu_on_every_isa(isa):
+    import math
+
+    a, w, w_scale, a_scale, bias = gelu_erf_grid()
+    with np.errstate(invalid="ignore"):
+        pre = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias).astype(np.float64)
+        expected = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act="gelu_erf")
+    assert_bits_equal(run_packed(isa, a, w, w_scale, a_scale, bias, "gelu_erf"), expected)
+    finite = np.isfinite(pre)
+    x = pre[finite]
+    exact = 0.5 * x * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x]))
+    error = np.abs(expected[finite] - exact) / np.maximum(1.0, np.abs(x))
+    assert error.max() < 3e-7, f"max error {error.max():.3g} relative to max(1, |x|)"
+    assert x.min() < -12 and x.max() > 12 and (np.abs(x) < 1e-3).any(), "the grid should span every regime"
+    # x * Phi(x) at the special values: +inf -> +inf, -inf -> NaN (-inf * 0), NaN -> NaN.
+    assert (pre == np.inf).sum() == 127 and (pre == -np.inf).sum() == 127 and np.isnan(pre).sum() == 1
+    assert (expected[pre == np.inf] == np.inf).all()
+    assert np.isnan(expected[pre == -np.inf]).all() and np.isnan(expected[np.isnan(pre)]).all()
+
+
+def test_gelu_erf_epilogue_agrees_with_the_runtime_numpy_gelu():
+    from edgevla.runtime.activations import gelu_erf
+
+    rng = np.random.default_rng(31)
+    a, w = random_int8(rng, (33, 95)), random_int8(rng, (70, 95))  # odd K, N past a 16-wide block
+    w_scale, a_scale = np.full(70, 2.0**-10, np.float32), rng.uniform(0.02, 0.1, 33).astype(np.float32)
+    bias = rng.normal(0, 1, 70).astype(np.float32)
+    linear = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), a_scale, bias)
+    fused = native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), a_scale, bias, act="gelu_erf")
+    np.testing.assert_allclose(fused, gelu_erf(linear), rtol=0, atol=5e-7 * max(1.0, np.abs(linear).max()))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_results_do_not_depend_on_the_thread_count(threads):
     rng = np.random.default_rng(4)
@@ -227,6 +283,22 @@ def test_default_thread_count_is_the_core_count(tmp_path):
     # cwd: a source checkout in the working directory would shadow the installed package
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert int(result.stdout) == os.cpu_count()
+
+
+def test_small_gemms_stay_on_the_calling_thread_by_default():
+    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
+    assert native.get_min_macs_per_thread() == native._compiled().DEFAULT_MIN_MACS_PER_THREAD == 2**24
+    with pytest.raises(ValueError, match="the minimum work per thread must be >= 1 multiply-add, got 0"):
+        native.set_min_macs_per_thread(0)
+    assert native.get_min_macs_per_thread() == 2**24
+    rng = np.random.default_rng(8)  # results are the same whether split or not
+    a, w = random_int8(rng, (33, 384)), random_int8(rng, (1536, 384))
+    w_scale = rng.uniform(1e-3, 1e-2, 1536).astype(np.float32)
+    packed, expected = native.pack_weight_s8(w, w_scale), native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.02))
+    native.set_num_threads(2)
+    for minimum in (2**24, 1):
+        native.set_min_macs_per_thread(minimum)
+        assert_bits_equal(native.gemm_s8s8_f32(a, packed, np.float32(0.02)), expected)
 
 
 def test_bad_thread_counts_raise():
@@ -373,7 +445,7 @@ BAD_GEMM_ARGS = {
     "bias length": (ValueError, "bias must hold one value per output channel (N = 5), got 4",
                     lambda a, p: dict(bias=np.ones(4, np.float32))),
     "bias float64": (TypeError, "bias must have dtype float32, got float64", lambda a, p: dict(bias=np.ones(5))),
-    "unknown act": (ValueError, "act must be 'none', 'relu' or 'gelu_tanh', got 'gelu'", lambda a, p: dict(act="gelu")),
+    "unknown act": (ValueError, "act must be 'none', 'relu', 'gelu_tanh' or 'gelu_erf', got 'gelu'", lambda a, p: dict(act="gelu")),
     "act not a string": (TypeError, "act must be a string", lambda a, p: dict(act=1)),
     "out shape": (ValueError, "out must have shape (M, N) = (3, 5)", lambda a, p: dict(out=np.zeros((5, 3), np.float32))),
     "out over packed": (ValueError, "out must not share memory with the input packed",

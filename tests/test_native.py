@@ -37,6 +37,18 @@ FLOAT_POISON_BITS = np.uint32(0x7FC0DEAD)  # a quiet NaN with a recognisable pay
 GUARD = 37  # extra elements after every output
 
 
+@pytest.fixture(autouse=True)
+def _split_small_gemms():
+    """Every GEMM here is split over the threads, however small, so that the tiling is what is tested."""
+    if not native.available():
+        yield
+        return
+    native.set_min_macs_per_thread(1)
+    yield
+    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
+
+
+
 # ----------------------------------------------------------------- helpers ---
 
 def random_int8(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -582,3 +594,7 @@ def test_the_native_test_scripts_compile_what_cmake_compiles():
         listed |= set(isa_files)
     assert listed == expected
     assert all((REPO / "csrc" / path).is_file() for path in listed)
+    no_trapping = sources(cmake, "set(edgevla_no_trapping_math_sources")
+    assert sources(script, "NO_TRAPPING_MATH_SOURCES=(") == no_trapping and set(no_trapping) <= listed
+    assert 'set_property(SOURCE ${edgevla_no_trapping_math_sources} APPEND PROPERTY COMPILE_OPTIONS ' \
+           '"-fno-trapping-math")' in cmake

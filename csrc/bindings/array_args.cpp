@@ -185,21 +185,23 @@ void check_disjoint(const ArrayArg& out, std::initializer_list<const ArrayArg*> 
 
 edgevla_activation activation_arg(py::handle obj) {
     if (!py::isinstance<py::str>(obj)) {
-        fail_type(std::string("act must be a string ('none', 'relu' or 'gelu_tanh'), got ") + Py_TYPE(obj.ptr())->tp_name);
+        fail_type(std::string("act must be a string ('none', 'relu', 'gelu_tanh' or 'gelu_erf'), got ") + Py_TYPE(obj.ptr())->tp_name);
     }
     const std::string name = obj.cast<std::string>();
     if (name == "none") return EDGEVLA_ACTIVATION_NONE;
     if (name == "relu") return EDGEVLA_ACTIVATION_RELU;
     if (name == "gelu_tanh") return EDGEVLA_ACTIVATION_GELU_TANH;
-    fail_value("act must be 'none', 'relu' or 'gelu_tanh', got '" + name + "'");
+    if (name == "gelu_erf") return EDGEVLA_ACTIVATION_GELU_ERF;
+    fail_value("act must be 'none', 'relu', 'gelu_tanh' or 'gelu_erf', got '" + name + "'");
 }
 
 OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,
                      std::initializer_list<const ArrayArg*> inputs) {
     if (out.is_none()) {
         const std::vector<py::ssize_t> shape{rows, cols};
-        py::array fresh = scalar == Scalar::int32 ? py::array(py::array_t<int32_t>(shape))
-                                                  : py::array(py::array_t<float>(shape));
+        py::array fresh = scalar == Scalar::int32  ? py::array(py::array_t<int32_t>(shape))
+                          : scalar == Scalar::int8 ? py::array(py::array_t<int8_t>(shape))
+                                                   : py::array(py::array_t<float>(shape));
         ArrayArg array = matrix_arg(fresh, "out", "(M, N)", scalar, Access::write);
         return {std::move(fresh), std::move(array)};
     }

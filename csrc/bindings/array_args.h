@@ -62,8 +62,8 @@ struct OutputArg {
     ArrayArg array;
 };
 
-// The epilogue activation named by a Python string: "none", "relu" or
-// "gelu_tanh" (ValueError otherwise, TypeError for a non-string).
+// The epilogue activation named by a Python string: "none", "relu",
+// "gelu_tanh" or "gelu_erf" (ValueError otherwise, TypeError for a non-string).
 edgevla_activation activation_arg(py::handle obj);
 
 OutputArg output_arg(py::handle out, Scalar scalar, int64_t rows, int64_t cols,

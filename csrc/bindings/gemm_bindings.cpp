@@ -104,7 +104,7 @@ void register_gemm(py::module_& m) {
           py::arg("a_scale"), py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none",
           py::arg("out") = py::none(),
           "Reference int8 GEMM with float32 dequantization: C = act((a @ w.T) * (a_scale * w_scale) + bias), "
-          "act 'none', 'relu' or 'gelu_tanh'. Returns out, or a new float32 (M, N) array.");
+          "act 'none', 'relu', 'gelu_tanh' or 'gelu_erf'. Returns out, or a new float32 (M, N) array.");
 }
 
 }  // namespace edgevla::bindings

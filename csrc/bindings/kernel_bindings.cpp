@@ -178,6 +178,19 @@ void register_kernels(py::module_& m) {
     m.def("available_isas", [] { return isa_names(available_isas()); }, "ISAs this CPU can run, best first.");
     m.def("set_num_threads", &set_num_threads_py, py::arg("threads"), "Sets the kernels' thread count (1 to 1024).");
     m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); }, "The kernels' thread count.");
+    m.attr("DEFAULT_MIN_MACS_PER_THREAD") = kDefaultMinMacsPerThread;
+    m.def(
+        "set_min_macs_per_thread",
+        [](int64_t macs) {
+            if (macs < 1) {
+                throw py::value_error("the minimum work per thread must be >= 1 multiply-add, got " + count_text(macs));
+            }
+            set_min_macs_per_thread(macs);
+        },
+        py::arg("macs"),
+        "Sets the least work (multiply-adds) each thread of a packed GEMM gets; smaller GEMMs use fewer threads.");
+    m.def("get_min_macs_per_thread", [] { return min_macs_per_thread(); },
+          "The least work (multiply-adds) each thread of a packed GEMM gets.");
 }
 
 }  // namespace edgevla::bindings

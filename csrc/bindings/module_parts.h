@@ -10,6 +10,7 @@ void register_cuda(pybind11::module_& m);
 void register_formats(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);
 void register_kernels(pybind11::module_& m);
+void register_norms(pybind11::module_& m);
 void register_system(pybind11::module_& m);
 
 }  // namespace edgevla::bindings

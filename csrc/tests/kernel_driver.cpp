@@ -17,8 +17,10 @@
 #include "cpu_ops.h"
 #include "dispatch.h"
 #include "gemm_ref.h"
+#include "layer_norm_s8.h"
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -124,10 +126,68 @@ int check_quantize(const IsaKernels& isa, int64_t m, int64_t k, float magnitude,
     return 0;
 }
 
+// LayerNorm + static int8 quantization: the fast kernel's codes identical to
+// the reference's, into outputs followed by guard bytes, on odd K (tails of
+// every length), with and without beta, at scales that saturate.
+int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool with_beta, std::mt19937& rng) {
+    std::normal_distribution<float> dist(0.5f * magnitude, magnitude), affine(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(m * k)), gamma(static_cast<size_t>(k)), beta(static_cast<size_t>(k));
+    for (float& v : x) v = dist(rng);
+    for (float& v : gamma) v = affine(rng);
+    for (float& v : beta) v = affine(rng);
+    constexpr int8_t kGuardByte = 0x5A;
+    std::vector<int8_t> q(static_cast<size_t>(m * k + kGuard), kGuardByte), q_ref(q);
+    LayerNormS8Args args;
+    args.m = m; args.k = k; args.x = x.data(); args.ldx = k; args.gamma = gamma.data();
+    args.beta = with_beta ? beta.data() : nullptr; args.epsilon = 1e-5f; args.scale = scale; args.ldq = k;
+    args.q = q.data();
+    const int64_t bad = layer_norm_s8(args);
+    args.q = q_ref.data();
+    const int64_t bad_ref = layer_norm_s8_ref(args);
+    bool guards = true;
+    for (size_t i = static_cast<size_t>(m * k); i < q.size(); ++i) guards = guards && q[i] == kGuardByte;
+    if (bad != -1 || bad_ref != -1 || !guards || q != q_ref) {
+        std::printf("FAIL layer_norm_s8 m=%lld k=%lld magnitude=%g scale=%g beta=%d\n", (long long)m, (long long)k,
+                    magnitude, scale, with_beta);
+        return 1;
+    }
+    // The quantization alone, with an infinity and a NaN in the data (they clamp; no undefined cast).
+    const std::vector<float> finite_x = x;
+    x[0] = -INFINITY;
+    x[static_cast<size_t>(m * k - 1)] = NAN;
+    QuantizeS8Args quant;
+    quant.m = m; quant.k = k; quant.x = x.data(); quant.ldx = k; quant.scale = scale; quant.ldq = k;
+    std::fill(q.begin(), q.end(), kGuardByte);
+    std::fill(q_ref.begin(), q_ref.end(), kGuardByte);
+    quant.q = q.data();
+    quantize_s8(quant);
+    quant.q = q_ref.data();
+    quantize_s8_ref(quant);
+    guards = true;
+    for (size_t i = static_cast<size_t>(m * k); i < q.size(); ++i) guards = guards && q[i] == kGuardByte;
+    if (!guards || q != q_ref || q[0] != -128 || q[static_cast<size_t>(m * k - 1)] != -128) {
+        std::printf("FAIL quantize_s8 m=%lld k=%lld scale=%g\n", (long long)m, (long long)k, scale);
+        return 1;
+    }
+    std::copy(finite_x.begin(), finite_x.end(), x.begin());
+    x[static_cast<size_t>((m - 1) * k + k / 2)] = INFINITY;  // the last row's statistics are not finite
+    if (layer_norm_s8(args) != m - 1 || layer_norm_s8_ref(args) != m - 1) {
+        std::printf("FAIL layer_norm_s8 m=%lld k=%lld: an infinite row is not reported\n", (long long)m, (long long)k);
+        return 1;
+    }
+    return 0;
+}
+
 // ---- the formats beyond dense int8 ----
 
 const char* act_name(edgevla_activation act) {
-    return act == EDGEVLA_ACTIVATION_NONE ? "none" : act == EDGEVLA_ACTIVATION_RELU ? "relu" : "gelu_tanh";
+    switch (act) {
+        case EDGEVLA_ACTIVATION_NONE: return "none";
+        case EDGEVLA_ACTIVATION_RELU: return "relu";
+        case EDGEVLA_ACTIVATION_GELU_TANH: return "gelu_tanh";
+        case EDGEVLA_ACTIVATION_GELU_ERF: return "gelu_erf";
+    }
+    return "?";
 }
 
 // Zeroes weights: sparsity 0..1 (unstructured), or 2:4 when two_four.
@@ -320,7 +380,7 @@ int check_w4(const IsaKernels& isa, const FloatCase& c, int64_t group, bool with
 
 int check_formats(const IsaKernels& isa, std::mt19937& rng) {
     const edgevla_activation acts[] = {EDGEVLA_ACTIVATION_NONE, EDGEVLA_ACTIVATION_RELU,
-                                       EDGEVLA_ACTIVATION_GELU_TANH};
+                                       EDGEVLA_ACTIVATION_GELU_TANH, EDGEVLA_ACTIVATION_GELU_ERF};
     const FloatCase float_cases[] = {{1, 17, 257, 0.9}, {1, 1, 1, 0.0}, {3, 16, 32, 0.5}, {4, 33, 95, 0.0},
                                      {5, 48, 65, 1.0}, {7, 17, 3, 0.5}, {2, 70, 300, 0.9}, {9, 31, 64, 0.7}};
     int failures = 0;
@@ -337,7 +397,7 @@ int check_formats(const IsaKernels& isa, std::mt19937& rng) {
                                {5, 48, 65, 2}, {7, 17, 3, 1}, {2, 31, 1000, 1}, {6, 40, 96, 0}};
     for (const Case& c : int8_cases) {
         for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
-            const edgevla_activation act = acts[variant % 3];
+            const edgevla_activation act = acts[variant % 4];
             const bool per_token = (variant & 1) != 0, with_bias = (variant & 2) != 0;
             ++variant;
             failures += check_sparse_s8(isa, c, sparsity, false, per_token, with_bias, act, rng);
@@ -348,6 +408,18 @@ int check_formats(const IsaKernels& isa, std::mt19937& rng) {
         }
     }
     return failures;
+}
+
+// With the default minimum work per thread, small-vla's M = 32 layers (4.7M
+// and 18.9M multiply-adds) stay on the calling thread; twice the largest splits.
+int check_small_gemms_stay_on_one_thread() {
+    const int64_t fc1 = int64_t{32} * 1536 * 384, qkv = int64_t{32} * 384 * 384;
+    if (gemm_part_count(qkv, 24, 3) != 1 || gemm_part_count(fc1, 96, 3) != 1 || gemm_part_count(2 * fc1, 96, 3) != 2 ||
+        gemm_part_count(100 * fc1, 96, 3) != 3 || gemm_part_count(100 * fc1, 2, 3) != 2) {
+        std::printf("FAIL gemm_part_count: the minimum work per thread is not applied\n");
+        return 1;
+    }
+    return 0;
 }
 
 }  // namespace
@@ -370,12 +442,13 @@ int main(int argc, char** argv) {
     const Case cases[] = {{1, 17, 257, 0}, {1, 1, 1, 0},   {3, 16, 4, 1},   {4, 33, 513, 0}, {5, 48, 65, 2},
                           {7, 17, 3, 1},   {9, 70, 130, 0}, {2, 31, 1000, 1}, {64, 40, 96, 0}, {2, 5, 131071, 2}};
     const edgevla_activation acts[] = {EDGEVLA_ACTIVATION_NONE, EDGEVLA_ACTIVATION_RELU,
-                                       EDGEVLA_ACTIVATION_GELU_TANH};
+                                       EDGEVLA_ACTIVATION_GELU_TANH, EDGEVLA_ACTIVATION_GELU_ERF};
     int failures = 0;
     for (const IsaKernels* isa : available_isas()) {
         select_isa(isa->name);
         for (int threads : {1, 3}) {
             ThreadPool::global().set_num_threads(threads);
+            set_min_macs_per_thread(1);  // split even the small cases, so the 3-thread run tests the tiling
             std::mt19937 rng(12345);
             int isa_failures = 0;
             for (const Case& c : cases) {
@@ -388,6 +461,12 @@ int main(int argc, char** argv) {
             for (int64_t k : {1, 7, 16, 17, 100, 257}) {
                 for (float magnitude : {1e-3f, 1.0f, 1e6f}) isa_failures += check_quantize(*isa, 5, k, magnitude, rng);
             }
+            for (int64_t k : {1, 7, 16, 17, 100, 257, 384}) {
+                for (float scale : {0.01f, 0.05f, 1.0f}) {
+                    isa_failures += check_layer_norm_s8(3, k, 1.0f, scale, k % 2 == 0, rng);
+                    isa_failures += check_layer_norm_s8(2, k, 1e4f, scale, k % 2 == 1, rng);
+                }
+            }
             const int format_failures = check_formats(*isa, rng);
             if (isa_failures == 0) std::printf("%s: all cases bit-identical (%d threads)\n", isa->name, threads);
             if (format_failures == 0) {
@@ -398,5 +477,8 @@ int main(int argc, char** argv) {
             failures += isa_failures;
         }
     }
+    ThreadPool::global().set_num_threads(3);
+    set_min_macs_per_thread(kDefaultMinMacsPerThread);
+    failures += check_small_gemms_stay_on_one_thread();
     return failures == 0 ? 0 : 1;
 }

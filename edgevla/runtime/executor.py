@@ -35,6 +35,7 @@ from .attention import ATTENTION_OP
 from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
 from .linear import quantize_tokens
+from .norms import LAYER_NORM_S8_OP
 
 MAX_SIGNATURES = 4
 
@@ -72,6 +73,8 @@ class Program:
                 fn, writes_out = node.attrs["attention"], True
             elif node.op_type == QUANTIZE_TOKENS_OP:
                 fn, writes_out = quantize_tokens, False
+            elif node.op_type == LAYER_NORM_S8_OP:
+                fn, writes_out = node.attrs["norm"], True
             else:
                 kernel = ops.compile_op(node.op_type, node.attrs, consts, graph.opset, len(node.outputs),
                                         node.describe())

@@ -10,8 +10,8 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    2-D weight becomes one ``edgevla.Linear`` node, absorbing
 
    * a following ``Add`` of a constant 1-D bias of N values;
-   * a following ``Relu`` or ``Gelu``, run in the kernel's epilogue (ReLU,
-     tanh-GELU) or in place on its output (erf-GELU);
+   * a following ``Relu`` or ``Gelu`` (tanh or exact erf form), run in the
+     kernel's epilogue (the float32 NumPy path applies it on its output);
    * on its input, a ``QuantizeLinear → DequantizeLinear`` pair with one
      per-tensor scale and an int8 zero point of 0, when the weight is int8:
      the layer then reads the ``QuantizeLinear``'s int8 output directly and
@@ -29,6 +29,14 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
 4. **Attention**: the transposes, products, scaling and softmax of each
    attention head group become one ``edgevla.Attention`` node
    (:mod:`.attention`), under the same only-reader rule.
+5. **LayerNorm + quantization**: a ``LayerNormalization`` whose only reader
+   is a static int8 ``QuantizeLinear`` becomes one ``edgevla.LayerNormS8``
+   node (:mod:`.norms`), int8 codes out.
+
+Before step 2, equal ``QuantizeLinear`` nodes of one value (the exporter
+writes one Q/DQ pair per consuming linear: q, k and v each quantize the same
+LayerNorm output with the same scale) are merged into one, so the value is
+quantized once.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 from .attention import fuse_attention
 from .graph import Graph, Node
 from .linear import LinearLayer, weight_from_constant
+from .norms import fuse_layer_norm_quantize
 from .weights import WeightArena
 
 LINEAR_OP = "edgevla.Linear"
@@ -47,9 +56,11 @@ QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
 def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list[LinearLayer]:
     """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``)."""
     _fuse_gelu(graph)
+    _merge_equal_quantizations(graph)
     layers = _fuse_linears(graph, precision, arena)
     _share_token_quantization(graph)
     fuse_attention(graph)
+    fuse_layer_norm_quantize(graph)
     graph.prune()
     return layers
 
@@ -157,6 +168,43 @@ def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
     if other == x and _close(view.scalar(last or ""), 0.5):
         return x, [div, erf, add, m1, m2]
     return None
+
+
+# --------------------------------------------------------------------------- equal quantizations
+
+
+def _merge_equal_quantizations(graph: Graph) -> None:
+    """Readers of a ``QuantizeLinear`` that repeats an earlier one (same value, equal constant scale and zero
+    point, same attributes) read the earlier one's output instead; the repeat is dropped."""
+    outputs = set(graph.outputs)
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.nodes:
+        if renamed:
+            node.inputs = tuple(renamed.get(i, i) for i in node.inputs)
+        key = _quantization_key(graph, node)
+        if key is None or node.outputs[0] in outputs:
+            kept.append(node)
+            continue
+        if key in first:
+            renamed[node.outputs[0]] = first[key]
+            continue
+        first[key] = node.outputs[0]
+        kept.append(node)
+    graph.nodes = kept
+
+
+def _quantization_key(graph: Graph, node: Node) -> tuple | None:
+    """What makes two ``QuantizeLinear`` nodes compute the same thing, when their scale and zero point are
+    constants."""
+    if node.op_type != "QuantizeLinear" or len(node.outputs) != 1:
+        return None
+    consts = [graph.constants.get(name) for name in node.inputs[1:]]
+    if any(c is None for c in consts):
+        return None
+    return (node.inputs[0], tuple((c.dtype.str, c.shape, c.tobytes()) for c in consts),
+            tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
 
 
 # --------------------------------------------------------------------------- linear layers

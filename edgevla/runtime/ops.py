@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
+from .. import native
 from ..errors import EdgevlaError
 from .activations import clip, erf, gelu_erf, gelu_tanh, sigmoid
 from .scratch import work_arrays
@@ -730,12 +731,24 @@ _INT8_MIN, _INT8_MAX = np.float32(-128.0), np.float32(127.0)
 
 
 def _quantize_symmetric_int8(scale: np.float32) -> OpFn:
-    """QuantizeLinear with one constant scale and a zero point of 0 (W8A8 activations): 4 passes.
+    """QuantizeLinear with one constant scale and a zero point of 0 (W8A8 activations).
+
+    On float32 data, :func:`edgevla.native.quantize_s8` (one pass, the same
+    codes; NaN gives -128); otherwise 4 NumPy passes:
 
     ``clip(rint(x / s))`` equals ``rint(clip(x / s))`` for integer bounds; the
     float work array is the runtime's shared one (:mod:`.scratch`), so the hot path does not allocate it.
     """
+    usable = native.available() and bool(np.isfinite(scale)) and scale > 0
+    native_quantize = getattr(native, "quantize_s8", None) if usable else None
+
     def quantize(x, scale_=None, zero_point=None, out=None):
+        if native_quantize is not None and x.dtype == np.float32 and x.ndim and x.size:
+            q = np.empty(x.shape, np.int8) if out is None else out
+            x2 = x.reshape(-1, x.shape[-1])
+            native_quantize(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale=float(scale),
+                            out=q.reshape(-1, x.shape[-1]))
+            return q
         (t,) = work_arrays(x.shape, 1)
         np.divide(x, scale, out=t)
         clip(t, _INT8_MIN, _INT8_MAX, out=t)

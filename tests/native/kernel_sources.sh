@@ -16,10 +16,12 @@ KERNEL_SOURCES=(
   dispatch.cpp
   thread_pool.cpp
   cpu_ops.cpp
+  layer_norm_s8.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp
   arch/generic/gemm_2to4_generic.cpp
   arch/generic/gemm_w4_generic.cpp
+  arch/generic/layer_norm_s8_generic.cpp
 )
 
 # Baseline flags, one architecture.
@@ -32,6 +34,7 @@ AVX2_SOURCES=(
   arch/x86_64/sparse_avx2.cpp
   arch/x86_64/gemm_2to4_avx2.cpp
   arch/x86_64/gemm_w4_avx2.cpp
+  arch/x86_64/layer_norm_s8_avx2.cpp
 )
 AVX2_FLAGS=(-mavx2)
 AVX512_SOURCES=(
@@ -39,6 +42,7 @@ AVX512_SOURCES=(
   arch/x86_64/sparse_avx512_vnni.cpp
   arch/x86_64/gemm_2to4_avx512_vnni.cpp
   arch/x86_64/gemm_w4_avx512_vnni.cpp
+  arch/x86_64/layer_norm_s8_avx512.cpp
 )
 AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
 NEON_DOT_SOURCES=(
@@ -48,3 +52,11 @@ NEON_DOT_SOURCES=(
   arch/aarch64/gemm_w4_neon_dot.cpp
 )
 NEON_DOT_FLAGS=(-march=armv8.2-a+dotprod)
+
+# Files that also get -fno-trapping-math (vectorized clamps; no result changes),
+# on top of their list's flags.
+NO_TRAPPING_MATH_SOURCES=(
+  arch/generic/layer_norm_s8_generic.cpp
+  arch/x86_64/layer_norm_s8_avx2.cpp
+  arch/x86_64/layer_norm_s8_avx512.cpp
+)

@@ -36,6 +36,10 @@ compile() {  # compile SOURCE [EXTRA FLAGS...], in the background
   local source="$1"; shift
   local object="$build/${source//\//_}"
   object="${object%.cpp}.o"
+  local listed
+  for listed in "${NO_TRAPPING_MATH_SOURCES[@]}"; do
+    if [[ $listed == "$source" ]]; then set -- "$@" -fno-trapping-math; fi
+  done
   "$cxx" "${common[@]}" "$@" -c "$src/$source" -o "$object" &
   jobs+=($!)
   objects+=("$object")

@@ -1,5 +1,5 @@
 // NEON pieces shared by the aarch64 kernels (arch/aarch64/*_neon_dot.cpp,
-// compiled with -march=armv8.2-a+dotprod): the epilogue's tanh, GELU and ReLU
+// compiled with -march=armv8.2-a+dotprod): the epilogue's tanh, GELUs and ReLU
 // on 4 floats, op by op as epilogue_math.h specifies them.
 //
 // NEON's FMAX returns NaN where x86 MAXPS returns its second operand, so
@@ -39,6 +39,19 @@ inline float32x4_t tanh_ps(float32x4_t x) {
     return vdivq_f32(p, q);
 }
 
+// GELU, erf form, op by op as edgevla_gelu_erf_f32.
+inline float32x4_t gelu_erf_ps(float32x4_t x) {
+    const float32x4_t u = min_ps(vmulq_f32(x, x), vdupq_n_f32(EDGEVLA_GELU_ERF_U_MAX));
+    float32x4_t s = vaddq_f32(vmulq_f32(u, vdupq_n_f32(EDGEVLA_GELU_ERF_S6)), vdupq_n_f32(EDGEVLA_GELU_ERF_S5));
+    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S4));
+    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S3));
+    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S2));
+    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S1));
+    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S0));
+    const float32x4_t t = tanh_ps(vmulq_f32(x, s));
+    return vmulq_f32(x, vaddq_f32(vdupq_n_f32(0.5f), vmulq_f32(vdupq_n_f32(0.5f), t)));
+}
+
 inline float32x4_t activate(edgevla_activation activation, float32x4_t v) {
     switch (activation) {
         case EDGEVLA_ACTIVATION_NONE: return v;
@@ -50,6 +63,7 @@ inline float32x4_t activate(edgevla_activation activation, float32x4_t v) {
             const float32x4_t t = tanh_ps(inner);
             return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), v), vaddq_f32(vdupq_n_f32(1.0f), t));
         }
+        case EDGEVLA_ACTIVATION_GELU_ERF: return gelu_erf_ps(v);
     }
     return v;
 }

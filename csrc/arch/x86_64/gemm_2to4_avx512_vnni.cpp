@@ -32,8 +32,16 @@ inline __m512i and_or(__m512i a, __m512i b, __m512i c) { return _mm512_ternarylo
 
 // The 16 activations of k-block kb of a row, + 128 (as unsigned bytes), in
 // every 128-bit lane; zero (+ 128) past K.
+// A whole k-block broadcasts straight from memory (a load, no shuffle-port
+// uop; the shuffle port is what the vpshufb of every cell already saturates)
+// and flips its sign bits in the 512-bit register; the last, partial one
+// takes the masked load.
 inline __m512i activations_u8(const int8_t* row, int64_t k, int64_t kb) {
     const int64_t k0 = kb * kBlockK;
+    if (k - k0 >= kBlockK) {
+        const __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0)));
+        return _mm512_xor_si512(x, _mm512_set1_epi8(static_cast<char>(0x80)));
+    }
     const __m128i x = _mm_maskz_loadu_epi8(first_bytes16(window_length(k, k0, kBlockK)), row + k0);
     return _mm512_broadcast_i32x4(_mm_xor_si128(x, _mm_set1_epi8(static_cast<char>(0x80))));
 }

@@ -11,10 +11,10 @@ bool has_avx2(const CpuFeatures& f) { return f.avx2; }
 constexpr IsaKernels kTables[] = {
     {"avx512_vnni", has_avx512_vnni, gemm_packed_s8_f32_avx512_vnni, quantize_row_avx512,
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
-     gemm_w4_f32_avx512_vnni},
+     gemm_w4_f32_avx512_vnni, layer_norm_s8_avx512, quantize_s8_avx512},
     {"avx2", has_avx2, gemm_packed_s8_f32_avx2, quantize_row_avx2,
      gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx2,
-     gemm_w4_f32_avx2},
+     gemm_w4_f32_avx2, layer_norm_s8_avx2, quantize_s8_avx2},
 };
 
 }  // namespace

@@ -1,5 +1,5 @@
 // AVX2 pieces shared by the kernels compiled with -mavx2
-// (arch/x86_64/*_avx2.cpp): the epilogue's tanh, GELU and ReLU on 8 floats,
+// (arch/x86_64/*_avx2.cpp): the epilogue's tanh, GELUs and ReLU on 8 floats,
 // op by op as epilogue_math.h specifies them (bit-identical to the scalar
 // versions). No FMA: the AVX2 table needs nothing but AVX2.
 //
@@ -35,6 +35,20 @@ inline __m256 tanh_ps(__m256 x) {
     return _mm256_div_ps(p, q);
 }
 
+// GELU, erf form, op by op as edgevla_gelu_erf_f32.
+inline __m256 gelu_erf_ps(__m256 x) {
+    const __m256 u = _mm256_min_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(EDGEVLA_GELU_ERF_U_MAX));
+    __m256 s =
+        _mm256_add_ps(_mm256_mul_ps(u, _mm256_set1_ps(EDGEVLA_GELU_ERF_S6)), _mm256_set1_ps(EDGEVLA_GELU_ERF_S5));
+    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S4));
+    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S3));
+    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S2));
+    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S1));
+    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S0));
+    const __m256 t = tanh_ps(_mm256_mul_ps(x, s));
+    return _mm256_mul_ps(x, _mm256_add_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(_mm256_set1_ps(0.5f), t)));
+}
+
 inline __m256 activate(edgevla_activation activation, __m256 v) {
     switch (activation) {
         case EDGEVLA_ACTIVATION_NONE: return v;
@@ -47,6 +61,7 @@ inline __m256 activate(edgevla_activation activation, __m256 v) {
             const __m256 t = tanh_ps(inner);
             return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), t));
         }
+        case EDGEVLA_ACTIVATION_GELU_ERF: return gelu_erf_ps(v);
     }
     return v;
 }

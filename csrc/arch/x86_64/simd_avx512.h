@@ -1,6 +1,6 @@
 // AVX-512 pieces shared by the kernels compiled with -mavx512f -mavx512bw
 // -mavx512vl -mavx512vnni (arch/x86_64/*_avx512_vnni.cpp): the epilogue's
-// tanh, GELU and ReLU on 16 floats, op by op as epilogue_math.h specifies them
+// tanh, GELUs and ReLU on 16 floats, op by op as epilogue_math.h specifies them
 // (bit-identical to the scalar versions), and masks for partial vectors.
 //
 // Anonymous namespace: every file that includes this gets a private copy, so
@@ -42,6 +42,20 @@ inline __m512 tanh_ps(__m512 x) {
     return _mm512_div_ps(p, q);
 }
 
+// GELU, erf form, op by op as edgevla_gelu_erf_f32.
+inline __m512 gelu_erf_ps(__m512 x) {
+    const __m512 u = _mm512_min_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(EDGEVLA_GELU_ERF_U_MAX));
+    __m512 s =
+        _mm512_add_ps(_mm512_mul_ps(u, _mm512_set1_ps(EDGEVLA_GELU_ERF_S6)), _mm512_set1_ps(EDGEVLA_GELU_ERF_S5));
+    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S4));
+    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S3));
+    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S2));
+    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S1));
+    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S0));
+    const __m512 t = tanh_ps(_mm512_mul_ps(x, s));
+    return _mm512_mul_ps(x, _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_mul_ps(_mm512_set1_ps(0.5f), t)));
+}
+
 inline __m512 activate(edgevla_activation activation, __m512 v) {
     switch (activation) {
         case EDGEVLA_ACTIVATION_NONE: return v;
@@ -54,6 +68,7 @@ inline __m512 activate(edgevla_activation activation, __m512 v) {
             const __m512 t = tanh_ps(inner);
             return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
         }
+        case EDGEVLA_ACTIVATION_GELU_ERF: return gelu_erf_ps(v);
     }
     return v;
 }

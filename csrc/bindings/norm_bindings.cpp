@@ -1,0 +1,130 @@
+// Python bindings of LayerNorm fused with static int8 quantization and of
+// that quantization alone (layer_norm_s8.h): the fast kernels on the active
+// ISA and their scalar references, validated the same way, run without the
+// GIL on the caller's memory.
+#include "bindings/array_args.h"
+#include "bindings/module_parts.h"
+#include "layer_norm_s8.h"
+
+#include <cmath>
+#include <string>
+
+namespace edgevla::bindings {
+namespace {
+
+using LayerNormKernel = int64_t (*)(const LayerNormS8Args&);
+
+py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const py::object& gamma,
+                             const py::object& beta, double epsilon, double scale, const py::object& out) {
+    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
+    const int64_t m = x_arg.rows, k = x_arg.cols;
+    if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
+    const ArrayArg gamma_arg = vector_arg(gamma, "gamma", Scalar::float32);
+    if (gamma_arg.size() != k) {
+        throw py::value_error("gamma must hold one value per column of x (K = " + std::to_string(k) + "), got " +
+                   std::to_string(gamma_arg.size()));
+    }
+    ArrayArg beta_arg;
+    const bool has_beta = !beta.is_none();
+    if (has_beta) {
+        beta_arg = vector_arg(beta, "beta", Scalar::float32);
+        if (beta_arg.size() != k) {
+            throw py::value_error("beta must hold one value per column of x (K = " + std::to_string(k) + "), got " +
+                       std::to_string(beta_arg.size()));
+        }
+    }
+    const float epsilon_f = static_cast<float>(epsilon), scale_f = static_cast<float>(scale);
+    if (!(epsilon_f >= 0.0f && std::isfinite(epsilon_f))) {
+        throw py::value_error("epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+    }
+    if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
+        throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
+    }
+    const OutputArg q = output_arg(out, Scalar::int8, m, k, {&x_arg, &gamma_arg, has_beta ? &beta_arg : nullptr});
+    LayerNormS8Args args;
+    args.m = m;
+    args.k = k;
+    args.x = x_arg.data<const float>();
+    args.ldx = x_arg.ld;
+    args.gamma = gamma_arg.data<const float>();
+    args.beta = has_beta ? beta_arg.data<const float>() : nullptr;
+    args.epsilon = epsilon_f;
+    args.scale = scale_f;
+    args.q = q.array.data<int8_t>();
+    args.ldq = q.array.ld;
+    int64_t bad_row;
+    {
+        py::gil_scoped_release no_gil;
+        bad_row = kernel(args);
+    }
+    if (bad_row >= 0) {
+        throw py::value_error("x must be finite, but the statistics of row " + std::to_string(bad_row) +
+                   " are not (a NaN or an infinity in the row, or a sum past float32's range)");
+    }
+    return q.object;
+}
+
+using QuantizeKernel = void (*)(const QuantizeS8Args&);
+
+py::object run_quantize_s8(QuantizeKernel kernel, const py::object& x, double scale, const py::object& out) {
+    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
+    const float scale_f = static_cast<float>(scale);
+    if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
+        throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
+    }
+    const OutputArg q = output_arg(out, Scalar::int8, x_arg.rows, x_arg.cols, {&x_arg});
+    QuantizeS8Args args;
+    args.m = x_arg.rows;
+    args.k = x_arg.cols;
+    args.x = x_arg.data<const float>();
+    args.ldx = x_arg.ld;
+    args.scale = scale_f;
+    args.q = q.array.data<int8_t>();
+    args.ldq = q.array.ld;
+    {
+        py::gil_scoped_release no_gil;
+        kernel(args);
+    }
+    return q.object;
+}
+
+}  // namespace
+
+void register_norms(py::module_& m) {
+    const char* doc =
+        "LayerNorm of each row of float32 x (M, K) with gamma (K,) and beta (K,) or None, then int8 quantization "
+        "with one per-tensor scale: clamp(round_half_even(y / scale), -128, 127), as LayerNormalization -> "
+        "QuantizeLinear (zero point 0). Arithmetic spelled out in csrc/layer_norm_s8.h. Returns out, or a new int8 "
+        "(M, K) array.";
+    m.def(
+        "layer_norm_s8",
+        [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon, double scale,
+           const py::object& out) { return run_layer_norm_s8(layer_norm_s8, x, gamma, beta, epsilon, scale, out); },
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"), py::arg("scale"),
+        py::arg("out") = py::none(), doc);
+    m.def(
+        "layer_norm_s8_ref",
+        [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon, double scale,
+           const py::object& out) {
+            return run_layer_norm_s8(layer_norm_s8_ref, x, gamma, beta, epsilon, scale, out);
+        },
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"), py::arg("scale"),
+        py::arg("out") = py::none(), "The scalar reference of layer_norm_s8: identical codes, one element at a time.");
+    m.def(
+        "quantize_s8",
+        [](const py::object& x, double scale, const py::object& out) {
+            return run_quantize_s8(quantize_s8, x, scale, out);
+        },
+        py::arg("x"), py::kw_only(), py::arg("scale"), py::arg("out") = py::none(),
+        "Static int8 quantization of float32 x (M, K) with one per-tensor scale, as QuantizeLinear with zero point 0: "
+        "clamp(round_half_even(x / scale), -128, 127), NaN -> -128. Returns out, or a new int8 (M, K) array.");
+    m.def(
+        "quantize_s8_ref",
+        [](const py::object& x, double scale, const py::object& out) {
+            return run_quantize_s8(quantize_s8_ref, x, scale, out);
+        },
+        py::arg("x"), py::kw_only(), py::arg("scale"), py::arg("out") = py::none(),
+        "The scalar reference of quantize_s8: identical codes.");
+}
+
+}  // namespace edgevla::bindings
