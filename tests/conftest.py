@@ -31,3 +31,27 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def split_small_gemms():
+    """Every native GEMM is split over the threads, however small, so the threaded tiling is what is tested."""
+    from edgevla import native
+
+    if not native.available():
+        yield
+        return
+    native.set_min_macs_per_thread(1)
+    yield
+    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
+
+
+@pytest.fixture
+def restore_dispatch():
+    """Tests may force an ISA or a thread count; both come back afterwards."""
+    from edgevla import native
+
+    threads = native.get_num_threads()
+    yield
+    native.set_isa("auto")
+    native.set_num_threads(threads)

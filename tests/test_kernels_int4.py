@@ -33,24 +33,7 @@ GROUPS = [32, 64, 128]
 U = 2.0**-24
 
 
-@pytest.fixture(autouse=True)
-def _split_small_gemms():
-    """Every GEMM here is split over the threads, however small, so that the tiling is what is tested."""
-    if not native.available():
-        yield
-        return
-    native.set_min_macs_per_thread(1)
-    yield
-    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
-
-
-
-@pytest.fixture(autouse=True)
-def _restore_dispatch():
-    threads = native.get_num_threads()
-    yield
-    native.set_isa("auto")
-    native.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("split_small_gemms", "restore_dispatch")
 
 
 def codes_of(qdata: np.ndarray, k: int) -> np.ndarray:

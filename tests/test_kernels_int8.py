@@ -35,24 +35,7 @@ ACTS = ["none", "relu", "gelu_tanh", "gelu_erf"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _split_small_gemms():
-    """Every GEMM here is split over the threads, however small, so that the tiling is what is tested."""
-    if not native.available():
-        yield
-        return
-    native.set_min_macs_per_thread(1)
-    yield
-    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
-
-
-
-@pytest.fixture(autouse=True)
-def _restore_dispatch():
-    threads = native.get_num_threads()
-    yield
-    native.set_isa("auto")
-    native.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("split_small_gemms", "restore_dispatch")
 
 
 # ----------------------------------------------------------------- helpers ---

@@ -115,14 +115,8 @@ def test_non_finite_rows_are_reported(bad):
 ISAS = native.available_isas()
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    native.set_isa("auto")
-
-
 @pytest.mark.parametrize("isa", ISAS)
-def test_every_isa_gives_the_reference_codes(isa, restore_isa):
+def test_every_isa_gives_the_reference_codes(isa, restore_dispatch):
     native.set_isa(isa)
     for m, k in [(1, 1), (3, 17), (32, 384), (4, 1000)]:
         x, gamma, beta = data(m, k, seed=k)

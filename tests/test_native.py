@@ -37,16 +37,7 @@ FLOAT_POISON_BITS = np.uint32(0x7FC0DEAD)  # a quiet NaN with a recognisable pay
 GUARD = 37  # extra elements after every output
 
 
-@pytest.fixture(autouse=True)
-def _split_small_gemms():
-    """Every GEMM here is split over the threads, however small, so that the tiling is what is tested."""
-    if not native.available():
-        yield
-        return
-    native.set_min_macs_per_thread(1)
-    yield
-    native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
-
+pytestmark = pytest.mark.usefixtures("split_small_gemms")
 
 
 # ----------------------------------------------------------------- helpers ---
