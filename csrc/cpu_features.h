@@ -24,6 +24,8 @@ struct CpuFeatures {
     bool avx512vl = false;
     bool avx512_vnni = false;  // EVEX int8 dot product (vpdpbusd on zmm/ymm/xmm)
     bool avx_vnni = false;     // VEX int8 dot product (vpdpbusd on ymm/xmm), Alder Lake and later
+    bool amx_tile = false;     // AMX tiles (ldtilecfg, tileloadd); true only once Linux granted XTILEDATA
+    bool amx_int8 = false;     // AMX int8 tile dot products (tdpbssd), Sapphire Rapids and later
     // aarch64 (getauxval)
     bool asimd = false;    // NEON, baseline on ARMv8-A
     bool asimddp = false;  // SDOT/UDOT int8 dot product (ARMv8.2-A, all Jetson Orin cores)
@@ -38,7 +40,7 @@ struct CpuFeatureField {
     bool CpuFeatures::*member;
 };
 
-inline constexpr std::array<CpuFeatureField, 11> kCpuFeatureFields = {{
+inline constexpr std::array<CpuFeatureField, 13> kCpuFeatureFields = {{
     {"avx2", &CpuFeatures::avx2},
     {"fma", &CpuFeatures::fma},
     {"avx512f", &CpuFeatures::avx512f},
@@ -46,6 +48,8 @@ inline constexpr std::array<CpuFeatureField, 11> kCpuFeatureFields = {{
     {"avx512vl", &CpuFeatures::avx512vl},
     {"avx512_vnni", &CpuFeatures::avx512_vnni},
     {"avx_vnni", &CpuFeatures::avx_vnni},
+    {"amx_tile", &CpuFeatures::amx_tile},
+    {"amx_int8", &CpuFeatures::amx_int8},
     {"asimd", &CpuFeatures::asimd},
     {"asimddp", &CpuFeatures::asimddp},
     {"i8mm", &CpuFeatures::i8mm},

@@ -70,6 +70,9 @@ bool quantize_row_avx2(int64_t k, const float* x, int8_t* q, float* scale);
 void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale);
 
+// AMX-INT8 (arch/x86_64/gemm_amx.cpp); hands row ranges too short for AMX to the VNNI kernel.
+void gemm_packed_s8_f32_amx(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
+
 void gemm_packed_s8_f32_neon_dot(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 
 // ---- the packed formats of packed_formats.h, seen through validated views ----

@@ -146,7 +146,8 @@ def quantize_s8_ref(x: Buffer, *, scale: float, out: Buffer | None = None) -> ND
     """The scalar reference of quantize_s8: identical codes."""
 
 def set_isa(name: str) -> None:
-    """Forces one ISA's kernels ("generic", "avx2", "avx512_vnni", "neon_dot") or "auto"; ValueError if unavailable."""
+    """Forces one ISA's kernels ("generic", "avx2", "avx512_vnni", "avx512_amx", "neon_dot") or "auto";
+    ValueError if unavailable."""
 
 def get_isa() -> str:
     """The ISA whose kernels run now."""

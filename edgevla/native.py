@@ -16,7 +16,7 @@ ground truth that every SIMD and CUDA kernel is tested against.
 
 The fast path: weights are packed once with :func:`pack_weight_s8`, then
 :func:`gemm_s8s8_f32` runs on the best instruction set this CPU has
-(``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
+(``avx512_amx``, ``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
 and forced with :func:`set_isa`, over a fixed pool of :func:`get_num_threads`
 threads. Every ISA gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
 
@@ -101,7 +101,8 @@ def cpu_features() -> dict[str, bool]:
     x86-64 (cpuid, with xgetbv to confirm the OS saves the AVX / AVX-512
     registers, since a CPU flag alone does not make an instruction safe):
     ``avx2``, ``fma``, ``avx512f``, ``avx512bw``, ``avx512vl``, ``avx512_vnni``,
-    ``avx_vnni``. aarch64 (getauxval): ``asimd`` (NEON), ``asimddp`` (SDOT, on
+    ``avx_vnni``, ``amx_tile``, ``amx_int8`` (the AMX ones also need XCR0's tile
+    state and Linux's per-process permission, asked for once). aarch64 (getauxval): ``asimd`` (NEON), ``asimddp`` (SDOT, on
     every Jetson Orin core), ``i8mm`` (SMMLA), ``sve``.
     """
     return _compiled().cpu_features()
@@ -269,9 +270,9 @@ def set_isa(name: str) -> None:
     """Forces the kernels of one instruction set, for tests and benchmarks.
 
     ``name`` is one of :func:`compiled_isas` (``"generic"``, ``"avx2"``,
-    ``"avx512_vnni"`` on x86-64, ``"neon_dot"`` on aarch64), or ``"auto"``
-    for the best this CPU runs (the default). Raises ValueError for a name not
-    compiled in or one this CPU cannot run.
+    ``"avx512_vnni"``, ``"avx512_amx"`` on x86-64, ``"neon_dot"`` on aarch64),
+    or ``"auto"`` for the best this CPU runs (the default). Raises ValueError
+    for a name not compiled in or one this CPU cannot run.
     """
     _compiled().set_isa(name)
 

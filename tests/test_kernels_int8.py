@@ -93,12 +93,13 @@ def test_isas_are_listed_best_first_with_generic_last():
     compiled = native.compiled_isas()
     assert compiled[-1] == "generic" and ISAS[-1] == "generic"
     assert set(ISAS) <= set(compiled)
-    expected = {"x86_64": ["avx512_vnni", "avx2", "generic"], "aarch64": ["neon_dot", "generic"]}
+    expected = {"x86_64": ["avx512_amx", "avx512_vnni", "avx2", "generic"], "aarch64": ["neon_dot", "generic"]}
     assert compiled == expected.get(native.cpu_arch(), ["generic"])
     native.set_isa("auto")
     assert native.get_isa() == ISAS[0]
     features = native.cpu_features()
     assert ("avx512_vnni" in ISAS) == (features["avx512_vnni"] and features["avx512bw"] and features["avx512vl"])
+    assert ("avx512_amx" in ISAS) == ("avx512_vnni" in ISAS and features["amx_tile"] and features["amx_int8"])
     assert ("avx2" in ISAS) == features["avx2"]
 
 
@@ -577,3 +578,73 @@ def test_neon_kernels_under_qemu():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "neon_dot: all cases bit-identical" in result.stdout
     assert "neon_dot: sparse, 2:4 and int4 kernels match their references" in result.stdout
+
+
+# ------------------------------------------------------------ AMX tiles ------
+# The AMX-INT8 kernel (csrc/arch/x86_64/gemm_amx.cpp) works on tiles of 16 rows
+# x 64 k x 16 channels, in panels of 32 rows and chunks of up to 256 rows, and
+# hands row ranges under 4 to the VNNI kernel. One thread keeps each call's
+# whole row range on AMX; two threads (with the split_small_gemms fixture)
+# split it, so both sides of the hand-over and every tail of rows, k and
+# channels are checked.
+
+AMX = "avx512_amx" in ISAS
+needs_amx = pytest.mark.skipif(not AMX, reason="this CPU or OS offers no AMX-INT8")
+
+
+@needs_amx
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 8, 15, 16, 17, 31, 32, 33, 48, 64, 100, 300])
+@pytest.mark.parametrize("k", [1, 4, 5, 63, 64, 65, 128, 130, 384])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 33, 48])
+def test_amx_tails_are_bit_identical_to_the_reference(threads, m, k, n):
+    native.set_num_threads(threads)
+    rng = np.random.default_rng(m * 1_000_000 + k * 1000 + n)
+    act = ACTS[(m + k + n) % len(ACTS)]
+    check_against_reference("avx512_amx", random_int8(rng, (m, k)), random_int8(rng, (n, k)), rng,
+                            (m + n) % 2 == 0, k % 2 == 1, act)
+
+
+@needs_amx
+@pytest.mark.parametrize("mode", ["extremes", "min"])
+@pytest.mark.parametrize("m, n, k", [(16, 16, 64), (33, 17, 130), (17, 48, 4097)])
+def test_amx_saturating_values(mode, m, n, k):
+    native.set_num_threads(1)
+    rng = np.random.default_rng(k)
+    a, w = random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode)
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    out = run_packed("avx512_amx", a, w, np.ones(n, np.float32), np.ones(m, np.float32), None, "none")
+    np.testing.assert_array_equal(out, acc.astype(np.float32))
+    check_against_reference("avx512_amx", a, w, rng, True, True, "gelu_erf")
+
+
+@needs_amx
+def test_amx_int32_accumulators_are_exact_up_to_the_largest_k():
+    native.set_num_threads(1)
+    k = native.GEMM_S8S8_MAX_K
+    rows = [np.full(k, -128, np.int8), np.full(k, 127, np.int8)] * 8 + [np.full(k, -128, np.int8)]
+    a = np.stack(rows)  # 17 rows: a full tile and a tail of one
+    w = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8), np.full(k, -127, np.int8),
+                  np.random.default_rng(1).integers(-128, 128, k, dtype=np.int8)])
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    assert acc.max() == 128 * 128 * k
+    out = run_packed("avx512_amx", a, w, np.ones(4, np.float32), np.float32(1.0), None, "none")
+    np.testing.assert_array_equal(out, acc.astype(np.float32))
+
+
+@needs_amx
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amx_row_strided_input_and_output(threads):
+    """A row stride (lda) past K and an output stride past N; the tail copies never read past a row's K."""
+    native.set_num_threads(threads)
+    native.set_isa("avx512_amx")
+    rng = np.random.default_rng(7)
+    a_wide, w = random_int8(rng, (40, 210)), random_int8(rng, (19, 130))
+    a = a_wide[:, :130]
+    w_scale = np.full(19, 0.5, np.float32)
+    wide = np.empty((40, 24), np.float32)
+    wide.view(np.uint32)[:] = POISON_BITS
+    out = wide[:, :19]
+    native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(0.25), out=out)
+    assert_bits_equal(out, native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.25)))
+    assert (wide[:, 19:].view(np.uint32) == POISON_BITS).all()

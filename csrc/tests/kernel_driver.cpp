@@ -440,7 +440,10 @@ int main(int argc, char** argv) {
     }
 
     const Case cases[] = {{1, 17, 257, 0}, {1, 1, 1, 0},   {3, 16, 4, 1},   {4, 33, 513, 0}, {5, 48, 65, 2},
-                          {7, 17, 3, 1},   {9, 70, 130, 0}, {2, 31, 1000, 1}, {64, 40, 96, 0}, {2, 5, 131071, 2}};
+                          {7, 17, 3, 1},   {9, 70, 130, 0}, {2, 31, 1000, 1}, {64, 40, 96, 0}, {2, 5, 131071, 2},
+                          // AMX tiles (16 rows x 64 k x 16 channels, panels of 32 rows): tails of each
+                          {15, 15, 63, 0}, {16, 16, 64, 1}, {17, 17, 65, 0}, {33, 33, 130, 2}, {48, 1, 5, 0},
+                          {17, 4, 131071, 2}};
     const edgevla_activation acts[] = {EDGEVLA_ACTIVATION_NONE, EDGEVLA_ACTIVATION_RELU,
                                        EDGEVLA_ACTIVATION_GELU_TANH, EDGEVLA_ACTIVATION_GELU_ERF};
     int failures = 0;

@@ -45,6 +45,10 @@ AVX512_SOURCES=(
   arch/x86_64/layer_norm_s8_avx512.cpp
 )
 AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
+AMX_SOURCES=(
+  arch/x86_64/gemm_amx.cpp
+)
+AMX_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni -mamx-tile -mamx-int8)
 NEON_DOT_SOURCES=(
   arch/aarch64/gemm_neon_dot.cpp
   arch/aarch64/sparse_neon_dot.cpp

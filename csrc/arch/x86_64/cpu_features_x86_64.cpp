@@ -5,6 +5,8 @@
 #include "cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdint>
 
@@ -34,6 +36,20 @@ constexpr bool bit(uint32_t reg, int n) { return ((reg >> n) & 1u) != 0; }
 
 constexpr uint64_t kXcr0SseAvx = (1u << 1) | (1u << 2);                  // XMM, YMM upper halves
 constexpr uint64_t kXcr0Avx512 = (1u << 5) | (1u << 6) | (1u << 7);     // opmask, ZMM0-15 upper, ZMM16-31
+constexpr uint64_t kXcr0Amx = (1u << 17) | (1u << 18);                  // XTILECFG, XTILEDATA
+
+// Linux (5.16+) hands out the large AMX tile state only to processes that ask
+// for it, once; a process that executes a tile instruction without asking is
+// killed with SIGILL. Granted permission covers every thread of the process.
+bool request_amx_permission() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 
 }  // namespace
 
@@ -57,6 +73,13 @@ CpuFeatures detect_cpu_features() {
     f.avx512bw = f.avx512f && bit(leaf7.ebx, 30);
     f.avx512vl = f.avx512f && bit(leaf7.ebx, 31);
     f.avx512_vnni = f.avx512f && bit(leaf7.ecx, 11);
+
+    // AMX: the CPU's bits (EDX 24 AMX-TILE, 25 AMX-INT8), the OS's tile state
+    // in XCR0, and the kernel's permission for this process.
+    if (bit(leaf7.edx, 24) && (xcr0 & kXcr0Amx) == kXcr0Amx && request_amx_permission()) {
+        f.amx_tile = true;
+        f.amx_int8 = bit(leaf7.edx, 25);
+    }
 
     // Leaf 7 reports its highest sub-leaf in EAX; sub-leaf 1 holds AVX-VNNI.
     if (leaf7.eax >= 1) {

@@ -6,9 +6,14 @@ namespace edgevla {
 namespace {
 
 bool has_avx512_vnni(const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni; }
+bool has_avx512_amx(const CpuFeatures& f) { return has_avx512_vnni(f) && f.amx_tile && f.amx_int8; }
 bool has_avx2(const CpuFeatures& f) { return f.avx2; }
 
 constexpr IsaKernels kTables[] = {
+    // The VNNI table with the AMX-INT8 dense W8A8 GEMM (gemm_amx.cpp).
+    {"avx512_amx", has_avx512_amx, gemm_packed_s8_f32_amx, quantize_row_avx512,
+     gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
+     gemm_w4_f32_avx512_vnni, layer_norm_s8_avx512, quantize_s8_avx512},
     {"avx512_vnni", has_avx512_vnni, gemm_packed_s8_f32_avx512_vnni, quantize_row_avx512,
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
      gemm_w4_f32_avx512_vnni, layer_norm_s8_avx512, quantize_s8_avx512},
