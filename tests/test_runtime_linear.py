@@ -138,29 +138,43 @@ def _two_four(n, k):
 
 
 def _expected_rule(mode, info):
-    return next(r for r in RULES if r.matches(mode, info) and linear.kernel_available(r.kernel))
+    return next(r for r in RULES if r.matches(mode, info, native.get_isa()) and linear.kernel_available(r.kernel))
 
 
-def test_two_four_int8_runs_its_kernel_bit_exact():
+# The int8 sparse kernels run where the dense int8 GEMM is VNNI; on AMX the dense one is faster and wins.
+SPARSE_S8_ISAS = [isa for isa in native.available_isas() if isa != "avx512_amx"]
+ON_AMX = ["avx512_amx"] if "avx512_amx" in native.available_isas() else []
+
+
+@pytest.fixture
+def isa(request, restore_dispatch):
+    native.set_isa(request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("isa", SPARSE_S8_ISAS[:1] + ON_AMX, indirect=True)
+def test_two_four_int8_runs_its_kernel_bit_exact(isa):
     w = _two_four(32, 64)
     model = NativeModel(_sparse_model(w))
     (choice,) = model.plan()
     assert (choice.pattern, choice.sparsity, choice.weight, choice.mode) == ("2:4", 0.5, "fp32", "int8-dynamic")
     rule = _expected_rule("int8-dynamic", linear.WeightInfo("fp32", 32, 64, 0.5, "2:4"))
-    assert (choice.kernel, choice.rule) == (rule.kernel, rule.why) == ("s8-2:4", rule.why)
+    expected = "s8-dense" if isa == "avx512_amx" else "s8-2:4"
+    assert (choice.kernel, choice.rule) == (rule.kernel, rule.why) == (expected, rule.why)
     x = RNG.normal(0, 1, (3, 64)).astype(np.float32)
     codes, scale = quantize_per_channel(w)
     q, s = native.quantize_per_token(x)
     np.testing.assert_array_equal(model.run({"x": x})["y"], native.gemm_s8s8_f32_ref(q, codes, scale, s))
 
 
+@pytest.mark.parametrize("isa", SPARSE_S8_ISAS[:1], indirect=True)
 @pytest.mark.parametrize("sparsity, precision, kernel", [
     (0.8, "fp32", "f32-sparse"),  # float sparse beats NumPy dense from 50 % zeros
     (0.8, "int8", "s8-dense"),  # int8 dense is faster until ~95 % zeros
     (0.97, "int8", "s8-sparse"),
     (0.3, "fp32", "f32-dense"),
 ])
-def test_unstructured_sparsity_thresholds(sparsity, precision, kernel):
+def test_unstructured_sparsity_thresholds(sparsity, precision, kernel, isa):
     w = RNG.normal(0, 1, (48, 64)).astype(np.float32) * (RNG.random((48, 64)) >= sparsity)
     w[0, :3] = 1.0  # three nonzeros in one group: not 2:4, however sparse
     model = NativeModel(_sparse_model(w), precision=precision)
@@ -175,6 +189,14 @@ def test_unstructured_sparsity_thresholds(sparsity, precision, kernel):
         codes, scale = quantize_per_channel(w)
         q, s = native.quantize_per_token(x)
         np.testing.assert_array_equal(y, native.gemm_s8s8_f32_ref(q, codes, scale, s))
+
+
+@pytest.mark.parametrize("isa", ON_AMX, indirect=True)
+def test_on_amx_very_sparse_int8_weights_still_run_dense(isa):
+    w = RNG.normal(0, 1, (48, 64)).astype(np.float32) * (RNG.random((48, 64)) >= 0.97)
+    w[0, :3] = 1.0
+    (choice,) = NativeModel(_sparse_model(w), precision="int8").plan()
+    assert choice.pattern == "unstructured" and choice.kernel == "s8-dense"
 
 
 def test_the_table_falls_through_to_what_the_build_has(monkeypatch):

@@ -40,8 +40,8 @@ mode                      weight                                kernel
 ========================  ====================================  ==============
 int4                      group-wise codes                      s4-groupwise
 int4                      (any other blocking)                  f32-dense
-int8-static / -dynamic    2:4                                   s8-2:4
-int8-static / -dynamic    >= 95 % zeros                         s8-sparse
+int8-static / -dynamic    2:4 (not on AMX)                      s8-2:4
+int8-static / -dynamic    >= 95 % zeros (not on AMX)            s8-sparse
 int8-static / -dynamic    anything                              s8-dense
 fp32                      2:4                                   f32-2:4
 fp32                      >= 50 % zeros                         f32-sparse
@@ -51,7 +51,9 @@ fp32                      anything                              f32-dense
 ``2:4`` when every aligned group of four inputs of every output channel holds
 at most two nonzeros; its sparsity (fraction of exact zeros) decides between
 the unstructured sparse kernels and the dense ones, at thresholds measured
-per kernel family (:data:`F32_SPARSE_MIN`, :data:`S8_SPARSE_MIN`).
+per kernel family (:data:`F32_SPARSE_MIN`, :data:`S8_SPARSE_MIN`). Where the
+dense int8 GEMM runs on AMX tiles (``native.get_isa() == "avx512_amx"``) it is
+faster than the 2:4 and sparse int8 kernels, which then give way to it.
 
 Each decision is recorded as a :class:`LayerChoice` (layer, shape, weight
 format, sparsity, pattern, mode, kernel, epilogue, the rule that picked it);
@@ -97,17 +99,19 @@ class WeightInfo:
 @dataclass(frozen=True)
 class Rule:
     """One row of the kernel table: in ``modes``, when the weight is 2:4 (if ``two_four``) and at least
-    ``min_sparsity`` zeros, run ``kernel``."""
+    ``min_sparsity`` zeros, run ``kernel`` — unless the kernels running now are one of ``not_on``
+    (instruction sets whose dense kernel is faster than this one)."""
 
     modes: tuple[str, ...]
     kernel: str
     why: str
     two_four: bool = False
     min_sparsity: float = 0.0
+    not_on: tuple[str, ...] = ()
 
-    def matches(self, mode: str, w: WeightInfo) -> bool:
+    def matches(self, mode: str, w: WeightInfo, isa: str | None = None) -> bool:
         return (mode in self.modes and (not self.two_four or w.pattern == "2:4")
-                and w.sparsity >= self.min_sparsity)
+                and w.sparsity >= self.min_sparsity and (isa is None or isa not in self.not_on))
 
 
 _INT8 = ("int8-static", "int8-dynamic")
@@ -120,12 +124,17 @@ F32_SPARSE_MIN = 0.5
 S8_SPARSE_MIN = 0.95
 #: The kernel table, first available match wins (see the module docstring). 2:4 int8 measured
 #: 1.04-1.2x faster than dense int8 at M=1 and on par at M=32 (0.97-1.04x; small-vla shapes, 1 thread,
-#: AVX-512 VNNI, 2026-12-04), with half the weight bytes; 2:4 float32 2.2x NumPy dense.
+#: AVX-512 VNNI, 2026-12-04), with half the weight bytes; 2:4 float32 2.2x NumPy dense. Where the
+#: dense int8 GEMM runs on AMX tiles, dense wins at M=32 (34 vs 95 us for 384->1536, 17 vs 90 us for
+#: 1536->384, 10 vs 26 us for 384->384; 1 thread, 2026-12-04) and ties at M=1: the int8 2:4 and sparse
+#: kernels give way to it.
+_DENSE_INT8_FASTER_ON = ("avx512_amx",)
 RULES: tuple[Rule, ...] = (
     Rule(("int4",), "s4-groupwise", "int4 weight-only, unpacked in the kernel"),
     Rule(("int4",), "f32-dense", "int4 weights dequantized at load (no int4 kernel takes them)"),
-    Rule(_INT8, "s8-2:4", "2:4 weights: half the multiply-adds", two_four=True),
-    Rule(_INT8, "s8-sparse", f">= {S8_SPARSE_MIN:.0%} zeros: sparse int8 beats dense", min_sparsity=S8_SPARSE_MIN),
+    Rule(_INT8, "s8-2:4", "2:4 weights: half the multiply-adds", two_four=True, not_on=_DENSE_INT8_FASTER_ON),
+    Rule(_INT8, "s8-sparse", f">= {S8_SPARSE_MIN:.0%} zeros: sparse int8 beats dense", min_sparsity=S8_SPARSE_MIN,
+         not_on=_DENSE_INT8_FASTER_ON),
     Rule(_INT8, "s8-dense", "dense W8A8"),
     Rule(("fp32",), "f32-2:4", "2:4 weights: half the multiply-adds", two_four=True),
     Rule(("fp32",), "f32-sparse", f">= {F32_SPARSE_MIN:.0%} zeros: sparse float beats dense",
@@ -257,8 +266,9 @@ def compute_mode(weight: LinearWeight, static_scale: float | None, precision: st
 
 def choose_kernel(mode: str, info: WeightInfo, weight: LinearWeight | None = None) -> Rule:
     """The first rule of :data:`RULES` that matches and whose kernel this build has (and takes the weight)."""
+    isa = native.get_isa() if native.available() else None
     for rule in RULES:
-        if rule.matches(mode, info) and kernel_available(rule.kernel, weight):
+        if rule.matches(mode, info, isa) and kernel_available(rule.kernel, weight):
             return rule
     raise EdgevlaError(f"no kernel of this build runs a {info.stored} {info.n}x{info.k} layer in mode {mode}")
 
