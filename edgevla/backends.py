@@ -264,6 +264,50 @@ class NativeRunner(_RunnerBase):
             self._native.set_num_threads(self._threads_before)
 
 
+class CudaNativeRunner(TorchRunner):
+    """The native backend on a GPU: a PyTorch policy whose linear layers run edgevla's CUDA kernels.
+
+    :func:`edgevla.cuda_policy.cuda_policy` swaps the layers (the policy is
+    changed in place and moved to the GPU); calls go through
+    :class:`TorchRunner`, the observations copied to the GPU and the actions
+    back. ``plan()`` lists the kernel of each linear layer, as on the CPU.
+    """
+
+    name = "native"
+
+    def __init__(self, policy, precision: str | None = None):
+        from .cuda_policy import DEFAULT_PRECISION, cuda_policy
+
+        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION)
+        super().__init__(policy)
+
+    def plan(self):
+        """What runs each linear layer (a list of :class:`edgevla.runtime.LayerChoice`)."""
+        return list(self._plan)
+
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def native_device(device: str, gpu_target: bool) -> str:
+    """Where ``--backend native`` runs: ``"cpu"`` or ``"cuda"``.
+
+    ``auto`` is the GPU when the bundle is built for one (``gpu_target``) and
+    the CUDA kernels can run here, else the CPU; ``cuda`` insists, with the
+    one-line reason when it cannot.
+    """
+    if device not in DEVICES:
+        raise EdgevlaError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    from . import cuda_kernels
+
+    reason = cuda_kernels.unavailable_reason()
+    if device == "cuda" and reason:
+        raise EdgevlaError(f"--device cuda: the native backend cannot run on a GPU here: {reason}")
+    return "cuda" if device == "cuda" or (gpu_target and not reason) else "cpu"
+
+
 class TensorRTRunner(_RunnerBase):
     """A TensorRT engine on an NVIDIA GPU (needs the ``tensorrt`` package and a CUDA device).
 

@@ -14,6 +14,9 @@ import sys
 from .errors import EdgevlaError
 
 BACKEND_CHOICES = ("torch", "onnxruntime", "native", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = ("where --backend native runs: auto (default: the GPU for a GPU target's bundle when edgevla's CUDA "
+               "kernels can run here, else the CPU), cpu, or cuda")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", "-b", default="onnxruntime", choices=BACKEND_CHOICES)
     e.add_argument("--episodes", "-n", type=int, default=200)
     e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("profile", help="latency, jitter and deadline misses of a bundle or a policy")
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--warmup", type=int, default=20)
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--threads", type=int)
+    pr.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     pr.add_argument("--allow-pickle", action="store_true")
     pr.add_argument("--json", action="store_true")
 

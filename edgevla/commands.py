@@ -64,36 +64,59 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _bundle_runner(bundle, backend: str, threads: int | None = None):
-    from .backends import make_runner
+def _bundle_policy(bundle, backend: str):
+    """The bundle's PyTorch policy, rebuilt: quantized layers restored, structured shape changes replayed."""
+    from .bundle import load_weights
+    from .models.vla import VLAConfig, VLAPolicy
+
+    tensors, _ = load_weights(bundle.file("weights.safetensors"))
+    config = bundle.manifest["policy"].get("config")
+    if not config:
+        raise EdgevlaError(f"{backend} needs a bundle of an edgevla VLA policy (its config is in the "
+                           f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
+                           "use --backend onnxruntime")
+    policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
+    architecture = bundle.manifest["policy"].get("architecture")
+    try:
+        from .quant import restore_quantized
+
+        restore_quantized(policy, tensors)  # a quantized bundle: its layers come back fake-quant
+        if architecture:  # structured pruning: replay its shape changes, then load
+            from .prune.architecture import rebuild
+
+            policy = rebuild(policy, architecture, tensors)
+        else:
+            policy.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise EdgevlaError(f"the bundle's weights do not fit its policy config "
+                           f"({str(e).strip().splitlines()[-1].strip()}): use --backend onnxruntime") from None
+    return policy.eval()
+
+
+def _bundle_runner(bundle, backend: str, threads: int | None = None, device: str = "auto"):
+    """The runner of ``backend`` for a bundle; ``native`` on a GPU where ``device`` says so (see native_device)."""
+    from .backends import CudaNativeRunner, make_runner, native_device
 
     if backend == "torch":
-        from .bundle import load_weights
-        from .models.vla import VLAConfig, VLAPolicy
-
-        tensors, _ = load_weights(bundle.file("weights.safetensors"))
-        config = bundle.manifest["policy"].get("config")
-        if not config:
-            raise EdgevlaError("backend 'torch' needs a bundle of an edgevla VLA policy (its config is in the "
-                               f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
-                               "use --backend onnxruntime")
-        policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
-        architecture = bundle.manifest["policy"].get("architecture")
-        try:
-            from .quant import restore_quantized
-
-            restore_quantized(policy, tensors)  # a quantized bundle: its layers come back fake-quant
-            if architecture:  # structured pruning: replay its shape changes, then load
-                from .prune.architecture import rebuild
-
-                policy = rebuild(policy, architecture, tensors)
-            else:
-                policy.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise EdgevlaError(f"the bundle's weights do not fit its policy config "
-                               f"({str(e).strip().splitlines()[-1].strip()}): use --backend onnxruntime") from None
-        return make_runner("torch", policy=policy.eval(), threads=threads)
+        return make_runner("torch", policy=_bundle_policy(bundle, "backend 'torch'"), threads=threads)
+    if backend == "native":
+        gpu_target = bundle.manifest["target"].get("kind") == "gpu"
+        if native_device(device, gpu_target) == "cuda":
+            return CudaNativeRunner(_bundle_policy(bundle, "the native backend on a GPU"))
     return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    if args.device != "auto" and args.backend != "native":
+        raise EdgevlaError(f"--device {args.device} applies to --backend native only "
+                           f"(backend {args.backend!r} decides its own device)")
+
+
+def _runner_device(runner) -> str:
+    """Where a runner computes: ``"cuda"`` for the native backend on a GPU, else ``"cpu"``."""
+    from .backends import CudaNativeRunner
+
+    return "cuda" if isinstance(runner, CudaNativeRunner) else "cpu"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -104,23 +127,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise EdgevlaError("--episodes must be >= 1")
+    _check_device(args)
     bundle = load_bundle(args.bundle)
     task = task_for(bundle.spec)
     if task is None:
         raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
                            "closed-loop evaluation needs a task that speaks them")
-    runner = _bundle_runner(bundle, args.backend)
+    runner = _bundle_runner(bundle, args.backend, device=args.device)
     progress = ConsoleProgress()
     try:
         with progress.task(f"{args.episodes} episodes", args.episodes) as advance:
             result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed, progress=advance)
     finally:
         runner.close()
-    data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "seed": args.seed, **result.to_dict()}
+    data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
+            "seed": args.seed, **result.to_dict()}
     if args.json:
         _json(data)
     else:
-        out.print(f"success {result.success_rate:.1%} over {result.episodes} episodes ({args.backend}); "
+        out.print(f"success {result.success_rate:.1%} over {result.episodes} episodes ({args.backend}"
+                  f"{' on the GPU' if data['device'] == 'cuda' else ''}); "
                   f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
     return 0
 
@@ -137,6 +163,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
+    _check_device(args)
     with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch:
         runner, what, default_target = _profile_runner(args, Path(scratch))
         target = load_target(args.target or default_target)
@@ -149,7 +176,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         finally:
             runner.close()
     deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
-    data = {"model": what, "backend": args.backend, "batch": args.batch, "target": target.name,
+    data = {"model": what, "backend": args.backend, "device": _runner_device(runner), "batch": args.batch,
+            "target": target.name,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
             "deadline": deadline.to_dict()}
     if plan is not None:  # which kernel ran each linear layer, and why
@@ -157,7 +185,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.json:
         _json(data)
         return 0
-    table = Table(title=f"{what} · {args.backend} · batch {args.batch} · on this host ({data['host']['cpu']})")
+    where = "on this host's GPU" if data["device"] == "cuda" else f"on this host ({data['host']['cpu']})"
+    table = Table(title=f"{what} · {args.backend} · batch {args.batch} · {where}")
     for col in ("mean", "std", "p50", "p90", "p99", "max"):
         table.add_column(f"{col} ms", justify="right")
     table.add_row(*(f"{getattr(stats, f'{c}_ms'):.3f}" for c in ("mean", "std", "p50", "p90", "p99", "max")))
@@ -186,11 +215,14 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
         from .bundle import load_bundle
 
         bundle = load_bundle(path)
-        return _bundle_runner(bundle, args.backend, args.threads), str(path), bundle.manifest["target"]["name"]
-    from .backends import make_runner
+        return (_bundle_runner(bundle, args.backend, args.threads, args.device), str(path),
+                bundle.manifest["target"]["name"])
+    from .backends import CudaNativeRunner, make_runner, native_device
     from .models.zoo import load_policy
 
     loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
+    if args.backend == "native" and native_device(args.device, gpu_target=False) == "cuda":
+        return CudaNativeRunner(loaded.policy), loaded.name, "x86-64-cpu"
     if args.backend in ("onnxruntime", "native"):
         from .export import export_onnx
 
