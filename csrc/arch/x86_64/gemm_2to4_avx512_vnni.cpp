@@ -67,6 +67,7 @@ void tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
         for (int r = 0; r < MR; ++r) x[r] = activations_u8(a[r], w.k, kb);
         for (int j = 0; j < NB; ++j) {
             const uint8_t* cell = cells[j] + static_cast<uint64_t>(kb) * kCellBytesS8;
+            if (MR < 4) prefetch_stream(cell, kCellBytesS8);  // a GEMV: see kernel_common.h
             const __m512i meta =
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 8 * kBlockN)));
             const __m512i t = _mm512_or_si512(meta, _mm512_slli_epi32(meta, 14));

@@ -123,6 +123,7 @@ void thin_tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
 
     int64_t group = 0;
     for (; group + kChains <= full_groups; group += kChains) {
+        prefetch_stream(cells + group * kCellBytes, kChains * kCellBytes);  // see kernel_common.h
         for (int h = 0; h < kChains; ++h) {
             const __m512i weights = _mm512_loadu_si512(cells + (group + h) * kCellBytes);
             for (int r = 0; r < MR; ++r) {

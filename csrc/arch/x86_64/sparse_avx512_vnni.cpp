@@ -41,6 +41,7 @@ void tile_f32(const GemmSparseF32Args& args, int64_t row, int64_t slice) {
             low[r] = _mm512_maskz_loadu_ps(low_mask, x);
             high[r] = _mm512_maskz_loadu_ps(high_mask, x + 16);
         }
+        if (MR < 4) prefetch_stream(slot, count * kSlotBytesF32);  // a GEMV: see kernel_common.h
         for (uint64_t t = 0; t < count; ++t, slot += kSlotBytesF32) {
             const __m512i position = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(slot)));
             const __m512 value = _mm512_loadu_ps(reinterpret_cast<const float*>(slot + kSparseSlice));
@@ -76,6 +77,7 @@ void tile_s8(const GemmSparseS8Args& args, int64_t row, int64_t slice) {
         for (int r = 0; r < MR; ++r) {
             x16[r] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, args.a + (row + r) * args.lda + k0));
         }
+        if (MR < 4) prefetch_stream(slot, count * kSlotBytesS8);  // a GEMV: see kernel_common.h
         for (uint64_t t = 0; t < count; ++t, slot += kSlotBytesS8) {
             const __m512i position = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(slot)));
             const __m512i value =
