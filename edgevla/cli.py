@@ -117,6 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cpu: the native CPU kernels (default); cuda: the CUDA kernels beside cuBLAS, cuSPARSELt "
                          "and fp16 matmul (M = 1,16,256,1024 by default; edgevla/bench/kernels_cuda.py)")
+    be = bsub.add_parser("e2e", help="compressed bundles end to end on the native backend and ONNX Runtime, beside "
+                                     "the dense policy under ONNX Runtime dynamic int8 and PyTorch fp32")
+    be.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories (compressed builds)")
+    be.add_argument("--policy", "-p", help="the dense reference policy (default: the bundles' own)")
+    be.add_argument("--rounds", type=int, default=5, help="rounds over every backend in turn (default 5)")
+    be.add_argument("--runs", type=int, default=50, help="timed calls per backend and round (default 50)")
+    be.add_argument("--warmup", type=int, default=10, help="untimed calls before each (default 10)")
+    be.add_argument("--threads", type=int, default=1, help="threads of every backend (default 1)")
+    be.add_argument("--batch", type=int, default=1, help="observations per call (default 1)")
+    be.add_argument("--allow-pickle", action="store_true")
+    be.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     bp = bsub.add_parser("prune", help="each pruning method on one policy: size, FLOPs, success, recovery, latency")
     bp.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
     bp.add_argument("--methods", default="2:4,unstructured:0.8,structured:0.5,structured:0.5:blocks",

@@ -1,0 +1,38 @@
+"""``edgevla bench e2e`` on the session's tiny bundle: every backend timed, ratios of the medians, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgevla.bench.e2e import bench_e2e
+from edgevla.cli import main
+from edgevla.errors import EdgevlaError
+
+
+def test_bench_e2e_times_every_backend_and_reports_ratios(tiny_bundle, tmp_path, capsys, torch_one_thread):
+    out = tmp_path / "e2e.json"
+    assert main(["bench", "e2e", str(tiny_bundle.bundle), "--rounds", "2", "--runs", "3", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    label = tiny_bundle.bundle.resolve().name
+    assert set(result["median_ms"]) == {f"native:{label}", f"onnxruntime:{label}", "onnxruntime-dynint8",
+                                        "native-dense", "torch-fp32"}
+    assert all(len(v) == 2 and min(v) > 0 for v in result["rounds_ms"].values())
+    med = result["median_ms"]
+    ratios = result["ratios_vs_native"][label]
+    assert ratios["torch-fp32"] == pytest.approx(med["torch-fp32"] / med[f"native:{label}"], rel=1e-3, abs=1e-3)
+    assert [g["threshold"] for g in result["goals"]] == [1.5, 4.0]
+    assert all(g["met"] == (g["ratio"] >= g["threshold"]) for g in result["goals"])
+    assert result["policy"] == "tiny-vla" and result["threads"] == 1
+    assert "goal: native" in capsys.readouterr().out
+
+
+def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["bench", "e2e", str(tmp_path / "missing")]) == 2
+    assert main(["bench", "e2e", str(tmp_path), "--rounds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--rounds must be >= 1" in err[1]
+    with pytest.raises(EdgevlaError, match="at least one bundle"):
+        bench_e2e([])
