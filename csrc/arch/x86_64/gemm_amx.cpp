@@ -19,7 +19,7 @@
 //
 // Register use: a panel of up to 32 rows x 2 blocks, C tiles 0..3 (rows
 // 16 r .. 16 r + 15, block j in tile 2 r + j), A tiles 4, 5, B tiles 6, 7.
-// Rows go in chunks of whole panels that fit 32 KiB of A (chunk_rows_for),
+// Rows go in chunks of whole panels that fit 32 KiB or 1 MiB of A (chunk_rows_for),
 // each pair of blocks passing all panels of a chunk; the epilogue of one tile
 // group runs while the next group's products execute (PendingTiles).
 // Tails: the last rows of a range (fewer than 32) get tiles of fewer rows
@@ -48,13 +48,21 @@ constexpr int64_t kTileK = 64;            // k per tdpbssd: 64 bytes of an A row
 constexpr int64_t kTileGroups = kTileK / 4;  // rows of a B tile
 constexpr int64_t kPanelRows = 32;        // two A tiles of 16 rows
 constexpr int64_t kChunkRows = 256;       // the most rows of one chunk (k tails: 16 KiB of stack)
-constexpr int64_t kChunkBytes = 32768;
+constexpr int64_t kChunkBytesL1 = 32768;    // A of a chunk kept in L1
+constexpr int64_t kChunkBytesL2 = 1 << 20;  // A of a chunk kept in L2
+constexpr int64_t kWeightBytesL2 = 1 << 20; // weights larger than this do not stay in L2 between chunks
 
-// Rows of A that pass every pair of blocks together: as many whole panels as
-// fit kChunkBytes of A, so that A stays in L1 while the blocks' weights
-// stream from L2 (each pair of blocks is then loaded once per chunk).
-inline int64_t chunk_rows_for(int64_t k) {
-    int64_t rows = kChunkBytes / k / kPanelRows * kPanelRows;
+// Rows of A that pass every pair of blocks together (each pair of blocks is
+// loaded once per chunk). Weights that stay in L2 (up to kWeightBytesL2 of
+// them): as many whole panels as fit 32 KiB of A, so A stays in L1 while the
+// weights stream from L2. Larger weights would come from L3 once per chunk,
+// so the chunk grows to 1 MiB of A, held in L2, and the weights are read
+// about once. Measured (1 thread, us, small / large chunk): 256 x 768 x 3072
+// 834 / 631, 64 x 3072 x 768 160 / 132; but 256 x 384 x 1536 (590 KB of
+// weights) 214 / 269, hence the threshold.
+inline int64_t chunk_rows_for(int64_t k, int64_t weight_bytes) {
+    const int64_t chunk_bytes = weight_bytes > kWeightBytesL2 ? kChunkBytesL2 : kChunkBytesL1;
+    int64_t rows = chunk_bytes / k / kPanelRows * kPanelRows;
     rows = rows < kPanelRows ? kPanelRows : rows;
     return rows > kChunkRows ? kChunkRows : rows;
 }
@@ -254,7 +262,7 @@ void gemm_packed_s8_f32_amx(const GemmPackedArgs& args, int64_t row_begin, int64
     const int64_t full_k = args.w.k / kTileK * kTileK;
     alignas(64) int8_t a_tail[kChunkRows * kTileK];  // the k past full_k of a chunk's rows, zero-padded to 64
     Scratch scratch;
-    const int64_t step = chunk_rows_for(args.w.k);
+    const int64_t step = chunk_rows_for(args.w.k, (block_end - block_begin) * kBlockN * args.w.k);
     for (int64_t chunk = row_begin; chunk < row_end; chunk += step) {
         const int64_t chunk_rows = row_end - chunk < step ? row_end - chunk : step;
         if (full_k < args.w.k) {
