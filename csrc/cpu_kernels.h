@@ -1,6 +1,7 @@
 // The CPU kernels behind the packed GEMMs (dense W8A8, unstructured sparse,
-// 2:4, int4 weight-only) and per-token quantization: the argument structs
-// every ISA shares, one declaration per ISA, packing and validation.
+// 2:4, int4 weight-only, int4 x int8) and per-token quantization: the
+// argument structs every ISA shares, one declaration per ISA, packing and
+// validation.
 //
 // Each ISA lives in its own file under arch/ (generic: arch/generic/, compiled
 // for every target; x86-64: arch/x86_64/*_avx2.cpp and *_avx512_vnni.cpp,
@@ -141,6 +142,49 @@ using Gemm2to4F32Args = GemmF32Args<Packed2to4View>;
 using Gemm2to4S8Args = GemmS8Args<Packed2to4View>;
 using GemmW4F32Args = GemmF32Args<PackedW4View>;
 
+// Float32 activations quantized for the W4A8 GEMM (the ISA's quantize_w4a8
+// fills them once per call, gemm_ref.h states the arithmetic): each row of x in groups of
+// the weight's group size (the last one partial when K is not a multiple),
+// every group quantized to int8 by the per-token rule of epilogue_math.h on
+// that group alone. The codes are rearranged per cell of 8 k so that the low
+// nibbles of a weight word (k = 8 t + 0, 2, 4, 6) meet one 4-byte word of
+// activations and the high nibbles (8 t + 1, 3, 5, 7) the next.
+struct QuantizedW4A8Rows {
+    const int8_t* q = nullptr;        // [m][k_cells][8]: q[8t+0,2,4,6], q[8t+1,3,5,7]; zero past K
+    const float* scale = nullptr;     // [m][k_groups]: amax / 127, NaN where the group is not finite
+    const int32_t* sum = nullptr;     // [m][k_groups]: the group's codes summed (what unsigned c + 8 adds / 8)
+    int64_t ldq = 0, ldg = 0;         // row strides: k_cells * 8 bytes, k_groups values
+};
+
+// The quantization of rows [0, m) of float32 x into QuantizedW4A8Rows
+// (q, scale, sum with row strides ldq, ldg) for a weight of K = k and
+// groups of `group`: one kernel per ISA, all with identical results.
+struct QuantizeW4A8Args {
+    int64_t m = 0, k = 0, group = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0;
+    int8_t* q = nullptr;
+    float* scale = nullptr;
+    int32_t* sum = nullptr;
+    int64_t ldq = 0, ldg = 0;
+};
+using QuantizeW4A8Kernel = void (*)(const QuantizeW4A8Args& args);
+void quantize_w4a8_generic(const QuantizeW4A8Args& args);
+void quantize_w4a8_avx2(const QuantizeW4A8Args& args);
+void quantize_w4a8_avx512(const QuantizeW4A8Args& args);
+
+// C = epilogue(X * W^T) with X quantized per group (W4A8): per group and
+// channel an exact int32 dot product of the int4 and int8 codes, scaled and
+// summed in float32 in group order (gemm_ref.h, edgevla_gemm_w4a8_f32_ref).
+struct GemmW4A8Args {
+    PackedW4View w;
+    int64_t m = 0;
+    QuantizedW4A8Rows a;
+    EpilogueF32 epilogue{};
+    float* c = nullptr;
+    int64_t ldc = 0;
+};
+
 // Every packed kernel computes rows [row_begin, row_end) x output blocks
 // [block_begin, block_end) of C (a block is 16 channels: a slice of the
 // sparse formats), like GemmPackedS8F32Kernel.
@@ -153,7 +197,8 @@ using TileKernel = void (*)(const Args& args, int64_t row_begin, int64_t row_end
     void gemm_sparse_s8_##isa(const GemmSparseS8Args&, int64_t, int64_t, int64_t, int64_t);            \
     void gemm_2to4_f32_##isa(const Gemm2to4F32Args&, int64_t, int64_t, int64_t, int64_t);              \
     void gemm_2to4_s8_##isa(const Gemm2to4S8Args&, int64_t, int64_t, int64_t, int64_t);                \
-    void gemm_w4_f32_##isa(const GemmW4F32Args&, int64_t, int64_t, int64_t, int64_t);
+    void gemm_w4_f32_##isa(const GemmW4F32Args&, int64_t, int64_t, int64_t, int64_t);                  \
+    void gemm_w4a8_f32_##isa(const GemmW4A8Args&, int64_t, int64_t, int64_t, int64_t);
 
 EDGEVLA_DECLARE_FORMAT_KERNELS(generic)
 EDGEVLA_DECLARE_FORMAT_KERNELS(avx2)

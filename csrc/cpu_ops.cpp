@@ -4,6 +4,7 @@
 #include "thread_pool.h"
 
 #include <atomic>
+#include <vector>
 
 namespace edgevla {
 namespace {
@@ -85,6 +86,19 @@ void run_quantize_part(void* context, int part, int parts) {
     }
 }
 
+// ---- W4A8 ----
+
+constexpr int64_t kW4CellK = EDGEVLA_PACKED_W4_CELL_K;
+// Rows quantized at a time: the buffer holds about this many codes at most.
+constexpr int64_t kW4A8ChunkBytes = int64_t{1} << 20;
+
+// The calling thread's quantized rows, grown to the largest chunk it has seen.
+struct W4A8Buffer {
+    std::vector<int8_t> q;
+    std::vector<float> scale;
+    std::vector<int32_t> sum;
+};
+
 }  // namespace
 
 void set_min_macs_per_thread(int64_t macs) { g_min_macs_per_thread.store(macs < 1 ? 1 : macs); }
@@ -124,6 +138,35 @@ void gemm_2to4_s8(const Gemm2to4S8Args& args) {
 void gemm_w4_f32(const GemmW4F32Args& args) {
     run_gemm(active_isa().gemm_w4_f32, args, args.m, args.w.n_blocks,
              args.m * args.w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * args.w.k);
+}
+
+void gemm_w4a8_f32(const GemmW4F32Args& args) {
+    const PackedW4View& w = args.w;
+    if (args.m == 0 || w.n == 0) return;
+    thread_local W4A8Buffer buffer;
+    const int64_t ldq = w.k_cells * kW4CellK, ldg = w.k_groups;
+    int64_t chunk = kW4A8ChunkBytes / (ldq > 0 ? ldq : 1);
+    chunk = chunk < 1 ? 1 : chunk < args.m ? chunk : args.m;
+    const size_t q_size = static_cast<size_t>(chunk * ldq), g_size = static_cast<size_t>(chunk * ldg);
+    if (buffer.q.size() < q_size) buffer.q.resize(q_size);
+    if (buffer.scale.size() < g_size) {
+        buffer.scale.resize(g_size);
+        buffer.sum.resize(g_size);
+    }
+    const IsaKernels& isa = active_isa();
+    for (int64_t row = 0; row < args.m; row += chunk) {
+        const int64_t rows = args.m - row < chunk ? args.m - row : chunk;
+        isa.quantize_w4a8({rows, w.k, w.group, args.x + row * args.ldx, args.ldx, buffer.q.data(), buffer.scale.data(),
+                           buffer.sum.data(), ldq, ldg});
+        GemmW4A8Args part;
+        part.w = w;
+        part.m = rows;
+        part.a = {buffer.q.data(), buffer.scale.data(), buffer.sum.data(), ldq, ldg};
+        part.epilogue = args.epilogue;
+        part.c = args.c + row * args.ldc;
+        part.ldc = args.ldc;
+        run_gemm(isa.gemm_w4a8_f32, part, rows, w.n_blocks, rows * w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * w.k);
+    }
 }
 
 int64_t quantize_per_token(int64_t m, int64_t k, const float* x, int64_t ldx, int8_t* q, int64_t ldq,

@@ -32,6 +32,14 @@ void gemm_2to4_f32(const Gemm2to4F32Args& args);
 void gemm_2to4_s8(const Gemm2to4S8Args& args);
 void gemm_w4_f32(const GemmW4F32Args& args);
 
+// The same product with the activations quantized to int8 per weight group
+// (W4A8, bit-identical to edgevla_gemm_w4a8_f32_ref): the active ISA's
+// quantize_w4a8 quantizes rows of x into a buffer of the calling thread
+// (grown once, then reused: no allocation per call after the first; at most
+// about 1 MiB of codes at a time), then its W4A8 kernel runs on them, split
+// over the threads like gemm_w4_f32.
+void gemm_w4a8_f32(const GemmW4F32Args& args);
+
 // Quantizes every row of x float32 (m, k) into q int8 (m, k) and scale[m].
 // Returns -1, or the index of the first row holding a NaN or an infinity
 // (q and scale are then partly written).

@@ -11,7 +11,8 @@ constexpr IsaKernels kGeneric{"generic",           always,
                                gemm_packed_s8_f32_generic, quantize_row_generic,
                                gemm_sparse_f32_generic,    gemm_sparse_s8_generic,
                                gemm_2to4_f32_generic,      gemm_2to4_s8_generic,
-                               gemm_w4_f32_generic,        layer_norm_s8_generic,
+                               gemm_w4_f32_generic,        gemm_w4a8_f32_generic,
+                               quantize_w4a8_generic,      layer_norm_s8_generic,
                                quantize_s8_generic};
 
 const IsaKernels* best_available() {

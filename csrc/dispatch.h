@@ -25,6 +25,8 @@ struct IsaKernels {
     TileKernel<Gemm2to4F32Args> gemm_2to4_f32;
     TileKernel<Gemm2to4S8Args> gemm_2to4_s8;
     TileKernel<GemmW4F32Args> gemm_w4_f32;
+    TileKernel<GemmW4A8Args> gemm_w4a8_f32;
+    QuantizeW4A8Kernel quantize_w4a8;
     LayerNormS8Kernel layer_norm_s8;
     QuantizeS8Kernel quantize_s8;
 };

@@ -3,8 +3,11 @@
 
 #include "epilogue_math.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 namespace {
 
@@ -81,6 +84,42 @@ extern "C" void edgevla_gemm_w4_f32_ref(int64_t m, int64_t n, int64_t k, int64_t
                 acc += weight * x[row * ldx + i];
             }
             float value = static_cast<float>(acc);
+            if (bias != nullptr) value += bias[col];
+            c[row * ldc + col] = edgevla_activate_f32(activation, value);
+        }
+    }
+}
+
+extern "C" void edgevla_gemm_w4a8_f32_ref(int64_t m, int64_t n, int64_t k, int64_t group,
+                                          const float* x, int64_t ldx,
+                                          const uint8_t* qdata, int64_t ldq,
+                                          const float* scale, int64_t lds,
+                                          const float* bias, edgevla_activation activation,
+                                          float* c, int64_t ldc) {
+    const int64_t groups = (k + group - 1) / group;
+    std::vector<int8_t> qx(static_cast<size_t>(k));
+    std::vector<float> xs(static_cast<size_t>(groups));
+    for (int64_t row = 0; row < m; ++row) {
+        // The row's groups, each quantized on its own.
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t begin = g * group, length = k - begin < group ? k - begin : group;
+            int8_t* q = qx.data() + begin;
+            if (!edgevla_quantize_row_ref(length, x + row * ldx + begin, q, &xs[static_cast<size_t>(g)])) {
+                xs[static_cast<size_t>(g)] = std::numeric_limits<float>::quiet_NaN();
+                std::fill(q, q + length, int8_t{0});
+            }
+        }
+        for (int64_t col = 0; col < n; ++col) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < groups; ++g) {
+                int32_t dot = 0;
+                for (int64_t i = g * group; i < k && i < (g + 1) * group; ++i) {
+                    const int nibble = (qdata[col * ldq + i / 2] >> (4 * (i % 2))) & 0xF;
+                    dot += (nibble < 8 ? nibble : nibble - 16) * int32_t{qx[static_cast<size_t>(i)]};
+                }
+                acc = acc + static_cast<float>(dot) * (xs[static_cast<size_t>(g)] * scale[col * lds + g]);
+            }
+            float value = acc;
             if (bias != nullptr) value += bias[col];
             c[row * ldc + col] = edgevla_activate_f32(activation, value);
         }

@@ -48,6 +48,28 @@ void edgevla_gemm_w4_f32_ref(int64_t m, int64_t n, int64_t k, int64_t group,
                              const float* bias, edgevla_activation activation,
                              float* c, int64_t ldc);
 
+/* Reference int4 x int8 GEMM (W4A8) on the same codes and scales as
+ * edgevla_gemm_w4_f32_ref. Each row of x is quantized per weight group
+ * (G = group; the last group holds K - G * (KG - 1) values when G does not
+ * divide K): the group's values alone go through edgevla_quantize_row_ref,
+ * giving int8 codes qx in [-127, 127] and xs[g] = amax / 127 (codes all zero
+ * when amax < 2^-100, see epilogue_math.h). A group holding a NaN or an
+ * infinity gets xs[g] = NaN and zero codes, so its row's outputs are NaN
+ * before the activation. Then, per output,
+ *   dot[g] = sum over k in group g of q[n][k] * qx[k]      exact, in int32
+ *   acc    = 0.0f; for g = 0, 1, ..., KG - 1 in order:
+ *            acc = acc + (float)dot[g] * (xs[g] * scale[n * lds + g])
+ *   out[m][n] = act(acc + bias[n])
+ * in float32, every operation rounded on its own (no fused multiply-add:
+ * AVX2 has none), so every ISA's kernel can and does reproduce it bit for
+ * bit. */
+void edgevla_gemm_w4a8_f32_ref(int64_t m, int64_t n, int64_t k, int64_t group,
+                               const float* x, int64_t ldx,
+                               const uint8_t* qdata, int64_t ldq,
+                               const float* scale, int64_t lds,
+                               const float* bias, edgevla_activation activation,
+                               float* c, int64_t ldc);
+
 /* Dynamic symmetric per-token quantization of one row (contract in
  * epilogue_math.h): writes q[0..k) and *scale and returns 1, or returns 0
  * without writing anything when the row holds a NaN or an infinity. */

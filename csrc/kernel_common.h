@@ -1,6 +1,7 @@
 // Small helpers that every ISA's packed kernels share: where a sparse slice's
 // slots are (clamped, so a corrupt body cannot send a kernel out of the
-// buffer) and zero-padded copies of the last, partial window of a row.
+// buffer), zero-padded copies of the last, partial window of a row, and the
+// row loop of the W4A8 activations' quantization.
 //
 // Everything is in an anonymous namespace: each translation unit, including
 // those compiled with -mavx512f or +dotprod, gets its own private copy, so the
@@ -11,6 +12,7 @@
 #include "epilogue_math.h"
 
 #include <cstring>
+#include <limits>
 
 namespace edgevla {
 namespace {
@@ -99,6 +101,89 @@ inline float epilogue_s8(const edgevla_gemm_epilogue_f32& epilogue, int64_t row,
     float v = static_cast<float>(acc) * (a_scale * epilogue.w_scale[col]);
     if (epilogue.bias != nullptr) v = v + epilogue.bias[col];
     return edgevla_activate_f32(epilogue.activation, v);
+}
+
+// ---- W4A8 activations (QuantizedW4A8Rows) ----
+
+constexpr int64_t kW4A8CellK = EDGEVLA_PACKED_W4_CELL_K;
+
+// The x86-64 W4A8 kernels do so little work per byte of weight that, at
+// M = 1 with the weights outside the caches, the hardware prefetcher alone
+// does not keep enough lines in flight (measured: the stream at 11-12 GB/s,
+// 20-25 GB/s with these prefetches, on a 25 GB/s-copy Xeon). Each cell (one
+// 64-byte line of codes) prefetches the weight stream 2 KiB ahead into L1
+// and 8 KiB ahead into L2, each group's scales 16 groups ahead. The blocks
+// lie one after the other, so "ahead" runs on into the next block.
+constexpr int64_t kW4A8PrefetchL1Lines = 32, kW4A8PrefetchL2Lines = 128, kW4A8PrefetchScaleLines = 16;
+
+// A read prefetch of the line `lines` 64-byte lines after p, into L1
+// (Locality 3) or L2 (2). Address arithmetic on integers: the line may lie
+// past the end of the buffer, which a prefetch, never faulting, ignores.
+template <int Locality>
+inline void prefetch_lines_ahead(const void* p, int64_t lines) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(64 * lines);
+    __builtin_prefetch(reinterpret_cast<const void*>(address), 0, Locality);
+}
+
+// The prefetches of the cell of codes at `cell` and of the scales at `scales`.
+inline void prefetch_w4a8_cell(const uint32_t* cell) {
+    prefetch_lines_ahead<3>(cell, kW4A8PrefetchL1Lines);
+    prefetch_lines_ahead<2>(cell, kW4A8PrefetchL2Lines);
+}
+inline void prefetch_w4a8_scales(const float* scales) { prefetch_lines_ahead<3>(scales, kW4A8PrefetchScaleLines); }
+
+// A cell of 8 codes in k order -> the order of QuantizedW4A8Rows (even k,
+// the weight words' low nibbles, in bytes 0..3, odd k in bytes 4..7), in
+// place; returns the codes' sum. Bit tricks on the 8 bytes as one
+// little-endian word (x86-64 and aarch64).
+inline int32_t arrange_w4a8_cell(int8_t* cell) {
+    constexpr uint64_t kLowBytes = 0x00FF00FF00FF00FFull, kLowHalves = 0x0000FFFF0000FFFFull;
+    uint64_t v;
+    std::memcpy(&v, cell, 8);
+    // The sum: each byte + 128 is unsigned; pairs, then the four pair sums at the top by one multiply.
+    const uint64_t biased = v ^ 0x8080808080808080ull;
+    const uint64_t pairs = (biased & kLowBytes) + ((biased >> 8) & kLowBytes);
+    const int32_t total = static_cast<int32_t>((pairs * 0x0001000100010001ull) >> 48) - 8 * 128;
+    uint64_t even = v & kLowBytes, odd = (v >> 8) & kLowBytes;
+    even = (even | (even >> 8)) & kLowHalves;
+    odd = (odd | (odd >> 8)) & kLowHalves;
+    v = ((even | (even >> 16)) & 0xFFFFFFFFull) | (((odd | (odd >> 16)) & 0xFFFFFFFFull) << 32);
+    std::memcpy(cell, &v, 8);
+    return total;
+}
+
+// One group of `length` values through a per-token quantize_row kernel, then
+// rearranged: writes ceil(length / 8) cells of q (zero past length), *scale
+// and *sum; false (q partly written) when the group is not finite.
+inline bool quantize_w4a8_group_by_row(QuantizeRowKernel quantize_row, int64_t length, const float* x, int8_t* q,
+                                       float* scale, int32_t* sum) {
+    const int64_t padded = (length + kW4A8CellK - 1) / kW4A8CellK * kW4A8CellK;
+    if (padded != length) std::memset(q + padded - kW4A8CellK, 0, kW4A8CellK);
+    if (!quantize_row(length, x, q, scale)) return false;
+    int32_t total = 0;
+    for (int64_t i = 0; i < length; i += kW4A8CellK) total += arrange_w4a8_cell(q + i);
+    *sum = total;
+    return true;
+}
+
+// Every group of every row of args through quantize_group(length, x, q,
+// &scale, &sum) (the contract of quantize_w4a8_group_by_row); a group that is
+// not finite gets zero codes, sum 0 and a NaN scale (gemm_ref.h).
+template <typename QuantizeGroup>
+inline void quantize_w4a8_rows(const QuantizeW4A8Args& args, QuantizeGroup quantize_group) {
+    for (int64_t row = 0; row < args.m; ++row) {
+        for (int64_t begin = 0, g = 0; begin < args.k; begin += args.group, ++g) {
+            const int64_t length = args.k - begin < args.group ? args.k - begin : args.group;
+            int8_t* q = args.q + row * args.ldq + begin;
+            float* scale = args.scale + row * args.ldg + g;
+            int32_t* sum = args.sum + row * args.ldg + g;
+            if (!quantize_group(length, args.x + row * args.ldx + begin, q, scale, sum)) {
+                std::memset(q, 0, static_cast<size_t>((length + kW4A8CellK - 1) / kW4A8CellK * kW4A8CellK));
+                *scale = std::numeric_limits<float>::quiet_NaN();
+                *sum = 0;
+            }
+        }
+    }
 }
 
 }  // namespace

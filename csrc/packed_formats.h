@@ -132,7 +132,9 @@
  * turns into 8 float vectors with one shift and one permute each; AVX2 and
  * NEON sign-extend each nibble with a shift left and an arithmetic shift
  * right. G is a multiple of 8, so no cell straddles two groups. 0.5 bytes per weight plus 4 / G for the
- * scales.
+ * scales. The int4 x int8 GEMMs (gemm_w4a8_f32) read the same buffer: the
+ * low nibbles of a word's 4 bytes are its codes at k = 8 t + 0, 2, 4, 6, the
+ * high nibbles those at 8 t + 1, 3, 5, 7, each a byte lane of a dot product.
  */
 #ifndef EDGEVLA_PACKED_FORMATS_H
 #define EDGEVLA_PACKED_FORMATS_H

@@ -224,6 +224,11 @@ def gemm_w4_f32(
 ) -> NDArray[np.float32]:
     """act(x @ dequantize(w).T + bias) for float32 x (M, K) and a pack_w4 weight."""
 
+def gemm_w4a8_f32(
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """gemm_w4_f32 with x quantized to int8 per weight group (W4A8), bit-identical to gemm_w4a8_f32_ref."""
+
 def gemm_f32_ref(
     x: Buffer, w: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
 ) -> NDArray[np.float32]:
@@ -240,6 +245,18 @@ def gemm_w4_f32_ref(
     out: Buffer | None = None,
 ) -> NDArray[np.float32]:
     """Reference int4 weight-only GEMM on primitives-layout codes, summed in double."""
+
+def gemm_w4a8_f32_ref(
+    x: Buffer,
+    qdata: Buffer,
+    scale: Buffer,
+    group_size: int,
+    bias: Buffer | None = None,
+    *,
+    act: str = "none",
+    out: Buffer | None = None,
+) -> NDArray[np.float32]:
+    """Reference W4A8 GEMM: x quantized per group, exact integer dots, scaled and summed in float32."""
 
 def packed_info(packed: Buffer) -> _PackedInfo:
     """The validated header of any packed weight; ValueError when it is not one."""

@@ -39,7 +39,7 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     assert {("linear-f32", "torch-fp32"), ("linear-int8", "torch-dynamic-int8"), ("gemm-int8", "onnxruntime-int8"),
             ("linear-int8", "edgevla"), ("gemm-int8", "edgevla"), ("sparse-f32", "edgevla"), ("sparse-int8", "edgevla"),
             ("2to4-int8", "edgevla"), ("2to4-f32", "edgevla"), ("int4-g32", "edgevla"),
-            ("int4-g128", "edgevla")} == backends
+            ("int4-g128", "edgevla"), ("int4-g32", "edgevla-w4a8"), ("int4-g128", "edgevla-w4a8")} == backends
     assert {row["sparsity"] for row in rows if row["op"] == "sparse-f32"} == {0.5, 0.9}
     assert {(row["shape"], row["M"]) for row in rows} == {(f"tiny-vla {layer}", 1) for layer in ("attn", "fc1", "fc2")}
     for row in rows:
@@ -47,6 +47,7 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
         assert row["gops"] == pytest.approx(2 * row["M"] * row["N"] * row["K"] / row["us"] / 1e3, rel=1e-2, abs=1e-3)
     goal_names = [g["goal"] for g in result["goals"]]
     assert any("int4 g32 GEMV >= 5x" in name for name in goal_names)
+    assert "int4 g128 GEMV >= 5x fp32 GEMV at M = 1 (hot weights, W4A8)" in goal_names
     assert any("2:4 int8 GEMV >= 1.4x" in name for name in goal_names)
 
 
@@ -70,6 +71,7 @@ def test_goals_are_ratios_of_rows_of_the_same_run():
         _row("linear-f32", "torch-fp32", 100.0), _row("int4-g32", "edgevla", 25.0),
         _row("linear-f32", "torch-fp32", 300.0, cache="cold"),
         _row("int4-g32", "edgevla", 50.0, cache="cold", gbps=30.0),
+        _row("int4-g32", "edgevla-w4a8", 10.0), _row("int4-g32", "edgevla-w4a8", 40.0, cache="cold", gbps=20.0),
         _row("sparse-f32", "edgevla", 20.0, sparsity=0.9), _row("sparse-f32", "edgevla", 60.0, sparsity=0.5),
         _row("gemm-int8", "edgevla", 30.0), _row("2to4-int8", "edgevla", 20.0, sparsity=0.5),
         _row("linear-int8", "torch-dynamic-int8", 120.0, m=16), _row("linear-int8", "edgevla", 100.0, m=16),
@@ -79,7 +81,12 @@ def test_goals_are_ratios_of_rows_of_the_same_run():
     assert hot["values"] == [{"where": "base-vla fc1", "ratio": 4.0}] and hot["met"] is False
     assert goals["int4 g32 GEMV >= 5x fp32 GEMV at M = 1 (cold weights)"]["met"] is True
     bandwidth = goals["int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights)"]
-    assert bandwidth["values"][0]["ratio"] == 0.75 and bandwidth["met"] is True
+    assert bandwidth["values"] == [{"where": "base-vla fc1", "ratio": 0.75}] and bandwidth["met"] is True
+    # The W4A8 kernel's rows get goals of their own.
+    assert goals["int4 g32 GEMV >= 5x fp32 GEMV at M = 1 (hot weights, W4A8)"]["values"][0]["ratio"] == 10.0
+    assert goals["int4 g32 GEMV >= 5x fp32 GEMV at M = 1 (cold weights, W4A8)"]["values"][0]["ratio"] == 7.5
+    bandwidth = goals["int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights, W4A8)"]
+    assert bandwidth["values"] == [{"where": "base-vla fc1", "ratio": 0.5}] and bandwidth["met"] is False
     assert goals["90 % unstructured sparse GEMV >= 4x dense fp32 GEMV (hot weights)"]["values"][0]["ratio"] == 5.0
     assert goals["2:4 int8 GEMV >= 1.4x dense int8 GEMV (hot weights)"]["values"][0]["ratio"] == 1.5
     torch_goal = goals["int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)"]

@@ -545,6 +545,10 @@ assert got.tobytes() == expected.tobytes()
 x = rng.normal(size=(3, 50)).astype(np.float32)
 q, scale = native.quantize_per_token(x)
 assert (np.abs(x - q * scale[:, None]) <= 0.5001 * scale[:, None]).all()
+qdata, w4_scale = rng.integers(0, 256, (20, 40), dtype=np.uint8), rng.uniform(1e-3, 1e-2, (20, 3)).astype(np.float32)
+x = rng.normal(size=(3, 80)).astype(np.float32)
+got = native.gemm_w4a8_f32(x, native.pack_w4(qdata, w4_scale, 32), bias[:20], act="gelu_erf")
+assert got.tobytes() == native.gemm_w4a8_f32_ref(x, qdata, w4_scale, 32, bias[:20], act="gelu_erf").tobytes()
 try:
     native.set_isa("avx512_vnni")
 except ValueError as error:
@@ -570,14 +574,14 @@ def test_the_same_binary_runs_on_older_x86_cpus(cpu, isas, tmp_path):
 
 def test_neon_kernels_under_qemu():
     """Cross-compiles the kernels for aarch64 and runs csrc/tests/kernel_driver.cpp under qemu (-cpu max):
-    the NEON paths of the dense, sparse, 2:4 and int4 GEMMs against their references."""
+    the NEON paths of the dense, sparse, 2:4, int4 and W4A8 GEMMs against their references."""
     if not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")):
         pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
     result = subprocess.run(["bash", str(REPO / "tests/native/run_aarch64.sh")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "neon_dot: all cases bit-identical" in result.stdout
-    assert "neon_dot: sparse, 2:4 and int4 kernels match their references" in result.stdout
+    assert "neon_dot: sparse, 2:4, int4 and W4A8 kernels match their references" in result.stdout
 
 
 # ------------------------------------------------------------ AMX tiles ------

@@ -11,6 +11,7 @@
 #include <pybind11/numpy.h>
 
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace edgevla::bindings {
@@ -311,6 +312,11 @@ py::object gemm_w4_f32_py(const py::object& x, const py::object& packed, const p
     return gemm_f32(x, w4_arg(packed), bias, act, out, [](const GemmW4F32Args& args) { gemm_w4_f32(args); });
 }
 
+py::object gemm_w4a8_f32_py(const py::object& x, const py::object& packed, const py::object& bias,
+                            const py::object& act, const py::object& out) {
+    return gemm_f32(x, w4_arg(packed), bias, act, out, [](const GemmW4F32Args& args) { gemm_w4a8_f32(args); });
+}
+
 // ---------------------------------------------------------- references ------
 
 py::object gemm_f32_ref_py(const py::object& x, const py::object& w, const py::object& bias, const py::object& act,
@@ -333,9 +339,14 @@ py::object gemm_f32_ref_py(const py::object& x, const py::object& w, const py::o
     return c.object;
 }
 
-py::object gemm_w4_f32_ref_py(const py::object& x, const py::object& qdata, const py::object& scale,
-                              const py::object& group_size, const py::object& bias, const py::object& act,
-                              const py::object& out) {
+// The int4 references (float32 or int8-quantized activations) share their arguments.
+using W4Reference = decltype(&edgevla_gemm_w4_f32_ref);
+static_assert(std::is_same_v<W4Reference, decltype(&edgevla_gemm_w4a8_f32_ref)>, "one signature for both");
+
+template <W4Reference reference>
+py::object gemm_w4_ref_py(const py::object& x, const py::object& qdata, const py::object& scale,
+                          const py::object& group_size, const py::object& bias, const py::object& act,
+                          const py::object& out) {
     const edgevla_activation activation = activation_arg(act);
     const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
     const W4Weight w = w4_weight(qdata, scale, group_size, x_arg.cols);
@@ -344,9 +355,9 @@ py::object gemm_w4_f32_ref_py(const py::object& x, const py::object& qdata, cons
         output_arg(out, Scalar::float32, x_arg.rows, w.n, {&x_arg, &w.qdata, &w.scale, bias_a.input()});
     {
         py::gil_scoped_release no_gil;
-        edgevla_gemm_w4_f32_ref(x_arg.rows, w.n, w.k, w.group, x_arg.data<const float>(), x_arg.ld,
-                                w.qdata.data<const uint8_t>(), w.qdata.ld, w.scale.data<const float>(), w.scale.ld,
-                                bias_a.data(), activation, c.array.data<float>(), c.array.ld);
+        reference(x_arg.rows, w.n, w.k, w.group, x_arg.data<const float>(), x_arg.ld, w.qdata.data<const uint8_t>(),
+                  w.qdata.ld, w.scale.data<const float>(), w.scale.ld, bias_a.data(), activation,
+                  c.array.data<float>(), c.array.ld);
     }
     return c.object;
 }
@@ -441,10 +452,19 @@ void register_formats(py::module_& m) {
     m.def("gemm_f32_ref", &gemm_f32_ref_py, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::kw_only(),
           py::arg("act") = "none", py::arg("out") = py::none(),
           "Reference float32 GEMM, act(x @ w.T + bias), summed in double.");
-    m.def("gemm_w4_f32_ref", &gemm_w4_f32_ref_py, py::arg("x"), py::arg("qdata"), py::arg("scale"),
+    m.def("gemm_w4a8_f32", &gemm_w4a8_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
+          py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          "act(x @ dequant(w).T + bias) for a pack_w4 weight with x quantized to int8 per weight group (W4A8), on "
+          "the active ISA; bit-identical to gemm_w4a8_f32_ref.");
+    m.def("gemm_w4_f32_ref", &gemm_w4_ref_py<edgevla_gemm_w4_f32_ref>, py::arg("x"), py::arg("qdata"), py::arg("scale"),
           py::arg("group_size"), py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none",
           py::arg("out") = py::none(),
           "Reference int4 weight-only GEMM on unpacked primitives-layout codes, summed in double.");
+    m.def("gemm_w4a8_f32_ref", &gemm_w4_ref_py<edgevla_gemm_w4a8_f32_ref>, py::arg("x"), py::arg("qdata"),
+          py::arg("scale"), py::arg("group_size"), py::arg("bias") = py::none(), py::kw_only(),
+          py::arg("act") = "none", py::arg("out") = py::none(),
+          "Reference int4 x int8 GEMM on unpacked primitives-layout codes: x quantized to int8 per group, exact "
+          "integer dot products, scaled and summed in float32 in group order.");
     m.def("packed_info", &packed_info_py, py::arg("packed"),
           "The validated header of any packed weight: format, version, n, k, nbytes, block sizes, dtypes.");
 }

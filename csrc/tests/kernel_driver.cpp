@@ -7,7 +7,8 @@
 // edgevla_gemm_f32_ref / edgevla_gemm_w4_f32_ref (bound below), on odd
 // shapes, empty to full sparsity, saturating values, per-tensor and
 // per-token scales, with and without bias, every activation, into poisoned
-// outputs followed by guard values.
+// outputs followed by guard values. The int4 x int8 GEMM (W4A8) must be
+// bit-identical to edgevla_gemm_w4a8_f32_ref.
 //
 // Its job is the ISAs the Python tests cannot reach on an x86-64 build host:
 // tests/native/run_aarch64.sh cross-compiles it for aarch64 and runs it under
@@ -339,41 +340,95 @@ int check_sparse_s8(const IsaKernels& isa, const Case& shape, double sparsity, b
     return 0;
 }
 
+// A random int4 weight of the primitives layout (every nibble, -8 and 7
+// included), packed, with its activations and bias. x_mode 0: Gaussian;
+// 1: +-3, 1.5 and a value rounding to -126.5 / 127 (every group saturates);
+// 2: Gaussian with every other group of `group` zero; 3: Gaussian times
+// 2^-110 (below the quantization's least amax); 4: Gaussian with a NaN in
+// the last row.
+struct W4Data {
+    int64_t row_bytes, groups;
+    std::vector<float> x, bias, scale;
+    std::vector<uint8_t> qdata, packed;
+    PackedW4View view;
+    std::string problem;  // from validate_packed_w4
+};
+
+W4Data w4_data(const FloatCase& c, int64_t group, int x_mode, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> scale_dist(1e-3f, 1e-1f);
+    W4Data d;
+    d.row_bytes = (c.k + 1) / 2;
+    d.groups = (c.k + group - 1) / group;
+    d.x.resize(static_cast<size_t>(c.m * c.k));
+    d.bias.resize(static_cast<size_t>(c.n));
+    d.qdata.resize(static_cast<size_t>(c.n * d.row_bytes));
+    d.scale.resize(static_cast<size_t>(c.n * d.groups));
+    const float saturating[] = {-3.0f, 3.0f, 1.5f, -3.0f * 126.5f / 127.0f};
+    for (int64_t i = 0; i < c.m * c.k; ++i) {
+        float& v = d.x[static_cast<size_t>(i)];
+        v = x_mode == 1 ? saturating[rng() % 4] : normal(rng);
+        if (x_mode == 2 && (i % c.k) / group % 2 == 0) v = 0.0f;
+        if (x_mode == 3) v *= std::ldexp(1.0f, -110);
+    }
+    if (x_mode == 4 && c.m * c.k > 0) d.x[static_cast<size_t>(c.m * c.k - 1 - (c.k - 1) / 2)] = NAN;
+    for (float& v : d.bias) v = normal(rng);
+    for (uint8_t& v : d.qdata) v = static_cast<uint8_t>(rng());
+    for (float& v : d.scale) v = scale_dist(rng);
+    d.packed.resize(static_cast<size_t>(packed_w4_bytes(c.n, c.k, group)));
+    pack_w4(c.n, c.k, group, d.qdata.data(), d.row_bytes, d.scale.data(), d.groups, d.packed.data());
+    d.problem = validate_packed_w4(d.packed.data(), d.packed.size(), &d.view);
+    return d;
+}
+
 // int4 weight-only, against edgevla_gemm_w4_f32_ref on the primitives layout.
 int check_w4(const IsaKernels& isa, const FloatCase& c, int64_t group, bool with_bias, edgevla_activation act,
              std::mt19937& rng) {
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> scale_dist(1e-3f, 1e-1f);
-    const int64_t row_bytes = (c.k + 1) / 2, groups = (c.k + group - 1) / group;
-    std::vector<float> x(static_cast<size_t>(c.m * c.k)), bias(static_cast<size_t>(c.n));
-    std::vector<uint8_t> qdata(static_cast<size_t>(c.n * row_bytes));
-    std::vector<float> scale(static_cast<size_t>(c.n * groups));
-    for (float& v : x) v = normal(rng);
-    for (float& v : bias) v = normal(rng);
-    for (uint8_t& v : qdata) v = static_cast<uint8_t>(rng());  // every nibble, -8 and 7 included
-    for (float& v : scale) v = scale_dist(rng);
-    const float* b = with_bias ? bias.data() : nullptr;
+    const W4Data d = w4_data(c, group, 0, rng);
+    if (!d.problem.empty()) return report(isa, "w4", c, ("packed " + d.problem).c_str(), act_name(act));
+    const float* b = with_bias ? d.bias.data() : nullptr;
     std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
-    edgevla_gemm_w4_f32_ref(c.m, c.n, c.k, group, x.data(), c.k, qdata.data(), row_bytes, scale.data(), groups, b,
-                            act, expected.data(), c.n);
-    std::vector<uint8_t> packed(static_cast<size_t>(packed_w4_bytes(c.n, c.k, group)));
-    pack_w4(c.n, c.k, group, qdata.data(), row_bytes, scale.data(), groups, packed.data());
+    edgevla_gemm_w4_f32_ref(c.m, c.n, c.k, group, d.x.data(), c.k, d.qdata.data(), d.row_bytes, d.scale.data(),
+                            d.groups, b, act, expected.data(), c.n);
     GemmW4F32Args args;
-    const std::string problem = validate_packed_w4(packed.data(), packed.size(), &args.w);
-    if (!problem.empty()) return report(isa, "w4", c, ("packed " + problem).c_str(), act_name(act));
-    args.m = c.m; args.x = x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
+    args.w = d.view;
+    args.m = c.m; args.x = d.x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
     gemm_w4_f32(args);
     if (!guard_intact(got, c.m * c.n)) return report(isa, "w4", c, "wrote past the end", act_name(act));
     std::vector<double> w_abs(static_cast<size_t>(c.n * c.k));
     for (int64_t row = 0; row < c.n; ++row) {
         for (int64_t i = 0; i < c.k; ++i) {
-            const int nibble = (qdata[static_cast<size_t>(row * row_bytes + i / 2)] >> (4 * (i % 2))) & 0xF;
-            w_abs[static_cast<size_t>(row * c.k + i)] =
-                std::fabs((nibble < 8 ? nibble : nibble - 16) * static_cast<double>(scale[static_cast<size_t>(row * groups + i / group)]));
+            const int nibble = (d.qdata[static_cast<size_t>(row * d.row_bytes + i / 2)] >> (4 * (i % 2))) & 0xF;
+            const double scale = d.scale[static_cast<size_t>(row * d.groups + i / group)];
+            w_abs[static_cast<size_t>(row * c.k + i)] = std::fabs((nibble < 8 ? nibble : nibble - 16) * scale);
         }
     }
-    if (!within_tolerance(got, expected, magnitudes(c.m, c.n, c.k, x, w_abs, b), c.k, c.m * c.n)) {
+    if (!within_tolerance(got, expected, magnitudes(c.m, c.n, c.k, d.x, w_abs, b), c.k, c.m * c.n)) {
         return report(isa, "w4", c, "outside the tolerance of the reference", act_name(act));
+    }
+    return 0;
+}
+
+// int4 x int8 (W4A8): bit-identical to edgevla_gemm_w4a8_f32_ref (NaN for NaN).
+int check_w4a8(const IsaKernels& isa, const FloatCase& c, int64_t group, int x_mode, bool with_bias,
+               edgevla_activation act, std::mt19937& rng) {
+    const W4Data d = w4_data(c, group, x_mode, rng);
+    if (!d.problem.empty()) return report(isa, "w4a8", c, ("packed " + d.problem).c_str(), act_name(act));
+    const float* b = with_bias ? d.bias.data() : nullptr;
+    std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
+    edgevla_gemm_w4a8_f32_ref(c.m, c.n, c.k, group, d.x.data(), c.k, d.qdata.data(), d.row_bytes, d.scale.data(),
+                              d.groups, b, act, expected.data(), c.n);
+    GemmW4F32Args args;
+    args.w = d.view;
+    args.m = c.m; args.x = d.x.data(); args.ldx = c.k; args.epilogue = {b, act}; args.c = got.data(); args.ldc = c.n;
+    gemm_w4a8_f32(args);
+    if (!guard_intact(got, c.m * c.n)) return report(isa, "w4a8", c, "wrote past the end", act_name(act));
+    for (int64_t i = 0; i < c.m * c.n; ++i) {
+        const float g = got[static_cast<size_t>(i)], e = expected[static_cast<size_t>(i)];
+        if (std::isnan(e) ? !std::isnan(g) : std::memcmp(&g, &e, 4) != 0) {
+            return report(isa, "w4a8", c, ("differs from the reference, x mode " + std::to_string(x_mode)).c_str(),
+                          act_name(act));
+        }
     }
     return 0;
 }
@@ -390,7 +445,16 @@ int check_formats(const IsaKernels& isa, std::mt19937& rng) {
             const bool with_bias = (variant++ & 1) != 0;
             failures += check_sparse_f32(isa, c, false, with_bias, act, rng);
             failures += check_sparse_f32(isa, c, true, !with_bias, act, rng);
-            for (int64_t group : {32, 64, 128}) failures += check_w4(isa, c, group, with_bias, act, rng);
+            for (int64_t group : {32, 64, 128}) {
+                failures += check_w4(isa, c, group, with_bias, act, rng);
+                failures += check_w4a8(isa, c, group, variant % 5, !with_bias, act, rng);
+            }
+        }
+    }
+    // W4A8 beyond the float cases: long rows (many groups, a partial last one), more rows than a 4-row tile.
+    for (const FloatCase& c : {FloatCase{2, 33, 1000, 0.0}, FloatCase{9, 20, 77, 0.0}, FloatCase{1, 64, 3072, 0.0}}) {
+        for (int x_mode = 0; x_mode < 5; ++x_mode) {
+            failures += check_w4a8(isa, c, 32 << (x_mode % 3), x_mode, x_mode % 2 == 0, acts[x_mode % 4], rng);
         }
     }
     const Case int8_cases[] = {{1, 17, 257, 0}, {1, 1, 1, 0}, {3, 16, 4, 1}, {4, 33, 100, 0},
@@ -473,7 +537,7 @@ int main(int argc, char** argv) {
             const int format_failures = check_formats(*isa, rng);
             if (isa_failures == 0) std::printf("%s: all cases bit-identical (%d threads)\n", isa->name, threads);
             if (format_failures == 0) {
-                std::printf("%s: sparse, 2:4 and int4 kernels match their references (%d threads)\n", isa->name,
+                std::printf("%s: sparse, 2:4, int4 and W4A8 kernels match their references (%d threads)\n", isa->name,
                             threads);
             }
             isa_failures += format_failures;

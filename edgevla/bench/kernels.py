@@ -16,7 +16,8 @@ sparse-f32      float32, unstructured sparse float32 weight           edgevla (5
 sparse-int8     int8 activations, unstructured sparse int8 weight     edgevla (50 % and 90 %)
 2to4-int8       int8 activations, 2:4 sparse int8 weight              edgevla
 2to4-f32        float32, 2:4 sparse float32 weight                    edgevla
-int4-g32/g128   float32, int4 weight, groups of 32 / 128              edgevla
+int4-g32/g128   float32, int4 weight, groups of 32 / 128: float32     edgevla (``gemm_w4_f32``),
+                activations, or quantized to int8 per group (W4A8)    edgevla-w4a8 (``gemm_w4a8_f32``)
 ==============  ====================================================  =================================
 
 Each row has ``op``, ``M``, ``K``, ``N``, ``sparsity``, ``backend``, ``us``
@@ -57,6 +58,10 @@ from ..errors import EdgevlaError
 CONFIG_NAMES = ("tiny-vla", "small-vla", "base-vla")
 DEFAULT_MS = (1, 16, 64, 256)
 COLD_BYTES = 96 * 2**20  # rotate weights over more than this (above common L3 sizes)
+# The int4 GEMMs of edgevla.native, each a backend of the int4-g32 / int4-g128 rows, and what its goals add to
+# their names: float32 activations, or quantized to int8 per group (W4A8).
+INT4_BACKENDS = {"edgevla": "gemm_w4_f32", "edgevla-w4a8": "gemm_w4a8_f32"}
+INT4_GOAL_SUFFIXES = {"edgevla": "", "edgevla-w4a8": ", W4A8"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -314,8 +319,10 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], threads: int, col
                  weight_bytes=packed["2to4-f32"].size, io_bytes=f32_io, sparsity=0.5)
         for group in (32, 128):
             p = packed[f"int4-g{group}"]
-            rows.add(f"int4-g{group}", shape, m, "edgevla", lambda p=p: native.gemm_w4_f32(x, p, bias, out=out),
-                     weight_bytes=p.size, io_bytes=f32_io)
+            for backend, name in INT4_BACKENDS.items():
+                rows.add(f"int4-g{group}", shape, m, backend,
+                         lambda p=p, gemm=getattr(native, name): gemm(x, p, bias, out=out),
+                         weight_bytes=p.size, io_bytes=f32_io)
 
         if cold and m == 1:
             _bench_cold(rows, shape, x, q, a_scale, bias, out, w, packed)
@@ -334,19 +341,20 @@ def _bench_cold(rows: _Rows, shape: Shape, x, q, a_scale, bias, out, w, packed) 
                  _rotating([lambda w_t=w_t: torch.nn.functional.linear(x_t, w_t, bias_t) for w_t in torch_copies]),
                  weight_bytes=w.nbytes, io_bytes=4 * (shape.k + shape.n), cache="cold")
     del torch_copies
-    cases = [("gemm-int8", "dense-int8", 0.0, True), ("sparse-f32", "sparse-f32@0.9", 0.9, False),
-             ("2to4-int8", "2to4-int8", 0.5, True), ("int4-g32", "int4-g32", 0.0, False),
-             ("int4-g128", "int4-g128", 0.0, False)]
-    gemms = {"gemm-int8": native.gemm_s8s8_f32, "2to4-int8": native.gemm_2to4_s8s8_f32,
-             "sparse-f32": native.gemm_sparse_f32, "int4-g32": native.gemm_w4_f32, "int4-g128": native.gemm_w4_f32}
-    for op, key, sparsity, int8 in cases:
+    # (op, packed weight, sparsity, int8 activations, backend, GEMM)
+    cases = [("gemm-int8", "dense-int8", 0.0, True, "edgevla", "gemm_s8s8_f32"),
+             ("sparse-f32", "sparse-f32@0.9", 0.9, False, "edgevla", "gemm_sparse_f32"),
+             ("2to4-int8", "2to4-int8", 0.5, True, "edgevla", "gemm_2to4_s8s8_f32")]
+    cases += [(f"int4-g{group}", f"int4-g{group}", 0.0, False, backend, name)
+              for group in (32, 128) for backend, name in INT4_BACKENDS.items()]
+    for op, key, sparsity, int8, backend, name in cases:
         copies = [packed[key].copy() for _ in range(_copies(packed[key].size))]
-        gemm = gemms[op]
+        gemm = getattr(native, name)
         if int8:
             calls = [lambda p=p: gemm(q, p, a_scale, bias, out=out) for p in copies]
         else:
             calls = [lambda p=p: gemm(x, p, bias, out=out) for p in copies]
-        rows.add(op, shape, 1, "edgevla", _rotating(calls), weight_bytes=packed[key].size,
+        rows.add(op, shape, 1, backend, _rotating(calls), weight_bytes=packed[key].size,
                  io_bytes=(1 if int8 else 4) * shape.k + 4 * shape.n, sparsity=sparsity, cache="cold")
 
 
@@ -399,17 +407,19 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
                     [(f"{s[0]} M={m}", at("linear-f32", "torch-fp32", s, m), at("linear-int8", "edgevla", s, m))
                      for s in shapes for m in big_ms]),
     ]
-    for cache in ("hot", "cold"):
+    for backend, suffix in INT4_GOAL_SUFFIXES.items():
+        for cache in ("hot", "cold"):
+            for group in (32, 128):
+                result.append(_ratio_goal(
+                    rows, f"int4 g{group} GEMV >= 5x fp32 GEMV at M = 1 ({cache} weights{suffix})", 5.0,
+                    [(s[0], at("linear-f32", "torch-fp32", s, 1, cache), at(f"int4-g{group}", backend, s, 1, cache))
+                     for s in shapes]))
         for group in (32, 128):
-            result.append(_ratio_goal(
-                rows, f"int4 g{group} GEMV >= 5x fp32 GEMV at M = 1 ({cache} weights)", 5.0,
-                [(s[0], at("linear-f32", "torch-fp32", s, 1, cache), at(f"int4-g{group}", "edgevla", s, 1, cache))
-                 for s in shapes]))
-    for group in (32, 128):
-        values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)}
-                  for r in rows if r["op"] == f"int4-g{group}" and r["M"] == 1 and r["cache"] == "cold"]
-        result.append(_verdict(f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights)", 0.7,
-                               values))
+            values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)} for r in rows
+                      if r["op"] == f"int4-g{group}" and r["backend"] == backend and r["M"] == 1
+                      and r["cache"] == "cold"]
+            result.append(_verdict(
+                f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (cold weights{suffix})", 0.7, values))
     for cache in ("hot", "cold"):
         result.append(_ratio_goal(
             rows, f"90 % unstructured sparse GEMV >= 4x dense fp32 GEMV ({cache} weights)", 4.0,

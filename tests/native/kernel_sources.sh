@@ -21,6 +21,7 @@ KERNEL_SOURCES=(
   arch/generic/sparse_generic.cpp
   arch/generic/gemm_2to4_generic.cpp
   arch/generic/gemm_w4_generic.cpp
+  arch/generic/gemm_w4a8_generic.cpp
   arch/generic/layer_norm_s8_generic.cpp
 )
 
@@ -34,6 +35,7 @@ AVX2_SOURCES=(
   arch/x86_64/sparse_avx2.cpp
   arch/x86_64/gemm_2to4_avx2.cpp
   arch/x86_64/gemm_w4_avx2.cpp
+  arch/x86_64/gemm_w4a8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx2.cpp
 )
 AVX2_FLAGS=(-mavx2)
@@ -42,6 +44,7 @@ AVX512_SOURCES=(
   arch/x86_64/sparse_avx512_vnni.cpp
   arch/x86_64/gemm_2to4_avx512_vnni.cpp
   arch/x86_64/gemm_w4_avx512_vnni.cpp
+  arch/x86_64/gemm_w4a8_avx512_vnni.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp
 )
 AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
@@ -54,6 +57,7 @@ NEON_DOT_SOURCES=(
   arch/aarch64/sparse_neon_dot.cpp
   arch/aarch64/gemm_2to4_neon_dot.cpp
   arch/aarch64/gemm_w4_neon_dot.cpp
+  arch/aarch64/gemm_w4a8_neon_dot.cpp
 )
 NEON_DOT_FLAGS=(-march=armv8.2-a+dotprod)
 
