@@ -125,7 +125,8 @@ def test_small_policy_w8a8_runs_static_int8_and_matches(small_exports):
 @pytest.mark.parametrize("fmt, precision, mode, kernel, bound", [
     ("w8a16", "fp32", "fp32", "f32-dense", 1e-5),  # dequantized codes, float matmul: ORT's arithmetic
     ("w8a16", "int8", "int8-dynamic", "s8-dense", 2e-2),  # the graph's weight codes, activations per token
-    ("w4a16", "int8", "int4", None, 1e-5),  # int4 kernel if this build has one, else dequantized at load
+    ("w4a16", "fp32", "int4", None, 1e-5),  # int4 kernel if this build has one, else dequantized at load
+    ("w4a16", "int8", "int4-dynamic", "s4a8-groupwise", 1e-2),  # int4 codes, int8 activations per group (1.4e-3)
 ])
 def test_small_policy_weight_only(small_exports, fmt, precision, mode, kernel, bound):
     spec, paths = small_exports
