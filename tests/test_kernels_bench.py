@@ -32,7 +32,8 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
                  "--threads", "1", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
     assert "bench kernels" in capsys.readouterr().out
-    assert result["copy_gbps"] > 0 and result["host"]["threads"] == 1
+    assert result["copy_gbps"] > 0 and result["read_gbps"] > 0 and result["host"]["threads"] == 1
+    assert result["cold_bytes"] == kernels.MIN_COLD_BYTES  # --quick: the smallest rotation
     rows = result["rows"]
     assert all(set(row) == FIELDS for row in rows)
     backends = {(row["op"], row["backend"]) for row in rows}
@@ -49,6 +50,21 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     assert any("int4 g32 GEMV >= 5x" in name for name in goal_names)
     assert "int4 g128 GEMV >= 5x fp32 GEMV at M = 1 (hot weights, W4A8)" in goal_names
     assert any("2:4 int8 GEMV >= 1.4x" in name for name in goal_names)
+
+
+def test_cold_rows_rotate_over_twice_the_last_level_cache(tmp_path, monkeypatch):
+    llc = kernels.last_level_cache_bytes()
+    assert kernels.cold_bytes() == max(kernels.MIN_COLD_BYTES, 2 * llc)
+    # sysfs sizes as Linux writes them ("491520K"), the largest of the levels wins
+    root = tmp_path / "cache"
+    for i, size in enumerate(["48K", "2048K", "491520K", "garbage"]):
+        (root / f"index{i}").mkdir(parents=True)
+        (root / f"index{i}" / "size").write_text(size + "\n")
+    real_path = kernels.Path
+    monkeypatch.setattr(kernels, "Path", lambda p: real_path(str(p).replace("/sys/devices/system/cpu/cpu0/cache",
+                                                                            str(root))))
+    assert kernels.last_level_cache_bytes() == 491520 * 1024
+    assert kernels.cold_bytes() == 2 * 491520 * 1024
 
 
 @pytest.mark.parametrize("flags, message", [
