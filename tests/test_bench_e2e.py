@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from edgevla.bench import write_json
 from edgevla.bench.e2e import bench_e2e
 from edgevla.cli import main
 from edgevla.errors import EdgevlaError
@@ -36,3 +37,11 @@ def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys):
     assert len(err) == 2 and "--rounds must be >= 1" in err[1]
     with pytest.raises(EdgevlaError, match="at least one bundle"):
         bench_e2e([])
+
+
+def test_write_json_is_whole_or_a_one_line_error(tmp_path):
+    path = write_json({"a": [1, 2]}, tmp_path / "deep" / "r.json")
+    assert json.loads(path.read_text()) == {"a": [1, 2]} and list(path.parent.iterdir()) == [path]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgevlaError, match="cannot write"):
+        write_json({}, tmp_path / "file" / "r.json")

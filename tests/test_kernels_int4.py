@@ -145,29 +145,36 @@ def test_reference_shapes_on_every_isa(isa, m, n, k):
     check(isa, rng, m, n, k, 128, False, "none", "extremes")
 
 
+# The float-activation and the W4A8 kernels take the same packed weight and the same arguments.
+GEMMS = ["gemm_w4_f32", "gemm_w4a8_f32"]
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m, n, k", [(0, 5, 64), (3, 0, 64), (3, 5, 0), (0, 0, 0)])
-def test_empty_shapes(isa, m, n, k):
+def test_empty_shapes(gemm, isa, m, n, k):
     native.set_isa(isa)
     bias = np.linspace(-1, 1, n, dtype=np.float32)
     qdata, scale = np.full((n, (k + 1) // 2), 0x77, np.uint8), np.ones((n, -(-k // 32)), np.float32)
-    got = native.gemm_w4_f32(np.ones((m, k), np.float32), native.pack_w4(qdata, scale, 32, k=k), bias, act="relu")
+    got = getattr(native, gemm)(np.ones((m, k), np.float32), native.pack_w4(qdata, scale, 32, k=k), bias, act="relu")
     np.testing.assert_array_equal(got, np.broadcast_to(np.maximum(bias, 0), (m, n)))
 
 
+@pytest.mark.parametrize("gemm", GEMMS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_results_do_not_depend_on_the_thread_count_or_the_batch(threads):
+def test_results_do_not_depend_on_the_thread_count_or_the_batch(gemm, threads):
     """Every row is summed in the same order whatever the tiling: threads and batch size change no bit."""
     rng = np.random.default_rng(5)
     qdata, scale = random_weight(rng, 70, 520, 64)
     packed = native.pack_w4(qdata, scale, 64)
     x = rng.normal(size=(37, 520)).astype(np.float32)
+    run = getattr(native, gemm)
     native.set_num_threads(1)
-    single = native.gemm_w4_f32(x, packed, act="gelu_tanh")
+    single = run(x, packed, act="gelu_tanh")
     native.set_num_threads(threads)
-    for rows in (slice(None), slice(0, 2), slice(5, 6)):  # split over N blocks, and over rows
+    for rows in (slice(None), slice(0, 2), slice(5, 6), slice(3, 8)):  # split over N blocks, and over rows
         out, _ = guarded(x[rows].shape[0], 70)
-        native.gemm_w4_f32(x[rows], packed, act="gelu_tanh", out=out)
+        run(x[rows], packed, act="gelu_tanh", out=out)
         np.testing.assert_array_equal(out, single[rows])
 
 

@@ -22,7 +22,6 @@ of those medians, within this one run: issue #5's end-to-end goals are
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgevlaError
+from . import write_json
 
 GOALS = (("onnxruntime-dynint8", 1.5), ("torch-fp32", 4.0))
 
@@ -47,11 +47,7 @@ def run(args: argparse.Namespace) -> int:
                        log=Console(stderr=True, highlight=False).print)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        write_json(result, args.json)
     return 0
 
 

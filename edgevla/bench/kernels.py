@@ -43,7 +43,6 @@ meaningful.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgevlaError
+from . import write_json
 
 CONFIG_NAMES = ("tiny-vla", "small-vla", "base-vla")
 DEFAULT_MS = (1, 16, 64, 256)
@@ -82,12 +82,7 @@ def run(args: argparse.Namespace) -> int:
     result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        try:
-            path.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise EdgevlaError(f"cannot write {path}: {e.strerror or e}") from None
-        print(f"wrote {path}")
+        print(f"wrote {write_json(result, args.json)}")
     return 0
 
 

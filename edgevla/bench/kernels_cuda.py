@@ -44,15 +44,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import EdgevlaError
+from . import write_json
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
@@ -68,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
     result = bench_kernels_cuda(quick=args.quick, configs=configs, ms=ms)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        try:
-            path.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise EdgevlaError(f"cannot write {path}: {e.strerror or e}") from None
-        print(f"wrote {path}")
+        print(f"wrote {write_json(result, args.json)}")
     return 0
 
 

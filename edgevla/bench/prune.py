@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgevlaError
+from . import write_json
 
 DEFAULT_METHODS = ("2:4", "unstructured:0.8", "structured:0.5")
 DEFAULT_TARGET = "x86-64-cpu"
@@ -55,11 +55,7 @@ def run(args: argparse.Namespace) -> int:
                          allow_pickle=args.allow_pickle, log=Console(stderr=True, highlight=False).print)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        write_json(result, args.json)
     return 0
 
 

@@ -26,7 +26,6 @@ against the figures and reported as met or not — never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgevlaError
+from . import write_json
 
 FORMATS = ("w8a8", "w8a16", "w4a16", "fp16", "fp8")
 EVAL_SEED = 10_000  # the build's gate episodes
@@ -54,12 +54,7 @@ def run(args: argparse.Namespace) -> int:
                          allow_pickle=args.allow_pickle)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        try:
-            path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        except OSError as e:
-            raise EdgevlaError(f"cannot write {path}: {e.strerror or e}") from None
-        print(f"wrote {path}")
+        print(f"wrote {write_json(result, args.json)}")
     return 0
 
 
