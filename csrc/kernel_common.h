@@ -68,7 +68,6 @@ inline void for_row_chunks(int64_t row_begin, int64_t row_end, int64_t k, int64_
     }
 }
 
-// Output channels of block `block` (16 wide) that exist: at most 16.
 // GEMVs (1 to 3 rows) read each weight byte once, as one sequential stream
 // from DRAM, and the hardware prefetcher alone keeps too few reads in flight
 // for one core to reach its bandwidth. Fetching kStreamPrefetchBytes ahead of
@@ -80,12 +79,24 @@ inline void for_row_chunks(int64_t row_begin, int64_t row_end, int64_t k, int64_
 // cannot fault.
 constexpr uint64_t kStreamPrefetchBytes = 4096;
 
-// Prefetches the cache lines of [p, p + bytes) shifted kStreamPrefetchBytes ahead.
-inline void prefetch_stream(const void* p, uint64_t bytes) {
-    const char* ahead = static_cast<const char*>(p) + kStreamPrefetchBytes;
-    for (uint64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b, 0, 3);
+// A read prefetch of the line `lines` 64-byte lines after p, into L1
+// (Locality 3) or L2 (2). Address arithmetic on integers: the line may lie
+// past the end of the buffer, which a prefetch, never faulting, ignores.
+template <int Locality>
+inline void prefetch_lines_ahead(const void* p, int64_t lines) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(64 * lines);
+    __builtin_prefetch(reinterpret_cast<const void*>(address), 0, Locality);
 }
 
+// Prefetches the cache lines of [p, p + bytes) shifted kStreamPrefetchBytes ahead, into L1.
+inline void prefetch_stream(const void* p, uint64_t bytes) {
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p);
+    for (uint64_t b = 0; b < bytes; b += 64) {
+        prefetch_lines_ahead<3>(reinterpret_cast<const void*>(first + b), kStreamPrefetchBytes / 64);
+    }
+}
+
+// Output channels of block `block` (16 wide) that exist: at most 16.
 inline int64_t block_columns(int64_t n, int64_t block) { return n - 16 * block < 16 ? n - 16 * block : 16; }
 
 // The epilogue of the float-activation kernels on one value (cpu_kernels.h).
@@ -115,15 +126,6 @@ constexpr int64_t kW4A8CellK = EDGEVLA_PACKED_W4_CELL_K;
 // and 8 KiB ahead into L2, each group's scales 16 groups ahead. The blocks
 // lie one after the other, so "ahead" runs on into the next block.
 constexpr int64_t kW4A8PrefetchL1Lines = 32, kW4A8PrefetchL2Lines = 128, kW4A8PrefetchScaleLines = 16;
-
-// A read prefetch of the line `lines` 64-byte lines after p, into L1
-// (Locality 3) or L2 (2). Address arithmetic on integers: the line may lie
-// past the end of the buffer, which a prefetch, never faulting, ignores.
-template <int Locality>
-inline void prefetch_lines_ahead(const void* p, int64_t lines) {
-    const uintptr_t address = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(64 * lines);
-    __builtin_prefetch(reinterpret_cast<const void*>(address), 0, Locality);
-}
 
 // The prefetches of the cell of codes at `cell` and of the scales at `scales`.
 inline void prefetch_w4a8_cell(const uint32_t* cell) {
