@@ -268,18 +268,43 @@ class CudaNativeRunner(TorchRunner):
     """The native backend on a GPU: a PyTorch policy whose linear layers run edgevla's CUDA kernels.
 
     :func:`edgevla.cuda_policy.cuda_policy` swaps the layers (the policy is
-    changed in place and moved to the GPU); calls go through
-    :class:`TorchRunner`, the observations copied to the GPU and the actions
-    back. ``plan()`` lists the kernel of each linear layer, as on the CPU.
+    changed in place and moved to the GPU). Calls copy the observations to
+    the GPU, replay the forward as a CUDA graph (:class:`edgevla.cuda_policy.GraphedForward`,
+    one capture per input shape) and copy the actions back. A forward that
+    cannot be captured runs eagerly instead, and :attr:`graph_error` says why
+    (``cuda_graphs=False`` asks for eager from the start). ``plan()`` lists
+    the kernel of each linear layer, as on the CPU.
     """
 
     name = "native"
 
-    def __init__(self, policy, precision: str | None = None):
-        from .cuda_policy import DEFAULT_PRECISION, cuda_policy
+    def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True):
+        from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy
 
         policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION)
         super().__init__(policy)
+        self._graphed = GraphedForward(policy) if cuda_graphs else None
+        self.graph_error: str | None = None
+
+    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        arrays = self._inputs(obs)
+        torch = self._torch
+        inputs = [torch.from_numpy(a) for a in arrays.values()]
+        out = None
+        if self._graphed is not None:
+            try:
+                out = self._graphed(inputs)
+            except EdgevlaError as e:  # capture refused: eager from now on
+                self._graphed, self.graph_error = None, str(e)
+        if out is None:
+            with torch.inference_mode():
+                out = self.policy(*[t.to(self._device) for t in inputs])
+        return self._actions(out.detach().to("cpu", torch.float32).numpy(), len(next(iter(arrays.values()))))
+
+    @property
+    def graphed(self) -> bool:
+        """Whether calls replay CUDA graphs (False: eager, by request or because capture failed)."""
+        return self._graphed is not None
 
     def plan(self):
         """What runs each linear layer (a list of :class:`edgevla.runtime.LayerChoice`)."""

@@ -180,6 +180,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             "target": target.name,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
             "deadline": deadline.to_dict()}
+    if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
+        data["cuda_graphs"] = {"used": runner.graphed, "error": runner.graph_error}
     if plan is not None:  # which kernel ran each linear layer, and why
         data["native_plan"] = [choice.to_dict() for choice in plan]
     if args.json:

@@ -38,7 +38,8 @@ on a GPU each layer is compared with its reference (``tests/test_cuda_policy.py`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -315,3 +316,63 @@ def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION) -> tup
         raise EdgevlaError(f"the native backend cannot run on a GPU here: {reason}")
     plan = swap_linears(policy, precision=precision, device="cuda")
     return policy.eval(), plan
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]  # the captured forward reads these: each call copies its observations in
+    output: torch.Tensor        # and writes this
+
+
+class GraphedForward:
+    """A policy's forward as CUDA graphs, one per input signature (shapes and dtypes).
+
+    At batch 1 a forward is some hundred small kernels (several per layer: the
+    per-token quantization, the GEMM, PyTorch's ops around it), and launching
+    them one by one costs more than running them. The first call of a
+    signature runs the forward twice on a side stream (PyTorch's warm-up
+    rule for capture), then captures it; every call copies the observations
+    into the captured inputs and replays the graph: the same kernels, on the
+    same buffers, in one launch. Our kernels launch on PyTorch's current
+    stream, which is the capture stream while capturing.
+
+    A forward that cannot be captured (a host synchronization inside, an op
+    that refuses capture) raises :class:`EdgevlaError` naming why; the
+    runner then runs it eagerly (:class:`edgevla.backends.CudaNativeRunner`).
+    """
+
+    def __init__(self, policy: nn.Module):
+        self.policy = policy
+        self._graphs: dict[tuple, _Graph] = {}
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = self._capture(inputs)
+        for static, t in zip(graph.inputs, inputs):
+            static.copy_(t, non_blocking=True)
+        graph.graph.replay()
+        return graph.output
+
+    def _capture(self, inputs: Sequence[torch.Tensor]) -> _Graph:
+        static = [t.to("cuda", copy=True) for t in inputs]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    self.policy(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph):
+                output = self.policy(*static)
+        except RuntimeError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise EdgevlaError(f"the policy's forward cannot be captured as a CUDA graph: "
+                               f"{lines[0] if lines else type(e).__name__}") from None
+        return _Graph(graph, static, output)

@@ -292,6 +292,21 @@ def test_tiny_vla_on_the_gpu_matches_its_cpu_reference(tiny, obs, variant):
 
 
 @needs_gpu
+def test_the_runner_replays_a_cuda_graph_with_the_eager_numbers(tiny, obs):
+    from edgevla.backends import CudaNativeRunner
+
+    graphed = CudaNativeRunner(copy.deepcopy(tiny))
+    eager = CudaNativeRunner(copy.deepcopy(tiny), cuda_graphs=False)
+    first, again = graphed(obs), graphed(obs)
+    assert graphed.graphed, graphed.graph_error
+    assert not eager.graphed and eager.graph_error is None
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, eager(obs))  # the same kernels on the same data
+    one = batch_of(heldout_observations(tiny.spec, 8), 0, 1)  # another shape: another capture
+    np.testing.assert_array_equal(graphed(one), eager(one))
+
+
+@needs_gpu
 def test_cli_eval_on_the_gpu(tiny_bundle, capsys):
     assert main(["eval", str(tiny_bundle.bundle), "--backend", "native", "--device", "cuda", "-n", "20",
                  "--json"]) == 0

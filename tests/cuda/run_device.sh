@@ -5,7 +5,7 @@
 # one failing step leaves time for the others; all output is teed into $OUT:
 #   device.log        everything below, in order
 #   cuda_bench.json   edgevla bench kernels --device cuda --json
-#   native_gpu_profile.json  edgevla profile tiny-vla --backend native --device cuda --json
+#   native_gpu_profile.json  tests/cuda/profile_native_gpu.py: native GPU path (graphs / eager) vs torch on the GPU
 #   sanitizer.log     both compute-sanitizer runs in full
 # Usage (from the repository root):  OUT=/some/dir bash tests/cuda/run_device.sh
 set -u
@@ -51,8 +51,7 @@ step tests 150 $PY -m pytest -q -p no:cacheprovider --noconftest --maxfail=40 -r
 # The native backend's GPU path (edgevla/cuda_policy.py): per-layer exactness against the CPU references,
 # tiny-vla against its CPU reference, `edgevla eval --device cuda`, and its latency.
 step native-gpu 180 $PY -m pytest -q -p no:cacheprovider --maxfail=20 -rf tests/test_cuda_policy.py
-step native-gpu-profile 60 $PY -c "import sys; from edgevla.cli import main; sys.exit(main(['profile', 'tiny-vla', \
-    '--backend', 'native', '--device', 'cuda', '--runs', '200', '--json']))" | tee "$OUT/native_gpu_profile.json"
+step native-gpu-profile 90 $PY tests/cuda/profile_native_gpu.py tiny-vla | tee "$OUT/native_gpu_profile.json"
 
 step bench 220 $PY -c "import sys; from edgevla.cli import main; sys.exit(main(['bench', 'kernels', '--device', 'cuda', '--json', '$OUT/cuda_bench.json']))"
 

@@ -1,0 +1,47 @@
+"""On a GPU: batch-1 latency of the native backend's GPU path beside PyTorch on the same GPU.
+
+Run by tests/cuda/run_device.sh; prints one JSON object (p50/p99 ms per backend,
+the plan's kernels, whether CUDA graphs were used). Policies: the zoo's
+tiny-vla (float: the int8 path quantizes per token at run time) and its W8A8
+fake-quant copy (static scales).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+
+from edgevla.backends import CudaNativeRunner, TorchRunner
+from edgevla.metrics.latency import measure_latency
+from edgevla.models.zoo import load_policy
+from edgevla.pipeline import batch_of, heldout_observations
+from edgevla.quant import quantize_policy
+
+
+def latency(runner, obs) -> dict:
+    stats = measure_latency(lambda: runner(obs), warmup=20, runs=200)
+    return {"p50_ms": round(stats.p50_ms, 4), "p99_ms": round(stats.p99_ms, 4)}
+
+
+def main() -> int:
+    float_policy = load_policy(sys.argv[1] if len(sys.argv) > 1 else "tiny-vla").policy.eval()
+    policies = {"float": float_policy, "w8a8": quantize_policy(float_policy, "w8a8", samples=64).model}
+    obs = batch_of(heldout_observations(float_policy.spec, 8), 0, 1)
+    result = {"device": torch.cuda.get_device_name(0), "batch": 1, "rows": {}}
+    for name, policy in policies.items():
+        graphed = CudaNativeRunner(copy.deepcopy(policy))
+        eager = CudaNativeRunner(copy.deepcopy(policy), cuda_graphs=False)
+        result["rows"][f"native-graphs:{name}"] = {**latency(graphed, obs), "graph_error": graphed.graph_error}
+        result["rows"][f"native-eager:{name}"] = latency(eager, obs)
+        result["rows"][f"kernels:{name}"] = sorted({c.kernel for c in graphed.plan()})
+    result["rows"]["torch-fp32-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).cuda()), obs)
+    result["rows"]["torch-fp16-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).half().cuda()), obs)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
