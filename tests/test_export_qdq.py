@@ -115,3 +115,14 @@ def test_lint_catches_each_rule(kwargs, rule):
     rules = {i.rule for i in issues}
     # A dequantized int32 bias has no int8 zero point either; every other case breaks one rule only.
     assert rule in rules and (rules == {rule} or rule == "quantized-bias"), issues
+
+
+def test_remove_initializer_deletes_in_place_and_keeps_the_others_in_order():
+    from edgevla.export.qdq import _remove_initializer
+
+    graph = helper.make_graph([], "g", [], [], initializer=[
+        numpy_helper.from_array(np.full(3, i, np.float32), f"w{i}") for i in range(4)])
+    _remove_initializer(graph, "w1")
+    _remove_initializer(graph, "absent")
+    assert [i.name for i in graph.initializer] == ["w0", "w2", "w3"]
+    assert [float(numpy_helper.to_array(i)[0]) for i in graph.initializer] == [0.0, 2.0, 3.0]
