@@ -7,7 +7,7 @@
 #   cuda_bench.json   edgevla bench kernels --device cuda --json
 #   native_gpu_profile.json  tests/cuda/profile_native_gpu.py: native GPU path (graphs / eager) vs torch on the GPU
 #   sanitizer.log     both compute-sanitizer runs in full
-# Usage (from the repository root):  OUT=/some/dir bash tests/cuda/run_device.sh
+# Usage (from the repository root):  OUT=/some/dir [STEPS="..."] bash tests/cuda/run_device.sh
 set -u
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -15,9 +15,15 @@ exec > >(tee -a "$OUT/device.log") 2>&1
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 PY=${PYTHON:-python3}
 
+# STEPS="native-gpu native-gpu-profile": only the named steps run (default: all). Every step at its
+# limit adds up to more than one 600 s call: a second call on a still-warm machine can skip the build.
+# Steps: build build-cmake tests native-gpu native-gpu-profile bench sanitizer-memcheck sanitizer-racecheck
+wanted() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
+
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2 start rc
     shift 2
+    if ! wanted "$name"; then echo "=== $name: skipped (STEPS)"; return 0; fi
     echo "=== $name (limit ${limit}s)"
     start=$(date +%s)
     timeout --kill-after=10 "$limit" "$@"
