@@ -147,6 +147,13 @@ class W4Weight:
         return cls(data, int(info["n"]), int(info["k"]), int(info["group_size"]))
 
 
+def gemm_w4_max_m() -> int:
+    """The most rows :func:`gemm_w4` takes in one call (a GEMV kernel for small batches)."""
+    if _C is None:
+        raise EdgevlaError(f"edgevla._C did not import ({_IMPORT_ERROR})")
+    return int(_C.CUDA_GEMM_W4_MAX_M)
+
+
 def gemm_w4(x: Any, weight: W4Weight, bias: Any = None, *, act: str = "none", out: Any = None,
             stream: Any = None) -> Any:
     """``out = act(x . dequant(W)^T + bias)``, float32, for x float16 or float32 (M, K), M <= 64."""

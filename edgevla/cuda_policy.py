@@ -165,7 +165,7 @@ class Int4Linear(CudaLinear):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32, device=x.device)
-        step = native._compiled().CUDA_GEMM_W4_MAX_M
+        step = cuda_kernels.gemm_w4_max_m()
         for start in range(0, x.shape[0], step):
             cuda_kernels.gemm_w4(x[start:start + step], self.weight, self.bias, out=out[start:start + step])
         return out
