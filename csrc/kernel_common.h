@@ -96,6 +96,12 @@ inline void prefetch_stream(const void* p, uint64_t bytes) {
     }
 }
 
+// The 4-bit two's complement code in bits 4 i .. 4 i + 3 of a W4_N16K8 word (the scalar kernels' unpack).
+inline int32_t w4_code(uint32_t word, int64_t i) {
+    const int32_t nibble = static_cast<int32_t>((word >> (4 * i)) & 0xFu);
+    return nibble < 8 ? nibble : nibble - 16;
+}
+
 // Output channels of block `block` (16 wide) that exist: at most 16.
 inline int64_t block_columns(int64_t n, int64_t block) { return n - 16 * block < 16 ? n - 16 * block : 16; }
 

@@ -10,12 +10,6 @@ namespace {
 constexpr int64_t kBlockN = EDGEVLA_PACKED_W4_BLOCK_N;
 constexpr int64_t kCellK = EDGEVLA_PACKED_W4_CELL_K;
 
-// The 4-bit two's complement code in bits 4 i .. 4 i + 3 of a word.
-inline int code_at(uint32_t word, int64_t i) {
-    const int nibble = static_cast<int>((word >> (4 * i)) & 0xFu);
-    return nibble < 8 ? nibble : nibble - 16;
-}
-
 }  // namespace
 
 void gemm_w4_f32_generic(const GemmW4F32Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
@@ -40,7 +34,7 @@ void gemm_w4_f32_generic(const GemmW4F32Args& args, int64_t row_begin, int64_t r
                     for (int64_t lane = 0; lane < kBlockN; ++lane) {
                         const uint32_t word = codes[cell * kBlockN + lane];
                         for (int64_t i = 0; i < kCellK; ++i) {
-                            partial[lane] += static_cast<float>(code_at(word, i)) * x_window[i];
+                            partial[lane] += static_cast<float>(w4_code(word, i)) * x_window[i];
                         }
                     }
                 }

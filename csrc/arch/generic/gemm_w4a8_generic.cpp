@@ -14,12 +14,6 @@ namespace {
 constexpr int64_t kBlockN = EDGEVLA_PACKED_W4_BLOCK_N;
 constexpr int64_t kCellK = EDGEVLA_PACKED_W4_CELL_K;
 
-// The 4-bit two's complement code in bits 4 i .. 4 i + 3 of a word.
-inline int32_t code_at(uint32_t word, int i) {
-    const int32_t nibble = static_cast<int32_t>((word >> (4 * i)) & 0xFu);
-    return nibble < 8 ? nibble : nibble - 16;
-}
-
 }  // namespace
 
 void gemm_w4a8_f32_generic(const GemmW4A8Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
@@ -42,7 +36,7 @@ void gemm_w4a8_f32_generic(const GemmW4A8Args& args, int64_t row_begin, int64_t 
                     for (int64_t lane = 0; lane < kBlockN; ++lane) {
                         const uint32_t word = codes[cell * kBlockN + lane];
                         for (int j = 0; j < 4; ++j) {
-                            dot[lane] += code_at(word, 2 * j) * x[j] + code_at(word, 2 * j + 1) * x[4 + j];
+                            dot[lane] += w4_code(word, 2 * j) * x[j] + w4_code(word, 2 * j + 1) * x[4 + j];
                         }
                     }
                 }
