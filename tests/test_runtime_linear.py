@@ -265,15 +265,18 @@ def test_plan_table_and_op_profile():
 
 
 def test_layers_reading_one_activation_share_its_token_quantization():
-    """q, k and v read x: it is quantized once, and each layer still equals the scalar reference bit for bit."""
+    """q and k read x and are stacked into one GEMM; v (with a ReLU) reads x too: x is quantized once, and
+    each layer still equals the scalar reference bit for bit."""
     ws = [RNG.normal(0, 0.2, (32, n)).astype(np.float32) for n in (24, 24, 40)]
-    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["y0"]), helper.make_node("MatMul", ["x", "w1"], ["y1"]),
+             helper.make_node("MatMul", ["x", "w2"], ["p2"]), helper.make_node("Relu", ["p2"], ["y2"])]
     nodes.append(helper.make_node("MatMul", ["y0", "w3"], ["z"]))  # reads y0 alone: quantizes for itself
     inits = {f"w{i}": w for i, w in enumerate(ws)} | {"w3": RNG.normal(0, 0.2, (24, 16)).astype(np.float32)}
     model = _model(nodes, [("x", ["batch", 32])], ["y0", "y1", "y2", "z"], inits)
     native_model = NativeModel(model)
-    assert native_model.op_count() == {"edgevla.QuantizePerToken": 1, "edgevla.Linear": 4}
-    assert NativeModel(model, precision="fp32").op_count() == {"edgevla.Linear": 4}
+    assert native_model.op_count() == {"edgevla.QuantizePerToken": 1, "edgevla.Linear": 3, "edgevla.Columns": 2}
+    assert [c.layer for c in native_model.plan()] == ["w0", "w1", "w2", "w3"]
+    assert NativeModel(model, precision="fp32").op_count() == {"edgevla.Linear": 4}  # float: never stacked
     x = X[0]
     q, s = native.quantize_per_token(x)
     for batch in (x, x[:1], x):  # trace, another signature, then the planned buffers again
@@ -281,7 +284,8 @@ def test_layers_reading_one_activation_share_its_token_quantization():
         q, s = native.quantize_per_token(batch)
         for i, w in enumerate(ws):
             codes, scale = quantize_per_channel(np.ascontiguousarray(w.T))
-            np.testing.assert_array_equal(out[f"y{i}"], native.gemm_s8s8_f32_ref(q, codes, scale, s))
+            act = "relu" if i == 2 else "none"
+            np.testing.assert_array_equal(out[f"y{i}"], native.gemm_s8s8_f32_ref(q, codes, scale, s, act=act))
         q0, s0 = native.quantize_per_token(out["y0"])
         codes, scale = quantize_per_channel(np.ascontiguousarray(inits["w3"].T))
         np.testing.assert_array_equal(out["z"], native.gemm_s8s8_f32_ref(q0, codes, scale, s0))

@@ -1,7 +1,8 @@
 // The GEMM epilogue on the GPU: the operation sequence of csrc/epilogue_math.h
 // and gemm_s8s8.h, constant for constant and operation for operation, with
 // the explicitly rounded intrinsics (__fmul_rn, __fadd_rn, __fdiv_rn) so that
-// nvcc cannot contract a * b + c into an fma. A CUDA kernel's float output is
+// nvcc cannot contract a * b + c into an fma, and __fmaf_rn exactly where the
+// reference uses fmaf (the polynomials' Horner steps). A CUDA kernel's float output is
 // therefore bit-identical to the CPU reference (tests/test_cuda_gemm.py checks
 // it exactly).
 //
@@ -20,17 +21,18 @@ __device__ __forceinline__ float min_f32(float a, float b) { return a < b ? a : 
 __device__ __forceinline__ float tanh_f32(float x) {
     x = min_f32(max_f32(x, -EDGEVLA_TANH_CLAMP), EDGEVLA_TANH_CLAMP);
     const float x2 = __fmul_rn(x, x);
-    float p = __fadd_rn(__fmul_rn(x2, EDGEVLA_TANH_A13), EDGEVLA_TANH_A11);
-    p = __fadd_rn(__fmul_rn(x2, p), EDGEVLA_TANH_A9);
-    p = __fadd_rn(__fmul_rn(x2, p), EDGEVLA_TANH_A7);
-    p = __fadd_rn(__fmul_rn(x2, p), EDGEVLA_TANH_A5);
-    p = __fadd_rn(__fmul_rn(x2, p), EDGEVLA_TANH_A3);
-    p = __fadd_rn(__fmul_rn(x2, p), EDGEVLA_TANH_A1);
+    float p = __fmaf_rn(x2, EDGEVLA_TANH_A13, EDGEVLA_TANH_A11);
+    p = __fmaf_rn(x2, p, EDGEVLA_TANH_A9);
+    p = __fmaf_rn(x2, p, EDGEVLA_TANH_A7);
+    p = __fmaf_rn(x2, p, EDGEVLA_TANH_A5);
+    p = __fmaf_rn(x2, p, EDGEVLA_TANH_A3);
+    p = __fmaf_rn(x2, p, EDGEVLA_TANH_A1);
     p = __fmul_rn(x, p);
-    float q = __fadd_rn(__fmul_rn(x2, EDGEVLA_TANH_B6), EDGEVLA_TANH_B4);
-    q = __fadd_rn(__fmul_rn(x2, q), EDGEVLA_TANH_B2);
-    q = __fadd_rn(__fmul_rn(x2, q), EDGEVLA_TANH_B0);
-    return __fdiv_rn(p, q);
+    float q = __fmaf_rn(x2, EDGEVLA_TANH_B6, EDGEVLA_TANH_B4);
+    q = __fmaf_rn(x2, q, EDGEVLA_TANH_B2);
+    q = __fmaf_rn(x2, q, EDGEVLA_TANH_B0);
+    const float r = __fdiv_rn(p, q);
+    return x >= EDGEVLA_TANH_CLAMP ? 1.0f : (x <= -EDGEVLA_TANH_CLAMP ? -1.0f : r);
 }
 
 __device__ __forceinline__ float gelu_tanh_f32(float x) {

@@ -36,6 +36,7 @@ from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
 from .linear import quantize_tokens
 from .norms import LAYER_NORM_S8_OP
+from .siblings import COLUMNS_OP
 
 MAX_SIGNATURES = 4
 
@@ -75,6 +76,8 @@ class Program:
                 fn, writes_out = quantize_tokens, False
             elif node.op_type == LAYER_NORM_S8_OP:
                 fn, writes_out = node.attrs["norm"], True
+            elif node.op_type == COLUMNS_OP:
+                fn, writes_out = node.attrs["columns"], False
             else:
                 kernel = ops.compile_op(node.op_type, node.attrs, consts, graph.opset, len(node.outputs),
                                         node.describe())

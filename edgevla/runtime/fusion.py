@@ -22,6 +22,9 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    A node is absorbed only when the layer's intermediate value has no other
    reader and is not a graph output, so the rewrite never changes what any
    other node sees.
+   Then int8 layers that read the same value with the same kernel and
+   epilogue (q, k and v) are stacked into one layer, one GEMM
+   (:mod:`.siblings`), each reading its columns of the output as a view.
 3. **Shared activation quantization**: when several dynamic int8 layers
    read the same activation (q, k and v), one ``edgevla.QuantizePerToken``
    node quantizes it once and each layer reads its codes and scales; the
@@ -45,11 +48,10 @@ import numpy as np
 
 from .attention import fuse_attention
 from .graph import Graph, Node
-from .linear import LinearLayer, weight_from_constant
+from .linear import LINEAR_OP, LinearLayer, LinearSpec, weight_from_constant
 from .norms import fuse_layer_norm_quantize
+from .siblings import merge_sibling_linears
 from .weights import WeightArena
-
-LINEAR_OP = "edgevla.Linear"
 QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
 
 
@@ -212,18 +214,23 @@ def _quantization_key(graph: Graph, node: Node) -> tuple | None:
 
 def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> list[LinearLayer]:
     view = _View(graph)
-    layers: list[LinearLayer] = []
     for node in list(graph.nodes):
         if node.op_type not in ("MatMul", "Gemm"):
             continue
-        found = _match_linear(view, node, precision, arena)
+        found = _match_linear(view, node)
         if found is None:
             continue
-        layer, x, absorbed = found
+        spec, x, absorbed = found
         out = absorbed[-1].outputs[0]
-        _replace(graph, absorbed, Node(layer.name, LINEAR_OP, (x,), (out,), {"layer": layer}))
+        _replace(graph, absorbed, Node(spec.name, LINEAR_OP, (x,), (out,), {"spec": spec}))
         view.refresh()
-        layers.append(layer)
+    merge_sibling_linears(graph, precision)
+    layers: list[LinearLayer] = []
+    for node in graph.nodes:
+        if node.op_type == LINEAR_OP:
+            layer = node.attrs.pop("spec").build(precision, arena)
+            node.attrs["layer"] = layer
+            layers.append(layer)
     return layers
 
 
@@ -243,8 +250,7 @@ def _share_token_quantization(graph: Graph) -> None:
             node.inputs = (codes, scales)
 
 
-def _match_linear(view: _View, node: Node, precision: str,
-                  arena: WeightArena | None) -> tuple[LinearLayer, str, list[Node]] | None:
+def _match_linear(view: _View, node: Node) -> tuple[LinearSpec, str, list[Node]] | None:
     graph = view.graph
     x, w_name = node.inputs[0], node.inputs[1]
     w = view.const(w_name)
@@ -290,9 +296,7 @@ def _match_linear(view: _View, node: Node, precision: str,
         quantized_input = _static_int8_input(view, x)
         if quantized_input is not None:
             layer_input, static_scale = quantized_input
-    layer = LinearLayer(_layer_name(w_name), weight, bias, activation, static_scale,
-                        int8_input=static_scale is not None, precision=precision, arena=arena)
-    return layer, layer_input, absorbed
+    return LinearSpec(_layer_name(w_name), weight, bias, activation, static_scale), layer_input, absorbed
 
 
 def _as_bias(c: np.ndarray | None, n: int) -> np.ndarray | None:

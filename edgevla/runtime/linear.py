@@ -79,6 +79,7 @@ from .graph import QuantizedConstant
 from .ops import gelu_erf, gelu_tanh
 from .weights import WeightArena
 
+LINEAR_OP = "edgevla.Linear"  # the fused graph's node for one LinearLayer
 PRECISIONS = ("int8", "fp32")
 DEFAULT_PRECISION = "int8"
 #: Float layers with fewer inputs or outputs are not quantized (see the module docstring).
@@ -430,8 +431,36 @@ def kernel_available(name: str, weight: LinearWeight | None = None) -> bool:
 
 
 @dataclass
+class LinearSpec:
+    """A linear layer as the graph rewrite finds it, before a kernel is chosen and its weight packed."""
+
+    name: str
+    weight: LinearWeight
+    bias: np.ndarray | None
+    activation: str
+    static_scale: float | None
+    parts: tuple[tuple[str, int], ...] = ()
+
+    def kernel(self, precision: str) -> tuple[str, str]:
+        """(mode, kernel) the rules give this layer, as :class:`LinearLayer` will choose them."""
+        mode = compute_mode(self.weight, self.static_scale, precision)
+        return mode, choose_kernel(mode, self.weight.info(), self.weight).kernel
+
+    def build(self, precision: str, arena: WeightArena | None = None) -> "LinearLayer":
+        return LinearLayer(self.name, self.weight, self.bias, self.activation, self.static_scale,
+                           int8_input=self.static_scale is not None, precision=precision, arena=arena,
+                           parts=self.parts)
+
+
+@dataclass
 class LinearLayer:
-    """``y = act(x @ W^T + bias)`` over the last axis of x, on the kernel the rules chose."""
+    """``y = act(x @ W^T + bias)`` over the last axis of x, on the kernel the rules chose.
+
+    With ``parts``, the layer is several of the graph's layers that read the same
+    input, their weights stacked along N and run as one GEMM (:mod:`.siblings`):
+    ``parts`` names each one and its number of output channels, in column order,
+    and :attr:`choices` has one plan row per part.
+    """
 
     name: str
     weight: LinearWeight
@@ -441,7 +470,9 @@ class LinearLayer:
     int8_input: bool  # x arrives as the graph's int8 codes (a shared QuantizeLinear)
     precision: str
     arena: WeightArena | None = field(default=None, repr=False)  # where the kernel's weights are kept
+    parts: tuple[tuple[str, int], ...] = ()
     choice: LayerChoice = field(init=False)
+    choices: list[LayerChoice] = field(init=False)
     _run: Run = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -457,10 +488,28 @@ class LinearLayer:
                                         self.activation if self.activation != "none" else "") if p) or "-"
         self.choice = LayerChoice(self.name, info.k, info.n, info.stored, round(info.sparsity, 4), info.pattern,
                                   mode, rule.kernel, epilogue, rule.why)
+        self.choices = self._part_choices() if self.parts else [self.choice]
         self._run = KERNELS[rule.kernel].build(self)
         self.n, self.k = info.n, info.k
         # The kernel holds its own (packed or transposed) copy; drop the planner's.
         self.weight = LinearWeight(self.weight.name, np.empty((0, 0), np.float32))
+
+    def _part_choices(self) -> list[LayerChoice]:
+        """One plan row per stacked layer: its own shape and weight statistics, the shared kernel."""
+        if sum(n for _, n in self.parts) != self.choice.n:
+            raise EdgevlaError(f"layer {self.name}: parts of {[n for _, n in self.parts]} channels do not add "
+                               f"up to N = {self.choice.n}")
+        rows, start = [], 0
+        for name, n in self.parts:
+            w = self.weight
+            part = LinearWeight(name, w.values[start:start + n],
+                                None if w.codes is None else w.codes[start:start + n]).info()
+            together = ", ".join(other for other, _ in self.parts if other != name)
+            rows.append(LayerChoice(name, part.k, part.n, self.choice.weight, round(part.sparsity, 4), part.pattern,
+                                    self.choice.mode, self.choice.kernel, self.choice.epilogue,
+                                    f"{self.choice.rule}; one GEMM with {together} (same input)"))
+            start += n
+        return rows
 
     def keep(self, weight: np.ndarray) -> np.ndarray:
         """The array a kernel keeps for this layer (packed or transposed), moved into the model's arena."""

@@ -61,7 +61,7 @@ class NativeModel:
 
     def plan(self) -> list[LayerChoice]:
         """One row per linear layer: shape, weight format, sparsity, pattern, mode, kernel, epilogue, rule."""
-        return [layer.choice for layer in self._layers]
+        return [choice for layer in self._layers for choice in layer.choices]
 
     def op_count(self) -> dict[str, int]:
         """How many steps of each op type one call runs, after fusion."""

@@ -26,30 +26,32 @@ inline float32x4_t min_ps(float32x4_t a, float32x4_t b) { return vbslq_f32(vcltq
 inline float32x4_t tanh_ps(float32x4_t x) {
     x = min_ps(max_ps(x, vdupq_n_f32(-EDGEVLA_TANH_CLAMP)), vdupq_n_f32(EDGEVLA_TANH_CLAMP));
     const float32x4_t x2 = vmulq_f32(x, x);
-    float32x4_t p = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(EDGEVLA_TANH_A13)), vdupq_n_f32(EDGEVLA_TANH_A11));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A9));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A7));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A5));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A3));
-    p = vaddq_f32(vmulq_f32(x2, p), vdupq_n_f32(EDGEVLA_TANH_A1));
+    float32x4_t p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A11), x2, vdupq_n_f32(EDGEVLA_TANH_A13));
+    p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A9), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A7), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A5), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A3), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_A1), x2, p);
     p = vmulq_f32(x, p);
-    float32x4_t q = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(EDGEVLA_TANH_B6)), vdupq_n_f32(EDGEVLA_TANH_B4));
-    q = vaddq_f32(vmulq_f32(x2, q), vdupq_n_f32(EDGEVLA_TANH_B2));
-    q = vaddq_f32(vmulq_f32(x2, q), vdupq_n_f32(EDGEVLA_TANH_B0));
-    return vdivq_f32(p, q);
+    float32x4_t q = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_B4), x2, vdupq_n_f32(EDGEVLA_TANH_B6));
+    q = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_B2), x2, q);
+    q = vfmaq_f32(vdupq_n_f32(EDGEVLA_TANH_B0), x2, q);
+    const float32x4_t r = vdivq_f32(p, q);
+    const float32x4_t hi = vbslq_f32(vcleq_f32(x, vdupq_n_f32(-EDGEVLA_TANH_CLAMP)), vdupq_n_f32(-1.0f), r);
+    return vbslq_f32(vcgeq_f32(x, vdupq_n_f32(EDGEVLA_TANH_CLAMP)), vdupq_n_f32(1.0f), hi);
 }
 
 // GELU, erf form, op by op as edgevla_gelu_erf_f32.
 inline float32x4_t gelu_erf_ps(float32x4_t x) {
     const float32x4_t u = min_ps(vmulq_f32(x, x), vdupq_n_f32(EDGEVLA_GELU_ERF_U_MAX));
-    float32x4_t s = vaddq_f32(vmulq_f32(u, vdupq_n_f32(EDGEVLA_GELU_ERF_S6)), vdupq_n_f32(EDGEVLA_GELU_ERF_S5));
-    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S4));
-    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S3));
-    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S2));
-    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S1));
-    s = vaddq_f32(vmulq_f32(u, s), vdupq_n_f32(EDGEVLA_GELU_ERF_S0));
+    float32x4_t s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S5), u, vdupq_n_f32(EDGEVLA_GELU_ERF_S6));
+    s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S4), u, s);
+    s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S3), u, s);
+    s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S2), u, s);
+    s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S1), u, s);
+    s = vfmaq_f32(vdupq_n_f32(EDGEVLA_GELU_ERF_S0), u, s);
     const float32x4_t t = tanh_ps(vmulq_f32(x, s));
-    return vmulq_f32(x, vaddq_f32(vdupq_n_f32(0.5f), vmulq_f32(vdupq_n_f32(0.5f), t)));
+    return vmulq_f32(x, vfmaq_f32(vdupq_n_f32(0.5f), vdupq_n_f32(0.5f), t));
 }
 
 inline float32x4_t activate(edgevla_activation activation, float32x4_t v) {

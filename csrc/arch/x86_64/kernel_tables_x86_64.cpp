@@ -7,7 +7,9 @@ namespace {
 
 bool has_avx512_vnni(const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni; }
 bool has_avx512_amx(const CpuFeatures& f) { return has_avx512_vnni(f) && f.amx_tile && f.amx_int8; }
-bool has_avx2(const CpuFeatures& f) { return f.avx2; }
+// The AVX2 kernels are compiled with -mfma too (the epilogue's polynomials);
+// every AVX2 CPU made has FMA3, but a hypervisor may hide it.
+bool has_avx2(const CpuFeatures& f) { return f.avx2 && f.fma; }
 
 constexpr IsaKernels kTables[] = {
     // The VNNI table with the AMX-INT8 dense W8A8 GEMM (gemm_amx.cpp).

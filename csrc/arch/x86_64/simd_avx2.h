@@ -22,31 +22,34 @@ namespace {
 inline __m256 tanh_ps(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-EDGEVLA_TANH_CLAMP)), _mm256_set1_ps(EDGEVLA_TANH_CLAMP));
     const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_A13)), _mm256_set1_ps(EDGEVLA_TANH_A11));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A9));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A7));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A5));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A3));
-    p = _mm256_add_ps(_mm256_mul_ps(x2, p), _mm256_set1_ps(EDGEVLA_TANH_A1));
+    __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_A13), _mm256_set1_ps(EDGEVLA_TANH_A11));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(EDGEVLA_TANH_A9));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(EDGEVLA_TANH_A7));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(EDGEVLA_TANH_A5));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(EDGEVLA_TANH_A3));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(EDGEVLA_TANH_A1));
     p = _mm256_mul_ps(x, p);
-    __m256 q = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_B6)), _mm256_set1_ps(EDGEVLA_TANH_B4));
-    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B2));
-    q = _mm256_add_ps(_mm256_mul_ps(x2, q), _mm256_set1_ps(EDGEVLA_TANH_B0));
-    return _mm256_div_ps(p, q);
+    __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(EDGEVLA_TANH_B6), _mm256_set1_ps(EDGEVLA_TANH_B4));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(EDGEVLA_TANH_B2));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(EDGEVLA_TANH_B0));
+    const __m256 r = _mm256_div_ps(p, q);
+    const __m256 hi = _mm256_blendv_ps(r, _mm256_set1_ps(-1.0f),
+                                       _mm256_cmp_ps(x, _mm256_set1_ps(-EDGEVLA_TANH_CLAMP), _CMP_LE_OQ));
+    return _mm256_blendv_ps(hi, _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, _mm256_set1_ps(EDGEVLA_TANH_CLAMP), _CMP_GE_OQ));
 }
 
 // GELU, erf form, op by op as edgevla_gelu_erf_f32.
 inline __m256 gelu_erf_ps(__m256 x) {
     const __m256 u = _mm256_min_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(EDGEVLA_GELU_ERF_U_MAX));
     __m256 s =
-        _mm256_add_ps(_mm256_mul_ps(u, _mm256_set1_ps(EDGEVLA_GELU_ERF_S6)), _mm256_set1_ps(EDGEVLA_GELU_ERF_S5));
-    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S4));
-    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S3));
-    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S2));
-    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S1));
-    s = _mm256_add_ps(_mm256_mul_ps(u, s), _mm256_set1_ps(EDGEVLA_GELU_ERF_S0));
+        _mm256_fmadd_ps(u, _mm256_set1_ps(EDGEVLA_GELU_ERF_S6), _mm256_set1_ps(EDGEVLA_GELU_ERF_S5));
+    s = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EDGEVLA_GELU_ERF_S4));
+    s = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EDGEVLA_GELU_ERF_S3));
+    s = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EDGEVLA_GELU_ERF_S2));
+    s = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EDGEVLA_GELU_ERF_S1));
+    s = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EDGEVLA_GELU_ERF_S0));
     const __m256 t = tanh_ps(_mm256_mul_ps(x, s));
-    return _mm256_mul_ps(x, _mm256_add_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(_mm256_set1_ps(0.5f), t)));
+    return _mm256_mul_ps(x, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), t, _mm256_set1_ps(0.5f)));
 }
 
 inline __m256 activate(edgevla_activation activation, __m256 v) {

@@ -29,31 +29,35 @@ namespace {
 inline __m512 tanh_ps(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-EDGEVLA_TANH_CLAMP)), _mm512_set1_ps(EDGEVLA_TANH_CLAMP));
     const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_add_ps(_mm512_mul_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_A13)), _mm512_set1_ps(EDGEVLA_TANH_A11));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A9));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A7));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A5));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A3));
-    p = _mm512_add_ps(_mm512_mul_ps(x2, p), _mm512_set1_ps(EDGEVLA_TANH_A1));
+    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_A13), _mm512_set1_ps(EDGEVLA_TANH_A11));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(EDGEVLA_TANH_A9));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(EDGEVLA_TANH_A7));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(EDGEVLA_TANH_A5));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(EDGEVLA_TANH_A3));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(EDGEVLA_TANH_A1));
     p = _mm512_mul_ps(x, p);
-    __m512 q = _mm512_add_ps(_mm512_mul_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_B6)), _mm512_set1_ps(EDGEVLA_TANH_B4));
-    q = _mm512_add_ps(_mm512_mul_ps(x2, q), _mm512_set1_ps(EDGEVLA_TANH_B2));
-    q = _mm512_add_ps(_mm512_mul_ps(x2, q), _mm512_set1_ps(EDGEVLA_TANH_B0));
-    return _mm512_div_ps(p, q);
+    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(EDGEVLA_TANH_B6), _mm512_set1_ps(EDGEVLA_TANH_B4));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(EDGEVLA_TANH_B2));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(EDGEVLA_TANH_B0));
+    const __m512 r = _mm512_div_ps(p, q);
+    const __m512 hi = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-EDGEVLA_TANH_CLAMP), _CMP_LE_OQ), r,
+                                           _mm512_set1_ps(-1.0f));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(EDGEVLA_TANH_CLAMP), _CMP_GE_OQ), hi,
+                                _mm512_set1_ps(1.0f));
 }
 
 // GELU, erf form, op by op as edgevla_gelu_erf_f32.
 inline __m512 gelu_erf_ps(__m512 x) {
     const __m512 u = _mm512_min_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(EDGEVLA_GELU_ERF_U_MAX));
     __m512 s =
-        _mm512_add_ps(_mm512_mul_ps(u, _mm512_set1_ps(EDGEVLA_GELU_ERF_S6)), _mm512_set1_ps(EDGEVLA_GELU_ERF_S5));
-    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S4));
-    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S3));
-    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S2));
-    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S1));
-    s = _mm512_add_ps(_mm512_mul_ps(u, s), _mm512_set1_ps(EDGEVLA_GELU_ERF_S0));
+        _mm512_fmadd_ps(u, _mm512_set1_ps(EDGEVLA_GELU_ERF_S6), _mm512_set1_ps(EDGEVLA_GELU_ERF_S5));
+    s = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EDGEVLA_GELU_ERF_S4));
+    s = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EDGEVLA_GELU_ERF_S3));
+    s = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EDGEVLA_GELU_ERF_S2));
+    s = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EDGEVLA_GELU_ERF_S1));
+    s = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EDGEVLA_GELU_ERF_S0));
     const __m512 t = tanh_ps(_mm512_mul_ps(x, s));
-    return _mm512_mul_ps(x, _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_mul_ps(_mm512_set1_ps(0.5f), t)));
+    return _mm512_mul_ps(x, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), t, _mm512_set1_ps(0.5f)));
 }
 
 inline __m512 activate(edgevla_activation activation, __m512 v) {
