@@ -11,6 +11,7 @@
 #pragma once
 
 #include "gemm_s8s8.h"
+#include "attention_f32.h"
 #include "layer_norm_s8.h"
 #include "packed_formats.h"
 
@@ -60,6 +61,11 @@ int64_t layer_norm_s8_avx512(const LayerNormS8Args& args);
 void quantize_s8_generic(const QuantizeS8Args& args);
 void quantize_s8_avx2(const QuantizeS8Args& args);
 void quantize_s8_avx512(const QuantizeS8Args& args);
+
+// Float32 attention (attention_f32.h): heads [first, last) of args.
+void attention_f32_generic(const AttentionF32Args& args, int64_t first, int64_t last);
+void attention_f32_avx2(const AttentionF32Args& args, int64_t first, int64_t last);
+void attention_f32_avx512(const AttentionF32Args& args, int64_t first, int64_t last);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

@@ -29,6 +29,7 @@ struct IsaKernels {
     QuantizeW4A8Kernel quantize_w4a8;
     LayerNormS8Kernel layer_norm_s8;
     QuantizeS8Kernel quantize_s8;
+    AttentionF32Kernel attention_f32;
 };
 
 struct IsaKernelList {

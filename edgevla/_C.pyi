@@ -139,6 +139,16 @@ def layer_norm_s8_ref(
 ) -> NDArray[np.int8]:
     """The scalar reference of layer_norm_s8: identical codes."""
 
+def attention_f32(
+    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, *, divide: bool = False, out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """softmax(scale(q_h @ k_h^T)) @ v_h on float32 (B, T, H, D) q and (B, S, H, D) k, v; the active ISA's kernel."""
+
+def attention_f32_ref(
+    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, *, divide: bool = False, out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """The scalar reference of attention_f32."""
+
 def quantize_s8(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
     """float32 (M, K) -> int8 clamp(rint(x / scale), -128, 127), as QuantizeLinear with zero point 0."""
 

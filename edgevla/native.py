@@ -252,6 +252,33 @@ def layer_norm_s8_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: f
     return _compiled().layer_norm_s8_ref(x, gamma, beta, epsilon=epsilon, scale=scale, out=out)
 
 
+def attention_f32(q: Any, k: Any, v: Any, scale: float | None = None, *, divide: bool = False,
+                  out: Any = None) -> np.ndarray:
+    """Scaled dot-product attention per batch and head: ``softmax(scale(q_h @ k_h^T)) @ v_h``.
+
+    Args:
+        q: float32 (B, T, H, D); k, v: float32 (B, S, H, D), S >= 1. Any
+            non-negative strides with the last axis contiguous (head views of a
+            wider array are read in place).
+        scale: multiplies the scores (or divides them, with ``divide=True``:
+            the graph's ``Div``); None for neither. Finite, nonzero to divide.
+        out: optional float32 (B, T, H, D), any such strides, disjoint from the inputs.
+
+    The active ISA's kernel (csrc/attention_f32_rows.h), heads split over the
+    thread pool: scores and ``P @ V`` in vector lanes with fused multiply-adds,
+    exp by a polynomial (within 2 ulp). Within 1e-5 (relative to the output's
+    scale) of :func:`attention_f32_ref`, not bit-identical. Returns ``out``, or
+    a new C-contiguous float32 (B, T, H, D) array.
+    """
+    return _compiled().attention_f32(q, k, v, scale, divide=divide, out=out)
+
+
+def attention_f32_ref(q: Any, k: Any, v: Any, scale: float | None = None, *, divide: bool = False,
+                      out: Any = None) -> np.ndarray:
+    """The scalar reference of :func:`attention_f32` (same arguments): sums in order, ``std::exp``, one thread."""
+    return _compiled().attention_f32_ref(q, k, v, scale, divide=divide, out=out)
+
+
 def quantize_s8(x: Any, *, scale: float, out: Any = None) -> np.ndarray:
     """Static int8 quantization with one per-tensor scale, as ``QuantizeLinear`` with a zero point of 0.
 

@@ -578,7 +578,7 @@ def test_the_native_test_scripts_compile_what_cmake_compiles():
     expected = {path.replace("${edgevla_arch}", arch) for path in library for arch in ("x86_64", "aarch64")}
     listed = set(sources(script, "KERNEL_SOURCES=(")) | set(sources(script, "KERNEL_SOURCES_x86_64=(")) | set(
         sources(script, "KERNEL_SOURCES_aarch64=("))
-    for cmake_name, script_name, flags in [("avx2", "AVX2", "-mavx2"),
+    for cmake_name, script_name, flags in [("avx2", "AVX2", "-mavx2 -mfma"),
                                            ("avx512", "AVX512", "-mavx512f -mavx512bw -mavx512vl -mavx512vnni"),
                                            ("amx", "AMX",
                                             "-mavx512f -mavx512bw -mavx512vl -mavx512vnni -mamx-tile -mamx-int8"),
@@ -595,3 +595,9 @@ def test_the_native_test_scripts_compile_what_cmake_compiles():
     assert sources(script, "NO_TRAPPING_MATH_SOURCES=(") == no_trapping and set(no_trapping) <= listed
     assert 'set_property(SOURCE ${edgevla_no_trapping_math_sources} APPEND PROPERTY COMPILE_OPTIONS ' \
            '"-fno-trapping-math")' in cmake
+    attention = sources(cmake, "set(edgevla_attention_sources")
+    assert sources(script, "ATTENTION_SOURCES=(") == attention and set(attention) <= listed
+    assert "ATTENTION_FLAGS=(-ffp-contract=fast -O3 -fno-trapping-math)" in script
+    assert ('set_property(SOURCE ${edgevla_attention_sources} APPEND PROPERTY COMPILE_OPTIONS\n'
+            '  "-ffp-contract=fast;-O3;-fno-trapping-math")') in cmake
+    assert '"-mavx2;-mfma"' in cmake

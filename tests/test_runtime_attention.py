@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgevla import native
 from edgevla.runtime import NativeModel
 from edgevla.runtime.attention import ATTENTION_OP
 
@@ -52,8 +53,12 @@ def _ort(model, feeds):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+@pytest.mark.parametrize("isa", native.available_isas() if native.available() else ["none"])
 @pytest.mark.parametrize("scale_op,scale_first", [("Mul", False), ("Mul", True), ("Div", False), (None, False)])
-def test_attention_chain_fuses_and_matches_onnxruntime(scale_op, scale_first):
+def test_attention_chain_fuses_and_matches_onnxruntime(scale_op, scale_first, isa, restore_dispatch):
+    """On the AVX-512 tables the step is the native kernel, elsewhere NumPy: both match ONNX Runtime."""
+    if isa != "none":
+        native.set_isa(isa)
     model = _attention_model(scale_op, scale_first)
     native_model = NativeModel(model, precision="fp32")
     assert native_model.op_count() == {"Reshape": 4, ATTENTION_OP: 1}  # transposes, products, scale, softmax: one

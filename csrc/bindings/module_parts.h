@@ -6,6 +6,7 @@
 
 namespace edgevla::bindings {
 
+void register_attention(pybind11::module_& m);
 void register_cuda(pybind11::module_& m);
 void register_formats(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);

@@ -14,6 +14,7 @@
 // tests/native/run_aarch64.sh cross-compiles it for aarch64 and runs it under
 // qemu-aarch64 -cpu max, so the NEON dot-product path is tested on every
 // change. Exit status 0 only when every case matches.
+#include "attention_f32.h"
 #include "cpu_kernels.h"
 #include "cpu_ops.h"
 #include "dispatch.h"
@@ -476,6 +477,70 @@ int check_formats(const IsaKernels& isa, std::mt19937& rng) {
 
 // With the default minimum work per thread, small-vla's M = 32 layers (4.7M
 // and 18.9M multiply-adds) stay on the calling thread; twice the largest splits.
+// The float attention against its scalar reference, on q, k and v that are
+// column views of one stacked (B, T, 3 H D + 5) array (as the runtime hands
+// them over): |got - ref| <= 4e-6 (1 + max |scaled score|) max |v| (summation
+// order and the polynomial exp), into a poisoned output followed by guards.
+int check_attention(const IsaKernels& isa, int64_t b, int64_t t, int64_t s, int64_t h, int64_t d, int scale_mode,
+                    std::mt19937& rng) {
+    const int64_t width = 3 * h * d + 5, tokens = std::max(t, s);
+    std::normal_distribution<float> normal(0.0f, 1.5f);
+    std::vector<float> stacked(static_cast<size_t>(b * tokens * width));
+    for (float& x : stacked) x = normal(rng);
+    AttentionF32Args args;
+    args.batch = b;
+    args.t = t;
+    args.s = s;
+    args.heads = h;
+    args.d = d;
+    args.q = stacked.data();
+    args.k = stacked.data() + h * d;
+    args.v = stacked.data() + 2 * h * d;
+    args.q_strides = args.k_strides = args.v_strides = AttentionStrides{tokens * width, width, d};
+    args.out_strides = AttentionStrides{t * h * d, h * d, d};
+    args.scale_mode = scale_mode;
+    args.scale = scale_mode == kAttentionDivide ? 8.0f : 0.125f;
+    const int64_t count = b * t * h * d;
+    std::vector<float> got = poisoned(count), ref = poisoned(count);
+    args.out = got.data();
+    attention_f32(args);
+    args.out = ref.data();
+    attention_f32_ref(args);
+    double v_max = 0.0, score_max = 0.0;
+    for (int64_t bb = 0; bb < b; ++bb) {
+        for (int64_t j = 0; j < tokens; ++j) {
+            const float* row = stacked.data() + bb * tokens * width + j * width;
+            for (int64_t x = 0; x < h * d; ++x) v_max = std::max(v_max, std::fabs(double(row[2 * h * d + x])));
+        }
+        for (int64_t hh = 0; hh < h; ++hh) {
+            for (int64_t i = 0; i < t; ++i) {
+                for (int64_t j = 0; j < s; ++j) {
+                    double dot = 0.0;
+                    for (int64_t x = 0; x < d; ++x) {
+                        dot += double(args.q[bb * tokens * width + i * width + hh * d + x]) *
+                               double(args.k[bb * tokens * width + j * width + hh * d + x]);
+                    }
+                    score_max = std::max(score_max, std::fabs(dot) * (scale_mode == kAttentionNoScale ? 1.0 : 0.125));
+                }
+            }
+        }
+    }
+    const double bound = 4e-6 * (1.0 + score_max) * std::max(v_max, 1.0);
+    for (int64_t i = 0; i < count; ++i) {
+        if (!(std::fabs(double(got[size_t(i)]) - double(ref[size_t(i)])) <= bound)) {
+            std::printf("FAIL %s attention b=%lld t=%lld s=%lld h=%lld d=%lld scale=%d: %g vs %g at %lld\n", isa.name,
+                        (long long)b, (long long)t, (long long)s, (long long)h, (long long)d, scale_mode,
+                        double(got[size_t(i)]), double(ref[size_t(i)]), (long long)i);
+            return 1;
+        }
+    }
+    if (!guard_intact(got, count) || !guard_intact(ref, count)) {
+        std::printf("FAIL %s attention: wrote past its output\n", isa.name);
+        return 1;
+    }
+    return 0;
+}
+
 int check_small_gemms_stay_on_one_thread() {
     const int64_t fc1 = int64_t{32} * 1536 * 384, qkv = int64_t{32} * 384 * 384;
     if (gemm_part_count(qkv, 24, 3) != 1 || gemm_part_count(fc1, 96, 3) != 1 || gemm_part_count(2 * fc1, 96, 3) != 2 ||
@@ -534,6 +599,18 @@ int main(int argc, char** argv) {
                     isa_failures += check_layer_norm_s8(2, k, 1e4f, scale, k % 2 == 1, rng);
                 }
             }
+            const int64_t shapes[][5] = {{1, 1, 1, 1, 1},  {1, 6, 6, 6, 64},  {2, 5, 7, 3, 67}, {1, 32, 32, 6, 64},
+                                         {1, 17, 33, 2, 16}, {1, 3, 40, 1, 100}, {3, 4, 4, 5, 3}};
+            int attention_failures = 0;
+            for (const auto& sh : shapes) {
+                for (int mode : {kAttentionNoScale, kAttentionMultiply, kAttentionDivide}) {
+                    attention_failures += check_attention(*isa, sh[0], sh[1], sh[2], sh[3], sh[4], mode, rng);
+                }
+            }
+            if (attention_failures == 0) {
+                std::printf("%s: attention within its bound of the reference (%d threads)\n", isa->name, threads);
+            }
+            isa_failures += attention_failures;
             const int format_failures = check_formats(*isa, rng);
             if (isa_failures == 0) std::printf("%s: all cases bit-identical (%d threads)\n", isa->name, threads);
             if (format_failures == 0) {

@@ -17,6 +17,8 @@ KERNEL_SOURCES=(
   thread_pool.cpp
   cpu_ops.cpp
   layer_norm_s8.cpp
+  attention_f32.cpp
+  arch/generic/attention_generic.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp
   arch/generic/gemm_2to4_generic.cpp
@@ -37,8 +39,9 @@ AVX2_SOURCES=(
   arch/x86_64/gemm_w4_avx2.cpp
   arch/x86_64/gemm_w4a8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx2.cpp
+  arch/x86_64/attention_avx2.cpp
 )
-AVX2_FLAGS=(-mavx2)
+AVX2_FLAGS=(-mavx2 -mfma)
 AVX512_SOURCES=(
   arch/x86_64/gemm_avx512_vnni.cpp
   arch/x86_64/sparse_avx512_vnni.cpp
@@ -46,6 +49,7 @@ AVX512_SOURCES=(
   arch/x86_64/gemm_w4_avx512_vnni.cpp
   arch/x86_64/gemm_w4a8_avx512_vnni.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp
+  arch/x86_64/attention_avx512.cpp
 )
 AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
 AMX_SOURCES=(
@@ -68,3 +72,12 @@ NO_TRAPPING_MATH_SOURCES=(
   arch/x86_64/layer_norm_s8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp
 )
+
+# The float attention files (specified to a tolerance, not bit for bit): these
+# flags come after their list's flags and the library's -ffp-contract=off.
+ATTENTION_SOURCES=(
+  arch/generic/attention_generic.cpp
+  arch/x86_64/attention_avx2.cpp
+  arch/x86_64/attention_avx512.cpp
+)
+ATTENTION_FLAGS=(-ffp-contract=fast -O3 -fno-trapping-math)

@@ -40,6 +40,9 @@ compile() {  # compile SOURCE [EXTRA FLAGS...], in the background
   for listed in "${NO_TRAPPING_MATH_SOURCES[@]}"; do
     if [[ $listed == "$source" ]]; then set -- "$@" -fno-trapping-math; fi
   done
+  for listed in "${ATTENTION_SOURCES[@]}"; do
+    if [[ $listed == "$source" ]]; then set -- "$@" "${ATTENTION_FLAGS[@]}"; fi
+  done
   "$cxx" "${common[@]}" "$@" -c "$src/$source" -o "$object" &
   jobs+=($!)
   objects+=("$object")

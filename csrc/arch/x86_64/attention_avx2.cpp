@@ -1,0 +1,12 @@
+// Float32 attention (attention_f32_rows.h) compiled for the avx2 table.
+#define EDGEVLA_ATTENTION_VECTOR_BYTES 32
+#include "attention_f32_rows.h"
+#include "cpu_kernels.h"
+
+namespace edgevla {
+
+void attention_f32_avx2(const AttentionF32Args& args, int64_t first, int64_t last) {
+    attention_f32_heads(args, first, last);
+}
+
+}  // namespace edgevla

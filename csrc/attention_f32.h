@@ -1,0 +1,49 @@
+// Scaled dot-product attention in float32 over (B, T, H, D) head views: what
+// the runtime's edgevla.Attention step computes (edgevla/runtime/attention.py),
+// in one pass per (batch, head) with nothing but a small per-thread scratch.
+//
+// For every batch b, head h and query token i:
+//   s[j]   = sum_d q[b, i, h, d] * k[b, j, h, d]          j in [0, S)
+//   s[j]   = s[j] * scale   (scale_mode multiply)  or  s[j] / scale  (divide)
+//   p[j]   = exp(s[j] - max_j s) / sum_j exp(s[j] - max_j s)
+//   o[b, i, h, d] = sum_j p[j] * v[b, j, h, d]
+//
+// The reference (attention_f32_ref) sums in the order written, in float32,
+// with std::exp. The fast kernels (attention_f32_rows.h, compiled per ISA)
+// sum in vector lanes with fused multiply-adds and evaluate exp by a
+// polynomial: a float tolerance, not bit identity (tests/test_kernels_attention.py
+// states it). Every array is addressed by element strides (the last axis, d,
+// contiguous), so the stacked q/k/v views of the runtime are read in place.
+// Arguments are trusted (the bindings validate).
+#pragma once
+
+#include <cstdint>
+
+namespace edgevla {
+
+enum AttentionScaleMode : int { kAttentionNoScale = 0, kAttentionMultiply = 1, kAttentionDivide = 2 };
+
+struct AttentionStrides {
+    int64_t batch = 0, token = 0, head = 0;  // in elements; d is contiguous
+};
+
+struct AttentionF32Args {
+    int64_t batch = 0, t = 0, s = 0, heads = 0, d = 0;  // T queries, S keys
+    const float* q = nullptr;  // (B, T, H, D)
+    const float* k = nullptr;  // (B, S, H, D)
+    const float* v = nullptr;  // (B, S, H, D)
+    float* out = nullptr;      // (B, T, H, D)
+    AttentionStrides q_strides, k_strides, v_strides, out_strides;
+    int scale_mode = kAttentionNoScale;
+    float scale = 1.0f;
+};
+
+// Heads [first, last) of the flattened (batch, head) index, on the active ISA.
+using AttentionF32Kernel = void (*)(const AttentionF32Args& args, int64_t first, int64_t last);
+
+// All heads, split over the thread pool.
+void attention_f32(const AttentionF32Args& args);
+// The scalar reference, one element at a time, single-threaded.
+void attention_f32_ref(const AttentionF32Args& args);
+
+}  // namespace edgevla

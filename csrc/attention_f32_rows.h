@@ -1,0 +1,232 @@
+// The fast attention of attention_f32.h in portable C++ on GCC/Clang vector
+// types: included by one file per kernel table (arch/*/attention_*.cpp), which
+// defines EDGEVLA_ATTENTION_VECTOR_BYTES to its register width (64 AVX-512,
+// 32 AVX2, 16 SSE2/NEON) and is compiled with its ISA's flags and
+// -ffp-contract=fast, so each gets its own vectors and fused multiply-adds.
+//
+// Per (batch, head): K^T is copied once into scratch, its S columns padded to
+// a whole number of vectors with zeros, so the scores of 4 queries at a time
+// are vector accumulators kept in registers across D; softmax runs on each row
+// (max and sum in vector lanes, exp by a polynomial); P @ V accumulates 4
+// vectors of output features at a time, again in registers.
+#pragma once
+
+#include "attention_f32.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace edgevla {
+namespace {
+
+#ifndef EDGEVLA_ATTENTION_VECTOR_BYTES
+#error "define EDGEVLA_ATTENTION_VECTOR_BYTES (the vector register width) before including attention_f32_rows.h"
+#endif
+constexpr int64_t kAttentionLanes = EDGEVLA_ATTENTION_VECTOR_BYTES / 4;
+
+// exp(x) for the shifted scores x <= 0 of a softmax (any float in, NaN stays
+// NaN): x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2, ln2 split in
+// two parts (Cody and Waite), exp(r) by the degree-6 minimax polynomial of
+// Cephes' expf, times 2^n built in the exponent bits. Below -87.3 the result
+// is held at 2^-126 (a softmax weight of ~1e-38, against a maximum of 1).
+// Within 2 ulp of exp on [-87.3, 0].
+inline float softmax_exp(float x) {
+    x = x < -87.3365f ? -87.3365f : x;  // NaN passes: both comparisons are false
+    x = x > 88.0f ? 88.0f : x;
+    float n = x * 1.44269504088896341f;
+    n = (n + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    // 2^n: n in [-126, 127] here; a NaN n compares false and gives 2^0 (p is NaN then).
+    const float nc = n > -126.0f ? (n < 127.0f ? n : 127.0f) : -126.0f;
+    const int32_t bits = (static_cast<int32_t>(nc) + 127) << 23;
+    float two_n;
+    std::memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+// kAttentionLanes floats: one vector register of the ISA compiled for.
+typedef float FloatVec __attribute__((vector_size(EDGEVLA_ATTENTION_VECTOR_BYTES)));
+
+inline FloatVec load_vec(const float* p) {
+    FloatVec v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store_vec(float* p, FloatVec v) { std::memcpy(p, &v, sizeof v); }
+
+// Scaled scores of R consecutive queries (rows q, q + token stride, ...) against
+// all S_pad columns of K^T, written to out[r * s_pad + j].
+template <int R>
+inline void scores_rows(const AttentionF32Args& a, const float* q, const float* kt, int64_t s_pad, float* out) {
+    for (int64_t j0 = 0; j0 < s_pad; j0 += kAttentionLanes) {
+        FloatVec acc[R] = {};
+        for (int64_t dd = 0; dd < a.d; ++dd) {
+            const FloatVec k = load_vec(kt + dd * s_pad + j0);
+            for (int r = 0; r < R; ++r) acc[r] += q[r * a.q_strides.token + dd] * k;
+        }
+        for (int r = 0; r < R; ++r) {
+            if (a.scale_mode == kAttentionMultiply) acc[r] *= a.scale;
+            if (a.scale_mode == kAttentionDivide) acc[r] /= a.scale;
+            store_vec(out + r * s_pad + j0, acc[r]);
+        }
+    }
+}
+
+typedef float Float4 __attribute__((vector_size(16)));
+typedef int32_t Int4 __attribute__((vector_size(16)));
+
+inline Float4 load4(const float* p) {
+    Float4 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// kt[dd * s_pad + j] = k[j * ldk + dd] for j < s, zeros for s <= j < s_pad:
+// 4 x 4 blocks through registers (two rounds of two-vector shuffles), then the edges one by one.
+inline void transpose_keys(const float* k, int64_t ldk, int64_t s, int64_t d, float* kt, int64_t s_pad) {
+    const int64_t s4 = s / 4 * 4, d4 = d / 4 * 4;
+    for (int64_t j = 0; j < s4; j += 4) {
+        const float* r = k + j * ldk;
+        for (int64_t dd = 0; dd < d4; dd += 4) {
+            const Float4 r0 = load4(r + dd), r1 = load4(r + ldk + dd);
+            const Float4 r2 = load4(r + 2 * ldk + dd), r3 = load4(r + 3 * ldk + dd);
+            const Float4 t0 = __builtin_shuffle(r0, r1, Int4{0, 4, 1, 5});  // r0[0] r1[0] r0[1] r1[1]
+            const Float4 t1 = __builtin_shuffle(r2, r3, Int4{0, 4, 1, 5});
+            const Float4 t2 = __builtin_shuffle(r0, r1, Int4{2, 6, 3, 7});
+            const Float4 t3 = __builtin_shuffle(r2, r3, Int4{2, 6, 3, 7});
+            const Float4 c0 = __builtin_shuffle(t0, t1, Int4{0, 1, 4, 5});
+            const Float4 c1 = __builtin_shuffle(t0, t1, Int4{2, 3, 6, 7});
+            const Float4 c2 = __builtin_shuffle(t2, t3, Int4{0, 1, 4, 5});
+            const Float4 c3 = __builtin_shuffle(t2, t3, Int4{2, 3, 6, 7});
+            std::memcpy(kt + dd * s_pad + j, &c0, sizeof c0);
+            std::memcpy(kt + (dd + 1) * s_pad + j, &c1, sizeof c1);
+            std::memcpy(kt + (dd + 2) * s_pad + j, &c2, sizeof c2);
+            std::memcpy(kt + (dd + 3) * s_pad + j, &c3, sizeof c3);
+        }
+        for (int64_t dd = d4; dd < d; ++dd) {
+            for (int64_t jj = j; jj < j + 4; ++jj) kt[dd * s_pad + jj] = k[jj * ldk + dd];
+        }
+    }
+    for (int64_t dd = 0; dd < d; ++dd) {
+        for (int64_t j = s4; j < s; ++j) kt[dd * s_pad + j] = k[j * ldk + dd];
+        for (int64_t j = s; j < s_pad; ++j) kt[dd * s_pad + j] = 0.0f;
+    }
+}
+
+// The maximum and the sum of a vector's lanes, folded in halves.
+inline float lanes_max(FloatVec v) {
+    float t[kAttentionLanes];
+    std::memcpy(t, &v, sizeof t);
+    for (int64_t w = kAttentionLanes / 2; w >= 1; w /= 2) {
+        for (int64_t l = 0; l < w; ++l) t[l] = t[l + w] > t[l] ? t[l + w] : t[l];
+    }
+    return t[0];
+}
+inline float lanes_sum(FloatVec v) {
+    float t[kAttentionLanes];
+    std::memcpy(t, &v, sizeof t);
+    for (int64_t w = kAttentionLanes / 2; w >= 1; w /= 2) {
+        for (int64_t l = 0; l < w; ++l) t[l] += t[l + w];
+    }
+    return t[0];
+}
+
+struct AttentionScratch {
+    std::vector<float> kt;    // D x S_pad
+    std::vector<float> row;   // T x S_pad: the scores, then the probabilities
+};
+
+inline AttentionScratch& attention_scratch() {
+    thread_local AttentionScratch scratch;  // grows to the largest shape seen, then stays
+    return scratch;
+}
+
+inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_t last) {
+    const int64_t s = a.s, d = a.d;
+    const int64_t s_pad = (s + kAttentionLanes - 1) / kAttentionLanes * kAttentionLanes;
+    AttentionScratch& scratch = attention_scratch();
+    if (static_cast<int64_t>(scratch.kt.size()) < d * s_pad) scratch.kt.resize(d * s_pad);
+    if (static_cast<int64_t>(scratch.row.size()) < a.t * s_pad) scratch.row.resize(a.t * s_pad);
+    float* kt = scratch.kt.data();
+    float* row = scratch.row.data();
+
+    for (int64_t bh = first; bh < last; ++bh) {
+        const int64_t b = bh / a.heads, h = bh % a.heads;
+        const float* qb = a.q + b * a.q_strides.batch + h * a.q_strides.head;
+        const float* kb = a.k + b * a.k_strides.batch + h * a.k_strides.head;
+        const float* vb = a.v + b * a.v_strides.batch + h * a.v_strides.head;
+        float* ob = a.out + b * a.out_strides.batch + h * a.out_strides.head;
+
+        transpose_keys(kb, a.k_strides.token, s, d, kt, s_pad);
+
+        // scores of 4 queries at a time (4 independent accumulator chains), then of the rest one by one
+        int64_t i = 0;
+        for (; i + 4 <= a.t; i += 4) scores_rows<4>(a, qb + i * a.q_strides.token, kt, s_pad, row + i * s_pad);
+        for (; i < a.t; ++i) scores_rows<1>(a, qb + i * a.q_strides.token, kt, s_pad, row + i * s_pad);
+
+        for (i = 0; i < a.t; ++i) {
+            float* row_i = row + i * s_pad;
+            // softmax over the S real keys
+            const int64_t whole = s / kAttentionLanes * kAttentionLanes;
+            float m = row_i[0];
+            if (whole > 0) {
+                FloatVec lanes = load_vec(row_i);
+                for (int64_t j = kAttentionLanes; j < whole; j += kAttentionLanes) {
+                    const FloatVec x = load_vec(row_i + j);
+                    lanes = x > lanes ? x : lanes;
+                }
+                const float lm = lanes_max(lanes);
+                m = lm > m ? lm : m;
+            }
+            for (int64_t j = whole; j < s; ++j) m = row_i[j] > m ? row_i[j] : m;
+            for (int64_t j = 0; j < s; ++j) row_i[j] = softmax_exp(row_i[j] - m);
+            FloatVec partial = {};
+            for (int64_t j = 0; j < whole; j += kAttentionLanes) partial += load_vec(row_i + j);
+            float sum = lanes_sum(partial);
+            for (int64_t j = whole; j < s; ++j) sum += row_i[j];
+            const float inv = 1.0f / sum;
+            for (int64_t jj = 0; jj < s; ++jj) row_i[jj] *= inv;
+            // P @ V: 4 vectors of features at a time (4 chains), then one vector, then one by one
+            float* oi = ob + i * a.out_strides.token;
+            int64_t d0 = 0;
+            for (; d0 + 4 * kAttentionLanes <= d; d0 += 4 * kAttentionLanes) {
+                FloatVec acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+                for (int64_t jj = 0; jj < s; ++jj) {
+                    const float p = row_i[jj];
+                    const float* vr = vb + jj * a.v_strides.token + d0;
+                    acc0 += p * load_vec(vr);
+                    acc1 += p * load_vec(vr + kAttentionLanes);
+                    acc2 += p * load_vec(vr + 2 * kAttentionLanes);
+                    acc3 += p * load_vec(vr + 3 * kAttentionLanes);
+                }
+                store_vec(oi + d0, acc0);
+                store_vec(oi + d0 + kAttentionLanes, acc1);
+                store_vec(oi + d0 + 2 * kAttentionLanes, acc2);
+                store_vec(oi + d0 + 3 * kAttentionLanes, acc3);
+            }
+            for (; d0 + kAttentionLanes <= d; d0 += kAttentionLanes) {
+                FloatVec acc = {};
+                for (int64_t jj = 0; jj < s; ++jj) acc += row_i[jj] * load_vec(vb + jj * a.v_strides.token + d0);
+                store_vec(oi + d0, acc);
+            }
+            for (; d0 < d; ++d0) {
+                float acc = 0.0f;
+                for (int64_t jj = 0; jj < s; ++jj) acc += row_i[jj] * vb[jj * a.v_strides.token + d0];
+                oi[d0] = acc;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace edgevla

@@ -1,0 +1,157 @@
+// Python bindings of the float32 attention (attention_f32.h): the fast kernel
+// on the active ISA and its scalar reference, on (B, T, H, D) arrays of any
+// non-negative strides whose last axis is contiguous (the runtime's q, k and v
+// are column views of one stacked GEMM output), validated, run without the GIL.
+#include "attention_f32.h"
+#include "bindings/module_parts.h"
+
+#include <pybind11/numpy.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace edgevla::bindings {
+namespace {
+
+namespace py = pybind11;
+
+struct HeadsArg {
+    py::buffer_info info;
+    int64_t dims[4] = {0, 0, 0, 0};  // B, T (or S), H, D
+    AttentionStrides strides;
+    uintptr_t lo = 0, hi = 0;  // the bytes the elements span, [lo, hi); empty when lo == hi
+
+    template <typename T>
+    T* data() const {
+        return static_cast<T*>(info.ptr);
+    }
+    bool overlaps(const HeadsArg& other) const { return lo < other.hi && other.lo < hi; }
+};
+
+std::string shape_of(const py::buffer_info& info) {
+    std::string text = "(";
+    for (size_t i = 0; i < info.shape.size(); ++i) text += (i ? ", " : "") + std::to_string(info.shape[i]);
+    return text + (info.shape.size() == 1 ? ",)" : ")");
+}
+
+HeadsArg heads_arg(py::handle obj, const std::string& name, bool writable) {
+    if (!PyObject_CheckBuffer(obj.ptr())) {
+        throw py::type_error(name + " must be a float32 array of shape (B, T, H, D), got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    }
+    HeadsArg arg;
+    try {
+        arg.info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
+    } catch (py::error_already_set&) {
+        throw py::value_error(name + (writable ? " must be a writable buffer" : " is not a readable buffer"));
+    }
+    const py::buffer_info& info = arg.info;
+    const std::string& f = info.format;
+    if (info.itemsize != 4 || !(f == "f" || f == "<f" || f == "=f" || f == "@f")) {
+        throw py::type_error(name + " must be float32, got buffer format '" + f + "'");
+    }
+    if (info.ndim != 4) throw py::value_error(name + " must be 4-D (B, T, H, D), got shape " + shape_of(info));
+    int64_t span = 0;
+    bool empty = false;
+    for (int i = 0; i < 4; ++i) {
+        arg.dims[i] = info.shape[i];
+        if (info.strides[i] < 0 || info.strides[i] % 4) {
+            throw py::value_error(name + " must have non-negative strides that are whole float32 elements");
+        }
+        empty = empty || info.shape[i] == 0;
+        span += (info.shape[i] - 1) * info.strides[i];
+    }
+    if (info.strides[3] != 4 && info.shape[3] > 1) {
+        throw py::value_error(name + " must be contiguous along its last axis (D)");
+    }
+    if (reinterpret_cast<uintptr_t>(info.ptr) % alignof(float)) {
+        throw py::value_error(name + " must be aligned to 4 bytes");
+    }
+    arg.strides.batch = info.strides[0] / 4;
+    arg.strides.token = info.strides[1] / 4;
+    arg.strides.head = info.strides[2] / 4;
+    arg.lo = reinterpret_cast<uintptr_t>(info.ptr);
+    arg.hi = empty ? arg.lo : arg.lo + static_cast<uintptr_t>(span) + 4;
+    return arg;
+}
+
+using AttentionFn = void (*)(const AttentionF32Args&);
+
+py::object run_attention(AttentionFn kernel, const py::object& q, const py::object& k, const py::object& v,
+                         const py::object& scale, bool divide, const py::object& out) {
+    const HeadsArg q_arg = heads_arg(q, "q", false), k_arg = heads_arg(k, "k", false), v_arg = heads_arg(v, "v", false);
+    const int64_t b = q_arg.dims[0], t = q_arg.dims[1], h = q_arg.dims[2], d = q_arg.dims[3];
+    const int64_t s = k_arg.dims[1];
+    for (const HeadsArg* a : {&k_arg, &v_arg}) {
+        if (a->dims[0] != b || a->dims[1] != s || a->dims[2] != h || a->dims[3] != d) {
+            throw py::value_error("k and v must have shape (B, S, H, D) = (" + std::to_string(b) + ", S, " +
+                                  std::to_string(h) + ", " + std::to_string(d) + ") with one S, got k " +
+                                  shape_of(k_arg.info) + " and v " + shape_of(v_arg.info));
+        }
+    }
+    if (s < 1) throw py::value_error("attention needs at least one key (S >= 1): a softmax over none is undefined");
+    AttentionF32Args args;
+    if (!scale.is_none()) {
+        const double value = scale.cast<double>();
+        const float f = static_cast<float>(value);
+        if (!std::isfinite(f) || (divide && f == 0.0f)) {
+            throw py::value_error("scale must be finite in float32" + std::string(divide ? " and nonzero" : "") +
+                                  ", got " + std::to_string(value));
+        }
+        args.scale = f;
+        args.scale_mode = divide ? kAttentionDivide : kAttentionMultiply;
+    } else if (divide) {
+        throw py::value_error("divide=True needs a scale");
+    }
+    py::object result = out;
+    if (out.is_none()) result = py::array_t<float>({b, t, h, d});
+    const HeadsArg o_arg = heads_arg(result, "out", true);
+    if (o_arg.dims[0] != b || o_arg.dims[1] != t || o_arg.dims[2] != h || o_arg.dims[3] != d) {
+        throw py::value_error("out must have shape (B, T, H, D) = (" + std::to_string(b) + ", " + std::to_string(t) +
+                              ", " + std::to_string(h) + ", " + std::to_string(d) + "), got " + shape_of(o_arg.info));
+    }
+    if (o_arg.overlaps(q_arg) || o_arg.overlaps(k_arg) || o_arg.overlaps(v_arg)) {
+        throw py::value_error("out must not share memory with q, k or v");
+    }
+    args.batch = b;
+    args.t = t;
+    args.s = s;
+    args.heads = h;
+    args.d = d;
+    args.q = q_arg.data<const float>();
+    args.k = k_arg.data<const float>();
+    args.v = v_arg.data<const float>();
+    args.out = o_arg.data<float>();
+    args.q_strides = q_arg.strides;
+    args.k_strides = k_arg.strides;
+    args.v_strides = v_arg.strides;
+    args.out_strides = o_arg.strides;
+    {
+        py::gil_scoped_release no_gil;
+        kernel(args);
+    }
+    return result;
+}
+
+}  // namespace
+
+void register_attention(py::module_& m) {
+    m.def(
+        "attention_f32",
+        [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,
+           const py::object& out) { return run_attention(attention_f32, q, k, v, scale, divide, out); },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(), py::kw_only(),
+        py::arg("divide") = false, py::arg("out") = py::none(),
+        "softmax(scale(q_h @ k_h^T)) @ v_h per batch and head on float32 (B, T, H, D) q, (B, S, H, D) k and v; "
+        "the active ISA's kernel, heads split over the thread pool (csrc/attention_f32.h).");
+    m.def(
+        "attention_f32_ref",
+        [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,
+           const py::object& out) { return run_attention(attention_f32_ref, q, k, v, scale, divide, out); },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(), py::kw_only(),
+        py::arg("divide") = false, py::arg("out") = py::none(),
+        "The scalar reference of attention_f32: sums in order, std::exp, one thread.");
+}
+
+}  // namespace edgevla::bindings

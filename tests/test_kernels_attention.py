@@ -1,0 +1,122 @@
+"""The float32 attention kernel (csrc/attention_f32.h) against its scalar reference and float64 NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgevla import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="edgevla._C is not built")
+
+ISAS = native.available_isas() if native.available() else []
+RNG = np.random.default_rng(5)
+
+
+def stacked_heads(b, t, s, h, d, rng, magnitude=1.5):
+    """q, k, v as column views of one (B, max(T, S), 3 H D + 5) array, as the runtime's stacked GEMM gives them."""
+    tokens = max(t, s)
+    y = (rng.standard_normal((b, tokens, 3 * h * d + 5)) * magnitude).astype(np.float32)
+    q = y[:, :t, : h * d].reshape(b, t, h, d)
+    k = y[:, :s, h * d: 2 * h * d].reshape(b, s, h, d)
+    v = y[:, :s, 2 * h * d: 3 * h * d].reshape(b, s, h, d)
+    return q, k, v
+
+
+def exact(q, k, v, scale=None, divide=False):
+    """float64 softmax(scale(q k^T)) v per head."""
+    q64, k64, v64 = (a.astype(np.float64).transpose(0, 2, 1, 3) for a in (q, k, v))
+    scores = q64 @ k64.transpose(0, 1, 3, 2)
+    if scale is not None:
+        scores = scores / scale if divide else scores * scale
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return (p @ v64).transpose(0, 2, 1, 3), np.abs(scores).max(initial=0.0)
+
+
+def bound(v, score_max):
+    """4e-6 (1 + max |scaled score|) max |v|: float32 summation order and the polynomial exp."""
+    return 4e-6 * (1.0 + score_max) * max(float(np.abs(v).max(initial=0.0)), 1.0)
+
+
+SHAPES = [(1, 1, 1, 1, 1), (1, 6, 6, 6, 64), (2, 5, 7, 3, 67), (1, 32, 32, 6, 64), (1, 17, 33, 2, 16),
+          (1, 3, 40, 1, 100), (3, 4, 4, 5, 3), (1, 1, 50, 2, 64)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale,divide", [(None, False), (0.125, False), (8.0, True)])
+def test_attention_matches_its_reference_and_float64(isa, shape, scale, divide, restore_dispatch):
+    native.set_isa(isa)
+    q, k, v = stacked_heads(*shape, RNG)
+    want, score_max = exact(q, k, v, scale, divide)
+    tol = bound(v, score_max)
+    out = np.full(shape[:2] + shape[3:], np.nan, np.float32)  # poisoned
+    got = native.attention_f32(q, k, v, scale, divide=divide, out=out)
+    assert got is out
+    ref = native.attention_f32_ref(q, k, v, scale, divide=divide)
+    assert np.abs(got - ref).max() <= tol
+    assert np.abs(got - want).max() <= tol and np.abs(ref - want).max() <= tol
+
+
+def test_threads_split_heads_without_changing_a_bit(restore_dispatch):
+    q, k, v = stacked_heads(2, 32, 32, 6, 64, RNG)
+    native.set_num_threads(1)
+    one = native.attention_f32(q, k, v, 0.125)
+    native.set_num_threads(2)
+    np.testing.assert_array_equal(native.attention_f32(q, k, v, 0.125), one)
+
+
+def test_strided_output_and_guards_around_it():
+    q, k, v = stacked_heads(1, 9, 9, 3, 20, RNG)
+    big = np.full((1, 9, 3, 20 + 7), -7.0, np.float32)  # 7 guard values after every head's 20 features
+    out = big[..., :20]
+    native.attention_f32(q, k, v, 0.5, out=out)
+    assert (big[..., 20:] == -7.0).all()
+    np.testing.assert_allclose(out, native.attention_f32_ref(q, k, v, 0.5), rtol=0, atol=1e-5)
+
+
+def test_new_output_is_c_contiguous_float32():
+    q, k, v = stacked_heads(1, 4, 6, 2, 8, RNG)
+    out = native.attention_f32(q, k, v)
+    assert out.dtype == np.float32 and out.shape == (1, 4, 2, 8) and out.flags.c_contiguous
+
+
+def test_nan_in_a_query_stays_in_its_row():
+    q, k, v = (np.ascontiguousarray(a) for a in stacked_heads(1, 4, 4, 2, 8, RNG))
+    q[0, 1, 0, 3] = np.nan
+    out = native.attention_f32(q, k, v, 0.5)
+    assert np.isnan(out[0, 1, 0]).all()
+    assert np.isfinite(np.delete(out.reshape(8, 8), 2, axis=0)).all()
+
+
+def _bad_cases():
+    q, k, v = (np.ascontiguousarray(a) for a in stacked_heads(1, 4, 5, 2, 8, np.random.default_rng(0)))
+    transposed_d = np.ascontiguousarray(q.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    read_only = np.empty_like(q)
+    read_only.flags.writeable = False
+    return [
+        ((q.astype(np.float64), k, v), {}, TypeError, "q must be float32"),
+        ((q[0], k, v), {}, ValueError, "q must be 4-D"),
+        ((q, k[:, :, :1], v), {}, ValueError, "k and v must have shape"),
+        ((q, k, v[:, :4]), {}, ValueError, "k and v must have shape"),
+        ((q, k[:, :0], v[:, :0]), {}, ValueError, "at least one key"),
+        ((transposed_d, k, v), {}, ValueError, "contiguous along its last axis"),
+        ((q[:, ::-1], k, v), {}, ValueError, "non-negative strides"),
+        ((q, k, v), {"out": q}, ValueError, "must not share memory"),
+        ((q, k, v), {"out": np.empty((1, 4, 2, 7), np.float32)}, ValueError, "out must have shape"),
+        ((q, k, v), {"out": read_only}, ValueError, "writable"),
+        ((q, k, v, 0.0), {"divide": True}, ValueError, "finite in float32 and nonzero"),
+        ((q, k, v, float("inf")), {}, ValueError, "finite"),
+        ((q, k, v), {"divide": True}, ValueError, "needs a scale"),
+        (([1.0], k, v), {}, TypeError, "q must be a float32 array"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_cases())))
+def test_bad_arguments_raise_one_clear_error(index):
+    args, kwargs, error, message = _bad_cases()[index]
+    with pytest.raises(error, match=message):
+        native.attention_f32(*args, **kwargs)
+    with pytest.raises(error, match=message):
+        native.attention_f32_ref(*args, **kwargs)
