@@ -47,7 +47,9 @@ extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
             const int32_t acc = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
             float value = static_cast<float>(acc) * (a_scale * epilogue->w_scale[col]);
             if (epilogue->bias != nullptr) value += epilogue->bias[col];
-            c[row * ldc + col] = edgevla_activate_f32(epilogue->activation, value);
+            value = edgevla_activate_f32(epilogue->activation, value);
+            if (epilogue->residual != nullptr) value = value + epilogue->residual[row * epilogue->ld_residual + col];
+            c[row * ldc + col] = value;
         }
     }
 }

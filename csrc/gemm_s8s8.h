@@ -50,13 +50,19 @@ typedef enum edgevla_activation {
  *   v = (float)acc[m][n] * (a_scale[m or 0] * w_scale[n])
  *   v = v + bias[n]                          (skipped when bias is NULL)
  *   v = activation(v)                        (epilogue_math.h spells out
- *                                             ReLU and GELU op by op) */
+ *                                             ReLU and GELU op by op)
+ *   v = v + residual[m][n]                   (skipped when residual is NULL:
+ *                                             a transformer's skip connection)
+ * The residual is read before C is written; it must not overlap C. CPU
+ * kernels only (the CUDA launchers take no residual). */
 typedef struct edgevla_gemm_epilogue_f32 {
     const float* w_scale;               /* [N] per output channel */
     const float* a_scale;               /* [1] or [M], see a_scale_mode */
     edgevla_act_scale_mode a_scale_mode;
     const float* bias;                  /* [N] or NULL */
     edgevla_activation activation;
+    const float* residual;              /* (M, N) at row stride ld_residual, or NULL */
+    int64_t ld_residual;
 } edgevla_gemm_epilogue_f32;
 
 /* C = A * W^T, int32 out. */

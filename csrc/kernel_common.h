@@ -117,7 +117,18 @@ inline float epilogue_s8(const edgevla_gemm_epilogue_f32& epilogue, int64_t row,
     const float a_scale = epilogue.a_scale[epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN ? row : 0];
     float v = static_cast<float>(acc) * (a_scale * epilogue.w_scale[col]);
     if (epilogue.bias != nullptr) v = v + epilogue.bias[col];
-    return edgevla_activate_f32(epilogue.activation, v);
+    v = edgevla_activate_f32(epilogue.activation, v);
+    if (epilogue.residual != nullptr) v = v + epilogue.residual[row * epilogue.ld_residual + col];
+    return v;
+}
+
+// The W8A8 epilogue's last step on the `cols` finished values of row `row`
+// from column col0 (for kernels that finish a block in a float buffer).
+inline void add_residual_s8(const edgevla_gemm_epilogue_f32& epilogue, int64_t row, int64_t col0, int64_t cols,
+                            float* values) {
+    if (epilogue.residual == nullptr) return;
+    const float* r = epilogue.residual + row * epilogue.ld_residual + col0;
+    for (int64_t i = 0; i < cols; ++i) values[i] = values[i] + r[i];
 }
 
 // ---- W4A8 activations (QuantizedW4A8Rows) ----

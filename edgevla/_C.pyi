@@ -102,6 +102,7 @@ def gemm_s8s8_f32_ref(
     *,
     act: str = "none",
     out: Buffer | None = None,
+    residual: Buffer | None = None,
 ) -> NDArray[np.float32]:
     """Reference int8 GEMM with float32 dequantization and activation.
 
@@ -123,6 +124,7 @@ def gemm_s8s8_f32(
     *,
     act: str = "none",
     out: Buffer | None = None,
+    residual: Buffer | None = None,
 ) -> NDArray[np.float32]:
     """W8A8 GEMM on the active ISA, bit-identical to gemm_s8s8_f32_ref; the packed header is validated."""
 
@@ -210,6 +212,7 @@ def gemm_sparse_s8s8_f32(
     *,
     act: str = "none",
     out: Buffer | None = None,
+    residual: Buffer | None = None,
 ) -> NDArray[np.float32]:
     """W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
 
@@ -226,6 +229,7 @@ def gemm_2to4_s8s8_f32(
     *,
     act: str = "none",
     out: Buffer | None = None,
+    residual: Buffer | None = None,
 ) -> NDArray[np.float32]:
     """W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
 

@@ -155,7 +155,8 @@ def gemm_s8s8_s32_ref(a: Any, w: Any, *, out: Any = None) -> np.ndarray:
 
 
 def gemm_s8s8_f32_ref(
-    a: Any, w: Any, w_scale: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+    a: Any, w: Any, w_scale: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
+    residual: Any = None,
 ) -> np.ndarray:
     """Reference int8 GEMM with the float32 dequantization epilogue.
 
@@ -178,10 +179,13 @@ def gemm_s8s8_f32_ref(
             ``x * Phi(x)`` relative to ``max(1, |x|)``; CPU kernels only).
         out: optional float32 (M, N) array to write into, as in
             :func:`gemm_s8s8_s32_ref`.
+        residual: optional float32 (M, N) (rows contiguous, any row stride),
+            added last: ``out = act(...) + residual`` (a skip connection
+            fused into the epilogue). It must not share memory with ``out``.
 
     Returns ``out``, or a new C-contiguous float32 (M, N) array.
     """
-    return _compiled().gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act, out=out)
+    return _compiled().gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act, out=out, residual=residual)
 
 
 def pack_weight_s8(w: Any, w_scale: Any) -> np.ndarray:
@@ -201,7 +205,8 @@ def pack_weight_s8(w: Any, w_scale: Any) -> np.ndarray:
 
 
 def gemm_s8s8_f32(
-    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
+    residual: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on the active ISA, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
@@ -214,7 +219,7 @@ def gemm_s8s8_f32(
 
     Returns ``out``, or a new float32 (M, N) array.
     """
-    return _compiled().gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+    return _compiled().gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
 
 
 def quantize_per_token(x: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -459,7 +464,8 @@ def gemm_sparse_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none",
 
 
 def gemm_sparse_s8s8_f32(
-    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
+    residual: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on a weight from :func:`pack_sparse_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
@@ -467,7 +473,7 @@ def gemm_sparse_s8s8_f32(
     value or (M,), ``bias``, ``act``, ``out``. The int32 accumulation over the
     non-zeros is exact, so the output equals the dense reference bit for bit.
     """
-    return _compiled().gemm_sparse_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+    return _compiled().gemm_sparse_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
 
 
 def gemm_2to4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
@@ -476,13 +482,14 @@ def gemm_2to4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", o
 
 
 def gemm_2to4_s8s8_f32(
-    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None
+    a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
+    residual: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on a weight from :func:`pack_2to4_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
     Arguments as :func:`gemm_s8s8_f32`.
     """
-    return _compiled().gemm_2to4_s8s8_f32(a, packed, a_scale, bias, act=act, out=out)
+    return _compiled().gemm_2to4_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
 
 
 def gemm_w4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:

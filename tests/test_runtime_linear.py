@@ -289,3 +289,40 @@ def test_layers_reading_one_activation_share_its_token_quantization():
         q0, s0 = native.quantize_per_token(out["y0"])
         codes, scale = quantize_per_channel(np.ascontiguousarray(inits["w3"].T))
         np.testing.assert_array_equal(out["z"], native.gemm_s8s8_f32_ref(q0, codes, scale, s0))
+
+
+def _residual_block():
+    """y = relu(x @ W + b) + x, and z = x @ V + r for a (1, 32) input r (it broadcasts over the rows)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["h"]),
+             helper.make_node("Relu", ["h"], ["a"]), helper.make_node("Add", ["a", "x"], ["y"]),
+             helper.make_node("MatMul", ["x", "v"], ["p"]), helper.make_node("Add", ["r", "p"], ["z"])]
+    inits = {"w": RNG.normal(0, 0.2, (32, 32)).astype(np.float32), "b": RNG.normal(0, 0.1, 32).astype(np.float32),
+             "v": RNG.normal(0, 0.2, (32, 32)).astype(np.float32)}
+    return _model(nodes, [("x", ["batch", 5, 32]), ("r", [1, 32])], ["y", "z"], inits), inits
+
+
+def test_a_skip_connection_joins_the_int8_epilogue():
+    model, inits = _residual_block()
+    native_model = NativeModel(model)
+    assert native_model.op_count() == {"edgevla.Linear": 2}  # both Adds absorbed, bias and skip alike
+    assert [c.epilogue for c in native_model.plan()] == ["bias+relu+residual", "residual"]
+    for batch in (2, 1, 2):
+        x = RNG.normal(0, 1, (batch, 5, 32)).astype(np.float32)
+        r = RNG.normal(0, 1, (1, 32)).astype(np.float32)
+        out = native_model.run({"x": x, "r": r})
+        q, s = native.quantize_per_token(x.reshape(-1, 32))
+        codes, scale = quantize_per_channel(np.ascontiguousarray(inits["w"].T))
+        want = native.gemm_s8s8_f32_ref(q, codes, scale, s, inits["b"], act="relu") + x.reshape(-1, 32)
+        np.testing.assert_array_equal(out["y"], want.reshape(x.shape))  # added in the kernel, bit for bit
+        codes, scale = quantize_per_channel(np.ascontiguousarray(inits["v"].T))
+        want = native.gemm_s8s8_f32_ref(q, codes, scale, s) + r  # r broadcasts: NumPy adds it afterwards
+        np.testing.assert_array_equal(out["z"], want.reshape(x.shape))
+
+
+def test_a_skip_connection_on_the_float_path_matches_onnxruntime():
+    model, _ = _residual_block()
+    native_model = NativeModel(model, precision="fp32")
+    assert native_model.op_count() == {"edgevla.Linear": 2}
+    feeds = {"x": RNG.normal(0, 1, (3, 5, 32)).astype(np.float32), "r": RNG.normal(0, 1, (1, 32)).astype(np.float32)}
+    for got, want in zip(native_model.run(feeds).values(), _ort(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)

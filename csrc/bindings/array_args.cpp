@@ -239,4 +239,16 @@ BiasArg bias_arg(py::handle obj, int64_t n) {
     return arg;
 }
 
+ResidualArg residual_arg(py::handle obj, int64_t m, int64_t n) {
+    ResidualArg arg;
+    if (obj.is_none()) return arg;
+    arg.array = matrix_arg(obj, "residual", "(M, N)", Scalar::float32, Access::read);
+    arg.present = true;
+    if (arg.array.rows != m || arg.array.cols != n) {
+        fail_value("residual must be (M, N) = (" + std::to_string(m) + ", " + std::to_string(n) + "), like the "
+                   "output, got (" + std::to_string(arg.array.rows) + ", " + std::to_string(arg.array.cols) + ")");
+    }
+    return arg;
+}
+
 }  // namespace edgevla::bindings

@@ -86,4 +86,15 @@ struct BiasArg {
 };
 BiasArg bias_arg(py::handle obj, int64_t n);
 
+// An optional float32 (M, N) residual added after the activation (the W8A8
+// epilogue's last step, gemm_s8s8.h): None gives present = false.
+struct ResidualArg {
+    ArrayArg array;
+    bool present = false;
+    const float* data() const { return present ? array.data<const float>() : nullptr; }
+    int64_t ld() const { return present ? array.ld : 0; }
+    const ArrayArg* input() const { return present ? &array : nullptr; }
+};
+ResidualArg residual_arg(py::handle obj, int64_t m, int64_t n);
+
 }  // namespace edgevla::bindings

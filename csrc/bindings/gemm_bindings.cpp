@@ -46,7 +46,7 @@ py::object gemm_s8s8_s32_ref(const py::object& a, const py::object& w, const py:
 
 py::object gemm_s8s8_f32_ref(const py::object& a, const py::object& w, const py::object& w_scale,
                              const py::object& a_scale, const py::object& bias, const py::object& act,
-                             const py::object& out) {
+                             const py::object& out, const py::object& residual) {
     const edgevla_activation activation = activation_arg(act);
     const GemmOperands ops = gemm_operands(a, w);
     const std::string n_text = "N = " + std::to_string(ops.n());
@@ -78,11 +78,13 @@ py::object gemm_s8s8_f32_ref(const py::object& a, const py::object& w, const py:
         }
     }
 
+    const ResidualArg residual_a = residual_arg(residual, ops.m(), ops.n());
     const OutputArg c = output_arg(out, Scalar::float32, ops.m(), ops.n(),
-                                   {&ops.a, &ops.w, &w_scale_arg, &a_scale_arg, has_bias ? &bias_arg : nullptr});
+                                   {&ops.a, &ops.w, &w_scale_arg, &a_scale_arg, has_bias ? &bias_arg : nullptr,
+                                    residual_a.input()});
     const edgevla_gemm_epilogue_f32 epilogue{w_scale_arg.data<const float>(), a_scale_arg.data<const float>(),
                                              a_scale_mode, has_bias ? bias_arg.data<const float>() : nullptr,
-                                             activation};
+                                             activation, residual_a.data(), residual_a.ld()};
     {
         py::gil_scoped_release no_gil;
         edgevla_gemm_s8s8_f32_ref(ops.m(), ops.n(), ops.k(), ops.a.data<const int8_t>(), ops.a.ld,
@@ -102,9 +104,10 @@ void register_gemm(py::module_& m) {
           "int32 (M, N) array.");
     m.def("gemm_s8s8_f32_ref", &gemm_s8s8_f32_ref, py::arg("a"), py::arg("w"), py::arg("w_scale"),
           py::arg("a_scale"), py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none",
-          py::arg("out") = py::none(),
-          "Reference int8 GEMM with float32 dequantization: C = act((a @ w.T) * (a_scale * w_scale) + bias), "
-          "act 'none', 'relu', 'gelu_tanh' or 'gelu_erf'. Returns out, or a new float32 (M, N) array.");
+          py::arg("out") = py::none(), py::arg("residual") = py::none(),
+          "Reference int8 GEMM with float32 dequantization: C = act((a @ w.T) * (a_scale * w_scale) + bias) "
+          "(+ residual, float32 (M, N)), act 'none', 'relu', 'gelu_tanh' or 'gelu_erf'. Returns out, or a new "
+          "float32 (M, N) array.");
 }
 
 }  // namespace edgevla::bindings

@@ -61,7 +61,8 @@ py::array pack_weight_s8_py(const py::object& w, const py::object& w_scale) {
 }
 
 py::object gemm_s8s8_f32(const py::object& a, const py::object& packed, const py::object& a_scale,
-                         const py::object& bias, const py::object& act, const py::object& out) {
+                         const py::object& bias, const py::object& act, const py::object& out,
+                         const py::object& residual) {
     const edgevla_activation activation = activation_arg(act);
     const ArrayArg a_arg = matrix_arg(a, "a", "(M, K)", Scalar::int8, Access::read);
     const PackedArg w = packed_arg(packed);
@@ -89,15 +90,16 @@ py::object gemm_s8s8_f32(const py::object& a, const py::object& packed, const py
                                   count_text(bias_arg.size()));
         }
     }
+    const ResidualArg residual_a = residual_arg(residual, m, n);
     const OutputArg c = output_arg(out, Scalar::float32, m, n,
-                                   {&a_arg, &w.bytes, &a_scale_arg, has_bias ? &bias_arg : nullptr});
+                                   {&a_arg, &w.bytes, &a_scale_arg, has_bias ? &bias_arg : nullptr, residual_a.input()});
     GemmPackedArgs args;
     args.w = w.view;
     args.m = m;
     args.a = a_arg.data<const int8_t>();
     args.lda = a_arg.ld;
     args.epilogue = {w.view.w_scale, a_scale_arg.data<const float>(), a_scale_mode,
-                     has_bias ? bias_arg.data<const float>() : nullptr, activation};
+                     has_bias ? bias_arg.data<const float>() : nullptr, activation, residual_a.data(), residual_a.ld()};
     args.c = c.array.data<float>();
     args.ldc = c.array.ld;
     {
@@ -166,8 +168,9 @@ void register_kernels(py::module_& m) {
           "(csrc/packed_formats.h). Returns a new uint8 array.");
     m.def("gemm_s8s8_f32", &gemm_s8s8_f32, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
           py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
-          "W8A8 GEMM on the active ISA: act((a @ w.T) * (a_scale * w_scale) + bias) in float32, bit-identical "
-          "to gemm_s8s8_f32_ref. Returns out, or a new float32 (M, N) array.");
+          py::arg("residual") = py::none(),
+          "W8A8 GEMM on the active ISA: act((a @ w.T) * (a_scale * w_scale) + bias) (+ residual) in float32, "
+          "bit-identical to gemm_s8s8_f32_ref. Returns out, or a new float32 (M, N) array.");
     m.def("quantize_per_token", &quantize_per_token_py, py::arg("x"),
           "Dynamic symmetric int8 quantization of each row of a float32 (M, K) array: returns (q int8 (M, K), "
           "scale float32 (M,)) with x ~= q * scale[:, None].");

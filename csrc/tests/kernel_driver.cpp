@@ -75,9 +75,13 @@ int check_gemm(const IsaKernels& isa, const Case& c, bool per_token, bool with_b
     for (float& v : w_scale) v = w_dist(rng);
     for (float& v : a_scale) v = a_dist(rng);
     for (float& v : bias) v = b_dist(rng);
+    // A residual (row stride N + 3) on about half the cases, whichever the other options.
+    const bool with_residual = ((c.m + c.n + static_cast<int64_t>(act) + (with_bias ? 1 : 0)) & 1) != 0;
+    std::vector<float> residual(static_cast<size_t>(c.m * (c.n + 3)));
+    for (float& v : residual) v = b_dist(rng);
     const edgevla_gemm_epilogue_f32 epilogue{
         w_scale.data(), a_scale.data(), per_token ? EDGEVLA_ACT_SCALE_PER_TOKEN : EDGEVLA_ACT_SCALE_PER_TENSOR,
-        with_bias ? bias.data() : nullptr, act};
+        with_bias ? bias.data() : nullptr, act, with_residual ? residual.data() : nullptr, c.n + 3};
 
     std::vector<float> expected = poisoned(c.m * c.n);
     edgevla_gemm_s8s8_f32_ref(c.m, c.n, c.k, a.data(), c.k, w.data(), c.k, &epilogue, expected.data(), c.n);
@@ -306,9 +310,13 @@ int check_sparse_s8(const IsaKernels& isa, const Case& shape, double sparsity, b
     for (float& v : w_scale) v = w_dist(rng);
     for (float& v : a_scale) v = a_dist(rng);
     for (float& v : bias) v = b_dist(rng);
+    // A residual (row stride N + 3) on about half the cases, whichever the other options.
+    const bool with_residual = ((c.m + c.n + static_cast<int64_t>(act) + (with_bias ? 1 : 0)) & 1) != 0;
+    std::vector<float> residual(static_cast<size_t>(c.m * (c.n + 3)));
+    for (float& v : residual) v = b_dist(rng);
     const edgevla_gemm_epilogue_f32 epilogue{
         w_scale.data(), a_scale.data(), per_token ? EDGEVLA_ACT_SCALE_PER_TOKEN : EDGEVLA_ACT_SCALE_PER_TENSOR,
-        with_bias ? bias.data() : nullptr, act};
+        with_bias ? bias.data() : nullptr, act, with_residual ? residual.data() : nullptr, c.n + 3};
     std::vector<float> expected = poisoned(c.m * c.n), got = poisoned(c.m * c.n);
     edgevla_gemm_s8s8_f32_ref(c.m, c.n, c.k, a.data(), c.k, w.data(), c.k, &epilogue, expected.data(), c.n);
 

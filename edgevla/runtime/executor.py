@@ -69,7 +69,8 @@ class Program:
         for node in graph.nodes:
             consts = [graph.constants.get(i) if i else None for i in node.inputs]
             if node.op_type == LINEAR_OP:
-                fn, writes_out = node.attrs["layer"], True
+                layer = node.attrs["layer"]
+                fn, writes_out = (layer.with_residual if layer.residual else layer), True
             elif node.op_type == ATTENTION_OP:
                 fn, writes_out = node.attrs["attention"], True
             elif node.op_type == QUANTIZE_TOKENS_OP:

@@ -12,6 +12,9 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    * a following ``Add`` of a constant 1-D bias of N values;
    * a following ``Relu`` or ``Gelu`` (tanh or exact erf form), run in the
      kernel's epilogue (the float32 NumPy path applies it on its output);
+   * then a following ``Add`` of another (non-constant) value, the skip
+     connection of a residual block: the node reads that value as a second
+     input, and the int8 kernels add it in their epilogue;
    * on its input, a ``QuantizeLinear → DequantizeLinear`` pair with one
      per-tensor scale and an int8 zero point of 0, when the weight is int8:
      the layer then reads the ``QuantizeLinear``'s int8 output directly and
@@ -222,7 +225,8 @@ def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> li
             continue
         spec, x, absorbed = found
         out = absorbed[-1].outputs[0]
-        _replace(graph, absorbed, Node(spec.name, LINEAR_OP, (x,), (out,), {"spec": spec}))
+        inputs = (x,) if spec.residual is None else (x, spec.residual)
+        _replace(graph, absorbed, Node(spec.name, LINEAR_OP, inputs, (out,), {"spec": spec}))
         view.refresh()
     merge_sibling_linears(graph, precision)
     layers: list[LinearLayer] = []
@@ -291,12 +295,21 @@ def _match_linear(view: _View, node: Node) -> tuple[LinearSpec, str, list[Node]]
         activation = "gelu_tanh" if reader.attrs.get("approximate", "none") == "tanh" else "gelu_erf"
     if activation != "none":
         absorbed.append(reader)
+        out = reader.outputs[0]
+        reader = view.only_reader(out)
+    residual = None
+    if reader is not None and reader.op_type == "Add":
+        other = _other(reader, out)
+        if other and other != out and other not in graph.constants:
+            residual = other
+            absorbed.append(reader)
     static_scale, layer_input = None, x
     if weight.codes is not None:
         quantized_input = _static_int8_input(view, x)
         if quantized_input is not None:
             layer_input, static_scale = quantized_input
-    return LinearSpec(_layer_name(w_name), weight, bias, activation, static_scale), layer_input, absorbed
+    spec = LinearSpec(_layer_name(w_name), weight, bias, activation, static_scale, residual=residual)
+    return spec, layer_input, absorbed
 
 
 def _as_bias(c: np.ndarray | None, n: int) -> np.ndarray | None:

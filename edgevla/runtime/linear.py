@@ -359,18 +359,20 @@ def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]
         if layer.static_scale is not None:
             a_scale = np.array([layer.static_scale], np.float32)
 
-            def run_static(x: np.ndarray, y: np.ndarray) -> None:
-                gemm(x, packed, a_scale, bias, act=in_kernel, out=y)
+            def run_static(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
+                gemm(x, packed, a_scale, bias, act=in_kernel, out=y, residual=residual)
                 _post_activation(y, after)
+            run_static.takes_residual = after == "none"  # added in the epilogue, after the activation
             return run_static
 
-        def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
-            gemm(q, packed, s, bias, act=in_kernel, out=y)
+        def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
+            gemm(q, packed, s, bias, act=in_kernel, out=y, residual=residual)
             _post_activation(y, after)
 
-        def run_dynamic(x: np.ndarray, y: np.ndarray) -> None:
-            run_on_codes(*quantize(x), y)
+        def run_dynamic(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
+            run_on_codes(*quantize(x), y, residual)
         run_dynamic.on_codes = run_on_codes  # for activations quantized once for several layers
+        run_dynamic.takes_residual = after == "none"
         return run_dynamic
     return build
 
@@ -440,6 +442,7 @@ class LinearSpec:
     activation: str
     static_scale: float | None
     parts: tuple[tuple[str, int], ...] = ()
+    residual: str | None = None  # the value a following Add adds to the output (a skip connection)
 
     def kernel(self, precision: str) -> tuple[str, str]:
         """(mode, kernel) the rules give this layer, as :class:`LinearLayer` will choose them."""
@@ -449,7 +452,7 @@ class LinearSpec:
     def build(self, precision: str, arena: WeightArena | None = None) -> "LinearLayer":
         return LinearLayer(self.name, self.weight, self.bias, self.activation, self.static_scale,
                            int8_input=self.static_scale is not None, precision=precision, arena=arena,
-                           parts=self.parts)
+                           parts=self.parts, residual=self.residual is not None)
 
 
 @dataclass
@@ -471,6 +474,7 @@ class LinearLayer:
     precision: str
     arena: WeightArena | None = field(default=None, repr=False)  # where the kernel's weights are kept
     parts: tuple[tuple[str, int], ...] = ()
+    residual: bool = False  # a second input is added to the output (:meth:`with_residual`)
     choice: LayerChoice = field(init=False)
     choices: list[LayerChoice] = field(init=False)
     _run: Run = field(init=False, repr=False)
@@ -485,11 +489,13 @@ class LinearLayer:
                                f"and only it does (mode {mode})")
         rule = choose_kernel(mode, info, self.weight)
         epilogue = "+".join(p for p in ("bias" if self.bias is not None else "",
-                                        self.activation if self.activation != "none" else "") if p) or "-"
+                                        self.activation if self.activation != "none" else "",
+                                        "residual" if self.residual else "") if p) or "-"
         self.choice = LayerChoice(self.name, info.k, info.n, info.stored, round(info.sparsity, 4), info.pattern,
                                   mode, rule.kernel, epilogue, rule.why)
         self.choices = self._part_choices() if self.parts else [self.choice]
         self._run = KERNELS[rule.kernel].build(self)
+        self._epilogue_residual = bool(getattr(self._run, "takes_residual", False))
         self.n, self.k = info.n, info.k
         # The kernel holds its own (packed or transposed) copy; drop the planner's.
         self.weight = LinearWeight(self.weight.name, np.empty((0, 0), np.float32))
@@ -523,18 +529,33 @@ class LinearLayer:
     def __call__(self, x: np.ndarray, token_scale: np.ndarray | None = None,
                  out: np.ndarray | None = None) -> np.ndarray:
         """``act(x @ W^T + bias)``; with ``token_scale``, ``x`` holds int8 codes from ``quantize_per_token``."""
-        if x.shape[-1:] != (self.k,):
-            raise EdgevlaError(f"layer {self.name} takes {self.k} input features, got shape {x.shape}")
-        shape = (*x.shape[:-1], self.n)
+        shape, x2 = self._rows(x)
         y = np.empty(shape, np.float32) if out is None else out
-        x2 = x.reshape(-1, self.k)
-        if not x2.flags.c_contiguous:
-            x2 = np.ascontiguousarray(x2)
         if token_scale is None:
             self._run(x2, y.reshape(-1, self.n))
         else:
             self._run.on_codes(x2, token_scale, y.reshape(-1, self.n))
         return y
+
+    def with_residual(self, x: np.ndarray, residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``act(x @ W^T + bias) + residual``: the int8 kernels add it in their epilogue (one pass, bit-identical
+        to adding afterwards); other kernels, or a residual that broadcasts, get a NumPy add."""
+        shape, x2 = self._rows(x)
+        if self._epilogue_residual and residual.shape == shape and residual.dtype == np.float32:
+            y = np.empty(shape, np.float32) if out is None else out  # the kernel refuses an out overlapping it
+            r2 = residual.reshape(-1, self.n)
+            self._run(x2, y.reshape(-1, self.n), r2 if r2.flags.c_contiguous else np.ascontiguousarray(r2))
+            return y
+        y = np.empty(shape, np.float32)
+        self._run(x2, y.reshape(-1, self.n))
+        return np.add(y, residual, out=out if out is not None and out.shape == np.broadcast_shapes(
+            shape, residual.shape) else None)
+
+    def _rows(self, x: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+        if x.shape[-1:] != (self.k,):
+            raise EdgevlaError(f"layer {self.name} takes {self.k} input features, got shape {x.shape}")
+        x2 = x.reshape(-1, self.k)
+        return (*x.shape[:-1], self.n), x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2)
 
 
 def quantize_tokens(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import ops
 from .graph import Graph, Node
 from .linear import LINEAR_OP, LinearSpec, LinearWeight
 
@@ -30,13 +31,16 @@ COLUMNS_OP = "edgevla.Columns"
 
 
 class Columns:
-    """``y[..., start:stop]``: one stacked layer's share of the stacked output, as a view."""
+    """``y[..., start:stop]``: one stacked layer's share of the stacked output, as a view; then, when
+    the layer's only reader was a ``Reshape`` to a constant shape (the head split before attention),
+    that reshape too, which splits the last axis and stays a view."""
 
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = start, stop
+    def __init__(self, start: int, stop: int, reshape: ops.OpFn | None = None, shape: np.ndarray | None = None):
+        self.start, self.stop, self.reshape, self.shape = start, stop, reshape, shape
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        return y[..., self.start:self.stop]
+        columns = y[..., self.start:self.stop]
+        return columns if self.reshape is None else self.reshape(columns, self.shape)
 
 
 def merge_sibling_linears(graph: Graph, precision: str) -> int:
@@ -58,7 +62,7 @@ def merge_sibling_linears(graph: Graph, precision: str) -> int:
 
 def _stacking_key(spec: LinearSpec, precision: str) -> tuple | None:
     """What stacked layers must share; None for a layer that is not stacked."""
-    if spec.parts or spec.weight.int4 is not None:
+    if spec.parts or spec.residual is not None or spec.weight.int4 is not None:
         return None
     mode, kernel = spec.kernel(precision)
     if not kernel.startswith("s8-"):
@@ -81,16 +85,34 @@ def _stack(graph: Graph, value: str, group: Sequence[Node], kernel: str, precisi
         return False  # the stacked weight would run elsewhere (its sparsity or pattern differs)
     out = f"{value}::stacked"
     nodes: list[Node] = [Node(name, LINEAR_OP, (value,), (out,), {"spec": stacked})]
+    readers, outputs = graph.consumers(), set(graph.outputs)
+    members = {id(node) for node in group}
     start = 0
     for node, spec in zip(group, specs):
         stop = start + spec.weight.values.shape[0]
-        nodes.append(Node(f"{node.name}::columns", COLUMNS_OP, (out,), node.outputs, {"columns": Columns(start, stop)}))
+        columns, result = Columns(start, stop), node.outputs
+        reshape = _only_constant_reshape(graph, readers.get(node.outputs[0], []))
+        if reshape is not None and node.outputs[0] not in outputs:
+            shape = graph.constants[reshape.inputs[1]]
+            kernel = ops.compile_op("Reshape", reshape.attrs, (None, shape), graph.opset, 1, reshape.describe())
+            columns, result = Columns(start, stop, kernel.fn, shape), reshape.outputs
+            members.add(id(reshape))
+        nodes.append(Node(f"{node.name}::columns", COLUMNS_OP, (out,), result, {"columns": columns}))
         start = stop
-    members = {id(node) for node in group}
     first = min(i for i, node in enumerate(graph.nodes) if id(node) in members)
     graph.nodes = [*[n for n in graph.nodes[:first] if id(n) not in members], *nodes,
                    *[n for n in graph.nodes[first:] if id(n) not in members]]
     return True
+
+
+def _only_constant_reshape(graph: Graph, readers: list[tuple[Node, int]]) -> Node | None:
+    """The reader, when a value's only reader is a ``Reshape`` of it (as its data) to a constant shape."""
+    if len(readers) != 1:
+        return None
+    node, index = readers[0]
+    if node.op_type != "Reshape" or index != 0 or len(node.inputs) < 2 or node.inputs[1] not in graph.constants:
+        return None
+    return node
 
 
 __all__ = ["COLUMNS_OP", "Columns", "merge_sibling_linears"]

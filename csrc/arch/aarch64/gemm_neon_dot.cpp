@@ -6,6 +6,7 @@
 // the entry point has internal linkage and no standard-library template is
 // used, so no dot-product code can leak into baseline functions.
 #include "cpu_kernels.h"
+#include "kernel_common.h"
 #include "arch/aarch64/simd_neon.h"
 #include "epilogue_math.h"
 
@@ -65,6 +66,7 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
             if (epilogue.bias) v = vaddq_f32(v, vld1q_f32(bias + 4 * i));
             vst1q_f32(values + 4 * i, activate(epilogue.activation, v));
         }
+        add_residual_s8(epilogue, row + r, col0, cols, values);
         std::memcpy(args.c + (row + r) * args.ldc + col0, values, static_cast<size_t>(cols) * sizeof(float));
     }
 }

@@ -11,6 +11,7 @@
 
 #include "cpu_kernels.h"
 #include "epilogue_math.h"
+#include "kernel_common.h"
 
 #include <arm_neon.h>
 
@@ -101,6 +102,7 @@ inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64
         if (epilogue.bias != nullptr) v = vaddq_f32(v, vld1q_f32(bias + 4 * i));
         vst1q_f32(values + 4 * i, activate(epilogue.activation, v));
     }
+    add_residual_s8(epilogue, row, col0, cols, values);
     std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
 }
 

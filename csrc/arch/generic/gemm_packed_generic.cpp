@@ -5,6 +5,7 @@
 #include "cpu_kernels.h"
 #include "epilogue_math.h"
 #include "gemm_ref.h"
+#include "kernel_common.h"
 
 namespace edgevla {
 namespace {
@@ -18,10 +19,8 @@ void gemm_packed_s8_f32_generic(const GemmPackedArgs& args, int64_t row_begin, i
                                 int64_t block_begin, int64_t block_end) {
     const PackedS8View& w = args.w;
     const edgevla_gemm_epilogue_f32& epilogue = args.epilogue;
-    const bool per_token = epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN;
     for (int64_t row = row_begin; row < row_end; ++row) {
         const int8_t* a = args.a + row * args.lda;
-        const float a_scale = epilogue.a_scale[per_token ? row : 0];
         for (int64_t block = block_begin; block < block_end; ++block) {
             int32_t acc[kBlockN] = {};
             const int8_t* cells = w.weights + block * w.k_groups * kBlockN * kBlockK;
@@ -36,9 +35,7 @@ void gemm_packed_s8_f32_generic(const GemmPackedArgs& args, int64_t row_begin, i
             const int64_t cols = w.n - col0 < kBlockN ? w.n - col0 : kBlockN;
             for (int64_t lane = 0; lane < cols; ++lane) {
                 const int64_t col = col0 + lane;
-                float v = static_cast<float>(acc[lane]) * (a_scale * epilogue.w_scale[col]);
-                if (epilogue.bias != nullptr) v = v + epilogue.bias[col];
-                args.c[row * args.ldc + col] = edgevla_activate_f32(epilogue.activation, v);
+                args.c[row * args.ldc + col] = epilogue_s8(epilogue, row, col, acc[lane]);
             }
         }
     }

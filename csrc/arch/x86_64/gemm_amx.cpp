@@ -157,7 +157,12 @@ void finish_pending(const GemmPackedArgs& args, Scratch& scratch) {
                 _mm512_mul_ps(_mm512_set1_ps(epilogue.a_scale[per_token ? pending.row + r : 0]), w_scale);
             __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c_tile + r * 32 + j * 16)), scale);
             if (epilogue.bias) v = _mm512_add_ps(v, bias);
-            _mm512_mask_storeu_ps(c, mask, activate(epilogue.activation, v));
+            v = activate(epilogue.activation, v);
+            if (epilogue.residual) {
+                const float* residual = epilogue.residual + (pending.row + r) * epilogue.ld_residual + col0;
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual));
+            }
+            _mm512_mask_storeu_ps(c, mask, v);
         }
     }
 }

@@ -14,6 +14,7 @@
 // the sign trick.) Each accumulator holds two partial sums per channel, which
 // are added once at the end of K.
 #include "cpu_kernels.h"
+#include "kernel_common.h"
 #include "arch/x86_64/simd_avx2.h"
 #include "epilogue_math.h"
 
@@ -78,6 +79,7 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
             if (epilogue.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
             _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
         }
+        add_residual_s8(epilogue, row + r, col0, cols, values);
         std::memcpy(args.c + (row + r) * args.ldc + col0, values, static_cast<size_t>(cols) * sizeof(float));
     }
 }

@@ -98,7 +98,12 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block) {
             const __m512i exact = _mm512_sub_epi32(acc[r][j], compensation);
             __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale);
             if (epilogue.bias) v = _mm512_add_ps(v, bias);
-            _mm512_mask_storeu_ps(args.c + (row + r) * args.ldc + col0, mask, activate(epilogue.activation, v));
+            v = activate(epilogue.activation, v);
+            if (epilogue.residual) {
+                const float* residual = epilogue.residual + (row + r) * epilogue.ld_residual + col0;
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual));
+            }
+            _mm512_mask_storeu_ps(args.c + (row + r) * args.ldc + col0, mask, v);
         }
     }
 }

@@ -10,6 +10,7 @@
 
 #include "cpu_kernels.h"
 #include "epilogue_math.h"
+#include "kernel_common.h"
 
 #include <immintrin.h>
 
@@ -109,6 +110,7 @@ inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64
         if (epilogue.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
         _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
     }
+    add_residual_s8(epilogue, row, col0, cols, values);
     std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
 }
 

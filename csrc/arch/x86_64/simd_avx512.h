@@ -108,7 +108,11 @@ inline void store_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64_t
     const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(a_scale), _mm512_loadu_ps(epilogue.w_scale + col0));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale);
     if (epilogue.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, epilogue.bias + col0));
-    _mm512_mask_storeu_ps(c + col0, mask, activate(epilogue.activation, v));
+    v = activate(epilogue.activation, v);
+    if (epilogue.residual != nullptr) {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, epilogue.residual + row * epilogue.ld_residual + col0));
+    }
+    _mm512_mask_storeu_ps(c + col0, mask, v);
 }
 
 }  // namespace
