@@ -42,6 +42,23 @@ void attention_f32(const AttentionF32Args& args) {
     pool.run(parts, run_part, &task);
 }
 
+void softmax_f32(const SoftmaxF32Args& args) { active_isa().softmax_f32(args); }
+
+void softmax_f32_ref(const SoftmaxF32Args& a) {
+    for (int64_t row = 0; row < a.m; ++row) {
+        const float* x = a.x + row * a.ldx;
+        float* y = a.y + row * a.ldy;
+        float m = x[0];
+        for (int64_t j = 1; j < a.k; ++j) m = x[j] > m ? x[j] : m;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < a.k; ++j) {
+            y[j] = std::exp(x[j] - m);
+            sum = sum + y[j];
+        }
+        for (int64_t j = 0; j < a.k; ++j) y[j] = y[j] / sum;
+    }
+}
+
 void attention_f32_ref(const AttentionF32Args& a) {
     std::vector<float> row(static_cast<size_t>(a.s));
     for (int64_t b = 0; b < a.batch; ++b) {

@@ -38,6 +38,19 @@ struct AttentionF32Args {
     float scale = 1.0f;
 };
 
+// The softmax of the attention alone, over each row of x (M, K), K >= 1; y may
+// be x. Same exp and lane sums as the attention kernel: a float tolerance.
+struct SoftmaxF32Args {
+    int64_t m = 0, k = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0;
+    float* y = nullptr;
+    int64_t ldy = 0;
+};
+using SoftmaxF32Kernel = void (*)(const SoftmaxF32Args& args);
+void softmax_f32(const SoftmaxF32Args& args);      // the active ISA's kernel
+void softmax_f32_ref(const SoftmaxF32Args& args);  // std::exp, sums in order
+
 // Heads [first, last) of the flattened (batch, head) index, on the active ISA.
 using AttentionF32Kernel = void (*)(const AttentionF32Args& args, int64_t first, int64_t last);
 

@@ -141,6 +141,33 @@ inline float lanes_sum(FloatVec v) {
     return t[0];
 }
 
+// y = softmax(x) over k values (y may be x): max and sum in vector lanes, exp by softmax_exp.
+inline void softmax_row(const float* x, float* y, int64_t k) {
+    const int64_t whole = k / kAttentionLanes * kAttentionLanes;
+    float m = x[0];
+    if (whole > 0) {
+        FloatVec lanes = load_vec(x);
+        for (int64_t j = kAttentionLanes; j < whole; j += kAttentionLanes) {
+            const FloatVec v = load_vec(x + j);
+            lanes = v > lanes ? v : lanes;
+        }
+        const float lm = lanes_max(lanes);
+        m = lm > m ? lm : m;
+    }
+    for (int64_t j = whole; j < k; ++j) m = x[j] > m ? x[j] : m;
+    for (int64_t j = 0; j < k; ++j) y[j] = softmax_exp(x[j] - m);
+    FloatVec partial = {};
+    for (int64_t j = 0; j < whole; j += kAttentionLanes) partial += load_vec(y + j);
+    float sum = lanes_sum(partial);
+    for (int64_t j = whole; j < k; ++j) sum += y[j];
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < k; ++j) y[j] *= inv;
+}
+
+inline void softmax_f32_rows(const SoftmaxF32Args& a) {
+    for (int64_t row = 0; row < a.m; ++row) softmax_row(a.x + row * a.ldx, a.y + row * a.ldy, a.k);
+}
+
 struct AttentionScratch {
     std::vector<float> kt;    // D x S_pad
     std::vector<float> row;   // T x S_pad: the scores, then the probabilities
@@ -176,26 +203,7 @@ inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_
 
         for (i = 0; i < a.t; ++i) {
             float* row_i = row + i * s_pad;
-            // softmax over the S real keys
-            const int64_t whole = s / kAttentionLanes * kAttentionLanes;
-            float m = row_i[0];
-            if (whole > 0) {
-                FloatVec lanes = load_vec(row_i);
-                for (int64_t j = kAttentionLanes; j < whole; j += kAttentionLanes) {
-                    const FloatVec x = load_vec(row_i + j);
-                    lanes = x > lanes ? x : lanes;
-                }
-                const float lm = lanes_max(lanes);
-                m = lm > m ? lm : m;
-            }
-            for (int64_t j = whole; j < s; ++j) m = row_i[j] > m ? row_i[j] : m;
-            for (int64_t j = 0; j < s; ++j) row_i[j] = softmax_exp(row_i[j] - m);
-            FloatVec partial = {};
-            for (int64_t j = 0; j < whole; j += kAttentionLanes) partial += load_vec(row_i + j);
-            float sum = lanes_sum(partial);
-            for (int64_t j = whole; j < s; ++j) sum += row_i[j];
-            const float inv = 1.0f / sum;
-            for (int64_t jj = 0; jj < s; ++jj) row_i[jj] *= inv;
+            softmax_row(row_i, row_i, s);  // over the S real keys
             // P @ V: 4 vectors of features at a time (4 chains), then one vector, then one by one
             float* oi = ob + i * a.out_strides.token;
             int64_t d0 = 0;

@@ -61,11 +61,18 @@ int64_t layer_norm_s8_avx512(const LayerNormS8Args& args);
 void quantize_s8_generic(const QuantizeS8Args& args);
 void quantize_s8_avx2(const QuantizeS8Args& args);
 void quantize_s8_avx512(const QuantizeS8Args& args);
+using LayerNormF32Kernel = int64_t (*)(const LayerNormF32Args& args);
+int64_t layer_norm_f32_generic(const LayerNormF32Args& args);
+int64_t layer_norm_f32_avx2(const LayerNormF32Args& args);
+int64_t layer_norm_f32_avx512(const LayerNormF32Args& args);
 
 // Float32 attention (attention_f32.h): heads [first, last) of args.
 void attention_f32_generic(const AttentionF32Args& args, int64_t first, int64_t last);
 void attention_f32_avx2(const AttentionF32Args& args, int64_t first, int64_t last);
 void attention_f32_avx512(const AttentionF32Args& args, int64_t first, int64_t last);
+void softmax_f32_generic(const SoftmaxF32Args& args);
+void softmax_f32_avx2(const SoftmaxF32Args& args);
+void softmax_f32_avx512(const SoftmaxF32Args& args);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

@@ -30,6 +30,8 @@ struct IsaKernels {
     LayerNormS8Kernel layer_norm_s8;
     QuantizeS8Kernel quantize_s8;
     AttentionF32Kernel attention_f32;
+    LayerNormF32Kernel layer_norm_f32;
+    SoftmaxF32Kernel softmax_f32;
 };
 
 struct IsaKernelList {

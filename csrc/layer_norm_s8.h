@@ -51,14 +51,29 @@ struct QuantizeS8Args {
     int64_t ldq = 0;
 };
 
+// LayerNorm alone, float32 out (a LayerNormalization whose output is read as
+// floats): y[i] as above, written to y, with the same statistics.
+struct LayerNormF32Args {
+    int64_t m = 0, k = 0;
+    const float* x = nullptr;  // (m, k), row stride ldx
+    int64_t ldx = 0;
+    const float* gamma = nullptr;  // [k]
+    const float* beta = nullptr;   // [k] or nullptr
+    float epsilon = 1e-5f;
+    float* y = nullptr;  // (m, k), row stride ldy
+    int64_t ldy = 0;
+};
+
 // The fast kernels, on the active ISA (dispatch.h): the same arithmetic laid
 // out in 16-wide blocks (layer_norm_s8_rows.h) that the compiler vectorizes
 // for each ISA's flags.
 int64_t layer_norm_s8(const LayerNormS8Args& args);
 void quantize_s8(const QuantizeS8Args& args);
+int64_t layer_norm_f32(const LayerNormF32Args& args);
 
 // The scalar references: one element at a time, as the comment above reads.
 int64_t layer_norm_s8_ref(const LayerNormS8Args& args);
 void quantize_s8_ref(const QuantizeS8Args& args);
+int64_t layer_norm_f32_ref(const LayerNormF32Args& args);
 
 }  // namespace edgevla

@@ -90,6 +90,25 @@ inline int64_t layer_norm_s8_rows(const LayerNormS8Args& a) {
     return -1;
 }
 
+inline int64_t layer_norm_f32_rows(const LayerNormF32Args& a) {
+    const float* __restrict gamma = a.gamma;
+    const float* __restrict beta = a.beta;
+    const float epsilon = a.epsilon;
+    const int64_t m = a.m, k = a.k, ldx = a.ldx, ldy = a.ldy;
+    for (int64_t row = 0; row < m; ++row) {
+        const float* __restrict x = a.x + row * ldx;
+        float* __restrict y = a.y + row * ldy;
+        float mean, inv;
+        if (!norm_row_stats(x, k, epsilon, &mean, &inv)) return row;
+        if (beta != nullptr) {
+            for (int64_t i = 0; i < k; ++i) y[i] = ((x[i] - mean) * inv) * gamma[i] + beta[i];
+        } else {
+            for (int64_t i = 0; i < k; ++i) y[i] = ((x[i] - mean) * inv) * gamma[i];
+        }
+    }
+    return -1;
+}
+
 inline void quantize_s8_rows(const QuantizeS8Args& a) {
     const float scale = a.scale;
     const int64_t m = a.m, k = a.k, ldx = a.ldx, ldq = a.ldq;

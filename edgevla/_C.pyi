@@ -151,6 +151,22 @@ def attention_f32_ref(
 ) -> NDArray[np.float32]:
     """The scalar reference of attention_f32."""
 
+def softmax_f32(x: Buffer, *, out: Buffer | None = None) -> NDArray[np.float32]:
+    """Softmax over each row of float32 x (M, K); the attention kernel's."""
+
+def softmax_f32_ref(x: Buffer, *, out: Buffer | None = None) -> NDArray[np.float32]:
+    """The scalar reference of softmax_f32."""
+
+def layer_norm_f32(
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """LayerNorm of float32 x (M, K) rows, float32 out; ValueError on NaN/inf rows."""
+
+def layer_norm_f32_ref(
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """The scalar reference of layer_norm_f32: identical floats."""
+
 def quantize_s8(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
     """float32 (M, K) -> int8 clamp(rint(x / scale), -128, 127), as QuantizeLinear with zero point 0."""
 

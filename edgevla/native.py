@@ -284,6 +284,40 @@ def attention_f32_ref(q: Any, k: Any, v: Any, scale: float | None = None, *, div
     return _compiled().attention_f32_ref(q, k, v, scale, divide=divide, out=out)
 
 
+def softmax_f32(x: Any, *, out: Any = None) -> np.ndarray:
+    """Softmax over each row of float32 x (M, K), K >= 1 (rows contiguous, any row stride).
+
+    The attention kernel's row softmax (csrc/attention_f32_rows.h): max and
+    sum in vector lanes, exp by a polynomial within 2 ulp; within 1e-6 of
+    :func:`softmax_f32_ref` (``std::exp``, sums in order). ``out``: an
+    optional float32 (M, K), disjoint from ``x``. Returns ``out``, or a new float32 (M, K) array.
+    """
+    return _compiled().softmax_f32(x, out=out)
+
+
+def softmax_f32_ref(x: Any, *, out: Any = None) -> np.ndarray:
+    """The scalar reference of :func:`softmax_f32`."""
+    return _compiled().softmax_f32_ref(x, out=out)
+
+
+def layer_norm_f32(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None) -> np.ndarray:
+    """LayerNorm over each row, float32 out: ``LayerNormalization`` on the last axis.
+
+    ``y = ((x - mean) * inv) * gamma + beta`` with the statistics of
+    :func:`layer_norm_s8` (16 float32 lanes, csrc/layer_norm_s8.h), identical
+    on every ISA to :func:`layer_norm_f32_ref`. x: float32 (M, K), K >= 1,
+    rows contiguous; gamma (K,), beta (K,) or None; ``out`` an optional
+    float32 (M, K), disjoint from the inputs. Raises ValueError when a row's
+    statistics are not finite. Returns ``out``, or a new float32 (M, K) array.
+    """
+    return _compiled().layer_norm_f32(x, gamma, beta, epsilon=epsilon, out=out)
+
+
+def layer_norm_f32_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None) -> np.ndarray:
+    """The scalar reference of :func:`layer_norm_f32` (same arguments, identical floats)."""
+    return _compiled().layer_norm_f32_ref(x, gamma, beta, epsilon=epsilon, out=out)
+
+
 def quantize_s8(x: Any, *, scale: float, out: Any = None) -> np.ndarray:
     """Static int8 quantization with one per-tensor scale, as ``QuantizeLinear`` with a zero point of 0.
 

@@ -120,3 +120,29 @@ def test_bad_arguments_raise_one_clear_error(index):
         native.attention_f32(*args, **kwargs)
     with pytest.raises(error, match=message):
         native.attention_f32_ref(*args, **kwargs)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 7), (8, 1024), (5, 33), (2, 16)])
+def test_row_softmax_matches_its_reference_and_float64(isa, m, k, restore_dispatch):
+    native.set_isa(isa)
+    x = (RNG.standard_normal((m, k + 3)) * 4).astype(np.float32)[:, :k]  # row-strided
+    want = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    buffer = np.full(m * k + 11, np.nan, np.float32)
+    out = native.softmax_f32(x, out=buffer[: m * k].reshape(m, k))
+    assert np.isnan(buffer[m * k:]).all()
+    # relative: the reference sums K terms in order (relative error up to ~K ulp, ~sqrt(K) ulp typically)
+    np.testing.assert_allclose(out, want, rtol=2e-5, atol=1e-12)
+    np.testing.assert_allclose(native.softmax_f32_ref(x), want, rtol=2e-5, atol=1e-12)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=0, atol=2e-6)
+
+
+def test_row_softmax_refuses_bad_input():
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="at least one column"):
+        native.softmax_f32(x[:, :0])
+    with pytest.raises(ValueError, match="must not share memory"):
+        native.softmax_f32(x, out=x)
+    with pytest.raises(TypeError, match="float32"):
+        native.softmax_f32(x.astype(np.float64))

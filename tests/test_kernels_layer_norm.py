@@ -152,3 +152,46 @@ def test_quantize_s8_bad_arguments(fn):
             getattr(native, fn)(x, **kwargs)
     with pytest.raises(TypeError, match="x must have dtype float32"):
         getattr(native, fn)(x.astype(np.float16), scale=1.0)
+
+
+# ---- LayerNorm alone, float32 out (layer_norm_f32) ----
+
+
+def float_meaning(x, gamma, beta, epsilon):
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=1, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + epsilon) * gamma + (0 if beta is None else beta)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m, k", [(1, 1), (1, 17), (3, 16), (5, 33), (32, 384), (7, 1000), (0, 8)])
+@pytest.mark.parametrize("with_beta", [True, False])
+def test_float_layer_norm_is_the_reference_exactly(isa, m, k, with_beta, restore_dispatch):
+    native.set_isa(isa)
+    x, gamma, beta = data(m, k, seed=m * 7 + k, magnitude=3.0)
+    beta = beta if with_beta else None
+    buffer = np.full(m * k + GUARD, np.nan, np.float32)  # poisoned, then guards
+    out = buffer[: m * k].reshape(m, k)
+    assert native.layer_norm_f32(x, gamma, beta, epsilon=1e-5, out=out) is out
+    assert np.isnan(buffer[m * k:]).all(), "wrote past the end"
+    np.testing.assert_array_equal(out, native.layer_norm_f32_ref(x, gamma, beta, epsilon=1e-5))
+    if m and k > 1:  # float32 statistics in 16 lanes: within a few ulp of the float64 meaning
+        want = float_meaning(x, gamma, beta, 1e-5)
+        assert np.abs(out - want).max() <= 2e-6 * max(1.0, float(np.abs(want).max()))
+
+
+def test_float_layer_norm_reads_strided_rows_and_refuses_bad_input():
+    x, gamma, beta = data(4, 40, seed=3)
+    np.testing.assert_array_equal(native.layer_norm_f32(x[:, :20], gamma[:20], beta[:20], epsilon=1e-5),
+                                  native.layer_norm_f32_ref(np.ascontiguousarray(x[:, :20]), gamma[:20], beta[:20],
+                                                            epsilon=1e-5))
+    with pytest.raises(ValueError, match="gamma must hold one value per column of x"):
+        native.layer_norm_f32(x, gamma[:3], beta, epsilon=1e-5)
+    with pytest.raises(ValueError, match="out must not share memory with the input x"):
+        native.layer_norm_f32(x, gamma, beta, epsilon=1e-5, out=x)
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        native.layer_norm_f32(x, gamma, beta, epsilon=1e-5, out=np.zeros((4, 40), np.int8))
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="the statistics of row 1 are not"):
+        native.layer_norm_f32(x, gamma, beta, epsilon=1e-5)

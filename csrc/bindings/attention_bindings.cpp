@@ -3,6 +3,7 @@
 // non-negative strides whose last axis is contiguous (the runtime's q, k and v
 // are column views of one stacked GEMM output), validated, run without the GIL.
 #include "attention_f32.h"
+#include "bindings/array_args.h"
 #include "bindings/module_parts.h"
 
 #include <pybind11/numpy.h>
@@ -134,9 +135,37 @@ py::object run_attention(AttentionFn kernel, const py::object& q, const py::obje
     return result;
 }
 
+using SoftmaxFn = void (*)(const SoftmaxF32Args&);
+
+py::object run_softmax(SoftmaxFn kernel, const py::object& x, const py::object& out) {
+    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
+    if (x_arg.cols < 1) throw py::value_error("x must have at least one column (a softmax over none is undefined)");
+    const OutputArg y = output_arg(out, Scalar::float32, x_arg.rows, x_arg.cols, {&x_arg});
+    SoftmaxF32Args args;
+    args.m = x_arg.rows;
+    args.k = x_arg.cols;
+    args.x = x_arg.data<const float>();
+    args.ldx = x_arg.ld;
+    args.y = y.array.data<float>();
+    args.ldy = y.array.ld;
+    {
+        py::gil_scoped_release no_gil;
+        kernel(args);
+    }
+    return y.object;
+}
+
 }  // namespace
 
 void register_attention(py::module_& m) {
+    m.def(
+        "softmax_f32", [](const py::object& x, const py::object& out) { return run_softmax(softmax_f32, x, out); },
+        py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+        "Softmax over each row of float32 x (M, K), K >= 1: the attention kernel's (csrc/attention_f32.h). Returns "
+        "out, or a new float32 (M, K) array.");
+    m.def(
+        "softmax_f32_ref", [](const py::object& x, const py::object& out) { return run_softmax(softmax_f32_ref, x, out); },
+        py::arg("x"), py::kw_only(), py::arg("out") = py::none(), "The scalar reference of softmax_f32 (std::exp).");
     m.def(
         "attention_f32",
         [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,

@@ -14,41 +14,61 @@ namespace {
 
 using LayerNormKernel = int64_t (*)(const LayerNormS8Args&);
 
+// gamma (K,), beta (K,) or None and epsilon (finite, >= 0), validated.
+struct NormAffine {
+    ArrayArg gamma, beta;
+    bool has_beta = false;
+    float epsilon = 0.0f;
+    const float* beta_data() const { return has_beta ? beta.data<const float>() : nullptr; }
+    const ArrayArg* beta_input() const { return has_beta ? &beta : nullptr; }
+};
+
+NormAffine norm_affine(const py::object& gamma, const py::object& beta, int64_t k, double epsilon) {
+    NormAffine a;
+    a.gamma = vector_arg(gamma, "gamma", Scalar::float32);
+    if (a.gamma.size() != k) {
+        throw py::value_error("gamma must hold one value per column of x (K = " + std::to_string(k) + "), got " +
+                              std::to_string(a.gamma.size()));
+    }
+    a.has_beta = !beta.is_none();
+    if (a.has_beta) {
+        a.beta = vector_arg(beta, "beta", Scalar::float32);
+        if (a.beta.size() != k) {
+            throw py::value_error("beta must hold one value per column of x (K = " + std::to_string(k) + "), got " +
+                                  std::to_string(a.beta.size()));
+        }
+    }
+    a.epsilon = static_cast<float>(epsilon);
+    if (!(a.epsilon >= 0.0f && std::isfinite(a.epsilon))) {
+        throw py::value_error("epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+    }
+    return a;
+}
+
+[[noreturn]] void throw_not_finite(int64_t row) {
+    throw py::value_error("x must be finite, but the statistics of row " + std::to_string(row) +
+                          " are not (a NaN or an infinity in the row, or a sum past float32's range)");
+}
+
 py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const py::object& gamma,
                              const py::object& beta, double epsilon, double scale, const py::object& out) {
     const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
     const int64_t m = x_arg.rows, k = x_arg.cols;
     if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
-    const ArrayArg gamma_arg = vector_arg(gamma, "gamma", Scalar::float32);
-    if (gamma_arg.size() != k) {
-        throw py::value_error("gamma must hold one value per column of x (K = " + std::to_string(k) + "), got " +
-                   std::to_string(gamma_arg.size()));
-    }
-    ArrayArg beta_arg;
-    const bool has_beta = !beta.is_none();
-    if (has_beta) {
-        beta_arg = vector_arg(beta, "beta", Scalar::float32);
-        if (beta_arg.size() != k) {
-            throw py::value_error("beta must hold one value per column of x (K = " + std::to_string(k) + "), got " +
-                       std::to_string(beta_arg.size()));
-        }
-    }
-    const float epsilon_f = static_cast<float>(epsilon), scale_f = static_cast<float>(scale);
-    if (!(epsilon_f >= 0.0f && std::isfinite(epsilon_f))) {
-        throw py::value_error("epsilon must be finite and >= 0, got " + std::to_string(epsilon));
-    }
+    const NormAffine affine = norm_affine(gamma, beta, k, epsilon);
+    const float scale_f = static_cast<float>(scale);
     if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
         throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
     }
-    const OutputArg q = output_arg(out, Scalar::int8, m, k, {&x_arg, &gamma_arg, has_beta ? &beta_arg : nullptr});
+    const OutputArg q = output_arg(out, Scalar::int8, m, k, {&x_arg, &affine.gamma, affine.beta_input()});
     LayerNormS8Args args;
     args.m = m;
     args.k = k;
     args.x = x_arg.data<const float>();
     args.ldx = x_arg.ld;
-    args.gamma = gamma_arg.data<const float>();
-    args.beta = has_beta ? beta_arg.data<const float>() : nullptr;
-    args.epsilon = epsilon_f;
+    args.gamma = affine.gamma.data<const float>();
+    args.beta = affine.beta_data();
+    args.epsilon = affine.epsilon;
     args.scale = scale_f;
     args.q = q.array.data<int8_t>();
     args.ldq = q.array.ld;
@@ -57,11 +77,36 @@ py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const 
         py::gil_scoped_release no_gil;
         bad_row = kernel(args);
     }
-    if (bad_row >= 0) {
-        throw py::value_error("x must be finite, but the statistics of row " + std::to_string(bad_row) +
-                   " are not (a NaN or an infinity in the row, or a sum past float32's range)");
-    }
+    if (bad_row >= 0) throw_not_finite(bad_row);
     return q.object;
+}
+
+using LayerNormF32Fn = int64_t (*)(const LayerNormF32Args&);
+
+py::object run_layer_norm_f32(LayerNormF32Fn kernel, const py::object& x, const py::object& gamma,
+                              const py::object& beta, double epsilon, const py::object& out) {
+    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
+    const int64_t m = x_arg.rows, k = x_arg.cols;
+    if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
+    const NormAffine affine = norm_affine(gamma, beta, k, epsilon);
+    const OutputArg y = output_arg(out, Scalar::float32, m, k, {&x_arg, &affine.gamma, affine.beta_input()});
+    LayerNormF32Args args;
+    args.m = m;
+    args.k = k;
+    args.x = x_arg.data<const float>();
+    args.ldx = x_arg.ld;
+    args.gamma = affine.gamma.data<const float>();
+    args.beta = affine.beta_data();
+    args.epsilon = affine.epsilon;
+    args.y = y.array.data<float>();
+    args.ldy = y.array.ld;
+    int64_t bad_row;
+    {
+        py::gil_scoped_release no_gil;
+        bad_row = kernel(args);
+    }
+    if (bad_row >= 0) throw_not_finite(bad_row);
+    return y.object;
 }
 
 using QuantizeKernel = void (*)(const QuantizeS8Args&);
@@ -110,6 +155,20 @@ void register_norms(py::module_& m) {
         },
         py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"), py::arg("scale"),
         py::arg("out") = py::none(), "The scalar reference of layer_norm_s8: identical codes, one element at a time.");
+    m.def(
+        "layer_norm_f32",
+        [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon,
+           const py::object& out) { return run_layer_norm_f32(layer_norm_f32, x, gamma, beta, epsilon, out); },
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"),
+        py::arg("out") = py::none(),
+        "LayerNorm of each row of float32 x (M, K), float32 out: ((x - mean) * inv) * gamma + beta with the "
+        "statistics of layer_norm_s8, identical to layer_norm_f32_ref. Returns out, or a new float32 (M, K) array.");
+    m.def(
+        "layer_norm_f32_ref",
+        [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon,
+           const py::object& out) { return run_layer_norm_f32(layer_norm_f32_ref, x, gamma, beta, epsilon, out); },
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"),
+        py::arg("out") = py::none(), "The scalar reference of layer_norm_f32: identical floats.");
     m.def(
         "quantize_s8",
         [](const py::object& x, double scale, const py::object& out) {

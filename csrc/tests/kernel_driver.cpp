@@ -157,6 +157,21 @@ int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool
                     magnitude, scale, with_beta);
         return 1;
     }
+    // The float LayerNorm: identical floats, nothing past its output.
+    std::vector<float> y = poisoned(m * k), y_ref = poisoned(m * k);
+    LayerNormF32Args f32;
+    f32.m = m; f32.k = k; f32.x = x.data(); f32.ldx = k; f32.gamma = gamma.data();
+    f32.beta = with_beta ? beta.data() : nullptr; f32.epsilon = 1e-5f; f32.ldy = k;
+    f32.y = y.data();
+    const int64_t bad_f32 = layer_norm_f32(f32);
+    f32.y = y_ref.data();
+    const int64_t bad_f32_ref = layer_norm_f32_ref(f32);
+    if (bad_f32 != -1 || bad_f32_ref != -1 || !guard_intact(y, m * k) ||
+        std::memcmp(y.data(), y_ref.data(), static_cast<size_t>(m * k) * 4) != 0) {
+        std::printf("FAIL layer_norm_f32 m=%lld k=%lld magnitude=%g beta=%d\n", (long long)m, (long long)k, magnitude,
+                    with_beta);
+        return 1;
+    }
     // The quantization alone, with an infinity and a NaN in the data (they clamp; no undefined cast).
     const std::vector<float> finite_x = x;
     x[0] = -INFINITY;
@@ -549,6 +564,33 @@ int check_attention(const IsaKernels& isa, int64_t b, int64_t t, int64_t s, int6
     return 0;
 }
 
+// The row softmax against its reference: relative error 4e-5 (the reference
+// sums K terms in order), into a poisoned output followed by guards.
+int check_softmax(const IsaKernels& isa, int64_t m, int64_t k, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 4.0f);
+    std::vector<float> x(static_cast<size_t>(m * (k + 3)));
+    for (float& v : x) v = normal(rng);
+    std::vector<float> got = poisoned(m * k), ref = poisoned(m * k);
+    SoftmaxF32Args args;
+    args.m = m; args.k = k; args.x = x.data(); args.ldx = k + 3; args.ldy = k;
+    args.y = got.data();
+    softmax_f32(args);
+    args.y = ref.data();
+    softmax_f32_ref(args);
+    for (int64_t i = 0; i < m * k; ++i) {
+        const double g = got[size_t(i)], r = ref[size_t(i)];
+        if (!(std::fabs(g - r) <= 4e-5 * std::fabs(r) + 1e-12)) {
+            std::printf("FAIL %s softmax m=%lld k=%lld: %g vs %g\n", isa.name, (long long)m, (long long)k, g, r);
+            return 1;
+        }
+    }
+    if (!guard_intact(got, m * k)) {
+        std::printf("FAIL %s softmax: wrote past its output\n", isa.name);
+        return 1;
+    }
+    return 0;
+}
+
 int check_small_gemms_stay_on_one_thread() {
     const int64_t fc1 = int64_t{32} * 1536 * 384, qkv = int64_t{32} * 384 * 384;
     if (gemm_part_count(qkv, 24, 3) != 1 || gemm_part_count(fc1, 96, 3) != 1 || gemm_part_count(2 * fc1, 96, 3) != 2 ||
@@ -615,8 +657,10 @@ int main(int argc, char** argv) {
                     attention_failures += check_attention(*isa, sh[0], sh[1], sh[2], sh[3], sh[4], mode, rng);
                 }
             }
+            for (int64_t k : {1, 7, 16, 33, 1024}) attention_failures += check_softmax(*isa, 3, k, rng);
             if (attention_failures == 0) {
-                std::printf("%s: attention within its bound of the reference (%d threads)\n", isa->name, threads);
+                std::printf("%s: attention and softmax within their bounds of the references (%d threads)\n", isa->name,
+                            threads);
             }
             isa_failures += attention_failures;
             const int format_failures = check_formats(*isa, rng);

@@ -9,4 +9,6 @@ void attention_f32_generic(const AttentionF32Args& args, int64_t first, int64_t 
     attention_f32_heads(args, first, last);
 }
 
+void softmax_f32_generic(const SoftmaxF32Args& args) { softmax_f32_rows(args); }
+
 }  // namespace edgevla

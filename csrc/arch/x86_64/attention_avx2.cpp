@@ -9,4 +9,6 @@ void attention_f32_avx2(const AttentionF32Args& args, int64_t first, int64_t las
     attention_f32_heads(args, first, last);
 }
 
+void softmax_f32_avx2(const SoftmaxF32Args& args) { softmax_f32_rows(args); }
+
 }  // namespace edgevla

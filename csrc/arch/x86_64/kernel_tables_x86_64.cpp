@@ -16,14 +16,14 @@ constexpr IsaKernels kTables[] = {
     {"avx512_amx", has_avx512_amx, gemm_packed_s8_f32_amx, quantize_row_avx512,
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
      gemm_w4_f32_avx512_vnni, gemm_w4a8_f32_avx512_vnni, quantize_w4a8_avx512,
-     layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512},
+     layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512, layer_norm_f32_avx512, softmax_f32_avx512},
     {"avx512_vnni", has_avx512_vnni, gemm_packed_s8_f32_avx512_vnni, quantize_row_avx512,
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
      gemm_w4_f32_avx512_vnni, gemm_w4a8_f32_avx512_vnni, quantize_w4a8_avx512,
-     layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512},
+     layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512, layer_norm_f32_avx512, softmax_f32_avx512},
     {"avx2", has_avx2, gemm_packed_s8_f32_avx2, quantize_row_avx2,
      gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx2,
-     gemm_w4_f32_avx2, gemm_w4a8_f32_avx2, quantize_w4a8_avx2, layer_norm_s8_avx2, quantize_s8_avx2, attention_f32_avx2},
+     gemm_w4_f32_avx2, gemm_w4a8_f32_avx2, quantize_w4a8_avx2, layer_norm_s8_avx2, quantize_s8_avx2, attention_f32_avx2, layer_norm_f32_avx2, softmax_f32_avx2},
 };
 
 }  // namespace
