@@ -24,6 +24,18 @@ void run_part(void* context, int part, int parts) {
     if (first < last) task.kernel(*task.args, first, last);
 }
 
+// y = softmax(x) over k values (y may be x), one element at a time, std::exp.
+void softmax_row_ref(const float* x, float* y, int64_t k) {
+    float m = x[0];
+    for (int64_t j = 1; j < k; ++j) m = x[j] > m ? x[j] : m;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) {
+        y[j] = std::exp(x[j] - m);
+        sum = sum + y[j];
+    }
+    for (int64_t j = 0; j < k; ++j) y[j] = y[j] / sum;
+}
+
 }  // namespace
 
 void attention_f32(const AttentionF32Args& args) {
@@ -45,18 +57,7 @@ void attention_f32(const AttentionF32Args& args) {
 void softmax_f32(const SoftmaxF32Args& args) { active_isa().softmax_f32(args); }
 
 void softmax_f32_ref(const SoftmaxF32Args& a) {
-    for (int64_t row = 0; row < a.m; ++row) {
-        const float* x = a.x + row * a.ldx;
-        float* y = a.y + row * a.ldy;
-        float m = x[0];
-        for (int64_t j = 1; j < a.k; ++j) m = x[j] > m ? x[j] : m;
-        float sum = 0.0f;
-        for (int64_t j = 0; j < a.k; ++j) {
-            y[j] = std::exp(x[j] - m);
-            sum = sum + y[j];
-        }
-        for (int64_t j = 0; j < a.k; ++j) y[j] = y[j] / sum;
-    }
+    for (int64_t row = 0; row < a.m; ++row) softmax_row_ref(a.x + row * a.ldx, a.y + row * a.ldy, a.k);
 }
 
 void attention_f32_ref(const AttentionF32Args& a) {
@@ -77,14 +78,7 @@ void attention_f32_ref(const AttentionF32Args& a) {
                     if (a.scale_mode == kAttentionDivide) acc = acc / a.scale;
                     row[j] = acc;
                 }
-                float m = row[0];
-                for (int64_t j = 1; j < a.s; ++j) m = row[j] > m ? row[j] : m;
-                float sum = 0.0f;
-                for (int64_t j = 0; j < a.s; ++j) {
-                    row[j] = std::exp(row[j] - m);
-                    sum = sum + row[j];
-                }
-                for (int64_t j = 0; j < a.s; ++j) row[j] = row[j] / sum;
+                softmax_row_ref(row.data(), row.data(), a.s);
                 float* oi = ob + i * a.out_strides.token;
                 for (int64_t d = 0; d < a.d; ++d) {
                     float acc = 0.0f;
