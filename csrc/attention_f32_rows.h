@@ -8,7 +8,9 @@
 // a whole number of vectors with zeros, so the scores of 4 queries at a time
 // are vector accumulators kept in registers across D; softmax runs on each row
 // (max and sum in vector lanes, exp by a polynomial); P @ V accumulates 4
-// vectors of output features at a time, again in registers.
+// vectors of output features at a time, again in registers. Q and V are
+// packed per head (V's rows padded with zeros to whole vectors: tiny-vla has
+// D = 24), so the strided head views cannot thrash a few L1 sets.
 #pragma once
 
 #include "attention_f32.h"
@@ -63,16 +65,25 @@ inline FloatVec load_vec(const float* p) {
     return v;
 }
 inline void store_vec(float* p, FloatVec v) { std::memcpy(p, &v, sizeof v); }
+// The first `count` lanes of v (all of them from kAttentionLanes on, none for count <= 0).
+inline void store_first(float* p, FloatVec v, int64_t count) {
+    if (count >= kAttentionLanes) {
+        store_vec(p, v);
+    } else if (count > 0) {
+        std::memcpy(p, &v, static_cast<size_t>(count) * sizeof(float));
+    }
+}
 
 // Scaled scores of R consecutive queries (rows q, q + token stride, ...) against
 // all S_pad columns of K^T, written to out[r * s_pad + j].
 template <int R>
-inline void scores_rows(const AttentionF32Args& a, const float* q, const float* kt, int64_t s_pad, float* out) {
+inline void scores_rows(const AttentionF32Args& a, const float* q, int64_t ldq, const float* kt, int64_t s_pad,
+                        float* out) {
     for (int64_t j0 = 0; j0 < s_pad; j0 += kAttentionLanes) {
         FloatVec acc[R] = {};
         for (int64_t dd = 0; dd < a.d; ++dd) {
             const FloatVec k = load_vec(kt + dd * s_pad + j0);
-            for (int r = 0; r < R; ++r) acc[r] += q[r * a.q_strides.token + dd] * k;
+            for (int r = 0; r < R; ++r) acc[r] += q[r * ldq + dd] * k;
         }
         for (int r = 0; r < R; ++r) {
             if (a.scale_mode == kAttentionMultiply) acc[r] *= a.scale;
@@ -171,6 +182,8 @@ inline void softmax_f32_rows(const SoftmaxF32Args& a) {
 struct AttentionScratch {
     std::vector<float> kt;    // D x S_pad
     std::vector<float> row;   // T x S_pad: the scores, then the probabilities
+    std::vector<float> vpad;   // S x D_pad: V, rows padded with zeros to whole vectors
+    std::vector<float> qpack;  // T x D: Q
 };
 
 inline AttentionScratch& attention_scratch() {
@@ -184,8 +197,13 @@ inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_
     AttentionScratch& scratch = attention_scratch();
     if (static_cast<int64_t>(scratch.kt.size()) < d * s_pad) scratch.kt.resize(d * s_pad);
     if (static_cast<int64_t>(scratch.row.size()) < a.t * s_pad) scratch.row.resize(a.t * s_pad);
+    const int64_t d_pad = (d + kAttentionLanes - 1) / kAttentionLanes * kAttentionLanes;
+    if (static_cast<int64_t>(scratch.vpad.size()) < s * d_pad) scratch.vpad.resize(s * d_pad);
+    if (static_cast<int64_t>(scratch.qpack.size()) < a.t * d) scratch.qpack.resize(a.t * d);
     float* kt = scratch.kt.data();
     float* row = scratch.row.data();
+    float* vpad = scratch.vpad.data();
+    float* qpack = scratch.qpack.data();
 
     for (int64_t bh = first; bh < last; ++bh) {
         const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -195,42 +213,49 @@ inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_
         float* ob = a.out + b * a.out_strides.batch + h * a.out_strides.head;
 
         transpose_keys(kb, a.k_strides.token, s, d, kt, s_pad);
+        // Q and V of the head packed: the head views' rows lie a token stride apart (3 H D floats when
+        // q, k and v come stacked), so a head's rows fall in a few L1 sets; packed, they do not. V's
+        // rows are padded with zeros to whole vectors.
+        for (int64_t i = 0; i < a.t; ++i) {
+            std::memcpy(qpack + i * d, qb + i * a.q_strides.token, static_cast<size_t>(d) * sizeof(float));
+        }
+        for (int64_t j = 0; j < s; ++j) {
+            std::memcpy(vpad + j * d_pad, vb + j * a.v_strides.token, static_cast<size_t>(d) * sizeof(float));
+            std::memset(vpad + j * d_pad + d, 0, static_cast<size_t>(d_pad - d) * sizeof(float));
+        }
+        const float* vrows = vpad;
+        const int64_t ldv = d_pad;
 
         // scores of 4 queries at a time (4 independent accumulator chains), then of the rest one by one
         int64_t i = 0;
-        for (; i + 4 <= a.t; i += 4) scores_rows<4>(a, qb + i * a.q_strides.token, kt, s_pad, row + i * s_pad);
-        for (; i < a.t; ++i) scores_rows<1>(a, qb + i * a.q_strides.token, kt, s_pad, row + i * s_pad);
+        for (; i + 4 <= a.t; i += 4) scores_rows<4>(a, qpack + i * d, d, kt, s_pad, row + i * s_pad);
+        for (; i < a.t; ++i) scores_rows<1>(a, qpack + i * d, d, kt, s_pad, row + i * s_pad);
 
         for (i = 0; i < a.t; ++i) {
             float* row_i = row + i * s_pad;
             softmax_row(row_i, row_i, s);  // over the S real keys
-            // P @ V: 4 vectors of features at a time (4 chains), then one vector, then one by one
+            // P @ V: 4 vectors of features at a time (4 chains), then one vector at a time
             float* oi = ob + i * a.out_strides.token;
             int64_t d0 = 0;
-            for (; d0 + 4 * kAttentionLanes <= d; d0 += 4 * kAttentionLanes) {
+            for (; d0 + 4 * kAttentionLanes <= d_pad; d0 += 4 * kAttentionLanes) {
                 FloatVec acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
                 for (int64_t jj = 0; jj < s; ++jj) {
                     const float p = row_i[jj];
-                    const float* vr = vb + jj * a.v_strides.token + d0;
+                    const float* vr = vrows + jj * ldv + d0;
                     acc0 += p * load_vec(vr);
                     acc1 += p * load_vec(vr + kAttentionLanes);
                     acc2 += p * load_vec(vr + 2 * kAttentionLanes);
                     acc3 += p * load_vec(vr + 3 * kAttentionLanes);
                 }
-                store_vec(oi + d0, acc0);
-                store_vec(oi + d0 + kAttentionLanes, acc1);
-                store_vec(oi + d0 + 2 * kAttentionLanes, acc2);
-                store_vec(oi + d0 + 3 * kAttentionLanes, acc3);
+                store_first(oi + d0, acc0, d - d0);
+                store_first(oi + d0 + kAttentionLanes, acc1, d - d0 - kAttentionLanes);
+                store_first(oi + d0 + 2 * kAttentionLanes, acc2, d - d0 - 2 * kAttentionLanes);
+                store_first(oi + d0 + 3 * kAttentionLanes, acc3, d - d0 - 3 * kAttentionLanes);
             }
-            for (; d0 + kAttentionLanes <= d; d0 += kAttentionLanes) {
+            for (; d0 < d_pad; d0 += kAttentionLanes) {
                 FloatVec acc = {};
-                for (int64_t jj = 0; jj < s; ++jj) acc += row_i[jj] * load_vec(vb + jj * a.v_strides.token + d0);
-                store_vec(oi + d0, acc);
-            }
-            for (; d0 < d; ++d0) {
-                float acc = 0.0f;
-                for (int64_t jj = 0; jj < s; ++jj) acc += row_i[jj] * vb[jj * a.v_strides.token + d0];
-                oi[d0] = acc;
+                for (int64_t jj = 0; jj < s; ++jj) acc += row_i[jj] * load_vec(vrows + jj * ldv + d0);
+                store_first(oi + d0, acc, d - d0);
             }
         }
     }

@@ -15,7 +15,7 @@ RNG = np.random.default_rng(11)
 HEADS, DIM = 3, 8
 
 
-def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset=18):
+def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset=18, tokens=(5, 7)):
     """q, k, v (B, T, H*D) -> heads -> softmax(q k^T * c) v -> (B, T, H*D), as torch.onnx writes it."""
     c = np.float32(DIM ** -0.5) if scale_op == "Mul" else np.float32(DIM ** 0.5)
     shape4, shape3 = np.array([0, 0, HEADS, DIM], np.int64), np.array([0, 0, HEADS * DIM], np.int64)
@@ -36,17 +36,17 @@ def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset
               helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["ot", "shape3"], ["y"])]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", t, HEADS * DIM])
-              for n, t in (("q", 5), ("k", 7), ("v", 7))]
+              for n, t in (("q", tokens[0]), ("k", tokens[1]), ("v", tokens[1]))]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ["y"] + ([extra_output] if extra_output else [])]
     inits = [numpy_helper.from_array(a, n) for n, a in (("c", c), ("shape4", shape4), ("shape3", shape3))]
     graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _feeds(batch=2):
-    return {"q": RNG.normal(0, 2, (batch, 5, HEADS * DIM)).astype(np.float32),
-            "k": RNG.normal(0, 2, (batch, 7, HEADS * DIM)).astype(np.float32),
-            "v": RNG.normal(0, 1, (batch, 7, HEADS * DIM)).astype(np.float32)}
+def _feeds(batch=2, tokens=(5, 7)):
+    return {"q": RNG.normal(0, 2, (batch, tokens[0], HEADS * DIM)).astype(np.float32),
+            "k": RNG.normal(0, 2, (batch, tokens[1], HEADS * DIM)).astype(np.float32),
+            "v": RNG.normal(0, 1, (batch, tokens[1], HEADS * DIM)).astype(np.float32)}
 
 
 def _ort(model, feeds):
@@ -88,3 +88,19 @@ def test_attention_output_is_not_aliased_between_calls():
     kept = first.copy()
     native_model.run(_feeds())
     np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("tokens", [(5, 7), (48, 48), (60, 70)])
+def test_the_native_kernel_takes_short_sequences_only(tokens, monkeypatch):
+    """Up to NATIVE_ATTENTION_MAX_TOKENS (on AVX-512) the step is the native kernel; longer ones go to NumPy."""
+    from edgevla.runtime import attention
+
+    calls = []
+    kernel = native.attention_f32
+    monkeypatch.setattr(native, "attention_f32", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    model = _attention_model(tokens=tokens)
+    feeds = _feeds(2, tokens)
+    y = NativeModel(model, precision="fp32").run(feeds)["y"]
+    np.testing.assert_allclose(y, _ort(model, feeds)[0], rtol=0, atol=2e-6)
+    short = max(tokens) <= attention.NATIVE_ATTENTION_MAX_TOKENS
+    assert bool(calls) == (short and native.available() and native.get_isa() in attention.NATIVE_ATTENTION_ISAS)

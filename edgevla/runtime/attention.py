@@ -19,13 +19,20 @@ softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
 unfused steps (float32 rounding).
 
-Where the kernels run on AVX-512 (:data:`NATIVE_ATTENTION_ISAS`), the whole
+Where the kernels run on AVX-512 (:data:`NATIVE_ATTENTION_ISAS`) and both
+sequences are short (at most :data:`NATIVE_ATTENTION_MAX_TOKENS`), the whole
 step is one call of :func:`edgevla.native.attention_f32` instead (scores,
-softmax and ``P @ V`` per head in registers, within 1e-6 of the NumPy path):
-at small-vla's shapes (H = 6, D = 64, 1 thread) 5.5 vs 12.4 us at T = 6,
-9.2 vs 18.4 at T = 16, 27.9 vs 35.8 at T = 32. With narrower vectors it lost
-to OpenBLAS on this machine (AVX2 38.5, SSE2 77.8 us at T = 32), so elsewhere
-(NEON included, until measured on a Jetson) the NumPy path runs.
+softmax and ``P @ V`` per head in registers, within 1e-6 of the NumPy path).
+Measured alone (1 thread; runs vary by ~10 %), native vs NumPy + OpenBLAS:
+H = 6, D = 64 (small-vla): 5.5 vs 12.4 us at T = 6, 9.2-10.8 vs 14.3-18.4 at
+T = 16, 28-31 vs 28-36 at T = 32; inside a whole small-vla call, after the
+GEMMs have pushed NumPy's code and data out of the caches, the 7 attention
+steps took 186 us native against 305 us NumPy. H = 4, D = 24 (tiny-vla):
+5.7 vs 11.9 at T = 16, 14.6 vs 18.4 at T = 32, but 49 vs 44 at T = 64 and
+78 vs 61 at T = 80, where OpenBLAS's packed products win. With narrower
+vectors the kernel lost to OpenBLAS on this machine (AVX2 38.5, SSE2 77.8 us
+at T = 32, H = 6, D = 64), so elsewhere (NEON included, until measured on a
+Jetson) the NumPy path runs.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from .scratch import work_arrays
 ATTENTION_OP = "edgevla.Attention"
 #: The kernel tables on which :func:`edgevla.native.attention_f32` beats NumPy + OpenBLAS (module docstring).
 NATIVE_ATTENTION_ISAS = ("avx512_vnni", "avx512_amx")
+#: The longest query and key sequences the native kernel takes (module docstring: it wins up to T = 32).
+NATIVE_ATTENTION_MAX_TOKENS = 48
 
 _TO_HEADS = (0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D), and back
 _KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
@@ -54,7 +63,8 @@ class Attention:
         self.scale, self.divide, self.softmax = scale, divide, softmax
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if _native_attention() and k.shape[1] and all(_kernel_layout(a) for a in (q, k, v)):
+        if (_native_attention() and 0 < k.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS
+                and q.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS and all(_kernel_layout(a) for a in (q, k, v))):
             return native.attention_f32(q, k, v, None if self.scale is None else float(self.scale),
                                         divide=self.divide, out=out)
         b, t, h, _ = q.shape
