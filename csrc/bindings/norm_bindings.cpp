@@ -50,18 +50,17 @@ NormAffine norm_affine(const py::object& gamma, const py::object& beta, int64_t 
                           " are not (a NaN or an infinity in the row, or a sum past float32's range)");
 }
 
-py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const py::object& gamma,
-                             const py::object& beta, double epsilon, double scale, const py::object& out) {
+// A LayerNorm kernel on validated x (M, K), gamma, beta and epsilon, into `out` (out_scalar); `finish`
+// sets what only that kernel's arguments hold (the output pointer, the int8 scale).
+template <typename Args, typename Finish>
+py::object run_norm(int64_t (*kernel)(const Args&), const py::object& x, const py::object& gamma,
+                    const py::object& beta, double epsilon, const py::object& out, Scalar out_scalar, Finish finish) {
     const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
     const int64_t m = x_arg.rows, k = x_arg.cols;
     if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
     const NormAffine affine = norm_affine(gamma, beta, k, epsilon);
-    const float scale_f = static_cast<float>(scale);
-    if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
-        throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
-    }
-    const OutputArg q = output_arg(out, Scalar::int8, m, k, {&x_arg, &affine.gamma, affine.beta_input()});
-    LayerNormS8Args args;
+    const OutputArg o = output_arg(out, out_scalar, m, k, {&x_arg, &affine.gamma, affine.beta_input()});
+    Args args;
     args.m = m;
     args.k = k;
     args.x = x_arg.data<const float>();
@@ -69,44 +68,39 @@ py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const 
     args.gamma = affine.gamma.data<const float>();
     args.beta = affine.beta_data();
     args.epsilon = affine.epsilon;
-    args.scale = scale_f;
-    args.q = q.array.data<int8_t>();
-    args.ldq = q.array.ld;
+    finish(args, o.array);
     int64_t bad_row;
     {
         py::gil_scoped_release no_gil;
         bad_row = kernel(args);
     }
     if (bad_row >= 0) throw_not_finite(bad_row);
-    return q.object;
+    return o.object;
+}
+
+py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const py::object& gamma,
+                             const py::object& beta, double epsilon, double scale, const py::object& out) {
+    const float scale_f = static_cast<float>(scale);
+    if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
+        throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
+    }
+    return run_norm(kernel, x, gamma, beta, epsilon, out, Scalar::int8, [scale_f](LayerNormS8Args& args,
+                                                                                const ArrayArg& q) {
+        args.scale = scale_f;
+        args.q = q.data<int8_t>();
+        args.ldq = q.ld;
+    });
 }
 
 using LayerNormF32Fn = int64_t (*)(const LayerNormF32Args&);
 
 py::object run_layer_norm_f32(LayerNormF32Fn kernel, const py::object& x, const py::object& gamma,
                               const py::object& beta, double epsilon, const py::object& out) {
-    const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
-    const int64_t m = x_arg.rows, k = x_arg.cols;
-    if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
-    const NormAffine affine = norm_affine(gamma, beta, k, epsilon);
-    const OutputArg y = output_arg(out, Scalar::float32, m, k, {&x_arg, &affine.gamma, affine.beta_input()});
-    LayerNormF32Args args;
-    args.m = m;
-    args.k = k;
-    args.x = x_arg.data<const float>();
-    args.ldx = x_arg.ld;
-    args.gamma = affine.gamma.data<const float>();
-    args.beta = affine.beta_data();
-    args.epsilon = affine.epsilon;
-    args.y = y.array.data<float>();
-    args.ldy = y.array.ld;
-    int64_t bad_row;
-    {
-        py::gil_scoped_release no_gil;
-        bad_row = kernel(args);
-    }
-    if (bad_row >= 0) throw_not_finite(bad_row);
-    return y.object;
+    return run_norm(kernel, x, gamma, beta, epsilon, out, Scalar::float32, [](LayerNormF32Args& args,
+                                                                            const ArrayArg& y) {
+        args.y = y.data<float>();
+        args.ldy = y.ld;
+    });
 }
 
 using QuantizeKernel = void (*)(const QuantizeS8Args&);
