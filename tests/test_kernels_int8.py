@@ -485,7 +485,10 @@ def test_quantize_matches_the_reference_exactly(isa, m, k, log_scale, seed):
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(scale.view(np.uint32), scale_ref.view(np.uint32))
     assert q.min() >= -127
-    assert (np.abs(x - q * scale[:, None]) <= 0.5 * scale[:, None] * (1 + 1e-5)).all()
+    # Half a step, plus float32 rounding: x * inv is off by up to 2 ulp (|x * inv| <= 127, so
+    # 3e-5 of a step), scale and q * scale by 1 ulp each (127 ulp of scale): 1.2e-4 of half a
+    # step in all. A bound of 1e-5 failed on a hypothesis draw (m=4, k=257, seed=118).
+    assert (np.abs(x - q * scale[:, None]) <= 0.5 * scale[:, None] * (1 + 2e-4)).all()
 
 
 @pytest.mark.parametrize("isa", ISAS)
