@@ -15,10 +15,18 @@
 #include "layer_norm_s8.h"
 #include "packed_formats.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 namespace edgevla {
+
+// The calling thread's scratch buffer of at least `bytes` bytes (in
+// thread_pool.cpp), grown to the largest size asked of it and then kept, so a
+// kernel that stages its operands allocates only in its first calls. One
+// buffer per thread: a caller must be done with it before anything it calls
+// asks for it again.
+uint8_t* thread_scratch(size_t bytes);
 
 // A validated EDGEVLA_PACKED_FORMAT_S8_N16K4 buffer, as pointers into it.
 struct PackedS8View {

@@ -1,5 +1,7 @@
 #include "thread_pool.h"
 
+#include "cpu_kernels.h"
+
 #include <pthread.h>
 
 #include <atomic>
@@ -26,6 +28,12 @@ void child_after_fork() {
 int hardware_threads() {
     const unsigned count = std::thread::hardware_concurrency();
     return count == 0 ? 1 : static_cast<int>(count);
+}
+
+uint8_t* thread_scratch(size_t bytes) {
+    thread_local std::vector<uint8_t> buffer;
+    if (buffer.size() < bytes) buffer.resize(bytes);
+    return buffer.data();
 }
 
 ThreadPool& ThreadPool::global() {

@@ -29,8 +29,9 @@ call the same weight again and again (it stays in cache, as in a loop over one
 small layer); ``cold`` rows (M = 1 on the base-vla shapes) rotate over copies
 of the weight totalling twice the last-level cache (read from sysfs; at
 least 96 MiB), so each call streams its weight from DRAM, as a real model
-larger than the cache does: those are the rows to hold against the measured
-bandwidths. Two are measured, over buffers of that size: ``copy_gbps``
+larger than the cache does; the packed copies lie back to back on huge pages,
+where the native runtime keeps a loaded model's weights (``WeightArena``):
+those are the rows to hold against the measured bandwidths. Two are measured, over buffers of that size: ``copy_gbps``
 (``numpy.copyto``, bytes read plus written, STREAM's convention), and
 ``read_gbps`` (a ``numpy`` XOR-reduction: bytes read), what one core can
 stream, the roof of a GEMV that only reads its weight.
@@ -56,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgevlaError
+from ..runtime.weights import WeightArena
 from . import write_json
 
 CONFIG_NAMES = ("tiny-vla", "small-vla", "base-vla")
@@ -375,7 +377,11 @@ def _bench_cold(rows: _Rows, shape: Shape, x, q, a_scale, bias, out, w, packed, 
     cases += [(f"int4-g{group}", f"int4-g{group}", 0.0, False, backend, name)
               for group in (32, 128) for backend, name in INT4_BACKENDS.items()]
     for op, key, sparsity, int8, backend, name in cases:
-        copies = [packed[key].copy() for _ in range(_copies(packed[key].size, rotate_bytes))]
+        # Where the native runtime keeps a loaded model's weights: back to back on huge
+        # pages (runtime/weights.py), as the float copies above are (numpy advises huge
+        # pages for arrays of 4 MiB and more), not each on 4 KiB pages of its own.
+        arena = WeightArena()
+        copies = [arena.place(packed[key].copy()) for _ in range(_copies(packed[key].size, rotate_bytes))]
         gemm = getattr(native, name)
         if int8:
             calls = [lambda p=p: gemm(q, p, a_scale, bias, out=out) for p in copies]
@@ -383,6 +389,7 @@ def _bench_cold(rows: _Rows, shape: Shape, x, q, a_scale, bias, out, w, packed, 
             calls = [lambda p=p: gemm(x, p, bias, out=out) for p in copies]
         rows.add(op, shape, 1, backend, _rotating(calls), weight_bytes=packed[key].size,
                  io_bytes=(1 if int8 else 4) * shape.k + 4 * shape.n, sparsity=sparsity, cache="cold")
+        del calls, copies, arena
 
 
 # ------------------------------------------------------------------- goals ---
