@@ -59,6 +59,15 @@ using GemmPackedS8F32Kernel = void (*)(const GemmPackedArgs& args, int64_t row_b
 // holds a NaN or an infinity.
 using QuantizeRowKernel = bool (*)(int64_t k, const float* x, int8_t* q, float* scale);
 
+// The compute roof of an ISA's int8 kernels: `iterations` rounds of
+// kInt8PeakMacsPerIteration multiply-adds of its dot-product instruction on
+// registers only (independent accumulators, no loads), what its int8 GEMMs can
+// at best reach on one core. Fixed operands: every 4-byte dot product is
+// 1 * 1 + 2 * (-2) + 3 * 2 + 4 * (-1) = -1, so the loop returns the sum of its
+// accumulators, -(kInt8PeakMacsPerIteration / 4) * iterations.
+constexpr int64_t kInt8PeakMacsPerIteration = 16 * 64;
+using Int8PeakLoop = int64_t (*)(int64_t iterations);
+
 // LayerNorm + static int8 quantization and the quantization alone
 // (layer_norm_s8.h): all rows of args.
 using LayerNormS8Kernel = int64_t (*)(const LayerNormS8Args& args);
@@ -91,6 +100,7 @@ bool quantize_row_avx2(int64_t k, const float* x, int8_t* q, float* scale);
 
 void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale);
+int64_t int8_peak_loop_avx512_vnni(int64_t iterations);
 
 // AMX-INT8 (arch/x86_64/gemm_amx.cpp); hands row ranges too short for AMX to the VNNI kernel.
 void gemm_packed_s8_f32_amx(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

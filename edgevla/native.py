@@ -360,6 +360,28 @@ def available_isas() -> list[str]:
     return _compiled().available_isas()
 
 
+def int8_peak_loop(isa: str, iterations: int) -> int:
+    """Runs ``isa``'s int8 compute-roof loop: ``iterations`` rounds of 1024 multiply-adds
+    of its dot-product instruction on registers alone. Returns the sum of the
+    accumulators, ``-256 * iterations`` (every 4-byte dot product of its fixed
+    operands is -1), which shows the loop computed what it timed.
+
+    Raises ValueError for an ISA this CPU cannot run or one without a loop
+    (so far ``"avx512_vnni"`` has one).
+    """
+    return _compiled().int8_peak_loop(isa, iterations)
+
+
+def int8_peak_gops(isa: str, seconds: float = 0.05) -> float:
+    """``isa``'s int8 compute roof on one core, in GOP/s (2 per multiply-add).
+
+    The best of three runs of :func:`int8_peak_loop`, each lasting about
+    ``seconds``: what an int8 GEMM on that instruction can at best reach, the
+    figure ``edgevla bench kernels`` holds int8 GEMM rows against.
+    """
+    return _compiled().int8_peak_gops(isa, seconds)
+
+
 def set_num_threads(threads: int) -> None:
     """Sets the kernels' thread count (1 to 1024); the default is one per core.
 

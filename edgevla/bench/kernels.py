@@ -31,10 +31,14 @@ of the weight totalling twice the last-level cache (read from sysfs; at
 least 96 MiB), so each call streams its weight from DRAM, as a real model
 larger than the cache does; the packed copies lie back to back on huge pages,
 where the native runtime keeps a loaded model's weights (``WeightArena``):
-those are the rows to hold against the measured bandwidths. Two are measured, over buffers of that size: ``copy_gbps``
-(``numpy.copyto``, bytes read plus written, STREAM's convention), and
-``read_gbps`` (a ``numpy`` XOR-reduction: bytes read), what one core can
-stream, the roof of a GEMV that only reads its weight.
+those are the rows to hold against the measured bandwidths. Two are
+measured, over buffers of that size: ``copy_gbps`` (``numpy.copyto``, bytes
+read plus written, STREAM's convention), and ``read_gbps`` (a ``numpy``
+XOR-reduction: bytes read), what one core can stream, the roof of a GEMV
+that only reads its weight. The compute roof is measured too:
+``int8_peak_gops``, per ISA that has a roof loop (``native.int8_peak_gops``:
+its int8 dot-product instruction on registers alone, one core), the most any
+int8 GEMM on that instruction can reach, ours or a peer's.
 
 The issue's goals are computed from the rows as ratios within this one run and
 reported as met or not, never asserted: on a shared machine only ratios are
@@ -421,8 +425,14 @@ def _verdict(goal: str, threshold: float, values: list[dict[str, Any]]) -> dict[
     }
 
 
-def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None = None) -> list[dict[str, Any]]:
-    """The issue's kernel goals, as ratios of rows of this run."""
+def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None = None,
+          int8_peak_gops: float | None = None) -> list[dict[str, Any]]:
+    """The issue's kernel goals, as ratios of rows of this run.
+
+    With ``int8_peak_gops`` (the compute roof of the ISA in use), each value of
+    the int8-vs-ONNX-Runtime goal also says what fraction of that roof both
+    sides reach: how much room a compute-bound shape leaves.
+    """
     shapes = sorted({(r["shape"], r["K"], r["N"]) for r in rows}, key=lambda s: (s[1] * s[2], s[0]))
     ms = sorted({r["M"] for r in rows})
 
@@ -434,9 +444,9 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None 
         _ratio_goal(rows, "int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)",
                     1.2, [(f"{s[0]} M={m}", at("linear-int8", "torch-dynamic-int8", s, m),
                            at("linear-int8", "edgevla", s, m)) for s in shapes for m in big_ms]),
-        _ratio_goal(rows, "int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)", 1.2,
-                    [(f"{s[0]} M={m}", at("gemm-int8", "onnxruntime-int8", s, m), at("gemm-int8", "edgevla", s, m))
-                     for s in shapes for m in big_ms]),
+        _int8_goal_with_roof(rows, [(f"{s[0]} M={m}", at("gemm-int8", "onnxruntime-int8", s, m),
+                                     at("gemm-int8", "edgevla", s, m)) for s in shapes for m in big_ms],
+                             int8_peak_gops),
         _ratio_goal(rows, "int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)", 4.0,
                     [(f"{s[0]} M={m}", at("linear-f32", "torch-fp32", s, m), at("linear-int8", "edgevla", s, m))
                      for s in shapes for m in big_ms]),
@@ -465,6 +475,31 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None 
             [(s[0], at("gemm-int8", "edgevla", s, 1, cache), at("2to4-int8", "edgevla", s, 1, cache))
              for s in shapes]))
     return [g for g in result if g["count"]]
+
+
+def _int8_goal_with_roof(rows, pairs, peak_gops: float | None) -> dict[str, Any]:
+    """int8 GEMM >= 1.2x ONNX Runtime; each value with both sides' fraction of the compute roof."""
+    goal = _ratio_goal(rows, "int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)", 1.2, pairs)
+    if peak_gops:
+        measured = {label: (peer, ours) for label, peer, ours in pairs if peer is not None and ours is not None}
+        for value in goal["values"]:
+            peer, ours = measured[value["where"]]
+            value["of_int8_peak"] = {"edgevla": round(ours["gops"] / peak_gops, 3),
+                                     "onnxruntime-int8": round(peer["gops"] / peak_gops, 3)}
+    return goal
+
+
+def int8_peaks(isas: Sequence[str]) -> dict[str, float]:
+    """{ISA: int8 compute roof, GOP/s on one core} for those of ``isas`` with a roof loop."""
+    from .. import native
+
+    peaks = {}
+    for isa in isas:
+        try:
+            peaks[isa] = round(native.int8_peak_gops(isa), 1)
+        except ValueError:  # no loop written for this ISA
+            continue
+    return peaks
 
 
 # ------------------------------------------------------------------- entry ---
@@ -503,6 +538,7 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
         megabytes = rotate_bytes // 2**21  # the copy's source + target: the cold rotation's size
         copy_gbps = copy_bandwidth_gbps(megabytes)
         read_gbps = read_bandwidth_gbps(2 * megabytes)
+        peaks = int8_peaks(native.available_isas())
         for shape in reference_shapes(configs):
             _bench_shape(rows, shape, ms, threads, cold=rotate_bytes if shape.policy == "base-vla" else 0, rng=rng)
     finally:
@@ -517,10 +553,11 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
                  "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
         "copy_gbps": round(copy_gbps, 2),
         "read_gbps": round(read_gbps, 2),
+        "int8_peak_gops": peaks,
         "cold_bytes": rotate_bytes,
         "min_time_s": min_time,
         "rows": rows.rows,
-        "goals": goals(rows.rows, copy_gbps, read_gbps),
+        "goals": goals(rows.rows, copy_gbps, read_gbps, peaks.get(native.get_isa())),
     }
 
 
@@ -542,7 +579,9 @@ def print_table(result: dict[str, Any]) -> None:
     table = Table(title=f"bench kernels · {host['cpu']} · {host['isa']} · {host['threads']} thread(s) · "
                         f"copy bandwidth {result['copy_gbps']:.1f} GB/s (read + write), "
                         f"read {result['read_gbps']:.1f} GB/s (one core) · "
-                        f"load average {host['load_average'][0]:.1f} on {host['cores']} cores")
+                        + "".join(f"{isa} int8 roof {gops:.0f} GOP/s · "
+                                  for isa, gops in result.get("int8_peak_gops", {}).items())
+                        + f"load average {host['load_average'][0]:.1f} on {host['cores']} cores")
     for column in ("shape", "op", "M", "K", "N", "sparsity", "backend", "cache", "us", "GOP/s", "GB/s"):
         table.add_column(column, justify="left" if column in ("shape", "op", "backend", "cache") else "right")
     for r in result["rows"]:

@@ -191,6 +191,26 @@ void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs& args, int64_t row_begi
     });
 }
 
+int64_t int8_peak_loop_avx512_vnni(int64_t iterations) {
+    constexpr int kChains = kInt8PeakMacsPerIteration / 64;  // 16 zmm accumulators: 4-5 cycles of latency covered
+    __m512i a = _mm512_set1_epi32(0x04030201);                  // unsigned 1, 2, 3, 4
+    __m512i b = _mm512_set1_epi32(static_cast<int32_t>(0xFF02FE01u));  // signed 1, -2, 2, -1
+    // Opaque to the compiler, so it cannot fold the products out of the loop.
+    __asm__("" : "+v"(a), "+v"(b));
+    __m512i acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < iterations; ++i) {
+        for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbusd_epi32(acc[c], a, b);
+    }
+    int64_t sum = 0;
+    for (int c = 0; c < kChains; ++c) {
+        alignas(64) int32_t lanes[16];
+        _mm512_store_si512(lanes, acc[c]);
+        for (int lane = 0; lane < 16; ++lane) sum += lanes[lane];
+    }
+    return sum;
+}
+
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale) {
     const __m512 float_max = _mm512_set1_ps(FLT_MAX);
     __m512 amax16 = _mm512_setzero_ps();
