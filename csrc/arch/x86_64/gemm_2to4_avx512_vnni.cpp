@@ -4,10 +4,11 @@
 // uint16 of metadata. Per channel, t = meta | meta << 14 gives in the low two
 // bits of its four bytes the positions of the values of vector A (t) and B
 // (t >> 4); or-ing in the group offsets makes them vpshufb indices into the
-// 16 activations of the k-block, broadcast to every 128-bit lane. vpdpbusd
-// then multiplies the picked activations (+ 128, unsigned) by the values, and
-// the packed compensation (128 * rowsum) is subtracted at the end, exactly as
-// in the dense VNNI kernel. Accumulation is exact.
+// 16 activations of the k-block, broadcast to every 128-bit lane from a copy
+// staged once per chunk of rows (+ 128, unsigned, zero-padded to whole
+// k-blocks: stage_u8_rows). vpdpbusd then multiplies the picked activations by
+// the values, and the packed compensation (128 * rowsum) is subtracted at the
+// end, exactly as in the dense VNNI kernel. Accumulation is exact.
 //
 // float32: value j's position ((meta >> 2 j) & 3) + 4 (j / 2) indexes the 16
 // activations of the k-block with vpermps.
@@ -30,28 +31,21 @@ constexpr uint64_t kCellBytesF32 = 8 * kBlockN * 4 + 2 * kBlockN;
 // (a & b) | c in one instruction.
 inline __m512i and_or(__m512i a, __m512i b, __m512i c) { return _mm512_ternarylogic_epi32(a, b, c, 0xEA); }
 
-// The 16 activations of k-block kb of a row, + 128 (as unsigned bytes), in
-// every 128-bit lane; zero (+ 128) past K.
-// A whole k-block broadcasts straight from memory (a load, no shuffle-port
-// uop; the shuffle port is what the vpshufb of every cell already saturates)
-// and flips its sign bits in the 512-bit register; the last, partial one
-// takes the masked load.
-inline __m512i activations_u8(const int8_t* row, int64_t k, int64_t kb) {
-    const int64_t k0 = kb * kBlockK;
-    if (k - k0 >= kBlockK) {
-        const __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0)));
-        return _mm512_xor_si512(x, _mm512_set1_epi8(static_cast<char>(0x80)));
-    }
-    const __m128i x = _mm_maskz_loadu_epi8(first_bytes16(window_length(k, k0, kBlockK)), row + k0);
-    return _mm512_broadcast_i32x4(_mm_xor_si128(x, _mm_set1_epi8(static_cast<char>(0x80))));
+// The 16 staged activations (+ 128, stage_u8_rows) of k-block kb of a row in
+// every 128-bit lane: a broadcast straight from memory, a load with no
+// shuffle-port uop (the shuffle port is what the vpshufb of every cell
+// already saturates).
+inline __m512i activations_u8(const uint8_t* row, int64_t kb) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + kb * kBlockK)));
 }
 
 // Rows [row, row + MR) x blocks [block, block + NB), int8.
+// `staged` is row `row`'s staged activations, `ld` bytes a row.
 template <int MR, int NB>
-void tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
+void tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t* staged, int64_t ld) {
     const Packed2to4View& w = args.w;
-    const int8_t* a[MR];
-    for (int r = 0; r < MR; ++r) a[r] = args.a + (row + r) * args.lda;
+    const uint8_t* a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = staged + r * ld;
     const uint8_t* cells[NB];
     for (int j = 0; j < NB; ++j) cells[j] = w.cells + static_cast<uint64_t>((block + j) * w.k_blocks) * kCellBytesS8;
 
@@ -64,7 +58,7 @@ void tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
 
     for (int64_t kb = 0; kb < w.k_blocks; ++kb) {
         __m512i x[MR];
-        for (int r = 0; r < MR; ++r) x[r] = activations_u8(a[r], w.k, kb);
+        for (int r = 0; r < MR; ++r) x[r] = activations_u8(a[r], kb);
         for (int j = 0; j < NB; ++j) {
             const uint8_t* cell = cells[j] + static_cast<uint64_t>(kb) * kCellBytesS8;
             if (MR < 4) prefetch_stream(cell, kCellBytesS8);  // a GEMV: see kernel_common.h
@@ -127,20 +121,29 @@ void gemm_2to4_s8_avx512_vnni(const Gemm2to4S8Args& args, int64_t row_begin, int
     // rows left (all of a GEMV) take one block at a time, so the weights are
     // read as one sequential stream, which the hardware prefetcher follows
     // (two blocks at once measured much slower with the weights in DRAM).
-    for_row_chunks(row_begin, row_end, args.w.k, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    if (row_begin >= row_end || block_begin >= block_end) return;
+    const int64_t ld = args.w.k_blocks * kBlockK;
+    for_row_chunks(row_begin, row_end, ld, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+        uint8_t* staged = thread_scratch(static_cast<size_t>((chunk_end - chunk_begin) * ld));
+        stage_u8_rows(args.a + chunk_begin * args.lda, args.lda, args.w.k, chunk_end - chunk_begin, ld, staged);
         const int64_t tiled_end = chunk_begin + (chunk_end - chunk_begin) / 4 * 4;
         int64_t block = block_begin;
         for (; block + 2 <= block_end; block += 2) {
-            for (int64_t row = chunk_begin; row < tiled_end; row += 4) tile_s8<4, 2>(args, row, block);
+            for (int64_t row = chunk_begin; row < tiled_end; row += 4) {
+                tile_s8<4, 2>(args, row, block, staged + (row - chunk_begin) * ld, ld);
+            }
         }
         if (block < block_end) {
-            for (int64_t row = chunk_begin; row < tiled_end; row += 4) tile_s8<4, 1>(args, row, block);
+            for (int64_t row = chunk_begin; row < tiled_end; row += 4) {
+                tile_s8<4, 1>(args, row, block, staged + (row - chunk_begin) * ld, ld);
+            }
         }
+        const uint8_t* thin = staged + (tiled_end - chunk_begin) * ld;
         for (block = block_begin; block < block_end; ++block) {
             switch (chunk_end - tiled_end) {
-                case 3: tile_s8<3, 1>(args, tiled_end, block); break;
-                case 2: tile_s8<2, 1>(args, tiled_end, block); break;
-                case 1: tile_s8<1, 1>(args, tiled_end, block); break;
+                case 3: tile_s8<3, 1>(args, tiled_end, block, thin, ld); break;
+                case 2: tile_s8<2, 1>(args, tiled_end, block, thin, ld); break;
+                case 1: tile_s8<1, 1>(args, tiled_end, block, thin, ld); break;
                 default: break;
             }
         }

@@ -44,22 +44,6 @@ inline __m512i broadcast_group(const uint8_t* a) {
     return _mm512_set1_epi32(bytes);
 }
 
-// Rows [row_begin, row_end) of A, + 128 and zero-padded to `ld` = 4 * k_groups
-// bytes a row, into `staged` (row row_begin first).
-void stage_rows(const GemmPackedArgs& args, int64_t row_begin, int64_t row_end, int64_t ld, uint8_t* staged) {
-    const int64_t k = args.w.k;
-    const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-    for (int64_t row = row_begin; row < row_end; ++row, staged += ld) {
-        const int8_t* a = args.a + row * args.lda;
-        for (int64_t i = 0; i < ld; i += 64) {
-            const __mmask64 real = k - i >= 64 ? ~__mmask64(0) : k > i ? (__mmask64(1) << (k - i)) - 1 : 0;
-            const __mmask64 store = ld - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (ld - i)) - 1;
-            const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(real, a + i), bias);
-            _mm512_mask_storeu_epi8(staged + i, store, v);
-        }
-    }
-}
-
 // Rows [row, row + MR) x blocks [block, block + NB): MR * NB zmm accumulators.
 // Per group of 4 k: NB weight loads, MR broadcasts, MR * NB vpdpbusd.
 // `staged` is row `row`'s staged activations, `ld` bytes a row.
@@ -170,7 +154,7 @@ void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs& args, int64_t row_begi
     const int64_t ld = args.w.k_groups * 4;
     for_row_chunks(row_begin, row_end, ld, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
         uint8_t* staged = thread_scratch(static_cast<size_t>((chunk_end - chunk_begin) * ld));
-        stage_rows(args, chunk_begin, chunk_end, ld, staged);
+        stage_u8_rows(args.a + chunk_begin * args.lda, args.lda, args.w.k, chunk_end - chunk_begin, ld, staged);
         const int64_t tiled_end = chunk_begin + (chunk_end - chunk_begin) / 4 * 4;
         if (tiled_end > chunk_begin) {
             int64_t block = block_begin;

@@ -90,6 +90,22 @@ inline __mmask32 first_bytes32(int64_t count) {
     return count >= 32 ? __mmask32(0xFFFFFFFFu) : static_cast<__mmask32>((1u << count) - 1u);
 }
 
+// `rows` rows of int8 activations (k of them at a stride of lda), + 128 as
+// unsigned bytes (vpdpbusd's unsigned operand) and padded with 0x80 (a zero
+// activation) to `ld` >= k bytes a row, into `staged`: the VNNI kernels stage
+// each chunk of rows once and then broadcast straight from the copy, with no
+// xor beside every vpdpbusd and no partial last group or block to handle.
+inline void stage_u8_rows(const int8_t* a, int64_t lda, int64_t k, int64_t rows, int64_t ld, uint8_t* staged) {
+    const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (int64_t r = 0; r < rows; ++r, a += lda, staged += ld) {
+        for (int64_t i = 0; i < ld; i += 64) {
+            const __mmask64 real = k - i >= 64 ? ~__mmask64(0) : k > i ? (__mmask64(1) << (k - i)) - 1 : 0;
+            const __mmask64 store = ld - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (ld - i)) - 1;
+            _mm512_mask_storeu_epi8(staged + i, store, _mm512_xor_si512(_mm512_maskz_loadu_epi8(real, a + i), bias));
+        }
+    }
+}
+
 // The float epilogue of cpu_kernels.h on 16 accumulators of block `col0`:
 // act(acc + bias), stored to the first `cols` lanes of c.
 inline void store_f32_epilogue(const EpilogueF32& epilogue, int64_t col0, int64_t cols, __m512 acc, float* c) {
