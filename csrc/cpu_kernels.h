@@ -68,6 +68,14 @@ using QuantizeRowKernel = bool (*)(int64_t k, const float* x, int8_t* q, float* 
 constexpr int64_t kInt8PeakMacsPerIteration = 16 * 64;
 using Int8PeakLoop = int64_t (*)(int64_t iterations);
 
+// The float32 counterpart, the roof of float32 GEMMs (PyTorch's, for one):
+// `iterations` rounds of kF32PeakFmasPerIteration fused multiply-adds on
+// registers. Every FMA is acc * 1 + 1 from 0, so each accumulator lane ends
+// at `iterations` (exact below 2^24) and the loop returns their sum,
+// kF32PeakFmasPerIteration * iterations.
+constexpr int64_t kF32PeakFmasPerIteration = 16 * 16;
+using F32PeakLoop = double (*)(int64_t iterations);
+
 // LayerNorm + static int8 quantization and the quantization alone
 // (layer_norm_s8.h): all rows of args.
 using LayerNormS8Kernel = int64_t (*)(const LayerNormS8Args& args);
@@ -101,6 +109,7 @@ bool quantize_row_avx2(int64_t k, const float* x, int8_t* q, float* scale);
 void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale);
 int64_t int8_peak_loop_avx512_vnni(int64_t iterations);
+double f32_peak_loop_avx512(int64_t iterations);
 
 // AMX-INT8 (arch/x86_64/gemm_amx.cpp); hands row ranges too short for AMX to the VNNI kernel.
 void gemm_packed_s8_f32_amx(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

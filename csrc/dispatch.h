@@ -32,7 +32,8 @@ struct IsaKernels {
     AttentionF32Kernel attention_f32;
     LayerNormF32Kernel layer_norm_f32;
     SoftmaxF32Kernel softmax_f32;
-    Int8PeakLoop int8_peak = nullptr;  // the compute roof's loop, where one is written
+    Int8PeakLoop int8_peak = nullptr;  // the compute roofs' loops, where written
+    F32PeakLoop f32_peak = nullptr;
 };
 
 struct IsaKernelList {

@@ -382,6 +382,23 @@ def int8_peak_gops(isa: str, seconds: float = 0.05) -> float:
     return _compiled().int8_peak_gops(isa, seconds)
 
 
+def f32_peak_loop(isa: str, iterations: int) -> float:
+    """Runs ``isa``'s float32 compute-roof loop: ``iterations`` rounds of 256 FMAs on
+    registers alone, each ``acc * 1 + 1``. Returns the sum of the accumulators,
+    ``256 * iterations`` (exact below 2**24 iterations). Raises ValueError as
+    :func:`int8_peak_loop` does.
+    """
+    return _compiled().f32_peak_loop(isa, iterations)
+
+
+def f32_peak_gflops(isa: str, seconds: float = 0.05) -> float:
+    """``isa``'s float32 compute roof on one core, in GFLOP/s (2 per FMA): the most a
+    float32 GEMM on its FMA (PyTorch's included) can reach, what ``edgevla bench
+    kernels`` holds the fp32 rows against.
+    """
+    return _compiled().f32_peak_gflops(isa, seconds)
+
+
 def set_num_threads(threads: int) -> None:
     """Sets the kernels' thread count (1 to 1024); the default is one per core.
 

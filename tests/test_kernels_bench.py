@@ -35,8 +35,8 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     assert "bench kernels" in capsys.readouterr().out
     assert result["copy_gbps"] > 0 and result["read_gbps"] > 0 and result["host"]["threads"] == 1
     assert result["cold_bytes"] == kernels.MIN_COLD_BYTES  # --quick: the smallest rotation
-    assert set(result["int8_peak_gops"]) == set(kernels.int8_peaks(native.available_isas()))
-    assert all(gops > 0 for gops in result["int8_peak_gops"].values())
+    assert set(result["compute_roofs"]) == set(kernels.compute_roofs(native.get_isa()))
+    assert all(rate > 0 for rate in result["compute_roofs"].values())
     rows = result["rows"]
     assert all(set(row) == FIELDS for row in rows)
     backends = {(row["op"], row["backend"]) for row in rows}
@@ -113,15 +113,21 @@ def test_goals_are_ratios_of_rows_of_the_same_run():
     assert not any("ONNX Runtime" in name for name in goals), "goals without rows are left out"
 
 
-def test_int8_goal_values_carry_both_sides_fraction_of_the_compute_roof():
-    rows = [_row("gemm-int8", "onnxruntime-int8", 120.0, m=16), _row("gemm-int8", "edgevla", 100.0, m=16)]
-    rows[0]["gops"], rows[1]["gops"] = 300.0, 360.0
-    goal = {g["goal"]: g for g in kernels.goals(rows, copy_gbps=40.0, int8_peak_gops=400.0)}[
-        "int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)"]
-    assert goal["values"] == [{"where": "base-vla fc1 M=16", "ratio": 1.2,
-                               "of_int8_peak": {"edgevla": 0.9, "onnxruntime-int8": 0.75}}]
+def test_gemm_goal_values_carry_each_sides_fraction_of_its_compute_roof():
+    rows = [_row("gemm-int8", "onnxruntime-int8", 120.0, m=16), _row("gemm-int8", "edgevla", 100.0, m=16),
+            _row("linear-f32", "torch-fp32", 400.0, m=16), _row("linear-int8", "edgevla", 100.0, m=16)]
+    for row, gops in zip(rows, (300.0, 360.0, 90.0, 380.0)):
+        row["gops"] = gops
+    roofs = {"int8_gops": 400.0, "f32_gflops": 100.0}
+    goals = {g["goal"]: g for g in kernels.goals(rows, copy_gbps=40.0, roofs=roofs)}
+    onnx = goals["int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)"]
+    assert onnx["values"] == [{"where": "base-vla fc1 M=16", "ratio": 1.2,
+                               "of_peak": {"edgevla": 0.9, "onnxruntime-int8": 0.75}}]
+    fp32 = goals["int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)"]
+    assert fp32["values"] == [{"where": "base-vla fc1 M=16", "ratio": 4.0,
+                               "of_peak": {"edgevla": 0.95, "torch-fp32": 0.9}}]
     plain = {g["goal"]: g for g in kernels.goals(rows, copy_gbps=40.0)}
-    assert "of_int8_peak" not in plain[goal["goal"]]["values"][0]
+    assert "of_peak" not in plain[onnx["goal"]]["values"][0]
 
 
 ROOF_ISAS = [isa for isa in ("avx512_vnni",) if isa in native.available_isas()]
@@ -129,24 +135,32 @@ ROOF_ISAS = [isa for isa in ("avx512_vnni",) if isa in native.available_isas()]
 
 @pytest.mark.parametrize("isa", ROOF_ISAS)
 @pytest.mark.parametrize("iterations", [0, 1, 7, 1000])
-def test_int8_roof_loop_computes_what_it_times(isa, iterations):
-    # every 4-byte dot product of the loop's operands is -1; 256 of them per iteration
+def test_roof_loops_compute_what_they_time(isa, iterations):
+    # every 4-byte int8 dot product of the loop's operands is -1, 256 of them per iteration;
+    # every FMA is acc * 1 + 1, 256 of them per iteration
     assert native.int8_peak_loop(isa, iterations) == -256 * iterations
+    assert native.f32_peak_loop(isa, iterations) == 256.0 * iterations
 
 
 @pytest.mark.parametrize("isa", ROOF_ISAS)
-def test_int8_roof_is_a_rate(isa):
+def test_roofs_are_rates(isa):
     assert native.int8_peak_gops(isa, seconds=0.002) > 0
+    assert native.f32_peak_gflops(isa, seconds=0.002) > 0
+    assert set(kernels.compute_roofs(isa)) == {"int8_gops", "f32_gflops"}
 
 
-def test_int8_roof_refuses_what_it_cannot_measure():
+def test_roofs_refuse_what_they_cannot_measure():
     with pytest.raises(ValueError, match="unknown ISA 'nope'"):
         native.int8_peak_loop("nope", 1)
     with pytest.raises(ValueError, match="no compute-roof loop"):
         native.int8_peak_gops("generic")
+    with pytest.raises(ValueError, match="no compute-roof loop"):
+        native.f32_peak_loop("generic", 1)
     with pytest.raises(ValueError, match="seconds must be in"):
-        native.int8_peak_gops("generic", seconds=0.0)
+        native.f32_peak_gflops("generic", seconds=0.0)
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        native.f32_peak_loop("generic", -1)
     for isa in set(native.compiled_isas()) - set(native.available_isas()):
         with pytest.raises(ValueError, match="this CPU cannot run"):
             native.int8_peak_loop(isa, 1)
-    assert kernels.int8_peaks(["generic"]) == {}
+    assert kernels.compute_roofs("generic") == {}

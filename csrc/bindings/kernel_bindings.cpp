@@ -153,12 +153,14 @@ void set_isa_py(const std::string& name) {
     }
 }
 
-// The ISA `name`, which this CPU must run and which must have a compute-roof loop.
-Int8PeakLoop int8_peak_loop_of(const std::string& name) {
+// The ISA `name`'s compute-roof loop `member`: the CPU must run the ISA, and
+// a loop must be written for it.
+template <typename Loop>
+Loop peak_loop_of(const std::string& name, Loop IsaKernels::*member) {
     for (const IsaKernels* isa : available_isas()) {
         if (name != isa->name) continue;
-        if (isa->int8_peak == nullptr) throw py::value_error("the '" + name + "' kernels have no compute-roof loop");
-        return isa->int8_peak;
+        if (isa->*member == nullptr) throw py::value_error("the '" + name + "' kernels have no compute-roof loop");
+        return isa->*member;
     }
     for (const IsaKernels* isa : compiled_isas()) {
         if (name == isa->name) {
@@ -169,23 +171,25 @@ Int8PeakLoop int8_peak_loop_of(const std::string& name) {
     throw py::value_error("unknown ISA '" + name + "': this build has " + joined(isa_names(compiled_isas())));
 }
 
-int64_t int8_peak_loop_py(const std::string& name, int64_t iterations) {
+template <typename Loop>
+auto peak_loop_py(const std::string& name, int64_t iterations, Loop IsaKernels::*member) {
     if (iterations < 0) throw py::value_error("iterations must be >= 0, got " + count_text(iterations));
-    const Int8PeakLoop loop = int8_peak_loop_of(name);
+    const Loop loop = peak_loop_of(name, member);
     py::gil_scoped_release no_gil;
     return loop(iterations);
 }
 
 // The best of three timings of the loop, each long enough to last `seconds`,
-// as GOP/s (2 operations per multiply-add), on the calling thread.
-double int8_peak_gops_py(const std::string& name, double seconds) {
+// in G operations per second (`ops` per iteration), on the calling thread.
+template <typename Loop>
+double peak_rate_py(const std::string& name, double seconds, Loop IsaKernels::*member, int64_t ops) {
     if (!(seconds > 0.0 && seconds <= 10.0)) throw py::value_error("seconds must be in (0, 10]");
-    const Int8PeakLoop loop = int8_peak_loop_of(name);
+    const Loop loop = peak_loop_of(name, member);
     py::gil_scoped_release no_gil;
     using Clock = std::chrono::steady_clock;
     const auto timed = [loop](int64_t iterations) {
         const auto start = Clock::now();
-        volatile int64_t sink = loop(iterations);
+        volatile auto sink = loop(iterations);
         (void)sink;
         return std::chrono::duration<double>(Clock::now() - start).count();
     };
@@ -193,7 +197,7 @@ double int8_peak_gops_py(const std::string& name, double seconds) {
     while (timed(iterations) < seconds && iterations < (int64_t{1} << 40)) iterations *= 2;
     double best = timed(iterations);
     for (int round = 0; round < 2; ++round) best = std::min(best, timed(iterations));
-    return 2.0 * static_cast<double>(kInt8PeakMacsPerIteration) * static_cast<double>(iterations) / best / 1e9;
+    return static_cast<double>(ops) * static_cast<double>(iterations) / best / 1e9;
 }
 
 void set_num_threads_py(int threads) {
@@ -224,11 +228,32 @@ void register_kernels(py::module_& m) {
     m.def("get_isa", [] { return std::string(active_isa().name); }, "The ISA whose kernels run now.");
     m.def("compiled_isas", [] { return isa_names(compiled_isas()); }, "ISAs compiled into this build, best first.");
     m.def("available_isas", [] { return isa_names(available_isas()); }, "ISAs this CPU can run, best first.");
-    m.def("int8_peak_loop", &int8_peak_loop_py, py::arg("isa"), py::arg("iterations"),
-          "Runs the ISA's int8 compute-roof loop (cpu_kernels.h: Int8PeakLoop) and returns the sum of its "
-          "accumulators, -256 * iterations.");
-    m.def("int8_peak_gops", &int8_peak_gops_py, py::arg("isa"), py::arg("seconds") = 0.05,
-          "The ISA's int8 compute roof on one core: GOP/s of its dot-product instruction on registers alone.");
+    m.def(
+        "int8_peak_loop",
+        [](const std::string& isa, int64_t iterations) { return peak_loop_py(isa, iterations, &IsaKernels::int8_peak); },
+        py::arg("isa"), py::arg("iterations"),
+        "Runs the ISA's int8 compute-roof loop (cpu_kernels.h: Int8PeakLoop) and returns the sum of its "
+        "accumulators, -256 * iterations.");
+    m.def(
+        "int8_peak_gops",
+        [](const std::string& isa, double seconds) {
+            return peak_rate_py(isa, seconds, &IsaKernels::int8_peak, 2 * kInt8PeakMacsPerIteration);
+        },
+        py::arg("isa"), py::arg("seconds") = 0.05,
+        "The ISA's int8 compute roof on one core: GOP/s of its dot-product instruction on registers alone.");
+    m.def(
+        "f32_peak_loop",
+        [](const std::string& isa, int64_t iterations) { return peak_loop_py(isa, iterations, &IsaKernels::f32_peak); },
+        py::arg("isa"), py::arg("iterations"),
+        "Runs the ISA's float32 compute-roof loop (cpu_kernels.h: F32PeakLoop) and returns the sum of its "
+        "accumulators, 256 * iterations.");
+    m.def(
+        "f32_peak_gflops",
+        [](const std::string& isa, double seconds) {
+            return peak_rate_py(isa, seconds, &IsaKernels::f32_peak, 2 * kF32PeakFmasPerIteration);
+        },
+        py::arg("isa"), py::arg("seconds") = 0.05,
+        "The ISA's float32 compute roof on one core: GFLOP/s of its FMA on registers alone.");
     m.def("set_num_threads", &set_num_threads_py, py::arg("threads"), "Sets the kernels' thread count (1 to 1024).");
     m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); }, "The kernels' thread count.");
     m.attr("DEFAULT_MIN_MACS_PER_THREAD") = kDefaultMinMacsPerThread;

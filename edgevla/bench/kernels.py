@@ -35,10 +35,13 @@ those are the rows to hold against the measured bandwidths. Two are
 measured, over buffers of that size: ``copy_gbps`` (``numpy.copyto``, bytes
 read plus written, STREAM's convention), and ``read_gbps`` (a ``numpy``
 XOR-reduction: bytes read), what one core can stream, the roof of a GEMV
-that only reads its weight. The compute roof is measured too:
-``int8_peak_gops``, per ISA that has a roof loop (``native.int8_peak_gops``:
-its int8 dot-product instruction on registers alone, one core), the most any
-int8 GEMM on that instruction can reach, ours or a peer's.
+that only reads its weight. The compute roofs of the ISA in use are measured
+too, where it has the loops (``compute_roofs``: ``int8_gops`` from
+``native.int8_peak_gops``, its int8 dot-product instruction on registers
+alone, and ``f32_gflops`` from ``native.f32_peak_gflops``, its FMA; one
+core): the most any int8 or float32 GEMM on those instructions can reach,
+ours or a peer's. The M >= 16 GEMM goals give each side's fraction of its
+roof (``of_peak``).
 
 The issue's goals are computed from the rows as ratios within this one run and
 reported as met or not, never asserted: on a shared machine only ratios are
@@ -426,13 +429,15 @@ def _verdict(goal: str, threshold: float, values: list[dict[str, Any]]) -> dict[
 
 
 def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None = None,
-          int8_peak_gops: float | None = None) -> list[dict[str, Any]]:
+          roofs: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The issue's kernel goals, as ratios of rows of this run.
 
-    With ``int8_peak_gops`` (the compute roof of the ISA in use), each value of
-    the int8-vs-ONNX-Runtime goal also says what fraction of that roof both
-    sides reach: how much room a compute-bound shape leaves.
+    With ``roofs`` (:func:`compute_roofs` of the ISA in use), each value of the
+    M >= 16 GEMM goals also says what fraction of its compute roof each side
+    reaches (``of_peak``): how much room a compute-bound shape leaves.
     """
+    roofs = roofs or {}
+    int8_peak, f32_peak = roofs.get("int8_gops"), roofs.get("f32_gflops")
     shapes = sorted({(r["shape"], r["K"], r["N"]) for r in rows}, key=lambda s: (s[1] * s[2], s[0]))
     ms = sorted({r["M"] for r in rows})
 
@@ -440,16 +445,17 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None 
         return _find(rows, op=op, backend=backend, shape=shape[0], M=m, cache=cache, **extra)
 
     big_ms = [m for m in ms if m >= 16]
+    def gemm_goal(goal, threshold, peer_op, peer, peer_peak, our_op):
+        pairs = [(f"{s[0]} M={m}", at(peer_op, peer, s, m), at(our_op, "edgevla", s, m)) for s in shapes for m in big_ms]
+        return _with_roofs(_ratio_goal(rows, goal, threshold, pairs), pairs, peer, peer_peak, int8_peak)
+
     result = [
-        _ratio_goal(rows, "int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)",
-                    1.2, [(f"{s[0]} M={m}", at("linear-int8", "torch-dynamic-int8", s, m),
-                           at("linear-int8", "edgevla", s, m)) for s in shapes for m in big_ms]),
-        _int8_goal_with_roof(rows, [(f"{s[0]} M={m}", at("gemm-int8", "onnxruntime-int8", s, m),
-                                     at("gemm-int8", "edgevla", s, m)) for s in shapes for m in big_ms],
-                             int8_peak_gops),
-        _ratio_goal(rows, "int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)", 4.0,
-                    [(f"{s[0]} M={m}", at("linear-f32", "torch-fp32", s, m), at("linear-int8", "edgevla", s, m))
-                     for s in shapes for m in big_ms]),
+        gemm_goal("int8 GEMM >= 1.2x PyTorch dynamic int8 at M >= 16 (linear-int8, quantization included)", 1.2,
+                  "linear-int8", "torch-dynamic-int8", int8_peak, "linear-int8"),
+        gemm_goal("int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)", 1.2,
+                  "gemm-int8", "onnxruntime-int8", int8_peak, "gemm-int8"),
+        gemm_goal("int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)", 4.0,
+                  "linear-f32", "torch-fp32", f32_peak, "linear-int8"),
     ]
     for backend, suffix in INT4_GOAL_SUFFIXES.items():
         for cache in ("hot", "cold"):
@@ -477,29 +483,29 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None 
     return [g for g in result if g["count"]]
 
 
-def _int8_goal_with_roof(rows, pairs, peak_gops: float | None) -> dict[str, Any]:
-    """int8 GEMM >= 1.2x ONNX Runtime; each value with both sides' fraction of the compute roof."""
-    goal = _ratio_goal(rows, "int8 GEMM >= 1.2x ONNX Runtime int8 at M >= 16 (gemm-int8, MatMulInteger)", 1.2, pairs)
-    if peak_gops:
-        measured = {label: (peer, ours) for label, peer, ours in pairs if peer is not None and ours is not None}
+def _with_roofs(goal: dict[str, Any], pairs, peer: str, peer_peak: float | None,
+                our_peak: float | None) -> dict[str, Any]:
+    """Adds to each value of ``goal`` both sides' fraction of their compute roof (GOP/s), where measured."""
+    if peer_peak and our_peak:
+        measured = {label: (theirs, ours) for label, theirs, ours in pairs if theirs is not None and ours is not None}
         for value in goal["values"]:
-            peer, ours = measured[value["where"]]
-            value["of_int8_peak"] = {"edgevla": round(ours["gops"] / peak_gops, 3),
-                                     "onnxruntime-int8": round(peer["gops"] / peak_gops, 3)}
+            theirs, ours = measured[value["where"]]
+            value["of_peak"] = {"edgevla": round(ours["gops"] / our_peak, 3),
+                                peer: round(theirs["gops"] / peer_peak, 3)}
     return goal
 
 
-def int8_peaks(isas: Sequence[str]) -> dict[str, float]:
-    """{ISA: int8 compute roof, GOP/s on one core} for those of ``isas`` with a roof loop."""
+def compute_roofs(isa: str) -> dict[str, float]:
+    """``isa``'s measured compute roofs on one core, where it has the loops: ``int8_gops``, ``f32_gflops``."""
     from .. import native
 
-    peaks = {}
-    for isa in isas:
+    roofs = {}
+    for key, measure in (("int8_gops", native.int8_peak_gops), ("f32_gflops", native.f32_peak_gflops)):
         try:
-            peaks[isa] = round(native.int8_peak_gops(isa), 1)
+            roofs[key] = round(measure(isa), 1)
         except ValueError:  # no loop written for this ISA
             continue
-    return peaks
+    return roofs
 
 
 # ------------------------------------------------------------------- entry ---
@@ -538,7 +544,7 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
         megabytes = rotate_bytes // 2**21  # the copy's source + target: the cold rotation's size
         copy_gbps = copy_bandwidth_gbps(megabytes)
         read_gbps = read_bandwidth_gbps(2 * megabytes)
-        peaks = int8_peaks(native.available_isas())
+        roofs = compute_roofs(native.get_isa())
         for shape in reference_shapes(configs):
             _bench_shape(rows, shape, ms, threads, cold=rotate_bytes if shape.policy == "base-vla" else 0, rng=rng)
     finally:
@@ -553,11 +559,11 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
                  "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
         "copy_gbps": round(copy_gbps, 2),
         "read_gbps": round(read_gbps, 2),
-        "int8_peak_gops": peaks,
+        "compute_roofs": roofs,
         "cold_bytes": rotate_bytes,
         "min_time_s": min_time,
         "rows": rows.rows,
-        "goals": goals(rows.rows, copy_gbps, read_gbps, peaks.get(native.get_isa())),
+        "goals": goals(rows.rows, copy_gbps, read_gbps, roofs),
     }
 
 
@@ -579,8 +585,8 @@ def print_table(result: dict[str, Any]) -> None:
     table = Table(title=f"bench kernels · {host['cpu']} · {host['isa']} · {host['threads']} thread(s) · "
                         f"copy bandwidth {result['copy_gbps']:.1f} GB/s (read + write), "
                         f"read {result['read_gbps']:.1f} GB/s (one core) · "
-                        + "".join(f"{isa} int8 roof {gops:.0f} GOP/s · "
-                                  for isa, gops in result.get("int8_peak_gops", {}).items())
+                        + "".join(f"{name.replace('_gops', ' roof').replace('_gflops', ' roof')} {value:.0f} GOP/s · "
+                                  for name, value in result.get("compute_roofs", {}).items())
                         + f"load average {host['load_average'][0]:.1f} on {host['cores']} cores")
     for column in ("shape", "op", "M", "K", "N", "sparsity", "backend", "cache", "us", "GOP/s", "GB/s"):
         table.add_column(column, justify="left" if column in ("shape", "op", "backend", "cache") else "right")

@@ -195,6 +195,24 @@ int64_t int8_peak_loop_avx512_vnni(int64_t iterations) {
     return sum;
 }
 
+double f32_peak_loop_avx512(int64_t iterations) {
+    constexpr int kChains = kF32PeakFmasPerIteration / 16;  // 16 zmm accumulators cover the FMA latency
+    __m512 one = _mm512_set1_ps(1.0f);
+    __asm__("" : "+v"(one));  // opaque: the compiler cannot fold the FMAs out of the loop
+    __m512 acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < iterations; ++i) {
+        for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], one, one);
+    }
+    double sum = 0.0;
+    for (int c = 0; c < kChains; ++c) {
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, acc[c]);
+        for (int lane = 0; lane < 16; ++lane) sum += lanes[lane];
+    }
+    return sum;
+}
+
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale) {
     const __m512 float_max = _mm512_set1_ps(FLT_MAX);
     __m512 amax16 = _mm512_setzero_ps();
