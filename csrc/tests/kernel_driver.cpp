@@ -591,6 +591,23 @@ int check_softmax(const IsaKernels& isa, int64_t m, int64_t k, std::mt19937& rng
     return 0;
 }
 
+// The compute-roof loops (cpu_kernels.h) compute what they time: sums known in closed form.
+int check_roof_loops(const IsaKernels& isa) {
+    int failures = 0;
+    for (int64_t iterations : {0, 1, 1000}) {
+        if (isa.int8_peak != nullptr && isa.int8_peak(iterations) != -(kInt8PeakMacsPerIteration / 4) * iterations) {
+            std::printf("FAIL %s int8 roof loop, %lld iterations\n", isa.name, (long long)iterations);
+            ++failures;
+        }
+        if (isa.f32_peak != nullptr &&
+            isa.f32_peak(iterations) != static_cast<double>(kF32PeakFmasPerIteration * iterations)) {
+            std::printf("FAIL %s float32 roof loop, %lld iterations\n", isa.name, (long long)iterations);
+            ++failures;
+        }
+    }
+    return failures;
+}
+
 int check_small_gemms_stay_on_one_thread() {
     const int64_t fc1 = int64_t{32} * 1536 * 384, qkv = int64_t{32} * 384 * 384;
     if (gemm_part_count(qkv, 24, 3) != 1 || gemm_part_count(fc1, 96, 3) != 1 || gemm_part_count(2 * fc1, 96, 3) != 2 ||
@@ -670,6 +687,7 @@ int main(int argc, char** argv) {
                             threads);
             }
             isa_failures += format_failures;
+            isa_failures += check_roof_loops(*isa);
             failures += isa_failures;
         }
     }
