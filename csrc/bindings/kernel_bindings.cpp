@@ -141,15 +141,20 @@ std::string joined(const std::vector<std::string>& names) {
     return text;
 }
 
+py::value_error unknown_isa(const std::string& name, const std::string& also = "") {
+    return py::value_error("unknown ISA '" + name + "': this build has " + joined(isa_names(compiled_isas())) + also);
+}
+
+py::value_error unsupported_isa(const std::string& name) {
+    return py::value_error("this CPU cannot run the '" + name + "' kernels; it runs " +
+                           joined(isa_names(available_isas())));
+}
+
 void set_isa_py(const std::string& name) {
     switch (select_isa(name)) {
         case IsaSelection::selected: return;
-        case IsaSelection::unknown:
-            throw py::value_error("unknown ISA '" + name + "': this build has " + joined(isa_names(compiled_isas())) +
-                                  " (or 'auto' for the best this CPU runs)");
-        case IsaSelection::unsupported:
-            throw py::value_error("this CPU cannot run the '" + name + "' kernels; it runs " +
-                                  joined(isa_names(available_isas())));
+        case IsaSelection::unknown: throw unknown_isa(name, " (or 'auto' for the best this CPU runs)");
+        case IsaSelection::unsupported: throw unsupported_isa(name);
     }
 }
 
@@ -163,12 +168,9 @@ Loop peak_loop_of(const std::string& name, Loop IsaKernels::*member) {
         return isa->*member;
     }
     for (const IsaKernels* isa : compiled_isas()) {
-        if (name == isa->name) {
-            throw py::value_error("this CPU cannot run the '" + name + "' kernels; it runs " +
-                                  joined(isa_names(available_isas())));
-        }
+        if (name == isa->name) throw unsupported_isa(name);
     }
-    throw py::value_error("unknown ISA '" + name + "': this build has " + joined(isa_names(compiled_isas())));
+    throw unknown_isa(name);
 }
 
 template <typename Loop>

@@ -13,9 +13,9 @@
 // The register tile is 8 rows x 2 blocks (16 accumulators): per group of 4 k,
 // 2 weight loads, 8 activation broadcasts and 16 vpdpbusd. The activations
 // are staged once per chunk of rows, + 128 (a XOR 0x80) and zero-padded to
-// whole groups, in a per-thread buffer (stage_rows): the broadcasts are then
-// plain loads, where an xor per broadcast took an ALU slot beside every two
-// vpdpbusd (and a partial last group needs no special case). Measured on a
+// whole groups, in a per-thread buffer (stage_u8_rows, thread_scratch): the
+// broadcasts are then plain loads, where an xor per broadcast took an ALU slot
+// beside every two vpdpbusd (and a partial last group needs no special case). Measured on a
 // Zen 4 core: a vpdpbusd loop with the xor runs at 90 % of the one without.
 // Larger tiles (10 x 2, 6 x 4, 8 x 3) ran slower on the Xeon this was first
 // tuned on (their row pointers spill).
