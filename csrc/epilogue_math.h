@@ -12,13 +12,24 @@
  * those compiled with -mavx512f or +dotprod) has its own private copy and the
  * linker can never hand an AVX-512 instance to the baseline code.
  *
- * Plain C, so that the CUDA kernels can include it later. */
+ * Plain C, and every function is also a CUDA device function
+ * (EDGEVLA_HOST_DEVICE): the CUDA kernels' epilogues call these same
+ * sequences, compiled with --fmad=false so that nvcc, like the host compilers
+ * under -ffp-contract=off, contracts nothing but the explicit fmaf calls
+ * (fma.rn.f32); float `/` is IEEE division there by default (div.rn.f32).
+ * tests/test_cuda_host.py reads the PTX to hold nvcc to that. */
 #ifndef EDGEVLA_EPILOGUE_MATH_H
 #define EDGEVLA_EPILOGUE_MATH_H
 
 #include "gemm_s8s8.h" /* edgevla_activation */
 
 #include <math.h> /* fmaf */
+
+#ifdef __CUDACC__
+#define EDGEVLA_HOST_DEVICE __host__ __device__
+#else
+#define EDGEVLA_HOST_DEVICE
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,8 +38,8 @@ extern "C" {
 /* max/min with the x86 MAXPS/MINPS semantics: the second operand is returned
  * when the comparison is false, including for NaN and for -0 vs +0. NEON's
  * FMAX differs on NaN, so the NEON kernels use compare + select instead. */
-static inline float edgevla_max_f32(float a, float b) { return a > b ? a : b; }
-static inline float edgevla_min_f32(float a, float b) { return a < b ? a : b; }
+static inline EDGEVLA_HOST_DEVICE float edgevla_max_f32(float a, float b) { return a > b ? a : b; }
+static inline EDGEVLA_HOST_DEVICE float edgevla_min_f32(float a, float b) { return a < b ? a : b; }
 
 /* tanh as a rational function x * P(x^2) / Q(x^2) on (-c, c), the
  * approximation of Eigen's generic_fast_tanh_float, and exactly +-1 from +-c
@@ -48,7 +59,7 @@ static inline float edgevla_min_f32(float a, float b) { return a < b ? a : b; }
 #define EDGEVLA_TANH_B4 1.18534705686654e-04f
 #define EDGEVLA_TANH_B6 1.19825839466702e-06f
 
-static inline float edgevla_tanh_f32(float x) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_tanh_f32(float x) {
     x = edgevla_min_f32(edgevla_max_f32(x, -EDGEVLA_TANH_CLAMP), EDGEVLA_TANH_CLAMP);
     const float x2 = x * x;
     float p = fmaf(x2, EDGEVLA_TANH_A13, EDGEVLA_TANH_A11);
@@ -69,7 +80,7 @@ static inline float edgevla_tanh_f32(float x) {
 #define EDGEVLA_GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define EDGEVLA_GELU_CUBIC 0.044715f
 
-static inline float edgevla_gelu_tanh_f32(float x) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_f32(float x) {
     const float cube = (x * x) * x;
     const float inner = EDGEVLA_GELU_SQRT_2_OVER_PI * (x + EDGEVLA_GELU_CUBIC * cube);
     const float t = edgevla_tanh_f32(inner);
@@ -97,7 +108,7 @@ static inline float edgevla_gelu_tanh_f32(float x) {
 #define EDGEVLA_GELU_ERF_S5 -1.3573073726008966e-07f
 #define EDGEVLA_GELU_ERF_S6 1.846670467594924e-09f
 
-static inline float edgevla_gelu_erf_f32(float x) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_f32(float x) {
     const float u = edgevla_min_f32(x * x, EDGEVLA_GELU_ERF_U_MAX);
     float s = fmaf(u, EDGEVLA_GELU_ERF_S6, EDGEVLA_GELU_ERF_S5);
     s = fmaf(u, s, EDGEVLA_GELU_ERF_S4);
@@ -109,10 +120,10 @@ static inline float edgevla_gelu_erf_f32(float x) {
     return x * fmaf(0.5f, t, 0.5f);
 }
 
-static inline float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
+static inline EDGEVLA_HOST_DEVICE float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
 
 /* The epilogue's activation on one value: what every kernel's vector version mirrors. */
-static inline float edgevla_activate_f32(edgevla_activation activation, float v) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_activate_f32(edgevla_activation activation, float v) {
     switch (activation) {
         case EDGEVLA_ACTIVATION_NONE: return v;
         case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
@@ -120,6 +131,13 @@ static inline float edgevla_activate_f32(edgevla_activation activation, float v)
         case EDGEVLA_ACTIVATION_GELU_ERF: return edgevla_gelu_erf_f32(v);
     }
     return v;
+}
+
+/* The W8A8 dequantization of one int32 accumulator (gemm_s8s8.h): the two
+ * scales are multiplied first, then the converted accumulator by their
+ * product. Bias, activation and residual follow in the caller. */
+static inline EDGEVLA_HOST_DEVICE float edgevla_dequant_s8_f32(int32_t acc, float a_scale, float w_scale) {
+    return (float)acc * (a_scale * w_scale);
 }
 
 /* Dynamic symmetric per-token quantization of one row x[0..K):

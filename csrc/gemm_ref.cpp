@@ -45,7 +45,7 @@ extern "C" void edgevla_gemm_s8s8_f32_ref(int64_t m, int64_t n, int64_t k,
         const float a_scale = epilogue->a_scale[per_token ? row : 0];
         for (int64_t col = 0; col < n; ++col) {
             const int32_t acc = dot_s8s8_s32(a + row * lda, w + col * ldw, k);
-            float value = static_cast<float>(acc) * (a_scale * epilogue->w_scale[col]);
+            float value = edgevla_dequant_s8_f32(acc, a_scale, epilogue->w_scale[col]);
             if (epilogue->bias != nullptr) value += epilogue->bias[col];
             value = edgevla_activate_f32(epilogue->activation, value);
             if (epilogue->residual != nullptr) value = value + epilogue->residual[row * epilogue->ld_residual + col];

@@ -115,7 +115,7 @@ inline float epilogue_f32(const EpilogueF32& epilogue, int64_t col, float acc) {
 // The W8A8 epilogue on one value, op by op as in gemm_s8s8.h.
 inline float epilogue_s8(const edgevla_gemm_epilogue_f32& epilogue, int64_t row, int64_t col, int32_t acc) {
     const float a_scale = epilogue.a_scale[epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN ? row : 0];
-    float v = static_cast<float>(acc) * (a_scale * epilogue.w_scale[col]);
+    float v = edgevla_dequant_s8_f32(acc, a_scale, epilogue.w_scale[col]);
     if (epilogue.bias != nullptr) v = v + epilogue.bias[col];
     v = edgevla_activate_f32(epilogue.activation, v);
     if (epilogue.residual != nullptr) v = v + epilogue.residual[row * epilogue.ld_residual + col];

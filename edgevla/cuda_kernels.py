@@ -98,6 +98,13 @@ def _empty(m: int, n: int, dtype: Any, like: Any) -> Any:
 
 # ------------------------------------------------------------ W8A8 GEMM ---
 
+#: The tiled kernel's shapes (csrc/cuda/gemm_s8s8_kernels.cuh, TileConfig):
+#: ``tiled`` picks the tile by the grid it makes, as ``auto`` does for M > 16;
+#: ``tiled_wide`` is 128 x 256 tiles of 64 x 64 warps; ``tiled_split_k`` splits
+#: the smaller tiles' K among 2 or 4 warp groups of one block.
+TILED_VARIANTS = ("tiled", "tiled_wide", "tiled_split_k")
+
+
 def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None, act: str = "none",
               variant: str = "auto", out: Any = None, stream: Any = None) -> Any:
     """``out = A . W^T`` on the int8 tensor cores.
@@ -109,7 +116,9 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
             is float32 ``act(acc * (a_scale * w_scale) + bias)`` (gemm_s8s8.h);
             without them it is the int32 accumulator.
         variant: ``"auto"`` (``small_m`` for M <= 16, else ``tiled``),
-            ``"small_m"`` or ``"tiled"`` (tests force each).
+            ``"small_m"``, ``"tiled"``, or one of :data:`TILED_VARIANTS`'
+            other shapes of the tiled kernel (tests force each; the
+            benchmark times them beside ``tiled``).
         out: optional (M, N) int32 / float32 CUDA tensor to write into.
     """
     import torch

@@ -10,6 +10,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +139,84 @@ def test_host_arrays_are_refused_before_any_launch(call):
     expected = TypeError if _C.cuda_kernels_compiled() else RuntimeError
     with pytest.raises(expected, match="CUDA array" if _C.cuda_kernels_compiled() else "without CUDA"):
         call(a, w, out)
+
+
+# ------------------------------------------- the shared epilogue in PTX ---
+# The CUDA kernels' epilogues are csrc/epilogue_math.h itself (__host__
+# __device__ under nvcc). They are bit-identical to the CPU reference only if
+# nvcc fuses exactly the header's fmaf calls and divides with IEEE rounding.
+# That is a property of the compiler flags, so it is checked here, without a
+# GPU: each function compiled with the build's CUDA flags must hold as many
+# fma.rn.f32 as the header writes fmaf calls (callees included), and nothing
+# approximate.
+
+EPILOGUE_FUNCTIONS = ["edgevla_tanh_f32", "edgevla_gelu_tanh_f32", "edgevla_gelu_erf_f32", "edgevla_relu_f32"]
+HEADER = Path(__file__).resolve().parents[1] / "csrc" / "epilogue_math.h"
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((p for p in ["/usr/local/cuda/bin/nvcc"] if Path(p).is_file()), None)
+
+
+def _function_bodies(header: str) -> dict[str, str]:
+    """name -> body text of each float function of the header (one-line ones included)."""
+    bodies = {}
+    for match in re.finditer(r"static inline EDGEVLA_HOST_DEVICE float (\w+)\(", header):
+        line_end = header.index("\n", match.end())
+        one_line = header[:line_end].rstrip().endswith("}")
+        bodies[match.group(1)] = header[match.end():line_end if one_line else header.index("\n}\n", match.end())]
+    return bodies
+
+
+def _fmaf_calls(name: str, bodies: dict[str, str]) -> int:
+    body = bodies[name]
+    calls = {callee: len(re.findall(rf"\b{callee}\(", body)) for callee in bodies if callee != name}
+    callees = sum(_fmaf_calls(callee, bodies) * count for callee, count in calls.items() if count)
+    return len(re.findall(r"\bfmaf\(", body)) + callees
+
+
+def _ptx_of(flags: list[str], tmp_path: Path) -> dict[str, str]:
+    source = tmp_path / "probe.cu"
+    source.write_text('#include "epilogue_math.h"\n' + "".join(
+        f'extern "C" __global__ void probe_{name}(const float* x, float* y) {{ y[threadIdx.x] = {name}(x[threadIdx.x]); }}\n'
+        for name in EPILOGUE_FUNCTIONS) +
+        'extern "C" __global__ void probe_dequant(const int* a, const float* s, float* y) {\n'
+        '    y[threadIdx.x] = edgevla_dequant_s8_f32(a[threadIdx.x], s[0], s[1 + threadIdx.x]) + s[2 + threadIdx.x];\n}\n')
+    ptx = tmp_path / "probe.ptx"
+    subprocess.run([_nvcc(), "-ptx", "-arch=sm_87", *flags, f"-I{HEADER.parent}", str(source), "-o", str(ptx)],
+                   check=True, capture_output=True, text=True)
+    text = ptx.read_text()
+    return {m.group(1): text[m.end():text.index("\n}", m.end())]
+            for m in re.finditer(r"\.entry probe_(\w+)\(", text)}
+
+
+def _cuda_flags() -> list[str]:
+    """The device-code flags of the build (build_info), or CMakeLists.txt's when CUDA was not compiled in."""
+    flags = native.build_info()["cuda_flags"].split() if native.build_info()["cuda"] else \
+        ["-O3", "-std=c++17", "--fmad=false"]
+    return [f for f in flags if not f.startswith("-Xcompiler")]
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed")
+def test_cuda_epilogue_fuses_exactly_the_headers_fmaf_calls(tmp_path):
+    flags = _cuda_flags()
+    assert "--fmad=false" in flags
+    bodies = _function_bodies(HEADER.read_text())
+    ptx = _ptx_of(flags, tmp_path)
+    for name in EPILOGUE_FUNCTIONS:
+        body = ptx[name]
+        assert body.count("fma.rn.f32") == _fmaf_calls(name, bodies), name
+        assert ".approx" not in body and ".ftz" not in body and ".full" not in body, name
+    assert ptx["edgevla_tanh_f32"].count("div.rn.f32") == 1
+    assert "fma" not in ptx["dequant"]  # (float)acc * (a * w) + bias: two multiplies and an add
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed")
+def test_the_ptx_check_sees_contraction_when_fmad_is_on(tmp_path):
+    # The check above can fail: with nvcc's default --fmad=true the GELU's
+    # x + c * x^3 and the dequantization's multiply-add become fmas.
+    flags = [f for f in _cuda_flags() if f != "--fmad=false"]
+    bodies = _function_bodies(HEADER.read_text())
+    ptx = _ptx_of(flags, tmp_path)
+    assert ptx["edgevla_gelu_tanh_f32"].count("fma.rn.f32") > _fmaf_calls("edgevla_gelu_tanh_f32", bodies)
+    assert "fma.rn.f32" in ptx["dequant"]

@@ -67,7 +67,7 @@ SHAPES = [(1, 257, 33), (1, 64, 8), (3, 1000, 17), (16, 64, 8), (16, 768, 3072),
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
-@pytest.mark.parametrize("variant", ["auto", "small_m", "tiled"])
+@pytest.mark.parametrize("variant", ["auto", "small_m", *ck.TILED_VARIANTS])
 def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
     torch = _torch()
     if variant == "small_m" and m > 16:
@@ -81,7 +81,7 @@ def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
     assert _guards_intact(buf, m, n)
 
 
-@pytest.mark.parametrize("variant", ["small_m", "tiled"])
+@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
 def test_gemm_s8s8_saturation_values(variant):
     torch = _torch()
     m, k, n = 16, 4096, 24
@@ -93,9 +93,9 @@ def test_gemm_s8s8_saturation_values(variant):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (7, 96, 384), (16, 768, 768), (40, 130, 96), (256, 384, 1536)])
-@pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh"])
+@pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh", "gelu_erf"])
 @pytest.mark.parametrize("per_token", [False, True])
-@pytest.mark.parametrize("variant", ["small_m", "tiled"])
+@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
 def test_gemm_s8s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token, variant):
     torch = _torch()
     if variant == "small_m" and m > 16:
@@ -122,7 +122,7 @@ def test_gemm_s8s8_row_strided_and_unaligned_operands():
     big_a = torch.from_numpy(_int8(rng, (m, k + 3))).cuda()
     big_w = torch.from_numpy(_int8(rng, (n + 1, k + 5))).cuda()
     a, w = big_a[:, 1:k + 1], big_w[1:, 2:k + 2]  # odd offsets and strides: the byte-wise path
-    for variant in ("tiled", "auto"):
+    for variant in ("auto", *ck.TILED_VARIANTS):
         out = ck.gemm_s8s8(a, w, variant=variant)
         ref = a.cpu().numpy().astype(np.int64) @ w.cpu().numpy().astype(np.int64).T
         np.testing.assert_array_equal(out.cpu().numpy(), ref)
@@ -239,7 +239,7 @@ def test_gemm_2to4_s8_is_exact(m, k, n):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 130, 33), (24, 768, 96)])
-@pytest.mark.parametrize("act", ["none", "gelu_tanh"])
+@pytest.mark.parametrize("act", ["none", "gelu_tanh", "gelu_erf"])
 def test_gemm_2to4_s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act):
     torch = _torch()
     rng = np.random.default_rng(m * k + n)

@@ -259,21 +259,13 @@ uintptr_t stream_handle(py::handle stream) {
     fail_type(std::string("stream must be an int (cudaStream_t) or have .cuda_stream, got ") + Py_TYPE(stream.ptr())->tp_name);
 }
 
-// The epilogue activation of a CUDA GEMM: what activation_arg takes, less
-// "gelu_erf", which the CUDA epilogue (csrc/cuda/epilogue_cuda.cuh) does not have.
-edgevla_activation cuda_activation_arg(py::handle obj) {
-    const edgevla_activation activation = activation_arg(obj);
-    if (activation == EDGEVLA_ACTIVATION_GELU_ERF) {
-        fail_value("act 'gelu_erf' runs on the CPU kernels only; the CUDA kernels take 'none', 'relu' or 'gelu_tanh'");
-    }
-    return activation;
-}
-
 cuda::GemmVariant variant_arg(const std::string& name) {
     if (name == "auto") return cuda::GemmVariant::automatic;
     if (name == "small_m") return cuda::GemmVariant::small_m;
     if (name == "tiled") return cuda::GemmVariant::tiled;
-    fail_value("variant must be 'auto', 'small_m' or 'tiled', got '" + name + "'");
+    if (name == "tiled_wide") return cuda::GemmVariant::tiled_wide;
+    if (name == "tiled_split_k") return cuda::GemmVariant::tiled_split_k;
+    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide' or 'tiled_split_k', got '" + name + "'");
 }
 
 struct OptionalArray {
@@ -338,7 +330,7 @@ void cuda_gemm_s8s8(py::handle a_obj, py::handle w_obj, py::handle out_obj, py::
     const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
     const Scales scales = scales_arg(w_scale, a_scale, m, n, !int32_out);
     const OptionalArray bias = optional_vector(bias_obj, "bias", n);
-    if (int32_out && (bias.present || cuda_activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
+    if (int32_out && (bias.present || activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
     check_disjoint(out, {&a, &w, scales.w_scale.input(), scales.a_scale.input(), bias.input()});
 
     cuda::GemmS8S8Args g;
@@ -349,7 +341,7 @@ void cuda_gemm_s8s8(py::handle a_obj, py::handle w_obj, py::handle out_obj, py::
     g.a_scale = scales.a_scale.data<float>();
     g.a_scale_per_token = scales.per_token;
     g.bias = bias.data<float>();
-    g.activation = cuda_activation_arg(act);
+    g.activation = activation_arg(act);
     if (int32_out) {
         g.c_s32 = reinterpret_cast<int32_t*>(out.data);
     } else {
@@ -391,7 +383,7 @@ void cuda_gemm_w4(py::handle x_obj, py::handle packed_obj, py::handle out_obj, i
     g.packed = reinterpret_cast<const uint8_t*>(packed.data);
     g.scales_offset = layout.scales_offset;
     g.bias = bias.data<float>();
-    g.activation = cuda_activation_arg(act);
+    g.activation = activation_arg(act);
     g.y = reinterpret_cast<float*>(out.data), g.ldy = ldy;
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
@@ -433,7 +425,7 @@ void cuda_gemm_2to4_s8(py::handle x_obj, py::handle values_obj, py::handle meta_
     const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
     const Scales scales = scales_arg(w_scale, a_scale, m, n, !int32_out);
     const OptionalArray bias = optional_vector(bias_obj, "bias", n);
-    if (int32_out && (bias.present || cuda_activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
+    if (int32_out && (bias.present || activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
     check_disjoint(out, {&x, &p.values, &p.meta, scales.w_scale.input(), scales.a_scale.input(), bias.input()});
 
     cuda::Gemm2to4S8Args g;
@@ -445,7 +437,7 @@ void cuda_gemm_2to4_s8(py::handle x_obj, py::handle values_obj, py::handle meta_
     g.a_scale = scales.a_scale.data<float>();
     g.a_scale_per_token = scales.per_token;
     g.bias = bias.data<float>();
-    g.activation = cuda_activation_arg(act);
+    g.activation = activation_arg(act);
     if (int32_out) {
         g.c_s32 = reinterpret_cast<int32_t*>(out.data);
     } else {
@@ -474,7 +466,7 @@ void cuda_gemm_2to4_f16(py::handle x_obj, py::handle values_obj, py::handle meta
     g.values = reinterpret_cast<const uint32_t*>(p.values.data);
     g.meta = reinterpret_cast<const uint32_t*>(p.meta.data);
     g.bias = bias.data<float>();
-    g.activation = cuda_activation_arg(act);
+    g.activation = activation_arg(act);
     g.c = reinterpret_cast<float*>(out.data), g.ldc = ldc;
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;

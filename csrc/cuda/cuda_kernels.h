@@ -29,7 +29,12 @@ int current_device();
 // gemm_s8s8.h with W in the plain nn.Linear layout (no packing: the tensor
 // core's column-major B operand is W's row-major rows). Exactly one of c_s32
 // (raw int32 accumulators, no epilogue) and c_f32 (dequantized) is set.
-enum class GemmVariant : int { automatic = 0, small_m = 1, tiled = 2 };
+// Variants: small_m (M <= 16, split K over warps, operands from global
+// memory), tiled (shared-memory tiles, the tile size by the grid it makes),
+// and two shapes of the tiled kernel timed beside it until a GPU run shows
+// where they win: tiled_wide (128 x 256 tiles) and tiled_split_k (the smaller
+// tiles with K split among warp groups inside a block).
+enum class GemmVariant : int { automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4 };
 
 struct GemmS8S8Args {
     int64_t m = 0, n = 0, k = 0;

@@ -15,7 +15,8 @@
 //       multiprocessors idle; 64 k per stage, 4 shared-memory stages filled
 //       by cp.async (3 tiles in flight while the tensor cores work on one);
 //       fragments by ldmatrix. Rows are padded to 80 bytes so ldmatrix's 8
-//       row addresses hit distinct banks.
+//       row addresses hit distinct banks. Two more shapes of the same kernel
+//       are variants to time (TileWide, in-block split-K): see TileConfig.
 //
 // kVector: A and W rows are 16-byte aligned and K % 16 == 0, so every 16-byte
 // piece is either wholly inside K or wholly past it. Otherwise (odd K, odd
@@ -144,33 +145,58 @@ constexpr int kTileK = 64;
 constexpr int kTileRowBytes = kTileK + 16;  // padded: conflict-free ldmatrix
 
 // The block tile of the tiled kernel: kWarpsM x kWarpsN warps, each computing
-// (16 kFragsM) x (8 kFragsN) outputs.
-template <int kWarpsM_, int kWarpsN_, int kFragsM_, int kFragsN_>
+// (16 kFragsM) x (8 kFragsN) outputs, through kStages shared-memory stages
+// (kStages - 1 tiles in flight by cp.async while the tensor cores work on
+// one). With kSplitK > 1 the block holds kSplitK such warp groups, each with
+// its own stages, splitting the K tiles among them (in-block split-K): a
+// small grid keeps kSplitK times as many loads and MMAs in flight per
+// multiprocessor, with no workspace and no second launch; the groups' int32
+// sums are added in shared memory (exact, deterministic) before the epilogue.
+template <int kWarpsM_, int kWarpsN_, int kFragsM_, int kFragsN_, int kStages_ = 4, int kSplitK_ = 1>
 struct TileConfig {
     static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kFragsM = kFragsM_, kFragsN = kFragsN_;
-    static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+    static constexpr int kStages = kStages_, kSplitK = kSplitK_;
+    static constexpr int kGroupThreads = 32 * kWarpsM * kWarpsN;  // one warp group: one K share
+    static constexpr int kThreads = kGroupThreads * kSplitK;
     static constexpr int kTileM = kWarpsM * 16 * kFragsM, kTileN = kWarpsN * 8 * kFragsN;
+    static constexpr int kStageBytes = (kTileM + kTileN) * kTileRowBytes;
+    static constexpr int kSumBytes = (kSplitK - 1) * kTileM * kTileN * 4;  // the other groups' int32 sums
+    static constexpr int kSmemBytes =
+        kSplitK * kStages * kStageBytes > kSumBytes ? kSplitK * kStages * kStageBytes : kSumBytes;
     static_assert(kFragsN % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+    static_assert(kStages >= 2 && kSplitK >= 1 && kSplitK <= 8, "stages and K groups");
 };
 using TileLarge = TileConfig<2, 4, 4, 4>;  // 128 x 128, 256 threads
 using TileSmall = TileConfig<2, 2, 2, 4>;  // 64 x 64, 128 threads: more blocks for small grids
 using TileTiny = TileConfig<2, 2, 1, 2>;   // 32 x 32, 128 threads: the policies' layers at M = 256
+// Variants timed beside the automatic choice (edgevla bench kernels --device cuda):
+// 128 x 256 with warps of 64 x 64 (twice the MMAs per ldmatrix of TileLarge;
+// 3 stages, 92 KiB, within sm_89's 99 KiB), and TileSmall / TileTiny with the
+// K tiles split among 2 / 4 warp groups (80 KiB each).
+using TileWide = TileConfig<2, 4, 4, 8, 3>;
+using TileSmallSplitK = TileConfig<2, 2, 2, 4, 4, 2>;
+using TileTinySplitK = TileConfig<2, 2, 1, 2, 4, 4>;
 
-// Shared-memory stages of the tiled kernel: kTiledStages - 1 tiles are in
-// flight (cp.async) while the tensor cores work on one.
-constexpr int kTiledStages = 4;
-template <typename Tile>
-constexpr int tiled_smem_bytes() {
-    return kTiledStages * (Tile::kTileM + Tile::kTileN) * kTileRowBytes;
+// Waits at the barrier of warp group `group` (kThreads threads): the whole
+// block when there is one group, otherwise named barrier 1 + group.
+template <int kGroups, int kThreads>
+__device__ __forceinline__ void group_barrier(int group) {
+    if (kGroups == 1) {
+        __syncthreads();
+    } else {
+        asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kThreads) : "memory");
+    }
 }
 
-// One stage's A (or W) tile: `rows` x 64 k from (row0, k0) into shared memory.
+// One stage's A (or W) tile: `rows` x 64 k from (row0, k0) into shared
+// memory, by the kThreads threads of one warp group (tid = index in the group).
 template <int kRows, int kThreads, bool kVector>
 __device__ __forceinline__ void load_tile_s8(int8_t* tile, const int8_t* __restrict__ src, int64_t ld, int64_t rows,
-                                             int64_t row0, int64_t k0, int64_t k) {
+                                             int64_t row0, int64_t k0, int64_t k, int tid) {
+    static_assert(kRows * 4 % kThreads == 0, "whole 16-byte pieces per thread");
 #pragma unroll
     for (int i = 0; i < kRows * 4 / kThreads; ++i) {
-        const int piece = threadIdx.x + i * kThreads;  // 16-byte pieces, 4 per row
+        const int piece = tid + i * kThreads;  // 16-byte pieces, 4 per row
         const int r = piece / 4, c = (piece % 4) * 16;
         const int64_t row = row0 + r, kk = k0 + c;
         int8_t* dst = tile + r * kTileRowBytes + c;
@@ -189,13 +215,15 @@ __global__ void __launch_bounds__(Tile::kThreads)
     gemm_s8s8_tiled_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ a, int64_t lda,
                            const int8_t* __restrict__ w, int64_t ldw, OutputS8 out) {
     constexpr int kFM = Tile::kFragsM, kFN = Tile::kFragsN, kTM = Tile::kTileM, kTN = Tile::kTileN;
-    constexpr int kThreads = Tile::kThreads;
-    constexpr int kStageBytes = (kTM + kTN) * kTileRowBytes;
-    extern __shared__ __align__(16) int8_t smem[];  // kTiledStages x {A tile, W tile}
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    constexpr int kThreads = Tile::kGroupThreads, kStages = Tile::kStages, kSplit = Tile::kSplitK;
+    constexpr int kStageBytes = Tile::kStageBytes;
+    extern __shared__ __align__(16) int8_t smem[];  // kSplit groups x kStages x {A tile, W tile}
+    const int group = threadIdx.x / kThreads, tid = threadIdx.x % kThreads;
+    const int lane = tid % 32, warp = tid / 32;
     const int warp_m = warp / Tile::kWarpsN, warp_n = warp % Tile::kWarpsN;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTM;
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTN;
+    int8_t* stages = smem + group * kStages * kStageBytes;
 
     int32_t acc[kFM][kFN][4];
 #pragma unroll
@@ -203,27 +231,30 @@ __global__ void __launch_bounds__(Tile::kThreads)
 #pragma unroll
         for (int j = 0; j < kFN; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0;
 
-    const int64_t k_tiles = (k + kTileK - 1) / kTileK;
-    auto load_stage = [&](int64_t kt) {
-        int8_t* stage = smem + (kt % kTiledStages) * kStageBytes;
-        load_tile_s8<kTM, kThreads, kVector>(stage, a, lda, m, m0, kt * kTileK, k);
-        load_tile_s8<kTN, kThreads, kVector>(stage + kTM * kTileRowBytes, w, ldw, n, n0, kt * kTileK, k);
+    // This group's K tiles: group, group + kSplit, ... (local index lt).
+    const int64_t k_tiles_all = (k + kTileK - 1) / kTileK;
+    const int64_t k_tiles = k_tiles_all > group ? (k_tiles_all - group + kSplit - 1) / kSplit : 0;
+    auto load_stage = [&](int64_t lt) {
+        int8_t* stage = stages + (lt % kStages) * kStageBytes;
+        const int64_t k0 = (group + lt * kSplit) * kTileK;
+        load_tile_s8<kTM, kThreads, kVector>(stage, a, lda, m, m0, k0, k, tid);
+        load_tile_s8<kTN, kThreads, kVector>(stage + kTM * kTileRowBytes, w, ldw, n, n0, k0, k, tid);
     };
-    // Prologue: the first kTiledStages - 1 tiles. One commit group per tile,
+    // Prologue: the first kStages - 1 tiles. One commit group per tile,
     // empty past the last, so wait_group counts stay uniform.
 #pragma unroll
-    for (int s = 0; s < kTiledStages - 1; ++s) {
+    for (int s = 0; s < kStages - 1; ++s) {
         if (s < k_tiles) load_stage(s);
         ptx::cp_async_commit();
     }
 
-    for (int64_t kt = 0; kt < k_tiles; ++kt) {
-        ptx::cp_async_wait<kTiledStages - 2>();  // tile kt has landed
-        __syncthreads();                         // ... for every thread; stage (kt - 1) is free again
-        if (kt + kTiledStages - 1 < k_tiles) load_stage(kt + kTiledStages - 1);
+    for (int64_t lt = 0; lt < k_tiles; ++lt) {
+        ptx::cp_async_wait<kStages - 2>();       // tile lt has landed
+        group_barrier<kSplit, kThreads>(group);  // ... for every thread; stage (lt - 1) is free again
+        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);
         ptx::cp_async_commit();
 
-        const int8_t* stage = smem + (kt % kTiledStages) * kStageBytes;
+        const int8_t* stage = stages + (lt % kStages) * kStageBytes;
         const int8_t* at = stage + (warp_m * 16 * kFM) * kTileRowBytes;
         const int8_t* wt = stage + kTM * kTileRowBytes + (warp_n * 8 * kFN) * kTileRowBytes;
 #pragma unroll
@@ -251,6 +282,34 @@ __global__ void __launch_bounds__(Tile::kThreads)
         }
     }
     ptx::cp_async_wait<0>();  // the trailing (empty) groups
+
+    if constexpr (kSplit > 1) {
+        // Groups 1.. leave their sums in shared memory (over the stages, now
+        // idle), fragment by fragment with the thread index fastest; group 0
+        // adds them to its own.
+        int32_t* sums = reinterpret_cast<int32_t*>(smem);
+        constexpr int kPerGroup = kFM * kFN * 4 * kThreads;
+        __syncthreads();  // every group is done reading its stages
+        if (group > 0) {
+#pragma unroll
+            for (int i = 0; i < kFM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFN; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        sums[(group - 1) * kPerGroup + ((i * kFN + j) * 4 + r) * kThreads + tid] = acc[i][j][r];
+        }
+        __syncthreads();
+        if (group > 0) return;
+#pragma unroll
+        for (int v = 0; v < kSplit - 1; ++v)
+#pragma unroll
+            for (int i = 0; i < kFM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFN; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) acc[i][j][r] += sums[v * kPerGroup + ((i * kFN + j) * 4 + r) * kThreads + tid];
+    }
 
     const int g = lane / 4, t = lane % 4;
 #pragma unroll

@@ -39,7 +39,7 @@ void launch_small_m(const GemmS8S8Args& g, cudaStream_t stream) {
 
 template <typename Tile, bool kVector>
 void launch_tiled_kernel(const GemmS8S8Args& g, const OutputS8& out, cudaStream_t stream) {
-    constexpr int kSmem = tiled_smem_bytes<Tile>();
+    constexpr int kSmem = Tile::kSmemBytes;
     static const cudaError_t raised = cudaFuncSetAttribute(gemm_s8s8_tiled_kernel<Tile, kVector>,
                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     check_cuda(raised, "cudaFuncSetAttribute(gemm_s8s8_tiled_kernel)");
@@ -83,15 +83,19 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         } else {
             launch_small_m<2>(g, stream);
         }
+    } else if (variant == GemmVariant::tiled_wide) {
+        launch_tiled<TileWide>(g, stream);
     } else {
-        // The largest tile that still gives every multiprocessor a block.
+        // The largest tile that still gives every multiprocessor a block;
+        // tiled_split_k splits the smaller tiles' K among warp groups.
         const int sms = multiprocessor_count();
+        const bool split = variant == GemmVariant::tiled_split_k;
         if (blocks_of<TileLarge>(g) >= sms) {
             launch_tiled<TileLarge>(g, stream);
         } else if (blocks_of<TileSmall>(g) >= sms) {
-            launch_tiled<TileSmall>(g, stream);
+            split ? launch_tiled<TileSmallSplitK>(g, stream) : launch_tiled<TileSmall>(g, stream);
         } else {
-            launch_tiled<TileTiny>(g, stream);
+            split ? launch_tiled<TileTinySplitK>(g, stream) : launch_tiled<TileTiny>(g, stream);
         }
     }
 }

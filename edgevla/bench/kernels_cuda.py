@@ -10,7 +10,9 @@ op            what runs                                       backends
 ============  ==============================================  ===============================================
 gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out), edgevla-epilogue (float32
                                                               out, scales + bias), cublas-int8 (``torch._int_mm``;
-                                                              M <= 16 padded to 32 rows, as it requires M > 16)
+                                                              M <= 16 padded to 32 rows, as it requires M > 16);
+                                                              M > 16: edgevla-tiled_wide, edgevla-tiled_split_k
+                                                              (the tiled kernel's other shapes, int32 out)
 linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.linear``, cuBLAS)
 2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
                                                               (``torch._cslt_sparse_mm``)
@@ -55,6 +57,8 @@ from . import write_json
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
+#: Backend names of the tiled kernel's variants (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs).
+TILED_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k")
 LARGE_SHAPES = (Shape("large", "up", 4096, 14336), Shape("large", "down", 14336, 4096))
 FLUSH_BYTES = 256 * 2**20
 ROTATE_BYTES = 192 * 2**20  # inputs rotate over copies totalling at least this (> 3x L2)
@@ -264,6 +268,14 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                  weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
                  tolerance="exact", copies=copies, poison=poison_s32)
 
+        for variant in ck.TILED_VARIANTS[1:] if m > 16 else ():
+            # The tiled kernel's other shapes, timed beside what auto picks ("edgevla").
+            rows.add("gemm-int8", shape, m, f"edgevla-{variant}",
+                     lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], out=out_s32, variant=v),
+                     weight_bytes=n * k, io_bytes=int8_io,
+                     check=check_s32(lambda i, v=variant: ck.gemm_s8s8(a, w8[0], out=out_s32, variant=v)),
+                     tolerance="exact", copies=copies, poison=poison_s32)
+
         ref_f32 = (ref_acc.float() * (a_scale[:, None] * w_scale[None, :])) + bias[None, :]
 
         def check_epilogue():
@@ -405,9 +417,18 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
 
     big = [m for m in ms if m >= 256]
     small = [m for m in ms if m <= 16]
+    def fastest_tiled(shape, m):
+        """The fastest of the tiled kernel's shapes (auto's pick and the variants) on this row."""
+        found = [r for r in (at("gemm-int8", name, shape, m) for name in ("edgevla", *TILED_VARIANT_BACKENDS)) if r]
+        return min(found, key=lambda r: r["us"]) if found else None
+
     result = [
         _ratio_goal(ok, "int8 GEMM >= 0.9x cuBLAS int8 at M >= 256 (int32 out both)", 0.9,
                     [(f"{s[0]} M={m}", cublas(s, m), at("gemm-int8", "edgevla", s, m)) for s in shapes for m in big]),
+        _ratio_goal(ok, "(variants) the fastest tiled shape per row vs cuBLAS int8 at M >= 256: what auto would "
+                        "reach picking it", 0.9,
+                    [(f"{s[0]} M={m} ({fast['backend']})", cublas(s, m), fast)
+                     for s in shapes for m in big if (fast := fastest_tiled(s, m))]),
         _ratio_goal(ok, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32)", 2.0,
                     [(f"{s[0]} M={m}", cublas(s, m), at("gemm-int8", "edgevla", s, m)) for s in shapes for m in small]),
         _ratio_goal(ok, "2:4 sparse int8 >= 1.3x our dense int8 at M >= 256", 1.3,

@@ -44,7 +44,9 @@ def main() -> int:
 
     for m, k, n, variant in [(1, 257, 33, "small_m"), (16, 64, 24, "small_m"), (5, 768, 3072, "small_m"),
                              (17, 129, 250, "tiled"), (130, 256, 136, "tiled"), (1, 31, 7, "tiled"),
-                             (1536, 64, 1536, "tiled"), (700, 256, 1000, "tiled"), (768, 130, 776, "tiled")]:
+                             (1536, 64, 1536, "tiled"), (700, 256, 1000, "tiled"), (768, 130, 776, "tiled"),
+                             (130, 256, 136, "tiled_split_k"), (700, 256, 1000, "tiled_split_k"),
+                             (5, 31, 7, "tiled_split_k"), (300, 200, 520, "tiled_wide")]:
         a, w = int8(rng, (m, k)), int8(rng, (n, k))
         out = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant)
         expect(f"gemm_s8s8 {variant} M={m} K={k} N={n}",

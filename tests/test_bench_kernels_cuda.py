@@ -1,0 +1,36 @@
+"""The CUDA benchmark's goal arithmetic (edgevla/bench/kernels_cuda.py), on made-up rows: no GPU needed."""
+
+from __future__ import annotations
+
+from edgevla.bench.kernels_cuda import TILED_VARIANT_BACKENDS, goals
+from edgevla.cuda_kernels import TILED_VARIANTS
+
+
+def _row(backend: str, us: float, m: int = 256, op: str = "gemm-int8", verified: bool | None = True) -> dict:
+    return {"op": op, "M": m, "K": 768, "N": 3072, "shape": "base-vla fc1", "backend": backend, "us": us,
+            "gbps": 1.0, "verified": verified}
+
+
+def _goal(result: list[dict], prefix: str) -> dict:
+    return next(g for g in result if g["goal"].startswith(prefix))
+
+
+def test_variant_backends_name_the_tiled_variants():
+    assert TILED_VARIANT_BACKENDS == tuple(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled")
+
+
+def test_the_variants_goal_takes_the_fastest_tiled_shape_per_row():
+    rows = [_row("cublas-int8", 10.0), _row("edgevla", 20.0), _row("edgevla-tiled_wide", 30.0),
+            _row("edgevla-tiled_split_k", 11.0)]
+    result = goals(rows, copy_gbps=1000.0)
+    assert _goal(result, "int8 GEMM >= 0.9x")["values"] == [{"where": "base-vla fc1 M=256", "ratio": 0.5}]
+    variants = _goal(result, "(variants)")
+    assert variants["values"] == [{"where": "base-vla fc1 M=256 (edgevla-tiled_split_k)", "ratio": 0.909}]
+    assert variants["met"] is True
+
+
+def test_a_variant_that_failed_its_check_is_not_a_candidate():
+    rows = [_row("cublas-int8", 10.0), _row("edgevla", 20.0), _row("edgevla-tiled_split_k", 5.0, verified=False)]
+    variants = _goal(goals(rows, copy_gbps=1000.0), "(variants)")
+    assert variants["values"] == [{"where": "base-vla fc1 M=256 (edgevla)", "ratio": 0.5}]
+    assert variants["met"] is False
