@@ -163,16 +163,24 @@ def gemm_w4_max_m() -> int:
     return int(_C.CUDA_GEMM_W4_MAX_M)
 
 
+#: The int4 kernels: ``cuda_cores`` (float32 FMAs; float32 or float16 x) and
+#: ``tensor_cores`` (float16 MMAs, float16 x only). ``auto`` runs ``cuda_cores``.
+W4_VARIANTS = ("cuda_cores", "tensor_cores")
+
+
 def gemm_w4(x: Any, weight: W4Weight, bias: Any = None, *, act: str = "none", out: Any = None,
-            stream: Any = None) -> Any:
-    """``out = act(x . dequant(W)^T + bias)``, float32, for x float16 or float32 (M, K), M <= 64."""
+            variant: str = "auto", stream: Any = None) -> Any:
+    """``out = act(x . dequant(W)^T + bias)``, float32, for x float16 or float32 (M, K), M <= 64.
+
+    ``variant``: ``"auto"`` or one of :data:`W4_VARIANTS`.
+    """
     import torch
 
     c = _require()
     if out is None:
         out = _empty(x.shape[0], weight.n, torch.float32, x)
     c.cuda_gemm_w4(x, weight.packed, out, n=weight.n, k=weight.k, group=weight.group_size, bias=bias, act=act,
-                   stream=_stream(stream))
+                   variant=variant, stream=_stream(stream))
     return out
 
 

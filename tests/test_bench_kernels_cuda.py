@@ -34,3 +34,13 @@ def test_a_variant_that_failed_its_check_is_not_a_candidate():
     variants = _goal(goals(rows, copy_gbps=1000.0), "(variants)")
     assert variants["values"] == [{"where": "base-vla fc1 M=256 (edgevla)", "ratio": 0.5}]
     assert variants["met"] is False
+
+
+def test_int4_bandwidth_goals_are_per_kernel():
+    rows = [dict(_row(backend, 10.0, m=1, op="int4-g32"), shape="large up", gbps=gbps)
+            for backend, gbps in (("edgevla", 1500.0), ("edgevla-tensor_cores", 3200.0))]
+    result = goals(rows, copy_gbps=4000.0)
+    assert _goal(result, "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)")["values"] == \
+        [{"where": "large up", "ratio": 0.375}]
+    tensor = _goal(result, "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes) (variant")
+    assert tensor["values"] == [{"where": "large up", "ratio": 0.8}] and tensor["met"] is True

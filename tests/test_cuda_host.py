@@ -220,3 +220,109 @@ def test_the_ptx_check_sees_contraction_when_fmad_is_on(tmp_path):
     ptx = _ptx_of(flags, tmp_path)
     assert ptx["edgevla_gelu_tanh_f32"].count("fma.rn.f32") > _fmaf_calls("edgevla_gelu_tanh_f32", bodies)
     assert "fma.rn.f32" in ptx["dequant"]
+
+
+# --------------------------------------- the tensor-core int4 kernel's algebra ---
+# csrc/cuda/gemm_w4_mma_kernels.cuh decodes codes with lop3 and float16
+# arithmetic and feeds the MMA a permuted k order. Both are modelled here on
+# the host, instruction by instruction from the kernel's own constants (read
+# from the header), and checked against the plain definition: every code
+# decodes exactly, and one unit's two MMAs compute sum_k q[ch, k] x[row, k].
+
+W4_MMA_HEADER = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "gemm_w4_mma_kernels.cuh"
+
+
+def _w4_constants() -> dict[str, float]:
+    text = W4_MMA_HEADER.read_text()
+    found = re.findall(r"constexpr (?:int|uint32_t|float) (kW4\w+) = (0x[0-9a-fA-F]+|[0-9.+-]+)[uf]?;", text)
+    return {name: float(int(value, 16)) if value.startswith("0x") else float(value) for name, value in found}
+
+
+def _lop3(lut: int, a: np.ndarray, b: int, c: int) -> np.ndarray:
+    """lop3.b32 bit by bit: the truth table's bit 4 a + 2 b + c (PTX defines it on a = 0xF0, b = 0xCC, c = 0xAA)."""
+    out = np.zeros_like(a)
+    for bit in range(32):
+        ab, bb, cb = (a >> bit) & 1, (b >> bit) & 1, (c >> bit) & 1
+        index = (ab << 2) | (bb << 1) | cb
+        out |= ((lut >> index) & 1) << bit
+    return out
+
+
+def _halves(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return ((u & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float64),
+            (u >> 16).astype(np.uint16).view(np.float16).astype(np.float64))
+
+
+def _decode_pairs(words: np.ndarray, k: dict[str, float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """decode_w4_pairs: four (low, high) float pairs per word, float16 rounding after each operation."""
+    lut = int(k["kW4DecodeLut"])
+    f16 = lambda v: v.astype(np.float16).astype(np.float64)  # noqa: E731 — one rounding, as hsub2 / hfma2
+    pairs = []
+    for src, mask, magic, high in [(words, "kW4MaskLow", "kW4MagicLow", False),
+                                   (words, "kW4MaskHigh", "kW4MagicHigh", True),
+                                   (words >> 8, "kW4MaskLow", "kW4MagicLow", False),
+                                   (words >> 8, "kW4MaskHigh", "kW4MagicHigh", True)]:
+        lo, hi = _halves(_lop3(lut, src, int(k[mask]), int(k[magic])))
+        if high:
+            pairs.append((f16(lo * k["kW4ScaleHigh"] + k["kW4BiasHigh"]), f16(hi * k["kW4ScaleHigh"] + k["kW4BiasHigh"])))
+        else:
+            pairs.append((f16(lo - k["kW4BiasLow"]), f16(hi - k["kW4BiasLow"])))
+    return pairs
+
+
+def _codes(words: np.ndarray) -> np.ndarray:
+    """(..., 8) two's-complement nibbles of each word, nibble j = bits 4 j .. 4 j + 3."""
+    nibbles = (words[..., None] >> (4 * np.arange(8, dtype=np.uint64))) & 15
+    return np.where(nibbles >= 8, nibbles.astype(np.int64) - 16, nibbles.astype(np.int64))
+
+
+def test_w4_mma_decode_is_exact_for_every_code():
+    k = _w4_constants()
+    rng = np.random.default_rng(0)
+    words = np.concatenate([rng.integers(0, 2**32, 4096, dtype=np.uint64),
+                            np.array([sum(v << (4 * j) for j in range(8)) for v in range(16)], np.uint64)])
+    q = _codes(words)
+    for j, (lo, hi) in enumerate(_decode_pairs(words, k)):
+        np.testing.assert_array_equal(lo, q[:, j])
+        np.testing.assert_array_equal(hi, q[:, j + 4])
+
+
+def _byte_perm(x: int, y: int, selector: int) -> int:
+    data = x | (y << 32)
+    return sum(((data >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+
+def test_w4_mma_fragments_compute_the_unit_dot_products():
+    """One unit (16 channels x 32 k, 8 batch rows) through the kernel's fragment mapping and the m16n8k16 layout."""
+    kc = _w4_constants()
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, 2**32, (4, 16), dtype=np.uint64)          # [cell][channel]
+    x = rng.standard_normal((8, 32)).astype(np.float16)                  # [batch row][k]
+    x_bits = x.view(np.uint16).astype(np.uint64)
+    pairs = {(cell, ch): [(float(lo[0]), float(hi[0])) for lo, hi in _decode_pairs(words[cell, ch:ch + 1], kc)]
+             for cell in range(4) for ch in range(16)}
+    d = np.zeros((16, 8))
+    for s in range(2):
+        a = np.zeros((16, 16))
+        b = np.zeros((16, 8))
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            row0 = pairs[(t, 2 * g)]      # channel 2 g: A row g; lane t takes cell t
+            row1 = pairs[(t, 2 * g + 1)]  # channel 2 g + 1: A row g + 8
+            # a0 = (row g, k 2t, 2t+1), a1 = (row g+8, ...), a2 = (row g, k 2t+8, 2t+9), a3 = (row g+8, ...)
+            a[g, 2 * t:2 * t + 2] = row0[s]
+            a[g + 8, 2 * t:2 * t + 2] = row1[s]
+            a[g, 2 * t + 8:2 * t + 10] = row0[s + 2]
+            a[g + 8, 2 * t + 8:2 * t + 10] = row1[s + 2]
+            cell_x = x_bits[g, 8 * t:8 * t + 8]
+            xv = [int(cell_x[2 * i] | (cell_x[2 * i + 1] << 16)) for i in range(4)]
+            sel = 0x5410 if s == 0 else 0x7632
+            b0, b1 = _byte_perm(xv[0], xv[2], sel), _byte_perm(xv[1], xv[3], sel)
+            for reg, k0 in ((b0, 2 * t), (b1, 2 * t + 8)):  # b0 = (k 2t, 2t+1; col g), b1 = (k 2t+8, 2t+9; col g)
+                lo, hi = _halves(np.array([reg], np.uint64))
+                b[k0, g], b[k0 + 1, g] = lo[0], hi[0]
+        d += a @ b
+    q = _codes(words)                                                   # [cell][channel][nibble]
+    expected = np.einsum("cnj,mcj->nm", q.astype(np.float64), x.astype(np.float64).reshape(8, 4, 8))
+    channel_of_row = [2 * r for r in range(8)] + [2 * r + 1 for r in range(8)]  # the kernel's output mapping
+    np.testing.assert_allclose(d, expected[channel_of_row], rtol=1e-12, atol=1e-9)

@@ -181,10 +181,10 @@ def test_bad_inputs_raise_one_line_errors():
 # -------------------------------------------------------------- int4 GEMV ---
 
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (1, 768, 3072), (3, 96, 384), (16, 4096, 40), (64, 130, 17),
-                                   (2, 8, 16)])
+                                   (2, 8, 16), (24, 200, 48), (9, 4100, 24)])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("x_dtype", ["float32", "float16"])
-def test_gemm_w4_matches_the_reference(m, k, n, group, x_dtype):
+@pytest.mark.parametrize("x_dtype,variant", [("float32", "auto"), ("float16", "cuda_cores"), ("float16", "tensor_cores")])
+def test_gemm_w4_matches_the_reference(m, k, n, group, x_dtype, variant):
     torch = _torch()
     rng = np.random.default_rng(m * 31 + k + n + group)
     codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
@@ -193,7 +193,7 @@ def test_gemm_w4_matches_the_reference(m, k, n, group, x_dtype):
     x = rng.standard_normal((m, k)).astype(np.float16 if x_dtype == "float16" else np.float32)
     weight = ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k))
     buf, out = _guarded(m, n, torch.float32)
-    ck.gemm_w4(torch.from_numpy(x).cuda(), weight, torch.from_numpy(bias).cuda(), act="relu", out=out)
+    ck.gemm_w4(torch.from_numpy(x).cuda(), weight, torch.from_numpy(bias).cuda(), act="relu", out=out, variant=variant)
     torch.cuda.synchronize()
     ref = native.gemm_w4_f32_ref(x.astype(np.float32), codes, scales, group, bias, act="relu").astype(np.float64)
     got = out.cpu().numpy().astype(np.float64)
@@ -214,6 +214,11 @@ def test_gemm_w4_refuses_a_short_buffer_and_large_m():
     with pytest.raises(ValueError, match="M must be <= 64"):
         _C.cuda_gemm_w4(torch.ones((65, 64), device="cuda"), packed, torch.empty((65, 16), device="cuda"),
                         n=16, k=64, group=32)
+    with pytest.raises(ValueError, match="tensor_cores variant takes float16 x"):
+        _C.cuda_gemm_w4(x, torch.zeros(4096, dtype=torch.uint8, device="cuda"), out, n=16, k=64, group=32,
+                        variant="tensor_cores")
+    with pytest.raises(ValueError, match="variant must be 'auto', 'cuda_cores' or 'tensor_cores'"):
+        _C.cuda_gemm_w4(x, packed, out, n=16, k=64, group=32, variant="mma")
 
 
 # ------------------------------------------------------------- 2:4 sparse ---

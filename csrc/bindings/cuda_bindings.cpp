@@ -268,6 +268,13 @@ cuda::GemmVariant variant_arg(const std::string& name) {
     fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide' or 'tiled_split_k', got '" + name + "'");
 }
 
+cuda::GemmW4Variant w4_variant_arg(const std::string& name) {
+    if (name == "auto") return cuda::GemmW4Variant::automatic;
+    if (name == "cuda_cores") return cuda::GemmW4Variant::cuda_cores;
+    if (name == "tensor_cores") return cuda::GemmW4Variant::tensor_cores;
+    fail_value("variant must be 'auto', 'cuda_cores' or 'tensor_cores', got '" + name + "'");
+}
+
 struct OptionalArray {
     DeviceArray array;
     bool present = false;
@@ -356,7 +363,7 @@ void cuda_gemm_s8s8(py::handle a_obj, py::handle w_obj, py::handle out_obj, py::
 
 // ------------------------------------------------------------- int4 GEMV ----
 void cuda_gemm_w4(py::handle x_obj, py::handle packed_obj, py::handle out_obj, int64_t n, int64_t k, int64_t group,
-                  py::handle bias_obj, py::handle act, py::handle stream) {
+                  py::handle bias_obj, py::handle act, const std::string& variant, py::handle stream) {
     if (group != 32 && group != 64 && group != 128) fail_value("group must be 32, 64 or 128, got " + std::to_string(group));
     if (n < 0 || k < 0 || n > (int64_t(1) << 31) || k > EDGEVLA_PACKED_F32_MAX_K) fail_value("bad n or k");
     const DeviceArray x = parse_device_array(x_obj, "x", false);
@@ -385,9 +392,11 @@ void cuda_gemm_w4(py::handle x_obj, py::handle packed_obj, py::handle out_obj, i
     g.bias = bias.data<float>();
     g.activation = activation_arg(act);
     g.y = reinterpret_cast<float*>(out.data), g.ldy = ldy;
+    const cuda::GemmW4Variant v = w4_variant_arg(variant);
+    if (v == cuda::GemmW4Variant::tensor_cores && !f16) fail_value("x: the tensor_cores variant takes float16 x, got float32");
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
-    cuda::gemm_w4(g, s);
+    cuda::gemm_w4(g, v, s);
 }
 
 // ------------------------------------------------------------ 2:4 sparse ----
@@ -511,7 +520,8 @@ void register_cuda(py::module_& m) {
           "the W8A8 epilogue (gemm_s8s8.h).");
     m.def("cuda_gemm_w4", &cuda_gemm_w4, py::arg("x"), py::arg("packed"), py::arg("out"), py::kw_only(), py::arg("n"),
           py::arg("k"), py::arg("group"), py::arg("bias") = py::none(), py::arg("act") = "none",
-          py::arg("stream") = py::none(), "out (M, N) float32 = x (M, K) . W^T, W a W4_N16K8 packed buffer on the GPU.");
+          py::arg("variant") = "auto", py::arg("stream") = py::none(),
+          "out (M, N) float32 = x (M, K) . W^T, W a W4_N16K8 packed buffer on the GPU.");
     m.def("cuda_gemm_2to4_s8", &cuda_gemm_2to4_s8, py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("out"),
           py::kw_only(), py::arg("n"), py::arg("k"), py::arg("w_scale") = py::none(), py::arg("a_scale") = py::none(),
           py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("stream") = py::none(),

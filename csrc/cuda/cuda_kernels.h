@@ -72,7 +72,12 @@ struct GemmW4Args {
     int64_t ldy = 0;
 };
 constexpr int64_t kGemmW4MaxM = 64;
-void gemm_w4(const GemmW4Args& args, uintptr_t stream);
+// cuda_cores: float32 FMAs on decoded codes (float32 or float16 X), measured
+// on an H200. tensor_cores: float16 MMAs (float16 X only), written and
+// compiled without a GPU, timed beside cuda_cores by the benchmark until a
+// GPU run shows where it wins; automatic picks cuda_cores meanwhile.
+enum class GemmW4Variant : int { automatic = 0, cuda_cores = 1, tensor_cores = 2 };
+void gemm_w4(const GemmW4Args& args, GemmW4Variant variant, uintptr_t stream);
 
 // ------------------------------------------------------------- 2:4 sparse ---
 // C (M, N) = epilogue(X (M, K) . W^T) with W 2:4 sparse along K, packed by

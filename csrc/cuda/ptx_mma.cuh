@@ -8,6 +8,11 @@
 //                     k 16+4t..; a3 = row g+8, k 16+4t..   (4 int8 per register)
 //                     B b0 = col g, k 4t..4t+3; b1 = col g, k 16+4t..
 //                     C c0, c1 = row g, cols 2t, 2t+1; c2, c3 = row g+8, same cols
+//   mma.m16n8k16 f16: A a0 = row g, k 2t, 2t+1; a1 = row g+8, k 2t, 2t+1; a2 = row g,
+//                     k 2t+8, 2t+9; a3 = row g+8, k 2t+8, 2t+9   (2 halves per register,
+//                     the lower k in the low half)
+//                     B b0 = col g, k 2t, 2t+1; b1 = col g, k 2t+8, 2t+9
+//                     C float32, as for s8
 //   mma.sp m16n8k64 s8 and m16n8k32 f16: see csrc/cuda/pack_2to4_mma.h.
 #pragma once
 
@@ -22,6 +27,23 @@ __device__ __forceinline__ void mma_s8_m16n8k32(int32_t (&d)[4], uint32_t a0, ui
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                 uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Any bitwise function of three words, bit by bit: kLut is the function's
+// truth table evaluated on a = 0xF0, b = 0xCC, c = 0xAA.
+template <int kLut>
+__device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(kLut));
+    return d;
 }
 
 // 2:4 sparse A (16 x 64 logical, 16 x 32 stored), dense B (64 x 8). Sparsity
@@ -98,6 +120,17 @@ __device__ __forceinline__ uint4 ldg_stream_v4(const void* pointer, bool pred) {
         " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
         " @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(pointer), "r"(static_cast<int>(pred)));
+    return v;
+}
+
+// The same for 8 bytes.
+__device__ __forceinline__ uint2 ldg_stream_v2(const void* pointer, bool pred) {
+    uint2 v;
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+        " @p ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];\n}\n"
+        : "=r"(v.x), "=r"(v.y)
         : "l"(pointer), "r"(static_cast<int>(pred)));
     return v;
 }

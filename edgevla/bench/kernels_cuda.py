@@ -17,7 +17,8 @@ linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.li
 2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
                                                               (``torch._cslt_sparse_mm``)
 2to4-f16      float16 x, 2:4 float16 W -> float32 / float16   edgevla (mma.sp), cusparselt-fp16
-int4-g32/128  float16 x, int4 W (groups 32/128) -> float32    edgevla (M <= 16)
+int4-g32/128  float16 x, int4 W (groups 32/128) -> float32    edgevla (M <= 16; CUDA cores),
+                                                              edgevla-tensor_cores (the float16 MMA kernel)
 ============  ==============================================  ===============================================
 
 Every kernel's output is checked before it is timed: poisoned (NaN, or
@@ -385,17 +386,18 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
         if m <= 16:
             for group, (w4_f64, weights) in w4.items():
                 ref4 = x16.double() @ w4_f64.T
+                for variant, backend in (("auto", "edgevla"), ("tensor_cores", "edgevla-tensor_cores")):
+                    def check_w4(weights=weights, ref4=ref4, variant=variant):
+                        poison_f32()
+                        ck.gemm_w4(x16, weights[0], out=out_f32, variant=variant)
+                        torch.cuda.synchronize()
+                        return _relative(out_f32, ref4, 1e-5)
 
-                def check_w4(weights=weights, ref4=ref4):
-                    poison_f32()
-                    ck.gemm_w4(x16, weights[0], out=out_f32)
-                    torch.cuda.synchronize()
-                    return _relative(out_f32, ref4, 1e-5)
-
-                rows.add(f"int4-g{group}", shape, m, "edgevla",
-                         lambda i, weights=weights: ck.gemm_w4(x16, weights[i % copies], out=out_f32),
-                         weight_bytes=int(weights[0].packed.numel()), io_bytes=2 * m * k + 4 * m * n,
-                         check=check_w4, tolerance=1e-5, copies=copies, poison=poison_f32)
+                    rows.add(f"int4-g{group}", shape, m, backend,
+                             lambda i, weights=weights, variant=variant: ck.gemm_w4(x16, weights[i % copies],
+                                                                                     out=out_f32, variant=variant),
+                             weight_bytes=int(weights[0].packed.numel()), io_bytes=2 * m * k + 4 * m * n,
+                             check=check_w4, tolerance=1e-5, copies=copies, poison=poison_f32)
 
 
 # ------------------------------------------------------------------- goals ---
@@ -445,10 +447,12 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
                      for s in shapes for m in ms]),
     ]
     for group in (32, 128):
-        values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)}
-                  for r in ok if r["op"] == f"int4-g{group}" and r["M"] == 1 and r["shape"].startswith("large")]
-        result.append(_verdict(f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)", 0.7,
-                               values))
+        for backend, which in (("edgevla", ""), ("edgevla-tensor_cores", " (variant: tensor_cores)")):
+            values = [{"where": r["shape"], "ratio": round(r["gbps"] / copy_gbps, 3)}
+                      for r in ok if r["op"] == f"int4-g{group}" and r["backend"] == backend and r["M"] == 1
+                      and r["shape"].startswith("large")]
+            result.append(_verdict(f"int4 g{group} GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes){which}",
+                                   0.7, values))
     return [g for g in result if g["count"]]
 
 

@@ -51,14 +51,18 @@ def main() -> int:
         out = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant)
         expect(f"gemm_s8s8 {variant} M={m} K={k} N={n}",
                np.array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T))
-    for m, k, n, group, dtype in [(1, 257, 33, 32, np.float32), (3, 96, 40, 64, np.float16),
-                                  (16, 130, 17, 128, np.float32), (64, 64, 16, 32, np.float16)]:
+    for m, k, n, group, dtype, variant in [(1, 257, 33, 32, np.float32, "auto"), (3, 96, 40, 64, np.float16, "auto"),
+                                           (16, 130, 17, 128, np.float32, "auto"), (64, 64, 16, 32, np.float16, "auto"),
+                                           (1, 257, 33, 32, np.float16, "tensor_cores"),
+                                           (24, 130, 17, 64, np.float16, "tensor_cores"),
+                                           (64, 300, 40, 128, np.float16, "tensor_cores")]:
         codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
         scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
         x = rng.standard_normal((m, k)).astype(dtype)
-        out = ck.gemm_w4(torch.from_numpy(x).cuda(), ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k)))
+        out = ck.gemm_w4(torch.from_numpy(x).cuda(), ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k)),
+                         variant=variant)
         ref = native.gemm_w4_f32_ref(x.astype(np.float32), codes, scales, group)
-        expect(f"gemm_w4 M={m} K={k} N={n} g{group}",
+        expect(f"gemm_w4 {variant} M={m} K={k} N={n} g{group}",
                np.linalg.norm(out.cpu().numpy() - ref) <= 1e-5 * np.linalg.norm(ref))
     for m, k, n in [(1, 64, 16), (5, 200, 40), (33, 130, 24), (100, 192, 200), (70, 64, 72)]:
         w = ck.random_2to4(rng, n, k, np.int8)

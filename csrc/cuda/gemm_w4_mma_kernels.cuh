@@ -1,0 +1,169 @@
+// Weight-only int4 GEMV / small-M GEMM on the float16 tensor cores
+// (mma.sync m16n8k16, float32 accumulators), for float16 X, on the same
+// packed W4_N16K8 buffer as gemm_w4_kernels.cuh: codes uint32 [NB][KC][16]
+// (one word = 8 k of one channel, nibble j = k 8 c + j), scales float32
+// [NB][KG][16].
+//
+// Why tensor cores for a memory-bound GEMV: the CUDA-core kernel spends ~8
+// instructions per weight byte (decode to float, convert, FFMA) and sits near
+// 1.5 TB/s on an H200, issue-bound before memory-bound. Here a weight is
+// decoded to float16 and multiplied by the MMA: ~4.5 instructions per byte at
+// M = 1, and M up to 8 costs the same MMAs (the batch rows are the MMA's 8
+// columns), so small batches no longer multiply the arithmetic.
+//
+// Exactness: codes are integers in [-8, 7], exact in float16; X is float16;
+// their products are exact in the float32 accumulators. Each unit of 32 k
+// (one group of 32, or a quarter / eighth of a larger group) is summed by two
+// MMAs and then scaled into the running float32 sum with one FFMA, so results
+// differ from the CPU reference only by summation order (tensor-core
+// accumulation included); the tests hold them to a relative error of 1e-5.
+//
+// The fragment mapping (lane = 4 g + t; ptx_mma.cuh has the m16n8k16 layout):
+//   * A rows are channels: row g = channel 2 g, row g + 8 = channel 2 g + 1 of
+//     the block, so a lane's two channels are adjacent words (one 8-byte load).
+//   * A unit is 4 cells; lane t takes cell t. Its word w of 8 nibbles decodes
+//     to four half2 pairs P_j = (q_j, q_{j+4}), j = 0..3. MMA step s (0, 1)
+//     takes P_s as logical k (2t, 2t+1) and P_{s+2} as (2t+8, 2t+9). The dot
+//     product does not care how k is ordered, so B takes X in the same order:
+//     x[8 cell + s], x[8 cell + s + 4] and x[8 cell + s + 2], x[8 cell + s + 6]
+//     (two byte permutes of a 16-byte load of the cell's 8 values).
+//   * B columns are batch rows: column g = row 8 c + g of X in column tile c.
+//
+// Decoding one word, 9 instructions for 8 codes, no shifts per code: lop3
+// computes b ? (a ^ c) : c bitwise (truth table 0x6A) on a = word (or word >>
+// 8), b = the nibble mask, c = the float16 exponent of 1024 plus the nibbles'
+// sign bit. That places (nibble ^ 8) = q + 8 in the mantissa of 1024 (for
+// mask 0x000F000F: value 1024 + q + 8, less 1032 gives q) or 16 times it
+// (mask 0x00F000F0: value 1024 + 16 (q + 8), times 1/16 less 72 gives q), all
+// exact in float16.
+#pragma once
+
+#include "cuda/epilogue_cuda.cuh"
+#include "cuda/ptx_mma.cuh"
+
+#include <cuda_fp16.h>
+#include <cstdint>
+
+namespace edgevla::cuda {
+
+constexpr int kW4MmaWarps = 8;
+constexpr int kW4MmaBatch = 4;  // units of 32 k per warp with loads in flight together
+
+constexpr int kW4DecodeLut = 0x6A;                  // b ? (a ^ c) : c
+constexpr uint32_t kW4MaskLow = 0x000F000Fu;        // nibbles j, j + 4 at bits 0..3, 16..19
+constexpr uint32_t kW4MaskHigh = 0x00F000F0u;       // ... at bits 4..7, 20..23
+constexpr uint32_t kW4MagicLow = 0x64086408u;       // 1024 in float16, | the nibbles' bit 3 (flipped)
+constexpr uint32_t kW4MagicHigh = 0x64806480u;      // 1024 in float16, | the nibbles' bit 3 (flipped)
+constexpr float kW4BiasLow = 1032.0f;               // 1024 + 8
+constexpr float kW4ScaleHigh = 0.0625f;             // 1 / 16
+constexpr float kW4BiasHigh = -72.0f;               // -(1024 / 16 + 8)
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+__device__ __forceinline__ __half2 bits_half2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
+
+// The word's codes as four half2 pairs: p[j] = (q_j, q_{j+4}).
+__device__ __forceinline__ void decode_w4_pairs(uint32_t word, uint32_t (&p)[4]) {
+    const __half2 bias_low = __float2half2_rn(kW4BiasLow);
+    const __half2 scale_high = __float2half2_rn(kW4ScaleHigh), bias_high = __float2half2_rn(kW4BiasHigh);
+    const uint32_t shifted = word >> 8;
+    p[0] = half2_bits(__hsub2(bits_half2(ptx::lop3<kW4DecodeLut>(word, kW4MaskLow, kW4MagicLow)), bias_low));
+    p[1] = half2_bits(__hfma2(bits_half2(ptx::lop3<kW4DecodeLut>(word, kW4MaskHigh, kW4MagicHigh)), scale_high,
+                              bias_high));
+    p[2] = half2_bits(__hsub2(bits_half2(ptx::lop3<kW4DecodeLut>(shifted, kW4MaskLow, kW4MagicLow)), bias_low));
+    p[3] = half2_bits(__hfma2(bits_half2(ptx::lop3<kW4DecodeLut>(shifted, kW4MaskHigh, kW4MagicHigh)), scale_high,
+                              bias_high));
+}
+
+// x[k0 .. k0 + 8) of one float16 row as 16 bytes, zero past K or for a missing row.
+__device__ __forceinline__ uint4 load_x_f16x8(const __half* __restrict__ row, int64_t k0, int64_t k, bool vector,
+                                              bool row_ok) {
+    if (!row_ok || k0 >= k) return make_uint4(0, 0, 0, 0);
+    if (vector && k0 + 8 <= k) return __ldg(reinterpret_cast<const uint4*>(row + k0));
+    uint16_t h[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) h[i] = k0 + i < k ? __half_as_ushort(row[k0 + i]) : 0;
+    return make_uint4(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16), h[4] | (uint32_t{h[5]} << 16),
+                      h[6] | (uint32_t{h[7]} << 16));
+}
+
+// kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles.
+template <int kColTiles>
+__global__ void __launch_bounds__(kW4MmaWarps * 32)
+    gemm_w4_mma_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const __half* __restrict__ x, int64_t ldx,
+                       bool x_vector, const uint32_t* __restrict__ codes, const float* __restrict__ scales,
+                       EpilogueF32 epilogue, float* __restrict__ y, int64_t ldy) {
+    __shared__ float partial[kW4MmaWarps][kColTiles][4][32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t = lane % 4;
+    const int64_t block = blockIdx.x;
+    const int64_t k_cells = (k + 7) / 8, k_groups = ((k - 1) >> group_shift) + 1;
+    const int64_t units = (k_cells + 3) / 4;
+    const uint32_t* block_codes = codes + block * k_cells * 16;
+    const float* block_scales = scales + block * k_groups * 16;
+
+    float total[kColTiles][4];
+#pragma unroll
+    for (int c = 0; c < kColTiles; ++c) total[c][0] = total[c][1] = total[c][2] = total[c][3] = 0.0f;
+
+    // The unit loop: warp w takes units w, w + 8, ...; each batch issues its
+    // kW4MmaBatch weight and scale loads before the first MMA.
+    for (int64_t first = warp; first < units; first += kW4MmaWarps * kW4MmaBatch) {
+        uint2 words[kW4MmaBatch], scale_bits[kW4MmaBatch];
+#pragma unroll
+        for (int b = 0; b < kW4MmaBatch; ++b) {
+            const int64_t unit = first + b * kW4MmaWarps, cell = unit * 4 + t;
+            // Codes past K (or past the last unit) read as 0. The scales are those of
+            // the lane's two channels in the unit's group (a unit of 32 k lies in one group).
+            words[b] = ptx::ldg_stream_v2(block_codes + cell * 16 + 2 * g, cell < k_cells);
+            scale_bits[b] = ptx::ldg_stream_v2(block_scales + ((unit * 32) >> group_shift) * 16 + 2 * g, unit < units);
+        }
+#pragma unroll
+        for (int b = 0; b < kW4MmaBatch; ++b) {
+            const int64_t unit = first + b * kW4MmaWarps;
+            if (unit >= units) break;
+            const int64_t cell = unit * 4 + t;
+            uint32_t row0[4], row1[4];  // channel 2 g, channel 2 g + 1
+            decode_w4_pairs(words[b].x, row0);
+            decode_w4_pairs(words[b].y, row1);
+            const float scale0 = __uint_as_float(scale_bits[b].x), scale1 = __uint_as_float(scale_bits[b].y);
+#pragma unroll
+            for (int c = 0; c < kColTiles; ++c) {
+                const int64_t batch_row = 8 * c + g;
+                const uint4 xv = load_x_f16x8(x + (batch_row < m ? batch_row : 0) * ldx, cell * 8, k, x_vector,
+                                              batch_row < m);
+                float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                // Step s: (x_s, x_{s+4}) and (x_{s+2}, x_{s+6}) of the cell; halves h0..h7 are
+                // xv.x = (h0, h1), xv.y = (h2, h3), xv.z = (h4, h5), xv.w = (h6, h7).
+                ptx::mma_f16_m16n8k16(d, row0[0], row1[0], row0[2], row1[2], __byte_perm(xv.x, xv.z, 0x5410),
+                                      __byte_perm(xv.y, xv.w, 0x5410));
+                ptx::mma_f16_m16n8k16(d, row0[1], row1[1], row0[3], row1[3], __byte_perm(xv.x, xv.z, 0x7632),
+                                      __byte_perm(xv.y, xv.w, 0x7632));
+                total[c][0] = __fmaf_rn(scale0, d[0], total[c][0]);
+                total[c][1] = __fmaf_rn(scale0, d[1], total[c][1]);
+                total[c][2] = __fmaf_rn(scale1, d[2], total[c][2]);
+                total[c][3] = __fmaf_rn(scale1, d[3], total[c][3]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int c = 0; c < kColTiles; ++c) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) partial[warp][c][r][lane] = total[c][r];
+    }
+    __syncthreads();
+    // Output (channel, batch row) of accumulator r of lane l in column tile c:
+    // channel 16 block + 2 (l / 4) + r / 2, batch row 8 c + 2 (l % 4) + r % 2.
+    for (int e = threadIdx.x; e < kColTiles * 4 * 32; e += kW4MmaWarps * 32) {
+        const int c = e / 128, r = (e / 32) % 4, l = e % 32;
+        const int64_t col = block * 16 + 2 * (l / 4) + r / 2;
+        const int64_t row = 8 * c + 2 * (l % 4) + r % 2;
+        if (row >= m || col >= n) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int v = 0; v < kW4MmaWarps; ++v) sum += partial[v][c][r][l];
+        y[row * ldy + col] = epilogue(col, sum);
+    }
+}
+
+}  // namespace edgevla::cuda
