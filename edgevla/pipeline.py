@@ -601,9 +601,13 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     probe = batches[:4]
     fallback: list[str] = []
     if cfg.format != "fp16":
-        sensitivity = layer_sqnr(result.model, probe[:1])  # one forward per layer per batch: one batch
-        info["layer_sqnr_db"] = {k: round(v, 3) for k, v in sensitivity.items()}
         mp = cfg.mixed_precision
+        # One forward per quantized layer: on a few samples, not a whole calibration batch
+        # (base-vla's 32-sample batch made this a quarter of an hour on two cores).
+        solo_probe = [tuple(t[:mp.sensitivity_samples] for t in probe[0])]
+        sensitivity = layer_sqnr(result.model, solo_probe)
+        info["layer_sqnr_db"] = {k: round(v, 3) for k, v in sensitivity.items()}
+        info["layer_sqnr_samples"] = len(solo_probe[0][0])
         if mp.enabled:
             if mp.metric == "sqnr":
                 fallback = fallback_by_sqnr(sensitivity, mp.min_sqnr_db)
@@ -677,6 +681,9 @@ def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]])
         out += [f"QAT: {q['steps']} steps; output SQNR {q['sqnr_before_db']:.1f} → {q['sqnr_trained_db']:.1f} dB"
                 + ("" if q["kept"] == "qat" else " (no gain: PTQ weights kept)") + ".", ""]
     sqnr = info.get("layer_sqnr_db", {})
+    if "layer_sqnr_samples" in info:
+        out += [f"Solo SQNR: the policy's output with only that layer quantized, over "
+                f"{info['layer_sqnr_samples']} calibration samples.", ""]
     out += ["| layer | format | stored as | group | shape | solo SQNR dB | sparsity | pattern |",
             "|---|---|---|---|---|---|---|---|"]
     for row in layers:

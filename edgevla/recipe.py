@@ -125,6 +125,9 @@ RECIPE_SCHEMA = Section({
             "enabled": Bool(default=False),
             "metric": OneOf(*MIXED_PRECISION_METRICS, default="sqnr"),
             "min_sqnr_db": Float(default=30.0),       # metric sqnr: a layer whose solo SQNR is lower stays float
+            # The per-layer solo SQNR (the report's column, and metric sqnr) runs one forward per
+            # quantized layer over this many calibration samples (the first batch's first ones).
+            "sensitivity_samples": Int(1, default=8),
             "max_loss": Nullable(Float(0.0, 1.0)),    # metric success: null: the build's accuracy budget
             "episodes": Int(1, default=100),
             "seed": Int(0, default=30_000),           # apart from evaluate.seed and the prune recovery's
@@ -220,6 +223,7 @@ class MixedPrecisionConfig:
     enabled: bool
     metric: str
     min_sqnr_db: float
+    sensitivity_samples: int
     max_loss: float | None
     episodes: int
     seed: int

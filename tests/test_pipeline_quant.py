@@ -133,6 +133,7 @@ def test_w8a8_build_verifies_against_its_fake_quant_model_and_lints(w8a8):
 def test_mixed_precision_keeps_the_sensitive_layer_float(w8a8):
     q = w8a8.report["extra"]["quantize"]
     solo = q["layer_sqnr_db"]
+    assert q["layer_sqnr_samples"] == 8  # quantize.mixed_precision.sensitivity_samples, of a 32-sample batch
     assert solo["sensitive"] < 20.0 < min(v for k, v in solo.items() if k != "sensitive")
     assert q["mixed_precision"]["kept_float"] == ["sensitive"]
     assert q["layers"]["sensitive"] == {"format": "float"}

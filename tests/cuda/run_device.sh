@@ -59,7 +59,7 @@ step tests 150 $PY -m pytest -q -p no:cacheprovider --noconftest --maxfail=40 -r
 step native-gpu 180 $PY -m pytest -q -p no:cacheprovider --maxfail=20 -rf tests/test_cuda_policy.py
 step native-gpu-profile 90 $PY tests/cuda/profile_native_gpu.py tiny-vla | tee "$OUT/native_gpu_profile.json"
 
-step bench 220 $PY -c "import sys; from edgevla.cli import main; sys.exit(main(['bench', 'kernels', '--device', 'cuda', '--json', '$OUT/cuda_bench.json']))"
+step bench 300 $PY -c "import sys; from edgevla.cli import main; sys.exit(main(['bench', 'kernels', '--device', 'cuda', '--json', '$OUT/cuda_bench.json']))"
 
 for tool in memcheck racecheck; do
     step "sanitizer-$tool" 90 compute-sanitizer --tool $tool --error-exitcode 1 \
