@@ -326,13 +326,13 @@ def cuda_gemm_w4(
 
 def cuda_gemm_2to4_s8(
     x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, w_scale: Any = None, a_scale: Any = None,
-    bias: Any = None, act: str = "none", stream: Any = None,
+    bias: Any = None, act: str = "none", variant: str = "auto", stream: Any = None,
 ) -> None:
     """2:4 sparse int8 GEMM (mma.sp m16n8k64): int32 out, or float32 with the W8A8 epilogue."""
 
 def cuda_gemm_2to4_f16(
     x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, bias: Any = None, act: str = "none",
-    stream: Any = None,
+    variant: str = "auto", stream: Any = None,
 ) -> None:
     """2:4 sparse float16 GEMM (mma.sp m16n8k32), float32 accumulation and out."""
 

@@ -227,29 +227,37 @@ def pack_2to4_f16(w: Any, *, meta_layout: int | None = None, device: Any = "cuda
                             layout)
 
 
+#: The 2:4 kernels' shapes at M > 16: ``auto`` (64-channel tiles) and
+#: ``tiled_wide`` (128-channel tiles: each warp two channel tiles).
+SPARSE_VARIANTS = ("auto", "tiled_wide")
+
+
 def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None,
-                 act: str = "none", out: Any = None, stream: Any = None) -> Any:
-    """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue."""
+                 act: str = "none", out: Any = None, variant: str = "auto", stream: Any = None) -> Any:
+    """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue.
+
+    ``variant``: one of :data:`SPARSE_VARIANTS`.
+    """
     import torch
 
     c = _require()
     if out is None:
         out = _empty(x.shape[0], weight.n, torch.float32 if w_scale is not None else torch.int32, x)
     c.cuda_gemm_2to4_s8(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, w_scale=w_scale,
-                        a_scale=a_scale, bias=bias, act=act, stream=_stream(stream))
+                        a_scale=a_scale, bias=bias, act=act, variant=variant, stream=_stream(stream))
     return out
 
 
 def gemm_2to4_f16(x: Any, weight: Sparse2to4Weight, bias: Any = None, *, act: str = "none", out: Any = None,
-                  stream: Any = None) -> Any:
-    """``out = act(x . W^T + bias)`` in float32 for float16 x (M, K) and a 2:4 float16 weight."""
+                  variant: str = "auto", stream: Any = None) -> Any:
+    """``out = act(x . W^T + bias)`` in float32 for float16 x (M, K) and a 2:4 float16 weight (``variant`` as above)."""
     import torch
 
     c = _require()
     if out is None:
         out = _empty(x.shape[0], weight.n, torch.float32, x)
     c.cuda_gemm_2to4_f16(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, bias=bias, act=act,
-                         stream=_stream(stream))
+                         variant=variant, stream=_stream(stream))
     return out
 
 

@@ -44,3 +44,13 @@ def test_int4_bandwidth_goals_are_per_kernel():
         [{"where": "large up", "ratio": 0.375}]
     tensor = _goal(result, "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes) (variant")
     assert tensor["values"] == [{"where": "large up", "ratio": 0.8}] and tensor["met"] is True
+
+
+def test_the_sparse_variants_goal_pits_the_fastest_shapes_against_each_other():
+    rows = [_row("edgevla", 20.0), _row("edgevla-tiled_split_k", 12.0),
+            _row("edgevla", 30.0, op="2to4-int8"), _row("edgevla-tiled_wide", 8.0, op="2to4-int8")]
+    result = goals(rows, copy_gbps=1000.0)
+    assert _goal(result, "2:4 sparse int8 >= 1.3x")["values"] == [{"where": "base-vla fc1 M=256", "ratio": 0.667}]
+    best = _goal(result, "(variants) the fastest 2:4")
+    assert best["values"] == [{"where": "base-vla fc1 M=256 (edgevla-tiled_wide vs edgevla-tiled_split_k)",
+                               "ratio": 1.5}]

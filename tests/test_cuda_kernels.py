@@ -231,13 +231,14 @@ def test_the_default_metadata_layouts_are_the_ones_this_gpu_reads():
 # M > 16 with K % 16 == 0 runs the shared-memory tiled kernel, (33, 130, 24) the per-warp one.
 @pytest.mark.parametrize("m,k,n", [(1, 64, 16), (5, 200, 40), (8, 96, 384), (16, 768, 768), (33, 130, 24),
                                    (256, 512, 128), (100, 192, 200), (1, 3, 5)])
-def test_gemm_2to4_s8_is_exact(m, k, n):
+@pytest.mark.parametrize("variant", ck.SPARSE_VARIANTS)
+def test_gemm_2to4_s8_is_exact(m, k, n, variant):
     torch = _torch()
     rng = np.random.default_rng(m + k * 3 + n * 7)
     w = ck.random_2to4(rng, n, k, np.int8)
     x = _int8(rng, (m, k))
     buf, out = _guarded(m, n, torch.int32)
-    ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8(w), out=out)
+    ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8(w), out=out, variant=variant)
     torch.cuda.synchronize()
     np.testing.assert_array_equal(out.cpu().numpy(), x.astype(np.int64) @ w.astype(np.int64).T)
     assert _guards_intact(buf, m, n)
@@ -245,7 +246,8 @@ def test_gemm_2to4_s8_is_exact(m, k, n):
 
 @pytest.mark.parametrize("m,k,n", [(1, 130, 33), (24, 768, 96)])
 @pytest.mark.parametrize("act", ["none", "gelu_tanh", "gelu_erf"])
-def test_gemm_2to4_s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act):
+@pytest.mark.parametrize("variant", ck.SPARSE_VARIANTS)
+def test_gemm_2to4_s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, variant):
     torch = _torch()
     rng = np.random.default_rng(m * k + n)
     w = ck.random_2to4(rng, n, k, np.int8)
@@ -255,21 +257,23 @@ def test_gemm_2to4_s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, ac
     bias = rng.standard_normal(n).astype(np.float32)
     cuda = lambda v: torch.from_numpy(v).cuda()  # noqa: E731
     out = ck.gemm_2to4_s8(cuda(x), ck.pack_2to4_s8(w), w_scale=cuda(w_scale), a_scale=cuda(a_scale),
-                          bias=cuda(bias), act=act)
+                          bias=cuda(bias), act=act, variant=variant)
     ref = native.gemm_s8s8_f32_ref(x, w, w_scale, a_scale, bias, act=act)
     np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 64, 16), (5, 45, 40), (16, 768, 3072), (40, 130, 24), (256, 512, 128),
                                    (100, 200, 72)])
-def test_gemm_2to4_f16_within_stated_error(m, k, n):
+@pytest.mark.parametrize("variant", ck.SPARSE_VARIANTS)
+def test_gemm_2to4_f16_within_stated_error(m, k, n, variant):
     torch = _torch()
     rng = np.random.default_rng(m + k + n)
     w = ck.random_2to4(rng, n, k, np.float16)
     x = rng.uniform(-1, 1, (m, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
     buf, out = _guarded(m, n, torch.float32)
-    ck.gemm_2to4_f16(torch.from_numpy(x).cuda(), ck.pack_2to4_f16(w), torch.from_numpy(bias).cuda(), out=out)
+    ck.gemm_2to4_f16(torch.from_numpy(x).cuda(), ck.pack_2to4_f16(w), torch.from_numpy(bias).cuda(), out=out,
+                     variant=variant)
     torch.cuda.synchronize()
     ref = x.astype(np.float64) @ w.astype(np.float64).T + bias
     got = out.cpu().numpy().astype(np.float64)

@@ -275,6 +275,12 @@ cuda::GemmW4Variant w4_variant_arg(const std::string& name) {
     fail_value("variant must be 'auto', 'cuda_cores' or 'tensor_cores', got '" + name + "'");
 }
 
+cuda::Gemm2to4Variant sparse_variant_arg(const std::string& name) {
+    if (name == "auto") return cuda::Gemm2to4Variant::automatic;
+    if (name == "tiled_wide") return cuda::Gemm2to4Variant::tiled_wide;
+    fail_value("variant must be 'auto' or 'tiled_wide', got '" + name + "'");
+}
+
 struct OptionalArray {
     DeviceArray array;
     bool present = false;
@@ -423,7 +429,8 @@ Packed2to4 packed_2to4_args(py::handle values_obj, py::handle meta_obj, int64_t 
 
 void cuda_gemm_2to4_s8(py::handle x_obj, py::handle values_obj, py::handle meta_obj, py::handle out_obj, int64_t n,
                        int64_t k, py::handle w_scale, py::handle a_scale, py::handle bias_obj, py::handle act,
-                       py::handle stream) {
+                       const std::string& variant, py::handle stream) {
+    const cuda::Gemm2to4Variant v = sparse_variant_arg(variant);
     const DeviceArray x = device_array(x_obj, "x", DType::int8, false);
     const int64_t ldx = matrix_ld(x, -1, k, "(M, K)");
     const int64_t m = x.shape[0];
@@ -455,11 +462,13 @@ void cuda_gemm_2to4_s8(py::handle x_obj, py::handle values_obj, py::handle meta_
     g.ldc = ldc;
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
-    cuda::gemm_2to4_s8(g, s);
+    cuda::gemm_2to4_s8(g, v, s);
 }
 
 void cuda_gemm_2to4_f16(py::handle x_obj, py::handle values_obj, py::handle meta_obj, py::handle out_obj, int64_t n,
-                        int64_t k, py::handle bias_obj, py::handle act, py::handle stream) {
+                        int64_t k, py::handle bias_obj, py::handle act, const std::string& variant,
+                        py::handle stream) {
+    const cuda::Gemm2to4Variant v = sparse_variant_arg(variant);
     const DeviceArray x = device_array(x_obj, "x", DType::float16, false);
     const int64_t ldx = matrix_ld(x, -1, k, "(M, K)");
     const int64_t m = x.shape[0];
@@ -479,7 +488,7 @@ void cuda_gemm_2to4_f16(py::handle x_obj, py::handle values_obj, py::handle meta
     g.c = reinterpret_cast<float*>(out.data), g.ldc = ldc;
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
-    cuda::gemm_2to4_f16(g, s);
+    cuda::gemm_2to4_f16(g, v, s);
 }
 
 // ------------------------------------------------- host 2:4 packing ---------
@@ -524,11 +533,12 @@ void register_cuda(py::module_& m) {
           "out (M, N) float32 = x (M, K) . W^T, W a W4_N16K8 packed buffer on the GPU.");
     m.def("cuda_gemm_2to4_s8", &cuda_gemm_2to4_s8, py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("out"),
           py::kw_only(), py::arg("n"), py::arg("k"), py::arg("w_scale") = py::none(), py::arg("a_scale") = py::none(),
-          py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("stream") = py::none(),
-          "2:4 sparse int8 GEMM on the sparse tensor cores (weights from pack_2to4_s8_mma).");
+          py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("variant") = "auto",
+          py::arg("stream") = py::none(), "2:4 sparse int8 GEMM on the sparse tensor cores (weights from pack_2to4_s8_mma).");
     m.def("cuda_gemm_2to4_f16", &cuda_gemm_2to4_f16, py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("out"),
           py::kw_only(), py::arg("n"), py::arg("k"), py::arg("bias") = py::none(), py::arg("act") = "none",
-          py::arg("stream") = py::none(), "2:4 sparse float16 GEMM, float32 accumulation and output.");
+          py::arg("variant") = "auto", py::arg("stream") = py::none(),
+          "2:4 sparse float16 GEMM, float32 accumulation and output.");
     m.def("pack_2to4_s8_mma", [](py::array w, int meta_layout) { return pack_2to4_mma<int8_t>(w, meta_layout, false, "int8"); },
           py::arg("w"), py::arg("meta_layout"),
           "(values, meta) uint32 arrays: a 2:4 sparse int8 (N, K) weight in mma.sp fragment order (host).");

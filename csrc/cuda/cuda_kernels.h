@@ -99,7 +99,12 @@ struct Gemm2to4S8Args {
     int32_t* c_s32 = nullptr;
     int64_t ldc = 0;
 };
-void gemm_2to4_s8(const Gemm2to4S8Args& args, uintptr_t stream);
+// automatic: 64-channel tiles at M > 16 (measured on an H200). tiled_wide:
+// 128-channel tiles there (each warp 2 channel tiles, so an activation
+// fragment read from shared memory feeds 2 MMAs), written without a GPU and
+// timed beside automatic by the benchmark. M <= 16 runs the same kernel either way.
+enum class Gemm2to4Variant : int { automatic = 0, tiled_wide = 1 };
+void gemm_2to4_s8(const Gemm2to4S8Args& args, Gemm2to4Variant variant, uintptr_t stream);
 
 struct Gemm2to4F16Args {
     int64_t m = 0, n = 0, k = 0;
@@ -112,6 +117,6 @@ struct Gemm2to4F16Args {
     float* c = nullptr;
     int64_t ldc = 0;
 };
-void gemm_2to4_f16(const Gemm2to4F16Args& args, uintptr_t stream);
+void gemm_2to4_f16(const Gemm2to4F16Args& args, Gemm2to4Variant variant, uintptr_t stream);
 
 }  // namespace edgevla::cuda

@@ -20,7 +20,7 @@ int current_device() { no_cuda(); }
 GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }
 void gemm_s8s8(const GemmS8S8Args&, GemmVariant, uintptr_t) { no_cuda(); }
 void gemm_w4(const GemmW4Args&, GemmW4Variant, uintptr_t) { no_cuda(); }
-void gemm_2to4_s8(const Gemm2to4S8Args&, uintptr_t) { no_cuda(); }
-void gemm_2to4_f16(const Gemm2to4F16Args&, uintptr_t) { no_cuda(); }
+void gemm_2to4_s8(const Gemm2to4S8Args&, Gemm2to4Variant, uintptr_t) { no_cuda(); }
+void gemm_2to4_f16(const Gemm2to4F16Args&, Gemm2to4Variant, uintptr_t) { no_cuda(); }
 
 }  // namespace edgevla::cuda

@@ -238,8 +238,10 @@ __global__ void __launch_bounds__(k2to4SplitWarps * 32)
                               [&](int64_t row, int64_t col, float v) { c[row * ldc + col] = epilogue(col, v); });
 }
 
-// ---- M > 16: tiles of 64 channels x 64 tokens ------------------------------
-// 4 warps, one 16-channel tile each, 8 token tiles of 8 each. The activation
+// ---- M > 16: tiles of 64 (or 128) channels x 64 tokens ---------------------
+// 4 warps, kChannelTiles 16-channel tiles each (1, or 2 for the tiled_wide
+// variant: each activation fragment read from shared memory feeds 2 MMAs
+// instead of 1), 8 token tiles of 8 each. The activation
 // tile (64 tokens x 64 bytes of k: 64 int8 or 32 float16) is shared by the 4
 // warps through shared memory, k2to4TiledStages deep, filled by cp.async; each
 // warp's weight fragments (512 bytes of values, 128 of metadata per k-tile)
@@ -265,7 +267,7 @@ struct Sparse2to4Traits<true> {
     static constexpr int kTileK = kTile2to4F16K;
 };
 
-template <bool kF16, typename Store>
+template <bool kF16, int kChannelTiles, typename Store>
 __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
                                                 const typename Sparse2to4Traits<kF16>::Element* __restrict__ x,
                                                 int64_t ldx, const uint4* __restrict__ values,
@@ -275,23 +277,30 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
     constexpr int kTileK = Traits::kTileK;
     constexpr int kElement = sizeof(typename Traits::Element);
     __shared__ __align__(16) uint8_t x_tile[k2to4TiledStages][k2to4TileTokens * k2to4RowBytes];
-    __shared__ __align__(16) uint4 w_tile[k2to4TiledStages][k2to4Warps][32];
-    __shared__ uint32_t e_tile[k2to4TiledStages][k2to4Warps][32];
+    __shared__ __align__(16) uint4 w_tile[k2to4TiledStages][k2to4Warps][kChannelTiles][32];
+    __shared__ uint32_t e_tile[k2to4TiledStages][k2to4Warps][kChannelTiles][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int64_t n_tiles = (n + 15) / 16;
-    const int64_t n_tile = static_cast<int64_t>(blockIdx.x) * k2to4Warps + warp;
-    const bool tile_ok = n_tile < n_tiles;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * k2to4TileTokens;
     const int64_t k_tiles = (k + kTileK - 1) / kTileK;
     const int64_t row_bytes = k * kElement;
     const uint8_t* x_bytes = reinterpret_cast<const uint8_t*>(x);
-    const uint4* tile_values = values + (tile_ok ? n_tile : 0) * k_tiles * 32 + lane;
-    const uint32_t* tile_meta = meta + (tile_ok ? n_tile : 0) * k_tiles * 32 + lane;
+    int64_t n_tile[kChannelTiles];
+    bool tile_ok[kChannelTiles];
+    const uint4* tile_values[kChannelTiles];
+    const uint32_t* tile_meta[kChannelTiles];
+#pragma unroll
+    for (int c = 0; c < kChannelTiles; ++c) {
+        n_tile[c] = (static_cast<int64_t>(blockIdx.x) * k2to4Warps + warp) * kChannelTiles + c;
+        tile_ok[c] = n_tile[c] < n_tiles;
+        tile_values[c] = values + (tile_ok[c] ? n_tile[c] : 0) * k_tiles * 32 + lane;
+        tile_meta[c] = meta + (tile_ok[c] ? n_tile[c] : 0) * k_tiles * 32 + lane;
+    }
 
     // Per stage: 64 rows x 4 pieces of 16 bytes of x (2 per thread), and each
-    // lane's own weight fragment and metadata word (zero-filled past the last
-    // channel tile: those warps compute nothing that is stored).
+    // lane's own weight fragments and metadata words (zero-filled past the last
+    // channel tile: those tiles compute nothing that is stored).
     auto load_stage = [&](int64_t kt) {
         const int stage = kt % k2to4TiledStages;
 #pragma unroll
@@ -303,13 +312,18 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
             ptx::cp_async_16(x_tile[stage] + r * k2to4RowBytes + c, ok ? x_bytes + row * ldx * kElement + byte : x_bytes,
                              ok ? 16 : 0);
         }
-        ptx::cp_async_16(&w_tile[stage][warp][lane], tile_values + kt * 32, tile_ok ? 16 : 0);
-        ptx::cp_async_4(&e_tile[stage][warp][lane], tile_meta + kt * 32, tile_ok ? 4 : 0);
+#pragma unroll
+        for (int c = 0; c < kChannelTiles; ++c) {
+            ptx::cp_async_16(&w_tile[stage][warp][c][lane], tile_values[c] + kt * 32, tile_ok[c] ? 16 : 0);
+            ptx::cp_async_4(&e_tile[stage][warp][c][lane], tile_meta[c] + kt * 32, tile_ok[c] ? 4 : 0);
+        }
     };
 
-    Acc acc[8][4];
+    Acc acc[kChannelTiles][8][4];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = Acc(0);
+    for (int c = 0; c < kChannelTiles; ++c)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[c][i][0] = acc[c][i][1] = acc[c][i][2] = acc[c][i][3] = Acc(0);
 
 #pragma unroll
     for (int s = 0; s < k2to4TiledStages - 1; ++s) {
@@ -323,9 +337,14 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
         ptx::cp_async_commit();
 
         const int stage = kt % k2to4TiledStages;
-        const uint4 a = w_tile[stage][warp][lane];
-        // Zero-filled metadata (a channel tile past N) is not a valid selector: use positions (0, 1).
-        const uint32_t e = tile_ok ? e_tile[stage][warp][lane] : 0x44444444u;
+        uint4 a[kChannelTiles];
+        uint32_t e[kChannelTiles];
+#pragma unroll
+        for (int c = 0; c < kChannelTiles; ++c) {
+            a[c] = w_tile[stage][warp][c][lane];
+            // Zero-filled metadata (a channel tile past N) is not a valid selector: use positions (0, 1).
+            e[c] = tile_ok[c] ? e_tile[stage][warp][c][lane] : 0x44444444u;
+        }
         const uint8_t* x_stage = x_tile[stage];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -336,39 +355,46 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
                                            *reinterpret_cast<const uint32_t*>(row + 16 + 4 * t),
                                            *reinterpret_cast<const uint32_t*>(row + 32 + 4 * t),
                                            *reinterpret_cast<const uint32_t*>(row + 48 + 4 * t));
-                ptx::mma_sp_f16_m16n8k32(acc[i], a, b, e);
+#pragma unroll
+                for (int c = 0; c < kChannelTiles; ++c) ptx::mma_sp_f16_m16n8k32(acc[c][i], a[c], b, e[c]);
             } else {
                 // lane t's 16 bytes of k, in the group order the packer permuted for
                 const uint4 b = *reinterpret_cast<const uint4*>(row + 16 * t);
-                ptx::mma_sp_s8_m16n8k64(acc[i], a, b, e);
+#pragma unroll
+                for (int c = 0; c < kChannelTiles; ++c) ptx::mma_sp_s8_m16n8k64(acc[c][i], a[c], b, e[c]);
             }
         }
     }
     ptx::cp_async_wait<0>();
-    if (!tile_ok) return;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int c = 0; c < kChannelTiles; ++c) {
+        if (!tile_ok[c]) continue;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int64_t col = n_tile * 16 + g + 8 * (r / 2);
-            const int64_t row = m0 + 8 * i + 2 * t + (r % 2);
-            if (row < m && col < n) store(row, col, acc[i][r]);
+        for (int i = 0; i < 8; ++i) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int64_t col = n_tile[c] * 16 + g + 8 * (r / 2);
+                const int64_t row = m0 + 8 * i + 2 * t + (r % 2);
+                if (row < m && col < n) store(row, col, acc[c][i][r]);
+            }
         }
     }
 }
 
+template <int kChannelTiles>
 __global__ void __launch_bounds__(k2to4Warps * 32)
     gemm_2to4_s8_tiled_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
                               const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
-    gemm_2to4_tiled<false>(m, n, k, x, ldx, values, meta,
+    gemm_2to4_tiled<false, kChannelTiles>(m, n, k, x, ldx, values, meta,
                            [&](int64_t row, int64_t col, int32_t v) { out.store(row, col, v); });
 }
 
+template <int kChannelTiles>
 __global__ void __launch_bounds__(k2to4Warps * 32)
     gemm_2to4_f16_tiled_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
                                const uint4* __restrict__ values, const uint32_t* __restrict__ meta,
                                EpilogueF32 epilogue, float* __restrict__ c, int64_t ldc) {
-    gemm_2to4_tiled<true>(m, n, k, x, ldx, values, meta,
+    gemm_2to4_tiled<true, kChannelTiles>(m, n, k, x, ldx, values, meta,
                           [&](int64_t row, int64_t col, float v) { c[row * ldc + col] = epilogue(col, v); });
 }
 

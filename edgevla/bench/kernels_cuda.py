@@ -15,8 +15,10 @@ gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out
                                                               (the tiled kernel's other shapes, int32 out)
 linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.linear``, cuBLAS)
 2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
-                                                              (``torch._cslt_sparse_mm``)
-2to4-f16      float16 x, 2:4 float16 W -> float32 / float16   edgevla (mma.sp), cusparselt-fp16
+                                                              (``torch._cslt_sparse_mm``); M > 16:
+                                                              edgevla-tiled_wide (128-channel tiles)
+2to4-f16      float16 x, 2:4 float16 W -> float32 / float16   edgevla (mma.sp), cusparselt-fp16; M > 16:
+                                                              edgevla-tiled_wide
 int4-g32/128  float16 x, int4 W (groups 32/128) -> float32    edgevla (M <= 16; CUDA cores),
                                                               edgevla-tensor_cores (the float16 MMA kernel)
 ============  ==============================================  ===============================================
@@ -317,17 +319,20 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
 
         ref24 = a.double() @ w24_s8.double().T
 
-        def check_sp_s8():
-            poison_s32()
-            ck.gemm_2to4_s8(a, sp_s8[0], out=out_s32)
-            torch.cuda.synchronize()
-            return _exact(out_s32, ref24)
+        # The 2:4 kernels' other tile shape runs only at M > 16 (the same kernel below).
+        sparse_variants = (("auto", "edgevla"), ("tiled_wide", "edgevla-tiled_wide")) if m > 16 else (("auto", "edgevla"),)
+        for variant, backend in sparse_variants if sp_s8 is not None else ():
+            def check_sp_s8(variant=variant):
+                poison_s32()
+                ck.gemm_2to4_s8(a, sp_s8[0], out=out_s32, variant=variant)
+                torch.cuda.synchronize()
+                return _exact(out_s32, ref24)
 
-        if sp_s8 is not None:
             sp_bytes = sp_s8[0].values.numel() * 4 + sp_s8[0].meta.numel() * 4
-            rows.add("2to4-int8", shape, m, "edgevla", lambda i: ck.gemm_2to4_s8(a, sp_s8[i % copies], out=out_s32),
-                     weight_bytes=sp_bytes, io_bytes=int8_io, check=check_sp_s8, tolerance="exact", sparsity=0.5, copies=copies,
-                     poison=poison_s32)
+            rows.add("2to4-int8", shape, m, backend,
+                     lambda i, variant=variant: ck.gemm_2to4_s8(a, sp_s8[i % copies], out=out_s32, variant=variant),
+                     weight_bytes=sp_bytes, io_bytes=int8_io, check=check_sp_s8, tolerance="exact", sparsity=0.5,
+                     copies=copies, poison=poison_s32)
         if cslt_s8 is not None:
             def cslt_s8_call(i):
                 return torch._cslt_sparse_mm(cslt_s8[i % copies], a_pad.T, out_dtype=torch.int32)
@@ -349,15 +354,15 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
 
         ref24f = x16.double() @ w24_f16.double().T
 
-        def check_sp_f16():
-            poison_f32()
-            ck.gemm_2to4_f16(x16, sp_f16[0], out=out_f32)
-            torch.cuda.synchronize()
-            return _relative(out_f32, ref24f, 1e-5)
+        for variant, backend in sparse_variants if sp_f16 is not None else ():
+            def check_sp_f16(variant=variant):
+                poison_f32()
+                ck.gemm_2to4_f16(x16, sp_f16[0], out=out_f32, variant=variant)
+                torch.cuda.synchronize()
+                return _relative(out_f32, ref24f, 1e-5)
 
-        if sp_f16 is not None:
-            rows.add("2to4-f16", shape, m, "edgevla",
-                     lambda i: ck.gemm_2to4_f16(x16, sp_f16[i % copies], out=out_f32),
+            rows.add("2to4-f16", shape, m, backend,
+                     lambda i, variant=variant: ck.gemm_2to4_f16(x16, sp_f16[i % copies], out=out_f32, variant=variant),
                      weight_bytes=sp_f16[0].values.numel() * 4 + sp_f16[0].meta.numel() * 4,
                      io_bytes=2 * m * k + 4 * m * n, check=check_sp_f16, tolerance=1e-5, sparsity=0.5, copies=copies,
                      poison=poison_f32)
@@ -419,10 +424,16 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
 
     big = [m for m in ms if m >= 256]
     small = [m for m in ms if m <= 16]
+    def fastest(op, backends, shape, m):
+        found = [r for r in (at(op, name, shape, m) for name in backends) if r]
+        return min(found, key=lambda r: r["us"]) if found else None
+
     def fastest_tiled(shape, m):
         """The fastest of the tiled kernel's shapes (auto's pick and the variants) on this row."""
-        found = [r for r in (at("gemm-int8", name, shape, m) for name in ("edgevla", *TILED_VARIANT_BACKENDS)) if r]
-        return min(found, key=lambda r: r["us"]) if found else None
+        return fastest("gemm-int8", ("edgevla", *TILED_VARIANT_BACKENDS), shape, m)
+
+    def fastest_sparse(shape, m):
+        return fastest("2to4-int8", ("edgevla", "edgevla-tiled_wide"), shape, m)
 
     result = [
         _ratio_goal(ok, "int8 GEMM >= 0.9x cuBLAS int8 at M >= 256 (int32 out both)", 0.9,
@@ -436,6 +447,10 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
         _ratio_goal(ok, "2:4 sparse int8 >= 1.3x our dense int8 at M >= 256", 1.3,
                     [(f"{s[0]} M={m}", at("gemm-int8", "edgevla", s, m), at("2to4-int8", "edgevla", s, m))
                      for s in shapes for m in big]),
+        _ratio_goal(ok, "(variants) the fastest 2:4 int8 tile shape vs the fastest dense int8 tile shape, M >= 256",
+                    1.3, [(f"{s[0]} M={m} ({sparse['backend']} vs {dense['backend']})", dense, sparse)
+                          for s in shapes for m in big
+                          if (dense := fastest_tiled(s, m)) and (sparse := fastest_sparse(s, m))]),
         _ratio_goal(ok, "(comparison) 2:4 sparse int8 vs cuSPARSELt int8, all M", 1.0,
                     [(f"{s[0]} M={m}", cslt("2to4-int8", s, m), at("2to4-int8", "edgevla", s, m))
                      for s in shapes for m in ms]),

@@ -64,17 +64,19 @@ def main() -> int:
         ref = native.gemm_w4_f32_ref(x.astype(np.float32), codes, scales, group)
         expect(f"gemm_w4 {variant} M={m} K={k} N={n} g{group}",
                np.linalg.norm(out.cpu().numpy() - ref) <= 1e-5 * np.linalg.norm(ref))
-    for m, k, n in [(1, 64, 16), (5, 200, 40), (33, 130, 24), (100, 192, 200), (70, 64, 72)]:
+    for m, k, n, variant in [(1, 64, 16, "auto"), (5, 200, 40, "auto"), (33, 130, 24, "auto"),
+                             (100, 192, 200, "auto"), (70, 64, 72, "auto"), (100, 192, 200, "tiled_wide"),
+                             (70, 64, 72, "tiled_wide")]:
         w = ck.random_2to4(rng, n, k, np.int8)
         x = int8(rng, (m, k))
-        out = ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8(w))
-        expect(f"gemm_2to4_s8 M={m} K={k} N={n}",
+        out = ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8(w), variant=variant)
+        expect(f"gemm_2to4_s8 {variant} M={m} K={k} N={n}",
                np.array_equal(out.cpu().numpy(), x.astype(np.int64) @ w.astype(np.int64).T))
         wf = ck.random_2to4(rng, n, k, np.float16)
         xf = rng.uniform(-1, 1, (m, k)).astype(np.float16)
-        outf = ck.gemm_2to4_f16(torch.from_numpy(xf).cuda(), ck.pack_2to4_f16(wf)).cpu().numpy()
+        outf = ck.gemm_2to4_f16(torch.from_numpy(xf).cuda(), ck.pack_2to4_f16(wf), variant=variant).cpu().numpy()
         ref = xf.astype(np.float64) @ wf.astype(np.float64).T
-        expect(f"gemm_2to4_f16 M={m} K={k} N={n}", np.linalg.norm(outf - ref) <= 1e-5 * np.linalg.norm(ref))
+        expect(f"gemm_2to4_f16 {variant} M={m} K={k} N={n}", np.linalg.norm(outf - ref) <= 1e-5 * np.linalg.norm(ref))
     torch.cuda.synchronize()
     print(f"{failures} failure(s)")
     return 1 if failures else 0
