@@ -302,6 +302,9 @@ CUDA_GEMM_W4_MAX_M: int
 def cuda_kernels_compiled() -> bool:
     """Whether this build has the CUDA kernels."""
 
+def cuda_wgmma_compiled() -> bool:
+    """Whether this build has gemm_s8s8's wgmma variant (CUTLASS, sm_90a)."""
+
 def cuda_gemm_s8s8(
     a: Any,
     w: Any,

@@ -59,6 +59,15 @@ def available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def wgmma_available() -> bool:
+    """Whether gemm_s8s8's ``"wgmma"`` variant can run here: built in (CUTLASS, sm_90a) and the GPU is sm_90."""
+    if not available() or not bool(_C.cuda_wgmma_compiled()):
+        return False
+    import torch
+
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str:
     """Why :func:`available` is False, in one line ('' when it is True); asked once per process."""
@@ -118,7 +127,8 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
         variant: ``"auto"`` (``small_m`` for M <= 16, else ``tiled``),
             ``"small_m"``, ``"tiled"``, or one of :data:`TILED_VARIANTS`'
             other shapes of the tiled kernel (tests force each; the
-            benchmark times them beside ``tiled``).
+            benchmark times them beside ``tiled``), or ``"wgmma"``: CUTLASS's
+            Hopper kernel, int32 out on sm_90 only (:func:`wgmma_available`).
         out: optional (M, N) int32 / float32 CUDA tensor to write into.
     """
     import torch

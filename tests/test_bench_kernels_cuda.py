@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgevla.bench.kernels_cuda import TILED_VARIANT_BACKENDS, goals
+from edgevla.bench.kernels_cuda import GEMM_VARIANT_BACKENDS, goals
 from edgevla.cuda_kernels import TILED_VARIANTS
 
 
@@ -15,13 +15,13 @@ def _goal(result: list[dict], prefix: str) -> dict:
     return next(g for g in result if g["goal"].startswith(prefix))
 
 
-def test_variant_backends_name_the_tiled_variants():
-    assert TILED_VARIANT_BACKENDS == tuple(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled")
+def test_variant_backends_name_the_variants():
+    assert GEMM_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled"), "edgevla-wgmma")
 
 
 def test_the_variants_goal_takes_the_fastest_tiled_shape_per_row():
     rows = [_row("cublas-int8", 10.0), _row("edgevla", 20.0), _row("edgevla-tiled_wide", 30.0),
-            _row("edgevla-tiled_split_k", 11.0)]
+            _row("edgevla-tiled_split_k", 11.0), _row("edgevla-wgmma", 12.0)]
     result = goals(rows, copy_gbps=1000.0)
     assert _goal(result, "int8 GEMM >= 0.9x")["values"] == [{"where": "base-vla fc1 M=256", "ratio": 0.5}]
     variants = _goal(result, "(variants)")

@@ -81,6 +81,38 @@ def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
     assert _guards_intact(buf, m, n)
 
 
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_gemm_s8s8_wgmma_is_exact_or_refuses_the_shape(m, k, n):
+    """CUTLASS's Hopper kernel (sm_90 builds with CUTLASS): exact int32, or a one-line refusal of TMA-unfit shapes."""
+    torch = _torch()
+    if not ck.wgmma_available():
+        pytest.skip("the wgmma variant needs a build with CUTLASS and an sm_90 GPU")
+    rng = np.random.default_rng(m * 7919 + k * 31 + n + 1)
+    a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
+    buf, out = _guarded(m, n, torch.int32)
+    if k % 16 or n % 4:
+        with pytest.raises(ValueError, match="wgmma variant needs 16-byte aligned"):
+            ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant="wgmma", out=out)
+        return
+    ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant="wgmma", out=out)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T)
+    assert _guards_intact(buf, m, n)
+
+
+def test_gemm_s8s8_wgmma_refuses_float_out_and_other_gpus():
+    torch = _torch()
+    a = torch.ones((32, 64), dtype=torch.int8, device="cuda")
+    w = torch.ones((32, 64), dtype=torch.int8, device="cuda")
+    scale = torch.ones(32, device="cuda")
+    if not torch.cuda.get_device_capability() == (9, 0) or not ck.wgmma_available():
+        with pytest.raises(ValueError, match="wgmma variant"):
+            ck.gemm_s8s8(a, w, variant="wgmma")
+        return
+    with pytest.raises(ValueError, match="writes int32 out only"):
+        ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant="wgmma")
+
+
 @pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
 def test_gemm_s8s8_saturation_values(variant):
     torch = _torch()

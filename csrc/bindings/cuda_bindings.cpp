@@ -265,7 +265,8 @@ cuda::GemmVariant variant_arg(const std::string& name) {
     if (name == "tiled") return cuda::GemmVariant::tiled;
     if (name == "tiled_wide") return cuda::GemmVariant::tiled_wide;
     if (name == "tiled_split_k") return cuda::GemmVariant::tiled_split_k;
-    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide' or 'tiled_split_k', got '" + name + "'");
+    if (name == "wgmma") return cuda::GemmVariant::wgmma;
+    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide', 'tiled_split_k' or 'wgmma', got '" + name + "'");
 }
 
 cuda::GemmW4Variant w4_variant_arg(const std::string& name) {
@@ -522,6 +523,8 @@ py::tuple pack_2to4_mma(py::array w_obj, int meta_layout, bool f16, const char* 
 
 void register_cuda(py::module_& m) {
     m.def("cuda_kernels_compiled", &cuda::kernels_compiled, "Whether this build has the CUDA kernels.");
+    m.def("cuda_wgmma_compiled", &cuda::gemm_s8s8_wgmma_compiled,
+          "Whether this build has gemm_s8s8's wgmma variant (CUTLASS, sm_90a).");
     m.def("cuda_gemm_s8s8", &cuda_gemm_s8s8, py::arg("a"), py::arg("w"), py::arg("out"), py::kw_only(),
           py::arg("w_scale") = py::none(), py::arg("a_scale") = py::none(), py::arg("bias") = py::none(),
           py::arg("act") = "none", py::arg("variant") = "auto", py::arg("stream") = py::none(),

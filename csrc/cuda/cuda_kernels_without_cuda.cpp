@@ -15,6 +15,7 @@ namespace {
 }  // namespace
 
 bool kernels_compiled() { return false; }
+bool gemm_s8s8_wgmma_compiled() { return false; }
 void check_device_pointer(const void*, const char*) { no_cuda(); }
 int current_device() { no_cuda(); }
 GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }

@@ -3,6 +3,10 @@
 #include "cuda/gemm_s8s8_kernels.cuh"
 #include "cuda/launch_check.cuh"
 
+#ifdef EDGEVLA_CUTLASS_SM90
+#include "cuda/gemm_s8s8_sm90.h"
+#endif
+
 namespace edgevla::cuda {
 namespace {
 
@@ -67,6 +71,14 @@ int64_t blocks_of(const GemmS8S8Args& g) {
 
 }  // namespace
 
+bool gemm_s8s8_wgmma_compiled() {
+#ifdef EDGEVLA_CUTLASS_SM90
+    return gemm_s8s8_sm90_compiled();
+#else
+    return false;
+#endif
+}
+
 GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }
 
 void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_handle) {
@@ -76,6 +88,16 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         throw std::invalid_argument("gemm_s8s8: the small_m variant takes M <= 16, got M = " + std::to_string(g.m));
     }
     const cudaStream_t stream = as_stream(stream_handle);
+    if (variant == GemmVariant::wgmma) {
+#ifdef EDGEVLA_CUTLASS_SM90
+        gemm_s8s8_sm90(g, stream);
+        return;
+#else
+        throw std::invalid_argument(
+            "gemm_s8s8: this build has no wgmma variant (it needs sm_90 among EDGEVLA_CUDA_ARCHS and the CUTLASS "
+            "headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+#endif
+    }
     if (variant == GemmVariant::small_m) {
         // Blocks of 8 columns when the N / 16 blocks would not fill the GPU twice over.
         if ((g.n + 15) / 16 < 2 * multiprocessor_count()) {

@@ -12,7 +12,8 @@ gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out
                                                               out, scales + bias), cublas-int8 (``torch._int_mm``;
                                                               M <= 16 padded to 32 rows, as it requires M > 16);
                                                               M > 16: edgevla-tiled_wide, edgevla-tiled_split_k
-                                                              (the tiled kernel's other shapes, int32 out)
+                                                              (the tiled kernel's other shapes, int32 out) and,
+                                                              on sm_90 when built, edgevla-wgmma (CUTLASS)
 linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.linear``, cuBLAS)
 2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
                                                               (``torch._cslt_sparse_mm``); M > 16:
@@ -60,8 +61,9 @@ from . import write_json
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
-#: Backend names of the tiled kernel's variants (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs).
-TILED_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k")
+#: Backend names of the int8 GEMM's variants timed beside auto: the tiled kernel's other shapes
+#: (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs) and CUTLASS's wgmma kernel (sm_90).
+GEMM_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k", "edgevla-wgmma")
 LARGE_SHAPES = (Shape("large", "up", 4096, 14336), Shape("large", "down", 14336, 4096))
 FLUSH_BYTES = 256 * 2**20
 ROTATE_BYTES = 192 * 2**20  # inputs rotate over copies totalling at least this (> 3x L2)
@@ -155,7 +157,12 @@ class _Rows:
             sparsity: float = 0.0, poison: Callable[[], Any] | None = None) -> None:
         verified, error = (None, None)
         if check is not None:
-            verified, error = check()
+            try:
+                verified, error = check()
+            except (ValueError, RuntimeError) as e:  # a variant that refuses this shape: noted, not timed
+                self.notes.append(f"{shape.name} M={m} {backend} {op}: not run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})")
+                return
         eager = self.timer(call, poison)
         try:
             us, timing = self.timer(call, poison, copies=copies, graph=True), "graph"
@@ -214,6 +221,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
     from .. import cuda_kernels as ck
     from .. import native
 
+    wgmma = ck.wgmma_available()
     k, n = shape.k, shape.n
     dev = "cuda"
     w8_np = rng.integers(-127, 128, (n, k), dtype=np.int8)
@@ -271,8 +279,9 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                  weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
                  tolerance="exact", copies=copies, poison=poison_s32)
 
-        for variant in ck.TILED_VARIANTS[1:] if m > 16 else ():
-            # The tiled kernel's other shapes, timed beside what auto picks ("edgevla").
+        variants = (*ck.TILED_VARIANTS[1:], *(("wgmma",) if wgmma else ())) if m > 16 else ()
+        for variant in variants:
+            # The int8 GEMM's other shapes, timed beside what auto picks ("edgevla").
             rows.add("gemm-int8", shape, m, f"edgevla-{variant}",
                      lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], out=out_s32, variant=v),
                      weight_bytes=n * k, io_bytes=int8_io,
@@ -430,7 +439,7 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
 
     def fastest_tiled(shape, m):
         """The fastest of the tiled kernel's shapes (auto's pick and the variants) on this row."""
-        return fastest("gemm-int8", ("edgevla", *TILED_VARIANT_BACKENDS), shape, m)
+        return fastest("gemm-int8", ("edgevla", *GEMM_VARIANT_BACKENDS), shape, m)
 
     def fastest_sparse(shape, m):
         return fastest("2to4-int8", ("edgevla", "edgevla-tiled_wide"), shape, m)
@@ -438,8 +447,8 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
     result = [
         _ratio_goal(ok, "int8 GEMM >= 0.9x cuBLAS int8 at M >= 256 (int32 out both)", 0.9,
                     [(f"{s[0]} M={m}", cublas(s, m), at("gemm-int8", "edgevla", s, m)) for s in shapes for m in big]),
-        _ratio_goal(ok, "(variants) the fastest tiled shape per row vs cuBLAS int8 at M >= 256: what auto would "
-                        "reach picking it", 0.9,
+        _ratio_goal(ok, "(variants) the fastest int8 GEMM shape per row vs cuBLAS int8 at M >= 256: what auto "
+                        "would reach picking it", 0.9,
                     [(f"{s[0]} M={m} ({fast['backend']})", cublas(s, m), fast)
                      for s in shapes for m in big if (fast := fastest_tiled(s, m))]),
         _ratio_goal(ok, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32)", 2.0,

@@ -38,6 +38,14 @@ $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__versio
 nvcc --version | tail -1
 compute-sanitizer --version | head -2
 
+# CUTLASS's headers for the wgmma kernel: the device cannot download, so the
+# nvidia-cutlass wheel travels with the tree (carry "build/wheels"; fetch it with
+# `pip download --no-deps nvidia-cutlass==4.2.0.0 -d build/wheels`). Without it
+# the build has no wgmma variant and its tests skip.
+if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('cutlass_library') is None)" 2>/dev/null; then
+    ls build/wheels/nvidia_cutlass-*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-deps --no-index build/wheels/nvidia_cutlass-*.whl
+fi
+
 # Build: pip (scikit-build-core), sm_90 only; if that fails, plain CMake with the .so copied in place.
 if ! step build 240 $PY -m pip install -q --no-deps --no-build-isolation -e . \
         -C cmake.define.EDGEVLA_CUDA=ON -C cmake.define.EDGEVLA_CUDA_ARCHS=90; then
@@ -46,11 +54,11 @@ if ! step build 240 $PY -m pip install -q --no-deps --no-build-isolation -e . \
         && cmake --build build/device && cp build/device/_C*.so edgevla/"
     export PYTHONPATH=$PWD
 fi
-$PY -c "from edgevla import native, cuda_kernels as ck; print(native.build_info()['cuda_archs'], ck.available(), ck.unavailable_reason())"
+$PY -c "from edgevla import _C, native, cuda_kernels as ck; print(native.build_info()['cuda_archs'], ck.available(), ck.unavailable_reason(), 'wgmma', _C.cuda_wgmma_compiled(), ck.wgmma_available())"
 
 # The instructions the kernels compiled to (tensor-core MMAs, ldmatrix, cp.async), from the built module.
 so=$($PY -c "import edgevla._C as c; print(c.__file__)")
-cuobjdump --dump-sass "$so" 2>/dev/null | grep -oE "\b(IMMA|HMMA|LDSM|LDGSTS)[.A-Z0-9]*" | sort | uniq -c
+cuobjdump --dump-sass "$so" 2>/dev/null | grep -oE "\b(IMMA|HMMA|[A-Z]?GMMA|UTMALDG|LDSM|LDGSTS)[.A-Z0-9]*" | sort | uniq -c
 
 step tests 150 $PY -m pytest -q -p no:cacheprovider --noconftest --maxfail=40 -rf tests/test_cuda_host.py tests/test_cuda_kernels.py
 

@@ -46,7 +46,9 @@ def main() -> int:
                              (17, 129, 250, "tiled"), (130, 256, 136, "tiled"), (1, 31, 7, "tiled"),
                              (1536, 64, 1536, "tiled"), (700, 256, 1000, "tiled"), (768, 130, 776, "tiled"),
                              (130, 256, 136, "tiled_split_k"), (700, 256, 1000, "tiled_split_k"),
-                             (5, 31, 7, "tiled_split_k"), (300, 200, 520, "tiled_wide")]:
+                             (5, 31, 7, "tiled_split_k"), (300, 200, 520, "tiled_wide"), (300, 256, 520, "wgmma")]:
+        if variant == "wgmma" and not ck.wgmma_available():
+            continue
         a, w = int8(rng, (m, k)), int8(rng, (n, k))
         out = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant)
         expect(f"gemm_s8s8 {variant} M={m} K={k} N={n}",
