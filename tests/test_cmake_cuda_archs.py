@@ -1,0 +1,38 @@
+"""EDGEVLA_CUDA_ARCHS read from the target profiles (CMakeLists.txt): a configure-only run of CMake, no build."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+
+pytestmark = pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None or shutil.which("ninja") is None,
+                                reason="needs cmake, ninja and nvcc")
+
+
+def _configure(spec: str, build: Path) -> subprocess.CompletedProcess:
+    pybind11_dir = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    return subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", "-DEDGEVLA_CUDA=ON",
+                           f"-DCMAKE_CUDA_COMPILER={NVCC}", f"-DEDGEVLA_CUDA_ARCHS={spec}",
+                           f"-Dpybind11_DIR={pybind11_dir}", f"-DPython_EXECUTABLE={sys.executable}"],
+                          capture_output=True, text=True)
+
+
+def test_a_target_name_builds_for_its_cuda_arch(tmp_path):
+    thor = _configure("target:jetson-thor", tmp_path / "thor")
+    assert thor.returncode == 0, thor.stderr
+    assert "for architectures 110\n" in thor.stdout  # targets/jetson-thor.yaml: cuda_arch: sm_110
+
+
+def test_a_cpu_target_or_an_unknown_one_stops_the_configure(tmp_path):
+    cpu = _configure("target:x86-64-cpu", tmp_path / "cpu")
+    assert cpu.returncode != 0 and "no GPU target there" in cpu.stderr
+    missing = _configure("target:jetson-nope", tmp_path / "missing")
+    assert missing.returncode != 0 and "there is no targets/jetson-nope.yaml" in missing.stderr
