@@ -223,17 +223,17 @@ def test_the_ptx_check_sees_contraction_when_fmad_is_on(tmp_path):
 
 
 # --------------------------------------- the tensor-core int4 kernel's algebra ---
-# csrc/cuda/gemm_w4_mma_kernels.cuh decodes codes with lop3 and float16
-# arithmetic and feeds the MMA a permuted k order. Both are modelled here on
+# The int4 kernels decode codes with lop3 and float16 arithmetic
+# (csrc/cuda/w4_decode.cuh); gemm_w4_mma_kernels.cuh feeds the MMA a permuted k order. Both are modelled here on
 # the host, instruction by instruction from the kernel's own constants (read
 # from the header), and checked against the plain definition: every code
 # decodes exactly, and one unit's two MMAs compute sum_k q[ch, k] x[row, k].
 
-W4_MMA_HEADER = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "gemm_w4_mma_kernels.cuh"
+W4_DECODE_HEADER = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "w4_decode.cuh"
 
 
 def _w4_constants() -> dict[str, float]:
-    text = W4_MMA_HEADER.read_text()
+    text = W4_DECODE_HEADER.read_text()
     found = re.findall(r"constexpr (?:int|uint32_t|float) (kW4\w+) = (0x[0-9a-fA-F]+|[0-9.+-]+)[uf]?;", text)
     return {name: float(int(value, 16)) if value.startswith("0x") else float(value) for name, value in found}
 

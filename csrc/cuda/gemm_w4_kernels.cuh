@@ -6,16 +6,15 @@
 // the warps split the block's cells of 8 k. A lane reads one 16-byte piece
 // per step: 4 channels of one cell, so a warp streams 512 contiguous bytes
 // (8 cells x 16 channels) per step. Codes become floats without int-to-float
-// conversions: (u >> 4 j) & 0x000F000F | 0x64006400 is the half2 pair
-// (1024 + q_j + 8, 1024 + q_{j+4} + 8) once u = word ^ 0x88888888 biases the
-// two's-complement nibbles, and one half2 subtraction of 1032 leaves q
-// exactly. Accumulation is in float32: per cell sum_i q_i x_i, then times
+// conversions: float16 pairs by cuda/w4_decode.cuh, widened to float32.
+// Accumulation is in float32: per cell sum_i q_i x_i, then times
 // the group's scale, then across cells, lanes (shuffles) and warps (shared
 // memory), so results differ from the CPU kernels only by summation order.
 #pragma once
 
 #include "cuda/epilogue_cuda.cuh"
 #include "cuda/ptx_mma.cuh"
+#include "cuda/w4_decode.cuh"
 
 #include <cuda_fp16.h>
 #include <cstdint>
@@ -57,12 +56,11 @@ __device__ __forceinline__ void load_x8(const T* __restrict__ row, int64_t k0, i
 
 // The 8 codes of one word as floats: q[j] = code j (bits 4 j .. 4 j + 3).
 __device__ __forceinline__ void decode_w4x8(uint32_t word, float (&q)[8]) {
-    const uint32_t u = word ^ 0x88888888u;
-    const __half2 bias = __floats2half2_rn(1032.0f, 1032.0f);
+    uint32_t pairs[4];
+    decode_w4_pairs(word, pairs);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const uint32_t bits = ((u >> (4 * j)) & 0x000F000Fu) | 0x64006400u;
-        const float2 f = __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), bias));
+        const float2 f = __half22float2(bits_half2(pairs[j]));
         q[j] = f.x;      // nibble j (low half)
         q[j + 4] = f.y;  // nibble j + 4 (high half)
     }
