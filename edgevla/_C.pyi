@@ -303,7 +303,16 @@ def cuda_kernels_compiled() -> bool:
     """Whether this build has the CUDA kernels."""
 
 def cuda_wgmma_compiled() -> bool:
-    """Whether this build has gemm_s8s8's wgmma variant (CUTLASS, sm_90a)."""
+    """Whether this build has the wgmma variants of gemm_s8s8 and gemm_2to4_s8 (CUTLASS, sm_90a)."""
+
+def cuda_2to4_s8_wgmma_sizes(n: int, k: int) -> tuple[int, int]:
+    """(value bytes, metadata bytes) of an (N, K) 2:4 int8 weight in CUTLASS's sm90 compressed layout."""
+
+def cuda_pack_2to4_s8_wgmma(w: Any, values: Any, meta: Any, *, stream: Any = None) -> None:
+    """Compresses a dense 2:4 int8 (N, K) device weight with CUTLASS's sm90 compressor (pattern checked first)."""
+
+def cuda_gemm_2to4_s8_wgmma(x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, stream: Any = None) -> None:
+    """int32 out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma, W from cuda_pack_2to4_s8_wgmma."""
 
 def cuda_gemm_s8s8(
     a: Any,

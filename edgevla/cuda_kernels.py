@@ -10,7 +10,8 @@ function               computes                                                 
                        epilogue (scales, bias, activation) in float32              (N, K), no packing
 :func:`gemm_w4`        ``x (M,K) f16/f32 . dequant(W)^T`` (+ bias, activation),    the CPU's ``W4_N16K8``
                        float32 out, M <= 64                                        buffer, copied unchanged
-:func:`gemm_2to4_s8`   2:4 sparse int8 on the sparse tensor cores (mma.sp)         :func:`pack_2to4_s8`
+:func:`gemm_2to4_s8`   2:4 sparse int8 on the sparse tensor cores (mma.sp; on      :func:`pack_2to4_s8`
+                       sm_90 also wgmma.sp through CUTLASS, int32 out)             (:func:`pack_2to4_s8_wgmma`)
 :func:`gemm_2to4_f16`  2:4 sparse float16, float32 accumulation and out            :func:`pack_2to4_f16`
 =====================  ==========================================================  ==========================
 
@@ -60,7 +61,8 @@ def available() -> bool:
 
 
 def wgmma_available() -> bool:
-    """Whether gemm_s8s8's ``"wgmma"`` variant can run here: built in (CUTLASS, sm_90a) and the GPU is sm_90."""
+    """Whether the ``"wgmma"`` variants (gemm_s8s8, and gemm_2to4_s8 on a :func:`pack_2to4_s8_wgmma` weight) can
+    run here: built in (CUTLASS, sm_90a) and the GPU is sm_90."""
     if not available() or not bool(_C.cuda_wgmma_compiled()):
         return False
     import torch
@@ -237,20 +239,68 @@ def pack_2to4_f16(w: Any, *, meta_layout: int | None = None, device: Any = "cuda
                             layout)
 
 
-#: The 2:4 kernels' shapes at M > 16: ``auto`` (64-channel tiles) and
-#: ``tiled_wide`` (128-channel tiles: each warp two channel tiles).
-SPARSE_VARIANTS = ("auto", "tiled_wide")
+@dataclass(frozen=True)
+class Sparse2to4WgmmaWeight:
+    """A 2:4 sparse int8 weight in CUTLASS's Hopper layout (csrc/cuda/gemm_2to4_sm90.h), for the ``"wgmma"`` variant."""
+
+    values: Any  # int8 CUDA tensor: the kept values, (N, K/2) padded to CUTLASS's alignments, flat
+    meta: Any    # uint8 CUDA tensor: the metadata in CUTLASS's reordered layout, flat
+    n: int
+    k: int
 
 
-def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None,
-                 act: str = "none", out: Any = None, variant: str = "auto", stream: Any = None) -> Any:
-    """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue.
+def pack_2to4_s8_wgmma(w: Any, *, device: Any = "cuda", stream: Any = None) -> Sparse2to4WgmmaWeight:
+    """Compresses a 2:4 sparse int8 (N, K) weight on the GPU with CUTLASS's sm90 compressor (K a multiple of 32).
 
-    ``variant``: one of :data:`SPARSE_VARIANTS`.
+    ``w`` is a NumPy array or a tensor (copied to ``device`` when it is not a CUDA tensor). The pattern is
+    checked on the GPU first; a group of 4 k with more than 2 non-zeros raises ValueError naming it.
+    Needs :func:`wgmma_available`.
     """
     import torch
 
     c = _require()
+    if not bool(c.cuda_wgmma_compiled()):
+        raise EdgevlaError("pack_2to4_s8_wgmma: this build has no wgmma kernels (it needs sm_90 among "
+                           "EDGEVLA_CUDA_ARCHS and the CUTLASS headers at build time)")
+    wt = w if isinstance(w, torch.Tensor) and w.is_cuda else torch.from_numpy(_to_numpy(w)).to(device)
+    if wt.dtype != torch.int8 or wt.dim() != 2:
+        raise EdgevlaError(f"pack_2to4_s8_wgmma: expected an int8 (N, K) weight, got {wt.dtype} {tuple(wt.shape)}")
+    n, k = wt.shape
+    value_bytes, meta_bytes = c.cuda_2to4_s8_wgmma_sizes(n, k)
+    values = torch.empty(value_bytes, dtype=torch.int8, device=wt.device)
+    meta = torch.empty(meta_bytes, dtype=torch.uint8, device=wt.device)
+    c.cuda_pack_2to4_s8_wgmma(wt, values, meta, stream=_stream(stream))
+    return Sparse2to4WgmmaWeight(values, meta, int(n), int(k))
+
+
+#: The 2:4 kernels' shapes at M > 16: ``auto`` (64-channel tiles) and
+#: ``tiled_wide`` (128-channel tiles: each warp two channel tiles). A
+#: :class:`Sparse2to4WgmmaWeight` runs ``"wgmma"`` (CUTLASS, sm_90) instead.
+SPARSE_VARIANTS = ("auto", "tiled_wide")
+
+
+def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight | Sparse2to4WgmmaWeight, *, w_scale: Any = None,
+                 a_scale: Any = None, bias: Any = None, act: str = "none", out: Any = None, variant: str = "auto",
+                 stream: Any = None) -> Any:
+    """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue.
+
+    ``variant``: one of :data:`SPARSE_VARIANTS` for a :class:`Sparse2to4Weight`; ``"wgmma"`` (or ``"auto"``)
+    for a :class:`Sparse2to4WgmmaWeight`, which gives int32 out only.
+    """
+    import torch
+
+    c = _require()
+    if isinstance(weight, Sparse2to4WgmmaWeight):
+        if variant not in ("auto", "wgmma"):
+            raise EdgevlaError(f"gemm_2to4_s8: a Sparse2to4WgmmaWeight runs the wgmma variant, not {variant!r}")
+        if w_scale is not None or a_scale is not None or bias is not None or act != "none":
+            raise EdgevlaError("gemm_2to4_s8: the wgmma variant gives int32 out only (no scales, bias or activation)")
+        if out is None:
+            out = _empty(x.shape[0], weight.n, torch.int32, x)
+        c.cuda_gemm_2to4_s8_wgmma(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, stream=_stream(stream))
+        return out
+    if variant == "wgmma":
+        raise EdgevlaError("gemm_2to4_s8: the wgmma variant takes a weight from pack_2to4_s8_wgmma")
     if out is None:
         out = _empty(x.shape[0], weight.n, torch.float32 if w_scale is not None else torch.int32, x)
     c.cuda_gemm_2to4_s8(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, w_scale=w_scale,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgevla.bench.kernels_cuda import GEMM_VARIANT_BACKENDS, goals
-from edgevla.cuda_kernels import TILED_VARIANTS
+from edgevla.bench.kernels_cuda import GEMM_VARIANT_BACKENDS, SPARSE_VARIANT_BACKENDS, goals
+from edgevla.cuda_kernels import SPARSE_VARIANTS, TILED_VARIANTS
 
 
 def _row(backend: str, us: float, m: int = 256, op: str = "gemm-int8", verified: bool | None = True) -> dict:
@@ -17,6 +17,7 @@ def _goal(result: list[dict], prefix: str) -> dict:
 
 def test_variant_backends_name_the_variants():
     assert GEMM_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled"), "edgevla-wgmma")
+    assert SPARSE_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in SPARSE_VARIANTS if v != "auto"), "edgevla-wgmma")
 
 
 def test_the_variants_goal_takes_the_fastest_tiled_shape_per_row():
@@ -54,3 +55,12 @@ def test_the_sparse_variants_goal_pits_the_fastest_shapes_against_each_other():
     best = _goal(result, "(variants) the fastest 2:4")
     assert best["values"] == [{"where": "base-vla fc1 M=256 (edgevla-tiled_wide vs edgevla-tiled_split_k)",
                                "ratio": 1.5}]
+
+
+def test_the_sparse_wgmma_rows_compete_with_the_dense_wgmma_rows():
+    rows = [_row("edgevla", 20.0), _row("edgevla-wgmma", 10.0),
+            _row("edgevla", 30.0, op="2to4-int8"), _row("edgevla-wgmma", 7.0, op="2to4-int8"),
+            _row("edgevla-tiled_wide", 25.0, op="2to4-int8")]
+    best = _goal(goals(rows, copy_gbps=1000.0), "(variants) the fastest 2:4")
+    assert best["values"] == [{"where": "base-vla fc1 M=256 (edgevla-wgmma vs edgevla-wgmma)", "ratio": 1.429}]
+    assert best["met"] is True

@@ -133,6 +133,8 @@ def test_packing_refuses_bad_arguments():
 @pytest.mark.parametrize("call", [
     lambda a, w, o: _C.cuda_gemm_s8s8(a, w, o),
     lambda a, w, o: _C.cuda_gemm_2to4_s8(a, w, w, o, n=4, k=8),
+    lambda a, w, o: _C.cuda_gemm_2to4_s8_wgmma(a, w, w, o, n=4, k=32),
+    lambda a, w, o: _C.cuda_pack_2to4_s8_wgmma(w, a, a),
 ])
 def test_host_arrays_are_refused_before_any_launch(call):
     a, w, out = np.zeros((2, 8), np.int8), np.zeros((4, 8), np.int8), np.zeros((2, 4), np.int32)

@@ -314,6 +314,51 @@ def test_gemm_2to4_f16_within_stated_error(m, k, n, variant):
     assert _guards_intact(buf, m, n)
 
 
+def _wgmma_or_skip():
+    if not ck.wgmma_available():
+        pytest.skip("the wgmma variant needs a build with CUTLASS and an sm_90 GPU")
+
+
+# K % 32 == 0 (the compressed rows' 16-byte TMA pieces); N % 4 == 0; the padding CUTLASS adds (N to 64
+# for the metadata, K to 128) is crossed by N = 100, K = 96 and K = 800.
+@pytest.mark.parametrize("m,k,n", [(1, 64, 16), (17, 96, 100), (256, 512, 128), (130, 800, 1536), (1024, 768, 3072),
+                                   (33, 4096, 64)])
+def test_gemm_2to4_s8_wgmma_is_exact(m, k, n):
+    """CUTLASS's sparse wgmma on a weight its compressor packed on the GPU: exact int32, guards intact."""
+    torch = _torch()
+    _wgmma_or_skip()
+    rng = np.random.default_rng(m * 5 + k * 3 + n)
+    w = ck.random_2to4(rng, n, k, np.int8)
+    w[:: 7, : 4] = 0  # whole zero groups and groups of one non-zero: the compressor's corner cases
+    w[1:: 7, 2:4] = 0
+    x = _int8(rng, (m, k))
+    buf, out = _guarded(m, n, torch.int32)
+    weight = ck.pack_2to4_s8_wgmma(w)
+    ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), weight, out=out, variant="wgmma")
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), x.astype(np.int64) @ w.astype(np.int64).T)
+    assert _guards_intact(buf, m, n)
+
+
+def test_pack_2to4_s8_wgmma_refuses_a_dense_group_and_bad_shapes():
+    torch = _torch()
+    _wgmma_or_skip()
+    w = ck.random_2to4(np.random.default_rng(3), 64, 128, np.int8)
+    w[37, 40:44] = [1, 2, 3, 0]
+    with pytest.raises(ValueError, match=r"not 2:4 sparse: row 37 has more than 2 non-zeros in k 40\.\.43"):
+        ck.pack_2to4_s8_wgmma(w)
+    with pytest.raises(ValueError, match="K a multiple of 32"):
+        ck.pack_2to4_s8_wgmma(ck.random_2to4(np.random.default_rng(4), 64, 48, np.int8))
+    weight = ck.pack_2to4_s8_wgmma(ck.random_2to4(np.random.default_rng(5), 64, 128, np.int8))
+    x = torch.ones((8, 128), dtype=torch.int8, device="cuda")
+    with pytest.raises(ck.EdgevlaError, match="int32 out only"):
+        ck.gemm_2to4_s8(x, weight, w_scale=torch.ones(64, device="cuda"), a_scale=torch.ones(1, device="cuda"))
+    with pytest.raises(ck.EdgevlaError, match="runs the wgmma variant"):
+        ck.gemm_2to4_s8(x, weight, variant="tiled_wide")
+    with pytest.raises(ValueError, match="x: expected 128 columns"):
+        ck.gemm_2to4_s8(torch.ones((8, 96), dtype=torch.int8, device="cuda"), weight)
+
+
 def test_gemm_2to4_refuses_mismatched_packing():
     torch = _torch()
     from edgevla import _C

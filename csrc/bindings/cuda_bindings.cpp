@@ -22,6 +22,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace edgevla::bindings {
@@ -492,6 +493,70 @@ void cuda_gemm_2to4_f16(py::handle x_obj, py::handle values_obj, py::handle meta
     cuda::gemm_2to4_f16(g, v, s);
 }
 
+// ------------------------------------------- 2:4 int8 on wgmma (CUTLASS) ---
+// The weight in CUTLASS's compressed layout: values int8 and meta uint8, two
+// flat buffers of the sizes cuda_2to4_s8_wgmma_sizes(n, k) gives.
+Packed2to4 packed_2to4_wgmma_args(py::handle values_obj, py::handle meta_obj, int64_t n, int64_t k, bool writable) {
+    const cuda::Sparse2to4WgmmaSizes sizes = cuda::sparse_2to4_s8_wgmma_sizes(n, k);
+    Packed2to4 p{parse_device_array(values_obj, "values", writable), parse_device_array(meta_obj, "meta", writable)};
+    check_dtype(p.values, {DType::int8, DType::uint8});
+    check_dtype(p.meta, {DType::uint8, DType::int8});
+    for (const auto& [array, bytes] : {std::pair{&p.values, sizes.value_bytes}, std::pair{&p.meta, sizes.meta_bytes}}) {
+        if (array->shape.size() != 1 || array->shape[0] != bytes || (bytes > 1 && array->strides[0] != 1)) {
+            fail_value(std::string(array->name) + ": expected a contiguous (" + std::to_string(bytes) +
+                       ",) int8 or uint8 array, got " + shape_text(*array));
+        }
+        check_aligned(*array, 16);
+    }
+    return p;
+}
+
+void check_wgmma_shape(int64_t n, int64_t k) {
+    if (n <= 0 || k <= 0 || n > (int64_t(1) << 30) || k > EDGEVLA_GEMM_S8S8_MAX_K) fail_value("bad n or k");
+}
+
+py::tuple cuda_2to4_s8_wgmma_sizes(int64_t n, int64_t k) {
+    check_wgmma_shape(n, k);
+    const cuda::Sparse2to4WgmmaSizes sizes = cuda::sparse_2to4_s8_wgmma_sizes(n, k);
+    return py::make_tuple(sizes.value_bytes, sizes.meta_bytes);
+}
+
+void cuda_pack_2to4_s8_wgmma(py::handle w_obj, py::handle values_obj, py::handle meta_obj, py::handle stream) {
+    const DeviceArray w = device_array(w_obj, "w", DType::int8, false);
+    const int64_t ldw = matrix_ld(w, -1, -1, "(N, K)");
+    const int64_t n = w.shape[0], k = w.shape[1];
+    check_wgmma_shape(n, k);
+    const Packed2to4 p = packed_2to4_wgmma_args(values_obj, meta_obj, n, k, true);
+    check_disjoint(p.values, {&w, &p.meta});
+    check_disjoint(p.meta, {&w});
+    const uintptr_t s = stream_handle(stream);
+    py::gil_scoped_release no_gil;
+    cuda::compress_2to4_s8_wgmma(reinterpret_cast<const int8_t*>(w.data), n, k, ldw,
+                                 reinterpret_cast<int8_t*>(p.values.data), reinterpret_cast<uint8_t*>(p.meta.data), s);
+}
+
+void cuda_gemm_2to4_s8_wgmma(py::handle x_obj, py::handle values_obj, py::handle meta_obj, py::handle out_obj,
+                             int64_t n, int64_t k, py::handle stream) {
+    check_wgmma_shape(n, k);
+    const DeviceArray x = device_array(x_obj, "x", DType::int8, false);
+    const int64_t ldx = matrix_ld(x, -1, k, "(M, K)");
+    const int64_t m = x.shape[0];
+    const Packed2to4 p = packed_2to4_wgmma_args(values_obj, meta_obj, n, k, false);
+    const DeviceArray out = device_array(out_obj, "out", DType::int32, true);
+    const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
+    check_disjoint(out, {&x, &p.values, &p.meta});
+
+    cuda::Gemm2to4S8WgmmaArgs g;
+    g.m = m, g.n = n, g.k = k;
+    g.x = reinterpret_cast<const int8_t*>(x.data), g.ldx = ldx;
+    g.values = reinterpret_cast<const int8_t*>(p.values.data);
+    g.meta = reinterpret_cast<const uint8_t*>(p.meta.data);
+    g.c_s32 = reinterpret_cast<int32_t*>(out.data), g.ldc = ldc;
+    const uintptr_t s = stream_handle(stream);
+    py::gil_scoped_release no_gil;
+    cuda::gemm_2to4_s8_wgmma(g, s);
+}
+
 // ------------------------------------------------- host 2:4 packing ---------
 template <typename T>
 py::tuple pack_2to4_mma(py::array w_obj, int meta_layout, bool f16, const char* dtype) {
@@ -523,8 +588,17 @@ py::tuple pack_2to4_mma(py::array w_obj, int meta_layout, bool f16, const char* 
 
 void register_cuda(py::module_& m) {
     m.def("cuda_kernels_compiled", &cuda::kernels_compiled, "Whether this build has the CUDA kernels.");
-    m.def("cuda_wgmma_compiled", &cuda::gemm_s8s8_wgmma_compiled,
-          "Whether this build has gemm_s8s8's wgmma variant (CUTLASS, sm_90a).");
+    m.def("cuda_wgmma_compiled", [] { return cuda::gemm_s8s8_wgmma_compiled() && cuda::gemm_2to4_wgmma_compiled(); },
+          "Whether this build has the wgmma variants of gemm_s8s8 and gemm_2to4_s8 (CUTLASS, sm_90a).");
+    m.def("cuda_2to4_s8_wgmma_sizes", &cuda_2to4_s8_wgmma_sizes, py::arg("n"), py::arg("k"),
+          "(value bytes, metadata bytes) of an (N, K) 2:4 int8 weight in CUTLASS's sm90 compressed layout.");
+    m.def("cuda_pack_2to4_s8_wgmma", &cuda_pack_2to4_s8_wgmma, py::arg("w"), py::arg("values"), py::arg("meta"),
+          py::kw_only(), py::arg("stream") = py::none(),
+          "Compresses a dense 2:4 int8 (N, K) device weight into values / meta with CUTLASS's sm90 compressor "
+          "(checks the pattern first, synchronizing the stream).");
+    m.def("cuda_gemm_2to4_s8_wgmma", &cuda_gemm_2to4_s8_wgmma, py::arg("x"), py::arg("values"), py::arg("meta"),
+          py::arg("out"), py::kw_only(), py::arg("n"), py::arg("k"), py::arg("stream") = py::none(),
+          "int32 out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma (CUTLASS), W from cuda_pack_2to4_s8_wgmma.");
     m.def("cuda_gemm_s8s8", &cuda_gemm_s8s8, py::arg("a"), py::arg("w"), py::arg("out"), py::kw_only(),
           py::arg("w_scale") = py::none(), py::arg("a_scale") = py::none(), py::arg("bias") = py::none(),
           py::arg("act") = "none", py::arg("variant") = "auto", py::arg("stream") = py::none(),

@@ -109,6 +109,30 @@ struct Gemm2to4S8Args {
 enum class Gemm2to4Variant : int { automatic = 0, tiled_wide = 1 };
 void gemm_2to4_s8(const Gemm2to4S8Args& args, Gemm2to4Variant variant, uintptr_t stream);
 
+// wgmma: 2:4 int8 on Hopper's sparse wgmma through CUTLASS 3
+// (gemm_2to4_sm90.h), int32 out, sm_90 only, when built. The weight is in
+// CUTLASS's own compressed layout, which its compressor kernel makes on the
+// GPU from the dense (N, K) weight: sizes from sparse_2to4_s8_wgmma_sizes.
+bool gemm_2to4_wgmma_compiled();
+struct Sparse2to4WgmmaSizes {
+    int64_t value_bytes = 0, meta_bytes = 0;
+};
+Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t n, int64_t k);
+// w: dense int8 (N, K) device memory, row stride ldw, 2:4 along K (checked by
+// the caller); values / meta: device buffers of the sizes above.
+void compress_2to4_s8_wgmma(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int8_t* values, uint8_t* meta,
+                            uintptr_t stream);
+struct Gemm2to4S8WgmmaArgs {
+    int64_t m = 0, n = 0, k = 0;
+    const int8_t* x = nullptr;
+    int64_t ldx = 0;
+    const int8_t* values = nullptr;
+    const uint8_t* meta = nullptr;
+    int32_t* c_s32 = nullptr;
+    int64_t ldc = 0;
+};
+void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs& args, uintptr_t stream);
+
 struct Gemm2to4F16Args {
     int64_t m = 0, n = 0, k = 0;
     const uint16_t* x = nullptr;  // float16 bits

@@ -23,5 +23,9 @@ void gemm_s8s8(const GemmS8S8Args&, GemmVariant, uintptr_t) { no_cuda(); }
 void gemm_w4(const GemmW4Args&, GemmW4Variant, uintptr_t) { no_cuda(); }
 void gemm_2to4_s8(const Gemm2to4S8Args&, Gemm2to4Variant, uintptr_t) { no_cuda(); }
 void gemm_2to4_f16(const Gemm2to4F16Args&, Gemm2to4Variant, uintptr_t) { no_cuda(); }
+bool gemm_2to4_wgmma_compiled() { return false; }
+Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t, int64_t) { no_cuda(); }
+void compress_2to4_s8_wgmma(const int8_t*, int64_t, int64_t, int64_t, int8_t*, uint8_t*, uintptr_t) { no_cuda(); }
+void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs&, uintptr_t) { no_cuda(); }
 
 }  // namespace edgevla::cuda

@@ -2,7 +2,11 @@
 // the activation rows allow them.
 #include "cuda/cuda_kernels.h"
 #include "cuda/gemm_2to4_kernels.cuh"
+#include "cuda/gemm_2to4_sm90.h"
 #include "cuda/launch_check.cuh"
+
+#include <stdexcept>
+#include <string>
 
 namespace edgevla::cuda {
 namespace {
@@ -138,5 +142,86 @@ void gemm_2to4_f16(const Gemm2to4F16Args& g, Gemm2to4Variant variant, uintptr_t 
         launch_f16<4>(g, wide, stream);
     }
 }
+
+bool gemm_2to4_wgmma_compiled() {
+#ifdef EDGEVLA_CUTLASS_SM90
+    return gemm_2to4_sm90_compiled();
+#else
+    return false;
+#endif
+}
+
+#ifdef EDGEVLA_CUTLASS_SM90
+namespace {
+
+// The lowest index row * groups + group of a group of 4 k (the last one
+// partial when k % 4 != 0) with more than 2 non-zeros, by atomicMin into
+// *first (left at ~0 when there is none).
+__global__ void first_dense_group_kernel(const int8_t* w, int64_t n, int64_t k, int64_t ldw,
+                                         unsigned long long* first) {
+    const int64_t groups = (k + 3) / 4;
+    const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+    for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n * groups; i += stride) {
+        const int64_t row = i / groups, k0 = 4 * (i % groups);
+        int count = 0;
+        for (int64_t kk = k0; kk < k0 + 4 && kk < k; ++kk) count += w[row * ldw + kk] != 0;
+        if (count > 2) atomicMin(first, static_cast<unsigned long long>(i));
+    }
+}
+
+// CUTLASS's compressor assumes 2:4 and writes past a group's two slots
+// otherwise: refuse such a weight first (one pass and one synchronization,
+// once per weight), naming the first offending group.
+void check_2to4_on_device(const int8_t* w, int64_t n, int64_t k, int64_t ldw, cudaStream_t stream) {
+    unsigned long long* first = nullptr;
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&first), sizeof(*first), stream), "cudaMallocAsync");
+    unsigned long long found = ~0ull;
+    cudaError_t status = cudaMemsetAsync(first, 0xFF, sizeof(*first), stream);
+    if (status == cudaSuccess) {
+        first_dense_group_kernel<<<256, 256, 0, stream>>>(w, n, k, ldw, first);
+        status = cudaGetLastError();
+    }
+    if (status == cudaSuccess) status = cudaMemcpyAsync(&found, first, sizeof(found), cudaMemcpyDeviceToHost, stream);
+    if (status == cudaSuccess) status = cudaStreamSynchronize(stream);
+    cudaFreeAsync(first, stream);
+    check_cuda(status, "pack_2to4_s8 (wgmma): checking the 2:4 pattern");
+    if (found != ~0ull) {
+        const int64_t groups = (k + 3) / 4, index = static_cast<int64_t>(found);
+        const int64_t row = index / groups, k0 = 4 * (index % groups);
+        throw std::invalid_argument("not 2:4 sparse: row " + std::to_string(row) + " has more than 2 non-zeros in k " +
+                                    std::to_string(k0) + ".." + std::to_string(k0 + 3));
+    }
+}
+
+}  // namespace
+
+Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t n, int64_t k) { return sparse_2to4_s8_sm90_sizes(n, k); }
+
+void compress_2to4_s8_wgmma(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int8_t* values, uint8_t* meta,
+                            uintptr_t stream) {
+    const cudaStream_t s = as_stream(stream);
+    sparse_2to4_s8_sm90_sizes(n, k);  // the shape checks, before the pattern's
+    if (ldw < k) throw std::invalid_argument("pack_2to4_s8 (wgmma): the row stride is below K");
+    check_2to4_on_device(w, n, k, ldw, s);
+    compress_2to4_s8_sm90(w, n, k, ldw, values, meta, s);
+}
+
+void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs& g, uintptr_t stream) {
+    if (g.m == 0) return;
+    gemm_2to4_s8_sm90(g, as_stream(stream));
+}
+#else
+namespace {
+[[noreturn]] void no_wgmma() {
+    throw std::invalid_argument(
+        "gemm_2to4_s8: this build has no wgmma variant (it needs sm_90 among EDGEVLA_CUDA_ARCHS and the CUTLASS "
+        "headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+}
+}  // namespace
+
+Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t, int64_t) { no_wgmma(); }
+void compress_2to4_s8_wgmma(const int8_t*, int64_t, int64_t, int64_t, int8_t*, uint8_t*, uintptr_t) { no_wgmma(); }
+void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs&, uintptr_t) { no_wgmma(); }
+#endif
 
 }  // namespace edgevla::cuda

@@ -1,7 +1,7 @@
 // gemm_s8s8_sm90.h on CUTLASS 3's Hopper collectives (compiled for sm_90a).
 #include "cuda/gemm_s8s8_sm90.h"
 
-#include "cuda/launch_check.cuh"
+#include "cuda/cutlass_sm90_run.cuh"
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -37,23 +37,12 @@ using Mainloop = cutlass::gemm::collective::CollectiveBuilder<
     cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
     cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
 
-using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+// Stream-K (CUTLASS's heuristic decomposition): the policies' layers at
+// M = 256 make 12-48 output tiles for 132 SMs, so K is split among CTAs
+// there; large problems stay data-parallel. int32 partial sums add exactly.
+using Kernel =
+    cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, cutlass::gemm::StreamKScheduler>;
 using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-void check_device_is_sm90() {
-    int device = 0, major = 0, minor = 0;
-    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
-    if (major != 9 || minor != 0) {
-        throw std::invalid_argument("gemm_s8s8: the wgmma variant runs on sm_90 GPUs only, this one is sm_" +
-                                    std::to_string(major) + std::to_string(minor));
-    }
-}
-
-const char* status_text(cutlass::Status status) { return cutlass::cutlassGetStatusString(status); }
 
 }  // namespace
 
@@ -63,7 +52,7 @@ void gemm_s8s8_sm90(const GemmS8S8Args& g, cudaStream_t stream) {
     if (g.c_s32 == nullptr || g.c_f32 != nullptr) {
         throw std::invalid_argument("gemm_s8s8: the wgmma variant writes int32 out only (no float epilogue)");
     }
-    check_device_is_sm90();
+    check_device_is_sm90("gemm_s8s8");
     if (g.k % kAlignmentS8 != 0 || g.lda % 16 != 0 || g.ldw % 16 != 0 || !aligned16(g.a) || !aligned16(g.w) ||
         g.n % kAlignmentS32 != 0 || g.ldc % kAlignmentS32 != 0 || !aligned16(g.c_s32)) {
         throw std::invalid_argument(
@@ -80,25 +69,9 @@ void gemm_s8s8_sm90(const GemmS8S8Args& g, cudaStream_t stream) {
         cutlass::gemm::GemmUniversalMode::kGemm,
         {static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), 1},
         {g.a, typename Kernel::StrideA(stride_a), g.w, typename Kernel::StrideB(stride_w)},
-        {{1, 0}, nullptr, {}, g.c_s32, typename Kernel::StrideD(stride_c)}};
-    Gemm gemm;
-    cutlass::Status status = gemm.can_implement(args);
-    if (status != cutlass::Status::kSuccess) {
-        throw std::invalid_argument(std::string("gemm_s8s8: the wgmma kernel cannot take these operands: ") +
-                                    status_text(status));
-    }
-    if (Gemm::get_workspace_size(args) != 0) {
-        throw std::runtime_error("gemm_s8s8: the wgmma kernel asks for a workspace, which this launcher has none of");
-    }
-    status = gemm.initialize(args, nullptr, stream);
-    if (status != cutlass::Status::kSuccess) {
-        throw std::runtime_error(std::string("gemm_s8s8: initializing the wgmma kernel: ") + status_text(status));
-    }
-    status = gemm.run(stream);
-    if (status != cutlass::Status::kSuccess) {
-        throw std::runtime_error(std::string("gemm_s8s8: launching the wgmma kernel: ") + status_text(status));
-    }
-    check_launch("gemm_s8s8 wgmma (CUTLASS sm90)", stream);
+        {{1, 0}, nullptr, {}, g.c_s32, typename Kernel::StrideD(stride_c)},
+        hardware_info()};
+    run_cutlass<Gemm>(args, "gemm_s8s8 wgmma (CUTLASS sm90)", stream);
 }
 
 }  // namespace edgevla::cuda

@@ -79,6 +79,13 @@ def main() -> int:
         outf = ck.gemm_2to4_f16(torch.from_numpy(xf).cuda(), ck.pack_2to4_f16(wf), variant=variant).cpu().numpy()
         ref = xf.astype(np.float64) @ wf.astype(np.float64).T
         expect(f"gemm_2to4_f16 {variant} M={m} K={k} N={n}", np.linalg.norm(outf - ref) <= 1e-5 * np.linalg.norm(ref))
+    if ck.wgmma_available():
+        for m, k, n in [(17, 96, 100), (300, 256, 520)]:
+            w = ck.random_2to4(rng, n, k, np.int8)
+            x = int8(rng, (m, k))
+            out = ck.gemm_2to4_s8(torch.from_numpy(x).cuda(), ck.pack_2to4_s8_wgmma(w))
+            expect(f"gemm_2to4_s8 wgmma M={m} K={k} N={n}",
+                   np.array_equal(out.cpu().numpy(), x.astype(np.int64) @ w.astype(np.int64).T))
     torch.cuda.synchronize()
     print(f"{failures} failure(s)")
     return 1 if failures else 0
