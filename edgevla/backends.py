@@ -273,15 +273,20 @@ class CudaNativeRunner(TorchRunner):
     one capture per input shape) and copy the actions back. A forward that
     cannot be captured runs eagerly instead, and :attr:`graph_error` says why
     (``cuda_graphs=False`` asks for eager from the start). ``plan()`` lists
-    the kernel of each linear layer, as on the CPU.
+    the kernel of each linear layer, as on the CPU. ``tactics_path`` (a JSON
+    file, :mod:`edgevla.cuda_tactics`) has each layer run the kernel variant
+    timed fastest on this GPU for its shape; :meth:`close` saves new timings.
     """
 
     name = "native"
 
-    def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True):
+    def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True, tactics_path=None):
         from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy
+        from .cuda_tactics import TacticTable, this_device
 
-        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION)
+        self.tactics_path = tactics_path
+        self.tactics = None if tactics_path is None else TacticTable.load_or_new(tactics_path, this_device())
+        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION, tactics=self.tactics)
         super().__init__(policy)
         self._graphed = GraphedForward(policy) if cuda_graphs else None
         self.graph_error: str | None = None
@@ -300,6 +305,19 @@ class CudaNativeRunner(TorchRunner):
             with torch.inference_mode():
                 out = self.policy(*[t.to(self._device) for t in inputs])
         return self._actions(out.detach().to("cpu", torch.float32).numpy(), len(next(iter(arrays.values()))))
+
+    def close(self) -> None:
+        """Saves the kernel tactics when some were timed in this run (``tactics_path``), then closes."""
+        if not self._closed and self.tactics is not None and self.tactics.tuned:
+            self.tactics.save(self.tactics_path)
+        super().close()
+
+    def tactics_summary(self) -> dict | None:
+        """The kernel tactics used: file, GPU, how many shapes were timed now, and the chosen variants."""
+        if self.tactics is None:
+            return None
+        return {"file": str(self.tactics_path), "device": self.tactics.device, "timed_now": len(self.tactics.tuned),
+                "variants": {key: t.variant for key, t in sorted(self.tactics.tactics.items())}}
 
     @property
     def graphed(self) -> bool:

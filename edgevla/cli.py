@@ -17,6 +17,9 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "native", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_HELP = ("where --backend native runs: auto (default: the GPU for a GPU target's bundle when edgevla's CUDA "
                "kernels can run here, else the CPU), cpu, or cuda")
+TACTICS_HELP = ("native backend on a GPU: time each kernel variant per layer shape on this GPU and run the fastest; "
+                "FILE (JSON) keeps the choices: read when it exists (it must be from this GPU model), written back "
+                "with what was newly timed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", "-n", type=int, default=200)
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    e.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("profile", help="latency, jitter and deadline misses of a bundle or a policy")
@@ -63,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--threads", type=int)
     pr.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    pr.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     pr.add_argument("--allow-pickle", action="store_true")
     pr.add_argument("--json", action="store_true")
 

@@ -93,7 +93,8 @@ def _bundle_policy(bundle, backend: str):
     return policy.eval()
 
 
-def _bundle_runner(bundle, backend: str, threads: int | None = None, device: str = "auto"):
+def _bundle_runner(bundle, backend: str, threads: int | None = None, device: str = "auto",
+                   tactics: str | None = None):
     """The runner of ``backend`` for a bundle; ``native`` on a GPU where ``device`` says so (see native_device)."""
     from .backends import CudaNativeRunner, make_runner, native_device
 
@@ -102,14 +103,23 @@ def _bundle_runner(bundle, backend: str, threads: int | None = None, device: str
     if backend == "native":
         gpu_target = bundle.manifest["target"].get("kind") == "gpu"
         if native_device(device, gpu_target) == "cuda":
-            return CudaNativeRunner(_bundle_policy(bundle, "the native backend on a GPU"))
+            return CudaNativeRunner(_bundle_policy(bundle, "the native backend on a GPU"), tactics_path=tactics)
+    _no_tactics_here(tactics)
     return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
+
+
+def _no_tactics_here(tactics: str | None) -> None:
+    if tactics is not None:
+        raise EdgevlaError("--kernel-tactics applies to the native backend on a GPU only (--backend native; "
+                           "--device cuda where the GPU is not picked by default)")
 
 
 def _check_device(args: argparse.Namespace) -> None:
     if args.device != "auto" and args.backend != "native":
         raise EdgevlaError(f"--device {args.device} applies to --backend native only "
                            f"(backend {args.backend!r} decides its own device)")
+    if args.kernel_tactics is not None and args.backend != "native":
+        _no_tactics_here(args.kernel_tactics)
 
 
 def _runner_device(runner) -> str:
@@ -133,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if task is None:
         raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
                            "closed-loop evaluation needs a task that speaks them")
-    runner = _bundle_runner(bundle, args.backend, device=args.device)
+    runner = _bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
     try:
         with progress.task(f"{args.episodes} episodes", args.episodes) as advance:
@@ -142,6 +152,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         runner.close()
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
             "seed": args.seed, **result.to_dict()}
+    if getattr(runner, "tactics", None) is not None:
+        data["kernel_tactics"] = runner.tactics_summary()
     if args.json:
         _json(data)
     else:
@@ -182,6 +194,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             "deadline": deadline.to_dict()}
     if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
         data["cuda_graphs"] = {"used": runner.graphed, "error": runner.graph_error}
+        if runner.tactics is not None:  # which kernel variants ran, timed on this GPU
+            data["kernel_tactics"] = runner.tactics_summary()
     if plan is not None:  # which kernel ran each linear layer, and why
         data["native_plan"] = [choice.to_dict() for choice in plan]
     if args.json:
@@ -217,14 +231,15 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
         from .bundle import load_bundle
 
         bundle = load_bundle(path)
-        return (_bundle_runner(bundle, args.backend, args.threads, args.device), str(path),
+        return (_bundle_runner(bundle, args.backend, args.threads, args.device, args.kernel_tactics), str(path),
                 bundle.manifest["target"]["name"])
     from .backends import CudaNativeRunner, make_runner, native_device
     from .models.zoo import load_policy
 
     loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
     if args.backend == "native" and native_device(args.device, gpu_target=False) == "cuda":
-        return CudaNativeRunner(loaded.policy), loaded.name, "x86-64-cpu"
+        return CudaNativeRunner(loaded.policy, tactics_path=args.kernel_tactics), loaded.name, "x86-64-cpu"
+    _no_tactics_here(args.kernel_tactics)
     if args.backend in ("onnxruntime", "native"):
         from .export import export_onnx
 

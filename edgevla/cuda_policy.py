@@ -27,6 +27,12 @@ anything else              ``fp16`` / ``fp32``  ``fp16`` / ``fp32``    ``torch-f
 FP8 layers run as ``torch-f32`` on their fake-quantized weight (no fp8
 kernel of ours), as do float layers narrower than 16 at ``int8``.
 
+Where a kernel has variants (tile shapes), ``auto`` picks one by rules
+measured on an H200; a :class:`edgevla.cuda_tactics.TacticTable` instead
+times the variants on this GPU at each layer's shape and runs the fastest
+(``edgevla profile --kernel-tactics FILE``). Int8 variants must give
+bit-identical outputs to be chosen, float16 ones agree within 1e-5.
+
 Every :class:`CudaLinear` also has :meth:`CudaLinear.reference`, the same
 arithmetic on the CPU with the C++ scalar references (int8 paths are
 bit-identical to it on the GPU; the int4 and fp16 kernels sum in their own
@@ -47,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cuda_kernels, native
+from .cuda_tactics import TacticTable, exact_agreement, relative_agreement, tactic_key
 from .errors import EdgevlaError
 from .quant.fakequant import Float8Linear, Int4WeightLinear, Int8ActivationInt8WeightLinear, Int8WeightLinear
 from .quant.primitives import quantize
@@ -73,6 +80,11 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / 127.0
 
 
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (False on a build of PyTorch without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class CudaLinear(nn.Module):
     """Base of the swapped layers: ``(..., K) -> (..., N)`` float, the kernel's work on 2-D rows.
 
@@ -81,6 +93,8 @@ class CudaLinear(nn.Module):
     """
 
     choice: LayerChoice
+    #: How outputs of two variants must agree for one to stand in for the other (:mod:`edgevla.cuda_tactics`).
+    agreement = staticmethod(exact_agreement)
 
     def __init__(self, choice: LayerChoice, bias: torch.Tensor | None):
         super().__init__()
@@ -88,14 +102,35 @@ class CudaLinear(nn.Module):
         self.in_features, self.out_features = choice.k, choice.n
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.use_reference = False
+        self.tactics: TacticTable | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.use_reference:
             y = torch.from_numpy(self.reference(rows.detach().cpu().float().numpy())).to(x.device)
         else:
-            y = self._run(rows.float().contiguous())
+            rows = rows.float().contiguous()
+            y = self._run(rows, self.variant_for(rows))
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def variants(self, m: int) -> tuple[str, ...]:
+        """The kernel variants that compute this layer for ``m`` rows, ``"auto"`` first (its reference)."""
+        return ("auto",)
+
+    def variant_for(self, rows: torch.Tensor) -> str:
+        """``"auto"``, or with a :class:`TacticTable` the variant it holds (or times now) for these rows' shape.
+
+        Tuning synchronizes the GPU, so it cannot happen while a CUDA graph
+        is being captured: a shape first met there runs ``auto``
+        (:class:`GraphedForward` runs every shape eagerly before capturing).
+        """
+        candidates = self.variants(rows.shape[0])
+        if self.tactics is None or len(candidates) == 1:
+            return "auto"
+        key = tactic_key(self.choice.kernel, rows.shape[0], self.out_features, self.in_features)
+        if key not in self.tactics.tactics and _capturing():
+            return "auto"
+        return self.tactics.variant(key, candidates, lambda v: self._run(rows, v), self.agreement)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer's arithmetic on the CPU: float32 (M, K) in, float32 (M, N) out."""
@@ -104,7 +139,7 @@ class CudaLinear(nn.Module):
     def _bias_np(self) -> np.ndarray | None:
         return None if self.bias is None else self.bias.detach().cpu().numpy()
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _reference(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -137,11 +172,19 @@ class Int8Linear(CudaLinear):
             return quantize_per_token(x)
         return quantize(x, self.input_scale), self.input_scale
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def variants(self, m: int) -> tuple[str, ...]:
+        if self.sparse is not None:
+            return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
+        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above.
+        return ("auto", "tiled") if m <= 16 else ("auto", *cuda_kernels.TILED_VARIANTS[1:])
+
+    def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         q, a_scale = self._quantize(x)
         if self.sparse is not None:
-            return cuda_kernels.gemm_2to4_s8(q, self.sparse, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias)
-        return cuda_kernels.gemm_s8s8(q, self.codes, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias)
+            return cuda_kernels.gemm_2to4_s8(q, self.sparse, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias,
+                                             variant=variant)
+        return cuda_kernels.gemm_s8s8(q, self.codes, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias,
+                                      variant=variant)
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         if self.input_scale is None:
@@ -163,7 +206,7 @@ class Int4Linear(CudaLinear):
         packed = native.pack_w4(self.qdata, self.scale, layer.group_size, k=choice.k)
         self.weight = cuda_kernels.W4Weight.from_packed(packed, device=device)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32, device=x.device)
         step = cuda_kernels.gemm_w4_max_m()
         for start in range(0, x.shape[0], step):
@@ -182,8 +225,13 @@ class Fp16SparseLinear(CudaLinear):
         self.weight16 = weight.detach().cpu().to(torch.float16).contiguous()
         self.sparse = cuda_kernels.pack_2to4_f16(self.weight16.numpy(), device=device)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return cuda_kernels.gemm_2to4_f16(x.half(), self.sparse, self.bias)
+    agreement = staticmethod(relative_agreement(1e-5))
+
+    def variants(self, m: int) -> tuple[str, ...]:
+        return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
+
+    def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
+        return cuda_kernels.gemm_2to4_f16(x.half(), self.sparse, self.bias, variant=variant)
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         x16 = x.astype(np.float16).astype(np.float64)
@@ -201,7 +249,7 @@ class TorchLinear(CudaLinear):
         self.compute_dtype = dtype
         self.register_buffer("weight", weight.detach().to(dtype).contiguous())
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         return F.linear(x.to(self.compute_dtype), self.weight, bias).float()
 
@@ -309,12 +357,25 @@ def reference_mode(policy: nn.Module) -> Iterator[nn.Module]:
             m.use_reference = False
 
 
-def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION) -> tuple[nn.Module, list[LayerChoice]]:
-    """``policy`` swapped onto the CUDA kernels on the current GPU, and its plan; a one-line error where they cannot run."""
+def use_tactics(policy: nn.Module, tactics: TacticTable | None) -> None:
+    """Let every :class:`CudaLinear` of ``policy`` run the variants ``tactics`` choose (None: ``auto`` again)."""
+    for m in policy.modules():
+        if isinstance(m, CudaLinear):
+            m.tactics = tactics
+
+
+def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
+                tactics: TacticTable | None = None) -> tuple[nn.Module, list[LayerChoice]]:
+    """``policy`` swapped onto the CUDA kernels on the current GPU, and its plan; a one-line error where they cannot run.
+
+    With ``tactics``, each layer runs the variant the table chooses for its
+    shape, timing the candidates on this GPU the first time a shape runs.
+    """
     reason = cuda_kernels.unavailable_reason()
     if reason:
         raise EdgevlaError(f"the native backend cannot run on a GPU here: {reason}")
     plan = swap_linears(policy, precision=precision, device="cuda")
+    use_tactics(policy, tactics)
     return policy.eval(), plan
 
 

@@ -307,6 +307,30 @@ def test_the_runner_replays_a_cuda_graph_with_the_eager_numbers(tiny, obs):
 
 
 @needs_gpu
+def test_kernel_tactics_on_the_gpu_keep_the_numbers_and_persist(tiny, obs, tmp_path):
+    """Tuned variants: the same actions as auto (int8 variants are bit-identical), timed once per shape, saved."""
+    from edgevla.backends import CudaNativeRunner
+
+    policy = quantize_policy(_two_four(tiny), "w8a8", samples=64).model
+    batch = batch_of(heldout_observations(tiny.spec, 64), 0, 32)  # M > 16: layers with several variants
+    path = tmp_path / "tactics.json"
+    auto = CudaNativeRunner(copy.deepcopy(policy), cuda_graphs=False)
+    tuned = CudaNativeRunner(copy.deepcopy(policy), tactics_path=path)
+    expected = auto(batch)
+    np.testing.assert_array_equal(tuned(batch), expected)
+    np.testing.assert_array_equal(tuned(batch), expected)  # replayed graph, with the tuned variants in it
+    assert tuned.graphed, tuned.graph_error
+    summary = tuned.tactics_summary()
+    assert summary["timed_now"] >= 1 and summary["device"].endswith(")")
+    tuned.close()
+    saved = json.loads(path.read_text())
+    assert set(saved["tactics"]) == set(summary["variants"])
+    again = CudaNativeRunner(copy.deepcopy(policy), tactics_path=path)
+    np.testing.assert_array_equal(again(batch), expected)
+    assert again.tactics_summary()["timed_now"] == 0
+
+
+@needs_gpu
 def test_cli_eval_on_the_gpu(tiny_bundle, capsys):
     assert main(["eval", str(tiny_bundle.bundle), "--backend", "native", "--device", "cuda", "-n", "20",
                  "--json"]) == 0
