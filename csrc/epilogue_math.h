@@ -140,6 +140,13 @@ static inline EDGEVLA_HOST_DEVICE float edgevla_dequant_s8_f32(int32_t acc, floa
     return (float)acc * (a_scale * w_scale);
 }
 
+/* The same after the conversion, for code that receives the accumulator
+ * already converted to float with round-to-nearest, as the C cast above
+ * does (CUTLASS's epilogue visitors convert their inputs first). */
+static inline EDGEVLA_HOST_DEVICE float edgevla_dequant_converted_f32(float acc, float a_scale, float w_scale) {
+    return acc * (a_scale * w_scale);
+}
+
 /* Dynamic symmetric per-token quantization of one row x[0..K):
  *   amax  = max |x[k]|                  (the row must be finite)
  *   scale = amax / 127

@@ -130,7 +130,8 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
             ``"small_m"``, ``"tiled"``, or one of :data:`TILED_VARIANTS`'
             other shapes of the tiled kernel (tests force each; the
             benchmark times them beside ``tiled``), or ``"wgmma"``: CUTLASS's
-            Hopper kernel, int32 out on sm_90 only (:func:`wgmma_available`).
+            Hopper kernel on sm_90 only (:func:`wgmma_available`), int32 out
+            or the same float32 epilogue as an epilogue visitor.
         out: optional (M, N) int32 / float32 CUDA tensor to write into.
     """
     import torch

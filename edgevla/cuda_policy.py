@@ -175,8 +175,11 @@ class Int8Linear(CudaLinear):
     def variants(self, m: int) -> tuple[str, ...]:
         if self.sparse is not None:
             return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
-        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above.
-        return ("auto", "tiled") if m <= 16 else ("auto", *cuda_kernels.TILED_VARIANTS[1:])
+        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above;
+        # on sm_90 builds with CUTLASS, its wgmma kernel too.
+        if m <= 16:
+            return ("auto", "tiled")
+        return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *(("wgmma",) if cuda_kernels.wgmma_available() else ()))
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         q, a_scale = self._quantize(x)

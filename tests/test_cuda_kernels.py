@@ -100,7 +100,7 @@ def test_gemm_s8s8_wgmma_is_exact_or_refuses_the_shape(m, k, n):
     assert _guards_intact(buf, m, n)
 
 
-def test_gemm_s8s8_wgmma_refuses_float_out_and_other_gpus():
+def test_gemm_s8s8_wgmma_refuses_other_gpus_and_unaligned_outputs():
     torch = _torch()
     a = torch.ones((32, 64), dtype=torch.int8, device="cuda")
     w = torch.ones((32, 64), dtype=torch.int8, device="cuda")
@@ -109,8 +109,9 @@ def test_gemm_s8s8_wgmma_refuses_float_out_and_other_gpus():
         with pytest.raises(ValueError, match="wgmma variant"):
             ck.gemm_s8s8(a, w, variant="wgmma")
         return
-    with pytest.raises(ValueError, match="writes int32 out only"):
-        ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant="wgmma")
+    out = torch.empty(32 * 32 + 1, device="cuda")[1:].view(32, 32)  # 4-byte, not 16-byte, aligned
+    with pytest.raises(ValueError, match="16-byte aligned A, W and C"):
+        ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant="wgmma", out=out)
 
 
 @pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
@@ -127,11 +128,13 @@ def test_gemm_s8s8_saturation_values(variant):
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (7, 96, 384), (16, 768, 768), (40, 130, 96), (256, 384, 1536)])
 @pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh", "gelu_erf"])
 @pytest.mark.parametrize("per_token", [False, True])
-@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
+@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS, "wgmma"])
 def test_gemm_s8s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token, variant):
     torch = _torch()
     if variant == "small_m" and m > 16:
         pytest.skip("small_m takes M <= 16")
+    if variant == "wgmma" and (not ck.wgmma_available() or k % 16 or n % 4):
+        pytest.skip("the wgmma variant needs CUTLASS, an sm_90 GPU, K % 16 == 0 and N % 4 == 0")
     rng = np.random.default_rng(m + 13 * k + n)
     a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
     w_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32)

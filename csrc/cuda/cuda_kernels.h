@@ -34,7 +34,7 @@ int current_device();
 // and two shapes of the tiled kernel timed beside it until a GPU run shows
 // where they win: tiled_wide (128 x 256 tiles) and tiled_split_k (the smaller
 // tiles with K split among warp groups inside a block). wgmma: CUTLASS's
-// Hopper kernel (gemm_s8s8_sm90.h), int32 out on sm_90 only, when built.
+// Hopper kernel (gemm_s8s8_sm90.h), on sm_90 only, when built.
 enum class GemmVariant : int { automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4, wgmma = 5 };
 // Whether this build has the wgmma variant.
 bool gemm_s8s8_wgmma_compiled();

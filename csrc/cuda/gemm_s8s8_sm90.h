@@ -6,8 +6,9 @@
 // (EDGEVLA_CUTLASS_DIR, or the nvidia-cutlass wheel); the hand-written
 // mma.sync kernels (gemm_s8s8_kernels.cuh) run everywhere.
 //
-// int32 out only: the W8A8 float epilogue stays on the mma.sync kernels
-// until a GPU run shows this one is worth an epilogue visitor.
+// int32 out, or float32 out through the W8A8 epilogue as a CUTLASS epilogue
+// visitor node over csrc/epilogue_math.h (bit-identical to the CPU reference
+// by construction; tests/test_cuda_kernels.py checks it on an sm_90 GPU).
 #pragma once
 
 #include "cuda/cuda_kernels.h"
@@ -19,7 +20,7 @@ namespace edgevla::cuda {
 // Whether this build has the kernel.
 bool gemm_s8s8_sm90_compiled();
 
-// Launches it for args (c_s32 set, c_f32 null). Throws std::invalid_argument
+// Launches it for args (c_s32 or c_f32). Throws std::invalid_argument
 // when the GPU is not sm_90 or the operands break TMA's rules (16-byte
 // aligned bases and row strides, K and N multiples of 16 and 4), and
 // std::runtime_error for a CUTLASS or CUDA failure.

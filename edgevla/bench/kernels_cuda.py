@@ -9,7 +9,8 @@ x 14336 and back, where a batch-1 layer is memory-bound for real), and M = 1,
 op            what runs                                       backends
 ============  ==============================================  ===============================================
 gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out), edgevla-epilogue (float32
-                                                              out, scales + bias), cublas-int8 (``torch._int_mm``;
+                                                              out, scales + bias; edgevla-wgmma-epilogue
+                                                              likewise on sm_90), cublas-int8 (``torch._int_mm``;
                                                               M <= 16 padded to 32 rows, as it requires M > 16);
                                                               M > 16: edgevla-tiled_wide, edgevla-tiled_split_k
                                                               (the tiled kernel's other shapes, int32 out) and,
@@ -299,16 +300,20 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
 
         ref_f32 = (ref_acc.float() * (a_scale[:, None] * w_scale[None, :])) + bias[None, :]
 
-        def check_epilogue():
+        def check_epilogue(variant="auto"):
             poison_f32()
-            ck.gemm_s8s8(a, w8[0], w_scale=w_scale, a_scale=a_scale, bias=bias, out=out_f32)
+            ck.gemm_s8s8(a, w8[0], w_scale=w_scale, a_scale=a_scale, bias=bias, out=out_f32, variant=variant)
             torch.cuda.synchronize()
             return _exact(out_f32, ref_f32.double())
 
-        rows.add("gemm-int8", shape, m, "edgevla-epilogue",
-                 lambda i: ck.gemm_s8s8(a, w8[i % copies], w_scale=w_scale, a_scale=a_scale, bias=bias, out=out_f32),
-                 weight_bytes=n * k + 8 * n, io_bytes=m * k + 4 * m * n + 4 * m, check=check_epilogue,
-                 tolerance="exact (float32 ops as PyTorch)", copies=copies, poison=poison_f32)
+        for variant in ("auto", *(("wgmma",) if wgmma and m > 16 else ())):
+            backend = "edgevla-epilogue" if variant == "auto" else f"edgevla-{variant}-epilogue"
+            rows.add("gemm-int8", shape, m, backend,
+                     lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], w_scale=w_scale, a_scale=a_scale, bias=bias,
+                                                      out=out_f32, variant=v),
+                     weight_bytes=n * k + 8 * n, io_bytes=m * k + 4 * m * n + 4 * m,
+                     check=lambda v=variant: check_epilogue(v),
+                     tolerance="exact (float32 ops as PyTorch)", copies=copies, poison=poison_f32)
 
         m_pad = max(m, 32)
         a_pad = torch.zeros((m_pad, k), dtype=torch.int8, device=dev)

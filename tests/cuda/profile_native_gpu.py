@@ -3,7 +3,8 @@
 Run by tests/cuda/run_device.sh; prints one JSON object (p50/p99 ms per backend,
 the plan's kernels, whether CUDA graphs were used). Policies: the zoo's
 tiny-vla (float: the int8 path quantizes per token at run time) and its W8A8
-fake-quant copy (static scales).
+fake-quant copy (static scales). ``native-graphs-tactics`` rows run each
+layer's kernel variant timed fastest on this GPU (``--kernel-tactics``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgevla.backends import CudaNativeRunner, TorchRunner
@@ -37,6 +41,11 @@ def main() -> int:
         result["rows"][f"native-graphs:{name}"] = {**latency(graphed, obs), "graph_error": graphed.graph_error}
         result["rows"][f"native-eager:{name}"] = latency(eager, obs)
         result["rows"][f"kernels:{name}"] = sorted({c.kernel for c in graphed.plan()})
+        with tempfile.TemporaryDirectory() as scratch:  # kernel variants timed on this GPU (cuda_tactics.py)
+            tuned = CudaNativeRunner(copy.deepcopy(policy), tactics_path=Path(scratch) / "tactics.json")
+            row = {**latency(tuned, obs), "graph_error": tuned.graph_error}
+            np.testing.assert_array_equal(tuned(obs), graphed(obs))  # int8 variants are bit-identical
+            result["rows"][f"native-graphs-tactics:{name}"] = {**row, "tactics": tuned.tactics_summary()["variants"]}
     result["rows"]["torch-fp32-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).cuda()), obs)
     result["rows"]["torch-fp16-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).half().cuda()), obs)
     print(json.dumps(result, indent=2))

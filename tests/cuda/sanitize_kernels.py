@@ -80,6 +80,16 @@ def main() -> int:
         ref = xf.astype(np.float64) @ wf.astype(np.float64).T
         expect(f"gemm_2to4_f16 {variant} M={m} K={k} N={n}", np.linalg.norm(outf - ref) <= 1e-5 * np.linalg.norm(ref))
     if ck.wgmma_available():
+        m, k, n = 300, 256, 520
+        a, w = int8(rng, (m, k)), int8(rng, (n, k))
+        w_scale, a_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32), rng.uniform(1e-3, 1e-2, m).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        cuda = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+        out = ck.gemm_s8s8(cuda(a), cuda(w), w_scale=cuda(w_scale), a_scale=cuda(a_scale), bias=cuda(bias),
+                           act="gelu_erf", variant="wgmma")
+        ref = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act="gelu_erf")
+        expect(f"gemm_s8s8 wgmma W8A8 epilogue M={m} K={k} N={n}",
+               np.array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32)))
         for m, k, n in [(17, 96, 100), (300, 256, 520)]:
             w = ck.random_2to4(rng, n, k, np.int8)
             x = int8(rng, (m, k))
