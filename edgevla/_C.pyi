@@ -305,6 +305,9 @@ def cuda_kernels_compiled() -> bool:
 def cuda_wgmma_compiled() -> bool:
     """Whether this build has the wgmma variants of gemm_s8s8 and gemm_2to4_s8 (CUTLASS, sm_90a)."""
 
+def cuda_tcgen05_ccs() -> list[int]:
+    """The compute capabilities (100, 110) this build has gemm_s8s8's tcgen05 variant for; [] if none."""
+
 def cuda_2to4_s8_wgmma_sizes(n: int, k: int) -> tuple[int, int]:
     """(value bytes, metadata bytes) of an (N, K) 2:4 int8 weight in CUTLASS's sm90 compressed layout."""
 

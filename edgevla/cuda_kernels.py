@@ -70,6 +70,16 @@ def wgmma_available() -> bool:
     return torch.cuda.get_device_capability() == (9, 0)
 
 
+def tcgen05_available() -> bool:
+    """Whether gemm_s8s8's ``"tcgen05"`` variant can run here: built in (CUTLASS) for this GPU's sm_110 / sm_100."""
+    if not available():
+        return False
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor in _C.cuda_tcgen05_ccs()
+
+
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str:
     """Why :func:`available` is False, in one line ('' when it is True); asked once per process."""
@@ -131,7 +141,9 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
             other shapes of the tiled kernel (tests force each; the
             benchmark times them beside ``tiled``), or ``"wgmma"``: CUTLASS's
             Hopper kernel on sm_90 only (:func:`wgmma_available`), int32 out
-            or the same float32 epilogue as an epilogue visitor.
+            or the same float32 epilogue as an epilogue visitor, or
+            ``"tcgen05"``: its Blackwell counterpart for Jetson Thor (sm_110)
+            and sm_100 builds (:func:`tcgen05_available`).
         out: optional (M, N) int32 / float32 CUDA tensor to write into.
     """
     import torch

@@ -176,10 +176,12 @@ class Int8Linear(CudaLinear):
         if self.sparse is not None:
             return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
         # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above;
-        # on sm_90 builds with CUTLASS, its wgmma kernel too.
+        # CUTLASS's wgmma (sm_90) or tcgen05 (Thor, sm_100) kernel too where built for this GPU.
         if m <= 16:
             return ("auto", "tiled")
-        return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *(("wgmma",) if cuda_kernels.wgmma_available() else ()))
+        cutlass = (*(("wgmma",) if cuda_kernels.wgmma_available() else ()),
+                   *(("tcgen05",) if cuda_kernels.tcgen05_available() else ()))
+        return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *cutlass)
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         q, a_scale = self._quantize(x)

@@ -16,7 +16,8 @@ def _goal(result: list[dict], prefix: str) -> dict:
 
 
 def test_variant_backends_name_the_variants():
-    assert GEMM_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled"), "edgevla-wgmma")
+    assert GEMM_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled"), "edgevla-wgmma",
+                                     "edgevla-tcgen05")
     assert SPARSE_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in SPARSE_VARIANTS if v != "auto"), "edgevla-wgmma")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,15 @@ def test_a_cpu_target_or_an_unknown_one_stops_the_configure(tmp_path):
     assert cpu.returncode != 0 and "no GPU target there" in cpu.stderr
     missing = _configure("target:jetson-nope", tmp_path / "missing")
     assert missing.returncode != 0 and "there is no targets/jetson-nope.yaml" in missing.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass_library") is None, reason="needs the nvidia-cutlass wheel")
+def test_the_thor_build_compiles_the_tcgen05_kernel(tmp_path):
+    """The tcgen05 int8 GEMM (csrc/cuda/gemm_s8s8_sm100.cu) is built only for sm_110 / sm_100, which the default
+    architectures (87, 90) leave out: compiled here so that it does not rot (no GPU needed, none can run it)."""
+    thor = _configure("target:jetson-thor", tmp_path / "thor")
+    assert thor.returncode == 0, thor.stderr
+    assert "tcgen05 int8 GEMM on CUTLASS for 110a" in thor.stdout
+    build = subprocess.run(["cmake", "--build", str(tmp_path / "thor"), "--target", "edgevla_cuda_sm100"],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]

@@ -81,37 +81,46 @@ def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
     assert _guards_intact(buf, m, n)
 
 
-@pytest.mark.parametrize("m,k,n", SHAPES)
-def test_gemm_s8s8_wgmma_is_exact_or_refuses_the_shape(m, k, n):
-    """CUTLASS's Hopper kernel (sm_90 builds with CUTLASS): exact int32, or a one-line refusal of TMA-unfit shapes."""
-    torch = _torch()
-    if not ck.wgmma_available():
+def _cutlass_variant_or_skip(variant: str) -> None:
+    if variant == "wgmma" and not ck.wgmma_available():
         pytest.skip("the wgmma variant needs a build with CUTLASS and an sm_90 GPU")
+    if variant == "tcgen05" and not ck.tcgen05_available():
+        pytest.skip("the tcgen05 variant needs a build with CUTLASS for this GPU's sm_110 / sm_100")
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("variant", ["wgmma", "tcgen05"])
+def test_gemm_s8s8_cutlass_is_exact_or_refuses_the_shape(m, k, n, variant):
+    """CUTLASS's Hopper and Blackwell kernels (builds with CUTLASS, on their GPUs): exact int32, or a one-line
+    refusal of TMA-unfit shapes."""
+    torch = _torch()
+    _cutlass_variant_or_skip(variant)
     rng = np.random.default_rng(m * 7919 + k * 31 + n + 1)
     a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
     buf, out = _guarded(m, n, torch.int32)
     if k % 16 or n % 4:
-        with pytest.raises(ValueError, match="wgmma variant needs 16-byte aligned"):
-            ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant="wgmma", out=out)
+        with pytest.raises(ValueError, match=f"{variant} variant needs 16-byte aligned"):
+            ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant, out=out)
         return
-    ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant="wgmma", out=out)
+    ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant, out=out)
     torch.cuda.synchronize()
     np.testing.assert_array_equal(out.cpu().numpy(), a.astype(np.int64) @ w.astype(np.int64).T)
     assert _guards_intact(buf, m, n)
 
 
-def test_gemm_s8s8_wgmma_refuses_other_gpus_and_unaligned_outputs():
+@pytest.mark.parametrize("variant", ["wgmma", "tcgen05"])
+def test_gemm_s8s8_cutlass_refuses_other_gpus_and_unaligned_outputs(variant):
     torch = _torch()
     a = torch.ones((32, 64), dtype=torch.int8, device="cuda")
     w = torch.ones((32, 64), dtype=torch.int8, device="cuda")
     scale = torch.ones(32, device="cuda")
-    if not torch.cuda.get_device_capability() == (9, 0) or not ck.wgmma_available():
-        with pytest.raises(ValueError, match="wgmma variant"):
-            ck.gemm_s8s8(a, w, variant="wgmma")
+    if not (ck.wgmma_available() if variant == "wgmma" else ck.tcgen05_available()):
+        with pytest.raises(ValueError, match=f"{variant} variant"):
+            ck.gemm_s8s8(a, w, variant=variant)
         return
     out = torch.empty(32 * 32 + 1, device="cuda")[1:].view(32, 32)  # 4-byte, not 16-byte, aligned
     with pytest.raises(ValueError, match="16-byte aligned A, W and C"):
-        ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant="wgmma", out=out)
+        ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant=variant, out=out)
 
 
 @pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
@@ -128,13 +137,15 @@ def test_gemm_s8s8_saturation_values(variant):
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (7, 96, 384), (16, 768, 768), (40, 130, 96), (256, 384, 1536)])
 @pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh", "gelu_erf"])
 @pytest.mark.parametrize("per_token", [False, True])
-@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS, "wgmma"])
+@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS, "wgmma", "tcgen05"])
 def test_gemm_s8s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token, variant):
     torch = _torch()
     if variant == "small_m" and m > 16:
         pytest.skip("small_m takes M <= 16")
-    if variant == "wgmma" and (not ck.wgmma_available() or k % 16 or n % 4):
-        pytest.skip("the wgmma variant needs CUTLASS, an sm_90 GPU, K % 16 == 0 and N % 4 == 0")
+    if variant in ("wgmma", "tcgen05"):
+        _cutlass_variant_or_skip(variant)
+        if k % 16 or n % 4:
+            pytest.skip("CUTLASS's TMA needs K % 16 == 0 and N % 4 == 0 (refusals tested above)")
     rng = np.random.default_rng(m + 13 * k + n)
     a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
     w_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32)

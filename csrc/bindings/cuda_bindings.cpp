@@ -18,6 +18,7 @@
 #include "packed_formats.h"
 
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <cstring>
 #include <stdexcept>
@@ -267,7 +268,9 @@ cuda::GemmVariant variant_arg(const std::string& name) {
     if (name == "tiled_wide") return cuda::GemmVariant::tiled_wide;
     if (name == "tiled_split_k") return cuda::GemmVariant::tiled_split_k;
     if (name == "wgmma") return cuda::GemmVariant::wgmma;
-    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide', 'tiled_split_k' or 'wgmma', got '" + name + "'");
+    if (name == "tcgen05") return cuda::GemmVariant::tcgen05;
+    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide', 'tiled_split_k', 'wgmma' or 'tcgen05', got '" +
+               name + "'");
 }
 
 cuda::GemmW4Variant w4_variant_arg(const std::string& name) {
@@ -590,6 +593,8 @@ void register_cuda(py::module_& m) {
     m.def("cuda_kernels_compiled", &cuda::kernels_compiled, "Whether this build has the CUDA kernels.");
     m.def("cuda_wgmma_compiled", [] { return cuda::gemm_s8s8_wgmma_compiled() && cuda::gemm_2to4_wgmma_compiled(); },
           "Whether this build has the wgmma variants of gemm_s8s8 and gemm_2to4_s8 (CUTLASS, sm_90a).");
+    m.def("cuda_tcgen05_ccs", &cuda::gemm_s8s8_tcgen05_ccs,
+          "The compute capabilities (100, 110) this build has gemm_s8s8's tcgen05 variant for (CUTLASS); [] if none.");
     m.def("cuda_2to4_s8_wgmma_sizes", &cuda_2to4_s8_wgmma_sizes, py::arg("n"), py::arg("k"),
           "(value bytes, metadata bytes) of an (N, K) 2:4 int8 weight in CUTLASS's sm90 compressed layout.");
     m.def("cuda_pack_2to4_s8_wgmma", &cuda_pack_2to4_s8_wgmma, py::arg("w"), py::arg("values"), py::arg("meta"),

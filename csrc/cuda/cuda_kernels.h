@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace edgevla::cuda {
 
@@ -34,10 +35,16 @@ int current_device();
 // and two shapes of the tiled kernel timed beside it until a GPU run shows
 // where they win: tiled_wide (128 x 256 tiles) and tiled_split_k (the smaller
 // tiles with K split among warp groups inside a block). wgmma: CUTLASS's
-// Hopper kernel (gemm_s8s8_sm90.h), on sm_90 only, when built.
-enum class GemmVariant : int { automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4, wgmma = 5 };
+// Hopper kernel (gemm_s8s8_sm90.h), on sm_90 only, when built. tcgen05:
+// CUTLASS's Blackwell kernel (gemm_s8s8_sm100.h), on sm_110 (Thor) / sm_100
+// as built.
+enum class GemmVariant : int {
+    automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4, wgmma = 5, tcgen05 = 6
+};
 // Whether this build has the wgmma variant.
 bool gemm_s8s8_wgmma_compiled();
+// The compute capabilities (100, 110) this build has the tcgen05 variant for; empty: none.
+std::vector<int> gemm_s8s8_tcgen05_ccs();
 
 struct GemmS8S8Args {
     int64_t m = 0, n = 0, k = 0;

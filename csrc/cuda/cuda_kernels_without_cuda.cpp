@@ -16,6 +16,7 @@ namespace {
 
 bool kernels_compiled() { return false; }
 bool gemm_s8s8_wgmma_compiled() { return false; }
+std::vector<int> gemm_s8s8_tcgen05_ccs() { return {}; }
 void check_device_pointer(const void*, const char*) { no_cuda(); }
 int current_device() { no_cuda(); }
 GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }

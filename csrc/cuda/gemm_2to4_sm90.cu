@@ -1,7 +1,7 @@
 // gemm_2to4_sm90.h on CUTLASS 3's Hopper sparse collectives (compiled for sm_90a).
 #include "cuda/gemm_2to4_sm90.h"
 
-#include "cuda/cutlass_sm90_run.cuh"
+#include "cuda/cutlass_run.cuh"
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"

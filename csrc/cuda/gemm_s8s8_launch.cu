@@ -4,6 +4,7 @@
 #include "cuda/launch_check.cuh"
 
 #ifdef EDGEVLA_CUTLASS_SM90
+#include "cuda/gemm_s8s8_sm100.h"
 #include "cuda/gemm_s8s8_sm90.h"
 #endif
 
@@ -79,6 +80,14 @@ bool gemm_s8s8_wgmma_compiled() {
 #endif
 }
 
+std::vector<int> gemm_s8s8_tcgen05_ccs() {
+#ifdef EDGEVLA_CUTLASS_SM100
+    return {EDGEVLA_SM100_CCS};
+#else
+    return {};
+#endif
+}
+
 GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : GemmVariant::tiled; }
 
 void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_handle) {
@@ -96,6 +105,16 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         throw std::invalid_argument(
             "gemm_s8s8: this build has no wgmma variant (it needs sm_90 among EDGEVLA_CUDA_ARCHS and the CUTLASS "
             "headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+#endif
+    }
+    if (variant == GemmVariant::tcgen05) {
+#ifdef EDGEVLA_CUTLASS_SM100
+        gemm_s8s8_sm100(g, stream);
+        return;
+#else
+        throw std::invalid_argument(
+            "gemm_s8s8: this build has no tcgen05 variant (it needs 110 or 100 among EDGEVLA_CUDA_ARCHS and the "
+            "CUTLASS headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
 #endif
     }
     if (variant == GemmVariant::small_m) {

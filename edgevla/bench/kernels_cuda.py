@@ -9,12 +9,13 @@ x 14336 and back, where a batch-1 layer is memory-bound for real), and M = 1,
 op            what runs                                       backends
 ============  ==============================================  ===============================================
 gemm-int8     int8 A, int8 W -> int32 / float32 epilogue      edgevla (int32 out), edgevla-epilogue (float32
-                                                              out, scales + bias; edgevla-wgmma-epilogue
-                                                              likewise on sm_90), cublas-int8 (``torch._int_mm``;
+                                                              out, scales + bias; edgevla-wgmma-epilogue,
+                                                              -tcgen05-epilogue likewise), cublas-int8 (``torch._int_mm``;
                                                               M <= 16 padded to 32 rows, as it requires M > 16);
                                                               M > 16: edgevla-tiled_wide, edgevla-tiled_split_k
                                                               (the tiled kernel's other shapes, int32 out) and,
-                                                              on sm_90 when built, edgevla-wgmma (CUTLASS)
+                                                              when built for the GPU, edgevla-wgmma (CUTLASS,
+                                                              sm_90) or edgevla-tcgen05 (CUTLASS, sm_110/100)
 linear-fp16   float16 x, float16 W -> float16                 torch-fp16 (``F.linear``, cuBLAS)
 2to4-int8     int8 x, 2:4 int8 W -> int32                     edgevla (mma.sp), cusparselt-int8
                                                               (``torch._cslt_sparse_mm``); M > 16:
@@ -64,8 +65,9 @@ from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _ve
 
 DEFAULT_MS = (1, 16, 256, 1024)
 #: Backend names of the int8 GEMM's variants timed beside auto: the tiled kernel's other shapes
-#: (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs) and CUTLASS's wgmma kernel (sm_90).
-GEMM_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k", "edgevla-wgmma")
+#: (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs) and CUTLASS's wgmma (sm_90) and
+#: tcgen05 (sm_110, sm_100) kernels.
+GEMM_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k", "edgevla-wgmma", "edgevla-tcgen05")
 #: Likewise for the 2:4 int8 GEMM: 128-channel tiles of mma.sp, and CUTLASS's sparse wgmma (sm_90).
 SPARSE_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-wgmma")
 LARGE_SHAPES = (Shape("large", "up", 4096, 14336), Shape("large", "down", 14336, 4096))
@@ -226,6 +228,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
     from .. import native
 
     wgmma = ck.wgmma_available()
+    cutlass_variants = (*(("wgmma",) if wgmma else ()), *(("tcgen05",) if ck.tcgen05_available() else ()))
     k, n = shape.k, shape.n
     dev = "cuda"
     w8_np = rng.integers(-127, 128, (n, k), dtype=np.int8)
@@ -289,7 +292,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                  weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
                  tolerance="exact", copies=copies, poison=poison_s32)
 
-        variants = (*ck.TILED_VARIANTS[1:], *(("wgmma",) if wgmma else ())) if m > 16 else ()
+        variants = (*ck.TILED_VARIANTS[1:], *cutlass_variants) if m > 16 else ()
         for variant in variants:
             # The int8 GEMM's other shapes, timed beside what auto picks ("edgevla").
             rows.add("gemm-int8", shape, m, f"edgevla-{variant}",
@@ -306,7 +309,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
             torch.cuda.synchronize()
             return _exact(out_f32, ref_f32.double())
 
-        for variant in ("auto", *(("wgmma",) if wgmma and m > 16 else ())):
+        for variant in ("auto", *(cutlass_variants if m > 16 else ())):
             backend = "edgevla-epilogue" if variant == "auto" else f"edgevla-{variant}-epilogue"
             rows.add("gemm-int8", shape, m, backend,
                      lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], w_scale=w_scale, a_scale=a_scale, bias=bias,

@@ -1,4 +1,4 @@
-// What the CUTLASS 3 (sm_90a) kernels' launchers share: the device check, the
+// What the CUTLASS 3 kernels' launchers share (sm_90a, sm_100a / sm_110a): the device check, the
 // hardware info the persistent schedulers want, and one way to run a CUTLASS
 // device operator (a GemmUniversalAdapter or a TransformUniversalAdapter)
 // with one-line errors naming the kernel.
@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -19,18 +20,31 @@ namespace edgevla::cuda {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// wgmma and TMA exist on sm_90 alone: not on Orin's sm_87, Ada's sm_89 or
-// Thor's sm_110, and an sm_90a cubin loads on no other GPU.
-inline void check_device_is_sm90(const std::string& kernel) {
+// The compute capability (major * 10 + minor) of the current device.
+inline int device_compute_capability() {
     int device = 0, major = 0, minor = 0;
     check_cuda(cudaGetDevice(&device), "cudaGetDevice");
     check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
     check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
-    if (major != 9 || minor != 0) {
-        throw std::invalid_argument(kernel + ": the wgmma variant runs on sm_90 GPUs only, this one is sm_" +
-                                    std::to_string(major) + std::to_string(minor));
-    }
+    return 10 * major + minor;
 }
+
+// Architecture-specific ("a") cubins load on their own GPU only: sm_90a's
+// wgmma on sm_90 alone, sm_100a / sm_110a's tcgen05 on sm_100 / sm_110 alone
+// (Orin's sm_87 and Ada's sm_89 have neither). `built` lists the capabilities
+// this build has the kernel for.
+inline void check_device_is(const std::string& kernel, const std::string& variant, std::initializer_list<int> built) {
+    const int cc = device_compute_capability();
+    for (int b : built) {
+        if (b == cc) return;
+    }
+    std::string names;
+    for (int b : built) names += (names.empty() ? "sm_" : ", sm_") + std::to_string(b);
+    throw std::invalid_argument(kernel + ": the " + variant + " variant runs on " + names +
+                                " GPUs in this build, this one is sm_" + std::to_string(cc));
+}
+
+inline void check_device_is_sm90(const std::string& kernel) { check_device_is(kernel, "wgmma", {90}); }
 
 // The current device and its multiprocessor count, for CUTLASS's persistent
 // tile schedulers (one attribute query, no synchronization).
