@@ -314,8 +314,12 @@ def cuda_2to4_s8_wgmma_sizes(n: int, k: int) -> tuple[int, int]:
 def cuda_pack_2to4_s8_wgmma(w: Any, values: Any, meta: Any, *, stream: Any = None) -> None:
     """Compresses a dense 2:4 int8 (N, K) device weight with CUTLASS's sm90 compressor (pattern checked first)."""
 
-def cuda_gemm_2to4_s8_wgmma(x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, stream: Any = None) -> None:
-    """int32 out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma, W from cuda_pack_2to4_s8_wgmma."""
+def cuda_gemm_2to4_s8_wgmma(
+    x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, w_scale: Any = None, a_scale: Any = None,
+    bias: Any = None, act: str = "none", stream: Any = None,
+) -> None:
+    """out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma, W from cuda_pack_2to4_s8_wgmma: int32 raw, or
+    float32 with the W8A8 epilogue."""
 
 def cuda_gemm_s8s8(
     a: Any,

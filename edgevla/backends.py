@@ -281,12 +281,13 @@ class CudaNativeRunner(TorchRunner):
     name = "native"
 
     def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True, tactics_path=None):
-        from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy
+        from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy, use_tactics
         from .cuda_tactics import TacticTable, this_device
 
+        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION)  # refuses where no GPU
         self.tactics_path = tactics_path
         self.tactics = None if tactics_path is None else TacticTable.load_or_new(tactics_path, this_device())
-        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION, tactics=self.tactics)
+        use_tactics(policy, self.tactics)
         super().__init__(policy)
         self._graphed = GraphedForward(policy) if cuda_graphs else None
         self.graph_error: str | None = None

@@ -11,7 +11,7 @@ function               computes                                                 
 :func:`gemm_w4`        ``x (M,K) f16/f32 . dequant(W)^T`` (+ bias, activation),    the CPU's ``W4_N16K8``
                        float32 out, M <= 64                                        buffer, copied unchanged
 :func:`gemm_2to4_s8`   2:4 sparse int8 on the sparse tensor cores (mma.sp; on      :func:`pack_2to4_s8`
-                       sm_90 also wgmma.sp through CUTLASS, int32 out)             (:func:`pack_2to4_s8_wgmma`)
+                       sm_90 also wgmma.sp through CUTLASS)                        (:func:`pack_2to4_s8_wgmma`)
 :func:`gemm_2to4_f16`  2:4 sparse float16, float32 accumulation and out            :func:`pack_2to4_f16`
 =====================  ==========================================================  ==========================
 
@@ -298,7 +298,7 @@ def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight | Sparse2to4WgmmaWeight, *, w_
     """``out = x . W^T`` for int8 x (M, K) and a 2:4 int8 weight: int32, or float32 with the W8A8 epilogue.
 
     ``variant``: one of :data:`SPARSE_VARIANTS` for a :class:`Sparse2to4Weight`; ``"wgmma"`` (or ``"auto"``)
-    for a :class:`Sparse2to4WgmmaWeight`, which gives int32 out only.
+    for a :class:`Sparse2to4WgmmaWeight` (CUTLASS's sparse wgmma kernel, sm_90).
     """
     import torch
 
@@ -306,11 +306,10 @@ def gemm_2to4_s8(x: Any, weight: Sparse2to4Weight | Sparse2to4WgmmaWeight, *, w_
     if isinstance(weight, Sparse2to4WgmmaWeight):
         if variant not in ("auto", "wgmma"):
             raise EdgevlaError(f"gemm_2to4_s8: a Sparse2to4WgmmaWeight runs the wgmma variant, not {variant!r}")
-        if w_scale is not None or a_scale is not None or bias is not None or act != "none":
-            raise EdgevlaError("gemm_2to4_s8: the wgmma variant gives int32 out only (no scales, bias or activation)")
         if out is None:
-            out = _empty(x.shape[0], weight.n, torch.int32, x)
-        c.cuda_gemm_2to4_s8_wgmma(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, stream=_stream(stream))
+            out = _empty(x.shape[0], weight.n, torch.float32 if w_scale is not None else torch.int32, x)
+        c.cuda_gemm_2to4_s8_wgmma(x, weight.values, weight.meta, out, n=weight.n, k=weight.k, w_scale=w_scale,
+                                  a_scale=a_scale, bias=bias, act=act, stream=_stream(stream))
         return out
     if variant == "wgmma":
         raise EdgevlaError("gemm_2to4_s8: the wgmma variant takes a weight from pack_2to4_s8_wgmma")

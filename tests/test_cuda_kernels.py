@@ -354,6 +354,28 @@ def test_gemm_2to4_s8_wgmma_is_exact(m, k, n):
     assert _guards_intact(buf, m, n)
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 96, 100), (24, 768, 96), (300, 256, 520)])
+@pytest.mark.parametrize("act", ["none", "gelu_tanh", "gelu_erf"])
+@pytest.mark.parametrize("per_token", [False, True])
+def test_gemm_2to4_s8_wgmma_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token):
+    torch = _torch()
+    _wgmma_or_skip()
+    rng = np.random.default_rng(m * k + n + per_token)
+    w = ck.random_2to4(rng, n, k, np.int8)
+    x = _int8(rng, (m, k))
+    w_scale = rng.uniform(1e-4, 1e-3, n).astype(np.float32)
+    a_scale = rng.uniform(1e-3, 1e-2, m if per_token else 1).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    cuda = lambda v: torch.from_numpy(v).cuda()  # noqa: E731
+    buf, out = _guarded(m, n, torch.float32)
+    ck.gemm_2to4_s8(cuda(x), ck.pack_2to4_s8_wgmma(w), w_scale=cuda(w_scale), a_scale=cuda(a_scale), bias=cuda(bias),
+                    act=act, out=out)
+    torch.cuda.synchronize()
+    ref = native.gemm_s8s8_f32_ref(x, w, w_scale, a_scale, bias, act=act)
+    np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
+    assert _guards_intact(buf, m, n)
+
+
 def test_pack_2to4_s8_wgmma_refuses_a_dense_group_and_bad_shapes():
     torch = _torch()
     _wgmma_or_skip()
@@ -365,8 +387,8 @@ def test_pack_2to4_s8_wgmma_refuses_a_dense_group_and_bad_shapes():
         ck.pack_2to4_s8_wgmma(ck.random_2to4(np.random.default_rng(4), 64, 48, np.int8))
     weight = ck.pack_2to4_s8_wgmma(ck.random_2to4(np.random.default_rng(5), 64, 128, np.int8))
     x = torch.ones((8, 128), dtype=torch.int8, device="cuda")
-    with pytest.raises(ck.EdgevlaError, match="int32 out only"):
-        ck.gemm_2to4_s8(x, weight, w_scale=torch.ones(64, device="cuda"), a_scale=torch.ones(1, device="cuda"))
+    with pytest.raises(ValueError, match="int32 out takes no bias or activation"):
+        ck.gemm_2to4_s8(x, weight, bias=torch.ones(64, device="cuda"))
     with pytest.raises(ck.EdgevlaError, match="runs the wgmma variant"):
         ck.gemm_2to4_s8(x, weight, variant="tiled_wide")
     with pytest.raises(ValueError, match="x: expected 128 columns"):

@@ -168,3 +168,14 @@ def test_cli_kernel_tactics_needs_the_native_backend_on_a_gpu(tmp_path, capsys):
                  "--kernel-tactics", str(path)]) == 2
     assert "--kernel-tactics applies to the native backend on a GPU only" in capsys.readouterr().err
     assert not path.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a usable GPU")
+def test_the_gpu_runner_refuses_in_one_line_before_reading_any_tactics(tmp_path):
+    from edgevla.backends import CudaNativeRunner
+    from edgevla.models.zoo import load_policy
+
+    path = tmp_path / "t.json"
+    path.write_text("{not json")  # never read: the missing GPU is reported first
+    with pytest.raises(EdgevlaError, match="the native backend cannot run on a GPU here"):
+        CudaNativeRunner(load_policy("tiny-vla").policy, tactics_path=path)

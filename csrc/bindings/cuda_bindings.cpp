@@ -333,6 +333,53 @@ Scales scales_arg(py::handle w_scale, py::handle a_scale, int64_t m, int64_t n, 
 }
 
 // ------------------------------------------------------------ W8A8 GEMM -----
+// The output of the int8 GEMMs: int32 (the raw accumulators, nothing else
+// allowed) or float32 through the W8A8 epilogue (scales, bias, activation).
+struct W8A8Output {
+    DeviceArray out;
+    int64_t ldc = 0;
+    bool int32_out = false;
+    Scales scales;
+    OptionalArray bias;
+    int activation = 0;
+
+    // `out` must not overlap `x`, `w` (when given) or the epilogue's vectors.
+    void check_disjoint_from(const DeviceArray& x, const DeviceArray* w, const DeviceArray* w2 = nullptr) const {
+        check_disjoint(out, {&x, w, w2, scales.w_scale.input(), scales.a_scale.input(), bias.input()});
+    }
+
+    // Sets the output fields every W8A8 argument struct shares.
+    void into(cuda::W8A8OutputArgs& g) const {
+        g.w_scale = scales.w_scale.data<float>();
+        g.a_scale = scales.a_scale.data<float>();
+        g.a_scale_per_token = scales.per_token;
+        g.bias = bias.data<float>();
+        g.activation = activation;
+        if (int32_out) {
+            g.c_s32 = reinterpret_cast<int32_t*>(out.data);
+        } else {
+            g.c_f32 = reinterpret_cast<float*>(out.data);
+        }
+        g.ldc = ldc;
+    }
+};
+
+W8A8Output w8a8_output(py::handle out_obj, py::handle w_scale, py::handle a_scale, py::handle bias_obj, py::handle act,
+                       int64_t m, int64_t n) {
+    W8A8Output o;
+    o.out = parse_device_array(out_obj, "out", true);
+    check_dtype(o.out, {DType::int32, DType::float32});
+    o.int32_out = o.out.dtype == DType::int32;
+    o.ldc = matrix_ld(o.out, m, n, "(M, N)");
+    o.scales = scales_arg(w_scale, a_scale, m, n, !o.int32_out);
+    o.bias = optional_vector(bias_obj, "bias", n);
+    o.activation = activation_arg(act);
+    if (o.int32_out && (o.bias.present || o.activation != EDGEVLA_ACTIVATION_NONE)) {
+        fail_value("int32 out takes no bias or activation");
+    }
+    return o;
+}
+
 void cuda_gemm_s8s8(py::handle a_obj, py::handle w_obj, py::handle out_obj, py::handle w_scale, py::handle a_scale,
                     py::handle bias_obj, py::handle act, const std::string& variant, py::handle stream) {
     const DeviceArray a = device_array(a_obj, "a", DType::int8, false);
@@ -342,30 +389,14 @@ void cuda_gemm_s8s8(py::handle a_obj, py::handle w_obj, py::handle out_obj, py::
     const int64_t ldw = matrix_ld(w, -1, k, "(N, K)");
     const int64_t n = w.shape[0];
     if (k > EDGEVLA_GEMM_S8S8_MAX_K) fail_value("K must be <= " + std::to_string(EDGEVLA_GEMM_S8S8_MAX_K));
-    const DeviceArray out = parse_device_array(out_obj, "out", true);
-    check_dtype(out, {DType::int32, DType::float32});
-    const bool int32_out = out.dtype == DType::int32;
-    const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
-    const Scales scales = scales_arg(w_scale, a_scale, m, n, !int32_out);
-    const OptionalArray bias = optional_vector(bias_obj, "bias", n);
-    if (int32_out && (bias.present || activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
-    check_disjoint(out, {&a, &w, scales.w_scale.input(), scales.a_scale.input(), bias.input()});
+    const W8A8Output o = w8a8_output(out_obj, w_scale, a_scale, bias_obj, act, m, n);
+    o.check_disjoint_from(a, &w);
 
     cuda::GemmS8S8Args g;
     g.m = m, g.n = n, g.k = k;
     g.a = reinterpret_cast<const int8_t*>(a.data), g.lda = lda;
     g.w = reinterpret_cast<const int8_t*>(w.data), g.ldw = ldw;
-    g.w_scale = scales.w_scale.data<float>();
-    g.a_scale = scales.a_scale.data<float>();
-    g.a_scale_per_token = scales.per_token;
-    g.bias = bias.data<float>();
-    g.activation = activation_arg(act);
-    if (int32_out) {
-        g.c_s32 = reinterpret_cast<int32_t*>(out.data);
-    } else {
-        g.c_f32 = reinterpret_cast<float*>(out.data);
-    }
-    g.ldc = ldc;
+    o.into(g);
     const cuda::GemmVariant v = variant_arg(variant);
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
@@ -440,31 +471,15 @@ void cuda_gemm_2to4_s8(py::handle x_obj, py::handle values_obj, py::handle meta_
     const int64_t ldx = matrix_ld(x, -1, k, "(M, K)");
     const int64_t m = x.shape[0];
     const Packed2to4 p = packed_2to4_args(values_obj, meta_obj, n, k, false);
-    const DeviceArray out = parse_device_array(out_obj, "out", true);
-    check_dtype(out, {DType::int32, DType::float32});
-    const bool int32_out = out.dtype == DType::int32;
-    const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
-    const Scales scales = scales_arg(w_scale, a_scale, m, n, !int32_out);
-    const OptionalArray bias = optional_vector(bias_obj, "bias", n);
-    if (int32_out && (bias.present || activation_arg(act) != EDGEVLA_ACTIVATION_NONE)) fail_value("int32 out takes no bias or activation");
-    check_disjoint(out, {&x, &p.values, &p.meta, scales.w_scale.input(), scales.a_scale.input(), bias.input()});
+    const W8A8Output o = w8a8_output(out_obj, w_scale, a_scale, bias_obj, act, m, n);
+    o.check_disjoint_from(x, &p.values, &p.meta);
 
     cuda::Gemm2to4S8Args g;
     g.m = m, g.n = n, g.k = k;
     g.x = reinterpret_cast<const int8_t*>(x.data), g.ldx = ldx;
     g.values = reinterpret_cast<const uint32_t*>(p.values.data);
     g.meta = reinterpret_cast<const uint32_t*>(p.meta.data);
-    g.w_scale = scales.w_scale.data<float>();
-    g.a_scale = scales.a_scale.data<float>();
-    g.a_scale_per_token = scales.per_token;
-    g.bias = bias.data<float>();
-    g.activation = activation_arg(act);
-    if (int32_out) {
-        g.c_s32 = reinterpret_cast<int32_t*>(out.data);
-    } else {
-        g.c_f32 = reinterpret_cast<float*>(out.data);
-    }
-    g.ldc = ldc;
+    o.into(g);
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
     cuda::gemm_2to4_s8(g, v, s);
@@ -539,22 +554,22 @@ void cuda_pack_2to4_s8_wgmma(py::handle w_obj, py::handle values_obj, py::handle
 }
 
 void cuda_gemm_2to4_s8_wgmma(py::handle x_obj, py::handle values_obj, py::handle meta_obj, py::handle out_obj,
-                             int64_t n, int64_t k, py::handle stream) {
+                             int64_t n, int64_t k, py::handle w_scale, py::handle a_scale, py::handle bias_obj,
+                             py::handle act, py::handle stream) {
     check_wgmma_shape(n, k);
     const DeviceArray x = device_array(x_obj, "x", DType::int8, false);
     const int64_t ldx = matrix_ld(x, -1, k, "(M, K)");
     const int64_t m = x.shape[0];
     const Packed2to4 p = packed_2to4_wgmma_args(values_obj, meta_obj, n, k, false);
-    const DeviceArray out = device_array(out_obj, "out", DType::int32, true);
-    const int64_t ldc = matrix_ld(out, m, n, "(M, N)");
-    check_disjoint(out, {&x, &p.values, &p.meta});
+    const W8A8Output o = w8a8_output(out_obj, w_scale, a_scale, bias_obj, act, m, n);
+    o.check_disjoint_from(x, &p.values, &p.meta);
 
     cuda::Gemm2to4S8WgmmaArgs g;
     g.m = m, g.n = n, g.k = k;
     g.x = reinterpret_cast<const int8_t*>(x.data), g.ldx = ldx;
     g.values = reinterpret_cast<const int8_t*>(p.values.data);
     g.meta = reinterpret_cast<const uint8_t*>(p.meta.data);
-    g.c_s32 = reinterpret_cast<int32_t*>(out.data), g.ldc = ldc;
+    o.into(g);
     const uintptr_t s = stream_handle(stream);
     py::gil_scoped_release no_gil;
     cuda::gemm_2to4_s8_wgmma(g, s);
@@ -602,8 +617,11 @@ void register_cuda(py::module_& m) {
           "Compresses a dense 2:4 int8 (N, K) device weight into values / meta with CUTLASS's sm90 compressor "
           "(checks the pattern first, synchronizing the stream).");
     m.def("cuda_gemm_2to4_s8_wgmma", &cuda_gemm_2to4_s8_wgmma, py::arg("x"), py::arg("values"), py::arg("meta"),
-          py::arg("out"), py::kw_only(), py::arg("n"), py::arg("k"), py::arg("stream") = py::none(),
-          "int32 out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma (CUTLASS), W from cuda_pack_2to4_s8_wgmma.");
+          py::arg("out"), py::kw_only(), py::arg("n"), py::arg("k"), py::arg("w_scale") = py::none(),
+          py::arg("a_scale") = py::none(), py::arg("bias") = py::none(), py::arg("act") = "none",
+          py::arg("stream") = py::none(),
+          "out (M, N) = x (M, K) int8 . W^T on Hopper's sparse wgmma (CUTLASS), W from cuda_pack_2to4_s8_wgmma: int32 "
+          "out raw, float32 out with the W8A8 epilogue.");
     m.def("cuda_gemm_s8s8", &cuda_gemm_s8s8, py::arg("a"), py::arg("w"), py::arg("out"), py::kw_only(),
           py::arg("w_scale") = py::none(), py::arg("a_scale") = py::none(), py::arg("bias") = py::none(),
           py::arg("act") = "none", py::arg("variant") = "auto", py::arg("stream") = py::none(),

@@ -46,12 +46,10 @@ bool gemm_s8s8_wgmma_compiled();
 // The compute capabilities (100, 110) this build has the tcgen05 variant for; empty: none.
 std::vector<int> gemm_s8s8_tcgen05_ccs();
 
-struct GemmS8S8Args {
-    int64_t m = 0, n = 0, k = 0;
-    const int8_t* a = nullptr;
-    int64_t lda = 0;
-    const int8_t* w = nullptr;
-    int64_t ldw = 0;
+// The output of every int8 GEMM: exactly one of c_s32 (the raw int32
+// accumulators; nothing else set) and c_f32 (the W8A8 epilogue of
+// gemm_s8s8.h: scales, bias, activation).
+struct W8A8OutputArgs {
     const float* w_scale = nullptr;  // [N]     (c_f32 only)
     const float* a_scale = nullptr;  // [1]/[M] (c_f32 only)
     bool a_scale_per_token = false;
@@ -60,6 +58,14 @@ struct GemmS8S8Args {
     float* c_f32 = nullptr;
     int32_t* c_s32 = nullptr;
     int64_t ldc = 0;
+};
+
+struct GemmS8S8Args : W8A8OutputArgs {
+    int64_t m = 0, n = 0, k = 0;
+    const int8_t* a = nullptr;
+    int64_t lda = 0;
+    const int8_t* w = nullptr;
+    int64_t ldw = 0;
 };
 // The variant that `automatic` picks for m rows: small_m for m <= 16.
 GemmVariant gemm_s8s8_pick(int64_t m);
@@ -94,20 +100,12 @@ void gemm_w4(const GemmW4Args& args, GemmW4Variant variant, uintptr_t stream);
 // pack_2to4_mma.h into tensor-core fragment order. int8: exact int32 (c_s32)
 // or the W8A8 epilogue (c_f32). float16: float32 accumulation, bias and
 // activation.
-struct Gemm2to4S8Args {
+struct Gemm2to4S8Args : W8A8OutputArgs {
     int64_t m = 0, n = 0, k = 0;
     const int8_t* x = nullptr;
     int64_t ldx = 0;
     const uint32_t* values = nullptr;  // pack_2to4_mma.h, int8 layout
     const uint32_t* meta = nullptr;
-    const float* w_scale = nullptr;
-    const float* a_scale = nullptr;
-    bool a_scale_per_token = false;
-    const float* bias = nullptr;
-    int activation = 0;
-    float* c_f32 = nullptr;
-    int32_t* c_s32 = nullptr;
-    int64_t ldc = 0;
 };
 // automatic: 64-channel tiles at M > 16 (measured on an H200). tiled_wide:
 // 128-channel tiles there (each warp 2 channel tiles, so an activation
@@ -117,7 +115,7 @@ enum class Gemm2to4Variant : int { automatic = 0, tiled_wide = 1 };
 void gemm_2to4_s8(const Gemm2to4S8Args& args, Gemm2to4Variant variant, uintptr_t stream);
 
 // wgmma: 2:4 int8 on Hopper's sparse wgmma through CUTLASS 3
-// (gemm_2to4_sm90.h), int32 out, sm_90 only, when built. The weight is in
+// (gemm_2to4_sm90.h), int32 or W8A8 float32 out, sm_90 only, when built. The weight is in
 // CUTLASS's own compressed layout, which its compressor kernel makes on the
 // GPU from the dense (N, K) weight: sizes from sparse_2to4_s8_wgmma_sizes.
 bool gemm_2to4_wgmma_compiled();
@@ -129,14 +127,12 @@ Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t n, int64_t k);
 // the caller); values / meta: device buffers of the sizes above.
 void compress_2to4_s8_wgmma(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int8_t* values, uint8_t* meta,
                             uintptr_t stream);
-struct Gemm2to4S8WgmmaArgs {
+struct Gemm2to4S8WgmmaArgs : W8A8OutputArgs {
     int64_t m = 0, n = 0, k = 0;
     const int8_t* x = nullptr;
     int64_t ldx = 0;
     const int8_t* values = nullptr;
     const uint8_t* meta = nullptr;
-    int32_t* c_s32 = nullptr;
-    int64_t ldc = 0;
 };
 void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs& args, uintptr_t stream);
 

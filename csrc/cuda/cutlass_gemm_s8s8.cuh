@@ -66,6 +66,18 @@ using W8A8Visitor = cutlass::epilogue::fusion::Sm90EVT<
     cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>, 1>,
     cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>, 1>>;
 
+// The same for the transposed problem C^T = W . X^T of the 2:4 kernel
+// (gemm_2to4_sm90.h): CUTLASS's rows are output channels there and its
+// columns tokens, so a_scale is the (dynamic) row broadcast and w_scale and
+// bias the column broadcasts. The node is the same.
+template <typename TileShape>
+using W8A8VisitorTransposed = cutlass::epilogue::fusion::Sm90EVT<
+    cutlass::epilogue::fusion::Sm90Compute<W8A8Node, float, float, cutlass::FloatRoundStyle::round_to_nearest>,
+    cutlass::epilogue::fusion::Sm90AccFetch,
+    cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, bool, int64_t>, 1>,
+    cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>, 1>,
+    cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>, 1>>;
+
 // TMA's rules for A (M, K), W (N, K) and C (M, N), checked before any launch.
 inline void check_operands(const GemmS8S8Args& g, const std::string& variant) {
     if ((g.c_s32 == nullptr) == (g.c_f32 == nullptr)) {

@@ -1,6 +1,7 @@
 // gemm_2to4_sm90.h on CUTLASS 3's Hopper sparse collectives (compiled for sm_90a).
 #include "cuda/gemm_2to4_sm90.h"
 
+#include "cuda/cutlass_gemm_s8s8.cuh"
 #include "cuda/cutlass_run.cuh"
 
 #include "cute/tensor.hpp"
@@ -15,6 +16,7 @@
 #include <climits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace edgevla::cuda {
 namespace {
@@ -28,25 +30,38 @@ using ClusterShape = Shape<_1, _2, _1>;
 constexpr int kAlignmentS8 = 16;
 constexpr int kAlignmentS32 = 4;
 
+// A = W (channels, K) row-major, sparse; B = X: (K, tokens) column-major;
 // D (channels, tokens) column-major = C (tokens, channels) row-major.
-using Epilogue = cutlass::epilogue::collective::CollectiveBuilder<
+// Stream-K, as the dense kernel (gemm_s8s8_sm90.cu): with half the MMAs per
+// tile, the sparse kernel is even more short of tiles at M = 256.
+template <typename Epilogue>
+struct SparseGemm {
+    using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+        cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, int8_t, cutlass::layout::RowMajor, kAlignmentS8,
+        int8_t, cutlass::layout::ColumnMajor, kAlignmentS8, int32_t, TileShape, ClusterShape,
+        cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+        cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+    using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue, cutlass::gemm::StreamKScheduler>;
+    using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+using GemmS32 = SparseGemm<typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
     cutlass::epilogue::collective::EpilogueTileAuto, int32_t, int32_t, void, cutlass::layout::ColumnMajor,
     kAlignmentS32, int32_t, cutlass::layout::ColumnMajor, kAlignmentS32,
-    cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp;
+    cutlass::epilogue::collective::EpilogueScheduleAuto>::CollectiveOp>;
 
-// A = W (channels, K) row-major, sparse; B = X: (K, tokens) column-major.
-using Mainloop = cutlass::gemm::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, int8_t, cutlass::layout::RowMajor, kAlignmentS8,
-    int8_t, cutlass::layout::ColumnMajor, kAlignmentS8, int32_t, TileShape, ClusterShape,
-    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
+// float32 out: the W8A8 epilogue visitor with the broadcasts transposed (cutlass_gemm_s8s8.cuh).
+using GemmF32 = SparseGemm<typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, cutlass::layout::ColumnMajor,
+    kAlignmentS32, float, cutlass::layout::ColumnMajor, kAlignmentS32,
+    cutlass::epilogue::TmaWarpSpecializedCooperative,
+    cutlass_s8s8::W8A8VisitorTransposed<TileShape>>::CollectiveOp>;
 
-// Stream-K, as the dense kernel (gemm_s8s8_sm90.cu): with half the MMAs per
-// tile, the sparse kernel is even more short of tiles at M = 256.
-using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue, cutlass::gemm::StreamKScheduler>;
-using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
+// One compressed layout serves both (the mainloops are the same type but for the epilogue's smem carve-out).
+using Mainloop = GemmS32::Mainloop;
+static_assert(std::is_same_v<typename GemmS32::Mainloop::SparseConfig, typename GemmF32::Mainloop::SparseConfig>);
 using SparseConfig = typename Mainloop::SparseConfig;
 using StrideDenseA = cutlass::gemm::TagToStrideA_t<cutlass::layout::RowMajor>;
 using CompressorUtility =
@@ -104,9 +119,13 @@ void gemm_2to4_s8_sm90(const Gemm2to4S8WgmmaArgs& g, cudaStream_t stream) {
     const std::string kernel = "gemm_2to4_s8 wgmma (CUTLASS sm90)";
     check_weight_shape(g.n, g.k, "gemm_2to4_s8");
     check_device_is_sm90("gemm_2to4_s8");
+    if ((g.c_s32 == nullptr) == (g.c_f32 == nullptr)) {
+        throw std::invalid_argument("gemm_2to4_s8: exactly one of the int32 and the float32 outputs");
+    }
     if (g.m > INT32_MAX) throw std::invalid_argument("gemm_2to4_s8: the wgmma variant takes M below 2^31");
+    const void* c = g.c_s32 != nullptr ? static_cast<const void*>(g.c_s32) : static_cast<const void*>(g.c_f32);
     if (g.ldx % 16 != 0 || !aligned16(g.x) || !aligned16(g.values) || !aligned16(g.meta) || g.n % kAlignmentS32 != 0 ||
-        g.ldc % kAlignmentS32 != 0 || !aligned16(g.c_s32)) {
+        g.ldc % kAlignmentS32 != 0 || !aligned16(c)) {
         throw std::invalid_argument(
             "gemm_2to4_s8: the wgmma variant needs 16-byte aligned X, weight and C, X's row stride a multiple of 16, "
             "N and C's row stride multiples of 4");
@@ -114,14 +133,33 @@ void gemm_2to4_s8_sm90(const Gemm2to4S8WgmmaArgs& g, cudaStream_t stream) {
     const ProblemShape problem{static_cast<int>(g.n), static_cast<int>(g.m), static_cast<int>(g.k), 1};
     const auto stride_x = make_stride(static_cast<int64_t>(g.ldx), Int<1>{}, int64_t{0});
     const auto stride_c = make_stride(Int<1>{}, static_cast<int64_t>(g.ldc), int64_t{0});
-    typename Gemm::Arguments args{
+    if (g.c_s32 != nullptr) {
+        using Kernel = GemmS32::Kernel;
+        const typename GemmS32::Gemm::Arguments args{
+            cutlass::gemm::GemmUniversalMode::kGemm,
+            problem,
+            {g.values, SparseConfig::fill_layoutA(problem), g.x, typename Kernel::StrideB(stride_x), g.meta,
+             SparseConfig::fill_layoutE(problem)},
+            {{1, 0}, nullptr, {}, g.c_s32, typename Kernel::StrideD(stride_c)},
+            hardware_info()};
+        run_cutlass<GemmS32::Gemm>(args, kernel, stream);
+        return;
+    }
+    using Kernel = GemmF32::Kernel;
+    typename GemmF32::Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         problem,
         {g.values, SparseConfig::fill_layoutA(problem), g.x, typename Kernel::StrideB(stride_x), g.meta,
          SparseConfig::fill_layoutE(problem)},
-        {{1, 0}, nullptr, {}, g.c_s32, typename Kernel::StrideD(stride_c)},
+        {{}, nullptr, {}, g.c_f32, typename Kernel::StrideD(stride_c)},
         hardware_info()};
-    run_cutlass<Gemm>(args, kernel, stream);
+    // Children first (accumulators, a_scale per token = CUTLASS column, w_scale, bias per channel = row), then the node.
+    args.epilogue.thread = {{},
+                            {g.a_scale, 0.0f, {_0{}, g.a_scale_per_token, int64_t{0}}},
+                            {g.w_scale, 0.0f, {}},
+                            {g.bias, 0.0f, {}},
+                            cutlass_s8s8::W8A8Options{g.activation, g.bias != nullptr ? 1 : 0}};
+    run_cutlass<GemmF32::Gemm>(args, kernel + " + W8A8 epilogue", stream);
 }
 
 }  // namespace edgevla::cuda

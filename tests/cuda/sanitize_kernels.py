@@ -90,6 +90,12 @@ def main() -> int:
         ref = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act="gelu_erf")
         expect(f"gemm_s8s8 wgmma W8A8 epilogue M={m} K={k} N={n}",
                np.array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32)))
+        w24 = ck.random_2to4(rng, n, k, np.int8)
+        out = ck.gemm_2to4_s8(cuda(a), ck.pack_2to4_s8_wgmma(w24), w_scale=cuda(w_scale), a_scale=cuda(a_scale),
+                              bias=cuda(bias), act="gelu_erf")
+        ref = native.gemm_s8s8_f32_ref(a, w24, w_scale, a_scale, bias, act="gelu_erf")
+        expect(f"gemm_2to4_s8 wgmma W8A8 epilogue M={m} K={k} N={n}",
+               np.array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32)))
         for m, k, n in [(17, 96, 100), (300, 256, 520)]:
             w = ck.random_2to4(rng, n, k, np.int8)
             x = int8(rng, (m, k))
