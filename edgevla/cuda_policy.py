@@ -31,7 +31,10 @@ Where a kernel has variants (tile shapes), ``auto`` picks one by rules
 measured on an H200; a :class:`edgevla.cuda_tactics.TacticTable` instead
 times the variants on this GPU at each layer's shape and runs the fastest
 (``edgevla profile --kernel-tactics FILE``). Int8 variants must give
-bit-identical outputs to be chosen, float16 ones agree within 1e-5.
+bit-identical outputs to be chosen, float16 ones agree within 1e-5. On
+sm_90 the candidates include CUTLASS's wgmma kernels (a 2:4 layer then also
+holds CUTLASS's compressed copy of its weight, made when first tried), on
+Thor its tcgen05 kernel.
 
 Every :class:`CudaLinear` also has :meth:`CudaLinear.reference`, the same
 arithmetic on the CPU with the C++ scalar references (int8 paths are
@@ -166,6 +169,9 @@ class Int8Linear(CudaLinear):
                              else torch.tensor([input_scale], dtype=torch.float32))
         self.sparse = (cuda_kernels.pack_2to4_s8(codes.numpy(), device=device)
                        if choice.kernel == "cuda-s8-2:4" else None)
+        # CUTLASS's sparse wgmma takes its own compressed weight: made (on the GPU) the first time a tactics
+        # table asks for that variant, which happens in an eager call, never inside a CUDA-graph capture.
+        self.sparse_wgmma: cuda_kernels.Sparse2to4WgmmaWeight | None = None
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_scale is None:
@@ -173,20 +179,25 @@ class Int8Linear(CudaLinear):
         return quantize(x, self.input_scale), self.input_scale
 
     def variants(self, m: int) -> tuple[str, ...]:
+        # CUTLASS's kernels where built for this GPU: wgmma (sm_90; dense and 2:4), tcgen05 (Thor, sm_100; dense).
+        wgmma = ("wgmma",) if m > 16 and cuda_kernels.wgmma_available() else ()
         if self.sparse is not None:
-            return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
-        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above;
-        # CUTLASS's wgmma (sm_90) or tcgen05 (Thor, sm_100) kernel too where built for this GPU.
+            return (*cuda_kernels.SPARSE_VARIANTS, *wgmma) if m > 16 else ("auto",)
+        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above.
         if m <= 16:
             return ("auto", "tiled")
-        cutlass = (*(("wgmma",) if cuda_kernels.wgmma_available() else ()),
-                   *(("tcgen05",) if cuda_kernels.tcgen05_available() else ()))
-        return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *cutlass)
+        tcgen05 = ("tcgen05",) if cuda_kernels.tcgen05_available() else ()
+        return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *wgmma, *tcgen05)
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         q, a_scale = self._quantize(x)
         if self.sparse is not None:
-            return cuda_kernels.gemm_2to4_s8(q, self.sparse, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias,
+            weight = self.sparse
+            if variant == "wgmma":
+                if self.sparse_wgmma is None:
+                    self.sparse_wgmma = cuda_kernels.pack_2to4_s8_wgmma(self.codes.to(x.device))
+                weight = self.sparse_wgmma
+            return cuda_kernels.gemm_2to4_s8(q, weight, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias,
                                              variant=variant)
         return cuda_kernels.gemm_s8s8(q, self.codes, w_scale=self.w_scale, a_scale=a_scale, bias=self.bias,
                                       variant=variant)
