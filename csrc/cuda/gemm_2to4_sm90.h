@@ -4,7 +4,8 @@
 // compressor kernel makes on the GPU from the dense weight once. Built for
 // sm_90a only, with the CUTLASS headers, beside gemm_s8s8_sm90.h; the
 // mma.sp kernels (gemm_2to4_kernels.cuh, our fragment-order packing) run on
-// every GPU. int32 out only, as the dense wgmma variant.
+// every GPU. int32 out, or float32 through the W8A8 epilogue visitor of
+// cutlass_gemm_s8s8.cuh with its broadcasts transposed (see below).
 //
 // The weight W (N, K) is CUTLASS's A (M = N output channels, row-major), the
 // activations X (M_tokens, K) its B (column-major, K contiguous), and the
@@ -30,7 +31,8 @@ Sparse2to4WgmmaSizes sparse_2to4_s8_sm90_sizes(int64_t n, int64_t k);
 void compress_2to4_s8_sm90(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int8_t* values, uint8_t* meta,
                            cudaStream_t stream);
 
-// C (int32) = X . W^T with W from compress_2to4_s8_sm90.
+// C = X . W^T with W from compress_2to4_s8_sm90: int32 (c_s32), or float32
+// through the W8A8 epilogue (c_f32), as gemm_2to4_s8.
 void gemm_2to4_s8_sm90(const Gemm2to4S8WgmmaArgs& args, cudaStream_t stream);
 
 }  // namespace edgevla::cuda
