@@ -127,8 +127,10 @@ class CudaLinear(nn.Module):
         is being captured: a shape first met there runs ``auto``
         (:class:`GraphedForward` runs every shape eagerly before capturing).
         """
+        if self.tactics is None:
+            return "auto"
         candidates = self.variants(rows.shape[0])
-        if self.tactics is None or len(candidates) == 1:
+        if len(candidates) == 1:
             return "auto"
         key = tactic_key(self.choice.kernel, rows.shape[0], self.out_features, self.in_features)
         if key not in self.tactics.tactics and _capturing():

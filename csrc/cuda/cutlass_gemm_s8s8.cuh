@@ -58,32 +58,49 @@ struct W8A8Node<cutlass::Array<float, N>> {
     }
 };
 
-template <typename TileShape>
-using W8A8Visitor = cutlass::epilogue::fusion::Sm90EVT<
+// The visitor tree: the node over the accumulators, a_scale, w_scale and bias.
+template <typename AScale, typename ChannelVector>
+using W8A8Tree = cutlass::epilogue::fusion::Sm90EVT<
     cutlass::epilogue::fusion::Sm90Compute<W8A8Node, float, float, cutlass::FloatRoundStyle::round_to_nearest>,
-    cutlass::epilogue::fusion::Sm90AccFetch,
+    cutlass::epilogue::fusion::Sm90AccFetch, AScale, ChannelVector, ChannelVector>;
+
+// C = A . W^T: rows are tokens (a_scale per row, or one value: a dynamic
+// column broadcast), columns channels (w_scale and bias: row broadcasts).
+template <typename TileShape>
+using W8A8Visitor = W8A8Tree<
     cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<bool, _0, int64_t>, 1>,
-    cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>, 1>,
     cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>, 1>>;
 
-// The same for the transposed problem C^T = W . X^T of the 2:4 kernel
-// (gemm_2to4_sm90.h): CUTLASS's rows are output channels there and its
-// columns tokens, so a_scale is the (dynamic) row broadcast and w_scale and
-// bias the column broadcasts. The node is the same.
+// The transposed problem C^T = W . X^T of the 2:4 kernel (gemm_2to4_sm90.h):
+// CUTLASS's rows are channels there and its columns tokens, so the
+// broadcasts swap.
 template <typename TileShape>
-using W8A8VisitorTransposed = cutlass::epilogue::fusion::Sm90EVT<
-    cutlass::epilogue::fusion::Sm90Compute<W8A8Node, float, float, cutlass::FloatRoundStyle::round_to_nearest>,
-    cutlass::epilogue::fusion::Sm90AccFetch,
+using W8A8VisitorTransposed = W8A8Tree<
     cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, bool, int64_t>, 1>,
-    cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>, 1>,
     cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>, 1>>;
+
+// The visitor tree's arguments: children first (accumulators, a_scale with
+// its stride, w_scale, bias), then the node's options.
+template <typename TreeArguments, typename AScaleStride>
+void set_visitor_arguments(TreeArguments& tree, const W8A8OutputArgs& g, AScaleStride a_scale_stride) {
+    tree = {{},
+            {g.a_scale, 0.0f, a_scale_stride},
+            {g.w_scale, 0.0f, {}},
+            {g.bias, 0.0f, {}},
+            W8A8Options{g.activation, g.bias != nullptr ? 1 : 0}};
+}
+
+// The one output pointer of g (int32 or float32); throws unless exactly one is set.
+inline const void* single_output(const W8A8OutputArgs& g, const char* kernel) {
+    if ((g.c_s32 == nullptr) == (g.c_f32 == nullptr)) {
+        throw std::invalid_argument(std::string(kernel) + ": exactly one of the int32 and the float32 outputs");
+    }
+    return g.c_s32 != nullptr ? static_cast<const void*>(g.c_s32) : static_cast<const void*>(g.c_f32);
+}
 
 // TMA's rules for A (M, K), W (N, K) and C (M, N), checked before any launch.
 inline void check_operands(const GemmS8S8Args& g, const std::string& variant) {
-    if ((g.c_s32 == nullptr) == (g.c_f32 == nullptr)) {
-        throw std::invalid_argument("gemm_s8s8: exactly one of the int32 and the float32 outputs");
-    }
-    const void* c = g.c_s32 != nullptr ? static_cast<const void*>(g.c_s32) : static_cast<const void*>(g.c_f32);
+    const void* c = single_output(g, "gemm_s8s8");
     if (g.k % kAlignmentS8 != 0 || g.lda % 16 != 0 || g.ldw % 16 != 0 || !aligned16(g.a) || !aligned16(g.w) ||
         g.n % kAlignmentOut != 0 || g.ldc % kAlignmentOut != 0 || !aligned16(c)) {
         throw std::invalid_argument("gemm_s8s8: the " + variant +
@@ -122,12 +139,7 @@ void run(const GemmS8S8Args& g, const std::string& kernel, cudaStream_t stream) 
         {g.a, typename Kernel::StrideA(stride_a), g.w, typename Kernel::StrideB(stride_w)},
         {{}, nullptr, {}, g.c_f32, typename Kernel::StrideD(stride_c)},
         hardware_info()};
-    // The visitor tree's arguments: children first (accumulators, a_scale, w_scale, bias), then the node's.
-    args.epilogue.thread = {{},
-                            {g.a_scale, 0.0f, {g.a_scale_per_token, _0{}, int64_t{0}}},
-                            {g.w_scale, 0.0f, {}},
-                            {g.bias, 0.0f, {}},
-                            W8A8Options{g.activation, g.bias != nullptr ? 1 : 0}};
+    set_visitor_arguments(args.epilogue.thread, g, make_stride(g.a_scale_per_token, _0{}, int64_t{0}));
     run_cutlass<GemmF32>(args, kernel + " + W8A8 epilogue", stream);
 }
 

@@ -212,11 +212,7 @@ void gemm_2to4_s8_wgmma(const Gemm2to4S8WgmmaArgs& g, uintptr_t stream) {
 }
 #else
 namespace {
-[[noreturn]] void no_wgmma() {
-    throw std::invalid_argument(
-        "gemm_2to4_s8: this build has no wgmma variant (it needs sm_90 among EDGEVLA_CUDA_ARCHS and the CUTLASS "
-        "headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
-}
+[[noreturn]] void no_wgmma() { throw_variant_not_built("gemm_2to4_s8", "wgmma", "sm_90"); }
 }  // namespace
 
 Sparse2to4WgmmaSizes sparse_2to4_s8_wgmma_sizes(int64_t, int64_t) { no_wgmma(); }

@@ -119,11 +119,8 @@ void gemm_2to4_s8_sm90(const Gemm2to4S8WgmmaArgs& g, cudaStream_t stream) {
     const std::string kernel = "gemm_2to4_s8 wgmma (CUTLASS sm90)";
     check_weight_shape(g.n, g.k, "gemm_2to4_s8");
     check_device_is_sm90("gemm_2to4_s8");
-    if ((g.c_s32 == nullptr) == (g.c_f32 == nullptr)) {
-        throw std::invalid_argument("gemm_2to4_s8: exactly one of the int32 and the float32 outputs");
-    }
+    const void* c = cutlass_s8s8::single_output(g, "gemm_2to4_s8");
     if (g.m > INT32_MAX) throw std::invalid_argument("gemm_2to4_s8: the wgmma variant takes M below 2^31");
-    const void* c = g.c_s32 != nullptr ? static_cast<const void*>(g.c_s32) : static_cast<const void*>(g.c_f32);
     if (g.ldx % 16 != 0 || !aligned16(g.x) || !aligned16(g.values) || !aligned16(g.meta) || g.n % kAlignmentS32 != 0 ||
         g.ldc % kAlignmentS32 != 0 || !aligned16(c)) {
         throw std::invalid_argument(
@@ -153,12 +150,8 @@ void gemm_2to4_s8_sm90(const Gemm2to4S8WgmmaArgs& g, cudaStream_t stream) {
          SparseConfig::fill_layoutE(problem)},
         {{}, nullptr, {}, g.c_f32, typename Kernel::StrideD(stride_c)},
         hardware_info()};
-    // Children first (accumulators, a_scale per token = CUTLASS column, w_scale, bias per channel = row), then the node.
-    args.epilogue.thread = {{},
-                            {g.a_scale, 0.0f, {_0{}, g.a_scale_per_token, int64_t{0}}},
-                            {g.w_scale, 0.0f, {}},
-                            {g.bias, 0.0f, {}},
-                            cutlass_s8s8::W8A8Options{g.activation, g.bias != nullptr ? 1 : 0}};
+    // a_scale per token is per CUTLASS column here.
+    cutlass_s8s8::set_visitor_arguments(args.epilogue.thread, g, make_stride(_0{}, g.a_scale_per_token, int64_t{0}));
     run_cutlass<GemmF32::Gemm>(args, kernel + " + W8A8 epilogue", stream);
 }
 

@@ -102,9 +102,7 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         gemm_s8s8_sm90(g, stream);
         return;
 #else
-        throw std::invalid_argument(
-            "gemm_s8s8: this build has no wgmma variant (it needs sm_90 among EDGEVLA_CUDA_ARCHS and the CUTLASS "
-            "headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+        throw_variant_not_built("gemm_s8s8", "wgmma", "sm_90");
 #endif
     }
     if (variant == GemmVariant::tcgen05) {
@@ -112,9 +110,7 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         gemm_s8s8_sm100(g, stream);
         return;
 #else
-        throw std::invalid_argument(
-            "gemm_s8s8: this build has no tcgen05 variant (it needs 110 or 100 among EDGEVLA_CUDA_ARCHS and the "
-            "CUTLASS headers at build time: EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+        throw_variant_not_built("gemm_s8s8", "tcgen05", "110 or 100");
 #endif
     }
     if (variant == GemmVariant::small_m) {

@@ -36,6 +36,15 @@ inline void check_launch(const char* kernel, cudaStream_t stream) {
     if (sync_after_launch()) check_cuda(cudaStreamSynchronize(stream), (std::string("running ") + kernel).c_str());
 }
 
+// A variant this build left out (CUTLASS kernels need their architecture
+// among EDGEVLA_CUDA_ARCHS and CUTLASS's headers at build time).
+[[noreturn]] inline void throw_variant_not_built(const std::string& kernel, const std::string& variant,
+                                                 const std::string& archs) {
+    throw std::invalid_argument(kernel + ": this build has no " + variant + " variant (it needs " + archs +
+                                " among EDGEVLA_CUDA_ARCHS and the CUTLASS headers at build time: "
+                                "EDGEVLA_CUTLASS_DIR or pip install nvidia-cutlass)");
+}
+
 inline cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 inline int multiprocessor_count() {
