@@ -224,11 +224,19 @@ class Int4Linear(CudaLinear):
         packed = native.pack_w4(self.qdata, self.scale, layer.group_size, k=choice.k)
         self.weight = cuda_kernels.W4Weight.from_packed(packed, device=device)
 
+    #: The variants sum the same float32 products in other orders.
+    agreement = staticmethod(relative_agreement(1e-5))
+
+    def variants(self, m: int) -> tuple[str, ...]:
+        # Rows are float32 here: the tensor_cores variant (float16 x) would round them, so it is no candidate.
+        return ("auto", "streaming")
+
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32, device=x.device)
         step = cuda_kernels.gemm_w4_max_m()
         for start in range(0, x.shape[0], step):
-            cuda_kernels.gemm_w4(x[start:start + step], self.weight, self.bias, out=out[start:start + step])
+            cuda_kernels.gemm_w4(x[start:start + step], self.weight, self.bias, out=out[start:start + step],
+                                 variant=variant)
         return out
 
     def _reference(self, x: np.ndarray) -> np.ndarray:

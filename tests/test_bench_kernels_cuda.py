@@ -38,14 +38,28 @@ def test_a_variant_that_failed_its_check_is_not_a_candidate():
     assert variants["met"] is False
 
 
-def test_int4_bandwidth_goals_are_per_kernel():
-    rows = [dict(_row(backend, 10.0, m=1, op="int4-g32"), shape="large up", gbps=gbps)
-            for backend, gbps in (("edgevla", 1500.0), ("edgevla-tensor_cores", 3200.0))]
+def test_int4_bandwidth_goals_are_per_kernel_and_per_timing():
+    rows = [dict(_row(backend, 10.0, m=1, op="int4-g32"), shape="large up", gbps=gbps, gbps_chain=chain)
+            for backend, gbps, chain in (("edgevla", 1500.0, 2000.0), ("edgevla-streaming", 2400.0, 3000.0),
+                                         ("edgevla-tensor_cores", 3200.0, 3600.0))]
+    rows.append(dict(_row("torch-fp16", 40.0, m=1, op="linear-fp16"), shape="large up", gbps_chain=3400.0))
     result = goals(rows, copy_gbps=4000.0)
-    assert _goal(result, "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)")["values"] == \
-        [{"where": "large up", "ratio": 0.375}]
-    tensor = _goal(result, "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes) (variant")
+    single = "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)"
+    chained = "int4 g32 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes, back to back in one graph: us_chain)"
+    assert _goal(result, single)["values"] == [{"where": "large up", "ratio": 0.375}]
+    assert _goal(result, chained)["values"] == [{"where": "large up", "ratio": 0.5}]
+    streaming = _goal(result, single + " (variant: streaming)")
+    assert streaming["values"] == [{"where": "large up", "ratio": 0.6}] and streaming["met"] is False
+    assert _goal(result, chained + " (variant: streaming)")["met"] is True
+    tensor = _goal(result, single + " (variant: tensor_cores)")
     assert tensor["values"] == [{"where": "large up", "ratio": 0.8}] and tensor["met"] is True
+    assert _goal(result, "(comparison) cuBLAS fp16 GEMV")["values"] == [{"where": "large up", "ratio": 0.85}]
+
+
+def test_rows_without_a_chain_timing_leave_the_chained_goal_out():
+    rows = [dict(_row("edgevla", 10.0, m=1, op="int4-g128"), shape="large down", gbps=2000.0)]
+    names = [g["goal"] for g in goals(rows, copy_gbps=4000.0)]
+    assert names == ["int4 g128 GEMV at M = 1 >= 70 % of the copy bandwidth (large shapes)"]
 
 
 def test_the_sparse_variants_goal_pits_the_fastest_shapes_against_each_other():

@@ -328,3 +328,66 @@ def test_w4_mma_fragments_compute_the_unit_dot_products():
     expected = np.einsum("cnj,mcj->nm", q.astype(np.float64), x.astype(np.float64).reshape(8, 4, 8))
     channel_of_row = [2 * r for r in range(8)] + [2 * r + 1 for r in range(8)]  # the kernel's output mapping
     np.testing.assert_allclose(d, expected[channel_of_row], rtol=1e-12, atol=1e-9)
+
+
+# ------------------------------------------------ int4 streaming partition ---
+# gemm_w4_stream_kernels.cuh splits a block's K among kWarps warps in units of
+# kW4StreamUnitCells cells; lane (slot = l / 4, quad = l % 4) takes unit
+# kW4StreamUnitsPerWarp (step kWarps + warp) + slot for channels 4 quad .. +3,
+# and one scale per unit. The kernel's loop is replayed here with the header's
+# constants, for every warp count the launcher can pick: each (cell, channel)
+# is read exactly once, and the sums equal the CPU reference.
+
+W4_STREAM_HEADER = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "gemm_w4_stream_kernels.cuh"
+
+
+def _stream_constants() -> tuple[int, int]:
+    text = W4_STREAM_HEADER.read_text()
+    cells = re.search(r"constexpr int kW4StreamUnitCells = (\d+);", text)
+    per_warp = re.search(r"constexpr int kW4StreamUnitsPerWarp = (\d+);", text)
+    return int(cells.group(1)), int(per_warp.group(1))
+
+
+def _stream_model(x: np.ndarray, packed: np.ndarray, warps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, reads): the kernel's sums in float64, and how often each (block, cell, channel) was read."""
+    info = native.packed_info(packed)
+    n, k, group = info["n"], info["k"], info["group_size"]
+    cells_per_unit, units_per_warp = _stream_constants()
+    nb, kc, kg = -(-n // 16), -(-k // 8), -(-k // group)
+    scales_offset = -(-(64 + 64 * nb * kc) // 64) * 64
+    words = np.frombuffer(packed, np.uint32, nb * kc * 16, 64).reshape(nb, kc, 16).astype(np.uint64)
+    scales = np.frombuffer(packed, np.float32, nb * kg * 16, scales_offset).reshape(nb, kg, 16).astype(np.float64)
+    q = _codes(words).astype(np.float64)                                    # [block][cell][channel][nibble]
+    xp = np.zeros((x.shape[0], kc * 8 + 8 * cells_per_unit))
+    xp[:, :k] = x
+    units, shift = -(-kc // cells_per_unit), group.bit_length() - 1
+    y = np.zeros((x.shape[0], nb * 16))
+    reads = np.zeros((nb, kc, 16), np.int64)
+    for block in range(nb):
+        for warp in range(warps):
+            for lane in range(32):
+                quad, slot = lane % 4, lane // 4
+                channels = slice(4 * quad, 4 * quad + 4)
+                for unit in range(warp * units_per_warp + slot, units, warps * units_per_warp):
+                    dot = np.zeros((x.shape[0], 4))
+                    for cell in range(unit * cells_per_unit, (unit + 1) * cells_per_unit):
+                        if cell < kc:  # past K the loads are predicated off (zeros)
+                            reads[block, cell, channels] += 1
+                            dot += xp[:, 8 * cell:8 * cell + 8] @ q[block, cell, channels].T
+                    y[:, 16 * block + 4 * quad:16 * block + 4 * quad + 4] += \
+                        scales[block, (unit * 32) >> shift, channels] * dot
+    return y[:, :n], reads
+
+
+@pytest.mark.parametrize("m,k,n,group", [(1, 257, 33, 32), (2, 2050, 24, 64), (1, 4100, 40, 32), (3, 96, 17, 128),
+                                         (1, 8, 16, 32)])
+@pytest.mark.parametrize("warps", [4, 8, 16])
+def test_w4_streaming_partition_reads_every_cell_once_and_sums_right(m, k, n, group, warps):
+    rng = np.random.default_rng(k + n + warps)
+    codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
+    scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y, reads = _stream_model(x, native.pack_w4(codes, scales, group, k=k), warps)
+    assert (reads == 1).all()
+    ref = native.gemm_w4_f32_ref(x, codes, scales, group).astype(np.float64)
+    assert np.linalg.norm(y - ref) <= 1e-6 * np.linalg.norm(ref)

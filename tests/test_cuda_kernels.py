@@ -229,7 +229,8 @@ def test_bad_inputs_raise_one_line_errors():
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (1, 768, 3072), (3, 96, 384), (16, 4096, 40), (64, 130, 17),
                                    (2, 8, 16), (24, 200, 48), (9, 4100, 24)])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("x_dtype,variant", [("float32", "auto"), ("float16", "cuda_cores"), ("float16", "tensor_cores")])
+@pytest.mark.parametrize("x_dtype,variant", [("float32", "auto"), ("float16", "cuda_cores"), ("float32", "streaming"),
+                                             ("float16", "streaming"), ("float16", "tensor_cores")])
 def test_gemm_w4_matches_the_reference(m, k, n, group, x_dtype, variant):
     torch = _torch()
     rng = np.random.default_rng(m * 31 + k + n + group)
@@ -263,7 +264,7 @@ def test_gemm_w4_refuses_a_short_buffer_and_large_m():
     with pytest.raises(ValueError, match="tensor_cores variant takes float16 x"):
         _C.cuda_gemm_w4(x, torch.zeros(4096, dtype=torch.uint8, device="cuda"), out, n=16, k=64, group=32,
                         variant="tensor_cores")
-    with pytest.raises(ValueError, match="variant must be 'auto', 'cuda_cores' or 'tensor_cores'"):
+    with pytest.raises(ValueError, match="variant must be 'auto', 'cuda_cores', 'streaming' or 'tensor_cores'"):
         _C.cuda_gemm_w4(x, packed, out, n=16, k=64, group=32, variant="mma")
 
 

@@ -276,8 +276,9 @@ cuda::GemmVariant variant_arg(const std::string& name) {
 cuda::GemmW4Variant w4_variant_arg(const std::string& name) {
     if (name == "auto") return cuda::GemmW4Variant::automatic;
     if (name == "cuda_cores") return cuda::GemmW4Variant::cuda_cores;
+    if (name == "streaming") return cuda::GemmW4Variant::streaming;
     if (name == "tensor_cores") return cuda::GemmW4Variant::tensor_cores;
-    fail_value("variant must be 'auto', 'cuda_cores' or 'tensor_cores', got '" + name + "'");
+    fail_value("variant must be 'auto', 'cuda_cores', 'streaming' or 'tensor_cores', got '" + name + "'");
 }
 
 cuda::Gemm2to4Variant sparse_variant_arg(const std::string& name) {

@@ -89,10 +89,12 @@ struct GemmW4Args {
 };
 constexpr int64_t kGemmW4MaxM = 64;
 // cuda_cores: float32 FMAs on decoded codes (float32 or float16 X), measured
-// on an H200. tensor_cores: float16 MMAs (float16 X only), written and
-// compiled without a GPU, timed beside cuda_cores by the benchmark until a
-// GPU run shows where it wins; automatic picks cuda_cores meanwhile.
-enum class GemmW4Variant : int { automatic = 0, cuda_cores = 1, tensor_cores = 2 };
+// on an H200. streaming: the same arithmetic, laid out so the grid is
+// resident in one wave (gemm_w4_stream_kernels.cuh). tensor_cores: float16
+// MMAs (float16 X only). streaming and tensor_cores were written and compiled
+// without a GPU and are timed beside cuda_cores by the benchmark until a GPU
+// run shows where they win; automatic picks cuda_cores meanwhile.
+enum class GemmW4Variant : int { automatic = 0, cuda_cores = 1, tensor_cores = 2, streaming = 3 };
 void gemm_w4(const GemmW4Args& args, GemmW4Variant variant, uintptr_t stream);
 
 // ------------------------------------------------------------- 2:4 sparse ---

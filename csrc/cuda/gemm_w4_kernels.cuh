@@ -66,6 +66,38 @@ __device__ __forceinline__ void decode_w4x8(uint32_t word, float (&q)[8]) {
     }
 }
 
+// The end of a block that owns 16 channels and kRows rows: lane l holds, in
+// acc[r][c], a partial sum of channel 4 (l % 4) + c for row r; lanes with the
+// same l % 4 are added by shuffles, the warps through shared memory, and the
+// block writes its kRows x 16 outputs through the epilogue.
+template <int kWarps, int kRows>
+__device__ __forceinline__ void reduce_w4_block(float (&acc)[kRows][4], float (&partial)[kWarps][kRows][16],
+                                                int64_t row0, int64_t col0, int64_t m, int64_t n,
+                                                const EpilogueF32& epilogue, float* __restrict__ y, int64_t ldy) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, quad = lane % 4;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            float v = acc[r][c];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            if (lane < 4) partial[warp][r][4 * quad + c] = v;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kRows * 16; e += kWarps * 32) {
+        const int r = e / 16, c = e % 16;
+        const int64_t row = row0 + r, col = col0 + c;
+        if (row >= m || col >= n) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int v = 0; v < kWarps; ++v) sum += partial[v][r][c];
+        y[row * ldy + col] = epilogue(col, sum);
+    }
+}
+
 template <typename T, int kRows>
 __global__ void __launch_bounds__(kW4Warps * 32)
     gemm_w4_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const T* __restrict__ x, int64_t ldx, bool x_vector,
@@ -137,28 +169,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
         }
     }
 
-    // Lanes with the same quad hold the same channels: add over the 8 cells.
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-            float v = acc[r][c];
-            v += __shfl_xor_sync(0xffffffffu, v, 4);
-            v += __shfl_xor_sync(0xffffffffu, v, 8);
-            v += __shfl_xor_sync(0xffffffffu, v, 16);
-            if (lane < 4) partial[warp][r][4 * quad + c] = v;
-        }
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kRows * 16; e += kW4Warps * 32) {
-        const int r = e / 16, c = e % 16;
-        const int64_t row = row0 + r, col = block * 16 + c;
-        if (row >= m || col >= n) continue;
-        float sum = 0.0f;
-#pragma unroll
-        for (int v = 0; v < kW4Warps; ++v) sum += partial[v][r][c];
-        y[row * ldy + col] = epilogue(col, sum);
-    }
+    reduce_w4_block<kW4Warps, kRows>(acc, partial, row0, block * 16, m, n, epilogue, y, ldy);
 }
 
 }  // namespace edgevla::cuda

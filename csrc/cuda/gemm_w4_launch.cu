@@ -1,11 +1,18 @@
 // Launchers of the int4 GEMV: the CUDA-core kernel (rows per block by M,
-// float32 or float16 X) and the tensor-core kernel (float16 X, column tiles by M).
+// float32 or float16 X), its streaming layout (rows by M, warps per block by
+// the grid) and the tensor-core kernel (float16 X, column tiles by M, warps
+// per block by the grid).
 #include "cuda/cuda_kernels.h"
 #include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/gemm_w4_mma_kernels.cuh"
+#include "cuda/gemm_w4_stream_kernels.cuh"
 #include "cuda/launch_check.cuh"
 
 #include "packed_formats.h"
+
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
 
 namespace edgevla::cuda {
 namespace {
@@ -17,43 +24,123 @@ int group_shift(int64_t group) {
     return shift;
 }
 
-template <typename T, int kRows>
-void launch(const GemmW4Args& g, cudaStream_t stream) {
-    const int64_t blocks = (g.n + 15) / 16;
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((g.m + kRows - 1) / kRows));
-    const size_t element = sizeof(T);
-    const bool vector = reinterpret_cast<uintptr_t>(g.x) % 16 == 0 && (g.ldx * element) % 16 == 0;
-    const uint32_t* codes = reinterpret_cast<const uint32_t*>(g.packed + sizeof(edgevla_packed_header));
-    const float* scales = reinterpret_cast<const float*>(g.packed + g.scales_offset);
-    gemm_w4_kernel<T, kRows><<<grid, kW4Warps * 32, 0, stream>>>(g.m, g.n, g.k, group_shift(g.group), static_cast<const T*>(g.x),
-                                                                  g.ldx, vector, codes, scales,
-                                                                  EpilogueF32{g.bias, g.activation}, g.y, g.ldy);
-    check_launch("gemm_w4_kernel", stream);
-}
+// The operands as the kernels take them.
+struct W4Operands {
+    const uint32_t* codes;
+    const float* scales;
+    int group_shift;
+    bool x_vector;  // x and its row stride allow 16-byte loads
+    EpilogueF32 epilogue;
+};
 
 template <typename T>
-void launch_rows(const GemmW4Args& g, cudaStream_t stream) {
-    if (g.m == 1) {
-        launch<T, 1>(g, stream);
-    } else if (g.m <= 2) {
-        launch<T, 2>(g, stream);
+W4Operands operands(const GemmW4Args& g) {
+    return {reinterpret_cast<const uint32_t*>(g.packed + sizeof(edgevla_packed_header)),
+            reinterpret_cast<const float*>(g.packed + g.scales_offset), group_shift(g.group),
+            reinterpret_cast<uintptr_t>(g.x) % 16 == 0 && (g.ldx * sizeof(T)) % 16 == 0,
+            EpilogueF32{g.bias, g.activation}};
+}
+
+// Warps per block for the kernels whose block owns 16 channels and splits K
+// among its warps: of the instantiations (warp count, kernel), listed from
+// fewest warps, the most warps with which the whole grid is resident at once
+// (CUDA's occupancy calculator, for this GPU and these registers) and every
+// warp has at least one step of `units_per_step` units; the fewest when none
+// fits the grid in one wave (the blocks cycle anyway, and small ones balance
+// the last wave better).
+int one_wave_warps(std::initializer_list<std::pair<int, const void*>> kernels, int64_t blocks, int64_t units,
+                   int64_t units_per_step) {
+    const int64_t sms = multiprocessor_count();
+    int chosen = kernels.begin()->first;
+    for (const auto& [warps, kernel] : kernels) {
+        int per_sm = 0;
+        check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, 0),
+                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        if (blocks <= per_sm * sms && units >= warps * units_per_step) chosen = warps;
+    }
+    return chosen;
+}
+
+// Rows per block by M: 1, 2 or 4. At most 4: 8 rows took 169 registers a
+// thread in gemm_w4_kernel, and the lost occupancy cost more than re-reading
+// W (from L2) once per 4 rows.
+template <typename Launch>
+void by_rows(int64_t m, Launch launch) {
+    if (m == 1) {
+        launch(std::integral_constant<int, 1>{});
+    } else if (m <= 2) {
+        launch(std::integral_constant<int, 2>{});
     } else {
-        // At most 4 rows per block: 8 rows took 169 registers a thread, and the
-        // lost occupancy cost more than re-reading W (from L2) once per 4 rows.
-        launch<T, 4>(g, stream);
+        launch(std::integral_constant<int, 4>{});
     }
 }
 
+dim3 row_grid(const GemmW4Args& g, int rows) {
+    return dim3(static_cast<unsigned>((g.n + 15) / 16), static_cast<unsigned>((g.m + rows - 1) / rows));
+}
+
+int64_t w4_units(const GemmW4Args& g) { return ((g.k + 7) / 8 + 3) / 4; }  // units of 32 k
+
+// gemm_w4_kernel: 8 warps a block, as measured on the H200.
+template <typename T>
+void launch_cuda_cores(const GemmW4Args& g, cudaStream_t stream) {
+    by_rows(g.m, [&](auto rows) {
+        const W4Operands o = operands<T>(g);
+        gemm_w4_kernel<T, rows()><<<row_grid(g, rows()), kW4Warps * 32, 0, stream>>>(
+            g.m, g.n, g.k, o.group_shift, static_cast<const T*>(g.x), g.ldx, o.x_vector, o.codes, o.scales,
+            o.epilogue, g.y, g.ldy);
+        check_launch("gemm_w4_kernel", stream);
+    });
+}
+
+// Launches kernel(warps) with `warps` the one_wave_warps choice among 4, 8
+// and (unless the block's shared memory forbids it) 16.
+template <bool kWith16, typename Kernel, typename Run>
+void by_warps(Kernel kernel, int64_t blocks, int64_t units, int64_t units_per_step, Run run) {
+    const auto k4 = kernel(std::integral_constant<int, 4>{}), k8 = kernel(std::integral_constant<int, 8>{});
+    int warps = 4;
+    if constexpr (kWith16) {
+        const auto k16 = kernel(std::integral_constant<int, 16>{});
+        warps = one_wave_warps({{4, reinterpret_cast<const void*>(k4)}, {8, reinterpret_cast<const void*>(k8)},
+                                {16, reinterpret_cast<const void*>(k16)}},
+                               blocks, units, units_per_step);
+        if (warps == 16) return run(k16, 16);
+    } else {
+        warps = one_wave_warps({{4, reinterpret_cast<const void*>(k4)}, {8, reinterpret_cast<const void*>(k8)}},
+                               blocks, units, units_per_step);
+    }
+    return warps == 8 ? run(k8, 8) : run(k4, 4);
+}
+
+template <typename T>
+void launch_streaming(const GemmW4Args& g, cudaStream_t stream) {
+    by_rows(g.m, [&](auto rows) {
+        const W4Operands o = operands<T>(g);
+        const dim3 grid = row_grid(g, rows());
+        by_warps<true>([](auto warps) { return gemm_w4_stream_kernel<T, decltype(rows)::value, warps()>; },
+                       static_cast<int64_t>(grid.x) * grid.y, w4_units(g), kW4StreamUnitsPerWarp,
+                       [&](auto kernel, int warps) {
+                           kernel<<<grid, warps * 32, 0, stream>>>(g.m, g.n, g.k, o.group_shift,
+                                                                   static_cast<const T*>(g.x), g.ldx, o.x_vector,
+                                                                   o.codes, o.scales, o.epilogue, g.y, g.ldy);
+                           check_launch("gemm_w4_stream_kernel", stream);
+                       });
+    });
+}
+
+// Column tiles of 8 rows by M: at most 8.
 template <int kColTiles>
 void launch_mma(const GemmW4Args& g, cudaStream_t stream) {
+    const W4Operands o = operands<__half>(g);
     const dim3 grid(static_cast<unsigned>((g.n + 15) / 16));
-    const bool vector = reinterpret_cast<uintptr_t>(g.x) % 16 == 0 && (g.ldx * sizeof(__half)) % 16 == 0;
-    const uint32_t* codes = reinterpret_cast<const uint32_t*>(g.packed + sizeof(edgevla_packed_header));
-    const float* scales = reinterpret_cast<const float*>(g.packed + g.scales_offset);
-    gemm_w4_mma_kernel<kColTiles><<<grid, kW4MmaWarps * 32, 0, stream>>>(
-        g.m, g.n, g.k, group_shift(g.group), static_cast<const __half*>(g.x), g.ldx, vector, codes, scales,
-        EpilogueF32{g.bias, g.activation}, g.y, g.ldy);
-    check_launch("gemm_w4_mma_kernel", stream);
+    // With 4 or 8 column tiles, 16 warps of partial sums would pass the 48 KB of static shared memory.
+    by_warps<(kColTiles <= 2)>([](auto warps) { return gemm_w4_mma_kernel<kColTiles, warps()>; }, grid.x,
+                               w4_units(g), kW4MmaBatch, [&](auto kernel, int warps) {
+                                   kernel<<<grid, warps * 32, 0, stream>>>(
+                                       g.m, g.n, g.k, o.group_shift, static_cast<const __half*>(g.x), g.ldx,
+                                       o.x_vector, o.codes, o.scales, o.epilogue, g.y, g.ldy);
+                                   check_launch("gemm_w4_mma_kernel", stream);
+                               });
 }
 
 void launch_tensor_cores(const GemmW4Args& g, cudaStream_t stream) {
@@ -83,10 +170,10 @@ void gemm_w4(const GemmW4Args& g, GemmW4Variant variant, uintptr_t stream_handle
     const cudaStream_t stream = as_stream(stream_handle);
     if (variant == GemmW4Variant::tensor_cores) {
         launch_tensor_cores(g, stream);
-    } else if (g.x_f16) {
-        launch_rows<__half>(g, stream);
+    } else if (variant == GemmW4Variant::streaming) {
+        g.x_f16 ? launch_streaming<__half>(g, stream) : launch_streaming<float>(g, stream);
     } else {
-        launch_rows<float>(g, stream);
+        g.x_f16 ? launch_cuda_cores<__half>(g, stream) : launch_cuda_cores<float>(g, stream);
     }
 }
 

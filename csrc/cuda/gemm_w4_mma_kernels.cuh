@@ -41,8 +41,14 @@
 
 namespace edgevla::cuda {
 
-constexpr int kW4MmaWarps = 8;
 constexpr int kW4MmaBatch = 4;  // units of 32 k per warp with loads in flight together
+
+// Resident warps an SM should hold (the registers __launch_bounds__ allows),
+// and the shared memory of the block's partial sums, by column tiles.
+constexpr int w4_mma_warps_per_sm(int col_tiles) { return col_tiles <= 2 ? 32 : 16; }
+constexpr int w4_mma_min_blocks(int col_tiles, int warps) {
+    return w4_mma_warps_per_sm(col_tiles) / warps > 0 ? w4_mma_warps_per_sm(col_tiles) / warps : 1;
+}
 
 // x[k0 .. k0 + 8) of one float16 row as 16 bytes, zero past K or for a missing row.
 __device__ __forceinline__ uint4 load_x_f16x8(const __half* __restrict__ row, int64_t k0, int64_t k, bool vector,
@@ -56,13 +62,15 @@ __device__ __forceinline__ uint4 load_x_f16x8(const __half* __restrict__ row, in
                       h[6] | (uint32_t{h[7]} << 16));
 }
 
-// kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles.
-template <int kColTiles>
-__global__ void __launch_bounds__(kW4MmaWarps * 32)
+// kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles. kWarps
+// warps split the block's units (gemm_w4_launch.cu picks it so that the grid
+// is resident in one wave, as for gemm_w4_stream_kernels.cuh).
+template <int kColTiles, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles, kWarps))
     gemm_w4_mma_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const __half* __restrict__ x, int64_t ldx,
                        bool x_vector, const uint32_t* __restrict__ codes, const float* __restrict__ scales,
                        EpilogueF32 epilogue, float* __restrict__ y, int64_t ldy) {
-    __shared__ float partial[kW4MmaWarps][kColTiles][4][32];
+    __shared__ float partial[kWarps][kColTiles][4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int64_t block = blockIdx.x;
@@ -75,13 +83,13 @@ __global__ void __launch_bounds__(kW4MmaWarps * 32)
 #pragma unroll
     for (int c = 0; c < kColTiles; ++c) total[c][0] = total[c][1] = total[c][2] = total[c][3] = 0.0f;
 
-    // The unit loop: warp w takes units w, w + 8, ...; each batch issues its
+    // The unit loop: warp w takes units w, w + kWarps, ...; each batch issues its
     // kW4MmaBatch weight and scale loads before the first MMA.
-    for (int64_t first = warp; first < units; first += kW4MmaWarps * kW4MmaBatch) {
+    for (int64_t first = warp; first < units; first += kWarps * kW4MmaBatch) {
         uint2 words[kW4MmaBatch], scale_bits[kW4MmaBatch];
 #pragma unroll
         for (int b = 0; b < kW4MmaBatch; ++b) {
-            const int64_t unit = first + b * kW4MmaWarps, cell = unit * 4 + t;
+            const int64_t unit = first + b * kWarps, cell = unit * 4 + t;
             // Codes past K (or past the last unit) read as 0. The scales are those of
             // the lane's two channels in the unit's group (a unit of 32 k lies in one group).
             words[b] = ptx::ldg_stream_v2(block_codes + cell * 16 + 2 * g, cell < k_cells);
@@ -89,7 +97,7 @@ __global__ void __launch_bounds__(kW4MmaWarps * 32)
         }
 #pragma unroll
         for (int b = 0; b < kW4MmaBatch; ++b) {
-            const int64_t unit = first + b * kW4MmaWarps;
+            const int64_t unit = first + b * kWarps;
             if (unit >= units) break;
             const int64_t cell = unit * 4 + t;
             uint32_t row0[4], row1[4];  // channel 2 g, channel 2 g + 1
@@ -124,14 +132,14 @@ __global__ void __launch_bounds__(kW4MmaWarps * 32)
     __syncthreads();
     // Output (channel, batch row) of accumulator r of lane l in column tile c:
     // channel 16 block + 2 (l / 4) + r / 2, batch row 8 c + 2 (l % 4) + r % 2.
-    for (int e = threadIdx.x; e < kColTiles * 4 * 32; e += kW4MmaWarps * 32) {
+    for (int e = threadIdx.x; e < kColTiles * 4 * 32; e += kWarps * 32) {
         const int c = e / 128, r = (e / 32) % 4, l = e % 32;
         const int64_t col = block * 16 + 2 * (l / 4) + r / 2;
         const int64_t row = 8 * c + 2 * (l % 4) + r % 2;
         if (row >= m || col >= n) continue;
         float sum = 0.0f;
 #pragma unroll
-        for (int v = 0; v < kW4MmaWarps; ++v) sum += partial[v][c][r][l];
+        for (int v = 0; v < kWarps; ++v) sum += partial[v][c][r][l];
         y[row * ldy + col] = epilogue(col, sum);
     }
 }

@@ -57,7 +57,13 @@ def main() -> int:
                                            (16, 130, 17, 128, np.float32, "auto"), (64, 64, 16, 32, np.float16, "auto"),
                                            (1, 257, 33, 32, np.float16, "tensor_cores"),
                                            (24, 130, 17, 64, np.float16, "tensor_cores"),
-                                           (64, 300, 40, 128, np.float16, "tensor_cores")]:
+                                           (64, 300, 40, 128, np.float16, "tensor_cores"),
+                                           (1, 4100, 40, 32, np.float16, "tensor_cores"),
+                                           # streaming: 4, 8 and 16 warps a block (K past 2048, 4096)
+                                           (1, 257, 33, 32, np.float32, "streaming"),
+                                           (2, 2050, 24, 64, np.float16, "streaming"),
+                                           (1, 4100, 40, 32, np.float16, "streaming"),
+                                           (9, 130, 17, 128, np.float32, "streaming")]:
         codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
         scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
         x = rng.standard_normal((m, k)).astype(dtype)
