@@ -341,7 +341,7 @@ def cuda_gemm_w4(
 ) -> None:
     """out (M, N) float32 = x (M, K) float32/float16 . W^T for a W4_N16K8 buffer on the GPU (M <= 64).
 
-    variant: "auto" (= "cuda_cores"), "cuda_cores", "streaming" or "tensor_cores" (float16 x only)."""
+    variant: "auto" (= "cuda_cores"), "cuda_cores", "streaming" or "tensor_cores"."""
 
 def cuda_gemm_2to4_s8(
     x: Any, values: Any, meta: Any, out: Any, *, n: int, k: int, w_scale: Any = None, a_scale: Any = None,

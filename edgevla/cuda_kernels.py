@@ -188,9 +188,9 @@ def gemm_w4_max_m() -> int:
     return int(_C.CUDA_GEMM_W4_MAX_M)
 
 
-#: The int4 kernels: ``cuda_cores`` (float32 FMAs; float32 or float16 x), ``streaming`` (the same
-#: arithmetic with the grid resident in one wave) and ``tensor_cores`` (float16 MMAs, float16 x only).
-#: ``auto`` runs ``cuda_cores``.
+#: The int4 kernels, all for float32 or float16 x: ``cuda_cores`` (float32 FMAs), ``streaming`` (the
+#: same arithmetic with the grid resident in one wave) and ``tensor_cores`` (float16 MMAs; float32 x
+#: is split into two float16 parts, to 2^-22). ``auto`` runs ``cuda_cores``.
 W4_VARIANTS = ("cuda_cores", "streaming", "tensor_cores")
 
 

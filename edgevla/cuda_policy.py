@@ -228,8 +228,7 @@ class Int4Linear(CudaLinear):
     agreement = staticmethod(relative_agreement(1e-5))
 
     def variants(self, m: int) -> tuple[str, ...]:
-        # Rows are float32 here: the tensor_cores variant (float16 x) would round them, so it is no candidate.
-        return ("auto", "streaming")
+        return ("auto", *cuda_kernels.W4_VARIANTS[1:])
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32, device=x.device)

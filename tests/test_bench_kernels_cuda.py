@@ -79,3 +79,13 @@ def test_the_sparse_wgmma_rows_compete_with_the_dense_wgmma_rows():
     best = _goal(goals(rows, copy_gbps=1000.0), "(variants) the fastest 2:4")
     assert best["values"] == [{"where": "base-vla fc1 M=256 (edgevla-wgmma vs edgevla-wgmma)", "ratio": 1.429}]
     assert best["met"] is True
+
+
+def test_the_float32_x_int4_rows_compare_each_kernel_with_auto():
+    rows = [dict(_row(backend, us, m=16, op="int4-g32-f32x"))
+            for backend, us in (("edgevla", 60.0), ("edgevla-streaming", 40.0), ("edgevla-tensor_cores", 15.0))]
+    result = goals(rows, copy_gbps=4000.0)
+    assert _goal(result, "(comparison) int4 g32 with float32 x, tensor_cores vs auto")["values"] == \
+        [{"where": "base-vla fc1 M=16", "ratio": 4.0}]
+    assert _goal(result, "(comparison) int4 g32 with float32 x, streaming vs auto")["values"] == \
+        [{"where": "base-vla fc1 M=16", "ratio": 1.5}]

@@ -391,3 +391,38 @@ def test_w4_streaming_partition_reads_every_cell_once_and_sums_right(m, k, n, gr
     assert (reads == 1).all()
     ref = native.gemm_w4_f32_ref(x, codes, scales, group).astype(np.float64)
     assert np.linalg.norm(y - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+# ------------------------------------------- int4 tensor cores, float32 x ---
+# gemm_w4_mma_kernels.cuh split_x_f32x8: per unit (32 k) and batch row, x is
+# scaled by 2^(127 - e) (e: the exponent of the largest |x|, clamped as the
+# header clamps it) and written as hi + lo, two float16 values. Modelled here
+# with NumPy's float16 rounding (round to nearest even, as __floats2half2_rn).
+
+W4_MMA_HEADER = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "gemm_w4_mma_kernels.cuh"
+
+
+def _split_model(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    low, high = map(int, re.search(r"min\(max\(static_cast<int>\(__float_as_uint\(largest\) >> 23\), (\d+)\), (\d+)\)",
+                                   W4_MMA_HEADER.read_text()).groups())
+    largest = np.float32(np.abs(unit).max())
+    e = min(max(int(largest.view(np.uint32)) >> 23, low), high)
+    scale = np.array([(254 - e) << 23], np.uint32).view(np.float32)[0]
+    inverse = np.array([e << 23], np.uint32).view(np.float32)[0]
+    a = unit.astype(np.float32) * scale
+    hi = a.astype(np.float16)
+    lo = (a - hi.astype(np.float32)).astype(np.float16)
+    return hi, lo, float(inverse)
+
+
+@pytest.mark.parametrize("magnitude", [1e-42, 1e-30, 3e-5, 1.0, 7e4, 1e30, 3e38])
+def test_w4_float32_x_split_keeps_22_bits_of_the_units_largest_value(magnitude):
+    rng = np.random.default_rng(int(np.log10(magnitude) + 50))
+    for _ in range(50):
+        unit = (rng.uniform(-1, 1, 32) * rng.choice([1.0, 1e-3, 1e-9], 32) * magnitude).astype(np.float32)
+        unit[rng.integers(32)] = magnitude  # the largest: past 2^127 for 3e38, subnormal for 1e-42
+        hi, lo, inverse = _split_model(unit)
+        assert np.isfinite(hi).all() and np.isfinite(lo).all()  # no float16 overflow, whatever the magnitude
+        got = (hi.astype(np.float64) + lo.astype(np.float64)) * inverse
+        largest = np.abs(unit.astype(np.float64)).max()
+        assert np.abs(got - unit).max() <= 2.0 ** -22 * largest

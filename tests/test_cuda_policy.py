@@ -126,9 +126,9 @@ def test_plan_quantized_layers(precision):
     assert got["fp8"].kernel == ("torch-f16" if precision == "fp16" else "torch-f32") and got["fp8"].weight == "fp8"
 
 
-def test_int4_layers_let_the_tactics_try_the_streaming_kernel():
+def test_int4_layers_let_the_tactics_try_every_int4_kernel():
     layer = plan_layer("w4", _quantized(_linear(np.random.default_rng(2), 128, 48), Int4WeightLinear, 32), "int8", CPU)
-    assert all(layer.variants(m) == ("auto", "streaming") for m in (1, 16, 70))
+    assert all(layer.variants(m) == ("auto", "streaming", "tensor_cores") for m in (1, 16, 70))
     out = torch.rand(3, 40)
     # float32 sums in another order agree; a different answer does not.
     assert layer.agreement(out, out * (1 + 1e-7)) is None

@@ -91,7 +91,7 @@ constexpr int64_t kGemmW4MaxM = 64;
 // cuda_cores: float32 FMAs on decoded codes (float32 or float16 X), measured
 // on an H200. streaming: the same arithmetic, laid out so the grid is
 // resident in one wave (gemm_w4_stream_kernels.cuh). tensor_cores: float16
-// MMAs (float16 X only). streaming and tensor_cores were written and compiled
+// MMAs (float32 X split in two float16 parts). streaming and tensor_cores were written and compiled
 // without a GPU and are timed beside cuda_cores by the benchmark until a GPU
 // run shows where they win; automatic picks cuda_cores meanwhile.
 enum class GemmW4Variant : int { automatic = 0, cuda_cores = 1, tensor_cores = 2, streaming = 3 };

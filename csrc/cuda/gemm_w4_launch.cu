@@ -1,7 +1,7 @@
 // Launchers of the int4 GEMV: the CUDA-core kernel (rows per block by M,
 // float32 or float16 X), its streaming layout (rows by M, warps per block by
-// the grid) and the tensor-core kernel (float16 X, column tiles by M, warps
-// per block by the grid).
+// the grid) and the tensor-core kernel (float16 or float32 X, column tiles
+// by M, warps per block by the grid).
 #include "cuda/cuda_kernels.h"
 #include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/gemm_w4_mma_kernels.cuh"
@@ -129,30 +129,31 @@ void launch_streaming(const GemmW4Args& g, cudaStream_t stream) {
 }
 
 // Column tiles of 8 rows by M: at most 8.
-template <int kColTiles>
+template <typename T, int kColTiles>
 void launch_mma(const GemmW4Args& g, cudaStream_t stream) {
-    const W4Operands o = operands<__half>(g);
+    const W4Operands o = operands<T>(g);
     const dim3 grid(static_cast<unsigned>((g.n + 15) / 16));
     // With 4 or 8 column tiles, 16 warps of partial sums would pass the 48 KB of static shared memory.
-    by_warps<(kColTiles <= 2)>([](auto warps) { return gemm_w4_mma_kernel<kColTiles, warps()>; }, grid.x,
+    by_warps<(kColTiles <= 2)>([](auto warps) { return gemm_w4_mma_kernel<T, kColTiles, warps()>; }, grid.x,
                                w4_units(g), kW4MmaBatch, [&](auto kernel, int warps) {
                                    kernel<<<grid, warps * 32, 0, stream>>>(
-                                       g.m, g.n, g.k, o.group_shift, static_cast<const __half*>(g.x), g.ldx,
+                                       g.m, g.n, g.k, o.group_shift, static_cast<const T*>(g.x), g.ldx,
                                        o.x_vector, o.codes, o.scales, o.epilogue, g.y, g.ldy);
                                    check_launch("gemm_w4_mma_kernel", stream);
                                });
 }
 
+template <typename T>
 void launch_tensor_cores(const GemmW4Args& g, cudaStream_t stream) {
     static_assert(kGemmW4MaxM <= 64, "column tiles of 8 rows: at most 8");
     if (g.m <= 8) {
-        launch_mma<1>(g, stream);
+        launch_mma<T, 1>(g, stream);
     } else if (g.m <= 16) {
-        launch_mma<2>(g, stream);
+        launch_mma<T, 2>(g, stream);
     } else if (g.m <= 32) {
-        launch_mma<4>(g, stream);
+        launch_mma<T, 4>(g, stream);
     } else {
-        launch_mma<8>(g, stream);
+        launch_mma<T, 8>(g, stream);
     }
 }
 
@@ -164,12 +165,9 @@ void gemm_w4(const GemmW4Args& g, GemmW4Variant variant, uintptr_t stream_handle
         throw std::invalid_argument("gemm_w4: M must be <= " + std::to_string(kGemmW4MaxM) + ", got " +
                                     std::to_string(g.m));
     }
-    if (variant == GemmW4Variant::tensor_cores && !g.x_f16) {
-        throw std::invalid_argument("gemm_w4: the tensor_cores variant takes float16 x");
-    }
     const cudaStream_t stream = as_stream(stream_handle);
     if (variant == GemmW4Variant::tensor_cores) {
-        launch_tensor_cores(g, stream);
+        g.x_f16 ? launch_tensor_cores<__half>(g, stream) : launch_tensor_cores<float>(g, stream);
     } else if (variant == GemmW4Variant::streaming) {
         g.x_f16 ? launch_streaming<__half>(g, stream) : launch_streaming<float>(g, stream);
     } else {

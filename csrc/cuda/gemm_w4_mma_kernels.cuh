@@ -1,5 +1,5 @@
 // Weight-only int4 GEMV / small-M GEMM on the float16 tensor cores
-// (mma.sync m16n8k16, float32 accumulators), for float16 X, on the same
+// (mma.sync m16n8k16, float32 accumulators), for float16 or float32 X, on the same
 // packed W4_N16K8 buffer as gemm_w4_kernels.cuh: codes uint32 [NB][KC][16]
 // (one word = 8 k of one channel, nibble j = k 8 c + j), scales float32
 // [NB][KG][16].
@@ -12,7 +12,12 @@
 // columns), so small batches no longer multiply the arithmetic.
 //
 // Exactness: codes are integers in [-8, 7], exact in float16; X is float16;
-// their products are exact in the float32 accumulators. Each unit of 32 k
+// their products are exact in the float32 accumulators. float32 X is split
+// (split_x_f32x8): per unit and batch row it is scaled by a power of two so
+// that the largest |x| of the unit's 32 k lies in [1, 2), then written as
+// hi + lo, two float16 values, which hold it to 2^-22 of that largest value
+// (no float16 overflow or underflow whatever the magnitudes); each part gets
+// its own MMAs (4 a unit, not 2) and the sum is scaled back exactly. Each unit of 32 k
 // (one group of 32, or a quarter / eighth of a larger group) is summed by two
 // MMAs and then scaled into the running float32 sum with one FFMA, so results
 // differ from the CPU reference only by summation order (tensor-core
@@ -33,6 +38,7 @@
 #pragma once
 
 #include "cuda/epilogue_cuda.cuh"
+#include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/ptx_mma.cuh"
 #include "cuda/w4_decode.cuh"
 
@@ -62,12 +68,54 @@ __device__ __forceinline__ uint4 load_x_f16x8(const __half* __restrict__ row, in
                       h[6] | (uint32_t{h[7]} << 16));
 }
 
+// A lane's 8 float32 x of one batch row (the 4 lanes of a row hold the unit's
+// 32 k) as float16 parts: x 2^(127 - e) = hi + lo, e the exponent of the
+// unit's largest |x| in this row (clamped to [1, 253]: subnormal rows scale up
+// by 2^126, rows past 2^127 land below 4), `inverse` = 2^(e - 127). hi is x
+// rounded to float16; lo the rest (exact in float32), rounded to float16.
+struct SplitX {
+    uint4 hi, lo;  // halves in the order of load_x_f16x8's 16 bytes
+    float inverse;
+};
+
+__device__ __forceinline__ SplitX split_x_f32x8(const float (&v)[8]) {
+    float largest = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) largest = fmaxf(largest, fabsf(v[i]));
+    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, 1));
+    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, 2));
+    const int e = min(max(static_cast<int>(__float_as_uint(largest) >> 23), 1), 253);
+    const float scale = __uint_as_float(static_cast<uint32_t>(254 - e) << 23);
+    uint32_t hi[4], lo[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float a = v[2 * i] * scale, b = v[2 * i + 1] * scale;
+        const __half2 h = __floats2half2_rn(a, b);
+        const float2 back = __half22float2(h);
+        hi[i] = half2_bits(h);
+        lo[i] = half2_bits(__floats2half2_rn(a - back.x, b - back.y));
+    }
+    return {make_uint4(hi[0], hi[1], hi[2], hi[3]), make_uint4(lo[0], lo[1], lo[2], lo[3]),
+            __uint_as_float(static_cast<uint32_t>(e) << 23)};
+}
+
+// The unit's two MMAs on one cell's 8 float16 x (16 bytes, halves h0..h7 in
+// xv.x = (h0, h1), xv.y = (h2, h3), xv.z = (h4, h5), xv.w = (h6, h7)). Step
+// s takes (x_s, x_{s+4}) and (x_{s+2}, x_{s+6}), the order of the codes' pairs.
+__device__ __forceinline__ void w4_unit_mma(float (&d)[4], const uint32_t (&row0)[4], const uint32_t (&row1)[4],
+                                            const uint4& xv) {
+    ptx::mma_f16_m16n8k16(d, row0[0], row1[0], row0[2], row1[2], __byte_perm(xv.x, xv.z, 0x5410),
+                          __byte_perm(xv.y, xv.w, 0x5410));
+    ptx::mma_f16_m16n8k16(d, row0[1], row1[1], row0[3], row1[3], __byte_perm(xv.x, xv.z, 0x7632),
+                          __byte_perm(xv.y, xv.w, 0x7632));
+}
+
 // kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles. kWarps
 // warps split the block's units (gemm_w4_launch.cu picks it so that the grid
-// is resident in one wave, as for gemm_w4_stream_kernels.cuh).
-template <int kColTiles, int kWarps>
+// is resident in one wave, as for gemm_w4_stream_kernels.cuh). T: __half or float.
+template <typename T, int kColTiles, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles, kWarps))
-    gemm_w4_mma_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const __half* __restrict__ x, int64_t ldx,
+    gemm_w4_mma_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const T* __restrict__ x, int64_t ldx,
                        bool x_vector, const uint32_t* __restrict__ codes, const float* __restrict__ scales,
                        EpilogueF32 epilogue, float* __restrict__ y, int64_t ldy) {
     __shared__ float partial[kWarps][kColTiles][4][32];
@@ -107,15 +155,25 @@ __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles, kWar
 #pragma unroll
             for (int c = 0; c < kColTiles; ++c) {
                 const int64_t batch_row = 8 * c + g;
-                const uint4 xv = load_x_f16x8(x + (batch_row < m ? batch_row : 0) * ldx, cell * 8, k, x_vector,
-                                              batch_row < m);
+                const bool row_ok = batch_row < m;
+                const T* row = x + (row_ok ? batch_row : 0) * ldx;
                 float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                // Step s: (x_s, x_{s+4}) and (x_{s+2}, x_{s+6}) of the cell; halves h0..h7 are
-                // xv.x = (h0, h1), xv.y = (h2, h3), xv.z = (h4, h5), xv.w = (h6, h7).
-                ptx::mma_f16_m16n8k16(d, row0[0], row1[0], row0[2], row1[2], __byte_perm(xv.x, xv.z, 0x5410),
-                                      __byte_perm(xv.y, xv.w, 0x5410));
-                ptx::mma_f16_m16n8k16(d, row0[1], row1[1], row0[3], row1[3], __byte_perm(xv.x, xv.z, 0x7632),
-                                      __byte_perm(xv.y, xv.w, 0x7632));
+                if constexpr (sizeof(T) == 2) {
+                    w4_unit_mma(d, row0, row1, load_x_f16x8(row, cell * 8, k, x_vector, row_ok));
+                } else {
+                    float xs[8];
+                    load_x8<float>(row, cell * 8, k, x_vector, xs);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) xs[i] = row_ok ? xs[i] : 0.0f;
+                    const SplitX split = split_x_f32x8(xs);
+                    w4_unit_mma(d, row0, row1, split.hi);
+                    w4_unit_mma(d, row0, row1, split.lo);
+                    // d[0], d[2] are batch row 2 t of the tile, d[1], d[3] row 2 t + 1: lanes 8 t, 8 t + 4 hold
+                    // their scales. Multiplying by a power of two is exact.
+                    const float inverse0 = __shfl_sync(0xffffffffu, split.inverse, 8 * t);
+                    const float inverse1 = __shfl_sync(0xffffffffu, split.inverse, 8 * t + 4);
+                    d[0] *= inverse0, d[1] *= inverse1, d[2] *= inverse0, d[3] *= inverse1;
+                }
                 total[c][0] = __fmaf_rn(scale0, d[0], total[c][0]);
                 total[c][1] = __fmaf_rn(scale0, d[1], total[c][1]);
                 total[c][2] = __fmaf_rn(scale1, d[2], total[c][2]);

@@ -27,6 +27,8 @@ int4-g32/128  float16 x, int4 W (groups 32/128) -> float32    edgevla (M <= 16; 
                                                               edgevla-streaming (the same arithmetic, the grid
                                                               resident in one wave), edgevla-tensor_cores (the
                                                               float16 MMA kernel)
+int4-g32-f32x float32 x (the native backend's int4 layers),   the same three
+              int4 W (groups of 32) -> float32
 ============  ==============================================  ===============================================
 
 Every kernel's output is checked before it is timed: poisoned (NaN, or
@@ -459,19 +461,24 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                          check=check_cslt_f16, tolerance=2e-3, sparsity=0.5, copies=copies)
 
         if m <= 16:
-            for group, (w4_f64, weights) in w4.items():
-                ref4 = x16.double() @ w4_f64.T
+            # float16 x (W4A16) for both group sizes; float32 x, what the native backend's int4 layers get, for g32.
+            x32 = x16.float()
+            cases = [(f"int4-g{group}", x16, group) for group in w4] + [("int4-g32-f32x", x32, 32)]
+            for op, xw, group in cases:
+                w4_f64, weights = w4[group]
+                ref4 = xw.double() @ w4_f64.T
                 for variant, backend in W4_BACKENDS:
-                    def check_w4(weights=weights, ref4=ref4, variant=variant):
+                    def check_w4(weights=weights, ref4=ref4, variant=variant, xw=xw):
                         poison_f32()
-                        ck.gemm_w4(x16, weights[0], out=out_f32, variant=variant)
+                        ck.gemm_w4(xw, weights[0], out=out_f32, variant=variant)
                         torch.cuda.synchronize()
                         return _relative(out_f32, ref4, 1e-5)
 
-                    rows.add(f"int4-g{group}", shape, m, backend,
-                             lambda i, weights=weights, variant=variant: ck.gemm_w4(x16, weights[i % copies],
-                                                                                     out=out_f32, variant=variant),
-                             weight_bytes=int(weights[0].packed.numel()), io_bytes=2 * m * k + 4 * m * n,
+                    rows.add(op, shape, m, backend,
+                             lambda i, weights=weights, variant=variant, xw=xw: ck.gemm_w4(
+                                 xw, weights[i % copies], out=out_f32, variant=variant),
+                             weight_bytes=int(weights[0].packed.numel()),
+                             io_bytes=xw.element_size() * m * k + 4 * m * n,
                              check=check_w4, tolerance=1e-5, copies=copies, poison=poison_f32, chain=m == 1)
 
 
@@ -542,6 +549,10 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
                                    f"back to back in one graph: us_chain){which}", 0.7,
                                    [{"where": r["shape"], "ratio": round(r["gbps_chain"] / copy_gbps, 3)}
                                     for r in gemv if "gbps_chain" in r]))
+    for variant, backend in W4_BACKENDS[1:]:
+        result.append(_ratio_goal(ok, f"(comparison) int4 g32 with float32 x, {variant} vs auto, M <= 16", 1.0,
+                                  [(f"{s[0]} M={m}", at("int4-g32-f32x", "edgevla", s, m),
+                                    at("int4-g32-f32x", backend, s, m)) for s in shapes for m in small]))
     fp16 = [r for r in ok if r["op"] == "linear-fp16" and r["M"] == 1 and r["shape"].startswith("large")
             and "gbps_chain" in r]
     result.append(_verdict("(comparison) cuBLAS fp16 GEMV at M = 1, back to back: fraction of the copy bandwidth "

@@ -59,6 +59,8 @@ def main() -> int:
                                            (24, 130, 17, 64, np.float16, "tensor_cores"),
                                            (64, 300, 40, 128, np.float16, "tensor_cores"),
                                            (1, 4100, 40, 32, np.float16, "tensor_cores"),
+                                           (13, 2050, 24, 64, np.float32, "tensor_cores"),
+                                           (40, 130, 17, 32, np.float32, "tensor_cores"),
                                            # streaming: 4, 8 and 16 warps a block (K past 2048, 4096)
                                            (1, 257, 33, 32, np.float32, "streaming"),
                                            (2, 2050, 24, 64, np.float16, "streaming"),
