@@ -2,9 +2,11 @@
 
 Run by tests/cuda/run_device.sh; prints one JSON object (p50/p99 ms per backend,
 the plan's kernels, whether CUDA graphs were used). Policies: the zoo's
-tiny-vla (float: the int8 path quantizes per token at run time) and its W8A8
-fake-quant copy (static scales). ``native-graphs-tactics`` rows run each
-layer's kernel variant timed fastest on this GPU (``--kernel-tactics``).
+tiny-vla (float: the int8 path quantizes per token at run time), its W8A8
+fake-quant copy (static scales) and its W4A16 copy (the int4 kernels, float32
+rows). ``native-graphs-tactics`` rows run each layer's kernel variant timed
+fastest on this GPU (``--kernel-tactics``): bit-identical for int8, within
+1e-5 for int4 (float32 sums in another order).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def latency(runner, obs) -> dict:
 
 def main() -> int:
     float_policy = load_policy(sys.argv[1] if len(sys.argv) > 1 else "tiny-vla").policy.eval()
-    policies = {"float": float_policy, "w8a8": quantize_policy(float_policy, "w8a8", samples=64).model}
+    policies = {"float": float_policy, "w8a8": quantize_policy(float_policy, "w8a8", samples=64).model,
+                "w4a16": quantize_policy(float_policy, "w4a16", samples=64).model}
     obs = batch_of(heldout_observations(float_policy.spec, 8), 0, 1)
     result = {"device": torch.cuda.get_device_name(0), "batch": 1, "rows": {}}
     for name, policy in policies.items():
@@ -44,7 +47,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as scratch:  # kernel variants timed on this GPU (cuda_tactics.py)
             tuned = CudaNativeRunner(copy.deepcopy(policy), tactics_path=Path(scratch) / "tactics.json")
             row = {**latency(tuned, obs), "graph_error": tuned.graph_error}
-            np.testing.assert_array_equal(tuned(obs), graphed(obs))  # int8 variants are bit-identical
+            if name == "w4a16":
+                np.testing.assert_allclose(tuned(obs), graphed(obs), rtol=1e-4, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(tuned(obs), graphed(obs))  # int8 variants are bit-identical
             result["rows"][f"native-graphs-tactics:{name}"] = {**row, "tactics": tuned.tactics_summary()["variants"]}
     result["rows"]["torch-fp32-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).cuda()), obs)
     result["rows"]["torch-fp16-eager"] = latency(TorchRunner(copy.deepcopy(float_policy).half().cuda()), obs)
