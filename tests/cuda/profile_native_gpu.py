@@ -5,8 +5,9 @@ the plan's kernels, whether CUDA graphs were used). Policies: the zoo's
 tiny-vla (float: the int8 path quantizes per token at run time), its W8A8
 fake-quant copy (static scales) and its W4A16 copy (the int4 kernels, float32
 rows). ``native-graphs-tactics`` rows run each layer's kernel variant timed
-fastest on this GPU (``--kernel-tactics``): bit-identical for int8, within
-1e-5 for int4 (float32 sums in another order).
+fastest on this GPU (``--kernel-tactics``): bit-identical for int8; for int4
+each layer within 1e-5 (float32 sums in another order), the actions checked
+to 1e-3 after 39 layers.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> int:
             tuned = CudaNativeRunner(copy.deepcopy(policy), tactics_path=Path(scratch) / "tactics.json")
             row = {**latency(tuned, obs), "graph_error": tuned.graph_error}
             if name == "w4a16":
-                np.testing.assert_allclose(tuned(obs), graphed(obs), rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(tuned(obs), graphed(obs), rtol=1e-3, atol=1e-4)
             else:
                 np.testing.assert_array_equal(tuned(obs), graphed(obs))  # int8 variants are bit-identical
             result["rows"][f"native-graphs-tactics:{name}"] = {**row, "tactics": tuned.tactics_summary()["variants"]}
