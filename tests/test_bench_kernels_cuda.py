@@ -89,3 +89,13 @@ def test_the_float32_x_int4_rows_compare_each_kernel_with_auto():
         [{"where": "base-vla fc1 M=16", "ratio": 4.0}]
     assert _goal(result, "(comparison) int4 g32 with float32 x, streaming vs auto")["values"] == \
         [{"where": "base-vla fc1 M=16", "ratio": 1.5}]
+
+
+def test_the_small_m_int8_goal_is_also_read_back_to_back():
+    rows = [dict(_row("cublas-int8 (M padded to 32)", 8.0, m=16), us_chain=4.0),
+            dict(_row("edgevla", 7.0, m=16), us_chain=1.6)]
+    result = goals(rows, copy_gbps=1000.0)
+    assert _goal(result, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32)")["values"] == \
+        [{"where": "base-vla fc1 M=16", "ratio": 1.143}]
+    chained = _goal(result, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32), back to back")
+    assert chained["values"] == [{"where": "base-vla fc1 M=16", "ratio": 2.5}] and chained["met"] is True
