@@ -7,6 +7,7 @@
 #   cuda_bench.json   edgevla bench kernels --device cuda --json
 #   native_gpu_profile.json  tests/cuda/profile_native_gpu.py: native GPU path (graphs / eager) vs torch on the GPU
 #   sanitizer.log     both compute-sanitizer runs in full
+#   ncu_gemv.csv      Nsight Compute on the batch-1 GEMV variants (tests/cuda/ncu_gemv.py)
 # Usage (from the repository root):  OUT=/some/dir [STEPS="..."] bash tests/cuda/run_device.sh
 set -u
 OUT=${OUT:-$PWD/device-out}
@@ -17,7 +18,7 @@ PY=${PYTHON:-python3}
 
 # STEPS="native-gpu native-gpu-profile": only the named steps run (default: all). Every step at its
 # limit adds up to more than one 600 s call: a second call on a still-warm machine can skip the build.
-# Steps: build build-cmake tests native-gpu native-gpu-profile bench sanitizer-memcheck sanitizer-racecheck
+# Steps: build build-cmake tests native-gpu native-gpu-profile bench sanitizer-memcheck sanitizer-racecheck ncu-gemv
 wanted() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 
 step() {  # step NAME SECONDS COMMAND...
@@ -74,4 +75,9 @@ for tool in memcheck racecheck; do
         $PY tests/cuda/sanitize_kernels.py > "$OUT/sanitizer-$tool.log" 2>&1
     echo "--- $tool summary:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failure|FAIL|Error" "$OUT/sanitizer-$tool.log" | tail -8
 done
+# What bounds each batch-1 GEMV (DRAM vs issue, waves, occupancy, stalls); ncu needs Firecracker's runtime
+# (KINDS.md) and must leave the clocks alone (METHOD.md).
+step ncu-gemv 90 ncu --clock-control none -k regex:"gemm_w4|gemm_s8s8_small_m" --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --csv --page details \
+    --log-file "$OUT/ncu_gemv.csv" $PY tests/cuda/ncu_gemv.py
 echo "=== done $(date -u +%FT%TZ)"
