@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32, w4_stream_min_blocks(kRows, kWarp
             float xs[kRows][8];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
-                // A row past M reads row 0 again: its sums are never written.
+                // A row past M reads the block's first row again: its sums are never written.
                 const int64_t row = row0 + r < m ? row0 + r : row0;
                 load_x8<T>(x + row * ldx, (cell0 + u) * 8, k, x_vector, xs[r]);
             }
