@@ -114,11 +114,12 @@ def test_sensitivity_allocation_spreads_latency_over_layers_and_reports_it(tmp_p
     assert all(c["latency_us"] > 0 and c["sparsities"] == [0.25, 0.5, 0.75, 0.9] for c in curves.values())
     removed = sum(section["layer_sparsity"][u] * c["latency_us"] for u, c in curves.items())
     assert removed == pytest.approx(0.5 * sum(c["latency_us"] for c in curves.values()), rel=1e-3)
-    # The shipped weights hold exactly the allocated zeros, layer by layer (recovery keeps masks).
+    # The shipped weights hold exactly the allocated zeros, layer by layer (recovery keeps masks): the
+    # mask zeroes round(s * size) weights for the exact s; the report gives s to 6 decimals.
     _, exported = _exported_weights(result.bundle)
     for unit, s in section["layer_sparsity"].items():
         w = exported[f"{unit}.weight"]
-        assert int((w == 0).sum()) == round(s * w.size), unit
+        assert abs(int((w == 0).sum()) - s * w.size) <= 0.5 + 5e-7 * w.size, unit
     assert len(set(round(s, 3) for s in section["layer_sparsity"].values())) > 1  # non-uniform
     assert "## Pruning sensitivity" in (result.bundle / "report.md").read_text()
     assert "sensitivity.png" in load_bundle(result.bundle).manifest["files"]
