@@ -124,6 +124,10 @@ def _empty(m: int, n: int, dtype: Any, like: Any) -> Any:
 #: ``tiled_wide`` is 128 x 256 tiles of 64 x 64 warps; ``tiled_split_k`` splits
 #: the smaller tiles' K among 2 or 4 warp groups of one block.
 TILED_VARIANTS = ("tiled", "tiled_wide", "tiled_split_k")
+#: The M <= 16 kernel (csrc/cuda/gemm_s8s8_kernels.cuh, gemm_s8s8_small_m_kernel): ``small_m``, what
+#: ``auto`` runs, with 8 warps a block; ``small_m_wave`` with 4, 8 or 16, the most that keep the whole
+#: grid resident at once (csrc/cuda/one_wave.cuh).
+SMALL_M_VARIANTS = ("small_m", "small_m_wave")
 
 
 def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias: Any = None, act: str = "none",
@@ -137,7 +141,7 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
             is float32 ``act(acc * (a_scale * w_scale) + bias)`` (gemm_s8s8.h);
             without them it is the int32 accumulator.
         variant: ``"auto"`` (``small_m`` for M <= 16, else ``tiled``),
-            ``"small_m"``, ``"tiled"``, or one of :data:`TILED_VARIANTS`'
+            one of :data:`SMALL_M_VARIANTS` (M <= 16), ``"tiled"``, or one of :data:`TILED_VARIANTS`'
             other shapes of the tiled kernel (tests force each; the
             benchmark times them beside ``tiled``), or ``"wgmma"``: CUTLASS's
             Hopper kernel on sm_90 only (:func:`wgmma_available`), int32 out

@@ -185,9 +185,10 @@ class Int8Linear(CudaLinear):
         wgmma = ("wgmma",) if m > 16 and cuda_kernels.wgmma_available() else ()
         if self.sparse is not None:
             return (*cuda_kernels.SPARSE_VARIANTS, *wgmma) if m > 16 else ("auto",)
-        # auto is small_m at M <= 16 (the tiled kernel is the other choice there), tiled above.
+        # auto is small_m at M <= 16 (its one-wave shape and the tiled kernel are the other choices there),
+        # tiled above.
         if m <= 16:
-            return ("auto", "tiled")
+            return ("auto", *cuda_kernels.SMALL_M_VARIANTS[1:], "tiled")
         tcgen05 = ("tcgen05",) if cuda_kernels.tcgen05_available() else ()
         return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *wgmma, *tcgen05)
 

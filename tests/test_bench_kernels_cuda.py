@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgevla.bench.kernels_cuda import GEMM_VARIANT_BACKENDS, SPARSE_VARIANT_BACKENDS, goals
-from edgevla.cuda_kernels import SPARSE_VARIANTS, TILED_VARIANTS
+from edgevla.bench.kernels_cuda import GEMM_VARIANT_BACKENDS, SMALL_M_VARIANT_BACKENDS, SPARSE_VARIANT_BACKENDS, goals
+from edgevla.cuda_kernels import SMALL_M_VARIANTS, SPARSE_VARIANTS, TILED_VARIANTS
 
 
 def _row(backend: str, us: float, m: int = 256, op: str = "gemm-int8", verified: bool | None = True) -> dict:
@@ -19,6 +19,7 @@ def test_variant_backends_name_the_variants():
     assert GEMM_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in TILED_VARIANTS if v != "tiled"), "edgevla-wgmma",
                                      "edgevla-tcgen05")
     assert SPARSE_VARIANT_BACKENDS == (*(f"edgevla-{v}" for v in SPARSE_VARIANTS if v != "auto"), "edgevla-wgmma")
+    assert SMALL_M_VARIANT_BACKENDS == tuple(f"edgevla-{v}" for v in SMALL_M_VARIANTS if v != "small_m")
 
 
 def test_the_variants_goal_takes_the_fastest_tiled_shape_per_row():
@@ -99,3 +100,13 @@ def test_the_small_m_int8_goal_is_also_read_back_to_back():
         [{"where": "base-vla fc1 M=16", "ratio": 1.143}]
     chained = _goal(result, "int8 GEMM >= 2x cuBLAS int8 at M <= 16 (cuBLAS padded to M = 32), back to back")
     assert chained["values"] == [{"where": "base-vla fc1 M=16", "ratio": 2.5}] and chained["met"] is True
+
+
+def test_the_small_m_variants_goal_takes_the_faster_shape_each_way():
+    rows = [dict(_row("cublas-int8 (M padded to 32)", 8.0, m=1), us_chain=4.0),
+            dict(_row("edgevla", 7.0, m=1), us_chain=1.6), dict(_row("edgevla-small_m_wave", 5.0, m=1), us_chain=1.8)]
+    result = goals(rows, copy_gbps=1000.0)
+    single = _goal(result, "(variants) the fastest int8 small-M shape per row vs cuBLAS int8 at M <= 16")
+    assert single["values"] == [{"where": "base-vla fc1 M=1 (edgevla-small_m_wave)", "ratio": 1.6}]
+    chained = _goal(result, "(variants) the fastest int8 small-M shape per row vs cuBLAS int8 at M <= 16, back to back")
+    assert chained["values"] == [{"where": "base-vla fc1 M=1 (edgevla)", "ratio": 2.5}] and chained["met"] is True

@@ -61,17 +61,18 @@ def _int8(rng, shape, lo=-128, hi=127):
 
 # The tiled variant picks 128 x 128 tiles for (1536, 96, 1536), 64 x 64 for (700, 256, 1000) and
 # (768, 130, 776) (odd K: byte-wise loads), 32 x 32 for the others (132 multiprocessors).
+# small_m_wave picks 4 warps a block for (3, 1000, 17), 8 for (2, 2100, 40), 16 for (16, 4096, 24) below.
 SHAPES = [(1, 257, 33), (1, 64, 8), (3, 1000, 17), (16, 64, 8), (16, 768, 3072), (5, 31, 7),
           (17, 129, 250), (130, 256, 136), (256, 513, 200), (64, 768, 768), (1, 0, 5),
-          (1536, 96, 1536), (700, 256, 1000), (768, 130, 776)]
+          (1536, 96, 1536), (700, 256, 1000), (768, 130, 776), (2, 2100, 40)]
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
-@pytest.mark.parametrize("variant", ["auto", "small_m", *ck.TILED_VARIANTS])
+@pytest.mark.parametrize("variant", ["auto", *ck.SMALL_M_VARIANTS, *ck.TILED_VARIANTS])
 def test_gemm_s8s8_int32_is_exact(m, k, n, variant):
     torch = _torch()
-    if variant == "small_m" and m > 16:
-        pytest.skip("small_m takes M <= 16")
+    if variant in ck.SMALL_M_VARIANTS and m > 16:
+        pytest.skip(f"{variant} takes M <= 16")
     rng = np.random.default_rng(m * 7919 + k * 31 + n)
     a, w = _int8(rng, (m, k)), _int8(rng, (n, k))
     buf, out = _guarded(m, n, torch.int32)
@@ -123,7 +124,7 @@ def test_gemm_s8s8_cutlass_refuses_other_gpus_and_unaligned_outputs(variant):
         ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant=variant, out=out)
 
 
-@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS])
+@pytest.mark.parametrize("variant", [*ck.SMALL_M_VARIANTS, *ck.TILED_VARIANTS])
 def test_gemm_s8s8_saturation_values(variant):
     torch = _torch()
     m, k, n = 16, 4096, 24
@@ -137,11 +138,11 @@ def test_gemm_s8s8_saturation_values(variant):
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (7, 96, 384), (16, 768, 768), (40, 130, 96), (256, 384, 1536)])
 @pytest.mark.parametrize("act", ["none", "relu", "gelu_tanh", "gelu_erf"])
 @pytest.mark.parametrize("per_token", [False, True])
-@pytest.mark.parametrize("variant", ["small_m", *ck.TILED_VARIANTS, "wgmma", "tcgen05"])
+@pytest.mark.parametrize("variant", [*ck.SMALL_M_VARIANTS, *ck.TILED_VARIANTS, "wgmma", "tcgen05"])
 def test_gemm_s8s8_epilogue_is_bit_identical_to_the_cpu_reference(m, k, n, act, per_token, variant):
     torch = _torch()
-    if variant == "small_m" and m > 16:
-        pytest.skip("small_m takes M <= 16")
+    if variant in ck.SMALL_M_VARIANTS and m > 16:
+        pytest.skip(f"{variant} takes M <= 16")
     if variant in ("wgmma", "tcgen05"):
         _cutlass_variant_or_skip(variant)
         if k % 16 or n % 4:
@@ -214,9 +215,10 @@ def test_bad_inputs_raise_one_line_errors():
         _C.cuda_gemm_s8s8(a, w, out.float())
     with pytest.raises(ValueError, match="variant"):
         _C.cuda_gemm_s8s8(a, w, out, variant="fast")
-    with pytest.raises(ValueError, match="small_m variant takes M <= 16"):
-        _C.cuda_gemm_s8s8(torch.ones((17, 64), dtype=torch.int8, device="cuda"), w,
-                          torch.empty((17, 8), dtype=torch.int32, device="cuda"), variant="small_m")
+    for variant in ck.SMALL_M_VARIANTS:
+        with pytest.raises(ValueError, match=f"{variant} variant takes M <= 16"):
+            _C.cuda_gemm_s8s8(torch.ones((17, 64), dtype=torch.int8, device="cuda"), w,
+                              torch.empty((17, 8), dtype=torch.int32, device="cuda"), variant=variant)
     shared = torch.empty(64 * 8, dtype=torch.int8, device="cuda")
     with pytest.raises(ValueError, match="out overlaps a"):
         _C.cuda_gemm_s8s8(shared[:256].view(4, 64), w, shared.view(torch.int32)[:32].view(4, 8))

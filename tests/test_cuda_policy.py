@@ -135,6 +135,12 @@ def test_int4_layers_let_the_tactics_try_every_int4_kernel():
     assert layer.agreement(out, out * 1.001) is not None
 
 
+def test_int8_layers_offer_the_small_m_shapes_below_17_rows():
+    rng = np.random.default_rng(3)
+    layer = plan_layer("w8a8", _quantized(_linear(rng, 128, 48), Int8ActivationInt8WeightLinear, 3.0), "int8", CPU)
+    assert layer.variants(1) == layer.variants(16) == ("auto", "small_m_wave", "tiled")
+
+
 def test_unknown_precision_is_one_line():
     with pytest.raises(EdgevlaError, match="GPU precision must be one of int8, fp16, fp32"):
         swap_linears(nn.Sequential(nn.Linear(4, 4)), precision="int4", device=CPU)

@@ -264,13 +264,14 @@ uintptr_t stream_handle(py::handle stream) {
 cuda::GemmVariant variant_arg(const std::string& name) {
     if (name == "auto") return cuda::GemmVariant::automatic;
     if (name == "small_m") return cuda::GemmVariant::small_m;
+    if (name == "small_m_wave") return cuda::GemmVariant::small_m_wave;
     if (name == "tiled") return cuda::GemmVariant::tiled;
     if (name == "tiled_wide") return cuda::GemmVariant::tiled_wide;
     if (name == "tiled_split_k") return cuda::GemmVariant::tiled_split_k;
     if (name == "wgmma") return cuda::GemmVariant::wgmma;
     if (name == "tcgen05") return cuda::GemmVariant::tcgen05;
-    fail_value("variant must be 'auto', 'small_m', 'tiled', 'tiled_wide', 'tiled_split_k', 'wgmma' or 'tcgen05', got '" +
-               name + "'");
+    fail_value("variant must be 'auto', 'small_m', 'small_m_wave', 'tiled', 'tiled_wide', 'tiled_split_k', 'wgmma' or "
+               "'tcgen05', got '" + name + "'");
 }
 
 cuda::GemmW4Variant w4_variant_arg(const std::string& name) {

@@ -31,7 +31,8 @@ int current_device();
 // core's column-major B operand is W's row-major rows). Exactly one of c_s32
 // (raw int32 accumulators, no epilogue) and c_f32 (dequantized) is set.
 // Variants: small_m (M <= 16, split K over warps, operands from global
-// memory), tiled (shared-memory tiles, the tile size by the grid it makes),
+// memory; small_m_wave: its warps per block chosen so the grid is resident in
+// one wave, timed beside it until a GPU run shows where it wins), tiled (shared-memory tiles, the tile size by the grid it makes),
 // and two shapes of the tiled kernel timed beside it until a GPU run shows
 // where they win: tiled_wide (128 x 256 tiles) and tiled_split_k (the smaller
 // tiles with K split among warp groups inside a block). wgmma: CUTLASS's
@@ -39,7 +40,8 @@ int current_device();
 // CUTLASS's Blackwell kernel (gemm_s8s8_sm100.h), on sm_110 (Thor) / sm_100
 // as built.
 enum class GemmVariant : int {
-    automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4, wgmma = 5, tcgen05 = 6
+    automatic = 0, small_m = 1, tiled = 2, tiled_wide = 3, tiled_split_k = 4, wgmma = 5, tcgen05 = 6,
+    small_m_wave = 7
 };
 // Whether this build has the wgmma variant.
 bool gemm_s8s8_wgmma_compiled();

@@ -4,7 +4,10 @@
 //   gemm_s8s8_small_m_kernel  M <= 16: one 16-row MMA tile; a block of 8 warps
 //       owns 8 * kTilesN output columns and splits K among its warps (64 k per
 //       step, interleaved), then adds the warps' int32 partial sums in shared
-//       memory (exact, deterministic) and applies the epilogue. Operands come
+//       memory (exact, deterministic) and applies the epilogue. The
+//       small_m_wave variant runs the same kernel with 4, 8 or 16 warps a
+//       block, the most that keep the whole grid resident at once
+//       (cuda/one_wave.cuh). Operands come
 //       straight from global memory as 16-byte loads: the weight is read once,
 //       so there is nothing for shared memory to reuse. Each lane loads 16
 //       consecutive k of its row, and the fragment registers take the k in a
@@ -71,11 +74,13 @@ constexpr int kSmallMWarps = 8;
 constexpr int kSmallMStepK = 64;
 constexpr int kSmallMBatch = 4;
 
-template <int kTilesN, bool kVector>
-__global__ void __launch_bounds__(kSmallMWarps * 32)
+// kWarps warps a block. (No minimum of blocks an SM in __launch_bounds__: even
+// a minimum of 1 made ptxas spend 80-110 registers where it takes 46-58.)
+template <int kTilesN, bool kVector, int kWarps = kSmallMWarps>
+__global__ void __launch_bounds__(kWarps * 32)
     gemm_s8s8_small_m_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ a, int64_t lda,
                              const int8_t* __restrict__ w, int64_t ldw, OutputS8 out) {
-    __shared__ int32_t partial[kSmallMWarps][kTilesN][4][32];
+    __shared__ int32_t partial[kWarps][kTilesN][4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 8 * kTilesN;
@@ -91,11 +96,11 @@ __global__ void __launch_bounds__(kSmallMWarps * 32)
     // before the first MMA, so a warp keeps 16 kSmallMBatch kTilesN bytes of W
     // per lane in the air (the kernel is bound by streaming W).
     const int64_t steps = (k + kSmallMStepK - 1) / kSmallMStepK;
-    for (int64_t first = warp; first < steps; first += kSmallMWarps * kSmallMBatch) {
+    for (int64_t first = warp; first < steps; first += kWarps * kSmallMBatch) {
         uint4 x0[kSmallMBatch], x1[kSmallMBatch], wv[kSmallMBatch][kTilesN];
 #pragma unroll
         for (int u = 0; u < kSmallMBatch; ++u) {
-            const int64_t step = first + u * kSmallMWarps;
+            const int64_t step = first + u * kWarps;
             const bool in_k = step < steps;
             const int64_t k0 = step * kSmallMStepK + 16 * t;
 #pragma unroll
@@ -130,11 +135,11 @@ __global__ void __launch_bounds__(kSmallMWarps * 32)
         for (int r = 0; r < 4; ++r) partial[warp][j][r][lane] = acc[j][r];
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < kTilesN * 4 * 32; e += kSmallMWarps * 32) {
+    for (int e = threadIdx.x; e < kTilesN * 4 * 32; e += kWarps * 32) {
         const int j = e / 128, r = (e / 32) % 4, l = e % 32;
         int32_t sum = 0;
 #pragma unroll
-        for (int v = 0; v < kSmallMWarps; ++v) sum += partial[v][j][r][l];
+        for (int v = 0; v < kWarps; ++v) sum += partial[v][j][r][l];
         const int64_t row = l / 4 + 8 * (r / 2);
         const int64_t col = n0 + 8 * j + 2 * (l % 4) + (r % 2);
         if (row < m && col < n) out.store(row, col, sum);

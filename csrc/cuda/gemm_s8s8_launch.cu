@@ -2,6 +2,7 @@
 #include "cuda/cuda_kernels.h"
 #include "cuda/gemm_s8s8_kernels.cuh"
 #include "cuda/launch_check.cuh"
+#include "cuda/one_wave.cuh"
 
 #ifdef EDGEVLA_CUTLASS_SM90
 #include "cuda/gemm_s8s8_sm100.h"
@@ -40,6 +41,26 @@ void launch_small_m(const GemmS8S8Args& g, cudaStream_t stream) {
             <<<grid, kSmallMWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.a, g.lda, g.w, g.ldw, out);
     }
     check_launch("gemm_s8s8_small_m_kernel", stream);
+}
+
+// small_m_wave: the same kernel, 4, 8 or 16 warps a block by one_wave_warps.
+template <int kTilesN, bool kVector>
+void launch_small_m_wave_with(const GemmS8S8Args& g, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>((g.n + 8 * kTilesN - 1) / (8 * kTilesN)));
+    const OutputS8 out = output_of(g);
+    const int64_t steps = (g.k + kSmallMStepK - 1) / kSmallMStepK;
+    by_warps<true>(
+        [](auto warps) { return gemm_s8s8_small_m_kernel<kTilesN, kVector, warps()>; },
+        grid.x, steps, kSmallMBatch, [&](auto kernel, int warps) {
+            kernel<<<grid, warps * 32, 0, stream>>>(g.m, g.n, g.k, g.a, g.lda, g.w, g.ldw, out);
+            check_launch("gemm_s8s8_small_m_kernel", stream);
+        });
+}
+
+template <int kTilesN>
+void launch_small_m_wave(const GemmS8S8Args& g, cudaStream_t stream) {
+    vector_loads_ok(g) ? launch_small_m_wave_with<kTilesN, true>(g, stream)
+                       : launch_small_m_wave_with<kTilesN, false>(g, stream);
 }
 
 template <typename Tile, bool kVector>
@@ -93,8 +114,10 @@ GemmVariant gemm_s8s8_pick(int64_t m) { return m <= 16 ? GemmVariant::small_m : 
 void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_handle) {
     if (g.m == 0 || g.n == 0) return;
     if (variant == GemmVariant::automatic) variant = gemm_s8s8_pick(g.m);
-    if (variant == GemmVariant::small_m && g.m > 16) {
-        throw std::invalid_argument("gemm_s8s8: the small_m variant takes M <= 16, got M = " + std::to_string(g.m));
+    if ((variant == GemmVariant::small_m || variant == GemmVariant::small_m_wave) && g.m > 16) {
+        throw std::invalid_argument(std::string("gemm_s8s8: the ") +
+                                    (variant == GemmVariant::small_m ? "small_m" : "small_m_wave") +
+                                    " variant takes M <= 16, got M = " + std::to_string(g.m));
     }
     const cudaStream_t stream = as_stream(stream_handle);
     if (variant == GemmVariant::wgmma) {
@@ -113,12 +136,13 @@ void gemm_s8s8(const GemmS8S8Args& g, GemmVariant variant, uintptr_t stream_hand
         throw_variant_not_built("gemm_s8s8", "tcgen05", "110 or 100");
 #endif
     }
-    if (variant == GemmVariant::small_m) {
+    if (variant == GemmVariant::small_m || variant == GemmVariant::small_m_wave) {
         // Blocks of 8 columns when the N / 16 blocks would not fill the GPU twice over.
-        if ((g.n + 15) / 16 < 2 * multiprocessor_count()) {
-            launch_small_m<1>(g, stream);
+        const bool narrow = (g.n + 15) / 16 < 2 * multiprocessor_count();
+        if (variant == GemmVariant::small_m_wave) {
+            narrow ? launch_small_m_wave<1>(g, stream) : launch_small_m_wave<2>(g, stream);
         } else {
-            launch_small_m<2>(g, stream);
+            narrow ? launch_small_m<1>(g, stream) : launch_small_m<2>(g, stream);
         }
     } else if (variant == GemmVariant::tiled_wide) {
         launch_tiled<TileWide>(g, stream);

@@ -7,12 +7,11 @@
 #include "cuda/gemm_w4_mma_kernels.cuh"
 #include "cuda/gemm_w4_stream_kernels.cuh"
 #include "cuda/launch_check.cuh"
+#include "cuda/one_wave.cuh"
 
 #include "packed_formats.h"
 
-#include <initializer_list>
 #include <type_traits>
-#include <utility>
 
 namespace edgevla::cuda {
 namespace {
@@ -39,26 +38,6 @@ W4Operands operands(const GemmW4Args& g) {
             reinterpret_cast<const float*>(g.packed + g.scales_offset), group_shift(g.group),
             reinterpret_cast<uintptr_t>(g.x) % 16 == 0 && (g.ldx * sizeof(T)) % 16 == 0,
             EpilogueF32{g.bias, g.activation}};
-}
-
-// Warps per block for the kernels whose block owns 16 channels and splits K
-// among its warps: of the instantiations (warp count, kernel), listed from
-// fewest warps, the most warps with which the whole grid is resident at once
-// (CUDA's occupancy calculator, for this GPU and these registers) and every
-// warp has at least one step of `units_per_step` units; the fewest when none
-// fits the grid in one wave (the blocks cycle anyway, and small ones balance
-// the last wave better).
-int one_wave_warps(std::initializer_list<std::pair<int, const void*>> kernels, int64_t blocks, int64_t units,
-                   int64_t units_per_step) {
-    const int64_t sms = multiprocessor_count();
-    int chosen = kernels.begin()->first;
-    for (const auto& [warps, kernel] : kernels) {
-        int per_sm = 0;
-        check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, 0),
-                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-        if (blocks <= per_sm * sms && units >= warps * units_per_step) chosen = warps;
-    }
-    return chosen;
 }
 
 // Rows per block by M: 1, 2 or 4. At most 4: 8 rows took 169 registers a
@@ -91,25 +70,6 @@ void launch_cuda_cores(const GemmW4Args& g, cudaStream_t stream) {
             o.epilogue, g.y, g.ldy);
         check_launch("gemm_w4_kernel", stream);
     });
-}
-
-// Launches kernel(warps) with `warps` the one_wave_warps choice among 4, 8
-// and (unless the block's shared memory forbids it) 16.
-template <bool kWith16, typename Kernel, typename Run>
-void by_warps(Kernel kernel, int64_t blocks, int64_t units, int64_t units_per_step, Run run) {
-    const auto k4 = kernel(std::integral_constant<int, 4>{}), k8 = kernel(std::integral_constant<int, 8>{});
-    int warps = 4;
-    if constexpr (kWith16) {
-        const auto k16 = kernel(std::integral_constant<int, 16>{});
-        warps = one_wave_warps({{4, reinterpret_cast<const void*>(k4)}, {8, reinterpret_cast<const void*>(k8)},
-                                {16, reinterpret_cast<const void*>(k16)}},
-                               blocks, units, units_per_step);
-        if (warps == 16) return run(k16, 16);
-    } else {
-        warps = one_wave_warps({{4, reinterpret_cast<const void*>(k4)}, {8, reinterpret_cast<const void*>(k8)}},
-                               blocks, units, units_per_step);
-    }
-    return warps == 8 ? run(k8, 8) : run(k4, 4);
 }
 
 template <typename T>

@@ -111,7 +111,7 @@ __device__ __forceinline__ void w4_unit_mma(float (&d)[4], const uint32_t (&row0
 }
 
 // kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles. kWarps
-// warps split the block's units (gemm_w4_launch.cu picks it so that the grid
+// warps split the block's units (one_wave.cuh picks it so that the grid
 // is resident in one wave, as for gemm_w4_stream_kernels.cuh). T: __half or float.
 template <typename T, int kColTiles, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles, kWarps))

@@ -8,7 +8,7 @@
 // waves, and each block issues only two batches of loads per warp before its
 // reduction: an H200 measured 1.5 TB/s, a third of its copy bandwidth. Here:
 //   * the block's warp count (kWarps: 4, 8 or 16) is chosen at launch so the
-//     whole grid fits the GPU in one wave (gemm_w4_launch.cu asks the CUDA
+//     whole grid fits the GPU in one wave (cuda/one_wave.cuh asks the CUDA
 //     occupancy calculator), and __launch_bounds__ caps the registers so that
 //     an SM holds 32 warps at M = 1 (the latency-hiding depth: 32 warps x
 //     2.5 KB = 80 KB in flight per SM, twice what Little's law asks of

@@ -78,10 +78,12 @@ from . import write_json
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
-#: Backend names of the int8 GEMM's variants timed beside auto: the tiled kernel's other shapes
-#: (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs) and CUTLASS's wgmma (sm_90) and
+#: Backend names of the int8 GEMM's variants timed beside auto at M > 16: the tiled kernel's other
+#: shapes (cuda_kernels.TILED_VARIANTS less "tiled", what auto runs) and CUTLASS's wgmma (sm_90) and
 #: tcgen05 (sm_110, sm_100) kernels.
 GEMM_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-tiled_split_k", "edgevla-wgmma", "edgevla-tcgen05")
+#: ... and at M <= 16: the small-M kernel's one-wave shape (cuda_kernels.SMALL_M_VARIANTS less "small_m").
+SMALL_M_VARIANT_BACKENDS = ("edgevla-small_m_wave",)
 #: Likewise for the 2:4 int8 GEMM: 128-channel tiles of mma.sp, and CUTLASS's sparse wgmma (sm_90).
 SPARSE_VARIANT_BACKENDS = ("edgevla-tiled_wide", "edgevla-wgmma")
 #: The int4 kernels timed: (variant, backend name).
@@ -327,14 +329,14 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                  weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
                  tolerance="exact", copies=copies, poison=poison_s32, chain=m <= 16)
 
-        variants = (*ck.TILED_VARIANTS[1:], *cutlass_variants) if m > 16 else ()
+        variants = (*ck.TILED_VARIANTS[1:], *cutlass_variants) if m > 16 else ck.SMALL_M_VARIANTS[1:]
         for variant in variants:
             # The int8 GEMM's other shapes, timed beside what auto picks ("edgevla").
             rows.add("gemm-int8", shape, m, f"edgevla-{variant}",
                      lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], out=out_s32, variant=v),
                      weight_bytes=n * k, io_bytes=int8_io,
                      check=check_s32(lambda i, v=variant: ck.gemm_s8s8(a, w8[0], out=out_s32, variant=v)),
-                     tolerance="exact", copies=copies, poison=poison_s32)
+                     tolerance="exact", copies=copies, poison=poison_s32, chain=m <= 16)
 
         ref_f32 = (ref_acc.float() * (a_scale[:, None] * w_scale[None, :])) + bias[None, :]
 
@@ -515,6 +517,13 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
         """The fastest of the tiled kernel's shapes (auto's pick and the variants) on this row."""
         return fastest("gemm-int8", ("edgevla", *GEMM_VARIANT_BACKENDS), shape, m)
 
+    def fastest_small(shape, m, chained=False):
+        """The fastest of the small-M kernel's shapes (auto's and small_m_wave), by us or us_chain."""
+        found = [r for r in (at("gemm-int8", name, shape, m) for name in ("edgevla", *SMALL_M_VARIANT_BACKENDS)) if r]
+        if chained:
+            found = [c for c in map(_chained, found) if c]
+        return min(found, key=lambda r: r["us"]) if found else None
+
     def fastest_sparse(shape, m):
         return fastest("2to4-int8", ("edgevla", *SPARSE_VARIANT_BACKENDS), shape, m)
 
@@ -531,6 +540,13 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
                         "(us_chain)", 2.0,
                     [(f"{s[0]} M={m}", _chained(cublas(s, m)), _chained(at("gemm-int8", "edgevla", s, m)))
                      for s in shapes for m in small]),
+        _ratio_goal(ok, "(variants) the fastest int8 small-M shape per row vs cuBLAS int8 at M <= 16", 2.0,
+                    [(f"{s[0]} M={m} ({fast['backend']})", cublas(s, m), fast)
+                     for s in shapes for m in small if (fast := fastest_small(s, m))]),
+        _ratio_goal(ok, "(variants) the fastest int8 small-M shape per row vs cuBLAS int8 at M <= 16, back to back "
+                        "(us_chain)", 2.0,
+                    [(f"{s[0]} M={m} ({fast['backend']})", _chained(cublas(s, m)), fast)
+                     for s in shapes for m in small if (fast := fastest_small(s, m, chained=True))]),
         _ratio_goal(ok, "2:4 sparse int8 >= 1.3x our dense int8 at M >= 256", 1.3,
                     [(f"{s[0]} M={m}", at("gemm-int8", "edgevla", s, m), at("2to4-int8", "edgevla", s, m))
                      for s in shapes for m in big]),

@@ -8,8 +8,8 @@ run_device.sh's ``ncu-gemv`` step. The counters say what each GEMV is bound by:
 DRAM throughput against the SM's issue activity, waves per SM, achieved
 occupancy and the warps' stall reasons. The int4 kernels run at M = 1 on
 float16 x (the bandwidth goal's rows) and at M = 16 on float32 x (the native
-backend's rows); the int8 small-M kernel at M = 1 is the reference point
-(2.3 TB/s on the H200). Each output is checked, so the script also fails on a
+backend's rows); the int8 small-M kernel at M = 1 (auto, and small_m_wave) is
+the reference point (2.3 TB/s on the H200). Each output is checked, so the script also fails on a
 wrong answer.
 """
 
@@ -45,10 +45,11 @@ def main() -> int:
             failures += not ok
     a = rng.integers(-127, 128, (1, K), dtype=np.int8)
     w = rng.integers(-127, 128, (N, K), dtype=np.int8)
-    got = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda()).cpu().numpy()
-    ok = np.array_equal(got, a.astype(np.int64) @ w.astype(np.int64).T)
-    print(f"{'ok  ' if ok else 'FAIL'} gemm_s8s8 auto M=1")
-    failures += not ok
+    for variant in ("auto", *ck.SMALL_M_VARIANTS[1:]):
+        got = ck.gemm_s8s8(torch.from_numpy(a).cuda(), torch.from_numpy(w).cuda(), variant=variant).cpu().numpy()
+        ok = np.array_equal(got, a.astype(np.int64) @ w.astype(np.int64).T)
+        print(f"{'ok  ' if ok else 'FAIL'} gemm_s8s8 {variant} M=1")
+        failures += not ok
     return 1 if failures else 0
 
 

@@ -46,7 +46,10 @@ def main() -> int:
                              (17, 129, 250, "tiled"), (130, 256, 136, "tiled"), (1, 31, 7, "tiled"),
                              (1536, 64, 1536, "tiled"), (700, 256, 1000, "tiled"), (768, 130, 776, "tiled"),
                              (130, 256, 136, "tiled_split_k"), (700, 256, 1000, "tiled_split_k"),
-                             (5, 31, 7, "tiled_split_k"), (300, 200, 520, "tiled_wide"), (300, 256, 520, "wgmma")]:
+                             (5, 31, 7, "tiled_split_k"), (300, 200, 520, "tiled_wide"), (300, 256, 520, "wgmma"),
+                             # small_m_wave at 4, 8 and 16 warps a block, vector and byte-wise loads
+                             (3, 1000, 17, "small_m_wave"), (2, 2112, 40, "small_m_wave"),
+                             (16, 4096, 24, "small_m_wave"), (1, 257, 33, "small_m_wave")]:
         if variant == "wgmma" and not ck.wgmma_available():
             continue
         a, w = int8(rng, (m, k)), int8(rng, (n, k))
