@@ -24,48 +24,6 @@ namespace edgevla::cuda {
 
 constexpr int k2to4Warps = 4;
 
-template <int kTilesM, bool kVector>
-__global__ void __launch_bounds__(k2to4Warps * 32)
-    gemm_2to4_s8_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
-                        const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int g = lane / 4, t = lane % 4;
-    const int64_t n_tile = static_cast<int64_t>(blockIdx.x) * k2to4Warps + warp;
-    const int64_t n_tiles = (n + 15) / 16;
-    if (n_tile >= n_tiles) return;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * 8 * kTilesM;
-    const int64_t k_tiles = (k + kTile2to4S8K - 1) / kTile2to4S8K;
-
-    int32_t acc[kTilesM][4];
-#pragma unroll
-    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
-
-    const uint4* tile_values = values + n_tile * k_tiles * 32 + lane;
-    const uint32_t* tile_meta = meta + n_tile * k_tiles * 32 + lane;
-#pragma unroll 2
-    for (int64_t kt = 0; kt < k_tiles; ++kt) {
-        const uint4 a = __ldcs(tile_values + kt * 32);
-        const uint32_t e = __ldcs(tile_meta + kt * 32);
-        const int64_t k0 = kt * kTile2to4S8K + 16 * t;
-#pragma unroll
-        for (int i = 0; i < kTilesM; ++i) {
-            const int64_t row = m0 + 8 * i + g;
-            const uint4 b = load_s8x16<kVector>(x + (row < m ? row : 0) * ldx, k0, k, row < m);
-            ptx::mma_sp_s8_m16n8k64(acc[i], a, b, e);
-        }
-    }
-    // acc[i]: c0, c1 = channel g, tokens 2t, 2t+1; c2, c3 = channel g+8.
-#pragma unroll
-    for (int i = 0; i < kTilesM; ++i) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int64_t col = n_tile * 16 + g + 8 * (r / 2);
-            const int64_t row = m0 + 8 * i + 2 * t + (r % 2);
-            if (row < m && col < n) out.store(row, col, acc[i][r]);
-        }
-    }
-}
-
 // Two float16 of x[k0], x[k0 + 1] as one register, zero past K.
 template <bool kVector>
 __device__ __forceinline__ uint32_t load_f16x2(const uint16_t* __restrict__ row, int64_t k0, int64_t k, bool row_ok) {
@@ -76,22 +34,92 @@ __device__ __forceinline__ uint32_t load_f16x2(const uint16_t* __restrict__ row,
     return lo | (hi << 16);
 }
 
-template <int kTilesM, bool kVector>
-__global__ void __launch_bounds__(k2to4Warps * 32)
-    gemm_2to4_f16_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
-                         const uint4* __restrict__ values, const uint32_t* __restrict__ meta, EpilogueF32 epilogue,
-                         float* __restrict__ c, int64_t ldc) {
+// What the int8 and the float16 kernels differ in: the element and the
+// accumulator, the k of one MMA, where lane t's k start (kLaneK t), how a
+// lane's B fragment (one token row's k values, one uint4) is read from global
+// or shared memory, and the MMA itself.
+template <bool kF16>
+struct Sparse2to4Traits;
+
+template <>
+struct Sparse2to4Traits<false> {
+    using Element = int8_t;
+    using Acc = int32_t;
+    static constexpr int kTileK = kTile2to4S8K;
+    static constexpr int kLaneK = 16;  // lane t: 16 bytes of k, in the group order the packer permuted for
+
+    // kVector: 16-byte aligned rows, K a multiple of 16 (one predicated load).
+    template <bool kVector>
+    static __device__ __forceinline__ uint4 load_b(const int8_t* __restrict__ row, int64_t k0, int64_t k, bool ok) {
+        return kVector ? ptx::ldg_v4(row + k0, ok && k0 < k) : load_s8x16<false>(row, k0, k, ok);
+    }
+    // From a row of the tiled kernels' shared activation tile.
+    static __device__ __forceinline__ uint4 load_b_shared(const uint8_t* row, int t) {
+        return *reinterpret_cast<const uint4*>(row + 16 * t);
+    }
+    static __device__ __forceinline__ void mma(int32_t (&acc)[4], const uint4& a, const uint4& b, uint32_t e) {
+        ptx::mma_sp_s8_m16n8k64(acc, a, b, e);
+    }
+};
+
+template <>
+struct Sparse2to4Traits<true> {
+    using Element = uint16_t;
+    using Acc = float;
+    static constexpr int kTileK = kTile2to4F16K;
+    static constexpr int kLaneK = 2;  // register j: k = 8 j + 2 t, 8 j + 2 t + 1
+
+    template <bool kVector>
+    static __device__ __forceinline__ uint4 load_b(const uint16_t* __restrict__ row, int64_t k0, int64_t k, bool ok) {
+        return make_uint4(load_f16x2<kVector>(row, k0, k, ok), load_f16x2<kVector>(row, k0 + 8, k, ok),
+                          load_f16x2<kVector>(row, k0 + 16, k, ok), load_f16x2<kVector>(row, k0 + 24, k, ok));
+    }
+    // register j: bytes 16 j + 4 t .. of the row
+    static __device__ __forceinline__ uint4 load_b_shared(const uint8_t* row, int t) {
+        return make_uint4(*reinterpret_cast<const uint32_t*>(row + 4 * t),
+                          *reinterpret_cast<const uint32_t*>(row + 16 + 4 * t),
+                          *reinterpret_cast<const uint32_t*>(row + 32 + 4 * t),
+                          *reinterpret_cast<const uint32_t*>(row + 48 + 4 * t));
+    }
+    static __device__ __forceinline__ void mma(float (&acc)[4], const uint4& a, const uint4& b, uint32_t e) {
+        ptx::mma_sp_f16_m16n8k32(acc, a, b, e);
+    }
+};
+
+// How the kernels store one accumulator: int32 as is or through the W8A8
+// epilogue (OutputS8), and float16 GEMMs' float32 sums through EpilogueF32.
+struct Store2to4F32 {
+    EpilogueF32 epilogue;
+    float* __restrict__ c;
+    int64_t ldc;
+    __device__ __forceinline__ void operator()(int64_t row, int64_t col, float v) const {
+        c[row * ldc + col] = epilogue(col, v);
+    }
+};
+struct Store2to4S8 {
+    OutputS8 out;
+    __device__ __forceinline__ void operator()(int64_t row, int64_t col, int32_t v) const { out.store(row, col, v); }
+};
+
+// ---- M > 16 without the tiled kernels' alignment: one warp a channel tile --
+template <bool kF16, int kTilesM, bool kVector, typename Store>
+__device__ __forceinline__ void gemm_2to4_direct(int64_t m, int64_t n, int64_t k,
+                                                 const typename Sparse2to4Traits<kF16>::Element* __restrict__ x,
+                                                 int64_t ldx, const uint4* __restrict__ values,
+                                                 const uint32_t* __restrict__ meta, const Store& store) {
+    using Traits = Sparse2to4Traits<kF16>;
+    using Acc = typename Traits::Acc;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int64_t n_tile = static_cast<int64_t>(blockIdx.x) * k2to4Warps + warp;
     const int64_t n_tiles = (n + 15) / 16;
     if (n_tile >= n_tiles) return;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * 8 * kTilesM;
-    const int64_t k_tiles = (k + kTile2to4F16K - 1) / kTile2to4F16K;
+    const int64_t k_tiles = (k + Traits::kTileK - 1) / Traits::kTileK;
 
-    float acc[kTilesM][4];
+    Acc acc[kTilesM][4];
 #pragma unroll
-    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = Acc(0);
 
     const uint4* tile_values = values + n_tile * k_tiles * 32 + lane;
     const uint32_t* tile_meta = meta + n_tile * k_tiles * 32 + lane;
@@ -99,37 +127,34 @@ __global__ void __launch_bounds__(k2to4Warps * 32)
     for (int64_t kt = 0; kt < k_tiles; ++kt) {
         const uint4 a = __ldcs(tile_values + kt * 32);
         const uint32_t e = __ldcs(tile_meta + kt * 32);
-        const int64_t k0 = kt * kTile2to4F16K + 2 * t;
+        const int64_t k0 = kt * Traits::kTileK + Traits::kLaneK * t;
 #pragma unroll
         for (int i = 0; i < kTilesM; ++i) {
             const int64_t row = m0 + 8 * i + g;
-            const uint16_t* x_row = x + (row < m ? row : 0) * ldx;
-            // B fragment: register j holds k = 8 j + 2 t, 8 j + 2 t + 1 of token row.
-            const uint4 b = make_uint4(load_f16x2<kVector>(x_row, k0, k, row < m),
-                                       load_f16x2<kVector>(x_row, k0 + 8, k, row < m),
-                                       load_f16x2<kVector>(x_row, k0 + 16, k, row < m),
-                                       load_f16x2<kVector>(x_row, k0 + 24, k, row < m));
-            ptx::mma_sp_f16_m16n8k32(acc[i], a, b, e);
+            const uint4 b = Traits::template load_b<kVector>(x + (row < m ? row : 0) * ldx, k0, k, row < m);
+            Traits::mma(acc[i], a, b, e);
         }
     }
+    // acc[i]: c0, c1 = channel g, tokens 2t, 2t+1; c2, c3 = channel g+8.
 #pragma unroll
     for (int i = 0; i < kTilesM; ++i) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             const int64_t col = n_tile * 16 + g + 8 * (r / 2);
             const int64_t row = m0 + 8 * i + 2 * t + (r % 2);
-            if (row < m && col < n) c[row * ldc + col] = epilogue(col, acc[i][r]);
+            if (row < m && col < n) store(row, col, acc[i][r]);
         }
     }
 }
 
+// ---- M <= 16: a block of 8 warps a channel tile, K split among its warps ----
 constexpr int k2to4SplitWarps = 8;
 constexpr int k2to4Batch = 4;
 
 // Adds the warps' accumulators in warp order and stores the tile.
 template <int kTilesM, typename Acc, typename Store>
 __device__ __forceinline__ void reduce_and_store(Acc (&acc)[kTilesM][4], Acc (*partial)[kTilesM][4][32], int64_t m,
-                                                 int64_t n, int64_t n_tile, int64_t m0, Store store) {
+                                                 int64_t n, int64_t n_tile, int64_t m0, const Store& store) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
     for (int i = 0; i < kTilesM; ++i)
@@ -147,20 +172,23 @@ __device__ __forceinline__ void reduce_and_store(Acc (&acc)[kTilesM][4], Acc (*p
     }
 }
 
-template <int kTilesM, bool kVector>
-__global__ void __launch_bounds__(k2to4SplitWarps * 32)
-    gemm_2to4_s8_split_k_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
-                                const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
-    __shared__ int32_t partial[k2to4SplitWarps][kTilesM][4][32];
+template <bool kF16, int kTilesM, bool kVector, typename Store>
+__device__ __forceinline__ void gemm_2to4_split_k(int64_t m, int64_t n, int64_t k,
+                                                  const typename Sparse2to4Traits<kF16>::Element* __restrict__ x,
+                                                  int64_t ldx, const uint4* __restrict__ values,
+                                                  const uint32_t* __restrict__ meta, const Store& store) {
+    using Traits = Sparse2to4Traits<kF16>;
+    using Acc = typename Traits::Acc;
+    __shared__ Acc partial[k2to4SplitWarps][kTilesM][4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int64_t n_tile = blockIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * 8 * kTilesM;
-    const int64_t k_tiles = (k + kTile2to4S8K - 1) / kTile2to4S8K;
+    const int64_t k_tiles = (k + Traits::kTileK - 1) / Traits::kTileK;
 
-    int32_t acc[kTilesM][4];
+    Acc acc[kTilesM][4];
 #pragma unroll
-    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = Acc(0);
     const uint4* tile_values = values + n_tile * k_tiles * 32 + lane;
     const uint32_t* tile_meta = meta + n_tile * k_tiles * 32 + lane;
     for (int64_t first = warp; first < k_tiles; first += k2to4SplitWarps * k2to4Batch) {
@@ -172,70 +200,20 @@ __global__ void __launch_bounds__(k2to4SplitWarps * 32)
             const bool in_k = kt < k_tiles;
             a[u] = ptx::ldg_stream_v4(tile_values + kt * 32, in_k);
             e[u] = ptx::ldg_stream_u32(tile_meta + kt * 32, in_k, 0x44444444u);  // positions (0, 1): valid
-            const int64_t k0 = kt * kTile2to4S8K + 16 * t;
+            const int64_t k0 = kt * Traits::kTileK + Traits::kLaneK * t;
 #pragma unroll
             for (int i = 0; i < kTilesM; ++i) {
                 const int64_t row = m0 + 8 * i + g;
-                const int8_t* x_row = x + (row < m ? row : 0) * ldx;
-                b[u][i] = kVector ? ptx::ldg_v4(x_row + k0, row < m && in_k && k0 < k)
-                                  : load_s8x16<false>(x_row, k0, k, row < m && in_k);
+                b[u][i] = Traits::template load_b<kVector>(x + (row < m ? row : 0) * ldx, k0, k, row < m && in_k);
             }
         }
 #pragma unroll
         for (int u = 0; u < k2to4Batch; ++u) {
 #pragma unroll
-            for (int i = 0; i < kTilesM; ++i) ptx::mma_sp_s8_m16n8k64(acc[i], a[u], b[u][i], e[u]);
+            for (int i = 0; i < kTilesM; ++i) Traits::mma(acc[i], a[u], b[u][i], e[u]);
         }
     }
-    reduce_and_store<kTilesM>(acc, partial, m, n, n_tile, m0,
-                              [&](int64_t row, int64_t col, int32_t v) { out.store(row, col, v); });
-}
-
-template <int kTilesM, bool kVector>
-__global__ void __launch_bounds__(k2to4SplitWarps * 32)
-    gemm_2to4_f16_split_k_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
-                                 const uint4* __restrict__ values, const uint32_t* __restrict__ meta,
-                                 EpilogueF32 epilogue, float* __restrict__ c, int64_t ldc) {
-    __shared__ float partial[k2to4SplitWarps][kTilesM][4][32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int g = lane / 4, t = lane % 4;
-    const int64_t n_tile = blockIdx.x;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * 8 * kTilesM;
-    const int64_t k_tiles = (k + kTile2to4F16K - 1) / kTile2to4F16K;
-
-    float acc[kTilesM][4];
-#pragma unroll
-    for (int i = 0; i < kTilesM; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-    const uint4* tile_values = values + n_tile * k_tiles * 32 + lane;
-    const uint32_t* tile_meta = meta + n_tile * k_tiles * 32 + lane;
-    for (int64_t first = warp; first < k_tiles; first += k2to4SplitWarps * k2to4Batch) {
-        uint4 a[k2to4Batch], b[k2to4Batch][kTilesM];
-        uint32_t e[k2to4Batch];
-#pragma unroll
-        for (int u = 0; u < k2to4Batch; ++u) {
-            const int64_t kt = first + u * k2to4SplitWarps;
-            const bool in_k = kt < k_tiles;
-            a[u] = ptx::ldg_stream_v4(tile_values + kt * 32, in_k);
-            e[u] = ptx::ldg_stream_u32(tile_meta + kt * 32, in_k, 0x44444444u);
-            const int64_t k0 = kt * kTile2to4F16K + 2 * t;
-#pragma unroll
-            for (int i = 0; i < kTilesM; ++i) {
-                const int64_t row = m0 + 8 * i + g;
-                const bool ok = row < m && in_k;
-                const uint16_t* x_row = x + (row < m ? row : 0) * ldx;
-                b[u][i] = make_uint4(load_f16x2<kVector>(x_row, k0, k, ok), load_f16x2<kVector>(x_row, k0 + 8, k, ok),
-                                     load_f16x2<kVector>(x_row, k0 + 16, k, ok),
-                                     load_f16x2<kVector>(x_row, k0 + 24, k, ok));
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < k2to4Batch; ++u) {
-#pragma unroll
-            for (int i = 0; i < kTilesM; ++i) ptx::mma_sp_f16_m16n8k32(acc[i], a[u], b[u][i], e[u]);
-        }
-    }
-    reduce_and_store<kTilesM>(acc, partial, m, n, n_tile, m0,
-                              [&](int64_t row, int64_t col, float v) { c[row * ldc + col] = epilogue(col, v); });
+    reduce_and_store<kTilesM>(acc, partial, m, n, n_tile, m0, store);
 }
 
 // ---- M > 16: tiles of 64 (or 128) channels x 64 tokens ---------------------
@@ -252,26 +230,11 @@ constexpr int k2to4TiledStages = 4;
 constexpr int k2to4TileTokens = 64;
 constexpr int k2to4RowBytes = 64 + 16;  // padded rows: conflict-free 16-byte reads of 8 rows
 
-template <bool kF16>
-struct Sparse2to4Traits;
-template <>
-struct Sparse2to4Traits<false> {
-    using Element = int8_t;
-    using Acc = int32_t;
-    static constexpr int kTileK = kTile2to4S8K;
-};
-template <>
-struct Sparse2to4Traits<true> {
-    using Element = uint16_t;
-    using Acc = float;
-    static constexpr int kTileK = kTile2to4F16K;
-};
-
 template <bool kF16, int kChannelTiles, typename Store>
 __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
                                                 const typename Sparse2to4Traits<kF16>::Element* __restrict__ x,
                                                 int64_t ldx, const uint4* __restrict__ values,
-                                                const uint32_t* __restrict__ meta, Store store) {
+                                                const uint32_t* __restrict__ meta, const Store& store) {
     using Traits = Sparse2to4Traits<kF16>;
     using Acc = typename Traits::Acc;
     constexpr int kTileK = Traits::kTileK;
@@ -348,21 +311,9 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
         const uint8_t* x_stage = x_tile[stage];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const uint8_t* row = x_stage + (i * 8 + g) * k2to4RowBytes;
-            if constexpr (kF16) {
-                // register j: k = 8 j + 2 t, 8 j + 2 t + 1 (bytes 16 j + 4 t ..)
-                const uint4 b = make_uint4(*reinterpret_cast<const uint32_t*>(row + 4 * t),
-                                           *reinterpret_cast<const uint32_t*>(row + 16 + 4 * t),
-                                           *reinterpret_cast<const uint32_t*>(row + 32 + 4 * t),
-                                           *reinterpret_cast<const uint32_t*>(row + 48 + 4 * t));
+            const uint4 b = Traits::load_b_shared(x_stage + (i * 8 + g) * k2to4RowBytes, t);
 #pragma unroll
-                for (int c = 0; c < kChannelTiles; ++c) ptx::mma_sp_f16_m16n8k32(acc[c][i], a[c], b, e[c]);
-            } else {
-                // lane t's 16 bytes of k, in the group order the packer permuted for
-                const uint4 b = *reinterpret_cast<const uint4*>(row + 16 * t);
-#pragma unroll
-                for (int c = 0; c < kChannelTiles; ++c) ptx::mma_sp_s8_m16n8k64(acc[c][i], a[c], b, e[c]);
-            }
+            for (int c = 0; c < kChannelTiles; ++c) Traits::mma(acc[c][i], a[c], b, e[c]);
         }
     }
     ptx::cp_async_wait<0>();
@@ -381,12 +332,42 @@ __device__ __forceinline__ void gemm_2to4_tiled(int64_t m, int64_t n, int64_t k,
     }
 }
 
+// ---- The kernels ------------------------------------------------------------
+template <int kTilesM, bool kVector>
+__global__ void __launch_bounds__(k2to4Warps * 32)
+    gemm_2to4_s8_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
+                        const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
+    gemm_2to4_direct<false, kTilesM, kVector>(m, n, k, x, ldx, values, meta, Store2to4S8{out});
+}
+
+template <int kTilesM, bool kVector>
+__global__ void __launch_bounds__(k2to4Warps * 32)
+    gemm_2to4_f16_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
+                         const uint4* __restrict__ values, const uint32_t* __restrict__ meta, EpilogueF32 epilogue,
+                         float* __restrict__ c, int64_t ldc) {
+    gemm_2to4_direct<true, kTilesM, kVector>(m, n, k, x, ldx, values, meta, Store2to4F32{epilogue, c, ldc});
+}
+
+template <int kTilesM, bool kVector>
+__global__ void __launch_bounds__(k2to4SplitWarps * 32)
+    gemm_2to4_s8_split_k_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
+                                const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
+    gemm_2to4_split_k<false, kTilesM, kVector>(m, n, k, x, ldx, values, meta, Store2to4S8{out});
+}
+
+template <int kTilesM, bool kVector>
+__global__ void __launch_bounds__(k2to4SplitWarps * 32)
+    gemm_2to4_f16_split_k_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
+                                 const uint4* __restrict__ values, const uint32_t* __restrict__ meta,
+                                 EpilogueF32 epilogue, float* __restrict__ c, int64_t ldc) {
+    gemm_2to4_split_k<true, kTilesM, kVector>(m, n, k, x, ldx, values, meta, Store2to4F32{epilogue, c, ldc});
+}
+
 template <int kChannelTiles>
 __global__ void __launch_bounds__(k2to4Warps * 32)
     gemm_2to4_s8_tiled_kernel(int64_t m, int64_t n, int64_t k, const int8_t* __restrict__ x, int64_t ldx,
                               const uint4* __restrict__ values, const uint32_t* __restrict__ meta, OutputS8 out) {
-    gemm_2to4_tiled<false, kChannelTiles>(m, n, k, x, ldx, values, meta,
-                           [&](int64_t row, int64_t col, int32_t v) { out.store(row, col, v); });
+    gemm_2to4_tiled<false, kChannelTiles>(m, n, k, x, ldx, values, meta, Store2to4S8{out});
 }
 
 template <int kChannelTiles>
@@ -394,8 +375,7 @@ __global__ void __launch_bounds__(k2to4Warps * 32)
     gemm_2to4_f16_tiled_kernel(int64_t m, int64_t n, int64_t k, const uint16_t* __restrict__ x, int64_t ldx,
                                const uint4* __restrict__ values, const uint32_t* __restrict__ meta,
                                EpilogueF32 epilogue, float* __restrict__ c, int64_t ldc) {
-    gemm_2to4_tiled<true, kChannelTiles>(m, n, k, x, ldx, values, meta,
-                          [&](int64_t row, int64_t col, float v) { c[row * ldc + col] = epilogue(col, v); });
+    gemm_2to4_tiled<true, kChannelTiles>(m, n, k, x, ldx, values, meta, Store2to4F32{epilogue, c, ldc});
 }
 
 }  // namespace edgevla::cuda

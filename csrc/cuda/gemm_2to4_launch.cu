@@ -40,9 +40,9 @@ void launch_s8(const Gemm2to4S8Args& g, bool wide, cudaStream_t stream) {
     out.c_s32 = g.c_s32;
     out.ldc = g.ldc;
     out.epilogue = EpilogueS8{g.w_scale, g.a_scale, g.a_scale_per_token ? 1 : 0, g.bias, g.activation};
-    const bool vector = g.k % 16 == 0 && g.ldx % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0;
     const uint4* values = reinterpret_cast<const uint4*>(g.values);
     if constexpr (kTilesM <= 2) {
+        const bool vector = g.k % 16 == 0 && g.ldx % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0;
         const dim3 grid = split_grid(g.m, g.n, kTilesM);
         if (vector) {
             gemm_2to4_s8_split_k_kernel<kTilesM, true>
@@ -52,9 +52,7 @@ void launch_s8(const Gemm2to4S8Args& g, bool wide, cudaStream_t stream) {
                 <<<grid, k2to4SplitWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
         }
         check_launch("gemm_2to4_s8_split_k_kernel", stream);
-        return;
-    }
-    if (tiled_ok(g.x, g.ldx, g.k, 1)) {
+    } else if (tiled_ok(g.x, g.ldx, g.k, 1)) {
         if (wide) {
             gemm_2to4_s8_tiled_kernel<2><<<tiled_grid(g.m, g.n, 2), k2to4Warps * 32, 0, stream>>>(
                 g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
@@ -63,17 +61,12 @@ void launch_s8(const Gemm2to4S8Args& g, bool wide, cudaStream_t stream) {
                 g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
         }
         check_launch("gemm_2to4_s8_tiled_kernel", stream);
-        return;
-    }
-    const dim3 grid = grid_of(g.m, g.n, kTilesM);
-    if (vector) {
-        gemm_2to4_s8_kernel<kTilesM, true><<<grid, k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
-                                                                                 g.meta, out);
     } else {
-        gemm_2to4_s8_kernel<kTilesM, false><<<grid, k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
-                                                                                  g.meta, out);
+        // int8 rows fit for 16-byte loads are exactly those tiled_ok takes: here, byte loads.
+        gemm_2to4_s8_kernel<kTilesM, false><<<grid_of(g.m, g.n, kTilesM), k2to4Warps * 32, 0, stream>>>(
+            g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
+        check_launch("gemm_2to4_s8_kernel", stream);
     }
-    check_launch("gemm_2to4_s8_kernel", stream);
 }
 
 template <int kTilesM>
@@ -91,9 +84,7 @@ void launch_f16(const Gemm2to4F16Args& g, bool wide, cudaStream_t stream) {
                 g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
         }
         check_launch("gemm_2to4_f16_split_k_kernel", stream);
-        return;
-    }
-    if (tiled_ok(g.x, g.ldx, g.k, 2)) {
+    } else if (tiled_ok(g.x, g.ldx, g.k, 2)) {
         if (wide) {
             gemm_2to4_f16_tiled_kernel<2><<<tiled_grid(g.m, g.n, 2), k2to4Warps * 32, 0, stream>>>(
                 g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
@@ -102,17 +93,17 @@ void launch_f16(const Gemm2to4F16Args& g, bool wide, cudaStream_t stream) {
                 g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
         }
         check_launch("gemm_2to4_f16_tiled_kernel", stream);
-        return;
-    }
-    const dim3 grid = grid_of(g.m, g.n, kTilesM);
-    if (vector) {
-        gemm_2to4_f16_kernel<kTilesM, true><<<grid, k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
-                                                                                  g.meta, epilogue, g.c, g.ldc);
     } else {
-        gemm_2to4_f16_kernel<kTilesM, false><<<grid, k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
-                                                                                   g.meta, epilogue, g.c, g.ldc);
+        const dim3 grid = grid_of(g.m, g.n, kTilesM);
+        if (vector) {
+            gemm_2to4_f16_kernel<kTilesM, true><<<grid, k2to4Warps * 32, 0, stream>>>(
+                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
+        } else {
+            gemm_2to4_f16_kernel<kTilesM, false><<<grid, k2to4Warps * 32, 0, stream>>>(
+                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
+        }
+        check_launch("gemm_2to4_f16_kernel", stream);
     }
-    check_launch("gemm_2to4_f16_kernel", stream);
 }
 
 }  // namespace

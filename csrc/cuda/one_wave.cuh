@@ -15,10 +15,36 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
 namespace edgevla::cuda {
+
+// Blocks of `threads` threads of `kernel` that one SM of the current device
+// holds at once. The answer depends only on the device, the kernel and the
+// block size, so it is asked of CUDA once per triple and kept: a batch-1
+// layer is launched thousands of times, and eagerly each launch would pay
+// 2 or 3 occupancy queries of host time on a ~10 us kernel.
+inline int resident_blocks_per_sm(const void* kernel, int threads) {
+    static std::mutex mutex;
+    static std::map<std::tuple<int, const void*, int>, int> known;
+    int device = 0;
+    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    const auto key = std::make_tuple(device, kernel, threads);
+    {
+        const std::lock_guard<std::mutex> lock(mutex);
+        if (const auto found = known.find(key); found != known.end()) return found->second;
+    }
+    int per_sm = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    const std::lock_guard<std::mutex> lock(mutex);
+    known.emplace(key, per_sm);
+    return per_sm;
+}
 
 // Of the instantiations (warp count, kernel), listed from fewest warps: the
 // most warps with which `blocks` blocks are resident at once and every warp
@@ -30,9 +56,7 @@ inline int one_wave_warps(std::initializer_list<std::pair<int, const void*>> ker
     const int64_t sms = multiprocessor_count();
     int chosen = kernels.begin()->first;
     for (const auto& [warps, kernel] : kernels) {
-        int per_sm = 0;
-        check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, 0),
-                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        const int64_t per_sm = resident_blocks_per_sm(kernel, warps * 32);
         if (blocks <= per_sm * sms && units >= warps * units_per_step) chosen = warps;
     }
     return chosen;

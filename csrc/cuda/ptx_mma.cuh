@@ -19,6 +19,9 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#ifdef EDGEVLA_CUDA_EMULATE
+#include "cuda/emulate/ptx_emulate.h"  // the same functions for host tests (cuda_emulate.h)
+#else
 namespace edgevla::cuda::ptx {
 
 __device__ __forceinline__ void mma_s8_m16n8k32(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -147,3 +150,4 @@ __device__ __forceinline__ uint32_t ldg_stream_u32(const void* pointer, bool pre
 }
 
 }  // namespace edgevla::cuda::ptx
+#endif

@@ -1,0 +1,439 @@
+// Runs CUDA kernel source on the CPU, one block at a time, for tests on
+// machines without a GPU. Compiled by a host C++ compiler with
+// EDGEVLA_CUDA_EMULATE defined (ptx_mma.cuh then takes its instructions from
+// ptx_emulate.h).
+//
+// Each thread of a block is a fiber (ucontext) on one OS thread; a fiber runs
+// until it reaches a collective (__syncthreads, a warp shuffle, an MMA) and
+// then hands over to the next one. So the kernel's own code runs: its
+// indexing, its loop bounds, its fragment layouts, its reductions through
+// shared memory. What this cannot show: timing, memory ordering between
+// blocks (blocks run one after another), or a race on shared memory (fibers
+// switch only at collectives).
+//
+// Checks on the way:
+//   * every lane of a warp must reach the same collectives in the same order
+//     (a full-mask shuffle or an MMA under divergence is undefined on a GPU);
+//     a mismatch, or a collective that some lanes never reach, stops the
+//     program naming the block, warp and collective;
+//   * a __syncthreads that some threads never reach is reported as a deadlock.
+// Buffers from guarded_alloc end at a page that cannot be read or written,
+// so a kernel that touches one element past an output or input faults.
+#pragma once
+
+#ifndef EDGEVLA_CUDA_EMULATE
+#error "cuda_emulate.h is for host builds of kernel source with EDGEVLA_CUDA_EMULATE defined"
+#endif
+
+#include <cuda_fp16.h>
+#include <vector_types.h>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+// The kernel-source keywords a host compiler does not know (the CUDA headers
+// define __device__ and friends for host compilers already).
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#ifndef __forceinline__
+#define __forceinline__ inline
+#endif
+// One block runs at a time and all its fibers on one OS thread, so a block's
+// shared arrays can be function-local thread_locals (static storage; and
+// `extern __shared__` still parses, for kernels this build never runs).
+#undef __shared__
+#define __shared__ thread_local
+
+namespace edgevla::cuda::emulate {
+
+struct Index3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+[[noreturn]] inline void fail(const char* what) {
+    std::fprintf(stderr, "cuda emulation: %s\n", what);
+    std::fflush(stderr);
+    std::_Exit(3);
+}
+
+// A warp collective in flight: what each lane brought, and what it gets back.
+enum class Collective : int { none, shfl, mma_f16_m16n8k16, mma_s8_m16n8k32 };
+
+struct LaneSlot {
+    Collective kind = Collective::none;
+    std::array<uint32_t, 16> in{};
+};
+
+struct Fiber {
+    ucontext_t context{};
+    std::unique_ptr<char[]> stack;
+    Index3 thread;
+    bool done = false;
+    const char* waiting_at = nullptr;  // the collective it waits in, if any
+};
+
+inline const char* name_of(Collective kind) {
+    switch (kind) {
+        case Collective::shfl: return "a shuffle";
+        case Collective::mma_f16_m16n8k16: return "mma.m16n8k16.f16";
+        case Collective::mma_s8_m16n8k32: return "mma.m16n8k32.s8";
+        default: return "nothing";
+    }
+}
+
+class Block {
+public:
+    static constexpr size_t kStackBytes = 256 * 1024;
+
+    Block(Index3 block, Index3 block_dim, Index3 grid_dim, std::function<void()> body)
+        : block_(block), block_dim_(block_dim), grid_dim_(grid_dim), body_(std::move(body)) {
+        const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
+        if (threads == 0 || threads > 1024 || threads % 32 != 0) fail("block size must be a multiple of 32, <= 1024");
+        fibers_.resize(threads);
+        warps_.resize(threads / 32);
+        for (unsigned i = 0; i < threads; ++i) {
+            fibers_[i].thread = {i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};
+            start_fiber(fibers_[i], &scheduler_);
+        }
+    }
+
+    // Runs every thread to its end; stops the program on a deadlock.
+    void run() {
+        report_faults();
+        Block* outer = current_block();
+        current_block() = this;
+        // The scheduler's state lives in members: locals would not survive swapcontext's second return.
+        for (;;) {
+            live_ = false;
+            progress_ = false;
+            for (current_ = 0; current_ < fibers_.size(); ++current_) {
+                if (fibers_[current_].done) continue;
+                live_ = true;
+                if (swapcontext(&scheduler_, &fibers_[current_].context) != 0) fail("swapcontext");
+            }
+            if (!live_) break;
+            if (!progress_) describe_deadlock();
+        }
+        current_block() = outer;
+    }
+
+    static Block*& current_block() {
+        static Block* block = nullptr;
+        return block;
+    }
+    const Index3& thread_idx() const { return fibers_[current_].thread; }
+    const Index3& block_idx() const { return block_; }
+    const Index3& block_dim() const { return block_dim_; }
+    const Index3& grid_dim() const { return grid_dim_; }
+
+    // __syncthreads: waits for every thread of the block that has not returned.
+    void sync_threads() {
+        const uint64_t generation = barrier_generation_;
+        ++barrier_arrived_;
+        progress_ = true;
+        fibers_[current_].waiting_at = "__syncthreads";
+        for (;;) {
+            if (barrier_generation_ != generation) break;
+            if (barrier_arrived_ == live_threads()) {
+                barrier_arrived_ = 0;
+                ++barrier_generation_;
+                break;
+            }
+            yield();
+        }
+        fibers_[current_].waiting_at = nullptr;
+    }
+
+    // A warp collective: every lane deposits `in`, waits for the other 31,
+    // computes its own result from all 32 deposits (compute(slots, lane)),
+    // and waits again so that no lane overwrites its slot before all have read.
+    template <typename Compute>
+    void warp_collective(Collective kind, const std::array<uint32_t, 16>& in, Compute compute) {
+        const unsigned thread = current_, lane = thread % 32;
+        Warp& w = warps_[thread / 32];
+        w.slots[lane].kind = kind;
+        w.slots[lane].in = in;
+        arrive_and_wait(w, kind);
+        for (unsigned l = 0; l < 32; ++l) {
+            if (w.slots[l].kind != kind) {
+                char what[160];
+                std::snprintf(what, sizeof(what),
+                              "block (%u, %u) warp %u: lane %u and lane %u are at different collectives (divergence)",
+                              block_.x, block_.y, thread / 32, lane, l);
+                fail(what);
+            }
+        }
+        compute(w.slots, lane);
+        arrive_and_wait(w, kind);
+    }
+
+private:
+    struct Warp {
+        std::array<LaneSlot, 32> slots;
+        unsigned arrived = 0;
+        uint64_t generation = 0;
+    };
+
+    // Outside the constructor's loop: getcontext may return twice as far as the compiler knows.
+    static void start_fiber(Fiber& f, ucontext_t* scheduler) {
+        f.stack.reset(new char[kStackBytes]);
+        if (getcontext(&f.context) != 0) fail("getcontext");
+        f.context.uc_stack.ss_sp = f.stack.get();
+        f.context.uc_stack.ss_size = kStackBytes;
+        f.context.uc_link = scheduler;
+        makecontext(&f.context, &Block::entry, 0);
+    }
+
+    // A fault (a guard page, say) names the block and thread before the program dies.
+    static void report_faults() {
+        static const bool installed = [] {
+            struct sigaction action {};
+            action.sa_handler = &Block::on_fault;
+            sigemptyset(&action.sa_mask);
+            sigaction(SIGSEGV, &action, nullptr);
+            sigaction(SIGBUS, &action, nullptr);
+            return true;
+        }();
+        (void)installed;
+    }
+    static void on_fault(int) {
+        char what[160];
+        const Block* b = current_block();
+        const int length =
+            b == nullptr ? std::snprintf(what, sizeof(what), "cuda emulation: invalid memory access outside a kernel\n")
+                         : std::snprintf(what, sizeof(what),
+                                         "cuda emulation: invalid memory access in block (%u, %u), thread %u\n",
+                                         b->block_.x, b->block_.y, b->current_);
+        if (write(2, what, static_cast<size_t>(length)) < 0) _exit(4);
+        _exit(4);
+    }
+
+    static void entry() {
+        Block* block = current_block();
+        block->body_();
+        block->fibers_[block->current_].done = true;
+        block->progress_ = true;
+        // uc_link returns to the scheduler.
+    }
+
+    void yield() {
+        if (swapcontext(&fibers_[current_].context, &scheduler_) != 0) fail("swapcontext");
+    }
+
+    unsigned live_threads() const {
+        unsigned live = 0;
+        for (const Fiber& f : fibers_) live += f.done ? 0 : 1;
+        return live;
+    }
+
+    void arrive_and_wait(Warp& w, Collective kind) {
+        const uint64_t generation = w.generation;
+        ++w.arrived;
+        progress_ = true;
+        fibers_[current_].waiting_at = name_of(kind);
+        for (;;) {
+            if (w.generation != generation) break;
+            if (w.arrived == 32) {
+                w.arrived = 0;
+                ++w.generation;
+                break;
+            }
+            const unsigned warp = current_ / 32;
+            for (unsigned l = 0; l < 32; ++l) {
+                if (fibers_[warp * 32 + l].done) {
+                    char what[160];
+                    std::snprintf(what, sizeof(what),
+                                  "block (%u, %u) warp %u: lane %u returned while the warp waits in a collective",
+                                  block_.x, block_.y, warp, l);
+                    fail(what);
+                }
+            }
+            yield();
+        }
+        fibers_[current_].waiting_at = nullptr;
+    }
+
+    // Names the first warp whose lanes wait in different places (a collective
+    // reached under divergence), else the barrier count.
+    [[noreturn]] void describe_deadlock() {
+        char what[240];
+        for (unsigned i = 0; i + 1 < fibers_.size(); ++i) {
+            const Fiber &a = fibers_[i], &b = fibers_[i + 1];
+            if (i / 32 == (i + 1) / 32 && !a.done && !b.done && a.waiting_at != b.waiting_at) {
+                std::snprintf(what, sizeof(what),
+                              "block (%u, %u) warp %u: deadlock: lane %u waits at %s, lane %u at %s (divergence)",
+                              block_.x, block_.y, i / 32, i % 32, a.waiting_at, (i + 1) % 32, b.waiting_at);
+                fail(what);
+            }
+        }
+        std::snprintf(what, sizeof(what), "block (%u, %u): deadlock: %u of %u live threads at __syncthreads", block_.x,
+                      block_.y, barrier_arrived_, live_threads());
+        fail(what);
+    }
+
+    Index3 block_, block_dim_, grid_dim_;
+    std::function<void()> body_;
+    std::vector<Fiber> fibers_;
+    std::vector<Warp> warps_;
+    ucontext_t scheduler_{};
+    unsigned current_ = 0;
+    unsigned barrier_arrived_ = 0;
+    uint64_t barrier_generation_ = 0;
+    bool progress_ = false;
+    bool live_ = false;
+};
+
+// kernel<<<grid, block>>>(args...) as launch(grid, block, [&] { kernel(args...); }).
+inline void launch(Index3 grid, Index3 block, const std::function<void()>& body) {
+    for (unsigned z = 0; z < std::max(grid.z, 1u); ++z)
+        for (unsigned y = 0; y < std::max(grid.y, 1u); ++y)
+            for (unsigned x = 0; x < std::max(grid.x, 1u); ++x) {
+                Block b({x, y, z}, {block.x, std::max(block.y, 1u), std::max(block.z, 1u)},
+                        {std::max(grid.x, 1u), std::max(grid.y, 1u), std::max(grid.z, 1u)}, body);
+                b.run();
+            }
+}
+
+// `count` elements of T, the start aligned to `align` bytes, ending as close
+// before an inaccessible page as that alignment allows (at it, when the size
+// is a multiple of it): reading or writing past the end faults at once.
+// Not freed: the tests that use it are short programs.
+template <typename T>
+T* guarded_alloc(size_t count, size_t align) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t bytes = count * sizeof(T);
+    const size_t pages = (bytes + page - 1) / page + 1;
+    void* base = mmap(nullptr, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) fail("mmap");
+    char* guard = static_cast<char*>(base) + (pages - 1) * page;
+    if (mprotect(guard, page, PROT_NONE) != 0) fail("mprotect");
+    size_t offset = (pages - 1) * page - bytes;
+    offset -= offset % align;
+    return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
+}
+
+// A guarded copy of `count` elements of `values`.
+template <typename T>
+T* guarded_copy(const T* values, size_t count, size_t align) {
+    T* copy = guarded_alloc<T>(count, align);
+    std::memcpy(static_cast<void*>(copy), values, count * sizeof(T));
+    return copy;
+}
+
+// Outputs start as this NaN: an element the kernel should not write must still hold it.
+constexpr uint32_t kPoison = 0x7FC0DEADu;
+
+template <typename T>
+T* poisoned_output(size_t count) {
+    static_assert(sizeof(T) == 4);
+    T* out = guarded_alloc<T>(count, sizeof(T));
+    for (size_t i = 0; i < count; ++i) std::memcpy(static_cast<void*>(out + i), &kPoison, 4);
+    return out;
+}
+
+template <typename T>
+bool is_poison(const T& v) {
+    static_assert(sizeof(T) == 4);
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    return bits == kPoison;
+}
+
+template <typename T>
+uint32_t bits_of(T v) {
+    static_assert(sizeof(T) == 4);
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u;
+}
+template <typename T>
+T from_bits(uint32_t u) {
+    static_assert(sizeof(T) == 4);
+    T v;
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
+}  // namespace edgevla::cuda::emulate
+
+// ---- The built-in variables and functions the kernels use -----------------
+#define threadIdx (::edgevla::cuda::emulate::Block::current_block()->thread_idx())
+#define blockIdx (::edgevla::cuda::emulate::Block::current_block()->block_idx())
+#define blockDim (::edgevla::cuda::emulate::Block::current_block()->block_dim())
+#define gridDim (::edgevla::cuda::emulate::Block::current_block()->grid_dim())
+
+inline void __syncthreads() { ::edgevla::cuda::emulate::Block::current_block()->sync_threads(); }
+
+// __shfl_sync(mask, v, src) and __shfl_xor_sync(mask, v, m) for 32-bit values, full mask only.
+template <typename T>
+T edgevla_emulate_shfl(unsigned mask, T v, int lane_of_source, bool xor_mode) {
+    using namespace ::edgevla::cuda::emulate;
+    if (mask != 0xffffffffu) fail("only full-mask shuffles are emulated");
+    std::array<uint32_t, 16> in{};
+    in[0] = bits_of(v);
+    in[1] = static_cast<uint32_t>(lane_of_source);
+    in[2] = xor_mode ? 1u : 0u;
+    T out{};
+    Block::current_block()->warp_collective(Collective::shfl, in, [&](const auto& slots, unsigned lane) {
+        const unsigned arg = slots[lane].in[1];
+        const unsigned source = (slots[lane].in[2] ? lane ^ arg : arg) % 32;
+        out = from_bits<T>(slots[source].in[0]);
+    });
+    return out;
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int source) {
+    return edgevla_emulate_shfl(mask, v, source, false);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    return edgevla_emulate_shfl(mask, v, lane_mask, true);
+}
+
+template <typename T>
+T __ldg(const T* p) {
+    return *p;
+}
+template <typename T>
+T __ldcs(const T* p) {
+    return *p;
+}
+
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __uint_as_float(unsigned u) { return ::edgevla::cuda::emulate::from_bits<float>(u); }
+inline unsigned __float_as_uint(float f) { return ::edgevla::cuda::emulate::bits_of(f); }
+using std::max;
+using std::min;
+
+// Byte i of the result is byte s_i (selector nibble i, 0..7) of the pair (x, y), x the low word.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t pair = (static_cast<uint64_t>(y) << 32) | x;
+    unsigned out = 0;
+    for (int i = 0; i < 4; ++i) {
+        const unsigned selector = (s >> (4 * i)) & 7u;
+        out |= static_cast<unsigned>((pair >> (8 * selector)) & 0xFFu) << (8 * i);
+    }
+    return out;
+}
+
+// cuda_fp16.h offers no host __hfma2: a * b + c per half, rounded once
+// (the product of two halves is exact in double, and so is the sum).
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+    const float2 fa = __half22float2(a), fb = __half22float2(b), fc = __half22float2(c);
+    return __halves2half2(__double2half(static_cast<double>(fa.x) * fb.x + fc.x),
+                          __double2half(static_cast<double>(fa.y) * fb.y + fc.y));
+}
