@@ -9,7 +9,9 @@ emulated (``ptx_emulate.h``: the PTX ISA's fragment layouts). The drivers in
   ``tensor_cores``) at every row, warp and column-tile count a launcher can pick,
   float32 and float16 x, within 1e-5 of a double-precision sum;
 - ``cuda_emulated_s8``: the int8 small-M kernel at 4, 8 and 16 warps (auto and
-  ``small_m_wave``), int32 exact and the float epilogue bit-identical;
+  ``small_m_wave``) and the tiled kernel at every tile (the automatic three, and the
+  ``tiled_wide`` and ``tiled_split_k`` variants), with cp.async landing at issue and
+  as late as the kernel's waits allow: int32 exact, the float epilogue bit-identical;
 - ``cuda_emulate_selftest``: that the emulation catches what it claims to (a
   collective under divergence, a read past a buffer, a lane gone from a shuffle).
 
@@ -55,9 +57,10 @@ def drivers(tmp_path_factory) -> dict[str, Path]:
         pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h)")
     out = tmp_path_factory.mktemp("cuda_emulated")
     # -fno-strict-aliasing: kernels read a uint4 as __half2 and the like, as CUDA allows;
-    # -ffp-contract=off: the epilogue's float32 steps as the kernels' --fmad=false build makes them.
-    flags = ["-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-ffp-contract=off", "-DEDGEVLA_CUDA_EMULATE",
-             f"-I{CSRC}", f"-I{include}"]
+    # -ffp-contract=off: the epilogue's float32 steps as the kernels' --fmad=false build makes them;
+    # -fno-extern-tls-init: `extern __shared__` arrays are thread_locals without dynamic initialization.
+    flags = ["-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-extern-tls-init",
+             "-DEDGEVLA_CUDA_EMULATE", f"-I{CSRC}", f"-I{include}"]
 
     def build(name: str) -> subprocess.CompletedProcess:
         return subprocess.run([compiler, *flags, str(CSRC / "tests" / f"{name}.cpp"), "-o", str(out / name)],
@@ -90,12 +93,13 @@ def test_int4_kernels_match_the_reference(drivers):
     assert result.stdout.rstrip().endswith("0 kernel runs failed")
 
 
-def test_int8_small_m_kernels_are_exact(drivers):
+def test_int8_kernels_are_exact(drivers):
     result = _run(drivers["cuda_emulated_s8"])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
     cases = _case_lines(result.stdout)
-    assert len(cases) >= 6 * 6 and all(line.endswith(": ok") for line in cases), cases
-    for shape in ("4 warps", "8 warps", "16 warps", "vector", "bytes", "per-token", "int32"):
+    assert len(cases) >= 6 * 6 + 3 * 24 and all(line.endswith(": ok") for line in cases), cases
+    for shape in ("4 warps", "8 warps", "16 warps", "vector", "bytes", "per-token", "int32", "TileWide",
+                  "TileSmallSplitK", "TileTinySplitK", "cp.async early", "cp.async late"):
         assert any(shape in line for line in cases), shape
 
 

@@ -189,7 +189,7 @@ __device__ __forceinline__ void group_barrier(int group) {
     if (kGroups == 1) {
         __syncthreads();
     } else {
-        asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kThreads) : "memory");
+        ptx::bar_sync<kThreads>(1 + group);
     }
 }
 

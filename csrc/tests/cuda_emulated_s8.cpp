@@ -1,9 +1,12 @@
-// The int8 small-M GEMM kernel (gemm_s8s8_small_m_kernel: the auto path at
-// M <= 16 with 8 warps, and the small_m_wave variant's 4 and 16) run on the
-// CPU (cuda/emulate/cuda_emulate.h) and checked exactly: int32 outputs equal
-// to the integer reference, float outputs bit-identical to the W8A8 epilogue
-// (epilogue_math.h) applied to it, for 1 and 2 column tiles, 16-byte and byte
-// loads, per-token and per-tensor activation scales. Inputs end at an
+// The int8 GEMM kernels run on the CPU (cuda/emulate/cuda_emulate.h) and
+// checked exactly: int32 outputs equal to the integer reference, float
+// outputs bit-identical to the W8A8 epilogue (epilogue_math.h) applied to it.
+//   * gemm_s8s8_small_m_kernel: 8 warps (auto at M <= 16) and 4 / 16
+//     (small_m_wave), 1 and 2 column tiles;
+//   * gemm_s8s8_tiled_kernel: every tile (TileLarge, TileSmall, TileTiny,
+//     TileWide, both split-K tiles), with cp.async landing at issue and as
+//     late as the kernel's waits allow, over poisoned shared memory;
+// 16-byte and byte loads, per-token and per-tensor activation scales. Inputs end at an
 // inaccessible page; outputs are poisoned, and a strided output's gaps must
 // stay so. Built and run by tests/test_cuda_emulated.py.
 //
@@ -20,6 +23,12 @@
 #include <vector>
 
 namespace edgevla::cuda {
+
+// The tiled kernels' dynamic shared memory (extern __shared__ smem[]), large
+// enough for every tile; poisoned before each block.
+constexpr size_t kSmemCapacity = 128 * 1024;
+alignas(16) thread_local int8_t smem[kSmemCapacity];
+
 namespace {
 
 struct Problem {
@@ -62,59 +71,117 @@ Operands make(const Problem& p, uint32_t seed) {
     return o;
 }
 
-template <int kTilesN, bool kVector, int kWarps>
-int run(const Operands& o) {
-    const Problem& p = o.p;
-    const size_t align = kVector ? 16 : 1;
-    const int8_t* a = emulate::guarded_copy(o.a.data(), static_cast<size_t>((p.m - 1) * o.ld + p.k), align);
-    const int8_t* w = emulate::guarded_copy(o.w.data(), static_cast<size_t>((p.n - 1) * o.ld + p.k), align);
-    const size_t c_count = static_cast<size_t>((p.m - 1) * o.ldc + p.n);
-    OutputS8 out{};
-    out.ldc = o.ldc;
-    out.epilogue = EpilogueS8{emulate::guarded_copy(o.w_scale.data(), o.w_scale.size(), 4),
-                              emulate::guarded_copy(o.a_scale.data(), o.a_scale.size(), 4), p.per_token ? 1 : 0,
-                              emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), p.activation};
-    if (p.f32_out) {
-        out.c_f32 = emulate::poisoned_output<float>(c_count);
-    } else {
-        out.c_s32 = emulate::poisoned_output<int32_t>(c_count);
-    }
-    emulate::launch({unsigned((p.n + 8 * kTilesN - 1) / (8 * kTilesN)), 1, 1}, {kWarps * 32, 1, 1},
-                    [&] { gemm_s8s8_small_m_kernel<kTilesN, kVector, kWarps>(p.m, p.n, p.k, a, o.ld, w, o.ld, out); });
+struct Buffers {  // the operands in guarded buffers, as a launcher passes them
+    const int8_t* a;
+    const int8_t* w;
+    OutputS8 out;
+    size_t c_count;
+};
 
+Buffers upload(const Operands& o, bool vector) {
+    const Problem& p = o.p;
+    const size_t align = vector ? 16 : 1;
+    Buffers b{};
+    b.a = emulate::guarded_copy(o.a.data(), static_cast<size_t>((p.m - 1) * o.ld + p.k), align);
+    b.w = emulate::guarded_copy(o.w.data(), static_cast<size_t>((p.n - 1) * o.ld + p.k), align);
+    b.c_count = static_cast<size_t>((p.m - 1) * o.ldc + p.n);
+    b.out.ldc = o.ldc;
+    b.out.epilogue = EpilogueS8{emulate::guarded_copy(o.w_scale.data(), o.w_scale.size(), 4),
+                                emulate::guarded_copy(o.a_scale.data(), o.a_scale.size(), 4), p.per_token ? 1 : 0,
+                                emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), p.activation};
+    if (p.f32_out) {
+        b.out.c_f32 = emulate::poisoned_output<float>(b.c_count);
+    } else {
+        b.out.c_s32 = emulate::poisoned_output<int32_t>(b.c_count);
+    }
+    return b;
+}
+
+// 0 when every output is exact (int32) or bit-identical (float), and every gap still poisoned.
+int check(const Operands& o, const Buffers& b, const std::string& name) {
+    const Problem& p = o.p;
     int bad = 0;
-    for (size_t i = 0; i < c_count; ++i) {
+    for (size_t i = 0; i < b.c_count; ++i) {
         const int64_t r = static_cast<int64_t>(i) / o.ldc, c = static_cast<int64_t>(i) % o.ldc;
         const bool gap = c >= p.n;
         bool ok;
         if (p.f32_out) {
-            const float got = out.c_f32[i];
+            const float got = b.out.c_f32[i];
             if (gap) {
                 ok = emulate::is_poison(got);
             } else {
                 // The epilogue of the exact sum, evaluated on the host: the same bits.
-                const float want = out.epilogue(r, c, static_cast<int32_t>(o.exact[r * p.n + c]));
+                const float want = b.out.epilogue(r, c, static_cast<int32_t>(o.exact[r * p.n + c]));
                 ok = std::memcmp(&got, &want, 4) == 0;
             }
         } else {
-            const int32_t got = out.c_s32[i];
+            const int32_t got = b.out.c_s32[i];
             ok = gap ? emulate::is_poison(got) : got == o.exact[r * p.n + c];
         }
         if (!ok && bad++ < 3) std::printf("  wrong or stray output at row %ld col %ld\n", long(r), long(c));
     }
-    std::printf("small_m<%d,%s,%d warps> m=%-2ld n=%-3ld k=%-4ld pad=%ld %s%s: %s\n", kTilesN,
-                kVector ? "vector" : "bytes", kWarps, long(p.m), long(p.n), long(p.k), long(p.pad),
-                p.f32_out ? "float" : "int32", p.f32_out ? (p.per_token ? " per-token" : " per-tensor") : "",
-                bad ? "FAIL" : "ok");
+    std::printf("%-40s m=%-3ld n=%-3ld k=%-4ld pad=%-2ld %s%s: %s\n", name.c_str(), long(p.m), long(p.n), long(p.k),
+                long(p.pad), p.f32_out ? "float" : "int32",
+                p.f32_out ? (p.per_token ? " per-token" : " per-tensor") : "", bad ? "FAIL" : "ok");
     return bad ? 1 : 0;
 }
 
-// The instantiations the launcher can pick: 1 or 2 column tiles, 8 warps
-// (auto) or 4 / 8 / 16 (small_m_wave); 16-byte loads only where it would use them.
+template <int kTilesN, bool kVector, int kWarps>
+int run_small_m(const Operands& o) {
+    const Problem& p = o.p;
+    const Buffers b = upload(o, kVector);
+    emulate::launch({unsigned((p.n + 8 * kTilesN - 1) / (8 * kTilesN)), 1, 1}, {kWarps * 32, 1, 1}, [&] {
+        gemm_s8s8_small_m_kernel<kTilesN, kVector, kWarps>(p.m, p.n, p.k, b.a, o.ld, b.w, o.ld, b.out);
+    });
+    char name[64];
+    std::snprintf(name, sizeof(name), "small_m<%d,%s,%d warps>", kTilesN, kVector ? "vector" : "bytes", kWarps);
+    return check(o, b, name);
+}
+
+// The instantiations the launcher can pick at M <= 16: 1 or 2 column tiles,
+// 8 warps (auto) or 4 / 8 / 16 (small_m_wave).
 template <bool kVector>
-int run_all(const Operands& o) {
-    return run<1, kVector, 8>(o) + run<2, kVector, 8>(o) + run<1, kVector, 4>(o) + run<1, kVector, 16>(o) +
-           run<2, kVector, 4>(o) + run<2, kVector, 16>(o);
+int run_small_m_all(const Operands& o) {
+    return run_small_m<1, kVector, 8>(o) + run_small_m<2, kVector, 8>(o) + run_small_m<1, kVector, 4>(o) +
+           run_small_m<1, kVector, 16>(o) + run_small_m<2, kVector, 4>(o) + run_small_m<2, kVector, 16>(o);
+}
+
+template <typename Tile, bool kVector>
+int run_tiled(const Operands& o, const char* tile, emulate::CopyLanding landing) {
+    static_assert(Tile::kSmemBytes <= kSmemCapacity);
+    const Problem& p = o.p;
+    const Buffers b = upload(o, kVector);
+    emulate::copy_landing() = landing;
+    std::mt19937 rng(7);
+    emulate::launch(
+        {unsigned((p.n + Tile::kTileN - 1) / Tile::kTileN), unsigned((p.m + Tile::kTileM - 1) / Tile::kTileM), 1},
+        {Tile::kThreads, 1, 1},
+        [&] { gemm_s8s8_tiled_kernel<Tile, kVector>(p.m, p.n, p.k, b.a, o.ld, b.w, o.ld, b.out); },
+        [&] {
+            for (auto& byte : smem) byte = static_cast<int8_t>(rng());
+        });
+    emulate::copy_landing() = emulate::CopyLanding::at_wait;
+    char name[80];
+    std::snprintf(name, sizeof(name), "tiled<%s,%s> cp.async %s", tile, kVector ? "vector" : "bytes",
+                  landing == emulate::CopyLanding::at_issue ? "early" : "late");
+    return check(o, b, name);
+}
+
+// Every tile shape (the automatic three, measured on the H200, and the
+// variants tiled_wide and tiled_split_k), each with cp.async landing as early
+// and as late as allowed.
+template <bool kVector>
+int run_tiled_all(const Operands& o) {
+    int failures = 0;
+    for (const auto landing : {emulate::CopyLanding::at_issue, emulate::CopyLanding::at_wait}) {
+        failures += run_tiled<TileLarge, kVector>(o, "TileLarge", landing);
+        failures += run_tiled<TileSmall, kVector>(o, "TileSmall", landing);
+        failures += run_tiled<TileTiny, kVector>(o, "TileTiny", landing);
+        failures += run_tiled<TileWide, kVector>(o, "TileWide", landing);
+        failures += run_tiled<TileSmallSplitK, kVector>(o, "TileSmallSplitK", landing);
+        failures += run_tiled<TileTinySplitK, kVector>(o, "TileTinySplitK", landing);
+    }
+    return failures;
 }
 
 }  // namespace
@@ -124,22 +191,33 @@ int main() {
     using edgevla::cuda::Problem;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     // m, n, k, pad, float out, per-token a_scale, activation
-    const Problem problems[] = {
-        {1, 40, 1024, 0, false, false, EDGEVLA_ACTIVATION_NONE},        // batch 1, N tail of a column tile
-        {1, 16, 4096, 0, true, false, EDGEVLA_ACTIVATION_RELU},         // many steps a warp
-        {5, 24, 336, 16, true, true, EDGEVLA_ACTIVATION_GELU_TANH},     // strided, K a multiple of 16
-        {9, 17, 203, 3, false, false, EDGEVLA_ACTIVATION_NONE},         // both row halves, odd K: byte loads
-        {16, 33, 64, 0, true, true, EDGEVLA_ACTIVATION_NONE},           // M = 16, one step
-        {12, 8, 33, 0, true, false, EDGEVLA_ACTIVATION_RELU},           // odd K, a single column tile
+    const Problem small_m[] = {
+        {1, 40, 1024, 0, false, false, EDGEVLA_ACTIVATION_NONE},     // batch 1, N tail of a column tile
+        {1, 16, 4096, 0, true, false, EDGEVLA_ACTIVATION_RELU},      // many steps a warp
+        {5, 24, 336, 16, true, true, EDGEVLA_ACTIVATION_GELU_TANH},  // strided, K a multiple of 16
+        {9, 17, 203, 3, false, false, EDGEVLA_ACTIVATION_NONE},      // both row halves, odd K: byte loads
+        {16, 33, 64, 0, true, true, EDGEVLA_ACTIVATION_NONE},        // M = 16, one step
+        {12, 8, 33, 0, true, false, EDGEVLA_ACTIVATION_RELU},        // odd K, a single column tile
     };
-    int failures = 0;
+    const Problem tiled[] = {
+        {140, 136, 320, 0, false, false, EDGEVLA_ACTIVATION_NONE},  // M and N tails of the large tiles, 5 K tiles
+        {40, 72, 200, 8, true, true, EDGEVLA_ACTIVATION_RELU},      // odd K: byte loads; strided
+        {17, 264, 64, 0, true, false, EDGEVLA_ACTIVATION_NONE},     // one K tile (split-K groups with none)
+    };
+    int failures = 0, problems = 0;
     uint32_t seed = 11;
-    for (const Problem& p : problems) {
+    for (const Problem& p : small_m) {
         const auto o = edgevla::cuda::make(p, seed++);
-        const bool vector = p.k % 16 == 0 && (p.k + p.pad) % 16 == 0;
-        failures += edgevla::cuda::run_all<false>(o);
-        if (vector) failures += edgevla::cuda::run_all<true>(o);
+        failures += edgevla::cuda::run_small_m_all<false>(o);
+        if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_small_m_all<true>(o);
+        ++problems;
     }
-    std::printf("%d problems: %d kernel runs failed\n", int(sizeof(problems) / sizeof(problems[0])), failures);
+    for (const Problem& p : tiled) {
+        const auto o = edgevla::cuda::make(p, seed++);
+        failures += edgevla::cuda::run_tiled_all<false>(o);
+        if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_tiled_all<true>(o);
+        ++problems;
+    }
+    std::printf("%d problems: %d kernel runs failed\n", problems, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -4,12 +4,20 @@
 // ptx_emulate.h).
 //
 // Each thread of a block is a fiber (ucontext) on one OS thread; a fiber runs
-// until it reaches a collective (__syncthreads, a warp shuffle, an MMA) and
-// then hands over to the next one. So the kernel's own code runs: its
-// indexing, its loop bounds, its fragment layouts, its reductions through
-// shared memory. What this cannot show: timing, memory ordering between
-// blocks (blocks run one after another), or a race on shared memory (fibers
-// switch only at collectives).
+// until it reaches a collective (__syncthreads, bar.sync, a warp shuffle, an
+// MMA, ldmatrix) and then hands over to the next one. So the kernel's own
+// code runs: its indexing, its loop bounds, its fragment layouts, its
+// reductions through shared memory. cp.async copies land either at issue or
+// as late as the kernel's cp.async.wait_group allows (copy_landing): run both
+// ways, a kernel that reads a stage before waiting for it, or refills one
+// that other warps still read, computes wrong sums. What this cannot show:
+// timing, memory ordering between blocks (blocks run one after another), or
+// other races on shared memory (fibers switch only at collectives).
+//
+// Build flags: -fno-strict-aliasing (kernels read a uint4 as __half2, as
+// CUDA allows), -fno-extern-tls-init (`extern __shared__` arrays become
+// thread_locals that the driver defines), -ffp-contract=off (the
+// epilogues' float steps as the --fmad=false device build has them).
 //
 // Checks on the way:
 //   * every lane of a warp must reach the same collectives in the same order
@@ -71,15 +79,33 @@ struct Index3 {
 }
 
 // A warp collective in flight: what each lane brought, and what it gets back.
-enum class Collective : int { none, shfl, mma_f16_m16n8k16, mma_s8_m16n8k32 };
+enum class Collective : int { none, shfl, mma_f16_m16n8k16, mma_s8_m16n8k32, ldmatrix_x4 };
 
 struct LaneSlot {
     Collective kind = Collective::none;
     std::array<uint32_t, 16> in{};
 };
 
+// cp.async: copies a thread has issued and not yet seen land, by commit group.
+struct AsyncCopy {
+    void* dst;
+    std::array<unsigned char, 16> bytes;
+    int size;
+};
+
+// When an issued cp.async lands: at once (a later overwrite of a stage other
+// threads still read shows), or as late as cp.async.wait_group allows (a read
+// before the wait that covers it shows). Drivers run a kernel both ways.
+enum class CopyLanding { at_issue, at_wait };
+inline CopyLanding& copy_landing() {
+    static CopyLanding landing = CopyLanding::at_wait;
+    return landing;
+}
+
 struct Fiber {
     ucontext_t context{};
+    std::vector<AsyncCopy> open_group;
+    std::vector<std::vector<AsyncCopy>> committed;  // oldest first
     std::unique_ptr<char[]> stack;
     Index3 thread;
     bool done = false;
@@ -91,6 +117,7 @@ inline const char* name_of(Collective kind) {
         case Collective::shfl: return "a shuffle";
         case Collective::mma_f16_m16n8k16: return "mma.m16n8k16.f16";
         case Collective::mma_s8_m16n8k32: return "mma.m16n8k32.s8";
+        case Collective::ldmatrix_x4: return "ldmatrix.x4";
         default: return "nothing";
     }
 }
@@ -158,6 +185,49 @@ public:
         fibers_[current_].waiting_at = nullptr;
     }
 
+    // bar.sync id, count: waits for `count` threads at barrier `id`.
+    void named_barrier(int id, unsigned count) {
+        if (id <= 0 || id >= 16 || count % 32 != 0) fail("bar.sync: id 1..15 and a multiple of 32 threads");
+        Barrier& b = named_[id];
+        const uint64_t generation = b.generation;
+        ++b.arrived;
+        progress_ = true;
+        fibers_[current_].waiting_at = "bar.sync";
+        for (;;) {
+            if (b.generation != generation) break;
+            if (b.arrived == count) {
+                b.arrived = 0;
+                ++b.generation;
+                break;
+            }
+            yield();
+        }
+        fibers_[current_].waiting_at = nullptr;
+    }
+
+    // cp.async's commit groups, for the current thread.
+    void copy_async(void* dst, const void* src, int size, int src_bytes) {
+        AsyncCopy copy{dst, {}, size};
+        std::memcpy(copy.bytes.data(), src, static_cast<size_t>(src_bytes));  // the rest stays zero
+        if (copy_landing() == CopyLanding::at_issue) {
+            std::memcpy(dst, copy.bytes.data(), static_cast<size_t>(size));
+        } else {
+            fibers_[current_].open_group.push_back(copy);
+        }
+    }
+    void copy_commit() {
+        Fiber& f = fibers_[current_];
+        f.committed.push_back(std::move(f.open_group));
+        f.open_group.clear();
+    }
+    void copy_wait(size_t pending) {
+        Fiber& f = fibers_[current_];
+        while (f.committed.size() > pending) {
+            for (const AsyncCopy& c : f.committed.front()) std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+            f.committed.erase(f.committed.begin());
+        }
+    }
+
     // A warp collective: every lane deposits `in`, waits for the other 31,
     // computes its own result from all 32 deposits (compute(slots, lane)),
     // and waits again so that no lane overwrites its slot before all have read.
@@ -182,6 +252,10 @@ public:
     }
 
 private:
+    struct Barrier {
+        unsigned arrived = 0;
+        uint64_t generation = 0;
+    };
     struct Warp {
         std::array<LaneSlot, 32> slots;
         unsigned arrived = 0;
@@ -225,6 +299,8 @@ private:
     static void entry() {
         Block* block = current_block();
         block->body_();
+        block->copy_commit();
+        block->copy_wait(0);
         block->fibers_[block->current_].done = true;
         block->progress_ = true;
         // uc_link returns to the scheduler.
@@ -289,6 +365,7 @@ private:
     std::function<void()> body_;
     std::vector<Fiber> fibers_;
     std::vector<Warp> warps_;
+    std::array<Barrier, 16> named_{};
     ucontext_t scheduler_{};
     unsigned current_ = 0;
     unsigned barrier_arrived_ = 0;
@@ -298,10 +375,13 @@ private:
 };
 
 // kernel<<<grid, block>>>(args...) as launch(grid, block, [&] { kernel(args...); }).
-inline void launch(Index3 grid, Index3 block, const std::function<void()>& body) {
+// before_block, if given, runs before each block (to poison shared memory, say).
+inline void launch(Index3 grid, Index3 block, const std::function<void()>& body,
+                   const std::function<void()>& before_block = nullptr) {
     for (unsigned z = 0; z < std::max(grid.z, 1u); ++z)
         for (unsigned y = 0; y < std::max(grid.y, 1u); ++y)
             for (unsigned x = 0; x < std::max(grid.x, 1u); ++x) {
+                if (before_block) before_block();
                 Block b({x, y, z}, {block.x, std::max(block.y, 1u), std::max(block.z, 1u)},
                         {std::max(grid.x, 1u), std::max(grid.y, 1u), std::max(grid.z, 1u)}, body);
                 b.run();

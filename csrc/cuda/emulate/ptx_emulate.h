@@ -3,8 +3,9 @@
 // warp's fragments (the layouts in ptx_mma.cuh's header) and give each lane
 // its own accumulators: int32 sums exact, float sums in double rounded once to
 // float (a tensor core's internal rounding may differ in the last bits).
-// Instructions no emulated kernel uses yet are declared only: calling one
-// fails at link time, naming it.
+// ldmatrix reads the rows at the collective; cp.async lands at issue or at
+// the wait (cuda_emulate.h, copy_landing). The sparse MMAs are declared
+// only: a kernel that calls one fails to link, naming it.
 #pragma once
 
 #ifndef EDGEVLA_CUDA_EMULATE
@@ -17,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 
 namespace edgevla::cuda::ptx {
 
@@ -97,15 +99,47 @@ inline uint32_t ldg_stream_u32(const void* pointer, bool pred, uint32_t otherwis
     return pred ? *static_cast<const uint32_t*>(pointer) : otherwise;
 }
 
-// Not emulated (yet): the sparse MMAs, ldmatrix and cp.async.
+// ldmatrix.x4 (16-bit elements): lanes 8i .. 8i + 7 give the addresses of
+// matrix i's 8 rows (16 bytes each); lane l receives in r[i] bytes
+// 4 (l % 4) .. 4 (l % 4) + 3 of row l / 4 of matrix i.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+    std::array<uint32_t, 16> in{};
+    const auto address = reinterpret_cast<uintptr_t>(row_address);
+    if (address % 16 != 0) emulate::fail("ldmatrix: a row address that is not 16-byte aligned");
+    in[0] = static_cast<uint32_t>(address), in[1] = static_cast<uint32_t>(static_cast<uint64_t>(address) >> 32);
+    uint32_t out[4];
+    emulate::Block::current_block()->warp_collective(emulate::Collective::ldmatrix_x4, in,
+                                                     [&](const auto& slots, unsigned lane) {
+        for (unsigned i = 0; i < 4; ++i) {
+            const auto& owner = slots[8 * i + lane / 4].in;
+            const uintptr_t row = static_cast<uintptr_t>((static_cast<uint64_t>(owner[1]) << 32) | owner[0]);
+            std::memcpy(&out[i], reinterpret_cast<const unsigned char*>(row) + 4 * (lane % 4), 4);
+        }
+    });
+    for (int i = 0; i < 4; ++i) r[i] = out[i];
+}
+
+// cp.async: src_bytes of global memory, the rest of the size zero-filled; it
+// lands when copy_landing() says (cuda_emulate.h).
+inline void cp_async_16(void* smem, const void* global, int src_bytes) {
+    emulate::Block::current_block()->copy_async(smem, global, 16, src_bytes);
+}
+inline void cp_async_4(void* smem, const void* global, int src_bytes) {
+    emulate::Block::current_block()->copy_async(smem, global, 4, src_bytes);
+}
+inline void cp_async_commit() { emulate::Block::current_block()->copy_commit(); }
+template <int kPending>
+void cp_async_wait() {
+    emulate::Block::current_block()->copy_wait(kPending);
+}
+
+template <int kThreads>
+void bar_sync(int id) {
+    emulate::Block::current_block()->named_barrier(id, kThreads);
+}
+
+// Not emulated (yet): the sparse MMAs, whose metadata layout pack_2to4_mma.h settles.
 void mma_sp_s8_m16n8k64(int32_t (&d)[4], const uint4& a, const uint4& b, uint32_t meta);
 void mma_sp_f16_m16n8k32(float (&d)[4], const uint4& a, const uint4& b, uint32_t meta);
-uint32_t smem_address(const void* pointer);
-void ldmatrix_x4(uint32_t (&r)[4], const void* row_address);
-void cp_async_16(void* smem, const void* global, int src_bytes);
-void cp_async_4(void* smem, const void* global, int src_bytes);
-void cp_async_commit();
-template <int kPending>
-void cp_async_wait();
 
 }  // namespace edgevla::cuda::ptx
