@@ -9,9 +9,12 @@ emulated (``ptx_emulate.h``: the PTX ISA's fragment layouts). The drivers in
   ``tensor_cores``) at every row, warp and column-tile count a launcher can pick,
   float32 and float16 x, within 1e-5 of a double-precision sum;
 - ``cuda_emulated_s8``: the int8 small-M kernel at 4, 8 and 16 warps (auto and
-  ``small_m_wave``) and the tiled kernel at every tile (the automatic three, and the
-  ``tiled_wide`` and ``tiled_split_k`` variants), with cp.async landing at issue and
-  as late as the kernel's waits allow: int32 exact, the float epilogue bit-identical;
+  ``small_m_wave``), the tiled kernel at every tile (the automatic three, and the
+  ``tiled_wide`` and ``tiled_split_k`` variants) with cp.async landing at issue and
+  as late as the kernel's waits allow, and the int8 2:4 kernels (split-K, direct,
+  tiled, ``tiled_wide``) on the host packer's weights: int32 exact, the float
+  epilogue bit-identical;
+- ``cuda_emulated_2to4``: the float16 2:4 kernels, within 1e-5 of a double sum;
 - ``cuda_emulate_selftest``: that the emulation catches what it claims to (a
   collective under divergence, a read past a buffer, a lane gone from a shuffle).
 
@@ -31,7 +34,13 @@ from pathlib import Path
 import pytest
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
-DRIVERS = ["cuda_emulated_w4", "cuda_emulated_s8", "cuda_emulate_selftest"]
+# driver -> the other sources it links (the host 2:4 packer)
+DRIVERS = {
+    "cuda_emulated_w4": [],
+    "cuda_emulated_s8": ["cuda/pack_2to4_mma.cpp"],
+    "cuda_emulated_2to4": ["cuda/pack_2to4_mma.cpp"],
+    "cuda_emulate_selftest": [],
+}
 
 
 def _cuda_include() -> Path | None:
@@ -63,8 +72,8 @@ def drivers(tmp_path_factory) -> dict[str, Path]:
              "-DEDGEVLA_CUDA_EMULATE", f"-I{CSRC}", f"-I{include}"]
 
     def build(name: str) -> subprocess.CompletedProcess:
-        return subprocess.run([compiler, *flags, str(CSRC / "tests" / f"{name}.cpp"), "-o", str(out / name)],
-                              capture_output=True, text=True)
+        sources = [str(CSRC / "tests" / f"{name}.cpp"), *(str(CSRC / extra) for extra in DRIVERS[name])]
+        return subprocess.run([compiler, *flags, *sources, "-o", str(out / name)], capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, built in zip(DRIVERS, pool.map(build, DRIVERS)):
@@ -86,10 +95,10 @@ def test_int4_kernels_match_the_reference(drivers):
     cases = _case_lines(result.stdout)
     # 8 problems x 2 x types x (3 cuda_cores + 9 streaming + 2 or 3 tensor_cores instantiations)
     assert len(cases) >= 8 * 2 * 14
-    assert all(line.split("(")[0].rstrip().endswith("ok") for line in cases), cases
+    assert all(line.endswith(": ok") for line in cases), cases
     for kernel in ("cuda_cores<f32", "streaming<f16", "tensor_cores<f32", "tensor_cores<f16"):
         assert any(line.startswith(kernel) for line in cases)
-    assert any(" extreme " in line + " " and line.startswith("tensor_cores<f32") for line in cases)
+    assert any(" extreme" in line and line.startswith("tensor_cores<f32") for line in cases)
     assert result.stdout.rstrip().endswith("0 kernel runs failed")
 
 
@@ -99,7 +108,17 @@ def test_int8_kernels_are_exact(drivers):
     cases = _case_lines(result.stdout)
     assert len(cases) >= 6 * 6 + 3 * 24 and all(line.endswith(": ok") for line in cases), cases
     for shape in ("4 warps", "8 warps", "16 warps", "vector", "bytes", "per-token", "int32", "TileWide",
-                  "TileSmallSplitK", "TileTinySplitK", "cp.async early", "cp.async late"):
+                  "TileSmallSplitK", "TileTinySplitK", "cp.async early", "cp.async late", "2to4<split_k,1",
+                  "2to4<split_k,2", "2to4<direct", "2to4<tiled,1", "2to4<tiled,2"):
+        assert any(shape in line for line in cases), shape
+
+
+def test_float16_2to4_kernels_match_the_reference(drivers):
+    result = _run(drivers["cuda_emulated_2to4"])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr
+    cases = _case_lines(result.stdout)
+    assert len(cases) >= 13 and all(line.endswith(": ok") for line in cases), cases
+    for shape in ("split_k,1,halves", "split_k,2,vector", "direct,4,vector", "tiled,1", "tiled,2", "cp.async early"):
         assert any(shape in line for line in cases), shape
 
 

@@ -12,8 +12,11 @@
 //
 // Usage: cuda_emulated_s8   (one line per case; exit 1 on a mismatch)
 #include "cuda/emulate/cuda_emulate.h"
+#include "cuda_emulated_check.h"
 
+#include "cuda/gemm_2to4_kernels.cuh"
 #include "cuda/gemm_s8s8_kernels.cuh"
+#include "cuda/pack_2to4_mma.h"
 
 #include <cstdint>
 #include <cstdio>
@@ -97,33 +100,23 @@ Buffers upload(const Operands& o, bool vector) {
     return b;
 }
 
-// 0 when every output is exact (int32) or bit-identical (float), and every gap still poisoned.
-int check(const Operands& o, const Buffers& b, const std::string& name) {
+// Every output exact (int32) or bit-identical (float: the epilogue of the
+// exact sum, evaluated on the host), every gap still poisoned.
+int check(const Operands& o, const Buffers& b, const std::string& kernel) {
     const Problem& p = o.p;
-    int bad = 0;
-    for (size_t i = 0; i < b.c_count; ++i) {
-        const int64_t r = static_cast<int64_t>(i) / o.ldc, c = static_cast<int64_t>(i) % o.ldc;
-        const bool gap = c >= p.n;
-        bool ok;
-        if (p.f32_out) {
-            const float got = b.out.c_f32[i];
-            if (gap) {
-                ok = emulate::is_poison(got);
-            } else {
-                // The epilogue of the exact sum, evaluated on the host: the same bits.
-                const float want = b.out.epilogue(r, c, static_cast<int32_t>(o.exact[r * p.n + c]));
-                ok = std::memcmp(&got, &want, 4) == 0;
-            }
-        } else {
-            const int32_t got = b.out.c_s32[i];
-            ok = gap ? emulate::is_poison(got) : got == o.exact[r * p.n + c];
-        }
-        if (!ok && bad++ < 3) std::printf("  wrong or stray output at row %ld col %ld\n", long(r), long(c));
+    char name[200];
+    std::snprintf(name, sizeof(name), "%-40s m=%-3ld n=%-3ld k=%-4ld pad=%-2ld %s%s", kernel.c_str(), long(p.m),
+                  long(p.n), long(p.k), long(p.pad), p.f32_out ? "float" : "int32",
+                  p.f32_out ? (p.per_token ? " per-token" : " per-tensor") : "");
+    auto exact = [&](int64_t r, int64_t c) { return static_cast<int32_t>(o.exact[r * p.n + c]); };
+    if (p.f32_out) {
+        return emulate::check_output(b.out.c_f32, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t c, float got) {
+            const float want = b.out.epilogue(r, c, exact(r, c));
+            return std::memcmp(&got, &want, 4) == 0;
+        });
     }
-    std::printf("%-40s m=%-3ld n=%-3ld k=%-4ld pad=%-2ld %s%s: %s\n", name.c_str(), long(p.m), long(p.n), long(p.k),
-                long(p.pad), p.f32_out ? "float" : "int32",
-                p.f32_out ? (p.per_token ? " per-token" : " per-tensor") : "", bad ? "FAIL" : "ok");
-    return bad ? 1 : 0;
+    return emulate::check_output(b.out.c_s32, p.m, p.n, o.ldc, name,
+                                 [&](int64_t r, int64_t c, int32_t got) { return got == exact(r, c); });
 }
 
 template <int kTilesN, bool kVector, int kWarps>
@@ -184,6 +177,99 @@ int run_tiled_all(const Operands& o) {
     return failures;
 }
 
+// ---- 2:4 sparse int8 (gemm_2to4_kernels.cuh) -------------------------------
+
+struct Packed2to4 {
+    std::vector<uint32_t> values, meta;
+};
+
+// The operands with W made 2:4 (each group of 4 k keeps 0, 1 or 2 of its
+// values, at random), the exact sums redone, and W packed as the GPU's
+// pack_2to4_s8 packs it (metadata layout 2, the one the H200 computed with).
+Operands sparsify(const Operands& dense, Packed2to4& packed, uint32_t seed) {
+    Operands o = dense;
+    const Problem& p = o.p;
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> keep(0, 2);
+    for (int64_t r = 0; r < p.n; ++r) {
+        for (int64_t c = 0; c < p.k; c += 4) {
+            int kept = keep(rng);
+            for (int64_t kk = c; kk < c + 4 && kk < p.k; ++kk) {
+                int8_t& v = o.w[r * o.ld + kk];
+                if (v == 0) continue;
+                if (kept > 0 && rng() % 2 == 0) {
+                    --kept;
+                } else {
+                    v = 0;
+                }
+            }
+        }
+    }
+    o.exact.assign(static_cast<size_t>(p.m * p.n), 0);
+    for (int64_t r = 0; r < p.m; ++r)
+        for (int64_t c = 0; c < p.n; ++c)
+            for (int64_t kk = 0; kk < p.k; ++kk) o.exact[r * p.n + c] += int64_t{o.a[r * o.ld + kk]} * o.w[c * o.ld + kk];
+    const Packed2to4MmaLayout layout = packed_2to4_mma_layout(p.n, p.k, false);
+    packed.values.resize(static_cast<size_t>(layout.value_words));
+    packed.meta.resize(static_cast<size_t>(layout.meta_words));
+    pack_2to4_s8_mma(o.w.data(), p.n, p.k, o.ld, 2, packed.values.data(), packed.meta.data());
+    return o;
+}
+
+enum class Sparse2to4Kernel { direct, split_k, tiled };
+
+template <Sparse2to4Kernel kKernel, int kTiles, bool kVector>
+int run_2to4(const Operands& o, const Packed2to4& packed, emulate::CopyLanding landing) {
+    const Problem& p = o.p;
+    const Buffers b = upload(o, kVector);
+    const auto* values = reinterpret_cast<const uint4*>(emulate::guarded_copy(packed.values.data(), packed.values.size(), 16));
+    const uint32_t* meta = emulate::guarded_copy(packed.meta.data(), packed.meta.size(), 16);
+    const unsigned n_tiles = unsigned((p.n + 15) / 16);
+    emulate::copy_landing() = landing;
+    if constexpr (kKernel == Sparse2to4Kernel::split_k) {
+        emulate::launch({n_tiles, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1}, {k2to4SplitWarps * 32, 1, 1},
+                        [&] { gemm_2to4_s8_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
+    } else if constexpr (kKernel == Sparse2to4Kernel::tiled) {
+        const unsigned per_block = k2to4Warps * kTiles;
+        emulate::launch({(n_tiles + per_block - 1) / per_block, unsigned((p.m + k2to4TileTokens - 1) / k2to4TileTokens), 1},
+                        {k2to4Warps * 32, 1, 1},
+                        [&] { gemm_2to4_s8_tiled_kernel<kTiles>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
+    } else {
+        emulate::launch({(n_tiles + k2to4Warps - 1) / k2to4Warps, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1},
+                        {k2to4Warps * 32, 1, 1},
+                        [&] { gemm_2to4_s8_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
+    }
+    emulate::copy_landing() = emulate::CopyLanding::at_wait;
+    static const char* kNames[] = {"direct", "split_k", "tiled"};
+    char name[80];
+    std::snprintf(name, sizeof(name), "2to4<%s,%d,%s>%s", kNames[static_cast<int>(kKernel)], kTiles,
+                  kVector ? "vector" : "bytes",
+                  kKernel != Sparse2to4Kernel::tiled ? ""
+                  : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late");
+    return check(o, b, name);
+}
+
+// What the launcher runs for these operands (split-K at M <= 16; tiled, or
+// the direct kernel for rows unfit for 16-byte loads), plus the tiled_wide
+// variant and, at M > 16, the direct kernel whatever the rows.
+int run_2to4_all(const Operands& dense, uint32_t seed) {
+    Packed2to4 packed;
+    const Operands o = sparsify(dense, packed, seed);
+    const Problem& p = o.p;
+    const bool vector = p.k % 16 == 0 && o.ld % 16 == 0;
+    using K = Sparse2to4Kernel;
+    const auto late = emulate::CopyLanding::at_wait, early = emulate::CopyLanding::at_issue;
+    if (p.m <= 8) return vector ? run_2to4<K::split_k, 1, true>(o, packed, late) : run_2to4<K::split_k, 1, false>(o, packed, late);
+    if (p.m <= 16) return vector ? run_2to4<K::split_k, 2, true>(o, packed, late) : run_2to4<K::split_k, 2, false>(o, packed, late);
+    int failures = run_2to4<K::direct, 4, false>(o, packed, late);
+    if (vector) {
+        for (const auto landing : {early, late}) {
+            failures += run_2to4<K::tiled, 1, true>(o, packed, landing) + run_2to4<K::tiled, 2, true>(o, packed, landing);
+        }
+    }
+    return failures;
+}
+
 }  // namespace
 }  // namespace edgevla::cuda
 
@@ -210,12 +296,14 @@ int main() {
         const auto o = edgevla::cuda::make(p, seed++);
         failures += edgevla::cuda::run_small_m_all<false>(o);
         if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_small_m_all<true>(o);
+        failures += edgevla::cuda::run_2to4_all(o, seed++);
         ++problems;
     }
     for (const Problem& p : tiled) {
         const auto o = edgevla::cuda::make(p, seed++);
         failures += edgevla::cuda::run_tiled_all<false>(o);
         if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_tiled_all<true>(o);
+        failures += edgevla::cuda::run_2to4_all(o, seed++);
         ++problems;
     }
     std::printf("%d problems: %d kernel runs failed\n", problems, failures);

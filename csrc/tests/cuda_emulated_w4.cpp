@@ -9,6 +9,7 @@
 //
 // Usage: cuda_emulated_w4 [--quick]   (prints one line per case; exit 1 on a mismatch)
 #include "cuda/emulate/cuda_emulate.h"
+#include "cuda_emulated_check.h"
 
 #include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/gemm_w4_mma_kernels.cuh"
@@ -132,31 +133,16 @@ Device upload(const Operands& o) {
     return d;
 }
 
-// 0 when every output is within its bound and every gap still holds the poison.
+// Every output within its bound of the reference, every gap still poisoned.
 int check(const Operands& o, const Device& d, const std::string& name) {
-    int bad = 0;
-    double worst = 0.0;
-    for (int64_t r = 0; r < o.p.m; ++r) {
-        for (int64_t c = 0; c < o.ldy && r * o.ldy + c < (o.p.m - 1) * o.ldy + o.p.n; ++c) {
-            const float got = d.y[r * o.ldy + c];
-            if (c >= o.p.n) {
-                if (!emulate::is_poison(got) && bad++ < 3) {
-                    std::printf("  %s: wrote the gap at row %ld col %ld\n", name.c_str(), long(r), long(c));
-                }
-                continue;
-            }
-            double want = o.expected[r * o.p.n + c];
-            if (o.p.activation == EDGEVLA_ACTIVATION_RELU) want = want > 0.0 ? want : 0.0;
-            const double error = std::fabs(static_cast<double>(got) - want), bound = o.bound[r * o.p.n + c];
-            worst = std::max(worst, error / bound);
-            if (!(error <= bound) && bad++ < 3) {
-                std::printf("  %s: y[%ld][%ld] = %.9g, expected %.9g (bound %.3g)\n", name.c_str(), long(r), long(c),
-                            double(got), want, bound);
-            }
-        }
-    }
-    std::printf("%-58s %s (worst error %.3f of the bound)\n", name.c_str(), bad ? "FAIL" : "ok", worst);
-    return bad ? 1 : 0;
+    return emulate::check_output(d.y, o.p.m, o.p.n, o.ldy, name, [&](int64_t r, int64_t c, float got) {
+        double want = o.expected[r * o.p.n + c];
+        if (o.p.activation == EDGEVLA_ACTIVATION_RELU) want = want > 0.0 ? want : 0.0;
+        const double bound = o.bound[r * o.p.n + c];
+        if (std::fabs(static_cast<double>(got) - want) <= bound) return true;
+        std::printf("  %s: %.9g, expected %.9g (bound %.3g)\n", name.c_str(), double(got), want, bound);
+        return false;
+    });
 }
 
 std::string describe(const char* kernel, const Problem& p, bool f16, int a, int b) {

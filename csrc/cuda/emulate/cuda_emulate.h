@@ -79,7 +79,15 @@ struct Index3 {
 }
 
 // A warp collective in flight: what each lane brought, and what it gets back.
-enum class Collective : int { none, shfl, mma_f16_m16n8k16, mma_s8_m16n8k32, ldmatrix_x4 };
+enum class Collective : int {
+    none,
+    shfl,
+    mma_f16_m16n8k16,
+    mma_s8_m16n8k32,
+    mma_sp_f16_m16n8k32,
+    mma_sp_s8_m16n8k64,
+    ldmatrix_x4
+};
 
 struct LaneSlot {
     Collective kind = Collective::none;
@@ -117,6 +125,8 @@ inline const char* name_of(Collective kind) {
         case Collective::shfl: return "a shuffle";
         case Collective::mma_f16_m16n8k16: return "mma.m16n8k16.f16";
         case Collective::mma_s8_m16n8k32: return "mma.m16n8k32.s8";
+        case Collective::mma_sp_f16_m16n8k32: return "mma.sp.m16n8k32.f16";
+        case Collective::mma_sp_s8_m16n8k64: return "mma.sp.m16n8k64.s8";
         case Collective::ldmatrix_x4: return "ldmatrix.x4";
         default: return "nothing";
     }

@@ -4,8 +4,8 @@
 // its own accumulators: int32 sums exact, float sums in double rounded once to
 // float (a tensor core's internal rounding may differ in the last bits).
 // ldmatrix reads the rows at the collective; cp.async lands at issue or at
-// the wait (cuda_emulate.h, copy_landing). The sparse MMAs are declared
-// only: a kernel that calls one fails to link, naming it.
+// the wait (cuda_emulate.h, copy_landing). The sparse MMAs use the metadata
+// layouts the H200 settled (pack_2to4_mma.h).
 #pragma once
 
 #ifndef EDGEVLA_CUDA_EMULATE
@@ -138,8 +138,68 @@ void bar_sync(int id) {
     emulate::Block::current_block()->named_barrier(id, kThreads);
 }
 
-// Not emulated (yet): the sparse MMAs, whose metadata layout pack_2to4_mma.h settles.
-void mma_sp_s8_m16n8k64(int32_t (&d)[4], const uint4& a, const uint4& b, uint32_t meta);
-void mma_sp_f16_m16n8k32(float (&d)[4], const uint4& a, const uint4& b, uint32_t meta);
+// mma.sp (2:4 sparse A, sparsity selector 0) as the H200 computed it
+// (pack_2to4_mma.h): A holds the kept values of logical group c of each row
+// at compressed columns 2c, 2c + 1, in the dense layout's registers with K
+// halved; B is the dense (2 k_half) x 8 operand; the metadata nibble of
+// (row, c) names the two kept positions p0 | p1 << 2 in k = 4c .. 4c + 3.
+// Which lane and nibble hold (row, c): int8 (layout 2) lane 4 (row % 8) +
+// row / 8 + 2 (c / 8), nibble c % 8; float16 (layout 0) lane 4 (row % 8) +
+// c / 4, nibble 4 (row / 8) + c % 4.
+namespace detail {
+
+template <typename Acc, typename Element, typename MetaSlot>
+void mma_sp_warp(emulate::Collective kind, Acc (&d)[4], const uint4& a, const uint4& b, uint32_t meta,
+                 Element element, int per, int k_half, MetaSlot meta_slot) {
+    std::array<uint32_t, 16> in{};
+    in[0] = a.x, in[1] = a.y, in[2] = a.z, in[3] = a.w;
+    in[4] = b.x, in[5] = b.y, in[6] = b.z, in[7] = b.w;
+    in[8] = meta;
+    for (int i = 0; i < 4; ++i) in[9 + i] = emulate::bits_of(d[i]);
+    Acc out[4];
+    emulate::Block::current_block()->warp_collective(kind, in, [&](const auto& slots, unsigned lane) {
+        const int g = static_cast<int>(lane) / 4, t = static_cast<int>(lane) % 4;
+        const int groups = k_half;  // logical groups of 4 k: 2 k_half stored columns, 2 a group
+        for (int r = 0; r < 4; ++r) {
+            const int row = g + 8 * (r / 2), col = 2 * t + (r % 2);
+            using Sum = std::conditional_t<std::is_same_v<Acc, float>, double, int64_t>;
+            Sum sum = static_cast<Sum>(emulate::from_bits<Acc>(slots[lane].in[9 + r]));
+            for (int c = 0; c < groups; ++c) {
+                int meta_lane = 0, nibble = 0;
+                meta_slot(row, c, meta_lane, nibble);
+                const uint32_t kept = (slots[meta_lane].in[8] >> (4 * nibble)) & 0xFu;
+                for (int i = 0; i < 2; ++i) {
+                    const int cc = 2 * c + i, kk = 4 * c + static_cast<int>((kept >> (2 * i)) & 3u);
+                    // A as the dense fragment of a 16 x (2 k_half) matrix of compressed columns.
+                    const int a_reg = (row >= 8 ? 1 : 0) + (cc >= k_half ? 2 : 0);
+                    const int a_lane = 4 * (row % 8) + (cc % k_half) / per, a_e = (cc % k_half) % per;
+                    // B register j: k = 4 per j + per t' .. (per elements), column g' = col.
+                    const int b_reg = 4 + kk / (4 * per);
+                    const int b_lane = 4 * col + (kk % (4 * per)) / per, b_e = kk % per;
+                    sum += static_cast<Sum>(element(slots[a_lane].in[a_reg], a_e)) *
+                           static_cast<Sum>(element(slots[b_lane].in[b_reg], b_e));
+                }
+            }
+            out[r] = static_cast<Acc>(sum);
+        }
+    });
+    for (int r = 0; r < 4; ++r) d[r] = out[r];
+}
+
+}  // namespace detail
+
+inline void mma_sp_s8_m16n8k64(int32_t (&d)[4], const uint4& a, const uint4& b, uint32_t meta) {
+    detail::mma_sp_warp(emulate::Collective::mma_sp_s8_m16n8k64, d, a, b, meta, detail::s8_at, 4, 16,
+                        [](int row, int c, int& lane, int& nibble) {
+                            lane = 4 * (row % 8) + row / 8 + 2 * (c / 8), nibble = c % 8;
+                        });
+}
+
+inline void mma_sp_f16_m16n8k32(float (&d)[4], const uint4& a, const uint4& b, uint32_t meta) {
+    detail::mma_sp_warp(emulate::Collective::mma_sp_f16_m16n8k32, d, a, b, meta, detail::half_at, 2, 8,
+                        [](int row, int c, int& lane, int& nibble) {
+                            lane = 4 * (row % 8) + c / 4, nibble = 4 * (row / 8) + c % 4;
+                        });
+}
 
 }  // namespace edgevla::cuda::ptx

@@ -1,0 +1,178 @@
+// The float16 2:4 sparse GEMM kernels (gemm_2to4_kernels.cuh) run on the CPU
+// (cuda/emulate/cuda_emulate.h) on weights packed by the host packer
+// (pack_2to4_mma.cpp, metadata layout 0: the one the H200 computed with), each
+// output within 1e-5 of a double-precision dense sum (float32 accumulators
+// added in another order). Every kernel the launcher picks (split-K at
+// M <= 8 and <= 16; tiled, or the direct kernel for unaligned rows) and the
+// tiled_wide variant, cp.async landing at issue and as late as allowed;
+// groups with 0, 1 and 2 non-zeros. (The int8 2:4 kernels are checked exactly
+// by cuda_emulated_s8.) Built and run by tests/test_cuda_emulated.py.
+//
+// Usage: cuda_emulated_2to4   (one line per case; exit 1 on a mismatch)
+#include "cuda/emulate/cuda_emulate.h"
+#include "cuda_emulated_check.h"
+
+#include "cuda/gemm_2to4_kernels.cuh"
+#include "cuda/pack_2to4_mma.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace edgevla::cuda {
+namespace {
+
+struct Problem {
+    int64_t m, n, k;
+    int64_t pad;  // ldx = k + pad, ldc = n + pad
+    int activation;
+};
+
+uint16_t half_bits(float v) {
+    const __half h = __float2half(v);
+    uint16_t u;
+    std::memcpy(&u, &h, 2);
+    return u;
+}
+double half_value(uint16_t u) {
+    __half_raw raw;
+    raw.x = u;
+    return __half2float(__half(raw));
+}
+
+struct Operands {
+    Problem p;
+    int64_t ldx, ldc;
+    std::vector<uint16_t> x, w;  // float16 bits: [m][ldx], [n][k] (2:4)
+    std::vector<float> bias;
+    std::vector<uint32_t> values, meta;
+    std::vector<double> expected, bound;  // [m][n], expected before the activation
+};
+
+Operands make(const Problem& p, uint32_t seed) {
+    Operands o;
+    o.p = p;
+    o.ldx = p.k + p.pad;
+    o.ldc = p.n + p.pad;
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
+    std::uniform_int_distribution<int> keep(0, 2), position(0, 3);
+    o.x.resize(static_cast<size_t>(p.m * o.ldx));
+    for (auto& v : o.x) v = half_bits(uniform(rng));
+    o.w.assign(static_cast<size_t>(p.n * p.k), 0);
+    for (int64_t r = 0; r < p.n; ++r) {
+        for (int64_t c = 0; c < p.k; c += 4) {
+            for (int i = keep(rng); i > 0; --i) {
+                const int64_t kk = c + position(rng);
+                if (kk < p.k) o.w[r * p.k + kk] = half_bits(uniform(rng));
+            }
+        }
+    }
+    o.bias.resize(static_cast<size_t>(p.n));
+    for (auto& b : o.bias) b = uniform(rng);
+    o.expected.assign(static_cast<size_t>(p.m * p.n), 0.0);
+    o.bound.assign(static_cast<size_t>(p.m * p.n), 0.0);
+    for (int64_t r = 0; r < p.m; ++r) {
+        for (int64_t c = 0; c < p.n; ++c) {
+            double sum = 0.0, magnitude = 0.0;
+            for (int64_t kk = 0; kk < p.k; ++kk) {
+                const double term = half_value(o.x[r * o.ldx + kk]) * half_value(o.w[c * p.k + kk]);
+                sum += term;
+                magnitude += std::fabs(term);
+            }
+            o.expected[r * p.n + c] = sum + o.bias[c];
+            o.bound[r * p.n + c] = 1e-5 * magnitude + 1e-30;
+        }
+    }
+    const Packed2to4MmaLayout layout = packed_2to4_mma_layout(p.n, p.k, true);
+    o.values.resize(static_cast<size_t>(layout.value_words));
+    o.meta.resize(static_cast<size_t>(layout.meta_words));
+    pack_2to4_f16_mma(o.w.data(), p.n, p.k, p.k, 0, o.values.data(), o.meta.data());
+    return o;
+}
+
+enum class Kernel { direct, split_k, tiled };
+
+template <Kernel kKernel, int kTiles, bool kVector>
+int run(const Operands& o, emulate::CopyLanding landing) {
+    const Problem& p = o.p;
+    // 16-byte aligned rows where the tiled kernel needs them; else 4 (the launcher's vector test) or 2.
+    const size_t align = kKernel == Kernel::tiled ? 16 : kVector ? 4 : 2;
+    const uint16_t* x = emulate::guarded_copy(o.x.data(), static_cast<size_t>((p.m - 1) * o.ldx + p.k), align);
+    const auto* values = reinterpret_cast<const uint4*>(emulate::guarded_copy(o.values.data(), o.values.size(), 16));
+    const uint32_t* meta = emulate::guarded_copy(o.meta.data(), o.meta.size(), 16);
+    const EpilogueF32 epilogue{emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), p.activation};
+    float* c = emulate::poisoned_output<float>(static_cast<size_t>((p.m - 1) * o.ldc + p.n));
+    const unsigned n_tiles = unsigned((p.n + 15) / 16);
+    emulate::copy_landing() = landing;
+    if constexpr (kKernel == Kernel::split_k) {
+        emulate::launch({n_tiles, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1}, {k2to4SplitWarps * 32, 1, 1}, [&] {
+            gemm_2to4_f16_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
+        });
+    } else if constexpr (kKernel == Kernel::tiled) {
+        const unsigned per_block = k2to4Warps * kTiles;
+        emulate::launch({(n_tiles + per_block - 1) / per_block, unsigned((p.m + k2to4TileTokens - 1) / k2to4TileTokens), 1},
+                        {k2to4Warps * 32, 1, 1},
+                        [&] { gemm_2to4_f16_tiled_kernel<kTiles>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc); });
+    } else {
+        emulate::launch({(n_tiles + k2to4Warps - 1) / k2to4Warps, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1},
+                        {k2to4Warps * 32, 1, 1}, [&] {
+                            gemm_2to4_f16_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
+                        });
+    }
+    emulate::copy_landing() = emulate::CopyLanding::at_wait;
+    static const char* kNames[] = {"direct", "split_k", "tiled"};
+    char name[160];
+    std::snprintf(name, sizeof(name), "2to4_f16<%s,%d,%s>%s m=%ld n=%ld k=%ld pad=%ld", kNames[static_cast<int>(kKernel)],
+                  kTiles, kKernel == Kernel::tiled ? "16-byte rows" : kVector ? "vector" : "halves",
+                  kKernel != Kernel::tiled ? "" : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late",
+                  long(p.m), long(p.n), long(p.k), long(p.pad));
+    return emulate::check_output(c, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t col, float got) {
+        double want = o.expected[r * p.n + col];
+        if (p.activation == EDGEVLA_ACTIVATION_RELU) want = want > 0.0 ? want : 0.0;
+        if (std::fabs(static_cast<double>(got) - want) <= o.bound[r * p.n + col]) return true;
+        std::printf("  %.9g, expected %.9g\n", double(got), want);
+        return false;
+    });
+}
+
+// The launcher's choices for these operands, both row-load forms, the
+// tiled_wide variant, and (M > 16) the direct kernel whatever the rows.
+int run_all(const Operands& o) {
+    const Problem& p = o.p;
+    const auto late = emulate::CopyLanding::at_wait, early = emulate::CopyLanding::at_issue;
+    const bool vector = o.ldx % 2 == 0;
+    if (p.m <= 8) return run<Kernel::split_k, 1, false>(o, late) + (vector ? run<Kernel::split_k, 1, true>(o, late) : 0);
+    if (p.m <= 16) return run<Kernel::split_k, 2, false>(o, late) + (vector ? run<Kernel::split_k, 2, true>(o, late) : 0);
+    int failures = run<Kernel::direct, 4, false>(o, late) + (vector ? run<Kernel::direct, 4, true>(o, late) : 0);
+    if ((o.ldx * 2) % 16 == 0 && (p.k * 2) % 16 == 0) {
+        for (const auto landing : {early, late}) {
+            failures += run<Kernel::tiled, 1, false>(o, landing) + run<Kernel::tiled, 2, false>(o, landing);
+        }
+    }
+    return failures;
+}
+
+}  // namespace
+}  // namespace edgevla::cuda
+
+int main() {
+    using edgevla::cuda::Problem;
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
+    const Problem problems[] = {
+        {1, 40, 512, 0, EDGEVLA_ACTIVATION_NONE},    // batch 1, an N tail
+        {7, 16, 200, 1, EDGEVLA_ACTIVATION_RELU},    // odd stride: 2-byte loads; a K tail
+        {13, 24, 96, 2, EDGEVLA_ACTIVATION_NONE},    // two token tiles, one partial
+        {70, 136, 160, 0, EDGEVLA_ACTIVATION_NONE},  // tiled: M and N tails, 5 K tiles
+        {33, 40, 100, 4, EDGEVLA_ACTIVATION_RELU},   // K % 8: the direct kernel
+    };
+    int failures = 0;
+    uint32_t seed = 31;
+    for (const Problem& p : problems) failures += edgevla::cuda::run_all(edgevla::cuda::make(p, seed++));
+    std::printf("%d problems: %d kernel runs failed\n", int(sizeof(problems) / sizeof(problems[0])), failures);
+    return failures == 0 ? 0 : 1;
+}

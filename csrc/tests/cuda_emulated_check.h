@@ -1,0 +1,33 @@
+// What the emulated-kernel drivers (cuda_emulated_*.cpp) share: reading a
+// strided output back against a reference, one line per case.
+#pragma once
+
+#include "cuda/emulate/cuda_emulate.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace edgevla::cuda::emulate {
+
+// An output of `rows` x `cols` with row stride `ld`, allocated as
+// poisoned_output((rows - 1) * ld + cols). Every element (r, c < cols) must
+// satisfy ok(r, c, value) (printing why not); every gap (c >= cols) must
+// still hold the poison. Prints "name: ok" or "name: FAIL"; returns 0 or 1.
+template <typename T, typename Ok>
+int check_output(const T* out, int64_t rows, int64_t cols, int64_t ld, const std::string& name, Ok ok) {
+    int bad = 0;
+    const int64_t count = (rows - 1) * ld + cols;
+    for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = i / ld, c = i % ld;
+        if (c >= cols) {
+            if (!is_poison(out[i]) && bad++ < 3) std::printf("  wrote the gap at row %ld col %ld\n", long(r), long(c));
+        } else if (!ok(r, c, out[i]) && bad++ < 3) {
+            std::printf("  at row %ld col %ld\n", long(r), long(c));
+        }
+    }
+    std::printf("%s: %s\n", name.c_str(), bad ? "FAIL" : "ok");
+    return bad ? 1 : 0;
+}
+
+}  // namespace edgevla::cuda::emulate
