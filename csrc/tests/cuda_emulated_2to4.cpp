@@ -12,8 +12,7 @@
 #include "cuda/emulate/cuda_emulate.h"
 #include "cuda_emulated_check.h"
 
-#include "cuda/gemm_2to4_kernels.cuh"
-#include "cuda/pack_2to4_mma.h"
+#include "cuda_emulated_2to4.h"
 
 #include <cmath>
 #include <cstdint>
@@ -49,7 +48,7 @@ struct Operands {
     int64_t ldx, ldc;
     std::vector<uint16_t> x, w;  // float16 bits: [m][ldx], [n][k] (2:4)
     std::vector<float> bias;
-    std::vector<uint32_t> values, meta;
+    Packed2to4 packed;
     std::vector<double> expected, bound;  // [m][n], expected before the activation
 };
 
@@ -88,14 +87,11 @@ Operands make(const Problem& p, uint32_t seed) {
             o.bound[r * p.n + c] = 1e-5 * magnitude + 1e-30;
         }
     }
-    const Packed2to4MmaLayout layout = packed_2to4_mma_layout(p.n, p.k, true);
-    o.values.resize(static_cast<size_t>(layout.value_words));
-    o.meta.resize(static_cast<size_t>(layout.meta_words));
-    pack_2to4_f16_mma(o.w.data(), p.n, p.k, p.k, 0, o.values.data(), o.meta.data());
+    o.packed = Packed2to4::of(o.w.data(), p.n, p.k, p.k);
     return o;
 }
 
-enum class Kernel { direct, split_k, tiled };
+using Kernel = Sparse2to4Kernel;
 
 template <Kernel kKernel, int kTiles, bool kVector>
 int run(const Operands& o, emulate::CopyLanding landing) {
@@ -103,32 +99,25 @@ int run(const Operands& o, emulate::CopyLanding landing) {
     // 16-byte aligned rows where the tiled kernel needs them; else 4 (the launcher's vector test) or 2.
     const size_t align = kKernel == Kernel::tiled ? 16 : kVector ? 4 : 2;
     const uint16_t* x = emulate::guarded_copy(o.x.data(), static_cast<size_t>((p.m - 1) * o.ldx + p.k), align);
-    const auto* values = reinterpret_cast<const uint4*>(emulate::guarded_copy(o.values.data(), o.values.size(), 16));
-    const uint32_t* meta = emulate::guarded_copy(o.meta.data(), o.meta.size(), 16);
+    const uint4* values = o.packed.device_values();
+    const uint32_t* meta = o.packed.device_meta();
     const EpilogueF32 epilogue{emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), p.activation};
     float* c = emulate::poisoned_output<float>(static_cast<size_t>((p.m - 1) * o.ldc + p.n));
-    const unsigned n_tiles = unsigned((p.n + 15) / 16);
+    const Launch2to4 shape = launch_of(kKernel, kTiles, p.m, p.n);
     emulate::copy_landing() = landing;
-    if constexpr (kKernel == Kernel::split_k) {
-        emulate::launch({n_tiles, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1}, {k2to4SplitWarps * 32, 1, 1}, [&] {
+    emulate::launch(shape.grid, shape.block, [&] {
+        if constexpr (kKernel == Kernel::split_k) {
             gemm_2to4_f16_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
-        });
-    } else if constexpr (kKernel == Kernel::tiled) {
-        const unsigned per_block = k2to4Warps * kTiles;
-        emulate::launch({(n_tiles + per_block - 1) / per_block, unsigned((p.m + k2to4TileTokens - 1) / k2to4TileTokens), 1},
-                        {k2to4Warps * 32, 1, 1},
-                        [&] { gemm_2to4_f16_tiled_kernel<kTiles>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc); });
-    } else {
-        emulate::launch({(n_tiles + k2to4Warps - 1) / k2to4Warps, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1},
-                        {k2to4Warps * 32, 1, 1}, [&] {
-                            gemm_2to4_f16_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
-                        });
-    }
+        } else if constexpr (kKernel == Kernel::tiled) {
+            gemm_2to4_f16_tiled_kernel<kTiles>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
+        } else {
+            gemm_2to4_f16_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
+        }
+    });
     emulate::copy_landing() = emulate::CopyLanding::at_wait;
-    static const char* kNames[] = {"direct", "split_k", "tiled"};
     char name[160];
-    std::snprintf(name, sizeof(name), "2to4_f16<%s,%d,%s>%s m=%ld n=%ld k=%ld pad=%ld", kNames[static_cast<int>(kKernel)],
-                  kTiles, kKernel == Kernel::tiled ? "16-byte rows" : kVector ? "vector" : "halves",
+    std::snprintf(name, sizeof(name), "2to4_f16<%s,%d,%s>%s m=%ld n=%ld k=%ld pad=%ld", name_of(kKernel), kTiles,
+                  kKernel == Kernel::tiled ? "16-byte rows" : kVector ? "vector" : "halves",
                   kKernel != Kernel::tiled ? "" : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late",
                   long(p.m), long(p.n), long(p.k), long(p.pad));
     return emulate::check_output(c, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t col, float got) {

@@ -14,9 +14,8 @@
 #include "cuda/emulate/cuda_emulate.h"
 #include "cuda_emulated_check.h"
 
-#include "cuda/gemm_2to4_kernels.cuh"
 #include "cuda/gemm_s8s8_kernels.cuh"
-#include "cuda/pack_2to4_mma.h"
+#include "cuda_emulated_2to4.h"
 
 #include <cstdint>
 #include <cstdio>
@@ -179,10 +178,6 @@ int run_tiled_all(const Operands& o) {
 
 // ---- 2:4 sparse int8 (gemm_2to4_kernels.cuh) -------------------------------
 
-struct Packed2to4 {
-    std::vector<uint32_t> values, meta;
-};
-
 // The operands with W made 2:4 (each group of 4 k keeps 0, 1 or 2 of its
 // values, at random), the exact sums redone, and W packed as the GPU's
 // pack_2to4_s8 packs it (metadata layout 2, the one the H200 computed with).
@@ -209,41 +204,30 @@ Operands sparsify(const Operands& dense, Packed2to4& packed, uint32_t seed) {
     for (int64_t r = 0; r < p.m; ++r)
         for (int64_t c = 0; c < p.n; ++c)
             for (int64_t kk = 0; kk < p.k; ++kk) o.exact[r * p.n + c] += int64_t{o.a[r * o.ld + kk]} * o.w[c * o.ld + kk];
-    const Packed2to4MmaLayout layout = packed_2to4_mma_layout(p.n, p.k, false);
-    packed.values.resize(static_cast<size_t>(layout.value_words));
-    packed.meta.resize(static_cast<size_t>(layout.meta_words));
-    pack_2to4_s8_mma(o.w.data(), p.n, p.k, o.ld, 2, packed.values.data(), packed.meta.data());
+    packed = Packed2to4::of(o.w.data(), p.n, p.k, o.ld);
     return o;
 }
-
-enum class Sparse2to4Kernel { direct, split_k, tiled };
 
 template <Sparse2to4Kernel kKernel, int kTiles, bool kVector>
 int run_2to4(const Operands& o, const Packed2to4& packed, emulate::CopyLanding landing) {
     const Problem& p = o.p;
     const Buffers b = upload(o, kVector);
-    const auto* values = reinterpret_cast<const uint4*>(emulate::guarded_copy(packed.values.data(), packed.values.size(), 16));
-    const uint32_t* meta = emulate::guarded_copy(packed.meta.data(), packed.meta.size(), 16);
-    const unsigned n_tiles = unsigned((p.n + 15) / 16);
+    const uint4* values = packed.device_values();
+    const uint32_t* meta = packed.device_meta();
+    const Launch2to4 shape = launch_of(kKernel, kTiles, p.m, p.n);
     emulate::copy_landing() = landing;
-    if constexpr (kKernel == Sparse2to4Kernel::split_k) {
-        emulate::launch({n_tiles, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1}, {k2to4SplitWarps * 32, 1, 1},
-                        [&] { gemm_2to4_s8_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
-    } else if constexpr (kKernel == Sparse2to4Kernel::tiled) {
-        const unsigned per_block = k2to4Warps * kTiles;
-        emulate::launch({(n_tiles + per_block - 1) / per_block, unsigned((p.m + k2to4TileTokens - 1) / k2to4TileTokens), 1},
-                        {k2to4Warps * 32, 1, 1},
-                        [&] { gemm_2to4_s8_tiled_kernel<kTiles>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
-    } else {
-        emulate::launch({(n_tiles + k2to4Warps - 1) / k2to4Warps, unsigned((p.m + 8 * kTiles - 1) / (8 * kTiles)), 1},
-                        {k2to4Warps * 32, 1, 1},
-                        [&] { gemm_2to4_s8_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out); });
-    }
+    emulate::launch(shape.grid, shape.block, [&] {
+        if constexpr (kKernel == Sparse2to4Kernel::split_k) {
+            gemm_2to4_s8_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
+        } else if constexpr (kKernel == Sparse2to4Kernel::tiled) {
+            gemm_2to4_s8_tiled_kernel<kTiles>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
+        } else {
+            gemm_2to4_s8_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
+        }
+    });
     emulate::copy_landing() = emulate::CopyLanding::at_wait;
-    static const char* kNames[] = {"direct", "split_k", "tiled"};
     char name[80];
-    std::snprintf(name, sizeof(name), "2to4<%s,%d,%s>%s", kNames[static_cast<int>(kKernel)], kTiles,
-                  kVector ? "vector" : "bytes",
+    std::snprintf(name, sizeof(name), "2to4<%s,%d,%s>%s", name_of(kKernel), kTiles, kVector ? "vector" : "bytes",
                   kKernel != Sparse2to4Kernel::tiled ? ""
                   : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late");
     return check(o, b, name);
