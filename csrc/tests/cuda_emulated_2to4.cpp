@@ -1,16 +1,20 @@
-// The float16 2:4 sparse GEMM kernels (gemm_2to4_kernels.cuh) run on the CPU
-// (cuda/emulate/cuda_emulate.h) on weights packed by the host packer
-// (pack_2to4_mma.cpp, metadata layout 0: the one the H200 computed with), each
-// output within 1e-5 of a double-precision dense sum (float32 accumulators
-// added in another order). Every kernel the launcher picks (split-K at
-// M <= 8 and <= 16; tiled, or the direct kernel for unaligned rows) and the
-// tiled_wide variant, cp.async landing at issue and as late as allowed;
-// groups with 0, 1 and 2 non-zeros. (The int8 2:4 kernels are checked exactly
-// by cuda_emulated_s8.) Built and run by tests/test_cuda_emulated.py.
+// The float16 2:4 sparse GEMM (gemm_2to4_f16: the launcher and its kernels)
+// run on the CPU (cuda/emulate/cuda_emulate.h) on weights packed by the host
+// packer (pack_2to4_mma.cpp, metadata layout 0: the one the H200 computed
+// with), each output within 1e-5 of a double-precision dense sum (float32
+// accumulators added in another order). Both variants, on three device
+// models, with x aligned for the tiled kernel, for 4-byte loads, and for
+// neither, so every kernel runs (split-K at M <= 8 and <= 16; tiled, tiled
+// with 2 channel tiles a warp, or the direct kernel at M > 16); cp.async
+// landing at issue and as late as allowed; groups with 0, 1 and 2 non-zeros.
+// (The int8 2:4 kernels are checked exactly by cuda_emulated_s8.) Built and
+// run by tests/test_cuda_emulated.py with an emulated copy of the launcher.
 //
 // Usage: cuda_emulated_2to4   (one line per case; exit 1 on a mismatch)
-#include "cuda/emulate/cuda_emulate.h"
 #include "cuda_emulated_check.h"
+
+#include "cuda/cuda_kernels.h"
+#include "gemm_s8s8.h"  // edgevla_activation
 
 #include "cuda_emulated_2to4.h"
 
@@ -91,36 +95,25 @@ Operands make(const Problem& p, uint32_t seed) {
     return o;
 }
 
-using Kernel = Sparse2to4Kernel;
-
-template <Kernel kKernel, int kTiles, bool kVector>
-int run(const Operands& o, emulate::CopyLanding landing) {
+// One launcher call (gemm_2to4_f16, emulated): x aligned to `align` bytes
+// (16: what the tiled kernel needs; 4: 4-byte loads; 2: neither).
+int run(const Operands& o, Gemm2to4Variant variant, const char* variant_name, const emulate::NamedModel& model,
+        size_t align, emulate::CopyLanding landing) {
     const Problem& p = o.p;
-    // 16-byte aligned rows where the tiled kernel needs them; else 4 (the launcher's vector test) or 2.
-    const size_t align = kKernel == Kernel::tiled ? 16 : kVector ? 4 : 2;
-    const uint16_t* x = emulate::guarded_copy(o.x.data(), static_cast<size_t>((p.m - 1) * o.ldx + p.k), align);
-    const uint4* values = o.packed.device_values();
-    const uint32_t* meta = o.packed.device_meta();
-    const EpilogueF32 epilogue{emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), p.activation};
-    float* c = emulate::poisoned_output<float>(static_cast<size_t>((p.m - 1) * o.ldc + p.n));
-    const Launch2to4 shape = launch_of(kKernel, kTiles, p.m, p.n);
+    Gemm2to4F16Args args;
+    args.m = p.m, args.n = p.n, args.k = p.k, args.ldx = o.ldx;
+    args.x = emulate::guarded_copy(o.x.data(), static_cast<size_t>((p.m - 1) * o.ldx + p.k), align);
+    args.values = reinterpret_cast<const uint32_t*>(o.packed.device_values()), args.meta = o.packed.device_meta();
+    args.bias = emulate::guarded_copy(o.bias.data(), o.bias.size(), 4), args.activation = p.activation;
+    args.c = emulate::poisoned_output<float>(static_cast<size_t>((p.m - 1) * o.ldc + p.n)), args.ldc = o.ldc;
     emulate::copy_landing() = landing;
-    emulate::launch(shape.grid, shape.block, [&] {
-        if constexpr (kKernel == Kernel::split_k) {
-            gemm_2to4_f16_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
-        } else if constexpr (kKernel == Kernel::tiled) {
-            gemm_2to4_f16_tiled_kernel<kTiles>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
-        } else {
-            gemm_2to4_f16_kernel<kTiles, kVector>(p.m, p.n, p.k, x, o.ldx, values, meta, epilogue, c, o.ldc);
-        }
-    });
+    const std::string launched = emulate::launched_on(model.model, [&] { gemm_2to4_f16(args, variant, 0); });
     emulate::copy_landing() = emulate::CopyLanding::at_wait;
-    char name[160];
-    std::snprintf(name, sizeof(name), "2to4_f16<%s,%d,%s>%s m=%ld n=%ld k=%ld pad=%ld", name_of(kKernel), kTiles,
-                  kKernel == Kernel::tiled ? "16-byte rows" : kVector ? "vector" : "halves",
-                  kKernel != Kernel::tiled ? "" : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late",
-                  long(p.m), long(p.n), long(p.k), long(p.pad));
-    return emulate::check_output(c, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t col, float got) {
+    char name[240];
+    std::snprintf(name, sizeof(name), "gemm_2to4_f16(%s) on %s, x aligned to %zu%s m=%ld n=%ld k=%ld pad=%ld [%s]",
+                  variant_name, model.name, align, landing == emulate::CopyLanding::at_issue ? ", cp.async early" : "",
+                  long(p.m), long(p.n), long(p.k), long(p.pad), launched.c_str());
+    return emulate::check_output(args.c, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t col, float got) {
         double want = o.expected[r * p.n + col];
         if (p.activation == EDGEVLA_ACTIVATION_RELU) want = want > 0.0 ? want : 0.0;
         if (std::fabs(static_cast<double>(got) - want) <= o.bound[r * p.n + col]) return true;
@@ -129,18 +122,19 @@ int run(const Operands& o, emulate::CopyLanding landing) {
     });
 }
 
-// The launcher's choices for these operands, both row-load forms, the
-// tiled_wide variant, and (M > 16) the direct kernel whatever the rows.
+// Both variants on every device model with x 16-byte aligned, and with x
+// aligned to 4 and 2 bytes (other kernels, or other loads); cp.async landing
+// early too on the first model.
 int run_all(const Operands& o) {
-    const Problem& p = o.p;
+    int failures = 0;
     const auto late = emulate::CopyLanding::at_wait, early = emulate::CopyLanding::at_issue;
-    const bool vector = o.ldx % 2 == 0;
-    if (p.m <= 8) return run<Kernel::split_k, 1, false>(o, late) + (vector ? run<Kernel::split_k, 1, true>(o, late) : 0);
-    if (p.m <= 16) return run<Kernel::split_k, 2, false>(o, late) + (vector ? run<Kernel::split_k, 2, true>(o, late) : 0);
-    int failures = run<Kernel::direct, 4, false>(o, late) + (vector ? run<Kernel::direct, 4, true>(o, late) : 0);
-    if ((o.ldx * 2) % 16 == 0 && (p.k * 2) % 16 == 0) {
-        for (const auto landing : {early, late}) {
-            failures += run<Kernel::tiled, 1, false>(o, landing) + run<Kernel::tiled, 2, false>(o, landing);
+    for (const emulate::NamedModel& model : emulate::kDeviceModels) {
+        for (const auto variant : {Gemm2to4Variant::automatic, Gemm2to4Variant::tiled_wide}) {
+            const char* name = variant == Gemm2to4Variant::automatic ? "automatic" : "tiled_wide";
+            failures += run(o, variant, name, model, 16, late);
+            if (&model != &emulate::kDeviceModels[0]) continue;
+            failures += run(o, variant, name, model, 16, early) + run(o, variant, name, model, 4, late) +
+                        run(o, variant, name, model, 2, late);
         }
     }
     return failures;

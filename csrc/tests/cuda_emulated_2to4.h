@@ -1,11 +1,9 @@
 // What the emulated 2:4 drivers (cuda_emulated_s8.cpp's int8 part,
-// cuda_emulated_2to4.cpp) share: packing with the H200's metadata layouts,
-// and the launcher's grid for each 2:4 kernel (gemm_2to4_launch.cu).
+// cuda_emulated_2to4.cpp) share: packing with the H200's metadata layouts.
 #pragma once
 
 #include "cuda/emulate/cuda_emulate.h"
 
-#include "cuda/gemm_2to4_kernels.cuh"
 #include "cuda/pack_2to4_mma.h"
 
 #include <cstdint>
@@ -39,30 +37,5 @@ struct Packed2to4 {
     }
     const uint32_t* device_meta() const { return emulate::guarded_copy(meta.data(), meta.size(), 16); }
 };
-
-enum class Sparse2to4Kernel { direct, split_k, tiled };
-
-inline const char* name_of(Sparse2to4Kernel kernel) {
-    return kernel == Sparse2to4Kernel::direct ? "direct" : kernel == Sparse2to4Kernel::split_k ? "split_k" : "tiled";
-}
-
-// The launcher's grid and block for `kernel` with `tiles` token tiles
-// (direct, split_k) or channel tiles a warp (tiled).
-struct Launch2to4 {
-    emulate::Index3 grid, block;
-};
-inline Launch2to4 launch_of(Sparse2to4Kernel kernel, int tiles, int64_t m, int64_t n) {
-    const auto n_tiles = static_cast<unsigned>((n + 15) / 16);
-    const auto token_blocks = static_cast<unsigned>((m + 8 * tiles - 1) / (8 * tiles));
-    switch (kernel) {
-        case Sparse2to4Kernel::split_k: return {{n_tiles, token_blocks, 1}, {k2to4SplitWarps * 32, 1, 1}};
-        case Sparse2to4Kernel::tiled: {
-            const unsigned per_block = k2to4Warps * static_cast<unsigned>(tiles);
-            return {{(n_tiles + per_block - 1) / per_block, static_cast<unsigned>((m + k2to4TileTokens - 1) / k2to4TileTokens), 1},
-                    {k2to4Warps * 32, 1, 1}};
-        }
-        default: return {{(n_tiles + k2to4Warps - 1) / k2to4Warps, token_blocks, 1}, {k2to4Warps * 32, 1, 1}};
-    }
-}
 
 }  // namespace edgevla::cuda

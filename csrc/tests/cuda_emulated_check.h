@@ -1,8 +1,9 @@
 // What the emulated-kernel drivers (cuda_emulated_*.cpp) share: reading a
-// strided output back against a reference, one line per case.
+// strided output back against a reference, one line per case, and the
+// device models their launcher runs use.
 #pragma once
 
-#include "cuda/emulate/cuda_emulate.h"
+#include "cuda/emulate/cuda_runtime_emulate.h"
 
 #include <cstdint>
 #include <cstdio>
@@ -28,6 +29,24 @@ int check_output(const T* out, int64_t rows, int64_t cols, int64_t ld, const std
     }
     std::printf("%s: %s\n", name.c_str(), bad ? "FAIL" : "ok");
     return bad ? 1 : 0;
+}
+
+// The device models the launchers run on: a server GPU, an Orin-like part,
+// and one so small that most grids do not fit in one wave.
+struct NamedModel {
+    const char* name;
+    DeviceModel model;
+};
+inline const NamedModel kDeviceModels[] = {
+    {"H200", {132, 9, 0, 64, 32}}, {"Orin", {16, 8, 7, 48, 16}}, {"2-SM", {2, 8, 7, 16, 2}}};
+
+// Runs `call` (one launcher call) on `model`, and returns what it launched.
+template <typename Call>
+std::string launched_on(const DeviceModel& model, Call call) {
+    device_model() = model;
+    launch_log().clear();
+    call();
+    return describe_launches();
 }
 
 }  // namespace edgevla::cuda::emulate

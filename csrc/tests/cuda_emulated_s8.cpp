@@ -6,13 +6,19 @@
 //   * gemm_s8s8_tiled_kernel: every tile (TileLarge, TileSmall, TileTiny,
 //     TileWide, both split-K tiles), with cp.async landing at issue and as
 //     late as the kernel's waits allow, over poisoned shared memory;
-// 16-byte and byte loads, per-token and per-tensor activation scales. Inputs end at an
-// inaccessible page; outputs are poisoned, and a strided output's gaps must
-// stay so. Built and run by tests/test_cuda_emulated.py.
+//   * the launchers gemm_s8s8 (every variant) and gemm_2to4_s8 (automatic,
+//     tiled_wide: split-K, tiled, direct kernels by shape) on three device
+//     models (cuda_emulated_check.h), the 2:4 weight packed by the host packer;
+// 16-byte and byte loads, per-token and per-tensor activation scales. Inputs
+// end at an inaccessible page; outputs are poisoned, and a strided output's
+// gaps must stay so. Built and run by tests/test_cuda_emulated.py, which links
+// emulated copies of the launchers (their <<<>>> launches rewritten) and
+// cuda_runtime_emulate.cpp.
 //
 // Usage: cuda_emulated_s8   (one line per case; exit 1 on a mismatch)
-#include "cuda/emulate/cuda_emulate.h"
 #include "cuda_emulated_check.h"
+
+#include "cuda/cuda_kernels.h"
 
 #include "cuda/gemm_s8s8_kernels.cuh"
 #include "cuda_emulated_2to4.h"
@@ -28,7 +34,7 @@ namespace edgevla::cuda {
 
 // The tiled kernels' dynamic shared memory (extern __shared__ smem[]), large
 // enough for every tile; poisoned before each block.
-constexpr size_t kSmemCapacity = 128 * 1024;
+constexpr size_t kSmemCapacity = emulate::kDynamicSharedCapacity;
 alignas(16) thread_local int8_t smem[kSmemCapacity];
 
 namespace {
@@ -208,47 +214,66 @@ Operands sparsify(const Operands& dense, Packed2to4& packed, uint32_t seed) {
     return o;
 }
 
-template <Sparse2to4Kernel kKernel, int kTiles, bool kVector>
-int run_2to4(const Operands& o, const Packed2to4& packed, emulate::CopyLanding landing) {
-    const Problem& p = o.p;
-    const Buffers b = upload(o, kVector);
-    const uint4* values = packed.device_values();
-    const uint32_t* meta = packed.device_meta();
-    const Launch2to4 shape = launch_of(kKernel, kTiles, p.m, p.n);
-    emulate::copy_landing() = landing;
-    emulate::launch(shape.grid, shape.block, [&] {
-        if constexpr (kKernel == Sparse2to4Kernel::split_k) {
-            gemm_2to4_s8_split_k_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
-        } else if constexpr (kKernel == Sparse2to4Kernel::tiled) {
-            gemm_2to4_s8_tiled_kernel<kTiles>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
-        } else {
-            gemm_2to4_s8_kernel<kTiles, kVector>(p.m, p.n, p.k, b.a, o.ld, values, meta, b.out);
-        }
-    });
-    emulate::copy_landing() = emulate::CopyLanding::at_wait;
-    char name[80];
-    std::snprintf(name, sizeof(name), "2to4<%s,%d,%s>%s", name_of(kKernel), kTiles, kVector ? "vector" : "bytes",
-                  kKernel != Sparse2to4Kernel::tiled ? ""
-                  : landing == emulate::CopyLanding::at_issue ? " cp.async early" : " cp.async late");
-    return check(o, b, name);
+// ---- Through the launchers (gemm_s8s8_launch.cu, gemm_2to4_launch.cu, emulated)
+
+// The W8A8 output fields of `b` into a launcher's arguments.
+void set_output(W8A8OutputArgs& args, const Buffers& b) {
+    args.w_scale = b.out.epilogue.w_scale, args.a_scale = b.out.epilogue.a_scale;
+    args.a_scale_per_token = b.out.epilogue.a_scale_per_token != 0;
+    args.bias = b.out.epilogue.bias, args.activation = b.out.epilogue.activation;
+    args.c_f32 = b.out.c_f32, args.c_s32 = b.out.c_s32, args.ldc = b.out.ldc;
 }
 
-// What the launcher runs for these operands (split-K at M <= 16; tiled, or
-// the direct kernel for rows unfit for 16-byte loads), plus the tiled_wide
-// variant and, at M > 16, the direct kernel whatever the rows.
-int run_2to4_all(const Operands& dense, uint32_t seed) {
-    Packed2to4 packed;
-    const Operands o = sparsify(dense, packed, seed);
+// Buffers aligned for 16-byte loads where the shape allows them (the
+// launcher then takes them), byte-aligned otherwise.
+bool vector_shape(const Operands& o) { return o.p.k % 16 == 0 && o.ld % 16 == 0; }
+
+int run_gemm(const Operands& o, GemmVariant variant, const char* variant_name, const emulate::NamedModel& model) {
     const Problem& p = o.p;
-    const bool vector = p.k % 16 == 0 && o.ld % 16 == 0;
-    using K = Sparse2to4Kernel;
-    const auto late = emulate::CopyLanding::at_wait, early = emulate::CopyLanding::at_issue;
-    if (p.m <= 8) return vector ? run_2to4<K::split_k, 1, true>(o, packed, late) : run_2to4<K::split_k, 1, false>(o, packed, late);
-    if (p.m <= 16) return vector ? run_2to4<K::split_k, 2, true>(o, packed, late) : run_2to4<K::split_k, 2, false>(o, packed, late);
-    int failures = run_2to4<K::direct, 4, false>(o, packed, late);
-    if (vector) {
-        for (const auto landing : {early, late}) {
-            failures += run_2to4<K::tiled, 1, true>(o, packed, landing) + run_2to4<K::tiled, 2, true>(o, packed, landing);
+    const Buffers b = upload(o, vector_shape(o));
+    GemmS8S8Args args;
+    set_output(args, b);
+    args.m = p.m, args.n = p.n, args.k = p.k, args.a = b.a, args.lda = o.ld, args.w = b.w, args.ldw = o.ld;
+    const std::string launched = emulate::launched_on(model.model, [&] { gemm_s8s8(args, variant, 0); });
+    return check(o, b, std::string("gemm_s8s8(") + variant_name + ") on " + model.name + " [" + launched + "]");
+}
+
+int run_gemm_2to4(const Operands& o, const Packed2to4& packed, Gemm2to4Variant variant, const char* variant_name,
+                  const emulate::NamedModel& model, emulate::CopyLanding landing) {
+    const Problem& p = o.p;
+    const Buffers b = upload(o, vector_shape(o));
+    Gemm2to4S8Args args;
+    set_output(args, b);
+    args.m = p.m, args.n = p.n, args.k = p.k, args.x = b.a, args.ldx = o.ld;
+    args.values = reinterpret_cast<const uint32_t*>(packed.device_values()), args.meta = packed.device_meta();
+    emulate::copy_landing() = landing;
+    const std::string launched = emulate::launched_on(model.model, [&] { gemm_2to4_s8(args, variant, 0); });
+    emulate::copy_landing() = emulate::CopyLanding::at_wait;
+    return check(o, b, std::string("gemm_2to4_s8(") + variant_name + ") on " + model.name +
+                           (landing == emulate::CopyLanding::at_issue ? " cp.async early" : "") + " [" + launched + "]");
+}
+
+// Every variant the launchers take at this M, on every device model; the
+// 2:4 ones on a 2:4 copy of W, with cp.async landing late and (on the first
+// model) early too.
+int run_launchers(const Operands& dense, uint32_t seed) {
+    Packed2to4 packed;
+    const Operands sparse = sparsify(dense, packed, seed);
+    int failures = 0;
+    for (const emulate::NamedModel& model : emulate::kDeviceModels) {
+        failures += run_gemm(dense, GemmVariant::automatic, "automatic", model) +
+                    run_gemm(dense, GemmVariant::tiled_split_k, "tiled_split_k", model);
+        if (dense.p.m <= 16) {
+            failures += run_gemm(dense, GemmVariant::small_m, "small_m", model) +
+                        run_gemm(dense, GemmVariant::small_m_wave, "small_m_wave", model);
+        } else {
+            failures += run_gemm(dense, GemmVariant::tiled, "tiled", model) +
+                        run_gemm(dense, GemmVariant::tiled_wide, "tiled_wide", model);
+        }
+        for (const auto landing : {emulate::CopyLanding::at_wait, emulate::CopyLanding::at_issue}) {
+            if (landing == emulate::CopyLanding::at_issue && &model != &emulate::kDeviceModels[0]) continue;
+            failures += run_gemm_2to4(sparse, packed, Gemm2to4Variant::automatic, "automatic", model, landing) +
+                        run_gemm_2to4(sparse, packed, Gemm2to4Variant::tiled_wide, "tiled_wide", model, landing);
         }
     }
     return failures;
@@ -280,14 +305,14 @@ int main() {
         const auto o = edgevla::cuda::make(p, seed++);
         failures += edgevla::cuda::run_small_m_all<false>(o);
         if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_small_m_all<true>(o);
-        failures += edgevla::cuda::run_2to4_all(o, seed++);
+        failures += edgevla::cuda::run_launchers(o, seed++);
         ++problems;
     }
     for (const Problem& p : tiled) {
         const auto o = edgevla::cuda::make(p, seed++);
         failures += edgevla::cuda::run_tiled_all<false>(o);
         if (p.k % 16 == 0 && (p.k + p.pad) % 16 == 0) failures += edgevla::cuda::run_tiled_all<true>(o);
-        failures += edgevla::cuda::run_2to4_all(o, seed++);
+        failures += edgevla::cuda::run_launchers(o, seed++);
         ++problems;
     }
     std::printf("%d problems: %d kernel runs failed\n", problems, failures);

@@ -8,8 +8,10 @@
 // poisoned. Built and run by tests/test_cuda_emulated.py.
 //
 // Usage: cuda_emulated_w4 [--quick]   (prints one line per case; exit 1 on a mismatch)
-#include "cuda/emulate/cuda_emulate.h"
 #include "cuda_emulated_check.h"
+
+#include "cuda/cuda_kernels.h"
+#include "packed_formats.h"
 
 #include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/gemm_w4_mma_kernels.cuh"
@@ -189,12 +191,50 @@ int run_tensor_cores(const Operands& o) {
     return check(o, d, describe("tensor_cores", p, sizeof(T) == 2, kColTiles, kWarps));
 }
 
+// Through the launcher (gemm_w4_launch.cu, emulated): each variant on each
+// device model, the packed buffer laid out as the bindings pass it (header,
+// codes, scales at scales_offset).
+template <typename T>
+int run_launcher(const Operands& o, GemmW4Variant variant, const char* variant_name, const emulate::DeviceModel& model,
+                 const char* model_name) {
+    const Problem& p = o.p;
+    const Device d = upload<T>(o);
+    const size_t header = sizeof(edgevla_packed_header), codes = o.codes.size() * 4, scales = o.scales.size() * 4;
+    std::vector<uint8_t> bytes(header + codes + scales, 0);
+    std::memcpy(bytes.data() + header, o.codes.data(), codes);
+    std::memcpy(bytes.data() + header + codes, o.scales.data(), scales);
+    GemmW4Args args;
+    args.m = p.m, args.n = p.n, args.k = p.k, args.group = p.group;
+    args.x = d.x, args.x_f16 = sizeof(T) == 2, args.ldx = o.ldx;
+    args.packed = emulate::guarded_copy(bytes.data(), bytes.size(), 16);
+    args.scales_offset = header + codes;
+    args.bias = d.bias, args.activation = p.activation;
+    args.y = d.y, args.ldy = o.ldy;
+    const std::string launched = emulate::launched_on(model, [&] { gemm_w4(args, variant, 0); });
+    char name[240];
+    std::snprintf(name, sizeof(name), "gemm_w4(%s) on %s %s m=%ld n=%ld k=%ld g=%ld ldx+%ld%s [%s]", variant_name,
+                  model_name, sizeof(T) == 2 ? "f16" : "f32", long(p.m), long(p.n), long(p.k), long(p.group),
+                  long(p.x_pad), p.extreme_rows ? " extreme" : "", launched.c_str());
+    return check(o, d, name);
+}
+
+template <typename T>
+int run_launchers(const Operands& o) {
+    int failures = 0;
+    for (const emulate::NamedModel& m : emulate::kDeviceModels) {
+        failures += run_launcher<T>(o, GemmW4Variant::automatic, "automatic", m.model, m.name) +
+                    run_launcher<T>(o, GemmW4Variant::streaming, "streaming", m.model, m.name) +
+                    run_launcher<T>(o, GemmW4Variant::tensor_cores, "tensor_cores", m.model, m.name);
+    }
+    return failures;
+}
+
 // Every instantiation the launcher may pick for this M (and, for the row
 // kernels, every row count: a block of kRows rows takes any M).
 template <typename T>
 int run_all(const Problem& p, uint32_t seed, bool quick) {
     const Operands o = make(p, sizeof(T) == 2, seed);
-    int failures = 0;
+    int failures = run_launchers<T>(o);
     failures += run_cuda_cores<T, 1>(o) + run_cuda_cores<T, 4>(o);
     if (!quick) failures += run_cuda_cores<T, 2>(o);
     failures += run_streaming<T, 1, 4>(o) + run_streaming<T, 2, 8>(o) + run_streaming<T, 4, 16>(o);

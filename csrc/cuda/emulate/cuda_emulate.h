@@ -33,7 +33,10 @@
 #error "cuda_emulate.h is for host builds of kernel source with EDGEVLA_CUDA_EMULATE defined"
 #endif
 
+// The CUDA headers first: they declare threadIdx and friends, which the
+// macros below then replace.
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <vector_types.h>
 
 #include <signal.h>
@@ -49,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -384,10 +388,29 @@ private:
     bool live_ = false;
 };
 
+// The launches made so far (grid, block), for drivers to say what a launcher chose.
+struct LaunchRecord {
+    Index3 grid, block;
+};
+inline std::vector<LaunchRecord>& launch_log() {
+    static std::vector<LaunchRecord> log;
+    return log;
+}
+inline std::string describe_launches() {
+    std::string text;
+    for (const LaunchRecord& r : launch_log()) {
+        char one[64];
+        std::snprintf(one, sizeof(one), "%s%ux%u blocks of %u", text.empty() ? "" : " + ", r.grid.x, r.grid.y, r.block.x);
+        text += one;
+    }
+    return text;
+}
+
 // kernel<<<grid, block>>>(args...) as launch(grid, block, [&] { kernel(args...); }).
 // before_block, if given, runs before each block (to poison shared memory, say).
 inline void launch(Index3 grid, Index3 block, const std::function<void()>& body,
                    const std::function<void()>& before_block = nullptr) {
+    launch_log().push_back({grid, block});
     for (unsigned z = 0; z < std::max(grid.z, 1u); ++z)
         for (unsigned y = 0; y < std::max(grid.y, 1u); ++y)
             for (unsigned x = 0; x < std::max(grid.x, 1u); ++x) {
