@@ -180,3 +180,36 @@ def test_emulation_reports_what_a_gpu_would_not(drivers, mode, status, message):
     assert result.returncode == status, result.stdout + result.stderr
     report = result.stderr.strip().splitlines()
     assert len(report) == 1 and report[0].startswith("cuda emulation: ") and message in report[0]
+
+
+# Each mutation is a one-line bug in a kernel header; the driver must then fail.
+MUTATIONS = {
+    "streaming-swapped-scales": (
+        "cuda/gemm_w4_stream_kernels.cuh", "cuda_emulated_w4",
+        "const float scale[4] = {__uint_as_float(scale_bits.x), __uint_as_float(scale_bits.y),",
+        "const float scale[4] = {__uint_as_float(scale_bits.y), __uint_as_float(scale_bits.x),"),
+    "tiled-stage-barrier-missing": (
+        "cuda/gemm_s8s8_kernels.cuh", "cuda_emulated_s8",
+        "group_barrier<kSplit, kThreads>(group);  // ... for every thread", "// (no barrier)"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_bug_in_a_kernel_fails_its_driver(drivers, tmp_path, mutation):
+    header, driver, before, after = MUTATIONS[mutation]
+    text = (CSRC / header).read_text()
+    assert text.count(before) == 1
+    (tmp_path / header).parent.mkdir(parents=True)
+    (tmp_path / header).write_text(text.replace(before, after))
+    include, compiler = _cuda_include(), _compiler()
+    flags = ["-std=c++17", "-O1", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-extern-tls-init",
+             "-DEDGEVLA_CUDA_EMULATE", f"-I{tmp_path}", f"-I{CSRC}", f"-I{include}"]
+    sources = [str(CSRC / "tests" / f"{driver}.cpp")]
+    for extra in DRIVERS[driver]:
+        copy = drivers[driver].parent / (Path(extra).stem + "_emulated.cpp")
+        sources.append(str(copy if extra.endswith(".cu") else CSRC / extra))
+    binary = tmp_path / driver
+    built = subprocess.run([compiler, *flags, *sources, "-o", str(binary)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    result = _run(binary, "--quick") if driver == "cuda_emulated_w4" else _run(binary)
+    assert result.returncode == 1 and ": FAIL" in result.stdout
