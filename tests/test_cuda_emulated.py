@@ -123,18 +123,27 @@ def test_int4_kernels_match_the_reference(drivers):
     result = _run(drivers["cuda_emulated_w4"])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
     cases = _case_lines(result.stdout)
-    # 8 problems x 2 x types x (3 cuda_cores + 9 streaming + 2 or 3 tensor_cores instantiations + 9 launcher calls)
-    assert len(cases) >= 8 * 2 * 23
+    # 10 problems x 2 x types x (3 cuda_cores + 9 streaming + 2 to 6 tensor_cores instantiations + 9 launcher calls)
+    assert len(cases) >= 10 * 2 * 23
     assert all(line.endswith(": ok") for line in cases), cases
-    for kernel in ("cuda_cores<f32", "streaming<f16", "tensor_cores<f32", "tensor_cores<f16", "gemm_w4(automatic)",
+    for kernel in ("cuda_cores<f32", "streaming<f16", "tensor_cores/16ch<f32", "tensor_cores/16ch<f16",
+                   "tensor_cores/32ch<f16,2", "tensor_cores/64ch<f32,1", "gemm_w4(automatic)",
                    "gemm_w4(streaming) on Orin", "gemm_w4(tensor_cores) on 2-SM"):
         assert any(line.startswith(kernel) for line in cases), kernel
-    assert any(" extreme" in line and line.startswith("tensor_cores<f32") for line in cases)
+    assert any(" extreme" in line and line.startswith("tensor_cores/64ch<f32") for line in cases)
     # The launcher's one-wave rule: 16 warps when one block has units for them, the fewest (4)
     # when the grid cannot be resident at once (8 blocks on 2 SMs of 2 blocks each).
     assert any(line.startswith("gemm_w4(streaming) on H200 f32 m=1 n=16 k=4096") and "[1x1 blocks of 512]" in line
                for line in cases)
     assert any(line.startswith("gemm_w4(streaming) on 2-SM f32 m=30") and "[1x8 blocks of 128]" in line
+               for line in cases)
+    # tensor_cores: blocks of 4 channel tiles when there are still blocks for every SM (9 tiles, 2 SMs),
+    # of 2 at 2 column tiles (5 tiles), else of 1.
+    assert any(line.startswith("gemm_w4(tensor_cores) on 2-SM f32 m=1 n=136") and "[3x1 blocks" in line
+               for line in cases)
+    assert any(line.startswith("gemm_w4(tensor_cores) on 2-SM f32 m=9 n=72") and "[3x1 blocks" in line
+               for line in cases)
+    assert any(line.startswith("gemm_w4(tensor_cores) on H200 f32 m=1 n=136") and "[9x1 blocks" in line
                for line in cases)
     assert result.stdout.rstrip().endswith("0 kernel runs failed")
 
@@ -211,5 +220,5 @@ def test_a_bug_in_a_kernel_fails_its_driver(drivers, tmp_path, mutation):
     binary = tmp_path / driver
     built = subprocess.run([compiler, *flags, *sources, "-o", str(binary)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
-    result = _run(binary, "--quick") if driver == "cuda_emulated_w4" else _run(binary)
+    result = _run(binary, "--quick")
     assert result.returncode == 1 and ": FAIL" in result.stdout

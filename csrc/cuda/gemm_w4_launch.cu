@@ -1,7 +1,7 @@
 // Launchers of the int4 GEMV: the CUDA-core kernel (rows per block by M,
 // float32 or float16 X), its streaming layout (rows by M, warps per block by
 // the grid) and the tensor-core kernel (float16 or float32 X, column tiles
-// by M, warps per block by the grid).
+// by M, channel tiles and warps per block by the grid).
 #include "cuda/cuda_kernels.h"
 #include "cuda/gemm_w4_kernels.cuh"
 #include "cuda/gemm_w4_mma_kernels.cuh"
@@ -88,19 +88,34 @@ void launch_streaming(const GemmW4Args& g, cudaStream_t stream) {
     });
 }
 
-// Column tiles of 8 rows by M: at most 8.
+template <typename T, int kColTiles, int kChanTiles>
+void launch_mma_with(const GemmW4Args& g, cudaStream_t stream) {
+    const W4Operands o = operands<T>(g);
+    const dim3 grid(static_cast<unsigned>(((g.n + 15) / 16 + kChanTiles - 1) / kChanTiles));
+    // With 4 or 8 column tiles, 16 warps of partial sums would pass the 48 KB of static shared memory.
+    by_warps<(kColTiles <= 2)>(
+        [](auto warps) { return gemm_w4_mma_kernel<T, kColTiles, warps(), kChanTiles>; }, grid.x, w4_units(g),
+        kW4MmaBatch / kChanTiles, [&](auto kernel, int warps) {
+            kernel<<<grid, warps * 32, 0, stream>>>(g.m, g.n, g.k, o.group_shift, static_cast<const T*>(g.x), g.ldx,
+                                                    o.x_vector, o.codes, o.scales, o.epilogue, g.y, g.ldy);
+            check_launch("gemm_w4_mma_kernel", stream);
+        });
+}
+
+// Column tiles of 8 rows by M (at most 8), and channel tiles of 16 a block:
+// the most (4 or 2, with at most 4 tiles of either kind a warp) that still
+// give every multiprocessor a block, so a unit's x is loaded and split once
+// for up to 64 channels.
 template <typename T, int kColTiles>
 void launch_mma(const GemmW4Args& g, cudaStream_t stream) {
-    const W4Operands o = operands<T>(g);
-    const dim3 grid(static_cast<unsigned>((g.n + 15) / 16));
-    // With 4 or 8 column tiles, 16 warps of partial sums would pass the 48 KB of static shared memory.
-    by_warps<(kColTiles <= 2)>([](auto warps) { return gemm_w4_mma_kernel<T, kColTiles, warps()>; }, grid.x,
-                               w4_units(g), kW4MmaBatch, [&](auto kernel, int warps) {
-                                   kernel<<<grid, warps * 32, 0, stream>>>(
-                                       g.m, g.n, g.k, o.group_shift, static_cast<const T*>(g.x), g.ldx,
-                                       o.x_vector, o.codes, o.scales, o.epilogue, g.y, g.ldy);
-                                   check_launch("gemm_w4_mma_kernel", stream);
-                               });
+    const int64_t tiles = (g.n + 15) / 16, sms = multiprocessor_count();
+    if constexpr (kColTiles == 1) {
+        if (tiles / 4 >= sms) return launch_mma_with<T, kColTiles, 4>(g, stream);
+    }
+    if constexpr (kColTiles <= 2) {
+        if (tiles / 2 >= sms) return launch_mma_with<T, kColTiles, 2>(g, stream);
+    }
+    launch_mma_with<T, kColTiles, 1>(g, stream);
 }
 
 template <typename T>

@@ -110,94 +110,155 @@ __device__ __forceinline__ void w4_unit_mma(float (&d)[4], const uint32_t (&row0
                           __byte_perm(xv.y, xv.w, 0x7632));
 }
 
-// kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles. kWarps
-// warps split the block's units (one_wave.cuh picks it so that the grid
-// is resident in one wave, as for gemm_w4_stream_kernels.cuh). T: __half or float.
-template <typename T, int kColTiles, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles, kWarps))
+// The x operand of one unit (32 k) for one column tile of 8 batch rows: a
+// lane's 8 float16 x (float16 x), or their hi and lo float16 parts with the
+// inverse scales of the two batch rows its accumulators hold (float32 x).
+template <typename T>
+struct UnitX {
+    uint4 hi, lo;
+    float inverse0, inverse1;
+
+    // Every lane of the warp calls this (float32 x: shuffles).
+    __device__ __forceinline__ void load(const T* __restrict__ row, int64_t k0, int64_t k, bool x_vector, bool row_ok,
+                                         int t) {
+        if constexpr (sizeof(T) == 2) {
+            hi = load_x_f16x8(row, k0, k, x_vector, row_ok);
+        } else {
+            float xs[8];
+            load_x8<float>(row, k0, k, x_vector, xs);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) xs[i] = row_ok ? xs[i] : 0.0f;
+            const SplitX split = split_x_f32x8(xs);
+            hi = split.hi, lo = split.lo;
+            // d[0], d[2] are batch row 2 t of the tile, d[1], d[3] row 2 t + 1: lanes 8 t, 8 t + 4 hold their scales.
+            inverse0 = __shfl_sync(0xffffffffu, split.inverse, 8 * t);
+            inverse1 = __shfl_sync(0xffffffffu, split.inverse, 8 * t + 4);
+        }
+    }
+
+    // d = the unit's dot products of one channel tile's decoded codes with this x.
+    __device__ __forceinline__ void dot(float (&d)[4], const uint32_t (&row0)[4], const uint32_t (&row1)[4]) const {
+        d[0] = d[1] = d[2] = d[3] = 0.0f;
+        w4_unit_mma(d, row0, row1, hi);
+        if constexpr (sizeof(T) == 4) {
+            w4_unit_mma(d, row0, row1, lo);
+            // Multiplying by a power of two is exact.
+            d[0] *= inverse0, d[1] *= inverse1, d[2] *= inverse0, d[3] *= inverse1;
+        }
+    }
+};
+
+// kColTiles column tiles of 8 batch rows each: M <= 8 kColTiles. A block owns
+// kChanTiles channel tiles of 16 (blocks 16 kChanTiles channels wide), and its
+// kWarps warps split the units (one_wave.cuh picks the warps so that the grid
+// is resident in one wave, as for gemm_w4_stream_kernels.cuh). A warp loads
+// and (float32 x) splits a unit's x once for all kChanTiles channel tiles:
+// that work, ~45 instructions a unit and column tile, is what limits a batch-1
+// GEMV on float32 x, not the weight stream. kW4MmaBatch / kChanTiles units
+// are in flight a warp, so the registers for loads stay the same. T: __half or
+// float.
+template <typename T, int kColTiles, int kWarps, int kChanTiles = 1>
+__global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles * kChanTiles, kWarps))
     gemm_w4_mma_kernel(int64_t m, int64_t n, int64_t k, int group_shift, const T* __restrict__ x, int64_t ldx,
                        bool x_vector, const uint32_t* __restrict__ codes, const float* __restrict__ scales,
                        EpilogueF32 epilogue, float* __restrict__ y, int64_t ldy) {
-    __shared__ float partial[kWarps][kColTiles][4][32];
+    static_assert(kW4MmaBatch % kChanTiles == 0, "whole units in flight");
+    constexpr int kBatch = kW4MmaBatch / kChanTiles;
+    __shared__ float partial[kWarps][kChanTiles][kColTiles][4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
-    const int64_t block = blockIdx.x;
+    const int64_t first_tile = static_cast<int64_t>(blockIdx.x) * kChanTiles;  // of 16 channels
+    const int64_t n_tiles = (n + 15) / 16;
     const int64_t k_cells = (k + 7) / 8, k_groups = ((k - 1) >> group_shift) + 1;
     const int64_t units = (k_cells + 3) / 4;
-    const uint32_t* block_codes = codes + block * k_cells * 16;
-    const float* block_scales = scales + block * k_groups * 16;
 
-    float total[kColTiles][4];
+    float total[kChanTiles][kColTiles][4];
 #pragma unroll
-    for (int c = 0; c < kColTiles; ++c) total[c][0] = total[c][1] = total[c][2] = total[c][3] = 0.0f;
+    for (int j = 0; j < kChanTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < kColTiles; ++c) total[j][c][0] = total[j][c][1] = total[j][c][2] = total[j][c][3] = 0.0f;
 
     // The unit loop: warp w takes units w, w + kWarps, ...; each batch issues its
-    // kW4MmaBatch weight and scale loads before the first MMA.
-    for (int64_t first = warp; first < units; first += kWarps * kW4MmaBatch) {
-        uint2 words[kW4MmaBatch], scale_bits[kW4MmaBatch];
+    // weight and scale loads (kBatch units x kChanTiles tiles) before the first MMA.
+    for (int64_t first = warp; first < units; first += kWarps * kBatch) {
+        uint2 words[kBatch][kChanTiles], scale_bits[kBatch][kChanTiles];
 #pragma unroll
-        for (int b = 0; b < kW4MmaBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
             const int64_t unit = first + b * kWarps, cell = unit * 4 + t;
-            // Codes past K (or past the last unit) read as 0. The scales are those of
-            // the lane's two channels in the unit's group (a unit of 32 k lies in one group).
-            words[b] = ptx::ldg_stream_v2(block_codes + cell * 16 + 2 * g, cell < k_cells);
-            scale_bits[b] = ptx::ldg_stream_v2(block_scales + ((unit * 32) >> group_shift) * 16 + 2 * g, unit < units);
+#pragma unroll
+            for (int j = 0; j < kChanTiles; ++j) {
+                // Codes past K (or past the last unit, or of a tile past N) read as 0. The scales are
+                // those of the lane's two channels in the unit's group (a unit of 32 k lies in one group).
+                const int64_t tile = first_tile + j;
+                const bool tile_ok = tile < n_tiles;
+                words[b][j] = ptx::ldg_stream_v2(codes + (tile * k_cells + cell) * 16 + 2 * g, tile_ok && cell < k_cells);
+                scale_bits[b][j] = ptx::ldg_stream_v2(
+                    scales + (tile * k_groups + ((unit * 32) >> group_shift)) * 16 + 2 * g, tile_ok && unit < units);
+            }
         }
 #pragma unroll
-        for (int b = 0; b < kW4MmaBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
             const int64_t unit = first + b * kWarps;
             if (unit >= units) break;
             const int64_t cell = unit * 4 + t;
-            uint32_t row0[4], row1[4];  // channel 2 g, channel 2 g + 1
-            decode_w4_pairs(words[b].x, row0);
-            decode_w4_pairs(words[b].y, row1);
-            const float scale0 = __uint_as_float(scale_bits[b].x), scale1 = __uint_as_float(scale_bits[b].y);
-#pragma unroll
-            for (int c = 0; c < kColTiles; ++c) {
+            auto load_x = [&](UnitX<T>& xc, int c) {
                 const int64_t batch_row = 8 * c + g;
                 const bool row_ok = batch_row < m;
-                const T* row = x + (row_ok ? batch_row : 0) * ldx;
-                float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                if constexpr (sizeof(T) == 2) {
-                    w4_unit_mma(d, row0, row1, load_x_f16x8(row, cell * 8, k, x_vector, row_ok));
-                } else {
-                    float xs[8];
-                    load_x8<float>(row, cell * 8, k, x_vector, xs);
+                xc.load(x + (row_ok ? batch_row : 0) * ldx, cell * 8, k, x_vector, row_ok, t);
+            };
+            auto accumulate = [&](int j, int c, const UnitX<T>& xc, const uint32_t (&row0)[4], const uint32_t (&row1)[4]) {
+                float d[4];
+                xc.dot(d, row0, row1);
+                const float scale0 = __uint_as_float(scale_bits[b][j].x), scale1 = __uint_as_float(scale_bits[b][j].y);
+                total[j][c][0] = __fmaf_rn(scale0, d[0], total[j][c][0]);
+                total[j][c][1] = __fmaf_rn(scale0, d[1], total[j][c][1]);
+                total[j][c][2] = __fmaf_rn(scale1, d[2], total[j][c][2]);
+                total[j][c][3] = __fmaf_rn(scale1, d[3], total[j][c][3]);
+            };
+            uint32_t row0[4], row1[4];  // channel 2 g, channel 2 g + 1 of a channel tile
+            if constexpr (kChanTiles == 1) {
+                // One channel tile: decode once, then each column tile's x in turn (no x kept).
+                decode_w4_pairs(words[b][0].x, row0);
+                decode_w4_pairs(words[b][0].y, row1);
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) xs[i] = row_ok ? xs[i] : 0.0f;
-                    const SplitX split = split_x_f32x8(xs);
-                    w4_unit_mma(d, row0, row1, split.hi);
-                    w4_unit_mma(d, row0, row1, split.lo);
-                    // d[0], d[2] are batch row 2 t of the tile, d[1], d[3] row 2 t + 1: lanes 8 t, 8 t + 4 hold
-                    // their scales. Multiplying by a power of two is exact.
-                    const float inverse0 = __shfl_sync(0xffffffffu, split.inverse, 8 * t);
-                    const float inverse1 = __shfl_sync(0xffffffffu, split.inverse, 8 * t + 4);
-                    d[0] *= inverse0, d[1] *= inverse1, d[2] *= inverse0, d[3] *= inverse1;
+                for (int c = 0; c < kColTiles; ++c) {
+                    UnitX<T> xc;
+                    load_x(xc, c);
+                    accumulate(0, c, xc, row0, row1);
                 }
-                total[c][0] = __fmaf_rn(scale0, d[0], total[c][0]);
-                total[c][1] = __fmaf_rn(scale0, d[1], total[c][1]);
-                total[c][2] = __fmaf_rn(scale1, d[2], total[c][2]);
-                total[c][3] = __fmaf_rn(scale1, d[3], total[c][3]);
+            } else {
+                // The column tiles' x once, for every channel tile.
+                UnitX<T> xs[kColTiles];
+#pragma unroll
+                for (int c = 0; c < kColTiles; ++c) load_x(xs[c], c);
+#pragma unroll
+                for (int j = 0; j < kChanTiles; ++j) {
+                    decode_w4_pairs(words[b][j].x, row0);
+                    decode_w4_pairs(words[b][j].y, row1);
+#pragma unroll
+                    for (int c = 0; c < kColTiles; ++c) accumulate(j, c, xs[c], row0, row1);
+                }
             }
         }
     }
 
 #pragma unroll
-    for (int c = 0; c < kColTiles; ++c) {
+    for (int j = 0; j < kChanTiles; ++j)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) partial[warp][c][r][lane] = total[c][r];
-    }
+        for (int c = 0; c < kColTiles; ++c)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) partial[warp][j][c][r][lane] = total[j][c][r];
     __syncthreads();
-    // Output (channel, batch row) of accumulator r of lane l in column tile c:
-    // channel 16 block + 2 (l / 4) + r / 2, batch row 8 c + 2 (l % 4) + r % 2.
-    for (int e = threadIdx.x; e < kColTiles * 4 * 32; e += kWarps * 32) {
-        const int c = e / 128, r = (e / 32) % 4, l = e % 32;
-        const int64_t col = block * 16 + 2 * (l / 4) + r / 2;
+    // Output (channel, batch row) of accumulator r of lane l in channel tile j, column tile c:
+    // channel 16 (first_tile + j) + 2 (l / 4) + r / 2, batch row 8 c + 2 (l % 4) + r % 2.
+    for (int e = threadIdx.x; e < kChanTiles * kColTiles * 128; e += kWarps * 32) {
+        const int j = e / (kColTiles * 128), c = (e / 128) % kColTiles, r = (e / 32) % 4, l = e % 32;
+        const int64_t col = (first_tile + j) * 16 + 2 * (l / 4) + r / 2;
         const int64_t row = 8 * c + 2 * (l % 4) + r % 2;
         if (row >= m || col >= n) continue;
         float sum = 0.0f;
 #pragma unroll
-        for (int v = 0; v < kWarps; ++v) sum += partial[v][c][r][l];
+        for (int v = 0; v < kWarps; ++v) sum += partial[v][j][c][r][l];
         y[row * ldy + col] = epilogue(col, sum);
     }
 }

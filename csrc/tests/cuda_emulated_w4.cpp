@@ -179,16 +179,18 @@ int run_streaming(const Operands& o) {
     return check(o, d, describe("streaming", p, sizeof(T) == 2, kRows, kWarps));
 }
 
-template <typename T, int kColTiles, int kWarps>
+template <typename T, int kColTiles, int kWarps, int kChanTiles = 1>
 int run_tensor_cores(const Operands& o) {
     const Device d = upload<T>(o);
     const Problem& p = o.p;
-    emulate::launch({unsigned(o.blocks), 1, 1}, {kWarps * 32, 1, 1}, [&] {
-        gemm_w4_mma_kernel<T, kColTiles, kWarps>(p.m, p.n, p.k, shift_of(p.group), static_cast<const T*>(d.x), o.ldx,
-                                                 d.x_vector, d.codes, d.scales, EpilogueF32{d.bias, p.activation},
-                                                 d.y, o.ldy);
+    emulate::launch({unsigned((o.blocks + kChanTiles - 1) / kChanTiles), 1, 1}, {kWarps * 32, 1, 1}, [&] {
+        gemm_w4_mma_kernel<T, kColTiles, kWarps, kChanTiles>(p.m, p.n, p.k, shift_of(p.group),
+                                                             static_cast<const T*>(d.x), o.ldx, d.x_vector, d.codes,
+                                                             d.scales, EpilogueF32{d.bias, p.activation}, d.y, o.ldy);
     });
-    return check(o, d, describe("tensor_cores", p, sizeof(T) == 2, kColTiles, kWarps));
+    char kernel[40];
+    std::snprintf(kernel, sizeof(kernel), "tensor_cores/%dch", 16 * kChanTiles);
+    return check(o, d, describe(kernel, p, sizeof(T) == 2, kColTiles, kWarps));
 }
 
 // Through the launcher (gemm_w4_launch.cu, emulated): each variant on each
@@ -243,11 +245,12 @@ int run_all(const Problem& p, uint32_t seed, bool quick) {
                     run_streaming<T, 2, 16>(o) + run_streaming<T, 4, 4>(o) + run_streaming<T, 4, 8>(o);
     }
     if (p.m <= 8) {
-        failures += run_tensor_cores<T, 1, 4>(o) + run_tensor_cores<T, 1, 16>(o);
-        if (!quick) failures += run_tensor_cores<T, 1, 8>(o);
+        failures += run_tensor_cores<T, 1, 4>(o) + run_tensor_cores<T, 1, 16>(o) + run_tensor_cores<T, 1, 8, 2>(o) +
+                    run_tensor_cores<T, 1, 16, 4>(o);
+        if (!quick) failures += run_tensor_cores<T, 1, 8>(o) + run_tensor_cores<T, 1, 4, 4>(o);
     } else if (p.m <= 16) {
-        failures += run_tensor_cores<T, 2, 8>(o);
-        if (!quick) failures += run_tensor_cores<T, 2, 4>(o) + run_tensor_cores<T, 2, 16>(o);
+        failures += run_tensor_cores<T, 2, 8>(o) + run_tensor_cores<T, 2, 16, 2>(o);
+        if (!quick) failures += run_tensor_cores<T, 2, 4>(o) + run_tensor_cores<T, 2, 16>(o) + run_tensor_cores<T, 2, 4, 2>(o);
     } else if (p.m <= 32) {
         failures += run_tensor_cores<T, 4, 4>(o) + run_tensor_cores<T, 4, 8>(o);
     } else {
@@ -273,6 +276,8 @@ int main(int argc, char** argv) {
         {13, 16, 96, 32, 0, 0, EDGEVLA_ACTIVATION_NONE, true},     // two column tiles, one partial
         {30, 16, 160, 64, 0, 1, EDGEVLA_ACTIVATION_NONE, false},   // four column tiles
         {64, 16, 64, 32, 0, 0, EDGEVLA_ACTIVATION_NONE, false},    // eight: kGemmW4MaxM
+        {1, 136, 256, 64, 0, 0, EDGEVLA_ACTIVATION_NONE, true},    // 9 channel tiles: blocks of 4 with 3 past N
+        {9, 72, 128, 32, 0, 0, EDGEVLA_ACTIVATION_RELU, false},    // 5 channel tiles, 2 column tiles
     };
     int failures = 0, cases = 0;
     uint32_t seed = 1;

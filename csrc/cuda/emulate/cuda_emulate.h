@@ -121,7 +121,9 @@ struct Fiber {
     std::unique_ptr<char[]> stack;
     Index3 thread;
     bool done = false;
-    const char* waiting_at = nullptr;  // the collective it waits in, if any
+    const char* waiting_at = nullptr;          // the collective it waits in, if any
+    const uint64_t* wait_generation = nullptr;  // ... and the generation that must move first
+    uint64_t wait_value = 0;
 };
 
 inline const char* name_of(Collective kind) {
@@ -161,9 +163,13 @@ public:
         for (;;) {
             live_ = false;
             progress_ = false;
+            const bool wake_all = wake_all_;
+            wake_all_ = false;
             for (current_ = 0; current_ < fibers_.size(); ++current_) {
-                if (fibers_[current_].done) continue;
+                const Fiber& f = fibers_[current_];
+                if (f.done) continue;
                 live_ = true;
+                if (!wake_all && f.wait_generation != nullptr && *f.wait_generation == f.wait_value) continue;
                 if (swapcontext(&scheduler_, &fibers_[current_].context) != 0) fail("swapcontext");
             }
             if (!live_) break;
@@ -183,40 +189,15 @@ public:
 
     // __syncthreads: waits for every thread of the block that has not returned.
     void sync_threads() {
-        const uint64_t generation = barrier_generation_;
-        ++barrier_arrived_;
-        progress_ = true;
-        fibers_[current_].waiting_at = "__syncthreads";
-        for (;;) {
-            if (barrier_generation_ != generation) break;
-            if (barrier_arrived_ == live_threads()) {
-                barrier_arrived_ = 0;
-                ++barrier_generation_;
-                break;
-            }
-            yield();
-        }
-        fibers_[current_].waiting_at = nullptr;
+        arrive_and_wait(barrier_arrived_, barrier_generation_, [this] { return live_threads(); }, "__syncthreads",
+                        nullptr);
     }
 
     // bar.sync id, count: waits for `count` threads at barrier `id`.
     void named_barrier(int id, unsigned count) {
         if (id <= 0 || id >= 16 || count % 32 != 0) fail("bar.sync: id 1..15 and a multiple of 32 threads");
         Barrier& b = named_[id];
-        const uint64_t generation = b.generation;
-        ++b.arrived;
-        progress_ = true;
-        fibers_[current_].waiting_at = "bar.sync";
-        for (;;) {
-            if (b.generation != generation) break;
-            if (b.arrived == count) {
-                b.arrived = 0;
-                ++b.generation;
-                break;
-            }
-            yield();
-        }
-        fibers_[current_].waiting_at = nullptr;
+        arrive_and_wait(b.arrived, b.generation, [count] { return count; }, "bar.sync", nullptr);
     }
 
     // cp.async's commit groups, for the current thread.
@@ -242,18 +223,21 @@ public:
         }
     }
 
-    // A warp collective: every lane deposits `in`, waits for the other 31,
-    // computes its own result from all 32 deposits (compute(slots, lane)),
-    // and waits again so that no lane overwrites its slot before all have read.
+    // A warp collective: every lane deposits `in`, waits for the other 31, and
+    // computes its own result from all 32 deposits (compute(slots, lane)).
+    // Deposits alternate between two sets of slots by the warp's generation: a
+    // lane can reach the next-but-one collective, which reuses this set, only
+    // after every lane has arrived at the next one, so after all have read.
     template <typename Compute>
     void warp_collective(Collective kind, const std::array<uint32_t, 16>& in, Compute compute) {
         const unsigned thread = current_, lane = thread % 32;
         Warp& w = warps_[thread / 32];
-        w.slots[lane].kind = kind;
-        w.slots[lane].in = in;
-        arrive_and_wait(w, kind);
+        std::array<LaneSlot, 32>& slots = w.slots[w.generation % 2];
+        slots[lane].kind = kind;
+        slots[lane].in = in;
+        arrive_and_wait(w.arrived, w.generation, [] { return 32u; }, name_of(kind), &w);
         for (unsigned l = 0; l < 32; ++l) {
-            if (w.slots[l].kind != kind) {
+            if (slots[l].kind != kind) {
                 char what[160];
                 std::snprintf(what, sizeof(what),
                               "block (%u, %u) warp %u: lane %u and lane %u are at different collectives (divergence)",
@@ -261,8 +245,7 @@ public:
                 fail(what);
             }
         }
-        compute(w.slots, lane);
-        arrive_and_wait(w, kind);
+        compute(slots, lane);
     }
 
 private:
@@ -271,7 +254,7 @@ private:
         uint64_t generation = 0;
     };
     struct Warp {
-        std::array<LaneSlot, 32> slots;
+        std::array<std::array<LaneSlot, 32>, 2> slots;
         unsigned arrived = 0;
         uint64_t generation = 0;
     };
@@ -317,6 +300,7 @@ private:
         block->copy_wait(0);
         block->fibers_[block->current_].done = true;
         block->progress_ = true;
+        block->wake_all_ = true;
         // uc_link returns to the scheduler.
     }
 
@@ -330,31 +314,44 @@ private:
         return live;
     }
 
-    void arrive_and_wait(Warp& w, Collective kind) {
-        const uint64_t generation = w.generation;
-        ++w.arrived;
+    // Arrives at a barrier (`arrived` of needed() so far, `generation` bumped
+    // by the last to arrive) and waits for it to open. A waiting fiber is not
+    // resumed until the generation moves (or a thread returns: then each
+    // waiter looks again, since a barrier may open, or a warp lose a lane).
+    // warp: for a warp collective, the warp whose lanes must not return meanwhile.
+    template <typename Needed>
+    void arrive_and_wait(unsigned& arrived, uint64_t& generation, Needed needed, const char* where, const Warp* warp) {
+        const uint64_t mine = generation;
+        ++arrived;
         progress_ = true;
-        fibers_[current_].waiting_at = name_of(kind);
+        Fiber& me = fibers_[current_];
+        me.waiting_at = where;
         for (;;) {
-            if (w.generation != generation) break;
-            if (w.arrived == 32) {
-                w.arrived = 0;
-                ++w.generation;
+            if (generation != mine) break;
+            if (arrived == needed()) {
+                arrived = 0;
+                ++generation;
                 break;
             }
-            const unsigned warp = current_ / 32;
-            for (unsigned l = 0; l < 32; ++l) {
-                if (fibers_[warp * 32 + l].done) {
-                    char what[160];
-                    std::snprintf(what, sizeof(what),
-                                  "block (%u, %u) warp %u: lane %u returned while the warp waits in a collective",
-                                  block_.x, block_.y, warp, l);
-                    fail(what);
-                }
-            }
+            if (warp != nullptr) check_no_lane_returned(current_ / 32);
+            me.wait_generation = &generation;
+            me.wait_value = mine;
             yield();
+            me.wait_generation = nullptr;
         }
-        fibers_[current_].waiting_at = nullptr;
+        me.waiting_at = nullptr;
+    }
+
+    void check_no_lane_returned(unsigned warp) {
+        for (unsigned l = 0; l < 32; ++l) {
+            if (fibers_[warp * 32 + l].done) {
+                char what[160];
+                std::snprintf(what, sizeof(what),
+                              "block (%u, %u) warp %u: lane %u returned while the warp waits in a collective", block_.x,
+                              block_.y, warp, l);
+                fail(what);
+            }
+        }
     }
 
     // Names the first warp whose lanes wait in different places (a collective
@@ -386,6 +383,7 @@ private:
     uint64_t barrier_generation_ = 0;
     bool progress_ = false;
     bool live_ = false;
+    bool wake_all_ = false;
 };
 
 // The launches made so far (grid, block), for drivers to say what a launcher chose.
