@@ -229,8 +229,11 @@ def test_bad_inputs_raise_one_line_errors():
 # -------------------------------------------------------------- int4 GEMV ---
 
 # K = 2050 and 4096+: the streaming and tensor-core kernels pick 8 and 16 warps a block there.
+# N = 8464 (M <= 8) and 4240 (M <= 16): the tensor-core kernel's blocks of 4 and 2 channel tiles on
+# GPUs of up to 132 SMs.
 @pytest.mark.parametrize("m,k,n", [(1, 257, 33), (1, 768, 3072), (3, 96, 384), (16, 4096, 40), (64, 130, 17),
-                                   (2, 8, 16), (24, 200, 48), (9, 4100, 24), (2, 2050, 24)])
+                                   (2, 8, 16), (24, 200, 48), (9, 4100, 24), (2, 2050, 24), (1, 96, 8464),
+                                   (12, 64, 4240)])
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("x_dtype,variant", [("float32", "auto"), ("float16", "cuda_cores"), ("float32", "streaming"),
                                              ("float16", "streaming"), ("float16", "tensor_cores"),

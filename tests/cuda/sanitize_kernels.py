@@ -64,6 +64,9 @@ def main() -> int:
                                            (1, 4100, 40, 32, np.float16, "tensor_cores"),
                                            (13, 2050, 24, 64, np.float32, "tensor_cores"),
                                            (40, 130, 17, 32, np.float32, "tensor_cores"),
+                                           # blocks of 4 and 2 channel tiles (up to 132 SMs)
+                                           (1, 96, 8464, 32, np.float32, "tensor_cores"),
+                                           (12, 64, 4240, 64, np.float16, "tensor_cores"),
                                            # streaming: 4, 8 and 16 warps a block (K past 2048, 4096)
                                            (1, 257, 33, 32, np.float32, "streaming"),
                                            (2, 2050, 24, 64, np.float16, "streaming"),
