@@ -200,6 +200,10 @@ MUTATIONS = {
     "tiled-stage-barrier-missing": (
         "cuda/gemm_s8s8_kernels.cuh", "cuda_emulated_s8",
         "group_barrier<kSplit, kThreads>(group);  // ... for every thread", "// (no barrier)"),
+    # reads a stage one cp.async group too early: only copies that land late show it
+    "tiled-cp-async-wait-too-shallow": (
+        "cuda/gemm_s8s8_kernels.cuh", "cuda_emulated_s8",
+        "ptx::cp_async_wait<kStages - 2>();", "ptx::cp_async_wait<kStages - 1>();"),
 }
 
 
@@ -222,3 +226,7 @@ def test_a_bug_in_a_kernel_fails_its_driver(drivers, tmp_path, mutation):
     assert built.returncode == 0, built.stderr[-3000:]
     result = _run(binary, "--quick")
     assert result.returncode == 1 and ": FAIL" in result.stdout
+    if mutation == "tiled-cp-async-wait-too-shallow":
+        failed = [line for line in _case_lines(result.stdout) if line.endswith("FAIL")]
+        assert any("cp.async late" in line for line in failed)
+        assert not any("cp.async early" in line for line in failed), failed
