@@ -43,23 +43,15 @@ void launch_s8(const Gemm2to4S8Args& g, bool wide, cudaStream_t stream) {
     const uint4* values = reinterpret_cast<const uint4*>(g.values);
     if constexpr (kTilesM <= 2) {
         const bool vector = g.k % 16 == 0 && g.ldx % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0;
-        const dim3 grid = split_grid(g.m, g.n, kTilesM);
-        if (vector) {
-            gemm_2to4_s8_split_k_kernel<kTilesM, true>
-                <<<grid, k2to4SplitWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
-        } else {
-            gemm_2to4_s8_split_k_kernel<kTilesM, false>
-                <<<grid, k2to4SplitWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
-        }
+        const auto kernel =
+            vector ? gemm_2to4_s8_split_k_kernel<kTilesM, true> : gemm_2to4_s8_split_k_kernel<kTilesM, false>;
+        kernel<<<split_grid(g.m, g.n, kTilesM), k2to4SplitWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
+                                                                                  g.meta, out);
         check_launch("gemm_2to4_s8_split_k_kernel", stream);
     } else if (tiled_ok(g.x, g.ldx, g.k, 1)) {
-        if (wide) {
-            gemm_2to4_s8_tiled_kernel<2><<<tiled_grid(g.m, g.n, 2), k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
-        } else {
-            gemm_2to4_s8_tiled_kernel<1><<<tiled_grid(g.m, g.n, 1), k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, out);
-        }
+        const auto kernel = wide ? gemm_2to4_s8_tiled_kernel<2> : gemm_2to4_s8_tiled_kernel<1>;
+        kernel<<<tiled_grid(g.m, g.n, wide ? 2 : 1), k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
+                                                                                  g.meta, out);
         check_launch("gemm_2to4_s8_tiled_kernel", stream);
     } else {
         // int8 rows fit for 16-byte loads are exactly those tiled_ok takes: here, byte loads.
@@ -75,33 +67,20 @@ void launch_f16(const Gemm2to4F16Args& g, bool wide, cudaStream_t stream) {
     const uint4* values = reinterpret_cast<const uint4*>(g.values);
     const EpilogueF32 epilogue{g.bias, g.activation};
     if constexpr (kTilesM <= 2) {
-        const dim3 grid = split_grid(g.m, g.n, kTilesM);
-        if (vector) {
-            gemm_2to4_f16_split_k_kernel<kTilesM, true><<<grid, k2to4SplitWarps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        } else {
-            gemm_2to4_f16_split_k_kernel<kTilesM, false><<<grid, k2to4SplitWarps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        }
+        const auto kernel =
+            vector ? gemm_2to4_f16_split_k_kernel<kTilesM, true> : gemm_2to4_f16_split_k_kernel<kTilesM, false>;
+        kernel<<<split_grid(g.m, g.n, kTilesM), k2to4SplitWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
+                                                                                  g.meta, epilogue, g.c, g.ldc);
         check_launch("gemm_2to4_f16_split_k_kernel", stream);
     } else if (tiled_ok(g.x, g.ldx, g.k, 2)) {
-        if (wide) {
-            gemm_2to4_f16_tiled_kernel<2><<<tiled_grid(g.m, g.n, 2), k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        } else {
-            gemm_2to4_f16_tiled_kernel<1><<<tiled_grid(g.m, g.n, 1), k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        }
+        const auto kernel = wide ? gemm_2to4_f16_tiled_kernel<2> : gemm_2to4_f16_tiled_kernel<1>;
+        kernel<<<tiled_grid(g.m, g.n, wide ? 2 : 1), k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values,
+                                                                                  g.meta, epilogue, g.c, g.ldc);
         check_launch("gemm_2to4_f16_tiled_kernel", stream);
     } else {
-        const dim3 grid = grid_of(g.m, g.n, kTilesM);
-        if (vector) {
-            gemm_2to4_f16_kernel<kTilesM, true><<<grid, k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        } else {
-            gemm_2to4_f16_kernel<kTilesM, false><<<grid, k2to4Warps * 32, 0, stream>>>(
-                g.m, g.n, g.k, g.x, g.ldx, values, g.meta, epilogue, g.c, g.ldc);
-        }
+        const auto kernel = vector ? gemm_2to4_f16_kernel<kTilesM, true> : gemm_2to4_f16_kernel<kTilesM, false>;
+        kernel<<<grid_of(g.m, g.n, kTilesM), k2to4Warps * 32, 0, stream>>>(g.m, g.n, g.k, g.x, g.ldx, values, g.meta,
+                                                                          epilogue, g.c, g.ldc);
         check_launch("gemm_2to4_f16_kernel", stream);
     }
 }

@@ -33,13 +33,9 @@ template <int kTilesN>
 void launch_small_m(const GemmS8S8Args& g, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((g.n + 8 * kTilesN - 1) / (8 * kTilesN)));
     const OutputS8 out = output_of(g);
-    if (vector_loads_ok(g)) {
-        gemm_s8s8_small_m_kernel<kTilesN, true>
-            <<<grid, kSmallMWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.a, g.lda, g.w, g.ldw, out);
-    } else {
-        gemm_s8s8_small_m_kernel<kTilesN, false>
-            <<<grid, kSmallMWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.a, g.lda, g.w, g.ldw, out);
-    }
+    const auto kernel =
+        vector_loads_ok(g) ? gemm_s8s8_small_m_kernel<kTilesN, true> : gemm_s8s8_small_m_kernel<kTilesN, false>;
+    kernel<<<grid, kSmallMWarps * 32, 0, stream>>>(g.m, g.n, g.k, g.a, g.lda, g.w, g.ldw, out);
     check_launch("gemm_s8s8_small_m_kernel", stream);
 }
 
