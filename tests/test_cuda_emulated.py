@@ -133,7 +133,11 @@ def test_int4_kernels_match_the_reference(drivers):
     assert any(" extreme" in line and line.startswith("tensor_cores/64ch<f32") for line in cases)
     # The launcher's one-wave rule: 16 warps when one block has units for them, the fewest (4)
     # when the grid cannot be resident at once (8 blocks on 2 SMs of 2 blocks each).
-    assert any(line.startswith("gemm_w4(streaming) on H200 f32 m=1 n=16 k=4096") and "[1x1 blocks of 512]" in line
+    # K = 4096 gives 16 warps work: the H200 holds the 3 blocks of 16 at once, the 2-SM part (one
+    # 16-warp block an SM) does not, and takes 8 (two 8-warp blocks an SM).
+    assert any(line.startswith("gemm_w4(streaming) on H200 f32 m=1 n=40 k=4096") and "[3x1 blocks of 512]" in line
+               for line in cases)
+    assert any(line.startswith("gemm_w4(streaming) on 2-SM f32 m=1 n=40 k=4096") and "[3x1 blocks of 256]" in line
                for line in cases)
     assert any(line.startswith("gemm_w4(streaming) on 2-SM f32 m=30") and "[1x8 blocks of 128]" in line
                for line in cases)
@@ -145,6 +149,7 @@ def test_int4_kernels_match_the_reference(drivers):
                for line in cases)
     assert any(line.startswith("gemm_w4(tensor_cores) on H200 f32 m=1 n=136") and "[9x1 blocks" in line
                for line in cases)
+    assert "gemm_w4 refuses M = 65: ok" in cases
     assert result.stdout.rstrip().endswith("0 kernel runs failed")
 
 
@@ -158,6 +163,7 @@ def test_int8_kernels_are_exact(drivers):
                   "gemm_s8s8(tiled_wide) on 2-SM", "gemm_s8s8(tiled_split_k) on H200", "gemm_2to4_s8(automatic) on H200",
                   "gemm_2to4_s8(tiled_wide) on H200 cp.async early", "gemm_2to4_s8(tiled_wide) on 2-SM"):
         assert any(shape in line for line in cases), shape
+    assert sum(line.startswith("gemm_s8s8 refuses M = 17") for line in cases) == 2
     # small_m_wave: 16 warps a block when the grid fits and K gives every warp a batch of steps.
     assert any(line.startswith("gemm_s8s8(small_m_wave) on H200 [2x1 blocks of 512]") and "k=4096" in line
                for line in cases)

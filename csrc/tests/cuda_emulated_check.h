@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 
 namespace edgevla::cuda::emulate {
@@ -38,7 +39,24 @@ struct NamedModel {
     DeviceModel model;
 };
 inline const NamedModel kDeviceModels[] = {
-    {"H200", {132, 9, 0, 64, 32}}, {"Orin", {16, 8, 7, 48, 16}}, {"2-SM", {2, 8, 7, 16, 2}}};
+    {"H200", {0, 132, 9, 0, 64, 32}}, {"Orin", {1, 16, 8, 7, 48, 16}}, {"2-SM", {2, 2, 8, 7, 16, 2}}};
+
+// A launcher call that must throw std::invalid_argument with `message` in
+// its text, and launch nothing. Prints "name: ok" or "name: FAIL".
+template <typename Call>
+int check_refusal(const std::string& name, const char* message, Call call) {
+    launch_log().clear();
+    bool ok = false;
+    try {
+        call();
+    } catch (const std::invalid_argument& error) {
+        ok = std::string(error.what()).find(message) != std::string::npos;
+        if (!ok) std::printf("  said: %s\n", error.what());
+    }
+    ok = ok && launch_log().empty();
+    std::printf("%s: %s\n", name.c_str(), ok ? "ok" : "FAIL");
+    return ok ? 0 : 1;
+}
 
 // Runs `call` (one launcher call) on `model`, and returns what it launched.
 template <typename Call>

@@ -318,6 +318,13 @@ int main(int argc, char** argv) {
         failures += edgevla::cuda::run_launchers(o, seed++);
         ++problems;
     }
+    for (const auto variant : {edgevla::cuda::GemmVariant::small_m, edgevla::cuda::GemmVariant::small_m_wave}) {
+        edgevla::cuda::GemmS8S8Args rows17;
+        rows17.m = 17, rows17.n = 16, rows17.k = 64;
+        failures += edgevla::cuda::emulate::check_refusal(
+            std::string("gemm_s8s8 refuses M = 17 for variant ") + std::to_string(static_cast<int>(variant)),
+            "takes M <= 16", [&] { edgevla::cuda::gemm_s8s8(rows17, variant, 0); });
+    }
     std::printf("%d problems: %d kernel runs failed\n", problems, failures);
     return failures == 0 ? 0 : 1;
 }

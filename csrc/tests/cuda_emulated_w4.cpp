@@ -269,7 +269,7 @@ int main(int argc, char** argv) {
     // m, n, k, group, x_pad, y_pad, activation, extreme rows
     const Problem problems[] = {
         {1, 40, 1000, 32, 0, 0, EDGEVLA_ACTIVATION_NONE, false},   // batch 1, N and unit tails
-        {1, 16, 4096, 128, 0, 0, EDGEVLA_ACTIVATION_RELU, false},  // many units a warp
+        {1, 40, 4096, 128, 0, 0, EDGEVLA_ACTIVATION_RELU, false},  // many units a warp; 3 blocks
         {3, 24, 203, 64, 1, 3, EDGEVLA_ACTIVATION_NONE, false},    // K % 8, odd strides: no vector loads
         {5, 16, 520, 32, 0, 2, EDGEVLA_ACTIVATION_NONE, true},     // x from 1e-30 to 1e30
         {8, 33, 256, 128, 4, 0, EDGEVLA_ACTIVATION_RELU, false},   // a full column tile
@@ -289,6 +289,11 @@ int main(int argc, char** argv) {
         failures += edgevla::cuda::run_all<__half>(half, seed++, quick);
         cases += 2;
     }
+    edgevla::cuda::GemmW4Args too_many_rows;
+    too_many_rows.m = edgevla::cuda::kGemmW4MaxM + 1, too_many_rows.n = 16, too_many_rows.k = 64;
+    failures += edgevla::cuda::emulate::check_refusal("gemm_w4 refuses M = 65", "M must be <= 64", [&] {
+        edgevla::cuda::gemm_w4(too_many_rows, edgevla::cuda::GemmW4Variant::tensor_cores, 0);
+    });
     std::printf("%d problems x both x types: %d kernel runs failed\n", cases / 2, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -17,12 +17,12 @@ DeviceModel& device_model() {
 using edgevla::cuda::emulate::device_model;
 
 cudaError_t cudaGetDevice(int* device) {
-    *device = 0;
+    *device = device_model().device;
     return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
-    if (device != 0) return cudaErrorInvalidDevice;
+    if (device != device_model().device) return cudaErrorInvalidDevice;
     switch (attribute) {
         case cudaDevAttrMultiProcessorCount: *value = device_model().multiprocessors; return cudaSuccess;
         case cudaDevAttrComputeCapabilityMajor: *value = device_model().cc_major; return cudaSuccess;

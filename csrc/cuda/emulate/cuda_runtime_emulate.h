@@ -17,6 +17,7 @@
 namespace edgevla::cuda::emulate {
 
 struct DeviceModel {
+    int device = 0;             // what cudaGetDevice says: each model its own (the launchers keep answers per device)
     int multiprocessors = 132;  // an H100 SXM / H200
     int cc_major = 9, cc_minor = 0;
     int warps_per_sm = 64;   // resident warps an SM holds
