@@ -191,7 +191,8 @@ __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles * kCh
                 // those of the lane's two channels in the unit's group (a unit of 32 k lies in one group).
                 const int64_t tile = first_tile + j;
                 const bool tile_ok = tile < n_tiles;
-                words[b][j] = ptx::ldg_stream_v2(codes + (tile * k_cells + cell) * 16 + 2 * g, tile_ok && cell < k_cells);
+                words[b][j] =
+                    ptx::ldg_stream_v2(codes + (tile * k_cells + cell) * 16 + 2 * g, tile_ok && cell < k_cells);
                 scale_bits[b][j] = ptx::ldg_stream_v2(
                     scales + (tile * k_groups + ((unit * 32) >> group_shift)) * 16 + 2 * g, tile_ok && unit < units);
             }
@@ -206,7 +207,8 @@ __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles * kCh
                 const bool row_ok = batch_row < m;
                 xc.load(x + (row_ok ? batch_row : 0) * ldx, cell * 8, k, x_vector, row_ok, t);
             };
-            auto accumulate = [&](int j, int c, const UnitX<T>& xc, const uint32_t (&row0)[4], const uint32_t (&row1)[4]) {
+            auto accumulate = [&](int j, int c, const UnitX<T>& xc, const uint32_t (&row0)[4],
+                                  const uint32_t (&row1)[4]) {
                 float d[4];
                 xc.dot(d, row0, row1);
                 const float scale0 = __uint_as_float(scale_bits[b][j].x), scale1 = __uint_as_float(scale_bits[b][j].y);

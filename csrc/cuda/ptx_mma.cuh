@@ -105,7 +105,8 @@ __device__ __forceinline__ void cp_async_wait() {
 // C++ loads behind `if`s compiled to branches that ptxas serialized).
 //   ldg_v4         activations (may be re-read by other warps: cached in L1)
 //   ldg_stream_v4  weights, read once: no L1 allocation, 256-byte L2 prefetch
-// bar.sync id, threads: waits for `threads` threads (a multiple of 32) at named barrier `id` (1..15; 0 is __syncthreads').
+// bar.sync id, threads: waits for `threads` threads (a multiple of 32) at
+// named barrier `id` (1..15; 0 is __syncthreads').
 template <int kThreads>
 __device__ __forceinline__ void bar_sync(int id) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");

@@ -76,7 +76,8 @@ int run_mma() {
     for (auto& row : c8) for (auto& v : row) v = small(rng) * 1000;
     launch({1, 1, 1}, {32, 1, 1}, [&] {
         const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
-        // f16: a_i = (row g [+8], k 2t [+8]), two halves a register; b_i = (k 2t [+8], col g); c (row g [+8], col 2t, 2t+1).
+        // f16: a_i = (row g [+8], k 2t [+8]), two halves a register; b_i = (k 2t [+8], col g);
+        // c = (row g [+8], col 2t, 2t+1).
         auto pair = [](float lo, float hi) { return half_bits(lo) | (half_bits(hi) << 16); };
         float d[4] = {c16[g][2 * t], c16[g][2 * t + 1], c16[g + 8][2 * t], c16[g + 8][2 * t + 1]};
         edgevla::cuda::ptx::mma_f16_m16n8k16(

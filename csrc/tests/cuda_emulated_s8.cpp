@@ -54,6 +54,18 @@ struct Operands {
     std::vector<int64_t> exact;  // [m][n]
 };
 
+// A . W^T over the first K of each row, in int64.
+std::vector<int64_t> exact_sums(const Operands& o) {
+    const Problem& p = o.p;
+    std::vector<int64_t> exact(static_cast<size_t>(p.m * p.n), 0);
+    for (int64_t r = 0; r < p.m; ++r) {
+        for (int64_t c = 0; c < p.n; ++c) {
+            for (int64_t kk = 0; kk < p.k; ++kk) exact[r * p.n + c] += int64_t{o.a[r * o.ld + kk]} * o.w[c * o.ld + kk];
+        }
+    }
+    return exact;
+}
+
 Operands make(const Problem& p, uint32_t seed) {
     Operands o;
     o.p = p;
@@ -72,10 +84,7 @@ Operands make(const Problem& p, uint32_t seed) {
     for (auto& s : o.w_scale) s = uniform(rng);
     o.bias.resize(static_cast<size_t>(p.n));
     for (auto& b : o.bias) b = uniform(rng) * 50.0f - 0.5f;
-    o.exact.assign(static_cast<size_t>(p.m * p.n), 0);
-    for (int64_t r = 0; r < p.m; ++r)
-        for (int64_t c = 0; c < p.n; ++c)
-            for (int64_t kk = 0; kk < p.k; ++kk) o.exact[r * p.n + c] += int64_t{o.a[r * o.ld + kk]} * o.w[c * o.ld + kk];
+    o.exact = exact_sums(o);
     return o;
 }
 
@@ -206,10 +215,7 @@ Operands sparsify(const Operands& dense, Packed2to4& packed, uint32_t seed) {
             }
         }
     }
-    o.exact.assign(static_cast<size_t>(p.m * p.n), 0);
-    for (int64_t r = 0; r < p.m; ++r)
-        for (int64_t c = 0; c < p.n; ++c)
-            for (int64_t kk = 0; kk < p.k; ++kk) o.exact[r * p.n + c] += int64_t{o.a[r * o.ld + kk]} * o.w[c * o.ld + kk];
+    o.exact = exact_sums(o);
     packed = Packed2to4::of(o.w.data(), p.n, p.k, o.ld);
     return o;
 }
@@ -249,8 +255,9 @@ int run_gemm_2to4(const Operands& o, const Packed2to4& packed, Gemm2to4Variant v
     emulate::copy_landing() = landing;
     const std::string launched = emulate::launched_on(model.model, [&] { gemm_2to4_s8(args, variant, 0); });
     emulate::copy_landing() = emulate::CopyLanding::at_wait;
-    return check(o, b, std::string("gemm_2to4_s8(") + variant_name + ") on " + model.name +
-                           (landing == emulate::CopyLanding::at_issue ? " cp.async early" : "") + " [" + launched + "]");
+    const char* early = landing == emulate::CopyLanding::at_issue ? " cp.async early" : "";
+    return check(o, b,
+                 std::string("gemm_2to4_s8(") + variant_name + ") on " + model.name + early + " [" + launched + "]");
 }
 
 // Every variant the launchers take at this M, on every device model; the

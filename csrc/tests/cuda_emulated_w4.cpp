@@ -250,7 +250,9 @@ int run_all(const Problem& p, uint32_t seed, bool quick) {
         if (!quick) failures += run_tensor_cores<T, 1, 8>(o) + run_tensor_cores<T, 1, 4, 4>(o);
     } else if (p.m <= 16) {
         failures += run_tensor_cores<T, 2, 8>(o) + run_tensor_cores<T, 2, 16, 2>(o);
-        if (!quick) failures += run_tensor_cores<T, 2, 4>(o) + run_tensor_cores<T, 2, 16>(o) + run_tensor_cores<T, 2, 4, 2>(o);
+        if (!quick) {
+            failures += run_tensor_cores<T, 2, 4>(o) + run_tensor_cores<T, 2, 16>(o) + run_tensor_cores<T, 2, 4, 2>(o);
+        }
     } else if (p.m <= 32) {
         failures += run_tensor_cores<T, 4, 4>(o) + run_tensor_cores<T, 4, 8>(o);
     } else {

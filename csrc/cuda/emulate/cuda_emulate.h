@@ -218,7 +218,9 @@ public:
     void copy_wait(size_t pending) {
         Fiber& f = fibers_[current_];
         while (f.committed.size() > pending) {
-            for (const AsyncCopy& c : f.committed.front()) std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+            for (const AsyncCopy& c : f.committed.front()) {
+                std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+            }
             f.committed.erase(f.committed.begin());
         }
     }
@@ -398,7 +400,8 @@ inline std::string describe_launches() {
     std::string text;
     for (const LaunchRecord& r : launch_log()) {
         char one[64];
-        std::snprintf(one, sizeof(one), "%s%ux%u blocks of %u", text.empty() ? "" : " + ", r.grid.x, r.grid.y, r.block.x);
+        std::snprintf(one, sizeof(one), "%s%ux%u blocks of %u", text.empty() ? "" : " + ", r.grid.x, r.grid.y,
+                      r.block.x);
         text += one;
     }
     return text;
