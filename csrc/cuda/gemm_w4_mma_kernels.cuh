@@ -111,14 +111,18 @@ __device__ __forceinline__ void w4_unit_mma(float (&d)[4], const uint32_t (&row0
 }
 
 // The x operand of one unit (32 k) for one column tile of 8 batch rows: a
-// lane's 8 float16 x (float16 x), or their hi and lo float16 parts with the
-// inverse scales of the two batch rows its accumulators hold (float32 x).
-template <typename T>
+// lane's 8 float16 x (float16 x), or their hi and lo float16 parts and the
+// inverse scale of its batch row (float32 x). The accumulators need the
+// inverses of the two batch rows they hold (lanes 8 t, 8 t + 4 have them):
+// kShared, when the x serves several channel tiles, fetches them once at
+// load; otherwise dot() fetches them after its MMAs, so that fewer registers
+// are live across them (this kept M <= 16 at 28 bytes of spill, not 68).
+// Every lane of the warp calls load() and dot() (float32 x: shuffles).
+template <typename T, bool kShared>
 struct UnitX {
     uint4 hi, lo;
-    float inverse0, inverse1;
+    float inverse, inverse0, inverse1;
 
-    // Every lane of the warp calls this (float32 x: shuffles).
     __device__ __forceinline__ void load(const T* __restrict__ row, int64_t k0, int64_t k, bool x_vector, bool row_ok,
                                          int t) {
         if constexpr (sizeof(T) == 2) {
@@ -129,22 +133,27 @@ struct UnitX {
 #pragma unroll
             for (int i = 0; i < 8; ++i) xs[i] = row_ok ? xs[i] : 0.0f;
             const SplitX split = split_x_f32x8(xs);
-            hi = split.hi, lo = split.lo;
-            // d[0], d[2] are batch row 2 t of the tile, d[1], d[3] row 2 t + 1: lanes 8 t, 8 t + 4 hold their scales.
-            inverse0 = __shfl_sync(0xffffffffu, split.inverse, 8 * t);
-            inverse1 = __shfl_sync(0xffffffffu, split.inverse, 8 * t + 4);
+            hi = split.hi, lo = split.lo, inverse = split.inverse;
+            if constexpr (kShared) fetch_inverses(t);
         }
     }
 
     // d = the unit's dot products of one channel tile's decoded codes with this x.
-    __device__ __forceinline__ void dot(float (&d)[4], const uint32_t (&row0)[4], const uint32_t (&row1)[4]) const {
+    __device__ __forceinline__ void dot(float (&d)[4], const uint32_t (&row0)[4], const uint32_t (&row1)[4], int t) {
         d[0] = d[1] = d[2] = d[3] = 0.0f;
         w4_unit_mma(d, row0, row1, hi);
         if constexpr (sizeof(T) == 4) {
             w4_unit_mma(d, row0, row1, lo);
+            if constexpr (!kShared) fetch_inverses(t);
             // Multiplying by a power of two is exact.
             d[0] *= inverse0, d[1] *= inverse1, d[2] *= inverse0, d[3] *= inverse1;
         }
+    }
+
+    // d[0], d[2] are batch row 2 t of the tile, d[1], d[3] row 2 t + 1.
+    __device__ __forceinline__ void fetch_inverses(int t) {
+        inverse0 = __shfl_sync(0xffffffffu, inverse, 8 * t);
+        inverse1 = __shfl_sync(0xffffffffu, inverse, 8 * t + 4);
     }
 };
 
@@ -202,15 +211,15 @@ __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles * kCh
             const int64_t unit = first + b * kWarps;
             if (unit >= units) break;
             const int64_t cell = unit * 4 + t;
-            auto load_x = [&](UnitX<T>& xc, int c) {
+            using X = UnitX<T, (kChanTiles > 1)>;
+            auto load_x = [&](X& xc, int c) {
                 const int64_t batch_row = 8 * c + g;
                 const bool row_ok = batch_row < m;
                 xc.load(x + (row_ok ? batch_row : 0) * ldx, cell * 8, k, x_vector, row_ok, t);
             };
-            auto accumulate = [&](int j, int c, const UnitX<T>& xc, const uint32_t (&row0)[4],
-                                  const uint32_t (&row1)[4]) {
+            auto accumulate = [&](int j, int c, X& xc, const uint32_t (&row0)[4], const uint32_t (&row1)[4]) {
                 float d[4];
-                xc.dot(d, row0, row1);
+                xc.dot(d, row0, row1, t);
                 const float scale0 = __uint_as_float(scale_bits[b][j].x), scale1 = __uint_as_float(scale_bits[b][j].y);
                 total[j][c][0] = __fmaf_rn(scale0, d[0], total[j][c][0]);
                 total[j][c][1] = __fmaf_rn(scale0, d[1], total[j][c][1]);
@@ -224,13 +233,13 @@ __global__ void __launch_bounds__(kWarps * 32, w4_mma_min_blocks(kColTiles * kCh
                 decode_w4_pairs(words[b][0].y, row1);
 #pragma unroll
                 for (int c = 0; c < kColTiles; ++c) {
-                    UnitX<T> xc;
+                    X xc;
                     load_x(xc, c);
                     accumulate(0, c, xc, row0, row1);
                 }
             } else {
                 // The column tiles' x once, for every channel tile.
-                UnitX<T> xs[kColTiles];
+                X xs[kColTiles];
 #pragma unroll
                 for (int c = 0; c < kColTiles; ++c) load_x(xs[c], c);
 #pragma unroll
