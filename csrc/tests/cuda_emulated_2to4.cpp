@@ -14,7 +14,6 @@
 #include "cuda_emulated_check.h"
 
 #include "cuda/cuda_kernels.h"
-#include "gemm_s8s8.h"  // edgevla_activation
 
 #include "cuda_emulated_2to4.h"
 
@@ -53,7 +52,7 @@ struct Operands {
     std::vector<uint16_t> x, w;  // float16 bits: [m][ldx], [n][k] (2:4)
     std::vector<float> bias;
     Packed2to4 packed;
-    std::vector<double> expected, bound;  // [m][n], expected before the activation
+    emulate::FloatReference reference;
 };
 
 Operands make(const Problem& p, uint32_t seed) {
@@ -77,20 +76,14 @@ Operands make(const Problem& p, uint32_t seed) {
     }
     o.bias.resize(static_cast<size_t>(p.n));
     for (auto& b : o.bias) b = uniform(rng);
-    o.expected.assign(static_cast<size_t>(p.m * p.n), 0.0);
-    o.bound.assign(static_cast<size_t>(p.m * p.n), 0.0);
-    for (int64_t r = 0; r < p.m; ++r) {
-        for (int64_t c = 0; c < p.n; ++c) {
-            double sum = 0.0, magnitude = 0.0;
-            for (int64_t kk = 0; kk < p.k; ++kk) {
-                const double term = half_value(o.x[r * o.ldx + kk]) * half_value(o.w[c * p.k + kk]);
-                sum += term;
-                magnitude += std::fabs(term);
-            }
-            o.expected[r * p.n + c] = sum + o.bias[c];
-            o.bound[r * p.n + c] = 1e-5 * magnitude + 1e-30;
+    auto terms = [&](int64_t r, int64_t c, double& sum, double& magnitude) {
+        for (int64_t kk = 0; kk < p.k; ++kk) {
+            const double term = half_value(o.x[r * o.ldx + kk]) * half_value(o.w[c * p.k + kk]);
+            sum += term;
+            magnitude += std::fabs(term);
         }
-    }
+    };
+    o.reference = emulate::FloatReference::of(p.m, p.n, o.bias, terms);
     o.packed = Packed2to4::of(o.w.data(), p.n, p.k, p.k);
     return o;
 }
@@ -113,13 +106,7 @@ int run(const Operands& o, Gemm2to4Variant variant, const char* variant_name, co
     std::snprintf(name, sizeof(name), "gemm_2to4_f16(%s) on %s, x aligned to %zu%s m=%ld n=%ld k=%ld pad=%ld [%s]",
                   variant_name, model.name, align, landing == emulate::CopyLanding::at_issue ? ", cp.async early" : "",
                   long(p.m), long(p.n), long(p.k), long(p.pad), launched.c_str());
-    return emulate::check_output(args.c, p.m, p.n, o.ldc, name, [&](int64_t r, int64_t col, float got) {
-        double want = o.expected[r * p.n + col];
-        if (p.activation == EDGEVLA_ACTIVATION_RELU) want = want > 0.0 ? want : 0.0;
-        if (std::fabs(static_cast<double>(got) - want) <= o.bound[r * p.n + col]) return true;
-        std::printf("  %.9g, expected %.9g\n", double(got), want);
-        return false;
-    });
+    return o.reference.check(args.c, o.ldc, p.activation, name);
 }
 
 // Both variants on every device model with x 16-byte aligned, and with x
