@@ -23,9 +23,14 @@ answers the attribute and occupancy queries.
 - ``cuda_emulate_selftest``: that the emulation catches what it claims to (a
   collective under divergence, a read past a buffer, a lane gone from a shuffle).
 
-What this cannot show: speed, races between threads (fibers switch only at
-collectives), or anything that differs between a tensor core's internal rounding and
-a sum in double. The device run (``tests/cuda/run_device.sh``) remains the judge.
+Built again with ``-fsanitize=thread``, the same drivers are a race check: each
+thread is one of ThreadSanitizer's fibers, and only barriers order memory between
+them, so a shared-memory access a barrier does not order against another thread's
+write is reported however the fibers happened to interleave (the tests at the end).
+
+What this cannot show: speed, or anything that differs between a tensor core's
+internal rounding and a sum in double. The device run (``tests/cuda/run_device.sh``)
+remains the judge.
 """
 
 from __future__ import annotations
@@ -78,37 +83,56 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-@pytest.fixture(scope="module")
-def drivers(tmp_path_factory) -> dict[str, Path]:
-    include, compiler = _cuda_include(), _compiler()
-    if include is None or compiler is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h)")
-    out = tmp_path_factory.mktemp("cuda_emulated")
+def _flags(include: Path, *, optimize: str = "-O2", headers_first: Path | None = None) -> list[str]:
     # -fno-strict-aliasing: kernels read a uint4 as __half2 and the like, as CUDA allows;
     # -ffp-contract=off: the epilogue's float32 steps as the kernels' --fmad=false build makes them;
     # -fno-extern-tls-init: `extern __shared__` arrays are thread_locals without dynamic initialization.
-    flags = ["-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-extern-tls-init",
-             "-DEDGEVLA_CUDA_EMULATE", f"-I{CSRC}", f"-I{include}"]
+    # headers_first: a folder whose kernel headers replace csrc's (the mutation tests).
+    first = [f"-I{headers_first}"] if headers_first else []
+    return ["-std=c++17", optimize, "-g", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-extern-tls-init",
+            "-DEDGEVLA_CUDA_EMULATE", *first, f"-I{CSRC}", f"-I{include}"]
 
-    def source(extra: str) -> str:
+
+def _emulated_sources(name: str, out: Path) -> list[str]:
+    """The driver and what it links, with each launcher as its emulated copy (written once into out)."""
+    sources = [str(CSRC / "tests" / f"{name}.cpp")]
+    for extra in DRIVERS[name]:
         if not extra.endswith(".cu"):
-            return str(CSRC / extra)
+            sources.append(str(CSRC / extra))
+            continue
         copy = out / (Path(extra).stem + "_emulated.cpp")
         if not copy.exists():
             copy.write_text(emulated_launcher((CSRC / extra).read_text()))
-        return str(copy)
+        sources.append(str(copy))
+    return sources
 
-    def build(name: str) -> subprocess.CompletedProcess:
-        sources = [str(CSRC / "tests" / f"{name}.cpp"), *(source(extra) for extra in DRIVERS[name])]
-        return subprocess.run([compiler, *flags, *sources, "-o", str(out / name)], capture_output=True, text=True)
 
-    for extra in {e for extras in DRIVERS.values() for e in extras}:
-        source(extra)  # written once, before the parallel builds
+def _build(name: str, flags: list[str], out: Path, binary: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_compiler(), *flags, *_emulated_sources(name, out), "-o", str(binary)],
+                          capture_output=True, text=True)
 
+
+def _build_all(flags: list[str], out: Path, suffix: str = "") -> dict[str, Path]:
+    for name in DRIVERS:
+        _emulated_sources(name, out)  # the launchers' copies, once, before the parallel builds
+    binaries = {name: out / f"{name}{suffix}" for name in DRIVERS}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for name, built in zip(DRIVERS, pool.map(build, DRIVERS)):
-            assert built.returncode == 0, f"{name} did not compile:\n{built.stderr[-4000:]}"
-    return {name: out / name for name in DRIVERS}
+        built = pool.map(lambda name: _build(name, flags, out, binaries[name]), DRIVERS)
+        for name, result in zip(DRIVERS, built):
+            assert result.returncode == 0, f"{name} did not compile:\n{result.stderr[-4000:]}"
+    return binaries
+
+
+@pytest.fixture(scope="module")
+def emulation_out(tmp_path_factory) -> Path:
+    if _cuda_include() is None or _compiler() is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h)")
+    return tmp_path_factory.mktemp("cuda_emulated")
+
+
+@pytest.fixture(scope="module")
+def drivers(emulation_out) -> dict[str, Path]:
+    return _build_all(_flags(_cuda_include()), emulation_out)
 
 
 def _run(binary: Path, *args: str) -> subprocess.CompletedProcess:
@@ -213,22 +237,21 @@ MUTATIONS = {
 }
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_a_bug_in_a_kernel_fails_its_driver(drivers, tmp_path, mutation):
-    header, driver, before, after = MUTATIONS[mutation]
+def _mutated_headers(tmp_path: Path, header: str, before: str, after: str) -> Path:
+    """A folder holding `header` with `before` replaced by `after` (once), to put ahead of csrc on the include path."""
     text = (CSRC / header).read_text()
     assert text.count(before) == 1
     (tmp_path / header).parent.mkdir(parents=True)
     (tmp_path / header).write_text(text.replace(before, after))
-    include, compiler = _cuda_include(), _compiler()
-    flags = ["-std=c++17", "-O1", "-fno-strict-aliasing", "-ffp-contract=off", "-fno-extern-tls-init",
-             "-DEDGEVLA_CUDA_EMULATE", f"-I{tmp_path}", f"-I{CSRC}", f"-I{include}"]
-    sources = [str(CSRC / "tests" / f"{driver}.cpp")]
-    for extra in DRIVERS[driver]:
-        copy = drivers[driver].parent / (Path(extra).stem + "_emulated.cpp")
-        sources.append(str(copy if extra.endswith(".cu") else CSRC / extra))
+    return tmp_path
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_bug_in_a_kernel_fails_its_driver(emulation_out, tmp_path, mutation):
+    header, driver, before, after = MUTATIONS[mutation]
+    headers = _mutated_headers(tmp_path, header, before, after)
     binary = tmp_path / driver
-    built = subprocess.run([compiler, *flags, *sources, "-o", str(binary)], capture_output=True, text=True)
+    built = _build(driver, _flags(_cuda_include(), optimize="-O1", headers_first=headers), emulation_out, binary)
     assert built.returncode == 0, built.stderr[-3000:]
     result = _run(binary, "--quick")
     assert result.returncode == 1 and ": FAIL" in result.stdout
@@ -236,3 +259,93 @@ def test_a_bug_in_a_kernel_fails_its_driver(drivers, tmp_path, mutation):
         failed = [line for line in _case_lines(result.stdout) if line.endswith("FAIL")]
         assert any("cp.async late" in line for line in failed)
         assert not any("cp.async early" in line for line in failed), failed
+
+
+# ---- The race check: the same drivers built with -fsanitize=thread ----------
+#
+# cuda_emulate.h makes each thread one of ThreadSanitizer's fibers and tells it
+# what orders memory on a GPU (__syncthreads, bar.sync; not shuffles, MMAs or
+# ldmatrix). An access to shared (or global) memory that no barrier orders
+# against another thread's write is reported however the fibers happened to
+# interleave: warps that drift apart on a GPU are caught here even though the
+# emulation runs them in step. ThreadSanitizer keeps the last few accesses of
+# each 8 bytes, so a race among many readers can go unseen; it never invents one.
+
+_RACE_REPORT = "WARNING: ThreadSanitizer: data race"
+
+
+def _race_env() -> dict[str, str]:
+    # halt at the first race, with an exit status of our own
+    return {**os.environ, "TSAN_OPTIONS": "halt_on_error=1:exitcode=66"}
+
+
+def _run_race_checked(binary: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=600, env=_race_env())
+
+
+def _race_flags(**kwargs) -> list[str]:
+    return [*_flags(_cuda_include(), optimize="-O1", **kwargs), "-fsanitize=thread"]
+
+
+@pytest.fixture(scope="module")
+def race_checked(emulation_out) -> dict[str, Path]:
+    """Every driver built with ThreadSanitizer (skips where the compiler has no runtime for it, or it cannot run)."""
+    probe_source = emulation_out / "tsan_probe.cpp"
+    probe_source.write_text("int main() { return 0; }\n")
+    probe = emulation_out / "tsan_probe"
+    built = subprocess.run([_compiler(), "-fsanitize=thread", str(probe_source), "-o", str(probe)],
+                           capture_output=True, text=True)
+    if built.returncode != 0 or subprocess.run([str(probe)], capture_output=True, env=_race_env()).returncode != 0:
+        pytest.skip("needs ThreadSanitizer (-fsanitize=thread) that builds and runs here")
+    return _build_all(_race_flags(), emulation_out, suffix="_race")
+
+
+@pytest.fixture(scope="module")
+def race_runs(race_checked) -> dict[str, subprocess.CompletedProcess]:
+    """Each kernel driver's quick cases under the race check, two at a time."""
+    names = [name for name in DRIVERS if name != "cuda_emulate_selftest"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(names, pool.map(lambda name: _run_race_checked(race_checked[name], "--quick"), names)))
+
+
+@pytest.mark.parametrize("driver", ["cuda_emulated_w4", "cuda_emulated_s8", "cuda_emulated_2to4"])
+def test_kernels_have_no_data_races(race_runs, driver):
+    result = race_runs[driver]
+    assert result.returncode == 0 and "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
+    cases = _case_lines(result.stdout)
+    assert len(cases) >= 20 and all(line.endswith(": ok") for line in cases), cases
+
+
+@pytest.mark.parametrize("mode", ["no-barrier", "warp-synchronous"])
+def test_race_check_reports_unordered_accesses(race_checked, drivers, mode):
+    result = _run_race_checked(race_checked["cuda_emulate_selftest"], mode)
+    assert result.returncode == 66 and _RACE_REPORT in result.stderr, result.stdout + result.stderr[-3000:]
+    assert "block_sum" in result.stderr and "Location is TLS" in result.stderr  # shared memory, in the kernel
+    if mode == "warp-synchronous":
+        # Only the race check sees this one: run in step, the pairs' swap through shared memory sums right.
+        assert _run(drivers["cuda_emulate_selftest"], mode).returncode == 0
+    clean = _run_race_checked(race_checked["cuda_emulate_selftest"], "sum")
+    assert clean.returncode == 0 and "ThreadSanitizer" not in clean.stderr
+
+
+def test_race_check_catches_a_stage_refilled_before_the_barrier(emulation_out, tmp_path):
+    """The tiled int8 kernel issuing its next cp.async before the barrier that says every warp has read
+    the stage it overwrites. Warps run in step, so the sums still come out right; on a GPU a warp that
+    runs ahead overwrites data a slower warp has yet to read. The race check names the refill."""
+    headers = _mutated_headers(
+        tmp_path, "cuda/gemm_s8s8_kernels.cuh",
+        "        group_barrier<kSplit, kThreads>(group);  // ... for every thread; stage (lt - 1) is free again\n"
+        "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n",
+        "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n"
+        "        group_barrier<kSplit, kThreads>(group);\n")
+    plain, checked = tmp_path / "plain", tmp_path / "checked"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        builds = list(pool.map(lambda job: _build("cuda_emulated_s8", job[0], emulation_out, job[1]), [
+            (_flags(_cuda_include(), optimize="-O1", headers_first=headers), plain),
+            (_race_flags(headers_first=headers), checked)]))
+    for built in builds:
+        assert built.returncode == 0, built.stderr[-3000:]
+    assert _run(plain, "--quick").returncode == 0  # the sums alone do not show it
+    result = _run_race_checked(checked, "--quick")
+    assert result.returncode == 66 and _RACE_REPORT in result.stderr, result.stderr[-3000:]
+    assert "load_tile_s8" in result.stderr and "gemm_s8s8_tiled_kernel" in result.stderr

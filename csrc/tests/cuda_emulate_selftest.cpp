@@ -9,6 +9,11 @@
 //   divergent      a shuffle only half the warp reaches (exit 3, "divergence")
 //   past-the-end   a read one element past a guarded input (exit 4, "invalid memory access")
 //   exited-lane    a shuffle after some lanes returned (exit 3, "returned")
+// Built with -fsanitize=thread (the race check), two more, each a data race
+// that ThreadSanitizer must report:
+//   no-barrier     the warps' sums read from shared memory with no __syncthreads
+//   warp-synchronous  a lane reads what another lane of its warp wrote, ordered
+//                  only by a shuffle (which exchanges registers, not memory)
 #include "cuda/emulate/cuda_emulate.h"
 
 #include "cuda/ptx_mma.cuh"
@@ -25,27 +30,37 @@ namespace {
 using edgevla::cuda::emulate::guarded_copy;
 using edgevla::cuda::emulate::launch;
 
+// What a mode makes go wrong in block_sum.
+enum class Trip { nothing, divergence, lanes_exit, past_the_end, no_barrier, warp_synchronous };
+
 // 4 warps: each lane adds its value over the warp by shuffles, warp sums meet in shared memory.
-void block_sum(const float* in, float* out, bool divergent, bool lanes_exit) {
+void block_sum(const float* in, float* out, Trip trip) {
     __shared__ float warp_sums[4];
+    __shared__ float lane_values[128];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lanes_exit && lane >= 30) return;
+    if (trip == Trip::lanes_exit && lane >= 30) return;
     float v = in[threadIdx.x];
+    if (trip == Trip::warp_synchronous) {
+        // Lanes swap values in pairs through shared memory (the warp's sum is the same), "ordered" by a shuffle.
+        lane_values[threadIdx.x] = v;
+        (void)__shfl_xor_sync(0xffffffffu, v, 0);
+        v = lane_values[threadIdx.x ^ 1u];
+    }
     for (int m = 16; m >= 1; m /= 2) {
-        if (divergent && m == 4 && lane >= 16) continue;
+        if (trip == Trip::divergence && m == 4 && lane >= 16) continue;
         v += __shfl_xor_sync(0xffffffffu, v, m);
     }
     if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
+    if (trip != Trip::no_barrier) __syncthreads();
     if (threadIdx.x == 0) *out = warp_sums[0] + warp_sums[1] + warp_sums[2] + warp_sums[3];
 }
 
-int run_sum(bool divergent, bool lanes_exit, bool past_the_end) {
+int run_sum(Trip trip) {
     std::vector<float> values(128);
     for (int i = 0; i < 128; ++i) values[i] = static_cast<float>(i % 7) - 3.0f;  // sums exactly
-    const float* in = guarded_copy(values.data(), past_the_end ? 127 : 128, 4);
+    const float* in = guarded_copy(values.data(), trip == Trip::past_the_end ? 127 : 128, 4);
     float* out = edgevla::cuda::emulate::poisoned_output<float>(1);
-    launch({1, 1, 1}, {128, 1, 1}, [&] { block_sum(in, out, divergent, lanes_exit); });
+    launch({1, 1, 1}, {128, 1, 1}, [&] { block_sum(in, out, trip); });
     float want = 0.0f;
     for (float v : values) want += v;
     std::printf("block sum %g, expected %g\n", double(*out), double(want));
@@ -120,11 +135,13 @@ int run_mma() {
 int main(int argc, char** argv) {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     const std::string mode = argc > 1 ? argv[1] : "";
-    if (mode == "sum") return run_sum(false, false, false);
+    if (mode == "sum") return run_sum(Trip::nothing);
     if (mode == "mma") return run_mma();
-    if (mode == "divergent") return run_sum(true, false, false);
-    if (mode == "past-the-end") return run_sum(false, false, true);
-    if (mode == "exited-lane") return run_sum(false, true, false);
-    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane\n");
+    if (mode == "divergent") return run_sum(Trip::divergence);
+    if (mode == "past-the-end") return run_sum(Trip::past_the_end);
+    if (mode == "exited-lane") return run_sum(Trip::lanes_exit);
+    if (mode == "no-barrier") return run_sum(Trip::no_barrier);
+    if (mode == "warp-synchronous") return run_sum(Trip::warp_synchronous);
+    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous\n");
     return 2;
 }

@@ -10,9 +10,10 @@
 // reductions through shared memory. cp.async copies land either at issue or
 // as late as the kernel's cp.async.wait_group allows (copy_landing): run both
 // ways, a kernel that reads a stage before waiting for it, or refills one
-// that other warps still read, computes wrong sums. What this cannot show:
-// timing, memory ordering between blocks (blocks run one after another), or
-// other races on shared memory (fibers switch only at collectives).
+// that other warps still read, computes wrong sums. Built with
+// -fsanitize=thread it also reports every access a barrier does not order
+// (below). What this cannot show: timing, or memory ordering between blocks
+// (blocks run one after another).
 //
 // Build flags: -fno-strict-aliasing (kernels read a uint4 as __half2, as
 // CUDA allows), -fno-extern-tls-init (`extern __shared__` arrays become
@@ -55,6 +56,66 @@
 #include <string>
 #include <memory>
 #include <vector>
+
+// Built with -fsanitize=thread, the emulation is a race detector for the
+// kernels (tests/test_cuda_emulated.py, the race check): each fiber is one of
+// ThreadSanitizer's fibers, and the emulation tells it what orders memory on a
+// GPU, which is only what the CUDA memory model says: __syncthreads and
+// bar.sync order the threads that meet there; shuffles, MMAs and ldmatrix
+// exchange registers and order nothing. A shared-memory (or global) access
+// that no barrier orders against another thread's write is then reported,
+// whatever order the fibers happened to run in. The emulation's own
+// bookkeeping is hidden from it (Untracked); a block's accesses are ordered
+// after the previous block's, since blocks reuse the same shared arrays.
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* address);
+void __tsan_release(void* address);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+#endif
+
+// The fiber switches: not instrumented at all (a function's entry and exit
+// would be counted on different fibers; a thread's last accesses come after it
+// has released its writes to the host).
+#if defined(__SANITIZE_THREAD__)
+#define EDGEVLA_EMULATE_UNINSTRUMENTED __attribute__((no_sanitize_thread))
+#else
+#define EDGEVLA_EMULATE_UNINSTRUMENTED
+#endif
+
+namespace edgevla::cuda::emulate::race {
+#if defined(__SANITIZE_THREAD__)
+inline void* current_fiber() { return __tsan_get_current_fiber(); }
+inline void* new_fiber() { return __tsan_create_fiber(0); }
+// Uninstrumented: an instrumented call would enter on one fiber's shadow stack and leave on the other's.
+EDGEVLA_EMULATE_UNINSTRUMENTED inline void switch_to(void* fiber) {
+    __tsan_switch_to_fiber(fiber, 1 /* no synchronization */);
+}
+inline void release(void* sync) { __tsan_release(sync); }
+inline void acquire(void* sync) { __tsan_acquire(sync); }
+// The emulation's own state (slots, counters, copy queues) while it lives.
+struct Untracked {
+    Untracked() { __tsan_ignore_thread_begin(); }
+    ~Untracked() { __tsan_ignore_thread_end(); }
+    Untracked(const Untracked&) = delete;
+    Untracked& operator=(const Untracked&) = delete;
+};
+#else
+inline void* current_fiber() { return nullptr; }
+inline void* new_fiber() { return nullptr; }
+inline void switch_to(void*) {}
+inline void release(void*) {}
+inline void acquire(void*) {}
+struct Untracked {
+    Untracked() {}  // user-provided: a scope guard, not an unused variable
+};
+#endif
+}  // namespace edgevla::cuda::emulate::race
 
 // The kernel-source keywords a host compiler does not know (the CUDA headers
 // define __device__ and friends for host compilers already).
@@ -118,13 +179,29 @@ struct Fiber {
     ucontext_t context{};
     std::vector<AsyncCopy> open_group;
     std::vector<std::vector<AsyncCopy>> committed;  // oldest first
-    std::unique_ptr<char[]> stack;
     Index3 thread;
     bool done = false;
     const char* waiting_at = nullptr;          // the collective it waits in, if any
     const uint64_t* wait_generation = nullptr;  // ... and the generation that must move first
     uint64_t wait_value = 0;
+    void* race_fiber = nullptr;  // ThreadSanitizer's, under -fsanitize=thread
 };
+
+// Thread i of every block runs on stack i (and is ThreadSanitizer's fiber i):
+// made once, for the largest block so far, and kept for the program's life.
+// A block's threads start once the previous block's have all returned.
+struct ThreadResources {
+    static constexpr size_t kStackBytes = 256 * 1024;
+    std::unique_ptr<char[]> stack;
+    void* race_fiber = nullptr;
+};
+inline ThreadResources& thread_resources(unsigned thread) {
+    static std::vector<ThreadResources> pool;
+    while (pool.size() <= thread) {
+        pool.push_back({std::unique_ptr<char[]>(new char[ThreadResources::kStackBytes]), race::new_fiber()});
+    }
+    return pool[thread];
+}
 
 inline const char* name_of(Collective kind) {
     switch (kind) {
@@ -140,8 +217,6 @@ inline const char* name_of(Collective kind) {
 
 class Block {
 public:
-    static constexpr size_t kStackBytes = 256 * 1024;
-
     Block(Index3 block, Index3 block_dim, Index3 grid_dim, std::function<void()> body)
         : block_(block), block_dim_(block_dim), grid_dim_(grid_dim), body_(std::move(body)) {
         const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
@@ -150,14 +225,19 @@ public:
         warps_.resize(threads / 32);
         for (unsigned i = 0; i < threads; ++i) {
             fibers_[i].thread = {i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};
-            start_fiber(fibers_[i], &scheduler_);
+            start_fiber(fibers_[i], i, &scheduler_);
         }
     }
+    Block(const Block&) = delete;
+    Block& operator=(const Block&) = delete;
 
     // Runs every thread to its end; stops the program on a deadlock.
     void run() {
         report_faults();
-        Block* outer = current_block();
+        race::Untracked untracked;
+        host_fiber_ = race::current_fiber();
+        race::release(&launch_sync_);  // what the host wrote before, every thread sees
+        if (current_block() != nullptr) fail("a launch from inside a kernel (threads share their stacks)");
         current_block() = this;
         // The scheduler's state lives in members: locals would not survive swapcontext's second return.
         for (;;) {
@@ -170,12 +250,13 @@ public:
                 if (f.done) continue;
                 live_ = true;
                 if (!wake_all && f.wait_generation != nullptr && *f.wait_generation == f.wait_value) continue;
-                if (swapcontext(&scheduler_, &fibers_[current_].context) != 0) fail("swapcontext");
+                resume(fibers_[current_]);
             }
             if (!live_) break;
             if (!progress_) describe_deadlock();
         }
-        current_block() = outer;
+        race::acquire(&finish_sync_);  // and the host sees what every thread wrote
+        current_block() = nullptr;
     }
 
     static Block*& current_block() {
@@ -189,40 +270,48 @@ public:
 
     // __syncthreads: waits for every thread of the block that has not returned.
     void sync_threads() {
+        race::Untracked untracked;
         arrive_and_wait(barrier_arrived_, barrier_generation_, [this] { return live_threads(); }, "__syncthreads",
-                        nullptr);
+                        nullptr, &barrier_sync_);
     }
 
     // bar.sync id, count: waits for `count` threads at barrier `id`.
     void named_barrier(int id, unsigned count) {
+        race::Untracked untracked;
         if (id <= 0 || id >= 16 || count % 32 != 0) fail("bar.sync: id 1..15 and a multiple of 32 threads");
         Barrier& b = named_[id];
-        arrive_and_wait(b.arrived, b.generation, [count] { return count; }, "bar.sync", nullptr);
+        arrive_and_wait(b.arrived, b.generation, [count] { return count; }, "bar.sync", nullptr, &b.sync);
     }
 
-    // cp.async's commit groups, for the current thread.
+    // cp.async's commit groups, for the current thread. A landing is the
+    // issuing thread's write into shared memory (what the race check sees).
     void copy_async(void* dst, const void* src, int size, int src_bytes) {
         AsyncCopy copy{dst, {}, size};
         std::memcpy(copy.bytes.data(), src, static_cast<size_t>(src_bytes));  // the rest stays zero
         if (copy_landing() == CopyLanding::at_issue) {
             std::memcpy(dst, copy.bytes.data(), static_cast<size_t>(size));
         } else {
+            race::Untracked untracked;
             fibers_[current_].open_group.push_back(copy);
         }
     }
     void copy_commit() {
+        race::Untracked untracked;
         Fiber& f = fibers_[current_];
         f.committed.push_back(std::move(f.open_group));
         f.open_group.clear();
     }
     void copy_wait(size_t pending) {
-        Fiber& f = fibers_[current_];
-        while (f.committed.size() > pending) {
-            for (const AsyncCopy& c : f.committed.front()) {
-                std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+        std::vector<AsyncCopy> landing;
+        {
+            race::Untracked untracked;
+            Fiber& f = fibers_[current_];
+            while (f.committed.size() > pending) {
+                landing.insert(landing.end(), f.committed.front().begin(), f.committed.front().end());
+                f.committed.erase(f.committed.begin());
             }
-            f.committed.erase(f.committed.begin());
         }
+        for (const AsyncCopy& c : landing) std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
     }
 
     // A warp collective: every lane deposits `in`, waits for the other 31, and
@@ -232,12 +321,13 @@ public:
     // after every lane has arrived at the next one, so after all have read.
     template <typename Compute>
     void warp_collective(Collective kind, const std::array<uint32_t, 16>& in, Compute compute) {
+        race::Untracked untracked;
         const unsigned thread = current_, lane = thread % 32;
         Warp& w = warps_[thread / 32];
         std::array<LaneSlot, 32>& slots = w.slots[w.generation % 2];
         slots[lane].kind = kind;
         slots[lane].in = in;
-        arrive_and_wait(w.arrived, w.generation, [] { return 32u; }, name_of(kind), &w);
+        arrive_and_wait(w.arrived, w.generation, [] { return 32u; }, name_of(kind), &w, nullptr);
         for (unsigned l = 0; l < 32; ++l) {
             if (slots[l].kind != kind) {
                 char what[160];
@@ -254,6 +344,7 @@ private:
     struct Barrier {
         unsigned arrived = 0;
         uint64_t generation = 0;
+        char sync[2] = {};  // the race check's objects, by generation parity
     };
     struct Warp {
         std::array<std::array<LaneSlot, 32>, 2> slots;
@@ -262,13 +353,14 @@ private:
     };
 
     // Outside the constructor's loop: getcontext may return twice as far as the compiler knows.
-    static void start_fiber(Fiber& f, ucontext_t* scheduler) {
-        f.stack.reset(new char[kStackBytes]);
+    static void start_fiber(Fiber& f, unsigned thread, ucontext_t* scheduler) {
+        ThreadResources& resources = thread_resources(thread);
         if (getcontext(&f.context) != 0) fail("getcontext");
-        f.context.uc_stack.ss_sp = f.stack.get();
-        f.context.uc_stack.ss_size = kStackBytes;
+        f.context.uc_stack.ss_sp = resources.stack.get();
+        f.context.uc_stack.ss_size = ThreadResources::kStackBytes;
         f.context.uc_link = scheduler;
         makecontext(&f.context, &Block::entry, 0);
+        f.race_fiber = resources.race_fiber;
     }
 
     // A fault (a guard page, say) names the block and thread before the program dies.
@@ -295,19 +387,28 @@ private:
         _exit(4);
     }
 
-    static void entry() {
+    EDGEVLA_EMULATE_UNINSTRUMENTED static void entry() {
         Block* block = current_block();
+        race::acquire(&block->launch_sync_);
         block->body_();
         block->copy_commit();
         block->copy_wait(0);
-        block->fibers_[block->current_].done = true;
+        Fiber& me = block->fibers_[block->current_];
+        race::release(&block->finish_sync_);
+        me.done = true;
         block->progress_ = true;
         block->wake_all_ = true;
-        // uc_link returns to the scheduler.
+        block->yield(me);  // for good: the scheduler resumes no thread that is done
     }
 
-    void yield() {
-        if (swapcontext(&fibers_[current_].context, &scheduler_) != 0) fail("swapcontext");
+    // The scheduler hands over to a thread, which hands back with yield.
+    EDGEVLA_EMULATE_UNINSTRUMENTED void resume(Fiber& f) {
+        race::switch_to(f.race_fiber);
+        if (swapcontext(&scheduler_, &f.context) != 0) fail("swapcontext");
+    }
+    EDGEVLA_EMULATE_UNINSTRUMENTED void yield(Fiber& me) {
+        race::switch_to(host_fiber_);
+        if (swapcontext(&me.context, &scheduler_) != 0) fail("swapcontext");
     }
 
     unsigned live_threads() const {
@@ -321,9 +422,13 @@ private:
     // resumed until the generation moves (or a thread returns: then each
     // waiter looks again, since a barrier may open, or a warp lose a lane).
     // warp: for a warp collective, the warp whose lanes must not return meanwhile.
+    // sync: for a barrier, its two race-check objects (a warp collective orders no memory).
     template <typename Needed>
-    void arrive_and_wait(unsigned& arrived, uint64_t& generation, Needed needed, const char* where, const Warp* warp) {
+    void arrive_and_wait(unsigned& arrived, uint64_t& generation, Needed needed, const char* where, const Warp* warp,
+                         char (*sync)[2]) {
         const uint64_t mine = generation;
+        // By parity: a thread through this barrier that reaches the next one releases into the other object.
+        if (sync != nullptr) race::release(&(*sync)[mine % 2]);
         ++arrived;
         progress_ = true;
         Fiber& me = fibers_[current_];
@@ -338,10 +443,11 @@ private:
             if (warp != nullptr) check_no_lane_returned(current_ / 32);
             me.wait_generation = &generation;
             me.wait_value = mine;
-            yield();
+            yield(me);
             me.wait_generation = nullptr;
         }
         me.waiting_at = nullptr;
+        if (sync != nullptr) race::acquire(&(*sync)[mine % 2]);
     }
 
     void check_no_lane_returned(unsigned warp) {
@@ -386,6 +492,10 @@ private:
     bool progress_ = false;
     bool live_ = false;
     bool wake_all_ = false;
+    // The race check's: the host's own fiber, and objects for the launch and the barriers.
+    void* host_fiber_ = nullptr;
+    char launch_sync_ = 0, finish_sync_ = 0;
+    char barrier_sync_[2] = {};
 };
 
 // The launches made so far (grid, block), for drivers to say what a launcher chose.

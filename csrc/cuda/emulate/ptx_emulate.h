@@ -3,7 +3,7 @@
 // warp's fragments (the layouts in ptx_mma.cuh's header) and give each lane
 // its own accumulators: int32 sums exact, float sums in double rounded once to
 // float (a tensor core's internal rounding may differ in the last bits).
-// ldmatrix reads the rows at the collective; cp.async lands at issue or at
+// ldmatrix reads each row as its lane arrives; cp.async lands at issue or at
 // the wait (cuda_emulate.h, copy_landing). The sparse MMAs use the metadata
 // layouts the H200 settled (pack_2to4_mma.h).
 #pragma once
@@ -101,20 +101,18 @@ inline uint32_t ldg_stream_u32(const void* pointer, bool pred, uint32_t otherwis
 
 // ldmatrix.x4 (16-bit elements): lanes 8i .. 8i + 7 give the addresses of
 // matrix i's 8 rows (16 bytes each); lane l receives in r[i] bytes
-// 4 (l % 4) .. 4 (l % 4) + 3 of row l / 4 of matrix i.
+// 4 (l % 4) .. 4 (l % 4) + 3 of row l / 4 of matrix i. Each lane reads the row
+// it names as it arrives (so the race check sees the read as that lane's).
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+    if (reinterpret_cast<uintptr_t>(row_address) % 16 != 0) {
+        emulate::fail("ldmatrix: a row address that is not 16-byte aligned");
+    }
     std::array<uint32_t, 16> in{};
-    const auto address = reinterpret_cast<uintptr_t>(row_address);
-    if (address % 16 != 0) emulate::fail("ldmatrix: a row address that is not 16-byte aligned");
-    in[0] = static_cast<uint32_t>(address), in[1] = static_cast<uint32_t>(static_cast<uint64_t>(address) >> 32);
+    std::memcpy(in.data(), row_address, 16);
     uint32_t out[4];
     emulate::Block::current_block()->warp_collective(emulate::Collective::ldmatrix_x4, in,
                                                      [&](const auto& slots, unsigned lane) {
-        for (unsigned i = 0; i < 4; ++i) {
-            const auto& owner = slots[8 * i + lane / 4].in;
-            const uintptr_t row = static_cast<uintptr_t>((static_cast<uint64_t>(owner[1]) << 32) | owner[0]);
-            std::memcpy(&out[i], reinterpret_cast<const unsigned char*>(row) + 4 * (lane % 4), 4);
-        }
+        for (unsigned i = 0; i < 4; ++i) out[i] = slots[8 * i + lane / 4].in[lane % 4];
     });
     for (int i = 0; i < 4; ++i) r[i] = out[i];
 }
