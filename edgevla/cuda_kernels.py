@@ -338,17 +338,24 @@ def gemm_2to4_f16(x: Any, weight: Sparse2to4Weight, bias: Any = None, *, act: st
     return out
 
 
+#: The 6 ways to keep 2 of a group's 4 values.
+_KEEP_2_OF_4 = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], bool)
+
+
 def random_2to4(rng: np.random.Generator, n: int, k: int, dtype: Any) -> np.ndarray:
-    """A random (N, K) weight with exactly 2 non-zeros in every group of 4 k (fewer in a partial last group)."""
+    """A random (N, K) weight with exactly 2 non-zeros in every group of 4 k (fewer in a partial last group).
+
+    Each group keeps one of the 6 pairs of positions, uniformly.
+    """
     groups = -(-k // 4)
-    keep = np.argsort(rng.random((n, groups, 4)), axis=2)[:, :, :2]
-    mask = np.zeros((n, groups, 4), bool)
-    np.put_along_axis(mask, keep, True, axis=2)
+    mask = _KEEP_2_OF_4[rng.integers(0, len(_KEEP_2_OF_4), (n, groups))]
     if np.issubdtype(dtype, np.integer):
-        values = rng.integers(-127, 128, (n, groups, 4))
+        values = rng.integers(-127, 128, (n, groups, 4), dtype=np.int8)
         values[values == 0] = 1
     else:
-        values = rng.uniform(0.5, 1.5, (n, groups, 4)) * rng.choice([-1.0, 1.0], (n, groups, 4))
+        # One draw u a value: sign from u < 1/2, magnitude 0.5 + (2u mod 1), uniform on [0.5, 1.5).
+        u = 2 * rng.random((n, groups, 4), dtype=np.float32)
+        values = np.where(u < 1, -(0.5 + u), u - 0.5)
     w = np.where(mask, values, 0).reshape(n, groups * 4)[:, :k]
     return np.ascontiguousarray(w.astype(dtype))
 

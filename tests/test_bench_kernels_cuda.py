@@ -110,3 +110,128 @@ def test_the_small_m_variants_goal_takes_the_faster_shape_each_way():
     assert single["values"] == [{"where": "base-vla fc1 M=1 (edgevla-small_m_wave)", "ratio": 1.6}]
     chained = _goal(result, "(variants) the fastest int8 small-M shape per row vs cuBLAS int8 at M <= 16, back to back")
     assert chained["values"] == [{"where": "base-vla fc1 M=1 (edgevla)", "ratio": 2.5}] and chained["met"] is True
+
+
+# ---- the preflight (edgevla/bench/cuda_preflight.py) and the partial JSON ----
+
+def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context():
+    from edgevla.bench import cuda_preflight as cp
+
+    outcomes = {"int8:auto": (cp.EXIT_OK, "cuda_preflight: int8:auto: ok"),
+                "int8:wgmma": (-11, ""),
+                "int4:streaming": (None, ""),
+                "2to4-int8:tiled_wide": (cp.EXIT_CONTEXT_LOST, "cuda_preflight: 2to4-int8:tiled_wide: "
+                                                               "RuntimeError: illegal address; unusable"),
+                "int4:tensor_cores": (cp.EXIT_OK, "cuda_preflight: int4:tensor_cores: raised ValueError: M (the "
+                                                  "context survived)"),
+                "int8:tiled_wide": (1, "Traceback ... ImportError: x")}
+    seen = []
+
+    def spawn(key, timeout_s):
+        seen.append((key, timeout_s))
+        return outcomes[key]
+
+    unsafe = cp.unsafe_variants(outcomes, timeout_s=30, workers=3, spawn=spawn)
+    assert sorted(seen) == sorted((key, 30) for key in outcomes)
+    assert unsafe == {"int8:wgmma": "killed by signal 11",
+                      "int4:streaming": "still running after 30 s (a hang?)",
+                      "2to4-int8:tiled_wide": "cuda_preflight: 2to4-int8:tiled_wide: RuntimeError: illegal address; "
+                                              "unusable",
+                      "int8:tiled_wide": "exit status 1 (Traceback ... ImportError: x)"}
+
+
+def test_preflight_probe_refuses_unknown_keys_and_says_why_it_cannot_run(capsys):
+    import subprocess
+    import sys
+
+    from edgevla.bench import cuda_preflight as cp
+    from edgevla.cuda_kernels import unavailable_reason
+
+    assert cp.probe("int8:nonsense") == cp.EXIT_USAGE
+    assert "unknown probe 'int8:nonsense'" in capsys.readouterr().err
+    if unavailable_reason():  # no GPU here: the child says so in one line, no traceback
+        done = subprocess.run([sys.executable, "-m", "edgevla.bench.cuda_preflight", "int4:streaming"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == cp.EXIT_NO_CUDA
+        assert done.stderr.startswith("cuda_preflight: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_preflight_probe_names_a_variant_the_benchmark_times():
+    from edgevla.bench.cuda_preflight import PROBES
+    from edgevla.cuda_kernels import SMALL_M_VARIANTS, SPARSE_VARIANTS, TILED_VARIANTS, W4_VARIANTS
+
+    named = {f"int8:{v}" for v in ("auto", *SMALL_M_VARIANTS[1:], *TILED_VARIANTS[1:], "wgmma", "tcgen05")}
+    named |= {f"2to4-int8:{v}" for v in (*SPARSE_VARIANTS, "wgmma")} | {f"2to4-f16:{v}" for v in SPARSE_VARIANTS}
+    named |= {f"int4:{v}" for v in ("auto", *W4_VARIANTS[1:])}
+    assert set(PROBES) == named and len(PROBES) == len(named)
+
+
+def test_probe_keys_follow_the_build_and_the_metadata_layouts(monkeypatch):
+    from edgevla import cuda_kernels as ck
+    from edgevla.bench import kernels_cuda
+
+    monkeypatch.setattr(ck, "wgmma_available", lambda: True)
+    monkeypatch.setattr(ck, "tcgen05_available", lambda: False)
+    keys = kernels_cuda._probe_keys({"int8": False, "float16": True})
+    assert "int8:wgmma" in keys and "2to4-int8:wgmma" in keys and "int8:tcgen05" not in keys
+    assert "2to4-int8:auto" not in keys and "2to4-f16:tiled_wide" in keys
+    monkeypatch.setattr(ck, "wgmma_available", lambda: False)
+    assert not any(key.endswith(":wgmma") for key in kernels_cuda._probe_keys({"int8": True, "float16": True}))
+
+
+def test_a_run_cut_short_leaves_the_shapes_it_finished(monkeypatch, tmp_path):
+    import argparse
+    import json
+
+    import pytest
+
+    from edgevla.bench import kernels_cuda
+
+    def cut_short(*, on_shape, **kwargs):
+        on_shape({"benchmark": "kernels-cuda", "complete": False, "rows": [_row("edgevla", 5.0)]})
+        raise KeyboardInterrupt  # as `timeout` stopping the step would
+
+    monkeypatch.setattr(kernels_cuda, "bench_kernels_cuda", cut_short)
+    path = tmp_path / "out" / "cuda_bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        kernels_cuda.run(argparse.Namespace(configs=None, ms=None, quick=False, json=str(path)))
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is False and saved["rows"][0]["backend"] == "edgevla"
+
+
+def test_each_probe_calls_its_variant_at_every_shape(monkeypatch):
+    """The probes' calls, built on the CPU with the kernels replaced by a recorder (no GPU here)."""
+    from edgevla import cuda_kernels as ck
+    from edgevla.bench import cuda_preflight as cp
+
+    calls = []
+
+    def recorder(name):
+        def record(x, weight, *args, variant="auto", **kwargs):
+            calls.append((name, variant, tuple(x.shape), str(x.dtype), "w_scale" in kwargs))
+        return record
+
+    for name in ("gemm_s8s8", "gemm_2to4_s8", "gemm_2to4_f16", "gemm_w4"):
+        monkeypatch.setattr(ck, name, recorder(name))
+    monkeypatch.setattr(ck, "pack_2to4_s8_wgmma", lambda w: ("wgmma weight", tuple(w.shape)))
+    expected = {"int8": "gemm_s8s8", "2to4-int8": "gemm_2to4_s8", "2to4-f16": "gemm_2to4_f16", "int4": "gemm_w4"}
+    for key in cp.PROBES:
+        op, variant = key.split(":")
+        for k, n in cp.SHAPES[:2]:  # the large one only costs time here
+            calls.clear()
+            for call in cp._calls(key, k, n, dev="cpu"):
+                call()
+            assert calls and {c[0] for c in calls} == {expected[op]}, key
+            assert {c[1] for c in calls} == {"auto" if variant == "wgmma" and op == "2to4-int8" else variant}, key
+            assert all(c[2][1] == k for c in calls), key
+            ms = {c[2][0] for c in calls}
+            if op == "int4" or variant in ("small_m_wave",):
+                assert ms == {1, 16}, key
+            elif variant == "auto":
+                assert ms == {1, 16, 256}, key
+            else:
+                assert ms == {256}, key
+            if op == "int8":  # int32 out and the float32 epilogue
+                assert {c[4] for c in calls} == {False, True}, key
+            if op == "int4":  # float16 and float32 x
+                assert {c[3] for c in calls} == {"torch.float16", "torch.float32"}, key

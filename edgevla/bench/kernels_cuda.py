@@ -60,6 +60,13 @@ drain: the ~4-5 us floor of the tiny rows) is paid once per chain, as a
 captured policy pays it once per forward. ``gbps_chain`` is the bandwidth a
 layer gets inside a policy, the figure comparable with the 1 GiB copy's; the
 goals report both.
+
+Before timing anything, each kernel variant runs once in a child process of its
+own (:mod:`.cuda_preflight`): a variant that faults (an illegal address leaves the
+CUDA context unusable), hangs, or dies is left out, with a note, rather than
+taking every later row with it. The large shapes run first, and with ``--json``
+the file is rewritten after every shape (``"complete": false`` until the end), so
+a run stopped by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -68,13 +75,14 @@ import argparse
 import dataclasses
 import datetime
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import EdgevlaError
 from . import write_json
+from .cuda_preflight import PROBES, unsafe_variants
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
@@ -97,7 +105,9 @@ MAX_COPIES = 8
 def run(args: argparse.Namespace) -> int:
     configs = _names(args.configs, CONFIG_NAMES, "--configs") if args.configs else None
     ms = _ints(args.ms, "--ms") if args.ms else None
-    result = bench_kernels_cuda(quick=args.quick, configs=configs, ms=ms)
+    # With --json, the file is rewritten after every shape (whole, "complete": false until the end).
+    save = (lambda partial: write_json(partial, args.json)) if args.json else None
+    result = bench_kernels_cuda(quick=args.quick, configs=configs, ms=ms, on_shape=save)
     print_table(result)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
@@ -256,16 +266,38 @@ def _dequantize_w4(codes: np.ndarray, scales: np.ndarray, group: int, k: int) ->
     return q * np.repeat(scales.astype(np.float64), group, axis=1)[:, :k]
 
 
+def _probe_keys(sparse: dict[str, bool]) -> list[str]:
+    """The preflight probes (cuda_preflight.PROBES) of what this build and GPU run."""
+    from .. import cuda_kernels as ck
+
+    built = {"wgmma": ck.wgmma_available(), "tcgen05": ck.tcgen05_available()}
+
+    def wanted(key: str) -> bool:
+        op, variant = key.split(":")
+        if not built.get(variant, True):
+            return False
+        if op == "2to4-int8" and variant != "wgmma":
+            return sparse["int8"]
+        return sparse["float16"] if op == "2to4-f16" else True
+
+    return [key for key in PROBES if wanted(key)]
+
+
 def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Generator,
-                 sparse: dict[str, bool]) -> None:
+                 sparse: dict[str, bool], unsafe: Collection[str] = ()) -> None:
+    """The rows of one shape; ``unsafe``: preflight probes (``op:variant``) whose backends are left out."""
     import torch
     import torch.nn.functional as F
 
     from .. import cuda_kernels as ck
     from .. import native
 
+    def runs(key: str) -> bool:
+        return key not in unsafe
+
     wgmma = ck.wgmma_available()
-    cutlass_variants = (*(("wgmma",) if wgmma else ()), *(("tcgen05",) if ck.tcgen05_available() else ()))
+    cutlass_variants = tuple(v for v, built in (("wgmma", wgmma), ("tcgen05", ck.tcgen05_available()))
+                             if built and runs(f"int8:{v}"))
     k, n = shape.k, shape.n
     dev = "cuda"
     w8_np = rng.integers(-127, 128, (n, k), dtype=np.int8)
@@ -281,7 +313,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
     sp_f16 = _cloned(ck.pack_2to4_f16(w24_f16_np), copies) if sparse["float16"] else None
     w24_s8 = torch.from_numpy(w24_s8_np).to(dev)
     sp_wgmma = None
-    if wgmma:
+    if wgmma and runs("2to4-int8:wgmma"):
         try:
             sp_wgmma = [ck.pack_2to4_s8_wgmma(w24_s8) for _ in range(copies)]
         except (ValueError, RuntimeError, EdgevlaError) as e:  # a shape CUTLASS refuses: noted
@@ -325,12 +357,14 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
                 return _exact(out_s32, ref_acc)
             return check
 
-        rows.add("gemm-int8", shape, m, "edgevla", lambda i: ck.gemm_s8s8(a, w8[i % copies], out=out_s32),
-                 weight_bytes=n * k, io_bytes=int8_io, check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
-                 tolerance="exact", copies=copies, poison=poison_s32, chain=m <= 16)
+        if runs("int8:auto"):
+            rows.add("gemm-int8", shape, m, "edgevla", lambda i: ck.gemm_s8s8(a, w8[i % copies], out=out_s32),
+                     weight_bytes=n * k, io_bytes=int8_io,
+                     check=check_s32(lambda i: ck.gemm_s8s8(a, w8[0], out=out_s32)),
+                     tolerance="exact", copies=copies, poison=poison_s32, chain=m <= 16)
 
         variants = (*ck.TILED_VARIANTS[1:], *cutlass_variants) if m > 16 else ck.SMALL_M_VARIANTS[1:]
-        for variant in variants:
+        for variant in (v for v in variants if runs(f"int8:{v}")):
             # The int8 GEMM's other shapes, timed beside what auto picks ("edgevla").
             rows.add("gemm-int8", shape, m, f"edgevla-{variant}",
                      lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], out=out_s32, variant=v),
@@ -346,7 +380,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
             torch.cuda.synchronize()
             return _exact(out_f32, ref_f32.double())
 
-        for variant in ("auto", *(cutlass_variants if m > 16 else ())):
+        for variant in (v for v in ("auto", *(cutlass_variants if m > 16 else ())) if runs(f"int8:{v}")):
             backend = "edgevla-epilogue" if variant == "auto" else f"edgevla-{variant}-epilogue"
             rows.add("gemm-int8", shape, m, backend,
                      lambda i, v=variant: ck.gemm_s8s8(a, w8[i % copies], w_scale=w_scale, a_scale=a_scale, bias=bias,
@@ -386,6 +420,9 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
         # The 2:4 kernels' other tile shape runs only at M > 16 (the same kernel below).
         sparse_variants = (("auto", "edgevla"), ("tiled_wide", "edgevla-tiled_wide")) if m > 16 else (("auto", "edgevla"),)
         for variant, backend in sparse_variants if sp_s8 is not None else ():
+            if not runs(f"2to4-int8:{variant}"):
+                continue
+
             def check_sp_s8(variant=variant):
                 poison_s32()
                 ck.gemm_2to4_s8(a, sp_s8[0], out=out_s32, variant=variant)
@@ -430,6 +467,9 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
         ref24f = x16.double() @ w24_f16.double().T
 
         for variant, backend in sparse_variants if sp_f16 is not None else ():
+            if not runs(f"2to4-f16:{variant}"):
+                continue
+
             def check_sp_f16(variant=variant):
                 poison_f32()
                 ck.gemm_2to4_f16(x16, sp_f16[0], out=out_f32, variant=variant)
@@ -470,7 +510,7 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], rng: np.random.Ge
             for op, xw, group in cases:
                 w4_f64, weights = w4[group]
                 ref4 = xw.double() @ w4_f64.T
-                for variant, backend in W4_BACKENDS:
+                for variant, backend in ((v, b) for v, b in W4_BACKENDS if runs(f"int4:{v}")):
                     def check_w4(weights=weights, ref4=ref4, variant=variant, xw=xw):
                         poison_f32()
                         ck.gemm_w4(xw, weights[0], out=out_f32, variant=variant)
@@ -590,8 +630,15 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- entry ---
 
 def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = None,
-                       ms: Sequence[int] | None = None, runs: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run the CUDA benchmark; a JSON-ready dict: device, copy bandwidth, rows, goals, notes."""
+                       ms: Sequence[int] | None = None, runs: int | None = None, seed: int = 0,
+                       preflight: bool = True,
+                       on_shape: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the CUDA benchmark; a JSON-ready dict: device, copy bandwidth, rows, goals, notes.
+
+    preflight: first run each kernel variant in a child process (:mod:`.cuda_preflight`) and leave out
+    those that crash, hang or break the CUDA context. on_shape: called after each shape with the
+    result so far (``"complete": false``), so a run cut short still leaves its figures.
+    """
     from .. import cuda_kernels as ck
     from .. import native
 
@@ -606,7 +653,8 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
     configs = tuple(configs or CONFIG_NAMES)
     ms = tuple(ms or DEFAULT_MS)
     runs = runs or (20 if quick else 50)
-    shapes = reference_shapes(configs) + ([] if quick else list(LARGE_SHAPES))
+    # The large shapes first: the int4 goal is read on them alone, and a run cut short keeps them.
+    shapes = ([] if quick else list(LARGE_SHAPES)) + reference_shapes(configs)
     timer = _Timer(runs)
     rows = _Rows(timer)
     rng = np.random.default_rng(seed)
@@ -622,30 +670,41 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
         except EdgevlaError as e:
             rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {e}")
             layouts[dtype], sparse[dtype] = None, False
+    unsafe = unsafe_variants(_probe_keys(sparse)) if preflight else {}
+    rows.notes.extend(f"preflight: {key} left out: {why}" for key, why in unsafe.items())
+    props = torch.cuda.get_device_properties(0)
+
+    def result(complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "kernels-cuda",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "complete": complete,
+            "device": {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                       "multiprocessors": props.multi_processor_count,
+                       "memory_gib": round(props.total_memory / 2**30, 1),
+                       "l2_mb": round(getattr(props, "L2_cache_size", 0) / 1e6, 1)},
+            "software": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                         "cusparselt": torch.backends.cusparselt.version()
+                         if torch.backends.cusparselt.is_available() else None,
+                         "edgevla_cuda_archs": native.build_info()["cuda_archs"],
+                         "meta_layout_s8": layouts["int8"], "meta_layout_f16": layouts["float16"]},
+            "copy_gbps": round(copy_gbps, 1),
+            "runs_per_row": runs,
+            "preflight": {"ran": preflight, "left_out": unsafe},
+            "rows": list(rows.rows),
+            "goals": goals(rows.rows, copy_gbps),
+            "notes": list(rows.notes),
+        }
+
     for shape in shapes:
         try:
-            _bench_shape(rows, shape, ms, rng, sparse)
+            _bench_shape(rows, shape, ms, rng, sparse, unsafe)
         except Exception as e:  # noqa: BLE001 — keep the other shapes' figures; the note says what broke
             rows.notes.append(f"{shape.name}: benchmark stopped: {type(e).__name__}: {e}")
         torch.cuda.empty_cache()
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "benchmark": "kernels-cuda",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                   "multiprocessors": props.multi_processor_count,
-                   "memory_gib": round(props.total_memory / 2**30, 1),
-                   "l2_mb": round(getattr(props, "L2_cache_size", 0) / 1e6, 1)},
-        "software": {"torch": torch.__version__, "cuda": torch.version.cuda,
-                     "cusparselt": torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available()
-                     else None, "edgevla_cuda_archs": native.build_info()["cuda_archs"],
-                     "meta_layout_s8": layouts["int8"], "meta_layout_f16": layouts["float16"]},
-        "copy_gbps": round(copy_gbps, 1),
-        "runs_per_row": runs,
-        "rows": rows.rows,
-        "goals": goals(rows.rows, copy_gbps),
-        "notes": rows.notes,
-    }
+        if on_shape is not None:
+            on_shape(result(complete=False))
+    return result(complete=True)
 
 
 def print_table(result: dict[str, Any]) -> None:

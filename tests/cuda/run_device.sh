@@ -4,7 +4,8 @@
 # compute-sanitizer memcheck + racecheck. Every step has its own time limit, so
 # one failing step leaves time for the others; all output is teed into $OUT:
 #   device.log        everything below, in order
-#   cuda_bench.json   edgevla bench kernels --device cuda --json
+#   cuda_bench.json   edgevla bench kernels --device cuda --json (rewritten after every shape; each kernel
+#                     variant first runs in a child process, and one that crashes or hangs is left out)
 #   native_gpu_profile.json  tests/cuda/profile_native_gpu.py: native GPU path (graphs / eager) vs torch on the GPU
 #   sanitizer.log     both compute-sanitizer runs in full
 #   ncu_gemv.csv      Nsight Compute on the batch-1 GEMV variants (tests/cuda/ncu_gemv.py)

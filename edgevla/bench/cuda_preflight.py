@@ -1,0 +1,157 @@
+"""Each CUDA kernel variant run once, in a process of its own, before ``bench kernels --device cuda`` times it.
+
+A kernel that faults leaves the process's CUDA context unusable (an illegal
+address is sticky), and one that hangs stops the process: either would take
+every later row of the benchmark with it, and with it the device run. Several
+variants were written on machines without a GPU, so before timing anything the
+benchmark runs each variant's probe here, a few calls at three of the shapes it
+times (the smallest, a middle one, a large one; M = 1 and 16, or 256; float16
+and float32 x), in a child process with a time limit. A variant whose child is killed by a signal, outlives its limit, or
+leaves the context unusable is left out of the benchmark, with a note saying
+why. A probe that merely raises (a shape a variant refuses, a launch error that
+clears) is not a crash: the benchmark's own check reports such rows.
+
+Usage (what the benchmark spawns): ``python -m edgevla.bench.cuda_preflight KEY``
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+#: The probes: ``op:variant``, as the benchmark's rows group them.
+PROBES = ("int8:auto", "int8:small_m_wave", "int8:tiled_wide", "int8:tiled_split_k", "int8:wgmma", "int8:tcgen05",
+          "2to4-int8:auto", "2to4-int8:tiled_wide", "2to4-int8:wgmma", "2to4-f16:auto", "2to4-f16:tiled_wide",
+          "int4:auto", "int4:streaming", "int4:tensor_cores")
+
+#: Exit statuses of a probe process (anything else, or a signal, is a crash).
+EXIT_OK, EXIT_USAGE, EXIT_CONTEXT_LOST, EXIT_NO_CUDA = 0, 2, 3, 4
+
+# The probes' shapes (K, N): tiny-vla attn (smaller than every tile), base-vla fc1, large down.
+SHAPES = ((96, 96), (768, 3072), (14336, 4096))
+
+
+def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any]]:
+    """One probe's calls at one shape: the variant at each M regime and x type the benchmark times it at."""
+    import numpy as np
+    import torch
+
+    from .. import cuda_kernels as ck
+    from .. import native
+
+    op, variant = key.split(":")
+    rng = np.random.default_rng(0)
+
+    def s8(m: int) -> Any:
+        return torch.from_numpy(rng.integers(-127, 128, (m, k), dtype=np.int8)).to(dev)
+
+    w_scale = torch.full((n,), 1e-3, device=dev)
+    a_scale = torch.full((1,), 1e-2, device=dev)
+    if op == "int8":
+        w = torch.from_numpy(rng.integers(-127, 128, (n, k), dtype=np.int8)).to(dev)
+        ms = (1, 16) if variant in ("auto", "small_m_wave") else ()
+        ms += (256,) if variant != "small_m_wave" else ()
+        return [call for m in ms for call in (
+            lambda m=m: ck.gemm_s8s8(s8(m), w, variant=variant),
+            lambda m=m: ck.gemm_s8s8(s8(m), w, w_scale=w_scale, a_scale=a_scale, variant=variant))]
+    if op == "2to4-int8":
+        w24 = ck.random_2to4(rng, n, k, np.int8)
+        if variant == "wgmma":
+            packed = ck.pack_2to4_s8_wgmma(torch.from_numpy(w24).to(dev))
+            return [lambda: ck.gemm_2to4_s8(s8(256), packed),
+                    lambda: ck.gemm_2to4_s8(s8(256), packed, w_scale=w_scale, a_scale=a_scale)]
+        packed = ck.pack_2to4_s8(w24, device=dev)
+        ms = (1, 16, 256) if variant == "auto" else (256,)
+        return [lambda m=m: ck.gemm_2to4_s8(s8(m), packed, variant=variant) for m in ms]
+    if op == "2to4-f16":
+        packed = ck.pack_2to4_f16(ck.random_2to4(rng, n, k, np.float16), device=dev)
+        ms = (1, 16, 256) if variant == "auto" else (256,)
+        return [lambda m=m: ck.gemm_2to4_f16(torch.randn((m, k), device=dev).half(), packed, variant=variant)
+                for m in ms]
+    if op == "int4":
+        calls = []
+        for group in (32, 128):
+            codes = rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8)
+            scales = rng.uniform(1e-3, 1e-2, (n, -(-k // group))).astype(np.float32)
+            weight = ck.W4Weight.from_packed(native.pack_w4(codes, scales, group, k=k), device=dev)
+            for m in (1, 16):
+                for dtype in (torch.float16, torch.float32):
+                    calls.append(lambda m=m, dtype=dtype, weight=weight: ck.gemm_w4(
+                        torch.randn((m, k), device=dev).to(dtype), weight, variant=variant))
+        return calls
+    raise ValueError(key)
+
+
+def probe(key: str) -> int:
+    """Runs one probe in this process; the exit status says whether the CUDA context survived it."""
+    if key not in PROBES:
+        print(f"cuda_preflight: unknown probe {key!r}; one of {', '.join(PROBES)}", file=sys.stderr)
+        return EXIT_USAGE
+    from .. import cuda_kernels as ck
+
+    reason = ck.unavailable_reason()
+    if reason:
+        print(f"cuda_preflight: {reason}", file=sys.stderr)
+        return EXIT_NO_CUDA
+    import torch
+
+    try:
+        for k, n in SHAPES:
+            for call in _calls(key, k, n):
+                call()
+                torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 — a refusal is fine; a context the GPU poisoned is not
+        first = str(e).splitlines()[0] if str(e) else ""
+        try:
+            torch.ones(1, device="cuda").add_(1).item()
+        except Exception as after:  # noqa: BLE001
+            print(f"cuda_preflight: {key}: {type(e).__name__}: {first}; the CUDA context is unusable after it "
+                  f"({type(after).__name__})", file=sys.stderr)
+            return EXIT_CONTEXT_LOST
+        print(f"cuda_preflight: {key}: raised {type(e).__name__}: {first} (the context survived)")
+        return EXIT_OK
+    print(f"cuda_preflight: {key}: ok")
+    return EXIT_OK
+
+
+def _spawn(key: str, timeout_s: float) -> tuple[int | None, str]:
+    """Runs ``probe(key)`` in a child process: (exit status, or None past the time limit; its last output)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgevla.bench.cuda_preflight", key], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, lines[-1] if lines else ""
+
+
+def unsafe_variants(keys: Iterable[str], *, timeout_s: float = 90.0, workers: int = 4,
+                    spawn: Callable[[str, float], tuple[int | None, str]] = _spawn) -> dict[str, str]:
+    """The probes among ``keys`` whose process crashed, hung or lost its CUDA context: key -> why.
+
+    Probes run ``workers`` at a time (each its own CUDA context on the same GPU).
+    """
+    keys = list(keys)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes = list(pool.map(lambda key: spawn(key, timeout_s), keys))
+    unsafe = {}
+    for key, (status, last) in zip(keys, outcomes):
+        if status is None:
+            unsafe[key] = f"still running after {timeout_s:g} s (a hang?)"
+        elif status == EXIT_CONTEXT_LOST:
+            unsafe[key] = last or "the CUDA context was unusable after it"
+        elif status < 0:
+            unsafe[key] = f"killed by signal {-status}" + (f" ({last})" if last else "")
+        elif status != EXIT_OK:
+            unsafe[key] = f"exit status {status}" + (f" ({last})" if last else "")
+    return unsafe
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m edgevla.bench.cuda_preflight KEY", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sys.exit(probe(sys.argv[1]))
