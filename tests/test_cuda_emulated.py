@@ -209,6 +209,12 @@ def test_emulation_runs_collectives_and_mma_layouts(drivers, mode):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_shared_memory_starts_as_garbage(drivers):
+    """A kernel counting on shared memory starting at zero sums NaN: every block's shared arrays start as 0xFF."""
+    result = _run(drivers["cuda_emulate_selftest"], "unwritten-shared")
+    assert re.match(r"block sum -?nan,", result.stdout) and result.returncode == 1, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(("mode", "status", "message"), [
     ("divergent", 3, "divergence"),
     ("past-the-end", 4, "invalid memory access in block (0, 0)"),

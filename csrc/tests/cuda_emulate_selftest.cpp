@@ -9,6 +9,9 @@
 //   divergent      a shuffle only half the warp reaches (exit 3, "divergence")
 //   past-the-end   a read one element past a guarded input (exit 4, "invalid memory access")
 //   exited-lane    a shuffle after some lanes returned (exit 3, "returned")
+//   unwritten-shared  a fifth warp-sum slot the kernel reads but never writes,
+//                  counting on shared memory starting at zero (exit 1: it
+//                  starts as NaN, as a GPU's may hold anything)
 // Built with -fsanitize=thread (the race check), two more, each a data race
 // that ThreadSanitizer must report:
 //   no-barrier     the warps' sums read from shared memory with no __syncthreads
@@ -31,11 +34,11 @@ using edgevla::cuda::emulate::guarded_copy;
 using edgevla::cuda::emulate::launch;
 
 // What a mode makes go wrong in block_sum.
-enum class Trip { nothing, divergence, lanes_exit, past_the_end, no_barrier, warp_synchronous };
+enum class Trip { nothing, divergence, lanes_exit, past_the_end, no_barrier, warp_synchronous, unwritten_shared };
 
 // 4 warps: each lane adds its value over the warp by shuffles, warp sums meet in shared memory.
 void block_sum(const float* in, float* out, Trip trip) {
-    __shared__ float warp_sums[4];
+    __shared__ float warp_sums[5];  // [4]: only ever read, under Trip::unwritten_shared
     __shared__ float lane_values[128];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (trip == Trip::lanes_exit && lane >= 30) return;
@@ -52,7 +55,10 @@ void block_sum(const float* in, float* out, Trip trip) {
     }
     if (lane == 0) warp_sums[warp] = v;
     if (trip != Trip::no_barrier) __syncthreads();
-    if (threadIdx.x == 0) *out = warp_sums[0] + warp_sums[1] + warp_sums[2] + warp_sums[3];
+    if (threadIdx.x == 0) {
+        *out = warp_sums[0] + warp_sums[1] + warp_sums[2] + warp_sums[3];
+        if (trip == Trip::unwritten_shared) *out += warp_sums[4];
+    }
 }
 
 int run_sum(Trip trip) {
@@ -142,6 +148,7 @@ int main(int argc, char** argv) {
     if (mode == "exited-lane") return run_sum(Trip::lanes_exit);
     if (mode == "no-barrier") return run_sum(Trip::no_barrier);
     if (mode == "warp-synchronous") return run_sum(Trip::warp_synchronous);
-    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous\n");
+    if (mode == "unwritten-shared") return run_sum(Trip::unwritten_shared);
+    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous|unwritten-shared\n");
     return 2;
 }

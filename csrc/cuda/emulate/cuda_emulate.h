@@ -25,7 +25,9 @@
 //     (a full-mask shuffle or an MMA under divergence is undefined on a GPU);
 //     a mismatch, or a collective that some lanes never reach, stops the
 //     program naming the block, warp and collective;
-//   * a __syncthreads that some threads never reach is reported as a deadlock.
+//   * a __syncthreads that some threads never reach is reported as a deadlock;
+//   * every block's shared memory starts as 0xFF bytes (NaN, -1), not zeros
+//     (poison_shared_memory).
 // Buffers from guarded_alloc end at a page that cannot be read or written,
 // so a kernel that touches one element past an output or input faults.
 #pragma once
@@ -40,6 +42,7 @@
 #include <cuda_runtime.h>
 #include <vector_types.h>
 
+#include <link.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -517,14 +520,55 @@ inline std::string describe_launches() {
     return text;
 }
 
+// Shared memory as a GPU leaves it: whatever the SM's last user wrote. Every
+// block here starts with its shared arrays (this emulation makes them the
+// program's thread_locals: a driver must have no others) filled with 0xFF
+// bytes: NaN as a float or half, -1 as an integer. A kernel that reads shared
+// memory it never wrote (a k tail it counts on being zero, say) then sums
+// wrong, as it could on a GPU, instead of reading the zeros of a fresh
+// thread_local or the previous block's leftovers.
+constexpr unsigned char kSharedPoison = 0xFF;
+
+struct ProgramTls {
+    unsigned char* data = nullptr;
+    size_t size = 0;
+};
+// The program's own PT_TLS block on this thread (every block runs on it).
+inline ProgramTls program_tls() {
+    static const ProgramTls tls = [] {
+        ProgramTls found;
+        dl_iterate_phdr(
+            [](dl_phdr_info* info, size_t, void* out) -> int {
+                // The program comes first, named "".
+                auto* result = static_cast<ProgramTls*>(out);
+                for (int i = 0; i < info->dlpi_phnum; ++i) {
+                    if (info->dlpi_phdr[i].p_type == PT_TLS && info->dlpi_tls_data != nullptr) {
+                        result->data = static_cast<unsigned char*>(info->dlpi_tls_data);
+                        result->size = info->dlpi_phdr[i].p_memsz;
+                    }
+                }
+                return 1;
+            },
+            &found);
+        return found;
+    }();
+    return tls;
+}
+inline void poison_shared_memory() {
+    const ProgramTls tls = program_tls();
+    if (tls.data != nullptr) std::memset(tls.data, kSharedPoison, tls.size);
+}
+
 // kernel<<<grid, block>>>(args...) as launch(grid, block, [&] { kernel(args...); }).
-// before_block, if given, runs before each block (to poison shared memory, say).
+// before_block, if given, runs before each block, after the poisoning above (to
+// fill shared memory with other garbage, say).
 inline void launch(Index3 grid, Index3 block, const std::function<void()>& body,
                    const std::function<void()>& before_block = nullptr) {
     launch_log().push_back({grid, block});
     for (unsigned z = 0; z < std::max(grid.z, 1u); ++z)
         for (unsigned y = 0; y < std::max(grid.y, 1u); ++y)
             for (unsigned x = 0; x < std::max(grid.x, 1u); ++x) {
+                poison_shared_memory();
                 if (before_block) before_block();
                 Block b({x, y, z}, {block.x, std::max(block.y, 1u), std::max(block.z, 1u)},
                         {std::max(grid.x, 1u), std::max(grid.y, 1u), std::max(grid.z, 1u)}, body);
