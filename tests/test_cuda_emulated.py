@@ -23,10 +23,12 @@ answers the attribute and occupancy queries.
 - ``cuda_emulate_selftest``: that the emulation catches what it claims to (a
   collective under divergence, a read past a buffer, a lane gone from a shuffle).
 
-Built again with ``-fsanitize=thread``, the same drivers are a race check: each
-thread is one of ThreadSanitizer's fibers, and only barriers order memory between
-them, so a shared-memory access a barrier does not order against another thread's
-write is reported however the fibers happened to interleave (the tests at the end).
+Built again with ``-fsanitize=thread,undefined``, the same drivers are a race
+check: each thread is one of ThreadSanitizer's fibers, and only barriers order
+memory between them, so a shared-memory access a barrier does not order against
+another thread's write is reported however the fibers happened to interleave; and
+UBSan reports an index past a fixed-size array, signed overflow or an oversized
+shift (the tests at the end).
 
 What this cannot show: speed, or anything that differs between a tensor core's
 internal rounding and a sum in double. The device run (``tests/cuda/run_device.sh``)
@@ -267,22 +269,28 @@ def test_a_bug_in_a_kernel_fails_its_driver(emulation_out, tmp_path, mutation):
         assert not any("cp.async early" in line for line in failed), failed
 
 
-# ---- The race check: the same drivers built with -fsanitize=thread ----------
+# ---- The sanitized build: -fsanitize=thread,undefined ------------------------
 #
-# cuda_emulate.h makes each thread one of ThreadSanitizer's fibers and tells it
-# what orders memory on a GPU (__syncthreads, bar.sync; not shuffles, MMAs or
-# ldmatrix). An access to shared (or global) memory that no barrier orders
+# A race check. cuda_emulate.h makes each thread one of ThreadSanitizer's fibers
+# and tells it what orders memory on a GPU (__syncthreads, bar.sync; not shuffles,
+# MMAs or ldmatrix). An access to shared (or global) memory that no barrier orders
 # against another thread's write is reported however the fibers happened to
 # interleave: warps that drift apart on a GPU are caught here even though the
-# emulation runs them in step. ThreadSanitizer keeps the last few accesses of
-# each 8 bytes, so a race among many readers can go unseen; it never invents one.
+# emulation runs them in step. ThreadSanitizer keeps the last few accesses of each
+# 8 bytes, so a race among many readers can go unseen; it never invents one.
+#
+# And UndefinedBehaviorSanitizer: an index past a fixed-size array (shared arrays,
+# fragment registers), signed overflow in index arithmetic, a shift by 32 or more.
+# These are as undefined in CUDA C++ as here, and nvcc optimises on that too.
 
 _RACE_REPORT = "WARNING: ThreadSanitizer: data race"
+_RACE_EXIT, _UNDEFINED_EXIT = 66, 67
 
 
 def _race_env() -> dict[str, str]:
-    # halt at the first race, with an exit status of our own
-    return {**os.environ, "TSAN_OPTIONS": "halt_on_error=1:exitcode=66"}
+    # halt at the first report, with exit statuses of our own
+    return {**os.environ, "TSAN_OPTIONS": f"halt_on_error=1:exitcode={_RACE_EXIT}",
+            "UBSAN_OPTIONS": f"exitcode={_UNDEFINED_EXIT}:print_stacktrace=1"}
 
 
 def _run_race_checked(binary: Path, *args: str) -> subprocess.CompletedProcess:
@@ -290,19 +298,21 @@ def _run_race_checked(binary: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _race_flags(**kwargs) -> list[str]:
-    return [*_flags(_cuda_include(), optimize="-O1", **kwargs), "-fsanitize=thread"]
+    return [*_flags(_cuda_include(), optimize="-O1", **kwargs), "-fsanitize=thread,undefined",
+            "-fno-sanitize-recover=all"]
 
 
 @pytest.fixture(scope="module")
 def race_checked(emulation_out) -> dict[str, Path]:
-    """Every driver built with ThreadSanitizer (skips where the compiler has no runtime for it, or it cannot run)."""
+    """Every driver built with ThreadSanitizer and UBSan (skips where the compiler has no runtime for them,
+    or they cannot run here)."""
     probe_source = emulation_out / "tsan_probe.cpp"
     probe_source.write_text("int main() { return 0; }\n")
     probe = emulation_out / "tsan_probe"
-    built = subprocess.run([_compiler(), "-fsanitize=thread", str(probe_source), "-o", str(probe)],
+    built = subprocess.run([_compiler(), "-fsanitize=thread,undefined", str(probe_source), "-o", str(probe)],
                            capture_output=True, text=True)
     if built.returncode != 0 or subprocess.run([str(probe)], capture_output=True, env=_race_env()).returncode != 0:
-        pytest.skip("needs ThreadSanitizer (-fsanitize=thread) that builds and runs here")
+        pytest.skip("needs ThreadSanitizer and UBSan (-fsanitize=thread,undefined) that build and run here")
     return _build_all(_race_flags(), emulation_out, suffix="_race")
 
 
@@ -315,9 +325,9 @@ def race_runs(race_checked) -> dict[str, subprocess.CompletedProcess]:
 
 
 @pytest.mark.parametrize("driver", ["cuda_emulated_w4", "cuda_emulated_s8", "cuda_emulated_2to4"])
-def test_kernels_have_no_data_races(race_runs, driver):
+def test_kernels_have_no_data_races_or_undefined_behaviour(race_runs, driver):
     result = race_runs[driver]
-    assert result.returncode == 0 and "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-6000:]
     cases = _case_lines(result.stdout)
     assert len(cases) >= 20 and all(line.endswith(": ok") for line in cases), cases
 
@@ -325,13 +335,19 @@ def test_kernels_have_no_data_races(race_runs, driver):
 @pytest.mark.parametrize("mode", ["no-barrier", "warp-synchronous"])
 def test_race_check_reports_unordered_accesses(race_checked, drivers, mode):
     result = _run_race_checked(race_checked["cuda_emulate_selftest"], mode)
-    assert result.returncode == 66 and _RACE_REPORT in result.stderr, result.stdout + result.stderr[-3000:]
+    assert result.returncode == _RACE_EXIT and _RACE_REPORT in result.stderr, result.stdout + result.stderr[-3000:]
     assert "block_sum" in result.stderr and "Location is TLS" in result.stderr  # shared memory, in the kernel
     if mode == "warp-synchronous":
         # Only the race check sees this one: run in step, the pairs' swap through shared memory sums right.
         assert _run(drivers["cuda_emulate_selftest"], mode).returncode == 0
     clean = _run_race_checked(race_checked["cuda_emulate_selftest"], "sum")
-    assert clean.returncode == 0 and "ThreadSanitizer" not in clean.stderr
+    assert clean.returncode == 0 and clean.stderr == ""
+
+
+def test_undefined_behaviour_check_reports_an_index_past_a_shared_array(race_checked):
+    result = _run_race_checked(race_checked["cuda_emulate_selftest"], "index-past-shared")
+    assert result.returncode == _UNDEFINED_EXIT, result.stdout + result.stderr[-3000:]
+    assert "runtime error: index 5 out of bounds for type 'float [5]'" in result.stderr and "block_sum" in result.stderr
 
 
 def test_race_check_catches_a_stage_refilled_before_the_barrier(emulation_out, tmp_path):
@@ -353,5 +369,5 @@ def test_race_check_catches_a_stage_refilled_before_the_barrier(emulation_out, t
         assert built.returncode == 0, built.stderr[-3000:]
     assert _run(plain, "--quick").returncode == 0  # the sums alone do not show it
     result = _run_race_checked(checked, "--quick")
-    assert result.returncode == 66 and _RACE_REPORT in result.stderr, result.stderr[-3000:]
+    assert result.returncode == _RACE_EXIT and _RACE_REPORT in result.stderr, result.stderr[-3000:]
     assert "load_tile_s8" in result.stderr and "gemm_s8s8_tiled_kernel" in result.stderr

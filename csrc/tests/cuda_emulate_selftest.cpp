@@ -9,6 +9,8 @@
 //   divergent      a shuffle only half the warp reaches (exit 3, "divergence")
 //   past-the-end   a read one element past a guarded input (exit 4, "invalid memory access")
 //   exited-lane    a shuffle after some lanes returned (exit 3, "returned")
+//   index-past-shared  the warps' sums stored two slots on, the last one past
+//                  the array (built with -fsanitize=undefined: out of bounds)
 //   unwritten-shared  a fifth warp-sum slot the kernel reads but never writes,
 //                  counting on shared memory starting at zero (exit 1: it
 //                  starts as NaN, as a GPU's may hold anything)
@@ -34,7 +36,8 @@ using edgevla::cuda::emulate::guarded_copy;
 using edgevla::cuda::emulate::launch;
 
 // What a mode makes go wrong in block_sum.
-enum class Trip { nothing, divergence, lanes_exit, past_the_end, no_barrier, warp_synchronous, unwritten_shared };
+enum class Trip { nothing, divergence, lanes_exit, past_the_end, no_barrier, warp_synchronous, unwritten_shared,
+                  index_past_shared };
 
 // 4 warps: each lane adds its value over the warp by shuffles, warp sums meet in shared memory.
 void block_sum(const float* in, float* out, Trip trip) {
@@ -53,7 +56,7 @@ void block_sum(const float* in, float* out, Trip trip) {
         if (trip == Trip::divergence && m == 4 && lane >= 16) continue;
         v += __shfl_xor_sync(0xffffffffu, v, m);
     }
-    if (lane == 0) warp_sums[warp] = v;
+    if (lane == 0) warp_sums[trip == Trip::index_past_shared ? warp + 2 : warp] = v;
     if (trip != Trip::no_barrier) __syncthreads();
     if (threadIdx.x == 0) {
         *out = warp_sums[0] + warp_sums[1] + warp_sums[2] + warp_sums[3];
@@ -149,6 +152,7 @@ int main(int argc, char** argv) {
     if (mode == "no-barrier") return run_sum(Trip::no_barrier);
     if (mode == "warp-synchronous") return run_sum(Trip::warp_synchronous);
     if (mode == "unwritten-shared") return run_sum(Trip::unwritten_shared);
-    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous|unwritten-shared\n");
+    if (mode == "index-past-shared") return run_sum(Trip::index_past_shared);
+    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous|unwritten-shared|index-past-shared\n");
     return 2;
 }

@@ -12,7 +12,7 @@
 // ways, a kernel that reads a stage before waiting for it, or refills one
 // that other warps still read, computes wrong sums. Built with
 // -fsanitize=thread it also reports every access a barrier does not order
-// (below). What this cannot show: timing, or memory ordering between blocks
+// (below; tests add -fsanitize=undefined). What this cannot show: timing, or memory ordering between blocks
 // (blocks run one after another).
 //
 // Build flags: -fno-strict-aliasing (kernels read a uint4 as __half2, as
