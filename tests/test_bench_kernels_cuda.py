@@ -114,7 +114,7 @@ def test_the_small_m_variants_goal_takes_the_faster_shape_each_way():
 
 # ---- the preflight (edgevla/bench/cuda_preflight.py) and the partial JSON ----
 
-def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context():
+def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context_and_keeps_what_it_could_not_probe():
     from edgevla.bench import cuda_preflight as cp
 
     outcomes = {"int8:auto": (cp.EXIT_OK, "cuda_preflight: int8:auto: ok"),
@@ -131,13 +131,14 @@ def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context():
         seen.append((key, timeout_s))
         return outcomes[key]
 
-    unsafe = cp.unsafe_variants(outcomes, timeout_s=30, workers=3, spawn=spawn)
+    unsafe, not_probed = cp.unsafe_variants(outcomes, timeout_s=30, workers=3, spawn=spawn)
     assert sorted(seen) == sorted((key, 30) for key in outcomes)
     assert unsafe == {"int8:wgmma": "killed by signal 11",
                       "int4:streaming": "still running after 30 s (a hang?)",
                       "2to4-int8:tiled_wide": "cuda_preflight: 2to4-int8:tiled_wide: RuntimeError: illegal address; "
-                                              "unusable",
-                      "int8:tiled_wide": "exit status 1 (Traceback ... ImportError: x)"}
+                                              "unusable"}
+    # a probe that could not even start says nothing about its kernel: kept, and noted
+    assert not_probed == {"int8:tiled_wide": "exit status 1 (Traceback ... ImportError: x)"}
 
 
 def test_preflight_probe_refuses_unknown_keys_and_says_why_it_cannot_run(capsys):

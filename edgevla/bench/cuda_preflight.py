@@ -129,25 +129,30 @@ def _spawn(key: str, timeout_s: float) -> tuple[int | None, str]:
 
 
 def unsafe_variants(keys: Iterable[str], *, timeout_s: float = 90.0, workers: int = 4,
-                    spawn: Callable[[str, float], tuple[int | None, str]] = _spawn) -> dict[str, str]:
-    """The probes among ``keys`` whose process crashed, hung or lost its CUDA context: key -> why.
+                    spawn: Callable[[str, float], tuple[int | None, str]] = _spawn
+                    ) -> tuple[dict[str, str], dict[str, str]]:
+    """Runs the probes ``keys``, ``workers`` at a time (each its own CUDA context on the same GPU).
 
-    Probes run ``workers`` at a time (each its own CUDA context on the same GPU).
+    Returns (left out, not probed), each key -> why. Left out: the probe's process was killed by a
+    signal, outlived ``timeout_s``, or lost its CUDA context: the kernel's doing. Not probed: the
+    probe itself could not run (it exited with another status, a Python error before any kernel
+    ran, say); the benchmark keeps those variants, since its own checks still guard each row.
     """
     keys = list(keys)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = list(pool.map(lambda key: spawn(key, timeout_s), keys))
-    unsafe = {}
+    left_out, not_probed = {}, {}
     for key, (status, last) in zip(keys, outcomes):
+        said = f" ({last})" if last else ""
         if status is None:
-            unsafe[key] = f"still running after {timeout_s:g} s (a hang?)"
+            left_out[key] = f"still running after {timeout_s:g} s (a hang?)"
         elif status == EXIT_CONTEXT_LOST:
-            unsafe[key] = last or "the CUDA context was unusable after it"
+            left_out[key] = last or "the CUDA context was unusable after it"
         elif status < 0:
-            unsafe[key] = f"killed by signal {-status}" + (f" ({last})" if last else "")
+            left_out[key] = f"killed by signal {-status}{said}"
         elif status != EXIT_OK:
-            unsafe[key] = f"exit status {status}" + (f" ({last})" if last else "")
-    return unsafe
+            not_probed[key] = f"exit status {status}{said}"
+    return left_out, not_probed
 
 
 if __name__ == "__main__":

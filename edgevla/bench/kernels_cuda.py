@@ -670,8 +670,9 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
         except EdgevlaError as e:
             rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {e}")
             layouts[dtype], sparse[dtype] = None, False
-    unsafe = unsafe_variants(_probe_keys(sparse)) if preflight else {}
+    unsafe, not_probed = unsafe_variants(_probe_keys(sparse)) if preflight else ({}, {})
     rows.notes.extend(f"preflight: {key} left out: {why}" for key, why in unsafe.items())
+    rows.notes.extend(f"preflight: {key} could not be probed (kept): {why}" for key, why in not_probed.items())
     props = torch.cuda.get_device_properties(0)
 
     def result(complete: bool) -> dict[str, Any]:
@@ -690,7 +691,7 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
                          "meta_layout_s8": layouts["int8"], "meta_layout_f16": layouts["float16"]},
             "copy_gbps": round(copy_gbps, 1),
             "runs_per_row": runs,
-            "preflight": {"ran": preflight, "left_out": unsafe},
+            "preflight": {"ran": preflight, "left_out": unsafe, "not_probed": not_probed},
             "rows": list(rows.rows),
             "goals": goals(rows.rows, copy_gbps),
             "notes": list(rows.notes),
