@@ -153,6 +153,7 @@ int main(int argc, char** argv) {
     if (mode == "warp-synchronous") return run_sum(Trip::warp_synchronous);
     if (mode == "unwritten-shared") return run_sum(Trip::unwritten_shared);
     if (mode == "index-past-shared") return run_sum(Trip::index_past_shared);
-    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|warp-synchronous|unwritten-shared|index-past-shared\n");
+    std::fprintf(stderr, "usage: cuda_emulate_selftest sum|mma|divergent|past-the-end|exited-lane|no-barrier|"
+                         "warp-synchronous|unwritten-shared|index-past-shared\n");
     return 2;
 }

@@ -6,10 +6,11 @@ every later row of the benchmark with it, and with it the device run. Several
 variants were written on machines without a GPU, so before timing anything the
 benchmark runs each variant's probe here, a few calls at three of the shapes it
 times (the smallest, a middle one, a large one; M = 1 and 16, or 256; float16
-and float32 x), in a child process with a time limit. A variant whose child is killed by a signal, outlives its limit, or
-leaves the context unusable is left out of the benchmark, with a note saying
-why. A probe that merely raises (a shape a variant refuses, a launch error that
-clears) is not a crash: the benchmark's own check reports such rows.
+and float32 x), in a child process with a time limit. A variant whose child is
+killed by a signal, outlives its limit, or leaves the context unusable is left
+out of the benchmark, with a note saying why. A probe that merely raises (a
+shape a variant refuses, a launch error that clears) is not a crash: the
+benchmark's own check reports such rows.
 
 Usage (what the benchmark spawns): ``python -m edgevla.bench.cuda_preflight KEY``
 """
