@@ -135,7 +135,8 @@ class CudaLinear(nn.Module):
         key = tactic_key(self.choice.kernel, rows.shape[0], self.out_features, self.in_features)
         if key not in self.tactics.tactics and _capturing():
             return "auto"
-        return self.tactics.variant(key, candidates, lambda v: self._run(rows, v), self.agreement)
+        return self.tactics.variant(key, candidates, lambda v: self._run(rows, v), self.agreement,
+                                    kernel=self.choice.kernel)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer's arithmetic on the CPU: float32 (M, K) in, float32 (M, N) out."""

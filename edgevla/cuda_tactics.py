@@ -9,6 +9,12 @@ shape runs, and keeps the fastest (TensorRT calls these tactics and the file
 a timing cache). A table is saved as JSON and reloaded on the same GPU model,
 so a robot tunes once and every later start runs the choices without timing.
 
+Before a variant is first timed on a GPU it runs once in a child process
+(:mod:`edgevla.cuda_preflight`), since a kernel that faults would leave this
+process's CUDA context unusable (on a robot: the policy's process). A variant
+whose probe crashes, hangs or loses its context is never tried here, and the
+table keeps the verdict per probe, so a later start asks no child again.
+
 A candidate is only eligible if its output on the tuning input agrees with
 ``auto``'s: bit for bit for the int8 kernels (their epilogues are the same
 float32 operations), within 1e-5 relative L2 error for float16 (the variants
@@ -138,30 +144,53 @@ class TacticTable:
     """
 
     def __init__(self, device: str, tactics: dict[str, Tactic] | None = None,
-                 timer: Callable[[Callable[[], Any]], float] | None = None):
+                 timer: Callable[[Callable[[], Any]], float] | None = None,
+                 preflight: dict[str, str | None] | None = None,
+                 probe: Callable[[list[str]], tuple[dict[str, str], dict[str, str]]] | None = None):
         self.device = device
         self.tactics: dict[str, Tactic] = dict(tactics or {})
         self.tuned: list[str] = []  # keys timed in this process (not loaded)
+        #: cuda_preflight probe key -> None (its probe ran clean on this GPU, or could not run) or why it was left out
+        self.preflight: dict[str, str | None] = dict(preflight or {})
         self._timer = timer
+        self._probe = probe  # (keys) -> (left out, not probed); default: cuda_preflight.unsafe_variants
 
     def variant(self, key: str, candidates: Sequence[str], run: Callable[[str], Any],
-                agree: Callable[[Any, Any], str | None]) -> str:
+                agree: Callable[[Any, Any], str | None], kernel: str | None = None) -> str:
         """The variant for ``key``: the table's, or (first time) the fastest of ``candidates`` on this GPU.
 
         A stored choice that is not among today's candidates (a table from
-        another edgevla version) is timed again.
+        another edgevla version) is timed again. ``kernel`` (a policy layer's,
+        ``LayerChoice.kernel``) names the preflight probes of its variants:
+        those whose probe failed on this GPU are rejected without a call.
         """
         tactic = self.tactics.get(key)
         if tactic is None or tactic.variant not in candidates:
             timer = self._timer or cuda_event_timer()
-            tactic = self.tactics[key] = choose(candidates, run, timer=timer, agree=agree)
+            unsafe = self._left_out(kernel, candidates[1:]) if kernel is not None else {}
+            tactic = choose([c for c in candidates if c not in unsafe], run, timer=timer, agree=agree)
+            for variant, why in unsafe.items():
+                tactic.timings_us[variant], tactic.rejected[variant] = None, f"preflight: {why}"
+            self.tactics[key] = tactic
             self.tuned.append(key)
         return tactic.variant
+
+    def _left_out(self, kernel: str, variants: Sequence[str]) -> dict[str, str]:
+        """variant -> why, for those of ``variants`` whose preflight probe failed (probing the unknown ones now)."""
+        from .cuda_preflight import probe_key, unsafe_variants
+
+        keys = {variant: probe_key(kernel, variant) for variant in variants}
+        unknown = sorted({k for k in keys.values() if k is not None and k not in self.preflight})
+        if unknown:
+            left_out, _ = (self._probe or unsafe_variants)(unknown)
+            self.preflight.update({k: left_out.get(k) for k in unknown})
+        return {variant: str(self.preflight[k]) for variant, k in keys.items()
+                if k is not None and self.preflight.get(k) is not None}
 
     # ------------------------------------------------------------ storage
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "device": self.device,
+        return {"format": FORMAT, "device": self.device, "preflight": dict(sorted(self.preflight.items())),
                 "tactics": {key: t.to_dict() for key, t in sorted(self.tactics.items())}}
 
     @classmethod
@@ -172,7 +201,9 @@ class TacticTable:
             raise EdgevlaError(f"the kernel tactics were timed on {data.get('device')!r}, this GPU is {device!r}: "
                                "use another file (or delete it) to tune for this one")
         try:
-            return cls(device, {str(k): Tactic.from_dict(v) for k, v in data["tactics"].items()})
+            return cls(device, {str(k): Tactic.from_dict(v) for k, v in data["tactics"].items()},
+                       preflight={str(k): (None if v is None else str(v))
+                                  for k, v in data.get("preflight", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise EdgevlaError(f"a malformed kernel tactics table ({type(e).__name__}: {e})") from None
 

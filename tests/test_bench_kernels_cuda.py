@@ -112,10 +112,10 @@ def test_the_small_m_variants_goal_takes_the_faster_shape_each_way():
     assert chained["values"] == [{"where": "base-vla fc1 M=1 (edgevla)", "ratio": 2.5}] and chained["met"] is True
 
 
-# ---- the preflight (edgevla/bench/cuda_preflight.py) and the partial JSON ----
+# ---- the preflight (edgevla/cuda_preflight.py) and the partial JSON ----
 
 def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context_and_keeps_what_it_could_not_probe():
-    from edgevla.bench import cuda_preflight as cp
+    from edgevla import cuda_preflight as cp
 
     outcomes = {"int8:auto": (cp.EXIT_OK, "cuda_preflight: int8:auto: ok"),
                 "int8:wgmma": (-11, ""),
@@ -127,12 +127,12 @@ def test_preflight_leaves_out_what_crashed_hung_or_lost_its_context_and_keeps_wh
                 "int8:tiled_wide": (1, "Traceback ... ImportError: x")}
     seen = []
 
-    def spawn(key, timeout_s):
-        seen.append((key, timeout_s))
+    def spawn(key, timeout_s, large):
+        seen.append((key, timeout_s, large))
         return outcomes[key]
 
-    unsafe, not_probed = cp.unsafe_variants(outcomes, timeout_s=30, workers=3, spawn=spawn)
-    assert sorted(seen) == sorted((key, 30) for key in outcomes)
+    unsafe, not_probed = cp.unsafe_variants(outcomes, large=True, timeout_s=30, workers=3, spawn=spawn)
+    assert sorted(seen) == sorted((key, 30, True) for key in outcomes)
     assert unsafe == {"int8:wgmma": "killed by signal 11",
                       "int4:streaming": "still running after 30 s (a hang?)",
                       "2to4-int8:tiled_wide": "cuda_preflight: 2to4-int8:tiled_wide: RuntimeError: illegal address; "
@@ -145,20 +145,20 @@ def test_preflight_probe_refuses_unknown_keys_and_says_why_it_cannot_run(capsys)
     import subprocess
     import sys
 
-    from edgevla.bench import cuda_preflight as cp
+    from edgevla import cuda_preflight as cp
     from edgevla.cuda_kernels import unavailable_reason
 
     assert cp.probe("int8:nonsense") == cp.EXIT_USAGE
     assert "unknown probe 'int8:nonsense'" in capsys.readouterr().err
     if unavailable_reason():  # no GPU here: the child says so in one line, no traceback
-        done = subprocess.run([sys.executable, "-m", "edgevla.bench.cuda_preflight", "int4:streaming"],
+        done = subprocess.run([sys.executable, "-m", "edgevla.cuda_preflight", "int4:streaming"],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == cp.EXIT_NO_CUDA
         assert done.stderr.startswith("cuda_preflight: ") and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_every_preflight_probe_names_a_variant_the_benchmark_times():
-    from edgevla.bench.cuda_preflight import PROBES
+    from edgevla.cuda_preflight import PROBES
     from edgevla.cuda_kernels import SMALL_M_VARIANTS, SPARSE_VARIANTS, TILED_VARIANTS, W4_VARIANTS
 
     named = {f"int8:{v}" for v in ("auto", *SMALL_M_VARIANTS[1:], *TILED_VARIANTS[1:], "wgmma", "tcgen05")}
@@ -203,7 +203,7 @@ def test_a_run_cut_short_leaves_the_shapes_it_finished(monkeypatch, tmp_path):
 def test_each_probe_calls_its_variant_at_every_shape(monkeypatch):
     """The probes' calls, built on the CPU with the kernels replaced by a recorder (no GPU here)."""
     from edgevla import cuda_kernels as ck
-    from edgevla.bench import cuda_preflight as cp
+    from edgevla import cuda_preflight as cp
 
     calls = []
 
@@ -218,7 +218,7 @@ def test_each_probe_calls_its_variant_at_every_shape(monkeypatch):
     expected = {"int8": "gemm_s8s8", "2to4-int8": "gemm_2to4_s8", "2to4-f16": "gemm_2to4_f16", "int4": "gemm_w4"}
     for key in cp.PROBES:
         op, variant = key.split(":")
-        for k, n in cp.SHAPES[:2]:  # the large one only costs time here
+        for k, n in cp.SHAPES:
             calls.clear()
             for call in cp._calls(key, k, n, dev="cpu"):
                 call()

@@ -159,6 +159,50 @@ def test_a_layer_runs_the_tables_choice_per_shape():
     assert layer.ran[-1] == "auto" and "test-kernel M=1 N=3 K=4" not in layer_table.tactics  # one candidate
 
 
+class _Int8Standin(_Scaled):
+    """The stand-in as an int8 dense layer: its variants are the preflight's (cuda_preflight.probe_key)."""
+
+    def __init__(self):
+        super().__init__()
+        self.choice = LayerChoice("l", 4, 3, "int8", 0.0, "dense", "int8", "cuda-s8-dense", "none", "test")
+
+    def variants(self, m):
+        return ("auto", "tiled_wide", "tiled_split_k") if m > 1 else ("auto",)
+
+    def _run(self, x, variant="auto"):
+        assert variant != "tiled_wide", "a variant its preflight left out must never run in this process"
+        return super()._run(x, variant)
+
+
+def test_a_variant_whose_preflight_crashed_is_never_run_and_the_verdict_is_kept(tmp_path):
+    layer = _Int8Standin()
+    probed: list[list[str]] = []
+
+    def probe(keys):
+        probed.append(keys)
+        return {"int8:tiled_wide": "killed by signal 11"}, {}
+
+    times = {"auto": 5.0, "tiled_split_k": 3.0}
+    table = TacticTable("GPU X (sm_87)", timer=lambda fn: (fn(), times[layer.ran[-1]])[1], probe=probe)
+    use_tactics(torch.nn.Sequential(layer), table)
+    layer(torch.randn(6, 4))
+    layer(torch.randn(9, 4))  # another shape: timed, but no second preflight
+    assert probed == [["int8:tiled_split_k", "int8:tiled_wide"]]
+    tactic = table.tactics["cuda-s8-dense M=6 N=3 K=4"]
+    assert tactic.variant == "tiled_split_k" and tactic.timings_us["tiled_wide"] is None
+    assert tactic.rejected == {"tiled_wide": "preflight: killed by signal 11"}
+    assert table.preflight == {"int8:tiled_split_k": None, "int8:tiled_wide": "killed by signal 11"}
+    path = tmp_path / "tactics.json"
+    table.save(path)
+    again = TacticTable.load_or_new(path, "GPU X (sm_87)")
+    assert again.preflight == table.preflight and again.to_dict() == table.to_dict()
+    again._probe = lambda keys: pytest.fail(f"probed again: {keys}")
+    again._timer = lambda fn: (fn(), times[layer.ran[-1]])[1]
+    use_tactics(torch.nn.Sequential(layer), again)
+    layer(torch.randn(12, 4))  # a new shape on a loaded table: the stored verdicts serve
+    assert again.tactics["cuda-s8-dense M=12 N=3 K=4"].variant == "tiled_split_k"
+
+
 def test_cli_kernel_tactics_needs_the_native_backend_on_a_gpu(tmp_path, capsys):
     path = tmp_path / "t.json"
     assert main(["profile", "tiny-vla", "--backend", "onnxruntime", "--runs", "1", "--kernel-tactics", str(path)]) == 2
@@ -179,3 +223,21 @@ def test_the_gpu_runner_refuses_in_one_line_before_reading_any_tactics(tmp_path)
     path.write_text("{not json")  # never read: the missing GPU is reported first
     with pytest.raises(EdgevlaError, match="the native backend cannot run on a GPU here"):
         CudaNativeRunner(load_policy("tiny-vla").policy, tactics_path=path)
+
+
+def test_every_variant_a_policy_layer_can_try_has_a_preflight_probe():
+    from edgevla import cuda_kernels as ck
+    from edgevla.cuda_preflight import probe_key
+
+    layer_variants = {
+        "cuda-s8-dense": ("auto", *ck.SMALL_M_VARIANTS[1:], "tiled", *ck.TILED_VARIANTS[1:], "wgmma", "tcgen05"),
+        "cuda-s8-2:4": (*ck.SPARSE_VARIANTS, "wgmma"),
+        "cuda-f16-2:4": ck.SPARSE_VARIANTS,
+        "cuda-s4-groupwise": ("auto", *ck.W4_VARIANTS[1:]),
+    }
+    for kernel, variants in layer_variants.items():
+        for variant in variants:
+            assert probe_key(kernel, variant) is not None, (kernel, variant)
+    assert probe_key("cuda-s8-dense", "tiled") == "int8:auto"  # what auto runs at M > 16
+    assert probe_key("cuda-s8-2:4", "wgmma") == "2to4-int8:wgmma"
+    assert probe_key("test-kernel", "fast") is None and probe_key("cuda-s8-dense", "nonsense") is None

@@ -62,7 +62,7 @@ layer gets inside a policy, the figure comparable with the 1 GiB copy's; the
 goals report both.
 
 Before timing anything, each kernel variant runs once in a child process of its
-own (:mod:`.cuda_preflight`): a variant that faults (an illegal address leaves the
+own (:mod:`edgevla.cuda_preflight`): a variant that faults (an illegal address leaves the
 CUDA context unusable), hangs, or dies is left out, with a note, rather than
 taking every later row with it. The large shapes run first, and with ``--json``
 the file is rewritten after every shape (``"complete": false`` until the end), so
@@ -82,7 +82,7 @@ import numpy as np
 
 from ..errors import EdgevlaError
 from . import write_json
-from .cuda_preflight import PROBES, unsafe_variants
+from ..cuda_preflight import PROBES, unsafe_variants
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
 
 DEFAULT_MS = (1, 16, 256, 1024)
@@ -635,7 +635,7 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
                        on_shape: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the CUDA benchmark; a JSON-ready dict: device, copy bandwidth, rows, goals, notes.
 
-    preflight: first run each kernel variant in a child process (:mod:`.cuda_preflight`) and leave out
+    preflight: first run each kernel variant in a child process (:mod:`edgevla.cuda_preflight`) and leave out
     those that crash, hang or break the CUDA context. on_shape: called after each shape with the
     result so far (``"complete": false``), so a run cut short still leaves its figures.
     """
@@ -670,7 +670,7 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
         except EdgevlaError as e:
             rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {e}")
             layouts[dtype], sparse[dtype] = None, False
-    unsafe, not_probed = unsafe_variants(_probe_keys(sparse)) if preflight else ({}, {})
+    unsafe, not_probed = unsafe_variants(_probe_keys(sparse), large=True) if preflight else ({}, {})
     rows.notes.extend(f"preflight: {key} left out: {why}" for key, why in unsafe.items())
     rows.notes.extend(f"preflight: {key} could not be probed (kept): {why}" for key, why in not_probed.items())
     props = torch.cuda.get_device_properties(0)

@@ -1,18 +1,19 @@
-"""Each CUDA kernel variant run once, in a process of its own, before ``bench kernels --device cuda`` times it.
+"""Each CUDA kernel variant run once, in a process of its own, before it is timed or tuned.
 
 A kernel that faults leaves the process's CUDA context unusable (an illegal
 address is sticky), and one that hangs stops the process: either would take
-every later row of the benchmark with it, and with it the device run. Several
-variants were written on machines without a GPU, so before timing anything the
-benchmark runs each variant's probe here, a few calls at three of the shapes it
-times (the smallest, a middle one, a large one; M = 1 and 16, or 256; float16
-and float32 x), in a child process with a time limit. A variant whose child is
-killed by a signal, outlives its limit, or leaves the context unusable is left
-out of the benchmark, with a note saying why. A probe that merely raises (a
-shape a variant refuses, a launch error that clears) is not a crash: the
-benchmark's own check reports such rows.
+the process with it, the benchmark (``bench kernels --device cuda``: every later
+row) or a policy tuning its kernel tactics (:mod:`edgevla.cuda_tactics`: the
+robot's process). Several variants were written on machines without a GPU, and
+none has run on a Jetson, so each variant's probe first runs here, a few calls
+at fixed shapes (the smallest of the reference policies' and a middle one, and
+for the benchmark a large one; M = 1 and 16, or 256; float16 and float32 x), in
+a child process with a time limit. A variant whose child is killed by a signal,
+outlives its limit, or leaves the context unusable is left out, with the
+reason. A probe that merely raises (a shape a variant refuses, a launch error
+that clears) is not a crash: the caller's own checks see such calls.
 
-Usage (what the benchmark spawns): ``python -m edgevla.bench.cuda_preflight KEY``
+Usage (what the callers spawn): ``python -m edgevla.cuda_preflight KEY [--large]``
 """
 
 from __future__ import annotations
@@ -31,8 +32,23 @@ PROBES = ("int8:auto", "int8:small_m_wave", "int8:tiled_wide", "int8:tiled_split
 #: Exit statuses of a probe process (anything else, or a signal, is a crash).
 EXIT_OK, EXIT_USAGE, EXIT_CONTEXT_LOST, EXIT_NO_CUDA = 0, 2, 3, 4
 
-# The probes' shapes (K, N): tiny-vla attn (smaller than every tile), base-vla fc1, large down.
-SHAPES = ((96, 96), (768, 3072), (14336, 4096))
+# The probes' shapes (K, N): tiny-vla attn (smaller than every tile), base-vla fc1; with --large also
+# large down, as the benchmark times it.
+SHAPES = ((96, 96), (768, 3072))
+LARGE_SHAPE = (14336, 4096)
+
+# The policy layers' kernels (cuda_policy's LayerChoice.kernel) -> the probes' op.
+_KERNEL_OPS = {"cuda-s8-dense": "int8", "cuda-s8-2:4": "2to4-int8", "cuda-f16-2:4": "2to4-f16",
+               "cuda-s4-groupwise": "int4"}
+
+
+def probe_key(kernel: str, variant: str) -> str | None:
+    """The probe that vets ``variant`` of a policy layer's ``kernel``, or None if there is none."""
+    op = _KERNEL_OPS.get(kernel)
+    if op == "int8" and variant == "tiled":  # the tiled kernel is what auto runs at M > 16
+        variant = "auto"
+    key = f"{op}:{variant}"
+    return key if key in PROBES else None
 
 
 def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any]]:
@@ -40,8 +56,8 @@ def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any
     import numpy as np
     import torch
 
-    from .. import cuda_kernels as ck
-    from .. import native
+    from . import cuda_kernels as ck
+    from . import native
 
     op, variant = key.split(":")
     rng = np.random.default_rng(0)
@@ -86,12 +102,12 @@ def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any
     raise ValueError(key)
 
 
-def probe(key: str) -> int:
+def probe(key: str, large: bool = False) -> int:
     """Runs one probe in this process; the exit status says whether the CUDA context survived it."""
     if key not in PROBES:
         print(f"cuda_preflight: unknown probe {key!r}; one of {', '.join(PROBES)}", file=sys.stderr)
         return EXIT_USAGE
-    from .. import cuda_kernels as ck
+    from . import cuda_kernels as ck
 
     reason = ck.unavailable_reason()
     if reason:
@@ -100,7 +116,7 @@ def probe(key: str) -> int:
     import torch
 
     try:
-        for k, n in SHAPES:
+        for k, n in (*SHAPES, *((LARGE_SHAPE,) if large else ())):
             for call in _calls(key, k, n):
                 call()
                 torch.cuda.synchronize()
@@ -118,21 +134,22 @@ def probe(key: str) -> int:
     return EXIT_OK
 
 
-def _spawn(key: str, timeout_s: float) -> tuple[int | None, str]:
+def _spawn(key: str, timeout_s: float, large: bool = False) -> tuple[int | None, str]:
     """Runs ``probe(key)`` in a child process: (exit status, or None past the time limit; its last output)."""
     try:
-        done = subprocess.run([sys.executable, "-m", "edgevla.bench.cuda_preflight", key], capture_output=True,
-                              text=True, timeout=timeout_s)
+        done = subprocess.run([sys.executable, "-m", "edgevla.cuda_preflight", key, *(["--large"] if large else [])],
+                              capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return None, ""
     lines = (done.stdout + done.stderr).strip().splitlines()
     return done.returncode, lines[-1] if lines else ""
 
 
-def unsafe_variants(keys: Iterable[str], *, timeout_s: float = 90.0, workers: int = 4,
-                    spawn: Callable[[str, float], tuple[int | None, str]] = _spawn
-                    ) -> tuple[dict[str, str], dict[str, str]]:
+def unsafe_variants(keys: Iterable[str], *, large: bool = False, timeout_s: float = 90.0, workers: int = 4,
+                    spawn: Callable[..., tuple[int | None, str]] = _spawn) -> tuple[dict[str, str], dict[str, str]]:
     """Runs the probes ``keys``, ``workers`` at a time (each its own CUDA context on the same GPU).
+
+    ``large``: also at the large shape (the benchmark's; a policy's tuning skips it).
 
     Returns (left out, not probed), each key -> why. Left out: the probe's process was killed by a
     signal, outlived ``timeout_s``, or lost its CUDA context: the kernel's doing. Not probed: the
@@ -141,7 +158,7 @@ def unsafe_variants(keys: Iterable[str], *, timeout_s: float = 90.0, workers: in
     """
     keys = list(keys)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = list(pool.map(lambda key: spawn(key, timeout_s), keys))
+        outcomes = list(pool.map(lambda key: spawn(key, timeout_s, large), keys))
     left_out, not_probed = {}, {}
     for key, (status, last) in zip(keys, outcomes):
         said = f" ({last})" if last else ""
@@ -157,7 +174,8 @@ def unsafe_variants(keys: Iterable[str], *, timeout_s: float = 90.0, workers: in
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m edgevla.bench.cuda_preflight KEY", file=sys.stderr)
+    arguments = sys.argv[1:]
+    if len(arguments) not in (1, 2) or arguments[1:] not in ([], ["--large"]):
+        print("usage: python -m edgevla.cuda_preflight KEY [--large]", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(probe(sys.argv[1]))
+    sys.exit(probe(arguments[0], large=arguments[1:] == ["--large"]))
