@@ -254,14 +254,44 @@ def _mutated_headers(tmp_path: Path, header: str, before: str, after: str) -> Pa
     return tmp_path
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_a_bug_in_a_kernel_fails_its_driver(emulation_out, tmp_path, mutation):
-    header, driver, before, after = MUTATIONS[mutation]
-    headers = _mutated_headers(tmp_path, header, before, after)
-    binary = tmp_path / driver
-    built = _build(driver, _flags(_cuda_include(), optimize="-O1", headers_first=headers), emulation_out, binary)
+# The tiled int8 kernel issuing its next cp.async before the barrier that says every warp has read the
+# stage it overwrites: a race only the sanitized build sees (test_race_check_catches_...).
+REFILL_BEFORE_BARRIER = (
+    "cuda/gemm_s8s8_kernels.cuh", "cuda_emulated_s8",
+    "        group_barrier<kSplit, kThreads>(group);  // ... for every thread; stage (lt - 1) is free again\n"
+    "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n",
+    "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n"
+    "        group_barrier<kSplit, kThreads>(group);\n")
+
+
+@pytest.fixture(scope="module")
+def mutants(emulation_out, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every mutation's driver built at once, two compilers at a time: name -> (binary, the compiler's result).
+
+    The refill mutation is built plainly ("refill-before-barrier") and sanitized ("...-sanitized").
+    """
+    jobs = []
+    for name, (header, driver, before, after) in sorted(
+            {**MUTATIONS, "refill-before-barrier": REFILL_BEFORE_BARRIER}.items()):
+        headers = _mutated_headers(tmp_path_factory.mktemp(name), header, before, after)
+        jobs.append((name, driver, _flags(_cuda_include(), optimize="-O1", headers_first=headers)))
+        if name == "refill-before-barrier":
+            jobs.append((f"{name}-sanitized", driver, _race_flags(headers_first=headers)))
+    out = tmp_path_factory.mktemp("mutants")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        built = pool.map(lambda job: _build(job[1], job[2], emulation_out, out / job[0]), jobs)
+        return {job[0]: (out / job[0], result) for job, result in zip(jobs, built)}
+
+
+def _mutant(mutants, name: str) -> Path:
+    binary, built = mutants[name]
     assert built.returncode == 0, built.stderr[-3000:]
-    result = _run(binary, "--quick")
+    return binary
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_bug_in_a_kernel_fails_its_driver(mutants, mutation):
+    result = _run(_mutant(mutants, mutation), "--quick")
     assert result.returncode == 1 and ": FAIL" in result.stdout
     if mutation == "tiled-cp-async-wait-too-shallow":
         failed = [line for line in _case_lines(result.stdout) if line.endswith("FAIL")]
@@ -350,24 +380,10 @@ def test_undefined_behaviour_check_reports_an_index_past_a_shared_array(race_che
     assert "runtime error: index 5 out of bounds for type 'float [5]'" in result.stderr and "block_sum" in result.stderr
 
 
-def test_race_check_catches_a_stage_refilled_before_the_barrier(emulation_out, tmp_path):
-    """The tiled int8 kernel issuing its next cp.async before the barrier that says every warp has read
-    the stage it overwrites. Warps run in step, so the sums still come out right; on a GPU a warp that
+def test_race_check_catches_a_stage_refilled_before_the_barrier(race_checked, mutants):
+    """REFILL_BEFORE_BARRIER. Warps run in step, so the sums still come out right; on a GPU a warp that
     runs ahead overwrites data a slower warp has yet to read. The race check names the refill."""
-    headers = _mutated_headers(
-        tmp_path, "cuda/gemm_s8s8_kernels.cuh",
-        "        group_barrier<kSplit, kThreads>(group);  // ... for every thread; stage (lt - 1) is free again\n"
-        "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n",
-        "        if (lt + kStages - 1 < k_tiles) load_stage(lt + kStages - 1);\n"
-        "        group_barrier<kSplit, kThreads>(group);\n")
-    plain, checked = tmp_path / "plain", tmp_path / "checked"
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        builds = list(pool.map(lambda job: _build("cuda_emulated_s8", job[0], emulation_out, job[1]), [
-            (_flags(_cuda_include(), optimize="-O1", headers_first=headers), plain),
-            (_race_flags(headers_first=headers), checked)]))
-    for built in builds:
-        assert built.returncode == 0, built.stderr[-3000:]
-    assert _run(plain, "--quick").returncode == 0  # the sums alone do not show it
-    result = _run_race_checked(checked, "--quick")
+    assert _run(_mutant(mutants, "refill-before-barrier"), "--quick").returncode == 0  # the sums do not show it
+    result = _run_race_checked(_mutant(mutants, "refill-before-barrier-sanitized"), "--quick")
     assert result.returncode == _RACE_EXIT and _RACE_REPORT in result.stderr, result.stderr[-3000:]
     assert "load_tile_s8" in result.stderr and "gemm_s8s8_tiled_kernel" in result.stderr
