@@ -145,6 +145,11 @@ def _case_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line and not line.startswith(" ") and "failed" not in line]
 
 
+def _has_case(cases: list[str], start: str, part: str) -> bool:
+    """Whether a case line starts with ``start`` and holds ``part`` (a launch's shape, say)."""
+    return any(line.startswith(start) and part in line for line in cases)
+
+
 def test_int4_kernels_match_the_reference(drivers):
     result = _run(drivers["cuda_emulated_w4"])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
@@ -156,25 +161,19 @@ def test_int4_kernels_match_the_reference(drivers):
                    "tensor_cores/32ch<f16,2", "tensor_cores/64ch<f32,1", "gemm_w4(automatic)",
                    "gemm_w4(streaming) on Orin", "gemm_w4(tensor_cores) on 2-SM"):
         assert any(line.startswith(kernel) for line in cases), kernel
-    assert any(" extreme" in line and line.startswith("tensor_cores/64ch<f32") for line in cases)
+    assert _has_case(cases, "tensor_cores/64ch<f32", " extreme")
     # The launcher's one-wave rule: 16 warps when one block has units for them, the fewest (4)
     # when the grid cannot be resident at once (8 blocks on 2 SMs of 2 blocks each).
     # K = 4096 gives 16 warps work: the H200 holds the 3 blocks of 16 at once, the 2-SM part (one
     # 16-warp block an SM) does not, and takes 8 (two 8-warp blocks an SM).
-    assert any(line.startswith("gemm_w4(streaming) on H200 f32 m=1 n=40 k=4096") and "[3x1 blocks of 512]" in line
-               for line in cases)
-    assert any(line.startswith("gemm_w4(streaming) on 2-SM f32 m=1 n=40 k=4096") and "[3x1 blocks of 256]" in line
-               for line in cases)
-    assert any(line.startswith("gemm_w4(streaming) on 2-SM f32 m=30") and "[1x8 blocks of 128]" in line
-               for line in cases)
+    assert _has_case(cases, "gemm_w4(streaming) on H200 f32 m=1 n=40 k=4096", "[3x1 blocks of 512]")
+    assert _has_case(cases, "gemm_w4(streaming) on 2-SM f32 m=1 n=40 k=4096", "[3x1 blocks of 256]")
+    assert _has_case(cases, "gemm_w4(streaming) on 2-SM f32 m=30", "[1x8 blocks of 128]")
     # tensor_cores: blocks of 4 channel tiles when there are still blocks for every SM (9 tiles, 2 SMs),
     # of 2 at 2 column tiles (5 tiles), else of 1.
-    assert any(line.startswith("gemm_w4(tensor_cores) on 2-SM f32 m=1 n=136") and "[3x1 blocks" in line
-               for line in cases)
-    assert any(line.startswith("gemm_w4(tensor_cores) on 2-SM f32 m=9 n=72") and "[3x1 blocks" in line
-               for line in cases)
-    assert any(line.startswith("gemm_w4(tensor_cores) on H200 f32 m=1 n=136") and "[9x1 blocks" in line
-               for line in cases)
+    assert _has_case(cases, "gemm_w4(tensor_cores) on 2-SM f32 m=1 n=136", "[3x1 blocks")
+    assert _has_case(cases, "gemm_w4(tensor_cores) on 2-SM f32 m=9 n=72", "[3x1 blocks")
+    assert _has_case(cases, "gemm_w4(tensor_cores) on H200 f32 m=1 n=136", "[9x1 blocks")
     assert "gemm_w4 refuses M = 65: ok" in cases
     assert result.stdout.rstrip().endswith("0 kernel runs failed")
 
@@ -191,8 +190,7 @@ def test_int8_kernels_are_exact(drivers):
         assert any(shape in line for line in cases), shape
     assert sum(line.startswith("gemm_s8s8 refuses M = 17") for line in cases) == 2
     # small_m_wave: 16 warps a block when the grid fits and K gives every warp a batch of steps.
-    assert any(line.startswith("gemm_s8s8(small_m_wave) on H200 [2x1 blocks of 512]") and "k=4096" in line
-               for line in cases)
+    assert _has_case(cases, "gemm_s8s8(small_m_wave) on H200 [2x1 blocks of 512]", "k=4096")
 
 
 def test_float16_2to4_kernels_match_the_reference(drivers):
