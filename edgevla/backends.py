@@ -320,6 +320,20 @@ class CudaNativeRunner(TorchRunner):
         return {"file": str(self.tactics_path), "device": self.tactics.device, "timed_now": len(self.tactics.tuned),
                 "variants": {key: t.variant for key, t in sorted(self.tactics.tactics.items())}}
 
+    def reset_peak_memory(self) -> None:
+        """Starts the allocator's peak (:meth:`memory_mb`) afresh, after setup, before the calls to measure."""
+        self._torch.cuda.synchronize()
+        self._torch.cuda.reset_peak_memory_stats()
+
+    def memory_mb(self) -> dict[str, float]:
+        """GPU memory in MiB: the policy's weights as the kernels hold them (packed, on the GPU), and PyTorch's
+        allocator's peak since :meth:`reset_peak_memory` (weights, activations, graph pools) and what it holds."""
+        from .cuda_policy import weight_bytes
+
+        cuda = self._torch.cuda
+        return {"weights": weight_bytes(self.policy) / 2**20, "peak_allocated": cuda.max_memory_allocated() / 2**20,
+                "reserved": cuda.memory_reserved() / 2**20}
+
     @property
     def graphed(self) -> bool:
         """Whether calls replay CUDA graphs (False: eager, by request or because capture failed)."""

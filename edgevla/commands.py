@@ -183,8 +183,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
             from .pipeline import batch_of, heldout_observations
 
             obs = batch_of(heldout_observations(runner.spec, max(args.batch, 8)), 0, args.batch)
+            on_gpu = _runner_device(runner) == "cuda"
+            if on_gpu:
+                runner.reset_peak_memory()
             stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
             plan = runner.plan() if args.backend == "native" else None
+            gpu_memory = runner.memory_mb() if on_gpu else None
         finally:
             runner.close()
     deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
@@ -196,6 +200,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         data["cuda_graphs"] = {"used": runner.graphed, "error": runner.graph_error}
         if runner.tactics is not None:  # which kernel variants ran, timed on this GPU
             data["kernel_tactics"] = runner.tactics_summary()
+        data["gpu_memory_mb"] = {**gpu_memory, "budget": target.budgets.memory_budget_mb}
     if plan is not None:  # which kernel ran each linear layer, and why
         data["native_plan"] = [choice.to_dict() for choice in plan]
     if args.json:
@@ -209,6 +214,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out.print(table)
     out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
               f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed")
+    if gpu_memory is not None:
+        out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
+                  f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "
+                  f"{target.budgets.memory_budget_mb} MiB on {target.name})")
     if plan is not None:
         _print_native_plan(plan)
     return 0

@@ -163,6 +163,10 @@ def gemm_s8s8(a: Any, w: Any, *, w_scale: Any = None, a_scale: Any = None, bias:
 
 # ---------------------------------------------------- weight-only int4 ----
 
+def _nbytes(*tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @dataclass(frozen=True)
 class W4Weight:
     """A ``W4_N16K8`` packed weight (``native.pack_w4``) on the GPU."""
@@ -171,6 +175,10 @@ class W4Weight:
     n: int
     k: int
     group_size: int
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.packed)
 
     @classmethod
     def from_packed(cls, packed: np.ndarray, device: Any = "cuda") -> W4Weight:
@@ -227,6 +235,10 @@ class Sparse2to4Weight:
     dtype: str   # "int8" or "float16"
     meta_layout: int
 
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.values, self.meta)
+
 
 def _to_numpy(w: Any) -> np.ndarray:
     if hasattr(w, "detach"):
@@ -265,6 +277,10 @@ class Sparse2to4WgmmaWeight:
     meta: Any    # uint8 CUDA tensor: the metadata in CUTLASS's reordered layout, flat
     n: int
     k: int
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.values, self.meta)
 
 
 def pack_2to4_s8_wgmma(w: Any, *, device: Any = "cuda", stream: Any = None) -> Sparse2to4WgmmaWeight:

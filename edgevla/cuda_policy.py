@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,6 +139,15 @@ class CudaLinear(nn.Module):
         return self.tactics.variant(key, candidates, lambda v: self._run(rows, v), self.agreement,
                                     kernel=self.choice.kernel)
 
+    def packed_weights(self) -> tuple[Any, ...]:
+        """The packed weights (``cuda_kernels``' weight objects) the kernels read, beside the module's buffers."""
+        return ()
+
+    def weight_bytes(self) -> int:
+        """Bytes of what the layer computes from on its device: its buffers and packed weights (no host copies)."""
+        return (sum(t.numel() * t.element_size() for t in self.buffers(recurse=False))
+                + sum(w.nbytes for w in self.packed_weights()))
+
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer's arithmetic on the CPU: float32 (M, K) in, float32 (M, N) out."""
         return self._reference(np.ascontiguousarray(x, dtype=np.float32))
@@ -166,15 +176,22 @@ class Int8Linear(CudaLinear):
                  input_scale: float | None, device: torch.device):
         super().__init__(choice, bias)
         codes = codes.detach().to(torch.int8).cpu().contiguous()
-        self.register_buffer("codes", codes)
         self.register_buffer("w_scale", w_scale.detach().float().contiguous())
         self.register_buffer("input_scale", None if input_scale is None
                              else torch.tensor([input_scale], dtype=torch.float32))
-        self.sparse = (cuda_kernels.pack_2to4_s8(codes.numpy(), device=device)
-                       if choice.kernel == "cuda-s8-2:4" else None)
+        if choice.kernel == "cuda-s8-2:4":
+            # The kernels read the packed half; the dense codes stay on the host (the reference, and CUTLASS's
+            # copy below), or the GPU would hold 1.6x the dense layer's bytes instead of 0.6x.
+            self.codes = codes
+            self.sparse = cuda_kernels.pack_2to4_s8(codes.numpy(), device=device)
+        else:
+            self.register_buffer("codes", codes)
+            self.sparse = None
         # CUTLASS's sparse wgmma takes its own compressed weight: made (on the GPU) the first time a tactics
-        # table asks for that variant, which happens in an eager call, never inside a CUDA-graph capture.
+        # table asks for that variant, which happens in an eager call, never inside a CUDA-graph capture, and
+        # dropped again when no shape of this layer chose it.
         self.sparse_wgmma: cuda_kernels.Sparse2to4WgmmaWeight | None = None
+        self._shapes: set[str] = set()  # the tactic keys this layer met while that copy was alive
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_scale is None:
@@ -192,6 +209,18 @@ class Int8Linear(CudaLinear):
             return ("auto", *cuda_kernels.SMALL_M_VARIANTS[1:], "tiled")
         tcgen05 = ("tcgen05",) if cuda_kernels.tcgen05_available() else ()
         return ("auto", *cuda_kernels.TILED_VARIANTS[1:], *wgmma, *tcgen05)
+
+    def packed_weights(self) -> tuple[Any, ...]:
+        return tuple(w for w in (self.sparse, self.sparse_wgmma) if w is not None)
+
+    def variant_for(self, rows: torch.Tensor) -> str:
+        variant = super().variant_for(rows)
+        if self.sparse_wgmma is not None and self.tactics is not None:
+            self._shapes.add(tactic_key(self.choice.kernel, rows.shape[0], self.out_features, self.in_features))
+            chosen = (self.tactics.tactics.get(key) for key in self._shapes)
+            if variant != "wgmma" and not any(t is not None and t.variant == "wgmma" for t in chosen):
+                self.sparse_wgmma = None  # timed at this layer's shapes and lost each time: free CUTLASS's copy
+        return variant
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         q, a_scale = self._quantize(x)
@@ -232,6 +261,9 @@ class Int4Linear(CudaLinear):
     def variants(self, m: int) -> tuple[str, ...]:
         return ("auto", *cuda_kernels.W4_VARIANTS[1:])
 
+    def packed_weights(self) -> tuple[Any, ...]:
+        return (self.weight,)
+
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32, device=x.device)
         step = cuda_kernels.gemm_w4_max_m()
@@ -256,6 +288,9 @@ class Fp16SparseLinear(CudaLinear):
 
     def variants(self, m: int) -> tuple[str, ...]:
         return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
+
+    def packed_weights(self) -> tuple[Any, ...]:
+        return (self.sparse,)
 
     def _run(self, x: torch.Tensor, variant: str = "auto") -> torch.Tensor:
         return cuda_kernels.gemm_2to4_f16(x.half(), self.sparse, self.bias, variant=variant)
@@ -369,6 +404,13 @@ def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
         plan.append(swapped.choice)
     policy.to(device)
     return plan
+
+
+def weight_bytes(policy: nn.Module) -> int:
+    """Bytes of ``policy``'s weights where it runs: every parameter and buffer, and its layers' packed weights."""
+    tensors = {id(t): t for t in (*policy.parameters(), *policy.buffers())}
+    return (sum(t.numel() * t.element_size() for t in tensors.values())
+            + sum(w.nbytes for m in policy.modules() if isinstance(m, CudaLinear) for w in m.packed_weights()))
 
 
 @contextlib.contextmanager

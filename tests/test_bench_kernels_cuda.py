@@ -157,6 +157,56 @@ def test_preflight_probe_refuses_unknown_keys_and_says_why_it_cannot_run(capsys)
         assert done.stderr.startswith("cuda_preflight: ") and len(done.stderr.strip().splitlines()) == 1
 
 
+def _probe_with(monkeypatch, outcomes: dict, context_usable: list[bool]) -> list[tuple[int, int, int]]:
+    """probe() on the CPU: each shape's calls per ``outcomes[(k, n)]`` (None runs, an exception raises);
+    the context check answers from ``context_usable`` in turn. Returns the calls made, in order."""
+    import torch
+
+    from edgevla import cuda_kernels as ck
+    from edgevla import cuda_preflight as cp
+
+    made = []
+
+    def calls(key, k, n, dev="cuda"):
+        def call(i, outcome):
+            made.append((k, n, i))
+            if outcome is not None:
+                raise outcome
+        return [lambda i=i, o=o: call(i, o) for i, o in enumerate(outcomes[(k, n)])]
+
+    monkeypatch.setattr(ck, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(cp, "_calls", calls)
+    monkeypatch.setattr(cp, "_context_usable", lambda: context_usable.pop(0))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    return made
+
+
+def test_a_probe_runs_every_call_after_a_refusal_and_stops_where_the_context_is_lost(monkeypatch, capsys):
+    from edgevla import cuda_preflight as cp
+
+    (small, middle), large = cp.SHAPES, cp.LARGE_SHAPE
+    # refused at the smallest shape: the larger shapes, where the bench times it, are still probed
+    made = _probe_with(monkeypatch, {small: [ValueError("N must be a multiple of 128"), None],
+                                     middle: [None, None], large: [None]}, context_usable=[True])
+    assert cp.probe("int8:tiled_wide", large=True) == cp.EXIT_OK
+    assert made == [(*small, 0), (*small, 1), (*middle, 0), (*middle, 1), (*large, 0)]
+    said = capsys.readouterr().out.strip()
+    assert said == (f"cuda_preflight: int8:tiled_wide: 1 of 5 calls raised, the context survived; first: "
+                    f"ValueError: N must be a multiple of 128 at (K, N) = {small}")
+
+    made = _probe_with(monkeypatch, {small: [None], middle: [RuntimeError("an illegal memory access\nmore"), None],
+                                     large: [None]}, context_usable=[False])
+    assert cp.probe("int8:tiled_wide", large=True) == cp.EXIT_CONTEXT_LOST
+    assert made == [(*small, 0), (*middle, 0)]  # nothing runs on a lost context
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cuda_preflight: int8:tiled_wide: RuntimeError: an illegal memory access at (K, N) = {middle}; "
+                   "the CUDA context is unusable after it")
+
+    made = _probe_with(monkeypatch, {small: [None], middle: [None], large: [None]}, context_usable=[])
+    assert cp.probe("int4:streaming") == cp.EXIT_OK and len(made) == 2  # no large shape unless asked
+    assert capsys.readouterr().out.strip() == "cuda_preflight: int4:streaming: ok (2 calls)"
+
+
 def test_every_preflight_probe_names_a_variant_the_benchmark_times():
     from edgevla.cuda_preflight import PROBES
     from edgevla.cuda_kernels import SMALL_M_VARIANTS, SPARSE_VARIANTS, TILED_VARIANTS, W4_VARIANTS

@@ -34,7 +34,7 @@ from edgevla.backends import DEVICES, native_device
 from edgevla.cli import DEVICES as CLI_DEVICES
 from edgevla.cli import main
 from edgevla.cuda_policy import (PRECISIONS, CudaLinear, plan_layer, quantize_per_token, reference_mode,
-                                 swap_linears)
+                                 swap_linears, weight_bytes)
 from edgevla.errors import EdgevlaError
 from edgevla.models.zoo import load_policy
 from edgevla.pipeline import batch_of, heldout_observations
@@ -42,6 +42,7 @@ from edgevla.prune import apply_masks, nm_masks, remove_masks
 from edgevla.quant import quantize_policy
 from edgevla.quant.fakequant import (Float8Linear, Int4WeightLinear, Int8ActivationInt8WeightLinear,
                                      Int8WeightLinear)
+from edgevla.targets import load_target
 
 needs_gpu = pytest.mark.skipif(not cuda_kernels.available(), reason=cuda_kernels.unavailable_reason() or "GPU")
 CPU = torch.device("cpu")
@@ -139,6 +140,63 @@ def test_int8_layers_offer_the_small_m_shapes_below_17_rows():
     rng = np.random.default_rng(3)
     layer = plan_layer("w8a8", _quantized(_linear(rng, 128, 48), Int8ActivationInt8WeightLinear, 3.0), "int8", CPU)
     assert layer.variants(1) == layer.variants(16) == ("auto", "small_m_wave", "tiled")
+
+
+def test_a_2to4_int8_layer_holds_only_its_packed_half_where_it_runs():
+    rng = np.random.default_rng(4)
+    n, k = 48, 128
+    layers = {sparse: plan_layer("l", _quantized(_linear(rng, k, n, two_four=sparse), Int8ActivationInt8WeightLinear,
+                                                 3.0), "int8", CPU) for sparse in (False, True)}
+    dense, two_four = layers[False], layers[True]
+    assert two_four.choice.kernel == "cuda-s8-2:4" and dense.choice.kernel == "cuda-s8-dense"
+    scales_and_bias = (n + n + 1) * 4  # w_scale, bias, the static input scale: float32
+    assert dense.weight_bytes() == n * k + scales_and_bias
+    # the kernel's operands: the kept values (K/2 a row) and 2 bits of metadata per value
+    assert two_four.weight_bytes() == n * k // 2 + n * k // 8 + scales_and_bias
+    assert two_four.packed_weights() == (two_four.sparse,)
+    # the dense codes stay on the host when the policy moves: the reference (and CUTLASS's copy) read them there
+    model = nn.Sequential(dense, two_four).to("meta")
+    assert two_four.codes.device.type == "cpu" and dense.codes.device.type == "meta"
+    assert weight_bytes(model) == dense.weight_bytes() + two_four.weight_bytes()
+
+
+def test_cutlass_copy_of_a_2to4_weight_is_dropped_when_no_shape_of_the_layer_chose_it(monkeypatch):
+    """The sparse wgmma variant's compressed weight, made when the tactics first try it, lives only while some
+    shape of the layer runs on it (stand-ins for the kernels: each variant returns the same product)."""
+    from edgevla.cuda_tactics import TacticTable
+
+    rng = np.random.default_rng(5)
+    layer = plan_layer("l", _quantized(_linear(rng, 64, 32, two_four=True), Int8ActivationInt8WeightLinear, 3.0),
+                       "int8", CPU)
+    made = []
+
+    def pack_wgmma(codes):
+        made.append(codes.shape)
+        return cuda_kernels.Sparse2to4WgmmaWeight(torch.zeros(7, dtype=torch.int8), torch.zeros(3, dtype=torch.uint8),
+                                                  32, 64)
+
+    ran = []
+
+    def gemm(q, weight, *, variant, **kwargs):
+        assert isinstance(weight, cuda_kernels.Sparse2to4WgmmaWeight) == (variant == "wgmma")
+        ran.append(variant)
+        return torch.ones(q.shape[0], 32)
+
+    monkeypatch.setattr(cuda_kernels, "wgmma_available", lambda: True)
+    monkeypatch.setattr(cuda_kernels, "pack_2to4_s8_wgmma", pack_wgmma)
+    monkeypatch.setattr(cuda_kernels, "gemm_2to4_s8", gemm)
+    fastest = {32: "wgmma", 48: "tiled_wide", 64: "auto"}  # rows -> the variant timed fastest there
+    table = TacticTable("cpu stand-in", timer=lambda fn: (fn(), 1.0 if ran[-1] == fastest[m] else 2.0)[1],
+                        probe=lambda keys: ({}, {}))
+    layer.tactics = table
+    for m, alive in ((48, False), (32, True), (64, True), (32, True)):
+        layer(torch.randn(m, 64))
+        assert table.tactics[f"cuda-s8-2:4 M={m} N=32 K=64"].variant == fastest[m]
+        assert (layer.sparse_wgmma is not None) == alive, m
+        assert len(layer.packed_weights()) == 1 + alive
+    # made when first tried (M = 48), dropped there, made again for M = 32 and kept, since M = 32 runs on it
+    assert made == [(32, 64), (32, 64)]
+    assert layer.weight_bytes() == 32 * 64 // 2 + 32 * 64 // 8 + (32 + 32 + 1) * 4 + 7 + 3
 
 
 def test_unknown_precision_is_one_line():
@@ -304,6 +362,17 @@ def test_tiny_vla_on_the_gpu_matches_its_cpu_reference(tiny, obs, variant):
         got = policy(*tensors).cpu().numpy()
     # PyTorch's float ops differ between CPU and GPU; a value near a rounding tie can move one int8 step.
     assert np.abs(got - expected).mean() < 2e-3 and np.abs(got - expected).max() < 0.05
+
+
+@needs_gpu
+def test_cli_profile_on_the_gpu_reports_its_memory(tiny_bundle, capsys):
+    assert main(["profile", str(tiny_bundle.bundle), "--backend", "native", "--device", "cuda", "--runs", "3",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    memory = data["gpu_memory_mb"]
+    # the weights are allocations of PyTorch's allocator, resident through every call
+    assert 0 < memory["weights"] <= memory["peak_allocated"]
+    assert memory["budget"] == load_target(data["target"]).budgets.memory_budget_mb
 
 
 @needs_gpu

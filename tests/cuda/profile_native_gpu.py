@@ -42,7 +42,9 @@ def main() -> int:
     for name, policy in policies.items():
         graphed = CudaNativeRunner(copy.deepcopy(policy))
         eager = CudaNativeRunner(copy.deepcopy(policy), cuda_graphs=False)
-        result["rows"][f"native-graphs:{name}"] = {**latency(graphed, obs), "graph_error": graphed.graph_error}
+        graphed.reset_peak_memory()
+        result["rows"][f"native-graphs:{name}"] = {**latency(graphed, obs), "graph_error": graphed.graph_error,
+                                                   "gpu_memory_mb": graphed.memory_mb()}
         result["rows"][f"native-eager:{name}"] = latency(eager, obs)
         result["rows"][f"kernels:{name}"] = sorted({c.kernel for c in graphed.plan()})
         with tempfile.TemporaryDirectory() as scratch:  # kernel variants timed on this GPU (cuda_tactics.py)
