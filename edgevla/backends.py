@@ -284,7 +284,8 @@ class CudaNativeRunner(TorchRunner):
         from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy, use_tactics
         from .cuda_tactics import TacticTable, this_device
 
-        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION)  # refuses where no GPU
+        # refuses where no GPU; a deployed policy keeps no host copies for CPU references
+        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION, keep_reference=False)
         self.tactics_path = tactics_path
         self.tactics = None if tactics_path is None else TacticTable.load_or_new(tactics_path, this_device())
         use_tactics(policy, self.tactics)
@@ -326,13 +327,15 @@ class CudaNativeRunner(TorchRunner):
         self._torch.cuda.reset_peak_memory_stats()
 
     def memory_mb(self) -> dict[str, float]:
-        """GPU memory in MiB: the policy's weights as the kernels hold them (packed, on the GPU), and PyTorch's
-        allocator's peak since :meth:`reset_peak_memory` (weights, activations, graph pools) and what it holds."""
-        from .cuda_policy import weight_bytes
+        """Memory in MiB: the policy's weights as the kernels hold them (packed, on the GPU), PyTorch's allocator's
+        peak since :meth:`reset_peak_memory` (weights, activations, graph pools) and what it holds, and the host
+        copies of weights its layers keep (none, unless CUTLASS's 2:4 copy may still be made from them)."""
+        from .cuda_policy import CudaLinear, weight_bytes
 
         cuda = self._torch.cuda
+        host = sum(m.host_bytes() for m in self.policy.modules() if isinstance(m, CudaLinear))
         return {"weights": weight_bytes(self.policy) / 2**20, "peak_allocated": cuda.max_memory_allocated() / 2**20,
-                "reserved": cuda.memory_reserved() / 2**20}
+                "reserved": cuda.memory_reserved() / 2**20, "host_copies": host / 2**20}
 
     @property
     def graphed(self) -> bool:

@@ -99,6 +99,8 @@ class CudaLinear(nn.Module):
     choice: LayerChoice
     #: How outputs of two variants must agree for one to stand in for the other (:mod:`edgevla.cuda_tactics`).
     agreement = staticmethod(exact_agreement)
+    #: Attributes holding host copies of the weight that only ``_reference`` reads (see :meth:`drop_host_copies`).
+    host_copies: tuple[str, ...] = ()
 
     def __init__(self, choice: LayerChoice, bias: torch.Tensor | None):
         super().__init__()
@@ -148,8 +150,22 @@ class CudaLinear(nn.Module):
         return (sum(t.numel() * t.element_size() for t in self.buffers(recurse=False))
                 + sum(w.nbytes for w in self.packed_weights()))
 
+    def host_bytes(self) -> int:
+        """Bytes of the host copies kept for :meth:`reference` (on a Jetson, the same DRAM the GPU's copy is in)."""
+        held = (getattr(self, name) for name in self.host_copies)
+        return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size()
+                   for a in held if a is not None)
+
+    def drop_host_copies(self) -> None:
+        """Frees the host copies: the kernels run on, :meth:`reference` refuses (a deployed policy needs none)."""
+        for name in self.host_copies:
+            setattr(self, name, None)
+
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer's arithmetic on the CPU: float32 (M, K) in, float32 (M, N) out."""
+        if any(getattr(self, name) is None for name in self.host_copies):
+            raise EdgevlaError(f"layer {self.choice.layer}: no CPU reference, its host copy of the weight was "
+                               "dropped (swap_linears(..., keep_reference=False))")
         return self._reference(np.ascontiguousarray(x, dtype=np.float32))
 
     def _bias_np(self) -> np.ndarray | None:
@@ -183,6 +199,7 @@ class Int8Linear(CudaLinear):
             # The kernels read the packed half; the dense codes stay on the host (the reference, and CUTLASS's
             # copy below), or the GPU would hold 1.6x the dense layer's bytes instead of 0.6x.
             self.codes = codes
+            self.host_copies = ("codes",)
             self.sparse = cuda_kernels.pack_2to4_s8(codes.numpy(), device=device)
         else:
             self.register_buffer("codes", codes)
@@ -200,7 +217,7 @@ class Int8Linear(CudaLinear):
 
     def variants(self, m: int) -> tuple[str, ...]:
         # CUTLASS's kernels where built for this GPU: wgmma (sm_90; dense and 2:4), tcgen05 (Thor, sm_100; dense).
-        wgmma = ("wgmma",) if m > 16 and cuda_kernels.wgmma_available() else ()
+        wgmma = ("wgmma",) if m > 16 and cuda_kernels.wgmma_available() and self.codes is not None else ()
         if self.sparse is not None:
             return (*cuda_kernels.SPARSE_VARIANTS, *wgmma) if m > 16 else ("auto",)
         # auto is small_m at M <= 16 (its one-wave shape and the tiled kernel are the other choices there),
@@ -212,6 +229,10 @@ class Int8Linear(CudaLinear):
 
     def packed_weights(self) -> tuple[Any, ...]:
         return tuple(w for w in (self.sparse, self.sparse_wgmma) if w is not None)
+
+    def drop_host_copies(self) -> None:
+        if not cuda_kernels.wgmma_available():  # where it is (sm_90 servers), CUTLASS's copy is made from them
+            super().drop_host_copies()
 
     def variant_for(self, rows: torch.Tensor) -> str:
         variant = super().variant_for(rows)
@@ -257,6 +278,7 @@ class Int4Linear(CudaLinear):
 
     #: The variants sum the same float32 products in other orders.
     agreement = staticmethod(relative_agreement(1e-5))
+    host_copies = ("qdata", "scale")
 
     def variants(self, m: int) -> tuple[str, ...]:
         return ("auto", *cuda_kernels.W4_VARIANTS[1:])
@@ -285,6 +307,7 @@ class Fp16SparseLinear(CudaLinear):
         self.sparse = cuda_kernels.pack_2to4_f16(self.weight16.numpy(), device=device)
 
     agreement = staticmethod(relative_agreement(1e-5))
+    host_copies = ("weight16",)
 
     def variants(self, m: int) -> tuple[str, ...]:
         return cuda_kernels.SPARSE_VARIANTS if m > 16 else ("auto",)
@@ -381,13 +404,17 @@ def plan_layer(name: str, layer: nn.Linear, precision: str, device: torch.device
 
 
 def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
-                 device: str | torch.device = "cuda") -> list[LayerChoice]:
+                 device: str | torch.device = "cuda", keep_reference: bool = True) -> list[LayerChoice]:
     """Replace, in place, every ``nn.Linear`` of ``policy`` by its :class:`CudaLinear`; move it to ``device``.
 
     Returns the plan (one :class:`LayerChoice` per layer, in module order).
     The kernels' operands are packed on the host and copied to ``device``
     once, here. A float policy is run as given; a quantized one (its layers
     restored by :func:`edgevla.quant.restore_quantized`) on its own codes.
+    ``keep_reference=False`` frees the host copies that only the layers' CPU
+    references read (:meth:`CudaLinear.drop_host_copies`): on a Jetson the
+    host and the GPU share one DRAM, where those copies would hold the
+    int4 and 2:4 weights a second time.
     """
     if precision not in PRECISIONS:
         raise EdgevlaError(f"GPU precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -400,6 +427,8 @@ def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
         if not name or not isinstance(layer, nn.Linear) or isinstance(parent, nn.MultiheadAttention):
             continue
         swapped = plan_layer(name, layer, precision, device)
+        if not keep_reference:
+            swapped.drop_host_copies()
         setattr(parent, child, swapped)
         plan.append(swapped.choice)
     policy.to(device)
@@ -433,17 +462,18 @@ def use_tactics(policy: nn.Module, tactics: TacticTable | None) -> None:
             m.tactics = tactics
 
 
-def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
-                tactics: TacticTable | None = None) -> tuple[nn.Module, list[LayerChoice]]:
+def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION, tactics: TacticTable | None = None,
+                keep_reference: bool = True) -> tuple[nn.Module, list[LayerChoice]]:
     """``policy`` swapped onto the CUDA kernels on the current GPU, and its plan; a one-line error where they cannot run.
 
     With ``tactics``, each layer runs the variant the table chooses for its
     shape, timing the candidates on this GPU the first time a shape runs.
+    ``keep_reference``: as in :func:`swap_linears`.
     """
     reason = cuda_kernels.unavailable_reason()
     if reason:
         raise EdgevlaError(f"the native backend cannot run on a GPU here: {reason}")
-    plan = swap_linears(policy, precision=precision, device="cuda")
+    plan = swap_linears(policy, precision=precision, device="cuda", keep_reference=keep_reference)
     use_tactics(policy, tactics)
     return policy.eval(), plan
 

@@ -160,6 +160,51 @@ def test_a_2to4_int8_layer_holds_only_its_packed_half_where_it_runs():
     assert weight_bytes(model) == dense.weight_bytes() + two_four.weight_bytes()
 
 
+def _layers_of_every_kind(rng: np.random.Generator) -> dict[str, CudaLinear]:
+    two_four = _linear(rng, 128, 48, two_four=True)
+    return {"int8": plan_layer("int8", _quantized(_linear(rng, 128, 48), Int8ActivationInt8WeightLinear, 3.0),
+                               "int8", CPU),
+            "int8 2:4": plan_layer("int8 2:4", _quantized(two_four, Int8ActivationInt8WeightLinear, 3.0), "int8", CPU),
+            "int4": plan_layer("int4", _quantized(_linear(rng, 128, 48), Int4WeightLinear, 32), "int8", CPU),
+            "fp16 2:4": plan_layer("fp16 2:4", two_four, "fp16", CPU)}
+
+
+def test_a_deployed_layer_keeps_no_host_copy_and_its_reference_refuses_in_one_line(monkeypatch):
+    rng = np.random.default_rng(6)
+    layers = _layers_of_every_kind(rng)
+    x = _x(rng, 3, 128)
+    expected = {kind: layer.reference(x) for kind, layer in layers.items()}
+    held = {kind: layer.weight_bytes() for kind, layer in layers.items()}
+    # what only the references read: the dense 2:4 codes (int8: 1 byte a weight, fp16: 2), int4's codes and scales
+    assert {kind: layer.host_bytes() for kind, layer in layers.items()} == {
+        "int8": 0, "int8 2:4": 48 * 128, "int4": 48 * 64 + 48 * 4 * 4, "fp16 2:4": 48 * 128 * 2}
+    for kind, layer in layers.items():
+        layer.drop_host_copies()
+        assert layer.host_bytes() == 0 and layer.weight_bytes() == held[kind], kind
+        if kind == "int8":  # its codes are what the kernel reads: the reference reads them back
+            np.testing.assert_array_equal(layer.reference(x), expected[kind])
+            continue
+        with pytest.raises(EdgevlaError) as e:
+            layer.reference(x)
+        assert str(e.value) == (f"layer {kind}: no CPU reference, its host copy of the weight was dropped "
+                                "(swap_linears(..., keep_reference=False))")
+    # where CUTLASS's sparse wgmma runs (sm_90), the 2:4 codes stay: its compressed copy is made from them
+    monkeypatch.setattr(cuda_kernels, "wgmma_available", lambda: True)
+    kept = _layers_of_every_kind(rng)["int8 2:4"]
+    kept.drop_host_copies()
+    assert kept.host_bytes() == 48 * 128 and "wgmma" in kept.variants(64)
+    assert "wgmma" not in layers["int8 2:4"].variants(64)  # nothing left to make it from
+
+
+def test_swap_linears_for_deployment_drops_the_host_copies():
+    policy = nn.Sequential(_linear(np.random.default_rng(7), 64, 32, two_four=True), nn.ReLU())
+    kept, dropped = copy.deepcopy(policy), copy.deepcopy(policy)
+    swap_linears(kept, precision="fp16", device=CPU)
+    swap_linears(dropped, precision="fp16", device=CPU, keep_reference=False)
+    assert kept[0].host_bytes() == 64 * 32 * 2 and dropped[0].host_bytes() == 0
+    assert weight_bytes(kept) == weight_bytes(dropped) > 0
+
+
 def test_cutlass_copy_of_a_2to4_weight_is_dropped_when_no_shape_of_the_layer_chose_it(monkeypatch):
     """The sparse wgmma variant's compressed weight, made when the tactics first try it, lives only while some
     shape of the layer runs on it (stand-ins for the kernels: each variant returns the same product)."""
