@@ -67,27 +67,32 @@ def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any
 
     w_scale = torch.full((n,), 1e-3, device=dev)
     a_scale = torch.full((1,), 1e-2, device=dev)
+    bias = torch.linspace(-1, 1, n, device=dev)
+
+    def epilogues(m: int) -> tuple[dict[str, Any], ...]:
+        """int32 out; the float32 epilogue with one a_scale; with a scale per row and a bias (the policies')."""
+        per_row = torch.full((m,), 1e-2, device=dev)
+        return ({}, {"w_scale": w_scale, "a_scale": a_scale},
+                {"w_scale": w_scale, "a_scale": per_row, "bias": bias, "act": "gelu_tanh"})
+
     if op == "int8":
         w = torch.from_numpy(rng.integers(-127, 128, (n, k), dtype=np.int8)).to(dev)
         ms = (1, 16) if variant in ("auto", "small_m_wave") else ()
         ms += (256,) if variant != "small_m_wave" else ()
-        return [call for m in ms for call in (
-            lambda m=m: ck.gemm_s8s8(s8(m), w, variant=variant),
-            lambda m=m: ck.gemm_s8s8(s8(m), w, w_scale=w_scale, a_scale=a_scale, variant=variant))]
+        return [lambda m=m, e=e: ck.gemm_s8s8(s8(m), w, **e, variant=variant) for m in ms for e in epilogues(m)]
     if op == "2to4-int8":
         w24 = ck.random_2to4(rng, n, k, np.int8)
         if variant == "wgmma":
             packed = ck.pack_2to4_s8_wgmma(torch.from_numpy(w24).to(dev))
-            return [lambda: ck.gemm_2to4_s8(s8(256), packed),
-                    lambda: ck.gemm_2to4_s8(s8(256), packed, w_scale=w_scale, a_scale=a_scale)]
+            return [lambda e=e: ck.gemm_2to4_s8(s8(256), packed, **e) for e in epilogues(256)]
         packed = ck.pack_2to4_s8(w24, device=dev)
         ms = (1, 16, 256) if variant == "auto" else (256,)
-        return [lambda m=m: ck.gemm_2to4_s8(s8(m), packed, variant=variant) for m in ms]
+        return [lambda m=m, e=e: ck.gemm_2to4_s8(s8(m), packed, **e, variant=variant) for m in ms for e in epilogues(m)]
     if op == "2to4-f16":
         packed = ck.pack_2to4_f16(ck.random_2to4(rng, n, k, np.float16), device=dev)
         ms = (1, 16, 256) if variant == "auto" else (256,)
-        return [lambda m=m: ck.gemm_2to4_f16(torch.randn((m, k), device=dev).half(), packed, variant=variant)
-                for m in ms]
+        return [lambda m=m, b=b: ck.gemm_2to4_f16(torch.randn((m, k), device=dev).half(), packed, b, variant=variant)
+                for m in ms for b in (None, bias)]
     if op == "int4":
         calls = []
         for group in (32, 128):
@@ -97,7 +102,8 @@ def _calls(key: str, k: int, n: int, dev: str = "cuda") -> list[Callable[[], Any
             for m in (1, 16):
                 for dtype in (torch.float16, torch.float32):
                     calls.append(lambda m=m, dtype=dtype, weight=weight: ck.gemm_w4(
-                        torch.randn((m, k), device=dev).to(dtype), weight, variant=variant))
+                        torch.randn((m, k), device=dev).to(dtype), weight, bias if dtype == torch.float32 else None,
+                        variant=variant))
         return calls
     raise ValueError(key)
 
@@ -131,19 +137,30 @@ def probe(key: str, large: bool = False) -> int:
     import torch
 
     ran, refusals = 0, []
+
+    def attempt(fn: Callable[[], Any], k: int, n: int) -> bool:
+        """Runs fn; False when the context is lost (the probe ends), a refusal is noted and passed over."""
+        try:
+            fn()
+            torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001 — a refusal is fine; a context the GPU poisoned is not
+            first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if not _context_usable():
+                print(f"cuda_preflight: {key}: {first} at (K, N) = ({k}, {n}); the CUDA context is unusable "
+                      "after it", file=sys.stderr)
+                return False
+            refusals.append(f"{first} at (K, N) = ({k}, {n})")
+        return True
+
     for k, n in (*SHAPES, *((LARGE_SHAPE,) if large else ())):
-        for call in _calls(key, k, n):
+        calls: list[Callable[[], Any]] = []
+        # making the operands runs kernels too (the 2:4 pattern check and CUTLASS's compressor)
+        if not attempt(lambda: calls.extend(_calls(key, k, n)), k, n):
+            return EXIT_CONTEXT_LOST
+        for call in calls:
             ran += 1
-            try:
-                call()
-                torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001 — a refusal is fine; a context the GPU poisoned is not
-                first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                if not _context_usable():
-                    print(f"cuda_preflight: {key}: {first} at (K, N) = ({k}, {n}); the CUDA context is unusable "
-                          "after it", file=sys.stderr)
-                    return EXIT_CONTEXT_LOST
-                refusals.append(f"{first} at (K, N) = ({k}, {n})")
+            if not attempt(call, k, n):
+                return EXIT_CONTEXT_LOST
     if refusals:
         print(f"cuda_preflight: {key}: {len(refusals)} of {ran} calls raised, the context survived; "
               f"first: {refusals[0]}")

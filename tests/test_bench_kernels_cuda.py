@@ -158,7 +158,8 @@ def test_preflight_probe_refuses_unknown_keys_and_says_why_it_cannot_run(capsys)
 
 
 def _probe_with(monkeypatch, outcomes: dict, context_usable: list[bool]) -> list[tuple[int, int, int]]:
-    """probe() on the CPU: each shape's calls per ``outcomes[(k, n)]`` (None runs, an exception raises);
+    """probe() on the CPU: each shape's calls per ``outcomes[(k, n)]`` (None runs, an exception raises; one
+    exception in place of the list: making that shape's operands raises it);
     the context check answers from ``context_usable`` in turn. Returns the calls made, in order."""
     import torch
 
@@ -168,6 +169,9 @@ def _probe_with(monkeypatch, outcomes: dict, context_usable: list[bool]) -> list
     made = []
 
     def calls(key, k, n, dev="cuda"):
+        if isinstance(outcomes[(k, n)], Exception):  # making the operands fails
+            raise outcomes[(k, n)]
+
         def call(i, outcome):
             made.append((k, n, i))
             if outcome is not None:
@@ -201,6 +205,13 @@ def test_a_probe_runs_every_call_after_a_refusal_and_stops_where_the_context_is_
     err = capsys.readouterr().err.strip()
     assert err == (f"cuda_preflight: int8:tiled_wide: RuntimeError: an illegal memory access at (K, N) = {middle}; "
                    "the CUDA context is unusable after it")
+
+    # making the operands runs kernels too (CUTLASS's compressor): a refusal there passes over that shape only,
+    # a lost context ends the probe
+    made = _probe_with(monkeypatch, {small: ValueError("K must be a multiple of 32"), middle: [None],
+                                     large: RuntimeError("unspecified launch failure")}, context_usable=[True, False])
+    assert cp.probe("2to4-int8:wgmma", large=True) == cp.EXIT_CONTEXT_LOST and made == [(*middle, 0)]
+    assert "RuntimeError: unspecified launch failure at (K, N) = " in capsys.readouterr().err
 
     made = _probe_with(monkeypatch, {small: [None], middle: [None], large: [None]}, context_usable=[])
     assert cp.probe("int4:streaming") == cp.EXIT_OK and len(made) == 2  # no large shape unless asked
@@ -259,7 +270,10 @@ def test_each_probe_calls_its_variant_at_every_shape(monkeypatch):
 
     def recorder(name):
         def record(x, weight, *args, variant="auto", **kwargs):
-            calls.append((name, variant, tuple(x.shape), str(x.dtype), "w_scale" in kwargs))
+            bias = kwargs.get("bias", args[0] if args else None)
+            a_scale = kwargs.get("a_scale")
+            calls.append((name, variant, tuple(x.shape), str(x.dtype), "w_scale" in kwargs,
+                          None if a_scale is None else a_scale.shape[0], bias is not None))
         return record
 
     for name in ("gemm_s8s8", "gemm_2to4_s8", "gemm_2to4_f16", "gemm_w4"):
@@ -282,7 +296,12 @@ def test_each_probe_calls_its_variant_at_every_shape(monkeypatch):
                 assert ms == {1, 16, 256}, key
             else:
                 assert ms == {256}, key
-            if op == "int8":  # int32 out and the float32 epilogue
+            if op in ("int8", "2to4-int8"):  # int32 out, and the float32 epilogue: one a_scale, and the
+                # policies' per-row a_scale with a bias
                 assert {c[4] for c in calls} == {False, True}, key
+                assert {(c[2][0], c[5], c[6]) for c in calls if c[4]} == {
+                    (m, a, b) for m in ms for a, b in ((1, False), (m, True))}, key
+            else:  # with and without a bias
+                assert {c[6] for c in calls} == {False, True}, key
             if op == "int4":  # float16 and float32 x
                 assert {c[3] for c in calls} == {"torch.float16", "torch.float32"}, key

@@ -122,6 +122,9 @@ def test_gemm_s8s8_cutlass_refuses_other_gpus_and_unaligned_outputs(variant):
     out = torch.empty(32 * 32 + 1, device="cuda")[1:].view(32, 32)  # 4-byte, not 16-byte, aligned
     with pytest.raises(ValueError, match="16-byte aligned A, W and C"):
         ck.gemm_s8s8(a, w, w_scale=scale, a_scale=scale[:1], variant=variant, out=out)
+    # an empty K as strided views (row stride 64): TMA takes no empty dimension
+    with pytest.raises(ValueError, match=f"the {variant} variant takes K > 0"):
+        ck.gemm_s8s8(a[:, :0], w[:, :0], variant=variant)
 
 
 @pytest.mark.parametrize("variant", [*ck.SMALL_M_VARIANTS, *ck.TILED_VARIANTS])

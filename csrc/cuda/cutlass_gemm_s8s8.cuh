@@ -101,6 +101,9 @@ inline const void* single_output(const W8A8OutputArgs& g, const char* kernel) {
 // TMA's rules for A (M, K), W (N, K) and C (M, N), checked before any launch.
 inline void check_operands(const GemmS8S8Args& g, const std::string& variant) {
     const void* c = single_output(g, "gemm_s8s8");
+    // K = 0 would pass the alignment rule, but TMA takes no empty dimension and the mainloop, with no k tile,
+    // would leave the accumulators unwritten.
+    if (g.k <= 0) throw std::invalid_argument("gemm_s8s8: the " + variant + " variant takes K > 0");
     if (g.k % kAlignmentS8 != 0 || g.lda % 16 != 0 || g.ldw % 16 != 0 || !aligned16(g.a) || !aligned16(g.w) ||
         g.n % kAlignmentOut != 0 || g.ldc % kAlignmentOut != 0 || !aligned16(c)) {
         throw std::invalid_argument("gemm_s8s8: the " + variant +

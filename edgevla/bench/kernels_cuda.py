@@ -207,23 +207,27 @@ class _Rows:
         if check is not None:
             try:
                 verified, error = check()
-            except (ValueError, RuntimeError) as e:  # a variant that refuses this shape: noted, not timed
-                self.notes.append(f"{shape.name} M={m} {backend} {op}: not run ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})")
+            except (ValueError, RuntimeError, TypeError, EdgevlaError) as e:  # a refusal: noted, not timed
+                self.notes.append(f"{shape.name} M={m} {backend} {op}: not run ({_first_line(e)})")
                 return
         eager = self.timer(call, poison)
         try:
             us, timing = self.timer(call, poison, copies=copies, graph=True), "graph"
         except Exception as e:  # noqa: BLE001 — a call that cannot be captured is timed eagerly
-            self.notes.append(f"{shape.name} M={m} {backend} {op}: no CUDA graph ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); eager timing")
+            self.notes.append(f"{shape.name} M={m} {backend} {op}: no CUDA graph ({_first_line(e)}); eager timing")
             import torch
 
             torch.cuda.synchronize()
             us, timing = eager, "eager"
         chained = None
         if chain and timing == "graph":
-            chained = self.timer.chained(call, copies, poison)
+            try:
+                chained = self.timer.chained(call, copies, poison)
+            except Exception as e:  # noqa: BLE001 — the row keeps its single-call figures
+                self.notes.append(f"{shape.name} M={m} {backend} {op}: no back-to-back timing ({_first_line(e)})")
+                import torch
+
+                torch.cuda.synchronize()
         self.rows.append({
             "op": op, "M": m, "K": shape.k, "N": shape.n, "sparsity": sparsity, "backend": backend,
             "us": round(us, 3), "gops": round(2 * m * shape.n * shape.k / us / 1e3, 3),
@@ -234,6 +238,10 @@ class _Rows:
             **({} if chained is None else {
                 "us_chain": round(chained, 3), "gbps_chain": round((weight_bytes + io_bytes) / chained / 1e3, 3)}),
         })
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _exact(got, ref) -> tuple[bool, float]:
@@ -659,20 +667,29 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
     rows = _Rows(timer)
     rng = np.random.default_rng(seed)
     copy_gbps = copy_bandwidth_gbps(timer)
-    sparse, layouts = {}, {}
-    for dtype, default in (("int8", ck.meta_layout_s8()), ("float16", ck.meta_layout_f16())):
-        try:
-            layouts[dtype] = ck.probe_meta_layout(dtype)
-            sparse[dtype] = layouts[dtype] == default
-            if not sparse[dtype]:
-                rows.notes.append(f"2:4 {dtype} kernel not benchmarked: this GPU reads metadata layout "
-                                  f"{layouts[dtype]}, the default is {default}")
-        except EdgevlaError as e:
-            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {e}")
-            layouts[dtype], sparse[dtype] = None, False
-    unsafe, not_probed = unsafe_variants(_probe_keys(sparse), large=True) if preflight else ({}, {})
+    # The preflight first: nothing of ours runs in this process before its child has survived it. The 2:4
+    # probes run on the default metadata layouts, whatever this GPU reads (a wrong layout sums wrong, it
+    # reads the same bytes).
+    all_sparse = {"int8": True, "float16": True}
+    unsafe, not_probed = unsafe_variants(_probe_keys(all_sparse), large=True) if preflight else ({}, {})
     rows.notes.extend(f"preflight: {key} left out: {why}" for key, why in unsafe.items())
     rows.notes.extend(f"preflight: {key} could not be probed (kept): {why}" for key, why in not_probed.items())
+    sparse, layouts = {}, {}
+    for dtype, default in (("int8", ck.meta_layout_s8()), ("float16", ck.meta_layout_f16())):
+        layouts[dtype], sparse[dtype] = None, False
+        probe = f"2to4-{'int8' if dtype == 'int8' else 'f16'}:auto"
+        if probe in unsafe:
+            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: its preflight probe {probe} failed")
+            continue
+        try:
+            layouts[dtype] = ck.probe_meta_layout(dtype)
+        except Exception as e:  # noqa: BLE001 — no layout, or a launch error: the other kernels still run
+            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {_first_line(e)}")
+            continue
+        sparse[dtype] = layouts[dtype] == default
+        if not sparse[dtype]:
+            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: this GPU reads metadata layout "
+                              f"{layouts[dtype]}, the default is {default}")
     props = torch.cuda.get_device_properties(0)
 
     def result(complete: bool) -> dict[str, Any]:
