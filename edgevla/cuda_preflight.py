@@ -129,6 +129,7 @@ def probe(key: str, large: bool = False) -> int:
         print(f"cuda_preflight: unknown probe {key!r}; one of {', '.join(PROBES)}", file=sys.stderr)
         return EXIT_USAGE
     from . import cuda_kernels as ck
+    from .errors import describe
 
     reason = ck.unavailable_reason()
     if reason:
@@ -144,7 +145,7 @@ def probe(key: str, large: bool = False) -> int:
             fn()
             torch.cuda.synchronize()
         except Exception as e:  # noqa: BLE001 — a refusal is fine; a context the GPU poisoned is not
-            first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            first = describe(e)
             if not _context_usable():
                 print(f"cuda_preflight: {key}: {first} at (K, N) = ({k}, {n}); the CUDA context is unusable "
                       "after it", file=sys.stderr)

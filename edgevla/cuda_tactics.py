@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgevlaError
+from .errors import EdgevlaError, describe
 
 FORMAT = "edgevla-kernel-tactics/1"
 
@@ -84,7 +84,7 @@ def choose(candidates: Sequence[str], run: Callable[[str], Any], *, timer: Calla
             try:
                 why = agree(reference, run(variant))
             except (ValueError, RuntimeError, EdgevlaError) as e:  # a shape the variant refuses
-                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                why = describe(e)
             if why is not None:
                 timings[variant], rejected[variant] = None, why
                 continue

@@ -19,6 +19,12 @@ class EdgevlaError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def describe(e: BaseException) -> str:
+    """``Type: first line of the message``: an exception from a library or a kernel, said in one line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class GateFailed(EdgevlaError):
     """A build gate (numerical verification, accuracy) was not met."""
 

@@ -80,7 +80,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgevlaError
+from ..errors import EdgevlaError, describe
 from . import write_json
 from ..cuda_preflight import PROBES, unsafe_variants
 from .kernels import CONFIG_NAMES, Shape, _find, _ints, _names, _ratio_goal, _verdict, reference_shapes
@@ -206,13 +206,13 @@ class _Rows:
             try:
                 verified, error = check()
             except (ValueError, RuntimeError, TypeError, EdgevlaError) as e:  # a refusal: noted, not timed
-                self.notes.append(f"{shape.name} M={m} {backend} {op}: not run ({_first_line(e)})")
+                self.notes.append(f"{shape.name} M={m} {backend} {op}: not run ({describe(e)})")
                 return
         eager = self.timer(call, poison)
         try:
             us, timing = self.timer(call, poison, copies=copies, graph=True), "graph"
         except Exception as e:  # noqa: BLE001 — a call that cannot be captured is timed eagerly
-            self.notes.append(f"{shape.name} M={m} {backend} {op}: no CUDA graph ({_first_line(e)}); eager timing")
+            self.notes.append(f"{shape.name} M={m} {backend} {op}: no CUDA graph ({describe(e)}); eager timing")
             import torch
 
             torch.cuda.synchronize()
@@ -222,7 +222,7 @@ class _Rows:
             try:
                 chained = self.timer.chained(call, copies, poison)
             except Exception as e:  # noqa: BLE001 — the row keeps its single-call figures
-                self.notes.append(f"{shape.name} M={m} {backend} {op}: no back-to-back timing ({_first_line(e)})")
+                self.notes.append(f"{shape.name} M={m} {backend} {op}: no back-to-back timing ({describe(e)})")
                 import torch
 
                 torch.cuda.synchronize()
@@ -236,10 +236,6 @@ class _Rows:
             **({} if chained is None else {
                 "us_chain": round(chained, 3), "gbps_chain": round((weight_bytes + io_bytes) / chained / 1e3, 3)}),
         })
-
-
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _exact(got, ref) -> tuple[bool, float]:
@@ -685,7 +681,7 @@ def bench_kernels_cuda(*, quick: bool = False, configs: Sequence[str] | None = N
         try:
             layouts[dtype] = ck.probe_meta_layout(dtype)
         except Exception as e:  # noqa: BLE001 — no layout, or a launch error: the other kernels still run
-            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {_first_line(e)}")
+            rows.notes.append(f"2:4 {dtype} kernel not benchmarked: {describe(e)}")
             continue
         sparse[dtype] = layouts[dtype] == default
         if not sparse[dtype]:
