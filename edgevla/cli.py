@@ -42,10 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
     b.add_argument("--prune", metavar="METHOD",
                    help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A[:neurons|heads|blocks] "
-                        "(trunk parameters removed); overrides the recipe's and the target's prune method")
+                        "(parameters of prune.scope removed: trunk unless --set says otherwise); overrides the recipe's "
+                        "and the target's prune method")
     b.add_argument("--quantize", metavar="FORMAT",
                    help="none, w8a8, w8a16, w4a16, fp16 or fp8 (where the target runs it); overrides the "
                         "recipe's and the target's quantize.format")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe value, over the recipe file's and the target's (repeatable; the value is YAML): "
+                        "prune.scope=null, quantize.smoothquant.enabled=true, profile.runs=50")
     b.add_argument("--allow-pickle", action="store_true", help="accept a pickle checkpoint (runs code from the file)")
     b.add_argument("--json", action="store_true", help="print the build summary as JSON")
 

@@ -33,9 +33,9 @@ def _json(obj: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import BuildRequest, build
     from .progress import ConsoleProgress, Progress
-    from .recipe import prune_shorthand, quantize_shorthand
+    from .recipe import parse_assignments, prune_shorthand, quantize_shorthand
 
-    overrides = {}
+    overrides = parse_assignments(args.set)  # --prune, --quantize and --episodes say more and win
     if args.prune is not None:  # checked before any slow work
         overrides.update(prune_shorthand(args.prune))
     if args.quantize is not None:

@@ -340,15 +340,16 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
 
     total = scope_parameters(policy, scope)
     goal = amount * total
+    where = f"under prune.scope {scope!r}" if scope else "in the whole policy"
     if structure == "blocks":
         blocks = [b for b in residual_blocks(policy, example_inputs) if scope is None or b.startswith(scope + ".")]
         if not blocks:
-            raise EdgevlaError(f"{type(policy).__name__} has no residual blocks under prune.scope {scope!r}")
+            raise EdgevlaError(f"{type(policy).__name__} has no residual blocks {where}")
         size = max(sum(p.numel() for p in policy.get_submodule(b).parameters()) for b in blocks)
         count = max(1, math.ceil(goal / size - 1e-9))
         if count >= len(blocks):
             raise EdgevlaError(f"structured pruning of blocks can remove at most {len(blocks) - 1} of the "
-                               f"{len(blocks)} blocks under {scope!r}; {amount:.0%} of its parameters needs {count}")
+                               f"{len(blocks)} blocks {where}; {amount:.0%} of the parameters needs {count}")
         return count / len(blocks)
     graph = DependencyGraph(policy, example_inputs)
     criterion = MagnitudeImportance()
@@ -358,8 +359,8 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
 
     most = removed(0.999)
     if most < goal:
-        raise EdgevlaError(f"structured pruning of {structure} under {scope!r} can remove at most "
-                           f"{most / total:.0%} of its parameters, asked for {amount:.0%}: choose another "
+        raise EdgevlaError(f"structured pruning of {structure} {where} can remove at most "
+                           f"{most / total:.0%} of the parameters, asked for {amount:.0%}: choose another "
                            "prune.structure or a smaller amount")
     low, high = 0.0, 0.999
     for _ in range(30):
@@ -381,6 +382,10 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     from .prune.structured import _example_inputs
 
     scope = cfg.scope
+    if scope is not None and scope not in dict(policy.named_modules()):
+        top = ", ".join(name for name, _ in policy.named_children())
+        raise EdgevlaError(f"prune.scope {scope!r} is not a module of {type(policy).__name__} (its modules: {top}); "
+                           "name one with --set prune.scope=PATH, or --set prune.scope=null to prune every layer")
     params_before, scope_before = scope_parameters(policy, None), scope_parameters(policy, scope)
     calibration = (calibration_batches(teacher, spec, task, cfg.criterion)
                    if cfg.criterion != "magnitude" or cfg.method == "structured" else None)
@@ -742,6 +747,9 @@ class Build:
     def compress(self) -> None:
         # A copy, so that later stages never alias the reference they are compared against.
         self.built = copy.deepcopy(self.original).eval()
+        self.explicit_attention: dict[str, Any] | None = None
+        if self.recipe.prune.method != "none" or self.quantized:
+            self._explicit_attention()
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
             self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
@@ -756,6 +764,21 @@ class Build:
                 max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress)
         check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
+
+    def _explicit_attention(self) -> None:
+        """PyTorch's fused attention modules as plain Linear layers, so that pruning and quantization reach them."""
+        from .models.explicit_attention import explicit_attention
+
+        check = batch_of(self.heldout, 0, min(8, self.recipe.verify.samples))
+        result = explicit_attention(self.built, [torch.from_numpy(check[n]) for n in self.spec.input_names])
+        if result.rewritten:
+            self.built = result.model.eval()
+            self.progress.note(f"{len(result.rewritten)} fused attention module(s) rewritten as explicit Linear "
+                               f"layers for compression (max abs difference {result.max_abs_diff:.1e})")
+        elif result.left_fused:
+            self.progress.note(f"fused attention modules left as they are: {result.left_fused}")
+        if result.rewritten or result.left_fused:
+            self.explicit_attention = result.to_dict()
 
     @property
     def quantized(self) -> bool:
@@ -951,6 +974,7 @@ class Build:
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
                 "prune": self.pruning or "none",
                 "quantize": self.quantization or "none",
+                "explicit_attention": self.explicit_attention or "none",
             },
         )
         report_dir = self.work / "report"

@@ -135,10 +135,36 @@ def match_initializers(onnx_model: onnx.ModelProto | str | os.PathLike,
     for name, value in params:
         for ref in candidates.get(name, []):
             claimants.setdefault(ref.name, set()).add(_digest(value))
+    beside = _bias_beside(model, arrays)
     for name, refs in candidates.items():
         if len(refs) == 1 and len(claimants[refs[0].name]) == 1:
             found[name] = refs[0]
+        elif len(refs) > 1 and name.endswith(".weight"):
+            # Equal weights (the untrained clones nn.TransformerEncoder makes of its layer): the one
+            # multiplied where this layer's own bias is added is this layer's.
+            bias = found.get(name.removesuffix(".weight") + ".bias")
+            mine = [r for r in refs if bias is not None and beside.get(r.name) == bias.name]
+            if len(mine) == 1:
+                found[name] = mine[0]
     return found
+
+
+def _bias_beside(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Initializer -> the initializer added to the product it is a factor of (``Gemm``'s C, ``MatMul`` then ``Add``)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    beside = {}
+    for node in model.graph.node:
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] in arrays:
+            beside[node.input[1]] = node.input[2]
+        elif node.op_type == "MatMul" and node.input[1] in arrays:
+            for add in consumers.get(node.output[0], []):
+                others = [n for n in add.input if n != node.output[0]]
+                if add.op_type == "Add" and len(others) == 1 and others[0] in arrays:
+                    beside[node.input[1]] = others[0]
+    return beside
 
 
 def initializer_map(onnx_model: onnx.ModelProto | str | os.PathLike, policy: torch.nn.Module) -> dict[str, str]:

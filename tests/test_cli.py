@@ -83,6 +83,20 @@ def test_bad_prune_shorthand_is_one_line_before_any_work(capsys, tmp_path, value
     assert not (tmp_path / "b").exists() and "load" not in err  # refused before the first stage
 
 
+@pytest.mark.parametrize("assignment, message", [
+    ("prune.scope", "--set: expected KEY=VALUE like profile.runs=50, got 'prune.scope'"),
+    ("prune.bogus=1", "recipe: prune: unknown key 'bogus'"),
+    ("profile.runs=many", "profile.runs"),
+    ("prune.sparsity=0.5", "prune.sparsity 0.5 needs a prune method (method is none)"),  # YAML: a float
+])
+def test_bad_set_is_one_line_before_any_work(capsys, tmp_path, assignment, message):
+    code, _, err = run(capsys, "build", "--target", "jetson-orin", "--set", "profile.runs=5", "--set", assignment,
+                       "-o", str(tmp_path / "b"))
+    assert code == 2
+    assert message in one_line_error(err)
+    assert not (tmp_path / "b").exists() and "analyze" not in err
+
+
 def test_recipe_that_is_not_yaml(capsys, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("verify: [unclosed\n")

@@ -129,6 +129,36 @@ def test_match_initializers_by_name_value_and_transpose_skipping_ambiguity():
                     "b.weight": InitializerRef("val_2", True), "c": InitializerRef("val_5", False)}
 
 
+class Twins(nn.Module):
+    """Two layers with equal weights (nn.TransformerEncoder's clones before training), biases apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (5, 8)),), action=TensorSpec("a", (5, 8)))
+        self.first, self.second = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.second.weight.data.copy_(self.first.weight.data)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_equal_weights_are_told_apart_by_the_bias_added_to_their_product(tmp_path):
+    torch.manual_seed(5)
+    policy = Twins().eval()
+    path = export_onnx(policy, tmp_path / "twins.onnx")
+    refs = match_initializers(path, policy)
+    model = onnx.load(str(path))
+    for layer in ("first", "second"):
+        weight = refs[f"{layer}.weight"].name
+        product = next(n for n in model.graph.node if weight in n.input)
+        if product.op_type == "Gemm":
+            assert product.input[2] == refs[f"{layer}.bias"].name
+        else:
+            add = next(n for n in model.graph.node if product.output[0] in n.input)
+            assert refs[f"{layer}.bias"].name in add.input
+    assert refs["first.weight"].name != refs["second.weight"].name
+
+
 def test_verify_passes_on_the_faithful_export(exported):
     policy, path, _ = exported
     obs = policy.spec.example(batch=37, seed=11)

@@ -14,6 +14,7 @@ from edgevla.bundle import inspect_bundle, load_bundle
 from edgevla.errors import EdgevlaError, GateFailed
 from edgevla.models.zoo import load_policy
 from edgevla.pipeline import BuildRequest, accuracy_gate, build, heldout_observations, task_for
+from edgevla.recipe import prune_shorthand
 
 
 
@@ -166,6 +167,33 @@ def test_user_policy_builds(user_module, tmp_path, fast):
     assert "not measured" in report["extra"]["evaluate"]
     assert report["extra"]["verify"]["passed"]
     assert report["models"]["built"]["latency"]["onnxruntime"]["runs"] == 8
+
+
+def test_user_transformer_policy_prunes_heads_and_quantizes(user_module, tmp_path, fast):
+    """nn.TransformerEncoder's attention is rewritten as Linear layers, so heads go and every projection is int8."""
+    out = tmp_path / "arm-heads-w8a8"
+    overrides = {**fast, **prune_shorthand("structured:0.2:heads"), "quantize.format": "w8a8"}
+    result = build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make", output=str(out),
+                                overrides=overrides))
+    rewritten = result.report["extra"]["explicit_attention"]["rewritten"]
+    assert rewritten == ["trunk", "trunk.layers.0", "trunk.layers.0.self_attn", "trunk.layers.1",
+                         "trunk.layers.1.self_attn"]
+    layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
+    for i in (0, 1):
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            assert layers[f"trunk.layers.{i}.self_attn.{proj}"]["format"] == "w8a8"
+        assert layers[f"trunk.layers.{i}.self_attn.q_proj"]["shape"][0] < 64  # heads removed
+    assert all(layer["format"] == "w8a8" for layer in layers.values())
+    assert result.report["extra"]["verify"]["passed"]
+
+
+def test_prune_scope_that_the_policy_lacks_names_its_modules(user_module, tmp_path, fast):
+    overrides = {**fast, **prune_shorthand("2:4"), "prune.scope": "backbone"}
+    with pytest.raises(EdgevlaError) as e:
+        build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make", output=str(tmp_path / "b"),
+                           overrides=overrides))
+    assert "prune.scope 'backbone' is not a module of ArmPolicy (its modules: cam, joints, trunk, head)" in str(e.value)
+    assert "--set prune.scope=null" in str(e.value) and not (tmp_path / "b").exists()
 
 
 def test_policy_whose_spec_lies_fails_cleanly(user_module, tmp_path, fast):

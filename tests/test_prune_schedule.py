@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from edgevla.errors import EdgevlaError
 from edgevla.prune import (DependencyGraph, cubic_sparsity, exact_unstructured_masks, follows_nm, gradual_prune,
                            groups_of, kept_units, schedule_sparsities)
+from edgevla.models.explicit_attention import ExplicitMultiheadAttention
 from edgevla.prune.schedule import current_mask
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -184,3 +185,29 @@ def test_data_aware_criteria_are_rebuilt_on_the_masked_model_each_step(criterion
     for name in layers:
         w = model.get_submodule(name).weight.detach()
         assert int((w == 0).sum()) == round(0.6 * w.numel())
+
+
+class HeadPolicy(TokenPolicy):
+    """Self-attention over the tokens before the MLP blocks (PyTorch's attention, as a user writes it)."""
+
+    def __init__(self, heads: int = 4):
+        super().__init__()
+        self.attn = ExplicitMultiheadAttention.from_fused(nn.MultiheadAttention(16, heads, batch_first=True))
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(self.blocks(x).mean(dim=1)).view(-1, 3, 2)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_heads_pruned_down_to_the_last_one(steps):
+    """One head left is no longer a split into heads, so no group is found afterwards: that is the end, not an error."""
+    torch.manual_seed(4)
+    model = HeadPolicy(heads=4)
+    x = torch.randn(2, 6, 4)
+    result = gradual_prune(model, "heads", 0.75, steps=steps, structure_scope="attn", example_inputs=(x,))
+    assert result.steps[-1].achieved == pytest.approx(0.75)
+    assert model.attn.num_heads == 1 and model.attn.q_proj.out_features == 4
+    assert groups_of(DependencyGraph(model, (x,)), "heads", "attn") == []
+    assert model(x).shape == (2, 3, 2)

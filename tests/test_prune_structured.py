@@ -270,3 +270,31 @@ def test_masked_models_must_be_baked_before_structured_pruning():
         DependencyGraph(model)
     remove_masks(model)
     assert DependencyGraph(model).hidden_groups()
+
+
+class UnusedAndInPlace(PointPolicy):
+    """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""
+
+    def __init__(self, in_place: bool):
+        super().__init__(depth=1)
+        self.in_place = in_place
+        self.shift = nn.Parameter(torch.randn(48) * 0.1)
+
+    def forward(self, points):
+        x = self.embed(points) + self.pos
+        up, down = self.blocks[0].ffn[0], self.blocks[0].ffn[2]
+        h = torch.relu(up(x))
+        h.mean(dim=-1)  # dead: nothing uses it
+        if self.in_place:
+            h.add_(self.shift)  # its result is unused, but it changes h
+        x = x + down(h)
+        return self.head(x[:, 0]).view(-1, 4, 2)
+
+
+def test_dead_values_constrain_nothing_but_in_place_writes_count():
+    free = DependencyGraph(UnusedAndInPlace(in_place=False))
+    assert [g.name for g in free.hidden_groups()] == ["blocks.0.ffn.0"]  # the dropped mean blocks nothing
+    coupled = DependencyGraph(UnusedAndInPlace(in_place=True))
+    assert coupled.hidden_groups() == []  # the in-place add stayed in the graph, and guards the neurons
+    with pytest.raises(EdgevlaError, match="add_ is not understood"):
+        coupled.channel_group("blocks.0.ffn.0").couplings([0])

@@ -123,6 +123,10 @@ class _Bench:
             self.float_out = policy(*args).float()
         self.float_actions = spec.denormalize(self.float_out.numpy())
         self.base: dict[str, Any] = {}
+        from ..models.explicit_attention import explicit_attention
+
+        # What a build quantizes: PyTorch's fused attention as Linear layers (the peers get the original).
+        self.quantizable = explicit_attention(policy, [a[:8] for a in args]).model
 
     # --------------------------------------------------------------- measurements
     def _success(self, act) -> float | None:
@@ -202,7 +206,7 @@ class _Bench:
 
         start = time.perf_counter()
         storage = "fp16" if fmt == "fp16" else float_dtype
-        r = quantize_policy(self.policy, fmt, batches=self.batches, method=calibration, float_dtype=storage)
+        r = quantize_policy(self.quantizable, fmt, batches=self.batches, method=calibration, float_dtype=storage)
         path = export_quantized(r.model, self.work / f"{fmt}.onnx", float_dtype=storage)
         args = [torch.from_numpy(self.heldout[n]) for n in self.spec.input_names]
         with torch.no_grad():

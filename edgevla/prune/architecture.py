@@ -34,6 +34,16 @@ MAX_INLINE_BUFFER = 1 << 16
 _PLAIN = (bool, int, float, str)
 
 
+class SkippedBlock(nn.Identity):
+    """A block structured pruning removed: it returns its first input, whatever else its caller passes.
+
+    (``nn.TransformerEncoderLayer`` is called with masks as keywords, which ``nn.Identity`` refuses.)
+    """
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return x
+
+
 def _plain_attributes(module: nn.Module) -> dict[str, Any]:
     """The module's own configuration: public attributes of plain (JSON) types."""
     out = {}
@@ -105,7 +115,7 @@ def rebuild(fresh: nn.Module, delta: Mapping[str, Any], state_dict: Mapping[str,
             getattr(parent, attr)
         except AttributeError:
             raise EdgevlaError(f"the architecture has no module {path!r} to remove") from None
-        setattr(parent, attr, nn.Identity())
+        setattr(parent, attr, SkippedBlock())
     for path, changes in delta.get("attributes", {}).items():
         module = _submodule(fresh, path)
         for name, value in changes.items():

@@ -50,6 +50,8 @@ _ELEMENTWISE = {
 }
 _ELEMENTWISE_MODULES = (nn.GELU, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU,
                         nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish)
+_AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                          operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor}
 _RESHAPES = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "unflatten"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
 # Integer attributes that name a head count or a head width, updated when heads shrink.
@@ -130,6 +132,10 @@ class DependencyGraph:
         except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
             raise EdgevlaError(f"cannot trace {type(model).__name__} with torch.fx for dependency analysis: "
                                f"{type(e).__name__}: {e}") from None
+        # What no output depends on constrains nothing: attention weights a caller drops, say
+        # (nn.MultiheadAttention returns them averaged over heads unless need_weights=False).
+        if self.gm.graph.eliminate_dead_code(is_impure_node=_keep_in_dead_code):
+            self.gm.recompile()
         was_training = model.training
         model.eval()
         try:
@@ -722,6 +728,18 @@ class DependencyGraph:
             _set_int_attrs(module, _HEAD_COUNT_NAMES, self.size[outer], self.size[outer] - removed.get(outer, 0))
             _set_int_attrs(module, _HEAD_DIM_NAMES, self.size[inner], self.size[inner] - removed.get(inner, 0))
             _set_int_attrs(module, _WIDTH_NAMES, self.size[parent], self.size[parent] - removed.get(parent, 0))
+
+
+def _keep_in_dead_code(node: fx.Node) -> bool:
+    """Nodes dead-code elimination must keep: fx's impure ones, and anything that may write in place."""
+    if node.is_impure():
+        return True
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    in_place = name.endswith("_") and not name.endswith("__")  # x.add_(y), F.relu_
+    augmented = node.target in _AUGMENTED_ASSIGNMENTS  # x += y
+    return in_place or augmented or "out" in node.kwargs
 
 
 def _set_int_attrs(module: nn.Module, names, old: int, new: int) -> None:

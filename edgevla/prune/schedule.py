@@ -219,8 +219,13 @@ def _mask_fraction(model: nn.Module, names: Iterable[str]) -> float:
     return zeros / total if total else 0.0
 
 
-def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs) -> tuple[int, int, int]:
-    """(units, unit width, groups) of the first group of ``structure``: it sets the schedule's pace."""
+def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs,
+                     pruned: bool = False) -> tuple[int, int, int]:
+    """(units, unit width, groups) of the first group of ``structure``: it sets the schedule's pace.
+
+    Once ``pruned``, finding no group means every group is down to its last unit (a single head
+    is no longer a reshape into heads): (1, 0, 0).
+    """
     if structure == "blocks":
         blocks = residual_blocks(model, inputs)
         blocks = [b for b in blocks if scope is None or b == scope or b.startswith(scope + ".")]
@@ -228,6 +233,8 @@ def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs
     from .graph import DependencyGraph
 
     groups = groups_of(DependencyGraph(model, inputs), structure, scope)
+    if not groups and pruned:
+        return 1, 0, 0
     if not groups:
         raise EdgevlaError(f"{type(model).__name__} has no prunable {structure} groups"
                            f"{' under ' + repr(scope) if scope else ''}")
@@ -273,7 +280,7 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
             apply_masks(model, masks)
             achieved = _mask_fraction(model, masks)
         else:
-            units_now, _, _ = _structure_units(model, kind, structure_scope, inputs)
+            units_now, _, _ = _structure_units(model, kind, structure_scope, inputs, pruned=i > 1)
             if kind == "blocks":
                 keep = max(1, units0 - int(math.floor(target * units0 + 1e-9)))
             else:
@@ -283,7 +290,7 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
                 crit = make_criterion(criterion, model, calibration)
                 prune_structured(model, kind, amount, crit, round_to=round_to, scope=structure_scope,
                                  example_inputs=inputs, calibration=calibration)
-            achieved = 1.0 - _structure_units(model, kind, structure_scope, inputs)[0] / units0
+            achieved = 1.0 - _structure_units(model, kind, structure_scope, inputs, pruned=True)[0] / units0
         pruned_at = time.perf_counter()
         if finetune is not None:
             finetune(model, i)

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..errors import EdgevlaError
 from ..spec import spec_of
+from .architecture import SkippedBlock
 from .graph import Coupling, DependencyGraph, Group
 from .importance import Batches, BlockInfluence, GroupImportance
 
@@ -204,5 +205,5 @@ def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, ca
         owner, _, attr = blocks[i].rpartition(".")
         parent = model.get_submodule(owner)
         predicted += sum(p.numel() for p in parent.get_submodule(attr).parameters())
-        setattr(parent, attr, nn.Identity())
+        setattr(parent, attr, SkippedBlock())
     return [PrunedGroup(blocks[i], "block", 1, 0, (0,)) for i in drop], predicted

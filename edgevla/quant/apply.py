@@ -20,7 +20,8 @@ Formats (``FORMATS``):
 * ``fp16``  — every weight stored in fp16; no integer layers.
 
 Tables — embeddings, position and query tables: float tensors of two or more
-dimensions that are not a Linear's or a Conv's — are stored int8 with a
+dimensions that are not a layer's weights (Linear, Conv, recurrent, fused
+attention) — are stored int8 with a
 power-of-two per-tensor scale (:func:`round_tables`) unless ``tables=False``.
 Whatever else is not quantized (biases, norms, small tensors, and layers
 skipped by mixed precision) is stored as ``float_dtype`` — fp16, bf16 or fp32.
@@ -183,15 +184,21 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names)
 
 
+# Modules that multiply by their 2-D parameters: those are weights (their rows want scales of their own), not
+# tables looked up or added. PyTorch's recurrent layers and a fused nn.MultiheadAttention keep theirs float.
+_WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.Bilinear)
+
+
 def table_tensors(model: nn.Module, min_elements: int = MIN_TABLE_ELEMENTS) -> dict[str, torch.Tensor]:
-    """Float32 parameters and buffers of >= 2 dimensions and ``min_elements`` that are not a Linear's
-    or a Conv's (embeddings, position tables, learned queries): what :func:`round_tables` rounds.
+    """Float32 parameters and buffers of >= 2 dimensions and ``min_elements`` that are not a layer's
+    weights (:data:`_WEIGHT_LAYERS`: Linear, Conv, LSTM/GRU/RNN, a fused MultiheadAttention, Bilinear):
+    embeddings, position tables, learned queries. What :func:`round_tables` rounds.
 
     The exporter stores them int8 unless the graph reads one as a MatMul / Gemm / Conv weight (it
     would need per-channel scales); such a table ships in the float storage type, on its int8 grid.
     """
-    owned_by_layers = {f"{n}.{leaf}" for n, m in model.named_modules()
-                       if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    owned_by_layers = {f"{n}.{leaf}" if n else leaf for n, m in model.named_modules()
+                       if isinstance(m, _WEIGHT_LAYERS)
                        for leaf, _ in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))}
     found: dict[str, torch.Tensor] = {}
     for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
