@@ -39,7 +39,7 @@ from edgevla.runtime import NativeModel
 from edgevla.runtime.blas import get_blas_threads
 from edgevla.task import evaluate
 
-from user_policies import SmallPolicy
+from user_policies import ConvPolicy, SmallPolicy
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,34 @@ def test_small_policy_weight_only(small_exports, fmt, precision, mode, kernel, b
     assert all(c.mode == mode and (kernel is None or c.kernel == kernel) for c in model.plan())
     expected = reference_session(paths[fmt]).run(None, obs)[0]
     assert np.abs(model.run(obs)["a"] - expected).max() < bound
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "w8a8"])
+def test_conv_policy_runs_natively_and_matches(tmp_path, fmt):
+    """Convolutions as linear layers over their windows (the depthwise one, the pools and GroupNorm in NumPy),
+    every layer on our kernels at the int8 precision; float32 NumPy at fp32 matches ONNX Runtime to ~1e-6."""
+    from edgevla.export import export_onnx
+
+    torch.manual_seed(0)
+    policy = ConvPolicy().eval()
+    if fmt == "fp32":
+        path = export_onnx(policy, tmp_path / "conv.onnx")
+    else:
+        calibration = [tuple(torch.from_numpy(a) for a in policy.spec.example(16, seed=1).values())]
+        path = export_qdq(quantize_policy(policy, fmt, batches=calibration).model, tmp_path / "conv.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Conv", "MaxPool", "InstanceNormalization"} <= ops
+    obs = policy.spec.example(3, seed=2)
+    expected = reference_session(path).run(None, obs)[0]
+    for precision, bound in (("fp32", 1e-4), ("int8", 2e-2)):
+        model = NativeModel(path, precision=precision)
+        plan = model.plan()
+        assert [c.layer for c in plan] == ["stem.0", "block.3", "head.0", "head.2"]  # block.0: depthwise
+        assert [(c.k, c.n) for c in plan[:2]] == [(3 * 5 * 5, 16), (16, 16)] and plan[0].epilogue == "bias+relu"
+        convs = {c.mode for c in plan[:2]}
+        assert convs == {"fp32" if precision == "fp32" else "int8-dynamic"}
+        assert {c.mode for c in plan[2:]} == {"int8-static" if fmt == "w8a8" else convs.pop()}
+        assert np.abs(model.run(obs)["a"] - expected).max() < bound, precision
 
 
 def test_tiny_vla_w8a8_qdq_matches_onnxruntime(tmp_path):

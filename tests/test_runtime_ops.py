@@ -158,6 +158,46 @@ CASES = [
     Case("Range", {"a": np.array(1.0, np.float32), "b": np.array(7.5, np.float32), "d": np.array(1.5, np.float32)}),
     Case("Trilu", {"x": f32(4, 5)}, consts={"k": np.array(1, np.int64)}),
     Case("Trilu", {"x": f32(4, 5)}, attrs={"upper": 0}, id="Trilu-lower"),
+    Case("Conv", {"x": f32(2, 3, 9, 8)}, consts={"w": f32(5, 3, 3, 3), "b": f32(5)},
+         attrs={"pads": [1, 1, 1, 1], "strides": [2, 2]}, atol=1e-5),
+    Case("Conv", {"x": f32(1, 4, 7, 7), "w": f32(6, 2, 3, 2)}, attrs={"group": 2, "dilations": [2, 1],
+                                                                    "pads": [0, 1, 2, 0]}, atol=1e-5,
+         id="Conv-groups-dilated-dynamic-weight-asymmetric-pads"),
+    Case("Conv", {"x": f32(2, 6, 10, 9)}, consts={"w": f32(6, 1, 3, 3)},
+         attrs={"group": 6, "auto_pad": "SAME_UPPER", "strides": [2, 3]}, atol=1e-5, id="Conv-depthwise-same-upper"),
+    Case("Conv", {"x": f32(1, 2, 7, 6)}, consts={"w": f32(3, 2, 2, 3)}, attrs={"auto_pad": "SAME_LOWER"},
+         atol=1e-5, id="Conv-same-lower"),
+    Case("Conv", {"x": f32(3, 4, 11)}, consts={"w": f32(8, 4, 5), "b": f32(8)},
+         attrs={"pads": [2, 2], "kernel_shape": [5]}, atol=1e-5, id="Conv-1d"),
+    Case("Conv", {"x": f32(1, 2, 4, 5, 6)}, consts={"w": f32(3, 2, 2, 2, 3)}, attrs={"strides": [1, 2, 1]},
+         atol=1e-5, id="Conv-3d"),
+    Case("MaxPool", {"x": f32(2, 3, 9, 8)}, attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("MaxPool", {"x": f32(1, 2, 8, 7)}, attrs={"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": 1,
+                                                   "dilations": [1, 2]}, id="MaxPool-ceil-dilated"),
+    Case("MaxPool", {"x": f32(2, 3, 10)}, attrs={"kernel_shape": [4], "auto_pad": "SAME_UPPER", "strides": [3]},
+         id="MaxPool-1d-same"),
+    Case("AveragePool", {"x": f32(2, 3, 9, 8)}, attrs={"kernel_shape": [3, 3], "strides": [2, 2],
+                                                       "pads": [1, 1, 1, 1]}, id="AveragePool-pads-excluded"),
+    Case("AveragePool", {"x": f32(2, 3, 9, 8)}, attrs={"kernel_shape": [3, 3], "strides": [2, 2],
+                                                       "pads": [1, 1, 1, 1], "count_include_pad": 1},
+         id="AveragePool-pads-counted"),
+    Case("AveragePool", {"x": f32(1, 2, 8, 7)}, attrs={"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1,
+                                                       "pads": [1, 0, 0, 1], "count_include_pad": 1},
+         id="AveragePool-ceil-pads-counted"),
+    Case("AveragePool", {"x": f32(1, 2, 8, 7)}, attrs={"kernel_shape": [2, 3], "strides": [3, 2], "ceil_mode": 1},
+         id="AveragePool-ceil"),
+    Case("GlobalAveragePool", {"x": f32(2, 3, 5, 4)}),
+    Case("GlobalMaxPool", {"x": f32(2, 3, 5, 4)}),
+    Case("BatchNormalization", {"x": f32(2, 3, 5, 4)},
+         consts={"s": f32(3), "b": f32(3), "m": f32(3), "v": f32(3, low=0.1, high=2.0)}, attrs={"epsilon": 1e-3},
+         atol=1e-5),
+    Case("BatchNormalization", {"x": f32(4, 6)},
+         consts={"s": f32(6), "b": f32(6), "m": f32(6), "v": f32(6, low=0.1, high=2.0)}, atol=1e-5,
+         id="BatchNormalization-2d"),
+    Case("InstanceNormalization", {"x": f32(2, 4, 6, 5)}, consts={"s": f32(4), "b": f32(4)},
+         attrs={"epsilon": 1e-4}, atol=1e-5),
+    Case("InstanceNormalization", {"x": f32(3, 2, 7)}, consts={"s": f32(2), "b": f32(2)}, atol=1e-5,
+         id="InstanceNormalization-1d"),
     Case("QuantizeLinear", {"x": x234 * 3}, consts={"s": np.array(0.02, np.float32), "z": np.array(3, np.int8)}),
     Case("QuantizeLinear", {"x": np.arange(-301, 301, dtype=np.float32).reshape(7, 86) * np.float32(0.125)},
          consts={"s": np.array(0.25, np.float32), "z": np.array(0, np.int8)},
@@ -273,6 +313,21 @@ def test_unsupported_op_is_one_clear_line(model, words):
         NativeModel(model)
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+@pytest.mark.parametrize("op, attrs, n_out, words", [
+    ("MaxPool", {"kernel_shape": [2, 2]}, 2, "Indices output"),
+    ("MaxPool", {"kernel_shape": [2, 2], "storage_order": 1}, 1, "storage_order"),
+    ("AveragePool", {"kernel_shape": [9, 9]}, 1, "larger than the padded input"),
+])
+def test_pooling_it_cannot_do_is_one_clear_line(op, attrs, n_out, words):
+    outs = [f"y{i}" for i in range(n_out)]
+    graph = helper.make_graph([helper.make_node(op, ["x"], outs, name="pool", **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+    with pytest.raises(EdgevlaError) as info:
+        NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).run({"x": f32(1, 3, 8, 8)})
+    assert "\n" not in str(info.value) and words in str(info.value) and "pool" in str(info.value), str(info.value)
 
 
 def test_bad_inputs_are_refused():

@@ -28,6 +28,32 @@ class SmallPolicy(nn.Module):
         return self.head(h.mean(dim=1)).reshape(-1, 2, 3)
 
 
+class ConvPolicy(nn.Module):
+    """A user's visuomotor policy: a small ResNet stem (Conv + BatchNorm + ReLU, MaxPool), a residual block
+    with GroupNorm (as Diffusion Policy uses), global average pooling, state concatenated, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("rgb", (3, 24, 24), low=0, high=1),
+                                             TensorSpec("state", (5,), low=-1, high=1)),
+                               action=TensorSpec("a", (4, 5)))
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.GroupNorm(4, 16), nn.SiLU(),
+                                   nn.Conv2d(16, 16, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Linear(16 + 5, 64), nn.ReLU(), nn.Linear(64, 20))
+        with torch.no_grad():  # BatchNorm statistics that are not the identity
+            self.stem[1].running_mean.uniform_(-0.2, 0.2)
+            self.stem[1].running_var.uniform_(0.5, 2.0)
+
+    def forward(self, rgb, state):
+        x = self.stem(rgb)
+        x = torch.relu(x + self.block(x))
+        features = torch.cat([self.pool(x).flatten(1), state], dim=1)
+        return self.head(features).reshape(-1, 4, 5)
+
+
 def onnx_parity(model: nn.Module, path, obs: dict[str, np.ndarray]) -> float:
     """Max abs difference between ONNX Runtime's run of ``path`` and ``model`` on the same observations."""
     y = reference_session(path).run(None, obs)[0]

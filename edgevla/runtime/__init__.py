@@ -9,7 +9,8 @@ attention's transposes, products and softmax into one step,
 table (:mod:`.linear`): W8A8 int8 GEMM, with the sparse, 2:4 and int4
 kernels where this build has them, or NumPy float32; the packed weights are
 kept together on huge pages (:mod:`.weights`). Everything else runs as
-NumPy (:mod:`.ops`, the element-wise math in :mod:`.activations`), over
+NumPy (:mod:`.ops`, the element-wise math in :mod:`.activations`, convolutions and
+pooling in :mod:`.conv`), over
 buffers planned once per input shape (:mod:`.executor`).
 
 The runtime imports neither PyTorch nor ONNX Runtime.
@@ -17,6 +18,7 @@ The runtime imports neither PyTorch nor ONNX Runtime.
 
 from __future__ import annotations
 
+from . import conv  # noqa: F401  (registers Conv, the pools and BatchNormalization with the ops)
 from .linear import DEFAULT_PRECISION, PRECISIONS, RULES, LayerChoice
 from .model import NativeModel, OpTime, format_plan
 from .ops import supported_ops

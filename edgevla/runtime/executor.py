@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import EdgevlaError
 from . import ops
 from .attention import ATTENTION_OP
+from .conv import CONV_OP
 from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
 from .linear import quantize_tokens
@@ -71,6 +72,8 @@ class Program:
             if node.op_type == LINEAR_OP:
                 layer = node.attrs["layer"]
                 fn, writes_out = (layer.with_residual if layer.residual else layer), True
+            elif node.op_type == CONV_OP:
+                fn, writes_out = node.attrs["conv"], False
             elif node.op_type == ATTENTION_OP:
                 fn, writes_out = node.attrs["attention"], True
             elif node.op_type == QUANTIZE_TOKENS_OP:

@@ -28,6 +28,10 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    Then int8 layers that read the same value with the same kernel and
    epilogue (q, k and v) are stacked into one layer, one GEMM
    (:mod:`.siblings`), each reading its columns of the output as a view.
+   A ``Conv`` of one group with a constant float weight (and a ``Relu`` only
+   it feeds) becomes one ``edgevla.Conv`` node run by a linear layer over its
+   input's windows (:class:`~.conv.ConvLayer`), on the kernel the same rules
+   choose.
 3. **Shared activation quantization**: when several dynamic int8 layers
    read the same activation (q, k and v), one ``edgevla.QuantizePerToken``
    node quantizes it once and each layer reads its codes and scales; the
@@ -51,8 +55,10 @@ import numpy as np
 
 from .attention import fuse_attention
 from .graph import Graph, Node
-from .linear import LINEAR_OP, LinearLayer, LinearSpec, weight_from_constant
+from .conv import CONV_OP, ConvLayer, conv_matrix
+from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
 from .norms import fuse_layer_norm_quantize
+from .ops import OpContext
 from .siblings import merge_sibling_linears
 from .weights import WeightArena
 QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
@@ -62,12 +68,14 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``)."""
     _fuse_gelu(graph)
     _merge_equal_quantizations(graph)
-    layers = _fuse_linears(graph, precision, arena)
+    _fuse_linears(graph, precision, arena)
+    _fuse_convs(graph, precision, arena)
     _share_token_quantization(graph)
     fuse_attention(graph)
     fuse_layer_norm_quantize(graph)
     graph.prune()
-    return layers
+    return [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer
+            for node in graph.nodes if node.op_type in (LINEAR_OP, CONV_OP)]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,7 +223,7 @@ def _quantization_key(graph: Graph, node: Node) -> tuple | None:
 # --------------------------------------------------------------------------- linear layers
 
 
-def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> list[LinearLayer]:
+def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> None:
     view = _View(graph)
     for node in list(graph.nodes):
         if node.op_type not in ("MatMul", "Gemm"):
@@ -229,13 +237,35 @@ def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> li
         _replace(graph, absorbed, Node(spec.name, LINEAR_OP, inputs, (out,), {"spec": spec}))
         view.refresh()
     merge_sibling_linears(graph, precision)
-    layers: list[LinearLayer] = []
     for node in graph.nodes:
         if node.op_type == LINEAR_OP:
-            layer = node.attrs.pop("spec").build(precision, arena)
-            node.attrs["layer"] = layer
-            layers.append(layer)
-    return layers
+            node.attrs["layer"] = node.attrs.pop("spec").build(precision, arena)
+
+
+def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None:
+    """Every one-group ``Conv`` with a constant float weight (and bias), and a ReLU only it feeds, as a layer."""
+    view = _View(graph)
+    for node in list(graph.nodes):
+        w = view.const(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
+        if w is None or w.dtype != np.float32 or not 3 <= w.ndim <= 5 or int(node.attrs.get("group", 1)) != 1:
+            continue
+        kernel = [int(k) for k in node.attrs.get("kernel_shape", w.shape[2:])]
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+        bias = _as_bias(view.const(node.inputs[2]), w.shape[0]) if has_bias else None
+        if kernel != list(w.shape[2:]) or (has_bias and bias is None) or node.inputs[0] in graph.constants:
+            continue
+        absorbed, out, activation = [node], node.outputs[0], "none"
+        reader = view.only_reader(out)
+        if reader is not None and reader.op_type == "Relu":
+            absorbed.append(reader)
+            out, activation = reader.outputs[0], "relu"
+        name = _layer_name(node.inputs[1])
+        weight = LinearWeight(name, conv_matrix(w))
+        layer = LinearSpec(name, weight, bias, activation, None).build(precision, arena)
+        context = OpContext(dict(node.attrs), (), graph.opset, 1, node.describe())
+        _replace(graph, absorbed, Node(name, CONV_OP, (node.inputs[0],), (out,),
+                                       {"conv": ConvLayer(context, kernel, layer)}))
+        view.refresh()
 
 
 def _share_token_quantization(graph: Graph) -> None:

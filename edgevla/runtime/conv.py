@@ -1,0 +1,256 @@
+"""Convolution, pooling and the image normalizations for the native runtime, in NumPy (NCHW, 1-3 spatial dims).
+
+Policies with a convolutional image encoder (a ResNet stem, a patch
+embedding written as ``nn.Conv2d``) export ``Conv`` (PyTorch folds an
+eval-mode ``BatchNorm`` after a convolution into it), ``MaxPool``,
+``AveragePool`` and the global pools; a ``BatchNormalization`` the exporter
+could not fold (after a Linear, say) runs as its inference formula, and
+``nn.GroupNorm`` (Diffusion Policy's ResNets use it in place of BatchNorm)
+exports as ``InstanceNormalization`` between two reshapes.
+
+A convolution is one batched matrix product: the padded input is viewed as
+its sliding windows (no copy), gathered once into rows of ``C/group x
+kernel`` values per output position (the only copy), and multiplied by the
+weight, every group at once. A convolution of one group with a constant
+weight (all but depthwise ones) is instead made a linear layer at load
+(:class:`ConvLayer`, by :mod:`.fusion`): its rows then run on the kernel the
+layer rules choose, our int8 GEMM at the default precision, and it is listed
+in the plan like any other linear layer. Pooling reduces over the same window view.
+Semantics follow the ONNX specification (``auto_pad``, ``ceil_mode``,
+``count_include_pad``, dilations, groups), checked against ONNX Runtime in
+``tests/test_runtime_ops.py``. Float32 only: these layers stay float in every
+edgevla quantization format.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .linear import LinearLayer
+from .ops import OpContext, _fail, _ints, register
+
+#: A convolution with a constant weight, run by a linear layer over its input's windows (:class:`ConvLayer`).
+CONV_OP = "edgevla.Conv"
+
+
+def _geometry(c: OpContext, spatial: tuple[int, ...], kernel: list[int], ceil_mode: bool = False):
+    """(strides, dilations, pads begin, pads end, output size) per spatial dimension, as the node says."""
+    n = len(spatial)
+    strides = _ints(c.attr("strides", [1] * n))
+    dilations = _ints(c.attr("dilations", [1] * n))
+    pads = _ints(c.attr("pads", [0] * (2 * n)))
+    auto_pad = c.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if len(kernel) != n or len(strides) != n or len(dilations) != n or len(pads) != 2 * n:
+        raise _fail(c, f"kernel_shape, strides, dilations and pads do not match {n} spatial dimensions")
+    if min(strides + dilations + kernel) < 1 or min(pads) < 0:
+        raise _fail(c, "strides, dilations and the kernel must be positive and pads non-negative")
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    begin, end = pads[:n], pads[n:]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [math.ceil(i / s) for i, s in zip(spatial, strides)]
+        total = [max(0, (o - 1) * s + e - i) for o, s, e, i in zip(out, strides, extent, spatial)]
+        small = [t // 2 for t in total]
+        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
+        end = [t - b for t, b in zip(total, begin)]
+    elif auto_pad == "VALID":
+        begin, end = [0] * n, [0] * n
+    elif auto_pad != "NOTSET":
+        raise _fail(c, f"unknown auto_pad {auto_pad!r}")
+    out = []
+    for i, b, e, x, s in zip(spatial, begin, end, extent, strides):
+        room = i + b + e - x
+        if room < 0:
+            raise _fail(c, f"the window ({x}) is larger than the padded input ({i + b + e})")
+        o = (math.ceil(room / s) if ceil_mode else room // s) + 1
+        if ceil_mode and (o - 1) * s >= i + b:  # a last window starting in the end padding is dropped
+            o -= 1
+        out.append(o)
+    return strides, dilations, begin, end, out
+
+
+def _windows(x: np.ndarray, value: float, begin, end, out, kernel, strides, dilations) -> np.ndarray:
+    """A read-only view (N, C, *out, *kernel) of ``x`` padded with ``value`` (and past its end as windows need)."""
+    n = len(kernel)
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kernel, dilations)]
+    after = [max(e, nd - (i + b)) for e, nd, i, b in zip(end, need, x.shape[2:], begin)]
+    if any(begin) or any(after):
+        x = np.pad(x, [(0, 0), (0, 0), *zip(begin, after)], constant_values=value)
+    st = x.strides
+    shape = (*x.shape[:2], *out, *kernel)
+    view_strides = (*st[:2], *(st[2 + i] * strides[i] for i in range(n)), *(st[2 + i] * dilations[i] for i in range(n)))
+    return as_strided(x, shape, view_strides, writeable=False)
+
+
+@register("Conv")
+def _conv(c):
+    weight = c.consts[1] if len(c.consts) > 1 else None
+    group = int(c.attr("group", 1))
+    fixed = None  # the weight laid out for the product, once, when it is a constant
+
+    def matrix(w: np.ndarray) -> np.ndarray:
+        m = w.shape[0]
+        if group < 1 or m % group:
+            raise _fail(c, f"{m} output channels do not split into {group} groups")
+        return np.ascontiguousarray(w.reshape(group, m // group, -1).transpose(0, 2, 1))  # (G, Cg*K, Mg)
+
+    if weight is not None:
+        fixed = matrix(np.asarray(weight, np.float32))
+
+    def conv(x, w, bias=None):
+        if x.ndim < 3 or x.ndim != w.ndim or x.ndim > 5:
+            raise _fail(c, f"input of rank {x.ndim} and weight of rank {w.ndim}: expected N, C and 1-3 spatial dims")
+        kernel = _ints(c.attr("kernel_shape", w.shape[2:]))
+        if list(w.shape[2:]) != kernel:
+            raise _fail(c, f"kernel_shape {kernel} is not the weight's {list(w.shape[2:])}")
+        if x.shape[1] != w.shape[1] * group:
+            raise _fail(c, f"{x.shape[1]} input channels, but the weight takes {w.shape[1]} per group x {group}")
+        strides, dilations, begin, end, out = _geometry(c, x.shape[2:], kernel)
+        view = _windows(x, 0.0, begin, end, out, kernel, strides, dilations)
+        batch, channels = x.shape[:2]
+        positions, per_group = math.prod(out), channels // group
+        n = len(kernel)
+        # (N, G, Cg, *out, *k) -> (N, G, *out, Cg, *k): one row of Cg*K inputs per output position.
+        grouped = view.reshape(batch, group, per_group, *out, *kernel)
+        order = (0, 1, *range(3, 3 + n), 2, *range(3 + n, 3 + 2 * n))
+        rows = np.ascontiguousarray(grouped.transpose(order)).reshape(batch, group, positions, -1)
+        y = np.matmul(rows, fixed if fixed is not None else matrix(w))  # (N, G, P, Mg)
+        y = y.transpose(0, 1, 3, 2).reshape(batch, w.shape[0], *out)
+        if bias is not None:
+            y += bias.reshape(1, -1, *([1] * n))
+        return y
+    return conv
+
+
+class ConvLayer:
+    """A ``Conv`` of one group with a constant weight, as a linear layer over the input's windows.
+
+    The layer's ``(M, kernel x C)`` matrix is the weight ``(M, C, *kernel)`` with its channels
+    last (:func:`conv_matrix`). Each call moves the input's channels last (one copy of the
+    input), views the padded result as windows ``(N, *out, *kernel, C)`` and gathers them into
+    one row per output position, contiguous runs of ``C`` (or ``kernel width x C``) values,
+    then runs the layer's kernel on the rows (``int8-dynamic`` at the default precision: each
+    row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul), bias and ReLU in its
+    epilogue, and moves the output's channels back.
+    """
+
+    def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
+        self.context, self.kernel, self.layer = context, kernel, layer
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        c, n = self.context, len(self.kernel)
+        if x.ndim != n + 2 or x.shape[1] * math.prod(self.kernel) != self.layer.k:
+            raise _fail(c, f"input of shape {x.shape} does not fit a {n}-d kernel {self.kernel} over "
+                           f"{self.layer.k // math.prod(self.kernel)} channels")
+        strides, dilations, begin, end, out = _geometry(c, x.shape[2:], self.kernel)
+        last = np.moveaxis(x, 1, -1)  # (N, *spatial, C)
+        if any(begin) or any(end):
+            last = np.pad(last, [(0, 0), *zip(begin, end), (0, 0)])
+        else:
+            last = np.ascontiguousarray(last)
+        st = last.strides
+        view = as_strided(last, (last.shape[0], *out, *self.kernel, last.shape[-1]),
+                          (st[0], *(st[1 + i] * strides[i] for i in range(n)),
+                           *(st[1 + i] * dilations[i] for i in range(n)), st[-1]), writeable=False)
+        rows = np.ascontiguousarray(view).reshape(-1, self.layer.k)
+        y = self.layer(rows).reshape(x.shape[0], *out, self.layer.n)
+        return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
+def conv_matrix(w: np.ndarray) -> np.ndarray:
+    """A convolution weight ``(M, C, *kernel)`` as the ``(M, kernel x C)`` matrix :class:`ConvLayer` multiplies."""
+    return np.ascontiguousarray(np.moveaxis(w, 1, -1).reshape(w.shape[0], -1), dtype=np.float32)
+
+
+def _pool_attrs(c: OpContext, x: np.ndarray):
+    if x.ndim < 3 or x.ndim > 5:
+        raise _fail(c, f"input of rank {x.ndim}: expected N, C and 1-3 spatial dims")
+    kernel = _ints(c.attr("kernel_shape", []))
+    ceil_mode = bool(c.attr("ceil_mode", 0))
+    return kernel, ceil_mode, _geometry(c, x.shape[2:], kernel, ceil_mode)
+
+
+@register("MaxPool")
+def _max_pool(c):
+    if c.n_outputs > 1:
+        raise _fail(c, "the Indices output is not supported")
+    if int(c.attr("storage_order", 0)) != 0:
+        raise _fail(c, "storage_order 1 (column-major indices) is not supported")
+
+    def max_pool(x):
+        kernel, _, (strides, dilations, begin, end, out) = _pool_attrs(c, x)
+        return _reduce_windows(_windows(x, -np.inf, begin, end, out, kernel, strides, dilations), np.maximum)
+    return max_pool
+
+
+def _reduce_windows(view: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """``ufunc`` over the kernel axes of a window view, one kernel offset at a time (each a strided slice
+    of the output's shape: NumPy reduces those at memory speed, the kernel axes of the view it does not)."""
+    n = (view.ndim - 2) // 2
+    offsets = np.ndindex(*view.shape[2 + n:])
+    y = np.array(view[(..., *next(offsets))])
+    for offset in offsets:
+        ufunc(y, view[(..., *offset)], out=y)
+    return y
+
+
+@register("AveragePool")
+def _average_pool(c):
+    include_pad = bool(c.attr("count_include_pad", 0))
+
+    def average_pool(x):
+        kernel, ceil_mode, (strides, dilations, begin, end, out) = _pool_attrs(c, x)
+        total = _reduce_windows(_windows(x, 0.0, begin, end, out, kernel, strides, dilations), np.add)
+        # The divisor: the window's cells inside the input, or inside the node's own pads too; never
+        # the cells ceil_mode reaches past them.
+        ones = np.ones((1, 1, *x.shape[2:]), np.float32)
+        if include_pad:
+            ones = np.pad(ones, [(0, 0), (0, 0), *zip(begin, end)], constant_values=1.0)
+            counted = _windows(ones, 0.0, [0] * len(kernel), [0] * len(kernel), out, kernel, strides, dilations)
+        else:
+            counted = _windows(ones, 0.0, begin, end, out, kernel, strides, dilations)
+        return (total / _reduce_windows(counted, np.add)).astype(x.dtype)
+    return average_pool
+
+
+@register("GlobalAveragePool")
+def _global_average_pool(c):
+    return lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@register("GlobalMaxPool")
+def _global_max_pool(c):
+    return lambda x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@register("BatchNormalization")
+def _batch_norm(c):
+    if int(c.attr("training_mode", 0)) or c.n_outputs > 1:
+        raise _fail(c, "training mode (batch statistics) is not supported; export the policy in eval mode")
+    eps = np.float32(c.attr("epsilon", 1e-5))
+
+    def batch_norm(x, scale, bias, mean, var):
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        factor = (scale / np.sqrt(var + eps)).astype(x.dtype)
+        return x * factor.reshape(shape) + (bias - mean * factor).astype(x.dtype).reshape(shape)
+    return batch_norm
+
+
+@register("InstanceNormalization")
+def _instance_norm(c):
+    """Per sample and channel over the spatial dims (``nn.GroupNorm`` exports as it, between reshapes)."""
+    eps = np.float32(c.attr("epsilon", 1e-5))
+
+    def instance_norm(x, scale, bias):
+        axes = tuple(range(2, x.ndim))
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        centered = x - x.mean(axis=axes, keepdims=True)
+        inv = 1.0 / np.sqrt((centered * centered).mean(axis=axes, keepdims=True) + eps)
+        return (centered * inv * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
+    return instance_norm
+
+
+__all__ = ["CONV_OP", "ConvLayer", "conv_matrix"]
