@@ -39,7 +39,7 @@ from edgevla.runtime import NativeModel
 from edgevla.runtime.blas import get_blas_threads
 from edgevla.task import evaluate
 
-from user_policies import ConvPolicy, SmallPolicy
+from user_policies import ConvPolicy, RecurrentPolicy, SmallPolicy
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,23 @@ def test_conv_policy_runs_natively_and_matches(tmp_path, fmt):
         convs = {c.mode for c in plan[:2]}
         assert convs == {"fp32" if precision == "fp32" else "int8-dynamic"}
         assert {c.mode for c in plan[2:]} == {"int8-static" if fmt == "w8a8" else convs.pop()}
+        assert np.abs(model.run(obs)["a"] - expected).max() < bound, precision
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_policy_runs_natively_and_matches(tmp_path, cell):
+    from edgevla.export import export_onnx
+
+    torch.manual_seed(0)
+    policy = RecurrentPolicy(cell).eval()
+    path = export_onnx(policy, tmp_path / f"{cell}.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count(cell.upper()) == (2 if cell == "lstm" else 1)
+    obs = policy.spec.example(3, seed=2)
+    expected = reference_session(path).run(None, obs)[0]
+    for precision, bound in (("fp32", 1e-5), ("int8", 2e-2)):
+        model = NativeModel(path, precision=precision)
+        assert [c.layer for c in model.plan()] == ["embed", "head"]
         assert np.abs(model.run(obs)["a"] - expected).max() < bound, precision
 
 

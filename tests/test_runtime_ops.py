@@ -198,6 +198,26 @@ CASES = [
          attrs={"epsilon": 1e-4}, atol=1e-5),
     Case("InstanceNormalization", {"x": f32(3, 2, 7)}, consts={"s": f32(2), "b": f32(2)}, atol=1e-5,
          id="InstanceNormalization-1d"),
+    Case("LSTM", {"x": f32(5, 2, 6)}, consts={"w": f32(1, 16, 6, low=-0.5, high=0.5),
+                                             "r": f32(1, 16, 4, low=-0.5, high=0.5), "b": f32(1, 32)},
+         attrs={"hidden_size": 4}, n_out=3, atol=1e-5),
+    Case("LSTM", {"x": f32(5, 2, 3), "h0": f32(2, 2, 4), "c0": f32(2, 2, 4)},
+         consts={"w": f32(2, 16, 3, low=-0.5, high=0.5), "r": f32(2, 16, 4, low=-0.5, high=0.5)},
+         attrs={"hidden_size": 4, "direction": "bidirectional"}, n_out=3, atol=1e-5,
+         order=["x", "w", "r", "", "", "h0", "c0"], id="LSTM-bidirectional-initial-state-no-bias"),
+    Case("LSTM", {"x": f32(4, 3, 5)}, consts={"w": f32(1, 12, 5, low=-0.5, high=0.5),
+                                             "r": f32(1, 12, 3, low=-0.5, high=0.5), "b": f32(1, 24)},
+         attrs={"hidden_size": 3, "direction": "reverse"}, atol=1e-5, id="LSTM-reverse-Y-only"),
+    Case("GRU", {"x": f32(5, 2, 6)}, consts={"w": f32(1, 12, 6, low=-0.5, high=0.5),
+                                            "r": f32(1, 12, 4, low=-0.5, high=0.5), "b": f32(1, 24)},
+         attrs={"hidden_size": 4, "linear_before_reset": 1}, n_out=2, atol=1e-5, id="GRU-linear-before-reset"),
+    Case("GRU", {"x": f32(5, 2, 3), "h0": f32(2, 2, 4)},
+         consts={"w": f32(2, 12, 3, low=-0.5, high=0.5), "r": f32(2, 12, 4, low=-0.5, high=0.5), "b": f32(2, 24)},
+         attrs={"hidden_size": 4, "direction": "bidirectional"}, n_out=2, atol=1e-5,
+         order=["x", "w", "r", "b", "", "h0"], id="GRU-bidirectional-initial-state"),
+    Case("GRU", {"x": f32(4, 3, 5)}, consts={"w": f32(1, 12, 5, low=-0.5, high=0.5),
+                                            "r": f32(1, 12, 4, low=-0.5, high=0.5), "b": f32(1, 24)},
+         attrs={"hidden_size": 4, "direction": "reverse"}, n_out=2, atol=1e-5, id="GRU-reset-before-linear-reverse"),
     Case("QuantizeLinear", {"x": x234 * 3}, consts={"s": np.array(0.02, np.float32), "z": np.array(3, np.int8)}),
     Case("QuantizeLinear", {"x": np.arange(-301, 301, dtype=np.float32).reshape(7, 86) * np.float32(0.125)},
          consts={"s": np.array(0.25, np.float32), "z": np.array(0, np.int8)},
@@ -328,6 +348,24 @@ def test_pooling_it_cannot_do_is_one_clear_line(op, attrs, n_out, words):
     with pytest.raises(EdgevlaError) as info:
         NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).run({"x": f32(1, 3, 8, 8)})
     assert "\n" not in str(info.value) and words in str(info.value) and "pool" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("attrs, inputs, words", [
+    ({"layout": 1}, ["x", "w", "r"], "layout 1"),
+    ({"clip": 3.0}, ["x", "w", "r"], "clip"),
+    ({"activations": ["Relu", "Tanh", "Tanh"]}, ["x", "w", "r"], "activations"),
+    ({}, ["x", "w", "r", "", "lens"], "sequence_lens"),
+])
+def test_recurrence_it_cannot_do_is_one_clear_line(attrs, inputs, words):
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", inputs, ["y0"], name="rnn", hidden_size=2, **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2])],
+        [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(f32(1, 8, 2), "w"), numpy_helper.from_array(f32(1, 8, 2), "r"),
+                     numpy_helper.from_array(np.array([3], np.int32), "lens")])
+    with pytest.raises(EdgevlaError) as info:
+        NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).run({"x": f32(3, 1, 2)})
+    assert "\n" not in str(info.value) and words in str(info.value) and "rnn" in str(info.value), str(info.value)
 
 
 def test_bad_inputs_are_refused():

@@ -54,6 +54,24 @@ class ConvPolicy(nn.Module):
         return self.head(features).reshape(-1, 4, 5)
 
 
+class RecurrentPolicy(nn.Module):
+    """A user's BC-RNN-style policy: a history of observations through a 2-layer LSTM (or a bidirectional
+    GRU), the last step to a Linear head."""
+
+    def __init__(self, cell: str = "lstm"):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("history", (6, 10), low=-1, high=1),),
+                               action=TensorSpec("a", (2, 4)))
+        self.embed = nn.Linear(10, 32)
+        self.rnn = (nn.LSTM(32, 32, num_layers=2, batch_first=True) if cell == "lstm"
+                    else nn.GRU(32, 16, batch_first=True, bidirectional=True))
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, history):
+        y, _ = self.rnn(torch.relu(self.embed(history)))
+        return self.head(y[:, -1]).reshape(-1, 2, 4)
+
+
 def onnx_parity(model: nn.Module, path, obs: dict[str, np.ndarray]) -> float:
     """Max abs difference between ONNX Runtime's run of ``path`` and ``model`` on the same observations."""
     y = reference_session(path).run(None, obs)[0]
