@@ -15,6 +15,7 @@ from edgevla.errors import EdgevlaError, GateFailed
 from edgevla.models.zoo import load_policy
 from edgevla.pipeline import BuildRequest, accuracy_gate, build, heldout_observations, task_for
 from edgevla.recipe import prune_shorthand
+from edgevla.runtime import NativeModel
 
 
 
@@ -185,6 +186,8 @@ def test_user_transformer_policy_prunes_heads_and_quantizes(user_module, tmp_pat
         assert layers[f"trunk.layers.{i}.self_attn.q_proj"]["shape"][0] < 64  # heads removed
     assert all(layer["format"] == "w8a8" for layer in layers.values())
     assert result.report["extra"]["verify"]["passed"]
+    ops = NativeModel(out / "model.onnx").op_count()  # the rewritten attention exports in the form it fuses
+    assert ops["edgevla.Attention"] == 2 and "Softmax" not in ops and "Transpose" not in ops
 
 
 def test_prune_scope_that_the_policy_lacks_names_its_modules(user_module, tmp_path, fast):

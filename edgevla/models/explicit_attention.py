@@ -142,7 +142,9 @@ class ExplicitMultiheadAttention(nn.Module):
         q = heads(self.q_proj(query), lq)
         k = heads(self.k_proj(key), lk)
         v = heads(self.v_proj(value), lk)
-        scores = (q * self.scaling) @ k.transpose(-2, -1)
+        # Scaled after the product (PyTorch scales q before it; equal to float rounding): the form whose
+        # export the native runtime fuses into one attention step.
+        scores = (q @ k.transpose(-2, -1)) * self.scaling
         if attn_mask is not None or key_padding_mask is not None or is_causal:
             scores = scores + attention_bias(attn_mask, key_padding_mask, is_causal, b, self.num_heads, lq, lk,
                                              scores.dtype, scores.device)
