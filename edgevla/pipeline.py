@@ -745,11 +745,10 @@ class Build:
 
     # compress -----------------------------------------------------------
     def compress(self) -> None:
-        # A copy, so that later stages never alias the reference they are compared against.
-        self.built = copy.deepcopy(self.original).eval()
         self.explicit_attention: dict[str, Any] | None = None
-        if self.recipe.prune.method != "none" or self.quantized:
-            self._explicit_attention()
+        rewritten = self._explicit_attention() if self.recipe.prune.method != "none" or self.quantized else None
+        # A copy either way, so that later stages never alias the reference they are compared against.
+        self.built = (rewritten or copy.deepcopy(self.original)).eval()
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
             self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
@@ -765,20 +764,21 @@ class Build:
         check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
 
-    def _explicit_attention(self) -> None:
-        """PyTorch's fused attention modules as plain Linear layers, so that pruning and quantization reach them."""
+    def _explicit_attention(self) -> torch.nn.Module | None:
+        """A copy of the original with PyTorch's fused attention modules as plain Linear layers, so that pruning
+        and quantization reach them; None when it has none (or they could not be rewritten: noted)."""
         from .models.explicit_attention import explicit_attention
 
         check = batch_of(self.heldout, 0, min(8, self.recipe.verify.samples))
-        result = explicit_attention(self.built, [torch.from_numpy(check[n]) for n in self.spec.input_names])
+        result = explicit_attention(self.original, [torch.from_numpy(check[n]) for n in self.spec.input_names])
         if result.rewritten:
-            self.built = result.model.eval()
             self.progress.note(f"{len(result.rewritten)} fused attention module(s) rewritten as explicit Linear "
                                f"layers for compression (max abs difference {result.max_abs_diff:.1e})")
         elif result.left_fused:
             self.progress.note(f"fused attention modules left as they are: {result.left_fused}")
         if result.rewritten or result.left_fused:
             self.explicit_attention = result.to_dict()
+        return result.model if result.rewritten else None
 
     @property
     def quantized(self) -> bool:
