@@ -141,15 +141,16 @@ class OnnxRuntimeRunner(_RunnerBase):
             raise EdgevlaError(f"ONNX model {self.onnx_path} does not exist")
         from .export.qdq import ORT_DISABLED_OPTIMIZERS
 
+        model, ops = _ort_model(self.onnx_path)
         try:
-            self.session = ort.InferenceSession(str(self.onnx_path), sess_options=self._options(ort),
+            self.session = ort.InferenceSession(model, sess_options=self._options(ort, ops),
                                                 providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         except Exception as e:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
             raise EdgevlaError(f"ONNX Runtime cannot load {self.onnx_path}: {_first_line(e)}") from e
         self._check_signature()
 
-    def _options(self, ort):
+    def _options(self, ort, ops: set[str]):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or 0  # 0: ONNX Runtime picks the physical core count
         options.inter_op_num_threads = 1
@@ -160,7 +161,7 @@ class OnnxRuntimeRunner(_RunnerBase):
         options.enable_mem_pattern = True
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        if _weight_only_quantized(self.onnx_path):
+        if "DequantizeLinear" in ops and "QuantizeLinear" not in ops:
             # DequantizeLinear on constant weights only: with ONNX Runtime's QDQ
             # fusions off the weights are dequantized once, at load, instead of
             # on every call (MatMulNBits re-quantizes activations on the fly,
@@ -586,15 +587,23 @@ def _cuda_memory():
                        "(neither torch nor cuda-python finds one)")
 
 
-def _weight_only_quantized(onnx_path: Path) -> bool:
-    """True when the graph dequantizes weights but quantizes no activation."""
+def _ort_model(onnx_path: Path) -> tuple[str | bytes, set[str]]:
+    """What ONNX Runtime loads — the file, or, when Q/DQ convolutions are in it, the model with their weights
+    dequantized once (:func:`~edgevla.export.qdq.dequantize_conv_weights`: ONNX Runtime would otherwise
+    dequantize them on every call; same values, same arithmetic) — and the graph's op types."""
     import onnx
 
+    from .export.qdq import dequantize_conv_weights
+
     try:
-        ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+        proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception:  # noqa: BLE001 - ONNX Runtime reports an unreadable model itself
-        return False
-    return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
+        return str(onnx_path), set()
+    ops = {n.op_type for n in proto.graph.node}
+    external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
+    if external or "Conv" not in ops or not dequantize_conv_weights(proto):
+        return str(onnx_path), ops
+    return proto.SerializeToString(), {n.op_type for n in proto.graph.node}
 
 
 def make_runner(backend: str, *, policy=None, onnx_path: str | os.PathLike | None = None,

@@ -36,7 +36,8 @@ a bundle (ONNX Runtime runs it).
 
 Quantization (:func:`quantize_for_build`) works on the float, possibly pruned
 model: calibration on the task's calibration split (or the user's
-observation files), optional SmoothQuant, every ``nn.Linear`` quantized and
+observation files), optional SmoothQuant, every ``nn.Linear`` and convolution
+quantized (a BatchNorm after a convolution folded into it first) and
 each one's solo output SQNR measured; mixed precision keeps the layers that
 break the SQNR floor or the success budget in floating point; optional QAT
 distils the float policy into the fake-quant model. Exact zeros stay zero
@@ -574,7 +575,8 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                        progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
 
-    Calibrate → (SmoothQuant) → quantize every Linear → measure each layer's
+    (Fold BatchNorms into convolutions) → calibrate → (SmoothQuant) → quantize every Linear and
+    convolution → measure each layer's
     solo output SQNR → with mixed precision, quantize again keeping the
     sensitive layers float → (QAT distilled from ``teacher``) → round what
     stays float to ``float_dtype``.
@@ -655,6 +657,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     info["layers"] = {n: {"format": f, **({"group_size": result.group_sizes[n]} if n in result.group_sizes else {})}
                       for n, f in formats.items()}
     info["tables_rounded"] = result.tables  # on their int8 grid; the export says which ship as int8
+    info["batch_norms_folded"] = result.folded_norms
+    if result.notes:
+        info["notes"] = result.notes
     info["smoothquant"]["folded_into"] = result.smoothed
     if cfg.format != "fp16":
         info["model_sqnr_db"] = round(model_sqnr(result.model, probe), 3)
@@ -662,8 +667,13 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     quantized = sum(f != "float" for f in formats.values())
     sqnr = f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else ""
     how = f", calibrated ({cal.method}) on {samples} observations from {source}" if calibrated else ""
-    progress.note(f"quantized {quantized} of {len(formats)} Linear layers to {cfg.format} ({len(fallback)} kept "
-                  f"float){how}; float tensors stored {float_dtype}{sqnr}; {info['seconds']:.1f} s")
+    convs = sum(isinstance(m, torch.nn.modules.conv._ConvNd) for n, m in result.model.named_modules() if n in formats)
+    kinds = f"Linear and convolution layers ({convs} convolutions)" if convs else "Linear layers"
+    folded = f"; {len(result.folded_norms)} BatchNorm(s) folded into their convolutions" if result.folded_norms else ""
+    progress.note(f"quantized {quantized} of {len(formats)} {kinds} to {cfg.format} ({len(fallback)} kept "
+                  f"float){how}{folded}; float tensors stored {float_dtype}{sqnr}; {info['seconds']:.1f} s")
+    for note in result.notes:
+        progress.note(note)
     return result.model, info
 
 
@@ -677,6 +687,10 @@ def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]])
            + (f"; SmoothQuant α={info['smoothquant']['alpha']:g}" if info["smoothquant"]["enabled"] else "")
            + (f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else "") + ".",
            ""]
+    if info.get("batch_norms_folded"):
+        out += [f"BatchNorm folded into the convolution before it (so its int8 scales fit the filter that ships): "
+                f"{', '.join(info['batch_norms_folded'])}.", ""]
+    out += [f"{note[0].upper()}{note[1:]}." for note in info.get("notes", [])] + ([""] if info.get("notes") else [])
     if isinstance(info.get("mixed_precision"), Mapping):
         kept = info["mixed_precision"]["kept_float"]
         out += [f"Mixed precision ({info['mixed_precision']['metric']}): {len(kept)} layer(s) kept float"

@@ -205,3 +205,24 @@ def test_policy_whose_spec_lies_fails_cleanly(user_module, tmp_path, fast):
         build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make_liar", output=str(out), overrides=fast))
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_user_conv_policy_quantizes_its_convolutions(tmp_path, monkeypatch, fast):
+    """A ResNet-style policy at w8a8: BatchNorm folded, every convolution int8 (filters and input) in the
+    bundle, the Q/DQ Conv verified against the fake-quant model, and the native runtime on int8-static."""
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    monkeypatch.setenv("PYTHONPATH", tests)  # the memory probe's fresh process imports the policy too
+    out = tmp_path / "conv-w8a8"
+    result = build(BuildRequest(target="x86-64-cpu", policy="user_policies:ConvPolicy", output=str(out),
+                                overrides={**fast, "quantize.format": "w8a8"}))
+    assert result.report["extra"]["quantize"]["batch_norms_folded"] == ["stem.1 -> stem.0"]
+    layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
+    for conv in ("stem.0", "block.0", "block.3"):
+        assert layers[conv]["format"] == "w8a8" and layers[conv]["precision"] == "int8"
+    assert result.report["extra"]["verify"]["passed"]
+    plan = NativeModel(out / "model.onnx").plan()
+    assert [c.layer for c in plan] == ["stem.0", "block.3", "head.0", "head.2"]  # block.0 (depthwise): NumPy
+    assert {c.mode for c in plan} == {"int8-static"}

@@ -80,7 +80,7 @@ def test_per_layer_config_and_its_errors():
     m = Outlier()
     formats = quantize_(m, PerLayerConfig(layers={"a": Int8WeightOnlyConfig()}))
     assert formats == {"a": "w8a16", "b": "float", "c": "float"}
-    with pytest.raises(EdgevlaError, match="per-layer config names no nn.Linear: z"):
+    with pytest.raises(EdgevlaError, match="per-layer config names no nn.Linear or convolution: z"):
         quantize_(Outlier(), PerLayerConfig(layers={"z": Int8WeightOnlyConfig()}))
     with pytest.raises(EdgevlaError, match="plain quantization config"):
         PerLayerConfig(layers={"a": PerLayerConfig()})

@@ -19,40 +19,49 @@ from .calibrate import (
     clip_value,
     iter_batches,
     load_observation_dir,
-    observe_linear_inputs,
+    observe_layer_inputs,
 )
 from .fakequant import (
+    FakeQuantConv,
+    FakeQuantLayer,
     FakeQuantLinear,
     Float8Linear,
     Float8StaticActivationFloat8WeightConfig,
     Int4WeightLinear,
     Int4WeightOnlyConfig,
+    Int8ActivationInt8WeightConv,
     Int8ActivationInt8WeightLinear,
     Int8StaticActivationInt8WeightConfig,
+    Int8WeightConv,
     Int8WeightLinear,
     Int8WeightOnlyConfig,
     PerLayerConfig,
     QuantConfig,
     float_mode,
+    is_convolution,
     qat_mode,
+    quantizable_layers,
     quantize_,
     quantized_layers,
     refresh_quantized,
     restore_quantized,
 )
+from .fold import FoldedNorm, fold_batch_norms
 from .mixed import SuccessSearch, fallback_by_sqnr, fallback_by_success, layer_sqnr, model_sqnr
 from .primitives import Int4GroupedWeight, Int8Weight, pack_int4, sqnr_db, unpack_int4
 from .qat import QATReport, quantization_aware_training
 from .smoothquant import SmoothGroup, find_smooth_groups, smooth_quant
 
 __all__ = [
-    "FLOAT_DTYPES", "FORMATS", "METHODS", "ActivationObserver", "FakeQuantLinear", "Float8Linear",
+    "FLOAT_DTYPES", "FORMATS", "METHODS", "ActivationObserver", "FakeQuantConv", "FakeQuantLayer", "FakeQuantLinear",
+    "Float8Linear", "FoldedNorm", "Int8ActivationInt8WeightConv", "Int8WeightConv", "fold_batch_norms",
+    "is_convolution", "quantizable_layers",
     "Float8StaticActivationFloat8WeightConfig", "Int4GroupedWeight", "Int4WeightLinear", "Int4WeightOnlyConfig",
     "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig", "Int8Weight", "Int8WeightLinear",
     "Int8WeightOnlyConfig", "PerLayerConfig", "QATReport", "QuantConfig", "QuantizeResult", "SmoothGroup",
     "SuccessSearch", "calibrate", "calibration_observations", "check_precision_supported", "clip_value",
     "fallback_by_sqnr", "fallback_by_success", "find_smooth_groups", "float_mode", "iter_batches",
-    "layer_group_size", "layer_sqnr", "load_observation_dir", "model_sqnr", "observe_linear_inputs", "pack_int4",
+    "layer_group_size", "layer_sqnr", "load_observation_dir", "model_sqnr", "observe_layer_inputs", "pack_int4",
     "qat_mode", "quantization_aware_training", "quantize_", "quantize_policy", "quantized_layers",
     "refresh_quantized", "restore_quantized", "round_float_storage", "round_tables", "smooth_quant", "sqnr_db", "storage_dtype",
     "table_tensors", "unpack_int4",

@@ -10,7 +10,7 @@ Formats (``FORMATS``):
 
 * ``w8a8``  — int8 per-channel weights, static per-tensor int8 activations.
 * ``w8a16`` — int8 per-channel weights, float activations.
-* ``w4a16`` — int4 weights in groups of ``group_size`` input channels. A layer
+* ``w4a16`` — int4 weights in groups of ``group_size`` input channels. A Linear
   whose input width that size does not divide takes the largest of 32 / 64 /
   128 below it that does; a layer no group size divides (a 2-wide state
   embedding, say) keeps int8 weights. The chosen group of every layer is in
@@ -18,6 +18,13 @@ Formats (``FORMATS``):
 * ``fp8``   — E4M3 weights (per channel) and activations (per tensor), for
   targets with fp8 tensor cores.
 * ``fp16``  — every weight stored in fp16; no integer layers.
+
+The quantized layers are the ``nn.Linear`` and the forward convolutions
+(``nn.Conv1d/2d/3d``). A convolution gets int8 weights, one scale per filter,
+under w8a8 (and a static int8 input), w8a16 and w4a16 (int4 is a Linear
+format); under fp8 it stays float. A ``BatchNorm`` after a convolution is
+folded into it first (:func:`edgevla.quant.fold.fold_batch_norms`), so the
+scales fit the filter that ships.
 
 Tables — embeddings, position and query tables: float tensors of two or more
 dimensions that are not a layer's weights (Linear, Conv, recurrent, fused
@@ -44,15 +51,18 @@ from ..errors import EdgevlaError
 from ..spec import spec_of
 from .calibrate import METHODS, calibrate, calibration_observations, iter_batches
 from .fakequant import (
-    FakeQuantLinear,
+    FakeQuantLayer,
     Float8StaticActivationFloat8WeightConfig,
     Int4WeightOnlyConfig,
     Int8StaticActivationInt8WeightConfig,
     Int8WeightOnlyConfig,
     PerLayerConfig,
     QuantConfig,
+    is_convolution,
+    quantizable_layers,
     quantize_,
 )
+from .fold import FoldedNorm, fold_batch_norms
 from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table
 from .smoothquant import smooth_quant
 
@@ -97,13 +107,15 @@ def storage_dtype(target, requested: str = "auto") -> str:
 @dataclass
 class QuantizeResult:
     model: nn.Module
-    formats: dict[str, str]  # linear name -> format ("float" when skipped)
+    formats: dict[str, str]  # layer name (Linear or convolution) -> format ("float" when skipped)
     activation_amax: dict[str, float] = field(default_factory=dict)
     smoothed: list[str] = field(default_factory=list)  # LayerNorms SmoothQuant folded into
     group_sizes: dict[str, int] = field(default_factory=dict)  # int4 layers -> their group size
     float_dtype: str = "fp32"
     rounded: list[str] = field(default_factory=list)  # float tensors rounded to float_dtype
     tables: list[str] = field(default_factory=list)  # tensors put on their int8 grid
+    folded_norms: list[str] = field(default_factory=list)  # "norm -> conv": BatchNorms folded before quantizing
+    notes: list[str] = field(default_factory=list)  # layers left float, and why
 
 
 def layer_group_size(in_features: int, group_size: int) -> int | None:
@@ -122,8 +134,10 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
 
     Calibration data is ``batches`` (positional tensor tuples in the spec's
     input order) when given, else ``samples`` observations from the
-    ``calibration`` directory or the task's calibration split. Linears named in
-    ``skip`` (or under a prefix ending in ``.``) stay float.
+    ``calibration`` directory or the task's calibration split. Layers named in
+    ``skip`` (or under a prefix ending in ``.``) stay float. Convolutions take
+    int8 weights under every integer format (w8a8 quantizes their input too);
+    a BatchNorm after one is folded into it first (:mod:`.fold`).
     """
     if fmt not in FORMATS:
         raise EdgevlaError(f"unknown quantization format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -133,19 +147,31 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
     spec = spec_of(policy)
     model = copy.deepcopy(policy).eval()
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if any(isinstance(m, FakeQuantLinear) for m in linears.values()):
+    layers = quantizable_layers(model)
+    if any(isinstance(m, FakeQuantLayer) for m in layers.values()):
         raise EdgevlaError(f"{type(policy).__name__} is already quantized; quantize the float model")
     if fmt == "fp16":
         rounded = round_float_storage(model, "fp16")
-        return QuantizeResult(model, {n: "fp16" for n in linears}, float_dtype="fp16", rounded=rounded)
+        return QuantizeResult(model, {n: "fp16" for n in layers}, float_dtype="fp16", rounded=rounded)
 
     probe = QuantConfig(skip=tuple(skip))
-    unknown = [s for s in probe.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in linears)]
+    unknown = [s for s in probe.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in layers)]
     if unknown:
-        raise EdgevlaError(f"skip list names no nn.Linear: {', '.join(unknown)}")
-    chosen = [n for n in linears if not probe.skips(n)]
+        raise EdgevlaError(f"skip list names no nn.Linear or convolution: {', '.join(unknown)}")
+    chosen = [n for n, m in layers.items() if not probe.skips(n) and (fmt != "fp8" or not is_convolution(m))]
+    notes = ["fp8 is a Linear format: the convolutions stay float"] if fmt == "fp8" and any(
+        is_convolution(m) for m in layers.values()) else []
     table_names = round_tables(model) if tables else []  # before calibration: activations see the shipped tables
+    folded: list[FoldedNorm] = []
+    if any(is_convolution(layers[n]) for n in chosen):
+        example = tuple(batches[0]) if batches else tuple(
+            torch.from_numpy(a) for a in spec.example(batch=2, seed=0).values())
+        try:
+            folded = fold_batch_norms(model, example)
+        except EdgevlaError as e:  # untraceable: a BatchNorm could not be found, so no convolution is quantized
+            chosen = [n for n in chosen if not is_convolution(layers[n])]
+            notes.append(f"convolutions stay float: {e}")
+        layers = quantizable_layers(model)
     smoothed: list[str] = []
     amax: dict[str, float] = {}
     needs_activations = fmt in _ACTIVATION_FORMATS
@@ -161,27 +187,28 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         if needs_activations and chosen:
             amax = calibrate(model, batches, method, layers=chosen, **calibrator_options)
 
-    layers: dict[str, QuantConfig] = {}
+    configs: dict[str, QuantConfig] = {}
     groups: dict[str, int] = {}
     # Group scales follow fp16 storage; int8 and fp8 scales stay fp32 (one per channel, and TensorRT wants them so).
     int4_scales = "fp16" if float_dtype == "fp16" else "fp32"
     for name in chosen:
         if fmt == "w8a8":
-            layers[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
+            configs[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
         elif fmt == "fp8":
-            layers[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
-        elif fmt == "w8a16":
-            layers[name] = Int8WeightOnlyConfig()
+            configs[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
+        elif fmt == "w8a16" or is_convolution(layers[name]):
+            configs[name] = Int8WeightOnlyConfig()  # w4a16 too: int4 is a Linear format
         else:
-            g = layer_group_size(linears[name].in_features, group_size)
+            g = layer_group_size(layers[name].in_features, group_size)
             if g is None:  # no group size divides the input width: int8 weights, still weight-only
-                layers[name] = Int8WeightOnlyConfig()
+                configs[name] = Int8WeightOnlyConfig()
             else:
-                layers[name] = Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales)
+                configs[name] = Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales)
                 groups[name] = g
-    formats = quantize_(model, PerLayerConfig(layers=layers))
+    formats = quantize_(model, PerLayerConfig(layers=configs))
     rounded = round_float_storage(model, float_dtype)
-    return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names)
+    return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names,
+                          [f"{p.norm} -> {p.conv}" for p in folded], notes)
 
 
 # Modules that multiply by their 2-D parameters: those are weights (their rows want scales of their own), not
@@ -232,7 +259,7 @@ def round_float_storage(model: nn.Module, dtype: str) -> list[str]:
         raise EdgevlaError(f"unknown float storage type {dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
     if dtype == "fp32":
         return []
-    quantized = {n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+    quantized = {n for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)}
     rounded = []
     seen: set[int] = set()
     for kind, named in (("param", model.named_parameters(remove_duplicate=False)),

@@ -1,8 +1,9 @@
-"""Activation calibration: gather statistics of every ``nn.Linear`` input, pick clip ranges.
+"""Activation calibration: gather statistics of every quantizable layer's input, pick clip ranges.
 
-Statistics come from forward pre-hooks on the ``Linear`` modules while the
-model runs over calibration batches. Each observer keeps the exact running
-``amax`` (for minmax), the per-input-channel ``amax`` (for SmoothQuant) and a
+Statistics come from forward pre-hooks on the ``nn.Linear`` and convolution
+modules while the model runs over calibration batches. Each observer keeps the
+exact running ``amax`` (for minmax), the per-input-channel ``amax`` (for
+SmoothQuant; the last axis of a Linear's input, axis 1 of a convolution's) and a
 bounded, deterministic sample of ``|x|`` (for percentile, entropy and MSE),
 so memory stays fixed however many batches are fed.
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from ..errors import EdgevlaError
 from ..spec import PolicySpec
+from .fakequant import is_convolution, quantizable_layers
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 MAX_SAMPLES = 1 << 18  # |x| values kept per observed tensor
@@ -42,10 +44,12 @@ QUANT_LEVELS = 128  # positive int8 levels (0..127) used by the entropy search
 
 
 class ActivationObserver:
-    """Running statistics of one tensor: global and per-channel ``amax``, a sample of ``|x|``."""
+    """Running statistics of one tensor: global and per-channel ``amax`` (channels on ``channel_axis``),
+    a sample of ``|x|``."""
 
-    def __init__(self, max_samples: int = MAX_SAMPLES):
+    def __init__(self, max_samples: int = MAX_SAMPLES, channel_axis: int = -1):
         self.max_samples = max_samples
+        self.channel_axis = channel_axis
         self.amax = 0.0
         self.channel_amax: torch.Tensor | None = None
         self._samples: list[torch.Tensor] = []
@@ -58,7 +62,8 @@ class ActivationObserver:
             raise EdgevlaError("calibration saw inf or NaN activations; check the calibration data")
         a = x.abs()
         self.amax = max(self.amax, float(a.max())) if a.numel() else self.amax
-        ch = a.reshape(-1, a.shape[-1]).amax(dim=0)
+        channels = a.movedim(self.channel_axis, -1) if a.ndim > 1 else a
+        ch = channels.reshape(-1, channels.shape[-1]).amax(dim=0)
         self.channel_amax = ch if self.channel_amax is None else torch.maximum(self.channel_amax, ch)
         flat = a.reshape(-1)
         self.count += flat.numel()
@@ -170,21 +175,17 @@ def clip_value(obs: ActivationObserver, method: str = "minmax", **options) -> fl
 # --------------------------------------------------------------------------- observing a model
 
 
-def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` (including subclasses) by qualified name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-
-
-def observe_linear_inputs(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
-                          layers: Iterable[str] | None = None,
-                          max_samples: int = MAX_SAMPLES) -> dict[str, ActivationObserver]:
-    """Run ``model`` over ``batches`` and record the input of each chosen ``nn.Linear``."""
-    available = linear_layers(model)
+def observe_layer_inputs(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
+                         layers: Iterable[str] | None = None,
+                         max_samples: int = MAX_SAMPLES) -> dict[str, ActivationObserver]:
+    """Run ``model`` over ``batches`` and record the input of each chosen ``nn.Linear`` or convolution
+    (:func:`~edgevla.quant.fakequant.quantizable_layers`)."""
+    available = quantizable_layers(model)
     names = list(available) if layers is None else list(layers)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise EdgevlaError(f"no nn.Linear named {', '.join(unknown)} in {type(model).__name__}")
-    observers = {n: ActivationObserver(max_samples) for n in names}
+        raise EdgevlaError(f"no nn.Linear or convolution named {', '.join(unknown)} in {type(model).__name__}")
+    observers = {n: ActivationObserver(max_samples, 1 if is_convolution(available[n]) else -1) for n in names}
 
     def hook_for(name: str):
         def hook(_module, args):
@@ -214,10 +215,10 @@ def observe_linear_inputs(model: nn.Module, batches: Iterable[tuple[torch.Tensor
 
 def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], method: str = "minmax",
               layers: Iterable[str] | None = None, **options) -> dict[str, float]:
-    """``{linear name: input clip value}`` for every (or every chosen) ``nn.Linear``."""
+    """``{layer name: input clip value}`` for every (or every chosen) ``nn.Linear`` and convolution."""
     if method not in CALIBRATORS:
         raise EdgevlaError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
-    observers = observe_linear_inputs(model, batches, layers)
+    observers = observe_layer_inputs(model, batches, layers)
     return {name: clip_value(obs, method, **options) for name, obs in observers.items()}
 
 

@@ -1,4 +1,4 @@
-"""Fake-quant Linear layers and the ``quantize_(model, config)`` API.
+"""Fake-quant Linear and convolution layers and the ``quantize_(model, config)`` API.
 
 A fake-quant layer computes in float what the deployed integer kernel
 computes: its weight is the dequantized int8 / int4 weight, and under W8A8
@@ -9,15 +9,21 @@ the Q/DQ ONNX model (:mod:`edgevla.export.qdq`) must reproduce.
 Configs follow torchao's ``<Activation><Weight>Config`` naming:
 
 * :class:`Int8StaticActivationInt8WeightConfig` — W8A8: int8 per-channel
-  weights, a static per-tensor int8 scale on each Linear's input.
+  weights, a static per-tensor int8 scale on each layer's input.
 * :class:`Int8WeightOnlyConfig` — W8A16: int8 per-channel weights, float activations.
 * :class:`Int4WeightOnlyConfig` — W4A16: int4 weights in groups of 32/64/128.
 * :class:`Float8StaticActivationFloat8WeightConfig` — FP8 E4M3 weights
   (per channel) and activations (static per tensor), for targets with fp8.
 
-Every config takes ``skip``: Linear names (exact, or a prefix ending in
+The layers are ``nn.Linear`` and the forward convolutions ``nn.Conv1d/2d/3d``
+(any groups, stride, dilation or padding mode), whose per-channel scales are
+one per filter. The two int8 configs take both; int4 and fp8 take Linears only
+(TensorRT runs no int4 convolution, and edgevla does not export fp8 ones), so
+under them a convolution stays float.
+
+Every config takes ``skip``: layer names (exact, or a prefix ending in
 ``.``) that stay in floating point (fp16 on the device).
-:class:`PerLayerConfig` gives each named Linear its own config (mixed
+:class:`PerLayerConfig` gives each named layer its own config (mixed
 precision, or int4 group sizes that differ by layer).
 
 Quantization-aware training: in :func:`qat_mode` every fake-quant layer
@@ -41,6 +47,8 @@ from ..errors import EdgevlaError
 from .primitives import (
     FP8_E4M3_MAX,
     GROUP_SIZES,
+    channel_amax,
+    per_channel,
     Int4GroupedWeight,
     Int8Weight,
     activation_scale,
@@ -121,25 +129,22 @@ class PerLayerConfig(QuantConfig):
 # --------------------------------------------------------------------------- modules
 
 
-class FakeQuantLinear(nn.Linear):
-    """Base: an ``nn.Linear`` that keeps its float weight and computes with a quantized one.
+class FakeQuantLayer(nn.Module):
+    """Base: a layer that keeps its float weight and computes with a quantized one.
 
     The float ``weight`` stays a parameter so the module still exports (in
     :func:`float_mode`) as the plain float graph whose initializers
-    :mod:`edgevla.export.qdq` replaces by the quantized ones.
+    :mod:`edgevla.export.qdq` replaces by the quantized ones. Subclasses
+    give the operation (:meth:`_compute`: a Linear's or a convolution's) and
+    the format (what the weight and the input become).
     """
 
     format_name = "float"
+    float_mode: bool
+    qat: bool
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                         device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            self.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                self.bias.copy_(linear.bias)
-        self.float_mode = False
-        self.qat = False
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def quantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -162,10 +167,10 @@ class FakeQuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.float_mode:
-            return F.linear(x, self.weight, self.bias)
+            return self._compute(x, self.weight)
         if self.qat:
-            return F.linear(self.training_input(x), self.training_weight().to(x.dtype), self.bias)
-        return F.linear(self.quantize_input(x), self.quantized_weight().to(x.dtype), self.bias)
+            return self._compute(self.training_input(x), self.training_weight().to(x.dtype))
+        return self._compute(self.quantize_input(x), self.quantized_weight().to(x.dtype))
 
     def shipped_bytes(self) -> int:
         """Bytes the exported layer stores: quantized weight, scales and bias.
@@ -184,14 +189,68 @@ class FakeQuantLinear(nn.Linear):
         return f"{super().extra_repr()}, format={self.format_name}"
 
 
-class Int8WeightLinear(FakeQuantLinear):
-    """W8A16: int8 per-output-channel weights."""
+class FakeQuantLinear(FakeQuantLayer, nn.Linear):
+    """An ``nn.Linear`` computing with its quantized weight (the format comes from a subclass)."""
+
+    def __init__(self, linear: nn.Linear):
+        nn.Linear.__init__(self, linear.in_features, linear.out_features, bias=linear.bias is not None,
+                           device=linear.weight.device, dtype=linear.weight.dtype)
+        _copy_parameters(self, linear)
+
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
+
+
+#: The convolutions the fake-quant layers replace, by number of spatial dimensions.
+CONVOLUTIONS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def is_convolution(module: nn.Module) -> bool:
+    """A forward convolution of 1-3 spatial dims (``nn.Conv1d/2d/3d``, or a fake-quant one); not a transposed one."""
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and len(module.kernel_size) in (1, 2, 3)
+
+
+class FakeQuantConv(FakeQuantLayer, nn.modules.conv._ConvNd):
+    """An ``nn.Conv1d/2d/3d`` computing with its quantized weight: per output channel (filter) scales.
+
+    The same attributes, parameter names and ``F.convNd`` call as the module it
+    replaces, so its float-mode export is the float model's ``Conv`` node.
+    """
+
+    def __init__(self, conv: nn.modules.conv._ConvNd):
+        if not is_convolution(conv):
+            raise EdgevlaError(f"{type(conv).__name__} is not a 1-3 d forward convolution")
+        nn.modules.conv._ConvNd.__init__(
+            self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            False, conv.output_padding, conv.groups, conv.bias is not None, conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype)
+        _copy_parameters(self, conv)
+
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        conv = _CONV_FUNCTIONS[len(self.kernel_size)]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _copy_parameters(new: nn.Module, old: nn.Module) -> None:
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.float_mode = False
+    new.qat = False
+
+
+class Int8Weights:
+    """Format mixin, W8A16: int8 weights, one scale per output channel (a Linear's row, a convolution's filter)."""
 
     format_name = "w8a16"
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
-        q = Int8Weight.from_hp(linear.weight)
+    def _quantize_weight(self) -> None:
+        q = Int8Weight.from_hp(self.weight)
         self.register_buffer("weight_qdata", q.qdata)
         self.register_buffer("weight_scale", q.scale)
 
@@ -203,8 +262,8 @@ class Int8WeightLinear(FakeQuantLinear):
         return self.int8_weight.dequantize()
 
     def training_weight(self) -> torch.Tensor:
-        scale = scale_from_amax(self.weight.detach().abs().amax(dim=1), INT8_MAX)
-        return fake_quantize_ste(self.weight, scale[:, None])
+        scale = scale_from_amax(channel_amax(self.weight.detach()), INT8_MAX)
+        return fake_quantize_ste(self.weight, per_channel(scale, self.weight.ndim))
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -213,13 +272,12 @@ class Int8WeightLinear(FakeQuantLinear):
         self.weight_scale.copy_(q.scale)
 
 
-class Int8ActivationInt8WeightLinear(Int8WeightLinear):
-    """W8A8: int8 weights and a static per-tensor int8 scale on the input."""
+class StaticInt8Input:
+    """Format mixin, the A8 of W8A8: the input rounded to a static per-tensor int8 grid."""
 
     format_name = "w8a8"
 
-    def __init__(self, linear: nn.Linear, input_amax: float):
-        super().__init__(linear)
+    def _set_input_scale(self, input_amax: float) -> None:
         self.register_buffer("input_scale", torch.tensor(activation_scale(float(input_amax)), dtype=torch.float32))
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +285,38 @@ class Int8ActivationInt8WeightLinear(Int8WeightLinear):
 
     def training_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize_ste(x, self.input_scale)
+
+
+class Int8WeightLinear(Int8Weights, FakeQuantLinear):
+    """W8A16 Linear: int8 per-output-channel weights."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        self._quantize_weight()
+
+
+class Int8ActivationInt8WeightLinear(StaticInt8Input, Int8WeightLinear):
+    """W8A8 Linear: int8 weights and a static per-tensor int8 scale on the input."""
+
+    def __init__(self, linear: nn.Linear, input_amax: float):
+        super().__init__(linear)
+        self._set_input_scale(input_amax)
+
+
+class Int8WeightConv(Int8Weights, FakeQuantConv):
+    """W8A16 convolution: int8 weights, one scale per filter."""
+
+    def __init__(self, conv: nn.modules.conv._ConvNd):
+        super().__init__(conv)
+        self._quantize_weight()
+
+
+class Int8ActivationInt8WeightConv(StaticInt8Input, Int8WeightConv):
+    """W8A8 convolution: int8 filters and a static per-tensor int8 scale on the input."""
+
+    def __init__(self, conv: nn.modules.conv._ConvNd, input_amax: float):
+        super().__init__(conv)
+        self._set_input_scale(input_amax)
 
 
 class Int4WeightLinear(FakeQuantLinear):
@@ -306,61 +396,81 @@ class Float8Linear(FakeQuantLinear):
 # --------------------------------------------------------------------------- API
 
 
-def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
-    """Swap, in place, every ``nn.Linear`` of ``model`` for its fake-quant version.
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Linear`` and forward convolution (``nn.Conv1d/2d/3d``) of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_convolution(m)}
 
-    Returns ``{linear name: format}`` for every Linear, ``"float"`` for the
-    skipped ones. Activation configs need a clip value for every Linear they
+
+def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
+    """Swap, in place, every ``nn.Linear`` and convolution of ``model`` for its fake-quant version.
+
+    Returns ``{layer name: format}`` for every such layer, ``"float"`` for the
+    skipped ones and for convolutions under a config they do not take (int4
+    and fp8 are Linear formats: a convolution gets int8 weights or stays
+    float). Activation configs need a clip value for every layer they
     quantize (from :func:`edgevla.quant.calibrate.calibrate`).
     """
     if not isinstance(model, nn.Module):
         raise EdgevlaError(f"quantize_ takes a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, QuantConfig):
         raise EdgevlaError(f"quantize_ needs a quantization config, got {type(config).__name__}")
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    already = [n for n, m in linears.items() if isinstance(m, FakeQuantLinear)]
+    layers = quantizable_layers(model)
+    already = [n for n, m in layers.items() if isinstance(m, FakeQuantLayer)]
     if already:
         raise EdgevlaError(f"{type(model).__name__} is already quantized ({already[0]}); quantize the float model")
-    unknown = [s for s in config.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in linears)]
+    unknown = [s for s in config.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in layers)]
     if unknown:
-        raise EdgevlaError(f"skip list names no nn.Linear: {', '.join(unknown)}")
+        raise EdgevlaError(f"skip list names no nn.Linear or convolution: {', '.join(unknown)}")
     if isinstance(config, PerLayerConfig):
-        strangers = [n for n in config.layers if n not in linears]
+        strangers = [n for n in config.layers if n not in layers]
         if strangers:
-            raise EdgevlaError(f"per-layer config names no nn.Linear: {', '.join(strangers[:5])}")
-        plan = {n: c for n in linears if (c := config.for_layer(n)) is not None}
+            raise EdgevlaError(f"per-layer config names no nn.Linear or convolution: {', '.join(strangers[:5])}")
+        plan = {n: c for n in layers if (c := config.for_layer(n)) is not None}
+        refused = [n for n, c in plan.items() if is_convolution(layers[n]) and not _takes_convolutions(c)]
+        if refused:
+            raise EdgevlaError(f"convolution {refused[0]}: {type(plan[refused[0]]).__name__} is a Linear format; "
+                               "convolutions take int8 weights (w8a8 or w8a16) or stay float")
     else:
-        plan = {n: config for n in linears if not config.skips(n)}
+        plan = {n: config for n, m in layers.items() if not config.skips(n)
+                and (not is_convolution(m) or _takes_convolutions(config))}
     missing = [n for n, c in plan.items() if getattr(c, "activation_amax", None) is not None
                and n not in c.activation_amax]
     if missing:
         raise EdgevlaError(f"no calibrated activation range for {', '.join(missing[:5])}"
                            f"{' and more' if len(missing) > 5 else ''}; calibrate the model first")
-    formats = {n: "float" for n in linears}
+    formats = {n: "float" for n in layers}
     for name, layer_config in plan.items():
-        new = _fake_quant_for(linears[name], layer_config, name)
+        new = _fake_quant_for(layers[name], layer_config, name)
         _set_submodule(model, name, new)
         formats[name] = new.format_name
     return formats
 
 
-def _fake_quant_for(linear: nn.Linear, config: QuantConfig, name: str) -> FakeQuantLinear:
+def _takes_convolutions(config: QuantConfig) -> bool:
+    return isinstance(config, (Int8StaticActivationInt8WeightConfig, Int8WeightOnlyConfig))
+
+
+def _fake_quant_for(layer: nn.Module, config: QuantConfig, name: str) -> FakeQuantLayer:
+    if is_convolution(layer):
+        if isinstance(config, Int8StaticActivationInt8WeightConfig):
+            return Int8ActivationInt8WeightConv(layer, config.activation_amax[name])
+        return Int8WeightConv(layer)
     if isinstance(config, Int8StaticActivationInt8WeightConfig):
-        return Int8ActivationInt8WeightLinear(linear, config.activation_amax[name])
+        return Int8ActivationInt8WeightLinear(layer, config.activation_amax[name])
     if isinstance(config, Int8WeightOnlyConfig):
-        return Int8WeightLinear(linear)
+        return Int8WeightLinear(layer)
     if isinstance(config, Int4WeightOnlyConfig):
-        if linear.in_features % config.group_size:
+        if layer.in_features % config.group_size:
             raise EdgevlaError(f"{name}: int4 group size {config.group_size} does not divide its "
-                               f"{linear.in_features} input channels; skip the layer or pick another group size")
-        return Int4WeightLinear(linear, config.group_size, config.scale_dtype)
+                               f"{layer.in_features} input channels; skip the layer or pick another group size")
+        return Int4WeightLinear(layer, config.group_size, config.scale_dtype)
     if isinstance(config, Float8StaticActivationFloat8WeightConfig):
-        return Float8Linear(linear, config.activation_amax[name])
+        return Float8Linear(layer, config.activation_amax[name])
     raise EdgevlaError(f"unsupported quantization config {type(config).__name__}")
 
 
 def restore_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """Swap, in place, the Linears whose saved state is a fake-quant layer's, so ``state_dict`` loads.
+    """Swap, in place, the layers whose saved state is a fake-quant layer's, so ``state_dict`` loads.
 
     The inverse of :func:`quantize_` for a saved model (a bundle's
     ``weights.safetensors``): each layer's format is read off the tensors it
@@ -371,25 +481,34 @@ def restore_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     swapped layers.
     """
     formats = {}
-    for name, linear in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
+    for name, layer in [(n, m) for n, m in quantizable_layers(model).items() if not isinstance(m, FakeQuantLayer)]:
         codes, weight = state_dict.get(f"{name}.weight_qdata"), state_dict.get(f"{name}.weight")
         has_input_scale = f"{name}.input_scale" in state_dict
         if codes is None and not has_input_scale:
             continue
         if weight is None or f"{name}.weight_scale" not in state_dict:
             raise EdgevlaError(f"{name}: the saved quantized layer lacks its float weight or weight scale")
-        like = _shaped_like(linear, weight)
+        if is_convolution(layer):
+            if codes is None or codes.dtype != torch.int8 or tuple(codes.shape) != tuple(layer.weight.shape):
+                raise EdgevlaError(f"{name}: the saved convolution is not int8 codes of its weight's shape "
+                                   f"{tuple(layer.weight.shape)}")
+            new: FakeQuantLayer = (Int8ActivationInt8WeightConv(layer, 1.0) if has_input_scale
+                                   else Int8WeightConv(layer))
+            _set_submodule(model, name, new)
+            formats[name] = new.format_name
+            continue
+        layer = _shaped_like(layer, weight)
         if codes is None:
-            new: FakeQuantLinear = Float8Linear(like, 1.0)
+            new = Float8Linear(layer, 1.0)
         elif codes.dtype == torch.uint8:
             groups = state_dict[f"{name}.weight_scale"].shape[-1]
             if groups < 1 or weight.shape[1] % groups:
                 raise EdgevlaError(f"{name}: {groups} int4 scale groups do not divide {weight.shape[1]} inputs")
-            new = Int4WeightLinear(like, weight.shape[1] // groups)
+            new = Int4WeightLinear(layer, weight.shape[1] // groups)
         elif has_input_scale:
-            new = Int8ActivationInt8WeightLinear(like, 1.0)
+            new = Int8ActivationInt8WeightLinear(layer, 1.0)
         else:
-            new = Int8WeightLinear(like)
+            new = Int8WeightLinear(layer)
         _set_submodule(model, name, new)
         formats[name] = new.format_name
     return formats
@@ -408,8 +527,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def quantized_layers(model: nn.Module) -> dict[str, FakeQuantLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+def quantized_layers(model: nn.Module) -> dict[str, FakeQuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)}
 
 
 @contextlib.contextmanager
@@ -450,8 +569,10 @@ def float_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 __all__ = [
-    "FP8_E4M3_MAX", "FakeQuantLinear", "Float8Linear", "Float8StaticActivationFloat8WeightConfig",
-    "Int4WeightLinear", "Int4WeightOnlyConfig", "Int8ActivationInt8WeightLinear",
-    "Int8StaticActivationInt8WeightConfig", "Int8WeightLinear", "Int8WeightOnlyConfig", "PerLayerConfig",
-    "QuantConfig", "float_mode", "qat_mode", "quantize_", "quantized_layers", "refresh_quantized",
+    "CONVOLUTIONS", "FP8_E4M3_MAX", "FakeQuantConv", "FakeQuantLayer", "FakeQuantLinear", "Float8Linear",
+    "Float8StaticActivationFloat8WeightConfig", "Int4WeightLinear", "Int4WeightOnlyConfig",
+    "Int8ActivationInt8WeightConv", "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig",
+    "Int8WeightConv", "Int8WeightLinear", "Int8WeightOnlyConfig", "Int8Weights", "PerLayerConfig", "QuantConfig",
+    "StaticInt8Input", "float_mode", "is_convolution", "qat_mode", "quantizable_layers", "quantize_",
+    "quantized_layers", "refresh_quantized", "restore_quantized",
 ]

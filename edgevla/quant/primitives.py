@@ -11,8 +11,9 @@ compute the same numbers):
   chosen from ``amax / 127`` (``amax / 7``) so in-range values never reach the
   asymmetric end.
 * **Weights** are quantized per output channel (row ``i`` of a ``Linear``
-  weight ``(out, in)`` has its own scale); int4 per group of ``group_size``
-  consecutive input channels within a row.
+  weight ``(out, in)``, or filter ``i`` of a convolution weight
+  ``(out, in / groups, *kernel)``, has its own scale); int4 per group of
+  ``group_size`` consecutive input channels within a row (Linear only).
 * **Activations** use one static per-tensor scale from calibration.
 
 Containers follow torchao's vocabulary — ``qdata`` / ``scale`` /
@@ -98,9 +99,20 @@ def sqnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- int8 weights / activations
 
 
+def channel_amax(weight: torch.Tensor) -> torch.Tensor:
+    """``max |w|`` of each output channel (axis 0) of a weight of any rank >= 2, shape ``(out,)``."""
+    return weight.abs().flatten(1).amax(dim=1)
+
+
+def per_channel(scale: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(out,)`` scales shaped to broadcast over a weight of rank ``ndim`` along axis 0."""
+    return scale.reshape(-1, *([1] * (ndim - 1)))
+
+
 @dataclass(frozen=True)
 class Int8Weight:
-    """A symmetric int8 weight, one scale per output channel (axis 0 of ``(out, in)``)."""
+    """A symmetric int8 weight, one scale per output channel: axis 0 of a Linear's ``(out, in)``
+    or of a convolution's ``(out, in / groups, *kernel)``."""
 
     qdata: torch.Tensor  # int8, same shape as the weight
     scale: torch.Tensor  # float32, (out,)
@@ -111,12 +123,12 @@ class Int8Weight:
 
     @classmethod
     def from_hp(cls, weight: torch.Tensor) -> "Int8Weight":
-        w = _check_weight(weight)
-        scale = scale_from_amax(w.abs().amax(dim=1), INT8_MAX)
-        return cls(quantize(w, scale[:, None]), scale)
+        w = _check_weight(weight, any_rank=True)
+        scale = scale_from_amax(channel_amax(w), INT8_MAX)
+        return cls(quantize(w, per_channel(scale, w.ndim)), scale)
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.qdata, self.scale[:, None])
+        return dequantize(self.qdata, per_channel(self.scale, self.qdata.ndim))
 
     @property
     def nbytes(self) -> int:
@@ -271,9 +283,11 @@ def fake_quantize_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Ten
     return (y.float() * scale).to(x.dtype)
 
 
-def _check_weight(weight: torch.Tensor) -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise EdgevlaError(f"expected a 2-D (out, in) weight, got {getattr(weight, 'shape', type(weight).__name__)}")
+def _check_weight(weight: torch.Tensor, any_rank: bool = False) -> torch.Tensor:
+    """``weight`` as float32: 2-D ``(out, in)``, or with ``any_rank`` a convolution's ``(out, in, *kernel)`` too."""
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or (weight.ndim != 2 and not any_rank):
+        what = "an (out, in, ...)" if any_rank else "a 2-D (out, in)"
+        raise EdgevlaError(f"expected {what} weight, got {getattr(weight, 'shape', type(weight).__name__)}")
     w = weight.detach().float()
     if not torch.isfinite(w).all():
         raise EdgevlaError("cannot quantize a weight holding inf or NaN")

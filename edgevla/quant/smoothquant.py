@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgevlaError
-from .calibrate import observe_linear_inputs
+from .calibrate import observe_layer_inputs
 
 _LAYER_NORM = "aten.layer_norm.default"
 _LINEAR = "aten.linear.default"
@@ -52,16 +52,7 @@ class Refusal:
 def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[SmoothGroup], list[Refusal]]:
     """LayerNorm → Linear groups where SmoothQuant's fold is exact, and the LayerNorms refused."""
     modules = dict(model.named_modules())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            program = torch.export.export(model, tuple(example), strict=False)
-    except Exception as e:  # torch.export raises many types; the user needs one line
-        raise EdgevlaError(f"SmoothQuant could not trace {type(model).__name__}: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    finally:
-        model.train(was_training)
+    program = trace_program(model, example, "SmoothQuant")
 
     norm_calls: dict[str, list[torch.fx.Node]] = {}
     linear_inputs: dict[str, list[torch.fx.Node]] = {}
@@ -151,7 +142,7 @@ def smooth_quant(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], 
     if not groups:
         return {"groups": [], "refused": refused, "scales": {}}
     first_linears = [g.linears[0] for g in groups]
-    observers = observe_linear_inputs(model, batches, first_linears)
+    observers = observe_layer_inputs(model, batches, first_linears)
     modules = dict(model.named_modules())
     scales: dict[str, torch.Tensor] = {}
     for g in groups:
@@ -160,6 +151,20 @@ def smooth_quant(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], 
         fold_smoothing(model, g, s)
         scales[g.norm] = s
     return {"groups": groups, "refused": refused, "scales": scales}
+
+
+def trace_program(model: nn.Module, example: tuple[torch.Tensor, ...], purpose: str) -> torch.export.ExportedProgram:
+    """``model`` traced by ``torch.export`` in eval mode (its mode restored); a failure is one line naming ``purpose``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, tuple(example), strict=False)
+    except Exception as e:  # torch.export raises many types; the user needs one line
+        raise EdgevlaError(f"{purpose} could not trace {type(model).__name__}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        model.train(was_training)
 
 
 def _owner(node: torch.fx.Node) -> str:

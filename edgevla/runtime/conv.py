@@ -18,8 +18,10 @@ layer rules choose, our int8 GEMM at the default precision, and it is listed
 in the plan like any other linear layer. Pooling reduces over the same window view.
 Semantics follow the ONNX specification (``auto_pad``, ``ceil_mode``,
 ``count_include_pad``, dilations, groups), checked against ONNX Runtime in
-``tests/test_runtime_ops.py``. Float32 only: these layers stay float in every
-edgevla quantization format.
+``tests/test_runtime_ops.py``. A Q/DQ convolution (edgevla's w8a8: int8
+filters and a static int8 input) runs as a :class:`ConvLayer` on the
+graph's int8 codes, its windows gathered in int8; pooling and the
+normalizations are float32.
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ class ConvLayer:
     input), views the padded result as windows ``(N, *out, *kernel, C)`` and gathers them into
     one row per output position, contiguous runs of ``C`` (or ``kernel width x C``) values,
     then runs the layer's kernel on the rows (``int8-dynamic`` at the default precision: each
-    row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul), bias and ReLU in its
-    epilogue, and moves the output's channels back.
+    row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul; ``int8-static``: the
+    input arrives as the graph's int8 codes, padded with code 0, the zero point), bias and
+    ReLU in its epilogue, and moves the output's channels back.
     """
 
     def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
@@ -146,11 +149,7 @@ class ConvLayer:
             raise _fail(c, f"input of shape {x.shape} does not fit a {n}-d kernel {self.kernel} over "
                            f"{self.layer.k // math.prod(self.kernel)} channels")
         strides, dilations, begin, end, out = _geometry(c, x.shape[2:], self.kernel)
-        last = np.moveaxis(x, 1, -1)  # (N, *spatial, C)
-        if any(begin) or any(end):
-            last = np.pad(last, [(0, 0), *zip(begin, end), (0, 0)])
-        else:
-            last = np.ascontiguousarray(last)
+        last = _channels_last_padded(x, begin, end)  # (N, *padded spatial, C)
         st = last.strides
         view = as_strided(last, (last.shape[0], *out, *self.kernel, last.shape[-1]),
                           (st[0], *(st[1 + i] * strides[i] for i in range(n)),
@@ -160,9 +159,22 @@ class ConvLayer:
         return np.ascontiguousarray(np.moveaxis(y, -1, 1))
 
 
-def conv_matrix(w: np.ndarray) -> np.ndarray:
-    """A convolution weight ``(M, C, *kernel)`` as the ``(M, kernel x C)`` matrix :class:`ConvLayer` multiplies."""
-    return np.ascontiguousarray(np.moveaxis(w, 1, -1).reshape(w.shape[0], -1), dtype=np.float32)
+def _channels_last_padded(x: np.ndarray, begin, end) -> np.ndarray:
+    """``x`` (N, C, *spatial) as (N, *spatial, C) with zeros (code 0, the zero point, for int8) around the
+    spatial dims: one strided copy into a zeroed buffer (``np.pad`` after ``moveaxis`` made two, and its
+    Python overhead was a quarter of a small ResNet's convolution time)."""
+    n = x.ndim - 2
+    spatial = x.shape[2:]
+    padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), x.shape[1]), x.dtype)
+    inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, spatial)), slice(None))
+    padded[inner] = x.transpose(0, *range(2, 2 + n), 1)
+    return padded
+
+
+def conv_matrix(w: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """A convolution weight ``(M, C, *kernel)`` (or its int8 codes) as the ``(M, kernel x C)`` matrix
+    :class:`ConvLayer` multiplies."""
+    return np.ascontiguousarray(np.moveaxis(w, 1, -1).reshape(w.shape[0], -1), dtype=dtype)
 
 
 def _pool_attrs(c: OpContext, x: np.ndarray):

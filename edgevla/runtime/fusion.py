@@ -28,10 +28,11 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    Then int8 layers that read the same value with the same kernel and
    epilogue (q, k and v) are stacked into one layer, one GEMM
    (:mod:`.siblings`), each reading its columns of the output as a view.
-   A ``Conv`` of one group with a constant float weight (and a ``Relu`` only
+   A ``Conv`` of one group with a constant weight (and a ``Relu`` only
    it feeds) becomes one ``edgevla.Conv`` node run by a linear layer over its
    input's windows (:class:`~.conv.ConvLayer`), on the kernel the same rules
-   choose.
+   choose: a Q/DQ convolution (int8 filters, a static int8 input) reads the
+   ``QuantizeLinear``'s codes and gathers its windows in int8.
 3. **Shared activation quantization**: when several dynamic int8 layers
    read the same activation (q, k and v), one ``edgevla.QuantizePerToken``
    node quantizes it once and each layer reads its codes and scales; the
@@ -54,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import fuse_attention
-from .graph import Graph, Node
+from .graph import Graph, Node, QuantizedConstant
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
 from .norms import fuse_layer_norm_quantize
@@ -243,7 +244,11 @@ def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> No
 
 
 def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None:
-    """Every one-group ``Conv`` with a constant float weight (and bias), and a ReLU only it feeds, as a layer."""
+    """Every one-group ``Conv`` with a constant weight (and bias), and a ReLU only it feeds, as a layer.
+
+    A weight the graph dequantizes from int8 codes, one scale per filter, keeps its codes; when the
+    input then passes a static int8 ``QuantizeLinear → DequantizeLinear`` pair, the layer reads the
+    pair's int8 codes (the windows are gathered in int8) and computes ``int8-static``."""
     view = _View(graph)
     for node in list(graph.nodes):
         w = view.const(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
@@ -261,11 +266,30 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
             out, activation = reader.outputs[0], "relu"
         name = _layer_name(node.inputs[1])
         weight = LinearWeight(name, conv_matrix(w))
-        layer = LinearSpec(name, weight, bias, activation, None).build(precision, arena)
+        codes = _filter_codes(graph.quantized.get(node.inputs[1]), w.shape[0])
+        static_scale, layer_input = None, node.inputs[0]
+        if codes is not None:
+            weight.codes, weight.scale = conv_matrix(codes[0], np.int8), codes[1]
+            quantized_input = _static_int8_input(view, node.inputs[0])
+            if quantized_input is not None:
+                layer_input, static_scale = quantized_input
+        layer = LinearSpec(name, weight, bias, activation, static_scale).build(precision, arena)
         context = OpContext(dict(node.attrs), (), graph.opset, 1, node.describe())
-        _replace(graph, absorbed, Node(name, CONV_OP, (node.inputs[0],), (out,),
+        _replace(graph, absorbed, Node(name, CONV_OP, (layer_input,), (out,),
                                        {"conv": ConvLayer(context, kernel, layer)}))
         view.refresh()
+
+
+def _filter_codes(quantized: QuantizedConstant | None, filters: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 codes, one scale per filter) of a convolution weight dequantized per output channel, zero point 0."""
+    if quantized is None or quantized.bits != 8 or not quantized.symmetric() or quantized.block_size:
+        return None
+    scale = np.asarray(quantized.scale, np.float32).reshape(-1)
+    if scale.size == 1:
+        scale = np.full(filters, scale[0], np.float32)
+    elif quantized.axis != 0 or scale.size != filters:
+        return None
+    return quantized.codes, np.ascontiguousarray(scale)
 
 
 def _share_token_quantization(graph: Graph) -> None:
