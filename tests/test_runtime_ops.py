@@ -85,7 +85,7 @@ CASES = [
     *[Case(op, {"x": x234}, atol=atol) for op, atol in (
         ("Neg", 0), ("Abs", 0), ("Exp", 1e-6), ("Tanh", 1e-6), ("Sigmoid", 1e-6), ("Relu", 0),
         ("Reciprocal", 1e-5), ("Floor", 0), ("Ceil", 0), ("Round", 0), ("Sin", 1e-6), ("Cos", 1e-6),
-        ("Sign", 0), ("Erf", 1e-6), ("Softplus", 1e-6), ("HardSwish", 1e-6), ("Identity", 0))],
+        ("Sign", 0), ("Erf", 1e-6), ("Softplus", 1e-6), ("Mish", 1e-6), ("HardSwish", 1e-6), ("Identity", 0))],
     *[Case(op, {"x": pos}, atol=1e-6) for op in ("Sqrt", "Log")],
     Case("LeakyRelu", {"x": x234}, attrs={"alpha": 0.1}),
     Case("Elu", {"x": x234}, attrs={"alpha": 0.7}, atol=1e-6),
@@ -253,7 +253,11 @@ def test_op_matches_onnxruntime(case):
 
 
 def test_every_registered_op_has_a_case():
-    covered = {c.op for c in CASES}
+    from edgevla.runtime.conv import CHANNELS_LAST_POOLS
+    from edgevla.runtime.layout import TO_CHANNELS_FIRST_OP
+
+    # The channels-last forms are checked against these cases' ops in test_runtime_layout.py.
+    covered = {c.op for c in CASES} | set(CHANNELS_LAST_POOLS.values()) | {TO_CHANNELS_FIRST_OP}
     assert set(supported_ops()) - covered == set()
 
 

@@ -132,42 +132,51 @@ class ConvLayer:
 
     The layer's ``(M, kernel x C)`` matrix is the weight ``(M, C, *kernel)`` with its channels
     last (:func:`conv_matrix`). Each call moves the input's channels last (one copy of the
-    input), views the padded result as windows ``(N, *out, *kernel, C)`` and gathers them into
-    one row per output position, contiguous runs of ``C`` (or ``kernel width x C``) values,
-    then runs the layer's kernel on the rows (``int8-dynamic`` at the default precision: each
-    row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul; ``int8-static``: the
-    input arrives as the graph's int8 codes, padded with code 0, the zero point), bias and
-    ReLU in its epilogue, and moves the output's channels back.
+    input, padded on the way), views the result as windows ``(N, *out, *kernel, C)`` and
+    gathers them into one row per output position, contiguous runs of ``C`` (or ``kernel
+    width x C``) values, then runs the layer's kernel on the rows (``int8-dynamic`` at the
+    default precision: each row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul;
+    ``int8-static``: the input arrives as the graph's int8 codes, padded with code 0, the
+    zero point), bias and ReLU in its epilogue, and moves the output's channels back.
+
+    :mod:`.layout` sets ``input_last`` / ``output_last`` where the values around the layer are
+    kept channels last, ``(N, *spatial, C)``: then the input needs no transpose (a 1x1
+    convolution of stride 1 no copy at all) and the output stays as the GEMM wrote it.
     """
 
     def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
         self.context, self.kernel, self.layer = context, kernel, layer
+        self.input_last = self.output_last = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         c, n = self.context, len(self.kernel)
-        if x.ndim != n + 2 or x.shape[1] * math.prod(self.kernel) != self.layer.k:
+        channels, spatial = (x.shape[-1], x.shape[1:-1]) if self.input_last else (x.shape[1], x.shape[2:])
+        if x.ndim != n + 2 or channels * math.prod(self.kernel) != self.layer.k:
             raise _fail(c, f"input of shape {x.shape} does not fit a {n}-d kernel {self.kernel} over "
                            f"{self.layer.k // math.prod(self.kernel)} channels")
-        strides, dilations, begin, end, out = _geometry(c, x.shape[2:], self.kernel)
-        last = _channels_last_padded(x, begin, end)  # (N, *padded spatial, C)
+        strides, dilations, begin, end, out = _geometry(c, spatial, self.kernel)
+        last = _channels_last_padded(x, begin, end, self.input_last)  # (N, *padded spatial, C)
         st = last.strides
         view = as_strided(last, (last.shape[0], *out, *self.kernel, last.shape[-1]),
                           (st[0], *(st[1 + i] * strides[i] for i in range(n)),
                            *(st[1 + i] * dilations[i] for i in range(n)), st[-1]), writeable=False)
         rows = np.ascontiguousarray(view).reshape(-1, self.layer.k)
         y = self.layer(rows).reshape(x.shape[0], *out, self.layer.n)
-        return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+        return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
 
 
-def _channels_last_padded(x: np.ndarray, begin, end) -> np.ndarray:
-    """``x`` (N, C, *spatial) as (N, *spatial, C) with zeros (code 0, the zero point, for int8) around the
-    spatial dims: one strided copy into a zeroed buffer (``np.pad`` after ``moveaxis`` made two, and its
-    Python overhead was a quarter of a small ResNet's convolution time)."""
+def _channels_last_padded(x: np.ndarray, begin, end, already_last: bool = False) -> np.ndarray:
+    """``x`` (N, C, *spatial), or (N, *spatial, C) when ``already_last``, as (N, *spatial, C) with zeros (code 0,
+    the zero point, for int8) around the spatial dims: at most one strided copy into a zeroed buffer (``np.pad``
+    after ``moveaxis`` made two, and its Python overhead was a quarter of a small ResNet's convolution time)."""
     n = x.ndim - 2
-    spatial = x.shape[2:]
-    padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), x.shape[1]), x.dtype)
+    spatial = x.shape[1:-1] if already_last else x.shape[2:]
+    if already_last and not any(begin) and not any(end):
+        return x
+    channels = x.shape[-1] if already_last else x.shape[1]
+    padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), channels), x.dtype)
     inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, spatial)), slice(None))
-    padded[inner] = x.transpose(0, *range(2, 2 + n), 1)
+    padded[inner] = x if already_last else x.transpose(0, *range(2, 2 + n), 1)
     return padded
 
 
@@ -228,6 +237,43 @@ def _average_pool(c):
     return average_pool
 
 
+#: Pools that read and write channels-last values, by the ONNX op they implement (see :mod:`.layout`).
+CHANNELS_LAST_POOLS = {"MaxPool": "edgevla.MaxPoolChannelsLast", "AveragePool": "edgevla.AveragePoolChannelsLast"}
+
+
+@register(CHANNELS_LAST_POOLS["MaxPool"])
+def _max_pool_channels_last(c):
+    """``MaxPool`` over ``(N, *spatial, C)``: each kernel offset is a strided slice of the padded input, of the
+    output's shape and layout; the running maximum runs over those at memory speed."""
+    if c.n_outputs > 1 or int(c.attr("storage_order", 0)) != 0:
+        raise _fail(c, "the Indices output is not supported")
+
+    def max_pool(x):
+        kernel, _, (strides, dilations, begin, end, out) = _pool_attrs(c, np.moveaxis(x, -1, 1))
+        need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kernel, dilations)]
+        after = [max(e, nd - (i + b)) for e, nd, i, b in zip(end, need, x.shape[1:-1], begin)]
+        padded = np.full((x.shape[0], *(i + b + a for i, b, a in zip(x.shape[1:-1], begin, after)), x.shape[-1]),
+                         -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min, x.dtype)
+        padded[(slice(None), *(slice(b, b + i) for b, i in zip(begin, x.shape[1:-1])), slice(None))] = x
+        y = None
+        for offset in np.ndindex(*kernel):
+            window = padded[(slice(None), *(slice(o * d, o * d + (m - 1) * s + 1, s)
+                                            for o, d, m, s in zip(offset, dilations, out, strides)), slice(None))]
+            if y is None:
+                y = np.array(window)
+            else:
+                np.maximum(y, window, out=y)
+        return y
+    return max_pool
+
+
+@register(CHANNELS_LAST_POOLS["AveragePool"])
+def _average_pool_channels_last(c):
+    """``AveragePool`` over ``(N, *spatial, C)``: the channels-first pool on the transposed view, moved back."""
+    pool = _average_pool(c)
+    return lambda x: np.ascontiguousarray(np.moveaxis(pool(np.moveaxis(x, -1, 1)), 1, -1))
+
+
 @register("GlobalAveragePool")
 def _global_average_pool(c):
     return lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
@@ -265,4 +311,4 @@ def _instance_norm(c):
     return instance_norm
 
 
-__all__ = ["CONV_OP", "ConvLayer", "conv_matrix"]
+__all__ = ["CHANNELS_LAST_POOLS", "CONV_OP", "ConvLayer", "conv_matrix"]

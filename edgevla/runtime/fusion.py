@@ -43,6 +43,8 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
 5. **LayerNorm + quantization**: a ``LayerNormalization`` whose only reader
    is a static int8 ``QuantizeLinear`` becomes one ``edgevla.LayerNormS8``
    node (:mod:`.norms`), int8 codes out.
+6. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
+   (:mod:`.layout`), so no convolution transposes its input or output.
 
 Before step 2, equal ``QuantizeLinear`` nodes of one value (the exporter
 writes one Q/DQ pair per consuming linear: q, k and v each quantize the same
@@ -58,6 +60,7 @@ from .attention import fuse_attention
 from .graph import Graph, Node, QuantizedConstant
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
+from .layout import keep_channels_last
 from .norms import fuse_layer_norm_quantize
 from .ops import OpContext
 from .siblings import merge_sibling_linears
@@ -75,6 +78,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     fuse_attention(graph)
     fuse_layer_norm_quantize(graph)
     graph.prune()
+    keep_channels_last(graph)
     return [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer
             for node in graph.nodes if node.op_type in (LINEAR_OP, CONV_OP)]
 

@@ -169,6 +169,15 @@ def _softplus(c):
     return lambda x, out=None: np.logaddexp(x.dtype.type(0), x, out=out)
 
 
+@register("Mish", writes_out=True)
+def _mish(c):
+    """``x tanh(softplus(x))`` (opset 18; Diffusion Policy's U-Nets use it)."""
+    def mish(x, out=None):
+        t = np.tanh(np.logaddexp(x.dtype.type(0), x))
+        return np.multiply(x, t, out=out)
+    return mish
+
+
 @register("Gelu", writes_out=True)
 def _gelu(c):
     approximate = c.attr("approximate", "none")

@@ -1,0 +1,99 @@
+"""Channels-last activations between convolutions: the last graph rewrite of the native runtime.
+
+A :class:`~.conv.ConvLayer` works channels last — it gathers windows of
+``(*spatial, C)`` rows and its GEMM writes ``(*spatial, M)`` — so, with every
+value kept in ONNX's ``(N, C, *spatial)`` order, each convolution moved its
+input's channels last and its output's back: two transposing copies per
+layer, a third of a small ResNet's convolution time. This pass keeps the
+values between convolutions channels last instead:
+
+* a convolution writes ``(N, *spatial, M)``, unless its output is a graph
+  output, and reads either layout;
+* element-wise ops whose every tensor input is channels last, or a scalar
+  constant (``Relu``, ``Add`` of a skip connection, ``Mul`` of SiLU, a
+  ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
+  between two same-rank tensors is the same under the same permutation;
+* ``MaxPool`` and ``AveragePool`` run on the channels-last window view
+  (:data:`~.conv.CHANNELS_LAST_POOLS`);
+* any other reader (``Reshape``, ``ReduceMean``, ``GroupNorm``'s
+  ``InstanceNormalization``, a graph output) gets the value back in ONNX
+  order from one ``edgevla.ToChannelsFirst`` node, shared by its readers —
+  the copy the convolution used to make itself.
+
+No value changes: only where its elements sit in memory (checked against the
+channels-first run in ``tests/test_runtime_layout.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conv import CHANNELS_LAST_POOLS, CONV_OP
+from .graph import Graph, Node
+from .ops import register
+
+TO_CHANNELS_FIRST_OP = "edgevla.ToChannelsFirst"
+_UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Softplus",
+                    "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Mish"})
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
+_PER_TENSOR = frozenset({"QuantizeLinear", "DequantizeLinear", "Clip"})  # element-wise when the extra inputs are scalars
+
+
+@register(TO_CHANNELS_FIRST_OP)
+def _to_channels_first(c):
+    return lambda x: np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+def keep_channels_last(graph: Graph) -> int:
+    """Rewrite ``graph`` in place (see the module docstring); returns how many values it keeps channels last."""
+    outputs = set(graph.outputs)
+    last: set[str] = set()
+    first_copy: dict[str, str] = {}
+    nodes: list[Node] = []
+
+    def channels_first(value: str) -> str:
+        if value not in last:
+            return value
+        if value not in first_copy:
+            name = f"{value}::channels_first"
+            nodes.append(Node(name, TO_CHANNELS_FIRST_OP, (value,), (name,)))
+            first_copy[value] = name
+        return first_copy[value]
+
+    for node in graph.nodes:
+        out = node.outputs[0] if len(node.outputs) == 1 else None
+        keeps = out is not None and out not in outputs and _keeps_layout(graph, node, last)
+        if node.op_type == CONV_OP:
+            conv = node.attrs["conv"]
+            conv.input_last = node.inputs[0] in last
+            conv.output_last = out not in outputs
+            if conv.output_last:
+                last.add(out)
+        elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
+            node.op_type = CHANNELS_LAST_POOLS[node.op_type]
+            last.add(out)
+        elif keeps:
+            last.add(out)
+        else:
+            node.inputs = tuple(channels_first(i) for i in node.inputs)
+        nodes.append(node)
+    graph.nodes = nodes
+    return len(last)
+
+
+def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
+    """Whether ``node`` is element-wise over channels-last tensor inputs (the others scalar constants)."""
+    inputs = [i for i in node.inputs if i]
+    if not inputs or inputs[0] not in last:
+        return False
+    scalar = [i in graph.constants and graph.constants[i].size == 1 for i in inputs]
+    if node.op_type in _UNARY:
+        return len(inputs) == 1
+    if node.op_type in _PER_TENSOR:
+        return all(scalar[1:])
+    if node.op_type in _BINARY:
+        return all(i in last or s for i, s in zip(inputs, scalar))
+    return False
+
+
+__all__ = ["TO_CHANNELS_FIRST_OP", "keep_channels_last"]

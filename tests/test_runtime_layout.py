@@ -1,0 +1,101 @@
+"""Channels-last values between convolutions: where the native runtime keeps them, and that nothing changes."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgevla.export import export_onnx
+from edgevla.runtime import NativeModel
+from edgevla.runtime import ops
+from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
+from edgevla.runtime.layout import TO_CHANNELS_FIRST_OP
+from edgevla.spec import PolicySpec, TensorSpec
+
+from test_runtime_ops import CASES, _ort
+from user_policies import ConvPolicy
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.op in CHANNELS_LAST_POOLS], ids=lambda c: c.id)
+def test_channels_last_pools_match_their_onnx_op(case):
+    x = case.inputs["x"]
+    args = (case.op, case.attrs, [None], 18, 1, case.op)
+    first = ops.compile_op(*args).fn(x)
+    last = ops.compile_op(CHANNELS_LAST_POOLS[case.op], *args[1:]).fn(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    assert last.flags.c_contiguous and last.dtype == first.dtype
+    np.testing.assert_array_equal(last, np.moveaxis(first, 1, -1))
+    back = ops.compile_op(TO_CHANNELS_FIRST_OP, {}, [None], 18, 1, "to first").fn(last)
+    assert back.flags.c_contiguous and np.array_equal(back, first)
+
+
+class Encoder(nn.Module):
+    """Every layout boundary: a padded and a strided convolution, a 1x1 one (no copy), MaxPool with ceil mode,
+    a skip connection, SiLU (Mul of a value and its Sigmoid), AveragePool, a convolution read both by an
+    element-wise op and a Reshape, a scalar Mul, GroupNorm, and a convolution that is a graph output."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("img", (3, 17, 15)),),
+                               action=TensorSpec("y", (8, 9)))
+        self.a = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 1)
+        self.avg = nn.AvgPool2d(2, stride=1)
+        self.norm = nn.GroupNorm(4, 16)
+        self.d = nn.Conv2d(16, 8, 1)
+        self.shift = nn.Parameter(torch.randn(1, 16, 1, 1))
+
+    def forward(self, img):
+        x = self.pool(torch.relu(self.a(img)))
+        x = x + self.c(nn.functional.silu(self.b(x)))
+        x = self.avg(x) * 0.5
+        tapped = self.c(x)
+        x = torch.relu(tapped) + tapped.reshape(tapped.shape).flip(-1) + self.shift  # flip: a layout-bound reader
+        return self.d(self.norm(x)).flatten(2)
+
+
+class Temporal(nn.Module):
+    """A 1-d convolutional action head (Diffusion Policy's U-Net style): Conv1d, GroupNorm, Mish, a skip
+    connection, and a last convolution whose output is the action itself (a graph output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("traj", (6, 12)),), action=TensorSpec("a", (4, 12)))
+        self.a = nn.Conv1d(6, 32, 5, padding=2)
+        self.b = nn.Conv1d(32, 32, 3, padding=1, dilation=1)
+        self.norm = nn.GroupNorm(8, 32)
+        self.out = nn.Conv1d(32, 4, 1)
+
+    def forward(self, traj):
+        h = torch.relu(self.a(traj))
+        h = h + nn.functional.mish(self.norm(self.b(h)))
+        return self.out(torch.relu(self.b(h)))
+
+
+@pytest.mark.parametrize("make, reads_last", [(Encoder, True), (Temporal, True), (ConvPolicy, False)],
+                         ids=["boundaries", "temporal", "conv-policy"])
+def test_channels_last_run_matches_onnxruntime(tmp_path, make, reads_last):
+    torch.manual_seed(0)
+    policy = make().eval()
+    path = export_onnx(policy, tmp_path / "p.onnx")
+    obs = policy.spec.example(3, seed=1)
+    expected = _ort(onnx.load(str(path)), obs)[0]
+    model = NativeModel(path, precision="fp32")
+    for _ in range(2):  # the tracing run, then the bound one
+        np.testing.assert_allclose(model.run(obs)[policy.spec.action.name], expected, rtol=0, atol=2e-5)
+    convs = [s.node.attrs["conv"] for s in model._program.steps if s.node.op_type == CONV_OP]
+    assert any(c.output_last for c in convs) and any(c.input_last for c in convs) == reads_last
+    outputs = [c for s, c in zip([s for s in model._program.steps if s.node.op_type == CONV_OP], convs)
+               if s.node.outputs[0] in model._program.graph.outputs]
+    assert all(not c.output_last for c in outputs)  # a graph output leaves in ONNX order
+
+
+def test_where_the_encoder_converts_back(tmp_path):
+    torch.manual_seed(0)
+    model = NativeModel(export_onnx(Encoder().eval(), tmp_path / "p.onnx"), precision="fp32")
+    counts = model.op_count()
+    assert counts[CHANNELS_LAST_POOLS["MaxPool"]] == 1 and counts[CHANNELS_LAST_POOLS["AveragePool"]] == 1
+    # Back to ONNX order only where a reader needs it: the flip, the GroupNorm's reshape, the final flatten.
+    assert counts[TO_CHANNELS_FIRST_OP] == 3
