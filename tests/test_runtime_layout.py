@@ -10,6 +10,7 @@ from edgevla.export import export_onnx
 from edgevla.runtime import NativeModel
 from edgevla.runtime import ops
 from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
+from edgevla.runtime.group_norm import GROUP_NORM_OP
 from edgevla.runtime.layout import TO_CHANNELS_FIRST_OP
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -97,5 +98,6 @@ def test_where_the_encoder_converts_back(tmp_path):
     model = NativeModel(export_onnx(Encoder().eval(), tmp_path / "p.onnx"), precision="fp32")
     counts = model.op_count()
     assert counts[CHANNELS_LAST_POOLS["MaxPool"]] == 1 and counts[CHANNELS_LAST_POOLS["AveragePool"]] == 1
-    # Back to ONNX order only where a reader needs it: the flip, the GroupNorm's reshape, the final flatten.
-    assert counts[TO_CHANNELS_FIRST_OP] == 3
+    # Back to ONNX order only where a reader needs it: the flip (a Slice), the ReLU that meets the flipped
+    # value in an Add, the final flatten. The GroupNorm between them is fused and runs channels last.
+    assert counts[TO_CHANNELS_FIRST_OP] == 3 and counts[GROUP_NORM_OP] == 1

@@ -43,8 +43,11 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
 5. **LayerNorm + quantization**: a ``LayerNormalization`` whose only reader
    is a static int8 ``QuantizeLinear`` becomes one ``edgevla.LayerNormS8``
    node (:mod:`.norms`), int8 codes out.
-6. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
-   (:mod:`.layout`), so no convolution transposes its input or output.
+6. **GroupNorm**: ``nn.GroupNorm``'s six exported nodes become one
+   ``edgevla.GroupNorm`` step (:mod:`.group_norm`).
+7. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
+   (:mod:`.layout`), so no convolution transposes its input or output, nor
+   does a GroupNorm between them.
 
 Before step 2, equal ``QuantizeLinear`` nodes of one value (the exporter
 writes one Q/DQ pair per consuming linear: q, k and v each quantize the same
@@ -60,6 +63,7 @@ from .attention import fuse_attention
 from .graph import Graph, Node, QuantizedConstant
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
+from .group_norm import fuse_group_norm
 from .layout import keep_channels_last
 from .norms import fuse_layer_norm_quantize
 from .ops import OpContext
@@ -77,6 +81,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     _share_token_quantization(graph)
     fuse_attention(graph)
     fuse_layer_norm_quantize(graph)
+    fuse_group_norm(graph)
     graph.prune()
     keep_channels_last(graph)
     return [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer

@@ -14,9 +14,10 @@ values between convolutions channels last instead:
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
   between two same-rank tensors is the same under the same permutation;
 * ``MaxPool`` and ``AveragePool`` run on the channels-last window view
-  (:data:`~.conv.CHANNELS_LAST_POOLS`);
+  (:data:`~.conv.CHANNELS_LAST_POOLS`), and ``edgevla.GroupNorm`` reduces
+  over a channels-last value as it lies;
 * any other reader (``Reshape``, ``ReduceMean``, ``GroupNorm``'s
-  ``InstanceNormalization``, a graph output) gets the value back in ONNX
+  ``InstanceNormalization`` when it is not a fused GroupNorm, a graph output) gets the value back in ONNX
   order from one ``edgevla.ToChannelsFirst`` node, shared by its readers —
   the copy the convolution used to make itself.
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from .conv import CHANNELS_LAST_POOLS, CONV_OP
 from .graph import Graph, Node
+from .group_norm import GROUP_NORM_OP
 from .ops import register
 
 TO_CHANNELS_FIRST_OP = "edgevla.ToChannelsFirst"
@@ -69,6 +71,9 @@ def keep_channels_last(graph: Graph) -> int:
             conv.output_last = out not in outputs
             if conv.output_last:
                 last.add(out)
+        elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and out not in outputs:
+            node.attrs["norm"].channels_last = True
+            last.add(out)
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
             last.add(out)
