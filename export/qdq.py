@@ -295,9 +295,10 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLayer], refs) 
             continue
         done.add(ref.name)
         axis = 0 if is_convolution(layer) else _output_axis(users[0][0], ref.transposed)
-        for node, _ in users[1:]:
-            if _output_axis(node, ref.transposed) != axis:
-                raise EdgevlaError(f"Q/DQ export: {name}'s weight is used with two layouts")
+        if not is_convolution(layer):  # a Conv reads its weight as (out, in / groups, *kernel) wherever it is used
+            for node, _ in users[1:]:
+                if _output_axis(node, ref.transposed) != axis:
+                    raise EdgevlaError(f"Q/DQ export: {name}'s weight is used with two layouts")
         dq_out = f"{ref.name}_DequantizeLinear"
         weight_nodes = _weight_dq(graph, inits[ref.name], layer, axis, ref.transposed, dq_out)
         first = users[0][0]

@@ -203,3 +203,23 @@ def test_onnxruntime_runs_qdq_convolutions_on_weights_dequantized_once(tmp_path)
     assert np.array_equal(literal.run(None, obs)[0], reference_session(path).run(None, obs)[0])
     runner = OnnxRuntimeRunner(path, policy.spec, threads=1)
     assert np.abs(runner(obs) - reference_session(path).run(None, obs)[0]).max() < 1e-2
+
+
+def test_a_convolution_called_twice_exports_one_dequantized_weight(tmp_path):
+    """A denoiser unrolled over steps calls the same Conv twice: both Conv nodes read one int8 weight."""
+    from test_runtime_layout import Temporal
+
+    torch.manual_seed(0)
+    policy = Temporal().eval()
+    r = quantize_policy(policy, "w8a8", batches=_calibration(policy))
+    assert r.formats["b"] == "w8a8" and r.formats["down"] == "w8a8" and "up" not in r.formats  # ConvTranspose: float
+    path = export_quantized(r.model, tmp_path / "t.onnx")
+    assert lint_qdq(path) == []
+    proto = onnx.load(str(path))
+    readers = [n for n in proto.graph.node if "b.weight_DequantizeLinear" in n.input]
+    assert [n.op_type for n in readers] == ["Conv", "Conv"]
+    obs = policy.spec.example(4, seed=3)
+    with torch.no_grad():
+        expected = r.model(*[torch.from_numpy(obs[k]) for k in policy.spec.input_names]).numpy()
+    exported = reference_session(path).run(None, obs)[0]
+    assert np.abs(exported - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))

@@ -37,7 +37,7 @@ def test_group_norm_matches_float64_reference_in_both_layouts(shape, offset, rel
 
 
 def test_group_norm_refuses_an_input_of_another_rank():
-    with pytest.raises(EdgevlaError, match=r"GroupNorm of 8 channels \(affine constants for rank 4\)"):
+    with pytest.raises(EdgevlaError, match=r"GroupNorm of 8 float32 channels \(affine constants for rank 4\)"):
         GroupNorm(2, np.ones(8), np.zeros(8), 1e-5, 4)(np.zeros((1, 8, 5), np.float32))
 
 

@@ -59,7 +59,8 @@ class Encoder(nn.Module):
 
 class Temporal(nn.Module):
     """A 1-d convolutional action head (Diffusion Policy's U-Net style): Conv1d, GroupNorm, Mish, a skip
-    connection, and a last convolution whose output is the action itself (a graph output)."""
+    connection, down-sampling by a strided Conv1d and up-sampling by a ConvTranspose1d, and a last
+    convolution whose output is the action itself (a graph output)."""
 
     def __init__(self):
         super().__init__()
@@ -67,12 +68,15 @@ class Temporal(nn.Module):
         self.a = nn.Conv1d(6, 32, 5, padding=2)
         self.b = nn.Conv1d(32, 32, 3, padding=1, dilation=1)
         self.norm = nn.GroupNorm(8, 32)
+        self.down = nn.Conv1d(32, 32, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose1d(32, 32, 4, stride=2, padding=1)
         self.out = nn.Conv1d(32, 4, 1)
 
     def forward(self, traj):
         h = torch.relu(self.a(traj))
         h = h + nn.functional.mish(self.norm(self.b(h)))
-        return self.out(torch.relu(self.b(h)))
+        h = h + self.up(torch.relu(self.down(h)))
+        return self.out(torch.relu(self.b(h)))  # self.b twice: one weight, two Conv nodes
 
 
 @pytest.mark.parametrize("make, reads_last", [(Encoder, True), (Temporal, True), (ConvPolicy, False)],

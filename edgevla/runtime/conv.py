@@ -127,6 +127,65 @@ def _conv(c):
     return conv
 
 
+@register("ConvTranspose")
+def _conv_transpose(c):
+    """The gradient of a convolution (U-Net up-sampling): each input position's ``C_in`` values times the weight
+    ``(C_in, C_out / group, *kernel)`` give a ``(C_out / group, *kernel)`` patch, added into the output at
+    ``position x stride - pads``, one kernel offset at a time (a strided slice of the output per offset)."""
+    group = int(c.attr("group", 1))
+    auto_pad = c.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise _fail(c, f"unknown auto_pad {auto_pad!r}")
+
+    def conv_transpose(x, w, bias=None):
+        n = x.ndim - 2
+        if not 1 <= n <= 3 or w.ndim != x.ndim:
+            raise _fail(c, f"input of rank {x.ndim} and weight of rank {w.ndim}: expected N, C and 1-3 spatial dims")
+        if x.shape[1] != w.shape[0] or w.shape[0] % group:
+            raise _fail(c, f"{x.shape[1]} input channels, a weight for {w.shape[0]} in {group} group(s)")
+        kernel = _ints(c.attr("kernel_shape", w.shape[2:]))
+        strides = _ints(c.attr("strides", [1] * n))
+        dilations = _ints(c.attr("dilations", [1] * n))
+        extra = _ints(c.attr("output_padding", [0] * n))
+        if kernel != list(w.shape[2:]) or len(strides) != n or len(dilations) != n or len(extra) != n:
+            raise _fail(c, "kernel_shape, strides, dilations and output_padding do not match the weight")
+        spatial = x.shape[2:]
+        full = [s * (i - 1) + (k - 1) * d + 1 + e for s, i, k, d, e in zip(strides, spatial, kernel, dilations, extra)]
+        wanted = c.attr("output_shape", None)
+        if wanted is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = _ints(wanted)[-n:] if wanted is not None else [i * s for i, s in zip(spatial, strides)]
+            total = [f - t for f, t in zip(full, target)]
+            if min(total) < 0:
+                raise _fail(c, f"output_shape {target} is larger than the transposed convolution's {full}")
+            upper = auto_pad == "SAME_UPPER"
+            begin = [t // 2 if upper else t - t // 2 for t in total]
+        elif auto_pad == "VALID":
+            begin, target = [0] * n, full
+        else:
+            pads = _ints(c.attr("pads", [0] * (2 * n)))
+            begin, target = pads[:n], [f - b - e for f, b, e in zip(full, pads[:n], pads[n:])]
+        batch, out_per_group = x.shape[0], w.shape[1]
+        per_group = x.shape[1] // group
+        # (N, G, P, Cg_in) @ (G, Cg_in, Cg_out x K) -> (N, G, P, Cg_out, *kernel)
+        rows = x.reshape(batch, group, per_group, -1).transpose(0, 1, 3, 2)
+        patches = np.matmul(rows, w.reshape(group, per_group, -1)).reshape(
+            batch, group, *spatial, out_per_group, *kernel)
+        y = np.zeros((batch, group, out_per_group, *full), np.result_type(x, w))
+        for offset in np.ndindex(*kernel):
+            # input position p lands at p * stride + offset * dilation
+            where = tuple(slice(o * d, o * d + (i - 1) * s + 1, s)
+                          for o, d, i, s in zip(offset, dilations, spatial, strides))
+            patch = patches[(slice(None), slice(None), *([slice(None)] * n), slice(None), *offset)]
+            y[(slice(None), slice(None), slice(None), *where)] += np.moveaxis(patch, -1, 2)
+        y = y.reshape(batch, group * out_per_group, *full)
+        y = y[(slice(None), slice(None), *(slice(b, b + t) for b, t in zip(begin, target)))]
+        if bias is not None:
+            y = y + bias.reshape(1, -1, *([1] * n))
+        return np.ascontiguousarray(y)
+    return conv_transpose
+
+
 class ConvLayer:
     """A ``Conv`` of one group with a constant weight, as a linear layer over the input's windows.
 
@@ -147,37 +206,57 @@ class ConvLayer:
     def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
         self.context, self.kernel, self.layer = context, kernel, layer
         self.input_last = self.output_last = False
+        self._plans: dict[tuple, _ConvPlan] = {}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        key = (x.shape, x.dtype.str, self.input_last)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 4:  # a few input shapes (batch sizes) at a time, as the executor keeps
+                self._plans.pop(next(iter(self._plans)))
+            plan = self._plans[key] = self._plan(x)
+        if plan.padded is None:  # channels last already, no padding: the windows are a view of x itself
+            st = x.strides
+            view = as_strided(x, plan.view_shape, plan.view_strides(st), writeable=False)
+        else:
+            plan.padded[plan.inner] = x if self.input_last else x.transpose(plan.to_last)
+            view = plan.view
+        np.copyto(plan.rows_view, view)
+        y = self.layer(plan.rows).reshape(plan.out_shape)
+        return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+    def _plan(self, x: np.ndarray) -> "_ConvPlan":
+        """Geometry and buffers for one input shape: the zero-bordered channels-last copy of the input (its border
+        is written once), the window view of it, and the rows the windows are gathered into."""
         c, n = self.context, len(self.kernel)
         channels, spatial = (x.shape[-1], x.shape[1:-1]) if self.input_last else (x.shape[1], x.shape[2:])
         if x.ndim != n + 2 or channels * math.prod(self.kernel) != self.layer.k:
             raise _fail(c, f"input of shape {x.shape} does not fit a {n}-d kernel {self.kernel} over "
                            f"{self.layer.k // math.prod(self.kernel)} channels")
         strides, dilations, begin, end, out = _geometry(c, spatial, self.kernel)
-        last = _channels_last_padded(x, begin, end, self.input_last)  # (N, *padded spatial, C)
-        st = last.strides
-        view = as_strided(last, (last.shape[0], *out, *self.kernel, last.shape[-1]),
-                          (st[0], *(st[1 + i] * strides[i] for i in range(n)),
-                           *(st[1 + i] * dilations[i] for i in range(n)), st[-1]), writeable=False)
-        rows = np.ascontiguousarray(view).reshape(-1, self.layer.k)
-        y = self.layer(rows).reshape(x.shape[0], *out, self.layer.n)
-        return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
+        view_shape = (x.shape[0], *out, *self.kernel, channels)
+
+        def view_strides(st):  # st: the strides of a (N, *spatial, C) array
+            return (st[0], *(st[1 + i] * strides[i] for i in range(n)),
+                    *(st[1 + i] * dilations[i] for i in range(n)), st[-1])
+
+        rows = np.empty((x.shape[0] * math.prod(out), self.layer.k), x.dtype)
+        plan = _ConvPlan(view_shape, view_strides, rows, rows.reshape(view_shape), (x.shape[0], *out, self.layer.n),
+                         (0, *range(2, 2 + n), 1))
+        if not (self.input_last and not any(begin) and not any(end)):
+            plan.padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), channels), x.dtype)
+            plan.inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, spatial)), slice(None))
+            plan.view = as_strided(plan.padded, view_shape, view_strides(plan.padded.strides), writeable=False)
+        return plan
 
 
-def _channels_last_padded(x: np.ndarray, begin, end, already_last: bool = False) -> np.ndarray:
-    """``x`` (N, C, *spatial), or (N, *spatial, C) when ``already_last``, as (N, *spatial, C) with zeros (code 0,
-    the zero point, for int8) around the spatial dims: at most one strided copy into a zeroed buffer (``np.pad``
-    after ``moveaxis`` made two, and its Python overhead was a quarter of a small ResNet's convolution time)."""
-    n = x.ndim - 2
-    spatial = x.shape[1:-1] if already_last else x.shape[2:]
-    if already_last and not any(begin) and not any(end):
-        return x
-    channels = x.shape[-1] if already_last else x.shape[1]
-    padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), channels), x.dtype)
-    inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, spatial)), slice(None))
-    padded[inner] = x if already_last else x.transpose(0, *range(2, 2 + n), 1)
-    return padded
+class _ConvPlan:
+    """What :class:`ConvLayer` keeps per input shape (see :meth:`ConvLayer._plan`)."""
+
+    def __init__(self, view_shape, view_strides, rows, rows_view, out_shape, to_last):
+        self.view_shape, self.view_strides, self.rows, self.rows_view = view_shape, view_strides, rows, rows_view
+        self.out_shape, self.to_last = out_shape, to_last
+        self.padded = self.inner = self.view = None
 
 
 def conv_matrix(w: np.ndarray, dtype=np.float32) -> np.ndarray:

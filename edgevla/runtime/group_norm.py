@@ -36,38 +36,54 @@ class GroupNorm:
         self.groups, self.epsilon, self.rank, self.relu = groups, np.float32(epsilon), rank, relu
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
+        self._channels_last = False
+        self._ones: dict[int, np.ndarray] = {}
         self.channels_last = False
+
+    @property
+    def channels_last(self) -> bool:
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        """The layout, and the per-channel shift shaped for it: (1, 1, C) or (1, C, 1)."""
+        self._channels_last = bool(value)
+        self._shift_view = self.shift.reshape((1, 1, -1) if self._channels_last else (1, -1, 1))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
         g = self.groups
-        if c != self.scale.size or x.ndim != self.rank:
-            raise EdgevlaError(f"GroupNorm of {self.scale.size} channels (affine constants for rank {self.rank}) "
-                               f"got an input of shape {x.shape}")
+        if c != self.scale.size or x.ndim != self.rank or x.dtype != np.float32:
+            raise EdgevlaError(f"GroupNorm of {self.scale.size} float32 channels (affine constants for rank "
+                               f"{self.rank}) got an input of shape {x.shape} ({x.dtype})")
         cg = c // g
-        flat = x.reshape(n, -1, c) if self.channels_last else x.reshape(n, c, -1)
-        positions = flat.shape[1] if self.channels_last else flat.shape[2]
+        positions = x.size // (n * c)
         # Two passes, as a float32 GroupNorm must (E[x^2] - mean^2 lost three digits at a mean of 50 std):
         # the mean, then the variance of the centered values. Per channel sums are matrix products with ones
         # (BLAS: one blocked pass, where NumPy's reductions over a non-last axis crawl), per group in float64.
-        ones = np.ones((positions, 1), np.float32)
+        ones = self._ones.get(positions)
+        if ones is None:
+            ones = self._ones[positions] = np.ones((positions, 1), np.float32)
+        if self.channels_last:  # (N, P, C); per channel sums (N, 1, C)
+            flat, channel_sums, per_channel = x.reshape(n, positions, c), lambda v: ones.T @ v, (n, 1, c)
+        else:  # (N, C, P); per channel sums (N, C, 1)
+            flat, channel_sums, per_channel = x.reshape(n, c, positions), lambda v: v @ ones, (n, c, 1)
         count = positions * cg
 
-        def group_sums(v: np.ndarray) -> np.ndarray:
-            per_channel = ones.T @ v if self.channels_last else v @ ones
-            return per_channel.reshape(n, g, cg).sum(axis=2, dtype=np.float64)
+        def group_means(v: np.ndarray) -> np.ndarray:  # (N, G), float64
+            return channel_sums(v).reshape(n, g, cg).sum(axis=2, dtype=np.float64) / count
 
-        shape = (n, 1, c) if self.channels_last else (n, c, 1)
-        mean = (group_sums(flat) / count).astype(np.float32)
-        centered = flat - np.repeat(mean, cg, axis=1).reshape(shape)
-        var = group_sums(np.square(centered)) / count
-        inv = 1.0 / np.sqrt(var + float(self.epsilon))
-        a = (np.repeat(inv, cg, axis=1) * self.scale).astype(np.float32)
-        y = np.multiply(centered, a.reshape(shape), out=centered)
-        y += self.shift.reshape((1, 1, c) if self.channels_last else (1, c, 1))
+        # Per-channel copies of the group statistics keep every full-size pass on 3-d arrays with one
+        # broadcast axis (NumPy's 4-d broadcasts over the groups ran 1.6x slower).
+        mean = np.repeat(group_means(flat).astype(np.float32), cg, axis=1)
+        centered = flat - mean.reshape(per_channel)
+        inv = 1.0 / np.sqrt(group_means(np.square(centered)) + float(self.epsilon))
+        factor = (np.repeat(inv, cg, axis=1) * self.scale).astype(np.float32)
+        y = np.multiply(centered, factor.reshape(per_channel), out=centered)
+        y += self._shift_view
         if self.relu:
             np.maximum(y, np.float32(0), out=y)
-        return y.reshape(x.shape).astype(x.dtype, copy=False)
+        return y.reshape(x.shape)
 
 
 def fuse_group_norm(graph: Graph) -> int:
