@@ -1,7 +1,8 @@
 """Convolution, pooling and the image normalizations for the native runtime, in NumPy (NCHW, 1-3 spatial dims).
 
 Policies with a convolutional image encoder (a ResNet stem, a patch
-embedding written as ``nn.Conv2d``) export ``Conv`` (PyTorch folds an
+embedding written as ``nn.Conv2d``) or a 1-d convolutional U-Net (Diffusion
+Policy's, with ``ConvTranspose`` up-sampling) export ``Conv`` (PyTorch folds an
 eval-mode ``BatchNorm`` after a convolution into it), ``MaxPool``,
 ``AveragePool`` and the global pools; a ``BatchNormalization`` the exporter
 could not fold (after a Linear, say) runs as its inference formula, and
@@ -16,6 +17,9 @@ weight (all but depthwise ones) is instead made a linear layer at load
 (:class:`ConvLayer`, by :mod:`.fusion`): its rows then run on the kernel the
 layer rules choose, our int8 GEMM at the default precision, and it is listed
 in the plan like any other linear layer. Pooling reduces over the same window view.
+A transposed convolution runs the other way round: the product first (each
+input position's channels times the weight, a patch per position), then the
+patches added into the output, one strided slice per kernel offset.
 Semantics follow the ONNX specification (``auto_pad``, ``ceil_mode``,
 ``count_include_pad``, dilations, groups), checked against ONNX Runtime in
 ``tests/test_runtime_ops.py``. A Q/DQ convolution (edgevla's w8a8: int8
