@@ -223,3 +223,52 @@ def test_a_convolution_called_twice_exports_one_dequantized_weight(tmp_path):
         expected = r.model(*[torch.from_numpy(obs[k]) for k in policy.spec.input_names]).numpy()
     exported = reference_session(path).run(None, obs)[0]
     assert np.abs(exported - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+class Video(nn.Module):
+    """Conv3d + BatchNorm3d over a short clip, a reflect-padded Conv2d called twice, a depthwise Conv2d and a
+    circular-padded Conv1d (both padding modes export a Pad node before the Conv)."""
+
+    def __init__(self):
+        from edgevla.spec import PolicySpec, TensorSpec
+
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("video", (3, 4, 16, 16), low=0, high=1),),
+                               action=TensorSpec("a", (4, 6)))
+        self.c3 = nn.Conv3d(3, 8, (2, 3, 3), padding=(0, 1, 1))
+        self.bn3 = nn.BatchNorm3d(8)
+        self.reflect = nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect")
+        self.circular = nn.Conv1d(16, 16, 3, padding=1, padding_mode="circular")
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.head = nn.Linear(16, 24)
+        with torch.no_grad():
+            self.bn3.running_mean.uniform_(-0.2, 0.2)
+            self.bn3.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, video):
+        x = torch.relu(self.bn3(self.c3(video))).mean(2)
+        x = torch.relu(self.reflect(x)) + self.depthwise(torch.relu(self.reflect(x)))
+        return self.head(self.circular(x.flatten(2)).mean(-1)).reshape(-1, 4, 6)
+
+
+def test_video_encoder_quantizes_exports_and_runs_natively(tmp_path):
+    from edgevla.runtime import NativeModel
+
+    torch.manual_seed(0)
+    policy = Video().eval()
+    r = quantize_policy(policy, "w8a8", batches=_calibration(policy))
+    assert set(r.formats.values()) == {"w8a8"} and r.folded_norms == ["bn3 -> c3"]
+    path = export_quantized(r.model, tmp_path / "video.onnx")
+    assert lint_qdq(path) == [] and "Pad" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    obs = policy.spec.example(4, seed=5)
+    args = [torch.from_numpy(obs[k]) for k in policy.spec.input_names]
+    with torch.no_grad():
+        assert sqnr_db(policy(*args), r.model(*args)) > 35
+        expected = r.model(*args).numpy()
+    exported = reference_session(path).run(None, obs)[0]
+    assert np.abs(exported - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+    model = NativeModel(path)
+    assert [(c.layer, c.mode) for c in model.plan()] == [
+        ("c3", "int8-static"), ("reflect", "int8-static"), ("reflect", "int8-static"), ("circular", "int8-static"),
+        ("head", "int8-static")]  # the depthwise one runs in NumPy on its dequantized filters
+    assert np.abs(model.run(obs)["a"] - exported).max() < 1e-5

@@ -637,6 +637,37 @@ def _split(c):
     return split
 
 
+@register("Pad")
+def _pad(c):
+    """ONNX Pad (opset 11+: pads as an input; 18: axes): constant, reflect, edge and wrap, by ``np.pad``
+    (``nn.Conv*`` with ``padding_mode`` reflect or circular exports it)."""
+    mode = c.attr("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+    if mode not in modes:
+        raise _fail(c, f"unknown pad mode {mode!r}")
+    if c.opset < 11:
+        raise _fail(c, "opset < 11 (pads as an attribute) is not supported")
+
+    def pad(x, pads, constant_value=None, axes=None):
+        pads = _ints(pads)
+        axes = list(range(x.ndim)) if axes is None else [a % x.ndim for a in _ints(axes)]
+        if len(pads) != 2 * len(axes):
+            raise _fail(c, f"{len(pads)} pads for {len(axes)} axes")
+        widths = [(0, 0)] * x.ndim
+        for i, axis in enumerate(axes):
+            widths[axis] = (pads[i], pads[i + len(axes)])
+        if any(b < 0 or e < 0 for b, e in widths):  # negative pads crop
+            crop = tuple(slice(max(-b, 0), x.shape[a] - max(-e, 0)) for a, (b, e) in enumerate(widths))
+            x = x[crop]
+            widths = [(max(b, 0), max(e, 0)) for b, e in widths]
+        if mode == "constant":
+            value = 0 if constant_value is None or constant_value.size == 0 else constant_value.reshape(-1)[0]
+            return np.pad(x, widths, mode="constant", constant_values=value)
+        return np.pad(x, widths, mode=modes[mode])
+    return pad
+
+
 @register("Slice")
 def _slice(c):
     def slice_(x, starts, ends, axes=None, steps=None):
