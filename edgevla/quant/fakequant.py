@@ -201,8 +201,7 @@ class FakeQuantLinear(FakeQuantLayer, nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
-#: The convolutions the fake-quant layers replace, by number of spatial dimensions.
-CONVOLUTIONS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+#: ``F.convNd`` by number of spatial dimensions: what a fake-quant convolution calls.
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -569,7 +568,7 @@ def float_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 __all__ = [
-    "CONVOLUTIONS", "FP8_E4M3_MAX", "FakeQuantConv", "FakeQuantLayer", "FakeQuantLinear", "Float8Linear",
+    "FP8_E4M3_MAX", "FakeQuantConv", "FakeQuantLayer", "FakeQuantLinear", "Float8Linear",
     "Float8StaticActivationFloat8WeightConfig", "Int4WeightLinear", "Int4WeightOnlyConfig",
     "Int8ActivationInt8WeightConv", "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig",
     "Int8WeightConv", "Int8WeightLinear", "Int8WeightOnlyConfig", "Int8Weights", "PerLayerConfig", "QuantConfig",
