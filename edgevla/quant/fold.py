@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .fakequant import is_convolution
-from .smoothquant import _owner, trace_program
+from .smoothquant import _owner, module_calls, trace_program
 
 _CONVOLUTION_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution")
 _BATCH_NORM_OPS = ("aten.batch_norm", "aten._native_batch_norm_legit_no_training", "aten.native_batch_norm")
@@ -47,16 +47,9 @@ def find_conv_batch_norms(model: nn.Module, example: tuple[torch.Tensor, ...]) -
     modules = dict(model.named_modules())
     program = trace_program(model, example, "BatchNorm folding")
 
-    conv_calls: dict[str, list[torch.fx.Node]] = {}
-    norm_calls: dict[str, list[torch.fx.Node]] = {}
-    for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
-        op, owner = str(node.target).split(".default")[0], _owner(node)
-        if op.startswith(_CONVOLUTION_OPS) and is_convolution(modules.get(owner, nn.Identity())):
-            conv_calls.setdefault(owner, []).append(node)
-        elif op.startswith(_BATCH_NORM_OPS) and isinstance(modules.get(owner), nn.modules.batchnorm._BatchNorm):
-            norm_calls.setdefault(owner, []).append(node)
+    conv_calls = module_calls(program, modules, _CONVOLUTION_OPS, is_convolution)
+    norm_calls = module_calls(program, modules, _BATCH_NORM_OPS,
+                              lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     pairs = []
     for norm, calls in norm_calls.items():

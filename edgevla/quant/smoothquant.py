@@ -29,8 +29,8 @@ from torch import nn
 from ..errors import EdgevlaError
 from .calibrate import observe_layer_inputs
 
-_LAYER_NORM = "aten.layer_norm.default"
-_LINEAR = "aten.linear.default"
+_LAYER_NORM = "aten.layer_norm"
+_LINEAR = "aten.linear"
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,9 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
     modules = dict(model.named_modules())
     program = trace_program(model, example, "SmoothQuant")
 
-    norm_calls: dict[str, list[torch.fx.Node]] = {}
-    linear_inputs: dict[str, list[torch.fx.Node]] = {}
-    for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
-        owner = _owner(node)
-        if str(node.target) == _LAYER_NORM and isinstance(modules.get(owner), nn.LayerNorm):
-            norm_calls.setdefault(owner, []).append(node)
-        elif str(node.target) == _LINEAR and isinstance(modules.get(owner), nn.Linear):
-            linear_inputs.setdefault(owner, []).append(node.args[0])
+    norm_calls = module_calls(program, modules, (_LAYER_NORM,), lambda m: isinstance(m, nn.LayerNorm))
+    linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
+                     module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
 
     groups, refused = [], []
     for norm, calls in norm_calls.items():
@@ -76,7 +69,7 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
         for call in calls:
             for user in call.users:
                 owner = _owner(user)
-                if str(user.target) != _LINEAR or not isinstance(modules.get(owner), nn.Linear):
+                if _op_name(user) != _LINEAR or not isinstance(modules.get(owner), nn.Linear):
                     reason = f"its output also feeds {user.target} in {owner or 'the top-level forward'}"
                     break
                 if user.args[0] is not call:
@@ -165,6 +158,24 @@ def trace_program(model: nn.Module, example: tuple[torch.Tensor, ...], purpose: 
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
         model.train(was_training)
+
+
+def module_calls(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module], ops: tuple[str, ...],
+                 accepts) -> dict[str, list[torch.fx.Node]]:
+    """``{module name: [its calls]}``: the calls of the aten ops ``ops`` (any overload: ``aten.conv2d``) in
+    ``program`` made inside a module that ``accepts`` takes, in graph order."""
+    found: dict[str, list[torch.fx.Node]] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and _op_name(node) in ops:
+            owner = _owner(node)
+            if owner in modules and accepts(modules[owner]):
+                found.setdefault(owner, []).append(node)
+    return found
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    """``aten.linear`` for a call of ``aten.linear.default``: the op without its overload."""
+    return ".".join(str(node.target).split(".")[:2])
 
 
 def _owner(node: torch.fx.Node) -> str:
