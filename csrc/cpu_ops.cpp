@@ -20,6 +20,15 @@ constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
 
 int64_t split_point(int64_t units, int part, int parts) { return units * part / parts; }
 
+// split_point over rows, rounded to whole register tiles of kRowTile rows
+// (the last part takes the rest), so that no part but the last ends in a thin tile.
+constexpr int64_t kRowTile = 8;
+int64_t row_split_point(int64_t m, int part, int parts) {
+    if (part == parts) return m;
+    const int64_t row = (m * part / parts + kRowTile / 2) / kRowTile * kRowTile;
+    return row < m ? row : m;
+}
+
 // How many threads share `work` split into `units` pieces: at most one per
 // unit and per thread, each with at least `min_per_thread` of the work.
 int split_count(int64_t work, int64_t min_per_thread, int64_t units, int threads) {
@@ -42,7 +51,8 @@ template <typename Args>
 void run_gemm_part(void* context, int part, int parts) {
     const GemmJob<Args>& job = *static_cast<const GemmJob<Args>*>(context);
     if (job.split_rows) {
-        job.kernel(*job.args, split_point(job.m, part, parts), split_point(job.m, part + 1, parts), 0, job.n_blocks);
+        job.kernel(*job.args, row_split_point(job.m, part, parts), row_split_point(job.m, part + 1, parts), 0,
+                   job.n_blocks);
     } else {
         job.kernel(*job.args, 0, job.m, split_point(job.n_blocks, part, parts),
                    split_point(job.n_blocks, part + 1, parts));
@@ -56,9 +66,11 @@ void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n_bl
     if (m == 0 || n_blocks == 0) return;
     ThreadPool& pool = ThreadPool::global();
     const int threads = pool.num_threads();
-    // Split the dimension with more units; output blocks first, since each
-    // thread then streams only its own slice of the weights.
-    const bool split_rows = n_blocks < threads && m > n_blocks;
+    // Output blocks, so that each thread streams only its own slice of the
+    // weights, unless there are fewer blocks than threads or the rows outnumber
+    // the output channels: then each thread stages only its own rows and reads
+    // the (smaller) weights whole.
+    const bool split_rows = (n_blocks < threads && m > n_blocks) || m >= 16 * n_blocks;
     const int64_t units = split_rows ? m : n_blocks;
     const int parts = gemm_part_count(macs, units, threads);
     GemmJob<Args> job{&args, kernel, m, n_blocks, split_rows};

@@ -9,13 +9,14 @@
 
 namespace edgevla {
 
-// Each thread of a GEMM gets at least this many multiply-adds (2^24, about
-// 80 us on one AVX-512 VNNI core), so a GEMM smaller than twice this runs on
-// the calling thread: small-vla's M = 32 layers (4.7M to 18.9M multiply-adds)
-// measured no faster split over 2 threads (0.9x to 1.0x on the 2-vCPU build
-// machine), and waking a worker costs ~3 us. Settable (>= 1): tests lower it
-// to split small shapes, and a many-core target may want it lower.
-constexpr int64_t kDefaultMinMacsPerThread = int64_t{1} << 24;
+// Each thread of a GEMM gets at least this many multiply-adds (2^17, about
+// 0.6 us on one AVX-512 VNNI core), so a GEMM smaller than twice this runs on
+// the calling thread. With the pool's polling hand-off (thread_pool.h, ~1 us)
+// a split over 2 threads measured 1.2-1.4x at 262K-1.2M multiply-adds
+// ((8, 384, 384), (1, 384, 1024), (2, 256, 512)), 1.6-2.0x from 4M, and
+// 0.94-1.04x at 33K-131K (2-vCPU Zen 4 build machine, int8, 2026-12-05).
+// Settable (>= 1): tests set 1 to split the smallest shapes.
+constexpr int64_t kDefaultMinMacsPerThread = int64_t{1} << 17;
 void set_min_macs_per_thread(int64_t macs);
 int64_t min_macs_per_thread();
 

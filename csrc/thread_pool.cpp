@@ -5,6 +5,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <new>
 
 namespace edgevla {
@@ -21,6 +22,16 @@ void parent_after_fork() {
 }
 void child_after_fork() {
     if (ThreadPool* pool = fork_pool.load()) pool->after_fork_in_child();
+}
+
+// One iteration of a polling loop: tells the core that this is a spin-wait
+// (x86 pause, Arm yield), which frees its pipeline and saves power.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
 }  // namespace
@@ -80,8 +91,9 @@ void ThreadPool::after_fork_in_child() {
     new (&mutex_) std::mutex();
     new (&wake_) std::condition_variable();
     new (&done_) std::condition_variable();
-    pending_ = 0;
-    stopping_ = false;
+    pending_.store(0);
+    stopping_.store(false);
+    sleepers_ = 0;
     forked_ = true;  // threads_ is kept; the next run starts that many workers
 }
 
@@ -89,6 +101,23 @@ void ThreadPool::restart_workers_if_forked() {
     if (!forked_) return;
     forked_ = false;
     start_workers(threads_);
+}
+
+void ThreadPool::set_spin_us(int64_t microseconds) { spin_us_.store(microseconds < 0 ? 0 : microseconds); }
+
+int64_t ThreadPool::spin_us() const { return spin_us_.load(std::memory_order_relaxed); }
+
+template <typename Done>
+bool ThreadPool::poll(Done done) const {
+    using Clock = std::chrono::steady_clock;
+    const int64_t microseconds = spin_us();
+    if (microseconds <= 0) return done();
+    const Clock::time_point deadline = Clock::now() + std::chrono::microseconds(microseconds);
+    for (unsigned i = 1;; ++i) {
+        if (done()) return true;
+        cpu_relax();
+        if (i % 64 == 0 && Clock::now() >= deadline) return done();  // the clock read costs ~20 ns
+    }
 }
 
 int ThreadPool::num_threads() {
@@ -108,8 +137,8 @@ void ThreadPool::start_workers(int threads) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         threads_ = threads < 1 ? 1 : threads;
-        stopping_ = false;
-        generation = generation_;
+        stopping_.store(false);
+        generation = generation_.load();
     }
     workers_.reserve(static_cast<size_t>(threads_ - 1));
     // A worker must compare against the generation of its birth, not of its
@@ -122,7 +151,7 @@ void ThreadPool::start_workers(int threads) {
 void ThreadPool::stop_workers() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        stopping_ = true;
+        stopping_.store(true);
     }
     wake_.notify_all();
     for (std::thread& worker : workers_) worker.join();
@@ -137,38 +166,57 @@ void ThreadPool::run(int parts, Task task, void* context) {
         task(context, 0, 1);
         return;
     }
+    bool sleepers;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         task_ = task;
         context_ = context;
         parts_ = parts;
-        pending_ = parts - 1;
-        ++generation_;
+        pending_.store(parts - 1, std::memory_order_relaxed);
+        generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        // A worker counts itself and checks generation_ under this lock before it sleeps, so a
+        // worker not counted here sees the new generation.
+        sleepers = sleepers_ > 0;
     }
-    wake_.notify_all();
+    if (sleepers) wake_.notify_all();
     task(context, 0, parts);
+    const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+    if (poll(finished)) return;
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    done_.wait(lock, finished);
 }
 
 void ThreadPool::worker_loop(int part, uint64_t seen) {
+    const auto woken = [&] {
+        return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+    };
     for (;;) {
         Task task;
         void* context;
         int parts;
         {
-            std::unique_lock<std::mutex> lock(mutex_);
-            wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-            if (stopping_) return;
-            seen = generation_;
+            std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+            if (!poll(woken)) {
+                lock.lock();
+                ++sleepers_;
+                wake_.wait(lock, woken);
+                --sleepers_;
+            } else {
+                lock.lock();
+            }
+            if (stopping_.load()) return;
+            seen = generation_.load();
             if (part >= parts_) continue;  // this run needs fewer threads
             task = task_;
             context = context_;
             parts = parts_;
         }
         task(context, part, parts);
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (--pending_ == 0) done_.notify_one();
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            // Under the lock: a caller that saw pending_ > 0 under it is waiting on done_ by now.
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_.notify_one();
+        }
     }
 }
 

@@ -8,6 +8,16 @@
 // Runs are serialised (a second caller waits), so kernels called from several
 // Python threads at once share the pool safely.
 //
+// Hand-off: a worker that finishes a part polls for the next run for
+// spin_us() before it sleeps on a condition variable, and the caller polls for
+// the parts it waits on as long before it sleeps. Waking a sleeping thread
+// goes through the kernel's scheduler: on the 2-vCPU KVM build machine a run
+// split over 2 threads cost ~42 us more than on one (futex wake and wait),
+// more than half of a ~21M multiply-add convolution GEMM's 100 us, so
+// splitting gained nothing. Polling, the same hand-off costs well under a
+// microsecond (see the benchmarks README). A polling thread keeps its core busy
+// for up to spin_us() after each run; 0 makes every wait a sleep.
+//
 // Fork safety: fork() copies only the calling thread, so a child forked after
 // the pool started (multiprocessing, DataLoader workers, gunicorn) would wait
 // forever for workers that do not exist. The global pool registers
@@ -17,6 +27,7 @@
 // the same thread count.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -45,6 +56,11 @@ public:
     // and returns when all are done.
     void run(int parts, Task task, void* context);
 
+    // How long (microseconds, >= 0) a thread polls before it sleeps (above).
+    static constexpr int64_t kDefaultSpinUs = 200;
+    void set_spin_us(int64_t microseconds);
+    int64_t spin_us() const;
+
     // The pthread_atfork handlers of global() (public only for them).
     void before_fork();
     void after_fork_in_parent();
@@ -55,20 +71,26 @@ private:
     void stop_workers();
     void restart_workers_if_forked();
     void worker_loop(int part, uint64_t seen);
+    // Polls until done() is true or spin_us() has passed; returns done().
+    template <typename Done>
+    bool poll(Done done) const;
 
     std::mutex run_mutex_;  // held for a whole run or resize
-    std::mutex mutex_;      // guards the fields below
+    std::mutex mutex_;      // guards the fields below; the atomics are written under it too
     std::condition_variable wake_;
     std::condition_variable done_;
     std::vector<std::thread> workers_;
     int threads_ = 1;
-    uint64_t generation_ = 0;
-    bool stopping_ = false;
+    // Bumped (release) once a run's task_, context_ and parts_ are set; polled without the lock.
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<bool> stopping_{false};
     Task task_ = nullptr;
     void* context_ = nullptr;
     int parts_ = 0;
-    int pending_ = 0;
-    bool forked_ = false;  // a child after fork: workers_ are the parent's, start new ones
+    std::atomic<int> pending_{0};  // parts of the current run not finished yet, the caller's aside
+    int sleepers_ = 0;             // workers waiting on wake_: a run notifies only when there are any
+    bool forked_ = false;          // a child after fork: workers_ are the parent's, start new ones
+    std::atomic<int64_t> spin_us_{kDefaultSpinUs};
 };
 
 // The machine's hardware threads (at least 1).

@@ -192,6 +192,14 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The kernel thread count (default: the machine's hardware threads)."""
 
+DEFAULT_THREAD_SPIN_US: int
+
+def set_thread_spin_us(microseconds: int) -> None:
+    """How long the kernel threads poll for work before they sleep (0 to 1e6 us); ValueError outside."""
+
+def get_thread_spin_us() -> int:
+    """How long the kernel threads poll for work before they sleep, in microseconds."""
+
 DEFAULT_MIN_MACS_PER_THREAD: int
 
 def set_min_macs_per_thread(macs: int) -> None:

@@ -74,7 +74,7 @@ GEMM_S8S8_MAX_K = (2**31 - 1) // (128 * 128)
 PACKED_F32_MAX_K = 2**24
 
 #: Default least work per GEMM thread, in multiply-adds (see :func:`set_min_macs_per_thread`).
-DEFAULT_MIN_MACS_PER_THREAD = 2**24
+DEFAULT_MIN_MACS_PER_THREAD = 2**17
 
 
 def available() -> bool:
@@ -415,15 +415,40 @@ def get_num_threads() -> int:
     return _compiled().get_num_threads()
 
 
+#: Default time the kernels' threads poll for work before they sleep (see :func:`set_thread_spin_us`).
+DEFAULT_THREAD_SPIN_US = 200
+
+
+def set_thread_spin_us(microseconds: int) -> None:
+    """Sets how long the kernels' threads poll for the next piece of work before they sleep (0 to 1e6 us).
+
+    A worker that finishes its part of a kernel polls for the next one, and the
+    calling thread polls for the workers' parts, for this long; after that they
+    sleep on a condition variable, and waking them goes through the kernel's
+    scheduler (~42 us per split GEMM on the 2-vCPU build machine, against well
+    under 1 us polling). The price: after each kernel the pool's threads keep
+    their cores busy for up to this long. The default is
+    ``DEFAULT_THREAD_SPIN_US`` = 200; 0 never polls (for a robot computer that
+    shares its cores with other processes). ValueError outside 0 .. 1e6.
+    """
+    _compiled().set_thread_spin_us(microseconds)
+
+
+def get_thread_spin_us() -> int:
+    """How long the kernels' threads poll before they sleep, in microseconds."""
+    return _compiled().get_thread_spin_us()
+
+
 def set_min_macs_per_thread(macs: int) -> None:
     """Sets the least work each thread of a packed GEMM gets, in multiply-adds (>= 1).
 
     A GEMM of W multiply-adds runs on at most ``W // macs`` threads (at least
     one, at most :func:`get_num_threads`). The default,
-    ``DEFAULT_MIN_MACS_PER_THREAD`` = 2**24 (~80 us on one AVX-512 VNNI core),
-    keeps small-vla's M = 32 layers on the calling thread, where a split was
-    measured no faster; a many-core target may want less, and tests set 1 to
-    split small shapes. ValueError below 1.
+    ``DEFAULT_MIN_MACS_PER_THREAD`` = 2**17 (~0.6 us on one AVX-512 VNNI core),
+    splits what a split was measured to speed up on 2 cores (from 262K
+    multiply-adds, 1.2-2x) and keeps smaller GEMMs, where handing work over
+    costs what it saves, on the calling thread; tests set 1 to split the
+    smallest shapes. ValueError below 1.
     """
     _compiled().set_min_macs_per_thread(macs)
 

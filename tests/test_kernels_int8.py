@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -271,18 +272,47 @@ def test_default_thread_count_is_the_core_count(tmp_path):
 
 def test_small_gemms_stay_on_the_calling_thread_by_default():
     native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
-    assert native.get_min_macs_per_thread() == native._compiled().DEFAULT_MIN_MACS_PER_THREAD == 2**24
+    assert native.get_min_macs_per_thread() == native._compiled().DEFAULT_MIN_MACS_PER_THREAD == 2**17
     with pytest.raises(ValueError, match="the minimum work per thread must be >= 1 multiply-add, got 0"):
         native.set_min_macs_per_thread(0)
-    assert native.get_min_macs_per_thread() == 2**24
+    assert native.get_min_macs_per_thread() == 2**17
     rng = np.random.default_rng(8)  # results are the same whether split or not
     a, w = random_int8(rng, (33, 384)), random_int8(rng, (1536, 384))
     w_scale = rng.uniform(1e-3, 1e-2, 1536).astype(np.float32)
     packed, expected = native.pack_weight_s8(w, w_scale), native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.02))
     native.set_num_threads(2)
-    for minimum in (2**24, 1):
+    for minimum in (2**24, 2**17, 1):
         native.set_min_macs_per_thread(minimum)
         assert_bits_equal(native.gemm_s8s8_f32(a, packed, np.float32(0.02)), expected)
+
+
+def test_threads_hand_work_over_polling_or_asleep():
+    """The pool's workers poll for work for get_thread_spin_us() and then sleep; both hand-offs
+    (and one that expires between calls) give the same bits. Lost wake-ups are
+    csrc/tests/thread_pool_stress.cpp's (under ThreadSanitizer, tests/native/run_sanitizers.sh)."""
+    assert native.get_thread_spin_us() == native.DEFAULT_THREAD_SPIN_US == native._compiled().DEFAULT_THREAD_SPIN_US
+    for bad in (-1, 1_000_001):
+        with pytest.raises(ValueError, match="the spin time must be between 0 and 1000000 microseconds"):
+            native.set_thread_spin_us(bad)
+    assert native.get_thread_spin_us() == native.DEFAULT_THREAD_SPIN_US
+    rng = np.random.default_rng(12)
+    a, w = random_int8(rng, (37, 203)), random_int8(rng, (70, 203))
+    w_scale = rng.uniform(1e-3, 1e-2, 70).astype(np.float32)
+    packed, expected = native.pack_weight_s8(w, w_scale), native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.03))
+    native.set_num_threads(2)
+    native.set_min_macs_per_thread(1)
+    try:
+        for spin in (0, 1, 50, native.DEFAULT_THREAD_SPIN_US):
+            native.set_thread_spin_us(spin)
+            assert native.get_thread_spin_us() == spin
+            for call in range(20):
+                if call % 4 == 3:
+                    time.sleep(1e-4)  # longer than the 1 and 50 us spins: the workers are asleep
+                assert_bits_equal(native.gemm_s8s8_f32(a, packed, np.float32(0.03)), expected)
+    finally:
+        native.set_thread_spin_us(native.DEFAULT_THREAD_SPIN_US)
+        native.set_min_macs_per_thread(native.DEFAULT_MIN_MACS_PER_THREAD)
+        native.set_num_threads(os.cpu_count() or 1)
 
 
 def test_bad_thread_counts_raise():

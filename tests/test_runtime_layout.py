@@ -30,6 +30,19 @@ def test_channels_last_pools_match_their_onnx_op(case):
     assert back.flags.c_contiguous and np.array_equal(back, first)
 
 
+def test_the_channels_last_max_pool_keeps_buffers_per_shape_and_returns_its_own_arrays():
+    pool = ops.compile_op(CHANNELS_LAST_POOLS["MaxPool"], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4},
+                          [None], 18, 1, "pool").fn
+    reference = ops.compile_op("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4},
+                               [None], 18, 1, "pool").fn
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in [(1, 9, 8, 5), (2, 6, 7, 3), (1, 9, 8, 5)]]
+    inputs.append(rng.integers(-128, 128, (1, 9, 8, 5), dtype=np.int8))  # int8 codes pad with -128
+    results = [pool(x) for x in inputs]
+    for x, y in zip(inputs, results):  # every result still its own after the later calls
+        np.testing.assert_array_equal(y, np.moveaxis(reference(np.moveaxis(x, -1, 1)), 1, -1))
+
+
 class Encoder(nn.Module):
     """Every layout boundary: a padded and a strided convolution, a 1x1 one (no copy), MaxPool with ceil mode,
     a skip connection, SiLU (Mul of a value and its Sigmoid), AveragePool, a convolution read both by an

@@ -258,6 +258,21 @@ void register_kernels(py::module_& m) {
         "The ISA's float32 compute roof on one core: GFLOP/s of its FMA on registers alone.");
     m.def("set_num_threads", &set_num_threads_py, py::arg("threads"), "Sets the kernels' thread count (1 to 1024).");
     m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); }, "The kernels' thread count.");
+    m.attr("DEFAULT_THREAD_SPIN_US") = ThreadPool::kDefaultSpinUs;
+    m.def(
+        "set_thread_spin_us",
+        [](int64_t microseconds) {
+            if (microseconds < 0 || microseconds > 1000000) {
+                throw py::value_error("the spin time must be between 0 and 1000000 microseconds, got " +
+                                      std::to_string(microseconds));
+            }
+            ThreadPool::global().set_spin_us(microseconds);
+        },
+        py::arg("microseconds"),
+        "How long the kernels' threads poll for the next piece of work before they sleep (0: never poll). "
+        "Polling makes handing a GEMM to the other threads ~50x cheaper and keeps their cores busy meanwhile.");
+    m.def("get_thread_spin_us", [] { return ThreadPool::global().spin_us(); },
+          "How long the kernels' threads poll before they sleep, in microseconds.");
     m.attr("DEFAULT_MIN_MACS_PER_THREAD") = kDefaultMinMacsPerThread;
     m.def(
         "set_min_macs_per_thread",

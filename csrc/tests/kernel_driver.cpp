@@ -609,9 +609,10 @@ int check_roof_loops(const IsaKernels& isa) {
 }
 
 int check_small_gemms_stay_on_one_thread() {
-    const int64_t fc1 = int64_t{32} * 1536 * 384, qkv = int64_t{32} * 384 * 384;
-    if (gemm_part_count(qkv, 24, 3) != 1 || gemm_part_count(fc1, 96, 3) != 1 || gemm_part_count(2 * fc1, 96, 3) != 2 ||
-        gemm_part_count(100 * fc1, 96, 3) != 3 || gemm_part_count(100 * fc1, 2, 3) != 2) {
+    const int64_t least = kDefaultMinMacsPerThread;
+    if (gemm_part_count(2 * least - 1, 24, 3) != 1 || gemm_part_count(2 * least, 96, 3) != 2 ||
+        gemm_part_count(3 * least, 96, 3) != 3 || gemm_part_count(100 * least, 96, 3) != 3 ||
+        gemm_part_count(100 * least, 2, 3) != 2 || gemm_part_count(100 * least, 1, 3) != 1) {
         std::printf("FAIL gemm_part_count: the minimum work per thread is not applied\n");
         return 1;
     }

@@ -286,8 +286,13 @@ def _max_pool(c):
 
     def max_pool(x):
         kernel, _, (strides, dilations, begin, end, out) = _pool_attrs(c, x)
-        return _reduce_windows(_windows(x, -np.inf, begin, end, out, kernel, strides, dilations), np.maximum)
+        return _reduce_windows(_windows(x, _lowest(x.dtype), begin, end, out, kernel, strides, dilations), np.maximum)
     return max_pool
+
+
+def _lowest(dtype: np.dtype):
+    """What a max pool pads with: -inf, or an integer type's least value (ONNX's MaxPool takes int8 and uint8)."""
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 def _reduce_windows(view: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
@@ -326,27 +331,42 @@ CHANNELS_LAST_POOLS = {"MaxPool": "edgevla.MaxPoolChannelsLast", "AveragePool": 
 
 @register(CHANNELS_LAST_POOLS["MaxPool"])
 def _max_pool_channels_last(c):
-    """``MaxPool`` over ``(N, *spatial, C)``: each kernel offset is a strided slice of the padded input, of the
-    output's shape and layout; the running maximum runs over those at memory speed."""
+    """``MaxPool`` over ``(N, *spatial, C)``, one spatial axis at a time (a maximum is separable): for each
+    axis, each kernel offset along it is a strided slice of the previous pass's output, of the next pass's
+    shape and layout, and the running maximum runs over those at memory speed. A 3x3 pool takes 3 + 3
+    passes over shrinking arrays instead of 9 over the output. The padded input buffer (its border
+    filled once) and the passes' outputs are kept per input shape."""
     if c.n_outputs > 1 or int(c.attr("storage_order", 0)) != 0:
         raise _fail(c, "the Indices output is not supported")
+    plans: dict[tuple, tuple] = {}
 
-    def max_pool(x):
+    def plan_for(x):
         kernel, _, (strides, dilations, begin, end, out) = _pool_attrs(c, np.moveaxis(x, -1, 1))
         need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kernel, dilations)]
         after = [max(e, nd - (i + b)) for e, nd, i, b in zip(end, need, x.shape[1:-1], begin)]
         padded = np.full((x.shape[0], *(i + b + a for i, b, a in zip(x.shape[1:-1], begin, after)), x.shape[-1]),
-                         -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min, x.dtype)
-        padded[(slice(None), *(slice(b, b + i) for b, i in zip(begin, x.shape[1:-1])), slice(None))] = x
-        y = None
-        for offset in np.ndindex(*kernel):
-            window = padded[(slice(None), *(slice(o * d, o * d + (m - 1) * s + 1, s)
-                                            for o, d, m, s in zip(offset, dilations, out, strides)), slice(None))]
-            if y is None:
-                y = np.array(window)
-            else:
-                np.maximum(y, window, out=y)
-        return y
+                         _lowest(x.dtype), x.dtype)
+        inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, x.shape[1:-1])), slice(None))
+        passes, shape = [], list(padded.shape)
+        for axis, (k, d, m, s) in enumerate(zip(kernel, dilations, out, strides), start=1):
+            shape[axis] = m
+            slices = [(*(slice(None),) * axis, slice(o * d, o * d + (m - 1) * s + 1, s)) for o in range(k)]
+            passes.append((slices, np.empty(shape, x.dtype)))
+        if len(plans) >= 4:
+            plans.pop(next(iter(plans)))
+        plans[(x.shape, x.dtype.str)] = plan = (padded, inner, passes)
+        return plan
+
+    def max_pool(x):
+        padded, inner, passes = plans.get((x.shape, x.dtype.str)) or plan_for(x)
+        padded[inner] = x
+        source = padded
+        for slices, y in passes:
+            np.copyto(y, source[slices[0]])
+            for window in slices[1:]:
+                np.maximum(y, source[window], out=y)
+            source = y
+        return source.copy()  # the executor may keep the result; the pass buffers are reused
     return max_pool
 
 

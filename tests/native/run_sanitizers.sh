@@ -3,7 +3,9 @@
 # with AddressSanitizer and UndefinedBehaviorSanitizer (no recovery: the first
 # finding aborts) and runs the driver, which tests every kernel (dense W8A8,
 # sparse, 2:4, int4, quantization) on every ISA this CPU runs, at 1 and 3
-# threads, into guarded outputs. About a minute on 2 cores.
+# threads, into guarded outputs. Then the thread pool alone under
+# ThreadSanitizer (csrc/tests/thread_pool_stress.cpp): its polling and
+# sleeping hand-offs, from two callers, across resizes. About a minute on 2 cores.
 #
 # Usage (from anywhere): tests/native/run_sanitizers.sh [build-dir]   (default: a fresh temp dir)
 set -euo pipefail
@@ -64,3 +66,10 @@ for job in "${jobs[@]}"; do wait "$job"; done
 "$cxx" "${sanitize[@]}" -pthread "${objects[@]}" -o "$build/kernel_driver"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   "$build/kernel_driver"
+
+# The thread pool's hand-off under ThreadSanitizer: a data race or a lost
+# wake-up (a hang, which the stress test's watchdog fails) aborts.
+tsan=(-fsanitize=thread -fno-omit-frame-pointer)
+"$cxx" -std=c++17 -O1 -g -Wall -Wextra -Werror "${tsan[@]}" -I"$src" -pthread \
+  "$src/thread_pool.cpp" "$src/tests/thread_pool_stress.cpp" -o "$build/thread_pool_stress"
+TSAN_OPTIONS="halt_on_error=1" "$build/thread_pool_stress"
