@@ -26,6 +26,9 @@ void child_after_fork() {
 
 // One iteration of a polling loop: tells the core that this is a spin-wait
 // (x86 pause, Arm yield), which frees its pipeline and saves power.
+// Polling iterations of cpu_relax() before a poll yields the core on each (a few microseconds).
+constexpr unsigned kPauseIterations = 256;
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -115,7 +118,14 @@ bool ThreadPool::poll(Done done) const {
     const Clock::time_point deadline = Clock::now() + std::chrono::microseconds(microseconds);
     for (unsigned i = 1;; ++i) {
         if (done()) return true;
-        cpu_relax();
+        if (i < kPauseIterations) {
+            cpu_relax();
+        } else {
+            // Past the first microseconds, let any other thread that wants this core run: with more
+            // runnable threads than cores (another process, or another library's spinning pool) the
+            // thread this one waits for may be waiting for the core.
+            std::this_thread::yield();
+        }
         if (i % 64 == 0 && Clock::now() >= deadline) return done();  // the clock read costs ~20 ns
     }
 }
@@ -144,7 +154,7 @@ void ThreadPool::start_workers(int threads) {
     // A worker must compare against the generation of its birth, not of its
     // first look: a run may start before the new thread is scheduled.
     for (int part = 1; part < threads_; ++part) {
-        workers_.emplace_back(&ThreadPool::worker_loop, this, part, generation);
+        workers_.emplace_back(&ThreadPool::worker_loop, this, generation);
     }
 }
 
@@ -166,27 +176,48 @@ void ThreadPool::run(int parts, Task task, void* context) {
         task(context, 0, 1);
         return;
     }
+    uint64_t generation;
     bool sleepers;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         task_ = task;
         context_ = context;
         parts_ = parts;
-        pending_.store(parts - 1, std::memory_order_relaxed);
-        generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        pending_.store(parts, std::memory_order_relaxed);
+        generation = (generation_.load(std::memory_order_relaxed) + 1) & kGenerationMask;
+        claim_.store(generation << kPartBits, std::memory_order_relaxed);
+        generation_.store(generation, std::memory_order_release);
         // A worker counts itself and checks generation_ under this lock before it sleeps, so a
         // worker not counted here sees the new generation.
         sleepers = sleepers_ > 0;
     }
     if (sleepers) wake_.notify_all();
-    task(context, 0, parts);
+    run_parts(generation, task, context, parts);
     const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
     if (poll(finished)) return;
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, finished);
 }
 
-void ThreadPool::worker_loop(int part, uint64_t seen) {
+void ThreadPool::run_parts(uint64_t generation, Task task, void* context, int parts) {
+    uint64_t claim = claim_.load(std::memory_order_acquire);
+    for (;;) {
+        const int part = static_cast<int>(claim & kPartMask);
+        if ((claim >> kPartBits) != generation || part >= parts) return;  // a later run's claims, or none left
+        if (!claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+            continue;  // another thread claimed first; `claim` is the new value
+        }
+        task(context, part, parts);
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            // Under the lock: a caller that saw pending_ > 0 under it is waiting on done_ by now.
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_.notify_one();
+        }
+        claim = claim_.load(std::memory_order_acquire);
+    }
+}
+
+void ThreadPool::worker_loop(uint64_t seen) {
     const auto woken = [&] {
         return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
     };
@@ -206,17 +237,11 @@ void ThreadPool::worker_loop(int part, uint64_t seen) {
             }
             if (stopping_.load()) return;
             seen = generation_.load();
-            if (part >= parts_) continue;  // this run needs fewer threads
             task = task_;
             context = context_;
             parts = parts_;
         }
-        task(context, part, parts);
-        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            // Under the lock: a caller that saw pending_ > 0 under it is waiting on done_ by now.
-            std::lock_guard<std::mutex> lock(mutex_);
-            done_.notify_one();
-        }
+        run_parts(seen, task, context, parts);
     }
 }
 

@@ -1,7 +1,9 @@
 // A small persistent thread pool with a fixed thread count.
 //
-// Kernels split their work into `parts` (at most the thread count); the
-// calling thread runs part 0 and parked workers run the others. Workers are
+// Kernels split their work into `parts` (at most the thread count). The
+// calling thread and the parked workers claim parts one at a time until none
+// is left, so a worker that is slow to wake (its core busy with another
+// process) leaves its part to the caller instead of holding the run up. Workers are
 // created when the pool starts or is resized (and, in a forked child, before
 // its first run), never during a run, and a run allocates nothing: the task
 // is a function pointer and a context pointer.
@@ -70,7 +72,9 @@ private:
     void start_workers(int threads);
     void stop_workers();
     void restart_workers_if_forked();
-    void worker_loop(int part, uint64_t seen);
+    void worker_loop(uint64_t seen);
+    // Claims and runs parts of run `generation` until none is left.
+    void run_parts(uint64_t generation, Task task, void* context, int parts);
     // Polls until done() is true or spin_us() has passed; returns done().
     template <typename Done>
     bool poll(Done done) const;
@@ -87,7 +91,13 @@ private:
     Task task_ = nullptr;
     void* context_ = nullptr;
     int parts_ = 0;
-    std::atomic<int> pending_{0};  // parts of the current run not finished yet, the caller's aside
+    std::atomic<int> pending_{0};  // parts of the current run not finished yet
+    // The current run's generation in the high bits, its next unclaimed part in the low kPartBits: a
+    // thread still claiming for a finished run sees another generation and claims nothing.
+    static constexpr int kPartBits = 16;
+    static constexpr uint64_t kPartMask = (uint64_t{1} << kPartBits) - 1;
+    static constexpr uint64_t kGenerationMask = ~uint64_t{0} >> kPartBits;
+    std::atomic<uint64_t> claim_{0};
     int sleepers_ = 0;             // workers waiting on wake_: a run notifies only when there are any
     bool forked_ = false;          // a child after fork: workers_ are the parent's, start new ones
     std::atomic<int64_t> spin_us_{kDefaultSpinUs};

@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--ms", help="comma-separated row counts M (default: 1,16,64,256)")
     bk.add_argument("--threads", type=int, help="threads of every backend (default: all cores)")
     bk.add_argument("--min-time", type=float, help="seconds of timed calls per row (default 0.15, --quick 0.02)")
+    bk.add_argument("--no-convs", action="store_true",
+                    help="leave out the ResNet-18 convolution GEMMs (conv-int8 rows)")
     bk.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cpu: the native CPU kernels (default); cuda: the CUDA kernels beside cuBLAS, cuSPARSELt "
                          "and fp16 matmul (M = 1,16,256,1024 by default; edgevla/bench/kernels_cuda.py)")

@@ -43,9 +43,14 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     assert {("linear-f32", "torch-fp32"), ("linear-int8", "torch-dynamic-int8"), ("gemm-int8", "onnxruntime-int8"),
             ("linear-int8", "edgevla"), ("gemm-int8", "edgevla"), ("sparse-f32", "edgevla"), ("sparse-int8", "edgevla"),
             ("2to4-int8", "edgevla"), ("2to4-f32", "edgevla"), ("int4-g32", "edgevla"),
-            ("int4-g128", "edgevla"), ("int4-g32", "edgevla-w4a8"), ("int4-g128", "edgevla-w4a8")} == backends
+            ("int4-g128", "edgevla"), ("int4-g32", "edgevla-w4a8"), ("int4-g128", "edgevla-w4a8"),
+            ("conv-int8", "edgevla"), ("conv-int8", "onnxruntime-int8")} == backends
     assert {row["sparsity"] for row in rows if row["op"] == "sparse-f32"} == {0.5, 0.9}
-    assert {(row["shape"], row["M"]) for row in rows} == {(f"tiny-vla {layer}", 1) for layer in ("attn", "fc1", "fc2")}
+    convs = {(c.shape.name, c.m, c.k, c.n) for c in kernels.conv_shapes()}
+    assert {(row["shape"], row["M"]) for row in rows} == (
+        {(f"tiny-vla {layer}", 1) for layer in ("attn", "fc1", "fc2")} | {(name, m) for name, m, _, _ in convs})
+    assert {(row["shape"], row["M"], row["K"], row["N"]) for row in rows if row["op"] == "conv-int8"} == convs
+    assert result["thread_handoff"] is None  # --threads 1
     for row in rows:
         assert row["us"] > 0
         assert row["gops"] == pytest.approx(2 * row["M"] * row["N"] * row["K"] / row["us"] / 1e3, rel=1e-2, abs=1e-3)
@@ -53,6 +58,46 @@ def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     assert any("int4 g32 GEMV >= 5x" in name for name in goal_names)
     assert "int4 g128 GEMV >= 5x fp32 GEMV at M = 1 (hot weights, W4A8)" in goal_names
     assert any("2:4 int8 GEMV >= 1.4x" in name for name in goal_names)
+    assert any("int8 convolution GEMMs >= 1.0x ONNX Runtime" in name for name in goal_names)
+
+
+def test_conv_shapes_are_the_resnet18_policys_convolutions():
+    """Cross-checked on the benchmark's own policy (``benchmarks/cpu/policies/resnet18_policy.py``): every
+    convolution, called on a 96x96 image, as (output positions, kernel x input channels, output channels)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu" / "policies" / "resnet18_policy.py"
+    spec = importlib.util.spec_from_file_location("resnet18_policy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    policy, seen = module.bn(), set()
+
+    def record(conv, inputs, output):
+        seen.add((output.shape[2] * output.shape[3], conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1],
+                  conv.out_channels))
+
+    for layer in policy.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(record)
+    with torch.no_grad():
+        policy(torch.rand(1, 3, 96, 96), torch.rand(1, 7))
+    assert {(c.m, c.k, c.n) for c in kernels.conv_shapes()} == seen
+    assert len(kernels.conv_shapes()) == len(seen) == 11
+
+
+def test_thread_handoff_reports_cost_and_gain_polling_and_asleep():
+    assert kernels.thread_handoff(1, 0.001) is None
+    spin, least, threads = native.get_thread_spin_us(), native.get_min_macs_per_thread(), native.get_num_threads()
+    handoff = kernels.thread_handoff(2, 0.001)
+    assert (native.get_thread_spin_us(), native.get_min_macs_per_thread()) == (spin, least)  # restored
+    assert native.get_num_threads() == 2
+    native.set_num_threads(threads)
+    assert handoff["threads"] == 2 and handoff["spin_us"] == spin
+    assert set(handoff["overhead_us"]) == set(handoff["speedup"]) == {"polling", "sleeping"}
+    assert handoff["small_one_thread_us"] > 0 and all(v > 0 for v in handoff["speedup"].values())
 
 
 def test_cold_rows_rotate_over_twice_the_last_level_cache(tmp_path, monkeypatch):

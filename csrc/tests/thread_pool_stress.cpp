@@ -2,7 +2,8 @@
 // ThreadSanitizer by tests/native/run_sanitizers.sh: runs of every part count
 // with the workers polling (spin_us > 0), asleep (0), and at the edge between
 // the two (a spin that expires while a run is published), with and without
-// gaps between runs, from two caller threads at once, across resizes. Every
+// gaps between runs, from two caller threads at once, with more busy threads
+// than cores, across resizes. Every
 // part must run exactly once per run, and a lost wake-up shows as a hang,
 // which the caller's timeout turns into a failure.
 #include "thread_pool.h"
@@ -88,6 +89,24 @@ int main() {
     failures += run_many(pool, 300, 4, 3);
     other.join();
     failures += concurrent_failures.load();
+    // More runnable threads than cores: busy threads of another "library" keep the workers from
+    // their cores, so the caller claims most parts itself.
+    {
+        std::atomic<bool> busy{true};
+        std::vector<std::thread> hogs;
+        for (unsigned i = 0; i < std::thread::hardware_concurrency() + 1; ++i) {
+            hogs.emplace_back([&busy] {
+                while (busy.load(std::memory_order_relaxed)) {
+                }
+            });
+        }
+        for (const int64_t spin : {int64_t{200}, int64_t{0}}) {
+            pool.set_spin_us(spin);
+            failures += run_many(pool, 200, kMaxParts, 0);
+        }
+        busy.store(false);
+        for (std::thread& hog : hogs) hog.join();
+    }
     // Resizes between runs, the workers polling or asleep.
     for (int round = 0; round < 20; ++round) {
         pool.set_spin_us(round % 2 == 0 ? 50 : 0);

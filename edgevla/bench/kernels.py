@@ -18,6 +18,9 @@ sparse-int8     int8 activations, unstructured sparse int8 weight     edgevla (5
 2to4-f32        float32, 2:4 sparse float32 weight                    edgevla
 int4-g32/g128   float32, int4 weight, groups of 32 / 128: float32     edgevla (``gemm_w4_f32``),
                 activations, or quantized to int8 per group (W4A8)    edgevla-w4a8 (``gemm_w4a8_f32``)
+conv-int8       the GEMMs of a ResNet-18 encoder's convolutions on a  onnxruntime-int8 (MatMulInteger),
+                96x96 image (:func:`conv_shapes`; M = output          edgevla
+                positions), int8 windows as gemm-int8
 ==============  ====================================================  =================================
 
 Each row has ``op``, ``M``, ``K``, ``N``, ``sparsity``, ``backend``, ``us``
@@ -42,6 +45,10 @@ alone, and ``f32_gflops`` from ``native.f32_peak_gflops``, its FMA; one
 core): the most any int8 or float32 GEMM on those instructions can reach,
 ours or a peer's. The M >= 16 GEMM goals give each side's fraction of its
 roof (``of_peak``).
+
+``thread_handoff`` is what splitting a GEMM over the threads costs and gains
+(:func:`thread_handoff`), with the pool's threads polling for work (the
+default) and asleep between calls (``native.set_thread_spin_us(0)``).
 
 The issue's goals are computed from the rows as ratios within this one run and
 reported as met or not, never asserted: on a shared machine only ratios are
@@ -88,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise EdgevlaError("--threads must be >= 1")
     if args.min_time is not None and args.min_time <= 0:
         raise EdgevlaError("--min-time must be > 0")
-    result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time)
+    result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time,
+                           convs=not args.no_convs)
     print_table(result)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
@@ -125,6 +133,46 @@ class Shape:
     @property
     def name(self) -> str:
         return f"{self.policy} {self.layer}"
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A convolution as the native runtime runs it: one GEMM of ``m`` output positions by ``k`` (kernel x input
+    channels) by ``n`` output channels."""
+    layer: str
+    m: int
+    k: int
+    n: int
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(CONV_POLICY, self.layer, self.k, self.n)
+
+
+CONV_POLICY = "resnet18-96"
+
+
+def conv_shapes(size: int = 96) -> list[ConvShape]:
+    """The distinct convolution GEMMs of a ResNet-18 encoder on a ``size`` x ``size`` image, batch 1 (the
+    torchvision layout; ``benchmarks/cpu/policies/resnet18_policy.py``): the 7x7 stride-2 stem, a stride-2
+    pool, then 4 stages of 2 basic blocks (3x3 convolutions; the first block of stages 2-4 has stride 2 and a
+    1x1 stride-2 shortcut)."""
+    def out(n: int, kernel: int, stride: int, pad: int) -> int:
+        return (n + 2 * pad - kernel) // stride + 1
+
+    side = out(size, 7, 2, 3)
+    shapes = [ConvShape(f"conv7x7/2 3->64 @{side}", side * side, 7 * 7 * 3, 64)]
+    side, cin = out(side, 3, 2, 1), 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        side = out(side, 3, stride, 1)
+        shapes.append(ConvShape(f"conv3x3{'/2' if stride > 1 else ''} {cin}->{cout} @{side}", side * side, 9 * cin,
+                                cout))
+        if cin != cout:
+            shapes.append(ConvShape(f"conv1x1/2 {cin}->{cout} @{side}", side * side, cin, cout))
+        if stride > 1 or cin != cout:
+            shapes.append(ConvShape(f"conv3x3 {cout}->{cout} @{side}", side * side, 9 * cout, cout))
+        cin = cout
+    return shapes
 
 
 def reference_shapes(configs: Sequence[str] = CONFIG_NAMES) -> list[Shape]:
@@ -298,7 +346,6 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], threads: int, col
         linear.weight.copy_(torch.from_numpy(w))
         linear.bias.copy_(torch.from_numpy(bias))
     dynamic = _torch_dynamic_int8(linear)
-    session = _ort_matmul_integer(k, n, w_int8, threads)
     w_t = torch.from_numpy(w)
     bias_t = torch.from_numpy(bias)
 
@@ -335,11 +382,15 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], threads: int, col
 
         rows.add("linear-int8", shape, m, "edgevla", linear_int8, weight_bytes=packed["dense-int8"].size,
                  io_bytes=f32_io)
-        rows.add("gemm-int8", shape, m, "onnxruntime-int8", lambda: session.run(None, {"a": a_u8}),
-                 weight_bytes=n * k, io_bytes=int8_io)
         rows.add("gemm-int8", shape, m, "edgevla",
                  lambda: native.gemm_s8s8_f32(q, packed["dense-int8"], a_scale, bias, out=out),
                  weight_bytes=packed["dense-int8"].size, io_bytes=int8_io)
+        # A session only for its row, after ours: ONNX Runtime's threads keep polling for work a while after
+        # a run (and after the session starts), taking the cores from whatever is timed next.
+        session = _ort_matmul_integer(k, n, w_int8, threads)
+        rows.add("gemm-int8", shape, m, "onnxruntime-int8", lambda: session.run(None, {"a": a_u8}),
+                 weight_bytes=n * k, io_bytes=int8_io)
+        del session
         for sparsity in (0.5, 0.9):
             p = packed[f"sparse-f32@{sparsity}"]
             rows.add("sparse-f32", shape, m, "edgevla", lambda p=p: native.gemm_sparse_f32(x, p, bias, out=out),
@@ -362,6 +413,71 @@ def _bench_shape(rows: _Rows, shape: Shape, ms: Sequence[int], threads: int, col
 
         if cold and m == 1:
             _bench_cold(rows, shape, x, q, a_scale, bias, out, w, packed, rotate_bytes=cold)
+
+
+def _bench_conv(rows: _Rows, conv: ConvShape, threads: int, rng: np.random.Generator) -> None:
+    """One convolution GEMM on int8 windows: ours (float32 out, per-channel scales and bias: the runtime's
+    int8-static layer) and ONNX Runtime's MatMulInteger (int32 out)."""
+    from .. import native
+
+    m, k, n = conv.m, conv.k, conv.n
+    codes = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    w_int8 = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = native.pack_weight_s8(w_int8, w_scale)
+    out = np.empty((m, n), np.float32)
+    a_u8 = (codes.astype(np.int16) + 128).astype(np.uint8)
+    io = m * (k + 4 * n)
+    rows.add("conv-int8", conv.shape, m, "edgevla",
+             lambda: native.gemm_s8s8_f32(codes, packed, np.float32(0.02), bias, out=out),
+             weight_bytes=packed.size, io_bytes=io)
+    session = _ort_matmul_integer(k, n, w_int8, threads)
+    rows.add("conv-int8", conv.shape, m, "onnxruntime-int8", lambda: session.run(None, {"a": a_u8}),
+             weight_bytes=n * k, io_bytes=io)
+    del session  # see _bench_shape
+
+
+def thread_handoff(threads: int, min_time: float) -> dict[str, Any] | None:
+    """What splitting a GEMM over ``threads`` costs and gains, with the pool's threads polling for work (the
+    default) and asleep between calls (``native.set_thread_spin_us(0)``): on a small int8 GEMM, the microseconds
+    over one thread (``overhead_us``); on a 10M multiply-add convolution GEMM, the speed-up over one thread
+    (``speedup``). None on one thread."""
+    from .. import native
+
+    if threads < 2:
+        return None
+    rng = np.random.default_rng(0)
+
+    def gemm(m, k, n):
+        codes = rng.integers(-127, 128, (m, k), dtype=np.int8)
+        packed = native.pack_weight_s8(rng.integers(-127, 128, (n, k), dtype=np.int8), np.ones(n, np.float32))
+        out = np.empty((m, n), np.float32)
+        return lambda: native.gemm_s8s8_f32(codes, packed, np.float32(1), out=out)
+
+    small, split = (8, 64, 64), (144, 576, 128)  # ~1 us of work; a ResNet-18 stage-2 convolution
+    calls = {shape: gemm(*shape) for shape in (small, split)}
+    spin, least = native.get_thread_spin_us(), native.get_min_macs_per_thread()
+    alone, timed = {}, {}
+    try:
+        native.set_num_threads(1)
+        alone = {shape: time_us(call, min_time) for shape, call in calls.items()}
+        native.set_num_threads(threads)
+        native.set_min_macs_per_thread(1)
+        for mode, spin_us in (("polling", spin), ("sleeping", 0)):
+            native.set_thread_spin_us(spin_us)
+            timed[mode] = {shape: time_us(call, min_time) for shape, call in calls.items()}
+    finally:
+        native.set_thread_spin_us(spin)
+        native.set_min_macs_per_thread(least)
+        native.set_num_threads(threads)
+    return {
+        "threads": threads, "spin_us": spin,
+        "small_gemm": list(small), "small_one_thread_us": round(alone[small], 3),
+        "overhead_us": {mode: round(t[small] - alone[small], 3) for mode, t in timed.items()},
+        "split_gemm": list(split), "split_one_thread_us": round(alone[split], 3),
+        "speedup": {mode: round(alone[split] / t[split], 3) for mode, t in timed.items()},
+    }
 
 
 def _bench_cold(rows: _Rows, shape: Shape, x, q, a_scale, bias, out, w, packed, *, rotate_bytes: int) -> None:
@@ -457,6 +573,12 @@ def goals(rows: list[dict[str, Any]], copy_gbps: float, read_gbps: float | None 
         gemm_goal("int8 GEMM about 4x PyTorch fp32 at M >= 16 (linear-int8 vs linear-f32)", 4.0,
                   "linear-f32", "torch-fp32", f32_peak, "linear-int8"),
     ]
+    convs = sorted({(r["shape"], r["M"]) for r in rows if r["op"] == "conv-int8"}, key=lambda s: s[1])
+    result.append(_with_roofs(_ratio_goal(
+        rows, "(comparison) int8 convolution GEMMs >= 1.0x ONNX Runtime int8 (conv-int8, ResNet-18 at 96x96)", 1.0,
+        pairs := [(f"{name} M={m}", _find(rows, op="conv-int8", backend="onnxruntime-int8", shape=name, M=m),
+                   _find(rows, op="conv-int8", backend="edgevla", shape=name, M=m)) for name, m in convs]),
+        pairs, "onnxruntime-int8", int8_peak, int8_peak))
     for backend, suffix in INT4_GOAL_SUFFIXES.items():
         for cache in ("hot", "cold"):
             for group in (32, 128):
@@ -511,11 +633,13 @@ def compute_roofs(isa: str) -> dict[str, float]:
 # ------------------------------------------------------------------- entry ---
 
 def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, ms: Sequence[int] | None = None,
-                  threads: int | None = None, min_time: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run the benchmark; a JSON-ready dict: host, copy bandwidth, rows and goals.
+                  threads: int | None = None, min_time: float | None = None, seed: int = 0,
+                  convs: bool = True) -> dict[str, Any]:
+    """Run the benchmark; a JSON-ready dict: host, copy bandwidth, thread hand-off, rows and goals.
 
     ``quick``: tiny-vla and base-vla shapes at M = 1 and 16 with short timing
-    (a smoke run); otherwise every config at M = 1, 16, 64, 256.
+    (a smoke run); otherwise every config at M = 1, 16, 64, 256. ``convs``: also
+    the ResNet-18 convolution GEMMs (:func:`conv_shapes`).
     """
     import onnxruntime
     import torch
@@ -547,6 +671,9 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
         roofs = compute_roofs(native.get_isa())
         for shape in reference_shapes(configs):
             _bench_shape(rows, shape, ms, threads, cold=rotate_bytes if shape.policy == "base-vla" else 0, rng=rng)
+        for conv in conv_shapes() if convs else ():
+            _bench_conv(rows, conv, threads, rng)
+        handoff = thread_handoff(threads, min_time)
     finally:
         torch.set_num_threads(torch_threads)
         native.set_num_threads(native_threads)
@@ -560,6 +687,7 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
         "copy_gbps": round(copy_gbps, 2),
         "read_gbps": round(read_gbps, 2),
         "compute_roofs": roofs,
+        "thread_handoff": handoff,
         "cold_bytes": rotate_bytes,
         "min_time_s": min_time,
         "rows": rows.rows,
@@ -596,6 +724,14 @@ def print_table(result: dict[str, Any]) -> None:
                       f"{r['gops']:,.1f}", f"{r['gbps']:,.1f}")
     console = Console(highlight=False, width=200)
     console.print(table)
+    if handoff := result.get("thread_handoff"):
+        dims = {key: "x".join(map(str, handoff[key])) for key in ("small_gemm", "split_gemm")}
+        console.print(f"thread hand-off ({handoff['threads']} threads): an int8 GEMM of {dims['small_gemm']} "
+                      f"({handoff['small_one_thread_us']:.1f} us on one thread) "
+                      f"+{handoff['overhead_us']['polling']:.1f} us polling ({handoff['spin_us']} us spin), "
+                      f"+{handoff['overhead_us']['sleeping']:.1f} us asleep; {dims['split_gemm']} "
+                      f"{handoff['speedup']['polling']:.2f}x over one thread polling, "
+                      f"{handoff['speedup']['sleeping']:.2f}x asleep")
     for g in result["goals"]:
         verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
         console.print(f"goal: {g['goal']}: geomean {g['geomean']}, min {g['min']} "
