@@ -192,6 +192,17 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The kernel thread count (default: the machine's hardware threads)."""
 
+def gather_windows(x: Buffer, rows: Buffer, kernel: list[int], strides: list[int], dilations: list[int],
+                   pads_begin: list[int], out: list[int]) -> None:
+    """A convolution's input windows (channels-last x) as the rows of its GEMM, zero outside x."""
+
+def max_pool_channels_last(x: Buffer, y: Buffer, kernel: list[int], strides: list[int], dilations: list[int],
+                           pads_begin: list[int], out: list[int]) -> None:
+    """MaxPool of a channels-last x into y (N, out..., C), positions outside x left out."""
+
+def to_channels_last(x: Buffer, y: Buffer) -> None:
+    """x (N, C, spatial...) into y (N, spatial..., C)."""
+
 DEFAULT_THREAD_SPIN_US: int
 
 def set_thread_spin_us(microseconds: int) -> None:

@@ -51,6 +51,7 @@ write outside the arrays it was given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -316,6 +317,45 @@ def layer_norm_f32(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = 
 def layer_norm_f32_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None) -> np.ndarray:
     """The scalar reference of :func:`layer_norm_f32` (same arguments, identical floats)."""
     return _compiled().layer_norm_f32_ref(x, gamma, beta, epsilon=epsilon, out=out)
+
+
+def gather_windows(x: Any, rows: Any, *, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+                   pads_begin: Sequence[int], out: Sequence[int]) -> None:
+    """A convolution's input windows as the rows of its GEMM (im2col), into ``rows``.
+
+    ``x``: C-contiguous int8, uint8 or float32 ``(N, *spatial, C)`` (channels last, 1-3 spatial
+    dimensions); ``rows``: C-contiguous, same dtype, ``(N * prod(out), prod(kernel) * C)``, disjoint
+    from ``x``. Row ``(n, o...)`` is the window at output position ``o``, in ``(kernel..., C)``
+    order: ``x[n, o * strides + k * dilations - pads_begin, :]`` for each kernel offset ``k``, zero
+    where that lies outside ``x`` (the padding; also the runtime's int8 zero point). Values per
+    spatial dimension: kernel, strides, dilations, out >= 1, pads_begin >= 0. No padded copy of ``x``
+    is made (csrc/windows.h). Raises TypeError / ValueError naming the bad argument.
+    """
+    _compiled().gather_windows(x, rows, list(kernel), list(strides), list(dilations), list(pads_begin), list(out))
+
+
+def max_pool_channels_last(x: Any, y: Any, *, kernel: Sequence[int], strides: Sequence[int],
+                           dilations: Sequence[int], pads_begin: Sequence[int], out: Sequence[int]) -> None:
+    """ONNX ``MaxPool`` of a channels-last ``x`` ``(N, *spatial, C)`` into ``y`` ``(N, *out, C)``.
+
+    Over the windows of :func:`gather_windows` (same arguments), positions outside ``x`` left out
+    of each maximum (ONNX pads with the lowest value); NaN propagates as in ``numpy.maximum``.
+    int8, uint8 or float32, C-contiguous, disjoint.
+    """
+    _compiled().max_pool_channels_last(x, y, list(kernel), list(strides), list(dilations), list(pads_begin),
+                                       list(out))
+
+
+def to_channels_last(x: Any, y: Any = None) -> np.ndarray:
+    """``x`` (N, C, *spatial) written channels last, ``(N, *spatial, C)``, into ``y`` (or a new array).
+
+    Both C-contiguous, int8, uint8 or float32, disjoint. Returns ``y``.
+    """
+    x = np.asarray(x)
+    if y is None:
+        y = np.empty((x.shape[0], *x.shape[2:], x.shape[1]) if x.ndim >= 3 else (0,), x.dtype)
+    _compiled().to_channels_last(x, y)
+    return y
 
 
 def quantize_s8(x: Any, *, scale: float, out: Any = None) -> np.ndarray:

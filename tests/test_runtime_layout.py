@@ -8,7 +8,7 @@ from torch import nn
 
 from edgevla.export import export_onnx
 from edgevla.runtime import NativeModel
-from edgevla.runtime import ops
+from edgevla.runtime import conv, ops
 from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
 from edgevla.runtime.layout import TO_CHANNELS_FIRST_OP
@@ -18,8 +18,16 @@ from test_runtime_ops import CASES, _ort
 from user_policies import ConvPolicy
 
 
+@pytest.fixture(params=["native", "numpy"])
+def windows(request, monkeypatch):
+    """Windows gathered and max-pooled by the native module, or by the NumPy path a build without it takes."""
+    if request.param == "numpy":
+        monkeypatch.setattr(conv, "_native_gather", lambda dtype: False)
+    return request.param
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.op in CHANNELS_LAST_POOLS], ids=lambda c: c.id)
-def test_channels_last_pools_match_their_onnx_op(case):
+def test_channels_last_pools_match_their_onnx_op(case, windows):
     x = case.inputs["x"]
     args = (case.op, case.attrs, [None], 18, 1, case.op)
     first = ops.compile_op(*args).fn(x)
@@ -30,7 +38,7 @@ def test_channels_last_pools_match_their_onnx_op(case):
     assert back.flags.c_contiguous and np.array_equal(back, first)
 
 
-def test_the_channels_last_max_pool_keeps_buffers_per_shape_and_returns_its_own_arrays():
+def test_the_channels_last_max_pool_keeps_buffers_per_shape_and_returns_its_own_arrays(windows):
     pool = ops.compile_op(CHANNELS_LAST_POOLS["MaxPool"], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4},
                           [None], 18, 1, "pool").fn
     reference = ops.compile_op("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4},
@@ -94,7 +102,7 @@ class Temporal(nn.Module):
 
 @pytest.mark.parametrize("make, reads_last", [(Encoder, True), (Temporal, True), (ConvPolicy, False)],
                          ids=["boundaries", "temporal", "conv-policy"])
-def test_channels_last_run_matches_onnxruntime(tmp_path, make, reads_last):
+def test_channels_last_run_matches_onnxruntime(tmp_path, make, reads_last, windows):
     torch.manual_seed(0)
     policy = make().eval()
     path = export_onnx(policy, tmp_path / "p.onnx")

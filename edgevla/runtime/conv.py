@@ -16,7 +16,9 @@ weight, every group at once. A convolution of one group with a constant
 weight (all but depthwise ones) is instead made a linear layer at load
 (:class:`ConvLayer`, by :mod:`.fusion`): its rows then run on the kernel the
 layer rules choose, our int8 GEMM at the default precision, and it is listed
-in the plan like any other linear layer. Pooling reduces over the same window view.
+in the plan like any other linear layer. Its windows are gathered by the
+native ``gather_windows`` (C++, straight from the unpadded channels-last
+input) where the build has it, else by NumPy from a padded copy. Pooling reduces over the same window view.
 A transposed convolution runs the other way round: the product first (each
 input position's channels times the weight, a patch per position), then the
 patches added into the output, one strided slice per kernel offset.
@@ -30,11 +32,13 @@ normalizations are float32.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import native
 from .linear import LinearLayer
 from .ops import OpContext, _fail, _ints, register
 
@@ -219,6 +223,14 @@ class ConvLayer:
             if len(self._plans) >= 4:  # a few input shapes (batch sizes) at a time, as the executor keeps
                 self._plans.pop(next(iter(self._plans)))
             plan = self._plans[key] = self._plan(x)
+        if plan.gather is not None:  # the native gather: no padded copy, no strided view
+            x = np.ascontiguousarray(x)
+            if not self.input_last:
+                native.to_channels_last(x, plan.last)
+                x = plan.last
+            rows = x.reshape(plan.rows.shape) if plan.direct else plan.gather(x)
+            y = self.layer(rows).reshape(plan.out_shape)
+            return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
         if plan.padded is None:  # channels last already, no padding: the windows are a view of x itself
             st = x.strides
             view = as_strided(x, plan.view_shape, plan.view_strides(st), writeable=False)
@@ -247,6 +259,14 @@ class ConvLayer:
         rows = np.empty((x.shape[0] * math.prod(out), self.layer.k), x.dtype)
         plan = _ConvPlan(view_shape, view_strides, rows, rows.reshape(view_shape), (x.shape[0], *out, self.layer.n),
                          (0, *range(2, 2 + n), 1))
+        if _native_gather(x.dtype):
+            if not self.input_last:
+                plan.last = np.empty((x.shape[0], *spatial, channels), x.dtype)
+            # A 1x1 convolution of stride 1 and no padding: its rows are its (channels-last) input itself.
+            plan.direct = all(k == 1 for k in self.kernel) and all(s == 1 for s in strides) and not any(begin)
+            plan.gather = functools.partial(_gather, rows=rows, kernel=list(self.kernel), strides=strides,
+                                            dilations=dilations, pads_begin=begin, out=out)
+            return plan
         if not (self.input_last and not any(begin) and not any(end)):
             plan.padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), channels), x.dtype)
             plan.inner = (slice(None), *(slice(b, b + i) for b, i in zip(begin, spatial)), slice(None))
@@ -261,6 +281,18 @@ class _ConvPlan:
         self.view_shape, self.view_strides, self.rows, self.rows_view = view_shape, view_strides, rows, rows_view
         self.out_shape, self.to_last = out_shape, to_last
         self.padded = self.inner = self.view = None
+        self.gather = self.last = None  # the native gather (windows of a channels-last input) and its input buffer
+        self.direct = False
+
+
+def _native_gather(dtype: np.dtype) -> bool:
+    """Whether :func:`native.gather_windows` gathers windows of this dtype in this build."""
+    return dtype in (np.int8, np.uint8, np.float32) and native.available() and hasattr(native, "gather_windows")
+
+
+def _gather(x: np.ndarray, *, rows: np.ndarray, **geometry) -> np.ndarray:
+    native.gather_windows(x, rows, **geometry)
+    return rows
 
 
 def conv_matrix(w: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -331,17 +363,29 @@ CHANNELS_LAST_POOLS = {"MaxPool": "edgevla.MaxPoolChannelsLast", "AveragePool": 
 
 @register(CHANNELS_LAST_POOLS["MaxPool"])
 def _max_pool_channels_last(c):
-    """``MaxPool`` over ``(N, *spatial, C)``, one spatial axis at a time (a maximum is separable): for each
-    axis, each kernel offset along it is a strided slice of the previous pass's output, of the next pass's
-    shape and layout, and the running maximum runs over those at memory speed. A 3x3 pool takes 3 + 3
-    passes over shrinking arrays instead of 9 over the output. The padded input buffer (its border
-    filled once) and the passes' outputs are kept per input shape."""
+    """``MaxPool`` over ``(N, *spatial, C)``: :func:`native.max_pool_channels_last` where the build has it
+    (one pass, no padded copy), else one spatial axis at a time in NumPy (a maximum is separable): for
+    each axis, each kernel offset along it is a strided slice of the previous pass's output, of the next
+    pass's shape and layout, and the running maximum runs over those at memory speed. The padded input
+    buffer (its border filled once) and the passes' outputs are kept per input shape."""
     if c.n_outputs > 1 or int(c.attr("storage_order", 0)) != 0:
         raise _fail(c, "the Indices output is not supported")
-    plans: dict[tuple, tuple] = {}
+    plans: dict[tuple, object] = {}
 
     def plan_for(x):
         kernel, _, (strides, dilations, begin, end, out) = _pool_attrs(c, np.moveaxis(x, -1, 1))
+        if len(plans) >= 4:
+            plans.pop(next(iter(plans)))
+        if _native_gather(x.dtype) and hasattr(native, "max_pool_channels_last"):
+            geometry = dict(kernel=kernel, strides=strides, dilations=dilations, pads_begin=begin, out=out)
+            shape = (x.shape[0], *out, x.shape[-1])
+
+            def pool_native(x):
+                y = np.empty(shape, x.dtype)
+                native.max_pool_channels_last(np.ascontiguousarray(x), y, **geometry)
+                return y
+            plan = plans[(x.shape, x.dtype.str)] = pool_native
+            return plan
         need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kernel, dilations)]
         after = [max(e, nd - (i + b)) for e, nd, i, b in zip(end, need, x.shape[1:-1], begin)]
         padded = np.full((x.shape[0], *(i + b + a for i, b, a in zip(x.shape[1:-1], begin, after)), x.shape[-1]),
@@ -352,21 +396,21 @@ def _max_pool_channels_last(c):
             shape[axis] = m
             slices = [(*(slice(None),) * axis, slice(o * d, o * d + (m - 1) * s + 1, s)) for o in range(k)]
             passes.append((slices, np.empty(shape, x.dtype)))
-        if len(plans) >= 4:
-            plans.pop(next(iter(plans)))
-        plans[(x.shape, x.dtype.str)] = plan = (padded, inner, passes)
+
+        def pool_numpy(x):
+            padded[inner] = x
+            source = padded
+            for slices, y in passes:
+                np.copyto(y, source[slices[0]])
+                for window in slices[1:]:
+                    np.maximum(y, source[window], out=y)
+                source = y
+            return source.copy()  # the executor may keep the result; the pass buffers are reused
+        plan = plans[(x.shape, x.dtype.str)] = pool_numpy
         return plan
 
     def max_pool(x):
-        padded, inner, passes = plans.get((x.shape, x.dtype.str)) or plan_for(x)
-        padded[inner] = x
-        source = padded
-        for slices, y in passes:
-            np.copyto(y, source[slices[0]])
-            for window in slices[1:]:
-                np.maximum(y, source[window], out=y)
-            source = y
-        return source.copy()  # the executor may keep the result; the pass buffers are reused
+        return (plans.get((x.shape, x.dtype.str)) or plan_for(x))(x)
     return max_pool
 
 

@@ -18,6 +18,7 @@ KERNEL_SOURCES=(
   cpu_ops.cpp
   layer_norm_s8.cpp
   attention_f32.cpp
+  windows.cpp
   arch/generic/attention_generic.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp
@@ -68,6 +69,7 @@ NEON_DOT_FLAGS=(-march=armv8.2-a+dotprod)
 # Files that also get -fno-trapping-math (vectorized clamps; no result changes),
 # on top of their list's flags.
 NO_TRAPPING_MATH_SOURCES=(
+  windows.cpp
   arch/generic/layer_norm_s8_generic.cpp
   arch/x86_64/layer_norm_s8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp

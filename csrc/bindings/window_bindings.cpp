@@ -1,0 +1,182 @@
+// Python bindings of the convolution window gather and max pool (windows.h): C-contiguous
+// int8, uint8 or float32 arrays, validated (shapes against the geometry,
+// output writable and disjoint from the input), run without the GIL.
+#include "bindings/module_parts.h"
+#include "windows.h"
+
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace edgevla::bindings {
+namespace {
+
+namespace py = pybind11;
+
+std::string shape_text(const std::vector<py::ssize_t>& shape) {
+    std::string text = "(";
+    for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+    return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// The element type's letter ('b' int8, 'B' uint8, 'f' float32), or 0 for any other.
+char element_kind(const py::buffer_info& info) {
+    std::string f = info.format;
+    if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f = f.substr(1);
+    if (f.size() == 1 && ((f[0] == 'b' || f[0] == 'B') && info.itemsize == 1)) return f[0];
+    if (f == "f" && info.itemsize == 4) return 'f';
+    return 0;
+}
+
+py::buffer_info contiguous(py::handle obj, const char* name, bool writable) {
+    if (!PyObject_CheckBuffer(obj.ptr())) {
+        throw py::type_error(std::string(name) + " must be an int8, uint8 or float32 array, got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    }
+    py::buffer_info info;
+    try {
+        info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
+    } catch (py::error_already_set&) {
+        throw py::value_error(std::string(name) + (writable ? " must be a writable array" : " is not readable"));
+    }
+    if (!element_kind(info)) {
+        throw py::type_error(std::string(name) + " must be int8, uint8 or float32, got buffer format '" +
+                             info.format + "'");
+    }
+    py::ssize_t expected = info.itemsize;
+    for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+        if (info.shape[i] > 1 && info.strides[i] != expected) {
+            throw py::value_error(std::string(name) + " must be C-contiguous");
+        }
+        expected *= info.shape[i];
+    }
+    if (reinterpret_cast<uintptr_t>(info.ptr) % static_cast<uintptr_t>(info.itemsize)) {
+        throw py::value_error(std::string(name) + " must be aligned to its element size");
+    }
+    return info;
+}
+
+std::vector<int64_t> sizes(const std::vector<int64_t>& values, const char* what, int dims, int64_t least) {
+    if (static_cast<int>(values.size()) != dims) {
+        throw py::value_error(std::string(what) + " must have " + std::to_string(dims) + " values (one per spatial "
+                              "dimension), got " + std::to_string(values.size()));
+    }
+    for (int64_t v : values) {
+        if (v < least) {
+            throw py::value_error(std::string(what) + " must be >= " + std::to_string(least) + ", got " +
+                                  std::to_string(v));
+        }
+    }
+    return values;
+}
+
+// The geometry of windows over x (N, spatial..., C), validated.
+WindowGeometry window_geometry(const py::buffer_info& x, const std::vector<int64_t>& kernel,
+                               const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations,
+                               const std::vector<int64_t>& pads_begin, const std::vector<int64_t>& out) {
+    const int dims = static_cast<int>(x.ndim) - 2;
+    if (dims < 1 || dims > kMaxWindowDims) {
+        throw py::value_error("x must be (N, spatial..., C) with 1 to 3 spatial dimensions, got shape " +
+                              shape_text(x.shape));
+    }
+    WindowGeometry g;
+    g.dims = dims;
+    g.batch = x.shape[0];
+    g.channels = x.shape[x.ndim - 1];
+    const auto k = sizes(kernel, "kernel", dims, 1), s = sizes(strides, "strides", dims, 1);
+    const auto d = sizes(dilations, "dilations", dims, 1), p = sizes(pads_begin, "pads_begin", dims, 0);
+    const auto o = sizes(out, "out", dims, 1);
+    for (int i = 0; i < dims; ++i) {
+        g.in[i] = x.shape[1 + i];
+        g.kernel[i] = k[i], g.stride[i] = s[i], g.dilation[i] = d[i], g.pad_begin[i] = p[i], g.out[i] = o[i];
+    }
+    return g;
+}
+
+bool overlap(const py::buffer_info& a, const py::buffer_info& b) {
+    const auto lo = [](const py::buffer_info& i) { return reinterpret_cast<uintptr_t>(i.ptr); };
+    const auto hi = [&](const py::buffer_info& i) { return lo(i) + static_cast<uintptr_t>(i.size * i.itemsize); };
+    return lo(a) < hi(b) && lo(b) < hi(a);
+}
+
+void gather_windows_py(py::handle x_obj, py::handle rows_obj, const std::vector<int64_t>& kernel,
+                       const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations,
+                       const std::vector<int64_t>& pads_begin, const std::vector<int64_t>& out) {
+    const py::buffer_info x = contiguous(x_obj, "x", false);
+    const py::buffer_info rows = contiguous(rows_obj, "rows", true);
+    const WindowGeometry g = window_geometry(x, kernel, strides, dilations, pads_begin, out);
+    if (element_kind(x) != element_kind(rows)) throw py::type_error("rows must have the dtype of x");
+    int64_t positions = g.batch, window = g.channels;
+    for (int i = 0; i < g.dims; ++i) {
+        positions *= g.out[i];
+        window *= g.kernel[i];
+    }
+    if (rows.ndim != 2 || rows.shape[0] != positions || rows.shape[1] != window) {
+        throw py::value_error("rows must have shape (" + std::to_string(positions) + ", " + std::to_string(window) +
+                              ") for these windows, got " + shape_text(rows.shape));
+    }
+    if (overlap(x, rows)) throw py::value_error("rows must not overlap x");
+    if (x.size == 0 || rows.size == 0) return;
+    py::gil_scoped_release no_gil;
+    gather_windows(g, static_cast<size_t>(x.itemsize), static_cast<const uint8_t*>(x.ptr),
+                   static_cast<uint8_t*>(rows.ptr));
+}
+
+void max_pool_py(py::handle x_obj, py::handle y_obj, const std::vector<int64_t>& kernel,
+                 const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations,
+                 const std::vector<int64_t>& pads_begin, const std::vector<int64_t>& out) {
+    const py::buffer_info x = contiguous(x_obj, "x", false);
+    const py::buffer_info y = contiguous(y_obj, "y", true);
+    const WindowGeometry g = window_geometry(x, kernel, strides, dilations, pads_begin, out);
+    if (element_kind(x) != element_kind(y)) throw py::type_error("y must have the dtype of x");
+    std::vector<py::ssize_t> expected{x.shape[0]};
+    for (int i = 0; i < g.dims; ++i) expected.push_back(g.out[i]);
+    expected.push_back(x.shape[x.ndim - 1]);
+    if (y.shape != expected) {
+        throw py::value_error("y must have shape " + shape_text(expected) + ", got " + shape_text(y.shape));
+    }
+    if (overlap(x, y)) throw py::value_error("y must not overlap x");
+    if (x.size == 0 || y.size == 0) return;
+    const char kind = element_kind(x);
+    const PoolElement element = kind == 'f' ? PoolElement::float32 : kind == 'b' ? PoolElement::int8 : PoolElement::uint8;
+    py::gil_scoped_release no_gil;
+    max_pool_windows(g, element, static_cast<const uint8_t*>(x.ptr), static_cast<uint8_t*>(y.ptr));
+}
+
+void to_channels_last_py(py::handle x_obj, py::handle y_obj) {
+    const py::buffer_info x = contiguous(x_obj, "x", false);
+    const py::buffer_info y = contiguous(y_obj, "y", true);
+    if (x.ndim < 3) throw py::value_error("x must be (N, C, spatial...), got shape " + shape_text(x.shape));
+    std::vector<py::ssize_t> expected{x.shape[0]};
+    expected.insert(expected.end(), x.shape.begin() + 2, x.shape.end());
+    expected.push_back(x.shape[1]);
+    if (element_kind(x) != element_kind(y)) throw py::type_error("y must have the dtype of x");
+    if (y.shape != expected) {
+        throw py::value_error("y must have shape " + shape_text(expected) + ", got " + shape_text(y.shape));
+    }
+    if (overlap(x, y)) throw py::value_error("y must not overlap x");
+    if (x.size == 0) return;
+    const int64_t spatial = x.size / (x.shape[0] * x.shape[1]);
+    py::gil_scoped_release no_gil;
+    to_channels_last(x.shape[0], x.shape[1], spatial, static_cast<size_t>(x.itemsize),
+                     static_cast<const uint8_t*>(x.ptr), static_cast<uint8_t*>(y.ptr));
+}
+
+}  // namespace
+
+void register_windows(py::module_& m) {
+    m.def("gather_windows", &gather_windows_py, py::arg("x"), py::arg("rows"), py::arg("kernel"),
+          py::arg("strides"), py::arg("dilations"), py::arg("pads_begin"), py::arg("out"),
+          "Writes a convolution's input windows into rows (N * prod(out), prod(kernel) * C), in (kernel..., C) "
+          "order, from a channels-last x (N, spatial..., C); positions outside x read as zero.");
+    m.def("max_pool_channels_last", &max_pool_py, py::arg("x"), py::arg("y"), py::arg("kernel"), py::arg("strides"),
+          py::arg("dilations"), py::arg("pads_begin"), py::arg("out"),
+          "MaxPool of a channels-last x (N, spatial..., C) into y (N, out..., C) over the windows gather_windows "
+          "gathers, positions outside x left out; NaN propagates.");
+    m.def("to_channels_last", &to_channels_last_py, py::arg("x"), py::arg("y"),
+          "Writes x (N, C, spatial...) channels last into y (N, spatial..., C).");
+}
+
+}  // namespace edgevla::bindings

@@ -1,0 +1,57 @@
+// A convolution's input windows as the rows of its GEMM (im2col), and the
+// channels-last transpose that feeds it.
+//
+// The native runtime runs a convolution of one group as a linear layer over
+// its input's windows (edgevla/runtime/conv.py, ConvLayer): row (n, o...) of
+// the GEMM's left operand is the window at output position o, its values in
+// (kernel..., channel) order. With the input channels last, (N, spatial...,
+// C), a window is kernel-row runs of `channels` (or, where the window row lies
+// inside the input and dilation is 1, `kernel width x channels`) contiguous
+// elements; positions outside the input (padding) read as zero, which is
+// also the int8 zero point of the runtime's symmetric codes. gather_windows
+// copies those runs straight from the unpadded input, so no padded copy of it
+// is made. The reference is NumPy's strided window view of a zero-padded
+// copy (tests/test_native_windows.py).
+//
+// Arguments are trusted (the bindings validate them): at most 3 spatial
+// dimensions, every size >= 1 except pads >= 0, and out[i] the output size
+// the geometry gives.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace edgevla {
+
+constexpr int kMaxWindowDims = 3;
+
+struct WindowGeometry {
+    int dims = 0;  // spatial dimensions, 1 to kMaxWindowDims
+    int64_t batch = 0;
+    int64_t channels = 0;
+    int64_t in[kMaxWindowDims] = {};
+    int64_t out[kMaxWindowDims] = {};
+    int64_t kernel[kMaxWindowDims] = {};
+    int64_t stride[kMaxWindowDims] = {};
+    int64_t dilation[kMaxWindowDims] = {};
+    int64_t pad_begin[kMaxWindowDims] = {};
+};
+
+// rows (batch * prod(out), prod(kernel) * channels) from x (batch, in...,
+// channels), both C-contiguous, elements of `element_bytes` bytes.
+void gather_windows(const WindowGeometry& g, size_t element_bytes, const uint8_t* x, uint8_t* rows);
+
+// MaxPool over the same windows: y (batch, out..., channels) from x (batch,
+// in..., channels), both C-contiguous; positions outside x are left out of
+// each maximum (as ONNX's padding with the lowest value does), and a NaN in a
+// window gives NaN (as numpy.maximum). A window with no position inside x
+// gives the type's lowest value (-inf for float32).
+enum class PoolElement { int8, uint8, float32 };
+void max_pool_windows(const WindowGeometry& g, PoolElement element, const uint8_t* x, uint8_t* y);
+
+// y (batch, spatial, channels) from x (batch, channels, spatial), both
+// C-contiguous: a channels-first value channels last.
+void to_channels_last(int64_t batch, int64_t channels, int64_t spatial, size_t element_bytes, const uint8_t* x,
+                      uint8_t* y);
+
+}  // namespace edgevla
