@@ -24,10 +24,14 @@ def test_bench_e2e_times_every_backend_and_reports_ratios(tiny_bundle, tmp_path,
     med = result["median_ms"]
     ratios = result["ratios_vs_native"][label]
     assert ratios["torch-fp32"] == pytest.approx(med["torch-fp32"] / med[f"native:{label}"], rel=1e-3, abs=1e-3)
+    per_round = [t / n for t, n in zip(result["rounds_ms"]["torch-fp32"], result["rounds_ms"][f"native:{label}"])]
+    assert result["round_ratios_vs_native"][label]["torch-fp32"] == pytest.approx(sum(per_round) / 2, rel=1e-3,
+                                                                                   abs=1e-3)  # median of two
     assert [g["threshold"] for g in result["goals"]] == [1.5, 4.0]
     assert all(g["met"] == (g["ratio"] >= g["threshold"]) for g in result["goals"])
     assert result["policy"] == "tiny-vla" and result["threads"] == 1
-    assert "goal: native" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "goal: native" in printed and "median of per-round ratios" in printed
 
 
 def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys):
