@@ -346,6 +346,24 @@ def max_pool_channels_last(x: Any, y: Any, *, kernel: Sequence[int], strides: Se
                                        list(out))
 
 
+def group_norm_f32(x: Any, groups: int, scale: Any, shift: Any, *, epsilon: float, channels_last: bool,
+                   activation: str = "none", out: Any = None) -> np.ndarray:
+    """GroupNorm of float32 ``x``, ``(N, C, *spatial)`` or with ``channels_last`` ``(N, *spatial, C)``.
+
+    Per sample and group of ``C / groups`` channels: the mean, then the variance of the centered
+    values (two passes, double sums), then ``act((x - mean) * scale[c] / sqrt(var + epsilon) +
+    shift[c])`` per channel in float32, ``act`` one of ``"none"``, ``"relu"``, ``"mish"``
+    (csrc/group_norm_f32.h). ``scale``/``shift``: float32 ``(C,)``. ``out``: C-contiguous float32 of
+    x's shape, ``x`` itself allowed (a new array when None). Returns ``out``.
+    """
+    x = np.asarray(x)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    _compiled().group_norm_f32(x, groups, scale, shift, epsilon=epsilon, channels_last=channels_last,
+                               activation=activation, out=out)
+    return out
+
+
 def to_channels_last(x: Any, y: Any = None) -> np.ndarray:
     """``x`` (N, C, *spatial) written channels last, ``(N, *spatial, C)``, into ``y`` (or a new array).
 

@@ -18,16 +18,20 @@ from test_runtime_ops import _ort
 
 @pytest.mark.parametrize("shape", [(2, 12, 7), (1, 32, 9, 5), (2, 8, 3, 4, 5)], ids=["1d", "2d", "3d"])
 @pytest.mark.parametrize("offset", [0.0, 50.0])  # a mean far from 0: the variance is taken of centered values
-@pytest.mark.parametrize("relu", [False, True])
-def test_group_norm_matches_float64_reference_in_both_layouts(shape, offset, relu):
+@pytest.mark.parametrize("activation", ["none", "relu", "mish"])
+@pytest.mark.parametrize("where", ["native", "numpy"])
+def test_group_norm_matches_float64_reference_in_both_layouts(shape, offset, activation, where):
     rng = np.random.default_rng(7)
     groups = 4
     x = (rng.standard_normal(shape) * 3 + offset).astype(np.float32)
     gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.uniform(-1, 1, shape[1])
     expected = F.group_norm(torch.from_numpy(x).double(), groups, torch.from_numpy(gamma), torch.from_numpy(beta),
                             eps=1e-5)
-    expected = (F.relu(expected) if relu else expected).numpy()
-    step = GroupNorm(groups, gamma, beta, 1e-5, len(shape), relu=relu)
+    expected = {"none": expected, "relu": F.relu(expected), "mish": F.mish(expected)}[activation].numpy()
+    step = GroupNorm(groups, gamma, beta, 1e-5, len(shape), activation=activation)
+    step.native = step.native and where == "native"
+    if where == "native" and not step.native:
+        pytest.skip("the native module has no group_norm_f32")
     first = step(x)
     step.channels_last = True
     last = step(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
@@ -67,6 +71,31 @@ def test_exported_group_norm_fuses_and_matches_onnxruntime(tmp_path):
     counts = model.op_count()
     assert counts[GROUP_NORM_OP] == 2 and "InstanceNormalization" not in counts and "Relu" not in counts
     obs = policy.spec.example(3, seed=2)
+    expected = _ort(onnx.load(str(path)), obs)[0]
+    for _ in range(2):
+        np.testing.assert_allclose(model.run(obs)["a"], expected, rtol=0, atol=2e-5)
+
+
+class MishBlock(nn.Module):
+    """Diffusion Policy's conv block: Conv1d, GroupNorm, Mish (fused into the GroupNorm step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (16, 12)),), action=TensorSpec("a", (32, 12)))
+        self.block = nn.Sequential(nn.Conv1d(16, 32, 5, padding=2), nn.GroupNorm(8, 32), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_a_mish_after_group_norm_runs_in_its_step(tmp_path):
+    torch.manual_seed(0)
+    policy = MishBlock().eval()
+    path = export_onnx(policy, tmp_path / "mish.onnx")
+    model = NativeModel(path, precision="fp32")
+    counts = model.op_count()
+    assert counts[GROUP_NORM_OP] == 1 and "Mish" not in counts
+    obs = policy.spec.example(2, seed=3)
     expected = _ort(onnx.load(str(path)), obs)[0]
     for _ in range(2):
         np.testing.assert_allclose(model.run(obs)["a"], expected, rtol=0, atol=2e-5)

@@ -10,7 +10,7 @@ PYBIND11_MODULE(_C, m) {
     edgevla::bindings::register_kernels(m);
     edgevla::bindings::register_norms(m);
     edgevla::bindings::register_attention(m);
-    edgevla::bindings::register_windows(m);
+    edgevla::bindings::register_encoders(m);
     edgevla::bindings::register_formats(m);
     edgevla::bindings::register_cuda(m);
 }

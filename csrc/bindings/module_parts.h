@@ -13,6 +13,6 @@ void register_gemm(pybind11::module_& m);
 void register_kernels(pybind11::module_& m);
 void register_norms(pybind11::module_& m);
 void register_system(pybind11::module_& m);
-void register_windows(pybind11::module_& m);
+void register_encoders(pybind11::module_& m);
 
 }  // namespace edgevla::bindings

@@ -8,32 +8,42 @@ U-Nets use it where others use BatchNorm) as six nodes::
     y = Reshape(n, Shape(x))
     y = Add(Mul(y, gamma (C, 1, ...)), beta (C, 1, ...))     # when affine
 
-(and a ``Relu`` that only it feeds, applied in the same pass). The fused step computes the same: per sample and group, mean and variance
+(and a ``Relu`` or ``Mish`` that only it feeds, applied in the same pass). The fused step computes the same: per sample and group, mean and variance
 over the group's channels and every position, then one scale and shift per
 channel (``s_g gamma_c`` and ``b_g gamma_c + beta_c``). On a channels-last
 value (:mod:`.layout`) it reduces over the positions and the group's channels
 in place of ONNX order, so the normalization needs no transposes around it:
 a ResNet-18 with GroupNorm spent as long in those six nodes and their
-transposes as in its twenty convolutions' GEMMs.
+transposes as in its twenty convolutions' GEMMs. The step runs
+:func:`edgevla.native.group_norm_f32` (C++) where the build has it, else NumPy
+(BLAS sums); both two-pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import native
 from ..errors import EdgevlaError
 from .graph import Graph, Node
 
 GROUP_NORM_OP = "edgevla.GroupNorm"
 
 
+#: The activations a GroupNorm step applies in its own pass (the node after it it absorbs).
+ACTIVATIONS = ("none", "relu", "mish")
+
+
 class GroupNorm:
-    """Group normalization of ``(N, C, *spatial)``, or ``(N, *spatial, C)`` when ``channels_last``; then ReLU
-    with ``relu``."""
+    """Group normalization of ``(N, C, *spatial)``, or ``(N, *spatial, C)`` when ``channels_last``; then
+    ``activation`` (:data:`ACTIVATIONS`)."""
 
     def __init__(self, groups: int, scale: np.ndarray, shift: np.ndarray, epsilon: float, rank: int,
-                 relu: bool = False):
-        self.groups, self.epsilon, self.rank, self.relu = groups, np.float32(epsilon), rank, relu
+                 activation: str = "none"):
+        if activation not in ACTIVATIONS:
+            raise EdgevlaError(f"GroupNorm activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.groups, self.epsilon, self.rank, self.activation = groups, np.float32(epsilon), rank, activation
+        self.native = native.available() and hasattr(native, "group_norm_f32")
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
         self._channels_last = False
@@ -56,6 +66,10 @@ class GroupNorm:
         if c != self.scale.size or x.ndim != self.rank or x.dtype != np.float32:
             raise EdgevlaError(f"GroupNorm of {self.scale.size} float32 channels (affine constants for rank "
                                f"{self.rank}) got an input of shape {x.shape} ({x.dtype})")
+        if self.native:
+            return native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
+                                         epsilon=float(self.epsilon), channels_last=self.channels_last,
+                                         activation=self.activation)
         cg = c // g
         positions = x.size // (n * c)
         # Two passes, as a float32 GroupNorm must (E[x^2] - mean^2 lost three digits at a mean of 50 std):
@@ -81,8 +95,10 @@ class GroupNorm:
         factor = (np.repeat(inv, cg, axis=1) * self.scale).astype(np.float32)
         y = np.multiply(centered, factor.reshape(per_channel), out=centered)
         y += self._shift_view
-        if self.relu:
+        if self.activation == "relu":
             np.maximum(y, np.float32(0), out=y)
+        elif self.activation == "mish":  # as the Mish op (runtime/ops.py)
+            np.multiply(y, np.tanh(np.logaddexp(np.float32(0), y)), out=y)
         return y.reshape(x.shape)
 
 
@@ -140,9 +156,9 @@ def _match(graph: Graph, norm: Node) -> tuple[str, list[Node], GroupNorm] | None
         if beta is not None:
             removed.append(add)
             y = add.outputs[0]
-    relu = only_reader(y)
-    if relu is not None and relu.op_type == "Relu" and gamma is not None:
-        removed.append(relu)
+    activation = only_reader(y)
+    if activation is not None and activation.op_type in ("Relu", "Mish") and gamma is not None:
+        removed.append(activation)
     channels = gamma.size if gamma is not None else None
     if channels is None or channels % groups or (beta is not None and beta.shape != gamma.shape):
         return None  # without the affine Mul the channel count is unknown until run time: left as it is
@@ -152,7 +168,7 @@ def _match(graph: Graph, norm: Node) -> tuple[str, list[Node], GroupNorm] | None
     removed = [n for n in graph.nodes if any(n is r for r in removed)]  # graph order: the last one is replaced
     # (C, 1, ..., 1) applies per channel to a value of one more dimension only: the fused step checks that rank.
     step = GroupNorm(groups, scale, shift, float(norm.attrs.get("epsilon", 1e-5)), gamma.ndim + 1,
-                     relu=removed[-1].op_type == "Relu")
+                     activation={"Relu": "relu", "Mish": "mish"}.get(removed[-1].op_type, "none"))
     return x, removed, step
 
 

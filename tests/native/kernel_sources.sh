@@ -19,6 +19,7 @@ KERNEL_SOURCES=(
   layer_norm_s8.cpp
   attention_f32.cpp
   windows.cpp
+  group_norm_f32.cpp
   arch/generic/attention_generic.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp

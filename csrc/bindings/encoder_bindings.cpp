@@ -1,11 +1,15 @@
-// Python bindings of the convolution window gather and max pool (windows.h): C-contiguous
-// int8, uint8 or float32 arrays, validated (shapes against the geometry,
-// output writable and disjoint from the input), run without the GIL.
+// Python bindings of what convolutional encoders run besides their GEMMs: the
+// window gather, max pool and channels-last transpose (windows.h) on
+// C-contiguous int8, uint8 or float32 arrays, and GroupNorm (group_norm_f32.h)
+// on float32 ones; validated (shapes against the geometry, outputs writable and
+// disjoint from the inputs), run without the GIL.
 #include "bindings/module_parts.h"
+#include "group_norm_f32.h"
 #include "windows.h"
 
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -164,9 +168,61 @@ void to_channels_last_py(py::handle x_obj, py::handle y_obj) {
                      static_cast<const uint8_t*>(x.ptr), static_cast<uint8_t*>(y.ptr));
 }
 
+// A float32 vector of n values.
+const float* channel_constants(const py::buffer_info& v, const char* name, int64_t n) {
+    if (element_kind(v) != 'f' || v.ndim != 1 || v.shape[0] != n) {
+        throw py::value_error(std::string(name) + " must be float32 of shape (" + std::to_string(n) + ",), got " +
+                              shape_text(v.shape));
+    }
+    return static_cast<const float*>(v.ptr);
+}
+
+GroupNormActivation group_norm_activation(const std::string& name) {
+    if (name == "none") return GroupNormActivation::none;
+    if (name == "relu") return GroupNormActivation::relu;
+    if (name == "mish") return GroupNormActivation::mish;
+    throw py::value_error("activation must be 'none', 'relu' or 'mish', got '" + name + "'");
+}
+
+void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::handle shift_obj, double epsilon,
+                   bool channels_last, const std::string& activation, py::handle out_obj) {
+    const py::buffer_info x = contiguous(x_obj, "x", false);
+    const py::buffer_info out = contiguous(out_obj, "out", true);
+    if (element_kind(x) != 'f' || element_kind(out) != 'f') throw py::type_error("x and out must be float32");
+    if (x.ndim < 2) {
+        throw py::value_error("x must be (N, C, spatial...) or (N, spatial..., C), got " + shape_text(x.shape));
+    }
+    if (out.shape != x.shape) {
+        throw py::value_error("out must have the shape of x " + shape_text(x.shape) + ", got " + shape_text(out.shape));
+    }
+    if (out.ptr != x.ptr && overlap(x, out)) throw py::value_error("out must be x itself or not overlap it");
+    GroupNormF32Args args;
+    args.batch = x.shape[0];
+    args.channels = channels_last ? x.shape[x.ndim - 1] : x.shape[1];
+    if (groups < 1 || args.channels % groups) {
+        throw py::value_error("groups must be >= 1 and divide the " + std::to_string(args.channels) +
+                              " channels, got " + std::to_string(groups));
+    }
+    if (!(epsilon >= 0.0 && std::isfinite(epsilon))) throw py::value_error("epsilon must be finite and >= 0");
+    const py::buffer_info scale = contiguous(scale_obj, "scale", false);
+    const py::buffer_info shift = contiguous(shift_obj, "shift", false);
+    args.scale = channel_constants(scale, "scale", args.channels);
+    args.shift = channel_constants(shift, "shift", args.channels);
+    args.activation = group_norm_activation(activation);
+    if (x.size == 0) return;
+    args.groups = groups;
+    args.positions = x.size / (args.batch * args.channels);
+    args.channels_last = channels_last;
+    args.epsilon = static_cast<float>(epsilon);
+    args.x = static_cast<const float*>(x.ptr);
+    args.y = static_cast<float*>(out.ptr);
+    py::gil_scoped_release no_gil;
+    group_norm_f32(args);
+}
+
 }  // namespace
 
-void register_windows(py::module_& m) {
+void register_encoders(py::module_& m) {
     m.def("gather_windows", &gather_windows_py, py::arg("x"), py::arg("rows"), py::arg("kernel"),
           py::arg("strides"), py::arg("dilations"), py::arg("pads_begin"), py::arg("out"),
           "Writes a convolution's input windows into rows (N * prod(out), prod(kernel) * C), in (kernel..., C) "
@@ -177,6 +233,11 @@ void register_windows(py::module_& m) {
           "gathers, positions outside x left out; NaN propagates.");
     m.def("to_channels_last", &to_channels_last_py, py::arg("x"), py::arg("y"),
           "Writes x (N, C, spatial...) channels last into y (N, spatial..., C).");
+    m.def("group_norm_f32", &group_norm_py, py::arg("x"), py::arg("groups"), py::arg("scale"), py::arg("shift"),
+          py::kw_only(), py::arg("epsilon"), py::arg("channels_last"), py::arg("activation"), py::arg("out"),
+          "GroupNorm of float32 x (N, C, spatial...) or, channels_last, (N, spatial..., C) into out (x itself "
+          "allowed): per sample and group, two-pass statistics, then act((x - mean) * scale / std + shift) per "
+          "channel (csrc/group_norm_f32.h); act 'none', 'relu' or 'mish'.");
 }
 
 }  // namespace edgevla::bindings

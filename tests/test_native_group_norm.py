@@ -1,0 +1,53 @@
+"""``native.group_norm_f32`` (csrc/group_norm_f32.h) against a float64 GroupNorm, in place and not, and its
+one-line refusals. (The runtime step that calls it: tests/test_runtime_group_norm.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgevla import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native module is not built")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, groups", [((1, 64, 16), 8), ((2, 6, 5, 7), 3), ((1, 4, 3), 4), ((3, 2, 2, 3, 2), 1)])
+def test_matches_float64_group_norm_with_per_channel_affine(shape, groups, channels_last):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 4 + 20).astype(np.float32)
+    scale = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+    shift = rng.uniform(-1, 1, shape[1]).astype(np.float32)
+    expected = F.group_norm(torch.from_numpy(x).double(), groups, torch.from_numpy(scale).double(),
+                            torch.from_numpy(shift).double(), eps=1e-5)
+    for activation, act in (("none", lambda t: t), ("relu", F.relu), ("mish", F.mish)):
+        want = act(expected).numpy()
+        source = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x.copy()
+        out = native.group_norm_f32(source, groups, scale, shift, epsilon=1e-5, channels_last=channels_last,
+                                    activation=activation)
+        got = np.moveaxis(out, -1, 1) if channels_last else out
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+        in_place = native.group_norm_f32(source, groups, scale, shift, epsilon=1e-5, channels_last=channels_last,
+                                         activation=activation, out=source)
+        assert in_place is source
+        np.testing.assert_array_equal(source, out)  # in place: the same floats
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(groups=3), ValueError, "groups must be >= 1 and divide the 8 channels, got 3"),
+    (dict(scale=np.ones(7, np.float32)), ValueError, r"scale must be float32 of shape \(8,\), got \(7,\)"),
+    (dict(shift=np.ones(8, np.float64)), TypeError, "shift must be int8, uint8 or float32"),
+    (dict(x=np.ones((2, 8, 3), np.int8)), TypeError, "x and out must be float32"),
+    (dict(activation="gelu"), ValueError, "activation must be 'none', 'relu' or 'mish', got 'gelu'"),
+    (dict(epsilon=float("nan")), ValueError, "epsilon must be finite and >= 0"),
+    (dict(out=np.empty((2, 8, 4), np.float32)), ValueError, r"out must have the shape of x \(2, 8, 3\)"),
+])
+def test_bad_arguments_are_one_line_errors(change, error, message):
+    args = dict(x=np.ones((2, 8, 3), np.float32), groups=2, scale=np.ones(8, np.float32),
+                shift=np.zeros(8, np.float32), epsilon=1e-5, activation="none", out=None)
+    args.update(change)
+    with pytest.raises(error, match=message):
+        native.group_norm_f32(args.pop("x"), args.pop("groups"), args.pop("scale"), args.pop("shift"),
+                              channels_last=False, **args)
