@@ -174,23 +174,41 @@ def _conv_transpose(c):
             pads = _ints(c.attr("pads", [0] * (2 * n)))
             begin, target = pads[:n], [f - b - e for f, b, e in zip(full, pads[:n], pads[n:])]
         batch, out_per_group = x.shape[0], w.shape[1]
-        per_group = x.shape[1] // group
-        # (N, G, P, Cg_in) @ (G, Cg_in, Cg_out x K) -> (N, G, P, Cg_out, *kernel)
-        rows = x.reshape(batch, group, per_group, -1).transpose(0, 1, 3, 2)
-        patches = np.matmul(rows, w.reshape(group, per_group, -1)).reshape(
-            batch, group, *spatial, out_per_group, *kernel)
-        y = np.zeros((batch, group, out_per_group, *full), np.result_type(x, w))
-        for offset in np.ndindex(*kernel):
-            # input position p lands at p * stride + offset * dilation
-            where = tuple(slice(o * d, o * d + (i - 1) * s + 1, s)
-                          for o, d, i, s in zip(offset, dilations, spatial, strides))
-            patch = patches[(slice(None), slice(None), *([slice(None)] * n), slice(None), *offset)]
-            y[(slice(None), slice(None), slice(None), *where)] += np.moveaxis(patch, -1, 2)
-        y = y.reshape(batch, group * out_per_group, *full)
-        y = y[(slice(None), slice(None), *(slice(b, b + t) for b, t in zip(begin, target)))]
+        per_group, taps = x.shape[1] // group, math.prod(kernel)
+        positions = math.prod(spatial)
+        dtype = np.result_type(x, w)
+        # Patches channels last, one 2-d product per group: (N x P, Cg_in) @ (Cg_in, K x Cg_out), the weight's
+        # kernel offsets outermost so that each offset's patch is a (P, Cg_out) block of contiguous rows.
+        matrices = weight_matrices(w, group, per_group, out_per_group, taps)
+        y = np.zeros((batch, *full, group, out_per_group), dtype)  # channels last: offsets add whole rows
+        inputs = x.reshape(batch, group, per_group, positions)
+        for g in range(group):
+            rows = inputs[:, g].transpose(0, 2, 1).reshape(batch * positions, per_group)
+            patches = (rows @ matrices[g]).reshape(batch, *spatial, *kernel, out_per_group)
+            for offset in np.ndindex(*kernel):
+                # input position p lands at p * stride + offset * dilation
+                where = tuple(slice(o * d, o * d + (i - 1) * s + 1, s)
+                              for o, d, i, s in zip(offset, dilations, spatial, strides))
+                y[(slice(None), *where, g)] += patches[(slice(None), *([slice(None)] * n), *offset)]
+        y = y.reshape(batch, *full, group * out_per_group)
+        y = y[(slice(None), *(slice(b, b + t) for b, t in zip(begin, target)))]
         if bias is not None:
-            y = y + bias.reshape(1, -1, *([1] * n))
-        return np.ascontiguousarray(y)
+            y = y + bias
+        return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+    cached: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+
+    def weight_matrices(w, group, per_group, out_per_group, taps):
+        """Per group, the weight as (Cg_in, K x Cg_out), kernel offsets outer; kept for a constant weight."""
+        hit = cached.get(id(w))
+        if hit is not None and hit[0] is w:
+            return hit[1]
+        grouped = w.reshape(group, per_group, out_per_group, taps).transpose(0, 1, 3, 2)
+        matrices = [np.ascontiguousarray(grouped[g].reshape(per_group, taps * out_per_group)) for g in range(group)]
+        if len(c.consts) > 1 and c.consts[1] is w:
+            cached.clear()
+            cached[id(w)] = (w, matrices)
+        return matrices
     return conv_transpose
 
 
