@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--warmup", type=int, default=20)
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--threads", type=int)
+    pr.add_argument("--spin-us", type=int, metavar="US",
+                    help="native CPU backend: how long its kernel threads poll for work before they sleep "
+                         "(default 200; 0 = sleep at once, for cores shared with other processes)")
     pr.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     pr.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     pr.add_argument("--allow-pickle", action="store_true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -176,7 +177,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
     _check_device(args)
-    with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch, _thread_spin(args):
         runner, what, default_target = _profile_runner(args, Path(scratch))
         target = load_target(args.target or default_target)
         try:
@@ -203,6 +204,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         data["gpu_memory_mb"] = {**gpu_memory, "budget": target.budgets.memory_budget_mb}
     if plan is not None:  # which kernel ran each linear layer, and why
         data["native_plan"] = [choice.to_dict() for choice in plan]
+    if args.backend == "native" and data["device"] == "cpu":
+        from . import native
+
+        data["thread_spin_us"] = args.spin_us if args.spin_us is not None else native.get_thread_spin_us()
     if args.json:
         _json(data)
         return 0
@@ -231,6 +236,27 @@ def _print_native_plan(plan) -> None:
         table.add_row(c.layer, str(c.k), str(c.n), c.weight, f"{c.sparsity:.2f}", c.pattern, c.mode, c.kernel,
                       c.epilogue)
     out.print(table)
+
+
+@contextlib.contextmanager
+def _thread_spin(args: argparse.Namespace):
+    """``--spin-us`` for the length of the profile: the native CPU kernels' polling time, restored after."""
+    spin = getattr(args, "spin_us", None)
+    if spin is None:
+        yield
+        return
+    if args.backend != "native":
+        raise EdgevlaError(f"--spin-us sets the native CPU backend's threads; the backend is {args.backend!r}")
+    if not 0 <= spin <= 1_000_000:
+        raise EdgevlaError(f"--spin-us must be between 0 and 1000000, got {spin}")
+    from . import native
+
+    before = native.get_thread_spin_us()
+    native.set_thread_spin_us(spin)
+    try:
+        yield
+    finally:
+        native.set_thread_spin_us(before)
 
 
 def _profile_runner(args: argparse.Namespace, scratch: Path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from edgevla import native
 from edgevla.cli import main
 from edgevla.models.vla import CONFIGS, VLAPolicy
 
@@ -171,6 +172,15 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
 def test_native_backend_profiles_and_tensorrt_says_why(capsys, tiny_bundle):
     code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "3", "--json")
     assert code == 0, out
+    assert json.loads(out)["thread_spin_us"] == native.DEFAULT_THREAD_SPIN_US
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "3",
+                       "--spin-us", "0", "--json")
+    assert code == 0 and json.loads(out)["thread_spin_us"] == 0
+    assert native.get_thread_spin_us() == native.DEFAULT_THREAD_SPIN_US  # restored after the profile
+    for flags, message in ((["--spin-us", "-1"], "--spin-us must be between 0 and 1000000"),
+                           (["--spin-us", "0", "--backend", "onnxruntime"], "--spin-us sets the native CPU")):
+        code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2", *flags)
+        assert code == 2 and message in one_line_error(err)
     code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "tensorrt", "--runs", "2")
     assert code == 2
     one_line_error(err)
