@@ -138,7 +138,19 @@ register("Sigmoid", writes_out=True)(_plain(sigmoid))
 
 @register("Relu", writes_out=True)
 def _relu(c):
-    return lambda x, out=None: np.maximum(x, x.dtype.type(0), out=out)
+    """``max(x, 0)`` against a zero array of x's shape, kept per shape: NumPy's SIMD loop for ``maximum`` takes
+    two arrays, not an array and a scalar (14.5 against 4.5 us on a 24x24x64 float32 value, Zen 4)."""
+    zeros: dict[tuple, np.ndarray] = {}
+
+    def relu(x, out=None):
+        key = (x.shape, x.dtype.str)
+        zero = zeros.get(key)
+        if zero is None:
+            if len(zeros) >= 4:
+                zeros.pop(next(iter(zeros)))
+            zero = zeros[key] = np.zeros(x.shape, x.dtype)
+        return np.maximum(x, zero, out=out)
+    return relu
 
 
 @register("LeakyRelu", writes_out=True)
