@@ -126,3 +126,44 @@ def test_where_the_encoder_converts_back(tmp_path):
     # Back to ONNX order only where a reader needs it: the flip (a Slice), the ReLU that meets the flipped
     # value in an Add, the final flatten. The GroupNorm between them is fused and runs channels last.
     assert counts[TO_CHANNELS_FIRST_OP] == 3 and counts[GROUP_NORM_OP] == 1
+
+
+class Skips(nn.Module):
+    """Convolutions whose output an Add of another value reads (skip connections), in every layout case: the skip
+    is a graph input (channels first: the conv then writes ONNX order), a channels-last value of the output's
+    shape (added in the GEMM's epilogue, after the conv's ReLU when it has one), and a per-channel value that
+    broadcasts."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("img", (4, 9, 8)), TensorSpec("shift", (6,))),
+                               action=TensorSpec("y", (6, 72)))
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1)
+        self.c = nn.Conv2d(6, 6, 3, padding=1)
+        self.d = nn.Conv2d(6, 6, 1)
+
+    def forward(self, img, shift):
+        x = self.a(img) + img  # the skip arrives channels first
+        h = torch.relu(self.b(x))
+        h = torch.relu(self.c(h)) + h  # ReLU, then the skip: the epilogue's order
+        return (self.d(h) + shift.reshape(-1, 6, 1, 1) * 2).flatten(2)  # broadcasts
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_skip_connections_are_added_in_the_convolution_step(tmp_path, precision, windows):
+    torch.manual_seed(0)
+    policy = Skips().eval()
+    path = export_onnx(policy, tmp_path / "p.onnx")
+    obs = policy.spec.example(2, seed=4)
+    expected = _ort(onnx.load(str(path)), obs)[0]
+    model = NativeModel(path, precision=precision)
+    assert "Add" not in model.op_count()  # every skip in its convolution's step
+    for _ in range(2):  # the tracing run, then the bound one
+        np.testing.assert_allclose(model.run(obs)["y"], expected, rtol=0, atol=2e-5 if precision == "fp32" else 0.1)
+    steps = {s.node.name: (s.node.attrs["conv"], len(s.node.inputs)) for s in model._program.steps
+             if s.node.op_type == CONV_OP}
+    assert [inputs for _, inputs in steps.values()] == [2, 1, 2, 2]  # b has no skip
+    assert [c.output_last for c, _ in steps.values()] == [False, True, True, False]  # a, d: skip channels first
+    assert [choice.epilogue for choice in model.plan()] == ["bias+residual", "bias+relu", "bias+relu+residual",
+                                                            "bias+residual"]
