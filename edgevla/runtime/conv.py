@@ -226,9 +226,7 @@ class ConvLayer:
 
     :mod:`.layout` sets ``input_last`` / ``output_last`` where the values around the layer are
     kept channels last, ``(N, *spatial, C)``: then the input needs no transpose (a 1x1
-    convolution of stride 1 no copy at all) and the output stays as the GEMM wrote it. A
-    ``residual`` (a skip connection :mod:`.fusion` found) arrives in the output's layout; of the
-    output's shape and channels last, the GEMM's epilogue adds it.
+    convolution of stride 1 no copy at all) and the output stays as the GEMM wrote it.
     """
 
     def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
@@ -236,21 +234,7 @@ class ConvLayer:
         self.input_last = self.output_last = False
         self._plans: dict[tuple, _ConvPlan] = {}
 
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        rows, plan = self._rows(x)
-        if residual is None:
-            y = self.layer(rows).reshape(plan.out_shape)
-        elif self.output_last and residual.shape == plan.out_shape:  # added in the GEMM's epilogue
-            return self.layer.with_residual(rows, residual.reshape(rows.shape[0], -1)).reshape(plan.out_shape)
-        else:  # a residual that broadcasts: added in the layout it arrives in (:mod:`.layout`: the output's)
-            y = self.layer(rows).reshape(plan.out_shape)
-            if self.output_last:
-                return np.add(y, residual)
-            return np.add(np.moveaxis(y, -1, 1), residual)
-        return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
-
-    def _rows(self, x: np.ndarray) -> tuple[np.ndarray, "_ConvPlan"]:
-        """The GEMM's rows for input x (windows gathered into the plan's buffer, or x itself), and the plan."""
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         key = (x.shape, x.dtype.str, self.input_last)
         plan = self._plans.get(key)
         if plan is None:
@@ -262,7 +246,9 @@ class ConvLayer:
             if not self.input_last:
                 native.to_channels_last(x, plan.last)
                 x = plan.last
-            return (x.reshape(plan.rows.shape) if plan.direct else plan.gather(x)), plan
+            rows = x.reshape(plan.rows.shape) if plan.direct else plan.gather(x)
+            y = self.layer(rows).reshape(plan.out_shape)
+            return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
         if plan.padded is None:  # channels last already, no padding: the windows are a view of x itself
             st = x.strides
             view = as_strided(x, plan.view_shape, plan.view_strides(st), writeable=False)
@@ -270,7 +256,8 @@ class ConvLayer:
             plan.padded[plan.inner] = x if self.input_last else x.transpose(plan.to_last)
             view = plan.view
         np.copyto(plan.rows_view, view)
-        return plan.rows, plan
+        y = self.layer(plan.rows).reshape(plan.out_shape)
+        return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
 
     def _plan(self, x: np.ndarray) -> "_ConvPlan":
         """Geometry and buffers for one input shape: the zero-bordered channels-last copy of the input (its border

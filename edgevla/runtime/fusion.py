@@ -253,9 +253,7 @@ def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> No
 
 
 def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None:
-    """Every one-group ``Conv`` with a constant weight (and bias), and a ReLU only it feeds, as a layer; an ``Add``
-    of another value that only the conv (or its ReLU) feeds becomes the layer's residual (a ResNet block's skip
-    connection), added in the GEMM's epilogue.
+    """Every one-group ``Conv`` with a constant weight (and bias), and a ReLU only it feeds, as a layer.
 
     A weight the graph dequantizes from int8 codes, one scale per filter, keeps its codes; when the
     input then passes a static int8 ``QuantizeLinear → DequantizeLinear`` pair, the layer reads the
@@ -275,13 +273,6 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
         if reader is not None and reader.op_type == "Relu":
             absorbed.append(reader)
             out, activation = reader.outputs[0], "relu"
-            reader = view.only_reader(out)
-        residual = _other(reader, out) if reader is not None and reader.op_type == "Add" else None
-        if residual is not None and residual != out and residual not in graph.constants:
-            absorbed.append(reader)
-            out = reader.outputs[0]
-        else:
-            residual = None
         name = _layer_name(node.inputs[1])
         weight = LinearWeight(name, conv_matrix(w))
         codes = _filter_codes(graph.quantized.get(node.inputs[1]), w.shape[0])
@@ -291,10 +282,10 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
             quantized_input = _static_int8_input(view, node.inputs[0])
             if quantized_input is not None:
                 layer_input, static_scale = quantized_input
-        layer = LinearSpec(name, weight, bias, activation, static_scale, residual=residual).build(precision, arena)
+        layer = LinearSpec(name, weight, bias, activation, static_scale).build(precision, arena)
         context = OpContext(dict(node.attrs), (), graph.opset, 1, node.describe())
-        inputs = (layer_input,) if residual is None else (layer_input, residual)
-        _replace(graph, absorbed, Node(name, CONV_OP, inputs, (out,), {"conv": ConvLayer(context, kernel, layer)}))
+        _replace(graph, absorbed, Node(name, CONV_OP, (layer_input,), (out,),
+                                       {"conv": ConvLayer(context, kernel, layer)}))
         view.refresh()
 
 

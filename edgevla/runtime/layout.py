@@ -8,8 +8,7 @@ layer, a third of a small ResNet's convolution time. This pass keeps the
 values between convolutions channels last instead:
 
 * a convolution writes ``(N, *spatial, M)``, unless its output is a graph
-  output or the skip connection it adds (:mod:`.fusion`) is not channels
-  last, and reads either layout;
+  output, and reads either layout;
 * element-wise ops whose every tensor input is channels last, or a scalar
   constant (``Relu``, ``Add`` of a skip connection, ``Mul`` of SiLU, a
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
@@ -69,11 +68,7 @@ def keep_channels_last(graph: Graph) -> int:
         if node.op_type == CONV_OP:
             conv = node.attrs["conv"]
             conv.input_last = node.inputs[0] in last
-            # A residual (second input) arrives in the output's layout: channels last only if it is already.
-            residual = node.inputs[1] if len(node.inputs) > 1 else None
-            conv.output_last = out not in outputs and (residual is None or residual in last)
-            if residual is not None and not conv.output_last:
-                node.inputs = (node.inputs[0], channels_first(residual))
+            conv.output_last = out not in outputs
             if conv.output_last:
                 last.add(out)
         elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and out not in outputs:
