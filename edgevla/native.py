@@ -18,7 +18,13 @@ The fast path: weights are packed once with :func:`pack_weight_s8`, then
 :func:`gemm_s8s8_f32` runs on the best instruction set this CPU has
 (``avx512_amx``, ``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
 and forced with :func:`set_isa`, over a fixed pool of :func:`get_num_threads`
-threads. Every ISA gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
+threads (they poll for work for :func:`get_thread_spin_us` before they sleep; a
+GEMM splits from ``2 * DEFAULT_MIN_MACS_PER_THREAD`` multiply-adds). Every ISA
+gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
+
+Convolutional encoders also get their non-GEMM work here: :func:`gather_windows`
+(im2col from a channels-last input, no padded copy), :func:`to_channels_last`,
+:func:`max_pool_channels_last` and :func:`group_norm_f32` (with ReLU or Mish).
 
 Compressed weights follow the same pattern: a ``pack_*`` function, called
 once when a model is loaded, returns an opaque uint8 array (a 64-byte header
