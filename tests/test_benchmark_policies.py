@@ -1,0 +1,44 @@
+"""The policies under ``benchmarks/cpu/policies`` (what ``bench e2e`` figures of conv encoders and diffusion heads
+are measured on) export, and the native runtime runs them as ONNX Runtime does, with the fusions the figures
+rely on."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevla.export import export_onnx
+from edgevla.runtime import NativeModel
+from edgevla.runtime.conv import CONV_OP
+from edgevla.runtime.group_norm import GROUP_NORM_OP
+
+from test_runtime_ops import _ort
+
+POLICIES = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu" / "policies"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, POLICIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, factory, fused", [
+    ("resnet18_policy", "gn", {CONV_OP: 20, GROUP_NORM_OP: 20}),
+    ("dp_unet_policy", "make", {CONV_OP: 24, GROUP_NORM_OP: 14}),  # every GroupNorm with its ReLU or Mish
+])
+def test_benchmark_policy_runs_natively_as_onnxruntime_does(tmp_path, name, factory, fused):
+    policy = getattr(_load(name), factory)()
+    path = export_onnx(policy, tmp_path / "p.onnx")
+    model = NativeModel(path, precision="fp32")
+    counts = model.op_count()
+    assert {op: counts.get(op) for op in fused} == fused
+    assert "InstanceNormalization" not in counts and counts.get("Mish", 0) <= 2  # the two FiLM Mish stay
+    obs = policy.spec.example(1, seed=5)
+    expected = _ort(onnx.load(str(path)), obs)[0]
+    np.testing.assert_allclose(model.run(obs)[policy.spec.action.name], expected, rtol=0, atol=1e-4)
