@@ -11,7 +11,7 @@ from edgevla.runtime import NativeModel
 from edgevla.runtime import conv, ops
 from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
-from edgevla.runtime.layout import TO_CHANNELS_FIRST_OP
+from edgevla.runtime.layout import SPATIAL_MEAN_OP, TO_CHANNELS_FIRST_OP
 from edgevla.spec import PolicySpec, TensorSpec
 
 from test_runtime_ops import CASES, _ort
@@ -126,3 +126,54 @@ def test_where_the_encoder_converts_back(tmp_path):
     # Back to ONNX order only where a reader needs it: the flip (a Slice), the ReLU that meets the flipped
     # value in an Add, the final flatten. The GroupNorm between them is fused and runs channels last.
     assert counts[TO_CHANNELS_FIRST_OP] == 3 and counts[GROUP_NORM_OP] == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 6, 4, 3), (2, 3, 2, 3, 4)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("op, attrs", [
+    ("GlobalAveragePool", {}),
+    ("ReduceMean", {"axes": "spatial", "keepdims": 1}),
+    ("ReduceMean", {"axes": "spatial", "keepdims": 0}),
+    ("ReduceMean", {"axes": "negative", "keepdims": 1}),
+    ("ReduceMean", {"axes": [1], "keepdims": 1}),  # not the spatial axes: the channels-first fallback
+    ("ReduceMean", {"axes": [0, 2], "keepdims": 0}),
+], ids=["global", "spatial", "spatial-flat", "negative", "channels", "mixed"])
+def test_the_spatial_mean_of_a_channels_last_value_is_the_onnx_mean(shape, op, attrs):
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(np.float32) + 3
+    rank = len(shape)
+    axes = attrs.get("axes")
+    if isinstance(axes, str):
+        axes = list(range(2, rank)) if axes == "spatial" else list(range(-rank + 2, 0))
+    onnx_attrs = {} if op == "GlobalAveragePool" else {"axes": axes, "keepdims": attrs["keepdims"]}
+    expected = ops.compile_op(op, onnx_attrs, [None], 13, 1, op).fn(x)
+    mean = ops.compile_op(SPATIAL_MEAN_OP, {"axes": None if op == "GlobalAveragePool" else axes,
+                                            "keepdims": onnx_attrs.get("keepdims", 1)}, [None], 13, 1, "mean").fn
+    got = mean(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_conv_encoders_last_pool_reads_channels_last(tmp_path):
+    """AdaptiveAvgPool2d(1) exports a ReduceMean over the spatial axes: it reads the channels-last value itself
+    (no conversion back) and writes ONNX order for the flatten after it."""
+    torch.manual_seed(0)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spec = PolicySpec(observations=(TensorSpec("img", (3, 12, 10)),), action=TensorSpec("y", (1, 8)))
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, img):
+            return self.pool(torch.relu(self.conv(img))).flatten(1).unsqueeze(1)
+
+    policy = Pooled().eval()
+    path = export_onnx(policy, tmp_path / "p.onnx")
+    model = NativeModel(path, precision="fp32")
+    counts = model.op_count()
+    assert counts[SPATIAL_MEAN_OP] == 1 and TO_CHANNELS_FIRST_OP not in counts
+    obs = policy.spec.example(2, seed=6)
+    expected = _ort(onnx.load(str(path)), obs)[0]
+    for _ in range(2):
+        np.testing.assert_allclose(model.run(obs)["y"], expected, rtol=0, atol=2e-5)

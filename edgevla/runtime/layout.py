@@ -16,7 +16,10 @@ values between convolutions channels last instead:
 * ``MaxPool`` and ``AveragePool`` run on the channels-last window view
   (:data:`~.conv.CHANNELS_LAST_POOLS`), and ``edgevla.GroupNorm`` reduces
   over a channels-last value as it lies;
-* any other reader (``Reshape``, ``ReduceMean``, ``GroupNorm``'s
+* a mean over every spatial axis (``GlobalAveragePool``, ``ReduceMean`` of
+  constant axes: a conv encoder's last pool) reduces the channels-last value
+  as it lies and writes ONNX order (``edgevla.SpatialMeanChannelsLast``);
+* any other reader (``Reshape``, another ``ReduceMean``, ``GroupNorm``'s
   ``InstanceNormalization`` when it is not a fused GroupNorm, a graph output) gets the value back in ONNX
   order from one ``edgevla.ToChannelsFirst`` node, shared by its readers —
   the copy the convolution used to make itself.
@@ -35,6 +38,7 @@ from .group_norm import GROUP_NORM_OP
 from .ops import register
 
 TO_CHANNELS_FIRST_OP = "edgevla.ToChannelsFirst"
+SPATIAL_MEAN_OP = "edgevla.SpatialMeanChannelsLast"
 _UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Softplus",
                     "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Mish"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
@@ -44,6 +48,24 @@ _PER_TENSOR = frozenset({"QuantizeLinear", "DequantizeLinear", "Clip"})  # eleme
 @register(TO_CHANNELS_FIRST_OP)
 def _to_channels_first(c):
     return lambda x: np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@register(SPATIAL_MEAN_OP)
+def _spatial_mean(c):
+    """The mean of ``(N, *spatial, C)`` over the ONNX axes ``axes`` (every spatial one: ``(N, C, 1, ...)``, or
+    ``(N, C)`` without keepdims), in ONNX order; other axes (a rank the rewrite could not know) take the
+    channels-first value and NumPy's mean."""
+    axes, keepdims = c.attr("axes"), bool(c.attr("keepdims", 1))
+
+    def mean(x):
+        rank = x.ndim
+        onnx_axes = sorted({a % rank for a in axes}) if axes is not None else list(range(2, rank))
+        if onnx_axes != list(range(2, rank)):
+            first = np.moveaxis(x, -1, 1)
+            return np.mean(first, axis=tuple(onnx_axes), keepdims=keepdims).astype(x.dtype, copy=False)
+        y = x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1, dtype=x.dtype)
+        return y.reshape(*y.shape, *([1] * (rank - 2))) if keepdims else y
+    return mean
 
 
 def keep_channels_last(graph: Graph) -> int:
@@ -77,6 +99,8 @@ def keep_channels_last(graph: Graph) -> int:
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
             last.add(out)
+        elif (mean := _spatial_mean_attrs(graph, node, last)) is not None:  # writes ONNX order
+            node.op_type, node.inputs, node.attrs = SPATIAL_MEAN_OP, node.inputs[:1], mean
         elif keeps:
             last.add(out)
         else:
@@ -84,6 +108,24 @@ def keep_channels_last(graph: Graph) -> int:
         nodes.append(node)
     graph.nodes = nodes
     return len(last)
+
+
+def _spatial_mean_attrs(graph: Graph, node: Node, last: set[str]) -> dict | None:
+    """The attributes of :data:`SPATIAL_MEAN_OP` for a ``GlobalAveragePool``, or a ``ReduceMean`` of constant
+    non-empty axes, of a channels-last value; None for any other node."""
+    if not node.inputs or node.inputs[0] not in last or len(node.outputs) != 1:
+        return None
+    if node.op_type == "GlobalAveragePool":
+        return {"axes": None, "keepdims": 1}
+    if node.op_type != "ReduceMean":
+        return None
+    axes = node.attrs.get("axes")
+    if len(node.inputs) > 1 and node.inputs[1]:
+        constant = graph.constants.get(node.inputs[1])
+        axes = None if constant is None else constant.reshape(-1).tolist()
+    if not axes:  # none given (every axis), or not constant
+        return None
+    return {"axes": [int(a) for a in axes], "keepdims": int(node.attrs.get("keepdims", 1))}
 
 
 def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
@@ -101,4 +143,4 @@ def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
     return False
 
 
-__all__ = ["TO_CHANNELS_FIRST_OP", "keep_channels_last"]
+__all__ = ["SPATIAL_MEAN_OP", "TO_CHANNELS_FIRST_OP", "keep_channels_last"]
