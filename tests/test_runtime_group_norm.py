@@ -63,19 +63,6 @@ class Norms(nn.Module):
         return self.plain(torch.relu(self.affine(self.conv(x))) + x)
 
 
-def test_exported_group_norm_fuses_and_matches_onnxruntime(tmp_path):
-    torch.manual_seed(0)
-    policy = Norms().eval()
-    path = export_onnx(policy, tmp_path / "norms.onnx")
-    model = NativeModel(path, precision="fp32")
-    counts = model.op_count()
-    assert counts[GROUP_NORM_OP] == 2 and "InstanceNormalization" not in counts and "Relu" not in counts
-    obs = policy.spec.example(3, seed=2)
-    expected = _ort(onnx.load(str(path)), obs)[0]
-    for _ in range(2):
-        np.testing.assert_allclose(model.run(obs)["a"], expected, rtol=0, atol=2e-5)
-
-
 class MishBlock(nn.Module):
     """Diffusion Policy's conv block: Conv1d, GroupNorm, Mish (fused into the GroupNorm step)."""
 
@@ -88,14 +75,16 @@ class MishBlock(nn.Module):
         return self.block(x)
 
 
-def test_a_mish_after_group_norm_runs_in_its_step(tmp_path):
+@pytest.mark.parametrize("make, fused, absorbed", [(Norms, 2, "Relu"), (MishBlock, 1, "Mish")],
+                         ids=["relu-and-plain", "mish"])
+def test_exported_group_norm_fuses_and_matches_onnxruntime(tmp_path, make, fused, absorbed):
     torch.manual_seed(0)
-    policy = MishBlock().eval()
-    path = export_onnx(policy, tmp_path / "mish.onnx")
+    policy = make().eval()
+    path = export_onnx(policy, tmp_path / "norms.onnx")
     model = NativeModel(path, precision="fp32")
     counts = model.op_count()
-    assert counts[GROUP_NORM_OP] == 1 and "Mish" not in counts
-    obs = policy.spec.example(2, seed=3)
+    assert counts[GROUP_NORM_OP] == fused and "InstanceNormalization" not in counts and absorbed not in counts
+    obs = policy.spec.example(3, seed=2)
     expected = _ort(onnx.load(str(path)), obs)[0]
     for _ in range(2):
         np.testing.assert_allclose(model.run(obs)["a"], expected, rtol=0, atol=2e-5)
