@@ -1,9 +1,12 @@
 #include "cpu_ops.h"
 
 #include "dispatch.h"
+#include "epilogue_math.h"
+#include "layer_norm_s8.h"
 #include "thread_pool.h"
 
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 namespace edgevla {
@@ -38,31 +41,114 @@ int split_count(int64_t work, int64_t min_per_thread, int64_t units, int threads
     return parts < 1 ? 1 : static_cast<int>(parts);
 }
 
+// Every packed format's output blocks are 16 channels wide.
+constexpr int64_t kBlockN = 16;
+static_assert(EDGEVLA_PACKED_S8_BLOCK_N == kBlockN && EDGEVLA_PACKED_SPARSE_SLICE == kBlockN &&
+              EDGEVLA_PACKED_2TO4_BLOCK_N == kBlockN, "the output stage assumes 16-wide output blocks");
+// With an output stage, a part's rows go through the kernel this many at a
+// time (a multiple of the row tiles: 8 rows, 16 on AMX), each slab finished
+// while it is in L1/L2: 64 rows x 256 channels of float are 64 KiB.
+constexpr int64_t kStageRows = 64;
+
 // One packed GEMM split into tiles of rows x output blocks.
 template <typename Args>
 struct GemmJob {
     const Args* args;
     TileKernel<Args> kernel;
-    int64_t m, n_blocks;
+    int64_t m, n, n_blocks;
     bool split_rows;
+    const GemmOutputStage* stage;  // nullptr: none
+    const WindowSource* windows;   // nullptr: A is args.a
 };
+
+// The GEMMs whose A is int8 codes, which a WindowSource can supply.
+template <typename Args>
+constexpr bool kTakesWindows = std::is_same_v<Args, GemmPackedArgs> || std::is_same_v<Args, GemmSparseS8Args> ||
+                               std::is_same_v<Args, Gemm2to4S8Args>;
+
+// Runs rows [row_begin, row_end) x blocks [block_begin, block_end) with A's
+// rows gathered from the windows into this thread's buffer: the kernel sees a
+// GEMM of those rows alone (A, C, the residual and per-token scales moved to
+// the slab's first row).
+template <typename Args>
+void run_window_slab(const GemmJob<Args>& job, int64_t row_begin, int64_t row_end, int64_t block_begin,
+                     int64_t block_end) {
+    if constexpr (kTakesWindows<Args>) {
+        thread_local std::vector<int8_t> slab;
+        const Args& args = *job.args;
+        const int64_t k = args.w.k, rows = row_end - row_begin;
+        if (slab.size() < static_cast<size_t>(rows * k)) slab.resize(static_cast<size_t>(rows * k));
+        gather_window_rows(job.windows->geometry, 1, reinterpret_cast<const uint8_t*>(job.windows->x), row_begin,
+                           row_end, reinterpret_cast<uint8_t*>(slab.data()));
+        Args part = args;
+        part.m = rows;
+        part.a = slab.data();
+        part.lda = k;
+        part.c = args.c + row_begin * args.ldc;
+        if (part.epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN) part.epilogue.a_scale += row_begin;
+        if (part.epilogue.residual != nullptr) part.epilogue.residual += row_begin * part.epilogue.ld_residual;
+        job.kernel(part, 0, rows, block_begin, block_end);
+    }
+}
+
+// The output stage (cpu_ops.h) on rows [row_begin, row_end) x columns [col_begin, col_end) of c.
+void finish_tile(const GemmOutputStage& stage, float* c, int64_t ldc, int64_t row_begin, int64_t row_end,
+                 int64_t col_begin, int64_t col_end) {
+    const int64_t cols = col_end - col_begin;
+    if (stage.relu) {
+        for (int64_t row = row_begin; row < row_end; ++row) {
+            float* __restrict y = c + row * ldc + col_begin;
+            for (int64_t i = 0; i < cols; ++i) y[i] = edgevla_relu_f32(y[i]);
+        }
+    }
+    if (stage.codes != nullptr) {
+        QuantizeS8Args q;
+        q.m = row_end - row_begin;
+        q.k = cols;
+        q.x = c + row_begin * ldc + col_begin;
+        q.ldx = ldc;
+        q.scale = stage.scale;
+        q.q = stage.codes + row_begin * stage.ldq + col_begin;
+        q.ldq = stage.ldq;
+        active_isa().quantize_s8(q);
+    }
+}
 
 template <typename Args>
 void run_gemm_part(void* context, int part, int parts) {
     const GemmJob<Args>& job = *static_cast<const GemmJob<Args>*>(context);
+    int64_t row_begin = 0, row_end = job.m, block_begin = 0, block_end = job.n_blocks;
     if (job.split_rows) {
-        job.kernel(*job.args, row_split_point(job.m, part, parts), row_split_point(job.m, part + 1, parts), 0,
-                   job.n_blocks);
+        row_begin = row_split_point(job.m, part, parts);
+        row_end = row_split_point(job.m, part + 1, parts);
     } else {
-        job.kernel(*job.args, 0, job.m, split_point(job.n_blocks, part, parts),
-                   split_point(job.n_blocks, part + 1, parts));
+        block_begin = split_point(job.n_blocks, part, parts);
+        block_end = split_point(job.n_blocks, part + 1, parts);
+    }
+    if (job.stage == nullptr && job.windows == nullptr) {
+        job.kernel(*job.args, row_begin, row_end, block_begin, block_end);
+        return;
+    }
+    const int64_t col_end = block_end * kBlockN < job.n ? block_end * kBlockN : job.n;
+    for (int64_t row = row_begin; row < row_end; row += kStageRows) {
+        const int64_t end = row_end - row < kStageRows ? row_end : row + kStageRows;
+        if (job.windows != nullptr) {
+            run_window_slab(job, row, end, block_begin, block_end);
+        } else {
+            job.kernel(*job.args, row, end, block_begin, block_end);
+        }
+        if (job.stage != nullptr) {
+            finish_tile(*job.stage, job.args->c, job.args->ldc, row, end, block_begin * kBlockN, col_end);
+        }
     }
 }
 
-// Runs kernel over m rows x n_blocks blocks of 16 output channels, `macs`
-// being the multiply-adds it does (which decides whether threads pay off).
+// Runs kernel over m rows x n_blocks blocks of 16 of the n output channels,
+// `macs` being the multiply-adds it does (which decides whether threads pay
+// off), then the output stage if it is active.
 template <typename Args>
-void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n_blocks, int64_t macs) {
+void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n, int64_t n_blocks, int64_t macs,
+              const GemmOutputStage& stage = {}, const WindowSource* windows = nullptr) {
     if (m == 0 || n_blocks == 0) return;
     ThreadPool& pool = ThreadPool::global();
     const int threads = pool.num_threads();
@@ -73,7 +159,7 @@ void run_gemm(TileKernel<Args> kernel, const Args& args, int64_t m, int64_t n_bl
     const bool split_rows = (n_blocks < threads && m > n_blocks) || m >= 16 * n_blocks;
     const int64_t units = split_rows ? m : n_blocks;
     const int parts = gemm_part_count(macs, units, threads);
-    GemmJob<Args> job{&args, kernel, m, n_blocks, split_rows};
+    GemmJob<Args> job{&args, kernel, m, n, n_blocks, split_rows, stage.active() ? &stage : nullptr, windows};
     pool.run(parts, run_gemm_part<Args>, &job);
 }
 
@@ -121,34 +207,34 @@ int gemm_part_count(int64_t macs, int64_t units, int threads) {
     return split_count(macs, g_min_macs_per_thread.load(std::memory_order_relaxed), units, threads);
 }
 
-void gemm_packed_s8_f32(const GemmPackedArgs& args) {
+void gemm_packed_s8_f32(const GemmPackedArgs& args, const GemmOutputStage& stage, const WindowSource* windows) {
     if (args.w.n == 0) return;
-    run_gemm(active_isa().gemm_packed_s8_f32, args, args.m, args.w.n_blocks,
-             args.m * args.w.n_blocks * EDGEVLA_PACKED_S8_BLOCK_N * args.w.k);
+    run_gemm(active_isa().gemm_packed_s8_f32, args, args.m, args.w.n, args.w.n_blocks,
+             args.m * args.w.n_blocks * EDGEVLA_PACKED_S8_BLOCK_N * args.w.k, stage, windows);
 }
 
 void gemm_sparse_f32(const GemmSparseF32Args& args) {
-    run_gemm(active_isa().gemm_sparse_f32, args, args.m, args.w.n_slices,
+    run_gemm(active_isa().gemm_sparse_f32, args, args.m, args.w.n, args.w.n_slices,
              args.m * static_cast<int64_t>(args.w.slots) * kSparseMacsPerSlot);
 }
 
-void gemm_sparse_s8(const GemmSparseS8Args& args) {
-    run_gemm(active_isa().gemm_sparse_s8, args, args.m, args.w.n_slices,
-             args.m * static_cast<int64_t>(args.w.slots) * kSparseMacsPerSlot);
+void gemm_sparse_s8(const GemmSparseS8Args& args, const GemmOutputStage& stage, const WindowSource* windows) {
+    run_gemm(active_isa().gemm_sparse_s8, args, args.m, args.w.n, args.w.n_slices,
+             args.m * static_cast<int64_t>(args.w.slots) * kSparseMacsPerSlot, stage, windows);
 }
 
 void gemm_2to4_f32(const Gemm2to4F32Args& args) {
-    run_gemm(active_isa().gemm_2to4_f32, args, args.m, args.w.n_blocks,
+    run_gemm(active_isa().gemm_2to4_f32, args, args.m, args.w.n, args.w.n_blocks,
              args.m * args.w.n_blocks * args.w.k_blocks * k2to4MacsPerCell);
 }
 
-void gemm_2to4_s8(const Gemm2to4S8Args& args) {
-    run_gemm(active_isa().gemm_2to4_s8, args, args.m, args.w.n_blocks,
-             args.m * args.w.n_blocks * args.w.k_blocks * k2to4MacsPerCell);
+void gemm_2to4_s8(const Gemm2to4S8Args& args, const GemmOutputStage& stage, const WindowSource* windows) {
+    run_gemm(active_isa().gemm_2to4_s8, args, args.m, args.w.n, args.w.n_blocks,
+             args.m * args.w.n_blocks * args.w.k_blocks * k2to4MacsPerCell, stage, windows);
 }
 
 void gemm_w4_f32(const GemmW4F32Args& args) {
-    run_gemm(active_isa().gemm_w4_f32, args, args.m, args.w.n_blocks,
+    run_gemm(active_isa().gemm_w4_f32, args, args.m, args.w.n, args.w.n_blocks,
              args.m * args.w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * args.w.k);
 }
 
@@ -177,7 +263,7 @@ void gemm_w4a8_f32(const GemmW4F32Args& args) {
         part.epilogue = args.epilogue;
         part.c = args.c + row * args.ldc;
         part.ldc = args.ldc;
-        run_gemm(isa.gemm_w4a8_f32, part, rows, w.n_blocks, rows * w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * w.k);
+        run_gemm(isa.gemm_w4a8_f32, part, rows, w.n, w.n_blocks, rows * w.n_blocks * EDGEVLA_PACKED_W4_BLOCK_N * w.k);
     }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "cpu_kernels.h"
+#include "windows.h"
 
 #include <cstdint>
 
@@ -25,12 +26,49 @@ int64_t min_macs_per_thread();
 // least min_macs_per_thread() of the work (1 at least).
 int gemm_part_count(int64_t macs, int64_t units, int threads);
 
-// C = epilogue(A * W^T) for a validated packed W.
-void gemm_packed_s8_f32(const GemmPackedArgs& args);
+// What the threading layer does to the float output of an int8 GEMM after
+// the kernel's epilogue, tile by tile while the tile is still in cache: the
+// graph's ops that follow the layer, with no pass of their own over memory.
+//   C[m][n]     = max(C[m][n], 0)                  when relu (edgevla_relu_f32:
+//                                                  a ReLU after the residual,
+//                                                  a ResNet block's end)
+//   codes[m][n] = clamp(round_half_even(C[m][n] / scale), -128, 127)
+//                                                  when codes (quantize_s8 on
+//                                                  the final C: a following
+//                                                  static QuantizeLinear)
+// Bit-identical to running those two afterwards on the whole output. codes is
+// (M, N) at row stride ldq and overlaps nothing else; scale > 0.
+struct GemmOutputStage {
+    bool relu = false;
+    int8_t* codes = nullptr;
+    int64_t ldq = 0;
+    float scale = 1.0f;
+
+    bool active() const { return relu || codes != nullptr; }
+};
+
+// The left operand of an int8 GEMM as a convolution's input windows
+// (windows.h): row r of A is window r of the int8 channels-last x. Each
+// thread gathers the rows it multiplies, kStageRows at a time, into a buffer
+// of its own just before its kernel reads them, so the im2col matrix is never
+// written whole, the gather runs on every thread, and no thread reads rows
+// another one wrote. args.a and args.lda are then ignored. The same results
+// as gather_windows into rows, then the GEMM on them.
+struct WindowSource {
+    WindowGeometry geometry;  // channels = K / prod(kernel); batch x prod(out) = M
+    const int8_t* x = nullptr;
+};
+
+// C = epilogue(A * W^T) for a validated packed W (then `stage`, for the int8
+// GEMMs; A from `windows` where given).
+void gemm_packed_s8_f32(const GemmPackedArgs& args, const GemmOutputStage& stage = {},
+                        const WindowSource* windows = nullptr);
 void gemm_sparse_f32(const GemmSparseF32Args& args);
-void gemm_sparse_s8(const GemmSparseS8Args& args);
+void gemm_sparse_s8(const GemmSparseS8Args& args, const GemmOutputStage& stage = {},
+                    const WindowSource* windows = nullptr);
 void gemm_2to4_f32(const Gemm2to4F32Args& args);
-void gemm_2to4_s8(const Gemm2to4S8Args& args);
+void gemm_2to4_s8(const Gemm2to4S8Args& args, const GemmOutputStage& stage = {},
+                  const WindowSource* windows = nullptr);
 void gemm_w4_f32(const GemmW4F32Args& args);
 
 // The same product with the activations quantized to int8 per weight group

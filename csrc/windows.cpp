@@ -151,7 +151,8 @@ void max_pool_windows(const WindowGeometry& geometry, PoolElement element, const
     }
 }
 
-void gather_windows(const WindowGeometry& geometry, size_t element_bytes, const uint8_t* x, uint8_t* rows) {
+void gather_window_rows(const WindowGeometry& geometry, size_t element_bytes, const uint8_t* x, int64_t row_begin,
+                        int64_t row_end, uint8_t* rows) {
     const WindowGeometry g = as_3d(geometry);
     const size_t c_bytes = static_cast<size_t>(g.channels) * element_bytes;
     const int64_t line_bytes = g.in[2] * static_cast<int64_t>(c_bytes);  // one step along spatial dim 1
@@ -168,41 +169,56 @@ void gather_windows(const WindowGeometry& geometry, size_t element_bytes, const 
         if (inner_end[i] > g.out[i]) inner_end[i] = g.out[i];
     }
     const auto inner = [&](int i, int64_t o) { return o >= inner_begin[i] && o < inner_end[i]; };
+    // Row r is output position (n, o0, o1, o2), o2 fastest.
+    int64_t o2 = row_begin % g.out[2], rest = row_begin / g.out[2];
+    int64_t o1 = rest % g.out[1];
+    rest /= g.out[1];
+    int64_t o0 = rest % g.out[0], n = rest / g.out[0];
     uint8_t* dst = rows;
-    for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
         const uint8_t* image = x + n * image_bytes;
-        for (int64_t o0 = 0; o0 < g.out[0]; ++o0) {
-            for (int64_t o1 = 0; o1 < g.out[1]; ++o1) {
-                for (int64_t o2 = 0; o2 < g.out[2]; ++o2) {
-                    const int64_t first = o2 * g.stride[2] - g.pad_begin[2];
-                    if (g.dilation[2] == 1 && inner(0, o0) && inner(1, o1) && inner(2, o2)) {
-                        // The common case, a window inside x: one run per kernel line.
-                        const uint8_t* corner = image + (o0 * g.stride[0] - g.pad_begin[0]) * plane_bytes +
-                                                (o1 * g.stride[1] - g.pad_begin[1]) * line_bytes + first * c_bytes;
-                        for (int64_t k0 = 0; k0 < g.kernel[0]; ++k0) {
-                            const uint8_t* src = corner + k0 * g.dilation[0] * plane_bytes;
-                            for (int64_t k1 = 0; k1 < g.kernel[1]; ++k1, dst += window_line) {
-                                copy_run(dst, src + k1 * g.dilation[1] * line_bytes, window_line);
-                            }
-                        }
+        const int64_t first = o2 * g.stride[2] - g.pad_begin[2];
+        if (g.dilation[2] == 1 && inner(0, o0) && inner(1, o1) && inner(2, o2)) {
+            // The common case, a window inside x: one run per kernel line.
+            const uint8_t* corner = image + (o0 * g.stride[0] - g.pad_begin[0]) * plane_bytes +
+                                    (o1 * g.stride[1] - g.pad_begin[1]) * line_bytes + first * c_bytes;
+            for (int64_t k0 = 0; k0 < g.kernel[0]; ++k0) {
+                const uint8_t* src = corner + k0 * g.dilation[0] * plane_bytes;
+                for (int64_t k1 = 0; k1 < g.kernel[1]; ++k1, dst += window_line) {
+                    copy_run(dst, src + k1 * g.dilation[1] * line_bytes, window_line);
+                }
+            }
+        } else {
+            for (int64_t k0 = 0; k0 < g.kernel[0]; ++k0) {
+                const int64_t i0 = o0 * g.stride[0] + k0 * g.dilation[0] - g.pad_begin[0];
+                for (int64_t k1 = 0; k1 < g.kernel[1]; ++k1) {
+                    const int64_t i1 = o1 * g.stride[1] + k1 * g.dilation[1] - g.pad_begin[1];
+                    if (!inside(i0, g.in[0]) || !inside(i1, g.in[1])) {
+                        std::memset(dst, 0, window_line);
+                        dst += window_line;
                         continue;
                     }
-                    for (int64_t k0 = 0; k0 < g.kernel[0]; ++k0) {
-                        const int64_t i0 = o0 * g.stride[0] + k0 * g.dilation[0] - g.pad_begin[0];
-                        for (int64_t k1 = 0; k1 < g.kernel[1]; ++k1) {
-                            const int64_t i1 = o1 * g.stride[1] + k1 * g.dilation[1] - g.pad_begin[1];
-                            if (!inside(i0, g.in[0]) || !inside(i1, g.in[1])) {
-                                std::memset(dst, 0, window_line);
-                                dst += window_line;
-                                continue;
-                            }
-                            dst = gather_line(g, c_bytes, image + i0 * plane_bytes + i1 * line_bytes, first, dst);
-                        }
-                    }
+                    dst = gather_line(g, c_bytes, image + i0 * plane_bytes + i1 * line_bytes, first, dst);
+                }
+            }
+        }
+        if (++o2 == g.out[2]) {  // the next output position
+            o2 = 0;
+            if (++o1 == g.out[1]) {
+                o1 = 0;
+                if (++o0 == g.out[0]) {
+                    o0 = 0;
+                    ++n;
                 }
             }
         }
     }
+}
+
+void gather_windows(const WindowGeometry& g, size_t element_bytes, const uint8_t* x, uint8_t* rows) {
+    int64_t total = g.batch;
+    for (int i = 0; i < g.dims; ++i) total *= g.out[i];
+    gather_window_rows(g, element_bytes, x, 0, total, rows);
 }
 
 void to_channels_last(int64_t batch, int64_t channels, int64_t spatial, size_t element_bytes, const uint8_t* x,

@@ -41,6 +41,11 @@ struct WindowGeometry {
 // channels), both C-contiguous, elements of `element_bytes` bytes.
 void gather_windows(const WindowGeometry& g, size_t element_bytes, const uint8_t* x, uint8_t* rows);
 
+// Rows [row_begin, row_end) of the same, written from `rows` on: a slab of
+// the GEMM's left operand, for the thread that multiplies it (cpu_ops.h).
+void gather_window_rows(const WindowGeometry& g, size_t element_bytes, const uint8_t* x, int64_t row_begin,
+                        int64_t row_end, uint8_t* rows);
+
 // MaxPool over the same windows: y (batch, out..., channels) from x (batch,
 // in..., channels), both C-contiguous; positions outside x are left out of
 // each maximum (as ONNX's padding with the lowest value does), and a NaN in a

@@ -125,8 +125,14 @@ def gemm_s8s8_f32(
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
+    relu_after: bool = False,
+    codes: Buffer | None = None,
+    codes_scale: float | None = None,
+    windows: WindowSpec | None = None,
 ) -> NDArray[np.float32]:
-    """W8A8 GEMM on the active ISA, bit-identical to gemm_s8s8_f32_ref; the packed header is validated."""
+    """W8A8 GEMM on the active ISA, bit-identical to gemm_s8s8_f32_ref; the packed header is validated.
+    Then, tile by tile: relu_after: out = max(out, 0); codes (int8 (M, N)) with codes_scale: codes =
+    quantize_s8(out, codes_scale)."""
 
 def quantize_per_token(x: Buffer) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
     """float32 (M, K) -> (q int8 (M, K), scale float32 (M,)), symmetric per row; ValueError on NaN/inf."""
@@ -196,6 +202,16 @@ def gather_windows(x: Buffer, rows: Buffer, kernel: list[int], strides: list[int
                    pads_begin: list[int], out: list[int]) -> None:
     """A convolution's input windows (channels-last x) as the rows of its GEMM, zero outside x."""
 
+class WindowSpec:
+    """A convolution's windows without their input, for the int8 GEMMs' windows=."""
+
+    def __init__(self, *, kernel: list[int], strides: list[int], dilations: list[int], pads_begin: list[int],
+                 out: list[int]) -> None: ...
+    @property
+    def kernel(self) -> list[int]: ...
+    @property
+    def out(self) -> list[int]: ...
+
 def max_pool_channels_last(x: Buffer, y: Buffer, kernel: list[int], strides: list[int], dilations: list[int],
                            pads_begin: list[int], out: list[int]) -> None:
     """MaxPool of a channels-last x into y (N, out..., C), positions outside x left out."""
@@ -252,8 +268,13 @@ def gemm_sparse_s8s8_f32(
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
+    relu_after: bool = False,
+    codes: Buffer | None = None,
+    codes_scale: float | None = None,
+    windows: WindowSpec | None = None,
 ) -> NDArray[np.float32]:
-    """W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
+    """W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the output
+    stage as gemm_s8s8_f32's."""
 
 def gemm_2to4_f32(
     x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
@@ -269,8 +290,13 @@ def gemm_2to4_s8s8_f32(
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
+    relu_after: bool = False,
+    codes: Buffer | None = None,
+    codes_scale: float | None = None,
+    windows: WindowSpec | None = None,
 ) -> NDArray[np.float32]:
-    """W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight."""
+    """W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the output
+    stage as gemm_s8s8_f32's."""
 
 def gemm_w4_f32(
     x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None

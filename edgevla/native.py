@@ -213,7 +213,8 @@ def pack_weight_s8(w: Any, w_scale: Any) -> np.ndarray:
 
 def gemm_s8s8_f32(
     a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
-    residual: Any = None,
+    residual: Any = None, relu_after: bool = False, codes: Any = None, codes_scale: float | None = None,
+    windows: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on the active ISA, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
@@ -221,12 +222,25 @@ def gemm_s8s8_f32(
         a: int8 (M, K) activations (rows contiguous, any row stride).
         packed: a weight from :func:`pack_weight_s8`; its header is checked
             (magic, format, version, shape, length) and K must match ``a``.
-        a_scale, bias, act, out: as in :func:`gemm_s8s8_f32_ref`; ``out`` must
+        a_scale, bias, act, out, residual: as in :func:`gemm_s8s8_f32_ref`; ``out`` must
             share no memory with any input (the packed buffer included).
+        relu_after, codes, codes_scale: the *output stage*, run on each tile of
+            the output while it is in cache, bit-identical to running it on the
+            whole output afterwards: with ``relu_after``, ``out = max(out, 0)``
+            (a ReLU after the residual: a ResNet block's end); with ``codes``
+            (int8 (M, N), sharing no memory with anything else) and
+            ``codes_scale`` (> 0), ``codes = quantize_s8(out, codes_scale)``
+            (a static ``QuantizeLinear`` of the output).
+        windows: a :class:`WindowSpec`; then ``a`` is a convolution's int8
+            C-contiguous channels-last input ``(N, spatial..., C)`` and the
+            GEMM's rows are its windows (:func:`gather_windows`' rows, the same
+            results), gathered a slab at a time by the thread that multiplies
+            them: the im2col matrix is never written whole.
 
     Returns ``out``, or a new float32 (M, N) array.
     """
-    return _compiled().gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
+    return _compiled().gemm_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual,
+                                     relu_after=relu_after, codes=codes, codes_scale=codes_scale, windows=windows)
 
 
 def quantize_per_token(x: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +352,15 @@ def gather_windows(x: Any, rows: Any, *, kernel: Sequence[int], strides: Sequenc
     is made (csrc/windows.h). Raises TypeError / ValueError naming the bad argument.
     """
     _compiled().gather_windows(x, rows, list(kernel), list(strides), list(dilations), list(pads_begin), list(out))
+
+
+def window_spec(*, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+                pads_begin: Sequence[int], out: Sequence[int]) -> Any:
+    """A convolution's windows without their input (arguments as :func:`gather_windows`), validated once,
+    for the int8 GEMMs' ``windows=``: ``gemm_s8s8_f32(x, packed, ..., windows=spec)`` multiplies the
+    windows of ``x`` without writing them out whole."""
+    return _compiled().WindowSpec(kernel=list(kernel), strides=list(strides), dilations=list(dilations),
+                                  pads_begin=list(pads_begin), out=list(out))
 
 
 def max_pool_channels_last(x: Any, y: Any, *, kernel: Sequence[int], strides: Sequence[int],
@@ -627,15 +650,19 @@ def gemm_sparse_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none",
 
 def gemm_sparse_s8s8_f32(
     a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
-    residual: Any = None,
+    residual: Any = None, relu_after: bool = False, codes: Any = None, codes_scale: float | None = None,
+    windows: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on a weight from :func:`pack_sparse_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
     Arguments as :func:`gemm_s8s8_f32`: ``a`` int8 (M, K), ``a_scale`` one
-    value or (M,), ``bias``, ``act``, ``out``. The int32 accumulation over the
-    non-zeros is exact, so the output equals the dense reference bit for bit.
+    value or (M,), ``bias``, ``act``, ``out``, ``residual``, the output stage and
+    ``windows``. The int32 accumulation over the non-zeros is exact, so the
+    output equals the dense reference bit for bit.
     """
-    return _compiled().gemm_sparse_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
+    return _compiled().gemm_sparse_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual,
+                                            relu_after=relu_after, codes=codes, codes_scale=codes_scale,
+                                            windows=windows)
 
 
 def gemm_2to4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:
@@ -645,13 +672,15 @@ def gemm_2to4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", o
 
 def gemm_2to4_s8s8_f32(
     a: Any, packed: Any, a_scale: Any, bias: Any = None, *, act: str = "none", out: Any = None,
-    residual: Any = None,
+    residual: Any = None, relu_after: bool = False, codes: Any = None, codes_scale: float | None = None,
+    windows: Any = None,
 ) -> np.ndarray:
     """W8A8 GEMM on a weight from :func:`pack_2to4_s8`, bit-identical to :func:`gemm_s8s8_f32_ref`.
 
-    Arguments as :func:`gemm_s8s8_f32`.
+    Arguments as :func:`gemm_s8s8_f32`, the output stage and ``windows`` included.
     """
-    return _compiled().gemm_2to4_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual)
+    return _compiled().gemm_2to4_s8s8_f32(a, packed, a_scale, bias, act=act, out=out, residual=residual,
+                                          relu_after=relu_after, codes=codes, codes_scale=codes_scale, windows=windows)
 
 
 def gemm_w4_f32(x: Any, packed: Any, bias: Any = None, *, act: str = "none", out: Any = None) -> np.ndarray:

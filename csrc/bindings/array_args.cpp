@@ -2,6 +2,7 @@
 
 #include <pybind11/numpy.h>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -248,6 +249,87 @@ ResidualArg residual_arg(py::handle obj, int64_t m, int64_t n) {
         fail_value("residual must be (M, N) = (" + std::to_string(m) + ", " + std::to_string(n) + "), like the "
                    "output, got (" + std::to_string(arg.array.rows) + ", " + std::to_string(arg.array.cols) + ")");
     }
+    return arg;
+}
+
+StageArg stage_arg(py::handle relu_after, py::handle codes, py::handle codes_scale, int64_t m, int64_t n) {
+    StageArg arg;
+    if (!py::isinstance<py::bool_>(relu_after)) {
+        fail_type(std::string("relu_after must be a bool, got ") + Py_TYPE(relu_after.ptr())->tp_name);
+    }
+    arg.stage.relu = relu_after.cast<bool>();
+    if (codes.is_none() != codes_scale.is_none()) {
+        fail_value("codes and codes_scale come together: the int8 (M, N) array the output is quantized into, and "
+                   "the scale it is quantized with");
+    }
+    if (codes.is_none()) return arg;
+    if (!py::isinstance<py::float_>(codes_scale) && !py::isinstance<py::int_>(codes_scale)) {
+        fail_type(std::string("codes_scale must be a number, got ") + Py_TYPE(codes_scale.ptr())->tp_name);
+    }
+    const double scale = codes_scale.cast<double>();
+    const float scale_f = static_cast<float>(scale);
+    if (!(scale_f > 0.0f) || !std::isfinite(scale_f)) {
+        fail_value("codes_scale must be a positive finite float32, got " + std::to_string(scale));
+    }
+    arg.codes = matrix_arg(codes, "codes", "(M, N)", Scalar::int8, Access::write);
+    if (arg.codes.rows != m || arg.codes.cols != n) {
+        fail_value("codes must have shape (M, N) = (" + std::to_string(m) + ", " + std::to_string(n) + "), got " +
+                   shape_string(arg.codes.buffer));
+    }
+    arg.has_codes = true;
+    arg.stage.codes = arg.codes.data<int8_t>();
+    arg.stage.ldq = arg.codes.ld;
+    arg.stage.scale = scale_f;
+    return arg;
+}
+
+void StageArg::check_disjoint(std::initializer_list<const ArrayArg*> others) const {
+    if (has_codes) bindings::check_disjoint(codes, others);
+}
+
+LeftArg left_arg(py::handle a, py::handle windows) {
+    LeftArg arg;
+    if (windows.is_none()) {
+        arg.array = matrix_arg(a, "a", "(M, K)", Scalar::int8, Access::read);
+        arg.m = arg.array.rows;
+        arg.k = arg.array.cols;
+        return arg;
+    }
+    if (!py::isinstance<WindowSpec>(windows)) {
+        fail_type(std::string("windows must be a native.WindowSpec, got ") + Py_TYPE(windows.ptr())->tp_name);
+    }
+    const WindowSpec& spec = windows.cast<const WindowSpec&>();
+    arg.array = ArrayArg{typed_buffer(a, "a", Scalar::int8, Access::read), "a"};
+    const py::buffer_info& info = arg.array.buffer;
+    if (info.ndim != spec.dims + 2) {
+        fail_value("a must be the (N, spatial..., C) input of " + std::to_string(spec.dims) + "-D windows, got shape " +
+                   shape_string(info));
+    }
+    py::ssize_t expected = 1;
+    for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+        if (info.shape[i] > 1 && info.strides[i] != expected) {
+            fail_value("a must be C-contiguous under windows=; pass numpy.ascontiguousarray(a)");
+        }
+        expected *= info.shape[i];
+    }
+    WindowGeometry& g = arg.source.geometry;
+    g.dims = spec.dims;
+    g.batch = info.shape[0];
+    g.channels = info.shape[info.ndim - 1];
+    arg.m = g.batch;
+    arg.k = g.channels;
+    for (int i = 0; i < spec.dims; ++i) {
+        g.in[i] = info.shape[1 + i];
+        g.kernel[i] = spec.kernel[i], g.stride[i] = spec.stride[i], g.dilation[i] = spec.dilation[i];
+        g.pad_begin[i] = spec.pad_begin[i], g.out[i] = spec.out[i];
+        // Any output size is safe: a window reads x only inside it, and zeros elsewhere (as pads do).
+        arg.m *= g.out[i];
+        arg.k *= g.kernel[i];
+    }
+    arg.array.rows = 1;
+    arg.array.cols = arg.array.ld = static_cast<int64_t>(info.size);
+    arg.source.x = arg.array.data<const int8_t>();
+    arg.windowed = true;
     return arg;
 }
 

@@ -10,6 +10,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include "cpu_ops.h"
 #include "gemm_s8s8.h"
 
 #include <cstdint>
@@ -96,5 +97,40 @@ struct ResidualArg {
     const ArrayArg* input() const { return present ? &array : nullptr; }
 };
 ResidualArg residual_arg(py::handle obj, int64_t m, int64_t n);
+
+// A convolution's windows without their input (the kernel, strides,
+// dilations, begin pads and output size per spatial dimension, validated):
+// Python's native.WindowSpec, made once per layer and input shape, which the
+// int8 GEMMs take as `windows=` (cpu_ops.h, WindowSource).
+struct WindowSpec {
+    int dims = 0;
+    int64_t kernel[kMaxWindowDims] = {}, stride[kMaxWindowDims] = {}, dilation[kMaxWindowDims] = {};
+    int64_t pad_begin[kMaxWindowDims] = {}, out[kMaxWindowDims] = {};
+};
+
+// The left operand of an int8 GEMM: `a` itself, an int8 (M, K) matrix with
+// contiguous rows; or, with `windows` (a WindowSpec), the windows over `a`, a
+// C-contiguous int8 (N, spatial..., C) array: M = N x prod(out) and
+// K = prod(kernel) x C.
+struct LeftArg {
+    ArrayArg array;  // the matrix, or x as one row of all its elements (for the overlap checks)
+    int64_t m = 0, k = 0;
+    bool windowed = false;
+    WindowSource source;
+    const WindowSource* windows() const { return windowed ? &source : nullptr; }
+};
+LeftArg left_arg(py::handle a, py::handle windows);
+
+// The output stage of an int8 GEMM (cpu_ops.h): `relu_after` a bool, and
+// `codes` a writable int8 (M, N) array with its `codes_scale`, a positive
+// finite number, both or neither. check_disjoint then keeps codes clear of
+// the float output and of every input.
+struct StageArg {
+    GemmOutputStage stage;
+    ArrayArg codes;
+    bool has_codes = false;
+    void check_disjoint(std::initializer_list<const ArrayArg*> others) const;
+};
+StageArg stage_arg(py::handle relu_after, py::handle codes, py::handle codes_scale, int64_t m, int64_t n);
 
 }  // namespace edgevla::bindings

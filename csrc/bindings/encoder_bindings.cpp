@@ -3,6 +3,7 @@
 // C-contiguous int8, uint8 or float32 arrays, and GroupNorm (group_norm_f32.h)
 // on float32 ones; validated (shapes against the geometry, outputs writable and
 // disjoint from the inputs), run without the GIL.
+#include "bindings/array_args.h"
 #include "bindings/module_parts.h"
 #include "group_norm_f32.h"
 #include "windows.h"
@@ -220,9 +221,39 @@ void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::h
     group_norm_f32(args);
 }
 
+WindowSpec window_spec(const std::vector<int64_t>& kernel, const std::vector<int64_t>& strides,
+                       const std::vector<int64_t>& dilations, const std::vector<int64_t>& pads_begin,
+                       const std::vector<int64_t>& out) {
+    const int dims = static_cast<int>(kernel.size());
+    if (dims < 1 || dims > kMaxWindowDims) {
+        throw py::value_error("kernel must have 1 to 3 values (one per spatial dimension), got " +
+                              std::to_string(dims));
+    }
+    const auto k = sizes(kernel, "kernel", dims, 1), s = sizes(strides, "strides", dims, 1);
+    const auto d = sizes(dilations, "dilations", dims, 1), p = sizes(pads_begin, "pads_begin", dims, 0);
+    const auto o = sizes(out, "out", dims, 1);
+    WindowSpec spec;
+    spec.dims = dims;
+    for (int i = 0; i < dims; ++i) {
+        spec.kernel[i] = k[i], spec.stride[i] = s[i], spec.dilation[i] = d[i], spec.pad_begin[i] = p[i];
+        spec.out[i] = o[i];
+    }
+    return spec;
+}
+
 }  // namespace
 
 void register_encoders(py::module_& m) {
+    py::class_<WindowSpec>(m, "WindowSpec",
+                           "A convolution's windows without their input, for the int8 GEMMs' windows= argument: "
+                           "kernel, strides, dilations, pads_begin and out (the output size), one value per "
+                           "spatial dimension.")
+        .def(py::init(&window_spec), py::kw_only(), py::arg("kernel"), py::arg("strides"), py::arg("dilations"),
+             py::arg("pads_begin"), py::arg("out"))
+        .def_property_readonly("kernel", [](const WindowSpec& w) {
+            return std::vector<int64_t>(w.kernel, w.kernel + w.dims);
+        })
+        .def_property_readonly("out", [](const WindowSpec& w) { return std::vector<int64_t>(w.out, w.out + w.dims); });
     m.def("gather_windows", &gather_windows_py, py::arg("x"), py::arg("rows"), py::arg("kernel"),
           py::arg("strides"), py::arg("dilations"), py::arg("pads_begin"), py::arg("out"),
           "Writes a convolution's input windows into rows (N * prod(out), prod(kernel) * C), in (kernel..., C) "

@@ -260,27 +260,35 @@ py::object gemm_f32(const py::object& x, const PackedArg<View>& w, const py::obj
 // The W8A8 contract of gemm_s8s8_f32 for an int8 packed weight.
 template <typename View, typename Op>
 py::object gemm_s8(const py::object& a, const PackedArg<View>& w, const py::object& a_scale, const py::object& bias,
-                   const py::object& act, const py::object& out, const py::object& residual, Op op) {
+                   const py::object& act, const py::object& out, const py::object& residual,
+                   const py::object& relu_after, const py::object& codes, const py::object& codes_scale,
+                   const py::object& windows, Op op) {
     const edgevla_activation activation = activation_arg(act);
-    const ArrayArg a_arg = matrix_arg(a, "a", "(M, K)", Scalar::int8, Access::read);
-    check_activation_k(a_arg, w.view);
-    const ActScaleArg scale = act_scale_arg(a_scale, a_arg.rows);
+    const LeftArg left = left_arg(a, windows);
+    if (left.k != w.view.k) {
+        throw py::value_error(std::string(left.windowed ? "the windows of a are" : "a is") + " (M, K) and the packed "
+                              "weight is (N, K) = (" + text(w.view.n) + ", " + text(w.view.k) + "), so their K must "
+                              "match: " + (left.windowed ? "the windows have" : "a has") + " K = " + text(left.k));
+    }
+    const ActScaleArg scale = act_scale_arg(a_scale, left.m);
     const BiasArg bias_a = bias_arg(bias, w.view.n);
-    const ResidualArg residual_a = residual_arg(residual, a_arg.rows, w.view.n);
-    const OutputArg c = output_arg(out, Scalar::float32, a_arg.rows, w.view.n,
-                                   {&a_arg, &w.bytes, &scale.array, bias_a.input(), residual_a.input()});
+    const ResidualArg residual_a = residual_arg(residual, left.m, w.view.n);
+    const OutputArg c = output_arg(out, Scalar::float32, left.m, w.view.n,
+                                   {&left.array, &w.bytes, &scale.array, bias_a.input(), residual_a.input()});
+    const StageArg stage = stage_arg(relu_after, codes, codes_scale, left.m, w.view.n);
+    stage.check_disjoint({&c.array, &left.array, &w.bytes, &scale.array, bias_a.input(), residual_a.input()});
     GemmS8Args<View> args;
     args.w = w.view;
-    args.m = a_arg.rows;
-    args.a = a_arg.data<const int8_t>();
-    args.lda = a_arg.ld;
+    args.m = left.m;
+    args.a = left.windowed ? nullptr : left.array.data<const int8_t>();
+    args.lda = left.windowed ? 0 : left.array.ld;
     args.epilogue = {w.view.w_scale, scale.array.data<const float>(), scale.mode, bias_a.data(), activation,
                      residual_a.data(), residual_a.ld()};
     args.c = c.array.data<float>();
     args.ldc = c.array.ld;
     {
         py::gil_scoped_release no_gil;
-        op(args);
+        op(args, stage.stage, left.windows());
     }
     return c.object;
 }
@@ -293,9 +301,13 @@ py::object gemm_sparse_f32_py(const py::object& x, const py::object& packed, con
 
 py::object gemm_sparse_s8_py(const py::object& a, const py::object& packed, const py::object& a_scale,
                              const py::object& bias, const py::object& act, const py::object& out,
-                             const py::object& residual) {
+                             const py::object& residual, const py::object& relu_after, const py::object& codes,
+                             const py::object& codes_scale, const py::object& windows) {
     return gemm_s8(a, sparse_arg(packed, EDGEVLA_PACKED_FORMAT_SPARSE_S8_N16W32), a_scale, bias, act, out, residual,
-                   [](const GemmSparseS8Args& args) { gemm_sparse_s8(args); });
+                   relu_after, codes, codes_scale, windows,
+                   [](const GemmSparseS8Args& args, const GemmOutputStage& stage, const WindowSource* windows) {
+                       gemm_sparse_s8(args, stage, windows);
+                   });
 }
 
 py::object gemm_2to4_f32_py(const py::object& x, const py::object& packed, const py::object& bias,
@@ -306,9 +318,13 @@ py::object gemm_2to4_f32_py(const py::object& x, const py::object& packed, const
 
 py::object gemm_2to4_s8_py(const py::object& a, const py::object& packed, const py::object& a_scale,
                            const py::object& bias, const py::object& act, const py::object& out,
-                           const py::object& residual) {
+                           const py::object& residual, const py::object& relu_after, const py::object& codes,
+                           const py::object& codes_scale, const py::object& windows) {
     return gemm_s8(a, two_to_four_arg(packed, EDGEVLA_PACKED_FORMAT_2TO4_S8_N16K16), a_scale, bias, act, out, residual,
-                   [](const Gemm2to4S8Args& args) { gemm_2to4_s8(args); });
+                   relu_after, codes, codes_scale, windows,
+                   [](const Gemm2to4S8Args& args, const GemmOutputStage& stage, const WindowSource* windows) {
+                       gemm_2to4_s8(args, stage, windows);
+                   });
 }
 
 py::object gemm_w4_f32_py(const py::object& x, const py::object& packed, const py::object& bias,
@@ -443,15 +459,19 @@ void register_formats(py::module_& m) {
           "act(x @ w.T + bias) for float32 x and a pack_sparse_f32 weight, on the active ISA.");
     m.def("gemm_sparse_s8s8_f32", &gemm_sparse_s8_py, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
           py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
-          py::arg("residual") = py::none(),
-          "W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight.");
+          py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
+          py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
+          "W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the "
+          "output stage and windows as gemm_s8s8_f32's.");
     m.def("gemm_2to4_f32", &gemm_2to4_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
           py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ w.T + bias) for float32 x and a pack_2to4_f32 weight, on the active ISA.");
     m.def("gemm_2to4_s8s8_f32", &gemm_2to4_s8_py, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
           py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
-          py::arg("residual") = py::none(),
-          "W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight.");
+          py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
+          py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
+          "W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the "
+          "output stage and windows as gemm_s8s8_f32's.");
     m.def("gemm_w4_f32", &gemm_w4_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
           py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ dequant(w).T + bias) for float32 x and a pack_w4 weight, on the active ISA.");

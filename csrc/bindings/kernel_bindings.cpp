@@ -64,49 +64,37 @@ py::array pack_weight_s8_py(const py::object& w, const py::object& w_scale) {
 
 py::object gemm_s8s8_f32(const py::object& a, const py::object& packed, const py::object& a_scale,
                          const py::object& bias, const py::object& act, const py::object& out,
-                         const py::object& residual) {
+                         const py::object& residual, const py::object& relu_after, const py::object& codes,
+                         const py::object& codes_scale, const py::object& windows) {
     const edgevla_activation activation = activation_arg(act);
-    const ArrayArg a_arg = matrix_arg(a, "a", "(M, K)", Scalar::int8, Access::read);
+    const LeftArg left = left_arg(a, windows);
     const PackedArg w = packed_arg(packed);
-    const int64_t m = a_arg.rows, n = w.view.n;
-    if (a_arg.cols != w.view.k) {
-        throw py::value_error("a is (M, K) and the packed weight is (N, K) = (" + count_text(n) + ", " +
-                              count_text(w.view.k) + "), so their K must match: a has K = " + count_text(a_arg.cols));
+    const int64_t m = left.m, n = w.view.n;
+    if (left.k != w.view.k) {
+        throw py::value_error(std::string(left.windowed ? "the windows of a are" : "a is") + " (M, K) and the packed "
+                              "weight is (N, K) = (" + count_text(n) + ", " + count_text(w.view.k) + "), so their K "
+                              "must match: " + (left.windowed ? "the windows have" : "a has") + " K = " +
+                              count_text(left.k));
     }
-    const ArrayArg a_scale_arg = vector_arg(a_scale, "a_scale", Scalar::float32, /*allow_scalar=*/true);
-    edgevla_act_scale_mode a_scale_mode;
-    if (a_scale_arg.size() == 1) {
-        a_scale_mode = EDGEVLA_ACT_SCALE_PER_TENSOR;
-    } else if (a_scale_arg.size() == m) {
-        a_scale_mode = EDGEVLA_ACT_SCALE_PER_TOKEN;
-    } else {
-        throw py::value_error("a_scale must hold 1 value (per-tensor) or one per row of a (per-token, M = " +
-                              count_text(m) + "), got " + count_text(a_scale_arg.size()));
-    }
-    ArrayArg bias_arg;
-    const bool has_bias = !bias.is_none();
-    if (has_bias) {
-        bias_arg = vector_arg(bias, "bias", Scalar::float32);
-        if (bias_arg.size() != n) {
-            throw py::value_error("bias must hold one value per output channel (N = " + count_text(n) + "), got " +
-                                  count_text(bias_arg.size()));
-        }
-    }
+    const ActScaleArg scale = act_scale_arg(a_scale, m);
+    const BiasArg bias_a = bias_arg(bias, n);
     const ResidualArg residual_a = residual_arg(residual, m, n);
     const OutputArg c = output_arg(out, Scalar::float32, m, n,
-                                   {&a_arg, &w.bytes, &a_scale_arg, has_bias ? &bias_arg : nullptr, residual_a.input()});
+                                   {&left.array, &w.bytes, &scale.array, bias_a.input(), residual_a.input()});
+    const StageArg stage = stage_arg(relu_after, codes, codes_scale, m, n);
+    stage.check_disjoint({&c.array, &left.array, &w.bytes, &scale.array, bias_a.input(), residual_a.input()});
     GemmPackedArgs args;
     args.w = w.view;
     args.m = m;
-    args.a = a_arg.data<const int8_t>();
-    args.lda = a_arg.ld;
-    args.epilogue = {w.view.w_scale, a_scale_arg.data<const float>(), a_scale_mode,
-                     has_bias ? bias_arg.data<const float>() : nullptr, activation, residual_a.data(), residual_a.ld()};
+    args.a = left.windowed ? nullptr : left.array.data<const int8_t>();
+    args.lda = left.windowed ? 0 : left.array.ld;
+    args.epilogue = {w.view.w_scale, scale.array.data<const float>(), scale.mode, bias_a.data(), activation,
+                     residual_a.data(), residual_a.ld()};
     args.c = c.array.data<float>();
     args.ldc = c.array.ld;
     {
         py::gil_scoped_release no_gil;
-        gemm_packed_s8_f32(args);
+        gemm_packed_s8_f32(args, stage.stage, left.windows());
     }
     return c.object;
 }
@@ -219,9 +207,14 @@ void register_kernels(py::module_& m) {
           "(csrc/packed_formats.h). Returns a new uint8 array.");
     m.def("gemm_s8s8_f32", &gemm_s8s8_f32, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
           py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
-          py::arg("residual") = py::none(),
+          py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
+          py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
           "W8A8 GEMM on the active ISA: act((a @ w.T) * (a_scale * w_scale) + bias) (+ residual) in float32, "
-          "bit-identical to gemm_s8s8_f32_ref. Returns out, or a new float32 (M, N) array.");
+          "bit-identical to gemm_s8s8_f32_ref; then, tile by tile, the output stage: with relu_after, "
+          "out = max(out, 0) (a ReLU after the residual); with codes (int8 (M, N)) and codes_scale, codes = "
+          "quantize_s8(out, codes_scale) (a following static QuantizeLinear). With windows (a WindowSpec), a is "
+          "the int8 (N, spatial..., C) input of a convolution and the GEMM's rows are its windows, gathered by "
+          "the threads that multiply them. Returns out, or a new float32 (M, N) array.");
     m.def("quantize_per_token", &quantize_per_token_py, py::arg("x"),
           "Dynamic symmetric int8 quantization of each row of a float32 (M, K) array: returns (q int8 (M, K), "
           "scale float32 (M,)) with x ~= q * scale[:, None].");

@@ -19,8 +19,10 @@
 #include "cpu_ops.h"
 #include "dispatch.h"
 #include "gemm_ref.h"
+#include "epilogue_math.h"
 #include "layer_norm_s8.h"
 #include "thread_pool.h"
+#include "windows.h"
 
 #include <algorithm>
 #include <cmath>
@@ -608,6 +610,79 @@ int check_roof_loops(const IsaKernels& isa) {
     return failures;
 }
 
+// The dense int8 GEMM over a convolution's windows with its output stage
+// (cpu_ops.h: each thread gathers its slabs of rows; ReLU after the residual,
+// then the codes) against gather_windows into the whole matrix, the reference
+// GEMM, then ReLU and quantize_s8_ref on the whole output: bit for bit, into
+// guarded outputs. 2-d, 3x3 and 7x7 stride 2 (windows in the padding), per-token
+// scales (each slab reads its own rows'), more rows than one slab.
+int check_window_gemm(const IsaKernels& isa, std::mt19937& rng) {
+    struct Shape {
+        int64_t batch, h, w, c, kernel, stride, pad, n;
+    };
+    const Shape shapes[] = {{1, 12, 11, 8, 3, 1, 1, 24}, {2, 9, 9, 3, 7, 2, 3, 17}, {1, 1, 1, 5, 3, 1, 1, 16}};
+    std::uniform_real_distribution<float> w_dist(1e-4f, 1e-2f), a_dist(1e-3f, 1e-1f), b_dist(-1.0f, 1.0f);
+    for (const Shape& sh : shapes) {
+        WindowSource windows;
+        WindowGeometry& g = windows.geometry;
+        g.dims = 2, g.batch = sh.batch, g.channels = sh.c;
+        for (int i = 0; i < 2; ++i) {
+            g.in[i] = i == 0 ? sh.h : sh.w;
+            g.kernel[i] = sh.kernel, g.stride[i] = sh.stride, g.dilation[i] = 1, g.pad_begin[i] = sh.pad;
+            g.out[i] = (g.in[i] + 2 * sh.pad - sh.kernel) / sh.stride + 1;
+        }
+        const int64_t m = sh.batch * g.out[0] * g.out[1], k = sh.kernel * sh.kernel * sh.c, n = sh.n;
+        std::vector<int8_t> x(static_cast<size_t>(sh.batch * sh.h * sh.w * sh.c)), w(static_cast<size_t>(n * k));
+        for (int8_t& v : x) v = draw(rng, 0);
+        for (int8_t& v : w) v = draw(rng, 0);
+        std::vector<int8_t> rows(static_cast<size_t>(m * k));
+        gather_windows(g, 1, reinterpret_cast<const uint8_t*>(x.data()), reinterpret_cast<uint8_t*>(rows.data()));
+        std::vector<float> w_scale(static_cast<size_t>(n)), bias(static_cast<size_t>(n));
+        std::vector<float> a_scale(static_cast<size_t>(m)), residual(static_cast<size_t>(m * n));
+        for (float& v : w_scale) v = w_dist(rng);
+        for (float& v : a_scale) v = a_dist(rng);
+        for (float& v : bias) v = b_dist(rng);
+        for (float& v : residual) v = b_dist(rng);
+        const edgevla_gemm_epilogue_f32 epilogue{w_scale.data(), a_scale.data(), EDGEVLA_ACT_SCALE_PER_TOKEN,
+                                                 bias.data(), EDGEVLA_ACTIVATION_NONE, residual.data(), n};
+        std::vector<float> expected = poisoned(m * n);
+        edgevla_gemm_s8s8_f32_ref(m, n, k, rows.data(), k, w.data(), k, &epilogue, expected.data(), n);
+        for (int64_t i = 0; i < m * n; ++i) expected[size_t(i)] = edgevla_relu_f32(expected[size_t(i)]);
+        const float code_scale = 0.02f;
+        std::vector<int8_t> expected_codes(static_cast<size_t>(m * n));
+        QuantizeS8Args q;
+        q.m = m, q.k = n, q.x = expected.data(), q.ldx = n, q.scale = code_scale;
+        q.q = expected_codes.data(), q.ldq = n;
+        quantize_s8_ref(q);
+
+        std::vector<uint8_t> packed(static_cast<size_t>(packed_s8_bytes(n, k)));
+        pack_weight_s8(n, k, w.data(), k, w_scale.data(), packed.data());
+        GemmPackedArgs args;
+        validate_packed_s8(packed.data(), packed.size(), &args.w);
+        std::vector<float> got = poisoned(m * n);
+        std::vector<int8_t> codes(static_cast<size_t>(m * n + kGuard), int8_t{77});
+        args.m = m;
+        args.epilogue = epilogue;
+        args.epilogue.w_scale = args.w.w_scale;
+        args.c = got.data();
+        args.ldc = n;
+        windows.x = x.data();
+        GemmOutputStage stage;
+        stage.relu = true, stage.codes = codes.data(), stage.ldq = n, stage.scale = code_scale;
+        gemm_packed_s8_f32(args, stage, &windows);
+        bool guards = guard_intact(got, m * n);
+        for (int64_t i = m * n; i < m * n + kGuard; ++i) guards = guards && codes[size_t(i)] == 77;
+        if (!guards || std::memcmp(got.data(), expected.data(), static_cast<size_t>(m * n) * 4) != 0 ||
+            std::memcmp(codes.data(), expected_codes.data(), static_cast<size_t>(m * n)) != 0) {
+            std::printf("FAIL %s windowed GEMM %lldx%lld kernel %lld stride %lld: %s\n", isa.name, (long long)sh.h,
+                        (long long)sh.w, (long long)sh.kernel, (long long)sh.stride,
+                        guards ? "differs from gather + reference + stage" : "wrote past its outputs");
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int check_small_gemms_stay_on_one_thread() {
     const int64_t least = kDefaultMinMacsPerThread;
     if (gemm_part_count(2 * least - 1, 24, 3) != 1 || gemm_part_count(2 * least, 96, 3) != 2 ||
@@ -689,6 +764,7 @@ int main(int argc, char** argv) {
             }
             isa_failures += format_failures;
             isa_failures += check_roof_loops(*isa);
+            isa_failures += check_window_gemm(*isa, rng);
             failures += isa_failures;
         }
     }

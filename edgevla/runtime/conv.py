@@ -18,7 +18,12 @@ weight (all but depthwise ones) is instead made a linear layer at load
 layer rules choose, our int8 GEMM at the default precision, and it is listed
 in the plan like any other linear layer. Its windows are gathered by the
 native ``gather_windows`` (C++, straight from the unpadded channels-last
-input) where the build has it, else by NumPy from a padded copy. Pooling reduces over the same window view.
+input) where the build has it, else by NumPy from a padded copy; an int8
+layer's GEMM gathers them itself (``windows=``: each thread the rows it
+multiplies, a slab at a time, so the im2col matrix is never written whole).
+A skip connection added to the output, a ReLU after it and the quantization
+of the result for the next layer run in the GEMM's epilogue and output stage
+(:meth:`~.linear.LinearLayer.set_output_stage`). Pooling reduces over the same window view.
 A transposed convolution runs the other way round: the product first (each
 input position's channels times the weight, a patch per position), then the
 patches added into the output, one strided slice per kernel offset.
@@ -232,9 +237,13 @@ class ConvLayer:
     def __init__(self, context: OpContext, kernel: list[int], layer: LinearLayer):
         self.context, self.kernel, self.layer = context, kernel, layer
         self.input_last = self.output_last = False
+        self.keep_float = True  # with output codes, whether the float output is an output too (:mod:`.fusion`)
         self._plans: dict[tuple, _ConvPlan] = {}
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None):
+        """The output (``(N, *spatial, M)`` when ``output_last``, else ONNX order); with a residual (the skip
+        connection added to it, in the same layout) and the layer's output stage (:meth:`LinearLayer.set_output_stage`):
+        the float output and the int8 codes, or the codes alone when not ``keep_float``."""
         key = (x.shape, x.dtype.str, self.input_last)
         plan = self._plans.get(key)
         if plan is None:
@@ -246,18 +255,47 @@ class ConvLayer:
             if not self.input_last:
                 native.to_channels_last(x, plan.last)
                 x = plan.last
+            if plan.windows is not None:  # the GEMM's threads gather the windows they multiply
+                return self._staged(x, residual, plan)
             rows = x.reshape(plan.rows.shape) if plan.direct else plan.gather(x)
-            y = self.layer(rows).reshape(plan.out_shape)
-            return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
-        if plan.padded is None:  # channels last already, no padding: the windows are a view of x itself
-            st = x.strides
-            view = as_strided(x, plan.view_shape, plan.view_strides(st), writeable=False)
         else:
-            plan.padded[plan.inner] = x if self.input_last else x.transpose(plan.to_last)
-            view = plan.view
-        np.copyto(plan.rows_view, view)
-        y = self.layer(plan.rows).reshape(plan.out_shape)
+            if plan.padded is None:  # channels last already, no padding: the windows are a view of x itself
+                st = x.strides
+                view = as_strided(x, plan.view_shape, plan.view_strides(st), writeable=False)
+            else:
+                plan.padded[plan.inner] = x if self.input_last else x.transpose(plan.to_last)
+                view = plan.view
+            np.copyto(plan.rows_view, view)
+            rows = plan.rows
+        if residual is None and not self.layer.has_output_stage:
+            return self._laid_out(self.layer(rows).reshape(plan.out_shape))
+        return self._staged(rows, residual, plan)
+
+    def _laid_out(self, y: np.ndarray) -> np.ndarray:
+        """A channels-last result as the layer writes it: as it is, or in ONNX order."""
         return y if self.output_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+    def _staged(self, rows: np.ndarray, residual: np.ndarray | None, plan: "_ConvPlan"):
+        """The product (of ``rows``, or of the windows of the channels-last input ``rows`` where the plan has
+        a ``WindowSpec``), the residual and the output stage: in the kernel's epilogue when the residual has
+        the output's shape, else (a residual that broadcasts) added in NumPy, in the output's layout, before
+        the stage."""
+        layer, out_shape = self.layer, plan.out_shape
+        last = residual if residual is None or self.output_last else np.moveaxis(residual, 1, -1)
+        if last is None or last.shape == out_shape:
+            r2 = None if last is None else last.reshape(-1, layer.n)
+            y, codes = layer.staged(rows, r2, self.keep_float or layer.codes_scale is None, plan.windows,
+                                    plan.positions)
+            y = None if y is None else self._laid_out(y.reshape(out_shape))
+            codes = None if codes is None else self._laid_out(codes.reshape(out_shape))
+        else:
+            if plan.windows is not None:
+                rows = plan.gather(rows)
+            y = self._laid_out(layer(rows).reshape(out_shape)) + residual
+            codes = layer.finish(y)
+        if codes is None:
+            return y
+        return (y, codes) if self.keep_float else codes
 
     def _plan(self, x: np.ndarray) -> "_ConvPlan":
         """Geometry and buffers for one input shape: the zero-bordered channels-last copy of the input (its border
@@ -284,6 +322,9 @@ class ConvLayer:
             plan.direct = all(k == 1 for k in self.kernel) and all(s == 1 for s in strides) and not any(begin)
             plan.gather = functools.partial(_gather, rows=rows, kernel=list(self.kernel), strides=strides,
                                             dilations=dilations, pads_begin=begin, out=out)
+            if x.dtype == np.int8 and self.layer.takes_windows and not plan.direct:
+                plan.windows = native.window_spec(kernel=list(self.kernel), strides=strides, dilations=dilations,
+                                                  pads_begin=begin, out=out)
             return plan
         if not (self.input_last and not any(begin) and not any(end)):
             plan.padded = np.zeros((x.shape[0], *(i + b + e for i, b, e in zip(spatial, begin, end)), channels), x.dtype)
@@ -301,6 +342,8 @@ class _ConvPlan:
         self.padded = self.inner = self.view = None
         self.gather = self.last = None  # the native gather (windows of a channels-last input) and its input buffer
         self.direct = False
+        self.windows = None  # a native.WindowSpec: the int8 GEMM gathers the windows itself
+        self.positions = rows.shape[0]  # the rows of the product: N x prod(out)
 
 
 def _native_gather(dtype: np.dtype) -> bool:

@@ -72,7 +72,11 @@ class Program:
             consts = [graph.constants.get(i) if i else None for i in node.inputs]
             if node.op_type == LINEAR_OP:
                 layer = node.attrs["layer"]
-                fn, writes_out = (layer.with_residual if layer.residual else layer), True
+                if layer.has_output_stage:
+                    keep_float = len(node.outputs) == 2 or layer.codes_scale is None
+                    fn, writes_out = layer.stage_step(keep_float), False
+                else:
+                    fn, writes_out = (layer.with_residual if layer.residual else layer), True
             elif node.op_type == CONV_OP:
                 fn, writes_out = node.attrs["conv"], False
             elif node.op_type == ATTENTION_OP:

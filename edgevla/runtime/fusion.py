@@ -29,10 +29,11 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    epilogue (q, k and v) are stacked into one layer, one GEMM
    (:mod:`.siblings`), each reading its columns of the output as a view.
    A ``Conv`` of one group with a constant weight (and a ``Relu`` only
-   it feeds) becomes one ``edgevla.Conv`` node run by a linear layer over its
-   input's windows (:class:`~.conv.ConvLayer`), on the kernel the same rules
-   choose: a Q/DQ convolution (int8 filters, a static int8 input) reads the
-   ``QuantizeLinear``'s codes and gathers its windows in int8.
+   it feeds, then an ``Add`` of a skip connection) becomes one
+   ``edgevla.Conv`` node run by a linear layer over its input's windows
+   (:class:`~.conv.ConvLayer`), on the kernel the same rules choose: a Q/DQ
+   convolution (int8 filters, a static int8 input) reads the
+   ``QuantizeLinear``'s codes, and its int8 GEMM gathers the windows itself.
 3. **Shared activation quantization**: when several dynamic int8 layers
    read the same activation (q, k and v), one ``edgevla.QuantizePerToken``
    node quantizes it once and each layer reads its codes and scales; the
@@ -45,7 +46,13 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    node (:mod:`.norms`), int8 codes out.
 6. **GroupNorm**: ``nn.GroupNorm``'s six exported nodes become one
    ``edgevla.GroupNorm`` step (:mod:`.group_norm`).
-7. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
+7. **Output stages**: a linear layer or convolution takes over a ``Relu``
+   after its residual (a ResNet block's end; a convolution absorbs its
+   block's skip ``Add`` in step 2 as a linear layer does) and then a static
+   int8 ``QuantizeLinear`` of its output: it writes the next int8 layer's
+   codes itself, tile by tile in its GEMM's threads, and its float output
+   only where something else reads it (:func:`_fuse_output_stages`).
+8. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
    (:mod:`.layout`), so no convolution transposes its input or output, nor
    does a GroupNorm between them.
 
@@ -82,6 +89,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     fuse_attention(graph)
     fuse_layer_norm_quantize(graph)
     fuse_group_norm(graph)
+    _fuse_output_stages(graph)
     graph.prune()
     keep_channels_last(graph)
     return [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer
@@ -132,10 +140,11 @@ def _close(x: float | None, target: float) -> bool:
     return x is not None and abs(x - target) <= 1e-6 * abs(target)
 
 
-def _replace(graph: Graph, removed: list[Node], new: Node) -> None:
-    """Put ``new`` where the last of ``removed`` was and drop the rest."""
+def _replace(graph: Graph, removed: list[Node], new: Node, at_first: bool = False) -> None:
+    """Put ``new`` where the last of ``removed`` was (the first, with ``at_first``) and drop the rest."""
     ids = {id(n) for n in removed}
-    last = max(i for i, n in enumerate(graph.nodes) if id(n) in ids)
+    where = [i for i, n in enumerate(graph.nodes) if id(n) in ids]
+    last = where[0] if at_first else where[-1]
     nodes = []
     for i, n in enumerate(graph.nodes):
         if i == last:
@@ -273,6 +282,11 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
         if reader is not None and reader.op_type == "Relu":
             absorbed.append(reader)
             out, activation = reader.outputs[0], "relu"
+            reader = view.only_reader(out)
+        residual = _skip_input(view, reader, out)
+        if residual is not None:
+            absorbed.append(reader)
+            out = reader.outputs[0]
         name = _layer_name(node.inputs[1])
         weight = LinearWeight(name, conv_matrix(w))
         codes = _filter_codes(graph.quantized.get(node.inputs[1]), w.shape[0])
@@ -282,11 +296,82 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
             quantized_input = _static_int8_input(view, node.inputs[0])
             if quantized_input is not None:
                 layer_input, static_scale = quantized_input
-        layer = LinearSpec(name, weight, bias, activation, static_scale).build(precision, arena)
+        layer = LinearSpec(name, weight, bias, activation, static_scale, residual=residual).build(precision, arena)
         context = OpContext(dict(node.attrs), (), graph.opset, 1, node.describe())
-        _replace(graph, absorbed, Node(name, CONV_OP, (layer_input,), (out,),
-                                       {"conv": ConvLayer(context, kernel, layer)}))
+        inputs = (layer_input,) if residual is None else (layer_input, residual)
+        _replace(graph, absorbed, Node(name, CONV_OP, inputs, (out,), {"conv": ConvLayer(context, kernel, layer)}))
         view.refresh()
+
+
+def _skip_input(view: _View, reader: Node | None, out: str) -> str | None:
+    """The other input of ``reader`` when it is an ``Add`` of ``out`` and a computed value (a skip connection)."""
+    if reader is None or reader.op_type != "Add":
+        return None
+    other = _other(reader, out)
+    return other if other and other != out and other not in view.graph.constants else None
+
+
+def _fuse_output_stages(graph: Graph) -> None:
+    """A layer (linear or convolution) takes over what the graph does to its output next, as its output stage
+    (:meth:`~.linear.LinearLayer.set_output_stage`): a ``Relu`` after its residual, when only that reads the
+    sum (a ResNet block's end), then a static int8 ``QuantizeLinear`` of the result (per-tensor scale > 0,
+    zero point 0: the next int8 layer's input), whose codes the node then writes as an output of its own.
+    The float output stays an output only where something else reads it (the next block's skip). The node
+    keeps its place (every value the stage reads is ready there)."""
+    view = _View(graph)
+    for node in list(graph.nodes):
+        layer = _stageable_layer(node)
+        if layer is None:
+            continue
+        absorbed, out, relu_after = [node], node.outputs[0], False
+        reader = view.only_reader(out)
+        if layer.residual and reader is not None and reader.op_type == "Relu":
+            absorbed.append(reader)
+            out, relu_after = reader.outputs[0], True
+        quantize = _static_quantize_of(view, out)
+        if quantize is None and not relu_after:
+            continue
+        outputs, codes_scale = (out,), None
+        if quantize is not None:
+            q, codes_scale = quantize
+            absorbed.append(q)
+            float_read = out in view.outputs or any(r is not q for r, _ in view.readers.get(out, []))
+            outputs = (out, q.outputs[0]) if float_read else (q.outputs[0],)
+        layer.set_output_stage(relu_after, codes_scale)
+        if node.op_type == CONV_OP:
+            node.attrs["conv"].keep_float = len(outputs) == 2 or codes_scale is None
+        _replace(graph, absorbed, Node(node.name, node.op_type, node.inputs, outputs, node.attrs), at_first=True)
+        view.refresh()
+
+
+def _stageable_layer(node: Node) -> LinearLayer | None:
+    """The layer of a linear or convolution node that can take an output stage: not stacked, and reading its
+    input as it is (not codes quantized per token by a shared ``edgevla.QuantizePerToken``)."""
+    if node.op_type == CONV_OP:
+        return node.attrs["conv"].layer
+    if node.op_type != LINEAR_OP:
+        return None
+    layer = node.attrs["layer"]
+    if layer.parts or len(node.inputs) != (2 if layer.residual else 1):
+        return None
+    return layer
+
+
+def _static_quantize_of(view: _View, value: str) -> tuple[Node, float] | None:
+    """A reader of ``value`` that is a static int8 ``QuantizeLinear`` of it (one constant scale > 0, an int8
+    zero point of 0), and its scale as float32."""
+    for reader, _ in view.readers.get(value, []):
+        if reader.op_type != "QuantizeLinear" or reader.inputs[0] != value or len(reader.inputs) < 3:
+            continue
+        if reader.attrs.get("output_dtype", 0) or reader.attrs.get("block_size", 0) or len(reader.outputs) != 1:
+            continue
+        scale, zero = view.const(reader.inputs[1]), view.const(reader.inputs[2])
+        if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype != np.int8:
+            continue
+        s = float(np.float32(scale.reshape(())))
+        if int(zero.reshape(())) == 0 and np.isfinite(s) and s > 0:
+            return reader, s
+    return None
 
 
 def _filter_codes(quantized: QuantizedConstant | None, filters: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -360,12 +445,9 @@ def _match_linear(view: _View, node: Node) -> tuple[LinearSpec, str, list[Node]]
         absorbed.append(reader)
         out = reader.outputs[0]
         reader = view.only_reader(out)
-    residual = None
-    if reader is not None and reader.op_type == "Add":
-        other = _other(reader, out)
-        if other and other != out and other not in graph.constants:
-            residual = other
-            absorbed.append(reader)
+    residual = _skip_input(view, reader, out)
+    if residual is not None:
+        absorbed.append(reader)
     static_scale, layer_input = None, x
     if weight.codes is not None:
         quantized_input = _static_int8_input(view, x)

@@ -7,8 +7,9 @@ input's channels last and its output's back: two transposing copies per
 layer, a third of a small ResNet's convolution time. This pass keeps the
 values between convolutions channels last instead:
 
-* a convolution writes ``(N, *spatial, M)``, unless its output is a graph
-  output, and reads either layout;
+* a convolution writes ``(N, *spatial, M)`` (its int8 codes too, where it
+  writes them), unless an output is a graph output or the skip connection it
+  adds is not channels last, and reads either layout;
 * element-wise ops whose every tensor input is channels last, or a scalar
   constant (``Relu``, ``Add`` of a skip connection, ``Mul`` of SiLU, a
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
@@ -92,10 +93,13 @@ def keep_channels_last(graph: Graph) -> int:
         keeps = out is not None and out not in outputs and _keeps_layout(graph, node, last)
         if node.op_type == CONV_OP:
             conv = node.attrs["conv"]
+            skip = node.inputs[1] if len(node.inputs) > 1 else None  # added to the output: in its layout
             conv.input_last = node.inputs[0] in last
-            conv.output_last = out not in outputs
+            conv.output_last = not outputs.intersection(node.outputs) and (skip is None or skip in last)
             if conv.output_last:
-                last.add(out)
+                last.update(node.outputs)
+            elif skip is not None:
+                node.inputs = (node.inputs[0], channels_first(skip))
         elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and out not in outputs:
             node.attrs["norm"].channels_last = True
             last.add(out)

@@ -76,7 +76,7 @@ import numpy as np
 from .. import native
 from ..errors import EdgevlaError
 from .graph import QuantizedConstant
-from .ops import gelu_erf, gelu_tanh
+from .ops import gelu_erf, gelu_tanh, quantize_symmetric_int8
 from .weights import WeightArena
 
 LINEAR_OP = "edgevla.Linear"  # the fused graph's node for one LinearLayer
@@ -359,18 +359,24 @@ def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]
         if layer.static_scale is not None:
             a_scale = np.array([layer.static_scale], np.float32)
 
-            def run_static(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
-                gemm(x, packed, a_scale, bias, act=in_kernel, out=y, residual=residual)
+            def run_static(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
+                           codes: np.ndarray | None = None, windows=None, relu_after: bool = False) -> None:
+                gemm(x, packed, a_scale, bias, act=in_kernel, out=y, residual=residual, relu_after=relu_after,
+                     codes=codes, codes_scale=None if codes is None else layer.codes_scale, windows=windows)
                 _post_activation(y, after)
             run_static.takes_residual = after == "none"  # added in the epilogue, after the activation
+            run_static.takes_windows = after == "none"  # x may be a convolution's input, its rows its windows
             return run_static
 
-        def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
-            gemm(q, packed, s, bias, act=in_kernel, out=y, residual=residual)
+        def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
+                         codes: np.ndarray | None = None, relu_after: bool = False) -> None:
+            gemm(q, packed, s, bias, act=in_kernel, out=y, residual=residual, relu_after=relu_after,
+                 codes=codes, codes_scale=None if codes is None else layer.codes_scale)
             _post_activation(y, after)
 
-        def run_dynamic(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None) -> None:
-            run_on_codes(*quantize(x), y, residual)
+        def run_dynamic(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
+                        codes: np.ndarray | None = None, relu_after: bool = False) -> None:
+            run_on_codes(*quantize(x), y, residual, codes, relu_after)
         run_dynamic.on_codes = run_on_codes  # for activations quantized once for several layers
         run_dynamic.takes_residual = after == "none"
         return run_dynamic
@@ -475,6 +481,8 @@ class LinearLayer:
     arena: WeightArena | None = field(default=None, repr=False)  # where the kernel's weights are kept
     parts: tuple[tuple[str, int], ...] = ()
     residual: bool = False  # a second input is added to the output (:meth:`with_residual`)
+    relu_after: bool = False  # then max(y, 0) (:meth:`set_output_stage`)
+    codes_scale: float | None = None  # then the output also quantized to int8 codes at this scale
     choice: LayerChoice = field(init=False)
     choices: list[LayerChoice] = field(init=False)
     _run: Run = field(init=False, repr=False)
@@ -488,17 +496,108 @@ class LinearLayer:
             raise EdgevlaError(f"layer {self.name}: a static int8 layer reads the graph's int8 activation, "
                                f"and only it does (mode {mode})")
         rule = choose_kernel(mode, info, self.weight)
-        epilogue = "+".join(p for p in ("bias" if self.bias is not None else "",
-                                        self.activation if self.activation != "none" else "",
-                                        "residual" if self.residual else "") if p) or "-"
         self.choice = LayerChoice(self.name, info.k, info.n, info.stored, round(info.sparsity, 4), info.pattern,
-                                  mode, rule.kernel, epilogue, rule.why)
+                                  mode, rule.kernel, self._epilogue(), rule.why)
         self.choices = self._part_choices() if self.parts else [self.choice]
         self._run = KERNELS[rule.kernel].build(self)
+        # The int8 kernels add the residual in their epilogue and run the output stage on each tile.
         self._epilogue_residual = bool(getattr(self._run, "takes_residual", False))
+        self._quantize_codes: Callable | None = None  # the output stage's quantization, where the kernel has none
+        self._scratch: dict[tuple[int, ...], np.ndarray] = {}  # float outputs nobody reads, by shape
         self.n, self.k = info.n, info.k
         # The kernel holds its own (packed or transposed) copy; drop the planner's.
         self.weight = LinearWeight(self.weight.name, np.empty((0, 0), np.float32))
+
+    def _epilogue(self) -> str:
+        """The plan's epilogue column: what follows the product, in order (``bias+residual+relu+int8``)."""
+        return "+".join(p for p in ("bias" if self.bias is not None else "",
+                                    self.activation if self.activation != "none" else "",
+                                    "residual" if self.residual else "", "relu" if self.relu_after else "",
+                                    "int8" if self.codes_scale is not None else "") if p) or "-"
+
+    @property
+    def has_output_stage(self) -> bool:
+        return self.relu_after or self.codes_scale is not None
+
+    def set_output_stage(self, relu_after: bool, codes_scale: float | None) -> None:
+        """What the graph does to the output next, run by the layer (:mod:`.fusion`): with ``relu_after``, a
+        ReLU after the residual (a ResNet block's end); with ``codes_scale``, a static int8 ``QuantizeLinear``
+        (per-tensor scale > 0, zero point 0), whose codes :meth:`staged` returns. The int8 kernels run both on
+        each tile of the output while it is in cache (``native.gemm_s8s8_f32``'s output stage); other kernels
+        run them afterwards, with the same results."""
+        if relu_after and not self.residual:
+            raise EdgevlaError(f"layer {self.name}: a ReLU after the residual needs a residual")
+        if codes_scale is not None and not (np.isfinite(codes_scale) and codes_scale > 0):
+            raise EdgevlaError(f"layer {self.name}: output codes need a positive finite scale, got {codes_scale}")
+        if self.parts:
+            raise EdgevlaError(f"layer {self.name}: stacked layers have no output stage (each part has its own reader)")
+        self.relu_after, self.codes_scale = relu_after, codes_scale
+        if codes_scale is not None:
+            self._quantize_codes = quantize_symmetric_int8(np.float32(codes_scale))
+        self.choice.epilogue = self._epilogue()
+        self.choices = [self.choice]
+
+    @property
+    def takes_windows(self) -> bool:
+        """Whether the kernel multiplies a convolution's windows straight from its int8 input (:meth:`staged`)."""
+        return bool(getattr(self._run, "takes_windows", False))
+
+    def staged(self, x: np.ndarray, residual: np.ndarray | None = None, keep_float: bool = True,
+               windows=None, rows: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The layer, its residual and its output stage: ``(float output, int8 codes)``; the float output is
+        None unless ``keep_float`` (then it is written to a buffer the layer keeps), the codes None without
+        ``codes_scale``. With ``windows`` (a ``native.WindowSpec``, where :attr:`takes_windows`), ``x`` is a
+        convolution's int8 channels-last input and the ``rows`` rows of the product are its windows."""
+        if windows is None:
+            shape, x2 = self._rows(x)
+        else:
+            shape, x2 = (rows, self.n), x
+        if keep_float:
+            y = np.empty(shape, np.float32)
+        else:
+            y = self._scratch.get(shape)
+            if y is None:
+                if len(self._scratch) >= 4:
+                    self._scratch.pop(next(iter(self._scratch)))
+                y = self._scratch[shape] = np.empty(shape, np.float32)
+        codes = None if self.codes_scale is None else np.empty(shape, np.int8)
+        y2 = y.reshape(-1, self.n)
+        fits = residual is None or (residual.shape == shape and residual.dtype == np.float32)
+        if self._epilogue_residual and fits:
+            r2 = None if residual is None else np.ascontiguousarray(residual.reshape(-1, self.n))
+            q2 = None if codes is None else codes.reshape(-1, self.n)
+            if windows is None:
+                self._run(x2, y2, r2, q2, relu_after=self.relu_after)
+            else:
+                self._run(x2, y2, r2, q2, windows, relu_after=self.relu_after)
+        elif windows is not None:
+            raise EdgevlaError(f"layer {self.name}: windows need a kernel that takes them and a residual of the "
+                               f"output's shape")
+        else:
+            self._run(x2, y2)
+            if residual is not None:
+                np.add(y, residual, out=y)
+            codes = self.finish(y, codes)
+        return (y if keep_float else None), codes
+
+    def stage_step(self, keep_float: bool) -> Callable:
+        """The executor's step for a node of this layer with an output stage: ``(x[, residual])`` to the float
+        output, the codes, or both (float first), as the node's outputs are."""
+        def step(x: np.ndarray, residual: np.ndarray | None = None):
+            y, codes = self.staged(x, residual, keep_float)
+            if codes is None:
+                return y
+            return (y, codes) if keep_float else codes
+        return step
+
+    def finish(self, y: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray | None:
+        """The output stage in NumPy, on a float output that has its residual: ReLU in place, then the codes
+        (into ``codes`` if given); None without ``codes_scale``."""
+        if self.relu_after:
+            np.maximum(y, np.float32(0), out=y)
+        if self.codes_scale is None:
+            return None
+        return self._quantize_codes(y, out=np.empty(y.shape, np.int8) if codes is None else codes)
 
     def _part_choices(self) -> list[LayerChoice]:
         """One plan row per stacked layer: its own shape and weight statistics, the shared kernel."""

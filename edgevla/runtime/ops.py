@@ -779,7 +779,7 @@ def _quantize_linear(c):
     scale_c, zero_c = (list(c.consts[1:3]) + [None, None])[:2]
     if (scale_c is not None and scale_c.size == 1 and len(c.consts) > 2 and zero_c is not None
             and zero_c.size == 1 and zero_c.dtype == np.int8 and not zero_c.any() and not out_type):
-        return _quantize_symmetric_int8(np.float32(scale_c.reshape(())))
+        return quantize_symmetric_int8(np.float32(scale_c.reshape(())))
 
     def quantize(x, scale, zero_point=None, out=None):
         dtype = zero_point.dtype if zero_point is not None else (
@@ -803,7 +803,7 @@ def _quantize_linear(c):
 _INT8_MIN, _INT8_MAX = np.float32(-128.0), np.float32(127.0)
 
 
-def _quantize_symmetric_int8(scale: np.float32) -> OpFn:
+def quantize_symmetric_int8(scale: np.float32) -> OpFn:
     """QuantizeLinear with one constant scale and a zero point of 0 (W8A8 activations).
 
     On float32 data, :func:`edgevla.native.quantize_s8` (one pass, the same

@@ -1,0 +1,171 @@
+"""Layers that take over what follows them (:func:`edgevla.runtime.fusion._fuse_output_stages`): a convolution
+absorbs its block's skip ``Add``, the ``Relu`` after it and the ``QuantizeLinear`` of the result, and writes the
+next layer's int8 codes itself; its GEMM gathers its windows on its own threads. Nothing changes: the same
+bits as the graph run step by step, and ONNX Runtime's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+import pytest
+import torch
+from torch import nn
+
+from edgevla import native
+from edgevla.errors import EdgevlaError
+from edgevla.export import export_onnx
+from edgevla.export.qdq import export_qdq, reference_session
+from edgevla.quant import quantize_policy
+from edgevla.runtime import NativeModel, conv, fusion, linear
+from edgevla.runtime.conv import CONV_OP
+from edgevla.spec import PolicySpec, TensorSpec
+
+from test_runtime_ops import _ort
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="edgevla._C is not built")
+
+
+class Block(nn.Module):
+    """A ResNet basic block: conv-BN-ReLU, conv-BN, the skip (a strided 1x1 conv where the shape changes), ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.down = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        skip = x if self.down is None else self.down(x)
+        return torch.relu(self.c2(self.c1(x)) + skip)
+
+
+class TinyResNet(nn.Module):
+    """A stem, an identity block, a downsampling block, a FiLM-like broadcast skip (a conv plus a per-channel
+    value computed from the state), pooled, a ReLU MLP head with a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("rgb", (3, 20, 20), low=0, high=1),
+                                             TensorSpec("state", (4,), low=-1, high=1)),
+                               action=TensorSpec("a", (2, 3)))
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 5, 2, 2), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2))
+        self.film = nn.Linear(4, 32)
+        self.mix = nn.Conv2d(32, 32, 3, 1, 1)
+        self.fc = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 6)
+
+    def forward(self, rgb, state):
+        x = self.blocks(self.stem(rgb))
+        x = torch.relu(self.mix(x) + self.film(state)[:, :, None, None])  # a skip that broadcasts
+        h = x.mean(dim=(2, 3))
+        h = torch.relu(h + self.fc(h))  # a linear layer's residual, then ReLU
+        return self.head(h).reshape(-1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = TinyResNet().eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in policy.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    root = tmp_path_factory.mktemp("stage")
+    batches = [tuple(torch.from_numpy(v) for v in policy.spec.example(8, seed=s).values()) for s in range(4)]
+    quantized = quantize_policy(policy, "w8a8", batches=batches)
+    return policy.spec, {"w8a8": export_qdq(quantized.model, root / "w8a8.onnx"),
+                         "fp32": export_onnx(policy, root / "fp32.onnx")}
+
+
+@pytest.fixture(params=["native", "numpy"])
+def windows(request, monkeypatch):
+    """Windows gathered by the GEMM's threads (the native module), or by the NumPy path a build without it takes."""
+    if request.param == "numpy":
+        monkeypatch.setattr(conv, "_native_gather", lambda dtype: False)
+    return request.param
+
+
+def _step_by_step(path, precision, monkeypatch):
+    """The model with no output stages and no skip connection absorbed by a convolution or linear layer."""
+    with monkeypatch.context() as m:
+        m.setattr(fusion, "_fuse_output_stages", lambda graph: None)
+        m.setattr(fusion, "_skip_input", lambda view, reader, out: None)
+        return NativeModel(path, precision=precision)
+
+
+def test_w8a8_blocks_write_the_next_layers_codes(exports, windows, monkeypatch):
+    spec, paths = exports
+    model = NativeModel(paths["w8a8"])
+    counts = model.op_count()
+    plan = {c.layer: c.epilogue for c in model.plan()}
+    # the block ends: conv + skip + ReLU + the next block's QuantizeLinear, one step (in the downsampling block
+    # the 1x1 convolution comes first in the graph and takes the sum: the Add is the only reader of either)
+    assert plan["blocks.0.c2.0"] == plan["blocks.1.down.0"] == "bias+residual+relu+int8"
+    assert plan["blocks.0.c1.0"] == plan["blocks.1.c1.0"] == plan["stem.0"] == "bias+relu+int8"
+    assert plan["mix"] == "bias+residual+relu"  # the broadcast skip: added in NumPy, then the ReLU
+    assert counts[CONV_OP] == 7 and "Relu" not in counts and "DequantizeLinear" not in counts
+    # left: the input's quantization and those after the mean and the film linear (a float output's readers)
+    assert counts.get("Add", 0) == 0 and counts.get("QuantizeLinear", 0) <= 3
+    obs = spec.example(3, seed=1)
+    got = model.run(obs)["a"]
+    np.testing.assert_array_equal(got, _step_by_step(paths["w8a8"], "int8", monkeypatch).run(obs)["a"])
+    expected = reference_session(paths["w8a8"]).run(None, obs)[0]
+    assert np.abs(got - expected).max() < 2e-3 * max(1.0, np.abs(expected).max())
+
+
+def test_the_blocks_gather_their_windows_on_the_gemm_threads(exports, monkeypatch):
+    spec, paths = exports
+    model = NativeModel(paths["w8a8"])
+    obs = spec.example(2, seed=4)
+    got = model.run(obs)["a"]
+    windowed = [n.attrs["conv"] for n in model._program.graph.nodes if n.op_type == CONV_OP]
+    assert all(any(p.windows is not None for p in c._plans.values()) for c in windowed if c.kernel != [1, 1])
+    with monkeypatch.context() as m:  # the same model gathering the whole im2col matrix first
+        m.setattr(linear.LinearLayer, "takes_windows", property(lambda self: False))
+        gathered = NativeModel(paths["w8a8"])
+        np.testing.assert_array_equal(gathered.run(obs)["a"], got)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_float_graph_absorbs_the_skips_too(exports, windows, precision, monkeypatch):
+    spec, paths = exports
+    model = NativeModel(paths["fp32"], precision=precision)
+    plan = {c.layer: c.epilogue for c in model.plan()}
+    assert plan["blocks.0.c2.0"].endswith("residual+relu") and plan["fc"] == "bias+residual+relu"
+    obs = spec.example(2, seed=2)
+    got = model.run(obs)["a"]
+    np.testing.assert_array_equal(got, _step_by_step(paths["fp32"], precision, monkeypatch).run(obs)["a"])
+    expected = _ort(onnx.load(str(paths["fp32"])), obs)[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 if precision == "fp32" else 0.05)
+
+
+def test_a_skip_into_a_graph_output_and_channels_first_values():
+    """A block whose sum is a graph output (kept in ONNX order) and whose skip is a channels-first value: the
+    convolution reads and writes ONNX order, and the result is ONNX Runtime's."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Neg", ["x"], ["skip"]),  # element-wise, but of a graph input: channels first
+             helper.make_node("Add", ["c", "skip"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    value = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2, 8, 6, 6])
+    graph = helper.make_graph(nodes, "block", [value("x")], [value("y")], [w, b])
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = NativeModel(model_proto, precision="fp32")
+    assert [c.epilogue for c in model.plan()] == ["bias+residual+relu"]
+    feeds = {"x": rng.standard_normal((2, 8, 6, 6)).astype(np.float32)}
+    np.testing.assert_allclose(model.run(feeds)["y"], _ort(model_proto, feeds)[0], rtol=0, atol=1e-5)
+
+
+def test_output_stage_refuses_what_it_cannot_do(exports):
+    spec, paths = exports
+    model = NativeModel(paths["fp32"])
+    layer = next(layer for layer in model._layers if not layer.residual)
+    with pytest.raises(EdgevlaError, match="a ReLU after the residual needs a residual"):
+        layer.set_output_stage(True, None)
+    with pytest.raises(EdgevlaError, match="output codes need a positive finite scale"):
+        layer.set_output_stage(False, float("nan"))
