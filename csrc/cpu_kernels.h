@@ -13,6 +13,7 @@
 #include "gemm_s8s8.h"
 #include "attention_f32.h"
 #include "layer_norm_s8.h"
+#include "windows.h"
 #include "packed_formats.h"
 
 #include <cstddef>
@@ -98,6 +99,13 @@ void attention_f32_avx512(const AttentionF32Args& args, int64_t first, int64_t l
 void softmax_f32_generic(const SoftmaxF32Args& args);
 void softmax_f32_avx2(const SoftmaxF32Args& args);
 void softmax_f32_avx512(const SoftmaxF32Args& args);
+
+// The float32 max pool (max_pool_rows.h): output positions [begin, end) of a
+// 3-d window geometry (windows.cpp splits a pool over the threads).
+using MaxPoolF32Kernel = void (*)(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end);
+void max_pool_f32_generic(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end);
+void max_pool_f32_avx2(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end);
+void max_pool_f32_avx512(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

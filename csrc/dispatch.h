@@ -32,6 +32,7 @@ struct IsaKernels {
     AttentionF32Kernel attention_f32;
     LayerNormF32Kernel layer_norm_f32;
     SoftmaxF32Kernel softmax_f32;
+    MaxPoolF32Kernel max_pool_f32;
     Int8PeakLoop int8_peak = nullptr;  // the compute roofs' loops, where written
     F32PeakLoop f32_peak = nullptr;
 };

@@ -1,5 +1,8 @@
 #include "windows.h"
 
+#include "dispatch.h"
+#include "thread_pool.h"
+
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -135,6 +138,12 @@ void max_pool(const WindowGeometry& g, const T* x, T* y, T lowest) {
     }
 }
 
+// Each thread of a float max pool gets at least this many tap x channel
+// maxima (~10 us on one core); smaller pools run on the calling thread.
+constexpr int64_t kMinPoolWorkPerThread = int64_t{1} << 16;
+
+void max_pool_f32(const WindowGeometry& g, const float* x, float* y);
+
 }  // namespace
 
 void max_pool_windows(const WindowGeometry& geometry, PoolElement element, const uint8_t* x, uint8_t* y) {
@@ -144,12 +153,38 @@ void max_pool_windows(const WindowGeometry& geometry, PoolElement element, const
             max_pool(g, reinterpret_cast<const int8_t*>(x), reinterpret_cast<int8_t*>(y), int8_t{-128});
             break;
         case PoolElement::uint8: max_pool(g, x, y, uint8_t{0}); break;
-        case PoolElement::float32:
-            max_pool(g, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y),
-                     -std::numeric_limits<float>::infinity());
-            break;
+        case PoolElement::float32: max_pool_f32(g, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y)); break;
     }
 }
+
+namespace {
+
+// The float max pool on the active ISA's kernel (max_pool_rows.h), its output positions split over the threads.
+void max_pool_f32(const WindowGeometry& g, const float* x, float* y) {
+    struct Job {
+        const WindowGeometry* g;
+        const float* x;
+        float* y;
+        int64_t positions;
+        MaxPoolF32Kernel kernel;
+    };
+    Job job{&g, x, y, g.batch * g.out[0] * g.out[1] * g.out[2], active_isa().max_pool_f32};
+    const int64_t work = job.positions * g.channels * g.kernel[0] * g.kernel[1] * g.kernel[2];
+    ThreadPool& pool = ThreadPool::global();
+    int64_t parts = work / kMinPoolWorkPerThread;
+    parts = parts < pool.num_threads() ? parts : pool.num_threads();
+    parts = parts < job.positions ? parts : job.positions;
+    if (parts <= 1) {
+        job.kernel(g, x, y, 0, job.positions);
+        return;
+    }
+    pool.run(static_cast<int>(parts), [](void* context, int part, int count) {
+        const Job& j = *static_cast<const Job*>(context);
+        j.kernel(*j.g, j.x, j.y, j.positions * part / count, j.positions * (part + 1) / count);
+    }, &job);
+}
+
+}  // namespace
 
 void gather_window_rows(const WindowGeometry& geometry, size_t element_bytes, const uint8_t* x, int64_t row_begin,
                         int64_t row_end, uint8_t* rows) {

@@ -50,7 +50,8 @@ void gather_window_rows(const WindowGeometry& g, size_t element_bytes, const uin
 // in..., channels), both C-contiguous; positions outside x are left out of
 // each maximum (as ONNX's padding with the lowest value does), and a NaN in a
 // window gives NaN (as numpy.maximum). A window with no position inside x
-// gives the type's lowest value (-inf for float32).
+// gives the type's lowest value (-inf for float32). float32 runs on the
+// active ISA's kernel (max_pool_rows.h), split over the thread pool.
 enum class PoolElement { int8, uint8, float32 };
 void max_pool_windows(const WindowGeometry& g, PoolElement element, const uint8_t* x, uint8_t* y);
 

@@ -178,3 +178,25 @@ def test_max_pool_propagates_nan_and_refuses_bad_shapes():
         native.max_pool_channels_last(x, np.empty((1, 2, 2, 3), np.float32), **geometry)
     with pytest.raises(TypeError, match="y must have the dtype of x"):
         native.max_pool_channels_last(x, np.empty((1, 2, 2, 2), np.int8), **geometry)
+
+
+@pytest.mark.usefixtures("restore_dispatch")
+@pytest.mark.parametrize("isa", native.available_isas() if native.available() else [])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [1, 16, 37, 64])  # below, at and past the 16-channel blocks
+def test_float_max_pool_is_the_same_on_every_isa_and_thread_count(isa, threads, channels):
+    """The float pool runs on the active ISA's kernel, split over the threads: every ISA, 1 or 2 threads, any
+    channel count, NaN (and -inf) where they fall, the same values as the reference."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((2, 40, 37, channels)).astype(np.float32)  # from 16 channels, split over 2 threads
+    x[0, 3, 4, channels // 2] = np.nan
+    x[1, 39, 36, -1] = np.nan  # a corner, read by the last window only
+    x[1, 0, 0, 0] = -np.inf
+    geometry = dict(kernel=[3, 3], strides=[2, 2], dilations=[1, 1], pads_begin=[1, 1], out=[20, 19])
+    expected = reference_max_pool(x, [3, 3], [2, 2], [1, 1], [1, 1], [20, 19])
+    native.set_isa(isa)
+    native.set_num_threads(threads)
+    y, guard = guarded(expected.shape, np.float32, -7)
+    native.max_pool_channels_last(x, y, **geometry)
+    np.testing.assert_array_equal(y, expected)
+    assert np.isnan(y).sum() == np.isnan(expected).sum() > 0 and np.all(guard == -7)
