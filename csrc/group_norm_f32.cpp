@@ -1,5 +1,10 @@
 #include "group_norm_f32.h"
 
+#include "dispatch.h"
+#include "epilogue_math.h"
+#include "layer_norm_s8.h"
+#include "thread_pool.h"
+
 #include <cmath>
 #include <vector>
 
@@ -20,46 +25,145 @@ inline float activate(float v) {
     return v;
 }
 
-// y = act((x - mean) * factor + shift) for one sample, the activation a template argument so that
-// the loops carry no switch.
-template <GroupNormActivation kActivation>
-void normalize(const GroupNormF32Args& a, const float* x, const float* mean, const float* factor, float* y) {
+// One sample's work, split over the threads by fixed chunks of the data (positions channels last, channels
+// first whole channels), so that every sum is taken in the same order whatever the thread count.
+struct Sample {
+    const GroupNormF32Args* a;
+    const float* x;
+    float* y;
+    const float* residual;  // this sample's, or nullptr
+    int8_t* codes;          // this sample's, or nullptr
+    int64_t chunks;
+    std::vector<double> partial;  // [chunks][channels] channels last; [channels] channels first
+    const float* mean;            // [channels], the group's mean per channel
+    const float* factor;          // [channels]
+    bool squares;                 // the pass sums (x - mean)^2, not x
+};
+
+// Channels last: positions [chunk * kChunk, ...) of one chunk. Channels first: one channel per chunk.
+constexpr int64_t kChunk = 64;
+// Each thread of a pass gets at least this many elements (~5 us of one core); smaller samples run on the
+// calling thread.
+constexpr int64_t kMinGroupNormElementsPerThread = int64_t{1} << 14;
+
+void sum_chunk(Sample& s, int64_t chunk) {
+    const GroupNormF32Args& a = *s.a;
+    const int64_t c = a.channels;
     if (a.channels_last) {
+        double* sums = s.partial.data() + chunk * c;
+        for (int64_t j = 0; j < c; ++j) sums[j] = 0.0;
+        const int64_t end = (chunk + 1) * kChunk < a.positions ? (chunk + 1) * kChunk : a.positions;
+        for (int64_t p = chunk * kChunk; p < end; ++p) {
+            const float* row = s.x + p * c;
+            if (s.squares) {
+                for (int64_t j = 0; j < c; ++j) {
+                    const double d = static_cast<double>(row[j] - s.mean[j]);
+                    sums[j] += d * d;
+                }
+            } else {
+                for (int64_t j = 0; j < c; ++j) sums[j] += static_cast<double>(row[j]);
+            }
+        }
+        return;
+    }
+    const float* plane = s.x + chunk * a.positions;
+    double sum = 0.0;
+    if (s.squares) {
+        const float m = s.mean[chunk];
         for (int64_t p = 0; p < a.positions; ++p) {
-            const float* in = x + p * a.channels;
-            float* out = y + p * a.channels;
-            for (int64_t c = 0; c < a.channels; ++c) {
-                out[c] = activate<kActivation>((in[c] - mean[c]) * factor[c] + a.shift[c]);
+            const double d = static_cast<double>(plane[p] - m);
+            sum += d * d;
+        }
+    } else {
+        for (int64_t p = 0; p < a.positions; ++p) sum += static_cast<double>(plane[p]);
+    }
+    s.partial[static_cast<size_t>(chunk)] = sum;
+}
+
+// y = act((x - mean) * factor + shift), then the stage, over one chunk.
+template <GroupNormActivation kActivation>
+void normalize_chunk(const Sample& s, int64_t chunk) {
+    const GroupNormF32Args& a = *s.a;
+    const int64_t c = a.channels;
+    int64_t first, count;  // the chunk's elements: [first, first + count) of the sample
+    if (a.channels_last) {
+        const int64_t end = (chunk + 1) * kChunk < a.positions ? (chunk + 1) * kChunk : a.positions;
+        first = chunk * kChunk * c;
+        count = (end - chunk * kChunk) * c;
+        for (int64_t p = chunk * kChunk; p < end; ++p) {
+            const float* in = s.x + p * c;
+            float* out = s.y + p * c;
+            for (int64_t j = 0; j < c; ++j) {
+                out[j] = activate<kActivation>((in[j] - s.mean[j]) * s.factor[j] + a.shift[j]);
             }
         }
     } else {
-        for (int64_t c = 0; c < a.channels; ++c) {
-            const float* in = x + c * a.positions;
-            float* out = y + c * a.positions;
-            for (int64_t p = 0; p < a.positions; ++p) {
-                out[p] = activate<kActivation>((in[p] - mean[c]) * factor[c] + a.shift[c]);
-            }
-        }
+        first = chunk * a.positions;
+        count = a.positions;
+        const float m = s.mean[chunk], f = s.factor[chunk], shift = a.shift[chunk];
+        const float* in = s.x + first;
+        float* out = s.y + first;
+        for (int64_t p = 0; p < a.positions; ++p) out[p] = activate<kActivation>((in[p] - m) * f + shift);
+    }
+    float* out = s.y + first;
+    if (s.residual != nullptr) {
+        const float* r = s.residual + first;
+        for (int64_t i = 0; i < count; ++i) out[i] = out[i] + r[i];
+    }
+    if (a.relu_after) {
+        for (int64_t i = 0; i < count; ++i) out[i] = edgevla_relu_f32(out[i]);
+    }
+    if (s.codes != nullptr) {
+        QuantizeS8Args q;
+        q.m = 1;
+        q.k = q.ldx = q.ldq = count;
+        q.x = out;
+        q.scale = a.codes_scale;
+        q.q = s.codes + first;
+        active_isa().quantize_s8(q);
     }
 }
 
-// Per-channel sums of f(x) over the positions of one sample, in double.
-template <typename F>
-void channel_sums(const GroupNormF32Args& a, const float* x, F f, std::vector<double>& sums) {
-    sums.assign(static_cast<size_t>(a.channels), 0.0);
-    if (a.channels_last) {
-        for (int64_t p = 0; p < a.positions; ++p) {
-            const float* row = x + p * a.channels;
-            for (int64_t c = 0; c < a.channels; ++c) sums[c] += f(row[c], c);
-        }
-    } else {
-        for (int64_t c = 0; c < a.channels; ++c) {
-            const float* plane = x + c * a.positions;
-            double sum = 0.0;
-            for (int64_t p = 0; p < a.positions; ++p) sum += f(plane[p], c);
-            sums[c] = sum;
-        }
+void run_chunks(Sample& s, void (*pass)(Sample&, int64_t)) {
+    struct Job {
+        Sample* s;
+        void (*pass)(Sample&, int64_t);
+    } job{&s, pass};
+    ThreadPool& pool = ThreadPool::global();
+    const int64_t elements = s.a->channels * s.a->positions;
+    int64_t parts = elements / kMinGroupNormElementsPerThread;
+    parts = parts < pool.num_threads() ? parts : pool.num_threads();
+    parts = parts < s.chunks ? parts : s.chunks;
+    if (parts <= 1) {
+        for (int64_t chunk = 0; chunk < s.chunks; ++chunk) pass(s, chunk);
+        return;
     }
+    pool.run(static_cast<int>(parts), [](void* context, int part, int count) {
+        const Job& j = *static_cast<const Job*>(context);
+        const int64_t end = j.s->chunks * (part + 1) / count;
+        for (int64_t chunk = j.s->chunks * part / count; chunk < end; ++chunk) j.pass(*j.s, chunk);
+    }, &job);
+}
+
+// Per-channel sums of the sample (x, or (x - mean)^2), each channel's in chunk order.
+void channel_sums(Sample& s, bool squares, std::vector<double>& sums) {
+    s.squares = squares;
+    run_chunks(s, sum_chunk);
+    const int64_t c = s.a->channels;
+    if (!s.a->channels_last) {
+        sums.assign(s.partial.begin(), s.partial.end());
+        return;
+    }
+    sums.assign(static_cast<size_t>(c), 0.0);
+    for (int64_t chunk = 0; chunk < s.chunks; ++chunk) {
+        const double* part = s.partial.data() + chunk * c;
+        for (int64_t j = 0; j < c; ++j) sums[j] += part[j];
+    }
+}
+
+template <GroupNormActivation kActivation>
+void normalize(Sample& s) {
+    run_chunks(s, [](Sample& sample, int64_t chunk) { normalize_chunk<kActivation>(sample, chunk); });
 }
 
 }  // namespace
@@ -67,21 +171,27 @@ void channel_sums(const GroupNormF32Args& a, const float* x, F f, std::vector<do
 void group_norm_f32(const GroupNormF32Args& a) {
     const int64_t per_group = a.channels / a.groups;
     const double count = static_cast<double>(a.positions * per_group);
+    const int64_t sample_size = a.channels * a.positions;
     std::vector<double> sums;
     std::vector<float> mean(static_cast<size_t>(a.channels)), factor(static_cast<size_t>(a.channels));
+    Sample s;
+    s.a = &a;
+    s.chunks = a.channels_last ? (a.positions + kChunk - 1) / kChunk : a.channels;
+    s.partial.resize(static_cast<size_t>(a.channels_last ? s.chunks * a.channels : a.channels));
+    s.mean = mean.data();
+    s.factor = factor.data();
     for (int64_t n = 0; n < a.batch; ++n) {
-        const float* x = a.x + n * a.channels * a.positions;
-        float* y = a.y + n * a.channels * a.positions;
-        channel_sums(a, x, [](float v, int64_t) { return static_cast<double>(v); }, sums);
+        s.x = a.x + n * sample_size;
+        s.y = a.y + n * sample_size;
+        s.residual = a.residual == nullptr ? nullptr : a.residual + n * sample_size;
+        s.codes = a.codes == nullptr ? nullptr : a.codes + n * sample_size;
+        channel_sums(s, false, sums);
         for (int64_t g = 0; g < a.groups; ++g) {
             double total = 0.0;
             for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
             for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) mean[c] = static_cast<float>(total / count);
         }
-        channel_sums(a, x, [&](float v, int64_t c) {
-            const double d = static_cast<double>(v - mean[c]);
-            return d * d;
-        }, sums);
+        channel_sums(s, true, sums);
         for (int64_t g = 0; g < a.groups; ++g) {
             double total = 0.0;
             for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
@@ -92,9 +202,9 @@ void group_norm_f32(const GroupNormF32Args& a) {
         }
         using Act = GroupNormActivation;
         switch (a.activation) {
-            case Act::none: normalize<Act::none>(a, x, mean.data(), factor.data(), y); break;
-            case Act::relu: normalize<Act::relu>(a, x, mean.data(), factor.data(), y); break;
-            case Act::mish: normalize<Act::mish>(a, x, mean.data(), factor.data(), y); break;
+            case Act::none: normalize<Act::none>(s); break;
+            case Act::relu: normalize<Act::relu>(s); break;
+            case Act::mish: normalize<Act::mish>(s); break;
         }
     }
 }

@@ -13,7 +13,15 @@
 // per-channel affine constants with InstanceNormalization's per-group ones
 // folded in (runtime/group_norm.py). act: none, relu, or mish
 // (y tanh(log1p(exp(y))), computed as y n / (n + 2) with n = e^y (e^y + 2):
-// one exp per value). Arguments are trusted (the bindings validate).
+// one exp per value). Then the output stage, where given (the graph's next
+// ops, run on each chunk while it is in cache):
+//   y = y + residual     (a skip connection, same shape and layout as y)
+//   y = max(y, 0)        (relu_after: edgevla_relu_f32)
+//   codes = clamp(round_half_even(y / codes_scale), -128, 127)   (quantize_s8)
+// The sums are taken over fixed chunks (64 positions channels last, one
+// channel channels first) added in order, so the result is the same whatever
+// the thread count; the chunks are split over the thread pool. Arguments are
+// trusted (the bindings validate).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +39,10 @@ struct GroupNormF32Args {
     const float* shift = nullptr;  // [channels]
     float epsilon = 1e-5f;
     GroupNormActivation activation = GroupNormActivation::none;
+    const float* residual = nullptr;  // x's shape and layout, overlapping neither y nor codes; or nullptr
+    bool relu_after = false;
+    int8_t* codes = nullptr;  // x's shape and layout, or nullptr
+    float codes_scale = 1.0f;  // > 0
 };
 
 void group_norm_f32(const GroupNormF32Args& args);

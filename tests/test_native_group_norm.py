@@ -43,6 +43,10 @@ def test_matches_float64_group_norm_with_per_channel_affine(shape, groups, chann
     (dict(activation="gelu"), ValueError, "activation must be 'none', 'relu' or 'mish', got 'gelu'"),
     (dict(epsilon=float("nan")), ValueError, "epsilon must be finite and >= 0"),
     (dict(out=np.empty((2, 8, 4), np.float32)), ValueError, r"out must have the shape of x \(2, 8, 3\)"),
+    (dict(residual=np.ones((2, 8, 4), np.float32)), ValueError, "residual must be float32 of the shape of x"),
+    (dict(codes=np.empty((2, 8, 3), np.int8)), ValueError, "codes and codes_scale come together"),
+    (dict(codes=np.empty((2, 8, 3), np.uint8), codes_scale=0.1), ValueError, "codes must be int8 of the shape"),
+    (dict(codes=np.empty((2, 8, 3), np.int8), codes_scale=0.0), ValueError, "codes_scale must be a positive finite"),
 ])
 def test_bad_arguments_are_one_line_errors(change, error, message):
     args = dict(x=np.ones((2, 8, 3), np.float32), groups=2, scale=np.ones(8, np.float32),
@@ -51,3 +55,46 @@ def test_bad_arguments_are_one_line_errors(change, error, message):
     with pytest.raises(error, match=message):
         native.group_norm_f32(args.pop("x"), args.pop("groups"), args.pop("scale"), args.pop("shift"),
                               channels_last=False, **args)
+
+
+@pytest.mark.usefixtures("restore_dispatch")
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("relu_after", [False, True])
+def test_output_stage_equals_the_steps_after_it_on_any_thread_count(channels_last, relu_after):
+    """+ residual, ReLU, int8 codes in the same pass: the same floats and codes as GroupNorm, then NumPy's add
+    and maximum and quantize_s8; the sums in a fixed order, so 1 and 2 threads agree bit for bit."""
+    rng = np.random.default_rng(4)
+    shape = (2, 64, 30, 20)  # 600 positions: chunks of 64 positions split over 2 threads
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    scale, shift = rng.uniform(0.5, 2, 64).astype(np.float32), rng.uniform(-1, 1, 64).astype(np.float32)
+    skip = rng.standard_normal(shape).astype(np.float32)
+    if channels_last:
+        x, skip = (np.ascontiguousarray(np.moveaxis(v, 1, -1)) for v in (x, skip))
+    common = dict(epsilon=1e-5, channels_last=channels_last, activation="relu")
+    results = []
+    for threads in (1, 2):
+        native.set_num_threads(threads)
+        plain = native.group_norm_f32(x, 8, scale, shift, **common)
+        codes = np.full(x.size + 16, 99, np.int8)
+        got = native.group_norm_f32(x, 8, scale, shift, **common, residual=skip, relu_after=relu_after,
+                                    codes=codes[:x.size].reshape(x.shape), codes_scale=0.05)
+        want = plain + skip
+        if relu_after:
+            want = np.maximum(want, np.float32(0))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(codes[:x.size].reshape(x.shape), native.quantize_s8_ref(
+            want.reshape(-1, x.shape[-1]), scale=0.05).reshape(x.shape))
+        assert (codes[x.size:] == 99).all()
+        results.append((plain, got))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_output_stage_refuses_overlaps():
+    x, skip = np.ones((1, 8, 5), np.float32), np.ones((1, 8, 5), np.float32)
+    args = dict(epsilon=1e-5, channels_last=False, activation="none")
+    out = np.empty((1, 8, 5), np.float32)
+    with pytest.raises(ValueError, match="residual must not overlap out"):
+        native.group_norm_f32(x, 2, np.ones(8, np.float32), np.zeros(8, np.float32), **args, out=skip, residual=skip)
+    with pytest.raises(ValueError, match="codes must not overlap x, out or residual"):
+        native.group_norm_f32(x, 2, np.ones(8, np.float32), np.zeros(8, np.float32), **args, out=out,
+                              codes=out.reshape(-1).view(np.int8)[:40].reshape(1, 8, 5), codes_scale=0.1)

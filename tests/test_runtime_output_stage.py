@@ -19,6 +19,7 @@ from edgevla.export.qdq import export_qdq, reference_session
 from edgevla.quant import quantize_policy
 from edgevla.runtime import NativeModel, conv, fusion, linear
 from edgevla.runtime.conv import CONV_OP
+from edgevla.runtime.group_norm import GROUP_NORM_OP
 from edgevla.spec import PolicySpec, TensorSpec
 
 from test_runtime_ops import _ort
@@ -26,15 +27,20 @@ from test_runtime_ops import _ort
 pytestmark = pytest.mark.skipif(not native.available(), reason="edgevla._C is not built")
 
 
-class Block(nn.Module):
-    """A ResNet basic block: conv-BN-ReLU, conv-BN, the skip (a strided 1x1 conv where the shape changes), ReLU."""
+def _norm(kind: str, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind == "bn" else nn.GroupNorm(4, channels)
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+
+class Block(nn.Module):
+    """A ResNet basic block: conv-norm-ReLU, conv-norm, the skip (a strided 1x1 conv where the shape changes),
+    ReLU; the norm BatchNorm (folded into the convolutions) or GroupNorm (Diffusion Policy's)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "bn"):
         super().__init__()
-        self.c1 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-        self.c2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.c1 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), _norm(norm, c_out), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), _norm(norm, c_out))
         self.down = None if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out))
 
     def forward(self, x):
         skip = x if self.down is None else self.down(x)
@@ -45,13 +51,13 @@ class TinyResNet(nn.Module):
     """A stem, an identity block, a downsampling block, a FiLM-like broadcast skip (a conv plus a per-channel
     value computed from the state), pooled, a ReLU MLP head with a residual."""
 
-    def __init__(self):
+    def __init__(self, norm: str = "bn"):
         super().__init__()
         self.spec = PolicySpec(observations=(TensorSpec("rgb", (3, 20, 20), low=0, high=1),
                                              TensorSpec("state", (4,), low=-1, high=1)),
                                action=TensorSpec("a", (2, 3)))
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 5, 2, 2), nn.BatchNorm2d(16), nn.ReLU())
-        self.blocks = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2))
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 5, 2, 2), _norm(norm, 16), nn.ReLU())
+        self.blocks = nn.Sequential(Block(16, 16, 1, norm), Block(16, 32, 2, norm))
         self.film = nn.Linear(4, 32)
         self.mix = nn.Conv2d(32, 32, 3, 1, 1)
         self.fc = nn.Linear(32, 32)
@@ -65,10 +71,10 @@ class TinyResNet(nn.Module):
         return self.head(h).reshape(-1, 2, 3)
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
+@pytest.fixture(scope="module", params=["bn", "gn"])
+def exports(tmp_path_factory, request):
     torch.manual_seed(0)
-    policy = TinyResNet().eval()
+    policy = TinyResNet(request.param).eval()
     with torch.no_grad():  # BatchNorm statistics that are not the identity
         for m in policy.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -78,7 +84,7 @@ def exports(tmp_path_factory):
     batches = [tuple(torch.from_numpy(v) for v in policy.spec.example(8, seed=s).values()) for s in range(4)]
     quantized = quantize_policy(policy, "w8a8", batches=batches)
     return policy.spec, {"w8a8": export_qdq(quantized.model, root / "w8a8.onnx"),
-                         "fp32": export_onnx(policy, root / "fp32.onnx")}
+                         "fp32": export_onnx(policy, root / "fp32.onnx"), "norm": request.param}
 
 
 @pytest.fixture(params=["native", "numpy"])
@@ -102,10 +108,15 @@ def test_w8a8_blocks_write_the_next_layers_codes(exports, windows, monkeypatch):
     model = NativeModel(paths["w8a8"])
     counts = model.op_count()
     plan = {c.layer: c.epilogue for c in model.plan()}
-    # the block ends: conv + skip + ReLU + the next block's QuantizeLinear, one step (in the downsampling block
-    # the 1x1 convolution comes first in the graph and takes the sum: the Add is the only reader of either)
-    assert plan["blocks.0.c2.0"] == plan["blocks.1.down.0"] == "bias+residual+relu+int8"
-    assert plan["blocks.0.c1.0"] == plan["blocks.1.c1.0"] == plan["stem.0"] == "bias+relu+int8"
+    if paths["norm"] == "bn":
+        # the block ends: conv + skip + ReLU + the next block's QuantizeLinear, one step (in the downsampling
+        # block the 1x1 convolution comes first in the graph and takes the sum: the Add is its only reader)
+        assert plan["blocks.0.c2.0"] == plan["blocks.1.down.0"] == "bias+residual+relu+int8"
+        assert plan["blocks.0.c1.0"] == plan["blocks.1.c1.0"] == plan["stem.0"] == "bias+relu+int8"
+    else:  # the GroupNorm steps take the skip, the ReLU and the quantization
+        norms = [n.attrs["norm"] for n in model._program.graph.nodes if n.op_type == GROUP_NORM_OP]
+        assert counts[GROUP_NORM_OP] == 6 and sum(n.residual and n.relu_after for n in norms) == 2
+        assert sum(n.codes_scale is not None for n in norms) == 5  # the stem, both c1 and both block ends
     assert plan["mix"] == "bias+residual+relu"  # the broadcast skip: added in NumPy, then the ReLU
     assert counts[CONV_OP] == 7 and "Relu" not in counts and "DequantizeLinear" not in counts
     # left: the input's quantization and those after the mean and the film linear (a float output's readers)
@@ -135,7 +146,8 @@ def test_float_graph_absorbs_the_skips_too(exports, windows, precision, monkeypa
     spec, paths = exports
     model = NativeModel(paths["fp32"], precision=precision)
     plan = {c.layer: c.epilogue for c in model.plan()}
-    assert plan["blocks.0.c2.0"].endswith("residual+relu") and plan["fc"] == "bias+residual+relu"
+    assert plan["fc"] == "bias+residual+relu"
+    assert plan["blocks.0.c2.0"].endswith("residual+relu") or paths["norm"] == "gn"
     obs = spec.example(2, seed=2)
     got = model.run(obs)["a"]
     np.testing.assert_array_equal(got, _step_by_step(paths["fp32"], precision, monkeypatch).run(obs)["a"])

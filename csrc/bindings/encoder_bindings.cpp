@@ -186,7 +186,8 @@ GroupNormActivation group_norm_activation(const std::string& name) {
 }
 
 void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::handle shift_obj, double epsilon,
-                   bool channels_last, const std::string& activation, py::handle out_obj) {
+                   bool channels_last, const std::string& activation, py::handle out_obj, py::handle residual_obj,
+                   bool relu_after, py::handle codes_obj, py::handle codes_scale) {
     const py::buffer_info x = contiguous(x_obj, "x", false);
     const py::buffer_info out = contiguous(out_obj, "out", true);
     if (element_kind(x) != 'f' || element_kind(out) != 'f') throw py::type_error("x and out must be float32");
@@ -210,6 +211,35 @@ void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::h
     args.scale = channel_constants(scale, "scale", args.channels);
     args.shift = channel_constants(shift, "shift", args.channels);
     args.activation = group_norm_activation(activation);
+    py::buffer_info residual, codes;
+    if (!residual_obj.is_none()) {
+        residual = contiguous(residual_obj, "residual", false);
+        if (element_kind(residual) != 'f' || residual.shape != x.shape) {
+            throw py::value_error("residual must be float32 of the shape of x " + shape_text(x.shape));
+        }
+        if (overlap(residual, out)) throw py::value_error("residual must not overlap out");
+        args.residual = static_cast<const float*>(residual.ptr);
+    }
+    args.relu_after = relu_after;
+    if (codes_obj.is_none() != codes_scale.is_none()) {
+        throw py::value_error("codes and codes_scale come together: the int8 array of x's shape the output is "
+                              "quantized into, and the scale");
+    }
+    if (!codes_obj.is_none()) {
+        codes = contiguous(codes_obj, "codes", true);
+        if (element_kind(codes) != 'b' || codes.shape != x.shape) {
+            throw py::value_error("codes must be int8 of the shape of x " + shape_text(x.shape));
+        }
+        if (overlap(codes, out) || overlap(codes, x) || (args.residual != nullptr && overlap(codes, residual))) {
+            throw py::value_error("codes must not overlap x, out or residual");
+        }
+        const float scale = static_cast<float>(codes_scale.cast<double>());
+        if (!(scale > 0.0f) || !std::isfinite(scale)) {
+            throw py::value_error("codes_scale must be a positive finite float32");
+        }
+        args.codes = static_cast<int8_t*>(codes.ptr);
+        args.codes_scale = scale;
+    }
     if (x.size == 0) return;
     args.groups = groups;
     args.positions = x.size / (args.batch * args.channels);
@@ -266,9 +296,12 @@ void register_encoders(py::module_& m) {
           "Writes x (N, C, spatial...) channels last into y (N, spatial..., C).");
     m.def("group_norm_f32", &group_norm_py, py::arg("x"), py::arg("groups"), py::arg("scale"), py::arg("shift"),
           py::kw_only(), py::arg("epsilon"), py::arg("channels_last"), py::arg("activation"), py::arg("out"),
+          py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
+          py::arg("codes_scale") = py::none(),
           "GroupNorm of float32 x (N, C, spatial...) or, channels_last, (N, spatial..., C) into out (x itself "
           "allowed): per sample and group, two-pass statistics, then act((x - mean) * scale / std + shift) per "
-          "channel (csrc/group_norm_f32.h); act 'none', 'relu' or 'mish'.");
+          "channel (csrc/group_norm_f32.h); act 'none', 'relu' or 'mish'; then + residual, max(., 0) with "
+          "relu_after, and the int8 codes at codes_scale into codes.");
 }
 
 }  // namespace edgevla::bindings

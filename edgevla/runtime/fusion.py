@@ -46,12 +46,13 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
    node (:mod:`.norms`), int8 codes out.
 6. **GroupNorm**: ``nn.GroupNorm``'s six exported nodes become one
    ``edgevla.GroupNorm`` step (:mod:`.group_norm`).
-7. **Output stages**: a linear layer or convolution takes over a ``Relu``
-   after its residual (a ResNet block's end; a convolution absorbs its
-   block's skip ``Add`` in step 2 as a linear layer does) and then a static
-   int8 ``QuantizeLinear`` of its output: it writes the next int8 layer's
-   codes itself, tile by tile in its GEMM's threads, and its float output
-   only where something else reads it (:func:`_fuse_output_stages`).
+7. **Output stages**: a linear layer, convolution or GroupNorm step takes
+   over a ``Relu`` after its residual (a ResNet block's end; a convolution
+   absorbs its block's skip ``Add`` in step 2 as a linear layer does, a
+   GroupNorm here) and then a static int8 ``QuantizeLinear`` of its output:
+   it writes the next int8 layer's codes itself, tile by tile in its threads,
+   and its float output only where something else reads it
+   (:func:`_fuse_output_stages`).
 8. **Channels last**: the values between convolutions stay ``(N, *spatial, C)``
    (:mod:`.layout`), so no convolution transposes its input or output, nor
    does a GroupNorm between them.
@@ -70,7 +71,7 @@ from .attention import fuse_attention
 from .graph import Graph, Node, QuantizedConstant
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
-from .group_norm import fuse_group_norm
+from .group_norm import GROUP_NORM_OP, fuse_group_norm
 from .layout import keep_channels_last
 from .norms import fuse_layer_norm_quantize
 from .ops import OpContext
@@ -320,6 +321,9 @@ def _fuse_output_stages(graph: Graph) -> None:
     keeps its place (every value the stage reads is ready there)."""
     view = _View(graph)
     for node in list(graph.nodes):
+        if node.op_type == GROUP_NORM_OP:
+            _fuse_group_norm_stage(graph, view, node)
+            continue
         layer = _stageable_layer(node)
         if layer is None:
             continue
@@ -342,6 +346,40 @@ def _fuse_output_stages(graph: Graph) -> None:
             node.attrs["conv"].keep_float = len(outputs) == 2 or codes_scale is None
         _replace(graph, absorbed, Node(node.name, node.op_type, node.inputs, outputs, node.attrs), at_first=True)
         view.refresh()
+
+
+def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
+    """The same for a GroupNorm step, which also takes over the skip ``Add`` after it (a GroupNorm ResNet's
+    block end: conv, GroupNorm, + skip, ReLU, then the next block's QuantizeLinear)."""
+    norm = node.attrs["norm"]
+    absorbed, out, inputs, relu_after = [node], node.outputs[0], node.inputs, False
+    reader = view.only_reader(out)
+    residual = _skip_input(view, reader, out)
+    if residual is not None:
+        absorbed.append(reader)
+        out, inputs = reader.outputs[0], (*node.inputs, residual)
+        reader = view.only_reader(out)
+        if reader is not None and reader.op_type == "Relu":
+            absorbed.append(reader)
+            out, relu_after = reader.outputs[0], True
+    quantize = _static_quantize_of(view, out)
+    if quantize is None and residual is None:
+        return
+    outputs, codes_scale = (out,), None
+    if quantize is not None:
+        q, codes_scale = quantize
+        absorbed.append(q)
+        float_read = out in view.outputs or any(r is not q for r, _ in view.readers.get(out, []))
+        outputs = (out, q.outputs[0]) if float_read else (q.outputs[0],)
+    norm.set_output_stage(residual is not None, relu_after, codes_scale, keep_float=len(outputs) == 2)
+    # At the Add's place when there is one (the skip may be computed after the GroupNorm), else at its own.
+    fused = Node(node.name, GROUP_NORM_OP, inputs, outputs, node.attrs)
+    if residual is None:
+        _replace(graph, absorbed, fused, at_first=True)
+    else:
+        _replace(graph, absorbed[:2], fused)
+        graph.nodes = [n for n in graph.nodes if not any(n is r for r in absorbed[2:])]
+    view.refresh()
 
 
 def _stageable_layer(node: Node) -> LinearLayer | None:

@@ -16,7 +16,9 @@ in place of ONNX order, so the normalization needs no transposes around it:
 a ResNet-18 with GroupNorm spent as long in those six nodes and their
 transposes as in its twenty convolutions' GEMMs. The step runs
 :func:`edgevla.native.group_norm_f32` (C++) where the build has it, else NumPy
-(BLAS sums); both two-pass.
+(BLAS sums); both two-pass. The fusion may give the step an output stage
+(:meth:`GroupNorm.set_output_stage`): the skip connection added after it, a
+ReLU, and the next int8 layer's codes, in the same pass.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from .. import native
 from ..errors import EdgevlaError
 from .graph import Graph, Node
+from .ops import quantize_symmetric_int8
 
 GROUP_NORM_OP = "edgevla.GroupNorm"
 
@@ -49,6 +52,11 @@ class GroupNorm:
         self._channels_last = False
         self._ones: dict[int, np.ndarray] = {}
         self.channels_last = False
+        # The output stage (:meth:`set_output_stage`): a skip connection added, a ReLU after it, the int8 codes.
+        self.residual = self.relu_after = False
+        self.codes_scale: float | None = None
+        self.keep_float = True  # with codes, whether the float output is an output too
+        self._quantize_codes = None
 
     @property
     def channels_last(self) -> bool:
@@ -60,16 +68,58 @@ class GroupNorm:
         self._channels_last = bool(value)
         self._shift_view = self.shift.reshape((1, 1, -1) if self._channels_last else (1, -1, 1))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def set_output_stage(self, residual: bool, relu_after: bool, codes_scale: float | None, keep_float: bool) -> None:
+        """What the graph does to the output next, in the same pass (:mod:`.fusion`): ``+ residual`` (the step's
+        second input, a skip connection), a ReLU after it, and a static int8 ``QuantizeLinear`` (scale > 0,
+        zero point 0) whose codes the step returns, with the float output too if ``keep_float``."""
+        if relu_after and not residual:
+            raise EdgevlaError("GroupNorm: a ReLU after the residual needs a residual")
+        if codes_scale is not None and not (np.isfinite(codes_scale) and codes_scale > 0):
+            raise EdgevlaError(f"GroupNorm: output codes need a positive finite scale, got {codes_scale}")
+        self.residual, self.relu_after, self.codes_scale = residual, relu_after, codes_scale
+        self.keep_float = keep_float or codes_scale is None
+        if codes_scale is not None:
+            self._quantize_codes = quantize_symmetric_int8(np.float32(codes_scale))
+
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None):
+        """The normalized output; with an output stage, the codes too (or alone, without ``keep_float``)."""
+        y = self._normalized(x, residual)
+        if not isinstance(y, tuple):
+            return y
+        y, codes = y
+        if codes is None:
+            return y
+        return (y, codes) if self.keep_float else codes
+
+    def _normalized(self, x: np.ndarray, residual: np.ndarray | None):
         n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
         g = self.groups
         if c != self.scale.size or x.ndim != self.rank or x.dtype != np.float32:
             raise EdgevlaError(f"GroupNorm of {self.scale.size} float32 channels (affine constants for rank "
                                f"{self.rank}) got an input of shape {x.shape} ({x.dtype})")
-        if self.native:
-            return native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
-                                         epsilon=float(self.epsilon), channels_last=self.channels_last,
-                                         activation=self.activation)
+        staged = residual is not None or self.relu_after or self.codes_scale is not None
+        if self.native and (residual is None or (residual.shape == x.shape and residual.dtype == np.float32)):
+            codes = None if self.codes_scale is None else np.empty(x.shape, np.int8)
+            y = native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
+                                      epsilon=float(self.epsilon), channels_last=self.channels_last,
+                                      activation=self.activation,
+                                      residual=None if residual is None else np.ascontiguousarray(residual),
+                                      relu_after=self.relu_after, codes=codes, codes_scale=self.codes_scale)
+            return (y, codes) if staged else y
+        y = self._numpy(x) if not self.native else native.group_norm_f32(
+            np.ascontiguousarray(x), g, self.scale, self.shift, epsilon=float(self.epsilon),
+            channels_last=self.channels_last, activation=self.activation)
+        if not staged:
+            return y
+        if residual is not None:
+            y = y + residual  # may broadcast to a larger shape
+        if self.relu_after:
+            np.maximum(y, np.float32(0), out=y)
+        return y, None if self.codes_scale is None else self._quantize_codes(y)
+
+    def _numpy(self, x: np.ndarray) -> np.ndarray:
+        n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
+        g = self.groups
         cg = c // g
         positions = x.size // (n * c)
         # Two passes, as a float32 GroupNorm must (E[x^2] - mean^2 lost three digits at a mean of 50 std):

@@ -100,9 +100,10 @@ def keep_channels_last(graph: Graph) -> int:
                 last.update(node.outputs)
             elif skip is not None:
                 node.inputs = (node.inputs[0], channels_first(skip))
-        elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and out not in outputs:
+        elif (node.op_type == GROUP_NORM_OP and node.inputs[0] in last and not outputs.intersection(node.outputs)
+              and all(i in last for i in node.inputs[1:])):  # the skip it adds, in the same layout
             node.attrs["norm"].channels_last = True
-            last.add(out)
+            last.update(node.outputs)
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
             last.add(out)
