@@ -11,7 +11,7 @@ from edgevla.runtime import NativeModel
 from edgevla.runtime import conv, ops
 from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
-from edgevla.runtime.layout import SPATIAL_MEAN_OP, TO_CHANNELS_FIRST_OP
+from edgevla.runtime.layout import BROADCAST_LAST_OP, SPATIAL_MEAN_OP, TO_CHANNELS_FIRST_OP
 from edgevla.spec import PolicySpec, TensorSpec
 
 from test_runtime_ops import CASES, _ort
@@ -123,9 +123,10 @@ def test_where_the_encoder_converts_back(tmp_path):
     model = NativeModel(export_onnx(Encoder().eval(), tmp_path / "p.onnx"), precision="fp32")
     counts = model.op_count()
     assert counts[CHANNELS_LAST_POOLS["MaxPool"]] == 1 and counts[CHANNELS_LAST_POOLS["AveragePool"]] == 1
-    # Back to ONNX order only where a reader needs it: the flip (a Slice), the ReLU that meets the flipped
-    # value in an Add, the final flatten. The GroupNorm between them is fused and runs channels last.
-    assert counts[TO_CHANNELS_FIRST_OP] == 3 and counts[GROUP_NORM_OP] == 1
+    # Back to ONNX order only where a reader needs it: the flip (a Slice) and the final flatten. The Add where
+    # the ReLU meets the flipped value, and the one of the constant shift (1, C, 1, 1), stay channels last: the
+    # other operand follows (a view). The GroupNorm between them is fused and runs channels last.
+    assert counts[TO_CHANNELS_FIRST_OP] == 2 and counts[BROADCAST_LAST_OP] == 2 and counts[GROUP_NORM_OP] == 1
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7), (1, 6, 4, 3), (2, 3, 2, 3, 4)], ids=["1d", "2d", "3d"])
@@ -177,3 +178,21 @@ def test_a_conv_encoders_last_pool_reads_channels_last(tmp_path):
     expected = _ort(onnx.load(str(path)), obs)[0]
     for _ in range(2):
         np.testing.assert_allclose(model.run(obs)["y"], expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("rank", [3, 4, 5])
+@pytest.mark.parametrize("other_shape", ["per-channel", "full", "trailing", "scalar-like"])
+def test_an_operand_laid_out_channels_last_broadcasts_as_in_onnx_order(rank, other_shape):
+    """``edgevla.BroadcastChannelsLast``: x op v in ONNX order equals (x channels last) op (v laid out), moved
+    back, for a FiLM-like (N, C, 1...) operand, a full one, a lower-rank one (ONNX aligns trailing axes) and a
+    (1,) one; and the laid-out operand is a view."""
+    rng = np.random.default_rng(rank)
+    shape = (2, 3, *range(4, 4 + rank - 2))
+    x = rng.standard_normal(shape).astype(np.float32)
+    v = rng.standard_normal({"per-channel": (2, 3, *([1] * (rank - 2))), "full": shape,
+                             "trailing": shape[2:], "scalar-like": (1,)}[other_shape]).astype(np.float32)
+    last = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    laid = ops.compile_op(BROADCAST_LAST_OP, {}, [None, None], 18, 1, "laid out").fn(v, last)
+    assert np.shares_memory(laid, v)
+    for op in (np.add, np.multiply, np.subtract):
+        np.testing.assert_array_equal(np.moveaxis(op(last, laid), -1, 1), op(x, v))

@@ -8,8 +8,8 @@ layer, a third of a small ResNet's convolution time. This pass keeps the
 values between convolutions channels last instead:
 
 * a convolution writes ``(N, *spatial, M)`` (its int8 codes too, where it
-  writes them), unless an output is a graph output or the skip connection it
-  adds is not channels last, and reads either layout;
+  writes them), unless an output is a graph output, and reads either layout
+  (a skip connection it adds follows its output's);
 * element-wise ops whose every tensor input is channels last, or a scalar
   constant (``Relu``, ``Add`` of a skip connection, ``Mul`` of SiLU, a
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
@@ -20,6 +20,10 @@ values between convolutions channels last instead:
 * a mean over every spatial axis (``GlobalAveragePool``, ``ReduceMean`` of
   constant axes: a conv encoder's last pool) reduces the channels-last value
   as it lies and writes ONNX order (``edgevla.SpatialMeanChannelsLast``);
+* an element-wise binary op with one operand channels last and the other
+  not (FiLM's per-channel scale and shift, ``(N, C, 1)``) keeps it: the other
+  operand is laid out to broadcast against it (``edgevla.BroadcastChannelsLast``,
+  a view);
 * any other reader (``Reshape``, another ``ReduceMean``, ``GroupNorm``'s
   ``InstanceNormalization`` when it is not a fused GroupNorm, a graph output) gets the value back in ONNX
   order from one ``edgevla.ToChannelsFirst`` node, shared by its readers —
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EdgevlaError
 from .conv import CHANNELS_LAST_POOLS, CONV_OP
 from .graph import Graph, Node
 from .group_norm import GROUP_NORM_OP
@@ -40,6 +45,7 @@ from .ops import register
 
 TO_CHANNELS_FIRST_OP = "edgevla.ToChannelsFirst"
 SPATIAL_MEAN_OP = "edgevla.SpatialMeanChannelsLast"
+BROADCAST_LAST_OP = "edgevla.BroadcastChannelsLast"
 _UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Softplus",
                     "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Mish"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
@@ -49,6 +55,27 @@ _PER_TENSOR = frozenset({"QuantizeLinear", "DequantizeLinear", "Clip"})  # eleme
 @register(TO_CHANNELS_FIRST_OP)
 def _to_channels_first(c):
     return lambda x: np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@register(BROADCAST_LAST_OP)
+def _broadcast_channels_last(c):
+    """The other operand of an element-wise op on a channels-last value, laid out to broadcast against it as it
+    did in ONNX order: padded with leading 1s to the value's rank (ONNX aligns trailing axes), then its axis 1
+    moved last. A view: for a per-channel operand (FiLM's ``(N, C, 1)`` scale and shift) nothing moves."""
+    orders: dict[int, tuple[int, ...]] = {}  # per rank, axis 1 moved last (np.moveaxis costs ~3 us a call)
+
+    def to_last(v, like):
+        rank = like.ndim
+        if v.ndim > rank:
+            raise EdgevlaError(f"{c.where}: an operand of rank {v.ndim} broadcast against a channels-last value of "
+                               f"rank {rank}; the native runtime keeps element-wise ops rank-preserving")
+        if v.ndim < rank:
+            v = v.reshape((1,) * (rank - v.ndim) + v.shape)
+        order = orders.get(rank)
+        if order is None:
+            order = orders[rank] = (0, *range(2, rank), 1)
+        return v.transpose(order) if rank > 2 else v
+    return to_last
 
 
 @register(SPATIAL_MEAN_OP)
@@ -77,6 +104,7 @@ def keep_channels_last(graph: Graph) -> int:
     outputs = set(graph.outputs)
     last: set[str] = set()
     first_copy: dict[str, str] = {}
+    broadcast_copy: dict[tuple[str, str], str] = {}
     nodes: list[Node] = []
 
     def channels_first(value: str) -> str:
@@ -88,6 +116,14 @@ def keep_channels_last(graph: Graph) -> int:
             first_copy[value] = name
         return first_copy[value]
 
+    def broadcast_last(value: str, like: str) -> str:
+        key = (value, like)
+        if key not in broadcast_copy:
+            name = f"{value}::channels_last_like::{like}"
+            nodes.append(Node(name, BROADCAST_LAST_OP, (value, like), (name,)))
+            broadcast_copy[key] = name
+        return broadcast_copy[key]
+
     for node in graph.nodes:
         out = node.outputs[0] if len(node.outputs) == 1 else None
         keeps = out is not None and out not in outputs and _keeps_layout(graph, node, last)
@@ -95,21 +131,29 @@ def keep_channels_last(graph: Graph) -> int:
             conv = node.attrs["conv"]
             skip = node.inputs[1] if len(node.inputs) > 1 else None  # added to the output: in its layout
             conv.input_last = node.inputs[0] in last
-            conv.output_last = not outputs.intersection(node.outputs) and (skip is None or skip in last)
+            conv.output_last = not outputs.intersection(node.outputs)
             if conv.output_last:
                 last.update(node.outputs)
+                if skip is not None and skip not in last:
+                    node.inputs = (node.inputs[0], broadcast_last(skip, node.inputs[0]))
             elif skip is not None:
                 node.inputs = (node.inputs[0], channels_first(skip))
-        elif (node.op_type == GROUP_NORM_OP and node.inputs[0] in last and not outputs.intersection(node.outputs)
-              and all(i in last for i in node.inputs[1:])):  # the skip it adds, in the same layout
+        elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and not outputs.intersection(node.outputs):
             node.attrs["norm"].channels_last = True
             last.update(node.outputs)
+            if len(node.inputs) > 1 and node.inputs[1] not in last:  # the skip it adds, in its layout
+                node.inputs = (node.inputs[0], broadcast_last(node.inputs[1], node.inputs[0]))
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
             last.add(out)
         elif (mean := _spatial_mean_attrs(graph, node, last)) is not None:  # writes ONNX order
             node.op_type, node.inputs, node.attrs = SPATIAL_MEAN_OP, node.inputs[:1], mean
         elif keeps:
+            last.add(out)
+        elif (like := _mixed_binary(graph, node, last, outputs)) is not None:
+            # one operand channels last, the others not: those follow it (views), not it them (a copy)
+            node.inputs = tuple(i if i in last or _is_scalar(graph, i) else broadcast_last(i, like)
+                                for i in node.inputs)
             last.add(out)
         else:
             node.inputs = tuple(channels_first(i) for i in node.inputs)
@@ -136,6 +180,20 @@ def _spatial_mean_attrs(graph: Graph, node: Node, last: set[str]) -> dict | None
     return {"axes": [int(a) for a in axes], "keepdims": int(node.attrs.get("keepdims", 1))}
 
 
+def _is_scalar(graph: Graph, value: str) -> bool:
+    return value in graph.constants and graph.constants[value].size == 1
+
+
+def _mixed_binary(graph: Graph, node: Node, last: set[str], outputs: set[str]) -> str | None:
+    """For an element-wise binary op (``Mul``, ``Add``, ...) whose first operand is channels last and whose
+    other is not (a FiLM scale or shift from a linear layer, a per-channel constant), that first operand."""
+    inputs = [i for i in node.inputs if i]
+    if (node.op_type not in _BINARY or len(inputs) != 2 or len(node.outputs) != 1 or node.outputs[0] in outputs
+            or not any(i in last for i in inputs)):
+        return None
+    return next(i for i in inputs if i in last)
+
+
 def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
     """Whether ``node`` is element-wise over channels-last tensor inputs (the others scalar constants)."""
     inputs = [i for i in node.inputs if i]
@@ -151,4 +209,4 @@ def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
     return False
 
 
-__all__ = ["SPATIAL_MEAN_OP", "TO_CHANNELS_FIRST_OP", "keep_channels_last"]
+__all__ = ["BROADCAST_LAST_OP", "SPATIAL_MEAN_OP", "TO_CHANNELS_FIRST_OP", "keep_channels_last"]

@@ -604,10 +604,21 @@ def _unsqueeze(c):
         return np.expand_dims(x, tuple(sorted(a % rank for a in ax)))
 
     const = c.consts[1] if len(c.consts) > 1 and c.consts[1] is not None else c.attr("axes")
-    if const is not None and all(a >= 0 for a in _ints(const)):
-        fixed = tuple(sorted(_ints(const)))  # non-negative axes do not depend on the input's rank
-        return lambda x, axes=None: np.expand_dims(x, fixed)
-    return unsqueeze
+    if const is None:
+        return unsqueeze
+    fixed = _ints(const)
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def unsqueeze_constant(x, axes=None):
+        # Constant axes: the output shape per input shape, once, then a reshape (a view; np.expand_dims's
+        # Python costs ~3 us a call).
+        shape = shapes.get(x.shape)
+        if shape is None:
+            if len(shapes) >= 8:
+                shapes.clear()
+            shape = shapes[x.shape] = unsqueeze(np.empty(x.shape, np.bool_), fixed).shape
+        return x.reshape(shape)
+    return unsqueeze_constant
 
 
 @register("Squeeze")
@@ -631,7 +642,8 @@ def _split(c):
     axis = int(c.attr("axis", 0))
     n = c.n_outputs
 
-    def split(x, sizes=None):
+    def indices(x, sizes):
+        """The index of each part: basic slices, so the parts are views (much cheaper than np.split)."""
         sizes = _ints(sizes) if sizes is not None else c.attr("split")
         dim = x.shape[axis]
         if sizes is None:
@@ -641,12 +653,21 @@ def _split(c):
         if sum(sizes) != dim or len(sizes) != n:
             raise _fail(c, f"split sizes {sizes} do not fit dimension {dim} into {n} outputs")
         lead = (slice(None),) * (axis % x.ndim)
-        parts, start = [], 0
-        for size in sizes:  # basic slicing: views, and much cheaper than np.split
-            parts.append(x[(*lead, slice(start, start + size))])
-            start += size
-        return tuple(parts)
-    return split
+        starts = np.cumsum([0, *sizes]).tolist()
+        return [(*lead, slice(a, b)) for a, b in zip(starts, starts[1:])]
+
+    if len(c.consts) > 1 and c.consts[1] is None:
+        return lambda x, sizes=None: tuple(x[i] for i in indices(x, sizes))
+    cached: dict[tuple[int, ...], list[tuple]] = {}  # constant sizes: the slices per input shape, once
+
+    def split_constant(x, sizes=None):
+        where = cached.get(x.shape)
+        if where is None:
+            if len(cached) >= 8:
+                cached.clear()
+            where = cached[x.shape] = indices(x, sizes)
+        return tuple(x[i] for i in where)
+    return split_constant
 
 
 @register("Pad")
