@@ -9,7 +9,7 @@ from torch import nn
 from edgevla.export import export_onnx
 from edgevla.runtime import NativeModel
 from edgevla.runtime import conv, ops
-from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP
+from edgevla.runtime.conv import CHANNELS_LAST_POOLS, CONV_OP, CONV_TRANSPOSE_LAST_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
 from edgevla.runtime.layout import BROADCAST_LAST_OP, SPATIAL_MEAN_OP, TO_CHANNELS_FIRST_OP
 from edgevla.spec import PolicySpec, TensorSpec
@@ -36,6 +36,22 @@ def test_channels_last_pools_match_their_onnx_op(case, windows):
     np.testing.assert_array_equal(last, np.moveaxis(first, 1, -1))
     back = ops.compile_op(TO_CHANNELS_FIRST_OP, {}, [None], 18, 1, "to first").fn(last)
     assert back.flags.c_contiguous and np.array_equal(back, first)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.op == "ConvTranspose"], ids=lambda c: c.id)
+def test_channels_last_conv_transpose_matches_the_onnx_op(case):
+    """The same values channels last, in and out; twice, so that the second call runs on the kept plan."""
+    values = {**case.inputs, **case.consts}
+    x, w, b = (values.get(name) for name in (case.order + ["", ""])[:3])
+    consts = [None, *(case.consts.get(name) for name in case.order[1:])]
+    first = ops.compile_op("ConvTranspose", case.attrs, consts, 18, 1, "ct").fn
+    last = ops.compile_op(CONV_TRANSPOSE_LAST_OP, case.attrs, consts, 18, 1, "ct").fn
+    args = [a for a in (w, b) if a is not None]
+    expected = first(x, *args)
+    for _ in range(2):
+        got = last(np.ascontiguousarray(np.moveaxis(x, 1, -1)), *args)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, np.moveaxis(expected, 1, -1))
 
 
 def test_the_channels_last_max_pool_keeps_buffers_per_shape_and_returns_its_own_arrays(windows):

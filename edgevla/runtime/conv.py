@@ -145,76 +145,116 @@ def _conv_transpose(c):
     """The gradient of a convolution (U-Net up-sampling): each input position's ``C_in`` values times the weight
     ``(C_in, C_out / group, *kernel)`` give a ``(C_out / group, *kernel)`` patch, added into the output at
     ``position x stride - pads``, one kernel offset at a time (a strided slice of the output per offset)."""
-    group = int(c.attr("group", 1))
-    auto_pad = c.attr("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        raise _fail(c, f"unknown auto_pad {auto_pad!r}")
+    return _ConvTranspose(c, channels_last=False)
 
-    def conv_transpose(x, w, bias=None):
+
+class _ConvTranspose:
+    """``ConvTranspose`` on ``(N, C, *spatial)``, or channels last on ``(N, *spatial, C)`` (:mod:`.layout`).
+
+    Per input shape a plan is kept: the output geometry, and per kernel offset the strided slice of the output
+    its patches add into. Per call: the input as rows of ``C_in`` values (the channels-last input is that
+    already), one 2-d product per group into channels-last patches, the patches added in, the crop, the bias.
+    """
+
+    def __init__(self, c: OpContext, channels_last: bool):
+        self.c, self.channels_last = c, channels_last
+        self.group = int(c.attr("group", 1))
+        auto_pad = c.attr("auto_pad", b"NOTSET")
+        self.auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        if self.auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+            raise _fail(c, f"unknown auto_pad {self.auto_pad!r}")
+        self._plans: dict[tuple, tuple] = {}
+        self._weights: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        c, group = self.c, self.group
         n = x.ndim - 2
         if not 1 <= n <= 3 or w.ndim != x.ndim:
             raise _fail(c, f"input of rank {x.ndim} and weight of rank {w.ndim}: expected N, C and 1-3 spatial dims")
-        if x.shape[1] != w.shape[0] or w.shape[0] % group:
-            raise _fail(c, f"{x.shape[1]} input channels, a weight for {w.shape[0]} in {group} group(s)")
-        kernel = _ints(c.attr("kernel_shape", w.shape[2:]))
+        channels = x.shape[-1] if self.channels_last else x.shape[1]
+        if channels != w.shape[0] or w.shape[0] % group:
+            raise _fail(c, f"{channels} input channels, a weight for {w.shape[0]} in {group} group(s)")
+        spatial = x.shape[1:-1] if self.channels_last else x.shape[2:]
+        plan = self._plans.get((spatial, w.shape))
+        if plan is None:
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            plan = self._plans[(spatial, w.shape)] = self._plan(spatial, w.shape)
+        full, crop, offsets = plan
+        batch, out_per_group = x.shape[0], w.shape[1]
+        per_group, positions = channels // group, math.prod(spatial)
+        kernel = w.shape[2:]
+        # Patches channels last, one 2-d product per group: (N x P, Cg_in) @ (Cg_in, K x Cg_out), the weight's
+        # kernel offsets outermost so that each offset's patch is a (P, Cg_out) block of contiguous rows.
+        matrices = self._matrices(w, per_group, out_per_group, math.prod(kernel))
+        if self.channels_last:
+            rows = x.reshape(batch * positions, channels)
+        else:
+            rows = x.reshape(batch, channels, positions).transpose(0, 2, 1).reshape(batch * positions, channels)
+        y = np.zeros((batch, *full, group, out_per_group), np.result_type(x, w))  # offsets add whole rows
+        for g in range(group):
+            part = rows[:, g * per_group:(g + 1) * per_group] if group > 1 else rows
+            patches = (part @ matrices[g]).reshape(batch, *spatial, *kernel, out_per_group)
+            for into, offset in offsets:
+                y[(*into, g)] += patches[offset]
+        y = y.reshape(batch, *full, group * out_per_group)[crop]
+        if bias is not None:
+            y += bias
+        return np.ascontiguousarray(y) if self.channels_last else np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+    def _plan(self, spatial: tuple[int, ...], w_shape: tuple[int, ...]):
+        """(full output size, the crop of it, per kernel offset (where in the output, which patch))."""
+        c, n = self.c, len(spatial)
+        kernel = _ints(c.attr("kernel_shape", w_shape[2:]))
         strides = _ints(c.attr("strides", [1] * n))
         dilations = _ints(c.attr("dilations", [1] * n))
         extra = _ints(c.attr("output_padding", [0] * n))
-        if kernel != list(w.shape[2:]) or len(strides) != n or len(dilations) != n or len(extra) != n:
+        if kernel != list(w_shape[2:]) or len(strides) != n or len(dilations) != n or len(extra) != n:
             raise _fail(c, "kernel_shape, strides, dilations and output_padding do not match the weight")
-        spatial = x.shape[2:]
         full = [s * (i - 1) + (k - 1) * d + 1 + e for s, i, k, d, e in zip(strides, spatial, kernel, dilations, extra)]
         wanted = c.attr("output_shape", None)
-        if wanted is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if wanted is not None or self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             target = _ints(wanted)[-n:] if wanted is not None else [i * s for i, s in zip(spatial, strides)]
             total = [f - t for f, t in zip(full, target)]
             if min(total) < 0:
                 raise _fail(c, f"output_shape {target} is larger than the transposed convolution's {full}")
-            upper = auto_pad == "SAME_UPPER"
+            upper = self.auto_pad == "SAME_UPPER"
             begin = [t // 2 if upper else t - t // 2 for t in total]
-        elif auto_pad == "VALID":
+        elif self.auto_pad == "VALID":
             begin, target = [0] * n, full
         else:
             pads = _ints(c.attr("pads", [0] * (2 * n)))
             begin, target = pads[:n], [f - b - e for f, b, e in zip(full, pads[:n], pads[n:])]
-        batch, out_per_group = x.shape[0], w.shape[1]
-        per_group, taps = x.shape[1] // group, math.prod(kernel)
-        positions = math.prod(spatial)
-        dtype = np.result_type(x, w)
-        # Patches channels last, one 2-d product per group: (N x P, Cg_in) @ (Cg_in, K x Cg_out), the weight's
-        # kernel offsets outermost so that each offset's patch is a (P, Cg_out) block of contiguous rows.
-        matrices = weight_matrices(w, group, per_group, out_per_group, taps)
-        y = np.zeros((batch, *full, group, out_per_group), dtype)  # channels last: offsets add whole rows
-        inputs = x.reshape(batch, group, per_group, positions)
-        for g in range(group):
-            rows = inputs[:, g].transpose(0, 2, 1).reshape(batch * positions, per_group)
-            patches = (rows @ matrices[g]).reshape(batch, *spatial, *kernel, out_per_group)
-            for offset in np.ndindex(*kernel):
-                # input position p lands at p * stride + offset * dilation
-                where = tuple(slice(o * d, o * d + (i - 1) * s + 1, s)
-                              for o, d, i, s in zip(offset, dilations, spatial, strides))
-                y[(slice(None), *where, g)] += patches[(slice(None), *([slice(None)] * n), *offset)]
-        y = y.reshape(batch, *full, group * out_per_group)
-        y = y[(slice(None), *(slice(b, b + t) for b, t in zip(begin, target)))]
-        if bias is not None:
-            y = y + bias
-        return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+        offsets = []
+        for offset in np.ndindex(*kernel):
+            # input position p lands at p * stride + offset * dilation
+            into = (slice(None), *(slice(o * d, o * d + (i - 1) * s + 1, s)
+                                   for o, d, i, s in zip(offset, dilations, spatial, strides)))
+            offsets.append((into, (slice(None), *([slice(None)] * n), *offset)))
+        crop = (slice(None), *(slice(b, b + t) for b, t in zip(begin, target)))
+        return full, crop, offsets
 
-    cached: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
-
-    def weight_matrices(w, group, per_group, out_per_group, taps):
+    def _matrices(self, w: np.ndarray, per_group: int, out_per_group: int, taps: int) -> list[np.ndarray]:
         """Per group, the weight as (Cg_in, K x Cg_out), kernel offsets outer; kept for a constant weight."""
-        hit = cached.get(id(w))
+        hit = self._weights.get(id(w))
         if hit is not None and hit[0] is w:
             return hit[1]
-        grouped = w.reshape(group, per_group, out_per_group, taps).transpose(0, 1, 3, 2)
-        matrices = [np.ascontiguousarray(grouped[g].reshape(per_group, taps * out_per_group)) for g in range(group)]
-        if len(c.consts) > 1 and c.consts[1] is w:
-            cached.clear()
-            cached[id(w)] = (w, matrices)
+        grouped = w.reshape(self.group, per_group, out_per_group, taps).transpose(0, 1, 3, 2)
+        matrices = [np.ascontiguousarray(grouped[g].reshape(per_group, taps * out_per_group))
+                    for g in range(self.group)]
+        if len(self.c.consts) > 1 and self.c.consts[1] is w:
+            self._weights.clear()
+            self._weights[id(w)] = (w, matrices)
         return matrices
-    return conv_transpose
+
+
+#: ``ConvTranspose`` reading and writing channels-last values (see :mod:`.layout`).
+CONV_TRANSPOSE_LAST_OP = "edgevla.ConvTransposeChannelsLast"
+
+
+@register(CONV_TRANSPOSE_LAST_OP)
+def _conv_transpose_channels_last(c):
+    return _ConvTranspose(c, channels_last=True)
 
 
 class ConvLayer:
@@ -519,4 +559,4 @@ def _instance_norm(c):
     return instance_norm
 
 
-__all__ = ["CHANNELS_LAST_POOLS", "CONV_OP", "ConvLayer", "conv_matrix"]
+__all__ = ["CHANNELS_LAST_POOLS", "CONV_OP", "CONV_TRANSPOSE_LAST_OP", "ConvLayer", "conv_matrix"]

@@ -15,8 +15,10 @@ values between convolutions channels last instead:
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
   between two same-rank tensors is the same under the same permutation;
 * ``MaxPool`` and ``AveragePool`` run on the channels-last window view
-  (:data:`~.conv.CHANNELS_LAST_POOLS`), and ``edgevla.GroupNorm`` reduces
-  over a channels-last value as it lies;
+  (:data:`~.conv.CHANNELS_LAST_POOLS`), ``ConvTranspose`` (a U-Net's
+  up-sampling) takes its rows and writes its patches channels last, a
+  ``Concat`` of channels joins along the last axis, and ``edgevla.GroupNorm``
+  reduces over a channels-last value as it lies;
 * a mean over every spatial axis (``GlobalAveragePool``, ``ReduceMean`` of
   constant axes: a conv encoder's last pool) reduces the channels-last value
   as it lies and writes ONNX order (``edgevla.SpatialMeanChannelsLast``);
@@ -38,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgevlaError
-from .conv import CHANNELS_LAST_POOLS, CONV_OP
+from .conv import CHANNELS_LAST_POOLS, CONV_OP, CONV_TRANSPOSE_LAST_OP
 from .graph import Graph, Node
 from .group_norm import GROUP_NORM_OP
 from .ops import register
@@ -145,6 +147,14 @@ def keep_channels_last(graph: Graph) -> int:
                 node.inputs = (node.inputs[0], broadcast_last(node.inputs[1], node.inputs[0]))
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
+            last.add(out)
+        elif (node.op_type == "ConvTranspose" and node.inputs[0] in last and out not in outputs
+              and all(i in graph.constants for i in node.inputs[1:] if i)):
+            node.op_type = CONV_TRANSPOSE_LAST_OP
+            last.add(out)
+        elif (node.op_type == "Concat" and int(node.attrs.get("axis", 0)) == 1 and out not in outputs
+              and all(i in last for i in node.inputs if i)):  # the channels: the last axis, channels last
+            node.attrs = {**node.attrs, "axis": -1}
             last.add(out)
         elif (mean := _spatial_mean_attrs(graph, node, last)) is not None:  # writes ONNX order
             node.op_type, node.inputs, node.attrs = SPATIAL_MEAN_OP, node.inputs[:1], mean
