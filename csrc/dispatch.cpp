@@ -15,7 +15,8 @@ constexpr IsaKernels kGeneric{"generic",           always,
                                quantize_w4a8_generic,      layer_norm_s8_generic,
                                quantize_s8_generic,        attention_f32_generic,
                                layer_norm_f32_generic,     softmax_f32_generic,
-                               max_pool_f32_generic};
+                               max_pool_f32_generic,       group_norm_sums_generic,
+                               group_norm_apply_generic};
 
 const IsaKernels* best_available() {
     const IsaKernelList arch = arch_isa_kernels();

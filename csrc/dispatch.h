@@ -33,6 +33,8 @@ struct IsaKernels {
     LayerNormF32Kernel layer_norm_f32;
     SoftmaxF32Kernel softmax_f32;
     MaxPoolF32Kernel max_pool_f32;
+    GroupNormSumsKernel group_norm_sums;
+    GroupNormApplyKernel group_norm_apply;
     Int8PeakLoop int8_peak = nullptr;  // the compute roofs' loops, where written
     F32PeakLoop f32_peak = nullptr;
 };

@@ -49,21 +49,10 @@ constexpr int64_t kMinGroupNormElementsPerThread = int64_t{1} << 14;
 void sum_chunk(Sample& s, int64_t chunk) {
     const GroupNormF32Args& a = *s.a;
     const int64_t c = a.channels;
-    if (a.channels_last) {
-        double* sums = s.partial.data() + chunk * c;
-        for (int64_t j = 0; j < c; ++j) sums[j] = 0.0;
+    if (a.channels_last) {  // per-channel lanes: the active ISA's vectorized loop (group_norm_rows.h)
         const int64_t end = (chunk + 1) * kChunk < a.positions ? (chunk + 1) * kChunk : a.positions;
-        for (int64_t p = chunk * kChunk; p < end; ++p) {
-            const float* row = s.x + p * c;
-            if (s.squares) {
-                for (int64_t j = 0; j < c; ++j) {
-                    const double d = static_cast<double>(row[j] - s.mean[j]);
-                    sums[j] += d * d;
-                }
-            } else {
-                for (int64_t j = 0; j < c; ++j) sums[j] += static_cast<double>(row[j]);
-            }
-        }
+        active_isa().group_norm_sums(s.x + chunk * kChunk * c, end - chunk * kChunk, c, s.squares ? s.mean : nullptr,
+                                     s.partial.data() + chunk * c);
         return;
     }
     const float* plane = s.x + chunk * a.positions;
@@ -90,12 +79,17 @@ void normalize_chunk(const Sample& s, int64_t chunk) {
         const int64_t end = (chunk + 1) * kChunk < a.positions ? (chunk + 1) * kChunk : a.positions;
         first = chunk * kChunk * c;
         count = (end - chunk * kChunk) * c;
-        for (int64_t p = chunk * kChunk; p < end; ++p) {
-            const float* in = s.x + p * c;
-            float* out = s.y + p * c;
-            for (int64_t j = 0; j < c; ++j) {
-                out[j] = activate<kActivation>((in[j] - s.mean[j]) * s.factor[j] + a.shift[j]);
+        if constexpr (kActivation == GroupNormActivation::mish) {
+            for (int64_t p = chunk * kChunk; p < end; ++p) {
+                const float* in = s.x + p * c;
+                float* out = s.y + p * c;
+                for (int64_t j = 0; j < c; ++j) {
+                    out[j] = activate<kActivation>((in[j] - s.mean[j]) * s.factor[j] + a.shift[j]);
+                }
             }
+        } else {  // the active ISA's vectorized loop (group_norm_rows.h), the same floats
+            active_isa().group_norm_apply(s.x + first, s.y + first, end - chunk * kChunk, c, s.mean, s.factor,
+                                          a.shift, kActivation == GroupNormActivation::relu);
         }
     } else {
         first = chunk * a.positions;

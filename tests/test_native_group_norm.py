@@ -98,3 +98,22 @@ def test_output_stage_refuses_overlaps():
     with pytest.raises(ValueError, match="codes must not overlap x, out or residual"):
         native.group_norm_f32(x, 2, np.ones(8, np.float32), np.zeros(8, np.float32), **args, out=out,
                               codes=out.reshape(-1).view(np.int8)[:40].reshape(1, 8, 5), codes_scale=0.1)
+
+
+@pytest.mark.usefixtures("restore_dispatch")
+@pytest.mark.parametrize("activation", ["none", "relu", "mish"])
+@pytest.mark.parametrize("channels", [3, 16, 40, 64])  # below, at and past a vector of channels
+def test_every_isa_gives_the_same_bits(activation, channels):
+    """The channels-last loops run on the active ISA's vectorized copy (csrc/group_norm_rows.h); each lane is one
+    channel, so every ISA sums and scales in the same order: the same floats as the portable build."""
+    rng = np.random.default_rng(channels)
+    x = (rng.standard_normal((2, 70, channels)) * 3 + 1).astype(np.float32)  # 70 positions: two chunks
+    scale, shift = rng.uniform(0.5, 2, channels).astype(np.float32), rng.uniform(-1, 1, channels).astype(np.float32)
+    groups = 1 if channels == 3 else 4 if channels != 40 else 8
+    results = {}
+    for isa in native.available_isas():
+        native.set_isa(isa)
+        results[isa] = native.group_norm_f32(x, groups, scale, shift, epsilon=1e-5, channels_last=True,
+                                             activation=activation)
+    for isa, y in results.items():
+        np.testing.assert_array_equal(y, results["generic"], err_msg=isa)
