@@ -46,22 +46,9 @@ inline void pool_position(const WindowGeometry& g, const float* image, int64_t o
 
 inline void max_pool_f32_rows(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end) {
     const int64_t c = g.channels, image_size = g.in[0] * g.in[1] * g.in[2] * c;
-    int64_t o2 = begin % g.out[2], rest = begin / g.out[2];
-    int64_t o1 = rest % g.out[1];
-    rest /= g.out[1];
-    int64_t o0 = rest % g.out[0], n = rest / g.out[0];
-    for (int64_t position = begin; position < end; ++position) {
-        pool_position(g, x + n * image_size, o0, o1, o2, y + position * c);
-        if (++o2 == g.out[2]) {
-            o2 = 0;
-            if (++o1 == g.out[1]) {
-                o1 = 0;
-                if (++o0 == g.out[0]) {
-                    o0 = 0;
-                    ++n;
-                }
-            }
-        }
+    OutputPosition at(g, begin);
+    for (int64_t position = begin; position < end; ++position, at.next(g)) {
+        pool_position(g, x + at.n * image_size, at.o0, at.o1, at.o2, y + position * c);
     }
 }
 

@@ -204,13 +204,10 @@ void gather_window_rows(const WindowGeometry& geometry, size_t element_bytes, co
         if (inner_end[i] > g.out[i]) inner_end[i] = g.out[i];
     }
     const auto inner = [&](int i, int64_t o) { return o >= inner_begin[i] && o < inner_end[i]; };
-    // Row r is output position (n, o0, o1, o2), o2 fastest.
-    int64_t o2 = row_begin % g.out[2], rest = row_begin / g.out[2];
-    int64_t o1 = rest % g.out[1];
-    rest /= g.out[1];
-    int64_t o0 = rest % g.out[0], n = rest / g.out[0];
     uint8_t* dst = rows;
-    for (int64_t row = row_begin; row < row_end; ++row) {
+    OutputPosition at(g, row_begin);
+    for (int64_t row = row_begin; row < row_end; ++row, at.next(g)) {
+        const int64_t n = at.n, o0 = at.o0, o1 = at.o1, o2 = at.o2;
         const uint8_t* image = x + n * image_bytes;
         const int64_t first = o2 * g.stride[2] - g.pad_begin[2];
         if (g.dilation[2] == 1 && inner(0, o0) && inner(1, o1) && inner(2, o2)) {
@@ -234,16 +231,6 @@ void gather_window_rows(const WindowGeometry& geometry, size_t element_bytes, co
                         continue;
                     }
                     dst = gather_line(g, c_bytes, image + i0 * plane_bytes + i1 * line_bytes, first, dst);
-                }
-            }
-        }
-        if (++o2 == g.out[2]) {  // the next output position
-            o2 = 0;
-            if (++o1 == g.out[1]) {
-                o1 = 0;
-                if (++o0 == g.out[0]) {
-                    o0 = 0;
-                    ++n;
                 }
             }
         }

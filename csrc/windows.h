@@ -37,6 +37,27 @@ struct WindowGeometry {
     int64_t pad_begin[kMaxWindowDims] = {};
 };
 
+// Output position r of a 3-d geometry (as every kernel here sees it: fewer
+// spatial dimensions get leading size-1 ones) as (n, o0, o1, o2), o2 fastest,
+// and the walk to the next one.
+struct OutputPosition {
+    int64_t n, o0, o1, o2;
+
+    OutputPosition(const WindowGeometry& g, int64_t r)
+        : n(r / (g.out[2] * g.out[1] * g.out[0])), o0(r / (g.out[2] * g.out[1]) % g.out[0]),
+          o1(r / g.out[2] % g.out[1]), o2(r % g.out[2]) {}
+
+    void next(const WindowGeometry& g) {
+        if (++o2 < g.out[2]) return;
+        o2 = 0;
+        if (++o1 < g.out[1]) return;
+        o1 = 0;
+        if (++o0 < g.out[0]) return;
+        o0 = 0;
+        ++n;
+    }
+};
+
 // rows (batch * prod(out), prod(kernel) * channels) from x (batch, in...,
 // channels), both C-contiguous, elements of `element_bytes` bytes.
 void gather_windows(const WindowGeometry& g, size_t element_bytes, const uint8_t* x, uint8_t* rows);

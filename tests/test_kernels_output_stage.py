@@ -8,36 +8,15 @@ import pytest
 
 from edgevla import native
 
+from int8_kernels import INT8_KERNELS, operands, two_four
+
 pytestmark = [pytest.mark.skipif(not native.available(), reason="edgevla._C is not built"),
               pytest.mark.usefixtures("split_small_gemms", "restore_dispatch")]
 
 ISAS = native.available_isas() if native.available() else []
 
 
-def _two_four(w):
-    w = w.copy()
-    n, k = w.shape
-    w[:, : k // 4 * 4].reshape(n, k // 4, 4)[:, :, 1:3] = 0  # two zeros in every group of four
-    w[:, k // 4 * 4 + 2:] = 0  # and at most two non-zeros in a last, partial group (odd K)
-    return w
-
-
-KERNELS = {
-    "dense": (native.pack_weight_s8, native.gemm_s8s8_f32, lambda w: w),
-    "2:4": (native.pack_2to4_s8, native.gemm_2to4_s8s8_f32, _two_four),
-    "sparse": (native.pack_sparse_s8, native.gemm_sparse_s8s8_f32,
-               lambda w: np.where(np.random.default_rng(3).random(w.shape) < 0.9, 0, w).astype(np.int8)),
-}
-
-
-def _operands(rng, m, n, k, kind, per_token):
-    pack, gemm, shape_weight = KERNELS[kind]
-    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
-    w = shape_weight(rng.integers(-128, 128, (n, k), dtype=np.int8))
-    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
-    a_scale = rng.uniform(1e-2, 1e-1, m if per_token else 1).astype(np.float32)
-    bias = rng.normal(0, 1, n).astype(np.float32)
-    return a, w, w_scale, a_scale, bias, pack(w, w_scale), gemm
+KERNELS = INT8_KERNELS
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -52,7 +31,7 @@ def _operands(rng, m, n, k, kind, per_token):
 ])
 def test_stage_equals_the_steps_after_the_gemm(isa, kind, threads, m, n, k, per_token, residual, relu_after):
     rng = np.random.default_rng(m * 1000 + n + k)
-    a, w, w_scale, a_scale, bias, packed, gemm = _operands(rng, m, n, k, kind, per_token)
+    a, w, w_scale, a_scale, bias, packed, gemm = operands(rng, m, n, k, kind, per_token)
     skip = rng.normal(0, 2, (m, n + 5)).astype(np.float32)[:, :n] if residual else None  # a row-strided view
     scale = float(rng.uniform(0.01, 0.05))
     native.set_isa(isa)
@@ -73,7 +52,7 @@ def test_stage_equals_the_steps_after_the_gemm(isa, kind, threads, m, n, k, per_
 @pytest.mark.parametrize("kind", list(KERNELS))
 def test_relu_after_alone_and_codes_alone(kind):
     rng = np.random.default_rng(7)
-    a, w, w_scale, a_scale, bias, packed, gemm = _operands(rng, 40, 24, 48, kind, False)
+    a, w, w_scale, a_scale, bias, packed, gemm = operands(rng, 40, 24, 48, kind, False)
     skip = rng.normal(0, 2, (40, 24)).astype(np.float32)
     plain = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, residual=skip)
     np.testing.assert_array_equal(gemm(a, packed, a_scale, bias, residual=skip, relu_after=True),
@@ -93,7 +72,7 @@ def test_bad_stages_raise_one_clear_error():
     with pytest.raises(ValueError, match="codes and codes_scale come together"):
         native.gemm_s8s8_f32(a, packed, scale, codes=codes)
     with pytest.raises(ValueError, match="codes and codes_scale come together"):
-        native.gemm_2to4_s8s8_f32(a, native.pack_2to4_s8(_two_four(w), np.ones(16, np.float32)), scale,
+        native.gemm_2to4_s8s8_f32(a, native.pack_2to4_s8(two_four(w), np.ones(16, np.float32)), scale,
                                   codes_scale=0.1)
     for bad in (0.0, -1.0, float("nan"), float("inf"), 1e39):
         with pytest.raises(ValueError, match="codes_scale must be a positive finite float32"):

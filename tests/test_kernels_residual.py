@@ -7,6 +7,8 @@ import pytest
 
 from edgevla import native
 
+from int8_kernels import INT8_KERNELS, operands
+
 pytestmark = [pytest.mark.skipif(not native.available(), reason="edgevla._C is not built"),
               pytest.mark.usefixtures("split_small_gemms", "restore_dispatch")]
 
@@ -14,20 +16,7 @@ ISAS = native.available_isas() if native.available() else []
 ACTS = ["none", "relu", "gelu_tanh", "gelu_erf"]
 
 
-def _two_four(w):
-    w = w.copy()
-    n, k = w.shape
-    groups = w[:, : k // 4 * 4].reshape(n, k // 4, 4)
-    groups[:, :, 1:3] = 0  # two zeros in every group of four
-    return w
-
-
-KERNELS = {
-    "dense": (native.pack_weight_s8, native.gemm_s8s8_f32, lambda w: w),
-    "2:4": (native.pack_2to4_s8, native.gemm_2to4_s8s8_f32, _two_four),
-    "sparse": (native.pack_sparse_s8, native.gemm_sparse_s8s8_f32,
-               lambda w: np.where(np.random.default_rng(3).random(w.shape) < 0.9, 0, w).astype(np.int8)),
-}
+KERNELS = INT8_KERNELS
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -37,17 +26,12 @@ KERNELS = {
                                               (17, 16, 100, True)])
 def test_residual_is_added_last_bit_for_bit(isa, kind, act, m, n, k, per_token):
     rng = np.random.default_rng(m * 1000 + n + k)
-    pack, gemm, shape_weight = KERNELS[kind]
-    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
-    w = shape_weight(rng.integers(-128, 128, (n, k), dtype=np.int8))
-    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
-    a_scale = rng.uniform(1e-2, 1e-1, m if per_token else 1).astype(np.float32)
-    bias = rng.normal(0, 1, n).astype(np.float32)
+    a, w, w_scale, a_scale, bias, packed, gemm = operands(rng, m, n, k, kind, per_token)
     wide = rng.normal(0, 2, (m, n + 5)).astype(np.float32)
     residual = wide[:, :n]  # a row-strided view: read in place
     native.set_isa(isa)
     out = np.full((m, n + 3), np.nan, np.float32)  # poisoned, with 3 guard columns
-    got = gemm(a, pack(w, w_scale), a_scale, bias, act=act, out=out[:, :n], residual=residual)
+    got = gemm(a, packed, a_scale, bias, act=act, out=out[:, :n], residual=residual)
     without = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act)
     np.testing.assert_array_equal(got, without + residual)  # one float32 add, after the activation
     np.testing.assert_array_equal(got, native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, bias, act=act,

@@ -10,26 +10,15 @@ import pytest
 
 from edgevla import native
 
+from int8_kernels import INT8_KERNELS
+
 pytestmark = [pytest.mark.skipif(not native.available(), reason="edgevla._C is not built"),
               pytest.mark.usefixtures("split_small_gemms", "restore_dispatch")]
 
 ISAS = native.available_isas() if native.available() else []
 
 
-def _two_four(w):
-    w = w.copy()
-    n, k = w.shape
-    w[:, : k // 4 * 4].reshape(n, k // 4, 4)[:, :, 1:3] = 0
-    w[:, k // 4 * 4 + 2:] = 0
-    return w
-
-
-KERNELS = {
-    "dense": (native.pack_weight_s8, native.gemm_s8s8_f32, lambda w: w),
-    "2:4": (native.pack_2to4_s8, native.gemm_2to4_s8s8_f32, _two_four),
-    "sparse": (native.pack_sparse_s8, native.gemm_sparse_s8s8_f32,
-               lambda w: np.where(np.random.default_rng(3).random(w.shape) < 0.9, 0, w).astype(np.int8)),
-}
+KERNELS = INT8_KERNELS
 
 #: (batch, spatial, channels, kernel, strides, dilations, pads_begin, out, filters): 1-3 spatial dims, strides,
 #: dilations, padding, windows past the end (out larger than the input gives), more rows than a slab (64).

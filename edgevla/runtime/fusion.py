@@ -332,15 +332,9 @@ def _fuse_output_stages(graph: Graph) -> None:
         if layer.residual and reader is not None and reader.op_type == "Relu":
             absorbed.append(reader)
             out, relu_after = reader.outputs[0], True
-        quantize = _static_quantize_of(view, out)
-        if quantize is None and not relu_after:
+        outputs, codes_scale = _quantized_outputs(view, out, absorbed)
+        if codes_scale is None and not relu_after:
             continue
-        outputs, codes_scale = (out,), None
-        if quantize is not None:
-            q, codes_scale = quantize
-            absorbed.append(q)
-            float_read = out in view.outputs or any(r is not q for r, _ in view.readers.get(out, []))
-            outputs = (out, q.outputs[0]) if float_read else (q.outputs[0],)
         layer.set_output_stage(relu_after, codes_scale)
         if node.op_type == CONV_OP:
             node.attrs["conv"].keep_float = len(outputs) == 2 or codes_scale is None
@@ -362,15 +356,9 @@ def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
         if reader is not None and reader.op_type == "Relu":
             absorbed.append(reader)
             out, relu_after = reader.outputs[0], True
-    quantize = _static_quantize_of(view, out)
-    if quantize is None and residual is None:
+    outputs, codes_scale = _quantized_outputs(view, out, absorbed)
+    if codes_scale is None and residual is None:
         return
-    outputs, codes_scale = (out,), None
-    if quantize is not None:
-        q, codes_scale = quantize
-        absorbed.append(q)
-        float_read = out in view.outputs or any(r is not q for r, _ in view.readers.get(out, []))
-        outputs = (out, q.outputs[0]) if float_read else (q.outputs[0],)
     norm.set_output_stage(residual is not None, relu_after, codes_scale, keep_float=len(outputs) == 2)
     # At the Add's place when there is one (the skip may be computed after the GroupNorm), else at its own.
     fused = Node(node.name, GROUP_NORM_OP, inputs, outputs, node.attrs)
@@ -380,6 +368,19 @@ def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
         _replace(graph, absorbed[:2], fused)
         graph.nodes = [n for n in graph.nodes if not any(n is r for r in absorbed[2:])]
     view.refresh()
+
+
+def _quantized_outputs(view: _View, out: str, absorbed: list[Node]) -> tuple[tuple[str, ...], float | None]:
+    """The outputs of a node that also takes over a static int8 ``QuantizeLinear`` of ``out`` (appended to
+    ``absorbed``), and its scale: ``(codes,)``, or ``(out, codes)`` where something else reads ``out`` too;
+    ``((out,), None)`` when no such quantization reads ``out``."""
+    quantize = _static_quantize_of(view, out)
+    if quantize is None:
+        return (out,), None
+    q, codes_scale = quantize
+    absorbed.append(q)
+    float_read = out in view.outputs or any(r is not q for r, _ in view.readers.get(out, []))
+    return ((out, q.outputs[0]) if float_read else (q.outputs[0],)), codes_scale
 
 
 def _stageable_layer(node: Node) -> LinearLayer | None:

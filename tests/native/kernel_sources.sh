@@ -27,8 +27,7 @@ KERNEL_SOURCES=(
   arch/generic/gemm_w4_generic.cpp
   arch/generic/gemm_w4a8_generic.cpp
   arch/generic/layer_norm_s8_generic.cpp
-  arch/generic/max_pool_generic.cpp
-  arch/generic/group_norm_generic.cpp
+  arch/generic/encoder_rows_generic.cpp
 )
 
 # Baseline flags, one architecture.
@@ -43,8 +42,7 @@ AVX2_SOURCES=(
   arch/x86_64/gemm_w4_avx2.cpp
   arch/x86_64/gemm_w4a8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx2.cpp
-  arch/x86_64/max_pool_avx2.cpp
-  arch/x86_64/group_norm_avx2.cpp
+  arch/x86_64/encoder_rows_avx2.cpp
   arch/x86_64/attention_avx2.cpp
 )
 AVX2_FLAGS=(-mavx2 -mfma)
@@ -55,8 +53,7 @@ AVX512_SOURCES=(
   arch/x86_64/gemm_w4_avx512_vnni.cpp
   arch/x86_64/gemm_w4a8_avx512_vnni.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp
-  arch/x86_64/max_pool_avx512.cpp
-  arch/x86_64/group_norm_avx512.cpp
+  arch/x86_64/encoder_rows_avx512.cpp
   arch/x86_64/attention_avx512.cpp
 )
 AVX512_FLAGS=(-mavx512f -mavx512bw -mavx512vl -mavx512vnni)
@@ -78,11 +75,11 @@ NEON_DOT_FLAGS=(-march=armv8.2-a+dotprod)
 NO_TRAPPING_MATH_SOURCES=(
   windows.cpp
   arch/generic/layer_norm_s8_generic.cpp
-  arch/generic/max_pool_generic.cpp
+  arch/generic/encoder_rows_generic.cpp
   arch/x86_64/layer_norm_s8_avx2.cpp
   arch/x86_64/layer_norm_s8_avx512.cpp
-  arch/x86_64/max_pool_avx2.cpp
-  arch/x86_64/max_pool_avx512.cpp
+  arch/x86_64/encoder_rows_avx2.cpp
+  arch/x86_64/encoder_rows_avx512.cpp
 )
 
 # The float attention files (specified to a tolerance, not bit for bit): these
