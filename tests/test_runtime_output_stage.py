@@ -181,3 +181,22 @@ def test_output_stage_refuses_what_it_cannot_do(exports):
         layer.set_output_stage(True, None)
     with pytest.raises(EdgevlaError, match="output codes need a positive finite scale"):
         layer.set_output_stage(False, float("nan"))
+
+
+def test_a_linear_layer_with_a_broadcast_skip_then_relu_and_codes(tmp_path):
+    """A skip connection that broadcasts (a (1, K) value added to (N, K) rows) goes through NumPy, then the
+    layer's ReLU and codes: what ONNX Runtime computes, and the next layer reads the codes."""
+    rng = np.random.default_rng(9)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32) * 0.3, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32) * 0.3, "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "skip"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "skip", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 8]),
+                        helper.make_tensor_value_info("skip", onnx.TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [5, 4])], [w1, w2])
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = NativeModel(model_proto, precision="fp32")
+    assert [c.epilogue for c in model.plan()] == ["residual+relu", "-"]
+    feeds = {"x": rng.standard_normal((5, 8)).astype(np.float32), "skip": rng.standard_normal((1, 8)).astype(np.float32)}
+    np.testing.assert_allclose(model.run(feeds)["y"], _ort(model_proto, feeds)[0], rtol=0, atol=1e-5)

@@ -575,9 +575,9 @@ class LinearLayer:
                                f"output's shape")
         else:
             self._run(x2, y2)
-            if residual is not None:
-                np.add(y, residual, out=y)
-            codes = self.finish(y, codes)
+            if residual is not None:  # a residual that broadcasts may make the sum larger than y
+                y = np.add(y, residual, out=y if np.broadcast_shapes(shape, residual.shape) == shape else None)
+            codes = self.finish(y, codes if codes is not None and codes.shape == y.shape else None)
         return (y if keep_float else None), codes
 
     def stage_step(self, keep_float: bool) -> Callable:
