@@ -267,7 +267,11 @@ class ConvLayer:
     width x C``) values, then runs the layer's kernel on the rows (``int8-dynamic`` at the
     default precision: each row quantized, our threaded int8 GEMM; ``fp32``: NumPy's matmul;
     ``int8-static``: the input arrives as the graph's int8 codes, padded with code 0, the
-    zero point), bias and ReLU in its epilogue, and moves the output's channels back.
+    zero point), bias and ReLU in its epilogue, and moves the output's channels back. An
+    ``int8-static`` layer with the native gather skips the rows: its GEMM's threads gather
+    the windows they multiply (``windows=``, a ``native.WindowSpec`` kept per input shape).
+    With a skip connection (a second input) and the layer's output stage, a call returns
+    the float output, the int8 codes, or both (:meth:`_staged`).
 
     :mod:`.layout` sets ``input_last`` / ``output_last`` where the values around the layer are
     kept channels last, ``(N, *spatial, C)``: then the input needs no transpose (a 1x1
