@@ -83,21 +83,18 @@ class GroupNorm:
 
     def __call__(self, x: np.ndarray, residual: np.ndarray | None = None):
         """The normalized output; with an output stage, the codes too (or alone, without ``keep_float``)."""
-        y = self._normalized(x, residual)
-        if not isinstance(y, tuple):
-            return y
-        y, codes = y
+        y, codes = self._normalized(x, residual)
         if codes is None:
             return y
         return (y, codes) if self.keep_float else codes
 
-    def _normalized(self, x: np.ndarray, residual: np.ndarray | None):
+    def _normalized(self, x: np.ndarray, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the float output after the stage, the codes or None)."""
         n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
         g = self.groups
         if c != self.scale.size or x.ndim != self.rank or x.dtype != np.float32:
             raise EdgevlaError(f"GroupNorm of {self.scale.size} float32 channels (affine constants for rank "
                                f"{self.rank}) got an input of shape {x.shape} ({x.dtype})")
-        staged = residual is not None or self.relu_after or self.codes_scale is not None
         if self.native and (residual is None or (residual.shape == x.shape and residual.dtype == np.float32)):
             codes = None if self.codes_scale is None else np.empty(x.shape, np.int8)
             y = native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
@@ -105,12 +102,10 @@ class GroupNorm:
                                       activation=self.activation,
                                       residual=None if residual is None else np.ascontiguousarray(residual),
                                       relu_after=self.relu_after, codes=codes, codes_scale=self.codes_scale)
-            return (y, codes) if staged else y
+            return y, codes
         y = self._numpy(x) if not self.native else native.group_norm_f32(
             np.ascontiguousarray(x), g, self.scale, self.shift, epsilon=float(self.epsilon),
             channels_last=self.channels_last, activation=self.activation)
-        if not staged:
-            return y
         if residual is not None:
             y = y + residual  # may broadcast to a larger shape
         if self.relu_after:
