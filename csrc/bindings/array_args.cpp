@@ -287,6 +287,19 @@ void StageArg::check_disjoint(std::initializer_list<const ArrayArg*> others) con
     if (has_codes) bindings::check_disjoint(codes, others);
 }
 
+WindowGeometry windows_over(const WindowSpec& spec, const py::buffer_info& x) {
+    WindowGeometry g;
+    g.dims = spec.dims;
+    g.batch = x.shape[0];
+    g.channels = x.shape[x.ndim - 1];
+    for (int i = 0; i < spec.dims; ++i) {
+        g.in[i] = x.shape[1 + i];
+        g.kernel[i] = spec.kernel[i], g.stride[i] = spec.stride[i], g.dilation[i] = spec.dilation[i];
+        g.pad_begin[i] = spec.pad_begin[i], g.out[i] = spec.out[i];
+    }
+    return g;
+}
+
 LeftArg left_arg(py::handle a, py::handle windows) {
     LeftArg arg;
     if (windows.is_none()) {
@@ -312,17 +325,11 @@ LeftArg left_arg(py::handle a, py::handle windows) {
         }
         expected *= info.shape[i];
     }
-    WindowGeometry& g = arg.source.geometry;
-    g.dims = spec.dims;
-    g.batch = info.shape[0];
-    g.channels = info.shape[info.ndim - 1];
+    // Any output size is safe: a window reads x only inside it, and zeros elsewhere (as pads do).
+    const WindowGeometry& g = arg.source.geometry = windows_over(spec, info);
     arg.m = g.batch;
     arg.k = g.channels;
-    for (int i = 0; i < spec.dims; ++i) {
-        g.in[i] = info.shape[1 + i];
-        g.kernel[i] = spec.kernel[i], g.stride[i] = spec.stride[i], g.dilation[i] = spec.dilation[i];
-        g.pad_begin[i] = spec.pad_begin[i], g.out[i] = spec.out[i];
-        // Any output size is safe: a window reads x only inside it, and zeros elsewhere (as pads do).
+    for (int i = 0; i < g.dims; ++i) {
         arg.m *= g.out[i];
         arg.k *= g.kernel[i];
     }

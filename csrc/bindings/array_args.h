@@ -108,6 +108,10 @@ struct WindowSpec {
     int64_t pad_begin[kMaxWindowDims] = {}, out[kMaxWindowDims] = {};
 };
 
+// The geometry of spec's windows over x, C-contiguous (N, spatial..., C) with
+// spec.dims spatial dimensions (the caller checks the rank).
+WindowGeometry windows_over(const WindowSpec& spec, const py::buffer_info& x);
+
 // The left operand of an int8 GEMM: `a` itself, an int8 (M, K) matrix with
 // contiguous rows; or, with `windows` (a WindowSpec), the windows over `a`, a
 // C-contiguous int8 (N, spatial..., C) array: M = N x prod(out) and

@@ -77,6 +77,23 @@ std::vector<int64_t> sizes(const std::vector<int64_t>& values, const char* what,
     return values;
 }
 
+// The windows of `dims` spatial dimensions the five lists describe, validated (one value per dimension;
+// kernel, strides, dilations and out >= 1, pads_begin >= 0).
+WindowSpec spec_of(int dims, const std::vector<int64_t>& kernel, const std::vector<int64_t>& strides,
+                   const std::vector<int64_t>& dilations, const std::vector<int64_t>& pads_begin,
+                   const std::vector<int64_t>& out) {
+    const auto k = sizes(kernel, "kernel", dims, 1), s = sizes(strides, "strides", dims, 1);
+    const auto d = sizes(dilations, "dilations", dims, 1), p = sizes(pads_begin, "pads_begin", dims, 0);
+    const auto o = sizes(out, "out", dims, 1);
+    WindowSpec spec;
+    spec.dims = dims;
+    for (int i = 0; i < dims; ++i) {
+        spec.kernel[i] = k[i], spec.stride[i] = s[i], spec.dilation[i] = d[i], spec.pad_begin[i] = p[i];
+        spec.out[i] = o[i];
+    }
+    return spec;
+}
+
 // The geometry of windows over x (N, spatial..., C), validated.
 WindowGeometry window_geometry(const py::buffer_info& x, const std::vector<int64_t>& kernel,
                                const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations,
@@ -86,18 +103,7 @@ WindowGeometry window_geometry(const py::buffer_info& x, const std::vector<int64
         throw py::value_error("x must be (N, spatial..., C) with 1 to 3 spatial dimensions, got shape " +
                               shape_text(x.shape));
     }
-    WindowGeometry g;
-    g.dims = dims;
-    g.batch = x.shape[0];
-    g.channels = x.shape[x.ndim - 1];
-    const auto k = sizes(kernel, "kernel", dims, 1), s = sizes(strides, "strides", dims, 1);
-    const auto d = sizes(dilations, "dilations", dims, 1), p = sizes(pads_begin, "pads_begin", dims, 0);
-    const auto o = sizes(out, "out", dims, 1);
-    for (int i = 0; i < dims; ++i) {
-        g.in[i] = x.shape[1 + i];
-        g.kernel[i] = k[i], g.stride[i] = s[i], g.dilation[i] = d[i], g.pad_begin[i] = p[i], g.out[i] = o[i];
-    }
-    return g;
+    return windows_over(spec_of(dims, kernel, strides, dilations, pads_begin, out), x);
 }
 
 bool overlap(const py::buffer_info& a, const py::buffer_info& b) {
@@ -259,16 +265,7 @@ WindowSpec window_spec(const std::vector<int64_t>& kernel, const std::vector<int
         throw py::value_error("kernel must have 1 to 3 values (one per spatial dimension), got " +
                               std::to_string(dims));
     }
-    const auto k = sizes(kernel, "kernel", dims, 1), s = sizes(strides, "strides", dims, 1);
-    const auto d = sizes(dilations, "dilations", dims, 1), p = sizes(pads_begin, "pads_begin", dims, 0);
-    const auto o = sizes(out, "out", dims, 1);
-    WindowSpec spec;
-    spec.dims = dims;
-    for (int i = 0; i < dims; ++i) {
-        spec.kernel[i] = k[i], spec.stride[i] = s[i], spec.dilation[i] = d[i], spec.pad_begin[i] = p[i];
-        spec.out[i] = o[i];
-    }
-    return spec;
+    return spec_of(dims, kernel, strides, dilations, pads_begin, out);
 }
 
 }  // namespace
