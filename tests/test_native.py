@@ -254,6 +254,40 @@ def test_any_buffer_protocol_object_is_accepted():
     np.testing.assert_array_equal(np.asarray(out), reference_acc(a_np, w_np))
 
 
+def test_ndarrays_and_other_buffers_give_the_same_bits():
+    """NumPy arrays are read from their own fields, other objects through the buffer protocol: same result."""
+    rng = np.random.default_rng(11)
+    a, w = random_int8(rng, (5, 40)), random_int8(rng, (24, 40))
+    scale, a_scale = rng.uniform(0.01, 0.1, 24).astype(np.float32), np.array([0.05], np.float32)
+    packed = native.pack_weight_s8(w, scale)
+    as_buffer = memoryview(bytearray(a.tobytes())).cast("b", [5, 40])
+    out = memoryview(bytearray(5 * 24 * 4)).cast("f", [5, 24])
+    native.gemm_s8s8_f32(as_buffer, memoryview(packed), memoryview(a_scale), out=out)
+    np.testing.assert_array_equal(np.asarray(out), native.gemm_s8s8_f32(a, packed, a_scale))
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    ones, zeros = np.ones(8, np.float32), np.zeros(8, np.float32)
+    kw = dict(epsilon=1e-5, channels_last=True)
+    np.testing.assert_array_equal(native.group_norm_f32(memoryview(x), 2, ones, zeros, **kw),
+                                  native.group_norm_f32(x, 2, ones, zeros, **kw))
+
+
+@pytest.mark.parametrize("case", ["byte-swapped", "read-only out", "float64"])
+def test_ndarrays_the_fast_path_refuses_get_the_buffer_protocol_errors(case):
+    rng = np.random.default_rng(13)
+    a, w = random_int8(rng, (3, 8)), random_int8(rng, (16, 8))
+    packed = native.pack_weight_s8(w, np.full(16, 0.1, np.float32))
+    scale, out = np.array([0.5], np.float32), np.empty((3, 16), np.float32)
+    if case == "byte-swapped":
+        scale, error, message = scale.astype(">f4"), TypeError, "a_scale must have dtype float32, got byte-swapped float32"
+    elif case == "read-only out":
+        out.setflags(write=False)
+        error, message = ValueError, "out must be writable"
+    else:
+        scale, error, message = scale.astype(np.float64), TypeError, "a_scale must have dtype float32, got float64"
+    with pytest.raises(error, match=message):
+        native.gemm_s8s8_f32(a, packed, scale, out=out)
+
+
 def test_read_only_inputs_are_fine():
     rng = np.random.default_rng(12)
     a, w = random_int8(rng, (2, 9)), random_int8(rng, (3, 9))

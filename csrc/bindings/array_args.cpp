@@ -91,12 +91,28 @@ std::string strides_string(const py::buffer_info& info) {
     return text.str();
 }
 
+// The struct-module code NumPy exports for the scalar type.
+char struct_code(Scalar scalar) {
+    switch (scalar) {
+        case Scalar::int8: return 'b';
+        case Scalar::uint8: return 'B';
+        case Scalar::int32: return 'i';
+        case Scalar::float32: return 'f';
+    }
+    return '?';
+}
+
 [[noreturn]] void fail_type(const std::string& message) { throw py::type_error(message); }
 [[noreturn]] void fail_value(const std::string& message) { throw py::value_error(message); }
 
 // Requests the buffer and checks the element type; rank and layout are the
 // caller's business.
 py::buffer_info typed_buffer(py::handle obj, const char* name, Scalar scalar, Access access) {
+    py::buffer_info fast;
+    if (ndarray_buffer(obj, access == Access::write, &fast) && fast.itemsize == scalar_size(scalar) &&
+        fast.format[0] == struct_code(scalar)) {
+        return fast;
+    }
     if (!PyObject_CheckBuffer(obj.ptr())) {
         fail_type(std::string(name) + " must be an array of dtype " + scalar_name(scalar) +
                   " (a NumPy array or another object with the buffer protocol), got " +
@@ -121,6 +137,30 @@ py::buffer_info typed_buffer(py::handle obj, const char* name, Scalar scalar, Ac
 }
 
 }  // namespace
+
+bool ndarray_buffer(py::handle obj, bool writable, py::buffer_info* info) {
+    if (!py::isinstance<py::array>(obj)) return false;
+    const auto array = py::reinterpret_borrow<py::array>(obj);
+    if (writable && !array.writeable()) return false;
+    const py::dtype type = array.dtype();
+    const char order = type.byteorder();  // '=' native, '|' one byte, '<' / '>' explicit
+    const py::ssize_t itemsize = type.itemsize();
+    if (!(order == '=' || order == '|' || (order == '<') == kLittleEndian)) return false;
+    char code = 0;  // as NumPy's own export writes it for the types the kernels take
+    switch (type.kind()) {
+        case 'i': code = itemsize == 1 ? 'b' : itemsize == 4 ? 'i' : 0; break;
+        case 'u': code = itemsize == 1 ? 'B' : itemsize == 4 ? 'I' : 0; break;
+        case 'f': code = itemsize == 4 ? 'f' : itemsize == 8 ? 'd' : 0; break;
+        default: break;
+    }
+    const void* data = array.data();
+    if (code == 0 || reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(itemsize) != 0) return false;
+    const py::ssize_t ndim = array.ndim();
+    *info = py::buffer_info(const_cast<void*>(data), itemsize, std::string(1, code), ndim,
+                            std::vector<py::ssize_t>(array.shape(), array.shape() + ndim),
+                            std::vector<py::ssize_t>(array.strides(), array.strides() + ndim), !array.writeable());
+    return true;
+}
 
 bool ArrayArg::overlaps(const ArrayArg& other) const {
     if (size() == 0 || other.size() == 0) return false;

@@ -23,6 +23,17 @@ namespace py = pybind11;
 enum class Scalar { int8, uint8, int32, float32 };
 enum class Access { read, write };
 
+// A NumPy array's memory as a buffer_info read from the array's own fields,
+// without a PEP 3118 export: the export (format string, shape and strides
+// copied, released again) was most of a small kernel call's ~2 us of
+// validation. True when `obj` is an ndarray of a plain numeric type in native
+// byte order, aligned to its elements, and writable if `writable`; false for
+// anything else, which the caller then requests through the buffer protocol
+// (whose path also words every error). The array is the caller's argument and
+// stays referenced for the call; unlike an export this does not stop another
+// thread from resize(refcheck=False) on it while a kernel runs without the GIL.
+bool ndarray_buffer(py::handle obj, bool writable, py::buffer_info* info);
+
 // A validated array of rank 0, 1 or 2, seen as rows x cols with contiguous
 // rows: element (r, c) lives at data<T>()[r * ld + c]. Holding the Py_buffer
 // keeps the exporter's memory alive and unresizable while a kernel runs

@@ -42,10 +42,12 @@ HeadsArg heads_arg(py::handle obj, const std::string& name, bool writable) {
                              std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
     }
     HeadsArg arg;
-    try {
-        arg.info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
-    } catch (py::error_already_set&) {
-        throw py::value_error(name + (writable ? " must be a writable buffer" : " is not a readable buffer"));
+    if (!ndarray_buffer(obj, writable, &arg.info)) {
+        try {
+            arg.info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
+        } catch (py::error_already_set&) {
+            throw py::value_error(name + (writable ? " must be a writable buffer" : " is not a readable buffer"));
+        }
     }
     const py::buffer_info& info = arg.info;
     const std::string& f = info.format;

@@ -35,17 +35,8 @@ char element_kind(const py::buffer_info& info) {
     return 0;
 }
 
-py::buffer_info contiguous(py::handle obj, const char* name, bool writable) {
-    if (!PyObject_CheckBuffer(obj.ptr())) {
-        throw py::type_error(std::string(name) + " must be an int8, uint8 or float32 array, got " +
-                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
-    }
-    py::buffer_info info;
-    try {
-        info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
-    } catch (py::error_already_set&) {
-        throw py::value_error(std::string(name) + (writable ? " must be a writable array" : " is not readable"));
-    }
+// The element type, C order and alignment of a requested buffer.
+py::buffer_info checked_contiguous(py::buffer_info info, const char* name) {
     if (!element_kind(info)) {
         throw py::type_error(std::string(name) + " must be int8, uint8 or float32, got buffer format '" +
                              info.format + "'");
@@ -61,6 +52,21 @@ py::buffer_info contiguous(py::handle obj, const char* name, bool writable) {
         throw py::value_error(std::string(name) + " must be aligned to its element size");
     }
     return info;
+}
+
+py::buffer_info contiguous(py::handle obj, const char* name, bool writable) {
+    py::buffer_info info;
+    if (ndarray_buffer(obj, writable, &info)) return checked_contiguous(std::move(info), name);
+    if (!PyObject_CheckBuffer(obj.ptr())) {
+        throw py::type_error(std::string(name) + " must be an int8, uint8 or float32 array, got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    }
+    try {
+        info = py::reinterpret_borrow<py::buffer>(obj).request(writable);
+    } catch (py::error_already_set&) {
+        throw py::value_error(std::string(name) + (writable ? " must be a writable array" : " is not readable"));
+    }
+    return checked_contiguous(std::move(info), name);
 }
 
 std::vector<int64_t> sizes(const std::vector<int64_t>& values, const char* what, int dims, int64_t least) {
