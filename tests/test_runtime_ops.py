@@ -424,3 +424,15 @@ def test_work_arrays_are_shared_per_shape_and_private_per_thread():
     thread.start()
     thread.join()
     assert not np.shares_memory(seen[0], a)
+
+
+def test_expand_keeps_one_broadcast_shape_per_input_and_target_shape():
+    from edgevla.runtime import ops
+    expand = ops.compile_op("Expand", {}, [None, None], 18, 1, "expand").fn
+    rng = np.random.default_rng(3)
+    for x_shape, target in [((3, 1), (2, 1, 4)), ((1, 5), (4, 1)), ((3, 1), (2, 1, 4)), ((), (2, 3))] * 4:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        np.testing.assert_array_equal(expand(x, np.array(target, np.int64)),
+                                      np.broadcast_to(x, np.broadcast_shapes(x_shape, target)))
+    with pytest.raises(ValueError):
+        expand(np.zeros((3, 2), np.float32), np.array([4, 1], np.int64))

@@ -746,8 +746,18 @@ def _size(c):
 
 @register("Expand")
 def _expand(c):
+    # The broadcast shape per (input shape, requested shape): np.broadcast_shapes builds arrays to find it,
+    # 10-15 us a call inside a model's run (cold), most of the op's time.
+    shapes: dict[tuple, tuple[int, ...]] = {}
+
     def expand(x, shape):
-        return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(shape))))
+        key = (x.shape, tuple(_ints(shape)))
+        out_shape = shapes.get(key)
+        if out_shape is None:
+            if len(shapes) >= 8:
+                shapes.pop(next(iter(shapes)))
+            out_shape = shapes[key] = np.broadcast_shapes(*key)
+        return np.broadcast_to(x, out_shape)
     return expand
 
 
