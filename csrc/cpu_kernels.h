@@ -11,6 +11,7 @@
 #pragma once
 
 #include "gemm_s8s8.h"
+#include "group_norm_f32.h"
 #include "attention_f32.h"
 #include "layer_norm_s8.h"
 #include "windows.h"
@@ -108,19 +109,19 @@ void max_pool_f32_avx2(const WindowGeometry& g, const float* x, float* y, int64_
 void max_pool_f32_avx512(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end);
 
 // The channels-last GroupNorm loops (group_norm_rows.h): per-channel double sums of rows x rows of c values
-// (of (x - mean)^2 when mean is given), and y = act((x - mean) * factor + shift), act none or ReLU.
+// (of (x - mean)^2 when mean is given), and y = act((x - mean) * factor + shift), act none, ReLU or Mish.
 using GroupNormSumsKernel = void (*)(const float* x, int64_t rows, int64_t c, const float* mean, double* sums);
 using GroupNormApplyKernel = void (*)(const float* x, float* y, int64_t rows, int64_t c, const float* mean,
-                                      const float* factor, const float* shift, bool relu);
+                                      const float* factor, const float* shift, GroupNormActivation act);
 void group_norm_sums_generic(const float* x, int64_t rows, int64_t c, const float* mean, double* sums);
 void group_norm_apply_generic(const float* x, float* y, int64_t rows, int64_t c, const float* mean,
-                           const float* factor, const float* shift, bool relu);
+                           const float* factor, const float* shift, GroupNormActivation act);
 void group_norm_sums_avx2(const float* x, int64_t rows, int64_t c, const float* mean, double* sums);
 void group_norm_apply_avx2(const float* x, float* y, int64_t rows, int64_t c, const float* mean,
-                           const float* factor, const float* shift, bool relu);
+                           const float* factor, const float* shift, GroupNormActivation act);
 void group_norm_sums_avx512(const float* x, int64_t rows, int64_t c, const float* mean, double* sums);
 void group_norm_apply_avx512(const float* x, float* y, int64_t rows, int64_t c, const float* mean,
-                           const float* factor, const float* shift, bool relu);
+                           const float* factor, const float* shift, GroupNormActivation act);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

@@ -8,14 +8,14 @@
 #include "group_norm_rows.h"
 #include "max_pool_rows.h"
 
-#define EDGEVLA_ENCODER_ROWS_KERNELS(isa)                                                                            \
-    void max_pool_f32_##isa(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end) {         \
+#define EDGEVLA_ENCODER_ROWS_KERNELS(isa)                                                                          \
+    void max_pool_f32_##isa(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end) {       \
         max_pool_f32_rows(g, x, y, begin, end);                                                                    \
     }                                                                                                              \
-    void group_norm_sums_##isa(const float* x, int64_t rows, int64_t c, const float* mean, double* sums) {          \
+    void group_norm_sums_##isa(const float* x, int64_t rows, int64_t c, const float* mean, double* sums) {         \
         group_norm_sums_rows(x, rows, c, mean, sums);                                                              \
     }                                                                                                              \
-    void group_norm_apply_##isa(const float* x, float* y, int64_t rows, int64_t c, const float* mean,               \
-                                const float* factor, const float* shift, bool relu) {                              \
-        group_norm_apply_rows(x, y, rows, c, mean, factor, shift, relu);                                           \
+    void group_norm_apply_##isa(const float* x, float* y, int64_t rows, int64_t c, const float* mean,              \
+                                const float* factor, const float* shift, GroupNormActivation act) {                \
+        group_norm_apply_rows(x, y, rows, c, mean, factor, shift, act);                                            \
     }

@@ -1,4 +1,5 @@
 #include "group_norm_f32.h"
+#include "group_norm_rows.h"
 
 #include "dispatch.h"
 #include "epilogue_math.h"
@@ -14,14 +15,7 @@ namespace {
 template <GroupNormActivation kActivation>
 inline float activate(float v) {
     if constexpr (kActivation == GroupNormActivation::relu) return v > 0.0f ? v : 0.0f;
-    if constexpr (kActivation == GroupNormActivation::mish) {
-        // v tanh(log(1 + e^v)) = v n / (n + 2) with n = e^v (e^v + 2): one exp, not exp, log1p and tanh.
-        // Past v = 20, n / (n + 2) is 1 in float32 (and n would overflow from v = 44).
-        if (v > 20.0f) return v;
-        const float e = std::exp(v);
-        const float n = e * (e + 2.0f);
-        return v * (n / (n + 2.0f));
-    }
+    if constexpr (kActivation == GroupNormActivation::mish) return group_norm_mish(v);  // as every ISA's copy
     return v;
 }
 
@@ -31,8 +25,10 @@ struct Sample {
     const GroupNormF32Args* a;
     const float* x;
     float* y;
-    const float* residual;  // this sample's, or nullptr
-    int8_t* codes;          // this sample's, or nullptr
+    const float* film_scale;  // this sample's [channels], or nullptr
+    const float* film_shift;  // this sample's [channels], or nullptr
+    const float* residual;    // this sample's, or nullptr
+    int8_t* codes;            // this sample's, or nullptr
     int64_t chunks;
     std::vector<double> partial;  // [chunks][channels] channels last; [channels] channels first
     const float* mean;            // [channels], the group's mean per channel
@@ -69,6 +65,34 @@ void sum_chunk(Sample& s, int64_t chunk) {
     s.partial[static_cast<size_t>(chunk)] = sum;
 }
 
+// out = out * film_scale + film_shift per channel over one chunk's elements (either may be absent): a
+// multiply then an add, each rounded, as the graph's Mul and Add.
+void film_chunk(const Sample& s, int64_t chunk, float* out, int64_t count) {
+    const int64_t c = s.a->channels;
+    const float* scale = s.film_scale;
+    const float* shift = s.film_shift;
+    if (!s.a->channels_last) {  // one channel per chunk
+        if (scale != nullptr) {
+            const float f = scale[chunk];
+            for (int64_t i = 0; i < count; ++i) out[i] = out[i] * f;
+        }
+        if (shift != nullptr) {
+            const float t = shift[chunk];
+            for (int64_t i = 0; i < count; ++i) out[i] = out[i] + t;
+        }
+        return;
+    }
+    for (int64_t row = 0; row < count / c; ++row) {
+        float* __restrict o = out + row * c;
+        if (scale != nullptr) {
+            for (int64_t j = 0; j < c; ++j) o[j] = o[j] * scale[j];
+        }
+        if (shift != nullptr) {
+            for (int64_t j = 0; j < c; ++j) o[j] = o[j] + shift[j];
+        }
+    }
+}
+
 // y = act((x - mean) * factor + shift), then the stage, over one chunk.
 template <GroupNormActivation kActivation>
 void normalize_chunk(const Sample& s, int64_t chunk) {
@@ -79,18 +103,9 @@ void normalize_chunk(const Sample& s, int64_t chunk) {
         const int64_t end = (chunk + 1) * kChunk < a.positions ? (chunk + 1) * kChunk : a.positions;
         first = chunk * kChunk * c;
         count = (end - chunk * kChunk) * c;
-        if constexpr (kActivation == GroupNormActivation::mish) {
-            for (int64_t p = chunk * kChunk; p < end; ++p) {
-                const float* in = s.x + p * c;
-                float* out = s.y + p * c;
-                for (int64_t j = 0; j < c; ++j) {
-                    out[j] = activate<kActivation>((in[j] - s.mean[j]) * s.factor[j] + a.shift[j]);
-                }
-            }
-        } else {  // the active ISA's vectorized loop (group_norm_rows.h), the same floats
-            active_isa().group_norm_apply(s.x + first, s.y + first, end - chunk * kChunk, c, s.mean, s.factor,
-                                          a.shift, kActivation == GroupNormActivation::relu);
-        }
+        // the active ISA's vectorized loop (group_norm_rows.h), the same floats
+        active_isa().group_norm_apply(s.x + first, s.y + first, end - chunk * kChunk, c, s.mean, s.factor, a.shift,
+                                      kActivation);
     } else {
         first = chunk * a.positions;
         count = a.positions;
@@ -100,6 +115,7 @@ void normalize_chunk(const Sample& s, int64_t chunk) {
         for (int64_t p = 0; p < a.positions; ++p) out[p] = activate<kActivation>((in[p] - m) * f + shift);
     }
     float* out = s.y + first;
+    if (s.film_scale != nullptr || s.film_shift != nullptr) film_chunk(s, chunk, out, count);
     if (s.residual != nullptr) {
         const float* r = s.residual + first;
         for (int64_t i = 0; i < count; ++i) out[i] = out[i] + r[i];
@@ -177,6 +193,8 @@ void group_norm_f32(const GroupNormF32Args& a) {
     for (int64_t n = 0; n < a.batch; ++n) {
         s.x = a.x + n * sample_size;
         s.y = a.y + n * sample_size;
+        s.film_scale = a.film_scale == nullptr ? nullptr : a.film_scale + n * a.film_scale_stride;
+        s.film_shift = a.film_shift == nullptr ? nullptr : a.film_shift + n * a.film_shift_stride;
         s.residual = a.residual == nullptr ? nullptr : a.residual + n * sample_size;
         s.codes = a.codes == nullptr ? nullptr : a.codes + n * sample_size;
         channel_sums(s, false, sums);

@@ -13,8 +13,11 @@
 // per-channel affine constants with InstanceNormalization's per-group ones
 // folded in (runtime/group_norm.py). act: none, relu, or mish
 // (y tanh(log1p(exp(y))), computed as y n / (n + 2) with n = e^y (e^y + 2):
-// one exp per value). Then the output stage, where given (the graph's next
-// ops, run on each chunk while it is in cache):
+// one exp per value, a polynomial every ISA vectorizes: group_norm_rows.h).
+// Then the output stage, where given (the graph's next ops, run on each chunk
+// while it is in cache):
+//   y = y * film_scale[n][c]   (FiLM: a per sample and channel scale, as
+//   y = y + film_shift[n][c]    Diffusion Policy's conditional blocks apply)
 //   y = y + residual     (a skip connection, same shape and layout as y)
 //   y = max(y, 0)        (relu_after: edgevla_relu_f32)
 //   codes = clamp(round_half_even(y / codes_scale), -128, 127)   (quantize_s8)
@@ -39,6 +42,10 @@ struct GroupNormF32Args {
     const float* shift = nullptr;  // [channels]
     float epsilon = 1e-5f;
     GroupNormActivation activation = GroupNormActivation::none;
+    // [batch][channels], or [1][channels] for every sample (stride 0); or nullptr.
+    const float* film_scale = nullptr;
+    const float* film_shift = nullptr;
+    int64_t film_scale_stride = 0, film_shift_stride = 0;  // floats from one sample's row to the next
     const float* residual = nullptr;  // x's shape and layout, overlapping neither y nor codes; or nullptr
     bool relu_after = false;
     int8_t* codes = nullptr;  // x's shape and layout, or nullptr

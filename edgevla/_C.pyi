@@ -217,10 +217,12 @@ def max_pool_channels_last(x: Buffer, y: Buffer, kernel: list[int], strides: lis
     """MaxPool of a channels-last x into y (N, out..., C), positions outside x left out."""
 
 def group_norm_f32(x: Buffer, groups: int, scale: Buffer, shift: Buffer, *, epsilon: float, channels_last: bool,
-                   activation: str, out: Buffer, residual: Buffer | None = None, relu_after: bool = False,
+                   activation: str, out: Buffer, film_scale: Buffer | None = None,
+                   film_shift: Buffer | None = None, residual: Buffer | None = None, relu_after: bool = False,
                    codes: Buffer | None = None, codes_scale: float | None = None) -> None:
     """GroupNorm of float32 x in either layout, then none/relu/mish, into out (x itself allowed); then
-    + residual, max(., 0) with relu_after, int8 codes at codes_scale."""
+    * film_scale + film_shift ((N, C) or (1, C)), + residual, max(., 0) with relu_after, int8 codes at
+    codes_scale."""
 
 def to_channels_last(x: Buffer, y: Buffer) -> None:
     """x (N, C, spatial...) into y (N, spatial..., C)."""

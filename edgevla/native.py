@@ -376,8 +376,9 @@ def max_pool_channels_last(x: Any, y: Any, *, kernel: Sequence[int], strides: Se
 
 
 def group_norm_f32(x: Any, groups: int, scale: Any, shift: Any, *, epsilon: float, channels_last: bool,
-                   activation: str = "none", out: Any = None, residual: Any = None, relu_after: bool = False,
-                   codes: Any = None, codes_scale: float | None = None) -> np.ndarray:
+                   activation: str = "none", out: Any = None, film_scale: Any = None, film_shift: Any = None,
+                   residual: Any = None, relu_after: bool = False, codes: Any = None,
+                   codes_scale: float | None = None) -> np.ndarray:
     """GroupNorm of float32 ``x``, ``(N, C, *spatial)`` or with ``channels_last`` ``(N, *spatial, C)``.
 
     Per sample and group of ``C / groups`` channels: the mean, then the variance of the centered
@@ -385,14 +386,17 @@ def group_norm_f32(x: Any, groups: int, scale: Any, shift: Any, *, epsilon: floa
     * scale[c] / sqrt(var + epsilon) + shift[c])`` per channel in float32, ``act`` one of ``"none"``,
     ``"relu"``, ``"mish"`` (csrc/group_norm_f32.h). ``scale``/``shift``: float32 ``(C,)``. ``out``:
     C-contiguous float32 of x's shape, ``x`` itself allowed (a new array when None). Then the output
-    stage, as the int8 GEMMs': ``+ residual`` (float32, x's shape, apart from ``out``), ``max(., 0)``
-    with ``relu_after``, and the int8 ``codes`` (x's shape) at ``codes_scale``. Returns ``out``.
+    stage: FiLM, ``* film_scale`` and ``+ film_shift`` (float32 ``(N, C)``, or ``(1, C)`` for every
+    sample; either may be None), then as the int8 GEMMs': ``+ residual`` (float32, x's shape, apart
+    from ``out``), ``max(., 0)`` with ``relu_after``, and the int8 ``codes`` (x's shape) at
+    ``codes_scale``. Returns ``out``.
     """
     x = np.asarray(x)
     if out is None:
         out = np.empty(x.shape, np.float32)
     _compiled().group_norm_f32(x, groups, scale, shift, epsilon=epsilon, channels_last=channels_last,
-                               activation=activation, out=out, residual=residual, relu_after=relu_after,
+                               activation=activation, out=out, film_scale=film_scale, film_shift=film_shift,
+                               residual=residual, relu_after=relu_after,
                                codes=codes, codes_scale=codes_scale)
     return out
 

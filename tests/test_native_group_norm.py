@@ -44,6 +44,8 @@ def test_matches_float64_group_norm_with_per_channel_affine(shape, groups, chann
     (dict(epsilon=float("nan")), ValueError, "epsilon must be finite and >= 0"),
     (dict(out=np.empty((2, 8, 4), np.float32)), ValueError, r"out must have the shape of x \(2, 8, 3\)"),
     (dict(residual=np.ones((2, 8, 4), np.float32)), ValueError, "residual must be float32 of the shape of x"),
+    (dict(film_scale=np.ones((2, 8, 1), np.float32)), ValueError, r"film_scale must be float32 of shape \(2, 8\)"),
+    (dict(film_shift=np.ones((3, 8), np.float32)), ValueError, r"or \(1, 8\), got \(3, 8\)"),
     (dict(codes=np.empty((2, 8, 3), np.int8)), ValueError, "codes and codes_scale come together"),
     (dict(codes=np.empty((2, 8, 3), np.uint8), codes_scale=0.1), ValueError, "codes must be int8 of the shape"),
     (dict(codes=np.empty((2, 8, 3), np.int8), codes_scale=0.0), ValueError, "codes_scale must be a positive finite"),
@@ -87,6 +89,58 @@ def test_output_stage_equals_the_steps_after_it_on_any_thread_count(channels_las
         assert (codes[x.size:] == 99).all()
         results.append((plain, got))
     np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+@pytest.mark.usefixtures("restore_dispatch")
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("film", ["scale-and-shift", "scale", "shift"])
+def test_film_is_numpys_multiply_then_add_per_sample_and_channel(channels_last, film):
+    """FiLM in the same pass, after Mish and before the residual and the codes: NumPy's multiply by the (N, C)
+    scale and add of the (1, C) shift (broadcast to every sample), bit for bit, on every ISA and thread count."""
+    rng = np.random.default_rng(8)
+    shape = (3, 32, 150)  # 150 positions: chunks split over 2 threads
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    scale, shift = rng.uniform(0.5, 2, 32).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
+    film_scale = rng.standard_normal((3, 32)).astype(np.float32) if film != "shift" else None
+    film_shift = rng.standard_normal((1, 32)).astype(np.float32) if film != "scale" else None
+    skip = rng.standard_normal(shape).astype(np.float32)
+    per_channel = (lambda v: v[:, None, :]) if channels_last else (lambda v: v[:, :, None])
+    if channels_last:
+        x, skip = (np.ascontiguousarray(np.moveaxis(v, 1, -1)) for v in (x, skip))
+    common = dict(epsilon=1e-5, channels_last=channels_last, activation="mish")
+    for isa in native.available_isas():
+        native.set_isa(isa)
+        for threads in (1, 2):
+            native.set_num_threads(threads)
+            want = native.group_norm_f32(x, 4, scale, shift, **common)
+            if film_scale is not None:
+                want = want * per_channel(film_scale)
+            if film_shift is not None:
+                want = want + per_channel(film_shift)
+            codes = np.empty(x.shape, np.int8)
+            got = native.group_norm_f32(x, 4, scale, shift, **common, film_scale=film_scale, film_shift=film_shift,
+                                        residual=skip, codes=codes, codes_scale=0.05)
+            np.testing.assert_array_equal(got, want + skip, err_msg=f"{isa}, {threads} threads")
+            np.testing.assert_array_equal(codes, native.quantize_s8_ref((want + skip).reshape(-1, x.shape[-1]),
+                                                                        scale=0.05).reshape(x.shape))
+
+
+@pytest.mark.usefixtures("restore_dispatch")
+def test_mish_is_within_a_few_ulp_of_float64_over_its_whole_range():
+    """Mish's exp is a polynomial (csrc/group_norm_rows.h), checked against float64 from -100 to 100 and at
+    NaN and the infinities, on every ISA. Each value is its own group of one position, so the normalized value
+    is 0 and the output is act(shift): the shift carries the values."""
+    v = np.concatenate([np.linspace(-100, 100, 20001), [-40.0, -39.99, 20.0, 20.01, 0.0, np.nan, np.inf,
+                                                         -np.inf]]).astype(np.float32)
+    x = np.zeros((1, 1, v.size), np.float32)
+    t = torch.from_numpy(v[:-3].astype(np.float64))
+    want = (t * torch.tanh(F.softplus(t))).numpy()
+    for isa in native.available_isas():
+        native.set_isa(isa)
+        got = native.group_norm_f32(x, v.size, np.ones(v.size, np.float32), v, epsilon=1.0, channels_last=True,
+                                    activation="mish").reshape(-1)
+        np.testing.assert_allclose(got[:-3], want, rtol=4e-7, atol=2e-16, err_msg=isa)
+        assert np.isnan(got[-3]) and got[-2] == np.inf and np.isnan(got[-1]), isa  # as torch.nn.functional.mish
 
 
 def test_output_stage_refuses_overlaps():

@@ -99,7 +99,7 @@ def _step_by_step(path, precision, monkeypatch):
     """The model with no output stages and no skip connection absorbed by a convolution or linear layer."""
     with monkeypatch.context() as m:
         m.setattr(fusion, "_fuse_output_stages", lambda graph: None)
-        m.setattr(fusion, "_skip_input", lambda view, reader, out: None)
+        m.setattr(fusion, "_skip_input", lambda view, reader, out, op="Add": None)
         return NativeModel(path, precision=precision)
 
 
@@ -200,3 +200,56 @@ def test_a_linear_layer_with_a_broadcast_skip_then_relu_and_codes(tmp_path):
     assert [c.epilogue for c in model.plan()] == ["residual+relu", "-"]
     feeds = {"x": rng.standard_normal((5, 8)).astype(np.float32), "skip": rng.standard_normal((1, 8)).astype(np.float32)}
     np.testing.assert_allclose(model.run(feeds)["y"], _ort(model_proto, feeds)[0], rtol=0, atol=1e-5)
+
+
+class ConditionalBlock(nn.Module):
+    """Diffusion Policy's conditional residual block (1-d U-Net): conv-GroupNorm-Mish, FiLM by the condition
+    (a linear layer's scale and bias per channel, or its bias alone), conv-GroupNorm-Mish, + a 1x1 conv of the
+    input; then the head."""
+
+    def __init__(self, predict_scale: bool):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 12), low=-1, high=1),
+                                             TensorSpec("cond", (5,), low=-1, high=1)),
+                               action=TensorSpec("a", (6, 12)))
+        self.predict_scale = predict_scale
+        block = lambda c_in: nn.Sequential(nn.Conv1d(c_in, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Mish())
+        self.b1, self.b2 = block(6), block(16)
+        self.cond = nn.Sequential(nn.Mish(), nn.Linear(5, 32 if predict_scale else 16))
+        self.res, self.out = nn.Conv1d(6, 16, 1), nn.Conv1d(16, 6, 1)
+
+    def forward(self, x, cond):
+        h = self.b1(x)
+        embed = self.cond(cond).unsqueeze(-1)
+        if self.predict_scale:
+            scale, bias = embed.reshape(embed.shape[0], 2, 16, 1)[:, 0], embed.reshape(embed.shape[0], 2, 16, 1)[:, 1]
+            h = scale * h + bias
+        else:
+            h = h + embed
+        return self.out(self.b2(h) + self.res(x))
+
+
+@pytest.mark.parametrize("predict_scale", [True, False], ids=["scale-and-bias", "bias"])
+@pytest.mark.parametrize("form", ["w8a8", "fp32"])
+def test_group_norm_takes_film_scale_and_bias(predict_scale, form, tmp_path, monkeypatch):
+    """The GroupNorm + Mish step multiplies by FiLM's scale and adds its bias ((N, C, 1) values computed from the
+    condition) in its own pass, then quantizes for the next convolution: no Mul or Add left between, the same bits
+    as the graph step by step, and ONNX Runtime's numbers."""
+    torch.manual_seed(1)
+    policy = ConditionalBlock(predict_scale).eval()
+    batches = [tuple(torch.from_numpy(v) for v in policy.spec.example(8, seed=s).values()) for s in range(4)]
+    path = (export_qdq(quantize_policy(policy, "w8a8", batches=batches).model, tmp_path / "q.onnx") if form == "w8a8"
+            else export_onnx(policy, tmp_path / "f.onnx"))
+    precision = "int8" if form == "w8a8" else "fp32"
+    model = NativeModel(path, precision=precision)
+    graph = model._program.graph
+    filmed = [n.attrs["norm"] for n in graph.nodes if n.op_type == GROUP_NORM_OP and n.attrs["norm"].residual]
+    assert len(filmed) == 1 and filmed[0].scaled == predict_scale and filmed[0].activation == "mish"
+    assert (filmed[0].codes_scale is not None) == (form == "w8a8")  # the next convolution's int8 input
+    assert "Mul" not in model.op_count() and model.op_count().get("Add", 0) == 0
+    obs = policy.spec.example(3, seed=2)
+    got = model.run(obs)["a"]
+    np.testing.assert_array_equal(got, _step_by_step(path, precision, monkeypatch).run(obs)["a"])
+    expected = (reference_session(path) if form == "w8a8" else None)
+    expected = expected.run(None, obs)[0] if expected is not None else _ort(onnx.load(str(path)), obs)[0]
+    assert np.abs(got - expected).max() < (2e-3 if form == "w8a8" else 1e-4) * max(1.0, np.abs(expected).max())

@@ -190,6 +190,17 @@ const float* channel_constants(const py::buffer_info& v, const char* name, int64
     return static_cast<const float*>(v.ptr);
 }
 
+// A FiLM operand: float32 (N, C), or (1, C) for every sample (stride 0).
+const float* film_rows(const py::buffer_info& v, const char* name, int64_t batch, int64_t channels, int64_t* stride) {
+    if (element_kind(v) != 'f' || v.ndim != 2 || (v.shape[0] != batch && v.shape[0] != 1) || v.shape[1] != channels) {
+        throw py::value_error(std::string(name) + " must be float32 of shape (" + std::to_string(batch) + ", " +
+                              std::to_string(channels) + ") or (1, " + std::to_string(channels) + "), got " +
+                              shape_text(v.shape));
+    }
+    *stride = v.shape[0] == 1 ? 0 : channels;
+    return static_cast<const float*>(v.ptr);
+}
+
 GroupNormActivation group_norm_activation(const std::string& name) {
     if (name == "none") return GroupNormActivation::none;
     if (name == "relu") return GroupNormActivation::relu;
@@ -198,8 +209,9 @@ GroupNormActivation group_norm_activation(const std::string& name) {
 }
 
 void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::handle shift_obj, double epsilon,
-                   bool channels_last, const std::string& activation, py::handle out_obj, py::handle residual_obj,
-                   bool relu_after, py::handle codes_obj, py::handle codes_scale) {
+                   bool channels_last, const std::string& activation, py::handle out_obj, py::handle film_scale_obj,
+                   py::handle film_shift_obj, py::handle residual_obj, bool relu_after, py::handle codes_obj,
+                   py::handle codes_scale) {
     const py::buffer_info x = contiguous(x_obj, "x", false);
     const py::buffer_info out = contiguous(out_obj, "out", true);
     if (element_kind(x) != 'f' || element_kind(out) != 'f') throw py::type_error("x and out must be float32");
@@ -223,7 +235,17 @@ void group_norm_py(py::handle x_obj, int64_t groups, py::handle scale_obj, py::h
     args.scale = channel_constants(scale, "scale", args.channels);
     args.shift = channel_constants(shift, "shift", args.channels);
     args.activation = group_norm_activation(activation);
-    py::buffer_info residual, codes;
+    py::buffer_info film_scale, film_shift, residual, codes;
+    if (!film_scale_obj.is_none()) {
+        film_scale = contiguous(film_scale_obj, "film_scale", false);
+        args.film_scale = film_rows(film_scale, "film_scale", args.batch, args.channels, &args.film_scale_stride);
+        if (overlap(film_scale, out)) throw py::value_error("film_scale must not overlap out");
+    }
+    if (!film_shift_obj.is_none()) {
+        film_shift = contiguous(film_shift_obj, "film_shift", false);
+        args.film_shift = film_rows(film_shift, "film_shift", args.batch, args.channels, &args.film_shift_stride);
+        if (overlap(film_shift, out)) throw py::value_error("film_shift must not overlap out");
+    }
     if (!residual_obj.is_none()) {
         residual = contiguous(residual_obj, "residual", false);
         if (element_kind(residual) != 'f' || residual.shape != x.shape) {
@@ -299,12 +321,13 @@ void register_encoders(py::module_& m) {
           "Writes x (N, C, spatial...) channels last into y (N, spatial..., C).");
     m.def("group_norm_f32", &group_norm_py, py::arg("x"), py::arg("groups"), py::arg("scale"), py::arg("shift"),
           py::kw_only(), py::arg("epsilon"), py::arg("channels_last"), py::arg("activation"), py::arg("out"),
-          py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
+          py::arg("film_scale") = py::none(), py::arg("film_shift") = py::none(), py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
           py::arg("codes_scale") = py::none(),
           "GroupNorm of float32 x (N, C, spatial...) or, channels_last, (N, spatial..., C) into out (x itself "
           "allowed): per sample and group, two-pass statistics, then act((x - mean) * scale / std + shift) per "
-          "channel (csrc/group_norm_f32.h); act 'none', 'relu' or 'mish'; then + residual, max(., 0) with "
-          "relu_after, and the int8 codes at codes_scale into codes.");
+          "channel (csrc/group_norm_f32.h); act 'none', 'relu' or 'mish'; then * film_scale and + film_shift "
+          "((N, C) or (1, C): per sample and channel), + residual, max(., 0) with relu_after, and the int8 codes "
+          "at codes_scale into codes.");
 }
 
 }  // namespace edgevla::bindings

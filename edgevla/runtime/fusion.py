@@ -49,7 +49,8 @@ Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
 7. **Output stages**: a linear layer, convolution or GroupNorm step takes
    over a ``Relu`` after its residual (a ResNet block's end; a convolution
    absorbs its block's skip ``Add`` in step 2 as a linear layer does, a
-   GroupNorm here) and then a static int8 ``QuantizeLinear`` of its output:
+   GroupNorm here, and FiLM's ``Mul`` and ``Add`` of a conditioning scale
+   and shift) and then a static int8 ``QuantizeLinear`` of its output:
    it writes the next int8 layer's codes itself, tile by tile in its threads,
    and its float output only where something else reads it
    (:func:`_fuse_output_stages`).
@@ -304,9 +305,10 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
         view.refresh()
 
 
-def _skip_input(view: _View, reader: Node | None, out: str) -> str | None:
-    """The other input of ``reader`` when it is an ``Add`` of ``out`` and a computed value (a skip connection)."""
-    if reader is None or reader.op_type != "Add":
+def _skip_input(view: _View, reader: Node | None, out: str, op: str = "Add") -> str | None:
+    """The other input of ``reader`` when it is an ``Add`` (or ``op``) of ``out`` and a computed value (a skip
+    connection; FiLM's scale, for a ``Mul``)."""
+    if reader is None or reader.op_type != op:
         return None
     other = _other(reader, out)
     return other if other and other != out and other not in view.graph.constants else None
@@ -343,30 +345,35 @@ def _fuse_output_stages(graph: Graph) -> None:
 
 
 def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
-    """The same for a GroupNorm step, which also takes over the skip ``Add`` after it (a GroupNorm ResNet's
-    block end: conv, GroupNorm, + skip, ReLU, then the next block's QuantizeLinear)."""
+    """The same for a GroupNorm step, which also takes over a ``Mul`` by a computed value and then an ``Add`` of
+    one after it: FiLM's scale and shift (Diffusion Policy's conditional blocks: conv, GroupNorm, Mish,
+    * scale + shift, then the next conv's QuantizeLinear), or the skip ``Add`` of a GroupNorm ResNet's block
+    end (conv, GroupNorm, + skip, ReLU, then the next block's QuantizeLinear)."""
     norm = node.attrs["norm"]
     absorbed, out, inputs, relu_after = [node], node.outputs[0], node.inputs, False
     reader = view.only_reader(out)
+    scale = _skip_input(view, reader, out, "Mul")
+    if scale is not None:
+        absorbed.append(reader)
+        out, inputs = reader.outputs[0], (*inputs, scale)
+        reader = view.only_reader(out)
     residual = _skip_input(view, reader, out)
     if residual is not None:
         absorbed.append(reader)
-        out, inputs = reader.outputs[0], (*node.inputs, residual)
+        out, inputs = reader.outputs[0], (*inputs, residual)
         reader = view.only_reader(out)
         if reader is not None and reader.op_type == "Relu":
             absorbed.append(reader)
             out, relu_after = reader.outputs[0], True
     outputs, codes_scale = _quantized_outputs(view, out, absorbed)
-    if codes_scale is None and residual is None:
+    if codes_scale is None and residual is None and scale is None:
         return
-    norm.set_output_stage(residual is not None, relu_after, codes_scale, keep_float=len(outputs) == 2)
-    # At the Add's place when there is one (the skip may be computed after the GroupNorm), else at its own.
-    fused = Node(node.name, GROUP_NORM_OP, inputs, outputs, node.attrs)
-    if residual is None:
-        _replace(graph, absorbed, fused, at_first=True)
-    else:
-        _replace(graph, absorbed[:2], fused)
-        graph.nodes = [n for n in graph.nodes if not any(n is r for r in absorbed[2:])]
+    norm.set_output_stage(residual is not None, relu_after, codes_scale, keep_float=len(outputs) == 2,
+                          scaled=scale is not None)
+    # At the last Mul's or Add's place (its operands may be computed after the GroupNorm), else at its own.
+    operands = 1 + (scale is not None) + (residual is not None)
+    _replace(graph, absorbed[:operands], Node(node.name, GROUP_NORM_OP, inputs, outputs, node.attrs))
+    graph.nodes = [n for n in graph.nodes if not any(n is r for r in absorbed[operands:])]
     view.refresh()
 
 

@@ -17,8 +17,9 @@ a ResNet-18 with GroupNorm spent as long in those six nodes and their
 transposes as in its twenty convolutions' GEMMs. The step runs
 :func:`edgevla.native.group_norm_f32` (C++) where the build has it, else NumPy
 (BLAS sums); both two-pass. The fusion may give the step an output stage
-(:meth:`GroupNorm.set_output_stage`): the skip connection added after it, a
-ReLU, and the next int8 layer's codes, in the same pass.
+(:meth:`GroupNorm.set_output_stage`): a computed value it is multiplied by
+(FiLM's scale), one added to it (FiLM's shift, or a skip connection), a ReLU,
+and the next int8 layer's codes, in the same pass.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class GroupNorm:
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
         self._channels_last = False
         self._ones: dict[int, np.ndarray] = {}
+        self._operand_rows: dict[tuple, tuple[int, int] | None] = {}  # per operand and input shape (_per_channel)
         self.channels_last = False
-        # The output stage (:meth:`set_output_stage`): a skip connection added, a ReLU after it, the int8 codes.
-        self.residual = self.relu_after = False
+        # The output stage (:meth:`set_output_stage`): a value multiplied, one added, a ReLU after it, the codes.
+        self.scaled = self.residual = self.relu_after = False
         self.codes_scale: float | None = None
         self.keep_float = True  # with codes, whether the float output is an output too
         self._quantize_codes = None
@@ -68,49 +70,74 @@ class GroupNorm:
         self._channels_last = bool(value)
         self._shift_view = self.shift.reshape((1, 1, -1) if self._channels_last else (1, -1, 1))
 
-    def set_output_stage(self, residual: bool, relu_after: bool, codes_scale: float | None, keep_float: bool) -> None:
-        """What the graph does to the output next, in the same pass (:mod:`.fusion`): ``+ residual`` (the step's
-        second input, a skip connection), a ReLU after it, and a static int8 ``QuantizeLinear`` (scale > 0,
-        zero point 0) whose codes the step returns, with the float output too if ``keep_float``."""
+    def set_output_stage(self, residual: bool, relu_after: bool, codes_scale: float | None, keep_float: bool,
+                         scaled: bool = False) -> None:
+        """What the graph does to the output next, in the same pass (:mod:`.fusion`): ``* scale`` where
+        ``scaled`` (the step's next input: FiLM's scale), ``+ residual`` (the input after that: FiLM's shift,
+        or a skip connection), a ReLU after it, and a static int8 ``QuantizeLinear`` (scale > 0, zero point
+        0) whose codes the step returns, with the float output too if ``keep_float``. The operands come in
+        the output's layout; per channel (FiLM's ``(N, C, 1)``) or of the output's shape, the native kernel
+        applies them, any other broadcast NumPy."""
         if relu_after and not residual:
             raise EdgevlaError("GroupNorm: a ReLU after the residual needs a residual")
         if codes_scale is not None and not (np.isfinite(codes_scale) and codes_scale > 0):
             raise EdgevlaError(f"GroupNorm: output codes need a positive finite scale, got {codes_scale}")
-        self.residual, self.relu_after, self.codes_scale = residual, relu_after, codes_scale
+        self.scaled, self.residual, self.relu_after, self.codes_scale = scaled, residual, relu_after, codes_scale
         self.keep_float = keep_float or codes_scale is None
         if codes_scale is not None:
             self._quantize_codes = quantize_symmetric_int8(np.float32(codes_scale))
 
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None):
-        """The normalized output; with an output stage, the codes too (or alone, without ``keep_float``)."""
-        y, codes = self._normalized(x, residual)
+    def __call__(self, x: np.ndarray, *operands: np.ndarray):
+        """The normalized output; with an output stage, the codes too (or alone, without ``keep_float``).
+        ``operands``: the stage's scale where :attr:`scaled`, then its residual where :attr:`residual`."""
+        scale = operands[0] if self.scaled else None
+        residual = operands[-1] if self.residual else None
+        y, codes = self._normalized(x, scale, residual)
         if codes is None:
             return y
         return (y, codes) if self.keep_float else codes
 
-    def _normalized(self, x: np.ndarray, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _normalized(self, x: np.ndarray, scale: np.ndarray | None,
+                    residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(the float output after the stage, the codes or None)."""
         n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
         g = self.groups
         if c != self.scale.size or x.ndim != self.rank or x.dtype != np.float32:
             raise EdgevlaError(f"GroupNorm of {self.scale.size} float32 channels (affine constants for rank "
                                f"{self.rank}) got an input of shape {x.shape} ({x.dtype})")
-        if self.native and (residual is None or (residual.shape == x.shape and residual.dtype == np.float32)):
+        film_scale = None if scale is None else self._per_channel(scale, x)
+        whole = residual is not None and residual.shape == x.shape and residual.dtype == np.float32
+        film_shift = None if residual is None or whole else self._per_channel(residual, x)
+        if self.native and (scale is None or film_scale is not None) and (residual is None or whole
+                                                                           or film_shift is not None):
             codes = None if self.codes_scale is None else np.empty(x.shape, np.int8)
             y = native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
                                       epsilon=float(self.epsilon), channels_last=self.channels_last,
-                                      activation=self.activation,
-                                      residual=None if residual is None else np.ascontiguousarray(residual),
+                                      activation=self.activation, film_scale=film_scale, film_shift=film_shift,
+                                      residual=np.ascontiguousarray(residual) if whole else None,
                                       relu_after=self.relu_after, codes=codes, codes_scale=self.codes_scale)
             return y, codes
         y = self._numpy(x) if not self.native else native.group_norm_f32(
             np.ascontiguousarray(x), g, self.scale, self.shift, epsilon=float(self.epsilon),
             channels_last=self.channels_last, activation=self.activation)
+        if scale is not None:
+            y = y * scale  # may broadcast to a larger shape
         if residual is not None:
-            y = y + residual  # may broadcast to a larger shape
+            y = y + residual
         if self.relu_after:
             np.maximum(y, np.float32(0), out=y)
         return y, None if self.codes_scale is None else self._quantize_codes(y)
+
+    def _per_channel(self, v: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+        """A stage operand that holds one value per sample (or for all) and channel, in ``x``'s layout, as the
+        ``(N or 1, C)`` rows the native kernel takes; None for any other."""
+        key = (v.shape, v.dtype.num, x.shape, self._channels_last)
+        rows = self._operand_rows.get(key, False)
+        if rows is False:  # decided once per shape: ~1 us a call otherwise
+            if len(self._operand_rows) >= 8:
+                self._operand_rows.pop(next(iter(self._operand_rows)))
+            rows = self._operand_rows[key] = _per_channel_rows(v, x.shape, self._channels_last)
+        return None if rows is None else np.ascontiguousarray(v.reshape(rows))
 
     def _numpy(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[0], x.shape[-1] if self.channels_last else x.shape[1]
@@ -145,6 +172,20 @@ class GroupNorm:
         elif self.activation == "mish":  # as the Mish op (runtime/ops.py)
             np.multiply(y, np.tanh(np.logaddexp(np.float32(0), y)), out=y)
         return y.reshape(x.shape)
+
+
+def _per_channel_rows(v: np.ndarray, x_shape: tuple[int, ...], channels_last: bool) -> tuple[int, int] | None:
+    """``(N or 1, C)`` when ``v`` broadcasts against a value of ``x_shape`` (in its layout) with one float32 per
+    sample (or one for all) and channel; else None."""
+    rank = len(x_shape)
+    if v.dtype != np.float32 or v.ndim > rank:
+        return None
+    shape = (1,) * (rank - v.ndim) + v.shape
+    axis = rank - 1 if channels_last else 1
+    if (shape[0] not in (1, x_shape[0]) or shape[axis] != x_shape[axis]
+            or any(d != 1 for i, d in enumerate(shape) if i not in (0, axis))):
+        return None
+    return shape[0], shape[axis]
 
 
 def fuse_group_norm(graph: Graph) -> int:

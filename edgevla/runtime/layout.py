@@ -143,8 +143,9 @@ def keep_channels_last(graph: Graph) -> int:
         elif node.op_type == GROUP_NORM_OP and node.inputs[0] in last and not outputs.intersection(node.outputs):
             node.attrs["norm"].channels_last = True
             last.update(node.outputs)
-            if len(node.inputs) > 1 and node.inputs[1] not in last:  # the skip it adds, in its layout
-                node.inputs = (node.inputs[0], broadcast_last(node.inputs[1], node.inputs[0]))
+            # the values its stage multiplies and adds (FiLM's scale and shift, a skip), in its layout
+            node.inputs = (node.inputs[0], *(i if i in last else broadcast_last(i, node.inputs[0])
+                                             for i in node.inputs[1:]))
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
             last.add(out)
