@@ -275,11 +275,14 @@ def test_op_matches_onnxruntime(case):
 def test_every_registered_op_has_a_case():
     from edgevla.runtime.conv import CHANNELS_LAST_POOLS
     from edgevla.runtime.conv import CONV_TRANSPOSE_LAST_OP
+    from edgevla.runtime.conv_transpose import PHASES_TO_SPACE_LAST_OP, PHASES_TO_SPACE_OP
     from edgevla.runtime.layout import BROADCAST_LAST_OP, SPATIAL_MEAN_OP, TO_CHANNELS_FIRST_OP
 
-    # The channels-last forms are checked against these cases' ops in test_runtime_layout.py.
+    # The channels-last forms are checked against these cases' ops in test_runtime_layout.py, the rewritten
+    # ConvTranspose's in test_runtime_conv_transpose.py.
     covered = ({c.op for c in CASES} | set(CHANNELS_LAST_POOLS.values())
-               | {TO_CHANNELS_FIRST_OP, SPATIAL_MEAN_OP, BROADCAST_LAST_OP, CONV_TRANSPOSE_LAST_OP})
+               | {TO_CHANNELS_FIRST_OP, SPATIAL_MEAN_OP, BROADCAST_LAST_OP, CONV_TRANSPOSE_LAST_OP,
+                  PHASES_TO_SPACE_OP, PHASES_TO_SPACE_LAST_OP})
     assert set(supported_ops()) - covered == set()
 
 

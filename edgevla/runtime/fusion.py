@@ -1,6 +1,9 @@
 """Graph rewrites of the native runtime: GELU subgraphs into one op, linear layers into one kernel call.
 
-Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order:
+Runs on a loaded, constant-folded :class:`~.graph.Graph`, in this order
+(after a ``ConvTranspose`` with a constant weight is rewritten as a ``Conv``
+and an interleaving reshape, :mod:`.conv_transpose`, so that step 2 makes it
+a layer like any other convolution):
 
 1. **GELU**: the exporter spells GELU as five nodes,
    ``Mul(x, Mul(0.5, Add(Erf(Div(x, sqrt 2)), 1)))`` (or with the 0.5 on
@@ -69,6 +72,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import fuse_attention
+from .conv_transpose import rewrite_conv_transposes
 from .graph import Graph, Node, QuantizedConstant
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
@@ -83,6 +87,7 @@ QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
 
 def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list[LinearLayer]:
     """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``)."""
+    rewrite_conv_transposes(graph)
     _fuse_gelu(graph)
     _merge_equal_quantizations(graph)
     _fuse_linears(graph, precision, arena)

@@ -15,8 +15,10 @@ values between convolutions channels last instead:
   ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
   between two same-rank tensors is the same under the same permutation;
 * ``MaxPool`` and ``AveragePool`` run on the channels-last window view
-  (:data:`~.conv.CHANNELS_LAST_POOLS`), ``ConvTranspose`` (a U-Net's
-  up-sampling) takes its rows and writes its patches channels last, a
+  (:data:`~.conv.CHANNELS_LAST_POOLS`), a ``ConvTranspose`` (a U-Net's
+  up-sampling) rewritten as a convolution interleaves its phases channels
+  last (:mod:`.conv_transpose`), one that is not takes its rows and writes
+  its patches channels last, a
   ``Concat`` of channels joins along the last axis, and ``edgevla.GroupNorm``
   reduces over a channels-last value as it lies;
 * a mean over every spatial axis (``GlobalAveragePool``, ``ReduceMean`` of
@@ -41,6 +43,7 @@ import numpy as np
 
 from ..errors import EdgevlaError
 from .conv import CHANNELS_LAST_POOLS, CONV_OP, CONV_TRANSPOSE_LAST_OP
+from .conv_transpose import PHASES_TO_SPACE_LAST_OP, PHASES_TO_SPACE_OP
 from .graph import Graph, Node
 from .group_norm import GROUP_NORM_OP
 from .ops import register
@@ -148,6 +151,9 @@ def keep_channels_last(graph: Graph) -> int:
                                              for i in node.inputs[1:]))
         elif node.op_type in CHANNELS_LAST_POOLS and node.inputs[0] in last and out not in outputs:
             node.op_type = CHANNELS_LAST_POOLS[node.op_type]
+            last.add(out)
+        elif node.op_type == PHASES_TO_SPACE_OP and node.inputs[0] in last and out not in outputs:
+            node.op_type = PHASES_TO_SPACE_LAST_OP  # a rewritten ConvTranspose's phases, interleaved as they lie
             last.add(out)
         elif (node.op_type == "ConvTranspose" and node.inputs[0] in last and out not in outputs
               and all(i in graph.constants for i in node.inputs[1:] if i)):
