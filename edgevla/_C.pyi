@@ -5,7 +5,9 @@ documentation. Array arguments accept any object with the buffer protocol
 (NumPy arrays, memoryviews, ``torch_tensor.numpy()``), read zero-copy. Bad
 arguments raise ``TypeError`` (not a buffer, wrong dtype) or ``ValueError``
 (wrong rank, shape, layout, alignment, read-only or overlapping ``out``)
-before any memory is touched.
+before any memory is touched. The functions the runtime calls once per step
+(``edgevla.native.RAW_FUNCTIONS``) take every argument by position too, in
+the order below: keyword parsing was a third of a small kernel call.
 """
 
 import sys
@@ -121,7 +123,6 @@ def gemm_s8s8_f32(
     packed: Buffer,
     a_scale: Buffer,
     bias: Buffer | None = None,
-    *,
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
@@ -138,7 +139,7 @@ def quantize_per_token(x: Buffer) -> tuple[NDArray[np.int8], NDArray[np.float32]
     """float32 (M, K) -> (q int8 (M, K), scale float32 (M,)), symmetric per row; ValueError on NaN/inf."""
 
 def layer_norm_s8(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, scale: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, scale: float, out: Buffer | None = None
 ) -> NDArray[np.int8]:
     """LayerNorm of float32 x (M, K) rows, then int8 codes clamp(rint(y / scale), -128, 127); ValueError on NaN/inf rows."""
 
@@ -148,7 +149,7 @@ def layer_norm_s8_ref(
     """The scalar reference of layer_norm_s8: identical codes."""
 
 def attention_f32(
-    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, *, divide: bool = False, out: Buffer | None = None
+    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, divide: bool = False, out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """softmax(scale(q_h @ k_h^T)) @ v_h on float32 (B, T, H, D) q and (B, S, H, D) k, v; the active ISA's kernel."""
 
@@ -157,14 +158,14 @@ def attention_f32_ref(
 ) -> NDArray[np.float32]:
     """The scalar reference of attention_f32."""
 
-def softmax_f32(x: Buffer, *, out: Buffer | None = None) -> NDArray[np.float32]:
+def softmax_f32(x: Buffer, out: Buffer | None = None) -> NDArray[np.float32]:
     """Softmax over each row of float32 x (M, K); the attention kernel's."""
 
 def softmax_f32_ref(x: Buffer, *, out: Buffer | None = None) -> NDArray[np.float32]:
     """The scalar reference of softmax_f32."""
 
 def layer_norm_f32(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """LayerNorm of float32 x (M, K) rows, float32 out; ValueError on NaN/inf rows."""
 
@@ -173,7 +174,7 @@ def layer_norm_f32_ref(
 ) -> NDArray[np.float32]:
     """The scalar reference of layer_norm_f32: identical floats."""
 
-def quantize_s8(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
+def quantize_s8(x: Buffer, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
     """float32 (M, K) -> int8 clamp(rint(x / scale), -128, 127), as QuantizeLinear with zero point 0."""
 
 def quantize_s8_ref(x: Buffer, *, scale: float, out: Buffer | None = None) -> NDArray[np.int8]:
@@ -216,7 +217,7 @@ def max_pool_channels_last(x: Buffer, y: Buffer, kernel: list[int], strides: lis
                            pads_begin: list[int], out: list[int]) -> None:
     """MaxPool of a channels-last x into y (N, out..., C), positions outside x left out."""
 
-def group_norm_f32(x: Buffer, groups: int, scale: Buffer, shift: Buffer, *, epsilon: float, channels_last: bool,
+def group_norm_f32(x: Buffer, groups: int, scale: Buffer, shift: Buffer, epsilon: float, channels_last: bool,
                    activation: str, out: Buffer, film_scale: Buffer | None = None,
                    film_shift: Buffer | None = None, residual: Buffer | None = None, relu_after: bool = False,
                    codes: Buffer | None = None, codes_scale: float | None = None) -> None:
@@ -259,7 +260,7 @@ def pack_w4(qdata: Buffer, scale: Buffer, group_size: int, *, k: int | None = No
     """Packs int4 codes (uint8 (N, ceil(K/2)), primitives layout) and scales (N, ceil(K/group)) into W4_N16K8."""
 
 def gemm_sparse_f32(
-    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, act: str = "none", out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """act(x @ w.T + bias) for float32 x (M, K) and a pack_sparse_f32 weight."""
 
@@ -268,7 +269,6 @@ def gemm_sparse_s8s8_f32(
     packed: Buffer,
     a_scale: Buffer,
     bias: Buffer | None = None,
-    *,
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
@@ -281,7 +281,7 @@ def gemm_sparse_s8s8_f32(
     stage as gemm_s8s8_f32's."""
 
 def gemm_2to4_f32(
-    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, act: str = "none", out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """act(x @ w.T + bias) for float32 x (M, K) and a pack_2to4_f32 weight."""
 
@@ -290,7 +290,6 @@ def gemm_2to4_s8s8_f32(
     packed: Buffer,
     a_scale: Buffer,
     bias: Buffer | None = None,
-    *,
     act: str = "none",
     out: Buffer | None = None,
     residual: Buffer | None = None,
@@ -303,12 +302,12 @@ def gemm_2to4_s8s8_f32(
     stage as gemm_s8s8_f32's."""
 
 def gemm_w4_f32(
-    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, act: str = "none", out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """act(x @ dequantize(w).T + bias) for float32 x (M, K) and a pack_w4 weight."""
 
 def gemm_w4a8_f32(
-    x: Buffer, packed: Buffer, bias: Buffer | None = None, *, act: str = "none", out: Buffer | None = None
+    x: Buffer, packed: Buffer, bias: Buffer | None = None, act: str = "none", out: Buffer | None = None
 ) -> NDArray[np.float32]:
     """gemm_w4_f32 with x quantized to int8 per weight group (W4A8), bit-identical to gemm_w4a8_f32_ref."""
 

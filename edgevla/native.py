@@ -98,6 +98,24 @@ def _compiled() -> Any:
     return _C
 
 
+#: The compiled functions the runtime calls once per step, positionally (:func:`raw`).
+RAW_FUNCTIONS = frozenset({
+    "gemm_s8s8_f32", "gemm_2to4_s8s8_f32", "gemm_sparse_s8s8_f32", "gemm_sparse_f32", "gemm_2to4_f32",
+    "gemm_w4_f32", "gemm_w4a8_f32", "group_norm_f32", "layer_norm_s8", "layer_norm_f32", "quantize_s8",
+    "softmax_f32", "attention_f32",
+})
+
+
+def raw(name: str) -> Any:
+    """The compiled function ``name`` (one of :data:`RAW_FUNCTIONS`) itself, for the runtime's per-step calls:
+    the arguments positionally, in the order of ``edgevla/_C.pyi``, which are this module's wrappers' own
+    parameters in order. It validates everything the wrapper's does; what it skips is the wrapper's frame and
+    the parsing of keyword arguments, 0.8 us of a 2.5 us small GEMM call."""
+    if name not in RAW_FUNCTIONS:
+        raise EdgevlaError(f"no raw per-step function {name!r}; there are {sorted(RAW_FUNCTIONS)}")
+    return getattr(_compiled(), name)
+
+
 def cpu_arch() -> str:
     """The CPU architecture the module was built for: ``"x86_64"`` or ``"aarch64"``."""
     return _compiled().cpu_arch()

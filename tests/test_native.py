@@ -635,3 +635,26 @@ def test_the_native_test_scripts_compile_what_cmake_compiles():
     assert ('set_property(SOURCE ${edgevla_attention_sources} APPEND PROPERTY COMPILE_OPTIONS\n'
             '  "-ffp-contract=fast;-O3;-fno-trapping-math")') in cmake
     assert '"-mavx2;-mfma"' in cmake
+
+
+def test_raw_functions_take_the_wrappers_arguments_by_position():
+    """The runtime's per-step calls (native.raw): every name resolves, arguments in the wrappers' order."""
+    assert all(callable(native.raw(name)) for name in native.RAW_FUNCTIONS)
+    with pytest.raises(EdgevlaError, match="no raw per-step function 'pack_weight_s8'"):
+        native.raw("pack_weight_s8")
+    rng = np.random.default_rng(21)
+    a, w = random_int8(rng, (3, 20)), random_int8(rng, (16, 20))
+    packed, a_scale = native.pack_weight_s8(w, np.full(16, 0.02, np.float32)), np.array([0.1], np.float32)
+    bias, skip = rng.standard_normal(16).astype(np.float32), rng.standard_normal((3, 16)).astype(np.float32)
+    out, codes = np.empty((3, 16), np.float32), np.empty((3, 16), np.int8)
+    native.raw("gemm_s8s8_f32")(a, packed, a_scale, bias, "relu", out, skip, True, codes, 0.05, None)
+    want_codes = np.empty((3, 16), np.int8)
+    want = native.gemm_s8s8_f32(a, packed, a_scale, bias, act="relu", residual=skip, relu_after=True,
+                                codes=want_codes, codes_scale=0.05)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(codes, want_codes)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    ones, zeros, y = np.ones(8, np.float32), np.zeros(8, np.float32), np.empty((2, 5, 8), np.float32)
+    native.raw("group_norm_f32")(x, 2, ones, zeros, 1e-5, True, "mish", y, None, None, None, False, None, None)
+    np.testing.assert_array_equal(y, native.group_norm_f32(x, 2, ones, zeros, epsilon=1e-5, channels_last=True,
+                                                           activation="mish"))

@@ -96,8 +96,12 @@ def test_the_native_kernel_takes_short_sequences_only(tokens, monkeypatch):
     from edgevla.runtime import attention
 
     calls = []
-    kernel = native.attention_f32
-    monkeypatch.setattr(native, "attention_f32", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    raw = native.raw
+
+    def counted(name):
+        kernel = raw(name)
+        return (lambda *a: calls.append(1) or kernel(*a)) if name == "attention_f32" else kernel
+    monkeypatch.setattr(native, "raw", counted)
     model = _attention_model(tokens=tokens)
     feeds = _feeds(2, tokens)
     y = NativeModel(model, precision="fp32").run(feeds)["y"]

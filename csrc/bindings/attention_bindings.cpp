@@ -162,7 +162,7 @@ py::object run_softmax(SoftmaxFn kernel, const py::object& x, const py::object& 
 void register_attention(py::module_& m) {
     m.def(
         "softmax_f32", [](const py::object& x, const py::object& out) { return run_softmax(softmax_f32, x, out); },
-        py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+        py::arg("x"), py::arg("out") = py::none(),
         "Softmax over each row of float32 x (M, K), K >= 1: the attention kernel's (csrc/attention_f32.h). Returns "
         "out, or a new float32 (M, K) array.");
     m.def(
@@ -172,7 +172,7 @@ void register_attention(py::module_& m) {
         "attention_f32",
         [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,
            const py::object& out) { return run_attention(attention_f32, q, k, v, scale, divide, out); },
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(), py::kw_only(),
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(),
         py::arg("divide") = false, py::arg("out") = py::none(),
         "softmax(scale(q_h @ k_h^T)) @ v_h per batch and head on float32 (B, T, H, D) q, (B, S, H, D) k and v; "
         "the active ISA's kernel, heads split over the thread pool (csrc/attention_f32.h).");

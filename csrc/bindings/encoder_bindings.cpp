@@ -320,7 +320,7 @@ void register_encoders(py::module_& m) {
     m.def("to_channels_last", &to_channels_last_py, py::arg("x"), py::arg("y"),
           "Writes x (N, C, spatial...) channels last into y (N, spatial..., C).");
     m.def("group_norm_f32", &group_norm_py, py::arg("x"), py::arg("groups"), py::arg("scale"), py::arg("shift"),
-          py::kw_only(), py::arg("epsilon"), py::arg("channels_last"), py::arg("activation"), py::arg("out"),
+          py::arg("epsilon"), py::arg("channels_last"), py::arg("activation"), py::arg("out"),
           py::arg("film_scale") = py::none(), py::arg("film_shift") = py::none(), py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
           py::arg("codes_scale") = py::none(),
           "GroupNorm of float32 x (N, C, spatial...) or, channels_last, (N, spatial..., C) into out (x itself "

@@ -455,31 +455,31 @@ void register_formats(py::module_& m) {
           "Packs int4 codes (uint8 (N, ceil(K / 2)), edgevla.quant.primitives layout) and float32 scales "
           "(N, ceil(K / group_size)) into W4_N16K8.");
     m.def("gemm_sparse_f32", &gemm_sparse_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
-          py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ w.T + bias) for float32 x and a pack_sparse_f32 weight, on the active ISA.");
     m.def("gemm_sparse_s8s8_f32", &gemm_sparse_s8_py, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
-          py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("out") = py::none(),
           py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
           py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
           "W8A8 GEMM on a pack_sparse_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the "
           "output stage and windows as gemm_s8s8_f32's.");
     m.def("gemm_2to4_f32", &gemm_2to4_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
-          py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ w.T + bias) for float32 x and a pack_2to4_f32 weight, on the active ISA.");
     m.def("gemm_2to4_s8s8_f32", &gemm_2to4_s8_py, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
-          py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("out") = py::none(),
           py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
           py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
           "W8A8 GEMM on a pack_2to4_s8 weight, bit-identical to gemm_s8s8_f32_ref on the dense weight; then the "
           "output stage and windows as gemm_s8s8_f32's.");
     m.def("gemm_w4_f32", &gemm_w4_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
-          py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ dequant(w).T + bias) for float32 x and a pack_w4 weight, on the active ISA.");
     m.def("gemm_f32_ref", &gemm_f32_ref_py, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::kw_only(),
           py::arg("act") = "none", py::arg("out") = py::none(),
           "Reference float32 GEMM, act(x @ w.T + bias), summed in double.");
     m.def("gemm_w4a8_f32", &gemm_w4a8_f32_py, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
-          py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("act") = "none", py::arg("out") = py::none(),
           "act(x @ dequant(w).T + bias) for a pack_w4 weight with x quantized to int8 per weight group (W4A8), on "
           "the active ISA; bit-identical to gemm_w4a8_f32_ref.");
     m.def("gemm_w4_f32_ref", &gemm_w4_ref_py<edgevla_gemm_w4_f32_ref>, py::arg("x"), py::arg("qdata"), py::arg("scale"),

@@ -206,7 +206,7 @@ void register_kernels(py::module_& m) {
           "Packs an int8 (N, K) weight and its float32 (N,) per-channel scales into the S8_N16K4 format "
           "(csrc/packed_formats.h). Returns a new uint8 array.");
     m.def("gemm_s8s8_f32", &gemm_s8s8_f32, py::arg("a"), py::arg("packed"), py::arg("a_scale"),
-          py::arg("bias") = py::none(), py::kw_only(), py::arg("act") = "none", py::arg("out") = py::none(),
+          py::arg("bias") = py::none(), py::arg("act") = "none", py::arg("out") = py::none(),
           py::arg("residual") = py::none(), py::arg("relu_after") = false, py::arg("codes") = py::none(),
           py::arg("codes_scale") = py::none(), py::arg("windows") = py::none(),
           "W8A8 GEMM on the active ISA: act((a @ w.T) * (a_scale * w_scale) + bias) (+ residual) in float32, "

@@ -139,7 +139,7 @@ void register_norms(py::module_& m) {
         "layer_norm_s8",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon, double scale,
            const py::object& out) { return run_layer_norm_s8(layer_norm_s8, x, gamma, beta, epsilon, scale, out); },
-        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"), py::arg("scale"),
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"), py::arg("scale"),
         py::arg("out") = py::none(), doc);
     m.def(
         "layer_norm_s8_ref",
@@ -153,7 +153,7 @@ void register_norms(py::module_& m) {
         "layer_norm_f32",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon,
            const py::object& out) { return run_layer_norm_f32(layer_norm_f32, x, gamma, beta, epsilon, out); },
-        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"),
+        py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"),
         py::arg("out") = py::none(),
         "LayerNorm of each row of float32 x (M, K), float32 out: ((x - mean) * inv) * gamma + beta with the "
         "statistics of layer_norm_s8, identical to layer_norm_f32_ref. Returns out, or a new float32 (M, K) array.");
@@ -168,7 +168,7 @@ void register_norms(py::module_& m) {
         [](const py::object& x, double scale, const py::object& out) {
             return run_quantize_s8(quantize_s8, x, scale, out);
         },
-        py::arg("x"), py::kw_only(), py::arg("scale"), py::arg("out") = py::none(),
+        py::arg("x"), py::arg("scale"), py::arg("out") = py::none(),
         "Static int8 quantization of float32 x (M, K) with one per-tensor scale, as QuantizeLinear with zero point 0: "
         "clamp(round_half_even(x / scale), -128, 127), NaN -> -128. Returns out, or a new int8 (M, K) array.");
     m.def(

@@ -63,12 +63,12 @@ class Attention:
 
     def __init__(self, scale: np.float32 | None, divide: bool, softmax: ops.OpFn):
         self.scale, self.divide, self.softmax = scale, divide, softmax
+        self._kernel = native.raw("attention_f32") if native.available() else None
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if (_native_attention() and 0 < k.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS
                 and q.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS and all(_kernel_layout(a) for a in (q, k, v))):
-            return native.attention_f32(q, k, v, None if self.scale is None else float(self.scale),
-                                        divide=self.divide, out=out)
+            return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out)
         b, t, h, _ = q.shape
         scores, probabilities = work_arrays((b, h, t, k.shape[1]), 2)  # softmax takes none
         np.matmul(q.transpose(_TO_HEADS), k.transpose(_KEYS_TRANSPOSED), out=scores)

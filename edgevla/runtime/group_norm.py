@@ -47,7 +47,9 @@ class GroupNorm:
         if activation not in ACTIVATIONS:
             raise EdgevlaError(f"GroupNorm activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.groups, self.epsilon, self.rank, self.activation = groups, np.float32(epsilon), rank, activation
+        self._epsilon = float(self.epsilon)
         self.native = native.available() and hasattr(native, "group_norm_f32")
+        self._kernel = native.raw("group_norm_f32") if self.native else None
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
         self._channels_last = False
@@ -111,11 +113,10 @@ class GroupNorm:
         if self.native and (scale is None or film_scale is not None) and (residual is None or whole
                                                                            or film_shift is not None):
             codes = None if self.codes_scale is None else np.empty(x.shape, np.int8)
-            y = native.group_norm_f32(np.ascontiguousarray(x), g, self.scale, self.shift,
-                                      epsilon=float(self.epsilon), channels_last=self.channels_last,
-                                      activation=self.activation, film_scale=film_scale, film_shift=film_shift,
-                                      residual=np.ascontiguousarray(residual) if whole else None,
-                                      relu_after=self.relu_after, codes=codes, codes_scale=self.codes_scale)
+            y = np.empty(x.shape, np.float32)
+            self._kernel(np.ascontiguousarray(x), g, self.scale, self.shift, self._epsilon, self._channels_last,
+                         self.activation, y, film_scale, film_shift, np.ascontiguousarray(residual) if whole else None,
+                         self.relu_after, codes, self.codes_scale)
             return y, codes
         y = self._numpy(x) if not self.native else native.group_norm_f32(
             np.ascontiguousarray(x), g, self.scale, self.shift, epsilon=float(self.epsilon),

@@ -328,11 +328,11 @@ def _float_kernel(pack: Callable[[LinearWeight], np.ndarray], gemm_name: str) ->
     """A builder for the float-activation GEMMs: ``gemm(x, packed, bias, act=, out=)``."""
     def build(layer: LinearLayer) -> Run:
         packed = layer.keep(pack(layer.weight))
-        gemm, bias = getattr(native, gemm_name), layer.bias
+        gemm, bias = native.raw(gemm_name), layer.bias
         in_kernel, after = _kernel_act(layer.activation)
 
         def run(x: np.ndarray, y: np.ndarray) -> None:
-            gemm(x, packed, bias, act=in_kernel, out=y)
+            gemm(x, packed, bias, in_kernel, y)
             _post_activation(y, after)
         return run
     return build
@@ -354,25 +354,27 @@ def _int8_kernel(pack_name: str, gemm_name: str) -> Callable[[LinearLayer], Run]
     """
     def build(layer: LinearLayer) -> Run:
         packed = layer.keep(getattr(native, pack_name)(*_int8_codes(layer.weight)))
-        gemm, quantize, bias = getattr(native, gemm_name), native.quantize_per_token, layer.bias
+        gemm, quantize, bias = native.raw(gemm_name), native.quantize_per_token, layer.bias
         in_kernel, after = _kernel_act(layer.activation)
         if layer.static_scale is not None:
             a_scale = np.array([layer.static_scale], np.float32)
 
             def run_static(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
                            codes: np.ndarray | None = None, windows=None, relu_after: bool = False) -> None:
-                gemm(x, packed, a_scale, bias, act=in_kernel, out=y, residual=residual, relu_after=relu_after,
-                     codes=codes, codes_scale=None if codes is None else layer.codes_scale, windows=windows)
-                _post_activation(y, after)
+                gemm(x, packed, a_scale, bias, in_kernel, y, residual, relu_after, codes,
+                     None if codes is None else layer.codes_scale, windows)
+                if after != "none":
+                    _post_activation(y, after)
             run_static.takes_residual = after == "none"  # added in the epilogue, after the activation
             run_static.takes_windows = after == "none"  # x may be a convolution's input, its rows its windows
             return run_static
 
         def run_on_codes(q: np.ndarray, s: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
                          codes: np.ndarray | None = None, relu_after: bool = False) -> None:
-            gemm(q, packed, s, bias, act=in_kernel, out=y, residual=residual, relu_after=relu_after,
-                 codes=codes, codes_scale=None if codes is None else layer.codes_scale)
-            _post_activation(y, after)
+            gemm(q, packed, s, bias, in_kernel, y, residual, relu_after, codes,
+                 None if codes is None else layer.codes_scale)
+            if after != "none":
+                _post_activation(y, after)
 
         def run_dynamic(x: np.ndarray, y: np.ndarray, residual: np.ndarray | None = None,
                         codes: np.ndarray | None = None, relu_after: bool = False) -> None:

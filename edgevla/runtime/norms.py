@@ -27,6 +27,7 @@ class LayerNormS8:
         self.beta = None if beta is None else np.ascontiguousarray(beta, np.float32).reshape(-1)
         self.epsilon, self.scale = float(epsilon), float(scale)
         self.k = self.gamma.size
+        self._kernel = native.raw("layer_norm_s8") if self.available() else None
 
     @staticmethod
     def available() -> bool:
@@ -37,8 +38,7 @@ class LayerNormS8:
         x2 = x.reshape(-1, self.k)
         if not x2.flags.c_contiguous or x2.dtype != np.float32:
             x2 = np.ascontiguousarray(x2, np.float32)
-        native.layer_norm_s8(x2, self.gamma, self.beta, epsilon=self.epsilon, scale=self.scale,
-                             out=q.reshape(-1, self.k))
+        self._kernel(x2, self.gamma, self.beta, self.epsilon, self.scale, q.reshape(-1, self.k))
         return q
 
 

@@ -445,6 +445,7 @@ NATIVE_SOFTMAX_ISAS = ("avx512_amx", "avx512_vnni", "avx2")
 @register("Softmax", writes_out=True)
 def _softmax(c):
     has_native = native.available() and hasattr(native, "softmax_f32")
+    native_softmax = native.raw("softmax_f32") if has_native else None
 
     def softmax(x, out=None):
         x2, axis = _softmax_axes(c, x)
@@ -452,7 +453,7 @@ def _softmax(c):
         y2 = y.reshape(x2.shape)
         if _fast_rows(x2, axis) and has_native and y2.flags.c_contiguous and native.get_isa() in NATIVE_SOFTMAX_ISAS:
             k = x2.shape[-1]
-            native.softmax_f32(x2.reshape(-1, k), out=y2.reshape(-1, k))  # max, exp, sum per row in one pass
+            native_softmax(x2.reshape(-1, k), y2.reshape(-1, k))  # max, exp, sum per row in one pass
             return y
         if _fast_rows(x2, axis):
             # Any per-row constant may be subtracted; the global maximum is one fast reduction instead
@@ -493,6 +494,7 @@ def _layer_norm(c):
         raise _fail(c, "only stash_type=1 (float32 statistics) is implemented")
 
     use_native = native.available() and hasattr(native, "layer_norm_f32") and c.n_outputs == 1
+    native_layer_norm = native.raw("layer_norm_f32") if use_native else None
 
     def layer_norm(x, scale, bias=None, out=None):
         first = axis % x.ndim
@@ -502,8 +504,8 @@ def _layer_norm(c):
         if (use_native and x.dtype == scale.dtype == np.float32 and d > 0 and scale.size == d
                 and (bias is None or (bias.dtype == np.float32 and bias.size == d))):
             try:  # one C++ pass per row (csrc/layer_norm_s8_rows.h); rows that are not finite: NumPy below
-                native.layer_norm_f32(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale.reshape(d),
-                                      None if bias is None else bias.reshape(d), epsilon=float(eps), out=y2)
+                native_layer_norm(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale.reshape(d),
+                                  None if bias is None else bias.reshape(d), float(eps), y2)
                 return y
             except ValueError:
                 pass
@@ -844,14 +846,15 @@ def quantize_symmetric_int8(scale: np.float32) -> OpFn:
     float work array is the runtime's shared one (:mod:`.scratch`), so the hot path does not allocate it.
     """
     usable = native.available() and bool(np.isfinite(scale)) and scale > 0
-    native_quantize = getattr(native, "quantize_s8", None) if usable else None
+    native_quantize = native.raw("quantize_s8") if usable else None
+    scale_value = float(scale)
 
     def quantize(x, scale_=None, zero_point=None, out=None):
         if native_quantize is not None and x.dtype == np.float32 and x.ndim and x.size:
             q = np.empty(x.shape, np.int8) if out is None else out
             x2 = x.reshape(-1, x.shape[-1])
-            native_quantize(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale=float(scale),
-                            out=q.reshape(-1, x.shape[-1]))
+            native_quantize(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale_value,
+                            q.reshape(-1, x.shape[-1]))
             return q
         (t,) = work_arrays(x.shape, 1)
         np.divide(x, scale, out=t)
