@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--target", "-t", help="target whose control rate sets the deadline (default: the bundle's)")
     pr.add_argument("--runs", type=int, default=200)
     pr.add_argument("--warmup", type=int, default=20)
+    pr.add_argument("--paced", action="store_true",
+                    help="one call per control period of the target, idle in between, as the robot's loop calls "
+                         "the policy (caches and threads cold, as there), not back to back")
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--threads", type=int)
     pr.add_argument("--spin-us", type=int, metavar="US",

@@ -187,14 +187,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
             on_gpu = _runner_device(runner) == "cuda"
             if on_gpu:
                 runner.reset_peak_memory()
-            stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs)
+            rate = target.budgets.control_rate_hz if args.paced else None
+            stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs, rate_hz=rate)
             plan = runner.plan() if args.backend == "native" else None
             gpu_memory = runner.memory_mb() if on_gpu else None
         finally:
             runner.close()
     deadline = deadline_misses(stats, target.budgets.control_rate_hz, target.budgets.latency_budget_ms)
     data = {"model": what, "backend": args.backend, "device": _runner_device(runner), "batch": args.batch,
-            "target": target.name,
+            "target": target.name, "paced_hz": target.budgets.control_rate_hz if args.paced else None,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
             "deadline": deadline.to_dict()}
     if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
@@ -212,13 +213,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         _json(data)
         return 0
     where = "on this host's GPU" if data["device"] == "cuda" else f"on this host ({data['host']['cpu']})"
-    table = Table(title=f"{what} · {args.backend} · batch {args.batch} · {where}")
+    pacing = f"one call per {1000 / target.budgets.control_rate_hz:g} ms" if args.paced else "back to back"
+    table = Table(title=f"{what} · {args.backend} · batch {args.batch} · {pacing} · {where}")
     for col in ("mean", "std", "p50", "p90", "p99", "max"):
         table.add_column(f"{col} ms", justify="right")
     table.add_row(*(f"{getattr(stats, f'{c}_ms'):.3f}" for c in ("mean", "std", "p50", "p90", "p99", "max")))
     out.print(table)
     out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
-              f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed")
+              f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed"
+              + ("" if args.paced else " (calls back to back; --paced times them as the loop calls them)"))
     if gpu_memory is not None:
         out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
                   f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -155,7 +156,16 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
     code, out, _ = run(capsys, "profile", root, "--runs", "5", "--warmup", "1", "--json")
     data = json.loads(out)
     assert code == 0 and data["target"] == "jetson-agx-orin" and data["latency_ms"]["runs"] == 5
-    assert data["deadline"]["period_ms"] == pytest.approx(1000 / 30)
+    assert data["deadline"]["period_ms"] == pytest.approx(1000 / 30) and data["paced_hz"] is None
+
+    # paced: one call per control period (30 Hz here), as the robot's loop calls the policy
+    started = time.perf_counter()
+    code, out, _ = run(capsys, "profile", root, "--runs", "4", "--warmup", "1", "--paced", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["paced_hz"] == 30 and data["latency_ms"]["runs"] == 4
+    assert time.perf_counter() - started >= 4 / 30  # five calls, four periods between their starts
+    code, out, _ = run(capsys, "profile", root, "--runs", "2", "--warmup", "0", "--paced")
+    assert code == 0 and "one call per 33.3333 ms" in out.replace("\n", " ")
 
     # A tampered copy fails inspection, names the file, and cannot be evaluated.
     copy = tmp_path / "tampered"

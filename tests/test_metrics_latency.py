@@ -7,7 +7,7 @@ import pytest
 
 from edgevla.errors import EdgevlaError
 from edgevla.metrics.latency import (DeadlineReport, LatencyStats, deadline_misses, measure_latency,
-                                     samples_per_second, throughput)
+                                     samples_per_second, throughput, time_paced_calls)
 
 
 class FakeClock:
@@ -61,6 +61,31 @@ def test_measure_latency_times_only_the_timed_calls():
     stats = measure_latency(lambda: clock.advance(next(durations)), warmup=2, runs=5, clock=clock)
     assert stats.samples_ms == [3.0, 1.5, 2.25, 8.0, 4.0]
     assert stats.max_ms == 8.0 and stats.p50_ms == 3.0
+
+
+def test_paced_calls_start_on_the_control_period_grid():
+    """At 100 Hz each call starts 10 ms after the last one started, idle in between; one that overruns its slot
+    moves the grid (the next starts at once, then every 10 ms from there)."""
+    clock, starts, slept = FakeClock(), [], []
+    durations = iter([2.0, 3.0, 12.0, 1.0, 4.0])  # one warm-up call, then four timed; the third overruns
+
+    def call():
+        starts.append(clock.now)
+        clock.advance(next(durations))
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.advance(seconds * 1e3)
+
+    samples = time_paced_calls(call, 100.0, warmup=1, runs=4, clock=clock, sleep=sleep)
+    assert samples == [3.0, 12.0, 1.0, 4.0]
+    t0 = starts[0]
+    assert [(s - t0) / 1e6 for s in starts] == [0.0, 10.0, 20.0, 32.0, 42.0]
+    assert slept == pytest.approx([0.008, 0.007, 0.009])
+    stats = measure_latency(lambda: clock.advance(1.0), warmup=0, runs=3, clock=clock, rate_hz=50.0)
+    assert stats.samples_ms == [1.0, 1.0, 1.0]
+    with pytest.raises(EdgevlaError, match="positive frequency"):
+        time_paced_calls(lambda: None, 0.0, warmup=0, runs=1)
 
 
 def test_measure_latency_on_the_real_clock():
