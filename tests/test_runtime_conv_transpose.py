@@ -120,3 +120,21 @@ def test_phases_that_do_not_fit_are_one_line_errors():
         with pytest.raises(EdgevlaError) as e:
             to_space(np.zeros(shape, np.float32))
         assert "\n" not in str(e.value)
+
+
+def test_one_weight_read_by_two_transposed_convolutions():
+    """A weight two ConvTranspose nodes read with different strides: each gets its own phase weight."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((4, 3, 4)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"], ["a"], strides=[2], pads=[1, 1]),
+             helper.make_node("ConvTranspose", ["x", "up.weight"], ["b"], strides=[1])]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5])],
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "ab"],
+                              [numpy_helper.from_array(w, "up.weight")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    model = NativeModel(proto, precision="fp32")
+    assert sorted(c.layer for c in model.plan()) == ["up.phases", "up.phases.ConvTranspose_1"]
+    feeds = {"x": rng.standard_normal((1, 4, 5)).astype(np.float32)}
+    got, want = model.run(feeds), _ort(proto, feeds)
+    for name, expected in zip("ab", want):
+        np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-5)

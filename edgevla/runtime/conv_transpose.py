@@ -47,25 +47,36 @@ def rewrite_conv_transposes(graph: Graph) -> int:
     place; returns how many."""
     rewritten = 0
     nodes: list[Node] = []
+    taken: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # phase weight names given, and what they hold
     for node in graph.nodes:
         parts = _as_conv(graph, node) if node.op_type == "ConvTranspose" else None
         if parts is None:
             nodes.append(node)
             continue
         weight, bias, conv_attrs, phase_attrs = parts
-        # named after the weight (``up.weight``: the layer ``up.phases`` in the plan)
+        # named after the weight (``up.weight``: the layer ``up.phases`` in the plan); a weight several nodes
+        # read (a U-Net run twice) is rewritten the same way for each, unless their attributes differ
         stem = node.inputs[1][:-len(".weight")] if node.inputs[1].endswith(".weight") else node.inputs[1]
-        w_name, phases = f"{stem}.phases.weight", f"{node.outputs[0]}::phases"
+        stem = f"{stem}.phases"
+        if stem in taken and not _same(taken[stem], (weight, bias)):
+            stem = f"{stem}.{node.name}"
+        taken[stem] = (weight, bias)
+        w_name, phases = f"{stem}.weight", f"{node.outputs[0]}::phases"
         graph.constants[w_name] = weight
         inputs = [node.inputs[0], w_name]
         if bias is not None:
-            graph.constants[f"{stem}.phases.bias"] = bias
-            inputs.append(f"{stem}.phases.bias")
+            graph.constants[f"{stem}.bias"] = bias
+            inputs.append(f"{stem}.bias")
         nodes.append(Node(node.name, "Conv", tuple(inputs), (phases,), conv_attrs))
         nodes.append(Node(f"{node.name}::to_space", PHASES_TO_SPACE_OP, (phases,), node.outputs, phase_attrs))
         rewritten += 1
     graph.nodes = nodes
     return rewritten
+
+
+def _same(a: tuple[np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray | None]) -> bool:
+    return all((x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
+                                             and np.array_equal(x, y)) for x, y in zip(a, b))
 
 
 def _as_conv(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None, dict, dict] | None:
