@@ -90,7 +90,7 @@ def test_attention_output_is_not_aliased_between_calls():
     np.testing.assert_array_equal(first, kept)
 
 
-@pytest.mark.parametrize("tokens", [(5, 7), (48, 48), (60, 70)])
+@pytest.mark.parametrize("tokens", [(5, 7), (48, 48), (60, 70), (190, 192), (200, 180)])
 def test_the_native_kernel_takes_short_sequences_only(tokens, monkeypatch):
     """Up to NATIVE_ATTENTION_MAX_TOKENS (on AVX-512) the step is the native kernel; longer ones go to NumPy."""
     from edgevla.runtime import attention

@@ -30,10 +30,14 @@ H = 6, D = 64 (small-vla): 5.5 vs 12.4 us at T = 6, 9.2-10.8 vs 14.3-18.4 at
 T = 16, 28-31 vs 28-36 at T = 32; inside a whole small-vla call, after the
 GEMMs have pushed NumPy's code and data out of the caches, the 7 attention
 steps took 186 us native against 305 us NumPy. H = 4, D = 24 (tiny-vla):
-5.7 vs 11.9 at T = 16, 14.6 vs 18.4 at T = 32, but 49 vs 44 at T = 64 and
-78 vs 61 at T = 80, where OpenBLAS's packed products win. With narrower
-vectors the kernel lost to OpenBLAS on this machine (AVX2 38.5, SSE2 77.8 us
-at T = 32, H = 6, D = 64), so elsewhere (NEON included, until measured on a
+5.7 vs 11.9 at T = 16, 14.6 vs 18.4 at T = 32, 49 vs 44 at T = 64. With 2
+threads (the Xeon AMX machine, 2026-12-06) the kernel is ahead or level up
+to T = 192 (H = 4, D = 24: 33 vs 33 us at T = 64, 87 vs 100 at 128, 195 vs
+293 at 192; H = 6, D = 64: 165 vs 302 at 128, 449 vs 569 at 192, 945 vs 915
+at 256), and inside a tiny-vla call its T = 64 and 80 attention took 30.5 and
+43.6 us against NumPy's 43.7 and 55.6 (the call 0.505 vs 0.534 ms). With
+narrower vectors the kernel lost to OpenBLAS (AVX2 38.5, SSE2 77.8 us at
+T = 32, H = 6, D = 64), so elsewhere (NEON included, until measured on a
 Jetson) the NumPy path runs.
 """
 
@@ -51,8 +55,9 @@ from .scratch import work_arrays
 ATTENTION_OP = "edgevla.Attention"
 #: The kernel tables on which :func:`edgevla.native.attention_f32` beats NumPy + OpenBLAS (module docstring).
 NATIVE_ATTENTION_ISAS = ("avx512_vnni", "avx512_amx")
-#: The longest query and key sequences the native kernel takes (module docstring: it wins up to T = 32).
-NATIVE_ATTENTION_MAX_TOKENS = 48
+#: The longest query and key sequences the native kernel takes (module docstring: with 2 threads it is
+#: ahead or level up to T = 192).
+NATIVE_ATTENTION_MAX_TOKENS = 192
 
 _TO_HEADS = (0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D), and back
 _KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
