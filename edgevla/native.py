@@ -24,7 +24,12 @@ gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
 
 Convolutional encoders also get their non-GEMM work here: :func:`gather_windows`
 (im2col from a channels-last input, no padded copy), :func:`to_channels_last`,
-:func:`max_pool_channels_last` and :func:`group_norm_f32` (with ReLU or Mish).
+:func:`max_pool_channels_last` and :func:`group_norm_f32` (with ReLU or Mish, and
+FiLM's per-channel scale and shift).
+
+The native runtime calls the compiled functions it runs once per step through
+:func:`raw`: the same validation, arguments by position (no wrapper frame, no
+keyword parsing).
 
 Compressed weights follow the same pattern: a ``pack_*`` function, called
 once when a model is loaded, returns an opaque uint8 array (a 64-byte header
