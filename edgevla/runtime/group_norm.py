@@ -47,7 +47,6 @@ class GroupNorm:
         if activation not in ACTIVATIONS:
             raise EdgevlaError(f"GroupNorm activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.groups, self.epsilon, self.rank, self.activation = groups, np.float32(epsilon), rank, activation
-        self._epsilon = float(self.epsilon)
         self.native = native.available() and hasattr(native, "group_norm_f32")
         self._kernel = native.raw("group_norm_f32") if self.native else None
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
@@ -114,7 +113,7 @@ class GroupNorm:
                                                                            or film_shift is not None):
             codes = None if self.codes_scale is None else np.empty(x.shape, np.int8)
             y = np.empty(x.shape, np.float32)
-            self._kernel(np.ascontiguousarray(x), g, self.scale, self.shift, self._epsilon, self._channels_last,
+            self._kernel(np.ascontiguousarray(x), g, self.scale, self.shift, float(self.epsilon), self._channels_last,
                          self.activation, y, film_scale, film_shift, np.ascontiguousarray(residual) if whole else None,
                          self.relu_after, codes, self.codes_scale)
             return y, codes
