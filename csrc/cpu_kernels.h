@@ -130,6 +130,10 @@ bool quantize_row_generic(int64_t k, const float* x, int8_t* q, float* scale);
 void gemm_packed_s8_f32_avx2(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx2(int64_t k, const float* x, int8_t* q, float* scale);
 
+// AVX-VNNI (arch/x86_64/gemm_avx_vnni.cpp): the rest of its table is AVX2's.
+void gemm_packed_s8_f32_avx_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
+int64_t int8_peak_loop_avx_vnni(int64_t iterations);
+
 void gemm_packed_s8_f32_avx512_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx512(int64_t k, const float* x, int8_t* q, float* scale);
 int64_t int8_peak_loop_avx512_vnni(int64_t iterations);

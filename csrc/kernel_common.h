@@ -96,6 +96,37 @@ inline void prefetch_stream(const void* p, uint64_t bytes) {
     }
 }
 
+// Rows [0, rows) of int8 activations (k a row, at a stride of lda) as panels
+// of up to PanelRows rows, for register tiles that broadcast a group of 4 k
+// of each of their rows from one pointer: the panel of rows [p, p + R) starts
+// at element p * 4 * groups and holds, for each group g, the R rows' four
+// values of that group one after the other (offset (g * R + r) * 4). Each
+// value is stage(a) (the kernel's operand type); `pad` fills the last group
+// past k.
+template <int PanelRows, typename T, typename Stage>
+inline void stage_row_panels(const int8_t* a, int64_t lda, int64_t k, int64_t rows, int64_t groups, T pad,
+                             Stage stage, T* staged) {
+    for (int64_t p = 0; p < rows; p += PanelRows) {
+        const int64_t panel_rows = rows - p < PanelRows ? rows - p : PanelRows;
+        T* panel = staged + p * groups * 4;
+        for (int64_t r = 0; r < panel_rows; ++r) {
+            const int8_t* row = a + (p + r) * lda;
+            for (int64_t g = 0; g < groups; ++g) {
+                T* out = panel + (g * panel_rows + r) * 4;
+                if (g * 4 + 4 <= k) {  // one load and one store a group, which the compiler vectorizes
+                    int8_t in[4];
+                    T group[4];
+                    std::memcpy(in, row + g * 4, sizeof in);
+                    for (int i = 0; i < 4; ++i) group[i] = stage(in[i]);
+                    std::memcpy(out, group, sizeof group);
+                } else {
+                    for (int64_t i = 0; i < 4; ++i) out[i] = g * 4 + i < k ? stage(row[g * 4 + i]) : pad;
+                }
+            }
+        }
+    }
+}
+
 // The 4-bit two's complement code in bits 4 i .. 4 i + 3 of a W4_N16K8 word (the scalar kernels' unpack).
 inline int32_t w4_code(uint32_t word, int64_t i) {
     const int32_t nibble = static_cast<int32_t>((word >> (4 * i)) & 0xFu);

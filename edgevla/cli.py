@@ -17,6 +17,9 @@ BACKEND_CHOICES = ("torch", "onnxruntime", "native", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_HELP = ("where --backend native runs: auto (default: the GPU for a GPU target's bundle when edgevla's CUDA "
                "kernels can run here, else the CPU), cpu, or cuda")
+ISA_HELP = ("native CPU kernels: run this instruction set's (avx2, avx_vnni, avx512_vnni, avx512_amx, neon_dot, "
+            "generic: those of this build this CPU runs), as a CPU without the better ones would; default: the best "
+            "this CPU has. Only edgevla's kernels change: PyTorch, ONNX Runtime and NumPy keep theirs")
 TACTICS_HELP = ("native backend on a GPU: time each kernel variant per layer shape on this GPU and run the fastest; "
                 "FILE (JSON) keeps the choices: read when it exists (it must be from this GPU model), written back "
                 "with what was newly timed")
@@ -76,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--spin-us", type=int, metavar="US",
                     help="native CPU backend: how long its kernel threads poll for work before they sleep "
                          "(default 200; 0 = sleep at once, for cores shared with other processes)")
+    pr.add_argument("--isa", metavar="NAME", help=ISA_HELP)
     pr.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     pr.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     pr.add_argument("--allow-pickle", action="store_true")
@@ -129,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--ms", help="comma-separated row counts M (default: 1,16,64,256)")
     bk.add_argument("--threads", type=int, help="threads of every backend (default: all cores)")
     bk.add_argument("--min-time", type=float, help="seconds of timed calls per row (default 0.15, --quick 0.02)")
+    bk.add_argument("--isa", metavar="NAME", help=ISA_HELP)
     bk.add_argument("--no-convs", action="store_true",
                     help="leave out the ResNet-18 convolution GEMMs (conv-int8 rows)")
     bk.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -143,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=int, default=10, help="untimed calls before each (default 10)")
     be.add_argument("--threads", type=int, default=1, help="threads of every backend (default 1)")
     be.add_argument("--batch", type=int, default=1, help="observations per call (default 1)")
+    be.add_argument("--isa", metavar="NAME", help=ISA_HELP)
     be.add_argument("--allow-pickle", action="store_true")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     bp = bsub.add_parser("prune", help="each pruning method on one policy: size, FLOPs, success, recovery, latency")

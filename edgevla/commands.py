@@ -177,7 +177,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
     _check_device(args)
-    with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch, _thread_spin(args):
+    with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch, _thread_spin(args), _native_isa(args):
         runner, what, default_target = _profile_runner(args, Path(scratch))
         target = load_target(args.target or default_target)
         try:
@@ -209,10 +209,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
         from . import native
 
         data["thread_spin_us"] = args.spin_us if args.spin_us is not None else native.get_thread_spin_us()
+        data["native_isa"] = args.isa or native.get_isa()
     if args.json:
         _json(data)
         return 0
     where = "on this host's GPU" if data["device"] == "cuda" else f"on this host ({data['host']['cpu']})"
+    if "native_isa" in data:
+        where = where[:-1] + f", {data['native_isa']} kernels)"
     pacing = f"one call per {1000 / target.budgets.control_rate_hz:g} ms" if args.paced else "back to back"
     table = Table(title=f"{what} · {args.backend} · batch {args.batch} · {pacing} · {where}")
     for col in ("mean", "std", "p50", "p90", "p99", "max"):
@@ -260,6 +263,18 @@ def _thread_spin(args: argparse.Namespace):
         yield
     finally:
         native.set_thread_spin_us(before)
+
+
+@contextlib.contextmanager
+def _native_isa(args: argparse.Namespace):
+    """``--isa`` for the length of the profile: the native CPU kernels of one instruction set, restored after."""
+    isa = getattr(args, "isa", None)
+    if isa is not None and args.backend != "native":
+        raise EdgevlaError(f"--isa picks the native CPU backend's kernels; the backend is {args.backend!r}")
+    from . import native
+
+    with native.isa_scope(isa):
+        yield
 
 
 def _profile_runner(args: argparse.Namespace, scratch: Path):

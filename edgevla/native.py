@@ -62,7 +62,8 @@ write outside the arrays it was given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -456,7 +457,8 @@ def set_isa(name: str) -> None:
     """Forces the kernels of one instruction set, for tests and benchmarks.
 
     ``name`` is one of :func:`compiled_isas` (``"generic"``, ``"avx2"``,
-    ``"avx512_vnni"``, ``"avx512_amx"`` on x86-64, ``"neon_dot"`` on aarch64),
+    ``"avx_vnni"``, ``"avx512_vnni"``, ``"avx512_amx"`` on x86-64,
+    ``"neon_dot"`` on aarch64),
     or ``"auto"`` for the best this CPU runs (the default). Raises ValueError
     for a name not compiled in or one this CPU cannot run.
     """
@@ -466,6 +468,29 @@ def set_isa(name: str) -> None:
 def get_isa() -> str:
     """The instruction set whose kernels run now."""
     return _compiled().get_isa()
+
+
+@contextlib.contextmanager
+def isa_scope(name: str | None) -> Iterator[None]:
+    """The block runs ``name``'s kernels, then the ISA before it is back; ``None`` changes nothing.
+
+    For measuring what a CPU whose best instruction set is ``name`` would run
+    (an AVX2-only or AVX-VNNI robot PC, on a host that has more): the native
+    backend picks its kernels when a model loads, so load inside the block.
+    An ISA this build lacks or this CPU cannot run raises :class:`EdgevlaError`.
+    """
+    if name is None:
+        yield
+        return
+    before = get_isa()
+    try:
+        set_isa(name)
+    except ValueError as error:
+        raise EdgevlaError(str(error)) from None
+    try:
+        yield
+    finally:
+        set_isa(before)
 
 
 def compiled_isas() -> list[str]:
@@ -485,7 +510,7 @@ def int8_peak_loop(isa: str, iterations: int) -> int:
     operands is -1), which shows the loop computed what it timed.
 
     Raises ValueError for an ISA this CPU cannot run or one without a loop
-    (so far ``"avx512_vnni"`` has one).
+    (so far ``"avx512_vnni"`` and ``"avx_vnni"`` have one).
     """
     return _compiled().int8_peak_loop(isa, iterations)
 

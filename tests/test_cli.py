@@ -187,8 +187,18 @@ def test_native_backend_profiles_and_tensorrt_says_why(capsys, tiny_bundle):
                        "--spin-us", "0", "--json")
     assert code == 0 and json.loads(out)["thread_spin_us"] == 0
     assert native.get_thread_spin_us() == native.DEFAULT_THREAD_SPIN_US  # restored after the profile
+    # --isa: the kernels of a CPU without the better instruction sets, for the profile only
+    before = native.get_isa()
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "3",
+                       "--isa", "generic", "--json")
+    assert code == 0 and json.loads(out)["native_isa"] == "generic"
+    assert native.get_isa() == before
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2")
+    assert code == 0 and f"{before} kernels" in out.replace("\n", " ")
     for flags, message in ((["--spin-us", "-1"], "--spin-us must be between 0 and 1000000"),
-                           (["--spin-us", "0", "--backend", "onnxruntime"], "--spin-us sets the native CPU")):
+                           (["--spin-us", "0", "--backend", "onnxruntime"], "--spin-us sets the native CPU"),
+                           (["--isa", "sse9"], "unknown ISA 'sse9'"),
+                           (["--isa", "generic", "--backend", "onnxruntime"], "--isa picks the native CPU")):
         code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2", *flags)
         assert code == 2 and message in one_line_error(err)
     code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "tensorrt", "--runs", "2")

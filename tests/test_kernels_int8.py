@@ -94,14 +94,15 @@ def test_isas_are_listed_best_first_with_generic_last():
     compiled = native.compiled_isas()
     assert compiled[-1] == "generic" and ISAS[-1] == "generic"
     assert set(ISAS) <= set(compiled)
-    expected = {"x86_64": ["avx512_amx", "avx512_vnni", "avx2", "generic"], "aarch64": ["neon_dot", "generic"]}
+    expected = {"x86_64": ["avx512_amx", "avx512_vnni", "avx_vnni", "avx2", "generic"], "aarch64": ["neon_dot", "generic"]}
     assert compiled == expected.get(native.cpu_arch(), ["generic"])
     native.set_isa("auto")
     assert native.get_isa() == ISAS[0]
     features = native.cpu_features()
     assert ("avx512_vnni" in ISAS) == (features["avx512_vnni"] and features["avx512bw"] and features["avx512vl"])
     assert ("avx512_amx" in ISAS) == ("avx512_vnni" in ISAS and features["amx_tile"] and features["amx_int8"])
-    assert ("avx2" in ISAS) == features["avx2"]
+    assert ("avx_vnni" in ISAS) == (features["avx2"] and features["fma"] and features["avx_vnni"])
+    assert ("avx2" in ISAS) == (features["avx2"] and features["fma"])
 
 
 def test_unknown_or_unavailable_isa_raises_and_keeps_the_active_one():
@@ -115,6 +116,23 @@ def test_unknown_or_unavailable_isa_raises_and_keeps_the_active_one():
         with pytest.raises(ValueError, match="this CPU cannot run"):
             native.set_isa(isa)
     assert native.get_isa() == "generic"
+
+
+def test_isa_scope_runs_the_block_on_one_isa_and_restores_the_one_before():
+    from edgevla.errors import EdgevlaError
+
+    native.set_isa(ISAS[0])
+    with native.isa_scope("generic"):
+        assert native.get_isa() == "generic"
+    assert native.get_isa() == ISAS[0]
+    with pytest.raises(RuntimeError, match="inside"), native.isa_scope("generic"):
+        raise RuntimeError("inside")
+    assert native.get_isa() == ISAS[0]
+    with native.isa_scope(None):
+        assert native.get_isa() == ISAS[0]
+    with pytest.raises(EdgevlaError, match="unknown ISA 'sse9'"), native.isa_scope("sse9"):
+        pass
+    assert native.get_isa() == ISAS[0]
 
 
 # ------------------------------------------------------ GEMM vs reference ----
@@ -685,3 +703,59 @@ def test_amx_row_strided_input_and_output(threads):
     native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(0.25), out=out)
     assert_bits_equal(out, native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.25)))
     assert (wide[:, 19:].view(np.uint32) == POISON_BITS).all()
+
+
+# ------------------------------------------------- AVX2 and AVX-VNNI panels --
+# Both stage a chunk of rows as panels (4 rows for AVX2, 6 for AVX-VNNI) and
+# finish a block through the AVX2 epilogue, which writes whole blocks in
+# place and partial ones through copies. Every panel remainder, a K that ends
+# mid-group, partial blocks, residuals on both paths, and chunks of rows
+# (K = 16384: 16 rows a chunk) that end mid-panel.
+
+PANEL_ISAS = [isa for isa in ("avx_vnni", "avx2") if isa in ISAS]
+
+
+@pytest.mark.parametrize("isa", PANEL_ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_panel_tails_are_bit_identical_to_the_reference(isa, threads):
+    native.set_num_threads(threads)
+    rng = np.random.default_rng(len(isa) * 10 + threads)
+    for m in [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 19]:
+        for k, n in [(1, 16), (3, 17), (5, 15), (64, 33), (130, 48), (257, 1)]:
+            act = ACTS[(m + k + n) % len(ACTS)]
+            check_against_reference(isa, random_int8(rng, (m, k)), random_int8(rng, (n, k)), rng,
+                                    (m + n) % 2 == 0, k % 2 == 1, act)
+
+
+@pytest.mark.parametrize("isa", PANEL_ISAS)
+def test_panels_across_row_chunks(isa):
+    native.set_num_threads(1)
+    rng = np.random.default_rng(11)
+    k = 16384
+    for m in (17, 37):
+        a, w = random_int8(rng, (m, k), "extremes"), random_int8(rng, (20, k))
+        acc = a.astype(np.int64) @ w.astype(np.int64).T
+        out = run_packed(isa, a, w, np.ones(20, np.float32), np.float32(1.0), None, "none")
+        np.testing.assert_array_equal(out, acc.astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", PANEL_ISAS)
+@pytest.mark.parametrize("n", [16, 19])
+def test_panel_epilogue_residual_and_strides(isa, n):
+    """Residual added after the activation, a row stride past K, an output stride past N: whole and partial blocks."""
+    native.set_num_threads(1)
+    native.set_isa(isa)
+    rng = np.random.default_rng(n)
+    a = random_int8(rng, (9, 210))[:, :131]
+    w = random_int8(rng, (n, 131))
+    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    residual = rng.normal(size=(9, n + 5)).astype(np.float32)[:, :n]
+    wide = np.empty((9, n + 7), np.float32)
+    wide.view(np.uint32)[:] = POISON_BITS
+    out = wide[:, :n]
+    native.gemm_s8s8_f32(a, native.pack_weight_s8(w, w_scale), np.float32(0.05), bias, act="gelu_tanh",
+                         residual=residual, out=out)
+    plain = native.gemm_s8s8_f32_ref(a, w, w_scale, np.float32(0.05), bias, act="gelu_tanh")
+    assert_bits_equal(out, plain + residual)
+    assert (wide[:, n:].view(np.uint32) == POISON_BITS).all()

@@ -613,6 +613,7 @@ def test_the_native_test_scripts_compile_what_cmake_compiles():
     listed = set(sources(script, "KERNEL_SOURCES=(")) | set(sources(script, "KERNEL_SOURCES_x86_64=(")) | set(
         sources(script, "KERNEL_SOURCES_aarch64=("))
     for cmake_name, script_name, flags in [("avx2", "AVX2", "-mavx2 -mfma"),
+                                           ("avx_vnni", "AVX_VNNI", "-mavx2 -mfma -mavxvnni"),
                                            ("avx512", "AVX512", "-mavx512f -mavx512bw -mavx512vl -mavx512vnni"),
                                            ("amx", "AMX",
                                             "-mavx512f -mavx512bw -mavx512vl -mavx512vnni -mamx-tile -mamx-int8"),

@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
             raise EdgevlaError(f"--{flag} must be >= 1")
     if args.warmup < 0:
         raise EdgevlaError("--warmup must be >= 0")
-    result = bench_e2e(args.bundles, policy_ref=args.policy, rounds=args.rounds, runs=args.runs,
-                       warmup=args.warmup, threads=args.threads, batch=args.batch, allow_pickle=args.allow_pickle,
-                       log=Console(stderr=True, highlight=False).print)
+    from .. import native
+
+    with native.isa_scope(getattr(args, "isa", None)):
+        result = bench_e2e(args.bundles, policy_ref=args.policy, rounds=args.rounds, runs=args.runs,
+                           warmup=args.warmup, threads=args.threads, batch=args.batch,
+                           allow_pickle=args.allow_pickle, log=Console(stderr=True, highlight=False).print)
     print_table(result)
     if args.json:
         write_json(result, args.json)
@@ -140,8 +143,11 @@ def bench_e2e(bundle_dirs: Sequence[str], *, policy_ref: str | None = None, roun
             goals.append({"goal": f"native {label} >= {threshold}x {peer} (batch {batch}, {threads} thread(s))",
                           "ratio": ratios[label][peer], "threshold": threshold,
                           "met": ratios[label][peer] >= threshold})
-    return {"benchmark": "e2e", "host": host_info(), "policy": policy_ref, "bundles": dict(zip(labels, map(str, paths))),
-            "threads": threads, "batch": batch, "rounds": rounds, "runs_per_round": runs, "warmup": warmup,
+    from .. import native
+
+    isa = native.get_isa() if native.available() else None
+    return {"benchmark": "e2e", "host": host_info(), "native_isa": isa, "policy": policy_ref,
+            "bundles": dict(zip(labels, map(str, paths))), "threads": threads, "batch": batch, "rounds": rounds, "runs_per_round": runs, "warmup": warmup,
             "median_ms": {k: round(v, 4) for k, v in median_ms.items()},
             "rounds_ms": {k: [round(x, 4) for x in v] for k, v in rounds_ms.items()},
             "ratios_vs_native": ratios, "round_ratios_vs_native": round_ratios, "goals": goals}
@@ -153,7 +159,8 @@ def print_table(result: dict[str, Any]) -> None:
 
     console = Console(highlight=False)
     table = Table(title=f"{result['policy']} end to end · batch {result['batch']} · {result['threads']} thread(s) · "
-                        f"median of {result['rounds']} rounds")
+                        f"median of {result['rounds']} rounds"
+                        + (f" · native {result['native_isa']} kernels" if result.get("native_isa") else ""))
     for col in ("backend", "p50 ms (median)", "rounds"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     for name, ms in sorted(result["median_ms"].items(), key=lambda kv: kv[1]):

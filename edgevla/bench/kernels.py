@@ -95,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
         raise EdgevlaError("--threads must be >= 1")
     if args.min_time is not None and args.min_time <= 0:
         raise EdgevlaError("--min-time must be > 0")
-    result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time,
-                           convs=not args.no_convs)
+    from .. import native
+
+    with native.isa_scope(getattr(args, "isa", None)):
+        result = bench_kernels(quick=args.quick, configs=configs, ms=ms, threads=threads, min_time=args.min_time,
+                               convs=not args.no_convs)
     print_table(result)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

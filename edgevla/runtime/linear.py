@@ -57,8 +57,10 @@ fp32                      anything                              f32-dense
 at most two nonzeros; its sparsity (fraction of exact zeros) decides between
 the unstructured sparse kernels and the dense ones, at thresholds measured
 per kernel family (:data:`F32_SPARSE_MIN`, :data:`S8_SPARSE_MIN`). Where the
-dense int8 GEMM runs on AMX tiles (``native.get_isa() == "avx512_amx"``) it is
-faster than the 2:4 and sparse int8 kernels, which then give way to it.
+dense int8 GEMM runs on AMX tiles (``native.get_isa() == "avx512_amx"``) or on
+an AVX2-class table (``"avx_vnni"``, ``"avx2"``) it is faster than the 2:4 and
+sparse int8 kernels, which then give way to it; on the AVX2-class tables the
+float 2:4 and sparse kernels give way to NumPy's dense matmul too.
 
 Each decision is recorded as a :class:`LayerChoice` (layer, shape, weight
 format, sparsity, pattern, mode, kernel, epilogue, the rule that picked it);
@@ -135,7 +137,15 @@ S8_SPARSE_MIN = 0.95
 #: dense int8 GEMM runs on AMX tiles, dense wins at M=32 (34 vs 95 us for 384->1536, 17 vs 90 us for
 #: 1536->384, 10 vs 26 us for 384->384; 1 thread, 2026-12-04) and ties at M=1: the int8 2:4 and sparse
 #: kernels give way to it.
-_DENSE_INT8_FASTER_ON = ("avx512_amx",)
+#: On the AVX2-class tables (1 thread, 2026-12-06, Sapphire Rapids forced to each table; N x K =
+#: 1536x384, 384x1536, 384x384) the 2:4 and sparse int8 kernels, widening to int16 for vpmaddwd, lose
+#: to the dense GEMM at every shape: AVX-VNNI dense 7.0 / 101.5 us at M = 1 / 32 for 1536x384 against
+#: 29.6 / 717 (2:4) and 33.9 / 989 (95 % sparse); AVX2 dense 15.6 / 276 against the same 2:4 and sparse.
+#: Their float 2:4 and sparse kernels lose to NumPy's matmul on OpenBLAS's AVX2 kernels
+#: (OPENBLAS_CORETYPE=Haswell): 2:4 49.5 / 1447 vs 46.6 / 400 us at M = 1 / 32 for 1536x384, 12.8 / 368
+#: vs 5.0 / 96 for 384x384; 50 % sparse 83.6 / 2071.
+_DENSE_INT8_FASTER_ON = ("avx512_amx", "avx_vnni", "avx2")
+_DENSE_F32_FASTER_ON = ("avx_vnni", "avx2")
 RULES: tuple[Rule, ...] = (
     Rule(("int4-dynamic",), "s4a8-groupwise", "int4 weights, activations in int8 per weight group (W4A8)"),
     Rule(_INT4, "s4-groupwise", "int4 weight-only, unpacked in the kernel"),
@@ -144,9 +154,9 @@ RULES: tuple[Rule, ...] = (
     Rule(_INT8, "s8-sparse", f">= {S8_SPARSE_MIN:.0%} zeros: sparse int8 beats dense", min_sparsity=S8_SPARSE_MIN,
          not_on=_DENSE_INT8_FASTER_ON),
     Rule(_INT8, "s8-dense", "dense W8A8"),
-    Rule(("fp32",), "f32-2:4", "2:4 weights: half the multiply-adds", two_four=True),
+    Rule(("fp32",), "f32-2:4", "2:4 weights: half the multiply-adds", two_four=True, not_on=_DENSE_F32_FASTER_ON),
     Rule(("fp32",), "f32-sparse", f">= {F32_SPARSE_MIN:.0%} zeros: sparse float beats dense",
-         min_sparsity=F32_SPARSE_MIN),
+         min_sparsity=F32_SPARSE_MIN, not_on=_DENSE_F32_FASTER_ON),
     Rule(("fp32",), "f32-dense", "dense float32 (NumPy matmul)"),
 )
 

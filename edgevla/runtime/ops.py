@@ -438,8 +438,9 @@ def _fast_rows(x: np.ndarray, axis: int) -> bool:
 
 
 #: Kernel tables whose :func:`edgevla.native.softmax_f32` beats NumPy's (8 x 1024, 1 thread: AVX-512 4.9 us,
-#: AVX2 8.5, SSE2 22.0 vs NumPy 14.4); elsewhere (NEON until measured on a Jetson) NumPy runs.
-NATIVE_SOFTMAX_ISAS = ("avx512_amx", "avx512_vnni", "avx2")
+#: AVX2 8.5, SSE2 22.0 vs NumPy 14.4; the AVX-VNNI table's softmax is AVX2's); elsewhere (NEON until
+#: measured on a Jetson) NumPy runs.
+NATIVE_SOFTMAX_ISAS = ("avx512_amx", "avx512_vnni", "avx_vnni", "avx2")
 
 
 @register("Softmax", writes_out=True)

@@ -46,6 +46,10 @@ AVX2_SOURCES=(
   arch/x86_64/attention_avx2.cpp
 )
 AVX2_FLAGS=(-mavx2 -mfma)
+AVX_VNNI_SOURCES=(
+  arch/x86_64/gemm_avx_vnni.cpp
+)
+AVX_VNNI_FLAGS=(-mavx2 -mfma -mavxvnni)
 AVX512_SOURCES=(
   arch/x86_64/gemm_avx512_vnni.cpp
   arch/x86_64/sparse_avx512_vnni.cpp

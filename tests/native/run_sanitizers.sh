@@ -54,6 +54,7 @@ compile() {  # compile SOURCE [EXTRA FLAGS...], in the background
 if [[ $arch == x86_64 ]]; then
   for source in "${KERNEL_SOURCES[@]}" "${KERNEL_SOURCES_x86_64[@]}"; do compile "$source"; done
   for source in "${AVX2_SOURCES[@]}"; do compile "$source" "${AVX2_FLAGS[@]}"; done
+  for source in "${AVX_VNNI_SOURCES[@]}"; do compile "$source" "${AVX_VNNI_FLAGS[@]}"; done
   for source in "${AVX512_SOURCES[@]}"; do compile "$source" "${AVX512_FLAGS[@]}"; done
   for source in "${AMX_SOURCES[@]}"; do compile "$source" "${AMX_FLAGS[@]}"; done
 else

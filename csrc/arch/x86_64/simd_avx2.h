@@ -1,7 +1,7 @@
 // AVX2 pieces shared by the kernels compiled with -mavx2
 // (arch/x86_64/*_avx2.cpp): the epilogue's tanh, GELUs and ReLU on 8 floats,
 // op by op as epilogue_math.h specifies them (bit-identical to the scalar
-// versions). No FMA: the AVX2 table needs nothing but AVX2.
+// versions; their FMAs are the fmaf of the scalar code).
 //
 // Anonymous namespace: every file that includes this gets a private copy, so
 // no AVX2 instruction can reach a function the linker shares with baseline
@@ -70,6 +70,13 @@ inline __m256 activate(edgevla_activation activation, __m256 v) {
     return v;
 }
 
+// The first `count` (< 16) of 16 floats at p, zero-filled to 16 in `copy`.
+inline const float* copy_first(const float* p, int64_t count, float* copy) {
+    std::memset(copy, 0, 16 * sizeof(float));
+    std::memcpy(copy, p, static_cast<size_t>(count) * sizeof(float));
+    return copy;
+}
+
 // Pair partial sums of channels 0-3 and 4-7 -> the 8 channel sums in order.
 inline __m256i finish_pairs(__m256i low4, __m256i high4) {
     // hadd works per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; swap the middle quadwords.
@@ -95,23 +102,33 @@ inline void store16_f32_epilogue(const EpilogueF32& epilogue, int64_t col0, int6
 
 // The W8A8 epilogue of gemm_s8s8.h on 16 exact accumulators of row `row`,
 // block `col0` (w_scale has 16 valid values from col0), op by op as the
-// reference, stored to the first `cols` lanes of c.
+// reference, stored to the first `cols` lanes of c. A whole block reads bias
+// and residual and writes c in place; a partial one goes through copies, so
+// nothing past column N is read or written.
 inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64_t row, int64_t col0, int64_t cols,
                                 __m256i low, __m256i high, float* c) {
-    float bias[16] = {};
-    if (epilogue.bias != nullptr) std::memcpy(bias, epilogue.bias + col0, static_cast<size_t>(cols) * sizeof(float));
+    const bool whole = cols == 16;
+    const float* bias = epilogue.bias != nullptr ? epilogue.bias + col0 : nullptr;
+    const float* residual = epilogue.residual != nullptr ? epilogue.residual + row * epilogue.ld_residual + col0
+                                                         : nullptr;
+    float bias_copy[16], residual_copy[16], values[16];
+    if (!whole) {
+        if (bias != nullptr) bias = copy_first(bias, cols, bias_copy);
+        if (residual != nullptr) residual = copy_first(residual, cols, residual_copy);
+    }
+    float* out = whole ? c + col0 : values;
     const __m256 a_scale =
         _mm256_set1_ps(epilogue.a_scale[epilogue.a_scale_mode == EDGEVLA_ACT_SCALE_PER_TOKEN ? row : 0]);
-    float values[16];
     const __m256i halves[2] = {low, high};
     for (int half = 0; half < 2; ++half) {
         const __m256 scale = _mm256_mul_ps(a_scale, _mm256_loadu_ps(epilogue.w_scale + col0 + 8 * half));
         __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(halves[half]), scale);
-        if (epilogue.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
-        _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
+        if (bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
+        v = activate(epilogue.activation, v);
+        if (residual != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(residual + 8 * half));
+        _mm256_storeu_ps(out + 8 * half, v);
     }
-    add_residual_s8(epilogue, row, col0, cols, values);
-    std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
+    if (!whole) std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
 }
 
 }  // namespace
