@@ -90,10 +90,14 @@ def test_attention_output_is_not_aliased_between_calls():
     np.testing.assert_array_equal(first, kept)
 
 
-@pytest.mark.parametrize("tokens", [(5, 7), (48, 48), (60, 70), (190, 192), (200, 180)])
-def test_the_native_kernel_takes_short_sequences_only(tokens, monkeypatch):
-    """Up to NATIVE_ATTENTION_MAX_TOKENS (on AVX-512) the step is the native kernel; longer ones go to NumPy."""
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tokens", [(5, 7), (30, 32), (40, 48), (60, 70), (80, 78), (190, 192), (200, 180)])
+def test_the_native_kernel_takes_short_sequences_only(tokens, threads, monkeypatch, restore_dispatch):
+    """Up to the table's and thread count's NATIVE_ATTENTION_MAX_TOKENS the step is the native kernel; longer
+    ones, and every one on a table without a limit, go to NumPy."""
     from edgevla.runtime import attention
+
+    native.set_num_threads(threads)
 
     calls = []
     raw = native.raw
@@ -106,5 +110,19 @@ def test_the_native_kernel_takes_short_sequences_only(tokens, monkeypatch):
     feeds = _feeds(2, tokens)
     y = NativeModel(model, precision="fp32").run(feeds)["y"]
     np.testing.assert_allclose(y, _ort(model, feeds)[0], rtol=0, atol=2e-6)
-    short = max(tokens) <= attention.NATIVE_ATTENTION_MAX_TOKENS
-    assert bool(calls) == (short and native.available() and native.get_isa() in attention.NATIVE_ATTENTION_ISAS)
+    limits = attention.NATIVE_ATTENTION_MAX_TOKENS.get(native.get_isa(), (0, 0))
+    assert attention.native_attention_max_tokens() == limits[0 if threads == 1 else 1]
+    assert bool(calls) == (max(tokens) <= limits[0 if threads == 1 else 1])
+
+
+@pytest.mark.parametrize("isa, threads, limit", [("avx512_vnni", 1, 48), ("avx512_vnni", 2, 192),
+                                                 ("avx_vnni", 1, 32), ("avx_vnni", 2, 80), ("avx2", 2, 80),
+                                                 ("generic", 2, 0)])
+def test_native_attention_limits_per_table_and_threads(isa, threads, limit, restore_dispatch):
+    from edgevla.runtime import attention
+
+    if isa not in native.available_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    native.set_isa(isa)
+    native.set_num_threads(threads)
+    assert attention.native_attention_max_tokens() == limit

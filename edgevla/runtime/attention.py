@@ -19,11 +19,11 @@ softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
 unfused steps (float32 rounding).
 
-Where the kernels run on AVX-512 (:data:`NATIVE_ATTENTION_ISAS`) and both
-sequences are short (at most :data:`NATIVE_ATTENTION_MAX_TOKENS`), the whole
-step is one call of :func:`edgevla.native.attention_f32` instead (scores,
-softmax and ``P @ V`` per head in registers; not bit-identical: within
-4e-6 (1 + max |score|) max |v| of its float reference, as
+Where the kernels of :data:`NATIVE_ATTENTION_MAX_TOKENS` run and both
+sequences are short enough for the thread count (at most its limit), the
+whole step is one call of :func:`edgevla.native.attention_f32` instead
+(scores, softmax and ``P @ V`` per head in registers; not bit-identical:
+within 4e-6 (1 + max |score|) max |v| of its float reference, as
 tests/test_kernels_attention.py asserts).
 Measured alone (1 thread; runs vary by ~10 %), native vs NumPy + OpenBLAS:
 H = 6, D = 64 (small-vla): 5.5 vs 12.4 us at T = 6, 9.2-10.8 vs 14.3-18.4 at
@@ -35,10 +35,17 @@ threads (the Xeon AMX machine, 2026-12-06) the kernel is ahead or level up
 to T = 192 (H = 4, D = 24: 33 vs 33 us at T = 64, 87 vs 100 at 128, 195 vs
 293 at 192; H = 6, D = 64: 165 vs 302 at 128, 449 vs 569 at 192, 945 vs 915
 at 256), and inside a tiny-vla call its T = 64 and 80 attention took 30.5 and
-43.6 us against NumPy's 43.7 and 55.6 (the call 0.505 vs 0.534 ms). With
-narrower vectors the kernel lost to OpenBLAS (AVX2 38.5, SSE2 77.8 us at
-T = 32, H = 6, D = 64), so elsewhere (NEON included, until measured on a
-Jetson) the NumPy path runs.
+43.6 us against NumPy's 43.7 and 55.6 (the call 0.505 vs 0.534 ms).
+The AVX2 kernel (the avx2 and avx_vnni tables) against NumPy on OpenBLAS's
+AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as on such a CPU; same machine,
+2026-12-06; OpenBLAS runs these small batched products on one thread either
+way): with 1 thread ahead up to T = 32 (H = 4, D = 24: 3.6 vs 6.8 us at 6,
+15.3 vs 16.7 at 32, 57.8 vs 42.9 at 64; H = 6, D = 64: 35.9 vs 35.6 at 32,
+126.8 vs 105.8 at 64); with 2 up to T = 80 (31.5 vs 43.8 and 48.0 vs 65.2
+at 64 and 80, H = 4; 66.2 vs 106.9 and 99.9 vs 154.1, H = 6); at 128 ahead
+for H = 4 (128.6 vs 153.7) but behind for H = 6 (402.8 vs 333.9). The
+SSE2 kernel lost to OpenBLAS (77.8 us at T = 32, H = 6, D = 64), so
+elsewhere (NEON included, until measured on a Jetson) the NumPy path runs.
 """
 
 from __future__ import annotations
@@ -53,11 +60,10 @@ from .graph import Graph, Node
 from .scratch import work_arrays
 
 ATTENTION_OP = "edgevla.Attention"
-#: The kernel tables on which :func:`edgevla.native.attention_f32` beats NumPy + OpenBLAS (module docstring).
-NATIVE_ATTENTION_ISAS = ("avx512_vnni", "avx512_amx")
-#: The longest query and key sequences the native kernel takes (module docstring: with 2 threads it is
-#: ahead or level up to T = 192).
-NATIVE_ATTENTION_MAX_TOKENS = 192
+#: The kernel tables on which :func:`edgevla.native.attention_f32` beats NumPy + OpenBLAS, and the
+#: longest query and key sequences it takes there: (with one thread, with two or more). Module docstring.
+NATIVE_ATTENTION_MAX_TOKENS = {"avx512_amx": (48, 192), "avx512_vnni": (48, 192), "avx_vnni": (32, 80),
+                               "avx2": (32, 80)}
 
 _TO_HEADS = (0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D), and back
 _KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
@@ -71,8 +77,8 @@ class Attention:
         self._kernel = native.raw("attention_f32") if native.available() else None
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if (_native_attention() and 0 < k.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS
-                and q.shape[1] <= NATIVE_ATTENTION_MAX_TOKENS and all(_kernel_layout(a) for a in (q, k, v))):
+        if (0 < k.shape[1] and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
+                and all(_kernel_layout(a) for a in (q, k, v))):
             return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out)
         b, t, h, _ = q.shape
         scores, probabilities = work_arrays((b, h, t, k.shape[1]), 2)  # softmax takes none
@@ -88,8 +94,12 @@ class Attention:
         return y
 
 
-def _native_attention() -> bool:
-    return native.available() and native.get_isa() in NATIVE_ATTENTION_ISAS
+def native_attention_max_tokens() -> int:
+    """The longest sequences the native kernel takes with the kernel table and threads in use now (0: none)."""
+    if not native.available():
+        return 0
+    limits = NATIVE_ATTENTION_MAX_TOKENS.get(native.get_isa())
+    return 0 if limits is None else limits[0 if native.get_num_threads() == 1 else 1]
 
 
 def _kernel_layout(a: np.ndarray) -> bool:
