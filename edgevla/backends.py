@@ -601,7 +601,7 @@ def _ort_model(onnx_path: Path) -> tuple[str | bytes, set[str]]:
         return str(onnx_path), set()
     ops = {n.op_type for n in proto.graph.node}
     external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
-    if external or "Conv" not in ops or not dequantize_conv_weights(proto):
+    if external or not ops & {"Conv", "ConvTranspose"} or not dequantize_conv_weights(proto):
         return str(onnx_path), ops
     return proto.SerializeToString(), {n.op_type for n in proto.graph.node}
 

@@ -5,12 +5,12 @@ Rules (each :class:`LintIssue` names one):
 * ``zero-point``   — every QuantizeLinear / DequantizeLinear has an explicit
   zero point that is int8 (int4 allowed on weights; E4M3 for an fp8 pair) and
   all zeros: symmetric.
-* ``weight-axis``  — a DequantizeLinear on a MatMul / Gemm / Conv weight is
+* ``weight-axis``  — a DequantizeLinear on a MatMul / Gemm / Conv / ConvTranspose weight is
   per channel along that weight's output-channel axis (MatMul B: last axis;
-  Gemm B: 0 with ``transB=1`` else 1; Conv W: 0), or blocked along the input axis.
-* ``dq-input``     — an integer (or fp8) tensor reaches MatMul / Gemm / Conv only
+  Gemm B: 0 with ``transB=1`` else 1; Conv W: 0; ConvTranspose W: 1), or blocked along the input axis.
+* ``dq-input``     — an integer (or fp8) tensor reaches MatMul / Gemm / Conv / ConvTranspose only
   through DequantizeLinear, and a quantized activation goes with a quantized weight.
-* ``quantized-bias`` — a Gemm / Conv bias is float, never dequantized.
+* ``quantized-bias`` — a Gemm / Conv / ConvTranspose bias is float, never dequantized.
 * ``scale``        — every Q/DQ scale is positive and finite.
 """
 
@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from ..errors import EdgevlaError
 
-_COMPUTE = ("MatMul", "Gemm", "Conv")
+_COMPUTE = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _SIGNED_WEIGHT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN}
 _INT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
@@ -112,6 +112,8 @@ def _weight_output_axis(node, rank: int) -> tuple[int, int]:
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return (0, 1) if trans_b else (1, 0)
+    if node.op_type == "ConvTranspose":
+        return 1, 0  # (in, out/groups, kH, kW)
     return 0, 1  # Conv: (out, in/groups, kH, kW)
 
 
@@ -119,7 +121,7 @@ def _check_compute(node, inits, producer) -> list[LintIssue]:
     issues = []
     name = _name(node)
     act, weight = node.input[0], node.input[1]
-    bias = node.input[2] if len(node.input) > 2 and node.op_type in ("Gemm", "Conv") else ""
+    bias = node.input[2] if len(node.input) > 2 and node.op_type in ("Gemm", "Conv", "ConvTranspose") else ""
     for k, tensor in ((0, act), (1, weight)):
         src = producer.get(tensor)
         integer = (tensor in inits and inits[tensor].data_type in _INT_TYPES) or (

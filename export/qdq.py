@@ -2,18 +2,19 @@
 
 The fake-quant model is exported as its float graph (every fake-quant layer
 in :func:`edgevla.quant.float_mode`), then each quantized ``Linear``'s
-``MatMul`` / ``Gemm``, and each quantized convolution's ``Conv``, is rewritten:
+``MatMul`` / ``Gemm``, and each quantized convolution's ``Conv`` or ``ConvTranspose``, is rewritten:
 
 * its weight initializer becomes the layer's int8 codes (int4 for W4A16),
   laid out as the graph uses it — ``MatMul`` holds ``W^T`` ``(in, out)``, so
   the output channel is axis 1; ``Gemm`` with ``transB=1`` holds ``W``
   ``(out, in)``, axis 0; ``Conv`` holds ``(out, in / groups, *kernel)``,
-  axis 0 — followed by a per-channel ``DequantizeLinear`` on
+  axis 0; ``ConvTranspose`` (one group) holds ``(in, out, *kernel)``, axis 1
+  — followed by a per-channel ``DequantizeLinear`` on
   that axis (int4: blocked along the input axis, opset 21);
 * under W8A8 its activation input passes ``QuantizeLinear → DequantizeLinear``
   with the layer's static scale and an int8 zero point of 0 (consumers of one
   tensor with equal scales share one pair, as for q/k/v);
-* its bias stays float (``Gemm``'s or ``Conv``'s C, or the ``Add`` after ``MatMul``).
+* its bias stays float (``Gemm``'s, ``Conv``'s or ``ConvTranspose``'s, or the ``Add`` after ``MatMul``).
 
 FP8 layers take the same form with E4M3 (``FLOAT8E4M3FN``) codes and zero
 points (opset 19). The integer codes and scales are exactly the fake-quant
@@ -48,7 +49,9 @@ from ..quant.fakequant import (
     Int8Weights,
     StaticInt8Input,
     float_mode,
+    is_any_convolution,
     is_convolution,
+    is_transposed_convolution,
     quantized_layers,
 )
 from .onnx_export import _write_checked, export_onnx, match_initializers
@@ -226,7 +229,8 @@ def reference_session(path: str | os.PathLike):
 
 
 def dequantize_conv_weights(proto: onnx.ModelProto) -> list[str]:
-    """Replace, in place, each constant int8 ``DequantizeLinear`` read only as ``Conv`` weights by its float value.
+    """Replace, in place, each constant int8 ``DequantizeLinear`` read only as ``Conv`` (or ``ConvTranspose``)
+    weights by its float value.
 
     For ONNX Runtime's CPU provider: it fuses Q/DQ around a ``Conv`` only when
     the convolution's output is quantized too (``QLinearConv``), which the
@@ -246,7 +250,7 @@ def dequantize_conv_weights(proto: onnx.ModelProto) -> list[str]:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits or node.input[1] not in inits:
             continue
         users = readers.get(node.output[0], [])
-        if not users or any(u.op_type != "Conv" or k != 1 for u, k in users):
+        if not users or any(u.op_type not in ("Conv", "ConvTranspose") or k != 1 for u, k in users):
             continue
         codes = numpy_helper.to_array(inits[node.input[0]])
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
@@ -288,14 +292,16 @@ def insert_qdq(proto: onnx.ModelProto, layers: dict[str, FakeQuantLayer], refs) 
         if ref is None:
             raise EdgevlaError(f"Q/DQ export: the weight of {name} is not an initializer of the exported graph")
         users = consumers.get(ref.name, [])
-        ops = ("Conv",) if is_convolution(layer) else ("MatMul", "Gemm")
+        ops = ("Conv",) if is_convolution(layer) else ("ConvTranspose",) if is_transposed_convolution(layer) else (
+            "MatMul", "Gemm")
         if not users or any(n.op_type not in ops or k != 1 for n, k in users):
             raise EdgevlaError(f"Q/DQ export: {name}'s weight does not feed {'/'.join(ops)} as its weight input")
         if ref.name in done:
             continue
         done.add(ref.name)
-        axis = 0 if is_convolution(layer) else _output_axis(users[0][0], ref.transposed)
-        if not is_convolution(layer):  # a Conv reads its weight as (out, in / groups, *kernel) wherever it is used
+        # a Conv reads its weight as (out, in / groups, *kernel) wherever it is used, a ConvTranspose as (in, out, ...)
+        axis = layer.weight_axis if is_any_convolution(layer) else _output_axis(users[0][0], ref.transposed)
+        if not is_any_convolution(layer):
             for node, _ in users[1:]:
                 if _output_axis(node, ref.transposed) != axis:
                     raise EdgevlaError(f"Q/DQ export: {name}'s weight is used with two layouts")

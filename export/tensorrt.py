@@ -350,7 +350,7 @@ def onnx_float_type(model) -> str:
 
 
 def expected_node_precisions(model, plan: EnginePlan) -> dict[str, str]:
-    """The precision each MatMul / Gemm / Conv node of the ONNX model must run in under ``plan``.
+    """The precision each MatMul / Gemm / Conv / ConvTranspose node of the ONNX model must run in under ``plan``.
 
     A node whose activation comes through Q/DQ runs in the quantized type (int8, fp8); one whose
     only quantized input is the weight (weight-only) and every float node run in a float precision
@@ -364,7 +364,7 @@ def expected_node_precisions(model, plan: EnginePlan) -> dict[str, str]:
     float_precision = plan.float_precisions[0]
     expected = {}
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "Conv") or not node.name:
+        if node.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose") or not node.name:
             continue
         dq = producer.get(node.input[0])
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None

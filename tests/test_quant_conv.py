@@ -75,24 +75,64 @@ def test_int8_conv_codes_and_forward(conv):
         0 if conv.bias is None else 4 * conv.out_channels)
 
 
+@pytest.mark.parametrize("up", [
+    nn.ConvTranspose1d(5, 7, 4, stride=2, padding=1),
+    nn.ConvTranspose2d(6, 3, (3, 2), stride=(2, 1), padding=(1, 0), output_padding=(1, 0), bias=False),
+    nn.ConvTranspose2d(4, 4, 3, dilation=2),
+    nn.ConvTranspose3d(2, 3, 2, stride=2),
+], ids=["1d-unet-up", "2d-output-padding", "2d-dilated", "3d"])
+def test_int8_transposed_conv_codes_are_per_output_channel_on_axis_1(up):
+    """A transposed convolution's weight is (in, out, *kernel): one scale per output channel along axis 1."""
+    torch.manual_seed(0)
+    x = torch.randn(2, up.in_channels, *([5] * len(up.kernel_size)))
+    q = Int8WeightConv(up)
+    codes, scale = _reference_codes(up.weight.transpose(0, 1))
+    assert np.array_equal(q.weight_qdata.numpy(), codes.swapaxes(0, 1))
+    assert np.array_equal(q.weight_scale.numpy(), scale) and q.weight_scale.shape == (up.out_channels,)
+    with torch.no_grad():
+        dequantized = q.weight_qdata.float() * q.weight_scale.reshape(1, -1, *[1] * (x.ndim - 2))
+        assert torch.equal(q.quantized_weight(), dequantized)
+        with float_mode(q):
+            assert torch.equal(q(x), up(x))
+        assert torch.equal(q(x), _with_weight(up, dequantized)(x))
+        assert sqnr_db(up(x), q(x)) > 35
+    a8 = Int8ActivationInt8WeightConv(up, input_amax=2.0)
+    s = a8.input_scale.item()
+    with torch.no_grad():
+        xq = torch.clamp(torch.round(x / s), -128, 127) * s
+        assert torch.equal(a8(x), _with_weight(up, dequantized)(xq))
+
+
+def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A copy of ``module`` computing with ``weight``."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    with torch.no_grad():
+        clone.weight.copy_(weight)
+    return clone
+
+
 class Mixed(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)  # not a forward convolution: never quantized
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.grouped = nn.ConvTranspose2d(4, 4, 1, groups=2)  # no one axis holds its output channels: float
         self.fc = nn.Linear(4 * 16 * 16, 32)  # for 10x10 images
 
     def forward(self, x):
-        return self.fc(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))
+        return self.fc(self.grouped(torch.relu(self.up(torch.relu(self.conv(x))))).flatten(1))
 
 
 def test_which_configs_take_convolutions():
-    assert list(quantizable_layers(Mixed())) == ["conv", "fc"]
+    assert list(quantizable_layers(Mixed())) == ["conv", "up", "fc"]
     m = Mixed()
-    assert quantize_(m, Int8WeightOnlyConfig()) == {"conv": "w8a16", "fc": "w8a16"}
-    assert isinstance(m.conv, Int8WeightConv) and isinstance(m.up, nn.ConvTranspose2d)
+    assert quantize_(m, Int8WeightOnlyConfig()) == {"conv": "w8a16", "up": "w8a16", "fc": "w8a16"}
+    assert isinstance(m.conv, Int8WeightConv) and isinstance(m.up, Int8WeightConv)
+    assert type(m.grouped) is nn.ConvTranspose2d
     m = Mixed()
-    assert quantize_(m, Int4WeightOnlyConfig(group_size=32)) == {"conv": "float", "fc": "w4a16"}
+    assert quantize_(m, Int4WeightOnlyConfig(group_size=32)) == {"conv": "float", "up": "float", "fc": "w4a16"}
     with pytest.raises(EdgevlaError, match="convolution conv: Int4WeightOnlyConfig is a Linear format"):
         quantize_(Mixed(), PerLayerConfig(layers={"conv": Int4WeightOnlyConfig(group_size=32)}))
     with pytest.raises(EdgevlaError, match="no calibrated activation range for conv"):
@@ -212,17 +252,32 @@ def test_a_convolution_called_twice_exports_one_dequantized_weight(tmp_path):
     torch.manual_seed(0)
     policy = Temporal().eval()
     r = quantize_policy(policy, "w8a8", batches=_calibration(policy))
-    assert r.formats["b"] == "w8a8" and r.formats["down"] == "w8a8" and "up" not in r.formats  # ConvTranspose: float
+    assert r.formats["b"] == "w8a8" and r.formats["down"] == "w8a8" and r.formats["up"] == "w8a8"
     path = export_quantized(r.model, tmp_path / "t.onnx")
     assert lint_qdq(path) == []
     proto = onnx.load(str(path))
     readers = [n for n in proto.graph.node if "b.weight_DequantizeLinear" in n.input]
     assert [n.op_type for n in readers] == ["Conv", "Conv"]
+    # the transposed convolution: int8 (in, out, k) codes, scales per output channel along axis 1
+    (up_dq,) = [n for n in proto.graph.node if n.output[0] == "up.weight_DequantizeLinear"]
+    assert next(a.i for a in up_dq.attribute if a.name == "axis") == 1
+    assert [n.op_type for n in proto.graph.node if "up.weight_DequantizeLinear" in n.input] == ["ConvTranspose"]
     obs = policy.spec.example(4, seed=3)
     with torch.no_grad():
         expected = r.model(*[torch.from_numpy(obs[k]) for k in policy.spec.input_names]).numpy()
     exported = reference_session(path).run(None, obs)[0]
     assert np.abs(exported - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+    # saved and restored (a bundle's weights), and trained through (QAT), like any quantized convolution
+    fresh = Temporal().eval()
+    assert restore_quantized(fresh, r.model.state_dict())["up"] == "w8a8"
+    fresh.load_state_dict(r.model.state_dict())
+    args = [torch.from_numpy(obs[k]) for k in policy.spec.input_names]
+    with torch.no_grad():
+        assert torch.equal(fresh(*args), r.model(*args))
+    model = r.model.train()
+    with qat_mode(model):
+        model(*args).square().mean().backward()
+    assert model.up.weight.grad is not None and model.up.weight.grad.abs().sum() > 0
 
 
 class Video(nn.Module):

@@ -138,3 +138,65 @@ def test_one_weight_read_by_two_transposed_convolutions():
     got, want = model.run(feeds), _ort(proto, feeds)
     for name, expected in zip("ab", want):
         np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-5)
+
+
+def _qdq_model(x_shape, codes, w_scale, x_scale, bias, attrs):
+    """x -> QuantizeLinear -> DequantizeLinear -> ConvTranspose, its weight DequantizeLinear(codes) per output
+    channel (axis 1) or per tensor: the form a w8a8 bundle's up-sampling takes."""
+    per_channel = np.ndim(w_scale) == 1
+    inits = [numpy_helper.from_array(codes, "up.weight_quantized"),
+             numpy_helper.from_array(np.asarray(w_scale, np.float32), "up.weight_scale"),
+             numpy_helper.from_array(np.array(x_scale, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "x_zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["up.weight_quantized", "up.weight_scale"],
+                              ["up.weight_DequantizeLinear"], **({"axis": 1} if per_channel else {}))]
+    ins = ["xd", "up.weight_DequantizeLinear"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "up.bias"))
+        ins.append("up.bias")
+    nodes.append(helper.make_node("ConvTranspose", ins, ["y"], **attrs))
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+@pytest.mark.parametrize("case", ["diffusion-policy", "odd-kernel-output-padding", "stride-3-uneven-pads", "2d-mixed",
+                                  "3d"])
+def test_a_quantized_weight_keeps_its_codes_and_the_input_its_static_scale(case, per_channel):
+    """A w8a8 bundle's ConvTranspose: the phase convolution runs int8-static on the exporter's codes and the
+    input's Q/DQ scale (exact integer sums), ONNX Runtime's float arithmetic on the same values within 1e-5."""
+    x_shape, (c_out, kernel), attrs = CASES[case]
+    rng = np.random.default_rng(len(case) + per_channel)
+    codes = rng.integers(-127, 128, (x_shape[1], c_out, *kernel), dtype=np.int8)
+    w_scale = rng.uniform(1e-3, 4e-3, c_out).astype(np.float32) if per_channel else np.float32(2.5e-3)
+    proto = _qdq_model(x_shape, codes, w_scale, 0.02, rng.standard_normal(c_out).astype(np.float32), attrs)
+    model = NativeModel(proto)
+    (choice,) = [c for c in model.plan() if c.layer == "up.phases"]
+    assert (choice.weight, choice.mode) == ("int8", "int8-static")
+    assert "ConvTranspose" not in model.op_count()
+    feeds = {"x": rng.uniform(-2, 2, x_shape).astype(np.float32)}
+    want = _ort(proto, feeds)[0]
+    got = model.run(feeds)["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_codes_on_another_axis_are_not_taken_as_output_channels():
+    """Scales along axis 0 (the input channels) are no per-output-channel codes: the float weight runs."""
+    x_shape, (c_out, kernel), attrs = CASES["diffusion-policy"]
+    rng = np.random.default_rng(9)
+    codes = rng.integers(-127, 128, (x_shape[1], c_out, *kernel), dtype=np.int8)
+    proto = _qdq_model(x_shape, codes, rng.uniform(1e-3, 4e-3, c_out).astype(np.float32), 0.02, None, attrs)
+    dq = proto.graph.node[2]
+    dq.attribute[0].i = 0
+    proto.graph.initializer[1].CopyFrom(numpy_helper.from_array(rng.uniform(1e-3, 4e-3, x_shape[1]).astype(
+        np.float32), "up.weight_scale"))
+    model = NativeModel(proto)
+    (choice,) = [c for c in model.plan() if c.layer == "up.phases"]
+    assert choice.weight == "fp32"
+    feeds = {"x": rng.uniform(-2, 2, x_shape).astype(np.float32)}
+    want = _ort(proto, feeds)[0]
+    assert np.abs(model.run(feeds)["y"] - want).max() < 0.03 * np.abs(want).max()

@@ -38,7 +38,9 @@ from .fakequant import (
     PerLayerConfig,
     QuantConfig,
     float_mode,
+    is_any_convolution,
     is_convolution,
+    is_transposed_convolution,
     qat_mode,
     quantizable_layers,
     quantize_,
@@ -55,7 +57,7 @@ from .smoothquant import SmoothGroup, find_smooth_groups, smooth_quant
 __all__ = [
     "FLOAT_DTYPES", "FORMATS", "METHODS", "ActivationObserver", "FakeQuantConv", "FakeQuantLayer", "FakeQuantLinear",
     "Float8Linear", "FoldedNorm", "Int8ActivationInt8WeightConv", "Int8WeightConv", "fold_batch_norms",
-    "is_convolution", "quantizable_layers",
+    "is_any_convolution", "is_convolution", "is_transposed_convolution", "quantizable_layers",
     "Float8StaticActivationFloat8WeightConfig", "Int4GroupedWeight", "Int4WeightLinear", "Int4WeightOnlyConfig",
     "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig", "Int8Weight", "Int8WeightLinear",
     "Int8WeightOnlyConfig", "PerLayerConfig", "QATReport", "QuantConfig", "QuantizeResult", "SmoothGroup",

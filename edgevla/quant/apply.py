@@ -58,6 +58,7 @@ from .fakequant import (
     Int8WeightOnlyConfig,
     PerLayerConfig,
     QuantConfig,
+    is_any_convolution,
     is_convolution,
     quantizable_layers,
     quantize_,
@@ -158,9 +159,9 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     unknown = [s for s in probe.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in layers)]
     if unknown:
         raise EdgevlaError(f"skip list names no nn.Linear or convolution: {', '.join(unknown)}")
-    chosen = [n for n, m in layers.items() if not probe.skips(n) and (fmt != "fp8" or not is_convolution(m))]
+    chosen = [n for n, m in layers.items() if not probe.skips(n) and (fmt != "fp8" or not is_any_convolution(m))]
     notes = ["fp8 is a Linear format: the convolutions stay float"] if fmt == "fp8" and any(
-        is_convolution(m) for m in layers.values()) else []
+        is_any_convolution(m) for m in layers.values()) else []
     table_names = round_tables(model) if tables else []  # before calibration: activations see the shipped tables
     folded: list[FoldedNorm] = []
     if any(is_convolution(layers[n]) for n in chosen):
@@ -196,7 +197,7 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
             configs[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
         elif fmt == "fp8":
             configs[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
-        elif fmt == "w8a16" or is_convolution(layers[name]):
+        elif fmt == "w8a16" or is_any_convolution(layers[name]):
             configs[name] = Int8WeightOnlyConfig()  # w4a16 too: int4 is a Linear format
         else:
             g = layer_group_size(layers[name].in_features, group_size)

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import EdgevlaError
 from ..spec import PolicySpec
-from .fakequant import is_convolution, quantizable_layers
+from .fakequant import is_any_convolution, quantizable_layers
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 MAX_SAMPLES = 1 << 18  # |x| values kept per observed tensor
@@ -185,7 +185,7 @@ def observe_layer_inputs(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
     unknown = [n for n in names if n not in available]
     if unknown:
         raise EdgevlaError(f"no nn.Linear or convolution named {', '.join(unknown)} in {type(model).__name__}")
-    observers = {n: ActivationObserver(max_samples, 1 if is_convolution(available[n]) else -1) for n in names}
+    observers = {n: ActivationObserver(max_samples, 1 if is_any_convolution(available[n]) else -1) for n in names}
 
     def hook_for(name: str):
         def hook(_module, args):

@@ -15,9 +15,13 @@ Configs follow torchao's ``<Activation><Weight>Config`` naming:
 * :class:`Float8StaticActivationFloat8WeightConfig` — FP8 E4M3 weights
   (per channel) and activations (static per tensor), for targets with fp8.
 
-The layers are ``nn.Linear`` and the forward convolutions ``nn.Conv1d/2d/3d``
+The layers are ``nn.Linear``, the forward convolutions ``nn.Conv1d/2d/3d``
 (any groups, stride, dilation or padding mode), whose per-channel scales are
-one per filter. The two int8 configs take both; int4 and fp8 take Linears only
+one per filter, and the transposed convolutions ``nn.ConvTranspose1d/2d/3d``
+of one group (a U-Net's up-sampling), whose ``(in, out, *kernel)`` weight is
+scaled per output channel along axis 1 (with groups, the output channels are
+spread over the groups and no single axis holds them: such a layer stays
+float). The two int8 configs take them all; int4 and fp8 take Linears only
 (TensorRT runs no int4 convolution, and edgevla does not export fp8 ones), so
 under them a convolution stays float.
 
@@ -142,6 +146,7 @@ class FakeQuantLayer(nn.Module):
     format_name = "float"
     float_mode: bool
     qat: bool
+    weight_axis = 0  # the output channels' axis of the weight
 
     def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -205,28 +210,56 @@ class FakeQuantLinear(FakeQuantLayer, nn.Linear):
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+#: ``F.conv_transposeNd`` by number of spatial dimensions.
+_CONV_TRANSPOSE_FUNCTIONS = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
 def is_convolution(module: nn.Module) -> bool:
     """A forward convolution of 1-3 spatial dims (``nn.Conv1d/2d/3d``, or a fake-quant one); not a transposed one."""
     return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and len(module.kernel_size) in (1, 2, 3)
 
 
-class FakeQuantConv(FakeQuantLayer, nn.modules.conv._ConvNd):
-    """An ``nn.Conv1d/2d/3d`` computing with its quantized weight: per output channel (filter) scales.
+def is_transposed_convolution(module: nn.Module) -> bool:
+    """A transposed convolution of 1-3 spatial dims and one group (``nn.ConvTranspose1d/2d/3d``, or a fake-quant
+    one): the kind the int8 formats quantize, per output channel along its weight's axis 1."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.groups == 1
+            and len(module.kernel_size) in (1, 2, 3))
 
-    The same attributes, parameter names and ``F.convNd`` call as the module it
-    replaces, so its float-mode export is the float model's ``Conv`` node.
+
+def is_any_convolution(module: nn.Module) -> bool:
+    """A forward or a transposed convolution the int8 formats quantize (not a Linear)."""
+    return is_convolution(module) or is_transposed_convolution(module)
+
+
+class FakeQuantConv(FakeQuantLayer, nn.modules.conv._ConvNd):
+    """An ``nn.Conv1d/2d/3d`` or ``nn.ConvTranspose1d/2d/3d`` computing with its quantized weight: per output
+    channel scales (a filter's, axis 0; a transposed convolution's, axis 1).
+
+    The same attributes, parameter names and ``F.convNd`` / ``F.conv_transposeNd``
+    call as the module it replaces, so its float-mode export is the float
+    model's ``Conv`` or ``ConvTranspose`` node. (A transposed one takes no
+    ``output_size`` at call time: its ``output_padding`` fixes the shape.)
     """
 
     def __init__(self, conv: nn.modules.conv._ConvNd):
-        if not is_convolution(conv):
-            raise EdgevlaError(f"{type(conv).__name__} is not a 1-3 d forward convolution")
+        if not is_any_convolution(conv):
+            raise EdgevlaError(f"{type(conv).__name__} is not a 1-3 d forward convolution or a 1-3 d transposed "
+                               "one of one group")
         nn.modules.conv._ConvNd.__init__(
             self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            False, conv.output_padding, conv.groups, conv.bias is not None, conv.padding_mode,
+            conv.transposed, conv.output_padding, conv.groups, conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype)
         _copy_parameters(self, conv)
 
+    @property
+    def weight_axis(self) -> int:
+        return 1 if self.transposed else 0
+
     def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            conv_transpose = _CONV_TRANSPOSE_FUNCTIONS[len(self.kernel_size)]
+            return conv_transpose(x, weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
         conv = _CONV_FUNCTIONS[len(self.kernel_size)]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -249,24 +282,24 @@ class Int8Weights:
     format_name = "w8a16"
 
     def _quantize_weight(self) -> None:
-        q = Int8Weight.from_hp(self.weight)
+        q = Int8Weight.from_hp(self.weight, self.weight_axis)
         self.register_buffer("weight_qdata", q.qdata)
         self.register_buffer("weight_scale", q.scale)
 
     @property
     def int8_weight(self) -> Int8Weight:
-        return Int8Weight(self.weight_qdata, self.weight_scale)
+        return Int8Weight(self.weight_qdata, self.weight_scale, self.weight_axis)
 
     def quantized_weight(self) -> torch.Tensor:
         return self.int8_weight.dequantize()
 
     def training_weight(self) -> torch.Tensor:
-        scale = scale_from_amax(channel_amax(self.weight.detach()), INT8_MAX)
-        return fake_quantize_ste(self.weight, per_channel(scale, self.weight.ndim))
+        scale = scale_from_amax(channel_amax(self.weight.detach(), self.weight_axis), INT8_MAX)
+        return fake_quantize_ste(self.weight, per_channel(scale, self.weight.ndim, self.weight_axis))
 
     @torch.no_grad()
     def refresh(self) -> None:
-        q = Int8Weight.from_hp(self.weight)
+        q = Int8Weight.from_hp(self.weight, self.weight_axis)
         self.weight_qdata.copy_(q.qdata)
         self.weight_scale.copy_(q.scale)
 
@@ -303,7 +336,7 @@ class Int8ActivationInt8WeightLinear(StaticInt8Input, Int8WeightLinear):
 
 
 class Int8WeightConv(Int8Weights, FakeQuantConv):
-    """W8A16 convolution: int8 weights, one scale per filter."""
+    """W8A16 convolution (forward or transposed): int8 weights, one scale per output channel."""
 
     def __init__(self, conv: nn.modules.conv._ConvNd):
         super().__init__(conv)
@@ -311,7 +344,7 @@ class Int8WeightConv(Int8Weights, FakeQuantConv):
 
 
 class Int8ActivationInt8WeightConv(StaticInt8Input, Int8WeightConv):
-    """W8A8 convolution: int8 filters and a static per-tensor int8 scale on the input."""
+    """W8A8 convolution (forward or transposed): int8 weights and a static per-tensor int8 scale on the input."""
 
     def __init__(self, conv: nn.modules.conv._ConvNd, input_amax: float):
         super().__init__(conv)
@@ -396,8 +429,9 @@ class Float8Linear(FakeQuantLinear):
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Linear`` and forward convolution (``nn.Conv1d/2d/3d``) of ``model`` by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_convolution(m)}
+    """Every ``nn.Linear``, forward convolution (``nn.Conv1d/2d/3d``) and one-group transposed convolution
+    (``nn.ConvTranspose1d/2d/3d``) of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_any_convolution(m)}
 
 
 def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
@@ -425,13 +459,13 @@ def quantize_(model: nn.Module, config: QuantConfig) -> dict[str, str]:
         if strangers:
             raise EdgevlaError(f"per-layer config names no nn.Linear or convolution: {', '.join(strangers[:5])}")
         plan = {n: c for n in layers if (c := config.for_layer(n)) is not None}
-        refused = [n for n, c in plan.items() if is_convolution(layers[n]) and not _takes_convolutions(c)]
+        refused = [n for n, c in plan.items() if is_any_convolution(layers[n]) and not _takes_convolutions(c)]
         if refused:
             raise EdgevlaError(f"convolution {refused[0]}: {type(plan[refused[0]]).__name__} is a Linear format; "
                                "convolutions take int8 weights (w8a8 or w8a16) or stay float")
     else:
         plan = {n: config for n, m in layers.items() if not config.skips(n)
-                and (not is_convolution(m) or _takes_convolutions(config))}
+                and (not is_any_convolution(m) or _takes_convolutions(config))}
     missing = [n for n, c in plan.items() if getattr(c, "activation_amax", None) is not None
                and n not in c.activation_amax]
     if missing:
@@ -450,7 +484,7 @@ def _takes_convolutions(config: QuantConfig) -> bool:
 
 
 def _fake_quant_for(layer: nn.Module, config: QuantConfig, name: str) -> FakeQuantLayer:
-    if is_convolution(layer):
+    if is_any_convolution(layer):
         if isinstance(config, Int8StaticActivationInt8WeightConfig):
             return Int8ActivationInt8WeightConv(layer, config.activation_amax[name])
         return Int8WeightConv(layer)
@@ -487,7 +521,7 @@ def restore_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
             continue
         if weight is None or f"{name}.weight_scale" not in state_dict:
             raise EdgevlaError(f"{name}: the saved quantized layer lacks its float weight or weight scale")
-        if is_convolution(layer):
+        if is_any_convolution(layer):
             if codes is None or codes.dtype != torch.int8 or tuple(codes.shape) != tuple(layer.weight.shape):
                 raise EdgevlaError(f"{name}: the saved convolution is not int8 codes of its weight's shape "
                                    f"{tuple(layer.weight.shape)}")
@@ -572,6 +606,6 @@ __all__ = [
     "Float8StaticActivationFloat8WeightConfig", "Int4WeightLinear", "Int4WeightOnlyConfig",
     "Int8ActivationInt8WeightConv", "Int8ActivationInt8WeightLinear", "Int8StaticActivationInt8WeightConfig",
     "Int8WeightConv", "Int8WeightLinear", "Int8WeightOnlyConfig", "Int8Weights", "PerLayerConfig", "QuantConfig",
-    "StaticInt8Input", "float_mode", "is_convolution", "qat_mode", "quantizable_layers", "quantize_",
-    "quantized_layers", "refresh_quantized", "restore_quantized",
+    "StaticInt8Input", "float_mode", "is_any_convolution", "is_convolution", "is_transposed_convolution", "qat_mode",
+    "quantizable_layers", "quantize_", "quantized_layers", "refresh_quantized", "restore_quantized",
 ]

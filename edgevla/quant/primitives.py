@@ -99,36 +99,41 @@ def sqnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- int8 weights / activations
 
 
-def channel_amax(weight: torch.Tensor) -> torch.Tensor:
-    """``max |w|`` of each output channel (axis 0) of a weight of any rank >= 2, shape ``(out,)``."""
-    return weight.abs().flatten(1).amax(dim=1)
+def channel_amax(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """``max |w|`` of each output channel of a weight of any rank >= 2, shape ``(out,)``: along axis 0
+    (a Linear's or a convolution's), or 1 (a transposed convolution's ``(in, out, *kernel)``)."""
+    return weight.abs().movedim(axis, 0).flatten(1).amax(dim=1)
 
 
-def per_channel(scale: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(out,)`` scales shaped to broadcast over a weight of rank ``ndim`` along axis 0."""
-    return scale.reshape(-1, *([1] * (ndim - 1)))
+def per_channel(scale: torch.Tensor, ndim: int, axis: int = 0) -> torch.Tensor:
+    """``(out,)`` scales shaped to broadcast over a weight of rank ``ndim`` along ``axis``."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scale.reshape(shape)
 
 
 @dataclass(frozen=True)
 class Int8Weight:
     """A symmetric int8 weight, one scale per output channel: axis 0 of a Linear's ``(out, in)``
-    or of a convolution's ``(out, in / groups, *kernel)``."""
+    or of a convolution's ``(out, in / groups, *kernel)``, axis 1 of a transposed convolution's
+    ``(in, out, *kernel)``."""
 
     qdata: torch.Tensor  # int8, same shape as the weight
     scale: torch.Tensor  # float32, (out,)
+    axis: int = 0  # the output channels' axis of qdata
 
     @property
     def zero_point(self) -> torch.Tensor:
         return torch.zeros_like(self.scale, dtype=torch.int8)
 
     @classmethod
-    def from_hp(cls, weight: torch.Tensor) -> "Int8Weight":
+    def from_hp(cls, weight: torch.Tensor, axis: int = 0) -> "Int8Weight":
         w = _check_weight(weight, any_rank=True)
-        scale = scale_from_amax(channel_amax(w), INT8_MAX)
-        return cls(quantize(w, per_channel(scale, w.ndim)), scale)
+        scale = scale_from_amax(channel_amax(w, axis), INT8_MAX)
+        return cls(quantize(w, per_channel(scale, w.ndim, axis)), scale, axis)
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.qdata, per_channel(self.scale, self.qdata.ndim))
+        return dequantize(self.qdata, per_channel(self.scale, self.qdata.ndim, self.axis))
 
     @property
     def nbytes(self) -> int:

@@ -22,6 +22,13 @@ the plan like any other layer, channels last between the U-Net's
 convolutions. Diffusion Policy's ``ConvTranspose1d(C, C, 4, 2, 1)`` becomes a
 ``Conv1d(C, 2C, 2)``: the same multiply-adds, no scatter.
 
+A weight the graph dequantizes from int8 codes per output channel (axis 1
+of its ``(C_in, C_out, *kernel)``: a w8a8 bundle's) keeps its codes: the
+filter banks are the codes rearranged, each phase's filters with their
+channel's scale, so the convolution runs on the exporter's integers (and on
+the static int8 input its ``QuantizeLinear → DequantizeLinear`` gives), not
+on requantized floats.
+
 Rewritten: one group, dilations 1, a constant float weight (and bias),
 explicit pads or ``VALID``. Any other ``ConvTranspose`` (grouped, dilated,
 ``SAME_*``, ``output_shape``, a computed weight) stays the scattering op
@@ -35,7 +42,7 @@ import math
 
 import numpy as np
 
-from .graph import Graph, Node
+from .graph import Graph, Node, QuantizedConstant, layer_name
 from .ops import _fail, _ints, register
 
 PHASES_TO_SPACE_OP = "edgevla.PhasesToSpace"
@@ -53,16 +60,18 @@ def rewrite_conv_transposes(graph: Graph) -> int:
         if parts is None:
             nodes.append(node)
             continue
-        weight, bias, conv_attrs, phase_attrs = parts
-        # named after the weight (``up.weight``: the layer ``up.phases`` in the plan); a weight several nodes
-        # read (a U-Net run twice) is rewritten the same way for each, unless their attributes differ
-        stem = node.inputs[1][:-len(".weight")] if node.inputs[1].endswith(".weight") else node.inputs[1]
-        stem = f"{stem}.phases"
+        weight, bias, codes, conv_attrs, phase_attrs = parts
+        # named after the weight's layer (``up.weight``, ``up.weight_DequantizeLinear``: the layer ``up.phases`` in
+        # the plan); a weight several nodes read (a U-Net run twice) is rewritten the same way for each, unless
+        # their attributes differ
+        stem = f"{layer_name(node.inputs[1])}.phases"
         if stem in taken and not _same(taken[stem], (weight, bias)):
             stem = f"{stem}.{node.name}"
         taken[stem] = (weight, bias)
         w_name, phases = f"{stem}.weight", f"{node.outputs[0]}::phases"
         graph.constants[w_name] = weight
+        if codes is not None:
+            graph.quantized[w_name] = codes
         inputs = [node.inputs[0], w_name]
         if bias is not None:
             graph.constants[f"{stem}.bias"] = bias
@@ -79,8 +88,10 @@ def _same(a: tuple[np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarr
                                              and np.array_equal(x, y)) for x, y in zip(a, b))
 
 
-def _as_conv(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None, dict, dict] | None:
-    """(the phase weight, the phase bias, the Conv's attributes, the PhasesToSpace's), or None where not rewritten."""
+def _as_conv(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None, QuantizedConstant | None, dict,
+                                                dict] | None:
+    """(the phase weight, the phase bias, its int8 codes where the weight has them, the Conv's attributes, the
+    PhasesToSpace's), or None where not rewritten."""
     w = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
     b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
     b = graph.constants.get(b_name) if b_name else None
@@ -103,20 +114,44 @@ def _as_conv(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None, d
     # Per dimension, the phase blocks q cover positions [0, Q s) with Q = L - 1 + ceil((k + e) / s): the last
     # ceil((k + e) / s) s - k - e of them lie past the transposed convolution's full output, s (L - 1) + k + e.
     blocks = [math.ceil((k + e) / s) for k, e, s in zip(kernel, extra, strides)]
-    c_in, c_out, phases = w.shape[0], w.shape[1], math.prod(strides)
-    weight = np.zeros((phases, c_out, c_in, *taps), np.float32)
-    for p, phase in enumerate(np.ndindex(*strides)):
-        for tap in np.ndindex(*taps):
-            # window tap i reads x[q - (J - 1 - i)]: kernel offset (J - 1 - i) s + r
-            offset = tuple((t - 1 - i) * s + r for t, i, s, r in zip(taps, tap, strides, phase))
-            if all(o < k for o, k in zip(offset, kernel)):
-                weight[(p, slice(None), slice(None), *tap)] = w[(slice(None), slice(None), *offset)].T
+    phases = math.prod(strides)
+    weight = _phase_banks(w, strides, taps)
+    codes = _channel_codes(graph.quantized.get(node.inputs[1]), w.shape[1])
+    if codes is not None:
+        codes = QuantizedConstant(_phase_banks(codes[0], strides, taps), 8, np.tile(codes[1], phases), None, 0, 0)
     conv_attrs = {"kernel_shape": taps, "strides": [1] * n, "dilations": [1] * n, "group": 1,
                   "pads": [t - 1 for t in taps] + [q - 1 for q in blocks]}
     past = [q * s - k - e for q, s, k, e in zip(blocks, strides, kernel, extra)]
     phase_attrs = {"strides": strides, "begin": pads[:n], "end": [p + e for p, e in zip(past, pads[n:])]}
     bias = None if b is None else np.tile(b.astype(np.float32), phases)
-    return weight.reshape(phases * c_out, c_in, *taps), bias, conv_attrs, phase_attrs
+    return weight, bias, codes, conv_attrs, phase_attrs
+
+
+def _phase_banks(w: np.ndarray, strides: list[int], taps: list[int]) -> np.ndarray:
+    """The ``(prod(s) x C_out, C_in, *taps)`` filter banks of a ``(C_in, C_out, *kernel)`` transposed
+    convolution weight (float or int8 codes), phase major, taps flipped, missing ones zero."""
+    c_in, c_out, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    banks = np.zeros((math.prod(strides), c_out, c_in, *taps), w.dtype)
+    for p, phase in enumerate(np.ndindex(*strides)):
+        for tap in np.ndindex(*taps):
+            # window tap i reads x[q - (J - 1 - i)]: kernel offset (J - 1 - i) s + r
+            offset = tuple((t - 1 - i) * s + r for t, i, s, r in zip(taps, tap, strides, phase))
+            if all(o < k for o, k in zip(offset, kernel)):
+                banks[(p, slice(None), slice(None), *tap)] = w[(slice(None), slice(None), *offset)].T
+    return banks.reshape(-1, c_in, *taps)
+
+
+def _channel_codes(quantized: QuantizedConstant | None, c_out: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 codes, one scale per output channel) of a transposed convolution weight dequantized per output
+    channel (axis 1) or per tensor, zero point 0; None otherwise."""
+    if quantized is None or quantized.bits != 8 or not quantized.symmetric() or quantized.block_size:
+        return None
+    scale = np.asarray(quantized.scale, np.float32).reshape(-1)
+    if scale.size == 1:
+        return quantized.codes, np.full(c_out, scale[0], np.float32)
+    if quantized.axis != 1 or scale.size != c_out:
+        return None
+    return quantized.codes, np.ascontiguousarray(scale)
 
 
 @register(PHASES_TO_SPACE_OP)

@@ -73,7 +73,7 @@ import numpy as np
 
 from .attention import fuse_attention
 from .conv_transpose import rewrite_conv_transposes
-from .graph import Graph, Node, QuantizedConstant
+from .graph import Graph, Node, QuantizedConstant, layer_name
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
 from .group_norm import GROUP_NORM_OP, fuse_group_norm
@@ -294,7 +294,7 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
         if residual is not None:
             absorbed.append(reader)
             out = reader.outputs[0]
-        name = _layer_name(node.inputs[1])
+        name = layer_name(node.inputs[1])
         weight = LinearWeight(name, conv_matrix(w))
         codes = _filter_codes(graph.quantized.get(node.inputs[1]), w.shape[0])
         static_scale, layer_input = None, node.inputs[0]
@@ -504,7 +504,7 @@ def _match_linear(view: _View, node: Node) -> tuple[LinearSpec, str, list[Node]]
         quantized_input = _static_int8_input(view, x)
         if quantized_input is not None:
             layer_input, static_scale = quantized_input
-    spec = LinearSpec(_layer_name(w_name), weight, bias, activation, static_scale, residual=residual)
+    spec = LinearSpec(layer_name(w_name), weight, bias, activation, static_scale, residual=residual)
     return spec, layer_input, absorbed
 
 
@@ -534,11 +534,3 @@ def _static_int8_input(view: _View, x: str) -> tuple[str, float] | None:
     scale = float(np.float32(scales[0].reshape(())))
     return (q.outputs[0], scale) if scale > 0 else None
 
-
-def _layer_name(weight: str) -> str:
-    """``trunk.0.mlp.fc1.weight.T_DequantizeLinear`` -> ``trunk.0.mlp.fc1``."""
-    name = weight
-    for suffix in ("_DequantizeLinear", ".T", ".weight", "_quantized"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name

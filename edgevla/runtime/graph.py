@@ -117,6 +117,15 @@ class Graph:
         self.nodes = kept[::-1]
 
 
+def layer_name(weight: str) -> str:
+    """The layer a weight value belongs to: ``trunk.0.mlp.fc1.weight.T_DequantizeLinear`` -> ``trunk.0.mlp.fc1``."""
+    name = weight
+    for suffix in ("_DequantizeLinear", ".T", ".weight", "_quantized"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
 def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
     """Read, order, check and constant-fold an ONNX model (see the module docstring)."""
     proto = model if isinstance(model, onnx.ModelProto) else _read(model)
