@@ -130,7 +130,8 @@ bool quantize_row_generic(int64_t k, const float* x, int8_t* q, float* scale);
 void gemm_packed_s8_f32_avx2(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 bool quantize_row_avx2(int64_t k, const float* x, int8_t* q, float* scale);
 
-// AVX-VNNI (arch/x86_64/gemm_avx_vnni.cpp): the rest of its table is AVX2's.
+// AVX-VNNI (arch/x86_64/gemm_avx_vnni.cpp, with its W4A8 GEMM, declared below the format kernels): the rest
+// of its table is AVX2's.
 void gemm_packed_s8_f32_avx_vnni(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);
 int64_t int8_peak_loop_avx_vnni(int64_t iterations);
 
@@ -273,6 +274,7 @@ EDGEVLA_DECLARE_FORMAT_KERNELS(avx2)
 EDGEVLA_DECLARE_FORMAT_KERNELS(avx512_vnni)
 EDGEVLA_DECLARE_FORMAT_KERNELS(neon_dot)
 #undef EDGEVLA_DECLARE_FORMAT_KERNELS
+void gemm_w4a8_f32_avx_vnni(const GemmW4A8Args&, int64_t, int64_t, int64_t, int64_t);  // gemm_avx_vnni.cpp
 
 // ---- packing (pack_s8.cpp) ----
 

@@ -1,4 +1,4 @@
-// AVX-VNNI kernels: the packed W8A8 GEMM on the VEX-encoded, 256-bit vpdpbusd
+// AVX-VNNI kernels: the packed W8A8 and the W4A8 GEMMs on the VEX-encoded, 256-bit vpdpbusd
 // of Alder Lake and later Intel cores (Alder / Raptor / Meteor / Arrow Lake,
 // the x86 robot PCs of these years: they have AVX-VNNI but no AVX-512) and of
 // Zen 5 parts without AVX-512.
@@ -20,6 +20,10 @@
 // groups in flight instead (thin_tile), so vpdpbusd's latency (5 cycles, two
 // issued a cycle on Golden Cove) stays hidden down to M = 1.
 //
+// The W4A8 GEMM (int4 weights, int8 activations) is the AVX2 tile
+// (gemm_w4a8_avx2_tile.h) with its products summed by two vpdpbusd a half
+// cell (even and odd k) instead of vpmaddubsw + vpmaddwd.
+//
 // The activations of a chunk of rows are staged once as panels (stage_panels):
 // + 128, zero-padded to whole groups of 4, and interleaved so that a tile's
 // rows lie side by side for each group. The k loop then walks one pointer
@@ -29,6 +33,7 @@
 #include "epilogue_math.h"
 #include "kernel_common.h"
 
+#include "arch/x86_64/gemm_w4a8_avx2_tile.h"
 #include "arch/x86_64/simd_avx2.h"
 
 #include <immintrin.h>
@@ -163,7 +168,19 @@ void panel_rows(const GemmPackedArgs& args, int64_t rows, int64_t row, int64_t b
     }
 }
 
+// W4A8: a half cell's unsigned codes (c + 8) times the signed activations, 4 products to an int32 lane.
+struct VnniDot {
+    static __m256i add(__m256i dot, __m256i even, __m256i x_even, __m256i odd, __m256i x_odd) {
+        return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(dot, even, x_even), odd, x_odd);
+    }
+};
+
 }  // namespace
+
+void gemm_w4a8_f32_avx_vnni(const GemmW4A8Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
+                            int64_t block_end) {
+    w4a8_rows<VnniDot>(args, row_begin, row_end, block_begin, block_end);
+}
 
 void gemm_packed_s8_f32_avx_vnni(const GemmPackedArgs& args, int64_t row_begin, int64_t row_end,
                                  int64_t block_begin, int64_t block_end) {

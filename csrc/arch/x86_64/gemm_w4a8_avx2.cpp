@@ -1,111 +1,31 @@
 // AVX2 int4 x int8 GEMM (W4A8) over the W4_N16K8 layout (packed_formats.h),
 // for x86-64 CPUs without AVX-512 VNNI: the arithmetic of
-// edgevla_gemm_w4a8_f32_ref, bit for bit.
+// edgevla_gemm_w4a8_f32_ref, bit for bit. The tile is gemm_w4a8_avx2_tile.h's;
+// here a cell's products reach the int32 sums by vpmaddubsw (unsigned x signed
+// bytes, adjacent pairs summed into int16), which cannot saturate on them: a
+// pair is at most 2 * 15 * 127 = 3810 in magnitude, the even and odd pairs
+// added 7620; then vpmaddwd by ones finishes each channel's 8 products in int32.
 //
-// As in gemm_w4a8_avx512_vnni.cpp, a cell's words (8 channels per register
-// here) hold the codes of the even k in their low nibbles and of the odd k in
-// their high nibbles, and the quantized activations come as one 4-byte word
-// per half cell (QuantizedW4A8Rows). Flipping bit 3 of every nibble turns a
-// code c in -8..7 into c + 8 in 0..15; masking gives the even and odd codes
-// as unsigned bytes. vpmaddubsw (unsigned x signed bytes, adjacent pairs
-// summed into int16) cannot saturate on them: a pair is at most
-// 2 * 15 * 127 = 3810 in magnitude, the even and odd pairs added 7620; then
-// vpmaddwd by ones finishes each channel's 8 products in int32. Per group the
-// excess 8 * sum(q) is subtracted and the exact dot products are scaled and
-// added in float32, op by op as the reference. No FMA: the AVX2 table needs
-// nothing but AVX2. Like the AVX-512 kernel, it prefetches the weight stream
-// ahead of itself (kernel_common.h): 2-3x its M = 1 speed with the weights
-// outside the caches, measured on an AVX-512 machine forced to this path.
-//
-// Compiled with -mavx2 (CMakeLists.txt, this file only) and called only after
-// dispatch.cpp has seen AVX2 at run time. Everything but the entry point has
-// internal linkage.
-#include "arch/x86_64/simd_avx2.h"
-#include "cpu_kernels.h"
-#include "kernel_common.h"
-
-#include <cstring>
+// Compiled with -mavx2 -mfma (CMakeLists.txt, this file only) and called only
+// after dispatch.cpp has seen AVX2 at run time. Everything but the entry points
+// has internal linkage.
+#include "arch/x86_64/gemm_w4a8_avx2_tile.h"
 
 namespace edgevla {
 namespace {
 
-constexpr int64_t kBlockN = EDGEVLA_PACKED_W4_BLOCK_N;
-constexpr int64_t kCellK = EDGEVLA_PACKED_W4_CELL_K;
-
-// Four activation codes, repeated in every 32-bit lane.
-inline __m256i broadcast_word(const int8_t* q) {
-    int32_t word;
-    std::memcpy(&word, q, 4);
-    return _mm256_set1_epi32(word);
-}
-
-// Rows [row, row + MR) x one block of 16 channels (two halves of 8).
-template <int MR>
-void tile(const GemmW4A8Args& args, int64_t row, int64_t block) {
-    const PackedW4View& w = args.w;
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), bit3 = _mm256_set1_epi8(static_cast<char>(0x88));
-    const __m256i ones = _mm256_set1_epi16(1);
-    const int64_t cells_per_group = w.group / kCellK;
-    const uint32_t* codes = w.codes + block * w.k_cells * kBlockN;
-    const float* scales = w.scales + block * w.k_groups * kBlockN;
-    const int8_t* q[MR];
-    for (int r = 0; r < MR; ++r) q[r] = args.a.q + (row + r) * args.a.ldq;
-
-    __m256 acc[MR][2];
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t group = 0; group < w.k_groups; ++group) {
-        __m256i dot[MR][2];
-        for (int r = 0; r < MR; ++r) dot[r][0] = dot[r][1] = _mm256_setzero_si256();
-        const int64_t cell_begin = group * cells_per_group;
-        const int64_t cell_end = cell_begin + cells_per_group < w.k_cells ? cell_begin + cells_per_group : w.k_cells;
-        for (int64_t cell = cell_begin; cell < cell_end; ++cell) {
-            prefetch_w4a8_cell(codes + cell * kBlockN);
-            __m256i x_even[MR], x_odd[MR];
-            for (int r = 0; r < MR; ++r) {
-                x_even[r] = broadcast_word(q[r] + cell * kCellK);
-                x_odd[r] = broadcast_word(q[r] + cell * kCellK + 4);
-            }
-            for (int half = 0; half < 2; ++half) {
-                const __m256i words = _mm256_xor_si256(
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + cell * kBlockN + 8 * half)), bit3);
-                const __m256i even = _mm256_and_si256(words, low_nibbles);
-                const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(words, 4), low_nibbles);
-                for (int r = 0; r < MR; ++r) {
-                    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(even, x_even[r]),
-                                                           _mm256_maddubs_epi16(odd, x_odd[r]));
-                    dot[r][half] = _mm256_add_epi32(dot[r][half], _mm256_madd_epi16(pairs, ones));
-                }
-            }
-        }
-        prefetch_w4a8_scales(scales + group * kBlockN);
-        for (int r = 0; r < MR; ++r) {
-            const int64_t g = (row + r) * args.a.ldg + group;
-            const __m256i excess = _mm256_set1_epi32(8 * args.a.sum[g]);  // the codes' + 8
-            const __m256 x_scale = _mm256_set1_ps(args.a.scale[g]);
-            for (int half = 0; half < 2; ++half) {
-                const __m256 scale = _mm256_mul_ps(x_scale, _mm256_loadu_ps(scales + group * kBlockN + 8 * half));
-                const __m256 value = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot[r][half], excess));
-                acc[r][half] = _mm256_add_ps(acc[r][half], _mm256_mul_ps(value, scale));
-            }
-        }
+struct MaddubsDot {
+    static __m256i add(__m256i dot, __m256i even, __m256i x_even, __m256i odd, __m256i x_odd) {
+        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(even, x_even), _mm256_maddubs_epi16(odd, x_odd));
+        return _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
     }
-    const int64_t col0 = block * kBlockN, cols = block_columns(w.n, block);
-    for (int r = 0; r < MR; ++r) {
-        store16_f32_epilogue(args.epilogue, col0, cols, acc[r][0], acc[r][1], args.c + (row + r) * args.ldc);
-    }
-}
+};
 
 }  // namespace
 
 void gemm_w4a8_f32_avx2(const GemmW4A8Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
                         int64_t block_end) {
-    for_row_chunks(row_begin, row_end, args.w.k, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-        for (int64_t block = block_begin; block < block_end; ++block) {
-            int64_t row = chunk_begin;
-            for (; row + 2 <= chunk_end; row += 2) tile<2>(args, row, block);
-            if (row < chunk_end) tile<1>(args, row, block);
-        }
-    });
+    w4a8_rows<MaddubsDot>(args, row_begin, row_end, block_begin, block_end);
 }
 
 // The activations: each group through this ISA's per-token quantization, then rearranged.
