@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edgevla.bench import write_json
+from edgevla import native
 from edgevla.bench.e2e import bench_e2e
 from edgevla.cli import main
 from edgevla.errors import EdgevlaError
@@ -29,16 +30,17 @@ def test_bench_e2e_times_every_backend_and_reports_ratios(tiny_bundle, tmp_path,
                                                                                    abs=1e-3)  # median of two
     assert [g["threshold"] for g in result["goals"]] == [1.5, 4.0]
     assert all(g["met"] == (g["ratio"] >= g["threshold"]) for g in result["goals"])
-    assert result["policy"] == "tiny-vla" and result["threads"] == 1
+    assert result["policy"] == "tiny-vla" and result["threads"] == 1 and result["native_isa"] == native.get_isa()
     printed = capsys.readouterr().out
     assert "goal: native" in printed and "median of per-round ratios" in printed
 
 
-def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys):
+def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys, tiny_bundle):
     assert main(["bench", "e2e", str(tmp_path / "missing")]) == 2
     assert main(["bench", "e2e", str(tmp_path), "--rounds", "0"]) == 2
+    assert main(["bench", "e2e", str(tiny_bundle.bundle), "--isa", "sse9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--rounds must be >= 1" in err[1]
+    assert len(err) == 3 and "--rounds must be >= 1" in err[1] and "unknown ISA 'sse9'" in err[2]
     with pytest.raises(EdgevlaError, match="at least one bundle"):
         bench_e2e([])
 

@@ -27,6 +27,16 @@ def test_reference_shapes_are_the_policies_linear_layers():
     assert CONFIGS["base-vla"].mlp_ratio == 4.0
 
 
+def test_isa_runs_our_kernels_of_that_table_and_says_so(tmp_path, capsys):
+    path = tmp_path / "kernels.json"
+    before = native.get_isa()
+    assert main(["bench", "kernels", "--quick", "--configs", "tiny-vla", "--ms", "1", "--min-time", "0.001",
+                 "--threads", "1", "--no-convs", "--isa", "generic", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["host"]["isa"] == "generic" and result["compute_roofs"] == {}  # no roof loop for scalar code
+    assert native.get_isa() == before
+
+
 def test_cli_runs_the_benchmark_and_writes_json(tmp_path, capsys):
     path = tmp_path / "kernels.json"
     assert main(["bench", "kernels", "--quick", "--configs", "tiny-vla", "--ms", "1", "--min-time", "0.001",
@@ -119,6 +129,7 @@ def test_cold_rows_rotate_over_twice_the_last_level_cache(tmp_path, monkeypatch)
     (["--ms", "0"], "--ms: expected comma-separated positive integers"),
     (["--configs", "huge-vla"], "--configs: expected a comma-separated subset of tiny-vla,small-vla,base-vla"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--isa", "sse9"], "unknown ISA 'sse9'"),
 ])
 def test_bad_arguments_are_one_line_errors(flags, message, capsys):
     assert main(["bench", "kernels", *flags]) == 2
