@@ -101,6 +101,10 @@ def test_int8_transposed_conv_codes_are_per_output_channel_on_axis_1(up):
     with torch.no_grad():
         xq = torch.clamp(torch.round(x / s), -128, 127) * s
         assert torch.equal(a8(x), _with_weight(up, dequantized)(xq))
+        if up.stride[0] > 1:  # output_size picks the output padding at call time, as nn.ConvTranspose*d's does
+            size = [o - e if e else o + (s > 1) for o, e, s in zip(up(x).shape[2:], up.output_padding, up.stride)]
+            assert list(a8(x, output_size=size).shape[2:]) == size
+            assert torch.equal(a8(x, output_size=size), _with_weight(up, dequantized)(xq, output_size=size))
 
 
 def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:

@@ -170,12 +170,14 @@ class FakeQuantLayer(nn.Module):
         """Re-derive the stored codes and weight scales from the float weight (after QAT)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **call) -> torch.Tensor:
+        """``call``: what the replaced module's forward takes besides its input (a transposed convolution's
+        ``output_size``)."""
         if self.float_mode:
-            return self._compute(x, self.weight)
+            return self._compute(x, self.weight, **call)
         if self.qat:
-            return self._compute(self.training_input(x), self.training_weight().to(x.dtype))
-        return self._compute(self.quantize_input(x), self.quantized_weight().to(x.dtype))
+            return self._compute(self.training_input(x), self.training_weight().to(x.dtype), **call)
+        return self._compute(self.quantize_input(x), self.quantized_weight().to(x.dtype), **call)
 
     def shipped_bytes(self) -> int:
         """Bytes the exported layer stores: quantized weight, scales and bias.
@@ -236,9 +238,9 @@ class FakeQuantConv(FakeQuantLayer, nn.modules.conv._ConvNd):
     channel scales (a filter's, axis 0; a transposed convolution's, axis 1).
 
     The same attributes, parameter names and ``F.convNd`` / ``F.conv_transposeNd``
-    call as the module it replaces, so its float-mode export is the float
-    model's ``Conv`` or ``ConvTranspose`` node. (A transposed one takes no
-    ``output_size`` at call time: its ``output_padding`` fixes the shape.)
+    call as the module it replaces (a transposed one takes ``output_size`` as
+    ``nn.ConvTranspose*d`` does), so its float-mode export is the float model's
+    ``Conv`` or ``ConvTranspose`` node.
     """
 
     def __init__(self, conv: nn.modules.conv._ConvNd):
@@ -255,11 +257,15 @@ class FakeQuantConv(FakeQuantLayer, nn.modules.conv._ConvNd):
     def weight_axis(self) -> int:
         return 1 if self.transposed else 0
 
-    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if self.transposed:
-            conv_transpose = _CONV_TRANSPOSE_FUNCTIONS[len(self.kernel_size)]
-            return conv_transpose(x, weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
-                                  self.dilation)
+            n = len(self.kernel_size)
+            output_padding = nn.modules.conv._ConvTransposeNd._output_padding(
+                self, x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation)
+            return _CONV_TRANSPOSE_FUNCTIONS[n](x, weight, self.bias, self.stride, self.padding, output_padding,
+                                                self.groups, self.dilation)
+        if output_size is not None:
+            raise EdgevlaError("output_size is an argument of transposed convolutions only")
         conv = _CONV_FUNCTIONS[len(self.kernel_size)]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
