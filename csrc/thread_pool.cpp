@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include "cpu_kernels.h"
+#include "cpu_topology.h"
 
 #include <pthread.h>
 
@@ -51,7 +52,7 @@ uint8_t* thread_scratch(size_t bytes) {
 }
 
 ThreadPool& ThreadPool::global() {
-    static ThreadPool pool(hardware_threads());
+    static ThreadPool pool(default_threads());  // one per physical core this process may use (cpu_topology.h)
     static const bool fork_safe = [] {
         fork_pool.store(&pool);
         return pthread_atfork(prepare_fork, parent_after_fork, child_after_fork) == 0;

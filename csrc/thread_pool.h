@@ -42,7 +42,8 @@ class ThreadPool {
 public:
     using Task = void (*)(void* context, int part, int parts);
 
-    // The process-wide pool, started on first use with one thread per core.
+    // The process-wide pool, started on first use with one thread per physical core the process may run on
+    // (default_threads(), cpu_topology.h).
     static ThreadPool& global();
 
     explicit ThreadPool(int threads);

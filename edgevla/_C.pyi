@@ -181,7 +181,7 @@ def quantize_s8_ref(x: Buffer, *, scale: float, out: Buffer | None = None) -> ND
     """The scalar reference of quantize_s8: identical codes."""
 
 def set_isa(name: str) -> None:
-    """Forces one ISA's kernels ("generic", "avx2", "avx512_vnni", "avx512_amx", "neon_dot") or "auto";
+    """Forces one ISA's kernels ("generic", "avx2", "avx_vnni", "avx512_vnni", "avx512_amx", "neon_dot") or "auto";
     ValueError if unavailable."""
 
 def get_isa() -> str:
@@ -197,7 +197,16 @@ def set_num_threads(threads: int) -> None:
     """Sets the kernel thread count, 1 to 1024."""
 
 def get_num_threads() -> int:
-    """The kernel thread count (default: the machine's hardware threads)."""
+    """The kernel thread count (default: default_num_threads())."""
+
+def default_num_threads() -> int:
+    """One per physical core this process may run on, performance cores only on a hybrid part."""
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity), ascending."""
+
+def count_compute_cores(cpus: list[int], sysfs: str = "/sys") -> int:
+    """The physical cores among cpus per the sysfs tree at sysfs (csrc/cpu_topology.h)."""
 
 def gather_windows(x: Buffer, rows: Buffer, kernel: list[int], strides: list[int], dilations: list[int],
                    pads_begin: list[int], out: list[int]) -> None:

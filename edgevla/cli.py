@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--quick", action="store_true", help="tiny-vla and base-vla shapes at M = 1, 16, short timing")
     bk.add_argument("--configs", help="comma-separated subset of tiny-vla,small-vla,base-vla (default: all)")
     bk.add_argument("--ms", help="comma-separated row counts M (default: 1,16,64,256)")
-    bk.add_argument("--threads", type=int, help="threads of every backend (default: all cores)")
+    bk.add_argument("--threads", type=int, help="threads of every backend (default: one per physical core this "
+                                                 "process may use)")
     bk.add_argument("--min-time", type=float, help="seconds of timed calls per row (default 0.15, --quick 0.02)")
     bk.add_argument("--isa", metavar="NAME", help=ISA_HELP)
     bk.add_argument("--no-convs", action="store_true",

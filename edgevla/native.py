@@ -543,7 +543,7 @@ def f32_peak_gflops(isa: str, seconds: float = 0.05) -> float:
 
 
 def set_num_threads(threads: int) -> None:
-    """Sets the kernels' thread count (1 to 1024); the default is one per core.
+    """Sets the kernels' thread count (1 to 1024); the default is :func:`default_num_threads`.
 
     The pool is persistent: threads are started here, not per call. Waits for
     a running kernel to finish. It is fork-safe: a child process forked after
@@ -556,6 +556,31 @@ def set_num_threads(threads: int) -> None:
 def get_num_threads() -> int:
     """The kernels' thread count."""
     return _compiled().get_num_threads()
+
+
+def default_num_threads() -> int:
+    """The kernels' default thread count: one per physical core this process may run on.
+
+    Counted among the CPUs of the process's affinity (``taskset``, a cgroup
+    cpuset, a ROS 2 executor's pinning), each core once however many hardware
+    threads it has, and on a hybrid Intel part (Alder Lake and later) only its
+    performance cores when any is allowed: a GEMM split evenly waits on its
+    slowest part. A CPU quota without a cpuset (``docker --cpus``) is not seen;
+    set the threads explicitly there (csrc/cpu_topology.h).
+    """
+    return _compiled().default_num_threads()
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity), ascending."""
+    return _compiled().allowed_cpus()
+
+
+def count_compute_cores(cpus: Sequence[int], sysfs: str = "/sys") -> int:
+    """The physical cores among ``cpus`` per the sysfs tree at ``sysfs`` (what :func:`default_num_threads`
+    counts for :func:`allowed_cpus` and ``/sys``): SMT siblings once, only the performance cores of a hybrid
+    part when any is among them."""
+    return _compiled().count_compute_cores(list(cpus), sysfs)
 
 
 #: Default time the kernels' threads poll for work before they sleep (see :func:`set_thread_spin_us`).

@@ -281,11 +281,57 @@ def test_concurrent_callers_share_the_pool_safely():
     assert not failures
 
 
-def test_default_thread_count_is_the_core_count(tmp_path):
-    code = "from edgevla import native; print(native.get_num_threads())"
+def _threads_in_a_child(tmp_path, cpus=None) -> tuple[int, int]:
+    """(get_num_threads(), default_num_threads()) in a new process, pinned to `cpus` if given."""
+    code = "from edgevla import native; print(native.get_num_threads(), native.default_num_threads())"
     # cwd: a source checkout in the working directory would shadow the installed package
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert int(result.stdout) == os.cpu_count()
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                            preexec_fn=pin)
+    threads, default = map(int, result.stdout.split())
+    return threads, default
+
+
+def test_default_thread_count_is_one_per_physical_core_the_process_may_use(tmp_path):
+    threads, default = _threads_in_a_child(tmp_path)
+    allowed = sorted(os.sched_getaffinity(0))
+    assert native.allowed_cpus() == allowed
+    assert threads == default == native.count_compute_cores(allowed) == native.default_num_threads()
+    assert 1 <= default <= len(allowed)
+    if len(allowed) > 1:  # pinned to one CPU (taskset, a cpuset): one thread, not one per CPU of the machine
+        assert _threads_in_a_child(tmp_path, {allowed[-1]}) == (1, 1)
+
+
+def _fake_sysfs(root, siblings: dict[int, str], performance: str | None = None):
+    """A sysfs tree: each CPU's SMT sibling list (None: no topology files), the hybrid P-core list."""
+    for cpu, text in siblings.items():
+        topology = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        if text is not None:
+            (topology / "thread_siblings_list").write_text(text + "\n")
+    if performance is not None:
+        (root / "devices" / "cpu_core").mkdir(parents=True)
+        (root / "devices" / "cpu_core" / "cpus").write_text(performance + "\n")
+    return str(root)
+
+
+def test_compute_cores_count_smt_siblings_once_and_prefer_performance_cores(tmp_path):
+    # four cores without SMT; missing or malformed topology: each CPU its own core
+    plain = _fake_sysfs(tmp_path / "plain", {0: "0", 1: "1", 2: None, 3: "x-y"})
+    assert native.count_compute_cores([0, 1, 2, 3], plain) == 4
+    assert native.count_compute_cores([3, 1, 1], plain) == 2 and native.count_compute_cores([], plain) == 0
+    # four cores with two hardware threads each, siblings n and n + 4
+    smt = _fake_sysfs(tmp_path / "smt", {c: f"{c % 4},{c % 4 + 4}" for c in range(8)})
+    assert native.count_compute_cores(range(8), smt) == 4
+    assert native.count_compute_cores([0, 4], smt) == 1 and native.count_compute_cores([0, 5], smt) == 2
+    # a hybrid part: 4 P-cores with SMT (CPUs 0-7, siblings 2n, 2n + 1), 8 E-cores (8-15)
+    hybrid = _fake_sysfs(tmp_path / "hybrid", {**{c: f"{c // 2 * 2}-{c // 2 * 2 + 1}" for c in range(8)},
+                                               **{c: str(c) for c in range(8, 16)}}, performance="0-7")
+    assert native.count_compute_cores(range(16), hybrid) == 4  # the P-cores only
+    assert native.count_compute_cores([0, 1, 8, 9], hybrid) == 1
+    assert native.count_compute_cores(range(8, 12), hybrid) == 4  # pinned to E-cores: those
+    with pytest.raises(ValueError, match="CPU numbers are >= 0"):
+        native.count_compute_cores([-1], plain)
 
 
 def test_small_gemms_stay_on_the_calling_thread_by_default():

@@ -219,7 +219,8 @@ void register_kernels(py::module_& m) {
           "Dynamic symmetric int8 quantization of each row of a float32 (M, K) array: returns (q int8 (M, K), "
           "scale float32 (M,)) with x ~= q * scale[:, None].");
     m.def("set_isa", &set_isa_py, py::arg("name"),
-          "Forces the kernels of one ISA ('generic', 'avx2', 'avx512_vnni', 'neon_dot'), or 'auto'.");
+          "Forces the kernels of one ISA ('generic', 'avx2', 'avx_vnni', 'avx512_vnni', 'avx512_amx', 'neon_dot'), "
+          "or 'auto'.");
     m.def("get_isa", [] { return std::string(active_isa().name); }, "The ISA whose kernels run now.");
     m.def("compiled_isas", [] { return isa_names(compiled_isas()); }, "ISAs compiled into this build, best first.");
     m.def("available_isas", [] { return isa_names(available_isas()); }, "ISAs this CPU can run, best first.");

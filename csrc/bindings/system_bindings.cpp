@@ -1,8 +1,10 @@
 // Python bindings that describe the machine and the build: CPU features, CUDA
 // devices, build flags. Dispatch, logs and bug reports read these.
 #include "bindings/module_parts.h"
+#include <pybind11/stl.h>
 #include "build_info.h"
 #include "cpu_features.h"
+#include "cpu_topology.h"
 #include "cuda/device_info.h"
 
 #include <algorithm>
@@ -83,6 +85,24 @@ void register_system(py::module_& m) {
     m.def("cpu_features", &cpu_features_dict,
           "{feature: usable} for the CPU features kernels dispatch on, by their /proc/cpuinfo names.");
     m.def("build_info", &build_info_dict, "How this module was built: compiler, flags, CUDA and its archs.");
+    m.def("allowed_cpus", &allowed_cpus, "The CPUs this process may run on (its affinity), ascending.");
+    m.def(
+        "count_compute_cores",
+        [](const std::vector<int>& cpus, const std::string& sysfs) {
+            if (std::any_of(cpus.begin(), cpus.end(), [](int cpu) { return cpu < 0; })) {
+                throw py::value_error("CPU numbers are >= 0");
+            }
+            std::vector<int> sorted = cpus;
+            std::sort(sorted.begin(), sorted.end());
+            sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+            return count_compute_cores(sorted, sysfs);
+        },
+        py::arg("cpus"), py::arg("sysfs") = "/sys",
+        "The physical cores among `cpus` per the sysfs tree at `sysfs`: SMT siblings once, only the performance "
+        "cores of a hybrid part when any is among them (csrc/cpu_topology.h).");
+    m.def("default_num_threads", &default_threads,
+          "The kernels' default thread count: one per physical core this process may run on, performance cores "
+          "only on a hybrid part.");
     m.def("cuda_devices", &cuda_devices_list,
           "The CUDA devices visible to this process; [] without a GPU, a driver, or CUDA compiled in.");
 }

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return run_cuda(args)
     configs = _names(args.configs, CONFIG_NAMES, "--configs") if args.configs else None
     ms = _ints(args.ms, "--ms") if args.ms else None
-    threads = args.threads if args.threads is not None else (os.cpu_count() or 1)
+    threads = args.threads if args.threads is not None else _default_threads()
     if threads < 1:
         raise EdgevlaError("--threads must be >= 1")
     if args.min_time is not None and args.min_time <= 0:
@@ -104,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     return 0
+
+
+def _default_threads() -> int:
+    """The native kernels' default: one per physical core this process may use (native.default_num_threads)."""
+    from .. import native
+
+    return native.default_num_threads() if native.available() else (os.cpu_count() or 1)
 
 
 def _names(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
@@ -656,7 +663,7 @@ def bench_kernels(*, quick: bool = False, configs: Sequence[str] | None = None, 
     configs = tuple(configs or CONFIG_NAMES)
     ms = tuple(ms or DEFAULT_MS)
     min_time = min_time or 0.15
-    threads = threads or os.cpu_count() or 1
+    threads = threads or _default_threads()
 
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"

@@ -15,6 +15,7 @@ KERNEL_SOURCES=(
   pack_w4.cpp
   dispatch.cpp
   thread_pool.cpp
+  cpu_topology.cpp
   cpu_ops.cpp
   layer_norm_s8.cpp
   attention_f32.cpp

@@ -72,5 +72,5 @@ ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1
 # wake-up (a hang, which the stress test's watchdog fails) aborts.
 tsan=(-fsanitize=thread -fno-omit-frame-pointer)
 "$cxx" -std=c++17 -O1 -g -Wall -Wextra -Werror "${tsan[@]}" -I"$src" -pthread \
-  "$src/thread_pool.cpp" "$src/tests/thread_pool_stress.cpp" -o "$build/thread_pool_stress"
+  "$src/thread_pool.cpp" "$src/cpu_topology.cpp" "$src/tests/thread_pool_stress.cpp" -o "$build/thread_pool_stress"
 TSAN_OPTIONS="halt_on_error=1" "$build/thread_pool_stress"
