@@ -16,9 +16,10 @@ ground truth that every SIMD and CUDA kernel is tested against.
 
 The fast path: weights are packed once with :func:`pack_weight_s8`, then
 :func:`gemm_s8s8_f32` runs on the best instruction set this CPU has
-(``avx512_amx``, ``avx512_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at run time
-and forced with :func:`set_isa`, over a fixed pool of :func:`get_num_threads`
-threads (they poll for work for :func:`get_thread_spin_us` before they sleep; a
+(``avx512_amx``, ``avx512_vnni``, ``avx_vnni``, ``avx2``, ``neon_dot``, else ``generic``), chosen at
+run time and forced with :func:`set_isa` (:func:`isa_scope`), over a fixed pool of
+:func:`get_num_threads` threads (by default :func:`default_num_threads`: one per physical core the
+process may run on; they poll for work for :func:`get_thread_spin_us` before they sleep; a
 GEMM splits from ``2 * DEFAULT_MIN_MACS_PER_THREAD`` multiply-adds). Every ISA
 gives results bit-identical to :func:`gemm_s8s8_f32_ref`.
 
