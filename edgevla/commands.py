@@ -210,12 +210,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         data["thread_spin_us"] = args.spin_us if args.spin_us is not None else native.get_thread_spin_us()
         data["native_isa"] = args.isa or native.get_isa()
+        data["native_threads"] = args.threads or native.get_num_threads()
+        data["allowed_cpus"] = native.allowed_cpus()
     if args.json:
         _json(data)
         return 0
     where = "on this host's GPU" if data["device"] == "cuda" else f"on this host ({data['host']['cpu']})"
     if "native_isa" in data:
-        where = where[:-1] + f", {data['native_isa']} kernels)"
+        where = where[:-1] + f", {data['native_isa']} kernels, {data['native_threads']} thread(s))"
     pacing = f"one call per {1000 / target.budgets.control_rate_hz:g} ms" if args.paced else "back to back"
     table = Table(title=f"{what} · {args.backend} · batch {args.batch} · {pacing} · {where}")
     for col in ("mean", "std", "p50", "p90", "p99", "max"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -190,8 +191,10 @@ def test_native_backend_profiles_and_tensorrt_says_why(capsys, tiny_bundle):
     # --isa: the kernels of a CPU without the better instruction sets, for the profile only
     before = native.get_isa()
     code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "3",
-                       "--isa", "generic", "--json")
-    assert code == 0 and json.loads(out)["native_isa"] == "generic"
+                       "--isa", "generic", "--threads", "1", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["native_isa"] == "generic" and data["native_threads"] == 1
+    assert data["allowed_cpus"] == sorted(os.sched_getaffinity(0))
     assert native.get_isa() == before
     code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2")
     assert code == 0 and f"{before} kernels" in out.replace("\n", " ")
