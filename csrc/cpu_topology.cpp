@@ -82,7 +82,7 @@ int count_compute_cores(const std::vector<int>& cpus, const std::string& sysfs) 
         if (siblings.empty()) siblings = parse_cpu_list(first_line(topology + "thread_siblings_list"));
         cores.insert(siblings.empty() ? cpu : siblings.front());
     }
-    return std::max<int>(static_cast<int>(cores.size()), chosen.empty() ? 0 : 1);
+    return static_cast<int>(cores.size());
 }
 
 int default_threads() { return std::max(1, count_compute_cores(allowed_cpus(), "/sys")); }

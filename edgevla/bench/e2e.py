@@ -81,6 +81,7 @@ def bench_e2e(bundle_dirs: Sequence[str], *, policy_ref: str | None = None, roun
     """Latency medians, per-round figures, ratios and goals (see the module docstring)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .. import native
     from ..backends import make_runner
     from ..bundle import load_bundle
     from ..export import export_onnx
@@ -143,11 +144,10 @@ def bench_e2e(bundle_dirs: Sequence[str], *, policy_ref: str | None = None, roun
             goals.append({"goal": f"native {label} >= {threshold}x {peer} (batch {batch}, {threads} thread(s))",
                           "ratio": ratios[label][peer], "threshold": threshold,
                           "met": ratios[label][peer] >= threshold})
-    from .. import native
-
     isa = native.get_isa() if native.available() else None
     return {"benchmark": "e2e", "host": host_info(), "native_isa": isa, "policy": policy_ref,
-            "bundles": dict(zip(labels, map(str, paths))), "threads": threads, "batch": batch, "rounds": rounds, "runs_per_round": runs, "warmup": warmup,
+            "bundles": dict(zip(labels, map(str, paths))), "threads": threads, "batch": batch, "rounds": rounds,
+            "runs_per_round": runs, "warmup": warmup,
             "median_ms": {k: round(v, 4) for k, v in median_ms.items()},
             "rounds_ms": {k: [round(x, 4) for x in v] for k, v in rounds_ms.items()},
             "ratios_vs_native": ratios, "round_ratios_vs_native": round_ratios, "goals": goals}

@@ -88,16 +88,18 @@ inline __m256i finish_pairs(__m256i low4, __m256i high4) {
 // `cols` lanes of c.
 inline void store16_f32_epilogue(const EpilogueF32& epilogue, int64_t col0, int64_t cols, __m256 low, __m256 high,
                                  float* c) {
-    float bias[16] = {};
-    if (epilogue.bias != nullptr) std::memcpy(bias, epilogue.bias + col0, static_cast<size_t>(cols) * sizeof(float));
-    float values[16];
+    const bool whole = cols == 16;  // in place; a partial block through copies (see store16_s8_epilogue)
+    const float* bias = epilogue.bias != nullptr ? epilogue.bias + col0 : nullptr;
+    float bias_copy[16], values[16];
+    if (!whole && bias != nullptr) bias = copy_first(bias, cols, bias_copy);
+    float* out = whole ? c + col0 : values;
     const __m256 halves[2] = {low, high};
     for (int half = 0; half < 2; ++half) {
         __m256 v = halves[half];
-        if (epilogue.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
-        _mm256_storeu_ps(values + 8 * half, activate(epilogue.activation, v));
+        if (bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * half));
+        _mm256_storeu_ps(out + 8 * half, activate(epilogue.activation, v));
     }
-    std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
+    if (!whole) std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
 }
 
 // The W8A8 epilogue of gemm_s8s8.h on 16 exact accumulators of row `row`,
