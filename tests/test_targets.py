@@ -16,7 +16,7 @@ from edgevla.targets import (PRECISIONS, Target, bandwidth_bytes_per_s, list_tar
 
 EXPECTED = {
     "jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano", "jetson-thor",
-    "rtx-4090", "h100", "x86-64-cpu", "arm64-cpu",
+    "rtx-4090", "h100", "x86-64-cpu", "x86-64-avx2", "arm64-cpu",
 }
 ORIN_FAMILY = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano")
 
@@ -61,7 +61,8 @@ def test_every_builtin_target_loads_and_is_named_after_its_file():
 @pytest.mark.parametrize("alias, name", [
     ("jetson-orin", "jetson-agx-orin"), ("orin", "jetson-agx-orin"), ("orin-nx", "jetson-orin-nx"),
     ("orin-nano", "jetson-orin-nano"), ("thor", "jetson-thor"), ("h100-sxm", "h100"), ("4090", "rtx-4090"),
-    ("x86-64", "x86-64-cpu"), ("aarch64", "arm64-cpu"), ("Jetson-Orin", "jetson-agx-orin"), (" h100 ", "h100"),
+    ("x86-64", "x86-64-cpu"), ("avx512", "x86-64-cpu"), ("x86-64-v3", "x86-64-avx2"), ("robot-pc", "x86-64-avx2"),
+    ("aarch64", "arm64-cpu"), ("Jetson-Orin", "jetson-agx-orin"), (" h100 ", "h100"),
 ])
 def test_aliases_resolve_to_the_same_target(alias, name):
     assert load_target(alias) is load_target(name)
@@ -130,6 +131,20 @@ def test_gpu_and_cpu_facts():
     assert load_target("jetson-thor").facts.dla_count == 0
 
 
+def test_the_cpu_peaks_follow_from_cores_clock_and_vector_width():
+    """The derived CPU figures: cores x GHz x FMA pipes x FP32 lanes x 2, int8 at 4x (VPDPBUSD / SDOT),
+    and the channel multiple one vector register of FP32 (AVX2) or FP16 (NEON) lanes."""
+    avx512, avx2, arm = load_target("x86-64-cpu").facts, load_target("x86-64-avx2").facts, load_target("arm64").facts
+    assert avx512.peak_tflops["fp32"] == pytest.approx(16 * 4.3 * 2 * 16 * 2 / 1000, rel=0.01)
+    assert avx2.peak_tflops["fp32"] == pytest.approx(4 * 4.7 * 2 * 8 * 2 / 1000, rel=0.01)
+    assert arm.peak_tflops["fp32"] == pytest.approx(8 * 2.0 * 2 * 4 * 2 / 1000, rel=0.01)
+    for facts in (avx512, avx2, arm):
+        assert facts.peak_tflops["int8_dense"] == pytest.approx(4 * facts.peak_tflops["fp32"], rel=0.01)
+    assert (avx512.preferred_channel_multiple, avx2.preferred_channel_multiple) == (16, 8)
+    assert avx2.cpu.cores == 4 and avx2.memory_bandwidth_gbps == pytest.approx(2 * 64 * 4800 / 8 / 1000)
+    assert "fp16" not in avx2.precisions and "bf16" not in avx2.precisions
+
+
 def test_sparse_peaks_are_twice_dense():
     """2:4 sparsity doubles tensor-core throughput; a profile that says otherwise has a typo."""
     for t in list_targets():
@@ -162,7 +177,7 @@ def test_every_figure_in_a_profile_carries_a_comment():
             if match:
                 checked += 1
                 assert match.group(2), f"{name}.yaml: no source comment on {line.strip()!r}"
-    assert checked > 8 * 8  # the pattern does find the figures
+    assert checked > 9 * 8  # the pattern does find the figures
 
 
 def test_a_targets_recipe_keeps_only_what_the_target_changes():
