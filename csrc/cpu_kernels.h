@@ -275,6 +275,7 @@ EDGEVLA_DECLARE_FORMAT_KERNELS(avx512_vnni)
 EDGEVLA_DECLARE_FORMAT_KERNELS(neon_dot)
 #undef EDGEVLA_DECLARE_FORMAT_KERNELS
 void gemm_w4a8_f32_avx_vnni(const GemmW4A8Args&, int64_t, int64_t, int64_t, int64_t);  // gemm_avx_vnni.cpp
+void gemm_2to4_s8_avx_vnni(const Gemm2to4S8Args&, int64_t, int64_t, int64_t, int64_t);  // gemm_2to4_avx_vnni.cpp
 
 // ---- packing (pack_s8.cpp) ----
 

@@ -188,6 +188,14 @@ def test_reference_shapes_on_every_isa(kind, isa):
 
 @pytest.mark.parametrize("kind", ["sparse", "2to4"])
 @pytest.mark.parametrize("isa", ISAS)
+def test_row_chunks_of_long_rows(kind, isa):
+    """K = 50000: the kernels that stage activations take 4 rows a chunk (256 KiB), so M = 11 is two
+    chunks of whole 4-row tiles and one of 3 rows, each restaged."""
+    check_s8(kind, isa, np.random.default_rng(12), 11, 20, 50_000, 0.5, "uniform", True, True, "relu")
+
+
+@pytest.mark.parametrize("kind", ["sparse", "2to4"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_int32_accumulators_are_exact_at_saturation(kind, isa):
     """Unit scales, no bias: out == float32(acc). Half of K = 120000 products of -128 * -128 reach 9.8e8."""
     k = 120_000

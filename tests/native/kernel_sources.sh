@@ -49,6 +49,7 @@ AVX2_SOURCES=(
 AVX2_FLAGS=(-mavx2 -mfma)
 AVX_VNNI_SOURCES=(
   arch/x86_64/gemm_avx_vnni.cpp
+  arch/x86_64/gemm_2to4_avx_vnni.cpp
 )
 AVX_VNNI_FLAGS=(-mavx2 -mfma -mavxvnni)
 AVX512_SOURCES=(

@@ -65,31 +65,6 @@ inline __m256i load_half(const int8_t* cell, int half) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 32 * half));
 }
 
-// The epilogue of rows [row, row + MR) x one block from their sums
-// (acc[r][0]: channels 0-7, acc[r][1]: 8-15, the compensation still in).
-// The sums go through memory first: the epilogue needs most of the 16 ymm
-// registers, and with the accumulators live into it GCC keeps a stack copy
-// of each, stored on every trip through the k loop.
-template <int MR>
-void finish_rows(const GemmPackedArgs& args, int64_t row, int64_t block, const __m256i (&acc)[MR][2]) {
-    alignas(32) int32_t sums[MR][16];
-    for (int r = 0; r < MR; ++r) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r]), acc[r][0]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r] + 8), acc[r][1]);
-    }
-    __asm__ volatile("" ::: "memory");  // the stores above stay stores: see the comment
-    const int64_t col0 = block * kBlockN, cols = block_columns(args.w.n, block);
-    const int32_t* compensation = args.w.compensation + col0;
-    const __m256i compensation_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation));
-    const __m256i compensation_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation + 8));
-    for (int r = 0; r < MR; ++r) {
-        const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r]));
-        const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r] + 8));
-        store16_s8_epilogue(args.epilogue, row + r, col0, cols, _mm256_sub_epi32(low, compensation_low),
-                            _mm256_sub_epi32(high, compensation_high), args.c + (row + r) * args.ldc);
-    }
-}
-
 // Rows [row, row + MR) x one block, 4 <= MR <= 6: 2 MR independent
 // accumulators. `panel` is the rows' staged panel (stage_panels).
 template <int MR>
@@ -106,7 +81,7 @@ void tile(const GemmPackedArgs& args, int64_t row, int64_t block, const uint8_t*
             acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], a_u8, high);
         }
     }
-    finish_rows<MR>(args, row, block, acc);
+    finish_s8_rows<MR>(args, row, block, acc);
 }
 
 // 1 to 3 rows x one block: the rest of M after the tiles, and all of a GEMV.
@@ -152,7 +127,7 @@ void thin_tile(const GemmPackedArgs& args, int64_t row, int64_t block, const uin
             for (int h = 1; h < kChains; ++h) sums[r][half] = _mm256_add_epi32(sums[r][half], acc[r][h][half]);
         }
     }
-    finish_rows<MR>(args, row, block, sums);
+    finish_s8_rows<MR>(args, row, block, sums);
 }
 
 // Rows [row, row + rows) x one block, rows <= kTileRows, from their panel.

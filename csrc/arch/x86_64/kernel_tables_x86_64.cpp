@@ -27,10 +27,10 @@ constexpr IsaKernels kTables[] = {
      max_pool_f32_avx512, group_norm_sums_avx512, group_norm_apply_avx512,
      int8_peak_loop_avx512_vnni, f32_peak_loop_avx512},
     // AVX2 with the VEX vpdpbusd (Alder Lake and later without AVX-512): the
-    // dense W8A8 and the W4A8 GEMMs on it (gemm_avx_vnni.cpp), every other
-    // kernel AVX2's.
+    // dense W8A8, the 2:4 int8 and the W4A8 GEMMs on it (gemm_avx_vnni.cpp,
+    // gemm_2to4_avx_vnni.cpp), every other kernel AVX2's.
     {"avx_vnni", has_avx_vnni, gemm_packed_s8_f32_avx_vnni, quantize_row_avx2,
-     gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx2,
+     gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx_vnni,
      gemm_w4_f32_avx2, gemm_w4a8_f32_avx_vnni, quantize_w4a8_avx2, layer_norm_s8_avx2, quantize_s8_avx2,
      attention_f32_avx2, layer_norm_f32_avx2, softmax_f32_avx2, max_pool_f32_avx2, group_norm_sums_avx2,
      group_norm_apply_avx2, int8_peak_loop_avx_vnni},

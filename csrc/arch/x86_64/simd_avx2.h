@@ -133,5 +133,32 @@ inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64
     if (!whole) std::memcpy(c + col0, values, static_cast<size_t>(cols) * sizeof(float));
 }
 
+// The W8A8 epilogue of rows [row, row + MR) x one block of a packed int8
+// GEMM (the dense or the 2:4 Args: w.n, w.compensation, epilogue, c, ldc)
+// from their exact sums (acc[r][0]: channels 0-7, acc[r][1]: 8-15), the
+// packed compensation 128 * rowsum(W) still in. The sums go through memory
+// first: the epilogue needs most of the 16 ymm registers, and with the
+// accumulators live into it GCC keeps a stack copy of each, stored on every
+// trip through the k loop.
+template <int MR, typename Args>
+void finish_s8_rows(const Args& args, int64_t row, int64_t block, const __m256i (&acc)[MR][2]) {
+    alignas(32) int32_t sums[MR][16];
+    for (int r = 0; r < MR; ++r) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r]), acc[r][0]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r] + 8), acc[r][1]);
+    }
+    __asm__ volatile("" ::: "memory");  // the stores above stay stores: see the comment
+    const int64_t col0 = block * 16, cols = block_columns(args.w.n, block);
+    const int32_t* compensation = args.w.compensation + col0;
+    const __m256i compensation_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation));
+    const __m256i compensation_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation + 8));
+    for (int r = 0; r < MR; ++r) {
+        const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r]));
+        const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r] + 8));
+        store16_s8_epilogue(args.epilogue, row + r, col0, cols, _mm256_sub_epi32(low, compensation_low),
+                            _mm256_sub_epi32(high, compensation_high), args.c + (row + r) * args.ldc);
+    }
+}
+
 }  // namespace
 }  // namespace edgevla
