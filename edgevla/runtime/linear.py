@@ -58,9 +58,10 @@ at most two nonzeros; its sparsity (fraction of exact zeros) decides between
 the unstructured sparse kernels and the dense ones, at thresholds measured
 per kernel family (:data:`F32_SPARSE_MIN`, :data:`S8_SPARSE_MIN`). Where the
 dense int8 GEMM runs on AMX tiles (``native.get_isa() == "avx512_amx"``) or on
-an AVX2-class table (``"avx_vnni"``, ``"avx2"``) it is faster than the 2:4 and
-sparse int8 kernels, which then give way to it; on the AVX2-class tables the
-float 2:4 and sparse kernels give way to NumPy's dense matmul too.
+the AVX2 table it is faster than the 2:4 and sparse int8 kernels, which then
+give way to it; on AVX-VNNI only the sparse int8 kernel does (its 2:4 one is
+vpdpbusd's, like AVX-512's). On the AVX2-class tables (``"avx_vnni"``,
+``"avx2"``) the float 2:4 and sparse kernels give way to NumPy's dense matmul.
 
 Each decision is recorded as a :class:`LayerChoice` (layer, shape, weight
 format, sparsity, pattern, mode, kernel, epilogue, the rule that picked it);
@@ -144,15 +145,22 @@ S8_SPARSE_MIN = 0.95
 #: Their float 2:4 and sparse kernels lose to NumPy's matmul on OpenBLAS's AVX2 kernels
 #: (OPENBLAS_CORETYPE=Haswell): 2:4 49.5 / 1447 vs 46.6 / 400 us at M = 1 / 32 for 1536x384, 12.8 / 368
 #: vs 5.0 / 96 for 384x384; 50 % sparse 83.6 / 2071.
-_DENSE_INT8_FASTER_ON = ("avx512_amx", "avx_vnni", "avx2")
+#: AVX-VNNI has its own 2:4 int8 kernel (the AVX-512 design at 256 bits; 1 thread, 2026-12-06, Sapphire
+#: Rapids class forced to the table): against its dense GEMM 0.86-1.05x with the weights in cache (the
+#: small-vla shapes above at M = 1-32; it ties at M = 1, loses 5-14 % from M = 4) and 1.38-1.40x at
+#: M = 1-4 with the weights in DRAM (4096 x 4096, 40 copies rotated: 950 vs 1328 us at M = 1), on 0.62x
+#: the weight bytes; as on AVX-512 VNNI, the 2:4 weights run on it. Its sparse int8 kernel is AVX2's.
+_DENSE_INT8_FASTER_THAN_2TO4_ON = ("avx512_amx", "avx2")
+_DENSE_INT8_FASTER_THAN_SPARSE_ON = ("avx512_amx", "avx_vnni", "avx2")
 _DENSE_F32_FASTER_ON = ("avx_vnni", "avx2")
 RULES: tuple[Rule, ...] = (
     Rule(("int4-dynamic",), "s4a8-groupwise", "int4 weights, activations in int8 per weight group (W4A8)"),
     Rule(_INT4, "s4-groupwise", "int4 weight-only, unpacked in the kernel"),
     Rule(_INT4, "f32-dense", "int4 weights dequantized at load (no int4 kernel takes them)"),
-    Rule(_INT8, "s8-2:4", "2:4 weights: half the multiply-adds", two_four=True, not_on=_DENSE_INT8_FASTER_ON),
+    Rule(_INT8, "s8-2:4", "2:4 weights: half the multiply-adds", two_four=True,
+         not_on=_DENSE_INT8_FASTER_THAN_2TO4_ON),
     Rule(_INT8, "s8-sparse", f">= {S8_SPARSE_MIN:.0%} zeros: sparse int8 beats dense", min_sparsity=S8_SPARSE_MIN,
-         not_on=_DENSE_INT8_FASTER_ON),
+         not_on=_DENSE_INT8_FASTER_THAN_SPARSE_ON),
     Rule(_INT8, "s8-dense", "dense W8A8"),
     Rule(("fp32",), "f32-2:4", "2:4 weights: half the multiply-adds", two_four=True, not_on=_DENSE_F32_FASTER_ON),
     Rule(("fp32",), "f32-sparse", f">= {F32_SPARSE_MIN:.0%} zeros: sparse float beats dense",
