@@ -188,10 +188,12 @@ def test_reference_shapes_on_every_isa(kind, isa):
 
 @pytest.mark.parametrize("kind", ["sparse", "2to4"])
 @pytest.mark.parametrize("isa", ISAS)
-def test_row_chunks_of_long_rows(kind, isa):
-    """K = 50000: the kernels that stage activations take 4 rows a chunk (256 KiB), so M = 11 is two
-    chunks of whole 4-row tiles and one of 3 rows, each restaged."""
-    check_s8(kind, isa, np.random.default_rng(12), 11, 20, 50_000, 0.5, "uniform", True, True, "relu")
+@pytest.mark.parametrize("k", [300, 50_000])
+def test_row_chunks_and_tile_tails(kind, isa, k):
+    """M = 11: at K = 300 one chunk of two 4-row tiles and 3 rows left (AVX-VNNI's 2:4 kernel decodes each
+    block's indices once for all of them); at K = 50000 the kernels that stage activations take 4 rows a
+    chunk (256 KiB): two chunks of one tile and one of 3 rows, each restaged."""
+    check_s8(kind, isa, np.random.default_rng(12), 11, 20, k, 0.5, "uniform", True, True, "relu")
 
 
 @pytest.mark.parametrize("kind", ["sparse", "2to4"])

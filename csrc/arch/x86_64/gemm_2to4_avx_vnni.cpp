@@ -68,12 +68,30 @@ inline __m256i load_values(const uint8_t* cell, int vector, int half) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 4 * kBlockN * vector + 32 * half));
 }
 
+// A block's vpshufb indices, [k-block][half][A, B], decoded once for every
+// 4-row tile of a chunk to read: with more than one tile the decoding, a
+// third of a tile's vector work, is not repeated per tile.
+constexpr int64_t kIndexBytesPerKBlock = 2 * 2 * 32;
+void decode_indices(const uint8_t* cells, int64_t k_blocks, uint8_t* out) {
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const uint8_t* cell = cells + static_cast<uint64_t>(kb) * kCellBytes;
+        for (int half = 0; half < 2; ++half) {
+            const HalfIndices index = half_indices(cell, half);
+            __m256i* at = reinterpret_cast<__m256i*>(out + kb * kIndexBytesPerKBlock + 64 * half);
+            _mm256_storeu_si256(at, index.a);
+            _mm256_storeu_si256(at + 1, index.b);
+        }
+    }
+}
+
 // Rows [row, row + MR) x one block. `staged` is row `row`'s staged
-// activations, `ld` bytes a row. Up to two rows, vectors A and B accumulate
-// apart (two chains of vpdpbusd, not one, to hide its latency); four rows
-// have eight chains without that, and no registers for it.
+// activations, `ld` bytes a row; `decoded` the block's indices
+// (decode_indices), or null to decode them here. Up to two rows, vectors A
+// and B accumulate apart (two chains of vpdpbusd, not one, to hide its
+// latency); four rows have eight chains without that, and no registers for it.
 template <int MR>
-void tile(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t* staged, int64_t ld) {
+void tile(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t* staged, int64_t ld,
+          const uint8_t* decoded) {
     constexpr int kChains = MR <= 2 ? 2 : 1;
     const Packed2to4View& w = args.w;
     const uint8_t* cells = w.cells + static_cast<uint64_t>(block * w.k_blocks) * kCellBytes;
@@ -88,7 +106,13 @@ void tile(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t*
         __m256i x[MR];
         for (int r = 0; r < MR; ++r) x[r] = activations_u8(staged + r * ld, kb);
         for (int half = 0; half < 2; ++half) {
-            const HalfIndices index = half_indices(cell, half);
+            HalfIndices index;
+            if (decoded != nullptr) {
+                const __m256i* at = reinterpret_cast<const __m256i*>(decoded + kb * kIndexBytesPerKBlock + 64 * half);
+                index = {_mm256_loadu_si256(at), _mm256_loadu_si256(at + 1)};
+            } else {
+                index = half_indices(cell, half);
+            }
             const __m256i values_a = load_values(cell, 0, half), values_b = load_values(cell, 1, half);
             for (int r = 0; r < MR; ++r) {
                 __m256i& chain_a = acc[r][half][0];
@@ -112,23 +136,34 @@ void tile(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t*
 
 void gemm_2to4_s8_avx_vnni(const Gemm2to4S8Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
                            int64_t block_end) {
-    // Rows in fours share each cell's index decoding; the 1 to 3 rows left
-    // (all of a GEMV) read the weights as one prefetched stream.
+    // Rows in fours share each cell's index decoding, and with more than one
+    // 4-row tile in the chunk every tile (and the rows left) reads the
+    // block's indices decoded once; 1 to 3 rows (all of a GEMV) read the
+    // weights as one prefetched stream.
     if (row_begin >= row_end || block_begin >= block_end) return;
     const int64_t ld = args.w.k_blocks * kBlockK;
+    const int64_t index_bytes = args.w.k_blocks * kIndexBytesPerKBlock;
     for_row_chunks(row_begin, row_end, ld, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-        uint8_t* staged = thread_scratch(static_cast<size_t>((chunk_end - chunk_begin) * ld));
-        stage_rows(args.a + chunk_begin * args.lda, args.lda, args.w.k, chunk_end - chunk_begin, ld, staged);
-        const int64_t tiled_end = chunk_begin + (chunk_end - chunk_begin) / kTileRows * kTileRows;
+        const int64_t rows = chunk_end - chunk_begin;
+        uint8_t* staged = thread_scratch(static_cast<size_t>(rows * ld + index_bytes));
+        uint8_t* decoded = staged + rows * ld;
+        stage_rows(args.a + chunk_begin * args.lda, args.lda, args.w.k, rows, ld, staged);
+        const int64_t tiled_end = chunk_begin + rows / kTileRows * kTileRows;
         const uint8_t* thin = staged + (tiled_end - chunk_begin) * ld;
+        const bool decode_once = tiled_end - chunk_begin > kTileRows;
         for (int64_t block = block_begin; block < block_end; ++block) {
+            if (decode_once) {
+                decode_indices(args.w.cells + static_cast<uint64_t>(block * args.w.k_blocks) * kCellBytes,
+                               args.w.k_blocks, decoded);
+            }
+            const uint8_t* indices = decode_once ? decoded : nullptr;
             for (int64_t row = chunk_begin; row < tiled_end; row += kTileRows) {
-                tile<kTileRows>(args, row, block, staged + (row - chunk_begin) * ld, ld);
+                tile<kTileRows>(args, row, block, staged + (row - chunk_begin) * ld, ld, indices);
             }
             switch (chunk_end - tiled_end) {
-                case 3: tile<3>(args, tiled_end, block, thin, ld); break;
-                case 2: tile<2>(args, tiled_end, block, thin, ld); break;
-                case 1: tile<1>(args, tiled_end, block, thin, ld); break;
+                case 3: tile<3>(args, tiled_end, block, thin, ld, indices); break;
+                case 2: tile<2>(args, tiled_end, block, thin, ld, indices); break;
+                case 1: tile<1>(args, tiled_end, block, thin, ld, indices); break;
                 default: break;
             }
         }
