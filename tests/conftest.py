@@ -1,9 +1,21 @@
-"""Shared fixtures: one quick build of the default policy, used by several test modules."""
+"""Shared fixtures: one quick build of the default policy, used by several test modules; and how many
+workers ``pytest -n auto`` (pyproject.toml) starts."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+#: Each worker imports torch and builds its own module fixtures: past a few workers a run gains little time and
+#: costs hundreds of MB apiece.
+MAX_TEST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """One test worker per CPU this process may run on, at most MAX_TEST_WORKERS."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_WORKERS))
 
 from edgevla.pipeline import BuildRequest, build
 

@@ -26,10 +26,17 @@ def _configure(spec: str, build: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def test_a_target_name_builds_for_its_cuda_arch(tmp_path):
-    thor = _configure("target:jetson-thor", tmp_path / "thor")
-    assert thor.returncode == 0, thor.stderr
-    assert "for architectures 110\n" in thor.stdout  # targets/jetson-thor.yaml: cuda_arch: sm_110
+@pytest.fixture(scope="module")
+def thor(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One configure for Jetson Thor (about ten seconds of CUDA compiler checks), shared: its result and folder."""
+    build = tmp_path_factory.mktemp("thor")
+    return _configure("target:jetson-thor", build), build
+
+
+def test_a_target_name_builds_for_its_cuda_arch(thor):
+    configured, _ = thor
+    assert configured.returncode == 0, configured.stderr
+    assert "for architectures 110\n" in configured.stdout  # targets/jetson-thor.yaml: cuda_arch: sm_110
 
 
 def test_a_cpu_target_or_an_unknown_one_stops_the_configure(tmp_path):
@@ -40,12 +47,12 @@ def test_a_cpu_target_or_an_unknown_one_stops_the_configure(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cutlass_library") is None, reason="needs the nvidia-cutlass wheel")
-def test_the_thor_build_compiles_the_tcgen05_kernel(tmp_path):
+def test_the_thor_build_compiles_the_tcgen05_kernel(thor):
     """The tcgen05 int8 GEMM (csrc/cuda/gemm_s8s8_sm100.cu) is built only for sm_110 / sm_100, which the default
     architectures (87, 90) leave out: compiled here so that it does not rot (no GPU needed, none can run it)."""
-    thor = _configure("target:jetson-thor", tmp_path / "thor")
-    assert thor.returncode == 0, thor.stderr
-    assert "tcgen05 int8 GEMM on CUTLASS for 110a" in thor.stdout
-    build = subprocess.run(["cmake", "--build", str(tmp_path / "thor"), "--target", "edgevla_cuda_sm100"],
+    configured, folder = thor
+    assert configured.returncode == 0, configured.stderr
+    assert "tcgen05 int8 GEMM on CUTLASS for 110a" in configured.stdout
+    build = subprocess.run(["cmake", "--build", str(folder), "--target", "edgevla_cuda_sm100"],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
