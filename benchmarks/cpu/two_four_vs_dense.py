@@ -8,7 +8,12 @@ default, microseconds per call (median of 7 windows).
 - cold: --copies copies of a 4096 x 4096 weight called in turn, more bytes than the caches hold, so every call
   reads its weights from DRAM, as a batch-1 policy of a few hundred MB does (GB/s is the packed bytes read).
 
+With --bundles, each 2:4 bundle end to end under each table, as the native runtime plans it (its 2:4 weights on
+the 2:4 kernel where the table's plan says so) and with the plan's 2:4 rule taken out (every layer on the dense
+GEMM): p50 ms of --runs calls, median over --rounds rounds that alternate the two. Outputs are checked equal.
+
     python benchmarks/cpu/two_four_vs_dense.py [--isas avx512_vnni,avx_vnni,avx2] [--threads 1] [--copies 40]
+                                                [--bundles DIR ...] [--bundle-threads 2] [--rounds 5] [--runs 20]
                                                 [--json FILE]
 """
 
@@ -23,7 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from edgevla import native
+from edgevla.backends import make_runner
+from edgevla.bundle import load_bundle
+from edgevla.metrics.latency import measure_latency
 from edgevla.metrics.report import host_info
+from edgevla.pipeline import batch_of, heldout_observations
+from edgevla.runtime import linear
 
 #: (N, K) and the Ms of the hot rows: small-vla's projections and MLP, at batch 1 and over tokens.
 HOT_SHAPES = [(1536, 384), (384, 1536), (384, 384)]
@@ -93,11 +103,58 @@ def measure(isas: list[str], copies: int) -> list[dict]:
     return rows
 
 
+def _runner(bundle, threads: int, rules: tuple):
+    """A native runner of the bundle planned with `rules` as the kernel table."""
+    planned = linear.RULES
+    linear.RULES = rules
+    try:
+        return make_runner("native", onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
+    finally:
+        linear.RULES = planned
+
+
+def measure_bundles(paths: list[str], isas: list[str], threads: int, rounds: int, runs: int) -> list[dict]:
+    without_two_four = tuple(rule for rule in linear.RULES if rule.kernel != "s8-2:4")
+    rows = []
+    for path in paths:
+        bundle = load_bundle(path)
+        obs = batch_of(heldout_observations(bundle.spec, 8), 0, 1)
+        for isa in isas:
+            with native.isa_scope(isa):
+                runners = {"planned": _runner(bundle, threads, linear.RULES),
+                           "dense": _runner(bundle, threads, without_two_four)}
+                try:
+                    outputs = [runner(obs) for runner in runners.values()]
+                    same = bool(np.array_equal(outputs[0], outputs[1]))
+                    ms = {name: [] for name in runners}
+                    for _ in range(rounds):
+                        for name, runner in runners.items():
+                            ms[name].append(measure_latency(lambda r=runner: r(obs), warmup=3, runs=runs).p50_ms)
+                    kernels = sorted({c.kernel for c in runners["planned"].plan()})
+                finally:
+                    for runner in runners.values():
+                        runner.close()
+            row = {"bundle": Path(path).name, "isa": isa, "threads": threads, "planned_kernels": kernels,
+                   "planned_ms": round(statistics.median(ms["planned"]), 3),
+                   "dense_ms": round(statistics.median(ms["dense"]), 3),
+                   "dense_over_planned": round(statistics.median(d / p for d, p in zip(ms["dense"], ms["planned"])), 3),
+                   "same_outputs": same}
+            rows.append(row)
+            print(f"{row['bundle']} {isa:12s} planned ({', '.join(kernels)}) {row['planned_ms']:.2f} ms  "
+                  f"all dense {row['dense_ms']:.2f} ms  dense/planned {row['dense_over_planned']:.3f}  "
+                  f"outputs {'equal' if same else 'DIFFER'}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--isas", help="comma-separated tables (default: every x86 SIMD table here)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--copies", type=int, default=40, help="cold: 4096 x 4096 weights called in turn")
+    parser.add_argument("--bundles", nargs="*", default=[], help="2:4 bundles to time end to end")
+    parser.add_argument("--bundle-threads", type=int, default=2, help="kernel threads for the bundles")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20, help="calls a round, per bundle and plan")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     here = native.available_isas()
@@ -107,9 +164,11 @@ def main() -> None:
         raise SystemExit(f"two_four_vs_dense: {', '.join(missing)} not available here ({', '.join(here)})")
     native.set_num_threads(args.threads)
     rows = measure(isas, args.copies)
+    bundles = measure_bundles(args.bundles, isas, args.bundle_threads, args.rounds, args.runs)
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "two_four_vs_dense", "host": host_info(),
-                                               "threads": args.threads, "copies": args.copies, "rows": rows},
+                                               "threads": args.threads, "copies": args.copies, "rows": rows,
+                                               "bundle_threads": args.bundle_threads, "bundles": bundles},
                                               indent=1) + "\n")
 
 

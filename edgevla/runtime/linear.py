@@ -139,17 +139,19 @@ S8_SPARSE_MIN = 0.95
 #: 1536->384, 10 vs 26 us for 384->384; 1 thread, 2026-12-04) and ties at M=1: the int8 2:4 and sparse
 #: kernels give way to it.
 #: On the AVX2-class tables (1 thread, 2026-12-06, Sapphire Rapids forced to each table; N x K =
-#: 1536x384, 384x1536, 384x384) the 2:4 and sparse int8 kernels, widening to int16 for vpmaddwd, lose
+#: 1536x384, 384x1536, 384x384) AVX2's 2:4 and sparse int8 kernels, widening to int16 for vpmaddwd, lose
 #: to the dense GEMM at every shape: AVX-VNNI dense 7.0 / 101.5 us at M = 1 / 32 for 1536x384 against
-#: 29.6 / 717 (2:4) and 33.9 / 989 (95 % sparse); AVX2 dense 15.6 / 276 against the same 2:4 and sparse.
+#: 29.6 / 717 (AVX2's 2:4, which AVX-VNNI no longer runs) and 33.9 / 989 (95 % sparse); AVX2 dense 15.6 / 276.
 #: Their float 2:4 and sparse kernels lose to NumPy's matmul on OpenBLAS's AVX2 kernels
 #: (OPENBLAS_CORETYPE=Haswell): 2:4 49.5 / 1447 vs 46.6 / 400 us at M = 1 / 32 for 1536x384, 12.8 / 368
 #: vs 5.0 / 96 for 384x384; 50 % sparse 83.6 / 2071.
 #: AVX-VNNI has its own 2:4 int8 kernel (the AVX-512 design at 256 bits; 1 thread, 2026-12-06, Sapphire
-#: Rapids class forced to the table): against its dense GEMM 0.86-1.05x with the weights in cache (the
-#: small-vla shapes above at M = 1-32; it ties at M = 1, loses 5-14 % from M = 4) and 1.38-1.40x at
-#: M = 1-4 with the weights in DRAM (4096 x 4096, 40 copies rotated: 950 vs 1328 us at M = 1), on 0.62x
-#: the weight bytes; as on AVX-512 VNNI, the 2:4 weights run on it. Its sparse int8 kernel is AVX2's.
+#: Rapids class forced to the table, benchmarks/cpu/two-four-vs-dense-amx-xeon-2026-12-06.json): against its
+#: dense GEMM 0.82-1.03x with the weights in cache (the shapes above at M = 1-32) and 1.26-1.40x at M = 1-4
+#: with them in DRAM (4096 x 4096, 40 copies in turn: 980 vs 1241 us at M = 1), on 0.62x the weight bytes;
+#: whole 2:4 bundles (2 threads) 0.96x (base-vla, 64-80 tokens) and 0.98x (tiny-vla) of the all-dense plan.
+#: As on AVX-512 VNNI (1.03x, 0.97x), the 2:4 weights run on it: the dense GEMM's few percent at many tokens
+#: for a third less weight memory and the GEMV's DRAM-bound gain.
 _DENSE_INT8_FASTER_THAN_2TO4_ON = ("avx512_amx", "avx2")
 _DENSE_INT8_FASTER_THAN_SPARSE_ON = ("avx512_amx", "avx_vnni", "avx2")
 _DENSE_F32_FASTER_ON = ("avx_vnni", "avx2")
