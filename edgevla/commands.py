@@ -212,6 +212,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         data["native_isa"] = args.isa or native.get_isa()
         data["native_threads"] = args.threads or native.get_num_threads()
         data["allowed_cpus"] = native.allowed_cpus()
+        data["target_kernels"] = target.facts.cpu.kernels  # what the target's reference CPU runs
     if args.json:
         _json(data)
         return 0
@@ -231,9 +232,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
                   f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "
                   f"{target.budgets.memory_budget_mb} MiB on {target.name})")
+    if data.get("target_kernels") not in (None, data.get("native_isa")) and args.isa is None:
+        out.print(_target_kernels_hint(target, data["native_isa"]))
     if plan is not None:
         _print_native_plan(plan)
     return 0
+
+
+def _target_kernels_hint(target, host_isa: str) -> str:
+    """One line when the target's reference CPU runs other native kernels than this host: how to run them here."""
+    from . import native
+
+    kernels = target.facts.cpu.kernels
+    said = f"{target.name}'s CPU runs the {kernels} kernels, this host the {host_isa} ones"
+    if kernels in native.available_isas():
+        return f"{said}: --isa {kernels} runs them here (on this host's cores, clocks and memory)"
+    return f"{said} and cannot run those: the figures are this host's"
 
 
 def _print_native_plan(plan) -> None:
@@ -353,12 +367,12 @@ def cmd_targets(args: argparse.Namespace) -> int:
         _json([t.to_dict() for t in targets])
         return 0
     table = Table()
-    for col in ("name", "aliases", "kind", "cc", "precisions", "2:4", "GB/s", "Hz", "budget ms"):
+    for col in ("name", "aliases", "kind", "cc", "precisions", "2:4", "GB/s", "CPU kernels", "Hz", "budget ms"):
         table.add_column(col)
     for t in targets:
         f = t.facts
         table.add_row(t.name, ", ".join(t.aliases), t.kind, f.compute_capability or "-", " ".join(f.precisions),
-                      "yes" if f.sparse_tensor_cores else "no", f"{f.memory_bandwidth_gbps:g}",
+                      "yes" if f.sparse_tensor_cores else "no", f"{f.memory_bandwidth_gbps:g}", f.cpu.kernels or "-",
                       f"{t.budgets.control_rate_hz:g}", f"{t.budgets.latency_budget_ms:g}")
     out.print(table)
     return 0

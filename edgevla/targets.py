@@ -28,6 +28,9 @@ from .schema import (Bool, Float, Int, ListOf, MapOf, Nullable, OneOf, Overlay, 
                      read_text, validate)
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "int4", "fp4")
+#: The native backend's CPU kernel tables (edgevla.native), per host architecture.
+NATIVE_KERNEL_TABLES = {"x86_64": ("avx512_amx", "avx512_vnni", "avx_vnni", "avx2", "generic"),
+                        "aarch64": ("neon_dot", "generic")}
 # fp32 is the plain vector/SIMT rate; every other precision has a dense and a 2:4-sparse peak.
 PEAK_KEYS = ("fp32",) + tuple(f"{p}_{kind}" for p in PRECISIONS[1:] for kind in ("dense", "sparse"))
 _NAME = r"[a-z0-9][a-z0-9-]*"
@@ -51,7 +54,9 @@ TARGET_SCHEMA = Section({
         "jetpack": Nullable(_VERSION),
         "tensorrt": Nullable(_VERSION),
         "cuda": Nullable(_VERSION),
-        "cpu": Section({"arch": Str(), "cores": Int(1), "model": Str()}),
+        # kernels: the native kernel table the reference CPU runs
+        "cpu": Section({"arch": Str(), "cores": Int(1), "model": Str(),
+                        "kernels": Nullable(OneOf(*dict.fromkeys(sum(NATIVE_KERNEL_TABLES.values(), ()))))}),
         "preferred_channel_multiple": OneOf(8, 16),
     }),
     "budgets": Section({
@@ -69,6 +74,7 @@ class CpuFacts:
     arch: str
     cores: int
     model: str
+    kernels: str | None = None  # the native kernel table of the reference CPU (edgevla.native.get_isa)
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,11 @@ def _check_consistency(d: dict[str, Any], where: str) -> None:
                 fail(f"facts.{key}: a cpu target has none (got {facts[key]!r})")
         if facts["sparse_tensor_cores"] or facts["dla_count"]:
             fail("facts: a cpu target has no sparse tensor cores and no DLA")
+
+    kernels = facts["cpu"]["kernels"]
+    if kernels is not None and kernels not in NATIVE_KERNEL_TABLES[d["host_arch"]]:
+        fail(f"facts.cpu.kernels: {kernels!r} is not one of the {d['host_arch']} kernel tables "
+             f"({', '.join(NATIVE_KERNEL_TABLES[d['host_arch']])})")
 
     peaks, precisions = facts["peak_tflops"], facts["precisions"]
     for precision in precisions:

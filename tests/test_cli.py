@@ -16,6 +16,7 @@ import yaml
 from edgevla import native
 from edgevla.cli import main
 from edgevla.models.vla import CONFIGS, VLAPolicy
+from edgevla.targets import load_target
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -36,14 +37,16 @@ def one_line_error(err: str) -> str:
 def test_targets_json(capsys):
     code, out, _ = run(capsys, "targets", "--json")
     assert code == 0
-    names = {t["name"] for t in json.loads(out)}
+    targets = {t["name"]: t for t in json.loads(out)}
     assert {"jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano", "jetson-thor", "rtx-4090", "h100",
-            "x86-64-cpu", "arm64-cpu"} <= names
+            "x86-64-cpu", "x86-64-avx2", "arm64-cpu"} <= set(targets)
+    assert targets["x86-64-avx2"]["facts"]["cpu"]["kernels"] == "avx_vnni"
 
 
 def test_targets_table(capsys):
     code, out, _ = run(capsys, "targets")
     assert code == 0 and "jetson-agx-orin" in out and "jetson-orin" in out
+    assert "CPU kernels" in out and "avx_vnni" in out
 
 
 def test_unknown_target(capsys, tmp_path):
@@ -198,6 +201,24 @@ def test_native_backend_profiles_and_tensorrt_says_why(capsys, tiny_bundle):
     assert native.get_isa() == before
     code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2")
     assert code == 0 and f"{before} kernels" in out.replace("\n", " ")
+    # The target's CPU runs other kernels than this host: said in one line, with the flag that runs them here.
+    for target, kernels in (("x86-64-avx2", "avx_vnni"), ("jetson-orin", "neon_dot")):
+        code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2",
+                           "--target", target)
+        text = " ".join(out.split())
+        hint = f"{load_target(target).name}'s CPU runs the {kernels} kernels, this host the {before} ones"
+        assert code == 0 and (hint in text) == (kernels != before), text
+        if kernels != before:
+            here = kernels in native.available_isas()
+            assert (f"--isa {kernels} runs them here" in text) == here
+            assert ("cannot run those: the figures are this host's" in text) == (not here)
+        code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2",
+                           "--target", target, "--json")
+        assert json.loads(out)["target_kernels"] == kernels
+    if "avx_vnni" in native.available_isas():  # running the target's kernels, nothing to say
+        code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--backend", "native", "--runs", "2",
+                           "--target", "x86-64-avx2", "--isa", "avx_vnni")
+        assert code == 0 and "CPU runs the" not in " ".join(out.split())
     for flags, message in ((["--spin-us", "-1"], "--spin-us must be between 0 and 1000000"),
                            (["--spin-us", "0", "--backend", "onnxruntime"], "--spin-us sets the native CPU"),
                            (["--isa", "sse9"], "unknown ISA 'sse9'"),

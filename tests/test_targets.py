@@ -145,6 +145,14 @@ def test_the_cpu_peaks_follow_from_cores_clock_and_vector_width():
     assert "fp16" not in avx2.precisions and "bf16" not in avx2.precisions
 
 
+def test_every_target_names_the_native_kernels_of_its_cpu():
+    """What edgevla.native runs on the reference CPU: `profile` says when this host runs others."""
+    kernels = {t.name: t.facts.cpu.kernels for t in list_targets()}
+    assert kernels == {"jetson-agx-orin": "neon_dot", "jetson-orin-nx": "neon_dot", "jetson-orin-nano": "neon_dot",
+                       "jetson-thor": "neon_dot", "arm64-cpu": "neon_dot", "x86-64-cpu": "avx512_vnni",
+                       "x86-64-avx2": "avx_vnni", "rtx-4090": "avx512_vnni", "h100": "avx512_amx"}
+
+
 def test_sparse_peaks_are_twice_dense():
     """2:4 sparsity doubles tensor-core throughput; a profile that says otherwise has a typo."""
     for t in list_targets():
@@ -331,6 +339,7 @@ def test_a_missing_required_key_is_named(tmp_path, orin_data):
     ("facts.sparse_tensor_cores", False, "a sparse peak needs sparse_tensor_cores: true"),
     ("kind", "cpu", "a cpu target has none"),
     ("recipe.efficiency", {"alpha": 0.9}, "efficiency: alpha + beta + gamma must sum to 1"),
+    ("facts.cpu.kernels", "avx_vnni", "'avx_vnni' is not one of the aarch64 kernel tables (neon_dot, generic)"),
 ])
 def test_inconsistent_profiles_are_refused(tmp_path, orin_data, dotted, value, expected):
     path = write_target(tmp_path, set_path(orin_data, dotted, value))
