@@ -33,7 +33,8 @@ GEMM_SHAPES = [(1, 384, 384), (1, 1536, 384), (16, 384, 384), (16, 1536, 384), (
                (256, 384, 384), (256, 1536, 384)]
 
 
-def _seconds_per_call(call, windows: int = 7, window_s: float = 0.03) -> float:
+def seconds_per_call(call, windows: int = 7, window_s: float = 0.03) -> float:
+    """The median over `windows` windows of `window_s` seconds of the time per call (also two_four_vs_dense.py's)."""
     times = []
     for _ in range(windows):
         calls, start = 0, time.perf_counter()
@@ -55,7 +56,7 @@ def gemm_rows(isas: list[str]) -> list[dict]:
         row = {"m": m, "n": n, "k": k, "gmacs": {}}
         for isa in isas:
             native.set_isa(isa)
-            seconds = _seconds_per_call(lambda: native.gemm_s8s8_f32(a, packed, a_scale, out=out))
+            seconds = seconds_per_call(lambda: native.gemm_s8s8_f32(a, packed, a_scale, out=out))
             row["gmacs"][isa] = round(m * n * k / seconds / 1e9, 1)
         rows.append(row)
         print(f"GEMM {m:4d} x {n:5d} x {k:5d}  " + "  ".join(f"{i} {g:6.1f}" for i, g in row["gmacs"].items()),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +29,17 @@ import numpy as np
 from edgevla import native
 from edgevla.backends import make_runner
 from edgevla.bundle import load_bundle
+from edgevla.errors import EdgevlaError
 from edgevla.metrics.latency import measure_latency
 from edgevla.metrics.report import host_info
 from edgevla.pipeline import batch_of, heldout_observations
 from edgevla.runtime import linear
+from isa_tables import seconds_per_call  # the sibling script's timing: run this one from any folder
 
 #: (N, K) and the Ms of the hot rows: small-vla's projections and MLP, at batch 1 and over tokens.
 HOT_SHAPES = [(1536, 384), (384, 1536), (384, 384)]
 HOT_MS = (1, 4, 16, 32)
 COLD_SHAPE, COLD_MS = (4096, 4096), (1, 4)
-
-
-def _us_per_call(call, window_s: float, windows: int = 7) -> float:
-    times = []
-    for _ in range(windows):
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < window_s:
-            call()
-            calls += 1
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times) * 1e6
 
 
 def two_four(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -87,8 +77,10 @@ def measure(isas: list[str], copies: int) -> list[dict]:
             for isa in isas:
                 native.set_isa(isa)
                 window = 0.03 if count == 1 else 0.1
-                dense_us = _us_per_call(_rotating(native.gemm_s8s8_f32, a, dense, a_scale, out), window)
-                sparse_us = _us_per_call(_rotating(native.gemm_2to4_s8s8_f32, a, sparse, a_scale, out), window)
+                dense_us = 1e6 * seconds_per_call(_rotating(native.gemm_s8s8_f32, a, dense, a_scale, out),
+                                                  window_s=window)
+                sparse_us = 1e6 * seconds_per_call(_rotating(native.gemm_2to4_s8s8_f32, a, sparse, a_scale, out),
+                                                   window_s=window)
                 row = {"isa": isa, "weights": "hot" if count == 1 else "cold", "m": m, "n": n, "k": k,
                        "dense_us": round(dense_us, 2), "two_four_us": round(sparse_us, 2),
                        "dense_over_two_four": round(dense_us / sparse_us, 3),
@@ -113,11 +105,11 @@ def _runner(bundle, threads: int, rules: tuple):
         linear.RULES = planned
 
 
-def measure_bundles(paths: list[str], isas: list[str], threads: int, rounds: int, runs: int) -> list[dict]:
+def measure_bundles(paths: list[str], bundles: list, isas: list[str], threads: int, rounds: int,
+                    runs: int) -> list[dict]:
     without_two_four = tuple(rule for rule in linear.RULES if rule.kernel != "s8-2:4")
     rows = []
-    for path in paths:
-        bundle = load_bundle(path)
+    for path, bundle in zip(paths, bundles):
         obs = batch_of(heldout_observations(bundle.spec, 8), 0, 1)
         for isa in isas:
             with native.isa_scope(isa):
@@ -163,12 +155,16 @@ def main() -> None:
     if missing:
         raise SystemExit(f"two_four_vs_dense: {', '.join(missing)} not available here ({', '.join(here)})")
     native.set_num_threads(args.threads)
-    rows = measure(isas, args.copies)
-    bundles = measure_bundles(args.bundles, isas, args.bundle_threads, args.rounds, args.runs)
+    try:
+        bundles = [load_bundle(path) for path in args.bundles]  # a bad folder fails before any timing
+        rows = measure(isas, args.copies)
+        bundle_rows = measure_bundles(args.bundles, bundles, isas, args.bundle_threads, args.rounds, args.runs)
+    except EdgevlaError as error:
+        raise SystemExit(f"two_four_vs_dense: {error}") from None
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "two_four_vs_dense", "host": host_info(),
                                                "threads": args.threads, "copies": args.copies, "rows": rows,
-                                               "bundle_threads": args.bundle_threads, "bundles": bundles},
+                                               "bundle_threads": args.bundle_threads, "bundles": bundle_rows},
                                               indent=1) + "\n")
 
 
