@@ -13,9 +13,17 @@ import torch
 MAX_TEST_WORKERS = 4
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """One test worker per CPU this process may run on, at most MAX_TEST_WORKERS."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_WORKERS))
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the options set here
+def pytest_cmdline_main(config) -> None:
+    """Plain ``pytest`` runs in parallel where pytest-xdist is installed (the test extra): one worker per CPU this
+    process may run on, at most MAX_TEST_WORKERS, each module on one worker (its fixtures made once). ``-n N``
+    (``-n 0``: in this process) on the command line wins; without pytest-xdist, or in a worker, nothing changes."""
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    if config.option.numprocesses is None:
+        config.option.numprocesses = max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_WORKERS))
+        if config.option.dist == "no":
+            config.option.dist = "loadfile"
 
 from edgevla.pipeline import BuildRequest, build
 
