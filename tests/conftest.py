@@ -1,5 +1,5 @@
-"""Shared fixtures: one quick build of the default policy, used by several test modules; and how many
-workers ``pytest -n auto`` (pyproject.toml) starts."""
+"""Shared fixtures: one quick build of the default policy, used by several test modules; and the parallel
+run that plain ``pytest`` makes where pytest-xdist is installed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+
+from edgevla.pipeline import BuildRequest, build
 
 #: Each worker imports torch and builds its own module fixtures: past a few workers a run gains little time and
 #: costs hundreds of MB apiece.
@@ -25,7 +27,6 @@ def pytest_cmdline_main(config) -> None:
         if config.option.dist == "no":
             config.option.dist = "loadfile"
 
-from edgevla.pipeline import BuildRequest, build
 
 # A quick recipe: every stage runs, with fewer episodes and timing runs.
 FAST = {"evaluate.episodes": 60, "verify.samples": 32, "profile.runs": 8, "profile.warmup": 2,
