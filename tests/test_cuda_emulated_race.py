@@ -69,9 +69,9 @@ def refill_before_barrier(emulation_out, tmp_path_factory) -> tuple[Path, Path]:
     jobs = [(compile_flags(cuda_include(), optimize="-O1", headers_first=headers), emulation_out / "refill"),
             (race_flags(headers_first=headers), emulation_out / "refill_race")]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for (_, binary), built in zip(jobs, pool.map(lambda job: build_driver(driver, job[0], emulation_out, job[1]),
-                                                     jobs)):
-            assert built.returncode == 0, built.stderr[-3000:]
+        built = list(pool.map(lambda job: build_driver(driver, job[0], emulation_out, job[1]), jobs))
+    for result in built:
+        assert result.returncode == 0, result.stderr[-3000:]
     return jobs[0][1], jobs[1][1]
 
 
