@@ -88,11 +88,12 @@ inline void prefetch_lines_ahead(const void* p, int64_t lines) {
     __builtin_prefetch(reinterpret_cast<const void*>(address), 0, Locality);
 }
 
-// Prefetches the cache lines of [p, p + bytes) shifted kStreamPrefetchBytes ahead, into L1.
-inline void prefetch_stream(const void* p, uint64_t bytes) {
+// Prefetches the cache lines of [p, p + bytes) shifted `ahead` bytes (by
+// default kStreamPrefetchBytes) ahead, into L1.
+inline void prefetch_stream(const void* p, uint64_t bytes, uint64_t ahead = kStreamPrefetchBytes) {
     const uintptr_t first = reinterpret_cast<uintptr_t>(p);
     for (uint64_t b = 0; b < bytes; b += 64) {
-        prefetch_lines_ahead<3>(reinterpret_cast<const void*>(first + b), kStreamPrefetchBytes / 64);
+        prefetch_lines_ahead<3>(reinterpret_cast<const void*>(first + b), static_cast<int64_t>(ahead / 64));
     }
 }
 

@@ -35,6 +35,14 @@ constexpr int64_t kBlockK = EDGEVLA_PACKED_2TO4_BLOCK_K;
 constexpr uint64_t kCellBytes = 8 * kBlockN + 2 * kBlockN;  // values A, values B, 16 uint16 of metadata
 constexpr int kTileRows = 4;
 
+// How far ahead a GEMV (1-3 rows) prefetches its weight stream
+// (kernel_common.h). Each 256-bit cell takes about twice the instructions of
+// the AVX-512 kernel's, so the 4 KiB that suffices there leaves this one
+// short of memory-level parallelism: with the weights in DRAM (4096 x 4096,
+// M = 1, 1 thread, 2026-12-06) 972-983 us at 4 KiB, 912-914 at 8, 839-861 at
+// 16 (dense: 1138-1168 us).
+constexpr uint64_t kGemvPrefetchBytes = 16384;
+
 // `rows` rows of int8 activations (k of them at a stride of lda), + 128 as
 // unsigned bytes and padded with 0x80 (a zero activation) to `ld` bytes a row.
 void stage_rows(const int8_t* a, int64_t lda, int64_t k, int64_t rows, int64_t ld, uint8_t* staged) {
@@ -102,7 +110,7 @@ void tile(const Gemm2to4S8Args& args, int64_t row, int64_t block, const uint8_t*
 
     for (int64_t kb = 0; kb < w.k_blocks; ++kb) {
         const uint8_t* cell = cells + static_cast<uint64_t>(kb) * kCellBytes;
-        if (MR < kTileRows) prefetch_stream(cell, kCellBytes);  // a GEMV: see kernel_common.h
+        if (MR < kTileRows) prefetch_stream(cell, kCellBytes, kGemvPrefetchBytes);  // a GEMV
         __m256i x[MR];
         for (int r = 0; r < MR; ++r) x[r] = activations_u8(staged + r * ld, kb);
         for (int half = 0; half < 2; ++half) {
