@@ -147,10 +147,10 @@ S8_SPARSE_MIN = 0.95
 #: vs 5.0 / 96 for 384x384; 50 % sparse 83.6 / 2071.
 #: AVX-VNNI has its own 2:4 int8 kernel (the AVX-512 design at 256 bits; 1 thread, 2026-12-06, Sapphire
 #: Rapids class forced to the table, benchmarks/cpu/two-four-vs-dense-amx-xeon-2026-12-06.json): against its
-#: dense GEMM 0.82-1.03x with the weights in cache (the shapes above at M = 1-32) and 1.26-1.40x at M = 1-4
-#: with them in DRAM (4096 x 4096, 40 copies in turn: 980 vs 1241 us at M = 1), on 0.62x the weight bytes;
-#: whole 2:4 bundles (2 threads) 0.96x (base-vla, 64-80 tokens) and 0.98x (tiny-vla) of the all-dense plan.
-#: As on AVX-512 VNNI (1.03x, 0.97x), the 2:4 weights run on it: the dense GEMM's few percent at many tokens
+#: dense GEMM 0.86-1.03x with the weights in cache (the shapes above at M = 1-32) and 1.37-1.40x at M = 1-4
+#: with them in DRAM (4096 x 4096, 40 copies in turn: 856 vs 1172 us at M = 1), on 0.62x the weight bytes;
+#: whole 2:4 bundles (2 threads) 0.95x (base-vla, 64-80 tokens) and 0.96x (tiny-vla) of the all-dense plan.
+#: As on AVX-512 VNNI (1.03x, 0.96x), the 2:4 weights run on it: the dense GEMM's few percent at many tokens
 #: for a third less weight memory and the GEMV's DRAM-bound gain.
 _DENSE_INT8_FASTER_THAN_2TO4_ON = ("avx512_amx", "avx2")
 _DENSE_INT8_FASTER_THAN_SPARSE_ON = ("avx512_amx", "avx_vnni", "avx2")
