@@ -10,6 +10,7 @@ memory probe counts whatever it loads):
 * :class:`PolicySpec`, :class:`TensorSpec` — what a policy declares
 * :func:`export_onnx`, :func:`verify_onnx` — export and numerical verification
 * :func:`inspect_bundle`, :func:`load_bundle`, :func:`make_runner` — using a bundle
+* :class:`BundlePolicy`, :class:`ChunkController` — a bundle on the robot: real actions, one per control tick
 * :class:`EdgevlaError`, :class:`GateFailed`
 """
 
@@ -31,6 +32,7 @@ _LAZY = {
     "load_policy": "models.zoo", "load_target": "targets", "list_targets": "targets",
     "load_recipe": "recipe", "export_onnx": "export", "verify_onnx": "export",
     "inspect_bundle": "bundle", "load_bundle": "bundle", "make_runner": "backends",
+    "BundlePolicy": "deploy", "ChunkController": "control",
 }
 
 __all__ = ["EdgevlaError", "GateFailed", "PolicySpec", "TensorSpec", "versions", *_LAZY]

@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     e.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
+    latency = e.add_mutually_exclusive_group()
+    latency.add_argument("--latency-ms", type=float, nargs="+", metavar="MS",
+                         help="each query takes this long: the commands of the policy's control ticks that "
+                              "pass before its chunk is in are missed (none within one period); one "
+                              "evaluation per value")
+    latency.add_argument("--latency-ticks", type=int, nargs="+", metavar="N",
+                         help="the same as the number of missed control ticks")
+    e.add_argument("--async", dest="asynchronous", action="store_true",
+                   help="with a latency: query that many ticks before the chunk is spent and keep executing it "
+                        "(default: hold while the policy runs)")
+    e.add_argument("--execute", type=int, default=4, metavar="N", help="actions of each chunk executed (4)")
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("profile", help="latency, jitter and deadline misses of a bundle or a policy")

@@ -65,62 +65,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _bundle_policy(bundle, backend: str):
-    """The bundle's PyTorch policy, rebuilt: quantized layers restored, structured shape changes replayed."""
-    from .bundle import load_weights
-    from .models.vla import VLAConfig, VLAPolicy
-
-    tensors, _ = load_weights(bundle.file("weights.safetensors"))
-    config = bundle.manifest["policy"].get("config")
-    if not config:
-        raise EdgevlaError(f"{backend} needs a bundle of an edgevla VLA policy (its config is in the "
-                           f"manifest); this bundle's policy is {bundle.manifest['policy']['name']!r}: "
-                           "use --backend onnxruntime")
-    policy = VLAPolicy(VLAConfig.from_dict(config), name=bundle.manifest["policy"]["name"])
-    architecture = bundle.manifest["policy"].get("architecture")
-    try:
-        from .quant import restore_quantized
-
-        restore_quantized(policy, tensors)  # a quantized bundle: its layers come back fake-quant
-        if architecture:  # structured pruning: replay its shape changes, then load
-            from .prune.architecture import rebuild
-
-            policy = rebuild(policy, architecture, tensors)
-        else:
-            policy.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise EdgevlaError(f"the bundle's weights do not fit its policy config "
-                           f"({str(e).strip().splitlines()[-1].strip()}): use --backend onnxruntime") from None
-    return policy.eval()
-
-
-def _bundle_runner(bundle, backend: str, threads: int | None = None, device: str = "auto",
-                   tactics: str | None = None):
-    """The runner of ``backend`` for a bundle; ``native`` on a GPU where ``device`` says so (see native_device)."""
-    from .backends import CudaNativeRunner, make_runner, native_device
-
-    if backend == "torch":
-        return make_runner("torch", policy=_bundle_policy(bundle, "backend 'torch'"), threads=threads)
-    if backend == "native":
-        gpu_target = bundle.manifest["target"].get("kind") == "gpu"
-        if native_device(device, gpu_target) == "cuda":
-            return CudaNativeRunner(_bundle_policy(bundle, "the native backend on a GPU"), tactics_path=tactics)
-    _no_tactics_here(tactics)
-    return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
-
-
-def _no_tactics_here(tactics: str | None) -> None:
-    if tactics is not None:
-        raise EdgevlaError("--kernel-tactics applies to the native backend on a GPU only (--backend native; "
-                           "--device cuda where the GPU is not picked by default)")
-
-
 def _check_device(args: argparse.Namespace) -> None:
+    from .deploy import no_tactics_here
+
     if args.device != "auto" and args.backend != "native":
         raise EdgevlaError(f"--device {args.device} applies to --backend native only "
                            f"(backend {args.backend!r} decides its own device)")
     if args.kernel_tactics is not None and args.backend != "native":
-        _no_tactics_here(args.kernel_tactics)
+        no_tactics_here(args.kernel_tactics)
 
 
 def _runner_device(runner) -> str:
@@ -132,6 +84,7 @@ def _runner_device(runner) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
+    from .deploy import bundle_runner
     from .pipeline import action_fn, task_for
     from .progress import ConsoleProgress
     from .task import evaluate
@@ -144,24 +97,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if task is None:
         raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
                            "closed-loop evaluation needs a task that speaks them")
-    runner = _bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
+    if not 1 <= args.execute <= task.chunk_size:
+        raise EdgevlaError(f"--execute must be in 1..{task.chunk_size} (the bundle's chunk size), got {args.execute}")
+    latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
+    runner = bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
+    rows = []
     try:
-        with progress.task(f"{args.episodes} episodes", args.episodes) as advance:
-            result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed, progress=advance)
+        for latency_ms, ticks in latencies:
+            what = f"{args.episodes} episodes" + ("" if ticks is None else f", latency {ticks} tick(s)")
+            with progress.task(what, args.episodes) as advance:
+                result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed,
+                                  execute=args.execute, progress=advance, latency_ticks=ticks or 0,
+                                  asynchronous=args.asynchronous)
+            rows.append((latency_ms, ticks, result))
     finally:
         runner.close()
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
-            "seed": args.seed, **result.to_dict()}
+            "seed": args.seed, "execute": args.execute}
+    if latencies[0][1] is None:
+        data.update(rows[0][2].to_dict())
+    else:
+        data.update({"schedule": "async" if args.asynchronous else "sync",
+                     "control_rate_hz": bundle.spec.control_rate_hz,
+                     "latencies": [{"latency_ms": ms, "latency_ticks": ticks, **result.to_dict()}
+                                   for ms, ticks, result in rows]})
     if getattr(runner, "tactics", None) is not None:
         data["kernel_tactics"] = runner.tactics_summary()
     if args.json:
         _json(data)
-    else:
-        out.print(f"success {result.success_rate:.1%} over {result.episodes} episodes ({args.backend}"
-                  f"{' on the GPU' if data['device'] == 'cuda' else ''}); "
+        return 0
+    where = f"{args.backend}{' on the GPU' if data['device'] == 'cuda' else ''}"
+    for latency_ms, ticks, result in rows:
+        latency = "" if ticks is None else (
+            f"latency {ticks} tick(s)" + ("" if latency_ms is None else f" ({latency_ms:g} ms)")
+            + f", {data['schedule']}: ")
+        out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
                   f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
     return 0
+
+
+def _eval_latencies(args: argparse.Namespace, control_rate_hz: float | None) -> list[tuple[float | None, int | None]]:
+    """(milliseconds, ticks) per evaluation: [(None, None)] for none asked, ticks None meaning no latency model."""
+    from .control import latency_ticks
+
+    if args.latency_ticks is not None:
+        if any(t < 0 for t in args.latency_ticks):
+            raise EdgevlaError(f"--latency-ticks must be >= 0, got {args.latency_ticks}")
+        return [(None, t) for t in args.latency_ticks]
+    if args.latency_ms is not None:
+        if not control_rate_hz:
+            raise EdgevlaError("--latency-ms needs the bundle's control rate, and its manifest has none: "
+                               "give --latency-ticks")
+        return [(ms, latency_ticks(ms, control_rate_hz)) for ms in args.latency_ms]
+    if args.asynchronous:
+        raise EdgevlaError("--async schedules queries around a latency: give --latency-ms or --latency-ticks")
+    return [(None, None)]
 
 
 # --------------------------------------------------------------------------- profile
@@ -170,6 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import tempfile
 
+    from .control import latency_ticks
     from .metrics.latency import deadline_misses, measure_latency
     from .metrics.report import host_info
     from .targets import load_target
@@ -198,6 +190,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
             "target": target.name, "paced_hz": target.budgets.control_rate_hz if args.paced else None,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
             "deadline": deadline.to_dict()}
+    action_rate = runner.spec.control_rate_hz
+    if action_rate:  # what a query of this latency costs the loop that executes the policy's chunks
+        data["latency_ticks"] = {"control_rate_hz": action_rate,
+                                 **{k: latency_ticks(getattr(stats, f"{k}_ms"), action_rate)
+                                    for k in ("p50", "p99", "max")}}
     if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
         data["cuda_graphs"] = {"used": runner.graphed, "error": runner.graph_error}
         if runner.tactics is not None:  # which kernel variants ran, timed on this GPU
@@ -228,6 +225,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out.print(f"deadline at {target.budgets.control_rate_hz:g} Hz ({target.name}, budget "
               f"{deadline.budget_ms:.1f} ms): {deadline.misses}/{stats.runs} missed"
               + ("" if args.paced else " (calls back to back; --paced times them as the loop calls them)"))
+    if "latency_ticks" in data:
+        ticks = data["latency_ticks"]
+        out.print(f"commands missed per query at the policy's {action_rate:g} Hz: p50 {ticks['p50']}, "
+                  f"p99 {ticks['p99']}, max {ticks['max']} (their closed-loop cost: edgevla eval BUNDLE "
+                  "--latency-ticks N [--async])")
     if gpu_memory is not None:
         out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
                   f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "
@@ -298,17 +300,19 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
     path = Path(args.model)
     if path.is_dir():
         from .bundle import load_bundle
+        from .deploy import bundle_runner
 
         bundle = load_bundle(path)
-        return (_bundle_runner(bundle, args.backend, args.threads, args.device, args.kernel_tactics), str(path),
+        return (bundle_runner(bundle, args.backend, args.threads, args.device, args.kernel_tactics), str(path),
                 bundle.manifest["target"]["name"])
     from .backends import CudaNativeRunner, make_runner, native_device
+    from .deploy import no_tactics_here
     from .models.zoo import load_policy
 
     loaded = load_policy(args.model, allow_pickle=args.allow_pickle)
     if args.backend == "native" and native_device(args.device, gpu_target=False) == "cuda":
         return CudaNativeRunner(loaded.policy, tactics_path=args.kernel_tactics), loaded.name, "x86-64-cpu"
-    _no_tactics_here(args.kernel_tactics)
+    no_tactics_here(args.kernel_tactics)
     if args.backend in ("onnxruntime", "native"):
         from .export import export_onnx
 

@@ -69,7 +69,7 @@ from .metrics.params import count_parameters, file_size
 from .metrics.report import ModelMetrics, build_report, host_info, write_report
 from .models.zoo import LoadedPolicy, load_policy
 from .progress import Progress
-from .recipe import CalibrationConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
+from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import TaskConfig, evaluate, fixed_split
@@ -127,6 +127,23 @@ def batch_of(obs: Mapping[str, np.ndarray], start: int, size: int) -> dict[str, 
 def action_fn(runner: Runner):
     """A runner as the closed-loop evaluator wants it: obs -> real actions."""
     return lambda obs: runner.spec.denormalize(runner(obs))
+
+
+def robot_loop(ev: EvaluateConfig | None) -> dict[str, Any]:
+    """The evaluator's settings for the robot's loop the recipe describes (chunk actions executed, latency in
+    control ticks, schedule): every closed-loop judgement of a build (gate, recovery, sensitivity, mixed
+    precision) runs in the same loop."""
+    if ev is None:
+        return {}
+    return {"execute": ev.execute, "latency_ticks": ev.latency_ticks, "asynchronous": ev.schedule == "async"}
+
+
+def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed: int,
+                  loop: EvaluateConfig | None) -> float:
+    """Closed-loop success of a PyTorch model in the recipe's robot loop."""
+    from .train import torch_action_fn
+
+    return evaluate(torch_action_fn(model), task, episodes=episodes, seed=seed, **robot_loop(loop)).success_rate
 
 
 def resolve_output(output: str | None, policy_name: str, target: Target) -> Path:
@@ -371,7 +388,8 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
 
 
 def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
-                 cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress) -> dict[str, Any]:
+                 cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress,
+                 loop: EvaluateConfig | None = None) -> dict[str, Any]:
     """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
 
     Raises :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when
@@ -421,7 +439,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         what = f"{cfg.structure} ({fraction:.0%} of each group's units, kept channels multiples of {round_to})"
     elif cfg.allocation == "sensitivity":
         layers = prune_scope_linears(policy, scope, 1)
-        result, sensitivity = sensitivity_prune(policy, teacher, spec, task, cfg, layers, calibration)
+        result, sensitivity = sensitivity_prune(policy, teacher, spec, task, cfg, layers, calibration, loop)
         info.update(layers=layers, pattern=None, sparsity=cfg.sparsity, sensitivity=sensitivity)
         what = (f"unstructured on {len(layers)} Linear layers, per-layer sparsity from sensitivity "
                 f"({cfg.sparsity:.0%} of their {cfg.allocation_cost})")
@@ -450,13 +468,10 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         info["recovery"] = "not run: no closed-loop task speaks this policy's observations"
         progress.note(f"recovery {info['recovery']}")
     else:
-        from .train import torch_action_fn
-
         heldout = fixed_split(task, "heldout", config.heldout_samples, config.seed)
         report = recover(policy, teacher, config, batches=batches,
                          heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                         success_fn=lambda p: evaluate(torch_action_fn(p), task, episodes=rc.episodes,
-                                                       seed=rc.seed).success_rate)
+                         success_fn=lambda p: torch_success(p, task, rc.episodes, rc.seed, loop))
         info["recovery"] = report.to_dict()
         progress.note(f"recovery by distillation: success {report.before.success:.1%} after pruning, "
                       f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
@@ -492,7 +507,8 @@ def write_sensitivity(section: Mapping[str, Any], report_dir: Path) -> Path:
 
 
 def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
-                      task: TaskConfig | None, cfg: PruneConfig, layers: list[str], calibration):
+                      task: TaskConfig | None, cfg: PruneConfig, layers: list[str], calibration,
+                      loop: EvaluateConfig | None = None):
     """Mask ``policy`` with per-layer sparsities allocated from its sensitivity curves.
 
     Each layer is pruned alone to 25 / 50 / 75 / 90 % and measured (closed-loop
@@ -506,7 +522,6 @@ def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: P
 
     from .prune import allocate_sparsity, apply_allocation, layer_sensitivity
     from .prune.schedule import ScheduleResult, ScheduleStep
-    from .train import torch_action_fn
 
     if task is None:
         raise EdgevlaError("prune.allocation sensitivity measures closed-loop success: it needs a policy that "
@@ -517,8 +532,7 @@ def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: P
     curves = layer_sensitivity(
         policy, (0.25, 0.5, 0.75, 0.9), units=layers, criterion=cfg.criterion, calibration=calibration,
         heldout=observations,
-        success_fn=lambda p: evaluate(torch_action_fn(p), task, episodes=cfg.sensitivity_episodes,
-                                      seed=cfg.recovery.seed).success_rate)
+        success_fn=lambda p: torch_success(p, task, cfg.sensitivity_episodes, cfg.recovery.seed, loop))
     allocation = allocate_sparsity(curves, cfg.sparsity, cost=cfg.allocation_cost, metric="action_error")
     apply_allocation(policy, curves, allocation, criterion=cfg.criterion, calibration=calibration)
     seconds = time.perf_counter() - start
@@ -572,7 +586,7 @@ def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | No
 
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
                        cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float,
-                       progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+                       progress: Progress, loop: EvaluateConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
 
     (Fold BatchNorms into convolutions) → calibrate → (SmoothQuant) → quantize every Linear and
@@ -623,10 +637,8 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                 if task is None:
                     raise EdgevlaError("quantize.mixed_precision.metric success needs closed-loop episodes, and no "
                                        "task speaks this policy's observations: use metric sqnr")
-                from .train import torch_action_fn
-
                 def success(model: torch.nn.Module) -> float:
-                    return evaluate(torch_action_fn(model), task, episodes=mp.episodes, seed=mp.seed).success_rate
+                    return torch_success(model, task, mp.episodes, mp.seed, loop)
 
                 budget = max_loss if mp.max_loss is None else mp.max_loss
                 reference = success(teacher)
@@ -741,6 +753,9 @@ class Build:
         self.original = self.loaded.policy.eval()
         self.spec = spec_of(self.original)
         self.output = resolve_output(req.output, self.loaded.name, self.target)
+        if self.recipe.evaluate.execute > self.spec.chunk_size:
+            raise EdgevlaError(f"recipe: evaluate.execute = {self.recipe.evaluate.execute} actions of the policy's "
+                               f"chunks of {self.spec.chunk_size}")
         self.progress.note(f"policy {self.loaded.name} ({self.loaded.kind}: {self.loaded.source}); "
                            f"target {self.target.name}; bundle {self.output}")
 
@@ -768,13 +783,14 @@ class Build:
             self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
                                         round_to=self.target.facts.preferred_channel_multiple,
                                         max_loss=self.recipe.accuracy_loss_budget(self.target),
-                                        progress=self.progress)
+                                        progress=self.progress, loop=self.recipe.evaluate)
         self.quantization: dict[str, Any] | None = None
         self.float_built = self.built  # the (pruned) float model: its architecture is what the manifest records
         if self.quantized:
             self.built, self.quantization = quantize_for_build(
                 self.built, self.original, self.spec, self.task, self.recipe.quantize, float_dtype=self.float_dtype,
-                max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress)
+                max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress,
+                loop=self.recipe.evaluate)
         check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
 
@@ -908,10 +924,11 @@ class Build:
             for label, backend in jobs:
                 self.results[(label, backend)] = evaluate(
                     action_fn(self.runners[label][backend]), self.task, episodes=ev.episodes, seed=ev.seed,
-                    progress=advance)
+                    progress=advance, **robot_loop(ev))
         before = self.results[("original", "torch")].success_rate
+        loop = (f" ({ev.latency_ticks} tick(s) of latency, {ev.schedule})" if ev.latency_ticks else "")
         for b in ev.backends:
-            self.progress.note(f"closed-loop success: original (torch) {before:.1%}, "
+            self.progress.note(f"closed-loop success{loop}: original (torch) {before:.1%}, "
                                f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
         worst = min(self.results[("built", b)].success_rate for b in ev.backends)
         accuracy_gate(before, worst, self.recipe.accuracy_loss_budget(self.target))
@@ -984,6 +1001,9 @@ class Build:
                            "samples": r.samples, "passed": r.passed},
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
+                "robot_loop": {"execute": self.recipe.evaluate.execute,
+                               "latency_ticks": self.recipe.evaluate.latency_ticks,
+                               "schedule": self.recipe.evaluate.schedule},
                 "action_error_by_backend": self.action_error,
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
                 "prune": self.pruning or "none",

@@ -34,6 +34,12 @@ closed-loop success within ``max_loss``, stay float), ``qat`` (fake-quant
 fine-tuning distilled from the float policy) and ``parity`` (how closely the
 ONNX model must match the fake-quant PyTorch one). ``quantize_shorthand``
 turns ``edgevla build --quantize w8a8`` into an override of the format.
+
+Closed-loop judgements (``evaluate:``, and every success the build measures
+on the way: recovery, sensitivity, mixed precision) run the policy in the
+robot's loop the recipe describes: ``execute`` actions of each chunk, each
+query's chunk ``latency_ticks`` control ticks late, the robot holding
+meanwhile (``schedule: sync``) or executing the previous chunk (``async``).
 """
 
 from __future__ import annotations
@@ -157,6 +163,12 @@ RECIPE_SCHEMA = Section({
         "seed": Int(0, default=10_000),
         "max_accuracy_loss": Nullable(Float(0.0, 1.0)),  # null: the target's budget
         "backends": ListOf(OneOf(*BACKENDS), min_len=1, unique=True, default=["onnxruntime"]),
+        # The robot's loop (edgevla.control): actions of each chunk executed, the control ticks a query's
+        # chunk comes late (its latency on the robot), and whether the robot holds meanwhile (sync) or keeps
+        # executing the previous chunk (async). Original and built model are judged alike.
+        "execute": Int(1, default=4),
+        "latency_ticks": Int(0, default=0),
+        "schedule": OneOf("sync", "async", default="sync"),
     }),
     "profile": Section({
         "warmup": Int(0, default=20),
@@ -275,6 +287,9 @@ class EvaluateConfig:
     seed: int
     max_accuracy_loss: float | None
     backends: tuple[str, ...]
+    execute: int
+    latency_ticks: int
+    schedule: str
 
 
 @dataclass(frozen=True)

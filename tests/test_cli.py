@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -161,6 +162,8 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
     data = json.loads(out)
     assert code == 0 and data["target"] == "jetson-agx-orin" and data["latency_ms"]["runs"] == 5
     assert data["deadline"]["period_ms"] == pytest.approx(1000 / 30) and data["paced_hz"] is None
+    assert data["latency_ticks"] == {"control_rate_hz": 30, **{
+        k: max(0, math.ceil(data["latency_ms"][f"{k}_ms"] * 30 / 1000 - 1e-9) - 1) for k in ("p50", "p99", "max")}}
 
     # paced: one call per control period (30 Hz here), as the robot's loop calls the policy
     started = time.perf_counter()
@@ -181,6 +184,36 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
     assert code == 2 and "model.onnx" in one_line_error(err)
     code, _, err = run(capsys, "eval", str(copy), "--episodes", "5")
     assert code == 2 and "model.onnx" in one_line_error(err)
+
+
+def test_eval_under_latency(capsys, tiny_bundle):
+    root = str(tiny_bundle.bundle)
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--json")
+    plain = json.loads(out)
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--latency-ticks", "0", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["schedule"] == "sync" and data["execute"] == 4 and data["control_rate_hz"] == 30
+    none, three = data["latencies"]
+    assert (none["latency_ticks"], three["latency_ticks"]) == (0, 3) and none["latency_ms"] is None
+    assert none["success_rate"] == plain["success_rate"] and none["mean_steps"] == plain["mean_steps"]
+    assert three["mean_steps"] > none["mean_steps"]  # three held commands before every chunk
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--latency-ms", "110", "--async", "--json")
+    (row,) = json.loads(out)["latencies"]
+    assert code == 0 and row["latency_ms"] == 110 and row["latency_ticks"] == 3  # 110 ms at 30 Hz: 3 missed
+    assert none["mean_steps"] < row["mean_steps"] < three["mean_steps"]  # only the first chunk is waited for
+    code, out, _ = run(capsys, "eval", root, "-n", "5", "--latency-ms", "50")
+    assert code == 0 and "latency 1 tick(s) (50 ms), sync: success" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--async"], "--async schedules queries around a latency"),
+    (["--latency-ticks", "-1"], "--latency-ticks must be >= 0"),
+    (["--latency-ms", "nan"], "finite number of milliseconds"),
+    (["--execute", "9"], "--execute must be in 1..8"),
+])
+def test_eval_refuses_bad_latency_settings(capsys, tiny_bundle, argv, message):
+    code, _, err = run(capsys, "eval", str(tiny_bundle.bundle), "-n", "1", *argv)
+    assert code == 2 and message in one_line_error(err)
 
 
 def test_native_backend_profiles_and_tensorrt_says_why(capsys, tiny_bundle):

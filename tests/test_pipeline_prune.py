@@ -87,6 +87,26 @@ def test_the_report_carries_what_was_pruned_and_the_recovery_figures(nm_bundle):
     assert nm_bundle.report["extra"]["verify"]["passed"]
 
 
+def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle):
+    """With the robot's loop in the recipe (queries 2 ticks late, asynchronous), the recovery is judged in that
+    loop too: it trains until the far end of each chunk, which that loop executes, is good again."""
+    late = _build(tmp_path_factory, fast, "2:4", **{"evaluate.latency_ticks": 2, "evaluate.schedule": "async"})
+    recovery = late.report["extra"]["prune"]["recovery"]
+    assert recovery["before"]["success"] < recovery["after"]["success"] and recovery["steps"] > 0
+    assert load_bundle(late.bundle).manifest["recipe"]["evaluate"]["schedule"] == "async"
+    assert late.report["extra"]["robot_loop"] == {"execute": 4, "latency_ticks": 2, "schedule": "async"}
+    from edgevla.deploy import BundlePolicy
+    from edgevla.pipeline import task_for
+    from edgevla.task import evaluate
+
+    success = {}
+    for name, result in (("zero-latency gate", nm_bundle), ("robot-loop gate", late)):
+        with BundlePolicy(result.bundle, backend="onnxruntime", threads=1) as policy:
+            success[name] = evaluate(policy, task_for(policy.spec), episodes=60, latency_ticks=2,
+                                     asynchronous=True).success_rate
+    assert success["robot-loop gate"] >= 0.95 and success["robot-loop gate"] >= success["zero-latency gate"]
+
+
 def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory, fast):
     # The gate is judged on other episodes than recovery's; a looser gate keeps this test about the zeros.
     result = _build(tmp_path_factory, fast, "unstructured:0.8", **{"evaluate.max_accuracy_loss": 0.1})
@@ -139,12 +159,12 @@ def test_structured_ships_a_smaller_graph_that_still_verifies(tmp_path_factory, 
     onnx.checker.check_model(str(result.bundle / "model.onnx"), full_check=True)
     # The pruned shapes survive the bundle: the torch backend rebuilds them from the
     # manifest's architecture delta and agrees with ONNX Runtime on the same inputs.
-    from edgevla.commands import _bundle_runner
+    from edgevla.deploy import bundle_runner
     from edgevla.pipeline import heldout_observations
 
     bundle = load_bundle(result.bundle)
     assert bundle.manifest["policy"]["architecture"]["attributes"]["trunk.0.mlp.fc1"]["out_features"] == hidden
     obs = heldout_observations(bundle.spec, 8)
-    with _bundle_runner(bundle, "torch") as t, _bundle_runner(bundle, "onnxruntime") as o:
+    with bundle_runner(bundle, "torch") as t, bundle_runner(bundle, "onnxruntime") as o:
         np.testing.assert_allclose(t(obs), o(obs), atol=1e-4)
     assert main(["eval", str(result.bundle), "--backend", "torch", "-n", "2"]) == 0

@@ -45,15 +45,15 @@ def test_inconsistent_saved_layers_are_one_line_errors():
 
 def test_torch_backend_runs_a_w8a8_bundle_as_its_fake_quant_model(tmp_path_factory, fast):
     from edgevla.bundle import load_bundle
-    from edgevla.commands import _bundle_runner
+    from edgevla.deploy import bundle_runner
     from edgevla.pipeline import BuildRequest, build, heldout_observations
 
     out = tmp_path_factory.mktemp("quantized") / "tiny-w8a8"
     build(BuildRequest(target="jetson-orin", output=str(out), overrides={**fast, "quantize.format": "w8a8"}))
     bundle = load_bundle(out)
     obs = heldout_observations(bundle.spec, 16)
-    with _bundle_runner(bundle, "torch", threads=1) as torch_runner, \
-            _bundle_runner(bundle, "onnxruntime", threads=1) as ort_runner:
+    with bundle_runner(bundle, "torch", threads=1) as torch_runner, \
+            bundle_runner(bundle, "onnxruntime", threads=1) as ort_runner:
         a, b = torch_runner(obs), ort_runner(obs)
     # The same quantized model in two runtimes: rounding ties in activation quantization differ, nothing more.
     assert np.abs(a - b).max() < 0.05 and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999

@@ -124,7 +124,7 @@ def _prune(policy, teacher, spec, task, recipe, target) -> dict[str, Any]:
     from ..progress import Progress
 
     return prune_policy(policy, teacher, spec, task, recipe.prune, round_to=target.facts.preferred_channel_multiple,
-                        max_loss=recipe.accuracy_loss_budget(target), progress=Progress())
+                        max_loss=recipe.accuracy_loss_budget(target), progress=Progress(), loop=recipe.evaluate)
 
 
 def _measure(policy, original, spec, task, held, episodes: int, runs: int, threads: int, onnx_dir: Path):

@@ -4,7 +4,9 @@ Tensor error says how close two models' outputs are; only closed-loop success
 says whether the robot still does its job. The evaluator runs seeded batches of
 episodes, queries the policy for an action chunk, executes the first
 ``execute`` actions of it (receding horizon, as ACT-style policies run on
-robots), and re-queries until every episode has ended.
+robots), and re-queries until every episode has ended: the schedule of
+:class:`edgevla.control.ChunkController`, which a robot's loop runs too, with
+the query's latency in control ticks simulated.
 """
 
 from __future__ import annotations
@@ -37,37 +39,49 @@ class EvalResult:
 
 def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int = 10_000,
              execute: int = 4, batch: int = 50, blank: str | None = None,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
+             progress: Callable[[int], None] | None = None, latency_ticks: int = 0,
+             asynchronous: bool = False) -> EvalResult:
     """Success rate of ``policy`` over ``episodes`` seeded episodes.
 
     The same ``seed`` gives the same scenes and start states to every policy,
-    so two models are compared on identical episodes.
+    so two models are compared on identical episodes. ``latency_ticks``: each
+    query's chunk reaches the robot that many control ticks after its
+    observation (:class:`~edgevla.control.SimulatedLatency`); meanwhile the
+    robot holds (no motion, steps still counted), or with ``asynchronous``
+    executes the previous chunk, the next query starting ``latency_ticks``
+    before it is spent (:class:`~edgevla.control.ChunkController`).
     """
+    from ..control import ChunkController, SimulatedLatency
+
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     execute = max(1, min(execute, cfg.chunk_size))
+    inference = SimulatedLatency(latency_ticks)
     successes: list[bool] = []
     steps: list[int] = []
     jerk_sum, jerk_n = 0.0, 0
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
         env = TabletopEnv(cfg, n, seed=seed + start)
-        prev = None
-        while not env.done.all():
+        controller = ChunkController(lambda obs: np.asarray(policy(obs), dtype=np.float64), execute=execute,
+                                     lead=latency_ticks if asynchronous else 0, inference=inference)
+
+        def observe() -> dict[str, np.ndarray]:
             obs = env.observe()
             if blank is not None:
                 obs[blank] = np.zeros_like(obs[blank])
-            chunk = np.asarray(policy(obs), dtype=np.float64)
-            for h in range(execute):
-                if env.done.all():
-                    break
-                live = ~env.done
-                a = clip_norm(chunk[:, h], cfg.max_step)
-                if prev is not None:
-                    jerk_sum += float(np.linalg.norm(a[live] - prev[live], axis=-1).sum())
-                    jerk_n += int(live.sum())
-                env.step(a)
-                prev = a
+            return obs
+
+        prev = None
+        while not env.done.all():
+            action = controller.step(observe)
+            live = ~env.done
+            a = np.zeros((n, cfg.action_dim)) if action is None else clip_norm(action, cfg.max_step)
+            if prev is not None:
+                jerk_sum += float(np.linalg.norm(a[live] - prev[live], axis=-1).sum())
+                jerk_n += int(live.sum())
+            env.step(a)
+            prev = a
         successes += env.success.tolist()
         steps += env.steps.tolist()
         if progress is not None:

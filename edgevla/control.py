@@ -1,0 +1,242 @@
+"""A chunked policy in the robot's control loop: one action per control tick.
+
+VLA policies (ACT, pi0, edgevla's reference policies) answer a query with a
+*chunk* of H future actions. A robot runs them receding-horizon: it executes
+``execute`` actions of a chunk, one per tick of its control loop, then uses a
+newer chunk. A query takes time: one that does not end within its tick's
+period misses the commands of the ticks that pass before its chunk is in (a
+45 ms inference at 50 Hz misses two: :func:`latency_ticks`).
+:class:`ChunkController` schedules the queries:
+
+* **synchronous** (``lead=0``): query when the chunk is spent. The robot holds
+  while the policy thinks, so the world it sees is still the world the chunk
+  was planned for, and the chunk is used from its first action.
+* **asynchronous** (``lead=L``): query L ticks before the chunk is spent and go
+  on executing it meanwhile. The new chunk was planned from where the robot
+  stood at the query, so the actions for the ticks the robot has since moved
+  through are skipped: it is used from action ``moved``, the number of actions
+  executed since the query. ``lead`` = the latency in ticks hides the latency
+  whenever ``execute + lead <= H``.
+
+A tick with no action to give (the first chunk is not in yet, or the next one
+is late) returns ``None``: *hold*. What holding means is the robot's own
+business (no motion for delta actions, the last setpoint for absolute ones).
+
+Where a query's chunk comes from is the controller's ``inference``:
+
+* :class:`ThreadedInference` (default): the policy runs in a worker thread and
+  its chunk is used at the first tick after it is done; the control loop never
+  waits longer than ``step(wait=...)`` says. edgevla's native kernels, ONNX
+  Runtime and PyTorch release the GIL while they compute.
+* :class:`SimulatedLatency` (``ticks``): computed at once, handed over
+  ``ticks`` ticks later. The closed-loop evaluator's deterministic model of a
+  policy that takes that long (``edgevla eval --latency-ms``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
+
+import numpy as np
+
+from .errors import EdgevlaError
+
+Observation = Mapping[str, np.ndarray]
+# obs -> actions (batch, H, action_dim); a controller takes any such callable.
+ChunkPolicy = Callable[[Observation], np.ndarray]
+# The observation, or a function returning it, called only when a query starts
+# (a camera frame need not be rendered or copied on the ticks between queries).
+ObservationSource = Union[Observation, Callable[[], Observation]]
+
+
+class Inference(Protocol):
+    """Runs a query and says when its chunk may be used."""
+
+    def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> Any: ...
+
+    def poll(self, handle: Any, tick: int, wait: float | None) -> np.ndarray | None:
+        """The chunk if it may be used at ``tick``, else None; ``wait``: seconds to wait for it (None: until
+        it is done)."""
+
+    def close(self) -> None: ...
+
+
+class SimulatedLatency:
+    """Each chunk computed at once and handed over ``ticks`` control ticks after its query."""
+
+    def __init__(self, ticks: int) -> None:
+        if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0:
+            raise EdgevlaError(f"latency must be a whole number of ticks >= 0, got {ticks!r}")
+        self.ticks = ticks
+
+    def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> tuple[int, np.ndarray]:
+        return tick + self.ticks, np.asarray(policy(obs))
+
+    def poll(self, handle: tuple[int, np.ndarray], tick: int, wait: float | None) -> np.ndarray | None:
+        ready_at, chunk = handle
+        return chunk if tick >= ready_at else None
+
+    def close(self) -> None:
+        pass
+
+
+class ThreadedInference:
+    """The policy in one worker thread; a chunk is used at the first tick after it is done."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgevla-policy")
+
+    def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> Future:
+        # The observation is copied: the robot's buffers may change under a running query.
+        frozen = {name: np.array(value, copy=True) for name, value in obs.items()}
+        return self._pool.submit(policy, frozen)
+
+    def poll(self, handle: Future, tick: int, wait: float | None) -> np.ndarray | None:
+        if wait is None or wait > 0:
+            wait_futures([handle], timeout=wait)
+        if not handle.done():
+            return None
+        return np.asarray(handle.result())  # re-raises the policy's exception in the control loop
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class ControlStats:
+    """What the controller did since it was made or reset."""
+
+    ticks: int = 0
+    queries: int = 0  # chunks asked for
+    chunks: int = 0  # chunks that arrived and were used
+    held: int = 0  # ticks that returned None
+    delay_ticks_sum: int = 0  # over arrived chunks: ticks from query to use
+    max_delay_ticks: int = 0
+
+    @property
+    def mean_delay_ticks(self) -> float:
+        return self.delay_ticks_sum / self.chunks if self.chunks else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ticks": self.ticks, "queries": self.queries, "chunks": self.chunks, "held": self.held,
+                "mean_delay_ticks": self.mean_delay_ticks, "max_delay_ticks": self.max_delay_ticks}
+
+
+class ChunkController:
+    """One action per control tick from a policy that answers with chunks.
+
+    ``policy(obs)`` returns actions of shape ``(batch, H, action_dim)``;
+    :meth:`step` returns the ``(batch, action_dim)`` action for this tick, or
+    ``None`` to hold. ``execute`` actions of each chunk are used (fewer when
+    an asynchronous chunk arrives late in its horizon), and the next query
+    starts when ``lead`` of them remain (module docstring).
+    """
+
+    def __init__(self, policy: ChunkPolicy, *, execute: int, lead: int = 0,
+                 inference: Inference | None = None) -> None:
+        for name, value, low in (("execute", execute, 1), ("lead", lead, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise EdgevlaError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.policy = policy
+        self.execute = execute
+        self.lead = lead
+        self.inference: Inference = inference if inference is not None else ThreadedInference()
+        self.stats = ControlStats()
+        self._closed = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._tick = 0
+        self._chunk: np.ndarray | None = None
+        self._next = 0  # index in _chunk of the next action
+        self._end = 0  # one past the last action of _chunk to use
+        self._pending: Any = None  # the running query's handle
+        self._pending_since = 0  # its tick
+        self._moved = 0  # actions given since it started
+
+    def step(self, obs: ObservationSource, wait: float | None = 0.0) -> np.ndarray | None:
+        """The action for this tick, or ``None`` to hold.
+
+        ``obs`` (or the function returning it) is read only when a query
+        starts. ``wait``: seconds this tick may wait for a running query when
+        no action is left (threaded inference; give it what is left of the
+        tick's budget); ``None`` waits until the chunk is in, never holding
+        after the first chunk (a synchronous loop that blocks).
+        """
+        if self._closed:
+            raise EdgevlaError("the controller is closed")
+        if self._pending is None and self._end - self._next <= self.lead:
+            observation = obs() if callable(obs) else obs
+            self._pending = self.inference.launch(self.policy, observation, self._tick)
+            self._pending_since, self._moved = self._tick, 0
+            self.stats.queries += 1
+        if self._pending is not None:
+            spent = self._next >= self._end
+            chunk = self.inference.poll(self._pending, self._tick, wait if spent else 0.0)
+            if chunk is not None:
+                self._take(chunk)
+        self._tick += 1
+        self.stats.ticks += 1
+        if self._next >= self._end:
+            self.stats.held += 1
+            return None
+        action = self._chunk[:, self._next]
+        self._next += 1
+        self._moved += 1
+        return action
+
+    def _take(self, chunk: np.ndarray) -> None:
+        if chunk.ndim != 3:
+            raise EdgevlaError(f"the policy returned actions of shape {chunk.shape}; a controller needs "
+                               "(batch, chunk_size, action_dim)")
+        horizon = chunk.shape[1]
+        if self.execute > horizon:
+            raise EdgevlaError(f"execute = {self.execute} actions of a chunk of {horizon}")
+        start = min(self._moved, horizon)  # the actions the robot moved through since the query
+        self._chunk, self._next, self._end = chunk, start, min(start + self.execute, horizon)
+        self._pending = None
+        delay = self._tick - self._pending_since
+        self.stats.chunks += 1
+        self.stats.delay_ticks_sum += delay
+        self.stats.max_delay_ticks = max(self.stats.max_delay_ticks, delay)
+
+    def reset(self) -> None:
+        """A new episode: the chunk in hand is dropped, a running query's result is waited for and dropped."""
+        try:
+            if self._pending is not None:
+                self.inference.poll(self._pending, self._tick + 2**62, None)
+        finally:
+            self._reset_state()
+            self.stats = ControlStats()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.inference.close()
+
+    def __enter__(self) -> ChunkController:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def latency_ticks(latency_ms: float, control_rate_hz: float) -> int:
+    """The control ticks whose command goes out before a query's chunk is in, for a query of ``latency_ms``.
+
+    A loop observes, queries and commands within one period, so a query that
+    ends inside its tick's period costs no tick (a met deadline); one of 25 ms
+    at 50 Hz misses one command, one of 45 ms two.
+    """
+    if not (latency_ms >= 0 and math.isfinite(latency_ms)):
+        raise EdgevlaError(f"latency must be a finite number of milliseconds >= 0, got {latency_ms!r}")
+    if not (control_rate_hz > 0 and math.isfinite(control_rate_hz)):
+        raise EdgevlaError(f"control rate must be a positive number of Hz, got {control_rate_hz!r}")
+    # A hair of tolerance, so that 20 ms at 50 Hz is one whole period and not a little more by rounding.
+    periods = math.ceil(latency_ms * control_rate_hz / 1000.0 - 1e-9)
+    return max(0, periods - 1)

@@ -1,0 +1,254 @@
+"""The chunk controller: which action each control tick gets, under every schedule and latency."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from edgevla.control import ChunkController, SimulatedLatency, ThreadedInference, latency_ticks
+from edgevla.errors import EdgevlaError
+from edgevla.task import TaskConfig, evaluate
+from edgevla.task.tabletop import TabletopEnv, clip_norm
+
+HORIZON = 8
+
+
+class NumberedChunks:
+    """Query q answers a chunk whose action h is 100 q + h: a tick's action names its query and index."""
+
+    def __init__(self, horizon: int = HORIZON) -> None:
+        self.horizon = horizon
+        self.queries = 0
+        self.seen: list[float] = []
+
+    def __call__(self, obs):
+        self.seen.append(float(obs["x"][0, 0]))
+        q, self.queries = self.queries, self.queries + 1
+        return (100.0 * q + np.arange(self.horizon, dtype=np.float64)).reshape(1, self.horizon, 1)
+
+
+def schedule(controller: ChunkController, ticks: int) -> list[int | None]:
+    out = []
+    for tick in range(ticks):
+        action = controller.step({"x": np.full((1, 1), tick, np.float32)})
+        out.append(None if action is None else int(action[0, 0]))
+    return out
+
+
+def simulated(execute: int, lead: int, latency: int) -> tuple[ChunkController, NumberedChunks]:
+    policy = NumberedChunks()
+    return ChunkController(policy, execute=execute, lead=lead, inference=SimulatedLatency(latency)), policy
+
+
+def test_no_latency_runs_each_chunk_from_its_first_action():
+    controller, policy = simulated(execute=4, lead=0, latency=0)
+    assert schedule(controller, 10) == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201]
+    assert policy.seen == [0, 4, 8]  # observed at the query ticks
+    assert controller.stats.to_dict() == {"ticks": 10, "queries": 3, "chunks": 3, "held": 0,
+                                          "mean_delay_ticks": 0.0, "max_delay_ticks": 0}
+
+
+def test_synchronous_holds_while_the_policy_runs_then_uses_the_whole_chunk():
+    controller, _ = simulated(execute=4, lead=0, latency=2)
+    assert schedule(controller, 14) == [None, None, 0, 1, 2, 3, None, None, 100, 101, 102, 103, None, None]
+    assert controller.stats.held == 6 and controller.stats.mean_delay_ticks == 2
+
+
+def test_asynchronous_queries_early_and_skips_the_actions_moved_through():
+    controller, policy = simulated(execute=4, lead=2, latency=2)
+    # Query 1 starts at tick 4 with 2 actions of query 0 left; it arrives at tick 6, after the robot moved
+    # 2 ticks, so its actions 2..5 run. Only the first chunk is waited for.
+    assert schedule(controller, 12) == [None, None, 0, 1, 2, 3, 102, 103, 104, 105, 202, 203]
+    assert policy.seen == [0, 4, 8]
+    assert controller.stats.held == 2 and controller.stats.max_delay_ticks == 2
+
+
+def test_a_latency_past_the_horizon_holds_and_skips_only_what_was_moved():
+    # execute 4 + lead 6 > H = 8: query 1 starts at tick 7 (3 actions left), arrives at tick 13; the robot
+    # moved 3 ticks (7, 8, 9) and held 3 (10-12), so query 1 runs from its action 3.
+    controller, _ = simulated(execute=4, lead=6, latency=6)
+    assert schedule(controller, 15) == [None] * 6 + [0, 1, 2, 3] + [None] * 3 + [103, 104]
+
+
+def test_a_late_chunk_is_cut_at_the_horizon():
+    controller, _ = simulated(execute=6, lead=4, latency=4)
+    # query 1 at tick 6 (4 left), used at tick 10 from action 4: only 4..7 exist; query 2 starts at tick 11
+    # (3 left), is late by a tick, and runs from action 3
+    assert schedule(controller, 16) == [None] * 4 + [0, 1, 2, 3, 4, 5, 104, 105, 106, 107, None, 203]
+
+
+def test_the_observation_is_read_only_when_a_query_starts():
+    controller, _ = simulated(execute=4, lead=0, latency=0)
+    reads = []
+
+    def camera():
+        reads.append(len(reads))
+        return {"x": np.zeros((1, 1), np.float32)}
+
+    for _ in range(9):
+        controller.step(camera)
+    assert len(reads) == 3
+
+
+def test_reset_starts_a_new_episode():
+    controller, _ = simulated(execute=4, lead=2, latency=1)
+    schedule(controller, 5)
+    controller.reset()
+    assert controller.stats.ticks == 0
+    assert schedule(controller, 3)[0] is None  # the chunk of the old episode is gone
+
+
+class Gated:
+    """A policy that answers only when let through, one chunk of numbered actions per query."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.inner = NumberedChunks()
+
+    def __call__(self, obs):
+        assert self.gate.wait(30)
+        return self.inner(obs)
+
+
+def test_threaded_inference_never_blocks_the_loop_and_skips_what_was_moved():
+    policy = Gated()
+    with ChunkController(policy, execute=4, lead=2, inference=ThreadedInference()) as controller:
+        assert schedule(controller, 3) == [None, None, None]  # the first query is still running: hold
+        policy.gate.set()
+        first = controller.step({"x": np.zeros((1, 1), np.float32)}, wait=30)
+        assert int(first[0, 0]) == 0  # the robot has not moved: the chunk runs from its first action
+        assert int(controller.step({"x": np.zeros((1, 1), np.float32)})[0, 0]) == 1
+        # two actions left = lead: query 1 starts now, while action 2 and 3 run
+        policy.gate.clear()
+        moved = [int(controller.step({"x": np.zeros((1, 1), np.float32)})[0, 0]) for _ in range(2)]
+        assert moved == [2, 3]
+        assert controller.step({"x": np.zeros((1, 1), np.float32)}) is None  # late: hold
+        policy.gate.set()
+        late = controller.step({"x": np.zeros((1, 1), np.float32)}, wait=30)
+        assert int(late[0, 0]) == 102  # query 1's action 2: the robot moved 2 ticks since it started
+        assert controller.stats.held == 4 and controller.stats.queries == 2
+
+
+def test_threaded_inference_sees_the_observation_as_it_was_at_the_query():
+    policy = Gated()
+    obs = {"x": np.full((1, 1), 7, np.float32)}
+    with ChunkController(policy, execute=4, inference=ThreadedInference()) as controller:
+        assert controller.step(obs) is None
+        obs["x"][:] = -1  # the robot's buffer is reused for the next frame
+        policy.gate.set()
+        controller.step(obs, wait=30)
+    assert policy.inner.seen == [7.0]
+
+
+def test_a_failing_policy_raises_in_the_control_loop():
+    def broken(obs):
+        raise EdgevlaError("observation 'x' has shape (1, 2), the policy expects (batch, 3)")
+
+    with ChunkController(broken, execute=2, inference=ThreadedInference()) as controller:
+        with pytest.raises(EdgevlaError, match="expects"):
+            controller.step({"x": np.zeros((1, 2), np.float32)}, wait=30)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"execute": 0}, "execute must be an integer >= 1"),
+    ({"execute": 2, "lead": -1}, "lead must be an integer >= 0"),
+    ({"execute": True}, "execute must be"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(EdgevlaError, match=message):
+        ChunkController(NumberedChunks(), **kwargs, inference=SimulatedLatency(0))
+
+
+def test_bad_chunks_and_latencies_are_refused():
+    with pytest.raises(EdgevlaError, match="whole number of ticks"):
+        SimulatedLatency(-1)
+    flat = ChunkController(lambda obs: np.zeros((1, 8)), execute=2, inference=SimulatedLatency(0))
+    with pytest.raises(EdgevlaError, match=r"\(batch, chunk_size, action_dim\)"):
+        flat.step({})
+    short = ChunkController(NumberedChunks(horizon=3), execute=4, inference=SimulatedLatency(0))
+    with pytest.raises(EdgevlaError, match="execute = 4 actions of a chunk of 3"):
+        short.step({"x": np.zeros((1, 1), np.float32)})
+    short.close()
+    with pytest.raises(EdgevlaError, match="closed"):
+        short.step({})
+
+
+@pytest.mark.parametrize("ms, hz, ticks", [(0, 50, 0), (19, 50, 0), (20, 50, 0), (20.5, 50, 1), (25, 50, 1),
+                                           (45, 50, 2), (33.3, 30, 0), (33.4, 30, 1), (100, 10, 0), (250, 10, 2)])
+def test_latency_in_ticks(ms, hz, ticks):
+    assert latency_ticks(ms, hz) == ticks
+
+
+@pytest.mark.parametrize("ms, hz", [(-1, 50), (math.nan, 50), (math.inf, 50), (10, 0), (10, math.nan)])
+def test_latency_in_ticks_refuses_nonsense(ms, hz):
+    with pytest.raises(EdgevlaError):
+        latency_ticks(ms, hz)
+
+
+# --------------------------------------------------------------------------- the closed-loop evaluator
+
+
+CFG = TaskConfig(max_steps=120)
+
+
+def receding_horizon_reference(policy, cfg, seed, execute):
+    """The plain receding-horizon loop, no controller: per-episode steps and success, smoothness."""
+    env = TabletopEnv(cfg, 1, seed=seed)
+    prev, jerk = None, []
+    while not env.done.all():
+        chunk = np.asarray(policy(env.observe()), dtype=np.float64)
+        for h in range(execute):
+            if env.done.all():
+                break
+            a = clip_norm(chunk[:, h], cfg.max_step)
+            if prev is not None:
+                jerk.append(float(np.linalg.norm(a - prev, axis=-1).sum()))
+            env.step(a)
+            prev = a
+    return int(env.steps[0]), bool(env.success[0]), (sum(jerk) / max(len(jerk), 1))
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    import torch
+
+    from edgevla.models.zoo import load_policy
+
+    policy = load_policy("tiny-vla").policy.eval()
+
+    def act(obs):
+        with torch.no_grad():
+            out = policy(**{k: torch.from_numpy(np.asarray(v)) for k, v in obs.items()})
+        return policy.spec.denormalize(out.numpy())
+
+    return act
+
+
+def test_the_evaluator_without_latency_is_the_plain_receding_horizon_loop(tiny_policy):
+    for seed in range(3):
+        steps, success, smoothness = receding_horizon_reference(tiny_policy, CFG, seed, execute=3)
+        result = evaluate(tiny_policy, CFG, episodes=1, seed=seed, execute=3, batch=1)
+        assert (result.mean_steps, result.successes, result.smoothness) == (steps, [success], smoothness)
+
+
+@pytest.mark.parametrize("latency", [1, 3])
+def test_synchronous_latency_inserts_holds_and_nothing_else(tiny_policy, latency):
+    # The world is static and the robot holds while the policy runs, so each query sees what it saw without
+    # latency: the same moves, with `latency` held steps before each chunk.
+    for seed in range(3):
+        moves, success, _ = receding_horizon_reference(tiny_policy, CFG, seed, execute=4)
+        result = evaluate(tiny_policy, CFG, episodes=1, seed=seed, execute=4, batch=1, latency_ticks=latency)
+        assert result.successes == [success]
+        assert result.mean_steps == moves + latency * math.ceil(moves / 4)
+
+
+def test_asynchronous_latency_keeps_moving(tiny_policy):
+    sync = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_ticks=2)
+    asynchronous = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_ticks=2, asynchronous=True)
+    # only the first chunk is waited for: fewer steps than holding before every chunk
+    assert asynchronous.mean_steps < sync.mean_steps
+    zero = evaluate(tiny_policy, CFG, episodes=20, seed=5, asynchronous=True)
+    assert zero == evaluate(tiny_policy, CFG, episodes=20, seed=5)
