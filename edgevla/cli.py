@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--isa", metavar="NAME", help=ISA_HELP)
     pr.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     pr.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
+    pr.add_argument("--loop", action="store_true",
+                    help="then run the policy as the robot's loop does, in real time at its control rate: one "
+                         "action per tick from a chunk controller, queries on a worker thread; counts the "
+                         "commands missed")
+    pr.add_argument("--execute", type=int, default=4, metavar="N", help="--loop: actions of each chunk executed (4)")
+    pr.add_argument("--lead", type=int, metavar="N",
+                    help="--loop: start the next query N ticks before the chunk is spent (default: the commands "
+                         "a query of the measured p99 latency misses; 0 = hold while the policy runs)")
+    pr.add_argument("--loop-ticks", type=int, default=300, metavar="N", help="--loop: control ticks to run (300)")
     pr.add_argument("--allow-pickle", action="store_true")
     pr.add_argument("--json", action="store_true")
 

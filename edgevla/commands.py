@@ -168,6 +168,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise EdgevlaError("--runs and --batch must be >= 1 and --warmup >= 0")
+    _check_loop_args(args)
     _check_device(args)
     with tempfile.TemporaryDirectory(prefix="edgevla-profile-") as scratch, _thread_spin(args), _native_isa(args):
         runner, what, default_target = _profile_runner(args, Path(scratch))
@@ -181,6 +182,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 runner.reset_peak_memory()
             rate = target.budgets.control_rate_hz if args.paced else None
             stats = measure_latency(lambda: runner(obs), warmup=args.warmup, runs=args.runs, rate_hz=rate)
+            loop = _robot_loop(args, runner, obs, stats) if args.loop else None
             plan = runner.plan() if args.backend == "native" else None
             gpu_memory = runner.memory_mb() if on_gpu else None
         finally:
@@ -195,6 +197,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         data["latency_ticks"] = {"control_rate_hz": action_rate,
                                  **{k: latency_ticks(getattr(stats, f"{k}_ms"), action_rate)
                                     for k in ("p50", "p99", "max")}}
+    if loop is not None:
+        data["robot_loop"] = loop
     if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
         data["cuda_graphs"] = {"used": runner.graphed, "error": runner.graph_error}
         if runner.tactics is not None:  # which kernel variants ran, timed on this GPU
@@ -230,6 +234,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.print(f"commands missed per query at the policy's {action_rate:g} Hz: p50 {ticks['p50']}, "
                   f"p99 {ticks['p99']}, max {ticks['max']} (their closed-loop cost: edgevla eval BUNDLE "
                   "--latency-ticks N [--async])")
+    if loop is not None:
+        schedule = f"lead {loop['lead']}: " + ("async" if loop["lead"] else "sync, holding while the policy runs")
+        out.print(f"robot loop, {loop['ticks']} ticks at {loop['rate_hz']:g} Hz (execute {loop['execute']}, "
+                  f"{schedule}): {loop['chunks']} chunks; commands missed {loop['held'] - loop['held_at_start']} "
+                  f"(+ {loop['held_at_start']} before the first chunk); chunk delay mean "
+                  f"{loop['mean_delay_ticks']:.2f}, max {loop['max_delay_ticks']} ticks; command out "
+                  f"{loop['command_ms']['p50']:.3f} ms (p50), {loop['command_ms']['p99']:.3f} (p99), "
+                  f"{loop['command_ms']['max']:.3f} (max) after its tick began")
     if gpu_memory is not None:
         out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
                   f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "
@@ -239,6 +251,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if plan is not None:
         _print_native_plan(plan)
     return 0
+
+
+def _check_loop_args(args: argparse.Namespace) -> None:
+    if not args.loop:
+        return
+    if args.execute < 1 or args.loop_ticks < 1 or (args.lead is not None and args.lead < 0):
+        raise EdgevlaError("--execute and --loop-ticks must be >= 1 and --lead >= 0")
+
+
+def _robot_loop(args: argparse.Namespace, runner, obs, stats) -> dict[str, Any]:
+    """The runner driven by a chunk controller in real time at the policy's control rate (profile --loop)."""
+    from .control import ChunkController, ThreadedInference, latency_ticks, run_paced
+
+    rate = runner.spec.control_rate_hz
+    if not rate:
+        raise EdgevlaError("--loop runs the policy at its control rate, and its spec declares none")
+    if args.execute > runner.spec.chunk_size:
+        raise EdgevlaError(f"--execute must be in 1..{runner.spec.chunk_size} (the policy's chunk size), "
+                           f"got {args.execute}")
+    lead = latency_ticks(stats.p99_ms, rate) if args.lead is None else args.lead
+    with ChunkController(runner, execute=args.execute, lead=lead, inference=ThreadedInference()) as controller:
+        loop = run_paced(controller, lambda: obs, rate, args.loop_ticks)
+    return {"execute": args.execute, "lead": lead, **loop.to_dict()}
 
 
 def _target_kernels_hint(target, host_isa: str) -> str:

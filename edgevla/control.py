@@ -36,6 +36,7 @@ Where a query's chunk comes from is the controller's ``inference``:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -115,6 +116,7 @@ class ControlStats:
     queries: int = 0  # chunks asked for
     chunks: int = 0  # chunks that arrived and were used
     held: int = 0  # ticks that returned None
+    held_at_start: int = 0  # of those, before the first chunk arrived
     delay_ticks_sum: int = 0  # over arrived chunks: ticks from query to use
     max_delay_ticks: int = 0
 
@@ -124,7 +126,8 @@ class ControlStats:
 
     def to_dict(self) -> dict[str, float]:
         return {"ticks": self.ticks, "queries": self.queries, "chunks": self.chunks, "held": self.held,
-                "mean_delay_ticks": self.mean_delay_ticks, "max_delay_ticks": self.max_delay_ticks}
+                "held_at_start": self.held_at_start, "mean_delay_ticks": self.mean_delay_ticks,
+                "max_delay_ticks": self.max_delay_ticks}
 
 
 class ChunkController:
@@ -184,6 +187,7 @@ class ChunkController:
         self.stats.ticks += 1
         if self._next >= self._end:
             self.stats.held += 1
+            self.stats.held_at_start += self.stats.chunks == 0
             return None
         action = self._chunk[:, self._next]
         self._next += 1
@@ -224,6 +228,48 @@ class ChunkController:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class PacedLoop:
+    """A controller run at its control rate in real time (:func:`run_paced`)."""
+
+    rate_hz: float
+    stats: ControlStats
+    command_ms: list[float]  # per tick: from the tick's start to its step() returning (the command going out)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = np.asarray(self.command_ms)
+        return {"rate_hz": self.rate_hz, **self.stats.to_dict(),
+                "command_ms": {"p50": float(np.percentile(out, 50)), "p99": float(np.percentile(out, 99)),
+                               "max": float(out.max())}}
+
+
+def run_paced(controller: ChunkController, observe: Callable[[], Observation], rate_hz: float, ticks: int, *,
+              clock: Callable[[], float] = time.perf_counter,
+              sleep: Callable[[float], None] = time.sleep) -> PacedLoop:
+    """Run ``controller`` for ``ticks`` ticks of a ``rate_hz`` loop in real time, as the robot's loop does.
+
+    Each tick starts one period after the last; its step may wait for a running query until the tick's
+    period ends, then holds. A tick that overran its period moves the grid: the next starts at once, not
+    to catch up. ``observe`` is called when a query starts.
+    """
+    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 1:
+        raise EdgevlaError(f"ticks must be an integer >= 1, got {ticks!r}")
+    if not (rate_hz > 0 and math.isfinite(rate_hz)):
+        raise EdgevlaError(f"control rate must be a positive number of Hz, got {rate_hz!r}")
+    period = 1.0 / rate_hz
+    command_ms: list[float] = []
+    due = clock()
+    for _ in range(ticks):
+        now = clock()
+        if due > now:
+            sleep(due - now)
+        controller.step(observe, wait=max(0.0, due + period - clock()))
+        done = clock()
+        command_ms.append((done - due) * 1000.0)
+        due = max(due + period, done)
+    return PacedLoop(rate_hz=rate_hz, stats=controller.stats, command_ms=command_ms)
 
 
 def latency_ticks(latency_ms: float, control_rate_hz: float) -> int:

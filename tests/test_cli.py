@@ -205,6 +205,30 @@ def test_eval_under_latency(capsys, tiny_bundle):
     assert code == 0 and "latency 1 tick(s) (50 ms), sync: success" in out
 
 
+def test_profile_runs_the_robots_loop(capsys, tiny_bundle):
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "3", "--warmup", "0", "--loop",
+                       "--loop-ticks", "12", "--json")
+    data = json.loads(out)
+    loop = data["robot_loop"]
+    assert code == 0 and loop["rate_hz"] == 30 and loop["ticks"] == 12 and loop["execute"] == 4
+    assert loop["lead"] == data["latency_ticks"]["p99"]  # by default the measured p99 latency is hidden
+    assert loop["queries"] >= 3 and loop["chunks"] <= loop["queries"]
+    assert set(loop["command_ms"]) == {"p50", "p99", "max"}
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "2", "--warmup", "0", "--loop",
+                       "--loop-ticks", "4", "--lead", "0")
+    assert code == 0 and "robot loop, 4 ticks at 30 Hz (execute 4, lead 0: sync" in out.replace("\n", " ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--execute", "9"], "--execute must be in 1..8"),
+    (["--lead", "-1"], "--lead >= 0"),
+    (["--loop-ticks", "0"], "--loop-ticks must be >= 1"),
+])
+def test_profile_refuses_bad_loop_settings(capsys, tiny_bundle, argv, message):
+    code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "1", "--warmup", "0", "--loop", *argv)
+    assert code == 2 and message in one_line_error(err)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--async"], "--async schedules queries around a latency"),
     (["--latency-ticks", "-1"], "--latency-ticks must be >= 0"),

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgevla.control import ChunkController, SimulatedLatency, ThreadedInference, latency_ticks
+from edgevla.control import ChunkController, SimulatedLatency, ThreadedInference, latency_ticks, run_paced
 from edgevla.errors import EdgevlaError
 from edgevla.task import TaskConfig, evaluate
 from edgevla.task.tabletop import TabletopEnv, clip_norm
@@ -47,14 +47,15 @@ def test_no_latency_runs_each_chunk_from_its_first_action():
     controller, policy = simulated(execute=4, lead=0, latency=0)
     assert schedule(controller, 10) == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201]
     assert policy.seen == [0, 4, 8]  # observed at the query ticks
-    assert controller.stats.to_dict() == {"ticks": 10, "queries": 3, "chunks": 3, "held": 0,
+    assert controller.stats.to_dict() == {"ticks": 10, "queries": 3, "chunks": 3, "held": 0, "held_at_start": 0,
                                           "mean_delay_ticks": 0.0, "max_delay_ticks": 0}
 
 
 def test_synchronous_holds_while_the_policy_runs_then_uses_the_whole_chunk():
     controller, _ = simulated(execute=4, lead=0, latency=2)
     assert schedule(controller, 14) == [None, None, 0, 1, 2, 3, None, None, 100, 101, 102, 103, None, None]
-    assert controller.stats.held == 6 and controller.stats.mean_delay_ticks == 2
+    assert controller.stats.held == 6 and controller.stats.held_at_start == 2
+    assert controller.stats.mean_delay_ticks == 2
 
 
 def test_asynchronous_queries_early_and_skips_the_actions_moved_through():
@@ -186,6 +187,62 @@ def test_latency_in_ticks(ms, hz, ticks):
 def test_latency_in_ticks_refuses_nonsense(ms, hz):
     with pytest.raises(EdgevlaError):
         latency_ticks(ms, hz)
+
+
+class FakeClock:
+    """Seconds that pass only when the loop sleeps or a query says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 9))
+        self.now += seconds
+
+
+def test_the_paced_loop_keeps_the_control_rate():
+    clock = FakeClock()
+    controller, _ = simulated(execute=4, lead=0, latency=1)
+    loop = run_paced(controller, lambda: {"x": np.zeros((1, 1), np.float32)}, 50.0, 10, clock=clock,
+                     sleep=clock.sleep)
+    assert clock.sleeps == [0.02] * 9  # one period between tick starts, none before the first
+    assert loop.command_ms == [0.0] * 10 and loop.stats.ticks == 10
+    assert loop.stats.held == 2 and loop.stats.held_at_start == 1  # 1 tick late: held before each of 2 chunks
+    report = loop.to_dict()
+    assert report["rate_hz"] == 50 and report["command_ms"] == {"p50": 0.0, "p99": 0.0, "max": 0.0}
+
+
+def test_a_tick_that_overruns_moves_the_grid():
+    clock = FakeClock()
+    numbered = NumberedChunks()
+
+    def slow_second_query(obs):
+        if numbered.queries == 1:
+            clock.now += 0.03  # 1.5 periods of 20 ms
+        return numbered(obs)
+
+    controller = ChunkController(slow_second_query, execute=2, inference=SimulatedLatency(0))
+    loop = run_paced(controller, lambda: {"x": np.zeros((1, 1), np.float32)}, 50.0, 5, clock=clock,
+                     sleep=clock.sleep)
+    # ticks 0, 1 run query 0; tick 2's query takes 30 ms; tick 3 starts at once, then the grid resumes
+    assert [round(ms, 6) for ms in loop.command_ms] == [0.0, 0.0, 30.0, 0.0, 0.0]
+    assert [round(s, 6) for s in clock.sleeps] == [0.02, 0.02, 0.02]
+
+
+def test_a_real_paced_loop_on_a_worker_thread():
+    controller = ChunkController(NumberedChunks(), execute=4, lead=1, inference=ThreadedInference())
+    with controller:
+        loop = run_paced(controller, lambda: {"x": np.zeros((1, 1), np.float32)}, 200.0, 20)
+    assert loop.stats.ticks == 20 and loop.stats.queries >= 5 and len(loop.command_ms) == 20
+    assert min(loop.command_ms) >= 0
+    with pytest.raises(EdgevlaError, match="ticks must be"):
+        run_paced(controller, dict, 10.0, 0)
+    with pytest.raises(EdgevlaError, match="control rate"):
+        run_paced(controller, dict, 0.0, 3)
 
 
 # --------------------------------------------------------------------------- the closed-loop evaluator
