@@ -70,10 +70,15 @@ def _parser() -> argparse.ArgumentParser:
                               "evaluation per value")
     latency.add_argument("--latency-ticks", type=int, nargs="+", metavar="N",
                          help="the same as the number of missed control ticks")
-    e.add_argument("--async", dest="asynchronous", action="store_true",
-                   help="with a latency: query that many ticks before the chunk is spent and keep executing it "
-                        "(default: hold while the policy runs)")
-    e.add_argument("--execute", type=int, default=4, metavar="N", help="actions of each chunk executed (4)")
+    schedule = e.add_mutually_exclusive_group()
+    schedule.add_argument("--async", dest="asynchronous", action="store_true",
+                          help="with a latency: query that many ticks before the chunk is spent and keep executing "
+                               "it (default: hold while the policy runs)")
+    schedule.add_argument("--ensemble", type=float, metavar="M",
+                          help="ACT's temporal ensembling instead of executing chunks in turn: a query as soon as "
+                               "the last is in, each tick the mean of every chunk's prediction weighted "
+                               "exp(-M i), oldest first (ACT: 0.01)")
+    e.add_argument("--execute", type=int, metavar="N", help="actions of each chunk executed (4)")
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("profile", help="latency, jitter and deadline misses of a bundle or a policy")
@@ -101,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--lead", type=int, metavar="N",
                     help="--loop: start the next query N ticks before the chunk is spent (default: the commands "
                          "a query of the measured p99 latency misses; 0 = hold while the policy runs)")
+    pr.add_argument("--ensemble", type=float, metavar="M",
+                    help="--loop: temporal ensembling (weight M, ACT: 0.01) instead of executing chunks in turn")
     pr.add_argument("--loop-ticks", type=int, default=300, metavar="N", help="--loop: control ticks to run (300)")
     pr.add_argument("--allow-pickle", action="store_true")
     pr.add_argument("--json", action="store_true")

@@ -97,8 +97,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if task is None:
         raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
                            "closed-loop evaluation needs a task that speaks them")
-    if not 1 <= args.execute <= task.chunk_size:
-        raise EdgevlaError(f"--execute must be in 1..{task.chunk_size} (the bundle's chunk size), got {args.execute}")
+    if args.ensemble is not None and args.execute is not None:
+        raise EdgevlaError("--execute does not apply to --ensemble: every chunk's prediction for a tick is used")
+    execute = 4 if args.execute is None else args.execute
+    if not 1 <= execute <= task.chunk_size:
+        raise EdgevlaError(f"--execute must be in 1..{task.chunk_size} (the bundle's chunk size), got {execute}")
     latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
     runner = bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
@@ -108,18 +111,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             what = f"{args.episodes} episodes" + ("" if ticks is None else f", latency {ticks} tick(s)")
             with progress.task(what, args.episodes) as advance:
                 result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed,
-                                  execute=args.execute, progress=advance, latency_ticks=ticks or 0,
-                                  asynchronous=args.asynchronous)
+                                  execute=execute, progress=advance, latency_ticks=ticks or 0,
+                                  asynchronous=args.asynchronous, ensemble=args.ensemble)
             rows.append((latency_ms, ticks, result))
     finally:
         runner.close()
+    schedule = "ensemble" if args.ensemble is not None else "async" if args.asynchronous else "sync"
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
-            "seed": args.seed, "execute": args.execute}
+            "seed": args.seed, "schedule": schedule}
+    data.update({"ensemble_m": args.ensemble} if args.ensemble is not None else {"execute": execute})
     if latencies[0][1] is None:
         data.update(rows[0][2].to_dict())
     else:
-        data.update({"schedule": "async" if args.asynchronous else "sync",
-                     "control_rate_hz": bundle.spec.control_rate_hz,
+        data.update({"control_rate_hz": bundle.spec.control_rate_hz,
                      "latencies": [{"latency_ms": ms, "latency_ticks": ticks, **result.to_dict()}
                                    for ms, ticks, result in rows]})
     if getattr(runner, "tactics", None) is not None:
@@ -128,10 +132,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _json(data)
         return 0
     where = f"{args.backend}{' on the GPU' if data['device'] == 'cuda' else ''}"
+    if args.ensemble is not None:
+        where += f", temporal ensembling m = {args.ensemble:g}"
     for latency_ms, ticks, result in rows:
         latency = "" if ticks is None else (
             f"latency {ticks} tick(s)" + ("" if latency_ms is None else f" ({latency_ms:g} ms)")
-            + f", {data['schedule']}: ")
+            + f", {schedule}: ")
         out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
                   f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
     return 0
@@ -235,9 +241,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                   f"p99 {ticks['p99']}, max {ticks['max']} (their closed-loop cost: edgevla eval BUNDLE "
                   "--latency-ticks N [--async])")
     if loop is not None:
-        schedule = f"lead {loop['lead']}: " + ("async" if loop["lead"] else "sync, holding while the policy runs")
-        out.print(f"robot loop, {loop['ticks']} ticks at {loop['rate_hz']:g} Hz (execute {loop['execute']}, "
-                  f"{schedule}): {loop['chunks']} chunks; commands missed {loop['held'] - loop['held_at_start']} "
+        schedule = (f"temporal ensembling, m = {loop['ensemble_m']:g}" if loop["schedule"] == "ensemble" else
+                    f"execute {loop['execute']}, lead {loop['lead']}: "
+                    + ("async" if loop["lead"] else "sync, holding while the policy runs"))
+        out.print(f"robot loop, {loop['ticks']} ticks at {loop['rate_hz']:g} Hz ({schedule}): {loop['chunks']} chunks; commands missed {loop['held'] - loop['held_at_start']} "
                   f"(+ {loop['held_at_start']} before the first chunk); chunk delay mean "
                   f"{loop['mean_delay_ticks']:.2f}, max {loop['max_delay_ticks']} ticks; command out "
                   f"{loop['command_ms']['p50']:.3f} ms (p50), {loop['command_ms']['p99']:.3f} (p99), "
@@ -255,14 +262,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def _check_loop_args(args: argparse.Namespace) -> None:
     if not args.loop:
+        if args.ensemble is not None or args.lead is not None:
+            raise EdgevlaError("--ensemble and --lead set the schedule of --loop: add --loop")
         return
     if args.execute < 1 or args.loop_ticks < 1 or (args.lead is not None and args.lead < 0):
         raise EdgevlaError("--execute and --loop-ticks must be >= 1 and --lead >= 0")
+    if args.ensemble is not None and args.lead is not None:
+        raise EdgevlaError("--lead does not apply to --ensemble: it queries as soon as the last query is in")
 
 
 def _robot_loop(args: argparse.Namespace, runner, obs, stats) -> dict[str, Any]:
     """The runner driven by a chunk controller in real time at the policy's control rate (profile --loop)."""
-    from .control import ChunkController, ThreadedInference, latency_ticks, run_paced
+    from .control import ChunkController, TemporalEnsemble, ThreadedInference, latency_ticks, run_paced
 
     rate = runner.spec.control_rate_hz
     if not rate:
@@ -270,10 +281,14 @@ def _robot_loop(args: argparse.Namespace, runner, obs, stats) -> dict[str, Any]:
     if args.execute > runner.spec.chunk_size:
         raise EdgevlaError(f"--execute must be in 1..{runner.spec.chunk_size} (the policy's chunk size), "
                            f"got {args.execute}")
+    if args.ensemble is not None:
+        with TemporalEnsemble(runner, m=args.ensemble, inference=ThreadedInference()) as controller:
+            loop = run_paced(controller, lambda: obs, rate, args.loop_ticks)
+        return {"schedule": "ensemble", "ensemble_m": args.ensemble, **loop.to_dict()}
     lead = latency_ticks(stats.p99_ms, rate) if args.lead is None else args.lead
     with ChunkController(runner, execute=args.execute, lead=lead, inference=ThreadedInference()) as controller:
         loop = run_paced(controller, lambda: obs, rate, args.loop_ticks)
-    return {"execute": args.execute, "lead": lead, **loop.to_dict()}
+    return {"schedule": "async" if lead else "sync", "execute": args.execute, "lead": lead, **loop.to_dict()}
 
 
 def _target_kernels_hint(target, host_isa: str) -> str:

@@ -18,6 +18,10 @@ period misses the commands of the ticks that pass before its chunk is in (a
   executed since the query. ``lead`` = the latency in ticks hides the latency
   whenever ``execute + lead <= H``.
 
+:class:`TemporalEnsemble` is ACT's other schedule: a query as often as the
+policy answers, and each tick's action the weighted mean of every chunk's
+prediction for that tick.
+
 A tick with no action to give (the first chunk is not in yet, or the next one
 is late) returns ``None``: *hold*. What holding means is the robot's own
 business (no motion for delta actions, the last setpoint for absolute ones).
@@ -130,8 +134,102 @@ class ControlStats:
                 "max_delay_ticks": self.max_delay_ticks}
 
 
-class ChunkController:
-    """One action per control tick from a policy that answers with chunks.
+class _ChunkLoop:
+    """What every schedule shares: one query at a time through ``inference``, a tick count, the stats.
+
+    A schedule says when it wants a query (:meth:`_wants_query`), whether it
+    has nothing for this tick without the running one (:meth:`_starving`),
+    what to do with an arrived chunk (:meth:`_arrived`) and which action a
+    tick gets (:meth:`_action`)."""
+
+    def __init__(self, policy: ChunkPolicy, inference: Inference | None) -> None:
+        self.policy = policy
+        self.inference: Inference = inference if inference is not None else ThreadedInference()
+        self.stats = ControlStats()
+        self._closed = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._tick = 0
+        self._pending: Any = None  # the running query's handle
+        self._pending_since = 0  # its tick
+
+    def step(self, obs: ObservationSource, wait: float | None = 0.0) -> np.ndarray | None:
+        """The action for this tick, or ``None`` to hold.
+
+        ``obs`` (or the function returning it) is read only when a query
+        starts. ``wait``: seconds this tick may wait for a running query when
+        it has no action otherwise (threaded inference; give it what is left
+        of the tick's budget); ``None`` waits until the chunk is in, never
+        holding after the first chunk (a synchronous loop that blocks).
+        """
+        if self._closed:
+            raise EdgevlaError("the controller is closed")
+        tick = self._tick
+        if self._pending is None and self._wants_query():
+            observation = obs() if callable(obs) else obs
+            self._pending = self.inference.launch(self.policy, observation, tick)
+            self._pending_since = tick
+            self._launched()
+            self.stats.queries += 1
+        if self._pending is not None:
+            chunk = self.inference.poll(self._pending, tick, wait if self._starving(tick) else 0.0)
+            if chunk is not None:
+                if chunk.ndim != 3:
+                    raise EdgevlaError(f"the policy returned actions of shape {chunk.shape}; a controller "
+                                       "needs (batch, chunk_size, action_dim)")
+                self._arrived(chunk, self._pending_since)
+                self._pending = None
+                delay = tick - self._pending_since
+                self.stats.chunks += 1
+                self.stats.delay_ticks_sum += delay
+                self.stats.max_delay_ticks = max(self.stats.max_delay_ticks, delay)
+        self._tick = tick + 1
+        self.stats.ticks += 1
+        action = self._action(tick)
+        if action is None:
+            self.stats.held += 1
+            self.stats.held_at_start += self.stats.chunks == 0
+        return action
+
+    def _wants_query(self) -> bool:
+        raise NotImplementedError
+
+    def _launched(self) -> None:
+        pass
+
+    def _starving(self, tick: int) -> bool:
+        raise NotImplementedError
+
+    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+        raise NotImplementedError
+
+    def _action(self, tick: int) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """A new episode: the chunks in hand are dropped, a running query's result is waited for and dropped."""
+        try:
+            if self._pending is not None:
+                self.inference.poll(self._pending, self._tick + 2**62, None)
+        finally:
+            self._reset_state()
+            self.stats = ControlStats()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.inference.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ChunkController(_ChunkLoop):
+    """Receding horizon: ``execute`` actions of each chunk, one per control tick.
 
     ``policy(obs)`` returns actions of shape ``(batch, H, action_dim)``;
     :meth:`step` returns the ``(batch, action_dim)`` action for this tick, or
@@ -145,89 +243,90 @@ class ChunkController:
         for name, value, low in (("execute", execute, 1), ("lead", lead, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise EdgevlaError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.policy = policy
         self.execute = execute
         self.lead = lead
-        self.inference: Inference = inference if inference is not None else ThreadedInference()
-        self.stats = ControlStats()
-        self._closed = False
-        self._reset_state()
+        super().__init__(policy, inference)
 
     def _reset_state(self) -> None:
-        self._tick = 0
+        super()._reset_state()
         self._chunk: np.ndarray | None = None
         self._next = 0  # index in _chunk of the next action
         self._end = 0  # one past the last action of _chunk to use
-        self._pending: Any = None  # the running query's handle
-        self._pending_since = 0  # its tick
-        self._moved = 0  # actions given since it started
+        self._moved = 0  # actions given since the running query started
 
-    def step(self, obs: ObservationSource, wait: float | None = 0.0) -> np.ndarray | None:
-        """The action for this tick, or ``None`` to hold.
+    def _wants_query(self) -> bool:
+        return self._end - self._next <= self.lead
 
-        ``obs`` (or the function returning it) is read only when a query
-        starts. ``wait``: seconds this tick may wait for a running query when
-        no action is left (threaded inference; give it what is left of the
-        tick's budget); ``None`` waits until the chunk is in, never holding
-        after the first chunk (a synchronous loop that blocks).
-        """
-        if self._closed:
-            raise EdgevlaError("the controller is closed")
-        if self._pending is None and self._end - self._next <= self.lead:
-            observation = obs() if callable(obs) else obs
-            self._pending = self.inference.launch(self.policy, observation, self._tick)
-            self._pending_since, self._moved = self._tick, 0
-            self.stats.queries += 1
-        if self._pending is not None:
-            spent = self._next >= self._end
-            chunk = self.inference.poll(self._pending, self._tick, wait if spent else 0.0)
-            if chunk is not None:
-                self._take(chunk)
-        self._tick += 1
-        self.stats.ticks += 1
+    def _launched(self) -> None:
+        self._moved = 0
+
+    def _starving(self, tick: int) -> bool:
+        return self._next >= self._end
+
+    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+        horizon = chunk.shape[1]
+        if self.execute > horizon:
+            raise EdgevlaError(f"execute = {self.execute} actions of a chunk of {horizon}")
+        start = min(self._moved, horizon)  # the actions the robot moved through since the query
+        self._chunk, self._next, self._end = chunk, start, min(start + self.execute, horizon)
+
+    def _action(self, tick: int) -> np.ndarray | None:
         if self._next >= self._end:
-            self.stats.held += 1
-            self.stats.held_at_start += self.stats.chunks == 0
             return None
         action = self._chunk[:, self._next]
         self._next += 1
         self._moved += 1
         return action
 
-    def _take(self, chunk: np.ndarray) -> None:
-        if chunk.ndim != 3:
-            raise EdgevlaError(f"the policy returned actions of shape {chunk.shape}; a controller needs "
-                               "(batch, chunk_size, action_dim)")
-        horizon = chunk.shape[1]
-        if self.execute > horizon:
-            raise EdgevlaError(f"execute = {self.execute} actions of a chunk of {horizon}")
-        start = min(self._moved, horizon)  # the actions the robot moved through since the query
-        self._chunk, self._next, self._end = chunk, start, min(start + self.execute, horizon)
-        self._pending = None
-        delay = self._tick - self._pending_since
-        self.stats.chunks += 1
-        self.stats.delay_ticks_sum += delay
-        self.stats.max_delay_ticks = max(self.stats.max_delay_ticks, delay)
 
-    def reset(self) -> None:
-        """A new episode: the chunk in hand is dropped, a running query's result is waited for and dropped."""
-        try:
-            if self._pending is not None:
-                self.inference.poll(self._pending, self._tick + 2**62, None)
-        finally:
-            self._reset_state()
-            self.stats = ControlStats()
+class TemporalEnsemble(_ChunkLoop):
+    """ACT's temporal ensembling: a new query as soon as the last one is in, and each tick's action the
+    weighted mean of what every chunk in hand predicted for it.
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.inference.close()
+    A chunk's actions are indexed as the receding-horizon schedule indexes
+    them: its action i is the one for after the robot has moved i ticks since
+    the query (time while holding does not count). The predictions for a tick
+    are weighted ``exp(-m * i)``, i = 0 for the oldest chunk's, as Zhao et al.
+    (ACT, 2023) do: a small ``m`` keeps the older plans' say, so the motion
+    stays smooth; a larger one follows the newest observation. A tick that no
+    chunk covers holds.
+    """
 
-    def __enter__(self) -> ChunkController:
-        return self
+    def __init__(self, policy: ChunkPolicy, *, m: float = 0.01, inference: Inference | None = None) -> None:
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (m >= 0 and math.isfinite(m)):
+            raise EdgevlaError(f"the ensemble weight m must be a finite number >= 0, got {m!r}")
+        self.m = float(m)
+        super().__init__(policy, inference)
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._moved = 0  # actions given since the start
+        self._moved_at_query = 0  # ... when the running query started
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (_moved at its query, chunk), oldest first
+
+    def _wants_query(self) -> bool:
+        return True
+
+    def _launched(self) -> None:
+        self._moved_at_query = self._moved
+
+    def _covering(self) -> list[np.ndarray]:
+        return [chunk[:, self._moved - at] for at, chunk in self._chunks if self._moved - at < chunk.shape[1]]
+
+    def _starving(self, tick: int) -> bool:
+        return not self._covering()
+
+    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+        self._chunks.append((self._moved_at_query, chunk))
+
+    def _action(self, tick: int) -> np.ndarray | None:
+        self._chunks = [(at, c) for at, c in self._chunks if self._moved - at < c.shape[1]]  # the rest are spent
+        if not self._chunks:
+            return None
+        predictions = np.stack(self._covering())  # (chunks, batch, action_dim), oldest first
+        weights = np.exp(-self.m * np.arange(len(predictions)))
+        self._moved += 1
+        return np.einsum("k,kba->ba", weights / weights.sum(), predictions)
 
 
 @dataclass
@@ -245,7 +344,7 @@ class PacedLoop:
                                "max": float(out.max())}}
 
 
-def run_paced(controller: ChunkController, observe: Callable[[], Observation], rate_hz: float, ticks: int, *,
+def run_paced(controller: _ChunkLoop, observe: Callable[[], Observation], rate_hz: float, ticks: int, *,
               clock: Callable[[], float] = time.perf_counter,
               sleep: Callable[[float], None] = time.sleep) -> PacedLoop:
     """Run ``controller`` for ``ticks`` ticks of a ``rate_hz`` loop in real time, as the robot's loop does.

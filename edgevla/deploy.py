@@ -25,7 +25,7 @@ import numpy as np
 
 from .backends import BACKENDS
 from .bundle import LoadedBundle, load_bundle
-from .control import ChunkController, Inference
+from .control import ChunkController, Inference, TemporalEnsemble
 from .errors import EdgevlaError
 
 
@@ -64,6 +64,11 @@ class BundlePolicy:
         if execute > self.chunk_size:
             raise EdgevlaError(f"execute = {execute} actions of the bundle's chunks of {self.chunk_size}")
         return ChunkController(self, execute=execute, lead=lead, inference=inference)
+
+    def ensemble(self, *, m: float = 0.01, inference: Inference | None = None) -> TemporalEnsemble:
+        """This policy one action per control tick, temporally ensembled; see
+        :class:`~edgevla.control.TemporalEnsemble`."""
+        return TemporalEnsemble(self, m=m, inference=inference)
 
     def close(self) -> None:
         self.runner.close()

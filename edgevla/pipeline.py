@@ -51,7 +51,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -135,7 +135,8 @@ def robot_loop(ev: EvaluateConfig | None) -> dict[str, Any]:
     precision) runs in the same loop."""
     if ev is None:
         return {}
-    return {"execute": ev.execute, "latency_ticks": ev.latency_ticks, "asynchronous": ev.schedule == "async"}
+    return {"execute": ev.execute, "latency_ticks": ev.latency_ticks, "asynchronous": ev.schedule == "async",
+            "ensemble": ev.ensemble_m if ev.schedule == "ensemble" else None}
 
 
 def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed: int,
@@ -926,7 +927,9 @@ class Build:
                     action_fn(self.runners[label][backend]), self.task, episodes=ev.episodes, seed=ev.seed,
                     progress=advance, **robot_loop(ev))
         before = self.results[("original", "torch")].success_rate
-        loop = (f" ({ev.latency_ticks} tick(s) of latency, {ev.schedule})" if ev.latency_ticks else "")
+        loop = "" if (ev.latency_ticks, ev.schedule) == (0, "sync") else (
+            f" ({ev.latency_ticks} tick(s) of latency, {ev.schedule}"
+            + (f" m = {ev.ensemble_m:g})" if ev.schedule == "ensemble" else ")"))
         for b in ev.backends:
             self.progress.note(f"closed-loop success{loop}: original (torch) {before:.1%}, "
                                f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
@@ -1001,9 +1004,9 @@ class Build:
                            "samples": r.samples, "passed": r.passed},
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
-                "robot_loop": {"execute": self.recipe.evaluate.execute,
-                               "latency_ticks": self.recipe.evaluate.latency_ticks,
-                               "schedule": self.recipe.evaluate.schedule},
+                "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
+                               if k in ("execute", "latency_ticks", "schedule")
+                               or (k == "ensemble_m" and self.recipe.evaluate.schedule == "ensemble")},
                 "action_error_by_backend": self.action_error,
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
                 "prune": self.pruning or "none",

@@ -39,7 +39,9 @@ Closed-loop judgements (``evaluate:``, and every success the build measures
 on the way: recovery, sensitivity, mixed precision) run the policy in the
 robot's loop the recipe describes: ``execute`` actions of each chunk, each
 query's chunk ``latency_ticks`` control ticks late, the robot holding
-meanwhile (``schedule: sync``) or executing the previous chunk (``async``).
+meanwhile (``schedule: sync``) or executing the previous chunk (``async``);
+or ACT's temporal ensembling of every chunk's predictions (``ensemble``,
+weights ``exp(-ensemble_m i)``).
 """
 
 from __future__ import annotations
@@ -164,11 +166,13 @@ RECIPE_SCHEMA = Section({
         "max_accuracy_loss": Nullable(Float(0.0, 1.0)),  # null: the target's budget
         "backends": ListOf(OneOf(*BACKENDS), min_len=1, unique=True, default=["onnxruntime"]),
         # The robot's loop (edgevla.control): actions of each chunk executed, the control ticks a query's
-        # chunk comes late (its latency on the robot), and whether the robot holds meanwhile (sync) or keeps
-        # executing the previous chunk (async). Original and built model are judged alike.
+        # chunk comes late (its latency on the robot), and whether the robot holds meanwhile (sync), keeps
+        # executing the previous chunk (async), or temporally ensembles every chunk's predictions with
+        # weights exp(-ensemble_m i) (ensemble, as ACT). Original and built model are judged alike.
         "execute": Int(1, default=4),
         "latency_ticks": Int(0, default=0),
-        "schedule": OneOf("sync", "async", default="sync"),
+        "schedule": OneOf("sync", "async", "ensemble", default="sync"),
+        "ensemble_m": Float(0.0, default=0.01),
     }),
     "profile": Section({
         "warmup": Int(0, default=20),
@@ -290,6 +294,7 @@ class EvaluateConfig:
     execute: int
     latency_ticks: int
     schedule: str
+    ensemble_m: float
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,10 @@ def test_eval_under_latency(capsys, tiny_bundle):
     assert none["mean_steps"] < row["mean_steps"] < three["mean_steps"]  # only the first chunk is waited for
     code, out, _ = run(capsys, "eval", root, "-n", "5", "--latency-ms", "50")
     assert code == 0 and "latency 1 tick(s) (50 ms), sync: success" in out
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--ensemble", "0.01", "--latency-ticks", "0", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["schedule"] == "ensemble" and data["ensemble_m"] == 0.01 and "execute" not in data
+    assert data["latencies"][0]["success_rate"] >= 0.9
 
 
 def test_profile_runs_the_robots_loop(capsys, tiny_bundle):
@@ -217,16 +221,23 @@ def test_profile_runs_the_robots_loop(capsys, tiny_bundle):
     code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "2", "--warmup", "0", "--loop",
                        "--loop-ticks", "4", "--lead", "0")
     assert code == 0 and "robot loop, 4 ticks at 30 Hz (execute 4, lead 0: sync" in out.replace("\n", " ")
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "2", "--warmup", "0", "--loop",
+                       "--loop-ticks", "6", "--ensemble", "0.01", "--json")
+    loop = json.loads(out)["robot_loop"]
+    assert code == 0 and loop["schedule"] == "ensemble" and loop["ensemble_m"] == 0.01 and loop["ticks"] == 6
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--execute", "9"], "--execute must be in 1..8"),
     (["--lead", "-1"], "--lead >= 0"),
     (["--loop-ticks", "0"], "--loop-ticks must be >= 1"),
+    (["--ensemble", "0.01", "--lead", "1"], "--lead does not apply to --ensemble"),
 ])
 def test_profile_refuses_bad_loop_settings(capsys, tiny_bundle, argv, message):
     code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "1", "--warmup", "0", "--loop", *argv)
     assert code == 2 and message in one_line_error(err)
+    code, _, err = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "1", "--ensemble", "0.01")
+    assert code == 2 and "add --loop" in one_line_error(err)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -234,6 +245,8 @@ def test_profile_refuses_bad_loop_settings(capsys, tiny_bundle, argv, message):
     (["--latency-ticks", "-1"], "--latency-ticks must be >= 0"),
     (["--latency-ms", "nan"], "finite number of milliseconds"),
     (["--execute", "9"], "--execute must be in 1..8"),
+    (["--ensemble", "0.01", "--execute", "2"], "--execute does not apply to --ensemble"),
+    (["--ensemble", "-1"], "ensemble weight m must be a finite number >= 0"),
 ])
 def test_eval_refuses_bad_latency_settings(capsys, tiny_bundle, argv, message):
     code, _, err = run(capsys, "eval", str(tiny_bundle.bundle), "-n", "1", *argv)

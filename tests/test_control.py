@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from edgevla.control import ChunkController, SimulatedLatency, ThreadedInference, latency_ticks, run_paced
+from edgevla.control import (ChunkController, SimulatedLatency, TemporalEnsemble, ThreadedInference, latency_ticks,
+                             run_paced)
 from edgevla.errors import EdgevlaError
 from edgevla.task import TaskConfig, evaluate
 from edgevla.task.tabletop import TabletopEnv, clip_norm
@@ -100,6 +101,39 @@ def test_reset_starts_a_new_episode():
     controller.reset()
     assert controller.stats.ticks == 0
     assert schedule(controller, 3)[0] is None  # the chunk of the old episode is gone
+
+
+def ensemble_schedule(m: float, latency: int, ticks: int) -> list[float | None]:
+    ensemble = TemporalEnsemble(NumberedChunks(), m=m, inference=SimulatedLatency(latency))
+    out = []
+    for tick in range(ticks):
+        action = ensemble.step({"x": np.full((1, 1), tick, np.float32)})
+        out.append(None if action is None else float(action[0, 0]))
+    return out
+
+
+def test_temporal_ensembling_weighs_every_chunks_prediction_oldest_first():
+    # a query every tick; tick t gets query k's action t - k, weighted exp(-m i) with i = 0 for the oldest
+    m = math.log(2)
+    got = ensemble_schedule(m, latency=0, ticks=3)
+    assert got[0] == 0.0
+    assert got[1] == pytest.approx((1 * 1 + 0.5 * 100) / 1.5)
+    assert got[2] == pytest.approx((1 * 2 + 0.5 * 101 + 0.25 * 200) / 1.75)
+    # past the horizon only the last H queries have a say
+    uniform = ensemble_schedule(0.0, latency=0, ticks=12)
+    assert uniform[11] == pytest.approx(np.mean([100 * k + (11 - k) for k in range(4, 12)]))
+
+
+def test_temporal_ensembling_indexes_chunks_by_the_robots_moves():
+    # latency 2: query 0 in at tick 2 (the robot held, so its action 0 runs), query 1 (asked at tick 3 after one
+    # move) in at tick 5, when the robot has moved 3 ticks: query 0's action 3 and query 1's action 2
+    assert ensemble_schedule(0.0, latency=2, ticks=6) == [None, None, 0.0, 1.0, 2.0, 52.5]
+
+
+def test_temporal_ensembling_refuses_a_bad_weight():
+    for m in (-0.1, math.nan, True):
+        with pytest.raises(EdgevlaError, match="ensemble weight"):
+            TemporalEnsemble(NumberedChunks(), m=m, inference=SimulatedLatency(0))
 
 
 class Gated:
@@ -300,6 +334,13 @@ def test_synchronous_latency_inserts_holds_and_nothing_else(tiny_policy, latency
         result = evaluate(tiny_policy, CFG, episodes=1, seed=seed, execute=4, batch=1, latency_ticks=latency)
         assert result.successes == [success]
         assert result.mean_steps == moves + latency * math.ceil(moves / 4)
+
+
+def test_temporal_ensembling_in_closed_loop(tiny_policy):
+    first = evaluate(tiny_policy, CFG, episodes=20, seed=5, ensemble=0.01)
+    assert first.success_rate >= 0.9 and first == evaluate(tiny_policy, CFG, episodes=20, seed=5, ensemble=0.01)
+    late = evaluate(tiny_policy, CFG, episodes=20, seed=5, ensemble=0.01, latency_ticks=2)
+    assert late.success_rate >= 0.9 and late.mean_steps > first.mean_steps
 
 
 def test_asynchronous_latency_keeps_moving(tiny_policy):

@@ -45,6 +45,17 @@ def test_the_threaded_controller_drives_the_robot_as_the_evaluator_does(tiny_bun
         assert expected.success_rate >= 0.9
 
 
+def test_temporal_ensembling_on_the_worker_thread(tiny_bundle):
+    with BundlePolicy(tiny_bundle.bundle, backend="native", threads=1) as policy:
+        task = task_for(policy.spec)
+        env = TabletopEnv(task, 4, seed=3)
+        with policy.ensemble(m=0.01, inference=ThreadedInference()) as control:
+            for _ in range(6):
+                action = control.step(env.observe, wait=None)  # waits for a chunk whenever none covers the tick
+                env.step(clip_norm(np.asarray(action, np.float64), task.max_step))
+            assert control.stats.ticks == 6 and control.stats.held == 0 and control.stats.chunks >= 1
+
+
 def test_bad_requests_are_refused(tiny_bundle, tmp_path):
     with pytest.raises(EdgevlaError, match="unknown backend 'tflite'"):
         BundlePolicy(tiny_bundle.bundle, backend="tflite")

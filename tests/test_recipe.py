@@ -33,7 +33,7 @@ DEFAULTS = {
     "export": {"opset": 17, "dynamic_batch": True},
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
     "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "backends": ["onnxruntime"],
-                 "execute": 4, "latency_ticks": 0, "schedule": "sync"},
+                 "execute": 4, "latency_ticks": 0, "schedule": "sync", "ensemble_m": 0.01},
     "profile": {"warmup": 20, "runs": 200, "batch_sizes": [1, 4, 16], "backends": ["torch", "onnxruntime"],
                 "threads": None},
     "efficiency": {"alpha": 0.4, "beta": 0.3, "gamma": 0.3},

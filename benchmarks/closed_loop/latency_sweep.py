@@ -3,13 +3,15 @@
 For each bundle and each latency in control ticks: the tabletop task's seeded episodes (the same for every
 bundle and latency), run by the chunk controller's schedule (``edgevla.control``) with the latency simulated:
 ``sync`` holds while the policy runs, ``async`` starts the next query that many ticks early and keeps
-executing the previous chunk. Prints success and mean steps per row; writes every row to --json.
+executing the previous chunk, ``ensemble`` averages every chunk's prediction for each tick (ACT's temporal
+ensembling, weight --ensemble-m). Prints success and mean steps per row; writes every row to --json.
 
 The per-index action error of each bundle against the scripted expert on one batch of scenes is printed too:
 an asynchronous schedule executes the later actions of each chunk, which a zero-latency loop never does.
 
     python benchmarks/closed_loop/latency_sweep.py BUNDLE... [--ticks 0 1 2 3] [--episodes 200]
-                                                   [--execute 4] [--backend onnxruntime] [--json FILE]
+                                                   [--schedules sync async ensemble] [--execute 4]
+                                                   [--ensemble-m 0.01] [--backend onnxruntime] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--ticks", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--episodes", type=int, default=200)
+    ap.add_argument("--schedules", nargs="+", choices=("sync", "async", "ensemble"),
+                    default=["sync", "async", "ensemble"])
     ap.add_argument("--execute", type=int, default=4)
+    ap.add_argument("--ensemble-m", type=float, default=0.01)
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -54,18 +59,20 @@ def main() -> None:
             errors[name] = chunk_error_by_index(policy)
             print(f"{name}: action error vs the expert by chunk index: "
                   + " ".join(f"{e:.4f}" for e in errors[name]))
-            for schedule in ("sync", "async"):
+            for schedule in args.schedules:
                 for ticks in args.ticks:
                     r = evaluate(policy, task, episodes=args.episodes, execute=args.execute, latency_ticks=ticks,
-                                 asynchronous=schedule == "async")
+                                 asynchronous=schedule == "async",
+                                 ensemble=args.ensemble_m if schedule == "ensemble" else None)
                     rows.append({"bundle": name, "schedule": schedule, "latency_ticks": ticks,
                                  "success_rate": r.success_rate, "mean_steps": r.mean_steps,
                                  "smoothness": r.smoothness})
-                    print(f"  {schedule:5s} {ticks} tick(s): success {r.success_rate:6.1%}, "
+                    print(f"  {schedule:8s} {ticks} tick(s): success {r.success_rate:6.1%}, "
                           f"mean steps {r.mean_steps:5.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "host": host_info(), "episodes": args.episodes, "execute": args.execute, "backend": args.backend,
+            "host": host_info(), "episodes": args.episodes, "execute": args.execute,
+            "ensemble_m": args.ensemble_m, "backend": args.backend,
             "bundles": [str(Path(b).resolve()) for b in args.bundles], "chunk_error_by_index": errors,
             "rows": rows}, indent=2))
         print(f"wrote {args.json}")

@@ -40,7 +40,7 @@ class EvalResult:
 def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int = 10_000,
              execute: int = 4, batch: int = 50, blank: str | None = None,
              progress: Callable[[int], None] | None = None, latency_ticks: int = 0,
-             asynchronous: bool = False) -> EvalResult:
+             asynchronous: bool = False, ensemble: float | None = None) -> EvalResult:
     """Success rate of ``policy`` over ``episodes`` seeded episodes.
 
     The same ``seed`` gives the same scenes and start states to every policy,
@@ -49,9 +49,12 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
     observation (:class:`~edgevla.control.SimulatedLatency`); meanwhile the
     robot holds (no motion, steps still counted), or with ``asynchronous``
     executes the previous chunk, the next query starting ``latency_ticks``
-    before it is spent (:class:`~edgevla.control.ChunkController`).
+    before it is spent (:class:`~edgevla.control.ChunkController`). With
+    ``ensemble`` = m the chunks are not executed in turn but temporally
+    ensembled, a query as soon as the last is in (:class:`~edgevla.control.TemporalEnsemble`;
+    ``execute`` and ``asynchronous`` do not apply).
     """
-    from ..control import ChunkController, SimulatedLatency
+    from ..control import ChunkController, SimulatedLatency, TemporalEnsemble
 
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
@@ -63,8 +66,10 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
         env = TabletopEnv(cfg, n, seed=seed + start)
-        controller = ChunkController(lambda obs: np.asarray(policy(obs), dtype=np.float64), execute=execute,
-                                     lead=latency_ticks if asynchronous else 0, inference=inference)
+        as_float64 = lambda obs: np.asarray(policy(obs), dtype=np.float64)  # noqa: E731
+        controller = (TemporalEnsemble(as_float64, m=ensemble, inference=inference) if ensemble is not None else
+                      ChunkController(as_float64, execute=execute, lead=latency_ticks if asynchronous else 0,
+                                      inference=inference))
 
         def observe() -> dict[str, np.ndarray]:
             obs = env.observe()
