@@ -249,6 +249,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                   f"{loop['mean_delay_ticks']:.2f}, max {loop['max_delay_ticks']} ticks; command out "
                   f"{loop['command_ms']['p50']:.3f} ms (p50), {loop['command_ms']['p99']:.3f} (p99), "
                   f"{loop['command_ms']['max']:.3f} (max) after its tick began")
+        missed = loop["held"] - loop["held_at_start"]
+        if missed and loop["schedule"] != "ensemble":
+            out.print(f"{missed} command(s) missed after the first chunk: queries ran later in the loop than alone; "
+                      f"--lead {loop['lead'] + 1} starts them a tick earlier")
     if gpu_memory is not None:
         out.print(f"GPU memory: weights {gpu_memory['weights']:.1f} MiB, peak allocated "
                   f"{gpu_memory['peak_allocated']:.1f} MiB (warm-up and runs; budget "
