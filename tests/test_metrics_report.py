@@ -173,6 +173,19 @@ def test_written_files(report, tmp_path):
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
 
 
+def test_the_robots_loop_of_the_success_rates_is_said(pair):
+    original, built = pair
+    for loop, said in (
+            ({"execute": 4, "latency_ticks": 2, "schedule": "async"},
+             "the robot's loop of the recipe: 4 actions of each chunk executed, async, each chunk 2 control tick(s) "
+             "late."),
+            ({"execute": 4, "latency_ticks": 0, "schedule": "ensemble", "ensemble_m": 0.01},
+             "the robot's loop of the recipe: temporally ensembled (m = 0.01), each chunk 0 control tick(s) late.")):
+        report = build_report(original, built, target=TARGET, host=HOST, extra={"robot_loop": loop})
+        assert said in render_markdown(report)
+    assert "robot's loop" not in render_markdown(build_report(original, built, target=TARGET, host=HOST))
+
+
 def test_no_success_rates_means_no_efficiency_and_no_success_plot(pair, tmp_path):
     original, built = pair
     original.success_rate = built.success_rate = None

@@ -95,6 +95,7 @@ def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_
     assert recovery["before"]["success"] < recovery["after"]["success"] and recovery["steps"] > 0
     assert load_bundle(late.bundle).manifest["recipe"]["evaluate"]["schedule"] == "async"
     assert late.report["extra"]["robot_loop"] == {"execute": 4, "latency_ticks": 2, "schedule": "async"}
+    assert "async, each chunk 2 control tick(s) late" in (late.bundle / "report.md").read_text()
     from edgevla.deploy import BundlePolicy
     from edgevla.pipeline import task_for
     from edgevla.task import evaluate

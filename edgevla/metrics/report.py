@@ -378,6 +378,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   [[k, c["unit"], c["original"], c["built"], _pct(c["reduction_pct"])]
                    for k, c in report["comparison"].items()])
     out += [f"Speed-up at p50: {_fmt(report['speedup_p50'], 2)}×", ""]
+    loop = report.get("extra", {}).get("robot_loop")
+    if isinstance(loop, Mapping):
+        schedule = (f"temporally ensembled (m = {_fmt(loop.get('ensemble_m'))})" if loop["schedule"] == "ensemble"
+                    else f"{loop['execute']} actions of each chunk executed, {loop['schedule']}")
+        out += [f"Success rates are closed-loop, in the robot's loop of the recipe: {schedule}, each chunk "
+                f"{loop['latency_ticks']} control tick(s) late.", ""]
 
     checks = report["budget_checks"]
     out += ["## Budgets of the target (built model)", ""]
