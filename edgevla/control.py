@@ -18,7 +18,7 @@ period misses the commands of the ticks that pass before its chunk is in (a
   executed since the query. ``lead`` = the latency in ticks hides the latency
   whenever ``execute + lead <= H``.
 
-:class:`TemporalEnsemble` is ACT's other schedule: a query as often as the
+:class:`TemporalEnsemble` is ACT's temporal ensembling: a query as often as the
 policy answers, and each tick's action the weighted mean of every chunk's
 prediction for that tick.
 
