@@ -100,8 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ensemble is not None and args.execute is not None:
         raise EdgevlaError("--execute does not apply to --ensemble: every chunk's prediction for a tick is used")
     execute = 4 if args.execute is None else args.execute
-    if not 1 <= execute <= task.chunk_size:
-        raise EdgevlaError(f"--execute must be in 1..{task.chunk_size} (the bundle's chunk size), got {execute}")
+    _check_execute(execute, bundle.spec.chunk_size)
     latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
     runner = bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
@@ -143,6 +142,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_execute(execute: int, chunk_size: int) -> None:
+    if not 1 <= execute <= chunk_size:
+        raise EdgevlaError(f"--execute must be in 1..{chunk_size} (the policy's chunk size), got {execute}")
+
+
 def _eval_latencies(args: argparse.Namespace, control_rate_hz: float | None) -> list[tuple[float | None, int | None]]:
     """(milliseconds, ticks) per evaluation: [(None, None)] for none asked, ticks None meaning no latency model."""
     from .control import latency_ticks
@@ -180,6 +184,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         runner, what, default_target = _profile_runner(args, Path(scratch))
         target = load_target(args.target or default_target)
         try:
+            if args.loop:  # refused before any slow work
+                _check_loop_fits(args, runner.spec)
             from .pipeline import batch_of, heldout_observations
 
             obs = batch_of(heldout_observations(runner.spec, max(args.batch, 8)), 0, args.batch)
@@ -244,12 +250,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         schedule = (f"temporal ensembling, m = {loop['ensemble_m']:g}" if loop["schedule"] == "ensemble" else
                     f"execute {loop['execute']}, lead {loop['lead']}: "
                     + ("async" if loop["lead"] else "sync, holding while the policy runs"))
-        out.print(f"robot loop, {loop['ticks']} ticks at {loop['rate_hz']:g} Hz ({schedule}): {loop['chunks']} chunks; commands missed {loop['held'] - loop['held_at_start']} "
-                  f"(+ {loop['held_at_start']} before the first chunk); chunk delay mean "
-                  f"{loop['mean_delay_ticks']:.2f}, max {loop['max_delay_ticks']} ticks; command out "
+        missed = loop["held"] - loop["held_at_start"]
+        out.print(f"robot loop, {loop['ticks']} ticks at {loop['rate_hz']:g} Hz ({schedule}): {loop['chunks']} "
+                  f"chunks; commands missed {missed} (+ {loop['held_at_start']} before the first chunk); chunk "
+                  f"delay mean {loop['mean_delay_ticks']:.2f}, max {loop['max_delay_ticks']} ticks; command out "
                   f"{loop['command_ms']['p50']:.3f} ms (p50), {loop['command_ms']['p99']:.3f} (p99), "
                   f"{loop['command_ms']['max']:.3f} (max) after its tick began")
-        missed = loop["held"] - loop["held_at_start"]
         if missed and loop["schedule"] != "ensemble":
             out.print(f"{missed} command(s) missed after the first chunk: queries ran later in the loop than alone; "
                       f"--lead {loop['lead'] + 1} starts them a tick earlier")
@@ -269,10 +275,16 @@ def _check_loop_args(args: argparse.Namespace) -> None:
         if args.ensemble is not None or args.lead is not None:
             raise EdgevlaError("--ensemble and --lead set the schedule of --loop: add --loop")
         return
-    if args.execute < 1 or args.loop_ticks < 1 or (args.lead is not None and args.lead < 0):
-        raise EdgevlaError("--execute and --loop-ticks must be >= 1 and --lead >= 0")
+    if args.loop_ticks < 1 or (args.lead is not None and args.lead < 0):
+        raise EdgevlaError("--loop-ticks must be >= 1 and --lead >= 0")
     if args.ensemble is not None and args.lead is not None:
         raise EdgevlaError("--lead does not apply to --ensemble: it queries as soon as the last query is in")
+
+
+def _check_loop_fits(args: argparse.Namespace, spec) -> None:
+    if not spec.control_rate_hz:
+        raise EdgevlaError("--loop runs the policy at its control rate, and its spec declares none")
+    _check_execute(args.execute, spec.chunk_size)
 
 
 def _robot_loop(args: argparse.Namespace, runner, obs, stats) -> dict[str, Any]:
@@ -280,11 +292,6 @@ def _robot_loop(args: argparse.Namespace, runner, obs, stats) -> dict[str, Any]:
     from .control import ChunkController, TemporalEnsemble, ThreadedInference, latency_ticks, run_paced
 
     rate = runner.spec.control_rate_hz
-    if not rate:
-        raise EdgevlaError("--loop runs the policy at its control rate, and its spec declares none")
-    if args.execute > runner.spec.chunk_size:
-        raise EdgevlaError(f"--execute must be in 1..{runner.spec.chunk_size} (the policy's chunk size), "
-                           f"got {args.execute}")
     if args.ensemble is not None:
         with TemporalEnsemble(runner, m=args.ensemble, inference=ThreadedInference()) as controller:
             loop = run_paced(controller, lambda: obs, rate, args.loop_ticks)

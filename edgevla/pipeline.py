@@ -586,8 +586,8 @@ def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | No
 
 
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
-                       cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float,
-                       progress: Progress, loop: EvaluateConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                       cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float, progress: Progress,
+                       loop: EvaluateConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
 
     (Fold BatchNorms into convolutions) → calibrate → (SmoothQuant) → quantize every Linear and
