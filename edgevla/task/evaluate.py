@@ -60,13 +60,16 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
         raise ValueError("episodes must be >= 1")
     execute = max(1, min(execute, cfg.chunk_size))
     inference = SimulatedLatency(latency_ticks)
+
+    def as_float64(obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(policy(obs), dtype=np.float64)
+
     successes: list[bool] = []
     steps: list[int] = []
     jerk_sum, jerk_n = 0.0, 0
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
         env = TabletopEnv(cfg, n, seed=seed + start)
-        as_float64 = lambda obs: np.asarray(policy(obs), dtype=np.float64)  # noqa: E731
         controller = (TemporalEnsemble(as_float64, m=ensemble, inference=inference) if ensemble is not None else
                       ChunkController(as_float64, execute=execute, lead=latency_ticks if asynchronous else 0,
                                       inference=inference))
