@@ -59,6 +59,11 @@ ChunkPolicy = Callable[[Observation], np.ndarray]
 ObservationSource = Union[Observation, Callable[[], Observation]]
 
 
+def _check_whole(value: Any, low: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise EdgevlaError(f"{what}, got {value!r}")
+
+
 class Inference(Protocol):
     """Runs a query and says when its chunk may be used."""
 
@@ -75,8 +80,7 @@ class SimulatedLatency:
     """Each chunk computed at once and handed over ``ticks`` control ticks after its query."""
 
     def __init__(self, ticks: int) -> None:
-        if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0:
-            raise EdgevlaError(f"latency must be a whole number of ticks >= 0, got {ticks!r}")
+        _check_whole(ticks, 0, "latency must be a whole number of ticks >= 0")
         self.ticks = ticks
 
     def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> tuple[int, np.ndarray]:
@@ -173,12 +177,12 @@ class _ChunkLoop:
             self._launched()
             self.stats.queries += 1
         if self._pending is not None:
-            chunk = self.inference.poll(self._pending, tick, wait if self._starving(tick) else 0.0)
+            chunk = self.inference.poll(self._pending, tick, wait if self._starving() else 0.0)
             if chunk is not None:
                 if chunk.ndim != 3:
                     raise EdgevlaError(f"the policy returned actions of shape {chunk.shape}; a controller "
                                        "needs (batch, chunk_size, action_dim)")
-                self._arrived(chunk, self._pending_since)
+                self._arrived(chunk)
                 self._pending = None
                 delay = tick - self._pending_since
                 self.stats.chunks += 1
@@ -186,7 +190,7 @@ class _ChunkLoop:
                 self.stats.max_delay_ticks = max(self.stats.max_delay_ticks, delay)
         self._tick = tick + 1
         self.stats.ticks += 1
-        action = self._action(tick)
+        action = self._action()
         if action is None:
             self.stats.held += 1
             self.stats.held_at_start += self.stats.chunks == 0
@@ -198,13 +202,13 @@ class _ChunkLoop:
     def _launched(self) -> None:
         pass
 
-    def _starving(self, tick: int) -> bool:
+    def _starving(self) -> bool:
         raise NotImplementedError
 
-    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+    def _arrived(self, chunk: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _action(self, tick: int) -> np.ndarray | None:
+    def _action(self) -> np.ndarray | None:
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -240,9 +244,8 @@ class ChunkController(_ChunkLoop):
 
     def __init__(self, policy: ChunkPolicy, *, execute: int, lead: int = 0,
                  inference: Inference | None = None) -> None:
-        for name, value, low in (("execute", execute, 1), ("lead", lead, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise EdgevlaError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_whole(execute, 1, "execute must be an integer >= 1")
+        _check_whole(lead, 0, "lead must be an integer >= 0")
         self.execute = execute
         self.lead = lead
         super().__init__(policy, inference)
@@ -260,17 +263,17 @@ class ChunkController(_ChunkLoop):
     def _launched(self) -> None:
         self._moved = 0
 
-    def _starving(self, tick: int) -> bool:
+    def _starving(self) -> bool:
         return self._next >= self._end
 
-    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+    def _arrived(self, chunk: np.ndarray) -> None:
         horizon = chunk.shape[1]
         if self.execute > horizon:
             raise EdgevlaError(f"execute = {self.execute} actions of a chunk of {horizon}")
         start = min(self._moved, horizon)  # the actions the robot moved through since the query
         self._chunk, self._next, self._end = chunk, start, min(start + self.execute, horizon)
 
-    def _action(self, tick: int) -> np.ndarray | None:
+    def _action(self) -> np.ndarray | None:
         if self._next >= self._end:
             return None
         action = self._chunk[:, self._next]
@@ -313,13 +316,13 @@ class TemporalEnsemble(_ChunkLoop):
     def _covering(self) -> list[np.ndarray]:
         return [chunk[:, self._moved - at] for at, chunk in self._chunks if self._moved - at < chunk.shape[1]]
 
-    def _starving(self, tick: int) -> bool:
+    def _starving(self) -> bool:
         return not self._covering()
 
-    def _arrived(self, chunk: np.ndarray, since: int) -> None:
+    def _arrived(self, chunk: np.ndarray) -> None:
         self._chunks.append((self._moved_at_query, chunk))
 
-    def _action(self, tick: int) -> np.ndarray | None:
+    def _action(self) -> np.ndarray | None:
         self._chunks = [(at, c) for at, c in self._chunks if self._moved - at < c.shape[1]]  # the rest are spent
         if not self._chunks:
             return None
@@ -353,8 +356,7 @@ def run_paced(controller: _ChunkLoop, observe: Callable[[], Observation], rate_h
     period ends, then holds. A tick that overran its period moves the grid: the next starts at once, not
     to catch up. ``observe`` is called when a query starts.
     """
-    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 1:
-        raise EdgevlaError(f"ticks must be an integer >= 1, got {ticks!r}")
+    _check_whole(ticks, 1, "ticks must be an integer >= 1")
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise EdgevlaError(f"control rate must be a positive number of Hz, got {rate_hz!r}")
     period = 1.0 / rate_hz
