@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -209,6 +210,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         data["latency_ticks"] = {"control_rate_hz": action_rate,
                                  **{k: latency_ticks(getattr(stats, f"{k}_ms"), action_rate)
                                     for k in ("p50", "p99", "max")}}
+        tolerance = _tolerance_fit(args.model, data["latency_ticks"]["p99"])
+        if tolerance is not None:
+            data["latency_tolerance"] = tolerance
     if loop is not None:
         data["robot_loop"] = loop
     if data["device"] == "cuda":  # replayed as CUDA graphs, or eager and why
@@ -246,6 +250,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.print(f"commands missed per query at the policy's {action_rate:g} Hz: p50 {ticks['p50']}, "
                   f"p99 {ticks['p99']}, max {ticks['max']} (their closed-loop cost: edgevla eval BUNDLE "
                   "--latency-ticks N [--async])")
+    if "latency_tolerance" in data:
+        out.print(_tolerance_fit_line(data["latency_tolerance"]))
     if loop is not None:
         schedule = (f"temporal ensembling, m = {loop['ensemble_m']:g}" if loop["schedule"] == "ensemble" else
                     f"execute {loop['execute']}, lead {loop['lead']}: "
@@ -268,6 +274,42 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if plan is not None:
         _print_native_plan(plan)
     return 0
+
+
+def _tolerance_fit(model: str, p99_ticks: int) -> dict[str, Any] | None:
+    """Which schedules the bundle's build proved to tolerate a query of this p99, in control ticks (its report's
+    latency tolerance; None for a policy reference or a build that did not measure it). ``fits`` is None where
+    the p99 is past the latencies the build probed and success held over all of them."""
+    path = Path(model) / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        tolerance = json.loads(path.read_text()).get("extra", {}).get("latency_tolerance")
+    except (OSError, ValueError, AttributeError) as e:
+        raise EdgevlaError(f"cannot read the bundle's report {str(path)!r}: {e}") from None
+    if not isinstance(tolerance, dict):
+        return None
+
+    def fits(k: int | None, at_least: bool) -> bool | None:
+        return False if k is None else True if p99_ticks <= k else None if at_least else False
+
+    return {"floor": tolerance["floor"], "max_ticks": tolerance["max_ticks"], "p99_ticks": p99_ticks,
+            "schedules": {s: {"tolerated": c["built"]["tolerated"], "at_least": c["built"]["at_least"],
+                              "fits": fits(c["built"]["tolerated"], c["built"]["at_least"])}
+                          for s, c in tolerance["schedules"].items()}}
+
+
+def _tolerance_fit_line(fit: Mapping[str, Any]) -> str:
+    def tolerated(c: Mapping[str, Any]) -> str:
+        return "none" if c["tolerated"] is None else f"{'>= ' if c['at_least'] else ''}{c['tolerated']}"
+
+    groups = {verdict: [s for s, c in fit["schedules"].items() if c["fits"] is verdict]
+              for verdict in (True, False, None)}
+    said = {True: "holds for", False: "not proven for", None: f"not probed (past {fit['max_ticks']} ticks) for"}
+    return (f"closed-loop success >= {fit['floor']:.1%} proven by the build up to: "
+            + ", ".join(f"{s} {tolerated(c)}" for s, c in fit["schedules"].items())
+            + f" ticks of latency; at this p99 ({fit['p99_ticks']} tick(s)): "
+            + "; ".join(f"{said[v]} {', '.join(names)}" for v, names in groups.items() if names))
 
 
 def _check_loop_args(args: argparse.Namespace) -> None:

@@ -72,7 +72,8 @@ from .progress import Progress
 from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
-from .task import TaskConfig, evaluate, fixed_split
+from .task import TabletopEnv, TaskConfig, evaluate, fixed_split
+from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of
 
 DEFAULT_POLICY = "tiny-vla"
 STAGES = ("load", "analyze", "compress", "export", "verify", "evaluate", "profile", "bundle")
@@ -135,8 +136,7 @@ def robot_loop(ev: EvaluateConfig | None) -> dict[str, Any]:
     precision) runs in the same loop."""
     if ev is None:
         return {}
-    return {"execute": ev.execute, "latency_ticks": ev.latency_ticks, "asynchronous": ev.schedule == "async",
-            "ensemble": ev.ensemble_m if ev.schedule == "ensemble" else None}
+    return loop_of(ev.schedule, ev.latency_ticks, ev.execute, ev.ensemble_m)
 
 
 def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed: int,
@@ -145,6 +145,12 @@ def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed:
     from .train import torch_action_fn
 
     return evaluate(torch_action_fn(model), task, episodes=episodes, seed=seed, **robot_loop(loop)).success_rate
+
+
+def _ticks_tolerated(curve: ToleranceCurve) -> str:
+    k = curve.tolerated
+    return (f"below the floor already at 0 ticks ({curve.success[0]:.1%})" if k is None else
+            f"{'>= ' if curve.probed_to_the_end else ''}{k} tick(s) ({' '.join(f'{s:.1%}' for s in curve.success)})")
 
 
 def resolve_output(output: str | None, policy_name: str, target: Target) -> Path:
@@ -913,11 +919,20 @@ class Build:
         built_backend = ev.backends[0]
         # Action error in real units, on held-out observations, against the original policy.
         ref_actions = self.spec.denormalize(ref(self.heldout))
-        self.action_error = {
-            b: float(np.mean(np.abs(self.spec.denormalize(r(self.heldout)) - ref_actions)))
-            for b, r in self.runners["built"].items()
-        }
+        errors = {b: np.abs(self.spec.denormalize(r(self.heldout)) - ref_actions)
+                  for b, r in self.runners["built"].items()}
+        self.action_error = {b: float(np.mean(e)) for b, e in errors.items()}
+        # By chunk index: a loop that runs late or ensembles executes the far end of each chunk, which one that
+        # executes its first few actions at once never does. Where a task is known, also on its episodes' first
+        # observations, where the robot is far from its goal and the far end of the chunk moves it most.
+        self.action_error_by_index = {"held-out": [float(e) for e in errors[built_backend].mean(axis=(0, 2))]}
+        if self.task is not None:
+            starts = TabletopEnv(self.task, ev.episodes, seed=ev.seed).observe()
+            built = self.spec.denormalize(self.runners["built"][built_backend](starts))
+            self.action_error_by_index["episode starts"] = [
+                float(e) for e in np.abs(built - self.spec.denormalize(ref(starts))).mean(axis=(0, 2))]
         self.results: dict[str, Any] = {}
+        self.tolerance: dict[str, Any] | None = None
         if self.task is None:
             return
         jobs = [("original", "torch")] + [("built", b) for b in ev.backends]
@@ -934,8 +949,35 @@ class Build:
             self.progress.note(f"closed-loop success{loop}: original (torch) {before:.1%}, "
                                f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
         worst = min(self.results[("built", b)].success_rate for b in ev.backends)
-        accuracy_gate(before, worst, self.recipe.accuracy_loss_budget(self.target))
+        budget = self.recipe.accuracy_loss_budget(self.target)
+        accuracy_gate(before, worst, budget)
         self.success_backend = built_backend
+        if ev.tolerance.max_ticks:
+            self.tolerance = self._latency_tolerance(floor=before - budget)
+
+    def _latency_tolerance(self, floor: float) -> dict[str, Any]:
+        """Original and built policy's success over 0..max_ticks ticks of latency in each schedule of
+        ``evaluate.tolerance``, on the gate's episodes, and the ticks each keeps the gate's floor."""
+        ev = self.recipe.evaluate
+        tol = ev.tolerance
+        jobs = [("original", "torch"), ("built", self.success_backend)]
+        points = len(tol.schedules) * (tol.max_ticks + 1) * ev.episodes
+        curves = {}
+        with self.progress.task(f"latency tolerance: 0-{tol.max_ticks} ticks x {len(tol.schedules)} schedule(s) "
+                                f"x {len(jobs)} models", points * len(jobs)) as advance:
+            for label, backend in jobs:
+                curves[label] = latency_tolerance(
+                    action_fn(self.runners[label][backend]), self.task, max_ticks=tol.max_ticks, floor=floor,
+                    schedules=tol.schedules, episodes=ev.episodes, seed=ev.seed, execute=ev.execute,
+                    ensemble_m=ev.ensemble_m, known={(ev.schedule, ev.latency_ticks): self.results[(label, backend)]},
+                    progress=advance)
+        for s in tol.schedules:
+            self.progress.note(f"latency tolerated (success >= {floor:.1%} at every latency up to it), {s}: "
+                               + "; ".join(f"{label} {_ticks_tolerated(curves[label][s])}" for label, _ in jobs))
+        return {"floor": floor, "max_ticks": tol.max_ticks, "control_rate_hz": self.spec.control_rate_hz,
+                "episodes": ev.episodes, "seed": ev.seed, "execute": ev.execute, "ensemble_m": ev.ensemble_m,
+                "backends": dict(jobs),
+                "schedules": {s: {label: curves[label][s].to_dict() for label, _ in jobs} for s in tol.schedules}}
 
     def _runner(self, label: str, backend: str) -> Runner:
         policy = self.built if label == "built" else self.original
@@ -1008,6 +1050,10 @@ class Build:
                                if k in ("execute", "latency_ticks", "schedule")
                                or (k == "ensemble_m" and self.recipe.evaluate.schedule == "ensemble")},
                 "action_error_by_backend": self.action_error,
+                "action_error_by_index": {"backend": self.success_backend_or(), **self.action_error_by_index},
+                "latency_tolerance": self.tolerance or (
+                    "not measured (evaluate.tolerance.max_ticks: 0)" if self.task is not None
+                    else "not measured: no closed-loop task speaks this policy's observations"),
                 "latency_measured_on": "this host (see host), batch 1; the roofline is an estimate for the target",
                 "prune": self.pruning or "none",
                 "quantize": self.quantization or "none",

@@ -41,7 +41,9 @@ robot's loop the recipe describes: ``execute`` actions of each chunk, each
 query's chunk ``latency_ticks`` control ticks late, the robot holding
 meanwhile (``schedule: sync``) or executing the previous chunk (``async``);
 or ACT's temporal ensembling of every chunk's predictions (``ensemble``,
-weights ``exp(-ensemble_m i)``).
+weights ``exp(-ensemble_m i)``). ``evaluate.tolerance`` measures, after the
+gate, how many ticks of latency original and built policy tolerate in each
+schedule (``max_ticks: 0``, the default: not measured).
 """
 
 from __future__ import annotations
@@ -173,6 +175,13 @@ RECIPE_SCHEMA = Section({
         "latency_ticks": Int(0, default=0),
         "schedule": OneOf("sync", "async", "ensemble", default="sync"),
         "ensemble_m": Float(0.0, default=0.01),
+        # After the gate: success at 0..max_ticks ticks of latency in each schedule, original and built, and the
+        # most ticks each keeps the gate's floor (report: latency tolerance). 0: not measured.
+        "tolerance": Section({
+            "max_ticks": Int(0, default=0),
+            "schedules": ListOf(OneOf("sync", "async", "ensemble"), min_len=1, unique=True,
+                                default=["sync", "async", "ensemble"]),
+        }),
     }),
     "profile": Section({
         "warmup": Int(0, default=20),
@@ -286,6 +295,12 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class ToleranceConfig:
+    max_ticks: int
+    schedules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     episodes: int
     seed: int
@@ -295,6 +310,7 @@ class EvaluateConfig:
     latency_ticks: int
     schedule: str
     ensemble_m: float
+    tolerance: ToleranceConfig
 
 
 @dataclass(frozen=True)
@@ -361,13 +377,13 @@ _SECTIONS = {"prune": PruneConfig, "quantize": QuantizeConfig, "export": ExportC
 _NESTED = {(PruneConfig, "recovery"): PruneRecoveryConfig,
            (QuantizeConfig, "calibration"): CalibrationConfig, (QuantizeConfig, "smoothquant"): SmoothQuantConfig,
            (QuantizeConfig, "mixed_precision"): MixedPrecisionConfig, (QuantizeConfig, "qat"): QATConfig,
-           (QuantizeConfig, "parity"): ParityConfig}
+           (QuantizeConfig, "parity"): ParityConfig, (EvaluateConfig, "tolerance"): ToleranceConfig}
 
 
 def _build(data: Mapping[str, Any]) -> Recipe:
     def section(cls: type, values: Mapping[str, Any]) -> Any:
-        return cls(**{k: _NESTED[(cls, k)](**v) if (cls, k) in _NESTED else tuple(v) if isinstance(v, list) else v
-                      for k, v in values.items()})
+        return cls(**{k: section(_NESTED[(cls, k)], v) if (cls, k) in _NESTED
+                      else tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     return Recipe(policy=data["policy"], **{name: section(cls, data[name]) for name, cls in _SECTIONS.items()})
 

@@ -227,6 +227,34 @@ def test_profile_runs_the_robots_loop(capsys, tiny_bundle):
     assert code == 0 and loop["schedule"] == "ensemble" and loop["ensemble_m"] == 0.01 and loop["ticks"] == 6
 
 
+def test_profile_sets_its_latency_against_the_tolerance_the_build_proved(capsys, tmp_path, tiny_bundle):
+    from edgevla.commands import _tolerance_fit, _tolerance_fit_line
+    from edgevla.errors import EdgevlaError
+
+    def curve(tolerated, at_least):
+        return {"built": {"tolerated": tolerated, "at_least": at_least}}
+
+    (tmp_path / "report.json").write_text(json.dumps({"extra": {"latency_tolerance": {
+        "floor": 0.98, "max_ticks": 2,
+        "schedules": {"sync": curve(2, True), "async": curve(1, False), "ensemble": curve(None, False)}}}}))
+    fits = {p99: {s: c["fits"] for s, c in _tolerance_fit(str(tmp_path), p99)["schedules"].items()}
+            for p99 in (0, 1, 2, 3)}
+    assert fits == {0: {"sync": True, "async": True, "ensemble": False},
+                    1: {"sync": True, "async": True, "ensemble": False},
+                    2: {"sync": True, "async": False, "ensemble": False},
+                    3: {"sync": None, "async": False, "ensemble": False}}  # past the probe: not known
+    assert _tolerance_fit_line(_tolerance_fit(str(tmp_path), 3)) == (
+        "closed-loop success >= 98.0% proven by the build up to: sync >= 2, async 1, ensemble none ticks of "
+        "latency; at this p99 (3 tick(s)): not proven for async, ensemble; not probed (past 2 ticks) for sync")
+    # a build that did not measure it, a policy reference, and a report that is not JSON
+    assert _tolerance_fit(str(tiny_bundle.bundle), 0) is None and _tolerance_fit("tiny-vla", 0) is None
+    code, out, _ = run(capsys, "profile", str(tiny_bundle.bundle), "--runs", "2", "--warmup", "0", "--json")
+    assert code == 0 and "latency_tolerance" not in json.loads(out)
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(EdgevlaError, match="cannot read the bundle's report"):
+        _tolerance_fit(str(tmp_path), 0)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--execute", "9"], "--execute must be in 1..8"),
     (["--lead", "-1"], "--lead >= 0"),

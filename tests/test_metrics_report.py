@@ -186,6 +186,33 @@ def test_the_robots_loop_of_the_success_rates_is_said(pair):
     assert "robot's loop" not in render_markdown(build_report(original, built, target=TARGET, host=HOST))
 
 
+def test_latency_tolerance_and_action_error_by_index_are_tabled(pair):
+    original, built = pair
+    perfect = {"success": [1.0, 1.0, 1.0], "mean_steps": [6, 7, 8], "tolerated": 2, "at_least": True}
+    tolerance = {"floor": 0.98, "max_ticks": 2, "control_rate_hz": 30.0, "episodes": 200, "seed": 10_000,
+                 "execute": 4, "ensemble_m": 0.01, "backends": {"original": "torch", "built": "onnxruntime"},
+                 "schedules": {
+                     "async": {"original": perfect, "built": {"success": [0.995, 0.84, 0.295],
+                                                             "mean_steps": [8, 15, 25], "tolerated": 0,
+                                                             "at_least": False}},
+                     "ensemble": {"original": perfect, "built": {"success": [0.94, 0.38, 0.06],
+                                                                 "mean_steps": [15, 26, 30], "tolerated": None,
+                                                                 "at_least": False}}}}
+    by_index = {"backend": "onnxruntime", "held-out": [0.01, 0.02], "episode starts": [0.004, 0.03]}
+    md = render_markdown(build_report(original, built, target=TARGET, host=HOST, extra={
+        "latency_tolerance": tolerance, "action_error_by_index": by_index}))
+    assert "each chunk k control ticks late at the policy’s 30 Hz, on the gate's 200 episodes" in md
+    assert "| schedule | model | 0 ticks | 1 ticks | 2 ticks | tolerated ticks | queries up to ms |" in md
+    assert "| async | original (torch) | 100.0 % | 100.0 % | 100.0 % | ≥ 2 | ≥ 100.0 |" in md
+    assert "| async | built (onnxruntime) | 99.5 % | 84.0 % | 29.5 % | 0 | 33.3 |" in md
+    assert "| ensemble | built (onnxruntime) | 94.0 % | 38.0 % | 6.0 % | none |  |" in md
+    assert "## Action error by chunk index (built, onnxruntime, vs original; real units)" in md
+    assert "| observations | 0 | 1 |" in md and "| episode starts | 0.004 | 0.03 |" in md
+    plain = render_markdown(build_report(original, built, target=TARGET, host=HOST, extra={
+        "latency_tolerance": "not measured (evaluate.tolerance.max_ticks: 0)"}))
+    assert "Latency tolerance" not in plain and "by chunk index" not in plain
+
+
 def test_no_success_rates_means_no_efficiency_and_no_success_plot(pair, tmp_path):
     original, built = pair
     original.success_rate = built.success_rate = None

@@ -74,8 +74,15 @@ def test_report_holds_every_metric(tiny_bundle):
     assert set(report["stage_timings_s"]) >= {"load", "analyze", "compress", "export", "verify", "evaluate",
                                               "profile"}
     assert report["extra"]["verify"]["passed"] and report["extra"]["verify"]["max_abs_error"] <= 1e-4
+    by_index = report["extra"]["action_error_by_index"]
+    assert by_index["backend"] == "onnxruntime" and set(by_index) == {"backend", "held-out", "episode starts"}
+    assert len(by_index["held-out"]) == len(by_index["episode starts"]) == 8  # tiny-vla's chunk
+    # each index averages as many values: their mean is the whole action error
+    assert np.mean(by_index["held-out"]) == pytest.approx(report["extra"]["action_error_by_backend"]["onnxruntime"])
+    assert report["extra"]["latency_tolerance"] == "not measured (evaluate.tolerance.max_ticks: 0)"
     md = (tiny_bundle.bundle / "report.md").read_text()
     assert "Latency at batch 1" in md and "E(M)" in md and "estimate for jetson-agx-orin" in md
+    assert "## Action error by chunk index" in md and "Latency tolerance" not in md
 
 
 def test_closed_loop_success_of_export_matches_pytorch(tiny_bundle):
@@ -159,7 +166,7 @@ def user_module(tmp_path, monkeypatch):
 def test_user_policy_builds(user_module, tmp_path, fast):
     out = tmp_path / "arm"
     result = build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make", output=str(out),
-                                overrides=fast))
+                                overrides={**fast, "evaluate.tolerance.max_ticks": 2}))
     bundle = load_bundle(out)
     assert bundle.spec.input_names == ["wrist_rgb", "joints"]
     assert task_for(bundle.spec) is None
@@ -168,6 +175,8 @@ def test_user_policy_builds(user_module, tmp_path, fast):
     assert "not measured" in report["extra"]["evaluate"]
     assert report["extra"]["verify"]["passed"]
     assert report["models"]["built"]["latency"]["onnxruntime"]["runs"] == 8
+    assert set(report["extra"]["action_error_by_index"]) == {"backend", "held-out"}  # no task: no episodes
+    assert report["extra"]["latency_tolerance"] == "not measured: no closed-loop task speaks this policy's observations"
 
 
 def test_user_transformer_policy_prunes_heads_and_quantizes(user_module, tmp_path, fast):

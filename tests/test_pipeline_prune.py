@@ -87,10 +87,12 @@ def test_the_report_carries_what_was_pruned_and_the_recovery_figures(nm_bundle):
     assert nm_bundle.report["extra"]["verify"]["passed"]
 
 
-def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle):
+def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle, capsys):
     """With the robot's loop in the recipe (queries 2 ticks late, asynchronous), the recovery is judged in that
     loop too: it trains until the far end of each chunk, which that loop executes, is good again."""
-    late = _build(tmp_path_factory, fast, "2:4", **{"evaluate.latency_ticks": 2, "evaluate.schedule": "async"})
+    late = _build(tmp_path_factory, fast, "2:4", **{"evaluate.latency_ticks": 2, "evaluate.schedule": "async",
+                                                     "evaluate.tolerance.max_ticks": 2,
+                                                     "evaluate.tolerance.schedules": ["async", "sync"]})
     recovery = late.report["extra"]["prune"]["recovery"]
     assert recovery["before"]["success"] < recovery["after"]["success"] and recovery["steps"] > 0
     assert load_bundle(late.bundle).manifest["recipe"]["evaluate"]["schedule"] == "async"
@@ -106,6 +108,24 @@ def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_
             success[name] = evaluate(policy, task_for(policy.spec), episodes=60, latency_ticks=2,
                                      asynchronous=True).success_rate
     assert success["robot-loop gate"] >= 0.95 and success["robot-loop gate"] >= success["zero-latency gate"]
+
+    # The latency tolerance ran on the gate's episodes: the gate's own point is its figure, not run again.
+    tolerance = late.report["extra"]["latency_tolerance"]
+    gate = late.report["extra"]["evaluate"]
+    assert list(tolerance["schedules"]) == ["async", "sync"] and tolerance["max_ticks"] == 2
+    assert tolerance["floor"] == pytest.approx(gate["original/torch"]["success_rate"] - 0.02)
+    for label, key in (("original", "original/torch"), ("built", "built/onnxruntime")):
+        curve = tolerance["schedules"]["async"][label]
+        assert (curve["success"][2], curve["mean_steps"][2]) == (gate[key]["success_rate"], gate[key]["mean_steps"])
+        assert tolerance["schedules"]["sync"][label]["success"][0] == curve["success"][0]  # one loop at 0 ticks
+    md = (late.bundle / "report.md").read_text()
+    assert "## Latency tolerance (closed loop)" in md and "| async | built (onnxruntime) |" in md
+
+    # profile says which schedules the build proved at the latency it measures
+    code = main(["profile", str(late.bundle), "--runs", "5", "--warmup", "1", "--json"])
+    fit = json.loads(capsys.readouterr().out)["latency_tolerance"]
+    assert code == 0 and fit["max_ticks"] == 2 and set(fit["schedules"]) == {"async", "sync"}
+    assert fit["schedules"]["async"]["tolerated"] == tolerance["schedules"]["async"]["built"]["tolerated"]
 
 
 def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory, fast):

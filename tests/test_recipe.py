@@ -33,7 +33,8 @@ DEFAULTS = {
     "export": {"opset": 17, "dynamic_batch": True},
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
     "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "backends": ["onnxruntime"],
-                 "execute": 4, "latency_ticks": 0, "schedule": "sync", "ensemble_m": 0.01},
+                 "execute": 4, "latency_ticks": 0, "schedule": "sync", "ensemble_m": 0.01,
+                 "tolerance": {"max_ticks": 0, "schedules": ["sync", "async", "ensemble"]}},
     "profile": {"warmup": 20, "runs": 200, "batch_sizes": [1, 4, 16], "backends": ["torch", "onnxruntime"],
                 "threads": None},
     "efficiency": {"alpha": 0.4, "beta": 0.3, "gamma": 0.3},
@@ -91,6 +92,7 @@ def test_defaults_are_the_documented_ones():
 def test_sections_are_typed():
     r = Recipe.defaults()
     assert r.profile.batch_sizes == (1, 4, 16) and isinstance(r.profile.batch_sizes, tuple)
+    assert r.evaluate.tolerance.schedules == ("sync", "async", "ensemble")  # nested sections' lists too
     assert isinstance(r.verify.atol, float) and isinstance(r.export.opset, int)
     with pytest.raises(AttributeError):
         r.profile.runs = 5  # frozen: a resolved recipe does not change behind the manifest's back
@@ -347,6 +349,9 @@ def test_bad_prune_shorthand_is_one_line(text):
     ({"evaluate.max_accuracy_loss": -0.1}, "recipe: evaluate.max_accuracy_loss: expected number in [0, 1] or "
                                            "null, got -0.1"),
     ({"policy": ""}, "recipe: policy: expected a non-empty string or null, got ''"),
+    ({"evaluate.tolerance.max_ticks": -1}, "recipe: evaluate.tolerance.max_ticks: expected int >= 0, got -1"),
+    ({"evaluate.tolerance.schedules": ["async", "later"]}, "recipe: evaluate.tolerance.schedules[1]: expected one "
+                                                           "of sync, async, ensemble, got 'later'"),
     ({"prunning": {}}, "recipe: unknown key 'prunning' (did you mean 'prune'? known: policy, prune, quantize, "
                        "export, verify, evaluate, profile, efficiency)"),
     ({"profile.run": 3}, "recipe: profile: unknown key 'run' (did you mean 'runs'? known: warmup, runs, "

@@ -400,6 +400,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   [[m["label"], be, d["period_ms"], d["budget_ms"], d["misses"], d["miss_rate"], d["worst_slack_ms"]]
                    for _, m in _models(report) for be, d in m["deadline"].items()])
 
+    extra = report.get("extra", {})
+    if isinstance(extra.get("latency_tolerance"), Mapping):
+        out += _tolerance_section(extra["latency_tolerance"])
+    if isinstance(extra.get("action_error_by_index"), Mapping):
+        by_index = dict(extra["action_error_by_index"])
+        backend = by_index.pop("backend")
+        out += [f"## Action error by chunk index (built, {backend}, vs original; real units)", "",
+                "Mean |built − original| for each action of the chunk, on held-out observations and on the first "
+                "observations of the task's episodes: a loop that runs late or ensembles executes the far end of "
+                "each chunk, one that executes its first actions at once never does.", ""]
+        out += _table(["observations", *(str(i) for i in range(len(by_index["held-out"])))],
+                      [[name, *errors] for name, errors in by_index.items()])
+
     out += ["## Throughput (samples/s)", ""]
     out += _table(["model", "backend", "batch", "samples/s"],
                   [[m["label"], be, int(n), v] for _, m in _models(report)
@@ -442,6 +455,30 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += ["## Build stages (s)", ""]
         out += _table(["stage", "seconds"], [[k, v] for k, v in report["stage_timings_s"].items()])
     return "\n".join(out)
+
+
+def _tolerance_section(tol: Mapping[str, Any]) -> list[str]:
+    """report.md's latency tolerance: success per schedule and tick of latency, and the ticks tolerated."""
+    rate = tol.get("control_rate_hz")
+    ticks = range(tol["max_ticks"] + 1)
+    out = ["## Latency tolerance (closed loop)", "",
+           f"Success with each chunk k control ticks late{f' at the policy’s {rate:g} Hz' if rate else ''}, "
+           f"on the gate's {tol['episodes']} episodes; tolerated: the most ticks with success ≥ "
+           f"{_pct_of(tol['floor'])} (the gate's floor) at every latency up to it, ≥ where the probe ended there"
+           + (": a query of up to (k + 1) periods costs at most k ticks." if rate else "."), ""]
+    rows = []
+    for schedule, models in tol["schedules"].items():
+        for label, curve in models.items():
+            k, at_least = curve["tolerated"], "≥ " if curve["at_least"] else ""
+            rows.append([schedule, f"{label} ({tol['backends'][label]})", *(_pct_of(v) for v in curve["success"]),
+                         "none" if k is None else f"{at_least}{k}",
+                         "" if k is None or not rate else f"{at_least}{(k + 1) * 1000 / rate:.1f}"])
+    return out + _table(["schedule", "model", *(f"{k} ticks" for k in ticks), "tolerated ticks", "queries up to ms"],
+                        rows)
+
+
+def _pct_of(rate: float) -> str:
+    return f"{100 * rate:.1f} %"
 
 
 def _deadline_line(ax: Any, target: Mapping[str, Any]) -> None:
