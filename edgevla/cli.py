@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                               "evaluation per value")
     latency.add_argument("--latency-ticks", type=int, nargs="+", metavar="N",
                          help="the same as the number of missed control ticks")
+    latency.add_argument("--latency-from", metavar="PROFILE_JSON",
+                         help="each query's latency drawn from the samples `edgevla profile ... --json` measured "
+                              "(on the robot's computer): their jitter too; --async leads by their p99")
     schedule = e.add_mutually_exclusive_group()
     schedule.add_argument("--async", dest="asynchronous", action="store_true",
                           help="with a latency: query that many ticks before the chunk is spent and keep executing "

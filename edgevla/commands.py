@@ -102,7 +102,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise EdgevlaError("--execute does not apply to --ensemble: every chunk's prediction for a tick is used")
     execute = 4 if args.execute is None else args.execute
     _check_execute(execute, bundle.spec.chunk_size)
-    latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
+    draws, measured = None, None
+    if args.latency_from is not None:  # each query's ticks drawn from a profile's samples; async leads by their p99
+        draws, measured = _measured_latency(args.latency_from, bundle.spec.control_rate_hz)
+        latencies = [(None, measured["lead_ticks"])]
+    else:
+        latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
     runner = bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
     rows = []
@@ -112,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             with progress.task(what, args.episodes) as advance:
                 result = evaluate(action_fn(runner), task, episodes=args.episodes, seed=args.seed,
                                   execute=execute, progress=advance, latency_ticks=ticks or 0,
-                                  asynchronous=args.asynchronous, ensemble=args.ensemble)
+                                  asynchronous=args.asynchronous, ensemble=args.ensemble, latency_draws=draws)
             rows.append((latency_ms, ticks, result))
     finally:
         runner.close()
@@ -120,7 +125,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
             "seed": args.seed, "schedule": schedule}
     data.update({"ensemble_m": args.ensemble} if args.ensemble is not None else {"execute": execute})
-    if latencies[0][1] is None:
+    if measured is not None:
+        data.update({"control_rate_hz": bundle.spec.control_rate_hz, "measured_latency": measured,
+                     **rows[0][2].to_dict()})
+    elif latencies[0][1] is None:
         data.update(rows[0][2].to_dict())
     else:
         data.update({"control_rate_hz": bundle.spec.control_rate_hz,
@@ -135,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ensemble is not None:
         where += f", temporal ensembling m = {args.ensemble:g}"
     for latency_ms, ticks, result in rows:
-        latency = "" if ticks is None else (
+        latency = _measured_latency_said(measured, schedule) if measured is not None else "" if ticks is None else (
             f"latency {ticks} tick(s)" + ("" if latency_ms is None else f" ({latency_ms:g} ms)")
             + f", {schedule}: ")
         out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
@@ -162,8 +170,44 @@ def _eval_latencies(args: argparse.Namespace, control_rate_hz: float | None) -> 
                                "give --latency-ticks")
         return [(ms, latency_ticks(ms, control_rate_hz)) for ms in args.latency_ms]
     if args.asynchronous:
-        raise EdgevlaError("--async schedules queries around a latency: give --latency-ms or --latency-ticks")
+        raise EdgevlaError("--async schedules queries around a latency: give --latency-ms, --latency-ticks or "
+                           "--latency-from")
     return [(None, None)]
+
+
+def _measured_latency(path: str, control_rate_hz: float | None) -> tuple[list[int], dict[str, Any]]:
+    """The ticks each latency sample of a profile's JSON misses at the policy's control rate, and what they
+    are: their count, p50 / p99 / max in ms, the share of each tick count, and the p99's ticks (the lead)."""
+    import numpy as np
+
+    from .control import latency_ticks
+
+    if not control_rate_hz:
+        raise EdgevlaError("--latency-from needs the bundle's control rate, and its manifest has none")
+    try:
+        samples = json.loads(Path(path).read_text())["latency_samples_ms"]
+    except OSError as e:
+        raise EdgevlaError(f"cannot read {path!r}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise EdgevlaError(f"{path!r} is not the JSON of `edgevla profile ... --json` "
+                           "(no latency_samples_ms)") from None
+    if (not isinstance(samples, list) or not samples
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+                       for v in samples)):
+        raise EdgevlaError(f"{path!r}: latency_samples_ms must be a non-empty list of milliseconds >= 0")
+    draws = [latency_ticks(v, control_rate_hz) for v in samples]
+    p50, p99 = (float(v) for v in np.percentile(samples, [50, 99]))
+    counts = np.bincount(draws)
+    return draws, {"file": str(path), "samples": len(samples), "p50_ms": p50, "p99_ms": p99,
+                   "max_ms": float(max(samples)), "lead_ticks": latency_ticks(p99, control_rate_hz),
+                   "ticks_share": {str(t): float(c / len(draws)) for t, c in enumerate(counts) if c}}
+
+
+def _measured_latency_said(measured: Mapping[str, Any], schedule: str) -> str:
+    shares = ", ".join(f"{t}: {share:.0%}" for t, share in measured["ticks_share"].items())
+    lead = f" leading by {measured['lead_ticks']}" if schedule == "async" else ""
+    return (f"latency drawn from {measured['samples']} measured samples (p50 {measured['p50_ms']:.2f} ms, p99 "
+            f"{measured['p99_ms']:.2f}, max {measured['max_ms']:.2f}; ticks {shares}), {schedule}{lead}: ")
 
 
 # --------------------------------------------------------------------------- profile
@@ -204,6 +248,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     data = {"model": what, "backend": args.backend, "device": _runner_device(runner), "batch": args.batch,
             "target": target.name, "paced_hz": target.budgets.control_rate_hz if args.paced else None,
             "host": host_info(), "latency_ms": {k: v for k, v in stats.to_dict().items() if k != "samples_ms"},
+            "latency_samples_ms": stats.samples_ms,  # in the order run: eval --latency-from draws from them
             "deadline": deadline.to_dict()}
     action_rate = runner.spec.control_rate_hz
     if action_rate:  # what a query of this latency costs the loop that executes the policy's chunks

@@ -34,14 +34,16 @@ Where a query's chunk comes from is the controller's ``inference``:
   Runtime and PyTorch release the GIL while they compute.
 * :class:`SimulatedLatency` (``ticks``): computed at once, handed over
   ``ticks`` ticks later. The closed-loop evaluator's deterministic model of a
-  policy that takes that long (``edgevla eval --latency-ms``).
+  policy that takes that long (``edgevla eval --latency-ms``);
+  :class:`SampledLatency` draws each query's ticks from measured latencies
+  instead (``edgevla eval --latency-from``: the jitter too).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -83,8 +85,12 @@ class SimulatedLatency:
         _check_whole(ticks, 0, "latency must be a whole number of ticks >= 0")
         self.ticks = ticks
 
+    def delay(self) -> int:
+        """The ticks the chunk of the query launched now comes after it."""
+        return self.ticks
+
     def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> tuple[int, np.ndarray]:
-        return tick + self.ticks, np.asarray(policy(obs))
+        return tick + self.delay(), np.asarray(policy(obs))
 
     def poll(self, handle: tuple[int, np.ndarray], tick: int, wait: float | None) -> np.ndarray | None:
         ready_at, chunk = handle
@@ -92,6 +98,24 @@ class SimulatedLatency:
 
     def close(self) -> None:
         pass
+
+
+class SampledLatency(SimulatedLatency):
+    """Each query's chunk handed over a number of ticks drawn (seeded, with replacement) from ``draws``: measured
+    latencies in ticks, so that a latency's jitter is simulated and not only its typical value."""
+
+    def __init__(self, draws: Sequence[int], seed: int = 0) -> None:
+        draws = list(draws)
+        if not draws:
+            raise EdgevlaError("no latencies to draw from")
+        for ticks in draws:
+            _check_whole(ticks, 0, "latencies to draw from must be whole numbers of ticks >= 0")
+        super().__init__(max(draws))
+        self.draws = np.asarray(draws, dtype=np.int64)
+        self._rng = np.random.default_rng(seed)
+
+    def delay(self) -> int:
+        return int(self.draws[self._rng.integers(len(self.draws))])
 
 
 class ThreadedInference:

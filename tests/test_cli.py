@@ -161,6 +161,7 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
     code, out, _ = run(capsys, "profile", root, "--runs", "5", "--warmup", "1", "--json")
     data = json.loads(out)
     assert code == 0 and data["target"] == "jetson-agx-orin" and data["latency_ms"]["runs"] == 5
+    assert len(data["latency_samples_ms"]) == 5 and max(data["latency_samples_ms"]) == data["latency_ms"]["max_ms"]
     assert data["deadline"]["period_ms"] == pytest.approx(1000 / 30) and data["paced_hz"] is None
     assert data["latency_ticks"] == {"control_rate_hz": 30, **{
         k: max(0, math.ceil(data["latency_ms"][f"{k}_ms"] * 30 / 1000 - 1e-9) - 1) for k in ("p50", "p99", "max")}}
@@ -207,6 +208,49 @@ def test_eval_under_latency(capsys, tiny_bundle):
     data = json.loads(out)
     assert code == 0 and data["schedule"] == "ensemble" and data["ensemble_m"] == 0.01 and "execute" not in data
     assert data["latencies"][0]["success_rate"] >= 0.9
+
+
+def test_eval_draws_each_querys_latency_from_a_profiles_samples(capsys, tiny_bundle, tmp_path):
+    root = str(tiny_bundle.bundle)
+    constant = tmp_path / "constant.json"
+    constant.write_text(json.dumps({"latency_samples_ms": [45.0] * 7}))  # 45 ms at 30 Hz: 1 tick, every query
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--latency-ticks", "1", "--async", "--json")
+    fixed = json.loads(out)["latencies"][0]
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--latency-from", str(constant), "--async", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["schedule"] == "async" and data["measured_latency"] == {
+        "file": str(constant), "samples": 7, "p50_ms": 45.0, "p99_ms": 45.0, "max_ms": 45.0, "lead_ticks": 1,
+        "ticks_share": {"1": 1.0}}
+    assert (data["success_rate"], data["mean_steps"]) == (fixed["success_rate"], fixed["mean_steps"])
+
+    # a real profile's samples, with the jitter they have
+    code, out, _ = run(capsys, "profile", root, "--runs", "20", "--warmup", "2", "--json")
+    measured = tmp_path / "measured.json"
+    measured.write_text(out)
+    code, out, _ = run(capsys, "eval", root, "-n", "10", "--latency-from", str(measured))
+    assert code == 0 and "latency drawn from 20 measured samples" in out.replace("\n", " ")
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"latency_samples_ms": [5.0, 5.0, 5.0, 120.0]}))  # 0 ticks 3 times in 4, else 3
+    code, out, _ = run(capsys, "eval", root, "-n", "30", "--latency-from", str(mixed), "--json")
+    data = json.loads(out)
+    assert data["measured_latency"]["ticks_share"] == {"0": 0.75, "3": 0.25}
+    assert data["measured_latency"]["lead_ticks"] == 3  # p99 of the samples: 3 ticks
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "is not the JSON of `edgevla profile ... --json`"),
+    ('{"latency_ms": {}}', "is not the JSON of `edgevla profile ... --json`"),
+    ('{"latency_samples_ms": []}', "must be a non-empty list of milliseconds >= 0"),
+    ('{"latency_samples_ms": [3, -1]}', "must be a non-empty list of milliseconds >= 0"),
+    ('{"latency_samples_ms": [true]}', "must be a non-empty list of milliseconds >= 0"),
+])
+def test_eval_refuses_latency_samples_it_cannot_use(capsys, tiny_bundle, tmp_path, text, message):
+    path = tmp_path / "profile.json"
+    path.write_text(text)
+    code, _, err = run(capsys, "eval", str(tiny_bundle.bundle), "-n", "2", "--latency-from", str(path))
+    assert code == 2 and message in one_line_error(err)
+    code, _, err = run(capsys, "eval", str(tiny_bundle.bundle), "-n", "2", "--latency-from", str(tmp_path / "none"))
+    assert code == 2 and "cannot read" in one_line_error(err)
 
 
 def test_profile_runs_the_robots_loop(capsys, tiny_bundle):

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from edgevla.control import (ChunkController, SimulatedLatency, TemporalEnsemble, ThreadedInference, latency_ticks,
-                             run_paced)
+from edgevla.control import (ChunkController, SampledLatency, SimulatedLatency, TemporalEnsemble, ThreadedInference,
+                             latency_ticks, run_paced)
 from edgevla.errors import EdgevlaError
 from edgevla.task import TaskConfig, evaluate
 from edgevla.task.tabletop import TabletopEnv, clip_norm
@@ -211,6 +211,27 @@ def test_bad_chunks_and_latencies_are_refused():
         short.step({})
 
 
+def test_sampled_latency_draws_each_querys_ticks_from_the_measured_ones():
+    sampled = SampledLatency([0, 3, 3], seed=7)
+    delays = [sampled.delay() for _ in range(600)]
+    assert set(delays) == {0, 3} and 0.6 < delays.count(3) / len(delays) < 0.73  # as often as listed
+    again = SampledLatency([0, 3, 3], seed=7)
+    assert [again.delay() for _ in range(600)] == delays  # seeded: the same draws in the same order
+    controller = ChunkController(NumberedChunks(), execute=2, inference=SampledLatency([0, 3], seed=7))
+    schedule(controller, 400)
+    assert 0 < controller.stats.mean_delay_ticks < 3 and controller.stats.max_delay_ticks == 3
+    # one value to draw from is that fixed latency
+    fixed, _ = simulated(execute=4, lead=2, latency=2)
+    drawn = ChunkController(NumberedChunks(), execute=4, lead=2, inference=SampledLatency([2, 2, 2]))
+    assert schedule(drawn, 20) == schedule(fixed, 20)
+
+
+@pytest.mark.parametrize("draws", [[], [-1], [1.5], [True]])
+def test_sampled_latency_refuses_what_is_not_ticks(draws):
+    with pytest.raises(EdgevlaError, match="no latencies|whole numbers of ticks"):
+        SampledLatency(draws)
+
+
 @pytest.mark.parametrize("ms, hz, ticks", [(0, 50, 0), (19, 50, 0), (20, 50, 0), (20.5, 50, 1), (25, 50, 1),
                                            (45, 50, 2), (33.3, 30, 0), (33.4, 30, 1), (100, 10, 0), (250, 10, 2)])
 def test_latency_in_ticks(ms, hz, ticks):
@@ -341,6 +362,19 @@ def test_temporal_ensembling_in_closed_loop(tiny_policy):
     assert first.success_rate >= 0.9 and first == evaluate(tiny_policy, CFG, episodes=20, seed=5, ensemble=0.01)
     late = evaluate(tiny_policy, CFG, episodes=20, seed=5, ensemble=0.01, latency_ticks=2)
     assert late.success_rate >= 0.9 and late.mean_steps > first.mean_steps
+
+
+def test_latency_drawn_from_one_value_is_that_latency_and_a_mixture_lies_between(tiny_policy):
+    for asynchronous in (False, True):
+        fixed = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_ticks=2, asynchronous=asynchronous)
+        drawn = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_ticks=2, asynchronous=asynchronous,
+                         latency_draws=[2, 2])
+        assert drawn == fixed
+    none = evaluate(tiny_policy, CFG, episodes=20, seed=5)
+    late = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_ticks=3)
+    mixed = evaluate(tiny_policy, CFG, episodes=20, seed=5, latency_draws=[0, 3])
+    # synchronous: every held tick is a step; some queries hold 3 ticks, some none
+    assert none.mean_steps < mixed.mean_steps < late.mean_steps
 
 
 def test_asynchronous_latency_keeps_moving(tiny_policy):

@@ -12,7 +12,7 @@ the query's latency in control ticks simulated.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,7 +40,8 @@ class EvalResult:
 def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int = 10_000,
              execute: int = 4, batch: int = 50, blank: str | None = None,
              progress: Callable[[int], None] | None = None, latency_ticks: int = 0,
-             asynchronous: bool = False, ensemble: float | None = None) -> EvalResult:
+             asynchronous: bool = False, ensemble: float | None = None,
+             latency_draws: Sequence[int] | None = None) -> EvalResult:
     """Success rate of ``policy`` over ``episodes`` seeded episodes.
 
     The same ``seed`` gives the same scenes and start states to every policy,
@@ -52,14 +53,17 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
     before it is spent (:class:`~edgevla.control.ChunkController`). With
     ``ensemble`` = m the chunks are not executed in turn but temporally
     ensembled, a query as soon as the last is in (:class:`~edgevla.control.TemporalEnsemble`;
-    ``execute`` and ``asynchronous`` do not apply).
+    ``execute`` and ``asynchronous`` do not apply). With ``latency_draws`` each
+    query's latency is drawn from these ticks instead (measured latencies: their
+    jitter too; :class:`~edgevla.control.SampledLatency`, seeded per batch of
+    episodes, one draw a query, which the batch's episodes share),
+    ``latency_ticks`` still being the lead of an asynchronous schedule.
     """
-    from ..control import ChunkController, SimulatedLatency, TemporalEnsemble
+    from ..control import ChunkController, SampledLatency, SimulatedLatency, TemporalEnsemble
 
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     execute = max(1, min(execute, cfg.chunk_size))
-    inference = SimulatedLatency(latency_ticks)
 
     def as_float64(obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(policy(obs), dtype=np.float64)
@@ -70,6 +74,8 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
         env = TabletopEnv(cfg, n, seed=seed + start)
+        inference = (SimulatedLatency(latency_ticks) if latency_draws is None
+                     else SampledLatency(latency_draws, seed=seed + start))
         controller = (TemporalEnsemble(as_float64, m=ensemble, inference=inference) if ensemble is not None else
                       ChunkController(as_float64, execute=execute, lead=latency_ticks if asynchronous else 0,
                                       inference=inference))
