@@ -115,6 +115,39 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--allow-pickle", action="store_true")
     pr.add_argument("--json", action="store_true")
 
+    se = sub.add_parser("search", help="build a policy several ways for a target, compare, pick the one to ship")
+    se.add_argument("--target", "-t", required=True, help="target name or alias (see `edgevla targets`) or a YAML path")
+    se.add_argument("--try", dest="candidates", action="append", required=True, metavar="CANDIDATE",
+                    help="a compression to build (repeatable): a --prune shorthand, a --quantize format, or both "
+                         "joined by +, e.g. 2:4, w8a8, 2:4+w8a8, structured:0.3:blocks+w8a8")
+    se.add_argument("--policy", "-p", help="zoo name, module:factory, or checkpoint (default: the recipe's, else "
+                                           "tiny-vla)")
+    se.add_argument("--recipe", "-r", help="recipe YAML for every candidate")
+    se.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe value for every candidate (repeatable), e.g. evaluate.tolerance.max_ticks=3")
+    se.add_argument("--tolerate", metavar="SCHEDULE:TICKS",
+                    help="pick only a candidate whose build proved success at this latency in this schedule "
+                         "(sets evaluate.tolerance.max_ticks to at least TICKS for every candidate)")
+    se.add_argument("--output", "-o", help="directory of the candidates' bundles and search.json "
+                                           "(default: bundles/search-<target>)")
+    se.add_argument("--allow-pickle", action="store_true", help="accept a pickle checkpoint (runs code from the file)")
+    se.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("compare", help="bundles side by side (success, latency, E(M), budgets, latency "
+                                       "tolerated), and the one to ship")
+    c.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    c.add_argument("--measure", choices=("torch", "onnxruntime", "native"), metavar="BACKEND",
+                   help="also time every bundle here, in one run with this backend (torch, onnxruntime, native): "
+                        "rounds timing each in turn, medians")
+    c.add_argument("--tolerate", metavar="SCHEDULE:TICKS",
+                   help="pick only among bundles whose build proved success at this latency in this schedule "
+                        "(sync, async or ensemble; evaluate.tolerance.max_ticks), e.g. async:2")
+    c.add_argument("--runs", type=int, default=50, help="--measure: calls per bundle and round (50)")
+    c.add_argument("--warmup", type=int, default=5, help="--measure: calls first, untimed (5)")
+    c.add_argument("--rounds", type=int, default=3, help="--measure: rounds (3)")
+    c.add_argument("--threads", type=int, help="--measure: CPU threads (default: all cores)")
+    c.add_argument("--json", action="store_true")
+
     i = sub.add_parser("inspect", help="what is inside a bundle, and whether every hash matches")
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")

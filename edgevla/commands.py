@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgevlaError
+from .errors import EdgevlaError, GateFailed
 
 class _Out:
     """stdout through rich; wide enough off a terminal that tables are not cut."""
@@ -472,6 +472,109 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
 
 
 # --------------------------------------------------------------------------- inspect
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .progress import ConsoleProgress, Progress
+    from .recipe import parse_assignments
+    from .search import search
+    from .targets import load_target
+
+    tolerate = _tolerate_arg(args.tolerate)
+    output = args.output or str(Path("bundles") / f"search-{load_target(args.target).name}")
+    data = search(args.target, args.candidates, output, policy=args.policy, recipe=args.recipe,
+                  overrides=parse_assignments(args.set), allow_pickle=args.allow_pickle, tolerate=tolerate,
+                  progress=Progress() if args.json else ConsoleProgress())
+    if args.json:
+        _json(data)
+    else:
+        for record in data["candidates"]:
+            if record["error"] is not None:
+                out.print(f"candidate {record['candidate']}: not built ({record['error']})")
+        if data["compare"] is not None:
+            _print_comparison(data["compare"], None)
+        out.print(f"search: {Path(output) / 'search.json'}")
+    if data["pick"] is None:
+        raise GateFailed("search: no candidate is within every budget of the target"
+                         + ("" if tolerate is None else f" and proven at {tolerate[1]} tick(s) {tolerate[0]}"))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_bundles
+
+    if args.measure is None and (args.threads is not None or any(
+            getattr(args, flag) != default for flag, default in (("runs", 50), ("warmup", 5), ("rounds", 3)))):
+        raise EdgevlaError("--runs, --warmup, --rounds and --threads time the bundles here: add --measure BACKEND")
+    data = compare_bundles(args.bundles, args.measure, runs=args.runs, warmup=args.warmup, rounds=args.rounds,
+                           threads=args.threads, tolerate=_tolerate_arg(args.tolerate))
+    if args.json:
+        _json(data)
+        return 0
+    _print_comparison(data, args)
+    return 0
+
+
+def _print_comparison(data: Mapping[str, Any], args: argparse.Namespace | None) -> None:
+    """compare's tables and pick line (and search's): ``args`` the compare command's, for --measure."""
+    rows = data["bundles"]
+    table = Table(title="bundles side by side: each report's figures, measured where it was built; latency "
+                        "batch 1, the report's reference backend")
+    for col in ("bundle", "compression", "nonzero params", "ONNX MB", "success (vs original)", "p50 / p99 ms",
+                "speed-up", "E(M)", "budgets", "latency tolerated, ticks"):
+        table.add_column(col, justify="left" if col in ("bundle", "compression", "budgets") else "right")
+    for r in rows:
+        table.add_row(Path(r["bundle"]).name, r["compression"], f"{r['params_nonzero']:,}",
+                      f"{r['onnx_bytes'] / 1e6:.2f}", _success_cell(r),
+                      "n/a" if r["p50_ms"] is None else f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f}",
+                      "n/a" if r["speedup_p50"] is None else f"{r['speedup_p50']:.2f}x",
+                      "n/a" if r["efficiency_E"] is None else f"{r['efficiency_E']:.3g}",
+                      {True: "within", None: "unchecked"}.get(r["within_budgets"],
+                                                              "over: " + ", ".join(r["failed_budgets"])),
+                      _tolerated_cell(r["tolerated"]))
+    out.print(table)
+    if args is not None and args.measure is not None:
+        measured = Table(title=f"measured here, one run: {args.measure}, batch 1, {args.rounds} rounds x "
+                               f"{args.runs} calls")
+        for col in ("bundle", "p50 ms", "p99 ms", "vs fastest"):
+            measured.add_column(col, justify="left" if col == "bundle" else "right")
+        for r in rows:
+            m = r["measured"]
+            measured.add_row(Path(r["bundle"]).name, f"{m['p50_ms']:.3f}", f"{m['p99_ms']:.3f}",
+                             f"{m['vs_fastest']:.2f}x")
+        out.print(measured)
+    for said in data["differences"]:
+        out.print(f"note: {said}: their report figures are not like for like")
+    tolerate = data["tolerate"]
+    proven = "" if tolerate is None else f", proven at {tolerate['ticks']} tick(s) {tolerate['schedule']}"
+    out.print(f"pick: {data['pick']} (the highest E(M) within every budget of its target{proven})" if data["pick"]
+              else f"pick: none (no bundle is within every budget of its target with a closed-loop success "
+                   f"rate{proven})")
+
+
+def _tolerate_arg(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    schedule, _, ticks = text.partition(":")
+    if schedule not in ("sync", "async", "ensemble") or not ticks.isdigit():
+        raise EdgevlaError(f"--tolerate: expected SCHEDULE:TICKS with a schedule of sync, async or ensemble, "
+                           f"like async:2, got {text!r}")
+    return schedule, int(ticks)
+
+
+def _success_cell(row: Mapping[str, Any]) -> str:
+    if row["success_rate"] is None:
+        return "n/a"
+    original = row["original_success_rate"]
+    return f"{row['success_rate']:.1%}" + ("" if original is None else
+                                           f" ({100 * (row['success_rate'] - original):+.1f} pt)")
+
+
+def _tolerated_cell(tolerated: Mapping[str, Any] | None) -> str:
+    if tolerated is None:
+        return "not measured"
+    return ", ".join(f"{s} {'none' if t['ticks'] is None else ('>=' if t['at_least'] else '') + str(t['ticks'])}"
+                     for s, t in tolerated.items())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
