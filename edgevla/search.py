@@ -14,15 +14,15 @@ comparison and the pick.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bench import write_json
 from .errors import EdgevlaError
 from .progress import Progress
-from .recipe import QUANTIZE_FORMATS, prune_shorthand, quantize_shorthand
+from .recipe import QUANTIZE_FORMATS, ToleranceConfig, prune_shorthand, quantize_shorthand
 
 
 def candidate_overrides(candidate: str) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def candidate_overrides(candidate: str) -> dict[str, Any]:
     return overrides
 
 
-def _measuring(tolerance: Any, tolerate: tuple[str, int] | None) -> dict[str, Any]:
+def _measuring(tolerance: ToleranceConfig, tolerate: tuple[str, int] | None) -> dict[str, Any]:
     """Overrides that make a build measure the latency tolerance ``tolerate`` asks about, where its recipe's
     ``evaluate.tolerance`` (``tolerance``) would not: the ticks raised to it, the schedule added."""
     if tolerate is None:
@@ -102,6 +102,5 @@ def search(target: str, candidates: Sequence[str], output: str | Path, *, policy
     comparison = compared([row_of(b) for b in built], tolerate) if built else None
     result = {"target": target, "policy": policy, "candidates": records,
               "compare": comparison, "pick": comparison["pick"] if comparison else None}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out / "search.json")  # whole or not at all
     return result
