@@ -136,9 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="bundles side by side (success, latency, E(M), budgets, latency "
                                        "tolerated), and the one to ship")
     c.add_argument("bundles", nargs="+", metavar="BUNDLE")
-    c.add_argument("--measure", choices=("torch", "onnxruntime", "native"), metavar="BACKEND",
-                   help="also time every bundle here, in one run with this backend (torch, onnxruntime, native): "
-                        "rounds timing each in turn, medians")
+    c.add_argument("--measure", choices=("torch", "onnxruntime", "native", "tensorrt"), metavar="BACKEND",
+                   help="also time every bundle here (on the robot's computer), in one run with this backend "
+                        "(torch, onnxruntime, native, tensorrt): rounds timing each in turn, medians; the pick then "
+                        "weighs that latency (E(M) with its p50, the latency budget on its p99)")
     c.add_argument("--tolerate", metavar="SCHEDULE:TICKS",
                    help="pick only among bundles whose build proved success at this latency in this schedule "
                         "(sync, async or ensemble; evaluate.tolerance.max_ticks), e.g. async:2")

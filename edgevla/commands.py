@@ -536,17 +536,20 @@ def _print_comparison(data: Mapping[str, Any], args: argparse.Namespace | None) 
     if args is not None and args.measure is not None:
         measured = Table(title=f"measured here, one run: {args.measure}, batch 1, {args.rounds} rounds x "
                                f"{args.runs} calls")
-        for col in ("bundle", "p50 ms", "p99 ms", "vs fastest"):
+        for col in ("bundle", "p50 ms", "p99 ms", "vs fastest", "E(M) here", "latency budget"):
             measured.add_column(col, justify="left" if col == "bundle" else "right")
         for r in rows:
             m = r["measured"]
             measured.add_row(Path(r["bundle"]).name, f"{m['p50_ms']:.3f}", f"{m['p99_ms']:.3f}",
-                             f"{m['vs_fastest']:.2f}x")
+                             f"{m['vs_fastest']:.2f}x",
+                             "n/a" if m["efficiency_E"] is None else f"{m['efficiency_E']:.3g}",
+                             {True: "within", False: "over", None: "unchecked"}[m["within_latency_budget"]])
         out.print(measured)
     for said in data["differences"]:
         out.print(f"note: {said}: their report figures are not like for like")
     tolerate = data["tolerate"]
     proven = "" if tolerate is None else f", proven at {tolerate['ticks']} tick(s) {tolerate['schedule']}"
+    proven += ", latency measured here" if data["latency_weighed"] == "measured here" else ""
     out.print(f"pick: {data['pick']} (the highest E(M) within every budget of its target{proven})" if data["pick"]
               else f"pick: none (no bundle is within every budget of its target with a closed-loop success "
                    f"rate{proven})")

@@ -9,10 +9,14 @@ efficiency score E(M), whether it met every budget of its target, and the
 latency it was proven to tolerate in each schedule. :func:`pick` names the
 bundle with the highest E(M) among those within their budgets.
 
-Reports record latency on the machine that built them. With ``measure`` the
-bundles' latency is measured again here, in one run: rounds that time every
-bundle in turn (median of ``runs`` calls each, after warm-up; the figure is
-the median over rounds), so a drift of a shared machine hits all alike.
+Reports record latency on the machine that built them, which for a GPU or
+Jetson target is not the robot's. With ``measure`` the bundles' latency is
+measured again here (on the robot's computer: ``--measure tensorrt`` or
+``native``), in one run: rounds that time every bundle in turn (median of
+``runs`` calls each, after warm-up; the figure is the median over rounds), so
+a drift of a shared machine hits all alike. The pick then weighs that
+latency: E(M) with the measured p50 for T, and the latency budget checked
+against the measured p99.
 """
 
 from __future__ import annotations
@@ -45,12 +49,34 @@ class BundleRow:
     p99_ms: float | None
     speedup_p50: float | None
     efficiency_E: float | None
-    within_budgets: bool | None  # None: a budget could not be checked (no success rate)
-    failed_budgets: list[str] = field(default_factory=list)
+    budgets: dict[str, bool | None] = field(default_factory=dict)  # the report's checks: name -> ok (None: unchecked)
+    efficiency: dict[str, Any] | None = None  # the report's E(M) and its inputs (P, C_gflops, M_gb, T_ms, weights)
+    latency_budget_ms: float | None = None  # the target's, against p99
     # schedule -> {"ticks": the most tolerated (None: not even 0), "at_least": held to the probe's end}; None: not
     # measured (evaluate.tolerance.max_ticks: 0)
     tolerated: dict[str, dict[str, Any]] | None = None
     measured: dict[str, Any] | None = None  # this host, this run (measure=True)
+
+    @property
+    def within_budgets(self) -> bool | None:
+        """Within every budget of the target, as the report checked them (None: one could not be checked)."""
+        return within(self.budgets)
+
+    @property
+    def failed_budgets(self) -> list[str]:
+        return [name for name, ok in self.budgets.items() if ok is False]
+
+    @property
+    def deciding_E(self) -> float | None:
+        """E(M) as the pick weighs it: with the latency measured here where it was, else the report's."""
+        return self.measured["efficiency_E"] if self.measured is not None else self.efficiency_E
+
+    @property
+    def deciding_within(self) -> bool | None:
+        """Within every budget, the latency one judged on the p99 measured here where it was."""
+        if self.measured is None:
+            return self.within_budgets
+        return within({**self.budgets, "latency_p99_ms": self.measured["within_latency_budget"]})
 
     @property
     def success_loss(self) -> float | None:
@@ -59,7 +85,14 @@ class BundleRow:
         return self.original_success_rate - self.success_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "success_loss": self.success_loss}
+        return {**asdict(self), "success_loss": self.success_loss, "within_budgets": self.within_budgets,
+                "failed_budgets": self.failed_budgets}
+
+
+def within(budgets: Mapping[str, bool | None]) -> bool | None:
+    """False if a budget is exceeded, else None if one could not be checked, else True."""
+    oks = list(budgets.values())
+    return False if False in oks else None if None in oks else True
 
 
 def compression_of(recipe: Mapping[str, Any]) -> str:
@@ -99,8 +132,7 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
     backend = built.get("reference_backend")
     latency = built["latency"].get(backend) if backend else None
     checks = report.get("budget_checks", {})
-    failed = [name for name, check in checks.items() if check.get("ok") is False]
-    unknown = any(check.get("ok") is None for check in checks.values())
+    budgets = {name: check.get("ok") for name, check in checks.items()}
     tolerance = report.get("extra", {}).get("latency_tolerance")
     return BundleRow(
         bundle=path, policy=manifest["policy"]["name"], target=report["target"]["name"],
@@ -110,7 +142,9 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
         latency_backend=backend, p50_ms=latency["p50_ms"] if latency else None,
         p99_ms=latency["p99_ms"] if latency else None, speedup_p50=report.get("speedup_p50"),
         efficiency_E=(report.get("efficiency", {}).get("built") or {}).get("E"),
-        within_budgets=False if failed else None if unknown else True, failed_budgets=failed,
+        budgets=budgets,
+        efficiency=report.get("efficiency", {}).get("built"),
+        latency_budget_ms=checks.get("latency_p99_ms", {}).get("limit"),
         tolerated=({s: {"ticks": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
                     for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None))
 
@@ -137,10 +171,11 @@ def tolerates(row: BundleRow, schedule: str, ticks: int) -> bool:
 def pick(rows: Sequence[BundleRow], tolerate: tuple[str, int] | None = None) -> BundleRow | None:
     """The bundle with the highest E(M) among those within every budget of their target and, with
     ``tolerate`` = (schedule, ticks), proven at that latency; None if none is (or none has an E(M): a policy
-    without closed-loop success). Ties go to the first listed."""
-    eligible = [r for r in rows if r.within_budgets and r.efficiency_E is not None
+    without closed-loop success). Latency measured here, where it was, stands in for the report's (see
+    :attr:`BundleRow.deciding_E`). Ties go to the first listed."""
+    eligible = [r for r in rows if r.deciding_within and r.deciding_E is not None
                 and (tolerate is None or tolerates(r, *tolerate))]
-    return max(eligible, key=lambda r: r.efficiency_E, default=None)
+    return max(eligible, key=lambda r: r.deciding_E, default=None)
 
 
 def measure_here(rows: Sequence[BundleRow], backend: str, *, runs: int, warmup: int, rounds: int,
@@ -149,6 +184,7 @@ def measure_here(rows: Sequence[BundleRow], backend: str, *, runs: int, warmup: 
     fills ``row.measured`` with the median p50 over rounds, the worst p99, and the ratio to the fastest."""
     from .bundle import load_bundle
     from .deploy import bundle_runner
+    from .metrics.efficiency import efficiency_score
     from .metrics.latency import measure_latency
     from .pipeline import batch_of, heldout_observations
 
@@ -173,8 +209,13 @@ def measure_here(rows: Sequence[BundleRow], backend: str, *, runs: int, warmup: 
     medians = [statistics.median(v) for v in p50s]
     fastest = min(medians)
     for row, p50, p99 in zip(rows, medians, p99s):
-        row.measured = {"backend": backend, "p50_ms": p50, "p99_ms": max(p99), "vs_fastest": p50 / fastest,
-                        "runs": runs, "rounds": rounds, "threads": threads}
+        e = row.efficiency
+        row.measured = {
+            "backend": backend, "p50_ms": p50, "p99_ms": max(p99), "vs_fastest": p50 / fastest, "runs": runs,
+            "rounds": rounds, "threads": threads,
+            "efficiency_E": None if e is None or p50 <= 0 else efficiency_score(
+                e["P"], e["C_gflops"], e["M_gb"], p50, e["alpha"], e["beta"], e["gamma"]).E,
+            "within_latency_budget": None if row.latency_budget_ms is None else max(p99) <= row.latency_budget_ms}
 
 
 def compare_bundles(paths: Sequence[str | Path], measure: str | None = None, *, runs: int = 50, warmup: int = 5,
@@ -194,5 +235,6 @@ def compared(rows: Sequence[BundleRow], tolerate: tuple[str, int] | None = None)
     """The rows as JSON-ready dicts, the pick and what differs between them."""
     best = pick(rows, tolerate)
     return {"bundles": [r.to_dict() for r in rows], "pick": best.bundle if best else None,
+            "latency_weighed": "measured here" if any(r.measured is not None for r in rows) else "each report's",
             "tolerate": None if tolerate is None else {"schedule": tolerate[0], "ticks": tolerate[1]},
             "differences": differences(rows)}

@@ -8,6 +8,7 @@ import pytest
 
 from edgevla.cli import main
 from edgevla.compare import BundleRow, compare_bundles, compression_of, differences, pick, tolerates
+from edgevla.metrics.efficiency import efficiency_score
 from edgevla.pipeline import BuildRequest, build
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -21,11 +22,11 @@ def w8a8_bundle(tmp_path_factory, fast):
         "evaluate.tolerance.schedules": ["async"]}))
 
 
-def row(name: str, e: float | None, within: bool | None = True, **kw) -> BundleRow:
+def row(name: str, e: float | None, latency_ok: bool | None = True, **kw) -> BundleRow:
     return BundleRow(bundle=name, policy="tiny-vla", target="jetson-agx-orin", host_cpu="cpu", compression="none",
                      params_nonzero=1, onnx_bytes=1, success_rate=1.0, original_success_rate=1.0,
                      latency_backend="onnxruntime", p50_ms=1.0, p99_ms=1.0, speedup_p50=1.0, efficiency_E=e,
-                     within_budgets=within, **kw)
+                     budgets={"latency_p99_ms": latency_ok, "accuracy_loss": True}, **kw)
 
 
 @pytest.mark.parametrize("recipe, label", [
@@ -42,14 +43,23 @@ def test_compression_is_said_as_the_build_flags_say_it(recipe, label):
 
 def test_the_pick_is_the_best_e_within_budgets_and_proven_latency():
     async2 = {"async": {"ticks": 2, "at_least": False}}
-    rows = [row("a", 10.0), row("over", 50.0, within=False, failed_budgets=["latency_p99_ms"]),
-            row("unchecked", 40.0, within=None), row("no-success", None), row("b", 20.0, tolerated=async2),
-            row("b-tie", 20.0, tolerated=async2)]
+    rows = [row("a", 10.0), row("over", 50.0, latency_ok=False), row("unchecked", 40.0, latency_ok=None),
+            row("no-success", None), row("b", 20.0, tolerated=async2), row("b-tie", 20.0, tolerated=async2)]
+    assert (rows[1].within_budgets, rows[1].failed_budgets, rows[2].within_budgets) == (False, ["latency_p99_ms"],
+                                                                                        None)
     assert pick(rows).bundle == "b"  # ties go to the first listed
     assert pick(rows, ("async", 2)).bundle == "b" and pick(rows, ("async", 3)) is None
     assert pick(rows, ("sync", 0)) is None  # no build measured sync: nothing is proven there
     assert pick(rows[:4]).bundle == "a"
     assert not tolerates(row("none", 1.0, tolerated={"async": {"ticks": None, "at_least": False}}), "async", 0)
+    # latency measured here stands in for the report's: E(M) with it, and the latency budget on its p99
+    rows[1].measured = {"efficiency_E": 50.0, "within_latency_budget": True}
+    rows[4].measured = {"efficiency_E": 5.0, "within_latency_budget": True}
+    assert pick(rows).bundle == "over"
+    rows[1].measured["within_latency_budget"] = False
+    assert pick(rows).bundle == "b-tie"  # b's measured E(M) is 5 now
+    for r in rows:
+        r.measured = None
     assert differences(rows) == []
     other = row("x", 1.0)
     other.policy, other.host_cpu = "small-vla", "arm"
@@ -88,6 +98,12 @@ def test_compare_measures_latency_here_in_one_run(capsys, tiny_bundle, w8a8_bund
     assert code == 0 and all(m["backend"] == "onnxruntime" and m["rounds"] == 2 for m in measured)
     assert min(m["vs_fastest"] for m in measured) == 1.0
     assert all(0 < m["p50_ms"] <= m["p99_ms"] for m in measured)
+    assert data["latency_weighed"] == "measured here"
+    for r in data["bundles"]:  # E(M) again with the measured p50; the latency budget on the measured p99
+        e, m = r["efficiency"], r["measured"]
+        assert m["efficiency_E"] == pytest.approx(efficiency_score(
+            e["P"], e["C_gflops"], e["M_gb"], m["p50_ms"], e["alpha"], e["beta"], e["gamma"]).E)
+        assert m["within_latency_budget"] == (m["p99_ms"] <= r["latency_budget_ms"]) and r["latency_budget_ms"] == 25
     code = main(["compare", str(tiny_bundle.bundle), str(w8a8_bundle.bundle), "--tolerate", "async:1"])
     out = capsys.readouterr().out.replace("\n", " ")
     assert code == 0 and "pick:" in out and "proven at 1 tick(s) async" in out and "not measured" in out
