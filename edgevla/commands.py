@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 import sys
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -471,7 +471,7 @@ def _profile_runner(args: argparse.Namespace, scratch: Path):
     return runner, loaded.name, "x86-64-cpu"
 
 
-# --------------------------------------------------------------------------- inspect
+# --------------------------------------------------------------------------- search and compare
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -578,6 +578,9 @@ def _tolerated_cell(tolerated: Mapping[str, Any] | None) -> str:
         return "not measured"
     return ", ".join(f"{s} {'none' if t['ticks'] is None else ('>=' if t['at_least'] else '') + str(t['ticks'])}"
                      for s, t in tolerated.items())
+
+
+# --------------------------------------------------------------------------- inspect
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

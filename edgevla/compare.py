@@ -48,14 +48,17 @@ class BundleRow:
     p50_ms: float | None
     p99_ms: float | None
     speedup_p50: float | None
-    efficiency_E: float | None
+    efficiency: dict[str, Any] | None  # the report's E(M) and its inputs (P, C_gflops, M_gb, T_ms, weights)
     budgets: dict[str, bool | None] = field(default_factory=dict)  # the report's checks: name -> ok (None: unchecked)
-    efficiency: dict[str, Any] | None = None  # the report's E(M) and its inputs (P, C_gflops, M_gb, T_ms, weights)
     latency_budget_ms: float | None = None  # the target's, against p99
     # schedule -> {"ticks": the most tolerated (None: not even 0), "at_least": held to the probe's end}; None: not
     # measured (evaluate.tolerance.max_ticks: 0)
     tolerated: dict[str, dict[str, Any]] | None = None
     measured: dict[str, Any] | None = None  # this host, this run (measure=True)
+
+    @property
+    def efficiency_E(self) -> float | None:
+        return None if self.efficiency is None else self.efficiency["E"]
 
     @property
     def within_budgets(self) -> bool | None:
@@ -85,8 +88,8 @@ class BundleRow:
         return self.original_success_rate - self.success_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "success_loss": self.success_loss, "within_budgets": self.within_budgets,
-                "failed_budgets": self.failed_budgets}
+        return {**asdict(self), "efficiency_E": self.efficiency_E, "success_loss": self.success_loss,
+                "within_budgets": self.within_budgets, "failed_budgets": self.failed_budgets}
 
 
 def within(budgets: Mapping[str, bool | None]) -> bool | None:
@@ -141,9 +144,7 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
         success_rate=built.get("success_rate"), original_success_rate=original.get("success_rate"),
         latency_backend=backend, p50_ms=latency["p50_ms"] if latency else None,
         p99_ms=latency["p99_ms"] if latency else None, speedup_p50=report.get("speedup_p50"),
-        efficiency_E=(report.get("efficiency", {}).get("built") or {}).get("E"),
-        budgets=budgets,
-        efficiency=report.get("efficiency", {}).get("built"),
+        efficiency=report.get("efficiency", {}).get("built"), budgets=budgets,
         latency_budget_ms=checks.get("latency_p99_ms", {}).get("limit"),
         tolerated=({s: {"ticks": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
                     for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None))

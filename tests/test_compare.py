@@ -25,7 +25,8 @@ def w8a8_bundle(tmp_path_factory, fast):
 def row(name: str, e: float | None, latency_ok: bool | None = True, **kw) -> BundleRow:
     return BundleRow(bundle=name, policy="tiny-vla", target="jetson-agx-orin", host_cpu="cpu", compression="none",
                      params_nonzero=1, onnx_bytes=1, success_rate=1.0, original_success_rate=1.0,
-                     latency_backend="onnxruntime", p50_ms=1.0, p99_ms=1.0, speedup_p50=1.0, efficiency_E=e,
+                     latency_backend="onnxruntime", p50_ms=1.0, p99_ms=1.0, speedup_p50=1.0,
+                     efficiency=None if e is None else {"E": e},
                      budgets={"latency_p99_ms": latency_ok, "accuracy_loss": True}, **kw)
 
 
