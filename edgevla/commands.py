@@ -178,9 +178,10 @@ def _eval_latencies(args: argparse.Namespace, control_rate_hz: float | None) -> 
 def _measured_latency(path: str, control_rate_hz: float | None) -> tuple[list[int], dict[str, Any]]:
     """The ticks each latency sample of a profile's JSON misses at the policy's control rate, and what they
     are: their count, p50 / p99 / max in ms, the share of each tick count, and the p99's ticks (the lead)."""
-    import numpy as np
+    from collections import Counter
 
     from .control import latency_ticks
+    from .metrics.latency import LatencyStats
 
     if not control_rate_hz:
         raise EdgevlaError("--latency-from needs the bundle's control rate, and its manifest has none")
@@ -196,11 +197,11 @@ def _measured_latency(path: str, control_rate_hz: float | None) -> tuple[list[in
                        for v in samples)):
         raise EdgevlaError(f"{path!r}: latency_samples_ms must be a non-empty list of milliseconds >= 0")
     draws = [latency_ticks(v, control_rate_hz) for v in samples]
-    p50, p99 = (float(v) for v in np.percentile(samples, [50, 99]))
-    counts = np.bincount(draws)
-    return draws, {"file": str(path), "samples": len(samples), "p50_ms": p50, "p99_ms": p99,
-                   "max_ms": float(max(samples)), "lead_ticks": latency_ticks(p99, control_rate_hz),
-                   "ticks_share": {str(t): float(c / len(draws)) for t, c in enumerate(counts) if c}}
+    stats = LatencyStats.from_samples(samples)
+    counts = Counter(draws)
+    return draws, {"file": str(path), "samples": len(samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
+                   "max_ms": stats.max_ms, "lead_ticks": latency_ticks(stats.p99_ms, control_rate_hz),
+                   "ticks_share": {str(t): counts[t] / len(draws) for t in sorted(counts)}}
 
 
 def _measured_latency_said(measured: Mapping[str, Any], schedule: str) -> str:
@@ -345,14 +346,13 @@ def _tolerance_fit(model: str, p99_ticks: int) -> dict[str, Any] | None:
 
 
 def _tolerance_fit_line(fit: Mapping[str, Any]) -> str:
-    def tolerated(c: Mapping[str, Any]) -> str:
-        return "none" if c["tolerated"] is None else f"{'>= ' if c['at_least'] else ''}{c['tolerated']}"
+    from .task.tolerance import tolerated_said
 
     groups = {verdict: [s for s, c in fit["schedules"].items() if c["fits"] is verdict]
               for verdict in (True, False, None)}
     said = {True: "holds for", False: "not proven for", None: f"not probed (past {fit['max_ticks']} ticks) for"}
     return (f"closed-loop success >= {fit['floor']:.1%} proven by the build up to: "
-            + ", ".join(f"{s} {tolerated(c)}" for s, c in fit["schedules"].items())
+            + ", ".join(f"{s} {tolerated_said(c['tolerated'], c['at_least'])}" for s, c in fit["schedules"].items())
             + f" ticks of latency; at this p99 ({fit['p99_ticks']} tick(s)): "
             + "; ".join(f"{said[v]} {', '.join(names)}" for v, names in groups.items() if names))
 
@@ -574,10 +574,11 @@ def _success_cell(row: Mapping[str, Any]) -> str:
 
 
 def _tolerated_cell(tolerated: Mapping[str, Any] | None) -> str:
+    from .task.tolerance import tolerated_said
+
     if tolerated is None:
         return "not measured"
-    return ", ".join(f"{s} {'none' if t['ticks'] is None else ('>=' if t['at_least'] else '') + str(t['ticks'])}"
-                     for s, t in tolerated.items())
+    return ", ".join(f"{s} {tolerated_said(t['tolerated'], t['at_least'])}" for s, t in tolerated.items())
 
 
 # --------------------------------------------------------------------------- inspect

@@ -51,8 +51,8 @@ class BundleRow:
     efficiency: dict[str, Any] | None  # the report's E(M) and its inputs (P, C_gflops, M_gb, T_ms, weights)
     budgets: dict[str, bool | None] = field(default_factory=dict)  # the report's checks: name -> ok (None: unchecked)
     latency_budget_ms: float | None = None  # the target's, against p99
-    # schedule -> {"ticks": the most tolerated (None: not even 0), "at_least": held to the probe's end}; None: not
-    # measured (evaluate.tolerance.max_ticks: 0)
+    # schedule -> {"tolerated": the most ticks (None: not even 0), "at_least": held to the probe's end}, as the
+    # report has it; None: not measured (evaluate.tolerance.max_ticks: 0)
     tolerated: dict[str, dict[str, Any]] | None = None
     measured: dict[str, Any] | None = None  # this host, this run (measure=True)
 
@@ -146,7 +146,7 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
         p99_ms=latency["p99_ms"] if latency else None, speedup_p50=report.get("speedup_p50"),
         efficiency=report.get("efficiency", {}).get("built"), budgets=budgets,
         latency_budget_ms=checks.get("latency_p99_ms", {}).get("limit"),
-        tolerated=({s: {"ticks": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
+        tolerated=({s: {"tolerated": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
                     for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None))
 
 
@@ -166,7 +166,7 @@ def tolerates(row: BundleRow, schedule: str, ticks: int) -> bool:
     """Whether the bundle's build proved its success at ``ticks`` of latency in ``schedule`` (False where the
     build did not measure it, or probed less)."""
     proven = (row.tolerated or {}).get(schedule)
-    return proven is not None and proven["ticks"] is not None and proven["ticks"] >= ticks
+    return proven is not None and proven["tolerated"] is not None and proven["tolerated"] >= ticks
 
 
 def pick(rows: Sequence[BundleRow], tolerate: tuple[str, int] | None = None) -> BundleRow | None:
@@ -186,7 +186,7 @@ def measure_here(rows: Sequence[BundleRow], backend: str, *, runs: int, warmup: 
     from .bundle import load_bundle
     from .deploy import bundle_runner
     from .metrics.efficiency import efficiency_score
-    from .metrics.latency import measure_latency
+    from .metrics.latency import time_in_rounds
     from .pipeline import batch_of, heldout_observations
 
     if runs < 1 or warmup < 0 or rounds < 1:
@@ -197,26 +197,22 @@ def measure_here(rows: Sequence[BundleRow], backend: str, *, runs: int, warmup: 
             bundle = load_bundle(row.bundle)
             obs = batch_of(heldout_observations(bundle.spec, 8), 0, 1)
             runners.append((bundle_runner(bundle, backend, threads), obs))
-        p50s: list[list[float]] = [[] for _ in rows]
-        p99s: list[list[float]] = [[] for _ in rows]
-        for _ in range(rounds):
-            for i, (runner, obs) in enumerate(runners):
-                stats = measure_latency(lambda runner=runner, obs=obs: runner(obs), warmup=warmup, runs=runs)
-                p50s[i].append(stats.p50_ms)
-                p99s[i].append(stats.p99_ms)
+        timed = time_in_rounds({str(i): (lambda runner=runner, obs=obs: runner(obs))
+                                for i, (runner, obs) in enumerate(runners)}, rounds=rounds, runs=runs, warmup=warmup)
     finally:
         for runner, _ in runners:
             runner.close()
-    medians = [statistics.median(v) for v in p50s]
+    medians = [statistics.median(s.p50_ms for s in timed[str(i)]) for i in range(len(rows))]
     fastest = min(medians)
-    for row, p50, p99 in zip(rows, medians, p99s):
+    for i, (row, p50) in enumerate(zip(rows, medians)):
+        p99 = max(s.p99_ms for s in timed[str(i)])
         e = row.efficiency
         row.measured = {
-            "backend": backend, "p50_ms": p50, "p99_ms": max(p99), "vs_fastest": p50 / fastest, "runs": runs,
+            "backend": backend, "p50_ms": p50, "p99_ms": p99, "vs_fastest": p50 / fastest, "runs": runs,
             "rounds": rounds, "threads": threads,
             "efficiency_E": None if e is None or p50 <= 0 else efficiency_score(
                 e["P"], e["C_gflops"], e["M_gb"], p50, e["alpha"], e["beta"], e["gamma"]).E,
-            "within_latency_budget": None if row.latency_budget_ms is None else max(p99) <= row.latency_budget_ms}
+            "within_latency_budget": None if row.latency_budget_ms is None else p99 <= row.latency_budget_ms}
 
 
 def compare_bundles(paths: Sequence[str | Path], measure: str | None = None, *, runs: int = 50, warmup: int = 5,

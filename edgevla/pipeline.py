@@ -73,7 +73,7 @@ from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConf
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import TabletopEnv, TaskConfig, evaluate, fixed_split
-from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of
+from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of, tolerated_said
 
 DEFAULT_POLICY = "tiny-vla"
 STAGES = ("load", "analyze", "compress", "export", "verify", "evaluate", "profile", "bundle")
@@ -148,9 +148,8 @@ def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed:
 
 
 def _ticks_tolerated(curve: ToleranceCurve) -> str:
-    k = curve.tolerated
-    return (f"below the floor already at 0 ticks ({curve.success[0]:.1%})" if k is None else
-            f"{'>= ' if curve.probed_to_the_end else ''}{k} tick(s) ({' '.join(f'{s:.1%}' for s in curve.success)})")
+    return (f"{tolerated_said(curve.tolerated, curve.probed_to_the_end)} "
+            f"({' '.join(f'{s:.1%}' for s in curve.success)} from 0 ticks)")
 
 
 def resolve_output(output: str | None, policy_name: str, target: Target) -> Path:

@@ -288,7 +288,7 @@ def test_profile_sets_its_latency_against_the_tolerance_the_build_proved(capsys,
                     2: {"sync": True, "async": False, "ensemble": False},
                     3: {"sync": None, "async": False, "ensemble": False}}  # past the probe: not known
     assert _tolerance_fit_line(_tolerance_fit(str(tmp_path), 3)) == (
-        "closed-loop success >= 98.0% proven by the build up to: sync >= 2, async 1, ensemble none ticks of "
+        "closed-loop success >= 98.0% proven by the build up to: sync ≥ 2, async 1, ensemble none ticks of "
         "latency; at this p99 (3 tick(s)): not proven for async, ensemble; not probed (past 2 ticks) for sync")
     # a build that did not measure it, a policy reference, and a report that is not JSON
     assert _tolerance_fit(str(tiny_bundle.bundle), 0) is None and _tolerance_fit("tiny-vla", 0) is None

@@ -43,7 +43,7 @@ def test_compression_is_said_as_the_build_flags_say_it(recipe, label):
 
 
 def test_the_pick_is_the_best_e_within_budgets_and_proven_latency():
-    async2 = {"async": {"ticks": 2, "at_least": False}}
+    async2 = {"async": {"tolerated": 2, "at_least": False}}
     rows = [row("a", 10.0), row("over", 50.0, latency_ok=False), row("unchecked", 40.0, latency_ok=None),
             row("no-success", None), row("b", 20.0, tolerated=async2), row("b-tie", 20.0, tolerated=async2)]
     assert (rows[1].within_budgets, rows[1].failed_budgets, rows[2].within_budgets) == (False, ["latency_p99_ms"],
@@ -52,7 +52,7 @@ def test_the_pick_is_the_best_e_within_budgets_and_proven_latency():
     assert pick(rows, ("async", 2)).bundle == "b" and pick(rows, ("async", 3)) is None
     assert pick(rows, ("sync", 0)) is None  # no build measured sync: nothing is proven there
     assert pick(rows[:4]).bundle == "a"
-    assert not tolerates(row("none", 1.0, tolerated={"async": {"ticks": None, "at_least": False}}), "async", 0)
+    assert not tolerates(row("none", 1.0, tolerated={"async": {"tolerated": None, "at_least": False}}), "async", 0)
     # latency measured here stands in for the report's: E(M) with it, and the latency budget on its p99
     rows[1].measured = {"efficiency_E": 50.0, "within_latency_budget": True}
     rows[4].measured = {"efficiency_E": 5.0, "within_latency_budget": True}
@@ -80,12 +80,12 @@ def test_bundles_side_by_side_from_their_reports(tiny_bundle, w8a8_bundle):
         assert r["p50_ms"] == report["models"]["built"]["latency"]["onnxruntime"]["p50_ms"]
         assert r["within_budgets"] == all(c["ok"] for c in report["budget_checks"].values())
     assert plain["tolerated"] is None and list(w8a8["tolerated"]) == ["async"]
-    assert w8a8["tolerated"]["async"]["ticks"] == (
+    assert w8a8["tolerated"]["async"]["tolerated"] == (
         w8a8_bundle.report["extra"]["latency_tolerance"]["schedules"]["async"]["built"]["tolerated"])
     eligible = [r for r in (plain, w8a8) if r["within_budgets"]]
     assert data["pick"] == max(eligible, key=lambda r: r["efficiency_E"])["bundle"]
     proven = compare_bundles([tiny_bundle.bundle, w8a8_bundle.bundle], tolerate=("async", 1))
-    async_ticks = w8a8["tolerated"]["async"]["ticks"]
+    async_ticks = w8a8["tolerated"]["async"]["tolerated"]
     expected = w8a8["bundle"] if w8a8["within_budgets"] and async_ticks is not None and async_ticks >= 1 else None
     assert proven["pick"] == expected and proven["tolerate"] == {"schedule": "async", "ticks": 1}
     assert data["differences"] == []  # one policy, one target, one machine, one backend

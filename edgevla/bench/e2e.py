@@ -85,7 +85,7 @@ def bench_e2e(bundle_dirs: Sequence[str], *, policy_ref: str | None = None, roun
     from ..backends import make_runner
     from ..bundle import load_bundle
     from ..export import export_onnx
-    from ..metrics.latency import measure_latency
+    from ..metrics.latency import time_in_rounds
     from ..metrics.report import host_info
     from ..models.zoo import load_policy
     from ..pipeline import batch_of, heldout_observations
@@ -121,12 +121,11 @@ def bench_e2e(bundle_dirs: Sequence[str], *, policy_ref: str | None = None, roun
                                                          threads=threads)
             runners["native-dense"] = make_runner("native", onnx_path=dense_onnx, spec=spec, threads=threads)
             runners["torch-fp32"] = make_runner("torch", policy=dense, threads=threads)
-            rounds_ms: dict[str, list[float]] = {name: [] for name in runners}
-            for r in range(rounds):
-                for name, runner in runners.items():
-                    stats = measure_latency(lambda runner=runner: runner(obs), warmup=warmup, runs=runs)
-                    rounds_ms[name].append(stats.p50_ms)
-                log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds_ms.items()))
+            timed = time_in_rounds(
+                {name: (lambda runner=runner: runner(obs)) for name, runner in runners.items()}, rounds=rounds,
+                runs=runs, warmup=warmup, after_round=lambda r, stats: log(
+                    f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1].p50_ms:.2f}" for n, v in stats.items())))
+            rounds_ms = {name: [s.p50_ms for s in per_round] for name, per_round in timed.items()}
         finally:
             for runner in runners.values():
                 runner.close()

@@ -119,6 +119,21 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 10, runs: int = 100,
     return LatencyStats.from_samples(time_calls(fn, warmup, runs, clock))
 
 
+def time_in_rounds(calls: Mapping[str, Callable[[], Any]], *, rounds: int, runs: int, warmup: int,
+                   after_round: Callable[[int, Mapping[str, list[LatencyStats]]], None] | None = None,
+                   ) -> dict[str, list[LatencyStats]]:
+    """Each call timed (:func:`measure_latency`) once a round, every call in turn, for ``rounds`` rounds: a
+    drift of a shared machine hits all of them alike. Each call's stats, round by round; ``after_round(r,
+    stats)`` sees them after each round."""
+    stats: dict[str, list[LatencyStats]] = {name: [] for name in calls}
+    for r in range(rounds):
+        for name, fn in calls.items():
+            stats[name].append(measure_latency(fn, warmup=warmup, runs=runs))
+        if after_round is not None:
+            after_round(r, stats)
+    return stats
+
+
 @dataclass(frozen=True)
 class DeadlineReport:
     """How often a call overran the time the control loop allows it."""

@@ -89,6 +89,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import EdgevlaError
+from ..task.tolerance import tolerated_said
 from .efficiency import (DEFAULT_WEIGHTS, RooflineEstimate, efficiency_improvement, efficiency_score,
                          reduction_pct)
 from .flops import FlopReport
@@ -469,10 +470,11 @@ def _tolerance_section(tol: Mapping[str, Any]) -> list[str]:
     rows = []
     for schedule, models in tol["schedules"].items():
         for label, curve in models.items():
-            k, at_least = curve["tolerated"], "≥ " if curve["at_least"] else ""
+            k = curve["tolerated"]
             rows.append([schedule, f"{label} ({tol['backends'][label]})", *(_pct_of(v) for v in curve["success"]),
-                         "none" if k is None else f"{at_least}{k}",
-                         "" if k is None or not rate else f"{at_least}{(k + 1) * 1000 / rate:.1f}"])
+                         tolerated_said(k, curve["at_least"]),
+                         "" if k is None or not rate else
+                         f"{'≥ ' if curve['at_least'] else ''}{(k + 1) * 1000 / rate:.1f}"])
     return out + _table(["schedule", "model", *(f"{k} ticks" for k in ticks), "tolerated ticks", "queries up to ms"],
                         rows)
 

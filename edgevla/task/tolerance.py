@@ -59,6 +59,12 @@ def tolerated_ticks(success: Iterable[float], floor: float) -> int | None:
     return tolerated
 
 
+def tolerated_said(tolerated: int | None, at_least: bool) -> str:
+    """Ticks tolerated as reports and commands say them: ``none``, ``2``, or ``≥ 4`` where success held to the
+    end of the probe."""
+    return "none" if tolerated is None else f"{'≥ ' if at_least else ''}{tolerated}"
+
+
 def loop_of(schedule: str, ticks: int, execute: int, ensemble_m: float) -> dict[str, Any]:
     """The evaluator's arguments for ``schedule`` with each chunk ``ticks`` late."""
     if schedule not in SCHEDULES:
