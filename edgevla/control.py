@@ -78,16 +78,12 @@ class Inference(Protocol):
     def close(self) -> None: ...
 
 
-class SimulatedLatency:
-    """Each chunk computed at once and handed over ``ticks`` control ticks after its query."""
-
-    def __init__(self, ticks: int) -> None:
-        _check_whole(ticks, 0, "latency must be a whole number of ticks >= 0")
-        self.ticks = ticks
+class _HandedOverLater:
+    """A chunk computed at once and handed over :meth:`delay` control ticks after its query."""
 
     def delay(self) -> int:
         """The ticks the chunk of the query launched now comes after it."""
-        return self.ticks
+        raise NotImplementedError
 
     def launch(self, policy: ChunkPolicy, obs: Observation, tick: int) -> tuple[int, np.ndarray]:
         return tick + self.delay(), np.asarray(policy(obs))
@@ -100,7 +96,18 @@ class SimulatedLatency:
         pass
 
 
-class SampledLatency(SimulatedLatency):
+class SimulatedLatency(_HandedOverLater):
+    """Each chunk computed at once and handed over ``ticks`` control ticks after its query."""
+
+    def __init__(self, ticks: int) -> None:
+        _check_whole(ticks, 0, "latency must be a whole number of ticks >= 0")
+        self.ticks = ticks
+
+    def delay(self) -> int:
+        return self.ticks
+
+
+class SampledLatency(_HandedOverLater):
     """Each query's chunk handed over a number of ticks drawn (seeded, with replacement) from ``draws``: measured
     latencies in ticks, so that a latency's jitter is simulated and not only its typical value."""
 
@@ -110,7 +117,6 @@ class SampledLatency(SimulatedLatency):
             raise EdgevlaError("no latencies to draw from")
         for ticks in draws:
             _check_whole(ticks, 0, "latencies to draw from must be whole numbers of ticks >= 0")
-        super().__init__(max(draws))
         self.draws = np.asarray(draws, dtype=np.int64)
         self._rng = np.random.default_rng(seed)
 

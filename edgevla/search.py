@@ -91,12 +91,10 @@ def search(target: str, candidates: Sequence[str], output: str | Path, *, policy
         if progress is not None:
             progress.note(f"candidate {candidate}")
         try:
-            result = build(request, progress)
+            bundle, error = str(build(request, progress).bundle), None
         except EdgevlaError as e:  # a gate that failed, or a build this candidate cannot make: recorded
-            records.append({"candidate": candidate, "bundle": None, "error": str(e),
-                            "seconds": time.perf_counter() - started})
-            continue
-        records.append({"candidate": candidate, "bundle": str(result.bundle), "error": None,
+            bundle, error = None, str(e)
+        records.append({"candidate": candidate, "bundle": bundle, "error": error,
                         "seconds": time.perf_counter() - started})
     built = [r["bundle"] for r in records if r["bundle"] is not None]
     comparison = compared([row_of(b) for b in built], tolerate) if built else None
