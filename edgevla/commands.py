@@ -556,12 +556,14 @@ def _print_comparison(data: Mapping[str, Any], args: argparse.Namespace | None) 
 
 
 def _tolerate_arg(text: str | None) -> tuple[str, int] | None:
+    from .task.tolerance import SCHEDULES
+
     if text is None:
         return None
     schedule, _, ticks = text.partition(":")
-    if schedule not in ("sync", "async", "ensemble") or not ticks.isdigit():
-        raise EdgevlaError(f"--tolerate: expected SCHEDULE:TICKS with a schedule of sync, async or ensemble, "
-                           f"like async:2, got {text!r}")
+    if schedule not in SCHEDULES or not ticks.isdigit():
+        raise EdgevlaError(f"--tolerate: expected SCHEDULE:TICKS with a schedule of {', '.join(SCHEDULES[:-1])} or "
+                           f"{SCHEDULES[-1]}, like async:2, got {text!r}")
     return schedule, int(ticks)
 
 

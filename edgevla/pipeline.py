@@ -924,12 +924,14 @@ class Build:
         # By chunk index: a loop that runs late or ensembles executes the far end of each chunk, which one that
         # executes its first few actions at once never does. Where a task is known, also on its episodes' first
         # observations, where the robot is far from its goal and the far end of the chunk moves it most.
-        self.action_error_by_index = {"held-out": [float(e) for e in errors[built_backend].mean(axis=(0, 2))]}
+        def by_index(error: np.ndarray) -> list[float]:
+            return [float(e) for e in error.mean(axis=(0, 2))]
+
+        self.action_error_by_index = {"held-out": by_index(errors[built_backend])}
         if self.task is not None:
             starts = TabletopEnv(self.task, ev.episodes, seed=ev.seed).observe()
             built = self.spec.denormalize(self.runners["built"][built_backend](starts))
-            self.action_error_by_index["episode starts"] = [
-                float(e) for e in np.abs(built - self.spec.denormalize(ref(starts))).mean(axis=(0, 2))]
+            self.action_error_by_index["episode starts"] = by_index(np.abs(built - self.spec.denormalize(ref(starts))))
         self.results: dict[str, Any] = {}
         self.tolerance: dict[str, Any] | None = None
         if self.task is None:
