@@ -32,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
         raise EdgevlaError(f"{self.prog}: {message}")
 
 
+ENV_HELP = ("the closed-loop task: a callable returning your simulator's environment, with Gymnasium's API "
+            "(reset, step; info['is_success'])")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgevla", description="Compress, export and prove VLA robot policies for the robot's hardware.")
     p.add_argument("--version", action="store_true", help="print versions and exit")
@@ -43,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", "-r", help="recipe YAML overriding the target's default recipe")
     b.add_argument("--output", "-o", help="bundle directory (default: bundles/<policy>-<target>)")
     b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
+    b.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP + " (recipe evaluate.env)")
     b.add_argument("--prune", metavar="METHOD",
                    help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A[:neurons|heads|blocks] "
                         "(parameters of prune.scope removed: trunk unless --set says otherwise); overrides the recipe's "
@@ -61,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", "-b", default="onnxruntime", choices=BACKEND_CHOICES)
     e.add_argument("--episodes", "-n", type=int, default=200)
     e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP + " (default: the bundle's recipe's evaluate.env, "
+                                                                      "else the tabletop task)")
     e.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     e.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     latency = e.add_mutually_exclusive_group()
@@ -123,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--policy", "-p", help="zoo name, module:factory, or checkpoint (default: the recipe's, else "
                                            "tiny-vla)")
     se.add_argument("--recipe", "-r", help="recipe YAML for every candidate")
+    se.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP + " (recipe evaluate.env)")
     se.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a recipe value for every candidate (repeatable), e.g. evaluate.tolerance.max_ticks=3")
     se.add_argument("--tolerate", metavar="SCHEDULE:TICKS",

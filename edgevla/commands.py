@@ -37,7 +37,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .progress import ConsoleProgress, Progress
     from .recipe import parse_assignments, prune_shorthand, quantize_shorthand
 
-    overrides = parse_assignments(args.set)  # --prune, --quantize and --episodes say more and win
+    overrides = parse_assignments(args.set)  # --prune, --quantize, --episodes and --env say more and win
+    if args.env is not None:
+        overrides["evaluate.env"] = args.env
     if args.prune is not None:  # checked before any slow work
         overrides.update(prune_shorthand(args.prune))
     if args.quantize is not None:
@@ -86,7 +88,7 @@ def _runner_device(runner) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .deploy import bundle_runner
-    from .pipeline import action_fn, task_for
+    from .pipeline import action_fn
     from .progress import ConsoleProgress
     from .task import evaluate
 
@@ -94,14 +96,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise EdgevlaError("--episodes must be >= 1")
     _check_device(args)
     bundle = load_bundle(args.bundle)
-    task = task_for(bundle.spec)
-    if task is None:
-        raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; "
-                           "closed-loop evaluation needs a task that speaks them")
     if args.ensemble is not None and args.execute is not None:
         raise EdgevlaError("--execute does not apply to --ensemble: every chunk's prediction for a tick is used")
     execute = 4 if args.execute is None else args.execute
     _check_execute(execute, bundle.spec.chunk_size)
+    task = _eval_task(bundle, args.env, execute)
     draws, measured = None, None
     if args.latency_from is not None:  # each query's ticks drawn from a profile's samples; async leads by their p99
         draws, measured = _measured_latency(args.latency_from, bundle.spec.control_rate_hz)
@@ -121,9 +120,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             rows.append((latency_ms, ticks, result))
     finally:
         runner.close()
+        if hasattr(task, "close"):
+            task.close()
     schedule = "ensemble" if args.ensemble is not None else "async" if args.asynchronous else "sync"
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
-            "seed": args.seed, "schedule": schedule}
+            "seed": args.seed, "schedule": schedule, "task": getattr(task, "ref", "tabletop")}
     data.update({"ensemble_m": args.ensemble} if args.ensemble is not None else {"execute": execute})
     if measured is not None:
         data.update({"control_rate_hz": bundle.spec.control_rate_hz, "measured_latency": measured,
@@ -149,6 +150,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
                   f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
     return 0
+
+
+def _eval_task(bundle, env: str | None, execute: int):
+    """The closed-loop task of ``edgevla eval``: ``--env``, else the simulator the bundle was built with, else the
+    tabletop task where the policy speaks it."""
+    from .pipeline import task_for
+    from .task.user_env import EnvTask
+
+    evaluate = bundle.manifest.get("recipe", {}).get("evaluate", {})
+    env = env if env is not None else evaluate.get("env")
+    if env is not None:
+        return EnvTask(env, bundle.spec, max_steps=evaluate.get("env_max_steps", 1000), execute=execute)
+    task = task_for(bundle.spec)
+    if task is None:
+        raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; closed-loop "
+                           "evaluation needs a task that speaks them: give your simulator with --env module:factory")
+    return task
 
 
 def _check_execute(execute: int, chunk_size: int) -> None:
@@ -483,7 +501,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     tolerate = _tolerate_arg(args.tolerate)
     output = args.output or str(Path("bundles") / f"search-{load_target(args.target).name}")
     data = search(args.target, args.candidates, output, policy=args.policy, recipe=args.recipe,
-                  overrides=parse_assignments(args.set), allow_pickle=args.allow_pickle, tolerate=tolerate,
+                  overrides={**parse_assignments(args.set), **({} if args.env is None else {"evaluate.env": args.env})},
+                  allow_pickle=args.allow_pickle, tolerate=tolerate,
                   progress=Progress() if args.json else ConsoleProgress())
     if args.json:
         _json(data)

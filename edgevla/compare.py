@@ -55,6 +55,7 @@ class BundleRow:
     # report has it; None: not measured (evaluate.tolerance.max_ticks: 0)
     tolerated: dict[str, dict[str, Any]] | None = None
     measured: dict[str, Any] | None = None  # this host, this run (measure=True)
+    task: str = "tabletop"  # where success was measured: the tabletop task or the simulator of evaluate.env
 
     @property
     def efficiency_E(self) -> float | None:
@@ -147,14 +148,16 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
         efficiency=report.get("efficiency", {}).get("built"), budgets=budgets,
         latency_budget_ms=checks.get("latency_p99_ms", {}).get("limit"),
         tolerated=({s: {"tolerated": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
-                    for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None))
+                    for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None),
+        task=manifest.get("recipe", {}).get("evaluate", {}).get("env") or "tabletop")
 
 
 def differences(rows: Sequence[BundleRow]) -> list[str]:
-    """What makes the rows' report figures hard to compare: other policies, targets, build machines or latency
-    backends."""
+    """What makes the rows' report figures hard to compare: other policies, targets, closed-loop tasks, build
+    machines or latency backends."""
     said = []
     for what, values in (("policies", {r.policy for r in rows}), ("targets", {r.target for r in rows}),
+                         ("closed-loop tasks", {r.task for r in rows}),
                          ("build machines", {r.host_cpu for r in rows}),
                          ("latency backends", {r.latency_backend for r in rows})):
         if len(values) > 1:

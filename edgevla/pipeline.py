@@ -17,9 +17,11 @@ The build runs named stages, each timed and reported::
 
 A failed gate raises :class:`~edgevla.errors.GateFailed` and writes no bundle.
 Every stage works on any ``nn.Module`` that declares a :class:`PolicySpec`;
-the closed-loop stage needs a task that speaks the policy's observations,
-which for now is the tabletop task (a policy with another spec gets tensor
-checks and action error, and the report says that success was not measured).
+the closed-loop stage needs a task that speaks the policy's observations:
+the tabletop task, or the user's own simulator (``evaluate.env``, Gymnasium's
+API: :mod:`edgevla.task.user_env`), whose demonstrations are the original
+policy's rollouts. A policy with neither gets tensor checks and action error,
+and the report says that success was not measured.
 
 Pruning touches the layers under ``prune.scope`` (a module path, ``trunk`` by
 default; null for every layer): N:M and unstructured masks go on its
@@ -72,7 +74,7 @@ from .progress import Progress
 from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
-from .task import TabletopEnv, TaskConfig, evaluate, fixed_split
+from .task import ClosedLoopTask, TaskConfig, evaluate
 from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of, tolerated_said
 
 DEFAULT_POLICY = "tiny-vla"
@@ -99,8 +101,13 @@ class BuildResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def task_for(spec: PolicySpec) -> TaskConfig | None:
-    """The tabletop task configured for ``spec``, or None when the spec is not the task's."""
+def task_for(spec: PolicySpec, ev: EvaluateConfig | None = None) -> ClosedLoopTask | None:
+    """The closed-loop task for ``spec``: the user's simulator where ``ev.env`` names one, else the tabletop
+    task configured for ``spec``, or None when the spec is not the task's."""
+    if ev is not None and ev.env is not None:
+        from .task.user_env import EnvTask
+
+        return EnvTask(ev.env, spec, max_steps=ev.env_max_steps, execute=ev.execute)
     obs = {o.name: o for o in spec.observations}
     if set(obs) != {"image", "instruction", "state"} or spec.action_dim != 2:
         return None
@@ -110,12 +117,21 @@ def task_for(spec: PolicySpec) -> TaskConfig | None:
     return TaskConfig(image_size=img[2], n_cameras=img[0], chunk_size=spec.chunk_size, text_len=text[0])
 
 
-def heldout_observations(spec: PolicySpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Held-out observations: the task's held-out split, else random inputs inside the spec's ranges."""
-    task = task_for(spec)
+def heldout_observations(spec: PolicySpec, n: int, seed: int = 0,
+                         task: ClosedLoopTask | None = None) -> dict[str, np.ndarray]:
+    """Held-out observations: the task's held-out split (``task``, else the tabletop task where it speaks
+    ``spec``), else random inputs inside the spec's ranges."""
+    task = task if task is not None else task_for(spec)
     if task is not None:
-        return fixed_split(task, "heldout", n, seed).observations
+        return task.split("heldout", n, seed).observations
     return spec.example(batch=n, seed=10_000 + seed)
+
+
+def first_observations(task: ClosedLoopTask, episodes: int, seed: int, batch: int = 50) -> dict[str, np.ndarray]:
+    """The first observation of each of the evaluator's episodes (seeded as :func:`~edgevla.task.evaluate` seeds
+    them, ``batch`` at a time)."""
+    parts = [task.batch_env(min(batch, episodes - start), seed + start).observe() for start in range(0, episodes, batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def batch_of(obs: Mapping[str, np.ndarray], start: int, size: int) -> dict[str, np.ndarray]:
@@ -139,7 +155,7 @@ def robot_loop(ev: EvaluateConfig | None) -> dict[str, Any]:
     return loop_of(ev.schedule, ev.latency_ticks, ev.execute, ev.ensemble_m)
 
 
-def torch_success(model: torch.nn.Module, task: TaskConfig, episodes: int, seed: int,
+def torch_success(model: torch.nn.Module, task: ClosedLoopTask, episodes: int, seed: int,
                   loop: EvaluateConfig | None) -> float:
     """Closed-loop success of a PyTorch model in the recipe's robot loop."""
     from .train import torch_action_fn
@@ -330,15 +346,17 @@ def normalized_batch(spec: PolicySpec, observations: Mapping[str, np.ndarray], a
     return obs, torch.from_numpy(((actions - mean) / std).astype(np.float32))
 
 
-def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                         criterion: str, n: int = 4, size: int = 32) -> list:
-    """Batches that Taylor, Wanda and block scoring see: the task's calibration split with expert actions,
-    else in-range random observations with the policy's own actions (enough for activation statistics,
-    not for gradients: Taylor needs the task)."""
+    """Batches that Taylor, Wanda and block scoring see: the task's calibration split (with the tabletop's
+    expert actions; a simulator's are the policy's own), else in-range random observations with the policy's
+    own actions (enough for activation statistics, not for gradients: Taylor needs an expert)."""
+    if criterion == "taylor" and not getattr(task, "expert", False):
+        where = ("a simulator's demonstrations are the policy's own actions" if task is not None
+                 else "no task speaks this policy's observations")
+        raise EdgevlaError(f"prune.criterion taylor needs expert actions from a task, and {where}: "
+                           "use magnitude or wanda")
     if task is None:
-        if criterion == "taylor":
-            raise EdgevlaError("prune.criterion taylor needs expert actions from a task, and no task speaks this "
-                               "policy's observations: use magnitude or wanda")
         batches = []
         for i in range(n):
             obs = spec.example(batch=size, seed=30_000 + i)
@@ -346,10 +364,9 @@ def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskCon
             with torch.no_grad():
                 batches.append((args, policy(*args).float()))
         return batches
-    from .task.dataset import make_batch, split_rng
-
-    rng = split_rng("calibration", 0)
-    return [normalized_batch(spec, b.observations, b.actions) for b in (make_batch(task, size, rng) for _ in range(n))]
+    data = task.split("calibration", n * size)
+    return [normalized_batch(spec, {k: v[i * size:(i + 1) * size] for k, v in data.observations.items()},
+                             data.actions[i * size:(i + 1) * size]) for i in range(n)]
 
 
 def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: float, scope: str | None,
@@ -393,7 +410,7 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
     return high
 
 
-def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                  cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress,
                  loop: EvaluateConfig | None = None) -> dict[str, Any]:
     """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
@@ -421,10 +438,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     config.check()
     batches = None
     if task is not None:
-        from .task import stream
-
-        batches = (normalized_batch(spec, b.observations, b.actions)
-                   for b in stream(task, rc.batch_size, seed=rc.seed))
+        batches = (normalized_batch(spec, b.observations, b.actions) for b in task.stream(rc.batch_size, seed=rc.seed))
     steps = 1 if cfg.schedule == "oneshot" else cfg.steps
 
     def finetune(model: torch.nn.Module, step: int) -> None:
@@ -474,7 +488,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         info["recovery"] = "not run: no closed-loop task speaks this policy's observations"
         progress.note(f"recovery {info['recovery']}")
     else:
-        heldout = fixed_split(task, "heldout", config.heldout_samples, config.seed)
+        heldout = task.split("heldout", config.heldout_samples, config.seed)
         report = recover(policy, teacher, config, batches=batches,
                          heldout=normalized_batch(spec, heldout.observations, heldout.actions),
                          success_fn=lambda p: torch_success(p, task, rc.episodes, rc.seed, loop))
@@ -513,7 +527,7 @@ def write_sensitivity(section: Mapping[str, Any], report_dir: Path) -> Path:
 
 
 def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
-                      task: TaskConfig | None, cfg: PruneConfig, layers: list[str], calibration,
+                      task: ClosedLoopTask | None, cfg: PruneConfig, layers: list[str], calibration,
                       loop: EvaluateConfig | None = None):
     """Mask ``policy`` with per-layer sparsities allocated from its sensitivity curves.
 
@@ -531,8 +545,9 @@ def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: P
 
     if task is None:
         raise EdgevlaError("prune.allocation sensitivity measures closed-loop success: it needs a policy that "
-                           "speaks the tabletop task's observations; use allocation uniform")
-    heldout = fixed_split(task, "heldout", 128, cfg.recovery.seed)
+                           "speaks the tabletop task's observations, or a simulator (evaluate.env); use "
+                           "allocation uniform")
+    heldout = task.split("heldout", 128, cfg.recovery.seed)
     observations = normalized_batch(spec, heldout.observations, heldout.actions)
     start = time.perf_counter()
     curves = layer_sensitivity(
@@ -556,7 +571,7 @@ def sensitivity_prune(policy: torch.nn.Module, teacher: torch.nn.Module, spec: P
 # --------------------------------------------------------------------------- quantization
 
 
-def quantization_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+def quantization_batches(policy: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                          cfg: "CalibrationConfig") -> tuple[list[tuple[torch.Tensor, ...]], str]:
     """Calibration inputs and where they came from: the user's directory of observation files, else
     the task's calibration split, else in-range random observations (a policy no task speaks)."""
@@ -566,18 +581,17 @@ def quantization_batches(policy: torch.nn.Module, spec: PolicySpec, task: TaskCo
         obs = load_observation_dir(spec, cfg.data, cfg.batches * cfg.batch_size)
         return [tuple(b) for b in iter_batches(spec, obs, cfg.batch_size)], f"directory {cfg.data}"
     batches = calibration_batches(policy, spec, task, "magnitude", n=cfg.batches, size=cfg.batch_size)
-    where = "the task's calibration split" if task is not None else "random observations inside the spec's ranges"
+    where = ("random observations inside the spec's ranges" if task is None else "the task's calibration split"
+             if task.expert else f"the original policy's rollouts in {task.ref}")
     return [tuple(args) for args, _ in batches], where
 
 
-def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None, batch_size: int,
+def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None, batch_size: int,
                seed: int = 50_000):
-    """Endless QAT batches: the task's training observations (with expert actions, which pure
+    """Endless QAT batches: the task's training observations (with its actions, which pure
     distillation does not use), else in-range random observations labelled by the float teacher."""
     if task is not None:
-        from .task import stream
-
-        for b in stream(task, batch_size, seed=seed):
+        for b in task.stream(batch_size, seed=seed):
             yield normalized_batch(spec, b.observations, b.actions)
         return
     i = 0
@@ -590,7 +604,8 @@ def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | No
         i += 1
 
 
-def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: TaskConfig | None,
+def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
+                       task: ClosedLoopTask | None,
                        cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float, progress: Progress,
                        loop: EvaluateConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
@@ -642,7 +657,8 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
             else:
                 if task is None:
                     raise EdgevlaError("quantize.mixed_precision.metric success needs closed-loop episodes, and no "
-                                       "task speaks this policy's observations: use metric sqnr")
+                                       "task speaks this policy's observations (evaluate.env names a simulator): "
+                                       "use metric sqnr")
                 def success(model: torch.nn.Module) -> float:
                     return torch_success(model, task, mp.episodes, mp.seed, loop)
 
@@ -659,7 +675,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         if cfg.format == "fp16":
             info["qat"] = "not run: fp16 has no quantized layer to train"
         else:
-            heldout = heldout_observations(spec, 128, seed=7)
+            heldout = heldout_observations(spec, 128, seed=7, task=task)
             args = [torch.from_numpy(heldout[n]) for n in spec.input_names]
             report = quantization_aware_training(
                 result.model, teacher, qat_stream(teacher, spec, task, cfg.qat.batch_size), steps=cfg.qat.steps,
@@ -767,8 +783,12 @@ class Build:
 
     # analyze ------------------------------------------------------------
     def analyze(self) -> None:
-        self.task = task_for(self.spec)
-        self.heldout = heldout_observations(self.spec, self.recipe.verify.samples)
+        self.task = task_for(self.spec, self.recipe.evaluate)
+        if self.task is not None and not self.task.expert:  # a simulator: its demonstrations are the original's
+            self.task.demonstrator = action_fn(make_runner("torch", policy=self.original))
+            self.progress.note(f"closed-loop task: {self.task.ref} (demonstrations: the original policy's "
+                               "rollouts in it)")
+        self.heldout = heldout_observations(self.spec, self.recipe.verify.samples, task=self.task)
         check_policy_runs(self.original, self.spec, batch_of(self.heldout, 0, 2))
         one = batch_of(self.heldout, 0, 1)
         self.example_args = [torch.from_numpy(one[n]) for n in self.spec.input_names]
@@ -929,7 +949,7 @@ class Build:
 
         self.action_error_by_index = {"held-out": by_index(errors[built_backend])}
         if self.task is not None:
-            starts = TabletopEnv(self.task, ev.episodes, seed=ev.seed).observe()
+            starts = first_observations(self.task, ev.episodes, ev.seed)
             built = self.spec.denormalize(self.runners["built"][built_backend](starts))
             self.action_error_by_index["episode starts"] = by_index(np.abs(built - self.spec.denormalize(ref(starts))))
         self.results: dict[str, Any] = {}
@@ -1047,6 +1067,7 @@ class Build:
                            "samples": r.samples, "passed": r.passed},
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
+                "closed_loop_task": None if self.task is None else getattr(self.task, "ref", "tabletop"),
                 "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
                                if k in ("execute", "latency_ticks", "schedule")
                                or (k == "ensemble_m" and self.recipe.evaluate.schedule == "ensemble")},
@@ -1116,6 +1137,9 @@ class Build:
             for group in getattr(self, "runners", {}).values():
                 for runner in group.values():
                     runner.close()
+            close = getattr(getattr(self, "task", None), "close", None)
+            if close is not None:  # a simulator's environments
+                close()
             shutil.rmtree(self.work, ignore_errors=True)
         return BuildResult(path, self.report, dict(self.progress.stage_seconds))
 

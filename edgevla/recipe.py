@@ -43,7 +43,9 @@ meanwhile (``schedule: sync``) or executing the previous chunk (``async``);
 or ACT's temporal ensembling of every chunk's predictions (``ensemble``,
 weights ``exp(-ensemble_m i)``). ``evaluate.tolerance`` measures, after the
 gate, how many ticks of latency original and built policy tolerate in each
-schedule (``max_ticks: 0``, the default: not measured).
+schedule (``max_ticks: 0``, the default: not measured). ``evaluate.env``
+names a user's simulator (``package.module:factory``, Gymnasium's API) to run
+all of these in, instead of the tabletop task.
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ RECIPE_SCHEMA = Section({
         "latency_ticks": Int(0, default=0),
         "schedule": OneOf("sync", "async", "ensemble", default="sync"),
         "ensemble_m": Float(0.0, default=0.01),
+        # A user's simulator in place of the tabletop task (package.module:factory of an environment with
+        # Gymnasium's API: edgevla.task.user_env), and the steps after which its episode counts as failed.
+        "env": Nullable(Str()),
+        "env_max_steps": Int(1, default=1000),
         # After the gate: success at 0..max_ticks ticks of latency in each schedule, original and built, and the
         # most ticks each keeps the gate's floor (report: latency tolerance). 0: not measured.
         "tolerance": Section({
@@ -310,6 +316,8 @@ class EvaluateConfig:
     latency_ticks: int
     schedule: str
     ensemble_m: float
+    env: str | None
+    env_max_steps: int
     tolerance: ToleranceConfig
 
 

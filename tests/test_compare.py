@@ -63,8 +63,9 @@ def test_the_pick_is_the_best_e_within_budgets_and_proven_latency():
         r.measured = None
     assert differences(rows) == []
     other = row("x", 1.0)
-    other.policy, other.host_cpu = "small-vla", "arm"
+    other.policy, other.host_cpu, other.task = "small-vla", "arm", "sim:make_env"
     assert differences([rows[0], other]) == ["policies differ (small-vla, tiny-vla)",
+                                             "closed-loop tasks differ (sim:make_env, tabletop)",
                                              "build machines differ (arm, cpu)"]
 
 

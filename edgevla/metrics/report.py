@@ -380,10 +380,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                    for k, c in report["comparison"].items()])
     out += [f"Speed-up at p50: {_fmt(report['speedup_p50'], 2)}×", ""]
     loop = report.get("extra", {}).get("robot_loop")
-    if isinstance(loop, Mapping):
+    task = report.get("extra", {}).get("closed_loop_task", "tabletop")  # None: no task, success not measured
+    if isinstance(loop, Mapping) and task is not None:
         schedule = (f"temporally ensembled (m = {_fmt(loop.get('ensemble_m'))})" if loop["schedule"] == "ensemble"
                     else f"{loop['execute']} actions of each chunk executed, {loop['schedule']}")
-        out += [f"Success rates are closed-loop, in the robot's loop of the recipe: {schedule}, each chunk "
+        where = "on the tabletop task" if task == "tabletop" else f"in the simulator `{task}`"
+        out += [f"Success rates are closed-loop, {where}, in the robot's loop of the recipe: {schedule}, each chunk "
                 f"{loop['latency_ticks']} control tick(s) late.", ""]
 
     checks = report["budget_checks"]

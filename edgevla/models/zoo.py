@@ -12,9 +12,7 @@ A policy reference is one of
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from ..errors import EdgevlaError
 from ..spec import spec_of
+from ..user_code import call_user, import_callable
 from .checkpoint import load_checkpoint
 from .vla import CONFIGS, VLAPolicy
 
@@ -95,23 +94,9 @@ def _load_zoo(name: str, seed: int) -> LoadedPolicy:
 
 
 def _load_factory(ref: str) -> LoadedPolicy:
-    module_name, _, attr = ref.partition(":")
-    # Like uvicorn and flask, find the user's module in the working directory too;
-    # appended, so an installed package of the same name still wins.
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise EdgevlaError(f"policy {ref!r}: cannot import {module_name!r} ({e})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise EdgevlaError(f"policy {ref!r}: {module_name} has no callable {attr!r}")
-    try:
-        policy = factory()
-    except Exception as e:  # user code: report, don't crash
-        raise EdgevlaError(f"policy {ref!r}: factory raised {type(e).__name__}: {e}") from None
+    what = f"policy {ref!r}"
+    policy = call_user(import_callable(ref, what), f"{what}: factory")
     if not isinstance(policy, torch.nn.Module):
         raise EdgevlaError(f"policy {ref!r}: factory returned {type(policy).__name__}, not a torch.nn.Module")
     spec_of(policy)
-    return LoadedPolicy(policy.eval(), getattr(policy, "name", attr), ref, "factory", ref)
+    return LoadedPolicy(policy.eval(), getattr(policy, "name", ref.partition(":")[2]), ref, "factory", ref)

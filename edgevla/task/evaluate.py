@@ -12,14 +12,39 @@ the query's latency in control ticks simulated.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .tabletop import TabletopEnv, TaskConfig, clip_norm
+from .tabletop import TaskConfig
 
-# obs dict -> real actions (B, H, 2)
+# obs dict -> real actions (B, H, action_dim)
 ActionFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class BatchEnv(Protocol):
+    """Episodes stepped together: the tabletop's, or a user's simulator's (:mod:`edgevla.task.user_env`)."""
+
+    done: np.ndarray
+    success: np.ndarray
+    steps: np.ndarray
+
+    def observe(self) -> dict[str, np.ndarray]: ...
+
+    def step(self, action: np.ndarray) -> None: ...
+
+    def hold(self) -> np.ndarray: ...
+
+    def limit(self, action: np.ndarray) -> np.ndarray: ...
+
+
+class ClosedLoopTask(Protocol):
+    """What the evaluator needs of a task: its chunk and action sizes, and seeded batches of episodes."""
+
+    chunk_size: int
+    action_dim: int
+
+    def batch_env(self, n: int, seed: int) -> BatchEnv: ...
 
 
 @dataclass
@@ -37,7 +62,7 @@ class EvalResult:
         return d
 
 
-def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int = 10_000,
+def evaluate(policy: ActionFn, task: ClosedLoopTask, episodes: int = 200, seed: int = 10_000,
              execute: int = 4, batch: int = 50, blank: str | None = None,
              progress: Callable[[int], None] | None = None, latency_ticks: int = 0,
              asynchronous: bool = False, ensemble: float | None = None,
@@ -63,7 +88,7 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
 
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
-    execute = max(1, min(execute, cfg.chunk_size))
+    execute = max(1, min(execute, task.chunk_size))
 
     def as_float64(obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(policy(obs), dtype=np.float64)
@@ -73,7 +98,7 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
     jerk_sum, jerk_n = 0.0, 0
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
-        env = TabletopEnv(cfg, n, seed=seed + start)
+        env = task.batch_env(n, seed + start)
         inference = (SimulatedLatency(latency_ticks) if latency_draws is None
                      else SampledLatency(latency_draws, seed=seed + start))
         controller = (TemporalEnsemble(as_float64, m=ensemble, inference=inference) if ensemble is not None else
@@ -90,7 +115,7 @@ def evaluate(policy: ActionFn, cfg: TaskConfig, episodes: int = 200, seed: int =
         while not env.done.all():
             action = controller.step(observe)
             live = ~env.done
-            a = np.zeros((n, cfg.action_dim)) if action is None else clip_norm(action, cfg.max_step)
+            a = env.hold() if action is None else env.limit(action)
             if prev is not None:
                 jerk_sum += float(np.linalg.norm(a[live] - prev[live], axis=-1).sum())
                 jerk_n += int(live.sum())

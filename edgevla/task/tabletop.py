@@ -56,6 +56,24 @@ class TaskConfig:
     def state_dim(self) -> int:
         return 2
 
+    # The closed-loop task's interface (a user's simulator has it too: edgevla.task.user_env.EnvTask).
+    expert = True  # the splits carry the scripted expert's actions
+
+    def batch_env(self, n: int, seed: int) -> "TabletopEnv":
+        return TabletopEnv(self, n, seed)
+
+    def split(self, name: str, n: int, seed: int = 0):
+        """A fixed set of ``n`` demonstrations of split ``name`` (calibration, heldout)."""
+        from .dataset import fixed_split
+
+        return fixed_split(self, name, n, seed)
+
+    def stream(self, batch: int, seed: int = 0):
+        """Endless seeded training batches."""
+        from .dataset import stream
+
+        return stream(self, batch, seed)
+
 
 class Vocabulary:
     """The task's own tiny word-level vocabulary (nothing is downloaded)."""
@@ -192,6 +210,13 @@ class TabletopEnv:
             "instruction": self.scenes.instruction.copy(),
             "state": self.effector.astype(np.float32),
         }
+
+    def hold(self) -> np.ndarray:
+        """The action while no chunk is in: stay."""
+        return np.zeros((self.batch, 2))
+
+    def limit(self, action: np.ndarray) -> np.ndarray:
+        return clip_norm(action, self.cfg.max_step)
 
     def distance(self) -> np.ndarray:
         return np.linalg.norm(self.effector - self.scenes.target_xy, axis=-1)

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluate import ActionFn, EvalResult, evaluate
-from .tabletop import TaskConfig
+from .evaluate import ActionFn, ClosedLoopTask, EvalResult, evaluate
 
 SCHEDULES = ("sync", "async", "ensemble")
 
@@ -79,7 +78,7 @@ def same_loop(schedule: str, ticks: int) -> tuple[str, int]:
     return ("sync" if schedule == "async" and ticks == 0 else schedule), ticks
 
 
-def latency_tolerance(policy: ActionFn, cfg: TaskConfig, *, max_ticks: int, floor: float,
+def latency_tolerance(policy: ActionFn, task: ClosedLoopTask, *, max_ticks: int, floor: float,
                       schedules: Iterable[str] = SCHEDULES, episodes: int = 200, seed: int = 10_000,
                       execute: int = 4, ensemble_m: float = 0.01,
                       known: Mapping[tuple[str, int], EvalResult] | None = None,
@@ -99,7 +98,7 @@ def latency_tolerance(policy: ActionFn, cfg: TaskConfig, *, max_ticks: int, floo
         for ticks in range(max_ticks + 1):
             key = same_loop(schedule, ticks)
             if key not in results:
-                results[key] = evaluate(policy, cfg, episodes=episodes, seed=seed,
+                results[key] = evaluate(policy, task, episodes=episodes, seed=seed,
                                         **loop_of(schedule, ticks, execute, ensemble_m))
             if progress is not None:
                 progress(episodes)

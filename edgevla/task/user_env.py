@@ -1,0 +1,230 @@
+"""A user's simulator as the closed-loop task: Gymnasium's API, one environment per episode of a batch.
+
+``evaluate.env: mypkg.sim:make_env`` names a callable that returns an
+environment with Gymnasium's API (``gymnasium`` itself is not needed)::
+
+    reset(seed=int) -> (observation, info)
+    step(action)    -> (observation, reward, terminated, truncated, info)
+
+* observations: a dict with an array for each of the policy's inputs (the
+  shape of its :class:`~edgevla.spec.TensorSpec`, no batch axis; other keys
+  are ignored), or one array for a policy with one input;
+* actions: one action ``(action_dim,)`` in real units, clipped to the
+  environment's ``action_space`` bounds where it has them (as a robot's
+  limits would);
+* success: ``info["is_success"]`` (Gymnasium-Robotics, LeRobot's gym
+  environments) or ``info["success"]`` at any step; an episode that ends
+  saying neither is an error, since nothing else tells success apart;
+* an episode ends when the environment says terminated or truncated, or after
+  ``max_steps`` steps (then failed, unless it had succeeded);
+* while the robot waits for a chunk it holds: the environment's
+  ``hold_action()`` where it has one, else the last action sent (zeros
+  before the first).
+
+Where the tabletop task has a scripted expert (calibration and held-out
+observations, distillation batches), a simulator has only the original
+policy: its ``demonstrator`` rolls out seeded episodes (disjoint from the
+evaluation's seeds, one stream per split) and the observations it meets, with
+the actions it takes, are the data. Those actions are its own, so they teach
+nothing a gradient could see (:attr:`EnvTask.expert` is False: Taylor pruning
+needs a task's expert).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import EdgevlaError
+from ..spec import PolicySpec
+from ..user_code import call_user, import_callable
+from .dataset import Batch
+
+# The first env seed of each split's rollouts: far from evaluate.seed's episodes (10_000 + i by default).
+SPLIT_SEEDS = {"train": 1 << 24, "calibration": 2 << 24, "heldout": 3 << 24}
+ROLLOUT_BATCH = 16  # episodes rolled out side by side for demonstrations
+STREAM_POOL = 4096  # samples of the train split that the distillation stream cycles through
+SUCCESS_KEYS = ("is_success", "success")
+
+ActionFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class EnvTask:
+    """The closed-loop task of a user's environment factory ``ref`` for a policy of ``spec``."""
+
+    expert = False  # demonstrations are the original policy's own actions
+
+    def __init__(self, ref: str, spec: PolicySpec, *, max_steps: int = 1000, execute: int = 4):
+        if max_steps < 1:
+            raise EdgevlaError(f"evaluate.env_max_steps must be >= 1, got {max_steps}")
+        self.ref, self.spec, self.max_steps = ref, spec, max_steps
+        self.execute = max(1, min(execute, spec.chunk_size))
+        self.what = f"evaluate.env {ref!r}"
+        self._factory = import_callable(ref, self.what)
+        self._envs: list[Any] = []
+        self._splits: dict[tuple[str, int, int], Batch] = {}
+        self.demonstrator: ActionFn | None = None  # real action chunks of the original policy
+
+    @property
+    def chunk_size(self) -> int:
+        return self.spec.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.spec.action_dim
+
+    def batch_env(self, n: int, seed: int) -> "EnvBatch":
+        """``n`` episodes stepped together, episode ``i`` reset with seed ``seed + i``."""
+        while len(self._envs) < n:
+            env = call_user(self._factory, f"{self.what}: the factory")
+            if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
+                raise EdgevlaError(f"{self.what}: the factory returned {type(env).__name__}, which has no reset() "
+                                   "and step(): expected an environment with Gymnasium's API")
+            self._envs.append(env)
+        return EnvBatch(self, self._envs[:n], seed)
+
+    def close(self) -> None:
+        for env in self._envs:
+            close = getattr(env, "close", None)
+            if callable(close):
+                call_user(close, f"{self.what}: close()")
+        self._envs.clear()
+
+    # demonstrations ---------------------------------------------------------------
+    def split(self, name: str, n: int, seed: int = 0) -> Batch:
+        """``n`` (observation, action chunk) pairs from the original policy's rollouts of split ``name``."""
+        if name not in SPLIT_SEEDS:
+            raise ValueError(f"unknown split {name!r}; splits: {', '.join(SPLIT_SEEDS)}")
+        key = (name, n, seed)
+        if key not in self._splits:
+            self._splits[key] = self.rollouts(n, SPLIT_SEEDS[name] + seed * 100_003)
+        return self._splits[key]
+
+    def stream(self, batch: int, seed: int = 0) -> Iterator[Batch]:
+        """Endless shuffled batches from a pool of the train split's rollouts."""
+        pool = self.split("train", max(STREAM_POOL, 4 * batch), seed)
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(len(pool.actions))
+            for start in range(0, len(order) - batch + 1, batch):
+                idx = order[start:start + batch]
+                yield Batch({k: v[idx] for k, v in pool.observations.items()}, pool.actions[idx])
+
+    def rollouts(self, n: int, seed: int) -> Batch:
+        """The first ``n`` queries of the demonstrator rolling out episodes ``seed, seed + 1, ...``:
+        each query's observation and the chunk it answered, the first ``execute`` actions executed."""
+        if self.demonstrator is None:
+            raise EdgevlaError(f"{self.what}: demonstrations need the original policy to roll out")
+        observations: list[dict[str, np.ndarray]] = []
+        actions: list[np.ndarray] = []
+        have, episode = 0, 0
+        while have < n:
+            env = self.batch_env(ROLLOUT_BATCH, seed + episode)
+            episode += ROLLOUT_BATCH
+            while have < n and not env.done.all():
+                obs = env.observe()
+                chunk = np.asarray(self.demonstrator(obs), dtype=np.float32)
+                live = ~env.done
+                observations.append({k: v[live] for k, v in obs.items()})
+                actions.append(chunk[live])
+                have += int(live.sum())
+                for i in range(self.execute):
+                    env.step(env.limit(chunk[:, i]))
+                    if env.done.all():
+                        break
+        return Batch({k: np.concatenate([o[k] for o in observations])[:n] for k in observations[0]},
+                     np.concatenate(actions)[:n])
+
+
+class EnvBatch:
+    """``len(envs)`` episodes of a user's environments, with the tabletop batch's interface
+    (``observe``, ``step``, ``hold``, ``limit``; ``done``, ``success``, ``steps``)."""
+
+    def __init__(self, task: EnvTask, envs: list[Any], seed: int):
+        self.task, self.envs = task, envs
+        n = len(envs)
+        self.done = np.zeros(n, dtype=bool)
+        self.success = np.zeros(n, dtype=bool)
+        self.steps = np.zeros(n, dtype=np.int64)
+        self._last = np.zeros((n, task.action_dim))
+        self._obs = [self._reset(env, seed + i) for i, env in enumerate(envs)]
+        space = getattr(envs[0], "action_space", None)
+        low, high = getattr(space, "low", None), getattr(space, "high", None)
+        self._bounds = None if low is None or high is None else (np.asarray(low, np.float64),
+                                                                  np.asarray(high, np.float64))
+        self._dtype = np.dtype(getattr(space, "dtype", None) or np.float32)
+        self._hold = [_hold_action(env) for env in envs]
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return {name: np.stack([o[name] for o in self._obs]) for name in self.task.spec.input_names}
+
+    def hold(self) -> np.ndarray:
+        """Each episode's action while no chunk is in."""
+        out = self._last.copy()
+        for i, hold in enumerate(self._hold):
+            if hold is not None and not self.done[i]:
+                out[i] = np.asarray(call_user(hold, f"{self.task.what}: hold_action()"), np.float64).reshape(-1)
+        return out
+
+    def limit(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions, dtype=np.float64)
+        return actions if self._bounds is None else np.clip(actions, *self._bounds)
+
+    def step(self, actions: np.ndarray) -> None:
+        """One action per episode still running; the ended ones ignore theirs."""
+        what = self.task.what
+        for i in np.flatnonzero(~self.done):
+            action = np.asarray(actions[i], dtype=self._dtype)
+            out = call_user(self.envs[i].step, f"{what}: step()", action)
+            if not (isinstance(out, tuple) and len(out) == 5):
+                raise EdgevlaError(f"{what}: step() must return (observation, reward, terminated, truncated, info) "
+                                   "as Gymnasium's API does")
+            obs, _, terminated, truncated, info = out
+            self._obs[i] = self._observation(obs)
+            self._last[i] = action
+            self.steps[i] += 1
+            said = next((info[k] for k in SUCCESS_KEYS if isinstance(info, dict) and k in info), None)
+            self.success[i] |= bool(said)
+            ended = bool(terminated) or bool(truncated)
+            if ended and said is None:
+                raise EdgevlaError(f"{what}: an episode ended and its info says neither 'is_success' nor 'success': "
+                                   "edgevla needs one of them to tell success from failure")
+            self.done[i] = ended or self.steps[i] >= self.task.max_steps
+
+    def _reset(self, env: Any, seed: int) -> dict[str, np.ndarray]:
+        out = call_user(lambda: env.reset(seed=seed), f"{self.task.what}: reset()")
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise EdgevlaError(f"{self.task.what}: reset(seed=...) must return (observation, info) as Gymnasium's "
+                               "API does")
+        return self._observation(out[0])
+
+    def _observation(self, obs: Any) -> dict[str, np.ndarray]:
+        """The policy's inputs out of one observation, cast to their dtypes, shapes checked."""
+        spec, what = self.task.spec, self.task.what
+        if not isinstance(obs, dict):
+            if len(spec.observations) != 1:
+                raise EdgevlaError(f"{what}: observations must be a dict with the policy's inputs "
+                                   f"({', '.join(spec.input_names)}), got {type(obs).__name__}")
+            obs = {spec.observations[0].name: obs}
+        out = {}
+        for t in spec.observations:
+            if t.name not in obs:
+                raise EdgevlaError(f"{what}: the observation has no {t.name!r} (it has {', '.join(map(str, obs))}); "
+                                   f"the policy takes {', '.join(spec.input_names)}")
+            value = np.asarray(obs[t.name], dtype=t.dtype)
+            if value.shape != t.shape:
+                raise EdgevlaError(f"{what}: observation {t.name!r} has shape {value.shape}, the policy's spec "
+                                   f"declares {t.shape}")
+            out[t.name] = value
+        return out
+
+
+def _hold_action(env: Any) -> Callable[[], Any] | None:
+    """The environment's ``hold_action`` (through Gymnasium's wrappers, which no longer forward attributes)."""
+    get = getattr(env, "get_wrapper_attr", None)
+    try:
+        found = get("hold_action") if callable(get) else getattr(env, "hold_action")
+    except AttributeError:
+        return None
+    return found if callable(found) else None

@@ -1,0 +1,224 @@
+"""A user's simulator as the closed-loop task (evaluate.env): the evaluator, demonstrations, the build, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevla.backends import make_runner
+from edgevla.cli import main
+from edgevla.compare import row_of
+from edgevla.errors import EdgevlaError, GateFailed
+from edgevla.pipeline import BuildRequest, action_fn, build, calibration_batches
+from edgevla.task import evaluate
+from edgevla.task.user_env import SPLIT_SEEDS, EnvTask
+from user_envs import CHUNK, LIMIT, MAX_STEP, PointReach, expert_chunks, make_reach_policy
+
+ENV = "user_envs:make_reach_env"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return make_reach_policy()
+
+
+@pytest.fixture
+def task(policy):
+    t = EnvTask(ENV, policy.spec)
+    yield t
+    t.close()
+
+
+def expert(obs):
+    return expert_chunks(obs["state"])
+
+
+def test_the_expert_succeeds_and_random_chunks_do_not(task):
+    assert evaluate(expert, task, episodes=40).success_rate == 1.0
+    rng = np.random.default_rng(0)
+    rand = evaluate(lambda obs: rng.uniform(-MAX_STEP, MAX_STEP, (len(obs["state"]), CHUNK, 2)), task, episodes=40)
+    assert rand.success_rate < 0.2
+    assert rand.mean_steps > 0.8 * LIMIT  # the failures ran until the env truncated them
+
+
+def test_same_seeds_give_the_same_episodes_to_every_policy(task, policy):
+    act = action_fn(make_runner("torch", policy=policy))
+    a = evaluate(act, task, episodes=30, seed=5, batch=7)
+    b = evaluate(act, task, episodes=30, seed=5, batch=7)
+    assert a == b and a.success_rate >= 0.95
+    starts = [PointReach().reset(seed=5 + i)[0]["state"] for i in range(3)]
+    assert not np.allclose(starts[0], starts[1]) and not np.allclose(starts[1], starts[2])
+
+
+def test_actions_are_clipped_to_the_action_space_and_the_robot_holds_its_last_while_waiting(policy):
+    task = EnvTask(ENV, policy.spec)
+    chunk = np.tile(np.array([[0.5, -0.02]]), (CHUNK, 1))  # x beyond the Box's 0.1
+    evaluate(lambda obs: np.broadcast_to(chunk, (len(obs["state"]), CHUNK, 2)), task, episodes=1, seed=3,
+             execute=2, latency_ticks=1)
+    received = np.array(task._envs[0].received)
+    # tick 0: nothing in yet, the robot holds (zeros before any action); then 2 executed, 1 held (the last sent)...
+    assert np.allclose(received[0], 0.0)
+    assert np.allclose(received[1:3], [MAX_STEP, -0.02]) and np.allclose(received[3], [MAX_STEP, -0.02])
+    assert np.abs(received).max() <= MAX_STEP + 1e-7
+
+
+def test_a_gymnasium_env_under_its_time_limit_wrapper(policy):
+    pytest.importorskip("gymnasium")
+    task = EnvTask("user_envs:make_gym_env", policy.spec)
+    act = action_fn(make_runner("torch", policy=policy))
+    waiting = evaluate(act, task, episodes=8, latency_ticks=2)
+    assert waiting.success_rate == 1.0
+    assert sum(env.unwrapped.holds for env in task._envs) > 0  # hold_action found through the wrapper
+    stuck = evaluate(lambda obs: np.zeros((len(obs["state"]), CHUNK, 2)), task, episodes=4)
+    assert stuck.success_rate == 0.0 and stuck.mean_steps == LIMIT  # TimeLimit truncated every episode
+
+
+def test_an_episode_the_env_never_ends_is_cut_at_max_steps(policy):
+    task = EnvTask(ENV, policy.spec, max_steps=7)
+    r = evaluate(lambda obs: np.zeros((len(obs["state"]), CHUNK, 2)), task, episodes=3)
+    assert r.success_rate == 0.0 and r.mean_steps == 7
+
+
+def test_demonstrations_are_the_originals_rollouts_seeded_per_split(task, policy):
+    with pytest.raises(EdgevlaError, match="need the original policy"):
+        task.split("heldout", 8)
+    task.demonstrator = action_fn(make_runner("torch", policy=policy))
+    held = task.split("heldout", 50)
+    assert held.observations["state"].shape == (50, 4) and held.actions.shape == (50, CHUNK, 2)
+    assert np.allclose(held.actions, task.demonstrator(held.observations), atol=1e-6)
+    first = PointReach().reset(seed=SPLIT_SEEDS["heldout"])[0]["state"]
+    assert np.array_equal(held.observations["state"][0], first)
+    calib = task.split("calibration", 50)
+    assert not np.isin(calib.observations["state"][:, 2], held.observations["state"][:, 2]).any()  # other goals
+    again = EnvTask(ENV, policy.spec)
+    again.demonstrator = task.demonstrator
+    assert np.array_equal(again.split("heldout", 50).observations["state"], held.observations["state"])
+    batches = task.stream(32)
+    b = next(batches)
+    assert b.observations["state"].shape == (32, 4) and b.actions.shape == (32, CHUNK, 2)
+
+
+def test_taylor_pruning_is_refused_on_a_simulators_own_actions(task, policy):
+    with pytest.raises(EdgevlaError, match="taylor needs expert actions.*policy's own actions"):
+        calibration_batches(policy, policy.spec, task, "taylor")
+
+
+class _Env(PointReach):
+    """PointReach that breaks Gymnasium's API one way."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def reset(self, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        if self.how == "no key":
+            return {"qpos": obs["state"]}, info
+        if self.how == "shape":
+            return {"state": obs["state"][:3]}, info
+        if self.how == "reset tuple":
+            return obs
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.how == "four":
+            return obs, reward, terminated or truncated, info
+        if self.how == "no success":
+            return obs, reward, terminated, truncated, {}
+        if self.how == "raises":
+            raise RuntimeError("the simulator crashed")
+        return obs, reward, terminated, truncated, info
+
+
+def make_broken(how):
+    return lambda: _Env(how)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("no key", "the observation has no 'state' \\(it has qpos\\)"),
+    ("shape", "observation 'state' has shape \\(3,\\), the policy's spec declares \\(4,\\)"),
+    ("reset tuple", "reset\\(seed=...\\) must return \\(observation, info\\)"),
+    ("four", "step\\(\\) must return \\(observation, reward, terminated, truncated, info\\)"),
+    ("no success", "neither 'is_success' nor 'success'"),
+    ("raises", "step\\(\\) raised RuntimeError: the simulator crashed"),
+])
+def test_an_env_that_breaks_the_api_is_one_clear_error(policy, monkeypatch, how, message):
+    import user_envs
+
+    monkeypatch.setattr(user_envs, "broken", make_broken(how), raising=False)
+    task = EnvTask("user_envs:broken", policy.spec)
+    with pytest.raises(EdgevlaError, match=message):
+        evaluate(expert, task, episodes=2)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("user_envs:nothing", "has no callable 'nothing'"),
+    ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
+    ("user_envs", "expected package.module:callable"),
+    ("user_envs:expert_chunks", "the factory raised TypeError"),
+    ("user_envs:make_reach_policy", "returned ReachPolicy, which has no reset\\(\\) and step\\(\\)"),
+])
+def test_a_bad_env_reference_is_one_clear_error(policy, ref, message):
+    with pytest.raises(EdgevlaError, match=message):
+        evaluate(expert, EnvTask(ref, policy.spec), episodes=1)
+
+
+# --------------------------------------------------------------------------- the build and eval
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch):
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    monkeypatch.setenv("PYTHONPATH", tests)  # the memory probe's fresh process
+
+
+@pytest.fixture(scope="module")
+def quick(fast):
+    return {**fast, "evaluate.env": ENV}
+
+
+def test_build_gates_on_the_simulator_and_recovers_on_the_originals_rollouts(tests_on_path, quick, tmp_path):
+    out = tmp_path / "reach-2to4"
+    result = build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_reach_policy", output=str(out),
+                                overrides={**quick, "prune.method": "nm", "prune.pattern": "2:4"}))
+    extra = result.report["extra"]
+    recovery = extra["prune"]["recovery"]
+    assert recovery["before"]["success"] < 0.5 and recovery["recovered"]  # 2:4 broke it; distillation mended it
+    success = {k: v["success_rate"] for k, v in extra["evaluate"].items()}
+    assert success["original/torch"] == 1.0 and success["built/onnxruntime"] >= 0.98
+    assert set(extra["action_error_by_index"]) == {"backend", "held-out", "episode starts"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["evaluate"]["env"] == ENV and extra["closed_loop_task"] == ENV
+    assert f"Success rates are closed-loop, in the simulator `{ENV}`" in (out / "report.md").read_text()
+
+    code = main(["eval", str(out), "--episodes", "20", "--json"])
+    assert code == 0
+
+
+def test_eval_runs_the_bundles_simulator_or_another(tests_on_path, quick, tmp_path, capsys):
+    out = tmp_path / "reach-w8a8"
+    build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_reach_policy", output=str(out),
+                       overrides={**quick, "quantize.format": "w8a8"}))
+    capsys.readouterr()
+    assert row_of(out).task == ENV  # compare says when bundles' success was measured on different tasks
+    assert main(["eval", str(out), "--episodes", "20", "--latency-ticks", "1", "--async", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["task"] == ENV and data["latencies"][0]["success_rate"] >= 0.9
+    assert main(["eval", str(out), "--episodes", "4", "--env", "user_envs:make_gym_env", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "user_envs:make_gym_env"
+    assert main(["eval", str(out), "--env", "user_envs:nothing"]) == 2
+    assert capsys.readouterr().err.strip().endswith("has no callable 'nothing'")
+
+
+def test_a_compression_the_simulator_shows_broken_fails_the_gate(tests_on_path, quick, tmp_path):
+    out = tmp_path / "reach-broken"
+    with pytest.raises(GateFailed, match="success 0.0"):
+        build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_reach_policy", output=str(out),
+                           overrides={**quick, "prune.method": "unstructured", "prune.sparsity": 0.95,
+                                      "prune.recovery.max_steps": 0}))
+    assert not out.exists()
