@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--latency-from", metavar="PROFILE_JSON",
                          help="each query's latency drawn from the samples `edgevla profile ... --json` measured "
                               "(on the robot's computer): their jitter too; --async leads by their p99")
+    latency.add_argument("--realtime", action="store_true",
+                         help="no latency model: each episode alone (batch 1) in real time at the policy's control "
+                              "rate, the policy in a worker thread at its own speed on this computer")
+    e.add_argument("--lead", type=int, metavar="N",
+                   help="--realtime: start the next query N ticks before the chunk is spent (default 0: hold while "
+                        "the policy runs)")
+    e.add_argument("--threads", type=int, metavar="N", help="CPU threads of the backend (default: one per core)")
     schedule = e.add_mutually_exclusive_group()
     schedule.add_argument("--async", dest="asynchronous", action="store_true",
                           help="with a latency: query that many ticks before the chunk is spent and keep executing "

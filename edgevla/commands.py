@@ -101,13 +101,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     execute = 4 if args.execute is None else args.execute
     _check_execute(execute, bundle.spec.chunk_size)
     task = _eval_task(bundle, args.env, execute)
+    if args.realtime or args.lead is not None:
+        return _eval_realtime(args, bundle, task, execute)
     draws, measured = None, None
     if args.latency_from is not None:  # each query's ticks drawn from a profile's samples; async leads by their p99
         draws, measured = _measured_latency(args.latency_from, bundle.spec.control_rate_hz)
         latencies = [(None, measured["lead_ticks"])]
     else:
         latencies = _eval_latencies(args, bundle.spec.control_rate_hz)
-    runner = bundle_runner(bundle, args.backend, device=args.device, tactics=args.kernel_tactics)
+    runner = bundle_runner(bundle, args.backend, args.threads, device=args.device, tactics=args.kernel_tactics)
     progress = ConsoleProgress()
     rows = []
     try:
@@ -149,6 +151,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
             + f", {schedule}: ")
         out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
                   f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
+    return 0
+
+
+def _eval_realtime(args: argparse.Namespace, bundle, task, execute: int) -> int:
+    """``edgevla eval --realtime``: the episodes one at a time in real time at the policy's control rate."""
+    from .deploy import bundle_runner
+    from .pipeline import action_fn
+    from .progress import ConsoleProgress
+    from .task.realtime import evaluate_realtime
+
+    if not args.realtime:
+        raise EdgevlaError("--lead sets the schedule of the real-time loop: give --realtime too (with a modelled "
+                           "latency, --async leads by it)")
+    if args.asynchronous:
+        raise EdgevlaError("--realtime: the asynchronous schedule is --lead N (ticks before the chunk is spent)")
+    if args.lead is not None and args.lead < 0:
+        raise EdgevlaError(f"--lead must be >= 0, got {args.lead}")
+    if args.lead is not None and args.ensemble is not None:
+        raise EdgevlaError("--lead does not apply to --ensemble: it queries as soon as the last chunk is in")
+    rate = bundle.spec.control_rate_hz
+    if not rate:
+        raise EdgevlaError("--realtime runs the loop at the policy's control rate, and the bundle's manifest has none")
+    runner = bundle_runner(bundle, args.backend, args.threads, device=args.device, tactics=args.kernel_tactics)
+    try:
+        with ConsoleProgress().task(f"{args.episodes} episodes in real time at {rate:g} Hz", args.episodes) as advance:
+            r = evaluate_realtime(action_fn(runner), task, rate, episodes=args.episodes, seed=args.seed,
+                                  execute=execute, lead=args.lead or 0, ensemble=args.ensemble, progress=advance)
+    finally:
+        runner.close()
+        if hasattr(task, "close"):
+            task.close()
+    data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
+            "seed": args.seed, "task": getattr(task, "ref", "tabletop"), "realtime": r.to_dict()}
+    if args.json:
+        _json(data)
+        return 0
+    d = data["realtime"]
+    schedule = (f"temporal ensembling m = {args.ensemble:g}" if args.ensemble is not None
+                else f"{d['schedule']}, {d['execute']} actions a chunk" + (f", lead {d['lead']}" if d["lead"] else ""))
+    out.print(f"real time at {rate:g} Hz ({args.backend}, {schedule}): success {d['success_rate']:.1%} over "
+              f"{d['episodes']} episodes; mean steps {d['mean_steps']:.1f}; held {d['held_per_episode']:.2f} ticks an "
+              f"episode; chunk delay mean {d['mean_delay_ticks']:.2f}, max {d['max_delay_ticks']} ticks; command "
+              f"p99 {d['command_ms']['p99']:.2f} ms; {d['overran']} of {d['ticks']} ticks overran the period")
     return 0
 
 

@@ -369,38 +369,49 @@ class PacedLoop:
     rate_hz: float
     stats: ControlStats
     command_ms: list[float]  # per tick: from the tick's start to its step() returning (the command going out)
+    overran: int = 0  # ticks whose step and command took longer than the period
 
     def to_dict(self) -> dict[str, Any]:
         out = np.asarray(self.command_ms)
-        return {"rate_hz": self.rate_hz, **self.stats.to_dict(),
+        return {"rate_hz": self.rate_hz, **self.stats.to_dict(), "overran": self.overran,
                 "command_ms": {"p50": float(np.percentile(out, 50)), "p99": float(np.percentile(out, 99)),
                                "max": float(out.max())}}
 
 
 def run_paced(controller: _ChunkLoop, observe: Callable[[], Observation], rate_hz: float, ticks: int, *,
+              command: Callable[[np.ndarray | None], bool] | None = None,
               clock: Callable[[], float] = time.perf_counter,
               sleep: Callable[[float], None] = time.sleep) -> PacedLoop:
     """Run ``controller`` for ``ticks`` ticks of a ``rate_hz`` loop in real time, as the robot's loop does.
 
     Each tick starts one period after the last; its step may wait for a running query until the tick's
     period ends, then holds. A tick that overran its period moves the grid: the next starts at once, not
-    to catch up. ``observe`` is called when a query starts.
+    to catch up. ``observe`` is called when a query starts. ``command``, the robot's side of a tick, is
+    given each step's action (``None``: hold) within the tick, and ends the loop early by returning True.
     """
     _check_whole(ticks, 1, "ticks must be an integer >= 1")
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise EdgevlaError(f"control rate must be a positive number of Hz, got {rate_hz!r}")
     period = 1.0 / rate_hz
     command_ms: list[float] = []
+    overran = 0
+    reserve = 0.0  # of each tick, for the command: the longest one so far
     due = clock()
     for _ in range(ticks):
         now = clock()
         if due > now:
             sleep(due - now)
-        controller.step(observe, wait=max(0.0, due + period - clock()))
+        action = controller.step(observe, wait=max(0.0, due + period - reserve - clock()))
+        stepped = clock()
+        command_ms.append((stepped - due) * 1000.0)
+        over = command is not None and command(action)
         done = clock()
-        command_ms.append((done - due) * 1000.0)
+        reserve = max(reserve, done - stepped)
+        overran += done > due + period
         due = max(due + period, done)
-    return PacedLoop(rate_hz=rate_hz, stats=controller.stats, command_ms=command_ms)
+        if over:
+            break
+    return PacedLoop(rate_hz=rate_hz, stats=controller.stats, command_ms=command_ms, overran=overran)
 
 
 def latency_ticks(latency_ms: float, control_rate_hz: float) -> int:

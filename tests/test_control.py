@@ -288,6 +288,34 @@ def test_a_tick_that_overruns_moves_the_grid():
     assert [round(s, 6) for s in clock.sleeps] == [0.02, 0.02, 0.02]
 
 
+def test_the_paced_loop_commands_the_robot_within_each_tick():
+    """The robot's side of a tick (``command``) gets each step's action, its time is kept out of the next ticks'
+    waits, a tick it makes overrun is counted, and it ends the loop."""
+    clock = FakeClock()
+    waits = []
+
+    class Recorded(SimulatedLatency):
+        def poll(self, handle, tick, wait):
+            waits.append(None if wait is None else round(wait, 9))
+            return super().poll(handle, tick, wait)
+
+    controller = ChunkController(NumberedChunks(), execute=4, inference=Recorded(1))
+    sent = []
+
+    def command(action):
+        sent.append(None if action is None else int(action[0, 0]))
+        clock.now += 0.025 if len(sent) == 3 else 0.005  # the robot's side: 5 ms; the third tick's 25 ms
+        return len(sent) == 7
+
+    loop = run_paced(controller, lambda: {"x": np.zeros((1, 1), np.float32)}, 50.0, 100, command=command,
+                     clock=clock, sleep=clock.sleep)
+    assert sent == [None, 0, 1, 2, 3, None, 100]  # 1 tick late: held before each chunk
+    assert loop.stats.ticks == 7 and loop.overran == 1  # only the third tick ran past its 20 ms
+    # a starving tick waits for its chunk until the period's end less the longest command so far (none at first)
+    assert waits[0] == 0.02 and waits[-2] == 0.0  # tick 5: 20 ms less 25 ms reserved
+    assert [round(s, 6) for s in clock.sleeps] == [0.015, 0.015, 0.015, 0.015, 0.015]  # none after the overrun
+
+
 def test_a_real_paced_loop_on_a_worker_thread():
     controller = ChunkController(NumberedChunks(), execute=4, lead=1, inference=ThreadedInference())
     with controller:

@@ -93,9 +93,7 @@ def evaluate(policy: ActionFn, task: ClosedLoopTask, episodes: int = 200, seed: 
     def as_float64(obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(policy(obs), dtype=np.float64)
 
-    successes: list[bool] = []
-    steps: list[int] = []
-    jerk_sum, jerk_n = 0.0, 0
+    tally = Tally()
     for start in range(0, episodes, batch):
         n = min(batch, episodes - start)
         env = task.batch_env(n, seed + start)
@@ -111,27 +109,46 @@ def evaluate(policy: ActionFn, task: ClosedLoopTask, episodes: int = 200, seed: 
                 obs[blank] = np.zeros_like(obs[blank])
             return obs
 
-        prev = None
+        tally.start(env)
         while not env.done.all():
-            action = controller.step(observe)
-            live = ~env.done
-            a = env.hold() if action is None else env.limit(action)
-            if prev is not None:
-                jerk_sum += float(np.linalg.norm(a[live] - prev[live], axis=-1).sum())
-                jerk_n += int(live.sum())
-            env.step(a)
-            prev = a
-        successes += env.success.tolist()
-        steps += env.steps.tolist()
+            tally.command(controller.step(observe))
+        tally.end()
         if progress is not None:
             progress(n)
-    return EvalResult(
-        episodes=episodes,
-        success_rate=float(np.mean(successes)),
-        mean_steps=float(np.mean(steps)),
-        smoothness=jerk_sum / max(jerk_n, 1),
-        successes=successes,
-    )
+    return tally.result()
+
+
+class Tally:
+    """Episodes' outcomes as the robot's commands go out: success, steps, and the smoothness of the actions."""
+
+    def __init__(self) -> None:
+        self.successes: list[bool] = []
+        self.steps: list[int] = []
+        self.jerk_sum, self.jerk_n = 0.0, 0
+
+    def start(self, env: BatchEnv) -> None:
+        self.env, self.prev = env, None
+
+    def command(self, action: np.ndarray | None) -> bool:
+        """One tick's action (``None``: hold) to the episodes still running; True when all have ended."""
+        env = self.env
+        live = ~env.done
+        a = env.hold() if action is None else env.limit(action)
+        if self.prev is not None:
+            self.jerk_sum += float(np.linalg.norm(a[live] - self.prev[live], axis=-1).sum())
+            self.jerk_n += int(live.sum())
+        env.step(a)
+        self.prev = a
+        return bool(env.done.all())
+
+    def end(self) -> None:
+        self.successes += self.env.success.tolist()
+        self.steps += self.env.steps.tolist()
+
+    def result(self) -> EvalResult:
+        return EvalResult(episodes=len(self.successes), success_rate=float(np.mean(self.successes)),
+                          mean_steps=float(np.mean(self.steps)), smoothness=self.jerk_sum / max(self.jerk_n, 1),
+                          successes=self.successes)
 
 
 def random_policy(cfg: TaskConfig, seed: int = 0) -> ActionFn:
