@@ -67,9 +67,11 @@ def test_eval_realtime(reach_bundle, capsys):
     assert main(["eval", str(reach_bundle), "--realtime", "--episodes", "4", "--lead", "1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["task"] == ENV and data["realtime"]["schedule"] == "async" and data["realtime"]["episodes"] == 4
+    assert data["without_latency"]["episodes"] == 4 and data["without_latency"]["success_rate"] == 1.0
     assert main(["eval", str(reach_bundle), "--realtime", "--episodes", "2", "--ensemble", "0.01"]) == 0
     said = capsys.readouterr().out
     assert "real time at 20 Hz (onnxruntime, temporal ensembling m = 0.01): success" in said
+    assert "the same episodes without latency (every chunk in at once): success 100.0%" in said
 
 
 @pytest.mark.parametrize("argv, message", [
