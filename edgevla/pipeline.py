@@ -107,7 +107,7 @@ def task_for(spec: PolicySpec, ev: EvaluateConfig | None = None) -> ClosedLoopTa
     if ev is not None and ev.env is not None:
         from .task.user_env import EnvTask
 
-        return EnvTask(ev.env, spec, max_steps=ev.env_max_steps, execute=ev.execute)
+        return EnvTask(ev.env, spec, max_steps=ev.env_max_steps, execute=ev.execute, noise=ev.env_noise)
     obs = {o.name: o for o in spec.observations}
     if set(obs) != {"image", "instruction", "state"} or spec.action_dim != 2:
         return None

@@ -178,9 +178,11 @@ RECIPE_SCHEMA = Section({
         "schedule": OneOf("sync", "async", "ensemble", default="sync"),
         "ensemble_m": Float(0.0, default=0.01),
         # A user's simulator in place of the tabletop task (package.module:factory of an environment with
-        # Gymnasium's API: edgevla.task.user_env), and the steps after which its episode counts as failed.
+        # Gymnasium's API: edgevla.task.user_env), the steps after which its episode counts as failed, and the
+        # noise (action standard deviations) its training rollouts add to the original's actions (DART).
         "env": Nullable(Str()),
         "env_max_steps": Int(1, default=1000),
+        "env_noise": Float(0.0, default=0.0),
         # After the gate: success at 0..max_ticks ticks of latency in each schedule, original and built, and the
         # most ticks each keeps the gate's floor (report: latency tolerance). 0: not measured.
         "tolerance": Section({
@@ -318,6 +320,7 @@ class EvaluateConfig:
     ensemble_m: float
     env: str | None
     env_max_steps: int
+    env_noise: float
     tolerance: ToleranceConfig
 
 

@@ -101,6 +101,26 @@ def test_demonstrations_are_the_originals_rollouts_seeded_per_split(task, policy
     assert b.observations["state"].shape == (32, 4) and b.actions.shape == (32, CHUNK, 2)
 
 
+def test_training_rollouts_execute_noisy_actions_under_clean_labels(policy):
+    """DART: the train split's rollouts stray from the original's path (noise on the executed actions), and are
+    labelled with its clean chunks; the noise is seeded, and 0 rolls out clean."""
+    demonstrator = action_fn(make_runner("torch", policy=policy))
+    tasks = {noise: EnvTask(ENV, policy.spec, noise=noise) for noise in (0.0, 0.5)}  # 0: the default
+    for t in tasks.values():
+        t.demonstrator = demonstrator
+    clean, noisy = (tasks[n].split("train", 64) for n in (0.0, 0.5))
+    assert np.array_equal(clean.observations["state"][:16], noisy.observations["state"][:16])  # the resets
+    assert not np.allclose(clean.observations["state"][16:], noisy.observations["state"][16:])
+    assert np.allclose(noisy.actions, demonstrator(noisy.observations), atol=1e-6)
+    again = EnvTask(ENV, policy.spec, noise=0.5)
+    again.demonstrator = demonstrator
+    assert np.array_equal(again.split("train", 64).observations["state"], noisy.observations["state"])
+    held = {n: tasks[n].split("heldout", 64).observations["state"] for n in tasks}
+    assert np.array_equal(held[0.0], held[0.5])  # held-out (and calibration) rollouts stay clean
+    with pytest.raises(EdgevlaError, match="evaluate.env_noise must be >= 0"):
+        EnvTask(ENV, policy.spec, noise=-1.0)
+
+
 def test_taylor_pruning_is_refused_on_a_simulators_own_actions(task, policy):
     with pytest.raises(EdgevlaError, match="taylor needs expert actions.*policy's own actions"):
         calibration_batches(policy, policy.spec, task, "taylor")

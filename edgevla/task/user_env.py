@@ -27,7 +27,14 @@ policy: its ``demonstrator`` rolls out seeded episodes (disjoint from the
 evaluation's seeds, one stream per split) and the observations it meets, with
 the actions it takes, are the data. Those actions are its own, so they teach
 nothing a gradient could see (:attr:`EnvTask.expert` is False: Taylor pruning
-needs a task's expert).
+needs a task's expert). With ``noise`` > 0 the training split's rollouts
+execute the demonstrator's actions plus Gaussian noise of that many action
+standard deviations (DART: the labels stay the clean actions), so that
+distillation also sees states off the original's path, where a compressed
+student drifts; calibration and held-out rollouts are always clean. It is a
+trade (``benchmarks/closed_loop/env-noise-2026-12-06.md``): off-path states
+help success without latency and cost precision at the far end of the chunk,
+which an asynchronous loop executes, so the default is 0.
 """
 
 from __future__ import annotations
@@ -55,10 +62,12 @@ class EnvTask:
 
     expert = False  # demonstrations are the original policy's own actions
 
-    def __init__(self, ref: str, spec: PolicySpec, *, max_steps: int = 1000, execute: int = 4):
+    def __init__(self, ref: str, spec: PolicySpec, *, max_steps: int = 1000, execute: int = 4, noise: float = 0.0):
         if max_steps < 1:
             raise EdgevlaError(f"evaluate.env_max_steps must be >= 1, got {max_steps}")
-        self.ref, self.spec, self.max_steps = ref, spec, max_steps
+        if not noise >= 0:
+            raise EdgevlaError(f"evaluate.env_noise must be >= 0, got {noise}")
+        self.ref, self.spec, self.max_steps, self.noise = ref, spec, max_steps, noise
         self.execute = max(1, min(execute, spec.chunk_size))
         self.what = f"evaluate.env {ref!r}"
         self._factory = import_callable(ref, self.what)
@@ -98,7 +107,8 @@ class EnvTask:
             raise ValueError(f"unknown split {name!r}; splits: {', '.join(SPLIT_SEEDS)}")
         key = (name, n, seed)
         if key not in self._splits:
-            self._splits[key] = self.rollouts(n, SPLIT_SEEDS[name] + seed * 100_003)
+            self._splits[key] = self.rollouts(n, SPLIT_SEEDS[name] + seed * 100_003,
+                                              noise=self.noise if name == "train" else 0.0)
         return self._splits[key]
 
     def stream(self, batch: int, seed: int = 0) -> Iterator[Batch]:
@@ -111,11 +121,14 @@ class EnvTask:
                 idx = order[start:start + batch]
                 yield Batch({k: v[idx] for k, v in pool.observations.items()}, pool.actions[idx])
 
-    def rollouts(self, n: int, seed: int) -> Batch:
+    def rollouts(self, n: int, seed: int, noise: float = 0.0) -> Batch:
         """The first ``n`` queries of the demonstrator rolling out episodes ``seed, seed + 1, ...``:
-        each query's observation and the chunk it answered, the first ``execute`` actions executed."""
+        each query's observation and the chunk it answered, the first ``execute`` actions executed (plus
+        Gaussian noise of ``noise`` action standard deviations, seeded by ``seed``)."""
         if self.demonstrator is None:
             raise EdgevlaError(f"{self.what}: demonstrations need the original policy to roll out")
+        rng = np.random.default_rng(seed)
+        sigma = noise * np.asarray(self.spec.action_std, dtype=np.float64)
         observations: list[dict[str, np.ndarray]] = []
         actions: list[np.ndarray] = []
         have, episode = 0, 0
@@ -130,7 +143,8 @@ class EnvTask:
                 actions.append(chunk[live])
                 have += int(live.sum())
                 for i in range(self.execute):
-                    env.step(env.limit(chunk[:, i]))
+                    action = chunk[:, i] if noise == 0 else chunk[:, i] + rng.normal(0.0, sigma, chunk[:, i].shape)
+                    env.step(env.limit(action))
                     if env.done.all():
                         break
         return Batch({k: np.concatenate([o[k] for o in observations])[:n] for k in observations[0]},
