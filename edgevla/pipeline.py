@@ -55,7 +55,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -70,11 +70,12 @@ from .metrics.memory import measure_peak_memory
 from .metrics.params import count_parameters, file_size
 from .metrics.report import ModelMetrics, build_report, host_info, write_report
 from .models.zoo import LoadedPolicy, load_policy
+from .original_memo import OriginalMemo, fingerprint
 from .progress import Progress
 from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
-from .task import ClosedLoopTask, TaskConfig, evaluate
+from .task import ClosedLoopTask, EvalResult, TaskConfig, evaluate
 from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of, tolerated_said
 
 DEFAULT_POLICY = "tiny-vla"
@@ -89,6 +90,8 @@ class BuildRequest:
     output: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted recipe keys, e.g. {"evaluate.episodes": 50}
     allow_pickle: bool = False
+    # The original policy's ONNX, closed-loop results and rollouts, shared with other builds of it (a search's).
+    memo: OriginalMemo | None = None
 
 
 @dataclass
@@ -125,6 +128,12 @@ def heldout_observations(spec: PolicySpec, n: int, seed: int = 0,
     if task is not None:
         return task.split("heldout", n, seed).observations
     return spec.example(batch=n, seed=10_000 + seed)
+
+
+def task_key(task: ClosedLoopTask) -> Hashable:
+    """What tells one closed-loop task from another, for keeping results measured on it."""
+    ref = getattr(task, "ref", None)
+    return ("tabletop", task) if ref is None else ("env", ref, task.max_steps)
 
 
 def first_observations(task: ClosedLoopTask, episodes: int, seed: int, batch: int = 50) -> dict[str, np.ndarray]:
@@ -783,9 +792,16 @@ class Build:
 
     # analyze ------------------------------------------------------------
     def analyze(self) -> None:
-        self.task = task_for(self.spec, self.recipe.evaluate)
+        ev = self.recipe.evaluate
+        self.memo = self.request.memo
+        self.reused: list[str] = []  # what of the original's came from the memo
+        self.original_digest = fingerprint(self.original) if self.memo is not None else None
+        self.task = task_for(self.spec, ev)
         if self.task is not None and not self.task.expert:  # a simulator: its demonstrations are the original's
             self.task.demonstrator = action_fn(make_runner("torch", policy=self.original))
+            if self.memo is not None:
+                key = ("rollouts", self.original_digest, ev.env, ev.env_max_steps, ev.execute, ev.env_noise)
+                self.task.keep_demonstrations_in(self.memo.value(key, dict)[0])
             self.progress.note(f"closed-loop task: {self.task.ref} (demonstrations: the original policy's "
                                "rollouts in it)")
         self.heldout = heldout_observations(self.spec, self.recipe.verify.samples, task=self.task)
@@ -845,8 +861,13 @@ class Build:
         from .export import export_onnx
 
         opts = self.recipe.export
-        self.onnx = {"original": export_onnx(self.original, self.work / "original.onnx", opset=opts.opset,
-                                             dynamic_batch=opts.dynamic_batch)}
+
+        def original(path: Path) -> Path:
+            return export_onnx(self.original, path, opset=opts.opset, dynamic_batch=opts.dynamic_batch)
+
+        self.onnx = {"original": self._original_memo(
+            "onnx", (opts.opset, opts.dynamic_batch), lambda: original(self.work / "original.onnx"),
+            file=(self.work / "original.onnx", original))}
         if self.quantized:
             self.onnx["built"] = self._export_quantized()
         else:
@@ -959,9 +980,13 @@ class Build:
         jobs = [("original", "torch")] + [("built", b) for b in ev.backends]
         with self.progress.task(f"{ev.episodes} episodes x {len(jobs)} models", ev.episodes * len(jobs)) as advance:
             for label, backend in jobs:
-                self.results[(label, backend)] = evaluate(
-                    action_fn(self.runners[label][backend]), self.task, episodes=ev.episodes, seed=ev.seed,
-                    progress=advance, **robot_loop(ev))
+                def run(label: str = label, backend: str = backend) -> EvalResult:
+                    return evaluate(action_fn(self.runners[label][backend]), self.task, episodes=ev.episodes,
+                                    seed=ev.seed, progress=advance, **robot_loop(ev))
+
+                self.results[(label, backend)] = run() if label == "built" else self._original_memo(
+                    "evaluate", (task_key(self.task), ev.episodes, ev.seed, tuple(sorted(robot_loop(ev).items()))),
+                    run)
         before = self.results[("original", "torch")].success_rate
         loop = "" if (ev.latency_ticks, ev.schedule) == (0, "sync") else (
             f" ({ev.latency_ticks} tick(s) of latency, {ev.schedule}"
@@ -987,11 +1012,17 @@ class Build:
         with self.progress.task(f"latency tolerance: 0-{tol.max_ticks} ticks x {len(tol.schedules)} schedule(s) "
                                 f"x {len(jobs)} models", points * len(jobs)) as advance:
             for label, backend in jobs:
-                curves[label] = latency_tolerance(
-                    action_fn(self.runners[label][backend]), self.task, max_ticks=tol.max_ticks, floor=floor,
-                    schedules=tol.schedules, episodes=ev.episodes, seed=ev.seed, execute=ev.execute,
-                    ensemble_m=ev.ensemble_m, known={(ev.schedule, ev.latency_ticks): self.results[(label, backend)]},
-                    progress=advance)
+                def run(label: str = label, backend: str = backend) -> dict[str, ToleranceCurve]:
+                    return latency_tolerance(
+                        action_fn(self.runners[label][backend]), self.task, max_ticks=tol.max_ticks, floor=floor,
+                        schedules=tol.schedules, episodes=ev.episodes, seed=ev.seed, execute=ev.execute,
+                        ensemble_m=ev.ensemble_m, known={(ev.schedule, ev.latency_ticks): self.results[(label, backend)]},
+                        progress=advance)
+
+                curves[label] = run() if label == "built" else self._original_memo(
+                    "latency_tolerance", (task_key(self.task), ev.episodes, ev.seed, ev.execute, ev.ensemble_m,
+                                          ev.schedule, ev.latency_ticks, tol.max_ticks, tuple(tol.schedules), floor),
+                    run)
         for s in tol.schedules:
             self.progress.note(f"latency tolerated (success >= {floor:.1%} at every latency up to it), {s}: "
                                + "; ".join(f"{label} {_ticks_tolerated(curves[label][s])}" for label, _ in jobs))
@@ -999,6 +1030,20 @@ class Build:
                 "episodes": ev.episodes, "seed": ev.seed, "execute": ev.execute, "ensemble_m": ev.ensemble_m,
                 "backends": dict(jobs),
                 "schedules": {s: {label: curves[label][s].to_dict() for label, _ in jobs} for s in tol.schedules}}
+
+    def _original_memo(self, what: str, settings: tuple, make: Callable[[], Any],
+                       file: tuple[Path, Callable[[Path], Path]] | None = None) -> Any:
+        """``make()``, or the original's ``what`` measured with these ``settings`` by an earlier build sharing this
+        build's memo (``file``: kept as a file, copied to its path)."""
+        if self.memo is None:
+            return make()
+        key = (what, self.original_digest, settings)
+        value, reused = self.memo.file(key, *file) if file is not None else self.memo.value(key, make)
+        if reused:
+            self.reused.append(what)
+            self.progress.note(f"original policy's {what.replace('_', ' ')}: as an earlier build of this search "
+                               "measured it (same weights, same settings)")
+        return value
 
     def _runner(self, label: str, backend: str) -> Runner:
         policy = self.built if label == "built" else self.original
@@ -1068,6 +1113,7 @@ class Build:
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
                 "closed_loop_task": None if self.task is None else getattr(self.task, "ref", "tabletop"),
+                "original_reused": self.reused or "none",
                 "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
                                if k in ("execute", "latency_ticks", "schedule")
                                or (k == "ensemble_m" and self.recipe.evaluate.schedule == "ensemble")},

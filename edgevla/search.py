@@ -67,6 +67,7 @@ def search(target: str, candidates: Sequence[str], output: str | Path, *, policy
            tolerate: tuple[str, int] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Build every candidate into ``output``/<slug>, compare what was built, pick; write ``search.json``."""
     from .compare import compared, row_of
+    from .original_memo import OriginalMemo
     from .pipeline import BuildRequest, build
     from .recipe import load_recipe
     from .targets import load_target
@@ -84,18 +85,19 @@ def search(target: str, candidates: Sequence[str], output: str | Path, *, policy
     if out.exists() and not out.is_dir():
         raise EdgevlaError(f"search output {str(out)!r} is a file")
     records: list[dict[str, Any]] = []
-    for candidate, plan in plans:
-        started = time.perf_counter()
-        request = BuildRequest(target=target, policy=policy, recipe=recipe, output=str(out / slug(candidate)),
-                               overrides=plan, allow_pickle=allow_pickle)
-        if progress is not None:
-            progress.note(f"candidate {candidate}")
-        try:
-            bundle, error = str(build(request, progress).bundle), None
-        except EdgevlaError as e:  # a gate that failed, or a build this candidate cannot make: recorded
-            bundle, error = None, str(e)
-        records.append({"candidate": candidate, "bundle": bundle, "error": error,
-                        "seconds": time.perf_counter() - started})
+    with OriginalMemo() as memo:  # the original's ONNX and closed-loop runs, made by the first build that needs them
+        for candidate, plan in plans:
+            started = time.perf_counter()
+            request = BuildRequest(target=target, policy=policy, recipe=recipe, output=str(out / slug(candidate)),
+                                   overrides=plan, allow_pickle=allow_pickle, memo=memo)
+            if progress is not None:
+                progress.note(f"candidate {candidate}")
+            try:
+                bundle, error = str(build(request, progress).bundle), None
+            except EdgevlaError as e:  # a gate that failed, or a build this candidate cannot make: recorded
+                bundle, error = None, str(e)
+            records.append({"candidate": candidate, "bundle": bundle, "error": error,
+                            "seconds": time.perf_counter() - started})
     built = [r["bundle"] for r in records if r["bundle"] is not None]
     comparison = compared([row_of(b) for b in built], tolerate) if built else None
     result = {"target": target, "policy": policy, "candidates": records,

@@ -93,6 +93,12 @@ class EnvTask:
             self._envs.append(env)
         return EnvBatch(self, self._envs[:n], seed)
 
+    def keep_demonstrations_in(self, store: dict) -> None:
+        """Keep the splits' rollouts in ``store``, shared with other tasks of the same environment, original policy
+        and settings (the builds of a search: :class:`~edgevla.original_memo.OriginalMemo`)."""
+        store.update(self._splits)
+        self._splits = store
+
     def close(self) -> None:
         for env in self._envs:
             close = getattr(env, "close", None)
