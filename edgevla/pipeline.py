@@ -30,7 +30,8 @@ structured pruning removes neurons, heads or blocks found under it by the
 dependency analysis, with kept channels rounded to the target's
 ``preferred_channel_multiple``. Recovery distils the original policy into
 the pruned one on the task's demonstrations until closed-loop success is
-within budget (episodes seeded apart from the gate's); without a task there
+within half the budget (``prune.recovery.max_loss``) on episodes seeded apart
+from the gate's, a margin for the gate's other episodes; without a task there
 is no recovery and the report says so. Structured pruning changes layer
 shapes, so a VLA's config no longer describes the weights: the manifest
 records each layer's shape, and ``edgevla eval --backend torch`` refuses such
@@ -443,7 +444,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     rc = cfg.recovery
     config = RecoveryConfig(max_steps=rc.max_steps, eval_every=rc.eval_every, eval_episodes=rc.episodes,
                             eval_seed=rc.seed, batch_size=rc.batch_size, lr=rc.lr, precision=rc.precision,
-                            max_loss=max_loss if rc.max_loss is None else rc.max_loss)
+                            max_loss=max_loss / 2 if rc.max_loss is None else rc.max_loss)
     config.check()
     batches = None
     if task is not None:

@@ -111,7 +111,9 @@ RECIPE_SCHEMA = Section({
             "eval_every": Int(1, default=50),
             "episodes": Int(1, default=100),
             "seed": Int(0, default=20_000),  # apart from evaluate.seed: the gate is judged on other episodes
-            "max_loss": Nullable(Float(0.0, 1.0)),  # null: the build's accuracy budget
+            # null: half the build's accuracy budget. Recovery stops on its own episodes and the gate judges
+            # others: a student that only just met the budget on the first often misses it on the second.
+            "max_loss": Nullable(Float(0.0, 1.0)),
             "batch_size": Int(1, default=32),
             "lr": Float(0.0, min_open=True, default=3e-4),
             "precision": OneOf("fp32", "bf16", "auto", default="fp32"),

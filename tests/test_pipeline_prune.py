@@ -83,7 +83,7 @@ def test_the_report_carries_what_was_pruned_and_the_recovery_figures(nm_bundle):
     assert recovery["recovered"] and recovery["steps_to_recover"] <= 60
     for key in ("samples_per_s", "seconds_per_epoch", "train_seconds", "teacher_success"):
         assert key in recovery
-    assert recovery["max_loss"] == pytest.approx(0.02)  # null: the build's budget (jetson-agx-orin)
+    assert recovery["max_loss"] == pytest.approx(0.01)  # null: half the build's budget (jetson-agx-orin's 2 %)
     assert nm_bundle.report["extra"]["verify"]["passed"]
 
 
