@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP + " (default: the bundle's recipe's evaluate.env, "
                                                                       "else the tabletop task)")
+    e.add_argument("--env-workers", type=int, metavar="N",
+                   help="processes to step the simulator's episodes in (default: the bundle's recipe's "
+                        "evaluate.env_workers; 0: this one)")
     e.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     e.add_argument("--kernel-tactics", metavar="FILE", help=TACTICS_HELP)
     latency = e.add_mutually_exclusive_group()

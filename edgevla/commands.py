@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise EdgevlaError("--execute does not apply to --ensemble: every chunk's prediction for a tick is used")
     execute = 4 if args.execute is None else args.execute
     _check_execute(execute, bundle.spec.chunk_size)
-    task = _eval_task(bundle, args.env, execute)
+    task = _eval_task(bundle, args.env, execute, args.env_workers)
     if args.realtime or args.lead is not None:
         return _eval_realtime(args, bundle, task, execute)
     draws, measured = None, None
@@ -204,7 +204,7 @@ def _eval_realtime(args: argparse.Namespace, bundle, task, execute: int) -> int:
     return 0
 
 
-def _eval_task(bundle, env: str | None, execute: int):
+def _eval_task(bundle, env: str | None, execute: int, workers: int | None):
     """The closed-loop task of ``edgevla eval``: ``--env``, else the simulator the bundle was built with, else the
     tabletop task where the policy speaks it."""
     from .pipeline import task_for
@@ -213,7 +213,11 @@ def _eval_task(bundle, env: str | None, execute: int):
     evaluate = bundle.manifest.get("recipe", {}).get("evaluate", {})
     env = env if env is not None else evaluate.get("env")
     if env is not None:
-        return EnvTask(env, bundle.spec, max_steps=evaluate.get("env_max_steps", 1000), execute=execute)
+        workers = evaluate.get("env_workers", 0) if workers is None else workers
+        return EnvTask(env, bundle.spec, max_steps=evaluate.get("env_max_steps", 1000), execute=execute,
+                       workers=workers)
+    if workers is not None:
+        raise EdgevlaError("--env-workers steps a simulator's episodes, and this evaluation has none (--env)")
     task = task_for(bundle.spec)
     if task is None:
         raise EdgevlaError("this bundle's policy does not take the tabletop task's observations; closed-loop "

@@ -111,7 +111,8 @@ def task_for(spec: PolicySpec, ev: EvaluateConfig | None = None) -> ClosedLoopTa
     if ev is not None and ev.env is not None:
         from .task.user_env import EnvTask
 
-        return EnvTask(ev.env, spec, max_steps=ev.env_max_steps, execute=ev.execute, noise=ev.env_noise)
+        return EnvTask(ev.env, spec, max_steps=ev.env_max_steps, execute=ev.execute, noise=ev.env_noise,
+                       workers=ev.env_workers)
     obs = {o.name: o for o in spec.observations}
     if set(obs) != {"image", "instruction", "state"} or spec.action_dim != 2:
         return None
@@ -374,6 +375,12 @@ def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: ClosedL
             with torch.no_grad():
                 batches.append((args, policy(*args).float()))
         return batches
+    if task.expert:  # the tabletop task: n batches drawn in turn from its calibration split's stream
+        from .task.dataset import make_batch, split_rng
+
+        rng = split_rng("calibration", 0)
+        return [normalized_batch(spec, b.observations, b.actions)
+                for b in (make_batch(task, size, rng) for _ in range(n))]
     data = task.split("calibration", n * size)
     return [normalized_batch(spec, {k: v[i * size:(i + 1) * size] for k, v in data.observations.items()},
                              data.actions[i * size:(i + 1) * size]) for i in range(n)]

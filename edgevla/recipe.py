@@ -181,10 +181,12 @@ RECIPE_SCHEMA = Section({
         "ensemble_m": Float(0.0, default=0.01),
         # A user's simulator in place of the tabletop task (package.module:factory of an environment with
         # Gymnasium's API: edgevla.task.user_env), the steps after which its episode counts as failed, and the
-        # noise (action standard deviations) its training rollouts add to the original's actions (DART).
+        # noise (action standard deviations) its training rollouts add to the original's actions (DART), and the
+        # processes its episodes are stepped in (0: this one; edgevla.task.env_workers).
         "env": Nullable(Str()),
         "env_max_steps": Int(1, default=1000),
         "env_noise": Float(0.0, default=0.0),
+        "env_workers": Int(0, default=0),
         # After the gate: success at 0..max_ticks ticks of latency in each schedule, original and built, and the
         # most ticks each keeps the gate's floor (report: latency tolerance). 0: not measured.
         "tolerance": Section({
@@ -323,6 +325,7 @@ class EvaluateConfig:
     env: str | None
     env_max_steps: int
     env_noise: float
+    env_workers: int
     tolerance: ToleranceConfig
 
 

@@ -34,7 +34,7 @@ DEFAULTS = {
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
     "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "backends": ["onnxruntime"],
                  "execute": 4, "latency_ticks": 0, "schedule": "sync", "ensemble_m": 0.01,
-                 "env": None, "env_max_steps": 1000, "env_noise": 0.0,
+                 "env": None, "env_max_steps": 1000, "env_noise": 0.0, "env_workers": 0,
                  "tolerance": {"max_ticks": 0, "schedules": ["sync", "async", "ensemble"]}},
     "profile": {"warmup": 20, "runs": 200, "batch_sizes": [1, 4, 16], "backends": ["torch", "onnxruntime"],
                 "threads": None},

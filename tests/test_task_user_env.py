@@ -58,7 +58,7 @@ def test_actions_are_clipped_to_the_action_space_and_the_robot_holds_its_last_wh
     chunk = np.tile(np.array([[0.5, -0.02]]), (CHUNK, 1))  # x beyond the Box's 0.1
     evaluate(lambda obs: np.broadcast_to(chunk, (len(obs["state"]), CHUNK, 2)), task, episodes=1, seed=3,
              execute=2, latency_ticks=1)
-    received = np.array(task._envs[0].received)
+    received = np.array(task._calls._envs[0].received)
     # tick 0: nothing in yet, the robot holds (zeros before any action); then 2 executed, 1 held (the last sent)...
     assert np.allclose(received[0], 0.0)
     assert np.allclose(received[1:3], [MAX_STEP, -0.02]) and np.allclose(received[3], [MAX_STEP, -0.02])
@@ -71,9 +71,45 @@ def test_a_gymnasium_env_under_its_time_limit_wrapper(policy):
     act = action_fn(make_runner("torch", policy=policy))
     waiting = evaluate(act, task, episodes=8, latency_ticks=2)
     assert waiting.success_rate == 1.0
-    assert sum(env.unwrapped.holds for env in task._envs) > 0  # hold_action found through the wrapper
+    assert sum(env.unwrapped.holds for env in task._calls._envs) > 0  # hold_action found through the wrapper
     stuck = evaluate(lambda obs: np.zeros((len(obs["state"]), CHUNK, 2)), task, episodes=4)
     assert stuck.success_rate == 0.0 and stuck.mean_steps == LIMIT  # TimeLimit truncated every episode
+
+
+@pytest.mark.parametrize("factory", ["make_reach_env", "make_gym_env"])
+def test_episodes_in_worker_processes_give_what_this_process_gives(policy, factory):
+    if factory == "make_gym_env":
+        pytest.importorskip("gymnasium")
+    act = action_fn(make_runner("torch", policy=policy))
+    here = EnvTask(f"user_envs:{factory}", policy.spec)
+    there = EnvTask(f"user_envs:{factory}", policy.spec, workers=2)
+    try:
+        for loop in ({}, {"latency_ticks": 2}, {"latency_ticks": 1, "asynchronous": True}):
+            assert evaluate(act, there, episodes=11, seed=3, batch=5, **loop) == \
+                evaluate(act, here, episodes=11, seed=3, batch=5, **loop)
+        here.demonstrator = there.demonstrator = act
+        assert np.array_equal(there.split("heldout", 40).observations["state"],
+                              here.split("heldout", 40).observations["state"])
+        procs = there._calls._procs
+        assert len(procs) == 2 and all(p.is_alive() for p in procs)
+    finally:
+        there.close()
+        here.close()
+    assert not any(p.is_alive() for p in procs)
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("make_crashing_env", "step\\(\\) raised RuntimeError: the simulator crashed"),
+    ("make_dying_env", "environment worker \\d died \\(exit code 3\\)"),
+    ("make_no_env", "returned dict, which has no reset"),
+])
+def test_a_worker_process_failing_is_one_clear_error(policy, factory, message):
+    task = EnvTask(f"user_envs:{factory}", policy.spec, workers=2)
+    try:
+        with pytest.raises(EdgevlaError, match=message):
+            evaluate(expert, task, episodes=4)
+    finally:
+        task.close()
 
 
 def test_an_episode_the_env_never_ends_is_cut_at_max_steps(policy):
@@ -233,6 +269,19 @@ def test_eval_runs_the_bundles_simulator_or_another(tests_on_path, quick, tmp_pa
     assert json.loads(capsys.readouterr().out)["task"] == "user_envs:make_gym_env"
     assert main(["eval", str(out), "--env", "user_envs:nothing"]) == 2
     assert capsys.readouterr().err.strip().endswith("has no callable 'nothing'")
+    assert main(["eval", str(out), "--episodes", "20", "--latency-ticks", "1", "--async", "--env-workers", "2",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latencies"] == data["latencies"]  # the same episodes, elsewhere
+
+
+def test_env_workers_need_a_simulator():
+    from types import SimpleNamespace
+
+    from edgevla.commands import _eval_task
+
+    tabletop = SimpleNamespace(manifest={"recipe": {"evaluate": {"env": None}}}, spec=None)
+    with pytest.raises(EdgevlaError, match="--env-workers steps a simulator's episodes"):
+        _eval_task(tabletop, None, 4, 2)
 
 
 def test_a_compression_the_simulator_shows_broken_fails_the_gate(tests_on_path, quick, tmp_path):

@@ -128,3 +128,55 @@ def make_gym_env():
             return np.zeros(2, np.float32)
 
     return gym.wrappers.TimeLimit(GymPointReach(), max_episode_steps=LIMIT)
+
+
+class _Crashing(PointReach):
+    def step(self, action):
+        if self.t == 2:
+            raise RuntimeError("the simulator crashed")
+        return super().step(action)
+
+
+class _Dying(PointReach):
+    def step(self, action):
+        if self.t == 2:
+            import os
+
+            os._exit(3)  # a simulator that takes its process down
+        return super().step(action)
+
+
+def make_crashing_env() -> PointReach:
+    return _Crashing()
+
+
+def make_dying_env() -> PointReach:
+    return _Dying()
+
+
+def make_no_env() -> dict:
+    return {"reset": "not callable"}
+
+
+class SlowPointReach(PointReach):
+    """PointReach whose every step also costs ``EDGEVLA_TEST_STEP_MS`` milliseconds of CPU (a physics step, a
+    rendered frame): for timing simulators stepped in worker processes."""
+
+    def __init__(self):
+        super().__init__()
+        import os
+
+        self.cost_s = float(os.environ.get("EDGEVLA_TEST_STEP_MS", "5")) / 1000.0
+
+    def step(self, action):
+        import time
+
+        end = time.thread_time() + self.cost_s  # this thread's CPU time: a busy step, not a sleep
+        x = np.ones(64)
+        while time.thread_time() < end:
+            x = np.sqrt(x + 1.0)
+        return super().step(action)
+
+
+def make_slow_reach_env() -> PointReach:
+    return SlowPointReach()

@@ -45,14 +45,14 @@ import numpy as np
 
 from ..errors import EdgevlaError
 from ..spec import PolicySpec
-from ..user_code import call_user, import_callable
+from ..user_code import import_callable
 from .dataset import Batch
+from .env_workers import LocalEnvs, WorkerEnvs
 
 # The first env seed of each split's rollouts: far from evaluate.seed's episodes (10_000 + i by default).
 SPLIT_SEEDS = {"train": 1 << 24, "calibration": 2 << 24, "heldout": 3 << 24}
 ROLLOUT_BATCH = 16  # episodes rolled out side by side for demonstrations
 STREAM_POOL = 4096  # samples of the train split that the distillation stream cycles through
-SUCCESS_KEYS = ("is_success", "success")
 
 ActionFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -62,16 +62,19 @@ class EnvTask:
 
     expert = False  # demonstrations are the original policy's own actions
 
-    def __init__(self, ref: str, spec: PolicySpec, *, max_steps: int = 1000, execute: int = 4, noise: float = 0.0):
+    def __init__(self, ref: str, spec: PolicySpec, *, max_steps: int = 1000, execute: int = 4, noise: float = 0.0,
+                 workers: int = 0):
         if max_steps < 1:
             raise EdgevlaError(f"evaluate.env_max_steps must be >= 1, got {max_steps}")
         if not noise >= 0:
             raise EdgevlaError(f"evaluate.env_noise must be >= 0, got {noise}")
-        self.ref, self.spec, self.max_steps, self.noise = ref, spec, max_steps, noise
+        if workers < 0:
+            raise EdgevlaError(f"evaluate.env_workers must be >= 0, got {workers}")
+        self.ref, self.spec, self.max_steps, self.noise, self.workers = ref, spec, max_steps, noise, workers
         self.execute = max(1, min(execute, spec.chunk_size))
         self.what = f"evaluate.env {ref!r}"
-        self._factory = import_callable(ref, self.what)
-        self._envs: list[Any] = []
+        import_callable(ref, self.what)  # a bad reference fails here, in one line
+        self._calls: LocalEnvs | WorkerEnvs | None = None
         self._splits: dict[tuple[str, int, int], Batch] = {}
         self.demonstrator: ActionFn | None = None  # real action chunks of the original policy
 
@@ -84,14 +87,12 @@ class EnvTask:
         return self.spec.action_dim
 
     def batch_env(self, n: int, seed: int) -> "EnvBatch":
-        """``n`` episodes stepped together, episode ``i`` reset with seed ``seed + i``."""
-        while len(self._envs) < n:
-            env = call_user(self._factory, f"{self.what}: the factory")
-            if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
-                raise EdgevlaError(f"{self.what}: the factory returned {type(env).__name__}, which has no reset() "
-                                   "and step(): expected an environment with Gymnasium's API")
-            self._envs.append(env)
-        return EnvBatch(self, self._envs[:n], seed)
+        """``n`` episodes stepped together, episode ``i`` reset with seed ``seed + i``; its environments in
+        this process, or in ``workers`` processes (started at the first batch, kept until :meth:`close`)."""
+        if self._calls is None:
+            self._calls = (LocalEnvs(self.ref, self.what) if self.workers == 0
+                           else WorkerEnvs(self.ref, self.what, self.workers))
+        return EnvBatch(self, self._calls, n, seed)
 
     def keep_demonstrations_in(self, store: dict) -> None:
         """Keep the splits' rollouts in ``store``, shared with other tasks of the same environment, original policy
@@ -100,11 +101,9 @@ class EnvTask:
         self._splits = store
 
     def close(self) -> None:
-        for env in self._envs:
-            close = getattr(env, "close", None)
-            if callable(close):
-                call_user(close, f"{self.what}: close()")
-        self._envs.clear()
+        calls, self._calls = self._calls, None
+        if calls is not None:
+            calls.close()
 
     # demonstrations ---------------------------------------------------------------
     def split(self, name: str, n: int, seed: int = 0) -> Batch:
@@ -158,33 +157,30 @@ class EnvTask:
 
 
 class EnvBatch:
-    """``len(envs)`` episodes of a user's environments, with the tabletop batch's interface
-    (``observe``, ``step``, ``hold``, ``limit``; ``done``, ``success``, ``steps``)."""
+    """``n`` episodes of a user's environments (indices ``0..n-1`` of the task's ``calls``), with the tabletop
+    batch's interface (``observe``, ``step``, ``hold``, ``limit``; ``done``, ``success``, ``steps``)."""
 
-    def __init__(self, task: EnvTask, envs: list[Any], seed: int):
-        self.task, self.envs = task, envs
-        n = len(envs)
+    def __init__(self, task: EnvTask, calls: LocalEnvs | WorkerEnvs, n: int, seed: int):
+        self.task, self.calls = task, calls
         self.done = np.zeros(n, dtype=bool)
         self.success = np.zeros(n, dtype=bool)
         self.steps = np.zeros(n, dtype=np.int64)
         self._last = np.zeros((n, task.action_dim))
-        self._obs = [self._reset(env, seed + i) for i, env in enumerate(envs)]
-        space = getattr(envs[0], "action_space", None)
-        low, high = getattr(space, "low", None), getattr(space, "high", None)
-        self._bounds = None if low is None or high is None else (np.asarray(low, np.float64),
-                                                                  np.asarray(high, np.float64))
-        self._dtype = np.dtype(getattr(space, "dtype", None) or np.float32)
-        self._hold = [_hold_action(env) for env in envs]
+        self._obs = [self._observation(obs) for obs in calls.reset([seed + i for i in range(n)])]
+        low, high, dtype = calls.space()
+        self._bounds = None if low is None else (low, high)
+        self._dtype = np.dtype(dtype)
 
     def observe(self) -> dict[str, np.ndarray]:
         return {name: np.stack([o[name] for o in self._obs]) for name in self.task.spec.input_names}
 
     def hold(self) -> np.ndarray:
-        """Each episode's action while no chunk is in."""
+        """Each episode's action while no chunk is in: its environment's hold_action(), else its last."""
         out = self._last.copy()
-        for i, hold in enumerate(self._hold):
-            if hold is not None and not self.done[i]:
-                out[i] = np.asarray(call_user(hold, f"{self.task.what}: hold_action()"), np.float64).reshape(-1)
+        live = np.flatnonzero(~self.done).tolist()
+        for i, action in zip(live, self.calls.hold(live)):
+            if action is not None:
+                out[i] = action
         return out
 
     def limit(self, actions: np.ndarray) -> np.ndarray:
@@ -193,31 +189,18 @@ class EnvBatch:
 
     def step(self, actions: np.ndarray) -> None:
         """One action per episode still running; the ended ones ignore theirs."""
-        what = self.task.what
-        for i in np.flatnonzero(~self.done):
-            action = np.asarray(actions[i], dtype=self._dtype)
-            out = call_user(self.envs[i].step, f"{what}: step()", action)
-            if not (isinstance(out, tuple) and len(out) == 5):
-                raise EdgevlaError(f"{what}: step() must return (observation, reward, terminated, truncated, info) "
-                                   "as Gymnasium's API does")
-            obs, _, terminated, truncated, info = out
+        live = np.flatnonzero(~self.done).tolist()
+        sent = [(i, np.asarray(actions[i], dtype=self._dtype)) for i in live]
+        for (i, action), (obs, terminated, truncated, said) in zip(sent, self.calls.step(sent)):
             self._obs[i] = self._observation(obs)
             self._last[i] = action
             self.steps[i] += 1
-            said = next((info[k] for k in SUCCESS_KEYS if isinstance(info, dict) and k in info), None)
             self.success[i] |= bool(said)
-            ended = bool(terminated) or bool(truncated)
+            ended = terminated or truncated
             if ended and said is None:
-                raise EdgevlaError(f"{what}: an episode ended and its info says neither 'is_success' nor 'success': "
-                                   "edgevla needs one of them to tell success from failure")
+                raise EdgevlaError(f"{self.task.what}: an episode ended and its info says neither 'is_success' nor "
+                                   "'success': edgevla needs one of them to tell success from failure")
             self.done[i] = ended or self.steps[i] >= self.task.max_steps
-
-    def _reset(self, env: Any, seed: int) -> dict[str, np.ndarray]:
-        out = call_user(lambda: env.reset(seed=seed), f"{self.task.what}: reset()")
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise EdgevlaError(f"{self.task.what}: reset(seed=...) must return (observation, info) as Gymnasium's "
-                               "API does")
-        return self._observation(out[0])
 
     def _observation(self, obs: Any) -> dict[str, np.ndarray]:
         """The policy's inputs out of one observation, cast to their dtypes, shapes checked."""
@@ -238,13 +221,3 @@ class EnvBatch:
                                    f"declares {t.shape}")
             out[t.name] = value
         return out
-
-
-def _hold_action(env: Any) -> Callable[[], Any] | None:
-    """The environment's ``hold_action`` (through Gymnasium's wrappers, which no longer forward attributes)."""
-    get = getattr(env, "get_wrapper_attr", None)
-    try:
-        found = get("hold_action") if callable(get) else getattr(env, "hold_action")
-    except AttributeError:
-        return None
-    return found if callable(found) else None
