@@ -3,7 +3,9 @@
 A simulator's step is often the slow part of a closed-loop evaluation (a
 physics step, a rendered camera frame), and the evaluator steps the episodes
 of a batch one after the other. :class:`WorkerEnvs` runs them in ``workers``
-processes instead (spawned, so no state of this process is shared): episode
+processes instead (spawned, so no state of this process is shared; daemonic,
+so they end with it, and a simulator that starts processes of its own through
+``multiprocessing`` cannot run in them): episode
 ``i`` of a batch lives in worker ``i % workers``, and each tick every worker
 steps its episodes while the others step theirs. An episode's result depends
 only on its environment, its seed and the actions it gets, so the results are
@@ -121,18 +123,20 @@ class WorkerEnvs:
         """Send each worker its request, then gather the replies: the workers run side by side."""
         for w, request in requests.items():
             self._pipes[w].send(request)
-        replies = {}
-        for w in requests:
+        replies, error = {}, None
+        for w in requests:  # every reply read, an error's too, so that none is left for the next call
             try:
                 status, value = self._pipes[w].recv()
             except (EOFError, OSError):
                 self._procs[w].join(timeout=5)  # reaped, so that its exit code is known
                 code = self._procs[w].exitcode
-                raise EdgevlaError(f"{self.what}: environment worker {w} died"
-                                   + (f" (exit code {code})" if code is not None else "")) from None
+                status, value = "error", (f"{self.what}: environment worker {w} died"
+                                          + (f" (exit code {code})" if code is not None else ""))
             if status == "error":
-                raise EdgevlaError(value)
+                error = error or value
             replies[w] = value
+        if error is not None:
+            raise EdgevlaError(error)
         return replies
 
     def _spread(self, items: Sequence[tuple[int, Any]]) -> dict[int, list[tuple[int, Any]]]:
