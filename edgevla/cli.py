@@ -197,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "SQNR, against ONNX Runtime's quantize_static and PyTorch dynamic int8")
     bq.add_argument("--policy", "-p", default="tiny-vla", help="zoo name, module:factory or checkpoint")
     bq.add_argument("--episodes", "-n", type=int, default=200, help="closed-loop episodes per model")
+    bq.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP)
     bq.add_argument("--formats", help="comma-separated subset of w8a8,w8a16,w4a16,fp16,fp8 (default: all)")
     bq.add_argument("--calibration", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
                     help="activation calibrator for w8a8 and fp8 (default: minmax, as quantize_static's)")
@@ -242,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     bp.add_argument("--target", "-t", default="x86-64-cpu",
                     help="target whose recipe defaults and channel multiple apply (default: x86-64-cpu)")
     bp.add_argument("--episodes", type=int, default=200, help="closed-loop episodes per success figure")
+    bp.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP)
     bp.add_argument("--recovery-steps", type=int, help="distillation budget (default: the recipe's)")
     bp.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
     bp.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")

@@ -122,6 +122,14 @@ def task_for(spec: PolicySpec, ev: EvaluateConfig | None = None) -> ClosedLoopTa
     return TaskConfig(image_size=img[2], n_cameras=img[0], chunk_size=spec.chunk_size, text_len=text[0])
 
 
+def with_demonstrator(task: ClosedLoopTask | None, original: torch.nn.Module) -> ClosedLoopTask | None:
+    """``task``, a simulator's with the original policy as its demonstrator (its rollouts are the data the
+    tabletop task's expert gives)."""
+    if task is not None and not task.expert:
+        task.demonstrator = action_fn(make_runner("torch", policy=original))
+    return task
+
+
 def heldout_observations(spec: PolicySpec, n: int, seed: int = 0,
                          task: ClosedLoopTask | None = None) -> dict[str, np.ndarray]:
     """Held-out observations: the task's held-out split (``task``, else the tabletop task where it speaks
@@ -804,9 +812,8 @@ class Build:
         self.memo = self.request.memo
         self.reused: list[str] = []  # what of the original's came from the memo
         self.original_digest = fingerprint(self.original) if self.memo is not None else None
-        self.task = task_for(self.spec, ev)
+        self.task = with_demonstrator(task_for(self.spec, ev), self.original)
         if self.task is not None and not self.task.expert:  # a simulator: its demonstrations are the original's
-            self.task.demonstrator = action_fn(make_runner("torch", policy=self.original))
             if self.memo is not None:
                 key = ("rollouts", self.original_digest, ev.env, ev.env_max_steps, ev.execute, ev.env_noise)
                 self.task.keep_demonstrations_in(self.memo.value(key, dict)[0])

@@ -291,3 +291,18 @@ def test_a_compression_the_simulator_shows_broken_fails_the_gate(tests_on_path, 
                            overrides={**quick, "prune.method": "unstructured", "prune.sparsity": 0.95,
                                       "prune.recovery.max_steps": 0}))
     assert not out.exists()
+
+
+def test_the_pruning_and_quantization_benches_run_in_the_simulator():
+    from edgevla.bench.prune import bench_prune
+    from edgevla.bench.quant import bench_quant
+
+    pruned = bench_prune("user_envs:make_reach_policy", ["2:4"], episodes=20, runs=5, env=ENV)
+    assert pruned["task"] == ENV
+    original, two_four = pruned["rows"]
+    assert original["success"] == 1.0 and two_four["success_after_pruning"] < 0.5 and two_four["recovered"]
+    quant = bench_quant("user_envs:make_reach_policy", formats=("w8a8",), episodes=20, runs=5, env=ENV)
+    assert quant["task"] == ENV and quant["calibration"]["source"] == f"the original policy's rollouts in {ENV}"
+    assert quant["rows"][1]["model"] == "w8a8" and quant["rows"][1]["success_ort"] >= 0.95
+    with pytest.raises(EdgevlaError, match="or its simulator \\(--env\\)"):
+        bench_prune("user_envs:make_reach_policy", ["2:4"], episodes=2, runs=2)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgevlaError("--recovery-steps must be >= 0")
     result = bench_prune(args.policy, methods, target=args.target, episodes=args.episodes,
                          recovery_steps=args.recovery_steps, runs=args.runs, threads=args.threads,
-                         allow_pickle=args.allow_pickle, log=Console(stderr=True, highlight=False).print)
+                         allow_pickle=args.allow_pickle, env=args.env, log=Console(stderr=True, highlight=False).print)
     print_table(result)
     if args.json:
         write_json(result, args.json)
@@ -61,30 +61,32 @@ def run(args: argparse.Namespace) -> int:
 
 def bench_prune(policy_ref: str, methods: list[str], *, target: str = DEFAULT_TARGET, episodes: int = 200,
                 recovery_steps: int | None = None, runs: int = 200, threads: int = 1, allow_pickle: bool = False,
-                log=lambda *a, **k: None) -> dict[str, Any]:
+                env: str | None = None, log=lambda *a, **k: None) -> dict[str, Any]:
     """Rows of figures, one for the original and one per method (see the module docstring)."""
     import torch
 
     from ..models.zoo import load_policy
-    from ..pipeline import heldout_observations, task_for
+    from ..pipeline import heldout_observations, task_for, with_demonstrator
     from ..recipe import load_recipe, prune_shorthand
     from ..targets import load_target
 
     tgt = load_target(target)
+    simulator = {} if env is None else {"evaluate.env": env}
     loaded = load_policy(policy_ref, allow_pickle=allow_pickle)
     original = loaded.policy.eval()
     spec = original.spec
-    task = task_for(spec)
+    task = with_demonstrator(task_for(spec, load_recipe(None, tgt, overrides=simulator).evaluate), original)
     if task is None:
-        raise EdgevlaError(f"bench prune needs a policy the tabletop task speaks; {loaded.name} is not one")
+        raise EdgevlaError(f"bench prune needs a policy the tabletop task speaks, or its simulator (--env); "
+                           f"{loaded.name} is not one")
     torch.set_num_threads(threads)
-    held = heldout_observations(spec, 64)
+    held = heldout_observations(spec, 64, task=task)
     with tempfile.TemporaryDirectory(prefix="edgevla-bench-prune-") as scratch:
         log(f"[bold]original[/bold] {loaded.name}")
         base = _measure(original, original, spec, task, held, episodes, runs, threads, Path(scratch) / "original")
         rows = [{"method": "original", **base}]
         for method in methods:
-            overrides = prune_shorthand(method, "--methods")
+            overrides = {**simulator, **prune_shorthand(method, "--methods")}
             if recovery_steps is not None:
                 overrides["prune.recovery.max_steps"] = recovery_steps
             recipe = load_recipe(None, tgt, overrides=overrides)
@@ -115,8 +117,10 @@ def bench_prune(policy_ref: str, methods: list[str], *, target: str = DEFAULT_TA
             })
     from .. import versions
 
-    return {"bench": "prune", "policy": loaded.name, "target": tgt.name, "episodes": episodes, "runs": runs,
-            "threads": threads, "versions": versions(), "rows": rows}
+    if hasattr(task, "close"):  # a simulator's environments
+        task.close()
+    return {"bench": "prune", "policy": loaded.name, "target": tgt.name, "task": getattr(task, "ref", "tabletop"),
+            "episodes": episodes, "runs": runs, "threads": threads, "versions": versions(), "rows": rows}
 
 
 def _prune(policy, teacher, spec, task, recipe, target) -> dict[str, Any]:

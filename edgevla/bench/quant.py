@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise EdgevlaError(f"--{name} must be >= 1")
     result = bench_quant(args.policy, formats=formats, episodes=args.episodes, runs=args.runs,
                          threads=args.threads, calibration=args.calibration, float_dtype=args.float_dtype,
-                         allow_pickle=args.allow_pickle)
+                         allow_pickle=args.allow_pickle, env=args.env)
     print_table(result)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
@@ -70,23 +70,26 @@ def _formats(text: str | None) -> tuple[str, ...]:
 
 def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int = 200, runs: int = 200,
                 threads: int = 1, calibration: str = "minmax", float_dtype: str = "fp16",
-                allow_pickle: bool = False, work_dir: str | Path | None = None) -> dict[str, Any]:
+                allow_pickle: bool = False, work_dir: str | Path | None = None, env: str | None = None) -> dict[str, Any]:
     """Run the benchmark; a JSON-ready dict with one row per model (fp32, formats, peers) and the goals."""
     import torch
 
     from ..models.zoo import load_policy
-    from ..pipeline import calibration_batches, heldout_observations, task_for
+    from ..pipeline import calibration_batches, heldout_observations, task_for, with_demonstrator
+    from ..recipe import load_recipe
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    task = None
     try:
         loaded = load_policy(policy_ref, allow_pickle=allow_pickle)
         policy = loaded.policy.eval()
         spec = policy.spec
-        task = task_for(spec)
+        ev = load_recipe(None, overrides={} if env is None else {"evaluate.env": env}).evaluate
+        task = with_demonstrator(task_for(spec, ev), policy)
         batches = [tuple(a) for a, _ in calibration_batches(policy, spec, task, "magnitude", n=CALIBRATION_BATCHES,
                                                             size=CALIBRATION_BATCH_SIZE)]
-        heldout = heldout_observations(spec, HELDOUT)
+        heldout = heldout_observations(spec, HELDOUT, task=task)
         with tempfile.TemporaryDirectory(prefix="edgevla-bench-quant-", dir=work_dir) as tmp:
             bench = _Bench(policy, spec, task, batches, heldout, Path(tmp), episodes=episodes, runs=runs,
                            threads=threads)
@@ -97,13 +100,17 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
             rows.append(bench.torch_dynamic())
     finally:
         torch.set_num_threads(threads_before)
+        if hasattr(task, "close"):  # a simulator's environments
+            task.close()
     from ..metrics.report import host_info
 
     return {
         "policy": loaded.name, "host": host_info(), "threads": threads, "episodes": episodes if task else None,
         "eval_seed": EVAL_SEED, "latency_runs": runs, "batch": 1,
         "calibration": {"method": calibration, "batches": len(batches), "samples": sum(len(b[0]) for b in batches),
-                        "source": "the task's calibration split" if task else "random in-range observations"},
+                        "source": ("random in-range observations" if task is None else "the task's calibration split"
+                                   if task.expert else f"the original policy's rollouts in {task.ref}")},
+        "task": None if task is None else getattr(task, "ref", "tabletop"),
         "float_dtype": float_dtype, "heldout_samples": HELDOUT,
         "size_note": "debug metadata (stack traces, shape annotations) is stripped from every file, fp32 included",
         "rows": rows, "goals": goals(rows),
