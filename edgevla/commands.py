@@ -210,6 +210,8 @@ def _eval_task(bundle, env: str | None, execute: int, workers: int | None):
     from .pipeline import task_for
     from .task.user_env import EnvTask
 
+    if workers is not None and workers < 0:
+        raise EdgevlaError(f"--env-workers must be >= 0, got {workers}")
     evaluate = bundle.manifest.get("recipe", {}).get("evaluate", {})
     env = env if env is not None else evaluate.get("env")
     if env is not None:

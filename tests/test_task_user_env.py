@@ -282,6 +282,8 @@ def test_env_workers_need_a_simulator():
     tabletop = SimpleNamespace(manifest={"recipe": {"evaluate": {"env": None}}}, spec=None)
     with pytest.raises(EdgevlaError, match="--env-workers steps a simulator's episodes"):
         _eval_task(tabletop, None, 4, 2)
+    with pytest.raises(EdgevlaError, match="--env-workers must be >= 0, got -1"):
+        _eval_task(tabletop, ENV, 4, -1)
 
 
 def test_a_compression_the_simulator_shows_broken_fails_the_gate(tests_on_path, quick, tmp_path):
