@@ -122,11 +122,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             rows.append((latency_ms, ticks, result))
     finally:
         runner.close()
-        if hasattr(task, "close"):
-            task.close()
+        task.close()
     schedule = "ensemble" if args.ensemble is not None else "async" if args.asynchronous else "sync"
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
-            "seed": args.seed, "schedule": schedule, "task": getattr(task, "ref", "tabletop")}
+            "seed": args.seed, "schedule": schedule, "task": task.name}
     data.update({"ensemble_m": args.ensemble} if args.ensemble is not None else {"execute": execute})
     if measured is not None:
         data.update({"control_rate_hz": bundle.spec.control_rate_hz, "measured_latency": measured,
@@ -184,10 +183,9 @@ def _eval_realtime(args: argparse.Namespace, bundle, task, execute: int) -> int:
                            ensemble=args.ensemble)
     finally:
         runner.close()
-        if hasattr(task, "close"):
-            task.close()
+        task.close()
     data = {"bundle": str(Path(args.bundle)), "backend": args.backend, "device": _runner_device(runner),
-            "seed": args.seed, "task": getattr(task, "ref", "tabletop"), "realtime": r.to_dict(),
+            "seed": args.seed, "task": task.name, "realtime": r.to_dict(),
             "without_latency": instant.to_dict()}
     if args.json:
         _json(data)

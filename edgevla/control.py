@@ -162,6 +162,12 @@ class ControlStats:
     def mean_delay_ticks(self) -> float:
         return self.delay_ticks_sum / self.chunks if self.chunks else 0.0
 
+    def add(self, other: "ControlStats") -> None:
+        """Count ``other``'s run too (the episodes of one evaluation, each with a controller of its own)."""
+        for name in ("ticks", "queries", "chunks", "held", "held_at_start", "delay_ticks_sum"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_delay_ticks = max(self.max_delay_ticks, other.max_delay_ticks)
+
     def to_dict(self) -> dict[str, float]:
         return {"ticks": self.ticks, "queries": self.queries, "chunks": self.chunks, "held": self.held,
                 "held_at_start": self.held_at_start, "mean_delay_ticks": self.mean_delay_ticks,
@@ -370,6 +376,12 @@ class PacedLoop:
     stats: ControlStats
     command_ms: list[float]  # per tick: from the tick's start to its step() returning (the command going out)
     overran: int = 0  # ticks whose step and command took longer than the period
+
+    def add(self, other: "PacedLoop") -> None:
+        """Count ``other``'s ticks too (the episodes of one real-time evaluation)."""
+        self.stats.add(other.stats)
+        self.command_ms += other.command_ms
+        self.overran += other.overran
 
     def to_dict(self) -> dict[str, Any]:
         out = np.asarray(self.command_ms)

@@ -56,7 +56,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -138,12 +138,6 @@ def heldout_observations(spec: PolicySpec, n: int, seed: int = 0,
     if task is not None:
         return task.split("heldout", n, seed).observations
     return spec.example(batch=n, seed=10_000 + seed)
-
-
-def task_key(task: ClosedLoopTask) -> Hashable:
-    """What tells one closed-loop task from another, for keeping results measured on it."""
-    ref = getattr(task, "ref", None)
-    return ("tabletop", task) if ref is None else ("env", ref, task.max_steps)
 
 
 def first_observations(task: ClosedLoopTask, episodes: int, seed: int, batch: int = 50) -> dict[str, np.ndarray]:
@@ -880,9 +874,8 @@ class Build:
         def original(path: Path) -> Path:
             return export_onnx(self.original, path, opset=opts.opset, dynamic_batch=opts.dynamic_batch)
 
-        self.onnx = {"original": self._original_memo(
-            "onnx", (opts.opset, opts.dynamic_batch), lambda: original(self.work / "original.onnx"),
-            file=(self.work / "original.onnx", original))}
+        self.onnx = {"original": self._original_memo("onnx", (opts.opset, opts.dynamic_batch),
+                                                     file=(self.work / "original.onnx", original))}
         if self.quantized:
             self.onnx["built"] = self._export_quantized()
         else:
@@ -1000,7 +993,7 @@ class Build:
                                     seed=ev.seed, progress=advance, **robot_loop(ev))
 
                 self.results[(label, backend)] = run() if label == "built" else self._original_memo(
-                    "evaluate", (task_key(self.task), ev.episodes, ev.seed, tuple(sorted(robot_loop(ev).items()))),
+                    "evaluate", (self.task.key, ev.episodes, ev.seed, tuple(sorted(robot_loop(ev).items()))),
                     run)
         before = self.results[("original", "torch")].success_rate
         loop = "" if (ev.latency_ticks, ev.schedule) == (0, "sync") else (
@@ -1035,7 +1028,7 @@ class Build:
                         progress=advance)
 
                 curves[label] = run() if label == "built" else self._original_memo(
-                    "latency_tolerance", (task_key(self.task), ev.episodes, ev.seed, ev.execute, ev.ensemble_m,
+                    "latency_tolerance", (self.task.key, ev.episodes, ev.seed, ev.execute, ev.ensemble_m,
                                           ev.schedule, ev.latency_ticks, tol.max_ticks, tuple(tol.schedules), floor),
                     run)
         for s in tol.schedules:
@@ -1046,12 +1039,12 @@ class Build:
                 "backends": dict(jobs),
                 "schedules": {s: {label: curves[label][s].to_dict() for label, _ in jobs} for s in tol.schedules}}
 
-    def _original_memo(self, what: str, settings: tuple, make: Callable[[], Any],
+    def _original_memo(self, what: str, settings: tuple, make: Callable[[], Any] | None = None, *,
                        file: tuple[Path, Callable[[Path], Path]] | None = None) -> Any:
         """``make()``, or the original's ``what`` measured with these ``settings`` by an earlier build sharing this
-        build's memo (``file``: kept as a file, copied to its path)."""
+        build's memo; ``file`` = (path, make(path)) for a result kept as a file, copied to its path."""
         if self.memo is None:
-            return make()
+            return make() if file is None else file[1](file[0])
         key = (what, self.original_digest, settings)
         value, reused = self.memo.file(key, *file) if file is not None else self.memo.value(key, make)
         if reused:
@@ -1127,7 +1120,7 @@ class Build:
                            "samples": r.samples, "passed": r.passed},
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
-                "closed_loop_task": None if self.task is None else getattr(self.task, "ref", "tabletop"),
+                "closed_loop_task": None if self.task is None else self.task.name,
                 "original_reused": self.reused or "none",
                 "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
                                if k in ("execute", "latency_ticks", "schedule")
@@ -1198,9 +1191,8 @@ class Build:
             for group in getattr(self, "runners", {}).values():
                 for runner in group.values():
                     runner.close()
-            close = getattr(getattr(self, "task", None), "close", None)
-            if close is not None:  # a simulator's environments
-                close()
+            if getattr(self, "task", None) is not None:  # a simulator's environments
+                self.task.close()
             shutil.rmtree(self.work, ignore_errors=True)
         return BuildResult(path, self.report, dict(self.progress.stage_seconds))
 

@@ -30,11 +30,12 @@ def test_a_fast_policy_in_real_time_does_what_the_evaluator_says(policy):
     task = EnvTask(ENV, policy.spec)
     r = evaluate_realtime(act, task, RATE, episodes=6, seed=77)
     assert r.result.episodes == 6 and r.result.success_rate >= 5 / 6
-    assert r.ticks == round(r.result.mean_steps * 6)  # one command a tick, each a step of its episode
-    assert r.chunks >= 6 and len(r.command_ms) == r.ticks
+    stats = r.loop.stats
+    assert stats.ticks == round(r.result.mean_steps * 6)  # one command a tick, each a step of its episode
+    assert stats.chunks >= 6 and len(r.loop.command_ms) == stats.ticks
     d = r.to_dict()
     assert d["schedule"] == "sync" and d["rate_hz"] == RATE and d["command_ms"]["max"] >= d["command_ms"]["p50"]
-    if r.held == 0 and r.max_delay_ticks == 0:  # every chunk in within its tick: the evaluator's 0-tick loop
+    if stats.held == 0 and stats.max_delay_ticks == 0:  # every chunk in within its tick: the evaluator's 0-tick loop
         assert r.result == evaluate(act, task, episodes=6, seed=77, batch=1)
 
 
@@ -46,7 +47,7 @@ def test_a_policy_slower_than_the_period_holds_the_robot(policy):
         return act(obs)
 
     r = evaluate_realtime(slow, EnvTask(ENV, policy.spec), RATE, episodes=2, seed=5, warmup=0)
-    assert r.max_delay_ticks >= 1 and r.held >= 2 * 1  # at least the first tick of each episode
+    assert r.loop.stats.max_delay_ticks >= 1 and r.loop.stats.held >= 2 * 1  # at least each episode's first tick
     lead = evaluate_realtime(slow, EnvTask(ENV, policy.spec), RATE, episodes=2, seed=5, warmup=0, lead=2)
     assert lead.to_dict()["schedule"] == "async" and lead.to_dict()["lead"] == 2
 

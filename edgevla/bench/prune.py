@@ -117,9 +117,8 @@ def bench_prune(policy_ref: str, methods: list[str], *, target: str = DEFAULT_TA
             })
     from .. import versions
 
-    if hasattr(task, "close"):  # a simulator's environments
-        task.close()
-    return {"bench": "prune", "policy": loaded.name, "target": tgt.name, "task": getattr(task, "ref", "tabletop"),
+    task.close()  # a simulator's environments
+    return {"bench": "prune", "policy": loaded.name, "target": tgt.name, "task": task.name,
             "episodes": episodes, "runs": runs, "threads": threads, "versions": versions(), "rows": rows}
 
 

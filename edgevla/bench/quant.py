@@ -100,7 +100,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
             rows.append(bench.torch_dynamic())
     finally:
         torch.set_num_threads(threads_before)
-        if hasattr(task, "close"):  # a simulator's environments
+        if task is not None:  # a simulator's environments
             task.close()
     from ..metrics.report import host_info
 
@@ -110,7 +110,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
         "calibration": {"method": calibration, "batches": len(batches), "samples": sum(len(b[0]) for b in batches),
                         "source": ("random in-range observations" if task is None else "the task's calibration split"
                                    if task.expert else f"the original policy's rollouts in {task.ref}")},
-        "task": None if task is None else getattr(task, "ref", "tabletop"),
+        "task": None if task is None else task.name,
         "float_dtype": float_dtype, "heldout_samples": HELDOUT,
         "size_note": "debug metadata (stack traces, shape annotations) is stripped from every file, fp32 included",
         "rows": rows, "goals": goals(rows),

@@ -107,7 +107,6 @@ class WorkerEnvs:
     ``i % workers``."""
 
     def __init__(self, ref: str, what: str, workers: int):
-        import_callable(ref, what)  # a bad reference fails here, in one line, before any process starts
         self.what, self.workers = what, workers
         ctx = multiprocessing.get_context("spawn")
         self._pipes, self._procs = [], []

@@ -12,7 +12,7 @@ the query's latency in control ticks simulated.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Hashable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -39,12 +39,27 @@ class BatchEnv(Protocol):
 
 
 class ClosedLoopTask(Protocol):
-    """What the evaluator needs of a task: its chunk and action sizes, and seeded batches of episodes."""
+    """What the evaluator needs of a task: its chunk and action sizes, and seeded batches of episodes; and what
+    a build needs: its name (reports), a key that tells it from others (results kept), demonstrations
+    (``split``, ``stream``; ``expert``: whether their actions are an expert's), ``close``."""
 
     chunk_size: int
     action_dim: int
+    expert: bool
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> Hashable: ...
 
     def batch_env(self, n: int, seed: int) -> BatchEnv: ...
+
+    def split(self, name: str, n: int, seed: int = 0) -> Any: ...
+
+    def stream(self, batch: int, seed: int = 0) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass

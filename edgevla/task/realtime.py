@@ -15,37 +15,25 @@ are counted (their episodes did not run in real time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
+from ..control import ControlStats, PacedLoop
 from .evaluate import ActionFn, ClosedLoopTask, EvalResult, Tally
 
 
 @dataclass
 class RealtimeResult:
-    """Success over the episodes, and what the loop saw: ticks held, chunk delays, command times, overruns."""
+    """Success over the episodes, and what the loop saw over all of them (:class:`~edgevla.control.PacedLoop`:
+    ticks held, chunk delays, command times, overruns)."""
 
     result: EvalResult
-    rate_hz: float
     schedule: dict[str, Any]  # {"schedule": sync|async|ensemble, "execute", "lead"} or {"ensemble_m"}
-    ticks: int = 0
-    held: int = 0  # ticks without an action (the first chunk not in yet, or the next one late)
-    chunks: int = 0  # chunks that arrived and were used
-    delay_ticks_sum: int = 0
-    max_delay_ticks: int = 0
-    overran: int = 0
-    command_ms: list[float] = field(default_factory=list)
+    loop: PacedLoop
 
     def to_dict(self) -> dict[str, Any]:
-        out = np.asarray(self.command_ms)
-        return {**self.result.to_dict(), "rate_hz": self.rate_hz, **self.schedule, "ticks": self.ticks,
-                "held": self.held, "held_per_episode": self.held / self.result.episodes, "chunks": self.chunks,
-                "mean_delay_ticks": self.delay_ticks_sum / max(self.chunks, 1),
-                "max_delay_ticks": self.max_delay_ticks, "overran": self.overran,
-                "command_ms": {"p50": float(np.percentile(out, 50)), "p99": float(np.percentile(out, 99)),
-                               "max": float(out.max())}}
+        return {**self.result.to_dict(), **self.schedule, **self.loop.to_dict(),
+                "held_per_episode": self.loop.stats.held / self.result.episodes}
 
 
 def evaluate_realtime(policy: ActionFn, task: ClosedLoopTask, rate_hz: float, *, episodes: int = 50,
@@ -70,7 +58,7 @@ def evaluate_realtime(policy: ActionFn, task: ClosedLoopTask, rate_hz: float, *,
     warm = task.batch_env(1, seed).observe()
     for _ in range(warmup):
         policy(warm)
-    out = RealtimeResult(EvalResult(0, 0.0, 0.0, 0.0, []), rate_hz, schedule)
+    loops = PacedLoop(rate_hz, ControlStats(), [])
     tally = Tally()
     for i in range(episodes):
         env = task.batch_env(1, seed + i)
@@ -80,15 +68,7 @@ def evaluate_realtime(policy: ActionFn, task: ClosedLoopTask, rate_hz: float, *,
         with controller:
             loop = run_paced(controller, env.observe, rate_hz, max_ticks, command=tally.command)
         tally.end()
-        stats = loop.stats
-        out.ticks += stats.ticks
-        out.held += stats.held
-        out.chunks += stats.chunks
-        out.delay_ticks_sum += stats.delay_ticks_sum
-        out.max_delay_ticks = max(out.max_delay_ticks, stats.max_delay_ticks)
-        out.overran += loop.overran
-        out.command_ms += loop.command_ms
+        loops.add(loop)
         if progress is not None:
             progress(1)
-    out.result = tally.result()
-    return out
+    return RealtimeResult(tally.result(), schedule, loops)

@@ -58,6 +58,14 @@ class TaskConfig:
 
     # The closed-loop task's interface (a user's simulator has it too: edgevla.task.user_env.EnvTask).
     expert = True  # the splits carry the scripted expert's actions
+    name = "tabletop"
+
+    @property
+    def key(self) -> tuple:
+        return ("tabletop", self)
+
+    def close(self) -> None:
+        """Nothing to release: the episodes are NumPy arrays."""
 
     def batch_env(self, n: int, seed: int) -> "TabletopEnv":
         return TabletopEnv(self, n, seed)

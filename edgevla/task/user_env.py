@@ -79,6 +79,14 @@ class EnvTask:
         self.demonstrator: ActionFn | None = None  # real action chunks of the original policy
 
     @property
+    def name(self) -> str:
+        return self.ref
+
+    @property
+    def key(self) -> tuple:
+        return ("env", self.ref, self.max_steps)
+
+    @property
     def chunk_size(self) -> int:
         return self.spec.chunk_size
 
