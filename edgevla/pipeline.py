@@ -600,9 +600,14 @@ def quantization_batches(policy: torch.nn.Module, spec: PolicySpec, task: Closed
         obs = load_observation_dir(spec, cfg.data, cfg.batches * cfg.batch_size)
         return [tuple(b) for b in iter_batches(spec, obs, cfg.batch_size)], f"directory {cfg.data}"
     batches = calibration_batches(policy, spec, task, "magnitude", n=cfg.batches, size=cfg.batch_size)
-    where = ("random observations inside the spec's ranges" if task is None else "the task's calibration split"
-             if task.expert else f"the original policy's rollouts in {task.ref}")
-    return [tuple(args) for args, _ in batches], where
+    return [tuple(args) for args, _ in batches], calibration_source(task)
+
+
+def calibration_source(task: ClosedLoopTask | None) -> str:
+    """Where :func:`calibration_batches` takes its observations from, said for a report."""
+    if task is None:
+        return "random observations inside the spec's ranges"
+    return "the task's calibration split" if task.expert else f"the original policy's rollouts in {task.name}"
 
 
 def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None, batch_size: int,
@@ -811,7 +816,7 @@ class Build:
             if self.memo is not None:
                 key = ("rollouts", self.original_digest, ev.env, ev.env_max_steps, ev.execute, ev.env_noise)
                 self.task.keep_demonstrations_in(self.memo.value(key, dict)[0])
-            self.progress.note(f"closed-loop task: {self.task.ref} (demonstrations: the original policy's "
+            self.progress.note(f"closed-loop task: {self.task.name} (demonstrations: the original policy's "
                                "rollouts in it)")
         self.heldout = heldout_observations(self.spec, self.recipe.verify.samples, task=self.task)
         check_policy_runs(self.original, self.spec, batch_of(self.heldout, 0, 2))

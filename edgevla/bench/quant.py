@@ -75,7 +75,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
     import torch
 
     from ..models.zoo import load_policy
-    from ..pipeline import calibration_batches, heldout_observations, task_for, with_demonstrator
+    from ..pipeline import calibration_batches, calibration_source, heldout_observations, task_for, with_demonstrator
     from ..recipe import load_recipe
 
     threads_before = torch.get_num_threads()
@@ -108,8 +108,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
         "policy": loaded.name, "host": host_info(), "threads": threads, "episodes": episodes if task else None,
         "eval_seed": EVAL_SEED, "latency_runs": runs, "batch": 1,
         "calibration": {"method": calibration, "batches": len(batches), "samples": sum(len(b[0]) for b in batches),
-                        "source": ("random in-range observations" if task is None else "the task's calibration split"
-                                   if task.expert else f"the original policy's rollouts in {task.ref}")},
+                        "source": calibration_source(task)},
         "task": None if task is None else task.name,
         "float_dtype": float_dtype, "heldout_samples": HELDOUT,
         "size_note": "debug metadata (stack traces, shape annotations) is stripped from every file, fp32 included",
