@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgevla.backends import make_runner
 from edgevla.cli import main
@@ -15,7 +16,9 @@ from edgevla.errors import EdgevlaError, GateFailed
 from edgevla.pipeline import BuildRequest, action_fn, build, calibration_batches
 from edgevla.task import evaluate
 from edgevla.task.user_env import SPLIT_SEEDS, EnvTask
+from edgevla.spec import PolicySpec, TensorSpec
 from user_envs import CHUNK, LIMIT, MAX_STEP, PointReach, expert_chunks, make_reach_policy
+from user_policies import ConvPolicy
 
 ENV = "user_envs:make_reach_env"
 
@@ -110,6 +113,35 @@ def test_a_worker_process_failing_is_one_clear_error(policy, factory, message):
             evaluate(expert, task, episodes=4)
     finally:
         task.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_camera_images_reach_a_visuomotor_policy(workers):
+    """Image observations take the same path as any other (checked against the spec, stacked, through the
+    worker's pipe): a convolutional policy's chunks drive the episodes, and a frame of the wrong size is
+    one clear error."""
+    torch.manual_seed(0)
+    conv = ConvPolicy().eval()
+    seen = []
+
+    def act(obs):
+        seen.append(obs["rgb"].copy())
+        return action_fn(make_runner("torch", policy=conv))(obs)
+
+    task = EnvTask("user_envs:make_camera_env", conv.spec, workers=workers)
+    try:
+        r = evaluate(act, task, episodes=3, seed=11, execute=4)
+    finally:
+        task.close()
+    assert r.episodes == 3 and r.mean_steps > 0
+    first = seen[0]
+    assert first.shape == (3, 3, 24, 24) and first.dtype == np.float32
+    assert first[:, 0].sum() == 3 and first[:, 1].sum() == 3  # each episode's goal and point drawn
+    small = TensorSpec("rgb", (3, 32, 32))
+    wrong = PolicySpec(observations=(small, conv.spec.observations[1]), action=conv.spec.action)
+    with pytest.raises(EdgevlaError, match="observation 'rgb' has shape \\(3, 24, 24\\), the policy's spec declares "
+                                           "\\(3, 32, 32\\)"):
+        evaluate(act, EnvTask("user_envs:make_camera_env", wrong), episodes=1)
 
 
 def test_an_episode_the_env_never_ends_is_cut_at_max_steps(policy):

@@ -180,3 +180,29 @@ class SlowPointReach(PointReach):
 
 def make_slow_reach_env() -> PointReach:
     return SlowPointReach()
+
+
+class CameraReach(PointReach):
+    """PointReach seen by a camera, for a visuomotor policy (``user_policies.ConvPolicy``: ``rgb`` (3, 24, 24) in
+    [0, 1], ``state`` (5,), actions (4, 5) of which the first two move the point): the goal drawn red, the
+    point green, channels first as the policy's spec says."""
+
+    SIZE = 24
+
+    def __init__(self):
+        super().__init__()
+        self.action_space = SimpleNamespace(low=np.full(5, -MAX_STEP, np.float32),
+                                            high=np.full(5, MAX_STEP, np.float32), dtype=np.float32)
+
+    def step(self, action):
+        return super().step(np.asarray(action)[:2])
+
+    def _obs(self):
+        rgb = np.zeros((3, self.SIZE, self.SIZE), np.float32)
+        for channel, (x, y) in ((0, self.goal), (1, self.pos)):
+            rgb[channel, min(int(y * self.SIZE), self.SIZE - 1), min(int(x * self.SIZE), self.SIZE - 1)] = 1.0
+        return {"rgb": rgb, "state": np.concatenate([self.pos, self.goal, [self.t / LIMIT]]).astype(np.float32)}
+
+
+def make_camera_env() -> PointReach:
+    return CameraReach()
