@@ -108,6 +108,7 @@ class WorkerEnvs:
 
     def __init__(self, ref: str, what: str, workers: int):
         self.what, self.workers = what, workers
+        self._space: tuple[np.ndarray | None, np.ndarray | None, str] | None = None
         ctx = multiprocessing.get_context("spawn")
         self._pipes, self._procs = [], []
         for _ in range(workers):
@@ -166,7 +167,10 @@ class WorkerEnvs:
         return self._gather(replies, indices)
 
     def space(self) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-        return self._call({0: ("space", None)})[0]
+        """Asked of worker 0 once (every batch reads it; the environments are of one factory)."""
+        if self._space is None:
+            self._space = self._call({0: ("space", None)})[0]
+        return self._space
 
     def close(self) -> None:
         for pipe, proc in zip(self._pipes, self._procs):

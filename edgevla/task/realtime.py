@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..control import ControlStats, PacedLoop
+from ..control import ChunkController, ControlStats, PacedLoop, TemporalEnsemble, ThreadedInference, run_paced
 from .evaluate import ActionFn, ClosedLoopTask, EvalResult, Tally
 
 
@@ -48,8 +48,6 @@ def evaluate_realtime(policy: ActionFn, task: ClosedLoopTask, rate_hz: float, *,
     ``lead`` > 0 is the asynchronous schedule (the next query that many ticks before the chunk is spent),
     ``ensemble`` = m temporal ensembling (``execute`` and ``lead`` do not apply).
     """
-    from ..control import ChunkController, TemporalEnsemble, ThreadedInference, run_paced
-
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     execute = max(1, min(execute, task.chunk_size))
