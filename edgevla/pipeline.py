@@ -77,6 +77,7 @@ from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConf
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import ClosedLoopTask, EvalResult, TaskConfig, evaluate
+from .task.evaluate import meets
 from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of, tolerated_said
 
 DEFAULT_POLICY = "tiny-vla"
@@ -318,7 +319,7 @@ def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[st
 
 def accuracy_gate(before: float, after: float, max_loss: float) -> None:
     """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions)."""
-    if before - after > max_loss + 1e-12:
+    if not meets(after, before - max_loss):
         raise GateFailed(f"accuracy gate: success fell from {before:.1%} to {after:.1%}, "
                          f"more than the {max_loss:.1%} the recipe/target allows")
 

@@ -134,6 +134,16 @@ def test_efficiency_uses_success_gflops_model_memory_and_p50(report, pair):
     assert report["comparison"]["efficiency_E"]["built"] == e1
 
 
+def test_a_loss_of_exactly_the_budget_is_within_it(pair):
+    original, built = pair
+    original.success_rate, built.success_rate = 0.985, 0.965  # 0.985 - 0.965 rounds past 0.02
+    checks = build_report(original, built, target={**TARGET, "max_accuracy_loss": 0.02}, host=HOST)["budget_checks"]
+    assert checks["accuracy_loss"]["ok"] is True
+    built.success_rate = 0.964
+    checks = build_report(original, built, target={**TARGET, "max_accuracy_loss": 0.02}, host=HOST)["budget_checks"]
+    assert checks["accuracy_loss"]["ok"] is False
+
+
 def test_budget_checks(report):
     checks = report["budget_checks"]
     built_p99 = report["comparison"]["latency_p99_ms"]["built"]

@@ -107,6 +107,10 @@ def test_accuracy_gate():
     accuracy_gate(0.95, 0.93, 0.02)
     with pytest.raises(GateFailed, match="accuracy gate"):
         accuracy_gate(0.95, 0.90, 0.02)
+    assert 0.985 - 0.965 > 0.02  # a loss of exactly the budget, rounded past it in floating point...
+    accuracy_gate(0.985, 0.965, 0.02)  # ...passes, as the report's budget check and the recovery say too
+    with pytest.raises(GateFailed, match="from 98.5% to 96.4%"):
+        accuracy_gate(0.985, 0.964, 0.02)
 
 
 def test_output_path_that_is_a_file_is_refused_before_work(tmp_path, fast):

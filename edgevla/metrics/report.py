@@ -89,6 +89,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import EdgevlaError
+from ..task.evaluate import RATE_SLACK
 from ..task.tolerance import tolerated_said
 from .efficiency import (DEFAULT_WEIGHTS, RooflineEstimate, efficiency_improvement, efficiency_score,
                          reduction_pct)
@@ -250,8 +251,8 @@ def _efficiency(m: ModelMetrics, weights: tuple[float, float, float]) -> dict[st
     return efficiency_score(m.success_rate, m.flops.total / 1e9, model_gib, lat.p50_ms, *weights).to_dict()
 
 
-def _check(limit: Any, value: Any) -> dict[str, Any]:
-    ok = None if limit is None or value is None else bool(value <= limit)
+def _check(limit: Any, value: Any, slack: float = 0.0) -> dict[str, Any]:
+    ok = None if limit is None or value is None else bool(value <= limit + slack)
     return {"limit": limit, "value": value, "ok": ok}
 
 
@@ -317,7 +318,7 @@ def build_report(original: ModelMetrics, built: ModelMetrics, *, target: Mapping
         "budget_checks": {
             "latency_p99_ms": _check(target.get("latency_budget_ms"), comparison["latency_p99_ms"]["built"]),
             "peak_memory_mb": _check(target.get("memory_budget_mb"), comparison["peak_memory_mb"]["built"]),
-            "accuracy_loss": _check(target.get("max_accuracy_loss"), accuracy_loss),
+            "accuracy_loss": _check(target.get("max_accuracy_loss"), accuracy_loss, slack=RATE_SLACK),
         },
         "roofline": {
             "label": f"estimate for {target['name']}",

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import EdgevlaError, GateFailed
+from ..task.evaluate import meets
 from ..train import closed_loop_success, resolve_precision, task_config_for
 
 Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
@@ -264,7 +265,7 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
     teacher_success = measure(0, teacher).success
 
     def within(e: Evaluation) -> bool:
-        return e.success >= teacher_success - config.max_loss - 1e-9
+        return meets(e.success, teacher_success - config.max_loss)
 
     before = measure(0)
     report = RecoveryReport(teacher_success, config.max_loss, before, before, epoch_samples=config.epoch_samples,

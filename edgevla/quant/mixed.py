@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import EdgevlaError
 from .fakequant import float_mode, quantized_layers
+from ..task.evaluate import meets
 from .primitives import sqnr_db
 
 Batches = Sequence[tuple[torch.Tensor, ...]]
@@ -115,16 +116,16 @@ def fallback_by_success(model: nn.Module, sensitivity: Mapping[str, float],
         search.probes.append((k, value))
         return value
 
-    if success_with(0) >= required - 1e-12:
+    if meets(success_with(0), required):
         search.met = True
         return search
-    if success_with(len(order)) < required - 1e-12:
+    if not meets(success_with(len(order)), required):
         search.fallback = list(order)
         return search
     low, high = 0, len(order)  # success(low) misses, success(high) meets
     while high - low > 1:
         mid = (low + high) // 2
-        if success_with(mid) >= required - 1e-12:
+        if meets(success_with(mid), required):
             high = mid
         else:
             low = mid

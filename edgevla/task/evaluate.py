@@ -62,6 +62,17 @@ class ClosedLoopTask(Protocol):
     def close(self) -> None: ...
 
 
+#: Success rates are fractions k/n, and a floor such as ``before - budget`` may round a hair past a rate that meets
+#: it exactly (0.985 - 0.965 > 0.02 in floating point): every comparison of a rate with a floor allows this much.
+RATE_SLACK = 1e-9
+
+
+def meets(rate: float, floor: float) -> bool:
+    """Whether success ``rate`` reaches ``floor`` (fractions), up to rounding: the one test for every gate,
+    budget and tolerance."""
+    return rate >= floor - RATE_SLACK
+
+
 @dataclass
 class EvalResult:
     episodes: int

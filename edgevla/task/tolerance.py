@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluate import ActionFn, ClosedLoopTask, EvalResult, evaluate
+from .evaluate import ActionFn, ClosedLoopTask, EvalResult, evaluate, meets
 
 SCHEDULES = ("sync", "async", "ensemble")
 
@@ -52,7 +52,7 @@ def tolerated_ticks(success: Iterable[float], floor: float) -> int | None:
     below the floor."""
     tolerated = None
     for ticks, rate in enumerate(success):
-        if rate < floor:
+        if not meets(rate, floor):
             break
         tolerated = ticks
     return tolerated
