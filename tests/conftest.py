@@ -4,6 +4,7 @@ run that plain ``pytest`` makes where pytest-xdist is installed."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,15 @@ def fast() -> dict:
 def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny-orin"
     return build(BuildRequest(target="jetson-orin", output=str(out), overrides=FAST))
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch):
+    """The tests' helper modules (user policies and simulators, named by ``module:factory``) importable here and
+    in the processes a build starts (the memory probe, environment workers)."""
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    monkeypatch.setenv("PYTHONPATH", tests)
 
 
 @pytest.fixture(scope="module")

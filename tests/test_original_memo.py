@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pytest
 import torch
 
 from edgevla.original_memo import OriginalMemo, fingerprint
@@ -49,13 +48,6 @@ def test_a_value_is_made_once_and_a_file_copied_after(tmp_path):
         kept = memo._dir
         assert kept.is_dir()
     assert not kept.exists()
-
-
-@pytest.fixture
-def tests_on_path(monkeypatch):
-    tests = str(Path(__file__).parent)
-    monkeypatch.syspath_prepend(tests)
-    monkeypatch.setenv("PYTHONPATH", tests)
 
 
 def test_builds_sharing_a_memo_measure_the_original_once(tests_on_path, fast, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,13 +255,6 @@ def test_a_bad_env_reference_is_one_clear_error(policy, ref, message):
 
 
 # --------------------------------------------------------------------------- the build and eval
-
-
-@pytest.fixture
-def tests_on_path(monkeypatch):
-    tests = str(Path(__file__).parent)
-    monkeypatch.syspath_prepend(tests)
-    monkeypatch.setenv("PYTHONPATH", tests)  # the memory probe's fresh process
 
 
 @pytest.fixture(scope="module")
