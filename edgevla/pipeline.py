@@ -452,8 +452,9 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     calibration = (calibration_batches(teacher, spec, task, cfg.criterion)
                    if cfg.criterion != "magnitude" or cfg.method == "structured" else None)
     rc = cfg.recovery
-    config = RecoveryConfig(max_steps=rc.max_steps, eval_every=rc.eval_every, eval_episodes=rc.episodes,
-                            eval_seed=rc.seed, batch_size=rc.batch_size, lr=rc.lr, precision=rc.precision,
+    config = RecoveryConfig(max_steps=rc.max_steps, patience=rc.patience, eval_every=rc.eval_every,
+                            eval_episodes=rc.episodes, eval_seed=rc.seed, batch_size=rc.batch_size, lr=rc.lr,
+                            precision=rc.precision,
                             max_loss=max_loss / 2 if rc.max_loss is None else rc.max_loss)
     config.check()
     batches = None
@@ -511,11 +512,16 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         heldout = task.split("heldout", config.heldout_samples, config.seed)
         report = recover(policy, teacher, config, batches=batches,
                          heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                         success_fn=lambda p: torch_success(p, task, rc.episodes, rc.seed, loop))
+                         success_fn=lambda p: torch_success(p, task, rc.episodes, rc.seed, loop),
+                         confirm_fn=(lambda p: torch_success(p, task, rc.episodes, rc.seed + rc.episodes, loop))
+                         if rc.confirm else None)
         info["recovery"] = report.to_dict()
+        confirmed = "" if not report.confirmations else (
+            f"; {report.confirmations[-1].success:.1%} on {rc.episodes} other episodes (original "
+            f"{report.teacher_confirm_success:.1%}), {len(report.confirmations) - 1} earlier hit(s) not confirmed there")
         progress.note(f"recovery by distillation: success {report.before.success:.1%} after pruning, "
                       f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
-                      f"allowed loss {report.max_loss:.1%}); {report.samples_per_s:.0f} samples/s, "
+                      f"allowed loss {report.max_loss:.1%}){confirmed}; {report.samples_per_s:.0f} samples/s, "
                       f"{report.seconds_per_epoch:.1f} s per {report.epoch_samples:,}-sample epoch")
     remove_masks(policy)  # exact zeros in plain weights: what export and the bundle's weights hold
     return info

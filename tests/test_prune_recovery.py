@@ -11,8 +11,9 @@ import torch
 
 from edgevla.errors import EdgevlaError, GateFailed
 from edgevla.models.zoo import load_policy
-from edgevla.prune import (RecoveryConfig, RecoveryFailed, action_errors, apply_masks, distill, heldout_batch,
-                           kd_loss, recover, unstructured_masks)
+from edgevla.prune import (Evaluation, RecoveryConfig, RecoveryFailed, action_errors, apply_masks, distill,
+                           heldout_batch, kd_loss, recover, unstructured_masks)
+from edgevla.prune.recovery import stalled
 from edgevla.prune.schedule import current_mask
 
 
@@ -89,6 +90,53 @@ def test_recovery_reports_efficiency_and_stops_when_recovered(teacher, heldout):
     assert report.to_dict()["recovered"] is True
 
 
+def test_a_lucky_hit_goes_on_training_until_other_episodes_confirm_it(teacher, heldout):
+    primary = iter([0.5, 1.0, 0.5, 1.0])  # the student at steps 0, 2, 4, 6: a hit at 2, a miss at 4, a hit at 6
+    others = iter([0.5, 0.85])  # the student on the confirmation episodes, at each hit
+    teacher_confirmed = []
+
+    def confirm(policy):
+        if policy is teacher:
+            teacher_confirmed.append(True)
+            return 0.9
+        return next(others)
+
+    config = RecoveryConfig(max_steps=20, batch_size=8, eval_every=2, max_loss=0.05)
+    report = recover(_pruned(teacher), teacher, config, heldout=heldout,
+                     success_fn=lambda p: 1.0 if p is teacher else next(primary), confirm_fn=confirm)
+    assert report.recovered and report.steps_to_recover == report.steps == 6  # 0.85 is within 0.05 of 0.9
+    assert [(c.step, c.success) for c in report.confirmations] == [(2, 0.5), (6, 0.85)]
+    assert report.teacher_confirm_success == 0.9 and teacher_confirmed == [True]  # the teacher measured once
+    assert report.to_dict()["confirmations"] == [{"step": 2, "success": 0.5}, {"step": 6, "success": 0.85}]
+
+    config = RecoveryConfig(max_steps=4, batch_size=8, eval_every=2, max_loss=0.05)
+    with pytest.raises(RecoveryFailed, match="after 4 steps, .* of training; 3 hit\\(s\\) not confirmed on other "
+                       "episodes \\(there the last 0.500 vs teacher 0.900\\)$"):
+        recover(_pruned(teacher), teacher, config, heldout=heldout, success_fn=lambda p: 1.0,  # hits at 0, 2, 4
+                confirm_fn=lambda p: 0.9 if p is teacher else 0.5)
+
+
+@pytest.mark.parametrize("errors, patience, expected", [
+    ([1.0, 0.5, 0.4, 0.39, 0.385], 2, True),    # 0.39 and 0.385 are within 5 % of 0.4: stalled
+    ([1.0, 0.5, 0.4, 0.39, 0.37], 2, False),    # 0.37 is 7.5 % below 0.4
+    ([1.0, 0.5, 0.4, 0.39, 0.385], 3, False),   # three back, 0.4 was 20 % below 0.5
+    ([1.0, 0.5, 0.4, 0.39, 0.385], 0, False),   # no patience: never
+    ([1.0, 1.0], 2, False),                     # too short a history to say
+])
+def test_stalled_means_the_held_out_error_stopped_falling(errors, patience, expected):
+    history = [Evaluation(50 * i, 0.0, e, e) for i, e in enumerate(errors)]
+    assert stalled(history, patience) is expected
+
+
+def test_recovery_gives_up_when_the_error_stops_falling(teacher, heldout):
+    config = RecoveryConfig(max_steps=1000, batch_size=8, eval_every=1, max_loss=0.0, lr=0.0, patience=3)
+    with pytest.raises(RecoveryFailed, match="the held-out action error stopped falling \\(none of the last 3 "
+                       "evaluations 5% below the best before them\\)$") as info:
+        recover(_pruned(teacher, 0.9), teacher, config, heldout=heldout,  # lr 0: the student cannot change
+                success_fn=lambda p: 1.0 if p is teacher else 0.0)
+    assert info.value.report.stalled and info.value.report.steps == 3  # steps 1-3 no better than step 0
+
+
 def test_an_impossible_budget_fails_the_gate_on_one_line(teacher, heldout):
     student = _pruned(teacher, 0.9)
     config = RecoveryConfig(max_steps=3, batch_size=8, eval_every=2, max_loss=0.01)
@@ -111,7 +159,7 @@ def test_a_time_budget_also_ends_recovery(teacher, heldout):
 
 @pytest.mark.parametrize("field,value,match", [("max_steps", -1, "max_steps"), ("w_kd", 0.0, "both 0"),
                                                ("max_loss", 2.0, "max_loss"), ("precision", "fp8", "precision"),
-                                               ("eval_every", 0, "eval_every")])
+                                               ("eval_every", 0, "eval_every"), ("patience", -1, "patience")])
 def test_bad_recovery_settings_are_one_line_errors(teacher, field, value, match):
     config = RecoveryConfig(**{field: value, **({"w_task": 0.0} if field == "w_kd" else {})})
     with pytest.raises(EdgevlaError, match=match):

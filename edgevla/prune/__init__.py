@@ -17,8 +17,8 @@ from .importance import (BlockInfluence, GroupImportance, MagnitudeImportance, T
                          action_loss, task_batches)
 from .masks import (LayerSparsity, WeightMask, apply_masks, follows_nm, nm_mask, nm_masks, remove_masks,
                     sparsity_report, sparsity_threshold, threshold_mask, unstructured_masks)
-from .recovery import (Distiller, Evaluation, RecoveryConfig, RecoveryFailed, RecoveryReport, action_errors,
-                       distill, heldout_batch, kd_loss, recover, task_stream)
+from .recovery import (Confirmation, Distiller, Evaluation, RecoveryConfig, RecoveryFailed, RecoveryReport,
+                       action_errors, distill, heldout_batch, kd_loss, recover, task_stream)
 from .schedule import (ScheduleResult, ScheduleStep, cubic_sparsity, exact_unstructured_masks, gradual_prune,
                        partial_nm_masks, schedule_sparsities)
 from .sensitivity import (Allocation, SensitivityCurve, SensitivityResult, allocate_sparsity, apply_allocation,
@@ -27,8 +27,8 @@ from .structured import (STRUCTURES, PrunedGroup, StructuredResult, groups_of, k
                          residual_blocks)
 
 __all__ = [
-    "Allocation", "Distiller", "Evaluation", "RecoveryConfig", "RecoveryFailed", "RecoveryReport", "ScheduleResult",
-    "ScheduleStep", "SensitivityCurve", "SensitivityResult", "action_errors", "allocate_sparsity", "apply_allocation",
+    "Allocation", "Confirmation", "Distiller", "Evaluation", "RecoveryConfig", "RecoveryFailed", "RecoveryReport",
+    "ScheduleResult", "ScheduleStep", "SensitivityCurve", "SensitivityResult", "action_errors", "allocate_sparsity", "apply_allocation",
     "cubic_sparsity", "distill", "exact_unstructured_masks", "gradual_prune", "heldout_batch", "kd_loss",
     "layer_sensitivity", "partial_nm_masks", "plot_sensitivity", "recover", "schedule_sparsities", "task_stream",
     "BlockInfluence", "Coupling", "DependencyGraph", "Group", "GroupImportance", "LayerSparsity",

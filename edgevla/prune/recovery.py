@@ -15,7 +15,17 @@ by the mask (pruned weights also get zero gradient).
 :func:`recover` stops as soon as closed-loop success on a fixed set of
 episodes is back within ``max_loss`` of the teacher's, evaluated every
 ``eval_every`` steps; if the step or time budget runs out first it raises
-:class:`RecoveryFailed` (a :class:`GateFailed`) carrying the report.
+:class:`RecoveryFailed` (a :class:`GateFailed`) carrying the report. Success
+on a hundred episodes is noisy (a few points from one evaluation to the next
+while the student's error falls steadily), so the first evaluation to meet
+the budget is often a lucky one, and the gate, on other episodes, then fails
+the build: given a ``confirm_fn`` (success on a second, disjoint set of
+episodes), a hit counts only when the student meets the budget there too,
+against the teacher's success on those episodes; otherwise training goes on.
+Hard cases take long (tiny-vla at 98 % unstructured sparsity: 550 steps), so
+the step budget is generous, and with ``patience`` recovery gives up early
+once the held-out action error has stopped falling: none of the last
+``patience`` evaluations 5 % below the best before them.
 
 Training efficiency is reported as the efficiency metrics ask: seconds per
 epoch, samples per second and steps until recovered. The task stream is
@@ -40,6 +50,8 @@ from ..train import closed_loop_success, resolve_precision, task_config_for
 
 Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
 
+PLATEAU_GAIN = 0.05  # the fraction the held-out action error must fall within ``patience`` evaluations
+
 
 @dataclass
 class RecoveryConfig:
@@ -54,6 +66,7 @@ class RecoveryConfig:
     eval_every: int = 50
     eval_episodes: int = 100
     eval_seed: int = 10_000
+    patience: int = 0  # evaluations without the held-out action error PLATEAU_GAIN below its best; 0: no limit
     max_loss: float = 0.02  # success points (a fraction) the student may lose against the teacher
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "auto", as edgevla.train
     seed: int = 0
@@ -65,6 +78,8 @@ class RecoveryConfig:
             raise EdgevlaError(f"recovery max_steps must be a non-negative integer, got {self.max_steps!r}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise EdgevlaError(f"recovery max_seconds must be positive, got {self.max_seconds!r}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise EdgevlaError(f"recovery patience must be a non-negative integer, got {self.patience!r}")
         for name in ("batch_size", "eval_every", "eval_episodes", "epoch_samples", "heldout_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise EdgevlaError(f"recovery {name} must be a positive integer, got {getattr(self, name)!r}")
@@ -88,6 +103,12 @@ class Evaluation:
 
 
 @dataclass
+class Confirmation:
+    step: int
+    success: float  # on the confirmation episodes, against RecoveryReport.teacher_confirm_success
+
+
+@dataclass
 class RecoveryReport:
     teacher_success: float
     max_loss: float
@@ -104,6 +125,9 @@ class RecoveryReport:
     precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
     history: list[Evaluation] = field(default_factory=list)
+    teacher_confirm_success: float | None = None  # None: no hit was confirmed on other episodes
+    confirmations: list[Confirmation] = field(default_factory=list)
+    stalled: bool = False  # gave up: the held-out action error stopped falling (RecoveryConfig.patience)
 
     @property
     def recovered(self) -> bool:
@@ -114,6 +138,15 @@ class RecoveryReport:
         d["recovered"] = self.recovered
         d.pop("losses")
         return d
+
+
+def stalled(history: Sequence[Evaluation], patience: int) -> bool:
+    """Whether none of the last ``patience`` evaluations brought the held-out action error PLATEAU_GAIN below
+    the best of those before them (never, with ``patience`` 0 or too short a history)."""
+    if patience == 0 or len(history) <= patience:
+        return False
+    best_before = min(e.action_error for e in history[:-patience])
+    return min(e.action_error for e in history[-patience:]) > (1.0 - PLATEAU_GAIN) * best_before
 
 
 class RecoveryFailed(GateFailed):
@@ -233,15 +266,18 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int, config: Recovery
 
 def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | None = None, *,
             batches: Iterator[Batch] | None = None, heldout: Batch | None = None,
-            success_fn: Callable[[nn.Module], float] | None = None) -> RecoveryReport:
+            success_fn: Callable[[nn.Module], float] | None = None,
+            confirm_fn: Callable[[nn.Module], float] | None = None) -> RecoveryReport:
     """Distil ``teacher`` into the pruned ``student`` until success is within ``max_loss`` of the teacher's.
 
     Success is measured every ``eval_every`` steps on the same seeded episodes
     (``success_fn(policy)``, by default :func:`closed_loop_success` with
     ``eval_episodes`` and ``eval_seed``); a student already within budget is
-    returned after 0 steps. Raises :class:`RecoveryFailed` when ``max_steps``
-    or ``max_seconds`` run out first. Stopping on these episodes selects on
-    them: confirm the final success on other seeds.
+    returned after 0 steps. With ``confirm_fn`` (success on other episodes)
+    an evaluation within budget counts only when the student is within budget
+    there too, the teacher measured there as well. Raises
+    :class:`RecoveryFailed` when ``max_steps`` or ``max_seconds`` run out
+    first.
     """
     config = config or RecoveryConfig()
     config.check()
@@ -251,25 +287,39 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
     heldout = heldout if heldout is not None else heldout_batch(student, config.heldout_samples, config.seed)
     eval_seconds = 0.0
 
-    def measure(step: int, policy: nn.Module = student) -> Evaluation:
+    def success_of(policy: nn.Module, fn: Callable[[nn.Module], float]) -> float:
         nonlocal eval_seconds
         start = time.perf_counter()
         was_training = policy.training
         policy.eval()
-        success = float(success_fn(policy))
+        success = float(fn(policy))
         policy.train(was_training)
+        eval_seconds += time.perf_counter() - start
+        return success
+
+    def measure(step: int, policy: nn.Module = student) -> Evaluation:
+        nonlocal eval_seconds
+        success = success_of(policy, success_fn)
+        start = time.perf_counter()
         errors = action_errors(policy, teacher, heldout)
         eval_seconds += time.perf_counter() - start
         return Evaluation(step, success, *errors)
 
     teacher_success = measure(0, teacher).success
-
-    def within(e: Evaluation) -> bool:
-        return meets(e.success, teacher_success - config.max_loss)
-
     before = measure(0)
     report = RecoveryReport(teacher_success, config.max_loss, before, before, epoch_samples=config.epoch_samples,
                             history=[before])
+
+    def within(e: Evaluation) -> bool:
+        if not meets(e.success, teacher_success - config.max_loss):
+            return False
+        if confirm_fn is None:
+            return True
+        if report.teacher_confirm_success is None:
+            report.teacher_confirm_success = success_of(teacher, confirm_fn)
+        report.confirmations.append(Confirmation(e.step, success_of(student, confirm_fn)))
+        return meets(report.confirmations[-1].success, report.teacher_confirm_success - config.max_loss)
+
     if within(before):
         report.steps_to_recover = 0
         report.precision = resolve_precision(config.precision)
@@ -288,6 +338,9 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
             if within(last):
                 report.steps_to_recover = step
                 break
+            if stalled(report.history, config.patience):
+                report.stalled = True
+                break
         if out_of_time:
             break
     report.after = last
@@ -299,8 +352,14 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
     report.seconds_per_epoch = (config.epoch_samples / report.samples_per_s) if report.samples_per_s else 0.0
     report.losses = distiller.losses
     if not report.recovered:
+        gave_up = "" if not report.stalled else (
+            f"; the held-out action error stopped falling (none of the last {config.patience} evaluations "
+            f"{PLATEAU_GAIN:.0%} below the best before them)")
+        unconfirmed = "" if not report.confirmations else (
+            f"; {len(report.confirmations)} hit(s) not confirmed on other episodes (there the last "
+            f"{report.confirmations[-1].success:.3f} vs teacher {report.teacher_confirm_success:.3f})")
         raise RecoveryFailed(
             f"pruning recovery missed the accuracy budget: success {last.success:.3f} vs teacher "
             f"{teacher_success:.3f} (allowed loss {config.max_loss:.3f}) after {report.steps} steps, "
-            f"{report.train_seconds:.1f} s of training", report)
+            f"{report.train_seconds:.1f} s of training{gave_up}{unconfirmed}", report)
     return report
