@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cloning import clone
 from edgevla.spec import PolicySpec, TensorSpec
 
 CHUNK = 4
@@ -136,16 +137,10 @@ def make_reacher_policy() -> ReacherPolicy:
         states, chunks = expert_demonstrations(20_000, seed=1)
         x, y = torch.from_numpy(states), torch.from_numpy(chunks)
         torch.manual_seed(0)
-        policy = ReacherPolicy()
-        steps = 3000
-        opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        for _ in range(steps):
+
+        def batch():
             idx = torch.randint(0, len(x), (256,))
-            loss = nn.functional.mse_loss(policy(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        _TRAINED["policy"] = policy.eval()
+            return x[idx], y[idx]
+
+        _TRAINED["policy"] = clone(ReacherPolicy(), batch, steps=3000)
     return copy.deepcopy(_TRAINED["policy"])

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cloning import clone
 from edgevla.spec import PolicySpec, TensorSpec
 
 MAX_STEP, RADIUS, LIMIT, CHUNK = 0.1, 0.05, 60, 4
@@ -89,18 +90,12 @@ def make_reach_policy() -> ReachPolicy:
     if "policy" not in _TRAINED:
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
-        policy = ReachPolicy()
-        opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500)
-        for _ in range(1500):
+
+        def batch():
             states = rng.uniform(0.0, 1.0, (256, 4)).astype(np.float32)
-            target = torch.from_numpy(expert_chunks(states) / MAX_STEP)
-            loss = nn.functional.mse_loss(policy(torch.from_numpy(states)), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        _TRAINED["policy"] = policy.eval()
+            return torch.from_numpy(states), torch.from_numpy(expert_chunks(states) / MAX_STEP)
+
+        _TRAINED["policy"] = clone(ReachPolicy(), batch, steps=1500)
     return copy.deepcopy(_TRAINED["policy"])
 
 
