@@ -70,6 +70,7 @@ from .metrics.latency import deadline_misses, measure_latency, throughput
 from .metrics.memory import measure_peak_memory
 from .metrics.params import count_parameters, file_size
 from .metrics.report import ModelMetrics, build_report, host_info, write_report
+from .metrics.success_ci import success_uncertainty, uncertainty_said
 from .models.zoo import LoadedPolicy, load_policy
 from .original_memo import OriginalMemo, fingerprint
 from .progress import Progress
@@ -317,11 +318,17 @@ def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[st
         raise EdgevlaError(f"the policy returned {got}, its spec declares actions of shape {expected}")
 
 
-def accuracy_gate(before: float, after: float, max_loss: float) -> None:
-    """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions)."""
+def accuracy_gate(before: float, after: float, max_loss: float,
+                  loss_ci95: tuple[float, float] | None = None) -> None:
+    """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions); the message gives
+    the loss's 95 % interval where it is known."""
     if not meets(after, before - max_loss):
+        interval = "" if loss_ci95 is None else (
+            f" (95 % interval of the loss: {loss_ci95[0]:.1%} to {loss_ci95[1]:.1%}"
+            + ("; more episodes, evaluate.episodes, would tell whether it is really over)"
+               if loss_ci95[0] <= max_loss else ")"))
         raise GateFailed(f"accuracy gate: success fell from {before:.1%} to {after:.1%}, "
-                         f"more than the {max_loss:.1%} the recipe/target allows")
+                         f"more than the {max_loss:.1%} the recipe/target allows{interval}")
 
 
 def roofline_for(flops: FlopReport, target: Target, precision: str = "fp32") -> Any:
@@ -995,6 +1002,7 @@ class Build:
             self.action_error_by_index["episode starts"] = by_index(np.abs(built - self.spec.denormalize(ref(starts))))
         self.results: dict[str, Any] = {}
         self.tolerance: dict[str, Any] | None = None
+        self.uncertainty: dict[str, Any] | None = None
         if self.task is None:
             return
         jobs = [("original", "torch")] + [("built", b) for b in ev.backends]
@@ -1014,9 +1022,12 @@ class Build:
         for b in ev.backends:
             self.progress.note(f"closed-loop success{loop}: original (torch) {before:.1%}, "
                                f"built ({b}) {self.results[('built', b)].success_rate:.1%}")
-        worst = min(self.results[("built", b)].success_rate for b in ev.backends)
+        worst = min(ev.backends, key=lambda b: self.results[("built", b)].success_rate)
         budget = self.recipe.accuracy_loss_budget(self.target)
-        accuracy_gate(before, worst, budget)
+        self.uncertainty = {"backend": worst, **success_uncertainty(
+            self.results[("original", "torch")].successes, self.results[("built", worst)].successes, budget)}
+        self.progress.note(f"closed-loop success {uncertainty_said(self.uncertainty)}")
+        accuracy_gate(before, self.results[("built", worst)].success_rate, budget, self.uncertainty["loss_ci95"])
         self.success_backend = built_backend
         if ev.tolerance.max_ticks:
             self.tolerance = self._latency_tolerance(floor=before - budget)
@@ -1133,6 +1144,8 @@ class Build:
                 "evaluate": {f"{label}/{backend}": res.to_dict() for (label, backend), res in self.results.items()}
                 or "not measured: no closed-loop task speaks this policy's observations",
                 "closed_loop_task": None if self.task is None else self.task.name,
+                "success_uncertainty": self.uncertainty or "not measured: no closed-loop task speaks this policy's "
+                                                           "observations",
                 "original_reused": self.reused or "none",
                 "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
                                if k in ("execute", "latency_ticks", "schedule")

@@ -196,6 +196,20 @@ def test_the_robots_loop_of_the_success_rates_is_said(pair):
     assert "robot's loop" not in render_markdown(build_report(original, built, target=TARGET, host=HOST))
 
 
+def test_how_sure_the_success_rates_are_is_said(pair):
+    from edgevla.metrics.success_ci import success_uncertainty
+
+    original, built = pair
+    loop = {"execute": 4, "latency_ticks": 0, "schedule": "sync"}
+    uncertainty = {"backend": "onnxruntime", **success_uncertainty([True] * 180 + [False] * 20,
+                                                                   [True] * 176 + [False] * 24, 0.05)}
+    md = render_markdown(build_report(original, built, target=TARGET, host=HOST,
+                                      extra={"robot_loop": loop, "success_uncertainty": uncertainty}))
+    assert "How sure (built on onnxruntime): over 200 episodes, 95 % intervals: original 90.0 % (85.1–93.4)" in md
+    # the built policy fails where the original does and on 4 more: paired, the loss is pinned down
+    assert "loss 2.0 pt (-0.2 to 4.6): within the 5.0 pt budget with 95 % confidence." in md
+
+
 def test_latency_tolerance_and_action_error_by_index_are_tabled(pair):
     original, built = pair
     perfect = {"success": [1.0, 1.0, 1.0], "mean_steps": [6, 7, 8], "tolerated": 2, "at_least": True}

@@ -109,8 +109,13 @@ def test_accuracy_gate():
         accuracy_gate(0.95, 0.90, 0.02)
     assert 0.985 - 0.965 > 0.02  # a loss of exactly the budget, rounded past it in floating point...
     accuracy_gate(0.985, 0.965, 0.02)  # ...passes, as the report's budget check and the recovery say too
-    with pytest.raises(GateFailed, match="from 98.5% to 96.4%"):
+    with pytest.raises(GateFailed, match="from 98.5% to 96.4%, more than the 2.0% the recipe/target allows$"):
         accuracy_gate(0.985, 0.964, 0.02)
+    with pytest.raises(GateFailed, match="allows \\(95 % interval of the loss: 1.0% to 9.0%; more episodes, "
+                                         "evaluate.episodes, would tell whether it is really over\\)$"):
+        accuracy_gate(0.95, 0.90, 0.02, (0.01, 0.09))
+    with pytest.raises(GateFailed, match="allows \\(95 % interval of the loss: 3.0% to 9.0%\\)$"):
+        accuracy_gate(0.95, 0.90, 0.02, (0.03, 0.09))
 
 
 def test_output_path_that_is_a_file_is_refused_before_work(tmp_path, fast):

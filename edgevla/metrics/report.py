@@ -90,6 +90,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import EdgevlaError
 from ..task.evaluate import RATE_SLACK
+from .success_ci import uncertainty_said
 from ..task.tolerance import tolerated_said
 from .efficiency import (DEFAULT_WEIGHTS, RooflineEstimate, efficiency_improvement, efficiency_score,
                          reduction_pct)
@@ -388,6 +389,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         where = "on the tabletop task" if task == "tabletop" else f"in the simulator `{task}`"
         out += [f"Success rates are closed-loop, {where}, in the robot's loop of the recipe: {schedule}, each chunk "
                 f"{loop['latency_ticks']} control tick(s) late.", ""]
+        uncertainty = report.get("extra", {}).get("success_uncertainty")
+        if isinstance(uncertainty, Mapping):
+            out += [f"How sure (built on {uncertainty['backend']}): {uncertainty_said(uncertainty)}.", ""]
 
     checks = report["budget_checks"]
     out += ["## Budgets of the target (built model)", ""]
