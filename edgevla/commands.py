@@ -148,8 +148,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         latency = _measured_latency_said(measured, schedule) if measured is not None else "" if ticks is None else (
             f"latency {ticks} tick(s)" + ("" if latency_ms is None else f" ({latency_ms:g} ms)")
             + f", {schedule}: ")
-        out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes ({where}); "
-                  f"mean steps {result.mean_steps:.1f}; smoothness {result.smoothness:.4f}")
+        low, high = result.success_ci95
+        out.print(f"{latency}success {result.success_rate:.1%} over {result.episodes} episodes (95 % interval "
+                  f"{low:.1%}-{high:.1%}; {where}); mean steps {result.mean_steps:.1f}; smoothness "
+                  f"{result.smoothness:.4f}")
     return 0
 
 

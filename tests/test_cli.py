@@ -154,6 +154,10 @@ def test_inspect_eval_profile_on_a_bundle(capsys, tiny_bundle, tmp_path):
     code, out, _ = run(capsys, "eval", root, "--episodes", "40", "--json")
     data = json.loads(out)
     assert code == 0 and data["episodes"] == 40 and data["success_rate"] >= 0.9
+    low, high = data["success_ci95"]  # how sure 40 episodes make it: Wilson's interval
+    assert low < data["success_rate"] <= high and high - low > 0.05
+    code, out, _ = run(capsys, "eval", root, "--episodes", "40")
+    assert code == 0 and f"over 40 episodes (95 % interval {low:.1%}-{high:.1%}; onnxruntime)" in out
 
     code, out, _ = run(capsys, "eval", root, "--episodes", "40", "--backend", "torch", "--json")
     assert code == 0 and json.loads(out)["success_rate"] >= 0.9

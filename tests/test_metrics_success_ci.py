@@ -66,6 +66,15 @@ def test_the_paired_interval_covers_the_true_loss_about_95_percent_of_the_time(p
     assert 0.92 <= covered / 1000 <= 0.985
 
 
+def test_an_eval_result_carries_its_rates_interval():
+    from edgevla.task import EvalResult
+
+    result = EvalResult(episodes=4, success_rate=0.75, mean_steps=9.0, smoothness=0.1,
+                        successes=[True, False, True, True])
+    assert result.success_ci95 == wilson(3, 4) and result.to_dict()["success_ci95"] == list(wilson(3, 4))
+    assert "successes" not in result.to_dict()
+
+
 def test_the_verdict_on_a_budget():
     assert loss_verdict(-0.01, 0.019, 0.02) == "within"
     assert loss_verdict(0.021, 0.08, 0.02) == "over"

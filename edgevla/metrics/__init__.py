@@ -5,6 +5,7 @@
 * :mod:`.latency`    latency distribution, control-loop deadline misses, throughput
 * :mod:`.memory`     peak resident memory measured in a fresh process; weight bytes
 * :mod:`.efficiency` E(M) efficiency score, reductions, roofline latency floor
+* :mod:`.success_ci` how sure a success rate is, and a loss between policies on the same episodes
 * :mod:`.report`     report.json / report.md / plots of original vs built
 
 Names are imported lazily: ``python -m edgevla.metrics.memory_probe`` imports

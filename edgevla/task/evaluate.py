@@ -81,8 +81,16 @@ class EvalResult:
     smoothness: float  # mean |a_t - a_{t-1}| of executed actions; lower is smoother
     successes: list[bool]
 
+    @property
+    def success_ci95(self) -> tuple[float, float]:
+        """The success rate's 95 % interval (Wilson's score interval over these episodes)."""
+        from ..metrics.success_ci import wilson
+
+        return wilson(sum(self.successes), self.episodes)
+
     def to_dict(self, with_episodes: bool = False) -> dict:
         d = asdict(self)
+        d["success_ci95"] = list(self.success_ci95)
         if not with_episodes:
             d.pop("successes")
         return d
