@@ -56,6 +56,9 @@ class BundleRow:
     tolerated: dict[str, dict[str, Any]] | None = None
     measured: dict[str, Any] | None = None  # this host, this run (measure=True)
     task: str = "tabletop"  # where success was measured: the tabletop task or the simulator of evaluate.env
+    # The 95 % interval of the loss (original - built) on the gate's episodes (report: extra.success_uncertainty);
+    # None where the report has none
+    loss_ci95: list[float] | None = None
 
     @property
     def efficiency_E(self) -> float | None:
@@ -138,6 +141,7 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
     checks = report.get("budget_checks", {})
     budgets = {name: check.get("ok") for name, check in checks.items()}
     tolerance = report.get("extra", {}).get("latency_tolerance")
+    uncertainty = report.get("extra", {}).get("success_uncertainty")
     return BundleRow(
         bundle=path, policy=manifest["policy"]["name"], target=report["target"]["name"],
         host_cpu=report.get("host", {}).get("cpu"), compression=compression_of(manifest.get("recipe", {})),
@@ -149,7 +153,8 @@ def _row(path: str, manifest: Mapping[str, Any], report: Mapping[str, Any]) -> B
         latency_budget_ms=checks.get("latency_p99_ms", {}).get("limit"),
         tolerated=({s: {"tolerated": c["built"]["tolerated"], "at_least": c["built"]["at_least"]}
                     for s, c in tolerance["schedules"].items()} if isinstance(tolerance, Mapping) else None),
-        task=manifest.get("recipe", {}).get("evaluate", {}).get("env") or "tabletop")
+        task=manifest.get("recipe", {}).get("evaluate", {}).get("env") or "tabletop",
+        loss_ci95=list(uncertainty["loss_ci95"]) if isinstance(uncertainty, Mapping) else None)
 
 
 def differences(rows: Sequence[BundleRow]) -> list[str]:

@@ -80,6 +80,7 @@ def test_bundles_side_by_side_from_their_reports(tiny_bundle, w8a8_bundle):
         assert r["efficiency_E"] == report["efficiency"]["built"]["E"]
         assert r["p50_ms"] == report["models"]["built"]["latency"]["onnxruntime"]["p50_ms"]
         assert r["within_budgets"] == all(c["ok"] for c in report["budget_checks"].values())
+        assert r["loss_ci95"] == report["extra"]["success_uncertainty"]["loss_ci95"]
     assert plain["tolerated"] is None and list(w8a8["tolerated"]) == ["async"]
     assert w8a8["tolerated"]["async"]["tolerated"] == (
         w8a8_bundle.report["extra"]["latency_tolerance"]["schedules"]["async"]["built"]["tolerated"])
@@ -90,6 +91,17 @@ def test_bundles_side_by_side_from_their_reports(tiny_bundle, w8a8_bundle):
     expected = w8a8["bundle"] if w8a8["within_budgets"] and async_ticks is not None and async_ticks >= 1 else None
     assert proven["pick"] == expected and proven["tolerate"] == {"schedule": "async", "ticks": 1}
     assert data["differences"] == []  # one policy, one target, one machine, one backend
+
+
+def test_the_success_cell_gives_the_change_with_its_interval():
+    from edgevla.commands import _success_cell
+
+    # the report's interval is of the loss (original - built); the cell says the change (built - original)
+    assert _success_cell({"success_rate": 0.97, "original_success_rate": 1.0, "loss_ci95": [0.005, 0.064]}) == \
+        "97.0% (-3.0 pt, 95 %: -6.4 to -0.5)"
+    assert _success_cell({"success_rate": 0.97, "original_success_rate": 1.0}) == "97.0% (-3.0 pt)"
+    assert _success_cell({"success_rate": 0.97, "original_success_rate": None}) == "97.0%"
+    assert _success_cell({"success_rate": None, "original_success_rate": None}) == "n/a"
 
 
 def test_compare_measures_latency_here_in_one_run(capsys, tiny_bundle, w8a8_bundle):
