@@ -597,7 +597,7 @@ def _print_comparison(data: Mapping[str, Any], args: argparse.Namespace | None) 
     rows = data["bundles"]
     table = Table(title="bundles side by side: each report's figures, measured where it was built; latency "
                         "batch 1, the report's reference backend")
-    for col in ("bundle", "compression", "nonzero params", "ONNX MB", "success (vs original, 95 % interval)",
+    for col in ("bundle", "compression", "nonzero params", "ONNX MB", "success (vs original, in its 95 % interval)",
                 "p50 / p99 ms",
                 "speed-up", "E(M)", "budgets", "latency tolerated, ticks"):
         table.add_column(col, justify="left" if col in ("bundle", "compression", "budgets") else "right")
@@ -651,7 +651,7 @@ def _success_cell(row: Mapping[str, Any]) -> str:
     original, loss = row["original_success_rate"], row.get("loss_ci95")
     if original is None:
         return f"{row['success_rate']:.1%}"
-    sure = "" if loss is None else f", 95 %: {-100 * loss[1]:+.1f} to {-100 * loss[0]:+.1f}"
+    sure = "" if loss is None else f" in [{-100 * loss[1]:+.1f}, {-100 * loss[0]:+.1f}]"
     return f"{row['success_rate']:.1%} ({100 * (row['success_rate'] - original):+.1f} pt{sure})"
 
 

@@ -98,7 +98,7 @@ def test_the_success_cell_gives_the_change_with_its_interval():
 
     # the report's interval is of the loss (original - built); the cell says the change (built - original)
     assert _success_cell({"success_rate": 0.97, "original_success_rate": 1.0, "loss_ci95": [0.005, 0.064]}) == \
-        "97.0% (-3.0 pt, 95 %: -6.4 to -0.5)"
+        "97.0% (-3.0 pt in [-6.4, -0.5])"
     assert _success_cell({"success_rate": 0.97, "original_success_rate": 1.0}) == "97.0% (-3.0 pt)"
     assert _success_cell({"success_rate": 0.97, "original_success_rate": None}) == "97.0%"
     assert _success_cell({"success_rate": None, "original_success_rate": None}) == "n/a"
