@@ -523,9 +523,11 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                          confirm_fn=(lambda p: torch_success(p, task, rc.episodes, rc.seed + rc.episodes, loop))
                          if rc.confirm else None)
         info["recovery"] = report.to_dict()
+        unconfirmed = len(report.confirmations) - 1
         confirmed = "" if not report.confirmations else (
             f"; {report.confirmations[-1].success:.1%} on {rc.episodes} other episodes (original "
-            f"{report.teacher_confirm_success:.1%}), {len(report.confirmations) - 1} earlier hit(s) not confirmed there")
+            f"{report.teacher_confirm_success:.1%})" + (f", {unconfirmed} earlier hit(s) not borne out there"
+                                                         if unconfirmed else ""))
         progress.note(f"recovery by distillation: success {report.before.success:.1%} after pruning, "
                       f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
                       f"allowed loss {report.max_loss:.1%}){confirmed}; {report.samples_per_s:.0f} samples/s, "

@@ -125,7 +125,7 @@ class RecoveryReport:
     precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
     history: list[Evaluation] = field(default_factory=list)
-    teacher_confirm_success: float | None = None  # None: no hit was confirmed on other episodes
+    teacher_confirm_success: float | None = None  # None: no hit was checked on other episodes
     confirmations: list[Confirmation] = field(default_factory=list)
     stalled: bool = False  # gave up: the held-out action error stopped falling (RecoveryConfig.patience)
 
@@ -277,7 +277,8 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
     an evaluation within budget counts only when the student is within budget
     there too, the teacher measured there as well. Raises
     :class:`RecoveryFailed` when ``max_steps`` or ``max_seconds`` run out
-    first.
+    first, or when the held-out action error has stalled for ``patience``
+    evaluations.
     """
     config = config or RecoveryConfig()
     config.check()
