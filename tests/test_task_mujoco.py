@@ -21,7 +21,9 @@ from mujoco_reacher import CHUNK, LIMIT, expert, make_reacher_env, make_reacher_
 ENV = "mujoco_reacher:make_reacher_env"
 POLICY = "mujoco_reacher:make_reacher_policy"
 
-pytestmark = pytest.mark.slow  # the policy trains for ~10 s in each process that runs these tests
+# The policy trains for ~10 s in each process that runs these tests; on one torch thread, the episodes of a
+# chaotic simulator do not hang on how a busy machine's BLAS split a sum.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 
 @pytest.fixture(scope="module")
