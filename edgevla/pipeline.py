@@ -319,9 +319,15 @@ def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[st
 
 
 def accuracy_gate(before: float, after: float, max_loss: float,
-                  loss_ci95: tuple[float, float] | None = None) -> None:
+                  loss_ci95: tuple[float, float] | None = None, confident: bool = False) -> None:
     """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions); the message gives
-    the loss's 95 % interval where it is known."""
+    the loss's 95 % interval where it is known. ``confident``: fail it too when that interval reaches past
+    ``max_loss`` (recipe ``evaluate.gate: confident``)."""
+    if confident and loss_ci95 is not None and meets(after, before - max_loss) and \
+            not meets(max_loss, loss_ci95[1]):
+        raise GateFailed(f"accuracy gate (confident): success went from {before:.1%} to {after:.1%}, but the "
+                         f"loss's 95 % interval ({loss_ci95[0]:.1%} to {loss_ci95[1]:.1%}) reaches past the "
+                         f"{max_loss:.1%} the recipe/target allows; more episodes (evaluate.episodes) narrow it")
     if not meets(after, before - max_loss):
         interval = "" if loss_ci95 is None else (
             f" (95 % interval of the loss: {loss_ci95[0]:.1%} to {loss_ci95[1]:.1%}"
@@ -1029,7 +1035,8 @@ class Build:
         self.uncertainty = {"backend": worst, **success_uncertainty(
             self.results[("original", "torch")].successes, self.results[("built", worst)].successes, budget)}
         self.progress.note(f"closed-loop success {uncertainty_said(self.uncertainty)}")
-        accuracy_gate(before, self.results[("built", worst)].success_rate, budget, self.uncertainty["loss_ci95"])
+        accuracy_gate(before, self.results[("built", worst)].success_rate, budget, self.uncertainty["loss_ci95"],
+                      confident=ev.gate == "confident")
         self.success_backend = built_backend
         if ev.tolerance.max_ticks:
             self.tolerance = self._latency_tolerance(floor=before - budget)

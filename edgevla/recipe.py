@@ -177,6 +177,10 @@ RECIPE_SCHEMA = Section({
         "episodes": Int(1, default=200),
         "seed": Int(0, default=10_000),
         "max_accuracy_loss": Nullable(Float(0.0, 1.0)),  # null: the target's budget
+        # How the gate reads the loss (original - built) against that budget: "estimate" fails a build whose
+        # measured loss is over it; "confident" also one whose loss's 95 % interval reaches past it (a build
+        # shown within the budget, not just measured within; it needs more episodes: 200 rarely show 2 %).
+        "gate": OneOf("estimate", "confident", default="estimate"),
         "backends": ListOf(OneOf(*BACKENDS), min_len=1, unique=True, default=["onnxruntime"]),
         # The robot's loop (edgevla.control): actions of each chunk executed, the control ticks a query's
         # chunk comes late (its latency on the robot), and whether the robot holds meanwhile (sync), keeps
@@ -326,6 +330,7 @@ class EvaluateConfig:
     episodes: int
     seed: int
     max_accuracy_loss: float | None
+    gate: str
     backends: tuple[str, ...]
     execute: int
     latency_ticks: int

@@ -118,6 +118,17 @@ def test_accuracy_gate():
         accuracy_gate(0.95, 0.90, 0.02, (0.03, 0.09))
 
 
+def test_a_confident_gate_also_needs_the_losss_interval_within_the_budget():
+    accuracy_gate(0.95, 0.94, 0.02, (-0.01, 0.019), confident=True)
+    accuracy_gate(0.95, 0.94, 0.02, (-0.01, 0.04))  # the estimate gate reads the measured loss only
+    with pytest.raises(GateFailed, match="^accuracy gate \\(confident\\): success went from 95.0% to 94.0%, "
+                       "but the loss's 95 % interval \\(-1.0% to 4.0%\\) reaches past the 2.0% the "
+                       "recipe/target allows"):
+        accuracy_gate(0.95, 0.94, 0.02, (-0.01, 0.04), confident=True)
+    with pytest.raises(GateFailed, match="^accuracy gate: success fell"):  # over on the estimate: said as before
+        accuracy_gate(0.95, 0.90, 0.02, (0.01, 0.09), confident=True)
+
+
 def test_output_path_that_is_a_file_is_refused_before_work(tmp_path, fast):
     f = tmp_path / "file"
     f.write_text("not a directory")

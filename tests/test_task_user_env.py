@@ -298,6 +298,19 @@ def test_eval_runs_the_bundles_simulator_or_another(tests_on_path, quick, tmp_pa
     assert json.loads(capsys.readouterr().out)["latencies"] == data["latencies"]  # the same episodes, elsewhere
 
 
+def test_a_confident_gate_needs_episodes_enough_to_show_the_budget(tests_on_path, quick, tmp_path):
+    """A perfect build over 60 episodes: its loss's interval is about ±6 points, which a 2 % budget cannot hold
+    and a 10 % one can."""
+    settings = {**quick, "quantize.format": "w8a8", "evaluate.gate": "confident"}
+    with pytest.raises(GateFailed, match="accuracy gate \\(confident\\): success went from 100.0% to 100.0%"):
+        build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_reach_policy", output=str(tmp_path / "a"),
+                           overrides=settings))
+    result = build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_reach_policy",
+                                output=str(tmp_path / "b"), overrides={**settings, "evaluate.max_accuracy_loss": 0.1}))
+    uncertainty = result.report["extra"]["success_uncertainty"]
+    assert uncertainty["verdict"] == "within" and uncertainty["loss_ci95"][1] <= 0.1
+
+
 def test_env_workers_need_a_simulator():
     from types import SimpleNamespace
 
