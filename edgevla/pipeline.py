@@ -323,6 +323,7 @@ def accuracy_gate(before: float, after: float, max_loss: float,
     """Fail the build when closed-loop success dropped by more than ``max_loss`` (fractions); the message gives
     the loss's 95 % interval where it is known. ``confident``: fail it too when that interval reaches past
     ``max_loss`` (recipe ``evaluate.gate: confident``)."""
+    # confident: the budget must reach the interval's top too (meets: compared up to rounding, as a rate)
     if confident and loss_ci95 is not None and meets(after, before - max_loss) and \
             not meets(max_loss, loss_ci95[1]):
         raise GateFailed(f"accuracy gate (confident): success went from {before:.1%} to {after:.1%}, but the "

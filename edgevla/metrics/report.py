@@ -90,7 +90,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import EdgevlaError
 from ..task.evaluate import RATE_SLACK
-from .success_ci import uncertainty_said
 from ..task.tolerance import tolerated_said
 from .efficiency import (DEFAULT_WEIGHTS, RooflineEstimate, efficiency_improvement, efficiency_score,
                          reduction_pct)
@@ -98,6 +97,7 @@ from .flops import FlopReport
 from .latency import DeadlineReport, LatencyStats, deadline_misses
 from .memory import MemoryStats
 from .params import ParamCount
+from .success_ci import uncertainty_said
 
 SCHEMA_VERSION = "1"
 MODEL_KEYS = ("original", "built")

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import EdgevlaError
-from .fakequant import float_mode, quantized_layers
 from ..task.evaluate import meets
+from .fakequant import float_mode, quantized_layers
 from .primitives import sqnr_db
 
 Batches = Sequence[tuple[torch.Tensor, ...]]

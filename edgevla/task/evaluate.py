@@ -16,6 +16,7 @@ from typing import Any, Callable, Hashable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from ..metrics.success_ci import wilson
 from .tabletop import TaskConfig
 
 # obs dict -> real actions (B, H, action_dim)
@@ -84,8 +85,6 @@ class EvalResult:
     @property
     def success_ci95(self) -> tuple[float, float]:
         """The success rate's 95 % interval (Wilson's score interval over these episodes)."""
-        from ..metrics.success_ci import wilson
-
         return wilson(sum(self.successes), self.episodes)
 
     def to_dict(self, with_episodes: bool = False) -> dict:
