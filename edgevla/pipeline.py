@@ -444,9 +444,14 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
     return high
 
 
+#: The original's result ``what`` with ``settings``: computed by ``make()``, or kept from a build before
+#: (:meth:`Build._original_memo`).
+OriginalResult = Callable[[str, tuple, Callable[[], Any]], Any]
+
+
 def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                  cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress,
-                 loop: EvaluateConfig | None = None) -> dict[str, Any]:
+                 loop: EvaluateConfig | None = None, original: OriginalResult | None = None) -> dict[str, Any]:
     """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
 
     Raises :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when
@@ -524,11 +529,21 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         progress.note(f"recovery {info['recovery']}")
     else:
         heldout = task.split("heldout", config.heldout_samples, config.seed)
+
+        def success_on(seed: int) -> Callable[[torch.nn.Module], float]:
+            """Success on ``rc.episodes`` episodes from ``seed``; the teacher's kept where ``original`` keeps it."""
+            def success(p: torch.nn.Module) -> float:
+                if p is not teacher or original is None:
+                    return torch_success(p, task, rc.episodes, seed, loop)
+                return original("recovery_success", (task.key, rc.episodes, seed,
+                                                     tuple(sorted(robot_loop(loop).items()))),
+                                lambda: torch_success(p, task, rc.episodes, seed, loop))
+            return success
+
         report = recover(policy, teacher, config, batches=batches,
                          heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                         success_fn=lambda p: torch_success(p, task, rc.episodes, rc.seed, loop),
-                         confirm_fn=(lambda p: torch_success(p, task, rc.episodes, rc.seed + rc.episodes, loop))
-                         if rc.confirm else None)
+                         success_fn=success_on(rc.seed),
+                         confirm_fn=success_on(rc.seed + rc.episodes) if rc.confirm else None)
         info["recovery"] = report.to_dict()
         unconfirmed = len(report.confirmations) - 1
         confirmed = "" if not report.confirmations else (
@@ -860,6 +875,7 @@ class Build:
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
             self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
+                                        original=self._original_memo,
                                         round_to=self.target.facts.preferred_channel_multiple,
                                         max_loss=self.recipe.accuracy_loss_budget(self.target),
                                         progress=self.progress, loop=self.recipe.evaluate)

@@ -60,9 +60,15 @@ def test_builds_sharing_a_memo_measure_the_original_once(tests_on_path, fast, tm
     with OriginalMemo() as memo:
         first = run("w8a8", memo, **{"quantize.format": "w8a8"})
         second = run("2to4", memo, **{"prune.method": "nm", "prune.pattern": "2:4"})
+        third = run("structured", memo, **{"prune.method": "structured", "prune.amount": 0.5})
         other = run("fewer", memo, **{"evaluate.episodes": 20})
     assert first.report["extra"]["original_reused"] == "none"
     assert second.report["extra"]["original_reused"] == ["onnx", "evaluate", "latency_tolerance"]
+    # the original's success on the recovery's episodes and on its confirmation episodes, then the rest
+    assert third.report["extra"]["original_reused"] == ["recovery_success", "recovery_success", "onnx", "evaluate",
+                                                        "latency_tolerance"]
+    recoveries = [r.report["extra"]["prune"]["recovery"] for r in (second, third)]
+    assert len({(r["teacher_success"], r["teacher_confirm_success"]) for r in recoveries}) == 1
     assert other.report["extra"]["original_reused"] == ["onnx"]  # other episodes: measured again
     alone = run("alone", None, **{"prune.method": "nm", "prune.pattern": "2:4"})
     assert alone.report["extra"]["original_reused"] == "none"
