@@ -31,8 +31,10 @@ dependency analysis, with kept channels rounded to the target's
 ``preferred_channel_multiple``. Recovery distils the original policy into
 the pruned one on the task's demonstrations until closed-loop success is
 within half the budget (``prune.recovery.max_loss``) on episodes seeded apart
-from the gate's, a margin for the gate's other episodes; without a task there
-is no recovery and the report says so. Structured pruning changes layer
+from the gate's, a margin for the gate's other episodes; a build that also
+quantizes has recovery judge the student as it will ship, quantized
+(``prune.recovery.judge``); without a task there is no recovery and the
+report says so. Structured pruning changes layer
 shapes, so a VLA's config no longer describes the weights: the manifest
 records each layer's shape, and ``edgevla eval --backend torch`` refuses such
 a bundle (ONNX Runtime runs it).
@@ -74,7 +76,8 @@ from .metrics.success_ci import success_uncertainty, uncertainty_said
 from .models.zoo import LoadedPolicy, load_policy
 from .original_memo import OriginalMemo, fingerprint
 from .progress import Progress
-from .recipe import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, Recipe, load_recipe
+from .recipe import (CalibrationConfig, EvaluateConfig, MixedPrecisionConfig, PruneConfig, QuantizeConfig, Recipe,
+                     load_recipe)
 from .spec import PolicySpec, spec_of
 from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import ClosedLoopTask, EvalResult, TaskConfig, evaluate
@@ -451,15 +454,19 @@ OriginalResult = Callable[[str, tuple, Callable[[], Any]], Any]
 
 def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                  cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress,
-                 loop: EvaluateConfig | None = None, original: OriginalResult | None = None) -> dict[str, Any]:
+                 loop: EvaluateConfig | None = None, original: OriginalResult | None = None,
+                 shipped: ShippedForm | None = None) -> dict[str, Any]:
     """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
 
-    Raises :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when
-    distillation cannot bring success back within budget.
+    With ``shipped`` (and ``prune.recovery.judge: shipped``) recovery measures
+    the student's success on ``shipped.of(student)``, the model that will
+    ship, and trains on until that one is within budget. Raises
+    :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when distillation
+    cannot bring success back within budget.
     """
     import time
 
-    from .prune import distill, gradual_prune, recover, remove_masks, RecoveryConfig
+    from .prune import distill, gradual_prune, recover, remove_masks, RecoveryConfig, RecoveryFailed
     from .prune.structured import _example_inputs
 
     scope = cfg.scope
@@ -529,28 +536,38 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         progress.note(f"recovery {info['recovery']}")
     else:
         heldout = task.split("heldout", config.heldout_samples, config.seed)
+        judged = shipped if rc.judge == "shipped" else None
 
         def success_on(seed: int) -> Callable[[torch.nn.Module], float]:
             """Success on ``rc.episodes`` episodes from ``seed``; the teacher's kept where ``original`` keeps it."""
             def success(p: torch.nn.Module) -> float:
-                if p is not teacher or original is None:
+                if p is not teacher:
+                    return torch_success(judged.of(p) if judged else p, task, rc.episodes, seed, loop)
+                if original is None:
                     return torch_success(p, task, rc.episodes, seed, loop)
                 return original("recovery_success", (task.key, rc.episodes, seed,
                                                      tuple(sorted(robot_loop(loop).items()))),
                                 lambda: torch_success(p, task, rc.episodes, seed, loop))
             return success
 
-        report = recover(policy, teacher, config, batches=batches,
-                         heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                         success_fn=success_on(rc.seed),
-                         confirm_fn=success_on(rc.seed + rc.episodes) if rc.confirm else None)
-        info["recovery"] = report.to_dict()
+        try:
+            report = recover(policy, teacher, config, batches=batches,
+                             heldout=normalized_batch(spec, heldout.observations, heldout.actions),
+                             success_fn=success_on(rc.seed),
+                             confirm_fn=success_on(rc.seed + rc.episodes) if rc.confirm else None)
+        except RecoveryFailed as e:
+            if judged is None:
+                raise
+            raise RecoveryFailed(f"{e}; the student's success measured {judged.what}, as it will ship "
+                                 "(prune.recovery.judge: float measures the float model)", e.report) from None
+        info["recovery"] = {**report.to_dict(), "judged": judged.what if judged else "the pruned float model"}
         unconfirmed = len(report.confirmations) - 1
         confirmed = "" if not report.confirmations else (
             f"; {report.confirmations[-1].success:.1%} on {rc.episodes} other episodes (original "
             f"{report.teacher_confirm_success:.1%})" + (f", {unconfirmed} earlier hit(s) not borne out there"
                                                          if unconfirmed else ""))
-        progress.note(f"recovery by distillation: success {report.before.success:.1%} after pruning, "
+        as_shipped = f" of the student {judged.what}" if judged else ""
+        progress.note(f"recovery by distillation: success{as_shipped} {report.before.success:.1%} after pruning, "
                       f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
                       f"allowed loss {report.max_loss:.1%}){confirmed}; {report.samples_per_s:.0f} samples/s, "
                       f"{report.seconds_per_epoch:.1f} s per {report.epoch_samples:,}-sample epoch")
@@ -666,6 +683,62 @@ def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask 
         i += 1
 
 
+def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]], float_dtype: str) -> dict[str, Any]:
+    """:func:`~edgevla.quant.quantize_policy`'s keyword arguments for the recipe's post-training quantization."""
+    cal = cfg.calibration
+    kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
+                                  smoothquant_alpha=cfg.smoothquant.alpha if cfg.smoothquant.enabled else None,
+                                  float_dtype=float_dtype, tables=cfg.tables)
+    if cal.method == "percentile":
+        kwargs["percentile"] = cal.percentile
+    return kwargs
+
+
+@dataclass(frozen=True)
+class ShippedForm:
+    """What a float policy, maybe still masked, ships as: the model pruning recovery judges
+    (``prune.recovery.judge: shipped``), so that it trains on until *that* is within budget."""
+    what: str  # for the report and messages: "quantized w8a8 (every layer, post-training)"
+    of: Callable[[torch.nn.Module], torch.nn.Module]  # a new model; the policy is left as it was
+
+
+def solo_sqnr(model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]],
+              mp: "MixedPrecisionConfig") -> dict[str, float]:
+    """Each fake-quant layer's solo output SQNR (dB) on the first ``mp.sensitivity_samples`` observations of
+    the first calibration batch: one forward per layer, so a few samples, not a whole batch (base-vla's
+    32-sample batch made this a quarter of an hour on two cores)."""
+    from .quant import layer_sqnr
+
+    return layer_sqnr(model, [tuple(t[:mp.sensitivity_samples] for t in batches[0])])
+
+
+def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
+                   cfg: "QuantizeConfig", float_dtype: str) -> ShippedForm | None:
+    """The recipe's post-training quantization of a (pruned) copy, as :func:`quantize_for_build` will
+    quantize the final float model: the same calibration batches and settings, and with mixed precision
+    by SQNR the same layers kept float (decided on that copy). None with mixed precision by success (its
+    search runs closed-loop episodes per layer: once, after recovery, not at every evaluation); QAT, which
+    comes after recovery and keeps its weights only when they beat these, is not applied."""
+    from .prune import baked_copy
+    from .quant import fallback_by_sqnr, quantize_policy
+
+    mp = cfg.mixed_precision
+    if mp.enabled and mp.metric == "success":
+        return None
+    batches, _ = quantization_batches(teacher, spec, task, cfg.calibration)
+    kwargs = ptq_settings(cfg, batches, float_dtype)
+    by_sqnr = mp.enabled and cfg.format != "fp16"
+
+    def of(policy: torch.nn.Module) -> torch.nn.Module:
+        plain = baked_copy(policy)  # exact zeros in plain weights, as the final model holds them
+        result = quantize_policy(plain, cfg.format, **kwargs)
+        kept = fallback_by_sqnr(solo_sqnr(result.model, batches, mp), mp.min_sqnr_db) if by_sqnr else []
+        return quantize_policy(plain, cfg.format, skip=kept, **kwargs).model if kept else result.model
+
+    how = f"layers under {mp.min_sqnr_db:g} dB solo SQNR kept float" if by_sqnr else "every layer"
+    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", of)
+
+
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
                        task: ClosedLoopTask | None,
                        cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float, progress: Progress,
@@ -680,17 +753,13 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     """
     import time
 
-    from .quant import (fallback_by_sqnr, fallback_by_success, layer_sqnr, model_sqnr,
-                        quantization_aware_training, quantize_policy, round_float_storage, round_tables)
+    from .quant import (fallback_by_sqnr, fallback_by_success, model_sqnr, quantization_aware_training,
+                        quantize_policy, round_float_storage, round_tables)
 
     start = time.perf_counter()
     cal = cfg.calibration
     batches, source = quantization_batches(policy, spec, task, cal)
-    kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
-                                  smoothquant_alpha=cfg.smoothquant.alpha if cfg.smoothquant.enabled else None,
-                                  float_dtype=float_dtype, tables=cfg.tables)
-    if cal.method == "percentile":
-        kwargs["percentile"] = cal.percentile
+    kwargs = ptq_settings(cfg, batches, float_dtype)
     samples = sum(len(b[0]) for b in batches)
     calibrated = cfg.format in ("w8a8", "fp8") or (cfg.smoothquant.enabled and cfg.format != "fp16")
     info: dict[str, Any] = {
@@ -706,12 +775,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     fallback: list[str] = []
     if cfg.format != "fp16":
         mp = cfg.mixed_precision
-        # One forward per quantized layer: on a few samples, not a whole calibration batch
-        # (base-vla's 32-sample batch made this a quarter of an hour on two cores).
-        solo_probe = [tuple(t[:mp.sensitivity_samples] for t in probe[0])]
-        sensitivity = layer_sqnr(result.model, solo_probe)
+        sensitivity = solo_sqnr(result.model, batches, mp)
         info["layer_sqnr_db"] = {k: round(v, 3) for k, v in sensitivity.items()}
-        info["layer_sqnr_samples"] = len(solo_probe[0][0])
+        info["layer_sqnr_samples"] = len(batches[0][0][:mp.sensitivity_samples])
         if mp.enabled:
             if mp.metric == "sqnr":
                 fallback = fallback_by_sqnr(sensitivity, mp.min_sqnr_db)
@@ -874,8 +940,10 @@ class Build:
         self.built = (rewritten or copy.deepcopy(self.original)).eval()
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
+            shipped = (quantized_form(self.original, self.spec, self.task, self.recipe.quantize, self.float_dtype)
+                       if self.quantized and self.task is not None else None)
             self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
-                                        original=self._original_memo,
+                                        original=self._original_memo, shipped=shipped,
                                         round_to=self.target.facts.preferred_channel_multiple,
                                         max_loss=self.recipe.accuracy_loss_budget(self.target),
                                         progress=self.progress, loop=self.recipe.evaluate)

@@ -118,6 +118,11 @@ RECIPE_SCHEMA = Section({
             # A hit on those episodes is confirmed on as many others (seeds seed + episodes on) before recovery
             # stops: one evaluation's success is noisy, and the first to meet the budget often a lucky one.
             "confirm": Bool(default=True),
+            # What recovery's success is measured on: `shipped`, the pruned model quantized as the recipe's
+            # quantize section says (post-training, every layer; what the gate will run when no mixed precision
+            # or QAT follows), so that recovery goes on until the model that ships is within budget; `float`,
+            # the pruned float model (quantization then spends what is left of the budget).
+            "judge": OneOf("shipped", "float", default="shipped"),
             # null: half the build's accuracy budget. Recovery stops on its own episodes and the gate judges
             # others: a student that only just met the budget on the first often misses it on the second.
             "max_loss": Nullable(Float(0.0, 1.0)),
@@ -230,6 +235,7 @@ class PruneRecoveryConfig:
     episodes: int
     seed: int
     confirm: bool
+    judge: str
     max_loss: float | None
     batch_size: int
     lr: float

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from edgevla.errors import EdgevlaError
 from edgevla.export import export_onnx
 from edgevla.export.onnx_export import match_initializers
-from edgevla.prune import (MagnitudeImportance, apply_masks, follows_nm, nm_mask, nm_masks, remove_masks,
+from edgevla.prune import (MagnitudeImportance, apply_masks, baked_copy, follows_nm, nm_mask, nm_masks, remove_masks,
                            sparsity_report, sparsity_threshold, threshold_mask, unstructured_masks)
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -117,6 +117,33 @@ def test_masks_survive_fine_tuning_and_bake_into_zeros():
     torch.testing.assert_close(model(x).detach(), before, rtol=0, atol=0)
     report = {r.layer: r for r in sparsity_report(model)}
     assert report["fc1"].pattern == "2:4" and report["fc1"].sparsity == pytest.approx(0.5)
+
+
+def test_a_baked_copy_leaves_the_masked_model_masked():
+    torch.manual_seed(4)
+    model = TwoLayerPolicy()
+    apply_masks(model, nm_masks(model, 2, 4))
+    x = torch.rand(8, 16)
+    before = model(x).detach()
+    plain = baked_copy(model)
+    assert type(plain.fc1) is nn.Linear and isinstance(plain.fc1.weight, nn.Parameter)
+    assert set(dict(plain.named_parameters())) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    torch.testing.assert_close(plain(x).detach(), before, rtol=0, atol=0)
+    assert follows_nm(plain.fc1.weight, 2, 4)
+    # The original is untouched: still masked, still computing its weight (a deep copy then remove_masks
+    # would have deleted the property from the class both share, leaving it without a weight).
+    torch.testing.assert_close(model(x).detach(), before, rtol=0, atol=0)
+    assert remove_masks(model) == 2
+    with torch.no_grad():
+        plain.fc1.weight.add_(1.0)  # and the copy owns its weights
+    torch.testing.assert_close(model(x).detach(), before, rtol=0, atol=0)
+
+
+def test_a_baked_copy_refuses_parametrizations_it_does_not_know():
+    model = TwoLayerPolicy()
+    torch.nn.utils.parametrize.register_parametrization(model.fc1, "weight", nn.Identity())
+    with pytest.raises(EdgevlaError, match="parametrizations other than weight masks"):
+        baked_copy(model)
 
 
 def test_masking_twice_multiplies_masks():

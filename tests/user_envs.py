@@ -201,3 +201,18 @@ class CameraReach(PointReach):
 
 def make_camera_env() -> PointReach:
     return CameraReach()
+
+
+def make_fragile_reach_policy() -> ReachPolicy:
+    """The trained ReachPolicy with one hidden channel of the head's input held at 500 and its head weights 0:
+    the float policy loses one channel of 128 and still reaches (tested), but a per-tensor int8 scale for the
+    head's input, sized for 500, rounds the other channels (a few units at most) to a level or two."""
+    policy = make_reach_policy()
+    with torch.no_grad():
+        policy.trunk[2].weight[FRAGILE_CHANNEL] = 0.0
+        policy.trunk[2].bias[FRAGILE_CHANNEL] = 500.0
+        policy.head.weight[:, FRAGILE_CHANNEL] = 0.0
+    return policy
+
+
+FRAGILE_CHANNEL = 7

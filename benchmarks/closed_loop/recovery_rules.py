@@ -1,13 +1,18 @@
-"""When pruning recovery stops: the first evaluation within budget, against a hit confirmed on other episodes.
+"""When pruning recovery stops: the first evaluation within budget, a hit confirmed on other episodes, and a
+confirmed hit of the model as it ships (quantized).
 
-Runs ``edgevla search`` twice over the same candidates, once with each rule, and tabulates for every candidate
-the recovery (steps, success on its episodes and on the confirmation episodes, hits not confirmed) and the
+Runs ``edgevla search`` once per rule over the same candidates, and tabulates for every candidate the recovery
+(steps, success on its episodes and on the confirmation episodes, hits not confirmed, the model judged) and the
 gate's verdict on the evaluator's episodes:
 
-* ``first-hit``: the rule before 2026-12-06: stop at the first evaluation (every 50 steps, 100 episodes) within
-  half the budget, at most 300 steps (``prune.recovery.confirm=false max_steps=300 patience=0``);
-* ``confirmed``: the defaults: a hit counts when 100 other episodes agree, up to 2,000 steps, giving up once the
-  held-out action error has stopped falling for 8 evaluations.
+* ``first-hit``: the rule before 2026-12-06: stop at the first evaluation (every 50 steps, 100 episodes) of the
+  pruned float model within half the budget, at most 300 steps
+  (``prune.recovery.confirm=false max_steps=300 patience=0 judge=float``);
+* ``confirmed``: the rule of 2026-12-06: a hit counts when 100 other episodes agree, up to 2,000 steps, giving
+  up once the held-out action error has stopped falling for 8 evaluations; still the float model judged
+  (``prune.recovery.judge=float``);
+* ``shipped``: the defaults since 2026-12-07: as ``confirmed``, but a candidate that also quantizes is judged
+  quantized, as it will ship (for one that does not, the same as ``confirmed``).
 
     PYTHONPATH=tests python benchmarks/closed_loop/recovery_rules.py -t jetson-orin \\
         --policy mujoco_reacher:make_reacher_policy --env mujoco_reacher:make_reacher_env \\
@@ -30,8 +35,10 @@ from edgevla.progress import Progress
 from edgevla.search import search
 
 RULES = {
-    "first-hit": {"prune.recovery.confirm": False, "prune.recovery.max_steps": 300, "prune.recovery.patience": 0},
-    "confirmed": {},
+    "first-hit": {"prune.recovery.confirm": False, "prune.recovery.max_steps": 300, "prune.recovery.patience": 0,
+                  "prune.recovery.judge": "float"},
+    "confirmed": {"prune.recovery.judge": "float"},
+    "shipped": {},
 }
 
 
@@ -45,7 +52,7 @@ def candidate_row(record: dict) -> dict:
     recovery = (extra.get("prune") or {}).get("recovery")
     if isinstance(recovery, dict):
         row["recovery"] = {k: recovery[k] for k in ("steps", "teacher_success", "teacher_confirm_success",
-                                                    "confirmations", "stalled")}
+                                                    "confirmations", "stalled", "judged")}
         row["recovery"]["before"] = recovery["before"]["success"]
         row["recovery"]["after"] = recovery["after"]["success"]
     row["gate"] = {k: v["success_rate"] for k, v in extra["evaluate"].items()}

@@ -15,6 +15,7 @@ Linear's *input* dimension, per output row — the layout sparse tensor cores
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -134,6 +135,29 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             with torch.no_grad():  # start from exact zeros, not just masked reads
                 layer.weight.mul_(mask.to(layer.weight.dtype))
             parametrize.register_parametrization(layer, "weight", WeightMask(mask))
+
+
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every mask baked into a plain weight; ``model`` keeps its masks.
+
+    Not ``remove_masks(copy.deepcopy(model))``: a deep copy shares the parametrized class torch made for
+    each masked layer, and removing a parametrization deletes the property from that class, so the
+    original's masked layers would lose their ``weight``. Here each copied layer gets its base class back.
+    """
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        if set(module.parametrizations) != {"weight"} or not all(
+                isinstance(p, WeightMask) for p in module.parametrizations.weight):
+            raise EdgevlaError(f"{type(module).__name__} has parametrizations other than weight masks: "
+                               "bake them before copying")
+        with torch.no_grad():
+            weight = module.weight.detach().clone()
+        module.__class__ = module.__class__.__bases__[0]  # the copy's own class; the shared one is untouched
+        del module._modules["parametrizations"]
+        module.weight = nn.Parameter(weight)
+    return out
 
 
 def remove_masks(model: nn.Module) -> int:

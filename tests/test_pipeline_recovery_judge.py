@@ -1,0 +1,118 @@
+"""Pruning recovery judges the student as it will ship: in a build that also quantizes, its success is that of
+the student quantized as the build will quantize it (``prune.recovery.judge: shipped``, the default)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgevla.errors import GateFailed
+from edgevla.pipeline import (BuildRequest, build, quantize_for_build, quantized_form, torch_success,
+                              with_demonstrator)
+from edgevla.progress import Progress
+from edgevla.prune import apply_masks, nm_masks, remove_masks
+from edgevla.recipe import load_recipe
+from edgevla.task.user_env import EnvTask
+from user_envs import FRAGILE_CHANNEL, make_fragile_reach_policy, make_reach_policy
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+ENV = "user_envs:make_reach_env"
+
+
+@pytest.fixture
+def task():
+    t = with_demonstrator(EnvTask(ENV, make_reach_policy().spec), make_reach_policy())
+    yield t
+    t.close()
+
+
+def masked_2_4(policy: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``policy`` with 2:4 masks on the trunk's Linear layers, still parametrized (as in recovery)."""
+    student = copy.deepcopy(policy)
+    apply_masks(student, nm_masks(student, 2, 4, layers=["trunk.0", "trunk.2"]))
+    return student
+
+
+@pytest.mark.parametrize("fmt, settings, what", [
+    ("w8a8", {}, "quantized w8a8 (every layer, post-training)"),
+    ("w4a16", {}, "quantized w4a16 (every layer, post-training)"),
+    ("w8a8", {"quantize.mixed_precision.enabled": True, "quantize.mixed_precision.min_sqnr_db": 36.0},
+     "quantized w8a8 (layers under 36 dB solo SQNR kept float, post-training)"),
+])
+def test_the_form_recovery_judges_is_the_model_the_build_ships(task, fmt, settings, what):
+    teacher = make_reach_policy()
+    student = masked_2_4(teacher)
+    recipe = load_recipe(None, overrides={"quantize.format": fmt, "evaluate.env": ENV, **settings})
+    form = quantized_form(teacher, teacher.spec, task, recipe.quantize, "fp32")
+    judged = form.of(student)
+    assert form.what == what
+    shipped = masked_2_4(teacher)
+    remove_masks(shipped)
+    built, info = quantize_for_build(shipped, teacher, teacher.spec, task, recipe.quantize, float_dtype="fp32",
+                                     max_loss=0.02, progress=Progress())
+    if settings:  # a bar high enough that some layer stays float, and the same one in both
+        kept = info["mixed_precision"]["kept_float"]
+        assert 0 < len(kept) < 3
+        assert sorted(n for n, m in judged.named_modules() if type(m) is torch.nn.Linear) == sorted(kept)
+    state = torch.rand(64, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(judged(state), built(state))  # the same calibration, the same codes: bit for bit
+        assert not torch.equal(judged(state), student(state))  # and not the float student
+    assert any(p.startswith("parametrizations.") for p, _ in student.trunk[0].named_parameters())  # left masked
+
+
+def test_quantization_that_breaks_the_policy_is_refused_by_recovery_not_after_it(tests_on_path, fast, tmp_path):
+    policy = make_fragile_reach_policy()
+    t = EnvTask(ENV, policy.spec)
+    try:
+        assert torch_success(policy, t, 40, 20_000, None) >= 0.95  # the float policy reaches without the channel
+    finally:
+        t.close()
+    settings = {**fast, "evaluate.env": ENV, "prune.method": "unstructured", "prune.sparsity": 0.2,
+                "quantize.format": "w8a8", "prune.recovery.max_steps": 50}
+
+    def refusal(**more) -> str:
+        with pytest.raises(GateFailed) as e:
+            build(BuildRequest(target="x86-64-cpu", policy="user_envs:make_fragile_reach_policy",
+                               output=str(tmp_path / "out"), overrides={**settings, **more}))
+        return str(e.value)
+
+    # Judged quantized, the student fails from the first evaluation, and recovery says why.
+    said = refusal()
+    assert said.startswith("pruning recovery missed the accuracy budget: success 0.")
+    assert "the student's success measured quantized w8a8 (every layer, post-training), as it will ship" in said
+    # Judged float, the lightly pruned student passes recovery at once; only the gate finds what ships broken.
+    said = refusal(**{"prune.recovery.judge": "float"})
+    assert "pruning recovery" not in said and "success" in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_with_mixed_precision_by_success_recovery_judges_the_float_model(task):
+    teacher = make_reach_policy()
+    recipe = load_recipe(None, overrides={"quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
+                                          "quantize.mixed_precision.metric": "success"})
+    assert quantized_form(teacher, teacher.spec, task, recipe.quantize, "fp32") is None
+
+
+def test_mixed_precision_keeps_the_broken_layer_float_in_the_form_judged_too(tests_on_path, fast, tmp_path):
+    result = build(BuildRequest(
+        target="x86-64-cpu", policy="user_envs:make_fragile_reach_policy", output=str(tmp_path / "out"),
+        overrides={**fast, "evaluate.env": ENV, "prune.method": "unstructured", "prune.sparsity": 0.2,
+                   "quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
+                   "prune.recovery.max_steps": 50}))
+    extra = result.report["extra"]
+    assert extra["quantize"]["mixed_precision"]["kept_float"] == ["head"]
+    recovery = extra["prune"]["recovery"]
+    assert recovery["judged"] == "quantized w8a8 (layers under 30 dB solo SQNR kept float, post-training)"
+    assert recovery["steps"] == 0 and recovery["before"]["success"] >= 0.95
+
+
+def test_the_fragile_channel_is_what_breaks_w8a8():
+    fragile = make_fragile_reach_policy()
+    hidden = fragile.trunk(torch.rand(256, 4, generator=torch.Generator().manual_seed(1)))
+    assert (hidden[:, FRAGILE_CHANNEL] == 500.0).all()
+    others = torch.cat([hidden[:, :FRAGILE_CHANNEL], hidden[:, FRAGILE_CHANNEL + 1:]], 1)
+    assert 0.0 < others.max() < 500.0 / 127 * 8  # the rest spans a few int8 levels of a scale sized for 500
