@@ -537,33 +537,35 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     else:
         heldout = task.split("heldout", config.heldout_samples, config.seed)
         judged = shipped if rc.judge == "shipped" else None
+        confirm_episodes = 3 * rc.episodes if rc.confirm_episodes is None else rc.confirm_episodes
 
-        def success_on(seed: int) -> Callable[[torch.nn.Module], float]:
-            """Success on ``rc.episodes`` episodes from ``seed``; the teacher's kept where ``original`` keeps it."""
+        def success_on(seed: int, episodes: int) -> Callable[[torch.nn.Module], float]:
+            """Success on ``episodes`` episodes from ``seed``; the teacher's kept where ``original`` keeps it."""
             def success(p: torch.nn.Module) -> float:
                 if p is not teacher:
-                    return torch_success(judged.of(p) if judged else p, task, rc.episodes, seed, loop)
+                    return torch_success(judged.of(p) if judged else p, task, episodes, seed, loop)
                 if original is None:
-                    return torch_success(p, task, rc.episodes, seed, loop)
-                return original("recovery_success", (task.key, rc.episodes, seed,
+                    return torch_success(p, task, episodes, seed, loop)
+                return original("recovery_success", (task.key, episodes, seed,
                                                      tuple(sorted(robot_loop(loop).items()))),
-                                lambda: torch_success(p, task, rc.episodes, seed, loop))
+                                lambda: torch_success(p, task, episodes, seed, loop))
             return success
 
         try:
             report = recover(policy, teacher, config, batches=batches,
                              heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                             success_fn=success_on(rc.seed),
-                             confirm_fn=success_on(rc.seed + rc.episodes) if rc.confirm else None)
+                             success_fn=success_on(rc.seed, rc.episodes),
+                             confirm_fn=success_on(rc.seed + rc.episodes, confirm_episodes) if rc.confirm else None)
         except RecoveryFailed as e:
             if judged is None:
                 raise
             raise RecoveryFailed(f"{e}; the student's success measured {judged.what}, as it will ship "
                                  "(prune.recovery.judge: float measures the float model)", e.report) from None
-        info["recovery"] = {**report.to_dict(), "judged": judged.what if judged else "the pruned float model"}
+        info["recovery"] = {**report.to_dict(), "judged": judged.what if judged else "the pruned float model",
+                            "confirm_episodes": confirm_episodes if rc.confirm else 0}
         unconfirmed = len(report.confirmations) - 1
         confirmed = "" if not report.confirmations else (
-            f"; {report.confirmations[-1].success:.1%} on {rc.episodes} other episodes (original "
+            f"; {report.confirmations[-1].success:.1%} on {confirm_episodes} other episodes (original "
             f"{report.teacher_confirm_success:.1%})" + (f", {unconfirmed} earlier hit(s) not borne out there"
                                                          if unconfirmed else ""))
         as_shipped = f" of the student {judged.what}" if judged else ""

@@ -1,13 +1,14 @@
-"""What pruning recovery judges, and what ships: the pruned float model or the model as it ships (quantized).
+"""Where pruning recovery stops, and what ships: one recovery setting against another, over recovery seeds.
 
 For each recovery seed (the episodes recovery evaluates on, and the next ones that confirm a hit) and each
-judge (``prune.recovery.judge`` ``float`` or ``shipped``), builds the candidate with recovery's own margin
-(``--margin``, 1 pt: half the usual 2 pt budget) and a gate that refuses nothing, on ``--episodes`` gate
-episodes (1,000 by default: a close estimate of the shipped model's real success), and tabulates where
-recovery stopped and what the shipped model scored, and whether it is within the ``--budget`` there.
+value of the setting varied (``--vary``: by default ``prune.recovery.judge``, the pruned float model or the
+model as it ships, quantized), builds the candidate with recovery's own margin (``--margin``, 1 pt: half the
+usual 2 pt budget) and a gate that refuses nothing, on ``--episodes`` gate episodes (1,000 by default: a close
+estimate of the shipped model's real success), and tabulates where recovery stopped, what the shipped model
+scored, and whether it is within the ``--budget`` there.
 
     python benchmarks/closed_loop/recovery_judge.py -t jetson-orin --prune unstructured:0.9 --quantize w4a16 \\
-        --seeds 20000 21000 22000 23000 24000 [--json FILE]
+        --seeds 20000 21000 22000 23000 24000 [--vary prune.recovery.confirm_episodes=100,300] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from edgevla.recipe import prune_shorthand, quantize_shorthand
 from edgevla.task.evaluate import meets
 
 
-def run(target: str, policy: str | None, settings: dict, seed: int, judge: str, memo: OriginalMemo,
+def run(target: str, policy: str | None, settings: dict, seed: int, key: str, value, memo: OriginalMemo,
         out: Path) -> dict:
-    overrides = {**settings, "prune.recovery.seed": seed, "prune.recovery.judge": judge}
+    overrides = {**settings, "prune.recovery.seed": seed, key: value}
     start = time.perf_counter()
     report = build(BuildRequest(target=target, policy=policy, output=str(out), overrides=overrides, memo=memo),
                    Progress()).report
@@ -38,7 +39,7 @@ def run(target: str, policy: str | None, settings: dict, seed: int, judge: str, 
     recovery = extra["prune"]["recovery"]
     gate = {k: v["success_rate"] for k, v in extra["evaluate"].items()}
     original, built = gate["original/torch"], next(v for k, v in gate.items() if k.startswith("built/"))
-    return {"seed": seed, "judge": judge, "judged": recovery["judged"], "steps": recovery["steps"],
+    return {"seed": seed, key.rsplit(".", 1)[-1]: value, "judged": recovery["judged"], "steps": recovery["steps"],
             "recovered": recovery["recovered"], "recovery_success": recovery["after"]["success"],
             "recovery_teacher": recovery["teacher_success"],
             "confirmations": [c["success"] for c in recovery["confirmations"]],
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=1000)
     ap.add_argument("--margin", type=float, default=0.01)
     ap.add_argument("--budget", type=float, default=0.02)
+    ap.add_argument("--vary", default="prune.recovery.judge=float,shipped", metavar="KEY=V1,V2,...")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -63,22 +65,27 @@ def main() -> None:
                 "prune.recovery.max_loss": args.margin, "evaluate.max_accuracy_loss": 1.0,
                 "evaluate.episodes": args.episodes,
                 **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
+    key, values = args.vary.split("=", 1)
+    values = [yaml.safe_load(v) for v in values.split(",")]
+    name = key.rsplit(".", 1)[-1]
     out = {"host": host_info(), "target": args.target, "policy": args.policy or "tiny-vla", "prune": args.prune,
            "quantize": args.quantize, "budget": args.budget, "settings": settings, "runs": []}
     with OriginalMemo() as memo, tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for judge in ("float", "shipped"):
-                row = run(args.target, args.policy, settings, seed, judge, memo, Path(tmp) / f"{seed}-{judge}")
+            for value in values:
+                row = run(args.target, args.policy, settings, seed, key, value, memo, Path(tmp) / f"{seed}-{value}")
                 row["within_budget"] = meets(row["built"], row["original"] - args.budget)
                 out["runs"].append(row)
-                print(f"seed {seed} {judge:>7}: recovery {row['steps']:>4} steps, {row['recovery_success']:.0%} "
-                      f"(teacher {row['recovery_teacher']:.0%}), confirmations {row['confirmations']}; shipped "
+                print(f"seed {seed} {name} {value!s:>7}: recovery {row['steps']:>4} steps, "
+                      f"{row['recovery_success']:.0%} (teacher {row['recovery_teacher']:.0%}), confirmations {row['confirmations']}; shipped "
                       f"{row['built']:.1%} vs {row['original']:.1%} on {args.episodes} episodes "
                       f"({'within' if row['within_budget'] else 'OVER'} {args.budget:.0%}); {row['seconds']} s")
-    for judge in ("float", "shipped"):
-        rows = [r for r in out["runs"] if r["judge"] == judge]
-        print(f"{judge:>7}: within budget {sum(r['within_budget'] for r in rows)}/{len(rows)}, mean shipped "
-              f"{sum(r['built'] for r in rows) / len(rows):.2%}, mean steps {sum(r['steps'] for r in rows) / len(rows):.0f}")
+    out["varied"] = {"key": key, "values": values}
+    for value in values:
+        rows = [r for r in out["runs"] if r[name] == value]
+        print(f"{name} {value!s:>7}: within budget {sum(r['within_budget'] for r in rows)}/{len(rows)}, mean "
+              f"shipped {sum(r['built'] for r in rows) / len(rows):.2%}, mean steps "
+              f"{sum(r['steps'] for r in rows) / len(rows):.0f}")
     if args.json:
         write_json(out, args.json)
 

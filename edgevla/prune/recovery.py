@@ -19,9 +19,10 @@ episodes is back within ``max_loss`` of the teacher's, evaluated every
 on a hundred episodes is noisy (a few points from one evaluation to the next
 while the student's error falls steadily), so the first evaluation to meet
 the budget is often a lucky one, and the gate, on other episodes, then fails
-the build: given a ``confirm_fn`` (success on a second, disjoint set of
-episodes), a hit counts only when the student meets the budget there too,
-against the teacher's success on those episodes; otherwise training goes on.
+the build: given a ``confirm_fn`` (success on a second, disjoint and larger
+set of episodes: the build's default screens on 100 and decides on 300), a
+hit counts only when the student meets the budget there too, against the
+teacher's success on those episodes; otherwise training goes on.
 Hard cases take long (tiny-vla at 98 % unstructured sparsity: 550 steps), so
 the step budget is generous, and with ``patience`` recovery gives up early
 once the held-out action error has stopped falling: none of the last

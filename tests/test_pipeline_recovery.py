@@ -1,5 +1,6 @@
-"""Pruning recovery judges the student as it will ship: in a build that also quantizes, its success is that of
-the student quantized as the build will quantize it (``prune.recovery.judge: shipped``, the default)."""
+"""What pruning recovery judges in a build, and on which episodes: the student as it will ship (in a build that
+also quantizes, quantized as the build will quantize it: ``prune.recovery.judge: shipped``, the default),
+screened on ``prune.recovery.episodes`` and a hit confirmed on ``confirm_episodes`` others."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import copy
 
 import pytest
 import torch
+
+import edgevla.pipeline
 
 from edgevla.errors import GateFailed
 from edgevla.pipeline import (BuildRequest, build, quantize_for_build, quantized_form, torch_success,
@@ -116,3 +119,25 @@ def test_the_fragile_channel_is_what_breaks_w8a8():
     assert (hidden[:, FRAGILE_CHANNEL] == 500.0).all()
     others = torch.cat([hidden[:, :FRAGILE_CHANNEL], hidden[:, FRAGILE_CHANNEL + 1:]], 1)
     assert 0.0 < others.max() < 500.0 / 127 * 8  # the rest spans a few int8 levels of a scale sized for 500
+
+
+@pytest.mark.parametrize("asked, confirmed", [(70, 70), (None, 120)])  # null: three times the screening episodes
+def test_a_hit_is_screened_on_the_recovery_episodes_and_confirmed_on_others(
+        tests_on_path, fast, tmp_path, monkeypatch, asked, confirmed):
+    runs = []
+    measure = edgevla.pipeline.torch_success
+
+    def counted(policy, task, episodes, seed, loop):
+        runs.append((episodes, seed))
+        return measure(policy, task, episodes, seed, loop)
+    monkeypatch.setattr(edgevla.pipeline, "torch_success", counted)
+    result = build(BuildRequest(
+        target="x86-64-cpu", policy="user_envs:make_reach_policy", output=str(tmp_path / "out"),
+        overrides={**fast, "evaluate.env": ENV, "prune.method": "nm", "prune.pattern": "2:4",
+                   "prune.recovery.episodes": 40, "prune.recovery.confirm_episodes": asked}))
+    recovery = result.report["extra"]["prune"]["recovery"]
+    assert recovery["recovered"] and recovery["confirm_episodes"] == confirmed and recovery["confirmations"]
+    screens, confirms = runs.count((40, 20_000)), runs.count((confirmed, 20_040))
+    # The original once on each set; the student at every evaluation and at every hit.
+    assert screens == 1 + len(recovery["history"]) and confirms == 1 + len(recovery["confirmations"])
+    assert len(runs) == screens + confirms  # nothing else ran through it (the gate runs the exported model)
