@@ -1,5 +1,5 @@
-"""When pruning recovery stops: the first evaluation within budget, a hit confirmed on other episodes, and a
-confirmed hit of the model as it ships (quantized).
+"""When pruning recovery stops: the first evaluation within budget, a hit confirmed on other episodes, a
+confirmed hit of the model as it ships (quantized), and one decided on three times the episodes.
 
 Runs ``edgevla search`` once per rule over the same candidates, and tabulates for every candidate the recovery
 (steps, success on its episodes and on the confirmation episodes, hits not confirmed, the model judged) and the
@@ -10,9 +10,10 @@ gate's verdict on the evaluator's episodes:
   (``prune.recovery.confirm=false max_steps=300 patience=0 judge=float``);
 * ``confirmed``: the rule of 2026-12-06: a hit counts when 100 other episodes agree, up to 2,000 steps, giving
   up once the held-out action error has stopped falling for 8 evaluations; still the float model judged
-  (``prune.recovery.judge=float``);
-* ``shipped``: the defaults since 2026-12-07: as ``confirmed``, but a candidate that also quantizes is judged
-  quantized, as it will ship (for one that does not, the same as ``confirmed``).
+  (``prune.recovery.judge=float confirm_episodes=100``);
+* ``shipped``: as ``confirmed``, but a candidate that also quantizes is judged quantized, as it will ship (for
+  one that does not, the same as ``confirmed``);
+* ``defaults``: today's: judged as it ships, a hit screened on 100 episodes and decided on 300.
 
     PYTHONPATH=tests python benchmarks/closed_loop/recovery_rules.py -t jetson-orin \\
         --policy mujoco_reacher:make_reacher_policy --env mujoco_reacher:make_reacher_env \\
@@ -37,8 +38,9 @@ from edgevla.search import search
 RULES = {
     "first-hit": {"prune.recovery.confirm": False, "prune.recovery.max_steps": 300, "prune.recovery.patience": 0,
                   "prune.recovery.judge": "float"},
-    "confirmed": {"prune.recovery.judge": "float"},
-    "shipped": {},
+    "confirmed": {"prune.recovery.judge": "float", "prune.recovery.confirm_episodes": 100},
+    "shipped": {"prune.recovery.confirm_episodes": 100},
+    "defaults": {},
 }
 
 
