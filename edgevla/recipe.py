@@ -122,9 +122,10 @@ RECIPE_SCHEMA = Section({
             "confirm": Bool(default=True),
             "confirm_episodes": Nullable(Int(1)),
             # What recovery's success is measured on: `shipped`, the pruned model quantized as the recipe's
-            # quantize section says (post-training, every layer; what the gate will run when no mixed precision
-            # or QAT follows), so that recovery goes on until the model that ships is within budget; `float`,
-            # the pruned float model (quantization then spends what is left of the budget).
+            # quantize section says (post-training, the layers mixed precision by SQNR keeps float kept float:
+            # what the gate runs unless QAT's weights are kept), so that recovery goes on until the model that
+            # ships is within budget; `float`, the pruned float model (quantization then spends what is left of
+            # the budget; also what mixed precision by success, searched once after recovery, gets).
             "judge": OneOf("shipped", "float", default="shipped"),
             # null: half the build's accuracy budget. Recovery stops on its own episodes and the gate judges
             # others: a student that only just met the budget on the first often misses it on the second.
