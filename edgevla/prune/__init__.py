@@ -28,7 +28,8 @@ from .structured import (STRUCTURES, PrunedGroup, StructuredResult, groups_of, k
 
 __all__ = [
     "Allocation", "Confirmation", "Distiller", "Evaluation", "RecoveryConfig", "RecoveryFailed", "RecoveryReport",
-    "ScheduleResult", "ScheduleStep", "SensitivityCurve", "SensitivityResult", "action_errors", "allocate_sparsity", "apply_allocation",
+    "ScheduleResult", "ScheduleStep", "SensitivityCurve", "SensitivityResult", "action_errors", "allocate_sparsity",
+    "apply_allocation",
     "cubic_sparsity", "distill", "exact_unstructured_masks", "gradual_prune", "heldout_batch", "kd_loss",
     "layer_sensitivity", "partial_nm_masks", "plot_sensitivity", "recover", "schedule_sparsities", "task_stream",
     "BlockInfluence", "Coupling", "DependencyGraph", "Group", "GroupImportance", "LayerSparsity",
