@@ -577,6 +577,47 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     return info
 
 
+def pruning_markdown(info: Mapping[str, Any]) -> str:
+    """The report.md section of a pruned build: what was pruned, and how recovery brought success back."""
+    if info["method"] == "structured":
+        what = (f"structured, {info['structure']}: {info['amount']:.0%} of the scope's parameters "
+                f"({info['unit_fraction']:.0%} of each group's units, kept channels multiples of {info['round_to']})")
+    elif "sensitivity" in info:
+        what = f"unstructured, per-layer sparsity from sensitivity curves on {len(info['layers'])} Linear layers"
+    else:
+        what = (f"{info['pattern'] or 'unstructured'} on {len(info['layers'])} Linear layers, "
+                f"{info['sparsity']:.1%} of their weights zero")
+    where = f"under `{info['scope']}`" if info["scope"] else "in the whole policy"
+    removed = info["scope_params_before"] - info["scope_params_after"]
+    steps = "" if info["steps"] == 1 else f" over {info['steps']} steps"
+    out = ["", "## Pruning", "",
+           f"**{what}** {where} ({info['criterion']} importance, {info['schedule']} schedule{steps}): "
+           + (f"{removed:,} of its {info['scope_params_before']:,} parameters removed; parameters "
+              f"{info['params_before']:,} → {info['params_after']:,}." if removed else
+              f"{info['scope_zero_weights']:,} of its {info['scope_params_before']:,} parameters zero."), ""]
+    rec = info.get("recovery")
+    if not isinstance(rec, Mapping):
+        return "\n".join(out + [f"Recovery {rec}.", ""])
+    confirmed = "" if not rec["confirmations"] else (
+        f"; the hit confirmed at {rec['confirmations'][-1]['success']:.1%} on {rec['confirm_episodes']} other "
+        f"episodes (original {rec['teacher_confirm_success']:.1%})"
+        + (f", after {len(rec['confirmations']) - 1} hit(s) not borne out there"
+           if len(rec["confirmations"]) > 1 else ""))
+    judged = f"the student {rec['judged']}" if rec["judged"].startswith("quantized") else rec["judged"]
+    out += [f"Recovery by distillation from the original, success measured on {judged}: "
+            f"{rec['before']['success']:.1%} after pruning, {rec['after']['success']:.1%} after {rec['steps']} steps "
+            f"(original {rec['teacher_success']:.1%} on the same episodes, allowed loss {rec['max_loss']:.1%})"
+            f"{confirmed}. " + (f"{rec['train_seconds']:.1f} s of training ({rec['samples_per_s']:.0f} samples/s), "
+                                if rec["steps"] else "No training needed; ")
+            + f"{rec['eval_seconds']:.1f} s of evaluation.", ""]
+    if len(rec["history"]) > 1:
+        out += ["| step | success | action MSE vs original | vs expert |", "|---:|---:|---:|---:|"]
+        out += [f"| {e['step']} | {e['success']:.1%} | {e['action_error']:.3e} | {e['expert_error']:.3e} |"
+                for e in rec["history"]]
+        out.append("")
+    return "\n".join(out)
+
+
 def write_sensitivity(section: Mapping[str, Any], report_dir: Path) -> Path:
     """The report's sensitivity plot and report.md table (allocated sparsity and curve per layer)."""
     from .prune import SensitivityResult, plot_sensitivity
@@ -1259,6 +1300,9 @@ class Build:
         )
         report_dir = self.work / "report"
         written = write_report(report, report_dir)
+        if self.pruning is not None:
+            with open(report_dir / "report.md", "a", encoding="utf-8") as md:
+                md.write(pruning_markdown(self.pruning))
         if self.quantization is not None:
             with open(report_dir / "report.md", "a", encoding="utf-8") as md:
                 md.write(quantization_markdown(self.quantization, self.layers))

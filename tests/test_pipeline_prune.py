@@ -15,7 +15,7 @@ from edgevla.bundle import load_bundle, load_weights
 from edgevla.cli import main
 from edgevla.export import match_initializers
 from edgevla.models.vla import VLAConfig, VLAPolicy
-from edgevla.pipeline import BuildRequest, build
+from edgevla.pipeline import BuildRequest, build, pruning_markdown
 from edgevla.prune import follows_nm
 from edgevla.recipe import prune_shorthand
 
@@ -85,6 +85,28 @@ def test_the_report_carries_what_was_pruned_and_the_recovery_figures(nm_bundle):
         assert key in recovery
     assert recovery["max_loss"] == pytest.approx(0.01)  # null: half the build's budget (jetson-agx-orin's 2 %)
     assert nm_bundle.report["extra"]["verify"]["passed"]
+    # report.md says the same: what was pruned, and recovery's course.
+    md = (nm_bundle.bundle / "report.md").read_text().split("## Pruning\n", 1)[1].split("\n## ", 1)[0]
+    assert (f"**2:4 on 18 Linear layers, 50.0% of their weights zero** under `trunk` (magnitude importance, "
+            f"oneshot schedule): {prune['scope_zero_weights']:,} of its {prune['scope_params_before']:,} "
+            f"parameters zero.") in md
+    assert (f"success measured on the pruned float model: {recovery['before']['success']:.1%} after pruning, "
+            f"{recovery['after']['success']:.1%} after {recovery['steps']} steps") in md
+    assert f"on {recovery['confirm_episodes']} other episodes" in md and recovery["confirm_episodes"] == 90
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == (len(recovery["history"]) if len(recovery["history"]) > 1 else 0)
+
+
+def test_the_report_says_what_structured_pruning_removed_and_when_recovery_could_not_run():
+    info = {"method": "structured", "structure": "heads", "amount": 0.25, "unit_fraction": 0.5, "round_to": 16,
+            "scope": None, "criterion": "taylor", "schedule": "cubic", "steps": 3, "scope_params_before": 1000,
+            "scope_params_after": 750, "scope_zero_weights": 0, "params_before": 1000, "params_after": 750,
+            "recovery": "not run: no closed-loop task speaks this policy's observations"}
+    md = pruning_markdown(info)
+    assert ("**structured, heads: 25% of the scope's parameters (50% of each group's units, kept channels "
+            "multiples of 16)** in the whole policy (taylor importance, cubic schedule over 3 steps): 250 of its "
+            "1,000 parameters removed; parameters 1,000 → 750.") in md
+    assert "Recovery not run: no closed-loop task speaks this policy's observations." in md
 
 
 def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle, capsys):
