@@ -563,18 +563,26 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                                  "(prune.recovery.judge: float measures the float model)", e.report) from None
         info["recovery"] = {**report.to_dict(), "judged": judged.what if judged else "the pruned float model",
                             "confirm_episodes": confirm_episodes if rc.confirm else 0}
-        unconfirmed = len(report.confirmations) - 1
-        confirmed = "" if not report.confirmations else (
-            f"; {report.confirmations[-1].success:.1%} on {confirm_episodes} other episodes (original "
-            f"{report.teacher_confirm_success:.1%})" + (f", {unconfirmed} earlier hit(s) not borne out there"
-                                                         if unconfirmed else ""))
-        as_shipped = f" of the student {judged.what}" if judged else ""
-        progress.note(f"recovery by distillation: success{as_shipped} {report.before.success:.1%} after pruning, "
-                      f"{report.after.success:.1%} after {report.steps} steps (original {report.teacher_success:.1%}, "
-                      f"allowed loss {report.max_loss:.1%}){confirmed}; {report.samples_per_s:.0f} samples/s, "
-                      f"{report.seconds_per_epoch:.1f} s per {report.epoch_samples:,}-sample epoch")
+        progress.note(f"recovery by distillation: {recovery_said(info['recovery'])}")
     remove_masks(policy)  # exact zeros in plain weights: what export and the bundle's weights hold
     return info
+
+
+def recovery_said(rec: Mapping[str, Any]) -> str:
+    """A recovery's course in a sentence, from its report entry: the build's console and report.md say it."""
+    confirmed = "" if not rec["confirmations"] else (
+        f"; the hit confirmed at {rec['confirmations'][-1]['success']:.1%} on {rec['confirm_episodes']} other "
+        f"episodes (original {rec['teacher_confirm_success']:.1%})"
+        + (f", after {len(rec['confirmations']) - 1} hit(s) not borne out there"
+           if len(rec["confirmations"]) > 1 else ""))
+    judged = f"the student {rec['judged']}" if rec["judged"].startswith("quantized") else rec["judged"]
+    trained = (f"{rec['train_seconds']:.1f} s of training ({rec['samples_per_s']:.0f} samples/s, "
+               f"{rec['seconds_per_epoch']:.1f} s per {rec['epoch_samples']:,}-sample epoch), " if rec["steps"]
+               else "no training needed, ")
+    return (f"success measured on {judged}: {rec['before']['success']:.1%} after pruning, "
+            f"{rec['after']['success']:.1%} after {rec['steps']} steps (original {rec['teacher_success']:.1%} on the "
+            f"same episodes, allowed loss {rec['max_loss']:.1%}){confirmed}; {trained}"
+            f"{rec['eval_seconds']:.1f} s of evaluation.")
 
 
 def pruning_markdown(info: Mapping[str, Any]) -> str:
@@ -598,18 +606,7 @@ def pruning_markdown(info: Mapping[str, Any]) -> str:
     rec = info.get("recovery")
     if not isinstance(rec, Mapping):
         return "\n".join(out + [f"Recovery {rec}.", ""])
-    confirmed = "" if not rec["confirmations"] else (
-        f"; the hit confirmed at {rec['confirmations'][-1]['success']:.1%} on {rec['confirm_episodes']} other "
-        f"episodes (original {rec['teacher_confirm_success']:.1%})"
-        + (f", after {len(rec['confirmations']) - 1} hit(s) not borne out there"
-           if len(rec["confirmations"]) > 1 else ""))
-    judged = f"the student {rec['judged']}" if rec["judged"].startswith("quantized") else rec["judged"]
-    out += [f"Recovery by distillation from the original, success measured on {judged}: "
-            f"{rec['before']['success']:.1%} after pruning, {rec['after']['success']:.1%} after {rec['steps']} steps "
-            f"(original {rec['teacher_success']:.1%} on the same episodes, allowed loss {rec['max_loss']:.1%})"
-            f"{confirmed}. " + (f"{rec['train_seconds']:.1f} s of training ({rec['samples_per_s']:.0f} samples/s), "
-                                if rec["steps"] else "No training needed; ")
-            + f"{rec['eval_seconds']:.1f} s of evaluation.", ""]
+    out += [f"Recovery by distillation from the original, {recovery_said(rec)}", ""]
     if len(rec["history"]) > 1:
         out += ["| step | success | action MSE vs original | vs expert |", "|---:|---:|---:|---:|"]
         out += [f"| {e['step']} | {e['success']:.1%} | {e['action_error']:.3e} | {e['expert_error']:.3e} |"
