@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import edgevla.pipeline
-
 from edgevla.errors import GateFailed
 from edgevla.pipeline import (BuildRequest, build, quantize_for_build, quantized_form, torch_success,
                               with_demonstrator)
@@ -56,7 +55,7 @@ def test_the_form_recovery_judges_is_the_model_the_build_ships(task, fmt, settin
     remove_masks(shipped)
     built, info = quantize_for_build(shipped, teacher, teacher.spec, task, recipe.quantize, float_dtype="fp32",
                                      max_loss=0.02, progress=Progress())
-    if settings:  # a bar high enough that some layer stays float, and the same one in both
+    if settings:  # a bar that keeps some layers float (solo SQNRs here 35-37 dB), the same ones in both
         kept = info["mixed_precision"]["kept_float"]
         assert 0 < len(kept) < 3
         assert sorted(n for n, m in judged.named_modules() if type(m) is torch.nn.Linear) == sorted(kept)
