@@ -33,7 +33,10 @@ the pruned one on the task's demonstrations until closed-loop success is
 within half the budget (``prune.recovery.max_loss``) on episodes seeded apart
 from the gate's, a margin for the gate's other episodes; a build that also
 quantizes has recovery judge the student as it will ship, quantized
-(``prune.recovery.judge``); without a task there is no recovery and the
+(``prune.recovery.judge``), and with ``prune.recovery.train: shipped``
+quantize it once after pruning and train that model through its quantizer
+(straight-through, the pruned zeros held): the build then ships the model
+recovery trained and judged; without a task there is no recovery and the
 report says so. Structured pruning changes layer
 shapes, so a VLA's config no longer describes the weights: the manifest
 records each layer's shape, and ``edgevla eval --backend torch`` refuses such
@@ -58,7 +61,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -83,6 +86,9 @@ from .targets import Target, bandwidth_bytes_per_s, load_target, roofline_peak
 from .task import ClosedLoopTask, EvalResult, TaskConfig, evaluate
 from .task.evaluate import meets
 from .task.tolerance import ToleranceCurve, latency_tolerance, loop_of, tolerated_said
+
+if TYPE_CHECKING:
+    from .quant import QuantizeResult
 
 DEFAULT_POLICY = "tiny-vla"
 STAGES = ("load", "analyze", "compress", "export", "verify", "evaluate", "profile", "bundle")
@@ -455,18 +461,27 @@ OriginalResult = Callable[[str, tuple, Callable[[], Any]], Any]
 def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                  cfg: PruneConfig, *, round_to: int, max_loss: float, progress: Progress,
                  loop: EvaluateConfig | None = None, original: OriginalResult | None = None,
-                 shipped: ShippedForm | None = None) -> dict[str, Any]:
-    """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the report.
+                 shipped: ShippedForm | None = None) -> tuple[dict[str, Any], QuantizedStudent | None]:
+    """Prune ``policy`` in place as ``cfg`` says, recover it from ``teacher``, bake the masks; returns the
+    report and, when recovery trained the quantized student, that student.
 
     With ``shipped`` (and ``prune.recovery.judge: shipped``) recovery measures
     the student's success on ``shipped.of(student)``, the model that will
-    ship, and trains on until that one is within budget. Raises
+    ship, and trains on until that one is within budget. With
+    ``prune.recovery.train: shipped`` it quantizes the pruned student once and
+    trains that through its quantizer (straight-through, exact zeros held),
+    judging it as it ships (:func:`~edgevla.quant.settled_copy`); the float
+    ``policy`` is left pruned and untrained, and the trained quantized student
+    is returned to be the build's model. Raises
     :class:`~edgevla.prune.RecoveryFailed` (a failed gate) when distillation
     cannot bring success back within budget.
     """
+    import contextlib
+    import functools
     import time
 
     from .prune import distill, gradual_prune, recover, remove_masks, RecoveryConfig, RecoveryFailed
+    from .quant import qat_mode, quantized_layers, settle, settled_copy, zeros_held
     from .prune.structured import _example_inputs
 
     scope = cfg.scope
@@ -531,6 +546,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
     progress.note(f"pruned {what} {f'under {scope!r}' if scope else 'in the whole policy'}: {removed:,} of "
                   f"{scope_before:,} parameters removed ({removed / scope_before:.1%}), "
                   f"{info['scope_zero_weights']:,} weights zero, in {info['prune_seconds']:.1f} s")
+    trained: QuantizedStudent | None = None
     if task is None:
         info["recovery"] = "not run: no closed-loop task speaks this policy's observations"
         progress.note(f"recovery {info['recovery']}")
@@ -538,12 +554,20 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         heldout = task.split("heldout", config.heldout_samples, config.seed)
         judged = shipped if rc.judge == "shipped" else None
         confirm_episodes = 3 * rc.episodes if rc.confirm_episodes is None else rc.confirm_episodes
+        student, as_shipped = policy, (judged.of if judged else None)
+        if judged is not None and rc.train == "shipped":
+            trained = judged.quantize(policy)
+            if quantized_layers(trained.result.model):
+                student = trained.result.model
+                as_shipped = functools.partial(settled_copy, float_dtype=judged.float_dtype, tables=judged.tables)
+            else:  # fp16: nothing quantized to train through
+                trained = None
 
         def success_on(seed: int, episodes: int) -> Callable[[torch.nn.Module], float]:
             """Success on ``episodes`` episodes from ``seed``; the teacher's kept where ``original`` keeps it."""
             def success(p: torch.nn.Module) -> float:
                 if p is not teacher:
-                    return torch_success(judged.of(p) if judged else p, task, episodes, seed, loop)
+                    return torch_success(as_shipped(p) if as_shipped else p, task, episodes, seed, loop)
                 if original is None:
                     return torch_success(p, task, episodes, seed, loop)
                 return original("recovery_success", (task.key, episodes, seed,
@@ -551,21 +575,34 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                                 lambda: torch_success(p, task, episodes, seed, loop))
             return success
 
+        what = "the pruned float model" if judged is None else (
+            judged.what.replace("post-training", "trained through its quantizer") if trained else judged.what)
         try:
-            report = recover(policy, teacher, config, batches=batches,
-                             heldout=normalized_batch(spec, heldout.observations, heldout.actions),
-                             success_fn=success_on(rc.seed, rc.episodes),
-                             confirm_fn=success_on(rc.seed + rc.episodes, confirm_episodes) if rc.confirm else None)
+            with contextlib.ExitStack() as training:
+                if trained is not None:  # straight-through fake quantization, the baked masks' zeros held
+                    training.enter_context(qat_mode(student))
+                    training.enter_context(zeros_held(student))
+                report = recover(student, teacher, config, batches=batches,
+                                 heldout=normalized_batch(spec, heldout.observations, heldout.actions),
+                                 success_fn=success_on(rc.seed, rc.episodes),
+                                 confirm_fn=success_on(rc.seed + rc.episodes, confirm_episodes) if rc.confirm
+                                 else None)
         except RecoveryFailed as e:
             if judged is None:
                 raise
-            raise RecoveryFailed(f"{e}; the student's success measured {judged.what}, as it will ship "
-                                 "(prune.recovery.judge: float measures the float model)", e.report) from None
-        info["recovery"] = {**report.to_dict(), "judged": judged.what if judged else "the pruned float model",
+            other = ("prune.recovery.train: float trains the float model" if trained else
+                     "prune.recovery.judge: float measures the float model")
+            raise RecoveryFailed(f"{e}; the student's success measured {what}, as it will ship ({other})",
+                                 e.report) from None
+        if trained is not None:
+            settle(student, judged.float_dtype, judged.tables)
+            trained.trained_steps = report.steps
+        info["recovery"] = {**report.to_dict(), "judged": what,
+                            "trained": "the quantized student" if trained else "the pruned float model",
                             "confirm_episodes": confirm_episodes if rc.confirm else 0}
         progress.note(f"recovery by distillation: {recovery_said(info['recovery'])}")
     remove_masks(policy)  # exact zeros in plain weights: what export and the bundle's weights hold
-    return info
+    return info, trained
 
 
 def recovery_said(rec: Mapping[str, Any]) -> str:
@@ -734,12 +771,27 @@ def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]],
     return kwargs
 
 
+@dataclass
+class QuantizedStudent:
+    """A (pruned) float student quantized as the recipe says: the fake-quant model with what made it, and the
+    layers mixed precision by SQNR kept float (decided on this student)."""
+    result: "QuantizeResult"
+    kept_float: list[str]
+    trained_steps: int = 0  # of pruning recovery, through the quantizer (prune.recovery.train: shipped)
+
+
 @dataclass(frozen=True)
 class ShippedForm:
     """What a float policy, maybe still masked, ships as: the model pruning recovery judges
-    (``prune.recovery.judge: shipped``), so that it trains on until *that* is within budget."""
+    (``prune.recovery.judge: shipped``), so that it trains on until *that* is within budget, and, with
+    ``prune.recovery.train: shipped``, the model it trains."""
     what: str  # for the report and messages: "quantized w8a8 (every layer, post-training)"
-    of: Callable[[torch.nn.Module], torch.nn.Module]  # a new model; the policy is left as it was
+    quantize: Callable[[torch.nn.Module], QuantizedStudent]  # a new model; the policy is left as it was
+    float_dtype: str  # what the quantized model stores its float tensors as
+    tables: bool  # whether its tables are rounded to int8
+
+    def of(self, policy: torch.nn.Module) -> torch.nn.Module:
+        return self.quantize(policy).result.model
 
 
 def solo_sqnr(model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]],
@@ -769,32 +821,37 @@ def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopT
     kwargs = ptq_settings(cfg, batches, float_dtype)
     by_sqnr = mp.enabled and cfg.format != "fp16"
 
-    def of(policy: torch.nn.Module) -> torch.nn.Module:
+    def quantize(policy: torch.nn.Module) -> QuantizedStudent:
         plain = baked_copy(policy)  # exact zeros in plain weights, as the final model holds them
         result = quantize_policy(plain, cfg.format, **kwargs)
         kept = fallback_by_sqnr(solo_sqnr(result.model, batches, mp), mp.min_sqnr_db) if by_sqnr else []
-        return quantize_policy(plain, cfg.format, skip=kept, **kwargs).model if kept else result.model
+        return QuantizedStudent(quantize_policy(plain, cfg.format, skip=kept, **kwargs) if kept else result, kept)
 
     how = f"layers under {mp.min_sqnr_db:g} dB solo SQNR kept float" if by_sqnr else "every layer"
-    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", of)
+    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", quantize, float_dtype, cfg.tables)
 
 
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
                        task: ClosedLoopTask | None,
                        cfg: "QuantizeConfig", *, float_dtype: str, max_loss: float, progress: Progress,
-                       loop: EvaluateConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                       loop: EvaluateConfig | None = None,
+                       trained: QuantizedStudent | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fake-quant model of ``policy`` (float, maybe pruned) as ``cfg`` asks, and the report entry.
 
     (Fold BatchNorms into convolutions) → calibrate → (SmoothQuant) → quantize every Linear and
     convolution → measure each layer's
     solo output SQNR → with mixed precision, quantize again keeping the
     sensitive layers float → (QAT distilled from ``teacher``) → round what
-    stays float to ``float_dtype``.
+    stays float to ``float_dtype``. With ``trained`` — the pruned student
+    quantized the same way before recovery and trained through its quantizer
+    (``prune.recovery.train: shipped``) — that model is the result: its
+    layers kept float were chosen before recovery, and only the measurements
+    and QAT follow.
     """
     import time
 
     from .quant import (fallback_by_sqnr, fallback_by_success, model_sqnr, quantization_aware_training,
-                        quantize_policy, round_float_storage, round_tables)
+                        quantize_policy, settle)
 
     start = time.perf_counter()
     cal = cfg.calibration
@@ -810,7 +867,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         "smoothquant": {"enabled": cfg.smoothquant.enabled, "alpha": cfg.smoothquant.alpha},
         "group_size": cfg.group_size if cfg.format == "w4a16" else None,
     }
-    result = quantize_policy(policy, cfg.format, **kwargs)
+    result = trained.result if trained is not None else quantize_policy(policy, cfg.format, **kwargs)
+    if trained is not None:
+        info["trained_in_recovery"] = {"steps": trained.trained_steps}
     probe = batches[:4]
     fallback: list[str] = []
     if cfg.format != "fp16":
@@ -819,7 +878,11 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         info["layer_sqnr_db"] = {k: round(v, 3) for k, v in sensitivity.items()}
         info["layer_sqnr_samples"] = len(batches[0][0][:mp.sensitivity_samples])
         if mp.enabled:
-            if mp.metric == "sqnr":
+            if trained is not None:  # by SQNR (by success trains the float student): chosen before recovery
+                fallback = trained.kept_float
+                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db,
+                                           "decided": "on the pruned student, before recovery trained it"}
+            elif mp.metric == "sqnr":
                 fallback = fallback_by_sqnr(sensitivity, mp.min_sqnr_db)
                 info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db}
             else:
@@ -837,7 +900,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                 info["mixed_precision"] = {"metric": "success", "max_loss": budget, "episodes": mp.episodes,
                                            "float_success": reference, **search.to_dict()}
             info["mixed_precision"]["kept_float"] = fallback
-            if fallback:
+            if fallback and trained is None:
                 result = quantize_policy(policy, cfg.format, skip=fallback, **kwargs)
     if cfg.qat.enabled:
         if cfg.format == "fp16":
@@ -848,9 +911,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
             report = quantization_aware_training(
                 result.model, teacher, qat_stream(teacher, spec, task, cfg.qat.batch_size), steps=cfg.qat.steps,
                 heldout=args, lr=cfg.qat.lr, batch_size=cfg.qat.batch_size)
-            if cfg.tables:  # training moved the float tensors off their storage grids: back onto them
-                round_tables(result.model)
-            round_float_storage(result.model, float_dtype)
+            settle(result.model, float_dtype, cfg.tables)  # training moved the float tensors off their grids
             info["qat"] = report.to_dict()
             undone = "" if report.kept == "qat" else " (no gain: the PTQ weights are kept)"
             progress.note(f"QAT: {report.steps} steps in {report.seconds:.1f} s; output SQNR against the float "
@@ -872,8 +933,12 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     convs = sum(isinstance(m, torch.nn.modules.conv._ConvNd) for n, m in result.model.named_modules() if n in formats)
     kinds = f"Linear and convolution layers ({convs} convolutions)" if convs else "Linear layers"
     folded = f"; {len(result.folded_norms)} BatchNorm(s) folded into their convolutions" if result.folded_norms else ""
+    trained_said = "" if trained is None else (
+        f"; then trained through its quantizer for {trained.trained_steps} steps of pruning recovery"
+        if trained.trained_steps else "; pruning recovery judged it so and needed no training")
     progress.note(f"quantized {quantized} of {len(formats)} {kinds} to {cfg.format} ({len(fallback)} kept "
-                  f"float){how}{folded}; float tensors stored {float_dtype}{sqnr}; {info['seconds']:.1f} s")
+                  f"float){how}{folded}{trained_said}; float tensors stored {float_dtype}{sqnr}; "
+                  f"{info['seconds']:.1f} s")
     for note in result.notes:
         progress.note(note)
     return result.model, info
@@ -897,6 +962,13 @@ def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]])
         kept = info["mixed_precision"]["kept_float"]
         out += [f"Mixed precision ({info['mixed_precision']['metric']}): {len(kept)} layer(s) kept float"
                 + (f": {', '.join(kept)}" if kept else "") + ".", ""]
+    if isinstance(info.get("trained_in_recovery"), Mapping):
+        steps = info["trained_in_recovery"]["steps"]
+        out += ["Quantized after pruning, before recovery, which judged this model and "
+                + (f"trained it through its quantizer (straight-through) for {steps} steps"
+                   if steps else "needed no training") + " (`prune.recovery.train: shipped`)"
+                + ("; the layers kept float were chosen before training" if "mixed_precision" in info else "")
+                + ".", ""]
     if isinstance(info.get("qat"), Mapping):
         q = info["qat"]
         out += [f"QAT: {q['steps']} steps; output SQNR {q['sqnr_before_db']:.1f} → {q['sqnr_trained_db']:.1f} dB"
@@ -982,18 +1054,20 @@ class Build:
         if self.recipe.prune.method != "none":
             shipped = (quantized_form(self.original, self.spec, self.task, self.recipe.quantize, self.float_dtype)
                        if self.quantized and self.task is not None else None)
-            self.pruning = prune_policy(self.built, self.original, self.spec, self.task, self.recipe.prune,
-                                        original=self._original_memo, shipped=shipped,
-                                        round_to=self.target.facts.preferred_channel_multiple,
-                                        max_loss=self.recipe.accuracy_loss_budget(self.target),
-                                        progress=self.progress, loop=self.recipe.evaluate)
+            self.pruning, trained = prune_policy(
+                self.built, self.original, self.spec, self.task, self.recipe.prune, original=self._original_memo,
+                shipped=shipped, round_to=self.target.facts.preferred_channel_multiple,
+                max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress,
+                loop=self.recipe.evaluate)
+        else:
+            trained = None
         self.quantization: dict[str, Any] | None = None
         self.float_built = self.built  # the (pruned) float model: its architecture is what the manifest records
         if self.quantized:
             self.built, self.quantization = quantize_for_build(
                 self.built, self.original, self.spec, self.task, self.recipe.quantize, float_dtype=self.float_dtype,
                 max_loss=self.recipe.accuracy_loss_budget(self.target), progress=self.progress,
-                loop=self.recipe.evaluate)
+                loop=self.recipe.evaluate, trained=trained)
         check_policy_runs(self.built, self.spec, batch_of(self.heldout, 0, 2))
         self.flops["built"] = flop_report(self.built, self.example_args)
 

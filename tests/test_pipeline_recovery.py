@@ -1,6 +1,7 @@
 """What pruning recovery judges in a build, and on which episodes: the student as it will ship (in a build that
 also quantizes, quantized as the build will quantize it: ``prune.recovery.judge: shipped``, the default),
-screened on ``prune.recovery.episodes`` and a hit confirmed on ``confirm_episodes`` others."""
+screened on ``prune.recovery.episodes`` and a hit confirmed on ``confirm_episodes`` others; and what it trains:
+the float student, or (``prune.recovery.train: shipped``) the quantized one, through its quantizer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 import edgevla.pipeline
 from edgevla.errors import GateFailed
-from edgevla.pipeline import (BuildRequest, build, quantize_for_build, quantized_form, torch_success,
+from edgevla.bundle import load_bundle
+from edgevla.pipeline import (BuildRequest, build, prune_policy, quantize_for_build, quantized_form, torch_success,
                               with_demonstrator)
 from edgevla.progress import Progress
 from edgevla.prune import apply_masks, nm_masks, remove_masks
@@ -74,7 +76,7 @@ def test_quantization_that_breaks_the_policy_is_refused_by_recovery_not_after_it
     finally:
         t.close()
     settings = {**fast, "evaluate.env": ENV, "prune.method": "unstructured", "prune.sparsity": 0.2,
-                "quantize.format": "w8a8", "prune.recovery.max_steps": 50}
+                "quantize.format": "w8a8", "prune.recovery.max_steps": 50, "prune.recovery.train": "float"}
 
     def refusal(**more) -> str:
         with pytest.raises(GateFailed) as e:
@@ -82,14 +84,53 @@ def test_quantization_that_breaks_the_policy_is_refused_by_recovery_not_after_it
                                output=str(tmp_path / "out"), overrides={**settings, **more}))
         return str(e.value)
 
-    # Judged quantized, the student fails from the first evaluation, and recovery says why.
+    # The float student trained and judged quantized fails from the first evaluation, and recovery says why.
     said = refusal()
     assert said.startswith("pruning recovery missed the accuracy budget: success 0.")
     assert "the student's success measured quantized w8a8 (every layer, post-training), as it will ship" in said
     # Judged float, the lightly pruned student passes recovery at once; only the gate finds what ships broken.
-    said = refusal(**{"prune.recovery.judge": "float"})
+    # (Recovery trains what it judges: the float student, whatever prune.recovery.train says.)
+    said = refusal(**{"prune.recovery.judge": "float", "prune.recovery.train": "shipped"})
     assert "pruning recovery" not in said and "success" in said
     assert not (tmp_path / "out").exists()
+
+
+def test_trained_through_its_quantizer_the_broken_student_recovers_and_ships_its_pattern(tests_on_path, fast,
+                                                                                         tmp_path):
+    # The student refused above, trained quantized: the weights learn to live on the grid the outlier sets.
+    result = build(BuildRequest(
+        target="x86-64-cpu", policy="user_envs:make_fragile_reach_policy", output=str(tmp_path / "out"),
+        overrides={**fast, "evaluate.env": ENV, "prune.method": "nm", "prune.pattern": "2:4",
+                   "quantize.format": "w8a8"}))  # prune.recovery.train: shipped, the default
+    extra = result.report["extra"]
+    recovery = extra["prune"]["recovery"]
+    assert recovery["trained"] == "the quantized student"
+    assert recovery["judged"] == "quantized w8a8 (every layer, trained through its quantizer)"
+    assert recovery["before"]["success"] < 0.2 and recovery["recovered"] and recovery["steps"] > 0
+    assert extra["quantize"]["trained_in_recovery"] == {"steps": recovery["steps"]}
+    built = next(v["success_rate"] for k, v in extra["evaluate"].items() if k.startswith("built/"))
+    assert built >= extra["evaluate"]["original/torch"]["success_rate"] - 0.02  # the gate passed on its episodes
+    layers = {row["name"]: row for row in load_bundle(result.bundle).manifest["layers"]}
+    for name in ("trunk.0", "trunk.2"):  # the pruned zeros held through training: 2:4 ships
+        assert (layers[name]["pattern"], layers[name]["format"]) == ("2:4", "w8a8"), name
+    md = (result.bundle / "report.md").read_text()
+    assert f"trained it through its quantizer (straight-through) for {recovery['steps']} steps" in md
+    assert "success measured on the student quantized w8a8 (every layer, trained through its quantizer)" in md
+
+
+def test_training_shipped_in_fp16_trains_the_float_student(task):
+    teacher = make_reach_policy()
+    recipe = load_recipe(None, overrides={"quantize.format": "fp16", "evaluate.env": ENV, "prune.method": "nm",
+                                          "prune.pattern": "2:4", "prune.recovery.train": "shipped",
+                                          "prune.recovery.episodes": 20, "prune.recovery.confirm": False,
+                                          "prune.recovery.max_loss": 1.0})
+    student = copy.deepcopy(teacher)
+    form = quantized_form(teacher, teacher.spec, task, recipe.quantize, "fp16")
+    info, trained = prune_policy(student, teacher, teacher.spec, task, recipe.prune, round_to=1, max_loss=0.02,
+                                 progress=Progress(), shipped=form)
+    assert trained is None  # fp16 quantizes no layer: nothing to train through
+    assert info["recovery"]["trained"] == "the pruned float model"
+    assert info["recovery"]["judged"] == "quantized fp16 (every layer, post-training)"
 
 
 def test_with_mixed_precision_by_success_recovery_judges_the_float_model(task):
@@ -99,17 +140,24 @@ def test_with_mixed_precision_by_success_recovery_judges_the_float_model(task):
     assert quantized_form(teacher, teacher.spec, task, recipe.quantize, "fp32") is None
 
 
-def test_mixed_precision_keeps_the_broken_layer_float_in_the_form_judged_too(tests_on_path, fast, tmp_path):
+@pytest.mark.parametrize("train", ["float", "shipped"])
+def test_mixed_precision_keeps_the_broken_layer_float_in_the_form_judged_too(tests_on_path, fast, tmp_path, train):
     result = build(BuildRequest(
         target="x86-64-cpu", policy="user_envs:make_fragile_reach_policy", output=str(tmp_path / "out"),
         overrides={**fast, "evaluate.env": ENV, "prune.method": "unstructured", "prune.sparsity": 0.2,
                    "quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
-                   "prune.recovery.max_steps": 50}))
+                   "prune.recovery.max_steps": 50, "prune.recovery.train": train}))
     extra = result.report["extra"]
     assert extra["quantize"]["mixed_precision"]["kept_float"] == ["head"]
     recovery = extra["prune"]["recovery"]
-    assert recovery["judged"] == "quantized w8a8 (layers under 30 dB solo SQNR kept float, post-training)"
+    how = "post-training" if train == "float" else "trained through its quantizer"
+    assert recovery["judged"] == f"quantized w8a8 (layers under 30 dB solo SQNR kept float, {how})"
     assert recovery["steps"] == 0 and recovery["before"]["success"] >= 0.95
+    if train == "shipped":  # the layers kept float were chosen on the pruned student, before recovery
+        assert extra["quantize"]["mixed_precision"]["decided"] == "on the pruned student, before recovery trained it"
+        assert extra["quantize"]["trained_in_recovery"] == {"steps": 0}
+        assert "needed no training (`prune.recovery.train: shipped`); the layers kept float were chosen before " \
+            "training." in (result.bundle / "report.md").read_text()
 
 
 def test_the_fragile_channel_is_what_breaks_w8a8():

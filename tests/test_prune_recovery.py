@@ -128,10 +128,22 @@ def test_stalled_means_the_held_out_error_stopped_falling(errors, patience, expe
     assert stalled(history, patience) is expected
 
 
-def test_recovery_gives_up_when_the_error_stops_falling(teacher, heldout):
+@pytest.mark.parametrize("successes, expected", [
+    ([0.0, 0.02, 0.1, 0.5, 0.8], False),    # the error flat, success up 70 points: progress
+    ([0.6, 0.7, 0.8, 0.82, 0.84], True),    # up 4 points on the best before: noise, stalled
+    ([0.6, 0.7, 0.8, 0.84, 0.85], False),   # 5 points: progress
+    ([0.9, 0.9, 0.95, 0.9, 0.85], True),    # down
+])
+def test_rising_success_is_progress_too(successes, expected):
+    history = [Evaluation(50 * i, s, 0.5, 0.5) for i, s in enumerate(successes)]  # the error flat
+    assert stalled(history, 2) is expected
+
+
+def test_recovery_gives_up_when_it_stops_making_progress(teacher, heldout):
     config = RecoveryConfig(max_steps=1000, batch_size=8, eval_every=1, max_loss=0.0, lr=0.0, patience=3)
-    with pytest.raises(RecoveryFailed, match="the held-out action error stopped falling \\(none of the last 3 "
-                       "evaluations 5% below the best before them\\)$") as info:
+    with pytest.raises(RecoveryFailed, match="it stopped making progress \\(none of the last 3 evaluations "
+                       "brought the held-out action error 5% below the best before them, nor success 5 points "
+                       "above\\)$") as info:
         recover(_pruned(teacher, 0.9), teacher, config, heldout=heldout,  # lr 0: the student cannot change
                 success_fn=lambda p: 1.0 if p is teacher else 0.0)
     assert info.value.report.stalled and info.value.report.steps == 3  # steps 1-3 no better than step 0

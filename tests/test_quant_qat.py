@@ -3,6 +3,8 @@ kept, and a measurable gain on an int4 model that PTQ leaves noisy."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,9 @@ from torch import nn
 from edgevla.errors import EdgevlaError
 from edgevla.prune import nm_mask
 from edgevla.quant import (Int4WeightOnlyConfig, Int8StaticActivationInt8WeightConfig, Int8WeightOnlyConfig,
-                           qat_mode, quantization_aware_training, quantize_, quantize_policy)
+                           qat_mode, quantization_aware_training, quantize_, quantize_policy, settle, settled_copy,
+                           zeros_held)
+from edgevla.quant.primitives import cast_roundtrip
 from edgevla.quant.primitives import Int4GroupedWeight
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -105,3 +109,59 @@ def test_qat_that_does_not_help_is_undone():
                                          lr=1.0)
     assert report.kept == "ptq" and report.sqnr_trained_db < report.sqnr_before_db == report.sqnr_after_db
     assert all(torch.equal(before[k], v) for k, v in r.model.state_dict().items())
+
+
+def _train(model: nn.Module, teacher: nn.Module, steps: int, lr: float = 1e-2) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for [x], y in (b for _, b in zip(range(steps), _stream(teacher, teacher.spec))):
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y + 0.1).backward()  # a target off the teacher's: every weight has somewhere to go
+        optimizer.step()
+
+
+def test_zeros_held_keeps_pruned_zeros_exactly_and_trains_the_rest():
+    torch.manual_seed(0)
+    teacher = MLP().eval()
+    with torch.no_grad():
+        teacher.fc2.weight.mul_(nm_mask(teacher.fc2.weight.abs(), 2, 4))
+    r = quantize_policy(teacher, "w8a8", batches=[(torch.from_numpy(teacher.spec.example(64, seed=3)["x"]),)])
+    before = r.model.fc2.weight.detach().clone()
+    with qat_mode(r.model), zeros_held(r.model) as masks:
+        _train(r.model, teacher, 5)
+    assert set(masks) == {"fc2"}  # only the layer with zeros
+    zeros = before == 0
+    assert (r.model.fc2.weight[zeros] == 0).all() and (r.model.fc2.int8_weight.qdata[zeros] == 0).all()
+    assert (r.model.fc2.weight[~zeros] != before[~zeros]).float().mean() > 0.9  # the kept weights trained
+    assert r.model.fc2.weight.grad is not None and (r.model.fc2.weight.grad[zeros] == 0).all()
+
+
+def _out_of_qat(model: nn.Module) -> nn.Module:
+    """A copy computing with its stored codes, as a fake-quant model does outside :func:`qat_mode`."""
+    copied = copy.deepcopy(model)
+    for m in copied.modules():
+        if hasattr(m, "qat"):
+            m.qat = False
+    return copied
+
+
+def test_a_settled_copy_is_the_model_as_it_would_ship_and_the_original_keeps_training():
+    torch.manual_seed(0)
+    teacher = MLP().eval()
+    batches = [(torch.from_numpy(teacher.spec.example(64, seed=3)["x"]),)]
+    r = quantize_policy(teacher, "w8a8", batches=batches, float_dtype="fp16")
+    x = torch.from_numpy(teacher.spec.example(32, seed=9)["x"])
+    with qat_mode(r.model):
+        with torch.no_grad():
+            ptq = settled_copy(r.model, "fp16", tables=True)(x)
+            assert torch.equal(ptq, _out_of_qat(r.model)(x))  # untrained, the copy is the PTQ model bit for bit
+        _train(r.model, teacher, 5)
+        shipped = settled_copy(r.model, "fp16", tables=True)
+        assert r.model.fc1.qat and not shipped.fc1.qat
+        bias = r.model.fc1.bias.detach()
+        assert not torch.equal(bias, cast_roundtrip(bias, "fp16"))  # the trained model keeps its fp32 masters
+        assert torch.equal(shipped.fc1.bias, cast_roundtrip(bias, "fp16"))  # what ships stores fp16
+        with torch.no_grad():
+            judged = shipped(x)
+    settle(r.model, "fp16", tables=True)  # leaving QAT re-derived the codes; settling rounds the rest
+    with torch.no_grad():
+        assert torch.equal(judged, r.model(x)) and not torch.equal(judged, ptq)

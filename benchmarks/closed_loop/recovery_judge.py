@@ -2,13 +2,15 @@
 
 For each recovery seed (the episodes recovery evaluates on, and the next ones that confirm a hit) and each
 value of the setting varied (``--vary``: by default ``prune.recovery.judge``, the pruned float model or the
-model as it ships, quantized), builds the candidate with recovery's own margin (``--margin``, 1 pt: half the
-usual 2 pt budget) and a gate that refuses nothing, on ``--episodes`` gate episodes (1,000 by default: a close
-estimate of the shipped model's real success), and tabulates where recovery stopped, what the shipped model
-scored, and whether it is within the ``--budget`` there.
+model as it ships, quantized; or ``prune.recovery.train``, the float student or the quantized one), builds the
+candidate with recovery's own margin (``--margin``, 1 pt: half the usual 2 pt budget) and a gate that refuses
+nothing, on ``--episodes`` gate episodes (1,000 by default: a close estimate of the shipped model's real
+success), and tabulates where recovery stopped, what the shipped model scored, and whether it is within the
+``--budget`` there.
 
     python benchmarks/closed_loop/recovery_judge.py -t jetson-orin --prune unstructured:0.9 --quantize w4a16 \\
         --seeds 20000 21000 22000 23000 24000 [--vary prune.recovery.confirm_episodes=100,300] [--json FILE]
+    (--vary prune.recovery.train=float,shipped: what recovery trains)
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def run(target: str, policy: str | None, settings: dict, seed: int, key: str, va
             "recovered": recovery["recovered"], "recovery_success": recovery["after"]["success"],
             "recovery_teacher": recovery["teacher_success"],
             "confirmations": [c["success"] for c in recovery["confirmations"]],
-            "teacher_confirm": recovery["teacher_confirm_success"], "original": original, "built": built,
+            "teacher_confirm": recovery["teacher_confirm_success"], "trained": recovery["trained"],
+            "train_seconds": recovery["train_seconds"], "samples_per_s": round(recovery["samples_per_s"], 1),
+            "original": original, "built": built,
             "seconds": round(time.perf_counter() - start, 1)}
 
 

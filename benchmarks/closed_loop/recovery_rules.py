@@ -1,5 +1,6 @@
 """When pruning recovery stops: the first evaluation within budget, a hit confirmed on other episodes, a
-confirmed hit of the model as it ships (quantized), and one decided on three times the episodes.
+confirmed hit of the model as it ships (quantized), one decided on three times the episodes, and what recovery
+trains: the float student or the quantized one.
 
 Runs ``edgevla search`` once per rule over the same candidates, and tabulates for every candidate the recovery
 (steps, success on its episodes and on the confirmation episodes, hits not confirmed, the model judged) and the
@@ -9,11 +10,15 @@ gate's verdict on the evaluator's episodes:
   pruned float model within half the budget, at most 300 steps
   (``prune.recovery.confirm=false max_steps=300 patience=0 judge=float``);
 * ``confirmed``: the rule of 2026-12-06: a hit counts when 100 other episodes agree, up to 2,000 steps, giving
-  up once the held-out action error has stopped falling for 8 evaluations; still the float model judged
+  up after 8 evaluations without progress (since ``prune.recovery.train``: neither the held-out action error
+  5 % down nor success 5 points up; before, the error alone); still the float model judged
   (``prune.recovery.judge=float confirm_episodes=100``);
 * ``shipped``: as ``confirmed``, but a candidate that also quantizes is judged quantized, as it will ship (for
-  one that does not, the same as ``confirmed``);
-* ``defaults``: today's: judged as it ships, a hit screened on 100 episodes and decided on 300.
+  one that does not, the same as ``confirmed``); the float student trained;
+* ``float-trained``: the defaults before ``prune.recovery.train``: judged as it ships, a hit screened on 100
+  episodes and decided on 300, the float student trained (``prune.recovery.train=float``);
+* ``defaults``: today's: as ``float-trained``, but a candidate that also quantizes is quantized once after
+  pruning and recovery trains that model through its quantizer.
 
     PYTHONPATH=tests python benchmarks/closed_loop/recovery_rules.py -t jetson-orin \\
         --policy mujoco_reacher:make_reacher_policy --env mujoco_reacher:make_reacher_env \\
@@ -39,7 +44,8 @@ RULES = {
     "first-hit": {"prune.recovery.confirm": False, "prune.recovery.max_steps": 300, "prune.recovery.patience": 0,
                   "prune.recovery.judge": "float"},
     "confirmed": {"prune.recovery.judge": "float", "prune.recovery.confirm_episodes": 100},
-    "shipped": {"prune.recovery.confirm_episodes": 100},
+    "shipped": {"prune.recovery.confirm_episodes": 100, "prune.recovery.train": "float"},
+    "float-trained": {"prune.recovery.train": "float"},
     "defaults": {},
 }
 
@@ -54,7 +60,7 @@ def candidate_row(record: dict) -> dict:
     recovery = (extra.get("prune") or {}).get("recovery")
     if isinstance(recovery, dict):
         row["recovery"] = {k: recovery[k] for k in ("steps", "teacher_success", "teacher_confirm_success",
-                                                    "confirmations", "stalled", "judged")}
+                                                    "confirmations", "stalled", "judged", "trained")}
         row["recovery"]["before"] = recovery["before"]["success"]
         row["recovery"]["after"] = recovery["after"]["success"]
     row["gate"] = {k: v["success_rate"] for k, v in extra["evaluate"].items()}
@@ -91,8 +97,8 @@ def main() -> None:
                 f"recovery {rec['before']:.0%} -> {rec['after']:.0%} in {rec['steps']} steps, "
                 f"{len(rec['confirmations'])} confirmation(s); ")
             verdict = "built" if row["built"] else f"refused: {row['error']}"
-            print(f"{rule:>10} {row['candidate']:<22} {said}gate {gate}; {verdict}")
-        print(f"{rule:>10} pick {out['rules'][rule]['pick']} ({out['rules'][rule]['seconds']} s)")
+            print(f"{rule:>13} {row['candidate']:<22} {said}gate {gate}; {verdict}")
+        print(f"{rule:>13} pick {out['rules'][rule]['pick']} ({out['rules'][rule]['seconds']} s)")
     if args.json:
         write_json(out, args.json)
 

@@ -126,8 +126,9 @@ def _prune(policy, teacher, spec, task, recipe, target) -> dict[str, Any]:
     from ..pipeline import prune_policy
     from ..progress import Progress
 
-    return prune_policy(policy, teacher, spec, task, recipe.prune, round_to=target.facts.preferred_channel_multiple,
-                        max_loss=recipe.accuracy_loss_budget(target), progress=Progress(), loop=recipe.evaluate)
+    info, _ = prune_policy(policy, teacher, spec, task, recipe.prune, round_to=target.facts.preferred_channel_multiple,
+                           max_loss=recipe.accuracy_loss_budget(target), progress=Progress(), loop=recipe.evaluate)
+    return info  # no quantized form given: recovery trains the float policy
 
 
 def _measure(policy, original, spec, task, held, episodes: int, runs: int, threads: int, onnx_dir: Path):

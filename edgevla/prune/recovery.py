@@ -25,8 +25,12 @@ hit counts only when the student meets the budget there too, against the
 teacher's success on those episodes; otherwise training goes on.
 Hard cases take long (tiny-vla at 98 % unstructured sparsity: 550 steps), so
 the step budget is generous, and with ``patience`` recovery gives up early
-once the held-out action error has stopped falling: none of the last
-``patience`` evaluations 5 % below the best before them.
+once it has stopped making progress: none of the last ``patience``
+evaluations brought the held-out action error 5 % below the best before
+them, nor success 5 points above the best before them. The error is the
+steadier sign, but not the only one: a student trained through its
+quantizer (``prune.recovery.train: shipped``) can climb from 0 % to 80 %
+success while its error against the float teacher rises and falls.
 
 Training efficiency is reported as the efficiency metrics ask: seconds per
 epoch, samples per second and steps until recovered. The task stream is
@@ -51,7 +55,8 @@ from ..train import closed_loop_success, resolve_precision, task_config_for
 
 Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
 
-PLATEAU_GAIN = 0.05  # the fraction the held-out action error must fall within ``patience`` evaluations
+PLATEAU_GAIN = 0.05  # the fraction the held-out action error must fall within ``patience`` evaluations,
+PLATEAU_SUCCESS_GAIN = 0.05  # or the success (a fraction) rise, for recovery to go on
 
 
 @dataclass
@@ -67,7 +72,7 @@ class RecoveryConfig:
     eval_every: int = 50
     eval_episodes: int = 100
     eval_seed: int = 10_000
-    patience: int = 0  # evaluations without the held-out action error PLATEAU_GAIN below its best; 0: no limit
+    patience: int = 0  # evaluations without progress (see stalled()); 0: no limit
     max_loss: float = 0.02  # success points (a fraction) the student may lose against the teacher
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "auto", as edgevla.train
     seed: int = 0
@@ -128,7 +133,7 @@ class RecoveryReport:
     history: list[Evaluation] = field(default_factory=list)
     teacher_confirm_success: float | None = None  # None: no hit was checked on other episodes
     confirmations: list[Confirmation] = field(default_factory=list)
-    stalled: bool = False  # gave up: the held-out action error stopped falling (RecoveryConfig.patience)
+    stalled: bool = False  # gave up: no progress in RecoveryConfig.patience evaluations (stalled())
 
     @property
     def recovered(self) -> bool:
@@ -143,11 +148,14 @@ class RecoveryReport:
 
 def stalled(history: Sequence[Evaluation], patience: int) -> bool:
     """Whether none of the last ``patience`` evaluations brought the held-out action error PLATEAU_GAIN below
-    the best of those before them (never, with ``patience`` 0 or too short a history)."""
+    the best of those before them, nor success PLATEAU_SUCCESS_GAIN above theirs (never, with ``patience`` 0
+    or too short a history)."""
     if patience == 0 or len(history) <= patience:
         return False
-    best_before = min(e.action_error for e in history[:-patience])
-    return min(e.action_error for e in history[-patience:]) > (1.0 - PLATEAU_GAIN) * best_before
+    before, last = history[:-patience], history[-patience:]
+    error_fell = min(e.action_error for e in last) <= (1.0 - PLATEAU_GAIN) * min(e.action_error for e in before)
+    success_rose = meets(max(e.success for e in last), max(e.success for e in before) + PLATEAU_SUCCESS_GAIN)
+    return not (error_fell or success_rose)
 
 
 class RecoveryFailed(GateFailed):
@@ -355,8 +363,9 @@ def recover(student: nn.Module, teacher: nn.Module, config: RecoveryConfig | Non
     report.losses = distiller.losses
     if not report.recovered:
         gave_up = "" if not report.stalled else (
-            f"; the held-out action error stopped falling (none of the last {config.patience} evaluations "
-            f"{PLATEAU_GAIN:.0%} below the best before them)")
+            f"; it stopped making progress (none of the last {config.patience} evaluations brought the held-out "
+            f"action error {PLATEAU_GAIN:.0%} below the best before them, nor success "
+            f"{PLATEAU_SUCCESS_GAIN * 100:.0f} points above)")
         unconfirmed = "" if not report.confirmations else (
             f"; {len(report.confirmations)} hit(s) not confirmed on other episodes (there the last "
             f"{report.confirmations[-1].success:.3f} vs teacher {report.teacher_confirm_success:.3f})")

@@ -51,7 +51,7 @@ from .fakequant import (
 from .fold import FoldedNorm, fold_batch_norms
 from .mixed import SuccessSearch, fallback_by_sqnr, fallback_by_success, layer_sqnr, model_sqnr
 from .primitives import Int4GroupedWeight, Int8Weight, pack_int4, sqnr_db, unpack_int4
-from .qat import QATReport, quantization_aware_training
+from .qat import QATReport, quantization_aware_training, settle, settled_copy, zeros_held
 from .smoothquant import SmoothGroup, find_smooth_groups, smooth_quant
 
 __all__ = [
@@ -65,6 +65,6 @@ __all__ = [
     "fallback_by_sqnr", "fallback_by_success", "find_smooth_groups", "float_mode", "iter_batches",
     "layer_group_size", "layer_sqnr", "load_observation_dir", "model_sqnr", "observe_layer_inputs", "pack_int4",
     "qat_mode", "quantization_aware_training", "quantize_", "quantize_policy", "quantized_layers",
-    "refresh_quantized", "restore_quantized", "round_float_storage", "round_tables", "smooth_quant", "sqnr_db", "storage_dtype",
-    "table_tensors", "unpack_int4",
+    "refresh_quantized", "restore_quantized", "round_float_storage", "round_tables", "settle", "settled_copy",
+    "smooth_quant", "sqnr_db", "storage_dtype", "table_tensors", "unpack_int4", "zeros_held",
 ]

@@ -10,7 +10,12 @@ expert's when the task supplies them. Afterwards the codes and scales are
 re-derived from the trained weights; activation scales stay as calibrated.
 
 Exact zeros in the weights — a pruned model's masks, baked in — stay zero:
-their gradient is masked, so QAT after 2:4 pruning still ships 2:4.
+their gradient is masked (:func:`zeros_held`), so QAT after 2:4 pruning
+still ships 2:4. Training moves what ships in floating point (biases, norms,
+tables) off its storage grid; :func:`settle` puts a trained model back on it.
+Pruning recovery with ``prune.recovery.train: shipped`` trains the quantized
+student the same way, inside :func:`qat_mode` and :func:`zeros_held`, and
+judges settled copies of it (:func:`settled_copy`).
 
 Fine-tuning can also make a good PTQ model worse (W8A8 at ~34 dB leaves
 little to gain and a step size to lose it with), so by default the trained
@@ -21,6 +26,7 @@ the report says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +36,8 @@ import torch
 from torch import nn
 
 from ..errors import EdgevlaError
-from .fakequant import qat_mode, quantized_layers
+from .apply import round_float_storage, round_tables
+from .fakequant import qat_mode, quantized_layers, refresh_quantized
 from .primitives import sqnr_db
 
 Batch = tuple[Sequence[torch.Tensor], torch.Tensor]
@@ -50,6 +57,45 @@ class QATReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def zeros_held(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block the exact zeros of every fake-quant layer's float weight (a pruned model's baked
+    masks) get no gradient; on leaving they are set to zero again, exactly. Yields the keep-masks by layer
+    name (only layers with a zero)."""
+    layers = quantized_layers(model)
+    masks = {name: (m.weight != 0) for name, m in layers.items() if bool((m.weight == 0).any())}
+    hooks = [layers[n].weight.register_hook(lambda g, keep=keep: g * keep) for n, keep in masks.items()]
+    try:
+        yield masks
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():  # AdamW never moves a zero-gradient entry; make it exact regardless
+            for n, keep in masks.items():
+                layers[n].weight.mul_(keep)
+
+
+@torch.no_grad()
+def settle(model: nn.Module, float_dtype: str, tables: bool) -> None:
+    """After training, in place: the codes and weight scales re-derived from the float weights, the tables
+    (with ``tables``) back on their int8 grid, what stays float rounded to ``float_dtype`` — what
+    :func:`~edgevla.quant.quantize_policy` leaves, for the trained weights."""
+    refresh_quantized(model)
+    if tables:
+        round_tables(model)
+    round_float_storage(model, float_dtype)
+
+
+def settled_copy(model: nn.Module, float_dtype: str, tables: bool) -> nn.Module:
+    """A copy of a fake-quant ``model`` in training (inside :func:`qat_mode`) as it would ship now: out of QAT
+    mode and :func:`settle`-d; the model itself keeps training on its float masters."""
+    copied = copy.deepcopy(model)
+    for m in quantized_layers(copied).values():
+        m.qat = False
+    settle(copied, float_dtype, tables)
+    return copied.eval()
 
 
 @torch.no_grad()
@@ -77,23 +123,15 @@ def quantization_aware_training(model: nn.Module, teacher: nn.Module, batches: I
         raise EdgevlaError(f"{type(model).__name__} has no fake-quant layers: quantize it before QAT")
     before = _sqnr_against(model, teacher, heldout)
     snapshot = copy.deepcopy(model.state_dict()) if keep_better else None
-    masks = {name: (m.weight != 0) for name, m in quantized_layers(model).items() if bool((m.weight == 0).any())}
-    layers = quantized_layers(model)
-    hooks = [layers[n].weight.register_hook(lambda g, keep=keep: g * keep) for n, keep in masks.items()]
     config = RecoveryConfig(max_steps=steps, batch_size=batch_size, lr=lr, w_kd=1.0, w_task=w_task,
                             weight_decay=0.0)
     start = time.perf_counter()
     try:
-        with qat_mode(model):
+        with qat_mode(model), zeros_held(model) as masks:
             distiller = Distiller(model, teacher, config, batches)
             for _ in range(steps):
                 distiller.step()
-            with torch.no_grad():  # AdamW never moves a zero-gradient entry; make it exact regardless
-                for n, keep in masks.items():
-                    layers[n].weight.mul_(keep)
     finally:
-        for h in hooks:
-            h.remove()
         model.eval()
     trained = _sqnr_against(model, teacher, heldout)
     kept = "qat"
