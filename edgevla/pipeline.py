@@ -555,12 +555,12 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         judged = shipped if rc.judge == "shipped" else None
         confirm_episodes = 3 * rc.episodes if rc.confirm_episodes is None else rc.confirm_episodes
         student, as_shipped = policy, (judged.of if judged else None)
-        if judged is not None and rc.train == "shipped":
+        if judged is not None and rc.train == "shipped" and judged.trainable:
             trained = judged.quantize(policy)
             if quantized_layers(trained.result.model):
                 student = trained.result.model
                 as_shipped = functools.partial(settled_copy, float_dtype=judged.float_dtype, tables=judged.tables)
-            else:  # fp16: nothing quantized to train through
+            else:  # no layer the format quantizes: nothing to train through
                 trained = None
 
         def success_on(seed: int, episodes: int) -> Callable[[torch.nn.Module], float]:
@@ -592,6 +592,8 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                 raise
             other = ("prune.recovery.train: float trains the float model" if trained else
                      "prune.recovery.judge: float measures the float model")
+            if trained is None and rc.train == "float" and judged.trainable:
+                other = f"prune.recovery.train: shipped trains it quantized, through its quantizer; {other}"
             raise RecoveryFailed(f"{e}; the student's success measured {what}, as it will ship ({other})",
                                  e.report) from None
         if trained is not None:
@@ -789,6 +791,7 @@ class ShippedForm:
     quantize: Callable[[torch.nn.Module], QuantizedStudent]  # a new model; the policy is left as it was
     float_dtype: str  # what the quantized model stores its float tensors as
     tables: bool  # whether its tables are rounded to int8
+    trainable: bool  # whether it has quantized layers to train through (fp16 has none)
 
     def of(self, policy: torch.nn.Module) -> torch.nn.Module:
         return self.quantize(policy).result.model
@@ -828,7 +831,8 @@ def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopT
         return QuantizedStudent(quantize_policy(plain, cfg.format, skip=kept, **kwargs) if kept else result, kept)
 
     how = f"layers under {mp.min_sqnr_db:g} dB solo SQNR kept float" if by_sqnr else "every layer"
-    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", quantize, float_dtype, cfg.tables)
+    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", quantize, float_dtype, cfg.tables,
+                       trainable=cfg.format != "fp16")
 
 
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,

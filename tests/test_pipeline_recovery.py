@@ -88,6 +88,8 @@ def test_quantization_that_breaks_the_policy_is_refused_by_recovery_not_after_it
     said = refusal()
     assert said.startswith("pruning recovery missed the accuracy budget: success 0.")
     assert "the student's success measured quantized w8a8 (every layer, post-training), as it will ship" in said
+    assert said.endswith("(prune.recovery.train: shipped trains it quantized, through its quantizer; "
+                         "prune.recovery.judge: float measures the float model)")
     # Judged float, the lightly pruned student passes recovery at once; only the gate finds what ships broken.
     # (Recovery trains what it judges: the float student, whatever prune.recovery.train says.)
     said = refusal(**{"prune.recovery.judge": "float", "prune.recovery.train": "shipped"})
