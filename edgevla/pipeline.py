@@ -575,8 +575,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                                 lambda: torch_success(p, task, episodes, seed, loop))
             return success
 
-        what = "the pruned float model" if judged is None else (
-            judged.what.replace("post-training", "trained through its quantizer") if trained else judged.what)
+        what = "the pruned float model" if judged is None else judged.said(trained=trained is not None)
         try:
             with contextlib.ExitStack() as training:
                 if trained is not None:  # straight-through fake quantization, the baked masks' zeros held
@@ -787,11 +786,25 @@ class ShippedForm:
     """What a float policy, maybe still masked, ships as: the model pruning recovery judges
     (``prune.recovery.judge: shipped``), so that it trains on until *that* is within budget, and, with
     ``prune.recovery.train: shipped``, the model it trains."""
-    what: str  # for the report and messages: "quantized w8a8 (every layer, post-training)"
+    format: str
+    layers: str  # which layers are quantized, said: "every layer", "layers under 30 dB solo SQNR kept float"
     quantize: Callable[[torch.nn.Module], QuantizedStudent]  # a new model; the policy is left as it was
     float_dtype: str  # what the quantized model stores its float tensors as
     tables: bool  # whether its tables are rounded to int8
-    trainable: bool  # whether it has quantized layers to train through (fp16 has none)
+
+    def said(self, trained: bool = False) -> str:
+        """For the report and messages: "quantized w8a8 (every layer, post-training)"."""
+        how = "trained through its quantizer" if trained else "post-training"
+        return f"quantized {self.format} ({self.layers}, {how})"
+
+    @property
+    def what(self) -> str:
+        return self.said()
+
+    @property
+    def trainable(self) -> bool:
+        """Whether it has quantized layers to train through (fp16 has none)."""
+        return self.format != "fp16"
 
     def of(self, policy: torch.nn.Module) -> torch.nn.Module:
         return self.quantize(policy).result.model
@@ -831,8 +844,7 @@ def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopT
         return QuantizedStudent(quantize_policy(plain, cfg.format, skip=kept, **kwargs) if kept else result, kept)
 
     how = f"layers under {mp.min_sqnr_db:g} dB solo SQNR kept float" if by_sqnr else "every layer"
-    return ShippedForm(f"quantized {cfg.format} ({how}, post-training)", quantize, float_dtype, cfg.tables,
-                       trainable=cfg.format != "fp16")
+    return ShippedForm(cfg.format, how, quantize, float_dtype, cfg.tables)
 
 
 def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: PolicySpec,
