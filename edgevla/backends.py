@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -277,16 +277,20 @@ class CudaNativeRunner(TorchRunner):
     the kernel of each linear layer, as on the CPU. ``tactics_path`` (a JSON
     file, :mod:`edgevla.cuda_tactics`) has each layer run the kernel variant
     timed fastest on this GPU for its shape; :meth:`close` saves new timings.
+    ``float_inputs``: the layers the build kept on a float input (a bundle's
+    ONNX metadata, :func:`edgevla.runtime.graph.float_input_layers`).
     """
 
     name = "native"
 
-    def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True, tactics_path=None):
+    def __init__(self, policy, precision: str | None = None, cuda_graphs: bool = True, tactics_path=None,
+                 float_inputs: Iterable[str] = ()):
         from .cuda_policy import DEFAULT_PRECISION, GraphedForward, cuda_policy, use_tactics
         from .cuda_tactics import TacticTable, this_device
 
         # refuses where no GPU; a deployed policy keeps no host copies for CPU references
-        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION, keep_reference=False)
+        policy, self._plan = cuda_policy(policy, precision=precision or DEFAULT_PRECISION, keep_reference=False,
+                                         float_inputs=float_inputs)
         self.tactics_path = tactics_path
         self.tactics = None if tactics_path is None else TacticTable.load_or_new(tactics_path, this_device())
         use_tactics(policy, self.tactics)

@@ -47,7 +47,7 @@ on a GPU each layer is compared with its reference (``tests/test_cuda_policy.py`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -404,7 +404,8 @@ def plan_layer(name: str, layer: nn.Linear, precision: str, device: torch.device
 
 
 def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
-                 device: str | torch.device = "cuda", keep_reference: bool = True) -> list[LayerChoice]:
+                 device: str | torch.device = "cuda", keep_reference: bool = True,
+                 float_inputs: Iterable[str] = ()) -> list[LayerChoice]:
     """Replace, in place, every ``nn.Linear`` of ``policy`` by its :class:`CudaLinear`; move it to ``device``.
 
     Returns the plan (one :class:`LayerChoice` per layer, in module order).
@@ -414,11 +415,15 @@ def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
     ``keep_reference=False`` frees the host copies that only the layers' CPU
     references read (:meth:`CudaLinear.drop_host_copies`): on a Jetson the
     host and the GPU share one DRAM, where those copies would hold the
-    int4 and 2:4 weights a second time.
+    int4 and 2:4 weights a second time. ``float_inputs``: the layers whose
+    input the build kept float (mixed precision raised them; the bundle's
+    ONNX metadata lists them): under ``int8`` they run fp32 instead of
+    quantizing their input per token.
     """
     if precision not in PRECISIONS:
         raise EdgevlaError(f"GPU precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
+    float_inputs = frozenset(float_inputs)
     plan = []
     for name, layer in list(policy.named_modules()):
         parent_name, _, child = name.rpartition(".")
@@ -426,7 +431,8 @@ def swap_linears(policy: nn.Module, *, precision: str = DEFAULT_PRECISION,
         # nn.MultiheadAttention reads its out_proj's weight without calling it: that one stays PyTorch's.
         if not name or not isinstance(layer, nn.Linear) or isinstance(parent, nn.MultiheadAttention):
             continue
-        swapped = plan_layer(name, layer, precision, device)
+        own = "fp32" if name in float_inputs and precision == "int8" else precision
+        swapped = plan_layer(name, layer, own, device)
         if not keep_reference:
             swapped.drop_host_copies()
         setattr(parent, child, swapped)
@@ -463,17 +469,18 @@ def use_tactics(policy: nn.Module, tactics: TacticTable | None) -> None:
 
 
 def cuda_policy(policy: nn.Module, *, precision: str = DEFAULT_PRECISION, tactics: TacticTable | None = None,
-                keep_reference: bool = True) -> tuple[nn.Module, list[LayerChoice]]:
+                keep_reference: bool = True, float_inputs: Iterable[str] = ()) -> tuple[nn.Module, list[LayerChoice]]:
     """``policy`` swapped onto the CUDA kernels on the current GPU, and its plan; a one-line error where they cannot run.
 
     With ``tactics``, each layer runs the variant the table chooses for its
     shape, timing the candidates on this GPU the first time a shape runs.
-    ``keep_reference``: as in :func:`swap_linears`.
+    ``keep_reference`` and ``float_inputs``: as in :func:`swap_linears`.
     """
     reason = cuda_kernels.unavailable_reason()
     if reason:
         raise EdgevlaError(f"the native backend cannot run on a GPU here: {reason}")
-    plan = swap_linears(policy, precision=precision, device="cuda", keep_reference=keep_reference)
+    plan = swap_linears(policy, precision=precision, device="cuda", keep_reference=keep_reference,
+                        float_inputs=float_inputs)
     use_tactics(policy, tactics)
     return policy.eval(), plan
 

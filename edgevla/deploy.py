@@ -90,7 +90,13 @@ def bundle_runner(bundle: LoadedBundle, backend: str, threads: int | None = None
     if backend == "native":
         gpu_target = bundle.manifest["target"].get("kind") == "gpu"
         if native_device(device, gpu_target) == "cuda":
-            return CudaNativeRunner(bundle_torch_policy(bundle, "the native backend on a GPU"), tactics_path=tactics)
+            import onnx
+
+            from .runtime.graph import float_input_layers
+
+            float_inputs = float_input_layers(onnx.load(str(bundle.file("model.onnx")), load_external_data=False))
+            return CudaNativeRunner(bundle_torch_policy(bundle, "the native backend on a GPU"), tactics_path=tactics,
+                                    float_inputs=float_inputs)
     no_tactics_here(tactics)
     return make_runner(backend, onnx_path=bundle.file("model.onnx"), spec=bundle.spec, threads=threads)
 

@@ -46,8 +46,10 @@ Quantization (:func:`quantize_for_build`) works on the float, possibly pruned
 model: calibration on the task's calibration split (or the user's
 observation files), optional SmoothQuant, every ``nn.Linear`` and convolution
 quantized (a BatchNorm after a convolution folded into it first) and
-each one's solo output SQNR measured; mixed precision keeps the layers that
-break the SQNR floor or the success budget in floating point; optional QAT
+each one's solo output SQNR measured; mixed precision raises the layers that
+break the SQNR floor or the success budget up a precision ladder (finer int4
+groups, int8 weights with a float input, float: :mod:`edgevla.quant.ladder`),
+and the ONNX metadata names them so runtimes keep their input float; optional QAT
 distils the float policy into the fake-quant model. Exact zeros stay zero
 throughout, so 2:4 survives. The built model is then the fake-quant PyTorch
 model — the reference the Q/DQ ONNX file is verified against — and the
@@ -775,9 +777,10 @@ def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]],
 @dataclass
 class QuantizedStudent:
     """A (pruned) float student quantized as the recipe says: the fake-quant model with what made it, and the
-    layers mixed precision by SQNR kept float (decided on this student)."""
+    form mixed precision by SQNR raised each sensitive layer to (decided on this student; ``float`` for those
+    kept float)."""
     result: "QuantizeResult"
-    kept_float: list[str]
+    forms: dict[str, str]
     trained_steps: int = 0  # of pruning recovery, through the quantizer (prune.recovery.train: shipped)
 
 
@@ -810,25 +813,55 @@ class ShippedForm:
         return self.quantize(policy).result.model
 
 
+def sensitivity_batches(batches: list[tuple[torch.Tensor, ...]],
+                        mp: "MixedPrecisionConfig") -> list[tuple[torch.Tensor, ...]]:
+    """The first ``mp.sensitivity_samples`` observations of the first calibration batch: solo SQNR runs one
+    forward per layer (and per rung tried), so a few samples, not a whole batch (base-vla's 32-sample batch
+    made this a quarter of an hour on two cores)."""
+    return [tuple(t[:mp.sensitivity_samples] for t in batches[0])]
+
+
 def solo_sqnr(model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]],
               mp: "MixedPrecisionConfig") -> dict[str, float]:
-    """Each fake-quant layer's solo output SQNR (dB) on the first ``mp.sensitivity_samples`` observations of
-    the first calibration batch: one forward per layer, so a few samples, not a whole batch (base-vla's
-    32-sample batch made this a quarter of an hour on two cores)."""
+    """Each fake-quant layer's solo output SQNR (dB) on :func:`sensitivity_batches`."""
     from .quant import layer_sqnr
 
-    return layer_sqnr(model, [tuple(t[:mp.sensitivity_samples] for t in batches[0])])
+    return layer_sqnr(model, sensitivity_batches(batches, mp))
+
+
+def forms_by_sqnr(model: torch.nn.Module, sensitivity: Mapping[str, float], batches: list[tuple[torch.Tensor, ...]],
+                  mp: "MixedPrecisionConfig") -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Mixed precision by SQNR: the form each layer under ``mp.min_sqnr_db`` is raised to — up its precision
+    ladder with ``mp.ladder``, else float — and the solo SQNR of each rung tried."""
+    from .quant import fallback_by_sqnr, raise_by_sqnr
+    from .quant.ladder import FLOAT
+
+    if not mp.ladder:
+        return {n: FLOAT for n in fallback_by_sqnr(sensitivity, mp.min_sqnr_db)}, {}
+    choice = raise_by_sqnr(model, sensitivity, mp.min_sqnr_db, sensitivity_batches(batches, mp))
+    return choice.forms, choice.tried
+
+
+def forms_said(forms: Mapping[str, str]) -> str:
+    """"2 raised (fc1 w4a16/g32, fc2 w8a16), 1 kept float (head)" — or "none raised"."""
+    from .quant.ladder import FLOAT
+
+    raised = {n: f for n, f in forms.items() if f != FLOAT}
+    kept = [n for n, f in forms.items() if f == FLOAT]
+    parts = ([f"{len(raised)} raised ({', '.join(f'{n} {f}' for n, f in raised.items())})"] if raised else []) + (
+        [f"{len(kept)} kept float ({', '.join(kept)})"] if kept else [])
+    return ", ".join(parts) or "none raised"
 
 
 def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None,
                    cfg: "QuantizeConfig", float_dtype: str) -> ShippedForm | None:
     """The recipe's post-training quantization of a (pruned) copy, as :func:`quantize_for_build` will
     quantize the final float model: the same calibration batches and settings, and with mixed precision
-    by SQNR the same layers kept float (decided on that copy). None with mixed precision by success (its
+    by SQNR the same layers raised (decided on that copy). None with mixed precision by success (its
     search runs closed-loop episodes per layer: once, after recovery, not at every evaluation); QAT, which
     comes after recovery and keeps its weights only when they beat these, is not applied."""
     from .prune import baked_copy
-    from .quant import fallback_by_sqnr, quantize_policy
+    from .quant import quantize_policy
 
     mp = cfg.mixed_precision
     if mp.enabled and mp.metric == "success":
@@ -840,10 +873,11 @@ def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopT
     def quantize(policy: torch.nn.Module) -> QuantizedStudent:
         plain = baked_copy(policy)  # exact zeros in plain weights, as the final model holds them
         result = quantize_policy(plain, cfg.format, **kwargs)
-        kept = fallback_by_sqnr(solo_sqnr(result.model, batches, mp), mp.min_sqnr_db) if by_sqnr else []
-        return QuantizedStudent(quantize_policy(plain, cfg.format, skip=kept, **kwargs) if kept else result, kept)
+        forms = forms_by_sqnr(result.model, solo_sqnr(result.model, batches, mp), batches, mp)[0] if by_sqnr else {}
+        return QuantizedStudent(quantize_policy(plain, cfg.format, forms=forms, **kwargs) if forms else result, forms)
 
-    how = f"layers under {mp.min_sqnr_db:g} dB solo SQNR kept float" if by_sqnr else "every layer"
+    how = (f"layers under {mp.min_sqnr_db:g} dB solo SQNR " + ("raised up the precision ladder" if mp.ladder
+                                                              else "kept float")) if by_sqnr else "every layer"
     return ShippedForm(cfg.format, how, quantize, float_dtype, cfg.tables)
 
 
@@ -856,18 +890,17 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
 
     (Fold BatchNorms into convolutions) → calibrate → (SmoothQuant) → quantize every Linear and
     convolution → measure each layer's
-    solo output SQNR → with mixed precision, quantize again keeping the
-    sensitive layers float → (QAT distilled from ``teacher``) → round what
-    stays float to ``float_dtype``. With ``trained`` — the pruned student
-    quantized the same way before recovery and trained through its quantizer
-    (``prune.recovery.train: shipped``) — that model is the result: its
-    layers kept float were chosen before recovery, and only the measurements
-    and QAT follow.
+    solo output SQNR → with mixed precision, quantize again with the
+    sensitive layers raised (up the precision ladder, or to float) → (QAT
+    distilled from ``teacher``) → round what stays float to ``float_dtype``.
+    With ``trained`` — the pruned student quantized the same way before
+    recovery and trained through its quantizer (``prune.recovery.train:
+    shipped``) — that model is the result: its layers' forms were chosen
+    before recovery, and only the measurements and QAT follow.
     """
     import time
 
-    from .quant import (fallback_by_sqnr, fallback_by_success, model_sqnr, quantization_aware_training,
-                        quantize_policy, settle)
+    from .quant import fallback_by_success, model_sqnr, quantization_aware_training, quantize_policy, settle
 
     start = time.perf_counter()
     cal = cfg.calibration
@@ -887,7 +920,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     if trained is not None:
         info["trained_in_recovery"] = {"steps": trained.trained_steps}
     probe = batches[:4]
-    fallback: list[str] = []
+    forms: dict[str, str] = {}
     if cfg.format != "fp16":
         mp = cfg.mixed_precision
         sensitivity = solo_sqnr(result.model, batches, mp)
@@ -895,12 +928,13 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         info["layer_sqnr_samples"] = len(batches[0][0][:mp.sensitivity_samples])
         if mp.enabled:
             if trained is not None:  # by SQNR (by success trains the float student): chosen before recovery
-                fallback = trained.kept_float
-                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db,
+                forms = trained.forms
+                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db, "ladder": mp.ladder,
                                            "decided": "on the pruned student, before recovery trained it"}
             elif mp.metric == "sqnr":
-                fallback = fallback_by_sqnr(sensitivity, mp.min_sqnr_db)
-                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db}
+                forms, tried = forms_by_sqnr(result.model, sensitivity, batches, mp)
+                info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db, "ladder": mp.ladder,
+                                           **({"rungs_tried_sqnr_db": tried} if mp.ladder else {})}
             else:
                 if task is None:
                     raise EdgevlaError("quantize.mixed_precision.metric success needs closed-loop episodes, and no "
@@ -911,13 +945,15 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
 
                 budget = max_loss if mp.max_loss is None else mp.max_loss
                 reference = success(teacher)
-                search = fallback_by_success(result.model, sensitivity, success, reference - budget)
-                fallback = search.fallback
+                search = fallback_by_success(result.model, sensitivity, success, reference - budget,
+                                             ladder=mp.ladder)
+                forms = search.forms
                 info["mixed_precision"] = {"metric": "success", "max_loss": budget, "episodes": mp.episodes,
-                                           "float_success": reference, **search.to_dict()}
-            info["mixed_precision"]["kept_float"] = fallback
-            if fallback and trained is None:
-                result = quantize_policy(policy, cfg.format, skip=fallback, **kwargs)
+                                           "ladder": mp.ladder, "float_success": reference, **search.to_dict()}
+            info["mixed_precision"]["raised"] = {n: f for n, f in forms.items() if f != "float"}
+            info["mixed_precision"]["kept_float"] = [n for n, f in forms.items() if f == "float"]
+            if forms and trained is None:
+                result = quantize_policy(policy, cfg.format, forms=forms, **kwargs)
     if cfg.qat.enabled:
         if cfg.format == "fp16":
             info["qat"] = "not run: fp16 has no quantized layer to train"
@@ -952,8 +988,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     trained_said = "" if trained is None else (
         f"; then trained through its quantizer for {trained.trained_steps} steps of pruning recovery"
         if trained.trained_steps else "; pruning recovery judged it so and needed no training")
-    progress.note(f"quantized {quantized} of {len(formats)} {kinds} to {cfg.format} ({len(fallback)} kept "
-                  f"float){how}{folded}{trained_said}; float tensors stored {float_dtype}{sqnr}; "
+    mixed = f" (mixed precision: {forms_said(forms)})" if "mixed_precision" in info else ""
+    progress.note(f"quantized {quantized} of {len(formats)} {kinds} to {cfg.format}{mixed}"
+                  f"{how}{folded}{trained_said}; float tensors stored {float_dtype}{sqnr}; "
                   f"{info['seconds']:.1f} s")
     for note in result.notes:
         progress.note(note)
@@ -975,15 +1012,16 @@ def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]])
                 f"{', '.join(info['batch_norms_folded'])}.", ""]
     out += [f"{note[0].upper()}{note[1:]}." for note in info.get("notes", [])] + ([""] if info.get("notes") else [])
     if isinstance(info.get("mixed_precision"), Mapping):
-        kept = info["mixed_precision"]["kept_float"]
-        out += [f"Mixed precision ({info['mixed_precision']['metric']}): {len(kept)} layer(s) kept float"
-                + (f": {', '.join(kept)}" if kept else "") + ".", ""]
+        mp = info["mixed_precision"]
+        forms = {**mp.get("raised", {}), **{n: "float" for n in mp["kept_float"]}}
+        ladder = "up the precision ladder" if mp.get("ladder") else "to float"
+        out += [f"Mixed precision ({mp['metric']}, sensitive layers raised {ladder}): {forms_said(forms)}.", ""]
     if isinstance(info.get("trained_in_recovery"), Mapping):
         steps = info["trained_in_recovery"]["steps"]
         out += ["Quantized after pruning, before recovery, which judged this model and "
                 + (f"trained it through its quantizer (straight-through) for {steps} steps"
                    if steps else "needed no training") + " (`prune.recovery.train: shipped`)"
-                + ("; the layers kept float were chosen before training" if "mixed_precision" in info else "")
+                + ("; the layers raised were chosen before training" if "mixed_precision" in info else "")
                 + ".", ""]
     if isinstance(info.get("qat"), Mapping):
         q = info["qat"]
@@ -1137,8 +1175,10 @@ class Build:
         from .export.qdq import export_quantized, strip_debug_metadata
 
         opts = self.recipe.export
+        mp = self.quantization.get("mixed_precision") or {}
+        raised = [*mp.get("raised", {}), *mp.get("kept_float", [])]  # their input stays float on every runtime
         path = export_quantized(self.built, self.work / "model.onnx", opset=opts.opset,
-                                float_dtype=self.float_dtype, dynamic_batch=opts.dynamic_batch)
+                                float_dtype=self.float_dtype, dynamic_batch=opts.dynamic_batch, float_inputs=raised)
         issues = lint_qdq(path)
         self.lint = [str(i) for i in issues]
         if issues:

@@ -30,7 +30,8 @@ observations), ``smoothquant`` (on, ``alpha``), int4 ``group_size``,
 ``tables`` (int8 storage of embeddings and position tables), the
 ``float_dtype`` of what stays float (``auto``: fp16 where the target runs it),
 ``mixed_precision`` (layers under an SQNR floor, or the fewest needed to keep
-closed-loop success within ``max_loss``, stay float), ``qat`` (fake-quant
+closed-loop success within ``max_loss``, are raised up a precision ladder —
+finer int4 groups, int8 weights, float — or kept float), ``qat`` (fake-quant
 fine-tuning distilled from the float policy) and ``parity`` (how closely the
 ONNX model must match the fake-quant PyTorch one). ``quantize_shorthand``
 turns ``edgevla build --quantize w8a8`` into an override of the format.
@@ -123,7 +124,7 @@ RECIPE_SCHEMA = Section({
             "confirm": Bool(default=True),
             "confirm_episodes": Nullable(Int(1)),
             # What recovery's success is measured on: `shipped`, the pruned model quantized as the recipe's
-            # quantize section says (post-training, the layers mixed precision by SQNR keeps float kept float:
+            # quantize section says (post-training, the layers mixed precision by SQNR raises raised:
             # what the gate runs unless QAT's weights are kept), so that recovery goes on until the model that
             # ships is within budget; `float`, the pruned float model (quantization then spends what is left of
             # the budget; also what mixed precision by success, searched once after recovery, gets).
@@ -164,7 +165,12 @@ RECIPE_SCHEMA = Section({
         "mixed_precision": Section({
             "enabled": Bool(default=False),
             "metric": OneOf(*MIXED_PRECISION_METRICS, default="sqnr"),
-            "min_sqnr_db": Float(default=30.0),       # metric sqnr: a layer whose solo SQNR is lower stays float
+            "min_sqnr_db": Float(default=30.0),       # metric sqnr: a layer whose solo SQNR is lower is raised
+            # What a layer is raised to. true: up its precision ladder (edgevla.quant.ladder) — w4a16: int4 in
+            # finer groups (64, 32), then int8 weights; w8a8 / fp8: int8 weights with a float input — to the
+            # first rung that meets the floor (metric success: the fewest worst raised to int8 weights, float
+            # only if that misses), else float; false: straight to float.
+            "ladder": Bool(default=True),
             # The per-layer solo SQNR (the report's column, and metric sqnr) runs one forward per
             # quantized layer over this many calibration samples (the first batch's first ones).
             "sensitivity_samples": Int(1, default=8),
@@ -295,6 +301,7 @@ class MixedPrecisionConfig:
     enabled: bool
     metric: str
     min_sqnr_db: float
+    ladder: bool
     sensitivity_samples: int
     max_loss: float | None
     episodes: int

@@ -34,7 +34,9 @@ stripped: it is a third of a small model's file and nothing reads it.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,10 @@ from ..quant.fakequant import (
     is_any_convolution,
     is_convolution,
     is_transposed_convolution,
+    quantizable_layers,
     quantized_layers,
 )
+from ..runtime.graph import FLOAT_INPUTS_KEY
 from .onnx_export import _write_checked, export_onnx, match_initializers
 
 INT4_OPSET = 21  # blocked DequantizeLinear and the int4 type
@@ -65,23 +69,32 @@ ORT_DISABLED_OPTIMIZERS = ("ReluQuantRewrite",)  # wrong for fp8 Q/DQ in ONNX Ru
 
 
 def export_qdq(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
-               dynamic_batch: bool = True) -> Path:
+               dynamic_batch: bool = True, float_inputs: Iterable[str] = ()) -> Path:
     """Export a fake-quant policy (from :func:`edgevla.quant.quantize_`) to a Q/DQ ONNX file."""
     if not quantized_layers(model):
         raise EdgevlaError(f"{type(model).__name__} has no fake-quant layers: run edgevla.quant.quantize_ first")
-    return export_quantized(model, path, opset=opset, float_dtype=float_dtype, dynamic_batch=dynamic_batch)
+    return export_quantized(model, path, opset=opset, float_dtype=float_dtype, dynamic_batch=dynamic_batch,
+                            float_inputs=float_inputs)
 
 
 def export_quantized(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
-                     dynamic_batch: bool = True) -> Path:
+                     dynamic_batch: bool = True, float_inputs: Iterable[str] = ()) -> Path:
     """Export any model from :func:`edgevla.quant.quantize_policy` — fake-quant layers or none (fp16).
 
     Quantized layers become Q/DQ (see the module docstring); float tensors
-    exactly representable in ``float_dtype`` are stored in it. The file is
+    exactly representable in ``float_dtype`` are stored in it. ``float_inputs``
+    names the layers whose input the build keeps in floating point (those
+    mixed precision raised): the file's metadata lists them under
+    :data:`~edgevla.runtime.graph.FLOAT_INPUTS_KEY`, so that a runtime which
+    quantizes float activations on the fly leaves theirs alone. The file is
     checked with ``onnx.checker`` (full check) before it replaces ``path``.
     """
     if float_dtype not in ("fp32", *STORAGE_TYPES):
         raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected fp32, {', '.join(STORAGE_TYPES)}")
+    float_inputs = sorted(set(float_inputs))
+    strangers = [n for n in float_inputs if n not in quantizable_layers(model)]
+    if strangers:
+        raise EdgevlaError(f"float-input layers name no nn.Linear or convolution: {', '.join(strangers[:5])}")
     layers = quantized_layers(model)
     unsupported = sorted({m.format_name for m in layers.values()
                           if not isinstance(m, (Int8Weights, Int4WeightLinear, Float8Linear))})
@@ -98,6 +111,8 @@ def export_quantized(model, path: str | os.PathLike, *, opset: int = 17, float_d
     if float_dtype != "fp32":
         store_floats_as(proto, float_dtype)
     strip_debug_metadata(proto)
+    if float_inputs:
+        onnx.helper.set_model_props(proto, {FLOAT_INPUTS_KEY: json.dumps(float_inputs)})
     _write_checked(proto, path)
     return path
 

@@ -18,6 +18,8 @@ from edgevla.cli import main
 from edgevla.errors import EdgevlaError, GateFailed
 from edgevla.pipeline import BuildRequest, build
 from edgevla.recipe import prune_shorthand
+from edgevla.runtime.graph import float_input_layers
+from edgevla.runtime.model import NativeModel
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -103,7 +105,7 @@ def _initializers(result) -> dict[str, onnx.TensorProto]:
 @pytest.fixture(scope="module")
 def w8a8(tmp_path_factory, fast, policy_ref):
     """2:4 on every Linear that allows it, then W8A8 calibrated on the user's observation files, with layers
-    under 20 dB kept float (h100: fp16 storage)."""
+    under 20 dB raised up the precision ladder (h100: fp16 storage)."""
     calib = tmp_path_factory.mktemp("calib")
     rng = np.random.default_rng(5)
     for i in range(2):  # two files of 150 observations: 300, of which 8 batches x 32 are used
@@ -130,27 +132,36 @@ def test_w8a8_build_verifies_against_its_fake_quant_model_and_lints(w8a8):
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 4  # fc1, fc2, joint, head inputs
 
 
-def test_mixed_precision_keeps_the_sensitive_layer_float(w8a8):
+def test_mixed_precision_raises_the_sensitive_layer_to_a_float_input(w8a8):
     q = w8a8.report["extra"]["quantize"]
     solo = q["layer_sqnr_db"]
     assert q["layer_sqnr_samples"] == 8  # quantize.mixed_precision.sensitivity_samples, of a 32-sample batch
     assert solo["sensitive"] < 20.0 < min(v for k, v in solo.items() if k != "sensitive")
-    assert q["mixed_precision"]["kept_float"] == ["sensitive"]
-    assert q["layers"]["sensitive"] == {"format": "float"}
-    # Alone it costs the output everything (solo SQNR ~8 dB); kept float, the whole model stays near 30 dB.
+    # Its input's outlier channel is what per-tensor int8 cannot hold: int8 weights with a float input can.
+    mp = q["mixed_precision"]
+    assert mp["raised"] == {"sensitive": "w8a16"} and mp["kept_float"] == [] and mp["ladder"]
+    assert mp["rungs_tried_sqnr_db"]["sensitive"]["w8a16"] >= 20.0
+    assert q["layers"]["sensitive"] == {"format": "w8a16"}
+    # Alone it costs the output everything (solo SQNR ~8 dB); raised, the whole model stays near 30 dB.
     assert q["model_sqnr_db"] > solo["sensitive"] + 15
+    # The bundle's ONNX says so, and the native kernels keep that input float rather than quantize it per token.
+    model = w8a8.bundle / "model.onnx"
+    assert float_input_layers(onnx.load(str(model))) == {"sensitive"}
+    modes = {row.layer: row.mode for row in NativeModel(model).plan()}
+    assert modes["sensitive"] == "fp32" and modes["fc1"] == "int8-static"
 
 
 def test_manifest_records_each_layers_shipped_precision(w8a8):
     layers = _layers(w8a8)
     for name in ("fc1", "fc2", "joint", "head"):
         assert (layers[name]["precision"], layers[name]["format"]) == ("int8", "w8a8"), name
-    assert layers["sensitive"]["precision"] == "fp16" and "format" not in layers["sensitive"]
+    assert (layers["sensitive"]["precision"], layers["sensitive"]["format"]) == ("int8", "w8a16")
     assert layers["fc1"]["shape"] == [64, 32]
     # Sparsity is that of the shipped codes: a few small weights of the unpruned layer round to 0.
     assert layers["joint"]["sparsity"] < 0.05 and layers["joint"]["pattern"] != "2:4"
     md = (w8a8.bundle / "report.md").read_text()
-    assert "## Quantization" in md and "| sensitive | float | fp16 |" in md
+    assert "## Quantization" in md and "| sensitive | w8a16 | int8 |" in md
+    assert "Mixed precision (sqnr, sensitive layers raised up the precision ladder): 1 raised (sensitive w8a16)." in md
 
 
 def test_2_4_zeros_stay_zeros_in_the_int8_codes(w8a8):

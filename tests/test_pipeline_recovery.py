@@ -16,6 +16,7 @@ from edgevla.bundle import load_bundle
 from edgevla.pipeline import (BuildRequest, build, prune_policy, quantize_for_build, quantized_form, torch_success,
                               with_demonstrator)
 from edgevla.progress import Progress
+from edgevla.quant import form_of
 from edgevla.prune import apply_masks, nm_masks, remove_masks
 from edgevla.recipe import load_recipe
 from edgevla.task.user_env import EnvTask
@@ -44,6 +45,9 @@ def masked_2_4(policy: torch.nn.Module) -> torch.nn.Module:
     ("w8a8", {}, "quantized w8a8 (every layer, post-training)"),
     ("w4a16", {}, "quantized w4a16 (every layer, post-training)"),
     ("w8a8", {"quantize.mixed_precision.enabled": True, "quantize.mixed_precision.min_sqnr_db": 36.0},
+     "quantized w8a8 (layers under 36 dB solo SQNR raised up the precision ladder, post-training)"),
+    ("w8a8", {"quantize.mixed_precision.enabled": True, "quantize.mixed_precision.min_sqnr_db": 36.0,
+              "quantize.mixed_precision.ladder": False},
      "quantized w8a8 (layers under 36 dB solo SQNR kept float, post-training)"),
 ])
 def test_the_form_recovery_judges_is_the_model_the_build_ships(task, fmt, settings, what):
@@ -57,10 +61,11 @@ def test_the_form_recovery_judges_is_the_model_the_build_ships(task, fmt, settin
     remove_masks(shipped)
     built, info = quantize_for_build(shipped, teacher, teacher.spec, task, recipe.quantize, float_dtype="fp32",
                                      max_loss=0.02, progress=Progress())
-    if settings:  # a bar that keeps some layers float (solo SQNRs here 35-37 dB), the same ones in both
-        kept = info["mixed_precision"]["kept_float"]
-        assert 0 < len(kept) < 3
-        assert sorted(n for n, m in judged.named_modules() if type(m) is torch.nn.Linear) == sorted(kept)
+    if settings:  # a bar some layers miss (solo SQNRs here 35-37 dB): the same layers raised in both
+        mp = info["mixed_precision"]
+        forms = {**mp["raised"], **{n: "float" for n in mp["kept_float"]}}
+        assert 0 < len(forms) < 3 and set(forms.values()) == ({"w8a16"} if mp["ladder"] else {"float"})
+        assert {n: form_of(m) for n, m in judged.named_modules() if n in forms} == forms
     state = torch.rand(64, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(judged(state), built(state))  # the same calibration, the same codes: bit for bit
@@ -143,22 +148,24 @@ def test_with_mixed_precision_by_success_recovery_judges_the_float_model(task):
 
 
 @pytest.mark.parametrize("train", ["float", "shipped"])
-def test_mixed_precision_keeps_the_broken_layer_float_in_the_form_judged_too(tests_on_path, fast, tmp_path, train):
+def test_mixed_precision_raises_the_broken_layer_in_the_form_judged_too(tests_on_path, fast, tmp_path, train):
     result = build(BuildRequest(
         target="x86-64-cpu", policy="user_envs:make_fragile_reach_policy", output=str(tmp_path / "out"),
         overrides={**fast, "evaluate.env": ENV, "prune.method": "unstructured", "prune.sparsity": 0.2,
                    "quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
                    "prune.recovery.max_steps": 50, "prune.recovery.train": train}))
     extra = result.report["extra"]
-    assert extra["quantize"]["mixed_precision"]["kept_float"] == ["head"]
+    # The head's input carries the fragile channel: int8 weights with a float input are enough.
+    assert extra["quantize"]["mixed_precision"]["raised"] == {"head": "w8a16"}
+    assert extra["quantize"]["mixed_precision"]["kept_float"] == []
     recovery = extra["prune"]["recovery"]
     how = "post-training" if train == "float" else "trained through its quantizer"
-    assert recovery["judged"] == f"quantized w8a8 (layers under 30 dB solo SQNR kept float, {how})"
+    assert recovery["judged"] == f"quantized w8a8 (layers under 30 dB solo SQNR raised up the precision ladder, {how})"
     assert recovery["steps"] == 0 and recovery["before"]["success"] >= 0.95
-    if train == "shipped":  # the layers kept float were chosen on the pruned student, before recovery
+    if train == "shipped":  # the layers raised were chosen on the pruned student, before recovery
         assert extra["quantize"]["mixed_precision"]["decided"] == "on the pruned student, before recovery trained it"
         assert extra["quantize"]["trained_in_recovery"] == {"steps": 0}
-        assert "needed no training (`prune.recovery.train: shipped`); the layers kept float were chosen before " \
+        assert "needed no training (`prune.recovery.train: shipped`); the layers raised were chosen before " \
             "training." in (result.bundle / "report.md").read_text()
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +64,7 @@ from .fakequant import (
     quantize_,
 )
 from .fold import FoldedNorm, fold_batch_norms
+from .ladder import FLOAT, form_config, parse_form
 from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table
 from .smoothquant import smooth_quant
 
@@ -129,14 +130,16 @@ def layer_group_size(in_features: int, group_size: int) -> int | None:
 def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLike | None = None,
                     batches: Sequence[tuple[torch.Tensor, ...]] | None = None, samples: int = 256,
                     method: str = "minmax", smoothquant_alpha: float | None = None, group_size: int = 128,
-                    skip: Iterable[str] = (), batch_size: int = 32, float_dtype: str = "fp32",
-                    tables: bool = True, **calibrator_options) -> QuantizeResult:
+                    skip: Iterable[str] = (), forms: Mapping[str, str] | None = None, batch_size: int = 32,
+                    float_dtype: str = "fp32", tables: bool = True, **calibrator_options) -> QuantizeResult:
     """A fake-quant copy of ``policy`` in ``fmt`` (see :data:`FORMATS`).
 
     Calibration data is ``batches`` (positional tensor tuples in the spec's
     input order) when given, else ``samples`` observations from the
     ``calibration`` directory or the task's calibration split. Layers named in
-    ``skip`` (or under a prefix ending in ``.``) stay float. Convolutions take
+    ``skip`` (or under a prefix ending in ``.``) stay float; ``forms`` gives
+    layers a form of their own instead of ``fmt``'s (:mod:`.ladder`: ``float``,
+    ``w8a16``, ``w4a16/g32``; what mixed precision raises them to). Convolutions take
     int8 weights under every integer format (w8a8 quantizes their input too);
     a BatchNorm after one is folded into it first (:mod:`.fold`).
     """
@@ -151,11 +154,17 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     layers = quantizable_layers(model)
     if any(isinstance(m, FakeQuantLayer) for m in layers.values()):
         raise EdgevlaError(f"{type(policy).__name__} is already quantized; quantize the float model")
+    forms = dict(forms or {})
+    strangers = [n for n in forms if n not in layers]
+    if strangers:
+        raise EdgevlaError(f"per-layer forms name no nn.Linear or convolution: {', '.join(strangers[:5])}")
     if fmt == "fp16":
+        if forms:
+            raise EdgevlaError("fp16 quantizes no layer: there is no per-layer form to give")
         rounded = round_float_storage(model, "fp16")
         return QuantizeResult(model, {n: "fp16" for n in layers}, float_dtype="fp16", rounded=rounded)
 
-    probe = QuantConfig(skip=tuple(skip))
+    probe = QuantConfig(skip=tuple(skip) + tuple(n for n, f in forms.items() if parse_form(f)[0] == FLOAT))
     unknown = [s for s in probe.skip if not any(n == s or (s.endswith(".") and n.startswith(s)) for n in layers)]
     if unknown:
         raise EdgevlaError(f"skip list names no nn.Linear or convolution: {', '.join(unknown)}")
@@ -185,15 +194,20 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
             raise EdgevlaError("calibration needs at least one batch")
         if smoothquant_alpha is not None:
             smoothed = [g.norm for g in smooth_quant(model, batches, smoothquant_alpha)["groups"]]
-        if needs_activations and chosen:
-            amax = calibrate(model, batches, method, layers=chosen, **calibrator_options)
+        static = [n for n in chosen if n not in forms]  # a raised form keeps its input float
+        if needs_activations and static:
+            amax = calibrate(model, batches, method, layers=static, **calibrator_options)
 
     configs: dict[str, QuantConfig] = {}
     groups: dict[str, int] = {}
     # Group scales follow fp16 storage; int8 and fp8 scales stay fp32 (one per channel, and TensorRT wants them so).
     int4_scales = "fp16" if float_dtype == "fp16" else "fp32"
     for name in chosen:
-        if fmt == "w8a8":
+        if name in forms:
+            configs[name] = form_config(forms[name], layers[name], name, int4_scales)
+            if isinstance(configs[name], Int4WeightOnlyConfig):
+                groups[name] = configs[name].group_size
+        elif fmt == "w8a8":
             configs[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
         elif fmt == "fp8":
             configs[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})

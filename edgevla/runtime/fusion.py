@@ -69,6 +69,8 @@ quantized once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .attention import fuse_attention
@@ -86,12 +88,19 @@ QUANTIZE_TOKENS_OP = "edgevla.QuantizePerToken"
 
 
 def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list[LinearLayer]:
-    """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``)."""
+    """Rewrite ``graph`` in place; returns the linear layers, in graph order (weights kept in ``arena``).
+
+    ``precision`` is how float work runs (:data:`~edgevla.runtime.linear.PRECISIONS`), except in the
+    layers the graph's metadata says the build kept on a float input (``graph.float_inputs``): those
+    run ``fp32`` (int8 or float weights) or int4 weight-only."""
+    def precision_of(layer: str) -> str:
+        return "fp32" if any(part in graph.float_inputs for part in layer.split("+")) else precision
+
     rewrite_conv_transposes(graph)
     _fuse_gelu(graph)
     _merge_equal_quantizations(graph)
-    _fuse_linears(graph, precision, arena)
-    _fuse_convs(graph, precision, arena)
+    _fuse_linears(graph, precision_of, arena)
+    _fuse_convs(graph, precision_of, arena)
     _share_token_quantization(graph)
     fuse_attention(graph)
     fuse_layer_norm_quantize(graph)
@@ -249,7 +258,7 @@ def _quantization_key(graph: Graph, node: Node) -> tuple | None:
 # --------------------------------------------------------------------------- linear layers
 
 
-def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> None:
+def _fuse_linears(graph: Graph, precision_of: Callable[[str], str], arena: WeightArena | None) -> None:
     view = _View(graph)
     for node in list(graph.nodes):
         if node.op_type not in ("MatMul", "Gemm"):
@@ -262,13 +271,14 @@ def _fuse_linears(graph: Graph, precision: str, arena: WeightArena | None) -> No
         inputs = (x,) if spec.residual is None else (x, spec.residual)
         _replace(graph, absorbed, Node(spec.name, LINEAR_OP, inputs, (out,), {"spec": spec}))
         view.refresh()
-    merge_sibling_linears(graph, precision)
+    merge_sibling_linears(graph, precision_of)
     for node in graph.nodes:
         if node.op_type == LINEAR_OP:
-            node.attrs["layer"] = node.attrs.pop("spec").build(precision, arena)
+            spec = node.attrs.pop("spec")
+            node.attrs["layer"] = spec.build(precision_of(spec.name), arena)
 
 
-def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None:
+def _fuse_convs(graph: Graph, precision_of: Callable[[str], str], arena: WeightArena | None) -> None:
     """Every one-group ``Conv`` with a constant weight (and bias), and a ReLU only it feeds, as a layer.
 
     A weight the graph dequantizes from int8 codes, one scale per filter, keeps its codes; when the
@@ -303,7 +313,8 @@ def _fuse_convs(graph: Graph, precision: str, arena: WeightArena | None) -> None
             quantized_input = _static_int8_input(view, node.inputs[0])
             if quantized_input is not None:
                 layer_input, static_scale = quantized_input
-        layer = LinearSpec(name, weight, bias, activation, static_scale, residual=residual).build(precision, arena)
+        layer = LinearSpec(name, weight, bias, activation, static_scale,
+                           residual=residual).build(precision_of(name), arena)
         context = OpContext(dict(node.attrs), (), graph.opset, 1, node.describe())
         inputs = (layer_input,) if residual is None else (layer_input, residual)
         _replace(graph, absorbed, Node(name, CONV_OP, inputs, (out,), {"conv": ConvLayer(context, kernel, layer)}))

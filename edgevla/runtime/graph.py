@@ -20,6 +20,7 @@ are refused here, at load, with one line naming the op and the node.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     quantized: dict[str, QuantizedConstant]
     nodes: list[Node]
+    float_inputs: frozenset[str] = frozenset()  # layers whose input the build kept float (FLOAT_INPUTS_KEY)
 
     def consumers(self) -> dict[str, list[tuple[Node, int]]]:
         """``{value name: [(node, input index), ...]}`` over the nodes left to compute."""
@@ -117,10 +119,32 @@ class Graph:
         self.nodes = kept[::-1]
 
 
+#: Model metadata naming, as a JSON list, the layers whose input a quantized build kept in floating point
+#: (the layers mixed precision raised: int8 weights with a float input, or float). Runtimes that would
+#: otherwise quantize float activations on the fly (the native backend's int8 precision) leave theirs float.
+FLOAT_INPUTS_KEY = "edgevla.float_input_layers"
+
+
+def float_input_layers(proto: onnx.ModelProto) -> frozenset[str]:
+    """The layer names under :data:`FLOAT_INPUTS_KEY` in ``proto``'s metadata (empty when absent)."""
+    for prop in proto.metadata_props:
+        if prop.key == FLOAT_INPUTS_KEY:
+            try:
+                names = json.loads(prop.value)
+            except json.JSONDecodeError:
+                names = None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise EdgevlaError(f"model metadata {FLOAT_INPUTS_KEY} must be a JSON list of layer names, "
+                                   f"got {prop.value[:60]!r}")
+            return frozenset(names)
+    return frozenset()
+
+
 def layer_name(weight: str) -> str:
-    """The layer a weight value belongs to: ``trunk.0.mlp.fc1.weight.T_DequantizeLinear`` -> ``trunk.0.mlp.fc1``."""
+    """The layer a weight value belongs to: ``trunk.0.mlp.fc1.weight.T_DequantizeLinear`` -> ``trunk.0.mlp.fc1``;
+    ``head.weight_fp32`` (an fp16-stored weight cast back to fp32) -> ``head``."""
     name = weight
-    for suffix in ("_DequantizeLinear", ".T", ".weight", "_quantized"):
+    for suffix in ("_fp32", "_DequantizeLinear", ".T", ".weight", "_quantized"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name
@@ -152,7 +176,8 @@ def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
             constants[name] = _constant_value(node)
             continue
         nodes.append(node)
-    graph = Graph(g.name, opset, inputs, outputs, constants, {}, _topological(nodes, constants, inputs))
+    graph = Graph(g.name, opset, inputs, outputs, constants, {}, _topological(nodes, constants, inputs),
+                  float_input_layers(proto))
     graph.prune()
     for node in graph.nodes:
         ops.check_supported(node.op_type, node.describe(), opset)

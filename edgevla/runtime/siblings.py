@@ -19,7 +19,7 @@ not), or nothing is stacked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,18 +43,19 @@ class Columns:
         return columns if self.reshape is None else self.reshape(columns, self.shape)
 
 
-def merge_sibling_linears(graph: Graph, precision: str) -> int:
+def merge_sibling_linears(graph: Graph, precision_of: Callable[[str], str]) -> int:
     """Stack the mergeable ``edgevla.Linear`` nodes (attrs ``spec``) of each value in place; returns how many
-    stacked layers were made."""
+    stacked layers were made. ``precision_of(layer)``: how that layer's float work runs."""
     made = 0
     for value, readers in graph.consumers().items():
         nodes = [node for node, _ in readers if node.op_type == LINEAR_OP and node.inputs == (value,)]
         groups: dict[tuple, list[Node]] = {}
         for node in nodes:
-            key = _stacking_key(node.attrs["spec"], precision)
+            spec = node.attrs["spec"]
+            key = _stacking_key(spec, precision_of(spec.name))
             if key is not None:
                 groups.setdefault(key, []).append(node)
-        for (_, kernel, *_), group in groups.items():
+        for (precision, _, kernel, *_), group in groups.items():
             if len(group) >= 2 and _stack(graph, value, group, kernel, precision):
                 made += 1
     return made
@@ -67,7 +68,7 @@ def _stacking_key(spec: LinearSpec, precision: str) -> tuple | None:
     mode, kernel = spec.kernel(precision)
     if not kernel.startswith("s8-"):
         return None
-    return (mode, kernel, spec.activation, spec.bias is not None, spec.static_scale,
+    return (precision, mode, kernel, spec.activation, spec.bias is not None, spec.static_scale,
             spec.weight.codes is not None, spec.weight.values.shape[1])
 
 
