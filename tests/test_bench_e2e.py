@@ -45,6 +45,16 @@ def test_bench_e2e_bad_input_is_one_line(tmp_path, capsys, tiny_bundle):
         bench_e2e([])
 
 
+def test_recipe_settings_read_values_as_yaml_and_refuse_a_pair_without_a_key():
+    from edgevla.bench import recipe_settings
+
+    assert recipe_settings(["evaluate.latency_ticks=1", "x=[a, b]", "y=null"], "m:f") == {
+        "evaluate.latency_ticks": 1, "x": ["a", "b"], "y": None, "evaluate.env": "m:f"}
+    for bad in ("episodes", "=3"):
+        with pytest.raises(EdgevlaError, match=f"--set takes KEY=VALUE, got {bad!r}"):
+            recipe_settings([bad])
+
+
 def test_write_json_is_whole_or_a_one_line_error(tmp_path):
     path = write_json({"a": [1, 2]}, tmp_path / "deep" / "r.json")
     assert json.loads(path.read_text()) == {"a": [1, 2]} and list(path.parent.iterdir()) == [path]

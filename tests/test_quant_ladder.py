@@ -57,6 +57,16 @@ def _batches(policy, n=16):
     return [tuple(torch.from_numpy(v) for v in policy.spec.example(n, seed=3).values())]
 
 
+@pytest.fixture
+def outlier_w8a8():
+    """Outlier under w8a8: its calibration batches, the fake-quant result and each layer's solo SQNR."""
+    torch.manual_seed(0)
+    policy = Outlier().eval()
+    batches = _batches(policy, 64)
+    r = quantize_policy(policy, "w8a8", batches=batches)
+    return batches, r, layer_sqnr(r.model, batches)
+
+
 def test_each_format_has_its_rungs_least_precise_first():
     torch.manual_seed(0)
     w4 = quantize_policy(MixedScales().eval(), "w4a16", group_size=128)
@@ -99,11 +109,8 @@ def test_a_layer_quantized_in_a_form_of_its_own():
         quantize_policy(odd, "w4a16", forms={"0": "w4a16/g64"})
 
 
-def test_wearing_swaps_forms_in_and_puts_every_layer_back():
-    torch.manual_seed(0)
-    policy = Outlier().eval()
-    batches = _batches(policy, 64)
-    r = quantize_policy(policy, "w8a8", batches=batches)
+def test_wearing_swaps_forms_in_and_puts_every_layer_back(outlier_w8a8):
+    batches, r, _ = outlier_w8a8
     before = dict(quantized_layers(r.model))
     x = batches[0][0]
     with torch.no_grad():
@@ -135,12 +142,8 @@ def test_sqnr_raises_mixed_scale_weights_to_groups_of_32():
     assert model_sqnr(raised.model, batches) > 20.0 > model_sqnr(r.model, batches) + 10
 
 
-def test_sqnr_raises_an_outlier_input_to_int8_weights_and_a_floor_no_rung_meets_to_float():
-    torch.manual_seed(0)
-    policy = Outlier().eval()
-    batches = _batches(policy, 64)
-    r = quantize_policy(policy, "w8a8", batches=batches)
-    solo = layer_sqnr(r.model, batches)
+def test_sqnr_raises_an_outlier_input_to_int8_weights_and_a_floor_no_rung_meets_to_float(outlier_w8a8):
+    batches, r, solo = outlier_w8a8
     choice = raise_by_sqnr(r.model, solo, 25.0, batches)
     assert choice.forms == {"b": "w8a16"} and choice.tried["b"]["w8a16"] >= 25.0
     impossible = raise_by_sqnr(r.model, solo, 200.0, batches)  # no int8 layer reaches 200 dB
@@ -148,12 +151,8 @@ def test_sqnr_raises_an_outlier_input_to_int8_weights_and_a_floor_no_rung_meets_
     assert all(list(tried) == ["w8a16"] for tried in impossible.tried.values())
 
 
-def test_success_raises_to_int8_weights_before_keeping_float():
-    torch.manual_seed(0)
-    policy = Outlier().eval()
-    batches = _batches(policy, 64)
-    r = quantize_policy(policy, "w8a8", batches=batches)
-    solo = layer_sqnr(r.model, batches)
+def test_success_raises_to_int8_weights_before_keeping_float(outlier_w8a8):
+    batches, r, solo = outlier_w8a8
 
     def by_output(model):  # a stand-in closed loop: success follows the output error
         return 1.0 if model_sqnr(model, batches) > 25.0 else 0.4

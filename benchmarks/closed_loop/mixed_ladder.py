@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from edgevla.bench import write_json
+from edgevla.bench import recipe_settings, write_json
 from edgevla.cli import main as edgevla_cli
 from edgevla.errors import EdgevlaError
 from edgevla.metrics.report import host_info
@@ -87,9 +85,7 @@ def main() -> None:
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json")
     args = ap.parse_args()
-    settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}
-    if args.env:
-        settings["evaluate.env"] = args.env
+    settings = recipe_settings(args.settings, args.env)
     out = {"host": host_info(), "target": args.target, "policy": args.policy or "tiny-vla", "settings": settings,
            "cases": {}}
     for case in args.cases:

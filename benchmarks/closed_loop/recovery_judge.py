@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from edgevla.bench import write_json
+from edgevla.bench import recipe_settings, write_json
 from edgevla.metrics.report import host_info
 from edgevla.original_memo import OriginalMemo
 from edgevla.pipeline import BuildRequest, build
@@ -68,7 +68,7 @@ def main() -> None:
     settings = {**prune_shorthand(args.prune), **quantize_shorthand(args.quantize),
                 "prune.recovery.max_loss": args.margin, "evaluate.max_accuracy_loss": 1.0,
                 "evaluate.episodes": args.episodes,
-                **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
+                **recipe_settings(args.settings)}
     key, values = args.vary.split("=", 1)
     values = [yaml.safe_load(v) for v in values.split(",")]
     name = key.rsplit(".", 1)[-1]

@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import EdgevlaError
+
+
+def recipe_settings(pairs: Iterable[str], env: str | None = None) -> dict[str, Any]:
+    """Recipe overrides from a benchmark's ``--set KEY=VALUE`` (values read as YAML), with ``evaluate.env``
+    from ``--env`` when given; a pair without ``=`` is a one-line :class:`EdgevlaError`."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise EdgevlaError(f"--set takes KEY=VALUE, got {pair!r}")
+        settings[key] = yaml.safe_load(value)
+    if env:
+        settings["evaluate.env"] = env
+    return settings
 
 
 def write_json(result: Any, path: str | Path) -> Path:
