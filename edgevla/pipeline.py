@@ -830,16 +830,19 @@ def solo_sqnr(model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]],
 
 
 def forms_by_sqnr(model: torch.nn.Module, sensitivity: Mapping[str, float], batches: list[tuple[torch.Tensor, ...]],
-                  mp: "MixedPrecisionConfig") -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+                  mp: "MixedPrecisionConfig") -> tuple[dict[str, str], dict[str, Any]]:
     """Mixed precision by SQNR: the form each layer under ``mp.min_sqnr_db`` is raised to — up its precision
-    ladder with ``mp.ladder``, else float — and the solo SQNR of each rung tried."""
+    ladder with ``mp.ladder``, else float — and, for the report, how the ladder chose (the solo SQNR of
+    each rung tried; the output SQNR the whole model had to reach, what it reached, the layers that
+    climbed further for it)."""
     from .quant import fallback_by_sqnr, raise_by_sqnr
     from .quant.ladder import FLOAT
 
     if not mp.ladder:
         return {n: FLOAT for n in fallback_by_sqnr(sensitivity, mp.min_sqnr_db)}, {}
     choice = raise_by_sqnr(model, sensitivity, mp.min_sqnr_db, sensitivity_batches(batches, mp))
-    return choice.forms, choice.tried
+    return choice.forms, {"rungs_tried_sqnr_db": choice.tried, "model_target_db": choice.target_db,
+                          "model_sqnr_db": choice.model_sqnr_db, "climbed": choice.climbed}
 
 
 def forms_said(forms: Mapping[str, str]) -> str:
@@ -932,9 +935,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                 info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db, "ladder": mp.ladder,
                                            "decided": "on the pruned student, before recovery trained it"}
             elif mp.metric == "sqnr":
-                forms, tried = forms_by_sqnr(result.model, sensitivity, batches, mp)
+                forms, how_chosen = forms_by_sqnr(result.model, sensitivity, batches, mp)
                 info["mixed_precision"] = {"metric": "sqnr", "min_sqnr_db": mp.min_sqnr_db, "ladder": mp.ladder,
-                                           **({"rungs_tried_sqnr_db": tried} if mp.ladder else {})}
+                                           **how_chosen}
             else:
                 if task is None:
                     raise EdgevlaError("quantize.mixed_precision.metric success needs closed-loop episodes, and no "

@@ -168,8 +168,9 @@ RECIPE_SCHEMA = Section({
             "min_sqnr_db": Float(default=30.0),       # metric sqnr: a layer whose solo SQNR is lower is raised
             # What a layer is raised to. true: up its precision ladder (edgevla.quant.ladder) — w4a16: int4 in
             # finer groups (64, 32), then int8 weights; w8a8 / fp8: int8 weights with a float input — to the
-            # first rung that meets the floor (metric success: the fewest worst raised to int8 weights, float
-            # only if that misses), else float; false: straight to float.
+            # first rung that meets the floor, climbing on while the whole model's output misses it (rungs
+            # just over the floor add up); metric success: the fewest worst raised to int8 weights, float
+            # only if that misses; else float. false: straight to float.
             "ladder": Bool(default=True),
             # The per-layer solo SQNR (the report's column, and metric sqnr) runs one forward per
             # quantized layer over this many calibration samples (the first batch's first ones).

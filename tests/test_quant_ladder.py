@@ -15,6 +15,7 @@ from edgevla.export.lint import lint_qdq
 from edgevla.export.qdq import export_qdq
 from edgevla.quant import (fallback_by_success, form_of, layer_sqnr, model_sqnr, parse_form, quantize_policy,
                            quantized_layers, raise_by_sqnr, rungs_above, wearing)
+from edgevla.quant.mixed import noise_sum_db
 from edgevla.runtime.model import NativeModel
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -142,10 +143,33 @@ def test_sqnr_raises_mixed_scale_weights_to_groups_of_32():
     assert model_sqnr(raised.model, batches) > 20.0 > model_sqnr(r.model, batches) + 10
 
 
+def test_noise_powers_add():
+    assert noise_sum_db(30.0, 30.0) == pytest.approx(30.0 - 10 * np.log10(2))
+    assert noise_sum_db(float("inf"), 25.0) == 25.0 and noise_sum_db(float("inf")) == float("inf")
+
+
+def test_rungs_that_each_meet_the_floor_climb_on_until_the_whole_model_does():
+    torch.manual_seed(0)
+    policy = MixedScales().eval()
+    batches = _batches(policy)
+    r = quantize_policy(policy, "w4a16", group_size=128)
+    solo = layer_sqnr(r.model, batches)
+    assert 23.0 < solo["b"] < 24.0  # b meets a 23 dB floor alone; a, at 32-column groups, too (24.5 dB)
+    choice = raise_by_sqnr(r.model, solo, 23.0, batches)
+    assert choice.tried["a"]["w4a16/g32"] > 23.0
+    # With a float the model is b's 23.3 dB; a raised may add one 23 dB layer's noise to that: 20.1 dB.
+    with_a_float = model_sqnr(quantize_policy(policy, "w4a16", forms={"a": "float"}).model, batches)
+    assert choice.target_db == pytest.approx(noise_sum_db(with_a_float, 23.0), abs=1e-3)
+    # a at 32-column groups misses that beside b: it climbs — int8 per row is worse than int4 per 32
+    # columns on its mixed scales (13 dB) — on to float.
+    assert choice.climbed == ["a", "a"] and choice.tried["a"]["w8a16"] < 23.0
+    assert choice.forms == {"a": "float"} and choice.model_sqnr_db >= choice.target_db
+
+
 def test_sqnr_raises_an_outlier_input_to_int8_weights_and_a_floor_no_rung_meets_to_float(outlier_w8a8):
     batches, r, solo = outlier_w8a8
     choice = raise_by_sqnr(r.model, solo, 25.0, batches)
-    assert choice.forms == {"b": "w8a16"} and choice.tried["b"]["w8a16"] >= 25.0
+    assert choice.forms == {"b": "w8a16"} and choice.tried["b"]["w8a16"] >= 25.0 and choice.climbed == []
     impossible = raise_by_sqnr(r.model, solo, 200.0, batches)  # no int8 layer reaches 200 dB
     assert impossible.forms == {n: "float" for n in sorted(solo, key=solo.get)}
     assert all(list(tried) == ["w8a16"] for tried in impossible.tried.values())

@@ -65,7 +65,8 @@ def build_row(report: dict, bundle: Path, seconds: float) -> dict:
     layers = json.loads((bundle / "manifest.json").read_text())["layers"]
     return {
         "raised": mp["raised"], "kept_float": mp["kept_float"],
-        "rungs_tried_sqnr_db": mp.get("rungs_tried_sqnr_db"), "probes": mp.get("probes"),
+        "rungs_tried_sqnr_db": mp.get("rungs_tried_sqnr_db"), "climbed": mp.get("climbed"),
+        "model_target_db": mp.get("model_target_db"), "probes": mp.get("probes"),
         "raised_probes": mp.get("raised_probes"),
         "onnx_bytes": q["onnx_bytes"]["built"], "size_ratio": q["size_ratio"],
         "model_sqnr_db": q.get("model_sqnr_db"),

@@ -16,9 +16,13 @@ fp8       w8a16, float
 w8a16     float
 ========  =============================================================
 
-A form is written ``w8a16``, ``w4a16/g32`` or ``float``. A convolution takes
-int8 weights only, so under w4a16 its ladder is float alone. Every rung ships
-through the same Q/DQ export and kernels as a build of that format would.
+The rungs are ordered by the bytes they ship, not by their error: int8 with
+one scale per row rounds a row of mixed scales worse than int4 with one per
+32 columns can, so mixed precision measures each rung it tries rather than
+assume it better. A form is written ``w8a16``, ``w4a16/g32`` or ``float``. A
+convolution takes int8 weights only, so under w4a16 its ladder is float
+alone. Every rung ships through the same Q/DQ export and kernels as a build of
+that format would.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ so no re-quantization or re-calibration is needed per probe:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -111,13 +112,24 @@ def wearing(model: nn.Module, forms: Mapping[str, str]) -> Iterator[nn.Module]:
             layers[name].float_mode = previous
 
 
+def noise_sum_db(*sqnrs_db: float) -> float:
+    """The SQNR of a signal carrying the independent noises of each given SQNR (their powers add)."""
+    power = sum(10.0 ** (-s / 10.0) for s in sqnrs_db)
+    return math.inf if power == 0.0 else -10.0 * math.log10(power)
+
+
 @dataclass
 class RaisedBySqnr:
-    """What :func:`raise_by_sqnr` chose: the form each layer under the floor climbed to, and the solo SQNR
-    of every rung it tried (a layer kept float tried them all and met the floor with none)."""
+    """What :func:`raise_by_sqnr` chose: the form each layer under the floor climbed to, the solo SQNR of
+    every rung it tried (a layer kept float tried them all and met the floor with none), and the whole
+    model's output SQNR: ``target_db`` it had to reach, ``model_sqnr_db`` with these forms, and the layers
+    ``climbed`` further for it (in order, one rung each)."""
 
     forms: dict[str, str]
     tried: dict[str, dict[str, float]]
+    target_db: float | None = None
+    model_sqnr_db: float | None = None
+    climbed: list[str] = field(default_factory=list)
 
     @property
     def kept_float(self) -> list[str]:
@@ -128,8 +140,14 @@ class RaisedBySqnr:
 def raise_by_sqnr(model: nn.Module, sensitivity: Mapping[str, float], min_sqnr_db: float,
                   batches: Batches) -> RaisedBySqnr:
     """Each layer whose solo SQNR (``sensitivity``) is under ``min_sqnr_db``, worst first, climbs its ladder
-    to the first quantized rung whose solo SQNR meets the floor, or to float when none does. One forward
-    pass per rung tried, over ``batches``."""
+    to the first quantized rung whose solo SQNR meets the floor, or to float when none does.
+
+    Rungs just over the floor add up: several layers at 25 dB each make a model well under 25 dB, where
+    keeping them float left it far above. So the raised layers together may add to the model's output no
+    more noise than one layer at the floor would, over what keeping them float leaves (``target_db``:
+    the noise powers of the two summed); while the model misses that, the raised layer with the lowest
+    solo SQNR climbs one more rung. One forward pass per rung tried and per climb, over ``batches``.
+    """
     weak = fallback_by_sqnr(sensitivity, min_sqnr_db)
     layers = quantized_layers(model)
     was_training = model.training
@@ -138,18 +156,42 @@ def raise_by_sqnr(model: nn.Module, sensitivity: Mapping[str, float], min_sqnr_d
     try:
         with float_mode(model):
             reference = _outputs(model, batches)
+
+        def output_sqnr(forms: Mapping[str, str]) -> float:
+            with wearing(model, forms):
+                return sqnr_db(reference, _outputs(model, batches))
+
+        solo: dict[str, float] = {}
         for name in weak:
             tried: dict[str, float] = {}
             form = FLOAT
             for rung in rungs_above(layers[name])[:-1]:
-                others = {n: FLOAT for n in layers if n != name}
-                with wearing(model, {**others, name: rung}):
-                    tried[rung] = sqnr_db(reference, _outputs(model, batches))
+                tried[rung] = output_sqnr({**{n: FLOAT for n in layers if n != name}, name: rung})
                 if tried[rung] >= min_sqnr_db:
                     form = rung
                     break
             choice.forms[name] = form
             choice.tried[name] = {k: round(v, 3) for k, v in tried.items()}
+            solo[name] = tried.get(form, math.inf)
+        if weak:
+            choice.target_db = round(noise_sum_db(output_sqnr({n: FLOAT for n in weak}), min_sqnr_db), 3)
+            current = output_sqnr(choice.forms)
+            while current < choice.target_db:
+                climbing = [n for n in weak if choice.forms[n] != FLOAT]
+                if not climbing:
+                    break
+                name = min(climbing, key=solo.__getitem__)
+                rungs = rungs_above(layers[name])
+                form = rungs[rungs.index(choice.forms[name]) + 1]
+                choice.forms[name] = form
+                choice.climbed.append(name)
+                if form != FLOAT:
+                    solo[name] = output_sqnr({**{n: FLOAT for n in layers if n != name}, name: form})
+                    choice.tried[name][form] = round(solo[name], 3)
+                else:
+                    solo[name] = math.inf
+                current = output_sqnr(choice.forms)
+            choice.model_sqnr_db = round(current, 3)
     finally:
         model.train(was_training)
     return choice
