@@ -212,6 +212,7 @@ def test_a_mixed_model_exports_and_runs_natively_as_its_fake_quant_model(tmp_pat
     plan = {row.layer: row for row in native.plan()}
     assert {n: (plan[n].weight, plan[n].mode) for n in forms} == {
         n: {"w8a16": ("int8", "fp32"), "float": ("fp32", "fp32")}.get(f, ("int4", "int4")) for n, f in forms.items()}
+    assert all(("input kept float" in row.rule) == (row.layer in forms) for row in plan.values())
     expected = reference_session(path).run(None, obs)[0]
     # w8a8: a reads the graph's own int8 input, b and c float: ONNX Runtime's numbers. w4a16: c, not raised,
     # runs W4A8 (its input quantized per weight group, ~43 dB).

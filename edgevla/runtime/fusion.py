@@ -108,8 +108,13 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     _fuse_output_stages(graph)
     graph.prune()
     keep_channels_last(graph)
-    return [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer
-            for node in graph.nodes if node.op_type in (LINEAR_OP, CONV_OP)]
+    layers = [node.attrs["layer"] if node.op_type == LINEAR_OP else node.attrs["conv"].layer
+              for node in graph.nodes if node.op_type in (LINEAR_OP, CONV_OP)]
+    for layer in layers:
+        if precision_of(layer.name) != precision:  # the plan says why this one does not follow the precision
+            for choice in layer.choices:
+                choice.rule += "; input kept float: the build's mixed precision raised this layer"
+    return layers
 
 
 # --------------------------------------------------------------------------- helpers
