@@ -68,6 +68,16 @@ def outlier_w8a8():
     return batches, r, layer_sqnr(r.model, batches)
 
 
+@pytest.fixture
+def mixed_scales_w4():
+    """MixedScales under w4a16 in groups of 128: the policy, its batches, the result and the solo SQNRs."""
+    torch.manual_seed(0)
+    policy = MixedScales().eval()
+    batches = _batches(policy)
+    r = quantize_policy(policy, "w4a16", group_size=128)
+    return policy, batches, r, layer_sqnr(r.model, batches)
+
+
 def test_each_format_has_its_rungs_least_precise_first():
     torch.manual_seed(0)
     w4 = quantize_policy(MixedScales().eval(), "w4a16", group_size=128)
@@ -126,12 +136,8 @@ def test_wearing_swaps_forms_in_and_puts_every_layer_back(outlier_w8a8):
             pass
 
 
-def test_sqnr_raises_mixed_scale_weights_to_groups_of_32():
-    torch.manual_seed(0)
-    policy = MixedScales().eval()
-    batches = _batches(policy)
-    r = quantize_policy(policy, "w4a16", group_size=128)
-    solo = layer_sqnr(r.model, batches)
+def test_sqnr_raises_mixed_scale_weights_to_groups_of_32(mixed_scales_w4):
+    policy, batches, r, solo = mixed_scales_w4
     assert solo["a"] < 5.0 < 20.0 < solo["b"]  # 128 columns under one scale lose the small weights
     choice = raise_by_sqnr(r.model, solo, 20.0, batches)
     # 64 columns still mix the two scales; 32 separate them: the first rung over the floor, the cheapest.
@@ -148,12 +154,8 @@ def test_noise_powers_add():
     assert noise_sum_db(float("inf"), 25.0) == 25.0 and noise_sum_db(float("inf")) == float("inf")
 
 
-def test_rungs_that_each_meet_the_floor_climb_on_until_the_whole_model_does():
-    torch.manual_seed(0)
-    policy = MixedScales().eval()
-    batches = _batches(policy)
-    r = quantize_policy(policy, "w4a16", group_size=128)
-    solo = layer_sqnr(r.model, batches)
+def test_rungs_that_each_meet_the_floor_climb_on_until_the_whole_model_does(mixed_scales_w4):
+    policy, batches, r, solo = mixed_scales_w4
     assert 23.0 < solo["b"] < 24.0  # b meets a 23 dB floor alone; a, at 32-column groups, too (24.5 dB)
     choice = raise_by_sqnr(r.model, solo, 23.0, batches)
     assert choice.tried["a"]["w4a16/g32"] > 23.0
