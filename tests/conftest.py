@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgevla.original_memo import OriginalMemo
 from edgevla.pipeline import BuildRequest, build
 
 #: Each worker imports torch and builds its own module fixtures: past a few workers a run gains little time and
@@ -40,9 +41,18 @@ def fast() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
+def original_memo():
+    """The original policy's ONNX export and closed-loop runs, shared by the builds of a test worker as by a
+    search's (edgevla.original_memo: keyed by the original's weights and every setting they depend on). Exporting
+    the default policy alone takes ~13 s a build; test_original_memo tests the memo itself."""
+    with OriginalMemo() as memo:
+        yield memo
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, original_memo):
     out = tmp_path_factory.mktemp("bundles") / "tiny-orin"
-    return build(BuildRequest(target="jetson-orin", output=str(out), overrides=FAST))
+    return build(BuildRequest(target="jetson-orin", output=str(out), overrides=FAST, memo=original_memo))
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def w8a8_bundle(tmp_path_factory, fast):
+def w8a8_bundle(tmp_path_factory, fast, original_memo):
     out = tmp_path_factory.mktemp("compare") / "tiny-w8a8"
     return build(BuildRequest(target="jetson-orin", output=str(out), overrides={
         **fast, "quantize.format": "w8a8", "evaluate.tolerance.max_ticks": 1,
-        "evaluate.tolerance.schedules": ["async"]}))
+        "evaluate.tolerance.schedules": ["async"]}, memo=original_memo))
 
 
 def row(name: str, e: float | None, latency_ok: bool | None = True, **kw) -> BundleRow:

@@ -26,10 +26,10 @@ RECOVERY = {"prune.recovery.episodes": 30, "prune.recovery.max_steps": 60, "prun
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def _build(tmp_path_factory, fast, shorthand: str, **extra):
+def _build(tmp_path_factory, fast, memo, shorthand: str, **extra):
     out = tmp_path_factory.mktemp("pruned") / shorthand.replace(":", "_")
     return build(BuildRequest(target="jetson-orin", output=str(out),
-                              overrides={**fast, **RECOVERY, **prune_shorthand(shorthand), **extra}))
+                              overrides={**fast, **RECOVERY, **prune_shorthand(shorthand), **extra}, memo=memo))
 
 
 def _trunk_linears(policy) -> list[str]:
@@ -48,8 +48,8 @@ def _exported_weights(root) -> tuple[VLAPolicy, dict[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def nm_bundle(tmp_path_factory, fast):
-    return _build(tmp_path_factory, fast, "2:4")
+def nm_bundle(tmp_path_factory, fast, original_memo):
+    return _build(tmp_path_factory, fast, original_memo, "2:4")
 
 
 def test_2_4_holds_exactly_in_every_exported_trunk_linear(nm_bundle):
@@ -109,12 +109,12 @@ def test_the_report_says_what_structured_pruning_removed_and_when_recovery_could
     assert "Recovery not run: no closed-loop task speaks this policy's observations." in md
 
 
-def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle, capsys):
+def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle, capsys, original_memo):
     """With the robot's loop in the recipe (queries 2 ticks late, asynchronous), the recovery is judged in that
     loop too: it trains until the far end of each chunk, which that loop executes, is good again."""
-    late = _build(tmp_path_factory, fast, "2:4", **{"evaluate.latency_ticks": 2, "evaluate.schedule": "async",
-                                                     "evaluate.tolerance.max_ticks": 2,
-                                                     "evaluate.tolerance.schedules": ["async", "sync"]})
+    late = _build(tmp_path_factory, fast, original_memo, "2:4", **{
+        "evaluate.latency_ticks": 2, "evaluate.schedule": "async", "evaluate.tolerance.max_ticks": 2,
+        "evaluate.tolerance.schedules": ["async", "sync"]})
     recovery = late.report["extra"]["prune"]["recovery"]
     assert recovery["before"]["success"] < recovery["after"]["success"] and recovery["steps"] > 0
     assert load_bundle(late.bundle).manifest["recipe"]["evaluate"]["schedule"] == "async"
@@ -150,9 +150,9 @@ def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_
     assert fit["schedules"]["async"]["tolerated"] == tolerance["schedules"]["async"]["built"]["tolerated"]
 
 
-def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory, fast):
+def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory, fast, original_memo):
     # The gate is judged on other episodes than recovery's; a looser gate keeps this test about the zeros.
-    result = _build(tmp_path_factory, fast, "unstructured:0.8", **{"evaluate.max_accuracy_loss": 0.1})
+    result = _build(tmp_path_factory, fast, original_memo, "unstructured:0.8", **{"evaluate.max_accuracy_loss": 0.1})
     policy, exported = _exported_weights(result.bundle)
     for name in _trunk_linears(policy):
         w = exported[f"{name}.weight"]
@@ -163,9 +163,9 @@ def test_unstructured_zeros_the_asked_fraction_of_trunk_weights(tmp_path_factory
     assert layers["vision.patch_embed"]["pattern"] == "dense"
 
 
-def test_sensitivity_allocation_spreads_latency_over_layers_and_reports_it(tmp_path_factory, fast):
+def test_sensitivity_allocation_spreads_latency_over_layers_and_reports_it(tmp_path_factory, fast, original_memo):
     # One trunk block (6 linears), half of its measured latency removed where the action error grows least.
-    result = _build(tmp_path_factory, fast, "unstructured:0.5", **{
+    result = _build(tmp_path_factory, fast, original_memo, "unstructured:0.5", **{
         "prune.scope": "trunk.0", "prune.allocation": "sensitivity", "prune.allocation_cost": "latency",
         "prune.sensitivity_episodes": 10, "evaluate.max_accuracy_loss": 0.2})
     section = result.report["extra"]["prune"]["sensitivity"]
@@ -188,8 +188,8 @@ def test_sensitivity_allocation_spreads_latency_over_layers_and_reports_it(tmp_p
     assert "sensitivity.png" in load_bundle(result.bundle).manifest["files"]
 
 
-def test_structured_ships_a_smaller_graph_that_still_verifies(tmp_path_factory, fast, capsys):
-    result = _build(tmp_path_factory, fast, "structured:0.5")
+def test_structured_ships_a_smaller_graph_that_still_verifies(tmp_path_factory, fast, capsys, original_memo):
+    result = _build(tmp_path_factory, fast, original_memo, "structured:0.5")
     report, prune = result.report, result.report["extra"]["prune"]
     assert prune["scope_params_after"] <= 0.5 * prune["scope_params_before"]
     assert report["models"]["built"]["params"]["total"] == prune["params_after"] < prune["params_before"]

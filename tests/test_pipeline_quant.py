@@ -86,9 +86,10 @@ def policy_ref(tmp_path_factory):
         os.environ["PYTHONPATH"] = before
 
 
-def _build(tmp_path_factory, fast, policy_ref, name, target="h100", **overrides):
+def _build(tmp_path_factory, fast, memo, policy_ref, name, target="h100", **overrides):
     out = tmp_path_factory.mktemp("quant") / name
-    return build(BuildRequest(target=target, policy=policy_ref, output=str(out), overrides={**fast, **overrides}))
+    return build(BuildRequest(target=target, policy=policy_ref, output=str(out), overrides={**fast, **overrides},
+                              memo=memo))
 
 
 def _layers(result) -> dict[str, dict]:
@@ -103,7 +104,7 @@ def _initializers(result) -> dict[str, onnx.TensorProto]:
 
 
 @pytest.fixture(scope="module")
-def w8a8(tmp_path_factory, fast, policy_ref):
+def w8a8(tmp_path_factory, fast, policy_ref, original_memo):
     """2:4 on every Linear that allows it, then W8A8 calibrated on the user's observation files, with layers
     under 20 dB raised up the precision ladder (h100: fp16 storage)."""
     calib = tmp_path_factory.mktemp("calib")
@@ -111,7 +112,7 @@ def w8a8(tmp_path_factory, fast, policy_ref):
     for i in range(2):  # two files of 150 observations: 300, of which 8 batches x 32 are used
         np.savez(calib / f"part{i}.npz", feats=rng.uniform(-1, 1, (150, 8, 32)).astype(np.float32),
                  joints=rng.uniform(-1, 1, (150, 6)).astype(np.float32))
-    return _build(tmp_path_factory, fast, policy_ref, "w8a8", **prune_shorthand("2:4"), **{
+    return _build(tmp_path_factory, fast, original_memo, policy_ref, "w8a8", **prune_shorthand("2:4"), **{
         "prune.scope": None, "quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
         "quantize.mixed_precision.min_sqnr_db": 20.0, "quantize.calibration.data": str(calib)})
 
@@ -182,8 +183,8 @@ def test_2_4_zeros_stay_zeros_in_the_int8_codes(w8a8):
 
 
 @pytest.fixture(scope="module")
-def w4a16(tmp_path_factory, fast, policy_ref):
-    return _build(tmp_path_factory, fast, policy_ref, "w4a16", **{
+def w4a16(tmp_path_factory, fast, policy_ref, original_memo):
+    return _build(tmp_path_factory, fast, original_memo, policy_ref, "w4a16", **{
         "quantize.format": "w4a16", "quantize.group_size": 32, "quantize.qat.enabled": True,
         "quantize.qat.steps": 60, "quantize.qat.lr": 1e-4})
 
@@ -214,8 +215,9 @@ def test_qat_improves_the_int4_model(w4a16):
 
 
 @pytest.mark.parametrize("fmt, precision", [("w8a16", "int8"), ("fp16", "fp16"), ("fp8", "fp8")])
-def test_every_format_builds_and_matches_its_fake_quant_model(tmp_path_factory, fast, policy_ref, fmt, precision):
-    result = _build(tmp_path_factory, fast, policy_ref, fmt, **{"quantize.format": fmt})
+def test_every_format_builds_and_matches_its_fake_quant_model(tmp_path_factory, fast, policy_ref, fmt, precision,
+                                                             original_memo):
+    result = _build(tmp_path_factory, fast, original_memo, policy_ref, fmt, **{"quantize.format": fmt})
     q = result.report["extra"]["quantize"]
     assert q["parity"]["reference_session"]["passed"] and q["lint"] == "passed"
     layers = _layers(result)
