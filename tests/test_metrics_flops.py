@@ -148,6 +148,31 @@ def test_convolution_and_buffers_and_root_parameters():
     assert sum(r.flops for r in report.per_layer) == report.total
 
 
+
+def test_learned_queries_expanded_to_the_batch_are_counted_and_keep_their_grad():
+    """A DETR/ACT decoder's learned queries, a parameter viewed to the batch and handed to a submodule: a view
+    taken without grad still requires it, with no grad_fn to hook, which the counter must get past."""
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.queries = torch.nn.Parameter(torch.randn(5, 8))
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, memory):
+            q = self.queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+            return self.head(self.attn(q, memory, memory, need_weights=False)[0])
+
+    net = Decoder().eval()
+    report = flop_report(net, (torch.randn(2, 7, 8),))
+    rows = _rows(report)
+    assert rows["head"][1] == 2 * 5 * 8 * 3
+    # q, k, v and out projections (5 queries, 7 memory tokens) and the two attention matmuls
+    projections = 2 * 8 * 8 * (5 + 7 + 7 + 5)
+    assert rows["attn"][1] == projections + 2 * (2 * 5 * 7 * 8)
+    assert report.total == rows["head"][1] + rows["attn"][1]
+    assert all(p.requires_grad for p in net.parameters())
+
 def test_int8_matmuls_are_counted_and_buffer_weights_costed():
     tokens, k, n = 17, 24, 40
 

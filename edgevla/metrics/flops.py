@@ -36,7 +36,9 @@ quantized layer that keeps int8 weights in a buffer is still costed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -179,6 +181,21 @@ def _extra_formulas() -> dict[Any, Any]:
     return {getattr(aten, name): f for name, f in wanted.items() if hasattr(aten, name)}
 
 
+@contextlib.contextmanager
+def _no_parameter_grads(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters that do not require grad while the counter runs. Its module tracker hooks the gradient of
+    every tensor a submodule is called with that requires one, and a view of a parameter taken without grad
+    (a DETR/ACT decoder's learned queries, expanded to the batch) still requires it yet has no grad_fn."""
+    wanted = [p for p in module.parameters() if p.requires_grad]
+    for p in wanted:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in wanted:
+            p.requires_grad_(True)
+
+
 def flop_report(module: torch.nn.Module, inputs: Any) -> FlopReport:
     """Count the FLOPs of ``module(*inputs)`` at batch 1, per layer.
 
@@ -190,7 +207,7 @@ def flop_report(module: torch.nn.Module, inputs: Any) -> FlopReport:
         raise EdgevlaError(f"flop_report needs a torch.nn.Module, got {type(module).__name__}")
     args = _batch_one(inputs)
     counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), _no_parameter_grads(module), counter:
         module(*args)
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
 
