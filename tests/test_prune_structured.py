@@ -272,6 +272,34 @@ def test_masked_models_must_be_baked_before_structured_pruning():
     assert DependencyGraph(model).hidden_groups()
 
 
+
+class BufferedPolicy(PointPolicy):
+    """Reads a buffer of its own in forward and expands it to the batch, as a diffusion policy's sampler does
+    its fixed starting noise: torch.fx hands a buffer over as a plain tensor unless told to trace it."""
+
+    def __init__(self):
+        super().__init__(depth=1)
+        self.register_buffer("offset", torch.randn(1, 1, 32))
+
+    def forward(self, points):
+        x = self.embed(points) + self.pos + self.offset.expand(points.shape[0], -1, -1)
+        x = self.blocks[0](x)
+        return self.head(x[:, 0]).view(-1, 4, 2)
+
+
+def test_a_buffer_expanded_to_the_batch_is_traced_and_pruned_with_its_channels():
+    model = BufferedPolicy().eval()
+    graph = DependencyGraph(model)
+    (width,) = graph.width_groups()
+    couplings = width.couplings([4, 9])
+    assert ("offset", 2, (4, 9)) in {(c.tensor, c.dim, c.indices) for c in couplings}
+    kept = [i for i in range(32) if i not in (4, 9)]
+    offset = model.offset[..., kept].clone()
+    graph.apply(couplings)
+    assert model.embed.out_features == 30 and torch.equal(model.offset, offset)
+    with torch.no_grad():
+        assert model(*_inputs(model)).shape == (3, 4, 2)
+
 class UnusedAndInPlace(PointPolicy):
     """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""
 

@@ -128,7 +128,7 @@ class DependencyGraph:
             spec = spec_of(model)
             example_inputs = tuple(torch.from_numpy(a) for a in spec.example(batch=2, seed=0).values())
         try:
-            self.gm = fx.symbolic_trace(model)
+            self.gm = _trace(model)
         except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
             raise EdgevlaError(f"cannot trace {type(model).__name__} with torch.fx for dependency analysis: "
                                f"{type(e).__name__}: {e}") from None
@@ -728,6 +728,18 @@ class DependencyGraph:
             _set_int_attrs(module, _HEAD_COUNT_NAMES, self.size[outer], self.size[outer] - removed.get(outer, 0))
             _set_int_attrs(module, _HEAD_DIM_NAMES, self.size[inner], self.size[inner] - removed.get(inner, 0))
             _set_int_attrs(module, _WIDTH_NAMES, self.size[parent], self.size[parent] - removed.get(parent, 0))
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, with a buffer the forward reads (a sampler's fixed noise, expanded to the batch) a graph node
+    like a parameter: fx's default hands it over as a plain tensor, which a method call with a traced argument
+    (``self.noise.expand(x.shape[0], -1, -1)``) cannot take."""
+
+    proxy_buffer_attributes = True
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
 
 
 def _keep_in_dead_code(node: fx.Node) -> bool:
