@@ -361,16 +361,34 @@ def roofline_for(flops: FlopReport, target: Target, precision: str = "fp32") -> 
 # --------------------------------------------------------------------------- pruning
 
 
-def prune_scope_linears(policy: torch.nn.Module, scope: str | None, divisible_by: int = 1) -> list[str]:
-    """Names of the nn.Linear layers under ``scope`` (every one when None) whose input width divides."""
-    names = [n for n, m in policy.named_modules() if isinstance(m, torch.nn.Linear)
-             and (scope is None or n.startswith(scope + ".")) and m.in_features % divisible_by == 0]
+def prune_scope_layers(policy: torch.nn.Module, scope: str | None, divisible_by: int = 1, *,
+                       convolutions: bool = True) -> list[str]:
+    """Names of the layers to mask under ``scope`` (every one when None): nn.Linear and (``convolutions``)
+    nn.Conv1d/2d/3d, whose input width (a convolution's: input channels per group) divides."""
+    from .prune import PRUNABLE, takes_nm
+
+    kinds = PRUNABLE if convolutions else torch.nn.Linear
+    names = [n for n, m in policy.named_modules() if isinstance(m, kinds)
+             and (scope is None or n.startswith(scope + ".")) and takes_nm(m, divisible_by)]
     if not names:
         where = f"under prune.scope {scope!r}" if scope else "in it"
         extra = f" with an input width divisible by {divisible_by}" if divisible_by > 1 else ""
-        raise EdgevlaError(f"{type(policy).__name__} has no nn.Linear layer{extra} {where}; set prune.scope to "
+        layer = "nn.Linear or convolution" if convolutions else "nn.Linear"
+        raise EdgevlaError(f"{type(policy).__name__} has no {layer} layer{extra} {where}; set prune.scope to "
                            "one of its module paths, or null for the whole policy")
     return names
+
+
+def convolutions_among(policy: torch.nn.Module, names: list[str]) -> int:
+    modules = dict(policy.named_modules())
+    return sum(not isinstance(modules[n], torch.nn.Linear) for n in names)
+
+
+def layers_said(count: int, convolutions: int) -> str:
+    """"12 Linear layers", or "14 layers (3 convolutions)": what a mask-pruning report line counts."""
+    if not convolutions:
+        return f"{count} Linear layers"
+    return f"{count} layers ({convolutions} convolution{'s' if convolutions > 1 else ''})"
 
 
 def scope_parameters(policy: torch.nn.Module, scope: str | None) -> int:
@@ -522,21 +540,21 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
         info.update(structure=cfg.structure, amount=cfg.amount, round_to=round_to, unit_fraction=round(fraction, 4))
         what = f"{cfg.structure} ({fraction:.0%} of each group's units, kept channels multiples of {round_to})"
     elif cfg.allocation == "sensitivity":
-        layers = prune_scope_linears(policy, scope, 1)
+        layers = prune_scope_layers(policy, scope, 1, convolutions=False)  # the sweep times Linear layers
         result, sensitivity = sensitivity_prune(policy, teacher, spec, task, cfg, layers, calibration, loop)
         info.update(layers=layers, pattern=None, sparsity=cfg.sparsity, sensitivity=sensitivity)
         what = (f"unstructured on {len(layers)} Linear layers, per-layer sparsity from sensitivity "
                 f"({cfg.sparsity:.0%} of their {cfg.allocation_cost})")
     else:
         m = int(cfg.pattern.split(":")[1]) if cfg.method == "nm" else 1
-        layers = prune_scope_linears(policy, scope, m)
+        layers = prune_scope_layers(policy, scope, m)
         method = cfg.pattern if cfg.method == "nm" else "unstructured"
         result = gradual_prune(policy, method, cfg.sparsity if cfg.method == "unstructured" else None, steps,
                                schedule=cfg.schedule, criterion=cfg.criterion, calibration=calibration,
                                layers=layers, finetune=finetune)
-        info.update(layers=layers, pattern=cfg.pattern if cfg.method == "nm" else None,
-                    sparsity=result.final)
-        what = f"{method} on {len(layers)} Linear layers"
+        info.update(layers=layers, convolutions=convolutions_among(policy, layers),
+                    pattern=cfg.pattern if cfg.method == "nm" else None, sparsity=result.final)
+        what = f"{method} on {layers_said(len(layers), info['convolutions'])}"
     info["prune_seconds"] = round(time.perf_counter() - start, 3)
     info["schedule_steps"] = result.table()
     info["params_before"], info["params_after"] = params_before, scope_parameters(policy, None)
@@ -633,7 +651,7 @@ def pruning_markdown(info: Mapping[str, Any]) -> str:
     elif "sensitivity" in info:
         what = f"unstructured, per-layer sparsity from sensitivity curves on {len(info['layers'])} Linear layers"
     else:
-        what = (f"{info['pattern'] or 'unstructured'} on {len(info['layers'])} Linear layers, "
+        what = (f"{info['pattern'] or 'unstructured'} on {layers_said(len(info['layers']), info['convolutions'])}, "
                 f"{info['sparsity']:.1%} of their weights zero")
     where = f"under `{info['scope']}`" if info["scope"] else "in the whole policy"
     removed = info["scope_params_before"] - info["scope_params_after"]

@@ -236,9 +236,10 @@ def test_policy_whose_spec_lies_fails_cleanly(user_module, tmp_path, fast):
     assert not out.exists()
 
 
-def test_user_conv_policy_quantizes_its_convolutions(tmp_path, monkeypatch, fast):
-    """A ResNet-style policy at w8a8: BatchNorm folded, every convolution int8 (filters and input) in the
-    bundle, the Q/DQ Conv verified against the fake-quant model, and the native runtime on int8-static."""
+def test_user_conv_policy_prunes_and_quantizes_its_convolutions(tmp_path, monkeypatch, fast):
+    """A ResNet-style policy at 2:4 + w8a8: convolutions pruned 2:4 along their input channels where a group's
+    channels divide by 4, BatchNorm folded, every convolution int8 (filters and input) in the bundle, the Q/DQ
+    Conv verified against the fake-quant model, and the native runtime on int8-static, 2:4 kernels included."""
     from pathlib import Path
 
     tests = str(Path(__file__).parent)
@@ -246,12 +247,19 @@ def test_user_conv_policy_quantizes_its_convolutions(tmp_path, monkeypatch, fast
     monkeypatch.setenv("PYTHONPATH", tests)  # the memory probe's fresh process imports the policy too
     out = tmp_path / "conv-w8a8"
     result = build(BuildRequest(target="x86-64-cpu", policy="user_policies:ConvPolicy", output=str(out),
-                                overrides={**fast, "quantize.format": "w8a8"}))
+                                overrides={**fast, "quantize.format": "w8a8", "prune.method": "nm",
+                                           "prune.scope": None}))
     assert result.report["extra"]["quantize"]["batch_norms_folded"] == ["stem.1 -> stem.0"]
+    assert result.report["extra"]["prune"]["layers"] == ["block.0", "block.3", "head.2"]  # 3 and 21 inputs: no
+    assert "**2:4 on 3 layers (2 convolutions), 50.0% of their weights zero** in the whole policy" in (
+        out / "report.md").read_text()
     layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
     for conv in ("stem.0", "block.0", "block.3"):
         assert layers[conv]["format"] == "w8a8" and layers[conv]["precision"] == "int8"
+    assert all(layers[n]["pattern"] == "2:4" and layers[n]["sparsity"] == 0.5 for n in ("block.0", "block.3"))
+    assert all(layers[n]["sparsity"] < 0.1 for n in ("stem.0", "head.0"))  # unpruned: codes rounded to 0 only
     assert result.report["extra"]["verify"]["passed"]
     plan = NativeModel(out / "model.onnx").plan()
-    assert [c.layer for c in plan] == ["stem.0", "block.3", "head.0", "head.2"]  # block.0 (depthwise): NumPy
+    assert [c.layer for c in plan] == ["stem.0", "block.3", "head.0", "head.2"]  # block.0 (grouped): NumPy
     assert {c.mode for c in plan} == {"int8-static"}
+    assert {c.layer: c.kernel for c in plan}["block.3"] == "s8-2:4"  # a 1x1 convolution's rows are its channels

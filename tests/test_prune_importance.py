@@ -56,6 +56,24 @@ def test_wanda_uses_input_channel_norms_over_every_token():
         wanda(nn.Linear(6, 3))
 
 
+
+def test_wanda_scores_a_convolution_by_its_input_channels_norm_at_every_kernel_position():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv1d(8, 6, 3, padding=1), nn.ReLU(), nn.Conv1d(6, 4, 3, groups=2))
+    batches = _batches(2, shape=(3, 8, 10))  # (batch, channels, length)
+    wanda = WandaImportance(model, batches)
+    xs = [x.numpy() for (x,), _ in batches]
+    hidden = [torch.relu(model[0](x)).detach().numpy() for (x,), _ in batches]
+    norm0 = np.sqrt(sum((x ** 2).sum(axis=(0, 2)) for x in xs))  # per input channel, over batch and length
+    norm2 = np.sqrt(sum((h ** 2).sum(axis=(0, 2)) for h in hidden))
+    w0, w2 = (model[i].weight.detach().numpy() for i in (0, 2))
+    np.testing.assert_allclose(wanda(model[0]).numpy(), np.abs(w0) * norm0[None, :, None], rtol=1e-5)
+    # groups of 3 input channels: output channels 0-1 read channels 0-2, outputs 2-3 read channels 3-5
+    expected = np.abs(w2) * np.stack([norm2[:3], norm2[:3], norm2[3:], norm2[3:]])[:, :, None]
+    np.testing.assert_allclose(wanda(model[2]).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(wanda.tensor_scores("2.weight", model[2].weight).numpy(), expected, rtol=1e-5)
+    assert wanda.tensor_scores("2.weight", torch.zeros(4, 4, 3)) is None  # not the shape the norms were taken for
+
 class _MLPPolicy(nn.Module):
     def __init__(self):
         super().__init__()

@@ -12,8 +12,9 @@ from onnx import numpy_helper
 from edgevla.errors import EdgevlaError
 from edgevla.export import export_onnx
 from edgevla.export.onnx_export import match_initializers
-from edgevla.prune import (MagnitudeImportance, apply_masks, baked_copy, follows_nm, nm_mask, nm_masks, remove_masks,
-                           sparsity_report, sparsity_threshold, threshold_mask, unstructured_masks)
+from edgevla.prune import (MagnitudeImportance, apply_masks, baked_copy, follows_nm, from_nm_rows, nm_mask, nm_masks,
+                           nm_rows, remove_masks, sparsity_report, sparsity_threshold, threshold_mask,
+                           unstructured_masks)
 from edgevla.spec import PolicySpec, TensorSpec
 
 
@@ -94,6 +95,56 @@ def test_nm_mask_rejects_bad_shapes_and_ratios():
     with pytest.raises(EdgevlaError, match="fraction"):
         unstructured_masks(TwoLayerPolicy(), 1.5)
 
+
+
+class ConvStack(nn.Module):
+    """A plain 2-D convolution, a grouped 1-D one (4 channels a group) and a depthwise one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 12, 3)
+        self.grouped = nn.Conv1d(16, 8, 3, groups=4)
+        self.depthwise = nn.Conv1d(8, 8, 5, groups=8)
+        self.up = nn.ConvTranspose1d(8, 8, 2)
+
+
+@pytest.mark.parametrize("layer,groups", [("conv", 1), ("grouped", 4)])
+def test_a_convolutions_nm_groups_run_along_its_input_channels(layer, groups):
+    """For each output channel and kernel position, every 4 consecutive input channels of a group keep their
+    2 largest weights: TensorRT's sparse convolution layout, and the native runtime's rows (kernel x channels)."""
+    torch.manual_seed(3)
+    conv = getattr(ConvStack(), layer)
+    w = conv.weight.detach()
+    mask = nm_mask(w, 2, 4)
+    assert mask.shape == w.shape
+    out, per_group = w.shape[:2]
+    for o in range(out):
+        for position in np.ndindex(*w.shape[2:]):
+            for c in range(0, per_group, 4):
+                kept = [mask[(o, c + i, *position)].item() for i in range(4)]
+                mags = [abs(w[(o, c + i, *position)].item()) for i in range(4)]
+                assert sum(kept) == 2
+                assert min(m for m, k in zip(mags, kept) if k) > max(m for m, k in zip(mags, kept) if not k)
+    assert follows_nm(w * mask, 2, 4) and not follows_nm(w, 2, 4)
+    rows = nm_rows(w)
+    assert rows.shape == (out, w[0].numel()) and torch.equal(from_nm_rows(rows, w.shape), w)
+    # the native runtime's matrix for the convolution: the same rows
+    from edgevla.runtime.conv import conv_matrix
+    np.testing.assert_array_equal(conv_matrix(w.numpy()), rows.numpy())
+
+
+def test_nm_masks_take_every_layer_whose_channels_divide():
+    model = ConvStack()
+    assert sorted(nm_masks(model, 2, 4)) == ["conv", "grouped"]  # depthwise: 1 channel a group; transposed: never
+    with pytest.raises(EdgevlaError, match="input channels per group to divide by 4, got 1"):
+        nm_masks(model, 2, 4, layers=["depthwise"])
+    with pytest.raises(EdgevlaError, match="no nn.Linear or convolution named 'up'"):
+        nm_masks(model, 2, 4, layers=["up"])
+    masks = unstructured_masks(model, 0.5)
+    assert sorted(masks) == ["conv", "depthwise", "grouped"]
+    for name, mask in masks.items():
+        assert mask.shape == model.get_submodule(name).weight.shape
+        assert float(1 - mask.mean()) == pytest.approx(0.5, abs=0.02)
 
 def test_masks_survive_fine_tuning_and_bake_into_zeros():
     torch.manual_seed(1)

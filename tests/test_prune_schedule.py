@@ -157,6 +157,27 @@ def test_gradual_nm_ends_in_the_exact_pattern_through_fine_tuning(pattern):
         assert w.abs().sum() > 0
 
 
+
+def test_gradual_nm_on_convolutions_keeps_earlier_cuts_and_ends_in_the_pattern():
+    from edgevla.prune import nm_rows
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(8, 12, 3), nn.ReLU(), nn.Conv1d(16, 8, 3, groups=2))
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(m: nn.Module, _step: int) -> None:
+        seen.append({n: current_mask(m.get_submodule(n)).clone() for n in ("0", "2")})
+
+    result = gradual_prune(model, "2:4", None, steps=3, finetune=record)
+    assert [s.achieved for s in result.steps] == pytest.approx(schedule_sparsities(0.5, 3), abs=0.02)
+    for before, after in zip(seen, seen[1:]):
+        assert all(bool((after[n] <= before[n]).all()) for n in before)  # a weight once cut stays cut
+    for name in ("0", "2"):
+        w = model.get_submodule(name).weight.detach()
+        assert follows_nm(w, 2, 4)
+        pruned = (nm_rows(current_mask(model.get_submodule(name))) == 0).reshape(w.shape[0], -1, 4).sum(-1)
+        assert bool((pruned == 2).all())
+
 def test_gradual_structured_steps_remove_a_share_of_the_remaining_units():
     torch.manual_seed(3)
     model = TokenPolicy(hidden=40)

@@ -15,8 +15,9 @@ from __future__ import annotations
 from .graph import Coupling, DependencyGraph, Group
 from .importance import (BlockInfluence, GroupImportance, MagnitudeImportance, TaylorImportance, WandaImportance,
                          action_loss, task_batches)
-from .masks import (LayerSparsity, WeightMask, apply_masks, baked_copy, follows_nm, nm_mask, nm_masks,
-                    remove_masks, sparsity_report, sparsity_threshold, threshold_mask, unstructured_masks)
+from .masks import (PRUNABLE, LayerSparsity, WeightMask, apply_masks, baked_copy, follows_nm, from_nm_rows, nm_mask,
+                    nm_masks, nm_rows, prunable_layers, remove_masks, sparsity_report, sparsity_threshold, takes_nm,
+                    threshold_mask, unstructured_masks)
 from .recovery import (Confirmation, Distiller, Evaluation, RecoveryConfig, RecoveryFailed, RecoveryReport,
                        action_errors, distill, heldout_batch, kd_loss, recover, task_stream)
 from .schedule import (ScheduleResult, ScheduleStep, cubic_sparsity, exact_unstructured_masks, gradual_prune,
@@ -34,7 +35,8 @@ __all__ = [
     "layer_sensitivity", "partial_nm_masks", "plot_sensitivity", "recover", "schedule_sparsities", "task_stream",
     "BlockInfluence", "Coupling", "DependencyGraph", "Group", "GroupImportance", "LayerSparsity",
     "MagnitudeImportance", "PrunedGroup", "STRUCTURES", "StructuredResult", "TaylorImportance", "WandaImportance",
-    "WeightMask", "action_loss", "apply_masks", "baked_copy", "follows_nm", "groups_of", "kept_units", "nm_mask",
-    "nm_masks", "plan", "prune_structured", "remove_masks", "residual_blocks", "sparsity_report", "sparsity_threshold",
-    "task_batches", "threshold_mask", "unstructured_masks",
+    "WeightMask", "action_loss", "apply_masks", "baked_copy", "follows_nm", "from_nm_rows", "groups_of", "kept_units",
+    "nm_mask", "nm_masks", "nm_rows", "plan", "PRUNABLE", "prunable_layers", "prune_structured", "remove_masks",
+    "residual_blocks", "sparsity_report", "sparsity_threshold", "takes_nm", "task_batches", "threshold_mask",
+    "unstructured_masks",
 ]

@@ -146,19 +146,28 @@ class WandaImportance:
     """``|w_ij| * ||x_j||_2``: weight magnitude times its input channel's activation norm.
 
     The norm is over every token of every calibration sample that reached the
-    layer. Only ``nn.Linear`` weights are scored; other tensors are left to
-    the rest of their group.
+    layer; for a convolution, over every position of each input channel, and
+    a filter weight takes its input channel's norm at every kernel position
+    (Wanda's reading for convolutions: the channel is what the weight
+    multiplies). Only ``nn.Linear`` and convolution weights are scored; other
+    tensors are left to the rest of their group.
     """
 
     def __init__(self, model: nn.Module, batches: Batches):
         self._sq: dict[str, torch.Tensor] = {}
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, _SCORED)}
         if not linears:
-            raise EdgevlaError(f"{type(model).__name__} has no nn.Linear layer for activation-aware scoring")
+            raise EdgevlaError(f"{type(model).__name__} has no nn.Linear or convolution layer for activation-aware "
+                               "scoring")
 
         def hook(name: str):
-            def record(_module, inputs, _output):
-                x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            def record(module, inputs, _output):
+                x = inputs[0].detach().float()
+                if isinstance(module, nn.Linear):
+                    x = x.reshape(-1, x.shape[-1])
+                else:  # (N, C, *spatial), or one unbatched sample (C, *spatial)
+                    batched = x.ndim == module.weight.ndim
+                    x = (x.movedim(1, -1) if batched else x.movedim(0, -1)).reshape(-1, module.in_channels)
                 sq = x.pow(2).sum(dim=0)
                 self._sq[name] = self._sq[name] + sq if name in self._sq else sq
             return record
@@ -183,14 +192,32 @@ class WandaImportance:
         if norm is None:
             raise EdgevlaError("WandaImportance saw no input activations for this layer: it was not called in the "
                                "calibration forward passes")
-        return w.detach().abs() * norm.unsqueeze(0)
+        return w.detach().abs() * _per_weight(norm, w.shape)
 
     def tensor_scores(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
         owner, _, attr = name.rpartition(".")
         norm = self.input_norms.get(owner)
-        if attr != "weight" or norm is None or tensor.ndim != 2 or tensor.shape[1] != norm.numel():
+        if attr != "weight" or norm is None or not _fits(norm, tensor.shape):
             return None
-        return tensor.detach().abs() * norm.unsqueeze(0)
+        return tensor.detach().abs() * _per_weight(norm, tensor.shape)
+
+
+_SCORED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _fits(norm: torch.Tensor, shape: torch.Size) -> bool:
+    if len(shape) == 2:
+        return shape[1] == norm.numel()
+    return len(shape) > 2 and norm.numel() % shape[1] == 0 and shape[0] % (norm.numel() // shape[1]) == 0
+
+
+def _per_weight(norm: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Input-channel norms broadcast onto a weight of ``shape``: ``(out, in)``, or a convolution's ``(out, in /
+    groups, *kernel)``, whose output channels of group g read input channels g*in/groups onwards."""
+    out, per_group = shape[0], shape[1]
+    groups = norm.numel() // per_group
+    by_row = norm.reshape(groups, per_group).repeat_interleave(out // groups, dim=0)  # (out, in / groups)
+    return by_row.reshape(out, per_group, *([1] * (len(shape) - 2)))
 
 
 class GroupImportance:

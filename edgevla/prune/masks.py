@@ -11,12 +11,20 @@ what export and checkpoints want.
 N:M sparsity keeps the N largest of every M consecutive weights along a
 Linear's *input* dimension, per output row — the layout sparse tensor cores
 (2:4 on Ampere and later) execute at twice the dense rate.
+
+Convolutions (``nn.Conv1d/2d/3d``) are masked too. Their N:M groups run along
+the input channels, for each output channel and kernel position: the layout
+TensorRT's sparse convolutions take, and the rows of the ``(out, kernel x
+channels)`` matrix the native runtime multiplies (:func:`nm_rows`), where
+they are a Linear's groups. That needs the channels of a group (``in /
+groups``) to divide by M, so depthwise convolutions take only unstructured
+masks; transposed convolutions are not masked.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,19 +61,46 @@ def sparsity_threshold(scores: Iterable[torch.Tensor], sparsity: float) -> float
     return float(flat.kthvalue(k).values)
 
 
+#: The layers masks are for: fully connected and (not transposed) convolutions.
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def nm_rows(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as rows whose consecutive entries form the N:M groups: a Linear's ``(out, in)`` itself; a
+    convolution's ``(out, in / groups, *kernel)`` as ``(out, kernel x in / groups)``, channels fastest."""
+    if weight.ndim < 2:
+        raise EdgevlaError(f"N:M groups need a weight of 2 or more dimensions, got shape {tuple(weight.shape)}")
+    return weight if weight.ndim == 2 else weight.movedim(1, -1).reshape(weight.shape[0], -1)
+
+
+def from_nm_rows(rows: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The inverse of :func:`nm_rows` for a weight of ``shape``."""
+    if len(shape) == 2:
+        return rows.reshape(shape)
+    return rows.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+
+
+def nm_width(shape: Sequence[int]) -> int:
+    """How many consecutive weights a row of :func:`nm_rows` holds per kernel position: the input features, or
+    a convolution group's input channels. N:M groups must not straddle kernel positions: M must divide it."""
+    return int(shape[1])
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep the ``n`` highest-scoring of every ``m`` consecutive input weights of each output row."""
+    """Keep the ``n`` highest-scoring of every ``m`` consecutive input weights of each output row (of each
+    output channel and kernel position, along the input channels, for a convolution's scores)."""
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
         raise EdgevlaError(f"N:M sparsity needs integers 0 < N < M, got {n}:{m}")
-    if scores.ndim != 2:
-        raise EdgevlaError(f"N:M masks are for 2-D Linear weights, got shape {tuple(scores.shape)}")
-    rows, cols = scores.shape
-    if cols % m:
-        raise EdgevlaError(f"N:M {n}:{m} needs the input dimension to divide by {m}, got {cols}")
-    groups = scores.detach().abs().reshape(rows, cols // m, m)
+    if scores.ndim < 2:
+        raise EdgevlaError(f"N:M masks are for Linear and convolution weights, got shape {tuple(scores.shape)}")
+    if nm_width(scores.shape) % m:
+        what = "input dimension" if scores.ndim == 2 else "input channels per group"
+        raise EdgevlaError(f"N:M {n}:{m} needs the {what} to divide by {m}, got {nm_width(scores.shape)}")
+    rows = nm_rows(scores.detach().abs())
+    groups = rows.reshape(rows.shape[0], -1, m)
     keep = groups.topk(n, dim=-1).indices
     mask = torch.zeros_like(groups, dtype=torch.float32).scatter_(-1, keep, 1.0)
-    return mask.reshape(rows, cols)
+    return from_nm_rows(mask.reshape(rows.shape), scores.shape).contiguous()
 
 
 def _check_fraction(x: float, what: str) -> None:
@@ -73,17 +108,31 @@ def _check_fraction(x: float, what: str) -> None:
         raise EdgevlaError(f"{what} must be a fraction in [0, 1), got {x!r}")
 
 
+def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """The named Linear and convolution layers to mask: all of them, or exactly those named."""
+    return _named(model, PRUNABLE, "nn.Linear or convolution", layers)
+
+
 def prunable_linears(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Linear]:
-    """The named nn.Linear layers to mask: all of them, or exactly those named."""
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """The named nn.Linear layers: all of them, or exactly those named (what sensitivity sweeps time)."""
+    return _named(model, nn.Linear, "nn.Linear", layers)
+
+
+def _named(model: nn.Module, kinds, what: str, layers: Iterable[str] | None) -> dict[str, nn.Module]:
+    found = {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
     if layers is None:
-        return linears
+        return found
     chosen = {}
     for name in layers:
-        if name not in linears:
-            raise EdgevlaError(f"no nn.Linear named {name!r} in {type(model).__name__}")
-        chosen[name] = linears[name]
+        if name not in found:
+            raise EdgevlaError(f"no {what} named {name!r} in {type(model).__name__}")
+        chosen[name] = found[name]
     return chosen
+
+
+def takes_nm(layer: nn.Module, m: int) -> bool:
+    """Whether N:M groups of ``m`` fit ``layer``'s weight (its input width per group divides by ``m``)."""
+    return nm_width(layer.weight.shape) % m == 0
 
 
 def unstructured_masks(model: nn.Module, sparsity: float, criterion=None, scope: str = "layer",
@@ -98,7 +147,7 @@ def unstructured_masks(model: nn.Module, sparsity: float, criterion=None, scope:
     if scope not in ("layer", "global"):
         raise EdgevlaError(f"threshold scope must be 'layer' or 'global', got {scope!r}")
     criterion = criterion or MagnitudeImportance()
-    scores = {n: criterion(m) for n, m in prunable_linears(model, layers).items()}
+    scores = {n: criterion(m) for n, m in prunable_layers(model, layers).items()}
     if scope == "global":
         theta = sparsity_threshold(scores.values(), sparsity)
         return {n: threshold_mask(s, theta) for n, s in scores.items()}
@@ -107,11 +156,11 @@ def unstructured_masks(model: nn.Module, sparsity: float, criterion=None, scope:
 
 def nm_masks(model: nn.Module, n: int = 2, m: int = 4, criterion=None,
              layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """N:M masks for the named Linear layers, or for every Linear whose input width divides by ``m``."""
+    """N:M masks for the named layers, or for every Linear and convolution whose input width divides by ``m``."""
     criterion = criterion or MagnitudeImportance()
-    chosen = prunable_linears(model, layers)
+    chosen = prunable_layers(model, layers)
     if layers is None:
-        chosen = {k: v for k, v in chosen.items() if v.in_features % m == 0}
+        chosen = {k: v for k, v in chosen.items() if takes_nm(v, m)}
     return {name: nm_mask(criterion(layer), n, m) for name, layer in chosen.items()}
 
 
@@ -184,17 +233,19 @@ class LayerSparsity:
 
 
 def follows_nm(weight: torch.Tensor, n: int, m: int) -> bool:
-    """Whether every group of ``m`` consecutive input weights holds at most ``n`` non-zeros."""
-    if weight.ndim != 2 or weight.shape[1] % m:
+    """Whether every group of ``m`` consecutive input weights (a convolution's: input channels, per output
+    channel and kernel position) holds at most ``n`` non-zeros."""
+    if weight.ndim < 2 or nm_width(weight.shape) % m:
         return False
-    nonzero = (weight.detach().reshape(weight.shape[0], -1, m) != 0).sum(dim=-1)
+    rows = nm_rows(weight.detach())
+    nonzero = (rows.reshape(rows.shape[0], -1, m) != 0).sum(dim=-1)
     return bool((nonzero <= n).all())
 
 
 def sparsity_report(model: nn.Module) -> list[LayerSparsity]:
-    """Zeros and pattern of every Linear weight (masked or baked)."""
+    """Zeros and pattern of every Linear and convolution weight (masked or baked)."""
     out = []
-    for name, layer in prunable_linears(model).items():
+    for name, layer in prunable_layers(model).items():
         w = layer.weight.detach()
         zeros = int((w == 0).sum())
         if zeros == 0:

@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import EdgevlaError
 from .importance import Batches, MagnitudeImportance, TaylorImportance, WandaImportance
-from .masks import WeightMask, apply_masks, prunable_linears
+from .masks import WeightMask, apply_masks, from_nm_rows, nm_rows, prunable_layers, takes_nm
 from .structured import STRUCTURES, _example_inputs, groups_of, kept_units, prune_structured, residual_blocks
 
 CRITERIA = ("magnitude", "taylor", "wanda")
@@ -162,7 +162,7 @@ def exact_unstructured_masks(model: nn.Module, sparsity: float, criterion=None, 
     if scope not in ("layer", "global"):
         raise EdgevlaError(f"threshold scope must be 'layer' or 'global', got {scope!r}")
     criterion = criterion or MagnitudeImportance()
-    chosen = prunable_linears(model, layers)
+    chosen = prunable_layers(model, layers)
     scores = {n: layer_scores(criterion, n, m) for n, m in chosen.items()}
     masks = {n: torch.ones_like(s) for n, s in scores.items()}
     if scope == "layer":
@@ -188,24 +188,25 @@ def partial_nm_masks(model: nn.Module, n: int, m: int, fraction: float, criterio
     ``fraction=1`` is the exact N:M pattern.
     """
     criterion = criterion or MagnitudeImportance()
-    chosen = prunable_linears(model, layers)
+    chosen = prunable_layers(model, layers)
     if layers is None:
-        chosen = {k: v for k, v in chosen.items() if v.in_features % m == 0}
+        chosen = {k: v for k, v in chosen.items() if takes_nm(v, m)}
     masks = {}
     for name, layer in chosen.items():
         scores = layer_scores(criterion, name, layer)
-        if scores.ndim != 2 or scores.shape[1] % m:
-            raise EdgevlaError(f"N:M {n}:{m} needs {name}'s input dimension to divide by {m}, "
+        if not takes_nm(layer, m):
+            raise EdgevlaError(f"N:M {n}:{m} needs {name}'s input width to divide by {m}, "
                                f"got shape {tuple(scores.shape)}")
-        groups = scores.reshape(scores.shape[0], -1, m)
+        rows = nm_rows(scores)  # a convolution's groups run along its input channels
+        groups = rows.reshape(rows.shape[0], -1, m)
         drop_in_group = torch.argsort(groups, dim=-1, stable=True)[..., : m - n]
         candidates = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, drop_in_group, True).reshape(-1)
         index = candidates.nonzero().squeeze(1)
         count = int(round(fraction * index.numel()))
-        order = torch.argsort(scores.reshape(-1)[index], stable=True)[:count]
-        mask = torch.ones(scores.numel())
+        order = torch.argsort(rows.reshape(-1)[index], stable=True)[:count]
+        mask = torch.ones(rows.numel())
         mask[index[order]] = 0.0
-        masks[name] = mask.reshape(scores.shape)
+        masks[name] = from_nm_rows(mask.reshape(rows.shape), scores.shape).contiguous()
     return masks
 
 
