@@ -313,6 +313,14 @@ def weight_sparsity(weight: torch.Tensor) -> dict[str, Any]:
     return {"sparsity": round(zeros / weight.numel(), 6), "pattern": pattern}
 
 
+def float_dtypes_below_fp32(policy: torch.nn.Module) -> list[str]:
+    """The narrower float dtypes (bfloat16, float16) among the policy's parameters and buffers, by name: a
+    policy trained or saved in half precision, which the build runs as float32."""
+    found = {t.dtype for t in (*policy.parameters(), *policy.buffers())
+             if t.is_floating_point() and t.dtype in (torch.bfloat16, torch.float16)}
+    return sorted(str(d).removeprefix("torch.") for d in found)
+
+
 def check_policy_runs(policy: torch.nn.Module, spec: PolicySpec, obs: Mapping[str, np.ndarray]) -> None:
     """Run the policy once on observations shaped as its spec declares; one-line error if it can't."""
     args = [torch.from_numpy(obs[n]) for n in spec.input_names]
@@ -1088,6 +1096,9 @@ class Build:
         ref = req.policy or self.recipe.policy or DEFAULT_POLICY
         self.loaded: LoadedPolicy = load_policy(ref, allow_pickle=req.allow_pickle)
         self.original = self.loaded.policy.eval()
+        self.loaded_dtypes = float_dtypes_below_fp32(self.original)
+        if self.loaded_dtypes:  # ONNX has no bf16 Conv and calibration wants fp32: each value is exact in fp32
+            self.original.float()
         self.spec = spec_of(self.original)
         self.output = resolve_output(req.output, self.loaded.name, self.target)
         if self.recipe.evaluate.execute > self.spec.chunk_size:
@@ -1095,6 +1106,10 @@ class Build:
                                f"chunks of {self.spec.chunk_size}")
         self.progress.note(f"policy {self.loaded.name} ({self.loaded.kind}: {self.loaded.source}); "
                            f"target {self.target.name}; bundle {self.output}")
+        if self.loaded_dtypes:
+            self.progress.note(f"the policy's weights are {' and '.join(self.loaded_dtypes)}: compressed, exported "
+                               f"and measured as float32 (exact), shipped as the recipe stores floats "
+                               f"({self.float_dtype})")
 
     # analyze ------------------------------------------------------------
     def analyze(self) -> None:
@@ -1422,7 +1437,8 @@ class Build:
             roofline={k: roofline_for(self.flops[k], t) for k in ("original", "built")},
             stage_timings=dict(self.progress.stage_seconds),
             extra={
-                "policy": {"name": self.loaded.name, "reference": self.loaded.reference, "source": self.loaded.source},
+                "policy": {"name": self.loaded.name, "reference": self.loaded.reference, "source": self.loaded.source,
+                           **({"loaded_dtypes": self.loaded_dtypes} if self.loaded_dtypes else {})},
                 "verify": {"max_abs_error": r.max_abs_error, "mean_abs_error": r.mean_abs_error,
                            "cosine": r.cosine, "atol": r.atol, "min_cosine": r.min_cosine,
                            "samples": r.samples, "passed": r.passed},

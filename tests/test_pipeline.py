@@ -172,6 +172,9 @@ USER_POLICY = textwrap.dedent("""
 
     def make_liar():
         return Liar()
+
+    def make_bf16():
+        return make().to(torch.bfloat16)
 """)
 
 
@@ -218,6 +221,18 @@ def test_user_transformer_policy_prunes_heads_and_quantizes(user_module, tmp_pat
     ops = NativeModel(out / "model.onnx").op_count()  # the rewritten attention exports in the form it fuses
     assert ops["edgevla.Attention"] == 2 and "Softmax" not in ops and "Transpose" not in ops
 
+
+
+def test_a_bfloat16_policy_is_built_as_float32(user_module, tmp_path, fast):
+    """Weights saved in bfloat16 (as policies are trained): the build runs a float32 copy, which holds every value
+    exactly (ONNX has no bfloat16 Gemm or Conv, and calibration wants float32), and says so."""
+    out = tmp_path / "arm-bf16"
+    result = build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make_bf16", output=str(out),
+                                overrides={**fast, "quantize.format": "w8a8"}))
+    assert result.report["extra"]["policy"]["loaded_dtypes"] == ["bfloat16"]
+    assert result.report["extra"]["verify"]["passed"]
+    model = onnx.load(str(out / "model.onnx"))
+    assert not [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.BFLOAT16]
 
 def test_prune_scope_that_the_policy_lacks_names_its_modules(user_module, tmp_path, fast):
     overrides = {**fast, **prune_shorthand("2:4"), "prune.scope": "backbone"}
