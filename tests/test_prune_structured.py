@@ -300,6 +300,62 @@ def test_a_buffer_expanded_to_the_batch_is_traced_and_pruned_with_its_channels()
     with torch.no_grad():
         assert model(*_inputs(model)).shape == (3, 4, 2)
 
+
+class SwiGLUPolicy(nn.Module):
+    """A Llama-style policy: a patch-embedding convolution, RMSNorm, and a SwiGLU MLP (``silu(gate(x)) * up(x)``
+    into ``down``), as Llama- and Gemma-style VLA trunks have."""
+
+    def __init__(self, width: int = 32, hidden: int = 48):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("image", (3, 16, 16)),),
+                               action=TensorSpec("actions", (4, 2), "float32", -1.0, 1.0))
+        self.patch = nn.Conv2d(3, width, 4, stride=4)
+        self.norm = nn.RMSNorm(width)
+        self.gate, self.up = nn.Linear(width, hidden, bias=False), nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+        self.head = nn.Linear(width, 8)
+
+    def forward(self, image):
+        x = self.patch(image).flatten(2).transpose(1, 2)
+        h = self.norm(x)
+        x = x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
+        return self.head(x.mean(dim=1)).view(-1, 4, 2)
+
+
+def test_a_swiglu_mlps_neurons_are_one_group_of_both_producers_and_prune_exactly():
+    torch.manual_seed(6)
+    model = SwiGLUPolicy().eval()
+    graph = DependencyGraph(model)
+    (mlp,) = graph.hidden_groups()
+    couplings = mlp.couplings([2, 30])
+    assert {(c.tensor, c.dim) for c in couplings} == {("gate.weight", 0), ("up.weight", 0), ("down.weight", 1)}
+    _zero(model, couplings)
+    x = _inputs(model)
+    with torch.no_grad():
+        before = model(*x)
+    graph.apply(couplings)
+    with torch.no_grad():
+        after = model(*x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert (model.gate.out_features, model.up.out_features, model.down.in_features) == (46, 46, 46)
+
+
+def test_a_patch_convolution_and_rms_norm_ride_along_the_width():
+    torch.manual_seed(7)
+    model = SwiGLUPolicy().eval()
+    graph = DependencyGraph(model)
+    (width,) = graph.width_groups()
+    got = {(c.tensor, c.dim) for c in width.couplings([5])}
+    assert {("patch.weight", 0), ("patch.bias", 0), ("norm.weight", 0), ("gate.weight", 1), ("up.weight", 1),
+            ("down.weight", 0), ("head.weight", 1)} == got
+    graph.apply(width.couplings([5]))
+    assert model.patch.out_channels == 31 and model.norm.normalized_shape == (31,)
+    with torch.no_grad():
+        assert model(*_inputs(model)).shape == (3, 4, 2)
+    grouped = SwiGLUPolicy()
+    grouped.patch = nn.Sequential(nn.Conv2d(3, 32, 1), nn.Conv2d(32, 32, 4, stride=4, groups=4))
+    assert DependencyGraph(grouped).width_groups() == []  # a grouped convolution's channels are not followed
+
 class UnusedAndInPlace(PointPolicy):
     """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""
 

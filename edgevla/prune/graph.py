@@ -48,6 +48,8 @@ _ELEMENTWISE = {
     "float", "to", "type_as", "clamp", "clip", "square", "reciprocal", "leaky_relu", "elu", "softplus",
     "mish", "hardswish", "detach",
 }
+_NORMS = (nn.LayerNorm, nn.RMSNorm)  # normalized over the last dimension(s): their weights ride along
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ELEMENTWISE_MODULES = (nn.GELU, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU,
                         nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish)
 _AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
@@ -284,7 +286,7 @@ class DependencyGraph:
                 self.linear_in[node.target] = x[-1]
                 self.linear_out[node.target] = out[-1]
                 return True
-            if isinstance(mod, nn.LayerNorm):
+            if isinstance(mod, _NORMS):
                 self._unify_broadcast(out, out_shape, args[0])
                 nd = len(mod.normalized_shape)
                 for d in range(nd):
@@ -292,7 +294,19 @@ class DependencyGraph:
                         if getattr(mod, p, None) is not None:
                             self._member(out[len(out) - nd + d], f"{node.target}.{p}", d)
                     if nd > 1 or d != nd - 1:
-                        self._block(out[len(out) - nd + d], "a multi-dimensional LayerNorm")
+                        self._block(out[len(out) - nd + d], f"a multi-dimensional {type(mod).__name__}")
+                return True
+            if isinstance(mod, _CONVOLUTIONS):
+                # (N, C, *spatial): the batch carries through, the channels are the filters' (a patch embedding
+                # feeding a transformer's width, say); the spatial sizes change, and a grouped convolution ties
+                # its channels into groups the analysis does not follow.
+                if mod.groups != 1 or len(x) != len(out) or len(out) != mod.weight.ndim:
+                    return False
+                self._unify(x[0], out[0])
+                self._member(x[1], f"{node.target}.weight", 1)
+                self._member(out[1], f"{node.target}.weight", 0)
+                if mod.bias is not None:
+                    self._member(out[1], f"{node.target}.bias", 0)
                 return True
             if isinstance(mod, nn.Embedding):
                 for a, b in zip(x, out[:-1]):
@@ -622,20 +636,28 @@ class DependencyGraph:
             cls in (self.find(p.parent), self.find(p.outer), self.find(p.inner)) for p in self._products)
 
     def hidden_groups(self) -> list[Group]:
-        """MLP hidden layers: one Linear's outputs feeding only other Linears' inputs.
+        """MLP hidden layers: Linear outputs feeding only other Linears' inputs — one Linear's, or several
+        combined element-wise (a SwiGLU MLP's ``silu(gate(x)) * up(x)``, as Llama- and Gemma-style trunks have).
 
         Nothing else may touch the class (no norm, no parameter added onto it,
         no reshape into heads, no chunking), so removing a neuron is exact: a
         zero neuron contributes nothing, and a pruned one nothing either.
         """
-        groups = []
+        seen, groups = set(), []
         for name, slot in self.linear_out.items():
             cls = self.find(slot)
+            if cls in seen:
+                continue
+            seen.add(cls)
             outs, ins, tensors = self._linear_members(cls)
-            own = {f"{n}.weight" for n in outs + ins} | {f"{n}.bias" for n in outs}
-            if len(outs) == 1 and ins and tensors <= own and not self._related(cls) and not self.blocked(cls):
+            if ins and tensors <= self._own(outs, ins) and not self._related(cls) and not self.blocked(cls):
                 groups.append(self.group(slot, "neurons", name))
         return groups
+
+    @staticmethod
+    def _own(outs: list[str], ins: list[str]) -> set[str]:
+        """The tensors of the Linears that produce (``outs``) and read (``ins``) a class."""
+        return {f"{n}.weight" for n in outs + ins} | {f"{n}.bias" for n in outs}
 
     def head_groups(self) -> list[Group]:
         """Attention heads: the outer slot of a Linear output split by a reshape (heads x head_dim)."""
@@ -668,15 +690,15 @@ class DependencyGraph:
         return groups
 
     def width_groups(self) -> list[Group]:
-        """Residual/embedding widths: classes fed by more than one Linear or by a norm, not blocked."""
+        """Residual/embedding widths: classes that other tensors than their Linears' meet (a norm, an
+        embedding, a positional parameter, a patch-embedding convolution), not blocked."""
         seen, groups = set(), []
         for name, slot in self.linear_out.items():
             cls = self.find(slot)
             if cls in seen or self.blocked(cls):
                 continue
             outs, ins, tensors = self._linear_members(cls)
-            own = {f"{n}.weight" for n in outs + ins} | {f"{n}.bias" for n in outs}
-            if len(outs) > 1 or tensors - own:
+            if tensors - self._own(outs, ins):
                 try:
                     g = self.group(slot, "width", name)
                 except EdgevlaError:
@@ -766,8 +788,10 @@ def _sync_shape_attributes(module: nn.Module) -> None:
     """Keep the shape bookkeeping of standard modules true to their tensors."""
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+    elif isinstance(module, _NORMS) and module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, _CONVOLUTIONS):
+        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Embedding):
         module.num_embeddings, module.embedding_dim = module.weight.shape
 
