@@ -219,7 +219,7 @@ def test_bad_requests_are_one_line_errors():
         prune_structured(model, "filters", 0.5)
     with pytest.raises(EdgevlaError, match=r"\[0, 1\)"):
         prune_structured(model, "neurons", 1.0)
-    with pytest.raises(EdgevlaError, match="no nn.Linear named"):
+    with pytest.raises(EdgevlaError, match="no nn.Linear or convolution named"):
         DependencyGraph(model).channel_group("missing")
 
 
@@ -355,6 +355,66 @@ def test_a_patch_convolution_and_rms_norm_ride_along_the_width():
     grouped = SwiGLUPolicy()
     grouped.patch = nn.Sequential(nn.Conv2d(3, 32, 1), nn.Conv2d(32, 32, 4, stride=4, groups=4))
     assert DependencyGraph(grouped).width_groups() == []  # a grouped convolution's channels are not followed
+
+
+class FilterPolicy(nn.Module):
+    """A CNN encoder: convolutions with BatchNorm and ReLU, max pooling, a depthwise convolution, global average
+    pooling flattened into a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("image", (3, 16, 16)),),
+                               action=TensorSpec("actions", (4, 2), "float32", -1.0, 1.0))
+        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                                nn.MaxPool2d(2))
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.c3 = nn.Conv2d(24, 32, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, 8)
+        with torch.no_grad():  # statistics that are not the identity
+            for bn in (self.c1[1], self.c2[1]):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, image):
+        x = self.c3(self.dw(self.c2(self.c1(image))))
+        return self.head(torch.flatten(self.pool(x), 1)).view(-1, 4, 2)
+
+
+def test_a_cnns_filters_are_neurons_with_their_batch_norm_and_depthwise_channels(tmp_path):
+    torch.manual_seed(8)
+    model = FilterPolicy().eval()
+    graph = DependencyGraph(model)
+    groups = {g.name: g for g in graph.hidden_groups()}
+    assert sorted(groups) == ["c1.0", "c2.0", "c3"]
+    couplings = groups["c2.0"].couplings([3, 17])
+    assert {(c.tensor, c.dim) for c in couplings} == {
+        ("c2.0.weight", 0), ("c2.0.bias", 0), ("c2.1.weight", 0), ("c2.1.bias", 0), ("c2.1.running_mean", 0),
+        ("c2.1.running_var", 0), ("dw.weight", 0), ("dw.bias", 0), ("c3.weight", 1)}
+    assert {(c.tensor, c.dim) for c in groups["c3"].couplings([0])} == {
+        ("c3.weight", 0), ("c3.bias", 0), ("head.weight", 1)}  # through the pool and the flatten
+    # Exact for what reads the channels: with their columns in c3 zeroed, removing them changes nothing.
+    with torch.no_grad():
+        model.c3.weight[:, [3, 17]] = 0.0
+    x = _inputs(model)
+    with torch.no_grad():
+        before = model(*x)
+    graph.apply(couplings)
+    with torch.no_grad():
+        after = model(*x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert (model.c2[0].out_channels, model.c2[1].num_features, model.c3.in_channels) == (22, 22, 22)
+    assert (model.dw.in_channels, model.dw.out_channels, model.dw.groups) == (22, 22, 22)
+    # A quarter of every group's filters by importance, then ONNX Runtime agrees with the pruned model.
+    result = prune_structured(model, "neurons", 0.25, round_to=2)
+    assert (model.c1[0].out_channels, model.c2[0].out_channels, model.c3.out_channels) == (12, 18, 24)  # 22 - 25 %
+    assert result.params_after == _params(model)
+    path = export_onnx(model, tmp_path / "cnn.onnx")
+    obs = model.spec.example(batch=2, seed=3)
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(a) for a in obs.values())).numpy()
+    np.testing.assert_allclose(ort.InferenceSession(str(path)).run(None, obs)[0], want, rtol=1e-4, atol=1e-5)
 
 class UnusedAndInPlace(PointPolicy):
     """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""

@@ -50,6 +50,10 @@ _ELEMENTWISE = {
 }
 _NORMS = (nn.LayerNorm, nn.RMSNorm)  # normalized over the last dimension(s): their weights ride along
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+          nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+          nn.AdaptiveMaxPool3d)
 _ELEMENTWISE_MODULES = (nn.GELU, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU,
                         nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish)
 _AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
@@ -154,6 +158,9 @@ class DependencyGraph:
         self._members: list[tuple[int, str, int]] = []  # (slot, tensor name, dim)
         self.linear_in: dict[str, int] = {}
         self.linear_out: dict[str, int] = {}
+        self.conv_in: dict[str, int] = {}  # a convolution's input channels (groups == 1), as linear_in
+        self.conv_out: dict[str, int] = {}
+        self._channelwise: set[str] = set()  # per-channel tensors between layers: BatchNorm's, depthwise filters
         self._dims: dict[fx.Node, object] = {}
         self._tensors = dict(model.named_parameters())
         self._tensors.update(dict(model.named_buffers()))
@@ -297,16 +304,39 @@ class DependencyGraph:
                         self._block(out[len(out) - nd + d], f"a multi-dimensional {type(mod).__name__}")
                 return True
             if isinstance(mod, _CONVOLUTIONS):
-                # (N, C, *spatial): the batch carries through, the channels are the filters' (a patch embedding
-                # feeding a transformer's width, say); the spatial sizes change, and a grouped convolution ties
-                # its channels into groups the analysis does not follow.
-                if mod.groups != 1 or len(x) != len(out) or len(out) != mod.weight.ndim:
+                # (N, C, *spatial): the batch carries through, the channels are the filters' (a CNN's hidden
+                # channels, a patch embedding feeding a transformer's width); the spatial sizes change. A
+                # depthwise convolution keeps each channel to itself; other grouped ones tie channels into
+                # groups the analysis does not follow.
+                if len(x) != len(out) or len(out) != mod.weight.ndim:
+                    return False
+                depthwise = mod.groups == mod.in_channels == mod.out_channels
+                if mod.groups != 1 and not depthwise:
                     return False
                 self._unify(x[0], out[0])
-                self._member(x[1], f"{node.target}.weight", 1)
-                self._member(out[1], f"{node.target}.weight", 0)
-                if mod.bias is not None:
-                    self._member(out[1], f"{node.target}.bias", 0)
+                tensors = [(f"{node.target}.weight", 0)] + ([(f"{node.target}.bias", 0)] if mod.bias is not None
+                                                             else [])
+                if depthwise:
+                    self._unify(x[1], out[1])
+                    self._channelwise.update(t for t, _ in tensors)
+                else:
+                    self._member(x[1], f"{node.target}.weight", 1)
+                    self.conv_in[node.target], self.conv_out[node.target] = x[1], out[1]
+                for tensor, dim in tensors:
+                    self._member(out[1], tensor, dim)
+                return True
+            if isinstance(mod, _BATCH_NORMS):  # eval: a per-channel affine map of (N, C, *spatial)
+                self._unify_broadcast(out, out_shape, args[0])
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    if getattr(mod, p, None) is not None:
+                        self._member(out[1], f"{node.target}.{p}", 0)
+                        self._channelwise.add(f"{node.target}.{p}")
+                return True
+            if isinstance(mod, _POOLS):  # batch and channels carry through, the spatial sizes change
+                if len(x) != len(out) or len(out) < 3:
+                    return False
+                self._unify(x[0], out[0])
+                self._unify(x[1], out[1])
                 return True
             if isinstance(mod, nn.Embedding):
                 for a, b in zip(x, out[:-1]):
@@ -619,15 +649,19 @@ class DependencyGraph:
         return g
 
     def channel_group(self, layer: str, dim: str = "out") -> Group:
-        """The group of a Linear layer's output (``dim="out"``) or input channels."""
-        table = self.linear_out if dim == "out" else self.linear_in
+        """The group of a Linear layer's (or a convolution's) output (``dim="out"``) or input channels."""
+        table = {**self.linear_out, **self.conv_out} if dim == "out" else {**self.linear_in, **self.conv_in}
         if layer not in table:
-            raise EdgevlaError(f"no nn.Linear named {layer!r} was called in the traced forward")
+            raise EdgevlaError(f"no nn.Linear or convolution named {layer!r} was called in the traced forward")
         return self.group(table[layer], "channels", f"{layer}:{dim}")
 
-    def _linear_members(self, cls: int) -> tuple[list[str], list[str], set[str]]:
-        outs = [n for n, s in self.linear_out.items() if self.find(s) == cls]
-        ins = [n for n, s in self.linear_in.items() if self.find(s) == cls]
+    def _linear_members(self, cls: int, *, convolutions: bool = False) -> tuple[list[str], list[str], set[str]]:
+        """The layers producing (outs) and reading (ins) a class — Linears, and convolutions if asked — and every
+        tensor with a dimension in it."""
+        produce, read = ({**self.linear_out, **self.conv_out}, {**self.linear_in, **self.conv_in}) if convolutions \
+            else (self.linear_out, self.linear_in)
+        outs = [n for n, s in produce.items() if self.find(s) == cls]
+        ins = [n for n, s in read.items() if self.find(s) == cls]
         tensors = {t for s, t, _ in self._members if self.find(s) == cls}
         return outs, ins, tensors
 
@@ -638,19 +672,24 @@ class DependencyGraph:
     def hidden_groups(self) -> list[Group]:
         """MLP hidden layers: Linear outputs feeding only other Linears' inputs — one Linear's, or several
         combined element-wise (a SwiGLU MLP's ``silu(gate(x)) * up(x)``, as Llama- and Gemma-style trunks have).
+        And a CNN's hidden channels: a convolution's filters feeding only other convolutions (or Linears),
+        through per-channel steps — a BatchNorm, an activation, pooling, a depthwise convolution — whose
+        tensors lose the channel too.
 
-        Nothing else may touch the class (no norm, no parameter added onto it,
-        no reshape into heads, no chunking), so removing a neuron is exact: a
-        zero neuron contributes nothing, and a pruned one nothing either.
+        Nothing else may touch the class (no LayerNorm, no parameter added onto
+        it, no reshape into heads, no chunking), so removing a neuron is exact
+        for the layers reading it: a neuron they give zero weight contributes
+        nothing, and a pruned one nothing either.
         """
         seen, groups = set(), []
-        for name, slot in self.linear_out.items():
+        for name, slot in {**self.linear_out, **self.conv_out}.items():
             cls = self.find(slot)
             if cls in seen:
                 continue
             seen.add(cls)
-            outs, ins, tensors = self._linear_members(cls)
-            if ins and tensors <= self._own(outs, ins) and not self._related(cls) and not self.blocked(cls):
+            outs, ins, tensors = self._linear_members(cls, convolutions=True)
+            own = self._own(outs, ins) | self._channelwise
+            if ins and tensors <= own and not self._related(cls) and not self.blocked(cls):
                 groups.append(self.group(slot, "neurons", name))
         return groups
 
@@ -791,7 +830,11 @@ def _sync_shape_attributes(module: nn.Module) -> None:
     elif isinstance(module, _NORMS) and module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
     elif isinstance(module, _CONVOLUTIONS):
+        if module.groups > 1:  # depthwise: one filter a channel
+            module.groups = module.weight.shape[0]
         module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+    elif isinstance(module, _BATCH_NORMS):
+        module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
     elif isinstance(module, nn.Embedding):
         module.num_embeddings, module.embedding_dim = module.weight.shape
 
