@@ -76,6 +76,17 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _removing_changes_nothing(model, graph, couplings) -> None:
+    """Apply ``couplings`` and check the model's output on example inputs stayed what it was."""
+    x = _inputs(model)
+    with torch.no_grad():
+        before = model(*x)
+    graph.apply(couplings)
+    with torch.no_grad():
+        after = model(*x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from edgevla.models.zoo import load_policy
@@ -330,13 +341,7 @@ def test_a_swiglu_mlps_neurons_are_one_group_of_both_producers_and_prune_exactly
     couplings = mlp.couplings([2, 30])
     assert {(c.tensor, c.dim) for c in couplings} == {("gate.weight", 0), ("up.weight", 0), ("down.weight", 1)}
     _zero(model, couplings)
-    x = _inputs(model)
-    with torch.no_grad():
-        before = model(*x)
-    graph.apply(couplings)
-    with torch.no_grad():
-        after = model(*x)
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    _removing_changes_nothing(model, graph, couplings)
     assert (model.gate.out_features, model.up.out_features, model.down.in_features) == (46, 46, 46)
 
 
@@ -397,13 +402,7 @@ def test_a_cnns_filters_are_neurons_with_their_batch_norm_and_depthwise_channels
     # Exact for what reads the channels: with their columns in c3 zeroed, removing them changes nothing.
     with torch.no_grad():
         model.c3.weight[:, [3, 17]] = 0.0
-    x = _inputs(model)
-    with torch.no_grad():
-        before = model(*x)
-    graph.apply(couplings)
-    with torch.no_grad():
-        after = model(*x)
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    _removing_changes_nothing(model, graph, couplings)
     assert (model.c2[0].out_channels, model.c2[1].num_features, model.c3.in_channels) == (22, 22, 22)
     assert (model.dw.in_channels, model.dw.out_channels, model.dw.groups) == (22, 22, 22)
     # A quarter of every group's filters by importance, then ONNX Runtime agrees with the pruned model.
