@@ -415,6 +415,37 @@ def test_a_cnns_filters_are_neurons_with_their_batch_norm_and_depthwise_channels
         want = model(*(torch.from_numpy(a) for a in obs.values())).numpy()
     np.testing.assert_allclose(ort.InferenceSession(str(path)).run(None, obs)[0], want, rtol=1e-4, atol=1e-5)
 
+
+class GroupNormPolicy(FilterPolicy):
+    """FilterPolicy with GroupNorm (4 groups of 4 channels) after its first convolution, as ResNets trained for
+    Diffusion Policy have."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU())
+        with torch.no_grad():
+            self.c1[1].weight.uniform_(0.5, 1.5)
+            self.c1[1].bias.uniform_(-0.2, 0.2)
+
+
+def test_group_norm_channels_go_in_whole_groups():
+    torch.manual_seed(9)
+    model = GroupNormPolicy().eval()
+    graph = DependencyGraph(model)
+    groups = {g.name: g for g in graph.hidden_groups()}
+    c1 = groups["c1.0"]
+    assert (c1.units, c1.unit_width) == (4, 4)  # units are the GroupNorm's groups
+    couplings = c1.couplings([1])
+    assert {(c.tensor, c.dim, c.indices) for c in couplings} == {
+        (t, d, (4, 5, 6, 7)) for t, d in (("c1.0.weight", 0), ("c1.0.bias", 0), ("c1.1.weight", 0), ("c1.1.bias", 0),
+                                          ("c2.0.weight", 1))}
+    with pytest.raises(EdgevlaError, match="cannot prune part of a 4 x 4"):
+        graph.channel_group("c1.0").couplings([5])  # a single channel of a group
+    with torch.no_grad():
+        model.c2[0].weight[:, 4:8] = 0.0
+    _removing_changes_nothing(model, graph, couplings)
+    assert (model.c1[1].num_groups, model.c1[1].num_channels, model.c2[0].in_channels) == (3, 12, 12)
+
 class UnusedAndInPlace(PointPolicy):
     """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""
 

@@ -161,6 +161,7 @@ class DependencyGraph:
         self.conv_in: dict[str, int] = {}  # a convolution's input channels (groups == 1), as linear_in
         self.conv_out: dict[str, int] = {}
         self._channelwise: set[str] = set()  # per-channel tensors between layers: BatchNorm's, depthwise filters
+        self._group_norms: list[tuple[int, int]] = []  # (channel slot, its groups' slot) of each GroupNorm
         self._dims: dict[fx.Node, object] = {}
         self._tensors = dict(model.named_parameters())
         self._tensors.update(dict(model.named_buffers()))
@@ -328,6 +329,23 @@ class DependencyGraph:
             if isinstance(mod, _BATCH_NORMS):  # eval: a per-channel affine map of (N, C, *spatial)
                 self._unify_broadcast(out, out_shape, args[0])
                 for p in ("weight", "bias", "running_mean", "running_var"):
+                    if getattr(mod, p, None) is not None:
+                        self._member(out[1], f"{node.target}.{p}", 0)
+                        self._channelwise.add(f"{node.target}.{p}")
+                return True
+            if isinstance(mod, nn.GroupNorm):
+                # Normalized over groups of channels: a channel goes only with its whole group (the channels are
+                # groups x channels-per-group, and only the groups may shrink).
+                if mod.weight is None or len(out) < 2:
+                    return False
+                self._unify_broadcast(out, out_shape, args[0])
+                per_group = mod.num_channels // mod.num_groups
+                outer, inner = self._new(mod.num_groups), self._new(per_group)
+                self._products.append(_Product(out[1], outer, inner, self._current_module))
+                self._group_norms.append((out[1], outer))
+                if per_group > 1:
+                    self._block(inner, "a GroupNorm group's channels (remove whole groups)")
+                for p in ("weight", "bias"):
                     if getattr(mod, p, None) is not None:
                         self._member(out[1], f"{node.target}.{p}", 0)
                         self._channelwise.add(f"{node.target}.{p}")
@@ -689,9 +707,24 @@ class DependencyGraph:
             seen.add(cls)
             outs, ins, tensors = self._linear_members(cls, convolutions=True)
             own = self._own(outs, ins) | self._channelwise
-            if ins and tensors <= own and not self._related(cls) and not self.blocked(cls):
+            if not ins or not tensors <= own or self.blocked(cls):
+                continue
+            if not self._related(cls):
                 groups.append(self.group(slot, "neurons", name))
+            elif (units := self._group_norm_units(cls)) is not None:  # whole GroupNorm groups are the units
+                groups.append(self.group(slot, "neurons", name, units_slot=units))
         return groups
+
+    def _group_norm_units(self, cls: int) -> int | None:
+        """The groups' slot when every relation ``cls`` has is a GroupNorm splitting it into groups (of one
+        size), else None."""
+        concats, products = self._relations()
+        mine = [o for c, o in self._group_norms if self.find(c) == cls]
+        if not mine or concats.get(cls) or len(products.get(cls, ())) != len(mine):
+            return None
+        if len({self.size[self.find(o)] for o in mine}) != 1 or any(p != cls for p, _, _ in products[cls]):
+            return None
+        return mine[0]
 
     @staticmethod
     def _own(outs: list[str], ins: list[str]) -> set[str]:
@@ -833,6 +866,10 @@ def _sync_shape_attributes(module: nn.Module) -> None:
         if module.groups > 1:  # depthwise: one filter a channel
             module.groups = module.weight.shape[0]
         module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+        per_group = module.num_channels // module.num_groups
+        module.num_channels = module.weight.shape[0]
+        module.num_groups = module.num_channels // per_group
     elif isinstance(module, _BATCH_NORMS):
         module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
     elif isinstance(module, nn.Embedding):
