@@ -312,6 +312,24 @@ def test_a_buffer_expanded_to_the_batch_is_traced_and_pruned_with_its_channels()
         assert model(*_inputs(model)).shape == (3, 4, 2)
 
 
+
+class SizedByItsInput(PointPolicy):
+    """Makes a tensor sized by its input's batch, as a diffusion sampler makes its starting actions."""
+
+    def __init__(self):
+        super().__init__(depth=1)
+
+    def forward(self, points):
+        start = torch.zeros(points.shape[0], 4, 2) + torch.full((points.shape[0], 1, 1), 0.5)
+        return super().forward(points) + start
+
+
+def test_a_tensor_factory_sized_by_the_input_is_traced():
+    factories = (torch.zeros, torch.full)
+    graph = DependencyGraph(SizedByItsInput().eval())
+    assert [g.name for g in graph.hidden_groups()] == ["blocks.0.ffn.0"]
+    assert (torch.zeros, torch.full) == factories  # swapped for the trace only
+
 class SwiGLUPolicy(nn.Module):
     """A Llama-style policy: a patch-embedding convolution, RMSNorm, and a SwiGLU MLP (``silu(gate(x)) * up(x)``
     into ``down``), as Llama- and Gemma-style VLA trunks have."""

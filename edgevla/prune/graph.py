@@ -824,12 +824,40 @@ class DependencyGraph:
             _set_int_attrs(module, _WIDTH_NAMES, self.size[parent], self.size[parent] - removed.get(parent, 0))
 
 
+#: Tensor factories that take sizes: a forward may size one by its input (``torch.zeros(x.shape[0], 7, 16)``).
+_SIZE_FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn", "randint", "arange")
+
+
 class _Tracer(fx.Tracer):
-    """fx's tracer, with a buffer the forward reads (a sampler's fixed noise, expanded to the batch) a graph node
-    like a parameter: fx's default hands it over as a plain tensor, which a method call with a traced argument
-    (``self.noise.expand(x.shape[0], -1, -1)``) cannot take."""
+    """fx's tracer, with two things a policy's forward does that its default cannot follow:
+
+    * a buffer the forward reads (a sampler's fixed noise, expanded to the batch) is a graph node like a
+      parameter: fx's default hands it over as a plain tensor, which a method call with a traced argument
+      (``self.noise.expand(x.shape[0], -1, -1)``) cannot take;
+    * a tensor factory sized by a traced value (``torch.zeros(x.shape[0], 7, 16)``, a diffusion sampler's
+      starting actions) is recorded as a call: fx's default passes the traced size into the factory itself.
+      The factories are swapped on the ``torch`` module for the trace only.
+    """
 
     proxy_buffer_attributes = True
+
+    def trace(self, root, concrete_args=None):
+        originals = {name: getattr(torch, name) for name in _SIZE_FACTORIES}
+
+        def recorded(factory):
+            def call(*args, **kwargs):
+                if any(isinstance(a, fx.Proxy) for a in torch.utils._pytree.tree_leaves((args, kwargs))):
+                    return self.create_proxy("call_function", factory, args, kwargs)
+                return factory(*args, **kwargs)
+            return call
+
+        try:
+            for name, factory in originals.items():
+                setattr(torch, name, recorded(factory))
+            return super().trace(root, concrete_args)
+        finally:
+            for name, factory in originals.items():
+                setattr(torch, name, factory)
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
