@@ -464,6 +464,21 @@ def test_group_norm_channels_go_in_whole_groups():
     _removing_changes_nothing(model, graph, couplings)
     assert (model.c1[1].num_groups, model.c1[1].num_channels, model.c2[0].in_channels) == (3, 12, 12)
 
+
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.7])
+def test_one_pruning_step_removes_what_the_plan_predicts_when_groups_differ(fraction):
+    """Groups of different units (4 GroupNorm groups of 4 channels, 24 and 32 single filters): the build sizes
+    the unit fraction by the plan's prediction, and a one-shot step must remove exactly that."""
+    from edgevla.prune import MagnitudeImportance, gradual_prune, plan
+
+    torch.manual_seed(9)
+    model = GroupNormPolicy().eval()
+    inputs = _inputs(model)
+    predicted = plan(DependencyGraph(model, inputs), "neurons", fraction, MagnitudeImportance(), 4, None)[2]
+    before = _params(model)
+    gradual_prune(model, "neurons", fraction, 1, schedule="oneshot", round_to=4, example_inputs=inputs)
+    assert before - _params(model) == predicted > 0
+
 class UnusedAndInPlace(PointPolicy):
     """Computes a value it drops (a mean over a hidden layer's neurons), and adds a parameter onto them in place."""
 

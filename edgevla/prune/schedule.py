@@ -287,6 +287,11 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
             else:
                 keep = kept_units(units0, target, width, round_to)
             amount = (units_now - keep) / units_now if units_now else 0.0
+            if i == 1 and kind != "blocks":
+                # Nothing pruned yet: the target itself, as the build's plan predicted it, group by group. Through
+                # the first group's rounding a coarser group (a GroupNorm's, 8 channels a unit) would under-prune
+                # the rest.
+                amount = target
             if amount > 0:
                 crit = make_criterion(criterion, model, calibration)
                 prune_structured(model, kind, amount, crit, round_to=round_to, scope=structure_scope,
