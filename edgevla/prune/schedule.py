@@ -281,17 +281,18 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
             apply_masks(model, masks)
             achieved = _mask_fraction(model, masks)
         else:
-            units_now, _, _ = _structure_units(model, kind, structure_scope, inputs, pruned=i > 1)
-            if kind == "blocks":
-                keep = max(1, units0 - int(math.floor(target * units0 + 1e-9)))
-            else:
-                keep = kept_units(units0, target, width, round_to)
-            amount = (units_now - keep) / units_now if units_now else 0.0
             if i == 1 and kind != "blocks":
                 # Nothing pruned yet: the target itself, as the build's plan predicted it, group by group. Through
                 # the first group's rounding a coarser group (a GroupNorm's, 8 channels a unit) would under-prune
                 # the rest.
                 amount = target
+            else:  # later steps: the share of what is left that brings the first group to the target
+                units_now, _, _ = _structure_units(model, kind, structure_scope, inputs, pruned=i > 1)
+                if kind == "blocks":
+                    keep = max(1, units0 - int(math.floor(target * units0 + 1e-9)))
+                else:
+                    keep = kept_units(units0, target, width, round_to)
+                amount = (units_now - keep) / units_now if units_now else 0.0
             if amount > 0:
                 crit = make_criterion(criterion, model, calibration)
                 prune_structured(model, kind, amount, crit, round_to=round_to, scope=structure_scope,
