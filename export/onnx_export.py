@@ -46,6 +46,8 @@ from ..spec import PolicySpec, spec_of
 
 #: LayerNormalization, which every transformer policy uses, entered ONNX in opset 17.
 MIN_OPSET = 17
+#: The opset torch.onnx writes; older ones are converted to after folding (:func:`_down_to_opset`).
+EXPORTER_OPSET = 18
 BATCH_AXIS = "batch"
 
 
@@ -199,15 +201,78 @@ def _trace(policy: torch.nn.Module, spec: PolicySpec, example: tuple[torch.Tenso
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                policy, example, dynamo=True, optimize=False, opset_version=opset,
+                policy, example, dynamo=True, optimize=False, opset_version=max(opset, EXPORTER_OPSET),
                 input_names=spec.input_names, output_names=[spec.action.name],
                 dynamic_shapes=dynamic_shapes, external_data=False, verbose=False, report=False)
-            model = _optimize(program.model)
-            return ir.serde.serialize_model(model)
+            model = _optimize(program.model, opset)
+            proto = ir.serde.serialize_model(model)
     except EdgevlaError:
         raise
     except Exception as e:  # torch.export raises many unrelated types; the user needs one line
         raise _export_failure(policy, e) from e
+    return _down_to_opset(proto, opset)
+
+
+def _down_to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Write the folded graph in an opset older than the exporter's own (17: TensorRT 8.5, JetPack 5).
+
+    The exporter converts before folding, and fails silently there on inputs that are constant only
+    once folded (a ``ReduceMean``'s axes), handing back opset 18. After folding, ONNX's converter
+    takes every op back but ``Split``, for which it has no adapter although the sizes-input form
+    (:func:`_split_sizes_before_opset_18`) reads the same in 13 and 18: Splits wait out the
+    conversion in a private domain. Initializers nobody reads any more (the axes now attributes) go.
+    """
+    if opset >= EXPORTER_OPSET:
+        return proto
+    import onnx.version_converter
+
+    splits = [n for n in _all_nodes(proto.graph) if n.op_type == "Split" and n.domain in ("", "ai.onnx")]
+    for node in splits:
+        node.domain = _ASIDE
+    proto.opset_import.append(onnx.helper.make_opsetid(_ASIDE, 1))
+    try:
+        converted = onnx.version_converter.convert_version(proto, opset)
+    except Exception as e:  # the C converter raises RuntimeError with its file and assertion text
+        raise EdgevlaError(f"ONNX export: the graph cannot be written in opset {opset} "
+                           f"({_one_line(e).split(': ')[-1]}); set export.opset to {EXPORTER_OPSET} or later") from e
+    for node in _all_nodes(converted.graph):
+        if node.domain == _ASIDE:
+            node.domain = ""
+        _drop_noop_with_empty_axes(node, opset)
+    kept = [o for o in converted.opset_import if o.domain != _ASIDE]
+    del converted.opset_import[:]
+    converted.opset_import.extend(kept)
+    read = {name for n in _all_nodes(converted.graph) for name in n.input} | {o.name for o in converted.graph.output}
+    unread = [i for i in converted.graph.initializer if i.name not in read]
+    for init in unread:
+        converted.graph.initializer.remove(init)
+    return converted
+
+
+_ASIDE = "edgevla.opset18"
+
+
+def _drop_noop_with_empty_axes(node: onnx.NodeProto, opset: int) -> None:
+    """The converter moves a reduction's axes back to an attribute but keeps opset 18's
+    ``noop_with_empty_axes``, unknown before 18; without axes it would mean reduce-nothing."""
+    attrs = {a.name: a for a in node.attribute}
+    flag = attrs.get("noop_with_empty_axes")
+    if flag is None or node.domain not in ("", "ai.onnx"):
+        return
+    if "noop_with_empty_axes" in onnx.defs.get_schema(node.op_type, opset).attributes:
+        return
+    if flag.i and "axes" not in attrs:
+        raise EdgevlaError(f"ONNX export: a {node.op_type} over no axes (an identity) cannot be written in opset "
+                           f"{opset}; set export.opset to {EXPORTER_OPSET} or later")
+    node.attribute.remove(flag)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                yield from _all_nodes(sub)
 
 
 def _export_failure(policy: torch.nn.Module, error: Exception) -> EdgevlaError:
@@ -222,16 +287,19 @@ def _export_failure(policy: torch.nn.Module, error: Exception) -> EdgevlaError:
     return EdgevlaError(f"{what}: {type(root).__name__}: {_one_line(root)}")
 
 
-def _optimize(model):
+def _optimize(model, opset: int):
     """onnxscript's default optimization, without deduplicating initializers."""
     import onnx_ir.passes.common as passes
     import onnxscript.optimizer
     import onnxscript.rewriter
 
     passes.InlinePass()(model)
+    passes.CommonSubexpressionEliminationPass()(model)  # one Transpose per weight, however often it is read
     for _ in range(2):
         onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
         model = onnxscript.rewriter.rewrite(model)
+    if opset < 18:
+        _split_sizes_before_opset_18(model)
     for step in (passes.RemoveUnusedNodesPass(),
                  passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
                  passes.CommonSubexpressionEliminationPass(),
@@ -240,6 +308,33 @@ def _optimize(model):
                  passes.NameFixPass()):
         step(model)
     return model
+
+
+def _split_sizes_before_opset_18(model) -> None:
+    """Give each ``Split(num_outputs=n)`` its sizes as an input, the form every opset reads.
+
+    The exporter and onnxscript's rewriter (two halving ``Slice``s: ``x.chunk(2, -1)`` in adaLN,
+    FiLM, GLU) write ``Split(num_outputs=n)``, an opset-18 attribute ONNX's converter cannot take
+    back to 17. Sizes follow opset 18's rule: ``ceil(d / n)`` each, the remainder last.
+    """
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "Split" or node.domain != "" or "num_outputs" not in node.attributes:
+            continue
+        n = node.attributes.pop("num_outputs").as_int()
+        shape = node.inputs[0].shape
+        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+        dim = shape[axis] if shape is not None else None
+        if not isinstance(dim, int):
+            raise EdgevlaError(f"ONNX export: a Split into {n} along an axis of unknown size cannot be written "
+                               f"before opset 18; set export.opset to 18 or later")
+        part = -(-dim // n)
+        sizes = ir.Value(name=f"{node.name}_sizes",
+                         const_value=ir.tensor(np.array([part] * (n - 1) + [dim - part * (n - 1)], np.int64)))
+        node.graph.register_initializer(sizes)
+        node.resize_inputs(2)
+        node.replace_input_with(1, sizes)
 
 
 @contextlib.contextmanager

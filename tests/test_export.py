@@ -259,3 +259,66 @@ def test_static_batch_export(tmp_path):
     obs = policy.spec.example(batch=1, seed=5)
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
     assert np.abs(got - _torch_actions(policy, obs)).max() < 1e-5
+
+
+class HalvesPolicy(nn.Module):
+    """adaLN / FiLM: one Linear's output halved along the last axis (``chunk(2, -1)``), conditioned on a
+    mean over tokens (a ``ReduceMean`` whose axes are constant only once folded)."""
+
+    def __init__(self, width: int = 10):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (3, width)),), action=TensorSpec("a", (3, width)))
+        self.film = nn.Linear(width, 2 * width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        scale, shift = self.film(x.mean(1)).chunk(2, dim=-1)
+        return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_a_halved_output_exports_as_a_split_the_opset_knows(tmp_path, opset):
+    torch.manual_seed(4)
+    policy = HalvesPolicy().eval()
+    path = export_onnx(policy, tmp_path / "halves.onnx", opset=opset)
+    model = onnx.load(str(path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    splits = [n for n in model.graph.node if n.op_type == "Split"]
+    assert splits, "the rewriter's Slice pair -> Split is what this test covers"
+    for split in splits:
+        assert ({a.name for a in split.attribute} >= {"num_outputs"}) == (opset >= 18)
+    obs = policy.spec.example(batch=5, seed=2)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
+    assert np.abs(got - _torch_actions(policy, obs)).max() < 1e-5
+
+
+class LoopPolicy(nn.Module):
+    """An integrator (flow matching, diffusion sampling): the same layers applied at every step."""
+
+    def __init__(self, steps: int = 4):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 5)),), action=TensorSpec("a", (6, 5)))
+        self.inp, self.out = nn.Linear(5, 16), nn.Linear(16, 5)
+        self.steps = steps
+
+    def forward(self, x):
+        for _ in range(self.steps):
+            x = x + self.out(torch.tanh(self.inp(x))) / self.steps
+        return x
+
+
+def test_a_layer_applied_in_a_loop_is_stored_once_and_matched(tmp_path):
+    torch.manual_seed(6)
+    policy = LoopPolicy().eval()
+    path = export_onnx(policy, tmp_path / "loop.onnx")
+    model = onnx.load(str(path))
+    refs = match_initializers(model, policy)
+    assert set(refs) == {n for n, _ in policy.named_parameters()}
+    matrices = [i.name for i in model.graph.initializer if len(i.dims) == 2]
+    assert sorted(matrices) == sorted(refs[f"{layer}.weight"].name for layer in ("inp", "out"))
+    for layer in ("inp", "out"):
+        readers = [n for n in model.graph.node if refs[f"{layer}.weight"].name in n.input]
+        assert len(readers) == policy.steps
+    obs = policy.spec.example(batch=3, seed=1)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
+    assert np.abs(got - _torch_actions(policy, obs)).max() < 1e-5
