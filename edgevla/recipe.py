@@ -191,7 +191,7 @@ RECIPE_SCHEMA = Section({
         }),
     }),
     "export": Section({
-        "opset": Int(13, 21, default=17),
+        "opset": Int(17, 21, default=18),  # 17: TensorRT 8.5 (JetPack 5); 18: the exporter's own
         "dynamic_batch": Bool(default=True),
     }),
     "verify": Section({

@@ -63,7 +63,7 @@ class InitializerRef:
     transposed: bool
 
 
-def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int = 17,
+def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
     """Export ``policy`` to ``path``, check it, and return the path.
 

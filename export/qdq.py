@@ -68,7 +68,7 @@ _ACTIVATION_LAYERS = (StaticInt8Input, Float8Linear)
 ORT_DISABLED_OPTIMIZERS = ("ReluQuantRewrite",)  # wrong for fp8 Q/DQ in ONNX Runtime 1.32: see reference_session
 
 
-def export_qdq(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
+def export_qdq(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: str = "fp32",
                dynamic_batch: bool = True, float_inputs: Iterable[str] = ()) -> Path:
     """Export a fake-quant policy (from :func:`edgevla.quant.quantize_`) to a Q/DQ ONNX file."""
     if not quantized_layers(model):
@@ -77,7 +77,7 @@ def export_qdq(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: 
                             float_inputs=float_inputs)
 
 
-def export_quantized(model, path: str | os.PathLike, *, opset: int = 17, float_dtype: str = "fp32",
+def export_quantized(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: str = "fp32",
                      dynamic_batch: bool = True, float_inputs: Iterable[str] = ()) -> Path:
     """Export any model from :func:`edgevla.quant.quantize_policy` — fake-quant layers or none (fp16).
 

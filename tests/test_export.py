@@ -70,7 +70,7 @@ def test_export_writes_a_checked_graph_with_spec_names(exported):
     assert {"LayerNormalization", "Softmax", "Gather"} <= ops
     assert ops & {"MatMul", "Gemm"}
     assert all(n.domain in ("", "ai.onnx") for n in graph.node)
-    assert model.opset_import[0].version == 17
+    assert model.opset_import[0].version == 18
     assert sorted(p.name for p in path.parent.iterdir()) == ["policy.onnx"]  # no temp file left behind
 
 
@@ -322,3 +322,28 @@ def test_a_layer_applied_in_a_loop_is_stored_once_and_matched(tmp_path):
     obs = policy.spec.example(batch=3, seed=1)
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
     assert np.abs(got - _torch_actions(policy, obs)).max() < 1e-5
+
+
+class MishPolicy(nn.Module):
+    """Diffusion Policy's activation: ``Mish`` entered ONNX in opset 18, with no earlier form."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (2, 6)),), action=TensorSpec("a", (2, 6)))
+        self.net = nn.Sequential(nn.Linear(6, 12), nn.Mish(), nn.Linear(12, 6))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_an_op_born_in_opset_18_exports_by_default_and_is_named_when_17_is_asked(tmp_path):
+    torch.manual_seed(8)
+    policy = MishPolicy().eval()
+    path = export_onnx(policy, tmp_path / "mish.onnx")
+    assert "Mish" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    obs = policy.spec.example(batch=4, seed=3)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
+    assert np.abs(got - _torch_actions(policy, obs)).max() < 1e-5
+    with pytest.raises(EdgevlaError, match=r"cannot be written in opset 17 \(.*Mish.*\); set export.opset to 18") as err:
+        export_onnx(policy, tmp_path / "mish17.onnx", opset=17)
+    assert "\n" not in str(err.value) and not (tmp_path / "mish17.onnx").exists()

@@ -285,7 +285,7 @@ def test_a_convolution_called_twice_exports_one_dequantized_weight(tmp_path):
 
 
 class Video(nn.Module):
-    """Conv3d + BatchNorm3d over a short clip, a reflect-padded Conv2d called twice, a depthwise Conv2d and a
+    """Conv3d + BatchNorm3d over a short clip, a reflect-padded Conv2d called twice on one input, a depthwise Conv2d and a
     circular-padded Conv1d (both padding modes export a Pad node before the Conv)."""
 
     def __init__(self):
@@ -328,6 +328,7 @@ def test_video_encoder_quantizes_exports_and_runs_natively(tmp_path):
     assert np.abs(exported - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
     model = NativeModel(path)
     assert [(c.layer, c.mode) for c in model.plan()] == [
-        ("c3", "int8-static"), ("reflect", "int8-static"), ("reflect", "int8-static"), ("circular", "int8-static"),
-        ("head", "int8-static")]  # the depthwise one runs in NumPy on its dequantized filters
+        ("c3", "int8-static"), ("reflect", "int8-static"), ("circular", "int8-static"),
+        ("head", "int8-static")]  # the depthwise one runs in NumPy on its dequantized filters; the export
+    # computes relu(reflect(x)), called twice on the same x, once
     assert np.abs(model.run(obs)["a"] - exported).max() < 1e-5

@@ -32,7 +32,7 @@ DEFAULTS = {
                                      "max_loss": None, "episodes": 100, "seed": 30_000},
                  "qat": {"enabled": False, "steps": 200, "lr": 3e-5, "batch_size": 32},
                  "parity": {"atol": 0.05, "min_cosine": 0.999}},
-    "export": {"opset": 17, "dynamic_batch": True},
+    "export": {"opset": 18, "dynamic_batch": True},
     "verify": {"samples": 64, "atol": 1e-4, "min_cosine": 0.9999},
     "evaluate": {"episodes": 200, "seed": 10_000, "max_accuracy_loss": None, "gate": "estimate",
                  "backends": ["onnxruntime"],
@@ -345,7 +345,7 @@ def test_bad_prune_shorthand_is_one_line(text):
     ({"profile.batch_sizes": []}, "recipe: profile.batch_sizes: expected a non-empty list of int >= 1, got []"),
     ({"profile.backends": ["tensorrt"]}, "recipe: profile.backends[0]: expected one of torch, onnxruntime, "
                                          "got 'tensorrt'"),
-    ({"export.opset": 12}, "recipe: export.opset: expected int in [13, 21], got 12"),
+    ({"export.opset": 12}, "recipe: export.opset: expected int in [17, 21], got 12"),
     ({"export.dynamic_batch": "yes please"}, "recipe: export.dynamic_batch: expected true or false, "
                                               "got 'yes please'"),
     ({"verify.atol": float("nan")}, "recipe: verify.atol: expected number >= 0, got nan"),
