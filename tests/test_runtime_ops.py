@@ -238,6 +238,32 @@ CASES = [
     Case("GRU", {"x": f32(4, 3, 5)}, consts={"w": f32(1, 12, 5, low=-0.5, high=0.5),
                                             "r": f32(1, 12, 4, low=-0.5, high=0.5), "b": f32(1, 24)},
          attrs={"hidden_size": 4, "direction": "reverse"}, n_out=2, atol=1e-5, id="GRU-reset-before-linear-reverse"),
+    # Resize: torch's nearest (asymmetric, floor) and bilinear (pytorch_half_pixel / align_corners), by scales
+    # and by sizes, down as well as up, 1-d (a Conv1d U-Net) and 2-d; every coordinate and rounding mode
+    *[Case("Resize", {"x": f32(2, 3, 5, 4)}, consts={"scales": np.array([1, 1, up, 2], np.float32)},
+           order=["x", "", "scales"], attrs={"mode": mode, "coordinate_transformation_mode": coords, **extra},
+           opset=opset, atol=5e-6, id=f"Resize-{mode}-{coords}-{up}{'-' if extra else ''}{'-'.join(extra.values())}")
+      for mode, coords, extra, up, opset in (
+          ("nearest", "asymmetric", {"nearest_mode": "floor"}, 2.0, 18),
+          ("nearest", "half_pixel", {"nearest_mode": "round_prefer_floor"}, 0.6, 18),
+          ("nearest", "half_pixel", {"nearest_mode": "round_prefer_ceil"}, 1.5, 18),
+          ("nearest", "align_corners", {"nearest_mode": "ceil"}, 3.0, 18),
+          ("linear", "pytorch_half_pixel", {}, 2.0, 18),
+          ("linear", "half_pixel", {}, 0.5, 18),
+          ("linear", "align_corners", {}, 1.7, 18),
+          ("linear", "asymmetric", {}, 2.5, 18),
+          ("linear", "half_pixel_symmetric", {}, 1.5, 19))],
+    Case("Resize", {"x": f32(2, 6, 7)}, consts={"sizes": i64(2, 6, 16)}, order=["x", "", "", "sizes"],
+         attrs={"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, atol=5e-6,
+         id="Resize-linear-sizes-1d"),
+    Case("Resize", {"x": f32(1, 2, 4, 6)}, consts={"sizes": i64(1, 3)}, order=["x", "", "", "sizes"],
+         attrs={"mode": "nearest", "axes": [2, 3]}, atol=0, id="Resize-nearest-axes-sizes-to-one"),
+    Case("GatherND", {"x": f32(5, 3, 4)}, consts={"i": RNG.integers(-5, 5, (2, 6, 1)).astype(np.int64)},
+         atol=0, id="GatherND-rows-negative"),
+    Case("GatherND", {"x": f32(5, 3, 4)}, consts={"i": np.stack([RNG.integers(0, 5, 7), RNG.integers(0, 3, 7)], 1)},
+         atol=0, id="GatherND-pairs"),
+    Case("GatherND", {"x": f32(2, 3, 4)}, consts={"i": RNG.integers(0, 3, (2, 5, 2)).astype(np.int64)},
+         attrs={"batch_dims": 1}, atol=0, id="GatherND-batch-dims"),
     Case("QuantizeLinear", {"x": x234 * 3}, consts={"s": np.array(0.02, np.float32), "z": np.array(3, np.int8)}),
     Case("QuantizeLinear", {"x": np.arange(-301, 301, dtype=np.float32).reshape(7, 86) * np.float32(0.125)},
          consts={"s": np.array(0.25, np.float32), "z": np.array(0, np.int8)},
@@ -377,6 +403,21 @@ def test_pooling_it_cannot_do_is_one_clear_line(op, attrs, n_out, words):
     with pytest.raises(EdgevlaError) as info:
         NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).run({"x": f32(1, 3, 8, 8)})
     assert "\n" not in str(info.value) and words in str(info.value) and "pool" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("attrs, words", [
+    ({"mode": "cubic"}, "mode 'cubic'"),
+    ({"mode": "linear", "antialias": 1}, "antialias"),
+    ({"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
+])
+def test_resizing_it_cannot_do_is_one_clear_line(attrs, words):
+    graph = helper.make_graph([helper.make_node("Resize", ["x", "", "scales"], ["y0"], name="up", **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    with pytest.raises(EdgevlaError) as info:
+        NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert "\n" not in str(info.value) and words in str(info.value) and "up" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("attrs, inputs, words", [

@@ -736,6 +736,26 @@ def _gather_elements(c):
     return lambda x, indices: np.take_along_axis(x, np.where(indices < 0, indices + x.shape[axis], indices), axis)
 
 
+@register("GatherND")
+def _gather_nd(c):
+    """ONNX GatherND (opset 12+: ``batch_dims``): the last axis of ``indices`` addresses the leading axes of
+    ``data`` after the batch ones (PyTorch exports a 1-d ``F.interpolate`` as GatherND on constant indices)."""
+    b = int(c.attr("batch_dims", 0))
+
+    def gather_nd(data, indices):
+        k = indices.shape[-1]
+        if b + k > data.ndim or data.shape[:b] != indices.shape[:b]:
+            raise _fail(c, f"indices {indices.shape} do not address data {data.shape} with batch_dims {b}")
+        lead = np.asarray(data.shape[b:b + k], np.int64)
+        idx = np.where(indices < 0, indices + lead, indices)
+        if ((idx < 0) | (idx >= lead)).any():
+            raise _fail(c, "an index is out of range")
+        rank = indices.ndim - 1
+        batch = [np.arange(n).reshape([n if j == i else 1 for j in range(rank)]) for i, n in enumerate(data.shape[:b])]
+        return data[(*batch, *np.moveaxis(idx, -1, 0))]
+    return gather_nd
+
+
 @register("Shape")
 def _shape(c):
     start, end = c.attr("start", 0), c.attr("end")
