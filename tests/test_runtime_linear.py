@@ -347,3 +347,32 @@ def test_a_skip_connection_on_the_float_path_matches_onnxruntime():
     feeds = {"x": RNG.normal(0, 1, (3, 5, 32)).astype(np.float32), "r": RNG.normal(0, 1, (1, 32)).astype(np.float32)}
     for got, want in zip(native_model.run(feeds).values(), _ort(model, feeds)):
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def test_tanh_gelu_as_exported_fuses_into_the_layer(tmp_path):
+    """Before opset 20 the exporter spells ``F.gelu(approximate="tanh")`` as eight nodes around a Tanh
+    (a cube by Pow, 0.044715, sqrt(2/pi), ...): one epilogue of the layer before it."""
+    import torch
+    from torch import nn
+
+    from edgevla.export import export_onnx
+    from edgevla.spec import PolicySpec, TensorSpec
+
+    class TanhMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spec = PolicySpec(observations=(TensorSpec("x", (5, 32)),), action=TensorSpec("y", (5, 24)))
+            self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 24)
+
+        def forward(self, x):
+            return self.down(nn.functional.gelu(self.up(x), approximate="tanh"))
+
+    torch.manual_seed(3)
+    policy = TanhMLP().eval()
+    path = export_onnx(policy, tmp_path / "tanh.onnx")
+    native_model = NativeModel(path, precision="fp32")
+    assert native_model.op_count() == {"edgevla.Linear": 2}
+    assert {c.layer: c.epilogue for c in native_model.plan()}["up"] == "bias+gelu_tanh"
+    with torch.no_grad():
+        expected = policy(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(native_model.run({"x": X})["y"], expected, rtol=0, atol=1e-5)

@@ -71,6 +71,8 @@ CASES = [
     Case("Div", {"a": ints, "b": nonzero_ints[::-1].copy()}, id="Div-int64-truncates"),
     Case("Pow", {"a": pos, "b": f32(4, low=-1.5, high=1.5)}, atol=1e-5),
     Case("Pow", {"a": x234}, consts={"two": np.array(2.0, np.float32)}, id="Pow-square"),
+    Case("Pow", {"a": x234}, consts={"three": np.array(3.0, np.float32)}, atol=1e-6, id="Pow-cube"),
+    Case("Pow", {"a": pos}, consts={"half": np.array(0.5, np.float32)}, atol=1e-6, id="Pow-sqrt"),
     Case("Mod", {"a": ints, "b": nonzero_ints}, id="Mod-int"),
     Case("Mod", {"a": x34, "b": f32(3, 4, low=0.5, high=1.5)}, attrs={"fmod": 1}, atol=1e-6, id="Mod-fmod"),
     *[Case(op, {"a": x34, "b": np.round(x34[::-1].copy())}, id=op)

@@ -7,8 +7,10 @@ a layer like any other convolution):
 
 1. **GELU**: the exporter spells GELU as five nodes,
    ``Mul(x, Mul(0.5, Add(Erf(Div(x, sqrt 2)), 1)))`` (or with the 0.5 on
-   ``x``). Each such chain, whose intermediates nothing else reads, becomes
-   one standard ``Gelu`` node.
+   ``x``), and its tanh form as eight, ``Pow(x, 3)`` scaled by 0.044715,
+   added to ``x``, scaled by sqrt(2/pi), ``Tanh``, then the same three. Each
+   such chain, whose intermediates nothing else reads, becomes one standard
+   ``Gelu`` node (``approximate`` none or tanh).
 2. **Linear layers**: ``MatMul(x, W)`` or ``Gemm(x, W, C)`` with a constant
    2-D weight becomes one ``edgevla.Linear`` node, absorbing
 
@@ -69,6 +71,7 @@ quantized once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -180,14 +183,73 @@ def _replace(graph: Graph, removed: list[Node], new: Node, at_first: bool = Fals
 
 def _fuse_gelu(graph: Graph) -> None:
     view = _View(graph)
-    for erf in [n for n in graph.nodes if n.op_type == "Erf"]:
-        match = _match_gelu(view, erf)
+    for core in [n for n in graph.nodes if n.op_type in ("Erf", "Tanh")]:
+        match = _match_gelu(view, core) if core.op_type == "Erf" else _match_gelu_tanh(view, core)
         if match is None:
             continue
         x, chain = match
-        gelu = Node(chain[-1].name, "Gelu", (x,), (chain[-1].outputs[0],), {"approximate": "none"})
+        approximate = "none" if core.op_type == "Erf" else "tanh"
+        gelu = Node(chain[-1].name, "Gelu", (x,), (chain[-1].outputs[0],), {"approximate": approximate})
         _replace(graph, chain, gelu)
         view.refresh()
+
+
+def _scaled_by(view: _View, node: Node | None, factor: float) -> str | None:
+    """The value ``node`` multiplies by the constant ``factor`` (either side), if it does."""
+    if node is None or node.op_type != "Mul" or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    if _close(view.scalar(b), factor):
+        return a
+    if _close(view.scalar(a), factor):
+        return b
+    return None
+
+
+def _match_gelu_tanh(view: _View, tanh: Node) -> tuple[str, list[Node]] | None:
+    """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, as the exporter spells
+    ``F.gelu(approximate="tanh")`` before opset 20: eight nodes around the ``Tanh``."""
+    scaled = tanh.inputs[0]
+    outer = view.producer.get(scaled)
+    inner = _scaled_by(view, outer, math.sqrt(2.0 / math.pi))
+    add = view.producer.get(inner or "")
+    if inner is None or view.only_reader(scaled) is not tanh or add is None or add.op_type != "Add":
+        return None
+    if view.only_reader(inner) is not outer:
+        return None
+    for x, cubic in (add.inputs, add.inputs[::-1]):
+        cube_scaled = view.producer.get(cubic)
+        cube = _scaled_by(view, cube_scaled, 0.044715)
+        power = view.producer.get(cube or "")
+        if (power is not None and power.op_type == "Pow" and power.inputs[0] == x
+                and _close(view.scalar(power.inputs[1]), 3.0) and view.only_reader(cubic) is add
+                and view.only_reader(cube) is cube_scaled):
+            break
+    else:
+        return None
+    head = _gelu_head(view, x, tanh)
+    return None if head is None else (x, [power, cube_scaled, add, outer, tanh, *head])
+
+
+def _gelu_head(view: _View, x: str, core: Node) -> list[Node] | None:
+    """``0.5 * (1 + core)`` then ``* x``, or ``x * (1 + core)`` then ``* 0.5``: the three nodes after the
+    erf or tanh of a GELU."""
+    add = view.only_reader(core.outputs[0])
+    if add is None or add.op_type != "Add" or not _close(view.scalar(_other(add, core.outputs[0]) or ""), 1.0):
+        return None
+    m1 = view.only_reader(add.outputs[0])
+    if m1 is None or m1.op_type != "Mul":
+        return None
+    other = _other(m1, add.outputs[0])
+    m2 = view.only_reader(m1.outputs[0])
+    if m2 is None or m2.op_type != "Mul":
+        return None
+    last = _other(m2, m1.outputs[0])
+    if _close(view.scalar(other or ""), 0.5) and last == x:
+        return [add, m1, m2]
+    if other == x and _close(view.scalar(last or ""), 0.5):
+        return [add, m1, m2]
+    return None
 
 
 def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
@@ -204,23 +266,8 @@ def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
             return None
     else:
         return None
-    add = view.only_reader(erf.outputs[0])
-    if add is None or add.op_type != "Add" or not _close(view.scalar(_other(add, erf.outputs[0]) or ""), 1.0):
-        return None
-    m1 = view.only_reader(add.outputs[0])
-    if m1 is None or m1.op_type != "Mul":
-        return None
-    other = _other(m1, add.outputs[0])
-    m2 = view.only_reader(m1.outputs[0])
-    if m2 is None or m2.op_type != "Mul":
-        return None
-    last = _other(m2, m1.outputs[0])
-    # 0.5 * (1 + erf) then * x, or x * (1 + erf) then * 0.5
-    if _close(view.scalar(other or ""), 0.5) and last == x:
-        return x, [div, erf, add, m1, m2]
-    if other == x and _close(view.scalar(last or ""), 0.5):
-        return x, [div, erf, add, m1, m2]
-    return None
+    head = _gelu_head(view, x, erf)
+    return None if head is None else (x, [div, erf, *head])
 
 
 # --------------------------------------------------------------------------- equal quantizations
