@@ -1101,9 +1101,15 @@ class Build:
             self.original.float()
         self.spec = spec_of(self.original)
         self.output = resolve_output(req.output, self.loaded.name, self.target)
-        if self.recipe.evaluate.execute > self.spec.chunk_size:
-            raise EdgevlaError(f"recipe: evaluate.execute = {self.recipe.evaluate.execute} actions of the policy's "
-                               f"chunks of {self.spec.chunk_size}")
+        chunk = self.spec.chunk_size
+        if self.recipe.evaluate.execute > chunk:
+            if self.recipe.evaluate.execute != Recipe.defaults().evaluate.execute:
+                raise EdgevlaError(f"recipe: evaluate.execute = {self.recipe.evaluate.execute} actions of the "
+                                   f"policy's chunks of {chunk}")
+            # the default (4, for chunking policies) on a policy whose chunks are shorter: all of each
+            self.recipe = self.recipe.apply_overrides({"evaluate.execute": chunk})
+            self.progress.note(f"the policy's chunks hold {chunk} action{'s' * (chunk > 1)}: the robot's loop "
+                               f"executes {'it' if chunk == 1 else 'all'} (evaluate.execute = {chunk})")
         self.progress.note(f"policy {self.loaded.name} ({self.loaded.kind}: {self.loaded.source}); "
                            f"target {self.target.name}; bundle {self.output}")
         if self.loaded_dtypes:

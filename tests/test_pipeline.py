@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 
 import numpy as np
@@ -175,6 +176,22 @@ USER_POLICY = textwrap.dedent("""
 
     def make_bf16():
         return make().to(torch.bfloat16)
+
+    class Tokens(ArmPolicy):
+        '''One action a query, each joint's chosen among 256 bins by argmax (an OpenVLA-style action head).'''
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(64, 7 * 256)
+            self.register_buffer("centres", torch.linspace(-1, 1, 256))
+            self.spec = PolicySpec(observations=self.spec.observations, action=TensorSpec("joint_deltas", (1, 7)))
+
+        def forward(self, wrist_rgb, joints):
+            x = torch.stack([self.cam(wrist_rgb), self.joints(joints)], dim=1)
+            return self.centres[self.head(self.trunk(x).mean(dim=1)).view(-1, 1, 7, 256).argmax(-1)]
+
+    def make_tokens():
+        torch.manual_seed(0)
+        return Tokens()
 """)
 
 
@@ -233,6 +250,21 @@ def test_a_bfloat16_policy_is_built_as_float32(user_module, tmp_path, fast):
     assert result.report["extra"]["verify"]["passed"]
     model = onnx.load(str(out / "model.onnx"))
     assert not [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.BFLOAT16]
+
+def test_a_single_step_token_policy_builds_with_the_default_loop(user_module, tmp_path, fast):
+    """Chunks of one action: the default loop (4 actions a query) executes the one there is, rather than refusing
+    the recipe. Its argmax output often does not move when one layer is quantized: that layer's solo SQNR is
+    infinite, stored as null (JSON has no infinity)."""
+    out = tmp_path / "tokens"
+    result = build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make_tokens", output=str(out),
+                                overrides={**fast, "quantize.format": "w8a8"}))
+    assert result.report["extra"]["robot_loop"]["execute"] == 1
+    solo = json.loads((out / "report.json").read_text())["extra"]["quantize"]["layer_sqnr_db"]
+    assert None in solo.values() and all(v is None or math.isfinite(v) for v in solo.values())
+    with pytest.raises(EdgevlaError, match=r"evaluate.execute = 2 actions of the policy's chunks of 1"):
+        build(BuildRequest(target="x86-64-cpu", policy=f"{user_module}:make_tokens", output=str(tmp_path / "t2"),
+                           overrides={**fast, "evaluate.execute": 2}))
+
 
 def test_prune_scope_that_the_policy_lacks_names_its_modules(user_module, tmp_path, fast):
     overrides = {**fast, **prune_shorthand("2:4"), "prune.scope": "backbone"}

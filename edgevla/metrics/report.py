@@ -80,6 +80,7 @@ Sizes written ``_mb`` are MiB (2^20 bytes).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field, replace
@@ -326,13 +327,27 @@ def build_report(original: ModelMetrics, built: ModelMetrics, *, target: Mapping
             **{k: (r.to_dict() if r else None) for k, r in ((k, (roofline or {}).get(k)) for k in MODEL_KEYS)},
         },
         "stage_timings_s": {str(k): float(v) for k, v in (stage_timings or {}).items()},
-        "extra": dict(extra or {}),
+        "extra": _unbounded_decibels_as_null(dict(extra or {})),
     }
     try:
         json.dumps(report, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise EdgevlaError(f"the report holds a value JSON cannot store: {e}") from None
     return report
+
+
+def _unbounded_decibels_as_null(value: Any, decibels: bool = False) -> Any:
+    """An SQNR is +inf where quantizing left the output unchanged (an argmax over token logits often is);
+    JSON has no infinity, so a decibel figure (a key ending ``_db`` or naming ``sqnr``, and all under it)
+    that is infinite is stored as null. Any other non-finite value still stops the report."""
+    if isinstance(value, Mapping):
+        return {k: _unbounded_decibels_as_null(v, decibels or str(k).endswith("_db") or "sqnr" in str(k))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_unbounded_decibels_as_null(v, decibels) for v in value]
+    if decibels and isinstance(value, float) and math.isinf(value):
+        return None
+    return value
 
 
 # --- writing it out -----------------------------------------------------------------------------
