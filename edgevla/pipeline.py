@@ -1516,12 +1516,15 @@ class Build:
     def run(self) -> BuildResult:
         import shutil
 
+        from .models.explicit_attention import reference_attention
+
         try:
-            for name in STAGES[:-1]:
-                with self.progress.stage(name):
-                    getattr(self, name)()
-            with self.progress.stage("bundle"):
-                path = self.bundle()
+            with reference_attention():  # the original as trained, and as it exports (not the NaN-prone fast path)
+                for name in STAGES[:-1]:
+                    with self.progress.stage(name):
+                        getattr(self, name)()
+                with self.progress.stage("bundle"):
+                    path = self.bundle()
         finally:
             for group in getattr(self, "runners", {}).values():
                 for runner in group.values():

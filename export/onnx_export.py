@@ -42,6 +42,7 @@ from onnx import numpy_helper
 
 from ..backends import policy_device
 from ..errors import EdgevlaError
+from ..models.explicit_attention import explicit_attention, reference_attention
 from ..spec import PolicySpec, spec_of
 
 #: LayerNormalization, which every transformer policy uses, entered ONNX in opset 17.
@@ -70,6 +71,13 @@ def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int 
     The file appears only complete: it is written beside ``path`` under a
     temporary name, checked with ``onnx.checker.check_model(full_check=True)``
     and then renamed into place. The policy's train/eval mode is restored.
+
+    PyTorch's attention modules (``nn.MultiheadAttention``, ``nn.Transformer*``)
+    are traced in their explicit form (:mod:`edgevla.models.explicit_attention`,
+    checked equal on the example): the fused fast path and the causal-mask
+    detection of ``nn.TransformerEncoder`` do not trace, and the explicit form is
+    the one the native runtime fuses into one attention step. Its initializers are
+    named after the split projections (``self_attn.q_proj.weight``).
     """
     if not isinstance(policy, torch.nn.Module):
         raise EdgevlaError(f"can only export a torch.nn.Module, got {type(policy).__name__}")
@@ -86,12 +94,13 @@ def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int 
     was_training = policy.training
     policy.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), reference_attention():
             _check_forward(policy, spec, example)
-            proto = _trace(policy, spec, example, opset=opset, dynamic_batch=dynamic_batch)
+            traced = explicit_attention(policy, example).model
+            proto = _trace(traced, spec, example, opset=opset, dynamic_batch=dynamic_batch)
     finally:
         policy.train(was_training)
-    _name_initializers_after_parameters(proto, policy)
+    _name_initializers_after_parameters(proto, traced)
     if dynamic_batch:
         _check_dynamic_batch(proto, spec)
     _write_checked(proto, path)
@@ -340,7 +349,8 @@ def _split_sizes_before_opset_18(model) -> None:
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs progress and deprecation notes the user cannot act on."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir",
+                                              "torch.fx.experimental.symbolic_shapes")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:

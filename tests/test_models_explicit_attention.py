@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgevla.models.explicit_attention import (ExplicitMultiheadAttention, attention_bias, explicit_attention)
+from edgevla.models.explicit_attention import (MASKED, ExplicitMultiheadAttention, attention_bias, explicit_attention,
+                                               reference_attention)
 from edgevla.prune.graph import DependencyGraph
 from edgevla.prune.structured import prune_structured
 from edgevla.quant import quantize_policy
 from edgevla.spec import PolicySpec, TensorSpec
+from user_policies import make_padded_history
 
 TOL = 1e-5
 
@@ -68,7 +70,7 @@ def test_causal_flag_without_a_mask_masks_the_future():
         _close(ours(x, x, x, is_causal=True)[0], mha(x, x, x, attn_mask=future)[0])
     bias = attention_bias(None, None, True, 2, 2, 3, 3, torch.float32, torch.device("cpu"))
     assert bias.shape == (1, 1, 3, 3)
-    assert torch.equal(torch.isinf(bias[0, 0]), torch.ones(3, 3, dtype=torch.bool).triu(1))
+    assert torch.equal(bias[0, 0] == MASKED, torch.ones(3, 3, dtype=torch.bool).triu(1))
 
 
 def test_weights_are_copied_into_separate_projections():
@@ -220,3 +222,43 @@ def test_calibration_reaches_every_projection():
     linears = {n for n, m in explicit.named_modules() if isinstance(m, nn.Linear)}
     assert {"encoder.layers.0.self_attn.q_proj", "decoder.layers.0.multihead_attn.out_proj"} <= linears
     assert set(result.formats) == linears
+
+
+def test_a_query_whose_keys_are_all_masked_stays_finite_as_on_the_reference_path():
+    """PyTorch's eval fast path returns NaN for the padded samples (softmax over no key, carried on by the values);
+    its reference path, which the model trained on, and the rewrite do not, and agree."""
+    model = make_padded_history()
+    obs = model.spec.example(batch=6, seed=2)
+    obs["valid"] = torch.tensor([[1], [2], [3], [1], [2], [3]]).numpy()
+    inputs = [torch.from_numpy(obs[k]) for k in model.spec.input_names]
+    with torch.no_grad():
+        if torch.backends.mha.get_fastpath_enabled():
+            assert torch.isnan(model(*inputs)).any()  # the fast path's NaN (if PyTorch ever fixes it, fine)
+        with reference_attention():
+            want = model(*inputs)
+    assert torch.isfinite(want).all() and torch.backends.mha.get_fastpath_enabled()  # and the flag is restored
+    result = explicit_attention(model, inputs)
+    assert result.left_fused is None, result.left_fused
+    with torch.no_grad():
+        _close(result.model(*inputs), want)
+
+
+def test_a_padded_history_policy_exports_in_the_explicit_form(tmp_path):
+    """torch.export cannot trace the fused fast path nor nn.TransformerEncoder's causal-mask detection on a mask
+    buffer; export_onnx traces the explicit form, which ONNX Runtime runs as the reference path computes."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgevla.export import export_onnx
+
+    model = make_padded_history()
+    path = export_onnx(model, tmp_path / "padded.onnx")
+    names = {i.name for i in onnx.load(str(path)).graph.initializer}
+    assert "encoder.layers.0.self_attn.q_proj.weight" in names or "encoder.layers.0.self_attn.q_proj.weight.T" in names
+    obs = model.spec.example(batch=5, seed=9)
+    obs["valid"] = np.array([[1], [2], [3], [1], [3]])
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, obs)
+    with torch.no_grad(), reference_attention():
+        want = model(*[torch.from_numpy(obs[k]) for k in model.spec.input_names]).numpy()
+    assert np.isfinite(got).all() and np.abs(got - want).max() < 1e-5

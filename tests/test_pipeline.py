@@ -310,3 +310,13 @@ def test_user_conv_policy_prunes_and_quantizes_its_convolutions(tmp_path, monkey
     assert [c.layer for c in plan] == ["stem.0", "block.3", "head.0", "head.2"]  # block.0 (grouped): NumPy
     assert {c.mode for c in plan} == {"int8-static"}
     assert {c.layer: c.kernel for c in plan}["block.3"] == "s8-2:4"  # a 1x1 convolution's rows are its channels
+
+
+def test_a_padded_history_policy_builds_finite_and_verified(tests_on_path, tmp_path, fast):
+    """Octo-style padded history under a block-causal mask: on PyTorch's eval fast path the padded samples'
+    actions are NaN; the build measures the reference path, exports the explicit form, and verifies it."""
+    out = tmp_path / "padded"
+    result = build(BuildRequest(target="x86-64-cpu", policy="user_policies:make_padded_history", output=str(out),
+                                overrides=fast))
+    assert result.report["extra"]["verify"]["passed"]
+    assert math.isfinite(result.report["models"]["built"]["action_error"])

@@ -72,6 +72,34 @@ class RecurrentPolicy(nn.Module):
         return self.head(y[:, -1]).reshape(-1, 2, 4)
 
 
+class PaddedHistory(nn.Module):
+    """Octo-style: steps of tokens under a block-causal mask, the oldest steps padded per sample
+    (``src_key_padding_mask`` from an observation). A padded step's tokens see only padded keys."""
+
+    def __init__(self, steps: int = 3, per: int = 2, width: int = 16):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (steps * per, 8), low=-1, high=1),
+                                             TensorSpec("valid", (1,), dtype="int64", low=1, high=steps)),
+                               action=TensorSpec("a", (1, 4)))
+        step = torch.arange(steps * per) // per
+        self.register_buffer("step", step)
+        self.register_buffer("mask", step[None, :] > step[:, None])  # True: not allowed
+        self.embed = nn.Linear(8, width)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(width, 2, 32, dropout=0.0, batch_first=True),
+                                             2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, 4)
+        self.steps = steps
+
+    def forward(self, x, valid):
+        padded = self.step[None, :] < self.steps - valid
+        return self.head(self.encoder(self.embed(x), mask=self.mask, src_key_padding_mask=padded)[:, -1:])
+
+
+def make_padded_history() -> PaddedHistory:
+    torch.manual_seed(4)
+    return PaddedHistory().eval()
+
+
 def onnx_parity(model: nn.Module, path, obs: dict[str, np.ndarray]) -> float:
     """Max abs difference between ONNX Runtime's run of ``path`` and ``model`` on the same observations."""
     y = reference_session(path).run(None, obs)[0]

@@ -29,7 +29,9 @@ the original has ``self_attn.in_proj_weight``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -43,14 +45,37 @@ from ..errors import describe
 # The copy must match the original to float rounding: |a - b| <= TOL * max(1, max |b|).
 EQUIVALENCE_TOLERANCE = 1e-4
 
+#: The score bias of a masked (query, key) pair. Finite, so that a query whose every key is masked (a
+#: padded history step under a block-causal mask) gets finite attention instead of ``softmax`` of all
+#: ``-inf`` (NaN, which the values carry into every later row); large enough that ``exp`` of it is 0 in
+#: float32, and small enough that two masks added stay finite in float16 (TensorRT's fp16 engines).
+MASKED = -30000.0
+
+
+@contextlib.contextmanager
+def reference_attention() -> Iterator[None]:
+    """PyTorch's attention modules on their reference path, not the inference fast path.
+
+    In eval mode ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` may
+    run a fused kernel that returns NaN for a query whose keys are all masked
+    (the reference path, scaled-dot-product attention, returns a finite row), and
+    that ``torch.export`` cannot trace. Builds and exports use the reference.
+    """
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
 
 def attention_bias(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, is_causal: bool,
                    batch: int, heads: int, q_len: int, k_len: int, dtype: torch.dtype,
                    device: torch.device) -> torch.Tensor:
     """The additive score bias of ``nn.MultiheadAttention``'s masks, shaped ``(batch | 1, heads | 1, q, k)``.
 
-    A boolean mask is True where attention is *not* allowed (-inf); a float
-    mask is added as it is. ``attn_mask`` is ``(q, k)`` or ``(batch * heads,
+    A boolean mask is True where attention is *not* allowed (:data:`MASKED`);
+    a float mask is added as it is. ``attn_mask`` is ``(q, k)`` or ``(batch * heads,
     q, k)``; ``key_padding_mask`` is ``(batch, k)``. ``is_causal`` without an
     ``attn_mask`` masks the future. (Wrapped for ``torch.fx``: it branches on
     dtypes, so traced models see one opaque call, whose dimensions the
@@ -59,7 +84,7 @@ def attention_bias(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tenso
 
     def additive(mask: torch.Tensor) -> torch.Tensor:
         if mask.dtype == torch.bool:
-            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(mask, float("-inf"))
+            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(mask, MASKED)
         return mask.to(dtype)
 
     bias = torch.zeros((1, 1, q_len, k_len), dtype=dtype, device=device)
@@ -279,7 +304,8 @@ def explicit_attention(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Expl
     model.eval()
     copied.eval()
     try:
-        want, got = _outputs(model, inputs), _outputs(copied, inputs)
+        with reference_attention():  # the function the model was trained as (the fast path may return NaN)
+            want, got = _outputs(model, inputs), _outputs(copied, inputs)
     except Exception as e:  # noqa: BLE001 - the user's forward may call the modules in ways ours do not take
         return ExplicitAttentionResult(model, left_fused=f"the rewritten model does not run: {describe(e)}")
     finally:
@@ -296,6 +322,6 @@ def explicit_attention(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Expl
     return ExplicitAttentionResult(copied, rewritten, max_abs_diff=diff)
 
 
-__all__ = ["EQUIVALENCE_TOLERANCE", "ExplicitAttentionResult", "ExplicitMultiheadAttention", "ExplicitTransformer",
-           "ExplicitTransformerDecoder", "ExplicitTransformerDecoderLayer", "ExplicitTransformerEncoder",
-           "ExplicitTransformerEncoderLayer", "attention_bias", "explicit_attention"]
+__all__ = ["EQUIVALENCE_TOLERANCE", "MASKED", "ExplicitAttentionResult", "ExplicitMultiheadAttention",
+           "ExplicitTransformer", "ExplicitTransformerDecoder", "ExplicitTransformerDecoderLayer", "ExplicitTransformerEncoder",
+           "ExplicitTransformerEncoderLayer", "attention_bias", "explicit_attention", "reference_attention"]
