@@ -18,8 +18,10 @@ CLOSE = dict(rtol=2e-6, atol=2e-6)
 HEADS, DIM = 3, 8
 
 
-def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset=18, tokens=(5, 7)):
-    """q, k, v (B, T, H*D) -> heads -> softmax(q k^T * c) v -> (B, T, H*D), as torch.onnx writes it."""
+def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset=18, tokens=(5, 7), bias=None):
+    """q, k, v (B, T, H*D) -> heads -> softmax(q k^T * c [+ bias]) v -> (B, T, H*D), as torch.onnx writes it.
+
+    ``bias``: a graph input of that shape (a mask, "first" puts it first in the Add)."""
     c = np.float32(DIM ** -0.5) if scale_op == "Mul" else np.float32(DIM ** 0.5)
     shape4, shape3 = np.array([0, 0, HEADS, DIM], np.int64), np.array([0, 0, HEADS * DIM], np.int64)
     nodes = [helper.make_node("Reshape", ["q", "shape4"], ["q4"]),
@@ -29,17 +31,22 @@ def _attention_model(scale_op="Mul", scale_first=False, extra_output=None, opset
              helper.make_node("Transpose", ["k4"], ["kh"], perm=[0, 2, 3, 1]),
              helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
              helper.make_node("MatMul", ["qh", "kh"], ["scores"])]
-    if scale_op is None:
-        nodes.append(helper.make_node("Softmax", ["scores"], ["p"], axis=-1))
-    else:
+    scaled = "scores"
+    if scale_op is not None:
         inputs = ["c", "scores"] if scale_first else ["scores", "c"]
-        nodes += [helper.make_node(scale_op, inputs, ["scaled"]),
-                  helper.make_node("Softmax", ["scaled"], ["p"], axis=-1)]
+        nodes.append(helper.make_node(scale_op, inputs, ["scaled"]))
+        scaled = "scaled"
+    if bias is not None:
+        nodes.append(helper.make_node("Add", ["bias", scaled] if scale_first else [scaled, "bias"], ["masked"]))
+        scaled = "masked"
+    nodes.append(helper.make_node("Softmax", [scaled], ["p"], axis=-1))
     nodes += [helper.make_node("MatMul", ["p", "vh"], ["o"]),
               helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["ot", "shape3"], ["y"])]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", t, HEADS * DIM])
               for n, t in (("q", tokens[0]), ("k", tokens[1]), ("v", tokens[1]))]
+    if bias is not None:
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, bias))
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ["y"] + ([extra_output] if extra_output else [])]
     inits = [numpy_helper.from_array(a, n) for n, a in (("c", c), ("shape4", shape4), ("shape3", shape3))]
     graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=inits)
@@ -69,6 +76,24 @@ def test_attention_chain_fuses_and_matches_onnxruntime(scale_op, scale_first, is
         feeds = _feeds(batch)
         y = native_model.run(feeds)["y"]
         assert y.shape == (batch, 5, HEADS * DIM) and y.dtype == np.float32
+        np.testing.assert_allclose(y, _ort(model, feeds)[0], **CLOSE)
+
+
+@pytest.mark.parametrize("bias_shape, scale_first", [((None, 1, 1, 7), False), ((5, 7), True),
+                                                     ((None, HEADS, 5, 7), False)],
+                         ids=["key-padding", "causal-first", "per-head"])
+def test_a_masked_attention_fuses_with_its_bias(bias_shape, scale_first):
+    """nn.MultiheadAttention's masks, rewritten (edgevla.models.explicit_attention): an Add of a bias between the
+    scaling and the softmax, a key-padding bias per sample, a (T, S) causal one, or one per head."""
+    shape = ["batch" if d is None else d for d in bias_shape]
+    model = _attention_model("Mul", scale_first, bias=shape)
+    native_model = NativeModel(model, precision="fp32")
+    assert native_model.op_count() == {"Reshape": 4, ATTENTION_OP: 1}
+    for batch in (2, 1, 2):
+        feeds = _feeds(batch)
+        dims = [batch if d is None else d for d in bias_shape]
+        feeds["bias"] = np.where(RNG.random(dims) < 0.3, np.float32(-30000), RNG.normal(0, 1, dims)).astype(np.float32)
+        y = native_model.run(feeds)["y"]
         np.testing.assert_allclose(y, _ort(model, feeds)[0], **CLOSE)
 
 

@@ -6,7 +6,8 @@ views of the q, k and v projections as::
     Tq = Transpose(q, perm=[0, 2, 1, 3])      # (B, H, T, D)
     Tk = Transpose(k, perm=[0, 2, 3, 1])      # (B, H, D, S)
     Tv = Transpose(v, perm=[0, 2, 1, 3])      # (B, H, S, D)
-    P  = Softmax(Mul(MatMul(Tq, Tk), c))      # the Mul (or a Div) by a constant is optional
+    P  = Softmax(Add(Mul(MatMul(Tq, Tk), c), bias))   # the Mul (or a Div) by a constant and the Add
+                                              # of a bias (a mask, broadcast over batch and heads) optional
     y  = Transpose(MatMul(P, Tv), perm=[0, 2, 1, 3])   # back to (B, T, H, D)
 
 Run node by node, that is four transposing copies and nine steps per
@@ -17,7 +18,8 @@ views in place (NumPy hands BLAS the strides) and the second one writes
 straight into ``y``'s ``(B, T, H, D)`` layout. The score scaling and the
 softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
-unfused steps (float32 rounding).
+unfused steps (float32 rounding). A masked attention (a bias) runs this
+NumPy path.
 
 Where the kernels of :data:`NATIVE_ATTENTION_MAX_TOKENS` run and both
 sequences are short enough for the thread count (at most its limit), the
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import native
+from ..errors import EdgevlaError
 from . import ops
 from .graph import Graph, Node
 from .scratch import work_arrays
@@ -76,8 +79,9 @@ class Attention:
         self.scale, self.divide, self.softmax = scale, divide, softmax
         self._kernel = native.raw("attention_f32") if native.available() else None
 
-    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if (0 < k.shape[1] and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        if (bias is None and 0 < k.shape[1] and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
                 and all(_kernel_layout(a) for a in (q, k, v))):
             return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out)
         b, t, h, _ = q.shape
@@ -88,6 +92,11 @@ class Attention:
                 scores /= self.scale
             else:
                 scores *= self.scale
+        if bias is not None:
+            if np.broadcast_shapes(bias.shape, scores.shape) != scores.shape:
+                raise EdgevlaError(f"the native backend cannot add an attention bias of shape {bias.shape} to "
+                                   f"scores of shape {scores.shape}")
+            scores += bias
         self.softmax(scores, out=probabilities)
         y = np.empty((b, t, h, v.shape[3]), np.float32) if out is None else out
         np.matmul(probabilities, v.transpose(_TO_HEADS), out=y.transpose(_TO_HEADS))
@@ -116,6 +125,7 @@ class _Match:
     removed: list[Node]  # the chain; the fused node takes the place of the last of them in the graph
     scale: np.float32 | None
     divide: bool
+    bias: str | None  # added to the scaled scores (a mask), or none
 
 
 def fuse_attention(graph: Graph) -> int:
@@ -128,7 +138,8 @@ def fuse_attention(graph: Graph) -> int:
         kernel = ops.compile_op("Softmax", softmax.attrs, (None,), graph.opset, 1, softmax.describe())
         attention = Attention(match.scale, match.divide, kernel.fn)
         last = match.removed[-1]
-        node = Node(last.name, ATTENTION_OP, (match.q, match.k, match.v), last.outputs, {"attention": attention})
+        inputs = (match.q, match.k, match.v) + ((match.bias,) if match.bias is not None else ())
+        node = Node(last.name, ATTENTION_OP, inputs, last.outputs, {"attention": attention})
         ids = {id(n) for n in match.removed}
         at = max(i for i, n in enumerate(graph.nodes) if id(n) in ids)
         graph.nodes = [node if i == at else n for i, n in enumerate(graph.nodes) if i == at or id(n) not in ids]
@@ -158,6 +169,16 @@ def _match(graph: Graph, softmax: Node) -> _Match | None:
     node = producer.get(scores)
     if node is None or only_reader(scores) is not softmax:
         return None
+    bias, masking = None, []
+    if node.op_type == "Add":  # a mask: Add(scaled scores, bias), either order
+        add = node
+        for mine, other in (add.inputs, add.inputs[::-1]):
+            first = producer.get(mine)
+            if first is not None and first.op_type in ("Mul", "Div", "MatMul") and only_reader(mine) is add:
+                node, bias, masking = first, other, [add]
+                break
+        else:
+            return None
     scale, divide, scaling = None, False, []
     if node.op_type in ("Mul", "Div"):
         a, b = node.inputs
@@ -183,8 +204,8 @@ def _match(graph: Graph, softmax: Node) -> _Match | None:
     back = only_reader(pv.outputs[0])
     if tv is None or back is None or back.op_type != "Transpose" or tuple(back.attrs.get("perm", ())) != _TO_HEADS:
         return None
-    return _Match(tq.inputs[0], tk.inputs[0], tv.inputs[0], [tq, tk, tv, qk, *scaling, softmax, pv, back],
-                  scale, divide)
+    return _Match(tq.inputs[0], tk.inputs[0], tv.inputs[0],
+                  [tq, tk, tv, qk, *scaling, *masking, softmax, pv, back], scale, divide, bias)
 
 
 def _scalar(graph: Graph, name: str) -> np.float32 | None:
