@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from edgevla import native
+from edgevla.export import export_onnx
 from edgevla.runtime import NativeModel
 from edgevla.runtime.attention import ATTENTION_OP
+from edgevla.spec import PolicySpec, TensorSpec
 
 RNG = np.random.default_rng(11)
 # A few float32 ulps: ONNX Runtime and our kernel sum in different orders, and ONNX Runtime's order follows the
@@ -154,3 +159,38 @@ def test_native_attention_limits_per_table_and_threads(isa, threads, limit, rest
     native.set_isa(isa)
     native.set_num_threads(threads)
     assert attention.native_attention_max_tokens() == limit
+
+
+class ScaledDotProductBlock(nn.Module):
+    """A block calling ``F.scaled_dot_product_attention`` on (B, H, T, D) heads, as Llama-style trunks and
+    flow-matching action experts do: no mask, ``is_causal``, or a boolean mask (True: attend)."""
+
+    def __init__(self, mask: str):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 24)),), action=TensorSpec("a", (6, 24)))
+        self.qkv, self.o = nn.Linear(24, 72), nn.Linear(24, 24)
+        self.mask = mask
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, HEADS, DIM).permute(2, 0, 3, 1, 4)
+        allowed = torch.arange(t)[None, :] <= torch.arange(t)[:, None] + 1 if self.mask == "bool" else None
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=self.mask == "causal")
+        return self.o(a.transpose(1, 2).reshape(b, t, d))
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "bool"])
+def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask):
+    """The exporter writes SDPA with k's last axes swapped by a Reshape-Transpose-Reshape over Shape(k), both
+    sides scaled by sqrt(c), a mask added (a boolean one's fully-masked rows zeroed by Where(IsNaN)): one step."""
+    torch.manual_seed(5)
+    block = ScaledDotProductBlock(mask).eval()
+    path = export_onnx(block, tmp_path / "sdpa.onnx")
+    native_model = NativeModel(path, precision="fp32")
+    ops = native_model.op_count()
+    assert ops[ATTENTION_OP] == 1 and not {"Softmax", "MatMul", "IsNaN"} & set(ops), ops
+    x = RNG.normal(0, 1, (3, 6, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    for _ in range(2):  # traced, then on planned buffers
+        np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)

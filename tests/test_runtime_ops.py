@@ -80,6 +80,10 @@ CASES = [
     *[Case(op, {"a": bools, "b": bools[::-1].copy()}) for op in ("And", "Or", "Xor")],
     *[Case(op, {"a": ints, "b": ints[::-1].copy()}) for op in ("BitwiseAnd", "BitwiseOr")],
     Case("Not", {"a": bools}),
+    Case("IsNaN", {"x": np.where(x234 > 1, np.float32(np.nan), x234)}, atol=0),
+    *[Case("IsInf", {"x": np.where(x234 > 1, np.float32(np.inf), np.where(x234 < -1, -np.float32(np.inf), x234))},
+           attrs=attrs, atol=0, id=f"IsInf-{'-'.join(f'{k}{v}' for k, v in attrs.items()) or 'both'}")
+      for attrs in ({}, {"detect_positive": 0}, {"detect_negative": 0})],
     Case("Where", {"c": bools, "a": f32(2, 3), "b": f32(3)}),
     Case("Sum", {"a": x34, "b": f32(4), "c": f32(3, 1)}),
     Case("Mean", {"a": x34, "b": f32(4), "c": f32(3, 1)}),

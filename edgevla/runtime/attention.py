@@ -19,7 +19,9 @@ straight into ``y``'s ``(B, T, H, D)`` layout. The score scaling and the
 softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
 unfused steps (float32 rounding). A masked attention (a bias) runs this
-NumPy path.
+NumPy path. ``F.scaled_dot_product_attention``, which the exporter writes
+over ``(B, H, T, D)`` heads with k's axes swapped by reshapes, is matched
+too (:func:`_match_sdpa`) and runs the same step on transposed views.
 
 Where the kernels of :data:`NATIVE_ATTENTION_MAX_TOKENS` run and both
 sequences are short enough for the thread count (at most its limit), the
@@ -73,15 +75,24 @@ _KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
 
 
 class Attention:
-    """``y = softmax(scale(q_h @ k_h^T)) @ v_h`` per head, on ``(B, T, H, D)`` inputs and output."""
+    """``y = softmax(scale(q_h @ k_h^T)) @ v_h`` per head, on ``(B, T, H, D)`` inputs and output
+    (``heads_first``: inputs ``(B, H, T, D)``, as ``F.scaled_dot_product_attention`` takes them)."""
 
-    def __init__(self, scale: np.float32 | None, divide: bool, softmax: ops.OpFn):
-        self.scale, self.divide, self.softmax = scale, divide, softmax
+    def __init__(self, scale: np.float32 | None, divide: bool, softmax: ops.OpFn, heads_first: bool = False,
+                 nan_rows_zero: bool = False):
+        self.scale, self.divide, self.softmax, self.heads_first = scale, divide, softmax, heads_first
+        self.nan_rows_zero = nan_rows_zero
         self._kernel = native.raw("attention_f32") if native.available() else None
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None,
                  out: np.ndarray | None = None) -> np.ndarray:
-        if (bias is None and 0 < k.shape[1] and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
+        if self.heads_first:
+            if not q.ndim == k.ndim == v.ndim == 4:
+                raise EdgevlaError(f"the native backend's attention takes (batch, heads, tokens, width) inputs, "
+                                   f"got shapes {q.shape}, {k.shape}, {v.shape}")
+            q, k, v = q.transpose(_TO_HEADS), k.transpose(_TO_HEADS), v.transpose(_TO_HEADS)  # views
+        if (bias is None and not self.nan_rows_zero and 0 < k.shape[1]
+                and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
                 and all(_kernel_layout(a) for a in (q, k, v))):
             return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out)
         b, t, h, _ = q.shape
@@ -98,6 +109,8 @@ class Attention:
                                    f"scores of shape {scores.shape}")
             scores += bias
         self.softmax(scores, out=probabilities)
+        if self.nan_rows_zero:
+            probabilities[np.isnan(probabilities)] = 0.0
         y = np.empty((b, t, h, v.shape[3]), np.float32) if out is None else out
         np.matmul(probabilities, v.transpose(_TO_HEADS), out=y.transpose(_TO_HEADS))
         return y
@@ -126,17 +139,19 @@ class _Match:
     scale: np.float32 | None
     divide: bool
     bias: str | None  # added to the scaled scores (a mask), or none
+    heads_first: bool = False  # q, k, v are (B, H, T, D): the scaled-dot-product form
+    nan_rows_zero: bool = False  # a query whose every key is masked attends to nothing (zeros)
 
 
 def fuse_attention(graph: Graph) -> int:
     """Rewrite every attention chain of the module docstring in place; returns how many."""
     fused = 0
     for softmax in [n for n in graph.nodes if n.op_type == "Softmax"]:
-        match = _match(graph, softmax)
+        match = _match(graph, softmax) or _match_sdpa(graph, softmax)
         if match is None:
             continue
         kernel = ops.compile_op("Softmax", softmax.attrs, (None,), graph.opset, 1, softmax.describe())
-        attention = Attention(match.scale, match.divide, kernel.fn)
+        attention = Attention(match.scale, match.divide, kernel.fn, match.heads_first, match.nan_rows_zero)
         last = match.removed[-1]
         inputs = (match.q, match.k, match.v) + ((match.bias,) if match.bias is not None else ())
         node = Node(last.name, ATTENTION_OP, inputs, last.outputs, {"attention": attention})
@@ -206,6 +221,133 @@ def _match(graph: Graph, softmax: Node) -> _Match | None:
         return None
     return _Match(tq.inputs[0], tk.inputs[0], tv.inputs[0],
                   [tq, tk, tv, qk, *scaling, *masking, softmax, pv, back], scale, divide, bias)
+
+
+def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
+    """``F.scaled_dot_product_attention`` as the exporter writes it, on ``(B, H, T, D)`` heads::
+
+        Kt = Reshape(Transpose(Reshape(k, [-1, S, D]), perm=[0, 2, 1]), [..., D, S])  # or Transpose(k, 0132)
+        P  = Softmax(Add(MatMul(Mul(q, sqrt c), Mul(Kt, sqrt c)), bias))   # the scalings and Add optional
+        y  = Transpose(MatMul(P, v), perm=[0, 2, 1, 3])                     # back to (B, T, H, D)
+
+    The two reshapes' shapes are computed from ``Shape(k)`` at run time; they must be exactly
+    ``[-1, S, D]`` and ``[..., D, S]`` of it, so that the chain is ``k``'s last two axes swapped."""
+    producer, readers = graph.producers(), graph.consumers()
+    outputs = set(graph.outputs)
+
+    def only_reader(value: str) -> Node | None:
+        found = readers.get(value, [])
+        return found[0][0] if len(found) == 1 and value not in outputs else None
+
+    def made(value: str, op: str, reader: Node) -> Node | None:
+        node = producer.get(value)
+        return node if node is not None and node.op_type == op and only_reader(value) is reader else None
+
+    if int(softmax.attrs.get("axis", -1)) not in (-1, 3):
+        return None
+    node = made(softmax.inputs[0], "Add", softmax) or made(softmax.inputs[0], "MatMul", softmax)
+    bias, masking = None, []
+    if node is not None and node.op_type == "Add":
+        for mine, other in (node.inputs, node.inputs[::-1]):
+            if made(mine, "MatMul", node) is not None:
+                bias, masking, node = other, [node], made(mine, "MatMul", node)
+                break
+        else:
+            return None
+    if node is None:
+        return None
+    qk, scale, scaling = node, np.float32(1.0), []
+    sides = []
+    for value in qk.inputs:
+        mul = made(value, "Mul", qk)
+        c = None if mul is None else next((_scalar(graph, i) for i in mul.inputs if _scalar(graph, i) is not None),
+                                          None)
+        if mul is not None and c is not None:
+            scale, scaling = np.float32(scale * c), scaling + [mul]
+            value = next(i for i in mul.inputs if _scalar(graph, i) is None)
+        sides.append((value, mul if c is not None else qk))
+    (q, _), (kt, kt_reader) = sides
+    swap = _swapped_last_axes(graph, kt, kt_reader, producer, only_reader)
+    probabilities, zeroing = _nan_rows_zeroed(graph, softmax.outputs[0], readers, outputs)
+    pv = only_reader(probabilities)
+    if swap is None or pv is None or pv.op_type != "MatMul" or pv.inputs[0] != probabilities:
+        return None
+    k, swapping = swap
+    back = only_reader(pv.outputs[0])
+    if back is None or back.op_type != "Transpose" or tuple(back.attrs.get("perm", ())) != _TO_HEADS:
+        return None
+    return _Match(q, k, pv.inputs[1], [*swapping, *scaling, qk, *masking, softmax, *zeroing, pv, back],
+                  None if not scaling else scale, False, bias, heads_first=True, nan_rows_zero=bool(zeroing))
+
+
+def _nan_rows_zeroed(graph: Graph, p: str, readers, outputs) -> tuple[str, list[Node]]:
+    """``Where(IsNaN(p), 0, p)`` (the exporter's softmax over a boolean mask: a row with every key masked is 0,
+    not NaN): ``(its output, [IsNaN, Where])``; else ``(p, [])``."""
+    found = readers.get(p, [])
+    if p in outputs or len(found) != 2:
+        return p, []
+    nodes = {n.op_type: n for n, _ in found}
+    isnan, where = nodes.get("IsNaN"), nodes.get("Where")
+    if isnan is None or where is None or len(where.inputs) != 3 or where.inputs[0] != isnan.outputs[0]:
+        return p, []
+    zero = graph.constants.get(where.inputs[1])
+    if (zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0 or where.inputs[2] != p
+            or len(readers.get(isnan.outputs[0], [])) != 1 or isnan.outputs[0] in outputs):
+        return p, []
+    return where.outputs[0], [isnan, where]
+
+
+def _swapped_last_axes(graph: Graph, value: str, reader: Node, producer, only_reader) -> tuple[str, list[Node]] | None:
+    """``(k, nodes)`` when ``value`` is ``k`` with its last two axes swapped, by a Transpose or by the
+    exporter's Reshape-Transpose-Reshape over its own ``Shape``; else None."""
+    node = producer.get(value)
+    if node is None or only_reader(value) is not reader:
+        return None
+    if node.op_type == "Transpose" and tuple(node.attrs.get("perm", ())) == (0, 1, 3, 2):
+        return node.inputs[0], [node]
+    if node.op_type != "Reshape":
+        return None
+    outer = node
+    middle = producer.get(outer.inputs[0])
+    if (middle is None or middle.op_type != "Transpose" or tuple(middle.attrs.get("perm", ())) != (0, 2, 1)
+            or only_reader(outer.inputs[0]) is not outer):
+        return None
+    inner = producer.get(middle.inputs[0])
+    if inner is None or inner.op_type != "Reshape" or only_reader(middle.inputs[0]) is not middle:
+        return None
+    k = inner.inputs[0]
+    # [-1, S, D] and [leading..., D, S], each piece sliced from Shape(k)
+    pieces = [_shape_slice(graph, producer, k, p) for p in _concat_parts(producer, inner.inputs[1])]
+    back = [_shape_slice(graph, producer, k, p) for p in _concat_parts(producer, outer.inputs[1])]
+    first = _scalar_int(graph, _concat_parts(producer, inner.inputs[1])[:1])
+    if first != -1 or pieces[1:] != [(-2, -1), (-1, None)] or back != [(None, -2), (-1, None), (-2, -1)]:
+        return None
+    return k, [inner, middle, outer]
+
+
+def _concat_parts(producer, value: str) -> list[str]:
+    node = producer.get(value)
+    return list(node.inputs) if node is not None and node.op_type == "Concat" else []
+
+
+def _scalar_int(graph: Graph, names: list[str]) -> int | None:
+    value = graph.constants.get(names[0]) if names else None
+    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _shape_slice(graph: Graph, producer, k: str, value: str) -> tuple[int | None, int | None] | None:
+    """``(start, end)`` (None: open) when ``value`` is ``Shape(k)[start:end]``; else None."""
+    node = producer.get(value)
+    if node is None or node.op_type != "Slice" or len(node.inputs) < 3:
+        return None
+    shape = producer.get(node.inputs[0])
+    if shape is None or shape.op_type != "Shape" or shape.inputs[0] != k or shape.attrs.get("start", 0) != 0:
+        return None
+    start, end = _scalar_int(graph, [node.inputs[1]]), _scalar_int(graph, [node.inputs[2]])
+    if start is None or end is None:
+        return None
+    huge = 2 ** 62
+    return (None if start <= -huge else start), (None if end >= huge else end)
 
 
 def _scalar(graph: Graph, name: str) -> np.float32 | None:

@@ -134,6 +134,21 @@ for _name, _ufunc in {"Neg": np.negative, "Abs": np.absolute, "Sqrt": np.sqrt, "
     register(_name, writes_out=True)(_plain(_ufunc))
 register("Erf", writes_out=True)(_plain(erf))
 register("Sigmoid", writes_out=True)(_plain(sigmoid))
+register("IsNaN", writes_out=True)(_plain(np.isnan))  # the exporter's softmax over masked attention: NaN rows to 0
+
+
+@register("IsInf", writes_out=True)
+def _is_inf(c):
+    positive, negative = bool(c.attr("detect_positive", 1)), bool(c.attr("detect_negative", 1))
+
+    def is_inf(x, out=None):
+        found = np.isinf(x, out=out)
+        if not positive:
+            found &= x < 0
+        if not negative:
+            found &= x > 0
+        return found
+    return is_inf
 
 
 @register("Relu", writes_out=True)
