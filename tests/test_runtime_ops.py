@@ -93,6 +93,31 @@ CASES = [
         ("Reciprocal", 1e-5), ("Floor", 0), ("Ceil", 0), ("Round", 0), ("Sin", 1e-6), ("Cos", 1e-6),
         ("Sign", 0), ("Erf", 1e-6), ("Softplus", 1e-6), ("Mish", 1e-6), ("HardSwish", 1e-6), ("Identity", 0))],
     *[Case(op, {"x": pos}, atol=1e-6) for op in ("Sqrt", "Log")],
+    *[Case(op, {"x": x234}, atol=2e-6) for op in ("Tan", "Atan", "Sinh", "Cosh", "Asinh")],
+    *[Case(op, {"x": x234 * np.float32(0.45)}, atol=2e-6) for op in ("Asin", "Acos", "Atanh")],
+    Case("Acosh", {"x": pos + np.float32(1)}, atol=2e-6),
+    Case("PRelu", {"x": f32(2, 3, 4, 5)}, consts={"slope": f32(3, 1, 1, low=0.0, high=0.5)}, id="PRelu-channels"),
+    Case("Selu", {"x": x234}, atol=2e-6),
+    Case("Selu", {"x": x234}, attrs={"alpha": 1.5, "gamma": 0.8}, atol=2e-6, id="Selu-attrs"),
+    Case("Celu", {"x": x234}, attrs={"alpha": 0.7}, atol=2e-6),
+    Case("ThresholdedRelu", {"x": x234}, attrs={"alpha": 0.4}),
+    Case("Einsum", {"a": f32(2, 5, 3), "b": f32(2, 4, 3)}, attrs={"equation": "btd,bsd->bts"}, atol=2e-6),
+    Case("Einsum", {"a": f32(2, 5, 3)}, consts={"w": f32(3, 4)}, attrs={"equation": "btd,de->bte"}, atol=2e-6,
+         id="Einsum-weight"),
+    Case("CumSum", {"x": x234}, consts={"axis": np.array(1, np.int64)}, atol=2e-6),
+    Case("CumSum", {"x": ints}, consts={"axis": np.array(-1, np.int32)}, attrs={"exclusive": 1, "reverse": 1},
+         id="CumSum-int-exclusive-reverse"),
+    Case("ScatterND", {"x": f32(4, 5, 3), "u": f32(2, 5, 3)}, consts={"i": i64(3, -4).reshape(2, 1)},
+         order=["x", "i", "u"], atol=0, id="ScatterND-rows"),
+    Case("ScatterND", {"x": f32(4, 5, 3), "u": f32(3, 3)}, consts={"i": i64(0, 1, 2, 2, 3, 4).reshape(3, 2)},
+         order=["x", "i", "u"], attrs={"reduction": "add"}, opset=18, atol=1e-6, id="ScatterND-add"),
+    Case("ScatterElements", {"x": f32(3, 5), "u": f32(3, 2)}, consts={"i": i64(0, 4, 1, -1, 2, 0).reshape(3, 2)},
+         order=["x", "i", "u"], attrs={"axis": 1}, atol=0),
+    Case("ScatterElements", {"x": f32(3, 5), "u": f32(2, 5)}, consts={"i": i64(0, 1, 2, 0, 1, 2, 2, 2, 1, 0).reshape(2, 5)},
+         order=["x", "i", "u"], attrs={"axis": 0, "reduction": "max"}, opset=18, atol=0, id="ScatterElements-max"),
+    Case("TopK", {"x": np.round(x234 * 2) / 2}, consts={"k": i64(3)}, n_out=2, atol=0, id="TopK-largest-ties"),
+    Case("TopK", {"x": x234}, consts={"k": i64(2)}, attrs={"axis": 1, "largest": 0}, n_out=2, atol=0,
+         id="TopK-smallest-axis1"),
     Case("LeakyRelu", {"x": x234}, attrs={"alpha": 0.1}),
     Case("Elu", {"x": x234}, attrs={"alpha": 0.7}, atol=1e-6),
     Case("HardSigmoid", {"x": x234}, attrs={"alpha": 0.3, "beta": 0.4}, atol=1e-6),
@@ -456,6 +481,25 @@ def test_bad_inputs_are_refused():
         native.run({"x": x34.astype(np.float64)})
     with pytest.raises(EdgevlaError, match=r"shape \('\?', 4\), got \(3, 5\)"):
         native.run({"x": f32(3, 5)})
+
+
+@pytest.mark.parametrize("op, inputs, index, words", [
+    ("ScatterND", ["x", "i", "u"], np.array([[4]], np.int64), "out of range"),
+    ("ScatterElements", ["x", "i", "u"], np.array([[0, 9, 0, 0, 0]], np.int64), "out of range"),
+    ("GatherND", ["x", "i"], np.array([[-5]], np.int64), "out of range"),
+])
+def test_an_index_out_of_range_is_one_clear_line(op, inputs, index, words):
+    """Indices the observations compute (a token id, a history length) are checked, never read or written
+    out of bounds."""
+    feeds = {"x": f32(4, 5), "i": index, "u": f32(*index.shape[:-1], 5) if op == "ScatterND" else f32(*index.shape)}
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y0"], name="at")], "g",
+                              [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(feeds[n].dtype),
+                                                             feeds[n].shape) for n in inputs],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)])
+    native = NativeModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    with pytest.raises(EdgevlaError) as info:
+        native.run({n: feeds[n] for n in inputs})
+    assert "\n" not in str(info.value) and words in str(info.value) and "at" in str(info.value), str(info.value)
 
 
 def test_work_arrays_are_shared_per_shape_and_private_per_thread():

@@ -10,7 +10,8 @@ table (:mod:`.linear`): W8A8 int8 GEMM, with the sparse, 2:4 and int4
 kernels where this build has them, or NumPy float32; the packed weights are
 kept together on huge pages (:mod:`.weights`). Everything else runs as
 NumPy (:mod:`.ops`, the element-wise math in :mod:`.activations`, convolutions and
-pooling in :mod:`.conv`, LSTM and GRU in :mod:`.recurrent`, Resize in :mod:`.resize`), over
+pooling in :mod:`.conv`, LSTM and GRU in :mod:`.recurrent`, Resize in :mod:`.resize`, scatters,
+TopK and CumSum in :mod:`.indexing`), over
 buffers planned once per input shape (:mod:`.executor`).
 
 The runtime imports neither PyTorch nor ONNX Runtime.
@@ -18,7 +19,8 @@ The runtime imports neither PyTorch nor ONNX Runtime.
 
 from __future__ import annotations
 
-from . import conv, recurrent, resize  # noqa: F401  (register Conv, the pools, the norms, LSTM, GRU, Resize)
+from . import conv, indexing, recurrent, resize  # noqa: F401  (register Conv, the pools, the norms, LSTM, GRU,
+#                                                    scatters, TopK, CumSum, Resize)
 from .linear import DEFAULT_PRECISION, PRECISIONS, RULES, LayerChoice
 from .model import NativeModel, OpTime, format_plan
 from .ops import supported_ops

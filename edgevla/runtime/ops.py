@@ -129,8 +129,9 @@ def _plain(fn: Callable[..., np.ndarray]) -> _Compiler:
 
 for _name, _ufunc in {"Neg": np.negative, "Abs": np.absolute, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log,
                       "Tanh": np.tanh, "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil,
-                      "Round": np.rint, "Sin": np.sin, "Cos": np.cos, "Not": np.logical_not,
-                      "Sign": np.sign}.items():
+                      "Round": np.rint, "Sin": np.sin, "Cos": np.cos, "Tan": np.tan, "Asin": np.arcsin,
+                      "Acos": np.arccos, "Atan": np.arctan, "Sinh": np.sinh, "Cosh": np.cosh, "Asinh": np.arcsinh,
+                      "Acosh": np.arccosh, "Atanh": np.arctanh, "Not": np.logical_not, "Sign": np.sign}.items():
     register(_name, writes_out=True)(_plain(_ufunc))
 register("Erf", writes_out=True)(_plain(erf))
 register("Sigmoid", writes_out=True)(_plain(sigmoid))
@@ -172,6 +173,33 @@ def _relu(c):
 def _leaky_relu(c):
     alpha = np.float32(c.attr("alpha", 0.01))
     return lambda x, out=None: _copy_into(out, np.where(x >= 0, x, x * alpha))
+
+
+@register("PRelu", writes_out=True)
+def _prelu(c):
+    """``x`` where positive, else ``slope * x``; ``slope`` broadcasts to ``x`` (a channel's slope: shape
+    ``(C, 1, 1)`` on NCHW, as ``nn.PReLU`` exports)."""
+    return lambda x, slope, out=None: _copy_into(out, np.where(x >= 0, x, x * slope).astype(x.dtype, copy=False))
+
+
+@register("Selu", writes_out=True)
+def _selu(c):
+    alpha = np.float32(c.attr("alpha", 1.67326319217681884765625))
+    gamma = np.float32(c.attr("gamma", 1.05070102214813232421875))
+    return lambda x, out=None: _copy_into(out, gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))))
+
+
+@register("Celu", writes_out=True)
+def _celu(c):
+    alpha = np.float32(c.attr("alpha", 1.0))
+    return lambda x, out=None: _copy_into(out, np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(np.minimum(x, 0)
+                                                                                                 / alpha)))
+
+
+@register("ThresholdedRelu", writes_out=True)
+def _thresholded_relu(c):
+    alpha = np.float32(c.attr("alpha", 1.0))
+    return lambda x, out=None: _copy_into(out, np.where(x > alpha, x, np.float32(0)).astype(x.dtype, copy=False))
 
 
 @register("Elu", writes_out=True)
@@ -560,6 +588,16 @@ def _layer_norm(c):
 @register("MatMul", writes_out=True)
 def _matmul(c):
     return lambda a, b, out=None: np.matmul(a, b, out=out)
+
+
+@register("Einsum")
+def _einsum(c):
+    """ONNX Einsum: NumPy's, on the node's equation (``torch.einsum`` exports it as written)."""
+    equation = c.attr("equation")
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation or "")
+    if not equation:
+        raise _fail(c, "no equation")
+    return lambda *xs: np.einsum(equation, *xs, optimize=len(xs) > 2)
 
 
 @register("Gemm", writes_out=True)
