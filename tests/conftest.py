@@ -28,6 +28,21 @@ def pytest_cmdline_main(config) -> None:
         config.option.numprocesses = max(1, min(len(os.sched_getaffinity(0)), MAX_TEST_WORKERS))
         if config.option.dist == "no":
             config.option.dist = "loadfile"
+            config.option.loadscopereorder = False  # hand modules out in LONGEST_FIRST order, not by test count
+
+
+#: The modules that take longest (``pytest --durations``, 2 workers, 2026-12-07), handed out to the workers first
+#: so that the many short ones fill the end of the run. pytest-xdist would otherwise order modules by how many
+#: tests they hold, which puts these few-test, long modules last, one worker running them while the other idles.
+LONGEST_FIRST = ("test_cuda_emulated_race.py", "test_cuda_emulated.py", "test_pipeline_prune.py", "test_search.py",
+                 "test_cmake_cuda_archs.py", "test_bench_prune.py", "test_cli.py", "test_task_mujoco.py",
+                 "test_quant_restore.py", "test_train.py", "test_pipeline.py", "test_original_memo.py",
+                 "test_pipeline_recovery.py", "test_export_tensorrt.py", "test_kernels_int8.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module stays in one piece
 
 
 # A quick recipe: every stage runs, with fewer episodes and timing runs.
