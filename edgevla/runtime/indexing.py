@@ -18,14 +18,8 @@ from .ops import OpContext, _fail, register
 _REDUCTIONS = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
-def _text(value, default: str) -> str:
-    if value is None:
-        return default
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _reduction(c: OpContext):
-    name = _text(c.attr("reduction"), "none")
+    name = c.text("reduction", "none")
     if name not in _REDUCTIONS:
         raise _fail(c, f"unknown reduction {name!r}")
     return _REDUCTIONS[name]

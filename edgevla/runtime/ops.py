@@ -58,6 +58,13 @@ class OpContext:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
 
+    def text(self, name: str, default: str) -> str:
+        """A string attribute (ONNX stores them as bytes), or ``default``."""
+        value = self.attrs.get(name)
+        if value is None:
+            return default
+        return value.decode() if isinstance(value, bytes) else str(value)
+
 
 _Compiler = Callable[[OpContext], OpFn]
 _REGISTRY: dict[str, tuple[_Compiler, bool]] = {}
@@ -593,8 +600,7 @@ def _matmul(c):
 @register("Einsum")
 def _einsum(c):
     """ONNX Einsum: NumPy's, on the node's equation (``torch.einsum`` exports it as written)."""
-    equation = c.attr("equation")
-    equation = equation.decode() if isinstance(equation, bytes) else str(equation or "")
+    equation = c.text("equation", "")
     if not equation:
         raise _fail(c, "no equation")
     return lambda *xs: np.einsum(equation, *xs, optimize=len(xs) > 2)
@@ -736,8 +742,7 @@ def _split(c):
 def _pad(c):
     """ONNX Pad (opset 11+: pads as an input; 18: axes): constant, reflect, edge and wrap, by ``np.pad``
     (``nn.Conv*`` with ``padding_mode`` reflect or circular exports it)."""
-    mode = c.attr("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = c.text("mode", "constant")
     modes = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
     if mode not in modes:
         raise _fail(c, f"unknown pad mode {mode!r}")

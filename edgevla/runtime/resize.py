@@ -26,12 +26,6 @@ _COORDINATES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "ali
 _ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def _text(value, default: str) -> str:
-    if value is None:
-        return default
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def source_coordinates(out_len: int, in_len: int, scale: float, mode: str) -> np.ndarray:
     """Where each of ``out_len`` output samples reads the input axis of ``in_len``, in input samples."""
     o = np.arange(out_len, dtype=np.float64)
@@ -76,10 +70,10 @@ def _resize_axis_linear(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndar
 def _resize(c: OpContext):
     """ONNX Resize (opset 11+; 18: ``axes``, ``antialias``, ``keep_aspect_ratio_policy``; 19:
     ``half_pixel_symmetric``) for nearest and linear modes, any rank."""
-    mode = _text(c.attr("mode"), "nearest")
-    coordinates = _text(c.attr("coordinate_transformation_mode"), "half_pixel")
-    rounding = _text(c.attr("nearest_mode"), "round_prefer_floor")
-    policy = _text(c.attr("keep_aspect_ratio_policy"), "stretch")
+    mode = c.text("mode", "nearest")
+    coordinates = c.text("coordinate_transformation_mode", "half_pixel")
+    rounding = c.text("nearest_mode", "round_prefer_floor")
+    policy = c.text("keep_aspect_ratio_policy", "stretch")
     if mode not in ("nearest", "linear"):
         raise _fail(c, f"mode {mode!r} is not supported (nearest and linear are)")
     if c.attr("antialias", 0):
