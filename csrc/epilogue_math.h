@@ -80,11 +80,15 @@ static inline EDGEVLA_HOST_DEVICE float edgevla_tanh_f32(float x) {
 #define EDGEVLA_GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define EDGEVLA_GELU_CUBIC 0.044715f
 
-static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_f32(float x) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_inner_f32(float x) {
     const float cube = (x * x) * x;
-    const float inner = EDGEVLA_GELU_SQRT_2_OVER_PI * (x + EDGEVLA_GELU_CUBIC * cube);
-    const float t = edgevla_tanh_f32(inner);
-    return (0.5f * x) * (1.0f + t);
+    return EDGEVLA_GELU_SQRT_2_OVER_PI * (x + EDGEVLA_GELU_CUBIC * cube);
+}
+
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_outer_f32(float x, float t) { return (0.5f * x) * (1.0f + t); }
+
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_f32(float x) {
+    return edgevla_gelu_tanh_outer_f32(x, edgevla_tanh_f32(edgevla_gelu_tanh_inner_f32(x)));
 }
 
 /* GELU, exact form x * Phi(x) = x * 0.5 * (1 + erf(x / sqrt 2)), evaluated as
@@ -108,7 +112,7 @@ static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_tanh_f32(float x) {
 #define EDGEVLA_GELU_ERF_S5 -1.3573073726008966e-07f
 #define EDGEVLA_GELU_ERF_S6 1.846670467594924e-09f
 
-static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_f32(float x) {
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_inner_f32(float x) {
     const float u = edgevla_min_f32(x * x, EDGEVLA_GELU_ERF_U_MAX);
     float s = fmaf(u, EDGEVLA_GELU_ERF_S6, EDGEVLA_GELU_ERF_S5);
     s = fmaf(u, s, EDGEVLA_GELU_ERF_S4);
@@ -116,21 +120,29 @@ static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_f32(float x) {
     s = fmaf(u, s, EDGEVLA_GELU_ERF_S2);
     s = fmaf(u, s, EDGEVLA_GELU_ERF_S1);
     s = fmaf(u, s, EDGEVLA_GELU_ERF_S0);
-    const float t = edgevla_tanh_f32(x * s);
-    return x * fmaf(0.5f, t, 0.5f);
+    return x * s;
+}
+
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_outer_f32(float x, float t) { return x * fmaf(0.5f, t, 0.5f); }
+
+static inline EDGEVLA_HOST_DEVICE float edgevla_gelu_erf_f32(float x) {
+    return edgevla_gelu_erf_outer_f32(x, edgevla_tanh_f32(edgevla_gelu_erf_inner_f32(x)));
 }
 
 static inline EDGEVLA_HOST_DEVICE float edgevla_relu_f32(float x) { return edgevla_max_f32(x, 0.0f); }
 
-/* The epilogue's activation on one value: what every kernel's vector version mirrors. */
+/* The epilogue's activation on one value: what every kernel's vector version
+ * mirrors. Both GELU forms are tanh between an inner and an outer step, and
+ * share one tanh here: the CUDA kernels unroll their epilogue over every
+ * output a thread holds, and inlining two tanh (two IEEE divisions) a value
+ * made nvcc spend ~5x as long on the GEMM launchers (cicc + ptxas 104 s -> 17 s
+ * for gemm_s8s8_launch.cu at sm_87). */
 static inline EDGEVLA_HOST_DEVICE float edgevla_activate_f32(edgevla_activation activation, float v) {
-    switch (activation) {
-        case EDGEVLA_ACTIVATION_NONE: return v;
-        case EDGEVLA_ACTIVATION_RELU: return edgevla_relu_f32(v);
-        case EDGEVLA_ACTIVATION_GELU_TANH: return edgevla_gelu_tanh_f32(v);
-        case EDGEVLA_ACTIVATION_GELU_ERF: return edgevla_gelu_erf_f32(v);
-    }
-    return v;
+    if (activation == EDGEVLA_ACTIVATION_RELU) return edgevla_relu_f32(v);
+    const int erf_form = activation == EDGEVLA_ACTIVATION_GELU_ERF;
+    if (!erf_form && activation != EDGEVLA_ACTIVATION_GELU_TANH) return v; /* EDGEVLA_ACTIVATION_NONE */
+    const float t = edgevla_tanh_f32(erf_form ? edgevla_gelu_erf_inner_f32(v) : edgevla_gelu_tanh_inner_f32(v));
+    return erf_form ? edgevla_gelu_erf_outer_f32(v, t) : edgevla_gelu_tanh_outer_f32(v, t);
 }
 
 /* The W8A8 dequantization of one int32 accumulator (gemm_s8s8.h): the two
