@@ -440,20 +440,20 @@ def calibration_batches(policy: torch.nn.Module, spec: PolicySpec, task: ClosedL
                              data.actions[i * size:(i + 1) * size]) for i in range(n)]
 
 
-def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: float, scope: str | None,
-                             round_to: int, example_inputs) -> float:
-    """The fraction of each group's units to remove so that ``amount`` of the scope's parameters go.
+def structured_amount(policy: torch.nn.Module, structure: str, amount: float, scope: str | None, round_to: int,
+                      example_inputs):
+    """The structured pass's amount (units) that removes ``amount`` of the scope's parameters: one fraction of
+    every group's units, or a fraction per group where one for all would overshoot (prune/parameter_goal.py).
 
-    The dependency analysis predicts the parameters a plan removes (every
-    coupled tensor included, channels rounded to ``round_to``); the smallest
-    unit fraction reaching the goal is found by bisection on those predictions.
+    Blocks: the fraction of the residual blocks whose removal reaches the goal.
     """
-    from .prune import DependencyGraph, MagnitudeImportance, plan, residual_blocks
+    from .prune import DependencyGraph, residual_blocks
+    from .prune.parameter_goal import amount_for_parameters
 
     total = scope_parameters(policy, scope)
-    goal = amount * total
     where = f"under prune.scope {scope!r}" if scope else "in the whole policy"
     if structure == "blocks":
+        goal = amount * total
         blocks = [b for b in residual_blocks(policy, example_inputs) if scope is None or b.startswith(scope + ".")]
         if not blocks:
             raise EdgevlaError(f"{type(policy).__name__} has no residual blocks {where}")
@@ -463,22 +463,7 @@ def structured_unit_fraction(policy: torch.nn.Module, structure: str, amount: fl
             raise EdgevlaError(f"structured pruning of blocks can remove at most {len(blocks) - 1} of the "
                                f"{len(blocks)} blocks {where}; {amount:.0%} of the parameters needs {count}")
         return count / len(blocks)
-    graph = DependencyGraph(policy, example_inputs)
-    criterion = MagnitudeImportance()
-
-    def removed(fraction: float) -> int:
-        return plan(graph, structure, fraction, criterion, round_to, scope)[2]
-
-    most = removed(0.999)
-    if most < goal:
-        raise EdgevlaError(f"structured pruning of {structure} {where} can remove at most "
-                           f"{most / total:.0%} of the parameters, asked for {amount:.0%}: choose another "
-                           "prune.structure or a smaller amount")
-    low, high = 0.0, 0.999
-    for _ in range(30):
-        mid = (low + high) / 2
-        low, high = (low, mid) if removed(mid) >= goal else (mid, high)
-    return high
+    return amount_for_parameters(DependencyGraph(policy, example_inputs), structure, amount, total, scope, round_to)
 
 
 #: The original's result ``what`` with ``settings``: computed by ``make()``, or kept from a build before
@@ -510,6 +495,7 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
 
     from .prune import distill, gradual_prune, recover, remove_masks, RecoveryConfig, RecoveryFailed
     from .quant import qat_mode, quantized_layers, settle, settled_copy, zeros_held
+    from .prune.parameter_goal import amount_said
     from .prune.structured import _example_inputs
 
     scope = cfg.scope
@@ -541,12 +527,13 @@ def prune_policy(policy: torch.nn.Module, teacher: torch.nn.Module, spec: Policy
                             "steps": steps, "scope": scope}
     if cfg.method == "structured":
         inputs = _example_inputs(policy, None)
-        fraction = structured_unit_fraction(policy, cfg.structure, cfg.amount, scope, round_to, inputs)
-        result = gradual_prune(policy, cfg.structure, fraction, steps, schedule=cfg.schedule,
+        units = structured_amount(policy, cfg.structure, cfg.amount, scope, round_to, inputs)
+        result = gradual_prune(policy, cfg.structure, units, steps, schedule=cfg.schedule,
                                criterion=cfg.criterion, calibration=calibration, structure_scope=scope,
                                round_to=round_to, example_inputs=inputs, finetune=finetune)
-        info.update(structure=cfg.structure, amount=cfg.amount, round_to=round_to, unit_fraction=round(fraction, 4))
-        what = f"{cfg.structure} ({fraction:.0%} of each group's units, kept channels multiples of {round_to})"
+        units = {name: round(f, 4) for name, f in units.items()} if isinstance(units, Mapping) else round(units, 4)
+        info.update(structure=cfg.structure, amount=cfg.amount, round_to=round_to, unit_fraction=units)
+        what = f"{cfg.structure} ({amount_said(units)}, kept channels multiples of {round_to})"
     elif cfg.allocation == "sensitivity":
         layers = prune_scope_layers(policy, scope, 1, convolutions=False)  # the sweep times Linear layers
         result, sensitivity = sensitivity_prune(policy, teacher, spec, task, cfg, layers, calibration, loop)
@@ -654,8 +641,10 @@ def recovery_said(rec: Mapping[str, Any]) -> str:
 def pruning_markdown(info: Mapping[str, Any]) -> str:
     """The report.md section of a pruned build: what was pruned, and how recovery brought success back."""
     if info["method"] == "structured":
+        from .prune.parameter_goal import amount_said
+
         what = (f"structured, {info['structure']}: {info['amount']:.0%} of the scope's parameters "
-                f"({info['unit_fraction']:.0%} of each group's units, kept channels multiples of {info['round_to']})")
+                f"({amount_said(info['unit_fraction'])}, kept channels multiples of {info['round_to']})")
     elif "sensitivity" in info:
         what = f"unstructured, per-layer sparsity from sensitivity curves on {len(info['layers'])} Linear layers"
     else:

@@ -107,6 +107,10 @@ def test_the_report_says_what_structured_pruning_removed_and_when_recovery_could
             "multiples of 16)** in the whole policy (taylor importance, cubic schedule over 3 steps): 250 of its "
             "1,000 parameters removed; parameters 1,000 → 750.") in md
     assert "Recovery not run: no closed-loop task speaks this policy's observations." in md
+    # Groups too coarse for one fraction to reach the goal: each its own (prune/parameter_goal.py).
+    md = pruning_markdown({**info, "structure": "neurons", "unit_fraction": {"trunk.0.fc1": 0.5, "trunk.1.fc1": 0.5}})
+    assert ("**structured, neurons: 25% of the scope's parameters (a fraction of the units per group: 2 groups 50%, "
+            "kept channels multiples of 16)**") in md
 
 
 def test_the_gate_and_recovery_judge_the_robots_loop(tmp_path_factory, fast, nm_bundle, capsys, original_memo):

@@ -21,14 +21,15 @@ cut. One-shot pruning is the one-step special case.
   weights it would drop are masked; the last step leaves the exact pattern.
 * a structure of :func:`prune_structured` (``"neurons"``, ``"heads"``,
   ``"width"``, ``"blocks"``): every step removes a fraction of the *remaining*
-  units, chosen so the cumulative removed fraction follows the curve.
+  units, chosen so the cumulative removed fraction follows the curve. With a
+  fraction per group, each group follows the curve scaled to its own fraction.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +39,8 @@ from torch.nn.utils import parametrize
 from ..errors import EdgevlaError
 from .importance import Batches, MagnitudeImportance, TaylorImportance, WandaImportance
 from .masks import WeightMask, apply_masks, from_nm_rows, nm_rows, prunable_layers, takes_nm
-from .structured import STRUCTURES, _example_inputs, groups_of, kept_units, prune_structured, residual_blocks
+from .structured import (STRUCTURES, Amount, _example_inputs, check_amount, groups_of, kept_units, prune_structured,
+                         residual_blocks)
 
 CRITERIA = ("magnitude", "taylor", "wanda")
 
@@ -242,7 +244,49 @@ def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs
     return groups[0].units, groups[0].unit_width, len(groups)
 
 
-def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int = 1, *, schedule: str = "cubic",
+def _gradual_per_group(model: nn.Module, structure: str, final: Mapping[str, float], steps: int, schedule: str,
+                       criterion, calibration: Batches | None, scope: str | None, round_to: int, inputs,
+                       finetune: Callable[[nn.Module, int], None] | None) -> ScheduleResult:
+    """gradual_prune with a fraction per group: at each step every group is brought to its own fraction times the
+    schedule's progress, its kept units counted, and rounded, from its original size."""
+    from .graph import DependencyGraph
+
+    def units_now() -> dict[str, tuple[int, int]]:
+        return {g.name: (g.units, g.unit_width) for g in groups_of(DependencyGraph(model, inputs), structure, scope)}
+
+    original = units_now()
+    missing = sorted(set(final) - set(original))
+    if missing:
+        raise EdgevlaError(f"no {structure} group named {', '.join(map(repr, missing))}"
+                           f"{' under ' + repr(scope) if scope else ''}")
+    peak = max(final.values(), default=0.0)
+    total = sum(original[name][0] for name in final) or 1
+    result = ScheduleResult(structure, 0.0)
+    for i, target in enumerate(schedule_sparsities(peak, 1 if schedule == "oneshot" else steps, kind=schedule),
+                               start=1):
+        start = time.perf_counter()
+        progress = target / peak if peak else 1.0
+        keep = {name: kept_units(original[name][0], fraction * progress, original[name][1], round_to)
+                for name, fraction in final.items()}
+        now = units_now()
+        amounts = {name: (now[name][0] - k) / now[name][0] for name, k in keep.items()
+                   if name in now and now[name][0] > k}
+        if amounts:
+            prune_structured(model, structure, amounts, make_criterion(criterion, model, calibration),
+                             round_to=round_to, scope=scope, example_inputs=inputs, calibration=calibration)
+        now = units_now()
+        planned = 1.0 - sum(keep.values()) / total
+        achieved = 1.0 - sum(now[name][0] if name in now else 1 for name in final) / total
+        result.final = planned
+        pruned_at = time.perf_counter()
+        if finetune is not None:
+            finetune(model, i)
+        result.steps.append(ScheduleStep(i, planned, achieved, sum(p.numel() for p in model.parameters()),
+                                         pruned_at - start, time.perf_counter() - pruned_at))
+    return result
+
+
+def gradual_prune(model: nn.Module, method: str, final: Amount | None, steps: int = 1, *, schedule: str = "cubic",
                   criterion="magnitude", calibration: Batches | None = None, scope: str = "layer",
                   layers: Iterable[str] | None = None, structure_scope: str | None = None, round_to: int = 1,
                   example_inputs=None,
@@ -250,7 +294,8 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
     """Prune ``model`` in place to ``final`` along a schedule, calling ``finetune(model, step)`` after each step.
 
     ``final`` is the fraction of weights pruned (unstructured), of units
-    removed (structures); N:M takes None (its sparsity is ``1 - N/M``).
+    removed (structures: one for every group, or a mapping of group names to
+    their own); N:M takes None (its sparsity is ``1 - N/M``).
     ``steps=1`` or ``schedule="oneshot"`` is one-shot pruning. ``criterion``
     is a name (``magnitude``, ``taylor``, ``wanda``: rebuilt each step on
     ``calibration``) or a criterion object used as is. ``finetune`` gets the
@@ -259,6 +304,12 @@ def gradual_prune(model: nn.Module, method: str, final: float | None, steps: int
     optimizer afresh — :func:`edgevla.prune.recovery.distill` does.
     """
     kind, nm = _parse_method(method)
+    if isinstance(final, Mapping):
+        if kind not in STRUCTURES or kind == "blocks":
+            raise EdgevlaError(f"a fraction per group is for the neurons, heads and width structures, not {method!r}")
+        check_amount(final)
+        return _gradual_per_group(model, kind, final, steps, schedule, criterion, calibration, structure_scope,
+                                  round_to, _example_inputs(model, example_inputs), finetune)
     if kind == "nm":
         final = 1.0 - nm[0] / nm[1]
     elif not isinstance(final, (int, float)) or not 0.0 <= float(final) < 1.0:

@@ -6,15 +6,17 @@ the module's head-count attributes updated), ``"width"`` (a residual or
 embedding width across every block, norm and positional table that shares
 it), and ``"blocks"`` (residual blocks replaced by the identity).
 
-Every group loses the same fraction of its units; the kept count is rounded
-up so the kept channels are a multiple of ``round_to`` (8 or 16 on tensor
-cores). The lowest-scoring units go, scored by :class:`GroupImportance` of
-the chosen criterion (or :class:`BlockInfluence` for blocks).
+Every group loses the same fraction of its units, or each its own (an
+``amount`` mapping group names to fractions); the kept count is rounded up so
+the kept channels are a multiple of ``round_to`` (8 or 16 on tensor cores).
+The lowest-scoring units go, scored by :class:`GroupImportance` of the chosen
+criterion (or :class:`BlockInfluence` for blocks).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +70,22 @@ def kept_units(units: int, amount: float, unit_width: int = 1, round_to: int = 1
     return keep
 
 
+#: The fraction of units a structured pass removes: one for every group, or one per group name (a group the
+#: mapping does not name keeps all its units).
+Amount = float | Mapping[str, float]
+
+
+def check_amount(amount: Amount) -> None:
+    fractions = amount.values() if isinstance(amount, Mapping) else (amount,)
+    for fraction in fractions:
+        if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+            raise EdgevlaError(f"the pruned fraction must be in [0, 1), got {fraction!r}")
+
+
+def fraction_of(amount: Amount, group: Group) -> float:
+    return amount.get(group.name, 0.0) if isinstance(amount, Mapping) else float(amount)
+
+
 def _example_inputs(model: nn.Module, example_inputs) -> tuple[torch.Tensor, ...]:
     if example_inputs is not None:
         return tuple(example_inputs)
@@ -101,11 +119,10 @@ def groups_of(graph: DependencyGraph, structure: str, scope: str | None = None) 
     return [g for g in finders[structure]() if _in_scope(g.name, scope)]
 
 
-def plan(graph: DependencyGraph, structure: str, amount: float, importance=None, round_to: int = 1,
+def plan(graph: DependencyGraph, structure: str, amount: Amount, importance=None, round_to: int = 1,
          scope: str | None = None) -> tuple[list[Coupling], list[PrunedGroup], int]:
     """Choose the units to remove from every group: (couplings, per-group summary, predicted parameters)."""
-    if not 0.0 <= amount < 1.0:
-        raise EdgevlaError(f"the pruned fraction must be in [0, 1), got {amount!r}")
+    check_amount(amount)
     scorer = importance if isinstance(importance, GroupImportance) else GroupImportance(importance)
     groups = groups_of(graph, structure, scope)
     if not groups:
@@ -114,7 +131,7 @@ def plan(graph: DependencyGraph, structure: str, amount: float, importance=None,
     couplings: list[Coupling] = []
     summary: list[PrunedGroup] = []
     for group in groups:
-        keep = kept_units(group.units, amount, group.unit_width, round_to)
+        keep = kept_units(group.units, fraction_of(amount, group), group.unit_width, round_to)
         if keep == group.units:
             continue
         scores = scorer(group)
@@ -128,10 +145,11 @@ def plan(graph: DependencyGraph, structure: str, amount: float, importance=None,
     return couplings, summary, graph.removed_parameters(couplings)
 
 
-def prune_structured(model: nn.Module, structure: str, amount: float, importance=None, *, round_to: int = 1,
+def prune_structured(model: nn.Module, structure: str, amount: Amount, importance=None, *, round_to: int = 1,
                      scope: str | None = None, example_inputs=None,
                      calibration: Batches | None = None) -> StructuredResult:
-    """Remove ``amount`` of the units of every ``structure`` group in place; returns what changed.
+    """Remove ``amount`` of the units of every ``structure`` group (or each group its own) in place; returns what
+    changed.
 
     ``importance`` is an element criterion (Magnitude, Taylor, Wanda) or a
     :class:`GroupImportance`; blocks are scored by :class:`BlockInfluence`
@@ -146,6 +164,8 @@ def prune_structured(model: nn.Module, structure: str, amount: float, importance
         reference = model(*inputs)
         model.train(was_training)
     if structure == "blocks":
+        if isinstance(amount, Mapping):
+            raise EdgevlaError("blocks are pruned by one fraction of all of them, not per group")
         couplings_result = _prune_blocks(model, amount, scope, inputs, calibration)
         summary, predicted = couplings_result
     else:
