@@ -31,13 +31,16 @@ def pytest_cmdline_main(config) -> None:
             config.option.loadscopereorder = False  # hand modules out in LONGEST_FIRST order, not by test count
 
 
-#: The modules that take longest (``pytest --durations``, 2 workers, 2026-12-07), handed out to the workers first
-#: so that the many short ones fill the end of the run. pytest-xdist would otherwise order modules by how many
-#: tests they hold, which puts these few-test, long modules last, one worker running them while the other idles.
-LONGEST_FIRST = ("test_cuda_emulated_race.py", "test_cuda_emulated.py", "test_pipeline_prune.py", "test_search.py",
-                 "test_cmake_cuda_archs.py", "test_bench_prune.py", "test_cli.py", "test_task_mujoco.py",
-                 "test_quant_restore.py", "test_train.py", "test_pipeline.py", "test_original_memo.py",
-                 "test_pipeline_recovery.py", "test_export_tensorrt.py", "test_kernels_int8.py")
+#: The modules that take longest (``pytest --durations=0``, 2 workers, 2026-12-07), handed out to the workers
+#: first so that the many short ones fill the end of the run. pytest-xdist would otherwise order modules by how
+#: many tests they hold, which puts these few-test, long modules last, one worker running them while the other
+#: idles. The two CUDA-emulation modules each compile with two compilers at once: one starts beside the pruning
+#: pipeline's builds rather than beside the other, where together they took ~50 % more CPU time than apart.
+LONGEST_FIRST = ("test_cuda_emulated_race.py", "test_pipeline_prune.py", "test_cuda_emulated.py",
+                 "test_bench_prune.py", "test_cmake_cuda_archs.py", "test_search.py", "test_pipeline.py",
+                 "test_train.py", "test_task_user_env.py", "test_task_mujoco.py", "test_cli.py",
+                 "test_pipeline_recovery.py", "test_runtime_bundle.py", "test_kernels_int8.py",
+                 "test_prune_recovery.py", "test_original_memo.py", "test_quant_restore.py", "test_export_tensorrt.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -152,7 +152,7 @@ def mutants(emulation_out, tmp_path_factory) -> dict[str, tuple[Path, subprocess
     jobs = []
     for name, (header, driver, before, after) in sorted(MUTATIONS.items()):
         headers = mutated_headers(tmp_path_factory.mktemp(name), header, before, after)
-        jobs.append((name, driver, compile_flags(cuda_include(), optimize="-O1", headers_first=headers)))
+        jobs.append((name, driver, compile_flags(cuda_include(), headers_first=headers)))
     out = tmp_path_factory.mktemp("mutants")
     with ThreadPoolExecutor(max_workers=2) as pool:
         built = pool.map(lambda job: build_driver(job[1], job[2], emulation_out, out / job[0]), jobs)

@@ -66,7 +66,7 @@ def refill_before_barrier(emulation_out, tmp_path_factory) -> tuple[Path, Path]:
     """The int8 driver with REFILL_BEFORE_BARRIER, built plainly and sanitized, at once."""
     header, driver, before, after = REFILL_BEFORE_BARRIER
     headers = mutated_headers(tmp_path_factory.mktemp("refill"), header, before, after)
-    jobs = [(compile_flags(cuda_include(), optimize="-O1", headers_first=headers), emulation_out / "refill"),
+    jobs = [(compile_flags(cuda_include(), headers_first=headers), emulation_out / "refill"),
             (race_flags(headers_first=headers), emulation_out / "refill_race")]
     with ThreadPoolExecutor(max_workers=2) as pool:
         built = list(pool.map(lambda job: build_driver(driver, job[0], emulation_out, job[1]), jobs))
