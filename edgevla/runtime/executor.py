@@ -14,6 +14,13 @@ the buffers:
 * a step's output never shares a buffer with its own inputs (outputs are
   assigned before the step's dead inputs are released).
 
+Steps whose every input is fixed once the input shapes are (constants, the
+``Shape`` or ``Size`` of any value, and what is computed from those only) ran
+in the tracing run for the last time: their values are kept with the
+signature, and later calls skip them. Exported graphs are full of these: a
+causal mask built from ``Shape(x)`` in every layer, a sampler's timesteps
+expanded to the batch and embedded, reshapes' target shapes.
+
 Later calls with that signature run the bound steps with no allocation of
 their own beyond NumPy temporaries inside a few ops. Graph outputs are
 copied out, since their buffers are reused by the next call. A few
@@ -41,6 +48,9 @@ from .norms import LAYER_NORM_S8_OP
 from .siblings import COLUMNS_OP
 
 MAX_SIGNATURES = 4
+
+#: Ops whose output depends only on their input's shape.
+SHAPE_OF = ("Shape", "Size")
 
 
 @dataclass(frozen=True)
@@ -104,32 +114,33 @@ class Program:
         signature = tuple((a.shape, a.dtype.str) for a in inputs)
         bound = self._bound.get(signature)
         if bound is None:
-            env = self._fresh_env(inputs)
+            env = self._fresh_env(self.template, inputs)
             trace = self._trace(env)
-            self._bound[signature] = _Bound(self, trace)
+            self._bound[signature] = _Bound(self, trace, env)
             while len(self._bound) > MAX_SIGNATURES:
                 self._bound.popitem(last=False)
             return [np.array(env[s], copy=True) for s in self.output_slots]
         self._bound.move_to_end(signature)
-        env = self._fresh_env(inputs)
+        env = self._fresh_env(bound.template, inputs)
         bound.run(env)
         return [np.array(env[s], copy=True) for s in self.output_slots]
 
     def time_steps(self, inputs: Sequence[np.ndarray], runs: int) -> list[tuple[Node, float]]:
-        """Median seconds of every step over ``runs`` calls (after one warm-up), bound buffers included."""
+        """Median seconds of every step a call runs over ``runs`` calls (after one warm-up), bound buffers
+        included; the steps fixed per signature run no more and are not listed."""
         self.run(inputs)
         bound = self._bound[tuple((a.shape, a.dtype.str) for a in inputs)]
-        samples = np.zeros((runs, len(self.steps)))
+        samples = np.zeros((runs, len(bound.steps)))
         for r in range(runs):
-            env = self._fresh_env(inputs)
+            env = self._fresh_env(bound.template, inputs)
             for i, f in enumerate(bound.closures):
                 t0 = time.perf_counter()
                 f(env)
                 samples[r, i] = time.perf_counter() - t0
-        return list(zip((s.node for s in self.steps), np.median(samples, axis=0).tolist()))
+        return list(zip((s.node for s in bound.steps), np.median(samples, axis=0).tolist()))
 
-    def _fresh_env(self, inputs: Sequence[np.ndarray]) -> list[object]:
-        env = self.template.copy()
+    def _fresh_env(self, template: list[object], inputs: Sequence[np.ndarray]) -> list[object]:
+        env = template.copy()
         for s, a in zip(self.input_slots, inputs):
             env[s] = a
         return env
@@ -195,13 +206,18 @@ class _Trace:
 
 
 class _Bound:
-    """The steps of one signature with their output buffers bound."""
+    """The steps of one signature with their output buffers bound, and the values fixed by it (``template``:
+    the constants and those values; ``steps``: the rest, which a call runs)."""
 
-    def __init__(self, program: Program, trace: _Trace):
+    def __init__(self, program: Program, trace: _Trace, traced: list[object]):
+        fixed = _fixed_by_signature(program, traced)
         buffers = _assign_buffers(program.steps, trace)
-        self.steps = program.steps
+        self.template = program.template.copy()
+        for slot, value in fixed.items():
+            self.template[slot] = value
+        self.steps = [step for step in program.steps if step.outputs[0] not in fixed]
         self.closures = [_bind(step, buffers.get(step.outputs[0]) if step.writes_out else None)
-                         for step in program.steps]
+                         for step in self.steps]
         self.bytes = sum(b.nbytes for b in {id(b): b for b in buffers.values()}.values())
 
     def run(self, env: list[object]) -> None:
@@ -215,6 +231,21 @@ class _Bound:
             step = next((s for s in self.steps if env[s.outputs[0]] is None), self.steps[-1])  # the first not done
             raise EdgevlaError(f"the native backend failed at {step.node.describe()}: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def _fixed_by_signature(program: Program, traced: list[object]) -> dict[int, np.ndarray]:
+    """The values of the tracing run (``traced``) that every call with its input shapes computes alike, by slot:
+    outputs of SHAPE_OF steps and of steps reading only constants and such values. Kept read-only."""
+    fixed_slots = set(program._constant_slots) | {0}  # slot 0: an absent optional input
+    fixed: dict[int, np.ndarray] = {}
+    for step in program.steps:
+        if step.node.op_type in SHAPE_OF or (step.inputs and all(i in fixed_slots for i in step.inputs)):
+            for o in step.outputs:
+                value = np.array(traced[o], copy=True)
+                value.setflags(write=False)
+                fixed[o] = value
+                fixed_slots.add(o)
+    return fixed
 
 
 def _assign_buffers(steps: Sequence[Step], trace: _Trace) -> dict[int, np.ndarray]:
