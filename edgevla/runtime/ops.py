@@ -696,7 +696,21 @@ def _squeeze(c):
         if ax is None or not len(_ints(ax)):
             return np.squeeze(x)
         return np.squeeze(x, axis=tuple(a % x.ndim for a in _ints(ax)))
-    return squeeze
+
+    constant = c.consts[1] if len(c.consts) > 1 else None
+    if constant is None and len(c.consts) > 1:
+        return squeeze  # axes computed at run time
+    axes = _ints(constant if constant is not None else c.attr("axes", []))
+    if not axes:
+        return squeeze
+    by_rank: dict[int, tuple[int, ...]] = {}
+
+    def squeeze_constant(x, *_):  # axes known at load (an input constant or the opset-11 attribute)
+        ax = by_rank.get(x.ndim)
+        if ax is None:
+            ax = by_rank[x.ndim] = tuple(a % x.ndim for a in axes)
+        return np.squeeze(x, axis=ax)
+    return squeeze_constant
 
 
 @register("Concat", writes_out=True)
@@ -770,14 +784,29 @@ def _pad(c):
 
 @register("Slice")
 def _slice(c):
-    def slice_(x, starts, ends, axes=None, steps=None):
+    def index_of(ndim, starts, ends, axes=None, steps=None) -> tuple:
         starts, ends = _ints(starts), _ints(ends)
         axes = _ints(axes) if axes is not None else list(range(len(starts)))
         steps = _ints(steps) if steps is not None else [1] * len(starts)
-        index = [slice(None)] * x.ndim
+        index = [slice(None)] * ndim
         for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-            index[a % x.ndim] = slice(s, e, st)
-        return x[tuple(index)]
+            index[a % ndim] = slice(s, e, st)
+        return tuple(index)
+
+    fixed = c.consts[1:]
+    if len(fixed) >= 2 and all(b is not None for b in fixed):
+        # Every bound a constant (a decoding loop's slices): the index built once per rank.
+        by_rank: dict[int, tuple] = {}
+
+        def slice_constant(x, *_):
+            index = by_rank.get(x.ndim)
+            if index is None:
+                index = by_rank[x.ndim] = index_of(x.ndim, *fixed)
+            return x[index]
+        return slice_constant
+
+    def slice_(x, *bounds):
+        return x[index_of(x.ndim, *bounds)]
     return slice_
 
 
