@@ -244,6 +244,16 @@ def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs
     return groups[0].units, groups[0].unit_width, len(groups)
 
 
+def _finish_step(result: ScheduleResult, model: nn.Module, i: int, target: float, achieved: float, start: float,
+                 finetune: Callable[[nn.Module, int], None] | None) -> None:
+    """Fine-tune after pruning step ``i`` (begun at ``start``) and record it."""
+    pruned_at = time.perf_counter()
+    if finetune is not None:
+        finetune(model, i)
+    result.steps.append(ScheduleStep(i, target, achieved, sum(p.numel() for p in model.parameters()),
+                                     pruned_at - start, time.perf_counter() - pruned_at))
+
+
 def _gradual_per_group(model: nn.Module, structure: str, final: Mapping[str, float], steps: int, schedule: str,
                        criterion, calibration: Batches | None, scope: str | None, round_to: int, inputs,
                        finetune: Callable[[nn.Module, int], None] | None) -> ScheduleResult:
@@ -278,11 +288,7 @@ def _gradual_per_group(model: nn.Module, structure: str, final: Mapping[str, flo
         planned = 1.0 - sum(keep.values()) / total
         achieved = 1.0 - sum(now[name][0] if name in now else 1 for name in final) / total
         result.final = planned
-        pruned_at = time.perf_counter()
-        if finetune is not None:
-            finetune(model, i)
-        result.steps.append(ScheduleStep(i, planned, achieved, sum(p.numel() for p in model.parameters()),
-                                         pruned_at - start, time.perf_counter() - pruned_at))
+        _finish_step(result, model, i, planned, achieved, start, finetune)
     return result
 
 
@@ -349,9 +355,5 @@ def gradual_prune(model: nn.Module, method: str, final: Amount | None, steps: in
                 prune_structured(model, kind, amount, crit, round_to=round_to, scope=structure_scope,
                                  example_inputs=inputs, calibration=calibration)
             achieved = 1.0 - _structure_units(model, kind, structure_scope, inputs, pruned=True)[0] / units0
-        pruned_at = time.perf_counter()
-        if finetune is not None:
-            finetune(model, i)
-        result.steps.append(ScheduleStep(i, target, achieved, sum(p.numel() for p in model.parameters()),
-                                         pruned_at - start, time.perf_counter() - pruned_at))
+        _finish_step(result, model, i, target, achieved, start, finetune)
     return result
