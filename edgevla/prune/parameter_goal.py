@@ -85,10 +85,10 @@ def _per_group(graph: DependencyGraph, structure: str, uniform: float, wanted: f
         scores = scores[ranked]
         whole = float(scores.sum()) or 1.0
         units[g.name] = g.units
+        gone = [0] + [g.removed_parameters(ranked[:g.units - k].tolist()) for k in levels[1:]]  # at each level
         steps[g.name] = []
-        for before, after in zip(levels, levels[1:]):
-            freed = (g.removed_parameters(ranked[:g.units - after].tolist()) -
-                     (g.removed_parameters(ranked[:g.units - before].tolist()) if before < g.units else 0))
+        for j, (before, after) in enumerate(zip(levels, levels[1:])):
+            freed = gone[j + 1] - gone[j]
             share = float(scores[g.units - before:g.units - after].sum()) / whole
             steps[g.name].append((after, freed, share / max(freed, 1)))
     amount: dict[str, float] = {}

@@ -264,7 +264,7 @@ def _gradual_per_group(model: nn.Module, structure: str, final: Mapping[str, flo
     def units_now() -> dict[str, tuple[int, int]]:
         return {g.name: (g.units, g.unit_width) for g in groups_of(DependencyGraph(model, inputs), structure, scope)}
 
-    original = units_now()
+    original = now = units_now()
     missing = sorted(set(final) - set(original))
     if missing:
         raise EdgevlaError(f"no {structure} group named {', '.join(map(repr, missing))}"
@@ -278,13 +278,12 @@ def _gradual_per_group(model: nn.Module, structure: str, final: Mapping[str, flo
         progress = target / peak if peak else 1.0
         keep = {name: kept_units(original[name][0], fraction * progress, original[name][1], round_to)
                 for name, fraction in final.items()}
-        now = units_now()
         amounts = {name: (now[name][0] - k) / now[name][0] for name, k in keep.items()
                    if name in now and now[name][0] > k}
         if amounts:
             prune_structured(model, structure, amounts, make_criterion(criterion, model, calibration),
                              round_to=round_to, scope=scope, example_inputs=inputs, calibration=calibration)
-        now = units_now()
+            now = units_now()  # after this step, and before the next
         planned = 1.0 - sum(keep.values()) / total
         achieved = 1.0 - sum(now[name][0] if name in now else 1 for name in final) / total
         result.final = planned
