@@ -100,6 +100,30 @@ def test_group_importance_sums_norms_over_the_coupled_tensors(reduction):
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
+def _unit_by_unit(group, reduction: str) -> torch.Tensor:
+    """The group score's definition, one unit and one coupled slice at a time."""
+    tensors = dict(group.graph.model.named_parameters())
+    scores = torch.zeros(group.units, dtype=torch.float64)
+    for u in range(group.units):
+        for c in group.unit_couplings(u):
+            if c.tensor in tensors:
+                part = tensors[c.tensor].detach().abs().index_select(c.dim, torch.tensor(c.indices)).double()
+                scores[u] += part.sum() if reduction == "l1" else part.pow(2).sum().sqrt()
+    return scores
+
+
+@pytest.mark.parametrize("reduction", ["l1", "l2"])
+def test_group_importance_of_heads_neurons_and_widths_matches_unit_by_unit(reduction):
+    from edgevla.models.zoo import load_policy
+    policy = load_policy("tiny-vla").policy
+    graph = DependencyGraph(policy)
+    groups = graph.head_groups() + graph.hidden_groups() + graph.width_groups()
+    assert {g.kind for g in groups} == {"heads", "neurons", "width"} and max(g.unit_width for g in groups) > 1
+    for group in groups:
+        torch.testing.assert_close(GroupImportance(MagnitudeImportance(), reduction)(group),
+                                   _unit_by_unit(group, reduction), rtol=1e-12, atol=0)
+
+
 def test_taylor_on_the_task_scores_every_trunk_layer():
     from edgevla.models.zoo import load_policy
     policy = load_policy("tiny-vla").policy

@@ -167,6 +167,7 @@ class DependencyGraph:
         self._tensors.update(dict(model.named_buffers()))
         self._relation_index = None
         self._blocked_roots: set[int] | None = None
+        self._groups: dict[tuple[int, str, str], Group] = {}  # one object per group, its unit couplings cached
         self._build()
         self._relations()  # the union-find is final: index relations and blocked classes once
 
@@ -661,10 +662,13 @@ class DependencyGraph:
     # ---- groups -----------------------------------------------------------------------------
     def group(self, slot: int, kind: str, name: str, units_slot: int | None = None) -> Group:
         root = self.find(units_slot if units_slot is not None else slot)
-        g = Group(self, root, kind, name, self.size[root], 1)
-        widths = [len(c.indices) for c in g.unit_couplings(0)]
-        g.unit_width = min(widths) if widths else 1
-        return g
+        key = (root, kind, name)
+        if key not in self._groups:
+            g = Group(self, root, kind, name, self.size[root], 1)
+            widths = [len(c.indices) for c in g.unit_couplings(0)]
+            g.unit_width = min(widths) if widths else 1
+            self._groups[key] = g
+        return self._groups[key]
 
     def channel_group(self, layer: str, dim: str = "out") -> Group:
         """The group of a Linear layer's (or a convolution's) output (``dim="out"``) or input channels."""

@@ -237,19 +237,27 @@ class GroupImportance:
 
     def __call__(self, group: Group) -> torch.Tensor:
         tensors = dict(group.graph.model.named_parameters())
-        cache: dict[str, torch.Tensor | None] = {}
-        scores = torch.zeros(group.units, dtype=torch.float64)
+        # Each coupled (tensor, dim): the units reading it and the indices each reads, to sum in one pass.
+        slices: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for u in range(group.units):
             for c in group.unit_couplings(u):
-                if c.tensor not in tensors:
-                    continue  # buffers (fixed positional tables) carry no importance
-                if c.tensor not in cache:
-                    cache[c.tensor] = self.criterion.tensor_scores(c.tensor, tensors[c.tensor])
-                s = cache[c.tensor]
-                if s is None:
-                    continue
-                part = s.index_select(c.dim, torch.tensor(c.indices, dtype=torch.long)).double()
-                scores[u] += part.abs().sum() if self.reduction == "l1" else part.pow(2).sum().sqrt()
+                if c.tensor in tensors:  # buffers (fixed positional tables) carry no importance
+                    units, indices = slices.setdefault((c.tensor, c.dim), ([], []))
+                    units.extend([u] * len(c.indices))
+                    indices.extend(c.indices)
+        cache: dict[str, torch.Tensor | None] = {}
+        scores = torch.zeros(group.units, dtype=torch.float64)
+        for (name, dim), (units, indices) in slices.items():
+            if name not in cache:
+                cache[name] = self.criterion.tensor_scores(name, tensors[name])
+            s = cache[name]
+            if s is None:
+                continue
+            s = s.double().movedim(dim, 0).reshape(s.shape[dim], -1)
+            per_index = s.abs().sum(1) if self.reduction == "l1" else s.pow(2).sum(1)
+            part = torch.zeros(group.units, dtype=torch.float64).index_add_(
+                0, torch.tensor(units, dtype=torch.long), per_index[torch.tensor(indices, dtype=torch.long)])
+            scores += part if self.reduction == "l1" else part.sqrt()
         return scores
 
 

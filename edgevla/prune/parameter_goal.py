@@ -38,10 +38,10 @@ def amount_for_parameters(graph: DependencyGraph, structure: str, goal: float, t
                           round_to: int, slack: float = UNIFORM_SLACK) -> Amount:
     """The structured ``amount`` that removes at least ``goal`` of the ``total`` parameters under ``scope``
     (raises when even the most a structure can remove falls short)."""
-    magnitude = MagnitudeImportance()
+    scorer = _ScoredOnce()
 
     def removed(amount: Amount) -> int:
-        return plan(graph, structure, amount, magnitude, round_to, scope)[2]
+        return plan(graph, structure, amount, scorer, round_to, scope)[2]
 
     wanted = goal * total
     most = removed(0.999)
@@ -56,9 +56,22 @@ def amount_for_parameters(graph: DependencyGraph, structure: str, goal: float, t
     overshoot = removed(high) - wanted
     if overshoot <= slack * total:
         return high
-    per_group = _per_group(graph, structure, high, wanted, slack * total, removed, round_to, scope)
+    per_group = _per_group(graph, structure, high, wanted, slack * total, removed, scorer, round_to, scope)
     reached = removed(per_group)
     return per_group if wanted <= reached < wanted + overshoot else high
+
+
+class _ScoredOnce(GroupImportance):
+    """Magnitude scores of each group, computed once: the search plans the same unchanged model many times."""
+
+    def __init__(self):
+        super().__init__(MagnitudeImportance())
+        self._scores: dict[str, torch.Tensor] = {}
+
+    def __call__(self, group: Group) -> torch.Tensor:
+        if group.name not in self._scores:
+            self._scores[group.name] = super().__call__(group)
+        return self._scores[group.name]
 
 
 def _levels(group: Group, round_to: int) -> list[int]:
@@ -67,11 +80,10 @@ def _levels(group: Group, round_to: int) -> list[int]:
 
 
 def _per_group(graph: DependencyGraph, structure: str, uniform: float, wanted: float, slack: float, removed,
-               round_to: int, scope: str | None) -> dict[str, float]:
+               scorer: GroupImportance, round_to: int, scope: str | None) -> dict[str, float]:
     """Steps of ``round_to`` channels taken from the groups, least importance per freed parameter first, until
     ``wanted`` parameters go (within ``slack`` parameters where the steps allow); no group loses more than
     ``uniform`` takes from it, or than its first step where that is coarser."""
-    scorer = GroupImportance(MagnitudeImportance())
     steps: dict[str, list[tuple[int, int, float]]] = {}  # group -> its steps: (kept after, parameters, cost)
     units: dict[str, int] = {}
     for g in groups_of(graph, structure, scope):
