@@ -363,6 +363,46 @@ def test_a_swiglu_mlps_neurons_are_one_group_of_both_producers_and_prune_exactly
     assert (model.gate.out_features, model.up.out_features, model.down.in_features) == (46, 46, 46)
 
 
+class FusedGatedPolicy(nn.Module):
+    """Gated MLPs with the gate and value from one Linear, chunked: SwiGLU (``silu(a) * b``) and GEGLU
+    (``a * gelu(b)``); optionally the fused output is also read whole, which must keep it whole."""
+
+    def __init__(self, width: int = 32, hidden: int = 48, read_whole: bool = False):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("state", (6, 8)),),
+                               action=TensorSpec("actions", (6, 4), "float32", -1.0, 1.0))
+        self.inp, self.norm = nn.Linear(8, width), nn.LayerNorm(width)
+        self.w12, self.w3 = nn.Linear(width, 2 * hidden), nn.Linear(hidden, width)
+        self.proj, self.out = nn.Linear(width, 2 * hidden), nn.Linear(hidden, width)
+        self.head = nn.Linear(width, 4)
+        self.read_whole = read_whole
+
+    def forward(self, state):
+        x = self.norm(self.inp(state))
+        h = self.w12(x)
+        a, b = h.chunk(2, dim=-1)
+        x = x + self.w3(torch.nn.functional.silu(a) * b) + (h.square().mean(-1, keepdim=True) if self.read_whole
+                                                            else 0.0)
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.head(x + self.out(value * torch.nn.functional.gelu(gate)))
+
+
+def test_a_fused_gated_mlps_neurons_are_row_pairs_of_the_fused_layer_and_prune_exactly():
+    torch.manual_seed(8)
+    model = FusedGatedPolicy().eval()
+    graph = DependencyGraph(model)
+    groups = {g.name: g for g in graph.hidden_groups()}
+    assert set(groups) == {"w12", "proj"} and groups["w12"].units == 48 and groups["w12"].unit_width == 1
+    couplings = groups["w12"].couplings([2, 30]) + groups["proj"].couplings([0, 47])
+    assert {(c.tensor, c.dim, c.indices) for c in couplings} == {
+        ("w12.weight", 0, (2, 30, 50, 78)), ("w12.bias", 0, (2, 30, 50, 78)), ("w3.weight", 1, (2, 30)),
+        ("proj.weight", 0, (0, 47, 48, 95)), ("proj.bias", 0, (0, 47, 48, 95)), ("out.weight", 1, (0, 47))}
+    _zero(model, couplings)
+    _removing_changes_nothing(model, graph, couplings)
+    assert (model.w12.out_features, model.w3.in_features, model.proj.out_features) == (92, 46, 92)
+    assert [g.name for g in DependencyGraph(FusedGatedPolicy(read_whole=True)).hidden_groups()] == ["proj"]
+
+
 def test_a_patch_convolution_and_rms_norm_ride_along_the_width():
     torch.manual_seed(7)
     model = SwiGLUPolicy().eval()

@@ -717,6 +717,37 @@ class DependencyGraph:
                 groups.append(self.group(slot, "neurons", name))
             elif (units := self._group_norm_units(cls)) is not None:  # whole GroupNorm groups are the units
                 groups.append(self.group(slot, "neurons", name, units_slot=units))
+        return groups + self._fused_gated_groups(seen)
+
+    def _fused_gated_groups(self, seen: set[int]) -> list[Group]:
+        """Gated MLPs whose gate and value come from one layer: ``a, b = w12(x).chunk(2, -1)``, then
+        ``silu(a) * b`` (SwiGLU) or ``a * gelu(b)`` (GEGLU). The product puts the pieces in one class; a
+        neuron is one index of it, which is one output row of the fused layer per piece and one input column of
+        each layer reading the product. Nothing else may touch the pieces or the fused output."""
+        concats, products = self._relations()
+        groups = []
+        for name, slot in {**self.linear_out, **self.conv_out}.items():
+            fused = self.find(slot)
+            pieces = concats.get(fused, ())
+            if len(pieces) < 2 or fused in products or self.blocked(fused) or any(p != fused for p, _, _ in pieces):
+                continue
+            children = {c for _, c, _ in pieces}
+            if len(children) != 1:
+                continue
+            cls = children.pop()
+            if cls in seen or cls in products or self.blocked(cls):
+                continue
+            width = self.size[cls]
+            if sorted(o for _, _, o in pieces) != [i * width for i in range(len(pieces))] \
+                    or len(pieces) * width != self.size[fused] or set(concats[cls]) != set(pieces):
+                continue
+            outs, ins, tensors = self._linear_members(cls, convolutions=True)
+            fused_outs, fused_ins, fused_tensors = self._linear_members(fused, convolutions=True)
+            if outs or fused_ins or not ins:
+                continue
+            if (tensors | fused_tensors) <= self._own(fused_outs, ins) | self._channelwise:
+                seen.add(cls)
+                groups.append(self.group(cls, "neurons", name))
         return groups
 
     def _group_norm_units(self, cls: int) -> int | None:
