@@ -29,11 +29,14 @@ int8_t quantize_code(float y, float scale) {
     return static_cast<int8_t>(static_cast<int32_t>(v));
 }
 
-// The statistics of one row, one element at a time; false when they are not finite.
-bool ref_row_stats(const float* x, int64_t k, float epsilon, float* mean_out, float* inv_out) {
-    float s[kLanes] = {};
-    for (int64_t i = 0; i < k; ++i) s[i % kLanes] = s[i % kLanes] + x[i];
-    const float mean = fold_lanes(s) / static_cast<float>(k);
+// The statistics of one row, one element at a time (the mean is 0 for RMSNorm); false when they are not finite.
+bool ref_row_stats(const float* x, int64_t k, float epsilon, bool rms, float* mean_out, float* inv_out) {
+    float mean = 0.0f;
+    if (!rms) {
+        float s[kLanes] = {};
+        for (int64_t i = 0; i < k; ++i) s[i % kLanes] = s[i % kLanes] + x[i];
+        mean = fold_lanes(s) / static_cast<float>(k);
+    }
     float t[kLanes] = {};
     for (int64_t i = 0; i < k; ++i) {
         const float d = x[i] - mean;
@@ -67,7 +70,7 @@ int64_t layer_norm_s8_ref(const LayerNormS8Args& args) {
     for (int64_t row = 0; row < args.m; ++row) {
         const float* x = args.x + row * args.ldx;
         float mean, inv;
-        if (!ref_row_stats(x, args.k, args.epsilon, &mean, &inv)) return row;
+        if (!ref_row_stats(x, args.k, args.epsilon, args.rms, &mean, &inv)) return row;
         int8_t* q = args.q + row * args.ldq;
         for (int64_t i = 0; i < args.k; ++i) q[i] = quantize_code(ref_normalized(x[i], mean, inv, args, i), args.scale);
     }
@@ -78,7 +81,7 @@ int64_t layer_norm_f32_ref(const LayerNormF32Args& args) {
     for (int64_t row = 0; row < args.m; ++row) {
         const float* x = args.x + row * args.ldx;
         float mean, inv;
-        if (!ref_row_stats(x, args.k, args.epsilon, &mean, &inv)) return row;
+        if (!ref_row_stats(x, args.k, args.epsilon, args.rms, &mean, &inv)) return row;
         float* y = args.y + row * args.ldy;
         for (int64_t i = 0; i < args.k; ++i) y[i] = ref_normalized(x[i], mean, inv, args, i);
     }

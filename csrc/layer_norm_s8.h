@@ -12,6 +12,8 @@
 //   inv     = 1 / sqrt(var + epsilon)
 //   y[i]    = (d[i] * inv) * gamma[i] (+ beta[i])
 //   q[i]    = clamp(round_half_even(y[i] / scale), -128, 127)
+// RMSNorm (rms = true) is the same with mean = 0: no first pass, d[i] = x[i],
+// var = sum(x * x) / K (the mean square), y[i] = (x[i] * inv) * gamma[i].
 // every operation in float32, in exactly this order (no fused multiply-add:
 // the library is compiled with -ffp-contract=off), so the fast kernel and the
 // scalar reference give identical codes; the tests compare them exactly.
@@ -37,6 +39,7 @@ struct LayerNormS8Args {
     const float* gamma = nullptr;  // [k]
     const float* beta = nullptr;   // [k] or nullptr
     float epsilon = 1e-5f;
+    bool rms = false;  // RMSNorm: no mean subtracted
     float scale = 1.0f;  // the QuantizeLinear's per-tensor scale, > 0
     int8_t* q = nullptr;  // (m, k), row stride ldq
     int64_t ldq = 0;
@@ -60,6 +63,7 @@ struct LayerNormF32Args {
     const float* gamma = nullptr;  // [k]
     const float* beta = nullptr;   // [k] or nullptr
     float epsilon = 1e-5f;
+    bool rms = false;  // RMSNorm: no mean subtracted
     float* y = nullptr;  // (m, k), row stride ldy
     int64_t ldy = 0;
 };

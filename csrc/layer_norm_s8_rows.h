@@ -41,15 +41,19 @@ inline int8_t static_code(float v, float scale) {
     return static_cast<int8_t>(static_cast<int32_t>(v));
 }
 
-// mean and 1 / sqrt(var + epsilon) of one row; false when they are not finite.
-inline bool norm_row_stats(const float* __restrict x, int64_t k, float epsilon, float* mean_out, float* inv_out) {
+// mean (0 for RMSNorm) and 1 / sqrt(var + epsilon) of one row; false when they are not finite.
+inline bool norm_row_stats(const float* __restrict x, int64_t k, float epsilon, bool rms, float* mean_out,
+                           float* inv_out) {
     const int64_t full = k / kNormLanes * kNormLanes;
-    float s[kNormLanes] = {};
-    for (int64_t i = 0; i < full; i += kNormLanes) {
-        for (int64_t j = 0; j < kNormLanes; ++j) s[j] = s[j] + x[i + j];
+    float mean = 0.0f;
+    if (!rms) {
+        float s[kNormLanes] = {};
+        for (int64_t i = 0; i < full; i += kNormLanes) {
+            for (int64_t j = 0; j < kNormLanes; ++j) s[j] = s[j] + x[i + j];
+        }
+        for (int64_t i = full; i < k; ++i) s[i - full] = s[i - full] + x[i];
+        mean = fold_norm_lanes(s) / static_cast<float>(k);
     }
-    for (int64_t i = full; i < k; ++i) s[i - full] = s[i - full] + x[i];
-    const float mean = fold_norm_lanes(s) / static_cast<float>(k);
     float t[kNormLanes] = {};
     for (int64_t i = 0; i < full; i += kNormLanes) {
         for (int64_t j = 0; j < kNormLanes; ++j) {
@@ -75,12 +79,13 @@ inline int64_t layer_norm_s8_rows(const LayerNormS8Args& a) {
     const float* __restrict gamma = a.gamma;
     const float* __restrict beta = a.beta;
     const float scale = a.scale, epsilon = a.epsilon;
+    const bool rms = a.rms;
     const int64_t m = a.m, k = a.k, ldx = a.ldx, ldq = a.ldq;
     for (int64_t row = 0; row < m; ++row) {
         const float* __restrict x = a.x + row * ldx;
         int8_t* __restrict q = a.q + row * ldq;
         float mean, inv;
-        if (!norm_row_stats(x, k, epsilon, &mean, &inv)) return row;
+        if (!norm_row_stats(x, k, epsilon, rms, &mean, &inv)) return row;
         if (beta != nullptr) {
             for (int64_t i = 0; i < k; ++i) q[i] = static_code(((x[i] - mean) * inv) * gamma[i] + beta[i], scale);
         } else {
@@ -94,12 +99,13 @@ inline int64_t layer_norm_f32_rows(const LayerNormF32Args& a) {
     const float* __restrict gamma = a.gamma;
     const float* __restrict beta = a.beta;
     const float epsilon = a.epsilon;
+    const bool rms = a.rms;
     const int64_t m = a.m, k = a.k, ldx = a.ldx, ldy = a.ldy;
     for (int64_t row = 0; row < m; ++row) {
         const float* __restrict x = a.x + row * ldx;
         float* __restrict y = a.y + row * ldy;
         float mean, inv;
-        if (!norm_row_stats(x, k, epsilon, &mean, &inv)) return row;
+        if (!norm_row_stats(x, k, epsilon, rms, &mean, &inv)) return row;
         if (beta != nullptr) {
             for (int64_t i = 0; i < k; ++i) y[i] = ((x[i] - mean) * inv) * gamma[i] + beta[i];
         } else {

@@ -139,12 +139,15 @@ def quantize_per_token(x: Buffer) -> tuple[NDArray[np.int8], NDArray[np.float32]
     """float32 (M, K) -> (q int8 (M, K), scale float32 (M,)), symmetric per row; ValueError on NaN/inf."""
 
 def layer_norm_s8(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, scale: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, scale: float, out: Buffer | None = None,
+    rms: bool = False
 ) -> NDArray[np.int8]:
-    """LayerNorm of float32 x (M, K) rows, then int8 codes clamp(rint(y / scale), -128, 127); ValueError on NaN/inf rows."""
+    """LayerNorm (rms: RMSNorm) of float32 x (M, K) rows, then int8 codes clamp(rint(y / scale), -128, 127);
+    ValueError on NaN/inf rows."""
 
 def layer_norm_s8_ref(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, scale: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, scale: float, out: Buffer | None = None,
+    rms: bool = False
 ) -> NDArray[np.int8]:
     """The scalar reference of layer_norm_s8: identical codes."""
 
@@ -165,12 +168,12 @@ def softmax_f32_ref(x: Buffer, *, out: Buffer | None = None) -> NDArray[np.float
     """The scalar reference of softmax_f32."""
 
 def layer_norm_f32(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, epsilon: float, out: Buffer | None = None, rms: bool = False
 ) -> NDArray[np.float32]:
-    """LayerNorm of float32 x (M, K) rows, float32 out; ValueError on NaN/inf rows."""
+    """LayerNorm (rms: RMSNorm) of float32 x (M, K) rows, float32 out; ValueError on NaN/inf rows."""
 
 def layer_norm_f32_ref(
-    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, out: Buffer | None = None
+    x: Buffer, gamma: Buffer, beta: Buffer | None, *, epsilon: float, out: Buffer | None = None, rms: bool = False
 ) -> NDArray[np.float32]:
     """The scalar reference of layer_norm_f32: identical floats."""
 

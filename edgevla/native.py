@@ -279,7 +279,8 @@ def quantize_per_token(x: Any) -> tuple[np.ndarray, np.ndarray]:
     return _compiled().quantize_per_token(x)
 
 
-def layer_norm_s8(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None) -> np.ndarray:
+def layer_norm_s8(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None,
+                  rms: bool = False) -> np.ndarray:
     """LayerNorm over each row, then static int8 quantization: ``LayerNormalization -> QuantizeLinear``.
 
     Args:
@@ -288,6 +289,7 @@ def layer_norm_s8(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float
         epsilon: added to the variance (finite, >= 0).
         scale: the per-tensor quantization scale (finite, > 0 in float32).
         out: optional int8 (M, K) to write into, disjoint from the inputs.
+        rms: RMSNorm instead (``RMSNormalization``): no mean subtracted, ``var`` the mean square.
 
     ``q = clamp(round_half_even(((x - mean) * inv) * gamma + beta) / scale), -128, 127)`` with
     ``inv = 1 / sqrt(var + epsilon)``, statistics summed in 16 float32 lanes
@@ -295,12 +297,13 @@ def layer_norm_s8(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float
     :func:`layer_norm_s8_ref`. Raises ValueError when a row's statistics are
     not finite (a NaN or an infinity in it). Returns ``out``, or a new int8 (M, K) array.
     """
-    return _compiled().layer_norm_s8(x, gamma, beta, epsilon=epsilon, scale=scale, out=out)
+    return _compiled().layer_norm_s8(x, gamma, beta, epsilon=epsilon, scale=scale, out=out, rms=rms)
 
 
-def layer_norm_s8_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None) -> np.ndarray:
+def layer_norm_s8_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: float, out: Any = None,
+                      rms: bool = False) -> np.ndarray:
     """The scalar reference of :func:`layer_norm_s8` (same arguments, identical codes)."""
-    return _compiled().layer_norm_s8_ref(x, gamma, beta, epsilon=epsilon, scale=scale, out=out)
+    return _compiled().layer_norm_s8_ref(x, gamma, beta, epsilon=epsilon, scale=scale, out=out, rms=rms)
 
 
 def attention_f32(q: Any, k: Any, v: Any, scale: float | None = None, *, divide: bool = False,
@@ -346,8 +349,9 @@ def softmax_f32_ref(x: Any, *, out: Any = None) -> np.ndarray:
     return _compiled().softmax_f32_ref(x, out=out)
 
 
-def layer_norm_f32(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None) -> np.ndarray:
-    """LayerNorm over each row, float32 out: ``LayerNormalization`` on the last axis.
+def layer_norm_f32(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None, rms: bool = False) -> np.ndarray:
+    """LayerNorm over each row, float32 out: ``LayerNormalization`` on the last axis (``rms``: RMSNorm,
+    ``RMSNormalization``, the mean taken as 0).
 
     ``y = ((x - mean) * inv) * gamma + beta`` with the statistics of
     :func:`layer_norm_s8` (16 float32 lanes, csrc/layer_norm_s8.h), identical
@@ -356,12 +360,13 @@ def layer_norm_f32(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = 
     float32 (M, K), disjoint from the inputs. Raises ValueError when a row's
     statistics are not finite. Returns ``out``, or a new float32 (M, K) array.
     """
-    return _compiled().layer_norm_f32(x, gamma, beta, epsilon=epsilon, out=out)
+    return _compiled().layer_norm_f32(x, gamma, beta, epsilon=epsilon, out=out, rms=rms)
 
 
-def layer_norm_f32_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None) -> np.ndarray:
+def layer_norm_f32_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, out: Any = None,
+                       rms: bool = False) -> np.ndarray:
     """The scalar reference of :func:`layer_norm_f32` (same arguments, identical floats)."""
-    return _compiled().layer_norm_f32_ref(x, gamma, beta, epsilon=epsilon, out=out)
+    return _compiled().layer_norm_f32_ref(x, gamma, beta, epsilon=epsilon, out=out, rms=rms)
 
 
 def gather_windows(x: Any, rows: Any, *, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],

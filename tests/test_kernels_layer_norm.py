@@ -1,4 +1,4 @@
-"""LayerNorm fused with static int8 quantization (csrc/layer_norm_s8.h).
+"""LayerNorm (and RMSNorm: ``rms=True``) fused with static int8 quantization (csrc/layer_norm_s8.h).
 
 Exactness: the fast kernel and the scalar reference run the same float32
 operations in the same order, so their int8 codes must be identical. Against
@@ -9,6 +9,8 @@ Outputs are followed by guard bytes checked after each call.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -32,28 +34,34 @@ def data(m, k, seed, magnitude=1.0):
     return x, gamma, beta
 
 
-def meaning(x, gamma, beta, epsilon, scale):
+def float_meaning(x, gamma, beta, epsilon, rms=False):
+    """LayerNorm (RMSNorm: no mean, the mean square for the variance) in float64."""
     x64 = x.astype(np.float64)
-    mean = x64.mean(axis=1, keepdims=True)
+    mean = 0.0 if rms else x64.mean(axis=1, keepdims=True)
     var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
-    y = (x64 - mean) / np.sqrt(var + epsilon) * gamma + (0 if beta is None else beta)
+    return (x64 - mean) / np.sqrt(var + epsilon) * gamma + (0 if beta is None else beta)
+
+
+def meaning(x, gamma, beta, epsilon, scale, rms=False):
+    y = float_meaning(x, gamma, beta, epsilon, rms)
     return np.clip(np.rint(y / np.float32(scale)), -128, 127).astype(np.int8)
 
 
 @pytest.mark.parametrize("m, k", [(1, 1), (1, 17), (3, 16), (2, 15), (5, 33), (32, 384), (7, 1000), (0, 8)])
 @pytest.mark.parametrize("with_beta", [True, False])
 @pytest.mark.parametrize("scale", [0.004, 0.03, 1.5])  # saturating most codes, typical, few codes
-def test_fast_kernel_is_the_reference_exactly(m, k, with_beta, scale):
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+def test_fast_kernel_is_the_reference_exactly(m, k, with_beta, scale, rms):
     x, gamma, beta = data(m, k, seed=m * 1000 + k)
     beta = beta if with_beta else None
     out, buffer = guarded(m, k)
-    assert native.layer_norm_s8(x, gamma, beta, epsilon=1e-5, scale=scale, out=out) is out
+    assert native.layer_norm_s8(x, gamma, beta, epsilon=1e-5, scale=scale, out=out, rms=rms) is out
     assert (buffer[m * k:] == GUARD_BYTE).all(), "wrote past the end"
-    expected = native.layer_norm_s8_ref(x, gamma, beta, epsilon=1e-5, scale=scale)
+    expected = native.layer_norm_s8_ref(x, gamma, beta, epsilon=1e-5, scale=scale, rms=rms)
     assert expected.dtype == np.int8 and expected.shape == (m, k)
     np.testing.assert_array_equal(out, expected)
     if m and k > 1:
-        diff = np.abs(expected.astype(np.int16) - meaning(x, gamma, beta, 1e-5, scale))
+        diff = np.abs(expected.astype(np.int16) - meaning(x, gamma, beta, 1e-5, scale, rms))
         assert diff.max() <= 1 and (diff > 0).mean() <= 0.005
 
 
@@ -107,9 +115,12 @@ def test_bad_arguments_raise_one_line_errors(case, fn):
 def test_non_finite_rows_are_reported(bad):
     x, gamma, beta = data(4, 19, seed=9)
     x[2, 5] = bad
-    for fn in (native.layer_norm_s8, native.layer_norm_s8_ref):
+    for fn, rms in itertools.product((native.layer_norm_s8, native.layer_norm_s8_ref), (False, True)):
         with pytest.raises(ValueError, match="the statistics of row 2 are not"):
-            fn(x, gamma, beta, epsilon=1e-5, scale=0.1)
+            fn(x, gamma, beta, epsilon=1e-5, scale=0.1, rms=rms)
+    x[2, 5] = 1e30  # finite, but its square is not: an RMSNorm row whose mean square overflows
+    with pytest.raises(ValueError, match="the statistics of row 2 are not"):
+        native.layer_norm_s8(x, gamma, beta, epsilon=1e-5, scale=0.1, rms=True)
 
 
 ISAS = native.available_isas()
@@ -118,12 +129,13 @@ ISAS = native.available_isas()
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_gives_the_reference_codes(isa, restore_dispatch):
     native.set_isa(isa)
-    for m, k in [(1, 1), (3, 17), (32, 384), (4, 1000)]:
+    for (m, k), rms in itertools.product([(1, 1), (3, 17), (32, 384), (4, 1000)], (False, True)):
         x, gamma, beta = data(m, k, seed=k)
         out, buffer = guarded(m, k)
-        native.layer_norm_s8(x, gamma, beta, epsilon=1e-5, scale=0.03, out=out)
+        native.layer_norm_s8(x, gamma, beta, epsilon=1e-5, scale=0.03, out=out, rms=rms)
         assert (buffer[m * k:] == GUARD_BYTE).all()
-        np.testing.assert_array_equal(out, native.layer_norm_s8_ref(x, gamma, beta, epsilon=1e-5, scale=0.03))
+        np.testing.assert_array_equal(out, native.layer_norm_s8_ref(x, gamma, beta, epsilon=1e-5, scale=0.03,
+                                                                    rms=rms))
         codes, buffer = guarded(m, k)
         native.quantize_s8(x, scale=0.02, out=codes)
         assert (buffer[m * k:] == GUARD_BYTE).all()
@@ -157,27 +169,21 @@ def test_quantize_s8_bad_arguments(fn):
 # ---- LayerNorm alone, float32 out (layer_norm_f32) ----
 
 
-def float_meaning(x, gamma, beta, epsilon):
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=1, keepdims=True)
-    var = ((x64 - mean) ** 2).mean(axis=1, keepdims=True)
-    return (x64 - mean) / np.sqrt(var + epsilon) * gamma + (0 if beta is None else beta)
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m, k", [(1, 1), (1, 17), (3, 16), (5, 33), (32, 384), (7, 1000), (0, 8)])
 @pytest.mark.parametrize("with_beta", [True, False])
-def test_float_layer_norm_is_the_reference_exactly(isa, m, k, with_beta, restore_dispatch):
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+def test_float_layer_norm_is_the_reference_exactly(isa, m, k, with_beta, rms, restore_dispatch):
     native.set_isa(isa)
     x, gamma, beta = data(m, k, seed=m * 7 + k, magnitude=3.0)
     beta = beta if with_beta else None
     buffer = np.full(m * k + GUARD, np.nan, np.float32)  # poisoned, then guards
     out = buffer[: m * k].reshape(m, k)
-    assert native.layer_norm_f32(x, gamma, beta, epsilon=1e-5, out=out) is out
+    assert native.layer_norm_f32(x, gamma, beta, epsilon=1e-5, out=out, rms=rms) is out
     assert np.isnan(buffer[m * k:]).all(), "wrote past the end"
-    np.testing.assert_array_equal(out, native.layer_norm_f32_ref(x, gamma, beta, epsilon=1e-5))
+    np.testing.assert_array_equal(out, native.layer_norm_f32_ref(x, gamma, beta, epsilon=1e-5, rms=rms))
     if m and k > 1:  # float32 statistics in 16 lanes: within a few ulp of the float64 meaning
-        want = float_meaning(x, gamma, beta, 1e-5)
+        want = float_meaning(x, gamma, beta, 1e-5, rms)
         assert np.abs(out - want).max() <= 2e-6 * max(1.0, float(np.abs(want).max()))
 
 

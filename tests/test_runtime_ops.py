@@ -154,6 +154,12 @@ CASES = [
          id="LayerNormalization-stats"),
     Case("LayerNormalization", {"x": np.where(np.arange(24).reshape(3, 8) == 9, np.nan, f32(3, 8)).astype(np.float32)},
          consts={"w": f32(8), "b": f32(8)}, atol=1e-5, id="LayerNormalization-nan-row"),  # the C++ pass refuses it
+    Case("RMSNormalization", {"x": f32(2, 3, 8) * 3 + 1}, consts={"w": f32(8)}, attrs={"epsilon": 1e-6}, opset=23,
+         atol=1e-5),
+    Case("RMSNormalization", {"x": f32(2, 3, 8)}, consts={"w": f32(3, 8)}, attrs={"axis": -2}, opset=23, atol=1e-5,
+         id="RMSNormalization-2axes"),
+    Case("RMSNormalization", {"x": f32(2, 3, 8)}, consts={"w": f32(1)}, opset=23, atol=1e-5,
+         id="RMSNormalization-one-scale"),
     Case("MatMul", {"a": f32(2, 3, 5), "b": f32(2, 5, 4)}, atol=1e-5),
     Case("MatMul", {"a": f32(5), "b": f32(3, 5, 4)}, atol=1e-5, id="MatMul-1d"),
     Case("Gemm", {"a": f32(5, 3), "b": f32(4, 5), "c": f32(4)},

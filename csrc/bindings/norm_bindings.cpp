@@ -54,7 +54,8 @@ NormAffine norm_affine(const py::object& gamma, const py::object& beta, int64_t 
 // sets what only that kernel's arguments hold (the output pointer, the int8 scale).
 template <typename Args, typename Finish>
 py::object run_norm(int64_t (*kernel)(const Args&), const py::object& x, const py::object& gamma,
-                    const py::object& beta, double epsilon, const py::object& out, Scalar out_scalar, Finish finish) {
+                    const py::object& beta, double epsilon, bool rms, const py::object& out, Scalar out_scalar,
+                    Finish finish) {
     const ArrayArg x_arg = matrix_arg(x, "x", "(M, K)", Scalar::float32, Access::read);
     const int64_t m = x_arg.rows, k = x_arg.cols;
     if (k < 1) throw py::value_error("x must have at least one column (LayerNorm over K = 0 values is undefined)");
@@ -68,6 +69,7 @@ py::object run_norm(int64_t (*kernel)(const Args&), const py::object& x, const p
     args.gamma = affine.gamma.data<const float>();
     args.beta = affine.beta_data();
     args.epsilon = affine.epsilon;
+    args.rms = rms;
     finish(args, o.array);
     int64_t bad_row;
     {
@@ -79,12 +81,12 @@ py::object run_norm(int64_t (*kernel)(const Args&), const py::object& x, const p
 }
 
 py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const py::object& gamma,
-                             const py::object& beta, double epsilon, double scale, const py::object& out) {
+                             const py::object& beta, double epsilon, double scale, bool rms, const py::object& out) {
     const float scale_f = static_cast<float>(scale);
     if (!(scale_f > 0.0f && std::isfinite(scale_f))) {
         throw py::value_error("scale must be finite and > 0 in float32, got " + std::to_string(scale));
     }
-    return run_norm(kernel, x, gamma, beta, epsilon, out, Scalar::int8, [scale_f](LayerNormS8Args& args,
+    return run_norm(kernel, x, gamma, beta, epsilon, rms, out, Scalar::int8, [scale_f](LayerNormS8Args& args,
                                                                                 const ArrayArg& q) {
         args.scale = scale_f;
         args.q = q.data<int8_t>();
@@ -95,8 +97,8 @@ py::object run_layer_norm_s8(LayerNormKernel kernel, const py::object& x, const 
 using LayerNormF32Fn = int64_t (*)(const LayerNormF32Args&);
 
 py::object run_layer_norm_f32(LayerNormF32Fn kernel, const py::object& x, const py::object& gamma,
-                              const py::object& beta, double epsilon, const py::object& out) {
-    return run_norm(kernel, x, gamma, beta, epsilon, out, Scalar::float32, [](LayerNormF32Args& args,
+                              const py::object& beta, double epsilon, bool rms, const py::object& out) {
+    return run_norm(kernel, x, gamma, beta, epsilon, rms, out, Scalar::float32, [](LayerNormF32Args& args,
                                                                             const ArrayArg& y) {
         args.y = y.data<float>();
         args.ldy = y.ld;
@@ -133,36 +135,43 @@ void register_norms(py::module_& m) {
     const char* doc =
         "LayerNorm of each row of float32 x (M, K) with gamma (K,) and beta (K,) or None, then int8 quantization "
         "with one per-tensor scale: clamp(round_half_even(y / scale), -128, 127), as LayerNormalization -> "
-        "QuantizeLinear (zero point 0). Arithmetic spelled out in csrc/layer_norm_s8.h. Returns out, or a new int8 "
-        "(M, K) array.";
+        "QuantizeLinear (zero point 0); rms=True: RMSNorm (no mean subtracted). Arithmetic spelled out in "
+        "csrc/layer_norm_s8.h. Returns out, or a new int8 (M, K) array.";
     m.def(
         "layer_norm_s8",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon, double scale,
-           const py::object& out) { return run_layer_norm_s8(layer_norm_s8, x, gamma, beta, epsilon, scale, out); },
+           const py::object& out, bool rms) {
+            return run_layer_norm_s8(layer_norm_s8, x, gamma, beta, epsilon, scale, rms, out);
+        },
         py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"), py::arg("scale"),
-        py::arg("out") = py::none(), doc);
+        py::arg("out") = py::none(), py::arg("rms") = false, doc);
     m.def(
         "layer_norm_s8_ref",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon, double scale,
-           const py::object& out) {
-            return run_layer_norm_s8(layer_norm_s8_ref, x, gamma, beta, epsilon, scale, out);
+           const py::object& out, bool rms) {
+            return run_layer_norm_s8(layer_norm_s8_ref, x, gamma, beta, epsilon, scale, rms, out);
         },
         py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"), py::arg("scale"),
-        py::arg("out") = py::none(), "The scalar reference of layer_norm_s8: identical codes, one element at a time.");
+        py::arg("out") = py::none(), py::arg("rms") = false, "The scalar reference of layer_norm_s8: identical codes, one element at a time.");
     m.def(
         "layer_norm_f32",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon,
-           const py::object& out) { return run_layer_norm_f32(layer_norm_f32, x, gamma, beta, epsilon, out); },
+           const py::object& out, bool rms) {
+            return run_layer_norm_f32(layer_norm_f32, x, gamma, beta, epsilon, rms, out);
+        },
         py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"),
-        py::arg("out") = py::none(),
+        py::arg("out") = py::none(), py::arg("rms") = false,
         "LayerNorm of each row of float32 x (M, K), float32 out: ((x - mean) * inv) * gamma + beta with the "
-        "statistics of layer_norm_s8, identical to layer_norm_f32_ref. Returns out, or a new float32 (M, K) array.");
+        "statistics of layer_norm_s8 (rms=True: RMSNorm, x * inv * gamma + beta), identical to layer_norm_f32_ref. "
+        "Returns out, or a new float32 (M, K) array.");
     m.def(
         "layer_norm_f32_ref",
         [](const py::object& x, const py::object& gamma, const py::object& beta, double epsilon,
-           const py::object& out) { return run_layer_norm_f32(layer_norm_f32_ref, x, gamma, beta, epsilon, out); },
+           const py::object& out, bool rms) {
+            return run_layer_norm_f32(layer_norm_f32_ref, x, gamma, beta, epsilon, rms, out);
+        },
         py::arg("x"), py::arg("gamma"), py::arg("beta"), py::kw_only(), py::arg("epsilon"),
-        py::arg("out") = py::none(), "The scalar reference of layer_norm_f32: identical floats.");
+        py::arg("out") = py::none(), py::arg("rms") = false, "The scalar reference of layer_norm_f32: identical floats.");
     m.def(
         "quantize_s8",
         [](const py::object& x, double scale, const py::object& out) {

@@ -134,10 +134,11 @@ int check_quantize(const IsaKernels& isa, int64_t m, int64_t k, float magnitude,
     return 0;
 }
 
-// LayerNorm + static int8 quantization: the fast kernel's codes identical to
-// the reference's, into outputs followed by guard bytes, on odd K (tails of
-// every length), with and without beta, at scales that saturate.
-int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool with_beta, std::mt19937& rng) {
+// LayerNorm (or RMSNorm) + static int8 quantization: the fast kernel's codes
+// identical to the reference's, into outputs followed by guard bytes, on odd K
+// (tails of every length), with and without beta, at scales that saturate.
+int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool with_beta, bool rms,
+                        std::mt19937& rng) {
     std::normal_distribution<float> dist(0.5f * magnitude, magnitude), affine(0.0f, 1.0f);
     std::vector<float> x(static_cast<size_t>(m * k)), gamma(static_cast<size_t>(k)), beta(static_cast<size_t>(k));
     for (float& v : x) v = dist(rng);
@@ -148,6 +149,7 @@ int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool
     LayerNormS8Args args;
     args.m = m; args.k = k; args.x = x.data(); args.ldx = k; args.gamma = gamma.data();
     args.beta = with_beta ? beta.data() : nullptr; args.epsilon = 1e-5f; args.scale = scale; args.ldq = k;
+    args.rms = rms;
     args.q = q.data();
     const int64_t bad = layer_norm_s8(args);
     args.q = q_ref.data();
@@ -155,23 +157,23 @@ int check_layer_norm_s8(int64_t m, int64_t k, float magnitude, float scale, bool
     bool guards = true;
     for (size_t i = static_cast<size_t>(m * k); i < q.size(); ++i) guards = guards && q[i] == kGuardByte;
     if (bad != -1 || bad_ref != -1 || !guards || q != q_ref) {
-        std::printf("FAIL layer_norm_s8 m=%lld k=%lld magnitude=%g scale=%g beta=%d\n", (long long)m, (long long)k,
-                    magnitude, scale, with_beta);
+        std::printf("FAIL layer_norm_s8 m=%lld k=%lld magnitude=%g scale=%g beta=%d rms=%d\n", (long long)m,
+                    (long long)k, magnitude, scale, with_beta, rms);
         return 1;
     }
     // The float LayerNorm: identical floats, nothing past its output.
     std::vector<float> y = poisoned(m * k), y_ref = poisoned(m * k);
     LayerNormF32Args f32;
     f32.m = m; f32.k = k; f32.x = x.data(); f32.ldx = k; f32.gamma = gamma.data();
-    f32.beta = with_beta ? beta.data() : nullptr; f32.epsilon = 1e-5f; f32.ldy = k;
+    f32.beta = with_beta ? beta.data() : nullptr; f32.epsilon = 1e-5f; f32.ldy = k; f32.rms = rms;
     f32.y = y.data();
     const int64_t bad_f32 = layer_norm_f32(f32);
     f32.y = y_ref.data();
     const int64_t bad_f32_ref = layer_norm_f32_ref(f32);
     if (bad_f32 != -1 || bad_f32_ref != -1 || !guard_intact(y, m * k) ||
         std::memcmp(y.data(), y_ref.data(), static_cast<size_t>(m * k) * 4) != 0) {
-        std::printf("FAIL layer_norm_f32 m=%lld k=%lld magnitude=%g beta=%d\n", (long long)m, (long long)k, magnitude,
-                    with_beta);
+        std::printf("FAIL layer_norm_f32 m=%lld k=%lld magnitude=%g beta=%d rms=%d\n", (long long)m, (long long)k,
+                    magnitude, with_beta, rms);
         return 1;
     }
     // The quantization alone, with an infinity and a NaN in the data (they clamp; no undefined cast).
@@ -738,8 +740,10 @@ int main(int argc, char** argv) {
             }
             for (int64_t k : {1, 7, 16, 17, 100, 257, 384}) {
                 for (float scale : {0.01f, 0.05f, 1.0f}) {
-                    isa_failures += check_layer_norm_s8(3, k, 1.0f, scale, k % 2 == 0, rng);
-                    isa_failures += check_layer_norm_s8(2, k, 1e4f, scale, k % 2 == 1, rng);
+                    for (bool rms : {false, true}) {
+                        isa_failures += check_layer_norm_s8(3, k, 1.0f, scale, k % 2 == 0, rms, rng);
+                        isa_failures += check_layer_norm_s8(2, k, 1e4f, scale, k % 2 == 1, rms, rng);
+                    }
                 }
             }
             const int64_t shapes[][5] = {{1, 1, 1, 1, 1},  {1, 6, 6, 6, 64},  {2, 5, 7, 3, 67}, {1, 32, 32, 6, 64},

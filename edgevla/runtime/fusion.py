@@ -10,7 +10,8 @@ a layer like any other convolution):
    ``x``), and its tanh form as eight, ``Pow(x, 3)`` scaled by 0.044715,
    added to ``x``, scaled by sqrt(2/pi), ``Tanh``, then the same three. Each
    such chain, whose intermediates nothing else reads, becomes one standard
-   ``Gelu`` node (``approximate`` none or tanh).
+   ``Gelu`` node (``approximate`` none or tanh). Likewise each RMSNorm's
+   seven nodes become one ``RMSNormalization`` (:func:`~.norms.fuse_rms_norm`).
 2. **Linear layers**: ``MatMul(x, W)`` or ``Gemm(x, W, C)`` with a constant
    2-D weight becomes one ``edgevla.Linear`` node, absorbing
 
@@ -46,9 +47,9 @@ a layer like any other convolution):
 4. **Attention**: the transposes, products, scaling and softmax of each
    attention head group become one ``edgevla.Attention`` node
    (:mod:`.attention`), under the same only-reader rule.
-5. **LayerNorm + quantization**: a ``LayerNormalization`` whose only reader
-   is a static int8 ``QuantizeLinear`` becomes one ``edgevla.LayerNormS8``
-   node (:mod:`.norms`), int8 codes out.
+5. **LayerNorm + quantization**: a ``LayerNormalization`` or
+   ``RMSNormalization`` whose only reader is a static int8 ``QuantizeLinear``
+   becomes one ``edgevla.LayerNormS8`` node (:mod:`.norms`), int8 codes out.
 6. **GroupNorm**: ``nn.GroupNorm``'s six exported nodes become one
    ``edgevla.GroupNorm`` step (:mod:`.group_norm`).
 7. **Output stages**: a linear layer, convolution or GroupNorm step takes
@@ -83,7 +84,7 @@ from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
 from .group_norm import GROUP_NORM_OP, fuse_group_norm
 from .layout import keep_channels_last
-from .norms import fuse_layer_norm_quantize
+from .norms import fuse_layer_norm_quantize, fuse_rms_norm
 from .ops import OpContext
 from .siblings import merge_sibling_linears
 from .weights import WeightArena
@@ -101,6 +102,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
 
     rewrite_conv_transposes(graph)
     _fuse_gelu(graph)
+    fuse_rms_norm(graph)
     _merge_equal_quantizations(graph)
     _fuse_linears(graph, precision_of, arena)
     _fuse_convs(graph, precision_of, arena)

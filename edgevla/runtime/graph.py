@@ -95,6 +95,7 @@ class Graph:
     quantized: dict[str, QuantizedConstant]
     nodes: list[Node]
     float_inputs: frozenset[str] = frozenset()  # layers whose input the build kept float (FLOAT_INPUTS_KEY)
+    ranks: dict[str, int] = field(default_factory=dict)  # values' ranks the model states (value_info), for rewrites
 
     def consumers(self) -> dict[str, list[tuple[Node, int]]]:
         """``{value name: [(node, input index), ...]}`` over the nodes left to compute."""
@@ -177,7 +178,7 @@ def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
             continue
         nodes.append(node)
     graph = Graph(g.name, opset, inputs, outputs, constants, {}, _topological(nodes, constants, inputs),
-                  float_input_layers(proto))
+                  float_input_layers(proto), _stated_ranks(g))
     graph.prune()
     for node in graph.nodes:
         ops.check_supported(node.op_type, node.describe(), opset)
@@ -187,6 +188,12 @@ def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
     if missing:
         raise EdgevlaError(f"the model's output {missing[0]!r} is not produced by any node")
     return graph
+
+
+def _stated_ranks(g: onnx.GraphProto) -> dict[str, int]:
+    """The rank of every value whose type the model states with a shape (inputs, outputs, value_info)."""
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.input, *g.output, *g.value_info]
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
 
 # --------------------------------------------------------------------------- folding

@@ -545,6 +545,18 @@ def _log_softmax(c):
 
 @register("LayerNormalization", writes_out=True)
 def _layer_norm(c):
+    return _normalization(c, rms=False)
+
+
+@register("RMSNormalization", writes_out=True)
+def _rms_norm(c):
+    """Opset 23's RMSNormalization, and what the runtime fuses an exported ``nn.RMSNorm`` (or a Llama-style
+    ``x * rsqrt(mean(x^2) + eps) * w``) into (:func:`~.norms.fuse_rms_norm`)."""
+    return _normalization(c, rms=True)
+
+
+def _normalization(c, rms: bool):
+    """LayerNorm, or RMSNorm (no mean; the mean square for the variance), over the axes from ``axis`` on."""
     axis = int(c.attr("axis", -1))
     eps = np.float32(c.attr("epsilon", 1e-5))
     if int(c.attr("stash_type", 1)) != 1:
@@ -552,21 +564,31 @@ def _layer_norm(c):
 
     use_native = native.available() and hasattr(native, "layer_norm_f32") and c.n_outputs == 1
     native_layer_norm = native.raw("layer_norm_f32") if use_native else None
+    spread: dict[tuple[int, float], np.ndarray] = {}  # a one-value scale as a vector, per width and value
 
     def layer_norm(x, scale, bias=None, out=None):
         first = axis % x.ndim
         d = math.prod(x.shape[first:])
+        if scale.size == 1 and d > 1 and scale.dtype == np.float32:
+            key = (d, float(scale.reshape(())))
+            if key not in spread:
+                spread[key] = np.full(d, key[1], np.float32)
+            scale = spread[key]
         y = np.empty(x.shape, np.float32) if out is None else out
         x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
         if (use_native and x.dtype == scale.dtype == np.float32 and d > 0 and scale.size == d
                 and (bias is None or (bias.dtype == np.float32 and bias.size == d))):
             try:  # one C++ pass per row (csrc/layer_norm_s8_rows.h); rows that are not finite: NumPy below
                 native_layer_norm(x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), scale.reshape(d),
-                                  None if bias is None else bias.reshape(d), float(eps), y2)
+                                  None if bias is None else bias.reshape(d), float(eps), y2, rms)
                 return y
             except ValueError:
                 pass
-        if x.dtype == np.float32 and d > 0 and x2.flags.c_contiguous:
+        if rms:
+            mean = np.zeros((x2.shape[0], 1), np.float32)
+            np.copyto(y2, x2)
+            var = np.mean(np.square(y2), axis=1, keepdims=True, dtype=np.float32)
+        elif x.dtype == np.float32 and d > 0 and x2.flags.c_contiguous:
             mean = _row_reduce(x2, 1.0 / d)
             np.subtract(x2, mean, out=y2)
             (squares,) = work_arrays(y2.shape, 1)
