@@ -27,9 +27,9 @@ RNG = np.random.default_rng(11)
 K, N = 48, 32
 
 
-def _rms_norm_nodes(x: str, gamma: str, out: str, inits: dict) -> list:
+def _rms_norm_nodes(x: str, gamma: str, out: str, inits: dict, last_axis: int = -1) -> list:
     """RMSNorm as the exporter spells ``nn.RMSNorm``: Pow, ReduceMean (last axis), Add, Sqrt, Reciprocal, Mul, Mul."""
-    inits.update({"two": np.float32(2.0), "last": np.array([-1], np.int64), "eps": np.float32(1e-6)})
+    inits.update({"two": np.float32(2.0), "last": np.array([last_axis], np.int64), "eps": np.float32(1e-6)})
     return [helper.make_node("Pow", [x, "two"], ["sq"]),
             helper.make_node("ReduceMean", ["sq", "last"], ["ms"], keepdims=1),
             helper.make_node("Add", ["ms", "eps"], ["ms_eps"]), helper.make_node("Sqrt", ["ms_eps"], ["rms"]),
@@ -43,7 +43,7 @@ def _w8a8_qkv_model(scales=(0.03, 0.03, 0.03), norm_is_output=False, norm="layer
     inits = {"gamma": RNG.normal(1, 0.2, K).astype(np.float32), "beta": RNG.normal(0, 0.2, K).astype(np.float32),
              "zero": np.array(0, np.int8)}
     nodes = ([helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1, epsilon=1e-5)]
-             if norm == "layer" else _rms_norm_nodes("x", "gamma", "ln", inits))
+             if norm == "layer" else _rms_norm_nodes("x", "gamma", "ln", inits, 2 if norm == "rms-axis-2" else -1))
     outputs = []
     for i, name in enumerate("qkv"):
         codes = RNG.integers(-127, 128, (K, N), dtype=np.int8)
@@ -72,7 +72,7 @@ def _check_against_onnxruntime(model, inits, x, names="qkv"):
         assert np.mean(np.abs(got[name] - want) > 1e-4) < 0.05  # nearly everything identical up to float sums
 
 
-@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("norm", ["layer", "rms", "rms-axis-2"])  # axis 2: the last one by shape inference
 def test_layer_norm_and_shared_quantization_fuse_into_one_step(norm):
     model, inits = _w8a8_qkv_model(norm=norm)
     native_model = NativeModel(model)
@@ -141,20 +141,25 @@ def test_an_exported_rms_norm_runs_as_one_step(tmp_path, form):
         np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
 
 
-def test_an_rms_norm_whose_mean_square_is_read_elsewhere_stays_as_written():
+@pytest.mark.parametrize("case", ["mean square read elsewhere", "a middle axis"])
+def test_an_rms_norm_the_step_would_change_stays_as_written(case):
     inits: dict = {"gamma": RNG.normal(1, 0.2, K).astype(np.float32)}
-    nodes = _rms_norm_nodes("x", "gamma", "y", inits)
+    nodes = _rms_norm_nodes("x", "gamma", "y", inits, last_axis=1 if case == "a middle axis" else -1)
+    outputs = ("y", "ms") if case == "mean square read elsewhere" else ("y",)
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 7, K])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", "ms")],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
                               initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    if case == "a middle axis":
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(RNG.normal(1, 0.2, (7, 1)).astype(np.float32),
+                                                                    "gamma"))
     native_model = NativeModel(model, precision="fp32")
     assert "RMSNormalization" not in native_model.op_count() and native_model.op_count()["ReduceMean"] == 1
     x = RNG.normal(0, 1, (2, 7, K)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     got = native_model.run({"x": x})
-    np.testing.assert_allclose(got["y"], want[0], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(got["ms"], want[1], rtol=1e-6)
+    for name, expected in zip(outputs, want):
+        np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-5)
 
 
 def test_opset_23_rms_normalization_matches_onnxruntime_and_a_row_with_nan_stays_nan():

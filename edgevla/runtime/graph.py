@@ -178,7 +178,7 @@ def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
             continue
         nodes.append(node)
     graph = Graph(g.name, opset, inputs, outputs, constants, {}, _topological(nodes, constants, inputs),
-                  float_input_layers(proto), _stated_ranks(g))
+                  float_input_layers(proto), _ranks(proto))
     graph.prune()
     for node in graph.nodes:
         ops.check_supported(node.op_type, node.describe(), opset)
@@ -190,8 +190,15 @@ def load_graph(model: onnx.ModelProto | str | os.PathLike) -> Graph:
     return graph
 
 
-def _stated_ranks(g: onnx.GraphProto) -> dict[str, int]:
-    """The rank of every value whose type the model states with a shape (inputs, outputs, value_info)."""
+def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every value whose type the model states with a shape (inputs, outputs, value_info), or, when
+    it states none between nodes (a Q/DQ rewrite drops them), that ONNX shape inference finds."""
+    g = proto.graph
+    if not g.value_info and g.node:
+        try:
+            g = onnx.shape_inference.infer_shapes(proto).graph
+        except Exception:  # noqa: BLE001 - inference is optional: without ranks, rewrites that need one are skipped
+            pass
     return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.input, *g.output, *g.value_info]
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
