@@ -64,9 +64,10 @@ void attention_f32_ref(const AttentionF32Args& a) {
     std::vector<float> row(static_cast<size_t>(a.s));
     for (int64_t b = 0; b < a.batch; ++b) {
         for (int64_t h = 0; h < a.heads; ++h) {
+            const int64_t g = attention_kv_head(a, h);
             const float* qb = a.q + b * a.q_strides.batch + h * a.q_strides.head;
-            const float* kb = a.k + b * a.k_strides.batch + h * a.k_strides.head;
-            const float* vb = a.v + b * a.v_strides.batch + h * a.v_strides.head;
+            const float* kb = a.k + b * a.k_strides.batch + g * a.k_strides.head;
+            const float* vb = a.v + b * a.v_strides.batch + g * a.v_strides.head;
             float* ob = a.out + b * a.out_strides.batch + h * a.out_strides.head;
             for (int64_t i = 0; i < a.t; ++i) {
                 const float* qi = qb + i * a.q_strides.token;
@@ -76,9 +77,16 @@ void attention_f32_ref(const AttentionF32Args& a) {
                     for (int64_t d = 0; d < a.d; ++d) acc = acc + qi[d] * kj[d];
                     if (a.scale_mode == kAttentionMultiply) acc = acc * a.scale;
                     if (a.scale_mode == kAttentionDivide) acc = acc / a.scale;
+                    if (a.bias != nullptr) {
+                        acc = acc + a.bias[b * a.bias_strides.batch + h * a.bias_strides.head +
+                                           i * a.bias_strides.token + j];
+                    }
                     row[j] = acc;
                 }
                 softmax_row_ref(row.data(), row.data(), a.s);
+                bool nan = false;
+                for (int64_t j = 0; j < a.s; ++j) nan = nan || row[j] != row[j];
+                if (a.zero_nan_rows && nan) std::fill(row.begin(), row.end(), 0.0f);
                 float* oi = ob + i * a.out_strides.token;
                 for (int64_t d = 0; d < a.d; ++d) {
                     float acc = 0.0f;

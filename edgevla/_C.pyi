@@ -152,12 +152,15 @@ def layer_norm_s8_ref(
     """The scalar reference of layer_norm_s8: identical codes."""
 
 def attention_f32(
-    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, divide: bool = False, out: Buffer | None = None
+    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, divide: bool = False, out: Buffer | None = None,
+    bias: Buffer | None = None, zero_nan_rows: bool = False
 ) -> NDArray[np.float32]:
-    """softmax(scale(q_h @ k_h^T)) @ v_h on float32 (B, T, H, D) q and (B, S, H, D) k, v; the active ISA's kernel."""
+    """softmax(scale(q_h @ k_h^T) + bias) @ v_h on float32 (B, T, H, D) q and (B, S, Hkv, D) k, v (Hkv dividing
+    H); bias (B|1, H|1, T|1, S) or None; the active ISA's kernel."""
 
 def attention_f32_ref(
-    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, *, divide: bool = False, out: Buffer | None = None
+    q: Buffer, k: Buffer, v: Buffer, scale: float | None = None, *, divide: bool = False, out: Buffer | None = None,
+    bias: Buffer | None = None, zero_nan_rows: bool = False
 ) -> NDArray[np.float32]:
     """The scalar reference of attention_f32."""
 

@@ -307,16 +307,21 @@ def layer_norm_s8_ref(x: Any, gamma: Any, beta: Any, *, epsilon: float, scale: f
 
 
 def attention_f32(q: Any, k: Any, v: Any, scale: float | None = None, *, divide: bool = False,
-                  out: Any = None) -> np.ndarray:
-    """Scaled dot-product attention per batch and head: ``softmax(scale(q_h @ k_h^T)) @ v_h``.
+                  out: Any = None, bias: Any = None, zero_nan_rows: bool = False) -> np.ndarray:
+    """Scaled dot-product attention per batch and head: ``softmax(scale(q_h @ k_h^T) + bias) @ v_h``.
 
     Args:
-        q: float32 (B, T, H, D); k, v: float32 (B, S, H, D), S >= 1. Any
+        q: float32 (B, T, H, D); k, v: float32 (B, S, Hkv, D), S >= 1, Hkv dividing H (grouped-query
+            attention: query heads ``g * H / Hkv`` onwards read key/value head g). Any
             non-negative strides with the last axis contiguous (head views of a
             wider array are read in place).
         scale: multiplies the scores (or divides them, with ``divide=True``:
             the graph's ``Div``); None for neither. Finite, nonzero to divide.
         out: optional float32 (B, T, H, D), any such strides, disjoint from the inputs.
+        bias: optional float32 (B or 1, H or 1, T or 1, S), S contiguous, added to the scaled scores (a
+            mask: -inf hides a key; a causal mask, ALiBi).
+        zero_nan_rows: a query whose probabilities come out NaN (every key hidden) gets zeros, as the
+            exporter's ``Where(IsNaN(p), 0, p)`` after a boolean mask.
 
     The active ISA's kernel (csrc/attention_f32_rows.h), heads split over the
     thread pool: scores and ``P @ V`` in vector lanes with fused multiply-adds,
@@ -324,13 +329,14 @@ def attention_f32(q: Any, k: Any, v: Any, scale: float | None = None, *, divide:
     scale) of :func:`attention_f32_ref`, not bit-identical. Returns ``out``, or
     a new C-contiguous float32 (B, T, H, D) array.
     """
-    return _compiled().attention_f32(q, k, v, scale, divide=divide, out=out)
+    return _compiled().attention_f32(q, k, v, scale, divide=divide, out=out, bias=bias, zero_nan_rows=zero_nan_rows)
 
 
 def attention_f32_ref(q: Any, k: Any, v: Any, scale: float | None = None, *, divide: bool = False,
-                      out: Any = None) -> np.ndarray:
+                      out: Any = None, bias: Any = None, zero_nan_rows: bool = False) -> np.ndarray:
     """The scalar reference of :func:`attention_f32` (same arguments): sums in order, ``std::exp``, one thread."""
-    return _compiled().attention_f32_ref(q, k, v, scale, divide=divide, out=out)
+    return _compiled().attention_f32_ref(q, k, v, scale, divide=divide, out=out, bias=bias,
+                                         zero_nan_rows=zero_nan_rows)
 
 
 def softmax_f32(x: Any, *, out: Any = None) -> np.ndarray:

@@ -23,15 +23,19 @@ def stacked_heads(b, t, s, h, d, rng, magnitude=1.5):
     return q, k, v
 
 
-def exact(q, k, v, scale=None, divide=False):
-    """float64 softmax(scale(q k^T)) v per head."""
+def exact(q, k, v, scale=None, divide=False, bias=None):
+    """float64 softmax(scale(q k^T) + bias) v per head (k and v's heads repeated for grouped queries)."""
+    group = q.shape[2] // k.shape[2]
     q64, k64, v64 = (a.astype(np.float64).transpose(0, 2, 1, 3) for a in (q, k, v))
+    k64, v64 = np.repeat(k64, group, axis=1), np.repeat(v64, group, axis=1)
     scores = q64 @ k64.transpose(0, 1, 3, 2)
     if scale is not None:
         scores = scores / scale if divide else scores * scale
+    if bias is not None:
+        scores = scores + bias
     p = np.exp(scores - scores.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
-    return (p @ v64).transpose(0, 2, 1, 3), np.abs(scores).max(initial=0.0)
+    return (p @ v64).transpose(0, 2, 1, 3), np.abs(scores[np.isfinite(scores)]).max(initial=0.0)
 
 
 def bound(v, score_max):
@@ -57,6 +61,45 @@ def test_attention_matches_its_reference_and_float64(isa, shape, scale, divide, 
     ref = native.attention_f32_ref(q, k, v, scale, divide=divide)
     assert np.abs(got - ref).max() <= tol
     assert np.abs(got - want).max() <= tol and np.abs(ref - want).max() <= tol
+
+
+def _masks(b, h, t, s, rng):
+    """Additive biases as graphs bring them: a causal mask (T, S) over batch and heads, padded keys per batch,
+    a bias per head and query (ALiBi-like)."""
+    causal = np.where(np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t), 0.0, -np.inf).astype(np.float32)
+    padded = np.zeros((b, 1, 1, s), np.float32)
+    padded[:, :, :, s - 1 - np.arange(b) % s] = -np.inf  # a different hidden key per batch
+    full = rng.normal(0, 2, (b, h, t, s)).astype(np.float32)
+    return {"causal": causal[None, None], "padded": padded, "full": full}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1, 16, 16, 8, 2, 32), (2, 5, 7, 4, 1, 24), (1, 1, 9, 6, 3, 16),
+                                   (1, 33, 33, 4, 4, 8)])
+@pytest.mark.parametrize("mask", ["causal", "padded", "full"])
+def test_grouped_heads_and_a_bias_match_the_reference_and_float64(isa, shape, mask, restore_dispatch):
+    native.set_isa(isa)
+    b, t, s, h, kv, d = shape
+    q, k, v = stacked_heads(b, t, s, h, d, RNG)
+    k, v = np.ascontiguousarray(k[:, :, :kv]), np.ascontiguousarray(v[:, :, :kv])
+    bias = _masks(b, h, t, s, RNG)[mask]
+    want, score_max = exact(q, k, v, 0.25, False, bias)
+    tol = bound(v, score_max)
+    got = native.attention_f32(q, k, v, 0.25, bias=bias)
+    ref = native.attention_f32_ref(q, k, v, 0.25, bias=bias)
+    assert np.abs(got - ref).max() <= tol
+    assert np.abs(got - want).max() <= tol and np.abs(ref - want).max() <= tol
+
+
+def test_a_query_with_every_key_hidden_is_nan_or_zeros():
+    q, k, v = stacked_heads(1, 4, 6, 2, 8, RNG)
+    bias = np.zeros((1, 1, 4, 6), np.float32)
+    bias[0, 0, 2] = -np.inf
+    for fn in (native.attention_f32, native.attention_f32_ref):
+        assert np.isnan(fn(q, k, v, bias=bias)[0, 2]).all()
+        zeroed = fn(q, k, v, bias=bias, zero_nan_rows=True)
+        assert (zeroed[0, 2] == 0).all() and np.isfinite(zeroed).all()
+        np.testing.assert_allclose(np.delete(zeroed, 2, axis=1), np.delete(fn(q, k, v), 2, axis=1), atol=1e-5)
 
 
 def test_threads_split_heads_without_changing_a_bit(restore_dispatch):
@@ -110,6 +153,12 @@ def _bad_cases():
         ((q, k, v, float("inf")), {}, ValueError, "finite"),
         ((q, k, v), {"divide": True}, ValueError, "needs a scale"),
         (([1.0], k, v), {}, TypeError, "q must be a float32 array"),
+        ((q, np.ascontiguousarray(k[:, :, :1].repeat(3, 2)), v), {}, ValueError, "one Hkv dividing H"),
+        ((q, k, v), {"bias": np.zeros((1, 2, 4, 4), np.float32)}, ValueError, "bias must be float32 \\(B or 1"),
+        ((q, k, v), {"bias": np.zeros((1, 2, 4, 5))}, TypeError, "bias must be float32"),
+        ((q, k, v), {"bias": np.zeros((1, 2, 5, 4), np.float32).transpose(0, 1, 3, 2)}, ValueError,
+         "contiguous along its last axis"),
+        ((q, k, v), {"bias": np.zeros((2, 4, 5), np.float32)}, ValueError, "bias must be float32 \\(B or 1"),
     ]
 
 

@@ -180,12 +180,18 @@ class ScaledDotProductBlock(nn.Module):
 
 
 @pytest.mark.parametrize("mask", ["none", "causal", "bool"])
-def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask):
+def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask, monkeypatch):
     """The exporter writes SDPA with k's last axes swapped by a Reshape-Transpose-Reshape over Shape(k), both
-    sides scaled by sqrt(c), a mask added (a boolean one's fully-masked rows zeroed by Where(IsNaN)): one step."""
+    sides scaled by sqrt(c), a mask added (a boolean one's fully-masked rows zeroed by Where(IsNaN)): one step,
+    the native kernel's where it takes the sequence, mask and all."""
+    from edgevla.runtime import attention
+
     torch.manual_seed(5)
     block = ScaledDotProductBlock(mask).eval()
     path = export_onnx(block, tmp_path / "sdpa.onnx")
+    calls, raw = [], native.raw
+    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
+                        if name == "attention_f32" else raw(name))
     native_model = NativeModel(path, precision="fp32")
     ops = native_model.op_count()
     assert ops[ATTENTION_OP] == 1 and not {"Softmax", "MatMul", "IsNaN"} & set(ops), ops
@@ -194,3 +200,5 @@ def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask):
         want = block(torch.from_numpy(x)).numpy()
     for _ in range(2):  # traced, then on planned buffers
         np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
+    assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
+    assert all((a[6] is not None) == (mask != "none") and a[7] == (mask == "bool") for a in calls)

@@ -79,18 +79,48 @@ HeadsArg heads_arg(py::handle obj, const std::string& name, bool writable) {
     return arg;
 }
 
+// The additive bias: float32 (B or 1, H or 1, T or 1, S), S contiguous; an axis of 1 is broadcast (stride 0).
+void bias_arg(const py::object& bias, int64_t b, int64_t h, int64_t t, int64_t s, AttentionF32Args* args,
+              py::buffer_info* keep) {
+    if (!PyObject_CheckBuffer(bias.ptr())) throw py::type_error("bias must be a float32 array (B, H, T, S)");
+    if (!ndarray_buffer(bias, false, keep)) *keep = py::reinterpret_borrow<py::buffer>(bias).request(false);
+    const std::string& f = keep->format;
+    if (keep->itemsize != 4 || !(f == "f" || f == "<f" || f == "=f" || f == "@f")) {
+        throw py::type_error("bias must be float32, got buffer format '" + f + "'");
+    }
+    const int64_t want[4] = {b, h, t, s};
+    bool fits = keep->ndim == 4;
+    for (int i = 0; fits && i < 4; ++i) {
+        fits = (keep->shape[i] == want[i] || (keep->shape[i] == 1 && i < 3)) && keep->strides[i] >= 0 &&
+               keep->strides[i] % 4 == 0;
+    }
+    if (!fits) {
+        throw py::value_error("bias must be float32 (B or 1, H or 1, T or 1, S) = (" + std::to_string(b) + ", " +
+                              std::to_string(h) + ", " + std::to_string(t) + ", " + std::to_string(s) +
+                              ") with non-negative strides, got shape " + shape_of(*keep));
+    }
+    if (keep->strides[3] != 4 && s > 1) throw py::value_error("bias must be contiguous along its last axis (S)");
+    if (reinterpret_cast<uintptr_t>(keep->ptr) % alignof(float)) throw py::value_error("bias must be aligned to 4 bytes");
+    args->bias = static_cast<const float*>(keep->ptr);
+    args->bias_strides.batch = keep->shape[0] == 1 ? 0 : keep->strides[0] / 4;
+    args->bias_strides.head = keep->shape[1] == 1 ? 0 : keep->strides[1] / 4;
+    args->bias_strides.token = keep->shape[2] == 1 ? 0 : keep->strides[2] / 4;
+}
+
 using AttentionFn = void (*)(const AttentionF32Args&);
 
 py::object run_attention(AttentionFn kernel, const py::object& q, const py::object& k, const py::object& v,
-                         const py::object& scale, bool divide, const py::object& out) {
+                         const py::object& scale, bool divide, const py::object& out, const py::object& bias,
+                         bool zero_nan_rows) {
     const HeadsArg q_arg = heads_arg(q, "q", false), k_arg = heads_arg(k, "k", false), v_arg = heads_arg(v, "v", false);
     const int64_t b = q_arg.dims[0], t = q_arg.dims[1], h = q_arg.dims[2], d = q_arg.dims[3];
-    const int64_t s = k_arg.dims[1];
+    const int64_t s = k_arg.dims[1], kv_heads = k_arg.dims[2];
     for (const HeadsArg* a : {&k_arg, &v_arg}) {
-        if (a->dims[0] != b || a->dims[1] != s || a->dims[2] != h || a->dims[3] != d) {
-            throw py::value_error("k and v must have shape (B, S, H, D) = (" + std::to_string(b) + ", S, " +
-                                  std::to_string(h) + ", " + std::to_string(d) + ") with one S, got k " +
-                                  shape_of(k_arg.info) + " and v " + shape_of(v_arg.info));
+        if (a->dims[0] != b || a->dims[1] != s || a->dims[2] != kv_heads || a->dims[3] != d || kv_heads < 1 ||
+            h % kv_heads != 0) {
+            throw py::value_error("k and v must have shape (B, S, Hkv, D) = (" + std::to_string(b) + ", S, Hkv, " +
+                                  std::to_string(d) + ") with one S and one Hkv dividing H = " + std::to_string(h) +
+                                  ", got k " + shape_of(k_arg.info) + " and v " + shape_of(v_arg.info));
         }
     }
     if (s < 1) throw py::value_error("attention needs at least one key (S >= 1): a softmax over none is undefined");
@@ -130,6 +160,19 @@ py::object run_attention(AttentionFn kernel, const py::object& q, const py::obje
     args.k_strides = k_arg.strides;
     args.v_strides = v_arg.strides;
     args.out_strides = o_arg.strides;
+    args.kv_heads = kv_heads;
+    args.zero_nan_rows = zero_nan_rows;
+    py::buffer_info bias_info;
+    if (!bias.is_none()) {
+        bias_arg(bias, b, h, t, s, &args, &bias_info);
+        const uintptr_t lo = reinterpret_cast<uintptr_t>(bias_info.ptr);
+        int64_t span = 0;
+        for (int i = 0; i < 4; ++i) span += (bias_info.shape[i] - 1) * bias_info.strides[i];
+        HeadsArg bias_span;
+        bias_span.lo = lo;
+        bias_span.hi = b * h * t * s == 0 ? lo : lo + static_cast<uintptr_t>(span) + 4;
+        if (o_arg.overlaps(bias_span)) throw py::value_error("out must not share memory with the bias");
+    }
     {
         py::gil_scoped_release no_gil;
         kernel(args);
@@ -171,17 +214,25 @@ void register_attention(py::module_& m) {
     m.def(
         "attention_f32",
         [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,
-           const py::object& out) { return run_attention(attention_f32, q, k, v, scale, divide, out); },
+           const py::object& out, const py::object& bias, bool zero_nan_rows) {
+            return run_attention(attention_f32, q, k, v, scale, divide, out, bias, zero_nan_rows);
+        },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(),
-        py::arg("divide") = false, py::arg("out") = py::none(),
-        "softmax(scale(q_h @ k_h^T)) @ v_h per batch and head on float32 (B, T, H, D) q, (B, S, H, D) k and v; "
-        "the active ISA's kernel, heads split over the thread pool (csrc/attention_f32.h).");
+        py::arg("divide") = false, py::arg("out") = py::none(), py::arg("bias") = py::none(),
+        py::arg("zero_nan_rows") = false,
+        "softmax(scale(q_h @ k_h^T) + bias) @ v_h per batch and head on float32 (B, T, H, D) q, (B, S, Hkv, D) k "
+        "and v (Hkv dividing H: grouped-query heads), bias (B|1, H|1, T|1, S) or None; zero_nan_rows: a query "
+        "whose probabilities are NaN (every key masked) gets zeros. The active ISA's kernel, heads split over the "
+        "thread pool (csrc/attention_f32.h).");
     m.def(
         "attention_f32_ref",
         [](const py::object& q, const py::object& k, const py::object& v, const py::object& scale, bool divide,
-           const py::object& out) { return run_attention(attention_f32_ref, q, k, v, scale, divide, out); },
+           const py::object& out, const py::object& bias, bool zero_nan_rows) {
+            return run_attention(attention_f32_ref, q, k, v, scale, divide, out, bias, zero_nan_rows);
+        },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = py::none(), py::kw_only(),
-        py::arg("divide") = false, py::arg("out") = py::none(),
+        py::arg("divide") = false, py::arg("out") = py::none(), py::arg("bias") = py::none(),
+        py::arg("zero_nan_rows") = false,
         "The scalar reference of attention_f32: sums in order, std::exp, one thread.");
 }
 

@@ -508,8 +508,11 @@ int check_formats(const IsaKernels& isa, std::mt19937& rng) {
 // column views of one stacked (B, T, 3 H D + 5) array (as the runtime hands
 // them over): |got - ref| <= 4e-6 (1 + max |scaled score|) max |v| (summation
 // order and the polynomial exp), into a poisoned output followed by guards.
+// `grouped`: k and v have one head per two query heads (h even); `masked`: a
+// (T, S) bias broadcast over batch and heads hides the keys past the diagonal
+// (-inf) and shifts the others.
 int check_attention(const IsaKernels& isa, int64_t b, int64_t t, int64_t s, int64_t h, int64_t d, int scale_mode,
-                    std::mt19937& rng) {
+                    bool grouped, bool masked, std::mt19937& rng) {
     const int64_t width = 3 * h * d + 5, tokens = std::max(t, s);
     std::normal_distribution<float> normal(0.0f, 1.5f);
     std::vector<float> stacked(static_cast<size_t>(b * tokens * width));
@@ -527,6 +530,20 @@ int check_attention(const IsaKernels& isa, int64_t b, int64_t t, int64_t s, int6
     args.out_strides = AttentionStrides{t * h * d, h * d, d};
     args.scale_mode = scale_mode;
     args.scale = scale_mode == kAttentionDivide ? 8.0f : 0.125f;
+    args.kv_heads = grouped ? h / 2 : 0;
+    std::vector<float> bias(static_cast<size_t>(t * s));
+    double bias_max = 0.0;
+    for (int64_t i = 0; i < t; ++i) {
+        for (int64_t j = 0; j < s; ++j) {
+            const float shift = normal(rng);
+            bias[size_t(i * s + j)] = j > i + s - t && j > 0 ? -INFINITY : shift;  // key 0 always visible
+            if (j <= i + s - t || j == 0) bias_max = std::max(bias_max, std::fabs(double(shift)));
+        }
+    }
+    if (masked) {
+        args.bias = bias.data();
+        args.bias_strides = AttentionBiasStrides{0, 0, s};
+    }
     const int64_t count = b * t * h * d;
     std::vector<float> got = poisoned(count), ref = poisoned(count);
     args.out = got.data();
@@ -540,24 +557,25 @@ int check_attention(const IsaKernels& isa, int64_t b, int64_t t, int64_t s, int6
             for (int64_t x = 0; x < h * d; ++x) v_max = std::max(v_max, std::fabs(double(row[2 * h * d + x])));
         }
         for (int64_t hh = 0; hh < h; ++hh) {
+            const int64_t g = attention_kv_head(args, hh);
             for (int64_t i = 0; i < t; ++i) {
                 for (int64_t j = 0; j < s; ++j) {
                     double dot = 0.0;
                     for (int64_t x = 0; x < d; ++x) {
                         dot += double(args.q[bb * tokens * width + i * width + hh * d + x]) *
-                               double(args.k[bb * tokens * width + j * width + hh * d + x]);
+                               double(args.k[bb * tokens * width + j * width + g * d + x]);
                     }
                     score_max = std::max(score_max, std::fabs(dot) * (scale_mode == kAttentionNoScale ? 1.0 : 0.125));
                 }
             }
         }
     }
-    const double bound = 4e-6 * (1.0 + score_max) * std::max(v_max, 1.0);
+    const double bound = 4e-6 * (1.0 + score_max + (masked ? bias_max : 0.0)) * std::max(v_max, 1.0);
     for (int64_t i = 0; i < count; ++i) {
         if (!(std::fabs(double(got[size_t(i)]) - double(ref[size_t(i)])) <= bound)) {
-            std::printf("FAIL %s attention b=%lld t=%lld s=%lld h=%lld d=%lld scale=%d: %g vs %g at %lld\n", isa.name,
-                        (long long)b, (long long)t, (long long)s, (long long)h, (long long)d, scale_mode,
-                        double(got[size_t(i)]), double(ref[size_t(i)]), (long long)i);
+            std::printf("FAIL %s attention b=%lld t=%lld s=%lld h=%lld d=%lld scale=%d grouped=%d masked=%d: %g vs %g "
+                        "at %lld\n", isa.name, (long long)b, (long long)t, (long long)s, (long long)h, (long long)d,
+                        scale_mode, grouped, masked, double(got[size_t(i)]), double(ref[size_t(i)]), (long long)i);
             return 1;
         }
     }
@@ -751,8 +769,11 @@ int main(int argc, char** argv) {
             int attention_failures = 0;
             for (const auto& sh : shapes) {
                 for (int mode : {kAttentionNoScale, kAttentionMultiply, kAttentionDivide}) {
-                    attention_failures += check_attention(*isa, sh[0], sh[1], sh[2], sh[3], sh[4], mode, rng);
+                    attention_failures += check_attention(*isa, sh[0], sh[1], sh[2], sh[3], sh[4], mode, false, false,
+                                                          rng);
                 }
+                attention_failures += check_attention(*isa, sh[0], sh[1], sh[2], sh[3], sh[4], kAttentionMultiply,
+                                                      sh[3] % 2 == 0, true, rng);
             }
             for (int64_t k : {1, 7, 16, 33, 1024}) attention_failures += check_softmax(*isa, 3, k, rng);
             if (attention_failures == 0) {

@@ -18,15 +18,16 @@ views in place (NumPy hands BLAS the strides) and the second one writes
 straight into ``y``'s ``(B, T, H, D)`` layout. The score scaling and the
 softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
-unfused steps (float32 rounding). A masked attention (a bias) runs this
-NumPy path. ``F.scaled_dot_product_attention``, which the exporter writes
+unfused steps (float32 rounding). ``F.scaled_dot_product_attention``, which the exporter writes
 over ``(B, H, T, D)`` heads with k's axes swapped by reshapes, is matched
 too (:func:`_match_sdpa`) and runs the same step on transposed views.
 
 Where the kernels of :data:`NATIVE_ATTENTION_MAX_TOKENS` run and both
 sequences are short enough for the thread count (at most its limit), the
 whole step is one call of :func:`edgevla.native.attention_f32` instead
-(scores, softmax and ``P @ V`` per head in registers; not bit-identical:
+(scores, a mask's bias (causal, padding: a float32 one of at most four axes
+broadcast over batch, heads or queries), softmax and ``P @ V`` per head in
+registers; a boolean mask's fully hidden queries zeroed; not bit-identical:
 within 4e-6 (1 + max |score|) max |v| of its float reference, as
 tests/test_kernels_attention.py asserts).
 Measured alone (1 thread; runs vary by ~10 %), native vs NumPy + OpenBLAS:
@@ -91,10 +92,12 @@ class Attention:
                 raise EdgevlaError(f"the native backend's attention takes (batch, heads, tokens, width) inputs, "
                                    f"got shapes {q.shape}, {k.shape}, {v.shape}")
             q, k, v = q.transpose(_TO_HEADS), k.transpose(_TO_HEADS), v.transpose(_TO_HEADS)  # views
-        if (bias is None and not self.nan_rows_zero and 0 < k.shape[1]
+        kernel_bias = None if bias is None else _kernel_bias(bias, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        if ((bias is None or kernel_bias is not None) and 0 < k.shape[1]
                 and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
                 and all(_kernel_layout(a) for a in (q, k, v))):
-            return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out)
+            return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out,
+                                kernel_bias, self.nan_rows_zero)
         b, t, h, _ = q.shape
         scores, probabilities = work_arrays((b, h, t, k.shape[1]), 2)  # softmax takes none
         np.matmul(q.transpose(_TO_HEADS), k.transpose(_KEYS_TRANSPOSED), out=scores)
@@ -122,6 +125,17 @@ def native_attention_max_tokens() -> int:
         return 0
     limits = NATIVE_ATTENTION_MAX_TOKENS.get(native.get_isa())
     return 0 if limits is None else limits[0 if native.get_num_threads() == 1 else 1]
+
+
+def _kernel_bias(bias: np.ndarray, b: int, h: int, t: int, s: int) -> np.ndarray | None:
+    """``bias`` as the kernel reads it, float32 ``(B or 1, H or 1, T or 1, S)`` with S contiguous (a view where
+    it can be), or None where it is not such a bias (the NumPy path broadcasts it, or says why not)."""
+    if bias.dtype != np.float32 or bias.ndim > 4 or bias.shape[-1:] != (s,):
+        return None
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    if any(n not in (1, want) for n, want in zip(bias.shape[:3], (b, h, t))):
+        return None
+    return bias if bias.strides[3] == 4 or s == 1 else np.ascontiguousarray(bias)
 
 
 def _kernel_layout(a: np.ndarray) -> bool:
