@@ -202,3 +202,53 @@ def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask, monkeypa
         np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
     assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
     assert all((a[6] is not None) == (mask != "none") and a[7] == (mask == "bool") for a in calls)
+
+
+class GroupedQueryBlock(nn.Module):
+    """Grouped-query attention as Llama-style trunks write it: 4 query heads, 2 key/value heads repeated to 4
+    (``repeat_interleave``, or ``repeat_kv``'s expand and reshape), causal SDPA."""
+
+    def __init__(self, repeat: str):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 24)),), action=TensorSpec("a", (6, 24)))
+        self.q, self.kv, self.o = nn.Linear(24, 4 * 6), nn.Linear(24, 2 * 2 * 6), nn.Linear(24, 24)
+        self.repeat = repeat
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 6).transpose(1, 2)
+        k, v = self.kv(x).view(b, t, 2, 2, 6).permute(2, 0, 3, 1, 4).unbind(0)  # (b, 2, t, 6) each
+        if self.repeat == "interleave":
+            k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        else:
+            k = k[:, :, None].expand(b, 2, 2, t, 6).reshape(b, 4, t, 6)
+            v = v[:, :, None].expand(b, 2, 2, t, 6).reshape(b, 4, t, 6)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(a.transpose(1, 2).reshape(b, t, 24))
+
+
+@pytest.mark.parametrize("repeat", ["interleave", "expand"])
+def test_grouped_query_attention_reads_the_unrepeated_heads(tmp_path, repeat, monkeypatch):
+    """The repeat of k's and v's heads is not computed: the attention reads 2 key/value heads for 4 query heads
+    (the kernel's grouped heads, or NumPy's repeat where the kernel does not run)."""
+    from edgevla.runtime import attention
+
+    torch.manual_seed(6)
+    block = GroupedQueryBlock(repeat).eval()
+    calls, raw = [], native.raw
+    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
+                        if name == "attention_f32" else raw(name))
+    native_model = NativeModel(export_onnx(block, tmp_path / "gqa.onnx"), precision="fp32")
+    x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
+    (bound,) = native_model._program._bound.values()
+    running = {step.node.op_type for step in bound.steps}
+    assert ATTENTION_OP in running and not {"Expand", "Tile"} & running, running
+    assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
+    assert all(a[1].shape == (2, 6, 2, 6) and a[0].shape == (2, 6, 4, 6) for a in calls)
+    monkeypatch.setattr(attention, "native_attention_max_tokens", lambda: 0)  # the NumPy path repeats them
+    np.testing.assert_allclose(NativeModel(export_onnx(block, tmp_path / "gqa2.onnx"), precision="fp32").run(
+        {"x": x})["a"], want, rtol=0, atol=2e-6)

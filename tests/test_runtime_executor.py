@@ -61,3 +61,18 @@ def test_values_of_the_input_shapes_are_computed_once_per_signature_and_the_rest
         expected = np.triu(np.full((seq, seq), -1e4, np.float32), 1)
         assert any(np.array_equal(v, expected) for v in masks)  # ones, Trilu's, the mask: kept read-only
         assert not any(v.flags.writeable for v in masks)
+
+
+def test_a_value_only_fixed_steps_read_is_computed_once_per_signature():
+    """``Sigmoid(x)`` feeds only a ``Shape`` (fixed by the input shapes): later calls do not compute it."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Shape", ["s"], ["shape"]),
+             helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    native = NativeModel(model)
+    x = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    for _ in range(2):
+        np.testing.assert_allclose(native.run({"x": x})["y"], np.tanh(x), rtol=1e-6)
+    (bound,) = native._program._bound.values()
+    assert [step.node.op_type for step in bound.steps] == ["Tanh", "Reshape"]

@@ -80,10 +80,12 @@ class Attention:
     (``heads_first``: inputs ``(B, H, T, D)``, as ``F.scaled_dot_product_attention`` takes them)."""
 
     def __init__(self, scale: np.float32 | None, divide: bool, softmax: ops.OpFn, heads_first: bool = False,
-                 nan_rows_zero: bool = False):
+                 nan_rows_zero: bool = False, kv_repeats: tuple[int, int] = (1, 1)):
         self.scale, self.divide, self.softmax, self.heads_first = scale, divide, softmax, heads_first
         self.nan_rows_zero = nan_rows_zero
+        self.kv_repeats = kv_repeats  # k's and v's heads repeated this many times each in the graph (grouped queries)
         self._kernel = native.raw("attention_f32") if native.available() else None
+        self._checked: tuple | None = None  # the last shapes and bias seen, the kernel's bias, whether it fits
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None,
                  out: np.ndarray | None = None) -> np.ndarray:
@@ -92,13 +94,24 @@ class Attention:
                 raise EdgevlaError(f"the native backend's attention takes (batch, heads, tokens, width) inputs, "
                                    f"got shapes {q.shape}, {k.shape}, {v.shape}")
             q, k, v = q.transpose(_TO_HEADS), k.transpose(_TO_HEADS), v.transpose(_TO_HEADS)  # views
-        kernel_bias = None if bias is None else _kernel_bias(bias, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-        if ((bias is None or kernel_bias is not None) and 0 < k.shape[1]
-                and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens()
-                and all(_kernel_layout(a) for a in (q, k, v))):
+        # A signature's calls hand over the same shapes, strides and bias (a mask fixed by the shapes): what
+        # they allow is worked out once.
+        key = (q.shape, q.strides, k.shape, k.strides, v.shape, v.strides)
+        if self._checked is None or self._checked[0] != key or self._checked[3] is not bias:
+            if self.kv_repeats != (1, 1):
+                _check_groups(q.shape[2], k.shape[2], v.shape[2], self.kv_repeats)
+            kernel_bias = None if bias is None else _kernel_bias(bias, q.shape[0], q.shape[2], q.shape[1],
+                                                                 k.shape[1])
+            fits = ((bias is None or kernel_bias is not None) and 0 < k.shape[1]
+                    and all(_kernel_layout(a) for a in (q, k, v)))
+            self._checked = (key, kernel_bias, fits, bias)  # the bias itself: compared by identity
+        _, kernel_bias, fits, _ = self._checked
+        if fits and max(q.shape[1], k.shape[1]) <= native_attention_max_tokens():
             return self._kernel(q, k, v, None if self.scale is None else float(self.scale), self.divide, out,
                                 kernel_bias, self.nan_rows_zero)
         b, t, h, _ = q.shape
+        if k.shape[2] != h or v.shape[2] != h:  # grouped queries: each key/value head read by a run of heads
+            k, v = np.repeat(k, h // k.shape[2], axis=2), np.repeat(v, h // v.shape[2], axis=2)
         scores, probabilities = work_arrays((b, h, t, k.shape[1]), 2)  # softmax takes none
         np.matmul(q.transpose(_TO_HEADS), k.transpose(_KEYS_TRANSPOSED), out=scores)
         if self.scale is not None:
@@ -125,6 +138,14 @@ def native_attention_max_tokens() -> int:
         return 0
     limits = NATIVE_ATTENTION_MAX_TOKENS.get(native.get_isa())
     return 0 if limits is None else limits[0 if native.get_num_threads() == 1 else 1]
+
+
+def _check_groups(heads: int, k_heads: int, v_heads: int, repeats: tuple[int, int]) -> None:
+    """The graph repeated each of k's (v's) heads ``repeats`` times into the query heads: the unrepeated one must
+    have heads / repeats of them (or one, which its Expand broadcast to all)."""
+    if k_heads != v_heads or any(n != 1 and n * r != heads for n, r in zip((k_heads, v_heads), repeats)):
+        raise EdgevlaError(f"the native backend's grouped attention has {heads} query heads and {k_heads} key, "
+                           f"{v_heads} value heads repeated {repeats[0]} and {repeats[1]} times: they do not match")
 
 
 def _kernel_bias(bias: np.ndarray, b: int, h: int, t: int, s: int) -> np.ndarray | None:
@@ -165,15 +186,50 @@ def fuse_attention(graph: Graph) -> int:
         if match is None:
             continue
         kernel = ops.compile_op("Softmax", softmax.attrs, (None,), graph.opset, 1, softmax.describe())
-        attention = Attention(match.scale, match.divide, kernel.fn, match.heads_first, match.nan_rows_zero)
+        k, k_rep = _unrepeated_heads(graph, match.k) if match.heads_first else (match.k, 1)
+        v, v_rep = _unrepeated_heads(graph, match.v) if match.heads_first else (match.v, 1)
+        attention = Attention(match.scale, match.divide, kernel.fn, match.heads_first, match.nan_rows_zero,
+                              (k_rep, v_rep))
         last = match.removed[-1]
-        inputs = (match.q, match.k, match.v) + ((match.bias,) if match.bias is not None else ())
+        inputs = (match.q, k, v) + ((match.bias,) if match.bias is not None else ())
         node = Node(last.name, ATTENTION_OP, inputs, last.outputs, {"attention": attention})
         ids = {id(n) for n in match.removed}
         at = max(i for i, n in enumerate(graph.nodes) if id(n) in ids)
         graph.nodes = [node if i == at else n for i, n in enumerate(graph.nodes) if i == at or id(n) not in ids]
         fused += 1
     return fused
+
+
+def _unrepeated_heads(graph: Graph, value: str) -> tuple[str, int]:
+    """``(x, r)`` when ``value`` is ``x``'s heads each repeated ``r`` times, ``(B, Hkv, S, D)`` to ``(B, Hkv r, S,
+    D)``, as the exporter spells ``repeat_interleave`` on the heads axis (and a Llama ``repeat_kv``):
+    ``Reshape(Expand(Unsqueeze(x, axes=[2]), [.., .., r, .., ..]), [.., Hkv r, .., ..])``; else ``(value, 1)``.
+    The attention then reads ``x`` (grouped-query heads); the repeat's nodes stay for any other reader."""
+    producer = graph.producers()
+    reshape = producer.get(value)
+    expand = None if reshape is None or reshape.op_type != "Reshape" else producer.get(reshape.inputs[0])
+    unsqueeze = None if expand is None or expand.op_type != "Expand" else producer.get(expand.inputs[0])
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
+        return value, 1
+    axes = graph.constants.get(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else unsqueeze.attrs.get("axes")
+    repeats, heads = _shape_entry(graph, producer, expand.inputs[1], 5, 2), _shape_entry(graph, producer,
+                                                                                         reshape.inputs[1], 4, 1)
+    if axes is None or np.ravel(axes).tolist() != [2] or repeats is None or heads is None:
+        return value, 1
+    if repeats < 1 or heads < 1 or heads % repeats:
+        return value, 1
+    return unsqueeze.inputs[0], repeats
+
+
+def _shape_entry(graph: Graph, producer, value: str, rank: int, index: int) -> int | None:
+    """Entry ``index`` of the ``rank``-long shape ``value``: a constant, or a ``Concat`` of one-value pieces (the
+    batch and sequence sizes from ``Shape`` at run time) whose piece ``index`` is one; else None."""
+    shape = graph.constants.get(value)
+    if shape is not None:
+        return int(shape.reshape(-1)[index]) if shape.size == rank else None
+    parts = _concat_parts(producer, value)
+    piece = graph.constants.get(parts[index]) if len(parts) == rank else None
+    return int(piece.reshape(-1)[0]) if piece is not None and piece.size == 1 else None
 
 
 def _match(graph: Graph, softmax: Node) -> _Match | None:

@@ -17,7 +17,8 @@ the buffers:
 Steps whose every input is fixed once the input shapes are (constants, the
 ``Shape`` or ``Size`` of any value, and what is computed from those only) ran
 in the tracing run for the last time: their values are kept with the
-signature, and later calls skip them. Exported graphs are full of these: a
+signature, and later calls skip them, and so every step whose values only
+such steps read. Exported graphs are full of these: a
 causal mask built from ``Shape(x)`` in every layer, a sampler's timesteps
 expanded to the batch and embedded, reshapes' target shapes.
 
@@ -215,7 +216,7 @@ class _Bound:
         self.template = program.template.copy()
         for slot, value in fixed.items():
             self.template[slot] = value
-        self.steps = [step for step in program.steps if step.outputs[0] not in fixed]
+        self.steps = _needed([step for step in program.steps if step.outputs[0] not in fixed], program.output_slots)
         self.closures = [_bind(step, buffers.get(step.outputs[0]) if step.writes_out else None)
                          for step in self.steps]
         self.bytes = sum(b.nbytes for b in {id(b): b for b in buffers.values()}.values())
@@ -246,6 +247,17 @@ def _fixed_by_signature(program: Program, traced: list[object]) -> dict[int, np.
                 fixed[o] = value
                 fixed_slots.add(o)
     return fixed
+
+
+def _needed(running: list[Step], outputs: Sequence[int]) -> list[Step]:
+    """The running steps a graph output depends on: a value read only by steps fixed per signature (the
+    ``Shape`` of a repeated key whose attention reads the unrepeated one) is not computed again."""
+    wanted, kept = set(outputs), []
+    for step in reversed(running):
+        if any(o in wanted for o in step.outputs):
+            kept.append(step)
+            wanted.update(step.inputs)
+    return kept[::-1]
 
 
 def _assign_buffers(steps: Sequence[Step], trace: _Trace) -> dict[int, np.ndarray]:
