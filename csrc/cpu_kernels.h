@@ -11,6 +11,7 @@
 #pragma once
 
 #include "gemm_s8s8.h"
+#include "gated_f32.h"
 #include "group_norm_f32.h"
 #include "attention_f32.h"
 #include "layer_norm_s8.h"
@@ -122,6 +123,11 @@ void group_norm_apply_avx2(const float* x, float* y, int64_t rows, int64_t c, co
 void group_norm_sums_avx512(const float* x, int64_t rows, int64_t c, const float* mean, double* sums);
 void group_norm_apply_avx512(const float* x, float* y, int64_t rows, int64_t c, const float* mean,
                            const float* factor, const float* shift, GroupNormActivation act);
+
+// The gated MLP product act(gate) * value (gated_rows.h), rows [first, last).
+void gated_f32_generic(const GatedF32Args& args, int64_t first, int64_t last);
+void gated_f32_avx2(const GatedF32Args& args, int64_t first, int64_t last);
+void gated_f32_avx512(const GatedF32Args& args, int64_t first, int64_t last);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

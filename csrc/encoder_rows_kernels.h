@@ -1,10 +1,12 @@
 // The conv encoders' float loops, one copy per kernel table: each
 // arch/*/encoder_rows_<isa>.cpp, compiled with its ISA's flags, expands this
-// macro once to define max_pool_f32_<isa> (max_pool_rows.h) and
-// group_norm_{sums,apply}_<isa> (group_norm_rows.h), declared in cpu_kernels.h.
+// macro once to define max_pool_f32_<isa> (max_pool_rows.h),
+// group_norm_{sums,apply}_<isa> (group_norm_rows.h) and gated_f32_<isa>
+// (gated_rows.h: the gated MLPs' act(gate) * value), declared in cpu_kernels.h.
 #pragma once
 
 #include "cpu_kernels.h"
+#include "gated_rows.h"
 #include "group_norm_rows.h"
 #include "max_pool_rows.h"
 
@@ -18,4 +20,7 @@
     void group_norm_apply_##isa(const float* x, float* y, int64_t rows, int64_t c, const float* mean,              \
                                 const float* factor, const float* shift, GroupNormActivation act) {                \
         group_norm_apply_rows(x, y, rows, c, mean, factor, shift, act);                                            \
+    }                                                                                                              \
+    void gated_f32_##isa(const GatedF32Args& args, int64_t first, int64_t last) {                                  \
+        gated_f32_rows(args, first, last);                                                                         \
     }

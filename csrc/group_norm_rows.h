@@ -6,6 +6,7 @@
 #pragma once
 
 #include "group_norm_f32.h"
+#include "vector_expf.h"
 
 #include <cstdint>
 #include <cstring>
@@ -14,9 +15,8 @@ namespace edgevla {
 namespace {
 
 // Mish, v tanh(log(1 + e^v)) = v n / (n + 2) with n = e^v (e^v + 2): one exp, not exp, log1p and tanh.
-// e^v here is Cephes' expf (2^k e^r, r = v - k ln 2 in two parts, a degree-7 polynomial for e^r) written
-// with +, *, a float-to-int truncation and the exponent bits only, so that every ISA's copy vectorizes it
-// (std::exp kept Mish scalar: 3.6 of a (16, 64) GroupNorm's 5.8 us) and all compute the same floats. v is
+// e^v here is vector_expf (vector_expf.h), which every ISA's copy vectorizes (std::exp kept Mish scalar:
+// 3.6 of a (16, 64) GroupNorm's 5.8 us) and all compute the same floats. v is
 // held in [-40, 20] for the exp: past 20, n / (n + 2) is 1 in float32 and Mish is v; below -40 Mish is
 // v 0 (its magnitude is under 2e-16 there; -inf gives NaN, as v tanh(softplus(v)) does), and no step
 // (e^v e^v >= 1.8e-35) leaves the normal range, where subnormals would slow the x86 copies tenfold. NaN
@@ -24,20 +24,7 @@ namespace {
 inline float group_norm_mish(float v) {
     float t = v < 20.0f ? v : 20.0f;
     t = t > -40.0f ? t : -40.0f;
-    // k = floor(t log2(e) + 0.5): truncating a positive sum floors it (t log2(e) + 0.5 > -58).
-    const int32_t k = static_cast<int32_t>(t * 1.44269504088896341f + 128.5f) - 128;
-    const float kf = static_cast<float>(k);
-    const float r = (t - kf * 0.693359375f) - kf * -2.12194440e-4f;  // ln 2 = 0.693359375 - 2.12194440e-4
-    float p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float er = (p * (r * r) + r) + 1.0f;
-    const int32_t bits = (k + 127) << 23;  // 2^k, k in [-58, 29]
-    float two_k;
-    std::memcpy(&two_k, &bits, sizeof two_k);
-    const float e = er * two_k;
+    const float e = vector_expf(t);
     const float n = e * (e + 2.0f);
     const float mish = v * (n / (n + 2.0f));
     return v > 20.0f ? v : (v < -40.0f ? v * 0.0f : mish);

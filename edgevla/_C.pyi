@@ -164,6 +164,14 @@ def attention_f32_ref(
 ) -> NDArray[np.float32]:
     """The scalar reference of attention_f32."""
 
+def gated_f32(gate: Buffer, value: Buffer | None, activation: str, out: Buffer | None = None) -> NDArray[np.float32]:
+    """act(gate) * value on float32 (M, N) rows; activation 'silu', 'gelu_tanh' or 'gelu_erf'; the active ISA's copy."""
+
+def gated_f32_ref(
+    gate: Buffer, value: Buffer | None, *, activation: str, out: Buffer | None = None
+) -> NDArray[np.float32]:
+    """The baseline copy of gated_f32: identical floats."""
+
 def softmax_f32(x: Buffer, out: Buffer | None = None) -> NDArray[np.float32]:
     """Softmax over each row of float32 x (M, K); the attention kernel's."""
 

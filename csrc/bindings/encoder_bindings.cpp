@@ -2,9 +2,11 @@
 // window gather, max pool and channels-last transpose (windows.h) on
 // C-contiguous int8, uint8 or float32 arrays, and GroupNorm (group_norm_f32.h)
 // on float32 ones; validated (shapes against the geometry, outputs writable and
-// disjoint from the inputs), run without the GIL.
+// disjoint from the inputs), run without the GIL; and the gated MLPs' act(gate)
+// * value (gated_f32.h) on float32 matrices with contiguous rows.
 #include "bindings/array_args.h"
 #include "bindings/module_parts.h"
+#include "gated_f32.h"
 #include "group_norm_f32.h"
 #include "windows.h"
 
@@ -296,9 +298,64 @@ WindowSpec window_spec(const std::vector<int64_t>& kernel, const std::vector<int
     return spec_of(dims, kernel, strides, dilations, pads_begin, out);
 }
 
+using GatedFn = void (*)(const GatedF32Args&);
+
+GatedActivation gated_activation_arg(const std::string& name) {
+    if (name == "silu") return GatedActivation::silu;
+    if (name == "gelu_tanh") return GatedActivation::gelu_tanh;
+    if (name == "gelu_erf") return GatedActivation::gelu_erf;
+    throw py::value_error("activation must be 'silu', 'gelu_tanh' or 'gelu_erf', got '" + name + "'");
+}
+
+py::object gated_py(GatedFn kernel, const py::object& gate, const py::object& value, const std::string& activation,
+                    const py::object& out) {
+    GatedF32Args args;
+    args.activation = gated_activation_arg(activation);
+    const ArrayArg g = matrix_arg(gate, "gate", "(M, N)", Scalar::float32, Access::read);
+    ArrayArg v;
+    const bool has_value = !value.is_none();
+    if (has_value) {
+        v = matrix_arg(value, "value", "(M, N)", Scalar::float32, Access::read);
+        if (v.rows != g.rows || v.cols != g.cols) {
+            throw py::value_error("value must have gate's shape (M, N) = (" + std::to_string(g.rows) + ", " +
+                                  std::to_string(g.cols) + "), got (" + std::to_string(v.rows) + ", " +
+                                  std::to_string(v.cols) + ")");
+        }
+    }
+    const OutputArg o = output_arg(out, Scalar::float32, g.rows, g.cols, {&g, has_value ? &v : nullptr});
+    args.m = g.rows;
+    args.n = g.cols;
+    args.gate = g.data<const float>();
+    args.ld_gate = g.ld;
+    args.value = has_value ? v.data<const float>() : nullptr;
+    args.ld_value = has_value ? v.ld : 0;
+    args.out = o.array.data<float>();
+    args.ld_out = o.array.ld;
+    {
+        py::gil_scoped_release no_gil;
+        kernel(args);
+    }
+    return o.object;
+}
+
 }  // namespace
 
 void register_encoders(py::module_& m) {
+    m.def(
+        "gated_f32",
+        [](const py::object& gate, const py::object& value, const std::string& activation, const py::object& out) {
+            return gated_py(gated_f32, gate, value, activation, out);
+        },
+        py::arg("gate"), py::arg("value"), py::arg("activation"), py::arg("out") = py::none(),
+        "act(gate) * value (value None: act(gate) alone) on float32 (M, N) matrices with contiguous rows; activation "
+        "'silu', 'gelu_tanh' or 'gelu_erf' (csrc/gated_f32.h). Returns out, or a new float32 (M, N) array.");
+    m.def(
+        "gated_f32_ref",
+        [](const py::object& gate, const py::object& value, const std::string& activation, const py::object& out) {
+            return gated_py(gated_f32_ref, gate, value, activation, out);
+        },
+        py::arg("gate"), py::arg("value"), py::kw_only(), py::arg("activation"), py::arg("out") = py::none(),
+        "The baseline copy of gated_f32 (one thread): identical floats.");
     py::class_<WindowSpec>(m, "WindowSpec",
                            "A convolution's windows without their input, for the int8 GEMMs' windows= argument: "
                            "kernel, strides, dilations, pads_begin and out (the output size), one value per "

@@ -43,6 +43,7 @@ from .attention import ATTENTION_OP
 from .conv import CONV_OP
 from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
+from .gated import GATED_OP
 from .group_norm import GROUP_NORM_OP
 from .linear import quantize_tokens
 from .norms import LAYER_NORM_S8_OP
@@ -98,6 +99,8 @@ class Program:
                 fn, writes_out = node.attrs["norm"], True
             elif node.op_type == GROUP_NORM_OP:
                 fn, writes_out = node.attrs["norm"], False
+            elif node.op_type == GATED_OP:
+                fn, writes_out = node.attrs["gated"], True
             elif node.op_type == COLUMNS_OP:
                 fn, writes_out = node.attrs["columns"], False
             else:

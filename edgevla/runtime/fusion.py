@@ -46,7 +46,9 @@ a layer like any other convolution):
    numbers are the ones each layer would have computed itself.
 4. **Attention**: the transposes, products, scaling and softmax of each
    attention head group become one ``edgevla.Attention`` node
-   (:mod:`.attention`), under the same only-reader rule.
+   (:mod:`.attention`), under the same only-reader rule. Then each gated
+   MLP's ``silu(gate) * up`` (or GEGLU's ``gelu(a) * b``), and each SiLU
+   alone, becomes one ``edgevla.Gated`` node (:mod:`.gated`).
 5. **LayerNorm + quantization**: a ``LayerNormalization`` or
    ``RMSNormalization`` whose only reader is a static int8 ``QuantizeLinear``
    becomes one ``edgevla.LayerNormS8`` node (:mod:`.norms`), int8 codes out.
@@ -82,6 +84,7 @@ from .conv_transpose import rewrite_conv_transposes
 from .graph import Graph, Node, QuantizedConstant, layer_name
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
+from .gated import fuse_gated
 from .group_norm import GROUP_NORM_OP, fuse_group_norm
 from .layout import keep_channels_last
 from .norms import fuse_layer_norm_quantize, fuse_rms_norm
@@ -108,6 +111,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     _fuse_convs(graph, precision_of, arena)
     _share_token_quantization(graph)
     fuse_attention(graph)
+    fuse_gated(graph)
     fuse_layer_norm_quantize(graph)
     fuse_group_norm(graph)
     _fuse_output_stages(graph)

@@ -11,8 +11,8 @@ values between convolutions channels last instead:
   writes them), unless an output is a graph output, and reads either layout
   (a skip connection it adds follows its output's);
 * element-wise ops whose every tensor input is channels last, or a scalar
-  constant (``Relu``, ``Add`` of a skip connection, ``Mul`` of SiLU, a
-  ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
+  constant (``Relu``, ``Add`` of a skip connection, a SiLU's ``edgevla.Gated``
+  step, a ``QuantizeLinear`` with one scale and zero point), keep it: broadcasting
   between two same-rank tensors is the same under the same permutation;
 * ``MaxPool`` and ``AveragePool`` run on the channels-last window view
   (:data:`~.conv.CHANNELS_LAST_POOLS`), a ``ConvTranspose`` (a U-Net's
@@ -45,6 +45,7 @@ from ..errors import EdgevlaError
 from .conv import CHANNELS_LAST_POOLS, CONV_OP, CONV_TRANSPOSE_LAST_OP
 from .conv_transpose import PHASES_TO_SPACE_LAST_OP, PHASES_TO_SPACE_OP
 from .graph import Graph, Node
+from .gated import GATED_OP
 from .group_norm import GROUP_NORM_OP
 from .ops import register
 
@@ -219,6 +220,8 @@ def _keeps_layout(graph: Graph, node: Node, last: set[str]) -> bool:
     scalar = [i in graph.constants and graph.constants[i].size == 1 for i in inputs]
     if node.op_type in _UNARY:
         return len(inputs) == 1
+    if node.op_type == GATED_OP:  # act(gate), times a value of the same shape: element-wise in one layout
+        return all(i in last for i in inputs)
     if node.op_type in _PER_TENSOR:
         return all(scalar[1:])
     if node.op_type in _BINARY:

@@ -21,6 +21,7 @@ KERNEL_SOURCES=(
   attention_f32.cpp
   windows.cpp
   group_norm_f32.cpp
+  gated_f32.cpp
   arch/generic/attention_generic.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp
