@@ -1,5 +1,5 @@
-"""The policies under ``benchmarks/cpu/policies`` (what ``bench e2e`` figures of conv encoders and diffusion heads
-are measured on) export, and the native runtime runs them as ONNX Runtime does, with the fusions the figures
+"""The policies under ``benchmarks/cpu/policies`` (what ``bench e2e`` figures of conv encoders, diffusion heads and
+a Llama-style trunk are measured on) export, and the native runtime runs them as ONNX Runtime does, with the fusions the figures
 rely on."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pytest
 
 from edgevla.export import export_onnx
 from edgevla.runtime import NativeModel
+from edgevla.runtime.attention import ATTENTION_OP
 from edgevla.runtime.conv import CONV_OP
+from edgevla.runtime.gated import GATED_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
 
 from test_runtime_ops import _ort
@@ -32,6 +34,9 @@ def _load(name: str):
     ("resnet18_policy", "gn", {CONV_OP: 20, GROUP_NORM_OP: 20}),
     # every GroupNorm with its ReLU or Mish; the two ConvTranspose up-samplings as convolutions
     ("dp_unet_policy", "make", {CONV_OP: 26, GROUP_NORM_OP: 14, "ConvTranspose": None}),
+    # every RMSNorm one step, every causal grouped-query attention (its mask in the kernel), every SwiGLU
+    ("llama_policy", "make", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, "ReduceMean": None,
+                              "Sigmoid": None, "Softmax": None}),
 ])
 def test_benchmark_policy_runs_natively_as_onnxruntime_does(tmp_path, name, factory, fused):
     policy = getattr(_load(name), factory)()
