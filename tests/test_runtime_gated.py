@@ -60,7 +60,7 @@ def test_gated_mlps_run_as_one_step(tmp_path, form, products):
         np.testing.assert_allclose(model.run({"x": x})["a"], want, rtol=0, atol=2e-5)
 
 
-def test_a_value_that_broadcasts_takes_the_numpy_path():
+def test_a_value_that_broadcasts_and_strided_columns_take_the_numpy_path():
     from edgevla.runtime.gated import Gated
 
     gate = RNG.normal(0, 2, (2, 3, 4)).astype(np.float32)
@@ -69,3 +69,6 @@ def test_a_value_that_broadcasts_takes_the_numpy_path():
     np.testing.assert_allclose(Gated("silu")(gate, value), want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(Gated("silu")(gate, np.broadcast_to(value, gate.shape).copy()), want, rtol=0,
                                atol=1e-6)
+    every_other = RNG.normal(0, 2, (2, 3, 8)).astype(np.float32)[..., ::2]  # columns a stride apart: NumPy's
+    np.testing.assert_allclose(Gated("silu")(every_other), every_other / (1 + np.exp(-every_other.astype(
+        np.float64))), rtol=0, atol=1e-6)

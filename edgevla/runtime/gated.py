@@ -41,10 +41,11 @@ class Gated:
         if (self._kernel is not None and gate.dtype == np.float32 and gate.ndim >= 1 and gate.size > 0
                 and (value is None or (value.dtype == np.float32 and value.shape == gate.shape))):
             n = gate.shape[-1]
-            y = np.empty(gate.shape, np.float32) if out is None else out
-            self._kernel(gate.reshape(-1, n), None if value is None else value.reshape(-1, n), self.activation,
-                         y.reshape(-1, n))
-            return y
+            rows = [a.reshape(-1, n) for a in ((gate,) if value is None else (gate, value))]  # views where they can be
+            if all(r.strides[1] == 4 or n == 1 for r in rows):
+                y = np.empty(gate.shape, np.float32) if out is None else out
+                self._kernel(rows[0], rows[1] if value is not None else None, self.activation, y.reshape(-1, n))
+                return y
         y = _NUMPY[self.activation](gate)  # what the graph's own nodes compute, broadcasting included
         if value is not None:
             y = np.multiply(y, value)
