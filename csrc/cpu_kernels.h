@@ -12,6 +12,7 @@
 
 #include "gemm_s8s8.h"
 #include "gated_f32.h"
+#include "rotary_f32.h"
 #include "group_norm_f32.h"
 #include "attention_f32.h"
 #include "layer_norm_s8.h"
@@ -128,6 +129,11 @@ void group_norm_apply_avx512(const float* x, float* y, int64_t rows, int64_t c, 
 void gated_f32_generic(const GatedF32Args& args, int64_t first, int64_t last);
 void gated_f32_avx2(const GatedF32Args& args, int64_t first, int64_t last);
 void gated_f32_avx512(const GatedF32Args& args, int64_t first, int64_t last);
+
+// Rotary position embeddings (rotary_rows.h), rows [first, last).
+void rotary_f32_generic(const RotaryF32Args& args, int64_t first, int64_t last);
+void rotary_f32_avx2(const RotaryF32Args& args, int64_t first, int64_t last);
+void rotary_f32_avx512(const RotaryF32Args& args, int64_t first, int64_t last);
 
 // ---- per-ISA kernels of the dense W8A8 GEMM (each defined in its own file under arch/) ----
 void gemm_packed_s8_f32_generic(const GemmPackedArgs&, int64_t, int64_t, int64_t, int64_t);

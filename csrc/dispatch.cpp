@@ -16,7 +16,8 @@ constexpr IsaKernels kGeneric{"generic",           always,
                                quantize_s8_generic,        attention_f32_generic,
                                layer_norm_f32_generic,     softmax_f32_generic,
                                max_pool_f32_generic,       group_norm_sums_generic,
-                               group_norm_apply_generic,   gated_f32_generic};
+                               group_norm_apply_generic,   gated_f32_generic,
+                               rotary_f32_generic};
 
 const IsaKernels* best_available() {
     const IsaKernelList arch = arch_isa_kernels();

@@ -36,6 +36,7 @@ struct IsaKernels {
     GroupNormSumsKernel group_norm_sums;
     GroupNormApplyKernel group_norm_apply;
     GatedF32Kernel gated_f32;
+    RotaryF32Kernel rotary_f32;
     Int8PeakLoop int8_peak = nullptr;  // the compute roofs' loops, where written
     F32PeakLoop f32_peak = nullptr;
 };

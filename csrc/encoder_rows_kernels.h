@@ -1,14 +1,16 @@
 // The conv encoders' float loops, one copy per kernel table: each
 // arch/*/encoder_rows_<isa>.cpp, compiled with its ISA's flags, expands this
 // macro once to define max_pool_f32_<isa> (max_pool_rows.h),
-// group_norm_{sums,apply}_<isa> (group_norm_rows.h) and gated_f32_<isa>
-// (gated_rows.h: the gated MLPs' act(gate) * value), declared in cpu_kernels.h.
+// group_norm_{sums,apply}_<isa> (group_norm_rows.h), gated_f32_<isa>
+// (gated_rows.h: the gated MLPs' act(gate) * value) and rotary_f32_<isa>
+// (rotary_rows.h: RoPE), declared in cpu_kernels.h.
 #pragma once
 
 #include "cpu_kernels.h"
 #include "gated_rows.h"
 #include "group_norm_rows.h"
 #include "max_pool_rows.h"
+#include "rotary_rows.h"
 
 #define EDGEVLA_ENCODER_ROWS_KERNELS(isa)                                                                          \
     void max_pool_f32_##isa(const WindowGeometry& g, const float* x, float* y, int64_t begin, int64_t end) {       \
@@ -23,4 +25,7 @@
     }                                                                                                              \
     void gated_f32_##isa(const GatedF32Args& args, int64_t first, int64_t last) {                                  \
         gated_f32_rows(args, first, last);                                                                         \
+    }                                                                                                              \
+    void rotary_f32_##isa(const RotaryF32Args& args, int64_t first, int64_t last) {                                \
+        rotary_f32_rows(args, first, last);                                                                        \
     }

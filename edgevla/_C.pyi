@@ -172,6 +172,12 @@ def gated_f32_ref(
 ) -> NDArray[np.float32]:
     """The baseline copy of gated_f32: identical floats."""
 
+def rotary_f32(x: Buffer, cos: Buffer, sin: Buffer, out: Buffer | None = None) -> NDArray[np.float32]:
+    """x * cos + rotate_half(x) * sin on float32 (M, D) rows, (P, D) tables with P dividing M; the active ISA's copy."""
+
+def rotary_f32_ref(x: Buffer, cos: Buffer, sin: Buffer, *, out: Buffer | None = None) -> NDArray[np.float32]:
+    """The baseline copy of rotary_f32: identical floats."""
+
 def softmax_f32(x: Buffer, out: Buffer | None = None) -> NDArray[np.float32]:
     """Softmax over each row of float32 x (M, K); the attention kernel's."""
 

@@ -109,7 +109,7 @@ def _compiled() -> Any:
 RAW_FUNCTIONS = frozenset({
     "gemm_s8s8_f32", "gemm_2to4_s8s8_f32", "gemm_sparse_s8s8_f32", "gemm_sparse_f32", "gemm_2to4_f32",
     "gemm_w4_f32", "gemm_w4a8_f32", "group_norm_f32", "layer_norm_s8", "layer_norm_f32", "quantize_s8",
-    "softmax_f32", "attention_f32", "gated_f32",
+    "softmax_f32", "attention_f32", "gated_f32", "rotary_f32",
 })
 
 
@@ -355,6 +355,24 @@ def gated_f32(gate: Any, value: Any, *, activation: str, out: Any = None) -> np.
 def gated_f32_ref(gate: Any, value: Any, *, activation: str, out: Any = None) -> np.ndarray:
     """The baseline copy of :func:`gated_f32` (same arguments, one thread, identical floats)."""
     return _compiled().gated_f32_ref(gate, value, activation=activation, out=out)
+
+
+def rotary_f32(x: Any, cos: Any, sin: Any, *, out: Any = None) -> np.ndarray:
+    """Rotary position embeddings, ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = concat(-x[:, h:],
+    x[:, :h])``, ``h = D / 2``.
+
+    ``x``: float32 (M, D), D even, rows contiguous (any row stride); ``cos``, ``sin``: float32 (P, D) with P
+    dividing M, row r of x reading their row r mod P (tables over (tokens, D) repeated over batch and heads);
+    ``out``: an optional float32 (M, D), disjoint from the inputs. The active ISA's copy of
+    csrc/rotary_rows.h; exactly the floats of the exported graph's Muls and Add, and of :func:`rotary_f32_ref`.
+    Returns ``out``, or a new float32 (M, D) array.
+    """
+    return _compiled().rotary_f32(x, cos, sin, out)
+
+
+def rotary_f32_ref(x: Any, cos: Any, sin: Any, *, out: Any = None) -> np.ndarray:
+    """The baseline copy of :func:`rotary_f32` (same arguments, one thread, identical floats)."""
+    return _compiled().rotary_f32_ref(x, cos, sin, out=out)
 
 
 def softmax_f32(x: Any, *, out: Any = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from edgevla.runtime import NativeModel
 from edgevla.runtime.attention import ATTENTION_OP
 from edgevla.runtime.conv import CONV_OP
 from edgevla.runtime.gated import GATED_OP
+from edgevla.runtime.rotary import ROTARY_OP
 from edgevla.runtime.group_norm import GROUP_NORM_OP
 
 from test_runtime_ops import _ort
@@ -34,9 +35,10 @@ def _load(name: str):
     ("resnet18_policy", "gn", {CONV_OP: 20, GROUP_NORM_OP: 20}),
     # every GroupNorm with its ReLU or Mish; the two ConvTranspose up-samplings as convolutions
     ("dp_unet_policy", "make", {CONV_OP: 26, GROUP_NORM_OP: 14, "ConvTranspose": None}),
-    # every RMSNorm one step, every causal grouped-query attention (its mask in the kernel), every SwiGLU
-    ("llama_policy", "make", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, "ReduceMean": None,
-                              "Sigmoid": None, "Softmax": None}),
+    # every RMSNorm one step, every causal grouped-query attention (its mask in the kernel), every SwiGLU, every
+    # rotary embedding
+    ("llama_policy", "make", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, ROTARY_OP: 8,
+                              "ReduceMean": None, "Sigmoid": None, "Softmax": None, "Neg": None}),
 ])
 def test_benchmark_policy_runs_natively_as_onnxruntime_does(tmp_path, name, factory, fused):
     policy = getattr(_load(name), factory)()

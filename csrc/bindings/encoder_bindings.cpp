@@ -3,11 +3,13 @@
 // C-contiguous int8, uint8 or float32 arrays, and GroupNorm (group_norm_f32.h)
 // on float32 ones; validated (shapes against the geometry, outputs writable and
 // disjoint from the inputs), run without the GIL; and the gated MLPs' act(gate)
-// * value (gated_f32.h) on float32 matrices with contiguous rows.
+// * value (gated_f32.h) and rotary embeddings (rotary_f32.h) on float32
+// matrices with contiguous rows.
 #include "bindings/array_args.h"
 #include "bindings/module_parts.h"
 #include "gated_f32.h"
 #include "group_norm_f32.h"
+#include "rotary_f32.h"
 #include "windows.h"
 
 #include <pybind11/stl.h>
@@ -340,7 +342,56 @@ py::object gated_py(GatedFn kernel, const py::object& gate, const py::object& va
 
 }  // namespace
 
+using RotaryFn = void (*)(const RotaryF32Args&);
+
+py::object rotary_py(RotaryFn kernel, const py::object& x, const py::object& cos, const py::object& sin,
+                     const py::object& out) {
+    const ArrayArg xa = matrix_arg(x, "x", "(M, D)", Scalar::float32, Access::read);
+    const ArrayArg ca = matrix_arg(cos, "cos", "(P, D)", Scalar::float32, Access::read);
+    const ArrayArg sa = matrix_arg(sin, "sin", "(P, D)", Scalar::float32, Access::read);
+    if (xa.cols % 2 != 0) throw py::value_error("x must have an even width D, got " + std::to_string(xa.cols));
+    if (ca.rows != sa.rows || ca.cols != xa.cols || sa.cols != xa.cols || ca.rows < 1 || xa.rows % ca.rows != 0) {
+        throw py::value_error("cos and sin must both be (P, D) with D = " + std::to_string(xa.cols) +
+                              " and P dividing M = " + std::to_string(xa.rows) + ", got (" +
+                              std::to_string(ca.rows) + ", " + std::to_string(ca.cols) + ") and (" +
+                              std::to_string(sa.rows) + ", " + std::to_string(sa.cols) + ")");
+    }
+    const OutputArg o = output_arg(out, Scalar::float32, xa.rows, xa.cols, {&xa, &ca, &sa});
+    RotaryF32Args args;
+    args.m = xa.rows;
+    args.d = xa.cols;
+    args.p = ca.rows;
+    args.x = xa.data<const float>();
+    args.ld_x = xa.ld;
+    args.cos = ca.data<const float>();
+    args.ld_cos = ca.ld;
+    args.sin = sa.data<const float>();
+    args.ld_sin = sa.ld;
+    args.out = o.array.data<float>();
+    args.ld_out = o.array.ld;
+    {
+        py::gil_scoped_release no_gil;
+        kernel(args);
+    }
+    return o.object;
+}
+
 void register_encoders(py::module_& m) {
+    m.def(
+        "rotary_f32",
+        [](const py::object& x, const py::object& cos, const py::object& sin, const py::object& out) {
+            return rotary_py(rotary_f32, x, cos, sin, out);
+        },
+        py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("out") = py::none(),
+        "x * cos + rotate_half(x) * sin on float32 x (M, D) rows, cos and sin (P, D) with P dividing M (row r reads "
+        "row r mod P): rotary position embeddings (csrc/rotary_f32.h). Returns out, or a new float32 (M, D) array.");
+    m.def(
+        "rotary_f32_ref",
+        [](const py::object& x, const py::object& cos, const py::object& sin, const py::object& out) {
+            return rotary_py(rotary_f32_ref, x, cos, sin, out);
+        },
+        py::arg("x"), py::arg("cos"), py::arg("sin"), py::kw_only(), py::arg("out") = py::none(),
+        "The baseline copy of rotary_f32 (one thread): identical floats.");
     m.def(
         "gated_f32",
         [](const py::object& gate, const py::object& value, const std::string& activation, const py::object& out) {

@@ -642,6 +642,44 @@ int check_gated(const IsaKernels& isa, int64_t m, int64_t n, std::mt19937& rng) 
     return 0;
 }
 
+// Rotary embeddings: the active table's copy identical to the baseline one and to
+// the graph's arithmetic spelled out here, rows a stride apart, tables of P rows
+// repeating, into a poisoned output followed by guards.
+int check_rotary(const IsaKernels& isa, int64_t m, int64_t p, int64_t d, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    const int64_t ld = d + 3;
+    std::vector<float> x(static_cast<size_t>(m * ld)), cos(static_cast<size_t>(p * d)), sin(cos.size());
+    for (float& v : x) v = normal(rng);
+    for (float& v : cos) v = normal(rng);
+    for (float& v : sin) v = normal(rng);
+    std::vector<float> got = poisoned(m * d), ref = poisoned(m * d);
+    RotaryF32Args args;
+    args.m = m; args.d = d; args.p = p; args.x = x.data(); args.ld_x = ld; args.cos = cos.data(); args.ld_cos = d;
+    args.sin = sin.data(); args.ld_sin = d; args.ld_out = d;
+    args.out = got.data();
+    rotary_f32(args);
+    args.out = ref.data();
+    rotary_f32_ref(args);
+    bool graph = true;
+    const int64_t h = d / 2;
+    for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x.data() + r * ld;
+        const float* c = cos.data() + (r % p) * d;
+        const float* s = sin.data() + (r % p) * d;
+        for (int64_t j = 0; j < d; ++j) {
+            const float rotated = j < h ? -xr[j + h] : xr[j - h];
+            const float product = xr[j] * c[j];
+            const float want = product + rotated * s[j];
+            graph = graph && std::memcmp(&want, &got[size_t(r * d + j)], 4) == 0;
+        }
+    }
+    if (!guard_intact(got, m * d) || !graph || std::memcmp(got.data(), ref.data(), size_t(m * d) * 4) != 0) {
+        std::printf("FAIL %s rotary m=%lld p=%lld d=%lld\n", isa.name, (long long)m, (long long)p, (long long)d);
+        return 1;
+    }
+    return 0;
+}
+
 // The compute-roof loops (cpu_kernels.h) compute what they time: sums known in closed form.
 int check_roof_loops(const IsaKernels& isa) {
     int failures = 0;
@@ -811,6 +849,7 @@ int main(int argc, char** argv) {
             }
             isa_failures += attention_failures;
             for (int64_t n : {1, 7, 16, 33, 352}) isa_failures += check_gated(*isa, 3, n, rng);
+            for (int64_t d : {2, 10, 32, 64}) isa_failures += check_rotary(*isa, 12, 4, d, rng);
             const int format_failures = check_formats(*isa, rng);
             if (isa_failures == 0) std::printf("%s: all cases bit-identical (%d threads)\n", isa->name, threads);
             if (format_failures == 0) {

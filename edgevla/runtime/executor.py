@@ -47,6 +47,7 @@ from .gated import GATED_OP
 from .group_norm import GROUP_NORM_OP
 from .linear import quantize_tokens
 from .norms import LAYER_NORM_S8_OP
+from .rotary import ROTARY_OP
 from .siblings import COLUMNS_OP
 
 MAX_SIGNATURES = 4
@@ -99,6 +100,8 @@ class Program:
                 fn, writes_out = node.attrs["norm"], True
             elif node.op_type == GROUP_NORM_OP:
                 fn, writes_out = node.attrs["norm"], False
+            elif node.op_type == ROTARY_OP:
+                fn, writes_out = node.attrs["rotary"], True
             elif node.op_type == GATED_OP:
                 fn, writes_out = node.attrs["gated"], True
             elif node.op_type == COLUMNS_OP:

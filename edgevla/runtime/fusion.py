@@ -11,7 +11,9 @@ a layer like any other convolution):
    added to ``x``, scaled by sqrt(2/pi), ``Tanh``, then the same three. Each
    such chain, whose intermediates nothing else reads, becomes one standard
    ``Gelu`` node (``approximate`` none or tanh). Likewise each RMSNorm's
-   seven nodes become one ``RMSNormalization`` (:func:`~.norms.fuse_rms_norm`).
+   seven nodes become one ``RMSNormalization`` (:func:`~.norms.fuse_rms_norm`),
+   and each rotary embedding's ``x cos + rotate_half(x) sin`` one
+   ``edgevla.Rotary`` (:mod:`.rotary`).
 2. **Linear layers**: ``MatMul(x, W)`` or ``Gemm(x, W, C)`` with a constant
    2-D weight becomes one ``edgevla.Linear`` node, absorbing
 
@@ -88,6 +90,7 @@ from .gated import fuse_gated
 from .group_norm import GROUP_NORM_OP, fuse_group_norm
 from .layout import keep_channels_last
 from .norms import fuse_layer_norm_quantize, fuse_rms_norm
+from .rotary import fuse_rotary
 from .ops import OpContext
 from .siblings import merge_sibling_linears
 from .weights import WeightArena
@@ -106,6 +109,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     rewrite_conv_transposes(graph)
     _fuse_gelu(graph)
     fuse_rms_norm(graph)
+    fuse_rotary(graph)
     _merge_equal_quantizations(graph)
     _fuse_linears(graph, precision_of, arena)
     _fuse_convs(graph, precision_of, arena)

@@ -22,6 +22,7 @@ KERNEL_SOURCES=(
   windows.cpp
   group_norm_f32.cpp
   gated_f32.cpp
+  rotary_f32.cpp
   arch/generic/attention_generic.cpp
   arch/generic/gemm_packed_generic.cpp
   arch/generic/sparse_generic.cpp

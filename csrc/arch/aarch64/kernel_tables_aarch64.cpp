@@ -16,7 +16,7 @@ constexpr IsaKernels kTables[] = {
      gemm_sparse_f32_neon_dot, gemm_sparse_s8_neon_dot, gemm_2to4_f32_neon_dot, gemm_2to4_s8_neon_dot,
      gemm_w4_f32_neon_dot, gemm_w4a8_f32_neon_dot, quantize_w4a8_generic,
      layer_norm_s8_generic, quantize_s8_generic, attention_f32_generic, layer_norm_f32_generic, softmax_f32_generic,
-     max_pool_f32_generic, group_norm_sums_generic, group_norm_apply_generic, gated_f32_generic},
+     max_pool_f32_generic, group_norm_sums_generic, group_norm_apply_generic, gated_f32_generic, rotary_f32_generic},
 };
 
 }  // namespace

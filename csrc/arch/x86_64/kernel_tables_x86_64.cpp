@@ -18,13 +18,13 @@ constexpr IsaKernels kTables[] = {
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
      gemm_w4_f32_avx512_vnni, gemm_w4a8_f32_avx512_vnni, quantize_w4a8_avx512,
      layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512, layer_norm_f32_avx512, softmax_f32_avx512,
-     max_pool_f32_avx512, group_norm_sums_avx512, group_norm_apply_avx512, gated_f32_avx512,
+     max_pool_f32_avx512, group_norm_sums_avx512, group_norm_apply_avx512, gated_f32_avx512, rotary_f32_avx512,
      nullptr /* no AMX roof loop yet: the VNNI one is not this table's int8 roof */, f32_peak_loop_avx512},
     {"avx512_vnni", has_avx512_vnni, gemm_packed_s8_f32_avx512_vnni, quantize_row_avx512,
      gemm_sparse_f32_avx512_vnni, gemm_sparse_s8_avx512_vnni, gemm_2to4_f32_avx512_vnni, gemm_2to4_s8_avx512_vnni,
      gemm_w4_f32_avx512_vnni, gemm_w4a8_f32_avx512_vnni, quantize_w4a8_avx512,
      layer_norm_s8_avx512, quantize_s8_avx512, attention_f32_avx512, layer_norm_f32_avx512, softmax_f32_avx512,
-     max_pool_f32_avx512, group_norm_sums_avx512, group_norm_apply_avx512, gated_f32_avx512,
+     max_pool_f32_avx512, group_norm_sums_avx512, group_norm_apply_avx512, gated_f32_avx512, rotary_f32_avx512,
      int8_peak_loop_avx512_vnni, f32_peak_loop_avx512},
     // AVX2 with the VEX vpdpbusd (Alder Lake and later without AVX-512): the
     // dense W8A8, the 2:4 int8 and the W4A8 GEMMs on it (gemm_avx_vnni.cpp,
@@ -33,12 +33,12 @@ constexpr IsaKernels kTables[] = {
      gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx_vnni,
      gemm_w4_f32_avx2, gemm_w4a8_f32_avx_vnni, quantize_w4a8_avx2, layer_norm_s8_avx2, quantize_s8_avx2,
      attention_f32_avx2, layer_norm_f32_avx2, softmax_f32_avx2, max_pool_f32_avx2, group_norm_sums_avx2,
-     group_norm_apply_avx2, gated_f32_avx2, int8_peak_loop_avx_vnni},
+     group_norm_apply_avx2, gated_f32_avx2, rotary_f32_avx2, int8_peak_loop_avx_vnni},
     {"avx2", has_avx2, gemm_packed_s8_f32_avx2, quantize_row_avx2,
      gemm_sparse_f32_avx2, gemm_sparse_s8_avx2, gemm_2to4_f32_avx2, gemm_2to4_s8_avx2,
      gemm_w4_f32_avx2, gemm_w4a8_f32_avx2, quantize_w4a8_avx2, layer_norm_s8_avx2, quantize_s8_avx2,
      attention_f32_avx2, layer_norm_f32_avx2, softmax_f32_avx2, max_pool_f32_avx2, group_norm_sums_avx2,
-     group_norm_apply_avx2, gated_f32_avx2},
+     group_norm_apply_avx2, gated_f32_avx2, rotary_f32_avx2},
 };
 
 }  // namespace
