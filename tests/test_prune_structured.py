@@ -545,3 +545,33 @@ def test_dead_values_constrain_nothing_but_in_place_writes_count():
     assert coupled.hidden_groups() == []  # the in-place add stayed in the graph, and guards the neurons
     with pytest.raises(EdgevlaError, match="add_ is not understood"):
         coupled.channel_group("blocks.0.ffn.0").couplings([0])
+
+
+class GroupedQueryPolicy(nn.Module):
+    """Grouped-query attention: 4 query heads read 2 key/value heads, repeated by ``repeat_interleave``."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("a", (6, 16)))
+        self.q, self.k, self.v, self.o = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(16, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 4).transpose(1, 2)
+        k = self.k(x).view(b, t, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
+        v = self.v(x).view(b, t, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
+        x = x + self.o(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 16))
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_grouped_query_heads_are_not_offered_but_the_mlp_is():
+    """The repeat of k's and v's heads copies each index: the analysis does not follow it, so no head group is
+    offered that removing would break (a key head alone, without its query heads)."""
+    model = GroupedQueryPolicy().eval()
+    graph = DependencyGraph(model)
+    assert graph.head_groups() == [] and [g.name for g in graph.hidden_groups()] == ["fc1"]
+    with pytest.raises(EdgevlaError, match="has no prunable heads groups"):
+        prune_structured(model, "heads", 0.5)
+    result = prune_structured(model, "neurons", 0.5)
+    assert model.fc1.out_features == 16 and result.removed == result.predicted_removed

@@ -437,6 +437,9 @@ class DependencyGraph:
             for i in range(len(out)):
                 if shape[i] == out_shape[i] and shape[i] != 1:
                     self._unify(out[i], x[i])
+                elif shape[i] != 1:  # each index copied several times (grouped-query heads): not followed
+                    self._block(x[i], f"{name} copies its indices")
+                    self._block(out[i], f"{name} copies its indices")
             return True
         if name == "scaled_dot_product_attention":
             q, k, v = (self._slots(a) for a in args[:3])
