@@ -547,31 +547,57 @@ def test_dead_values_constrain_nothing_but_in_place_writes_count():
         coupled.channel_group("blocks.0.ffn.0").couplings([0])
 
 
-class GroupedQueryPolicy(nn.Module):
-    """Grouped-query attention: 4 query heads read 2 key/value heads, repeated by ``repeat_interleave``."""
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query attention as Llama writes it: 4 query heads read 2 key/value heads, repeated by
+    ``repeat_interleave``, the counts in the attributes Llama names them by."""
 
     def __init__(self):
         super().__init__()
-        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("a", (6, 16)))
         self.q, self.k, self.v, self.o = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(16, 16)
-        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.num_heads, self.num_key_value_heads, self.head_dim = 4, 2, 4
 
     def forward(self, x):
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, 4, 4).transpose(1, 2)
-        k = self.k(x).view(b, t, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
-        v = self.v(x).view(b, t, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
-        x = x + self.o(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 16))
+        groups = self.num_heads // self.num_key_value_heads
+        q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.o(a.reshape(b, t, self.num_heads * self.head_dim))
+
+
+class GroupedQueryPolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("a", (6, 16)))
+        self.attn = GroupedQueryAttention()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = x + self.attn(x)
         return x + self.fc2(torch.relu(self.fc1(x)))
 
 
-def test_grouped_query_heads_are_not_offered_but_the_mlp_is():
-    """The repeat of k's and v's heads copies each index: the analysis does not follow it, so no head group is
-    offered that removing would break (a key head alone, without its query heads)."""
+def test_a_grouped_query_head_goes_with_its_query_heads_and_prunes_exactly():
+    """Removing key/value head g removes query heads 2g and 2g + 1 (those its repeat feeds) and their output
+    columns; zeroing those tensors first, the removal changes nothing. The head counts follow."""
+    torch.manual_seed(9)
     model = GroupedQueryPolicy().eval()
     graph = DependencyGraph(model)
-    assert graph.head_groups() == [] and [g.name for g in graph.hidden_groups()] == ["fc1"]
-    with pytest.raises(EdgevlaError, match="has no prunable heads groups"):
-        prune_structured(model, "heads", 0.5)
-    result = prune_structured(model, "neurons", 0.5)
-    assert model.fc1.out_features == 16 and result.removed == result.predicted_removed
+    (heads,) = graph.head_groups()
+    assert (heads.units, heads.unit_width) == (2, 4)
+    couplings = heads.couplings([1])
+    assert {(c.tensor, c.dim, c.indices) for c in couplings if c.tensor.endswith("weight")} == {
+        ("attn.k.weight", 0, tuple(range(4, 8))), ("attn.v.weight", 0, tuple(range(4, 8))),
+        ("attn.q.weight", 0, tuple(range(8, 16))), ("attn.o.weight", 1, tuple(range(8, 16)))}
+    _zero(model, couplings)
+    _removing_changes_nothing(model, graph, couplings)
+    attn = model.attn
+    assert (attn.num_heads, attn.num_key_value_heads, attn.q.out_features, attn.k.out_features) == (2, 1, 8, 4)
+
+
+def test_a_repeat_is_removed_only_whole():
+    """Query heads alone (half of a key/value head's copies) are not a group: the copies go together."""
+    graph = DependencyGraph(GroupedQueryPolicy().eval())
+    assert [g.units for g in graph.head_groups()] == [2] and [g.name for g in graph.hidden_groups()] == ["fc1"]

@@ -61,7 +61,8 @@ _AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.
 _RESHAPES = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "unflatten"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
 # Integer attributes that name a head count or a head width, updated when heads shrink.
-_HEAD_COUNT_NAMES = ("n_heads", "num_heads", "heads", "n_head", "num_attention_heads", "nhead")
+_HEAD_COUNT_NAMES = ("n_heads", "num_heads", "heads", "n_head", "num_attention_heads", "nhead",
+                     "num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 _HEAD_DIM_NAMES = ("head_dim", "head_size", "d_head", "dim_head")
 _WIDTH_NAMES = ("embed_dim", "inner_dim", "all_head_size", "d_inner", "hidden_size")
 
@@ -434,10 +435,18 @@ class DependencyGraph:
             shape = _shape(args[0])
             if len(x) != len(out):
                 return False
+            copies = self._copied_dim(node, name, args, len(out))
             for i in range(len(out)):
                 if shape[i] == out_shape[i] and shape[i] != 1:
                     self._unify(out[i], x[i])
-                elif shape[i] != 1:  # each index copied several times (grouped-query heads): not followed
+                elif shape[i] != 1 and i == copies and out_shape[i] % shape[i] == 0:
+                    # Each index copied r times, in runs (repeat_interleave: grouped-query attention's key and value
+                    # heads) or in turn (repeat): the output is x's slot times r copies, removed only whole.
+                    r = self._new(out_shape[i] // shape[i])
+                    self._block(r, f"{name}'s copies of one index (remove the index)")
+                    outer, inner = (x[i], r) if name == "repeat_interleave" else (r, x[i])
+                    self._products.append(_Product(out[i], outer, inner, self._current_module))
+                elif shape[i] != 1:  # copied in a way not followed here
                     self._block(x[i], f"{name} copies its indices")
                     self._block(out[i], f"{name} copies its indices")
             return True
@@ -453,6 +462,20 @@ class DependencyGraph:
             self._unify(out[-1], v[-1])
             return True
         return False
+
+    @staticmethod
+    def _copied_dim(node: fx.Node, name: str, args, rank: int) -> int | None:
+        """The one dimension ``repeat_interleave(int, dim)`` or ``repeat`` (one factor above 1) copies, else None."""
+        if name == "repeat_interleave":
+            repeats, dim = (args[1] if len(args) > 1 else node.kwargs.get("repeats"),
+                            args[2] if len(args) > 2 else node.kwargs.get("dim"))
+            return _norm(int(dim), rank) if isinstance(repeats, int) and isinstance(dim, int) else None
+        if name == "repeat":
+            factors = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+            big = [i for i, f in enumerate(factors) if not isinstance(f, int) or f != 1]
+            if len(factors) == rank and len(big) == 1 and isinstance(factors[big[0]], int):
+                return big[0]
+        return None
 
     def _unify_leading(self, x, out) -> None:
         """A Linear maps the last dimension; every leading (batch, token) dimension passes through."""
@@ -525,11 +548,23 @@ class DependencyGraph:
             k = index.index(Ellipsis)
             index = index[:k] + (slice(None),) * (len(x) - len(index) + 1) + index[k + 1:]
         index = index + (slice(None),) * (len(x) - len(index))
+        out_shape = _shape(node)
         j = 0
         for d, ix in enumerate(index):
             if isinstance(ix, int):
                 self._block(x[d], "indexed with an integer")
                 continue
+            if isinstance(ix.start, fx.Node) or isinstance(ix.stop, fx.Node):
+                # A bound computed from a size (rotate_half's x[..., : x.shape[-1] // 2]): the traced length
+                # places it when the other bound is an end of the dimension.
+                if ix.step not in (None, 1) or out_shape is None:
+                    return False
+                if ix.start in (None, 0) and isinstance(ix.stop, fx.Node):
+                    ix = slice(0, out_shape[j])
+                elif isinstance(ix.start, fx.Node) and ix.stop is None:
+                    ix = slice(shape[d] - out_shape[j], shape[d])
+                else:
+                    return False
             start, stop, step = ix.indices(shape[d])
             if step != 1:
                 return False
@@ -783,7 +818,7 @@ class DependencyGraph:
                     if parent in produced and piece not in produced:
                         produced[piece] = produced[parent]
                         changed = True
-        seen, groups = set(), []
+        seen, groups, covered = set(), [], set()
         for p in self._products:
             parent, outer = self.find(p.parent), self.find(p.outer)
             if outer in seen or self.size[outer] < 2 or self.blocked(outer):
@@ -794,8 +829,12 @@ class DependencyGraph:
                 g = self.group(outer, "heads", p.module or produced[parent])
             except EdgevlaError:
                 continue
-            if any(c.tensor.endswith(".weight") and c.dim == 0 for c in g.unit_couplings(0)):
+            first = frozenset((c.tensor, c.dim, c.indices) for c in g.unit_couplings(0))
+            if first in covered:  # the same heads reached from another side (a grouped-query key and value head)
+                continue
+            if any(tensor.endswith(".weight") and dim == 0 for tensor, dim, _ in first):
                 seen.add(outer)
+                covered.add(first)
                 groups.append(g)
         return groups
 
@@ -852,14 +891,22 @@ class DependencyGraph:
         return {k: len(v) for k, v in self.closure(seed).items()} if seed else {}
 
     def _update_head_attributes(self, removed: dict[int, int]) -> None:
+        """Head counts, head widths and widths a module keeps as integer attributes follow its reshapes' slots,
+        each matched by its value before pruning (a grouped-query module has 8 query heads and 2 key/value
+        heads: both shrink, neither by the other's rule)."""
+        updates: dict[tuple[str, str], int] = {}
         for p in self._products:
             if not p.module:
                 continue
             module = self.model.get_submodule(p.module)
-            outer, inner, parent = self.find(p.outer), self.find(p.inner), self.find(p.parent)
-            _set_int_attrs(module, _HEAD_COUNT_NAMES, self.size[outer], self.size[outer] - removed.get(outer, 0))
-            _set_int_attrs(module, _HEAD_DIM_NAMES, self.size[inner], self.size[inner] - removed.get(inner, 0))
-            _set_int_attrs(module, _WIDTH_NAMES, self.size[parent], self.size[parent] - removed.get(parent, 0))
+            for names, slot in ((_HEAD_COUNT_NAMES, p.outer), (_HEAD_DIM_NAMES, p.inner), (_WIDTH_NAMES, p.parent)):
+                cls = self.find(slot)
+                old, new = self.size[cls], self.size[cls] - removed.get(cls, 0)
+                for name in names:
+                    if old != new and isinstance(module.__dict__.get(name), int) and module.__dict__[name] == old:
+                        updates.setdefault((p.module, name), new)
+        for (module, name), new in updates.items():
+            setattr(self.model.get_submodule(module), name, new)
 
 
 #: Tensor factories that take sizes: a forward may size one by its input (``torch.zeros(x.shape[0], 7, 16)``).
@@ -912,14 +959,6 @@ def _keep_in_dead_code(node: fx.Node) -> bool:
     in_place = name.endswith("_") and not name.endswith("__")  # x.add_(y), F.relu_
     augmented = node.target in _AUGMENTED_ASSIGNMENTS  # x += y
     return in_place or augmented or "out" in node.kwargs
-
-
-def _set_int_attrs(module: nn.Module, names, old: int, new: int) -> None:
-    if old == new:
-        return
-    for n in names:
-        if isinstance(module.__dict__.get(n), int) and module.__dict__[n] == old:
-            setattr(module, n, new)
 
 
 def _sync_shape_attributes(module: nn.Module) -> None:

@@ -26,12 +26,13 @@ def rotate_half(x):
 class Attention(nn.Module):
     def __init__(self, d, heads, kv_heads, max_tokens=64, base=10000.0):
         super().__init__()
-        self.h, self.kv, self.hd = heads, kv_heads, d // heads
-        self.q_proj = nn.Linear(d, heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(d, kv_heads * self.hd, bias=False)
-        self.v_proj = nn.Linear(d, kv_heads * self.hd, bias=False)
-        self.o_proj = nn.Linear(heads * self.hd, d, bias=False)
-        inv = 1.0 / (base ** (torch.arange(0, self.hd, 2).float() / self.hd))
+        # Llama's names: structured pruning updates the counts when it removes heads
+        self.num_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, d // heads
+        self.q_proj = nn.Linear(d, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, d, bias=False)
+        inv = 1.0 / (base ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
         angles = torch.outer(torch.arange(max_tokens).float(), inv)
         angles = torch.cat((angles, angles), dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -39,15 +40,15 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.h, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv, self.hd).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.cos[:t], self.sin[:t]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(self.h // self.kv, dim=1)
-        v = v.repeat_interleave(self.h // self.kv, dim=1)
+        groups = self.num_heads // self.num_key_value_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(a.transpose(1, 2).reshape(b, t, self.h * self.hd))
+        return self.o_proj(a.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
 class Layer(nn.Module):
