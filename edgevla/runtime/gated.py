@@ -60,7 +60,7 @@ def fuse_gated(graph: Graph) -> int:
     the ``Mul`` gating it where that is its only reader, into one :data:`GATED_OP` node; returns how many."""
     fused = 0
     for core in [n for n in graph.nodes if n.op_type in ("Sigmoid", "Gelu")]:
-        producer, readers, outputs = graph.producers(), graph.consumers(), set(graph.outputs)
+        readers, outputs = graph.consumers(), set(graph.outputs)
 
         def only_reader(value: str) -> Node | None:
             found = readers.get(value, [])
@@ -74,7 +74,7 @@ def fuse_gated(graph: Graph) -> int:
             chain, activation = [core, times], "silu"
         else:
             approximate = core.attrs.get("approximate", "none")
-            if approximate not in ("none", "tanh") or producer.get(gate) is None:
+            if approximate not in ("none", "tanh"):
                 continue
             chain, activation = [core], "gelu_tanh" if approximate == "tanh" else "gelu_erf"
         gated = only_reader(chain[-1].outputs[0])
