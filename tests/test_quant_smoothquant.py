@@ -47,3 +47,34 @@ def test_smoothquant_folds_exactly_and_refuses_others():
     # The outlier channel's range shrank relative to the others.
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median()
     assert set(result["scales"]) == {"ln", "ln2"}
+
+
+class LlamaBlock(nn.Module):
+    """A pre-RMSNorm SwiGLU block: the scales fold into the RMSNorm's weight (it has no bias)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.norm = nn.RMSNorm(d)
+        self.gate, self.up, self.down = nn.Linear(d, 32, bias=False), nn.Linear(d, 32, bias=False), nn.Linear(32, d)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
+
+
+def test_smoothquant_folds_into_an_rms_norm():
+    torch.manual_seed(1)
+    m = LlamaBlock().eval()
+    with torch.no_grad():
+        m.norm.weight.uniform_(0.5, 2.0)
+        m.norm.weight[5] = 25.0  # an outlier channel
+    xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
+    groups, refused = find_smooth_groups(m, xs[0])
+    assert [(g.norm, g.linears) for g in groups] == [("norm", ("gate", "up"))] and refused == []
+    with torch.no_grad():
+        before, act_before = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
+    smooth_quant(m, xs, alpha=0.5)
+    with torch.no_grad():
+        after, act_after = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
+    assert torch.allclose(before, after, atol=1e-5)
+    assert act_after.max() / act_after.median() < act_before.max() / act_before.median()

@@ -9,7 +9,8 @@ int8 handles well. Following Xiao et al. (2023)::
     s_j = max|X_j|^α / max|W_{:,j}|^(1-α)
 
 The division of ``X`` must cost nothing at run time, so it is folded into the
-``LayerNorm`` that produces ``X`` (``γ/s``, ``β/s``). That fold is exact only
+``LayerNorm`` that produces ``X`` (``γ/s``, ``β/s``), or the ``RMSNorm`` of a
+Llama-style trunk (``γ/s``: RMSNorm's ``x / rms(x)`` is unchanged). That fold is exact only
 when every consumer of the LayerNorm's output is a ``Linear`` receiving it
 directly — q, k and v sharing one pre-norm get one shared ``s`` and all three
 weights are scaled. Pairs are found on the ``torch.export`` graph of the
@@ -29,13 +30,13 @@ from torch import nn
 from ..errors import EdgevlaError
 from .calibrate import observe_layer_inputs
 
-_LAYER_NORM = "aten.layer_norm"
+_NORMS = ("aten.layer_norm", "aten.rms_norm")
 _LINEAR = "aten.linear"
 
 
 @dataclass(frozen=True)
 class SmoothGroup:
-    """One LayerNorm and the Linears that read its output, all of them and nothing else."""
+    """One LayerNorm (or RMSNorm) and the Linears that read its output, all of them and nothing else."""
 
     norm: str
     linears: tuple[str, ...]
@@ -50,11 +51,11 @@ class Refusal:
 
 
 def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[SmoothGroup], list[Refusal]]:
-    """LayerNorm → Linear groups where SmoothQuant's fold is exact, and the LayerNorms refused."""
+    """LayerNorm / RMSNorm → Linear groups where SmoothQuant's fold is exact, and the norms refused."""
     modules = dict(model.named_modules())
     program = trace_program(model, example, "SmoothQuant")
 
-    norm_calls = module_calls(program, modules, (_LAYER_NORM,), lambda m: isinstance(m, nn.LayerNorm))
+    norm_calls = module_calls(program, modules, _NORMS, lambda m: isinstance(m, (nn.LayerNorm, nn.RMSNorm)))
     linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
                      module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
 
@@ -62,7 +63,7 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
     for norm, calls in norm_calls.items():
         ln = modules[norm]
         if ln.weight is None:
-            refused.append(Refusal(norm, "LayerNorm has no affine weight to fold the scales into"))
+            refused.append(Refusal(norm, f"{type(ln).__name__} has no affine weight to fold the scales into"))
             continue
         consumers: list[str] = []
         reason = None
@@ -107,12 +108,12 @@ def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], al
 
 @torch.no_grad()
 def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -> None:
-    """Divide the LayerNorm's γ, β by ``scales`` and multiply each Linear's input columns by them."""
+    """Divide the norm's γ (and a LayerNorm's β) by ``scales`` and multiply each Linear's input columns by them."""
     modules = dict(model.named_modules())
     ln = modules[group.norm]
     s = scales.to(ln.weight.dtype)
     ln.weight.div_(s)
-    if ln.bias is not None:
+    if getattr(ln, "bias", None) is not None:
         ln.bias.div_(s)
     for name in group.linears:
         modules[name].weight.mul_(s.to(modules[name].weight.dtype)[None, :])
