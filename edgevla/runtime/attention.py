@@ -62,7 +62,7 @@ import numpy as np
 from .. import native
 from ..errors import EdgevlaError
 from . import ops
-from .graph import Graph, Node
+from .graph import Graph, GraphView, Node
 from .scratch import work_arrays
 
 ATTENTION_OP = "edgevla.Attention"
@@ -233,12 +233,8 @@ def _shape_entry(graph: Graph, producer, value: str, rank: int, index: int) -> i
 
 
 def _match(graph: Graph, softmax: Node) -> _Match | None:
-    producer, readers = graph.producers(), graph.consumers()
-    outputs = set(graph.outputs)
-
-    def only_reader(value: str) -> Node | None:
-        found = readers.get(value, [])
-        return found[0][0] if len(found) == 1 and value not in outputs else None
+    view = GraphView(graph)
+    producer, only_reader = view.producer, view.only_reader
 
     def transpose_of(value: str, perm: tuple[int, ...], reader: Node) -> Node | None:
         node = producer.get(value)
@@ -302,12 +298,8 @@ def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
 
     The two reshapes' shapes are computed from ``Shape(k)`` at run time; they must be exactly
     ``[-1, S, D]`` and ``[..., D, S]`` of it, so that the chain is ``k``'s last two axes swapped."""
-    producer, readers = graph.producers(), graph.consumers()
-    outputs = set(graph.outputs)
-
-    def only_reader(value: str) -> Node | None:
-        found = readers.get(value, [])
-        return found[0][0] if len(found) == 1 and value not in outputs else None
+    view = GraphView(graph)
+    producer, readers, outputs, only_reader = view.producer, view.readers, view.outputs, view.only_reader
 
     def made(value: str, op: str, reader: Node) -> Node | None:
         node = producer.get(value)

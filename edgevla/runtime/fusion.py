@@ -83,7 +83,7 @@ import numpy as np
 
 from .attention import fuse_attention
 from .conv_transpose import rewrite_conv_transposes
-from .graph import Graph, Node, QuantizedConstant, layer_name
+from .graph import Graph, GraphView, Node, QuantizedConstant, layer_name
 from .conv import CONV_OP, ConvLayer, conv_matrix
 from .linear import LINEAR_OP, LinearLayer, LinearSpec, LinearWeight, weight_from_constant
 from .gated import fuse_gated
@@ -133,35 +133,6 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
 # --------------------------------------------------------------------------- helpers
 
 
-class _View:
-    """Who produces and who reads each value, kept current as nodes are replaced."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.producer = self.graph.producers()
-        self.readers = self.graph.consumers()
-        self.outputs = set(self.graph.outputs)
-
-    def only_reader(self, value: str) -> Node | None:
-        """The single node reading ``value``, if exactly one does and it is not a graph output."""
-        readers = self.readers.get(value, [])
-        if value in self.outputs or len(readers) != 1:
-            return None
-        return readers[0][0]
-
-    def const(self, name: str) -> np.ndarray | None:
-        return self.graph.constants.get(name)
-
-    def scalar(self, name: str) -> float | None:
-        v = self.const(name)
-        if v is None or v.size != 1 or v.dtype.kind not in "fiu":
-            return None
-        return float(v.reshape(()))
-
-
 def _other(node: Node, value: str) -> str | None:
     """The other input of a binary node that reads ``value``."""
     if len(node.inputs) != 2 or value not in node.inputs:
@@ -192,7 +163,7 @@ def _replace(graph: Graph, removed: list[Node], new: Node, at_first: bool = Fals
 
 
 def _fuse_gelu(graph: Graph) -> None:
-    view = _View(graph)
+    view = GraphView(graph)
     for core in [n for n in graph.nodes if n.op_type in ("Erf", "Tanh")]:
         match = _match_gelu(view, core) if core.op_type == "Erf" else _match_gelu_tanh(view, core)
         if match is None:
@@ -204,7 +175,7 @@ def _fuse_gelu(graph: Graph) -> None:
         view.refresh()
 
 
-def _scaled_by(view: _View, node: Node | None, factor: float) -> str | None:
+def _scaled_by(view: GraphView, node: Node | None, factor: float) -> str | None:
     """The value ``node`` multiplies by the constant ``factor`` (either side), if it does."""
     if node is None or node.op_type != "Mul" or len(node.inputs) != 2:
         return None
@@ -216,7 +187,7 @@ def _scaled_by(view: _View, node: Node | None, factor: float) -> str | None:
     return None
 
 
-def _match_gelu_tanh(view: _View, tanh: Node) -> tuple[str, list[Node]] | None:
+def _match_gelu_tanh(view: GraphView, tanh: Node) -> tuple[str, list[Node]] | None:
     """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, as the exporter spells
     ``F.gelu(approximate="tanh")`` before opset 20: eight nodes around the ``Tanh``."""
     scaled = tanh.inputs[0]
@@ -241,7 +212,7 @@ def _match_gelu_tanh(view: _View, tanh: Node) -> tuple[str, list[Node]] | None:
     return None if head is None else (x, [power, cube_scaled, add, outer, tanh, *head])
 
 
-def _gelu_head(view: _View, x: str, core: Node) -> list[Node] | None:
+def _gelu_head(view: GraphView, x: str, core: Node) -> list[Node] | None:
     """``0.5 * (1 + core)`` then ``* x``, or ``x * (1 + core)`` then ``* 0.5``: the three nodes after the
     erf or tanh of a GELU."""
     add = view.only_reader(core.outputs[0])
@@ -262,7 +233,7 @@ def _gelu_head(view: _View, x: str, core: Node) -> list[Node] | None:
     return None
 
 
-def _match_gelu(view: _View, erf: Node) -> tuple[str, list[Node]] | None:
+def _match_gelu(view: GraphView, erf: Node) -> tuple[str, list[Node]] | None:
     scaled = erf.inputs[0]
     div = view.producer.get(scaled)
     if div is None or view.only_reader(scaled) is not erf:
@@ -321,7 +292,7 @@ def _quantization_key(graph: Graph, node: Node) -> tuple | None:
 
 
 def _fuse_linears(graph: Graph, precision_of: Callable[[str], str], arena: WeightArena | None) -> None:
-    view = _View(graph)
+    view = GraphView(graph)
     for node in list(graph.nodes):
         if node.op_type not in ("MatMul", "Gemm"):
             continue
@@ -346,7 +317,7 @@ def _fuse_convs(graph: Graph, precision_of: Callable[[str], str], arena: WeightA
     A weight the graph dequantizes from int8 codes, one scale per filter, keeps its codes; when the
     input then passes a static int8 ``QuantizeLinear → DequantizeLinear`` pair, the layer reads the
     pair's int8 codes (the windows are gathered in int8) and computes ``int8-static``."""
-    view = _View(graph)
+    view = GraphView(graph)
     for node in list(graph.nodes):
         w = view.const(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
         if w is None or w.dtype != np.float32 or not 3 <= w.ndim <= 5 or int(node.attrs.get("group", 1)) != 1:
@@ -383,7 +354,7 @@ def _fuse_convs(graph: Graph, precision_of: Callable[[str], str], arena: WeightA
         view.refresh()
 
 
-def _skip_input(view: _View, reader: Node | None, out: str, op: str = "Add") -> str | None:
+def _skip_input(view: GraphView, reader: Node | None, out: str, op: str = "Add") -> str | None:
     """The other input of ``reader`` when it is an ``Add`` (or ``op``) of ``out`` and a computed value (a skip
     connection; FiLM's scale, for a ``Mul``)."""
     if reader is None or reader.op_type != op:
@@ -399,7 +370,7 @@ def _fuse_output_stages(graph: Graph) -> None:
     zero point 0: the next int8 layer's input), whose codes the node then writes as an output of its own.
     The float output stays an output only where something else reads it (the next block's skip). The node
     keeps its place (every value the stage reads is ready there)."""
-    view = _View(graph)
+    view = GraphView(graph)
     for node in list(graph.nodes):
         if node.op_type == GROUP_NORM_OP:
             _fuse_group_norm_stage(graph, view, node)
@@ -422,7 +393,7 @@ def _fuse_output_stages(graph: Graph) -> None:
         view.refresh()
 
 
-def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
+def _fuse_group_norm_stage(graph: Graph, view: GraphView, node: Node) -> None:
     """The same for a GroupNorm step, which also takes over a ``Mul`` by a computed value and then an ``Add`` of
     one after it: FiLM's scale and shift (Diffusion Policy's conditional blocks: conv, GroupNorm, Mish,
     * scale + shift, then the next conv's QuantizeLinear), or the skip ``Add`` of a GroupNorm ResNet's block
@@ -455,7 +426,7 @@ def _fuse_group_norm_stage(graph: Graph, view: _View, node: Node) -> None:
     view.refresh()
 
 
-def _quantized_outputs(view: _View, out: str, absorbed: list[Node]) -> tuple[tuple[str, ...], float | None]:
+def _quantized_outputs(view: GraphView, out: str, absorbed: list[Node]) -> tuple[tuple[str, ...], float | None]:
     """The outputs of a node that also takes over a static int8 ``QuantizeLinear`` of ``out`` (appended to
     ``absorbed``), and its scale: ``(codes,)``, or ``(out, codes)`` where something else reads ``out`` too;
     ``((out,), None)`` when no such quantization reads ``out``."""
@@ -481,7 +452,7 @@ def _stageable_layer(node: Node) -> LinearLayer | None:
     return layer
 
 
-def _static_quantize_of(view: _View, value: str) -> tuple[Node, float] | None:
+def _static_quantize_of(view: GraphView, value: str) -> tuple[Node, float] | None:
     """A reader of ``value`` that is a static int8 ``QuantizeLinear`` of it (one constant scale > 0, an int8
     zero point of 0), and its scale as float32."""
     for reader, _ in view.readers.get(value, []):
@@ -526,7 +497,7 @@ def _share_token_quantization(graph: Graph) -> None:
             node.inputs = (codes, scales)
 
 
-def _match_linear(view: _View, node: Node) -> tuple[LinearSpec, str, list[Node]] | None:
+def _match_linear(view: GraphView, node: Node) -> tuple[LinearSpec, str, list[Node]] | None:
     graph = view.graph
     x, w_name = node.inputs[0], node.inputs[1]
     w = view.const(w_name)
@@ -588,7 +559,7 @@ def _as_bias(c: np.ndarray | None, n: int) -> np.ndarray | None:
     return np.ascontiguousarray(np.broadcast_to(c.astype(np.float32).reshape(-1), (n,)))
 
 
-def _static_int8_input(view: _View, x: str) -> tuple[str, float] | None:
+def _static_int8_input(view: GraphView, x: str) -> tuple[str, float] | None:
     """(int8 value, scale) when ``x = DequantizeLinear(QuantizeLinear(v, s, 0), s, 0)``, one int8 scale."""
     dq = view.producer.get(x)
     if dq is None or dq.op_type != "DequantizeLinear" or len(dq.inputs) < 3:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import native
 from .activations import gelu_erf, gelu_tanh, sigmoid
-from .graph import Graph, Node
+from .graph import Graph, GraphView, Node
 
 GATED_OP = "edgevla.Gated"
 
@@ -60,12 +60,7 @@ def fuse_gated(graph: Graph) -> int:
     the ``Mul`` gating it where that is its only reader, into one :data:`GATED_OP` node; returns how many."""
     fused = 0
     for core in [n for n in graph.nodes if n.op_type in ("Sigmoid", "Gelu")]:
-        readers, outputs = graph.consumers(), set(graph.outputs)
-
-        def only_reader(value: str) -> Node | None:
-            found = readers.get(value, [])
-            return found[0][0] if len(found) == 1 and value not in outputs else None
-
+        only_reader = GraphView(graph).only_reader
         gate = core.inputs[0]
         if core.op_type == "Sigmoid":
             times = only_reader(core.outputs[0])

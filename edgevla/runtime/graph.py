@@ -120,6 +120,35 @@ class Graph:
         self.nodes = kept[::-1]
 
 
+class GraphView:
+    """Who produces and who reads each value of a graph (``refresh`` after replacing nodes), for the rewrites."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.producer = self.graph.producers()
+        self.readers = self.graph.consumers()
+        self.outputs = set(self.graph.outputs)
+
+    def only_reader(self, value: str) -> Node | None:
+        """The single node reading ``value``, if exactly one does and it is not a graph output."""
+        readers = self.readers.get(value, [])
+        if value in self.outputs or len(readers) != 1:
+            return None
+        return readers[0][0]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.graph.constants.get(name)
+
+    def scalar(self, name: str) -> float | None:
+        v = self.const(name)
+        if v is None or v.size != 1 or v.dtype.kind not in "fiu":
+            return None
+        return float(v.reshape(()))
+
+
 #: Model metadata naming, as a JSON list, the layers whose input a quantized build kept in floating point
 #: (the layers mixed precision raised: int8 weights with a float input, or float). Runtimes that would
 #: otherwise quantize float activations on the fly (the native backend's int8 precision) leave theirs float.

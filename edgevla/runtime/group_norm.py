@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import native
 from ..errors import EdgevlaError
-from .graph import Graph, Node
+from .graph import Graph, GraphView, Node
 from .ops import quantize_symmetric_int8
 
 GROUP_NORM_OP = "edgevla.GroupNorm"
@@ -207,11 +207,8 @@ def fuse_group_norm(graph: Graph) -> int:
 
 
 def _match(graph: Graph, norm: Node) -> tuple[str, list[Node], GroupNorm] | None:
-    producers, readers, outputs = graph.producers(), graph.consumers(), set(graph.outputs)
-
-    def only_reader(value: str) -> Node | None:
-        found = readers.get(value, [])
-        return found[0][0] if len(found) == 1 and value not in outputs else None
+    view = GraphView(graph)
+    producers, only_reader = view.producer, view.only_reader
 
     flatten = producers.get(norm.inputs[0])
     shape = graph.constants.get(flatten.inputs[1]) if flatten is not None and flatten.op_type == "Reshape" else None

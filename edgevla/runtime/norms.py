@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native
-from .graph import Graph, Node
+from .graph import Graph, GraphView, Node
 
 LAYER_NORM_S8_OP = "edgevla.LayerNormS8"
 
@@ -104,7 +104,7 @@ def fuse_rms_norm(graph: Graph) -> int:
     returns how many."""
     fused = 0
     for reduce in [n for n in graph.nodes if n.op_type == "ReduceMean"]:
-        match = _match_rms_norm(graph, graph.producers(), graph.consumers(), set(graph.outputs), reduce)
+        match = _match_rms_norm(GraphView(graph), reduce)
         if match is None:
             continue
         x, epsilon, scale, chain = match
@@ -121,17 +121,10 @@ def fuse_rms_norm(graph: Graph) -> int:
     return fused
 
 
-def _match_rms_norm(graph: Graph, producer: dict[str, Node], readers, outputs: set[str],
-                    reduce: Node) -> tuple[str, float, str | None, list[Node]] | None:
+def _match_rms_norm(view: GraphView, reduce: Node) -> tuple[str, float, str | None, list[Node]] | None:
     """``(x, epsilon, the 1-D weight's name or None, the chain's nodes in order)`` of the RMSNorm whose mean
     of squares is ``reduce``, else None."""
-    def only_reader(value: str) -> Node | None:
-        found = readers.get(value, [])
-        return found[0][0] if len(found) == 1 and value not in outputs else None
-
-    def scalar(name: str) -> float | None:
-        v = graph.constants.get(name)
-        return float(v.reshape(())) if v is not None and v.size == 1 and v.dtype.kind in "fiu" else None
+    graph, producer, only_reader, scalar = view.graph, view.producer, view.only_reader, view.scalar
 
     axes = graph.constants.get(reduce.inputs[1]) if len(reduce.inputs) > 1 and reduce.inputs[1] else None
     axes = np.ravel(reduce.attrs.get("axes", []) if axes is None else axes).tolist()

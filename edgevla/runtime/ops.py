@@ -425,7 +425,7 @@ def _log_sum_exp(x, axis, keepdims, out):
     return _copy_into(out, s if keepdims else np.squeeze(s, axis=axis))
 
 
-def _mean(x, axis, keepdims, out):
+def _reduce_mean(x, axis, keepdims, out):
     """``np.mean`` of a float array as its ufunc sum divided by the count: the same floats (the same pairwise
     sum, the same division) without ``np.mean``'s Python layer, half the time of a small pooling mean."""
     if x.dtype not in (np.float32, np.float64) or x.size == 0:  # np.mean sums float16 in float32
@@ -435,7 +435,7 @@ def _mean(x, axis, keepdims, out):
     return np.divide(total, x.dtype.type(count), out=total if isinstance(total, np.ndarray) else None)
 
 
-register("ReduceMean", writes_out=True)(_reduction(_mean))
+register("ReduceMean", writes_out=True)(_reduction(_reduce_mean))
 register("ReduceSum", writes_out=True)(_reduction(np.sum))
 register("ReduceMax", writes_out=True)(_reduction(np.max))
 register("ReduceMin", writes_out=True)(_reduction(np.min))

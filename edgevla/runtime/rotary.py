@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .. import native
-from .graph import Graph, Node
+from .graph import Graph, GraphView, Node
 
 ROTARY_OP = "edgevla.Rotary"
 _TO_END = 2 ** 62  # a Slice end at or past this: to the end of the axis
@@ -86,11 +86,8 @@ def fuse_rotary(graph: Graph) -> int:
 
 def _match(graph: Graph, concat: Node) -> tuple[str, str, str, int, list[Node]] | None:
     """``(x, cos, sin, h, chain)`` when ``concat`` is ``rotate_half(x)`` inside ``x * cos + rotate_half(x) * sin``."""
-    producer, readers, outputs = graph.producers(), graph.consumers(), set(graph.outputs)
-
-    def only_reader(value: str) -> Node | None:
-        found = readers.get(value, [])
-        return found[0][0] if len(found) == 1 and value not in outputs else None
+    view = GraphView(graph)
+    producer, only_reader = view.producer, view.only_reader
 
     def last_axis_slice(value: str) -> tuple[str, int, int] | None:
         """``(x, start, end)`` of a Slice of ``value``'s producer over the last axis with step 1."""
