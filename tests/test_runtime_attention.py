@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -252,3 +254,52 @@ def test_grouped_query_attention_reads_the_unrepeated_heads(tmp_path, repeat, mo
     monkeypatch.setattr(attention, "native_attention_max_tokens", lambda: 0)  # the NumPy path repeats them
     np.testing.assert_allclose(NativeModel(export_onnx(block, tmp_path / "gqa2.onnx"), precision="fp32").run(
         {"x": x})["a"], want, rtol=0, atol=2e-6)
+
+
+class EagerAttentionBlock(nn.Module):
+    """Attention as Hugging Face's eager Llama-family code writes it: grouped heads repeated by ``repeat_kv``,
+    the scores ``q @ k.transpose(2, 3)`` then scaled (``* scaling``, or ``/ sqrt(d)`` in older models), a
+    causal mask of ``finfo.min`` added, a float32 softmax."""
+
+    def __init__(self, scaling: str):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 24)),), action=TensorSpec("a", (6, 24)))
+        self.q, self.kv, self.o = nn.Linear(24, 4 * 6), nn.Linear(24, 2 * 2 * 6), nn.Linear(24, 24)
+        self.scaling = scaling
+        self.register_buffer("causal", torch.full((6, 6), torch.finfo(torch.float32).min).triu(1)[None, None],
+                             persistent=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 6).transpose(1, 2)
+        k, v = self.kv(x).view(b, t, 2, 2, 6).permute(2, 0, 3, 1, 4).unbind(0)
+        k = k[:, :, None].expand(b, 2, 2, t, 6).reshape(b, 4, t, 6)
+        v = v[:, :, None].expand(b, 2, 2, t, 6).reshape(b, 4, t, 6)
+        scores = torch.matmul(q, k.transpose(2, 3))
+        scores = scores * 6 ** -0.5 if self.scaling == "mul" else scores / math.sqrt(6)
+        p = F.softmax(scores + self.causal, dim=-1, dtype=torch.float32).to(q.dtype)
+        return self.o(torch.matmul(p, v).transpose(1, 2).contiguous().reshape(b, t, 24))
+
+
+@pytest.mark.parametrize("scaling", ["mul", "div"])
+def test_eager_attention_with_scaled_scores_fuses(tmp_path, scaling, monkeypatch):
+    """The scores' scaling after the product and the additive mask are the fused step's, and the repeated
+    key/value heads are read unrepeated: one step, on the kernel where it takes the sequence."""
+    from edgevla.runtime import attention
+
+    torch.manual_seed(7)
+    block = EagerAttentionBlock(scaling).eval()
+    calls, raw = [], native.raw
+    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
+                        if name == "attention_f32" else raw(name))
+    native_model = NativeModel(export_onnx(block, tmp_path / "eager.onnx"), precision="fp32")
+    x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
+    (bound,) = native_model._program._bound.values()
+    running = {step.node.op_type for step in bound.steps}
+    assert ATTENTION_OP in running and not {"Softmax", "MatMul", "Expand", "Div"} & running, running
+    assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
+    assert all(a[1].shape == (2, 6, 2, 6) and a[4] == (scaling == "div") and a[6] is not None for a in calls)

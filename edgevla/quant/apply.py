@@ -65,7 +65,7 @@ from .fakequant import (
 )
 from .fold import FoldedNorm, fold_batch_norms
 from .ladder import FLOAT, form_config, parse_form
-from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table
+from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table, int8_table_fits
 from .smoothquant import smooth_quant
 
 FORMATS = ("w8a8", "w8a16", "w4a16", "fp16", "fp8")
@@ -236,6 +236,9 @@ def table_tensors(model: nn.Module, min_elements: int = MIN_TABLE_ELEMENTS) -> d
     weights (:data:`_WEIGHT_LAYERS`: Linear, Conv, LSTM/GRU/RNN, a fused MultiheadAttention, Bilinear):
     embeddings, position tables, learned queries. What :func:`round_tables` rounds.
 
+    A tensor the int8 grid cannot hold is not a table: an attention mask of ``-inf`` (or of
+    ``finfo(float32).min``, whose power-of-two grid point overflows to ``-inf``) stays float and exact.
+
     The exporter stores them int8 unless the graph reads one as a MatMul / Gemm / Conv weight (it
     would need per-channel scales); such a table ships in the float storage type, on its int8 grid.
     """
@@ -245,7 +248,7 @@ def table_tensors(model: nn.Module, min_elements: int = MIN_TABLE_ELEMENTS) -> d
     found: dict[str, torch.Tensor] = {}
     for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
         if (name not in owned_by_layers and t.dtype == torch.float32 and t.ndim >= 2
-                and t.numel() >= min_elements):
+                and t.numel() >= min_elements and int8_table_fits(t)):
             found[name] = t
     return found
 

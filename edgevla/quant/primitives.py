@@ -250,6 +250,13 @@ def pow2_int8_scale(amax: float) -> float:
     return math.ldexp(1.0, math.ceil(math.log2(amax / INT8_MAX)))
 
 
+def int8_table_fits(t: torch.Tensor) -> bool:
+    """Whether :func:`int8_table` can hold ``t``: finite, and its largest grid point a float32 too (a
+    tensor reaching ``finfo(float32).max`` has a grid reaching ``2^128``, which is not)."""
+    amax = float(t.detach().abs().max()) if t.numel() else 0.0
+    return math.isfinite(amax) and INT8_MAX * pow2_int8_scale(amax) <= torch.finfo(torch.float32).max
+
+
 def int8_table(t: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(codes, scale)`` of a table (an embedding, a position table) on its power-of-two int8 grid."""
     t = t.detach().float()

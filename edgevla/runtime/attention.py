@@ -20,7 +20,9 @@ softmax are the runtime's own ``Mul``/``Div`` and ``Softmax``, in the graph's
 order; only the summation order inside the products may differ from the
 unfused steps (float32 rounding). ``F.scaled_dot_product_attention``, which the exporter writes
 over ``(B, H, T, D)`` heads with k's axes swapped by reshapes, is matched
-too (:func:`_match_sdpa`) and runs the same step on transposed views.
+too (:func:`_match_sdpa`), and so is the eager attention of Hugging Face's
+Llama-family code (``q @ k^T`` scaled after the product, a ``finfo.min``
+causal mask added); they run the same step on transposed views.
 
 Where the kernels of :data:`NATIVE_ATTENTION_MAX_TOKENS` run and both
 sequences are short enough for the thread count (at most its limit), the
@@ -290,10 +292,12 @@ def _match(graph: Graph, softmax: Node) -> _Match | None:
 
 
 def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
-    """``F.scaled_dot_product_attention`` as the exporter writes it, on ``(B, H, T, D)`` heads::
+    """Attention on ``(B, H, T, D)`` heads: ``F.scaled_dot_product_attention`` as the exporter writes it, and
+    the eager attention of Hugging Face's Llama-family models (the scale applied to the scores)::
 
         Kt = Reshape(Transpose(Reshape(k, [-1, S, D]), perm=[0, 2, 1]), [..., D, S])  # or Transpose(k, 0132)
         P  = Softmax(Add(MatMul(Mul(q, sqrt c), Mul(Kt, sqrt c)), bias))   # the scalings and Add optional
+        P  = Softmax(Add(Mul(MatMul(q, Kt), c), bias))                     # or the scores scaled (Mul or Div)
         y  = Transpose(MatMul(P, v), perm=[0, 2, 1, 3])                     # back to (B, T, H, D)
 
     The two reshapes' shapes are computed from ``Shape(k)`` at run time; they must be exactly
@@ -305,20 +309,38 @@ def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
         node = producer.get(value)
         return node if node is not None and node.op_type == op and only_reader(value) is reader else None
 
-    if int(softmax.attrs.get("axis", -1)) not in (-1, 3):
-        return None
-    node = made(softmax.inputs[0], "Add", softmax) or made(softmax.inputs[0], "MatMul", softmax)
-    bias, masking = None, []
-    if node is not None and node.op_type == "Add":
-        for mine, other in (node.inputs, node.inputs[::-1]):
-            if made(mine, "MatMul", node) is not None:
-                bias, masking, node = other, [node], made(mine, "MatMul", node)
-                break
+    def scores(value: str, reader: Node) -> tuple[Node, Node | None] | None:
+        """``(the q-k MatMul, the Mul / Div scaling its output by a constant, or None)`` that ``value`` is."""
+        product = made(value, "MatMul", reader)
+        if product is not None:
+            return product, None
+        scaling = made(value, "Mul", reader) or made(value, "Div", reader)
+        if scaling is None:
+            return None
+        a, b = scaling.inputs
+        if _scalar(graph, b) is not None:
+            product = made(a, "MatMul", scaling)
+        elif scaling.op_type == "Mul" and _scalar(graph, a) is not None:
+            product = made(b, "MatMul", scaling)
         else:
             return None
-    if node is None:
+        return None if product is None else (product, scaling)
+
+    if int(softmax.attrs.get("axis", -1)) not in (-1, 3):
         return None
-    qk, scale, scaling = node, np.float32(1.0), []
+    found = scores(softmax.inputs[0], softmax)
+    bias, masking = None, []
+    add = made(softmax.inputs[0], "Add", softmax) if found is None else None
+    if add is not None:
+        for mine, other in (add.inputs, add.inputs[::-1]):
+            found = scores(mine, add)
+            if found is not None:
+                bias, masking = other, [add]
+                break
+    if found is None:
+        return None
+    qk, post = found
+    scale, scaling = np.float32(1.0), []
     sides = []
     for value in qk.inputs:
         mul = made(value, "Mul", qk)
@@ -328,6 +350,13 @@ def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
             scale, scaling = np.float32(scale * c), scaling + [mul]
             value = next(i for i in mul.inputs if _scalar(graph, i) is None)
         sides.append((value, mul if c is not None else qk))
+    divide = False
+    if post is not None:
+        c = next(x for x in (_scalar(graph, i) for i in post.inputs[::-1]) if x is not None)
+        divide = post.op_type == "Div"
+        if divide and scaling:  # q and k scaled, and the scores divided: not one factor the step applies
+            return None
+        scale, scaling = (c if divide else np.float32(scale * c)), scaling + [post]
     (q, _), (kt, kt_reader) = sides
     swap = _swapped_last_axes(graph, kt, kt_reader, producer, only_reader)
     probabilities, zeroing = _nan_rows_zeroed(graph, softmax.outputs[0], readers, outputs)
@@ -339,7 +368,7 @@ def _match_sdpa(graph: Graph, softmax: Node) -> _Match | None:
     if back is None or back.op_type != "Transpose" or tuple(back.attrs.get("perm", ())) != _TO_HEADS:
         return None
     return _Match(q, k, pv.inputs[1], [*swapping, *scaling, qk, *masking, softmax, *zeroing, pv, back],
-                  None if not scaling else scale, False, bias, heads_first=True, nan_rows_zero=bool(zeroing))
+                  None if not scaling else scale, divide, bias, heads_first=True, nan_rows_zero=bool(zeroing))
 
 
 def _nan_rows_zeroed(graph: Graph, p: str, readers, outputs) -> tuple[str, list[Node]]:
