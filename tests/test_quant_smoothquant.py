@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -77,4 +78,76 @@ def test_smoothquant_folds_into_an_rms_norm():
     with torch.no_grad():
         after, act_after = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
     assert torch.allclose(before, after, atol=1e-5)
+    assert act_after.max() / act_after.median() < act_before.max() / act_before.median()
+
+
+class SpelledRMSNorm(nn.Module):
+    """Hugging Face's LlamaRMSNorm (``gemma``: GemmaRMSNorm, which scales by ``1 + w``), written as ops."""
+
+    def __init__(self, d, gemma=False):
+        super().__init__()
+        self.weight, self.gemma = nn.Parameter(torch.zeros(d) if gemma else torch.ones(d)), gemma
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return (h * (1.0 + self.weight.float())).type_as(x) if self.gemma else self.weight * h.to(x.dtype)
+
+
+class SpelledLayerNorm(nn.Module):
+    """A LayerNorm written out, as older repositories (and ConvNeXt's) do: ``w * (x - μ) / σ + b``."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        u = x.mean(-1, keepdim=True)
+        return self.weight * (x - u) / torch.sqrt((x - u).pow(2).mean(-1, keepdim=True) + 1e-6) + self.bias
+
+
+class SpelledBlock(nn.Module):
+    def __init__(self, norm, d=16):
+        super().__init__()
+        self.norm, self.norm2, self.norm3 = norm(d), norm(d), norm(d)
+        self.q, self.k, self.fc, self.head = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 32), nn.Linear(d, 4)
+        self.gain = nn.Parameter(torch.ones(d))  # a per-channel scale, also read by the residual: not foldable
+
+    def forward(self, x):
+        h = self.norm(x)
+        x = x + self.q(h) * self.k(h)
+        x = x + self.fc(self.norm2(x))[..., :16]
+        y = self.norm3(x) * self.gain
+        return self.head(y) + y[..., :4]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma", "layer_norm"])
+def test_smoothquant_folds_into_a_norm_written_as_ops(kind):
+    """Hugging Face's hand-written norms fold like nn.RMSNorm: γ (Gemma's 1 + γ) and β divided by s, exactly; a
+    per-channel product whose output also reaches the residual is refused."""
+    torch.manual_seed(2)
+    norm = {"llama": SpelledRMSNorm, "gemma": lambda d: SpelledRMSNorm(d, gemma=True),
+            "layer_norm": SpelledLayerNorm}[kind]
+    m = SpelledBlock(norm).eval()
+    with torch.no_grad():
+        for n in (m.norm, m.norm2, m.norm3):
+            n.weight.uniform_(0.5, 2.0)
+        m.norm.weight[3] = 30.0
+        if kind == "layer_norm":
+            m.norm.bias.uniform_(-0.5, 0.5)
+    xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
+    groups, refused = find_smooth_groups(m, xs[0])
+    assert sorted((g.norm, g.linears) for g in groups) == [("norm", ("q", "k")), ("norm2", ("fc",))]
+    assert {(g.weight, g.bias, g.offset) for g in groups if g.norm == "norm"} == {
+        ("norm.weight", "norm.bias" if kind == "layer_norm" else None, 1.0 if kind == "gemma" else 0.0)}
+    assert [r.norm for r in refused] == ["gain"] and "also feeds" in refused[0].reason
+    with torch.no_grad():
+        before, act_before = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
+    weight_before = m.norm.weight.detach().clone()
+    result = smooth_quant(m, xs, alpha=0.5)
+    with torch.no_grad():
+        after, act_after = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
+    torch.testing.assert_close(after, before, rtol=0, atol=2e-5)
+    offset = 1.0 if kind == "gemma" else 0.0
+    torch.testing.assert_close(offset + m.norm.weight, (offset + weight_before) / result["scales"]["norm"])
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median()

@@ -10,7 +10,9 @@ int8 handles well. Following Xiao et al. (2023)::
 
 The division of ``X`` must cost nothing at run time, so it is folded into the
 ``LayerNorm`` that produces ``X`` (``γ/s``, ``β/s``), or the ``RMSNorm`` of a
-Llama-style trunk (``γ/s``: RMSNorm's ``x / rms(x)`` is unchanged). That fold is exact only
+Llama-style trunk (``γ/s``: RMSNorm's ``x / rms(x)`` is unchanged), whether a module or written
+out as ops the way Hugging Face's modeling files write theirs (``LlamaRMSNorm``, Gemma's
+``x * (1 + γ)``, whose ``1 + γ`` is divided). That fold is exact only
 when every consumer of the LayerNorm's output is a ``Linear`` receiving it
 directly — q, k and v sharing one pre-norm get one shared ``s`` and all three
 weights are scaled. Pairs are found on the ``torch.export`` graph of the
@@ -32,14 +34,22 @@ from .calibrate import observe_layer_inputs
 
 _NORMS = ("aten.layer_norm", "aten.rms_norm")
 _LINEAR = "aten.linear"
+# Ops that hand their first operand on unchanged but for its dtype or storage.
+_CASTS = ("aten.to", "aten.type_as", "aten._to_copy", "aten.clone", "aten.contiguous", "aten.alias")
 
 
 @dataclass(frozen=True)
 class SmoothGroup:
-    """One LayerNorm (or RMSNorm) and the Linears that read its output, all of them and nothing else."""
+    """One LayerNorm (or RMSNorm) and the Linears that read its output, all of them and nothing else.
+
+    ``weight`` (and ``bias``) are the parameters divided by the scales; the norm multiplies by
+    ``offset + weight`` (Gemma's RMSNorm by ``1 + w``; 0 elsewhere)."""
 
     norm: str
     linears: tuple[str, ...]
+    weight: str = ""
+    bias: str | None = None
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,30 +60,39 @@ class Refusal:
     reason: str
 
 
+@dataclass
+class _Candidate:
+    """A norm's output values and the parameters its scale lives in, before its readers are checked."""
+
+    outputs: list[torch.fx.Node]
+    weight: str
+    bias: str | None
+    offset: float = 0.0
+    reason: str | None = None
+
+
 def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[SmoothGroup], list[Refusal]]:
-    """LayerNorm / RMSNorm → Linear groups where SmoothQuant's fold is exact, and the norms refused."""
+    """LayerNorm / RMSNorm → Linear groups where SmoothQuant's fold is exact, and the norms refused.
+
+    A norm is ``nn.LayerNorm`` / ``nn.RMSNorm``, or one written out by hand (Hugging Face's
+    ``LlamaRMSNorm``, ``T5LayerNorm``, Gemma's ``x * (1 + w)``): :func:`_spelled_norms`."""
     modules = dict(model.named_modules())
     program = trace_program(model, example, "SmoothQuant")
-
-    norm_calls = module_calls(program, modules, _NORMS, lambda m: isinstance(m, (nn.LayerNorm, nn.RMSNorm)))
     linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
                      module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
+    candidates = _module_norms(program, modules) | _spelled_norms(program, modules)
 
     groups, refused = [], []
-    for norm, calls in norm_calls.items():
-        ln = modules[norm]
-        if ln.weight is None:
-            refused.append(Refusal(norm, f"{type(ln).__name__} has no affine weight to fold the scales into"))
-            continue
+    for norm, found in candidates.items():
+        reason = found.reason
         consumers: list[str] = []
-        reason = None
-        for call in calls:
-            for user in call.users:
+        for output in found.outputs if reason is None else ():
+            for user in _uncast_users(output):
                 owner = _owner(user)
                 if _op_name(user) != _LINEAR or not isinstance(modules.get(owner), nn.Linear):
                     reason = f"its output also feeds {user.target} in {owner or 'the top-level forward'}"
                     break
-                if user.args[0] is not call:
+                if _uncast(user.args[0]) is not output:
                     reason = f"it reaches {owner} other than as the input"
                     break
                 consumers.append(owner)
@@ -81,7 +100,7 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
                 break
         if reason is None:
             for lin in set(consumers):
-                if any(inp not in calls for inp in linear_inputs[lin]):
+                if any(_uncast(inp) not in found.outputs for inp in linear_inputs[lin]):
                     reason = f"{lin} is also called on another input"
                     break
         if reason is None and not consumers:
@@ -89,8 +108,134 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
         if reason:
             refused.append(Refusal(norm, reason))
         else:
-            groups.append(SmoothGroup(norm, tuple(dict.fromkeys(consumers))))
+            groups.append(SmoothGroup(norm, tuple(dict.fromkeys(consumers)), found.weight, found.bias, found.offset))
     return groups, refused
+
+
+def _module_norms(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module]) -> dict[str, _Candidate]:
+    """``nn.LayerNorm`` / ``nn.RMSNorm`` calls: one aten op, the module's affine weight and bias."""
+    found = {}
+    for norm, calls in module_calls(program, modules, _NORMS,
+                                    lambda m: isinstance(m, (nn.LayerNorm, nn.RMSNorm))).items():
+        module = modules[norm]
+        bias = f"{norm}.bias" if getattr(module, "bias", None) is not None else None
+        reason = (None if module.weight is not None
+                  else f"{type(module).__name__} has no affine weight to fold the scales into")
+        found[norm] = _Candidate(calls, f"{norm}.weight", bias, 0.0, reason)
+    return found
+
+
+def _spelled_norms(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module]) -> dict[str, _Candidate]:
+    """Norms written as ops, found from the Linears' inputs back: the input is ``γ ⊙ r`` (``+ β``), where ``γ``
+    and ``β`` are 1-D parameters over its last axis (``γ`` perhaps ``c + γ``) and ``r`` is anything scaled
+    only by row-wise factors (``x * rsqrt(mean(x²))``, ``(x - μ) / σ``) after ``γ``: dividing ``γ`` and
+    ``β`` by ``s`` divides the input's channels by ``s``, whatever ``r`` is. Dtype casts pass through.
+
+    Keyed by the module owning ``γ``; each use of ``γ`` and ``β`` must be such a norm, or the norm is refused."""
+    parameters = program.graph_signature.inputs_to_parameters
+    linear = [n for n in program.graph.nodes if n.op == "call_function" and _op_name(n) == _LINEAR]
+    chains: dict[str, list[tuple[torch.fx.Node, str | None, float]]] = {}
+    for call in linear:
+        output = _uncast(call.args[0])  # casts between the norm and its readers are theirs
+        if not isinstance(output, torch.fx.Node) or any(output is c[0] for cs in chains.values() for c in cs):
+            continue
+        chain = _affine_chain(output, parameters)
+        if chain is not None:
+            weight, bias, offset = chain
+            chains.setdefault(weight, []).append((output, bias, offset))
+    found = {}
+    for weight, uses in chains.items():
+        norm = weight.rpartition(".")[0] or weight  # a scale the root holds goes by its own name
+        biases, offsets = {u[1] for u in uses}, {u[2] for u in uses}
+        reason = None
+        if len(biases) > 1 or len(offsets) > 1:
+            reason = "its calls add different biases or offsets"
+        elif _parameter_uses(program, weight) != len(uses):
+            reason = f"{weight} is also used elsewhere"
+        elif (bias := next(iter(biases))) is not None and _parameter_uses(program, bias) != len(uses):
+            reason = f"{bias} is also used elsewhere"
+        found[norm] = _Candidate([u[0] for u in uses], weight, next(iter(biases)), next(iter(offsets)), reason)
+    return found
+
+
+def _affine_chain(output: torch.fx.Node, parameters: Mapping[str, str]) -> tuple[str, str | None, float] | None:
+    """``(γ's name, β's name or None, γ's offset)`` when ``output`` is a spelled
+    norm's (:func:`_spelled_norms`); else None. Every node between γ's product and ``output`` has one reader."""
+    width = _last_size(output)
+
+    def vector(node) -> str | None:  # a 1-D parameter over the last axis, perhaps cast
+        node = _uncast(node)
+        name = parameters.get(node.name) if isinstance(node, torch.fx.Node) and node.op == "placeholder" else None
+        return name if name is not None and tuple(_shape(node) or ()) == (width,) else None
+
+    node, bias = output, None
+    if _op_name(node) == "aten.add" and len(node.args) == 2:
+        for mine, other in (node.args, node.args[::-1]):
+            if vector(other) is not None and isinstance(mine, torch.fx.Node):
+                node, bias = _uncast(mine), vector(other)
+                break
+    for _ in range(16):  # a norm is a few ops deep
+        if node is not output and len(_uncast_users(node)) != 1:
+            return None
+        op = _op_name(node)
+        if op == "aten.mul" and len(node.args) == 2:
+            for mine, other in (node.args, node.args[::-1]):
+                if vector(other) is not None:
+                    return vector(other), bias, 0.0
+                shifted = _uncast(other)
+                if (_op_name(shifted) == "aten.add" and len(shifted.args) == 2
+                        and isinstance(shifted.args[1], (int, float)) and vector(shifted.args[0]) is not None):
+                    return vector(shifted.args[0]), bias, float(shifted.args[1])
+            mine = next((m for m, o in (node.args, node.args[::-1]) if _row_wise(o) and isinstance(m, torch.fx.Node)),
+                        None)
+        elif op == "aten.div" and len(node.args) == 2 and _row_wise(node.args[1]):
+            mine = node.args[0]
+        else:
+            return None
+        if not isinstance(mine, torch.fx.Node):
+            return None
+        node = _uncast(mine)
+    return None
+
+
+def _uncast(node):
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and _op_name(node) in _CASTS:
+        node = node.args[0]
+    return node
+
+
+def _uncast_users(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The readers of ``node``, looking through dtype casts (and past the tracer's metadata assertions)."""
+    out = []
+    for user in node.users:
+        if _op_name(user) != "aten._assert_tensor_metadata":
+            out.extend(_uncast_users(user) if _op_name(user) in _CASTS else [user])
+    return out
+
+
+def _parameter_uses(program: torch.export.ExportedProgram, name: str) -> int:
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
+                       and program.graph_signature.inputs_to_parameters.get(n.name) == name)
+    return len(_uncast_users(placeholder))
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _last_size(node) -> int | None:
+    shape = _shape(node)
+    return shape[-1] if shape else None
+
+
+def _row_wise(operand) -> bool:
+    """A Python number, or a tensor constant along the last axis (its last size 1): scaling by it commutes
+    with scaling the channels."""
+    if isinstance(operand, (int, float)):
+        return True
+    shape = _shape(operand)
+    return shape is not None and (len(shape) == 0 or shape[-1] == 1)
 
 
 def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -108,13 +253,14 @@ def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], al
 
 @torch.no_grad()
 def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -> None:
-    """Divide the norm's γ (and a LayerNorm's β) by ``scales`` and multiply each Linear's input columns by them."""
+    """Divide the norm's γ (its ``offset + γ``) and β by ``scales`` and multiply each Linear's input columns by
+    them."""
     modules = dict(model.named_modules())
-    ln = modules[group.norm]
-    s = scales.to(ln.weight.dtype)
-    ln.weight.div_(s)
-    if getattr(ln, "bias", None) is not None:
-        ln.bias.div_(s)
+    weight = model.get_parameter(group.weight or f"{group.norm}.weight")
+    s = scales.to(weight.dtype)
+    weight.copy_((group.offset + weight) / s - group.offset)
+    if group.bias is not None:
+        model.get_parameter(group.bias).div_(s)
     for name in group.linears:
         modules[name].weight.mul_(s.to(modules[name].weight.dtype)[None, :])
 
