@@ -601,3 +601,63 @@ def test_a_repeat_is_removed_only_whole():
     """Query heads alone (half of a key/value head's copies) are not a group: the copies go together."""
     graph = DependencyGraph(GroupedQueryPolicy().eval())
     assert [g.units for g in graph.head_groups()] == [2] and [g.name for g in graph.hidden_groups()] == ["fc1"]
+
+
+class EagerGroupedQueryAttention(nn.Module):
+    """Grouped-query attention as Hugging Face's modeling files write it, which plain ``torch.fx`` cannot trace:
+    shapes unpacked with ``*`` and ``len``, a branch on a size, ``repeat_kv`` by ``x[:, :, None]`` and expand,
+    rotary tables computed in the forward (cos, sin), ``rotate_half`` sliced at ``shape[-1] // 2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.head_dim, self.num_key_value_groups = 4, 2
+        self.q_proj, self.k_proj = nn.Linear(16, 16, bias=False), nn.Linear(16, 8, bias=False)
+        self.v_proj, self.o_proj = nn.Linear(16, 8, bias=False), nn.Linear(16, 16, bias=False)
+        self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, 4, 2).float() / 4), persistent=False)
+
+    @staticmethod
+    def rotate_half(x):
+        return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), dim=-1)
+
+    @staticmethod
+    def repeat_kv(x, n_rep):
+        batch, heads, slen, head_dim = x.shape
+        return x[:, :, None, :, :].expand(batch, heads, n_rep, slen, head_dim).reshape(batch, heads * n_rep, slen,
+                                                                                        head_dim)
+
+    def forward(self, x):
+        input_shape = x.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(x).view(hidden_shape).transpose(1, 2)
+        k = self.k_proj(x).view(hidden_shape).transpose(1, 2)
+        v = self.v_proj(x).view(hidden_shape).transpose(1, 2)
+        freqs = torch.arange(x.shape[1], dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        q, k = q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin
+        k, v = self.repeat_kv(k, self.num_key_value_groups), self.repeat_kv(v, self.num_key_value_groups)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
+        if len(x.shape) == 3 and x.shape[1] > 1:  # a causal mask over more than one token
+            scores = scores + torch.full((x.shape[1], x.shape[1]), -1e9).triu(1)
+        p = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return self.o_proj(torch.matmul(p, v).transpose(1, 2).reshape(*input_shape, -1).contiguous())
+
+
+def test_hugging_face_attention_traces_and_its_grouped_heads_prune_exactly():
+    """What plain fx refuses (``*x.shape``, ``len``, a branch on a size) takes the example's values; the
+    key/value heads repeated by ``repeat_kv`` are groups with their query heads, removed exactly."""
+    torch.manual_seed(10)
+    model = GroupedQueryPolicy().eval()
+    model.attn = EagerGroupedQueryAttention()
+    with pytest.raises(Exception, match="Proxy"):
+        torch.fx.symbolic_trace(model)
+    graph = DependencyGraph(model)
+    (heads,) = graph.head_groups()
+    assert (heads.units, heads.unit_width) == (2, 4)
+    couplings = heads.couplings([0])
+    assert {(c.tensor, c.dim, c.indices) for c in couplings} == {
+        ("attn.k_proj.weight", 0, tuple(range(0, 4))), ("attn.v_proj.weight", 0, tuple(range(0, 4))),
+        ("attn.q_proj.weight", 0, tuple(range(0, 8))), ("attn.o_proj.weight", 1, tuple(range(0, 8)))}
+    _zero(model, couplings)
+    _removing_changes_nothing(model, graph, couplings)
+    assert (model.attn.q_proj.out_features, model.attn.k_proj.out_features) == (8, 4)

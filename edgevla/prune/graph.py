@@ -46,7 +46,7 @@ _ELEMENTWISE = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "neg", "pow", "sqrt", "rsqrt",
     "exp", "log", "abs", "gelu", "relu", "silu", "sigmoid", "tanh", "erf", "dropout", "contiguous", "clone",
     "float", "to", "type_as", "clamp", "clip", "square", "reciprocal", "leaky_relu", "elu", "softplus",
-    "mish", "hardswish", "detach",
+    "mish", "hardswish", "detach", "cos", "sin",
 }
 _NORMS = (nn.LayerNorm, nn.RMSNorm)  # normalized over the last dimension(s): their weights ride along
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -135,7 +135,7 @@ class DependencyGraph:
             spec = spec_of(model)
             example_inputs = tuple(torch.from_numpy(a) for a in spec.example(batch=2, seed=0).values())
         try:
-            self.gm = _trace(model)
+            self.gm = _trace(model, example_inputs)
         except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
             raise EdgevlaError(f"cannot trace {type(model).__name__} with torch.fx for dependency analysis: "
                                f"{type(e).__name__}: {e}") from None
@@ -542,15 +542,21 @@ class DependencyGraph:
             return False
         shape = _shape(src)
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        if any(isinstance(ix, fx.Node) or ix is None or isinstance(ix, (list, torch.Tensor)) for ix in index):
+        if any(isinstance(ix, fx.Node) or isinstance(ix, (list, torch.Tensor)) for ix in index):
             return False
+        given = sum(ix is not None and ix is not Ellipsis for ix in index)  # the entries that take an axis
         if any(ix is Ellipsis for ix in index):
-            k = index.index(Ellipsis)
-            index = index[:k] + (slice(None),) * (len(x) - len(index) + 1) + index[k + 1:]
-        index = index + (slice(None),) * (len(x) - len(index))
+            k = next(i for i, ix in enumerate(index) if ix is Ellipsis)
+            index = index[:k] + (slice(None),) * (len(x) - given) + index[k + 1:]
+        else:
+            index = index + (slice(None),) * (len(x) - given)
         out_shape = _shape(node)
-        j = 0
-        for d, ix in enumerate(index):
+        j, d = 0, -1
+        for ix in index:
+            if ix is None:  # a new axis of size 1 (repeat_kv's x[:, :, None]): a slot of its own
+                j += 1
+                continue
+            d += 1
             if isinstance(ix, int):
                 self._block(x[d], "indexed with an integer")
                 continue
@@ -914,17 +920,26 @@ _SIZE_FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn", "randint",
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, with two things a policy's forward does that its default cannot follow:
+    """fx's tracer, with three things a policy's forward does that its default cannot follow:
 
     * a buffer the forward reads (a sampler's fixed noise, expanded to the batch) is a graph node like a
       parameter: fx's default hands it over as a plain tensor, which a method call with a traced argument
       (``self.noise.expand(x.shape[0], -1, -1)``) cannot take;
     * a tensor factory sized by a traced value (``torch.zeros(x.shape[0], 7, 16)``, a diffusion sampler's
       starting actions) is recorded as a call: fx's default passes the traced size into the factory itself.
-      The factories are swapped on the ``torch`` module for the trace only.
+      The factories are swapped on the ``torch`` module for the trace only;
+    * Python that needs a traced value's real contents (``view(*x.shape[:-1], -1, d)``, ``len(x.shape)``,
+      ``if x.shape[1] > 1``, ``range(x.size(1))``: Hugging Face's modeling code is full of them) gets them
+      from the graph so far, run on the example inputs (:meth:`value_of`). The trace then holds that
+      example's sizes and branches, which is what the analysis of the example's shapes reads anyway.
     """
 
     proxy_buffer_attributes = True
+
+    def __init__(self, example_inputs: tuple[torch.Tensor, ...] | None = None):
+        super().__init__()
+        self._example = example_inputs
+        self._values: dict[fx.Node, object] = {}
 
     def trace(self, root, concrete_args=None):
         originals = {name: getattr(torch, name) for name in _SIZE_FACTORIES}
@@ -936,6 +951,7 @@ class _Tracer(fx.Tracer):
                 return factory(*args, **kwargs)
             return call
 
+        self._root, self._values = root, {}
         try:
             for name, factory in originals.items():
                 setattr(torch, name, recorded(factory))
@@ -944,9 +960,105 @@ class _Tracer(fx.Tracer):
             for name, factory in originals.items():
                 setattr(torch, name, factory)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(self.size_value(obj))
+
+    def iter(self, obj: fx.Proxy):
+        return iter([obj[i] for i in range(len(self.value_of(obj)))])
+
+    def value_of(self, proxy: fx.Proxy) -> object:
+        """What ``proxy`` holds on the example inputs: the nodes traced so far run in order (each once), in
+        eval mode without gradients, the example's tensors standing for the forward's tensor arguments."""
+        if self._example is None:
+            raise fx.proxy.TraceError(f"{proxy.node.name} is needed as a real value, and there are no example "
+                                      "inputs to compute it from")
+        env = self._values
+        was_training = self._root.training
+        self._root.eval()
+        try:
+            # fx's trace-time patches (a module's __call__ and __getattr__, wrapped functions) would trace
+            # these calls instead of running them: lifted while they run.
+            with fx._symbolic_trace._maybe_revert_all_patches(), torch.no_grad():
+                for node in self.graph.nodes:
+                    if node not in env:
+                        env[node] = self._run(node, env)
+                    if node is proxy.node:
+                        return env[node]
+        finally:
+            self._root.train(was_training)
+        raise fx.proxy.TraceError(f"{proxy.node.name} is not in the graph being traced")
+
+    def size_value(self, proxy: fx.Proxy) -> object:
+        """:meth:`value_of` for a value Python branches on or counts with, which must come from sizes alone: one
+        that depends on the tensors' contents (``if x.sum() > 0``) holds for this example only, and the trace
+        would hide the other branch from the analysis."""
+        value = self.value_of(proxy)
+        pending, seen = [proxy.node], set()
+        while pending:
+            node = pending.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if isinstance(self._values.get(node), torch.Tensor) or node.op in ("placeholder", "get_attr"):
+                raise fx.proxy.TraceError(f"control flow on {proxy.node.name}, which depends on the values of "
+                                          "the model's tensors, cannot be traced")
+            if not _size_query(node):
+                pending.extend(node.all_input_nodes)
+        return value
+
+    def _run(self, node: fx.Node, env: dict) -> object:
+        if node.op == "placeholder":
+            placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+            index = placeholders.index(node)
+            if index < len(self._example):
+                return self._example[index]
+            return node.args[0] if node.args else None  # a defaulted argument
+        if node.op == "get_attr":
+            value = self._root
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_module":
+            return self._root.get_submodule(node.target)(*args, **kwargs)
+        raise fx.proxy.TraceError(f"cannot compute {node.op} {node.name} during the trace")
+
+
+class _ConcreteProxy(fx.Proxy):
+    """fx's proxy whose ``len``, integer use and attributes take the example's values (:class:`_Tracer`)."""
+
+    def __len__(self) -> int:
+        return len(self.tracer.value_of(self))
+
+    def __index__(self) -> int:
+        return operator.index(self.tracer.size_value(self))
+
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        return _ConcreteAttribute(self, k)
+
+
+class _ConcreteAttribute(_ConcreteProxy, fx.proxy.Attribute):
+    """An attribute of a traced value (``x.shape``), a :class:`_ConcreteProxy` too."""
+
+
+def _size_query(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()``, ``x.numel()``, ``len(x)``: a tensor's sizes, not its contents."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "ndim")
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel", "__len__")
+    return node.op == "call_function" and node.target is len
+
+
+def _trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None = None) -> fx.GraphModule:
+    return fx.GraphModule(model, _Tracer(example_inputs).trace(model), type(model).__name__)
 
 
 def _keep_in_dead_code(node: fx.Node) -> bool:
