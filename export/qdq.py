@@ -218,7 +218,8 @@ def verify_quantized(model, onnx_path: str | os.PathLike, observations, *, atol:
             exported.append(session.run([spec.action.name], batch)[0])
     finally:
         model.train(was_training)
-    return compare(np.concatenate(reference), np.concatenate(exported), atol=atol, min_cosine=min_cosine)
+    return compare(np.concatenate(reference), np.concatenate(exported), atol=atol, min_cosine=min_cosine,
+                   tie_flips=True)
 
 
 def reference_session(path: str | os.PathLike):

@@ -5,6 +5,9 @@ memory); we compare the normalized actions. Two numbers decide: the largest
 absolute difference catches a single wrong element, the cosine similarity of
 the flattened outputs (in float64) catches a small but systematic drift that
 stays under ``atol`` everywhere. Non-finite outputs count as infinitely wrong.
+A quantized file against its fake-quant model differs where an activation sat on
+a rounding tie, in a few samples only: there ``atol`` bounds the typical
+sample's largest error (:func:`compare`'s ``tie_flips``).
 """
 
 from __future__ import annotations
@@ -31,14 +34,19 @@ class VerifyResult:
     min_cosine: float
     passed: bool
     samples: int
+    typical_max_abs_error: float = 0.0  # the median over samples of each sample's largest error
+    tie_flips: bool = False  # atol bounds typical_max_abs_error, not max_abs_error (compare)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
-        return (f"ONNX verification {verdict} on {self.samples} samples: max |err| {self.max_abs_error:.3g} "
-                f"(atol {self.atol:g}), mean |err| {self.mean_abs_error:.3g}, "
+        gated = (f"typical sample's max |err| {self.typical_max_abs_error:.3g} (atol {self.atol:g}), max |err| "
+                 f"{self.max_abs_error:.3g}" if self.tie_flips
+                 else f"max |err| {self.max_abs_error:.3g} (atol {self.atol:g})")
+        return (f"ONNX verification {verdict} on {self.samples} samples: {gated}, "
+                f"mean |err| {self.mean_abs_error:.3g}, "
                 f"cosine {self.cosine:.6f} (min {self.min_cosine:g})")
 
     def raise_if_failed(self) -> None:
@@ -75,8 +83,16 @@ def verify_onnx(policy, onnx_path: str | os.PathLike, observations: Mapping[str,
     return compare(np.concatenate(reference), np.concatenate(exported), atol=atol, min_cosine=min_cosine)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, min_cosine: float) -> VerifyResult:
-    """The verification numbers for two equally shaped output arrays (first axis: samples)."""
+def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, min_cosine: float,
+            tie_flips: bool = False) -> VerifyResult:
+    """The verification numbers for two equally shaped output arrays (first axis: samples).
+
+    ``tie_flips``: both sides round activations to the same int8 codes, so a sample whose activation lies
+    within float noise of a rounding tie can take the neighbouring code there, and the difference that
+    follows is that sample's alone. ``atol`` then bounds the *typical* sample's largest error (the median
+    over samples): a wrong export shows in every sample, a tie flip in a few (a 4-layer Llama-style
+    policy, w8a8: 3 to 8 of 64 samples off by up to 0.055, the rest within 4e-7). The largest error is
+    reported either way, and the cosine gates either way."""
     if reference.shape != candidate.shape:
         raise EdgevlaError(f"cannot compare outputs of shapes {reference.shape} and {candidate.shape}")
     ref = reference.astype(np.float64).ravel()
@@ -86,9 +102,12 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, min_co
     cosine = _cosine(ref, cand)
     max_err = float(err.max()) if err.size else 0.0
     mean_err = float(err.mean()) if err.size else 0.0
-    passed = bool(max_err <= atol and cosine >= min_cosine)
+    per_sample = err.reshape(reference.shape[0], -1).max(axis=1) if err.size else np.zeros(1)
+    typical = float(np.median(per_sample))
+    passed = bool((typical if tie_flips else max_err) <= atol and cosine >= min_cosine)
     return VerifyResult(max_abs_error=max_err, mean_abs_error=mean_err, cosine=cosine, atol=float(atol),
-                        min_cosine=float(min_cosine), passed=passed, samples=int(reference.shape[0]))
+                        min_cosine=float(min_cosine), passed=passed, samples=int(reference.shape[0]),
+                        typical_max_abs_error=typical, tie_flips=tie_flips)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

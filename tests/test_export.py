@@ -200,6 +200,25 @@ def test_compare_against_hand_computed_values():
     assert r.max_abs_error == math.inf and not r.passed
 
 
+def test_tie_flips_gate_the_typical_sample_and_a_systematic_error_still_fails():
+    """A quantized file's rounding-tie flips touch a few samples: the median sample's largest error is gated.
+    An error in every sample (a wrong export), however small its share of samples' worst, still fails."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-1, 1, (9, 4, 3)).astype(np.float32)
+    flipped = ref.copy()
+    flipped[[2, 5], 1, 0] += 0.3  # two samples off by 0.3: a neighbouring code early in the network
+    r = compare(ref, flipped, atol=0.05, min_cosine=0.99, tie_flips=True)
+    assert r.passed and r.max_abs_error == pytest.approx(0.3) and r.typical_max_abs_error == 0.0
+    assert not compare(ref, flipped, atol=0.05, min_cosine=0.99).passed  # without tie flips the max is gated
+    assert "typical sample's max |err| 0 (atol 0.05), max |err| 0.3" in r.summary()
+    skewed = ref.copy()
+    skewed[:, 3, 2] += 0.06  # every sample: one output element off
+    r = compare(ref, skewed, atol=0.05, min_cosine=0.99, tie_flips=True)
+    assert not r.passed and r.typical_max_abs_error == pytest.approx(0.06)
+    r = compare(ref, -ref, atol=10.0, min_cosine=0.99, tie_flips=True)  # under atol everywhere, cosine -1
+    assert not r.passed
+
+
 def test_verify_rejects_bad_thresholds_and_observations(exported):
     policy, path, _ = exported
     obs = policy.spec.example(batch=2)
