@@ -33,6 +33,8 @@ class GatedMLP(nn.Module):
         elif self.form == "fused-swiglu":
             a, b = self.w12(x).chunk(2, dim=-1)
             h = F.silu(a) * b
+        elif self.form == "geglu":  # Gemma's: the GELU's layer leaves it to the gated step
+            h = F.gelu(self.gate(x), approximate="tanh") * self.up(x)
         elif self.form == "fused-geglu":
             a, b = self.w12(x).chunk(2, dim=-1)
             h = a * F.gelu(b, approximate="tanh")
@@ -44,8 +46,8 @@ class GatedMLP(nn.Module):
         return self.down(h)
 
 
-@pytest.mark.parametrize("form, products", [("swiglu", 0), ("fused-swiglu", 0), ("fused-geglu", 0), ("silu", 0),
-                                           ("silu-read-twice", 1)])
+@pytest.mark.parametrize("form, products", [("swiglu", 0), ("fused-swiglu", 0), ("geglu", 0), ("fused-geglu", 0),
+                                           ("silu", 0), ("silu-read-twice", 1)])
 def test_gated_mlps_run_as_one_step(tmp_path, form, products):
     torch.manual_seed(7)
     mlp = GatedMLP(form).eval()

@@ -19,7 +19,8 @@ a layer like any other convolution):
 
    * a following ``Add`` of a constant 1-D bias of N values;
    * a following ``Relu`` or ``Gelu`` (tanh or exact erf form), run in the
-     kernel's epilogue (the float32 NumPy path applies it on its output);
+     kernel's epilogue (the float32 NumPy path applies it on its output),
+     unless it is a GEGLU's gate, which step 4 applies with the product;
    * then a following ``Add`` of another (non-constant) value, the skip
      connection of a residual block: the node reads that value as a second
      input, and the int8 kernels add it in their epilogue;
@@ -249,6 +250,15 @@ def _match_gelu(view: GraphView, erf: Node) -> tuple[str, list[Node]] | None:
         return None
     head = _gelu_head(view, x, erf)
     return None if head is None else (x, [div, erf, *head])
+
+
+def _gates(view: GraphView, activation: Node) -> bool:
+    """Whether ``activation`` is a GEGLU's gate, ``Mul(gelu(a), b)`` its only reader: left to the gated step
+    (:mod:`.gated`), which applies it while it multiplies, so that the gate and value layers, one epilogue
+    alike, stack into one GEMM (:mod:`.siblings`) as a SwiGLU's do."""
+    times = view.only_reader(activation.outputs[0])
+    return (times is not None and times.op_type == "Mul" and len(times.inputs) == 2
+            and len(set(times.inputs)) == 2 and all(view.const(i) is None for i in times.inputs))
 
 
 # --------------------------------------------------------------------------- equal quantizations
@@ -534,7 +544,7 @@ def _match_linear(view: GraphView, node: Node) -> tuple[LinearSpec, str, list[No
     activation = "none"
     if reader is not None and reader.op_type == "Relu":
         activation = "relu"
-    elif reader is not None and reader.op_type == "Gelu":
+    elif reader is not None and reader.op_type == "Gelu" and not _gates(view, reader):
         activation = "gelu_tanh" if reader.attrs.get("approximate", "none") == "tanh" else "gelu_erf"
     if activation != "none":
         absorbed.append(reader)
