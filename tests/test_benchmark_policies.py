@@ -39,6 +39,11 @@ def _load(name: str):
     # rotary embedding
     ("llama_policy", "make", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, ROTARY_OP: 8,
                               "ReduceMean": None, "Sigmoid": None, "Softmax": None, "Neg": None}),
+    # the same written as Hugging Face writes it: hand-written norms, repeat_kv, eager attention with its mask
+    ("hf_llama_policy", "make", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, ROTARY_OP: 8,
+                                 "ReduceMean": None, "Sigmoid": None, "Softmax": None, "Neg": None, "Mul": None}),
+    ("hf_llama_policy", "make_gemma", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, ROTARY_OP: 8,
+                                       "ReduceMean": None, "Gelu": None, "Softmax": None, "Neg": None, "Mul": None}),
 ])
 def test_benchmark_policy_runs_natively_as_onnxruntime_does(tmp_path, name, factory, fused):
     policy = getattr(_load(name), factory)()
