@@ -303,3 +303,49 @@ def test_eager_attention_with_scaled_scores_fuses(tmp_path, scaling, monkeypatch
     assert ATTENTION_OP in running and not {"Softmax", "MatMul", "Expand", "Div"} & running, running
     assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
     assert all(a[1].shape == (2, 6, 2, 6) and a[4] == (scaling == "div") and a[6] is not None for a in calls)
+
+
+class StackedQKVBlock(nn.Module):
+    """A fused qkv projection cut into heads as timm's ViT (``unbind``) and OpenVLA-style trunks (unpacking)
+    write it: ``qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)``, then SDPA on the pieces. ``reuse``: v is
+    also read by something other than the attention."""
+
+    def __init__(self, cut: str, reuse: bool = False):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 24)),), action=TensorSpec("a", (6, 24)))
+        self.qkv, self.o = nn.Linear(24, 72), nn.Linear(24, 24)
+        self.cut, self.reuse = cut, reuse
+
+    def forward(self, x):
+        b, t, d = x.shape
+        qkv = self.qkv(x).view(b, t, 3, HEADS, DIM).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0) if self.cut == "unbind" else (qkv[0], qkv[1], qkv[2]) if self.cut == "index" \
+            else qkv
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        return self.o(a) + (v.transpose(1, 2).reshape(b, t, d) if self.reuse else 0)
+
+
+@pytest.mark.parametrize("cut", ["unbind", "index", "unpack"])
+@pytest.mark.parametrize("reuse", [False, True])
+def test_stacked_qkv_pieces_are_views_of_the_projection(tmp_path, cut, reuse, monkeypatch):
+    """No transposing copy of the stacked projection: q, k and v are strided views the attention reads in
+    place; a piece something else reads too keeps its own steps (and the transpose stays for it)."""
+    from edgevla.runtime import attention
+
+    torch.manual_seed(8)
+    block = StackedQKVBlock(cut, reuse).eval()
+    calls, raw = [], native.raw
+    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
+                        if name == "attention_f32" else raw(name))
+    model = NativeModel(export_onnx(block, tmp_path / "qkv.onnx"), precision="fp32")
+    x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        np.testing.assert_allclose(model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
+    (bound,) = model._program._bound.values()
+    running = [step.node.op_type for step in bound.steps]
+    assert running.count(attention.HEADS_VIEW_OP) == (2 if reuse else 3), running
+    assert running.count("Transpose") == (2 if reuse else 0), running  # v read elsewhere: its cut and its copy
+    assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
+    assert all(not a[0].flags.c_contiguous and a[0].base is not None for a in calls)

@@ -446,3 +446,87 @@ def _scalar(graph: Graph, name: str) -> np.float32 | None:
     if value is None or value.size != 1 or value.dtype != np.float32:
         return None
     return np.float32(value.reshape(()))
+
+
+# --------------------------------------------------------------------------- q, k and v as views
+
+HEADS_VIEW_OP = "edgevla.HeadsView"
+
+
+class HeadsView:
+    """``x.transpose(perm)[index]``: one of q, k and v cut from a stacked projection, as a view of it."""
+
+    def __init__(self, perm: tuple[int, ...], index: int):
+        self.perm, self.index = perm, index
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x.transpose(self.perm)[self.index]
+
+
+def view_stacked_heads(graph: Graph) -> int:
+    """Each q, k or v that only attention steps read (and ``Shape``) and that is piece ``i`` of a transposed
+    stacked projection becomes a :class:`HeadsView` of the projection; returns how many.
+
+    A fused qkv layer's heads, ``qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)`` then ``unbind(0)`` (timm's
+    ViT, DINOv2) or ``q, k, v = ...`` (an OpenVLA-style trunk), export as ``Transpose`` and per piece a
+    ``Slice`` and ``Squeeze`` of axis 0 (``qkv[0]``: a ``Gather`` of one index): a
+    transposing copy of the whole projection and two steps per piece. The attention reads strided views in
+    place, so the piece is a view of the untransposed projection instead (its rows stay D-contiguous)."""
+    view = GraphView(graph)
+    done = 0
+    for attention in [n for n in graph.nodes if n.op_type == ATTENTION_OP]:
+        for value in dict.fromkeys(attention.inputs[:3]):
+            readers = view.readers.get(value, [])
+            if value in view.outputs or not all(r.op_type in (ATTENTION_OP, "Shape") for r, _ in readers):
+                continue
+            found = _stacked_piece(view, value)
+            if found is None:
+                continue
+            x, perm, index, last = found
+            at = next(i for i, n in enumerate(graph.nodes) if n is last)
+            graph.nodes[at] = Node(last.name, HEADS_VIEW_OP, (x,), (value,), {"view": HeadsView(perm, index)})
+            view.refresh()
+            done += 1
+    return done  # the slices and the transpose, when nothing else reads them, go with the graph's pruning
+
+
+def _stacked_piece(view: GraphView, value: str) -> tuple[str, tuple[int, ...], int, Node] | None:
+    """``(x, perm, i, the node writing value)`` when ``value`` is ``Transpose(x, perm)[i]`` cut by a
+    ``Squeeze`` of a one-index ``Slice`` of axis 0, or a ``Gather`` of one index; else None."""
+    graph, producer = view.graph, view.producer
+    last = producer.get(value)
+    if last is None:
+        return None
+
+    def ints(name: str | None, attr: str, node: Node) -> list[int] | None:
+        found = graph.constants.get(name) if name else None
+        found = node.attrs.get(attr) if found is None else found
+        return None if found is None else np.ravel(found).astype(np.int64).tolist()
+
+    if last.op_type == "Gather" and int(last.attrs.get("axis", 0)) == 0:
+        index = graph.constants.get(last.inputs[1])
+        if index is None or index.ndim != 0:
+            return None
+        source, i = last.inputs[0], int(index)
+    elif last.op_type == "Squeeze" and ints(last.inputs[1] if len(last.inputs) > 1 else None, "axes", last) == [0]:
+        cut = producer.get(last.inputs[0])
+        if cut is None or cut.op_type != "Slice" or view.only_reader(last.inputs[0]) is not last:
+            return None
+        starts, ends = ints(cut.inputs[1], "starts", cut), ints(cut.inputs[2], "ends", cut)
+        axes = ints(cut.inputs[3] if len(cut.inputs) > 3 else None, "axes", cut) or [0]
+        steps = ints(cut.inputs[4] if len(cut.inputs) > 4 else None, "steps", cut) or [1]
+        if starts is None or ends is None or len(starts) != 1 or axes != [0] or steps != [1]:
+            return None
+        if starts[0] < 0 or ends[0] != starts[0] + 1:
+            return None
+        source, i = cut.inputs[0], starts[0]
+    else:
+        return None
+    transpose = producer.get(source)
+    if transpose is None or transpose.op_type != "Transpose" or "perm" not in transpose.attrs:
+        return None
+    perm = tuple(int(p) for p in transpose.attrs["perm"])
+    rank = graph.ranks.get(transpose.inputs[0])
+    if rank is not None and rank != len(perm):
+        return None
+    return transpose.inputs[0], perm, i, last

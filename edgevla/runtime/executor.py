@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import EdgevlaError
 from . import ops
-from .attention import ATTENTION_OP
+from .attention import ATTENTION_OP, HEADS_VIEW_OP
 from .conv import CONV_OP
 from .fusion import LINEAR_OP, QUANTIZE_TOKENS_OP
 from .graph import Graph, Node
@@ -106,6 +106,8 @@ class Program:
                 fn, writes_out = node.attrs["gated"], True
             elif node.op_type == COLUMNS_OP:
                 fn, writes_out = node.attrs["columns"], False
+            elif node.op_type == HEADS_VIEW_OP:
+                fn, writes_out = node.attrs["view"], False
             else:
                 kernel = ops.compile_op(node.op_type, node.attrs, consts, graph.opset, len(node.outputs),
                                         node.describe())

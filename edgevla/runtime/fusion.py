@@ -49,7 +49,9 @@ a layer like any other convolution):
    numbers are the ones each layer would have computed itself.
 4. **Attention**: the transposes, products, scaling and softmax of each
    attention head group become one ``edgevla.Attention`` node
-   (:mod:`.attention`), under the same only-reader rule. Then each gated
+   (:mod:`.attention`), under the same only-reader rule; q, k and v cut from
+   one stacked projection by a transpose are strided views of it
+   (:func:`~.attention.view_stacked_heads`), not a copy. Then each gated
    MLP's ``silu(gate) * up`` (or GEGLU's ``gelu(a) * b``), and each SiLU
    alone, becomes one ``edgevla.Gated`` node (:mod:`.gated`).
 5. **LayerNorm + quantization**: a ``LayerNormalization`` or
@@ -82,7 +84,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .attention import fuse_attention
+from .attention import fuse_attention, view_stacked_heads
 from .conv_transpose import rewrite_conv_transposes
 from .graph import Graph, GraphView, Node, QuantizedConstant, layer_name
 from .conv import CONV_OP, ConvLayer, conv_matrix
@@ -116,6 +118,7 @@ def fuse(graph: Graph, precision: str, arena: WeightArena | None = None) -> list
     _fuse_convs(graph, precision_of, arena)
     _share_token_quantization(graph)
     fuse_attention(graph)
+    view_stacked_heads(graph)
     fuse_gated(graph)
     fuse_layer_norm_quantize(graph)
     fuse_group_norm(graph)
