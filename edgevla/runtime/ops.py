@@ -869,6 +869,11 @@ def _gather_nd(c):
 
     def gather_nd(data, indices):
         k = indices.shape[-1]
+        if b == 0 and k == 1 and data.ndim >= 1:  # rows picked by one index each (a decoded token's bin): a take
+            try:
+                return np.take(data, indices[..., 0], axis=0)
+            except IndexError:
+                raise _fail(c, "an index is out of range") from None
         if b + k > data.ndim or data.shape[:b] != indices.shape[:b]:
             raise _fail(c, f"indices {indices.shape} do not address data {data.shape} with batch_dims {b}")
         lead = np.asarray(data.shape[b:b + k], np.int64)
