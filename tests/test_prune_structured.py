@@ -605,14 +605,15 @@ def test_a_repeat_is_removed_only_whole():
 
 class EagerGroupedQueryAttention(nn.Module):
     """Grouped-query attention as Hugging Face's modeling files write it, which plain ``torch.fx`` cannot trace:
-    shapes unpacked with ``*`` and ``len``, a branch on a size, ``repeat_kv`` by ``x[:, :, None]`` and expand,
+    shapes unpacked with ``*`` and ``len``, a branch on a size, a mask of ``finfo(x.dtype).min`` on
+    ``x.device``, ``repeat_kv`` by ``x[:, :, None]`` and expand,
     rotary tables computed in the forward (cos, sin), ``rotate_half`` sliced at ``shape[-1] // 2``."""
 
-    def __init__(self):
+    def __init__(self, kv_heads=2):
         super().__init__()
-        self.head_dim, self.num_key_value_groups = 4, 2
-        self.q_proj, self.k_proj = nn.Linear(16, 16, bias=False), nn.Linear(16, 8, bias=False)
-        self.v_proj, self.o_proj = nn.Linear(16, 8, bias=False), nn.Linear(16, 16, bias=False)
+        self.head_dim, self.num_key_value_groups = 4, 4 // kv_heads
+        self.q_proj, self.k_proj = nn.Linear(16, 16, bias=False), nn.Linear(16, 4 * kv_heads, bias=False)
+        self.v_proj, self.o_proj = nn.Linear(16, 4 * kv_heads, bias=False), nn.Linear(16, 16, bias=False)
         self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, 4, 2).float() / 4), persistent=False)
 
     @staticmethod
@@ -638,7 +639,7 @@ class EagerGroupedQueryAttention(nn.Module):
         k, v = self.repeat_kv(k, self.num_key_value_groups), self.repeat_kv(v, self.num_key_value_groups)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
         if len(x.shape) == 3 and x.shape[1] > 1:  # a causal mask over more than one token
-            scores = scores + torch.full((x.shape[1], x.shape[1]), -1e9).triu(1)
+            scores = scores + torch.full((x.shape[1], x.shape[1]), torch.finfo(x.dtype).min, device=x.device).triu(1)
         p = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return self.o_proj(torch.matmul(p, v).transpose(1, 2).reshape(*input_shape, -1).contiguous())
 
@@ -661,3 +662,12 @@ def test_hugging_face_attention_traces_and_its_grouped_heads_prune_exactly():
     _zero(model, couplings)
     _removing_changes_nothing(model, graph, couplings)
     assert (model.attn.q_proj.out_features, model.attn.k_proj.out_features) == (8, 4)
+
+
+def test_multi_query_heads_are_not_groups():
+    """One key/value head for all query heads: ``repeat_kv``'s expand to ``n_rep``, an attribute, is not a size
+    pruning can change, so query heads alone are no group (they were offered, and broke the model)."""
+    model = GroupedQueryPolicy().eval()
+    model.attn = EagerGroupedQueryAttention(kv_heads=1)
+    graph = DependencyGraph(model)
+    assert graph.head_groups() == [] and [g.name for g in graph.hidden_groups()] == ["fc1"]

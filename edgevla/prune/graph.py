@@ -436,8 +436,14 @@ class DependencyGraph:
             if len(x) != len(out):
                 return False
             copies = self._copied_dim(node, name, args, len(out))
+            like = self._slots(args[1]) if name == "expand_as" and len(args) > 1 else None
             for i in range(len(out)):
-                if shape[i] == out_shape[i] and shape[i] != 1:
+                if shape[i] == 1 and out_shape[i] != 1:  # broadcast to a size the call's arguments set
+                    if like is not None and len(like) == len(out):
+                        self._unify(out[i], like[i])
+                    else:  # a literal or an attribute (repeat_kv's n_rep): pruning it would not change them
+                        self._block(out[i], f"{name} broadcasts it to a size its arguments set")
+                elif shape[i] == out_shape[i] and shape[i] != 1:
                     self._unify(out[i], x[i])
                 elif shape[i] != 1 and i == copies and out_shape[i] % shape[i] == 0:
                     # Each index copied r times, in runs (repeat_interleave: grouped-query attention's key and value
@@ -1031,8 +1037,12 @@ class _Tracer(fx.Tracer):
         raise fx.proxy.TraceError(f"cannot compute {node.op} {node.name} during the trace")
 
 
+#: A traced tensor's attributes that are neither its values nor sizes that vary: taken as the example's.
+_METADATA = ("dtype", "device", "ndim", "layout")
+
+
 class _ConcreteProxy(fx.Proxy):
-    """fx's proxy whose ``len``, integer use and attributes take the example's values (:class:`_Tracer`)."""
+    """fx's proxy whose ``len``, integer use, dtype and device take the example's values (:class:`_Tracer`)."""
 
     def __len__(self) -> int:
         return len(self.tracer.value_of(self))
@@ -1040,7 +1050,9 @@ class _ConcreteProxy(fx.Proxy):
     def __index__(self) -> int:
         return operator.index(self.tracer.size_value(self))
 
-    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+    def __getattr__(self, k: str):
+        if k in _METADATA and self.tracer._example is not None:  # torch.finfo(x.dtype), device=x.device
+            return getattr(self.tracer.value_of(self), k)
         return _ConcreteAttribute(self, k)
 
 
