@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -320,3 +321,27 @@ def test_a_padded_history_policy_builds_finite_and_verified(tests_on_path, tmp_p
                                 overrides=fast))
     assert result.report["extra"]["verify"]["passed"]
     assert math.isfinite(result.report["models"]["built"]["action_error"])
+
+
+def test_a_hugging_face_written_policy_prunes_heads_smooths_and_runs_fused(tmp_path, fast, monkeypatch):
+    """Gemma as Hugging Face writes it (benchmarks/cpu/policies/hf_llama_policy.py): its key/value head groups
+    prune through repeat_kv, SmoothQuant folds into its hand-written (1 + w) norms, and the native runtime runs
+    each block's norm, attention, rotary and GEGLU as single steps."""
+    policies = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu" / "policies"
+    monkeypatch.syspath_prepend(str(policies))
+    monkeypatch.setenv("PYTHONPATH", str(policies))
+    out = tmp_path / "gemma"
+    overrides = {**fast, **prune_shorthand("structured:0.1:heads"), "prune.scope": "layers",
+                 "quantize.format": "w8a8", "quantize.smoothquant.enabled": True}
+    result = build(BuildRequest(target="x86-64-cpu", policy="hf_llama_policy:make_gemma", output=str(out),
+                                overrides=overrides))
+    extra = result.report["extra"]
+    assert extra["quantize"]["smoothquant"]["folded_into"] == [
+        f"layers.{i}.{norm}" for i in range(4) for norm in ("input_layernorm", "post_attention_layernorm")]
+    layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
+    assert [layers[f"layers.{i}.self_attn.q_proj"]["shape"][0] for i in range(4)] == [128] * 4  # 1 of 2 groups
+    assert [layers[f"layers.{i}.self_attn.k_proj"]["shape"][0] for i in range(4)] == [32] * 4
+    assert extra["verify"]["passed"]
+    ops = NativeModel(out / "model.onnx").op_count()
+    assert (ops["edgevla.Attention"], ops["edgevla.Gated"], ops["edgevla.Rotary"]) == (4, 4, 8)
+    assert not {"Softmax", "ReduceMean", "Gelu", "Neg"} & set(ops), ops
