@@ -206,6 +206,21 @@ def test_scaled_dot_product_attention_as_exported_fuses(tmp_path, mask, monkeypa
     assert all((a[6] is not None) == (mask != "none") and a[7] == (mask == "bool") for a in calls)
 
 
+def _run_fused(block, path, monkeypatch, x):
+    """``block`` exported to ``path`` and run natively twice (traced, then on planned buffers), each time against
+    PyTorch on ``x``: the op types of the steps it runs, the attention kernel's calls, PyTorch's output."""
+    calls, raw = [], native.raw
+    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
+                        if name == "attention_f32" else raw(name))
+    model = NativeModel(export_onnx(block, path), precision="fp32")
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        np.testing.assert_allclose(model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
+    (bound,) = model._program._bound.values()
+    return [step.node.op_type for step in bound.steps], calls, want
+
+
 class GroupedQueryBlock(nn.Module):
     """Grouped-query attention as Llama-style trunks write it: 4 query heads, 2 key/value heads repeated to 4
     (``repeat_interleave``, or ``repeat_kv``'s expand and reshape), causal SDPA."""
@@ -237,18 +252,9 @@ def test_grouped_query_attention_reads_the_unrepeated_heads(tmp_path, repeat, mo
 
     torch.manual_seed(6)
     block = GroupedQueryBlock(repeat).eval()
-    calls, raw = [], native.raw
-    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
-                        if name == "attention_f32" else raw(name))
-    native_model = NativeModel(export_onnx(block, tmp_path / "gqa.onnx"), precision="fp32")
     x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
-    with torch.no_grad():
-        want = block(torch.from_numpy(x)).numpy()
-    for _ in range(2):
-        np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
-    (bound,) = native_model._program._bound.values()
-    running = {step.node.op_type for step in bound.steps}
-    assert ATTENTION_OP in running and not {"Expand", "Tile"} & running, running
+    running, calls, want = _run_fused(block, tmp_path / "gqa.onnx", monkeypatch, x)
+    assert ATTENTION_OP in running and not {"Expand", "Tile"} & set(running), running
     assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
     assert all(a[1].shape == (2, 6, 2, 6) and a[0].shape == (2, 6, 4, 6) for a in calls)
     monkeypatch.setattr(attention, "native_attention_max_tokens", lambda: 0)  # the NumPy path repeats them
@@ -288,19 +294,9 @@ def test_eager_attention_with_scaled_scores_fuses(tmp_path, scaling, monkeypatch
     from edgevla.runtime import attention
 
     torch.manual_seed(7)
-    block = EagerAttentionBlock(scaling).eval()
-    calls, raw = [], native.raw
-    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
-                        if name == "attention_f32" else raw(name))
-    native_model = NativeModel(export_onnx(block, tmp_path / "eager.onnx"), precision="fp32")
     x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
-    with torch.no_grad():
-        want = block(torch.from_numpy(x)).numpy()
-    for _ in range(2):
-        np.testing.assert_allclose(native_model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
-    (bound,) = native_model._program._bound.values()
-    running = {step.node.op_type for step in bound.steps}
-    assert ATTENTION_OP in running and not {"Softmax", "MatMul", "Expand", "Div"} & running, running
+    running, calls, _ = _run_fused(EagerAttentionBlock(scaling).eval(), tmp_path / "eager.onnx", monkeypatch, x)
+    assert ATTENTION_OP in running and not {"Softmax", "MatMul", "Expand", "Div"} & set(running), running
     assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
     assert all(a[1].shape == (2, 6, 2, 6) and a[4] == (scaling == "div") and a[6] is not None for a in calls)
 
@@ -333,18 +329,8 @@ def test_stacked_qkv_pieces_are_views_of_the_projection(tmp_path, cut, reuse, mo
     from edgevla.runtime import attention
 
     torch.manual_seed(8)
-    block = StackedQKVBlock(cut, reuse).eval()
-    calls, raw = [], native.raw
-    monkeypatch.setattr(native, "raw", lambda name: (lambda *a: calls.append(a) or raw(name)(*a))
-                        if name == "attention_f32" else raw(name))
-    model = NativeModel(export_onnx(block, tmp_path / "qkv.onnx"), precision="fp32")
     x = RNG.normal(0, 1, (2, 6, 24)).astype(np.float32)
-    with torch.no_grad():
-        want = block(torch.from_numpy(x)).numpy()
-    for _ in range(2):
-        np.testing.assert_allclose(model.run({"x": x})["a"], want, rtol=0, atol=2e-6)
-    (bound,) = model._program._bound.values()
-    running = [step.node.op_type for step in bound.steps]
+    running, calls, _ = _run_fused(StackedQKVBlock(cut, reuse).eval(), tmp_path / "qkv.onnx", monkeypatch, x)
     assert running.count(attention.HEADS_VIEW_OP) == (2 if reuse else 3), running
     assert running.count("Transpose") == (2 if reuse else 0), running  # v read elsewhere: its cut and its copy
     assert bool(calls) == (attention.native_attention_max_tokens() >= 6)
