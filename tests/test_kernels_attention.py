@@ -65,18 +65,21 @@ def test_attention_matches_its_reference_and_float64(isa, shape, scale, divide, 
 
 def _masks(b, h, t, s, rng):
     """Additive biases as graphs bring them: a causal mask (T, S) over batch and heads, padded keys per batch,
-    a bias per head and query (ALiBi-like)."""
+    a bias per head and query (ALiBi-like), a sliding window (the kernel sums P @ V over its keys only)."""
     causal = np.where(np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t), 0.0, -np.inf).astype(np.float32)
     padded = np.zeros((b, 1, 1, s), np.float32)
     padded[:, :, :, s - 1 - np.arange(b) % s] = -np.inf  # a different hidden key per batch
     full = rng.normal(0, 2, (b, h, t, s)).astype(np.float32)
-    return {"causal": causal[None, None], "padded": padded, "full": full}
+    # a sliding window of finfo.min (Hugging Face's fill): keys hidden before and after each query's
+    near = np.abs(np.arange(s)[None, :] - np.arange(t)[:, None] - (s - t)) <= 2
+    window = np.where(near, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    return {"causal": causal[None, None], "padded": padded, "full": full, "window": window[None, None]}
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", [(1, 16, 16, 8, 2, 32), (2, 5, 7, 4, 1, 24), (1, 1, 9, 6, 3, 16),
                                    (1, 33, 33, 4, 4, 8)])
-@pytest.mark.parametrize("mask", ["causal", "padded", "full"])
+@pytest.mark.parametrize("mask", ["causal", "padded", "full", "window"])
 def test_grouped_heads_and_a_bias_match_the_reference_and_float64(isa, shape, mask, restore_dispatch):
     native.set_isa(isa)
     b, t, s, h, kv, d = shape
