@@ -325,7 +325,8 @@ def test_a_padded_history_policy_builds_finite_and_verified(tests_on_path, tmp_p
 
 def test_a_hugging_face_written_policy_prunes_heads_smooths_and_runs_fused(tmp_path, fast, monkeypatch):
     """Gemma as Hugging Face writes it (benchmarks/cpu/policies/hf_llama_policy.py): its key/value head groups
-    prune through repeat_kv, SmoothQuant folds into its hand-written (1 + w) norms, and the native runtime runs
+    prune through repeat_kv, SmoothQuant folds into its hand-written (1 + w) norms and its GEGLUs' value rows,
+    and the native runtime runs
     each block's norm, attention, rotary and GEGLU as single steps."""
     policies = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu" / "policies"
     monkeypatch.syspath_prepend(str(policies))
@@ -337,7 +338,8 @@ def test_a_hugging_face_written_policy_prunes_heads_smooths_and_runs_fused(tmp_p
                                 overrides=overrides))
     extra = result.report["extra"]
     assert extra["quantize"]["smoothquant"]["folded_into"] == [
-        f"layers.{i}.{norm}" for i in range(4) for norm in ("input_layernorm", "post_attention_layernorm")]
+        f"layers.{i}.{norm}" for i in range(4) for norm in ("input_layernorm", "post_attention_layernorm")] + [
+        f"layers.{i}.mlp.up_proj" for i in range(4)]  # the down projections' inputs, through the value rows
     layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
     assert [layers[f"layers.{i}.self_attn.q_proj"]["shape"][0] for i in range(4)] == [128] * 4  # 1 of 2 groups
     assert [layers[f"layers.{i}.self_attn.k_proj"]["shape"][0] for i in range(4)] == [32] * 4

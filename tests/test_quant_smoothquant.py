@@ -71,7 +71,7 @@ def test_smoothquant_folds_into_an_rms_norm():
         m.norm.weight[5] = 25.0  # an outlier channel
     xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
     groups, refused = find_smooth_groups(m, xs[0])
-    assert [(g.norm, g.linears) for g in groups] == [("norm", ("gate", "up"))] and refused == []
+    assert [(g.norm, g.linears) for g in groups] == [("norm", ("gate", "up")), ("up", ("down",))] and refused == []
     with torch.no_grad():
         before, act_before = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
     smooth_quant(m, xs, alpha=0.5)
@@ -79,6 +79,48 @@ def test_smoothquant_folds_into_an_rms_norm():
         after, act_after = m(*xs[0]), m.norm(xs[0][0]).abs().amax(dim=(0, 1))
     assert torch.allclose(before, after, atol=1e-5)
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median()
+
+
+def _down_input(m, x):
+    seen = []
+    handle = m.down.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
+    with torch.no_grad():
+        m(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_smoothquant_smooths_a_gated_mlps_down_projection_through_its_value_rows():
+    """down(silu(gate(h)) * up(h)): the product's outlier channel (an LLM's down_proj input carries the
+    largest) is divided out of up's row and multiplied into down's column, exactly; an up layer also read
+    elsewhere, or called twice, is refused."""
+    torch.manual_seed(3)
+    m = LlamaBlock().eval()
+    with torch.no_grad():
+        m.up.weight[7] *= 40.0  # one product channel 40x the others
+        m.up.bias = None
+    xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
+    with torch.no_grad():
+        before = m(*xs[0])
+    up_before, act_before = m.up.weight.detach().clone(), _down_input(m, xs[0][0])
+    result = smooth_quant(m, xs, alpha=0.5)
+    torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
+    s = result["scales"]["up"]
+    torch.testing.assert_close(m.up.weight, up_before * result["scales"]["norm"][None, :] / s[:, None])
+    act_after = _down_input(m, xs[0][0])
+    assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
+
+
+class ValueReadTwice(LlamaBlock):
+    def forward(self, x):
+        h = self.norm(x)
+        u = self.up(h)
+        return x + self.down(torch.nn.functional.silu(self.gate(h)) * u) + u[..., :16]
+
+
+def test_a_value_layer_read_elsewhere_is_not_smoothed():
+    groups, _ = find_smooth_groups(ValueReadTwice().eval(), (torch.randn(2, 3, 16),))
+    assert [g.norm for g in groups] == ["norm"]
 
 
 class SpelledRMSNorm(nn.Module):

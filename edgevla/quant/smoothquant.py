@@ -15,7 +15,12 @@ out as ops the way Hugging Face's modeling files write theirs (``LlamaRMSNorm``,
 ``x * (1 + γ)``, whose ``1 + γ`` is divided). That fold is exact only
 when every consumer of the LayerNorm's output is a ``Linear`` receiving it
 directly — q, k and v sharing one pre-norm get one shared ``s`` and all three
-weights are scaled. Pairs are found on the ``torch.export`` graph of the
+weights are scaled. A gated MLP's down projection, whose input (``act(gate(x)) *
+up(x)``) carries a Llama-family model's largest activation outliers, takes its
+scales through ``up``'s output rows instead: the product's channel ``j`` is
+``up``'s row ``j`` times a gate, exactly (a random-init Llama-style policy, w8a8:
+28.6 -> 29.8 dB output SQNR with them, 28.0 without SmoothQuant). Pairs are
+found on the ``torch.export`` graph of the
 model; anything else (a LayerNorm whose output also feeds a residual, a
 reshape or a non-linear op, a Linear called on two different inputs) is
 refused and left untouched.
@@ -40,10 +45,11 @@ _CASTS = ("aten.to", "aten.type_as", "aten._to_copy", "aten.clone", "aten.contig
 
 @dataclass(frozen=True)
 class SmoothGroup:
-    """One LayerNorm (or RMSNorm) and the Linears that read its output, all of them and nothing else.
+    """One LayerNorm (or RMSNorm) and the Linears that read its output, all of them and nothing else; or the
+    Linear producing a gated MLP's value (``up_proj``) and the one reading the product (``down_proj``).
 
-    ``weight`` (and ``bias``) are the parameters divided by the scales; the norm multiplies by
-    ``offset + weight`` (Gemma's RMSNorm by ``1 + w``; 0 elsewhere)."""
+    ``weight`` (and ``bias``) are the parameters divided by the scales: a norm's 1-D γ, which multiplies by
+    ``offset + weight`` (Gemma's RMSNorm by ``1 + w``; 0 elsewhere), or the value Linear's rows."""
 
     norm: str
     linears: tuple[str, ...]
@@ -80,7 +86,8 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
     program = trace_program(model, example, "SmoothQuant")
     linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
                      module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
-    candidates = _module_norms(program, modules) | _spelled_norms(program, modules)
+    candidates = (_module_norms(program, modules) | _spelled_norms(program, modules)
+                  | _gated_values(program, modules, linear_inputs))
 
     groups, refused = [], []
     for norm, found in candidates.items():
@@ -155,6 +162,32 @@ def _spelled_norms(program: torch.export.ExportedProgram, modules: Mapping[str, 
         elif (bias := next(iter(biases))) is not None and _parameter_uses(program, bias) != len(uses):
             reason = f"{bias} is also used elsewhere"
         found[norm] = _Candidate([u[0] for u in uses], weight, next(iter(biases)), next(iter(offsets)), reason)
+    return found
+
+
+def _gated_values(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module],
+                  linear_inputs: Mapping[str, list]) -> dict[str, _Candidate]:
+    """Gated MLPs, ``down(act(gate(x)) * up(x))`` (SwiGLU, GEGLU): the product's channel ``j`` is ``up``'s
+    output row ``j`` times a gate, so dividing that row (and its bias) by ``s_j`` divides the product's channel
+    by ``s_j``, whatever the gate is. The down projection's input, which carries an LLM's largest activation
+    outliers, is smoothed through ``up``: keyed by ``up``, which must be called this once."""
+    found = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or _op_name(node) != "aten.mul" or len(node.args) != 2:
+            continue
+        if not all(isinstance(a, torch.fx.Node) for a in node.args):
+            continue
+        for side in node.args:
+            value = _uncast(side)
+            owner = _owner(value)
+            if (_op_name(value) == _LINEAR and isinstance(modules.get(owner), nn.Linear) and owner not in found
+                    and _uncast_users(value) == [node] and _shape(value) == _shape(node)
+                    and any(_op_name(r) == _LINEAR for r in _uncast_users(node))):  # a down projection reads it
+                up = modules[owner]
+                reason = None if len(linear_inputs.get(owner, ())) == 1 else f"{owner} is called more than once"
+                found[owner] = _Candidate([node], f"{owner}.weight", f"{owner}.bias" if up.bias is not None else None,
+                                          0.0, reason)
+                break
     return found
 
 
@@ -253,12 +286,15 @@ def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], al
 
 @torch.no_grad()
 def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -> None:
-    """Divide the norm's γ (its ``offset + γ``) and β by ``scales`` and multiply each Linear's input columns by
-    them."""
+    """Divide the norm's γ (its ``offset + γ``) and β, or the value Linear's rows and bias, by ``scales`` and
+    multiply each reading Linear's input columns by them."""
     modules = dict(model.named_modules())
     weight = model.get_parameter(group.weight or f"{group.norm}.weight")
     s = scales.to(weight.dtype)
-    weight.copy_((group.offset + weight) / s - group.offset)
+    if weight.ndim == 2:  # a gated MLP's value Linear: its output rows
+        weight.div_(s[:, None])
+    else:
+        weight.copy_((group.offset + weight) / s - group.offset)
     if group.bias is not None:
         model.get_parameter(group.bias).div_(s)
     for name in group.linears:
