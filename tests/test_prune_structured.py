@@ -671,3 +671,47 @@ def test_multi_query_heads_are_not_groups():
     model.attn = EagerGroupedQueryAttention(kv_heads=1)
     graph = DependencyGraph(model)
     assert graph.head_groups() == [] and [g.name for g in graph.hidden_groups()] == ["fc1"]
+
+
+class DecoderLayer(nn.Module):
+    """A Hugging Face decoder layer's calling convention: the stream first, then what it only reads (a mask and
+    rotary-like tables); ``stream_last`` puts the stream after them, which a skipped block cannot return."""
+
+    def __init__(self, stream_last=False):
+        super().__init__()
+        self.attn, self.mlp = EagerGroupedQueryAttention(), nn.Sequential(nn.Linear(16, 32), nn.GELU(),
+                                                                          nn.Linear(32, 16))
+        self.stream_last = stream_last
+
+    def forward(self, *args):
+        x, mask, table = (args[2], args[0], args[1]) if self.stream_last else args
+        x = x + self.attn(x + table) * mask
+        return x + self.mlp(x)
+
+
+class DecoderPolicy(nn.Module):
+    def __init__(self, stream_last=False):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("a", (6, 16)))
+        self.layers = nn.ModuleList(DecoderLayer(stream_last) for _ in range(3))
+        self.register_buffer("mask", torch.ones(1, 6, 1))
+        self.register_buffer("table", torch.linspace(0, 1, 16))
+        self.stream_last = stream_last
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(self.mask, self.table, x) if self.stream_last else layer(x, self.mask, self.table)
+        return x
+
+
+def test_a_decoder_layer_with_side_inputs_is_a_residual_block_when_the_stream_comes_first():
+    """Hugging Face decoder layers take masks and rotary tables besides the stream: still blocks to drop, the
+    skipped one handing its first argument on; a layer taking the stream last is not offered."""
+    torch.manual_seed(11)
+    assert residual_blocks(DecoderPolicy().eval()) == ["layers.0", "layers.1", "layers.2"]
+    assert residual_blocks(DecoderPolicy(stream_last=True).eval()) == []
+    model = DecoderPolicy().eval()
+    prune_structured(model, "blocks", 0.34)
+    assert sum(type(layer).__name__ == "SkippedBlock" for layer in model.layers) == 1
+    with torch.no_grad():
+        assert model(torch.randn(2, 6, 16)).shape == (2, 6, 16)

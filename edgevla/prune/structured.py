@@ -178,8 +178,10 @@ def prune_structured(model: nn.Module, structure: str, amount: Amount, importanc
 
 
 def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
-    """Modules that can be replaced by the identity: one tensor in, one of the same shape out,
-    and a skip connection inside (their input is added to something they compute).
+    """Modules that can be replaced by the identity: a tensor in and one of the same shape out, with a skip
+    connection inside (that input is added to something they compute). Other inputs they only read (a
+    Hugging Face decoder layer's mask and rotary tables) are allowed when the stream is the first argument
+    (what :class:`~.architecture.SkippedBlock` hands back), as a forward on the example checks.
 
     Found on the fx graph, so pre-norm, post-norm and any user block qualify.
     """
@@ -190,23 +192,53 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
     for node in gm.graph.nodes:
         for path in (node.meta.get("nn_module_stack") or {}).values():
             members.setdefault(path[0], set()).add(node)
-    found = []
+    found, with_side_inputs = [], {}
     for path, nodes in members.items():
         if not path or not any(True for _ in model.get_submodule(path).parameters()):
             continue
         ins = {a for n in nodes for a in n.all_input_nodes if a not in nodes and "tensor_meta" in a.meta}
         outs = [n for n in nodes if any(u not in nodes for u in n.users)]
-        if len(ins) != 1 or len(outs) != 1:
+        if len(outs) != 1 or not hasattr(outs[0].meta.get("tensor_meta"), "shape"):
             continue
-        (x,), y = tuple(ins), outs[0]
-        if not hasattr(y.meta.get("tensor_meta"), "shape") or tuple(x.meta["tensor_meta"].shape) != tuple(
-                y.meta["tensor_meta"].shape):
+        y = outs[0]
+        shape = tuple(y.meta["tensor_meta"].shape)
+        streams = [a for a in ins if tuple(getattr(a.meta["tensor_meta"], "shape", ())) == shape]
+        if len(streams) != 1:
             continue
+        (x,) = streams
         if any(n.op == "call_function" and getattr(n.target, "__name__", "") in ("add", "iadd") and x in n.args
                for n in nodes):
             found.append(path)
+            if len(ins) > 1:
+                with_side_inputs[path] = shape
+    found = [p for p in found if p not in with_side_inputs or p in _first_argument_is(model, inputs,
+                                                                                      with_side_inputs)]
     # Keep the innermost: a module holding a block is not itself the unit to drop.
     return [p for p in found if not any(q != p and q.startswith(p + ".") for q in found)]
+
+
+def _first_argument_is(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The modules of ``shapes`` whose first positional argument, in a forward on ``inputs``, is a tensor of
+    their shape (the stream a skipped block returns), every time they are called."""
+    seen: dict[str, bool] = {}
+
+    def check(path: str):
+        def hook(_module, args):
+            ok = bool(args) and isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == shapes[path]
+            seen[path] = seen.get(path, True) and ok
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(check(p)) for p in shapes]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {p for p, ok in seen.items() if ok}
 
 
 def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, calibration):
