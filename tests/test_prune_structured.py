@@ -715,3 +715,24 @@ def test_a_decoder_layer_with_side_inputs_is_a_residual_block_when_the_stream_co
     assert sum(type(layer).__name__ == "SkippedBlock" for layer in model.layers) == 1
     with torch.no_grad():
         assert model(torch.randn(2, 6, 16)).shape == (2, 6, 16)
+
+
+class TupleLayer(DecoderLayer):
+    def forward(self, *args):  # older Hugging Face layers: outputs = (hidden_states,)
+        return (super().forward(*args),)
+
+
+class TuplePolicy(DecoderPolicy):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(TupleLayer() for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x, self.mask, self.table)[0]
+        return x
+
+
+def test_a_layer_returning_a_tuple_is_not_a_block_its_skip_could_replace():
+    """A skipped block returns its first argument itself; the caller's ``[0]`` would then index the stream."""
+    assert residual_blocks(TuplePolicy().eval()) == []

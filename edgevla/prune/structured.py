@@ -180,8 +180,9 @@ def prune_structured(model: nn.Module, structure: str, amount: Amount, importanc
 def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
     """Modules that can be replaced by the identity: a tensor in and one of the same shape out, with a skip
     connection inside (that input is added to something they compute). Other inputs they only read (a
-    Hugging Face decoder layer's mask and rotary tables) are allowed when the stream is the first argument
-    (what :class:`~.architecture.SkippedBlock` hands back), as a forward on the example checks.
+    Hugging Face decoder layer's mask and rotary tables) are allowed: a forward on the example checks that
+    the stream is the first argument and the one tensor returned (what :class:`~.architecture.SkippedBlock`
+    hands back).
 
     Found on the fx graph, so pre-norm, post-norm and any user block qualify.
     """
@@ -192,7 +193,7 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
     for node in gm.graph.nodes:
         for path in (node.meta.get("nn_module_stack") or {}).values():
             members.setdefault(path[0], set()).add(node)
-    found, with_side_inputs = [], {}
+    found, shapes = [], {}
     for path, nodes in members.items():
         if not path or not any(True for _ in model.get_submodule(path).parameters()):
             continue
@@ -209,26 +210,29 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
         if any(n.op == "call_function" and getattr(n.target, "__name__", "") in ("add", "iadd") and x in n.args
                for n in nodes):
             found.append(path)
-            if len(ins) > 1:
-                with_side_inputs[path] = shape
-    found = [p for p in found if p not in with_side_inputs or p in _first_argument_is(model, inputs,
-                                                                                      with_side_inputs)]
+            shapes[path] = shape
+    passing = _passes_its_stream(model, inputs, shapes) if shapes else set()
+    found = [p for p in found if p in passing]
     # Keep the innermost: a module holding a block is not itself the unit to drop.
     return [p for p in found if not any(q != p and q.startswith(p + ".") for q in found)]
 
 
-def _first_argument_is(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> set[str]:
-    """The modules of ``shapes`` whose first positional argument, in a forward on ``inputs``, is a tensor of
-    their shape (the stream a skipped block returns), every time they are called."""
+def _passes_its_stream(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The modules of ``shapes`` that, in a forward on ``inputs``, take a tensor of their shape as the first
+    positional argument and return one tensor of it, every time they are called: what a skipped block
+    (returning its first argument) stands in for. A decoder layer returning ``(hidden_states,)`` is not."""
     seen: dict[str, bool] = {}
 
+    def is_stream(path: str, value) -> bool:
+        return isinstance(value, torch.Tensor) and tuple(value.shape) == shapes[path]
+
     def check(path: str):
-        def hook(_module, args):
-            ok = bool(args) and isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == shapes[path]
+        def hook(_module, args, output):
+            ok = bool(args) and is_stream(path, args[0]) and is_stream(path, output)
             seen[path] = seen.get(path, True) and ok
         return hook
 
-    handles = [model.get_submodule(p).register_forward_pre_hook(check(p)) for p in shapes]
+    handles = [model.get_submodule(p).register_forward_hook(check(p)) for p in shapes]
     was_training = model.training
     model.eval()
     try:
