@@ -733,6 +733,23 @@ class TuplePolicy(DecoderPolicy):
         return x
 
 
-def test_a_layer_returning_a_tuple_is_not_a_block_its_skip_could_replace():
-    """A skipped block returns its first argument itself; the caller's ``[0]`` would then index the stream."""
-    assert residual_blocks(TuplePolicy().eval()) == []
+def test_a_layer_returning_its_stream_in_a_tuple_is_skipped_by_a_tuple():
+    """Hugging Face decoder layers before transformers 4.48 return ``(hidden_states,)`` and their caller takes
+    ``[0]``: the skip returns ``(x,)`` too (not x, whose ``[0]`` would be the first batch row), and a rebuilt
+    bundle's architecture says so."""
+    from edgevla.prune.architecture import architecture_delta, rebuild
+
+    torch.manual_seed(12)
+    model = TuplePolicy().eval()
+    assert residual_blocks(model) == ["layers.0", "layers.1", "layers.2"]
+    prune_structured(model, "blocks", 0.34)
+    (skipped,) = [layer for layer in model.layers if type(layer).__name__ == "SkippedBlock"]
+    x = torch.randn(2, 6, 16)
+    assert skipped(x, model.mask, model.table)[0] is x
+    with torch.no_grad():
+        want = model(x)
+    delta = architecture_delta(model, TuplePolicy())
+    assert list(delta["removed_outputs"].values()) == [1]
+    fresh = rebuild(TuplePolicy().eval(), delta, model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), want, rtol=0, atol=0)

@@ -38,10 +38,16 @@ class SkippedBlock(nn.Identity):
     """A block structured pruning removed: it returns its first input, whatever else its caller passes.
 
     (``nn.TransformerEncoderLayer`` is called with masks as keywords, which ``nn.Identity`` refuses.)
+    ``outputs``: the block returned a tuple of that many, the stream first and the rest None (a Hugging
+    Face decoder layer before transformers 4.48: ``(hidden_states,)``); the skip returns the same.
     """
 
+    def __init__(self, outputs: int = 0):
+        super().__init__()
+        self.outputs = outputs
+
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        return x
+        return (x,) + (None,) * (self.outputs - 1) if self.outputs else x
 
 
 def _plain_attributes(module: nn.Module) -> dict[str, Any]:
@@ -63,12 +69,13 @@ def _non_persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 def architecture_delta(pruned: nn.Module, fresh: nn.Module) -> dict[str, Any]:
     """What must change in ``fresh`` (unpruned, same constructor) to hold ``pruned``'s tensors.
 
-    Returns ``{"version", "removed": [paths replaced by nn.Identity], "attributes":
-    {path: {name: value}}, "buffers": {path.name: {"shape", "values"}}}``;
-    all lists and plain values, ready for JSON.
+    Returns ``{"version", "removed": [paths replaced by nn.Identity], "removed_outputs": {path: the
+    tuple size a skipped block returns, where it returns one}, "attributes": {path: {name: value}},
+    "buffers": {path.name: {"shape", "values"}}}``; all lists and plain values, ready for JSON.
     """
     pruned_modules = dict(pruned.named_modules())
     removed: list[str] = []
+    removed_outputs: dict[str, int] = {}
     attributes: dict[str, dict[str, Any]] = {}
     buffers: dict[str, dict[str, Any]] = {}
     for path, original in fresh.named_modules():
@@ -80,6 +87,8 @@ def architecture_delta(pruned: nn.Module, fresh: nn.Module) -> dict[str, Any]:
                                "only identity replacements can be recorded")
         if isinstance(now, nn.Identity) and not isinstance(original, nn.Identity):
             removed.append(path)
+            if getattr(now, "outputs", 0):
+                removed_outputs[path] = now.outputs
             continue
         if type(now) is not type(original):
             raise EdgevlaError(f"module {path!r} changed type ({type(original).__name__} -> "
@@ -97,7 +106,8 @@ def architecture_delta(pruned: nn.Module, fresh: nn.Module) -> dict[str, Any]:
                                    "with the weights; too large to record in the manifest")
             buffers[f"{path}.{name}" if path else name] = {"shape": list(buf.shape), "dtype": str(buf.dtype),
                                                            "values": buf.detach().cpu().flatten().tolist()}
-    return {"version": DELTA_VERSION, "removed": removed, "attributes": attributes, "buffers": buffers}
+    return {"version": DELTA_VERSION, "removed": removed, "removed_outputs": removed_outputs,
+            "attributes": attributes, "buffers": buffers}
 
 
 def is_identity(delta: Mapping[str, Any] | None) -> bool:
@@ -115,7 +125,7 @@ def rebuild(fresh: nn.Module, delta: Mapping[str, Any], state_dict: Mapping[str,
             getattr(parent, attr)
         except AttributeError:
             raise EdgevlaError(f"the architecture has no module {path!r} to remove") from None
-        setattr(parent, attr, SkippedBlock())
+        setattr(parent, attr, SkippedBlock(int(delta.get("removed_outputs", {}).get(path, 0))))
     for path, changes in delta.get("attributes", {}).items():
         module = _submodule(fresh, path)
         for name, value in changes.items():

@@ -278,7 +278,8 @@ class BlockInfluence:
 
         def hook(i: int):
             def record(_m, inputs, output):
-                x, y = inputs[0].detach().float(), output.detach().float()
+                y = output[0] if isinstance(output, tuple) else output  # (hidden_states,): structured.stream_outputs
+                x, y = inputs[0].detach().float(), y.detach().float()
                 cos = F.cosine_similarity(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), dim=-1)
                 sums[i] += (1.0 - cos).sum().double()
                 counts[i] += cos.numel()

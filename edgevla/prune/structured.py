@@ -16,7 +16,7 @@ criterion (or :class:`BlockInfluence` for blocks).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -181,8 +181,8 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
     """Modules that can be replaced by the identity: a tensor in and one of the same shape out, with a skip
     connection inside (that input is added to something they compute). Other inputs they only read (a
     Hugging Face decoder layer's mask and rotary tables) are allowed: a forward on the example checks that
-    the stream is the first argument and the one tensor returned (what :class:`~.architecture.SkippedBlock`
-    hands back).
+    the stream is the first argument and what is returned, alone or first in a tuple of otherwise None
+    (what :class:`~.architecture.SkippedBlock` hands back: :func:`stream_outputs`).
 
     Found on the fx graph, so pre-norm, post-norm and any user block qualify.
     """
@@ -211,28 +211,53 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
                for n in nodes):
             found.append(path)
             shapes[path] = shape
-    passing = _passes_its_stream(model, inputs, shapes) if shapes else set()
+    passing = stream_outputs(model, inputs, shapes) if shapes else {}
     found = [p for p in found if p in passing]
     # Keep the innermost: a module holding a block is not itself the unit to drop.
     return [p for p in found if not any(q != p and q.startswith(p + ".") for q in found)]
 
 
-def _passes_its_stream(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+def stream_outputs(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
     """The modules of ``shapes`` that, in a forward on ``inputs``, take a tensor of their shape as the first
-    positional argument and return one tensor of it, every time they are called: what a skipped block
-    (returning its first argument) stands in for. A decoder layer returning ``(hidden_states,)`` is not."""
-    seen: dict[str, bool] = {}
+    positional argument and give it back transformed, every time they are called: what a skipped block
+    (returning its first argument) stands in for. By module, how it gives it: 0 as the one tensor returned,
+    ``n`` as the first of a tuple of ``n`` whose others are None (a Hugging Face decoder layer before
+    transformers 4.48 returns ``(hidden_states,)``)."""
+    seen: dict[str, int | None] = {}
 
     def is_stream(path: str, value) -> bool:
         return isinstance(value, torch.Tensor) and tuple(value.shape) == shapes[path]
 
     def check(path: str):
         def hook(_module, args, output):
+            if isinstance(output, tuple) and output and all(o is None for o in output[1:]):
+                form, output = len(output), output[0]
+            else:
+                form = 0
             ok = bool(args) and is_stream(path, args[0]) and is_stream(path, output)
-            seen[path] = seen.get(path, True) and ok
+            seen[path] = form if ok and seen.get(path, form) == form else None
         return hook
 
-    handles = [model.get_submodule(p).register_forward_hook(check(p)) for p in shapes]
+    _run_hooked(model, inputs, {p: check(p) for p in shapes})
+    return {p: form for p, form in seen.items() if form is not None}
+
+
+def _output_forms(model: nn.Module, inputs, paths: list[str]) -> dict[str, int]:
+    """How each block of ``paths`` returns its stream (:func:`stream_outputs`: 0, or the tuple's size)."""
+    forms: dict[str, int] = {}
+
+    def record(path: str):
+        def hook(_module, _args, output):
+            forms[path] = len(output) if isinstance(output, tuple) else 0
+        return hook
+
+    _run_hooked(model, inputs, {p: record(p) for p in paths})
+    return forms
+
+
+def _run_hooked(model: nn.Module, inputs, hooks: dict[str, Callable]) -> None:
+    """One forward on ``inputs``, in eval mode without gradients, with a forward hook on each named module."""
+    handles = [model.get_submodule(p).register_forward_hook(h) for p, h in hooks.items()]
     was_training = model.training
     model.eval()
     try:
@@ -242,7 +267,6 @@ def _passes_its_stream(model: nn.Module, inputs, shapes: dict[str, tuple[int, ..
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {p for p, ok in seen.items() if ok}
 
 
 def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, calibration):
@@ -256,10 +280,11 @@ def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, ca
         return [], 0
     scores = BlockInfluence(model, calibration or [(inputs, None)])(blocks)
     drop = sorted(int(i) for i in torch.argsort(scores, stable=True)[:n_drop])
+    forms = _output_forms(model, inputs, [blocks[i] for i in drop])
     predicted = 0
     for i in drop:
         owner, _, attr = blocks[i].rpartition(".")
         parent = model.get_submodule(owner)
         predicted += sum(p.numel() for p in parent.get_submodule(attr).parameters())
-        setattr(parent, attr, SkippedBlock())
+        setattr(parent, attr, SkippedBlock(forms[blocks[i]]))
     return [PrunedGroup(blocks[i], "block", 1, 0, (0,)) for i in drop], predicted
