@@ -142,10 +142,12 @@ def _spelled_norms(program: torch.export.ExportedProgram, modules: Mapping[str, 
     parameters = program.graph_signature.inputs_to_parameters
     linear = [n for n in program.graph.nodes if n.op == "call_function" and _op_name(n) == _LINEAR]
     chains: dict[str, list[tuple[torch.fx.Node, str | None, float]]] = {}
+    seen: set[torch.fx.Node] = set()  # q, k and v read one output
     for call in linear:
         output = _uncast(call.args[0])  # casts between the norm and its readers are theirs
-        if not isinstance(output, torch.fx.Node) or any(output is c[0] for cs in chains.values() for c in cs):
+        if not isinstance(output, torch.fx.Node) or output in seen:
             continue
+        seen.add(output)
         chain = _affine_chain(output, parameters)
         if chain is not None:
             weight, bias, offset = chain
@@ -204,8 +206,8 @@ def _affine_chain(output: torch.fx.Node, parameters: Mapping[str, str]) -> tuple
     node, bias = output, None
     if _op_name(node) == "aten.add" and len(node.args) == 2:
         for mine, other in (node.args, node.args[::-1]):
-            if vector(other) is not None and isinstance(mine, torch.fx.Node):
-                node, bias = _uncast(mine), vector(other)
+            if (beta := vector(other)) is not None and isinstance(mine, torch.fx.Node):
+                node, bias = _uncast(mine), beta
                 break
     for _ in range(16):  # a norm is a few ops deep
         if node is not output and len(_uncast_users(node)) != 1:
@@ -213,8 +215,8 @@ def _affine_chain(output: torch.fx.Node, parameters: Mapping[str, str]) -> tuple
         op = _op_name(node)
         if op == "aten.mul" and len(node.args) == 2:
             for mine, other in (node.args, node.args[::-1]):
-                if vector(other) is not None:
-                    return vector(other), bias, 0.0
+                if (gamma := vector(other)) is not None:
+                    return gamma, bias, 0.0
                 shifted = _uncast(other)
                 if (_op_name(shifted) == "aten.add" and len(shifted.args) == 2
                         and isinstance(shifted.args[1], (int, float)) and vector(shifted.args[0]) is not None):
