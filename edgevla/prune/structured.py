@@ -178,11 +178,17 @@ def prune_structured(model: nn.Module, structure: str, amount: Amount, importanc
 
 
 def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
-    """Modules that can be replaced by the identity: a tensor in and one of the same shape out, with a skip
-    connection inside (that input is added to something they compute). Other inputs they only read (a
-    Hugging Face decoder layer's mask and rotary tables) are allowed: a forward on the example checks that
-    the stream is the first argument and what is returned, alone or first in a tuple of otherwise None
-    (what :class:`~.architecture.SkippedBlock` hands back: :func:`stream_outputs`).
+    """Modules that can be replaced by the identity (:func:`_residual_block_outputs`, in graph order)."""
+    return list(_residual_block_outputs(model, example_inputs))
+
+
+def _residual_block_outputs(model: nn.Module, example_inputs=None) -> dict[str, int]:
+    """Modules that can be replaced by the identity, and how each returns its stream (:func:`stream_outputs`):
+    a tensor in and one of the same shape out, with a skip connection inside (that input is added to
+    something they compute). Other inputs they only read (a Hugging Face decoder layer's mask and rotary
+    tables) are allowed: a forward on the example checks that the stream is the first argument and what is
+    returned, alone or first in a tuple of otherwise None (what :class:`~.architecture.SkippedBlock` hands
+    back).
 
     Found on the fx graph, so pre-norm, post-norm and any user block qualify.
     """
@@ -214,7 +220,7 @@ def residual_blocks(model: nn.Module, example_inputs=None) -> list[str]:
     passing = stream_outputs(model, inputs, shapes) if shapes else {}
     found = [p for p in found if p in passing]
     # Keep the innermost: a module holding a block is not itself the unit to drop.
-    return [p for p in found if not any(q != p and q.startswith(p + ".") for q in found)]
+    return {p: passing[p] for p in found if not any(q != p and q.startswith(p + ".") for q in found)}
 
 
 def stream_outputs(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
@@ -242,19 +248,6 @@ def stream_outputs(model: nn.Module, inputs, shapes: dict[str, tuple[int, ...]])
     return {p: form for p, form in seen.items() if form is not None}
 
 
-def _output_forms(model: nn.Module, inputs, paths: list[str]) -> dict[str, int]:
-    """How each block of ``paths`` returns its stream (:func:`stream_outputs`: 0, or the tuple's size)."""
-    forms: dict[str, int] = {}
-
-    def record(path: str):
-        def hook(_module, _args, output):
-            forms[path] = len(output) if isinstance(output, tuple) else 0
-        return hook
-
-    _run_hooked(model, inputs, {p: record(p) for p in paths})
-    return forms
-
-
 def _run_hooked(model: nn.Module, inputs, hooks: dict[str, Callable]) -> None:
     """One forward on ``inputs``, in eval mode without gradients, with a forward hook on each named module."""
     handles = [model.get_submodule(p).register_forward_hook(h) for p, h in hooks.items()]
@@ -272,7 +265,8 @@ def _run_hooked(model: nn.Module, inputs, hooks: dict[str, Callable]) -> None:
 def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, calibration):
     if not 0.0 <= amount < 1.0:
         raise EdgevlaError(f"the pruned fraction must be in [0, 1), got {amount!r}")
-    blocks = [b for b in residual_blocks(model, inputs) if _in_scope(b, scope)]
+    forms = _residual_block_outputs(model, inputs)
+    blocks = [b for b in forms if _in_scope(b, scope)]
     if not blocks:
         raise EdgevlaError(f"no residual blocks{' under ' + scope if scope else ''} to prune")
     n_drop = min(len(blocks) - 1, int(math.floor(amount * len(blocks) + 1e-9)))
@@ -280,7 +274,6 @@ def _prune_blocks(model: nn.Module, amount: float, scope: str | None, inputs, ca
         return [], 0
     scores = BlockInfluence(model, calibration or [(inputs, None)])(blocks)
     drop = sorted(int(i) for i in torch.argsort(scores, stable=True)[:n_drop])
-    forms = _output_forms(model, inputs, [blocks[i] for i in drop])
     predicted = 0
     for i in drop:
         owner, _, attr = blocks[i].rpartition(".")
