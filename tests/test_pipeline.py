@@ -339,7 +339,8 @@ def test_a_hugging_face_written_policy_prunes_heads_smooths_and_runs_fused(tmp_p
     extra = result.report["extra"]
     assert extra["quantize"]["smoothquant"]["folded_into"] == [
         f"layers.{i}.{norm}" for i in range(4) for norm in ("input_layernorm", "post_attention_layernorm")] + [
-        f"layers.{i}.mlp.up_proj" for i in range(4)]  # the down projections' inputs, through the value rows
+        f"layers.{i}.mlp.up_proj" for i in range(4)] + [  # the down projections' inputs, through the value rows
+        f"layers.{i}.self_attn.v_proj" for i in range(4)]  # and the output projections'
     layers = {layer["name"]: layer for layer in load_bundle(out).manifest["layers"]}
     assert [layers[f"layers.{i}.self_attn.q_proj"]["shape"][0] for i in range(4)] == [128] * 4  # 1 of 2 groups
     assert [layers[f"layers.{i}.self_attn.k_proj"]["shape"][0] for i in range(4)] == [32] * 4

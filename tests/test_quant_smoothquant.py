@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgevla.quant.smoothquant import find_smooth_groups, smooth_quant
 
@@ -193,3 +194,114 @@ def test_smoothquant_folds_into_a_norm_written_as_ops(kind):
     offset = 1.0 if kind == "gemma" else 0.0
     torch.testing.assert_close(offset + m.norm.weight, (offset + weight_before) / result["scales"]["norm"])
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median()
+
+
+class Attention(nn.Module):
+    """Self-attention into an output projection, its value written three ways: ``hf`` Hugging Face's (separate
+    projections, ``repeat_kv`` by expand + reshape, eager ``softmax(q k^T) @ v``), ``gqa`` SDPA's
+    ``enable_gqa``, ``stacked`` one qkv projection cut by ``view``/``permute``/``unbind``."""
+
+    def __init__(self, kind, d=32, heads=4, kv_heads=2):
+        super().__init__()
+        self.kind, self.heads, self.head_dim = kind, heads, d // heads
+        self.kv_heads = heads if kind == "stacked" else kv_heads
+        self.norm = nn.LayerNorm(d)
+        if kind == "stacked":
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q, self.k = nn.Linear(d, d), nn.Linear(d, self.kv_heads * self.head_dim)
+            self.v = nn.Linear(d, self.kv_heads * self.head_dim)
+        self.o = nn.Linear(d, d)
+
+    def value_layer(self):
+        return self.qkv if self.kind == "stacked" else self.v
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm(x)
+        if self.kind == "stacked":
+            q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v)
+        else:
+            q = self.q(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+            k = self.k(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+            v = self.v(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+            if self.kind == "gqa":
+                a = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            else:
+                rep = self.heads // self.kv_heads
+                k = k[:, :, None].expand(b, self.kv_heads, rep, t, self.head_dim).reshape(b, self.heads, t, -1)
+                v = v[:, :, None].expand(b, self.kv_heads, rep, t, self.head_dim).reshape(b, self.heads, t, -1)
+                a = torch.matmul(torch.softmax(q @ k.transpose(2, 3) * self.head_dim ** -0.5, dim=-1), v)
+        return x + self.o(a.transpose(1, 2).contiguous().reshape(b, t, d))
+
+
+def _o_input(m, x):
+    seen = []
+    handle = m.o.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
+    with torch.no_grad():
+        m(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("kind", ["hf", "gqa", "stacked"])
+def test_smoothquant_smooths_an_output_projection_through_the_value_rows(kind):
+    """o(attention(..., v)): each o input channel (head h, j) is the value row (h's key/value head, j) mixed
+    over tokens, so an outlier value row is divided out of v (the stacked projection's v rows only) and
+    multiplied into o's columns, exactly; query heads sharing a key/value head share its scale."""
+    torch.manual_seed(4)
+    m = Attention(kind).eval()
+    value, d, hd = m.value_layer(), 32, 8
+    first = 2 * d if kind == "stacked" else 0  # v's rows in the layer
+    with torch.no_grad():
+        value.weight[first + 5] *= 30.0  # one value channel 30x the others
+    xs = [(torch.randn(4, 6, d),) for _ in range(2)]
+    groups, refused = find_smooth_groups(m, xs[0])
+    group = next(g for g in groups if g.linears == ("o",))
+    rep = m.heads // m.kv_heads
+    assert group.norm == ("qkv" if kind == "stacked" else "v") and refused == []
+    assert group.channels == tuple(first + (h // rep) * hd + j for h in range(m.heads) for j in range(hd))
+    with torch.no_grad():
+        before = m(*xs[0])
+    rows_before, act_before = value.weight.detach().clone(), _o_input(m, xs[0][0])
+    result = smooth_quant(m, xs, alpha=0.5)
+    torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
+    s = result["scales"][group.norm]
+    untouched = [r for r in range(value.out_features) if r not in group.channels]  # q and k rows
+    assert torch.equal(s[untouched], torch.ones(len(untouched)))
+    torch.testing.assert_close(value.weight, rows_before * result["scales"]["norm"][None, :] / s[:, None])
+    act_after = _o_input(m, xs[0][0])
+    assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
+
+
+class ValueAlsoRead(Attention):
+    """The value rows also reach the output another way (a cache handed back; here a residual)."""
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm(x)
+        v = self.v(h)
+        q, k = self.q(h).view(b, t, 4, 8).transpose(1, 2), self.k(h).view(b, t, 2, 8).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v.view(b, t, 2, 8).transpose(1, 2), enable_gqa=True)
+        return self.o(a.transpose(1, 2).reshape(b, t, d)) + v.repeat(1, 1, 2)
+
+
+class ValueWithPrefix(Attention):
+    """Values concatenated with tokens from elsewhere, or gated after the attention: no row map."""
+
+    def forward(self, x):
+        b, t, d = x.shape
+        v = torch.cat([x, self.v(self.norm(x)).repeat(1, 1, 2)], dim=1)
+        a = F.scaled_dot_product_attention(self.q(x).view(b, t, 4, 8).transpose(1, 2),
+                                           v.view(b, 2 * t, 4, 8).transpose(1, 2), v.view(b, 2 * t, 4, 8).transpose(1, 2))
+        return self.o(a.transpose(1, 2).reshape(b, t, d) * torch.sigmoid(self.k(x)).repeat(1, 1, 2))
+
+
+def test_value_rows_that_reach_anything_else_are_not_smoothed():
+    x = torch.randn(2, 5, 32)
+    groups, refused = find_smooth_groups(ValueAlsoRead("hf").eval(), (x,))
+    assert "v" not in [g.norm for g in groups]
+    assert [r.reason for r in refused if r.norm == "v"] == ["its rows also reach aten.repeat.default"]
+    groups, refused = find_smooth_groups(ValueWithPrefix("hf").eval(), (x,))
+    assert "v" not in [g.norm for g in groups] + [r.norm for r in refused]

@@ -111,7 +111,7 @@ class QuantizeResult:
     model: nn.Module
     formats: dict[str, str]  # layer name (Linear or convolution) -> format ("float" when skipped)
     activation_amax: dict[str, float] = field(default_factory=dict)
-    smoothed: list[str] = field(default_factory=list)  # LayerNorms SmoothQuant folded into
+    smoothed: list[str] = field(default_factory=list)  # what SmoothQuant folded into: norms, value (up / v) Linears
     group_sizes: dict[str, int] = field(default_factory=dict)  # int4 layers -> their group size
     float_dtype: str = "fp32"
     rounded: list[str] = field(default_factory=list)  # float tensors rounded to float_dtype

@@ -19,8 +19,11 @@ weights are scaled. A gated MLP's down projection, whose input (``act(gate(x)) *
 up(x)``) carries a Llama-family model's largest activation outliers, takes its
 scales through ``up``'s output rows instead: the product's channel ``j`` is
 ``up``'s row ``j`` times a gate, exactly (a random-init Llama-style policy, w8a8:
-28.6 -> 29.8 dB output SQNR with them, 28.0 without SmoothQuant). Pairs are
-found on the ``torch.export`` graph of the
+28.6 -> 29.8 dB output SQNR with them, 28.0 without SmoothQuant). An attention's output projection
+(``o_proj``) takes them through the value projection's rows the same way: attention mixes tokens, never
+channels, so its output channel ``(head h, j)`` is ``v``'s row ``(h's key/value group, j)`` carried through
+the probabilities; query heads sharing a key/value head share its scales (:func:`_attention_values`).
+Pairs are found on the ``torch.export`` graph of the
 model; anything else (a LayerNorm whose output also feeds a residual, a
 reshape or a non-linear op, a Linear called on two different inputs) is
 refused and left untouched.
@@ -28,6 +31,7 @@ refused and left untouched.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -41,6 +45,13 @@ _NORMS = ("aten.layer_norm", "aten.rms_norm")
 _LINEAR = "aten.linear"
 # Ops that hand their first operand on unchanged but for its dtype or storage.
 _CASTS = ("aten.to", "aten.type_as", "aten._to_copy", "aten.clone", "aten.contiguous", "aten.alias")
+# Ops that only move, repeat or pick elements: run on a tensor of channel numbers, they say where each channel goes.
+_MOVES = ("aten.view", "aten.reshape", "aten._unsafe_view", "aten.transpose", "aten.permute", "aten.unsqueeze",
+          "aten.squeeze", "aten.expand", "aten.flatten", "aten.unflatten", "aten.slice", "aten.select",
+          "aten.unbind", "aten.split", "aten.split_with_sizes", "aten.chunk", "aten.t", "aten.movedim",
+          "aten.repeat_interleave", "aten.narrow")
+# Token mixers linear in their value operand (the index of that operand): no output channel reads another.
+_MIXERS = {"aten.scaled_dot_product_attention": 2, "aten.matmul": 1, "aten.bmm": 1}
 
 
 @dataclass(frozen=True)
@@ -49,13 +60,16 @@ class SmoothGroup:
     Linear producing a gated MLP's value (``up_proj``) and the one reading the product (``down_proj``).
 
     ``weight`` (and ``bias``) are the parameters divided by the scales: a norm's 1-D γ, which multiplies by
-    ``offset + weight`` (Gemma's RMSNorm by ``1 + w``; 0 elsewhere), or the value Linear's rows."""
+    ``offset + weight`` (Gemma's RMSNorm by ``1 + w``; 0 elsewhere), or the value Linear's rows.
+    ``channels``, when set, names for each input channel of the readers the row of ``weight`` it carries (an
+    attention's value rows reach ``o_proj`` moved between heads, perhaps each read by several query heads)."""
 
     norm: str
     linears: tuple[str, ...]
     weight: str = ""
     bias: str | None = None
     offset: float = 0.0
+    channels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class _Candidate:
     bias: str | None
     offset: float = 0.0
     reason: str | None = None
+    channels: tuple[int, ...] | None = None
 
 
 def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[SmoothGroup], list[Refusal]]:
@@ -87,7 +102,7 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
     linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
                      module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
     candidates = (_module_norms(program, modules) | _spelled_norms(program, modules)
-                  | _gated_values(program, modules, linear_inputs))
+                  | _gated_values(program, modules, linear_inputs) | _attention_values(program, modules, linear_inputs))
 
     groups, refused = [], []
     for norm, found in candidates.items():
@@ -115,7 +130,8 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
         if reason:
             refused.append(Refusal(norm, reason))
         else:
-            groups.append(SmoothGroup(norm, tuple(dict.fromkeys(consumers)), found.weight, found.bias, found.offset))
+            groups.append(SmoothGroup(norm, tuple(dict.fromkeys(consumers)), found.weight, found.bias, found.offset,
+                                      found.channels))
     return groups, refused
 
 
@@ -191,6 +207,114 @@ def _gated_values(program: torch.export.ExportedProgram, modules: Mapping[str, n
                                           0.0, reason)
                 break
     return found
+
+
+def _attention_values(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module],
+                      linear_inputs: Mapping[str, list]) -> dict[str, _Candidate]:
+    """Attention output projections, ``o(moves(mix(p, moves(v(x)))))``: ``mix`` (SDPA, or ``p @ v``) sums value
+    rows over tokens with weights that do not read them, and the moves only move, repeat or pick elements (head
+    views and transposes, ``repeat_kv``, the slices of a stacked qkv projection), so each input channel of ``o``
+    is one output row of ``v``, scaled: dividing that row (and its bias) by ``s`` divides the channel by ``s``.
+    Which row reaches which channel comes from running the moves on a tensor of row numbers. Keyed by the value
+    Linear, which must be called this once and whose other readers (``q`` and ``k`` out of a stacked projection)
+    must carry none of those rows."""
+    found = {}
+    for call in program.graph.nodes:
+        if (call.op != "call_function" or _op_name(call) != _LINEAR
+                or not isinstance(modules.get(_owner(call)), nn.Linear)):
+            continue
+        path = _value_path(call.args[0])
+        owner = _owner(path[0]) if path else ""
+        if not path or owner in found or not isinstance(modules.get(owner), nn.Linear):
+            continue
+        channels, reason = _carried_rows(path, modules[owner].out_features)
+        if reason is None and len(linear_inputs.get(owner, ())) != 1:
+            reason = f"{owner} is called more than once"
+        value = modules[owner]
+        found[owner] = _Candidate([path[-1]], f"{owner}.weight", f"{owner}.bias" if value.bias is not None else None,
+                                  0.0, reason, channels)
+    return found
+
+
+def _value_path(output) -> list[torch.fx.Node] | None:
+    """The nodes from a Linear's call to ``output``, casts left out, when ``output`` is that Linear's output moved,
+    mixed over tokens as the value operand of one :data:`_MIXERS` op, and moved again; else None."""
+    path, node, mixed = [], _uncast(output), False
+    for _ in range(64):
+        if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+            return None
+        path.append(node)
+        op = _op_name(node)
+        if op == _LINEAR:
+            return path[::-1] if mixed and len(path) > 1 else None
+        if node.target is operator.getitem or op in _MOVES:
+            node = _uncast(node.args[0])
+        elif op in _MIXERS and not mixed and len(node.args) > _MIXERS[op]:
+            value = _uncast(node.args[_MIXERS[op]])
+            if any(_uncast(a) is value for i, a in enumerate(node.args) if i != _MIXERS[op]):
+                return None  # the weights read the value too
+            node, mixed = value, True
+        else:
+            return None
+    return None
+
+
+def _carried_rows(path: list[torch.fx.Node], rows: int) -> tuple[tuple[int, ...] | None, str | None]:
+    """For each channel of ``path``'s last value, the row of the first (a Linear's output) that it carries, by
+    running the path on row numbers; or the reason there is no such map. Each reader of a value on the path that
+    is not the next step must be a move carrying none of those rows."""
+    shape = _shape(path[0])
+    if shape is None or shape[-1] != rows:
+        return None, "its output's shape is unknown"
+    value = torch.arange(rows).expand(shape).contiguous()
+    values = [value]
+    try:
+        for node in path[1:]:
+            value = _mixed(node, value) if _op_name(node) in _MIXERS else _moved(node, value)
+            if value is None:
+                return None, f"{node.target} mixes value channels"
+            values.append(value)
+    except (RuntimeError, TypeError, IndexError, ValueError) as e:
+        return None, f"moving its channels failed: {type(e).__name__}"
+    flat = value.reshape(-1, value.shape[-1]) if value.ndim else value.reshape(1, 1)
+    if not bool((flat == flat[:1]).all()):
+        return None, "its rows reach the reader's channels differently at different tokens"
+    carried = flat[0]
+    for node, value, following in zip(path, values, path[1:] + [None]):
+        for user in _uncast_users(node):
+            if user is following or following is None:
+                continue
+            other = _moved(user, value) if user.target is operator.getitem or _op_name(user) in _MOVES else None
+            pieces = other if isinstance(other, (tuple, list)) else (other,)
+            if other is None or any(bool(torch.isin(p, carried).any()) for p in pieces):
+                return None, f"its rows also reach {user.target}"
+    return tuple(int(c) for c in carried), None
+
+
+def _moved(node: torch.fx.Node, value):
+    """``node`` (a move, or ``getitem`` of one's tuple) run on ``value`` in place of its data operand."""
+    if node.target is operator.getitem:
+        return value[node.args[1]]
+    if _op_name(node) in ("aten.view", "aten._unsafe_view"):  # the row numbers' strides need not allow a view
+        return value.reshape(node.args[1])
+    return node.target(value, *node.args[1:], **node.kwargs)
+
+
+def _mixed(node: torch.fx.Node, value: torch.Tensor) -> torch.Tensor | None:
+    """The row numbers of a token mixer's output from those of its value operand (``(..., tokens, channels)``):
+    each output token carries the value's channels; SDPA's ``enable_gqa`` repeats each key/value head over its
+    query heads. None when the value's channels differ between its tokens, or dropout is on."""
+    out = _shape(node)
+    if out is None or value.ndim < 2 or not bool((value == value[..., :1, :]).all()):
+        return None
+    rows = value[..., 0, :]
+    if _op_name(node) == "aten.scaled_dot_product_attention":
+        dropout = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
+        if dropout:
+            return None
+        if rows.ndim >= 2 and len(out) >= 3 and out[-3] != rows.shape[-2]:
+            rows = rows.repeat_interleave(out[-3] // rows.shape[-2], dim=-2)
+    return torch.broadcast_to(rows.unsqueeze(-2), out)
 
 
 def _affine_chain(output: torch.fx.Node, parameters: Mapping[str, str]) -> tuple[str, str | None, float] | None:
@@ -273,11 +397,18 @@ def _row_wise(operand) -> bool:
     return shape is not None and (len(shape) == 0 or shape[-1] == 1)
 
 
-def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], alpha: float) -> torch.Tensor:
-    """``s = max|X|^α / max|W|^(1-α)`` per input channel; weights of a group share one ``s``."""
+def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], alpha: float,
+                     channels: tuple[int, ...] | None = None, rows: int = 0) -> torch.Tensor:
+    """``s = max|X|^α / max|W|^(1-α)`` per input channel; weights of a group share one ``s``. With
+    ``channels`` (:class:`SmoothGroup`), one ``s`` per source row of ``rows``, from the maxima over the
+    channels carrying it."""
     if not 0.0 <= alpha <= 1.0:
         raise EdgevlaError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
     w_amax = torch.stack([w.detach().abs().amax(dim=0) for w in weights]).amax(dim=0).float()
+    if channels is not None:
+        index = torch.tensor(channels)
+        act_amax = torch.zeros(rows).scatter_reduce(0, index, act_amax.float(), "amax")
+        w_amax = torch.zeros(rows).scatter_reduce(0, index, w_amax, "amax")
     a = act_amax.float().clamp(min=1e-5)
     w = w_amax.clamp(min=1e-5)
     s = a.pow(alpha) / w.pow(1.0 - alpha)
@@ -289,7 +420,7 @@ def smoothing_scales(act_amax: torch.Tensor, weights: Iterable[torch.Tensor], al
 @torch.no_grad()
 def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -> None:
     """Divide the norm's γ (its ``offset + γ``) and β, or the value Linear's rows and bias, by ``scales`` and
-    multiply each reading Linear's input columns by them."""
+    multiply each reading Linear's input columns by them (by the scale of the row each carries)."""
     modules = dict(model.named_modules())
     weight = model.get_parameter(group.weight or f"{group.norm}.weight")
     s = scales.to(weight.dtype)
@@ -299,8 +430,9 @@ def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -
         weight.copy_((group.offset + weight) / s - group.offset)
     if group.bias is not None:
         model.get_parameter(group.bias).div_(s)
+    columns = s if group.channels is None else s[list(group.channels)]
     for name in group.linears:
-        modules[name].weight.mul_(s.to(modules[name].weight.dtype)[None, :])
+        modules[name].weight.mul_(columns.to(modules[name].weight.dtype)[None, :])
 
 
 def smooth_quant(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], alpha: float = 0.5,
@@ -325,7 +457,8 @@ def smooth_quant(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], 
     scales: dict[str, torch.Tensor] = {}
     for g in groups:
         act = observers[g.linears[0]].channel_amax
-        s = smoothing_scales(act, [modules[n].weight for n in g.linears], alpha)
+        s = smoothing_scales(act, [modules[n].weight for n in g.linears], alpha, g.channels,
+                             model.get_parameter(g.weight).shape[0] if g.channels is not None else 0)
         fold_smoothing(model, g, s)
         scales[g.norm] = s
     return {"groups": groups, "refused": refused, "scales": scales}
