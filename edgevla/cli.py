@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--episodes", type=int, help="closed-loop episodes per model (overrides the recipe)")
     b.add_argument("--env", metavar="MODULE:FACTORY", help=ENV_HELP + " (recipe evaluate.env)")
     b.add_argument("--prune", metavar="METHOD",
-                   help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A[:neurons|heads|blocks] "
+                   help="none, 2:4, 4:8, unstructured:S (weights zeroed) or structured:A[:neurons|heads|width|blocks] "
                         "(parameters of prune.scope removed: trunk unless --set says otherwise); overrides the recipe's "
                         "and the target's prune method")
     b.add_argument("--quantize", metavar="FORMAT",

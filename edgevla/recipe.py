@@ -66,12 +66,12 @@ if TYPE_CHECKING:
 BACKENDS = ("torch", "onnxruntime")
 PRUNE_METHODS = ("none", "unstructured", "nm", "structured")
 PRUNE_PATTERNS = ("2:4", "4:8")
-PRUNE_STRUCTURES = ("neurons", "heads", "blocks")
+PRUNE_STRUCTURES = ("neurons", "heads", "width", "blocks")
 PRUNE_CRITERIA = ("magnitude", "taylor", "wanda")
 PRUNE_SCHEDULES = ("oneshot", "cubic")
 PRUNE_ALLOCATIONS = ("uniform", "sensitivity")
 PRUNE_ALLOCATION_COSTS = ("params", "flops", "latency")
-PRUNE_SHORTHAND = ("none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|blocks] "
+PRUNE_SHORTHAND = ("none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|width|blocks] "
                    "(S, A fractions in (0, 1))")
 QUANTIZE_FORMATS = ("none", "w8a8", "w8a16", "w4a16", "fp16", "fp8")
 QUANTIZE_FLOAT_DTYPES = ("auto", "fp16", "bf16", "fp32")

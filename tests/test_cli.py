@@ -86,7 +86,7 @@ def test_bad_prune_shorthand_is_one_line_before_any_work(capsys, tmp_path, value
     assert code == 2
     line = one_line_error(err)
     assert line == ("edgevla: error: --prune: expected none, 2:4, 4:8, unstructured:S or "
-                    f"structured:A[:neurons|heads|blocks] (S, A fractions in (0, 1)), got {value!r}")
+                    f"structured:A[:neurons|heads|width|blocks] (S, A fractions in (0, 1)), got {value!r}")
     assert not (tmp_path / "b").exists() and "load" not in err  # refused before the first stage
 
 

@@ -215,3 +215,25 @@ def test_structured_ships_a_smaller_graph_that_still_verifies(tmp_path_factory, 
     with bundle_runner(bundle, "torch") as t, bundle_runner(bundle, "onnxruntime") as o:
         np.testing.assert_allclose(t(obs), o(obs), atol=1e-4)
     assert main(["eval", str(result.bundle), "--backend", "torch", "-n", "2"]) == 0
+
+
+def test_width_pruning_ships_a_narrower_residual_stream(tmp_path_factory, fast, original_memo):
+    """The residual width shrinks everywhere it reaches (norms, embeddings, every reader and writer of the
+    stream, the positional table): the bundle rebuilds it from the architecture delta and agrees with ONNX
+    Runtime, and recovery brought success back within budget."""
+    result = _build(tmp_path_factory, fast, original_memo, "structured:0.25:width", **{"prune.scope": None})
+    prune = result.report["extra"]["prune"]
+    assert prune["structure"] == "width" and prune["params_after"] <= 0.75 * prune["params_before"]
+    assert result.report["extra"]["verify"]["passed"]
+    layers = {row["name"]: row for row in load_bundle(result.bundle).manifest["layers"]}
+    width = layers["trunk.0.attn.q"]["shape"][1]
+    assert width < 96 and width % 16 == 0
+    assert layers["trunk.2.mlp.fc2"]["shape"][0] == layers["action_head"]["shape"][1] == width
+    from edgevla.deploy import bundle_runner
+    from edgevla.pipeline import heldout_observations
+
+    bundle = load_bundle(result.bundle)
+    assert bundle.manifest["policy"]["architecture"]["attributes"]["ln_f"]["normalized_shape"] == [width]
+    obs = heldout_observations(bundle.spec, 8)
+    with bundle_runner(bundle, "torch") as t, bundle_runner(bundle, "onnxruntime") as o:
+        np.testing.assert_allclose(t(obs), o(obs), atol=1e-4)

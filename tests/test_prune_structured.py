@@ -420,6 +420,75 @@ def test_a_patch_convolution_and_rms_norm_ride_along_the_width():
     assert DependencyGraph(grouped).width_groups() == []  # a grouped convolution's channels are not followed
 
 
+class SpelledNorm(nn.Module):
+    """Norms as Hugging Face's modeling files write them: ``rms`` LlamaRMSNorm (a float32 upcast, ``w * x *
+    rsqrt(mean(x²) + ε)``), ``gemma`` GemmaRMSNorm (``x * (1 + w)``), ``layer`` a LayerNorm (``w * (x - μ) / σ +
+    b``); ``module`` the ``nn`` module each is."""
+
+    def __init__(self, kind, width):
+        super().__init__()
+        self.kind, self.eps = kind, 1e-5
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
+        self.bias = nn.Parameter(torch.randn(width) * 0.1) if kind == "layer" else None
+
+    def forward(self, x):
+        if self.kind == "layer":
+            u = x.mean(-1, keepdim=True)
+            return self.weight * (x - u) / torch.sqrt((x - u).pow(2).mean(-1, keepdim=True) + self.eps) + self.bias
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x) if self.kind == "gemma" else self.weight * h.to(x.dtype)
+
+    def module(self):
+        width = self.weight.shape[0]
+        norm = nn.LayerNorm(width, eps=self.eps) if self.kind == "layer" else nn.RMSNorm(width, eps=self.eps)
+        with torch.no_grad():
+            norm.weight.copy_(1.0 + self.weight if self.kind == "gemma" else self.weight)
+            if self.bias is not None:
+                norm.bias.copy_(self.bias)
+        return norm
+
+
+@pytest.mark.parametrize("kind", ["rms", "gemma", "layer"])
+def test_a_norm_written_as_ops_rides_along_the_width_as_its_module_does(kind):
+    """The statistic a written-out norm takes over the channels it rescales shrinks with them: the width is
+    offered, its weight (and bias) ride along, and the pruned model computes what the same model with the
+    ``nn`` norm computes after the same pruning."""
+    torch.manual_seed(9)
+    spelled = SwiGLUPolicy().eval()
+    spelled.norm = SpelledNorm(kind, 32)
+    reference = SwiGLUPolicy().eval()
+    reference.load_state_dict({k: v for k, v in spelled.state_dict().items() if not k.startswith("norm.")},
+                              strict=False)
+    reference.norm = spelled.norm.module()
+    removed = [1, 5, 30]
+    for model in (spelled, reference):
+        graph = DependencyGraph(model)
+        (width,) = graph.width_groups()
+        assert {("norm.weight", 0), ("patch.weight", 0), ("head.weight", 1)} <= {
+            (c.tensor, c.dim) for c in width.couplings([5])}
+        graph.apply(width.couplings(removed))
+    assert spelled.norm.weight.shape == (29,) and reference.norm.weight.shape == (29,)
+    x = _inputs(spelled)
+    with torch.no_grad():
+        torch.testing.assert_close(spelled(*x), reference(*x), rtol=1e-5, atol=1e-5)
+
+
+class ChannelStatisticReadElsewhere(SwiGLUPolicy):
+    """A mean over the channels that is not a norm (a feature of its own, or x rescaled by another tensor's
+    statistic): the width stays blocked."""
+
+    def forward(self, image):
+        x = self.patch(image).flatten(2).transpose(1, 2)
+        h = self.norm(x)
+        x = x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)) * x.mean(-1, keepdim=True)
+        return self.head(x.mean(dim=1)).view(-1, 4, 2)
+
+
+def test_a_channel_statistic_that_is_not_a_norm_blocks_the_width():
+    assert DependencyGraph(ChannelStatisticReadElsewhere().eval()).width_groups() == []
+
+
 class FilterPolicy(nn.Module):
     """A CNN encoder: convolutions with BatchNorm and ReLU, max pooling, a depthwise convolution, global average
     pooling flattened into a Linear head."""

@@ -288,7 +288,7 @@ def test_the_prune_section_reads_every_method(tmp_path):
         Recipe.from_dict, {"prune": {"method": "nm", "pattern": "1:4"}})
     assert error_of(load_recipe, write(tmp_path, "prune: {method: nm, pattern: 2:4}\n")).endswith(
         "prune.pattern: got the number 124: YAML reads an unquoted N:M as base 60; quote it, like \"2:4\"")
-    assert "prune.structure: expected one of neurons, heads, blocks, got 'channel'" in error_of(
+    assert "prune.structure: expected one of neurons, heads, width, blocks, got 'channel'" in error_of(
         Recipe.from_dict, {"prune": {"structure": "channel"}})
     assert "prune.recovery: unknown key 'max_step'" in error_of(
         Recipe.from_dict, {"prune": {"recovery": {"max_step": 5}}})
@@ -312,6 +312,7 @@ def test_prune_shorthand_keeps_a_sensitivity_allocation_only_for_unstructured(tm
     ("none", "none", None, None), ("2:4", "nm", "pattern", "2:4"), ("4:8", "nm", "pattern", "4:8"),
     ("unstructured:0.8", "unstructured", "sparsity", 0.8), ("structured:0.5", "structured", "amount", 0.5),
     ("structured:0.5:blocks", "structured", "structure", "blocks"),
+    ("structured:0.3:width", "structured", "structure", "width"),
 ])
 def test_prune_shorthand_overrides_the_file_and_the_target(tmp_path, text, method, key, value):
     path = write(tmp_path, "prune: {method: unstructured, sparsity: 0.6, pattern: '4:8'}\n")
@@ -328,7 +329,7 @@ def test_prune_shorthand_overrides_the_file_and_the_target(tmp_path, text, metho
                                   "structured:0.5:channels", "structured:0.5:blocks:2", "unstructured:0.5:blocks"])
 def test_bad_prune_shorthand_is_one_line(text):
     assert error_of(prune_shorthand, text) == (
-        "--prune: expected none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|blocks] "
+        "--prune: expected none, 2:4, 4:8, unstructured:S or structured:A[:neurons|heads|width|blocks] "
         f"(S, A fractions in (0, 1)), got {text!r}")
 
 

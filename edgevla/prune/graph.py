@@ -22,7 +22,8 @@ Asking to remove indices of one slot class propagates them through the
 relations to a fixed point; the classes and the parameters and buffers that
 own a dimension in them form a :class:`Group`. Dimensions the analysis does
 not understand (an unknown op, the model's inputs and outputs, a softmax or a
-mean over the dimension) are *blocked*: a group that reaches one is refused,
+mean over the dimension, unless it is a written-out norm's statistic of the
+very channels it rescales) are *blocked*: a group that reaches one is refused,
 so what cannot be proven safe is never pruned.
 """
 
@@ -60,6 +61,9 @@ _AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.
                           operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor}
 _RESHAPES = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "unflatten"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
+# What a norm does to its statistic before applying it (+ ε, a root, a cast), and the casts of its input.
+_STATISTIC_CASTS = {"to", "float", "type_as", "contiguous", "clone", "detach", "double", "half", "bfloat16"}
+_STATISTIC_MAPS = {"add", "rsqrt", "sqrt", "reciprocal", "clamp", "clamp_min"} | _STATISTIC_CASTS
 # Integer attributes that name a head count or a head width, updated when heads shrink.
 _HEAD_COUNT_NAMES = ("n_heads", "num_heads", "heads", "n_head", "num_attention_heads", "nhead",
                      "num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
@@ -508,16 +512,72 @@ class DependencyGraph:
             return False
         dims = {_norm(int(d), len(x)) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
         keep = bool(node.kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+        # A norm written out (LlamaRMSNorm's x * rsqrt(mean(x²)), (x - μ) / σ) takes its statistic over the
+        # channels it rescales: they shrink together, as through nn.RMSNorm / nn.LayerNorm.
+        statistic = keep and dims == {len(x) - 1} and self._normalizes_own_input(node)
         j = 0
         for i, s in enumerate(x):
             if i in dims:
-                self._block(s, f"{_op_name(node, self.gm)} reduces over it")
+                if not statistic:
+                    self._block(s, f"{_op_name(node, self.gm)} reduces over it")
                 if keep:
                     j += 1
                 continue
             self._unify(s, out[j])
             j += 1
         return True
+
+    def _normalizes_own_input(self, node: fx.Node) -> bool:
+        """Whether ``node``, a reduction over the last dimension kept as size 1, is a norm's statistic of a
+        tensor ``x`` (``mean(x)``, ``mean(x²)``, ``var(x)``, of ``x`` centred by its mean, casts looked
+        through) that only shifts or rescales that same ``x``: every path from it, through a scalar ``+ ε``,
+        ``rsqrt``, ``sqrt`` or a cast, ends in ``x - μ``, ``x * r`` or ``x / σ`` (``x`` perhaps centred or scaled
+        by a parameter first)."""
+        root = self._statistic_source(node.args[0] if node.args else None, squares=True)
+        if root is None:
+            return False
+        pending, seen = list(node.users), set()
+        while pending:
+            user = pending.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            name = _op_name(user, self.gm)
+            tensors = [a for a in (*user.args, *user.kwargs.values()) if isinstance(a, fx.Node)]
+            if name in _STATISTIC_MAPS and len(tensors) == 1:  # ε added, a root taken, a cast: follow
+                pending.extend(user.users)
+            elif name in ("sub", "mul", "truediv", "div") and len(tensors) == 2:
+                mine = 1 if tensors[1] in seen or tensors[1] is node else 0
+                if (name in ("truediv", "div") and mine == 0  # σ divides x, never x σ
+                        or self._statistic_source(tensors[1 - mine], squares=False) is not root):
+                    return False
+            else:
+                return False
+        return bool(seen)
+
+    def _statistic_source(self, value, squares: bool) -> fx.Node | None:
+        """The tensor ``value`` is, looking through casts, centring by a kept-dimension mean, a per-channel
+        parameter scale (and, with ``squares``, a square or absolute value first); None if not a node."""
+        if squares and isinstance(value, fx.Node) and value.op in ("call_method", "call_function"):
+            name, args = _op_name(value, self.gm), value.args
+            if ((name == "pow" and len(args) == 2 and args[1] == 2) or name in ("square", "abs")
+                    or (name == "mul" and len(args) == 2 and args[0] is args[1])):
+                value = args[0]
+        for _ in range(16):
+            if not isinstance(value, fx.Node) or value.op not in ("call_method", "call_function"):
+                return value if isinstance(value, fx.Node) else None
+            name, args = _op_name(value, self.gm), value.args
+            if name in _STATISTIC_CASTS and args:
+                value = args[0]
+            elif (name == "sub" and len(args) == 2 and isinstance(args[1], fx.Node)
+                  and _op_name(args[1], self.gm) in _REDUCTIONS):
+                value = args[0]  # x - μ
+            elif name == "mul" and len(args) == 2 and any(isinstance(a, fx.Node) and a.op == "get_attr"
+                                                          for a in args):
+                value = next(a for a in args if not (isinstance(a, fx.Node) and a.op == "get_attr"))  # γ ⊙ x
+            else:
+                return value
+        return None
 
     def _reshape(self, x, in_shape, out, out_shape) -> None:
         """Split/merge bookkeeping for a reshape: group dims whose products match."""
