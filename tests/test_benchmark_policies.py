@@ -1,5 +1,5 @@
 """The policies under ``benchmarks/cpu/policies`` (what ``bench e2e`` figures of conv encoders, diffusion heads and
-a Llama-style trunk are measured on) export, and the native runtime runs them as ONNX Runtime does, with the fusions the figures
+a Llama-style trunk, an ACT transformer are measured on) export, and the native runtime runs them as ONNX Runtime does, with the fusions the figures
 rely on."""
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def _load(name: str):
                                  "ReduceMean": None, "Sigmoid": None, "Softmax": None, "Neg": None, "Mul": None}),
     ("hf_llama_policy", "make_gemma", {"RMSNormalization": 9, ATTENTION_OP: 4, GATED_OP: 4, ROTARY_OP: 8,
                                        "ReduceMean": None, "Gelu": None, "Softmax": None, "Neg": None, "Mul": None}),
+    # ACT as LeRobot writes it: sequence-first nn.MultiheadAttention (self and cross), the BatchNorms folded
+    ("act_policy", "make", {ATTENTION_OP: 6, CONV_OP: 4, "Softmax": None, "BatchNormalization": None}),
 ])
 def test_benchmark_policy_runs_natively_as_onnxruntime_does(tmp_path, name, factory, fused):
     policy = getattr(_load(name), factory)()

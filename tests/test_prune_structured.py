@@ -822,3 +822,66 @@ def test_a_layer_returning_its_stream_in_a_tuple_is_skipped_by_a_tuple():
     fresh = rebuild(TuplePolicy().eval(), delta, model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), want, rtol=0, atol=0)
+
+
+class StackedTokens(nn.Module):
+    """Tokens stacked from two projections (``torch.stack``) plus a positional table read transposed (``.T``),
+    as ACT builds its encoder input: the width runs through both."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("state", (6,)), TensorSpec("goal", (6,))),
+                               action=TensorSpec("actions", (2, 4), "float32", -1.0, 1.0))
+        self.a, self.b = nn.Linear(6, width), nn.Linear(6, width)
+        self.register_buffer("pos", torch.randn(width, 2))
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, state, goal):
+        tokens = torch.stack([self.a(state), self.b(goal)]) + self.pos.T[:, None]  # (2, batch, width)
+        return self.head(tokens).transpose(0, 1)
+
+
+def test_the_width_runs_through_stacked_tokens_and_a_transposed_table():
+    torch.manual_seed(10)
+    model = StackedTokens().eval()
+    graph = DependencyGraph(model)
+    (width,) = graph.width_groups()
+    couplings = width.couplings([3, 17])
+    assert {(c.tensor, c.dim, c.indices) for c in couplings} == {
+        ("a.weight", 0, (3, 17)), ("a.bias", 0, (3, 17)), ("b.weight", 0, (3, 17)), ("b.bias", 0, (3, 17)),
+        ("pos", 0, (3, 17)), ("head.weight", 1, (3, 17))}
+    _zero(model, couplings)
+    _removing_changes_nothing(model, graph, couplings)
+    assert model.pos.shape == (30, 2) and model.head.in_features == 30
+
+
+class QueriesOverZeros(nn.Module):
+    """ACT's decoder input: zeros sized by the memory's batch and width (``x.shape[-1]``), plus a learned query
+    table; ``constant`` sizes the zeros by a number instead, which pruning could not resize."""
+
+    def __init__(self, width: int = 32, constant: bool = False):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("state", (6,)),),
+                               action=TensorSpec("actions", (3, 4), "float32", -1.0, 1.0))
+        self.embed, self.queries = nn.Linear(6, width), nn.Parameter(torch.randn(3, 1, width))
+        self.read, self.head = nn.Linear(width, width), nn.Linear(width, 4)
+        self.constant = constant
+
+    def forward(self, state):
+        x = self.embed(state)
+        y = torch.zeros(3, x.shape[0], 32 if self.constant else x.shape[-1]) + self.queries
+        return self.head(y + self.read(x)[None]).transpose(0, 1)
+
+
+def test_a_tensor_sized_by_the_width_shrinks_with_it():
+    torch.manual_seed(11)
+    model = QueriesOverZeros().eval()
+    graph = DependencyGraph(model)
+    (width,) = graph.width_groups()
+    couplings = width.couplings([0, 9])
+    assert {(c.tensor, c.dim) for c in couplings} == {
+        ("embed.weight", 0), ("embed.bias", 0), ("queries", 2), ("read.weight", 0), ("read.weight", 1),
+        ("read.bias", 0), ("head.weight", 1)}
+    _zero(model, couplings)
+    _removing_changes_nothing(model, graph, couplings)
+    assert DependencyGraph(QueriesOverZeros(constant=True).eval()).width_groups() == []

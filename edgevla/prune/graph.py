@@ -60,6 +60,9 @@ _ELEMENTWISE_MODULES = (nn.GELU, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropo
 _AUGMENTED_ASSIGNMENTS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
                           operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor}
 _RESHAPES = {"view", "reshape", "flatten", "unsqueeze", "squeeze", "unflatten"}
+# Tensor factories: sized by their arguments, or shaped like a tensor.
+_SIZED_FACTORIES = {"zeros", "ones", "empty", "full", "rand", "randn"}
+_FACTORIES_LIKE = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
 # What a norm does to its statistic before applying it (+ ε, a root, a cast), and the casts of its input.
 _STATISTIC_CASTS = {"to", "float", "type_as", "contiguous", "clone", "detach", "double", "half", "bfloat16"}
@@ -403,9 +406,13 @@ class DependencyGraph:
             for i, p in enumerate(dims):
                 self._unify(out[i], x[_norm(int(p), len(x))])
             return True
-        if name == "t":
+        if name == "t" or (name == "getattr" and len(args) == 2 and args[1] in ("T", "mT")):  # x.T, x.mT
             x = self._slots(args[0])
-            for i, p in enumerate(reversed(range(len(x)))):
+            if x is None or len(x) != len(out):
+                return False
+            perm = list(reversed(range(len(x)))) if name == "t" or args[1] == "T" else [
+                *range(len(x) - 2), len(x) - 1, len(x) - 2]
+            for i, p in enumerate(perm):
                 self._unify(out[i], x[p])
             return True
         if name in ("matmul", "bmm"):
@@ -432,8 +439,22 @@ class DependencyGraph:
                         self._unify(out[i], x[i])
                 offset += _shape(t)[dim]
             return True
+        if name == "stack":  # a new axis of one entry per tensor; the others carry through
+            dim = _norm(int(node.kwargs.get("dim", args[1] if len(args) > 1 else 0)), len(out))
+            for t in args[0]:
+                x = self._slots(t)
+                if x is None or len(x) != len(out) - 1:
+                    return False
+                for i, s in enumerate(x):
+                    self._unify(out[i + (i >= dim)], s)
+            return True
         if name == "getitem":
             return self._getitem(node, args, out)
+        if name in _FACTORIES_LIKE:
+            self._unify_broadcast(out, out_shape, args[0])
+            return True
+        if name in _SIZED_FACTORIES:
+            return self._factory(name, args, node.kwargs, out)
         if name in ("expand", "expand_as", "repeat", "repeat_interleave"):
             x = self._slots(args[0])
             shape = _shape(args[0])
@@ -526,6 +547,46 @@ class DependencyGraph:
             self._unify(s, out[j])
             j += 1
         return True
+
+    def _factory(self, name: str, args: list, kwargs: dict, out: list[int]) -> bool:
+        """``torch.zeros(20, x.shape[0], x.shape[-1])``: each dimension sized by a traced tensor's dimension is
+        that dimension, and shrinks with it; one of a constant size is blocked (pruning cannot resize it)."""
+        sizes = kwargs.get("size", args[0] if name == "full" or (args and isinstance(args[0], (tuple, list)))
+                           else args)
+        if name == "full" and not args:
+            return False
+        sizes = list(sizes) if isinstance(sizes, (tuple, list)) else [sizes]
+        if len(sizes) != len(out):
+            return False
+        for slot, size in zip(out, sizes):
+            source = self._size_source(size)
+            if source is None:
+                self._block(slot, f"torch.{name} gives it a constant size")
+            else:
+                self._unify(slot, source)
+        return True
+
+    def _size_source(self, size) -> int | None:
+        """The slot whose size ``size`` is when it is read off a tensor (``x.shape[i]``, ``x.size(i)``,
+        ``x.size()[i]``), else None."""
+        if not isinstance(size, fx.Node):
+            return None
+        name, args = _op_name(size, self.gm), size.args
+        if name == "size" and len(args) == 2 and isinstance(args[1], int):
+            tensor, index = args[0], args[1]
+        elif name == "getitem" and len(args) == 2 and isinstance(args[1], int) and isinstance(args[0], fx.Node):
+            whole, index = args[0], args[1]
+            whole_name = _op_name(whole, self.gm)
+            if whole_name == "getattr" and len(whole.args) == 2 and whole.args[1] == "shape":
+                tensor = whole.args[0]
+            elif whole_name == "size" and len(whole.args) == 1:
+                tensor = whole.args[0]
+            else:
+                return None
+        else:
+            return None
+        slots = self._slots(tensor)
+        return None if slots is None or not -len(slots) <= index < len(slots) else slots[index]
 
     def _normalizes_own_input(self, node: fx.Node) -> bool:
         """Whether ``node``, a reduction over the last dimension kept as size 1, is a norm's statistic of a
