@@ -620,10 +620,11 @@ class GroupedQueryAttention(nn.Module):
     """Grouped-query attention as Llama writes it: 4 query heads read 2 key/value heads, repeated by
     ``repeat_interleave``, the counts in the attributes Llama names them by."""
 
-    def __init__(self):
+    def __init__(self, enable_gqa=False):
         super().__init__()
         self.q, self.k, self.v, self.o = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(16, 16)
         self.num_heads, self.num_key_value_heads, self.head_dim = 4, 2, 4
+        self.enable_gqa = enable_gqa  # SDPA repeats the key/value heads itself
 
     def forward(self, x):
         b, t, _ = x.shape
@@ -631,16 +632,19 @@ class GroupedQueryAttention(nn.Module):
         q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        if self.enable_gqa:
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True).transpose(1, 2)
+        else:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         return self.o(a.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class GroupedQueryPolicy(nn.Module):
-    def __init__(self):
+    def __init__(self, enable_gqa=False):
         super().__init__()
         self.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("a", (6, 16)))
-        self.attn = GroupedQueryAttention()
+        self.attn = GroupedQueryAttention(enable_gqa)
         self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
 
     def forward(self, x):
@@ -648,11 +652,13 @@ class GroupedQueryPolicy(nn.Module):
         return x + self.fc2(torch.relu(self.fc1(x)))
 
 
-def test_a_grouped_query_head_goes_with_its_query_heads_and_prunes_exactly():
-    """Removing key/value head g removes query heads 2g and 2g + 1 (those its repeat feeds) and their output
-    columns; zeroing those tensors first, the removal changes nothing. The head counts follow."""
+@pytest.mark.parametrize("enable_gqa", [False, True])
+def test_a_grouped_query_head_goes_with_its_query_heads_and_prunes_exactly(enable_gqa):
+    """Removing key/value head g removes query heads 2g and 2g + 1 (those its repeat, or SDPA's enable_gqa,
+    feeds) and their output columns; zeroing those tensors first, the removal changes nothing. The head counts
+    follow."""
     torch.manual_seed(9)
-    model = GroupedQueryPolicy().eval()
+    model = GroupedQueryPolicy(enable_gqa).eval()
     graph = DependencyGraph(model)
     (heads,) = graph.head_groups()
     assert (heads.units, heads.unit_width) == (2, 4)

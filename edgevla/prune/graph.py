@@ -483,10 +483,20 @@ class DependencyGraph:
             return True
         if name == "scaled_dot_product_attention":
             q, k, v = (self._slots(a) for a in args[:3])
+            heads, kv_heads = _shape(args[0])[-3] if len(q) > 2 else 1, _shape(args[1])[-3] if len(k) > 2 else 1
+            grouped = heads != kv_heads  # enable_gqa: each key/value head serves a run of query heads
+            if grouped and not (node.kwargs.get("enable_gqa", args[7] if len(args) > 7 else False)
+                                and heads % kv_heads == 0 and len(q) == len(k) == len(v) == len(out)):
+                return False
             for i in range(len(out) - 2):
-                self._unify(q[i], k[i])
-                self._unify(q[i], v[i])
+                self._unify(k[i], v[i])
                 self._unify(q[i], out[i])
+                if i != len(out) - 3 or not grouped:
+                    self._unify(q[i], k[i])
+            if grouped:  # as repeat_interleave(k, heads // kv_heads, dim=-3) would make them
+                r = self._new(heads // kv_heads)
+                self._block(r, "a key/value head's query heads under enable_gqa (remove the key/value head)")
+                self._products.append(_Product(q[-3], k[-3], r, self._current_module))
             self._unify(q[-1], k[-1])
             self._unify(k[-2], v[-2])
             self._unify(out[-2], q[-2])
