@@ -778,15 +778,41 @@ def qat_stream(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask 
         i += 1
 
 
-def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]], float_dtype: str) -> dict[str, Any]:
-    """:func:`~edgevla.quant.quantize_policy`'s keyword arguments for the recipe's post-training quantization."""
+def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]], float_dtype: str,
+                 smoothquant_alpha: float | None) -> dict[str, Any]:
+    """:func:`~edgevla.quant.quantize_policy`'s keyword arguments for the recipe's post-training quantization,
+    SmoothQuant's ``alpha`` as :func:`smoothquant_alpha` resolved it."""
     cal = cfg.calibration
     kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
-                                  smoothquant_alpha=cfg.smoothquant.alpha if cfg.smoothquant.enabled else None,
-                                  float_dtype=float_dtype, tables=cfg.tables)
+                                  smoothquant_alpha=smoothquant_alpha, float_dtype=float_dtype, tables=cfg.tables)
     if cal.method == "percentile":
         kwargs["percentile"] = cal.percentile
     return kwargs
+
+
+def smoothquant_alpha(policy: torch.nn.Module, spec: PolicySpec, task: ClosedLoopTask | None, cfg: "QuantizeConfig",
+                      batches: list[tuple[torch.Tensor, ...]], float_dtype: str) -> tuple[float | None, Any]:
+    """SmoothQuant's ``alpha`` for ``policy`` (None: off) and, for ``alpha: auto``, the
+    :class:`~edgevla.quant.alpha_search.AlphaSearch` that chose it on 128 held-out observations."""
+    sq = cfg.smoothquant
+    if not sq.enabled or cfg.format == "fp16":
+        return None, None
+    if sq.alpha != "auto":
+        return sq.alpha, None
+    from .quant import quantize_policy
+    from .quant.alpha_search import search_alpha
+
+    held = heldout_observations(spec, 128, seed=11, task=task)
+    probe = [tuple(torch.from_numpy(held[n][i:i + 32]) for n in spec.input_names) for i in range(0, 128, 32)]
+
+    reuse: dict[str, object] = {}  # one SmoothQuant analysis for every candidate
+
+    def quantize(model: torch.nn.Module, alpha: float | None) -> torch.nn.Module:
+        return quantize_policy(model, cfg.format, smoothquant_reuse=reuse,
+                               **ptq_settings(cfg, batches, float_dtype, alpha)).model
+
+    search = search_alpha(policy, quantize, probe)
+    return search.alpha, search
 
 
 @dataclass
@@ -885,7 +911,9 @@ def quantized_form(teacher: torch.nn.Module, spec: PolicySpec, task: ClosedLoopT
     if mp.enabled and mp.metric == "success":
         return None
     batches, _ = quantization_batches(teacher, spec, task, cfg.calibration)
-    kwargs = ptq_settings(cfg, batches, float_dtype)
+    # alpha: auto is searched on the teacher here, once: each student is quantized many times in recovery
+    alpha = smoothquant_alpha(teacher, spec, task, cfg, batches, float_dtype)[0]
+    kwargs = ptq_settings(cfg, batches, float_dtype, alpha)
     by_sqnr = mp.enabled and cfg.format != "fp16"
 
     def quantize(policy: torch.nn.Module) -> QuantizedStudent:
@@ -923,7 +951,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     start = time.perf_counter()
     cal = cfg.calibration
     batches, source = quantization_batches(policy, spec, task, cal)
-    kwargs = ptq_settings(cfg, batches, float_dtype)
+    alpha, search = smoothquant_alpha(policy, spec, task, cfg, batches, float_dtype) if trained is None else (
+        None, None)
+    kwargs = ptq_settings(cfg, batches, float_dtype, alpha)
     samples = sum(len(b[0]) for b in batches)
     calibrated = cfg.format in ("w8a8", "fp8") or (cfg.smoothquant.enabled and cfg.format != "fp16")
     info: dict[str, Any] = {
@@ -931,7 +961,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         # Weight-only formats need no activation ranges; the batches still measure sensitivity.
         "calibration": {"method": cal.method, "source": source, "batches": len(batches), "samples": samples,
                         "activation_ranges": cfg.format in ("w8a8", "fp8")},
-        "smoothquant": {"enabled": cfg.smoothquant.enabled, "alpha": cfg.smoothquant.alpha},
+        "smoothquant": {"enabled": cfg.smoothquant.enabled, "alpha": alpha if search else cfg.smoothquant.alpha,
+                        **({"alpha_search": {"chosen": "off" if alpha is None else alpha, "sqnr_db": search.sqnr_db}}
+                           if search else {})},
         "group_size": cfg.group_size if cfg.format == "w4a16" else None,
     }
     result = trained.result if trained is not None else quantize_policy(policy, cfg.format, **kwargs)
@@ -1010,9 +1042,22 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     progress.note(f"quantized {quantized} of {len(formats)} {kinds} to {cfg.format}{mixed}"
                   f"{how}{folded}{trained_said}; float tensors stored {float_dtype}{sqnr}; "
                   f"{info['seconds']:.1f} s")
+    if search is not None:
+        progress.note(smoothquant_said(info["smoothquant"]))
     for note in result.notes:
         progress.note(note)
     return result.model, info
+
+
+def smoothquant_said(sq: Mapping[str, Any]) -> str:
+    """"SmoothQuant α=0.5", or the search's choice with what each candidate gave."""
+    search = sq.get("alpha_search")
+    if not search:
+        alpha = sq["alpha"]
+        return f"SmoothQuant α={alpha:g}" if isinstance(alpha, (int, float)) else f"SmoothQuant α {alpha}"
+    chosen = "off" if search["chosen"] == "off" else f"α={search['chosen']:g}"
+    tried = ", ".join(f"{k}: {v:.1f}" for k, v in search["sqnr_db"].items())
+    return f"SmoothQuant {chosen}, the best held-out output SQNR of those tried (dB, {tried})"
 
 
 def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]]) -> str:
@@ -1022,7 +1067,7 @@ def quantization_markdown(info: Mapping[str, Any], layers: list[dict[str, Any]])
            + (f"; activation ranges calibrated ({info['calibration']['method']}) on "
               f"{info['calibration']['samples']} observations from {info['calibration']['source']}"
               if info["calibration"]["activation_ranges"] else "")
-           + (f"; SmoothQuant α={info['smoothquant']['alpha']:g}" if info["smoothquant"]["enabled"] else "")
+           + (f"; {smoothquant_said(info['smoothquant'])}" if info["smoothquant"]["enabled"] else "")
            + (f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else "") + ".",
            ""]
     if info.get("batch_norms_folded"):

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .errors import EdgevlaError
-from .schema import (Bool, Float, Int, Invalid, ListOf, Nullable, OneOf, Section, Str, Supported, merge,
+from .schema import (Bool, Either, Float, Int, Invalid, ListOf, Nullable, OneOf, Section, Str, Supported, merge,
                      parse_yaml, read_yaml, validate)
 
 if TYPE_CHECKING:
@@ -160,7 +160,8 @@ RECIPE_SCHEMA = Section({
         }),
         "smoothquant": Section({
             "enabled": Bool(default=False),
-            "alpha": Float(0.0, 1.0, default=0.5),
+            # auto: each of edgevla.quant.alpha_search.ALPHAS (and none) tried, the best output SQNR kept
+            "alpha": Either(Float(0.0, 1.0), OneOf("auto"), default=0.5),
         }),
         "mixed_precision": Section({
             "enabled": Bool(default=False),
@@ -294,7 +295,7 @@ class CalibrationConfig:
 @dataclass(frozen=True)
 class SmoothQuantConfig:
     enabled: bool
-    alpha: float
+    alpha: float | str  # a number in [0, 1], or "auto"
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,26 @@ class Nullable(Field):
             raise self._expected(value, path) from None
 
 
+class Either(Field):
+    """A value any of ``fields`` accepts (the first that does): ``Either(Float(0, 1), OneOf("auto"))``."""
+
+    def __init__(self, *fields: Field, default: Any = MISSING):
+        super().__init__(default)
+        self.fields = fields
+
+    def describe(self) -> str:
+        return " or ".join(f.describe() for f in self.fields)
+
+    def check(self, value: Any, path: str, partial: bool = False) -> Any:
+        for field in self.fields:
+            try:
+                return field.check(value, path, partial)
+            except Mismatch as problem:
+                if problem.path != path:  # a nested key: keep its own message
+                    raise
+        raise self._expected(value, path)
+
+
 class ListOf(Field):
     def __init__(self, item: Field, *, min_len: int = 0, unique: bool = False, default: Any = MISSING):
         super().__init__(default)

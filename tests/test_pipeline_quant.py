@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, numpy_helper
 
 from edgevla.bundle import load_bundle, load_weights
@@ -280,3 +281,29 @@ def test_a_success_budget_needs_a_task(tmp_path, fast, policy_ref):
             **fast, "quantize.format": "w8a8", "quantize.mixed_precision.enabled": True,
             "quantize.mixed_precision.metric": "success"}))
     assert not (tmp_path / "b").exists()
+
+
+def test_smoothquant_alpha_auto_keeps_the_best_candidate_and_says_so(policy_ref):
+    """``quantize.smoothquant.alpha: auto`` quantizes the policy at every candidate and with SmoothQuant off,
+    keeps the best held-out output SQNR, and the report says what each gave."""
+    import importlib
+
+    from edgevla.pipeline import smoothquant_alpha, smoothquant_said
+    from edgevla.quant.alpha_search import ALPHAS
+    from edgevla.recipe import load_recipe
+
+    policy = importlib.import_module(policy_ref.split(":")[0]).make()
+    with torch.no_grad():
+        policy.ln.weight[3] = 25.0  # an outlier channel into fc1
+    cfg = load_recipe(None, None, {"quantize.format": "w8a8", "quantize.smoothquant.enabled": True,
+                                   "quantize.smoothquant.alpha": "auto"}).quantize
+    batches = [tuple(torch.from_numpy(a) for a in policy.spec.example(batch=32, seed=i).values()) for i in range(2)]
+    alpha, search = smoothquant_alpha(policy, policy.spec, None, cfg, batches, "fp32")
+    assert list(search.sqnr_db) == ["off"] + [f"{a:g}" for a in ALPHAS]
+    best = max(search.sqnr_db, key=search.sqnr_db.get)
+    assert alpha == (None if best == "off" else float(best)) and alpha is not None
+    said = smoothquant_said({"enabled": True, "alpha": alpha,
+                             "alpha_search": {"chosen": alpha, "sqnr_db": search.sqnr_db}})
+    assert said.startswith(f"SmoothQuant α={alpha:g}, the best held-out output SQNR") and "off: " in said
+    fixed = load_recipe(None, None, {"quantize.format": "w8a8", "quantize.smoothquant.enabled": True}).quantize
+    assert smoothquant_alpha(policy, policy.spec, None, fixed, batches, "fp32") == (0.5, None)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgevla.errors import EdgevlaError
 from edgevla.quant.smoothquant import find_smooth_groups, smooth_quant
 
 
@@ -305,3 +306,53 @@ def test_value_rows_that_reach_anything_else_are_not_smoothed():
     assert [r.reason for r in refused if r.norm == "v"] == ["its rows also reach aten.repeat.default"]
     groups, refused = find_smooth_groups(ValueWithPrefix("hf").eval(), (x,))
     assert "v" not in [g.norm for g in groups] + [r.norm for r in refused]
+
+
+def test_the_alpha_search_keeps_the_candidate_with_the_best_output_sqnr():
+    """Every candidate (and SmoothQuant off) is quantized and measured on the probe; the best is kept, and on
+    a block whose down projection reads a 40x outlier channel it is SmoothQuant, not off."""
+    from edgevla.quant.alpha_search import search_alpha
+    from edgevla.quant.apply import quantize_policy
+    from edgevla.quant.mixed import model_sqnr
+
+    from edgevla.spec import PolicySpec, TensorSpec
+
+    torch.manual_seed(5)
+    m = LlamaBlock().eval()
+    m.spec = PolicySpec(observations=(TensorSpec("x", (6, 16)),), action=TensorSpec("y", (6, 16)))
+    with torch.no_grad():
+        m.up.weight[7] *= 40.0
+    calibration = [(torch.randn(8, 6, 16),) for _ in range(2)]
+    probe = [(torch.randn(8, 6, 16),)]
+
+    def quantize(model, alpha):
+        return quantize_policy(model, "w8a8", batches=calibration, smoothquant_alpha=alpha).model
+
+    search = search_alpha(m, quantize, probe, alphas=(0.3, 0.6, 0.9))
+    assert list(search.sqnr_db) == ["off", "0.3", "0.6", "0.9"]
+    assert search.alpha is not None and search.sqnr_db[f"{search.alpha:g}"] == max(search.sqnr_db.values())
+    assert search.sqnr_db[f"{search.alpha:g}"] > search.sqnr_db["off"] + 1.0
+    assert search.sqnr_db["0.6"] == pytest.approx(model_sqnr(quantize(m, 0.6), probe), abs=1e-3)
+    with pytest.raises(EdgevlaError, match="must be in"):
+        search_alpha(m, quantize, probe, alphas=(1.5,))
+
+
+def test_smoothquant_reuses_its_analysis_across_alphas():
+    """With ``reuse`` the groups and ranges found on the first copy smooth the next copies: the same weights as
+    a fresh analysis at that alpha, and no second trace."""
+    import copy
+    from unittest import mock
+
+    from edgevla.quant import smoothquant
+
+    torch.manual_seed(6)
+    m = LlamaBlock().eval()
+    xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
+    reuse: dict = {}
+    smooth_quant(copy.deepcopy(m), xs, alpha=0.5, reuse=reuse)
+    fresh, reused = copy.deepcopy(m), copy.deepcopy(m)
+    smooth_quant(fresh, xs, alpha=0.8)
+    with mock.patch.object(smoothquant, "find_smooth_groups", side_effect=AssertionError("traced again")):
+        smooth_quant(reused, xs, alpha=0.8, reuse=reuse)
+    for (name, a), b in zip(fresh.state_dict().items(), reused.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -227,6 +227,7 @@ def test_the_quantize_section_reads_every_option(tmp_path):
     c = q.calibration
     assert (c.method, c.percentile, c.batches, c.batch_size, c.data) == ("percentile", 99.9, 3, 16, "calib")
     assert (q.smoothquant.enabled, q.smoothquant.alpha) == (True, 0.8)
+    assert load_recipe(None, None, {"quantize.smoothquant.alpha": "auto"}).quantize.smoothquant.alpha == "auto"
     m = q.mixed_precision
     assert (m.enabled, m.metric, m.max_loss, m.min_sqnr_db, m.episodes) == (True, "success", 0.01, 30.0, 100)
     assert (q.qat.enabled, q.qat.steps, q.qat.lr, q.qat.batch_size) == (True, 50, 2e-5, 32)
@@ -238,7 +239,10 @@ def test_the_quantize_section_reads_every_option(tmp_path):
     ({"quantize.format": "int3"}, "recipe: quantize.format: expected one of none, w8a8, w8a16, w4a16, fp16, fp8, "
                                   "got 'int3'"),
     ({"quantize.group_size": 48}, "recipe: quantize.group_size: expected one of 32, 64, 128, got 48"),
-    ({"quantize.smoothquant.alpha": 1.5}, "recipe: quantize.smoothquant.alpha: expected number in [0, 1], got 1.5"),
+    ({"quantize.smoothquant.alpha": 1.5}, "recipe: quantize.smoothquant.alpha: expected number in [0, 1] or one "
+                                          "of auto, got 1.5"),
+    ({"quantize.smoothquant.alpha": "best"}, "recipe: quantize.smoothquant.alpha: expected number in [0, 1] or one "
+                                             "of auto, got 'best'"),
     ({"quantize.calibration.method": "kl"}, "recipe: quantize.calibration.method: expected one of minmax, "
                                             "percentile, entropy, mse, got 'kl'"),
     ({"quantize.calibration.batches": 0}, "recipe: quantize.calibration.batches: expected int >= 1, got 0"),

@@ -131,7 +131,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
                     batches: Sequence[tuple[torch.Tensor, ...]] | None = None, samples: int = 256,
                     method: str = "minmax", smoothquant_alpha: float | None = None, group_size: int = 128,
                     skip: Iterable[str] = (), forms: Mapping[str, str] | None = None, batch_size: int = 32,
-                    float_dtype: str = "fp32", tables: bool = True, **calibrator_options) -> QuantizeResult:
+                    float_dtype: str = "fp32", tables: bool = True, smoothquant_reuse: dict | None = None,
+                    **calibrator_options) -> QuantizeResult:
     """A fake-quant copy of ``policy`` in ``fmt`` (see :data:`FORMATS`).
 
     Calibration data is ``batches`` (positional tensor tuples in the spec's
@@ -141,7 +142,9 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     layers a form of their own instead of ``fmt``'s (:mod:`.ladder`: ``float``,
     ``w8a16``, ``w4a16/g32``; what mixed precision raises them to). Convolutions take
     int8 weights under every integer format (w8a8 quantizes their input too);
-    a BatchNorm after one is folded into it first (:mod:`.fold`).
+    a BatchNorm after one is folded into it first (:mod:`.fold`). ``smoothquant_reuse`` is
+    :func:`~.smoothquant.smooth_quant`'s ``reuse``: calls with the same policy and batches that differ in
+    ``smoothquant_alpha`` alone share one SmoothQuant analysis.
     """
     if fmt not in FORMATS:
         raise EdgevlaError(f"unknown quantization format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -193,7 +196,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         if not batches:
             raise EdgevlaError("calibration needs at least one batch")
         if smoothquant_alpha is not None:
-            smoothed = [g.norm for g in smooth_quant(model, batches, smoothquant_alpha)["groups"]]
+            smoothed = [g.norm for g in smooth_quant(model, batches, smoothquant_alpha,
+                                                     reuse=smoothquant_reuse)["groups"]]
         static = [n for n in chosen if n not in forms]  # a raised form keeps its input float
         if needs_activations and static:
             amax = calibrate(model, batches, method, layers=static, **calibrator_options)

@@ -436,28 +436,35 @@ def fold_smoothing(model: nn.Module, group: SmoothGroup, scales: torch.Tensor) -
 
 
 def smooth_quant(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], alpha: float = 0.5,
-                 example: tuple[torch.Tensor, ...] | None = None) -> dict[str, object]:
+                 example: tuple[torch.Tensor, ...] | None = None,
+                 reuse: dict[str, object] | None = None) -> dict[str, object]:
     """Apply SmoothQuant in place to every foldable LayerNorm → Linear group.
 
     ``batches`` are calibration inputs (positional tensor tuples); the first
     one doubles as the tracing example unless ``example`` is given. Returns
     ``{"groups": [...], "refused": [...], "scales": {norm: tensor}}``.
+
+    The groups and the activation ranges they are smoothed by do not depend on ``alpha``: with ``reuse`` (an
+    empty dict at first) they are kept there and read back by later calls on copies of the same model with the
+    same batches, as an ``alpha`` search makes them.
     """
     batches = list(batches)
     if not batches:
         raise EdgevlaError("SmoothQuant needs at least one calibration batch")
     if not 0.0 <= alpha <= 1.0:
         raise EdgevlaError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
-    groups, refused = find_smooth_groups(model, example if example is not None else batches[0])
-    if not groups:
-        return {"groups": [], "refused": refused, "scales": {}}
-    first_linears = [g.linears[0] for g in groups]
-    observers = observe_layer_inputs(model, batches, first_linears)
+    if reuse is not None and "groups" in reuse:
+        groups, refused, ranges = reuse["groups"], reuse["refused"], reuse["ranges"]
+    else:
+        groups, refused = find_smooth_groups(model, example if example is not None else batches[0])
+        observers = observe_layer_inputs(model, batches, [g.linears[0] for g in groups]) if groups else {}
+        ranges = {g.norm: observers[g.linears[0]].channel_amax for g in groups}
+        if reuse is not None:
+            reuse.update(groups=groups, refused=refused, ranges=ranges)
     modules = dict(model.named_modules())
     scales: dict[str, torch.Tensor] = {}
     for g in groups:
-        act = observers[g.linears[0]].channel_amax
-        s = smoothing_scales(act, [modules[n].weight for n in g.linears], alpha, g.channels,
+        s = smoothing_scales(ranges[g.norm], [modules[n].weight for n in g.linears], alpha, g.channels,
                              model.get_parameter(g.weight).shape[0] if g.channels is not None else 0)
         fold_smoothing(model, g, s)
         scales[g.norm] = s
