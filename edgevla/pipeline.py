@@ -1177,9 +1177,11 @@ class Build:
     # compress -----------------------------------------------------------
     def compress(self) -> None:
         self.explicit_attention: dict[str, Any] | None = None
-        rewritten = self._explicit_attention() if self.recipe.prune.method != "none" or self.quantized else None
+        compressing = self.recipe.prune.method != "none" or self.quantized
+        rewritten = self._explicit_attention() if compressing else None
         # A copy either way, so that later stages never alias the reference they are compared against.
         self.built = (rewritten or copy.deepcopy(self.original)).eval()
+        self.thawed = self._thaw_frozen_batch_norms() if compressing else []
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
             shipped = (quantized_form(self.original, self.spec, self.task, self.recipe.quantize, self.float_dtype)
@@ -1216,6 +1218,17 @@ class Build:
         if result.rewritten or result.left_fused:
             self.explicit_attention = result.to_dict()
         return result.model if result.rewritten else None
+
+    def _thaw_frozen_batch_norms(self) -> list[str]:
+        """The built copy's frozen BatchNorms (buffers applied element-wise) made ``nn.BatchNorm2d``, checked to
+        compute the same, so that quantization folds them into their convolutions."""
+        from .models.frozen_batch_norm import thaw_frozen_batch_norms
+
+        thawed = thaw_frozen_batch_norms(self.built)
+        if thawed:
+            self.progress.note(f"{len(thawed)} frozen BatchNorm(s) (statistics as buffers, applied element-wise) "
+                               "taken as nn.BatchNorm2d, the same function, so they fold into their convolutions")
+        return thawed
 
     @property
     def quantized(self) -> bool:
@@ -1504,6 +1517,7 @@ class Build:
                 "prune": self.pruning or "none",
                 "quantize": self.quantization or "none",
                 "explicit_attention": self.explicit_attention or "none",
+                "frozen_batch_norms": getattr(self, "thawed", []),
             },
         )
         report_dir = self.work / "report"

@@ -891,3 +891,60 @@ def test_a_tensor_sized_by_the_width_shrinks_with_it():
     _zero(model, couplings)
     _removing_changes_nothing(model, graph, couplings)
     assert DependencyGraph(QueriesOverZeros(constant=True).eval()).width_groups() == []
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision's FrozenBatchNorm2d (DETR's, and the ResNet backbone of LeRobot's ACT): the statistics and
+    affine as buffers, applied with element-wise ops."""
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        for name, value in (("weight", torch.rand(n) + 0.5), ("bias", torch.randn(n) * 0.1),
+                            ("running_mean", torch.randn(n) * 0.1), ("running_var", torch.rand(n) + 0.5)):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+    def module(self) -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(self.weight.numel(), eps=self.eps).eval()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).data.copy_(getattr(self, name))
+        return bn
+
+
+class FrozenBatchNormCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.spec = PolicySpec(observations=(TensorSpec("image", (3, 16, 16)),),
+                               action=TensorSpec("actions", (1, 4), "float32", -1.0, 1.0))
+        self.c1, self.n1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), FrozenBatchNorm2d(16)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), FrozenBatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, image):
+        x = torch.relu(self.n1(self.c1(image)))
+        x = torch.relu(self.n2(self.c2(x)))
+        return self.head(x.mean((2, 3)))[:, None]
+
+
+def test_a_frozen_batch_norm_rides_along_its_filters_as_a_batch_norm_does():
+    """Per-channel buffers met element-wise lose the channel like nn.BatchNorm2d's: the same filter groups,
+    and the pruned model computes what the nn.BatchNorm2d model computes after the same pruning."""
+    torch.manual_seed(12)
+    frozen = FrozenBatchNormCNN().eval()
+    batch_norm = copy.deepcopy(frozen)
+    batch_norm.n1, batch_norm.n2 = frozen.n1.module(), frozen.n2.module()
+    groups = [{g.name: g for g in DependencyGraph(m).hidden_groups()} for m in (frozen, batch_norm)]
+    assert set(groups[0]) == set(groups[1]) == {"c1", "c2"}
+    assert {(c.tensor, c.dim) for c in groups[0]["c1"].couplings([3])} == {
+        ("c1.weight", 0), ("n1.weight", 0), ("n1.bias", 0), ("n1.running_mean", 0), ("n1.running_var", 0),
+        ("c2.weight", 1)}
+    for model, found in zip((frozen, batch_norm), groups):
+        DependencyGraph(model).apply(found["c1"].couplings([3, 7]) + found["c2"].couplings([0]))
+    x = _inputs(frozen)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(*x), batch_norm(*x), rtol=1e-5, atol=1e-6)
+    assert frozen.n1.running_var.shape == (14,) and frozen.c2.out_channels == 15

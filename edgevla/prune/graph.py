@@ -169,6 +169,7 @@ class DependencyGraph:
         self.conv_in: dict[str, int] = {}  # a convolution's input channels (groups == 1), as linear_in
         self.conv_out: dict[str, int] = {}
         self._channelwise: set[str] = set()  # per-channel tensors between layers: BatchNorm's, depthwise filters
+        self._normalized: list[int] = []  # slots a norm (a module, or written out) takes its statistic over
         self._group_norms: list[tuple[int, int]] = []  # (channel slot, its groups' slot) of each GroupNorm
         self._dims: dict[fx.Node, object] = {}
         self._tensors = dict(model.named_parameters())
@@ -305,6 +306,7 @@ class DependencyGraph:
                 return True
             if isinstance(mod, _NORMS):
                 self._unify_broadcast(out, out_shape, args[0])
+                self._normalized.append(out[-1])
                 nd = len(mod.normalized_shape)
                 for d in range(nd):
                     for p in ("weight", "bias"):
@@ -546,6 +548,8 @@ class DependencyGraph:
         # A norm written out (LlamaRMSNorm's x * rsqrt(mean(x²)), (x - μ) / σ) takes its statistic over the
         # channels it rescales: they shrink together, as through nn.RMSNorm / nn.LayerNorm.
         statistic = keep and dims == {len(x) - 1} and self._normalizes_own_input(node)
+        if statistic:
+            self._normalized.append(x[-1])
         j = 0
         for i, s in enumerate(x):
             if i in dims:
@@ -891,8 +895,8 @@ class DependencyGraph:
                 continue
             seen.add(cls)
             outs, ins, tensors = self._linear_members(cls, convolutions=True)
-            own = self._own(outs, ins) | self._channelwise
-            if not ins or not tensors <= own or self.blocked(cls):
+            own = self._own(outs, ins) | self._channelwise | self._per_channel(cls)
+            if not ins or not tensors <= own or self.blocked(cls) or any(self.find(s) == cls for s in self._normalized):
                 continue
             if not self._related(cls):
                 groups.append(self.group(slot, "neurons", name))
@@ -941,6 +945,13 @@ class DependencyGraph:
         if len({self.size[self.find(o)] for o in mine}) != 1 or any(p != cls for p, _, _ in products[cls]):
             return None
         return mine[0]
+
+    def _per_channel(self, cls: int) -> set[str]:
+        """Tensors holding one value per channel of ``cls`` and nothing else (a FrozenBatchNorm's statistics and
+        affine, a layer scale: shape ``(C,)`` or ``(1, C, 1, 1)``), met element-wise: they lose the channel as a
+        BatchNorm's do."""
+        return {t for s, t, d in self._members
+                if self.find(s) == cls and self._tensors[t].numel() == self._tensors[t].shape[d]}
 
     @staticmethod
     def _own(outs: list[str], ins: list[str]) -> set[str]:
