@@ -356,3 +356,48 @@ def test_smoothquant_reuses_its_analysis_across_alphas():
         smooth_quant(reused, xs, alpha=0.8, reuse=reuse)
     for (name, a), b in zip(fresh.state_dict().items(), reused.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+class ReluFeedForward(nn.Module):
+    """ACT's / DETR's post-norm feed-forward, ``linear2(dropout(relu(linear1(x))))``; ``act`` another
+    activation."""
+
+    def __init__(self, act=torch.relu, d=16):
+        super().__init__()
+        self.inp, self.linear1, self.linear2 = nn.Linear(d, d), nn.Linear(d, 48), nn.Linear(48, d)
+        self.dropout, self.act = nn.Dropout(0.1), act
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.linear2(self.dropout(self.act(self.linear1(h)))) + h
+
+
+def _linear2_input(m, x):
+    seen = []
+    handle = m.linear2.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
+    with torch.no_grad():
+        m(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_smoothquant_smooths_a_relu_feed_forward_through_the_first_layers_rows():
+    """relu(y / s) = relu(y) / s for s > 0: linear2's outlier input channel is divided out of linear1's row (and
+    bias) and multiplied into linear2's column, exactly; GELU does not commute with scaling and is left alone."""
+    torch.manual_seed(7)
+    m = ReluFeedForward().eval()
+    with torch.no_grad():
+        m.linear1.weight[9] *= 30.0
+        m.linear1.bias[9] = 2.0
+    xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
+    groups, _ = find_smooth_groups(m, xs[0])
+    assert [(g.norm, g.linears, g.bias) for g in groups] == [("linear1", ("linear2",), "linear1.bias")]
+    with torch.no_grad():
+        before = m(*xs[0])
+    act_before = _linear2_input(m, xs[0][0])
+    smooth_quant(m, xs, alpha=0.5)
+    torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
+    act_after = _linear2_input(m, xs[0][0])
+    assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
+    gelu = ReluFeedForward(torch.nn.functional.gelu).eval()
+    assert find_smooth_groups(gelu, xs[0])[0] == []

@@ -22,7 +22,9 @@ scales through ``up``'s output rows instead: the product's channel ``j`` is
 28.6 -> 29.8 dB output SQNR with them, 28.0 without SmoothQuant). An attention's output projection
 (``o_proj``) takes them through the value projection's rows the same way: attention mixes tokens, never
 channels, so its output channel ``(head h, j)`` is ``v``'s row ``(h's key/value group, j)`` carried through
-the probabilities; query heads sharing a key/value head share its scales (:func:`_attention_values`).
+the probabilities; query heads sharing a key/value head share its scales (:func:`_attention_values`). A
+ReLU feed-forward (ACT's, DETR's) smooths its second layer's input through the first layer's rows the same
+way, ReLU commuting with a positive scale (:func:`_homogeneous_values`).
 Pairs are found on the ``torch.export`` graph of the
 model; anything else (a LayerNorm whose output also feeds a residual, a
 reshape or a non-linear op, a Linear called on two different inputs) is
@@ -102,7 +104,8 @@ def find_smooth_groups(model: nn.Module, example: tuple[torch.Tensor, ...]) -> t
     linear_inputs = {owner: [call.args[0] for call in calls] for owner, calls in
                      module_calls(program, modules, (_LINEAR,), lambda m: isinstance(m, nn.Linear)).items()}
     candidates = (_module_norms(program, modules) | _spelled_norms(program, modules)
-                  | _gated_values(program, modules, linear_inputs) | _attention_values(program, modules, linear_inputs))
+                  | _gated_values(program, modules, linear_inputs) | _attention_values(program, modules, linear_inputs)
+                  | _homogeneous_values(program, modules, linear_inputs))
 
     groups, refused = [], []
     for norm, found in candidates.items():
@@ -206,6 +209,38 @@ def _gated_values(program: torch.export.ExportedProgram, modules: Mapping[str, n
                 found[owner] = _Candidate([node], f"{owner}.weight", f"{owner}.bias" if up.bias is not None else None,
                                           0.0, reason)
                 break
+    return found
+
+
+# Element-wise maps that commute with a positive per-channel scale, f(x / s) = f(x) / s: a ReLU MLP's hidden
+# channels may be rescaled through the first layer's rows (inference-mode dropout is the identity).
+_HOMOGENEOUS = ("aten.relu", "aten.relu_", "aten.leaky_relu", "aten.leaky_relu_", "aten.dropout")
+
+
+def _homogeneous_values(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module],
+                        linear_inputs: Mapping[str, list]) -> dict[str, _Candidate]:
+    """``down(relu(up(x)))``, ACT's and DETR's feed-forward (or with no activation between): ``relu(y / s) =
+    relu(y) / s`` for ``s > 0``, so dividing ``up``'s output row ``j`` (and its bias) by ``s_j`` divides the
+    down projection's input channel ``j`` by ``s_j``, exactly. Keyed by ``up``, which must be called this once
+    and read by nothing else. GELU and SiLU do not commute with scaling: their MLPs are left alone."""
+    found = {}
+    for call in program.graph.nodes:
+        if (call.op != "call_function" or _op_name(call) != _LINEAR
+                or not isinstance(modules.get(_owner(call)), nn.Linear)):
+            continue
+        node, mapped = _uncast(call.args[0]), call
+        while isinstance(node, torch.fx.Node) and _op_name(node) in _HOMOGENEOUS and _uncast_users(node) == [mapped]:
+            if _op_name(node) == "aten.dropout" and (len(node.args) < 3 or node.args[2] is not False):
+                break  # a training-mode dropout is not the identity
+            node, mapped = _uncast(node.args[0]), node
+        owner = _owner(node) if isinstance(node, torch.fx.Node) else ""
+        if (node is call.args[0] or _op_name(node) != _LINEAR or not isinstance(modules.get(owner), nn.Linear)
+                or _uncast_users(node) != [mapped] or owner in found):
+            continue
+        up = modules[owner]
+        reason = None if len(linear_inputs.get(owner, ())) == 1 else f"{owner} is called more than once"
+        found[owner] = _Candidate([_uncast(call.args[0])], f"{owner}.weight",
+                                  f"{owner}.bias" if up.bias is not None else None, 0.0, reason)
     return found
 
 
