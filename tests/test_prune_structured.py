@@ -948,3 +948,12 @@ def test_a_frozen_batch_norm_rides_along_its_filters_as_a_batch_norm_does():
     with torch.no_grad():
         torch.testing.assert_close(frozen(*x), batch_norm(*x), rtol=1e-5, atol=1e-6)
     assert frozen.n1.running_var.shape == (14,) and frozen.c2.out_channels == 15
+
+
+def test_a_scope_without_groups_names_those_outside_it(tiny):
+    """The residual width runs through the whole policy: under a scope there is none, and the error says how to
+    reach it."""
+    model = copy.deepcopy(tiny)
+    with pytest.raises(EdgevlaError, match=r"no prunable width groups under 'trunk' \(1 outside it, the first "
+                                           r"'.+': --set prune.scope=null lets them be pruned; the residual width"):
+        prune_structured(model, "width", 0.25, scope="trunk")

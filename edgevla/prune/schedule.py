@@ -39,8 +39,8 @@ from torch.nn.utils import parametrize
 from ..errors import EdgevlaError
 from .importance import Batches, MagnitudeImportance, TaylorImportance, WandaImportance
 from .masks import WeightMask, apply_masks, from_nm_rows, nm_rows, prunable_layers, takes_nm
-from .structured import (STRUCTURES, Amount, _example_inputs, check_amount, groups_of, kept_units, prune_structured,
-                         residual_blocks)
+from .structured import (STRUCTURES, Amount, _example_inputs, check_amount, groups_of, kept_units, no_groups,
+                         prune_structured, residual_blocks)
 
 CRITERIA = ("magnitude", "taylor", "wanda")
 
@@ -235,12 +235,12 @@ def _structure_units(model: nn.Module, structure: str, scope: str | None, inputs
         return len(blocks), 1, 1
     from .graph import DependencyGraph
 
-    groups = groups_of(DependencyGraph(model, inputs), structure, scope)
+    graph = DependencyGraph(model, inputs)
+    groups = groups_of(graph, structure, scope)
     if not groups and pruned:
         return 1, 0, 0
     if not groups:
-        raise EdgevlaError(f"{type(model).__name__} has no prunable {structure} groups"
-                           f"{' under ' + repr(scope) if scope else ''}")
+        raise no_groups(graph, structure, scope)
     return groups[0].units, groups[0].unit_width, len(groups)
 
 

@@ -119,6 +119,16 @@ def groups_of(graph: DependencyGraph, structure: str, scope: str | None = None) 
     return [g for g in finders[structure]() if _in_scope(g.name, scope)]
 
 
+def no_groups(graph: DependencyGraph, structure: str, scope: str | None) -> EdgevlaError:
+    """The error of a structure with no group under ``scope``, naming those outside it."""
+    where = f" under {scope!r}" if scope else ""
+    outside = [g.name for g in groups_of(graph, structure)] if scope else []
+    hint = (f" ({len(outside)} outside it, the first {outside[0]!r}: --set prune.scope=null lets them be pruned"
+            + ("; the residual width runs through the whole policy)" if structure == "width" else ")")
+            if outside else "")
+    return EdgevlaError(f"{type(graph.model).__name__} has no prunable {structure} groups{where}{hint}")
+
+
 def plan(graph: DependencyGraph, structure: str, amount: Amount, importance=None, round_to: int = 1,
          scope: str | None = None) -> tuple[list[Coupling], list[PrunedGroup], int]:
     """Choose the units to remove from every group: (couplings, per-group summary, predicted parameters)."""
@@ -126,8 +136,7 @@ def plan(graph: DependencyGraph, structure: str, amount: Amount, importance=None
     scorer = importance if isinstance(importance, GroupImportance) else GroupImportance(importance)
     groups = groups_of(graph, structure, scope)
     if not groups:
-        where = f" under {scope!r}" if scope else ""
-        raise EdgevlaError(f"{type(graph.model).__name__} has no prunable {structure} groups{where}")
+        raise no_groups(graph, structure, scope)
     couplings: list[Coupling] = []
     summary: list[PrunedGroup] = []
     for group in groups:
