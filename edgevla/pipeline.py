@@ -784,7 +784,8 @@ def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]],
     SmoothQuant's ``alpha`` as :func:`smoothquant_alpha` resolved it."""
     cal = cfg.calibration
     kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
-                                  smoothquant_alpha=smoothquant_alpha, float_dtype=float_dtype, tables=cfg.tables)
+                                  smoothquant_alpha=smoothquant_alpha, float_dtype=float_dtype, tables=cfg.tables,
+                                  int4_rounding=cfg.int4_rounding)
     if cal.method == "percentile":
         kwargs["percentile"] = cal.percentile
     return kwargs
@@ -955,6 +956,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
         None, None)
     kwargs = ptq_settings(cfg, batches, float_dtype, alpha)
     samples = sum(len(b[0]) for b in batches)
+    gptq = cfg.int4_rounding == "gptq" and (cfg.format == "w4a16" or cfg.mixed_precision.enabled)
     calibrated = cfg.format in ("w8a8", "fp8") or (cfg.smoothquant.enabled and cfg.format != "fp16")
     info: dict[str, Any] = {
         "format": cfg.format, "float_dtype": float_dtype,
@@ -965,6 +967,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                         **({"alpha_search": {"chosen": "off" if alpha is None else alpha, "sqnr_db": search.sqnr_db}}
                            if search else {})},
         "group_size": cfg.group_size if cfg.format == "w4a16" else None,
+        "int4_rounding": cfg.int4_rounding if cfg.format == "w4a16" or cfg.mixed_precision.enabled else None,
     }
     result = trained.result if trained is not None else quantize_policy(policy, cfg.format, **kwargs)
     if trained is not None:
@@ -1032,6 +1035,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     quantized = sum(f != "float" for f in formats.values())
     sqnr = f"; output SQNR {info['model_sqnr_db']:.1f} dB against float" if "model_sqnr_db" in info else ""
     how = f", calibrated ({cal.method}) on {samples} observations from {source}" if calibrated else ""
+    if gptq and any(f.startswith("w4a16") for f in result.formats.values()):
+        how += ("; int4 weights rounded by GPTQ on those observations" if calibrated
+                else f"; int4 weights rounded by GPTQ on {samples} observations from {source}")
     convs = sum(isinstance(m, torch.nn.modules.conv._ConvNd) for n, m in result.model.named_modules() if n in formats)
     kinds = f"Linear and convolution layers ({convs} convolutions)" if convs else "Linear layers"
     folded = f"; {len(result.folded_norms)} BatchNorm(s) folded into their convolutions" if result.folded_norms else ""

@@ -150,6 +150,8 @@ RECIPE_SCHEMA = Section({
         "format": OneOf(*QUANTIZE_FORMATS, default="none"),
         "float_dtype": OneOf(*QUANTIZE_FLOAT_DTYPES, default="auto"),  # storage of what stays float
         "group_size": OneOf(32, 64, 128, default=128),             # w4a16: input channels per scale
+        # int4 weights: gptq rounds each layer to keep its output on the calibration inputs (edgevla.quant.gptq)
+        "int4_rounding": OneOf("nearest", "gptq", default="gptq"),
         "tables": Bool(default=True),                               # embeddings / position tables in int8
         "calibration": Section({
             "method": OneOf(*CALIBRATION_METHODS, default="minmax"),
@@ -329,6 +331,7 @@ class QuantizeConfig:
     format: str
     float_dtype: str
     group_size: int
+    int4_rounding: str
     tables: bool
     calibration: CalibrationConfig
     smoothquant: SmoothQuantConfig

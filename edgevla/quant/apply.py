@@ -58,6 +58,7 @@ from .fakequant import (
     Int8WeightOnlyConfig,
     PerLayerConfig,
     QuantConfig,
+    float_mode,
     is_any_convolution,
     is_convolution,
     quantizable_layers,
@@ -75,6 +76,7 @@ MIN_TABLE_ELEMENTS = 256  # smaller tensors are not worth a DequantizeLinear
 _NEEDS = {"w8a8": "int8", "w8a16": "int8", "w4a16": "int4", "fp8": "fp8", "fp16": "fp16", "bf16": "bf16",
           "fp32": "fp32"}
 _ACTIVATION_FORMATS = ("w8a8", "fp8")
+INT4_ROUNDINGS = ("nearest", "gptq")  # how int4 weights round: to the nearest code, or by GPTQ (.gptq)
 
 
 def check_precision_supported(target, fmt: str) -> None:
@@ -132,7 +134,7 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
                     method: str = "minmax", smoothquant_alpha: float | None = None, group_size: int = 128,
                     skip: Iterable[str] = (), forms: Mapping[str, str] | None = None, batch_size: int = 32,
                     float_dtype: str = "fp32", tables: bool = True, smoothquant_reuse: dict | None = None,
-                    **calibrator_options) -> QuantizeResult:
+                    int4_rounding: str = "nearest", **calibrator_options) -> QuantizeResult:
     """A fake-quant copy of ``policy`` in ``fmt`` (see :data:`FORMATS`).
 
     Calibration data is ``batches`` (positional tensor tuples in the spec's
@@ -142,7 +144,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     layers a form of their own instead of ``fmt``'s (:mod:`.ladder`: ``float``,
     ``w8a16``, ``w4a16/g32``; what mixed precision raises them to). Convolutions take
     int8 weights under every integer format (w8a8 quantizes their input too);
-    a BatchNorm after one is folded into it first (:mod:`.fold`). ``smoothquant_reuse`` is
+    a BatchNorm after one is folded into it first (:mod:`.fold`). ``int4_rounding`` ``gptq`` rounds
+    int4 weights by :mod:`.gptq` on the calibration inputs instead of to the nearest code. ``smoothquant_reuse`` is
     :func:`~.smoothquant.smooth_quant`'s ``reuse``: calls with the same policy and batches that differ in
     ``smoothquant_alpha`` alone share one SmoothQuant analysis.
     """
@@ -150,6 +153,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         raise EdgevlaError(f"unknown quantization format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if method not in METHODS:
         raise EdgevlaError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    if int4_rounding not in INT4_ROUNDINGS:
+        raise EdgevlaError(f"unknown int4 rounding {int4_rounding!r}; expected one of {', '.join(INT4_ROUNDINGS)}")
     if float_dtype not in FLOAT_DTYPES:
         raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
     spec = spec_of(policy)
@@ -188,7 +193,7 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     smoothed: list[str] = []
     amax: dict[str, float] = {}
     needs_activations = fmt in _ACTIVATION_FORMATS
-    if needs_activations or smoothquant_alpha is not None:
+    if needs_activations or smoothquant_alpha is not None or int4_rounding == "gptq":
         if batches is None:
             obs = calibration_observations(spec, calibration, samples)
             batches = list(iter_batches(spec, obs, batch_size))
@@ -225,9 +230,28 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
                 configs[name] = Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales)
                 groups[name] = g
     formats = quantize_(model, PerLayerConfig(layers=configs))
+    if int4_rounding == "gptq":
+        _round_int4_by_gptq(model, [n for n, c in configs.items() if isinstance(c, Int4WeightOnlyConfig)], batches)
     rounded = round_float_storage(model, float_dtype)
     return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names,
                           [f"{p.norm} -> {p.conv}" for p in folded], notes)
+
+
+def _round_int4_by_gptq(model: nn.Module, layers: list[str], batches, budget_bytes: int = 1 << 30) -> None:
+    """GPTQ's codes for the int4 ``layers`` (:mod:`.gptq`), their Hessians measured on the float model (the
+    fake-quant layers in float mode) a few layers at a time, at most ``budget_bytes`` of them at once."""
+    from .gptq import gptq_layers, input_hessians
+
+    modules = dict(model.named_modules())
+    chunk: list[str] = []
+    for i, name in enumerate(layers):
+        chunk.append(name)
+        size = sum(modules[n].in_features ** 2 * 8 for n in chunk)
+        if i + 1 == len(layers) or size + modules[layers[i + 1]].in_features ** 2 * 8 > budget_bytes:
+            with float_mode(model):
+                hessians = input_hessians(model, chunk, batches)
+            gptq_layers(model, hessians)
+            chunk = []
 
 
 # Modules that multiply by their 2-D parameters: those are weights (their rows want scales of their own), not
