@@ -37,7 +37,7 @@ def test_gptq_blocked_matches_the_column_by_column_definition(out, k, group, sca
 
 def test_gptq_cuts_the_layer_output_error_of_round_to_nearest():
     """On correlated inputs, ‖X(W − Q)ᵀ‖² of GPTQ's codes is well below round-to-nearest's, on held-out inputs
-    too, and a column no input reaches gets the code 0."""
+    too; a column no calibration input reaches keeps its nearest codes (it may be reached at run time)."""
     torch.manual_seed(1)
     w = torch.randn(32, 128)
     x = _correlated_inputs(1024, 128, 2)
@@ -49,7 +49,7 @@ def test_gptq_cuts_the_layer_output_error_of_round_to_nearest():
     h_held = (held.double().T @ held.double()) / held.shape[0]
     assert output_error(w, gptq.dequantize(), h) < 0.5 * output_error(w, rtn.dequantize(), h)
     assert output_error(w, gptq.dequantize(), h_held) < 0.5 * output_error(w, rtn.dequantize(), h_held)
-    assert torch.equal(gptq.codes()[:, 5], torch.zeros(32, dtype=torch.int8))
+    assert torch.equal(gptq.codes()[:, 5], rtn.codes()[:, 5]) and gptq.codes()[:, 5].abs().sum() > 0
     assert gptq.codes().min() >= -8 and gptq.codes().max() <= 7
 
 

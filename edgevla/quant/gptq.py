@@ -11,7 +11,7 @@ the updates to later columns batched per block of 128 columns (one matrix produc
 rank-1 update per column). Both keep edgevla's int4 format: symmetric codes, one scale per output channel and
 group of input channels, the scale taken from the group's weights as they stand when its first column is
 reached (errors from earlier groups included), in fp16 when ``scale_dtype`` says so. ``H`` gets ``damp`` times
-its mean diagonal added (a column no input reaches gets weight 0), as in the paper.
+its mean diagonal added, as in the paper; a column no calibration input reaches keeps its nearest code.
 
 :func:`input_hessians` measures ``H`` for many layers in one pass over calibration batches.
 """
@@ -73,15 +73,17 @@ def _check(weight: torch.Tensor, hessian: torch.Tensor, group_size: int) -> tupl
     return out, inp
 
 
-def _inverse_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``U`` (upper Cholesky factor of the damped ``H⁻¹``) and the columns no input reaches."""
+def _inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """``U``, the upper Cholesky factor of the damped ``H⁻¹``. A column no calibration input reaches gets a
+    diagonal of 1 and no coupling: it rounds to nearest and passes its error to no other column (the paper
+    zeroes such weights; an input the calibration never excited may still come at run time)."""
     h = hessian.double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     h += damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
     try:
         inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        return torch.linalg.cholesky(inverse, upper=True), dead
+        return torch.linalg.cholesky(inverse, upper=True)
     except RuntimeError as e:  # torch.linalg.LinAlgError: not positive definite even damped
         raise EdgevlaError(f"GPTQ: the damped Hessian is not positive definite ({e}); raise damp") from None
 
@@ -106,9 +108,8 @@ def gptq_int4_reference(weight: torch.Tensor, hessian: torch.Tensor, group_size:
                         scale_dtype: str = "fp32", damp: float = 0.01) -> Int4GroupedWeight:
     """GPTQ one column at a time: every later column updated after each (the definition; slow)."""
     out, inp = _check(weight, hessian, group_size)
-    u, dead = _inverse_factor(hessian, damp)
+    u = _inverse_factor(hessian, damp)
     w = weight.double().clone()
-    w[:, dead] = 0.0
     codes = torch.zeros(out, inp)
     scales = torch.zeros(out, inp // group_size)
     for j in range(inp):
@@ -125,9 +126,8 @@ def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int = 128
               damp: float = 0.01) -> Int4GroupedWeight:
     """GPTQ with the later blocks' updates batched (module docstring); the reference's result."""
     out, inp = _check(weight, hessian, group_size)
-    u, dead = _inverse_factor(hessian, damp)
+    u = _inverse_factor(hessian, damp)
     w = weight.double().clone()
-    w[:, dead] = 0.0
     codes = torch.zeros(out, inp)
     scales = torch.zeros(out, inp // group_size)
     for b0 in range(0, inp, BLOCK):
