@@ -1187,7 +1187,7 @@ class Build:
         rewritten = self._explicit_attention() if compressing else None
         # A copy either way, so that later stages never alias the reference they are compared against.
         self.built = (rewritten or copy.deepcopy(self.original)).eval()
-        self.thawed = self._thaw_frozen_batch_norms() if compressing else []
+        self.thawed = self._thaw_frozen_batch_norms()  # exact: a float build's export folds them too
         self.pruning: dict[str, Any] | None = None
         if self.recipe.prune.method != "none":
             shipped = (quantized_form(self.original, self.spec, self.task, self.recipe.quantize, self.float_dtype)
@@ -1228,12 +1228,13 @@ class Build:
     def _thaw_frozen_batch_norms(self) -> list[str]:
         """The built copy's frozen BatchNorms (buffers applied element-wise) made ``nn.BatchNorm2d``, checked to
         compute the same, so that quantization folds them into their convolutions."""
-        from .models.frozen_batch_norm import thaw_frozen_batch_norms
+        from .models.frozen_batch_norm import TOLERANCE as FROZEN_BN_TOLERANCE, thaw_frozen_batch_norms
 
         thawed = thaw_frozen_batch_norms(self.built)
         if thawed:
             self.progress.note(f"{len(thawed)} frozen BatchNorm(s) (statistics as buffers, applied element-wise) "
-                               "taken as nn.BatchNorm2d, the same function, so they fold into their convolutions")
+                               "taken as nn.BatchNorm2d, the same function, so they fold into their convolutions "
+                               f"(max abs difference under {FROZEN_BN_TOLERANCE:g} x the output's size)")
         return thawed
 
     @property

@@ -313,6 +313,26 @@ def test_user_conv_policy_prunes_and_quantizes_its_convolutions(tmp_path, monkey
     assert {c.layer: c.kernel for c in plan}["block.3"] == "s8-2:4"  # a 1x1 convolution's rows are its channels
 
 
+def test_a_frozen_batch_norm_folds_into_its_convolution(tmp_path, monkeypatch, fast):
+    """A BatchNorm kept as buffers and applied element-wise is taken as the nn.BatchNorm2d it computes: w8a8
+    folds it into the stem convolution, and the shipped graph has no Mul or Add left of it (the stem: Conv, Relu,
+    MaxPool)."""
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests)
+    monkeypatch.setenv("PYTHONPATH", tests)
+    out = tmp_path / "frozen-w8a8"
+    result = build(BuildRequest(target="x86-64-cpu", policy="user_policies:FrozenConvPolicy", output=str(out),
+                                overrides={**fast, "quantize.format": "w8a8", "prune.scope": None}))
+    extra = result.report["extra"]
+    assert extra["frozen_batch_norms"] == ["stem.1"]
+    assert extra["quantize"]["batch_norms_folded"] == ["stem.1 -> stem.0"] and extra["verify"]["passed"]
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    stem = ops.index("Conv")
+    assert ops[stem:stem + 3] == ["Conv", "Relu", "MaxPool"] and "BatchNormalization" not in ops
+
+
 def test_a_padded_history_policy_builds_finite_and_verified(tests_on_path, tmp_path, fast):
     """Octo-style padded history under a block-causal mask: on PyTorch's eval fast path the padded samples'
     actions are NaN; the build measures the reference path, exports the explicit form, and verifies it."""

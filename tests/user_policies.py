@@ -54,6 +54,28 @@ class ConvPolicy(nn.Module):
         return self.head(features).reshape(-1, 4, 5)
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.misc.FrozenBatchNorm2d's function: the statistics and affine as buffers."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        for name, value in (("weight", torch.rand(n) + 0.5), ("bias", torch.randn(n) * 0.1),
+                            ("running_mean", torch.rand(n) * 0.4 - 0.2), ("running_var", torch.rand(n) + 0.5)):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+
+class FrozenConvPolicy(ConvPolicy):
+    """ConvPolicy with its stem's BatchNorm frozen, as DETR's and ACT's ResNet backbones have it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem[1] = FrozenBatchNorm2d(16)
+
+
 class RecurrentPolicy(nn.Module):
     """A user's BC-RNN-style policy: a history of observations through a 2-layer LSTM (or a bidirectional
     GRU), the last step to a Linear head."""

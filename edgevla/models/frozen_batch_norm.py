@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 _STATE = ("weight", "bias", "running_mean", "running_var")
-_TOLERANCE = 1e-5  # relative to the output's magnitude: both are float32 of the same formula
+TOLERANCE = 1e-5  # relative to the output's magnitude: both are float32 of the same formula
 
 
 class InferenceBatchNorm2d(nn.BatchNorm2d):
@@ -58,7 +58,7 @@ def _twin(module: nn.Module) -> nn.BatchNorm2d | None:
         want = twin(probe)
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         return None
-    return twin if float((got - want).abs().max()) <= _TOLERANCE * max(1.0, float(want.abs().max())) else None
+    return twin if float((got - want).abs().max()) <= TOLERANCE * max(1.0, float(want.abs().max())) else None
 
 
 def thaw_frozen_batch_norms(model: nn.Module) -> list[str]:
@@ -77,4 +77,4 @@ def thaw_frozen_batch_norms(model: nn.Module) -> list[str]:
     return replaced
 
 
-__all__ = ["InferenceBatchNorm2d", "thaw_frozen_batch_norms"]
+__all__ = ["TOLERANCE", "InferenceBatchNorm2d", "thaw_frozen_batch_norms"]
