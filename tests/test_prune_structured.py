@@ -17,6 +17,8 @@ from edgevla.export import export_onnx
 from edgevla.prune import DependencyGraph, kept_units, prune_structured, residual_blocks
 from edgevla.spec import PolicySpec, TensorSpec
 
+from user_policies import FrozenBatchNorm2d
+
 
 class FusedAttention(nn.Module):
     """One fused qkv projection, heads split by a 5-D view and unbound — not the zoo's layout."""
@@ -891,28 +893,6 @@ def test_a_tensor_sized_by_the_width_shrinks_with_it():
     _zero(model, couplings)
     _removing_changes_nothing(model, graph, couplings)
     assert DependencyGraph(QueriesOverZeros(constant=True).eval()).width_groups() == []
-
-
-class FrozenBatchNorm2d(nn.Module):
-    """torchvision's FrozenBatchNorm2d (DETR's, and the ResNet backbone of LeRobot's ACT): the statistics and
-    affine as buffers, applied with element-wise ops."""
-
-    def __init__(self, n: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        for name, value in (("weight", torch.rand(n) + 0.5), ("bias", torch.randn(n) * 0.1),
-                            ("running_mean", torch.randn(n) * 0.1), ("running_var", torch.rand(n) + 0.5)):
-            self.register_buffer(name, value)
-
-    def forward(self, x):
-        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
-        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
-
-    def module(self) -> nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(self.weight.numel(), eps=self.eps).eval()
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(bn, name).data.copy_(getattr(self, name))
-        return bn
 
 
 class FrozenBatchNormCNN(nn.Module):

@@ -55,17 +55,26 @@ class ConvPolicy(nn.Module):
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """torchvision.ops.misc.FrozenBatchNorm2d's function: the statistics and affine as buffers."""
+    """torchvision.ops.misc.FrozenBatchNorm2d's function (DETR's, and the ResNet backbone of LeRobot's ACT): the
+    statistics and affine as buffers, applied with element-wise ops."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, eps: float = 1e-5):
         super().__init__()
+        self.eps = eps
         for name, value in (("weight", torch.rand(n) + 0.5), ("bias", torch.randn(n) * 0.1),
                             ("running_mean", torch.rand(n) * 0.4 - 0.2), ("running_var", torch.rand(n) + 0.5)):
             self.register_buffer(name, value)
 
     def forward(self, x):
-        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
         return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+    def module(self) -> nn.BatchNorm2d:
+        """The nn.BatchNorm2d (eval) computing the same."""
+        bn = nn.BatchNorm2d(self.weight.numel(), eps=self.eps).eval()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).data.copy_(getattr(self, name))
+        return bn
 
 
 class FrozenConvPolicy(ConvPolicy):

@@ -24,19 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "policies"))
 
-from smoothquant_sqnr import _batches, _policy  # noqa: E402  (one way to load and feed a policy)
+from smoothquant_sqnr import prepared  # noqa: E402  (one way to load and feed a policy)
 
-from edgevla.models.explicit_attention import explicit_attention  # noqa: E402
 from edgevla.quant.apply import quantize_policy  # noqa: E402
 from edgevla.quant.primitives import sqnr_db  # noqa: E402
 
 
 def measure(ref: str, groups: list[int], calibration: int, test: int) -> dict[str, dict[str, float]]:
-    policy = _policy(ref)
-    policy = explicit_attention(policy, _batches(policy, 2, 0)[0]).model
-    calib, held_out = _batches(policy, calibration, 0), _batches(policy, test, 10_000)
-    with torch.no_grad():
-        reference = torch.cat([policy(*b) for b in held_out])
+    policy, calib, held_out, reference = prepared(ref, calibration, test)
     rows = {}
     for group in groups:
         for rounding in ("nearest", "gptq"):

@@ -43,12 +43,18 @@ def _batches(policy, count: int, seed: int, size: int = 32) -> list[tuple[torch.
             for i in range(0, count, size)]
 
 
-def measure(ref: str, alpha: float, calibration: int, test: int) -> dict[str, float]:
+def prepared(ref: str, calibration: int, test: int):
+    """``(policy, calibration batches, test batches, the float policy's test outputs)``, the policy's fused
+    attention rewritten as explicit Linears as ``edgevla build`` does."""
     policy = _policy(ref)
     policy = explicit_attention(policy, _batches(policy, 2, 0)[0]).model
     calib, held_out = _batches(policy, calibration, 0), _batches(policy, test, 10_000)
     with torch.no_grad():
-        reference = torch.cat([policy(*b) for b in held_out])
+        return policy, calib, held_out, torch.cat([policy(*b) for b in held_out])
+
+
+def measure(ref: str, alpha: float, calibration: int, test: int) -> dict[str, float]:
+    policy, calib, held_out, reference = prepared(ref, calibration, test)
     row = {}
     for label, alpha_, attention in (("none", None, True), ("without_o_proj", alpha, False), ("all", alpha, True)):
         with mock.patch.object(smoothquant, "_attention_values",
