@@ -21,13 +21,16 @@ def _correlated_inputs(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 6, generator=g) @ torch.randn(6, k, generator=g) + 0.1 * torch.randn(n, k, generator=g)
 
 
-@pytest.mark.parametrize("out, k, group, scale_dtype", [(24, 256, 128, "fp32"), (7, 96, 32, "fp16"), (1, 64, 64, "fp32")])
-def test_gptq_blocked_matches_the_column_by_column_definition(out, k, group, scale_dtype):
+@pytest.mark.parametrize("act_order", [True, False])
+@pytest.mark.parametrize("out, k, group, scale_dtype", [(24, 384, 128, "fp32"), (7, 96, 32, "fp16"), (1, 64, 64, "fp32")])
+def test_gptq_blocked_matches_the_column_by_column_definition(out, k, group, scale_dtype, act_order):
+    """Blocks of 128 columns, groups that span blocks in activation order: the reference's codes and scales."""
     torch.manual_seed(0)
     w = torch.randn(out, k) * torch.rand(1, k) * 2
-    x = _correlated_inputs(512, k, 1)
+    x = _correlated_inputs(512, k, 1) * torch.rand(1, k) * 3  # uneven input energies: a real reordering
     h = (x.double().T @ x.double()) / x.shape[0]
-    fast, ref = gptq_int4(w, h, group, scale_dtype), gptq_int4_reference(w, h, group, scale_dtype)
+    fast = gptq_int4(w, h, group, scale_dtype, act_order=act_order)
+    ref = gptq_int4_reference(w, h, group, scale_dtype, act_order=act_order)
     assert fast.shape == ref.shape == (out, k) and fast.scale.shape == (out, k // group)
     mismatched = (fast.codes() != ref.codes()).float().mean().item()
     assert mismatched < 2e-3  # summation order only: a rare rounding tie

@@ -4,13 +4,15 @@ Rounding every weight to its nearest int4 code (RTN) minimizes the weight error;
 output on the inputs it sees, ``‖X Wᵀ − X Qᵀ‖²``. GPTQ (Frantar et al., 2022, after Optimal Brain Surgeon)
 quantizes one input column at a time and moves its rounding error onto the columns not yet quantized, in the
 direction the inputs' second moment ``H = XᵀX / n`` says costs least: with ``U`` the upper Cholesky factor of
-``H⁻¹``, column ``j``'s error ``e = (w_j − q_j) / U_jj`` updates ``w_k −= e · U_jk`` for ``k > j``.
+``H⁻¹``, column ``j``'s error ``e = (w_j − q_j) / U_jj`` updates ``w_k −= e · U_jk`` for ``k > j``. The
+columns go in order of decreasing input energy ``H_jj`` (the paper's "act order"): the ones that matter most
+are rounded first, while there are still many columns left to take up their error.
 
 :func:`gptq_int4_reference` does exactly that, column by column. :func:`gptq_int4` gives the same result with
 the updates to later columns batched per block of 128 columns (one matrix product per block instead of one
 rank-1 update per column). Both keep edgevla's int4 format: symmetric codes, one scale per output channel and
-group of input channels, the scale taken from the group's weights as they stand when its first column is
-reached (errors from earlier groups included), in fp16 when ``scale_dtype`` says so. ``H`` gets ``damp`` times
+group of (consecutive) input channels, the scale taken from the group's weights as they stand when the first
+of its columns comes up (the errors of the columns before included), in fp16 when ``scale_dtype`` says so. ``H`` gets ``damp`` times
 its mean diagonal added, as in the paper; a column no calibration input reaches keeps its nearest code.
 
 :func:`input_hessians` measures ``H`` for many layers in one pass over calibration batches.
@@ -26,7 +28,7 @@ from torch import nn
 from ..errors import EdgevlaError
 from .primitives import GROUP_SIZES, INT4_MAX, INT4_MIN, Int4GroupedWeight, fp16_scale, pack_int4, scale_from_amax
 
-BLOCK = 128  # columns per batched update: a multiple of every group size, so a group never spans two blocks
+BLOCK = 128  # columns per batched update
 
 
 @torch.no_grad()
@@ -103,19 +105,30 @@ def _packed(codes: torch.Tensor, scales: torch.Tensor, group_size: int, scale_dt
     return Int4GroupedWeight(pack_int4(codes.to(torch.int8)), scales, group_size, tuple(codes.shape), scale_dtype)
 
 
+def _order(hessian: torch.Tensor, act_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns in the order they are quantized (by decreasing ``H_jj``, the inputs' energy, with
+    ``act_order``; else as they are) and each column's position in it."""
+    order = (torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if act_order
+             else torch.arange(hessian.shape[0]))
+    return order, torch.argsort(order)
+
+
 @torch.no_grad()
 def gptq_int4_reference(weight: torch.Tensor, hessian: torch.Tensor, group_size: int = 128,
-                        scale_dtype: str = "fp32", damp: float = 0.01) -> Int4GroupedWeight:
+                        scale_dtype: str = "fp32", damp: float = 0.01, act_order: bool = True) -> Int4GroupedWeight:
     """GPTQ one column at a time: every later column updated after each (the definition; slow)."""
     out, inp = _check(weight, hessian, group_size)
-    u = _inverse_factor(hessian, damp)
-    w = weight.double().clone()
-    codes = torch.zeros(out, inp)
-    scales = torch.zeros(out, inp // group_size)
+    order, position = _order(hessian, act_order)
+    u = _inverse_factor(hessian.double()[order][:, order], damp)
+    w = weight.double()[:, order].clone()  # column j is the weight's column order[j]
+    codes, scales = torch.zeros(out, inp), torch.zeros(out, inp // group_size)
+    scaled = torch.zeros(inp // group_size, dtype=torch.bool)
     for j in range(inp):
-        if j % group_size == 0:
-            scales[:, j // group_size] = _group_scale(w[:, j:j + group_size], scale_dtype)
-        codes[:, j], value = _round_column(w[:, j], scales[:, j // group_size])
+        group = int(order[j]) // group_size
+        if not scaled[group]:  # the group's first column: its members all lie at j or later
+            members = position[group * group_size:(group + 1) * group_size]
+            scales[:, group], scaled[group] = _group_scale(w[:, members], scale_dtype), True
+        codes[:, order[j]], value = _round_column(w[:, j], scales[:, group])
         error = (w[:, j] - value) / u[j, j]
         w[:, j:] -= error[:, None] * u[j, j:][None, :]
     return _packed(codes, scales, group_size, scale_dtype)
@@ -123,21 +136,27 @@ def gptq_int4_reference(weight: torch.Tensor, hessian: torch.Tensor, group_size:
 
 @torch.no_grad()
 def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, scale_dtype: str = "fp32",
-              damp: float = 0.01) -> Int4GroupedWeight:
-    """GPTQ with the later blocks' updates batched (module docstring); the reference's result."""
+              damp: float = 0.01, act_order: bool = True) -> Int4GroupedWeight:
+    """GPTQ with the later blocks' updates batched (module docstring); the reference's result. A group's scale
+    reads its members as the reference sees them then: those in this block as updated so far, those in later
+    blocks with this block's errors so far applied."""
     out, inp = _check(weight, hessian, group_size)
-    u = _inverse_factor(hessian, damp)
-    w = weight.double().clone()
-    codes = torch.zeros(out, inp)
-    scales = torch.zeros(out, inp // group_size)
+    order, position = _order(hessian, act_order)
+    u = _inverse_factor(hessian.double()[order][:, order], damp)
+    w = weight.double()[:, order].clone()
+    codes, scales = torch.zeros(out, inp), torch.zeros(out, inp // group_size)
+    scaled = torch.zeros(inp // group_size, dtype=torch.bool)
     for b0 in range(0, inp, BLOCK):
         b1 = min(b0 + BLOCK, inp)
         block, errors, ub = w[:, b0:b1].clone(), torch.zeros(out, b1 - b0, dtype=torch.float64), u[b0:b1, b0:b1]
         for i in range(b1 - b0):
-            j = b0 + i
-            if j % group_size == 0:  # the whole group lies in this block
-                scales[:, j // group_size] = _group_scale(block[:, i:i + group_size], scale_dtype)
-            codes[:, j], value = _round_column(block[:, i], scales[:, j // group_size])
+            group = int(order[b0 + i]) // group_size
+            if not scaled[group]:
+                members = position[group * group_size:(group + 1) * group_size]
+                here, later = members[members < b1], members[members >= b1]
+                current = torch.cat([block[:, here - b0], w[:, later] - errors[:, :i] @ u[b0:b0 + i, later]], 1)
+                scales[:, group], scaled[group] = _group_scale(current, scale_dtype), True
+            codes[:, order[b0 + i]], value = _round_column(block[:, i], scales[:, group])
             errors[:, i] = (block[:, i] - value) / ub[i, i]
             block[:, i:] -= errors[:, i:i + 1] * ub[i:i + 1, i:]
         w[:, b1:] -= errors @ u[b0:b1, b1:]
