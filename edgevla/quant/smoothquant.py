@@ -219,7 +219,7 @@ _HOMOGENEOUS = ("aten.relu", "aten.relu_", "aten.leaky_relu", "aten.leaky_relu_"
 
 def _homogeneous_values(program: torch.export.ExportedProgram, modules: Mapping[str, nn.Module],
                         linear_inputs: Mapping[str, list]) -> dict[str, _Candidate]:
-    """``down(relu(up(x)))``, ACT's and DETR's feed-forward (or with no activation between): ``relu(y / s) =
+    """``down(relu(up(x)))``, ACT's and DETR's feed-forward (LeakyReLU, inference dropout too): ``relu(y / s) =
     relu(y) / s`` for ``s > 0``, so dividing ``up``'s output row ``j`` (and its bias) by ``s_j`` divides the
     down projection's input channel ``j`` by ``s_j``, exactly. Keyed by ``up``, which must be called this once
     and read by nothing else. GELU and SiLU do not commute with scaling: their MLPs are left alone."""
