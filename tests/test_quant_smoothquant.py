@@ -83,9 +83,10 @@ def test_smoothquant_folds_into_an_rms_norm():
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median()
 
 
-def _down_input(m, x):
+def _input_amax(layer, m, x):
+    """The per-channel max |input| of ``layer`` when ``m`` runs on ``x``."""
     seen = []
-    handle = m.down.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
     with torch.no_grad():
         m(x)
     handle.remove()
@@ -104,12 +105,12 @@ def test_smoothquant_smooths_a_gated_mlps_down_projection_through_its_value_rows
     xs = [(torch.randn(4, 6, 16),) for _ in range(2)]
     with torch.no_grad():
         before = m(*xs[0])
-    up_before, act_before = m.up.weight.detach().clone(), _down_input(m, xs[0][0])
+    up_before, act_before = m.up.weight.detach().clone(), _input_amax(m.down, m, xs[0][0])
     result = smooth_quant(m, xs, alpha=0.5)
     torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
     s = result["scales"]["up"]
     torch.testing.assert_close(m.up.weight, up_before * result["scales"]["norm"][None, :] / s[:, None])
-    act_after = _down_input(m, xs[0][0])
+    act_after = _input_amax(m.down, m, xs[0][0])
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
 
 
@@ -237,15 +238,6 @@ class Attention(nn.Module):
         return x + self.o(a.transpose(1, 2).contiguous().reshape(b, t, d))
 
 
-def _o_input(m, x):
-    seen = []
-    handle = m.o.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
-    with torch.no_grad():
-        m(x)
-    handle.remove()
-    return seen[0]
-
-
 @pytest.mark.parametrize("kind", ["hf", "gqa", "stacked"])
 def test_smoothquant_smooths_an_output_projection_through_the_value_rows(kind):
     """o(attention(..., v)): each o input channel (head h, j) is the value row (h's key/value head, j) mixed
@@ -265,14 +257,14 @@ def test_smoothquant_smooths_an_output_projection_through_the_value_rows(kind):
     assert group.channels == tuple(first + (h // rep) * hd + j for h in range(m.heads) for j in range(hd))
     with torch.no_grad():
         before = m(*xs[0])
-    rows_before, act_before = value.weight.detach().clone(), _o_input(m, xs[0][0])
+    rows_before, act_before = value.weight.detach().clone(), _input_amax(m.o, m, xs[0][0])
     result = smooth_quant(m, xs, alpha=0.5)
     torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
     s = result["scales"][group.norm]
     untouched = [r for r in range(value.out_features) if r not in group.channels]  # q and k rows
     assert torch.equal(s[untouched], torch.ones(len(untouched)))
     torch.testing.assert_close(value.weight, rows_before * result["scales"]["norm"][None, :] / s[:, None])
-    act_after = _o_input(m, xs[0][0])
+    act_after = _input_amax(m.o, m, xs[0][0])
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
 
 
@@ -372,15 +364,6 @@ class ReluFeedForward(nn.Module):
         return self.linear2(self.dropout(self.act(self.linear1(h)))) + h
 
 
-def _linear2_input(m, x):
-    seen = []
-    handle = m.linear2.register_forward_pre_hook(lambda _m, args: seen.append(args[0].abs().amax(dim=(0, 1))))
-    with torch.no_grad():
-        m(x)
-    handle.remove()
-    return seen[0]
-
-
 def test_smoothquant_smooths_a_relu_feed_forward_through_the_first_layers_rows():
     """relu(y / s) = relu(y) / s for s > 0: linear2's outlier input channel is divided out of linear1's row (and
     bias) and multiplied into linear2's column, exactly; GELU does not commute with scaling and is left alone."""
@@ -394,10 +377,10 @@ def test_smoothquant_smooths_a_relu_feed_forward_through_the_first_layers_rows()
     assert [(g.norm, g.linears, g.bias) for g in groups] == [("linear1", ("linear2",), "linear1.bias")]
     with torch.no_grad():
         before = m(*xs[0])
-    act_before = _linear2_input(m, xs[0][0])
+    act_before = _input_amax(m.linear2, m, xs[0][0])
     smooth_quant(m, xs, alpha=0.5)
     torch.testing.assert_close(m(*xs[0]).detach(), before, rtol=0, atol=2e-5)
-    act_after = _linear2_input(m, xs[0][0])
+    act_after = _input_amax(m.linear2, m, xs[0][0])
     assert act_after.max() / act_after.median() < act_before.max() / act_before.median() / 3
     gelu = ReluFeedForward(torch.nn.functional.gelu).eval()
     assert find_smooth_groups(gelu, xs[0])[0] == []
