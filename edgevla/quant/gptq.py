@@ -12,8 +12,9 @@ are rounded first, while there are still many columns left to take up their erro
 the updates to later columns batched per block of 128 columns (one matrix product per block instead of one
 rank-1 update per column). Both keep edgevla's int4 format: symmetric codes, one scale per output channel and
 group of (consecutive) input channels, the scale taken from the group's weights as they stand when the first
-of its columns comes up (the errors of the columns before included), in fp16 when ``scale_dtype`` says so. ``H`` gets ``damp`` times
-its mean diagonal added, as in the paper; a column no calibration input reaches keeps its nearest code.
+of its columns comes up (the errors of the columns before included), in fp16 when ``scale_dtype`` says so.
+``H`` gets ``damp`` times its mean diagonal added, as in the paper; a column no calibration input reaches
+keeps its nearest code.
 
 :func:`input_hessians` measures ``H`` for many layers in one pass over calibration batches.
 """
