@@ -124,7 +124,9 @@ class OnnxRuntimeRunner(_RunnerBase):
     Session options are pinned (sequential execution, one inter-op thread,
     ``threads`` intra-op threads, all graph optimizations, deterministic
     compute, memory arena and patterns on) so that two runs of a benchmark
-    measure the same thing.
+    measure the same thing. On an x86-64 CPU without VNNI ONNX Runtime's QDQ
+    fusions are off (:func:`~edgevla.export.qdq.ort_qdq_entries`: its uint8
+    integer kernels there saturate).
     """
 
     name = "onnxruntime"
@@ -151,6 +153,8 @@ class OnnxRuntimeRunner(_RunnerBase):
         self._check_signature()
 
     def _options(self, ort, ops: set[str]):
+        from .export.qdq import ort_qdq_entries
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or 0  # 0: ONNX Runtime picks the physical core count
         options.inter_op_num_threads = 1
@@ -161,12 +165,15 @@ class OnnxRuntimeRunner(_RunnerBase):
         options.enable_mem_pattern = True
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        entries = ort_qdq_entries()
         if "DequantizeLinear" in ops and "QuantizeLinear" not in ops:
             # DequantizeLinear on constant weights only: with ONNX Runtime's QDQ
             # fusions off the weights are dequantized once, at load, instead of
             # on every call (MatMulNBits re-quantizes activations on the fly,
             # which is slower here and not the model's arithmetic).
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            entries["session.disable_quant_qdq"] = "1"
+        for key, value in entries.items():
+            options.add_session_config_entry(key, value)
         return options
 
     def _check_signature(self) -> None:

@@ -205,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="storage of tensors left in floating point (default: fp16)")
     bq.add_argument("--int4-rounding", choices=("gptq", "nearest"), default="gptq",
                     help="how w4a16 rounds its weights (default: gptq, as edgevla build does)")
+    bq.add_argument("--int4-scaling", choices=("awq", "none"), default="awq",
+                    help="whether w4a16 scales int4 input channels by AWQ first (default: awq, as edgevla build does)")
     bq.add_argument("--runs", type=int, default=200, help="timed ONNX Runtime runs per model (batch 1)")
     bq.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads (default: 1)")
     bq.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")

@@ -785,7 +785,7 @@ def ptq_settings(cfg: "QuantizeConfig", batches: list[tuple[torch.Tensor, ...]],
     cal = cfg.calibration
     kwargs: dict[str, Any] = dict(batches=batches, method=cal.method, group_size=cfg.group_size,
                                   smoothquant_alpha=smoothquant_alpha, float_dtype=float_dtype, tables=cfg.tables,
-                                  int4_rounding=cfg.int4_rounding)
+                                  int4_rounding=cfg.int4_rounding, int4_scaling=cfg.int4_scaling)
     if cal.method == "percentile":
         kwargs["percentile"] = cal.percentile
     return kwargs
@@ -968,6 +968,7 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
                            if search else {})},
         "group_size": cfg.group_size if cfg.format == "w4a16" else None,
         "int4_rounding": cfg.int4_rounding if cfg.format == "w4a16" or cfg.mixed_precision.enabled else None,
+        "int4_scaling": cfg.int4_scaling if cfg.format == "w4a16" or cfg.mixed_precision.enabled else None,
     }
     result = trained.result if trained is not None else quantize_policy(policy, cfg.format, **kwargs)
     if trained is not None:
@@ -1029,6 +1030,9 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     if result.notes:
         info["notes"] = result.notes
     info["smoothquant"]["folded_into"] = result.smoothed
+    if result.awq:  # what each group's scale did to its readers' output error on the calibration inputs
+        info["awq"] = {d.norm: {"alpha": d.alpha, "error_ratio": round(d.error_after / d.error_before, 4)
+                                if d.error_before > 0 else 1.0} for d in result.awq}
     if cfg.format != "fp16":
         info["model_sqnr_db"] = round(model_sqnr(result.model, probe), 3)
     info["seconds"] = round(time.perf_counter() - start, 3)
@@ -1038,6 +1042,8 @@ def quantize_for_build(policy: torch.nn.Module, teacher: torch.nn.Module, spec: 
     if gptq and any(f.startswith("w4a16") for f in result.formats.values()):
         how += ("; int4 weights rounded by GPTQ on those observations" if calibrated
                 else f"; int4 weights rounded by GPTQ on {samples} observations from {source}")
+    if result.awq:
+        how += f"; AWQ scaled the inputs of {sum(d.alpha > 0 for d in result.awq)} of {len(result.awq)} int4 groups"
     convs = sum(isinstance(m, torch.nn.modules.conv._ConvNd) for n, m in result.model.named_modules() if n in formats)
     kinds = f"Linear and convolution layers ({convs} convolutions)" if convs else "Linear layers"
     folded = f"; {len(result.folded_norms)} BatchNorm(s) folded into their convolutions" if result.folded_norms else ""
@@ -1318,11 +1324,12 @@ class Build:
         an activation within float noise of a rounding tie can take the
         neighbouring code, in a few observations: ``atol`` bounds the typical
         observation's largest error (export.verify.compare's ``tie_flips``).
-        ONNX Runtime's default session (integer kernels,
-        what ``evaluate`` runs) is compared too and reported, not gated.
+        The onnxruntime backend's session (integer kernels, but on an x86 CPU
+        without VNNI, where they saturate; what ``evaluate`` runs) is compared
+        too and reported, not gated.
         """
         from .export import verify_onnx
-        from .export.qdq import verify_quantized
+        from .export.qdq import ort_qdq_entries, verify_quantized
 
         p = self.recipe.quantize.parity
         r = verify_quantized(self.built, self.onnx["built"], self.heldout, atol=p.atol, min_cosine=p.min_cosine)
@@ -1330,11 +1337,14 @@ class Build:
         fused = verify_onnx(self.built, self.onnx["built"], self.heldout, atol=1e30, min_cosine=-1.0)  # measured only
         self.quantization["parity"] = {"reference_session": r.to_dict(),
                                        "default_session": {"max_abs_error": fused.max_abs_error,
-                                                           "cosine": fused.cosine}}
+                                                           "cosine": fused.cosine, "entries": ort_qdq_entries()}}
+        default = ("ONNX Runtime's integer kernels" if not ort_qdq_entries() else
+                   "ONNX Runtime as the onnxruntime backend runs it (QDQ fusions off: its integer kernels saturate "
+                   "on an x86 CPU without VNNI)")
         self.progress.note(f"ONNX Runtime (Q/DQ run literally) vs fake-quant PyTorch on {r.samples} held-out "
                            f"observations: max abs error {r.max_abs_error:.2e} (the typical observation's "
-                           f"{r.typical_max_abs_error:.2e}), cosine {r.cosine:.8f}; ONNX Runtime's integer "
-                           f"kernels: max abs error {fused.max_abs_error:.2e}")
+                           f"{r.typical_max_abs_error:.2e}), cosine {r.cosine:.8f}; {default}: max abs error "
+                           f"{fused.max_abs_error:.2e}")
         if not r.passed:
             raise GateFailed(f"verify: the Q/DQ ONNX model differs from the fake-quant PyTorch model (the typical "
                              f"observation's max abs error {r.typical_max_abs_error:.3e} > {p.atol:g} or cosine "

@@ -152,6 +152,8 @@ RECIPE_SCHEMA = Section({
         "group_size": OneOf(32, 64, 128, default=128),             # w4a16: input channels per scale
         # int4 weights: gptq rounds each layer to keep its output on the calibration inputs (edgevla.quant.gptq)
         "int4_rounding": OneOf("nearest", "gptq", default="gptq"),
+        # awq: input channels of int4 Linears scaled by their activations first (edgevla.quant.awq)
+        "int4_scaling": OneOf("none", "awq", default="awq"),
         "tables": Bool(default=True),                               # embeddings / position tables in int8
         "calibration": Section({
             "method": OneOf(*CALIBRATION_METHODS, default="minmax"),
@@ -332,6 +334,7 @@ class QuantizeConfig:
     float_dtype: str
     group_size: int
     int4_rounding: str
+    int4_scaling: str
     tables: bool
     calibration: CalibrationConfig
     smoothquant: SmoothQuantConfig

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import platform
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,45 @@ STORAGE_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 MIN_STORED_ELEMENTS = 16  # smaller float tensors stay fp32: a Cast node costs more than it saves
 _ACTIVATION_LAYERS = (StaticInt8Input, Float8Linear)
 ORT_DISABLED_OPTIMIZERS = ("ReluQuantRewrite",)  # wrong for fp8 Q/DQ in ONNX Runtime 1.32: see reference_session
+_LITERAL_QDQ = {"session.disable_quant_qdq": "1"}  # see ort_qdq_entries
+
+
+def ort_qdq_entries(features: Mapping[str, bool] | None = None, machine: str | None = None) -> dict[str, str]:
+    """Session config entries ONNX Runtime needs on this host (or on one with ``features``, by their
+    /proc/cpuinfo names, and ``machine``, as ``platform.machine()`` names it) to compute a Q/DQ model's
+    arithmetic.
+
+    On x86-64 ONNX Runtime (1.32) runs int8 Q/DQ layers as uint8 x int8 integer kernels (its
+    ``QDQS8ToU8Transformer`` turns the int8 activations into uint8). Without VNNI those multiply with
+    ``vpmaddubsw``, whose pairwise 16-bit sums saturate where an activation code near 255 meets weights near
+    ±127: on a Zen 3 (AVX2, no VNNI) a w8a8 tiny-vla's actions moved by up to 1.4 against the Q/DQ model run
+    literally, and its closed-loop success fell from 100 % to 85 % over 60 episodes. There the QDQ fusions go
+    off (``session.disable_quant_qdq``): float MatMuls on weights dequantized once at load, exactly the Q/DQ
+    arithmetic, 1.3-1.4x the saturating kernels' batch-1 time; keeping the activations int8
+    (``session.qdqisint8allowed``) is exact too but 2.2-6x slower still
+    (``benchmarks/cpu/ort-int8-sessions-zen3-2026-12-07.json``). With VNNI (``vpdpbusd`` sums in 32 bits), and
+    on aarch64 (whose kernels take int8 as it is), nothing is needed."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64"):
+        return {}
+    if features is None:
+        features = _host_features()
+    return {} if features.get("avx512_vnni") or features.get("avx_vnni") else dict(_LITERAL_QDQ)
+
+
+def _host_features() -> Mapping[str, bool]:
+    """This CPU's features: edgevla's native module's reading (cpuid and xgetbv) where it is built, else the
+    kernel's flags in /proc/cpuinfo."""
+    from .. import native
+
+    if native.available():
+        return native.cpu_features()
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {f: True for f in flags}
 
 
 def export_qdq(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: str = "fp32",

@@ -126,3 +126,57 @@ def test_remove_initializer_deletes_in_place_and_keeps_the_others_in_order():
     _remove_initializer(graph, "absent")
     assert [i.name for i in graph.initializer] == ["w0", "w2", "w3"]
     assert [float(numpy_helper.to_array(i)[0]) for i in graph.initializer] == [0.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("features, machine, literal", [
+    ({"avx2": True, "fma": True}, "x86_64", True),           # Zen 2/3, Skylake client: u8 kernels saturate
+    ({"avx2": True, "avx_vnni": True}, "x86_64", False),     # Alder Lake and later
+    ({"avx512f": True, "avx512_vnni": True}, "AMD64", False),
+    ({"asimd": True, "asimddp": True}, "aarch64", False),    # int8 kernels as they are on Arm
+])
+def test_ort_runs_qdq_literally_where_its_uint8_kernels_would_saturate(features, machine, literal):
+    from edgevla.export.qdq import ort_qdq_entries
+
+    expected = {"session.disable_quant_qdq": "1"} if literal else {}
+    assert ort_qdq_entries(features, machine) == expected
+
+
+class _Saturating(torch.nn.Module):
+    """One Linear whose int8 weights are all ±127 and whose input sits at the top of its range: every pair of
+    u8 × s8 products a 16-bit multiply-add sums (255 · 127 · 2) overflows."""
+
+    def __init__(self):
+        super().__init__()
+        from edgevla.spec import PolicySpec, TensorSpec
+
+        self.spec = PolicySpec(observations=(TensorSpec("x", (4, 64)),), action=TensorSpec("y", (4, 16)))
+        self.fc = torch.nn.Linear(64, 16, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.sign(torch.randn(16, 64)) * 0.01)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_the_onnxruntime_backend_computes_w8a8_without_saturating(tmp_path):
+    """The onnxruntime backend computes the Q/DQ model's arithmetic (the reference session's) on this host;
+    where the host is an x86 CPU without VNNI, ONNX Runtime's default session does not."""
+    import onnxruntime as ort
+
+    from edgevla.backends import OnnxRuntimeRunner
+    from edgevla.export.qdq import ORT_DISABLED_OPTIMIZERS, ort_qdq_entries, reference_session
+
+    torch.manual_seed(0)
+    policy = _Saturating().eval()
+    x = torch.rand(16, 4, 64) * 0.1 + 0.9  # codes near 127, 255 once shifted to uint8
+    r = quantize_policy(policy, "w8a8", batches=[(x,)])
+    path = export_qdq(r.model, tmp_path / "w8a8.onnx")
+    literal = reference_session(path).run(None, {"x": x.numpy()})[0]
+    with OnnxRuntimeRunner(path, policy.spec, threads=1) as runner:
+        fused = runner({"x": x.numpy()})
+    scale = np.abs(literal).max()
+    assert np.abs(fused - literal).max() < 1e-3 * scale
+    if ort_qdq_entries():  # this host's uint8 kernels saturate: the default session shows it
+        default = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+        assert np.abs(default.run(None, {"x": x.numpy()})[0] - literal).max() > 0.05 * scale

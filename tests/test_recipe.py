@@ -23,7 +23,8 @@ DEFAULTS = {
               "recovery": {"max_steps": 2000, "patience": 8, "eval_every": 50, "episodes": 100, "seed": 20_000,
                            "confirm": True, "confirm_episodes": None, "judge": "shipped", "train": "shipped",
                            "max_loss": None, "batch_size": 32, "lr": 3e-4, "precision": "fp32"}},
-    "quantize": {"format": "none", "float_dtype": "auto", "group_size": 128, "int4_rounding": "gptq", "tables": True,
+    "quantize": {"format": "none", "float_dtype": "auto", "group_size": 128, "int4_rounding": "gptq",
+                 "int4_scaling": "awq", "tables": True,
                  "calibration": {"method": "minmax", "percentile": 99.99, "batches": 8, "batch_size": 32,
                                  "data": None},
                  "smoothquant": {"enabled": False, "alpha": 0.5},
@@ -255,7 +256,8 @@ def test_the_quantize_section_reads_every_option(tmp_path):
     ({"quantize.float_dtype": "fp8"}, "recipe: quantize.float_dtype: expected one of auto, fp16, bf16, fp32, "
                                       "got 'fp8'"),
     ({"quantize.method": "w8a8"}, "recipe: quantize: unknown key 'method' (known: format, float_dtype, group_size, "
-                                  "int4_rounding, tables, calibration, smoothquant, mixed_precision, qat, parity)"),
+                                  "int4_rounding, int4_scaling, tables, calibration, smoothquant, mixed_precision, "
+                                  "qat, parity)"),
 ])
 def test_bad_quantize_values_are_one_line_errors(overrides, expected):
     assert error_of(load_recipe, None, None, overrides) == expected

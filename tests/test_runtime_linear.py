@@ -220,7 +220,8 @@ def test_on_avx2_class_tables_float_sparse_weights_run_dense(isa, two_four):
         assert choice.pattern == ("2:4" if two_four else "unstructured") and choice.kernel == kernel
 
 
-def test_the_table_falls_through_to_what_the_build_has(monkeypatch):
+@pytest.mark.parametrize("isa", SPARSE_S8_ISAS[:1], indirect=True)  # a table whose float rules take 2:4 weights
+def test_the_table_falls_through_to_what_the_build_has(monkeypatch, isa):
     """Dispatch is by pattern and availability: swap in a recording 2:4 kernel and take the sparse one away."""
     calls = []
 

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgevla.export import export_onnx
+from edgevla.export.qdq import ort_qdq_entries
 from edgevla.runtime import NativeModel
 from edgevla.spec import PolicySpec, TensorSpec
 
@@ -62,8 +63,16 @@ def _w8a8_qkv_model(scales=(0.03, 0.03, 0.03), norm_is_output=False, norm="layer
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), inits
 
 
+def _session(model):
+    """ONNX Runtime's default session, its QDQ fusions off where its uint8 kernels would saturate."""
+    options = ort.SessionOptions()
+    for key, value in ort_qdq_entries().items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def _check_against_onnxruntime(model, inits, x, names="qkv"):
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+    expected = _session(model).run(
         list(names), {"x": x})
     got = NativeModel(model).run({"x": x})
     for name, want in zip(names, expected):
@@ -98,7 +107,7 @@ def test_a_layer_norm_output_the_graph_returns_is_not_fused():
                                        "edgevla.Columns": 3}
     x = RNG.normal(0, 1, (2, 7, K)).astype(np.float32)
     _check_against_onnxruntime(model, inits, x)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["ln"], {"x": x})
+    want = _session(model).run(["ln"], {"x": x})
     np.testing.assert_allclose(native_model.run({"x": x})["ln"], want[0], rtol=0, atol=1e-5)
 
 
@@ -156,7 +165,7 @@ def test_an_rms_norm_the_step_would_change_stays_as_written(case):
     native_model = NativeModel(model, precision="fp32")
     assert "RMSNormalization" not in native_model.op_count() and native_model.op_count()["ReduceMean"] == 1
     x = RNG.normal(0, 1, (2, 7, K)).astype(np.float32)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = _session(model).run(None, {"x": x})
     got = native_model.run({"x": x})
     for name, expected in zip(outputs, want):
         np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-5)
@@ -171,7 +180,7 @@ def test_opset_23_rms_normalization_matches_onnxruntime_and_a_row_with_nan_stays
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
     x = RNG.normal(0, 3, (2, 5, K)).astype(np.float32)
     x[1, 2, 7] = np.nan
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = _session(model).run(None, {"x": x})[0]
     got = NativeModel(model, precision="fp32").run({"x": x})["y"]
     assert np.isnan(got[1, 2]).all() and np.isnan(want[1, 2]).all()
     finite = ~np.isnan(want)

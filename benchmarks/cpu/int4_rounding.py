@@ -1,7 +1,9 @@
-"""int4 weights rounded to nearest against GPTQ: w4a16 output SQNR against float, per policy and group size.
+"""int4 weights rounded to nearest against GPTQ, each with and without AWQ's scales: w4a16 output SQNR against
+float, per policy and group size.
 
 Each policy (fused ``nn.MultiheadAttention`` rewritten as explicit Linears first, as ``edgevla build`` does) is
-quantized to w4a16 twice per group size, ``int4_rounding`` ``nearest`` and ``gptq``, calibrated on
+quantized to w4a16 four times per group size, ``int4_rounding`` ``nearest`` and ``gptq`` by ``int4_scaling``
+``none`` and ``awq`` (a row ``g128/gptq+awq``), calibrated on
 ``--calibration`` observations inside its spec and measured on ``--test`` others; the seconds are those of the
 whole ``quantize_policy`` call.
 
@@ -34,13 +36,16 @@ def measure(ref: str, groups: list[int], calibration: int, test: int) -> dict[st
     policy, calib, held_out, reference = prepared(ref, calibration, test)
     rows = {}
     for group in groups:
-        for rounding in ("nearest", "gptq"):
-            start = time.perf_counter()
-            model = quantize_policy(policy, "w4a16", batches=calib, group_size=group, int4_rounding=rounding).model
-            seconds = time.perf_counter() - start
-            with torch.no_grad():
-                sqnr = sqnr_db(reference, torch.cat([model(*b) for b in held_out]))
-            rows[f"g{group}/{rounding}"] = {"sqnr_db": round(sqnr, 2), "seconds": round(seconds, 2)}
+        for scaling in ("none", "awq"):
+            for rounding in ("nearest", "gptq"):
+                start = time.perf_counter()
+                model = quantize_policy(policy, "w4a16", batches=calib, group_size=group, int4_rounding=rounding,
+                                        int4_scaling=scaling).model
+                seconds = time.perf_counter() - start
+                with torch.no_grad():
+                    sqnr = sqnr_db(reference, torch.cat([model(*b) for b in held_out]))
+                key = f"g{group}/{rounding}" + ("+awq" if scaling == "awq" else "")
+                rows[key] = {"sqnr_db": round(sqnr, 2), "seconds": round(seconds, 2)}
     return rows
 
 

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             raise EdgevlaError(f"--{name} must be >= 1")
     result = bench_quant(args.policy, formats=formats, episodes=args.episodes, runs=args.runs,
                          threads=args.threads, calibration=args.calibration, float_dtype=args.float_dtype,
-                         int4_rounding=args.int4_rounding, allow_pickle=args.allow_pickle, env=args.env)
+                         int4_rounding=args.int4_rounding, int4_scaling=args.int4_scaling,
+                         allow_pickle=args.allow_pickle, env=args.env)
     print_table(result)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
@@ -70,7 +71,8 @@ def _formats(text: str | None) -> tuple[str, ...]:
 
 def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int = 200, runs: int = 200,
                 threads: int = 1, calibration: str = "minmax", float_dtype: str = "fp16", int4_rounding: str = "gptq",
-                allow_pickle: bool = False, work_dir: str | Path | None = None, env: str | None = None) -> dict[str, Any]:
+                int4_scaling: str = "awq", allow_pickle: bool = False, work_dir: str | Path | None = None,
+                env: str | None = None) -> dict[str, Any]:
     """Run the benchmark; a JSON-ready dict with one row per model (fp32, formats, peers) and the goals."""
     import torch
 
@@ -95,7 +97,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
                            threads=threads)
             rows = [bench.fp32()]
             for fmt in formats:
-                rows.append(bench.ours(fmt, calibration, float_dtype, int4_rounding))
+                rows.append(bench.ours(fmt, calibration, float_dtype, int4_rounding, int4_scaling))
             rows.append(bench.ort_quantize_static())
             rows.append(bench.torch_dynamic())
     finally:
@@ -107,7 +109,7 @@ def bench_quant(policy_ref: str = "tiny-vla", *, formats=FORMATS, episodes: int 
     return {
         "policy": loaded.name, "host": host_info(), "threads": threads, "episodes": episodes if task else None,
         "eval_seed": EVAL_SEED, "latency_runs": runs, "batch": 1,
-        "int4_rounding": int4_rounding,
+        "int4_rounding": int4_rounding, "int4_scaling": int4_scaling,
         "calibration": {"method": calibration, "batches": len(batches), "samples": sum(len(b[0]) for b in batches),
                         "source": calibration_source(task)},
         "task": None if task is None else task.name,
@@ -205,7 +207,8 @@ class _Bench:
         row["folded_latency_ratio"] = round(row["ort_folded_p50_ms"] / row["ort_p50_ms"], 3)
         return row
 
-    def ours(self, fmt: str, calibration: str, float_dtype: str, int4_rounding: str = "gptq") -> dict[str, Any]:
+    def ours(self, fmt: str, calibration: str, float_dtype: str, int4_rounding: str = "gptq",
+             int4_scaling: str = "awq") -> dict[str, Any]:
         import torch
 
         from ..export.qdq import export_quantized, verify_quantized
@@ -214,7 +217,7 @@ class _Bench:
         start = time.perf_counter()
         storage = "fp16" if fmt == "fp16" else float_dtype
         r = quantize_policy(self.quantizable, fmt, batches=self.batches, method=calibration, float_dtype=storage,
-                            int4_rounding=int4_rounding)
+                            int4_rounding=int4_rounding, int4_scaling=int4_scaling)
         path = export_quantized(r.model, self.work / f"{fmt}.onnx", float_dtype=storage)
         args = [torch.from_numpy(self.heldout[n]) for n in self.spec.input_names]
         with torch.no_grad():

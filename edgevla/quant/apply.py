@@ -68,6 +68,7 @@ from .fold import FoldedNorm, fold_batch_norms
 from .ladder import FLOAT, form_config, parse_form
 from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table, int8_table_fits
 from .smoothquant import smooth_quant
+from .awq import AwqScale, awq_
 
 FORMATS = ("w8a8", "w8a16", "w4a16", "fp16", "fp8")
 FLOAT_DTYPES = ("fp16", "bf16", "fp32")
@@ -77,6 +78,7 @@ _NEEDS = {"w8a8": "int8", "w8a16": "int8", "w4a16": "int4", "fp8": "fp8", "fp16"
           "fp32": "fp32"}
 _ACTIVATION_FORMATS = ("w8a8", "fp8")
 INT4_ROUNDINGS = ("nearest", "gptq")  # how int4 weights round: to the nearest code, or by GPTQ (.gptq)
+INT4_SCALINGS = ("none", "awq")  # whether int4 readers' input channels are scaled first by AWQ (.awq)
 
 
 def check_precision_supported(target, fmt: str) -> None:
@@ -120,6 +122,7 @@ class QuantizeResult:
     tables: list[str] = field(default_factory=list)  # tensors put on their int8 grid
     folded_norms: list[str] = field(default_factory=list)  # "norm -> conv": BatchNorms folded before quantizing
     notes: list[str] = field(default_factory=list)  # layers left float, and why
+    awq: list[AwqScale] = field(default_factory=list)  # groups whose int4 readers AWQ scaled (.awq)
 
 
 def layer_group_size(in_features: int, group_size: int) -> int | None:
@@ -134,7 +137,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
                     method: str = "minmax", smoothquant_alpha: float | None = None, group_size: int = 128,
                     skip: Iterable[str] = (), forms: Mapping[str, str] | None = None, batch_size: int = 32,
                     float_dtype: str = "fp32", tables: bool = True, smoothquant_reuse: dict | None = None,
-                    int4_rounding: str = "nearest", **calibrator_options) -> QuantizeResult:
+                    int4_rounding: str = "nearest", int4_scaling: str = "none",
+                    **calibrator_options) -> QuantizeResult:
     """A fake-quant copy of ``policy`` in ``fmt`` (see :data:`FORMATS`).
 
     Calibration data is ``batches`` (positional tensor tuples in the spec's
@@ -145,7 +149,9 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
     ``w8a16``, ``w4a16/g32``; what mixed precision raises them to). Convolutions take
     int8 weights under every integer format (w8a8 quantizes their input too);
     a BatchNorm after one is folded into it first (:mod:`.fold`). ``int4_rounding`` ``gptq`` rounds
-    int4 weights by :mod:`.gptq` on the calibration inputs instead of to the nearest code. ``smoothquant_reuse`` is
+    int4 weights by :mod:`.gptq` on the calibration inputs instead of to the nearest code; ``int4_scaling``
+    ``awq`` first scales the input channels of int4 Linears that read a norm or a value Linear by :mod:`.awq`
+    (:attr:`QuantizeResult.awq`). ``smoothquant_reuse`` is
     :func:`~.smoothquant.smooth_quant`'s ``reuse``: calls with the same policy and batches that differ in
     ``smoothquant_alpha`` alone share one SmoothQuant analysis.
     """
@@ -155,6 +161,8 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         raise EdgevlaError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
     if int4_rounding not in INT4_ROUNDINGS:
         raise EdgevlaError(f"unknown int4 rounding {int4_rounding!r}; expected one of {', '.join(INT4_ROUNDINGS)}")
+    if int4_scaling not in INT4_SCALINGS:
+        raise EdgevlaError(f"unknown int4 scaling {int4_scaling!r}; expected one of {', '.join(INT4_SCALINGS)}")
     if float_dtype not in FLOAT_DTYPES:
         raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected one of {', '.join(FLOAT_DTYPES)}")
     spec = spec_of(policy)
@@ -190,10 +198,26 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
             chosen = [n for n in chosen if not is_convolution(layers[n])]
             notes.append(f"convolutions stay float: {e}")
         layers = quantizable_layers(model)
+    # Group scales follow fp16 storage; int8 and fp8 scales stay fp32 (one per channel, and TensorRT wants them so).
+    int4_scales = "fp16" if float_dtype == "fp16" else "fp32"
+    configs: dict[str, QuantConfig] = {}
+    for name in chosen:  # the weight-only forms; w8a8 / fp8 layers wait for their activation ranges
+        if name in forms:
+            configs[name] = form_config(forms[name], layers[name], name, int4_scales)
+        elif fmt == "w8a16" or (fmt == "w4a16" and is_any_convolution(layers[name])):
+            configs[name] = Int8WeightOnlyConfig()  # w4a16 too: int4 is a Linear format
+        elif fmt == "w4a16":
+            g = layer_group_size(layers[name].in_features, group_size)
+            # no group size divides the input width: int8 weights, still weight-only
+            configs[name] = (Int8WeightOnlyConfig() if g is None
+                             else Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales))
+    groups = {n: c.group_size for n, c in configs.items() if isinstance(c, Int4WeightOnlyConfig)}
     smoothed: list[str] = []
+    scaled: list[AwqScale] = []
     amax: dict[str, float] = {}
     needs_activations = fmt in _ACTIVATION_FORMATS
-    if needs_activations or smoothquant_alpha is not None or int4_rounding == "gptq":
+    if needs_activations or smoothquant_alpha is not None or (groups and (int4_rounding == "gptq"
+                                                                         or int4_scaling == "awq")):
         if batches is None:
             obs = calibration_observations(spec, calibration, samples)
             batches = list(iter_batches(spec, obs, batch_size))
@@ -203,38 +227,24 @@ def quantize_policy(policy: nn.Module, fmt: str, *, calibration: str | os.PathLi
         if smoothquant_alpha is not None:
             smoothed = [g.norm for g in smooth_quant(model, batches, smoothquant_alpha,
                                                      reuse=smoothquant_reuse)["groups"]]
+        if groups and int4_scaling == "awq":
+            scaled = awq_(model, groups, batches, int4_scales, int4_rounding)
         static = [n for n in chosen if n not in forms]  # a raised form keeps its input float
         if needs_activations and static:
             amax = calibrate(model, batches, method, layers=static, **calibrator_options)
-
-    configs: dict[str, QuantConfig] = {}
-    groups: dict[str, int] = {}
-    # Group scales follow fp16 storage; int8 and fp8 scales stay fp32 (one per channel, and TensorRT wants them so).
-    int4_scales = "fp16" if float_dtype == "fp16" else "fp32"
     for name in chosen:
-        if name in forms:
-            configs[name] = form_config(forms[name], layers[name], name, int4_scales)
-            if isinstance(configs[name], Int4WeightOnlyConfig):
-                groups[name] = configs[name].group_size
-        elif fmt == "w8a8":
+        if name in configs:
+            continue
+        if fmt == "w8a8":
             configs[name] = Int8StaticActivationInt8WeightConfig(activation_amax={name: amax[name]})
-        elif fmt == "fp8":
-            configs[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
-        elif fmt == "w8a16" or is_any_convolution(layers[name]):
-            configs[name] = Int8WeightOnlyConfig()  # w4a16 too: int4 is a Linear format
         else:
-            g = layer_group_size(layers[name].in_features, group_size)
-            if g is None:  # no group size divides the input width: int8 weights, still weight-only
-                configs[name] = Int8WeightOnlyConfig()
-            else:
-                configs[name] = Int4WeightOnlyConfig(group_size=g, scale_dtype=int4_scales)
-                groups[name] = g
+            configs[name] = Float8StaticActivationFloat8WeightConfig(activation_amax={name: amax[name]})
     formats = quantize_(model, PerLayerConfig(layers=configs))
-    if int4_rounding == "gptq":
-        _round_int4_by_gptq(model, [n for n, c in configs.items() if isinstance(c, Int4WeightOnlyConfig)], batches)
+    if groups and int4_rounding == "gptq":
+        _round_int4_by_gptq(model, list(groups), batches)
     rounded = round_float_storage(model, float_dtype)
     return QuantizeResult(model, formats, amax, smoothed, groups, float_dtype, rounded, table_names,
-                          [f"{p.norm} -> {p.conv}" for p in folded], notes)
+                          [f"{p.norm} -> {p.conv}" for p in folded], notes, scaled)
 
 
 def _round_int4_by_gptq(model: nn.Module, layers: list[str], batches, budget_bytes: int = 1 << 30) -> None:

@@ -4,6 +4,8 @@ most VLA backbones reach us (OpenVLA, pi0's PaliGemma, SmolVLA): hand-written RM
 attention (``q @ k.transpose(2, 3) * scaling``, a ``finfo.min`` causal mask added, a float32 softmax), rotary
 tables computed from position ids in the forward, shapes unpacked with ``*``. ``make`` is Llama's (SwiGLU),
 ``make_gemma`` Gemma's (``1 + w`` norms, GEGLU with tanh GELU). Same sizes as ``llama_policy``.
+``make_outliers`` is Llama's with the outlier channels trained LLM backbones grow: six hidden channels whose
+norm weights are 20x the rest, as in every layer of OPT / Llama checkpoints (Dettmers et al., 2022).
 """
 import torch
 from torch import nn
@@ -166,3 +168,13 @@ def make(gemma=False):
 
 def make_gemma():
     return make(gemma=True)
+
+
+def make_outliers():
+    m = make()
+    channels = torch.tensor([7, 42, 99, 130, 181, 250])
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("layernorm.weight"):
+                p[channels] *= 20.0
+    return m
