@@ -204,6 +204,10 @@ def test_w4a16_ships_int4_groups_and_int8_where_no_group_divides(w4a16):
     ops = {n.op_type for n in onnx.load(str(w4a16.bundle / "model.onnx")).graph.node}
     assert "QuantizeLinear" not in ops  # weight-only
     assert w4a16.report["extra"]["quantize"]["parity"]["reference_session"]["max_abs_error"] < 1e-4
+    quantize = w4a16.report["extra"]["quantize"]
+    assert (quantize["int4_rounding"], quantize["int4_scaling"]) == ("nearest", "awq")
+    # Its one norm feeds fc1 alone, an int4 reader: AWQ searched that group, and its scale never adds error.
+    assert list(quantize.get("awq", {})) == ["ln"] and quantize["awq"]["ln"]["error_ratio"] <= 1.0
 
 
 def test_qat_improves_the_int4_model(w4a16):
