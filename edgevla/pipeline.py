@@ -1457,6 +1457,8 @@ class Build:
 
     # profile ------------------------------------------------------------
     def profile(self) -> None:
+        from .export.qdq import ort_qdq_entries
+
         pc = self.recipe.profile
         budgets = self.target.budgets
         obs1 = batch_of(self.heldout, 0, 1)
@@ -1478,7 +1480,8 @@ class Build:
                         pc.batch_sizes, runs=max(5, pc.runs // 10), warmup=2)
                     advance(1)
                 memory = measure_peak_memory("onnx", self.onnx[label], self.work / "inputs.npz",
-                                             runs=20, warmup=3, threads=pc.threads)
+                                             runs=20, warmup=3, threads=pc.threads,
+                                             session_entries=ort_qdq_entries())  # as the backend runs it
                 success = self.results.get((label, "torch" if label == "original" else self.success_backend_or()))
                 self.metrics[label] = ModelMetrics(
                     label=label, params=count_parameters(policy), size_bytes=file_size(self.onnx[label]),

@@ -131,3 +131,14 @@ def test_package_exports_resolve_lazily():
         assert getattr(metrics, name).__name__ == name
     with pytest.raises(AttributeError):
         metrics.no_such_name  # noqa: B018
+
+
+def test_onnx_session_entries_reach_the_probe(onnx_model):
+    """The probe's session takes the entries it is given (those the onnxruntime backend sets): one that makes
+    ONNX Runtime read the file as its own ORT format fails the load, and the failure comes back as one line."""
+    path, k, _ = onnx_model
+    x = {"x": np.ones((1, k), np.float32)}
+    with pytest.raises(EdgevlaError, match="onnxruntime cannot load .*ORT model verification failed"):
+        measure_peak_memory("onnx", path, x, runs=1, warmup=0, session_entries={"session.load_model_format": "ORT"})
+    stats = measure_peak_memory("onnx", path, x, runs=1, warmup=0, session_entries={"session.disable_quant_qdq": "1"})
+    assert stats.after_load_mb - stats.baseline_mb >= WEIGHT_MIB * 0.9

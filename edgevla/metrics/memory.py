@@ -56,7 +56,8 @@ class MemoryStats:
 def measure_peak_memory(kind: str, model: str | os.PathLike[str],
                         inputs: str | os.PathLike[str] | Mapping[str, np.ndarray], *,
                         runs: int = 20, warmup: int = 3, threads: int | None = None,
-                        pythonpath: Sequence[str] = (), timeout_s: float = 600.0) -> MemoryStats:
+                        pythonpath: Sequence[str] = (), timeout_s: float = 600.0,
+                        session_entries: Mapping[str, str] | None = None) -> MemoryStats:
     """Load and run ``model`` in a fresh Python process and report its memory.
 
     ``kind`` is ``"onnx"`` (``model`` is an .onnx path) or ``"torch"``
@@ -64,6 +65,8 @@ def measure_peak_memory(kind: str, model: str | os.PathLike[str],
     mapping of arrays named like the model's inputs (written to a temporary
     .npz). ``pythonpath`` entries are prepended to the child's ``PYTHONPATH``
     (for a ``module:factory`` reference outside the installed packages).
+    ``session_entries`` are ONNX Runtime session config entries for an onnx
+    model (:func:`edgevla.export.qdq.ort_qdq_entries`'s, say).
     """
     if kind not in KIND_CHOICES:
         raise EdgevlaError(f"memory probe: model kind {kind!r} is not one of {', '.join(KIND_CHOICES)}")
@@ -83,6 +86,8 @@ def measure_peak_memory(kind: str, model: str | os.PathLike[str],
                "--inputs", str(npz.resolve()), "--runs", str(runs), "--warmup", str(warmup)]
         if threads:
             cmd += ["--threads", str(threads)]
+        for key, value in (session_entries or {}).items():
+            cmd += ["--session-entry", f"{key}={value}"]
         env = dict(os.environ)
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

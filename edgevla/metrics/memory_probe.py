@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any, Callable
 
 KIND_CHOICES = ("onnx", "torch")
@@ -75,12 +76,15 @@ def _load_inputs(path: str) -> dict[str, Any]:
         raise ProbeError(f"cannot read inputs {path!r}: {e}") from None
 
 
-def _onnx_runner(model: str, inputs: dict[str, Any], threads: int | None) -> Callable[[], Any]:
+def _onnx_runner(model: str, inputs: dict[str, Any], threads: int | None,
+                 entries: Mapping[str, str]) -> Callable[[], Any]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    for key, value in entries.items():
+        opts.add_session_config_entry(key, value)
     try:
         session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
@@ -112,7 +116,7 @@ def _torch_runner(ref: str, inputs: dict[str, Any], threads: int | None) -> Call
 
 
 def probe(kind: str, model: str, inputs_path: str, runs: int, warmup: int,
-          threads: int | None = None) -> dict[str, Any]:
+          threads: int | None = None, entries: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run the three measurement phases; figures in MiB."""
     if kind not in KIND_CHOICES:
         raise ProbeError(f"model kind {kind!r} is not one of {', '.join(KIND_CHOICES)}")
@@ -125,7 +129,8 @@ def probe(kind: str, model: str, inputs_path: str, runs: int, warmup: int,
     inputs = _load_inputs(inputs_path)
     baseline = read_status_mib()["VmRSS"]
 
-    run = (_onnx_runner if kind == "onnx" else _torch_runner)(model, inputs, threads)
+    run = (_onnx_runner(model, inputs, threads, entries or {}) if kind == "onnx"
+           else _torch_runner(model, inputs, threads))
     for _ in range(warmup):
         run()
     status = read_status_mib()
@@ -149,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--session-entry", action="append", default=[], metavar="KEY=VALUE",
+                        help="an ONNX Runtime session config entry (repeatable)")
     args = parser.parse_args(argv)
 
     stdout = sys.stdout
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = probe(args.kind, args.model, args.inputs, args.runs, args.warmup, args.threads)
+            entries = dict(e.split("=", 1) for e in args.session_entry if "=" in e)
+            result = probe(args.kind, args.model, args.inputs, args.runs, args.warmup, args.threads, entries)
     except Exception as e:  # every failure becomes one JSON line the caller can report
         from edgevla.errors import EdgevlaError
 
