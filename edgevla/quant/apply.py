@@ -49,6 +49,7 @@ from torch import nn
 
 from ..errors import EdgevlaError
 from ..spec import spec_of
+from .awq import AwqScale, awq_
 from .calibrate import METHODS, calibrate, calibration_observations, iter_batches
 from .fakequant import (
     FakeQuantLayer,
@@ -68,7 +69,6 @@ from .fold import FoldedNorm, fold_batch_norms
 from .ladder import FLOAT, form_config, parse_form
 from .primitives import GROUP_SIZES, cast_roundtrip, dequantize, int8_table, int8_table_fits
 from .smoothquant import smooth_quant
-from .awq import AwqScale, awq_
 
 FORMATS = ("w8a8", "w8a16", "w4a16", "fp16", "fp8")
 FLOAT_DTYPES = ("fp16", "bf16", "fp32")
