@@ -82,30 +82,17 @@ def ort_qdq_entries(features: Mapping[str, bool] | None = None, machine: str | N
     literally, and its closed-loop success fell from 100 % to 85 % over 60 episodes. There the QDQ fusions go
     off (``session.disable_quant_qdq``): float MatMuls on weights dequantized once at load, exactly the Q/DQ
     arithmetic, 1.3-1.4x the saturating kernels' batch-1 time; keeping the activations int8
-    (``session.qdqisint8allowed``) is exact too but 2.2-6x slower still
+    (``session.qdqisint8allowed``) is right up to rounding ties but takes 2.2-6.3x their time
     (``benchmarks/cpu/ort-int8-sessions-zen3-2026-12-07.json``). With VNNI (``vpdpbusd`` sums in 32 bits), and
     on aarch64 (whose kernels take int8 as it is), nothing is needed."""
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64"):
         return {}
-    if features is None:
-        features = _host_features()
+    if features is None:  # the native module's cpuid/xgetbv reading; none (a broken install): literal, to be safe
+        from .. import native
+
+        features = native.cpu_features() if native.available() else {}
     return {} if features.get("avx512_vnni") or features.get("avx_vnni") else dict(_LITERAL_QDQ)
-
-
-def _host_features() -> Mapping[str, bool]:
-    """This CPU's features: edgevla's native module's reading (cpuid and xgetbv) where it is built, else the
-    kernel's flags in /proc/cpuinfo."""
-    from .. import native
-
-    if native.available():
-        return native.cpu_features()
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return {f: True for f in flags}
 
 
 def export_qdq(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: str = "fp32",
