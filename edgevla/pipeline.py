@@ -1335,10 +1335,11 @@ class Build:
         r = verify_quantized(self.built, self.onnx["built"], self.heldout, atol=p.atol, min_cosine=p.min_cosine)
         self.verification = r
         fused = verify_onnx(self.built, self.onnx["built"], self.heldout, atol=1e30, min_cosine=-1.0)  # measured only
+        entries = ort_qdq_entries()  # the onnxruntime backend's, on this host
         self.quantization["parity"] = {"reference_session": r.to_dict(),
                                        "default_session": {"max_abs_error": fused.max_abs_error,
-                                                           "cosine": fused.cosine, "entries": ort_qdq_entries()}}
-        default = ("ONNX Runtime's integer kernels" if not ort_qdq_entries() else
+                                                           "cosine": fused.cosine, "entries": entries}}
+        default = ("ONNX Runtime's integer kernels" if not entries else
                    "ONNX Runtime as the onnxruntime backend runs it (QDQ fusions off: its integer kernels saturate "
                    "on an x86 CPU without VNNI)")
         self.progress.note(f"ONNX Runtime (Q/DQ run literally) vs fake-quant PyTorch on {r.samples} held-out "
