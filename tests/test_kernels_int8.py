@@ -143,7 +143,7 @@ def test_isa_scope_runs_the_block_on_one_isa_and_restores_the_one_before():
     m=st.sampled_from([1, 1, 2, 3, 4, 5, 7, 9]),
     n=st.one_of(st.sampled_from([1, 15, 16, 17, 31, 33, 48]), st.integers(1, 70)),
     k=st.one_of(st.sampled_from([1, 3, 4, 5, 63, 64, 65, 257, 513]), st.integers(1, 300)),
-    mode=st.sampled_from(["uniform", "uniform", "extremes", "min"]),
+    mode=st.sampled_from(["uniform", "uniform", "extremes", "min", "symmetric", "symmetric-extremes"]),
     per_token=st.booleans(),
     with_bias=st.booleans(),
     act=st.sampled_from(ACTS),
@@ -151,8 +151,32 @@ def test_isa_scope_runs_the_block_on_one_isa_and_restores_the_one_before():
 )
 def test_every_isa_is_bit_identical_to_the_reference(isa, m, n, k, mode, per_token, with_bias, act, seed):
     rng = np.random.default_rng(seed)
-    a, w = random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode)
+    a, w = symmetric_activations(rng, (m, k), (n, k), mode) if mode.startswith("symmetric") else \
+        (random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode))
     check_against_reference(isa, a, w, rng, per_token, with_bias, act)
+
+
+def symmetric_activations(rng, a_shape, w_shape, mode):
+    """Activations without -128, as this library's dynamic quantization makes them (the AVX2 kernel's signed
+    path, gemm_avx2.cpp), and weights over the whole range: uniform, or only the extremes, whose pairs reach
+    2 * 127 * 128 = 32512, just under int16's saturation."""
+    if mode == "symmetric-extremes":
+        return rng.choice(np.array([-127, 127], np.int8), size=a_shape), \
+            rng.choice(np.array([-128, -127, 127], np.int8), size=w_shape)
+    return rng.integers(-127, 128, size=a_shape, dtype=np.int8), random_int8(rng, w_shape)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_panels_with_and_without_minus_128_in_one_call(isa):
+    """Rows 4-7 (the second panel of four) hold a -128 and take the AVX2 kernel's widening path, the others
+    its signed one; every ISA gives the reference's bits, the extremes included."""
+    rng = np.random.default_rng(4)
+    a, w = symmetric_activations(rng, (11, 203), (37, 203), "symmetric-extremes")
+    a[5, 77] = -128
+    check_against_reference(isa, a, w, rng, True, True, "gelu_tanh")
+    a, w = symmetric_activations(rng, (11, 203), (37, 203), "symmetric")
+    a[5, 77] = -128
+    check_against_reference(isa, a, w, rng, False, False, "none")
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -135,13 +135,15 @@ inline void store16_s8_epilogue(const edgevla_gemm_epilogue_f32& epilogue, int64
 
 // The W8A8 epilogue of rows [row, row + MR) x one block of a packed int8
 // GEMM (the dense or the 2:4 Args: w.n, w.compensation, epilogue, c, ldc)
-// from their exact sums (acc[r][0]: channels 0-7, acc[r][1]: 8-15), the
-// packed compensation 128 * rowsum(W) still in. The sums go through memory
+// from their sums (acc[r][0]: channels 0-7, acc[r][1]: 8-15): with the
+// packed compensation 128 * rowsum(W) still in where `compensated` (the
+// +128 kernels), exact ones otherwise. The sums go through memory
 // first: the epilogue needs most of the 16 ymm registers, and with the
 // accumulators live into it GCC keeps a stack copy of each, stored on every
 // trip through the k loop.
 template <int MR, typename Args>
-void finish_s8_rows(const Args& args, int64_t row, int64_t block, const __m256i (&acc)[MR][2]) {
+void finish_s8_rows(const Args& args, int64_t row, int64_t block, const __m256i (&acc)[MR][2],
+                    bool compensated = true) {
     alignas(32) int32_t sums[MR][16];
     for (int r = 0; r < MR; ++r) {
         _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r]), acc[r][0]);
@@ -149,9 +151,12 @@ void finish_s8_rows(const Args& args, int64_t row, int64_t block, const __m256i 
     }
     __asm__ volatile("" ::: "memory");  // the stores above stay stores: see the comment
     const int64_t col0 = block * 16, cols = block_columns(args.w.n, block);
-    const int32_t* compensation = args.w.compensation + col0;
-    const __m256i compensation_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation));
-    const __m256i compensation_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation + 8));
+    __m256i compensation_low = _mm256_setzero_si256(), compensation_high = _mm256_setzero_si256();
+    if (compensated) {
+        const int32_t* compensation = args.w.compensation + col0;
+        compensation_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation));
+        compensation_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation + 8));
+    }
     for (int r = 0; r < MR; ++r) {
         const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r]));
         const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r] + 8));
