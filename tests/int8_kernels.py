@@ -41,3 +41,13 @@ def operands(rng: np.random.Generator, m: int, n: int, k: int, kind: str, per_to
     a_scale = rng.uniform(1e-2, 1e-1, m if per_token else 1).astype(np.float32)
     bias = rng.normal(0, 1, n).astype(np.float32)
     return a, w, w_scale, a_scale, bias, pack(w, w_scale), gemm
+
+
+def symmetric_activations(rng: np.random.Generator, a_shape: tuple, w_shape: tuple, mode: str):
+    """``(a, w)``: activations without -128, as this library's dynamic quantization makes them (the AVX2 kernels'
+    signed path, gemm_avx2.cpp), and weights over the whole range: ``symmetric``, uniform; ``symmetric-extremes``,
+    only the extremes, whose pairs reach 2 * 127 * 128 = 32512, just under int16's saturation."""
+    if mode == "symmetric-extremes":
+        return (rng.choice(np.array([-127, 127], np.int8), size=a_shape),
+                rng.choice(np.array([-128, -127, 127], np.int8), size=w_shape))
+    return rng.integers(-127, 128, size=a_shape, dtype=np.int8), rng.integers(-128, 128, size=w_shape, dtype=np.int8)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from int8_kernels import symmetric_activations
 
 from edgevla import native
 
@@ -155,15 +156,6 @@ def test_every_isa_is_bit_identical_to_the_reference(isa, m, n, k, mode, per_tok
         (random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode))
     check_against_reference(isa, a, w, rng, per_token, with_bias, act)
 
-
-def symmetric_activations(rng, a_shape, w_shape, mode):
-    """Activations without -128, as this library's dynamic quantization makes them (the AVX2 kernel's signed
-    path, gemm_avx2.cpp), and weights over the whole range: uniform, or only the extremes, whose pairs reach
-    2 * 127 * 128 = 32512, just under int16's saturation."""
-    if mode == "symmetric-extremes":
-        return rng.choice(np.array([-127, 127], np.int8), size=a_shape), \
-            rng.choice(np.array([-128, -127, 127], np.int8), size=w_shape)
-    return rng.integers(-127, 128, size=a_shape, dtype=np.int8), random_int8(rng, w_shape)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from int8_kernels import symmetric_activations
 
 from edgevla import native
 
@@ -140,8 +141,11 @@ def check_f32(kind, isa, rng, m, n, k, sparsity, with_bias, act, x=None):
 
 def check_s8(kind, isa, rng, m, n, k, sparsity, mode, per_token, with_bias, act):
     pack, gemm = INT8_KINDS[kind]
-    a = random_int8(rng, (m, k), mode)
-    w = sparsify(rng, random_int8(rng, (n, k), mode), kind, sparsity)
+    if mode.startswith("symmetric"):
+        a, w = symmetric_activations(rng, (m, k), (n, k), mode)
+    else:
+        a, w = random_int8(rng, (m, k), mode), random_int8(rng, (n, k), mode)
+    w = sparsify(rng, w, kind, sparsity)
     w_scale = rng.uniform(1e-4, 1e-2, size=n).astype(np.float32)
     a_scale = rng.uniform(1e-3, 1e-1, size=m if per_token else 1).astype(np.float32)
     bias = rng.normal(size=n).astype(np.float32) if with_bias else None
@@ -170,7 +174,8 @@ def test_float_kernels_match_the_reference(kind, isa, m, n, k, sparsity, with_bi
 @pytest.mark.parametrize("kind", ["sparse", "2to4"])
 @pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(**SHAPES, sparsity=st.sampled_from(SPARSITIES), mode=st.sampled_from(["uniform", "uniform", "extremes", "min"]),
+@given(**SHAPES, sparsity=st.sampled_from(SPARSITIES),
+       mode=st.sampled_from(["uniform", "uniform", "extremes", "min", "symmetric", "symmetric-extremes"]),
        per_token=st.booleans(), with_bias=st.booleans(), act=st.sampled_from(ACTS), seed=st.integers(0, 2**32 - 1))
 def test_int8_kernels_are_bit_identical_to_the_reference(kind, isa, m, n, k, sparsity, mode, per_token, with_bias,
                                                          act, seed):
@@ -194,6 +199,21 @@ def test_row_chunks_and_tile_tails(kind, isa, k):
     block's indices once for all of them); at K = 50000 the kernels that stage activations take 4 rows a
     chunk (256 KiB): two chunks of one tile and one of 3 rows, each restaged."""
     check_s8(kind, isa, np.random.default_rng(12), 11, 20, k, 0.5, "uniform", True, True, "relu")
+
+
+@pytest.mark.parametrize("kind", ["sparse", "2to4"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_rows_with_and_without_minus_128_in_one_call(kind, isa):
+    """M = 7 at the extremes: rows 2-3 (one tile of two) hold a -128 and take the AVX2 2:4 kernel's widening
+    path, the others its signed one; every ISA gives the reference's bits."""
+    rng = np.random.default_rng(5)
+    pack, gemm = INT8_KINDS[kind]
+    a, w = symmetric_activations(rng, (7, 181), (29, 181), "symmetric-extremes")
+    a[3, 100] = -128
+    w = sparsify(rng, w, kind, 0.5)
+    w_scale, a_scale = rng.uniform(1e-4, 1e-2, 29).astype(np.float32), rng.uniform(1e-3, 1e-1, 7).astype(np.float32)
+    expected = native.gemm_s8s8_f32_ref(a, w, w_scale, a_scale, None, act="relu")
+    assert_bits_equal(run_s8(gemm, isa, a, pack(w, w_scale), 29, a_scale, None, "relu"), expected)
 
 
 @pytest.mark.parametrize("kind", ["sparse", "2to4"])

@@ -3,9 +3,14 @@
 //
 // int8: the vpshufb indices come from the metadata exactly as in the AVX-512
 // kernel (t = meta | meta << 14, see packed_formats.h), 8 channels per
-// register; the picked activations and the values are widened to int16 and
-// multiplied by vpmaddwd, which cannot saturate (vpmaddubsw could), giving
-// two partial sums per channel that are added once at the end.
+// register, each 32-bit lane one channel's four picked activations. Rows
+// without a -128 activation multiply them as the dense AVX2 kernel does
+// (gemm_avx2.cpp): |value| by the activation given the value's sign,
+// vpmaddubsw then vpmaddwd by ones, exact (a pair is at most 2 * 128 * 127)
+// and one channel's sum a lane. A pair of rows holding a -128 widens the
+// picked activations and the values to int16 and multiplies them by
+// vpmaddwd, which cannot saturate, giving two partial sums per channel that
+// are added once at the end: half the products an instruction.
 //
 // float32: value j of 8 channels meets its activation through a gather from
 // the k-block's 16 activations (positions are 2-bit fields plus a group
@@ -17,6 +22,8 @@
 #include "arch/x86_64/simd_avx2.h"
 #include "cpu_kernels.h"
 #include "kernel_common.h"
+
+#include <cstring>
 
 namespace edgevla {
 namespace {
@@ -42,8 +49,55 @@ inline void multiply_add(__m256i picked, __m256i values, __m256i& acc_low, __m25
     acc_high = _mm256_add_epi32(acc_high, _mm256_madd_epi16(p_high, v_high));
 }
 
+// acc + the four products of each 32-bit lane, exact for activations in
+// [-127, 127]; values_abs = |values|.
+inline __m256i add_dot4(__m256i acc, __m256i values_abs, __m256i values, __m256i picked, __m256i ones) {
+    const __m256i pairs = _mm256_maddubs_epi16(values_abs, _mm256_sign_epi8(picked, values));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
+// Rows [row, row + MR) x one block, no activation of these rows -128.
 template <int MR>
-void tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
+void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
+    const Packed2to4View& w = args.w;
+    const uint8_t* cell = w.cells + static_cast<uint64_t>(block * w.k_blocks) * kCellBytesS8;
+    const __m256i two_bits = _mm256_set1_epi32(0x03030303);
+    const __m256i offsets_a = _mm256_set1_epi32(0x08000800);
+    const __m256i offsets_b = _mm256_set1_epi32(0x0C040C04);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MR][2];  // [row][half of the block]: one channel's sum a lane
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+
+    for (int64_t kb = 0; kb < w.k_blocks; ++kb, cell += kCellBytesS8) {
+        __m256i x[MR];
+        for (int r = 0; r < MR; ++r) {
+            int8_t window[kBlockK];
+            copy_window(args.a + (row + r) * args.lda, w.k, kb * kBlockK, kBlockK, window);
+            x[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(window)));
+        }
+        for (int half = 0; half < 2; ++half) {
+            const __m256i meta = metadata(cell + 8 * kBlockN, half);
+            const __m256i t = _mm256_or_si256(meta, _mm256_slli_epi32(meta, 14));
+            const __m256i index_a = _mm256_or_si256(_mm256_and_si256(t, two_bits), offsets_a);
+            const __m256i index_b = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(t, 4), two_bits), offsets_b);
+            const __m256i values_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 32 * half));
+            const __m256i values_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 64 + 32 * half));
+            const __m256i abs_a = _mm256_abs_epi8(values_a), abs_b = _mm256_abs_epi8(values_b);
+            for (int r = 0; r < MR; ++r) {
+                acc[r][half] = add_dot4(acc[r][half], abs_a, values_a, _mm256_shuffle_epi8(x[r], index_a), ones);
+                acc[r][half] = add_dot4(acc[r][half], abs_b, values_b, _mm256_shuffle_epi8(x[r], index_b), ones);
+            }
+        }
+    }
+    const int64_t col0 = block * kBlockN, cols = block_columns(w.n, block);
+    for (int r = 0; r < MR; ++r) {
+        store16_s8_epilogue(args.epilogue, row + r, col0, cols, acc[r][0], acc[r][1], args.c + (row + r) * args.ldc);
+    }
+}
+
+// Rows [row, row + MR) x one block by widening: any activation, -128 too.
+template <int MR>
+void widening_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
     const Packed2to4View& w = args.w;
     const uint8_t* cell = w.cells + static_cast<uint64_t>(block * w.k_blocks) * kCellBytesS8;
     const __m256i two_bits = _mm256_set1_epi32(0x03030303);
@@ -134,7 +188,30 @@ void run_tiles(const Args& args, int64_t row_begin, int64_t row_end, int64_t blo
 
 void gemm_2to4_s8_avx2(const Gemm2to4S8Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
                        int64_t block_end) {
-    run_tiles<Gemm2to4S8Args, tile_s8<2>, tile_s8<1>>(args, row_begin, row_end, block_begin, block_end);
+    if (row_begin >= row_end || block_begin >= block_end) return;
+    // Per row, looked at once: does it hold a -128 (and so take the widening tile)?
+    bool* holds_min = reinterpret_cast<bool*>(thread_scratch(static_cast<size_t>(row_end - row_begin)));
+    for (int64_t row = row_begin; row < row_end; ++row) {
+        holds_min[row - row_begin] =
+            std::memchr(args.a + row * args.lda, 0x80, static_cast<size_t>(args.w.k)) != nullptr;
+    }
+    for (int64_t block = block_begin; block < block_end; ++block) {
+        int64_t row = row_begin;
+        for (; row + 2 <= row_end; row += 2) {
+            if (holds_min[row - row_begin] || holds_min[row + 1 - row_begin]) {
+                widening_tile_s8<2>(args, row, block);
+            } else {
+                signed_tile_s8<2>(args, row, block);
+            }
+        }
+        if (row < row_end) {
+            if (holds_min[row - row_begin]) {
+                widening_tile_s8<1>(args, row, block);
+            } else {
+                signed_tile_s8<1>(args, row, block);
+            }
+        }
+    }
 }
 
 void gemm_2to4_f32_avx2(const Gemm2to4F32Args& args, int64_t row_begin, int64_t row_end, int64_t block_begin,
