@@ -56,18 +56,17 @@ inline __m256i add_dot4(__m256i acc, __m256i values_abs, __m256i values, __m256i
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
 }
 
-// Rows [row, row + MR) x one block, no activation of these rows -128.
-template <int MR>
-void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
+// Walks rows [row, row + MR) x one block: for every k-block, each half of the
+// block (8 channels) and each row, add(r, half, picked_a, values_a, picked_b,
+// values_b) with the row's picked activations lined up with the values, four
+// a 32-bit lane (one channel's).
+template <int MR, typename Add>
+void for_picked_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block, Add add) {
     const Packed2to4View& w = args.w;
     const uint8_t* cell = w.cells + static_cast<uint64_t>(block * w.k_blocks) * kCellBytesS8;
     const __m256i two_bits = _mm256_set1_epi32(0x03030303);
     const __m256i offsets_a = _mm256_set1_epi32(0x08000800);
     const __m256i offsets_b = _mm256_set1_epi32(0x0C040C04);
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[MR][2];  // [row][half of the block]: one channel's sum a lane
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-
     for (int64_t kb = 0; kb < w.k_blocks; ++kb, cell += kCellBytesS8) {
         __m256i x[MR];
         for (int r = 0; r < MR; ++r) {
@@ -82,14 +81,26 @@ void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
             const __m256i index_b = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(t, 4), two_bits), offsets_b);
             const __m256i values_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 32 * half));
             const __m256i values_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 64 + 32 * half));
-            const __m256i abs_a = _mm256_abs_epi8(values_a), abs_b = _mm256_abs_epi8(values_b);
             for (int r = 0; r < MR; ++r) {
-                acc[r][half] = add_dot4(acc[r][half], abs_a, values_a, _mm256_shuffle_epi8(x[r], index_a), ones);
-                acc[r][half] = add_dot4(acc[r][half], abs_b, values_b, _mm256_shuffle_epi8(x[r], index_b), ones);
+                add(r, half, _mm256_shuffle_epi8(x[r], index_a), values_a, _mm256_shuffle_epi8(x[r], index_b),
+                    values_b);
             }
         }
     }
-    const int64_t col0 = block * kBlockN, cols = block_columns(w.n, block);
+}
+
+// Rows [row, row + MR) x one block, no activation of these rows -128.
+template <int MR>
+void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MR][2];  // [row][half of the block]: one channel's sum a lane
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for_picked_s8<MR>(args, row, block, [&](int r, int half, __m256i picked_a, __m256i values_a, __m256i picked_b,
+                                            __m256i values_b) {
+        const __m256i sum = add_dot4(acc[r][half], _mm256_abs_epi8(values_a), values_a, picked_a, ones);
+        acc[r][half] = add_dot4(sum, _mm256_abs_epi8(values_b), values_b, picked_b, ones);
+    });
+    const int64_t col0 = block * kBlockN, cols = block_columns(args.w.n, block);
     for (int r = 0; r < MR; ++r) {
         store16_s8_epilogue(args.epilogue, row + r, col0, cols, acc[r][0], acc[r][1], args.c + (row + r) * args.ldc);
     }
@@ -98,36 +109,15 @@ void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
 // Rows [row, row + MR) x one block by widening: any activation, -128 too.
 template <int MR>
 void widening_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
-    const Packed2to4View& w = args.w;
-    const uint8_t* cell = w.cells + static_cast<uint64_t>(block * w.k_blocks) * kCellBytesS8;
-    const __m256i two_bits = _mm256_set1_epi32(0x03030303);
-    const __m256i offsets_a = _mm256_set1_epi32(0x08000800);
-    const __m256i offsets_b = _mm256_set1_epi32(0x0C040C04);
     __m256i acc[MR][2][2];  // [row][half of the block][channels 0-3 / 4-7 of the half], pair sums
     for (int r = 0; r < MR; ++r)
         for (int h = 0; h < 2; ++h) acc[r][h][0] = acc[r][h][1] = _mm256_setzero_si256();
-
-    for (int64_t kb = 0; kb < w.k_blocks; ++kb, cell += kCellBytesS8) {
-        __m256i x[MR];
-        for (int r = 0; r < MR; ++r) {
-            int8_t window[kBlockK];
-            copy_window(args.a + (row + r) * args.lda, w.k, kb * kBlockK, kBlockK, window);
-            x[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(window)));
-        }
-        for (int half = 0; half < 2; ++half) {
-            const __m256i meta = metadata(cell + 8 * kBlockN, half);
-            const __m256i t = _mm256_or_si256(meta, _mm256_slli_epi32(meta, 14));
-            const __m256i index_a = _mm256_or_si256(_mm256_and_si256(t, two_bits), offsets_a);
-            const __m256i index_b = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(t, 4), two_bits), offsets_b);
-            const __m256i values_a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 32 * half));
-            const __m256i values_b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 64 + 32 * half));
-            for (int r = 0; r < MR; ++r) {
-                multiply_add(_mm256_shuffle_epi8(x[r], index_a), values_a, acc[r][half][0], acc[r][half][1]);
-                multiply_add(_mm256_shuffle_epi8(x[r], index_b), values_b, acc[r][half][0], acc[r][half][1]);
-            }
-        }
-    }
-    const int64_t col0 = block * kBlockN, cols = block_columns(w.n, block);
+    for_picked_s8<MR>(args, row, block, [&](int r, int half, __m256i picked_a, __m256i values_a, __m256i picked_b,
+                                            __m256i values_b) {
+        multiply_add(picked_a, values_a, acc[r][half][0], acc[r][half][1]);
+        multiply_add(picked_b, values_b, acc[r][half][0], acc[r][half][1]);
+    });
+    const int64_t col0 = block * kBlockN, cols = block_columns(args.w.n, block);
     for (int r = 0; r < MR; ++r) {
         store16_s8_epilogue(args.epilogue, row + r, col0, cols, finish_pairs(acc[r][0][0], acc[r][0][1]),
                             finish_pairs(acc[r][1][0], acc[r][1][1]), args.c + (row + r) * args.ldc);
