@@ -49,13 +49,6 @@ inline void multiply_add(__m256i picked, __m256i values, __m256i& acc_low, __m25
     acc_high = _mm256_add_epi32(acc_high, _mm256_madd_epi16(p_high, v_high));
 }
 
-// acc + the four products of each 32-bit lane, exact for activations in
-// [-127, 127]; values_abs = |values|.
-inline __m256i add_dot4(__m256i acc, __m256i values_abs, __m256i values, __m256i picked, __m256i ones) {
-    const __m256i pairs = _mm256_maddubs_epi16(values_abs, _mm256_sign_epi8(picked, values));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
-}
-
 // Walks rows [row, row + MR) x one block: for every k-block, each half of the
 // block (8 channels) and each row, add(r, half, picked_a, values_a, picked_b,
 // values_b) with the row's picked activations lined up with the values, four
@@ -92,13 +85,12 @@ void for_picked_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block, Add a
 // Rows [row, row + MR) x one block, no activation of these rows -128.
 template <int MR>
 void signed_tile_s8(const Gemm2to4S8Args& args, int64_t row, int64_t block) {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[MR][2];  // [row][half of the block]: one channel's sum a lane
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for_picked_s8<MR>(args, row, block, [&](int r, int half, __m256i picked_a, __m256i values_a, __m256i picked_b,
                                             __m256i values_b) {
-        const __m256i sum = add_dot4(acc[r][half], _mm256_abs_epi8(values_a), values_a, picked_a, ones);
-        acc[r][half] = add_dot4(sum, _mm256_abs_epi8(values_b), values_b, picked_b, ones);
+        const __m256i sum = add_signed_dot4(acc[r][half], _mm256_abs_epi8(values_a), values_a, picked_a);
+        acc[r][half] = add_signed_dot4(sum, _mm256_abs_epi8(values_b), values_b, picked_b);
     });
     const int64_t col0 = block * kBlockN, cols = block_columns(args.w.n, block);
     for (int r = 0; r < MR; ++r) {

@@ -82,12 +82,6 @@ inline __m256i load_half(const int8_t* cell, int half) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + 32 * half));
 }
 
-// acc + the four products a . w of each 32-bit lane, exact for a in [-127, 127]
-// (see the top of the file); w_abs = |w|.
-inline __m256i add_dot4(__m256i acc, __m256i w_abs, __m256i w, __m256i a, __m256i ones) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w)), ones));
-}
-
 // Rows [row, row + MR) x one block from their panel, no activation -128.
 // GEMVs (MR < kTileRows) read the weights once, as one stream (prefetched,
 // see kernel_common.h).
@@ -95,7 +89,6 @@ template <int MR>
 void signed_tile(const GemmPackedArgs& args, int64_t row, int64_t block, const int8_t* panel) {
     const PackedS8View& w = args.w;
     const int8_t* cell = w.weights + block * w.k_groups * kCellBytes;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[MR][2];
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t group = 0; group < w.k_groups; ++group, cell += kCellBytes, panel += MR * 4) {
@@ -104,8 +97,8 @@ void signed_tile(const GemmPackedArgs& args, int64_t row, int64_t block, const i
         const __m256i low_abs = _mm256_abs_epi8(low), high_abs = _mm256_abs_epi8(high);
         for (int r = 0; r < MR; ++r) {
             const __m256i a = broadcast_group(panel + r * 4);
-            acc[r][0] = add_dot4(acc[r][0], low_abs, low, a, ones);
-            acc[r][1] = add_dot4(acc[r][1], high_abs, high, a, ones);
+            acc[r][0] = add_signed_dot4(acc[r][0], low_abs, low, a);
+            acc[r][1] = add_signed_dot4(acc[r][1], high_abs, high, a);
         }
     }
     finish_s8_rows<MR>(args, row, block, acc, /*compensated=*/false);

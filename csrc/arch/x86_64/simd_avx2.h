@@ -77,6 +77,15 @@ inline const float* copy_first(const float* p, int64_t count, float* copy) {
     return copy;
 }
 
+// acc + the four int8 products w . a of each 32-bit lane, exact for activations
+// in [-127, 127]: vpmaddubsw of |w| (0..128, unsigned) and a given w's sign,
+// whose pairs stay within 2 * 128 * 127 < 32767, then vpmaddwd by ones. A -128
+// activation would wrap when negated (gemm_avx2.cpp). w_abs = |w|.
+inline __m256i add_signed_dot4(__m256i acc, __m256i w_abs, __m256i w, __m256i a) {
+    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
 // Pair partial sums of channels 0-3 and 4-7 -> the 8 channel sums in order.
 inline __m256i finish_pairs(__m256i low4, __m256i high4) {
     // hadd works per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; swap the middle quadwords.
