@@ -5,15 +5,22 @@
 // -ffp-contract=fast, so each gets its own vectors and fused multiply-adds.
 //
 // Per (batch, head): K^T is copied once into scratch, its S columns padded to
-// a whole number of vectors with zeros, so the scores of 4 queries at a time
-// are vector accumulators kept in registers across D; softmax runs on each row
-// (max and sum in vector lanes, exp by a polynomial on whole vectors); P @ V
-// accumulates 4 vectors of output features at a time, again in registers, over
-// the keys between the row's first and last probability that is not 0 (a
-// causal or windowed mask's hidden keys add nothing: one thread, T = S = 64,
-// 6 heads of 64, causal: 135 -> 116 us, medians of 4 alternated runs, unmasked
-// level; the vector exp took a (128, 16) softmax from 6.4 to 4.6 us a call;
-// Zen 4, 2026-12-07). Q and V are
+// a whole number of vectors with zeros, so the scores of 4 queries against 2
+// vectors of keys at a time are 8 accumulators kept in registers across D;
+// each row's exps follow (max and sum in vector lanes, exp by a polynomial on
+// whole vectors), left unnormalized: P @ V multiplies each output by 1 / sum
+// once. P @ V takes 4 query rows and up to 3 vectors of output features at a
+// time (12 accumulators, each vector of V loaded once for the 4 rows), over
+// the keys between the rows' first and last exp that is not 0 (a causal or
+// windowed mask's hidden keys add nothing: one thread, T = S = 64, 6 heads of
+// 64, causal: 135 -> 116 us, medians of 4 alternated runs, unmasked level; the
+// vector exp took a (128, 16) softmax from 6.4 to 4.6 us a call; Zen 4,
+// 2026-12-07). Before (one query's P @ V at a time, one accumulator per vector
+// of features, a D = 24 head's 3 chains waiting on the FMA latency; scores 1 x
+// 4 queries) the kernel lost to NumPy + OpenBLAS from 48 tokens on an AVX2
+// Zen 3; after, 1 thread, it ran tiny-vla's heads (4 x 24) 2.0-2.4x faster at
+// 48-256 tokens, small-vla's (6 x 64) 1.1-1.9x from 80 tokens and level below
+// (benchmarks/cpu/attention-avx2-zen3-2026-12-07.md). Q and V are
 // packed per head (V's rows padded with zeros to whole vectors: tiny-vla has
 // D = 24), so the strided head views cannot thrash a few L1 sets.
 #pragma once
@@ -107,23 +114,59 @@ inline void store_first(float* p, FloatVec v, int64_t count) {
     }
 }
 
-// Scaled scores of R consecutive queries (rows q, q + token stride, ...) against
-// all S_pad columns of K^T, written to out[r * s_pad + j].
+// acc[r][n] = sum over t in [t0, t1) of x[r * ldx + t] * y[t * ldy + n lanes, one vector]: R x NV
+// accumulators, y's NV vectors loaded once per t for the R rows of x. Both products' inner loop (Q K^T
+// over D, P V over the keys). The pragmas keep acc in registers: without them GCC zeroed it on the stack
+// with `rep stos` on every call.
+template <int R, int NV>
+inline void outer_products(const float* x, int64_t ldx, const float* y, int64_t ldy, int64_t t0, int64_t t1,
+                           FloatVec (&acc)[R][NV]) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int n = 0; n < NV; ++n) acc[r][n] = FloatVec{};
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+        FloatVec yt[NV];
+#pragma GCC unroll 4
+        for (int n = 0; n < NV; ++n) yt[n] = load_vec(y + t * ldy + n * kAttentionLanes);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const float xr = x[r * ldx + t];
+#pragma GCC unroll 4
+            for (int n = 0; n < NV; ++n) acc[r][n] += xr * yt[n];
+        }
+    }
+}
+
+// Scaled scores of R consecutive queries (rows q, q + ldq, ...) against the NV vectors of K^T's
+// columns from j0, written to out[r * s_pad + j]: R x NV accumulators, each a chain over D.
+template <int R, int NV>
+inline void scores_block(const AttentionF32Args& a, const float* q, int64_t ldq, const float* kt, int64_t s_pad,
+                         int64_t j0, float* out) {
+    FloatVec acc[R][NV];
+    outer_products<R, NV>(q, ldq, kt + j0, s_pad, 0, a.d, acc);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; ++c) {
+            if (a.scale_mode == kAttentionMultiply) acc[r][c] *= a.scale;
+            if (a.scale_mode == kAttentionDivide) acc[r][c] /= a.scale;
+            store_vec(out + r * s_pad + j0 + c * kAttentionLanes, acc[r][c]);
+        }
+    }
+}
+
+// The scores of R consecutive queries against all S_pad columns: two vectors of keys at a time (2 R
+// independent chains: one vector of 4 rows left the FMA units waiting on their latency), then one.
 template <int R>
 inline void scores_rows(const AttentionF32Args& a, const float* q, int64_t ldq, const float* kt, int64_t s_pad,
                         float* out) {
-    for (int64_t j0 = 0; j0 < s_pad; j0 += kAttentionLanes) {
-        FloatVec acc[R] = {};
-        for (int64_t dd = 0; dd < a.d; ++dd) {
-            const FloatVec k = load_vec(kt + dd * s_pad + j0);
-            for (int r = 0; r < R; ++r) acc[r] += q[r * ldq + dd] * k;
-        }
-        for (int r = 0; r < R; ++r) {
-            if (a.scale_mode == kAttentionMultiply) acc[r] *= a.scale;
-            if (a.scale_mode == kAttentionDivide) acc[r] /= a.scale;
-            store_vec(out + r * s_pad + j0, acc[r]);
-        }
+    int64_t j0 = 0;
+    for (; j0 + 2 * kAttentionLanes <= s_pad; j0 += 2 * kAttentionLanes) {
+        scores_block<R, 2>(a, q, ldq, kt, s_pad, j0, out);
     }
+    if (j0 < s_pad) scores_block<R, 1>(a, q, ldq, kt, s_pad, j0, out);
 }
 
 typedef float Float4 __attribute__((vector_size(16)));
@@ -185,8 +228,9 @@ inline float lanes_sum(FloatVec v) {
     return t[0];
 }
 
-// y = softmax(x) over k values (y may be x): max and sum in vector lanes, exp by softmax_exp.
-inline void softmax_row(const float* x, float* y, int64_t k) {
+// e[j] = exp(x[j] - max x) over k values (e may be x), exp by softmax_exp; returns their sum (max and
+// sum in vector lanes). The softmax is e / sum.
+inline float exp_row(const float* x, float* e, int64_t k) {
     const int64_t whole = k / kAttentionLanes * kAttentionLanes;
     float m = x[0];
     if (whole > 0) {
@@ -199,14 +243,68 @@ inline void softmax_row(const float* x, float* y, int64_t k) {
         m = lm > m ? lm : m;
     }
     for (int64_t j = whole; j < k; ++j) m = x[j] > m ? x[j] : m;
-    for (int64_t j = 0; j < whole; j += kAttentionLanes) store_vec(y + j, softmax_exp_vec(load_vec(x + j) - m));
-    for (int64_t j = whole; j < k; ++j) y[j] = softmax_exp(x[j] - m);
     FloatVec partial = {};
-    for (int64_t j = 0; j < whole; j += kAttentionLanes) partial += load_vec(y + j);
+    for (int64_t j = 0; j < whole; j += kAttentionLanes) {
+        const FloatVec ej = softmax_exp_vec(load_vec(x + j) - m);
+        store_vec(e + j, ej);
+        partial += ej;
+    }
     float sum = lanes_sum(partial);
-    for (int64_t j = whole; j < k; ++j) sum += y[j];
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < k; ++j) y[j] *= inv;
+    for (int64_t j = whole; j < k; ++j) {
+        e[j] = softmax_exp(x[j] - m);
+        sum += e[j];
+    }
+    return sum;
+}
+
+// y = softmax(x) over k values (y may be x).
+inline void softmax_row(const float* x, float* y, int64_t k) {
+    const float inv = 1.0f / exp_row(x, y, k);
+    const int64_t whole = k / kAttentionLanes * kAttentionLanes;
+    for (int64_t j = 0; j < whole; j += kAttentionLanes) store_vec(y + j, load_vec(y + j) * inv);
+    for (int64_t j = whole; j < k; ++j) y[j] *= inv;
+}
+
+// P @ V for R consecutive query rows (p + r * ldp) and the NV vectors of features from V's first column
+// (v: S rows of ldv floats): out row r, features [0, d) = norm[r] * sum over keys j in [lo, hi) of
+// p[r][j] v[j]. R x NV accumulators, each vector of V loaded once for the R rows: one row at a time, the
+// loads of V outnumbered the multiply-adds. [lo, hi) is the rows' union; a row's keys outside its own
+// range have probability 0 and add 0 x v.
+template <int R, int NV>
+inline void weighted_rows(const float* p, int64_t ldp, int64_t lo, int64_t hi, const float* v, int64_t ldv,
+                          const float* norm, float* out, int64_t ldo, int64_t d) {
+    FloatVec acc[R][NV];
+    outer_products<R, NV>(p, ldp, v, ldv, lo, hi, acc);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int n = 0; n < NV; ++n) {
+            store_first(out + r * ldo + n * kAttentionLanes, acc[r][n] * norm[r], d - n * kAttentionLanes);
+        }
+    }
+}
+
+// weighted_rows for R rows over all of V's d features, its vectors in groups of 3 or 2 (1 only where d
+// fits one vector): at most 12 accumulators, 16 registers with V's 3 vectors and a broadcast (AVX2's).
+template <int R>
+inline void weighted_rows_all(const float* p, int64_t ldp, int64_t lo, int64_t hi, const float* v, int64_t ldv,
+                              const float* norm, float* out, int64_t ldo, int64_t d) {
+    int64_t vectors = (d + kAttentionLanes - 1) / kAttentionLanes, d0 = 0;
+    while (vectors > 0) {
+        // twos until the rest divides by three (8 = 2 + 3 + 3, 4 = 2 + 2)
+        const int take = vectors == 1 ? 1 : (vectors % 3 == 0 ? 3 : 2);
+        const float* vd = v + d0;
+        float* od = out + d0;
+        if (take == 3) {
+            weighted_rows<R, 3>(p, ldp, lo, hi, vd, ldv, norm, od, ldo, d - d0);
+        } else if (take == 2) {
+            weighted_rows<R, 2>(p, ldp, lo, hi, vd, ldv, norm, od, ldo, d - d0);
+        } else {
+            weighted_rows<R, 1>(p, ldp, lo, hi, vd, ldv, norm, od, ldo, d - d0);
+        }
+        vectors -= take;
+        d0 += take * kAttentionLanes;
+    }
 }
 
 inline void softmax_f32_rows(const SoftmaxF32Args& a) {
@@ -218,6 +316,8 @@ struct AttentionScratch {
     std::vector<float> row;   // T x S_pad: the scores, then the probabilities
     std::vector<float> vpad;   // S x D_pad: V, rows padded with zeros to whole vectors
     std::vector<float> qpack;  // T x D: Q
+    std::vector<float> norm;   // T: 1 / the sum of each row's exps
+    std::vector<int64_t> keys;  // 2 T: each row's first and last key with an exp that is not 0 (+1)
 };
 
 inline AttentionScratch& attention_scratch() {
@@ -234,10 +334,14 @@ inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_
     const int64_t d_pad = (d + kAttentionLanes - 1) / kAttentionLanes * kAttentionLanes;
     if (static_cast<int64_t>(scratch.vpad.size()) < s * d_pad) scratch.vpad.resize(s * d_pad);
     if (static_cast<int64_t>(scratch.qpack.size()) < a.t * d) scratch.qpack.resize(a.t * d);
+    if (static_cast<int64_t>(scratch.norm.size()) < a.t) scratch.norm.resize(a.t);
+    if (static_cast<int64_t>(scratch.keys.size()) < 2 * a.t) scratch.keys.resize(2 * a.t);
     float* kt = scratch.kt.data();
     float* row = scratch.row.data();
     float* vpad = scratch.vpad.data();
     float* qpack = scratch.qpack.data();
+    float* norm = scratch.norm.data();
+    int64_t* keys = scratch.keys.data();
 
     for (int64_t bh = first; bh < last; ++bh) {
         const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -273,36 +377,37 @@ inline void attention_f32_heads(const AttentionF32Args& a, int64_t first, int64_
                 const float* bias_i = bias + i * a.bias_strides.token;
                 for (int64_t j = 0; j < s; ++j) row_i[j] += bias_i[j];
             }
-            softmax_row(row_i, row_i, s);  // over the S real keys
-            // A NaN anywhere makes the sum, so every probability, NaN: row_i[0] tells.
-            if (a.zero_nan_rows && row_i[0] != row_i[0]) std::fill(row_i, row_i + s, 0.0f);
-            // Keys whose probability is exactly 0 add nothing to P @ V: the keys a mask hides (a causal row's
-            // later ones: exp underflows to 0 below -87, and -inf or finfo.min is far below) are not summed.
+            // exps over the S real keys; the softmax's division is the output's, once per feature
+            norm[i] = 1.0f / exp_row(row_i, row_i, s);
+            // A NaN anywhere makes the sum NaN, so every output of the row: zeros instead, if asked.
+            if (a.zero_nan_rows && norm[i] != norm[i]) {
+                std::fill(row_i, row_i + s, 0.0f);
+                norm[i] = 0.0f;
+            }
+            // Keys whose exp is exactly 0 add nothing to P @ V: the keys a mask hides (a causal row's later
+            // ones: exp underflows to 0 below -87, and -inf or finfo.min is far below) are not summed.
             int64_t lo = 0, hi = s;
             while (hi > lo && row_i[hi - 1] == 0.0f) --hi;
             while (lo < hi && row_i[lo] == 0.0f) ++lo;
-            // P @ V: 4 vectors of features at a time (4 chains), then one vector at a time
-            float* oi = ob + i * a.out_strides.token;
-            int64_t d0 = 0;
-            for (; d0 + 4 * kAttentionLanes <= d_pad; d0 += 4 * kAttentionLanes) {
-                FloatVec acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
-                for (int64_t jj = lo; jj < hi; ++jj) {
-                    const float p = row_i[jj];
-                    const float* vr = vrows + jj * ldv + d0;
-                    acc0 += p * load_vec(vr);
-                    acc1 += p * load_vec(vr + kAttentionLanes);
-                    acc2 += p * load_vec(vr + 2 * kAttentionLanes);
-                    acc3 += p * load_vec(vr + 3 * kAttentionLanes);
-                }
-                store_first(oi + d0, acc0, d - d0);
-                store_first(oi + d0 + kAttentionLanes, acc1, d - d0 - kAttentionLanes);
-                store_first(oi + d0 + 2 * kAttentionLanes, acc2, d - d0 - 2 * kAttentionLanes);
-                store_first(oi + d0 + 3 * kAttentionLanes, acc3, d - d0 - 3 * kAttentionLanes);
+            keys[2 * i] = lo;
+            keys[2 * i + 1] = hi;
+        }
+        // P @ V, 4 rows at a time over the union of their keys, then the last 1 to 3 rows
+        for (i = 0; i < a.t; i += 4) {
+            const int64_t rows = std::min<int64_t>(4, a.t - i);
+            int64_t lo = keys[2 * i], hi = keys[2 * i + 1];
+            for (int64_t r = 1; r < rows; ++r) {
+                lo = std::min(lo, keys[2 * (i + r)]);
+                hi = std::max(hi, keys[2 * (i + r) + 1]);
             }
-            for (; d0 < d_pad; d0 += kAttentionLanes) {
-                FloatVec acc = {};
-                for (int64_t jj = lo; jj < hi; ++jj) acc += row_i[jj] * load_vec(vrows + jj * ldv + d0);
-                store_first(oi + d0, acc, d - d0);
+            const float* p = row + i * s_pad;
+            float* oi = ob + i * a.out_strides.token;
+            const int64_t ldo = a.out_strides.token;
+            switch (rows) {
+                case 4: weighted_rows_all<4>(p, s_pad, lo, hi, vrows, ldv, norm + i, oi, ldo, d); break;
+                case 3: weighted_rows_all<3>(p, s_pad, lo, hi, vrows, ldv, norm + i, oi, ldo, d); break;
+                case 2: weighted_rows_all<2>(p, s_pad, lo, hi, vrows, ldv, norm + i, oi, ldo, d); break;
+                default: weighted_rows_all<1>(p, s_pad, lo, hi, vrows, ldv, norm + i, oi, ldo, d); break;
             }
         }
     }

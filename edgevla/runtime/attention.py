@@ -43,16 +43,24 @@ to T = 192 (H = 4, D = 24: 33 vs 33 us at T = 64, 87 vs 100 at 128, 195 vs
 293 at 192; H = 6, D = 64: 165 vs 302 at 128, 449 vs 569 at 192, 945 vs 915
 at 256), and inside a tiny-vla call its T = 64 and 80 attention took 30.5 and
 43.6 us against NumPy's 43.7 and 55.6 (the call 0.505 vs 0.534 ms).
-The AVX2 kernel (the avx2 and avx_vnni tables) against NumPy on OpenBLAS's
-AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as on such a CPU; same machine,
-2026-12-06; OpenBLAS runs these small batched products on one thread either
-way): with 1 thread ahead up to T = 32 (H = 4, D = 24: 3.6 vs 6.8 us at 6,
-15.3 vs 16.7 at 32, 57.8 vs 42.9 at 64; H = 6, D = 64: 35.9 vs 35.6 at 32,
-126.8 vs 105.8 at 64); with 2 up to T = 80 (31.5 vs 43.8 and 48.0 vs 65.2
-at 64 and 80, H = 4; 66.2 vs 106.9 and 99.9 vs 154.1, H = 6); at 128 ahead
-for H = 4 (128.6 vs 153.7) but behind for H = 6 (402.8 vs 333.9). The
-SSE2 kernel lost to OpenBLAS (77.8 us at T = 32, H = 6, D = 64), so
-elsewhere (NEON included, until measured on a Jetson) the NumPy path runs.
+The AVX2 kernel (the avx2 and avx_vnni tables) against NumPy + OpenBLAS on
+an AVX2 Zen 3 (2 vCPUs, 2026-12-07; benchmarks/cpu/attention_f32.py, whose
+rows are benchmarks/cpu/attention-avx2-zen3-2026-12-07.md), both through
+this step: since its P @ V takes 4 queries at a time, with 1 thread ahead at
+every T measured, 6 to 256 (H = 4, D = 24: 1.40x at 80, 1.28x at 128, 1.18x
+at 192; H = 6, D = 64: 1.12x at 80, 1.04x at 128, level at 192); with 2 ahead
+up to T = 80 (1.90x and 1.49x there), at 128 for H = 4 (1.76x) but not H = 6
+(0.87x). Before, it lost from T = 48 with 1 thread (0.74x at 64, H = 4), so
+tiny-vla's T = 64 and 80 ran on NumPy; with the kernel, a tiny-vla w8a8 call
+on 1 thread took 2.87 ms against 3.50 (medians of 9 alternated rounds; 1.09x
+the median of their ratios: ``attention_f32.py --bundle``). The
+1-thread limit stays at 128, past which H = 6 is only level. The AVX-512
+tables' limits are from before that change, which was not timed on AVX-512
+(none here): it only adds accumulators and loads V less often. The SSE2
+kernel (generic) lost to OpenBLAS before (77.8 us at T = 32, H = 6, D = 64,
+the Xeon); after, on the Zen 3, it is level at T = 32 for H = 6 and behind
+from 48, so elsewhere (NEON included, until measured on a Jetson) the NumPy
+path runs.
 """
 
 from __future__ import annotations
@@ -70,8 +78,8 @@ from .scratch import work_arrays
 ATTENTION_OP = "edgevla.Attention"
 #: The kernel tables on which :func:`edgevla.native.attention_f32` beats NumPy + OpenBLAS, and the
 #: longest query and key sequences it takes there: (with one thread, with two or more). Module docstring.
-NATIVE_ATTENTION_MAX_TOKENS = {"avx512_amx": (48, 192), "avx512_vnni": (48, 192), "avx_vnni": (32, 80),
-                               "avx2": (32, 80)}
+NATIVE_ATTENTION_MAX_TOKENS = {"avx512_amx": (48, 192), "avx512_vnni": (48, 192), "avx_vnni": (128, 80),
+                               "avx2": (128, 80)}
 
 _TO_HEADS = (0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D), and back
 _KEYS_TRANSPOSED = (0, 2, 3, 1)  # (B, S, H, D) -> (B, H, D, S)
