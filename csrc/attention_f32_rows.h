@@ -313,11 +313,11 @@ inline void softmax_f32_rows(const SoftmaxF32Args& a) {
 
 struct AttentionScratch {
     std::vector<float> kt;    // D x S_pad
-    std::vector<float> row;   // T x S_pad: the scores, then the probabilities
+    std::vector<float> row;   // T x S_pad: the scores, then their exps
     std::vector<float> vpad;   // S x D_pad: V, rows padded with zeros to whole vectors
     std::vector<float> qpack;  // T x D: Q
     std::vector<float> norm;   // T: 1 / the sum of each row's exps
-    std::vector<int64_t> keys;  // 2 T: each row's first and last key with an exp that is not 0 (+1)
+    std::vector<int64_t> keys;  // 2 T: each row's first key with an exp that is not 0, and one past its last
 };
 
 inline AttentionScratch& attention_scratch() {
