@@ -8,7 +8,9 @@ builds that share it. Each key carries a digest of the original's weights
 and spec (:func:`fingerprint`) and every setting the measurement depends on,
 so a build of another policy, or with other settings, measures afresh.
 Latency is not kept: each build times the original beside its own model, in
-the same run.
+the same run. The memo also holds the builds' traced ONNX graphs
+(:class:`~edgevla.export.trace_cache.TraceCache`): a candidate that changed
+weights only is written into a graph an earlier build traced.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ class OriginalMemo:
     (:meth:`close` removes it)."""
 
     def __init__(self) -> None:
+        from .export.trace_cache import TraceCache
+
         self._values: dict[Hashable, Any] = {}
         self._dir: Path | None = None
+        self.traces = TraceCache()  # ONNX graphs by the structure they were traced from, for any policy
 
     def value(self, key: Hashable, make: Callable[[], Any]) -> tuple[Any, bool]:
         """``(make()'s result, False)`` the first time ``key`` is asked for, ``(the kept result, True)`` after."""
@@ -70,6 +75,7 @@ class OriginalMemo:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self._values.clear()
+        self.traces.close()
 
     def __enter__(self) -> "OriginalMemo":
         return self

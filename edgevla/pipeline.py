@@ -1125,7 +1125,10 @@ class Build:
     def __init__(self, request: BuildRequest, progress: Progress | None = None):
         self.request = request
         self.progress = progress or Progress()
+        from .export.trace_cache import TraceCache
+
         self.work = Path(tempfile.mkdtemp(prefix="edgevla-build-"))
+        self._own_traces = TraceCache()  # this build's traced graphs, where no memo holds them
 
     # load ---------------------------------------------------------------
     def load(self) -> None:
@@ -1252,17 +1255,26 @@ class Build:
         from .export import export_onnx
 
         opts = self.recipe.export
+        # Graphs traced by this build, or by the builds sharing its memo: a compressed policy whose structure
+        # one of them has (pruned by masks, recovered, smoothed) gets its weights written into that graph.
+        self.traces = self.memo.traces if self.memo is not None else self._own_traces
 
         def original(path: Path) -> Path:
-            return export_onnx(self.original, path, opset=opts.opset, dynamic_batch=opts.dynamic_batch)
+            return export_onnx(self.original, path, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
+                               cache=self.traces)
 
         self.onnx = {"original": self._original_memo("onnx", (opts.opset, opts.dynamic_batch),
                                                      file=(self.work / "original.onnx", original))}
+        reused = self.traces.reused
         if self.quantized:
             self.onnx["built"] = self._export_quantized()
         else:
             self.onnx["built"] = export_onnx(self.built, self.work / "model.onnx", opset=opts.opset,
-                                             dynamic_batch=opts.dynamic_batch)
+                                             dynamic_batch=opts.dynamic_batch, cache=self.traces)
+        self.onnx_graph = "re-weighted" if self.traces.reused > reused else "traced"
+        if self.onnx_graph == "re-weighted":
+            self.progress.note("ONNX: the built policy's weights written into a graph traced from the same "
+                               "structure (checked on ONNX Runtime), not traced again")
         self.layers = layer_table(self.built, self.onnx["built"])
 
     def _export_quantized(self) -> Path:
@@ -1280,7 +1292,8 @@ class Build:
         mp = self.quantization.get("mixed_precision") or {}
         raised = [*mp.get("raised", {}), *mp.get("kept_float", [])]  # their input stays float on every runtime
         path = export_quantized(self.built, self.work / "model.onnx", opset=opts.opset,
-                                float_dtype=self.float_dtype, dynamic_batch=opts.dynamic_batch, float_inputs=raised)
+                                float_dtype=self.float_dtype, dynamic_batch=opts.dynamic_batch, float_inputs=raised,
+                                cache=self.traces)
         issues = lint_qdq(path)
         self.lint = [str(i) for i in issues]
         if issues:
@@ -1526,6 +1539,7 @@ class Build:
                 "success_uncertainty": self.uncertainty or "not measured: no closed-loop task speaks this policy's "
                                                            "observations",
                 "original_reused": self.reused or "none",
+                "onnx_graph": self.onnx_graph,
                 "robot_loop": {k: v for k, v in asdict(self.recipe.evaluate).items()
                                if k in ("execute", "latency_ticks", "schedule")
                                or (k == "ensemble_m" and self.recipe.evaluate.schedule == "ensemble")},
@@ -1604,6 +1618,7 @@ class Build:
                     runner.close()
             if getattr(self, "task", None) is not None:  # a simulator's environments
                 self.task.close()
+            self._own_traces.close()
             shutil.rmtree(self.work, ignore_errors=True)
         return BuildResult(path, self.report, dict(self.progress.stage_seconds))
 

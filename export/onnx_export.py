@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -44,6 +45,9 @@ from ..backends import policy_device
 from ..errors import EdgevlaError
 from ..models.explicit_attention import explicit_attention, reference_attention
 from ..spec import PolicySpec, spec_of
+
+if TYPE_CHECKING:
+    from .trace_cache import TraceCache
 
 #: LayerNormalization, which every transformer policy uses, entered ONNX in opset 17.
 MIN_OPSET = 17
@@ -65,7 +69,7 @@ class InitializerRef:
 
 
 def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int = 18,
-                dynamic_batch: bool = True) -> Path:
+                dynamic_batch: bool = True, cache: TraceCache | None = None) -> Path:
     """Export ``policy`` to ``path``, check it, and return the path.
 
     The file appears only complete: it is written beside ``path`` under a
@@ -78,6 +82,11 @@ def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int 
     detection of ``nn.TransformerEncoder`` do not trace, and the explicit form is
     the one the native runtime fuses into one attention step. Its initializers are
     named after the split projections (``self_attn.q_proj.weight``).
+
+    ``cache`` (:class:`~edgevla.export.trace_cache.TraceCache`): a graph traced
+    earlier from a module of the same structure gets this policy's weights
+    written in instead of a new trace, where that is exact; what is traced is
+    kept there for the next export.
     """
     if not isinstance(policy, torch.nn.Module):
         raise EdgevlaError(f"can only export a torch.nn.Module, got {type(policy).__name__}")
@@ -97,13 +106,24 @@ def export_onnx(policy: torch.nn.Module, path: str | os.PathLike, *, opset: int 
         with torch.no_grad(), reference_attention():
             _check_forward(policy, spec, example)
             traced = explicit_attention(policy, example).model
-            proto = _trace(traced, spec, example, opset=opset, dynamic_batch=dynamic_batch)
+            key = _structure_key(traced, spec, (opset, dynamic_batch)) if cache is not None else None
+            data = None  # the serialized graph: a large one takes seconds to serialize, so once
+            if key is not None:
+                second = tuple(torch.from_numpy(a).to(device)
+                               for a in spec.example(batch=batch + 1 if dynamic_batch else 1, seed=1).values())
+                data = cache.reweighted(key, traced, spec, (example, second))
+            kept = data is not None
+            if not kept:
+                proto = _trace(traced, spec, example, opset=opset, dynamic_batch=dynamic_batch)
+                _name_initializers_after_parameters(proto, traced)
+                if dynamic_batch:
+                    _check_dynamic_batch(proto, spec)
+                data = serialized(proto)
+            _write_checked(data, path)
+            if not kept and key is not None:
+                cache.keep(key, path, traced)
     finally:
         policy.train(was_training)
-    _name_initializers_after_parameters(proto, traced)
-    if dynamic_batch:
-        _check_dynamic_batch(proto, spec)
-    _write_checked(proto, path)
     return path
 
 
@@ -220,6 +240,12 @@ def _trace(policy: torch.nn.Module, spec: PolicySpec, example: tuple[torch.Tenso
     except Exception as e:  # torch.export raises many unrelated types; the user needs one line
         raise _export_failure(policy, e) from e
     return _down_to_opset(proto, opset)
+
+
+def _structure_key(module: torch.nn.Module, spec: PolicySpec, settings: tuple) -> str | None:
+    from .trace_cache import structure_key  # it imports this module
+
+    return structure_key(module, spec, settings)
 
 
 def _down_to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -410,7 +436,16 @@ def _check_dynamic_batch(proto: onnx.ModelProto, spec: PolicySpec) -> None:
                 "batch-size independent (use -1 or x.shape[0] in reshapes) or export with dynamic_batch=False")
 
 
-def _write_checked(proto: onnx.ModelProto, path: Path) -> None:
+def serialized(proto: onnx.ModelProto) -> bytes:
+    try:
+        return proto.SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GiB
+        raise EdgevlaError(f"the exported model is too large for one ONNX file: {_one_line(e)}") from e
+
+
+def _write_checked(model: onnx.ModelProto | bytes, path: Path) -> None:
+    """Write ``model`` (or its serialized bytes) to ``path`` through a temporary file, checked by onnx.checker."""
+    data = model if isinstance(model, bytes) else serialized(model)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -419,10 +454,7 @@ def _write_checked(proto: onnx.ModelProto, path: Path) -> None:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            try:
-                f.write(proto.SerializeToString())
-            except ValueError as e:  # protobuf refuses messages over 2 GiB
-                raise EdgevlaError(f"the exported model is too large for one ONNX file: {_one_line(e)}") from e
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:

@@ -39,6 +39,7 @@ import os
 import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -60,6 +61,9 @@ from ..quant.fakequant import (
 )
 from ..runtime.graph import FLOAT_INPUTS_KEY
 from .onnx_export import _write_checked, export_onnx, match_initializers
+
+if TYPE_CHECKING:
+    from .trace_cache import TraceCache
 
 INT4_OPSET = 21  # blocked DequantizeLinear and the int4 type
 FP8_OPSET = 19   # float8 QuantizeLinear / DequantizeLinear
@@ -105,7 +109,8 @@ def export_qdq(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: 
 
 
 def export_quantized(model, path: str | os.PathLike, *, opset: int = 18, float_dtype: str = "fp32",
-                     dynamic_batch: bool = True, float_inputs: Iterable[str] = ()) -> Path:
+                     dynamic_batch: bool = True, float_inputs: Iterable[str] = (),
+                     cache: TraceCache | None = None) -> Path:
     """Export any model from :func:`edgevla.quant.quantize_policy` — fake-quant layers or none (fp16).
 
     Quantized layers become Q/DQ (see the module docstring); float tensors
@@ -115,6 +120,7 @@ def export_quantized(model, path: str | os.PathLike, *, opset: int = 18, float_d
     :data:`~edgevla.runtime.graph.FLOAT_INPUTS_KEY`, so that a runtime which
     quantizes float activations on the fly leaves theirs alone. The file is
     checked with ``onnx.checker`` (full check) before it replaces ``path``.
+    ``cache``: :func:`~edgevla.export.export_onnx`'s, for the float graph.
     """
     if float_dtype not in ("fp32", *STORAGE_TYPES):
         raise EdgevlaError(f"unknown float storage type {float_dtype!r}; expected fp32, {', '.join(STORAGE_TYPES)}")
@@ -129,7 +135,7 @@ def export_quantized(model, path: str | os.PathLike, *, opset: int = 18, float_d
         raise EdgevlaError(f"Q/DQ ONNX export supports w8a8, w8a16, w4a16 and fp8 layers, not {', '.join(unsupported)}")
     path = Path(path)
     with float_mode(model):
-        export_onnx(model, path, opset=opset, dynamic_batch=dynamic_batch)
+        export_onnx(model, path, opset=opset, dynamic_batch=dynamic_batch, cache=cache)
         proto = onnx.load(str(path))
         refs = match_initializers(proto, model)
     if layers:

@@ -81,9 +81,13 @@ def bench_prune(policy_ref: str, methods: list[str], *, target: str = DEFAULT_TA
                            f"{loaded.name} is not one")
     torch.set_num_threads(threads)
     held = heldout_observations(spec, 64, task=task)
-    with tempfile.TemporaryDirectory(prefix="edgevla-bench-prune-") as scratch:
+    from ..export.trace_cache import TraceCache
+
+    # The methods that zero weights export into the original's traced graph (export.trace_cache).
+    with tempfile.TemporaryDirectory(prefix="edgevla-bench-prune-") as scratch, TraceCache() as traces:
         log(f"[bold]original[/bold] {loaded.name}")
-        base = _measure(original, original, spec, task, held, episodes, runs, threads, Path(scratch) / "original")
+        base = _measure(original, original, spec, task, held, episodes, runs, threads, Path(scratch) / "original",
+                        traces)
         rows = [{"method": "original", **base}]
         for method in methods:
             overrides = {**simulator, **prune_shorthand(method, "--methods")}
@@ -95,7 +99,8 @@ def bench_prune(policy_ref: str, methods: list[str], *, target: str = DEFAULT_TA
             start = time.perf_counter()
             info = _prune(pruned, original, spec, task, recipe, tgt)
             seconds = time.perf_counter() - start
-            after = _measure(pruned, original, spec, task, held, episodes, runs, threads, Path(scratch) / "m")
+            after = _measure(pruned, original, spec, task, held, episodes, runs, threads, Path(scratch) / "m",
+                             traces)
             rec = info.get("recovery") if isinstance(info.get("recovery"), dict) else {}
             rows.append({
                 "method": method,
@@ -131,7 +136,7 @@ def _prune(policy, teacher, spec, task, recipe, target) -> dict[str, Any]:
     return info  # no quantized form given: recovery trains the float policy
 
 
-def _measure(policy, original, spec, task, held, episodes: int, runs: int, threads: int, onnx_dir: Path):
+def _measure(policy, original, spec, task, held, episodes: int, runs: int, threads: int, onnx_dir: Path, traces):
     """Size, FLOPs, success, action error against ``original`` and latency (torch, ORT) of ``policy``."""
     import torch
 
@@ -151,7 +156,7 @@ def _measure(policy, original, spec, task, held, episodes: int, runs: int, threa
     flops = flop_report(policy, tuple(torch.from_numpy(one[n]) for n in names)).total
     success = evaluate(torch_action_fn(policy), task, episodes=episodes, seed=10_000).success_rate
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(policy, onnx_dir / "model.onnx")
+    onnx_path = export_onnx(policy, onnx_dir / "model.onnx", cache=traces)
     latency = {}
     for backend, kwargs in (("torch", {"policy": policy}), ("onnxruntime", {"onnx_path": onnx_path, "spec": spec})):
         with make_runner(backend, threads=threads, **kwargs) as runner:
