@@ -196,10 +196,13 @@ class TraceCache:
             if (name not in refs and name not in slices) or p.dtype not in _WRITABLE or name in ambiguous \
                     or digest in copies or (value.ndim == 2 and _digest(value.T) in copies):
                 pinned[name] = digest
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="edgevla-traces-"))
-        copy = self._dir / f"{self.traced}.onnx"
-        shutil.copyfile(path, copy)
+        try:  # a cache that cannot keep a copy (a full temp disk) leaves the export as it is: not kept
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="edgevla-traces-"))
+            copy = self._dir / f"{self.traced}.onnx"
+            shutil.copyfile(path, copy)
+        except OSError:
+            return
         old = self._kept.get(key)
         if old is not None:
             old.path.unlink(missing_ok=True)
